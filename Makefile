@@ -1,0 +1,42 @@
+# OCM — two-command quickstart: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+RUNSTAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench bench-wire fuzz chaos soak clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Runtime install: the package and its two runtime dependencies (plus client/loadgen extras).
+$(RUNSTAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[client,loadgen]'
+	touch $@
+
+# Dev install: everything `make test`, `make lint` and the benchmarks need.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(RUNSTAMP)
+
+run: $(RUNSTAMP)
+	$(VENV)/bin/ocm-control
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check wire control relay client loadgen tests
+	$(VENV)/bin/mypy wire
+	$(VENV)/bin/mypy --strict wire
+
+bench-wire: $(STAMP)
+	$(PY) tests/bench/bench_wire.py
+
+bench: $(STAMP)
+	$(PY) -m loadgen.bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

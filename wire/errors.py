@@ -1,0 +1,143 @@
+"""The error tree of the wire codecs (STYLE.md §5).
+
+``ProtocolError`` is the only exception a codec raises on bad input. A remote peer's
+defect raises a ``RemoteProtocolError`` subclass; asking a codec to encode something the
+protocol cannot carry raises a ``LocalProtocolError`` subclass. Each subclass's docstring
+is its message, ``status`` is the TCRP status code it maps to and ``reason`` is the short
+name under which a dropped datagram is counted.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from wire.codes import Status
+
+
+class ProtocolError(Exception):
+    """Protocol violation."""
+
+    status: ClassVar[Status] = Status.INVALID_REQUEST
+    reason: ClassVar[str] = "malformed"
+
+    def __init__(self, detail: str = "") -> None:
+        message = (self.__doc__ or "").strip()
+        if detail:
+            message = f"{message}: {detail}"
+        super().__init__(message)
+        self.detail = detail
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to encode something the protocol cannot carry."""
+
+    status = Status.INTERNAL_ERROR
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that break the protocol."""
+
+
+# --- TCRP requests (server side), in the order PROTOCOL.md §1.3 checks them -------------
+class EmptyRoomName(RemoteProtocolError):
+    """RoomNameSize is 0"""
+
+
+class UnknownOperation(RemoteProtocolError):
+    """Operation must be 1 (create) or 2 (join)"""
+
+
+class UnexpectedState(RemoteProtocolError):
+    """a request must have State 0"""
+
+
+class PayloadTooLarge(RemoteProtocolError):
+    """the payload is over the size limit"""
+
+    status = Status.TOO_LARGE
+    reason = "too_large"
+
+
+class RoomNameNotUtf8(RemoteProtocolError):
+    """the room name is not valid UTF-8"""
+
+    reason = "bad_utf8"
+
+
+class PayloadNotUtf8(RemoteProtocolError):
+    """the payload is not valid UTF-8"""
+
+    reason = "bad_utf8"
+
+
+class BadFieldType(RemoteProtocolError):
+    """a request field has the wrong JSON type"""
+
+
+class MissingUsername(RemoteProtocolError):
+    """the username is missing or empty"""
+
+
+class FieldTooLong(RemoteProtocolError):
+    """a field is over 255 bytes"""
+
+    status = Status.TOO_LARGE
+    reason = "too_large"
+
+
+class BadUsername(RemoteProtocolError):
+    """the username has control characters or leading/trailing whitespace"""
+
+
+# --- TCRP responses (client side) ---------------------------------------------------------
+class UnexpectedFrame(RemoteProtocolError):
+    """the server sent a frame the client did not expect"""
+
+    status = Status.INTERNAL_ERROR
+
+
+class BadResponse(RemoteProtocolError):
+    """the server's response payload is malformed"""
+
+    status = Status.INTERNAL_ERROR
+
+
+class BadToken(RemoteProtocolError):
+    """the token is not 22..255 bytes of printable ASCII without space"""
+
+    status = Status.INTERNAL_ERROR
+
+
+# --- datagrams (Stage 1, Stage 2, deliveries) --------------------------------------------
+class DatagramTooLarge(RemoteProtocolError):
+    """the datagram is over 4096 bytes"""
+
+    status = Status.TOO_LARGE
+    reason = "too_large"
+
+
+class TruncatedDatagram(RemoteProtocolError):
+    """a length field points past the end of the datagram"""
+
+
+class EmptyField(RemoteProtocolError):
+    """a length-prefixed field of the datagram is empty"""
+
+
+class MessageNotUtf8(RemoteProtocolError):
+    """the text is not valid UTF-8"""
+
+    reason = "bad_utf8"
+
+
+class BadNotice(RemoteProtocolError):
+    """a framed notice is not a JSON object with a known event"""
+
+
+# --- encoding (our own side) --------------------------------------------------------------
+class FieldOutOfRange(LocalProtocolError):
+    """a value does not fit its wire field"""
+
+
+class DeliveryTooLarge(LocalProtocolError):
+    """the delivery would be over 4094 bytes"""

@@ -1,0 +1,63 @@
+"""Every bound of the wire protocol, with its unit (PROTOCOL.md).
+
+Worst-case memory notes name what a hostile peer can make us hold with each bound.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- TCRP (PROTOCOL.md §1) --------------------------------------------------------------
+TCRP_HEADER_BYTES: Final = 32
+"""Fixed TCRP header: RoomNameSize(1) Operation(1) State(1) OperationPayloadSize(29)."""
+TCRP_PAYLOAD_SIZE_BYTES: Final = 29
+"""Width of the big-endian OperationPayloadSize field."""
+MAX_ROOM_NAME_BYTES: Final = 255
+"""RoomNameSize is one byte; 0 is invalid."""
+MAX_USERNAME_BYTES: Final = 255
+"""A username longer than this is status 5 (it must fit a one-byte length, §2.3)."""
+MAX_PASSWORD_BYTES: Final = 255
+"""A password longer than this is status 5 ("a field over 255 bytes")."""
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 4096
+"""Default ``--max-payload``; a declared payload above the limit is refused before any
+payload byte is read, so one connection buffers at most 32 + 255 + limit bytes."""
+MAX_TCRP_REQUEST_BYTES: Final = TCRP_HEADER_BYTES + MAX_ROOM_NAME_BYTES + DEFAULT_MAX_PAYLOAD_BYTES
+"""Largest request buffered with the default limit (4,383 bytes per connection)."""
+TOKEN_MIN_BYTES: Final = 22
+TOKEN_MAX_BYTES: Final = 255
+"""Tokens are 22..255 bytes of printable ASCII without space (0x21-0x7E), §1.4."""
+REGISTRATION_BYTES: Final = 2
+"""After State 2 the client may send its UDP port as exactly 2 bytes (§1.4)."""
+REGISTRATION_WINDOW_S: Final = 2.0
+"""How long the server keeps the connection open for the 2-byte registration."""
+
+# --- UDP (PROTOCOL.md §2, §3) -------------------------------------------------------------
+MAX_DATAGRAM_BYTES: Final = 4096
+"""Longest client -> server datagram (Stage 1 and Stage 2); longer ones are dropped."""
+MAX_DELIVERY_BYTES: Final = 4094
+"""Longest server -> client datagram (plain or framed)."""
+CHAT_HEADER_BYTES: Final = 2
+"""RoomNameSize(1) TokenSize(1) before the room name of a Stage 2 datagram."""
+PLAIN_SEPARATOR: Final = b": "
+"""Plain delivery is ``username: message``."""
+EXIT_COMMAND: Final = "/exit"
+"""Compared after ``str.strip()``, case-insensitively (§2.1)."""
+EXIT_MATCH_MAX_BYTES: Final = 64
+"""A message longer than this cannot be ``/exit`` plus whitespace we care to strip; saves
+decoding and stripping large chat on the hot path. (Whitespace-padded /exit longer than
+64 bytes is treated as chat; documented in docs/protocol.md.)"""
+
+# --- Defaults of the service (the config may override) ------------------------------------
+DEFAULT_INACTIVITY_TIMEOUT_S: Final = 300.0
+DEFAULT_TCP_TIMEOUT_S: Final = 10.0
+DEFAULT_MAX_MEMBERS: Final = 1000
+"""Members per room, host included. Worst case per room in a worker: ~1 KiB per member."""
+DEFAULT_MAX_SEND_FAILURES: Final = 3
+
+
+def max_message_bytes(room_len: int, token_len: int, username_len: int) -> int:
+    """The longest message a member can send that is relayed to everyone (§1.3)."""
+    return min(
+        MAX_DATAGRAM_BYTES - CHAT_HEADER_BYTES - room_len - token_len,
+        MAX_DELIVERY_BYTES - len(PLAIN_SEPARATOR) - username_len,
+    )

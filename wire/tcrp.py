@@ -1,0 +1,371 @@
+"""TCRP, the chat-room protocol over TCP (PROTOCOL.md §1): frames, payloads, a reader.
+
+Frame: ``RoomNameSize(1) Operation(1) State(1) OperationPayloadSize(29) RoomName Payload``.
+
+Server side: feed bytes to ``FrameReader(max_payload, role=SERVER)`` and call
+``next_event()`` until it returns a ``Request`` (or raises a ``RemoteProtocolError`` whose
+``status`` is the code to answer). Client side: ``encode_request`` then read ``Response`` and
+``Complete`` with ``FrameReader(role=CLIENT)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from wire import errors
+from wire.codes import Framing, Operation, State, Status
+from wire.limits import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_PASSWORD_BYTES,
+    MAX_ROOM_NAME_BYTES,
+    MAX_USERNAME_BYTES,
+    TCRP_HEADER_BYTES,
+    TCRP_PAYLOAD_SIZE_BYTES,
+    TOKEN_MAX_BYTES,
+    TOKEN_MIN_BYTES,
+)
+
+MAX_PAYLOAD_SIZE_FIELD: Final = (1 << (8 * TCRP_PAYLOAD_SIZE_BYTES)) - 1
+
+
+class _NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData.NEED_DATA
+"""``next_event()`` returns this when it needs more bytes (h11's sentinel)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The 32-byte TCRP header, raw: ``operation`` and ``state`` may be unknown values."""
+
+    room_name_size: int
+    operation: int
+    state: int
+    payload_size: int
+
+
+def encode_header(header: Header) -> bytes:
+    """Encode a header; raise ``FieldOutOfRange`` if a field does not fit."""
+    if not 0 <= header.room_name_size <= MAX_ROOM_NAME_BYTES:
+        raise errors.FieldOutOfRange(f"RoomNameSize {header.room_name_size}")
+    if not (0 <= header.operation <= 255 and 0 <= header.state <= 255):
+        raise errors.FieldOutOfRange("Operation and State are one byte each")
+    if not 0 <= header.payload_size <= MAX_PAYLOAD_SIZE_FIELD:
+        raise errors.FieldOutOfRange(f"OperationPayloadSize {header.payload_size}")
+    return bytes(
+        (header.room_name_size, header.operation, header.state)
+    ) + header.payload_size.to_bytes(TCRP_PAYLOAD_SIZE_BYTES, "big")
+
+
+def decode_header(data: bytes) -> Header:
+    """Decode the first 32 bytes of ``data``; raise ``TruncatedDatagram`` if shorter."""
+    if len(data) < TCRP_HEADER_BYTES:
+        raise errors.TruncatedDatagram(f"TCRP header needs 32 bytes, got {len(data)}")
+    return Header(
+        data[0], data[1], data[2], int.from_bytes(data[3:TCRP_HEADER_BYTES], "big")
+    )
+
+
+def encode_frame(operation: int, state: int, room: bytes, payload: bytes) -> bytes:
+    """One whole frame. ``room`` is echoed raw (it may be empty in an error answer)."""
+    header = Header(len(room), operation, state, len(payload))
+    return encode_header(header) + room + payload
+
+
+# --- requests ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RequestBody:
+    """What a request payload asks for (§1.2)."""
+
+    username: str
+    password: str | None = None
+    framing: Framing = Framing.PLAIN
+
+
+def encode_request(
+    operation: Operation,
+    room: str | bytes,
+    username: str,
+    password: str | None = None,
+    framing: Framing | None = None,
+) -> bytes:
+    """A State 0 request with a JSON payload (what ``ocm-chat`` and ``ocm-loadgen`` send)."""
+    room_raw = room.encode() if isinstance(room, str) else room
+    if not 1 <= len(room_raw) <= MAX_ROOM_NAME_BYTES:
+        raise errors.FieldOutOfRange(f"room name must be 1..255 bytes, got {len(room_raw)}")
+    body: dict[str, Any] = {"username": username}
+    if password is not None:
+        body["password"] = password
+    if framing is not None:
+        body["framing"] = framing.value
+    return encode_frame(operation, State.REQUEST, room_raw, orjson.dumps(body))
+
+
+def encode_legacy_request(operation: Operation, room: str | bytes, username: str) -> bytes:
+    """A request whose payload is the bare username, as the model-answer client sends."""
+    room_raw = room.encode() if isinstance(room, str) else room
+    return encode_frame(operation, State.REQUEST, room_raw, username.encode())
+
+
+def check_request_header(header: Header, max_payload: int) -> None:
+    """Raise the first header error in field order (§1.3), or return."""
+    if header.room_name_size == 0:
+        raise errors.EmptyRoomName()
+    if header.operation not in _OPERATIONS:
+        raise errors.UnknownOperation(str(header.operation))
+    if header.state != State.REQUEST:
+        raise errors.UnexpectedState(str(header.state))
+    if header.payload_size > max_payload:
+        raise errors.PayloadTooLarge(f"{header.payload_size} > {max_payload} bytes")
+
+
+_OPERATIONS: Final = frozenset(int(op) for op in Operation)
+
+
+def _is_bad_username_char(ch: str) -> bool:
+    code = ord(ch)
+    return code <= 0x1F or 0x7F <= code <= 0x9F
+
+
+def decode_request_payload(payload: bytes) -> RequestBody:
+    """Parse a request payload (§1.2) or raise the first error in the order of §1.3.
+
+    A JSON object gives username, password and framing; any other payload (another JSON
+    value, or not JSON) is taken whole as the username, for compatibility.
+    """
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.PayloadNotUtf8(str(exc.reason)) from None
+    try:
+        parsed = orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    password: object = None
+    framing_raw: object = None
+    username: object
+    if isinstance(parsed, dict):
+        username = parsed.get("username")
+        password = parsed.get("password")
+        framing_raw = parsed.get("framing")
+        if username is not None and not isinstance(username, str):
+            raise errors.BadFieldType("username must be a string")
+        if password is not None and not isinstance(password, str):
+            raise errors.BadFieldType("password must be a string or null")
+        if framing_raw is not None and not isinstance(framing_raw, str):
+            raise errors.BadFieldType("framing must be a string or null")
+    else:
+        username = text
+    if not username:
+        raise errors.MissingUsername()
+    assert isinstance(username, str)
+    if len(username.encode()) > MAX_USERNAME_BYTES:
+        raise errors.FieldTooLong("username")
+    if password is not None and len(password.encode()) > MAX_PASSWORD_BYTES:  # type: ignore[attr-defined]
+        raise errors.FieldTooLong("password")
+    if username != username.strip() or any(map(_is_bad_username_char, username)):
+        raise errors.BadUsername()
+    framing = Framing.OCM1 if framing_raw == Framing.OCM1.value else Framing.PLAIN
+    return RequestBody(username, password or None, framing)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A whole, valid State 0 request (server side)."""
+
+    operation: Operation
+    room: str
+    room_raw: bytes
+    body: RequestBody
+
+
+# --- responses -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Details:
+    """The JSON object of an OK response (§1.3)."""
+
+    udp_port: int
+    host: bool
+    max_message: int
+    inactivity_timeout: float
+    framing: Framing
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "udp_port": self.udp_port,
+            "host": self.host,
+            "max_message": self.max_message,
+            "inactivity_timeout": self.inactivity_timeout,
+            "framing": self.framing.value,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Details:
+        """Raise ``BadResponse`` unless ``obj`` has every key with its type."""
+        try:
+            udp_port, host = obj["udp_port"], obj["host"]
+            max_message, timeout = obj["max_message"], obj["inactivity_timeout"]
+            framing = Framing(obj["framing"])
+        except (KeyError, ValueError) as exc:
+            raise errors.BadResponse(f"details: {exc!r}") from None
+        if not (
+            type(udp_port) is int
+            and type(host) is bool
+            and type(max_message) is int
+            and type(timeout) in (int, float)
+        ):
+            raise errors.BadResponse("details have wrong types")
+        return cls(udp_port, host, max_message, float(timeout), framing)
+
+
+def encode_ok(operation: int, room: bytes, details: Details) -> bytes:
+    """State 1, status 0, details JSON."""
+    payload = bytes((Status.OK,)) + orjson.dumps(details.to_json())
+    return encode_frame(operation, State.RESPONSE, room, payload)
+
+
+def encode_error(operation: int, room: bytes, status: Status, reason: str) -> bytes:
+    """State 1 with an error status and ``{"error": reason}``."""
+    payload = bytes((status,)) + orjson.dumps({"error": reason})
+    return encode_frame(operation, State.RESPONSE, room, payload)
+
+
+def encode_complete(operation: int, room: bytes, token: bytes) -> bytes:
+    """State 2 carrying the token; raise ``BadToken`` if the token breaks §1.4."""
+    check_token(token)
+    return encode_frame(operation, State.COMPLETE, room, token)
+
+
+def check_token(token: bytes) -> None:
+    """Raise ``BadToken`` unless ``token`` is 22..255 bytes of 0x21..0x7E."""
+    if not TOKEN_MIN_BYTES <= len(token) <= TOKEN_MAX_BYTES:
+        raise errors.BadToken(f"{len(token)} bytes")
+    if any(b < 0x21 or b > 0x7E for b in token):
+        raise errors.BadToken("non-printable byte")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """State 1 as a client sees it. ``details`` is set on OK, ``error`` otherwise."""
+
+    operation: int
+    room_raw: bytes
+    status: Status | int
+    details: Details | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """State 2 as a client sees it."""
+
+    operation: int
+    room_raw: bytes
+    token: bytes
+
+
+def decode_response(operation: int, room: bytes, payload: bytes) -> Response:
+    """Decode a State 1 payload. Unknown status codes are kept as ints."""
+    if not payload:
+        raise errors.BadResponse("empty response payload")
+    code = payload[0]
+    status: Status | int = Status(code) if code in _STATUSES else code
+    body: object = {}
+    if len(payload) > 1:
+        try:
+            body = orjson.loads(payload[1:])
+        except orjson.JSONDecodeError:
+            raise errors.BadResponse("response JSON") from None
+    if not isinstance(body, dict):
+        raise errors.BadResponse("response JSON is not an object")
+    if status == Status.OK:
+        return Response(operation, room, status, Details.from_json(body), "")
+    reason = body.get("error")
+    return Response(operation, room, status, None, reason if isinstance(reason, str) else "")
+
+
+_STATUSES: Final = frozenset(int(s) for s in Status)
+
+
+# --- the incremental reader ----------------------------------------------------------------
+class Role(enum.Enum):
+    SERVER = "server"  # reads State 0 requests
+    CLIENT = "client"  # reads State 1 and State 2 frames
+
+
+class FrameReader:
+    """Incremental TCRP reader (h11-style ``receive_data`` / ``next_event``).
+
+    The header and room name are read first; on the server side the header is checked
+    before a single payload byte is buffered (§1.1), so a connection holds at most
+    32 + 255 + ``max_payload`` bytes. After a server-side ``Request``, ``trailing`` holds
+    any bytes that followed it (e.g. an early 2-byte UDP port registration).
+
+    On a defect ``next_event`` raises one ``RemoteProtocolError``; afterwards
+    ``operation`` and ``room_raw`` hold what the server must echo.
+    """
+
+    def __init__(self, role: Role, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self._role = role
+        self._max_payload = max_payload
+        self._buf = bytearray()
+        self._header: Header | None = None
+        self.operation = 0
+        self.room_raw = b""
+
+    def receive_data(self, data: bytes) -> None:
+        """Append bytes from the peer; then call ``next_event()``."""
+        self._buf += data
+
+    @property
+    def trailing(self) -> bytes:
+        """Bytes received after the last complete frame."""
+        return bytes(self._buf)
+
+    def next_event(self) -> Request | Response | Complete | _NeedData:
+        """Return the next whole frame's event, ``NEED_DATA``, or raise a ProtocolError."""
+        buf = self._buf
+        header = self._header
+        if header is None:
+            if len(buf) < TCRP_HEADER_BYTES:
+                return NEED_DATA
+            header = decode_header(bytes(buf[:TCRP_HEADER_BYTES]))
+            self.operation = header.operation
+            self._header = header
+        name_end = TCRP_HEADER_BYTES + header.room_name_size
+        if len(buf) < name_end:
+            return NEED_DATA
+        self.room_raw = bytes(buf[TCRP_HEADER_BYTES:name_end])
+        if self._role is Role.SERVER:
+            check_request_header(header, self._max_payload)
+        elif header.payload_size > self._max_payload:
+            raise errors.PayloadTooLarge(f"{header.payload_size} > {self._max_payload}")
+        end = name_end + header.payload_size
+        if len(buf) < end:
+            return NEED_DATA
+        payload = bytes(buf[name_end:end])
+        del buf[:end]
+        self._header = None
+        return self._decode(header, payload)
+
+    def _decode(self, header: Header, payload: bytes) -> Request | Response | Complete:
+        room_raw = self.room_raw
+        if self._role is Role.SERVER:
+            try:
+                room = room_raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise errors.RoomNameNotUtf8() from None
+            body = decode_request_payload(payload)
+            return Request(Operation(header.operation), room, room_raw, body)
+        if header.state == State.RESPONSE:
+            return decode_response(header.operation, room_raw, payload)
+        if header.state == State.COMPLETE:
+            check_token(payload)
+            return Complete(header.operation, room_raw, payload)
+        raise errors.UnexpectedFrame(f"State {header.state}")
