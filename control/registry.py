@@ -1,0 +1,165 @@
+"""The authoritative registry of rooms, members and tokens (pure: no I/O, no clock).
+
+Control is the source of truth (DESIGN.md): a relay worker holds a copy of its own rooms
+and reports changes (bound, left, closed) that control applies here. A restarted worker
+is re-seeded from ``members_of(worker)``.
+
+Worst-case memory: one ``MemberRecord`` (~500 bytes with its token and name) per member;
+rooms are bounded by the per-IP quota and ``max_members`` (docs/security.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from wire.codes import Framing, Status
+
+Addr = tuple[str, int]
+
+
+class RegistryError(Exception):
+    """A request cannot be granted; ``status`` is the TCRP status to answer."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True, eq=False)
+class MemberRecord:
+    token: bytes
+    username: str
+    ip: str
+    framing: Framing
+    is_host: bool
+    room: RoomRecord
+    addr: Addr | None = None
+    alive: bool = True
+
+    def command(self, command_id: int) -> dict[str, Any]:
+        """The ``member`` pipe command that installs this member on its worker."""
+        return {
+            "t": "member", "id": command_id, "room": self.room.name,
+            "token": self.token.decode(), "user": self.username, "ip": self.ip,
+            "framing": self.framing.value, "host": self.is_host,
+            "addr": list(self.addr) if self.addr else None,
+            "announced": self.addr is not None,
+        }
+
+
+@dataclass(slots=True, eq=False)
+class RoomRecord:
+    name: str
+    worker: int
+    password: Any
+    """An opaque password hash (control/passwords.py), or None for an open room."""
+    members: dict[str, MemberRecord] = field(default_factory=dict)
+    live: bool = False
+    """False while the worker has not yet acknowledged the room (joins see no room)."""
+
+
+class Registry:
+    """Rooms by name, members by token, placement over workers."""
+
+    def __init__(self, workers: int, new_token: Callable[[int], bytes]) -> None:
+        self.workers = workers
+        self._new_token = new_token
+        self.rooms: dict[str, RoomRecord] = {}
+        self.tokens: dict[bytes, MemberRecord] = {}
+        self.load = [0] * workers
+        """Members per worker: the placement key."""
+
+    # --- queries ---------------------------------------------------------------------
+    def place(self, available: Iterable[int]) -> int | None:
+        """The least-loaded available worker (ties: lowest index), or None."""
+        best: int | None = None
+        for index in available:
+            if best is None or self.load[index] < self.load[best]:
+                best = index
+        return best
+
+    def live_room(self, name: str) -> RoomRecord:
+        room = self.rooms.get(name)
+        if room is None or not room.live:
+            raise RegistryError(Status.ROOM_NOT_FOUND, f"no room named {name!r}")
+        return room
+
+    def members_of(self, worker: int) -> Iterator[MemberRecord]:
+        """Every member on ``worker``, each room's host first (the host creates it)."""
+        for room in self.rooms.values():
+            if room.worker != worker:
+                continue
+            members = sorted(room.members.values(), key=lambda m: not m.is_host)
+            yield from members
+
+    # --- changes -------------------------------------------------------------------------
+    def create(self, name: str, username: str, ip: str, framing: Framing, worker: int,
+               password: Any) -> MemberRecord:
+        """Reserve a room with its host (not live until ``mark_live``)."""
+        if name in self.rooms:
+            raise RegistryError(Status.ROOM_EXISTS, f"a room named {name!r} exists")
+        room = self.rooms[name] = RoomRecord(name, worker, password)
+        return self._add(room, username, ip, framing, is_host=True)
+
+    def join(self, room: RoomRecord, username: str, ip: str, framing: Framing,
+             max_members: int) -> MemberRecord:
+        """Add a member to a live room; raise USERNAME_TAKEN, ROOM_FULL or ROOM_NOT_FOUND."""
+        if self.rooms.get(room.name) is not room or not room.live:
+            raise RegistryError(Status.ROOM_NOT_FOUND, f"room {room.name!r} closed")
+        if username in room.members:
+            raise RegistryError(Status.USERNAME_TAKEN, f"{username!r} is in the room")
+        if len(room.members) >= max_members:
+            raise RegistryError(Status.ROOM_FULL, f"the room has {max_members} members")
+        return self._add(room, username, ip, framing, is_host=False)
+
+    def mark_live(self, room: RoomRecord) -> None:
+        room.live = True
+
+    def bind(self, token: bytes, addr: Addr) -> None:
+        member = self.tokens.get(token)
+        if member is not None:
+            member.addr = addr
+
+    def remove_member(self, token: bytes) -> MemberRecord | None:
+        """Forget one member (left or evicted); its username is free again."""
+        member = self.tokens.pop(token, None)
+        if member is None:
+            return None
+        member.alive = False
+        room = member.room
+        if room.members.get(member.username) is member:
+            del room.members[member.username]
+        self.load[room.worker] -= 1
+        if member.is_host and self.rooms.get(room.name) is room:
+            self.close_room(room.name)
+        return member
+
+    def close_room(self, name: str) -> RoomRecord | None:
+        """Forget a room and every token of it; the name is free again."""
+        room = self.rooms.pop(name, None)
+        if room is None:
+            return None
+        for member in room.members.values():
+            if self.tokens.pop(member.token, None) is not None:
+                self.load[room.worker] -= 1
+            member.alive = False
+        room.members.clear()
+        return room
+
+    def statistics(self) -> dict[str, Any]:
+        return {"rooms": len(self.rooms), "members": len(self.tokens),
+                "load": list(self.load)}
+
+    def _add(self, room: RoomRecord, username: str, ip: str, framing: Framing,
+             is_host: bool) -> MemberRecord:
+        token = self._new_token(room.worker)
+        while token in self.tokens:  # 192 random bits: never, but cheap to be sure
+            token = self._new_token(room.worker)
+        member = MemberRecord(token, username, ip, framing, is_host, room)
+        room.members[username] = member
+        self.tokens[token] = member
+        self.load[room.worker] += 1
+        return member

@@ -1,0 +1,260 @@
+"""The control process: TCRP over asyncio on the sans-IO session, the registry, the
+supervisor, and the glue between them.
+
+Per connection (``TcrpConnection``) the adapter only feeds bytes to ``Session``, writes
+what it returns and arms one timer (the request deadline, then the 2-byte registration
+window). ``ControlApp.handle`` decides a request: registry checks in the order of
+PROTOCOL.md §1.3, password hashing in a thread pool, then the ``member`` command to the
+owning worker — the State 2 token is sent only after the worker acknowledged it, so a
+client's very first datagram is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from control import passwords
+from control.config import Config
+from control.registry import MemberRecord, Registry, RegistryError
+from control.session import (
+    ConnectionClosed,
+    Registration,
+    RequestRejected,
+    Session,
+)
+from control.supervisor import Supervisor
+from relay.steering import worker_tag
+from wire.codes import Operation, Status
+from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
+from wire.tcrp import NEED_DATA, Details, Request
+
+log = logging.getLogger("ocm.control")
+
+TOKEN_RANDOM_BYTES = 24
+"""192 bits from ``secrets``: 32 base64url characters after the worker tag (33 in all)."""
+
+
+def new_token(worker: int) -> bytes:
+    """The worker tag (steering byte) + 32 random base64url characters."""
+    return worker_tag(worker) + secrets.token_urlsafe(TOKEN_RANDOM_BYTES).encode()
+
+
+class ControlApp:
+    def __init__(self, cfg: Config, udp_ports: list[int], registry: Registry) -> None:
+        self.cfg = cfg
+        self.udp_ports = udp_ports
+        self.registry = registry
+        self.supervisor: Supervisor | None = None
+        self.accepting = True
+        self.connections: set[TcrpConnection] = set()
+        self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocm-kdf")
+        self.joins: dict[str, int] = {}
+        """Requests answered, by status name (metrics)."""
+
+    # --- requests -------------------------------------------------------------------------
+    async def handle(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+        """Grant a request or raise ``RegistryError`` with the status to answer."""
+        if not self.accepting or self.supervisor is None:
+            raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
+        body = request.body
+        if request.operation is Operation.CREATE:
+            member = await self._create(request, ip)
+        else:
+            member = await self._join(request, ip)
+        if not await self._install(member):
+            if member.alive:
+                self.registry.remove_member(member.token)
+            if member.is_host:
+                raise RegistryError(Status.UNAVAILABLE, "the relay worker did not take the "
+                                    "room; try again")
+            raise RegistryError(Status.ROOM_NOT_FOUND, f"room {request.room!r} closed")
+        if member.is_host:
+            self.registry.mark_live(member.room)
+            log.info("room created on worker %d (%d rooms)", member.room.worker,
+                     len(self.registry.rooms))
+        details = Details(
+            udp_port=self.udp_ports[member.room.worker],
+            host=member.is_host,
+            max_message=max_message_bytes(len(request.room_raw), len(member.token),
+                                          len(body.username.encode())),
+            inactivity_timeout=self.cfg.inactivity_timeout,
+            framing=body.framing,
+        )
+        return details, member
+
+    async def _create(self, request: Request, ip: str) -> MemberRecord:
+        assert self.supervisor is not None
+        if request.room in self.registry.rooms:
+            raise RegistryError(Status.ROOM_EXISTS, f"a room named {request.room!r} exists")
+        worker = self.registry.place(self.supervisor.available())
+        if worker is None:
+            raise RegistryError(Status.UNAVAILABLE, "no relay worker is available")
+        body = request.body
+        password = None
+        if body.password:
+            loop = asyncio.get_running_loop()
+            password = await loop.run_in_executor(self.hasher, passwords.hash_password,
+                                                  body.password)
+        return self.registry.create(request.room, body.username, ip, body.framing, worker,
+                                    password)
+
+    async def _join(self, request: Request, ip: str) -> MemberRecord:
+        room = self.registry.live_room(request.room)
+        body = request.body
+        if room.password is not None:
+            ok = False
+            if body.password:
+                loop = asyncio.get_running_loop()
+                ok = await loop.run_in_executor(self.hasher, passwords.verify_password,
+                                                body.password, room.password)
+            if not ok:
+                raise RegistryError(Status.INVALID_PASSWORD, "wrong password")
+        return self.registry.join(room, body.username, ip, body.framing,
+                                  self.cfg.max_members)
+
+    async def _install(self, member: MemberRecord) -> bool:
+        """Install ``member`` on its worker; True once the worker holds it."""
+        assert self.supervisor is not None
+        index = member.room.worker
+        try:
+            reply = await self.supervisor.call(index, member.command(0))
+            return bool(reply["ok"]) and member.alive
+        except ConnectionError:
+            # The worker died with the command in flight; its replacement is seeded
+            # from the registry, this member included.
+            try:
+                await asyncio.wait_for(self.supervisor.handles[index].ready.wait(), 10.0)
+            except TimeoutError:
+                return False
+            return member.alive
+        except TimeoutError:
+            return False
+
+    def register(self, member: MemberRecord, port: int) -> None:
+        """The 2-byte UDP port registration (§1.4)."""
+        if member.alive and self.supervisor is not None:
+            self.supervisor.send(member.room.worker, {"t": "register",
+                                                      "token": member.token.decode(),
+                                                      "port": port})
+
+    # --- worker events ----------------------------------------------------------------------
+    def on_worker_event(self, worker: int, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "bound":
+            self.registry.bind(message["token"].encode(), (message["ip"], message["port"]))
+        elif kind == "left":
+            member = self.registry.remove_member(message["token"].encode())
+            if member is not None and message["reason"] != "exit":
+                log.info("member evicted (%s) from a room on worker %d", message["reason"],
+                         worker)
+        elif kind == "closed":
+            if self.registry.close_room(message["room"]) is not None:
+                log.info("room closed (%s) on worker %d (%d rooms)", message["reason"],
+                         worker, len(self.registry.rooms))
+        else:
+            log.warning("worker %d sent unknown event %r", worker, kind)
+
+    def count(self, status: Status) -> None:
+        self.joins[status.name] = self.joins.get(status.name, 0) + 1
+
+
+class TcrpConnection(asyncio.Protocol):
+    """One TCRP connection: bytes in and out of a ``Session``, one timer at a time."""
+
+    def __init__(self, app: ControlApp) -> None:
+        self.app = app
+        self.session = Session(app.cfg.max_payload)
+        self.transport: asyncio.Transport | None = None
+        self.ip = ""
+        self.member: MemberRecord | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.ip = peer[0] if peer else ""
+        self.app.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.app.cfg.tcp_timeout, self._on_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.app.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.session.receive_data(b"")
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self.session.receive_data(b"")
+        self._pump()
+        return True  # keep the write side open to answer a half-closed client
+
+    def _pump(self) -> None:
+        event = self.session.next_event()
+        if event is NEED_DATA:
+            return
+        if isinstance(event, Request):
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.task = asyncio.ensure_future(self._handle(event))
+        elif isinstance(event, RequestRejected):
+            self.app.count(event.status)
+            self._close(self.session.send_error(event.status, event.reason))
+        elif isinstance(event, Registration):
+            if event.port is not None and self.member is not None:
+                self.app.register(self.member, event.port)
+            self._close()
+        elif isinstance(event, ConnectionClosed):
+            self._close()
+
+    async def _handle(self, request: Request) -> None:
+        try:
+            details, member = await self.app.handle(request, self.ip)
+        except RegistryError as exc:
+            self.app.count(exc.status)
+            self._close(self.session.send_error(exc.status, exc.reason))
+            return
+        except Exception:
+            log.exception("internal error handling a request")
+            self.app.count(Status.INTERNAL_ERROR)
+            self._close(self.session.send_error(Status.INTERNAL_ERROR, "internal error"))
+            return
+        self.app.count(Status.OK)
+        self.member = member
+        if self.transport is None:
+            return  # the client left; its member stays until inactivity, as for UDP loss
+        self.transport.write(self.session.send_ok(details, member.token))
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(REGISTRATION_WINDOW_S, self._on_registration_timeout)
+        self._pump()
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        log.debug("TCRP request deadline passed for %s", self.ip)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _on_registration_timeout(self) -> None:
+        self.timer = None
+        self.session.timeout()
+        self._close()
+
+    def _close(self, data: bytes = b"") -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            if data:
+                self.transport.write(data)
+            self.transport.close()

@@ -1,0 +1,294 @@
+"""Relay worker supervision (gunicorn's arbiter, asyncio-shaped).
+
+The supervisor owns the worker table and a pipe per worker; it never touches relay
+datagrams. Each worker is a ``spawn`` process (never fork a process with an event loop)
+given its UDP socket(s) as arguments. Liveness: a ping every ``ping_interval`` answered
+from the worker's event loop; no pong for ``ping_timeout`` -> SIGKILL (workers ignore
+SIGTERM, see relay/worker.py) and replace. A replacement is re-seeded with every member
+of its rooms (from the registry) and only then starts reading UDP and counts as ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from relay import ipc, worker
+from relay.worker import WORKER_BOOT_ERROR
+
+log = logging.getLogger("ocm.control")
+
+RESTART_BACKOFF_S = (0.05, 2.0)
+"""Jittered exponential backoff between restarts of one worker (min, max)."""
+CALL_TIMEOUT_S = 10.0
+
+
+class WorkerBootError(Exception):
+    """A worker exited with WORKER_BOOT_ERROR: restarting would only crash-loop."""
+
+
+class WorkerHandle:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: Any = None
+        self.transport: asyncio.Transport | None = None
+        self.ready = asyncio.Event()
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.last_pong = time.monotonic()
+        self.restarts = 0
+        self.stats: dict[str, Any] = {}
+        self.exited: asyncio.Event = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+class _Pipe(asyncio.Protocol):
+    def __init__(self, supervisor: Supervisor, handle: WorkerHandle) -> None:
+        self.supervisor = supervisor
+        self.handle = handle
+        self.decoder = ipc.FrameDecoder()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.handle.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except ipc.IpcError as exc:
+            log.error("worker %d: corrupt pipe (%s); replacing it", self.handle.index, exc)
+            self.supervisor.kill(self.handle.index)
+            return
+        for message in messages:
+            self.supervisor.on_message(self.handle, message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.handle.transport is not None and self.handle.transport.is_closing():
+            self.handle.transport = None
+
+
+class Supervisor:
+    def __init__(self, count: int, settings: dict[str, Any], udp: list[socket.socket],
+                 stage1: socket.socket | None, inboxes: list[socket.socket],
+                 outboxes: list[socket.socket], seed: Callable[[int], Iterable[dict[str, Any]]],
+                 on_event: Callable[[int, dict[str, Any]], None], ping_interval: float,
+                 ping_timeout: float) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+        self.settings = dict(settings)
+        self.udp = udp
+        self.stage1 = stage1
+        self.inboxes = inboxes
+        self.outboxes = outboxes
+        self.seed = seed
+        self.on_event = on_event
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.handles = [WorkerHandle(i) for i in range(count)]
+        self.stopping = False
+        self.failed: asyncio.Future[None] | None = None
+        self._ids = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- starting -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every worker and wait until each is seeded and answering pings."""
+        self.failed = asyncio.get_running_loop().create_future()
+        await asyncio.gather(*(self._spawn(h) for h in self.handles))
+        self._spawn_task(self._heartbeat())
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _spawn(self, handle: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        i = handle.index
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        process = self.ctx.Process(
+            target=worker.main, name=f"ocm-relay-{i}", daemon=False,
+            args=(i, self.settings, self.udp[i], self.stage1 if i == 0 else None, child_conn,
+                  self.inboxes[i] if self.inboxes else None, self.outboxes or None))
+        process.start()
+        child_conn.close()
+        handle.process = process
+        handle.exited = asyncio.Event()
+        handle.last_pong = time.monotonic()
+        sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
+        parent_conn.close()
+        await loop.create_unix_connection(lambda: _Pipe(self, handle), sock=sock)
+        loop.add_reader(process.sentinel, self._on_exit, handle, process)
+        # Re-seed before UDP is read: the commands are applied in order by the worker.
+        seeded = 0
+        for command in self.seed(i):
+            command["id"] = self._next_id()
+            self._write(handle, command)
+            seeded += 1
+        self._write(handle, {"t": "start"})
+        try:
+            await self._call(handle, {"t": "ping"}, wait_ready=False, timeout=30.0)
+        except (TimeoutError, ConnectionError):
+            if process.is_alive():
+                log.error("worker %d (pid %d) did not answer at start; killing it", i,
+                          process.pid)
+                self.kill(i)
+            return
+        handle.ready.set()
+        log.info("worker %d started (pid %d, %d members seeded)", i, process.pid, seeded)
+
+    def _on_exit(self, handle: WorkerHandle, process: Any) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(process.sentinel)
+        process.join(0)
+        code = process.exitcode
+        handle.ready.clear()
+        handle.exited.set()
+        if handle.transport is not None:
+            handle.transport.close()
+            handle.transport = None
+        for future in handle.pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(f"worker {handle.index} exited"))
+        handle.pending.clear()
+        if self.stopping:
+            log.info("worker %d exited (%s)", handle.index, describe_exit(code))
+            return
+        log.error("worker %d (pid %d) died: %s", handle.index, process.pid, describe_exit(code))
+        if code == WORKER_BOOT_ERROR:
+            if self.failed is not None and not self.failed.done():
+                self.failed.set_exception(WorkerBootError(
+                    f"worker {handle.index} could not boot; not restarting"))
+            return
+        handle.restarts += 1
+        low, high = RESTART_BACKOFF_S
+        delay = min(high, low * 2 ** min(handle.restarts - 1, 6)) * random.uniform(0.5, 1.0)
+        if handle.restarts == 1 or delay < low:
+            delay = 0.0  # the first restart is immediate: rooms are waiting
+        loop.call_later(delay, lambda: self._spawn_task(self._respawn(handle)))
+
+    async def _respawn(self, handle: WorkerHandle) -> None:
+        if self.stopping:
+            return
+        await self._spawn(handle)
+        if handle.ready.is_set():
+            log.warning("worker %d replaced (restart #%d)", handle.index, handle.restarts)
+
+    async def _heartbeat(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(self.ping_interval)
+            now = time.monotonic()
+            for handle in self.handles:
+                if not handle.ready.is_set() or handle.process is None:
+                    continue
+                if now - handle.last_pong > self.ping_timeout:
+                    log.error("worker %d (pid %d) missed pings for %.1fs; killing it",
+                              handle.index, handle.pid, now - handle.last_pong)
+                    self.kill(handle.index)
+                    continue
+                self._write(handle, {"t": "ping", "id": self._next_id()})
+
+    # --- talking to workers ---------------------------------------------------------------
+    def _next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def _write(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        if handle.transport is not None and not handle.transport.is_closing():
+            handle.transport.write(ipc.encode(message))
+
+    def send(self, index: int, message: dict[str, Any]) -> None:
+        """Fire and forget (e.g. ``register``); dropped if the worker is restarting —
+        re-seeding then carries the registry's state instead."""
+        handle = self.handles[index]
+        if handle.ready.is_set():
+            self._write(handle, message)
+
+    async def call(self, index: int, message: dict[str, Any]) -> dict[str, Any]:
+        """Send a command and await its answer (waiting for a restarting worker)."""
+        return await self._call(self.handles[index], message, wait_ready=True,
+                                timeout=CALL_TIMEOUT_S)
+
+    async def _call(self, handle: WorkerHandle, message: dict[str, Any], wait_ready: bool,
+                    timeout: float) -> dict[str, Any]:
+        if wait_ready:
+            await asyncio.wait_for(handle.ready.wait(), timeout)
+        command_id = message["id"] = self._next_id()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        handle.pending[command_id] = future
+        self._write(handle, message)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            handle.pending.pop(command_id, None)
+
+    def available(self) -> list[int]:
+        return [h.index for h in self.handles if h.ready.is_set()]
+
+    def on_message(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind in ("ack", "pong"):
+            handle.last_pong = time.monotonic()
+            future = handle.pending.get(message["id"])
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif kind == "stats":
+            handle.stats = message
+        elif kind != "bye":
+            self.on_event(handle.index, message)
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        for handle in self.handles:
+            self._write(handle, message)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL a worker (it is unresponsive or corrupt); ``_on_exit`` replaces it."""
+        handle = self.handles[index]
+        handle.ready.clear()
+        if handle.process is not None and handle.process.is_alive():
+            try:
+                os.kill(handle.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # --- stopping -----------------------------------------------------------------------
+    async def shutdown(self, timeout: float) -> None:
+        """Workers tell every member ``closed`` and exit; SIGKILL after ``timeout``."""
+        self.stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        self.broadcast({"t": "shutdown"})
+        waits = [h.exited.wait() for h in self.handles if h.process is not None
+                 and h.process.exitcode is None]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+        except TimeoutError:
+            log.warning("workers did not stop within %.1fs; killing them", timeout)
+            self.kill_all()
+
+    def kill_all(self) -> None:
+        self.stopping = True
+        for handle in self.handles:
+            self.kill(handle.index)
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process died, in words (gunicorn ``reap_workers``)."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = ": likely the OOM killer or an operator" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    if code == WORKER_BOOT_ERROR:
+        return f"exit code {code} (boot error)"
+    return f"exit code {code}"
