@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from relay import ipc, worker
 from relay.worker import WORKER_BOOT_ERROR
@@ -59,8 +59,7 @@ class _Pipe(asyncio.Protocol):
         self.decoder = ipc.FrameDecoder()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.handle.transport = transport
+        self.handle.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -149,7 +148,7 @@ class Supervisor:
     def _on_exit(self, handle: WorkerHandle, process: Any) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(process.sentinel)
-        process.join(0)
+        process.join(1.0)  # the sentinel closes a moment before the child is reapable
         code = process.exitcode
         handle.ready.clear()
         handle.exited.set()

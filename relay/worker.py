@@ -25,7 +25,7 @@ import socket
 import struct
 import sys
 import time
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from relay import ipc
 from relay.core import Addr, GlobalChat, RelayCore
@@ -119,10 +119,10 @@ class Worker:
                 self._drain_errors(self.sock, core.handle_send_failure)
                 continue
             out = handle(data, addr, now)
+            if core.outbox:  # notices first: "joined" precedes the member's first chat
+                self._flush()
             if out is not None:
                 relay(out, now)
-            if core.outbox:
-                self._flush()
         if core.events:
             self._flush()
 
@@ -196,6 +196,8 @@ class Worker:
 
     def _handle_one(self, data: bytes, addr: Addr, now: float) -> None:
         out = self.core.handle_datagram(data, addr, now)
+        if self.core.outbox:
+            self._flush()
         if out is not None:
             self._relay(out, now)
 
@@ -333,8 +335,7 @@ class _PipeProtocol(asyncio.Protocol):
         self.decoder = ipc.FrameDecoder()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.worker.transport = transport
+        self.worker.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         for message in self.decoder.feed(data):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -61,11 +61,16 @@ class Server:
     def _reader_alive(self) -> bool:
         return self._reader is not None and self._reader.is_alive()
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Signal the server and wait for it; SIGKILL (and fail) if it does not exit."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0,
+             allow_tracebacks: bool = False) -> int:
+        """Signal the server and wait for it; SIGKILL (and fail) if it does not exit.
+
+        Fails if any process logged a traceback (an exception reached the event loop's
+        handler or a worker crashed unexpectedly), unless ``allow_tracebacks``.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -76,6 +81,8 @@ class Server:
                 raise AssertionError("ocm-control did not exit after signal\n" + self.log_text())
         if self._reader is not None:
             self._reader.join(10)
+        if not allow_tracebacks and "Traceback" in self.log_text():
+            raise AssertionError("a server process logged a traceback:\n" + self.log_text())
         return self.proc.returncode
 
     def __enter__(self) -> Server:
@@ -85,15 +92,24 @@ class Server:
         self.stop()
 
 
-def start_server(*args: str, workers: int = 2, env: dict[str, str] | None = None,
-                 timeout: float = START_TIMEOUT_S) -> Server:
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(*args: str, workers: int = 2, stage1: bool = False,
+                 env: dict[str, str] | None = None, timeout: float = START_TIMEOUT_S) -> Server:
     """Start ``ocm-control`` on 127.0.0.1 with kernel-chosen ports and wait until ready.
 
-    Extra ``args`` are passed as flags (e.g. ``"--inactivity-timeout", "2"``).
+    Extra ``args`` are passed as flags (e.g. ``"--inactivity-timeout", "2"``). Stage 1 is
+    off unless ``stage1`` (its port 0 means "disabled", so a free port is picked).
     """
+    stage1_port = free_udp_port() if stage1 else 0
     cmd = [
         sys.executable, "-m", "control",
-        "--host", "127.0.0.1", "--tcp-port", "0", "--udp-port", "0", "--stage1-port", "0",
+        "--host", "127.0.0.1", "--tcp-port", "0", "--udp-port", "0",
+        "--stage1-port", str(stage1_port),
         "--workers", str(workers), "--log-level", "info", *args,
     ]
     full_env = dict(os.environ)
@@ -102,38 +118,35 @@ def start_server(*args: str, workers: int = 2, env: dict[str, str] | None = None
         full_env.update(env)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=full_env, start_new_session=True)
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    match = None
-    while match is None:
-        left = deadline - time.monotonic()
-        if left <= 0 or not sel.select(left):
-            proc.kill()
-            raise TimeoutError("ocm-control not ready:\n" + "".join(seen))
-        line = proc.stdout.readline()
-        if not line:
-            proc.wait(10)
-            raise RuntimeError(f"ocm-control exited {proc.returncode}:\n" + "".join(seen))
-        seen.append(line)
-        match = READY_RE.search(line)
-    sel.close()
-    udp_ports = [int(p) for p in match["udp"].split(",")]
-    server = Server(proc, match["host"], int(match["tcp"]), udp_ports[0], udp_ports,
-                    int(match["stage1"]), int(match["workers"]), match["steering"])
-    server.lines.extend(s.rstrip("\n") for s in seen)
+    lines: deque[str] = deque(maxlen=5000)
+    cond = threading.Condition()
 
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            with server._cond:
-                server.lines.append(line.rstrip("\n"))
-                server._cond.notify_all()
-        with server._cond:
-            server._cond.notify_all()
+            with cond:
+                lines.append(line.rstrip("\n"))
+                cond.notify_all()
+        with cond:
+            cond.notify_all()
 
-    server._reader = threading.Thread(target=pump, daemon=True)
-    server._reader.start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    match = None
+    with cond:
+        while match is None:
+            match = next((m for m in map(READY_RE.search, lines) if m), None)
+            if match is not None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or (proc.poll() is not None and not reader.is_alive()):
+                proc.kill()
+                raise TimeoutError(f"ocm-control not ready (exit {proc.poll()}):\n"
+                                   + "\n".join(lines))
+            cond.wait(min(left, 0.5))
+    udp_ports = [int(p) for p in match["udp"].split(",")]
+    server = Server(proc, match["host"], int(match["tcp"]), udp_ports[0], udp_ports,
+                    int(match["stage1"]), int(match["workers"]), match["steering"],
+                    lines=lines, _reader=reader, _cond=cond)
     return server

@@ -1,0 +1,146 @@
+"""A small blocking chat peer for integration tests, built on the wire codecs.
+
+``join(server, op, room, user, ...)`` speaks TCRP and returns a ``Peer`` with its token,
+details and a UDP socket; ``send``/``recv``/``expect`` move datagrams with timeouts.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+
+from wire.chat import FramedChat, Notice, decode_framed, encode_chat
+from wire.codes import Framing, Operation, Status
+from wire.tcrp import NEED_DATA, Complete, FrameReader, Response, Role, encode_request
+
+TIMEOUT_S = 10.0
+
+
+class JoinRefused(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(f"{response.status!r}: {response.error}")
+        self.response = response
+        self.status = response.status
+
+
+def tcrp_exchange(host: str, port: int, request: bytes, after: bytes = b"",
+                  timeout: float = TIMEOUT_S) -> tuple[Response, Complete | None]:
+    """Send one request; read State 1 (and State 2 on OK); optionally send ``after``."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reader = FrameReader(Role.CLIENT)
+        response: Response | None = None
+        deadline = time.monotonic() + timeout
+        while True:
+            event = reader.next_event()
+            if event is NEED_DATA:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                data = sock.recv(65536)
+                if not data:
+                    if response is not None:
+                        return response, None
+                    raise ConnectionError("server closed before answering")
+                reader.receive_data(data)
+                continue
+            if isinstance(event, Response):
+                response = event
+                if event.status != Status.OK:
+                    return event, None
+            elif isinstance(event, Complete):
+                assert response is not None
+                if after:
+                    sock.sendall(after)
+                return response, event
+
+
+@dataclass
+class Peer:
+    host: str
+    room: bytes
+    user: str
+    token: bytes
+    details: object
+    udp_port: int
+    sock: socket.socket
+    framing: Framing
+    received: list[bytes] = field(default_factory=list)
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.sock.getsockname()
+
+    def send(self, message: bytes | str) -> None:
+        raw = message.encode() if isinstance(message, str) else message
+        self.sock.sendto(encode_chat(self.room, self.token, raw), (self.host, self.udp_port))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendto(data, (self.host, self.udp_port))
+
+    def recv(self, timeout: float = TIMEOUT_S) -> bytes:
+        self.sock.settimeout(timeout)
+        data, addr = self.sock.recvfrom(65536)
+        assert addr == (self.host, self.udp_port), f"datagram from {addr}, not the chat port"
+        self.received.append(data)
+        return data
+
+    def recv_text(self, timeout: float = TIMEOUT_S) -> str:
+        return self.recv(timeout).decode()
+
+    def recv_framed(self, timeout: float = TIMEOUT_S) -> FramedChat | Notice:
+        return decode_framed(self.recv(timeout))
+
+    def expect_nothing(self, timeout: float = 0.3) -> None:
+        """Assert no datagram arrives within ``timeout`` (used only for negative checks,
+        after a positive event has shown the server processed what came before)."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except (TimeoutError, socket.timeout):
+            return
+        raise AssertionError(f"unexpected datagram {data!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def join(host: str, tcp_port: int, op: Operation, room: str, user: str,
+         password: str | None = None, framing: Framing = Framing.PLAIN,
+         bind_ip: str = "127.0.0.1", keepalive: bool = True) -> Peer:
+    """Create or join over TCRP from ``bind_ip``; bind the UDP socket to the same IP.
+
+    With ``keepalive`` an empty datagram binds the address at once (the server announces
+    the member); the caller waits for the others' ``joined`` notice where it matters.
+    """
+    request = encode_request(op, room, user, password, framing)
+    tcp = socket.socket()
+    tcp.bind((bind_ip, 0))
+    tcp.settimeout(TIMEOUT_S)
+    tcp.connect((host, tcp_port))
+    try:
+        tcp.sendall(request)
+        reader = FrameReader(Role.CLIENT)
+        response = complete = None
+        while complete is None:
+            event = reader.next_event()
+            if event is NEED_DATA:
+                data = tcp.recv(65536)
+                if not data:
+                    raise ConnectionError("closed")
+                reader.receive_data(data)
+            elif isinstance(event, Response):
+                response = event
+                if event.status != Status.OK:
+                    raise JoinRefused(event)
+            else:
+                complete = event
+    finally:
+        tcp.close()
+    assert response is not None and response.details is not None
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((bind_ip, 0))
+    peer = Peer(host, room.encode(), user, complete.token, response.details,
+                response.details.udp_port, udp, framing)
+    if keepalive:
+        peer.send(b"")
+    return peer
