@@ -160,7 +160,9 @@ class Supervisor:
                 future.set_exception(ConnectionError(f"worker {handle.index} exited"))
         handle.pending.clear()
         if self.stopping:
-            log.info("worker %d exited (%s)", handle.index, describe_exit(code))
+            stats = {k: v for k, v in handle.stats.items() if k not in ("t", "worker", "pid")}
+            log.info("worker %d exited (%s); last counters %s", handle.index,
+                     describe_exit(code), stats)
             return
         log.error("worker %d (pid %d) died: %s", handle.index, process.pid, describe_exit(code))
         if code == WORKER_BOOT_ERROR:

@@ -17,7 +17,6 @@ control's supervisor in a ``spawn`` process. The worker:
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import signal
@@ -43,7 +42,6 @@ WORKER_BOOT_ERROR: Final = 3
 """Exit code of a worker that cannot start: control halts instead of crash-looping."""
 FORWARD_HEADER: Final = struct.Struct("!4sH")
 """Forwarded datagram over the inbox socketpair: source IPv4 (4) + port (2) + datagram."""
-IP_RECVERR: Final = getattr(socket, "IP_RECVERR", 11)
 
 
 class Worker:
@@ -72,10 +70,13 @@ class Worker:
     async def run(self, conn_sock: socket.socket) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self.done = loop.create_future()
+        # No IP_RECVERR: a queued ICMP error raises EPOLLERR, and libuv stops a poll
+        # handle on POLLERR, which would silently kill this reader. Without it Linux does
+        # not report ICMP errors on unconnected UDP sockets, so only local send errors
+        # (ENOBUFS, EAGAIN, EPERM, EHOSTUNREACH...) count as send failures.
         for sock in (self.sock, self.stage1_sock):
             if sock is not None:
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
         await loop.create_unix_connection(lambda: _PipeProtocol(self), sock=conn_sock)
         loop.call_later(STATS_INTERVAL_S, self._tick)
         await self.done
@@ -108,16 +109,14 @@ class Worker:
         relay = self._relay
         core = self.core
         now = time.monotonic()
-        for i in range(BATCH_DATAGRAMS):
+        for _ in range(BATCH_DATAGRAMS):
             try:
                 data, addr = recvfrom(RECV_BUFFER_BYTES)
             except BlockingIOError:
-                if i == 0:  # woken without data: EPOLLERR, an ICMP error is queued
-                    self._drain_errors(self.sock, core.handle_send_failure)
                 break
-            except OSError:  # the pending ICMP error (IP_RECVERR) of an earlier send
-                self._drain_errors(self.sock, core.handle_send_failure)
-                continue
+            except OSError as exc:  # not expected on an unconnected socket: log, go on
+                log.warning("recvfrom: %s", exc)
+                break
             out = handle(data, addr, now)
             if core.outbox:  # notices first: "joined" precedes the member's first chat
                 self._flush()
@@ -135,8 +134,8 @@ class Worker:
                 if a is not src:
                     try:
                         sendto(plain, a)
-                    except OSError:
-                        self.core.handle_send_failure(a, now)
+                    except OSError as exc:
+                        self._send_failed(exc, a, now)
                     else:
                         if failing:
                             failing.pop(a, None)
@@ -145,11 +144,16 @@ class Worker:
                 if a is not src:
                     try:
                         sendto(framed, a)
-                    except OSError:
-                        self.core.handle_send_failure(a, now)
+                    except OSError as exc:
+                        self._send_failed(exc, a, now)
                     else:
                         if failing:
                             failing.pop(a, None)
+
+    def _send_failed(self, exc: OSError, addr: Addr, now: float) -> None:
+        """A send raised (a local error: the datagram was not sent). Cold path."""
+        log.debug("send to %s failed: %s", addr, exc)
+        self.core.handle_send_failure(addr, now)
 
     def _on_udp_forwarding(self) -> None:
         """Fallback when the steering program is not attached: datagrams land on any
@@ -163,9 +167,9 @@ class Worker:
                 data, addr = recvfrom(RECV_BUFFER_BYTES)
             except BlockingIOError:
                 break
-            except OSError:
-                self._drain_errors(self.sock, self.core.handle_send_failure)
-                continue
+            except OSError as exc:
+                log.warning("recvfrom: %s", exc)
+                break
             if len(data) > 2 and data[0] + 2 < len(data):
                 owner = tag_worker(data[data[0] + 2])
                 if owner is not None and owner != index and owner < n_peers:
@@ -208,16 +212,14 @@ class Worker:
         sendto = sock.sendto
         chat = self.stage1
         now = time.monotonic()
-        for i in range(BATCH_DATAGRAMS):
+        for _ in range(BATCH_DATAGRAMS):
             try:
                 data, addr = recvfrom(RECV_BUFFER_BYTES)
             except BlockingIOError:
-                if i == 0:
-                    self._drain_errors(sock, lambda a, _now: chat.handle_send_failure(a))
                 break
-            except OSError:
-                self._drain_errors(sock, lambda a, _now: chat.handle_send_failure(a))
-                continue
+            except OSError as exc:
+                log.warning("Stage 1 recvfrom: %s", exc)
+                break
             targets = chat.handle_datagram(data, addr, now)
             if targets is None:
                 continue
@@ -231,21 +233,6 @@ class Worker:
                     else:
                         if failing:
                             failing.pop(a, None)
-
-    def _drain_errors(self, sock: socket.socket, on_failure: Any) -> None:
-        """Read the socket's error queue (IP_RECVERR): each entry names a destination an
-        ICMP error came back for. Best effort: with a reuseport group the kernel hands the
-        error to a socket chosen by hash, whose worker may not own that member."""
-        now = time.monotonic()
-        for _ in range(64):
-            try:
-                _, _, _, addr = sock.recvmsg(1, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    log.debug("error queue: %s", exc)
-                return
-            if isinstance(addr, tuple):
-                on_failure(addr, now)
 
     # --- timers and control ---------------------------------------------------------------
     def _tick(self) -> None:
@@ -276,19 +263,23 @@ class Worker:
         self._timer = self.loop.call_later(max(0.0, due - time.monotonic()), self._on_timer)
 
     def _flush(self) -> None:
+        """Write pending events to control, then send pending notices. Events go first so
+        that control's registry has caught up (e.g. a freed username) before a client can
+        react to the notice."""
         core = self.core
-        if core.outbox:
-            outbox, core.outbox = core.outbox, []
-            sendto = self.sock.sendto
-            for payload, addr in outbox:
-                try:
-                    sendto(payload, addr)
-                except OSError:
-                    core.send_failures += 1
         if core.events:
             events, core.events = core.events, []
             for event in events:
                 self._send(event)
+        if core.outbox:
+            outbox, core.outbox = core.outbox, []
+            sendto = self.sock.sendto
+            now = time.monotonic()
+            for payload, addr in outbox:
+                try:
+                    sendto(payload, addr)
+                except OSError as exc:
+                    self._send_failed(exc, addr, now)
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,9 @@ def server() -> Iterator[Server]:
     """A 2-worker ocm-control with default settings, shared by a test module."""
     with start_server(workers=2) as srv:
         yield srv
+        srv.stop()
+        if os.environ.get("OCM_TEST_DUMP"):
+            print("\n".join(srv.lines))
 
 
 @pytest.fixture

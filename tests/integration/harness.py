@@ -110,7 +110,8 @@ def start_server(*args: str, workers: int = 2, stage1: bool = False,
         sys.executable, "-m", "control",
         "--host", "127.0.0.1", "--tcp-port", "0", "--udp-port", "0",
         "--stage1-port", str(stage1_port),
-        "--workers", str(workers), "--log-level", "info", *args,
+        "--workers", str(workers),
+        "--log-level", os.environ.get("OCM_TEST_LOG_LEVEL", "info"), *args,
     ]
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
