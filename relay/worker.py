@@ -54,7 +54,7 @@ class Worker:
         self.stage1_sock = stage1_sock
         self.inbox = inbox
         self.peers = peers or []
-        self.forwarding = bool(settings.get("forwarding"))
+        self.forwarding = inbox is not None  # steering=forward: check every tag
         self.core = RelayCore(settings["inactivity_timeout"], settings["max_send_failures"])
         self.stage1 = GlobalChat(settings["inactivity_timeout"], settings["max_send_failures"],
                                  settings.get("max_stage1_clients", 10_000))

@@ -106,12 +106,17 @@ class Peer:
 
 def join(host: str, tcp_port: int, op: Operation, room: str, user: str,
          password: str | None = None, framing: Framing = Framing.PLAIN,
-         bind_ip: str = "127.0.0.1", keepalive: bool = True) -> Peer:
+         bind_ip: str = "127.0.0.1", bind: str = "register") -> Peer:
     """Create or join over TCRP from ``bind_ip``; bind the UDP socket to the same IP.
 
-    With ``keepalive`` an empty datagram binds the address at once (the server announces
-    the member); the caller waits for the others' ``joined`` notice where it matters.
+    ``bind`` says how the member's address becomes known: ``"register"`` sends the UDP
+    port as 2 bytes after State 2 and waits for the server to close, so the worker has
+    bound the address before this returns (the register command precedes any later
+    join's command on the same pipe); ``"keepalive"`` sends an empty datagram;
+    ``"none"`` leaves it to the caller's first datagram.
     """
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((bind_ip, 0))
     request = encode_request(op, room, user, password, framing)
     tcp = socket.socket()
     tcp.bind((bind_ip, 0))
@@ -131,16 +136,18 @@ def join(host: str, tcp_port: int, op: Operation, room: str, user: str,
             elif isinstance(event, Response):
                 response = event
                 if event.status != Status.OK:
+                    udp.close()
                     raise JoinRefused(event)
             else:
                 complete = event
+        if bind == "register":
+            tcp.sendall(udp.getsockname()[1].to_bytes(2, "big"))
+            assert tcp.recv(1) == b"", "the server closes after the registration"
     finally:
         tcp.close()
     assert response is not None and response.details is not None
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind((bind_ip, 0))
     peer = Peer(host, room.encode(), user, complete.token, response.details,
                 response.details.udp_port, udp, framing)
-    if keepalive:
+    if bind == "keepalive":
         peer.send(b"")
     return peer

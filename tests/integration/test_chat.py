@@ -81,7 +81,7 @@ def test_mixed_formats_in_one_room(server: Server, room_name: str) -> None:
 
 def test_first_datagram_may_be_chat(server: Server, room_name: str) -> None:
     alice = join(H, server.tcp_port, Operation.CREATE, room_name, "alice")
-    bob = join(H, server.tcp_port, Operation.JOIN, room_name, "bob", keepalive=False)
+    bob = join(H, server.tcp_port, Operation.JOIN, room_name, "bob", bind="none")
     bob.send("first words")  # binds bob, announces him, and is relayed
     assert alice.recv_text() == JOINED.format("bob")
     assert alice.recv_text() == "bob: first words"
