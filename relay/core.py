@@ -8,9 +8,10 @@ after each call flushes ``outbox`` (notices: ``(payload, addr)`` pairs) and ``ev
 
 Hot path (STYLE.md §2 exception): a chat datagram does not allocate a list of sends.
 ``handle_datagram`` returns a ``Fanout`` tuple ``(plain, plain_addrs, framed,
-framed_addrs, sender_addr)`` and the adapter loops over the room's precomputed address
-lists, skipping ``sender_addr`` by identity. The lists are rebuilt on every membership
-change, never per datagram.
+framed_addrs, sender_addr, room)`` and the adapter loops over the room's precomputed
+address lists, skipping ``sender_addr`` by identity (or hands a list to one batched
+``sendmmsg``, cached on ``room.send_cache`` until the next membership change). The lists
+are rebuilt on every membership change, never per datagram.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from wire.limits import (
 
 Addr = tuple[str, int]
 Send = tuple[bytes, Addr]
-Fanout = tuple[bytes | None, list[Addr], bytes | None, list[Addr], Addr]
+Fanout = tuple[bytes | None, list[Addr], bytes | None, list[Addr], Addr, "Room"]
 
 DROP_REASONS: Final = (
     "too_large",  # over 4096 bytes
@@ -80,7 +81,8 @@ class Member:
 class Room:
     """A live room: members by token, and the bound addresses split by delivery format."""
 
-    __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs")
+    __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs",
+                 "send_cache")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -89,11 +91,14 @@ class Room:
         self.members: dict[bytes, Member] = {}
         self.plain_addrs: list[Addr] = []
         self.framed_addrs: list[Addr] = []
+        self.send_cache: Any = None
+        """Owned by the I/O adapter (e.g. prebuilt sendmmsg batches); reset on change."""
 
     def rebuild(self) -> None:
         """Recompute the address lists after a membership or binding change."""
         self.plain_addrs = [m.addr for m in self.members.values() if m.addr and not m.framed]
         self.framed_addrs = [m.addr for m in self.members.values() if m.addr and m.framed]
+        self.send_cache = None
 
 
 class RelayCore:
@@ -229,7 +234,7 @@ class RelayCore:
             self._notify(member, Notice(NoticeEvent.ERROR, over=longest - MAX_DELIVERY_BYTES))
             return None
         self.relayed += 1
-        return plain, plain_addrs, framed, framed_addrs, sender
+        return plain, plain_addrs, framed, framed_addrs, sender, room
 
     def handle_send_failure(self, addr: Addr, now: float) -> None:
         """A send to ``addr`` failed (or ICMP said unreachable): count, maybe evict."""

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Final, cast
 
-from relay import ipc
+from relay import ipc, mmsg
 from relay.core import Addr, GlobalChat, RelayCore
 from relay.steering import tag_worker
 from wire.codes import Framing
@@ -55,6 +55,10 @@ class Worker:
         self.inbox = inbox
         self.peers = peers or []
         self.forwarding = inbox is not None  # steering=forward: check every tag
+        self.batched = mmsg.available() and bool(settings.get(
+            "sendmmsg", os.environ.get("OCM_RELAY_SENDMMSG", "1") != "0"))
+        """Relay with one sendmmsg per room and format (relay/mmsg.py); else sendto."""
+        self.fd = udp_sock.fileno()
         self.core = RelayCore(settings["inactivity_timeout"], settings["max_send_failures"])
         self.stage1 = GlobalChat(settings["inactivity_timeout"], settings["max_send_failures"],
                                  settings.get("max_stage1_clients", 10_000))
@@ -106,7 +110,7 @@ class Worker:
     def _on_udp(self) -> None:
         recvfrom = self.sock.recvfrom
         handle = self.core.handle_datagram
-        relay = self._relay
+        relay = self._relay_batched if self.batched else self._relay
         core = self.core
         now = time.monotonic()
         for _ in range(BATCH_DATAGRAMS):
@@ -125,8 +129,33 @@ class Worker:
         if core.events:
             self._flush()
 
+    def _relay_batched(self, out: tuple[Any, ...], now: float) -> None:
+        """One ``sendmmsg`` per delivery format instead of a ``sendto`` per member."""
+        plain, plain_addrs, framed, framed_addrs, src, room = out
+        cache = room.send_cache
+        if cache is None:
+            cache = room.send_cache = (_Batch(plain_addrs), _Batch(framed_addrs))
+        fd = self.fd
+        for payload, batch in ((plain, cache[0]), (framed, cache[1])):
+            if payload is None:
+                continue
+            k = batch.index.get(src)
+            try:
+                failed = (batch.sender.send_all(fd, payload) if k is None
+                          else batch.sender.send_except(fd, payload, k))
+            except OSError as exc:  # the socket itself failed: count it on everyone
+                log.warning("sendmmsg: %s", exc)
+                failed = tuple(i for i in range(len(batch.addrs)) if i != k)
+            for i in failed:
+                self._send_failed(None, batch.addrs[i], now)
+            failing = self.core.failing
+            if failing:
+                for a in batch.addrs:
+                    if a not in failed:
+                        failing.pop(a, None)
+
     def _relay(self, out: tuple[Any, ...], now: float) -> None:
-        plain, plain_addrs, framed, framed_addrs, src = out
+        plain, plain_addrs, framed, framed_addrs, src, _ = out
         sendto = self.sock.sendto
         failing = self.core.failing
         if plain is not None:
@@ -150,7 +179,7 @@ class Worker:
                         if failing:
                             failing.pop(a, None)
 
-    def _send_failed(self, exc: OSError, addr: Addr, now: float) -> None:
+    def _send_failed(self, exc: OSError | None, addr: Addr, now: float) -> None:
         """A send raised (a local error: the datagram was not sent). Cold path."""
         log.debug("send to %s failed: %s", addr, exc)
         self.core.handle_send_failure(addr, now)
@@ -203,7 +232,7 @@ class Worker:
         if self.core.outbox:
             self._flush()
         if out is not None:
-            self._relay(out, now)
+            (self._relay_batched if self.batched else self._relay)(out, now)
 
     def _on_stage1(self) -> None:
         assert self.stage1_sock is not None
@@ -318,6 +347,17 @@ class Worker:
             self.stop(notify=False)
         else:
             log.warning("worker %d: unknown command %r", self.index, kind)
+
+
+class _Batch:
+    """A room's prebuilt ``sendmmsg`` batch for one delivery format."""
+
+    __slots__ = ("addrs", "index", "sender")
+
+    def __init__(self, addrs: list[Addr]) -> None:
+        self.addrs = addrs
+        self.index = {a: i for i, a in enumerate(addrs)}
+        self.sender = mmsg.SendBatch(addrs)
 
 
 class _PipeProtocol(asyncio.Protocol):

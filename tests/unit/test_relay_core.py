@@ -31,7 +31,7 @@ def room_of_three(framing_c: Framing = Framing.PLAIN, timeout: float = 300.0) ->
 def sends(core: RelayCore, fanout: object) -> list[tuple[bytes, tuple[str, int]]]:
     """What the adapter would send for a fan-out (same skip-the-sender rule)."""
     assert isinstance(fanout, tuple)
-    plain, plain_addrs, framed, framed_addrs, src = fanout
+    plain, plain_addrs, framed, framed_addrs, src, _room = fanout
     out = [(plain, a) for a in plain_addrs if a is not src] if plain is not None else []
     out += [(framed, a) for a in framed_addrs if a is not src] if framed is not None else []
     return sorted(out, key=lambda s: s[1])
