@@ -57,6 +57,8 @@ class RoomRecord:
     password: Any
     """An opaque password hash (control/passwords.py), or None for an open room."""
     members: dict[str, MemberRecord] = field(default_factory=dict)
+    host_ip: str = ""
+    """The IP the room was created from (the per-IP room quota counts it)."""
     live: bool = False
     """False while the worker has not yet acknowledged the room (joins see no room)."""
 
@@ -101,7 +103,7 @@ class Registry:
         """Reserve a room with its host (not live until ``mark_live``)."""
         if name in self.rooms:
             raise RegistryError(Status.ROOM_EXISTS, f"a room named {name!r} exists")
-        room = self.rooms[name] = RoomRecord(name, worker, password)
+        room = self.rooms[name] = RoomRecord(name, worker, password, host_ip=ip)
         return self._add(room, username, ip, framing, is_host=True)
 
     def join(self, room: RoomRecord, username: str, ip: str, framing: Framing,

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from control import passwords
 from control.config import Config
+from control.quotas import Quotas, QuotaSettings
 from control.registry import MemberRecord, Registry, RegistryError
 from control.session import (
     ConnectionClosed,
@@ -43,9 +45,15 @@ def new_token(worker: int) -> bytes:
     return worker_tag(worker) + secrets.token_urlsafe(TOKEN_RANDOM_BYTES).encode()
 
 
+def quota_settings(cfg: Config) -> QuotaSettings:
+    return QuotaSettings(cfg.max_conns_per_ip, cfg.conn_rate_per_ip, cfg.max_password_failures,
+                         cfg.password_failure_window, cfg.max_rooms_per_ip)
+
+
 class ControlApp:
     def __init__(self, cfg: Config, udp_ports: list[int], registry: Registry) -> None:
-        self.cfg = cfg
+        self.quotas = Quotas(quota_settings(cfg))
+        self._cfg = cfg
         self.udp_ports = udp_ports
         self.registry = registry
         self.supervisor: Supervisor | None = None
@@ -55,11 +63,24 @@ class ControlApp:
         self.joins: dict[str, int] = {}
         """Requests answered, by status name (metrics)."""
 
+    @property
+    def cfg(self) -> Config:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: Config) -> None:
+        """Live reload (SIGHUP): quotas follow the new settings at once."""
+        self._cfg = cfg
+        self.quotas.settings = quota_settings(cfg)
+
     # --- requests -------------------------------------------------------------------------
     async def handle(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
         """Grant a request or raise ``RegistryError`` with the status to answer."""
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
+        if not self.quotas.allow_request(ip, time.monotonic()):
+            raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
+                                "slow down")
         body = request.body
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
@@ -74,6 +95,7 @@ class ControlApp:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {request.room!r} closed")
         if member.is_host:
             self.registry.mark_live(member.room)
+            self.quotas.room_opened(ip)
             log.info("room created on worker %d (%d rooms)", member.room.worker,
                      len(self.registry.rooms))
         details = Details(
@@ -90,6 +112,9 @@ class ControlApp:
         assert self.supervisor is not None
         if request.room in self.registry.rooms:
             raise RegistryError(Status.ROOM_EXISTS, f"a room named {request.room!r} exists")
+        if not self.quotas.may_host(ip):
+            raise RegistryError(Status.RATE_LIMITED, f"your address hosts "
+                                f"{self.cfg.max_rooms_per_ip} rooms already")
         worker = self.registry.place(self.supervisor.available())
         if worker is None:
             raise RegistryError(Status.UNAVAILABLE, "no relay worker is available")
@@ -106,12 +131,16 @@ class ControlApp:
         room = self.registry.live_room(request.room)
         body = request.body
         if room.password is not None:
+            if self.quotas.password_blocked(ip, room.name, time.monotonic()):
+                raise RegistryError(Status.RATE_LIMITED, "too many wrong passwords for this "
+                                    "room from your address; try again later")
             ok = False
             if body.password:
                 loop = asyncio.get_running_loop()
                 ok = await loop.run_in_executor(self.hasher, passwords.verify_password,
                                                 body.password, room.password)
             if not ok:
+                self.quotas.password_failed(ip, room.name, time.monotonic())
                 raise RegistryError(Status.INVALID_PASSWORD, "wrong password")
         return self.registry.join(room, body.username, ip, body.framing,
                                   self.cfg.max_members)
@@ -152,7 +181,9 @@ class ControlApp:
                 log.info("member evicted (%s) from a room on worker %d", message["reason"],
                          worker)
         elif kind == "closed":
-            if self.registry.close_room(message["room"]) is not None:
+            room = self.registry.close_room(message["room"])
+            if room is not None:
+                self.quotas.room_closed(room.host_ip)
                 log.info("room closed (%s) on worker %d (%d rooms)", message["reason"],
                          worker, len(self.registry.rooms))
         else:
@@ -173,16 +204,26 @@ class TcrpConnection(asyncio.Protocol):
         self.member: MemberRecord | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
+        if not self.app.quotas.open_connection(self.ip):
+            # Over the per-IP cap: hold nothing for it, not even a request buffer.
+            self.ip = ""
+            transport.abort()
+            return
+        self.counted = True
         self.app.connections.add(self)
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.app.cfg.tcp_timeout, self._on_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.counted = False
+            self.app.quotas.close_connection(self.ip)
         self.app.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()

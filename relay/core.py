@@ -41,6 +41,10 @@ Addr = tuple[str, int]
 Send = tuple[bytes, Addr]
 Fanout = tuple[bytes | None, list[Addr], bytes | None, list[Addr], Addr, "Room"]
 
+DEFAULT_CHAT_RATE: Final = 10.0
+"""Chat messages per second per member; excess is dropped and counted (rate_limited)."""
+DEFAULT_CHAT_BURST: Final = 20
+
 DROP_REASONS: Final = (
     "too_large",  # over 4096 bytes
     "malformed",  # lengths 0 or past the end
@@ -58,7 +62,7 @@ class Member:
 
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
-        "room", "plain_prefix", "framed_prefix", "announced", "alive",
+        "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
     )
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
@@ -76,6 +80,9 @@ class Member:
         self.framed_prefix = framed_prefix(username)
         self.announced = False
         self.alive = True
+        self.allowance = float("inf")
+        """Chat token bucket: messages this member may send now (capped at the burst)."""
+        self.stamp = now
 
 
 class Room:
@@ -105,9 +112,15 @@ class RelayCore:
     """Rooms of one worker: authentication, relay, notices, eviction. No I/O."""
 
     def __init__(self, inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT_S,
-                 max_send_failures: int = DEFAULT_MAX_SEND_FAILURES) -> None:
+                 max_send_failures: int = DEFAULT_MAX_SEND_FAILURES,
+                 chat_rate: float = DEFAULT_CHAT_RATE, chat_burst: int = DEFAULT_CHAT_BURST
+                 ) -> None:
         self.inactivity_timeout = inactivity_timeout
         self.max_send_failures = max_send_failures
+        self.chat_rate = chat_rate
+        """Chat messages per second per member (token bucket refill), issue #6."""
+        self.chat_burst = float(chat_burst)
+        """Bucket size: a member may send this many at once."""
         self.rooms: dict[str, Room] = {}
         self.tokens: dict[bytes, Member] = {}
         self.by_addr: dict[Addr, list[Member]] = {}
@@ -160,10 +173,15 @@ class RelayCore:
         if member.addr != (member.ip, port):
             self._bind(member, (member.ip, port))
 
-    def configure(self, inactivity_timeout: float, max_send_failures: int, now: float) -> None:
+    def configure(self, inactivity_timeout: float, max_send_failures: int, now: float,
+                  chat_rate: float | None = None, chat_burst: int | None = None) -> None:
         """Apply live-reloaded settings; deadlines are recomputed."""
         self.inactivity_timeout = inactivity_timeout
         self.max_send_failures = max_send_failures
+        if chat_rate is not None:
+            self.chat_rate = chat_rate
+        if chat_burst is not None:
+            self.chat_burst = float(chat_burst)
         self._deadlines = []
         for member in self.tokens.values():
             self._push_deadline(member, member.last_seen + inactivity_timeout)
@@ -218,6 +236,15 @@ class RelayCore:
         if len(message) <= EXIT_MATCH_MAX_BYTES and is_exit(message):
             self._remove(member, Reason.EXIT)
             return None
+        allowance = member.allowance + (now - member.stamp) * self.chat_rate
+        member.stamp = now
+        if allowance > self.chat_burst:
+            allowance = self.chat_burst
+        if allowance < 1.0:
+            member.allowance = allowance
+            self.drops["rate_limited"] += 1
+            return None
+        member.allowance = allowance - 1.0
         plain_addrs = room.plain_addrs
         framed_addrs = room.framed_addrs
         sender = member.addr

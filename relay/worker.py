@@ -59,7 +59,8 @@ class Worker:
             "sendmmsg", os.environ.get("OCM_RELAY_SENDMMSG", "1") != "0"))
         """Relay with one sendmmsg per room and format (relay/mmsg.py); else sendto."""
         self.fd = udp_sock.fileno()
-        self.core = RelayCore(settings["inactivity_timeout"], settings["max_send_failures"])
+        self.core = RelayCore(settings["inactivity_timeout"], settings["max_send_failures"],
+                              settings.get("chat_rate", 10.0), settings.get("chat_burst", 20))
         self.stage1 = GlobalChat(settings["inactivity_timeout"], settings["max_send_failures"],
                                  settings.get("max_stage1_clients", 10_000))
         self.forwarded = 0
@@ -335,7 +336,8 @@ class Worker:
             self.start()
         elif kind == "config":
             timeout = msg["inactivity_timeout"]
-            self.core.configure(timeout, msg["max_send_failures"], now)
+            self.core.configure(timeout, msg["max_send_failures"], now,
+                                msg.get("chat_rate"), msg.get("chat_burst"))
             self.stage1.inactivity_timeout = timeout
             self.stage1.max_send_failures = msg["max_send_failures"]
             self._timer_due = float("inf")

@@ -250,3 +250,15 @@ def test_global_chat_relays_unchanged_to_others_and_forgets_silent() -> None:
     chat.handle_send_failure(B)
     assert chat.addrs == [] and chat.evictions == {"exit": 0, "inactive": 1,
                                                    "send_failures": 1}
+
+
+def test_chat_rate_token_bucket_drops_excess_and_refills() -> None:
+    core = room_of_three()
+    core.configure(300.0, 3, 1.0, chat_rate=2.0, chat_burst=3)
+    results = [core.handle_datagram(encode_chat(b"r", TA, b"m"), A, 2.0) for _ in range(5)]
+    assert [r is not None for r in results] == [True, True, True, False, False]
+    assert core.drops["rate_limited"] == 2
+    assert core.handle_datagram(encode_chat(b"r", TA, b""), A, 2.1) is None  # keepalive ok
+    assert core.handle_datagram(encode_chat(b"r", TA, b"m"), A, 2.2) is None  # 0.4 refilled
+    assert core.handle_datagram(encode_chat(b"r", TA, b"m"), A, 2.6) is not None  # 1.2
+    assert core.handle_datagram(encode_chat(b"r", TB, b"m"), B, 2.6) is not None  # per member
