@@ -1,13 +1,209 @@
-"""Placeholder entry point (replaced when its issue lands)."""
+"""``ocm-chat``: the reference chat client (``python -m client``).
+
+Interactive when stdin and stdout are terminals (prompt_toolkit UI, questions for whatever
+the flags leave out); script mode otherwise (see ``client.script``). ``--stage1`` chats
+on the global Stage 1 port instead of a room.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from client import render, script
+from client.link import GlobalLink, RoomLink, open_global
+from client.render import Line
+from client.session import DEFAULT_TIMEOUT_S, Joined, JoinFailed, JoinRefused, join_room
+from wire.codes import Operation, Status
+
+EXIT_USAGE: Final = script.EXIT_USAGE
+
+EPILOG: Final = """\
+Without --create/--join, --user or a password option, ocm-chat asks (when run in a
+terminal). With stdin not a terminal it runs in script mode: every input line is sent,
+every received message is printed as one line ("name: text" or "* notice"), and EOF
+leaves the room.
+
+exit codes: 0 left normally; 1 could not join (refused, unreachable, timeout);
+2 bad usage; 3 the room was closed or the server disconnected this client;
+130/143 interrupted by SIGINT/SIGTERM (script mode) or Ctrl-C at a question.
+"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("client: not yet implemented", file=sys.stderr)
-    return 2
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocm-chat",
+        description="Chat in an OCM room: create or join it over TCRP, then talk over UDP.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--server", metavar="HOST", default="127.0.0.1",
+                        help="server name or address (default: %(default)s)")
+    parser.add_argument("--tcp-port", metavar="PORT", type=_port, default=9000,
+                        help="TCRP control port (default: %(default)s)")
+    room = parser.add_mutually_exclusive_group()
+    room.add_argument("--create", metavar="ROOM", help="create ROOM and host it")
+    room.add_argument("--join", metavar="ROOM", help="join the existing ROOM")
+    parser.add_argument("--user", metavar="NAME", help="your name in the room")
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--password-file", metavar="PATH",
+                        help="read the room password from the first line of PATH "
+                             "(protects the room with --create)")
+    secret.add_argument("--password-stdin", action="store_true",
+                        help="read the room password from the first line of stdin "
+                             "(script mode; in a terminal it is asked, hidden)")
+    parser.add_argument("--stage1", action="store_true",
+                        help="chat on the global Stage 1 port instead of in a room")
+    parser.add_argument("--stage1-port", metavar="PORT", type=_port, default=9002,
+                        help="Stage 1 global chat port (default: %(default)s)")
+    parser.add_argument("--timeout", metavar="SECONDS", type=_positive, default=DEFAULT_TIMEOUT_S,
+                        help="give up joining after this long (default: %(default)g)")
+    parser.add_argument("--no-color", action="store_true",
+                        help="no colours (also when NO_COLOR is set)")
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1..65535: {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _fail(text: str, code: int) -> int:
+    print(f"ocm-chat: {text}", file=sys.stderr, flush=True)
+    return code
+
+
+def read_password_file(path: str) -> str:
+    """The first line of ``path`` without its line ending; raise ``OSError``/``ValueError``."""
+    with open(path, encoding="utf-8") as handle:
+        line = handle.readline()
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def _check_names(args: argparse.Namespace) -> str | None:
+    if args.user is not None and (problem := render.check_username(args.user)):
+        return f"--user: {problem}"
+    room = args.create if args.create is not None else args.join
+    if room is not None and (problem := render.check_room(room)):
+        return f"--{'create' if args.create is not None else 'join'}: {problem}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.stage1 and (args.create or args.join or args.password_file or args.password_stdin):
+        parser.error("--stage1 is global chat: no room, no password")
+    if problem := _check_names(args):
+        parser.error(problem)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    colour = not args.no_color and not os.environ.get("NO_COLOR")  # no-color.org
+    try:
+        if args.stage1:
+            if interactive:
+                from client import ui  # prompt_toolkit is only loaded for a terminal
+
+                return ui.run_global(args.server, args.stage1_port, args.user, colour)
+            return _script_global(args)
+        password, given = None, False
+        if args.password_file is not None:
+            try:
+                password, given = read_password_file(args.password_file), True
+            except (OSError, ValueError) as exc:
+                return _fail(f"cannot read the password file {args.password_file!r}: {exc}",
+                             EXIT_USAGE)
+        elif args.password_stdin and not interactive:
+            line = script.read_line_unbuffered(sys.stdin.fileno())
+            password, given = (line or b"").decode("utf-8", "replace"), True
+        if interactive:
+            from client import ui
+
+            plan = ui.Plan(args.server, args.tcp_port, args.timeout, user=args.user,
+                           operation=_operation(args), room=args.create or args.join,
+                           password=password or None, password_given=given)
+            return ui.run_room(plan, colour)
+        return _script_room(args, password or None)
+    except KeyboardInterrupt:
+        return script.EXIT_INTERRUPTED
+
+
+def _operation(args: argparse.Namespace) -> Operation | None:
+    if args.create is not None:
+        return Operation.CREATE
+    if args.join is not None:
+        return Operation.JOIN
+    return None
+
+
+def _script_room(args: argparse.Namespace, password: str | None) -> int:
+    operation = _operation(args)
+    if args.user is None or operation is None:
+        return _fail("stdin is not a terminal, so nothing can be asked: "
+                     "give --user and --create ROOM or --join ROOM", EXIT_USAGE)
+    room = args.create or args.join
+    try:
+        joined = join_room(args.server, args.tcp_port, operation, room, args.user, password,
+                           args.timeout)
+    except JoinRefused as refused:
+        text = render.refusal_text(refused.status, refused.error, room, args.user,
+                                   password is not None)
+        if refused.status == Status.INVALID_PASSWORD and password is None:
+            text += "; give it with --password-file or --password-stdin"
+        return _fail(text, script.EXIT_FAILED)
+    except JoinFailed as exc:
+        return _fail(str(exc), script.EXIT_FAILED)
+    with script.new_runner() as runner:
+        return runner.run(script.run_script(_room_opener(joined)))
+
+
+def _room_opener(joined: Joined) -> script.OpenLink:
+    async def open_link(on_line: Callable[[Line], None]) -> RoomLink:
+        link = RoomLink(joined, on_line)
+        await link.open()
+        role = "host of" if joined.details.host else "in"
+        room = render.sanitize(joined.room_raw.decode())
+        print(f"ocm-chat: {render.sanitize(joined.username)} is {role} room {room!r}; "
+              f"messages up to {joined.details.max_message} bytes", file=sys.stderr,
+              flush=True)
+        return link
+
+    return open_link
+
+
+def _script_global(args: argparse.Namespace) -> int:
+    if args.user is None:
+        return _fail("stdin is not a terminal, so nothing can be asked: give --user",
+                     EXIT_USAGE)
+
+    async def open_link(on_line: Callable[[Line], None]) -> GlobalLink:
+        link = await open_global(args.server, args.stage1_port, args.user, on_line)
+        print(f"ocm-chat: {args.user} in global chat on {args.server}:{args.stage1_port}; "
+              f"messages up to {link.max_message} bytes", file=sys.stderr, flush=True)
+        return link
+
+    try:
+        with script.new_runner() as runner:
+            return runner.run(script.run_script(open_link))
+    except OSError as exc:
+        return _fail(f"cannot chat on {args.server}:{args.stage1_port}: {exc}", script.EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from wire.limits import (
     MAX_PASSWORD_BYTES,
     MAX_ROOM_NAME_BYTES,
     MAX_USERNAME_BYTES,
+    REGISTRATION_BYTES,
     TCRP_HEADER_BYTES,
     TCRP_PAYLOAD_SIZE_BYTES,
     TOKEN_MAX_BYTES,
@@ -291,6 +292,13 @@ def decode_response(operation: int, room: bytes, payload: bytes) -> Response:
 
 
 _STATUSES: Final = frozenset(int(s) for s in Status)
+
+
+def encode_registration(port: int) -> bytes:
+    """The 2 bytes a client may send after State 2: its UDP port (§1.4)."""
+    if not 1 <= port <= 65535:
+        raise errors.FieldOutOfRange(f"UDP port {port}")
+    return port.to_bytes(REGISTRATION_BYTES, "big")
 
 
 # --- the incremental reader ----------------------------------------------------------------

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 from wire.chat import FramedChat, Notice, decode_framed, encode_chat
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import NEED_DATA, Complete, FrameReader, Response, Role, encode_request
+from wire.tcrp import (
+    NEED_DATA,
+    Complete,
+    FrameReader,
+    Response,
+    Role,
+    encode_registration,
+    encode_request,
+)
 
 TIMEOUT_S = 10.0
 
@@ -96,7 +104,7 @@ class Peer:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return
         raise AssertionError(f"unexpected datagram {data!r}")
 
@@ -141,7 +149,7 @@ def join(host: str, tcp_port: int, op: Operation, room: str, user: str,
             else:
                 complete = event
         if bind == "register":
-            tcp.sendall(udp.getsockname()[1].to_bytes(2, "big"))
+            tcp.sendall(encode_registration(udp.getsockname()[1]))
             assert tcp.recv(1) == b"", "the server closes after the registration"
     finally:
         tcp.close()

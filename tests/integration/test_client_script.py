@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -140,6 +141,7 @@ def room_of(clients: list[Client], server: Server, room: str, *users: str) -> li
     members = [host]
     for user in users[1:]:
         member = spawn(clients, server, "--join", room, "--user", user)
+        member.expect_err(r"is in room")  # its event loop runs (signal handlers in place)
         for earlier in members:
             earlier.expect_line(f"* {user} joined the room")
         members.append(member)
@@ -196,6 +198,15 @@ def test_message_over_max_message_is_refused_locally(server: Server, room_name: 
                      rf"is {limit} bytes")
     alice.send("y" * limit)
     bob.expect_line("alice: " + "y" * limit)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_leave_the_room(server: Server, room_name: str, clients: list[Client],
+                                signum: int, code: int) -> None:
+    alice, bob = room_of(clients, server, room_name, "alice", "bob")
+    bob.proc.send_signal(signum)
+    alice.expect_line("* bob left the room")  # /exit was sent on the way out
+    assert bob.wait() == code
 
 
 # --- passwords --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ server, with script-mode peers (``test_client_script.Client``) on the other side
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,15 @@ def test_declining_the_rejoin_exits_3(
     bob.expect(r"Rejoin\? \[y/N\]")
     bob.sendline("")
     assert wait_exit(bob) == 3
+
+
+def test_sigterm_leaves_cleanly(
+        server: Server, room_name: str, clients: list[Client], ttys: list[object]) -> None:
+    alice = spawn(clients, server, "--create", room_name, "--user", "alice")
+    alice.expect_err("is host of room")
+    bob = spawn_tty(ttys, server, "--join", room_name, "--user", "bob")
+    bob.expect("you are in room")
+    alice.expect_line("* bob joined the room")
+    bob.kill(signal.SIGTERM)  # e.g. a closing terminal (SIGHUP is handled the same way)
+    alice.expect_line("* bob left the room")  # /exit was sent, not a silent disappearance
+    assert wait_exit(bob) == 0

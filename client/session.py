@@ -1,0 +1,173 @@
+"""Joining a room over TCRP (PROTOCOL.md §1), blocking, with one overall timeout.
+
+``join_room(...)`` connects, sends one JSON request asking for ``ocm1`` framing, reads the
+State 1 response and the State 2 token with ``wire.tcrp.FrameReader``, then registers a
+UDP socket bound to the same local IP (the token is bound to that IP, §1.4) by sending
+its port as the 2 registration bytes. It returns a ``Joined`` (hand ``udp_sock`` to the
+event loop) or raises ``JoinRefused`` (a status other than OK) or ``JoinFailed`` (the
+server is unreachable, timed out, or spoke something that is not TCRP).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+from wire import errors
+from wire.codes import Framing, Operation, Status
+from wire.tcrp import (
+    NEED_DATA,
+    Complete,
+    Details,
+    FrameReader,
+    Response,
+    Role,
+    encode_registration,
+    encode_request,
+)
+
+Addr = tuple[str, int]
+
+DEFAULT_TIMEOUT_S = 10.0
+"""How long the whole TCRP exchange may take (the server's own default --tcp-timeout)."""
+RECV_CHUNK_BYTES = 65536
+
+
+class JoinFailed(Exception):
+    """The exchange did not complete; ``str()`` is a one-line explanation."""
+
+
+class JoinRefused(Exception):
+    """The server answered a status other than OK."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(f"{response.status!r}: {response.error}")
+        self.status: Status | int = response.status
+        self.error = response.error
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A granted membership: what every chat datagram needs, and where to send it."""
+
+    room_raw: bytes
+    username: str
+    token: bytes
+    details: Details
+    server: Addr  # (server IP, details.udp_port)
+    udp_sock: socket.socket  # bound to the IP the token was issued to, non-blocking
+
+
+def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
+    """The first address of ``host`` (TCP and UDP then use the same one); raise
+    ``JoinFailed`` if the name does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise JoinFailed(f"cannot resolve server name {host!r}: {exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return exc.strerror or exc.__class__.__name__
+
+
+def join_room(
+    host: str,
+    tcp_port: int,
+    operation: Operation,
+    room: str,
+    username: str,
+    password: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> Joined:
+    """Create or join ``room`` as ``username``; see the module docstring."""
+    family, addr = resolve(host, tcp_port)
+    where = f"{host}:{tcp_port}"
+    deadline = time.monotonic() + timeout
+    request = encode_request(operation, room, username, password, Framing.OCM1)
+    try:
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise JoinFailed(f"cannot open a socket: {_describe_os_error(exc)}") from None
+    udp: socket.socket | None = None
+    try:
+        try:
+            tcp.settimeout(timeout)
+            tcp.connect(addr)
+            local_ip = tcp.getsockname()[0]
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            udp.bind((local_ip, 0))
+            tcp.sendall(request)
+            response, complete = _read_answer(tcp, deadline, where)
+        except TimeoutError:
+            raise JoinFailed(
+                f"the server at {where} did not answer within {timeout:g} s"
+            ) from None
+        except OSError as exc:
+            hint = "; is ocm-control running there?" if isinstance(
+                exc, ConnectionRefusedError) else ""
+            raise JoinFailed(
+                f"cannot reach the server at {where} ({_describe_os_error(exc)}){hint}"
+            ) from None
+        assert response.details is not None
+        _register(tcp, udp)
+    except BaseException:
+        if udp is not None:
+            udp.close()
+        raise
+    finally:
+        tcp.close()
+    udp.setblocking(False)
+    server_udp = (addr[0], response.details.udp_port)
+    return Joined(room.encode(), username, complete.token, response.details, server_udp, udp)
+
+
+def _read_answer(tcp: socket.socket, deadline: float, where: str) -> tuple[Response, Complete]:
+    """Read State 1 then State 2; raise ``JoinRefused`` on an error status."""
+    reader = FrameReader(Role.CLIENT)
+    response: Response | None = None
+    while True:
+        try:
+            event = reader.next_event()
+        except errors.ProtocolError as exc:
+            raise JoinFailed(f"the server at {where} sent an invalid answer: {exc}") from None
+        if event is NEED_DATA:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            tcp.settimeout(left)
+            try:
+                data = tcp.recv(RECV_CHUNK_BYTES)
+            except ConnectionResetError:
+                data = b""  # §1.1: a reset after an answer is a close
+            if not data:
+                what = "the token" if response is not None else "answering"
+                raise JoinFailed(f"the server at {where} closed the connection before {what}")
+            reader.receive_data(data)
+        elif isinstance(event, Response):
+            if response is not None:
+                raise JoinFailed(f"the server at {where} sent two responses")
+            if event.status != Status.OK:
+                raise JoinRefused(event)
+            response = event
+        elif isinstance(event, Complete):
+            if response is None:
+                raise JoinFailed(f"the server at {where} sent a token without a response")
+            return response, event
+        else:  # a Request: only a server reads those
+            raise JoinFailed(f"the server at {where} sent an unexpected frame")
+
+
+def _register(tcp: socket.socket, udp: socket.socket) -> None:
+    """Send our UDP port as the 2 registration bytes (§1.4), so the server knows our
+    address before the first datagram; best effort: the first keepalive binds it too."""
+    port = udp.getsockname()[1]
+    try:
+        tcp.sendall(encode_registration(port))
+    except OSError:
+        pass

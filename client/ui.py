@@ -1,0 +1,385 @@
+"""The interactive client (stdin and stdout are terminals), on prompt_toolkit.
+
+Setup asks, in the order of the specification, only what the flags did not give: the
+username, create or join, the room, and a password only when it is needed (offered,
+optional, when creating; asked, hidden, when a join gets INVALID_PASSWORD, and again
+after each wrong one). Recoverable refusals (room exists / not found / full, name taken)
+go back to the question that fixes them.
+
+The chat runs under ``patch_stdout``: incoming lines are printed above the input line and
+what is being typed is redrawn intact. When the room closes or the server disconnects us
+the prompt is interrupted, the reason shown and a rejoin offered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.formatted_text import ANSI
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.validation import ValidationError, Validator
+
+from client import render
+from client.link import GlobalLink, Link, RoomLink, open_global
+from client.render import Line, MessageTooLong
+from client.script import (
+    EXIT_ENDED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    is_exit_command,
+    new_runner,
+)
+from client.session import Joined, JoinFailed, JoinRefused, join_room
+from wire.chat import Notice
+from wire.codes import NoticeEvent, Operation, Status
+
+RECOVERABLE: Final = frozenset(
+    {Status.ROOM_EXISTS, Status.ROOM_NOT_FOUND, Status.USERNAME_TAKEN, Status.ROOM_FULL}
+)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or Ctrl-D at a setup question."""
+
+
+class _Ended(Exception):
+    """Raised into the running prompt when the room ends under it."""
+
+
+def help_lines(max_message: int, room_mode: bool) -> list[str]:
+    lines = [
+        "commands:",
+        "  /help    show this help",
+        "  /exit    leave " + ("the room (as its host: this closes it for everyone)"
+                               if room_mode else "global chat") + "; /quit does the same",
+        "  //text   send a message that starts with '/'",
+        "keys: Enter sends, Up/Down recall what you sent, Ctrl-C or Ctrl-D leave",
+        f"messages are at most {max_message} bytes; longer ones are not sent",
+    ]
+    if room_mode:
+        lines.append("there is no /who: the server does not tell clients who is in a room;"
+                     " joins and leaves are shown as they happen")
+    return lines
+
+
+# --- setup questions --------------------------------------------------------------------------
+def _validator(check: Callable[[str], str | None]) -> Validator:
+    class _Check(Validator):
+        def validate(self, document: object) -> None:
+            problem = check(document.text)  # type: ignore[attr-defined]
+            if problem:
+                raise ValidationError(message=problem)
+
+    return _Check()
+
+
+class Asker:
+    """The setup questions, each on its own prompt_toolkit prompt (run synchronously,
+    before the chat's event loop starts)."""
+
+    def __init__(self) -> None:
+        self._session: PromptSession[str] = PromptSession()
+
+    def _ask(self, message: str, default: str = "", secret: bool = False,
+             check: Callable[[str], str | None] | None = None) -> str:
+        try:
+            return self._session.prompt(
+                message, default=default, is_password=secret,
+                validator=_validator(check) if check else None, validate_while_typing=False,
+            )
+        except (KeyboardInterrupt, EOFError):
+            raise Interrupted from None
+
+    def username(self, default: str = "") -> str:
+        return self._ask("Your name: ", default, check=render.check_username)
+
+    def operation(self, default: Operation | None = None) -> Operation:
+        hint = {Operation.CREATE: "c", Operation.JOIN: "j"}.get(default, "") if default else ""
+
+        def check(text: str) -> str | None:
+            return None if text.strip().lower() in _OPERATION_ANSWERS else "type c or j"
+
+        answer = self._ask("Create a new room or join one? [c/j]: ", hint, check=check)
+        return _OPERATION_ANSWERS[answer.strip().lower()]
+
+    def room(self, default: str = "") -> str:
+        return self._ask("Room name: ", default, check=render.check_room)
+
+    def new_password(self) -> str | None:
+        answer = self._ask("Password for the new room (optional, Enter = open room): ",
+                           secret=True, check=_check_password)
+        return answer or None
+
+    def password(self, room: str) -> str:
+        return self._ask(f"Password for room {render.sanitize(room)!r}: ", secret=True,
+                         check=_check_password)
+
+    def yes_no(self, question: str, default: bool = False) -> bool:
+        suffix = " [Y/n] " if default else " [y/N] "
+        answer = self._ask(question + suffix).strip().lower()
+        return default if not answer else answer in ("y", "yes")
+
+
+_OPERATION_ANSWERS: Final = {
+    "c": Operation.CREATE, "create": Operation.CREATE,
+    "j": Operation.JOIN, "join": Operation.JOIN,
+}
+
+
+def _check_password(text: str) -> str | None:
+    return "the password is longer than 255 bytes" if len(text.encode()) > 255 else None
+
+
+@dataclass
+class Plan:
+    """What we know so far about the room to enter; ``None`` = ask."""
+
+    host: str
+    tcp_port: int
+    timeout: float
+    user: str | None = None
+    operation: Operation | None = None
+    room: str | None = None
+    password: str | None = None
+    password_given: bool = False  # --password-file / --password-stdin, or asked already
+    last_user: str = ""  # the default answers when a question is asked again
+    last_room: str = ""
+
+
+def say(text: str, colour: bool, warning: bool = False) -> None:
+    """A setup-time line; warnings go to stderr."""
+    line = render.warning_line(text) if warning else render.notice_line(text)
+    print(render.format_ansi(line, colour=colour), file=sys.stderr if warning else sys.stdout,
+          flush=True)
+
+
+def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
+    """Ask what is missing and join; loop on recoverable refusals. Raise ``JoinRefused``
+    or ``JoinFailed`` for the rest, ``Interrupted`` on Ctrl-C / Ctrl-D."""
+    while True:
+        user = plan.user = plan.user or asker.username(plan.last_user)
+        operation = plan.operation = plan.operation or asker.operation()
+        room = plan.room = plan.room or asker.room(plan.last_room)
+        plan.last_user, plan.last_room = user, room
+        if operation is Operation.CREATE and not plan.password_given:
+            plan.password, plan.password_given = asker.new_password(), True
+        try:
+            return join_room(plan.host, plan.tcp_port, operation, room, user,
+                             plan.password, plan.timeout)
+        except JoinRefused as refused:
+            say(render.refusal_text(refused.status, refused.error, room, user,
+                                    plan.password is not None), colour, True)
+            if refused.status == Status.INVALID_PASSWORD:
+                plan.password, plan.password_given = asker.password(room), True
+            elif refused.status == Status.USERNAME_TAKEN:
+                plan.user = None
+            elif refused.status in RECOVERABLE:
+                plan.operation = plan.room = None
+                plan.password_given = False
+            else:
+                raise
+
+
+# --- the chat ---------------------------------------------------------------------------------
+@dataclass
+class ChatView:
+    """Prints lines above the prompt with an HH:MM timestamp."""
+
+    colour: bool
+
+    def __call__(self, line: Line, stamp: bool = True) -> None:
+        clock = time.strftime("%H:%M") if stamp else None
+        print(render.format_ansi(line, clock, self.colour), flush=True)
+
+
+async def chat(link: Link, user: str, title: str, host: bool, colour: bool,
+               history: InMemoryHistory, intro: Line) -> Notice | None:
+    """Show ``intro``, then read lines and send them until the user leaves (``None``) or
+    the room ends (the final notice). Must run under ``patch_stdout``; ``link`` is open.
+    SIGTERM and SIGHUP leave like Ctrl-D (handlers are in place before ``intro``)."""
+    show = ChatView(colour)
+    session: PromptSession[str] = PromptSession(
+        history=history, erase_when_done=True,
+        bottom_toolbar=f" {title} · {user}{' (host)' if host else ''}"
+                       " · /help · Ctrl-D leaves ",
+    )
+    name = render.sanitize(user)
+    prompt = ANSI(f"\x1b[1;38;5;{render.user_colour(user)}m{name}\x1b[0m> ") if colour \
+        else f"{name}> "
+
+    leaving = False
+
+    def interrupt(exception: BaseException) -> None:
+        if session.app.is_running:
+            session.app.exit(exception=exception)
+
+    def on_signal() -> None:  # SIGTERM, or SIGHUP when the terminal goes away: leave
+        nonlocal leaving
+        leaving = True
+        interrupt(EOFError())
+
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal)
+    link.ended.add_done_callback(lambda _: interrupt(_Ended()))
+    show(intro)
+    try:
+        while True:
+            if link.ended.done():
+                return link.ended.result()
+            if leaving:
+                link.leave()
+                return None
+            try:
+                text = await session.prompt_async(prompt)
+            except _Ended:
+                continue
+            except (KeyboardInterrupt, EOFError):
+                link.leave()
+                return None
+            for part in (p for p in text.split("\n") if p.strip()):
+                outcome = await _handle_input(part, link, session, show, host, user)
+                if outcome == "leave":
+                    link.leave()
+                    return None
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+async def _handle_input(text: str, link: Link, session: PromptSession[str], show: ChatView,
+                        host: bool, user: str) -> str:
+    """Run a command or send a message; ``"leave"`` to leave."""
+    room_mode = isinstance(link, RoomLink)
+    word = text.strip().lower()
+    if is_exit_command(text) or word == "/quit":
+        if host and room_mode:
+            try:
+                answer = await session.prompt_async(
+                    "You are the host: leaving closes the room for everyone. Leave? [y/N] ")
+            except (KeyboardInterrupt, EOFError):
+                return "leave"
+            except _Ended:
+                return "stay"
+            if answer.strip().lower() not in ("y", "yes"):
+                show(render.notice_line("staying"))
+                return "stay"
+        return "leave"
+    if word == "/help":
+        for line in help_lines(link.max_message, room_mode):
+            show(render.notice_line(line), stamp=False)
+        return "stay"
+    if word == "/who":
+        show(render.notice_line("there is no /who: the server does not tell clients who is "
+                                "in a room (joins and leaves are shown as they happen)"))
+        return "stay"
+    if text.startswith("//"):
+        text = text[1:]
+        if is_exit_command(text):  # the server would take it for /exit
+            show(render.warning_line("not sent: the server would read that as /exit"))
+            return "stay"
+    elif text.startswith("/"):
+        show(render.warning_line(f"unknown command {render.sanitize(text.split()[0])!r}: "
+                                 "/help lists the commands; start with // to send a '/' line"))
+        return "stay"
+    try:
+        link.send(text)
+    except MessageTooLong as exc:
+        show(render.warning_line(str(exc)))
+        return "stay"
+    show(render.chat_line(user, text, own=True))
+    return "stay"
+
+
+def run_room(plan: Plan, colour: bool) -> int:
+    """The whole interactive room session, rejoins included. Returns the exit code."""
+    asker = Asker()
+    history = InMemoryHistory()
+    while True:
+        try:
+            joined = enter_room(plan, asker, colour)
+        except Interrupted:
+            return EXIT_INTERRUPTED
+        except (JoinRefused, JoinFailed) as exc:
+            if isinstance(exc, JoinFailed):
+                say(str(exc), colour, warning=True)
+            return EXIT_FAILED
+        with new_runner() as runner:
+            notice = runner.run(_room_chat(joined, colour, history))
+        if notice is None:
+            return EXIT_OK
+        try:
+            again = asker.yes_no("Rejoin?", default=False)
+        except Interrupted:
+            again = False
+        if not again:
+            return EXIT_ENDED
+        if notice.event is NoticeEvent.DISCONNECTED and not joined.details.host:
+            plan.operation = Operation.JOIN  # the room lives on: back into the same one
+        else:  # the room is gone: ask again, offering the same name
+            plan.operation = plan.room = None
+            plan.password_given = False
+
+
+async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory) -> Notice | None:
+    host = joined.details.host
+    room = joined.room_raw.decode()
+    with patch_stdout(raw=True):
+        show = ChatView(colour)
+        link = RoomLink(joined, show)
+        await link.open()
+        role = " (host: leaving closes the room)" if host else ""
+        intro = render.notice_line(
+            f"you are in room {render.sanitize(room)!r} as {render.sanitize(joined.username)}"
+            f"{role} · /help for commands")
+        try:
+            notice = await chat(link, joined.username, f"room {render.sanitize(room)}", host,
+                                colour, history, intro)
+        finally:
+            link.close()
+        if notice is not None:
+            show(render.warning_line(render.ended_explanation(notice, host)))
+        elif host:
+            show(render.notice_line("you left; the room is closed"))
+        else:
+            show(render.notice_line("you left the room"))
+    return notice
+
+
+def run_global(host: str, port: int, user: str | None, colour: bool) -> int:
+    """Interactive Stage 1 chat."""
+    if user is None:
+        try:
+            user = Asker().username()
+        except Interrupted:
+            return EXIT_INTERRUPTED
+    with new_runner() as runner:
+        return runner.run(_global_chat(host, port, user, colour))
+
+
+async def _global_chat(host: str, port: int, user: str, colour: bool) -> int:
+    with patch_stdout(raw=True):
+        show = ChatView(colour)
+        try:
+            link: GlobalLink = await open_global(host, port, user, show)
+        except OSError as exc:
+            print(f"ocm-chat: cannot chat on {host}:{port}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        intro = render.notice_line(f"global chat on {host}:{port} as {render.sanitize(user)}"
+                                   " · /help for commands")
+        try:
+            await chat(link, user, f"global chat {host}:{port}", False, colour,
+                       InMemoryHistory(), intro)
+        finally:
+            link.close()
+    return EXIT_OK
