@@ -25,12 +25,13 @@ run: $(RUNSTAMP)
 	$(VENV)/bin/ocm-control
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --cov=wire --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire control relay client loadgen tests
-	$(VENV)/bin/mypy wire
-	$(VENV)/bin/mypy --strict wire
+	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py control/session.py \
+		control/registry.py control/quotas.py
+	$(VENV)/bin/mypy control relay client loadgen
 
 bench-wire: $(STAMP)
 	$(PY) tests/bench/bench_wire.py

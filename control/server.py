@@ -213,7 +213,8 @@ class TcrpConnection(asyncio.Protocol):
         if not self.app.quotas.open_connection(self.ip):
             # Over the per-IP cap: hold nothing for it, not even a request buffer.
             self.ip = ""
-            transport.abort()
+            self.transport.abort()
+            self.transport = None
             return
         self.counted = True
         self.app.connections.add(self)

@@ -55,7 +55,8 @@ class Server:
                         return m
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None and not self._reader_alive():
-                    raise TimeoutError(f"no log line matching {pattern!r}:\n" + "\n".join(self.lines))
+                    raise TimeoutError(f"no log line matching {pattern!r}:\n"
+                                       + "\n".join(self.lines))
                 self._cond.wait(min(left, 0.5))
 
     def _reader_alive(self) -> bool:
@@ -78,7 +79,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-                raise AssertionError("ocm-control did not exit after signal\n" + self.log_text())
+                raise AssertionError("ocm-control did not exit after signal\n"
+                                     + self.log_text()) from None
         if self._reader is not None:
             self._reader.join(10)
         if not allow_tracebacks and "Traceback" in self.log_text():

@@ -138,7 +138,7 @@ def test_registration_by_two_byte_port(server: Server, room_name: str) -> None:
     assert alice.recv_text() == JOINED.format("bob")  # announced by the registration
     alice.send("to the registered port")
     udp.settimeout(10)
-    assert udp.recv(4096) == "alice: to the registered port".encode()
+    assert udp.recv(4096) == b"alice: to the registered port"
     udp.close()
 
 

@@ -78,7 +78,7 @@ def test_forty_rooms_on_two_workers_are_isolated(args: tuple[str, ...]) -> None:
         for i, (alice, bob) in enumerate(rooms):
             assert bob.recv_text() == f"alice: to room {i}"
             assert alice.recv_text() == f"bob: back from {i}"
-        for alice, bob in rooms:
+        for _, bob in rooms:
             bob.expect_nothing(timeout=0.05)
 
 

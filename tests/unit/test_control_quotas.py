@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from control import quotas
-from control.quotas import QuotaSettings, Quotas
+from control.quotas import Quotas, QuotaSettings
 
 
 def make(**over: float) -> Quotas:
