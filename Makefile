@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 RUNSTAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-wire fuzz chaos soak clean
+.PHONY: run test lint bench bench-wire bench-hot fuzz chaos soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: $(STAMP)
 
 bench-wire: $(STAMP)
 	$(PY) tests/bench/bench_wire.py
+
+# The relay's hot path: the core's ns per datagram, and sendto vs sendmmsg fan-out.
+bench-hot: $(STAMP)
+	$(PY) tests/bench/bench_relay.py
+	$(PY) tests/bench/bench_mmsg.py
 
 bench: $(STAMP)
 	$(PY) -m loadgen.bench
