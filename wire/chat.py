@@ -38,7 +38,7 @@ class ChatDatagram:
 
 
 def encode_chat(room: bytes, token: bytes, message: bytes) -> bytes:
-    """Build a client datagram; raise ``FieldOutOfRange``/``DeliveryTooLarge`` if it can't."""
+    """Build a client datagram; raise ``FieldOutOfRange`` if it cannot be sent."""
     if not (1 <= len(room) <= 255 and 1 <= len(token) <= 255):
         raise errors.FieldOutOfRange("room and token must be 1..255 bytes")
     data = bytes((len(room), len(token))) + room + token + message
@@ -137,14 +137,18 @@ PLAIN_TEXTS: Final = {
 
 ENGLISH_TEXTS: Final = {
     "joined": "{user} joined the room",
+    "left": "{user} left the room",
     "left_exit": "{user} left the room",
     "left_inactive": "{user} was removed for inactivity",
     "left_send_failures": "{user} was removed: messages to them kept failing",
     "closed": "the room was closed",
+    "disconnected": "you were disconnected",
     "disconnected_inactive": "you were disconnected for inactivity",
     "disconnected_send_failures": "you were disconnected: messages to you kept failing",
     "error": "message too long ({over} bytes over the limit)",
 }
+"""The ``text`` of framed notices (§2.3). ``left`` and ``disconnected`` without a reason
+that has its own entry fall back to the generic text, as PLAIN_TEXTS does."""
 
 
 def _text_key(notice: Notice, table: dict[str, str]) -> str:

@@ -110,7 +110,7 @@ class BadToken(RemoteProtocolError):
 
 # --- datagrams (Stage 1, Stage 2, deliveries) --------------------------------------------
 class DatagramTooLarge(RemoteProtocolError):
-    """the datagram is over 4096 bytes"""
+    """the datagram is over its size limit (4096 bytes; 4094 for a delivery)"""
 
     status = Status.TOO_LARGE
     reason = "too_large"
