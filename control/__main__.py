@@ -3,6 +3,12 @@
 Exit codes: 0 clean stop (SIGTERM/SIGINT), 1 runtime failure (a busy port, a worker that
 cannot boot), 2 bad usage (argparse), 78 bad configuration (EX_CONFIG), 130 a second
 SIGINT (immediate stop).
+
+Signals: SIGTERM and SIGINT drain (``/readyz`` turns 503, systemd hears ``STOPPING=1``,
+new requests are answered UNAVAILABLE, every member gets ``closed``, then exit within
+``--drain-timeout``); SIGHUP reloads the live settings (config.LIVE_FIELDS). The log says
+``ready tcp=HOST:PORT udp=PORTS stage1=PORT workers=N steering=MODE`` once every worker is
+ready (and systemd hears ``READY=1``), then ``admin http=HOST:PORT`` (or ``=disabled``).
 """
 
 from __future__ import annotations
@@ -11,36 +17,57 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from control import config as config_mod
+from control import logs
+from control.admin import AdminServer, Metrics, routes_for
 from control.config import LIVE_FIELDS, Config, ConfigError
+from control.notify import notify, watchdog_interval
 from control.registry import Registry
 from control.server import ControlApp, TcrpConnection, new_token
-from control.sockets import PortBusy, UdpPlan, plan_udp
-from control.supervisor import Supervisor, WorkerBootError
+from control.sockets import SOCKET_BUFFER_BYTES, PortBusy, UdpPlan, plan_udp
+from control.supervisor import Supervisor
 
 log = logging.getLogger("ocm.control")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
 
+SAMPLE_INTERVAL_S = 0.5
+"""How often control folds the workers' stats snapshots into the metrics totals and
+reports suppressed log repeats."""
+
 
 class Control:
-    """The running service: owns the app, the supervisor and the signal dispatch."""
+    """The running service: owns the app, the supervisor and the signal dispatch.
 
-    def __init__(self, cfg: Config, plan: UdpPlan, argv: Sequence[str] | None) -> None:
+    ``state`` is ``starting``, ``ready``, ``draining`` or ``stopped``.
+    """
+
+    def __init__(self, cfg: Config, plan: UdpPlan, argv: Sequence[str] | None,
+                 sources: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
         self.plan = plan
         self.argv = argv
+        self.sources = dict(sources or {})
         self.registry = Registry(cfg.workers, new_token)
         self.app = ControlApp(cfg, plan.ports, self.registry)
         self.stop_requested = asyncio.Event()
         self.interrupts = 0
         self.exit_code = EXIT_OK
+        self.state = "starting"
+        self.reloads = {"ok": 0, "failed": 0}
+        self.started_at = time.time()
+        self.metrics = Metrics(self)
+        self.admin: AdminServer | None = None
 
     # Signal handlers only record the signal (gunicorn: "NO LOGGING, just queue").
     def _on_signal(self, signum: int) -> None:
@@ -62,27 +89,109 @@ class Control:
         raise SystemExit(EXIT_INTERRUPTED)
 
     def handle_hup(self) -> None:
-        """Reload the live settings from flags, env and file; report what needs a restart."""
+        """Reload the live settings from flags, env and file; report what needs a restart.
+
+        Nobody is dropped: timeouts and limits apply to new connections and requests at
+        once, and the workers get a ``config`` command (eviction deadlines are recomputed
+        from each member's last datagram). A file that does not load keeps everything.
+        """
         try:
-            new, _ = config_mod.load(self.argv)
+            new, _, sources = config_mod.load_with_sources(self.argv)
         except (ConfigError, SystemExit) as exc:
+            self.reloads["failed"] += 1
             log.error("reload failed, keeping the current settings: %s", exc)
             return
-        changed = {f.name for f in dataclasses.fields(Config)
-                   if getattr(new, f.name) != getattr(self.cfg, f.name)}
-        live = sorted(changed & LIVE_FIELDS)
-        frozen = sorted(changed - LIVE_FIELDS)
-        updates = {name: getattr(new, name) for name in live}
-        self.cfg = dataclasses.replace(self.cfg, **updates)
+        changed = [f.name for f in dataclasses.fields(Config)
+                   if getattr(new, f.name) != getattr(self.cfg, f.name)]
+        live = [name for name in changed if name in LIVE_FIELDS]
+        frozen = [name for name in changed if name not in LIVE_FIELDS]
+        old = self.cfg
+        self.cfg = dataclasses.replace(self.cfg, **{name: getattr(new, name) for name in live})
+        self.sources.update({name: sources[name] for name in live})
         self.app.cfg = self.cfg
-        logging.getLogger().setLevel(self.cfg.log_level.upper())
-        if self.app.supervisor is not None:
-            self.app.supervisor.broadcast({"t": "config",
-                                           "inactivity_timeout": self.cfg.inactivity_timeout,
-                                           "max_send_failures": self.cfg.max_send_failures})
-        log.info("reloaded: %s%s", ", ".join(f"{n}={getattr(self.cfg, n)}" for n in live)
-                 or "nothing changed",
-                 f"; needs a restart: {', '.join(frozen)}" if frozen else "")
+        # Say what was reloaded at the more verbose of the old and new levels, so that the
+        # line shows both when turning logging down and when turning it up.
+        quieter = logging.getLevelName(self.cfg.log_level.upper()) > logging.getLevelName(
+            old.log_level.upper())
+        if not quieter:
+            logs.set_level(self.cfg.log_level)
+        supervisor = self.app.supervisor
+        if supervisor is not None:
+            # A worker restarted later starts with the new values too.
+            supervisor.settings.update(self.cfg.worker_settings())
+            supervisor.broadcast(self.cfg.live_worker_settings())
+        self.reloads["ok"] += 1
+        log.info("reloaded: %s%s",
+                 ", ".join(f"{n}={getattr(self.cfg, n)}" for n in live) or "nothing changed",
+                 "; needs a restart: " + ", ".join(
+                     f"{n} ({getattr(old, n)} -> {getattr(new, n)})" for n in frozen)
+                 if frozen else "")
+        if quieter:
+            logs.set_level(self.cfg.log_level)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why): ready once every worker is ready and joins are accepted."""
+        if self.state != "ready":
+            return False, self.state
+        if not self.app.accepting:
+            return False, "draining"
+        supervisor = self.app.supervisor
+        waiting = [h.index for h in supervisor.handles if not h.ready.is_set()] \
+            if supervisor is not None else [-1]
+        if waiting:
+            return False, "workers not ready: " + ", ".join(map(str, waiting))
+        return True, "ready"
+
+    async def _start_admin(self) -> bool:
+        """Bind the admin HTTP server; False if an explicitly asked port cannot be bound.
+
+        The default port (9100, also node_exporter's) is best effort: if it is busy the
+        service runs without the admin server and says so.
+        """
+        cfg = self.cfg
+        if cfg.admin_port < 0:
+            return True
+        admin = AdminServer(routes_for(self.metrics, self.readiness))
+        try:
+            await admin.start(cfg.admin_host, cfg.admin_port)
+        except OSError as exc:
+            where = self.sources.get("admin_port", config_mod.DEFAULT_SOURCE)
+            if where == config_mod.DEFAULT_SOURCE:
+                log.warning("admin HTTP server not started: %s:%d: %s (set admin_port to a "
+                            "free port, or -1 to disable it)", cfg.admin_host,
+                            cfg.admin_port, exc.strerror)
+                return True
+            log.error("cannot listen on admin HTTP %s:%d (%s): %s", cfg.admin_host,
+                      cfg.admin_port, where, exc.strerror)
+            return False
+        self.admin = admin
+        return True
+
+    async def _housekeeping(self) -> None:
+        """Fold worker stats into the metrics; report suppressed log repeats."""
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL_S)
+            self.metrics.sample()
+            logs.report_suppressed(log)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _check_buffers(self) -> None:
+        """Warn when the kernel capped the UDP buffers below what was asked (8 MiB)."""
+        if not self.plan.sockets:
+            return
+        sock = self.plan.sockets[0]
+        for option, sysctl in ((socket.SO_RCVBUF, "net.core.rmem_max"),
+                               (socket.SO_SNDBUF, "net.core.wmem_max")):
+            got = sock.getsockopt(socket.SOL_SOCKET, option) // 2  # Linux reports double
+            if got < SOCKET_BUFFER_BYTES:
+                log.warning("UDP %s buffer is %d KiB, not the %d KiB asked: raise %s (see "
+                            "docs/operations.md, Tuning)",
+                            "receive" if option == socket.SO_RCVBUF else "send", got // 1024,
+                            SOCKET_BUFFER_BYTES // 1024, sysctl)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -94,8 +203,15 @@ class Control:
         except OSError as exc:
             log.error("cannot listen on TCP %s:%d: %s", cfg.host, cfg.tcp_port, exc.strerror)
             return EXIT_FAILURE
+        if not await self._start_admin():
+            server.close()
+            return EXIT_FAILURE
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        background = [asyncio.ensure_future(self._housekeeping())]
+        interval = watchdog_interval()
+        if interval is not None:
+            background.append(asyncio.ensure_future(self._watchdog(interval)))
         supervisor = Supervisor(
             cfg.workers, cfg.worker_settings(), self.plan.sockets, self.plan.stage1,
             self.plan.inboxes, self.plan.outboxes,
@@ -109,50 +225,72 @@ class Control:
         if starting.done() and starting.exception() is None and not self.stop_requested.is_set():
             await server.start_serving()
             tcp_port = server.sockets[0].getsockname()[1]
-            log.info("ready tcp=%s:%d udp=%s stage1=%d workers=%d steering=%s", cfg.host,
-                     tcp_port, ",".join(map(str, sorted(set(self.plan.ports)))),
-                     self.plan.stage1_port, cfg.workers, self.plan.steering)
-            assert supervisor.failed is not None
-            await asyncio.wait({stop_wait, supervisor.failed},
-                               return_when=asyncio.FIRST_COMPLETED)
-            if supervisor.failed.done() and supervisor.failed.exception() is not None:
-                exc = supervisor.failed.exception()
-                log.error("%s", exc)
-                self.exit_code = EXIT_FAILURE if isinstance(exc, WorkerBootError) else 1
+            self.state = "ready"
+            udp = ",".join(map(str, sorted(set(self.plan.ports))))
+            ready = (f"ready tcp={cfg.host}:{tcp_port} udp={udp} stage1={self.plan.stage1_port}"
+                     f" workers={cfg.workers} steering={self.plan.steering}")
+            log.info("%s", ready)
+            if self.admin is not None and self.admin.address is not None:
+                log.info("admin http=%s:%d", *self.admin.address)
+            else:
+                log.info("admin http=disabled")
+            notify(f"READY=1\nSTATUS={ready}")
+            self._check_buffers()
+            failed = supervisor.failed
+            assert failed is not None
+            waits: set[asyncio.Future[Any]] = {stop_wait, failed}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done() and failed.exception() is not None:
+                failure = failed.exception()
+                log.error("%s", failure)
+                # A worker that cannot boot (WorkerBootError) or anything else that stops
+                # the supervisor: a runtime failure, which a service manager may restart.
+                self.exit_code = EXIT_FAILURE
         elif starting.done() and starting.exception() is not None:
             log.error("workers failed to start: %s", starting.exception())
             self.exit_code = EXIT_FAILURE
-        # Graceful stop: no new connections, no new joins, `closed` to every member.
-        log.info("stopping: draining %d rooms", len(self.registry.rooms))
+        # Graceful stop: /readyz 503, requests answered UNAVAILABLE (the listener stays
+        # open while draining so that clients get a status, not a refused connection),
+        # `closed` to every member, then close everything.
+        self.state = "draining"
         self.app.accepting = False
-        server.close()
-        for conn in list(self.app.connections):
-            if conn.task is None and conn.transport is not None:
-                conn.transport.abort()
+        notify("STOPPING=1\nSTATUS=draining")
+        log.info("stopping: draining %d rooms (up to %gs)", len(self.registry.rooms),
+                 cfg.drain_timeout)
         if not starting.done():
             starting.cancel()
         await supervisor.shutdown(cfg.drain_timeout)
+        server.close()
+        for conn in list(self.app.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
         stop_wait.cancel()
+        for task in background:
+            task.cancel()
+        if self.admin is not None:
+            self.admin.close()
         self.app.hasher.shutdown(wait=False, cancel_futures=True)
-        log.info("stopped")
+        self.state = "stopped"
+        logs.report_suppressed(log, now=float("inf"))
+        log.info("stopped (exit code %d)", self.exit_code)
         return self.exit_code
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Logging of the control process (kept for callers of the old name)."""
+    logs.setup_logging(level, fmt, "control")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        cfg, args = config_mod.load(argv)
+        cfg, args, sources = config_mod.load_with_sources(argv)
     except ConfigError as exc:
         print(f"ocm-control: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if getattr(args, "print_config", False):
-        print(config_mod.to_toml(cfg), end="")
+        print(config_mod.to_toml(cfg, sources), end="")
         return EXIT_OK
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
     try:
         plan = plan_udp(cfg.host, cfg.udp_port, cfg.stage1_port or None, cfg.workers,
                         cfg.port_per_shard, cfg.steering)
@@ -164,9 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     import uvloop
 
-    control = Control(cfg, plan, argv)
+    control = Control(cfg, plan, argv, sources)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(control.run())
+        code: Any = runner.run(control.run())
+        return int(code)
 
 
 if __name__ == "__main__":

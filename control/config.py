@@ -1,22 +1,32 @@
 """Configuration of ``ocm-control``: one frozen dataclass, four layers.
 
 Precedence (hypercorn's sentinel idea, done in one loop): defaults < TOML file
-(``--config``) < ``OCM_<NAME>`` environment variables < flags actually given. Every
-field below is also a flag (``--inactivity-timeout``) and an env var
+(``--config`` or ``OCM_CONFIG``) < ``OCM_<NAME>`` environment variables < flags actually
+given. Every field below is also a flag (``--inactivity-timeout``) and an env var
 (``OCM_INACTIVITY_TIMEOUT``). ``LIVE_FIELDS`` can change on SIGHUP without a restart.
+
+Call ``load(argv)`` (or ``load_with_sources`` to also learn where each value came from);
+both raise ``ConfigError`` — whose message names the file and line, the variable or the
+flag — and the entry point turns that into exit code 78 (EX_CONFIG).
+docs/operations.md has the table of every key; a unit test keeps it in sync.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from wire import limits
+
+MAX_WORKERS: Final = 32
+"""The steering tag is one printable byte per worker ('A' + i); 32 keeps it readable."""
 
 
 class ConfigError(Exception):
@@ -27,13 +37,23 @@ def _f(default: Any, help: str, *, live: bool = False, metavar: str | None = Non
     return field(default=default, metadata={"help": help, "live": live, "metavar": metavar})
 
 
+def default_workers() -> int:
+    """CPUs this process may run on (cpusets and ``taskset`` included), at most 32."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
+
+
 @dataclass(frozen=True)
 class Config:
     host: str = _f("0.0.0.0", "address to bind the TCP and UDP ports on")
     tcp_port: int = _f(9000, "TCRP control port (TCP); 0 = any free port")
     udp_port: int = _f(9001, "public room-chat port (UDP) shared by all workers; 0 = any")
     stage1_port: int = _f(9002, "Stage 1 global chat port (UDP); 0 disables it")
-    workers: int = _f(os.cpu_count() or 1, "relay worker processes (default: CPU count)")
+    workers: int = _f(default_workers(), "relay worker processes (default: the CPUs this "
+                                         "process may use, at most 32)")
     inactivity_timeout: float = _f(limits.DEFAULT_INACTIVITY_TIMEOUT_S,
                                    "seconds of silence before a member is removed", live=True)
     tcp_timeout: float = _f(limits.DEFAULT_TCP_TIMEOUT_S,
@@ -45,12 +65,31 @@ class Config:
     max_send_failures: int = _f(limits.DEFAULT_MAX_SEND_FAILURES,
                                 "consecutive failed sends before a member is removed",
                                 live=True)
+    max_conns_per_ip: int = _f(256, "concurrent TCP connections per client IP", live=True)
+    conn_rate_per_ip: float = _f(5000.0, "new TCP connections per second per client IP, "
+                                         "token bucket with burst = rate", live=True)
+    max_password_failures: int = _f(5, "failed passwords per client IP and room within "
+                                       "password_failure_window before RATE_LIMITED",
+                                    live=True)
+    password_failure_window: float = _f(60.0, "seconds over which failed passwords are "
+                                              "counted (max_password_failures)", live=True)
+    max_rooms_per_ip: int = _f(2000, "live rooms hosted from one IP", live=True)
+    chat_rate: float = _f(10.0, "chat messages per second per member, token bucket; excess "
+                                "dropped and counted", live=True)
+    chat_burst: int = _f(20, "chat messages a member may send at once (bucket size of "
+                             "chat_rate)", live=True)
     port_per_shard: bool = _f(False, "give each worker its own UDP port (udp-port + i) "
                                      "instead of one shared port")
     steering: str = _f("auto", "how datagrams reach the owning worker on the shared port: "
                                "auto (BPF, else forward), bpf (fail if unavailable), forward")
     max_stage1_clients: int = _f(10_000, "Stage 1 address table bound (~200 B each)")
     log_level: str = _f("info", "debug, info, warning or error", live=True)
+    log_format: str = _f("text", "log line format: text, or json (one JSON object a line)")
+    admin_host: str = _f("127.0.0.1", "address of the admin HTTP server (/metrics, /healthz, "
+                                      "/readyz)")
+    admin_port: int = _f(9100, "admin HTTP port; 0 = any free port, -1 = disabled (if the "
+                               "default port is busy the server runs without it)",
+                         metavar="PORT")
     ping_interval: float = _f(1.0, "seconds between liveness pings to each worker")
     ping_timeout: float = _f(5.0, "seconds without a pong before a worker is replaced")
     drain_timeout: float = _f(10.0, "seconds a graceful stop may take before workers "
@@ -62,6 +101,20 @@ class Config:
             "inactivity_timeout": self.inactivity_timeout,
             "max_send_failures": self.max_send_failures,
             "max_stage1_clients": self.max_stage1_clients,
+            "chat_rate": self.chat_rate,
+            "chat_burst": self.chat_burst,
+            "log_level": self.log_level,
+            "log_format": self.log_format,
+        }
+
+    def live_worker_settings(self) -> dict[str, Any]:
+        """The ``config`` pipe command broadcast to the workers on SIGHUP."""
+        return {
+            "t": "config",
+            "inactivity_timeout": self.inactivity_timeout,
+            "max_send_failures": self.max_send_failures,
+            "chat_rate": self.chat_rate,
+            "chat_burst": self.chat_burst,
             "log_level": self.log_level,
         }
 
@@ -69,7 +122,23 @@ class Config:
 LIVE_FIELDS: Final = frozenset(f.name for f in fields(Config) if f.metadata["live"])
 _FIELDS: Final = {f.name: f for f in fields(Config)}
 _CHOICES: Final = {"steering": ("auto", "bpf", "forward"),
-                   "log_level": ("debug", "info", "warning", "error")}
+                   "log_level": ("debug", "info", "warning", "error"),
+                   "log_format": ("text", "json")}
+_POSITIVE: Final = ("inactivity_timeout", "tcp_timeout", "ping_interval", "ping_timeout",
+                    "drain_timeout", "max_members", "max_send_failures",
+                    "max_stage1_clients", "max_conns_per_ip", "conn_rate_per_ip",
+                    "max_password_failures", "password_failure_window", "max_rooms_per_ip",
+                    "chat_rate", "chat_burst")
+DEFAULT_SOURCE: Final = "default"
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a field: ``OCM_`` + its name in capitals."""
+    return "OCM_" + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _convert(name: str, value: Any, source: str) -> Any:
@@ -87,35 +156,67 @@ def _convert(name: str, value: Any, source: str) -> Any:
         if kind in ("int", int):
             if isinstance(value, bool):
                 raise ValueError(value)
-            return int(value)
+            if isinstance(value, float):  # TOML 4.0 is fine, 2.5 is not silently 2
+                if not value.is_integer():
+                    raise ValueError(value)
+                return int(value)
+            return int(str(value).strip())
         if kind in ("float", float):
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
-        return str(value).lower() if name in _CHOICES else str(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError(value)
+        return str(value).strip().lower() if name in _CHOICES else str(value)
     except ValueError:
-        raise ConfigError(f"{source}: {name} must be {kind}, got {value!r}") from None
+        raise ConfigError(f"{source}: {name} must be {_kind_words(kind)}, got {value!r}"
+                          ) from None
 
 
-def validate(cfg: Config) -> Config:
-    """Raise ``ConfigError`` on a setting outside its range."""
+def _kind_words(kind: Any) -> str:
+    return {"int": "an integer", "float": "a finite number", "bool": "true or false",
+            "str": "a string"}.get(str(getattr(kind, "__name__", kind)), str(kind))
+
+
+def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
+    """Return ``cfg`` or raise ``ConfigError`` naming the first setting out of range (and,
+    given ``sources``, where it was set)."""
+
+    def fail(name: str, message: str) -> ConfigError:
+        where = (sources or {}).get(name, DEFAULT_SOURCE)
+        return ConfigError(f"{where}: {message}" if where != DEFAULT_SOURCE else message)
+
     for port_field in ("tcp_port", "udp_port", "stage1_port"):
         port = getattr(cfg, port_field)
         if not 0 <= port <= 65535:
-            raise ConfigError(f"{port_field} must be 0..65535, got {port}")
-    if not 1 <= cfg.workers <= 32:
-        raise ConfigError(f"workers must be 1..32, got {cfg.workers}")
-    for positive in ("inactivity_timeout", "tcp_timeout", "ping_interval", "ping_timeout",
-                     "drain_timeout"):
-        if getattr(cfg, positive) <= 0:
-            raise ConfigError(f"{positive} must be > 0")
+            raise fail(port_field, f"{port_field} must be 0..65535, got {port}")
+    if not -1 <= cfg.admin_port <= 65535:
+        raise fail("admin_port", f"admin_port must be -1 (disabled) or 0..65535, got "
+                                 f"{cfg.admin_port}")
+    if cfg.admin_port > 0 and cfg.admin_port == cfg.tcp_port:
+        raise fail("admin_port", f"admin_port and tcp_port are both TCP port {cfg.tcp_port}")
+    if not 1 <= cfg.workers <= MAX_WORKERS:
+        raise fail("workers", f"workers must be 1..{MAX_WORKERS}, got {cfg.workers}")
+    for positive in _POSITIVE:
+        value = getattr(cfg, positive)
+        if not value > 0:
+            raise fail(positive, f"{positive} must be > 0, got {value}")
+    if cfg.ping_timeout <= cfg.ping_interval:
+        raise fail("ping_timeout", f"ping_timeout ({cfg.ping_timeout}) must be longer than "
+                                   f"ping_interval ({cfg.ping_interval})")
     if not 1 <= cfg.max_payload <= 1 << 20:
-        raise ConfigError("max_payload must be 1..1048576 bytes")
-    if cfg.max_members < 1 or cfg.max_send_failures < 1 or cfg.max_stage1_clients < 1:
-        raise ConfigError("max_members, max_send_failures, max_stage1_clients must be >= 1")
+        raise fail("max_payload", f"max_payload must be 1..1048576 bytes, got "
+                                  f"{cfg.max_payload}")
     for name, choices in _CHOICES.items():
         if getattr(cfg, name) not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}")
+            raise fail(name, f"{name} must be one of {', '.join(choices)}, got "
+                             f"{getattr(cfg, name)!r}")
+    for name in ("host", "admin_host"):
+        if not getattr(cfg, name):
+            raise fail(name, f"{name} must not be empty")
     return cfg
 
 
@@ -125,10 +226,11 @@ def build_parser(prog: str = "ocm-control") -> argparse.ArgumentParser:
         description="OCM control process: serves TCRP (create/join rooms) over TCP, issues "
                     "tokens, and supervises the UDP relay workers that carry the chat.",
         epilog="Every setting is also read from OCM_<NAME> (e.g. OCM_UDP_PORT=9101) and from "
-               "a TOML file given with --config; flags win over env, env over the file. "
-               "Signals: SIGTERM/SIGINT stop gracefully (members get 'closed'); a second "
-               "SIGINT stops at once. Exit codes: 0 clean stop, 1 runtime failure (e.g. port "
-               "busy), 2 bad usage, 78 bad configuration.",
+               "a TOML file given with --config (or OCM_CONFIG); flags win over env, env "
+               "over the file. Signals: SIGTERM/SIGINT stop gracefully (members get "
+               "'closed'); a second SIGINT stops at once; SIGHUP reloads the live settings. "
+               "Exit codes: 0 clean stop, 1 runtime failure (e.g. port busy), 2 bad usage, "
+               "78 bad configuration, 130 second SIGINT. See docs/operations.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
@@ -138,60 +240,131 @@ def build_parser(prog: str = "ocm-control") -> argparse.ArgumentParser:
                         help="print the effective configuration as TOML and exit")
     defaults = Config()
     for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"] + f" [default: {getattr(defaults, f.name)}]"
+        live = "live" if f.metadata["live"] else "restart"
+        help_text = f"{f.metadata['help']} [{live}; default: {getattr(defaults, f.name)}]"
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction,
+                                help=help_text)
         else:
-            parser.add_argument(flag, metavar=f.metadata["metavar"] or f.name.upper(),
+            parser.add_argument(flag_name(f.name),
+                                metavar=f.metadata["metavar"] or f.name.upper(),
                                 choices=_CHOICES.get(f.name), help=help_text)
     return parser
 
 
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
          ) -> tuple[Config, argparse.Namespace]:
-    """Parse flags, env and file into a validated ``Config``; raise ``ConfigError``."""
+    """Parse flags, env and file into a validated ``Config``; raise ``ConfigError``.
+
+    Argparse errors (an unknown flag) raise ``SystemExit(2)`` as usual.
+    """
+    cfg, args, _ = load_with_sources(argv, environ)
+    return cfg, args
+
+
+def load_with_sources(argv: Sequence[str] | None = None,
+                      environ: Mapping[str, str] | None = None
+                      ) -> tuple[Config, argparse.Namespace, dict[str, str]]:
+    """``load``, plus where each setting came from: ``"default"``, ``"FILE line N"``,
+    ``"environment OCM_X"`` or ``"--flag"``."""
     args = build_parser().parse_args(argv)
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    sources = dict.fromkeys(_FIELDS, DEFAULT_SOURCE)
     path = getattr(args, "config", None) or env.get("OCM_CONFIG")
     if path:
-        values.update(read_toml(path))
+        for name, (value, where) in _read_toml(path).items():
+            values[name] = value
+            sources[name] = where
     for name in _FIELDS:
-        raw = env.get("OCM_" + name.upper())
+        raw = env.get(env_name(name))
         if raw is not None:
-            values[name] = _convert(name, raw, f"environment OCM_{name.upper()}")
+            where = f"environment {env_name(name)}"
+            values[name] = _convert(name, raw, where)
+            sources[name] = where
     for name in _FIELDS:
         if hasattr(args, name):
-            values[name] = _convert(name, getattr(args, name), "--" + name.replace("_", "-"))
-    return validate(dataclasses.replace(Config(), **values)), args
+            values[name] = _convert(name, getattr(args, name), flag_name(name))
+            sources[name] = flag_name(name)
+    return validate(dataclasses.replace(Config(), **values), sources), args, sources
 
 
 def read_toml(path: str) -> dict[str, Any]:
-    """Settings from a TOML file; unknown keys and bad values are ``ConfigError``s that
-    name the file (and the line, for syntax errors)."""
+    """Settings from a TOML file (top level or an ``[ocm]`` table); unknown keys, bad
+    values and syntax errors are ``ConfigError``s that name the file and the line."""
+    return {name: value for name, (value, _) in _read_toml(path).items()}
+
+
+def _read_toml(path: str) -> dict[str, tuple[Any, str]]:
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                          ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    data = data.get("ocm", data)
-    out: dict[str, Any] = {}
+        # tomllib says "... (at line 3, column 7)"; lead with the line like a compiler.
+        message = str(exc)
+        found = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+        if found:
+            message = (f"{path} line {found[1]}: {message[:found.start()].rstrip()} "
+                       f"(column {found[2]})")
+            raise ConfigError(message) from None
+        if message.endswith("(at end of document)"):
+            last = len(raw.decode("utf-8").splitlines()) or 1
+            raise ConfigError(f"{path} line {last}: {message[:-21].rstrip()} (at the end of "
+                              "the file)") from None
+        raise ConfigError(f"{path}: {message}") from None
+    lines = raw.decode("utf-8").splitlines()
+    if "ocm" in data and isinstance(data["ocm"], dict):
+        extra = sorted(k for k in data if k != "ocm")
+        if extra:
+            raise ConfigError(f"{_where(path, lines, extra[0])}: unknown setting {extra[0]!r} "
+                              "(put every setting under [ocm], or none)")
+        data = data["ocm"]
+    out: dict[str, tuple[Any, str]] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
+        where = _where(path, lines, key)
         if name not in _FIELDS:
-            raise ConfigError(f"{path}: unknown setting {key!r}")
-        out[name] = _convert(name, value, f"{path}: {key}")
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        out[name] = (_convert(name, value, where), where)
     return out
 
 
-def to_toml(cfg: Config) -> str:
-    lines = []
+def _where(path: str, lines: Sequence[str], key: str) -> str:
+    """``FILE line N`` of the first line that assigns ``key`` (or defines [key])."""
+    pattern = re.compile(r"^\s*(?:\[\s*)?[\"']?" + re.escape(key) + r"[\"']?\s*[=\]]")
+    for number, line in enumerate(lines, 1):
+        if pattern.match(line):
+            return f"{path} line {number}"
+    return path
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    return repr(value)
+
+
+def to_toml(cfg: Config, sources: Mapping[str, str] | None = None) -> str:
+    """The effective configuration as a TOML file that ``read_toml`` loads back; each key
+    is preceded by its help text and whether SIGHUP reloads it, and followed by where its
+    value came from (given ``sources``)."""
+    lines = ["# ocm-control effective configuration: defaults < TOML file < OCM_* "
+             "environment < flags.",
+             "# [live] keys are reloaded on SIGHUP; [restart] keys need a restart."]
     for f in fields(Config):
-        value = getattr(cfg, f.name)
-        text = ("true" if value else "false") if isinstance(value, bool) else (
-            f'"{value}"' if isinstance(value, str) else repr(value))
-        lines.append(f"{f.name} = {text}")
+        live = "live" if f.metadata["live"] else "restart"
+        line = f"{f.name} = {_toml_value(getattr(cfg, f.name))}"
+        if sources is not None:
+            line += f"  # from {sources.get(f.name, DEFAULT_SOURCE)}"
+        lines += [f"# {f.metadata['help']} [{live}]", line]
     return "\n".join(lines) + "\n"

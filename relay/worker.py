@@ -338,6 +338,7 @@ class Worker:
             timeout = msg["inactivity_timeout"]
             self.core.configure(timeout, msg["max_send_failures"], now,
                                 msg.get("chat_rate"), msg.get("chat_burst"))
+            logging.getLogger().setLevel(str(msg.get("log_level", "info")).upper())
             self.stage1.inactivity_timeout = timeout
             self.stage1.max_send_failures = msg["max_send_failures"]
             self._timer_due = float("inf")
@@ -386,8 +387,10 @@ def main(index: int, settings: dict[str, Any], udp_sock: socket.socket,
     """Process entry point (multiprocessing spawn target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=settings.get("log_level", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s worker-" + str(index) + " %(message)s")
+    from control.logs import setup_logging  # stdlib + orjson only: one log format for all
+
+    setup_logging(settings.get("log_level", "info"), settings.get("log_format", "text"),
+                  f"worker-{index}")
     try:
         import uvloop
 

@@ -1,0 +1,372 @@
+"""The admin HTTP server of ``ocm-control``: ``/metrics``, ``/healthz``, ``/readyz``.
+
+A tiny HTTP/1.1 server on asyncio (GET and HEAD only, ``Connection: close``, one request
+per connection, a 8 KiB request head, 5 s to send it), bound to ``--admin-host`` (default
+127.0.0.1) and ``--admin-port`` (default 9100; 0 = any free port; -1 = off).
+
+Metrics come from the control process only. The relay workers already send a snapshot
+of plain counters over their pipe once a second (relay/worker.py ``_tick``, relay/core.py
+``statistics()``); ``WorkerCounters`` turns those per-process snapshots into totals that
+only grow, across worker restarts too (a replacement starts from zero: its counts are
+added, not subtracted). Nothing here runs on the datagram path. The exposition format
+(text 0.0.4) is written by hand; no label carries a room, a user or an address.
+
+Paths: ``/metrics`` (Prometheus text format), ``/healthz`` (200 while the process runs:
+liveness), ``/readyz`` (200 when every worker is ready and joins are accepted; 503 while
+starting, while a worker is being replaced and while draining: readiness).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Protocol
+
+from wire.codes import Status
+
+log = logging.getLogger("ocm.control")
+
+MAX_REQUEST_HEAD_BYTES: Final = 8192
+REQUEST_TIMEOUT_S: Final = 5.0
+MAX_CONNECTIONS: Final = 32
+"""Concurrent admin connections; more are closed at once (a scraper needs one)."""
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+Labels = tuple[tuple[str, str], ...]
+Response = tuple[int, str, bytes]
+"""HTTP status, content type, body."""
+
+_REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found",
+                   405: "Method Not Allowed", 431: "Request Header Fields Too Large",
+                   500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+# --- worker counters -------------------------------------------------------------------------
+def flatten_stats(stats: Mapping[str, Any]) -> dict[tuple[str, Labels], float]:
+    """The counters of one worker ``stats`` message, keyed by (metric, labels).
+
+    Chat-port counters are top level (relay/core.py ``RelayCore.statistics``); Stage 1's
+    are under ``"stage1"`` (``GlobalChat.statistics``). Drop and eviction reasons are
+    taken from the dicts as they are, so a new reason needs no change here.
+    """
+    out: dict[tuple[str, Labels], float] = {}
+    sections = [("chat", stats)]
+    stage1 = stats.get("stage1")
+    if isinstance(stage1, Mapping):
+        sections.append(("stage1", stage1))
+    for port, section in sections:
+        for key, metric in (("received", "datagrams_received"),
+                            ("relayed", "datagrams_relayed")):
+            value = section.get(key)
+            if isinstance(value, int | float):
+                out[(metric, (("port", port),))] = value
+        for key, metric in (("drops", "datagrams_dropped"), ("evictions", "evictions")):
+            table = section.get(key)
+            if isinstance(table, Mapping):
+                for reason, value in table.items():
+                    if isinstance(value, int | float):
+                        out[(metric, (("port", port), ("reason", str(reason))))] = value
+    for key, metric in (("send_failures", "send_failures"),
+                        ("forwarded", "datagrams_forwarded")):
+        value = stats.get(key)
+        if isinstance(value, int | float):
+            out[(metric, ())] = value
+    return out
+
+
+class WorkerCounters:
+    """Totals over every worker process that ever ran, from their snapshots.
+
+    ``absorb(index, stats)`` with each snapshot seen (in order, per worker): the growth
+    since the previous snapshot of the same process (same ``pid``) is added; a new
+    process's counters are added whole. Snapshots are sampled twice a second, and the
+    worker sends one a second, so at most the last second before a crash is missed.
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, Labels], float] = {}
+        self._last: dict[int, tuple[Any, dict[tuple[str, Labels], float]]] = {}
+
+    def absorb(self, index: int, stats: Mapping[str, Any]) -> None:
+        if not stats:
+            return
+        pid = stats.get("pid")
+        current = flatten_stats(stats)
+        last_pid, last = self._last.get(index, (None, {}))
+        if pid != last_pid:
+            last = {}
+        for key, value in current.items():
+            growth = value - last.get(key, 0)
+            if growth < 0:  # a counter went back without a new pid: treat as a reset
+                growth = value
+            if growth or key not in self.totals:
+                self.totals[key] = self.totals.get(key, 0) + growth
+        self._last[index] = (pid, current)
+
+
+# --- exposition ------------------------------------------------------------------------------
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+class Exposition:
+    """Builds the Prometheus text format, one metric family at a time."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str,
+               samples: Iterable[tuple[Labels, float]]) -> None:
+        """Add ``name`` (counters end in ``_total``) with its HELP, TYPE and samples."""
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            if labels:
+                text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                self.lines.append(f"{name}{{{text}}} {_number(value)}")
+            else:
+                self.lines.append(f"{name} {_number(value)}")
+
+    def render(self) -> bytes:
+        return ("\n".join(self.lines) + "\n").encode()
+
+
+class Source(Protocol):
+    """What the metrics read from the running service (``control.__main__.Control``)."""
+
+    app: Any
+    registry: Any
+    plan: Any
+    state: str
+    reloads: dict[str, int]
+    started_at: float
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+
+_COUNTER_HELP: Final = {
+    "datagrams_received": ("ocm_datagrams_received_total",
+                           "UDP datagrams read by the relay workers, by port (chat, stage1)"),
+    "datagrams_relayed": ("ocm_datagrams_relayed_total",
+                          "accepted chat datagrams relayed to the other members (each fans "
+                          "out to every other member), by port"),
+    "datagrams_dropped": ("ocm_datagrams_dropped_total",
+                          "UDP datagrams dropped, by port and reason"),
+    "evictions": ("ocm_evictions_total",
+                  "members (chat) or addresses (stage1) removed, by port and reason"),
+    "send_failures": ("ocm_send_failures_total", "relay sends that failed (local errors)"),
+    "datagrams_forwarded": ("ocm_datagrams_forwarded_total",
+                            "datagrams passed to the owning worker (steering=forward only)"),
+}
+
+
+_LABELLED: Final = frozenset({"datagrams_received", "datagrams_relayed", "datagrams_dropped",
+                              "evictions"})
+"""Worker counters that exist only with labels: no sample until a worker reported one."""
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ocm")
+    except Exception:  # not installed (run from a source tree)
+        return "unknown"
+
+
+class Metrics:
+    """``render()`` the whole exposition from a ``Source``; ``sample()`` the workers'
+    latest snapshots (control calls it twice a second and before each render)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.workers = WorkerCounters()
+        self.version = _package_version()
+
+    def _handles(self) -> list[Any]:
+        supervisor = self.source.app.supervisor
+        return list(supervisor.handles) if supervisor is not None else []
+
+    def sample(self) -> None:
+        for handle in self._handles():
+            self.workers.absorb(handle.index, handle.stats)
+
+    def render(self) -> bytes:
+        self.sample()
+        src = self.source
+        app, registry = src.app, src.registry
+        handles = self._handles()
+        out = Exposition()
+        out.family("ocm_build_info", "gauge", "version and UDP steering mode of this server",
+                   [((("version", self.version), ("steering", str(src.plan.steering))), 1)])
+        out.family("ocm_ready", "gauge", "1 when every worker is ready and joins are "
+                   "accepted (as /readyz)", [((), 1 if src.readiness()[0] else 0)])
+        out.family("ocm_draining", "gauge", "1 during a graceful stop",
+                   [((), 1 if src.state == "draining" else 0)])
+        out.family("ocm_rooms", "gauge", "live rooms (registry)", [((), len(registry.rooms))])
+        out.family("ocm_members", "gauge", "members holding a token (registry)",
+                   [((), len(registry.tokens))])
+        joins = {status.name: 0 for status in Status}
+        joins.update(app.joins)
+        out.family("ocm_joins_total", "counter", "TCRP requests (create or join) answered, "
+                   "by status name", [((("status", k),), v) for k, v in joins.items()])
+        out.family("ocm_tcp_connections", "gauge", "open TCRP connections",
+                   [((), len(app.connections))])
+        rooms_per_worker = [0] * len(registry.load)
+        for room in list(registry.rooms.values()):
+            if 0 <= room.worker < len(rooms_per_worker):
+                rooms_per_worker[room.worker] += 1
+        out.family("ocm_worker_members", "gauge", "members per relay worker (its load)",
+                   [((("worker", str(i)),), n) for i, n in enumerate(registry.load)])
+        out.family("ocm_worker_rooms", "gauge", "rooms per relay worker",
+                   [((("worker", str(i)),), n) for i, n in enumerate(rooms_per_worker)])
+        out.family("ocm_worker_ready", "gauge", "1 when the worker is ready",
+                   [((("worker", str(h.index)),), 1 if h.ready.is_set() else 0)
+                    for h in handles])
+        out.family("ocm_worker_restarts_total", "counter", "relay worker restarts",
+                   [((("worker", str(h.index)),), h.restarts) for h in handles])
+        stage1 = sum(int(h.stats.get("stage1", {}).get("clients", 0)) for h in handles
+                     if isinstance(h.stats.get("stage1"), Mapping))
+        out.family("ocm_stage1_clients", "gauge", "addresses in the Stage 1 global chat",
+                   [((), stage1)])
+        by_metric: dict[str, list[tuple[Labels, float]]] = {}
+        for (metric, labels), value in sorted(self.workers.totals.items()):
+            by_metric.setdefault(metric, []).append((labels, value))
+        for metric, (name, help_text) in _COUNTER_HELP.items():
+            samples = by_metric.get(metric) or ([] if metric in _LABELLED else [((), 0)])
+            out.family(name, "counter", help_text, samples)
+        out.family("ocm_config_reloads_total", "counter", "SIGHUP reloads, by result",
+                   [((("result", k),), v) for k, v in sorted(src.reloads.items())])
+        self._process(out)
+        return out.render()
+
+    def _process(self, out: Exposition) -> None:
+        """The standard process_* metrics of the control process (not the workers)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out.family("process_cpu_seconds_total", "counter", "CPU time of the control process",
+                   [((), round(usage.ru_utime + usage.ru_stime, 6))])
+        out.family("process_start_time_seconds", "gauge", "start time of the control "
+                   "process since the Unix epoch", [((), round(self.source.started_at, 3))])
+        rss = _resident_bytes()
+        if rss is not None:
+            out.family("process_resident_memory_bytes", "gauge", "resident memory of the "
+                       "control process", [((), rss)])
+        with contextlib.suppress(OSError):
+            out.family("process_open_fds", "gauge", "open file descriptors of the control "
+                       "process", [((), len(os.listdir("/proc/self/fd")))])
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+class AdminServer:
+    """``start(host, port)``, then it serves ``routes`` until ``close()``.
+
+    ``routes`` maps a path to a callable returning ``(status, content type, body)``.
+    """
+
+    def __init__(self, routes: Mapping[str, Callable[[], Response]]) -> None:
+        self.routes = dict(routes)
+        self.server: asyncio.AbstractServer | None = None
+        self.active = 0
+        self.address: tuple[str, int] | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind and serve; return the bound (host, port). Raises ``OSError``."""
+        self.server = await asyncio.start_server(self._serve, host, port,
+                                                 limit=MAX_REQUEST_HEAD_BYTES,
+                                                 reuse_address=True)
+        sockname = self.server.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+        return self.address
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.active >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self.active += 1
+        try:
+            status, ctype, body, head_only = await self._answer(reader)
+            reason = _REASONS.get(status, "Unknown")
+            headers = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}",
+                       f"Content-Length: {len(body)}", "Connection: close",
+                       "Cache-Control: no-store"]
+            if status == 405:
+                headers.append("Allow: GET, HEAD")
+            writer.write(("\r\n".join(headers) + "\r\n\r\n").encode()
+                         + (b"" if head_only else body))
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.active -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), REQUEST_TIMEOUT_S)
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes, bool]:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+        except asyncio.LimitOverrunError:
+            return 431, "text/plain", b"request head too large\n", False
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise
+            return 400, "text/plain", b"incomplete request\n", False
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return 400, "text/plain", b"bad request line\n", False
+        method, target = parts[0], parts[1]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET and HEAD\n", False
+        route = self.routes.get(target.split("?", 1)[0])
+        if route is None:
+            return 404, "text/plain", b"not found; try /metrics, /healthz, /readyz\n", False
+        try:
+            status, ctype, body = route()
+        except Exception:
+            log.exception("admin %s failed", target)
+            return 500, "text/plain", b"internal error\n", False
+        return status, ctype, body, method == "HEAD"
+
+
+def routes_for(metrics: Metrics, readiness: Callable[[], tuple[bool, str]],
+               started: float | None = None) -> dict[str, Callable[[], Response]]:
+    """The three admin routes over a ``Metrics`` and a readiness callable."""
+    boot = time.monotonic() if started is None else started
+
+    def metrics_route() -> Response:
+        return 200, METRICS_CONTENT_TYPE, metrics.render()
+
+    def healthz() -> Response:
+        return 200, "text/plain", f"ok uptime={time.monotonic() - boot:.0f}s\n".encode()
+
+    def readyz() -> Response:
+        ready, why = readiness()
+        return (200 if ready else 503), "text/plain", (why + "\n").encode()
+
+    return {"/metrics": metrics_route, "/healthz": healthz, "/readyz": readyz}
