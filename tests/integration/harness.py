@@ -7,6 +7,8 @@ Use it as a context manager; ``stop()`` sends SIGTERM and returns the exit code.
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import os
 import re
 import signal
@@ -23,6 +25,26 @@ READY_RE = re.compile(
     r"workers=(?P<workers>\d+) steering=(?P<steering>\S+)"
 )
 START_TIMEOUT_S = 60.0
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it (a graceful drain) if the test process dies,
+    even by SIGKILL, when atexit cannot run (Linux prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Safety net: a test that failed before ``stop()`` must not leave a server (and its
+    workers, in the same session/process group) running after pytest exits."""
+    for proc in _STARTED:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @dataclass
@@ -120,7 +142,8 @@ def start_server(*args: str, workers: int = 2, stage1: bool = False,
     if env:
         full_env.update(env)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=full_env, start_new_session=True)
+                            env=full_env, start_new_session=True, preexec_fn=_die_with_parent)
+    _STARTED.append(proc)
     lines: deque[str] = deque(maxlen=5000)
     cond = threading.Condition()
 
