@@ -72,6 +72,8 @@ class ConnectionClosed:
 
 
 Event = Request | RequestRejected | Registration | ConnectionClosed | _NeedData
+_AFTER_KEEP: Final = REGISTRATION_BYTES + 1
+"""Bytes kept after a request: enough to tell "exactly 2" from "more than 2" (§1.4)."""
 
 
 class Session:
@@ -96,7 +98,7 @@ class Session:
         elif self.state is SessionState.AWAIT_REQUEST:
             self._reader.receive_data(data)
         elif len(self._after) <= REGISTRATION_BYTES:  # more is "more than 2": stop storing
-            self._after += data
+            self._after += data[: _AFTER_KEEP - len(self._after)]
 
     def next_event(self) -> Event:
         state = self.state
@@ -117,7 +119,11 @@ class Session:
         self.operation, self.room_raw = reader.operation, reader.room_raw
         if isinstance(event, Request):
             self._transition("request")
-            self._after += reader.trailing
+            self._after += reader.trailing[:_AFTER_KEEP]
+            # Drop the reader's copy of whatever followed the request: a client must not
+            # make us hold a whole read chunk (~400 KiB seen) per connection while its
+            # request waits for a password check or a restarting worker.
+            self._reader = FrameReader(Role.SERVER, 0)
             return event
         if self._eof:
             self._transition("close")

@@ -1,0 +1,146 @@
+"""Helpers shared by the hardening tests (tests/integration/test_limits.py, test_floods.py,
+tests/fuzz/test_fuzz_server.py) and the long runs (tests/stress/chaos.py, soak.py).
+
+Everything here talks to a running ``ocm-control`` from outside, as a client or an
+operator would: TCRP from a chosen source address, the admin ``/metrics`` page, the
+process ids printed in the log, and ``/proc`` for memory and file descriptors.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from wire.codes import Status
+from wire.tcrp import NEED_DATA, Complete, FrameReader, Response, Role
+
+T = TypeVar("T")
+
+WORKER_STARTED_RE = re.compile(r"worker (\d+) started \(pid (\d+)")
+FINAL_COUNTERS_RE = re.compile(r"worker (\d+) exited \([^)]*\); last counters (\{.*\})$")
+
+
+# --- polling ----------------------------------------------------------------------------------
+def wait_for(check: Callable[[], T | None], timeout: float, what: str,
+             interval: float = 0.05) -> tuple[T, float]:
+    """Call ``check`` until it returns something truthy; return it and the seconds it took.
+
+    ``interval`` only spaces the attempts of a check that is itself instantaneous (a
+    metrics scrape, a refused join): every wait is bounded by ``timeout``.
+    """
+    start = time.monotonic()
+    while True:
+        value = check()
+        if value:
+            return value, time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- TCRP from any source address ---------------------------------------------------------------
+def exchange(host: str, port: int, request: bytes, bind_ip: str = "127.0.0.1",
+             timeout: float = 10.0, after: bytes = b"") -> tuple[Response, Complete | None]:
+    """One TCRP request from ``bind_ip``: the State 1 answer (and State 2 on OK).
+
+    Raises ``ConnectionError`` if the server closes (or resets) without answering.
+    """
+    with socket.socket() as sock:
+        sock.bind((bind_ip, 0))
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.sendall(request)
+        reader = FrameReader(Role.CLIENT)
+        response: Response | None = None
+        deadline = time.monotonic() + timeout
+        while True:
+            event = reader.next_event()
+            if event is NEED_DATA:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                data = sock.recv(65536)
+                if not data:
+                    if response is not None:
+                        return response, None
+                    raise ConnectionError("the server closed without answering")
+                reader.receive_data(data)
+            elif isinstance(event, Response):
+                response = event
+                if event.status != Status.OK:
+                    return event, None
+            else:
+                assert isinstance(event, Complete) and response is not None
+                if after:
+                    sock.sendall(after)
+                return response, event
+
+
+def status_of(host: str, port: int, request: bytes, bind_ip: str = "127.0.0.1") -> int:
+    """The status byte the server answers ``request`` with."""
+    return int(exchange(host, port, request, bind_ip)[0].status)
+
+
+# --- the admin page -----------------------------------------------------------------------------
+def admin_address(log_text: str) -> tuple[str, int] | None:
+    m = re.search(r"admin http=([\d.]+):(\d+)", log_text)
+    return (m[1], int(m[2])) if m else None
+
+
+def scrape(address: tuple[str, int], timeout: float = 5.0) -> dict[str, float]:
+    """``/metrics`` as ``{'name{labels}': value}``."""
+    url = f"http://{address[0]}:{address[1]}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback)
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def dropped(metrics: dict[str, float], reason: str, port: str = "chat") -> float:
+    return metrics.get(f'ocm_datagrams_dropped_total{{port="{port}",reason="{reason}"}}', 0.0)
+
+
+# --- processes ------------------------------------------------------------------------------------
+def worker_pids(log_text: str) -> dict[int, int]:
+    """The current pid of each worker: the newest ``worker N started (pid P`` line."""
+    pids: dict[int, int] = {}
+    for m in WORKER_STARTED_RE.finditer(log_text):
+        pids[int(m[1])] = int(m[2])
+    return pids
+
+
+def final_counters(log_text: str) -> dict[int, dict[str, Any]]:
+    """The ``last counters {...}`` of each worker, from the lines logged at a stop."""
+    out: dict[int, dict[str, Any]] = {}
+    for line in log_text.splitlines():
+        m = FINAL_COUNTERS_RE.search(line)
+        if m:
+            out[int(m[1])] = ast.literal_eval(m[2])
+    return out
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of ``pid`` in KiB (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def open_fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
