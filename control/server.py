@@ -21,7 +21,7 @@ from typing import Any, cast
 from control import passwords
 from control.config import Config
 from control.quotas import Quotas, QuotaSettings
-from control.registry import MemberRecord, Registry, RegistryError
+from control.registry import MemberRecord, Registry, RegistryError, RoomRecord
 from control.session import (
     ConnectionClosed,
     Registration,
@@ -50,6 +50,16 @@ def quota_settings(cfg: Config) -> QuotaSettings:
                          cfg.password_failure_window, cfg.max_rooms_per_ip)
 
 
+class _KeyedLock:
+    """An asyncio.Lock with the number of tasks holding or awaiting it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class ControlApp:
     def __init__(self, cfg: Config, udp_ports: list[int], registry: Registry) -> None:
         self.quotas = Quotas(quota_settings(cfg))
@@ -60,6 +70,9 @@ class ControlApp:
         self.accepting = True
         self.connections: set[TcrpConnection] = set()
         self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocm-kdf")
+        self._password_locks: dict[tuple[str, str], _KeyedLock] = {}
+        """Held only while a password check for (ip, room) runs or waits: bounded by the
+        number of connections."""
         self.joins: dict[str, int] = {}
         """Requests answered, by status name (metrics)."""
 
@@ -131,19 +144,36 @@ class ControlApp:
         room = self.registry.live_room(request.room)
         body = request.body
         if room.password is not None:
-            if self.quotas.password_blocked(ip, room.name, time.monotonic()):
-                raise RegistryError(Status.RATE_LIMITED, "too many wrong passwords for this "
-                                    "room from your address; try again later")
-            ok = False
-            if body.password:
-                loop = asyncio.get_running_loop()
-                ok = await loop.run_in_executor(self.hasher, passwords.verify_password,
-                                                body.password, room.password)
-            if not ok:
-                self.quotas.password_failed(ip, room.name, time.monotonic())
-                raise RegistryError(Status.INVALID_PASSWORD, "wrong password")
+            # One check at a time per (IP, room): the failure limit is read and written
+            # around a ~45 ms hash, so concurrent guesses must not all pass the check first.
+            key = (ip, room.name)
+            entry = self._password_locks.get(key)
+            if entry is None:
+                entry = self._password_locks[key] = _KeyedLock()
+            entry.users += 1
+            try:
+                async with entry.lock:
+                    await self._check_password(ip, room, body.password)
+            finally:
+                entry.users -= 1
+                if not entry.users:
+                    del self._password_locks[key]
         return self.registry.join(room, body.username, ip, body.framing,
                                   self.cfg.max_members)
+
+    async def _check_password(self, ip: str, room: RoomRecord, password: str | None) -> None:
+        """Raise RATE_LIMITED or INVALID_PASSWORD, or return if ``password`` opens ``room``."""
+        if self.quotas.password_blocked(ip, room.name, time.monotonic()):
+            raise RegistryError(Status.RATE_LIMITED, "too many wrong passwords for this "
+                                "room from your address; try again later")
+        ok = False
+        if password:
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(self.hasher, passwords.verify_password,
+                                            password, room.password)
+        if not ok:
+            self.quotas.password_failed(ip, room.name, time.monotonic())
+            raise RegistryError(Status.INVALID_PASSWORD, "wrong password")
 
     async def _install(self, member: MemberRecord) -> bool:
         """Install ``member`` on its worker; True once the worker holds it."""

@@ -29,6 +29,8 @@ log = logging.getLogger("ocm.control")
 RESTART_BACKOFF_S = (0.05, 2.0)
 """Jittered exponential backoff between restarts of one worker (min, max)."""
 CALL_TIMEOUT_S = 10.0
+STREAK_RESET_S = 60.0
+"""A worker ready this long before it dies starts a new crash streak (no backoff)."""
 
 
 class WorkerBootError(Exception):
@@ -44,6 +46,10 @@ class WorkerHandle:
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.last_pong = time.monotonic()
         self.restarts = 0
+        """Every restart ever (a metric: never reset)."""
+        self.streak = 0
+        """Consecutive crashes without STREAK_RESET_S of health between: drives backoff."""
+        self.ready_since = 0.0
         self.stats: dict[str, Any] = {}
         self.exited: asyncio.Event = asyncio.Event()
 
@@ -143,6 +149,7 @@ class Supervisor:
                 self.kill(i)
             return
         handle.ready.set()
+        handle.ready_since = time.monotonic()
         log.info("worker %d started (pid %d, %d members seeded)", i, process.pid, seeded)
 
     def _on_exit(self, handle: WorkerHandle, process: Any) -> None:
@@ -171,10 +178,13 @@ class Supervisor:
                     f"worker {handle.index} could not boot; not restarting"))
             return
         handle.restarts += 1
+        if time.monotonic() - handle.ready_since > STREAK_RESET_S:
+            handle.streak = 0  # healthy for a while: this crash starts a new streak
+        handle.streak += 1
         low, high = RESTART_BACKOFF_S
-        delay = min(high, low * 2 ** min(handle.restarts - 1, 6)) * random.uniform(0.5, 1.0)
-        if handle.restarts == 1 or delay < low:
-            delay = 0.0  # the first restart is immediate: rooms are waiting
+        delay = min(high, low * 2 ** min(handle.streak - 1, 6)) * random.uniform(0.5, 1.0)
+        if handle.streak == 1:
+            delay = 0.0  # the first restart of a streak is immediate: rooms are waiting
         loop.call_later(delay, lambda: self._spawn_task(self._respawn(handle)))
 
     async def _respawn(self, handle: WorkerHandle) -> None:

@@ -202,8 +202,6 @@ def test_password_failures_per_ip_and_room() -> None:
         assert time.monotonic() - first_failure >= 2.5
 
 
-@pytest.mark.xfail(strict=True, reason="bug: concurrent wrong passwords all pass the "
-                   "failure check before the first failure is counted (docs/security.md)")
 def test_password_failures_hold_under_concurrent_guesses() -> None:
     with start_server("--max-password-failures", "3", workers=1) as srv:
         create(srv, "vault", password="right")
