@@ -1,14 +1,12 @@
-"""Placeholder entry point (replaced when its issue lands)."""
+"""``ocm-loadgen`` / ``python -m loadgen``: see loadgen/cli.py."""
 
 from __future__ import annotations
 
 import sys
 
+from loadgen.cli import main
 
-def main(argv: list[str] | None = None) -> int:
-    print("loadgen: not yet implemented", file=sys.stderr)
-    return 2
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -139,3 +139,18 @@ def test_unreachable_server_exits_3(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "no member could join" in proc.stderr
+
+
+@needs_control
+def test_keepalives_keep_slow_members_in_the_room(tmp_path: Path) -> None:
+    # one message per member every 5 s, a 2 s inactivity timeout: only the keepalives
+    # (every inactivity_timeout / 4 of silence) keep the members from being evicted
+    with start_server("--inactivity-timeout", "2", workers=2) as server:
+        code, report, text = loadgen(
+            server.tcp_port, tmp_path, "--rooms", "4", "--users", "3", "--rate", "0.2",
+            "--duration", "5", "--warmup", "0", "--procs", "2")
+        assert code == 0, text
+        run = report["result"]
+        assert run["counts"]["keepalives"] > 0
+        assert "disconnected" not in run["notices"] and "left" not in run["notices"]
+        assert run["counts"]["delivered"] == run["counts"]["expected"] > 0

@@ -1,0 +1,414 @@
+"""The loadgen's meter: chat payload format, per-process accounting, merging, SLOs.
+
+Pure (no sockets, no clocks): times are arguments in ns of ``CLOCK_MONOTONIC``, which is
+system-wide, so a timestamp written by one loadgen process is comparable in another.
+
+Chat text (``encode_payload``) is a fixed-width ASCII header then padding:
+``GGGGGGGG SSSSSSSSSS TTTTTTTTTTTTTTTTTTTT`` (no spaces): the sender's global member index
+(room × users + user), its per-run sequence number and the SCHEDULED send time in ns. The
+latency of a delivery is measured from that scheduled time (wrk2's correction for
+coordinated omission: a sender that stalls cannot hide the queueing it caused).
+
+Per process, ``Meter`` owns a disjoint slice of rooms and, for every (receiver, sender)
+pair, the next sequence number it expects; a gap is remembered as a set of missing numbers,
+so every delivery is exactly one of: delivered (first time), duplicated, misrouted
+(another room's message, or the receiver's own), stale (scheduled before the measured
+window: warmup or an earlier run) or extra (to a receiver that was not known to be bound,
+so not expected). ``expected = Σ sent × other bound members``; ``lost = expected -
+delivered``. Latencies go to a preallocated array of per-µs counts (one list increment per
+delivery) and are folded into an HDR histogram once per tick.
+
+Call order: ``note_datagram``/``receive_batch`` during setup (notices bind members), then
+``start_run``, ``receive_batch`` and ``sent[...] += 1`` while running, ``take_interval`` per
+tick, ``counts()`` and ``histogram`` at the end.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Final
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from wire import errors
+from wire.chat import PLAIN_TEXTS, Notice, decode_framed
+from wire.limits import PLAIN_SEPARATOR
+
+# --- the chat payload -------------------------------------------------------------------
+SENDER_DIGITS: Final = 8
+SEQ_DIGITS: Final = 10
+TIME_DIGITS: Final = 20
+HEADER_BYTES: Final = SENDER_DIGITS + SEQ_DIGITS + TIME_DIGITS
+"""38: the smallest ``--size``."""
+_HEADER_FMT: Final = b"%08d%010d%020d"
+_SEQ_AT: Final = SENDER_DIGITS
+_TIME_AT: Final = SENDER_DIGITS + SEQ_DIGITS
+PAD_BYTE: Final = b"x"
+
+# --- latency recording --------------------------------------------------------------------
+LATENCY_UNIT_NS: Final = 1_000
+"""Latencies are recorded in µs."""
+DIRECT_US: Final = 1 << 17
+"""Latencies below 131 ms are counted in a preallocated array; longer ones are kept as a
+list and folded into the histogram at the next tick (rare unless overloaded)."""
+HDR_LOWEST_US: Final = 1
+HDR_HIGHEST_US: Final = 3_600_000_000
+"""One hour: larger latencies are clamped (they only occur when something is broken)."""
+HDR_DIGITS: Final = 3
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty latency histogram (µs, 1 µs .. 1 h, 3 significant digits)."""
+    return HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_DIGITS)
+
+
+def encode_payload(sender: int, seq: int, sched_ns: int, size: int) -> bytes:
+    """The chat text: the fixed-width header padded with ``x`` to ``size`` bytes."""
+    head = _HEADER_FMT % (sender, seq, sched_ns)
+    return head + PAD_BYTE * (size - HEADER_BYTES)
+
+
+def decode_payload(message: bytes) -> tuple[int, int, int]:
+    """(sender, seq, sched_ns) of a chat text; raise ``ValueError`` if it is not ours."""
+    if len(message) < HEADER_BYTES:
+        raise ValueError("short payload")
+    return (int(message[:_SEQ_AT]), int(message[_SEQ_AT:_TIME_AT]),
+            int(message[_TIME_AT:HEADER_BYTES]))
+
+
+def username_of(user: int, users: int) -> str:
+    """Short fixed-width usernames (``u0``..``u9``, ``u00``..``u99``, ...): one width per run,
+    so the message starts at a constant offset in every delivery."""
+    return "u" + str(user).zfill(len(str(max(users - 1, 0))))
+
+
+_JOINED_SUFFIX: Final = PLAIN_TEXTS["joined"].split("{user}")[1].encode()
+_LEFT_SUFFIX: Final = PLAIN_TEXTS["left"].split("{user}")[1].encode()
+_PLAIN_EXACT: Final = {
+    PLAIN_TEXTS["closed"].encode(): "closed",
+    PLAIN_TEXTS["disconnected"].encode(): "disconnected",
+    PLAIN_TEXTS["disconnected_inactive"].encode(): "disconnected",
+}
+_ERROR_PREFIX: Final = PLAIN_TEXTS["error"].split("{over}")[0].encode()
+
+
+# --- per-run figures ------------------------------------------------------------------------
+@dataclass
+class Counts:
+    """Every counter of one run (one process, or merged). All are datagram counts."""
+
+    sent: int = 0  # measured chat datagrams handed to the kernel
+    expected: int = 0  # sent × other members with bound addresses
+    delivered: int = 0  # first arrivals of expected deliveries
+    duplicated: int = 0  # repeated arrivals of a (receiver, sender, seq)
+    misrouted: int = 0  # from another room, or the receiver's own message
+    reordered: int = 0  # delivered after a later message of the same sender
+    stale: int = 0  # scheduled before the measured window (warmup, earlier run)
+    extra: int = 0  # chat to a member not known to be bound (not expected)
+    unparsed: int = 0  # deliveries that are neither our chat nor a notice we know
+    notices: int = 0  # server notices (joined, left, closed, ...)
+    send_errors: int = 0  # sends the kernel refused (buffer full, ICMP error)
+    recv_errors: int = 0  # receive errors (ICMP errors queued on the socket)
+    keepalives: int = 0  # empty keepalive datagrams sent during the run
+    late_sends: int = 0  # measured sends more than 1 ms after their scheduled time
+    max_send_lag_ns: int = 0  # worst lateness of a measured send against its schedule
+
+    @property
+    def lost(self) -> int:
+        return max(self.expected - self.delivered, 0)
+
+    @property
+    def loss_pct(self) -> float:
+        return 100.0 * self.lost / self.expected if self.expected else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["lost"] = self.lost
+        out["loss_pct"] = self.loss_pct
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Counts:
+        return cls(**{f.name: obj[f.name] for f in fields(cls) if f.name in obj})
+
+
+def merge_counts(parts: Iterable[Counts]) -> Counts:
+    """Sum the counters of several processes (max for the worst send lag)."""
+    total = Counts()
+    for part in parts:
+        for f in fields(Counts):
+            if f.name == "max_send_lag_ns":
+                total.max_send_lag_ns = max(total.max_send_lag_ns, part.max_send_lag_ns)
+            else:
+                setattr(total, f.name, getattr(total, f.name) + getattr(part, f.name))
+    return total
+
+
+def merge_histograms(encoded: Iterable[bytes]) -> HdrHistogram:
+    """Decode the HDR histograms sent by each process and add them up."""
+    total = new_histogram()
+    for blob in encoded:
+        if blob:
+            total.add(HdrHistogram.decode(blob))
+    return total
+
+
+PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9)
+
+
+def latency_ms(hist: HdrHistogram, mean: bool = True) -> dict[str, float | None]:
+    """p50/p90/p99/p99.9/max (and mean) in ms; ``None`` for each when nothing was recorded.
+
+    The mean walks every recorded value in Python (~30 ms): leave it out per tick."""
+    keys = [f"p{p:g}" for p in PERCENTILES] + ["max"] + (["mean"] if mean else [])
+    if hist.get_total_count() == 0:
+        return dict.fromkeys(keys)
+    by_pct = hist.get_percentile_to_value_dict(list(PERCENTILES))
+    values = [by_pct[p] for p in PERCENTILES] + [hist.get_max_value()]
+    if mean:
+        values.append(hist.get_mean_value())
+    return {k: v / 1000.0 for k, v in zip(keys, values, strict=True)}
+
+
+# --- SLOs -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Slo:
+    """Service-level objectives; ``None`` means "not checked"."""
+
+    p99_ms: float | None = None
+    loss_pct: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.p99_ms is not None or self.loss_pct is not None
+
+
+def check_slo(slo: Slo, counts: Counts, latency: dict[str, float | None]) -> list[str]:
+    """The SLOs broken by a run, as sentences (empty: every SLO held).
+
+    A run that delivered nothing breaks a p99 SLO (no evidence that it held)."""
+    breaches = []
+    if slo.p99_ms is not None:
+        p99 = latency.get("p99")
+        if p99 is None:
+            breaches.append("p99 latency: nothing was delivered")
+        elif p99 > slo.p99_ms:
+            breaches.append(f"p99 latency {p99:.3f} ms > {slo.p99_ms:g} ms")
+    if slo.loss_pct is not None and counts.loss_pct > slo.loss_pct:
+        breaches.append(f"loss {counts.loss_pct:.4f} % > {slo.loss_pct:g} %")
+    if slo.enabled and counts.misrouted:
+        breaches.append(f"{counts.misrouted} misrouted deliveries")
+    return breaches
+
+
+# --- the per-process meter ------------------------------------------------------------------
+class Meter:
+    """Accounting for ``rooms`` consecutive rooms of ``users`` members, starting at global
+    room ``room_lo``. A member's local index is ``(room - room_lo) * users + user``.
+
+    ``active[lm]`` marks members whose join succeeded (only they send and count).
+    ``framed`` selects how deliveries are parsed (``ocm1`` or plain text).
+    """
+
+    def __init__(self, room_lo: int, rooms: int, users: int, framed: bool = False) -> None:
+        self.room_lo = room_lo
+        self.rooms = rooms
+        self.users = users
+        n = rooms * users
+        self.members = n
+        self.active = [True] * n
+        self.known_bound = [False] * n
+        self.counted = [False] * n
+        self.sent = [0] * n
+        self._base_g = room_lo * users
+        self.set_framing(framed)
+        self._nexp: list[int] = [0] * (n * users)
+        self._missing: dict[int, set[int]] = {}
+        self._lat = array.array("q", bytes(8 * DIRECT_US))
+        self._lat_view = np.frombuffer(self._lat, dtype=np.int64)
+        self._overflow: list[int] = []
+        self.histogram = new_histogram()
+        self.notice_events: dict[str, int] = {}
+        self.c = Counts()
+        self.mstart_ns = 0
+
+    def set_framing(self, framed: bool) -> None:
+        ulen = len(username_of(0, self.users))
+        self.framed = framed
+        self.ulen = ulen
+        if framed:  # UsernameLen | Username | Message
+            self._chk = (0, 1, bytes((ulen,)))
+            self._off = 1 + ulen
+        else:  # "username: message"
+            self._chk = (ulen, ulen + len(PLAIN_SEPARATOR), PLAIN_SEPARATOR)
+            self._off = ulen + len(PLAIN_SEPARATOR)
+
+    # --- setup: who is bound ----------------------------------------------------------------
+    def bound_missing(self) -> int:
+        """Active members not yet known to be bound (a room with one active member needs
+        nobody: no one can be told about it, and nothing is expected for it)."""
+        users, active, known = self.users, self.active, self.known_bound
+        missing = 0
+        for r in range(self.rooms):
+            lo = r * users
+            members = [lm for lm in range(lo, lo + users) if active[lm]]
+            if len(members) > 1:
+                missing += sum(1 for lm in members if not known[lm])
+        return missing
+
+    def _mark_bound(self, lm: int) -> None:
+        self.known_bound[lm] = True
+
+    def _notice(self, rlm: int, data: bytes) -> None:
+        """A delivery that is not our chat: a notice (or garbage)."""
+        self.known_bound[rlm] = True  # it received something, so its address is bound
+        event, user = "", ""
+        if self.framed:
+            try:
+                notice = decode_framed(data)
+            except errors.ProtocolError:
+                notice = None
+            if isinstance(notice, Notice):
+                event, user = notice.event.value, notice.user
+        elif data.endswith(_JOINED_SUFFIX):
+            event, user = "joined", data[: -len(_JOINED_SUFFIX)].decode("utf-8", "replace")
+        elif data.endswith(_LEFT_SUFFIX):
+            event = "left"
+        elif data in _PLAIN_EXACT:
+            event = _PLAIN_EXACT[data]
+        elif data.startswith(_ERROR_PREFIX):
+            event = "error"
+        if not event:
+            self.c.unparsed += 1
+            return
+        self.c.notices += 1
+        self.notice_events[event] = self.notice_events.get(event, 0) + 1
+        if event == "joined" and len(user) == self.ulen and user[1:].isdigit():
+            u = int(user[1:])
+            if u < self.users:
+                self._mark_bound(rlm - rlm % self.users + u)
+
+    # --- a run --------------------------------------------------------------------------------
+    def start_run(self, mstart_ns: int) -> None:
+        """Reset the counters for a run whose measured window starts at ``mstart_ns``;
+        freeze which members are expected to receive (those known to be bound)."""
+        users = self.users
+        self.mstart_ns = mstart_ns
+        self.c = Counts()
+        self.notice_events = {}
+        n = self.members
+        self.sent[:] = [0] * n
+        self._nexp[:] = [0] * (n * users)
+        self._missing.clear()
+        self._lat_view[:] = 0
+        self._overflow.clear()
+        self.histogram = new_histogram()
+        for r in range(self.rooms):
+            lo = r * users
+            members = [lm for lm in range(lo, lo + users) if self.active[lm]]
+            alone = len(members) == 1
+            for lm in range(lo, lo + users):
+                self.counted[lm] = self.active[lm] and (alone or self.known_bound[lm])
+
+    def receive_batch(self, batch: Sequence[tuple[int, bytes]], now_ns: int) -> None:
+        """Account for deliveries ``(receiver local index, datagram)`` received by ``now_ns``.
+
+        The hot path of the loadgen: slicing and ``int()`` only, no regex, no decode."""
+        c0, c1, chk = self._chk
+        off = self._off
+        seq_at, t_at, end = off + _SEQ_AT, off + _TIME_AT, off + HEADER_BYTES
+        users, base_g = self.users, self._base_g
+        mstart = self.mstart_ns
+        counted, nexp, missing = self.counted, self._nexp, self._missing
+        lat_counts, overflow = self._lat, self._overflow
+        delivered = dup = misrouted = stale = extra = reordered = unparsed = 0
+        for rlm, data in batch:
+            if data[c0:c1] != chk:
+                self._notice(rlm, data)
+                continue
+            try:
+                g = int(data[off:seq_at])
+                seq = int(data[seq_at:t_at])
+                ns = int(data[t_at:end])
+            except ValueError:
+                unparsed += 1
+                continue
+            s = g - base_g - rlm + rlm % users  # the sender's index in the receiver's room
+            if s < 0 or s >= users or rlm % users == s:
+                misrouted += 1
+                continue
+            if ns < mstart:
+                stale += 1
+                continue
+            if not counted[rlm]:
+                extra += 1
+                continue
+            k = rlm * users + s
+            e = nexp[k]
+            if seq == e:
+                nexp[k] = e + 1
+            elif seq > e:
+                gap = missing.get(k)
+                if gap is None:
+                    missing[k] = set(range(e, seq))
+                else:
+                    gap.update(range(e, seq))
+                nexp[k] = seq + 1
+            else:
+                gap = missing.get(k)
+                if gap is None or seq not in gap:
+                    dup += 1
+                    continue
+                gap.discard(seq)
+                reordered += 1
+            delivered += 1
+            lat = (now_ns - ns) // LATENCY_UNIT_NS
+            if 0 <= lat < DIRECT_US:
+                lat_counts[lat] += 1
+            else:
+                overflow.append(lat)
+        c = self.c
+        c.delivered += delivered
+        c.duplicated += dup
+        c.misrouted += misrouted
+        c.stale += stale
+        c.extra += extra
+        c.reordered += reordered
+        c.unparsed += unparsed
+
+    def take_interval(self) -> HdrHistogram:
+        """Fold the latencies recorded since the last call into a new histogram (returned)
+        and into the run's cumulative ``histogram``."""
+        interval = new_histogram()
+        view = self._lat_view
+        nonzero = np.flatnonzero(view)
+        if nonzero.size:
+            for value, count in zip(nonzero.tolist(), view[nonzero].tolist(), strict=True):
+                interval.record_value(max(value, HDR_LOWEST_US), count)
+            view[nonzero] = 0
+        for value in self._overflow:
+            interval.record_value(min(max(value, HDR_LOWEST_US), HDR_HIGHEST_US))
+        self._overflow.clear()
+        self.histogram.add(interval)
+        return interval
+
+    def expected(self) -> int:
+        """Σ over senders of sent × the other members of its room that are counted."""
+        users, counted, sent = self.users, self.counted, self.sent
+        total = 0
+        for r in range(self.rooms):
+            lo = r * users
+            bound = sum(1 for lm in range(lo, lo + users) if counted[lm])
+            for lm in range(lo, lo + users):
+                if sent[lm]:
+                    total += sent[lm] * (bound - 1 if counted[lm] else bound)
+        return total
+
+    def counts(self) -> Counts:
+        """The run's counters with ``sent`` and ``expected`` filled in."""
+        self.c.sent = sum(self.sent)
+        self.c.expected = self.expected()
+        return self.c

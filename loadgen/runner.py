@@ -1,0 +1,420 @@
+"""The parent side of ``ocm-loadgen``: spawns the loadgen processes, drives their phases,
+and merges what they report.
+
+``Fleet(options, on_event)`` splits the rooms into ``procs`` disjoint slices, starts one
+``spawn`` process per slice (users.child_main) and talks to each over a pipe:
+``setup()`` (joins, binding), ``run(rate)`` once per run (one, or several for
+``--find-capacity``, reusing the same members), ``finish()`` (``/exit`` from non-hosts,
+then from hosts, then quit). Progress (``joins``, ``tick``) is passed to ``on_event`` as it
+arrives; results are merged here: counters summed, HDR histograms decoded and added.
+A child's traceback or death raises ``LoadgenError``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Final
+
+from loadgen.meter import (
+    HEADER_BYTES,
+    Counts,
+    Slo,
+    check_slo,
+    latency_ms,
+    merge_counts,
+    merge_histograms,
+)
+from loadgen.pacing import NS
+from loadgen.servers import tree_usage
+from loadgen.users import Plan, child_main
+
+START_DELAY_S: Final = 0.3
+"""Time between the parent's ``run`` command and the first scheduled send (``t0``): every
+child must have the command before its schedule starts."""
+TICK_S: Final = 0.5
+SATURATED_CPU_PCT: Final = 90.0
+"""A loadgen process above this share of one core may be the bottleneck."""
+SATURATED_TICK_PCT: Final = 98.0
+"""... or one 0.5 s tick of the sending phase above this."""
+LATE_SEND_WARN_FRACTION: Final = 0.01
+WAIT_WARN_PCT: Final = 10.0
+"""A loadgen process that waited this share of the time for a CPU was delayed by others."""
+READY_TIMEOUT_S: Final = 60.0
+SETUP_TIMEOUT_EXTRA_S: Final = 120.0
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class LoadgenError(RuntimeError):
+    """A loadgen process failed (its traceback is the message) or the run cannot go on."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a run needs (built by cli.py from the command line)."""
+
+    rooms: int = 500
+    users: int = 10
+    rate: float = 2.0
+    duration: float = 10.0
+    warmup: float = 2.0
+    size: int = 100
+    procs: int = 0
+    server: str = "127.0.0.1"
+    tcp_port: int = 9000
+    framing: str = "plain"
+    password: str | None = None
+    slo: Slo = field(default_factory=Slo)
+    find_capacity: bool = False
+    step_factor: float = 1.5
+    precision: float = 0.05
+    max_steps: int = 12
+    drain: float = 2.0
+    join_concurrency: int = 64
+    join_timeout: float = 10.0
+    bind_timeout: float = 10.0
+    server_pid: int | None = None
+    pacing_us: float = 100.0
+    retries: int = 0
+
+    @property
+    def members(self) -> int:
+        return self.rooms * self.users
+
+    def effective_procs(self) -> int:
+        procs = self.procs or os.cpu_count() or 1
+        return max(1, min(procs, self.rooms))
+
+
+def _percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
+
+
+class Fleet:
+    """The loadgen processes of one invocation (see the module docstring)."""
+
+    def __init__(self, options: Options, on_event: EventSink | None = None) -> None:
+        if options.size < HEADER_BYTES:
+            raise ValueError(f"--size must be at least {HEADER_BYTES} bytes")
+        self.opts = options
+        self.on_event = on_event or (lambda kind, payload: None)
+        self.procs = options.effective_procs()
+        self.room_prefix = "lg" + secrets.token_hex(3)
+        self.conns: list[Connection] = []
+        self.processes: list[Any] = []
+        self.plans: list[Plan] = []
+        self.active_members = 0
+        self.interrupted = False
+        self._cpu0 = _cpu()
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> list[dict[str, Any]]:
+        ctx = multiprocessing.get_context("spawn")
+        opts = self.opts
+        per_proc = max(1, opts.join_concurrency // self.procs)
+        for i in range(self.procs):
+            lo = opts.rooms * i // self.procs
+            hi = opts.rooms * (i + 1) // self.procs
+            plan = Plan(index=i, server=opts.server, tcp_port=opts.tcp_port,
+                        room_prefix=self.room_prefix, room_lo=lo, rooms=hi - lo,
+                        users=opts.users, size=opts.size, framing=opts.framing,
+                        password=opts.password, join_concurrency=per_proc,
+                        join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout)
+            parent_conn, child_conn = ctx.Pipe()
+            proc = ctx.Process(target=child_main, args=(child_conn, plan),
+                               name=f"ocm-loadgen-{i}", daemon=True)
+            proc.start()
+            child_conn.close()
+            self.plans.append(plan)
+            self.conns.append(parent_conn)
+            self.processes.append(proc)
+        return self._collect("ready", READY_TIMEOUT_S)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("quit",))
+            except OSError:
+                pass
+        for proc in self.processes:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        for conn in self.conns:
+            conn.close()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _broadcast(self, message: tuple[Any, ...]) -> None:
+        for conn in self.conns:
+            conn.send(message)
+
+    def _collect(self, kind: str, timeout_s: float) -> list[dict[str, Any]]:
+        """Wait for one ``kind`` answer from every child, forwarding progress meanwhile."""
+        answers: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout_s
+        by_sentinel = {p.sentinel: i for i, p in enumerate(self.processes)}
+        while len(answers) < len(self.conns):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LoadgenError(f"timed out waiting for {kind!r} from the loadgen processes")
+            try:
+                ready = wait([*self.conns, *by_sentinel], timeout=min(left, 1.0))
+            except KeyboardInterrupt:
+                if self.interrupted:
+                    raise
+                self.interrupted = True
+                self.on_event("interrupted", {})
+                for conn in self.conns:
+                    try:
+                        conn.send(("abort",))
+                    except OSError:
+                        pass
+                continue
+            for obj in ready:
+                if obj in by_sentinel:
+                    i = by_sentinel[obj]
+                    if self.conns[i].poll():
+                        continue  # read its last words first
+                    if i not in answers:
+                        code = self.processes[i].exitcode
+                        raise LoadgenError(f"loadgen process {i} died (exit code {code})")
+                    continue
+                assert isinstance(obj, Connection)
+                try:
+                    what, payload = obj.recv()
+                except EOFError:
+                    i = self.conns.index(obj)
+                    if i in answers:
+                        continue
+                    self.processes[i].join(5)
+                    code = self.processes[i].exitcode
+                    raise LoadgenError(f"loadgen process {i} exited (exit code {code})") from None
+                if what == "error":
+                    raise LoadgenError(f"loadgen process {payload['index']} failed:\n"
+                                       + payload["traceback"])
+                if what == kind:
+                    answers[self.conns.index(obj)] = payload
+                else:
+                    self.on_event(what, payload)
+        return [answers[i] for i in range(len(self.conns))]
+
+    # --- phases -----------------------------------------------------------------------------
+    def setup(self) -> dict[str, Any]:
+        """Every member joins and binds; return the merged join figures."""
+        opts = self.opts
+        self.on_event("phase", {"phase": "joining", "members": opts.members})
+        timeout = opts.members * opts.join_timeout / max(opts.join_concurrency, 1)
+        parts = self._send_and_collect(("setup",), "setup",
+                                       timeout + opts.bind_timeout + SETUP_TIMEOUT_EXTRA_S)
+        ok = sum(p["joins_ok"] for p in parts)
+        failed = sum(p["joins_failed"] for p in parts)
+        failures: dict[str, int] = {}
+        for p in parts:
+            for name, n in p["failures"].items():
+                failures[name] = failures.get(name, 0) + n
+        t_start = min(p["t_start_ns"] for p in parts)
+        t_end = max(p["t_end_ns"] for p in parts)
+        seconds = max((t_end - t_start) / NS, 1e-9)
+        lat = [x for p in parts for x in p["join_latencies_ms"]]
+        self.active_members = ok
+        framings = sorted({p["framing"] for p in parts})
+        return {
+            "joins_ok": ok,
+            "joins_failed": failed,
+            "failures": failures,
+            "join_seconds": seconds,
+            "joins_per_s": (ok + failed) / seconds,
+            "join_latency_ms": {"p50": _percentile(lat, 50), "p99": _percentile(lat, 99),
+                                "max": max(lat) if lat else None},
+            "bind_wait_s": max(p["bind_wait_s"] for p in parts),
+            "bound_missing": sum(p["bound_missing"] for p in parts),
+            "framing": framings[0] if len(framings) == 1 else "mixed",
+            "framing_mismatch": sum(p["framing_mismatch"] for p in parts),
+            "max_message": min(p["max_message"] for p in parts),
+            "inactivity_timeout_s": min(p["inactivity_timeout_s"] for p in parts),
+        }
+
+    def _send_and_collect(self, message: tuple[Any, ...], kind: str,
+                          timeout_s: float) -> list[dict[str, Any]]:
+        self._broadcast(message)
+        return self._collect(kind, timeout_s)
+
+    def run(self, rate: float) -> dict[str, Any]:
+        """One paced run at ``rate`` msg/s per member; return its merged figures."""
+        opts = self.opts
+        tick_ns = int(TICK_S * NS)
+        t0 = time.monotonic_ns() + int(START_DELAY_S * NS)
+        mstart = t0 + int(opts.warmup * NS)
+        end = mstart + int(opts.duration * NS)
+        args = {"rate": rate, "t0_ns": t0, "mstart_ns": mstart, "end_ns": end,
+                "drain_ns": int(opts.drain * NS), "tick_ns": tick_ns,
+                "pacing_ns": int(opts.pacing_us * 1000)}
+        timeline = _Timeline(len(self.conns), TICK_S)
+
+        outer = self.on_event
+        pid = opts.server_pid
+        last = (tree_usage(pid) if pid else None, time.monotonic())
+
+        def on_event(kind: str, payload: dict[str, Any]) -> None:
+            nonlocal last
+            if kind == "tick":
+                point = timeline.add(payload)
+                if point is not None:
+                    if pid and last[0] is not None:
+                        usage, wall = tree_usage(pid), time.monotonic()
+                        if usage is not None:
+                            dt = max(wall - last[1], 1e-9)
+                            point["server_cpu_pct"] = 100.0 * (usage[0] - last[0][0]) / dt
+                            point["server_wait_pct"] = 100.0 * (usage[1] - last[0][1]) / dt
+                            last = (usage, wall)
+                    outer("tick", point)
+            else:
+                outer(kind, payload)
+
+        outer("phase", {"phase": "running", "rate": rate, "t0_ns": t0, "mstart_ns": mstart,
+                        "end_ns": end})
+        self.on_event = on_event
+        cpu0, wall0 = _cpu(), time.monotonic()
+        try:
+            self._broadcast(("run", args))
+            parts = self._collect("result", opts.warmup + opts.duration + opts.drain + 60.0)
+        finally:
+            self.on_event = outer
+        parent_cpu = 100.0 * (_cpu() - cpu0) / max(time.monotonic() - wall0, 1e-9)
+        return self._merge_run(rate, parts, timeline, parent_cpu)
+
+    def _merge_run(self, rate: float, parts: list[dict[str, Any]], timeline: _Timeline,
+                   parent_cpu: float) -> dict[str, Any]:
+        opts = self.opts
+        counts = merge_counts(Counts.from_json(p["counts"]) for p in parts)
+        hist = merge_histograms(p["hist"] for p in parts)
+        latency = latency_ms(hist)
+        breaches = check_slo(opts.slo, counts, latency)
+        cpu = [p["cpu_pct"] for p in parts]
+        warnings = []
+        saturated = False
+        for i, p in enumerate(parts):
+            if p["cpu_pct"] > SATURATED_CPU_PCT or p["cpu_pct_max_tick"] > SATURATED_TICK_PCT:
+                saturated = True
+                warnings.append(f"loadgen process {i} used {p['cpu_pct']:.0f} % of a core "
+                                f"(peak tick {p['cpu_pct_max_tick']:.0f} %): the loadgen "
+                                "itself may be the bottleneck")
+        if counts.sent and counts.late_sends > LATE_SEND_WARN_FRACTION * counts.sent:
+            warnings.append(f"{counts.late_sends} of {counts.sent} sends were more than 1 ms "
+                            "behind schedule (the loadgen did not get the CPU in time: "
+                            "saturated, or the cores are shared with a busy server)")
+        if not parts[0].get("timerfd", True):
+            warnings.append("no timerfd: pacing has 1 ms resolution")
+        if counts.misrouted:
+            warnings.append(f"{counts.misrouted} misrouted deliveries")
+        measured = [p for p in timeline.points()
+                    if "server_cpu_pct" in p and 0 < p["t_s"] <= opts.duration]
+        server_cpu = (sum(p["server_cpu_pct"] for p in measured) / len(measured)
+                      if measured else None)
+        server_wait = (sum(p["server_wait_pct"] for p in measured) / len(measured)
+                       if measured else None)
+        waits = [p.get("wait_pct", 0.0) for p in parts]
+        if max(waits) > WAIT_WARN_PCT:
+            warnings.append("loadgen processes waited " + ", ".join(f"{w:.0f}" for w in waits)
+                            + " % of the time for a CPU (run queue): the cores were "
+                            "oversubscribed, so latency includes scheduling delay")
+        notices: dict[str, int] = {}
+        for p in parts:
+            for name, n in p["notices"].items():
+                notices[name] = notices.get(name, 0) + n
+        return {
+            "rate_per_user": rate,
+            "target_in_per_s": rate * self.active_members,
+            "target_out_per_s": rate * self.active_members * max(opts.users - 1, 0),
+            "duration_s": opts.duration,
+            "warmup_s": opts.warmup,
+            "counts": counts.to_json(),
+            "in_per_s": counts.sent / opts.duration,
+            "out_per_s": counts.delivered / opts.duration,
+            "latency_ms": latency,
+            "slo": {"p99_ms": opts.slo.p99_ms, "loss_pct": opts.slo.loss_pct,
+                    "breaches": breaches, "held": not breaches},
+            "loadgen_cpu_pct": cpu,
+            "parent_cpu_pct": parent_cpu,
+            "server_cpu_pct": server_cpu,
+            "server_wait_pct": server_wait,
+            "loadgen_wait_pct": waits,
+            "loadgen_saturated": saturated,
+            "warnings": warnings,
+            "notices": notices,
+            "aborted": any(p["aborted"] for p in parts),
+            "timeline": timeline.points(),
+            "hdr_histogram": hist.encode().decode("ascii"),
+        }
+
+    def finish(self) -> dict[str, int]:
+        """``/exit`` from every non-host, then from every host."""
+        members = self._send_and_collect(("exit", "members"), "exited", 60.0)
+        hosts = self._send_and_collect(("exit", "hosts"), "exited", 60.0)
+        return {"member_exits": sum(p["exits"] for p in members),
+                "host_exits": sum(p["exits"] for p in hosts)}
+
+    def parent_cpu_pct(self, wall_s: float) -> float:
+        return 100.0 * (_cpu() - self._cpu0) / max(wall_s, 1e-9)
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class _Timeline:
+    """Per-tick figures merged across processes (a tick is complete once every process
+    reported it)."""
+
+    def __init__(self, procs: int, tick_s: float) -> None:
+        self.procs = procs
+        self.tick_s = tick_s
+        self._pending: dict[int, list[dict[str, Any]]] = {}
+        self._points: list[dict[str, Any]] = []
+        self._last_sent = 0
+        self._last_delivered = 0
+
+    def add(self, tick: dict[str, Any]) -> dict[str, Any] | None:
+        parts = self._pending.setdefault(tick["j"], [])
+        parts.append(tick)
+        if len(parts) < self.procs:
+            return None
+        del self._pending[tick["j"]]
+        sent = sum(p["sent"] for p in parts)
+        delivered = sum(p["delivered"] for p in parts)
+        hist = merge_histograms(p["hist"] for p in parts)
+        point = {
+            "t_s": tick["j"] * self.tick_s,
+            "sent": sent,
+            "delivered": delivered,
+            "in_per_s": (sent - self._last_sent) / self.tick_s,
+            "out_per_s": (delivered - self._last_delivered) / self.tick_s,
+            "latency_ms": latency_ms(hist, mean=False),
+            "loadgen_cpu_pct": [p["cpu_pct"] for p in sorted(parts, key=lambda p: p["index"])],
+            "loadgen_wait_pct": [p["wait_pct"] for p in sorted(parts, key=lambda p: p["index"])],
+            "sending": any(p["sending"] for p in parts),
+        }
+        self._last_sent, self._last_delivered = sent, delivered
+        if tick["j"] > 0:
+            self._points.append(point)
+        return point
+
+    def points(self) -> list[dict[str, Any]]:
+        return sorted(self._points, key=lambda p: p["t_s"])
