@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -98,24 +98,37 @@ def start(cmd: list[str], timeout: float = 60.0) -> Running:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True)
     assert proc.stdout is not None
+    # A reader thread, not select() on the buffered pipe: select cannot see lines that
+    # already sit in the TextIOWrapper's buffer, and would wait for the timeout.
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def first_lines() -> None:
+        assert proc.stdout is not None
+        for text in proc.stdout:
+            lines.put(text)
+            if READY_RE.search(text):
+                return
+        lines.put(None)
+
+    reader = threading.Thread(target=first_lines, daemon=True)
+    reader.start()
     seen: list[str] = []
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                proc.kill()
-                proc.wait(10)
-                raise TimeoutError(f"{cmd[2:4]} not ready:\n" + "".join(seen))
-            line = proc.stdout.readline()
-            if not line:
-                proc.wait(10)
-                raise RuntimeError(f"{cmd} exited {proc.returncode}:\n" + "".join(seen))
-            seen.append(line)
-            match = READY_RE.search(line)
-            if match:
-                break
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            proc.wait(10)
+            raise TimeoutError(f"{cmd[2:4]} not ready:\n" + "".join(seen)) from None
+        if line is None:
+            proc.wait(10)
+            raise RuntimeError(f"{cmd} exited {proc.returncode}:\n" + "".join(seen))
+        seen.append(line)
+        match = READY_RE.search(line)
+        if match:
+            break
+    reader.join()
     running = Running(proc, match["host"], int(match["tcp"]), int(match["udp"].split(",")[0]),
                       int(match["workers"]), match["steering"])
     running.lines.extend(s.rstrip("\n") for s in seen)
