@@ -49,6 +49,7 @@ CAPACITY: Final = ["--duration", "5", "--warmup", "1", "--find-capacity", "--ste
                    "--slo-loss-pct", str(CAPACITY_SLO_LOSS_PCT)]
 LOADGEN_TIMEOUT_S: Final = 1800
 IDLE_THRESHOLD: Final = 0.9
+SERVER_START_ATTEMPTS: Final = 3
 
 
 @dataclass
@@ -122,11 +123,14 @@ def run_scenario(sc: Scenario, out_dir: Path, idle_wait_s: float, repeat: int = 
     machine before each), keep the run with the median p99."""
     idle = wait_for_idle(idle_wait_s)
     print(f"\n=== {sc.label}: {_display(sc.server_cmd)}", flush=True)
-    try:
-        server = servers.start(sc.server_cmd)
-    except (TimeoutError, RuntimeError) as exc:  # one retry: a busy machine, a port race
-        print(f"--- the server did not start ({exc}); trying once more", flush=True)
-        server = servers.start(sc.server_cmd)
+    for attempt in range(SERVER_START_ATTEMPTS):
+        try:
+            server = servers.start(sc.server_cmd)
+            break
+        except (TimeoutError, RuntimeError) as exc:  # a busy machine, a port race
+            if attempt == SERVER_START_ATTEMPTS - 1:
+                raise
+            print(f"--- the server did not start ({exc}); trying again", flush=True)
     attempts: list[tuple[int, dict[str, Any] | None, Path, float | None]] = []
     with server:
         for i in range(repeat):

@@ -80,8 +80,7 @@ class Running:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                _kill_group(self.proc)
         return self.proc.returncode
 
     def __enter__(self) -> Running:
@@ -89,6 +88,16 @@ class Running:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the server and every process it started (it leads its own session, so its
+    process group holds exactly what it started)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        proc.kill()
+    proc.wait(10)
 
 
 def start(cmd: list[str], timeout: float = 60.0) -> Running:
@@ -118,8 +127,7 @@ def start(cmd: list[str], timeout: float = 60.0) -> Running:
         try:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            proc.kill()
-            proc.wait(10)
+            _kill_group(proc)
             raise TimeoutError(f"{cmd[2:4]} not ready:\n" + "".join(seen)) from None
         if line is None:
             proc.wait(10)
