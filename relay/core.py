@@ -319,14 +319,20 @@ class RelayCore:
         self._seq += 1
         heapq.heappush(self._deadlines, (due, self._seq, member))
 
+    def _unlink_addr(self, member: Member) -> None:
+        """Take ``member`` out of ``by_addr``; forget the address once nobody uses it."""
+        addr = member.addr
+        if addr is None:
+            return
+        peers = self.by_addr.get(addr)
+        if peers is not None:
+            peers.remove(member)
+            if not peers:
+                del self.by_addr[addr]
+                self.failing.pop(addr, None)
+
     def _bind(self, member: Member, addr: Addr) -> None:
-        old = member.addr
-        if old is not None:
-            peers = self.by_addr.get(old)
-            if peers is not None:
-                peers.remove(member)
-                if not peers:
-                    del self.by_addr[old]
+        self._unlink_addr(member)
         member.addr = addr
         self.by_addr.setdefault(addr, []).append(member)
         member.room.rebuild()
@@ -367,14 +373,7 @@ class RelayCore:
         member.alive = False
         del member.room.members[member.token]
         del self.tokens[member.token]
-        addr = member.addr
-        if addr is not None:
-            peers = self.by_addr.get(addr)
-            if peers is not None:
-                peers.remove(member)
-                if not peers:
-                    del self.by_addr[addr]
-                    self.failing.pop(addr, None)
+        self._unlink_addr(member)
 
     def _notify(self, member: Member, notice: Notice) -> None:
         if member.addr is not None:

@@ -156,24 +156,17 @@ class Worker:
                         failing.pop(a, None)
 
     def _relay(self, out: tuple[Any, ...], now: float) -> None:
+        """Fallback fan-out: one ``sendto`` per recipient, skipping the sender."""
         plain, plain_addrs, framed, framed_addrs, src, _ = out
         sendto = self.sock.sendto
         failing = self.core.failing
-        if plain is not None:
-            for a in plain_addrs:
+        for payload, addrs in ((plain, plain_addrs), (framed, framed_addrs)):
+            if payload is None:
+                continue
+            for a in addrs:
                 if a is not src:
                     try:
-                        sendto(plain, a)
-                    except OSError as exc:
-                        self._send_failed(exc, a, now)
-                    else:
-                        if failing:
-                            failing.pop(a, None)
-        if framed is not None:
-            for a in framed_addrs:
-                if a is not src:
-                    try:
-                        sendto(framed, a)
+                        sendto(payload, a)
                     except OSError as exc:
                         self._send_failed(exc, a, now)
                     else:
@@ -271,7 +264,8 @@ class Worker:
         self.stage1.handle_timer(now)
         self._on_timer()
         self._send({"t": "stats", "worker": self.index, "pid": os.getpid(),
-                    "forwarded": self.forwarded, "stage1": self.stage1.statistics(),
+                    "forwarded": self.forwarded, "sendmmsg": self.batched,
+                    "stage1": self.stage1.statistics(),
                     **self.core.statistics()})
         self.loop.call_later(STATS_INTERVAL_S, self._tick)
 

@@ -60,9 +60,12 @@ def chat_until_delivered(sender: Peer, receiver: Peer, text: str, timeout: float
     return took
 
 
-@pytest.mark.parametrize("args", [(), ("--steering", "forward"), ("--port-per-shard",)])
-def test_forty_rooms_on_two_workers_are_isolated(args: tuple[str, ...]) -> None:
-    with start_server(*args, workers=2) as srv:
+@pytest.mark.parametrize(("args", "sendmmsg"), [
+    ((), "1"), (("--steering", "forward"), "1"), (("--port-per-shard",), "1"),
+    ((), "0"),  # the sendto fallback of relay/worker.py, used where sendmmsg is missing
+])
+def test_forty_rooms_on_two_workers_are_isolated(args: tuple[str, ...], sendmmsg: str) -> None:
+    with start_server(*args, workers=2, env={"OCM_RELAY_SENDMMSG": sendmmsg}) as srv:
         expected = {"()": "bpf", "('--steering', 'forward')": "forward",
                     "('--port-per-shard',)": "port-per-shard"}[str(args)]
         assert srv.steering == expected
@@ -80,6 +83,9 @@ def test_forty_rooms_on_two_workers_are_isolated(args: tuple[str, ...]) -> None:
             assert alice.recv_text() == f"bob: back from {i}"
         for _, bob in rooms:
             bob.expect_nothing(timeout=0.05)
+        srv.stop()
+        batched = "True" if sendmmsg == "1" else "False"
+        assert srv.log_text().count(f"'sendmmsg': {batched}") == 2  # both workers' counters
 
 
 def test_sigkill_worker_mid_chat_rooms_keep_relaying_with_same_tokens() -> None:
