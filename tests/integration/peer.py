@@ -33,9 +33,14 @@ class JoinRefused(Exception):
 
 
 def tcrp_exchange(host: str, port: int, request: bytes, after: bytes = b"",
-                  timeout: float = TIMEOUT_S) -> tuple[Response, Complete | None]:
-    """Send one request; read State 1 (and State 2 on OK); optionally send ``after``."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+                  timeout: float = TIMEOUT_S, bind_ip: str = "127.0.0.1"
+                  ) -> tuple[Response, Complete | None]:
+    """Send one request from ``bind_ip``; read State 1 (and State 2 on OK); optionally
+    send ``after``. Raises ``ConnectionError`` if the server closes without answering."""
+    with socket.socket() as sock:
+        sock.bind((bind_ip, 0))
+        sock.settimeout(timeout)
+        sock.connect((host, port))
         sock.sendall(request)
         reader = FrameReader(Role.CLIENT)
         response: Response | None = None

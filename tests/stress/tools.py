@@ -11,14 +11,13 @@ from __future__ import annotations
 import ast
 import os
 import re
-import socket
 import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from wire.codes import Status
-from wire.tcrp import NEED_DATA, Complete, FrameReader, Response, Role
+from tests.integration.peer import tcrp_exchange
+from wire.tcrp import Complete, Response
 
 T = TypeVar("T")
 
@@ -47,37 +46,8 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str,
 # --- TCRP from any source address ---------------------------------------------------------------
 def exchange(host: str, port: int, request: bytes, bind_ip: str = "127.0.0.1",
              timeout: float = 10.0, after: bytes = b"") -> tuple[Response, Complete | None]:
-    """One TCRP request from ``bind_ip``: the State 1 answer (and State 2 on OK).
-
-    Raises ``ConnectionError`` if the server closes (or resets) without answering.
-    """
-    with socket.socket() as sock:
-        sock.bind((bind_ip, 0))
-        sock.settimeout(timeout)
-        sock.connect((host, port))
-        sock.sendall(request)
-        reader = FrameReader(Role.CLIENT)
-        response: Response | None = None
-        deadline = time.monotonic() + timeout
-        while True:
-            event = reader.next_event()
-            if event is NEED_DATA:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                data = sock.recv(65536)
-                if not data:
-                    if response is not None:
-                        return response, None
-                    raise ConnectionError("the server closed without answering")
-                reader.receive_data(data)
-            elif isinstance(event, Response):
-                response = event
-                if event.status != Status.OK:
-                    return event, None
-            else:
-                assert isinstance(event, Complete) and response is not None
-                if after:
-                    sock.sendall(after)
-                return response, event
+    """One TCRP request from ``bind_ip``: the State 1 answer (and State 2 on OK)."""
+    return tcrp_exchange(host, port, request, after=after, timeout=timeout, bind_ip=bind_ip)
 
 
 def status_of(host: str, port: int, request: bytes, bind_ip: str = "127.0.0.1") -> int:
