@@ -353,6 +353,7 @@ async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory) -> 
             show(render.notice_line("you left; the room is closed"))
         else:
             show(render.notice_line("you left the room"))
+    await _settle_output()
     return notice
 
 
@@ -382,4 +383,19 @@ async def _global_chat(host: str, port: int, user: str, colour: bool) -> int:
                        InMemoryHistory(), intro)
         finally:
             link.close()
+    await _settle_output()
     return EXIT_OK
+
+
+async def _settle_output(timeout: float = 2.0) -> None:
+    """Let the last lines reach the terminal before the loop closes.
+
+    ``patch_stdout``'s writer thread hands text written while a prompt is up to the loop
+    (``call_soon_threadsafe``, then a ``run_in_terminal`` task). Closing the proxy joins
+    the thread, so every hand-off is queued by now, but it has not run: without this,
+    the line that explains why the chat ended could be dropped with the loop."""
+    await asyncio.sleep(0)  # run the queued hand-offs: they create the write tasks
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
