@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -12,6 +13,7 @@ from loadgen import capacity
 from loadgen.meter import HEADER_BYTES, Slo
 from loadgen.report import LiveView, machine_info, print_summary, write_json, write_plot
 from loadgen.runner import WAIT_WARN_PCT, Fleet, LoadgenError, Options
+from loadgen.transport import MODES, resolve_mode
 
 EXIT_OK: Final = 0
 EXIT_SLO_BROKEN: Final = 1
@@ -98,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tcp-port", type=int, default=9000, help="TCRP port [9000]; the chat "
                    "port comes from each join's State 1 details")
     g = p.add_argument_group("loadgen")
+    g.add_argument("--sockets", choices=MODES, default="auto",
+                   help="member addresses: 'member' = one UDP socket per member on this "
+                   "host's IP (works against any server); 'shared' = one socket per "
+                   "process and a loopback IP per member (127.100+.x.y), received with "
+                   "recvmmsg, ~3x less loadgen CPU per delivery; loopback servers only; "
+                   "'auto' = shared when the server is on loopback [auto]")
     g.add_argument("--procs", type=int, default=0,
                    help="loadgen processes, each with a disjoint slice of rooms "
                    "[0 = CPU count]")
@@ -154,7 +162,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         precision=args.precision, max_steps=args.max_steps, drain=args.drain,
         join_concurrency=args.join_concurrency, join_timeout=args.join_timeout,
         bind_timeout=args.bind_timeout, server_pid=args.server_pid, pacing_us=args.pacing_us,
-        retries=args.retries,
+        retries=args.retries, sockets=args.sockets,
     )
 
 
@@ -240,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.step_factor <= 1.0:
         parser.error("--step-factor must be > 1")
     opts = options_from_args(args)
+    try:
+        opts = dataclasses.replace(opts, sockets=resolve_mode(opts.sockets, opts.server))
+    except ValueError as exc:
+        parser.error(str(exc))
     argv_list = sys.argv[1:] if argv is None else argv
     live = LiveView(enabled=not args.quiet and sys.stderr.isatty(), members=opts.members)
     try:

@@ -32,6 +32,7 @@ from loadgen.meter import (
 )
 from loadgen.pacing import NS
 from loadgen.servers import tree_usage
+from loadgen.transport import resolve_mode
 from loadgen.users import Plan, child_main
 
 START_DELAY_S: Final = 0.3
@@ -82,6 +83,8 @@ class Options:
     server_pid: int | None = None
     pacing_us: float = 100.0
     retries: int = 0
+    sockets: str = "auto"
+    """``member``, ``shared`` or ``auto`` (transport.py); the CLI resolves ``auto``."""
 
     @property
     def members(self) -> int:
@@ -129,6 +132,7 @@ class Fleet:
                         room_prefix=self.room_prefix, room_lo=lo, rooms=hi - lo,
                         users=opts.users, size=opts.size, framing=opts.framing,
                         password=opts.password, join_concurrency=per_proc,
+                        sockets=resolve_mode(opts.sockets, opts.server),
                         join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout)
             parent_conn, child_conn = ctx.Pipe()
             proc = ctx.Process(target=child_main, args=(child_conn, plan),

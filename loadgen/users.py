@@ -1,9 +1,9 @@
 """Simulated users: one loadgen process and every member of its slice of rooms.
 
 ``child_main(conn, plan)`` is the entry point of a ``spawn`` process. It owns ``plan.rooms``
-consecutive rooms × ``plan.users`` members, each with its own UDP socket (connected to the
-server's chat port after the join) and its own token, and obeys commands from the parent on
-``conn`` (a ``multiprocessing`` pipe):
+consecutive rooms × ``plan.users`` members, each with its own address and token (one socket
+per member, or one shared socket with an IP per member: ``transport.py``), and obeys
+commands from the parent on ``conn`` (a ``multiprocessing`` pipe):
 
 * ``("setup",)``: every member joins through TCRP (user 0 of each room creates it and is
   its host), asyncio on uvloop with bounded concurrency; right after its join each member
@@ -16,12 +16,14 @@ server's chat port after the join) and its own token, and obeys commands from th
 * ``("exit", "members" | "hosts")``: send ``/exit`` from the non-hosts or the hosts.
 * ``("quit",)``: close everything and return.
 
-The data phase runs on a plain ``select.epoll`` loop over the members' sockets, the pipe
-and a ``timerfd`` (pacing.py). Receiving 45,000 datagrams/s spread over 2,500 sockets
-measured the same on it as on uvloop (``add_reader`` or ``DatagramProtocol``): 4.3-4.9 µs
-of CPU per datagram either way, the kernel's receive path dominating. The plain loop is
-kept because it batches every datagram of one poll into one ``Meter.receive_batch`` call
-and waits on the timerfd with µs precision (libuv timers have 1 ms resolution).
+The data phase runs on a plain ``select.epoll`` loop over the transport's sockets, the pipe
+and a ``timerfd`` (pacing.py). With one socket per member, receiving 45,000 datagrams/s
+spread over 2,500 sockets measured the same on it as on uvloop (``add_reader`` or
+``DatagramProtocol``): 4.3-4.9 µs of CPU per datagram either way, the kernel's receive
+path dominating; the shared socket's ``recvmmsg`` batches are what cut that. The plain
+loop is kept because it batches every datagram of one poll into one
+``Meter.receive_batch`` call and waits on the timerfd with µs precision (libuv timers
+have 1 ms resolution).
 """
 
 from __future__ import annotations
@@ -42,13 +44,12 @@ from typing import Any, Final
 from loadgen.meter import HEADER_BYTES, PAD_BYTE, Meter, username_of
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
 from loadgen.servers import runqueue_wait_seconds
+from loadgen.transport import SHARED_OWNER, MemberSockets, SharedSocket, Transport
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation, Status
 from wire.tcrp import NEED_DATA, Complete, FrameReader, Response, Role, encode_request
 
-RECV_BYTES: Final = 4096
-"""Largest delivery is 4094 bytes (PROTOCOL.md §2.2)."""
 JOIN_ATTEMPTS: Final = 3
 RETRY_STATUSES: Final = frozenset({Status.RATE_LIMITED, Status.UNAVAILABLE})
 LATE_SEND_NS: Final = 1_000_000
@@ -75,6 +76,8 @@ class Plan:
     size: int
     framing: str = "plain"
     password: str | None = None
+    sockets: str = "member"
+    """``member`` or ``shared`` (resolved by the parent: transport.resolve_mode)."""
     join_concurrency: int = 32
     join_timeout_s: float = 10.0
     bind_timeout_s: float = 10.0
@@ -121,36 +124,32 @@ class Simulator:
         self.plan = plan
         users, rooms = plan.users, plan.rooms
         n = self.n = users * rooms
-        limit = raise_nofile_limit()
-        if n + 64 > limit:
-            raise OSError(f"{n} sockets needed but RLIMIT_NOFILE is {limit}")
-        self.local_ip = _local_ip_towards(plan.server, plan.tcp_port)
         self.meter = Meter(plan.room_lo, rooms, users, framed=plan.framing == "ocm1")
         self.meter.active = [False] * n
-        self.socks: list[socket.socket] = []
-        for _ in range(n):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((self.local_ip, 0))
-            sock.setblocking(False)
-            self.socks.append(sock)
+        self.transport: Transport
+        if plan.sockets == "shared":
+            self.transport = SharedSocket(n, plan.index)
+        else:
+            limit = raise_nofile_limit()
+            if n + 64 > limit:
+                raise OSError(f"{n} sockets needed but RLIMIT_NOFILE is {limit}")
+            self.transport = MemberSockets(n, _local_ip_towards(plan.server, plan.tcp_port))
         self.prefix: list[bytes] = [b""] * n
         self.is_host = [False] * n
         self.last_send_ns = [0] * n
         self.rooms_raw = [room_name(plan.room_prefix, plan.room_lo + r).encode()
                           for r in range(rooms)]
         self.ep = select.epoll()
-        fds = [s.fileno() for s in self.socks]
+        fds = self.transport.fds()
         try:
             self.timer: TimerFd | None = TimerFd()
         except OSError:
             self.timer = None
         special = [conn.fileno()] + ([self.timer.fileno()] if self.timer else [])
-        size = max(fds + special) + 1
+        size = max([fd for fd, _ in fds] + special) + 1
         self.owner = [_OWNER_NONE] * size
-        self.recv_by_fd: list[Any] = [None] * size
-        for lm, (fd, sock) in enumerate(zip(fds, self.socks, strict=True)):
-            self.owner[fd] = lm
-            self.recv_by_fd[fd] = sock.recv
+        for fd, owner in fds:
+            self.owner[fd] = owner
             self.ep.register(fd, select.EPOLLIN)
         self.owner[conn.fileno()] = _OWNER_PIPE
         self.ep.register(conn.fileno(), select.EPOLLIN)
@@ -164,7 +163,9 @@ class Simulator:
     # --- the command loop ------------------------------------------------------------------
     def serve(self) -> None:
         self.conn.send(("ready", {"index": self.plan.index, "members": self.n,
-                                  "pid": os.getpid(), "timerfd": self.timer is not None}))
+                                  "pid": os.getpid(), "timerfd": self.timer is not None,
+                                  "sockets": self.transport.mode,
+                                  "rcvbuf": getattr(self.transport, "rcvbuf", None)}))
         while True:
             cmd = self.conn.recv()
             kind = cmd[0]
@@ -193,8 +194,7 @@ class Simulator:
         self.ep.close()
         if self.timer is not None:
             self.timer.close()
-        for sock in self.socks:
-            sock.close()
+        self.transport.close()
 
     # --- setup: joins over TCRP ---------------------------------------------------------
     def setup(self) -> dict[str, Any]:
@@ -270,7 +270,7 @@ class Simulator:
                 status: Status | int | str
                 try:
                     async with asyncio.timeout(plan.join_timeout_s):
-                        status, response, token = await self._tcrp(request)
+                        status, response, token = await self._tcrp(request, lm)
                 except TimeoutError:
                     status, response, token = "timeout", None, b""
                 except errors.ProtocolError as exc:
@@ -294,8 +294,12 @@ class Simulator:
         j.failures[outcome] = j.failures.get(outcome, 0) + 1
         return False
 
-    async def _tcrp(self, request: bytes) -> tuple[Status | int, Response | None, bytes]:
-        reader, writer = await asyncio.open_connection(self.plan.server, self.plan.tcp_port)
+    async def _tcrp(self, request: bytes, lm: int
+                    ) -> tuple[Status | int, Response | None, bytes]:
+        ip = self.transport.join_ip(lm)  # the token is bound to the IP we join from
+        reader, writer = await asyncio.open_connection(
+            self.plan.server, self.plan.tcp_port,
+            local_addr=None if ip is None else (ip, 0))
         try:
             writer.write(request)
             frames = FrameReader(Role.CLIENT)
@@ -330,8 +334,7 @@ class Simulator:
             self.meter.set_framing(framed)  # the server decides (a baseline is plain-only)
         elif framed != self.meter.framed:
             j.framing_mismatch += 1
-        sock = self.socks[lm]
-        sock.connect((self.plan.server, details.udp_port))
+        self.transport.attach(lm, (self.plan.server, details.udp_port))
         self.prefix[lm] = encode_chat(room_raw, token, b"")
         self.is_host[lm] = details.host
         self.meter.active[lm] = True
@@ -339,7 +342,7 @@ class Simulator:
 
     def _send(self, lm: int, message: bytes) -> bool:
         try:
-            self.socks[lm].send(self.prefix[lm] + message)
+            self.transport.senders[lm](self.prefix[lm] + message)
         except OSError:
             self.meter.c.send_errors += 1
             return False
@@ -365,17 +368,12 @@ class Simulator:
 
     def _poll(self, timeout_s: float, batch: list[tuple[int, bytes]]) -> None:
         """One poll; received datagrams are appended to ``batch``."""
-        owner, recv_by_fd, append = self.owner, self.recv_by_fd, batch.append
+        owner, receive, append = self.owner, self.transport.receive, batch.append
         recv_errors = 0
         for fd, _ev in self.ep.poll(timeout_s):
             lm = owner[fd]
-            if lm >= 0:
-                try:
-                    append((lm, recv_by_fd[fd](RECV_BYTES)))
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    recv_errors += 1
+            if lm >= 0 or lm == SHARED_OWNER:
+                recv_errors += receive(lm, append)
             elif lm == _OWNER_TIMER:
                 assert self.timer is not None
                 self.timer.ack()
@@ -401,7 +399,7 @@ class Simulator:
         sched = Schedule(order, rate, t0_ns, end_ns, pacing_ns)
         pad = PAD_BYTE * (plan.size - HEADER_BYTES)
         g0 = plan.room_lo * users
-        socks_send = [s.send for s in self.socks]
+        socks_send = self.transport.senders
         prefix, sent, last_send = self.prefix, meter.sent, self.last_send_ns
         counts = meter.c
         timer = self.timer
@@ -409,6 +407,7 @@ class Simulator:
             timer.arm(t0_ns, sched.tick_ns)
         batch: list[tuple[int, bytes]] = []
         receive = meter.receive_batch
+        stray_start = getattr(self.transport, "stray", 0)
         # ticks are aligned to the measured window: tick j covers [mstart + (j-1)·tick, +tick)
         j = -((mstart_ns - t0_ns) // tick_ns)
         next_tick = mstart_ns + j * tick_ns
@@ -497,6 +496,8 @@ class Simulator:
                 receive(batch, time.monotonic_ns())
                 batch.clear()
         counts.late_sends += late
+        # a delivery to an address that is no member's was misrouted by the server
+        counts.misrouted += getattr(self.transport, "stray", 0) - stray_start
         counts.max_send_lag_ns = max(counts.max_send_lag_ns, max_lag)
         meter.take_interval()
         result = meter.counts()

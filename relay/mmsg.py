@@ -52,6 +52,11 @@ ADDR_CACHE_ENTRIES: Final = 65536
 """Bound of ``RecvBatch``'s address cache, keyed by the raw sin_family + sin_port +
 sin_addr (8 bytes); cleared when full. Worst case (a flood from distinct sources) ~300
 bytes per entry (key, tuple, str, int, dict slot): ~20 MiB."""
+IP_PKTINFO: Final = getattr(socket, "IP_PKTINFO", 8)  # Python < 3.12 lacks the name
+PKTINFO_SLOT_BYTES: Final = 32
+"""Control slot per datagram with ``pktinfo``: CMSG_SPACE(sizeof(struct in_pktinfo)) on
+LP64 = cmsghdr (16: cmsg_len @0, cmsg_level @8, cmsg_type @12) + in_pktinfo (12:
+ipi_ifindex @16, ipi_spec_dst @20, ipi_addr @24) padded to 32."""
 NAME_SLOT_BYTES: Final = 128
 """Receive address slot: sizeof(struct sockaddr_storage). The kernel writes back the true
 address length into msg_namelen and uses it as the buffer size on the next call; it never
@@ -298,16 +303,20 @@ class RecvBatch:
     4097 bytes with MSG_TRUNC set, so a size check ``len(data) > 4096`` drops it, and
     ``truncated(i)`` says so explicitly.
 
-    Memory: max_batch x (bufsize + 16 + 64 + 128) bytes (~277 KiB for 64 x 4097), plus
-    the address cache (``ADDR_CACHE_ENTRIES``).
+    With ``pktinfo=True`` it also asks for each datagram's destination address (the
+    socket needs ``IP_PKTINFO`` set): ``datagrams_to()`` gives it. That lets one socket
+    bound to a wildcard address stand in for many addresses, as the load generator does.
+
+    Memory: max_batch x (bufsize + 16 + 64 + 128 [+ 32]) bytes (~277 KiB for 64 x 4097),
+    plus the address cache (``ADDR_CACHE_ENTRIES``).
     """
 
     __slots__ = ("max_batch", "bufsize", "count", "_buf", "_view", "_cbuf", "_names",
                  "_iovs", "_hdrs", "_base", "_cache", "_cache_max",
-                 "_lens", "_keys", "_recvmmsg")
+                 "_lens", "_keys", "_recvmmsg", "_ctrl", "_dests")
 
     def __init__(self, max_batch: int = 64, bufsize: int = MAX_DATAGRAM_BYTES + 1,
-                 addr_cache_entries: int = ADDR_CACHE_ENTRIES) -> None:
+                 addr_cache_entries: int = ADDR_CACHE_ENTRIES, pktinfo: bool = False) -> None:
         """Raises ``OSError`` if batched I/O is unavailable, ``ValueError`` for sizes
         outside 1..1024 datagrams (UIO_MAXIOV) and 1..65536 bytes."""
         self._recvmmsg = _require()[1]
@@ -333,6 +342,14 @@ class RecvBatch:
             hdr.msg_namelen = NAME_SLOT_BYTES
             hdr.msg_iov = ctypes.addressof(self._iovs[i])
             hdr.msg_iovlen = 1
+        self._ctrl: ctypes.Array[ctypes.c_char] | None = None
+        if pktinfo:
+            self._ctrl = (ctypes.c_char * (max_batch * PKTINFO_SLOT_BYTES))()
+            ctrl_base = ctypes.addressof(self._ctrl)
+            for i in range(max_batch):
+                hdr = self._hdrs[i].msg_hdr
+                hdr.msg_control = ctrl_base + i * PKTINFO_SLOT_BYTES
+                hdr.msg_controllen = PKTINFO_SLOT_BYTES
         self._base = ctypes.addressof(self._hdrs)
         self._cache: dict[bytes, Addr] = {}
         self._cache_max = addr_cache_entries
@@ -341,6 +358,7 @@ class RecvBatch:
         # Compiled on first use of each k.
         self._lens: list[struct.Struct | None] = [None] * (max_batch + 1)
         self._keys: list[struct.Struct | None] = [None] * (max_batch + 1)
+        self._dests: list[tuple[struct.Struct, struct.Struct] | None] = [None] * (max_batch + 1)
 
     def recv(self, fd: int) -> int:
         """Receive up to ``max_batch`` datagrams without blocking; returns how many (0 if
@@ -379,6 +397,38 @@ class RecvBatch:
             off += size
         return out
 
+    def datagrams_to(self) -> list[tuple[bytes, bytes]]:
+        """(datagram, destination) for each datagram of the last ``recv``, in order: the
+        destination is the 4 raw bytes of the IPv4 address it was sent to (``ipi_addr``),
+        or ``b""`` if the kernel gave none. Needs ``pktinfo=True`` (``ValueError``)."""
+        if self._ctrl is None:
+            raise ValueError("datagrams_to() needs RecvBatch(pktinfo=True)")
+        n = self.count
+        if n == 0:
+            return []
+        compiled = self._dests[n]
+        if compiled is None:
+            compiled = self._compile_dests(n)
+        heads, slots = compiled
+        view, size = self._view, self.bufsize
+        out = []
+        off = 0
+        reset = False
+        it = iter(slots.unpack_from(self._ctrl))
+        for controllen, length in zip(*[iter(heads.unpack_from(self._hdrs))] * 2,
+                                      strict=True):
+            level, kind, dest = next(it), next(it), next(it)
+            if controllen != PKTINFO_SLOT_BYTES or level != socket.IPPROTO_IP \
+                    or kind != IP_PKTINFO:
+                dest = b""
+                reset = True
+            out.append((view[off:off + length].tobytes(), dest))
+            off += size
+        if reset:  # the kernel wrote back a shorter msg_controllen: restore every slot
+            for i in range(n):
+                self._hdrs[i].msg_hdr.msg_controllen = PKTINFO_SLOT_BYTES
+        return out
+
     def datagram(self, i: int) -> bytes:
         """Datagram ``i`` of the last ``recv`` (``IndexError`` past ``count``)."""
         self._check(i)
@@ -406,6 +456,14 @@ class RecvBatch:
         lens = self._lens[n] = struct.Struct("=" + f"{Mmsghdr.msg_len.offset}xI{tail}x" * n)
         keys = self._keys[n] = struct.Struct(f"8s{NAME_SLOT_BYTES - 8}x" * n)
         return lens, keys
+
+    def _compile_dests(self, n: int) -> tuple[struct.Struct, struct.Struct]:
+        # per mmsghdr: msg_controllen (size_t @40) and msg_len (u32 @56);
+        # per control slot: cmsg_level (@8), cmsg_type (@12), ipi_addr (@24)
+        heads = struct.Struct("=" + "40xQ8xI4x" * n)
+        slots = struct.Struct("=" + "8xii8x4s4x" * n)
+        self._dests[n] = heads, slots
+        return heads, slots
 
     def _decode(self, key: bytes) -> Addr:
         """sin_family (2) + sin_port (2, network order) + sin_addr (4) -> a cached

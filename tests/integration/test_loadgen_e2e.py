@@ -73,11 +73,21 @@ def baseline() -> Iterator[servers.Running]:
 
 
 @needs_control
-def test_small_profile_against_the_real_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sockets", ["shared", "member"])
+def test_small_profile_against_the_real_server(tmp_path: Path, sockets: str) -> None:
     with start_server(workers=2) as server:
-        code, report, text = loadgen(server.tcp_port, tmp_path, *SMALL)
+        code, report, text = loadgen(server.tcp_port, tmp_path, *SMALL, "--sockets", sockets)
         assert code == 0, text
+        assert report["options"]["sockets"] == sockets
         assert_all_accounted(report, tmp_path, members=100)
+
+
+def test_auto_sockets_share_one_socket_on_loopback(baseline: servers.Running,
+                                                    tmp_path: Path) -> None:
+    code, report, text = loadgen(baseline.tcp_port, tmp_path, "--rooms", "2", "--users", "3",
+                                 "--duration", "1", "--warmup", "0", "--procs", "1")
+    assert code == 0, text
+    assert report["options"]["sockets"] == "shared"
 
 
 @needs_control

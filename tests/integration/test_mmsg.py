@@ -296,3 +296,68 @@ def test_bad_sizes_raise() -> None:
     for kwargs in ({"max_batch": 0}, {"max_batch": 1025}, {"bufsize": 0}):
         with pytest.raises(ValueError):
             RecvBatch(**kwargs)
+
+
+# --- RecvBatch(pktinfo=True): one wildcard socket standing in for many addresses ---------
+
+@pytest.fixture
+def wildcard() -> Iterator[socket.socket]:
+    """Bound to 0.0.0.0 (so it gets datagrams for every 127.x address on its port) with
+    IP_PKTINFO on. Only loopback addresses are ever sent to."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind(("0.0.0.0", 0))
+    sock.setsockopt(socket.IPPROTO_IP, mmsg.IP_PKTINFO, 1)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def test_pktinfo_gives_each_datagrams_destination(wildcard: socket.socket,
+                                                  sender: socket.socket) -> None:
+    port = wildcard.getsockname()[1]
+    dests = [f"127.77.{i // 250}.{i % 250 + 1}" for i in range(300)]
+    for seq, ip in enumerate(dests):
+        sender.sendto(b"to %d" % seq, (ip, port))
+    batch = RecvBatch(max_batch=128, pktinfo=True)
+    got: list[tuple[bytes, bytes]] = []
+    counts = []
+    while len(got) < len(dests):
+        n = batch.recv(wildcard.fileno())
+        if n == 0:
+            assert select.select([wildcard], [], [], WAIT_MS / 1000)[0], "nothing arrived"
+            continue
+        counts.append(n)
+        got += batch.datagrams_to()
+    assert counts[0] == 128  # all queued before the first call: full batches
+    assert got == [(b"to %d" % seq, socket.inet_aton(ip)) for seq, ip in enumerate(dests)]
+    assert batch.datagrams()[0][1] == sender.getsockname()  # sources still available
+
+
+def test_pktinfo_slot_missing_is_reported_not_stale(wildcard: socket.socket,
+                                                    sender: socket.socket) -> None:
+    """A datagram that carries no IP_PKTINFO (the option switched off) gets ``b""``, not
+    the previous datagram's destination left in the slot, and the slots are restored."""
+    port = wildcard.getsockname()[1]
+    batch = RecvBatch(max_batch=4, pktinfo=True)
+    sender.sendto(b"first", ("127.77.1.1", port))
+    assert select.select([wildcard], [], [], WAIT_MS / 1000)[0]
+    assert batch.recv(wildcard.fileno()) == 1
+    assert batch.datagrams_to() == [(b"first", socket.inet_aton("127.77.1.1"))]
+    wildcard.setsockopt(socket.IPPROTO_IP, mmsg.IP_PKTINFO, 0)
+    sender.sendto(b"second", ("127.77.1.2", port))
+    assert select.select([wildcard], [], [], WAIT_MS / 1000)[0]
+    assert batch.recv(wildcard.fileno()) == 1
+    assert batch.datagrams_to() == [(b"second", b"")]
+    wildcard.setsockopt(socket.IPPROTO_IP, mmsg.IP_PKTINFO, 1)
+    sender.sendto(b"third", ("127.77.1.3", port))
+    assert select.select([wildcard], [], [], WAIT_MS / 1000)[0]
+    assert batch.recv(wildcard.fileno()) == 1
+    assert batch.datagrams_to() == [(b"third", socket.inet_aton("127.77.1.3"))]
+
+
+def test_datagrams_to_needs_pktinfo() -> None:
+    batch = RecvBatch()
+    with pytest.raises(ValueError):
+        batch.datagrams_to()
+    assert RecvBatch(pktinfo=True).datagrams_to() == []

@@ -1,0 +1,211 @@
+"""How a loadgen process puts its simulated members on the wire.
+
+Every member needs an address of its own: the server tells members apart by (IP, port)
+and binds each token to an IP. Two ways to give them one:
+
+``MemberSockets`` (``--sockets member``)
+    One UDP socket per member, all on the loadgen's own IP, each with its own port. Works
+    against any server, remote ones included. Its cost is the receive side: every
+    delivery wakes ``epoll`` for a different socket and is one ``recv`` call, about
+    4.5 µs of CPU per datagram here (``users.py``) — at 90,000 deliveries/s that is most
+    of a core, taken from the same two cores the server runs on.
+
+``SharedSocket`` (``--sockets shared``, loopback servers only)
+    Member ``i`` is the address ``(127.A.B.C, P)``: a distinct loopback IP per member
+    (``member_ip``), one shared port ``P``. One socket bound to ``0.0.0.0:P`` with
+    ``IP_PKTINFO`` receives for all of them: ``recvmmsg`` takes up to ``RECV_BATCH``
+    deliveries per call and each one's destination IP says which member it was for.
+    Sending sets the member's IP as the source with an ``IP_PKTINFO`` control message;
+    TCRP joins bind their TCP socket to the same IP, so the token is bound to it.
+    Loopback routes all of 127.0.0.0/8 to the local host, so no setup is needed, and
+    nothing is ever sent off the machine: the only destination is the server.
+
+The load generator must not be what limits a benchmark whose load shares the server's
+cores; ``docs/benchmarks.md`` has the two measured side by side.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from collections.abc import Callable
+from typing import Final, Protocol
+
+from relay import mmsg
+from relay.steering import set_buffers
+
+Sender = Callable[[bytes], object]
+Append = Callable[[tuple[int, bytes]], None]
+
+RECV_BYTES: Final = 4096
+"""Largest delivery is 4094 bytes (PROTOCOL.md §2.2)."""
+RECV_BATCH: Final = 256
+"""Datagrams per ``recvmmsg`` call of the shared socket."""
+SHARED_BUFFER_BYTES: Final = 32 * 1024 * 1024
+"""Receive buffer of the shared socket: ~30,000 deliveries of 100 bytes (the kernel
+charges ~1 KiB each), a third of a second of the headline load for one process, so a
+descheduled loadgen does not drop what the server delivered."""
+FIRST_OCTET_BASE: Final = 100
+"""Shared mode: process ``k`` uses 127.(100 + k).x.y."""
+HOSTS_PER_BLOCK: Final = 250
+"""Shared mode: last octets 1..250 (never .0 or .255) per third octet."""
+MAX_SHARED_MEMBERS: Final = 256 * HOSTS_PER_BLOCK
+MAX_SHARED_PROCS: Final = 256 - FIRST_OCTET_BASE
+MODES: Final = ("auto", "member", "shared")
+_NO_ADDR: Final = bytes(4)
+
+
+def member_ip(proc: int, lm: int) -> str:
+    """The loopback IP of member ``lm`` of loadgen process ``proc`` in shared mode."""
+    if not 0 <= proc < MAX_SHARED_PROCS or not 0 <= lm < MAX_SHARED_MEMBERS:
+        raise ValueError(f"no shared-mode address for process {proc}, member {lm}")
+    block, host = divmod(lm, HOSTS_PER_BLOCK)
+    return f"127.{FIRST_OCTET_BASE + proc}.{block}.{host + 1}"
+
+
+def resolve_mode(mode: str, server: str) -> str:
+    """``member`` or ``shared`` for ``--sockets mode`` against ``server``. ``auto`` is
+    ``shared`` when the server is a loopback address and batched receive is available.
+    Raises ``ValueError`` with a message for the user if ``shared`` cannot work."""
+    if mode not in MODES:
+        raise ValueError(f"--sockets must be one of {', '.join(MODES)}")
+    if mode == "member":
+        return mode
+    try:
+        addr = ipaddress.ip_address(socket.gethostbyname(server))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot resolve --server {server!r}: {exc}") from exc
+    usable = addr.is_loopback and mmsg.available()
+    if mode == "shared" and not usable:
+        why = "the server is not on a loopback address" if not addr.is_loopback \
+            else "recvmmsg is unavailable here"
+        raise ValueError(f"--sockets shared: {why}; use --sockets member")
+    return "shared" if usable else "member"
+
+
+class Transport(Protocol):
+    mode: str
+    senders: list[Sender]
+
+    def join_ip(self, lm: int) -> str | None: ...
+    def attach(self, lm: int, server: tuple[str, int]) -> None: ...
+    def fds(self) -> list[tuple[int, int]]: ...
+    def receive(self, owner: int, append: Append) -> int: ...
+    def close(self) -> None: ...
+
+
+def _not_attached(_data: bytes) -> object:
+    raise OSError("member has not joined")
+
+
+SHARED_OWNER: Final = -4
+"""``fds()`` owner of the shared socket (member owners are their index, >= 0)."""
+
+
+class MemberSockets:
+    """One connected UDP socket per member (see the module docstring)."""
+
+    mode = "member"
+
+    def __init__(self, n: int, local_ip: str) -> None:
+        self.socks: list[socket.socket] = []
+        try:
+            for _ in range(n):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self.socks.append(sock)
+                sock.bind((local_ip, 0))
+                sock.setblocking(False)
+        except BaseException:
+            self.close()
+            raise
+        self.senders: list[Sender] = [_not_attached] * n
+        self._recv = [s.recv for s in self.socks]
+
+    def join_ip(self, lm: int) -> str | None:
+        return None  # the kernel's choice: the IP the UDP sockets are bound to
+
+    def attach(self, lm: int, server: tuple[str, int]) -> None:
+        sock = self.socks[lm]
+        sock.connect(server)
+        self.senders[lm] = sock.send
+
+    def fds(self) -> list[tuple[int, int]]:
+        return [(s.fileno(), lm) for lm, s in enumerate(self.socks)]
+
+    def receive(self, owner: int, append: Append) -> int:
+        """One datagram for member ``owner``; returns receive errors (0 or 1)."""
+        try:
+            append((owner, self._recv[owner](RECV_BYTES)))
+        except BlockingIOError:
+            pass
+        except OSError:
+            return 1
+        return 0
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+class SharedSocket:
+    """One wildcard socket for every member, told apart by destination IP (see the module
+    docstring). ``stray`` counts datagrams for an address that is not a member's."""
+
+    mode = "shared"
+
+    def __init__(self, n: int, proc: int) -> None:
+        if n > MAX_SHARED_MEMBERS:
+            raise ValueError(f"{n} members in one process; shared mode allows "
+                             f"{MAX_SHARED_MEMBERS} (add --procs)")
+        self.ips = [member_ip(proc, lm) for lm in range(n)]
+        self._by_dest = {socket.inet_aton(ip): lm for lm, ip in enumerate(self.ips)}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.setblocking(False)
+            set_buffers(self.sock, SHARED_BUFFER_BYTES, SHARED_BUFFER_BYTES)
+            self.sock.bind(("0.0.0.0", 0))
+            self.sock.setsockopt(socket.IPPROTO_IP, mmsg.IP_PKTINFO, 1)
+            self._batch = mmsg.RecvBatch(max_batch=RECV_BATCH, pktinfo=True)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.senders: list[Sender] = [_not_attached] * n
+        self.stray = 0
+
+    def join_ip(self, lm: int) -> str | None:
+        return self.ips[lm]
+
+    def attach(self, lm: int, server: tuple[str, int]) -> None:
+        info = struct.pack("=I4s4s", 0, socket.inet_aton(self.ips[lm]), _NO_ADDR)
+        ancillary = [(socket.IPPROTO_IP, mmsg.IP_PKTINFO, info)]
+        sendmsg = self.sock.sendmsg
+
+        def send(data: bytes) -> object:
+            return sendmsg((data,), ancillary, 0, server)
+
+        self.senders[lm] = send
+
+    def fds(self) -> list[tuple[int, int]]:
+        return [(self.sock.fileno(), SHARED_OWNER)]
+
+    def receive(self, owner: int, append: Append) -> int:
+        """Everything queued, in ``recvmmsg`` batches; returns receive errors."""
+        batch, fd, by_dest = self._batch, self.sock.fileno(), self._by_dest
+        while True:
+            try:
+                got = batch.recv(fd)
+            except OSError:
+                return 1
+            for data, dest in batch.datagrams_to():
+                lm = by_dest.get(dest)
+                if lm is None:
+                    self.stray += 1
+                else:
+                    append((lm, data))
+            if got < RECV_BATCH:
+                return 0
+
+    def close(self) -> None:
+        self.sock.close()
