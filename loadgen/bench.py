@@ -4,9 +4,13 @@ Runs, each against a freshly started server on kernel-chosen loopback ports:
 
 1. the headline profile (500 rooms × 10 users × 2 msg/s, 100-byte chat, 10 s measured after
    2 s of warmup) against ``ocm-control --workers 2``;
-2. a capacity search (``--find-capacity``) against ``ocm-control --workers 2``;
-3. the headline against ``ocm-control --workers 1``;
-4. the headline against the baseline (loadgen/baselines/simple_relay.py);
+2. the same with ``--sockets member`` (one socket per simulated member, the loadgen's
+   costlier mode), to show how much of the latency is the loadgen's own;
+3. a capacity search (``--find-capacity``) against ``ocm-control --workers 2`` with a
+   latency and a loss SLO (p99 ≤ 10 ms, loss ≤ 0.1 %);
+4. a capacity search with the loss SLO alone (the issue's "maximum sustained fan-out");
+5. the headline against ``ocm-control --workers 1``;
+6. the headline against the baseline (loadgen/baselines/simple_relay.py);
 
 then rewrites its own section of docs/benchmarks.md (figures, exact commands, machine)
 and writes docs/bench-latency.png, docs/bench-capacity.png and docs/bench-compare.png.
@@ -47,6 +51,7 @@ CAPACITY: Final = ["--duration", "5", "--warmup", "1", "--find-capacity", "--ste
                    "1.5", "--precision", "0.05", "--max-steps", "12", "--retries", "1",
                    "--slo-p99-ms", str(CAPACITY_SLO_P99_MS),
                    "--slo-loss-pct", str(CAPACITY_SLO_LOSS_PCT)]
+CAPACITY_LOSS_ONLY: Final = [*CAPACITY[:-4], "--slo-loss-pct", str(CAPACITY_SLO_LOSS_PCT)]
 LOADGEN_TIMEOUT_S: Final = 1800
 IDLE_THRESHOLD: Final = 0.9
 SERVER_START_ATTEMPTS: Final = 3
@@ -166,17 +171,18 @@ def _ms(value: float | None) -> str:
 def _headline_row(o: Outcome) -> str:
     r = o.report
     if r is None:
-        return f"| {o.scenario.label} | failed (exit {o.exit_code}) |" + " |" * 10
+        return f"| {o.scenario.label} | failed (exit {o.exit_code}) |" + " |" * 13
     run, setup = r["result"], r["setup"]
-    c, lat = run["counts"], run["latency_ms"]
+    c, lat, relay = run["counts"], run["latency_ms"], run.get("relay_latency_ms") or {}
     cpu = " + ".join(f"{x:.0f}" for x in run["loadgen_cpu_pct"]) + " % (wait " + " + ".join(
         f"{x:.0f}" for x in run.get("loadgen_wait_pct", [])) + " %)"
     server_cpu = "–" if run.get("server_cpu_pct") is None else (
         f"{run['server_cpu_pct']:.0f} % (wait {run['server_wait_pct']:.0f} %)")
     return (f"| {o.scenario.label} | {run['in_per_s']:,.0f} | {run['out_per_s']:,.0f} | "
             f"{c['loss_pct']:.3f} % | {_ms(lat['p50'])} | {_ms(lat['p90'])} | "
-            f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {_ms(lat['max'])} | {server_cpu} | "
-            f"{cpu} | {setup['joins_per_s']:,.0f} |")
+            f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {_ms(lat['max'])} | "
+            f"{_ms(relay.get('p50'))} | {_ms(relay.get('p99'))} | {_ms(relay.get('p99.9'))} | "
+            f"{server_cpu} | {cpu} | {setup['joins_per_s']:,.0f} |")
 
 
 def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
@@ -203,15 +209,19 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
         "### Headline: 500 rooms × 10 users × 2 msg/s, 100-byte chat",
         "",
         "Target: 10,000 datagrams/s in, 90,000 deliveries/s out; 10 s measured after 2 s of "
-        "warmup. Latency is from the scheduled send time to receipt (wrk2-style, so pacing "
-        "stalls count against the server), merged from an HDR histogram across loadgen "
-        "processes.",
+        "warmup; HDR histograms merged across loadgen processes. Two latencies per delivery "
+        "(loadgen/meter.py): **end-to-end** (p50 … max) from the scheduled send time to the "
+        "loadgen reading it (wrk2-style: pacing stalls count against the server, and so do "
+        "the loadgen's own waits for a CPU on these shared cores), and **relay** from the "
+        "real send to the kernel's receive timestamp on the member's socket "
+        "(`SO_TIMESTAMPNS`): the server's part alone, its own waits for a CPU included.",
         "",
         "| server | in/s | out/s | lost | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
-        "server CPU | loadgen CPU | joins/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "relay p50 | relay p99 | relay p99.9 | server CPU | loadgen CPU | joins/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: | ---: |",
     ]
-    for key in ("ocm2", "ocm1", "baseline"):
+    for key in ("ocm2", "ocm2-member", "ocm1", "baseline"):
         if key in outcomes:
             lines.append(_headline_row(outcomes[key]))
     lines += ["", "CPU is per loadgen process and summed over the server's processes "
@@ -219,7 +229,7 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
               "they were runnable but waiting for a core (`/proc/*/task/*/schedstat`): "
               "anything above a few % means the cores were oversubscribed and latency "
               "includes scheduling delay. Exit codes and warnings of each run:", ""]
-    for key in ("ocm2", "ocm1", "baseline", "capacity"):
+    for key in ("ocm2", "ocm2-member", "ocm1", "baseline", "capacity", "capacity-loss"):
         o = outcomes.get(key)
         if o is None or o.report is None:
             continue
@@ -234,28 +244,45 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
         lines.append(f"- {o.scenario.label}: exit {o.exit_code}{idle}{runs}; warnings: {text}")
     lines += ["", "![latency and throughput over time, ocm-control --workers 2]"
               "(bench-latency.png)", "", "![the three servers compared](bench-compare.png)", ""]
-    cap = outcomes.get("capacity")
+    for key in ("capacity", "capacity-loss"):
+        lines += _capacity_lines(outcomes.get(key))
+    lines += ["### Commands", "", "```sh"]
+    for key in ("ocm2", "ocm2-member", "capacity", "capacity-loss", "ocm1", "baseline"):
+        o = outcomes.get(key)
+        if o is not None:
+            lines += [f"# {o.scenario.label}", o.server_cmd, o.loadgen_cmd]
+    lines += ["```", "", "`$PORT` is the TCRP port from the server's `ready` line "
+              "(`--tcp-port 0` lets the kernel choose); `$PID` is the server's process id.", ""]
+    return "\n".join(lines)
+
+
+def _capacity_lines(cap: Outcome | None) -> list[str]:
+    lines: list[str] = []
     if cap is not None and cap.report is not None and cap.report.get("capacity"):
         c = cap.report["capacity"]
+        slo = " and ".join(
+            ([f"p99 ≤ {c['slo_p99_ms']:g} ms"] if c["slo_p99_ms"] is not None else [])
+            + [f"loss ≤ {c['slo_loss_pct']:g} %"])
         lines += [
-            "### Capacity search: ocm-control --workers 2",
+            f"### Capacity search: {cap.scenario.label}",
             "",
-            f"SLO: p99 ≤ {c['slo_p99_ms']:g} ms and loss ≤ {c['slo_loss_pct']:g} %, same "
+            f"SLO: {slo}, same "
             "500 × 10 profile, 5 s measured per step after 1 s of warmup; the rate per user "
             "grows × 1.5 while the SLO holds (shrinks ÷ 1.5 while it breaks), then bisects "
             "to 5 %.",
             "",
-            "| rate/user | in/s | out/s | p50 ms | p99 ms | loss | server CPU | loadgen CPU "
-            "| SLO |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| rate/user | in/s | out/s | p50 ms | p99 ms | relay p99 ms | loss | server CPU "
+            "| loadgen CPU | SLO |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for run in cap.report["runs"]:
-            lat = run["latency_ms"]
+            lat, relay = run["latency_ms"], run.get("relay_latency_ms") or {}
             cpu = " + ".join(f"{x:.0f}" for x in run["loadgen_cpu_pct"])
             scpu = "–" if run.get("server_cpu_pct") is None else f"{run['server_cpu_pct']:.0f} %"
             lines.append(
                 f"| {run['rate_per_user']:g} | {run['in_per_s']:,.0f} | {run['out_per_s']:,.0f}"
-                f" | {_ms(lat['p50'])} | {_ms(lat['p99'])} | {run['counts']['loss_pct']:.3f} %"
+                f" | {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(relay.get('p99'))}"
+                f" | {run['counts']['loss_pct']:.3f} %"
                 f" | {scpu} | {cpu} % | {'held' if run['slo']['held'] else 'broke'}"
                 f"{' (retry)' if run.get('retry') else ''} |")
         lines.append("")
@@ -268,15 +295,11 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
         if c["limited_by_loadgen"]:
             lines.append(" The search stopped on a break while the loadgen itself was "
                          "saturated, so this is a lower bound.")
-        lines += ["", "![p99 against offered load](bench-capacity.png)", ""]
-    lines += ["### Commands", "", "```sh"]
-    for key in ("ocm2", "capacity", "ocm1", "baseline"):
-        o = outcomes.get(key)
-        if o is not None:
-            lines += [f"# {o.scenario.label}", o.server_cmd, o.loadgen_cmd]
-    lines += ["```", "", "`$PORT` is the TCRP port from the server's `ready` line "
-              "(`--tcp-port 0` lets the kernel choose); `$PID` is the server's process id.", ""]
-    return "\n".join(lines)
+        if cap.scenario.plot is not None:
+            lines += ["", f"![p99 against offered load]({cap.scenario.plot.name})", ""]
+        else:
+            lines.append("")
+    return lines
 
 
 def replace_section(text: str, section: str) -> str:
@@ -356,11 +379,19 @@ def main(argv: list[str] | None = None) -> int:
     profile = QUICK if args.quick else HEADLINE
     scenarios = [Scenario("ocm2", "ocm-control --workers 2", servers.control_command(2),
                           profile, plots / "bench-latency.png")]
+    if not args.quick:
+        scenarios.append(Scenario("ocm2-member", "ocm-control --workers 2, loadgen "
+                                  "--sockets member", servers.control_command(2),
+                                  [*profile, "--sockets", "member"], out_dir / "member.png"))
     if not (args.quick or args.skip_capacity):
-        scenarios.append(Scenario("capacity", "capacity, ocm-control --workers 2",
-                                  servers.control_command(2),
+        scenarios.append(Scenario("capacity", "capacity (p99 and loss), ocm-control "
+                                  "--workers 2", servers.control_command(2),
                                   [*profile[:6], *profile[-2:], *CAPACITY],
                                   plots / "bench-capacity.png"))
+        scenarios.append(Scenario("capacity-loss", "capacity (loss only), ocm-control "
+                                  "--workers 2", servers.control_command(2),
+                                  [*profile[:6], *profile[-2:], *CAPACITY_LOSS_ONLY],
+                                  plots / "bench-capacity-loss.png"))
     scenarios += [
         Scenario("ocm1", "ocm-control --workers 1", servers.control_command(1), profile,
                  out_dir / "ocm1.png"),
@@ -371,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     outcomes: dict[str, Outcome] = {}
     for sc in scenarios:
-        repeat = 1 if sc.key == "capacity" or args.quick else max(args.repeat, 1)
+        repeat = 1 if sc.key.startswith("capacity") or args.quick else max(args.repeat, 1)
         outcomes[sc.key] = run_scenario(sc, out_dir, 0.0 if args.quick else args.idle_wait,
                                         repeat)
     compare_plot(outcomes, plots / "bench-compare.png")

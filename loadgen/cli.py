@@ -42,7 +42,11 @@ EPILOG = f"""\
 reading the results:
   in/s and out/s   datagrams sent to the server and deliveries received per second;
                    the headline profile (500 x 10 x 2) is 10,000 in and 90,000 out.
-  p50 ... max      delivery latency from the scheduled send time; p99 is the SLO figure.
+  p50 ... max      delivery latency from the scheduled send time to the loadgen reading
+                   it; p99 is the SLO figure.
+  relay latency    from the real send to the kernel queueing the delivery on the receiving
+                   socket (SO_TIMESTAMPNS): the server's part alone, without the loadgen's
+                   own waits for a CPU (which the figure above includes).
   lost             expected - delivered after a --drain period; loss % = lost / expected.
   loadgen CPU      share of one core per loadgen process; above 90 % the loadgen itself
                    may be the bottleneck (a warning says so).
@@ -106,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "process and a loopback IP per member (127.100+.x.y), received with "
                    "recvmmsg, ~3x less loadgen CPU per delivery; loopback servers only; "
                    "'auto' = shared when the server is on loopback [auto]")
+    g.add_argument("--no-rx-timestamps", dest="rx_timestamps", action="store_false",
+                   help="do not ask the kernel for receive timestamps (SO_TIMESTAMPNS); "
+                   "they cost some CPU on both sides (docs/benchmarks.md) and without them "
+                   "the relay latency ends at the read time, like the end-to-end one")
     g.add_argument("--procs", type=int, default=0,
                    help="loadgen processes, each with a disjoint slice of rooms "
                    "[0 = CPU count]")
@@ -162,7 +170,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         precision=args.precision, max_steps=args.max_steps, drain=args.drain,
         join_concurrency=args.join_concurrency, join_timeout=args.join_timeout,
         bind_timeout=args.bind_timeout, server_pid=args.server_pid, pacing_us=args.pacing_us,
-        retries=args.retries, sockets=args.sockets,
+        retries=args.retries, sockets=args.sockets, rx_timestamps=args.rx_timestamps,
     )
 
 

@@ -4,10 +4,22 @@ Pure (no sockets, no clocks): times are arguments in ns of ``CLOCK_MONOTONIC``, 
 system-wide, so a timestamp written by one loadgen process is comparable in another.
 
 Chat text (``encode_payload``) is a fixed-width ASCII header then padding:
-``GGGGGGGG SSSSSSSSSS TTTTTTTTTTTTTTTTTTTT`` (no spaces): the sender's global member index
-(room × users + user), its per-run sequence number and the SCHEDULED send time in ns. The
-latency of a delivery is measured from that scheduled time (wrk2's correction for
-coordinated omission: a sender that stalls cannot hide the queueing it caused).
+``GGGGGGGG SSSSSSSSSS TTTTTTTTTTTTTTTTTTTT LLLLLL`` (no spaces): the sender's global member
+index (room × users + user), its per-run sequence number, the SCHEDULED send time in ns
+and how late the send really was, in µs (capped at 999,999).
+
+Two latencies are recorded per delivery:
+
+* **end-to-end** (``latency_ms``, the SLO figure): from the scheduled send time to the
+  moment the loadgen read the delivery (wrk2's correction for coordinated omission: a
+  sender that stalls cannot hide the queueing it caused). On a machine whose cores the
+  loadgen shares with the server it also contains the loadgen's own waits for a CPU, on
+  the sending and on the receiving side.
+* **relay** (``relay_latency_ms``): from the moment the sender handed the datagram to the
+  kernel (scheduled time + lateness) to the moment the kernel queued the delivery on the
+  receiving socket (``SO_TIMESTAMPNS``). That is the server's part alone: loopback in,
+  the worker's queue and work, loopback out, including the worker's own waits for a CPU.
+  Without a kernel timestamp the read time stands in (``rx_unstamped`` counts them).
 
 Per process, ``Meter`` owns a disjoint slice of rooms and, for every (receiver, sender)
 pair, the next sequence number it expects; a gap is remembered as a set of missing numbers,
@@ -41,11 +53,14 @@ from wire.limits import PLAIN_SEPARATOR
 SENDER_DIGITS: Final = 8
 SEQ_DIGITS: Final = 10
 TIME_DIGITS: Final = 20
-HEADER_BYTES: Final = SENDER_DIGITS + SEQ_DIGITS + TIME_DIGITS
-"""38: the smallest ``--size``."""
-_HEADER_FMT: Final = b"%08d%010d%020d"
+LAG_DIGITS: Final = 6
+HEADER_BYTES: Final = SENDER_DIGITS + SEQ_DIGITS + TIME_DIGITS + LAG_DIGITS
+"""44: the smallest ``--size``."""
+HEADER_FMT: Final = b"%08d%010d%020d%06d"
+MAX_LAG_US: Final = 10 ** LAG_DIGITS - 1
 _SEQ_AT: Final = SENDER_DIGITS
 _TIME_AT: Final = SENDER_DIGITS + SEQ_DIGITS
+_LAG_AT: Final = _TIME_AT + TIME_DIGITS
 PAD_BYTE: Final = b"x"
 
 # --- latency recording --------------------------------------------------------------------
@@ -65,18 +80,19 @@ def new_histogram() -> HdrHistogram:
     return HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_DIGITS)
 
 
-def encode_payload(sender: int, seq: int, sched_ns: int, size: int) -> bytes:
+def encode_payload(sender: int, seq: int, sched_ns: int, size: int, lag_us: int = 0) -> bytes:
     """The chat text: the fixed-width header padded with ``x`` to ``size`` bytes."""
-    head = _HEADER_FMT % (sender, seq, sched_ns)
+    head = HEADER_FMT % (sender, seq, sched_ns, min(lag_us, MAX_LAG_US))
     return head + PAD_BYTE * (size - HEADER_BYTES)
 
 
-def decode_payload(message: bytes) -> tuple[int, int, int]:
-    """(sender, seq, sched_ns) of a chat text; raise ``ValueError`` if it is not ours."""
+def decode_payload(message: bytes) -> tuple[int, int, int, int]:
+    """(sender, seq, sched_ns, lag_us) of a chat text; raise ``ValueError`` if it is not
+    ours."""
     if len(message) < HEADER_BYTES:
         raise ValueError("short payload")
     return (int(message[:_SEQ_AT]), int(message[_SEQ_AT:_TIME_AT]),
-            int(message[_TIME_AT:HEADER_BYTES]))
+            int(message[_TIME_AT:_LAG_AT]), int(message[_LAG_AT:HEADER_BYTES]))
 
 
 def username_of(user: int, users: int) -> str:
@@ -115,6 +131,7 @@ class Counts:
     keepalives: int = 0  # empty keepalive datagrams sent during the run
     late_sends: int = 0  # measured sends more than 1 ms after their scheduled time
     max_send_lag_ns: int = 0  # worst lateness of a measured send against its schedule
+    rx_unstamped: int = 0  # deliveries without a kernel receive timestamp (read time used)
 
     @property
     def lost(self) -> int:
@@ -231,6 +248,10 @@ class Meter:
         self._lat_view = np.frombuffer(self._lat, dtype=np.int64)
         self._overflow: list[int] = []
         self.histogram = new_histogram()
+        self._rlat = array.array("q", bytes(8 * DIRECT_US))
+        self._rlat_view = np.frombuffer(self._rlat, dtype=np.int64)
+        self._roverflow: list[int] = []
+        self.relay_histogram = new_histogram()
         self.notice_events: dict[str, int] = {}
         self.c = Counts()
         self.mstart_ns = 0
@@ -306,6 +327,9 @@ class Meter:
         self._lat_view[:] = 0
         self._overflow.clear()
         self.histogram = new_histogram()
+        self._rlat_view[:] = 0
+        self._roverflow.clear()
+        self.relay_histogram = new_histogram()
         for r in range(self.rooms):
             lo = r * users
             members = [lm for lm in range(lo, lo + users) if self.active[lm]]
@@ -313,26 +337,30 @@ class Meter:
             for lm in range(lo, lo + users):
                 self.counted[lm] = self.active[lm] and (alone or self.known_bound[lm])
 
-    def receive_batch(self, batch: Sequence[tuple[int, bytes]], now_ns: int) -> None:
-        """Account for deliveries ``(receiver local index, datagram)`` received by ``now_ns``.
+    def receive_batch(self, batch: Sequence[tuple[int, bytes, int]], now_ns: int) -> None:
+        """Account for deliveries ``(receiver local index, datagram, kernel receive time)``
+        read by ``now_ns`` (receive time 0: none, ``now_ns`` stands in).
 
         The hot path of the loadgen: slicing and ``int()`` only, no regex, no decode."""
         c0, c1, chk = self._chk
         off = self._off
-        seq_at, t_at, end = off + _SEQ_AT, off + _TIME_AT, off + HEADER_BYTES
+        seq_at, t_at, lag_at, end = (off + _SEQ_AT, off + _TIME_AT, off + _LAG_AT,
+                                     off + HEADER_BYTES)
         users, base_g = self.users, self._base_g
         mstart = self.mstart_ns
         counted, nexp, missing = self.counted, self._nexp, self._missing
         lat_counts, overflow = self._lat, self._overflow
-        delivered = dup = misrouted = stale = extra = reordered = unparsed = 0
-        for rlm, data in batch:
+        rlat_counts, roverflow = self._rlat, self._roverflow
+        delivered = dup = misrouted = stale = extra = reordered = unparsed = unstamped = 0
+        for rlm, data, rx_ns in batch:
             if data[c0:c1] != chk:
                 self._notice(rlm, data)
                 continue
             try:
                 g = int(data[off:seq_at])
                 seq = int(data[seq_at:t_at])
-                ns = int(data[t_at:end])
+                ns = int(data[t_at:lag_at])
+                lag_us = int(data[lag_at:end])
             except ValueError:
                 unparsed += 1
                 continue
@@ -370,6 +398,14 @@ class Meter:
                 lat_counts[lat] += 1
             else:
                 overflow.append(lat)
+            if not rx_ns:
+                rx_ns = now_ns
+                unstamped += 1
+            lat = (rx_ns - ns) // LATENCY_UNIT_NS - lag_us
+            if 0 <= lat < DIRECT_US:
+                rlat_counts[lat] += 1
+            else:
+                roverflow.append(lat)
         c = self.c
         c.delivered += delivered
         c.duplicated += dup
@@ -378,21 +414,15 @@ class Meter:
         c.extra += extra
         c.reordered += reordered
         c.unparsed += unparsed
+        c.rx_unstamped += unstamped
 
     def take_interval(self) -> HdrHistogram:
-        """Fold the latencies recorded since the last call into a new histogram (returned)
-        and into the run's cumulative ``histogram``."""
-        interval = new_histogram()
-        view = self._lat_view
-        nonzero = np.flatnonzero(view)
-        if nonzero.size:
-            for value, count in zip(nonzero.tolist(), view[nonzero].tolist(), strict=True):
-                interval.record_value(max(value, HDR_LOWEST_US), count)
-            view[nonzero] = 0
-        for value in self._overflow:
-            interval.record_value(min(max(value, HDR_LOWEST_US), HDR_HIGHEST_US))
-        self._overflow.clear()
+        """Fold the end-to-end latencies recorded since the last call into a new histogram
+        (returned) and into the run's cumulative ``histogram``; fold the relay latencies
+        into ``relay_histogram``."""
+        interval = _fold(self._lat_view, self._overflow)
         self.histogram.add(interval)
+        self.relay_histogram.add(_fold(self._rlat_view, self._roverflow))
         return interval
 
     def expected(self) -> int:
@@ -412,3 +442,18 @@ class Meter:
         self.c.sent = sum(self.sent)
         self.c.expected = self.expected()
         return self.c
+
+
+def _fold(view: np.ndarray[Any, np.dtype[np.int64]], overflow: list[int]) -> HdrHistogram:
+    """A histogram of the per-µs counts in ``view`` and the values in ``overflow``; both are
+    emptied."""
+    hist = new_histogram()
+    nonzero = np.flatnonzero(view)
+    if nonzero.size:
+        for value, count in zip(nonzero.tolist(), view[nonzero].tolist(), strict=True):
+            hist.record_value(max(value, HDR_LOWEST_US), count)
+        view[nonzero] = 0
+    for value in overflow:
+        hist.record_value(min(max(value, HDR_LOWEST_US), HDR_HIGHEST_US))
+    overflow.clear()
+    return hist

@@ -148,6 +148,13 @@ def run_table(run: dict[str, Any], title: str) -> Table:
     table.add_row("latency p50 / p90 ms", f"{_fmt_ms(lat['p50'])} / {_fmt_ms(lat['p90'])}")
     table.add_row("latency p99 / p99.9 ms", f"{_fmt_ms(lat['p99'])} / {_fmt_ms(lat['p99.9'])}")
     table.add_row("latency max / mean ms", f"{_fmt_ms(lat['max'])} / {_fmt_ms(lat['mean'])}")
+    relay = run.get("relay_latency_ms")
+    if relay is not None:
+        table.add_row("relay latency p50 / p99 / p99.9 ms",
+                      f"{_fmt_ms(relay['p50'])} / {_fmt_ms(relay['p99'])} / "
+                      f"{_fmt_ms(relay['p99.9'])}")
+        if c.get("rx_unstamped"):
+            table.add_row("no kernel rx timestamp", f"{c['rx_unstamped']:,} (read time used)")
     table.add_row("late sends (> 1 ms)", f"{c['late_sends']:,} (worst "
                   f"{c['max_send_lag_ns'] / 1e6:.2f} ms)")
     cpu = ", ".join(f"{x:.0f} %" for x in run["loadgen_cpu_pct"])

@@ -85,6 +85,7 @@ class Options:
     retries: int = 0
     sockets: str = "auto"
     """``member``, ``shared`` or ``auto`` (transport.py); the CLI resolves ``auto``."""
+    rx_timestamps: bool = True
 
     @property
     def members(self) -> int:
@@ -133,6 +134,7 @@ class Fleet:
                         users=opts.users, size=opts.size, framing=opts.framing,
                         password=opts.password, join_concurrency=per_proc,
                         sockets=resolve_mode(opts.sockets, opts.server),
+                        rx_timestamps=opts.rx_timestamps,
                         join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout)
             parent_conn, child_conn = ctx.Pipe()
             proc = ctx.Process(target=child_main, args=(child_conn, plan),
@@ -309,6 +311,7 @@ class Fleet:
         counts = merge_counts(Counts.from_json(p["counts"]) for p in parts)
         hist = merge_histograms(p["hist"] for p in parts)
         latency = latency_ms(hist)
+        relay_latency = latency_ms(merge_histograms(p.get("relay_hist", b"") for p in parts))
         breaches = check_slo(opts.slo, counts, latency)
         cpu = [p["cpu_pct"] for p in parts]
         warnings = []
@@ -352,6 +355,7 @@ class Fleet:
             "in_per_s": counts.sent / opts.duration,
             "out_per_s": counts.delivered / opts.duration,
             "latency_ms": latency,
+            "relay_latency_ms": relay_latency,
             "slo": {"p99_ms": opts.slo.p99_ms, "loss_pct": opts.slo.loss_pct,
                     "breaches": breaches, "held": not breaches},
             "loadgen_cpu_pct": cpu,

@@ -15,6 +15,7 @@ and binds each token to an IP. Two ways to give them one:
     (``member_ip``), one shared port ``P``. One socket bound to ``0.0.0.0:P`` with
     ``IP_PKTINFO`` receives for all of them: ``recvmmsg`` takes up to ``RECV_BATCH``
     deliveries per call and each one's destination IP says which member it was for.
+    ``SO_TIMESTAMPNS`` adds when the kernel queued each one (the relay latency's end).
     Sending sets the member's IP as the source with an ``IP_PKTINFO`` control message;
     TCRP joins bind their TCP socket to the same IP, so the token is bound to it.
     Loopback routes all of 127.0.0.0/8 to the local host, so no setup is needed, and
@@ -29,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
@@ -36,7 +38,8 @@ from relay import mmsg
 from relay.steering import set_buffers
 
 Sender = Callable[[bytes], object]
-Append = Callable[[tuple[int, bytes]], None]
+Append = Callable[[tuple[int, bytes, int]], None]
+"""Takes (member, datagram, CLOCK_MONOTONIC ns the kernel queued it, or 0 if unknown)."""
 
 RECV_BYTES: Final = 4096
 """Largest delivery is 4094 bytes (PROTOCOL.md §2.2)."""
@@ -54,6 +57,15 @@ MAX_SHARED_MEMBERS: Final = 256 * HOSTS_PER_BLOCK
 MAX_SHARED_PROCS: Final = 256 - FIRST_OCTET_BASE
 MODES: Final = ("auto", "member", "shared")
 _NO_ADDR: Final = bytes(4)
+_TIMESPEC: Final = struct.Struct("=qq")
+_ANCILLARY_BYTES: Final = 64
+
+
+def realtime_offset_ns() -> int:
+    """``CLOCK_REALTIME - CLOCK_MONOTONIC`` now: kernel receive timestamps are realtime,
+    the loadgen's clock is monotonic. Taken per receive call, so a clock step between
+    calls costs one batch, not the run."""
+    return time.time_ns() - time.monotonic_ns()
 
 
 def member_ip(proc: int, lm: int) -> str:
@@ -95,6 +107,15 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def _stamp(sock: socket.socket) -> None:
+    """Ask for kernel receive timestamps (``SO_TIMESTAMPNS``); without them the meter
+    uses the read time and counts ``rx_unstamped``."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, mmsg.SO_TIMESTAMPNS, 1)
+    except OSError:
+        pass
+
+
 def _not_attached(_data: bytes) -> object:
     raise OSError("member has not joined")
 
@@ -108,7 +129,7 @@ class MemberSockets:
 
     mode = "member"
 
-    def __init__(self, n: int, local_ip: str) -> None:
+    def __init__(self, n: int, local_ip: str, timestamps: bool = True) -> None:
         self.socks: list[socket.socket] = []
         try:
             for _ in range(n):
@@ -116,11 +137,13 @@ class MemberSockets:
                 self.socks.append(sock)
                 sock.bind((local_ip, 0))
                 sock.setblocking(False)
+                if timestamps:
+                    _stamp(sock)
         except BaseException:
             self.close()
             raise
         self.senders: list[Sender] = [_not_attached] * n
-        self._recv = [s.recv for s in self.socks]
+        self._recv = [s.recvmsg for s in self.socks]
 
     def join_ip(self, lm: int) -> str | None:
         return None  # the kernel's choice: the IP the UDP sockets are bound to
@@ -136,11 +159,17 @@ class MemberSockets:
     def receive(self, owner: int, append: Append) -> int:
         """One datagram for member ``owner``; returns receive errors (0 or 1)."""
         try:
-            append((owner, self._recv[owner](RECV_BYTES)))
+            data, ancillary, _flags, _addr = self._recv[owner](RECV_BYTES, _ANCILLARY_BYTES)
         except BlockingIOError:
-            pass
+            return 0
         except OSError:
             return 1
+        queued = 0
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == mmsg.SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(value)
+                queued = sec * 1_000_000_000 + nsec - realtime_offset_ns()
+        append((owner, data, queued))
         return 0
 
     def close(self) -> None:
@@ -154,7 +183,7 @@ class SharedSocket:
 
     mode = "shared"
 
-    def __init__(self, n: int, proc: int) -> None:
+    def __init__(self, n: int, proc: int, timestamps: bool = True) -> None:
         if n > MAX_SHARED_MEMBERS:
             raise ValueError(f"{n} members in one process; shared mode allows "
                              f"{MAX_SHARED_MEMBERS} (add --procs)")
@@ -166,7 +195,10 @@ class SharedSocket:
             set_buffers(self.sock, SHARED_BUFFER_BYTES, SHARED_BUFFER_BYTES)
             self.sock.bind(("0.0.0.0", 0))
             self.sock.setsockopt(socket.IPPROTO_IP, mmsg.IP_PKTINFO, 1)
-            self._batch = mmsg.RecvBatch(max_batch=RECV_BATCH, pktinfo=True)
+            if timestamps:
+                _stamp(self.sock)
+            self._batch = mmsg.RecvBatch(max_batch=RECV_BATCH, pktinfo=True,
+                                         timestamps=timestamps)
         except BaseException:
             self.sock.close()
             raise
@@ -193,17 +225,18 @@ class SharedSocket:
     def receive(self, owner: int, append: Append) -> int:
         """Everything queued, in ``recvmmsg`` batches; returns receive errors."""
         batch, fd, by_dest = self._batch, self.sock.fileno(), self._by_dest
+        offset = realtime_offset_ns()
         while True:
             try:
                 got = batch.recv(fd)
             except OSError:
                 return 1
-            for data, dest in batch.datagrams_to():
+            for data, dest, queued in batch.datagrams_to():
                 lm = by_dest.get(dest)
                 if lm is None:
                     self.stray += 1
                 else:
-                    append((lm, data))
+                    append((lm, data, queued - offset if queued else 0))
             if got < RECV_BATCH:
                 return 0
 

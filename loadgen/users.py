@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-from loadgen.meter import HEADER_BYTES, PAD_BYTE, Meter, username_of
+from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter, username_of
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
 from loadgen.servers import runqueue_wait_seconds
 from loadgen.transport import SHARED_OWNER, MemberSockets, SharedSocket, Transport
@@ -59,7 +59,6 @@ EXIT_MESSAGE: Final = b"/exit"
 _OWNER_PIPE: Final = -1
 _OWNER_TIMER: Final = -2
 _OWNER_NONE: Final = -3
-_HEADER_FMT: Final = b"%08d%010d%020d"
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,8 @@ class Plan:
     password: str | None = None
     sockets: str = "member"
     """``member`` or ``shared`` (resolved by the parent: transport.resolve_mode)."""
+    rx_timestamps: bool = True
+    """Kernel receive timestamps (``SO_TIMESTAMPNS``) for the relay latency."""
     join_concurrency: int = 32
     join_timeout_s: float = 10.0
     bind_timeout_s: float = 10.0
@@ -128,12 +129,13 @@ class Simulator:
         self.meter.active = [False] * n
         self.transport: Transport
         if plan.sockets == "shared":
-            self.transport = SharedSocket(n, plan.index)
+            self.transport = SharedSocket(n, plan.index, plan.rx_timestamps)
         else:
             limit = raise_nofile_limit()
             if n + 64 > limit:
                 raise OSError(f"{n} sockets needed but RLIMIT_NOFILE is {limit}")
-            self.transport = MemberSockets(n, _local_ip_towards(plan.server, plan.tcp_port))
+            self.transport = MemberSockets(n, _local_ip_towards(plan.server, plan.tcp_port),
+                                           plan.rx_timestamps)
         self.prefix: list[bytes] = [b""] * n
         self.is_host = [False] * n
         self.last_send_ns = [0] * n
@@ -354,7 +356,7 @@ class Simulator:
         are still unknown at the deadline."""
         meter = self.meter
         missing = meter.bound_missing()
-        batch: list[tuple[int, bytes]] = []
+        batch: list[tuple[int, bytes, int]] = []
         while missing:
             now = time.monotonic_ns()
             if now >= deadline_ns:
@@ -366,7 +368,7 @@ class Simulator:
                 missing = meter.bound_missing()
         return missing
 
-    def _poll(self, timeout_s: float, batch: list[tuple[int, bytes]]) -> None:
+    def _poll(self, timeout_s: float, batch: list[tuple[int, bytes, int]]) -> None:
         """One poll; received datagrams are appended to ``batch``."""
         owner, receive, append = self.owner, self.transport.receive, batch.append
         recv_errors = 0
@@ -405,8 +407,9 @@ class Simulator:
         timer = self.timer
         if timer is not None:
             timer.arm(t0_ns, sched.tick_ns)
-        batch: list[tuple[int, bytes]] = []
+        batch: list[tuple[int, bytes, int]] = []
         receive = meter.receive_batch
+        header = HEADER_FMT
         stray_start = getattr(self.transport, "stray", 0)
         # ticks are aligned to the measured window: tick j covers [mstart + (j-1)·tick, +tick)
         j = -((mstart_ns - t0_ns) // tick_ns)
@@ -436,8 +439,9 @@ class Simulator:
                     lm = order[sched.k % n_order]
                     measured = due >= mstart_ns
                     seq = sent[lm] if measured else 0
+                    lag_us = min((time.monotonic_ns() - due) // 1000, MAX_LAG_US)
                     try:
-                        socks_send[lm](prefix[lm] + _HEADER_FMT % (g0 + lm, seq, due) + pad)
+                        socks_send[lm](prefix[lm] + header % (g0 + lm, seq, due, lag_us) + pad)
                     except OSError:
                         counts.send_errors += 1
                     else:
@@ -505,6 +509,7 @@ class Simulator:
             "index": plan.index,
             "counts": result.to_json(),
             "hist": meter.histogram.encode(),
+            "relay_hist": meter.relay_histogram.encode(),
             "cpu_pct": 100.0 * cpu_run,
             "cpu_pct_max_tick": max(ticks_cpu, default=0.0),
             "wait_pct": 100.0 * wait_run,

@@ -53,10 +53,21 @@ ADDR_CACHE_ENTRIES: Final = 65536
 sin_addr (8 bytes); cleared when full. Worst case (a flood from distinct sources) ~300
 bytes per entry (key, tuple, str, int, dict slot): ~20 MiB."""
 IP_PKTINFO: Final = getattr(socket, "IP_PKTINFO", 8)  # Python < 3.12 lacks the name
+SO_TIMESTAMPNS: Final = getattr(socket, "SO_TIMESTAMPNS", 35)
 PKTINFO_SLOT_BYTES: Final = 32
-"""Control slot per datagram with ``pktinfo``: CMSG_SPACE(sizeof(struct in_pktinfo)) on
+"""Control bytes per datagram with ``pktinfo``: CMSG_SPACE(sizeof(struct in_pktinfo)) on
 LP64 = cmsghdr (16: cmsg_len @0, cmsg_level @8, cmsg_type @12) + in_pktinfo (12:
 ipi_ifindex @16, ipi_spec_dst @20, ipi_addr @24) padded to 32."""
+TIMESTAMP_SLOT_BYTES: Final = 32
+"""With ``timestamps`` as well: CMSG_SPACE(sizeof(struct timespec)) = cmsghdr (16) +
+tv_sec @16, tv_nsec @24. udp_recvmsg puts it first (sock_recv_cmsgs runs before
+ip_cmsg_recv), so a datagram's control bytes are [SCM_TIMESTAMPNS][IP_PKTINFO]."""
+# One datagram's worth, for struct.iter_unpack: an mmsghdr's msg_controllen (size_t @40)
+# and msg_len (u32 @56); a control slot's cmsg_level, cmsg_type, ipi_addr; or, with
+# timestamps, cmsg_level, cmsg_type, tv_sec, tv_nsec, then the pktinfo cmsg.
+_HEAD: Final = struct.Struct("=40xQ8xI4x")
+_PKTINFO: Final = struct.Struct("=8xii8x4s4x")
+_TIMESPEC_PKTINFO: Final = struct.Struct("=8xiiqq8xii8x4s4x")
 NAME_SLOT_BYTES: Final = 128
 """Receive address slot: sizeof(struct sockaddr_storage). The kernel writes back the true
 address length into msg_namelen and uses it as the buffer size on the next call; it never
@@ -306,6 +317,8 @@ class RecvBatch:
     With ``pktinfo=True`` it also asks for each datagram's destination address (the
     socket needs ``IP_PKTINFO`` set): ``datagrams_to()`` gives it. That lets one socket
     bound to a wildcard address stand in for many addresses, as the load generator does.
+    With ``timestamps=True`` as well (the socket needs ``SO_TIMESTAMPNS``) it also gives
+    the time the kernel queued each datagram on the socket.
 
     Memory: max_batch x (bufsize + 16 + 64 + 128 [+ 32]) bytes (~277 KiB for 64 x 4097),
     plus the address cache (``ADDR_CACHE_ENTRIES``).
@@ -313,12 +326,16 @@ class RecvBatch:
 
     __slots__ = ("max_batch", "bufsize", "count", "_buf", "_view", "_cbuf", "_names",
                  "_iovs", "_hdrs", "_base", "_cache", "_cache_max",
-                 "_lens", "_keys", "_recvmmsg", "_ctrl", "_dests")
+                 "_lens", "_keys", "_recvmmsg", "_ctrl", "_slot", "_dests")
 
     def __init__(self, max_batch: int = 64, bufsize: int = MAX_DATAGRAM_BYTES + 1,
-                 addr_cache_entries: int = ADDR_CACHE_ENTRIES, pktinfo: bool = False) -> None:
+                 addr_cache_entries: int = ADDR_CACHE_ENTRIES, pktinfo: bool = False,
+                 timestamps: bool = False) -> None:
         """Raises ``OSError`` if batched I/O is unavailable, ``ValueError`` for sizes
-        outside 1..1024 datagrams (UIO_MAXIOV) and 1..65536 bytes."""
+        outside 1..1024 datagrams (UIO_MAXIOV) and 1..65536 bytes, or for ``timestamps``
+        without ``pktinfo``."""
+        if timestamps and not pktinfo:
+            raise ValueError("timestamps=True needs pktinfo=True")
         self._recvmmsg = _require()[1]
         if not 1 <= max_batch <= 1024 or not 1 <= bufsize <= 65536:
             raise ValueError("max_batch must be 1..1024 and bufsize 1..65536")
@@ -343,13 +360,14 @@ class RecvBatch:
             hdr.msg_iov = ctypes.addressof(self._iovs[i])
             hdr.msg_iovlen = 1
         self._ctrl: ctypes.Array[ctypes.c_char] | None = None
+        self._slot = PKTINFO_SLOT_BYTES + (TIMESTAMP_SLOT_BYTES if timestamps else 0)
         if pktinfo:
-            self._ctrl = (ctypes.c_char * (max_batch * PKTINFO_SLOT_BYTES))()
+            self._ctrl = (ctypes.c_char * (max_batch * self._slot))()
             ctrl_base = ctypes.addressof(self._ctrl)
             for i in range(max_batch):
                 hdr = self._hdrs[i].msg_hdr
-                hdr.msg_control = ctrl_base + i * PKTINFO_SLOT_BYTES
-                hdr.msg_controllen = PKTINFO_SLOT_BYTES
+                hdr.msg_control = ctrl_base + i * self._slot
+                hdr.msg_controllen = self._slot
         self._base = ctypes.addressof(self._hdrs)
         self._cache: dict[bytes, Addr] = {}
         self._cache_max = addr_cache_entries
@@ -357,8 +375,8 @@ class RecvBatch:
         # mmsghdr) / all k address keys (first 8 bytes of each name slot) in one C call.
         # Compiled on first use of each k.
         self._lens: list[struct.Struct | None] = [None] * (max_batch + 1)
-        self._keys: list[struct.Struct | None] = [None] * (max_batch + 1)
         self._dests: list[tuple[struct.Struct, struct.Struct] | None] = [None] * (max_batch + 1)
+        self._keys: list[struct.Struct | None] = [None] * (max_batch + 1)
 
     def recv(self, fd: int) -> int:
         """Receive up to ``max_batch`` datagrams without blocking; returns how many (0 if
@@ -397,36 +415,51 @@ class RecvBatch:
             off += size
         return out
 
-    def datagrams_to(self) -> list[tuple[bytes, bytes]]:
-        """(datagram, destination) for each datagram of the last ``recv``, in order: the
-        destination is the 4 raw bytes of the IPv4 address it was sent to (``ipi_addr``),
-        or ``b""`` if the kernel gave none. Needs ``pktinfo=True`` (``ValueError``)."""
+    def datagrams_to(self) -> list[tuple[bytes, bytes, int]]:
+        """(datagram, destination, queued_ns) for each datagram of the last ``recv``, in
+        order. ``destination`` is the 4 raw bytes of the IPv4 address it was sent to
+        (``ipi_addr``), ``queued_ns`` the ``CLOCK_REALTIME`` ns at which the kernel queued
+        it (``timestamps=True``); ``b""`` and 0 where the kernel gave none. Needs
+        ``pktinfo=True`` (``ValueError``)."""
         if self._ctrl is None:
             raise ValueError("datagrams_to() needs RecvBatch(pktinfo=True)")
         n = self.count
         if n == 0:
             return []
+        slot = self._slot
         compiled = self._dests[n]
         if compiled is None:
             compiled = self._compile_dests(n)
-        heads, slots = compiled
-        view, size = self._view, self.bufsize
-        out = []
-        off = 0
+        heads = compiled[0].unpack_from(self._hdrs)
+        fields = compiled[1].unpack_from(self._ctrl)
+        stamped = slot != PKTINFO_SLOT_BYTES
+        per = 7 if stamped else 3
+        lengths = heads[1::2]
+        # one check for the whole batch: every datagram carries the cmsgs asked for
+        clean = (set(heads[0::2]) == {slot}
+                 and set(fields[per - 3::per]) == {socket.IPPROTO_IP}
+                 and set(fields[per - 2::per]) == {IP_PKTINFO})
+        if stamped:
+            clean = (clean and set(fields[0::per]) == {socket.SOL_SOCKET}
+                     and set(fields[1::per]) == {SO_TIMESTAMPNS})
+            queued = [sec * 1_000_000_000 + nsec
+                      for sec, nsec in zip(fields[2::per], fields[3::per], strict=True)]
+        else:
+            queued = [0] * n
+        dests = list(fields[per - 1::per])
         reset = False
-        it = iter(slots.unpack_from(self._ctrl))
-        for controllen, length in zip(*[iter(heads.unpack_from(self._hdrs))] * 2,
-                                      strict=True):
-            level, kind, dest = next(it), next(it), next(it)
-            if controllen != PKTINFO_SLOT_BYTES or level != socket.IPPROTO_IP \
-                    or kind != IP_PKTINFO:
-                dest = b""
-                reset = True
-            out.append((view[off:off + length].tobytes(), dest))
+        if not clean:  # the slow way: look at each datagram's control bytes
+            reset = self._sort_out(heads, fields, per, dests, queued)
+        view, size = self._view, self.bufsize
+        out: list[tuple[bytes, bytes, int]] = []
+        append = out.append
+        off = 0
+        for length, dest, when in zip(lengths, dests, queued, strict=True):
+            append((view[off:off + length].tobytes(), dest, when))
             off += size
         if reset:  # the kernel wrote back a shorter msg_controllen: restore every slot
             for i in range(n):
-                self._hdrs[i].msg_hdr.msg_controllen = PKTINFO_SLOT_BYTES
+                self._hdrs[i].msg_hdr.msg_controllen = slot
         return out
 
     def datagram(self, i: int) -> bytes:
@@ -458,12 +491,27 @@ class RecvBatch:
         return lens, keys
 
     def _compile_dests(self, n: int) -> tuple[struct.Struct, struct.Struct]:
-        # per mmsghdr: msg_controllen (size_t @40) and msg_len (u32 @56);
-        # per control slot: cmsg_level (@8), cmsg_type (@12), ipi_addr (@24)
-        heads = struct.Struct("=" + "40xQ8xI4x" * n)
-        slots = struct.Struct("=" + "8xii8x4s4x" * n)
-        self._dests[n] = heads, slots
-        return heads, slots
+        one = _PKTINFO if self._slot == PKTINFO_SLOT_BYTES else _TIMESPEC_PKTINFO
+        compiled = self._dests[n] = (struct.Struct("=" + _HEAD.format[1:] * n),
+                                     struct.Struct("=" + one.format[1:] * n))
+        return compiled
+
+    def _sort_out(self, heads: tuple[int, ...], fields: tuple[object, ...], per: int,
+                  dests: list[object], queued: list[int]) -> bool:
+        """Blank the destination / time of each datagram whose control bytes are not
+        what was asked for (``b""`` / 0); returns whether any slot came back short."""
+        short = False
+        for i in range(len(dests)):
+            at = i * per
+            if heads[2 * i] != self._slot:  # not the cmsgs asked for: trust neither
+                dests[i], queued[i], short = b"", 0, True
+                continue
+            if fields[at + per - 3] != socket.IPPROTO_IP or fields[at + per - 2] != IP_PKTINFO:
+                dests[i] = b""
+            if per == 7 and (fields[at] != socket.SOL_SOCKET
+                             or fields[at + 1] != SO_TIMESTAMPNS):
+                queued[i] = 0
+        return short
 
     def _decode(self, key: bytes) -> Addr:
         """sin_family (2) + sin_port (2, network order) + sin_addr (4) -> a cached

@@ -61,6 +61,12 @@ def assert_all_accounted(report: dict[str, Any], tmp_path: Path, members: int) -
     assert c["duplicated"] == 0
     assert c["delivered"] == c["expected"], f"lost on an idle loopback: {c}"
     assert run["latency_ms"]["p99"] is not None
+    # each delivery's relay latency (real send -> kernel receive timestamp) is within its
+    # end-to-end latency (schedule -> read), so every percentile is too (HDR: 3 digits)
+    assert c["rx_unstamped"] == 0, "no kernel receive timestamps"
+    relay, e2e = run["relay_latency_ms"], run["latency_ms"]
+    for key in ("p50", "p99", "max"):
+        assert 0 < relay[key] <= e2e[key] * 1.002 + 0.002, (key, relay, e2e)
     assert run["timeline"], "no timeline"
     assert report["exits"] == {"member_exits": members - 20, "host_exits": 20}
     assert (tmp_path / "report.png").read_bytes().startswith(PNG_MAGIC)

@@ -8,6 +8,7 @@ import errno
 import os
 import select
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -320,7 +321,7 @@ def test_pktinfo_gives_each_datagrams_destination(wildcard: socket.socket,
     for seq, ip in enumerate(dests):
         sender.sendto(b"to %d" % seq, (ip, port))
     batch = RecvBatch(max_batch=128, pktinfo=True)
-    got: list[tuple[bytes, bytes]] = []
+    got: list[tuple[bytes, bytes, int]] = []
     counts = []
     while len(got) < len(dests):
         n = batch.recv(wildcard.fileno())
@@ -330,7 +331,7 @@ def test_pktinfo_gives_each_datagrams_destination(wildcard: socket.socket,
         counts.append(n)
         got += batch.datagrams_to()
     assert counts[0] == 128  # all queued before the first call: full batches
-    assert got == [(b"to %d" % seq, socket.inet_aton(ip)) for seq, ip in enumerate(dests)]
+    assert got == [(b"to %d" % seq, socket.inet_aton(ip), 0) for seq, ip in enumerate(dests)]
     assert batch.datagrams()[0][1] == sender.getsockname()  # sources still available
 
 
@@ -343,17 +344,41 @@ def test_pktinfo_slot_missing_is_reported_not_stale(wildcard: socket.socket,
     sender.sendto(b"first", ("127.77.1.1", port))
     assert select.select([wildcard], [], [], WAIT_MS / 1000)[0]
     assert batch.recv(wildcard.fileno()) == 1
-    assert batch.datagrams_to() == [(b"first", socket.inet_aton("127.77.1.1"))]
+    assert batch.datagrams_to() == [(b"first", socket.inet_aton("127.77.1.1"), 0)]
     wildcard.setsockopt(socket.IPPROTO_IP, mmsg.IP_PKTINFO, 0)
     sender.sendto(b"second", ("127.77.1.2", port))
     assert select.select([wildcard], [], [], WAIT_MS / 1000)[0]
     assert batch.recv(wildcard.fileno()) == 1
-    assert batch.datagrams_to() == [(b"second", b"")]
+    assert batch.datagrams_to() == [(b"second", b"", 0)]
     wildcard.setsockopt(socket.IPPROTO_IP, mmsg.IP_PKTINFO, 1)
     sender.sendto(b"third", ("127.77.1.3", port))
     assert select.select([wildcard], [], [], WAIT_MS / 1000)[0]
     assert batch.recv(wildcard.fileno()) == 1
-    assert batch.datagrams_to() == [(b"third", socket.inet_aton("127.77.1.3"))]
+    assert batch.datagrams_to() == [(b"third", socket.inet_aton("127.77.1.3"), 0)]
+
+
+def test_timestamps_say_when_the_kernel_queued_each_datagram(wildcard: socket.socket,
+                                                             sender: socket.socket) -> None:
+    wildcard.setsockopt(socket.SOL_SOCKET, mmsg.SO_TIMESTAMPNS, 1)
+    port = wildcard.getsockname()[1]
+    batch = RecvBatch(max_batch=8, pktinfo=True, timestamps=True)
+    before = time.time_ns()
+    for i in range(3):
+        sender.sendto(b"t%d" % i, (f"127.77.2.{i + 1}", port))
+    assert select.select([wildcard], [], [], WAIT_MS / 1000)[0]
+    got = []
+    while len(got) < 3:
+        if batch.recv(wildcard.fileno()) == 0:
+            assert select.select([wildcard], [], [], WAIT_MS / 1000)[0], "nothing arrived"
+        got += batch.datagrams_to()
+    assert [(d, dest) for d, dest, _ in got] == [
+        (b"t%d" % i, socket.inet_aton(f"127.77.2.{i + 1}")) for i in range(3)]
+    read = time.time_ns()
+    stamps = [queued for _, _, queued in got]
+    assert stamps == sorted(stamps)
+    # stamped by the kernel's receive path: after the first send began, before the read
+    # (loopback may finish that path in a softirq just after sendto returned)
+    assert before <= stamps[0] and stamps[-1] <= read
 
 
 def test_datagrams_to_needs_pktinfo() -> None:
@@ -361,3 +386,5 @@ def test_datagrams_to_needs_pktinfo() -> None:
     with pytest.raises(ValueError):
         batch.datagrams_to()
     assert RecvBatch(pktinfo=True).datagrams_to() == []
+    with pytest.raises(ValueError):
+        RecvBatch(timestamps=True)

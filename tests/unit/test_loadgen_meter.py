@@ -31,15 +31,21 @@ MS = 1_000_000
 MSTART = 1_000 * MS  # measured window starts at t = 1 s (ns)
 
 
-def plain(users: int, g: int, seq: int, sched_ns: int, size: int = 60) -> bytes:
+def plain(users: int, g: int, seq: int, sched_ns: int, size: int = 60, lag_us: int = 0
+          ) -> bytes:
     """What a plain member receives when global member ``g`` sent message ``seq``."""
-    return encode_plain_chat(username_of(g % users, users), encode_payload(g, seq, sched_ns,
-                                                                           size))
+    return encode_plain_chat(username_of(g % users, users),
+                             encode_payload(g, seq, sched_ns, size, lag_us))
 
 
 def framed(users: int, g: int, seq: int, sched_ns: int, size: int = 60) -> bytes:
     return encode_framed_chat(username_of(g % users, users), encode_payload(g, seq, sched_ns,
                                                                             size))
+
+
+def unstamped(batch: list[tuple[int, bytes]]) -> list[tuple[int, bytes, int]]:
+    """Deliveries without a kernel receive timestamp (the read time stands in)."""
+    return [(lm, data, 0) for lm, data in batch]
 
 
 def bound_meter(room_lo: int = 3, rooms: int = 2, users: int = 3,
@@ -53,10 +59,12 @@ def bound_meter(room_lo: int = 3, rooms: int = 2, users: int = 3,
 
 # --- payload ------------------------------------------------------------------------------
 def test_payload_round_trip_and_size() -> None:
-    data = encode_payload(1234, 56, 987654321012345, 100)
+    data = encode_payload(1234, 56, 987654321012345, 100, lag_us=42)
     assert len(data) == 100
-    assert data[:HEADER_BYTES] == b"00001234" + b"0000000056" + b"00000987654321012345"
-    assert decode_payload(data) == (1234, 56, 987654321012345)
+    assert data[:HEADER_BYTES] == (b"00001234" + b"0000000056" + b"00000987654321012345"
+                                   + b"000042")
+    assert decode_payload(data) == (1234, 56, 987654321012345, 42)
+    assert decode_payload(encode_payload(1, 2, 3, 60, lag_us=5_000_000))[3] == 999_999
     assert len(encode_payload(0, 0, 0, HEADER_BYTES)) == HEADER_BYTES
     with pytest.raises(ValueError):
         decode_payload(b"short")
@@ -76,12 +84,12 @@ def test_joined_notices_mark_members_bound() -> None:
     # room 0: host (lm 0) bound first, gets joined for u1 and u2 -> everyone known
     notes = [(0, encode_plain_notice(Notice(NoticeEvent.JOINED, "u1"))),
              (0, encode_plain_notice(Notice(NoticeEvent.JOINED, "u2")))]
-    meter.receive_batch(notes, 0)
+    meter.receive_batch(unstamped(notes), 0)
     assert meter.known_bound[:3] == [True, True, True]
     assert meter.bound_missing() == 3
     # room 1: u1 bound before the host; the host's notice reaches u1 -> u1 (received) and
     # u0 (named) known, u2 not yet
-    meter.receive_batch([(4, encode_plain_notice(Notice(NoticeEvent.JOINED, "u0")))], 0)
+    meter.receive_batch(unstamped([(4, encode_plain_notice(Notice(NoticeEvent.JOINED, "u0")))]), 0)
     assert meter.known_bound[3:] == [True, True, False]
     assert meter.bound_missing() == 1
     assert meter.notice_events == {"joined": 3}
@@ -90,7 +98,7 @@ def test_joined_notices_mark_members_bound() -> None:
 def test_framed_notices_and_alone_rooms() -> None:
     meter = Meter(0, 2, 2, framed=True)
     meter.active = [True, True, True, False]  # room 1 has one active member
-    meter.receive_batch([(1, encode_framed_notice(Notice(NoticeEvent.JOINED, "u0")))], 0)
+    meter.receive_batch(unstamped([(1, encode_framed_notice(Notice(NoticeEvent.JOINED, "u0")))]), 0)
     assert meter.bound_missing() == 0
     meter.start_run(MSTART)
     assert meter.counted == [True, True, True, False]
@@ -98,12 +106,12 @@ def test_framed_notices_and_alone_rooms() -> None:
 
 def test_other_notices_are_counted_by_event() -> None:
     meter = bound_meter()
-    meter.receive_batch([
+    meter.receive_batch(unstamped([
         (0, encode_plain_notice(Notice(NoticeEvent.LEFT, "u1"))),
         (0, encode_plain_notice(Notice(NoticeEvent.CLOSED))),
         (0, encode_plain_notice(Notice(NoticeEvent.ERROR, over=3))),
         (0, b"something else"),
-    ], MSTART)
+    ]), MSTART)
     assert meter.notice_events == {"left": 1, "closed": 1, "error": 1}
     assert meter.c.notices == 3
     assert meter.c.unparsed == 1
@@ -132,7 +140,7 @@ def test_every_delivery_is_accounted_for() -> None:
         (5, plain(users, 13, 0, t)),  # delivered (room 4)
         (5, b"u1: not-a-number" + b"z" * 40),  # unparsed
     ]
-    meter.receive_batch(batch, t + 2 * MS)
+    meter.receive_batch(unstamped(batch), t + 2 * MS)
     c = meter.counts()
     assert c.sent == 5
     assert c.expected == 4 * 2 + 1 * 2
@@ -154,7 +162,7 @@ def test_unbound_receivers_are_not_expected() -> None:
     meter.start_run(MSTART)
     meter.sent[0] = 2
     assert meter.expected() == 2 * 1  # only lm 1 counts
-    meter.receive_batch([(2, plain(users, 0, 0, MSTART))], MSTART)
+    meter.receive_batch(unstamped([(2, plain(users, 0, 0, MSTART))]), MSTART)
     assert meter.c.extra == 1 and meter.c.delivered == 0
 
 
@@ -162,7 +170,7 @@ def test_framed_deliveries_parse_like_plain_ones() -> None:
     users = 12  # two-digit usernames
     meter = bound_meter(room_lo=0, rooms=1, users=users, framed_=True)
     meter.sent[11] = 1
-    meter.receive_batch([(lm, framed(users, 11, 0, MSTART)) for lm in range(11)], MSTART)
+    meter.receive_batch(unstamped([(lm, framed(users, 11, 0, MSTART)) for lm in range(11)]), MSTART)
     c = meter.counts()
     assert c.delivered == c.expected == 11
     assert c.misrouted == c.unparsed == 0
@@ -175,7 +183,7 @@ def test_latency_percentiles_from_the_scheduled_time() -> None:
     # message seq k is received k µs after its schedule: latencies 0..999 µs
     for seq in range(1000):
         sched = MSTART + seq * MS
-        meter.receive_batch([(1, plain(users, 0, seq, sched))], sched + seq * 1000)
+        meter.receive_batch(unstamped([(1, plain(users, 0, seq, sched))]), sched + seq * 1000)
     interval = meter.take_interval()
     assert interval.get_total_count() == 1000
     lat = latency_ms(meter.histogram)
@@ -191,7 +199,8 @@ def test_latencies_beyond_the_direct_array_are_kept() -> None:
     users = 2
     meter = bound_meter(room_lo=0, rooms=1, users=users)
     meter.sent[0] = 1
-    meter.receive_batch([(1, plain(users, 0, 0, MSTART))], MSTART + (DIRECT_US + 5000) * 1000)
+    meter.receive_batch(unstamped([(1, plain(users, 0, 0, MSTART))]),
+                        MSTART + (DIRECT_US + 5000) * 1000)
     meter.take_interval()
     assert latency_ms(meter.histogram)["max"] == pytest.approx((DIRECT_US + 5000) / 1000,
                                                                rel=0.001)
@@ -201,14 +210,40 @@ def test_start_run_resets_everything() -> None:
     users = 2
     meter = bound_meter(room_lo=0, rooms=1, users=users)
     meter.sent[0] = 1
-    meter.receive_batch([(1, plain(users, 0, 0, MSTART))], MSTART)
+    meter.receive_batch(unstamped([(1, plain(users, 0, 0, MSTART))]), MSTART)
     meter.take_interval()
     meter.start_run(MSTART * 2)
     assert meter.counts() == Counts()
     assert meter.histogram.get_total_count() == 0
     meter.sent[0] = 1  # sequence numbers restart at 0 in a new run
-    meter.receive_batch([(1, plain(users, 0, 0, MSTART * 2))], MSTART * 2)
+    meter.receive_batch(unstamped([(1, plain(users, 0, 0, MSTART * 2))]), MSTART * 2)
     assert meter.counts().delivered == 1
+
+
+def test_relay_latency_runs_from_the_real_send_to_the_kernel_timestamp() -> None:
+    """End-to-end: schedule -> read. Relay: schedule + lag (the real send) -> the kernel's
+    receive timestamp. Without a timestamp the read time stands in, and is counted."""
+    users = 2
+    meter = bound_meter(room_lo=0, rooms=1, users=users)
+    meter.sent[0] = 3
+    sched = MSTART + 5 * MS
+    meter.receive_batch([
+        # sent 2 ms late, queued 2.3 ms after schedule, read at 4 ms: relay 0.3 ms
+        (1, plain(users, 0, 0, sched, lag_us=2000), sched + 2300 * 1000),
+        # sent on time, queued at 0.1 ms, read at 4 ms: relay 0.1 ms
+        (1, plain(users, 0, 1, sched), sched + 100 * 1000),
+        # no timestamp: relay = read time - real send = 4 ms - 1 ms
+        (1, plain(users, 0, 2, sched, lag_us=1000), 0),
+    ], sched + 4 * MS)
+    meter.take_interval()
+    assert meter.c.delivered == 3 and meter.c.rx_unstamped == 1
+    e2e = latency_ms(meter.histogram)
+    relay = latency_ms(meter.relay_histogram)
+    assert e2e["p50"] == e2e["max"] == pytest.approx(4.0, rel=0.001)
+    assert meter.relay_histogram.get_total_count() == 3
+    assert relay["p50"] == pytest.approx(0.3, rel=0.01)
+    assert relay["max"] == pytest.approx(3.0, rel=0.001)
+    assert meter.relay_histogram.get_value_at_percentile(1) == pytest.approx(100, rel=0.01)
 
 
 # --- merging across processes ----------------------------------------------------------------
@@ -220,7 +255,8 @@ def test_merge_counts_and_histograms_across_processes() -> None:
         g = room_lo * users
         meter.sent[0] = 10
         for seq in range(10):
-            meter.receive_batch([(1, plain(users, g, seq, MSTART))], MSTART + latency_us * 1000)
+            meter.receive_batch(unstamped([(1, plain(users, g, seq, MSTART))]),
+                                MSTART + latency_us * 1000)
         meter.take_interval()
         blobs.append(meter.histogram.encode())
         parts.append(meter.counts())
