@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sockets", choices=MODES, default="auto",
                    help="member addresses: 'member' = one UDP socket per member on this "
                    "host's IP (works against any server); 'shared' = one socket per "
-                   "process and a loopback IP per member (127.100+.x.y), received with "
-                   "recvmmsg, ~3x less loadgen CPU per delivery; loopback servers only; "
-                   "'auto' = shared when the server is on loopback [auto]")
+                   "process and a loopback IP per member (127.100+.x.y), read in recvmmsg "
+                   "batches; loopback servers only; 'auto' = shared when the server is on "
+                   "loopback [auto]")
     g.add_argument("--no-rx-timestamps", dest="rx_timestamps", action="store_false",
                    help="do not ask the kernel for receive timestamps (SO_TIMESTAMPNS); "
                    "they cost some CPU on both sides (docs/benchmarks.md) and without them "

@@ -5,10 +5,9 @@ and binds each token to an IP. Two ways to give them one:
 
 ``MemberSockets`` (``--sockets member``)
     One UDP socket per member, all on the loadgen's own IP, each with its own port. Works
-    against any server, remote ones included. Its cost is the receive side: every
-    delivery wakes ``epoll`` for a different socket and is one ``recv`` call, about
-    4.5 µs of CPU per datagram here (``users.py``) — at 90,000 deliveries/s that is most
-    of a core, taken from the same two cores the server runs on.
+    against any server, remote ones included. Every delivery is one ``recv`` call on a
+    different socket, and one ``sendmmsg`` of the server to a room's nine members wakes
+    nine sockets' wait queues.
 
 ``SharedSocket`` (``--sockets shared``, loopback servers only)
     Member ``i`` is the address ``(127.A.B.C, P)``: a distinct loopback IP per member
@@ -21,8 +20,8 @@ and binds each token to an IP. Two ways to give them one:
     Loopback routes all of 127.0.0.0/8 to the local host, so no setup is needed, and
     nothing is ever sent off the machine: the only destination is the server.
 
-The load generator must not be what limits a benchmark whose load shares the server's
-cores; ``docs/benchmarks.md`` has the two measured side by side.
+The load generator must disturb a benchmark whose load shares the server's cores as
+little as it can; ``docs/benchmarks.md`` has the two modes measured side by side.
 """
 
 from __future__ import annotations
