@@ -55,6 +55,8 @@ reading the results:
 (or / --step-factor while it breaks), then bisects to --precision; it reports the last
 per-user rate that held. Without
 explicit SLOs it uses p99 <= {CAPACITY_SLO_P99_MS:g} ms and loss <= {CAPACITY_SLO_LOSS_PCT:g} %.
+A rate whose median latency keeps growing through the window (queues building: deep
+socket buffers can hide an overload from the loss figure for seconds) breaks any SLO.
 
 exit codes: 0 ok (every SLO held, or a capacity was found), 1 an SLO was broken (or no
 rate held), 2 bad usage, 3 the run failed (server unreachable, a loadgen process died).

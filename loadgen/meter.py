@@ -203,10 +203,32 @@ class Slo:
         return self.p99_ms is not None or self.loss_pct is not None
 
 
-def check_slo(slo: Slo, counts: Counts, latency: dict[str, float | None]) -> list[str]:
+GROWTH_FACTOR: Final = 2.0
+GROWTH_MIN_MS: Final = 20.0
+
+
+def backlog_growth(p50s_ms: Sequence[float | None]) -> tuple[float, float] | None:
+    """(first, last): the median of the per-tick p50 latencies over the first and over the
+    last third of a measured window, if the last is more than ``GROWTH_FACTOR`` times the
+    first plus ``GROWTH_MIN_MS``: the latency kept rising, so queues were building and the
+    rate was not sustained (only deep buffers kept it lossless for a few seconds).
+    ``None`` if it did not grow, or with fewer than three ticks."""
+    values = [v for v in p50s_ms if v is not None]
+    third = len(values) // 3
+    if third == 0:
+        return None
+    first = sorted(values[:third])[(third - 1) // 2]
+    last = sorted(values[-third:])[(third - 1) // 2]
+    return (first, last) if last > GROWTH_FACTOR * first + GROWTH_MIN_MS else None
+
+
+def check_slo(slo: Slo, counts: Counts, latency: dict[str, float | None],
+              growth: tuple[float, float] | None = None) -> list[str]:
     """The SLOs broken by a run, as sentences (empty: every SLO held).
 
-    A run that delivered nothing breaks a p99 SLO (no evidence that it held)."""
+    A run that delivered nothing breaks a p99 SLO (no evidence that it held). A latency
+    that kept growing through the window (``backlog_growth``) breaks any SLO: the rate
+    was not sustained, whatever the loss and p99 of a short window say."""
     breaches = []
     if slo.p99_ms is not None:
         p99 = latency.get("p99")
@@ -218,6 +240,9 @@ def check_slo(slo: Slo, counts: Counts, latency: dict[str, float | None]) -> lis
         breaches.append(f"loss {counts.loss_pct:.4f} % > {slo.loss_pct:g} %")
     if slo.enabled and counts.misrouted:
         breaches.append(f"{counts.misrouted} misrouted deliveries")
+    if slo.enabled and growth is not None:
+        breaches.append(f"not sustained: median latency grew from {growth[0]:.1f} ms to "
+                        f"{growth[1]:.1f} ms through the window (queues building)")
     return breaches
 
 

@@ -25,6 +25,7 @@ from loadgen.meter import (
     HEADER_BYTES,
     Counts,
     Slo,
+    backlog_growth,
     check_slo,
     latency_ms,
     merge_counts,
@@ -312,7 +313,9 @@ class Fleet:
         hist = merge_histograms(p["hist"] for p in parts)
         latency = latency_ms(hist)
         relay_latency = latency_ms(merge_histograms(p.get("relay_hist", b"") for p in parts))
-        breaches = check_slo(opts.slo, counts, latency)
+        window = [p for p in timeline.points() if 0 < p["t_s"] <= opts.duration]
+        growth = backlog_growth([p["latency_ms"]["p50"] for p in window])
+        breaches = check_slo(opts.slo, counts, latency, growth)
         cpu = [p["cpu_pct"] for p in parts]
         warnings = []
         saturated = False
@@ -330,8 +333,11 @@ class Fleet:
             warnings.append("no timerfd: pacing has 1 ms resolution")
         if counts.misrouted:
             warnings.append(f"{counts.misrouted} misrouted deliveries")
-        measured = [p for p in timeline.points()
-                    if "server_cpu_pct" in p and 0 < p["t_s"] <= opts.duration]
+        if growth is not None:
+            warnings.append(f"median latency grew from {growth[0]:.1f} ms to "
+                            f"{growth[1]:.1f} ms through the window: queues were building, "
+                            "so this rate is not sustained")
+        measured = [p for p in window if "server_cpu_pct" in p]
         server_cpu = (sum(p["server_cpu_pct"] for p in measured) / len(measured)
                       if measured else None)
         server_wait = (sum(p["server_wait_pct"] for p in measured) / len(measured)
@@ -356,6 +362,7 @@ class Fleet:
             "out_per_s": counts.delivered / opts.duration,
             "latency_ms": latency,
             "relay_latency_ms": relay_latency,
+            "backlog_growth_ms": growth,
             "slo": {"p99_ms": opts.slo.p99_ms, "loss_pct": opts.slo.loss_pct,
                     "breaches": breaches, "held": not breaches},
             "loadgen_cpu_pct": cpu,

@@ -10,6 +10,7 @@ from loadgen.meter import (
     Counts,
     Meter,
     Slo,
+    backlog_growth,
     check_slo,
     decode_payload,
     encode_payload,
@@ -292,3 +293,18 @@ def test_slo_evaluation() -> None:
     assert not Slo().enabled
     misrouted = Counts(sent=1, expected=1, delivered=1, misrouted=2)
     assert check_slo(Slo(loss_pct=1.0), misrouted, fast) == ["2 misrouted deliveries"]
+
+
+def test_growing_latency_is_not_sustained() -> None:
+    assert backlog_growth([1.0, 1.2, 0.9, 1.1, 1.0, 1.3]) is None  # steady
+    assert backlog_growth([30.0, 80.0, 50.0, 40.0, 60.0, 20.0]) is None  # noisy, no trend
+    assert backlog_growth([5.0, 5.0]) is None  # too short to say
+    assert backlog_growth([None, 1.0, 2.0, 3.0]) is None
+    growth = backlog_growth([20.0, 60.0, 100.0, 200.0, 400.0, 800.0, 1000.0, 1200.0, 1300.0])
+    assert growth == (60.0, 1200.0)
+    slo = Slo(None, 0.1)
+    broken = check_slo(slo, Counts(), {"p99": 5.0}, growth)
+    assert broken == ["not sustained: median latency grew from 60.0 ms to 1200.0 ms "
+                      "through the window (queues building)"]
+    assert check_slo(slo, Counts(), {"p99": 5.0}, None) == []
+    assert check_slo(Slo(), Counts(), {"p99": 5.0}, growth) == []  # no SLO asked for
