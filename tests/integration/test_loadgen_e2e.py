@@ -170,3 +170,23 @@ def test_keepalives_keep_slow_members_in_the_room(tmp_path: Path) -> None:
         assert run["counts"]["keepalives"] > 0
         assert "disconnected" not in run["notices"] and "left" not in run["notices"]
         assert run["counts"]["delivered"] == run["counts"]["expected"] > 0
+
+
+@needs_control
+def test_make_bench_pipeline_quick(tmp_path: Path) -> None:
+    """``make bench``'s driver end to end on a small profile (``--quick``: no capacity
+    search, docs untouched): three real servers, one report each, the section printed."""
+    docs = tmp_path / "docs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadgen.bench", "--quick", "--out", str(tmp_path),
+         "--docs", str(docs)],
+        capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S * 3)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for key in ("ocm2", "ocm1", "baseline"):
+        report = orjson.loads((tmp_path / f"{key}-0.json").read_bytes())
+        run = report["result"]
+        assert run["counts"]["lost"] == 0 and run["counts"]["delivered"] > 0, key
+        assert run["relay_latency_ms"]["p99"] is not None, key
+    assert "| server | in/s | out/s | lost |" in proc.stdout
+    assert "relay p99" in proc.stdout
+    assert not (docs / "benchmarks.md").exists()  # --quick writes no docs
