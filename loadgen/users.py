@@ -20,7 +20,8 @@ The data phase runs on a plain ``select.epoll`` loop over the transport's socket
 and a ``timerfd`` (pacing.py). With one socket per member, receiving 45,000 datagrams/s
 spread over 2,500 sockets measured the same on it as on uvloop (``add_reader`` or
 ``DatagramProtocol``): 4.3-4.9 µs of CPU per datagram either way, the kernel's receive
-path dominating; the shared socket's ``recvmmsg`` batches are what cut that. The plain
+path dominating (the shared socket reads in ``recvmmsg`` batches instead; docs/
+benchmarks.md compares the two modes). The plain
 loop is kept because it batches every datagram of one poll into one
 ``Meter.receive_batch`` call and waits on the timerfd with µs precision (libuv timers
 have 1 ms resolution).

@@ -381,6 +381,24 @@ def test_timestamps_say_when_the_kernel_queued_each_datagram(wildcard: socket.so
     assert before <= stamps[0] and stamps[-1] <= read
 
 
+def test_a_datagram_without_the_asked_for_timestamp_gives_neither(
+        wildcard: socket.socket, sender: socket.socket) -> None:
+    """Control bytes that do not match the layout asked for are not guessed at: that
+    datagram gets ``b""`` and 0; the slots are restored for the next call."""
+    port = wildcard.getsockname()[1]
+    batch = RecvBatch(max_batch=4, pktinfo=True, timestamps=True)
+    for stamped, ip in ((False, "127.77.3.1"), (True, "127.77.3.2")):
+        wildcard.setsockopt(socket.SOL_SOCKET, mmsg.SO_TIMESTAMPNS, int(stamped))
+        sender.sendto(b"x", (ip, port))
+        assert select.select([wildcard], [], [], WAIT_MS / 1000)[0]
+        assert batch.recv(wildcard.fileno()) == 1
+        ((data, dest, queued),) = batch.datagrams_to()
+        if stamped:
+            assert dest == socket.inet_aton(ip) and queued > 0
+        else:
+            assert (data, dest, queued) == (b"x", b"", 0)
+
+
 def test_datagrams_to_needs_pktinfo() -> None:
     batch = RecvBatch()
     with pytest.raises(ValueError):
