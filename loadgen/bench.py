@@ -47,11 +47,12 @@ QUICK: Final = ["--rooms", "20", "--users", "5", "--rate", "5", "--duration", "2
                 "--warmup", "1", "--size", "100"]
 CAPACITY_SLO_P99_MS: Final = 10.0
 CAPACITY_SLO_LOSS_PCT: Final = 0.1
-CAPACITY: Final = ["--duration", "5", "--warmup", "1", "--find-capacity", "--step-factor",
-                   "1.5", "--precision", "0.05", "--max-steps", "12", "--retries", "1",
-                   "--slo-p99-ms", str(CAPACITY_SLO_P99_MS),
+CAPACITY_SEARCH: Final = ["--duration", "5", "--warmup", "1", "--find-capacity",
+                          "--step-factor", "1.5", "--precision", "0.05", "--max-steps", "12",
+                          "--retries", "1"]
+CAPACITY: Final = [*CAPACITY_SEARCH, "--slo-p99-ms", str(CAPACITY_SLO_P99_MS),
                    "--slo-loss-pct", str(CAPACITY_SLO_LOSS_PCT)]
-CAPACITY_LOSS_ONLY: Final = [*CAPACITY[:-4], "--slo-loss-pct", str(CAPACITY_SLO_LOSS_PCT)]
+CAPACITY_LOSS_ONLY: Final = [*CAPACITY_SEARCH, "--slo-loss-pct", str(CAPACITY_SLO_LOSS_PCT)]
 LOADGEN_TIMEOUT_S: Final = 1800
 IDLE_THRESHOLD: Final = 0.9
 SERVER_START_ATTEMPTS: Final = 3

@@ -269,13 +269,9 @@ class Meter:
         self.set_framing(framed)
         self._nexp: list[int] = [0] * (n * users)
         self._missing: dict[int, set[int]] = {}
-        self._lat = array.array("q", bytes(8 * DIRECT_US))
-        self._lat_view = np.frombuffer(self._lat, dtype=np.int64)
-        self._overflow: list[int] = []
+        self._lat = _Latencies()
         self.histogram = new_histogram()
-        self._rlat = array.array("q", bytes(8 * DIRECT_US))
-        self._rlat_view = np.frombuffer(self._rlat, dtype=np.int64)
-        self._roverflow: list[int] = []
+        self._rlat = _Latencies()
         self.relay_histogram = new_histogram()
         self.notice_events: dict[str, int] = {}
         self.c = Counts()
@@ -349,11 +345,9 @@ class Meter:
         self.sent[:] = [0] * n
         self._nexp[:] = [0] * (n * users)
         self._missing.clear()
-        self._lat_view[:] = 0
-        self._overflow.clear()
+        self._lat.clear()
         self.histogram = new_histogram()
-        self._rlat_view[:] = 0
-        self._roverflow.clear()
+        self._rlat.clear()
         self.relay_histogram = new_histogram()
         for r in range(self.rooms):
             lo = r * users
@@ -374,8 +368,8 @@ class Meter:
         users, base_g = self.users, self._base_g
         mstart = self.mstart_ns
         counted, nexp, missing = self.counted, self._nexp, self._missing
-        lat_counts, overflow = self._lat, self._overflow
-        rlat_counts, roverflow = self._rlat, self._roverflow
+        lat_counts, overflow = self._lat.counts, self._lat.overflow
+        rlat_counts, roverflow = self._rlat.counts, self._rlat.overflow
         delivered = dup = misrouted = stale = extra = reordered = unparsed = unstamped = 0
         for rlm, data, rx_ns in batch:
             if data[c0:c1] != chk:
@@ -445,9 +439,9 @@ class Meter:
         """Fold the end-to-end latencies recorded since the last call into a new histogram
         (returned) and into the run's cumulative ``histogram``; fold the relay latencies
         into ``relay_histogram``."""
-        interval = _fold(self._lat_view, self._overflow)
+        interval = self._lat.fold()
         self.histogram.add(interval)
-        self.relay_histogram.add(_fold(self._rlat_view, self._roverflow))
+        self.relay_histogram.add(self._rlat.fold())
         return interval
 
     def expected(self) -> int:
@@ -469,16 +463,32 @@ class Meter:
         return self.c
 
 
-def _fold(view: np.ndarray[Any, np.dtype[np.int64]], overflow: list[int]) -> HdrHistogram:
-    """A histogram of the per-µs counts in ``view`` and the values in ``overflow``; both are
-    emptied."""
-    hist = new_histogram()
-    nonzero = np.flatnonzero(view)
-    if nonzero.size:
-        for value, count in zip(nonzero.tolist(), view[nonzero].tolist(), strict=True):
-            hist.record_value(max(value, HDR_LOWEST_US), count)
-        view[nonzero] = 0
-    for value in overflow:
-        hist.record_value(min(max(value, HDR_LOWEST_US), HDR_HIGHEST_US))
-    overflow.clear()
-    return hist
+class _Latencies:
+    """Latencies in µs as they are recorded on the hot path: a preallocated per-µs count
+    array (one increment per delivery, inlined by ``Meter.receive_batch``) and a list for
+    the rare ones beyond ``DIRECT_US``."""
+
+    __slots__ = ("counts", "view", "overflow")
+
+    def __init__(self) -> None:
+        self.counts = array.array("q", bytes(8 * DIRECT_US))
+        self.view = np.frombuffer(self.counts, dtype=np.int64)
+        self.overflow: list[int] = []
+
+    def clear(self) -> None:
+        self.view[:] = 0
+        self.overflow.clear()
+
+    def fold(self) -> HdrHistogram:
+        """A histogram of everything recorded since the last fold; starts over empty."""
+        hist = new_histogram()
+        view = self.view
+        nonzero = np.flatnonzero(view)
+        if nonzero.size:
+            for value, count in zip(nonzero.tolist(), view[nonzero].tolist(), strict=True):
+                hist.record_value(max(value, HDR_LOWEST_US), count)
+            view[nonzero] = 0
+        for value in self.overflow:
+            hist.record_value(min(max(value, HDR_LOWEST_US), HDR_HIGHEST_US))
+        self.overflow.clear()
+        return hist

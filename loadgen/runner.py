@@ -127,6 +127,7 @@ class Fleet:
         ctx = multiprocessing.get_context("spawn")
         opts = self.opts
         per_proc = max(1, opts.join_concurrency // self.procs)
+        sockets = resolve_mode(opts.sockets, opts.server)
         for i in range(self.procs):
             lo = opts.rooms * i // self.procs
             hi = opts.rooms * (i + 1) // self.procs
@@ -134,7 +135,7 @@ class Fleet:
                         room_prefix=self.room_prefix, room_lo=lo, rooms=hi - lo,
                         users=opts.users, size=opts.size, framing=opts.framing,
                         password=opts.password, join_concurrency=per_proc,
-                        sockets=resolve_mode(opts.sockets, opts.server),
+                        sockets=sockets,
                         rx_timestamps=opts.rx_timestamps,
                         join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout)
             parent_conn, child_conn = ctx.Pipe()

@@ -98,6 +98,10 @@ def resolve_mode(mode: str, server: str) -> str:
 class Transport(Protocol):
     mode: str
     senders: list[Sender]
+    stray: int
+    """Deliveries to an address that is no member's (only a shared socket can see any)."""
+    rcvbuf: int | None
+    """The receive buffer the kernel granted a shared socket (None: one per member)."""
 
     def join_ip(self, lm: int) -> str | None: ...
     def attach(self, lm: int, server: tuple[str, int]) -> None: ...
@@ -127,6 +131,8 @@ class MemberSockets:
     """One connected UDP socket per member (see the module docstring)."""
 
     mode = "member"
+    stray = 0
+    rcvbuf: int | None = None
 
     def __init__(self, n: int, local_ip: str, timestamps: bool = True) -> None:
         self.socks: list[socket.socket] = []
@@ -201,7 +207,7 @@ class SharedSocket:
         except BaseException:
             self.sock.close()
             raise
-        self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.rcvbuf: int | None = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.senders: list[Sender] = [_not_attached] * n
         self.stray = 0
 

@@ -168,7 +168,7 @@ class Simulator:
         self.conn.send(("ready", {"index": self.plan.index, "members": self.n,
                                   "pid": os.getpid(), "timerfd": self.timer is not None,
                                   "sockets": self.transport.mode,
-                                  "rcvbuf": getattr(self.transport, "rcvbuf", None)}))
+                                  "rcvbuf": self.transport.rcvbuf}))
         while True:
             cmd = self.conn.recv()
             kind = cmd[0]
@@ -411,7 +411,7 @@ class Simulator:
         batch: list[tuple[int, bytes, int]] = []
         receive = meter.receive_batch
         header = HEADER_FMT
-        stray_start = getattr(self.transport, "stray", 0)
+        stray_start = self.transport.stray
         # ticks are aligned to the measured window: tick j covers [mstart + (j-1)·tick, +tick)
         j = -((mstart_ns - t0_ns) // tick_ns)
         next_tick = mstart_ns + j * tick_ns
@@ -502,7 +502,7 @@ class Simulator:
                 batch.clear()
         counts.late_sends += late
         # a delivery to an address that is no member's was misrouted by the server
-        counts.misrouted += getattr(self.transport, "stray", 0) - stray_start
+        counts.misrouted += self.transport.stray - stray_start
         counts.max_send_lag_ns = max(counts.max_send_lag_ns, max_lag)
         meter.take_interval()
         result = meter.counts()

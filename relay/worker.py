@@ -24,7 +24,8 @@ import socket
 import struct
 import sys
 import time
-from typing import Any, Final, cast
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar, cast
 
 from relay import ipc, mmsg
 from relay.core import Addr, GlobalChat, RelayCore
@@ -32,6 +33,7 @@ from relay.steering import tag_worker
 from wire.codes import Framing
 
 log = logging.getLogger("ocm.relay")
+T = TypeVar("T")
 
 RECV_BUFFER_BYTES: Final = 4097
 """One byte over the limit: a longer datagram arrives truncated to 4097 and is dropped."""
@@ -58,6 +60,7 @@ class Worker:
         self.batched = mmsg.available() and bool(settings.get(
             "sendmmsg", os.environ.get("OCM_RELAY_SENDMMSG", "1") != "0"))
         """Relay with one sendmmsg per room and format (relay/mmsg.py); else sendto."""
+        self.fan_out = self._relay_batched if self.batched else self._relay
         self.fd = udp_sock.fileno()
         self.core = RelayCore(settings["inactivity_timeout"], settings["max_send_failures"],
                               settings.get("chat_rate", 10.0), settings.get("chat_burst", 20))
@@ -108,20 +111,27 @@ class Worker:
             self.done.set_result(None)
 
     # --- the hot path -------------------------------------------------------------------
-    def _on_udp(self) -> None:
-        recvfrom = self.sock.recvfrom
-        handle = self.core.handle_datagram
-        relay = self._relay_batched if self.batched else self._relay
-        core = self.core
-        now = time.monotonic()
+    @staticmethod
+    def _drain(recv: Callable[[int], T], what: str) -> Iterator[T]:
+        """What ``recv(RECV_BUFFER_BYTES)`` returns, until the socket is empty or
+        ``BATCH_DATAGRAMS`` were read (then the loop serves the pipe and timers before
+        this reader is called again). An unexpected error is logged and ends the batch.
+        (The generator costs ~40 ns per datagram over an inline loop: 0.1 % here.)"""
         for _ in range(BATCH_DATAGRAMS):
             try:
-                data, addr = recvfrom(RECV_BUFFER_BYTES)
+                yield recv(RECV_BUFFER_BYTES)
             except BlockingIOError:
-                break
+                return
             except OSError as exc:  # not expected on an unconnected socket: log, go on
-                log.warning("recvfrom: %s", exc)
-                break
+                log.warning("%s: %s", what, exc)
+                return
+
+    def _on_udp(self) -> None:
+        handle = self.core.handle_datagram
+        relay = self.fan_out
+        core = self.core
+        now = time.monotonic()
+        for data, addr in self._drain(self.sock.recvfrom, "recvfrom"):
             out = handle(data, addr, now)
             if core.outbox:  # notices first: "joined" precedes the member's first chat
                 self._flush()
@@ -181,18 +191,10 @@ class Worker:
     def _on_udp_forwarding(self) -> None:
         """Fallback when the steering program is not attached: datagrams land on any
         worker; those whose token names another worker are forwarded to it."""
-        recvfrom = self.sock.recvfrom
         index = self.index
         n_peers = len(self.peers)
         now = time.monotonic()
-        for _ in range(BATCH_DATAGRAMS):
-            try:
-                data, addr = recvfrom(RECV_BUFFER_BYTES)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                log.warning("recvfrom: %s", exc)
-                break
+        for data, addr in self._drain(self.sock.recvfrom, "recvfrom"):
             if len(data) > 2 and data[0] + 2 < len(data):
                 owner = tag_worker(data[data[0] + 2])
                 if owner is not None and owner != index and owner < n_peers:
@@ -212,11 +214,12 @@ class Worker:
     def _on_inbox(self) -> None:
         assert self.inbox is not None
         now = time.monotonic()
-        for _ in range(BATCH_DATAGRAMS):
-            try:
-                packet = self.inbox.recv(RECV_BUFFER_BYTES + FORWARD_HEADER.size)
-            except BlockingIOError:
-                break
+        inbox_recv = self.inbox.recv
+
+        def recv(size: int) -> bytes:
+            return inbox_recv(size + FORWARD_HEADER.size)
+
+        for packet in self._drain(recv, "forwarded recv"):
             ip, port = FORWARD_HEADER.unpack_from(packet)
             self._handle_one(packet[FORWARD_HEADER.size:], (socket.inet_ntoa(ip), port), now)
         self._flush()
@@ -226,23 +229,15 @@ class Worker:
         if self.core.outbox:
             self._flush()
         if out is not None:
-            (self._relay_batched if self.batched else self._relay)(out, now)
+            self.fan_out(out, now)
 
     def _on_stage1(self) -> None:
         assert self.stage1_sock is not None
         sock = self.stage1_sock
-        recvfrom = sock.recvfrom
         sendto = sock.sendto
         chat = self.stage1
         now = time.monotonic()
-        for _ in range(BATCH_DATAGRAMS):
-            try:
-                data, addr = recvfrom(RECV_BUFFER_BYTES)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                log.warning("Stage 1 recvfrom: %s", exc)
-                break
+        for data, addr in self._drain(sock.recvfrom, "Stage 1 recvfrom"):
             targets = chat.handle_datagram(data, addr, now)
             if targets is None:
                 continue

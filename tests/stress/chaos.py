@@ -41,7 +41,15 @@ from typing import Any
 from tests.integration.harness import Server, start_server
 from tests.integration.peer import Peer, join
 from tests.stress.probe import Probe, make_probes
-from tests.stress.tools import admin_address, dropped, scrape, wait_for, worker_pids
+from tests.stress.tools import (
+    admin_address,
+    dropped,
+    long_run_parser,
+    report_long_run,
+    scrape,
+    wait_for,
+    worker_pids,
+)
 from wire.codes import Operation
 
 H = "127.0.0.1"
@@ -308,22 +316,11 @@ def _s(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.stress.chaos",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rooms", type=int, default=500)
-    parser.add_argument("--users", type=int, default=10)
-    parser.add_argument("--rate", type=float, default=2.0)
-    parser.add_argument("--workers", type=int, default=2)
+    parser = long_run_parser("python -m tests.stress.chaos", __doc__ or "")
     parser.add_argument("--kill-for", type=float, default=60.0)
     parser.add_argument("--kill-every", type=float, default=5.0)
-    parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
-    figures = run(args)
-    text, ok = summarize(figures)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
-    return 0 if ok else 1
+    return report_long_run(args, run(args), summarize)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.harness import start_server
-from tests.stress.tools import admin_address, open_fds, rss_kib, scrape, wait_for, worker_pids
+from tests.stress.tools import (
+    admin_address,
+    long_run_parser,
+    open_fds,
+    report_long_run,
+    rss_kib,
+    scrape,
+    wait_for,
+    worker_pids,
+)
 
 FLAT_PCT = 5.0
 FD_SLACK = 2
@@ -168,21 +177,10 @@ def summarize(f: dict[str, Any]) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.stress.soak",
-                                     description=__doc__.split("\n\n")[0])
+    parser = long_run_parser("python -m tests.stress.soak", __doc__ or "")
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--rooms", type=int, default=500)
-    parser.add_argument("--users", type=int, default=10)
-    parser.add_argument("--rate", type=float, default=2.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
-    figures = run(args)
-    text, ok = summarize(figures)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
-    return 0 if ok else 1
+    return report_long_run(args, run(args), summarize)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ process ids printed in the log, and ``/proc`` for memory and file descriptors.
 
 from __future__ import annotations
 
+import argparse
 import ast
+import json
 import os
 import re
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.integration.peer import tcrp_exchange
@@ -114,3 +117,25 @@ def open_fds(pid: int) -> int | None:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
+
+
+# --- the long runs' command line ---------------------------------------------------------------
+def long_run_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The options chaos.py and soak.py share: the load profile, the workers, --json."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    parser.add_argument("--rooms", type=int, default=500)
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=2.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", metavar="FILE")
+    return parser
+
+
+def report_long_run(args: argparse.Namespace, figures: dict[str, Any],
+                    summarize: Callable[[dict[str, Any]], tuple[str, bool]]) -> int:
+    """Print the summary, write the figures as JSON if asked; the exit code (0: OK)."""
+    text, ok = summarize(figures)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+    return 0 if ok else 1
