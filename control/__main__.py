@@ -7,8 +7,9 @@ SIGINT (immediate stop).
 Signals: SIGTERM and SIGINT drain (``/readyz`` turns 503, systemd hears ``STOPPING=1``,
 new requests are answered UNAVAILABLE, every member gets ``closed``, then exit within
 ``--drain-timeout``); SIGHUP reloads the live settings (config.LIVE_FIELDS). The log says
-``ready tcp=HOST:PORT udp=PORTS stage1=PORT workers=N steering=MODE`` once every worker is
-ready (and systemd hears ``READY=1``), then ``admin http=HOST:PORT`` (or ``=disabled``).
+``ready tcp=HOST:PORT udp=PORTS stage1=PORT workers=N steering=MODE sched=SCHED`` once
+every worker is ready (and systemd hears ``READY=1``), then ``admin http=HOST:PORT`` (or
+``=disabled``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from control.registry import Registry
 from control.server import ControlApp, TcrpConnection, new_token
 from control.sockets import SOCKET_BUFFER_BYTES, PortBusy, UdpPlan, plan_udp
 from control.supervisor import Supervisor
+from relay import sched
 
 log = logging.getLogger("ocm.control")
 
@@ -228,7 +230,8 @@ class Control:
             self.state = "ready"
             udp = ",".join(map(str, sorted(set(self.plan.ports))))
             ready = (f"ready tcp={cfg.host}:{tcp_port} udp={udp} stage1={self.plan.stage1_port}"
-                     f" workers={cfg.workers} steering={self.plan.steering}")
+                     f" workers={cfg.workers} steering={self.plan.steering}"
+                     f" sched={sched.describe(cfg.realtime_priority)}")
             log.info("%s", ready)
             if self.admin is not None and self.admin.address is not None:
                 log.info("admin http=%s:%d", *self.admin.address)
@@ -291,6 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config_mod.to_toml(cfg, sources), end="")
         return EXIT_OK
     setup_logging(cfg.log_level, cfg.log_format)
+    refused = sched.probe(cfg.realtime_priority)
+    if refused is not None:
+        log.error("%s", refused)
+        return EXIT_FAILURE
     try:
         plan = plan_udp(cfg.host, cfg.udp_port, cfg.stage1_port or None, cfg.workers,
                         cfg.port_per_shard, cfg.steering)

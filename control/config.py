@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from relay import sched
 from wire import limits
 
 MAX_WORKERS: Final = 32
@@ -94,6 +95,11 @@ class Config:
     ping_timeout: float = _f(5.0, "seconds without a pong before a worker is replaced")
     drain_timeout: float = _f(10.0, "seconds a graceful stop may take before workers "
                                     "are killed")
+    realtime_priority: int = _f(0, "run the relay workers under SCHED_FIFO at this "
+                                   "priority (1..99) so that a datagram preempts ordinary "
+                                   "processes at once; 0 = normal scheduling. Needs root, "
+                                   "CAP_SYS_NICE or RLIMIT_RTPRIO (docs/operations.md)",
+                                metavar="N")
 
     def worker_settings(self) -> dict[str, Any]:
         """The subset a relay worker needs, as a plain dict (it is pickled to the child)."""
@@ -105,6 +111,7 @@ class Config:
             "chat_burst": self.chat_burst,
             "log_level": self.log_level,
             "log_format": self.log_format,
+            "realtime_priority": self.realtime_priority,
         }
 
     def live_worker_settings(self) -> dict[str, Any]:
@@ -207,6 +214,9 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
     if cfg.ping_timeout <= cfg.ping_interval:
         raise fail("ping_timeout", f"ping_timeout ({cfg.ping_timeout}) must be longer than "
                                    f"ping_interval ({cfg.ping_interval})")
+    if not 0 <= cfg.realtime_priority <= sched.MAX_PRIORITY:
+        raise fail("realtime_priority", f"realtime_priority must be 0 (normal scheduling) or "
+                                        f"1..{sched.MAX_PRIORITY}, got {cfg.realtime_priority}")
     if not 1 <= cfg.max_payload <= 1 << 20:
         raise fail("max_payload", f"max_payload must be 1..1048576 bytes, got "
                                   f"{cfg.max_payload}")

@@ -6,6 +6,8 @@ Runs, each against a freshly started server on kernel-chosen loopback ports:
    2 s of warmup) against ``ocm-control --workers 2``;
 2. the same with ``--sockets member`` (one socket per simulated member, the loadgen's
    costlier mode), to show how much of the latency is the loadgen's own;
+2b. the same with ``--realtime-priority 10`` (workers under SCHED_FIFO), where this
+   process may use real-time scheduling (relay/sched.py);
 3. a capacity search (``--find-capacity``) against ``ocm-control --workers 2`` with a
    latency and a loss SLO (p99 ≤ 10 ms, loss ≤ 0.1 %);
 4. a capacity search with the loss SLO alone (the issue's "maximum sustained fan-out");
@@ -38,6 +40,7 @@ import orjson
 
 from loadgen import servers
 from loadgen.report import machine_info
+from relay import sched
 
 SECTION: Final = "## Capacity (make bench)"
 DOCS: Final = Path("docs")
@@ -56,6 +59,8 @@ CAPACITY_LOSS_ONLY: Final = [*CAPACITY_SEARCH, "--slo-loss-pct", str(CAPACITY_SL
 LOADGEN_TIMEOUT_S: Final = 1800
 IDLE_THRESHOLD: Final = 0.9
 SERVER_START_ATTEMPTS: Final = 3
+RT_PRIORITY: Final = 10
+"""``--realtime-priority`` of the real-time headline row."""
 
 
 @dataclass
@@ -215,14 +220,17 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
         "loadgen reading it (wrk2-style: pacing stalls count against the server, and so do "
         "the loadgen's own waits for a CPU on these shared cores), and **relay** from the "
         "real send to the kernel's receive timestamp on the member's socket "
-        "(`SO_TIMESTAMPNS`): the server's part alone, its own waits for a CPU included.",
+        "(`SO_TIMESTAMPNS`): the server's part alone, its own waits for a CPU included. "
+        f"The `--realtime-priority {RT_PRIORITY}` row runs the workers under `SCHED_FIFO` "
+        "(docs/operations.md, Tuning): a worker woken by a datagram preempts the loadgen "
+        "instead of waiting for a core.",
         "",
         "| server | in/s | out/s | lost | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
         "relay p50 | relay p99 | relay p99.9 | server CPU | loadgen CPU | joins/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: | ---: | ---: |",
     ]
-    for key in ("ocm2", "ocm2-member", "ocm1", "baseline"):
+    for key in ("ocm2", "ocm2-member", "ocm2-rt", "ocm1", "baseline"):
         if key in outcomes:
             lines.append(_headline_row(outcomes[key]))
     lines += ["", "CPU is per loadgen process and summed over the server's processes "
@@ -230,7 +238,8 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
               "they were runnable but waiting for a core (`/proc/*/task/*/schedstat`): "
               "anything above a few % means the cores were oversubscribed and latency "
               "includes scheduling delay. Exit codes and warnings of each run:", ""]
-    for key in ("ocm2", "ocm2-member", "ocm1", "baseline", "capacity", "capacity-loss"):
+    for key in ("ocm2", "ocm2-member", "ocm2-rt", "ocm1", "baseline", "capacity",
+                "capacity-loss"):
         o = outcomes.get(key)
         if o is None or o.report is None:
             continue
@@ -248,7 +257,8 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
     for key in ("capacity", "capacity-loss"):
         lines += _capacity_lines(outcomes.get(key))
     lines += ["### Commands", "", "```sh"]
-    for key in ("ocm2", "ocm2-member", "capacity", "capacity-loss", "ocm1", "baseline"):
+    for key in ("ocm2", "ocm2-member", "ocm2-rt", "capacity", "capacity-loss", "ocm1",
+                "baseline"):
         o = outcomes.get(key)
         if o is not None:
             lines += [f"# {o.scenario.label}", o.server_cmd, o.loadgen_cmd]
@@ -384,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         scenarios.append(Scenario("ocm2-member", "ocm-control --workers 2, loadgen "
                                   "--sockets member", servers.control_command(2),
                                   [*profile, "--sockets", "member"], out_dir / "member.png"))
+        if sched.probe(RT_PRIORITY) is None:
+            scenarios.append(Scenario(
+                "ocm2-rt", f"ocm-control --workers 2 --realtime-priority {RT_PRIORITY}",
+                [*servers.control_command(2), "--realtime-priority", str(RT_PRIORITY)],
+                profile, out_dir / "rt.png"))
+        else:
+            print(f"no real-time row: {sched.probe(RT_PRIORITY)}", file=sys.stderr)
     if not (args.quick or args.skip_capacity):
         scenarios.append(Scenario("capacity", "capacity (p99 and loss), ocm-control "
                                   "--workers 2", servers.control_command(2),

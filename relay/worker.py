@@ -10,6 +10,7 @@ control's supervisor in a ``spawn`` process. The worker:
 * does not read UDP until control has re-seeded it and sent ``start`` (so a restarted
   worker never drops a datagram of a room it is about to own: they wait in the socket
   buffer, which control keeps open across restarts);
+* runs under ``SCHED_FIFO`` when control was given ``--realtime-priority`` (relay/sched.py);
 * ignores SIGINT and SIGTERM: control decides when it stops (``shutdown`` over the pipe,
   or pipe EOF if control died) so that members always get their ``closed`` notice.
 """
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar, cast
 
-from relay import ipc, mmsg
+from relay import ipc, mmsg, sched
 from relay.core import Addr, GlobalChat, RelayCore
 from relay.steering import tag_worker
 from wire.codes import Framing
@@ -393,6 +394,7 @@ def main(index: int, settings: dict[str, Any], udp_sock: socket.socket,
     try:
         import uvloop
 
+        sched.apply(settings.get("realtime_priority", 0))
         conn_sock = socket.socket(fileno=os.dup(conn.fileno()))
         conn.close()
         worker = Worker(index, settings, udp_sock, stage1_sock, inbox, peers)

@@ -5,6 +5,7 @@
 #   tests/bench/headline_ab.sh SERVER_CPUS LOADGEN_CPUS [ocm-loadgen flags...]
 #   NICE=-10 tests/bench/headline_ab.sh 0-1 0-1          # loadgen at a higher priority
 #   tests/bench/headline_ab.sh 0 1 --sockets member       # server on CPU 0, loadgen on 1
+#   SERVER_FLAGS="--realtime-priority 10" tests/bench/headline_ab.sh 0-1 0-1
 #
 # Prints one line: end-to-end and relay percentiles, late sends, loss, CPU.
 set -euo pipefail
@@ -14,7 +15,8 @@ shift 2
 out=$(mktemp -d)
 trap 'kill -TERM "$pid" 2>/dev/null || true; rm -rf "$out"' EXIT
 taskset -c "$server_cpus" .venv/bin/ocm-control --host 127.0.0.1 --tcp-port 0 --udp-port 0 \
-    --stage1-port 0 --workers 2 --log-level info --admin-port=-1 >"$out/server.log" 2>&1 &
+    --stage1-port 0 --workers 2 --log-level info --admin-port=-1 ${SERVER_FLAGS:-} \
+    >"$out/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 300); do  # the ready line (readiness handshake), 30 s at most
     grep -q "ready tcp=" "$out/server.log" && break
@@ -33,5 +35,7 @@ e, r, c = run["latency_ms"], run["relay_latency_ms"], run["counts"]
 print(f"e2e p50 {e['p50']:.2f} p99 {e['p99']:.2f} p99.9 {e['p99.9']:.2f} ms | "
       f"relay p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms | late sends {c['late_sends']} | "
       f"lost {c['lost']} | server CPU {run['server_cpu_pct']:.0f} % | loadgen CPU "
-      + " + ".join(f"{x:.0f}" for x in run["loadgen_cpu_pct"]) + " %")
+      + " + ".join(f"{x:.0f}" for x in run["loadgen_cpu_pct"]) + " % | waits: server "
+      + f"{run['server_wait_pct']:.0f} %, loadgen "
+      + " + ".join(f"{x:.0f}" for x in run["loadgen_wait_pct"]) + " %")
 PY

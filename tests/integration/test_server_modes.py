@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
+from relay import sched
 from tests.integration.harness import Server, start_server
 from tests.integration.peer import Peer, join
 from wire.chat import encode_chat
@@ -125,6 +130,46 @@ def test_sigstop_worker_is_detected_and_replaced() -> None:
             except ProcessLookupError:
                 pass
         chat_until_delivered(alice, bob, "thawed", timeout=10.0)
+
+
+@pytest.mark.skipif(sched.probe(3) is not None, reason="SCHED_FIFO is not permitted here")
+def test_realtime_priority_puts_workers_not_control_under_sched_fifo() -> None:
+    with start_server("--realtime-priority", "3", workers=2) as srv:
+        assert srv.wait_log(r"ready tcp=.* sched=(\S+)")[1] == "fifo:3"
+        for index in range(2):
+            pid = worker_pid(srv, index)
+            assert os.sched_getscheduler(pid) == os.SCHED_FIFO
+            assert os.sched_getparam(pid).sched_priority == 3
+        assert os.sched_getscheduler(srv.proc.pid) == os.SCHED_OTHER  # the probe undid itself
+        alice, bob = pair(srv, "rt")
+        chat_until_delivered(alice, bob, "preempting", timeout=10.0)
+        # A replacement worker is promoted as well.
+        index = alice.token[0] - 0x41
+        pid = worker_pid(srv, index)
+        os.kill(pid, signal.SIGKILL)
+        srv.wait_log(rf"worker {index} replaced")
+        new_pid = worker_pid(srv, index)
+        assert new_pid != pid
+        assert os.sched_getscheduler(new_pid) == os.SCHED_FIFO
+        chat_until_delivered(alice, bob, "after the restart", timeout=10.0)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
+                    reason="needs root and setpriv to take CAP_SYS_NICE away")
+def test_realtime_priority_without_permission_refuses_to_start() -> None:
+    # Root without CAP_SYS_NICE (and RLIMIT_RTPRIO 0) may not use SCHED_FIFO.
+    cmd = ["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--",
+           sys.executable, "-m", "control", "--host", H, "--tcp-port", "0",
+           "--udp-port", "0", "--stage1-port", "0", "--admin-port=-1", "--workers", "1",
+           "--realtime-priority", "5"]
+    env = dict(os.environ)
+    env.pop("OCM_REALTIME_PRIORITY", None)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0)))
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout + done.stderr
+    assert "SCHED_FIFO priority 5 for the relay workers is not permitted" in out, out
+    assert "ready tcp=" not in out
 
 
 def test_sigterm_sends_closed_to_everyone_and_exits_zero() -> None:

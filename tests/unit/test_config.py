@@ -75,6 +75,7 @@ def test_worker_settings_and_the_reload_command() -> None:
     assert cfg.worker_settings() == {
         "inactivity_timeout": 4.0, "max_send_failures": 9, "max_stage1_clients": 10_000,
         "chat_rate": 2.5, "chat_burst": 7, "log_level": "debug", "log_format": "json",
+        "realtime_priority": 0,
     }
     command = cfg.live_worker_settings()
     assert command == {"t": "config", "inactivity_timeout": 4.0, "max_send_failures": 9,
@@ -316,3 +317,14 @@ def test_operations_doc_lists_every_setting() -> None:
             shown = cm._toml_value(value).strip('"')
             assert default.strip("`") == shown, (f.name, default, shown)
     assert set(rows) <= {f.name for f in dataclasses.fields(Config)}
+
+
+def test_realtime_priority_range_and_worker_setting() -> None:
+    assert Config().realtime_priority == 0
+    cfg = load(["--realtime-priority", "99"], NO_ENV)[0]
+    assert cfg.worker_settings()["realtime_priority"] == 99
+    assert load([], {"OCM_REALTIME_PRIORITY": "1"})[0].realtime_priority == 1
+    for bad in ("-1", "100"):
+        with pytest.raises(ConfigError, match=r"--realtime-priority: realtime_priority must "
+                                              r"be 0 \(normal scheduling\) or 1\.\.99"):
+            load(["--realtime-priority", bad], NO_ENV)

@@ -1,0 +1,59 @@
+"""Real-time scheduling of the relay workers (``--realtime-priority N``).
+
+Why: on a machine whose cores the relay shares with other busy processes, a worker woken
+by a datagram waits for a CPU behind them. This kernel ticks at 250 Hz and gives ordinary
+(``SCHED_OTHER``) processes 1.4 ms slices, so that wait is often milliseconds, and it is
+nearly all of the relay's p99: at the headline load on 2 shared cores the relay's own
+latency was p99 ~2 ms under ``SCHED_OTHER`` and ~0.2 ms under ``SCHED_FIFO``, where a
+woken worker preempts any ordinary process at once (docs/benchmarks.md, "Real-time
+workers").
+
+What it costs: the CPU a worker takes is taken from the ordinary processes sharing its
+core. A worker only runs while it has datagrams or commands to handle, and the kernel's
+real-time throttling (``kernel.sched_rt_runtime_us``: 95 % of each second by default) and
+its fair-class server keep ordinary processes (control included) running even if a worker
+were to spin. Control itself stays ``SCHED_OTHER``: only the hot path is promoted.
+
+Permission: root, ``CAP_SYS_NICE`` or ``RLIMIT_RTPRIO`` >= N (systemd: ``LimitRTPRIO=`` or
+``AmbientCapabilities=CAP_SYS_NICE``). Control checks it before starting any worker
+(``probe``) and refuses to start without it, instead of running with a scheduling the
+operator did not ask for.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+MAX_PRIORITY: Final = 99
+"""Linux's SCHED_FIFO range is 1..99."""
+
+
+def describe(priority: int) -> str:
+    """How the workers are scheduled, for the ready line: ``fifo:N`` or ``normal``."""
+    return f"fifo:{priority}" if priority > 0 else "normal"
+
+
+def apply(priority: int) -> None:
+    """Run the calling process under ``SCHED_FIFO`` at ``priority`` (1..99); 0 does
+    nothing. Raises ``OSError`` (EPERM) when not permitted."""
+    if priority > 0:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+
+
+def probe(priority: int) -> str | None:
+    """``None`` if a process started by this one may call ``apply(priority)``; otherwise
+    why not, as a sentence for the operator. The check promotes the calling process for
+    an instant and puts its scheduling back."""
+    if priority <= 0:
+        return None
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        apply(priority)
+    except OSError as exc:
+        return (f"SCHED_FIFO priority {priority} for the relay workers is not permitted "
+                f"({exc.strerror}): run as root, grant CAP_SYS_NICE, or raise RLIMIT_RTPRIO "
+                f"to {priority} (systemd: LimitRTPRIO={priority}); or set "
+                "realtime_priority = 0")
+    os.sched_setscheduler(0, policy, param)
+    return None
