@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Final
 
-from loadgen import capacity
+from loadgen import capacity, fastpath
 from loadgen.meter import HEADER_BYTES, Slo
 from loadgen.report import LiveView, machine_info, print_summary, write_json, write_plot
 from loadgen.runner import WAIT_WARN_PCT, Fleet, LoadgenError, Options
@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not ask the kernel for receive timestamps (SO_TIMESTAMPNS); "
                    "they cost some CPU on both sides (docs/benchmarks.md) and without them "
                    "the relay latency ends at the read time, like the end-to-end one")
+    g.add_argument("--accounting", choices=fastpath.MODES, default="auto",
+                   help="who accounts deliveries read from a shared socket: 'c' = a small C "
+                   "routine compiled on first use with $CC (cc) into ~/.cache/ocm, which "
+                   "takes most of the loadgen's CPU off the cores it shares with the "
+                   "server; 'python' = the reference path; 'auto' = C where it can be "
+                   "built, else Python with a warning [auto]")
     g.add_argument("--procs", type=int, default=0,
                    help="loadgen processes, each with a disjoint slice of rooms "
                    "[0 = CPU count]")
@@ -173,6 +179,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         join_concurrency=args.join_concurrency, join_timeout=args.join_timeout,
         bind_timeout=args.bind_timeout, server_pid=args.server_pid, pacing_us=args.pacing_us,
         retries=args.retries, sockets=args.sockets, rx_timestamps=args.rx_timestamps,
+        accounting=args.accounting,
     )
 
 
@@ -200,7 +207,9 @@ def execute(opts: Options, live: LiveView) -> dict[str, Any]:
                               "machine": machine_info()}
     with Fleet(opts, live.on_event) as fleet:
         report["procs"] = fleet.procs
-        fleet.start()
+        ready = fleet.start()
+        report["accounting"] = sorted({r["accounting"] for r in ready})
+        notes = sorted({r["accounting_note"] for r in ready if r["accounting_note"]})
         setup = report["setup"] = fleet.setup()
         if setup["joins_ok"] == 0:
             raise LoadgenError(f"no member could join: {setup['failures']}")
@@ -229,6 +238,8 @@ def execute(opts: Options, live: LiveView) -> dict[str, Any]:
         live.on_event("phase", {"phase": "leaving (/exit)"})
         report["exits"] = fleet.finish()
         report["parent_cpu_pct"] = fleet.parent_cpu_pct(time.monotonic() - t_start)
+    for run in runs:
+        run["warnings"].extend(notes)
     report["runs"] = runs
     if opts.find_capacity:
         best = capacity.capacity(steps)
@@ -262,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         opts = dataclasses.replace(opts, sockets=resolve_mode(opts.sockets, opts.server))
     except ValueError as exc:
         parser.error(str(exc))
+    if opts.accounting == "c":
+        if opts.sockets != "shared":
+            parser.error("--accounting c needs --sockets shared")
+        if not opts.rx_timestamps:
+            parser.error("--accounting c needs receive timestamps (drop --no-rx-timestamps)")
+        why_not = fastpath.resolve("c")
+        if why_not is not None:
+            parser.error(f"--accounting c: {why_not}")
     argv_list = sys.argv[1:] if argv is None else argv
     live = LiveView(enabled=not args.quiet and sys.stderr.isatty(), members=opts.members)
     try:

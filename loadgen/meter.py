@@ -40,7 +40,7 @@ from __future__ import annotations
 import array
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -48,6 +48,9 @@ from hdrh.histogram import HdrHistogram
 from wire import errors
 from wire.chat import PLAIN_TEXTS, Notice, decode_framed
 from wire.limits import PLAIN_SEPARATOR
+
+if TYPE_CHECKING:
+    from loadgen.fastpath import FastAccount
 
 # --- the chat payload -------------------------------------------------------------------
 SENDER_DIGITS: Final = 8
@@ -247,6 +250,19 @@ def check_slo(slo: Slo, counts: Counts, latency: dict[str, float | None],
 
 
 # --- the per-process meter ------------------------------------------------------------------
+class FastState(NamedTuple):
+    """What ``Meter.receive_batch`` reads and updates, for the C accounting."""
+
+    base_g: int
+    chk_at: int
+    chk: bytearray
+    off: int
+    counted: bytearray
+    nexp: array.array[int]
+    lat: array.array[int]
+    rlat: array.array[int]
+
+
 class Meter:
     """Accounting for ``rooms`` consecutive rooms of ``users`` members, starting at global
     room ``room_lo``. A member's local index is ``(room - room_lo) * users + user``.
@@ -263,11 +279,14 @@ class Meter:
         self.members = n
         self.active = [True] * n
         self.known_bound = [False] * n
-        self.counted = [False] * n
+        self.counted = bytearray(n)
+        """1 for the members expected to receive in this run (fixed by ``start_run``)."""
         self.sent = [0] * n
         self._base_g = room_lo * users
+        self.fast: FastAccount | None = None
+        """The C accounting of a shared socket (loadgen/fastpath.py), if one is attached."""
         self.set_framing(framed)
-        self._nexp: list[int] = [0] * (n * users)
+        self._nexp = array.array("q", bytes(8 * n * users))
         self._missing: dict[int, set[int]] = {}
         self._lat = _Latencies()
         self.histogram = new_histogram()
@@ -287,6 +306,14 @@ class Meter:
         else:  # "username: message"
             self._chk = (ulen, ulen + len(PLAIN_SEPARATOR), PLAIN_SEPARATOR)
             self._off = ulen + len(PLAIN_SEPARATOR)
+        if self.fast is not None:
+            self.fast.bind()
+
+    def fast_state(self) -> FastState:
+        """The arrays and parameters the C accounting reads and updates in place."""
+        c0, _c1, chk = self._chk
+        return FastState(self._base_g, c0, bytearray(chk), self._off, self.counted,
+                         self._nexp, self._lat.counts, self._rlat.counts)
 
     # --- setup: who is bound ----------------------------------------------------------------
     def bound_missing(self) -> int:
@@ -343,7 +370,7 @@ class Meter:
         self.notice_events = {}
         n = self.members
         self.sent[:] = [0] * n
-        self._nexp[:] = [0] * (n * users)
+        self._nexp = array.array("q", bytes(8 * n * users))
         self._missing.clear()
         self._lat.clear()
         self.histogram = new_histogram()
@@ -355,6 +382,8 @@ class Meter:
             alone = len(members) == 1
             for lm in range(lo, lo + users):
                 self.counted[lm] = self.active[lm] and (alone or self.known_bound[lm])
+        if self.fast is not None:
+            self.fast.bind()
 
     def receive_batch(self, batch: Sequence[tuple[int, bytes, int]], now_ns: int) -> None:
         """Account for deliveries ``(receiver local index, datagram, kernel receive time)``
@@ -427,6 +456,8 @@ class Meter:
                 roverflow.append(lat)
         c = self.c
         c.delivered += delivered
+        if self.fast is not None and batch:  # the rows it left to us are accounted now
+            self.fast.reset_dirty()
         c.duplicated += dup
         c.misrouted += misrouted
         c.stale += stale

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Final
 
+from loadgen import fastpath
 from loadgen.meter import (
     HEADER_BYTES,
     Counts,
@@ -87,6 +88,8 @@ class Options:
     sockets: str = "auto"
     """``member``, ``shared`` or ``auto`` (transport.py); the CLI resolves ``auto``."""
     rx_timestamps: bool = True
+    accounting: str = "auto"
+    """``auto``, ``c`` or ``python``: who accounts shared-socket deliveries (fastpath.py)."""
 
     @property
     def members(self) -> int:
@@ -128,6 +131,8 @@ class Fleet:
         opts = self.opts
         per_proc = max(1, opts.join_concurrency // self.procs)
         sockets = resolve_mode(opts.sockets, opts.server)
+        if sockets == "shared" and opts.accounting != "python":
+            fastpath.resolve(opts.accounting)  # build it once, before the processes load it
         for i in range(self.procs):
             lo = opts.rooms * i // self.procs
             hi = opts.rooms * (i + 1) // self.procs
@@ -136,7 +141,7 @@ class Fleet:
                         users=opts.users, size=opts.size, framing=opts.framing,
                         password=opts.password, join_concurrency=per_proc,
                         sockets=sockets,
-                        rx_timestamps=opts.rx_timestamps,
+                        rx_timestamps=opts.rx_timestamps, accounting=opts.accounting,
                         join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout)
             parent_conn, child_conn = ctx.Pipe()
             proc = ctx.Process(target=child_main, args=(child_conn, plan),

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
+from loadgen.fastpath import Unavailable
 from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter, username_of
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
 from loadgen.servers import runqueue_wait_seconds
@@ -80,6 +81,8 @@ class Plan:
     """``member`` or ``shared`` (resolved by the parent: transport.resolve_mode)."""
     rx_timestamps: bool = True
     """Kernel receive timestamps (``SO_TIMESTAMPNS``) for the relay latency."""
+    accounting: str = "auto"
+    """``c``, ``python`` or ``auto`` (C where it can be used): loadgen/fastpath.py."""
     join_concurrency: int = 32
     join_timeout_s: float = 10.0
     bind_timeout_s: float = 10.0
@@ -137,6 +140,15 @@ class Simulator:
                 raise OSError(f"{n} sockets needed but RLIMIT_NOFILE is {limit}")
             self.transport = MemberSockets(n, _local_ip_towards(plan.server, plan.tcp_port),
                                            plan.rx_timestamps)
+        self.accounting, self.accounting_note = "python", None
+        if isinstance(self.transport, SharedSocket) and plan.accounting != "python":
+            try:
+                self.transport.account_with(self.meter)
+                self.accounting = "c"
+            except Unavailable as exc:
+                if plan.accounting == "c":
+                    raise
+                self.accounting_note = f"deliveries accounted in Python (slower): {exc}"
         self.prefix: list[bytes] = [b""] * n
         self.is_host = [False] * n
         self.last_send_ns = [0] * n
@@ -168,7 +180,9 @@ class Simulator:
         self.conn.send(("ready", {"index": self.plan.index, "members": self.n,
                                   "pid": os.getpid(), "timerfd": self.timer is not None,
                                   "sockets": self.transport.mode,
-                                  "rcvbuf": self.transport.rcvbuf}))
+                                  "rcvbuf": self.transport.rcvbuf,
+                                  "accounting": self.accounting,
+                                  "accounting_note": self.accounting_note}))
         while True:
             cmd = self.conn.recv()
             kind = cmd[0]

@@ -462,6 +462,21 @@ class RecvBatch:
                 self._hdrs[i].msg_hdr.msg_controllen = slot
         return out
 
+    @property
+    def slot_bytes(self) -> int:
+        """Control bytes per datagram: 0 (no ``pktinfo``), ``PKTINFO_SLOT_BYTES``, or that
+        plus ``TIMESTAMP_SLOT_BYTES`` (timestamp message first)."""
+        return 0 if self._ctrl is None else self._slot
+
+    def buffers(self) -> tuple[bytearray, ctypes.Array[Mmsghdr], ctypes.Array[ctypes.c_char]]:
+        """The buffers ``recv`` fills, for code that reads them in place (the loadgen's C
+        accounting): datagram ``i`` at ``i * bufsize`` of the first; the ``mmsghdr``
+        array (``msg_len`` of each); the control slots, ``slot_bytes`` each (``ValueError``
+        without ``pktinfo``). Valid until the next ``recv``."""
+        if self._ctrl is None:
+            raise ValueError("buffers() needs RecvBatch(pktinfo=True)")
+        return self._buf, self._hdrs, self._ctrl
+
     def datagram(self, i: int) -> bytes:
         """Datagram ``i`` of the last ``recv`` (``IndexError`` past ``count``)."""
         self._check(i)

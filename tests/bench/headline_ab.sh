@@ -14,6 +14,7 @@ server_cpus=$1 loadgen_cpus=$2
 shift 2
 out=$(mktemp -d)
 trap 'kill -TERM "$pid" 2>/dev/null || true; rm -rf "$out"' EXIT
+: >"$out/server.log"  # exists before the wait loop greps it
 taskset -c "$server_cpus" .venv/bin/ocm-control --host 127.0.0.1 --tcp-port 0 --udp-port 0 \
     --stage1-port 0 --workers 2 --log-level info --admin-port=-1 ${SERVER_FLAGS:-} \
     >"$out/server.log" 2>&1 &

@@ -7,6 +7,7 @@ must end with a rate. The loadgen runs as ``python -m loadgen`` (its real entry 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from loadgen import servers
+from loadgen import fastpath, servers
 from tests.integration.harness import start_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,12 +37,14 @@ needs_control = pytest.mark.skipif(control_missing(),
                                    reason="ocm-control is not implemented yet (exit 2)")
 
 
-def loadgen(tcp_port: int, tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+def loadgen(tcp_port: int, tmp_path: Path, *args: str,
+            env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
     """Run ocm-loadgen; return (exit code, the JSON report, its output)."""
     out = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "loadgen", "--tcp-port", str(tcp_port), "--quiet",
            "--json", str(out), "--plot", str(tmp_path / "report.png"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S,
+                          env={**os.environ, **(env or {})})
     text = proc.stdout + proc.stderr
     assert out.exists(), f"no JSON written (exit {proc.returncode}):\n{text}"
     return proc.returncode, orjson.loads(out.read_bytes()), text
@@ -86,6 +89,25 @@ def test_small_profile_against_the_real_server(tmp_path: Path, sockets: str) -> 
         assert code == 0, text
         assert report["options"]["sockets"] == sockets
         assert_all_accounted(report, tmp_path, members=100)
+        c_here = fastpath.resolve("c") is None
+        assert report["accounting"] == ["c" if sockets == "shared" and c_here else "python"]
+
+
+@needs_control
+def test_without_a_compiler_the_python_accounting_takes_over(tmp_path: Path) -> None:
+    env = {"CC": "false", "XDG_CACHE_HOME": str(tmp_path / "cache")}  # nothing cached there
+    with start_server(workers=2) as server:
+        code, report, text = loadgen(server.tcp_port, tmp_path, *SMALL, "--sockets",
+                                     "shared", env=env)
+        assert code == 0, text
+        assert report["accounting"] == ["python"]
+        assert any("accounted in Python" in w for w in report["result"]["warnings"])
+        assert_all_accounted(report, tmp_path, members=100)
+    refused = subprocess.run([sys.executable, "-m", "loadgen", "--tcp-port", "9", "--quiet",
+                              "--accounting", "c", "--sockets", "shared"], capture_output=True,
+                             text=True, timeout=LOADGEN_TIMEOUT_S, env={**os.environ, **env})
+    assert refused.returncode == 2, refused.stderr
+    assert "--accounting c: false failed" in refused.stderr
 
 
 def test_auto_sockets_share_one_socket_on_loopback(baseline: servers.Running,

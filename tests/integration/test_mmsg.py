@@ -406,3 +406,14 @@ def test_datagrams_to_needs_pktinfo() -> None:
     assert RecvBatch(pktinfo=True).datagrams_to() == []
     with pytest.raises(ValueError):
         RecvBatch(timestamps=True)
+
+
+def test_buffers_and_slot_size_for_in_place_readers() -> None:
+    with pytest.raises(ValueError):
+        RecvBatch().buffers()
+    assert RecvBatch().slot_bytes == 0
+    assert RecvBatch(pktinfo=True).slot_bytes == mmsg.PKTINFO_SLOT_BYTES
+    batch = RecvBatch(max_batch=4, bufsize=100, pktinfo=True, timestamps=True)
+    assert batch.slot_bytes == mmsg.PKTINFO_SLOT_BYTES + mmsg.TIMESTAMP_SLOT_BYTES
+    data, hdrs, ctrl = batch.buffers()
+    assert len(data) == 4 * 100 and len(hdrs) == 4 and len(ctrl) == 4 * batch.slot_bytes

@@ -102,7 +102,7 @@ def test_framed_notices_and_alone_rooms() -> None:
     meter.receive_batch(unstamped([(1, encode_framed_notice(Notice(NoticeEvent.JOINED, "u0")))]), 0)
     assert meter.bound_missing() == 0
     meter.start_run(MSTART)
-    assert meter.counted == [True, True, True, False]
+    assert list(meter.counted) == [1, 1, 1, 0]
 
 
 def test_other_notices_are_counted_by_event() -> None:
