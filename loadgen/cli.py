@@ -14,6 +14,7 @@ from loadgen.meter import HEADER_BYTES, Slo
 from loadgen.report import LiveView, machine_info, print_summary, write_json, write_plot
 from loadgen.runner import WAIT_WARN_PCT, Fleet, LoadgenError, Options
 from loadgen.transport import MODES, resolve_mode
+from relay import sched
 
 EXIT_OK: Final = 0
 EXIT_SLO_BROKEN: Final = 1
@@ -122,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "takes most of the loadgen's CPU off the cores it shares with the "
                    "server; 'python' = the reference path; 'auto' = C where it can be "
                    "built, else Python with a warning [auto]")
+    g.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                   help="run the loadgen processes under SCHED_FIFO at priority N (1..99), "
+                   "so that their own waits for a CPU do not dominate the latency they "
+                   "measure; give the server a higher one (ocm-control "
+                   "--realtime-priority). Needs root or CAP_SYS_NICE [0 = normal]")
     g.add_argument("--procs", type=int, default=0,
                    help="loadgen processes, each with a disjoint slice of rooms "
                    "[0 = CPU count]")
@@ -179,7 +185,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         join_concurrency=args.join_concurrency, join_timeout=args.join_timeout,
         bind_timeout=args.bind_timeout, server_pid=args.server_pid, pacing_us=args.pacing_us,
         retries=args.retries, sockets=args.sockets, rx_timestamps=args.rx_timestamps,
-        accounting=args.accounting,
+        accounting=args.accounting, realtime_priority=args.realtime_priority,
     )
 
 
@@ -209,6 +215,7 @@ def execute(opts: Options, live: LiveView) -> dict[str, Any]:
         report["procs"] = fleet.procs
         ready = fleet.start()
         report["accounting"] = sorted({r["accounting"] for r in ready})
+        report["sched"] = sorted({r["sched"] for r in ready})
         notes = sorted({r["accounting_note"] for r in ready if r["accounting_note"]})
         setup = report["setup"] = fleet.setup()
         if setup["joins_ok"] == 0:
@@ -273,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         opts = dataclasses.replace(opts, sockets=resolve_mode(opts.sockets, opts.server))
     except ValueError as exc:
         parser.error(str(exc))
+    if not 0 <= opts.realtime_priority <= sched.MAX_PRIORITY:
+        parser.error(f"--realtime-priority must be 0..{sched.MAX_PRIORITY}")
+    refused = sched.probe(opts.realtime_priority, "the loadgen", "--realtime-priority 0")
+    if refused is not None:
+        parser.error(refused)
     if opts.accounting == "c":
         if opts.sockets != "shared":
             parser.error("--accounting c needs --sockets shared")

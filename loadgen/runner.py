@@ -90,6 +90,8 @@ class Options:
     rx_timestamps: bool = True
     accounting: str = "auto"
     """``auto``, ``c`` or ``python``: who accounts shared-socket deliveries (fastpath.py)."""
+    realtime_priority: int = 0
+    """``SCHED_FIFO`` priority of the loadgen processes; 0 = normal scheduling."""
 
     @property
     def members(self) -> int:
@@ -142,6 +144,7 @@ class Fleet:
                         password=opts.password, join_concurrency=per_proc,
                         sockets=sockets,
                         rx_timestamps=opts.rx_timestamps, accounting=opts.accounting,
+                        realtime_priority=opts.realtime_priority,
                         join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout)
             parent_conn, child_conn = ctx.Pipe()
             proc = ctx.Process(target=child_main, args=(child_conn, plan),

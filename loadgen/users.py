@@ -47,6 +47,7 @@ from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter,
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
 from loadgen.servers import runqueue_wait_seconds
 from loadgen.transport import SHARED_OWNER, MemberSockets, SharedSocket, Transport
+from relay import sched
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation, Status
@@ -83,6 +84,8 @@ class Plan:
     """Kernel receive timestamps (``SO_TIMESTAMPNS``) for the relay latency."""
     accounting: str = "auto"
     """``c``, ``python`` or ``auto`` (C where it can be used): loadgen/fastpath.py."""
+    realtime_priority: int = 0
+    """``SCHED_FIFO`` priority of this process (0: normal scheduling); relay/sched.py."""
     join_concurrency: int = 32
     join_timeout_s: float = 10.0
     bind_timeout_s: float = 10.0
@@ -182,6 +185,7 @@ class Simulator:
                                   "sockets": self.transport.mode,
                                   "rcvbuf": self.transport.rcvbuf,
                                   "accounting": self.accounting,
+                                  "sched": sched.current(),
                                   "accounting_note": self.accounting_note}))
         while True:
             cmd = self.conn.recv()
@@ -569,6 +573,7 @@ def child_main(conn: Connection, plan: Plan) -> None:
     """Entry point of a loadgen process (``multiprocessing`` spawn target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C once
     try:
+        sched.apply(plan.realtime_priority)  # the parent has checked that it may
         Simulator(conn, plan).serve()
     except BaseException:  # report any failure to the parent instead of dying silently
         try:

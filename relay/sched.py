@@ -34,6 +34,13 @@ def describe(priority: int) -> str:
     return f"fifo:{priority}" if priority > 0 else "normal"
 
 
+def current() -> str:
+    """How the calling process is scheduled, in ``describe``'s words."""
+    if os.sched_getscheduler(0) == os.SCHED_FIFO:
+        return describe(os.sched_getparam(0).sched_priority)
+    return "normal"
+
+
 def apply(priority: int) -> None:
     """Run the calling process under ``SCHED_FIFO`` at ``priority`` (1..99); 0 does
     nothing. Raises ``OSError`` (EPERM) when not permitted."""
@@ -41,19 +48,20 @@ def apply(priority: int) -> None:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
 
 
-def probe(priority: int) -> str | None:
+def probe(priority: int, who: str = "the relay workers",
+          off: str = "realtime_priority = 0") -> str | None:
     """``None`` if a process started by this one may call ``apply(priority)``; otherwise
-    why not, as a sentence for the operator. The check promotes the calling process for
-    an instant and puts its scheduling back."""
+    why not, as a sentence for the operator (``who`` would be promoted; ``off`` is the
+    setting that turns it off). The check promotes the calling process for an instant
+    and puts its scheduling back."""
     if priority <= 0:
         return None
     policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
     try:
         apply(priority)
     except OSError as exc:
-        return (f"SCHED_FIFO priority {priority} for the relay workers is not permitted "
+        return (f"SCHED_FIFO priority {priority} for {who} is not permitted "
                 f"({exc.strerror}): run as root, grant CAP_SYS_NICE, or raise RLIMIT_RTPRIO "
-                f"to {priority} (systemd: LimitRTPRIO={priority}); or set "
-                "realtime_priority = 0")
+                f"to {priority} (systemd: LimitRTPRIO={priority}); or set {off}")
     os.sched_setscheduler(0, policy, param)
     return None

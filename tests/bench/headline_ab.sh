@@ -6,6 +6,7 @@
 #   NICE=-10 tests/bench/headline_ab.sh 0-1 0-1          # loadgen at a higher priority
 #   tests/bench/headline_ab.sh 0 1 --sockets member       # server on CPU 0, loadgen on 1
 #   SERVER_FLAGS="--realtime-priority 10" tests/bench/headline_ab.sh 0-1 0-1
+#   LOADGEN_WRAP="chrt -f 5" tests/bench/headline_ab.sh 0-1 0-1 --procs 1
 #
 # Prints one line: end-to-end and relay percentiles, late sends, loss, CPU.
 set -euo pipefail
@@ -26,7 +27,7 @@ for _ in $(seq 300); do  # the ready line (readiness handshake), 30 s at most
 done
 port=$(grep -o "ready tcp=[0-9.]*:[0-9]*" "$out/server.log" | sed 's/.*://')
 [ -n "$port" ] || { echo "server not ready"; cat "$out/server.log"; exit 1; }
-taskset -c "$loadgen_cpus" nice -n "${NICE:-0}" .venv/bin/ocm-loadgen --server 127.0.0.1 \
+${LOADGEN_WRAP:-} taskset -c "$loadgen_cpus" nice -n "${NICE:-0}" .venv/bin/ocm-loadgen --server 127.0.0.1 \
     --tcp-port "$port" --server-pid "$pid" --rooms 500 --users 10 --rate 2 --duration 10 \
     --warmup 2 --size 100 --quiet --json "$out/run.json" "$@" >"$out/loadgen.log" 2>&1 || true
 .venv/bin/python - "$out/run.json" <<'PY'

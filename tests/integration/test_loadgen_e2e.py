@@ -8,6 +8,8 @@ must end with a rate. The loadgen runs as ``python -m loadgen`` (its real entry 
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import orjson
 import pytest
 
 from loadgen import fastpath, servers
+from relay import sched
 from tests.integration.harness import start_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -91,6 +94,30 @@ def test_small_profile_against_the_real_server(tmp_path: Path, sockets: str) -> 
         assert_all_accounted(report, tmp_path, members=100)
         c_here = fastpath.resolve("c") is None
         assert report["accounting"] == ["c" if sockets == "shared" and c_here else "python"]
+
+
+@needs_control
+@pytest.mark.skipif(sched.probe(2) is not None, reason="SCHED_FIFO is not permitted here")
+def test_realtime_loadgen_under_a_realtime_server(tmp_path: Path) -> None:
+    with start_server("--realtime-priority", "3", workers=2) as server:
+        code, report, text = loadgen(server.tcp_port, tmp_path, *SMALL,
+                                     "--realtime-priority", "2")
+        assert code == 0, text
+        assert report["sched"] == ["fifo:2"]  # as read back in each loadgen process
+        assert_all_accounted(report, tmp_path, members=100)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
+                    reason="needs root and setpriv to take CAP_SYS_NICE away")
+def test_realtime_loadgen_without_permission_is_a_usage_error() -> None:
+    done = subprocess.run(["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--",
+                           sys.executable, "-m", "loadgen", "--tcp-port", "9", "--quiet",
+                           "--realtime-priority", "4"], capture_output=True, text=True,
+                          timeout=LOADGEN_TIMEOUT_S,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0)))
+    assert done.returncode == 2, done.stderr
+    assert "SCHED_FIFO priority 4 for the loadgen is not permitted" in done.stderr
+    assert "--realtime-priority 0" in done.stderr
 
 
 @needs_control

@@ -25,3 +25,15 @@ def test_probe_restores_the_callers_scheduling() -> None:
     assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
     # Either permitted here (root, CAP_SYS_NICE) or refused with the remedy spelled out.
     assert answer is None or "CAP_SYS_NICE" in answer and "LimitRTPRIO=1" in answer
+
+
+def test_current_reads_the_policy_back() -> None:
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # pytest runs normally
+    assert sched.current() == "normal"
+    if sched.probe(1) is not None:
+        return
+    pid = os.fork()
+    if pid == 0:  # the child promotes itself and says what it reads back
+        sched.apply(1)
+        os._exit(0 if sched.current() == "fifo:1" else 1)
+    assert os.waitpid(pid, 0)[1] == 0
