@@ -511,15 +511,45 @@ class _Latencies:
         self.overflow.clear()
 
     def fold(self) -> HdrHistogram:
-        """A histogram of everything recorded since the last fold; starts over empty."""
+        """A histogram of everything recorded since the last fold; starts over empty.
+
+        Vectorised (``add_counts``): folding bin by bin with ``record_value`` took ~6 ms
+        per tick and stalled the loadgen's loop, which showed up in its latency tail."""
         hist = new_histogram()
         view = self.view
         nonzero = np.flatnonzero(view)
         if nonzero.size:
-            for value, count in zip(nonzero.tolist(), view[nonzero].tolist(), strict=True):
-                hist.record_value(max(value, HDR_LOWEST_US), count)
+            add_counts(hist, nonzero, view[nonzero])
             view[nonzero] = 0
         for value in self.overflow:
             hist.record_value(min(max(value, HDR_LOWEST_US), HDR_HIGHEST_US))
         self.overflow.clear()
         return hist
+
+
+def hdr_index_table(n: int) -> np.ndarray:
+    """The HDR counts index of each value ``0..n-1`` (0 counted as ``HDR_LOWEST_US``) in a
+    ``new_histogram()``: what ``HdrHistogram._counts_index_for`` computes value by value
+    (bucket = bit length - unit magnitude - sub-bucket half-count magnitude - 1; sub-bucket
+    = value >> (bucket + unit magnitude)). A test checks every entry against hdrh."""
+    h = new_histogram()
+    values = np.maximum(np.arange(n, dtype=np.int64), HDR_LOWEST_US)
+    bits = np.frexp((values | h.sub_bucket_mask).astype(np.float64))[1].astype(np.int64)
+    bucket = bits - h.unit_magnitude - (h.sub_bucket_half_count_magnitude + 1)
+    sub_bucket = values >> (bucket + h.unit_magnitude)
+    index: np.ndarray = ((bucket + 1) << h.sub_bucket_half_count_magnitude) + sub_bucket \
+        - h.sub_bucket_half_count
+    return index
+
+
+_HDR_INDEX: Final = hdr_index_table(DIRECT_US)
+
+
+def add_counts(hist: HdrHistogram, values: np.ndarray, counts: np.ndarray) -> None:
+    """``hist.record_value(v, c)`` for each ``v`` (ascending, < ``DIRECT_US``) and ``c``,
+    in a few numpy calls."""
+    target = np.ctypeslib.as_array(hist.counts)
+    np.add.at(target, _HDR_INDEX[values], counts.astype(target.dtype))
+    hist.total_count += int(counts.sum())
+    hist.min_value = min(hist.min_value, max(int(values[0]), HDR_LOWEST_US))
+    hist.max_value = max(hist.max_value, max(int(values[-1]), HDR_LOWEST_US))

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from loadgen.meter import (
     DIRECT_US,
+    HDR_LOWEST_US,
     HEADER_BYTES,
     Counts,
     Meter,
     Slo,
+    add_counts,
     backlog_growth,
     check_slo,
     decode_payload,
     encode_payload,
+    hdr_index_table,
     latency_ms,
     merge_counts,
     merge_histograms,
+    new_histogram,
     username_of,
 )
 from wire.chat import (
@@ -308,3 +313,19 @@ def test_growing_latency_is_not_sustained() -> None:
                       "through the window (queues building)"]
     assert check_slo(slo, Counts(), {"p99": 5.0}, None) == []
     assert check_slo(Slo(), Counts(), {"p99": 5.0}, growth) == []  # no SLO asked for
+
+
+def test_vectorised_fold_matches_hdrh_value_by_value() -> None:
+    reference = new_histogram()
+    table = hdr_index_table(DIRECT_US)
+    assert all(table[v] == reference._counts_index_for(max(v, HDR_LOWEST_US))
+               for v in range(DIRECT_US))
+    values = np.array([0, 1, 2, 999, 1000, 1023, 1024, 4097, 65_537, DIRECT_US - 1])
+    counts = np.arange(1, len(values) + 1, dtype=np.int64)
+    folded = new_histogram()
+    add_counts(folded, values, counts)
+    for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+        reference.record_value(max(v, HDR_LOWEST_US), c)
+    assert folded.encode() == reference.encode()
+    assert (folded.get_total_count(), folded.get_min_value(), folded.get_max_value()) == (
+        reference.get_total_count(), reference.get_min_value(), reference.get_max_value())
