@@ -229,7 +229,8 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
         "(docs/operations.md, Tuning): a worker woken by a datagram preempts the loadgen "
         "instead of waiting for a core; its loadgen is one process at a lower real-time "
         "priority, so that its own waits for a core stay short without ever delaying the "
-        "server (docs/benchmarks.md, \"Real-time scheduling\").",
+        "server (measured step by step in \"Real-time scheduling, C accounting and a "
+        "stall-free loadgen\" above).",
         "",
         "| server | in/s | out/s | lost | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
         "relay p50 | relay p99 | relay p99.9 | server CPU | loadgen CPU | joins/s |",

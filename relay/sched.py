@@ -14,10 +14,10 @@ real-time throttling (``kernel.sched_rt_runtime_us``: 95 % of each second by def
 its fair-class server keep ordinary processes (control included) running even if a worker
 were to spin. Control itself stays ``SCHED_OTHER``: only the hot path is promoted.
 
-Permission: root, ``CAP_SYS_NICE`` or ``RLIMIT_RTPRIO`` >= N (systemd: ``LimitRTPRIO=`` or
-``AmbientCapabilities=CAP_SYS_NICE``). Control checks it before starting any worker
-(``probe``) and refuses to start without it, instead of running with a scheduling the
-operator did not ask for.
+Permission: root, ``CAP_SYS_NICE`` or ``RLIMIT_RTPRIO`` >= N (systemd: ``LimitRTPRIO=N``
+and ``RestrictRealtime=no``, which deploy/ocm.service sets to ``yes``). Control checks it
+before starting any worker (``probe``) and refuses to start without it, instead of
+running with a scheduling the operator did not ask for.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def probe(priority: int, who: str = "the relay workers",
     except OSError as exc:
         return (f"SCHED_FIFO priority {priority} for {who} is not permitted "
                 f"({exc.strerror}): run as root, grant CAP_SYS_NICE, or raise RLIMIT_RTPRIO "
-                f"to {priority} (systemd: LimitRTPRIO={priority}); or set {off}")
+                f"to {priority} (systemd: LimitRTPRIO={priority} and RestrictRealtime=no); "
+                f"or set {off}")
     os.sched_setscheduler(0, policy, param)
     return None
