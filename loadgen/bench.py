@@ -401,14 +401,15 @@ def main(argv: list[str] | None = None) -> int:
         scenarios.append(Scenario("ocm2-member", "ocm-control --workers 2, loadgen "
                                   "--sockets member", servers.control_command(2),
                                   [*profile, "--sockets", "member"], out_dir / "member.png"))
-        if sched.probe(RT_PRIORITY) is None:
+        refused = sched.probe(RT_PRIORITY)
+        if refused is None:
             scenarios.append(Scenario(
                 "ocm2-rt", f"ocm-control --workers 2 --realtime-priority {RT_PRIORITY}, "
                 f"loadgen {' '.join(RT_LOADGEN)}",
                 [*servers.control_command(2), "--realtime-priority", str(RT_PRIORITY)],
                 [*profile, *RT_LOADGEN], out_dir / "rt.png"))
         else:
-            print(f"no real-time row: {sched.probe(RT_PRIORITY)}", file=sys.stderr)
+            print(f"no real-time row: {refused}", file=sys.stderr)
     if not (args.quick or args.skip_capacity):
         scenarios.append(Scenario("capacity", "capacity (p99 and loss), ocm-control "
                                   "--workers 2", servers.control_command(2),

@@ -32,10 +32,8 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from tests.integration.harness import Server, start_server
@@ -47,6 +45,7 @@ from tests.stress.tools import (
     long_run_parser,
     report_long_run,
     scrape,
+    start_loadgen,
     wait_for,
     worker_pids,
 )
@@ -134,17 +133,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ours = len(probes) + CANARIES
         for probe in probes:
             probe.start()
-        tmp = Path(tempfile.mkdtemp(prefix="ocm-chaos-"))
-        report_path = tmp / "loadgen.json"
         duration = args.kill_for + 10
-        cmd = [sys.executable, "-m", "loadgen", "--rooms", str(args.rooms), "--users",
-               str(args.users), "--rate", str(args.rate), "--duration", str(duration),
-               "--warmup", "2", "--tcp-port", str(srv.tcp_port), "--quiet",
-               "--server-pid", str(srv.proc.pid), "--json", str(report_path),
-               "--label", "ocm under chaos"]
-        print("chaos: " + " ".join(cmd[2:]), flush=True)
-        loadgen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+        loadgen, report_path = start_loadgen(srv, args, duration, "chaos", "ocm under chaos")
         members = args.rooms * args.users + 2 * ours
         wait_for(lambda: scrape(admin)["ocm_members"] >= members or None, 120.0,
                  f"{members} members to join")

@@ -218,15 +218,19 @@ def random_pool(rng: random.Random, n: int) -> list[bytes]:
 def udp_random(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     socks = _udp_sockets(sources(args.sources), 4)
-    pool = random_pool(rng, 4096)
+    return {"flood": "udp-random", **_flood(socks, random_pool(rng, 4096), args)}
+
+
+def _flood(socks: list[socket.socket], pool: list[bytes], args: argparse.Namespace
+           ) -> dict[str, Any]:
+    """Send ``pool`` round-robin from ``socks``, count the replies, close the sockets."""
     sent, refused, wall = _blast(socks, pool, (args.host, args.port), args.count,
                                  args.max_seconds)
     replies = _replies(socks, args.drain)
     for s in socks:
         s.close()
-    return {"flood": "udp-random", "count": args.count, "sent": sent, "refused": refused,
-            "wall_s": round(wall, 3), "per_s": round(sent / wall) if wall else None,
-            "replies": replies}
+    return {"count": args.count, "sent": sent, "refused": refused, "wall_s": round(wall, 3),
+            "per_s": round(sent / wall) if wall else None, "replies": replies}
 
 
 def udp_spoof(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,14 +260,7 @@ def udp_spoof(args: argparse.Namespace) -> dict[str, Any]:
             token = token[:at] + bytes((rng.choice(alphabet),)) + token[at + 1:]
         message = (b"", b"/exit", b"spoofed chat", b"x" * 3000)[i // 4 % 4]
         pool.append(bytes((len(room), len(token))) + room + token + message)
-    sent, refused, wall = _blast(socks, pool, (args.host, args.port), args.count,
-                                 args.max_seconds)
-    replies = _replies(socks, args.drain)
-    for s in socks:
-        s.close()
-    return {"flood": "udp-spoof", "count": args.count, "sent": sent, "refused": refused,
-            "sources": len(srcs), "wall_s": round(wall, 3),
-            "per_s": round(sent / wall) if wall else None, "replies": replies}
+    return {"flood": "udp-spoof", "sources": len(srcs), **_flood(socks, pool, args)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,7 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from tests.integration.harness import start_server
@@ -33,6 +31,7 @@ from tests.stress.tools import (
     report_long_run,
     rss_kib,
     scrape,
+    start_loadgen,
     wait_for,
     worker_pids,
 )
@@ -76,16 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         admin = admin_address(srv.wait_log(r"admin http=").string)
         assert admin is not None
-        tmp = Path(tempfile.mkdtemp(prefix="ocm-soak-"))
-        report_path = tmp / "loadgen.json"
-        cmd = [sys.executable, "-m", "loadgen", "--rooms", str(args.rooms), "--users",
-               str(args.users), "--rate", str(args.rate), "--duration", str(seconds),
-               "--warmup", "2", "--tcp-port", str(srv.tcp_port), "--quiet",
-               "--server-pid", str(srv.proc.pid), "--json", str(report_path),
-               "--label", "ocm soak"]
-        print("soak: " + " ".join(cmd[2:]), flush=True)
-        loadgen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+        loadgen, report_path = start_loadgen(srv, args, seconds, "soak", "ocm soak")
         members = args.rooms * args.users
         wait_for(lambda: scrape(admin)["ocm_members"] >= members or None, 120.0,
                  f"{members} members to join")

@@ -13,6 +13,9 @@ import ast
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -120,6 +123,22 @@ def open_fds(pid: int) -> int | None:
 
 
 # --- the long runs' command line ---------------------------------------------------------------
+def start_loadgen(srv: Any, args: argparse.Namespace, seconds: float, name: str,
+                  label: str) -> tuple[subprocess.Popen[str], Path]:
+    """``ocm-loadgen`` against ``srv`` with the long run's ``--rooms/--users/--rate``, for
+    ``seconds`` after 2 s of warmup; returns the process and where its JSON report will
+    be."""
+    report_path = Path(tempfile.mkdtemp(prefix=f"ocm-{name}-")) / "loadgen.json"
+    cmd = [sys.executable, "-m", "loadgen", "--rooms", str(args.rooms), "--users",
+           str(args.users), "--rate", str(args.rate), "--duration", str(seconds),
+           "--warmup", "2", "--tcp-port", str(srv.tcp_port), "--quiet",
+           "--server-pid", str(srv.proc.pid), "--json", str(report_path),
+           "--label", label]
+    print(f"{name}: " + " ".join(cmd[2:]), flush=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True), report_path
+
+
 def long_run_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """The options chaos.py and soak.py share: the load profile, the workers, --json."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
