@@ -101,7 +101,9 @@ class Control:
             new, _, sources = config_mod.load_with_sources(self.argv)
         except (ConfigError, SystemExit) as exc:
             self.reloads["failed"] += 1
-            log.error("reload failed, keeping the current settings: %s", exc)
+            # Never suppressed as a repeat: the latest reload's outcome must be visible.
+            log.error("reload failed, keeping the current settings: %s", exc,
+                      extra={logs.ALWAYS: True})
             return
         changed = [f.name for f in dataclasses.fields(Config)
                    if getattr(new, f.name) != getattr(self.cfg, f.name)]
@@ -219,7 +221,7 @@ class Control:
             self.plan.inboxes, self.plan.outboxes,
             seed=lambda i: (m.command(0) for m in self.registry.members_of(i)),
             on_event=self.app.on_worker_event, ping_interval=cfg.ping_interval,
-            ping_timeout=cfg.ping_timeout)
+            ping_timeout=cfg.ping_timeout, fd_reserve=cfg.fd_reserve)
         self.app.supervisor = supervisor
         starting = asyncio.ensure_future(supervisor.start())
         stop_wait = asyncio.ensure_future(self.stop_requested.wait())

@@ -93,6 +93,9 @@ class Config:
                          metavar="PORT")
     ping_interval: float = _f(1.0, "seconds between liveness pings to each worker")
     ping_timeout: float = _f(5.0, "seconds without a pong before a worker is replaced")
+    fd_reserve: int = _f(16, "file descriptors control holds in reserve so that a worker can "
+                             "be respawned when connections use up the descriptor limit; "
+                             "0 = none")
     drain_timeout: float = _f(10.0, "seconds a graceful stop may take before workers "
                                     "are killed")
     realtime_priority: int = _f(0, "run the relay workers under SCHED_FIFO at this "
@@ -217,6 +220,8 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
     if not 0 <= cfg.realtime_priority <= sched.MAX_PRIORITY:
         raise fail("realtime_priority", f"realtime_priority must be 0 (normal scheduling) or "
                                         f"1..{sched.MAX_PRIORITY}, got {cfg.realtime_priority}")
+    if not 0 <= cfg.fd_reserve <= 1024:
+        raise fail("fd_reserve", f"fd_reserve must be 0..1024, got {cfg.fd_reserve}")
     if not 1 <= cfg.max_payload <= 1 << 20:
         raise fail("max_payload", f"max_payload must be 1..1048576 bytes, got "
                                   f"{cfg.max_payload}")
