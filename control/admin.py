@@ -1,8 +1,11 @@
 """The admin HTTP server of ``ocm-control``: ``/metrics``, ``/healthz``, ``/readyz``.
 
 A tiny HTTP/1.1 server on asyncio (GET and HEAD only, ``Connection: close``, one request
-per connection, a 8 KiB request head, 5 s to send it), bound to ``--admin-host`` (default
-127.0.0.1) and ``--admin-port`` (default 9100; 0 = any free port; -1 = off).
+per connection, a 8 KiB request head, 5 s for the whole exchange), bound to
+``--admin-host`` (default 127.0.0.1) and ``--admin-port`` (default 9100; 0 = any free
+port; -1 = off). At most 32 connections are open; a new one past the cap closes the oldest
+that has not sent its request yet (else the oldest of all), so idle or slow clients can
+never lock a liveness probe out.
 
 Metrics come from the control process only. The relay workers already send a snapshot
 of plain counters over their pipe once a second (relay/worker.py ``_tick``, relay/core.py
@@ -33,8 +36,10 @@ log = logging.getLogger("ocm.control")
 
 MAX_REQUEST_HEAD_BYTES: Final = 8192
 REQUEST_TIMEOUT_S: Final = 5.0
+"""The whole exchange of one connection: request head in, answer out."""
 MAX_CONNECTIONS: Final = 32
-"""Concurrent admin connections; more are closed at once (a scraper needs one)."""
+"""Concurrent admin connections (a scraper needs one); a new connection past the cap
+takes the place of the oldest waiting one (32 × 8 KiB heads at most)."""
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 Labels = tuple[tuple[str, str], ...]
@@ -290,6 +295,8 @@ class AdminServer:
         self.server: asyncio.AbstractServer | None = None
         self.active = 0
         self.address: tuple[str, int] | None = None
+        self._open: dict[asyncio.StreamWriter, bool] = {}
+        """Open connections, oldest first -> True while their request head is awaited."""
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and serve; return the bound (host, port). Raises ``OSError``."""
@@ -304,33 +311,51 @@ class AdminServer:
         if self.server is not None:
             self.server.close()
 
+    def _make_room(self) -> None:
+        """At the cap: close the oldest connection still waiting for its request head,
+        else the oldest of all (a slow reader), so that a new probe is always served."""
+        victim = next((w for w, waiting in self._open.items() if waiting), None)
+        if victim is None:
+            victim = next(iter(self._open))
+        del self._open[victim]
+        victim.transport.abort()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.active >= MAX_CONNECTIONS:
-            writer.close()
-            return
+        if len(self._open) >= MAX_CONNECTIONS:
+            self._make_room()
+        self._open[writer] = True
         self.active += 1
+        answered = False
         try:
-            status, ctype, body, head_only = await self._answer(reader)
-            reason = _REASONS.get(status, "Unknown")
-            headers = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}",
-                       f"Content-Length: {len(body)}", "Connection: close",
-                       "Cache-Control: no-store"]
-            if status == 405:
-                headers.append("Allow: GET, HEAD")
-            writer.write(("\r\n".join(headers) + "\r\n\r\n").encode()
-                         + (b"" if head_only else body))
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                status, ctype, body, head_only = await self._answer(reader, writer)
+                reason = _REASONS.get(status, "Unknown")
+                headers = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}",
+                           f"Content-Length: {len(body)}", "Connection: close",
+                           "Cache-Control: no-store"]
+                if status == 405:
+                    headers.append("Allow: GET, HEAD")
+                writer.write(("\r\n".join(headers) + "\r\n\r\n").encode()
+                             + (b"" if head_only else body))
+                await writer.drain()
+            answered = True
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             pass
         finally:
+            if answered:  # let the rest of the answer go out, for a bounded time
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), REQUEST_TIMEOUT_S)
+            writer.transport.abort()
             self.active -= 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), REQUEST_TIMEOUT_S)
+            self._open.pop(writer, None)
 
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes, bool]:
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> tuple[int, str, bytes, bool]:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if writer in self._open:
+                self._open[writer] = False  # head read: being answered
         except asyncio.LimitOverrunError:
             return 431, "text/plain", b"request head too large\n", False
         except asyncio.IncompleteReadError as exc:

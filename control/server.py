@@ -102,13 +102,14 @@ class ControlApp:
         if not await self._install(member):
             if member.alive:
                 self.registry.remove_member(member.token)
+                if member.is_host:  # the room never went live: give its quota slot back
+                    self.quotas.room_closed(member.room.host_ip)
             if member.is_host:
                 raise RegistryError(Status.UNAVAILABLE, "the relay worker did not take the "
                                     "room; try again")
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {request.room!r} closed")
         if member.is_host:
             self.registry.mark_live(member.room)
-            self.quotas.room_opened(ip)
             log.info("room created on worker %d (%d rooms)", member.room.worker,
                      len(self.registry.rooms))
         details = Details(
@@ -128,17 +129,25 @@ class ControlApp:
         if not self.quotas.may_host(ip):
             raise RegistryError(Status.RATE_LIMITED, f"your address hosts "
                                 f"{self.cfg.max_rooms_per_ip} rooms already")
-        worker = self.registry.place(self.supervisor.available())
-        if worker is None:
-            raise RegistryError(Status.UNAVAILABLE, "no relay worker is available")
-        body = request.body
-        password = None
-        if body.password:
-            loop = asyncio.get_running_loop()
-            password = await loop.run_in_executor(self.hasher, passwords.hash_password,
-                                                  body.password)
-        return self.registry.create(request.room, body.username, ip, body.framing, worker,
-                                    password)
+        # Take the quota slot before the first await, or concurrent creates from one IP
+        # would all pass the check above. The room gives it back when it closes
+        # (``on_worker_event``) or if it never goes live (``handle``).
+        self.quotas.room_opened(ip)
+        try:
+            worker = self.registry.place(self.supervisor.available())
+            if worker is None:
+                raise RegistryError(Status.UNAVAILABLE, "no relay worker is available")
+            body = request.body
+            password = None
+            if body.password:
+                loop = asyncio.get_running_loop()
+                password = await loop.run_in_executor(self.hasher, passwords.hash_password,
+                                                      body.password)
+            return self.registry.create(request.room, body.username, ip, body.framing,
+                                        worker, password)
+        except BaseException:
+            self.quotas.room_closed(ip)
+            raise
 
     async def _join(self, request: Request, ip: str) -> MemberRecord:
         room = self.registry.live_room(request.room)
