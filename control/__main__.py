@@ -274,7 +274,7 @@ class Control:
             task.cancel()
         if self.admin is not None:
             self.admin.close()
-        self.app.hasher.shutdown(wait=False, cancel_futures=True)
+        self.app.kdf.shutdown()
         self.state = "stopped"
         logs.report_suppressed(log, now=float("inf"))
         log.info("stopped (exit code %d)", self.exit_code)

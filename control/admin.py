@@ -253,6 +253,15 @@ class Metrics:
         for metric, (name, help_text) in _COUNTER_HELP.items():
             samples = by_metric.get(metric) or ([] if metric in _LABELLED else [((), 0)])
             out.family(name, "counter", help_text, samples)
+        kdf = app.kdf
+        out.family("ocm_password_derivations_total", "counter", "scrypt runs (password "
+                   "hashes and checks not answered from a room's cache)", [((), kdf.runs)])
+        out.family("ocm_password_cache_hits_total", "counter", "joins whose password was "
+                   "accepted without scrypt (verified before)",
+                   [((), app.password_cache_hits)])
+        out.family("ocm_password_refused_total", "counter", "key derivations refused with "
+                   "RATE_LIMITED, by reason (rate, busy)",
+                   [((("reason", k),), v) for k, v in sorted(kdf.refused.items())])
         out.family("ocm_config_reloads_total", "counter", "SIGHUP reloads, by result",
                    [((("result", k),), v) for k, v in sorted(src.reloads.items())])
         self._process(out)

@@ -75,6 +75,15 @@ class Config:
     password_failure_window: float = _f(60.0, "seconds over which failed passwords are "
                                               "counted (max_password_failures)", live=True)
     max_rooms_per_ip: int = _f(2000, "live rooms hosted from one IP", live=True)
+    kdf_rate_per_ip: float = _f(50.0, "password key derivations (scrypt, ~45 ms each: a "
+                                      "create with a password, a join whose password was "
+                                      "not verified before) started per second per client "
+                                      "IP, token bucket with burst = rate; more are "
+                                      "RATE_LIMITED", live=True)
+    kdf_concurrency_per_ip: int = _f(1, "key derivations of one client IP running or queued "
+                                        "at once; its others wait their turn", live=True)
+    kdf_queue: int = _f(32, "key derivations (all IPs) that may wait for one of the 2 "
+                            "hashing threads; past it RATE_LIMITED at once", live=True)
     chat_rate: float = _f(10.0, "chat messages per second per member, token bucket; excess "
                                 "dropped and counted", live=True)
     chat_burst: int = _f(20, "chat messages a member may send at once (bucket size of "
@@ -138,6 +147,7 @@ _POSITIVE: Final = ("inactivity_timeout", "tcp_timeout", "ping_interval", "ping_
                     "drain_timeout", "max_members", "max_send_failures",
                     "max_stage1_clients", "max_conns_per_ip", "conn_rate_per_ip",
                     "max_password_failures", "password_failure_window", "max_rooms_per_ip",
+                    "kdf_rate_per_ip", "kdf_concurrency_per_ip",
                     "chat_rate", "chat_burst")
 DEFAULT_SOURCE: Final = "default"
 
@@ -220,6 +230,8 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
     if not 0 <= cfg.realtime_priority <= sched.MAX_PRIORITY:
         raise fail("realtime_priority", f"realtime_priority must be 0 (normal scheduling) or "
                                         f"1..{sched.MAX_PRIORITY}, got {cfg.realtime_priority}")
+    if cfg.kdf_queue < 0:
+        raise fail("kdf_queue", f"kdf_queue must be >= 0, got {cfg.kdf_queue}")
     if not 0 <= cfg.fd_reserve <= 1024:
         raise fail("fd_reserve", f"fd_reserve must be 0..1024, got {cfg.fd_reserve}")
     if not 1 <= cfg.max_payload <= 1 << 20:
