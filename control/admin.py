@@ -319,6 +319,8 @@ class AdminServer:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        for writer in list(self._open):
+            writer.transport.abort()
 
     def _make_room(self) -> None:
         """At the cap: close the oldest connection still waiting for its request head,
@@ -350,6 +352,10 @@ class AdminServer:
             answered = True
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The loop is stopping with this connection open: end quietly (a cancelled
+            # client_connected_cb task is logged by asyncio as an error with a traceback).
+            answered = False
         finally:
             if answered:  # let the rest of the answer go out, for a bounded time
                 writer.close()
