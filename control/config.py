@@ -51,6 +51,13 @@ def default_workers() -> int:
 class Config:
     host: str = _f("0.0.0.0", "address to bind the TCP and UDP ports on")
     tcp_port: int = _f(9000, "TCRP control port (TCP); 0 = any free port")
+    tls_port: int = _f(9443, "TCRP over TLS port (TCP), served when tls_cert and tls_key are "
+                             "set; 0 = any free port")
+    tls_cert: str = _f("", "PEM file with the server certificate (and its chain) for TCRP "
+                           "over TLS; empty = no TLS", metavar="FILE")
+    tls_key: str = _f("", "PEM file with the private key of tls_cert", metavar="FILE")
+    plain_tcrp: bool = _f(True, "also serve plain TCRP on tcp_port; --no-plain-tcrp leaves "
+                                "only TLS (needs tls_cert)")
     udp_port: int = _f(9001, "public room-chat port (UDP) shared by all workers; 0 = any")
     stage1_port: int = _f(9002, "Stage 1 global chat port (UDP); 0 disables it")
     workers: int = _f(default_workers(), "relay worker processes (default: the CPUs this "
@@ -209,7 +216,7 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
         where = (sources or {}).get(name, DEFAULT_SOURCE)
         return ConfigError(f"{where}: {message}" if where != DEFAULT_SOURCE else message)
 
-    for port_field in ("tcp_port", "udp_port", "stage1_port"):
+    for port_field in ("tcp_port", "tls_port", "udp_port", "stage1_port"):
         port = getattr(cfg, port_field)
         if not 0 <= port <= 65535:
             raise fail(port_field, f"{port_field} must be 0..65535, got {port}")
@@ -218,6 +225,14 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
                                  f"{cfg.admin_port}")
     if cfg.admin_port > 0 and cfg.admin_port == cfg.tcp_port:
         raise fail("admin_port", f"admin_port and tcp_port are both TCP port {cfg.tcp_port}")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        name = "tls_key" if cfg.tls_cert else "tls_cert"
+        raise fail(name, "tls_cert and tls_key must be given together")
+    if not cfg.plain_tcrp and not cfg.tls_cert:
+        raise fail("plain_tcrp", "plain_tcrp is off but no TLS is configured (tls_cert, "
+                                 "tls_key): TCRP would be served nowhere")
+    if cfg.tls_cert and cfg.plain_tcrp and cfg.tls_port and cfg.tls_port == cfg.tcp_port:
+        raise fail("tls_port", f"tls_port and tcp_port are both TCP port {cfg.tcp_port}")
     if not 1 <= cfg.workers <= MAX_WORKERS:
         raise fail("workers", f"workers must be 1..{MAX_WORKERS}, got {cfg.workers}")
     for positive in _POSITIVE:
