@@ -243,6 +243,11 @@ class Metrics:
                     for h in handles])
         out.family("ocm_worker_restarts_total", "counter", "relay worker restarts",
                    [((("worker", str(h.index)),), h.restarts) for h in handles])
+        supervisor = app.supervisor
+        out.family("ocm_control_stalls_total", "counter", "heartbeats that found control "
+                   "itself had not run for a while (stopped, starved): worker liveness was "
+                   "judged from fresh pings",
+                   [((), supervisor.stalls if supervisor is not None else 0)])
         stage1 = sum(int(h.stats.get("stage1", {}).get("clients", 0)) for h in handles
                      if isinstance(h.stats.get("stage1"), Mapping))
         out.family("ocm_stage1_clients", "gauge", "addresses in the Stage 1 global chat",

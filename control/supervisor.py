@@ -211,6 +211,9 @@ class Supervisor:
                           child_conn, self.inboxes[i] if self.inboxes else None,
                           self.outboxes or None))
                 process.start()
+            except BaseException:
+                parent_conn.close()
+                raise
             finally:
                 child_conn.close()
             try:

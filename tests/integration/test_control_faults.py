@@ -139,6 +139,7 @@ def test_stalled_control_keeps_its_healthy_workers() -> None:
         samples = scrape(addr)
         assert value(samples, "ocm_worker_restarts_total", worker="0") == 0
         assert value(samples, "ocm_worker_restarts_total", worker="1") == 0
+        assert value(samples, "ocm_control_stalls_total") >= 1
 
 
 def test_every_failed_reload_is_logged(tmp_path: Path) -> None:
