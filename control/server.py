@@ -209,14 +209,15 @@ class ControlApp:
         else:
             done: asyncio.Future[tuple[bool, RegistryError | None]] = \
                 asyncio.get_running_loop().create_future()
-            self._verifying[key] = (room, done)
+            entry = self._verifying[key] = (room, done)
             ok, refusal = False, None
             try:
                 ok = await self.kdf.run(ip, passwords.verify_password, password, room.password)
             except RegistryError as exc:
                 refusal = exc
             finally:
-                del self._verifying[key]
+                if self._verifying.get(key) is entry:
+                    del self._verifying[key]
                 done.set_result((ok, refusal))
             if ok:
                 room.password_mac = mac
