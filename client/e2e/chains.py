@@ -29,7 +29,7 @@ MAX_SKIP: Final = 1000
 (it costs one HKDF per position): the receiver asks the sender for a newer share."""
 MAX_SKIPPED_KEYS: Final = 1000
 """Keys of messages not yet received, kept per inbound chain; the oldest is dropped first.
-Worst case ~150 bytes each, so ~150 KB per chain and at most 2 chains per member."""
+A member keeps at most 2 chains per other member (memory: docs/e2e.md §11)."""
 
 
 @dataclass(frozen=True, slots=True)

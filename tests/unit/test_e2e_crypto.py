@@ -617,3 +617,24 @@ def test_seal_signature_covers_the_aad() -> None:
     assert verify(ALICE.public().ed25519, chat.signature, aad + chat.ciphertext)
     assert not verify(ALICE.public().ed25519, chat.signature, aad + chat.ciphertext + b"x")
     assert not verify(b"\x00" * 31, chat.signature, aad)
+
+
+def test_docs_print_the_tested_vectors() -> None:
+    """docs/e2e.md §8 shows the same hex as CHAT_VECTOR and ENVELOPE_VECTOR."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "e2e.md").read_text()
+    section = doc[doc.index("## 8. Test vectors") : doc.index("## 9. Threat model")]
+    blocks = re.findall(r"```\n(.*?)```", section, re.S)
+
+    def hex_of(block: str) -> bytes | None:
+        lines = block.strip().splitlines()
+        try:
+            return h("".join(re.split(r"\s{2,}", line)[0].replace(" ", "") for line in lines))
+        except ValueError:  # not a hex block
+            return None
+
+    assert CHAT_VECTOR in [hex_of(b) for b in blocks]
+    assert ENVELOPE_VECTOR in [hex_of(b) for b in blocks]
+    assert "e4db1e99f8160649f070b6091ad022ccd1ec7aeca471beb765fdbf700217918a" in section

@@ -5,6 +5,7 @@ The hex vectors are the ones printed in docs/e2e.md; a change to either must fai
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from wire import errors
@@ -495,3 +496,14 @@ def test_members_response() -> None:
     assert decode_response(3, b"r", b'\x04{"error":"not a member"}').error == "not a member"
     with pytest.raises(errors.BadResponse):
         decode_response(3, b"r", b"\x00{}")
+
+
+def test_members_response_bound_holds_the_worst_case() -> None:
+    from wire.limits import MAX_E2E_MEMBERS, MAX_MEMBERS_ENTRY_BYTES, MAX_MEMBERS_RESPONSE_BYTES
+
+    worst = MemberInfo('"' * 255, False, KEYS)
+    entry = encode_members_ok(b"r", (worst,))
+    assert len(entry) - len(encode_members_ok(b"r", ())) - 1 < MAX_MEMBERS_ENTRY_BYTES
+    assert len(orjson.dumps(worst.to_json())) == MAX_MEMBERS_ENTRY_BYTES
+    details = Details(65535, True, 4096, 300.0, Framing.OCM1, True, (worst,) * MAX_E2E_MEMBERS)
+    assert len(orjson.dumps(details.to_json())) + 1 < MAX_MEMBERS_RESPONSE_BYTES
