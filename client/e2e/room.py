@@ -10,7 +10,6 @@ arguments, so every property is testable without sockets.
 from __future__ import annotations
 
 import enum
-import secrets
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -140,13 +139,14 @@ Output = Send | Decrypted | Rejected | KeyInstalled
 class RoomCrypto:
     """Our sender chain and every other member's, in one encrypted room.
 
-    Call ``start(members)`` with the join reply's members, ``add_member`` on each
+    ``rng`` is ``secrets.token_bytes`` outside tests (chain ids and chain keys; HPKE draws
+    its ephemeral keys from the OS itself). Call ``start(members)`` with the join reply's
+    members, ``add_member`` on each
     ``joined`` notice, ``remove_member`` on each ``left`` notice, ``seal(text)`` to send,
     and ``receive(delivery, now)`` for each encrypted delivery; send every ``Send``.
     """
 
-    def __init__(self, room: str, me: str, identity: IdentityKeys,
-                 rng: Rng = secrets.token_bytes) -> None:
+    def __init__(self, room: str, me: str, identity: IdentityKeys, rng: Rng) -> None:
         self.room = room
         self.me = me
         self._identity = identity
