@@ -107,10 +107,10 @@ class InboundChain:
         return len(self._skipped)
 
     def fast_forward(self, share: SenderKeyShare) -> bool:
-        """Jump to a newer position of the same chain (a key request's answer); keys of
-        the messages in between are kept in the window as far as it allows. A share at or
-        behind our position changes nothing (a replayed envelope never rewinds a chain).
-        Return True if the position moved."""
+        """Jump to a newer position of the same chain (a key request's answer when we
+        fell more than MAX_SKIP behind): the messages in between are lost to us. A share
+        at or behind our position changes nothing (a replayed envelope never rewinds a
+        chain). Return True if the position moved."""
         if share.chain_id != self.chain_id or share.counter <= self.next_counter:
             return False
         self._chain_key = share.chain_key
