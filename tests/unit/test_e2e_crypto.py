@@ -638,3 +638,33 @@ def test_docs_print_the_tested_vectors() -> None:
     assert CHAT_VECTOR in [hex_of(b) for b in blocks]
     assert ENVELOPE_VECTOR in [hex_of(b) for b in blocks]
     assert "e4db1e99f8160649f070b6091ad022ccd1ec7aeca471beb765fdbf700217918a" in section
+
+
+def test_signed_envelope_that_does_not_open_is_rejected() -> None:
+    """Alice signs an envelope whose HPKE part is garbage, or was sealed under another
+    context (another room in ``info``): bob refuses both and installs nothing."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    from client.e2e.room import HPKE_SUITE, envelope_info
+    from wire.e2e import SealedEnvelope, encode_envelope
+
+    net, alice, bob, _ = three()
+    info = envelope_info("room", "alice", "bob")
+    bob_x = BOB.public().x25519
+    other_room = HPKE_SUITE.encrypt(b"s" * 40, X25519PublicKey.from_public_bytes(bob_x),
+                                    envelope_info("other", "alice", "bob"))
+    for sealed in (b"\x00" * 88, other_room):
+        signature = ALICE.sign(info + bob_x + sealed)
+        body = encode_envelope(SealedEnvelope(sealed[:32], sealed[32:], signature))
+        assert bob.receive(E2EDelivery("alice", Kind.ENVELOPE, body), 0.0) == [
+            Rejected("alice", RejectReason.DECRYPT_FAILED)
+        ]
+    assert [c.chain_id for c in bob._inbound["alice"]] == [alice.chain_id]
+
+
+def test_member_with_a_low_order_key_gets_no_envelope() -> None:
+    alice = RoomCrypto("room", "alice", ALICE, seeded_rng("alice"))
+    broken = MemberInfo("broken", False, ALICE.public().__class__(bytes(32), b"\x01" * 32))
+    out = alice.start([broken, MemberInfo("bob", False, BOB.public())])
+    assert out[0] == Rejected("broken", RejectReason.MALFORMED)
+    assert isinstance(out[1], Send)
