@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import deque
 from collections.abc import Iterable
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from client.e2e.chains import (
     MAX_SKIP,
     MAX_SKIPPED_KEYS,
+    ChainExhausted,
     InboundChain,
     OutboundChain,
     Replay,
@@ -668,3 +670,59 @@ def test_member_with_a_low_order_key_gets_no_envelope() -> None:
     out = alice.start([broken, MemberInfo("bob", False, BOB.public())])
     assert out[0] == Rejected("broken", RejectReason.MALFORMED)
     assert isinstance(out[1], Send)
+
+
+def test_membership_calls() -> None:
+    alice = RoomCrypto("room", "alice", ALICE, seeded_rng("alice"))
+    out = alice.start([MemberInfo("alice", True, ALICE.public()), MemberInfo("plain", False),
+                       MemberInfo("bob", False, BOB.public())])
+    assert len(out) == 1 and alice.members == {"bob": BOB.public()}
+    assert alice.add_member("alice", ALICE.public()) == []
+    assert alice.remove_member("nobody") == []
+    chain = alice.chain_id
+    joined = alice.handle_notice(Notice(NoticeEvent.JOINED, "carol", keys=ALICE.public()))
+    assert len(joined) == 1 and "carol" in alice.members and alice.chain_id == chain
+    assert alice.handle_notice(Notice(NoticeEvent.JOINED, "dave")) == []  # no keys: plain
+    assert alice.handle_notice(Notice(NoticeEvent.CLOSED)) == []
+    left = alice.handle_notice(Notice(NoticeEvent.LEFT, "carol", Reason.EXIT))
+    assert len(left) == 1 and alice.chain_id != chain  # rotated, sent to bob only
+    with pytest.raises(ChainExhausted):
+        exhausted = OutboundChain(1, CK0)
+        exhausted.counter = 1 << 32
+        exhausted.next_key()
+
+
+def test_timer_repeats_key_requests_once_per_chain() -> None:
+    net, alice, bob, _ = three()
+    alice.rotate()  # bob never gets the new chain
+    for _ in range(3):
+        bob.receive(E2EDelivery("alice", Kind.CHAT, chat_body(alice.seal(b"m"))), 0.0)
+    assert bob.handle_timer(0.5) == []
+    repeated = bob.handle_timer(1.0)
+    assert len(repeated) == 1 and isinstance(repeated[0], Send)  # one per chain, not per message
+    assert bob.next_deadline() == 2.0
+
+
+def test_message_of_a_dropped_chain_is_a_replay() -> None:
+    net, alice, bob, _ = three()
+    old = chat_body(alice.seal(b"old chain"))
+    for _ in range(2):  # two rotations: bob keeps the newest two chains of alice
+        net.post("alice", alice.rotate())
+        net.run()
+    assert bob.receive(E2EDelivery("alice", Kind.CHAT, old), 0.0) == [
+        Rejected("alice", RejectReason.REPLAY)
+    ]
+
+
+def test_remembered_state_is_bounded() -> None:
+    from client.e2e.room import MAX_REMEMBERED_NAMES
+
+    net, alice, bob, _ = three()
+    bob._seen = {f"n{i}": deque([i]) for i in range(MAX_REMEMBERED_NAMES)}
+    bob._last_request = {(f"n{i}", i): 0.0 for i in range(MAX_REMEMBERED_NAMES)}
+    net.post("alice", alice.rotate())  # alice is not among the n* names: one is forgotten
+    net.run()
+    assert len(bob._seen) == MAX_REMEMBERED_NAMES and "n0" not in bob._seen
+    alice.rotate()
+    bob.receive(E2EDelivery("alice", Kind.CHAT, chat_body(alice.seal(b"m"))), 0.0)
+    assert len(bob._last_request) == 1  # the table was cleared before growing past its bound
