@@ -11,7 +11,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Runtime install: the package and its two runtime dependencies (plus client/loadgen extras).
+# Runtime install: the package and its runtime dependencies (plus client/loadgen extras).
 $(RUNSTAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[client,loadgen]'
 	touch $@
