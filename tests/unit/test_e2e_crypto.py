@@ -726,3 +726,20 @@ def test_remembered_state_is_bounded() -> None:
     alice.rotate()
     bob.receive(E2EDelivery("alice", Kind.CHAT, chat_body(alice.seal(b"m"))), 0.0)
     assert len(bob._last_request) == 1  # the table was cleared before growing past its bound
+
+
+def test_longest_names_work() -> None:
+    """255-byte room and usernames: HPKE ``info`` is then 787 bytes, the AAD 527."""
+    room, a_name, b_name = "部" * 85, "a" * 255, "b" * 255
+    alice = RoomCrypto(room, a_name, ALICE, seeded_rng("alice"))
+    bob = RoomCrypto(room, b_name, BOB, seeded_rng("bob"))
+    bob.start([MemberInfo(a_name, True, ALICE.public())])
+    envelope = alice.add_member(b_name, BOB.public())[0]
+    assert isinstance(envelope, Send)
+    route = decode_route(envelope.message)
+    assert route is not None
+    assert isinstance(bob.receive(E2EDelivery(a_name, Kind.ENVELOPE,
+                                              envelope.message[route.body_offset :]), 0.0)[0],
+                      KeyInstalled)
+    out = bob.receive(E2EDelivery(a_name, Kind.CHAT, chat_body(alice.seal(b"long"))), 0.0)
+    assert out == [Decrypted(a_name, b"long", alice.chain_id, 0)]
