@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
 from client.e2e.chains import (
     MAX_SKIP,
-    ChainExhausted,
     InboundChain,
     OutboundChain,
     Replay,
@@ -222,12 +221,12 @@ class RoomCrypto:
 
     # --- sending ------------------------------------------------------------------------
     def seal(self, text: bytes) -> bytes:
-        """The Message of one chat: the next message key of our chain seals ``text``."""
-        try:
-            counter, key = self._chain.next_key()
-        except ChainExhausted:  # pragma: no cover - 2**32 messages
-            self.rotate()
-            counter, key = self._chain.next_key()
+        """The Message of one chat: the next message key of our chain seals ``text``.
+
+        Raises ``ChainExhausted`` after 2**32 messages on one chain: call ``rotate()``,
+        send its outputs, and seal again.
+        """
+        counter, key = self._chain.next_key()
         header = SealedChat(self._chain.chain_id, counter, b"", b"").header()
         aad = chat_aad(self.room, self.me, header)
         ciphertext = ChaCha20Poly1305(key.key).encrypt(key.nonce, text, aad)

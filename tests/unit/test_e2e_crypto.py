@@ -686,10 +686,10 @@ def test_membership_calls() -> None:
     assert alice.handle_notice(Notice(NoticeEvent.CLOSED)) == []
     left = alice.handle_notice(Notice(NoticeEvent.LEFT, "carol", Reason.EXIT))
     assert len(left) == 1 and alice.chain_id != chain  # rotated, sent to bob only
+    alice._chain.counter = 1 << 32  # 2**32 messages sent on this chain
     with pytest.raises(ChainExhausted):
-        exhausted = OutboundChain(1, CK0)
-        exhausted.counter = 1 << 32
-        exhausted.next_key()
+        alice.seal(b"one too many")
+    assert len(alice.rotate()) == 1 and alice.seal(b"fresh chain")
 
 
 def test_timer_repeats_key_requests_once_per_chain() -> None:
