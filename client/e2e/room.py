@@ -171,17 +171,18 @@ class RoomCrypto:
     def chain_id(self) -> int:
         return self._chain.chain_id
 
-    def start(self, members: Iterable[MemberInfo]) -> list[Output]:
+    def start(self, members: Iterable[MemberInfo], now: float = 0.0) -> list[Output]:
         """After our join: learn the members, send each our chain (at its position)."""
         out: list[Output] = []
         for member in members:
             if member.keys is not None and member.user != self.me:
-                out += self.add_member(member.user, member.keys)
+                out += self.add_member(member.user, member.keys, now)
         return out
 
-    def add_member(self, user: str, keys: PublicKeys) -> list[Output]:
+    def add_member(self, user: str, keys: PublicKeys, now: float = 0.0) -> list[Output]:
         """A newcomer: send it our chain at its current position, so it cannot read what
-        we sent before. Keys of a name we know are replaced (the pin store judges that)."""
+        we sent before. Keys of a name we know are replaced (the pin store judges that).
+        Envelopes that came from ``user`` before its keys are handled now."""
         if user == self.me:
             return []
         self._members[user] = keys
@@ -192,7 +193,7 @@ class RoomCrypto:
                 (item for item in self._early if item[0] != user), maxlen=MAX_EARLY_ENVELOPES
             )
             for body in early:
-                out += self._handle_envelope(user, body, 0.0)
+                out += self._handle_envelope(user, body, now)
         return out
 
     def remove_member(self, user: str) -> list[Output]:
@@ -204,11 +205,11 @@ class RoomCrypto:
             table.pop(user, None)
         return self.rotate()
 
-    def handle_notice(self, notice: Notice) -> list[Output]:
+    def handle_notice(self, notice: Notice, now: float = 0.0) -> list[Output]:
         """``joined`` with keys adds a member, ``left`` (any reason: exit, inactivity, send
         failures) removes one and rotates; other notices change nothing here."""
         if notice.event is NoticeEvent.JOINED and notice.keys is not None:
-            return self.add_member(notice.user, notice.keys)
+            return self.add_member(notice.user, notice.keys, now)
         if notice.event is NoticeEvent.LEFT:
             return self.remove_member(notice.user)
         return []
