@@ -14,7 +14,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from wire import errors
 from wire.codes import Framing, Status
+from wire.e2e import MemberInfo, PublicKeys
+from wire.limits import MAX_E2E_MEMBERS
 
 Addr = tuple[str, int]
 
@@ -38,6 +41,12 @@ class MemberRecord:
     room: RoomRecord
     addr: Addr | None = None
     alive: bool = True
+    keys: PublicKeys | None = None
+    """The member's public keys in an encrypted room (docs/e2e.md §2.1); None otherwise."""
+
+    def info(self) -> MemberInfo:
+        """This member as an entry of ``members`` (docs/e2e.md §2.2)."""
+        return MemberInfo(self.username, self.is_host, self.keys)
 
     def command(self, command_id: int) -> dict[str, Any]:
         """The ``member`` pipe command that installs this member on its worker."""
@@ -64,6 +73,13 @@ class RoomRecord:
     password_mac: bytes | None = None
     """A keyed hash of the password that last verified (control/passwords.py
     ``password_mac``): the same password is then accepted without scrypt."""
+    e2e: bool = False
+    """An encrypted room (docs/e2e.md): members need keys and ocm1 framing."""
+
+    def member_infos(self, exclude: MemberRecord | None = None) -> tuple[MemberInfo, ...]:
+        """Every member but ``exclude``, host first, then in join order (the dict's order:
+        the host is added first at create)."""
+        return tuple(m.info() for m in self.members.values() if m is not exclude)
 
 
 class Registry:
@@ -102,23 +118,40 @@ class Registry:
 
     # --- changes -------------------------------------------------------------------------
     def create(self, name: str, username: str, ip: str, framing: Framing, worker: int,
-               password: Any) -> MemberRecord:
-        """Reserve a room with its host (not live until ``mark_live``)."""
+               password: Any, e2e: bool = False,
+               keys: PublicKeys | None = None) -> MemberRecord:
+        """Reserve a room with its host (not live until ``mark_live``). An encrypted room
+        (``e2e``) needs the host's ``keys`` and ocm1 framing, which the TCRP reader has
+        already required (``wire.tcrp.check_e2e_request``)."""
         if name in self.rooms:
             raise RegistryError(Status.ROOM_EXISTS, f"a room named {name!r} exists")
-        room = self.rooms[name] = RoomRecord(name, worker, password, host_ip=ip)
-        return self._add(room, username, ip, framing, is_host=True)
+        room = self.rooms[name] = RoomRecord(name, worker, password, host_ip=ip, e2e=e2e)
+        return self._add(room, username, ip, framing, is_host=True, keys=keys)
 
     def join(self, room: RoomRecord, username: str, ip: str, framing: Framing,
-             max_members: int) -> MemberRecord:
-        """Add a member to a live room; raise USERNAME_TAKEN, ROOM_FULL or ROOM_NOT_FOUND."""
+             max_members: int, keys: PublicKeys | None = None) -> MemberRecord:
+        """Add a member to a live room; raise ROOM_NOT_FOUND, INVALID_REQUEST (an encrypted
+        room without keys or ocm1, docs/e2e.md §2.1), USERNAME_TAKEN or ROOM_FULL, in that
+        order. An encrypted room is full at ``min(max_members, MAX_E2E_MEMBERS)``."""
         if self.rooms.get(room.name) is not room or not room.live:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {room.name!r} closed")
+        if room.e2e and (keys is None or framing is not Framing.OCM1):
+            raise RegistryError(Status.INVALID_REQUEST, str(errors.E2eNeedsKeys()))
         if username in room.members:
             raise RegistryError(Status.USERNAME_TAKEN, f"{username!r} is in the room")
-        if len(room.members) >= max_members:
-            raise RegistryError(Status.ROOM_FULL, f"the room has {max_members} members")
-        return self._add(room, username, ip, framing, is_host=False)
+        limit = min(max_members, MAX_E2E_MEMBERS) if room.e2e else max_members
+        if len(room.members) >= limit:
+            raise RegistryError(Status.ROOM_FULL, f"the room has {limit} members")
+        return self._add(room, username, ip, framing, is_host=False, keys=keys)
+
+    def member_for(self, room_name: str, token: bytes, ip: str) -> MemberRecord:
+        """The live member of ``room_name`` holding ``token`` and issued to ``ip``; raise
+        ROOM_NOT_FOUND (no live room) or INVALID_REQUEST (docs/e2e.md §2.4)."""
+        room = self.live_room(room_name)
+        member = self.tokens.get(token)
+        if member is None or member.room is not room or member.ip != ip:
+            raise RegistryError(Status.INVALID_REQUEST, "not a member of this room")
+        return member
 
     def mark_live(self, room: RoomRecord) -> None:
         room.live = True
@@ -159,11 +192,12 @@ class Registry:
                 "load": list(self.load)}
 
     def _add(self, room: RoomRecord, username: str, ip: str, framing: Framing,
-             is_host: bool) -> MemberRecord:
+             is_host: bool, keys: PublicKeys | None) -> MemberRecord:
         token = self._new_token(room.worker)
         while token in self.tokens:  # 192 random bits: never, but cheap to be sure
             token = self._new_token(room.worker)
-        member = MemberRecord(token, username, ip, framing, is_host, room)
+        member = MemberRecord(token, username, ip, framing, is_host, room,
+                              keys=keys if room.e2e else None)  # a plain room ignores keys
         room.members[username] = member
         self.tokens[token] = member
         self.load[room.worker] += 1

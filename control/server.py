@@ -37,8 +37,9 @@ from control.session import (
 from control.supervisor import Supervisor
 from relay.steering import worker_tag
 from wire.codes import Operation, Status
+from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
-from wire.tcrp import NEED_DATA, Details, Request
+from wire.tcrp import NEED_DATA, Details, MembersRequest, Request
 
 log = logging.getLogger("ocm.control")
 
@@ -124,15 +125,29 @@ class ControlApp:
             self.registry.mark_live(member.room)
             log.info("room created on worker %d (%d rooms)", member.room.worker,
                      len(self.registry.rooms))
+        room = member.room
         details = Details(
-            udp_port=self.udp_ports[member.room.worker],
+            udp_port=self.udp_ports[room.worker],
             host=member.is_host,
             max_message=max_message_bytes(len(request.room_raw), len(member.token),
                                           len(body.username.encode())),
             inactivity_timeout=self.cfg.inactivity_timeout,
             framing=body.framing,
+            e2e=room.e2e,
+            members=room.member_infos(exclude=member) if room.e2e else (),
         )
         return details, member
+
+    def members(self, request: MembersRequest, ip: str) -> tuple[MemberInfo, ...]:
+        """Answer Operation 3 (docs/e2e.md §2.4): every member of the room, the asker
+        included, or raise ``RegistryError`` (status 2, 4, 8 or 9)."""
+        if not self.accepting or self.supervisor is None:
+            raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
+        if not self.quotas.allow_request(ip, time.monotonic()):
+            raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
+                                "slow down")
+        member = self.registry.member_for(request.room, request.token, ip)
+        return member.room.member_infos()
 
     async def _create(self, request: Request, ip: str) -> MemberRecord:
         assert self.supervisor is not None
@@ -154,7 +169,7 @@ class ControlApp:
             if body.password:
                 password = await self.kdf.run(ip, passwords.hash_password, body.password)
             return self.registry.create(request.room, body.username, ip, body.framing,
-                                        worker, password)
+                                        worker, password, body.e2e, body.keys)
         except BaseException:
             self.quotas.room_closed(ip)
             raise
@@ -178,7 +193,7 @@ class ControlApp:
                 if not entry.users:
                     del self._password_locks[key]
         return self.registry.join(room, body.username, ip, body.framing,
-                                  self.cfg.max_members)
+                                  self.cfg.max_members, body.keys)
 
     async def _check_password(self, ip: str, room: RoomRecord, password: str | None) -> None:
         """Raise RATE_LIMITED or INVALID_PASSWORD, or return if ``password`` opens ``room``."""
@@ -329,6 +344,8 @@ class TcrpConnection(asyncio.Protocol):
                 self.timer.cancel()
                 self.timer = None
             self.task = asyncio.ensure_future(self._handle(event))
+        elif isinstance(event, MembersRequest):
+            self._answer_members(event)
         elif isinstance(event, RequestRejected):
             self.app.count(event.status)
             self._close(self.session.send_error(event.status, event.reason))
@@ -359,6 +376,17 @@ class TcrpConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(REGISTRATION_WINDOW_S, self._on_registration_timeout)
         self._pump()
+
+    def _answer_members(self, request: MembersRequest) -> None:
+        """Operation 3: answered at once from the registry, then closed (no State 2)."""
+        try:
+            members = self.app.members(request, self.ip)
+        except RegistryError as exc:
+            self.app.count(exc.status)
+            self._close(self.session.send_error(exc.status, exc.reason))
+            return
+        self.app.count(Status.OK)
+        self._close(self.session.send_members(members))
 
     def _on_timeout(self) -> None:
         self.timer = None

@@ -7,7 +7,7 @@ States and their transitions are one table; a transition not in it raises
 
     AWAIT_REQUEST --request--> HANDLING --ok--> AWAIT_REGISTRATION --port/close--> CLOSED
           |                       |
-          +---defect/close--------+--error----------------------------------------> CLOSED
+          +---defect/close--------+--error / members answer (Operation 3)---------> CLOSED
 """
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ from typing import Final
 
 from wire import errors
 from wire.codes import Status
+from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_BYTES
 from wire.tcrp import (
     NEED_DATA,
     Details,
     FrameReader,
+    MembersRequest,
     Request,
     Role,
     _NeedData,
     encode_complete,
     encode_error,
+    encode_members_ok,
     encode_ok,
 )
 
@@ -45,6 +48,7 @@ _TRANSITIONS: Final = {
     (SessionState.AWAIT_REQUEST, "close"): SessionState.CLOSED,
     (SessionState.HANDLING, "ok"): SessionState.AWAIT_REGISTRATION,
     (SessionState.HANDLING, "error"): SessionState.CLOSED,
+    (SessionState.HANDLING, "members"): SessionState.CLOSED,  # State 1 only, no State 2
     (SessionState.HANDLING, "close"): SessionState.HANDLING,  # still answer; write fails
     (SessionState.AWAIT_REGISTRATION, "registration"): SessionState.CLOSED,
     (SessionState.AWAIT_REGISTRATION, "close"): SessionState.CLOSED,
@@ -71,7 +75,7 @@ class ConnectionClosed:
     """The peer closed before its request was whole (no answer is due)."""
 
 
-Event = Request | RequestRejected | Registration | ConnectionClosed | _NeedData
+Event = Request | MembersRequest | RequestRejected | Registration | ConnectionClosed | _NeedData
 _AFTER_KEEP: Final = REGISTRATION_BYTES + 1
 """Bytes kept after a request: enough to tell "exactly 2" from "more than 2" (§1.4)."""
 
@@ -117,6 +121,10 @@ class Session:
             self._transition("reject")
             return RequestRejected(exc.status, str(exc))
         self.operation, self.room_raw = reader.operation, reader.room_raw
+        if isinstance(event, MembersRequest):
+            self._transition("request")
+            self._reader = FrameReader(Role.SERVER, 0)
+            return event
         if isinstance(event, Request):
             self._transition("request")
             self._after += reader.trailing[:_AFTER_KEEP]
@@ -153,6 +161,11 @@ class Session:
         self._transition("ok")
         return (encode_ok(self.operation, self.room_raw, details)
                 + encode_complete(self.operation, self.room_raw, token))
+
+    def send_members(self, members: tuple[MemberInfo, ...]) -> bytes:
+        """The OK answer to Operation 3 (docs/e2e.md §2.4); the connection closes after it."""
+        self._transition("members")
+        return encode_members_ok(self.room_raw, members)
 
     def send_error(self, status: Status, reason: str) -> bytes:
         """State 1 with an error; the connection closes after it."""

@@ -8,6 +8,7 @@ import enum
 class Operation(enum.IntEnum):
     CREATE = 1  # create a room; the creator becomes its host
     JOIN = 2  # join a live room
+    MEMBERS = 3  # list a room's members (docs/e2e.md §2.4); answered by State 1 only
 
 
 class State(enum.IntEnum):

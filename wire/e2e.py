@@ -55,7 +55,7 @@ ENVELOPE_BYTES: Final = 1 + HPKE_ENC_BYTES + SHARE_BYTES + AEAD_TAG_BYTES + SIGN
 KEY_REQUEST_BYTES: Final = 1 + CHAIN_ID_BYTES + COUNTER_BYTES
 """Version(1) ChainId(4) Counter(4) = 9 bytes, always."""
 MEMBERS_OPERATION: Final = 3
-"""TCRP Operation 3, "members" (docs/e2e.md §2.4): not yet accepted by the server."""
+"""TCRP Operation 3, "members" (docs/e2e.md §2.4); ``wire.codes.Operation.MEMBERS``."""
 
 
 class Kind(enum.IntEnum):

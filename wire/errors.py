@@ -44,7 +44,7 @@ class EmptyRoomName(RemoteProtocolError):
 
 
 class UnknownOperation(RemoteProtocolError):
-    """Operation must be 1 (create) or 2 (join)"""
+    """Operation must be 1 (create), 2 (join) or 3 (members)"""
 
 
 class UnexpectedState(RemoteProtocolError):

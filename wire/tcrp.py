@@ -206,12 +206,21 @@ def check_e2e_request(operation: int, body: RequestBody) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A whole, valid State 0 request (server side)."""
+    """A whole, valid State 0 create or join request (server side)."""
 
     operation: Operation
     room: str
     room_raw: bytes
     body: RequestBody
+
+
+@dataclass(frozen=True, slots=True)
+class MembersRequest:
+    """A whole, valid Operation 3 request (server side, docs/e2e.md §2.4)."""
+
+    room: str
+    room_raw: bytes
+    token: bytes
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -378,7 +387,7 @@ class FrameReader:
         """Bytes received after the last complete frame."""
         return bytes(self._buf)
 
-    def next_event(self) -> Request | Response | Complete | _NeedData:
+    def next_event(self) -> Request | MembersRequest | Response | Complete | _NeedData:
         """Return the next whole frame's event, ``NEED_DATA``, or raise a ProtocolError."""
         buf = self._buf
         header = self._header
@@ -404,13 +413,17 @@ class FrameReader:
         self._header = None
         return self._decode(header, payload)
 
-    def _decode(self, header: Header, payload: bytes) -> Request | Response | Complete:
+    def _decode(
+        self, header: Header, payload: bytes
+    ) -> Request | MembersRequest | Response | Complete:
         room_raw = self.room_raw
         if self._role is Role.SERVER:
             try:
                 room = room_raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise errors.RoomNameNotUtf8() from None
+            if header.operation == Operation.MEMBERS:
+                return MembersRequest(room, room_raw, decode_members_request(payload))
             body = decode_request_payload(payload)
             check_e2e_request(header.operation, body)
             return Request(Operation(header.operation), room, room_raw, body)

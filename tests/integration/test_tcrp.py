@@ -102,7 +102,7 @@ def _header(size: int, op: int, state: int, payload_size: int) -> bytes:
     ("request_bytes", "status"),
     [
         (_header(0, 1, 0, 2) + b"{}", Status.INVALID_REQUEST),  # RoomNameSize 0
-        (_header(1, 3, 0, 5) + b"rbob", Status.INVALID_REQUEST),  # unknown operation
+        (_header(1, 4, 0, 5) + b"rbob", Status.INVALID_REQUEST),  # unknown operation
         (_header(1, 1, 1, 3) + b"rbob", Status.INVALID_REQUEST),  # State 1 from a client
         (_header(1, 9, 9, 10**9) + b"r", Status.INVALID_REQUEST),  # op before size
         (_header(1, 1, 0, 4097) + b"r", Status.TOO_LARGE),  # refused without the payload

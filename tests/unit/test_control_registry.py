@@ -89,3 +89,32 @@ def test_members_of_worker_host_first_with_addresses_for_reseeding() -> None:
     assert commands[1]["framing"] == "ocm1" and commands[1]["id"] == 7
     assert [m.username for m in reg.members_of(0)] == [other.username]
     assert reg.statistics() == {"rooms": 2, "members": 3, "load": [1, 2]}
+
+
+def test_encrypted_room_keys_member_lists_and_limit() -> None:
+    from wire.e2e import MemberInfo, PublicKeys
+    from wire.limits import MAX_E2E_MEMBERS
+
+    keys = PublicKeys(b"x" * 32, b"e" * 32)
+    reg = make()
+    host = reg.create("r", "alice", "127.0.0.1", Framing.OCM1, 0, None, e2e=True, keys=keys)
+    reg.mark_live(host.room)
+    room = host.room
+    with pytest.raises(RegistryError) as exc:
+        reg.join(room, "bob", "127.0.0.1", Framing.OCM1, 1000)  # no keys
+    assert exc.value.status == Status.INVALID_REQUEST
+    bob = reg.join(room, "bob", "127.0.0.1", Framing.OCM1, 1000, keys)
+    assert room.member_infos(exclude=bob) == (MemberInfo("alice", True, keys),)
+    assert reg.member_for("r", bob.token, "127.0.0.1") is bob
+    for token, ip in ((bob.token, "127.0.0.2"), (b"nope", "127.0.0.1")):
+        with pytest.raises(RegistryError) as exc:
+            reg.member_for("r", token, ip)
+        assert exc.value.status == Status.INVALID_REQUEST
+    for i in range(MAX_E2E_MEMBERS - 2):
+        reg.join(room, f"u{i}", "127.0.0.1", Framing.OCM1, 1000, keys)
+    with pytest.raises(RegistryError) as exc:
+        reg.join(room, "late", "127.0.0.1", Framing.OCM1, 1000, keys)
+    assert exc.value.status == Status.ROOM_FULL
+    # a plain room ignores keys
+    plain = reg.create("p", "alice", "127.0.0.1", Framing.OCM1, 1, None, keys=keys)
+    assert plain.keys is None and plain.info() == MemberInfo("alice", True)

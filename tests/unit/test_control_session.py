@@ -133,3 +133,20 @@ def test_illegal_transition_raises_local_protocol_error() -> None:
     session = Session(4096)
     with pytest.raises(errors.LocalProtocolError):
         session.send_ok(DETAILS, TOKEN)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_members_request_is_answered_once_then_closed(whole: bool) -> None:
+    from wire.e2e import MemberInfo
+    from wire.tcrp import MembersRequest, encode_members_request
+
+    session = Session(4096)
+    (event,) = feed(session, encode_members_request("room", TOKEN), whole)
+    assert event == MembersRequest("room", b"room", TOKEN)
+    assert session.state is SessionState.HANDLING
+    reader = FrameReader(Role.CLIENT)
+    reader.receive_data(session.send_members((MemberInfo("bob", True),)))
+    assert reader.next_event().members == (MemberInfo("bob", True),)  # type: ignore[union-attr]
+    assert session.state is SessionState.CLOSED
+    with pytest.raises(errors.LocalProtocolError):
+        session.send_ok(DETAILS, TOKEN)

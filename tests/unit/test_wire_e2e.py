@@ -45,6 +45,7 @@ from wire.e2e import (
 from wire.tcrp import (
     Details,
     FrameReader,
+    MembersRequest,
     Request,
     RequestBody,
     Response,
@@ -53,6 +54,7 @@ from wire.tcrp import (
     decode_members_request,
     decode_request_payload,
     decode_response,
+    encode_frame,
     encode_members_ok,
     encode_members_request,
     encode_request,
@@ -483,6 +485,18 @@ def test_decode_members_request_errors(payload: bytes) -> None:
     with pytest.raises(errors.BadFieldType) as info:
         decode_members_request(payload)
     assert info.value.status is Status.INVALID_REQUEST
+
+
+def test_reader_server_reads_a_members_request() -> None:
+    reader = FrameReader(Role.SERVER)
+    reader.receive_data(encode_members_request("room", TOKEN))
+    assert reader.next_event() == MembersRequest("room", b"room", TOKEN)
+    assert Operation.MEMBERS == MEMBERS_OPERATION
+    reader = FrameReader(Role.SERVER)
+    reader.receive_data(encode_frame(3, 0, b"room", b'{"token":5}'))
+    with pytest.raises(errors.BadFieldType):
+        reader.next_event()
+    assert reader.operation == 3
 
 
 def test_members_response() -> None:

@@ -90,7 +90,7 @@ def test_base_error() -> None:
 
 
 def test_codes_match_the_spec() -> None:
-    assert {op.name: op.value for op in Operation} == {"CREATE": 1, "JOIN": 2}
+    assert {op.name: op.value for op in Operation} == {"CREATE": 1, "JOIN": 2, "MEMBERS": 3}
     assert {s.name: s.value for s in State} == {"REQUEST": 0, "RESPONSE": 1, "COMPLETE": 2}
     assert {s.name: s.value for s in Status} == {
         "OK": 0,

@@ -348,7 +348,7 @@ def test_field_too_long_names_the_field() -> None:
     [
         (Header(0, 9, 9, 10**9), errors.EmptyRoomName),
         (Header(1, 0, 9, 10**9), errors.UnknownOperation),
-        (Header(1, 3, 9, 10**9), errors.UnknownOperation),
+        (Header(1, 4, 9, 10**9), errors.UnknownOperation),
         (Header(1, 1, 1, 10**9), errors.UnexpectedState),
         (Header(1, 2, 2, 10**9), errors.UnexpectedState),
         (Header(1, 1, 0, 4097), errors.PayloadTooLarge),
@@ -424,7 +424,7 @@ BODY = " " + ROOM + " " + ALICE  # room "room" and legacy payload "alice" (5 byt
 SERVER_ERRORS: list[tuple[str, bytes, type[errors.ProtocolError], int, int, bytes]] = [
     ("empty room", h(header_hex(0, 1, 0, 5) + " " + ALICE), errors.EmptyRoomName, 32, 1, b""),
     ("op 0", h(header_hex(4, 0, 0, 5) + BODY), errors.UnknownOperation, 36, 0, b"room"),
-    ("op 3", h(header_hex(4, 3, 0, 5) + BODY), errors.UnknownOperation, 36, 3, b"room"),
+    ("op 4", h(header_hex(4, 4, 0, 5) + BODY), errors.UnknownOperation, 36, 4, b"room"),
     ("op 255", h(header_hex(4, 255, 0, 5) + BODY), errors.UnknownOperation, 36, 255, b"room"),
     ("state 1", h(header_hex(4, 1, 1, 5) + BODY), errors.UnexpectedState, 36, 1, b"room"),
     ("state 2", h(header_hex(4, 2, 2, 5) + BODY), errors.UnexpectedState, 36, 2, b"room"),
