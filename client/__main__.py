@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from client import render, script
+from client.e2e.identity import IdentityKeys
+from client.e2e_link import load_identity, room_link
+from client.keystore import KeyStore, KeyStoreError
 from client.link import GlobalLink, RoomLink, open_global
 from client.render import Line
 from client.session import (
@@ -63,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     room = parser.add_mutually_exclusive_group()
     room.add_argument("--create", metavar="ROOM", help="create ROOM and host it")
     room.add_argument("--join", metavar="ROOM", help="join the existing ROOM")
+    parser.add_argument("--e2e", action="store_true",
+                        help="with --create: make the room end-to-end encrypted (joining "
+                             "an encrypted room needs no flag); identity keys are kept in "
+                             "$XDG_CONFIG_HOME/ocm/ (default ~/.config/ocm/)")
     parser.add_argument("--user", metavar="NAME", help="your name in the room")
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("--password-file", metavar="PATH",
@@ -132,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(problem)
     if args.ca_file is not None and not args.tls:
         parser.error("--ca-file needs --tls")
+    if args.e2e and (args.join is not None or args.stage1):
+        parser.error("--e2e is for --create: a joined room says itself whether it is "
+                     "encrypted")
     if args.tcp_port is None:
         args.tcp_port = TLS_PORT if args.tls else PLAIN_PORT
     args.tls_context = None
@@ -162,10 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if interactive:
             from client import ui
 
+            store, identity = _identity(args)
+            if args.e2e and identity is None:
+                return EXIT_USAGE
             plan = ui.Plan(args.server, args.tcp_port, args.timeout, user=args.user,
                            operation=_operation(args), room=args.create or args.join,
                            password=password or None, password_given=given,
-                           tls=args.tls_context)
+                           tls=args.tls_context, e2e=args.e2e, store=store,
+                           identity=identity)
             return ui.run_room(plan, colour)
         return _script_room(args, password or None)
     except KeyboardInterrupt:
@@ -186,9 +200,14 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
         return _fail("stdin is not a terminal, so nothing can be asked: "
                      "give --user and --create ROOM or --join ROOM", EXIT_USAGE)
     room = args.create or args.join
+    store, identity = _identity(args)
+    if args.e2e and identity is None:
+        return EXIT_USAGE
     try:
         joined = join_room(args.server, args.tcp_port, operation, room, args.user, password,
-                           args.timeout, tls=args.tls_context)
+                           args.timeout, tls=args.tls_context,
+                           keys=identity.public() if identity is not None else None,
+                           e2e=args.e2e)
     except JoinRefused as refused:
         text = render.refusal_text(refused.status, refused.error, room, args.user,
                                    password is not None)
@@ -198,18 +217,30 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
     except JoinFailed as exc:
         return _fail(str(exc), script.EXIT_FAILED)
     with script.new_runner() as runner:
-        return runner.run(script.run_script(_room_opener(joined)))
+        return runner.run(script.run_script(_room_opener(joined, store, identity)))
 
 
-def _room_opener(joined: Joined) -> script.OpenLink:
+def _identity(args: argparse.Namespace) -> tuple[KeyStore | None, IdentityKeys | None]:
+    """This device's key store and identity, or (None, None) with a warning: a plain room
+    works without them, an encrypted one does not (``--e2e`` then fails)."""
+    try:
+        return load_identity(os.environ)
+    except KeyStoreError as exc:
+        what = "--e2e needs it" if args.e2e else "encrypted rooms cannot be joined"
+        script.warn(f"cannot use the identity key: {exc}; {what}")
+        return None, None
+
+
+def _room_opener(joined: Joined, store: KeyStore | None,
+                 identity: IdentityKeys | None) -> script.OpenLink:
     async def open_link(on_line: Callable[[Line], None]) -> RoomLink:
-        link = RoomLink(joined, on_line)
-        await link.open()
+        link = room_link(joined, on_line, store, identity)
         role = "host of" if joined.details.host else "in"
         room = render.sanitize(joined.room_raw.decode())
-        print(f"ocm-chat: {render.sanitize(joined.username)} is {role} room {room!r}; "
-              f"messages up to {joined.details.max_message} bytes", file=sys.stderr,
-              flush=True)
+        kind = "encrypted room" if joined.details.e2e else "room"
+        print(f"ocm-chat: {render.sanitize(joined.username)} is {role} {kind} {room!r}; "
+              f"messages up to {link.max_message} bytes", file=sys.stderr, flush=True)
+        await link.open()
         return link
 
     return open_link

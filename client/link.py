@@ -17,8 +17,9 @@ from typing import Final, cast
 
 from client import render
 from client.render import Line
-from client.session import Addr, Joined
+from client.session import Addr, Joined, JoinFailed, JoinRefused, fetch_members
 from wire.chat import Notice, encode_chat
+from wire.e2e import MemberInfo
 from wire.limits import EXIT_COMMAND, MAX_DATAGRAM_BYTES
 from wire.stage1 import encode_stage1
 
@@ -78,6 +79,10 @@ class Link(asyncio.DatagramProtocol):
         """Tell the server we are leaving (what that means depends on the chat)."""
         raise NotImplementedError
 
+    async def command(self, text: str) -> list[Line] | None:
+        """Run a client command such as ``/who``; ``None`` if ``text`` is not one."""
+        return None
+
     def close(self) -> None:
         """Stop the keepalives and close the socket (after ``leave``, or at the end)."""
         if self._keepalive is not None:
@@ -135,6 +140,31 @@ class RoomLink(Link):
 
     async def open(self) -> None:
         await self.start(self.joined.udp_sock, self.joined.server)
+
+    async def command(self, text: str) -> list[Line] | None:
+        """``/who``: the room's members from the server (TCRP Operation 3)."""
+        if text.strip().lower() != "/who":
+            return None
+        try:
+            members = await self.fetch_members()
+        except (JoinFailed, JoinRefused) as exc:
+            return [render.warning_line(f"/who failed: {render.sanitize(str(exc))}")]
+        return self.who_lines(members)
+
+    async def fetch_members(self) -> tuple[MemberInfo, ...]:
+        """The member list (docs/e2e.md §2.4), from a thread; raise ``JoinFailed`` or
+        ``JoinRefused``."""
+        target = self.joined.tcrp
+        if target is None:
+            raise JoinFailed("this chat does not know its TCRP server")
+        local_ip = str(self.joined.udp_sock.getsockname()[0])  # the token's IP
+        return await asyncio.to_thread(fetch_members, target, self.joined.room_raw,
+                                       self.joined.token, local_ip)
+
+    def who_lines(self, members: tuple[MemberInfo, ...]) -> list[Line]:
+        names = ", ".join(render.member_label(m.user, m.host, m.user == self.joined.username)
+                          for m in members)
+        return [render.notice_line(f"{len(members)} in the room: {names}")]
 
     def leave(self) -> None:
         """Send ``/exit`` (the others see us leave; if we host, the room closes)."""

@@ -115,6 +115,13 @@ def notice_text(notice: Notice) -> str:
     return f"your last message was not delivered: it is {notice.over} bytes over the limit"
 
 
+def member_label(user: str, host: bool, me: bool) -> str:
+    """``alice (host, you)``: a member as ``/who`` lists it."""
+    marks = [mark for mark, on in (("host", host), ("you", me)) if on]
+    name = sanitize(user)
+    return f"{name} ({', '.join(marks)})" if marks else name
+
+
 def is_final(notice: Notice) -> bool:
     """``closed`` and ``disconnected`` mean our token is gone (§2.3): the chat is over."""
     return notice.event in (NoticeEvent.CLOSED, NoticeEvent.DISCONNECTED)

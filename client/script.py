@@ -3,7 +3,8 @@ message = one flushed stdout line (``name: text`` / ``* notice``), nothing else 
 
 EOF sends ``/exit`` and exits 0; a ``closed``/``disconnected`` notice exits 3; SIGINT and
 SIGTERM leave (``/exit``) and exit 130 / 143. Refusals (a message over the room's limit)
-go to stderr and the script goes on.
+go to stderr and the script goes on. The commands ``/who`` (every room) and ``/verify
+NAME`` (encrypted rooms) print their answer as ``* ...`` lines instead of being sent.
 """
 
 from __future__ import annotations
@@ -166,6 +167,10 @@ async def _chat(link: Link, inbox: asyncio.Queue[bytes | None], stop: asyncio.Fu
         if is_exit_command(text):
             link.leave()
             return EXIT_OK
+        if text.startswith("/") and (lines := await link.command(text)) is not None:
+            for line in lines:
+                writer(line)
+            continue
         try:
             link.send(text)
         except MessageTooLong as exc:

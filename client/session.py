@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from wire import errors
 from wire.codes import Framing, Operation, Status
+from wire.e2e import MemberInfo, PublicKeys
+from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
 from wire.tcrp import (
     NEED_DATA,
     Complete,
@@ -24,6 +26,7 @@ from wire.tcrp import (
     FrameReader,
     Response,
     Role,
+    encode_members_request,
     encode_registration,
     encode_request,
 )
@@ -58,6 +61,22 @@ class Joined:
     details: Details
     server: Addr  # (server IP, details.udp_port)
     udp_sock: socket.socket  # bound to the IP the token was issued to, non-blocking
+    tcrp: TcrpTarget | None = None  # where to ask for the member list (/who)
+
+
+@dataclass(frozen=True, slots=True)
+class TcrpTarget:
+    """The TCRP server as the user named it: ``where`` (``host:port`` as typed) is also
+    the key under which member keys are pinned (docs/e2e.md §7.3)."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+    timeout: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
@@ -86,14 +105,19 @@ def join_room(
     password: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     tls: ssl.SSLContext | None = None,
+    keys: PublicKeys | None = None,
+    e2e: bool = False,
 ) -> Joined:
     """Create or join ``room`` as ``username``; see the module docstring. With ``tls``
     the TCRP exchange runs inside TLS, and the server's certificate must verify for
-    ``host`` (``JoinFailed`` with a one-line reason otherwise)."""
+    ``host`` (``JoinFailed`` with a one-line reason otherwise). ``keys`` (our public
+    identity) go with every request, so an encrypted room can be joined without a flag;
+    ``e2e`` makes a created room encrypted (docs/e2e.md §2.1)."""
     family, addr = resolve(host, tcp_port)
     where = f"{host}:{tcp_port}"
     deadline = time.monotonic() + timeout
-    request = encode_request(operation, room, username, password, Framing.OCM1)
+    request = encode_request(operation, room, username, password, Framing.OCM1, keys=keys,
+                             e2e=e2e)
     try:
         tcp = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:
@@ -130,7 +154,57 @@ def join_room(
         tcp.close()
     udp.setblocking(False)
     server_udp = (addr[0], response.details.udp_port)
-    return Joined(room.encode(), username, complete.token, response.details, server_udp, udp)
+    return Joined(room.encode(), username, complete.token, response.details, server_udp, udp,
+                  TcrpTarget(host, tcp_port, tls, timeout))
+
+
+def fetch_members(target: TcrpTarget, room_raw: bytes, token: bytes,
+                  bind_ip: str | None = None) -> tuple[MemberInfo, ...]:
+    """The room's member list (TCRP Operation 3, docs/e2e.md §2.4), blocking, from
+    ``bind_ip`` (the token's IP). Raise ``JoinRefused`` on an error status, ``JoinFailed``
+    if the exchange does not complete."""
+    family, addr = resolve(target.host, target.port)
+    where = target.where
+    deadline = time.monotonic() + target.timeout
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as raw:
+            if bind_ip is not None:
+                raw.bind((bind_ip, 0))
+            raw.settimeout(target.timeout)
+            raw.connect(addr)
+            tcp = raw if target.tls is None else _handshake(target.tls, raw, target.host, where)
+            tcp.sendall(encode_members_request(room_raw, token))
+            response = _read_members(tcp, deadline, where)
+    except TimeoutError:
+        raise JoinFailed(f"the server at {where} did not answer within "
+                         f"{target.timeout:g} s") from None
+    except OSError as exc:
+        raise JoinFailed(f"cannot reach the server at {where} ({_describe_os_error(exc)})"
+                         ) from None
+    return response.members
+
+
+def _read_members(tcp: socket.socket, deadline: float, where: str) -> Response:
+    reader = FrameReader(Role.CLIENT, MAX_MEMBERS_RESPONSE_BYTES)
+    while True:
+        try:
+            event = reader.next_event()
+        except errors.ProtocolError as exc:
+            raise JoinFailed(f"the server at {where} sent an invalid answer: {exc}") from None
+        if isinstance(event, Response):
+            if event.status != Status.OK:
+                raise JoinRefused(event)
+            return event
+        if event is not NEED_DATA:
+            raise JoinFailed(f"the server at {where} sent an unexpected frame")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        tcp.settimeout(left)
+        data = tcp.recv(RECV_CHUNK_BYTES)
+        if not data:
+            raise JoinFailed(f"the server at {where} closed the connection before answering")
+        reader.receive_data(data)
 
 
 def client_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -158,8 +232,8 @@ def _handshake(tls: ssl.SSLContext, tcp: socket.socket, host: str, where: str
 
 def _read_answer(tcp: socket.socket, deadline: float, where: str) -> tuple[Response, Complete]:
     """Read State 1 then State 2; raise ``JoinRefused`` on an error status."""
-    reader = FrameReader(Role.CLIENT)
-    response: Response | None = None
+    reader = FrameReader(Role.CLIENT, MAX_MEMBERS_RESPONSE_BYTES)  # an encrypted room's
+    response: Response | None = None  # reply lists the members (docs/e2e.md §2.2)
     while True:
         try:
             event = reader.next_event()

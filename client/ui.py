@@ -29,6 +29,9 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.validation import ValidationError, Validator
 
 from client import render
+from client.e2e.identity import IdentityKeys
+from client.e2e_link import room_link
+from client.keystore import KeyStore
 from client.link import GlobalLink, Link, RoomLink, open_global
 from client.render import Line, MessageTooLong
 from client.script import (
@@ -67,8 +70,10 @@ def help_lines(max_message: int, room_mode: bool) -> list[str]:
         f"messages are at most {max_message} bytes; longer ones are not sent",
     ]
     if room_mode:
-        lines.append("there is no /who: the server does not tell clients who is in a room;"
-                     " joins and leaves are shown as they happen")
+        lines[3:3] = ["  /who    list the room's members (host marked; fingerprints in an "
+                      "encrypted room)",
+                      "  /verify NAME  encrypted room: show the safety number to compare "
+                      "with NAME out of band, and mark NAME verified"]
     return lines
 
 
@@ -155,6 +160,9 @@ class Plan:
     last_user: str = ""  # the default answers when a question is asked again
     last_room: str = ""
     tls: ssl.SSLContext | None = None  # --tls: TCRP inside TLS
+    e2e: bool = False  # --e2e: a created room is end-to-end encrypted
+    store: KeyStore | None = None  # this device's key store and identity (docs/e2e.md §7)
+    identity: IdentityKeys | None = None
 
 
 def say(text: str, colour: bool, warning: bool = False) -> None:
@@ -175,8 +183,10 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
         if operation is Operation.CREATE and not plan.password_given:
             plan.password, plan.password_given = asker.new_password(), True
         try:
+            keys = plan.identity.public() if plan.identity is not None else None
             return join_room(plan.host, plan.tcp_port, operation, room, user,
-                             plan.password, plan.timeout, tls=plan.tls)
+                             plan.password, plan.timeout, tls=plan.tls, keys=keys,
+                             e2e=plan.e2e and operation is Operation.CREATE)
         except JoinRefused as refused:
             say(render.refusal_text(refused.status, refused.error, room, user,
                                     plan.password is not None), colour, True)
@@ -281,9 +291,10 @@ async def _handle_input(text: str, link: Link, session: PromptSession[str], show
         for line in help_lines(link.max_message, room_mode):
             show(render.notice_line(line), stamp=False)
         return "stay"
-    if word == "/who":
-        show(render.notice_line("there is no /who: the server does not tell clients who is "
-                                "in a room (joins and leaves are shown as they happen)"))
+    if word.startswith("/") and not text.startswith("//") and \
+            (answer_lines := await link.command(text)) is not None:
+        for answer_line in answer_lines:
+            show(answer_line, stamp=False)
         return "stay"
     if text.startswith("//"):
         text = text[1:]
@@ -317,7 +328,7 @@ def run_room(plan: Plan, colour: bool) -> int:
                 say(str(exc), colour, warning=True)
             return EXIT_FAILED
         with new_runner() as runner:
-            notice = runner.run(_room_chat(joined, colour, history))
+            notice = runner.run(_room_chat(joined, colour, history, plan))
         if notice is None:
             return EXIT_OK
         try:
@@ -333,12 +344,13 @@ def run_room(plan: Plan, colour: bool) -> int:
             plan.password_given = False
 
 
-async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory) -> Notice | None:
+async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory,
+                     plan: Plan) -> Notice | None:
     host = joined.details.host
     room = joined.room_raw.decode()
     with patch_stdout(raw=True):
         show = ChatView(colour)
-        link = RoomLink(joined, show)
+        link = room_link(joined, show, plan.store, plan.identity)
         await link.open()
         role = " (host: leaving closes the room)" if host else ""
         intro = render.notice_line(

@@ -11,6 +11,19 @@ from tests.integration.harness import Server, start_server
 _names = itertools.count()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_key_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every ``ocm-chat`` a test starts keeps its identity keys in a temporary
+    ``$XDG_CONFIG_HOME``, never in the home directory of whoever runs the tests."""
+    saved = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = saved
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     """A 2-worker ocm-control with default settings, shared by a test module."""
