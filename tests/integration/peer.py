@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from wire.chat import FramedChat, Notice, decode_framed, encode_chat
 from wire.codes import Framing, Operation, Status
+from wire.e2e import PublicKeys
+from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
 from wire.tcrp import (
     NEED_DATA,
     Complete,
@@ -119,7 +121,8 @@ class Peer:
 
 def join(host: str, tcp_port: int, op: Operation, room: str, user: str,
          password: str | None = None, framing: Framing = Framing.PLAIN,
-         bind_ip: str = "127.0.0.1", bind: str = "register") -> Peer:
+         bind_ip: str = "127.0.0.1", bind: str = "register",
+         keys: PublicKeys | None = None, e2e: bool = False) -> Peer:
     """Create or join over TCRP from ``bind_ip``; bind the UDP socket to the same IP.
 
     ``bind`` says how the member's address becomes known: ``"register"`` sends the UDP
@@ -130,14 +133,14 @@ def join(host: str, tcp_port: int, op: Operation, room: str, user: str,
     """
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((bind_ip, 0))
-    request = encode_request(op, room, user, password, framing)
+    request = encode_request(op, room, user, password, framing, keys=keys, e2e=e2e)
     tcp = socket.socket()
     tcp.bind((bind_ip, 0))
     tcp.settimeout(TIMEOUT_S)
     tcp.connect((host, tcp_port))
     try:
         tcp.sendall(request)
-        reader = FrameReader(Role.CLIENT)
+        reader = FrameReader(Role.CLIENT, MAX_MEMBERS_RESPONSE_BYTES)
         response = complete = None
         while complete is None:
             event = reader.next_event()
