@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 
 from wire import errors
+from wire.chat import encode_chat
 from wire.codes import Framing, Operation, Status
 from wire.e2e import MemberInfo, PublicKeys
-from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
+from wire.limits import EXIT_COMMAND, MAX_MEMBERS_RESPONSE_BYTES
 from wire.tcrp import (
     NEED_DATA,
     Complete,
@@ -152,8 +153,19 @@ def join_room(
         raise
     finally:
         tcp.close()
-    udp.setblocking(False)
     server_udp = (addr[0], response.details.udp_port)
+    if e2e and not response.details.e2e:
+        # A server without encrypted rooms ignored "e2e": never chat in the clear by
+        # mistake. Leave the plain room it made (as its host, this closes it).
+        try:
+            udp.sendto(encode_chat(room.encode(), complete.token, EXIT_COMMAND.encode()),
+                       server_udp)
+        except OSError:
+            pass
+        udp.close()
+        raise JoinFailed(f"the server at {where} made a plain room, not an encrypted one "
+                         "(it does not support --e2e); left it")
+    udp.setblocking(False)
     return Joined(room.encode(), username, complete.token, response.details, server_udp, udp,
                   TcrpTarget(host, tcp_port, tls, timeout))
 

@@ -182,3 +182,45 @@ def test_changed_key_warns_marks_and_verify_clears(tmp_path: Path) -> None:
         assert unknown is not None and unknown[0].kind is LineKind.WARNING
 
     run(tmp_path, scenario, pinned=MALLORY)
+
+
+def test_create_e2e_on_a_server_without_encrypted_rooms_fails_and_leaves() -> None:
+    """A server that ignores "e2e" answers a plain room: the client must not chat in the
+    clear; it sends /exit and fails with one line."""
+    import threading
+
+    import pytest
+
+    from client.session import JoinFailed, join_room
+    from wire.codes import Operation
+    from wire.tcrp import encode_complete, encode_ok
+
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((H, 0))
+    udp.settimeout(TIMEOUT_S)
+    listener = socket.socket()
+    listener.bind((H, 0))
+    listener.listen(1)
+    listener.settimeout(TIMEOUT_S)
+    details = Details(udp.getsockname()[1], True, 4000, 300.0, Framing.OCM1)
+
+    def old_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(TIMEOUT_S)
+            conn.recv(65536)
+            conn.sendall(encode_ok(1, b"r", details) + encode_complete(1, b"r", TOKEN))
+            conn.recv(16)
+
+    thread = threading.Thread(target=old_server, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(JoinFailed, match="plain room, not an encrypted one"):
+            join_room(H, listener.getsockname()[1], Operation.CREATE, "r", "alice",
+                      keys=ALICE.public(), e2e=True)
+        data = udp.recv(65536)
+        assert data == bytes((1, len(TOKEN))) + b"r" + TOKEN + b"/exit"
+    finally:
+        thread.join(TIMEOUT_S)
+        listener.close()
+        udp.close()
