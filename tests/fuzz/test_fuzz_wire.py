@@ -377,7 +377,7 @@ def test_round_trip_header(header: Header) -> None:
 
 @ROUND_TRIP
 @given(
-    st.sampled_from(Operation),
+    st.sampled_from([Operation.CREATE, Operation.JOIN]),
     rooms,
     usernames,
     st.none() | text,
@@ -408,7 +408,7 @@ def _not_a_json_object(text: str) -> bool:
 
 
 @ROUND_TRIP
-@given(st.sampled_from(Operation), rooms, usernames.filter(_not_a_json_object))
+@given(st.sampled_from([Operation.CREATE, Operation.JOIN]), rooms, usernames.filter(_not_a_json_object))
 def test_round_trip_legacy_request(operation: Operation, room: str, username: str) -> None:
     data = encode_legacy_request(operation, room, username)
     expected = Request(operation, room, room.encode(), RequestBody(username))
