@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wire.codes import Framing, Status
+from wire.names import username_key
 
 Addr = tuple[str, int]
 
@@ -57,6 +58,7 @@ class RoomRecord:
     password: Any
     """An opaque password hash (control/passwords.py), or None for an open room."""
     members: dict[str, MemberRecord] = field(default_factory=dict)
+    """Members by ``wire.names.username_key`` (NFC): names unique up to normalisation."""
     host_ip: str = ""
     """The IP the room was created from (the per-IP room quota counts it)."""
     live: bool = False
@@ -111,7 +113,7 @@ class Registry:
         """Add a member to a live room; raise USERNAME_TAKEN, ROOM_FULL or ROOM_NOT_FOUND."""
         if self.rooms.get(room.name) is not room or not room.live:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {room.name!r} closed")
-        if username in room.members:
+        if username_key(username) in room.members:
             raise RegistryError(Status.USERNAME_TAKEN, f"{username!r} is in the room")
         if len(room.members) >= max_members:
             raise RegistryError(Status.ROOM_FULL, f"the room has {max_members} members")
@@ -132,8 +134,9 @@ class Registry:
             return None
         member.alive = False
         room = member.room
-        if room.members.get(member.username) is member:
-            del room.members[member.username]
+        key = username_key(member.username)
+        if room.members.get(key) is member:
+            del room.members[key]
         self.load[room.worker] -= 1
         if member.is_host and self.rooms.get(room.name) is room:
             self.close_room(room.name)
@@ -161,7 +164,7 @@ class Registry:
         while token in self.tokens:  # 192 random bits: never, but cheap to be sure
             token = self._new_token(room.worker)
         member = MemberRecord(token, username, ip, framing, is_host, room)
-        room.members[username] = member
+        room.members[username_key(username)] = member
         self.tokens[token] = member
         self.load[room.worker] += 1
         return member

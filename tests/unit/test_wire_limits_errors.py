@@ -30,6 +30,9 @@ STATUS_OF: dict[type[errors.ProtocolError], tuple[Status, str]] = {
     errors.MissingUsername: (Status.INVALID_REQUEST, "malformed"),
     errors.FieldTooLong: (Status.TOO_LARGE, "too_large"),
     errors.BadUsername: (Status.INVALID_REQUEST, "malformed"),
+    errors.MalformedJson: (Status.INVALID_REQUEST, "malformed"),
+    errors.PrematureClose: (Status.INTERNAL_ERROR, "malformed"),
+    errors.ExchangeMisuse: (Status.INTERNAL_ERROR, "malformed"),
     errors.UnexpectedFrame: (Status.INTERNAL_ERROR, "malformed"),
     errors.BadResponse: (Status.INTERNAL_ERROR, "malformed"),
     errors.BadToken: (Status.INTERNAL_ERROR, "malformed"),
@@ -42,7 +45,8 @@ STATUS_OF: dict[type[errors.ProtocolError], tuple[Status, str]] = {
     errors.DeliveryTooLarge: (Status.INTERNAL_ERROR, "malformed"),
 }
 
-LOCAL = {errors.LocalProtocolError, errors.FieldOutOfRange, errors.DeliveryTooLarge}
+LOCAL = {errors.LocalProtocolError, errors.FieldOutOfRange, errors.DeliveryTooLarge,
+         errors.ExchangeMisuse}
 
 
 def class_name(cls: type) -> str:
