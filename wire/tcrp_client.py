@@ -200,7 +200,8 @@ class ClientExchange:
             if step in (_Step.REQUEST, _Step.REGISTER):
                 raise errors.ExchangeMisuse(
                     f"cannot {step.value} in state {self._state.value}")
-            raise errors.UnexpectedFrame(f"{step.value} in state {self._state.value}")
+            what = "a token before the response" if step is _Step.COMPLETE else "a second response"
+            raise errors.UnexpectedFrame(what)
         self._state = new
 
 

@@ -390,8 +390,9 @@ def test_unexpected_answer_is_one_clear_line() -> None:
     finally:
         thread.join(TIMEOUT_S)
         listener.close()
-    assert client.err_seen == [f"ocm-chat: the server at 127.0.0.1:{port} sent a token "
-                               "without a response"]
+    assert client.err_seen == [f"ocm-chat: the server at 127.0.0.1:{port} sent an invalid "
+                               "answer: the server sent a frame the client did not expect: "
+                               "a token before the response"]
 
 
 def test_unreachable_server(clients: list[Client]) -> None:

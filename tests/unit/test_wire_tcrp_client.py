@@ -160,11 +160,19 @@ def test_remote_errors(data: bytes, error: type[errors.ProtocolError], whole: bo
         feed(exchange, data, whole)
     assert type(info.value) is error
     assert isinstance(info.value, errors.RemoteProtocolError)
+    assert info.value.detail
     assert exchange.state is ExchangeState.FAILED
     with pytest.raises(errors.ExchangeMisuse):  # a failed exchange is over
         exchange.next_event()
     with pytest.raises(errors.ExchangeMisuse):
         exchange.receive_data(b"more")
+
+
+def test_unexpected_frames_say_what_came() -> None:
+    for data, detail in ((COMPLETE_FRAME, "a token before the response"),
+                         (OK_FRAME + REFUSAL_FRAME, "a second response")):
+        with pytest.raises(errors.UnexpectedFrame, match=detail):
+            feed(started(), data, True)
 
 
 def test_local_misuse() -> None:
