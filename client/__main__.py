@@ -180,7 +180,7 @@ def _room_opener(joined: Joined) -> script.OpenLink:
         await link.open()
         role = "host of" if joined.details.host else "in"
         room = render.sanitize(joined.room_raw.decode())
-        print(f"ocm-chat: {render.sanitize(joined.username)} is {role} room {room!r}; "
+        print(f"ocm-chat: {render.sanitize_name(joined.username)} is {role} room {room!r}; "
               f"messages up to {joined.details.max_message} bytes", file=sys.stderr,
               flush=True)
         return link

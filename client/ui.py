@@ -212,7 +212,7 @@ async def chat(link: Link, user: str, title: str, host: bool, colour: bool,
         bottom_toolbar=f" {title} · {user}{' (host)' if host else ''}"
                        " · /help · Ctrl-D leaves ",
     )
-    name = render.sanitize(user)
+    name = render.sanitize_name(user)
     prompt = ANSI(f"\x1b[1;38;5;{render.user_colour(user)}m{name}\x1b[0m> ") if colour \
         else f"{name}> "
 
@@ -340,7 +340,7 @@ async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory) -> 
         await link.open()
         role = " (host: leaving closes the room)" if host else ""
         intro = render.notice_line(
-            f"you are in room {render.sanitize(room)!r} as {render.sanitize(joined.username)}"
+            f"you are in room {render.sanitize(room)!r} as {render.sanitize_name(joined.username)}"
             f"{role} · /help for commands")
         try:
             notice = await chat(link, joined.username, f"room {render.sanitize(room)}", host,
@@ -376,7 +376,7 @@ async def _global_chat(host: str, port: int, user: str, colour: bool) -> int:
         except OSError as exc:
             print(f"ocm-chat: cannot chat on {host}:{port}: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        intro = render.notice_line(f"global chat on {host}:{port} as {render.sanitize(user)}"
+        intro = render.notice_line(f"global chat on {host}:{port} as {render.sanitize_name(user)}"
                                    " · /help for commands")
         try:
             await chat(link, user, f"global chat {host}:{port}", False, colour,

@@ -28,7 +28,7 @@ from wire.chat import (
     is_exit,
     plain_prefix,
 )
-from wire.codes import Framing, NoticeEvent, Reason
+from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
 from wire.limits import (
     DEFAULT_INACTIVITY_TIMEOUT_S,
     DEFAULT_MAX_SEND_FAILURES,
@@ -134,7 +134,7 @@ class RelayCore:
         self.received = 0
         self.relayed = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self.evictions: dict[str, int] = {r.value: 0 for r in Reason}
+        self.evictions: dict[str, int] = {r.value: 0 for r in EVICTION_REASONS}
         self.send_failures = 0
 
     # --- control commands ---------------------------------------------------------------
@@ -189,7 +189,7 @@ class RelayCore:
     def shutdown(self) -> None:
         """Graceful stop (§2.4): every bound member gets ``closed``; all rooms go."""
         for room in list(self.rooms.values()):
-            self._close_room(room, None, "shutdown")
+            self._close_room(room, None, Reason.SHUTDOWN.value)
 
     # --- datagrams ---------------------------------------------------------------------
     def handle_datagram(self, data: bytes, addr: Addr, now: float) -> Fanout | None:
@@ -361,7 +361,8 @@ class RelayCore:
         self._remove(member, reason)
 
     def _close_room(self, room: Room, host: Member | None, reason: str) -> None:
-        closed = Notice(NoticeEvent.CLOSED)
+        shutdown = reason == Reason.SHUTDOWN.value  # framed clients can say why (§2.3)
+        closed = Notice(NoticeEvent.CLOSED, reason=Reason.SHUTDOWN if shutdown else None)
         for member in list(room.members.values()):
             if member is not host:
                 self._notify(member, closed)
@@ -410,7 +411,7 @@ class GlobalChat:
         self.received = 0
         self.relayed = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self.evictions: dict[str, int] = {r.value: 0 for r in Reason}
+        self.evictions: dict[str, int] = {r.value: 0 for r in EVICTION_REASONS}
 
     def handle_datagram(self, data: bytes, addr: Addr, now: float) -> list[Addr] | None:
         """Validate; remember the sender; return the addresses to relay ``data`` to

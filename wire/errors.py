@@ -144,6 +144,10 @@ class BadNotice(RemoteProtocolError):
     """a framed notice is not a JSON object with a known event"""
 
 
+class BadDelivery(RemoteProtocolError):
+    """a plain delivery is neither a notice text nor 'name: message'"""
+
+
 # --- encoding (our own side) --------------------------------------------------------------
 class FieldOutOfRange(LocalProtocolError):
     """a value does not fit its wire field"""

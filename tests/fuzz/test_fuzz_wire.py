@@ -32,10 +32,12 @@ from wire.chat import (
     Notice,
     decode_chat,
     decode_framed,
+    decode_plain,
     encode_chat,
     encode_framed_chat,
     encode_framed_notice,
     encode_plain_chat,
+    encode_plain_notice,
     is_exit,
 )
 from wire.codes import Framing, NoticeEvent, Operation, Reason, Status
@@ -60,6 +62,8 @@ from wire.tcrp import (
     encode_ok,
     encode_request,
 )
+from wire.tcrp_client import ClientExchange
+from wire.tcrp_client import ConnectionClosed as TcrpClosed
 
 pytestmark = pytest.mark.no_cover
 
@@ -121,6 +125,11 @@ NOTICE_POOL: Pool = [
     [b"\x00" + obj for obj in objects(base, ["event", "user", "reason", "over"])]
     for base in NOTICE_BASES
 ] + [[b"\x00" + raw for raw in RAW_JSONISH]]
+PLAIN_POOL: Pool = [
+    [encode_plain_notice(Notice(event, "alice", over=7)) for event in NoticeEvent],
+    [b"alice: hi", "bob: alice がチャットルームに参加しました".encode(), b"a: ", b": x",
+     b"no separator", b"a:b"],
+]
 ROOMS = [b"room", "部屋".encode(), b"\xff\xfe", b"\xed\xa0\x80", b"r" * 255, b""]
 
 
@@ -312,6 +321,44 @@ def test_fuzz_decode_chat(seed: bytes) -> None:
 def test_fuzz_decode_framed(seed: bytes) -> None:
     value = parse(decode_framed, datagram(seed, NOTICE_POOL))
     assert isinstance(value, FramedChat | Notice | errors.RemoteProtocolError)
+
+
+@FUZZ
+@given(seeds)
+def test_fuzz_decode_plain(seed: bytes) -> None:
+    data = datagram(seed, PLAIN_POOL)
+    value = parse(decode_plain, data)
+    assert isinstance(value, FramedChat | Notice | errors.RemoteProtocolError)
+    if isinstance(value, FramedChat):
+        assert encode_plain_chat(value.username, value.message.encode()) == data
+
+
+def run_exchange(pieces: Iterable[bytes], max_payload: int) -> tuple[list[object], str]:
+    """Feed a server's answer, then the close; only RemoteProtocolError may escape."""
+    exchange = ClientExchange(max_payload)
+    exchange.send_request(Operation.JOIN, "r", "alice")
+    events: list[object] = []
+    try:
+        for piece in [*pieces, b""]:
+            exchange.receive_data(piece)
+            while (event := exchange.next_event()) is not NEED_DATA:
+                events.append(event)
+                if isinstance(event, TcrpClosed):
+                    return events, exchange.state.value
+    except errors.RemoteProtocolError as exc:
+        return events, type(exc).__name__
+    raise AssertionError("the close must end the exchange")
+
+
+@FUZZ
+@given(seeds)
+def test_fuzz_client_exchange(seed: bytes) -> None:
+    p = Picker(seed)
+    max_payload = (4096, 4096, 64, 0)[p.byte() % 4]
+    chunks = p.take(p.byte() % 12)
+    data = p.rest() if p.byte() % 4 == 3 else near_frames(p, RESPONSE_POOL)
+    whole = run_exchange([data], max_payload)
+    assert run_exchange(chunked(data, chunks), max_payload) == whole
 
 
 @FUZZ

@@ -259,6 +259,19 @@ def test_host_exit_closes_the_room_for_the_others(server: Server, room_name: str
     assert again.wait() == 0
 
 
+def test_server_shutdown_is_said_as_such(room_name: str, clients: list[Client]) -> None:
+    """On SIGTERM every member, the host included, is told the server is shutting down,
+    not that the host left."""
+    with start_server() as server:
+        alice, bob = room_of(clients, server, room_name, "alice", "bob")
+        server.stop()
+    for member in (alice, bob):
+        member.expect_line("* the server is shutting down")
+        assert member.wait() == 3
+        assert member.err_seen[-1] == (
+            "ocm-chat: the server is shutting down, so the room is gone")
+
+
 def test_inactivity_disconnect_is_shown_and_keepalives_keep_others_in(
         room_name: str, clients: list[Client]) -> None:
     with start_server("--inactivity-timeout", "2") as server:

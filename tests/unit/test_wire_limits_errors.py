@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wire import errors, limits
-from wire.codes import Framing, NoticeEvent, Operation, Reason, State, Status
+from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Operation, Reason, State, Status
 
 
 def all_subclasses(cls: type[errors.ProtocolError]) -> set[type[errors.ProtocolError]]:
@@ -41,6 +41,7 @@ STATUS_OF: dict[type[errors.ProtocolError], tuple[Status, str]] = {
     errors.EmptyField: (Status.INVALID_REQUEST, "malformed"),
     errors.MessageNotUtf8: (Status.INVALID_REQUEST, "bad_utf8"),
     errors.BadNotice: (Status.INVALID_REQUEST, "malformed"),
+    errors.BadDelivery: (Status.INVALID_REQUEST, "malformed"),
     errors.FieldOutOfRange: (Status.INTERNAL_ERROR, "malformed"),
     errors.DeliveryTooLarge: (Status.INTERNAL_ERROR, "malformed"),
 }
@@ -106,7 +107,8 @@ def test_codes_match_the_spec() -> None:
     }
     assert [f.value for f in Framing] == ["plain", "ocm1"]
     assert [e.value for e in NoticeEvent] == ["joined", "left", "closed", "disconnected", "error"]
-    assert [r.value for r in Reason] == ["exit", "inactive", "send_failures"]
+    assert [r.value for r in Reason] == ["exit", "inactive", "send_failures", "shutdown"]
+    assert [r.value for r in EVICTION_REASONS] == ["exit", "inactive", "send_failures"]
 
 
 def test_limits() -> None:
