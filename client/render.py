@@ -275,11 +275,16 @@ _REFUSALS: Final = {
     Status.TOO_LARGE: "the request is too large: names and passwords are 255 bytes at most",
     Status.USERNAME_TAKEN: "someone in {room} is already called {user}: pick another name",
     Status.ROOM_FULL: "room {room} is full",
-    Status.RATE_LIMITED: "too many attempts from this address: wait a little and try again",
+    Status.RATE_LIMITED: "too many attempts from this address",
     Status.UNAVAILABLE: "the server cannot take rooms right now (busy or shutting down): "
     "try again later",
     Status.INTERNAL_ERROR: "the server hit an internal error",
 }
+
+
+def password_needed_text(room: str) -> str:
+    """What the interactive client says before asking for a room's password."""
+    return f"room {sanitize(room)!r} is protected by a password"
 
 
 def status_name(status: Status | int) -> str:

@@ -14,10 +14,16 @@ Every table is keyed by client IP (or IP and room) and bounded, with its worst c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
 MAX_TRACKED_IPS: Final = 65_536
+
+
+def retry_seconds(wait: float) -> int:
+    """A wait as said in a RATE_LIMITED answer ("retry in N s"): whole seconds, at least 1."""
+    return max(1, math.ceil(wait))
 
 
 @dataclass
@@ -69,6 +75,13 @@ class Quotas:
         self._buckets[ip] = (allowance - 1.0, now)
         return True
 
+    def request_retry_after(self, ip: str, now: float) -> float:
+        """Seconds until ``allow_request`` would let ``ip`` in again (0 if it would now)."""
+        rate = self.settings.conn_rate_per_ip
+        allowance, stamp = self._buckets.get(ip, (rate, now))
+        allowance = min(rate, allowance + (now - stamp) * rate)
+        return max(0.0, (1.0 - allowance) / rate) if rate > 0 else 0.0
+
     # --- passwords ---------------------------------------------------------------------
     def password_blocked(self, ip: str, room: str, now: float) -> bool:
         """True while (ip, room) has ``max_password_failures`` failures in the window."""
@@ -85,6 +98,14 @@ class Quotas:
             self.refused["password"] += 1
             return True
         return False
+
+    def password_retry_after(self, ip: str, room: str, now: float) -> float:
+        """Seconds until (ip, room) is no longer blocked (0 if it is not)."""
+        times = self._failures.get((ip, room))
+        if not times or len(times) < self.settings.max_password_failures:
+            return 0.0
+        return max(0.0, times[-self.settings.max_password_failures]
+                   + self.settings.password_failure_window - now)
 
     def password_failed(self, ip: str, room: str, now: float) -> None:
         key = (ip, room)

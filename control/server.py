@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from control import passwords
 from control.config import Config
-from control.quotas import Quotas, QuotaSettings
+from control.quotas import Quotas, QuotaSettings, retry_seconds
 from control.registry import MemberRecord, Registry, RegistryError, RoomRecord
 from control.session import (
     ConnectionClosed,
@@ -92,8 +92,9 @@ class ControlApp:
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
         if not self.quotas.allow_request(ip, time.monotonic()):
+            wait = self.quotas.request_retry_after(ip, time.monotonic())
             raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
-                                "slow down")
+                                f"retry in {retry_seconds(wait)} s")
         body = request.body
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
@@ -164,13 +165,16 @@ class ControlApp:
     async def _check_password(self, ip: str, room: RoomRecord, password: str | None) -> None:
         """Raise RATE_LIMITED or INVALID_PASSWORD, or return if ``password`` opens ``room``."""
         if self.quotas.password_blocked(ip, room.name, time.monotonic()):
+            wait = self.quotas.password_retry_after(ip, room.name, time.monotonic())
             raise RegistryError(Status.RATE_LIMITED, "too many wrong passwords for this "
-                                "room from your address; try again later")
-        ok = False
-        if password:
-            loop = asyncio.get_running_loop()
-            ok = await loop.run_in_executor(self.hasher, passwords.verify_password,
-                                            password, room.password)
+                                f"room from your address; retry in {retry_seconds(wait)} s")
+        if not password:
+            # A missing password guesses nothing, so it is not a failed attempt: clients
+            # may try without one to learn that the room is protected (docs/protocol.md).
+            raise RegistryError(Status.INVALID_PASSWORD, "this room needs a password")
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(self.hasher, passwords.verify_password,
+                                        password, room.password)
         if not ok:
             self.quotas.password_failed(ip, room.name, time.monotonic())
             raise RegistryError(Status.INVALID_PASSWORD, "wrong password")

@@ -9,6 +9,7 @@ threat to these tests.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.integration.harness import Server, start_server
-from tests.integration.peer import Peer, join
+from tests.integration.peer import Peer, join, tcrp_exchange
 from tests.stress.tools import (
     admin_address,
     dropped,
@@ -200,6 +201,36 @@ def test_password_failures_per_ip_and_room() -> None:
         # Recovery once the window has passed since the failures.
         until_ok(srv, Operation.JOIN, "vault", "carol", timeout=15.0, password="right")
         assert time.monotonic() - first_failure >= 2.5
+
+
+def test_missing_password_is_not_a_failed_attempt_and_limits_say_when() -> None:
+    """A join without a password (a client learning that the room is protected) is
+    INVALID_PASSWORD but guesses nothing, so it does not count toward the failure limit;
+    a RATE_LIMITED answer says how long to wait."""
+    with start_server("--max-password-failures", "2", "--password-failure-window", "30",
+                      workers=1) as srv:
+        create(srv, "vault", password="right")
+        for i, missing in enumerate([None, "", None, None]):
+            response, _ = tcrp_exchange(H, srv.tcp_port, encode_request(
+                Operation.JOIN, "vault", f"m{i}", missing))
+            assert response.status == Status.INVALID_PASSWORD
+            assert response.error == "this room needs a password"
+        for i in range(2):
+            response, _ = tcrp_exchange(H, srv.tcp_port, encode_request(
+                Operation.JOIN, "vault", f"g{i}", f"wrong{i}"))
+            assert (response.status, response.error) == (Status.INVALID_PASSWORD,
+                                                         "wrong password")
+        response, _ = tcrp_exchange(H, srv.tcp_port, encode_request(
+            Operation.JOIN, "vault", "bob", "right"))
+        assert response.status == Status.RATE_LIMITED
+        match = re.fullmatch(r"too many wrong passwords for this room from your address; "
+                             r"retry in (\d+) s", response.error)
+        assert match and 25 <= int(match[1]) <= 30, response.error
+    with start_server("--conn-rate-per-ip", "2", workers=1) as srv:
+        errors = [tcrp_exchange(H, srv.tcp_port, encode_request(
+            Operation.JOIN, "nowhere", f"u{i}"))[0].error for i in range(4)]
+        assert re.fullmatch(r"too many requests from your address; retry in 1 s",
+                            errors[-1]), errors
 
 
 def test_password_failures_hold_under_concurrent_guesses() -> None:
