@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 from client import render, script
 from client.link import GlobalLink, RoomLink, open_global
@@ -33,8 +33,16 @@ exit codes: 0 left normally; 1 could not join (refused, unreachable, timeout);
 """
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Every usage error (bad choice, unknown flag, value out of range) is one line and
+    exit code 2; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="ocm-chat",
         description="Chat in an OCM room: create or join it over TCRP, then talk over UDP.",
         epilog=EPILOG,

@@ -51,6 +51,8 @@ def test_all_flags() -> None:
         ["--user", "b\x1bob"],
         ["--join", ""],
         ["--create", "x" * 256],
+        ["--no-such-flag"],
+        ["--tcp-port"],
     ],
 )
 def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,7 +60,8 @@ def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) 
         main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: ocm-chat" in err and "Traceback" not in err
+    assert err.startswith("ocm-chat: error: ") and err.endswith(" (see ocm-chat --help)\n")
+    assert err.count("\n") == 1, err  # one line, no usage block
 
 
 @pytest.mark.parametrize("argv", [["--create", "r"], ["--user", "bob"], []])
