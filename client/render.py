@@ -220,10 +220,15 @@ def format_ansi(line: Line, clock: str | None = None, colour: bool = True) -> st
 
 
 # --- refusals and validation ------------------------------------------------------------------
-def too_long_text(size: int, limit: int) -> str:
-    """Why a message was not sent (it would not be relayed to everyone, §1.3)."""
+ROOM_SCOPE: Final = "in this room"
+GLOBAL_SCOPE: Final = "in global chat"
+
+
+def too_long_text(size: int, limit: int, scope: str = ROOM_SCOPE) -> str:
+    """Why a message was not sent: over ``limit`` bytes ``scope`` (a room: it would not be
+    relayed to everyone, §1.3; Stage 1: the datagram would be over 4096 bytes, §3)."""
     return (
-        f"not sent: the message is {size} bytes, the limit in this room is {limit} bytes "
+        f"not sent: the message is {size} bytes, the limit {scope} is {limit} bytes "
         f"({size - limit} too many)"
     )
 
@@ -232,17 +237,17 @@ class MessageTooLong(Exception):
     """The message would not be relayed to everyone (over ``max_message``, §1.3); the
     client refuses it locally and sends nothing. ``str()`` shows the limit."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(too_long_text(size, limit))
+    def __init__(self, size: int, limit: int, scope: str = ROOM_SCOPE) -> None:
+        super().__init__(too_long_text(size, limit, scope))
         self.size = size
         self.limit = limit
 
 
-def check_length(text: str, limit: int) -> bytes:
+def check_length(text: str, limit: int, scope: str = ROOM_SCOPE) -> bytes:
     """``text`` as UTF-8, or raise ``MessageTooLong`` if it is over ``limit`` bytes."""
     raw = text.encode("utf-8", "replace")
     if len(raw) > limit:
-        raise MessageTooLong(len(raw), limit)
+        raise MessageTooLong(len(raw), limit, scope)
     return raw
 
 
