@@ -110,8 +110,8 @@ class ControlApp:
         if member.is_host:
             self.registry.mark_live(member.room)
             self.quotas.room_opened(ip)
-            log.info("room created on worker %d (%d rooms)", member.room.worker,
-                     len(self.registry.rooms))
+            log.info("room %r created on worker %d (%d rooms)", member.room.name,
+                     member.room.worker, len(self.registry.rooms))
         details = Details(
             udp_port=self.udp_ports[member.room.worker],
             host=member.is_host,
@@ -218,8 +218,8 @@ class ControlApp:
             room = self.registry.close_room(message["room"])
             if room is not None:
                 self.quotas.room_closed(room.host_ip)
-                log.info("room closed (%s) on worker %d (%d rooms)", message["reason"],
-                         worker, len(self.registry.rooms))
+                log.info("room %r closed (%s) on worker %d (%d rooms)", room.name,
+                         message["reason"], worker, len(self.registry.rooms))
         else:
             log.warning("worker %d sent unknown event %r", worker, kind)
 

@@ -284,7 +284,8 @@ def test_chat_rate_per_member() -> None:
         wait_for(delivered, 10.0, "bob's chat after the pause", interval=0)
         srv.stop()
         counters = final_counters(srv.log_text())
-        assert sum(c["drops"]["rate_limited"] for c in counters.values()) >= rejected
+        assert sum(c.get("drops", {}).get("rate_limited", 0)
+                   for c in counters.values()) >= rejected
 
 
 def test_rooms_per_ip() -> None:
@@ -468,7 +469,7 @@ def test_no_password_token_or_chat_in_the_logs() -> None:
     finally:
         srv.stop()
     text = srv.log_text()
-    assert "room created" in text  # the log did record this session (at debug level)
+    assert "room 'secret-room' created" in text  # the log recorded this session
     for s in secrets:
         assert s not in text, f"{s!r} appears in the server log"
     for s in (alice.token, bob.token):  # nor any long piece of a token
