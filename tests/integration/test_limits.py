@@ -30,14 +30,8 @@ from tests.stress.tools import (
 from wire.codes import Operation, Status
 from wire.limits import TCRP_PAYLOAD_SIZE_BYTES
 from wire.stage1 import encode_stage1
-from wire.tcrp import (
-    MAX_PAYLOAD_SIZE_FIELD,
-    NEED_DATA,
-    FrameReader,
-    Response,
-    Role,
-    encode_request,
-)
+from wire.tcrp import MAX_PAYLOAD_SIZE_FIELD, Response, encode_request
+from wire.tcrp_client import ClientExchange, ConnectionClosed
 
 H = "127.0.0.1"
 H2 = "127.0.0.2"
@@ -93,8 +87,9 @@ def test_payload_limit_is_checked_before_reading_the_payload() -> None:
         for declared in (10**9, MAX_PAYLOAD_SIZE_FIELD):
             with socket.create_connection((H, srv.tcp_port), timeout=10) as sock:
                 started = time.monotonic()
-                sock.sendall(header(1, Operation.CREATE, 0, declared) + b"r")  # no payload
-                reader = FrameReader(Role.CLIENT)
+                exchange = ClientExchange()  # no payload:
+                sock.sendall(exchange.send_raw_request(
+                    header(1, Operation.CREATE, 0, declared) + b"r"))
                 sock.settimeout(10)
                 data = b"-"
                 while data:
@@ -102,12 +97,13 @@ def test_payload_limit_is_checked_before_reading_the_payload() -> None:
                         data = sock.recv(65536)
                     except ConnectionResetError:
                         data = b""
-                    reader.receive_data(data)
+                    exchange.receive_data(data)
                 took = time.monotonic() - started  # answered and closed
-                response = reader.next_event()
+                response = exchange.next_event()
                 assert isinstance(response, Response), response
                 assert response.status == Status.TOO_LARGE and response.room_raw == b"r"
-                assert reader.next_event() is NEED_DATA  # one frame, nothing else
+                # one frame, nothing else (more bytes would raise UnexpectedFrame)
+                assert isinstance(exchange.next_event(), ConnectionClosed)
                 assert took < ANSWER_AT_ONCE_S, took
         # The server is unharmed: a normal create works.
         assert request_status(srv, Operation.CREATE, "after-1gb", "alice") == Status.OK
