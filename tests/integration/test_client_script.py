@@ -335,6 +335,31 @@ def test_refusals_from_the_real_server(server: Server, room_name: str, clients: 
                                    "--password-file", str(long_password))
 
 
+def test_rate_limited_refusal_says_when_to_retry(room_name: str, clients: list[Client],
+                                                 tmp_path: Path) -> None:
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text("open sesame\n")
+    wrong.write_text("open says me\n")
+    with start_server("--max-password-failures", "1", "--password-failure-window", "60"
+                      ) as server:
+        alice = spawn(clients, server, "--create", room_name, "--user", "alice",
+                      "--password-file", str(right))
+        alice.expect_err("is host of room")
+        for _ in range(2):  # trying without a password first costs nothing
+            bob = spawn(clients, server, "--join", room_name, "--user", "bob")
+            assert bob.wait() == 1
+            assert "protected by a password" in bob.err_seen[0]
+        bob = spawn(clients, server, "--join", room_name, "--user", "bob",
+                    "--password-file", str(wrong))
+        assert bob.wait() == 1 and "wrong password" in bob.err_seen[0]
+        bob = spawn(clients, server, "--join", room_name, "--user", "bob",
+                    "--password-file", str(right))
+        assert bob.wait() == 1
+        assert re.fullmatch(r"ocm-chat: too many attempts from this address \[RATE_LIMITED: "
+                            r"too many wrong passwords for this room from your address; "
+                            r"retry in (5\d|60) s\]", bob.err_seen[0]), bob.err_seen
+
+
 def test_room_full(room_name: str, clients: list[Client]) -> None:
     with start_server("--max-members", "1") as server:
         alice = spawn(clients, server, "--create", room_name, "--user", "alice")
