@@ -4,8 +4,8 @@ Frame: ``RoomNameSize(1) Operation(1) State(1) OperationPayloadSize(29) RoomName
 
 Server side: feed bytes to ``FrameReader(max_payload, role=SERVER)`` and call
 ``next_event()`` until it returns a ``Request`` (or raises a ``RemoteProtocolError`` whose
-``status`` is the code to answer). Client side: ``encode_request`` then read ``Response`` and
-``Complete`` with ``FrameReader(role=CLIENT)``.
+``status`` is the code to answer). Client side: ``wire.tcrp_client.ClientExchange``, which
+encodes the request and reads ``Response`` and ``Complete`` with ``FrameReader(role=CLIENT)``.
 """
 
 from __future__ import annotations
