@@ -1,4 +1,4 @@
-"""The client side of one TCRP exchange, sans-IO (PROTOCOL.md §1; h11's ``Connection``).
+"""The client side of one TCRP exchange, sans-IO (docs/protocol.md §1; h11's ``Connection``).
 
 One ``ClientExchange`` per TCP connection. Call ``send_request(...)`` (or
 ``send_raw_request(frame)``) and write the bytes it returns; feed everything read from the

@@ -1,4 +1,4 @@
-"""wire/tcrp_client.py: the client side of one TCRP exchange (PROTOCOL.md §1).
+"""wire/tcrp_client.py: the client side of one TCRP exchange (docs/protocol.md §1).
 
 Every answer is fed whole and then one byte at a time (h11's ``tests/test_io.py::tr``);
 the frames are the hex vectors of tests/unit/test_wire_tcrp.py.
