@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Server, start_server
-from wire.codes import Operation, State, Status
-from wire.tcrp import NEED_DATA, FrameReader, Role, encode_error, encode_frame
+from wire.codes import Framing, Operation, State, Status
+from wire.tcrp import NEED_DATA, Details, FrameReader, Role, encode_error, encode_frame, encode_ok
 
 H = "127.0.0.1"
 TIMEOUT_S = 15.0
@@ -431,6 +431,33 @@ def test_unexpected_answer_is_one_clear_line() -> None:
     assert client.err_seen == [f"ocm-chat: the server at 127.0.0.1:{port} sent an invalid "
                                "answer: the server sent a frame the client did not expect: "
                                "a token before the response"]
+
+
+@pytest.mark.parametrize(("answer", "what"), [
+    (b"", "answering"),
+    (encode_ok(Operation.JOIN, b"lobby", Details(9001, False, 4000, 300.0, Framing.OCM1)),
+     "the token"),
+])
+def test_server_closing_early_is_one_clear_line(answer: bytes, what: str) -> None:
+    listener = socket.create_server((H, 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        client = Client("--tcp-port", str(port), "--join", "lobby", "--user", "bob")
+        assert client.wait() == 1
+    finally:
+        thread.join(TIMEOUT_S)
+        listener.close()
+    assert client.err_seen == [f"ocm-chat: the server at 127.0.0.1:{port} closed the "
+                               f"connection before {what}"]
 
 
 def test_unreachable_server(clients: list[Client]) -> None:
