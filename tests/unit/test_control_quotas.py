@@ -82,3 +82,12 @@ def test_retry_after_says_how_long_to_wait() -> None:
     assert q.password_retry_after("a", "r", 4.0) == 7.0  # the failure at 1.0 expires at 11
     assert q.password_retry_after("a", "r", 12.0) == 0.0
     assert [quotas.retry_seconds(w) for w in (0.0, 0.2, 1.0, 6.01)] == [1, 1, 1, 7]
+
+
+def test_key_derivation_bucket_per_ip() -> None:
+    q = make(kdf_rate_per_ip=2.0)
+    assert [q.allow_kdf("a", 0.0) for _ in range(3)] == [True, True, False]
+    assert q.allow_kdf("b", 0.0)  # another IP has its own bucket
+    assert not q.allow_kdf("a", 0.4) and q.allow_kdf("a", 0.6)  # 2/s refill
+    assert q.allow_request("a", 0.6)  # the request bucket is separate
+    assert q.refused["kdf_rate"] == 2
