@@ -86,10 +86,11 @@ class Quotas:
 
     def request_retry_after(self, ip: str, now: float) -> float:
         """Seconds until ``allow_request`` would let ``ip`` in again (0 if it would now)."""
-        rate = self.settings.conn_rate_per_ip
-        allowance, stamp = self._buckets.get(ip, (rate, now))
-        allowance = min(rate, allowance + (now - stamp) * rate)
-        return max(0.0, (1.0 - allowance) / rate) if rate > 0 else 0.0
+        return _wait(self._buckets, ip, self.settings.conn_rate_per_ip, now)
+
+    def kdf_retry_after(self, ip: str, now: float) -> float:
+        """Seconds until ``allow_kdf`` would let ``ip`` in again (0 if it would now)."""
+        return _wait(self._kdf_buckets, ip, self.settings.kdf_rate_per_ip, now)
 
     # --- passwords ---------------------------------------------------------------------
     def password_blocked(self, ip: str, room: str, now: float) -> bool:
@@ -157,3 +158,11 @@ def _take(buckets: dict[str, tuple[float, float]], ip: str, rate: float, now: fl
         return False
     buckets[ip] = (allowance - 1.0, now)
     return True
+
+
+def _wait(buckets: dict[str, tuple[float, float]], ip: str, rate: float, now: float
+          ) -> float:
+    """Seconds until ``ip``'s bucket holds one token again (0 if it does now)."""
+    allowance, stamp = buckets.get(ip, (rate, now))
+    allowance = min(rate, allowance + (now - stamp) * rate)
+    return max(0.0, (1.0 - allowance) / rate) if rate > 0 else 0.0

@@ -82,6 +82,11 @@ def test_retry_after_says_how_long_to_wait() -> None:
     assert q.password_retry_after("a", "r", 4.0) == 7.0  # the failure at 1.0 expires at 11
     assert q.password_retry_after("a", "r", 12.0) == 0.0
     assert [quotas.retry_seconds(w) for w in (0.0, 0.2, 1.0, 6.01)] == [1, 1, 1, 7]
+    k = make(kdf_rate_per_ip=2.0)
+    assert k.kdf_retry_after("a", 0.0) == 0.0
+    assert [k.allow_kdf("a", 0.0) for _ in range(3)] == [True, True, False]
+    assert k.kdf_retry_after("a", 0.0) == 0.5  # one derivation at 2/s
+    assert k.kdf_retry_after("a", 0.5) == 0.0
 
 
 def test_key_derivation_bucket_per_ip() -> None:
