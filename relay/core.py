@@ -45,6 +45,10 @@ DEFAULT_CHAT_RATE: Final = 10.0
 """Chat messages per second per member; excess is dropped and counted (rate_limited)."""
 DEFAULT_CHAT_BURST: Final = 20
 
+DEADLINE_COMPACT_SLACK: Final = 1024
+"""Stale deadline entries (of departed members, ~150 B each) tolerated beyond the number
+of live members before the heap is rebuilt: at most 2 x members + 1,024 entries."""
+
 DROP_REASONS: Final = (
     "too_large",  # over 4096 bytes
     "malformed",  # lengths 0 or past the end
@@ -129,7 +133,11 @@ class RelayCore:
         path's ``if failing`` test costs one truth check."""
         self.outbox: list[Send] = []
         self.events: list[dict[str, Any]] = []
-        self._deadlines: list[tuple[float, int, Member]] = []
+        self._deadlines: list[tuple[float, int, bytes]] = []
+        """Inactivity deadlines ``(due, seq, token)``: a token, not the ``Member``, so that a
+        departed member (and its room) is freed at once, not at its old deadline. Entries
+        of departed members are skipped when due, and the heap is compacted once they
+        outnumber the live members (``_drop_member``)."""
         self._seq = 0
         self.received = 0
         self.relayed = 0
@@ -182,9 +190,7 @@ class RelayCore:
             self.chat_rate = chat_rate
         if chat_burst is not None:
             self.chat_burst = float(chat_burst)
-        self._deadlines = []
-        for member in self.tokens.values():
-            self._push_deadline(member, member.last_seen + inactivity_timeout)
+        self._rebuild_deadlines()
 
     def shutdown(self) -> None:
         """Graceful stop (§2.4): every bound member gets ``closed``; all rooms go."""
@@ -290,11 +296,11 @@ class RelayCore:
 
     def handle_timer(self, now: float) -> None:
         """Evict every member silent for ``inactivity_timeout`` seconds (§2.4)."""
-        heap = self._deadlines
         timeout = self.inactivity_timeout
-        while heap and heap[0][0] <= now:
-            _, _, member = heapq.heappop(heap)
-            if not member.alive:
+        tokens = self.tokens
+        while self._deadlines and self._deadlines[0][0] <= now:  # an eviction may compact
+            member = tokens.get(heapq.heappop(self._deadlines)[2])
+            if member is None:  # departed: its entry outlived it
                 continue
             due = member.last_seen + timeout
             if due <= now:
@@ -317,7 +323,15 @@ class RelayCore:
     # --- internals ---------------------------------------------------------------------
     def _push_deadline(self, member: Member, due: float) -> None:
         self._seq += 1
-        heapq.heappush(self._deadlines, (due, self._seq, member))
+        heapq.heappush(self._deadlines, (due, self._seq, member.token))
+
+    def _rebuild_deadlines(self) -> None:
+        """One entry per live member, at ``last_seen + inactivity_timeout``: O(members)."""
+        timeout = self.inactivity_timeout
+        self._deadlines = [(m.last_seen + timeout, i, token)
+                           for i, (token, m) in enumerate(self.tokens.items())]
+        heapq.heapify(self._deadlines)
+        self._seq = len(self._deadlines)
 
     def _unlink_addr(self, member: Member) -> None:
         """Take ``member`` out of ``by_addr``; forget the address once nobody uses it."""
@@ -374,6 +388,10 @@ class RelayCore:
         del member.room.members[member.token]
         del self.tokens[member.token]
         self._unlink_addr(member)
+        if len(self._deadlines) > 2 * len(self.tokens) + DEADLINE_COMPACT_SLACK:
+            # Departed members' entries outnumber the live ones: drop them all now, so that
+            # churn cannot grow the heap whatever the timeout (amortised O(1) per departure).
+            self._rebuild_deadlines()
 
     def _notify(self, member: Member, notice: Notice) -> None:
         if member.addr is not None:
