@@ -35,6 +35,7 @@ from wire.limits import (
     EXIT_MATCH_MAX_BYTES,
     MAX_DATAGRAM_BYTES,
     MAX_DELIVERY_BYTES,
+    UNPROVEN_MAX_DELIVERIES,
 )
 
 Addr = tuple[str, int]
@@ -58,7 +59,11 @@ DROP_REASONS: Final = (
     "wrong_ip",  # the source IP is not the IP the token was issued to
     "rate_limited",  # over the member's chat rate (token bucket)
     "too_many_clients",  # Stage 1: the address table is full
+    "unproven",  # outbound: a delivery withheld from a registered address never proven
 )
+TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTED))
+"""Notices a member gets about itself once in its life: never withheld (docs/protocol.md
+§4 (g)), so that a client that only listens still learns that its token is dead."""
 
 
 class Member:
@@ -67,6 +72,7 @@ class Member:
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
         "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
+        "trial", "muted",
     )
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
@@ -87,13 +93,18 @@ class Member:
         self.allowance = float("inf")
         """Chat token bucket: messages this member may send now (capped at the burst)."""
         self.stamp = now
+        self.trial = False
+        """Bound to an address only registered (§1.4), not yet proven by a datagram from
+        it: deliveries draw on that address's budget (``RelayCore.unproven``)."""
+        self.muted = False
+        """On trial and the budget is spent: left out of deliveries until proven."""
 
 
 class Room:
     """A live room: members by token, and the bound addresses split by delivery format."""
 
     __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs",
-                 "send_cache")
+                 "send_cache", "trial")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -104,11 +115,15 @@ class Room:
         self.framed_addrs: list[Addr] = []
         self.send_cache: Any = None
         """Owned by the I/O adapter (e.g. prebuilt sendmmsg batches); reset on change."""
+        self.trial: list[Member] = []
+        """Members on trial and not muted: each chat charges their addresses' budgets."""
 
     def rebuild(self) -> None:
         """Recompute the address lists after a membership or binding change."""
-        self.plain_addrs = [m.addr for m in self.members.values() if m.addr and not m.framed]
-        self.framed_addrs = [m.addr for m in self.members.values() if m.addr and m.framed]
+        members = self.members.values()
+        self.plain_addrs = [m.addr for m in members if m.addr and not m.framed and not m.muted]
+        self.framed_addrs = [m.addr for m in members if m.addr and m.framed and not m.muted]
+        self.trial = [m for m in members if m.trial and not m.muted]
         self.send_cache = None
 
 
@@ -131,6 +146,10 @@ class RelayCore:
         self.failing: dict[Addr, int] = {}
         """Consecutive send failures per address; empty in the common case so the hot
         path's ``if failing`` test costs one truth check."""
+        self.unproven: dict[Addr, int] = {}
+        """Deliveries left for each bound address that no accepted datagram has come from
+        (bound by the 2-byte registration or by re-seeding). One entry per such address,
+        so bounded by ``by_addr``; the entry goes when the address is proven or unused."""
         self.outbox: list[Send] = []
         self.events: list[dict[str, Any]] = []
         self._deadlines: list[tuple[float, int, bytes]] = []
@@ -169,17 +188,18 @@ class RelayCore:
         self._push_deadline(member, now + self.inactivity_timeout)
         if addr is not None:
             member.announced = announced
-            self._bind(member, addr)
+            self._bind(member, addr, proven=False)
         return True
 
     def register(self, token: bytes, port: int, now: float) -> None:
-        """The 2-byte UDP port registration: bind ``(issued ip, port)`` and refresh."""
+        """The 2-byte UDP port registration: bind ``(issued ip, port)`` and refresh. The
+        address is on trial until a datagram from it proves it (``unproven``)."""
         member = self.tokens.get(token)
         if member is None or not 0 < port < 65536:
             return
         member.last_seen = now
         if member.addr != (member.ip, port):
-            self._bind(member, (member.ip, port))
+            self._bind(member, (member.ip, port), proven=False)
 
     def configure(self, inactivity_timeout: float, max_send_failures: int, now: float,
                   chat_rate: float | None = None, chat_burst: int | None = None) -> None:
@@ -236,7 +256,9 @@ class RelayCore:
             return None
         member.last_seen = now
         if member.addr != addr:
-            self._bind(member, addr)
+            self._bind(member, addr, proven=True)
+        elif member.trial:  # its registered address speaks: proven
+            self._prove(addr)
         if not message:
             return None
         if len(message) <= EXIT_MATCH_MAX_BYTES and is_exit(message):
@@ -266,6 +288,12 @@ class RelayCore:
         if longest > MAX_DELIVERY_BYTES:
             self._notify(member, Notice(NoticeEvent.ERROR, over=longest - MAX_DELIVERY_BYTES))
             return None
+        if room.trial:  # registered addresses not yet proven: charge or leave them out
+            for m in room.trial:
+                if m is not member:
+                    self._admit(m)
+            plain_addrs = room.plain_addrs
+            framed_addrs = room.framed_addrs
         self.relayed += 1
         return plain, plain_addrs, framed, framed_addrs, sender, room
 
@@ -344,11 +372,28 @@ class RelayCore:
             if not peers:
                 del self.by_addr[addr]
                 self.failing.pop(addr, None)
+                self.unproven.pop(addr, None)
 
-    def _bind(self, member: Member, addr: Addr) -> None:
+    def _bind(self, member: Member, addr: Addr, proven: bool) -> None:
+        """Bind ``member`` to ``addr``: ``proven`` if a datagram came from it, else (a
+        registration, a re-seed) on trial unless another member has proven it already."""
         self._unlink_addr(member)
         member.addr = addr
-        self.by_addr.setdefault(addr, []).append(member)
+        peers = self.by_addr.get(addr)
+        if proven:
+            if addr in self.unproven:
+                self._prove(addr)
+            member.trial = member.muted = False
+        elif peers is None or addr in self.unproven:
+            left = self.unproven.setdefault(addr, UNPROVEN_MAX_DELIVERIES)
+            member.trial = True
+            member.muted = left <= 0
+        else:
+            member.trial = member.muted = False
+        if peers is None:
+            self.by_addr[addr] = [member]
+        else:
+            peers.append(member)
         member.room.rebuild()
         self.events.append({"t": "bound", "token": member.token.decode(), "ip": addr[0],
                             "port": addr[1]})
@@ -356,6 +401,34 @@ class RelayCore:
             member.announced = True
             self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username),
                             exclude=member)
+
+    def _prove(self, addr: Addr) -> None:
+        """A datagram from ``addr`` was accepted: every member bound to it comes off trial."""
+        del self.unproven[addr]
+        rooms = {}
+        for peer in self.by_addr.get(addr, ()):
+            peer.trial = peer.muted = False
+            rooms[id(peer.room)] = peer.room
+        for room in rooms.values():
+            room.rebuild()
+
+    def _admit(self, member: Member) -> bool:
+        """May one more datagram go to ``member``? Always, unless it is on trial: then its
+        address's budget pays for it, and once that is spent it is muted (left out of its
+        room's address lists) until proven; each withheld delivery is counted."""
+        if not member.trial:
+            return True
+        addr = member.addr
+        if addr is not None and not member.muted:
+            left = self.unproven.get(addr, 0)
+            if left > 0:
+                self.unproven[addr] = left - 1
+                return True
+        self.drops["unproven"] += 1
+        if not member.muted:
+            member.muted = True
+            member.room.rebuild()
+        return False
 
     def _remove(self, member: Member, reason: Reason) -> None:
         """Take ``member`` out; if it hosts the room, close the room instead (§2.4)."""
@@ -394,7 +467,8 @@ class RelayCore:
             self._rebuild_deadlines()
 
     def _notify(self, member: Member, notice: Notice) -> None:
-        if member.addr is not None:
+        if member.addr is not None and (notice.event in TERMINAL_NOTICES
+                                        or self._admit(member)):
             encode: Callable[[Notice], bytes] = (
                 encode_framed_notice if member.framed else encode_plain_notice)
             self.outbox.append((encode(notice), member.addr))
@@ -402,7 +476,8 @@ class RelayCore:
     def _broadcast(self, room: Room, notice: Notice, exclude: Member | None = None) -> None:
         plain = framed = b""
         for member in room.members.values():
-            if member is exclude or member.addr is None:
+            if member is exclude or member.addr is None or (
+                    member.trial and not self._admit(member)):
                 continue
             if member.framed:
                 framed = framed or encode_framed_notice(notice)

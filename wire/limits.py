@@ -31,6 +31,13 @@ REGISTRATION_BYTES: Final = 2
 REGISTRATION_WINDOW_S: Final = 2.0
 """How long the server keeps the connection open for the 2-byte registration."""
 
+UNPROVEN_MAX_DELIVERIES: Final = 32
+"""Datagrams (each <= 4,094 bytes) the relay sends to an address bound only by the 2-byte
+registration, before a datagram from that address proves it; shared by every member bound
+to the address. Then it gets nothing but its members' ``closed``/``disconnected`` notices
+until proven. Worst case towards a port that never spoke: 32 x 4,094 B = 128 KiB per
+registering join (docs/protocol.md §4 (g)); one int per such address in the worker."""
+
 # --- UDP (PROTOCOL.md §2, §3) -------------------------------------------------------------
 MAX_DATAGRAM_BYTES: Final = 4096
 """Longest client -> server datagram (Stage 1 and Stage 2); longer ones are dropped."""

@@ -10,29 +10,19 @@ first. docs/security.md gives the figures.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 
 from tests.integration.harness import Server, start_server
+from tests.integration.joins import join_all
 from tests.stress.tools import admin_address, rss_kib, scrape, wait_for, worker_pids
 from wire.chat import encode_chat
-from wire.codes import Operation, Status
-from wire.tcrp import (
-    NEED_DATA,
-    Complete,
-    FrameReader,
-    Response,
-    Role,
-    encode_registration,
-    encode_request,
-)
+from wire.codes import Operation
 
 H = "127.0.0.1"
 ROOMS = 100
 MEMBERS_PER_ROOM = 20  # host included: 2,000 members a cycle
 CYCLES = 4
-CONCURRENCY = 32
 TIMEOUT_S = 30.0
 NOISE_KIB = 1536
 """Allowed RSS growth from the end of cycle 1 to the end of the last cycle. Measured on
@@ -40,48 +30,19 @@ this (busy, 2-core) machine: +460 to +472 KiB with the fix; +4,624 KiB when the 
 heap kept the 6,000 departed members of cycles 2-4 (docs/security.md)."""
 
 
-async def _join(srv: Server, op: Operation, room: str, user: str, port: int) -> bytes:
-    """One TCRP request with the 2-byte registration right behind it; the token."""
-    reader, writer = await asyncio.open_connection(H, srv.tcp_port)
-    try:
-        writer.write(encode_request(op, room, user) + encode_registration(port))
-        frames = FrameReader(Role.CLIENT)
-        while True:
-            event = frames.next_event()
-            if event is NEED_DATA:
-                data = await reader.read(65536)
-                if not data:
-                    raise ConnectionError("closed before State 2")
-                frames.receive_data(data)
-            elif isinstance(event, Response):
-                assert event.status == Status.OK, (room, user, event)
-            elif isinstance(event, Complete):
-                await reader.read()  # the server closes after the registration
-                return event.token
-    finally:
-        writer.close()
-
-
-async def _join_all(srv: Server, cycle: int, port: int) -> dict[str, list[bytes]]:
-    gate = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(op: Operation, room: str, user: str) -> bytes:
-        async with gate:
-            return await asyncio.wait_for(_join(srv, op, room, user, port), TIMEOUT_S)
-
+def _join_cycle(srv: Server, cycle: int, port: int) -> dict[str, list[bytes]]:
     names = [f"churn{cycle}-{r}" for r in range(ROOMS)]
-    hosts = await asyncio.gather(*(one(Operation.CREATE, n, "host") for n in names))
-    guests = await asyncio.gather(*(one(Operation.JOIN, n, f"g{i}") for n in names
-                                    for i in range(1, MEMBERS_PER_ROOM)))
-    out: dict[str, list[bytes]] = {}
-    for r, name in enumerate(names):
-        out[name] = [hosts[r], *guests[r * (MEMBERS_PER_ROOM - 1):(r + 1) * (
-            MEMBERS_PER_ROOM - 1)]]
-    return out
+    requests = [(Operation.CREATE, n, "host") for n in names]
+    requests += [(Operation.JOIN, n, f"g{i}") for n in names
+                 for i in range(1, MEMBERS_PER_ROOM)]
+    tokens = join_all(srv.tcp_port, requests, port)
+    guests = MEMBERS_PER_ROOM - 1
+    return {n: [tokens[r], *tokens[ROOMS + r * guests:ROOMS + (r + 1) * guests]]
+            for r, n in enumerate(names)}
 
 
 def _cycle(srv: Server, admin: tuple[str, int], sock: socket.socket, cycle: int) -> None:
-    rooms = asyncio.run(_join_all(srv, cycle, sock.getsockname()[1]))
+    rooms = _join_cycle(srv, cycle, sock.getsockname()[1])
     dest = (H, srv.udp_port)
     for name, tokens in rooms.items():
         sock.sendto(encode_chat(name.encode(), tokens[0], b"hello, room"), dest)
