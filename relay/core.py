@@ -35,6 +35,10 @@ from wire.limits import (
     EXIT_MATCH_MAX_BYTES,
     MAX_DATAGRAM_BYTES,
     MAX_DELIVERY_BYTES,
+    STAGE1_CHAT_BURST,
+    STAGE1_CHAT_RATE,
+    STAGE1_MAX_CLIENTS,
+    STAGE1_MAX_CLIENTS_PER_IP,
     UNPROVEN_MAX_DELIVERIES,
 )
 
@@ -59,6 +63,7 @@ DROP_REASONS: Final = (
     "wrong_ip",  # the source IP is not the IP the token was issued to
     "rate_limited",  # over the member's chat rate (token bucket)
     "too_many_clients",  # Stage 1: the address table is full
+    "too_many_per_ip",  # Stage 1: the sender's IP has its share of the table
     "unproven",  # outbound: a delivery withheld from a registered address never proven
 )
 TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTED))
@@ -487,27 +492,63 @@ class RelayCore:
                 self.outbox.append((plain, member.addr))
 
 
+class _Stage1Client:
+    """One remembered Stage 1 address: when it last spoke and its chat token bucket."""
+
+    __slots__ = ("last_seen", "allowance", "stamp")
+
+    def __init__(self, now: float, burst: float) -> None:
+        self.last_seen = now
+        self.allowance = burst
+        self.stamp = now
+
+
 class GlobalChat:
-    """Stage 1 (§3): everyone who sent a well-formed datagram gets every other's chat."""
+    """Stage 1 (§3): everyone who sent a well-formed datagram gets every other's chat.
+
+    Bounds (wire/limits.py): ``max_clients`` addresses in all and ``max_per_ip`` per source
+    IP; each address may chat ``rate`` times a second (token bucket of ``burst``). Every
+    operation on the table is O(1) (an expiry is O(expired)): ``clients`` is a dict kept in
+    last-seen order, and the address list handed to the adapter is rebuilt lazily, as a
+    new list, on the first chat after a change, so a list already handed out never
+    changes under a fan-out in progress.
+    """
 
     def __init__(self, inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT_S,
                  max_send_failures: int = DEFAULT_MAX_SEND_FAILURES,
-                 max_clients: int = 10_000) -> None:
+                 max_clients: int = STAGE1_MAX_CLIENTS,
+                 max_per_ip: int = STAGE1_MAX_CLIENTS_PER_IP,
+                 rate: float = STAGE1_CHAT_RATE, burst: int = STAGE1_CHAT_BURST) -> None:
         self.inactivity_timeout = inactivity_timeout
         self.max_send_failures = max_send_failures
         self.max_clients = max_clients
-        """Bound of the address table: 10,000 × ~200 bytes = 2 MB worst case."""
-        self.last_seen: dict[Addr, float] = {}
-        self.addrs: list[Addr] = []
+        """Bound of the address table: 10,000 x ~300 bytes = 3 MB worst case."""
+        self.max_per_ip = max_per_ip
+        """Addresses remembered per source IP (caps what one host, or one spoofed IP, can
+        make a message fan out to)."""
+        self.rate = rate
+        self.burst = float(burst)
+        self.clients: dict[Addr, _Stage1Client] = {}
+        """Remembered addresses, oldest ``last_seen`` first (a refresh re-inserts)."""
+        self.per_ip: dict[str, int] = {}
         self.failing: dict[Addr, int] = {}
+        self._addrs: list[Addr] | None = []
         self.received = 0
         self.relayed = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.evictions: dict[str, int] = {r.value: 0 for r in Reason}
 
+    @property
+    def addrs(self) -> list[Addr]:
+        """Every remembered address, as a list that is never mutated once returned."""
+        addrs = self._addrs
+        if addrs is None:
+            addrs = self._addrs = list(self.clients)
+        return addrs
+
     def handle_datagram(self, data: bytes, addr: Addr, now: float) -> list[Addr] | None:
         """Validate; remember the sender; return the addresses to relay ``data`` to
-        (the caller skips ``addr``), or None."""
+        (the caller skips ``addr``), or None (dropped, keepalive, over the sender's rate)."""
         self.received += 1
         size = len(data)
         if size > MAX_DATAGRAM_BYTES:
@@ -523,14 +564,33 @@ class GlobalChat:
         except UnicodeDecodeError:
             self.drops["bad_utf8"] += 1
             return None
-        if addr not in self.last_seen:
-            if len(self.last_seen) >= self.max_clients:
+        clients = self.clients
+        client = clients.pop(addr, None)
+        if client is None:
+            if len(clients) >= self.max_clients:
                 self.drops["too_many_clients"] += 1
                 return None
-            self.addrs = [*self.addrs, addr]
-        self.last_seen[addr] = now
+            ip = addr[0]
+            count = self.per_ip.get(ip, 0)
+            if count >= self.max_per_ip:
+                self.drops["too_many_per_ip"] += 1
+                return None
+            self.per_ip[ip] = count + 1
+            client = _Stage1Client(now, self.burst)
+            self._addrs = None
+        clients[addr] = client  # (re-)inserted last: the dict stays in last-seen order
+        client.last_seen = now
         if end == size:
             return None
+        allowance = client.allowance + (now - client.stamp) * self.rate
+        client.stamp = now
+        if allowance > self.burst:
+            allowance = self.burst
+        if allowance < 1.0:
+            client.allowance = allowance
+            self.drops["rate_limited"] += 1
+            return None
+        client.allowance = allowance - 1.0
         self.relayed += 1
         return self.addrs
 
@@ -538,31 +598,42 @@ class GlobalChat:
         count = self.failing.get(addr, 0) + 1
         if count >= self.max_send_failures:
             self._forget(addr, Reason.SEND_FAILURES)
-        elif addr in self.last_seen:
+        elif addr in self.clients:
             self.failing[addr] = count
 
     def handle_send_success(self, addr: Addr) -> None:
         self.failing.pop(addr, None)
 
     def next_deadline(self) -> float | None:
-        if not self.last_seen:
-            return None
-        return min(self.last_seen.values()) + self.inactivity_timeout
+        for client in self.clients.values():  # the oldest comes first
+            return client.last_seen + self.inactivity_timeout
+        return None
 
     def handle_timer(self, now: float) -> None:
-        """Forget clients silent for ``inactivity_timeout`` seconds (no notices in §3)."""
+        """Forget clients silent for ``inactivity_timeout`` seconds (no notices in §3);
+        O(expired), since ``clients`` is in last-seen order."""
         limit = now - self.inactivity_timeout
-        for addr, seen in list(self.last_seen.items()):
-            if seen <= limit:
-                self._forget(addr, Reason.INACTIVE)
+        expired = []
+        for addr, client in self.clients.items():
+            if client.last_seen > limit:
+                break
+            expired.append(addr)
+        for addr in expired:
+            self._forget(addr, Reason.INACTIVE)
 
     def _forget(self, addr: Addr, reason: Reason) -> None:
         self.failing.pop(addr, None)
-        if self.last_seen.pop(addr, None) is not None:
+        if self.clients.pop(addr, None) is not None:
             self.evictions[reason.value] += 1
-            self.addrs = [a for a in self.addrs if a != addr]
+            ip = addr[0]
+            left = self.per_ip[ip] - 1
+            if left:
+                self.per_ip[ip] = left
+            else:
+                del self.per_ip[ip]
+            self._addrs = None
 
     def statistics(self) -> dict[str, Any]:
-        return {"clients": len(self.last_seen), "received": self.received,
+        return {"clients": len(self.clients), "received": self.received,
                 "relayed": self.relayed, "drops": dict(self.drops),
                 "evictions": dict(self.evictions)}

@@ -54,6 +54,23 @@ EXIT_MATCH_MAX_BYTES: Final = 64
 decoding and stripping large chat on the hot path. (Whitespace-padded /exit longer than
 64 bytes is treated as chat; documented in docs/protocol.md.)"""
 
+STAGE1_MAX_CLIENTS: Final = 10_000
+"""Default ``max_stage1_clients``: Stage 1 addresses remembered in all (~300 B each in the
+worker: 3 MB when full). A new address past it is dropped until one expires."""
+STAGE1_MAX_CLIENTS_PER_IP: Final = 64
+"""Stage 1 addresses remembered per source IP: what one host (or one forged source IP)
+can add to every message's fan-out. Reaching the whole table takes 157 source IPs."""
+STAGE1_CHAT_RATE: Final = 2.0
+"""Stage 1 chat messages per second per address (token bucket); excess dropped and counted
+(``rate_limited``). Keepalives are not counted."""
+STAGE1_CHAT_BURST: Final = 5
+"""Stage 1 bucket size: chat messages an address may send at once."""
+STAGE1_MAX_SENDS_PER_S: Final = 10_000
+"""Stage 1 datagrams the worker sends per second at most, all fan-outs together (token
+bucket, at most 256 per loop turn): what Stage 1 may take of the loop that also serves
+worker 0's rooms. A backlog waits in the Stage 1 socket's kernel buffer (then the kernel
+drops it); nothing queues in the worker but the one fan-out in progress."""
+
 # --- Defaults of the service (the config may override) ------------------------------------
 DEFAULT_INACTIVITY_TIMEOUT_S: Final = 300.0
 DEFAULT_TCP_TIMEOUT_S: Final = 10.0

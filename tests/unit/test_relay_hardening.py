@@ -4,8 +4,9 @@ registered-but-unproven addresses on a delivery budget, Stage 1 rate and address
 from __future__ import annotations
 
 import gc
+import time
 
-from relay.core import DEADLINE_COMPACT_SLACK, Member, RelayCore
+from relay.core import DEADLINE_COMPACT_SLACK, GlobalChat, Member, RelayCore
 from wire.chat import encode_chat
 from wire.codes import Framing
 from wire.limits import UNPROVEN_MAX_DELIVERIES
@@ -88,3 +89,53 @@ def test_a_datagram_from_the_registered_port_proves_it() -> None:
     core.add_member("r", tc, "carol", IP, Framing.PLAIN, False, 0.0)
     core.register(tc, 5002, 1.0)
     assert core.unproven == {} and core.tokens[tc].trial is False
+
+
+# --- Stage 1 ----------------------------------------------------------------------------------
+def test_stage1_caps_addresses_per_ip_and_chat_per_address() -> None:
+    chat = GlobalChat(max_clients=1000, max_per_ip=3, rate=2.0, burst=5)
+    for port in range(1, 6):
+        chat.handle_datagram(b"\x01z", ("127.0.0.2", port), 0.0)
+    assert len(chat.clients) == 3 and chat.drops["too_many_per_ip"] == 2
+    chat.handle_datagram(b"\x01z", ("127.0.0.3", 1), 0.0)  # another IP has its own share
+    assert len(chat.clients) == 4
+    sender = ("127.0.0.2", 1)
+    passed = [chat.handle_datagram(b"\x01Xy", sender, 1.0) is not None for _ in range(600)]
+    assert sum(passed) == 5 and chat.drops["rate_limited"] == 595  # the burst, then none
+    assert chat.handle_datagram(b"\x01Xy", sender, 2.0) is not None  # 1 s refilled 2
+    assert chat.handle_datagram(b"\x01Xy", sender, 2.0) is not None
+    assert chat.handle_datagram(b"\x01Xy", sender, 2.0) is None
+    chat.handle_timer(1000.0)  # all forgotten: the IP's share is free again
+    assert chat.clients == {} and chat.per_ip == {} and chat.addrs == []
+    chat.handle_datagram(b"\x01z", ("127.0.0.2", 9), 1000.0)
+    assert chat.addrs == [("127.0.0.2", 9)]
+
+
+def test_stage1_address_list_handed_out_never_changes() -> None:
+    chat = GlobalChat(max_clients=1000, max_per_ip=1000)
+    chat.handle_datagram(b"\x01z", ("127.0.0.2", 1), 0.0)
+    targets = chat.handle_datagram(b"\x01Xy", ("127.0.0.2", 2), 0.0)
+    assert targets == [("127.0.0.2", 1), ("127.0.0.2", 2)]
+    chat.handle_datagram(b"\x01z", ("127.0.0.2", 3), 0.0)
+    chat.handle_send_failure(("127.0.0.2", 1))
+    chat.handle_send_failure(("127.0.0.2", 1))
+    chat.handle_send_failure(("127.0.0.2", 1))
+    assert targets == [("127.0.0.2", 1), ("127.0.0.2", 2)]  # a fan-out in progress keeps it
+    assert chat.addrs == [("127.0.0.2", 2), ("127.0.0.2", 3)]
+
+
+def test_stage1_expiry_is_linear_in_the_expired() -> None:
+    """50,000 addresses expiring at once (the old list rebuild per removal was quadratic:
+    minutes here); the bound is a 30x margin over the linear time on a busy machine."""
+    n = 50_000
+    chat = GlobalChat(inactivity_timeout=10.0, max_clients=n + 1, max_per_ip=n)
+    for i in range(n):
+        chat.handle_datagram(b"\x01z", (f"127.0.{i % 250}.{i // 250 % 250}", 1000 + i), 0.0)
+    assert len(chat.clients) == n
+    chat.handle_datagram(b"\x01z", ("127.0.0.1", 1), 5.0)  # stays
+    start = time.perf_counter()
+    chat.handle_timer(10.0)
+    took = time.perf_counter() - start
+    assert list(chat.clients) == [("127.0.0.1", 1)]
+    assert chat.evictions["inactive"] == n
+    assert took < 3.0, f"{n} expiries took {took:.2f} s"
