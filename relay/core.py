@@ -142,7 +142,7 @@ class RelayCore:
         self.inactivity_timeout = inactivity_timeout
         self.max_send_failures = max_send_failures
         self.chat_rate = chat_rate
-        """Chat messages per second per member (token bucket refill), issue #6."""
+        """Chat messages per second per member (token bucket refill)."""
         self.chat_burst = float(chat_burst)
         """Bucket size: a member may send this many at once."""
         self.rooms: dict[str, Room] = {}
