@@ -42,7 +42,7 @@ RECV_BUFFER_BYTES: Final = 4097
 """One byte over the limit: a longer datagram arrives truncated to 4097 and is dropped."""
 
 
-class GlobalChatPort:
+class GlobalChatRelay:
     """Reads the Stage 1 socket into ``chat`` and sends its fan-outs, budgeted per turn
     and per second. Call ``start()`` once the loop runs; the reader and any pending
     fan-out die with the loop.
@@ -58,8 +58,6 @@ class GlobalChatPort:
         self.sends_per_s = sends_per_s
         self.sends_per_turn = sends_per_turn
         self.turn_budget_s = turn_budget_s
-        self.deferred = 0
-        """Loop turns a fan-out was put off to (a statistic)."""
         self._allowance = float(sends_per_turn)
         self._stamp = loop.time()
         self._job: tuple[bytes, Addr, list[Addr]] | None = None
@@ -121,7 +119,6 @@ class GlobalChatPort:
         if self._job is None:
             self.loop.call_soon(self._resume)
         else:
-            self.deferred += 1
             # Wait for a whole turn's worth (or what is left of the fan-out), not for one
             # send: waking for a few sends at a time would keep the worker busy.
             _, _, targets = self._job

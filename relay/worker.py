@@ -30,7 +30,7 @@ from typing import Any, Final, TypeVar, cast
 
 from relay import ipc, mmsg, sched
 from relay.core import Addr, GlobalChat, RelayCore
-from relay.globalchat import GlobalChatPort
+from relay.globalchat import GlobalChatRelay
 from relay.steering import tag_worker
 from wire.codes import Framing
 
@@ -68,7 +68,7 @@ class Worker:
                               settings.get("chat_rate", 10.0), settings.get("chat_burst", 20))
         self.stage1 = GlobalChat(settings["inactivity_timeout"], settings["max_send_failures"],
                                  settings.get("max_stage1_clients", 10_000))
-        self.stage1_port: GlobalChatPort | None = None
+        self.stage1_relay: GlobalChatRelay | None = None
         self.forwarded = 0
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -101,8 +101,8 @@ class Worker:
         reader = self._on_udp_forwarding if self.forwarding else self._on_udp
         self.loop.add_reader(self.sock.fileno(), reader)
         if self.stage1_sock is not None:  # budgeted fan-out: relay/globalchat.py
-            self.stage1_port = GlobalChatPort(self.stage1_sock, self.stage1, self.loop)
-            self.stage1_port.start()
+            self.stage1_relay = GlobalChatRelay(self.stage1_sock, self.stage1, self.loop)
+            self.stage1_relay.start()
         if self.inbox is not None:
             self.inbox.setblocking(False)
             self.loop.add_reader(self.inbox.fileno(), self._on_inbox)

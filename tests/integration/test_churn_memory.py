@@ -25,9 +25,9 @@ MEMBERS_PER_ROOM = 20  # host included: 2,000 members a cycle
 CYCLES = 4
 TIMEOUT_S = 30.0
 NOISE_KIB = 1536
-"""Allowed RSS growth from the end of cycle 1 to the end of the last cycle. Measured on
-this (busy, 2-core) machine: +460 to +472 KiB with the fix; +4,624 KiB when the deadline
-heap kept the 6,000 departed members of cycles 2-4 (docs/security.md)."""
+"""Allowed RSS growth from the end of cycle 1 to the end of the last cycle: several times
+what is measured with the fix, a third of what the departed members of cycles 2-4 held
+when the deadline heap kept them (docs/security.md, *Measured figures*)."""
 
 
 def _join_cycle(srv: Server, cycle: int, port: int) -> dict[str, list[bytes]]:
