@@ -172,9 +172,10 @@ class RelayCore:
     # --- control commands ---------------------------------------------------------------
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
                    framing: Framing, is_host: bool, now: float, addr: Addr | None = None,
-                   announced: bool = False) -> bool:
+                   announced: bool = False, proven: bool = False) -> bool:
         """Add a member (``is_host`` creates the room). False if the room is not live
-        (or already exists, for a host): control then answers ROOM_NOT_FOUND/EXISTS."""
+        (or already exists, for a host): control then answers ROOM_NOT_FOUND/EXISTS.
+        ``addr``, ``announced`` and ``proven`` re-seed a restarted worker."""
         room = self.rooms.get(room_name)
         known = self.tokens.get(token)
         if known is not None:  # idempotent: a restarted worker may be seeded, then asked
@@ -193,7 +194,7 @@ class RelayCore:
         self._push_deadline(member, now + self.inactivity_timeout)
         if addr is not None:
             member.announced = announced
-            self._bind(member, addr, proven=False)
+            self._bind(member, addr, proven=proven)
         return True
 
     def register(self, token: bytes, port: int, now: float) -> None:
@@ -401,7 +402,7 @@ class RelayCore:
             peers.append(member)
         member.room.rebuild()
         self.events.append({"t": "bound", "token": member.token.decode(), "ip": addr[0],
-                            "port": addr[1]})
+                            "port": addr[1], "proven": not member.trial})
         if not member.announced:
             member.announced = True
             self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username),
@@ -414,6 +415,8 @@ class RelayCore:
         for peer in self.by_addr.get(addr, ()):
             peer.trial = peer.muted = False
             rooms[id(peer.room)] = peer.room
+            self.events.append({"t": "bound", "token": peer.token.decode(), "ip": addr[0],
+                                "port": addr[1], "proven": True})  # for re-seeding
         for room in rooms.values():
             room.rebuild()
 

@@ -305,7 +305,8 @@ class Worker:
             ok = self.core.add_member(
                 msg["room"], msg["token"].encode(), msg["user"], msg["ip"],
                 Framing(msg["framing"]), msg["host"], now,
-                (addr[0], addr[1]) if addr else None, msg.get("announced", False))
+                (addr[0], addr[1]) if addr else None, msg.get("announced", False),
+                bool(msg.get("proven", False)))
             self._send({"t": "ack", "id": msg["id"], "ok": ok})
             self._flush()
             self._arm_timer()

@@ -10,6 +10,8 @@ gets at most ``UNPROVEN_MAX_DELIVERIES`` datagrams in all.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 
 from tests.integration.harness import start_server
@@ -89,3 +91,23 @@ def test_a_registered_port_that_speaks_gets_everything() -> None:
             assert guest.recv_text() == f"host: late {i}"  # early 32.. were withheld
         host.close()
         guest.close()
+
+
+def test_a_proven_listener_stays_proven_when_its_worker_is_replaced() -> None:
+    """Control keeps each member's proof and re-seeds it: after a worker's SIGKILL a
+    client that proved its port once (and then only listens) still gets everything."""
+    with start_server("--chat-burst", "1000", "--chat-rate", "1000", workers=1) as srv:
+        listener = join(H, srv.tcp_port, Operation.CREATE, "crash", "host")  # registers
+        listener.send(b"")  # ... and proves its port once, then only listens
+        talker = join(H, srv.tcp_port, Operation.JOIN, "crash", "talker", bind="keepalive")
+        assert listener.recv_text() == JOINED.format("talker")
+        pid = int(srv.wait_log(r"worker 0 started \(pid (\d+)")[1])
+        os.kill(pid, signal.SIGKILL)
+        srv.wait_log(r"worker 0 replaced")
+        n = UNPROVEN_MAX_DELIVERIES + 8
+        for i in range(n):
+            talker.send(f"after {i}")
+        for i in range(n):
+            assert listener.recv_text() == f"talker: after {i}"
+        listener.close()
+        talker.close()

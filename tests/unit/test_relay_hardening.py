@@ -139,3 +139,20 @@ def test_stage1_expiry_is_linear_in_the_expired() -> None:
     assert list(chat.clients) == [("127.0.0.1", 1)]
     assert chat.evictions["inactive"] == n
     assert took < 3.0, f"{n} expiries took {took:.2f} s"
+
+
+def test_proof_is_reported_and_survives_reseeding() -> None:
+    core = RelayCore()
+    core.add_member("r", TA, "alice", IP, Framing.PLAIN, True, 0.0)
+    core.register(TA, 5001, 0.0)
+    assert core.events[-1]["proven"] is False
+    core.handle_datagram(encode_chat(b"r", TA, b""), (IP, 5001), 1.0)
+    assert core.events[-1] == {"t": "bound", "token": TA.decode(), "ip": IP, "port": 5001,
+                               "proven": True}
+    # A restarted worker is re-seeded from control's record: proven stays proven,
+    # a registered port that never spoke is on trial again.
+    fresh = RelayCore()
+    fresh.add_member("r", TA, "alice", IP, Framing.PLAIN, True, 0.0, (IP, 5001), True, True)
+    fresh.add_member("r", TB, "bob", IP, Framing.PLAIN, False, 0.0, (IP, 5002), True, False)
+    assert not fresh.tokens[TA].trial and fresh.tokens[TB].trial
+    assert fresh.unproven == {(IP, 5002): UNPROVEN_MAX_DELIVERIES}
