@@ -461,6 +461,11 @@ class RelayCore:
             if member is not host:
                 self._notify(member, closed)
             self._drop_member(member)
+        # Members point at their room; the room must not point back, or the closed room
+        # and its members would form cycles that wait for the cyclic GC instead of being
+        # freed at once when the last reference goes.
+        room.host = None
+        room.trial = []
         del self.rooms[room.name]
         self.events.append({"t": "closed", "room": room.name, "reason": reason})
 

@@ -32,6 +32,22 @@ def test_a_departed_member_is_freed_before_its_deadline() -> None:
     assert _members_with(TA) == [] and core.rooms == {}
 
 
+def test_a_closed_room_and_its_members_are_freed_without_the_cyclic_gc() -> None:
+    gc.collect()
+    gc.disable()
+    try:
+        core = RelayCore(inactivity_timeout=300.0)
+        assert core.add_member("r", TA, "alice", IP, Framing.PLAIN, True, 0.0)
+        assert core.add_member("r", TB, "bob", IP, Framing.PLAIN, False, 0.0)
+        core.register(TB, 5002, 0.0)  # on trial: in the room's trial list
+        core.handle_datagram(encode_chat(b"r", TA, b"/exit"), (IP, 5001), 1.0)
+        assert core.rooms == {}
+        alive = [o for o in gc.get_objects() if isinstance(o, Member) and o.token in (TA, TB)]
+        assert alive == []  # freed by reference counting: no cycle through the room
+    finally:
+        gc.enable()
+
+
 def test_churn_cannot_grow_the_deadline_heap() -> None:
     core = RelayCore(inactivity_timeout=300.0)
     core.add_member("stay", TA, "alice", IP, Framing.PLAIN, True, 0.0)
