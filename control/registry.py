@@ -38,7 +38,7 @@ class MemberRecord:
     room: RoomRecord
     addr: Addr | None = None
     proven: bool = False
-    """A datagram from ``addr`` reached the worker (docs/protocol.md §4 (g)); re-seeded."""
+    """A datagram from ``addr`` reached the worker (docs/protocol.md §4 (h)); re-seeded."""
     alive: bool = True
 
     def command(self, command_id: int) -> dict[str, Any]:

@@ -68,7 +68,7 @@ DROP_REASONS: Final = (
 )
 TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTED))
 """Notices a member gets about itself once in its life: never withheld (docs/protocol.md
-§4 (g)), so that a client that only listens still learns that its token is dead."""
+§4 (h)), so that a client that only listens still learns that its token is dead."""
 
 
 class Member:

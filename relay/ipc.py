@@ -9,7 +9,7 @@ Commands, control -> worker:
   member    {id, room, token, user, ip, framing, host, addr|null, announced, proven}
             add a member (``host`` creates the room); answered by ``ack {id, ok}``.
             Re-seeding a restarted worker sends the same with ``addr``, ``announced`` and
-            ``proven`` (a datagram came from ``addr``: it is not on trial, protocol.md §4 (g)).
+            ``proven`` (a datagram came from ``addr``: it is not on trial, protocol.md §4 (h)).
   register  {token, port}          the 2-byte UDP port registration of §1.4
   start     {}                     seeding done: start reading the UDP socket(s)
   ping      {id}                   answered by ``pong {id}`` from the event loop

@@ -36,7 +36,7 @@ UNPROVEN_MAX_DELIVERIES: Final = 32
 registration, before a datagram from that address proves it; shared by every member bound
 to the address. Then it gets nothing but its members' ``closed``/``disconnected`` notices
 until proven. Worst case towards a port that never spoke: 32 x 4,094 B = 128 KiB per
-registering join (docs/protocol.md §4 (g)); one int per such address in the worker."""
+registering join (docs/protocol.md §4 (h)); one int per such address in the worker."""
 
 # --- UDP (PROTOCOL.md §2, §3) -------------------------------------------------------------
 MAX_DATAGRAM_BYTES: Final = 4096
