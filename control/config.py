@@ -103,7 +103,8 @@ class Config:
                                      "instead of one shared port")
     steering: str = _f("auto", "how datagrams reach the owning worker on the shared port: "
                                "auto (BPF, else forward), bpf (fail if unavailable), forward")
-    max_stage1_clients: int = _f(10_000, "Stage 1 address table bound (~200 B each)")
+    max_stage1_clients: int = _f(10_000, "Stage 1 address table bound (~300 B each; 64 per "
+                                         "source IP)")
     log_level: str = _f("info", "debug, info, warning or error", live=True)
     log_format: str = _f("text", "log line format: text, or json (one JSON object a line)")
     admin_host: str = _f("127.0.0.1", "address of the admin HTTP server (/metrics, /healthz, "

@@ -38,6 +38,8 @@ class MemberRecord:
     is_host: bool
     room: RoomRecord
     addr: Addr | None = None
+    proven: bool = False
+    """A datagram from ``addr`` reached the worker (docs/protocol.md §4 (j)); re-seeded."""
     alive: bool = True
 
     def command(self, command_id: int) -> dict[str, Any]:
@@ -47,7 +49,7 @@ class MemberRecord:
             "token": self.token.decode(), "user": self.username, "ip": self.ip,
             "framing": self.framing.value, "host": self.is_host,
             "addr": list(self.addr) if self.addr else None,
-            "announced": self.addr is not None,
+            "announced": self.addr is not None, "proven": self.proven,
         }
 
 
@@ -125,10 +127,11 @@ class Registry:
     def mark_live(self, room: RoomRecord) -> None:
         room.live = True
 
-    def bind(self, token: bytes, addr: Addr) -> None:
+    def bind(self, token: bytes, addr: Addr, proven: bool = False) -> None:
         member = self.tokens.get(token)
         if member is not None:
             member.addr = addr
+            member.proven = proven
 
     def remove_member(self, token: bytes) -> MemberRecord | None:
         """Forget one member (left or evicted); its username is free again."""

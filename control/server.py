@@ -258,7 +258,8 @@ class ControlApp:
     def on_worker_event(self, worker: int, message: dict[str, Any]) -> None:
         kind = message["t"]
         if kind == "bound":
-            self.registry.bind(message["token"].encode(), (message["ip"], message["port"]))
+            self.registry.bind(message["token"].encode(), (message["ip"], message["port"]),
+                               bool(message.get("proven", False)))
         elif kind == "left":
             member = self.registry.remove_member(message["token"].encode())
             if member is not None and message["reason"] != "exit":

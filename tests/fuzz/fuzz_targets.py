@@ -511,7 +511,7 @@ def stage1_core(data: bytes) -> str:
             assert targets is None
         elif targets is not None:
             assert valid.message and addr in targets  # the caller skips the sender
-        assert len(chat_.last_seen) <= 3 and len(chat_.addrs) == len(chat_.last_seen)
+        assert len(chat_.clients) <= 3 and len(chat_.addrs) == len(chat_.clients)
         outcome.append("r" if targets else "-")
     return "".join(sorted(set(outcome)))
 

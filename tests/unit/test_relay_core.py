@@ -93,7 +93,7 @@ def test_rebinding_from_another_port_of_the_same_ip() -> None:
     out = core.handle_datagram(encode_chat(b"r", TB, b"moved"), new, 2.0)
     assert core.tokens[TB].addr == new
     assert core.events[-1] == {"t": "bound", "token": TB.decode(), "ip": "127.0.0.1",
-                               "port": 6001}
+                               "port": 6001, "proven": True}
     assert [a for _, a in sends(core, out)] == [A, C]
     out = core.handle_datagram(encode_chat(b"r", TA, b"to bob"), A, 3.0)
     assert new in [a for _, a in sends(core, out)]
