@@ -67,7 +67,7 @@ def rejection_text(rejected: Rejected) -> str | None:
     why = _REJECT_TEXTS.get(rejected.reason)
     if why is None:
         return None
-    return f"rejected a message from {render.sanitize(rejected.sender)}: {why}"
+    return f"rejected a message from {render.sanitize_name(rejected.sender)}: {why}"
 
 
 class E2ERoomLink(RoomLink):
@@ -95,7 +95,7 @@ class E2ERoomLink(RoomLink):
     # -- what the UI calls ---------------------------------------------------------------
     async def open(self) -> None:
         await super().open()
-        me = render.sanitize(self.joined.username)
+        me = render.sanitize_name(self.joined.username)
         self._on_line(render.notice_line(
             f"room {render.sanitize(self.crypto.room)!r} is end-to-end encrypted; your key "
             f"fingerprint ({me}): {fingerprint(self.identity.public())}"))
@@ -139,10 +139,10 @@ class E2ERoomLink(RoomLink):
         keys = self.crypto.members.get(user)
         if not user or keys is None:
             return [render.warning_line(f"/verify NAME: no member named "
-                                        f"{render.sanitize(user)!r} with keys")]
+                                        f"{render.sanitize_name(user)!r} with keys")]
         self.store.verify(self.server_key, user)
         self.trust[user] = Trust.VERIFIED
-        name = render.sanitize(user)
+        name = render.sanitize_name(user)
         number = safety_number(self.joined.username, self.identity.public(), user, keys)
         return [render.notice_line(f"safety number with {name}: {number}"),
                 render.notice_line(f"compare it with {name} in person or by phone; "
@@ -208,7 +208,7 @@ class E2ERoomLink(RoomLink):
             return
         result = self.store.check(self.server_key, user, keys)
         self.trust[user] = result.trust
-        name = render.sanitize(user)
+        name = render.sanitize_name(user)
         if result.status is PinStatus.NEW:
             self._on_line(render.notice_line(f"{name}'s key fingerprint: {fingerprint(keys)}"))
         elif result.status is PinStatus.CHANGED:

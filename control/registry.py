@@ -18,6 +18,7 @@ from wire import errors
 from wire.codes import Framing, Status
 from wire.e2e import MemberInfo, PublicKeys
 from wire.limits import MAX_E2E_MEMBERS
+from wire.names import username_key
 
 Addr = tuple[str, int]
 
@@ -40,6 +41,8 @@ class MemberRecord:
     is_host: bool
     room: RoomRecord
     addr: Addr | None = None
+    proven: bool = False
+    """A datagram from ``addr`` reached the worker (docs/protocol.md §4 (j)); re-seeded."""
     alive: bool = True
     keys: PublicKeys | None = None
     """The member's public keys in an encrypted room (docs/e2e.md §2.1); None otherwise."""
@@ -55,7 +58,7 @@ class MemberRecord:
             "token": self.token.decode(), "user": self.username, "ip": self.ip,
             "framing": self.framing.value, "host": self.is_host,
             "addr": list(self.addr) if self.addr else None,
-            "announced": self.addr is not None,
+            "announced": self.addr is not None, "proven": self.proven,
         }
 
 
@@ -66,6 +69,7 @@ class RoomRecord:
     password: Any
     """An opaque password hash (control/passwords.py), or None for an open room."""
     members: dict[str, MemberRecord] = field(default_factory=dict)
+    """Members by ``wire.names.username_key`` (NFC): names unique up to normalisation."""
     host_ip: str = ""
     """The IP the room was created from (the per-IP room quota counts it)."""
     live: bool = False
@@ -137,7 +141,7 @@ class Registry:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {room.name!r} closed")
         if room.e2e and (keys is None or framing is not Framing.OCM1):
             raise RegistryError(Status.INVALID_REQUEST, str(errors.E2eNeedsKeys()))
-        if username in room.members:
+        if username_key(username) in room.members:
             raise RegistryError(Status.USERNAME_TAKEN, f"{username!r} is in the room")
         limit = min(max_members, MAX_E2E_MEMBERS) if room.e2e else max_members
         if len(room.members) >= limit:
@@ -156,10 +160,11 @@ class Registry:
     def mark_live(self, room: RoomRecord) -> None:
         room.live = True
 
-    def bind(self, token: bytes, addr: Addr) -> None:
+    def bind(self, token: bytes, addr: Addr, proven: bool = False) -> None:
         member = self.tokens.get(token)
         if member is not None:
             member.addr = addr
+            member.proven = proven
 
     def remove_member(self, token: bytes) -> MemberRecord | None:
         """Forget one member (left or evicted); its username is free again."""
@@ -168,8 +173,9 @@ class Registry:
             return None
         member.alive = False
         room = member.room
-        if room.members.get(member.username) is member:
-            del room.members[member.username]
+        key = username_key(member.username)
+        if room.members.get(key) is member:
+            del room.members[key]
         self.load[room.worker] -= 1
         if member.is_host and self.rooms.get(room.name) is room:
             self.close_room(room.name)
@@ -198,7 +204,7 @@ class Registry:
             token = self._new_token(room.worker)
         member = MemberRecord(token, username, ip, framing, is_host, room,
                               keys=keys if room.e2e else None)  # a plain room ignores keys
-        room.members[username] = member
+        room.members[username_key(username)] = member
         self.tokens[token] = member
         self.load[room.worker] += 1
         return member
