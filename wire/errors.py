@@ -144,6 +144,10 @@ class BadNotice(RemoteProtocolError):
     """a framed notice is not a JSON object with a known event"""
 
 
+class BadDelivery(RemoteProtocolError):
+    """a plain delivery is neither a notice text nor 'name: message'"""
+
+
 # --- encrypted rooms (docs/e2e.md) --------------------------------------------------------
 class BadKeys(RemoteProtocolError):
     """keys must be an object with base64 32-byte x25519 and ed25519 public keys"""
@@ -165,10 +169,6 @@ class TrailingBytes(RemoteProtocolError):
 
 class UnsupportedVersion(RemoteProtocolError):
     """unsupported encrypted-payload version"""
-
-
-class BadDelivery(RemoteProtocolError):
-    """a plain delivery is neither a notice text nor 'name: message'"""
 
 
 # --- encoding (our own side) --------------------------------------------------------------
