@@ -6,19 +6,20 @@ for every datagram and sends what it returns, calls ``handle_timer(now)`` at
 after each call flushes ``outbox`` (notices: ``(payload, addr)`` pairs) and ``events``
 (pipe messages for control, see relay/ipc.py). Time is always an argument.
 
-Hot path (STYLE.md §2 exception): a chat datagram does not allocate a list of sends.
-``handle_datagram`` returns a ``Fanout`` tuple ``(plain, plain_addrs, framed,
-framed_addrs, sender_addr, room)`` and the adapter loops over the room's precomputed
-address lists, skipping ``sender_addr`` by identity (or hands a list to one batched
-``sendmmsg``, cached on ``room.send_cache`` until the next membership change). The lists
-are rebuilt on every membership change, never per datagram.
+Hot path: a chat datagram does not allocate a list of sends. ``handle_datagram`` returns
+a ``Fanout`` (a NamedTuple: ``plain, plain_addrs, framed, framed_addrs, sender, room``)
+and the adapter loops over the room's precomputed address lists, skipping ``sender`` by
+identity, or hands them to one batched ``sendmmsg`` that the adapter caches itself and
+rebuilds when ``room.generation`` changes. The lists are rebuilt (and the generation
+bumped) on every membership change, never per datagram.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from wire.chat import (
     Notice,
@@ -39,7 +40,20 @@ from wire.limits import (
 
 Addr = tuple[str, int]
 Send = tuple[bytes, Addr]
-Fanout = tuple[bytes | None, list[Addr], bytes | None, list[Addr], Addr, "Room"]
+
+
+class Fanout(NamedTuple):
+    """One accepted chat datagram to relay: each payload (None when no member of that
+    delivery format other than the sender is bound) goes to every address of its list
+    except ``sender``. The lists are the room's own (read-only for the adapter)."""
+
+    plain: bytes | None
+    plain_addrs: list[Addr]
+    framed: bytes | None
+    framed_addrs: list[Addr]
+    sender: Addr
+    room: Room
+
 
 DEFAULT_CHAT_RATE: Final = 10.0
 """Chat messages per second per member; excess is dropped and counted (rate_limited)."""
@@ -89,7 +103,11 @@ class Room:
     """A live room: members by token, and the bound addresses split by delivery format."""
 
     __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs",
-                 "send_cache")
+                 "generation")
+
+    _generations: Final = itertools.count(1)
+    """Shared by every room of the process, so that a generation is never reused, even by
+    a new room of the same name."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -98,14 +116,15 @@ class Room:
         self.members: dict[bytes, Member] = {}
         self.plain_addrs: list[Addr] = []
         self.framed_addrs: list[Addr] = []
-        self.send_cache: Any = None
-        """Owned by the I/O adapter (e.g. prebuilt sendmmsg batches); reset on change."""
+        self.generation = next(Room._generations)
+        """Changes whenever the address lists do: an adapter's cache built from them (e.g.
+        prebuilt sendmmsg batches) is valid while the generation it recorded is current."""
 
     def rebuild(self) -> None:
         """Recompute the address lists after a membership or binding change."""
         self.plain_addrs = [m.addr for m in self.members.values() if m.addr and not m.framed]
         self.framed_addrs = [m.addr for m in self.members.values() if m.addr and m.framed]
-        self.send_cache = None
+        self.generation = next(Room._generations)
 
 
 class RelayCore:
@@ -261,7 +280,7 @@ class RelayCore:
             self._notify(member, Notice(NoticeEvent.ERROR, over=longest - MAX_DELIVERY_BYTES))
             return None
         self.relayed += 1
-        return plain, plain_addrs, framed, framed_addrs, sender, room
+        return Fanout(plain, plain_addrs, framed, framed_addrs, sender, room)
 
     def handle_send_failure(self, addr: Addr, now: float) -> None:
         """A send to ``addr`` failed (or ICMP said unreachable): count, maybe evict."""
@@ -450,11 +469,6 @@ class GlobalChat:
 
     def handle_send_success(self, addr: Addr) -> None:
         self.failing.pop(addr, None)
-
-    def next_deadline(self) -> float | None:
-        if not self.last_seen:
-            return None
-        return min(self.last_seen.values()) + self.inactivity_timeout
 
     def handle_timer(self, now: float) -> None:
         """Forget clients silent for ``inactivity_timeout`` seconds (no notices in §3)."""

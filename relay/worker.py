@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar, cast
 
 from relay import ipc, mmsg, sched
-from relay.core import Addr, GlobalChat, RelayCore
+from relay.core import Addr, Fanout, GlobalChat, RelayCore, Room
 from relay.steering import tag_worker
 from wire.codes import Framing
 
@@ -67,6 +67,9 @@ class Worker:
                               settings.get("chat_rate", 10.0), settings.get("chat_burst", 20))
         self.stage1 = GlobalChat(settings["inactivity_timeout"], settings["max_send_failures"],
                                  settings.get("max_stage1_clients", 10_000))
+        self._batches: dict[str, _RoomBatches] = {}
+        """The send cache of ``_relay_batched``, by room name; a closed room's entry goes
+        when its ``closed`` event is flushed."""
         self.forwarded = 0
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -151,14 +154,14 @@ class Worker:
         if core.events:
             self._flush()
 
-    def _relay_batched(self, out: tuple[Any, ...], now: float) -> None:
+    def _relay_batched(self, out: Fanout, now: float) -> None:
         """One ``sendmmsg`` per delivery format instead of a ``sendto`` per member."""
-        plain, plain_addrs, framed, framed_addrs, src, room = out
-        cache = room.send_cache
-        if cache is None:
-            cache = room.send_cache = (_Batch(plain_addrs), _Batch(framed_addrs))
+        plain, _, framed, _, src, room = out
+        cached = self._batches.get(room.name)
+        if cached is None or cached.generation != room.generation:
+            cached = self._batches[room.name] = _RoomBatches(room)
         fd = self.fd
-        for payload, batch in ((plain, cache[0]), (framed, cache[1])):
+        for payload, batch in ((plain, cached.plain), (framed, cached.framed)):
             if payload is None:
                 continue
             k = batch.index.get(src)
@@ -171,12 +174,14 @@ class Worker:
             for i in failed:
                 self._send_failed(None, batch.addrs[i], now)
             failing = self.core.failing
-            if failing:
-                for a in batch.addrs:
-                    if a not in failed:
-                        failing.pop(a, None)
+            if failing:  # a streak ends at a send that went through (indexes, not addrs)
+                index = batch.index
+                for a in list(failing):
+                    j = index.get(a)
+                    if j is not None and j != k and j not in failed:
+                        del failing[a]
 
-    def _relay(self, out: tuple[Any, ...], now: float) -> None:
+    def _relay(self, out: Fanout, now: float) -> None:
         """Fallback fan-out: one ``sendto`` per recipient, skipping the sender."""
         plain, plain_addrs, framed, framed_addrs, src, _ = out
         sendto = self.sock.sendto
@@ -300,6 +305,8 @@ class Worker:
         if core.events:
             events, core.events = core.events, []
             for event in events:
+                if event["t"] == "closed":
+                    self._batches.pop(event["room"], None)
                 self._send(event)
         if core.outbox:
             outbox, core.outbox = core.outbox, []
@@ -361,6 +368,18 @@ class _Batch:
         self.addrs = addrs
         self.index = {a: i for i, a in enumerate(addrs)}
         self.sender = mmsg.SendBatch(addrs)
+
+
+class _RoomBatches:
+    """The worker's send cache of one room: both formats' batches, valid while the room's
+    ``generation`` is the one they were built from."""
+
+    __slots__ = ("generation", "plain", "framed")
+
+    def __init__(self, room: Room) -> None:
+        self.generation = room.generation
+        self.plain = _Batch(room.plain_addrs)
+        self.framed = _Batch(room.framed_addrs)
 
 
 class _PipeProtocol(asyncio.Protocol):
