@@ -28,10 +28,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --cov=wire --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100 tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check wire control relay client loadgen tests
+	$(VENV)/bin/ruff check wire runtime control relay client loadgen tests
 	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py control/session.py \
 		control/registry.py control/quotas.py
-	$(VENV)/bin/mypy control relay client loadgen
+	$(VENV)/bin/mypy runtime control relay client loadgen
 
 bench-wire: $(STAMP)
 	$(PY) tests/bench/bench_wire.py

@@ -25,15 +25,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from control import config as config_mod
-from control import logs
 from control.admin import AdminServer, Metrics, routes_for
 from control.config import LIVE_FIELDS, Config, ConfigError
 from control.notify import notify, watchdog_interval
 from control.registry import Registry
 from control.server import ControlApp, TcrpConnection, new_token
-from control.sockets import SOCKET_BUFFER_BYTES, PortBusy, UdpPlan, plan_udp
+from control.sockets import PortBusy, UdpPlan, plan_udp
 from control.supervisor import Supervisor
-from relay import sched
+from runtime import logs, sched
+from runtime.sockbuf import SOCKET_BUFFER_BYTES, granted
 
 log = logging.getLogger("ocm.control")
 
@@ -188,7 +188,7 @@ class Control:
         sock = self.plan.sockets[0]
         for option, sysctl in ((socket.SO_RCVBUF, "net.core.rmem_max"),
                                (socket.SO_SNDBUF, "net.core.wmem_max")):
-            got = sock.getsockopt(socket.SOL_SOCKET, option) // 2  # Linux reports double
+            got = granted(sock, option)
             if got < SOCKET_BUFFER_BYTES:
                 log.warning("UDP %s buffer is %d KiB, not the %d KiB asked: raise %s (see "
                             "docs/operations.md, Tuning)",

@@ -23,11 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-from relay import sched
+from relay.steering import MAX_WORKERS
+from runtime import sched
 from wire import limits
-
-MAX_WORKERS: Final = 32
-"""The steering tag is one printable byte per worker ('A' + i); 32 keeps it readable."""
 
 
 class ConfigError(Exception):

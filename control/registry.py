@@ -1,6 +1,6 @@
 """The authoritative registry of rooms, members and tokens (pure: no I/O, no clock).
 
-Control is the source of truth (DESIGN.md): a relay worker holds a copy of its own rooms
+Control is the source of truth (docs/architecture.md): a relay worker holds a copy of its own rooms
 and reports changes (bound, left, closed) that control applies here. A restarted worker
 is re-seeded from ``members_of(worker)``.
 

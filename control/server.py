@@ -4,7 +4,7 @@ supervisor, and the glue between them.
 Per connection (``TcrpConnection``) the adapter only feeds bytes to ``Session``, writes
 what it returns and arms one timer (the request deadline, then the 2-byte registration
 window). ``ControlApp.handle`` decides a request: registry checks in the order of
-PROTOCOL.md §1.3, password hashing in a thread pool, then the ``member`` command to the
+docs/protocol.md §1.3, password hashing in a thread pool, then the ``member`` command to the
 owning worker — the State 2 token is sent only after the worker acknowledged it, so a
 client's very first datagram is never lost.
 """

@@ -1,4 +1,4 @@
-"""The relay worker's sans-IO core: datagrams in, deliveries out (PROTOCOL.md §2, §3).
+"""The relay worker's sans-IO core: datagrams in, deliveries out (docs/protocol.md §2, §3).
 
 Shape (aioquic ``QuicConnection``): the adapter calls ``handle_datagram(data, addr, now)``
 for every datagram and sends what it returns, calls ``handle_timer(now)`` at

@@ -4,13 +4,13 @@ Entry point ``main(index, settings, udp_sock, stage1_sock, conn, inbox, peers)``
 control's supervisor in a ``spawn`` process. The worker:
 
 * reads its UDP socket from a raw non-blocking ``recvfrom`` loop on ``loop.add_reader``
-  (DESIGN.md: 72 % of C against 55 % for ``DatagramProtocol``), hands each datagram to
+  (docs/architecture.md: 72 % of C against 55 % for ``DatagramProtocol``), hands each datagram to
   the core and sends the returned fan-out with one ``sendto`` per recipient;
 * reads commands from its pipe (relay/ipc.py) and writes events back;
 * does not read UDP until control has re-seeded it and sent ``start`` (so a restarted
   worker never drops a datagram of a room it is about to own: they wait in the socket
   buffer, which control keeps open across restarts);
-* runs under ``SCHED_FIFO`` when control was given ``--realtime-priority`` (relay/sched.py);
+* runs under ``SCHED_FIFO`` when control was given ``--realtime-priority`` (runtime/sched.py);
 * ignores SIGINT and SIGTERM: control decides when it stops (``shutdown`` over the pipe,
   or pipe EOF if control died) so that members always get their ``closed`` notice.
 """
@@ -28,15 +28,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar, cast
 
-from relay import ipc, mmsg, sched
+from relay import ipc
 from relay.core import Addr, Fanout, GlobalChat, RelayCore, Room
 from relay.steering import tag_worker
+from runtime import mmsg, sched
 from wire.codes import Framing
+from wire.limits import MAX_DATAGRAM_BYTES
 
 log = logging.getLogger("ocm.relay")
 T = TypeVar("T")
 
-RECV_BUFFER_BYTES: Final = 4097
+RECV_BUFFER_BYTES: Final = MAX_DATAGRAM_BYTES + 1
 """One byte over the limit: a longer datagram arrives truncated to 4097 and is dropped."""
 BATCH_DATAGRAMS: Final = 512
 """Datagrams per reader callback before yielding to the pipe and timers."""
@@ -60,7 +62,7 @@ class Worker:
         self.forwarding = inbox is not None  # steering=forward: check every tag
         self.batched = mmsg.available() and bool(settings.get(
             "sendmmsg", os.environ.get("OCM_RELAY_SENDMMSG", "1") != "0"))
-        """Relay with one sendmmsg per room and format (relay/mmsg.py); else sendto."""
+        """Relay with one sendmmsg per room and format (runtime/mmsg.py); else sendto."""
         self.fan_out = self._relay_batched if self.batched else self._relay
         self.fd = udp_sock.fileno()
         self.core = RelayCore(settings["inactivity_timeout"], settings["max_send_failures"],
@@ -406,7 +408,7 @@ def main(index: int, settings: dict[str, Any], udp_sock: socket.socket,
     """Process entry point (multiprocessing spawn target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from control.logs import setup_logging  # stdlib + orjson only: one log format for all
+    from runtime.logs import setup_logging
 
     setup_logging(settings.get("log_level", "info"), settings.get("log_format", "text"),
                   f"worker-{index}")

@@ -26,9 +26,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from relay import mmsg
-from relay.mmsg import RecvBatch, SendBatch
 from relay.steering import create_udp_socket
+from runtime import mmsg
+from runtime.mmsg import RecvBatch, SendBatch
 
 HOST = "127.0.0.1"
 PAYLOAD = b"m" * 100

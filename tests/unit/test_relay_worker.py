@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay import mmsg
 from relay.worker import Worker
+from runtime import mmsg
 from wire.chat import Notice, encode_chat, encode_plain_notice
 from wire.codes import Framing, NoticeEvent, Reason
 
