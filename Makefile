@@ -29,7 +29,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire runtime control relay client loadgen tests
-	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py control/session.py \
+	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py relay/worker.py control/session.py \
 		control/registry.py control/quotas.py
 	$(VENV)/bin/mypy runtime control relay client loadgen
 

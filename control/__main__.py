@@ -32,6 +32,7 @@ from control.registry import Registry
 from control.server import ControlApp, TcrpConnection, new_token
 from control.sockets import PortBusy, UdpPlan, plan_udp
 from control.supervisor import Supervisor
+from relay import ipc
 from runtime import logs, sched
 from runtime.sockbuf import SOCKET_BUFFER_BYTES, granted
 
@@ -120,8 +121,8 @@ class Control:
         supervisor = self.app.supervisor
         if supervisor is not None:
             # A worker restarted later starts with the new values too.
-            supervisor.settings.update(self.cfg.worker_settings())
-            supervisor.broadcast(self.cfg.live_worker_settings())
+            supervisor.settings = self.cfg.worker_settings()
+            supervisor.broadcast(ipc.Configure(supervisor.settings))
         self.reloads["ok"] += 1
         log.info("reloaded: %s%s",
                  ", ".join(f"{n}={getattr(self.cfg, n)}" for n in live) or "nothing changed",
@@ -279,11 +280,6 @@ class Control:
         return self.exit_code
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    """Logging of the control process (kept for callers of the old name)."""
-    logs.setup_logging(level, fmt, "control")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, args, sources = config_mod.load_with_sources(argv)
@@ -293,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "print_config", False):
         print(config_mod.to_toml(cfg, sources), end="")
         return EXIT_OK
-    setup_logging(cfg.log_level, cfg.log_format)
+    logs.setup_logging(cfg.log_level, cfg.log_format, "control")
     refused = sched.probe(cfg.realtime_priority)
     if refused is not None:
         log.error("%s", refused)

@@ -4,7 +4,8 @@ Shape (aioquic ``QuicConnection``): the adapter calls ``handle_datagram(data, ad
 for every datagram and sends what it returns, calls ``handle_timer(now)`` at
 ``next_deadline()``, applies control commands (``add_member``, ``register``, ...), and
 after each call flushes ``outbox`` (notices: ``(payload, addr)`` pairs) and ``events``
-(pipe messages for control, see relay/ipc.py). Time is always an argument.
+(the typed pipe events ``Bound``, ``Left``, ``Closed`` for control, see relay/ipc.py).
+Time is always an argument.
 
 Hot path: a chat datagram does not allocate a list of sends. ``handle_datagram`` returns
 a ``Fanout`` (a NamedTuple: ``plain, plain_addrs, framed, framed_addrs, sender, room``)
@@ -19,8 +20,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
+from relay.ipc import Bound, Closed, Counters, Left
 from wire.chat import (
     Notice,
     encode_framed_notice,
@@ -147,7 +149,7 @@ class RelayCore:
         """Consecutive send failures per address; empty in the common case so the hot
         path's ``if failing`` test costs one truth check."""
         self.outbox: list[Send] = []
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Bound | Left | Closed] = []
         self._deadlines: list[tuple[float, int, Member]] = []
         self._seq = 0
         self.received = 0
@@ -321,17 +323,9 @@ class RelayCore:
             else:
                 self._push_deadline(member, due)
 
-    def statistics(self) -> dict[str, Any]:
-        """A snapshot of plain counters (sent to control once a second)."""
-        return {
-            "rooms": len(self.rooms),
-            "members": len(self.tokens),
-            "received": self.received,
-            "relayed": self.relayed,
-            "send_failures": self.send_failures,
-            "drops": dict(self.drops),
-            "evictions": dict(self.evictions),
-        }
+    def statistics(self) -> Counters:
+        """A snapshot of the datagram counters (the worker sends them once a second)."""
+        return Counters(self.received, self.relayed, dict(self.drops), dict(self.evictions))
 
     # --- internals ---------------------------------------------------------------------
     def _push_deadline(self, member: Member, due: float) -> None:
@@ -355,8 +349,7 @@ class RelayCore:
         member.addr = addr
         self.by_addr.setdefault(addr, []).append(member)
         member.room.rebuild()
-        self.events.append({"t": "bound", "token": member.token.decode(), "ip": addr[0],
-                            "port": addr[1]})
+        self.events.append(Bound(member.token, addr[0], addr[1]))
         if not member.announced:
             member.announced = True
             self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username),
@@ -370,8 +363,7 @@ class RelayCore:
             return
         self._drop_member(member)
         room.rebuild()
-        self.events.append({"t": "left", "token": member.token.decode(),
-                            "reason": reason.value})
+        self.events.append(Left(member.token, reason))
         self._broadcast(room, Notice(NoticeEvent.LEFT, member.username, reason))
 
     def _evict(self, member: Member, reason: Reason) -> None:
@@ -386,7 +378,7 @@ class RelayCore:
                 self._notify(member, closed)
             self._drop_member(member)
         del self.rooms[room.name]
-        self.events.append({"t": "closed", "room": room.name, "reason": reason})
+        self.events.append(Closed(room.name, reason))
 
     def _drop_member(self, member: Member) -> None:
         member.alive = False
@@ -483,7 +475,6 @@ class GlobalChat:
             self.evictions[reason.value] += 1
             self.addrs = [a for a in self.addrs if a != addr]
 
-    def statistics(self) -> dict[str, Any]:
-        return {"clients": len(self.last_seen), "received": self.received,
-                "relayed": self.relayed, "drops": dict(self.drops),
-                "evictions": dict(self.evictions)}
+    def statistics(self) -> Counters:
+        """A snapshot of the datagram counters (``clients`` is ``len(last_seen)``)."""
+        return Counters(self.received, self.relayed, dict(self.drops), dict(self.evictions))

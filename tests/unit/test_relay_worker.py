@@ -10,12 +10,23 @@ Both fan-out paths run every test: one ``sendmmsg`` per format, and ``sendto``.
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 from collections.abc import Iterator
 
 import pytest
 
+from relay.ipc import (
+    Ack,
+    AddMember,
+    Bound,
+    Closed,
+    Configure,
+    FrameDecoder,
+    Message,
+    WorkerSettings,
+)
 from relay.worker import Worker
 from runtime import mmsg
 from wire.chat import Notice, encode_chat, encode_plain_notice
@@ -26,6 +37,13 @@ TA, TB, TC = b"A" + b"a" * 32, b"A" + b"b" * 32, b"A" + b"c" * 32
 DEAD = ("127.0.0.1", 0)
 """An address every send to fails locally (EINVAL), on both paths."""
 PATHS = [pytest.param(True, id="sendmmsg"), pytest.param(False, id="sendto")]
+
+
+def settings(sendmmsg: bool, max_send_failures: int = 3) -> WorkerSettings:
+    return WorkerSettings(inactivity_timeout=300.0, max_send_failures=max_send_failures,
+                          chat_rate=1000.0, chat_burst=1000, max_stage1_clients=100,
+                          log_level="info", log_format="text", realtime_priority=0,
+                          sendmmsg=sendmmsg)
 
 
 def left(user: str, reason: Reason) -> bytes:
@@ -47,9 +65,9 @@ class Rig:
             pytest.fail("sendmmsg is not available on this machine")
         self.sock = udp()
         self.sock.setblocking(False)
-        settings = {"inactivity_timeout": 300.0, "max_send_failures": max_send_failures,
-                    "sendmmsg": batched}
-        self.worker = Worker(0, settings, self.sock, None, None, None)
+        self.worker = Worker(0, settings(batched, max_send_failures), self.sock, None, None,
+                             None)
+        self.loop = self.worker.loop = asyncio.new_event_loop()  # timers: never run here
         assert self.worker.batched is batched
         self.clients: dict[bytes, socket.socket] = {}
 
@@ -82,6 +100,7 @@ class Rig:
     def close(self) -> None:
         for sock in (self.sock, *self.clients.values()):
             sock.close()
+        self.loop.close()
 
 
 @pytest.fixture(params=PATHS)
@@ -172,4 +191,62 @@ def test_a_closed_room_leaves_the_send_cache() -> None:
         assert "r" not in rig.worker.core.rooms
         assert rig.worker._batches == {}
     finally:
+        rig.close()
+
+
+def test_a_reload_switches_the_fan_out_path() -> None:
+    rig = Rig(batched=True)
+    try:
+        rig.add(TA, "alice", host=True)
+        rig.add(TB, "bob")
+        rig.drain(TA)
+        rig.datagram(TA, b"one")
+        assert rig.recv(TB) == b"alice: one" and rig.worker._batches
+        rig.worker.handle_command(Configure(settings(sendmmsg=False)))
+        assert not rig.worker.batched and rig.worker._batches == {}
+        rig.datagram(TA, b"two")
+        assert rig.recv(TB) == b"alice: two" and rig.worker._batches == {}
+        rig.worker.handle_command(Configure(settings(sendmmsg=True)))
+        rig.datagram(TA, b"three")
+        assert rig.recv(TB) == b"alice: three" and set(rig.worker._batches) == {"r"}
+    finally:
+        rig.close()
+
+
+class _Transport(asyncio.Transport):
+    """The worker's side of a real socketpair, written to synchronously."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sock.sendall(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_commands_in_and_typed_events_out_over_a_real_pipe() -> None:
+    rig = Rig(batched=True)
+    worker_end, control_end = socket.socketpair()
+    control_end.settimeout(TIMEOUT_S)
+    try:
+        rig.worker.transport = _Transport(worker_end)
+        decoder = FrameDecoder()
+        rig.worker.handle_command(AddMember(5, "r", TA, "alice", "127.0.0.1",
+                                            Framing.PLAIN, True))
+        rig.worker.handle_command(AddMember(6, "nowhere", TB, "bob", "127.0.0.1",
+                                            Framing.PLAIN, False))
+        rig.clients[TA] = udp()
+        rig.datagram(TA, b"/exit")
+        events: list[Message] = []
+        while len(events) < 4:
+            events += decoder.feed(control_end.recv(65536))
+        port = rig.clients[TA].getsockname()[1]
+        assert events == [Ack(5, True), Ack(6, False), Bound(TA, "127.0.0.1", port),
+                          Closed("r", "exit")]
+    finally:
+        worker_end.close()
+        control_end.close()
         rig.close()
