@@ -5,7 +5,7 @@ control's supervisor in a ``spawn`` process, ``settings`` being the typed
 ``relay.ipc.WorkerSettings``. The worker:
 
 * reads its UDP socket from a raw non-blocking ``recvfrom`` loop on ``loop.add_reader``
-  (faster than ``DatagramProtocol``, docs/benchmarks.md), hands each datagram to the core
+  (faster than ``DatagramProtocol``), hands each datagram to the core
   and sends the returned ``Fanout`` with one ``sendmmsg`` per room and delivery format
   (runtime/mmsg.py; batches cached here, per room, until ``Room.generation`` changes), or
   with one ``sendto`` per recipient when ``settings.sendmmsg`` is off or unavailable;
