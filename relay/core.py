@@ -57,6 +57,8 @@ class Fanout(NamedTuple):
     room: Room
 
 
+_new_fanout: Final = tuple.__new__
+
 DEFAULT_CHAT_RATE: Final = 10.0
 """Chat messages per second per member; excess is dropped and counted (rate_limited)."""
 DEFAULT_CHAT_BURST: Final = 20
@@ -282,7 +284,8 @@ class RelayCore:
             self._notify(member, Notice(NoticeEvent.ERROR, over=longest - MAX_DELIVERY_BYTES))
             return None
         self.relayed += 1
-        return Fanout(plain, plain_addrs, framed, framed_addrs, sender, room)
+        # tuple.__new__ skips the Python-level frame of the NamedTuple's own __new__.
+        return _new_fanout(Fanout, (plain, plain_addrs, framed, framed_addrs, sender, room))
 
     def handle_send_failure(self, addr: Addr, now: float) -> None:
         """A send to ``addr`` failed (or ICMP said unreachable): count, maybe evict."""
