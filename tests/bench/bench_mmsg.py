@@ -32,12 +32,11 @@ from runtime.mmsg import RecvBatch, SendBatch
 
 HOST = "127.0.0.1"
 PAYLOAD = b"m" * 100
-BUFFER_BYTES = 8 * 1024 * 1024
 ROOM = 10  # the sender plus 9 recipients
 
 
 def sockets(n: int) -> list[socket.socket]:
-    return [create_udp_socket(HOST, 0, BUFFER_BYTES, BUFFER_BYTES) for _ in range(n)]
+    return [create_udp_socket(HOST, 0) for _ in range(n)]  # SOCKET_BUFFER_BYTES each
 
 
 def drain(socks: list[socket.socket], expected: int) -> int:
