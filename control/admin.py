@@ -6,8 +6,8 @@ per connection, a 8 KiB request head, 5 s to send it), bound to ``--admin-host``
 
 Metrics come from the control process only. The relay workers already send a snapshot
 of their counters over their pipe once a second (``relay.ipc.Stats``, sent by
-relay/worker.py ``_tick``); ``WorkerCounters`` turns those per-process snapshots into totals that
-only grow, across worker restarts too (a replacement starts from zero: its counts are
+relay/worker.py ``_tick``); ``WorkerCounters`` turns those per-process snapshots into
+totals that only grow, across worker restarts too (a replacement starts from zero: its counts are
 added, not subtracted). Nothing here runs on the datagram path. The exposition format
 (text 0.0.4) is written by hand; no label carries a room, a user or an address.
 
