@@ -4,10 +4,11 @@ A member joins from 127.9.9.9 (its TCP and UDP sockets bound there), then the te
 makes that address unreachable for this host with ``ip route add unreachable
 127.9.9.9/32 table local``: every send to it fails locally with EHOSTUNREACH. The host
 chats until the worker evicts the member and tells the host with a framed ``left``
-notice whose reason is ``send_failures``. Both fan-out paths: one ``sendmmsg`` per
-delivery format (the default) and the ``sendto`` fallback (``OCM_RELAY_SENDMMSG=0``).
-Needs root and iproute2 (``ip``); it fails, it does not skip, where either is missing.
-The route is removed in a ``finally``. 127.9.9.9 is used by this module only.
+notice whose reason is ``send_failures``; ``/metrics`` then counts the eviction. Both
+fan-out paths: one ``sendmmsg`` per delivery format (the default) and the ``sendto``
+fallback (``OCM_RELAY_SENDMMSG=0``). Needs root and iproute2 (``ip``); it fails, it does
+not skip, where either is missing. The route is removed in a ``finally``. 127.9.9.9 is
+used by this module only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 
 from tests.integration.harness import start_server
 from tests.integration.peer import join
+from tests.integration.test_ops_support import Samples, admin_address, scrape, value, wait_until
 from wire.chat import Notice
 from wire.codes import Framing, NoticeEvent, Operation, Reason
 
@@ -52,8 +54,9 @@ def unreachable() -> Iterator[None]:
 @pytest.mark.parametrize("sendmmsg", ["1", "0"], ids=["sendmmsg", "sendto"])
 def test_a_member_whose_sends_fail_is_evicted(sendmmsg: str, request: pytest.FixtureRequest
                                               ) -> None:
-    with start_server("--max-send-failures", str(MAX_SEND_FAILURES), workers=1,
-                      env={"OCM_RELAY_SENDMMSG": sendmmsg}) as srv:
+    with start_server("--max-send-failures", str(MAX_SEND_FAILURES), "--admin-port", "0",
+                      workers=1, env={"OCM_RELAY_SENDMMSG": sendmmsg}) as srv:
+        admin = admin_address(srv)
         room = f"unreach-{sendmmsg}"
         host = join(srv.host, srv.tcp_port, Operation.CREATE, room, "host",
                     framing=Framing.OCM1)
@@ -77,6 +80,16 @@ def test_a_member_whose_sends_fail_is_evicted(sendmmsg: str, request: pytest.Fix
                     notice = got
             assert notice == Notice(NoticeEvent.LEFT, "far", Reason.SEND_FAILURES)
             srv.wait_log(r"member evicted \(send_failures\)", timeout=TIMEOUT_S)
+
+            def counted() -> Samples | None:  # the worker reports once a second
+                got = scrape(admin)
+                evicted = got.get(("ocm_evictions_total", frozenset(
+                    {("port", "chat"), ("reason", "send_failures")})), 0)
+                return got if evicted else None
+
+            got = wait_until(counted, TIMEOUT_S, "the eviction in /metrics")
+            assert value(got, "ocm_evictions_total", port="chat", reason="send_failures") == 1
+            assert value(got, "ocm_send_failures_total") >= MAX_SEND_FAILURES
         finally:
             host.close()
             far.close()

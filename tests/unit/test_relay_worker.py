@@ -25,9 +25,11 @@ from relay.ipc import (
     Configure,
     FrameDecoder,
     Message,
+    Ping,
     WorkerSettings,
+    encode,
 )
-from relay.worker import Worker
+from relay.worker import Worker, _PipeProtocol
 from runtime import mmsg
 from wire.chat import Notice, encode_chat, encode_plain_notice
 from wire.codes import Framing, NoticeEvent, Reason
@@ -249,4 +251,21 @@ def test_commands_in_and_typed_events_out_over_a_real_pipe() -> None:
     finally:
         worker_end.close()
         control_end.close()
+        rig.close()
+
+
+def test_a_corrupt_pipe_stops_the_worker_without_telling_members() -> None:
+    rig = Rig(batched=True)
+    try:
+        rig.add(TA, "alice", host=True)
+        rig.add(TB, "bob")
+        rig.drain(TA)
+        rig.worker.done = rig.loop.create_future()
+        pipe = _PipeProtocol(rig.worker)
+        pipe.data_received(encode(Ping(1))[:-1])  # a partial frame: nothing yet
+        assert not rig.worker.done.done()
+        pipe.data_received(b"}" + b"\x00\x00\x00\x02[]")  # Ping(1), then not an object
+        assert rig.worker.done.done()  # control replaces the worker and re-seeds it
+        assert rig.drain(TA) == [] and rig.drain(TB) == []  # no "closed" notice
+    finally:
         rig.close()
