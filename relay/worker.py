@@ -362,10 +362,13 @@ class Worker:
         """Apply live-reloaded settings (SIGHUP). Those that need a restart (the log
         format, the scheduling, the Stage 1 bound) stay as the worker started."""
         self.settings = settings
-        self.batched = settings.sendmmsg and mmsg.available()
-        self.fan_out = self._relay_batched if self.batched else self._relay
-        if not self.batched:
+        batched = settings.sendmmsg and mmsg.available()
+        if batched != self.batched:
+            self.batched = batched
+            self.fan_out = self._relay_batched if batched else self._relay
             self._batches.clear()
+            log.info("worker %d: fan-out with %s", self.index,
+                     "sendmmsg" if batched else "sendto")
         self.core.configure(settings.inactivity_timeout, settings.max_send_failures, now,
                             settings.chat_rate, settings.chat_burst)
         logging.getLogger().setLevel(settings.log_level.upper())
