@@ -11,6 +11,7 @@ Both fan-out paths run every test: one ``sendmmsg`` per format, and ``sendto``.
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 import socket
 from collections.abc import Iterator
@@ -268,4 +269,24 @@ def test_a_corrupt_pipe_stops_the_worker_without_telling_members() -> None:
         assert rig.worker.done.done()  # control replaces the worker and re-seeds it
         assert rig.drain(TA) == [] and rig.drain(TB) == []  # no "closed" notice
     finally:
+        rig.close()
+
+
+def test_a_failing_socket_counts_against_every_recipient_but_the_sender() -> None:
+    rig = Rig(batched=True)
+    read_end, write_end = os.pipe()
+    try:
+        rig.add(TA, "alice", host=True)
+        rig.add(TB, "bob")
+        rig.add(TC, "carol", framing=Framing.OCM1)
+        for token in (TA, TB, TC):
+            rig.drain(token)
+        b, c = (rig.clients[t].getsockname() for t in (TB, TC))
+        rig.worker.fd = read_end  # not a socket: sendmmsg fails with ENOTSOCK for all
+        rig.datagram(TA, b"hi")
+        assert rig.worker.core.failing == {b: 1, c: 1}
+        assert rig.drain(TB) == [] and rig.drain(TC) == []
+    finally:
+        os.close(read_end)
+        os.close(write_end)
         rig.close()
