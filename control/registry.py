@@ -57,6 +57,9 @@ class RoomRecord:
     """The IP the room was created from (the per-IP room quota counts it)."""
     live: bool = False
     """False while the worker has not yet acknowledged the room (joins see no room)."""
+    password_mac: bytes | None = None
+    """A keyed hash of the password that last verified (control/passwords.py
+    ``password_mac``): the same password is then accepted without scrypt."""
 
 
 class Registry:
