@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNSTAMP)
 
+# Extra ocm-control flags, e.g. `make run ARGS="--tcp-port 9100 --udp-port 9101"`; the
+# OCM_* environment variables work too (`OCM_TCP_PORT=9100 make run`).
+ARGS ?=
+
 run: $(RUNSTAMP)
-	$(VENV)/bin/ocm-control
+	$(VENV)/bin/ocm-control $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --cov=wire --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100 tests

@@ -12,7 +12,9 @@ The body is an orjson object whose ``"t"`` names the message.
 
 Commands, control -> worker:
   member    ``AddMember``  add a member (``host`` creates the room); answered by ``Ack``.
-            Re-seeding a restarted worker sends the same with ``addr`` and ``announced``.
+            Re-seeding a restarted worker sends the same with ``addr``, ``announced``
+            and ``proven`` (a datagram came from ``addr``: it is not on trial,
+            docs/protocol.md §4 (j)).
   register  ``Register``   the 2-byte UDP port registration (docs/protocol.md §1.4)
   start     ``Start``      seeding done: start reading the UDP socket(s)
   ping      ``Ping``       answered by ``Pong`` from the event loop
@@ -21,7 +23,8 @@ Commands, control -> worker:
 
 Events, worker -> control:
   ack ``Ack``, pong ``Pong``, bye ``Bye``
-  bound     ``Bound``      a member's address became known or changed
+  bound     ``Bound``      a member's address became known or changed, or was proven
+                           (a datagram came from it)
   left      ``Left``       a member is gone (exit, inactive, send_failures)
   closed    ``Closed``     a room closed (host left, or shutdown); all its tokens are dead
   stats     ``Stats``      the worker's counters, once a second
@@ -82,6 +85,7 @@ class AddMember:
     host: bool
     addr: Addr | None = None
     announced: bool = False
+    proven: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,8 @@ class Bound:
     token: bytes
     ip: str
     port: int
+    proven: bool = False
+    """A datagram came from this address (else: registered or re-seeded, on trial)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +212,7 @@ def _body(message: Message) -> dict[str, Any]:
                 "token": message.token.decode("ascii"), "user": message.user,
                 "ip": message.ip, "framing": message.framing.value, "host": message.host,
                 "addr": list(message.addr) if message.addr is not None else None,
-                "announced": message.announced}
+                "announced": message.announced, "proven": message.proven}
     if isinstance(message, Register):
         return {"t": "register", "token": message.token.decode("ascii"),
                 "port": message.port}
@@ -226,7 +232,7 @@ def _body(message: Message) -> dict[str, Any]:
         return {"t": "bye"}
     if isinstance(message, Bound):
         return {"t": "bound", "token": message.token.decode("ascii"), "ip": message.ip,
-                "port": message.port}
+                "port": message.port, "proven": message.proven}
     if isinstance(message, Left):
         return {"t": "left", "token": message.token.decode("ascii"),
                 "reason": message.reason.value}
@@ -317,7 +323,8 @@ def _member(f: _Fields) -> AddMember:
     except ValueError:
         raise IpcError(f"member: unknown framing {f.body.get('framing')!r}") from None
     return AddMember(f.integer("id"), f.text("room"), f.token("token"), f.text("user"),
-                     f.text("ip"), framing, f.flag("host"), addr, f.flag("announced"))
+                     f.text("ip"), framing, f.flag("host"), addr, f.flag("announced"),
+                     f.flag("proven"))
 
 
 def _left(f: _Fields) -> Left:
@@ -345,7 +352,8 @@ _DECODERS: Final[dict[str, Callable[[_Fields], Message]]] = {
     "ack": lambda f: Ack(f.integer("id"), f.flag("ok")),
     "pong": lambda f: Pong(f.integer("id")),
     "bye": lambda f: Bye(),
-    "bound": lambda f: Bound(f.token("token"), f.text("ip"), f.integer("port")),
+    "bound": lambda f: Bound(f.token("token"), f.text("ip"), f.integer("port"),
+                             f.flag("proven")),
     "left": _left,
     "closed": lambda f: Closed(f.text("room"), f.text("reason")),
     "stats": _stats,

@@ -36,6 +36,7 @@ from typing import Final, TypeVar, cast
 
 from relay import ipc
 from relay.core import Addr, Fanout, GlobalChat, RelayCore, Room
+from relay.globalchat import GlobalChatRelay
 from relay.steering import tag_worker
 from runtime import logs, mmsg, sched
 from wire.limits import MAX_DATAGRAM_BYTES
@@ -73,6 +74,7 @@ class Worker:
                               settings.chat_rate, settings.chat_burst)
         self.stage1 = GlobalChat(settings.inactivity_timeout, settings.max_send_failures,
                                  settings.max_stage1_clients)
+        self.stage1_relay: GlobalChatRelay | None = None
         self._batches: dict[str, _RoomBatches] = {}
         """The send cache of ``_relay_batched``, by room name; a closed room's entry goes
         when its ``Closed`` event is flushed."""
@@ -107,8 +109,9 @@ class Worker:
         assert self.loop is not None
         reader = self._on_udp_forwarding if self.forwarding else self._on_udp
         self.loop.add_reader(self.sock.fileno(), reader)
-        if self.stage1_sock is not None:
-            self.loop.add_reader(self.stage1_sock.fileno(), self._on_stage1)
+        if self.stage1_sock is not None:  # budgeted fan-out: relay/globalchat.py
+            self.stage1_relay = GlobalChatRelay(self.stage1_sock, self.stage1, self.loop)
+            self.stage1_relay.start()
         if self.inbox is not None:
             self.inbox.setblocking(False)
             self.loop.add_reader(self.inbox.fileno(), self._on_inbox)
@@ -126,7 +129,7 @@ class Worker:
         """What ``recv(RECV_BUFFER_BYTES)`` returns, until the socket is empty or
         ``BATCH_DATAGRAMS`` were read (then the loop serves the pipe and timers before
         this reader is called again). An unexpected error is logged and ends the batch.
-        For the readers off the main path (forwarding, Stage 1); see ``_on_udp``."""
+        For the readers off the main path (forwarding, the inbox); see ``_on_udp``."""
         for _ in range(BATCH_DATAGRAMS):
             try:
                 yield recv(RECV_BUFFER_BYTES)
@@ -253,27 +256,6 @@ class Worker:
         if out is not None:
             self.fan_out(out, now)
 
-    def _on_stage1(self) -> None:
-        assert self.stage1_sock is not None
-        sock = self.stage1_sock
-        sendto = sock.sendto
-        chat = self.stage1
-        now = time.monotonic()
-        for data, addr in self._drain(sock.recvfrom, "Stage 1 recvfrom"):
-            targets = chat.handle_datagram(data, addr, now)
-            if targets is None:
-                continue
-            failing = chat.failing
-            for a in targets:
-                if a != addr:
-                    try:
-                        sendto(data, a)
-                    except OSError:
-                        chat.handle_send_failure(a)
-                    else:
-                        if failing:
-                            failing.pop(a, None)
-
     # --- timers and control ---------------------------------------------------------------
     def _tick(self) -> None:
         assert self.loop is not None
@@ -288,7 +270,7 @@ class Worker:
         return ipc.Stats(worker=self.index, pid=os.getpid(), sendmmsg=self.batched,
                          forwarded=self.forwarded, rooms=len(core.rooms),
                          members=len(core.tokens), send_failures=core.send_failures,
-                         chat=core.statistics(), stage1_clients=len(self.stage1.last_seen),
+                         chat=core.statistics(), stage1_clients=len(self.stage1.clients),
                          stage1=self.stage1.statistics())
 
     def _on_timer(self) -> None:
@@ -337,7 +319,7 @@ class Worker:
         now = time.monotonic()
         if isinstance(msg, ipc.AddMember):
             ok = self.core.add_member(msg.room, msg.token, msg.user, msg.ip, msg.framing,
-                                      msg.host, now, msg.addr, msg.announced)
+                                      msg.host, now, msg.addr, msg.announced, msg.proven)
             self._send(ipc.Ack(msg.id, ok))
             self._flush()
             self._arm_timer()

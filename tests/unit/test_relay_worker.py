@@ -247,7 +247,7 @@ def test_commands_in_and_typed_events_out_over_a_real_pipe() -> None:
         while len(events) < 4:
             events += decoder.feed(control_end.recv(65536))
         port = rig.clients[TA].getsockname()[1]
-        assert events == [Ack(5, True), Ack(6, False), Bound(TA, "127.0.0.1", port),
+        assert events == [Ack(5, True), Ack(6, False), Bound(TA, "127.0.0.1", port, True),
                           Closed("r", "exit")]
     finally:
         worker_end.close()
