@@ -11,7 +11,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Runtime install: the package and its two runtime dependencies (plus client/loadgen extras).
+# Runtime install: the package and its runtime dependencies (plus client/loadgen extras).
 $(RUNSTAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[client,loadgen]'
 	touch $@
@@ -33,7 +33,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire runtime control relay client loadgen tests
-	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py relay/worker.py control/session.py \
+	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py relay/worker.py control/session.py \
 		control/registry.py control/quotas.py
 	$(VENV)/bin/mypy runtime control relay client loadgen
 
