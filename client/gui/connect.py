@@ -1,0 +1,214 @@
+"""The connect screen: server, name, create or join, room, password.
+
+It only gathers a ``models.ConnectRequest`` and emits ``submitted``; the main window
+joins (``client.session``) and calls ``show_error(field, text)`` with what went wrong,
+shown in plain words under the field it concerns. Recent servers, names and rooms live in
+``QSettings`` (``remember_request`` after a successful join).
+
+The TLS and "end-to-end encrypted" toggles are hooks: disabled, with a tooltip saying
+why, until the server and the encryption library support them (``models.TLS_AVAILABLE``,
+``models.ENCRYPTION_AVAILABLE``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from client.gui import models
+from client.gui.models import ConnectRequest, Field
+from wire.codes import Operation
+
+_RECENT_KEYS: Final = {Field.SERVER: "recent/servers", Field.NAME: "recent/names",
+                       Field.ROOM: "recent/rooms"}
+_ERROR_STYLE: Final = "color: #d32f2f;"
+
+
+def _recent(settings: QSettings, key: str) -> list[str]:
+    value = settings.value(key, [])
+    if isinstance(value, str):  # QSettings gives a 1-item list back as a string
+        return [value] if value else []
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return []
+
+
+class ConnectScreen(QWidget):
+    """Emits ``submitted(ConnectRequest)`` when the form is valid and Connect is pressed."""
+
+    submitted = Signal(object)
+
+    def __init__(self, settings: QSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._settings = settings
+        self.setObjectName("connect")
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(32, 24, 32, 24)
+        title = QLabel("Online Chat Messenger")
+        font = title.font()
+        font.setPointSizeF(font.pointSizeF() * 1.6)
+        font.setBold(True)
+        title.setFont(font)
+        outer.addWidget(title)
+        outer.addWidget(QLabel("Create a chat room or join one."))
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.server = self._combo(Field.SERVER, models.DEFAULT_SERVER)
+        self.port = QSpinBox()
+        self.port.setRange(1, 65535)
+        self.port.setValue(int(str(settings.value("last/port", models.DEFAULT_TCP_PORT))))
+        self.tls = QCheckBox("TLS")
+        self.tls.setEnabled(models.TLS_AVAILABLE)
+        self.tls.setToolTip("TCRP over TLS needs a server that offers it (not available yet)")
+        where = QHBoxLayout()
+        where.addWidget(self.server, 1)
+        where.addWidget(QLabel("port"))
+        where.addWidget(self.port)
+        where.addWidget(self.tls)
+        self.errors: dict[Field, QLabel] = {}
+        form.addRow("Server", where)
+        form.addRow("", self._error_label(Field.SERVER))
+
+        self.name = self._combo(Field.NAME, "")
+        form.addRow("Your name", self.name)
+        form.addRow("", self._error_label(Field.NAME))
+
+        self.create_mode = QRadioButton("Create a room")
+        self.join_mode = QRadioButton("Join a room")
+        self._mode = QButtonGroup(self)
+        self._mode.addButton(self.create_mode)
+        self._mode.addButton(self.join_mode)
+        (self.join_mode if settings.value("last/mode", "create") == "join" else self.create_mode
+         ).setChecked(True)
+        mode = QHBoxLayout()
+        mode.addWidget(self.create_mode)
+        mode.addWidget(self.join_mode)
+        mode.addStretch(1)
+        form.addRow("", mode)
+
+        self.room = self._combo(Field.ROOM, "")
+        form.addRow("Room", self.room)
+        form.addRow("", self._error_label(Field.ROOM))
+
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.password.setPlaceholderText("optional")
+        form.addRow("Password", self.password)
+        form.addRow("", self._error_label(Field.PASSWORD))
+
+        self.encrypted = QCheckBox("End-to-end encrypted")
+        self.encrypted.setEnabled(models.ENCRYPTION_AVAILABLE)
+        self.encrypted.setToolTip("Encrypted rooms need end-to-end encryption support "
+                                  "(not available yet)")
+        form.addRow("", self.encrypted)
+        outer.addLayout(form)
+
+        self.connect_button = QPushButton("Connect")
+        self.connect_button.setDefault(True)
+        self.connect_button.clicked.connect(self._submit)
+        self.status = QLabel("")
+        outer.addWidget(self.connect_button, 0, Qt.AlignmentFlag.AlignLeft)
+        outer.addWidget(self._error_label(Field.FORM))
+        outer.addWidget(self.status)
+        outer.addStretch(1)
+        self.create_mode.toggled.connect(self._mode_changed)
+        self.password.returnPressed.connect(self._submit)
+        self._mode_changed()
+
+    # -- building ------------------------------------------------------------------------------
+    def _combo(self, which: Field, default: str) -> QComboBox:
+        box = QComboBox()
+        box.setEditable(True)
+        box.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        recent = _recent(self._settings, _RECENT_KEYS[which])
+        box.addItems(recent)
+        box.setCurrentText(recent[0] if recent else default)
+        line = box.lineEdit()
+        assert line is not None
+        line.returnPressed.connect(self._submit)
+        return box
+
+    def _error_label(self, which: Field) -> QLabel:
+        label = QLabel("")
+        label.setObjectName(f"error-{which.value}")
+        label.setStyleSheet(_ERROR_STYLE)
+        label.setWordWrap(True)
+        label.hide()
+        self.errors[which] = label
+        return label
+
+    def _mode_changed(self) -> None:
+        creating = self.create_mode.isChecked()
+        self.encrypted.setVisible(creating)
+        self.password.setPlaceholderText("optional: protects the new room" if creating
+                                         else "if the room has one")
+
+    # -- what the main window calls ---------------------------------------------------------------
+    def request(self) -> ConnectRequest:
+        """The request the form describes now (not validated)."""
+        return ConnectRequest(
+            host=self.server.currentText().strip(),
+            port=self.port.value(),
+            operation=Operation.CREATE if self.create_mode.isChecked() else Operation.JOIN,
+            room=self.room.currentText(),
+            username=self.name.currentText(),
+            password=self.password.text() or None,
+            tls=self.tls.isChecked(),
+            encrypted=self.create_mode.isChecked() and self.encrypted.isChecked(),
+        )
+
+    def show_error(self, which: Field, text: str) -> None:
+        label = self.errors[which]
+        label.setText(text)
+        label.show()
+
+    def clear_errors(self) -> None:
+        for label in self.errors.values():
+            label.clear()
+            label.hide()
+
+    def set_busy(self, busy: bool, text: str = "") -> None:
+        """While joining: the button is disabled and ``text`` says what is going on."""
+        self.connect_button.setEnabled(not busy)
+        self.status.setText(text)
+
+    def remember_request(self, request: ConnectRequest) -> None:
+        """Put the request's server, name and room first in the recent lists."""
+        for which, value in ((Field.SERVER, request.host), (Field.NAME, request.username),
+                             (Field.ROOM, request.room)):
+            key = _RECENT_KEYS[which]
+            recent = models.remember(_recent(self._settings, key), value)
+            self._settings.setValue(key, recent)
+        self._settings.setValue("last/port", request.port)
+        self._settings.setValue("last/mode", "create"
+                                if request.operation is Operation.CREATE else "join")
+        self._settings.sync()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _submit(self) -> None:
+        if not self.connect_button.isEnabled():
+            return
+        self.clear_errors()
+        request = self.request()
+        problems = models.validate(request.host, request.username, request.room,
+                                   request.password or "")
+        for which, text in problems.items():
+            self.show_error(which, text)
+        if not problems:
+            self.submitted.emit(request)
