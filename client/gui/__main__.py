@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.aboutToQuit.connect(quitting.set)
     window = MainWindow(settings, join_timeout=args.timeout)
     window.show()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C in the terminal: leave, then quit
+        loop.add_signal_handler(sig, window.close)
     with loop:
         loop.run_until_complete(quitting.wait())
     return 0

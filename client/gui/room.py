@@ -148,6 +148,9 @@ class RoomView(QWidget):
         self.input.textChanged.connect(self._count)
         self.counter = QLabel("")
         self.counter.setObjectName("byte-counter")
+        self.counter.setMinimumWidth(
+            self.counter.fontMetrics().horizontalAdvance("00000 / 00000 bytes"))
+        self.counter.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.send_button = QPushButton("Send")
         self.send_button.clicked.connect(self._submit)
         row.addWidget(self.input, 1)
