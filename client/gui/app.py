@@ -84,14 +84,19 @@ class MainWindow(QMainWindow):
 
     # -- connecting ---------------------------------------------------------------------------
     def start_connect(self, request: ConnectRequest) -> asyncio.Task[bool]:
-        """Join as ``request`` says, in the background; the task's result says if it did."""
+        """Join as ``request`` says, in the background; the task's result says if it did.
+        The connect screen shows at once that it is busy."""
+        self._show_busy(request)
         return self.tasks.spawn(self.connect_to(request))
+
+    def _show_busy(self, request: ConnectRequest) -> None:
+        self.connect_screen.clear_errors()
+        self.connect_screen.set_busy(True, f"Connecting to {request.host}:{request.port}…")
 
     async def connect_to(self, request: ConnectRequest) -> bool:
         """Join, then chat: errors go next to their field on the connect screen."""
         screen = self.connect_screen
-        screen.clear_errors()
-        screen.set_busy(True, f"Connecting to {request.host}:{request.port}…")
+        self._show_busy(request)
         loop = asyncio.get_running_loop()
         call = functools.partial(join_room, request.host, request.port, request.operation,
                                  request.room, request.username, request.password,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import qasync
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
@@ -214,6 +216,69 @@ def test_server_stopping_is_shown_and_rejoin_reports_it_unreachable(
         errors = window.connect_screen.errors
         await until(lambda: errors[Field.SERVER].isVisible(), "the server error")
         assert "connection refused" in errors[Field.SERVER].text()
+
+    try:
+        run(loop, scenario())
+    finally:
+        own.stop()
+
+
+def test_window_stays_responsive_while_the_server_does_not_answer(
+        qtbot: QtBot, loop: qasync.QEventLoop, settings: QSettings) -> None:
+    """A server that accepts TCP and says nothing: the join times out in the background
+    while Qt keeps painting and taking input; the error says so next to the server."""
+    window = MainWindow(settings, join_timeout=1.5)
+    qtbot.addWidget(window)
+    window.show()
+    silent = socket.create_server(("127.0.0.1", 0))
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+
+    async def scenario() -> None:
+        timer.start()
+        fill(window, qtbot, silent.getsockname()[1], "jo", room_name(), create=True)
+        screen = window.connect_screen
+        assert not screen.connect_button.isEnabled()
+        assert screen.status.text().startswith("Connecting to 127.0.0.1:")
+        qtbot.keyClicks(screen.password, "typed while waiting")
+        assert screen.password.text() == "typed while waiting"
+        await until(lambda: screen.errors[Field.SERVER].isVisible(), "the timeout error")
+        assert "did not answer within 1.5 s" in screen.errors[Field.SERVER].text()
+        assert screen.connect_button.isEnabled()
+
+    try:
+        run(loop, scenario())
+    finally:
+        timer.stop()
+        silent.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert len(ticks) > 20 and max(gaps) < 1.0, f"the Qt loop stalled {max(gaps):.2f} s"
+
+
+def test_disconnected_for_inactivity_then_rejoin(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, clients: list[Client],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    own = start_server("--inactivity-timeout", "1", workers=1)
+    room = room_name()
+
+    async def scenario() -> None:
+        kim = spawn_chat(clients, own, "--create", room, "--user", "kim")  # keepalives on
+        await in_thread(kim.expect_err, r"is host of room")
+        monkeypatch.setenv("OCM_CHAT_KEEPALIVE", "0")  # the window sends none: evicted
+        fill(window, qtbot, own.tcp_port, "lee", room, create=False)
+        await until(lambda: in_room(window), "the room window")
+        await until(lambda: window.room.banner.isVisible(), "the disconnected banner")
+        assert window.room.banner_text.text().startswith("You were disconnected")
+        assert window.room.rejoin_button.text() == "Rejoin"
+        await in_thread(kim.expect, r"^\* lee was removed for inactivity$")
+        monkeypatch.delenv("OCM_CHAT_KEEPALIVE")
+        qtbot.mouseClick(window.room.rejoin_button, Qt.MouseButton.LeftButton)
+        await until(lambda: in_room(window) and not window.room.banner.isVisible(),
+                    "back in the room")
+        await in_thread(kim.expect_line, "* lee joined the room")
+        assert window.joined is not None and not window.joined.details.host
 
     try:
         run(loop, scenario())
