@@ -5,7 +5,8 @@ one in ten a notice) to a ``RoomView`` while it is shown at the bottom, as durin
 chat, and measures:
 
 * the time per ``append`` (the HTML line, the layout, keeping the view at the bottom),
-  median and p99 over every append, plus the total;
+  median and p99 over every append, the medians of the first and last 1,000 (does it
+  grow with the scrollback?), plus the total;
 * the time to render the window (``QWidget.grab()``: a full paint) at the bottom, at the
   top after scrolling there, and in the middle;
 * one more append and render after the 10,000 (what a user waits for per message then).
@@ -83,12 +84,16 @@ def main() -> int:
     view.grab()
     one_more = time.perf_counter_ns() - before
 
+    first = statistics.median(costs[:1000])
+    last = statistics.median(costs[-1000:])
     costs.sort()
     print(f"ocm-gui scrollback, {args.lines} lines; Python {platform.python_version()}, "
           f"PySide6 {pyside_version}, {platform.machine()}, offscreen\n")
     print("| what | ms |")
     print("| --- | ---: |")
     print(f"| append, median | {_ms(statistics.median(costs))} |")
+    print(f"| append, median of the first 1,000 | {_ms(first)} |")
+    print(f"| append, median of the last 1,000 | {_ms(last)} |")
     print(f"| append, p99 | {_ms(costs[int(len(costs) * 0.99) - 1])} |")
     print(f"| append, slowest | {_ms(costs[-1])} |")
     print(f"| all {args.lines} appends (event loop included) | {_ms(total)} |")
