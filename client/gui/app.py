@@ -231,6 +231,21 @@ class MainWindow(QMainWindow):
             link.leave()
             link.close()
 
+    def warn_key_changed(self, member: str, old: str, new: str) -> QMessageBox:
+        """Hook for encrypted rooms (not served yet): a member's key changed. A warning
+        dialog, not a line in the scrollback, because it may mean someone else is
+        speaking under that name."""
+        name = render.sanitize(member)
+        box = QMessageBox(QMessageBox.Icon.Warning, f"{name}'s key changed",
+                          f"The encryption key of {name} is not the one you saw before.\n\n"
+                          f"before: {render.sanitize(old)}\nnow: {render.sanitize(new)}\n\n"
+                          "This happens when they reinstall or use another device, or when "
+                          "someone else is using their name. Check the new fingerprint with "
+                          "them before trusting their messages.",
+                          QMessageBox.StandardButton.Ok, self)
+        box.open()
+        return box
+
     def _on_line(self, line: Line) -> None:
         entry = self.room.append(line)
         seen = self.isActiveWindow() and self.room.at_bottom()

@@ -14,7 +14,7 @@ from pytestqt.qtbot import QtBot
 from client import render
 from client.gui.app import MainWindow
 from client.gui.connect import ConnectScreen
-from client.gui.models import ConnectRequest, Field
+from client.gui.models import ConnectRequest, Field, Member
 from client.gui.room import RoomView
 from wire.codes import Operation
 
@@ -147,3 +147,22 @@ def test_qt_binding_survives_many_signals_to_python_slots() -> None:
     done = subprocess.run([sys.executable, "-c", _SLOT_STORM], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "survived" in done.stdout, done.stderr[-2000:]
+
+
+def test_member_list_and_key_change_hooks(qtbot: QtBot, loop: qasync.QEventLoop,
+                                          settings: QSettings) -> None:
+    """Hooks for the member list and encrypted rooms: hidden until a server serves them,
+    but they render what they are given."""
+    window = MainWindow(settings)
+    qtbot.addWidget(window)
+    window.show()
+    room = window.room
+    assert not room.members.isVisible() and not room.lock.isVisible()
+    room.set_members([Member("ann", host=True), Member("bo\x1b", fingerprint="ab:cd",
+                                                       verified=True)])
+    rows = [room.members.item(i).text() for i in range(room.members.count())]
+    assert rows == ["ann ★ host", "bo\\x1b\nab:cd ✔"]
+    box = window.warn_key_changed("bo", "ab:cd", "ef:01")
+    assert box.isVisible() and box.icon() == box.Icon.Warning
+    assert "before: ab:cd\nnow: ef:01" in box.text()
+    box.close()
