@@ -73,8 +73,9 @@ def test_screenshot_connect_screen(qtbot: QtBot, loop: qasync.QEventLoop, settin
     window = MainWindow(settings)
     qtbot.addWidget(window)
     window.show()
-    window.connect_screen.join_mode.setChecked(True)
-    window.connect_screen.show_error(Field.PASSWORD, "Wrong password.")
+    window.connect_screen.create_mode.setChecked(True)
+    window.connect_screen.show_error(
+        Field.ROOM, "A room with this name already exists. Join it, or pick another name.")
     window.connect_screen.password.setText("hunter2")
     _save(window, _out_dir(tmp_path) / "gui-connect.png")
 
