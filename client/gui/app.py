@@ -1,7 +1,7 @@
 """The main window: connect screen and room window, and everything between them.
 
-``MainWindow`` owns the membership: it joins with ``client.session.join_room`` (in the
-loop's thread pool, so the window never waits on the network), opens a
+``MainWindow`` owns the membership: it joins with ``client.session_aio.join_room_async``
+(on the loop, so the window never waits on the network), opens a
 ``client.link.RoomLink`` (the same UDP link ``ocm-chat`` uses) and routes its lines to
 the room window; it reads typed input with ``client.commands`` and leaves cleanly when
 asked, when the window closes, or when the chat ends under it. Unread count in the title,
@@ -35,7 +35,8 @@ from client.gui.models import ConnectRequest, Field, Unread
 from client.gui.room import RoomView
 from client.link import RoomLink
 from client.render import Line, MessageTooLong
-from client.session import DEFAULT_TIMEOUT_S, Joined, JoinFailed, JoinRefused, join_room
+from client.session import DEFAULT_TIMEOUT_S, Joined, JoinFailed, JoinRefused
+from client.session_aio import join_room_async
 from wire.chat import encode_chat
 from wire.codes import NoticeEvent
 from wire.limits import EXIT_COMMAND
@@ -97,12 +98,10 @@ class MainWindow(QMainWindow):
         """Join, then chat: errors go next to their field on the connect screen."""
         screen = self.connect_screen
         self._show_busy(request)
-        loop = asyncio.get_running_loop()
-        call = functools.partial(join_room, request.host, request.port, request.operation,
-                                 request.room, request.username, request.password,
-                                 self.join_timeout)
         try:
-            joined = await loop.run_in_executor(None, call)
+            joined = await join_room_async(request.host, request.port, request.operation,
+                                           request.room, request.username, request.password,
+                                           self.join_timeout)
         except JoinRefused as exc:
             which, text = models.refusal(exc.status, bool(request.password), exc.error)
             self._back_to_connect(which, text)
