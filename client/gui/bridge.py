@@ -4,10 +4,11 @@ One thread runs both: ``qasync.QEventLoop`` is an asyncio loop whose timers and 
 readiness are Qt timers and ``QSocketNotifier``s, so the UDP link (``client.link``), the
 join and every timeout are ordinary asyncio code, and widgets are touched only from that
 one thread. Why qasync rather than PySide6's QtAsyncio: qasync's loop is asyncio's own
-selector loop with Qt doing the waiting, so everything the UDP link uses
-(``create_datagram_endpoint`` on an adopted socket, ``run_in_executor``) behaves exactly
-as under ``ocm-chat``; QtAsyncio is a separate loop implementation, still a technical
-preview, and not part of the PySide6-Essentials wheel this extra installs.
+selector loop with Qt doing the waiting, so what the client library uses
+(``create_datagram_endpoint`` on an adopted socket for the UDP link, ``sock_connect`` and
+``sock_recv`` for the join) behaves exactly as under ``ocm-chat``; QtAsyncio is a
+separate loop implementation, still a technical preview, and not part of the
+PySide6-Essentials wheel this extra installs.
 
 ``Tasks`` keeps a strong reference to every task the UI starts (asyncio keeps only weak
 ones), reports a task's exception instead of losing it, and cancels them all on close.
