@@ -7,8 +7,8 @@ one thread. Why qasync rather than PySide6's QtAsyncio: qasync's loop is asyncio
 selector loop with Qt doing the waiting, so what the client library uses
 (``create_datagram_endpoint`` on an adopted socket for the UDP link, ``sock_connect`` and
 ``sock_recv`` for the join) behaves exactly as under ``ocm-chat``; QtAsyncio is a
-separate loop implementation, still a technical preview, and not part of the
-PySide6-Essentials wheel this extra installs.
+separate loop implementation, and it is not part of the PySide6-Essentials wheel this
+extra installs.
 
 ``Tasks`` keeps a strong reference to every task the UI starts (asyncio keeps only weak
 ones), reports a task's exception instead of losing it, and cancels them all on close.
