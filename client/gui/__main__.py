@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     window = MainWindow(settings, join_timeout=args.timeout)
     window.show()
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C in the terminal: leave, then quit
-        loop.add_signal_handler(sig, window.close)
+        loop.add_signal_handler(sig, window.quit_now)
     with loop:
         loop.run_until_complete(quitting.wait())
     return 0

@@ -5,7 +5,8 @@
 ``client.link.RoomLink`` (the same UDP link ``ocm-chat`` uses) and routes its lines to
 the room window; it reads typed input with ``client.commands`` and leaves cleanly when
 asked, when the window closes, or when the chat ends under it. Unread count in the title,
-a desktop notification while unfocused, the host's confirmation before leaving.
+a desktop notification while unfocused, the host's confirmation before leaving (closing
+the window included).
 """
 
 from __future__ import annotations
@@ -195,26 +196,40 @@ class MainWindow(QMainWindow):
             self.room.append(render.chat_line(self.joined.username, command.text, own=True))
             self.room.scroll_to_bottom()
 
-    def request_leave(self) -> None:
-        """Leave; a host is asked first, because leaving closes the room."""
+    def request_leave(self, then_quit: bool = False) -> None:
+        """Leave (and close the window if ``then_quit``); a host is asked first, because
+        leaving closes the room."""
         if self.link is None:
             return
-        if self.joined is not None and self.joined.details.host:
+        if self.hosting():
             box = QMessageBox(QMessageBox.Icon.Question, "Leave and close the room?",
                               "You are the host: leaving closes the room for everyone.",
                               QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
                               self)
             box.setDefaultButton(QMessageBox.StandardButton.No)
-            box.finished.connect(functools.partial(self._leave_answered, box))
+            box.finished.connect(functools.partial(self._leave_answered, box, then_quit))
             self.leave_box = box
             box.open()
             return
         self._leave_and_show_connect()
+        if then_quit:
+            self.quit_now()
 
-    def _leave_answered(self, box: QMessageBox, _result: int) -> None:
+    def hosting(self) -> bool:
+        """In a room, as its host."""
+        return self.link is not None and self.joined is not None and self.joined.details.host
+
+    def quit_now(self) -> None:
+        """Close the window without asking (leaving the room): Ctrl-C, SIGTERM."""
+        self._closing = True
+        self.close()
+
+    def _leave_answered(self, box: QMessageBox, then_quit: bool, _result: int) -> None:
         self.leave_box = None
         if box.standardButton(box.clickedButton()) == QMessageBox.StandardButton.Yes:
             self._leave_and_show_connect()
+            if then_quit:
+                self.quit_now()
         else:
             self.room.append(render.notice_line("staying"))
 
@@ -280,7 +295,13 @@ class MainWindow(QMainWindow):
         super().changeEvent(event)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt's name)
-        """Closing the window leaves the room cleanly (``/exit``)."""
+        """Closing the window leaves the room cleanly (``/exit``); the host is asked
+        first (``quit_now`` does not ask)."""
+        if self.hosting() and not self._closing:
+            event.ignore()
+            if self.leave_box is None:
+                self.request_leave(then_quit=True)
+            return
         self._closing = True
         self._leave_now()
         self.tasks.cancel_all()

@@ -88,6 +88,6 @@ def window(qapp: QApplication, loop: qasync.QEventLoop, settings: QSettings
     win = MainWindow(settings, join_timeout=10.0)
     win.show()
     yield win
-    win.close()
+    win.quit_now()
     win.deleteLater()
     qapp.processEvents()

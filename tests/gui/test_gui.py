@@ -99,8 +99,12 @@ def test_gui_creates_ocm_chat_joins_and_they_chat_both_ways(
         assert "unknown command '/nope'" in scrollback(window)
         type_line(window, qtbot, "//slash")
         await in_thread(bob.expect_line, "alice: /slash")
-        # Closing the window leaves cleanly: as host, the room closes for bob.
+        # Closing the window leaves cleanly; as host, after confirming (the room closes).
         window.close()
+        box = await until(lambda: window.leave_box, "the confirmation")
+        assert window.isVisible() and in_room(window)
+        box.button(QMessageBox.StandardButton.Yes).click()
+        await until(lambda: not window.isVisible(), "the window to close")
         await in_thread(bob.expect_line, "* the room was closed")
         assert await in_thread(bob.wait) == 3
 
@@ -279,6 +283,9 @@ def test_disconnected_for_inactivity_then_rejoin(
                     "back in the room")
         await in_thread(kim.expect_line, "* lee joined the room")
         assert window.joined is not None and not window.joined.details.host
+        window.close()  # a member closing the window leaves without being asked
+        await in_thread(kim.expect, r"^\* lee left the room$")
+        assert not window.isVisible() and window.leave_box is None
 
     try:
         run(loop, scenario())
