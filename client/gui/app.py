@@ -61,6 +61,7 @@ class MainWindow(QMainWindow):
         self.notifications: list[tuple[str, str]] = []  # the last few shown (for tests)
         self.leave_box: QMessageBox | None = None
         self._closing = False
+        self._room_gone = False  # how the last chat ended: rejoin, or create it again
 
         self.pages = QStackedWidget()
         self.connect_screen = ConnectScreen(settings)
@@ -125,7 +126,13 @@ class MainWindow(QMainWindow):
         self.room.enter(request.room, joined.username, host, joined.details.max_message)
         self.pages.setCurrentWidget(self.room)
         link = RoomLink(joined, self._on_line)
-        await link.open()
+        try:
+            await link.open()
+        except OSError as exc:  # e.g. no route to the UDP port the server named
+            link.close()
+            joined.udp_sock.close()
+            self._back_to_connect(Field.SERVER, f"Cannot chat with the server: {exc}")
+            return
         self.link = link
         self.unread.clear()
         self._update_title()
@@ -142,8 +149,8 @@ class MainWindow(QMainWindow):
         self.link = None
         host = self.joined.details.host if self.joined else False
         self.room.append(render.warning_line(render.ended_explanation(notice, host)))
-        lives = notice.event is NoticeEvent.DISCONNECTED and not host
-        self.room.rejoin_button.setText("Rejoin" if lives else "Create it again")
+        self._room_gone = notice.event is NoticeEvent.CLOSED or host
+        self.room.rejoin_button.setText("Create it again" if self._room_gone else "Rejoin")
         if notice.event is NoticeEvent.CLOSED:
             headline = "Room closed: " + render.ended_explanation(notice, host)
         else:
@@ -159,8 +166,7 @@ class MainWindow(QMainWindow):
     def _rejoin(self) -> None:
         if self.request is None:
             return
-        room_gone = self.room.rejoin_button.text() != "Rejoin"
-        self.start_connect(self.request.again(room_gone))
+        self.start_connect(self.request.again(self._room_gone))
 
     def _new_room(self) -> None:
         self._leave_now()
