@@ -225,6 +225,22 @@ def xterm_rgb(index: int) -> tuple[int, int, int]:
     return (_CUBE_LEVELS[index // 36], _CUBE_LEVELS[(index // 6) % 6], _CUBE_LEVELS[index % 6])
 
 
-def sender_rgb(name: str) -> tuple[int, int, int]:
-    """The colour of ``name``: the one ``ocm-chat`` uses, so both clients agree."""
-    return xterm_rgb(render.user_colour(name))
+DARK_LIFT: Final = 0.45
+"""On a dark background, sender colours move this far towards white: the xterm mid-tones
+(dark blue, purple) are too dim on near-black otherwise."""
+
+
+def sender_rgb(name: str, dark: bool = False) -> tuple[int, int, int]:
+    """The colour of ``name``: the one ``ocm-chat`` uses, so both clients agree; lifted
+    towards white on a dark background (``dark``)."""
+    red, green, blue = xterm_rgb(render.user_colour(name))
+    if not dark:
+        return red, green, blue
+    return (round(red + (255 - red) * DARK_LIFT), round(green + (255 - green) * DARK_LIFT),
+            round(blue + (255 - blue) * DARK_LIFT))
+
+
+def is_dark(rgb: tuple[int, int, int]) -> bool:
+    """Whether a background colour is dark (relative luminance below one half)."""
+    red, green, blue = rgb
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue < 128

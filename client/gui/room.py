@@ -45,13 +45,15 @@ WARNING_COLOUR: Final = "#d32f2f"
 _AT_BOTTOM_SLACK: Final = 1  # scroll-bar steps (lines) still counted as "at the bottom"
 
 
-def entry_html(entry: Entry, notice_colour: str, own_background: str) -> str:
-    """One scrollback line as the rich text ``QPlainTextEdit.appendHtml`` takes."""
+def entry_html(entry: Entry, notice_colour: str, own_background: str,
+               dark: bool = False) -> str:
+    """One scrollback line as the rich text ``QPlainTextEdit.appendHtml`` takes; ``dark``:
+    the background is dark (sender colours are lifted)."""
     line = entry.line
     stamp = f'<span style="color:{notice_colour}">{entry.clock}</span>&nbsp;&nbsp;'
     text = f'<span style="white-space:pre-wrap">{html.escape(line.text)}</span>'
     if line.kind in (Kind.CHAT, Kind.OWN):
-        red, green, blue = models.sender_rgb(line.user)
+        red, green, blue = models.sender_rgb(line.user, dark)
         name = f'<b style="color:rgb({red},{green},{blue})">{html.escape(line.user)}</b>'
         if line.kind is Kind.OWN:
             return (f'{stamp}<span style="background-color:{own_background}">'
@@ -182,7 +184,8 @@ class RoomView(QWidget):
         bar = self.log.verticalScrollBar()
         at_bottom = self.at_bottom()
         kept = bar.value()
-        self.log.appendHtml(entry_html(entry, self._notice_colour(), self._own_background()))
+        self.log.appendHtml(entry_html(entry, self._notice_colour(), self._own_background(),
+                                       self._dark()))
         if at_bottom:
             bar.setValue(bar.maximum())
         else:
@@ -243,6 +246,10 @@ class RoomView(QWidget):
 
     def _notice_colour(self) -> str:
         return self.palette().color(QPalette.ColorRole.PlaceholderText).name()
+
+    def _dark(self) -> bool:
+        base = self.log.palette().color(QPalette.ColorRole.Base)
+        return models.is_dark((base.red(), base.green(), base.blue()))
 
     def _own_background(self) -> str:
         return self.palette().color(QPalette.ColorRole.AlternateBase).name()

@@ -8,10 +8,12 @@ import sys
 import pytest
 import qasync
 from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QWidget
 from pytestqt.qtbot import QtBot
 
 from client import render
+from client.gui import models
 from client.gui.app import MainWindow
 from client.gui.connect import ConnectScreen
 from client.gui.models import ConnectRequest, Field, Member
@@ -166,3 +168,13 @@ def test_member_list_and_key_change_hooks(qtbot: QtBot, loop: qasync.QEventLoop,
     assert box.isVisible() and box.icon() == box.Icon.Warning
     assert "before: ab:cd\nnow: ef:01" in box.text()
     box.close()
+
+
+def test_dark_palette_lifts_sender_colours(qtbot: QtBot) -> None:
+    view = filled_room(qtbot, 0)
+    palette = view.log.palette()
+    palette.setColor(QPalette.ColorRole.Base, QColor("#1e1e1e"))
+    view.log.setPalette(palette)
+    view.append(render.chat_line("bob", "hi"), clock="10:00")
+    red, green, blue = models.sender_rgb("bob", dark=True)
+    assert f"#{red:02x}{green:02x}{blue:02x}" in view.log.document().toHtml()

@@ -80,6 +80,15 @@ def test_sender_colour_matches_ocm_chat() -> None:
     assert models.sender_rgb(name) == models.xterm_rgb(render.user_colour(name))
 
 
+def test_sender_colours_are_lifted_on_dark_backgrounds() -> None:
+    assert models.is_dark((30, 30, 30)) and not models.is_dark((239, 239, 239))
+    assert models.xterm_rgb(25) == (0, 95, 175)  # a dark blue: dim on near-black
+    for name in ("bob", "alice", "carol"):
+        light, dark = models.sender_rgb(name), models.sender_rgb(name, dark=True)
+        assert all(d >= c for c, d in zip(light, dark, strict=True))
+    assert models.sender_rgb("bob", dark=True) != models.sender_rgb("bob")
+
+
 def test_models_import_no_qt() -> None:
     """The state stays testable without Qt: models imports no PySide6."""
     tree = ast.parse(Path(models.__file__).read_text())
