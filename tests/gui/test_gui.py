@@ -95,6 +95,8 @@ def test_gui_creates_ocm_chat_joins_and_they_chat_both_ways(
         # /commands as in ocm-chat
         type_line(window, qtbot, "/help")
         assert "/exit    leave the room" in scrollback(window)
+        type_line(window, qtbot, "/who")
+        assert "there is no /who" in scrollback(window)
         type_line(window, qtbot, "/nope")
         assert "unknown command '/nope'" in scrollback(window)
         type_line(window, qtbot, "//slash")
@@ -206,7 +208,7 @@ def test_host_is_asked_before_leaving(
     run(loop, scenario())
 
 
-def test_server_stopping_is_shown_and_rejoin_reports_it_unreachable(
+def test_server_stopping_is_shown_and_a_new_room_finds_it_unreachable(
         window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop) -> None:
     own = start_server(workers=1)
 
@@ -216,7 +218,10 @@ def test_server_stopping_is_shown_and_rejoin_reports_it_unreachable(
         await in_thread(own.stop, signal.SIGTERM)
         await until(lambda: window.room.banner.isVisible(), "the banner")
         assert "Room closed" in window.room.banner_text.text()
-        qtbot.mouseClick(window.room.rejoin_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.room.new_room_button, Qt.MouseButton.LeftButton)
+        assert window.pages.currentWidget() is window.connect_screen
+        assert window.connect_screen.name.currentText() == "ivy"  # the form is kept
+        qtbot.mouseClick(window.connect_screen.connect_button, Qt.MouseButton.LeftButton)
         errors = window.connect_screen.errors
         await until(lambda: errors[Field.SERVER].isVisible(), "the server error")
         assert "connection refused" in errors[Field.SERVER].text()
