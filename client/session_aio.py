@@ -1,4 +1,4 @@
-"""Joining a room over TCRP on the running asyncio loop (PROTOCOL.md §1).
+"""Joining a room over TCRP on the running asyncio loop (docs/protocol.md §1).
 
 ``join_room_async(...)`` is ``client.session.join_room`` without blocking: the same
 request (``ocm1`` framing), the same State 1 / State 2 reading, the same registration of
