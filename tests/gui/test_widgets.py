@@ -144,8 +144,9 @@ print("survived")
 
 
 def test_qt_binding_survives_many_signals_to_python_slots() -> None:
-    """PySide6 6.12.0 loses a bool reference per slot call and aborts after a few
-    thousand (the scrollback's scroll-bar slot runs on every append): the pin excludes it."""
+    """With PySide6 6.12.0 a few thousand signals to a Python slot abort the interpreter
+    (bool_dealloc; the scrollback's scroll-bar slot runs on every append): the pin in
+    pyproject.toml excludes it."""
     done = subprocess.run([sys.executable, "-c", _SLOT_STORM], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "survived" in done.stdout, done.stderr[-2000:]
