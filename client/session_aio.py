@@ -1,16 +1,19 @@
 """Joining a room over TCRP on the running asyncio loop (docs/protocol.md §1).
 
 ``join_room_async(...)`` is ``client.session.join_room`` without blocking: the same
-request (``ocm1`` framing), the same State 1 / State 2 reading, the same registration of
-a UDP socket bound to the IP the token is bound to, the same ``Joined``, ``JoinRefused``
-and ``JoinFailed`` with the same texts; the overall timeout is an ``asyncio.timeout``.
-A window can await it and stay responsive, and cancelling it closes both sockets at once.
+request (``ocm1`` framing), optionally inside TLS (``tls``: a context from
+``client.session.client_tls_context``), the same State 1 / State 2 reading, the same
+registration of a UDP socket bound to the IP the token is bound to, the same ``Joined``,
+``JoinRefused`` and ``JoinFailed`` with the same texts; the overall timeout is an
+``asyncio.timeout``. A window can await it and stay responsive, and cancelling it closes
+both sockets at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 from client.session import (
     DEFAULT_TIMEOUT_S,
@@ -53,12 +56,15 @@ async def join_room_async(
     username: str,
     password: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    tls: ssl.SSLContext | None = None,
 ) -> Joined:
-    """Create or join ``room`` as ``username``; see the module docstring."""
+    """Create or join ``room`` as ``username``; see the module docstring. With ``tls`` the
+    server's certificate must verify for ``host`` (``JoinFailed`` saying so otherwise)."""
     loop = asyncio.get_running_loop()
     where = f"{host}:{tcp_port}"
     request = encode_request(operation, room, username, password, Framing.OCM1)
     tcp: socket.socket | None = None
+    writer: asyncio.StreamWriter | None = None
     udp: socket.socket | None = None
     try:
         try:
@@ -70,12 +76,21 @@ async def join_room_async(
                 local_ip = tcp.getsockname()[0]
                 udp = socket.socket(family, socket.SOCK_DGRAM)
                 udp.bind((local_ip, 0))
-                await loop.sock_sendall(tcp, request)
-                response, complete = await _read_answer(tcp, where)
+                reader, writer = await asyncio.open_connection(
+                    sock=tcp, ssl=tls, server_hostname=host if tls is not None else None)
+                writer.write(request)
+                await writer.drain()
+                response, complete = await _read_answer(reader, where)
         except TimeoutError:
             raise JoinFailed(
                 f"the server at {where} did not answer within {timeout:g} s"
             ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise JoinFailed(f"the server at {where} has a TLS certificate that cannot be "
+                             f"verified ({exc.verify_message})") from None
+        except ssl.SSLError as exc:
+            raise JoinFailed(f"TLS with the server at {where} failed ({exc.reason or exc}); "
+                             "is it the TLS port?") from None
         except OSError as exc:
             if tcp is None:
                 raise JoinFailed(f"cannot open a socket: {_describe_os_error(exc)}") from None
@@ -85,41 +100,40 @@ async def join_room_async(
                 f"cannot reach the server at {where} ({_describe_os_error(exc)}){hint}"
             ) from None
         assert response.details is not None and udp is not None
-        try:  # best effort (§1.4): the first keepalive binds our address too
-            tcp.send(encode_registration(udp.getsockname()[1]))
-        except OSError:
-            pass
+        # Best effort (§1.4): the first keepalive binds our address too.
+        writer.write(encode_registration(udp.getsockname()[1]))
     except BaseException:
         if udp is not None:
             udp.close()
         raise
     finally:
-        if tcp is not None:
+        if writer is not None:
+            writer.close()  # closes tcp with the transport
+        elif tcp is not None:
             tcp.close()
     udp.setblocking(False)
     server_udp = (addr[0], response.details.udp_port)
     return Joined(room.encode(), username, complete.token, response.details, server_udp, udp)
 
 
-async def _read_answer(tcp: socket.socket, where: str) -> tuple[Response, Complete]:
+async def _read_answer(reader: asyncio.StreamReader, where: str) -> tuple[Response, Complete]:
     """Read State 1 then State 2; raise ``JoinRefused`` on an error status."""
-    loop = asyncio.get_running_loop()
-    reader = FrameReader(Role.CLIENT)
+    frames = FrameReader(Role.CLIENT)
     response: Response | None = None
     while True:
         try:
-            event = reader.next_event()
+            event = frames.next_event()
         except errors.ProtocolError as exc:
             raise JoinFailed(f"the server at {where} sent an invalid answer: {exc}") from None
         if event is NEED_DATA:
             try:
-                data = await loop.sock_recv(tcp, RECV_CHUNK_BYTES)
+                data = await reader.read(RECV_CHUNK_BYTES)
             except ConnectionResetError:
                 data = b""  # §1.1: a reset after an answer is a close
             if not data:
                 what = "the token" if response is not None else "answering"
                 raise JoinFailed(f"the server at {where} closed the connection before {what}")
-            reader.receive_data(data)
+            frames.receive_data(data)
         elif isinstance(event, Response):
             if response is not None:
                 raise JoinFailed(f"the server at {where} sent two responses")

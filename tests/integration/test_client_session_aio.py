@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
-from client.session import JoinFailed, JoinRefused
+from client.session import JoinFailed, JoinRefused, client_tls_context
 from client.session_aio import join_room_async
-from tests.integration.harness import Server, free_udp_port
+from tests.integration.harness import Server, free_udp_port, start_server
+from tests.integration.test_tls import make_pki, tls_port
 from wire.codes import Operation, Status
 
 H = "127.0.0.1"
@@ -89,3 +91,25 @@ def test_cancelling_closes_the_connection_at_once() -> None:
     with silent.listener:
         asyncio.run(scenario())
         assert silent.closed.wait(10), "the TCP connection was left open after cancelling"
+
+
+def test_tls_join_verifies_the_certificate(tmp_path: Path) -> None:
+    ca, cert, key = make_pki(tmp_path)
+    with start_server("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0",
+                      workers=1) as srv:
+        port = tls_port(srv)
+
+        async def scenario() -> None:
+            joined = await join_room_async(H, port, Operation.CREATE, "secure", "ann", "pw",
+                                           tls=client_tls_context(str(ca)))
+            joined.udp_sock.close()
+            assert joined.details.host
+            with pytest.raises(JoinFailed, match=r"has a TLS certificate that cannot be "
+                                                 r"verified \("):
+                await join_room_async(H, port, Operation.JOIN, "secure", "bob", "pw",
+                                      tls=client_tls_context())  # the system's CAs
+            with pytest.raises(JoinFailed, match=r"TLS with the server at .* failed"):
+                await join_room_async(H, srv.tcp_port, Operation.JOIN, "secure", "bob",
+                                      "pw", tls=client_tls_context(str(ca)), timeout=10)
+
+        asyncio.run(scenario())
