@@ -36,7 +36,13 @@ from client.gui.models import ConnectRequest, Field, Unread
 from client.gui.room import RoomView
 from client.link import RoomLink
 from client.render import Line, MessageTooLong
-from client.session import DEFAULT_TIMEOUT_S, Joined, JoinFailed, JoinRefused
+from client.session import (
+    DEFAULT_TIMEOUT_S,
+    Joined,
+    JoinFailed,
+    JoinRefused,
+    client_tls_context,
+)
 from client.session_aio import join_room_async
 from wire.chat import encode_chat
 from wire.codes import NoticeEvent
@@ -100,16 +106,24 @@ class MainWindow(QMainWindow):
         """Join, then chat: errors go next to their field on the connect screen."""
         screen = self.connect_screen
         self._show_busy(request)
+        tls = None
+        if request.tls:
+            try:
+                tls = client_tls_context(request.ca_file)
+            except OSError as exc:
+                screen.set_busy(False)
+                self._back_to_connect(Field.SERVER, f"Cannot use the CA file: {exc}")
+                return False
         try:
             joined = await join_room_async(request.host, request.port, request.operation,
                                            request.room, request.username, request.password,
-                                           self.join_timeout)
+                                           self.join_timeout, tls=tls)
         except JoinRefused as exc:
             which, text = models.refusal(exc.status, bool(request.password), exc.error)
             self._back_to_connect(which, text)
             return False
         except JoinFailed as exc:
-            self._back_to_connect(Field.SERVER, models.unreachable_text(str(exc)))
+            self._back_to_connect(Field.SERVER, models.unreachable_text(str(exc), request.tls))
             return False
         finally:
             screen.set_busy(False)

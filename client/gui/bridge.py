@@ -6,7 +6,7 @@ join and every timeout are ordinary asyncio code, and widgets are touched only f
 one thread. Why qasync rather than PySide6's QtAsyncio: qasync's loop is asyncio's own
 selector loop with Qt doing the waiting, so what the client library uses
 (``create_datagram_endpoint`` on an adopted socket for the UDP link, ``sock_connect`` and
-``sock_recv`` for the join) behaves exactly as under ``ocm-chat``; QtAsyncio is a
+a stream, TLS or not, for the join) behaves exactly as under ``ocm-chat``; QtAsyncio is a
 separate loop implementation, and it is not part of the PySide6-Essentials wheel this
 extra installs.
 

@@ -5,9 +5,10 @@ joins (``client.session``) and calls ``show_error(field, text)`` with what went 
 shown in plain words under the field it concerns. Recent servers, names and rooms live in
 ``QSettings`` (``remember_request`` after a successful join).
 
-The TLS and "end-to-end encrypted" toggles are hooks: disabled, with a tooltip saying
-why, until the server and the encryption library support them (``models.TLS_AVAILABLE``,
-``models.ENCRYPTION_AVAILABLE``).
+TLS asks for TCRP inside TLS on the server's TLS port, with an optional CA file for a
+server whose certificate comes from its own CA. The "end-to-end encrypted" toggle is a
+hook: disabled, with a tooltip saying why, until the encryption library is there
+(``models.ENCRYPTION_AVAILABLE``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -37,6 +39,13 @@ from wire.codes import Operation
 _RECENT_KEYS: Final = {Field.SERVER: "recent/servers", Field.NAME: "recent/names",
                        Field.ROOM: "recent/rooms"}
 _ERROR_STYLE: Final = "color: #d32f2f;"
+
+
+def _bool(value: object) -> bool:
+    """A QSettings boolean (INI files give strings back)."""
+    if isinstance(value, str):
+        return value.lower() in ("true", "1")
+    return bool(value)
 
 
 def _recent(settings: QSettings, key: str) -> list[str]:
@@ -75,7 +84,9 @@ class ConnectScreen(QWidget):
         self.port.setValue(int(str(settings.value("last/port", models.DEFAULT_TCP_PORT))))
         self.tls = QCheckBox("TLS")
         self.tls.setEnabled(models.TLS_AVAILABLE)
-        self.tls.setToolTip("TCRP over TLS needs a server that offers it (not available yet)")
+        self.tls.setToolTip("join over TLS (the server's TLS port); its certificate is "
+                            "verified")
+        self.tls.setChecked(_bool(settings.value("last/tls", False)))
         where = QHBoxLayout()
         where.addWidget(self.server, 1)
         where.addWidget(QLabel("port"))
@@ -83,6 +94,18 @@ class ConnectScreen(QWidget):
         where.addWidget(self.tls)
         self.errors: dict[Field, QLabel] = {}
         form.addRow("Server", where)
+        self.ca_file = QLineEdit(str(settings.value("last/ca_file", "") or ""))
+        self.ca_file.setPlaceholderText("optional: the CA that signed the server's "
+                                        "certificate (PEM)")
+        self.ca_browse = QPushButton("Browse…")
+        self.ca_browse.clicked.connect(self._browse_ca)
+        self._ca_row = QWidget()
+        ca_row = QHBoxLayout(self._ca_row)
+        ca_row.setContentsMargins(0, 0, 0, 0)
+        ca_row.addWidget(QLabel("CA file"))
+        ca_row.addWidget(self.ca_file, 1)
+        ca_row.addWidget(self.ca_browse)
+        form.addRow("", self._ca_row)
         form.addRow("", self._error_label(Field.SERVER))
 
         self.name = self._combo(Field.NAME, "")
@@ -129,7 +152,9 @@ class ConnectScreen(QWidget):
         outer.addStretch(1)
         self.create_mode.toggled.connect(self._mode_changed)
         self.password.returnPressed.connect(self._submit)
+        self.tls.toggled.connect(self._tls_changed)
         self._mode_changed()
+        self._ca_row.setVisible(self.tls.isChecked())
 
     # -- building ------------------------------------------------------------------------------
     def _combo(self, which: Field, default: str) -> QComboBox:
@@ -159,6 +184,19 @@ class ConnectScreen(QWidget):
         self.password.setPlaceholderText("optional: protects the new room" if creating
                                          else "if the room has one")
 
+    def _tls_changed(self, on: bool) -> None:
+        """Show the CA file; move between the default plain and TLS ports."""
+        self._ca_row.setVisible(on)
+        plain, secure = models.DEFAULT_TCP_PORT, models.DEFAULT_TLS_PORT
+        if self.port.value() == (plain if on else secure):
+            self.port.setValue(secure if on else plain)
+
+    def _browse_ca(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "CA certificate", "",
+                                              "PEM certificates (*.pem *.crt);;All files (*)")
+        if path:
+            self.ca_file.setText(path)
+
     # -- what the main window calls ---------------------------------------------------------------
     def request(self) -> ConnectRequest:
         """The request the form describes now (not validated)."""
@@ -171,6 +209,7 @@ class ConnectScreen(QWidget):
             password=self.password.text() or None,
             tls=self.tls.isChecked(),
             encrypted=self.create_mode.isChecked() and self.encrypted.isChecked(),
+            ca_file=(self.ca_file.text().strip() or None) if self.tls.isChecked() else None,
         )
 
     def show_error(self, which: Field, text: str) -> None:
@@ -196,6 +235,8 @@ class ConnectScreen(QWidget):
             recent = models.remember(_recent(self._settings, key), value)
             self._settings.setValue(key, recent)
         self._settings.setValue("last/port", request.port)
+        self._settings.setValue("last/tls", request.tls)
+        self._settings.setValue("last/ca_file", request.ca_file or "")
         self._settings.setValue("last/mode", "create"
                                 if request.operation is Operation.CREATE else "join")
         self._settings.sync()

@@ -23,6 +23,8 @@ from wire.codes import Operation, Status
 # --- connect screen ---------------------------------------------------------------------------
 DEFAULT_SERVER: Final = "127.0.0.1"
 DEFAULT_TCP_PORT: Final = 9000
+DEFAULT_TLS_PORT: Final = 9443
+"""The server's default port for TCRP over TLS (``ocm-control --tls-port``)."""
 MAX_RECENT: Final = 10
 """Recent servers, names and rooms remembered (each list, in QSettings)."""
 
@@ -37,15 +39,16 @@ class ConnectRequest:
     room: str
     username: str
     password: str | None = None  # None or "": no password
-    tls: bool = False  # hook: TCRP over TLS needs server support (not yet)
+    tls: bool = False  # TCRP inside TLS, the server's certificate verified
     encrypted: bool = False  # hook: end-to-end encrypted room (not yet)
+    ca_file: str | None = None  # with tls: trust this CA (PEM) instead of the system's
 
     def again(self, room_gone: bool) -> ConnectRequest:
         """The request that gets back in after the chat ended: create the room anew if it
         is gone (closed, or we hosted it), else join it again."""
         operation = Operation.CREATE if room_gone else Operation.JOIN
         return ConnectRequest(self.host, self.port, operation, self.room, self.username,
-                              self.password, self.tls, self.encrypted)
+                              self.password, self.tls, self.encrypted, self.ca_file)
 
 
 class Field(enum.Enum):
@@ -97,8 +100,11 @@ def refusal(status: Status | int, sent_password: bool, server_error: str = "") -
     return place, known
 
 
-def unreachable_text(detail: str) -> str:
+def unreachable_text(detail: str, tls: bool = False) -> str:
     """The server field's error when the TCRP exchange failed (``JoinFailed``)."""
+    if tls:
+        return (f"No secure connection: {detail}. If the server's certificate comes from "
+                "its own CA, choose that CA file.")
     return f"Server unreachable: {detail}"
 
 
@@ -206,8 +212,8 @@ class Member:
 
 MEMBER_LIST_AVAILABLE: Final = False
 """The server does not tell clients who is in a room yet (/who); the panel is hidden."""
-TLS_AVAILABLE: Final = False
-"""TCRP over TLS needs server support (not yet); the connect screen's toggle is disabled."""
+TLS_AVAILABLE: Final = True
+"""TCRP over TLS: the connect screen's toggle (the server must serve it: --tls-cert)."""
 ENCRYPTION_AVAILABLE: Final = False
 """End-to-end encrypted rooms need the encryption library (not yet); toggle disabled."""
 

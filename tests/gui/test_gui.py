@@ -26,6 +26,7 @@ from tests.gui.conftest import in_thread, run, until
 from tests.integration.harness import Server, free_udp_port, start_server
 from tests.integration.test_client_script import Client
 from tests.integration.test_client_script import spawn as spawn_chat
+from tests.integration.test_tls import make_pki, tls_port
 
 _rooms = itertools.count()
 
@@ -291,6 +292,38 @@ def test_disconnected_for_inactivity_then_rejoin(
         window.close()  # a member closing the window leaves without being asked
         await in_thread(kim.expect, r"^\* lee left the room$")
         assert not window.isVisible() and window.leave_box is None
+
+    try:
+        run(loop, scenario())
+    finally:
+        own.stop()
+
+
+def test_tls_join_with_the_servers_ca_and_refusal_without(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, tmp_path: Path) -> None:
+    ca, cert, key = make_pki(tmp_path)
+    own = start_server("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0",
+                       workers=1)
+    screen = window.connect_screen
+
+    async def scenario() -> None:
+        port = tls_port(own)
+        screen.tls.setChecked(True)
+        screen.ca_file.setText("")  # the system's CAs do not know the test CA
+        fill(window, qtbot, port, "tess", room_name(), create=True)
+        await until(lambda: screen.errors[Field.SERVER].isVisible(), "the TLS error")
+        text = screen.errors[Field.SERVER].text()
+        assert text.startswith("No secure connection: ") and "cannot be verified" in text
+        screen.ca_file.setText(str(tmp_path / "missing.pem"))
+        qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
+        await until(lambda: screen.errors[Field.SERVER].isVisible(), "the CA file error")
+        assert screen.errors[Field.SERVER].text().startswith("Cannot use the CA file")
+        screen.ca_file.setText(str(ca))
+        qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
+        await until(lambda: in_room(window), "the room window, over TLS")
+        assert window.joined is not None and window.joined.details.host
+        type_line(window, qtbot, "/help")  # the chat itself runs as usual
+        assert "/exit" in scrollback(window)
 
     try:
         run(loop, scenario())

@@ -74,6 +74,8 @@ def test_screenshot_connect_screen(qtbot: QtBot, loop: qasync.QEventLoop, settin
     qtbot.addWidget(window)
     window.show()
     window.connect_screen.create_mode.setChecked(True)
+    window.connect_screen.tls.setChecked(True)
+    window.connect_screen.ca_file.setText("/etc/ocm/ca.pem")
     window.connect_screen.show_error(
         Field.ROOM, "A room with this name already exists. Join it, or pick another name.")
     window.connect_screen.password.setText("hunter2")

@@ -112,7 +112,14 @@ def test_connect_screen_checks_fields_before_connecting(
 def test_connect_screen_hooks_and_recents(qtbot: QtBot, settings: QSettings) -> None:
     screen = ConnectScreen(settings)
     qtbot.addWidget(screen)
-    assert not screen.tls.isEnabled() and not screen.encrypted.isEnabled()
+    assert screen.tls.isEnabled() and not screen.encrypted.isEnabled()
+    assert not screen.ca_file.isVisibleTo(screen) and screen.port.value() == 9000
+    screen.tls.setChecked(True)  # the TLS port, and the CA file to trust
+    assert screen.ca_file.isVisibleTo(screen) and screen.port.value() == 9443
+    screen.ca_file.setText("/etc/ocm/ca.pem")
+    screen.tls.setChecked(False)
+    assert screen.port.value() == 9000 and screen.request().ca_file is None
+    screen.tls.setChecked(True)
     assert screen.password.echoMode() == screen.password.EchoMode.Password
     screen.name.setCurrentText("ann")
     screen.room.setCurrentText("lobby")
@@ -122,11 +129,14 @@ def test_connect_screen_hooks_and_recents(qtbot: QtBot, settings: QSettings) -> 
     request = blocker.args[0]
     assert (request.username, request.room, request.operation) == ("ann", "lobby",
                                                                     Operation.JOIN)
+    assert (request.tls, request.ca_file, request.port) == (True, "/etc/ocm/ca.pem", 9443)
     screen.remember_request(request)
     again = ConnectScreen(settings)
     qtbot.addWidget(again)
     assert again.name.currentText() == "ann" and again.room.currentText() == "lobby"
     assert again.join_mode.isChecked()
+    assert again.tls.isChecked() and again.ca_file.text() == "/etc/ocm/ca.pem"
+    assert again.port.value() == 9443
 
 
 _SLOT_STORM = """

@@ -32,6 +32,14 @@ def test_refusal_goes_next_to_its_field(status: Status | int, sent: bool, field:
     assert models.refusal(status, sent, "odd\x1b") == (field, text)
 
 
+def test_join_failures_say_what_to_do() -> None:
+    assert models.unreachable_text("connection refused") == (
+        "Server unreachable: connection refused")
+    assert models.unreachable_text("bad certificate", tls=True).startswith(
+        "No secure connection: bad certificate. If the server's certificate comes from its "
+        "own CA, choose that CA file.")
+
+
 def test_validate_before_connecting() -> None:
     assert models.validate("h", "ann", "room", "") == {}
     problems = models.validate(" ", " ann", "", "p" * 256)
@@ -48,7 +56,7 @@ def test_remember_keeps_recent_first_unique_and_bounded() -> None:
 
 
 def test_again_recreates_a_gone_room_and_rejoins_a_living_one() -> None:
-    request = ConnectRequest("h", 1, Operation.JOIN, "r", "u", "pw")
+    request = ConnectRequest("h", 1, Operation.JOIN, "r", "u", "pw", tls=True, ca_file="c")
     assert request.again(room_gone=True).operation is Operation.CREATE
     assert request.again(room_gone=False) == request
 
