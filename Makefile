@@ -18,7 +18,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Runtime install: the package and its two runtime dependencies (plus client/loadgen extras).
+# Runtime install: the package and its runtime dependencies (plus client/loadgen extras).
 $(RUNSTAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[client,loadgen]'
 	touch $@
@@ -33,8 +33,12 @@ $(GUISTAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[gui]'
 	touch $@
 
+# Extra ocm-control flags, e.g. `make run ARGS="--tcp-port 9100 --udp-port 9101"`; the
+# OCM_* environment variables work too (`OCM_TCP_PORT=9100 make run`).
+ARGS ?=
+
 run: $(RUNSTAMP)
-	$(VENV)/bin/ocm-control
+	$(VENV)/bin/ocm-control $(ARGS)
 
 run-gui: $(GUISTAMP) gui-system-libs
 	$(VENV)/bin/ocm-gui
@@ -59,7 +63,7 @@ test: $(STAMP) gui-system-libs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire control relay client loadgen tests
-	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py control/session.py \
+	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py control/session.py \
 		control/registry.py control/quotas.py
 	$(VENV)/bin/mypy control relay client loadgen
 

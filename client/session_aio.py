@@ -1,12 +1,12 @@
 """Joining a room over TCRP on the running asyncio loop (docs/protocol.md §1).
 
 ``join_room_async(...)`` is ``client.session.join_room`` without blocking: the same
-request (``ocm1`` framing), optionally inside TLS (``tls``: a context from
-``client.session.client_tls_context``), the same State 1 / State 2 reading, the same
-registration of a UDP socket bound to the IP the token is bound to, the same ``Joined``,
-``JoinRefused`` and ``JoinFailed`` with the same texts; the overall timeout is an
-``asyncio.timeout``. A window can await it and stay responsive, and cancelling it closes
-both sockets at once.
+``wire.tcrp_client.ClientExchange`` and request (``ocm1`` framing), optionally inside TLS
+(``tls``: a context from ``client.session.client_tls_context``), the same State 1 /
+State 2 reading, the same registration of a UDP socket bound to the IP the token is
+bound to, the same ``Joined``, ``JoinRefused`` and ``JoinFailed`` with the same texts;
+the overall timeout is an ``asyncio.timeout``. A window can await it and stay
+responsive, and cancelling it closes both sockets at once.
 """
 
 from __future__ import annotations
@@ -26,15 +26,8 @@ from client.session import (
 )
 from wire import errors
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import (
-    NEED_DATA,
-    Complete,
-    FrameReader,
-    Response,
-    Role,
-    encode_registration,
-    encode_request,
-)
+from wire.tcrp import NEED_DATA, Complete, Response
+from wire.tcrp_client import ClientExchange
 
 
 async def resolve_async(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
@@ -62,7 +55,8 @@ async def join_room_async(
     server's certificate must verify for ``host`` (``JoinFailed`` saying so otherwise)."""
     loop = asyncio.get_running_loop()
     where = f"{host}:{tcp_port}"
-    request = encode_request(operation, room, username, password, Framing.OCM1)
+    exchange = ClientExchange()
+    request = exchange.send_request(operation, room, username, password, Framing.OCM1)
     tcp: socket.socket | None = None
     writer: asyncio.StreamWriter | None = None
     udp: socket.socket | None = None
@@ -80,7 +74,7 @@ async def join_room_async(
                     sock=tcp, ssl=tls, server_hostname=host if tls is not None else None)
                 writer.write(request)
                 await writer.drain()
-                response, complete = await _read_answer(reader, where)
+                response, complete = await _read_answer(reader, exchange, where)
         except TimeoutError:
             raise JoinFailed(
                 f"the server at {where} did not answer within {timeout:g} s"
@@ -101,7 +95,7 @@ async def join_room_async(
             ) from None
         assert response.details is not None and udp is not None
         # Best effort (§1.4): the first keepalive binds our address too.
-        writer.write(encode_registration(udp.getsockname()[1]))
+        writer.write(exchange.send_registration(udp.getsockname()[1]))
     except BaseException:
         if udp is not None:
             udp.close()
@@ -116,13 +110,16 @@ async def join_room_async(
     return Joined(room.encode(), username, complete.token, response.details, server_udp, udp)
 
 
-async def _read_answer(reader: asyncio.StreamReader, where: str) -> tuple[Response, Complete]:
+async def _read_answer(reader: asyncio.StreamReader, exchange: ClientExchange, where: str
+                       ) -> tuple[Response, Complete]:
     """Read State 1 then State 2; raise ``JoinRefused`` on an error status."""
-    frames = FrameReader(Role.CLIENT)
-    response: Response | None = None
     while True:
         try:
-            event = frames.next_event()
+            event = exchange.next_event()
+        except errors.PrematureClose:
+            what = "the token" if exchange.response is not None else "answering"
+            raise JoinFailed(
+                f"the server at {where} closed the connection before {what}") from None
         except errors.ProtocolError as exc:
             raise JoinFailed(f"the server at {where} sent an invalid answer: {exc}") from None
         if event is NEED_DATA:
@@ -130,19 +127,10 @@ async def _read_answer(reader: asyncio.StreamReader, where: str) -> tuple[Respon
                 data = await reader.read(RECV_CHUNK_BYTES)
             except ConnectionResetError:
                 data = b""  # §1.1: a reset after an answer is a close
-            if not data:
-                what = "the token" if response is not None else "answering"
-                raise JoinFailed(f"the server at {where} closed the connection before {what}")
-            frames.receive_data(data)
+            exchange.receive_data(data)
         elif isinstance(event, Response):
-            if response is not None:
-                raise JoinFailed(f"the server at {where} sent two responses")
             if event.status != Status.OK:
                 raise JoinRefused(event)
-            response = event
         elif isinstance(event, Complete):
-            if response is None:
-                raise JoinFailed(f"the server at {where} sent a token without a response")
-            return response, event
-        else:  # a Request: only a server reads those
-            raise JoinFailed(f"the server at {where} sent an unexpected frame")
+            assert exchange.response is not None
+            return exchange.response, event

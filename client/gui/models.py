@@ -114,12 +114,17 @@ def validate(host: str, username: str, room: str, password: str) -> dict[Field, 
     if not host.strip():
         problems[Field.SERVER] = "Enter the server's name or address."
     if problem := render.check_username(username):
-        problems[Field.NAME] = problem[0].upper() + problem[1:] + "."
+        problems[Field.NAME] = _sentence(problem)
     if problem := render.check_room(room):
-        problems[Field.ROOM] = problem[0].upper() + problem[1:] + "."
+        problems[Field.ROOM] = _sentence(problem)
     if len(password.encode()) > 255:
         problems[Field.PASSWORD] = "The password is longer than 255 bytes."
     return problems
+
+
+def _sentence(text: str) -> str:
+    """``text`` as a sentence: capital first letter, one full stop."""
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def remember(recent: list[str], value: str) -> list[str]:

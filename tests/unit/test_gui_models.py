@@ -44,7 +44,8 @@ def test_validate_before_connecting() -> None:
     assert models.validate("h", "ann", "room", "") == {}
     problems = models.validate(" ", " ann", "", "p" * 256)
     assert set(problems) == {Field.SERVER, Field.NAME, Field.ROOM, Field.PASSWORD}
-    assert problems[Field.NAME] == "The username must not start or end with spaces."
+    assert problems[Field.NAME] == (
+        "The username starts or ends with whitespace (shown as ' ann').")
 
 
 def test_remember_keeps_recent_first_unique_and_bounded() -> None:
