@@ -4,8 +4,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 RUNSTAMP := $(VENV)/.installed
+GUISTAMP := $(VENV)/.installed-gui
+# What offscreen Qt (PySide6 wheels) loads from the system on Debian/Ubuntu.
+GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libfreetype6 \
+	libglib2.0-0 libdbus-1-3 fonts-dejavu-core
+# Best effort, for Japanese and emoji in the screenshots.
+GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
 
-.PHONY: run test lint bench bench-wire bench-hot fuzz chaos soak clean
+.PHONY: run run-gui test lint bench bench-wire bench-hot bench-gui gui-system-libs \
+	gui-screenshots fuzz chaos soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +26,12 @@ $(RUNSTAMP): pyproject.toml | $(PY)
 # Dev install: everything `make test`, `make lint` and the benchmarks need.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $@ $(RUNSTAMP)
+	touch $@ $(RUNSTAMP) $(GUISTAMP)
+
+# The desktop client: the package with the gui extra (PySide6-Essentials, qasync).
+$(GUISTAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[gui]'
+	touch $@
 
 # Extra ocm-control flags, e.g. `make run ARGS="--tcp-port 9100 --udp-port 9101"`; the
 # OCM_* environment variables work too (`OCM_TCP_PORT=9100 make run`).
@@ -28,14 +40,32 @@ ARGS ?=
 run: $(RUNSTAMP)
 	$(VENV)/bin/ocm-control $(ARGS)
 
-test: $(STAMP)
+run-gui: $(GUISTAMP) gui-system-libs
+	$(VENV)/bin/ocm-gui
+
+# If Qt cannot start offscreen, install what it needs (as root, with apt-get), or say
+# exactly which packages are missing.
+gui-system-libs: $(GUISTAMP)
+	@if ! QT_QPA_PLATFORM=offscreen $(PY) -c "from PySide6.QtWidgets import QApplication; \
+		QApplication([])" >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing what offscreen Qt needs: $(GUI_SYSTEM_PACKAGES)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends $(GUI_SYSTEM_PACKAGES); \
+		else \
+			echo "Qt cannot start: as root, run apt-get install $(GUI_SYSTEM_PACKAGES)"; \
+			exit 1; \
+		fi; \
+	fi
+
+test: $(STAMP) gui-system-libs
 	$(PY) -m pytest -q -p no:cacheprovider --cov=wire --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100 tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check wire control relay client loadgen tests
-	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py control/session.py \
+	$(VENV)/bin/ruff check wire runtime control relay client loadgen tests
+	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py relay/worker.py control/session.py \
 		control/registry.py control/quotas.py
-	$(VENV)/bin/mypy control relay client loadgen
+	$(VENV)/bin/mypy runtime control relay client loadgen
 
 bench-wire: $(STAMP)
 	$(PY) tests/bench/bench_wire.py
@@ -44,6 +74,19 @@ bench-wire: $(STAMP)
 bench-hot: $(STAMP)
 	$(PY) tests/bench/bench_relay.py
 	$(PY) tests/bench/bench_mmsg.py
+
+# The desktop client's scrollback at 10,000 messages: ms per append and per render.
+bench-gui: $(STAMP) gui-system-libs
+	$(PY) tests/bench/bench_gui.py
+
+# Refresh docs/gui-*.png (fonts for Japanese and emoji: best effort).
+gui-screenshots: $(STAMP) gui-system-libs
+	-@if ! fc-list | grep -qi "Noto Sans CJK" && [ "$$(id -u)" = 0 ] \
+		&& command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(GUI_FONT_PACKAGES); \
+	fi
+	OCM_GUI_SCREENSHOTS=docs $(PY) -m pytest -q -p no:cacheprovider tests/gui/test_screenshots.py
 
 bench: $(STAMP)
 	$(PY) -m loadgen.bench

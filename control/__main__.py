@@ -26,15 +26,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from control import config as config_mod
-from control import logs, tls
+from control import tls
 from control.admin import AdminServer, Metrics, routes_for
 from control.config import LIVE_FIELDS, Config, ConfigError
 from control.notify import notify, watchdog_interval
 from control.registry import Registry
 from control.server import ControlApp, TcrpConnection, new_token
-from control.sockets import SOCKET_BUFFER_BYTES, PortBusy, UdpPlan, plan_udp
+from control.sockets import PortBusy, UdpPlan, plan_udp
 from control.supervisor import Supervisor
-from relay import sched
+from relay import ipc
+from runtime import logs, sched
+from runtime.sockbuf import SOCKET_BUFFER_BYTES, granted
 
 log = logging.getLogger("ocm.control")
 
@@ -123,8 +125,8 @@ class Control:
         supervisor = self.app.supervisor
         if supervisor is not None:
             # A worker restarted later starts with the new values too.
-            supervisor.settings.update(self.cfg.worker_settings())
-            supervisor.broadcast(self.cfg.live_worker_settings())
+            supervisor.settings = self.cfg.worker_settings()
+            supervisor.broadcast(ipc.Configure(supervisor.settings))
         self.reloads["ok"] += 1
         log.info("reloaded: %s%s",
                  ", ".join(f"{n}={getattr(self.cfg, n)}" for n in live) or "nothing changed",
@@ -191,7 +193,7 @@ class Control:
         sock = self.plan.sockets[0]
         for option, sysctl in ((socket.SO_RCVBUF, "net.core.rmem_max"),
                                (socket.SO_SNDBUF, "net.core.wmem_max")):
-            got = sock.getsockopt(socket.SOL_SOCKET, option) // 2  # Linux reports double
+            got = granted(sock, option)
             if got < SOCKET_BUFFER_BYTES:
                 log.warning("UDP %s buffer is %d KiB, not the %d KiB asked: raise %s (see "
                             "docs/operations.md, Tuning)",
@@ -313,11 +315,6 @@ class Control:
         return self.exit_code
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    """Logging of the control process (kept for callers of the old name)."""
-    logs.setup_logging(level, fmt, "control")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, args, sources = config_mod.load_with_sources(argv)
@@ -327,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "print_config", False):
         print(config_mod.to_toml(cfg, sources), end="")
         return EXIT_OK
-    setup_logging(cfg.log_level, cfg.log_format)
+    logs.setup_logging(cfg.log_level, cfg.log_format, "control")
     refused = sched.probe(cfg.realtime_priority)
     if refused is not None:
         log.error("%s", refused)

@@ -8,10 +8,10 @@ that has not sent its request yet (else the oldest of all), so idle or slow clie
 never lock a liveness probe out.
 
 Metrics come from the control process only. The relay workers already send a snapshot
-of plain counters over their pipe once a second (relay/worker.py ``_tick``, relay/core.py
-``statistics()``); ``WorkerCounters`` turns those per-process snapshots into totals that
-only grow, across worker restarts too (a replacement starts from zero: its counts are
-added, not subtracted). Nothing here runs on the datagram path. The exposition format
+of their counters over their pipe once a second (``relay.ipc.Stats``, sent by
+relay/worker.py ``_tick``); ``WorkerCounters`` turns those per-process snapshots into
+totals that only grow, across worker restarts too (a replacement starts from zero: its
+counts are added, not subtracted). Nothing here runs on the datagram path. The exposition format
 (text 0.0.4) is written by hand; no label carries a room, a user or an address.
 
 Paths: ``/metrics`` (Prometheus text format), ``/healthz`` (200 while the process runs:
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
+from relay.ipc import Stats
 from wire.codes import Status
 
 log = logging.getLogger("ocm.control")
@@ -52,35 +53,24 @@ _REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found",
 
 
 # --- worker counters -------------------------------------------------------------------------
-def flatten_stats(stats: Mapping[str, Any]) -> dict[tuple[str, Labels], float]:
-    """The counters of one worker ``stats`` message, keyed by (metric, labels).
+def flatten_stats(stats: Stats) -> dict[tuple[str, Labels], float]:
+    """The counters of one worker ``Stats`` snapshot, keyed by (metric, labels).
 
-    Chat-port counters are top level (relay/core.py ``RelayCore.statistics``); Stage 1's
-    are under ``"stage1"`` (``GlobalChat.statistics``). Drop and eviction reasons are
-    taken from the dicts as they are, so a new reason needs no change here.
+    Chat-port counters are labelled ``port="chat"``, Stage 1's ``port="stage1"``. Drop
+    and eviction reasons are taken from the tables as they are, so a new reason needs no
+    change here.
     """
     out: dict[tuple[str, Labels], float] = {}
-    sections = [("chat", stats)]
-    stage1 = stats.get("stage1")
-    if isinstance(stage1, Mapping):
-        sections.append(("stage1", stage1))
-    for port, section in sections:
-        for key, metric in (("received", "datagrams_received"),
-                            ("relayed", "datagrams_relayed")):
-            value = section.get(key)
-            if isinstance(value, int | float):
-                out[(metric, (("port", port),))] = value
-        for key, metric in (("drops", "datagrams_dropped"), ("evictions", "evictions")):
-            table = section.get(key)
-            if isinstance(table, Mapping):
-                for reason, value in table.items():
-                    if isinstance(value, int | float):
-                        out[(metric, (("port", port), ("reason", str(reason))))] = value
-    for key, metric in (("send_failures", "send_failures"),
-                        ("forwarded", "datagrams_forwarded")):
-        value = stats.get(key)
-        if isinstance(value, int | float):
-            out[(metric, ())] = value
+    for port, section in (("chat", stats.chat), ("stage1", stats.stage1)):
+        ported = (("port", port),)
+        out[("datagrams_received", ported)] = section.received
+        out[("datagrams_relayed", ported)] = section.relayed
+        for metric, table in (("datagrams_dropped", section.drops),
+                              ("evictions", section.evictions)):
+            for reason, value in table.items():
+                out[(metric, (*ported, ("reason", reason)))] = value
+    out[("send_failures", ())] = stats.send_failures
+    out[("datagrams_forwarded", ())] = stats.forwarded
     return out
 
 
@@ -97,10 +87,10 @@ class WorkerCounters:
         self.totals: dict[tuple[str, Labels], float] = {}
         self._last: dict[int, tuple[Any, dict[tuple[str, Labels], float]]] = {}
 
-    def absorb(self, index: int, stats: Mapping[str, Any]) -> None:
-        if not stats:
+    def absorb(self, index: int, stats: Stats | None) -> None:
+        if stats is None:
             return
-        pid = stats.get("pid")
+        pid = stats.pid
         current = flatten_stats(stats)
         last_pid, last = self._last.get(index, (None, {}))
         if pid != last_pid:
@@ -248,8 +238,7 @@ class Metrics:
                    "itself had not run for a while (stopped, starved): worker liveness was "
                    "judged from fresh pings",
                    [((), supervisor.stalls if supervisor is not None else 0)])
-        stage1 = sum(int(h.stats.get("stage1", {}).get("clients", 0)) for h in handles
-                     if isinstance(h.stats.get("stage1"), Mapping))
+        stage1 = sum(h.stats.stage1_clients for h in handles if h.stats is not None)
         out.family("ocm_stage1_clients", "gauge", "addresses in the Stage 1 global chat",
                    [((), stage1)])
         by_metric: dict[str, list[tuple[Labels, float]]] = {}

@@ -23,11 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, NoReturn
 
-from relay import sched
+from relay.ipc import WorkerSettings
+from relay.steering import MAX_WORKERS
+from runtime import sched
 from wire import limits
-
-MAX_WORKERS: Final = 32
-"""The steering tag is one printable byte per worker ('A' + i); 32 keeps it readable."""
 
 
 class ConfigError(Exception):
@@ -124,30 +123,24 @@ class Config:
                                    "processes at once; 0 = normal scheduling. Needs root, "
                                    "CAP_SYS_NICE or RLIMIT_RTPRIO (docs/operations.md)",
                                 metavar="N")
+    relay_sendmmsg: bool = _f(True, "relay each chat datagram with one sendmmsg per room "
+                                    "and delivery format where the kernel allows it; "
+                                    "false: one sendto per recipient", live=True)
 
-    def worker_settings(self) -> dict[str, Any]:
-        """The subset a relay worker needs, as a plain dict (it is pickled to the child)."""
-        return {
-            "inactivity_timeout": self.inactivity_timeout,
-            "max_send_failures": self.max_send_failures,
-            "max_stage1_clients": self.max_stage1_clients,
-            "chat_rate": self.chat_rate,
-            "chat_burst": self.chat_burst,
-            "log_level": self.log_level,
-            "log_format": self.log_format,
-            "realtime_priority": self.realtime_priority,
-        }
-
-    def live_worker_settings(self) -> dict[str, Any]:
-        """The ``config`` pipe command broadcast to the workers on SIGHUP."""
-        return {
-            "t": "config",
-            "inactivity_timeout": self.inactivity_timeout,
-            "max_send_failures": self.max_send_failures,
-            "chat_rate": self.chat_rate,
-            "chat_burst": self.chat_burst,
-            "log_level": self.log_level,
-        }
+    def worker_settings(self) -> WorkerSettings:
+        """What a relay worker is configured with: given at spawn, and in the ``config``
+        command broadcast on SIGHUP (the worker applies the live ones)."""
+        return WorkerSettings(
+            inactivity_timeout=self.inactivity_timeout,
+            max_send_failures=self.max_send_failures,
+            chat_rate=self.chat_rate,
+            chat_burst=self.chat_burst,
+            max_stage1_clients=self.max_stage1_clients,
+            log_level=self.log_level,
+            log_format=self.log_format,
+            realtime_priority=self.realtime_priority,
+            sendmmsg=self.relay_sendmmsg,
+        )
 
 
 LIVE_FIELDS: Final = frozenset(f.name for f in fields(Config) if f.metadata["live"])

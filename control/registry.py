@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.ipc import AddMember
 from wire import errors
 from wire.codes import Framing, Status
 from wire.e2e import MemberInfo, PublicKeys
@@ -51,15 +52,11 @@ class MemberRecord:
         """This member as an entry of ``members`` (docs/e2e.md §2.2)."""
         return MemberInfo(self.username, self.is_host, self.keys)
 
-    def command(self, command_id: int) -> dict[str, Any]:
+    def command(self, command_id: int) -> AddMember:
         """The ``member`` pipe command that installs this member on its worker."""
-        return {
-            "t": "member", "id": command_id, "room": self.room.name,
-            "token": self.token.decode(), "user": self.username, "ip": self.ip,
-            "framing": self.framing.value, "host": self.is_host,
-            "addr": list(self.addr) if self.addr else None,
-            "announced": self.addr is not None, "proven": self.proven,
-        }
+        return AddMember(command_id, self.room.name, self.token, self.username, self.ip,
+                         self.framing, self.is_host, self.addr, self.addr is not None,
+                         self.proven)
 
 
 @dataclass(slots=True, eq=False)

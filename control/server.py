@@ -21,7 +21,7 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any, cast
+from typing import cast
 
 from control import passwords
 from control.config import Config
@@ -35,8 +35,9 @@ from control.session import (
     Session,
 )
 from control.supervisor import Supervisor
+from relay.ipc import Ack, Bound, Closed, Left, Register
 from relay.steering import worker_tag
-from wire.codes import Operation, Status
+from wire.codes import Operation, Reason, Status
 from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
 from wire.tcrp import NEED_DATA, Details, MembersRequest, Request
@@ -250,7 +251,7 @@ class ControlApp:
         index = member.room.worker
         try:
             reply = await self.supervisor.call(index, member.command(0))
-            return bool(reply["ok"]) and member.alive
+            return isinstance(reply, Ack) and reply.ok and member.alive
         except ConnectionError:
             # The worker died with the command in flight; its replacement is seeded
             # from the registry, this member included.
@@ -265,29 +266,23 @@ class ControlApp:
     def register(self, member: MemberRecord, port: int) -> None:
         """The 2-byte UDP port registration (§1.4)."""
         if member.alive and self.supervisor is not None:
-            self.supervisor.send(member.room.worker, {"t": "register",
-                                                      "token": member.token.decode(),
-                                                      "port": port})
+            self.supervisor.send(member.room.worker, Register(member.token, port))
 
     # --- worker events ----------------------------------------------------------------------
-    def on_worker_event(self, worker: int, message: dict[str, Any]) -> None:
-        kind = message["t"]
-        if kind == "bound":
-            self.registry.bind(message["token"].encode(), (message["ip"], message["port"]),
-                               bool(message.get("proven", False)))
-        elif kind == "left":
-            member = self.registry.remove_member(message["token"].encode())
-            if member is not None and message["reason"] != "exit":
-                log.info("member evicted (%s) from a room on worker %d", message["reason"],
+    def on_worker_event(self, worker: int, event: Bound | Left | Closed) -> None:
+        if isinstance(event, Bound):
+            self.registry.bind(event.token, (event.ip, event.port), event.proven)
+        elif isinstance(event, Left):
+            member = self.registry.remove_member(event.token)
+            if member is not None and event.reason is not Reason.EXIT:
+                log.info("member evicted (%s) from a room on worker %d", event.reason.value,
                          worker)
-        elif kind == "closed":
-            room = self.registry.close_room(message["room"])
+        else:
+            room = self.registry.close_room(event.room)
             if room is not None:
                 self.quotas.room_closed(room.host_ip)
                 log.info("room %r closed (%s) on worker %d (%d rooms)", room.name,
-                         message["reason"], worker, len(self.registry.rooms))
-        else:
-            log.warning("worker %d sent unknown event %r", worker, kind)
+                         event.reason, worker, len(self.registry.rooms))
 
     def count(self, status: Status) -> None:
         self.joins[status.name] = self.joins.get(status.name, 0) + 1

@@ -1,5 +1,5 @@
-"""The UDP sockets control binds and keeps for its workers (DESIGN.md "One public UDP
-port, many workers").
+"""The UDP sockets control binds and keeps for its workers (docs/architecture.md, "One
+public UDP port: steering").
 
 Control creates every socket itself, in order, attaches the steering program, and keeps
 all of them open for its whole life: a worker's crash then never reorders the reuseport
@@ -14,11 +14,9 @@ import socket
 from dataclasses import dataclass, field
 
 from relay import steering
+from runtime.sockbuf import SOCKET_BUFFER_BYTES
 
 log = logging.getLogger("ocm.control")
-
-SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
-"""Asked for on every UDP socket: the 212 KiB default drops bursts (DESIGN.md)."""
 
 
 class PortBusy(Exception):

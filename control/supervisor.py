@@ -29,11 +29,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, cast
 
-from control import logs
 from relay import ipc, worker
+from relay.ipc import AddMember, Ping
 from relay.worker import WORKER_BOOT_ERROR
+from runtime import logs
 
 log = logging.getLogger("ocm.control")
 
@@ -88,14 +90,15 @@ class WorkerHandle:
         self.process: Any = None
         self.transport: asyncio.Transport | None = None
         self.ready = asyncio.Event()
-        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.pending: dict[int, asyncio.Future[ipc.Ack | ipc.Pong]] = {}
         self.last_pong = time.monotonic()
         self.restarts = 0
         """Every restart ever (a metric: never reset)."""
         self.streak = 0
         """Consecutive crashes without STREAK_RESET_S of health between: drives backoff."""
         self.ready_since = 0.0
-        self.stats: dict[str, Any] = {}
+        self.stats: ipc.Stats | None = None
+        """The latest counters of the current (or last) process."""
         self.exited: asyncio.Event = asyncio.Event()
 
     @property
@@ -128,13 +131,14 @@ class _Pipe(asyncio.Protocol):
 
 
 class Supervisor:
-    def __init__(self, count: int, settings: dict[str, Any], udp: list[socket.socket],
+    def __init__(self, count: int, settings: ipc.WorkerSettings, udp: list[socket.socket],
                  stage1: socket.socket | None, inboxes: list[socket.socket],
-                 outboxes: list[socket.socket], seed: Callable[[int], Iterable[dict[str, Any]]],
-                 on_event: Callable[[int, dict[str, Any]], None], ping_interval: float,
-                 ping_timeout: float, fd_reserve: int = 0) -> None:
+                 outboxes: list[socket.socket], seed: Callable[[int], Iterable[AddMember]],
+                 on_event: Callable[[int, ipc.Bound | ipc.Left | ipc.Closed], None],
+                 ping_interval: float, ping_timeout: float, fd_reserve: int = 0) -> None:
         self.ctx = multiprocessing.get_context("spawn")
-        self.settings = dict(settings)
+        self.settings = settings
+        """Given to every worker spawned from now on (SIGHUP replaces it)."""
         self.udp = udp
         self.stage1 = stage1
         self.inboxes = inboxes
@@ -182,12 +186,11 @@ class Supervisor:
         # Re-seed before UDP is read: the commands are applied in order by the worker.
         seeded = 0
         for command in self.seed(i):
-            command["id"] = self._next_id()
-            self._write(handle, command)
+            self._write(handle, replace(command, id=self._next_id()))
             seeded += 1
-        self._write(handle, {"t": "start"})
+        self._write(handle, ipc.Start())
         try:
-            await self._call(handle, {"t": "ping"}, wait_ready=False, timeout=30.0)
+            await self._call(handle, Ping(0), wait_ready=False, timeout=30.0)
         except (TimeoutError, ConnectionError):
             if process.is_alive():
                 log.error("worker %d (pid %d) did not answer at start; killing it", i,
@@ -243,7 +246,8 @@ class Supervisor:
         handle.pending.clear()
         if self.stopping:
             log.info("worker %d exited (%s); last counters %s", handle.index,
-                     describe_exit(code), summarize_counters(handle.stats))
+                     describe_exit(code),
+                     summarize_counters(handle.stats.as_dict() if handle.stats else {}))
             return
         log.error("worker %d (pid %d) died: %s", handle.index, process.pid, describe_exit(code))
         if code == WORKER_BOOT_ERROR:
@@ -312,37 +316,38 @@ class Supervisor:
                               handle.index, handle.pid, now - handle.last_pong)
                     self.kill(handle.index)
                     continue
-                self._write(handle, {"t": "ping", "id": self._next_id()})
+                self._write(handle, Ping(self._next_id()))
 
     # --- talking to workers ---------------------------------------------------------------
     def _next_id(self) -> int:
         self._ids += 1
         return self._ids
 
-    def _write(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+    def _write(self, handle: WorkerHandle, message: ipc.Command) -> None:
         if handle.transport is not None and not handle.transport.is_closing():
             handle.transport.write(ipc.encode(message))
 
-    def send(self, index: int, message: dict[str, Any]) -> None:
+    def send(self, index: int, message: ipc.Command) -> None:
         """Fire and forget (e.g. ``register``); dropped if the worker is restarting —
         re-seeding then carries the registry's state instead."""
         handle = self.handles[index]
         if handle.ready.is_set():
             self._write(handle, message)
 
-    async def call(self, index: int, message: dict[str, Any]) -> dict[str, Any]:
-        """Send a command and await its answer (waiting for a restarting worker)."""
+    async def call(self, index: int, message: AddMember | Ping) -> ipc.Ack | ipc.Pong:
+        """Send a command and await its answer (waiting for a restarting worker). The
+        command's ``id`` is replaced by a fresh one."""
         return await self._call(self.handles[index], message, wait_ready=True,
                                 timeout=CALL_TIMEOUT_S)
 
-    async def _call(self, handle: WorkerHandle, message: dict[str, Any], wait_ready: bool,
-                    timeout: float) -> dict[str, Any]:
+    async def _call(self, handle: WorkerHandle, message: AddMember | Ping, wait_ready: bool,
+                    timeout: float) -> ipc.Ack | ipc.Pong:
         if wait_ready:
             await asyncio.wait_for(handle.ready.wait(), timeout)
-        command_id = message["id"] = self._next_id()
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        command_id = self._next_id()
+        future: asyncio.Future[ipc.Ack | ipc.Pong] = asyncio.get_running_loop().create_future()
         handle.pending[command_id] = future
-        self._write(handle, message)
+        self._write(handle, replace(message, id=command_id))
         try:
             return await asyncio.wait_for(future, timeout)
         finally:
@@ -351,19 +356,20 @@ class Supervisor:
     def available(self) -> list[int]:
         return [h.index for h in self.handles if h.ready.is_set()]
 
-    def on_message(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
-        kind = message["t"]
-        if kind in ("ack", "pong"):
+    def on_message(self, handle: WorkerHandle, message: ipc.Message) -> None:
+        if isinstance(message, ipc.Ack | ipc.Pong):
             handle.last_pong = time.monotonic()
-            future = handle.pending.get(message["id"])
+            future = handle.pending.get(message.id)
             if future is not None and not future.done():
                 future.set_result(message)
-        elif kind == "stats":
+        elif isinstance(message, ipc.Stats):
             handle.stats = message
-        elif kind != "bye":
+        elif isinstance(message, ipc.Bound | ipc.Left | ipc.Closed):
             self.on_event(handle.index, message)
+        elif not isinstance(message, ipc.Bye):
+            log.warning("worker %d sent a command %r; ignored", handle.index, message)
 
-    def broadcast(self, message: dict[str, Any]) -> None:
+    def broadcast(self, message: ipc.Command) -> None:
         for handle in self.handles:
             self._write(handle, message)
 
@@ -383,7 +389,7 @@ class Supervisor:
         self.stopping = True
         for task in list(self._tasks):
             task.cancel()
-        self.broadcast({"t": "shutdown"})
+        self.broadcast(ipc.Shutdown())
         waits = [h.exited.wait() for h in self.handles if h.process is not None
                  and h.process.exitcode is None]
         try:

@@ -11,7 +11,7 @@
  * (receiver, sender) pair has had a datagram listed, its later datagrams are listed too
  * (`dirty`, cleared by Python after it has caught up), so their order is kept.
  *
- * Buffer layouts are those of relay/mmsg.py's RecvBatch on LP64 Linux: mmsghdr 64 bytes
+ * Buffer layouts are those of runtime/mmsg.py's RecvBatch on LP64 Linux: mmsghdr 64 bytes
  * (msg_controllen u64 @40, msg_flags i32 @48, msg_len u32 @56); a control slot of 64
  * bytes per datagram holding [SCM_TIMESTAMPNS cmsg: level i32 @8, type i32 @12, tv_sec
  * i64 @16, tv_nsec i64 @24][IP_PKTINFO cmsg: level i32 @40, type i32 @44, ipi_addr @56].

@@ -8,7 +8,7 @@ Runs, each against a freshly started server on kernel-chosen loopback ports:
    costlier mode), to show how much of the latency is the loadgen's own;
 2b. the same with the server's workers under SCHED_FIFO (``--realtime-priority 10``) and
    one loadgen process at a lower real-time priority (``--procs 1 --realtime-priority
-   5``), where this process may use real-time scheduling (relay/sched.py);
+   5``), where this process may use real-time scheduling (runtime/sched.py);
 3. a capacity search (``--find-capacity``) against ``ocm-control --workers 2`` with a
    latency and a loss SLO (p99 ≤ 10 ms, loss ≤ 0.1 %);
 4. a capacity search with the loss SLO alone (the issue's "maximum sustained fan-out");
@@ -41,7 +41,7 @@ import orjson
 
 from loadgen import servers
 from loadgen.report import machine_info
-from relay import sched
+from runtime import sched
 
 SECTION: Final = "## Capacity (make bench)"
 DOCS: Final = Path("docs")

@@ -14,7 +14,7 @@ from loadgen.meter import HEADER_BYTES, Slo
 from loadgen.report import LiveView, machine_info, print_summary, write_json, write_plot
 from loadgen.runner import WAIT_WARN_PCT, Fleet, LoadgenError, Options
 from loadgen.transport import MODES, resolve_mode
-from relay import sched
+from runtime import sched
 
 EXIT_OK: Final = 0
 EXIT_SLO_BROKEN: Final = 1

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from relay import mmsg
+from runtime import mmsg
 
 if TYPE_CHECKING:
     from loadgen.meter import Meter

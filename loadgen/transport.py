@@ -37,15 +37,16 @@ from typing import Final, Protocol
 
 from loadgen.fastpath import FastAccount
 from loadgen.meter import Meter
-from relay import mmsg
-from relay.steering import set_buffers
+from runtime import mmsg
+from runtime.sockbuf import set_buffers
+from wire.limits import MAX_DATAGRAM_BYTES
 
 Sender = Callable[[bytes], object]
 Append = Callable[[tuple[int, bytes, int]], None]
 """Takes (member, datagram, CLOCK_MONOTONIC ns the kernel queued it, or 0 if unknown)."""
 
-RECV_BYTES: Final = 4096
-"""Largest delivery is 4094 bytes (PROTOCOL.md §2.2)."""
+RECV_BYTES: Final = MAX_DATAGRAM_BYTES
+"""Largest delivery is 4094 bytes (docs/protocol.md §2.2); any datagram fits."""
 RECV_BATCH: Final = 256
 """Datagrams per ``recvmmsg`` call of the shared socket."""
 SHARED_BUFFER_BYTES: Final = 32 * 1024 * 1024

@@ -47,7 +47,7 @@ from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter,
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
 from loadgen.servers import runqueue_wait_seconds
 from loadgen.transport import SHARED_OWNER, MemberSockets, SharedSocket, Transport
-from relay import sched
+from runtime import sched
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation, Status
@@ -86,7 +86,7 @@ class Plan:
     accounting: str = "auto"
     """``c``, ``python`` or ``auto`` (C where it can be used): loadgen/fastpath.py."""
     realtime_priority: int = 0
-    """``SCHED_FIFO`` priority of this process (0: normal scheduling); relay/sched.py."""
+    """``SCHED_FIFO`` priority of this process (0: normal scheduling); runtime/sched.py."""
     join_concurrency: int = 32
     join_timeout_s: float = 10.0
     bind_timeout_s: float = 10.0

@@ -1,25 +1,28 @@
-"""The relay worker's sans-IO core: datagrams in, deliveries out (PROTOCOL.md §2, §3).
+"""The relay worker's sans-IO core: datagrams in, deliveries out (docs/protocol.md §2, §3).
 
 Shape (aioquic ``QuicConnection``): the adapter calls ``handle_datagram(data, addr, now)``
 for every datagram and sends what it returns, calls ``handle_timer(now)`` at
 ``next_deadline()``, applies control commands (``add_member``, ``register``, ...), and
 after each call flushes ``outbox`` (notices: ``(payload, addr)`` pairs) and ``events``
-(pipe messages for control, see relay/ipc.py). Time is always an argument.
+(the typed pipe events ``Bound``, ``Left``, ``Closed`` for control, see relay/ipc.py).
+Time is always an argument.
 
-Hot path (STYLE.md §2 exception): a chat datagram does not allocate a list of sends.
-``handle_datagram`` returns a ``Fanout`` tuple ``(plain, plain_addrs, framed,
-framed_addrs, sender_addr, room)`` and the adapter loops over the room's precomputed
-address lists, skipping ``sender_addr`` by identity (or hands a list to one batched
-``sendmmsg``, cached on ``room.send_cache`` until the next membership change). The lists
-are rebuilt on every membership change, never per datagram.
+Hot path: a chat datagram does not allocate a list of sends. ``handle_datagram`` returns
+a ``Fanout`` (a NamedTuple: ``plain, plain_addrs, framed, framed_addrs, sender, room``)
+and the adapter loops over the room's precomputed address lists, skipping ``sender`` by
+identity, or hands them to one batched ``sendmmsg`` that the adapter caches itself and
+rebuilds when ``room.generation`` changes. The lists are rebuilt (and the generation
+bumped) on every membership change, never per datagram.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final, NamedTuple
 
+from relay.ipc import Bound, Closed, Counters, Left
 from wire.chat import (
     Notice,
     encode_framed_notice,
@@ -44,7 +47,22 @@ from wire.limits import (
 
 Addr = tuple[str, int]
 Send = tuple[bytes, Addr]
-Fanout = tuple[bytes | None, list[Addr], bytes | None, list[Addr], Addr, "Room"]
+
+
+class Fanout(NamedTuple):
+    """One accepted chat datagram to relay: each payload (None when no member of that
+    delivery format other than the sender is bound) goes to every address of its list
+    except ``sender``. The lists are the room's own (read-only for the adapter)."""
+
+    plain: bytes | None
+    plain_addrs: list[Addr]
+    framed: bytes | None
+    framed_addrs: list[Addr]
+    sender: Addr
+    room: Room
+
+
+_new_fanout: Final = tuple.__new__
 
 DEFAULT_CHAT_RATE: Final = 10.0
 """Chat messages per second per member; excess is dropped and counted (rate_limited)."""
@@ -109,7 +127,11 @@ class Room:
     """A live room: members by token, and the bound addresses split by delivery format."""
 
     __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs",
-                 "send_cache", "trial")
+                 "trial", "generation")
+
+    _generations: Final = itertools.count(1)
+    """Shared by every room of the process, so that a generation is never reused, even by
+    a new room of the same name."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -118,10 +140,11 @@ class Room:
         self.members: dict[bytes, Member] = {}
         self.plain_addrs: list[Addr] = []
         self.framed_addrs: list[Addr] = []
-        self.send_cache: Any = None
-        """Owned by the I/O adapter (e.g. prebuilt sendmmsg batches); reset on change."""
         self.trial: list[Member] = []
         """Members on trial and not muted: each chat charges their addresses' budgets."""
+        self.generation = next(Room._generations)
+        """Changes whenever the address lists do: an adapter's cache built from them (e.g.
+        prebuilt sendmmsg batches) is valid while the generation it recorded is current."""
 
     def rebuild(self) -> None:
         """Recompute the address lists after a membership or binding change."""
@@ -129,7 +152,7 @@ class Room:
         self.plain_addrs = [m.addr for m in members if m.addr and not m.framed and not m.muted]
         self.framed_addrs = [m.addr for m in members if m.addr and m.framed and not m.muted]
         self.trial = [m for m in members if m.trial and not m.muted]
-        self.send_cache = None
+        self.generation = next(Room._generations)
 
 
 class RelayCore:
@@ -156,7 +179,7 @@ class RelayCore:
         (bound by the 2-byte registration or by re-seeding). One entry per such address,
         so bounded by ``by_addr``; the entry goes when the address is proven or unused."""
         self.outbox: list[Send] = []
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Bound | Left | Closed] = []
         self._deadlines: list[tuple[float, int, bytes]] = []
         """Inactivity deadlines ``(due, seq, token)``: a token, not the ``Member``, so that a
         departed member (and its room) is freed at once, not at its old deadline. Entries
@@ -301,7 +324,8 @@ class RelayCore:
             plain_addrs = room.plain_addrs
             framed_addrs = room.framed_addrs
         self.relayed += 1
-        return plain, plain_addrs, framed, framed_addrs, sender, room
+        # tuple.__new__ skips the Python-level frame of the NamedTuple's own __new__.
+        return _new_fanout(Fanout, (plain, plain_addrs, framed, framed_addrs, sender, room))
 
     def handle_send_failure(self, addr: Addr, now: float) -> None:
         """A send to ``addr`` failed (or ICMP said unreachable): count, maybe evict."""
@@ -342,17 +366,9 @@ class RelayCore:
             else:
                 self._push_deadline(member, due)
 
-    def statistics(self) -> dict[str, Any]:
-        """A snapshot of plain counters (sent to control once a second)."""
-        return {
-            "rooms": len(self.rooms),
-            "members": len(self.tokens),
-            "received": self.received,
-            "relayed": self.relayed,
-            "send_failures": self.send_failures,
-            "drops": dict(self.drops),
-            "evictions": dict(self.evictions),
-        }
+    def statistics(self) -> Counters:
+        """A snapshot of the datagram counters (the worker sends them once a second)."""
+        return Counters(self.received, self.relayed, dict(self.drops), dict(self.evictions))
 
     # --- internals ---------------------------------------------------------------------
     def _push_deadline(self, member: Member, due: float) -> None:
@@ -401,8 +417,7 @@ class RelayCore:
         else:
             peers.append(member)
         member.room.rebuild()
-        self.events.append({"t": "bound", "token": member.token.decode(), "ip": addr[0],
-                            "port": addr[1], "proven": not member.trial})
+        self.events.append(Bound(member.token, addr[0], addr[1], not member.trial))
         if not member.announced:
             member.announced = True
             self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username),
@@ -415,8 +430,7 @@ class RelayCore:
         for peer in self.by_addr.get(addr, ()):
             peer.trial = peer.muted = False
             rooms[id(peer.room)] = peer.room
-            self.events.append({"t": "bound", "token": peer.token.decode(), "ip": addr[0],
-                                "port": addr[1], "proven": True})  # for re-seeding
+            self.events.append(Bound(peer.token, addr[0], addr[1], True))  # for re-seeding
         for room in rooms.values():
             room.rebuild()
 
@@ -446,8 +460,7 @@ class RelayCore:
             return
         self._drop_member(member)
         room.rebuild()
-        self.events.append({"t": "left", "token": member.token.decode(),
-                            "reason": reason.value})
+        self.events.append(Left(member.token, reason))
         self._broadcast(room, Notice(NoticeEvent.LEFT, member.username, reason))
 
     def _evict(self, member: Member, reason: Reason) -> None:
@@ -468,7 +481,7 @@ class RelayCore:
         room.host = None
         room.trial = []
         del self.rooms[room.name]
-        self.events.append({"t": "closed", "room": room.name, "reason": reason})
+        self.events.append(Closed(room.name, reason))
 
     def _drop_member(self, member: Member) -> None:
         member.alive = False
@@ -613,11 +626,6 @@ class GlobalChat:
     def handle_send_success(self, addr: Addr) -> None:
         self.failing.pop(addr, None)
 
-    def next_deadline(self) -> float | None:
-        for client in self.clients.values():  # the oldest comes first
-            return client.last_seen + self.inactivity_timeout
-        return None
-
     def handle_timer(self, now: float) -> None:
         """Forget clients silent for ``inactivity_timeout`` seconds (no notices in §3);
         O(expired), since ``clients`` is in last-seen order."""
@@ -642,7 +650,6 @@ class GlobalChat:
                 del self.per_ip[ip]
             self._addrs = None
 
-    def statistics(self) -> dict[str, Any]:
-        return {"clients": len(self.clients), "received": self.received,
-                "relayed": self.relayed, "drops": dict(self.drops),
-                "evictions": dict(self.evictions)}
+    def statistics(self) -> Counters:
+        """A snapshot of the datagram counters (``clients`` is ``len(clients)``)."""
+        return Counters(self.received, self.relayed, dict(self.drops), dict(self.evictions))

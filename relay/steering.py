@@ -1,5 +1,5 @@
-"""Steer each chat datagram to the worker that owns its room (DESIGN.md "One public UDP
-port, many workers").
+"""Steer each chat datagram to the worker that owns its room (docs/architecture.md, "One
+public UDP port: steering").
 
 All workers receive on one public UDP port through a ``SO_REUSEPORT`` group. On its own,
 reuseport picks the socket by a hash of the 4-tuple, so a room's datagrams would land on
@@ -45,19 +45,17 @@ import socket
 import struct
 from typing import Final
 
+from runtime.sockbuf import SOCKET_BUFFER_BYTES, set_buffers
+
 MAX_WORKERS: Final = 32
 """Workers a tag can name: tags are ``A`` (0x41) .. ``` `` ``` (0x60), all printable."""
 TAG_BASE: Final = 0x41
 """``worker_tag(0)``: ASCII ``A``."""
-SOCKET_BUFFER_BYTES: Final = 8 * 1024 * 1024
-"""Default SO_RCVBUF/SO_SNDBUF asked for: the 212 KiB default drops bursts (DESIGN.md)."""
 
 # Linux socket option numbers (include/uapi/asm-generic/socket.h; the same on x86_64 and
 # aarch64). Python's socket module does not export all of them.
 SO_ATTACH_REUSEPORT_CBPF: Final = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
 SO_DETACH_REUSEPORT_BPF: Final = getattr(socket, "SO_DETACH_REUSEPORT_BPF", 68)
-SO_SNDBUFFORCE: Final = getattr(socket, "SO_SNDBUFFORCE", 32)
-SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 # Classic BPF opcodes (include/uapi/linux/filter.h, bpf_common.h).
 BPF_LD: Final = 0x00
@@ -152,23 +150,6 @@ def detach_steering(sock: socket.socket) -> None:
     """Remove the group's program: back to hash selection. Raises ``OSError`` (``ENOENT``
     if none is attached)."""
     sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_REUSEPORT_BPF, 0)
-
-
-def set_buffers(sock: socket.socket, rcvbuf: int, sndbuf: int) -> None:
-    """Ask for large socket buffers.
-
-    The plain ``SO_RCVBUF``/``SO_SNDBUF`` are capped by ``net.core.rmem_max`` /
-    ``wmem_max`` (often 208 KiB or 4 MiB); the ``*FORCE`` variants ignore the cap but need
-    ``CAP_NET_ADMIN`` (we usually run as root), so they are tried first. Either way the
-    kernel doubles the value for its bookkeeping, so ``getsockopt`` reports about twice
-    what was asked.
-    """
-    for force, plain, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf),
-                               (SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except OSError:  # EPERM without CAP_NET_ADMIN
-            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 def create_udp_socket(host: str, port: int, rcvbuf: int = SOCKET_BUFFER_BYTES,

@@ -1,16 +1,21 @@
 """Relay worker process: a thin uvloop adapter around ``RelayCore`` (and ``GlobalChat``).
 
 Entry point ``main(index, settings, udp_sock, stage1_sock, conn, inbox, peers)`` is run by
-control's supervisor in a ``spawn`` process. The worker:
+control's supervisor in a ``spawn`` process, ``settings`` being the typed
+``relay.ipc.WorkerSettings``. The worker:
 
 * reads its UDP socket from a raw non-blocking ``recvfrom`` loop on ``loop.add_reader``
-  (DESIGN.md: 72 % of C against 55 % for ``DatagramProtocol``), hands each datagram to
-  the core and sends the returned fan-out with one ``sendto`` per recipient;
-* reads commands from its pipe (relay/ipc.py) and writes events back;
+  (faster than ``DatagramProtocol``), hands each datagram to the core
+  and sends the returned ``Fanout`` with one ``sendmmsg`` per room and delivery format
+  (runtime/mmsg.py; batches cached here, per room, until ``Room.generation`` changes), or
+  with one ``sendto`` per recipient when ``settings.sendmmsg`` is off or unavailable;
+* counts a failed send against the recipient (``RelayCore.handle_send_failure``) and ends
+  the recipient's failure streak at a send that went through, on both paths;
+* reads typed commands from its pipe (relay/ipc.py) and writes typed events back;
 * does not read UDP until control has re-seeded it and sent ``start`` (so a restarted
   worker never drops a datagram of a room it is about to own: they wait in the socket
   buffer, which control keeps open across restarts);
-* runs under ``SCHED_FIFO`` when control was given ``--realtime-priority`` (relay/sched.py);
+* runs under ``SCHED_FIFO`` when control was given ``--realtime-priority`` (runtime/sched.py);
 * ignores SIGINT and SIGTERM: control decides when it stops (``shutdown`` over the pipe,
   or pipe EOF if control died) so that members always get their ``closed`` notice.
 """
@@ -26,18 +31,20 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Final, TypeVar, cast
+from multiprocessing.connection import Connection
+from typing import Final, TypeVar, cast
 
-from relay import ipc, mmsg, sched
-from relay.core import Addr, GlobalChat, RelayCore
+from relay import ipc
+from relay.core import Addr, Fanout, GlobalChat, RelayCore, Room
 from relay.globalchat import GlobalChatRelay
 from relay.steering import tag_worker
-from wire.codes import Framing
+from runtime import logs, mmsg, sched
+from wire.limits import MAX_DATAGRAM_BYTES
 
 log = logging.getLogger("ocm.relay")
 T = TypeVar("T")
 
-RECV_BUFFER_BYTES: Final = 4097
+RECV_BUFFER_BYTES: Final = MAX_DATAGRAM_BYTES + 1
 """One byte over the limit: a longer datagram arrives truncated to 4097 and is dropped."""
 BATCH_DATAGRAMS: Final = 512
 """Datagrams per reader callback before yielding to the pipe and timers."""
@@ -49,7 +56,7 @@ FORWARD_HEADER: Final = struct.Struct("!4sH")
 
 
 class Worker:
-    def __init__(self, index: int, settings: dict[str, Any], udp_sock: socket.socket,
+    def __init__(self, index: int, settings: ipc.WorkerSettings, udp_sock: socket.socket,
                  stage1_sock: socket.socket | None, inbox: socket.socket | None,
                  peers: list[socket.socket] | None) -> None:
         self.index = index
@@ -59,16 +66,18 @@ class Worker:
         self.inbox = inbox
         self.peers = peers or []
         self.forwarding = inbox is not None  # steering=forward: check every tag
-        self.batched = mmsg.available() and bool(settings.get(
-            "sendmmsg", os.environ.get("OCM_RELAY_SENDMMSG", "1") != "0"))
-        """Relay with one sendmmsg per room and format (relay/mmsg.py); else sendto."""
+        self.batched = settings.sendmmsg and mmsg.available()
+        """Relay with one sendmmsg per room and format (runtime/mmsg.py); else sendto."""
         self.fan_out = self._relay_batched if self.batched else self._relay
         self.fd = udp_sock.fileno()
-        self.core = RelayCore(settings["inactivity_timeout"], settings["max_send_failures"],
-                              settings.get("chat_rate", 10.0), settings.get("chat_burst", 20))
-        self.stage1 = GlobalChat(settings["inactivity_timeout"], settings["max_send_failures"],
-                                 settings.get("max_stage1_clients", 10_000))
+        self.core = RelayCore(settings.inactivity_timeout, settings.max_send_failures,
+                              settings.chat_rate, settings.chat_burst)
+        self.stage1 = GlobalChat(settings.inactivity_timeout, settings.max_send_failures,
+                                 settings.max_stage1_clients)
         self.stage1_relay: GlobalChatRelay | None = None
+        self._batches: dict[str, _RoomBatches] = {}
+        """The send cache of ``_relay_batched``, by room name; a closed room's entry goes
+        when its ``Closed`` event is flushed."""
         self.forwarded = 0
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -154,14 +163,14 @@ class Worker:
         if core.events:
             self._flush()
 
-    def _relay_batched(self, out: tuple[Any, ...], now: float) -> None:
+    def _relay_batched(self, out: Fanout, now: float) -> None:
         """One ``sendmmsg`` per delivery format instead of a ``sendto`` per member."""
-        plain, plain_addrs, framed, framed_addrs, src, room = out
-        cache = room.send_cache
-        if cache is None:
-            cache = room.send_cache = (_Batch(plain_addrs), _Batch(framed_addrs))
+        plain, _, framed, _, src, room = out
+        cached = self._batches.get(room.name)
+        if cached is None or cached.generation != room.generation:
+            cached = self._batches[room.name] = _RoomBatches(room)
         fd = self.fd
-        for payload, batch in ((plain, cache[0]), (framed, cache[1])):
+        for payload, batch in ((plain, cached.plain), (framed, cached.framed)):
             if payload is None:
                 continue
             k = batch.index.get(src)
@@ -174,12 +183,14 @@ class Worker:
             for i in failed:
                 self._send_failed(None, batch.addrs[i], now)
             failing = self.core.failing
-            if failing:
-                for a in batch.addrs:
-                    if a not in failed:
-                        failing.pop(a, None)
+            if failing:  # a streak ends at a send that went through (indexes, not addrs)
+                index = batch.index
+                for a in list(failing):
+                    j = index.get(a)
+                    if j is not None and j != k and j not in failed:
+                        del failing[a]
 
-    def _relay(self, out: tuple[Any, ...], now: float) -> None:
+    def _relay(self, out: Fanout, now: float) -> None:
         """Fallback fan-out: one ``sendto`` per recipient, skipping the sender."""
         plain, plain_addrs, framed, framed_addrs, src, _ = out
         sendto = self.sock.sendto
@@ -251,11 +262,16 @@ class Worker:
         now = time.monotonic()
         self.stage1.handle_timer(now)
         self._on_timer()
-        self._send({"t": "stats", "worker": self.index, "pid": os.getpid(),
-                    "forwarded": self.forwarded, "sendmmsg": self.batched,
-                    "stage1": self.stage1.statistics(),
-                    **self.core.statistics()})
+        self._send(self.statistics())
         self.loop.call_later(STATS_INTERVAL_S, self._tick)
+
+    def statistics(self) -> ipc.Stats:
+        core = self.core
+        return ipc.Stats(worker=self.index, pid=os.getpid(), sendmmsg=self.batched,
+                         forwarded=self.forwarded, rooms=len(core.rooms),
+                         members=len(core.tokens), send_failures=core.send_failures,
+                         chat=core.statistics(), stage1_clients=len(self.stage1.clients),
+                         stage1=self.stage1.statistics())
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -282,6 +298,8 @@ class Worker:
         if core.events:
             events, core.events = core.events, []
             for event in events:
+                if isinstance(event, ipc.Closed):
+                    self._batches.pop(event.room, None)
                 self._send(event)
         if core.outbox:
             outbox, core.outbox = core.outbox, []
@@ -293,46 +311,53 @@ class Worker:
                 except OSError as exc:
                     self._send_failed(exc, addr, now)
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: ipc.Event) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(ipc.encode(message))
 
-    def handle_command(self, msg: dict[str, Any]) -> None:
-        kind = msg["t"]
+    def handle_command(self, msg: ipc.Message) -> None:
         now = time.monotonic()
-        if kind == "member":
-            addr = msg.get("addr")
-            ok = self.core.add_member(
-                msg["room"], msg["token"].encode(), msg["user"], msg["ip"],
-                Framing(msg["framing"]), msg["host"], now,
-                (addr[0], addr[1]) if addr else None, msg.get("announced", False),
-                bool(msg.get("proven", False)))
-            self._send({"t": "ack", "id": msg["id"], "ok": ok})
+        if isinstance(msg, ipc.AddMember):
+            ok = self.core.add_member(msg.room, msg.token, msg.user, msg.ip, msg.framing,
+                                      msg.host, now, msg.addr, msg.announced, msg.proven)
+            self._send(ipc.Ack(msg.id, ok))
             self._flush()
             self._arm_timer()
-        elif kind == "register":
-            self.core.register(msg["token"].encode(), msg["port"], now)
+        elif isinstance(msg, ipc.Register):
+            self.core.register(msg.token, msg.port, now)
             self._flush()
-        elif kind == "ping":
-            self._send({"t": "pong", "id": msg["id"]})
-        elif kind == "start":
+        elif isinstance(msg, ipc.Ping):
+            self._send(ipc.Pong(msg.id))
+        elif isinstance(msg, ipc.Start):
             self.start()
-        elif kind == "config":
-            timeout = msg["inactivity_timeout"]
-            self.core.configure(timeout, msg["max_send_failures"], now,
-                                msg.get("chat_rate"), msg.get("chat_burst"))
-            logging.getLogger().setLevel(str(msg.get("log_level", "info")).upper())
-            self.stage1.inactivity_timeout = timeout
-            self.stage1.max_send_failures = msg["max_send_failures"]
-            self._timer_due = float("inf")
-            self._arm_timer()
-        elif kind == "shutdown":
+        elif isinstance(msg, ipc.Configure):
+            self.configure(msg.settings, now)
+        elif isinstance(msg, ipc.Shutdown):
             self.core.shutdown()
             self._flush()
-            self._send({"t": "bye"})
+            self._send(ipc.Bye())
             self.stop(notify=False)
-        else:
-            log.warning("worker %d: unknown command %r", self.index, kind)
+        else:  # an event: control never sends one
+            log.warning("worker %d: unexpected message %r", self.index, msg)
+
+    def configure(self, settings: ipc.WorkerSettings, now: float) -> None:
+        """Apply live-reloaded settings (SIGHUP). Those that need a restart (the log
+        format, the scheduling, the Stage 1 bound) stay as the worker started."""
+        self.settings = settings
+        batched = settings.sendmmsg and mmsg.available()
+        if batched != self.batched:
+            self.batched = batched
+            self.fan_out = self._relay_batched if batched else self._relay
+            self._batches.clear()
+            log.info("worker %d: fan-out with %s", self.index,
+                     "sendmmsg" if batched else "sendto")
+        self.core.configure(settings.inactivity_timeout, settings.max_send_failures, now,
+                            settings.chat_rate, settings.chat_burst)
+        logging.getLogger().setLevel(settings.log_level.upper())
+        self.stage1.inactivity_timeout = settings.inactivity_timeout
+        self.stage1.max_send_failures = settings.max_send_failures
+        self._timer_due = float("inf")
+        self._arm_timer()
 
 
 class _Batch:
@@ -346,6 +371,18 @@ class _Batch:
         self.sender = mmsg.SendBatch(addrs)
 
 
+class _RoomBatches:
+    """The worker's send cache of one room: both formats' batches, valid while the room's
+    ``generation`` is the one they were built from."""
+
+    __slots__ = ("generation", "plain", "framed")
+
+    def __init__(self, room: Room) -> None:
+        self.generation = room.generation
+        self.plain = _Batch(room.plain_addrs)
+        self.framed = _Batch(room.framed_addrs)
+
+
 class _PipeProtocol(asyncio.Protocol):
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -355,7 +392,15 @@ class _PipeProtocol(asyncio.Protocol):
         self.worker.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        for message in self.decoder.feed(data):
+        try:
+            messages = self.decoder.feed(data)
+        except ipc.IpcError as exc:
+            # A bug or a corrupted pipe: exit without telling members, so that control
+            # replaces this worker and re-seeds it from its registry.
+            log.error("worker %d: corrupt pipe (%s); exiting", self.worker.index, exc)
+            self.worker.stop(notify=False)
+            return
+        for message in messages:
             self.worker.handle_command(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -364,20 +409,18 @@ class _PipeProtocol(asyncio.Protocol):
         self.worker.stop(notify=True)
 
 
-def main(index: int, settings: dict[str, Any], udp_sock: socket.socket,
-         stage1_sock: socket.socket | None, conn: Any, inbox: socket.socket | None = None,
-         peers: list[socket.socket] | None = None) -> None:
+def main(index: int, settings: ipc.WorkerSettings, udp_sock: socket.socket,
+         stage1_sock: socket.socket | None, conn: Connection,
+         inbox: socket.socket | None = None, peers: list[socket.socket] | None = None
+         ) -> None:
     """Process entry point (multiprocessing spawn target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from control.logs import setup_logging  # stdlib + orjson only: one log format for all
-
-    setup_logging(settings.get("log_level", "info"), settings.get("log_format", "text"),
-                  f"worker-{index}")
+    logs.setup_logging(settings.log_level, settings.log_format, f"worker-{index}")
     try:
         import uvloop
 
-        sched.apply(settings.get("realtime_priority", 0))
+        sched.apply(settings.realtime_priority)
         conn_sock = socket.socket(fileno=os.dup(conn.fileno()))
         conn.close()
         worker = Worker(index, settings, udp_sock, stage1_sock, inbox, peers)

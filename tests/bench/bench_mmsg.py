@@ -26,18 +26,17 @@ import sys
 import time
 from collections.abc import Callable
 
-from relay import mmsg
-from relay.mmsg import RecvBatch, SendBatch
 from relay.steering import create_udp_socket
+from runtime import mmsg
+from runtime.mmsg import RecvBatch, SendBatch
 
 HOST = "127.0.0.1"
 PAYLOAD = b"m" * 100
-BUFFER_BYTES = 8 * 1024 * 1024
 ROOM = 10  # the sender plus 9 recipients
 
 
 def sockets(n: int) -> list[socket.socket]:
-    return [create_udp_socket(HOST, 0, BUFFER_BYTES, BUFFER_BYTES) for _ in range(n)]
+    return [create_udp_socket(HOST, 0) for _ in range(n)]  # SOCKET_BUFFER_BYTES each
 
 
 def drain(socks: list[socket.socket], expected: int) -> int:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from loadgen import fastpath, servers
-from relay import sched
+from runtime import sched
 from tests.integration.harness import start_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

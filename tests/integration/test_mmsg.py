@@ -1,4 +1,4 @@
-"""relay/mmsg.py on real loopback sockets: SendBatch fan-out (all, all-but-one, past
+"""runtime/mmsg.py on real loopback sockets: SendBatch fan-out (all, all-but-one, past
 UIO_MAXIOV, failures) and RecvBatch (bursts, addresses, truncation). No sleeps: every
 wait is ``select.poll`` with a timeout."""
 
@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay import mmsg
-from relay.mmsg import RecvBatch, SendBatch
 from relay.steering import create_udp_socket
+from runtime import mmsg
+from runtime.mmsg import RecvBatch, SendBatch
 
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg unavailable")
 

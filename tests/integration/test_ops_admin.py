@@ -5,6 +5,7 @@ bookkeeping on their own (in-process, real sockets on 127.0.0.1)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import re
@@ -19,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.admin import AdminServer, Exposition, WorkerCounters, flatten_stats
+from relay.ipc import Counters, Stats
 from tests.integration.harness import start_server
 from tests.integration.peer import JoinRefused, join
 from tests.integration.test_ops_support import (
@@ -98,19 +100,18 @@ def test_http_server_closes_a_silent_half_closed_client() -> None:
 
 
 # --- counters and exposition -------------------------------------------------------------------
-def _stats(pid: int, received: int, malformed: int = 0, stage1: int = 0) -> dict[str, object]:
-    return {"t": "stats", "worker": 0, "pid": pid, "rooms": 1, "members": 2,
-            "received": received, "relayed": received // 2, "send_failures": 0,
-            "forwarded": 0, "drops": {"malformed": malformed},
-            "evictions": {"inactive": 0},
-            "stage1": {"clients": 1, "received": stage1, "relayed": 0, "drops": {},
-                       "evictions": {}}}
+def _stats(pid: int, received: int, malformed: int = 0, stage1: int = 0) -> Stats:
+    return Stats(worker=0, pid=pid, sendmmsg=True, forwarded=0, rooms=1, members=2,
+                 send_failures=0,
+                 chat=Counters(received, received // 2, {"malformed": malformed},
+                               {"inactive": 0}),
+                 stage1_clients=1, stage1=Counters(stage1, 0, {}, {}))
 
 
 def test_worker_counters_survive_restarts() -> None:
     counters = WorkerCounters()
     key = ("datagrams_received", (("port", "chat"),))
-    counters.absorb(0, {})
+    counters.absorb(0, None)
     assert counters.totals == {}
     counters.absorb(0, _stats(pid=10, received=5))
     counters.absorb(0, _stats(pid=10, received=8, malformed=1))
@@ -126,10 +127,18 @@ def test_worker_counters_survive_restarts() -> None:
                            ] == 1
 
 
-def test_flatten_ignores_what_it_does_not_know() -> None:
-    flat = flatten_stats({"pid": 1, "received": "many", "drops": {"x": None, "y": 2},
-                          "stage1": "off", "new_counter": 5})
-    assert flat == {("datagrams_dropped", (("port", "chat"), ("reason", "y"))): 2}
+def test_flatten_takes_every_reason_as_it_comes() -> None:
+    stats = dataclasses.replace(_stats(pid=1, received=4, stage1=2),
+                                send_failures=3, forwarded=5,
+                                chat=Counters(4, 2, {"new_reason": 1}, {"exit": 2}))
+    chat, stage1 = (("port", "chat"),), (("port", "stage1"),)
+    assert flatten_stats(stats) == {
+        ("datagrams_received", chat): 4, ("datagrams_relayed", chat): 2,
+        ("datagrams_dropped", (*chat, ("reason", "new_reason"))): 1,
+        ("evictions", (*chat, ("reason", "exit"))): 2,
+        ("datagrams_received", stage1): 2, ("datagrams_relayed", stage1): 0,
+        ("send_failures", ()): 3, ("datagrams_forwarded", ()): 5,
+    }
 
 
 def test_exposition_parses_with_prometheus_client() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from control.sockets import SOCKET_BUFFER_BYTES
+from runtime.sockbuf import SOCKET_BUFFER_BYTES
 from tests.integration.peer import join
 from tests.integration.test_ops_support import LinePipe, http_get, wait_until
 from wire.codes import Operation

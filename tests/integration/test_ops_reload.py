@@ -143,3 +143,21 @@ def test_print_config_shows_every_layer(tmp_path: Path) -> None:
     assert "udp_port = 4444  # from environment OCM_UDP_PORT" in out
     assert "stage1_port = 6666  # from --stage1-port" in out
     assert "drain_timeout = 10.0  # from default" in out
+
+
+def test_sighup_switches_the_fan_out_path(tmp_path: Path) -> None:
+    conf = tmp_path / "ocm.toml"
+    conf.write_text("relay_sendmmsg = true\n")
+    with start_server("--config", str(conf), workers=1) as srv:
+        alice = join(H, srv.tcp_port, Operation.CREATE, "fanout", "alice")
+        bob = join(H, srv.tcp_port, Operation.JOIN, "fanout", "bob")
+        assert alice.recv_text() == JOINED.format("bob")
+        alice.send("batched")
+        assert bob.recv_text() == "alice: batched"
+        conf.write_text("relay_sendmmsg = false\n")
+        srv.send_signal(signal.SIGHUP)
+        line = srv.wait_log(r"reloaded: .*", timeout=30)[0]
+        assert "relay_sendmmsg=False" in line and "needs a restart" not in line
+        srv.wait_log(r"worker 0: fan-out with sendto", timeout=30)
+        alice.send("one by one")
+        assert bob.recv_text() == "alice: one by one"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from relay import sched
+from runtime import sched
 from tests.integration.harness import Server, start_server
 from tests.integration.peer import Peer, join
 from wire.chat import encode_chat

@@ -12,6 +12,7 @@ import pytest
 from control import __main__ as entry
 from control import config as cm
 from control.config import LIVE_FIELDS, Config, ConfigError, load, load_with_sources
+from relay.ipc import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_ENV: dict[str, str] = {}
@@ -60,7 +61,7 @@ def test_live_fields_are_exactly_the_reloadable_ones() -> None:
         "max_send_failures", "log_level", "max_conns_per_ip", "conn_rate_per_ip",
         "max_password_failures", "password_failure_window", "max_rooms_per_ip",
         "kdf_rate_per_ip", "kdf_concurrency_per_ip", "kdf_queue",
-        "chat_rate", "chat_burst",
+        "chat_rate", "chat_burst", "relay_sendmmsg",
     }
 
 
@@ -73,16 +74,27 @@ def test_every_field_has_help() -> None:
 def test_worker_settings_and_the_reload_command() -> None:
     cfg = dataclasses.replace(Config(), chat_rate=2.5, chat_burst=7, log_format="json",
                               inactivity_timeout=4.0, max_send_failures=9, log_level="debug")
-    assert cfg.worker_settings() == {
-        "inactivity_timeout": 4.0, "max_send_failures": 9, "max_stage1_clients": 10_000,
-        "chat_rate": 2.5, "chat_burst": 7, "log_level": "debug", "log_format": "json",
-        "realtime_priority": 0,
-    }
-    command = cfg.live_worker_settings()
-    assert command == {"t": "config", "inactivity_timeout": 4.0, "max_send_failures": 9,
-                       "chat_rate": 2.5, "chat_burst": 7, "log_level": "debug"}
-    # Everything the workers are told on SIGHUP can change live.
-    assert set(command) - {"t"} <= LIVE_FIELDS
+    assert cfg.worker_settings() == WorkerSettings(
+        inactivity_timeout=4.0, max_send_failures=9, chat_rate=2.5, chat_burst=7,
+        max_stage1_clients=10_000, log_level="debug", log_format="json",
+        realtime_priority=0, sendmmsg=True)
+    # What a worker applies on SIGHUP (Worker.configure) can change live; the rest of
+    # WorkerSettings needs a restart, like the Config fields it comes from.
+    applied_live = {"inactivity_timeout", "max_send_failures", "chat_rate", "chat_burst",
+                    "log_level", "relay_sendmmsg"}
+    assert applied_live <= LIVE_FIELDS
+    assert not {"max_stage1_clients", "log_format", "realtime_priority"} & LIVE_FIELDS
+
+
+def test_relay_sendmmsg_through_every_layer(tmp_path: Path) -> None:
+    assert Config().worker_settings().sendmmsg is True
+    assert load([], {"OCM_RELAY_SENDMMSG": "0"})[0].worker_settings().sendmmsg is False
+    assert load(["--no-relay-sendmmsg"], NO_ENV)[0].relay_sendmmsg is False
+    path = write(tmp_path, "relay_sendmmsg = false\n")
+    assert load(["--config", path], NO_ENV)[0].relay_sendmmsg is False
+    assert load(["--config", path], {"OCM_RELAY_SENDMMSG": "1"})[0].relay_sendmmsg is True
+    with pytest.raises(ConfigError, match="relay_sendmmsg must be true or false"):
+        load([], {"OCM_RELAY_SENDMMSG": "maybe"})
 
 
 # --- precedence ----------------------------------------------------------------------------------
@@ -346,7 +358,7 @@ def test_operations_doc_lists_every_setting() -> None:
 def test_realtime_priority_range_and_worker_setting() -> None:
     assert Config().realtime_priority == 0
     cfg = load(["--realtime-priority", "99"], NO_ENV)[0]
-    assert cfg.worker_settings()["realtime_priority"] == 99
+    assert cfg.worker_settings().realtime_priority == 99
     assert load([], {"OCM_REALTIME_PRIORITY": "1"})[0].realtime_priority == 1
     for bad in ("-1", "100"):
         with pytest.raises(ConfigError, match=r"--realtime-priority: realtime_priority must "

@@ -83,11 +83,11 @@ def test_members_of_worker_host_first_with_addresses_for_reseeding() -> None:
     reg.bind(b"unknown", ("127.0.0.1", 1))
     other = reg.create("s", "x", "127.0.0.1", Framing.PLAIN, 0, None)
     commands = [m.command(7) for m in reg.members_of(1)]
-    assert [c["user"] for c in commands] == ["alice", "bob"]
-    assert commands[0]["host"] and commands[0]["addr"] is None
-    assert commands[1]["addr"] == ["127.0.0.1", 4000] and commands[1]["announced"]
-    assert commands[1]["proven"] and not commands[0]["proven"]
-    assert commands[1]["framing"] == "ocm1" and commands[1]["id"] == 7
+    assert [c.user for c in commands] == ["alice", "bob"]
+    assert commands[0].host and commands[0].addr is None and not commands[0].announced
+    assert commands[1].addr == ("127.0.0.1", 4000) and commands[1].announced
+    assert commands[1].proven and not commands[0].proven
+    assert commands[1].framing is Framing.OCM1 and commands[1].id == 7
     assert [m.username for m in reg.members_of(0)] == [other.username]
     assert reg.statistics() == {"rooms": 2, "members": 3, "load": [1, 2]}
 

@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 
 from loadgen import cli, transport
-from relay import mmsg
+from runtime import mmsg
 
 
 def test_member_ips_are_distinct_loopback_unicast_per_process() -> None:

@@ -1,4 +1,4 @@
-"""control/logs.py: text and JSON line formats, the repeated-warning filter, setup."""
+"""runtime/logs.py: text and JSON line formats, the repeated-warning filter, setup."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from control import logs
-from control.logs import JsonFormatter, RepeatFilter, TextFormatter, setup_logging
+from runtime import logs
+from runtime.logs import JsonFormatter, RepeatFilter, TextFormatter, setup_logging
 
 TIME_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 

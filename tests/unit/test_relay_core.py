@@ -6,8 +6,9 @@ import orjson
 import pytest
 
 from relay.core import GlobalChat, RelayCore
+from relay.ipc import Bound, Closed, Left
 from wire.chat import encode_chat
-from wire.codes import Framing
+from wire.codes import Framing, Reason
 
 A = ("127.0.0.1", 5001)
 B = ("127.0.0.1", 5002)
@@ -48,7 +49,7 @@ def test_first_datagram_binds_and_announces_once() -> None:
     core.outbox.clear()
     core.handle_datagram(encode_chat(b"r", TB, b""), B, 2.0)  # keepalive: no re-announce
     assert core.outbox == []
-    assert [e["t"] for e in core.events] == ["bound", "bound"]
+    assert [type(e) for e in core.events] == [Bound, Bound]
 
 
 def test_chat_relayed_to_every_other_member_plain_and_framed() -> None:
@@ -92,8 +93,7 @@ def test_rebinding_from_another_port_of_the_same_ip() -> None:
     new = ("127.0.0.1", 6001)
     out = core.handle_datagram(encode_chat(b"r", TB, b"moved"), new, 2.0)
     assert core.tokens[TB].addr == new
-    assert core.events[-1] == {"t": "bound", "token": TB.decode(), "ip": "127.0.0.1",
-                               "port": 6001, "proven": True}
+    assert core.events[-1] == Bound(TB, "127.0.0.1", 6001, proven=True)
     assert [a for _, a in sends(core, out)] == [A, C]
     out = core.handle_datagram(encode_chat(b"r", TA, b"to bob"), A, 3.0)
     assert new in [a for _, a in sends(core, out)]
@@ -105,7 +105,7 @@ def test_exit_leaves_and_tells_the_others(text: bytes) -> None:
     assert core.handle_datagram(encode_chat(b"r", TB, text), B, 2.0) is None
     left = "bob がチャットルームから退出しました".encode()
     assert sorted(core.outbox, key=lambda s: s[1]) == [(left, A), (left, C)]
-    assert core.events == [{"t": "left", "token": TB.decode(), "reason": "exit"}]
+    assert core.events == [Left(TB, Reason.EXIT)]
     assert TB not in core.tokens
     core.outbox.clear()
     assert core.handle_datagram(encode_chat(b"r", TB, b"again"), B, 3.0) is None
@@ -121,7 +121,7 @@ def test_host_exit_closes_the_room_with_closed_and_no_left() -> None:
     notice = orjson.loads([p for p, a in core.outbox if a == C][0][1:])
     assert notice["event"] == "closed"
     assert A not in framed.values() and len(core.outbox) == 2
-    assert core.events == [{"t": "closed", "room": "r", "reason": "exit"}]
+    assert core.events == [Closed("r", "exit")]
     assert core.rooms == {} and core.tokens == {}
 
 
@@ -138,7 +138,7 @@ def test_inactivity_evicts_member_with_disconnected_and_left() -> None:
     disconnected = "しばらく発言しなかったので、チャットルームから退出させました".encode()
     left = "bob がチャットルームから退出しました".encode()
     assert sorted(core.outbox, key=lambda s: s[1]) == [(left, A), (disconnected, B), (left, C)]
-    assert core.events == [{"t": "left", "token": TB.decode(), "reason": "inactive"}]
+    assert core.events == [Left(TB, Reason.INACTIVE)]
     assert core.evictions["inactive"] == 1
 
 
@@ -148,8 +148,7 @@ def test_inactivity_clock_starts_when_token_is_issued() -> None:
     core.handle_timer(104.9)
     assert TA in core.tokens
     core.handle_timer(105.0)
-    assert core.tokens == {} and core.events == [{"t": "closed", "room": "r",
-                                                   "reason": "inactive"}]
+    assert core.tokens == {} and core.events == [Closed("r", "inactive")]
 
 
 def test_host_inactive_closes_room_host_gets_disconnected() -> None:
@@ -161,7 +160,7 @@ def test_host_inactive_closes_room_host_gets_disconnected() -> None:
     assert by_addr[A] == "しばらく発言しなかったので、チャットルームから退出させました".encode()
     assert by_addr[B] == "チャットルームが閉じられました".encode()
     assert orjson.loads(by_addr[C][1:])["event"] == "closed"
-    assert core.events == [{"t": "closed", "room": "r", "reason": "inactive"}]
+    assert core.events == [Closed("r", "inactive")]
 
 
 def test_send_failures_must_be_consecutive_then_evict() -> None:
@@ -174,7 +173,7 @@ def test_send_failures_must_be_consecutive_then_evict() -> None:
     assert TB in core.tokens
     core.handle_send_failure(B, 2.0)
     assert TB not in core.tokens
-    assert core.events == [{"t": "left", "token": TB.decode(), "reason": "send_failures"}]
+    assert core.events == [Left(TB, Reason.SEND_FAILURES)]
     assert core.evictions["send_failures"] == 1
     assert core.failing == {}
 
@@ -228,7 +227,7 @@ def test_shutdown_sends_closed_to_everyone() -> None:
     core = room_of_three()
     core.shutdown()
     assert sorted(a for _, a in core.outbox) == [A, B, C]
-    assert core.events == [{"t": "closed", "room": "r", "reason": "shutdown"}]
+    assert core.events == [Closed("r", "shutdown")]
 
 
 def test_shutdown_closed_says_why_framed_and_stays_exact_plain() -> None:

@@ -7,6 +7,7 @@ import gc
 import time
 
 from relay.core import DEADLINE_COMPACT_SLACK, GlobalChat, Member, RelayCore
+from relay.ipc import Bound
 from wire.chat import encode_chat
 from wire.codes import Framing
 from wire.limits import UNPROVEN_MAX_DELIVERIES
@@ -161,10 +162,9 @@ def test_proof_is_reported_and_survives_reseeding() -> None:
     core = RelayCore()
     core.add_member("r", TA, "alice", IP, Framing.PLAIN, True, 0.0)
     core.register(TA, 5001, 0.0)
-    assert core.events[-1]["proven"] is False
+    assert isinstance(core.events[-1], Bound) and core.events[-1].proven is False
     core.handle_datagram(encode_chat(b"r", TA, b""), (IP, 5001), 1.0)
-    assert core.events[-1] == {"t": "bound", "token": TA.decode(), "ip": IP, "port": 5001,
-                               "proven": True}
+    assert core.events[-1] == Bound(TA, IP, 5001, proven=True)
     # A restarted worker is re-seeded from control's record: proven stays proven,
     # a registered port that never spoke is on trial again.
     fresh = RelayCore()

@@ -115,3 +115,38 @@ def test_cores_are_sans_io(path: Path) -> None:
 )
 def test_the_walker_itself(source: str, expected: set[str]) -> None:
     assert top_levels(imported_modules(source)) & FORBIDDEN == expected
+
+
+# --- layering between the packages ------------------------------------------------------------
+def _package_modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _first_party(path: Path) -> set[str]:
+    return {name for name in imported_modules(path.read_text(encoding="utf-8"))
+            if top_levels({name}) & (FIRST_PARTY_ABOVE_WIRE | {"runtime", "wire"})}
+
+
+@pytest.mark.parametrize("path", _package_modules("relay"), ids=rel)
+def test_relay_imports_nothing_from_control_or_loadgen(path: Path) -> None:
+    bad = top_levels(_first_party(path)) & {"control", "loadgen", "client"}
+    assert not bad, f"{rel(path)} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", _package_modules("runtime"), ids=rel)
+def test_runtime_imports_only_wire(path: Path) -> None:
+    bad = top_levels(_first_party(path)) - {"runtime", "wire"}
+    assert not bad, f"{rel(path)} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", _package_modules("loadgen"), ids=rel)
+def test_loadgen_does_not_reach_into_the_relay(path: Path) -> None:
+    bad = {name for name in _first_party(path) if top_levels({name}) & {"relay", "control"}}
+    assert not bad, f"{rel(path)} imports {sorted(bad)}"
+
+
+def test_layering_packages_found() -> None:
+    assert {p.name for p in _package_modules("runtime")} >= {
+        "mmsg.py", "sched.py", "sockbuf.py", "logs.py"}
+    assert {p.name for p in _package_modules("relay")} >= {"core.py", "worker.py", "ipc.py"}
+    assert _package_modules("loadgen")

@@ -1,10 +1,10 @@
-"""relay/sched.py: what the ready line says, and a probe that leaves no trace."""
+"""runtime/sched.py: what the ready line says, and a probe that leaves no trace."""
 
 from __future__ import annotations
 
 import os
 
-from relay import sched
+from runtime import sched
 
 
 def test_describe() -> None:

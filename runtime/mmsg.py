@@ -1,8 +1,7 @@
 """Batched UDP I/O for the relay hot path: ``recvmmsg``/``sendmmsg`` through ``ctypes``.
 
-DESIGN.md "What the hot path costs here": one loopback datagram costs ~3.5 us of kernel
-CPU, and each Python-level ``recvfrom``/``sendto`` adds a syscall entry plus object
-allocations on top. Batching is worth ~12 points of a C relay's throughput here, so:
+Each Python-level ``recvfrom``/``sendto`` adds a syscall entry plus object allocations
+on top of the kernel's own cost per datagram (docs/benchmarks.md has the figures), so:
 
 * ``SendBatch`` is built once per room membership (list of member addresses) and sends
   one payload to all of them, or to all but the sender, with one ``sendmmsg`` call;
@@ -41,13 +40,13 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from wire.limits import MAX_DATAGRAM_BYTES
+
 Addr = tuple[str, int]
 _CFunc = Callable[..., int]  # a configured libc function (argtypes/restype set)
 
 MSG_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0x40)
 MSG_TRUNC: Final = getattr(socket, "MSG_TRUNC", 0x20)
-MAX_DATAGRAM_BYTES: Final = 4096
-"""Largest datagram the protocol allows; ``RecvBatch`` buffers hold one byte more."""
 ADDR_CACHE_ENTRIES: Final = 65536
 """Bound of ``RecvBatch``'s address cache, keyed by the raw sin_family + sin_port +
 sin_addr (8 bytes); cleared when full. Worst case (a flood from distinct sources) ~300
@@ -166,7 +165,7 @@ def _probe() -> bool:
 
 def _require() -> tuple[_CFunc, _CFunc]:
     if not available() or _LIBC is None:
-        raise OSError(errno.ENOSYS, "recvmmsg/sendmmsg unavailable (see relay.mmsg.available)")
+        raise OSError(errno.ENOSYS, "recvmmsg/sendmmsg unavailable (see runtime.mmsg.available)")
     return _LIBC
 
 

@@ -15,8 +15,8 @@ Repeated warnings are rate-limited by ``RepeatFilter`` (N identical messages per
 then one line saying how many were suppressed), so a flood of one fault cannot flood the
 log. Nothing on the datagram hot path logs at INFO or above.
 
-This module depends on the standard library and orjson only — nothing else from
-``control`` — so that a relay worker can call ``setup_logging`` too.
+This module depends on the standard library and orjson only, so that control, the relay
+workers and any other process share it.
 """
 
 from __future__ import annotations
