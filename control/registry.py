@@ -56,7 +56,7 @@ class MemberRecord:
         """The ``member`` pipe command that installs this member on its worker."""
         return AddMember(command_id, self.room.name, self.token, self.username, self.ip,
                          self.framing, self.is_host, self.addr, self.addr is not None,
-                         self.proven)
+                         self.proven, self.room.e2e, self.keys)
 
 
 @dataclass(slots=True, eq=False)

@@ -32,6 +32,7 @@ from wire.chat import (
     plain_prefix,
 )
 from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
+from wire.e2e import Kind, PublicKeys
 from wire.limits import (
     DEFAULT_INACTIVITY_TIMEOUT_S,
     DEFAULT_MAX_SEND_FAILURES,
@@ -64,6 +65,11 @@ class Fanout(NamedTuple):
 
 _new_fanout: Final = tuple.__new__
 
+_CHAT: Final = int(Kind.CHAT)
+_ENVELOPE: Final = int(Kind.ENVELOPE)
+_KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
+_LEAVE: Final = int(Kind.LEAVE)
+
 DEFAULT_CHAT_RATE: Final = 10.0
 """Chat messages per second per member; excess is dropped and counted (rate_limited)."""
 DEFAULT_CHAT_BURST: Final = 20
@@ -83,6 +89,8 @@ DROP_REASONS: Final = (
     "too_many_clients",  # Stage 1: the address table is full
     "too_many_per_ip",  # Stage 1: the sender's IP has its share of the table
     "unproven",  # outbound: a delivery withheld from a registered address never proven
+    "bad_kind",  # encrypted room: the first byte is not a kind (docs/e2e.md §3.2)
+    "no_recipient",  # encrypted room: addressed to no bound member but the sender
 )
 TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTED))
 """Notices a member gets about itself once in its life: never withheld (docs/protocol.md
@@ -95,7 +103,7 @@ class Member:
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
         "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
-        "trial", "muted",
+        "trial", "muted", "keys",
     )
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
@@ -120,6 +128,8 @@ class Member:
         """Bound to an address only registered (§1.4), not yet proven by a datagram from
         it: deliveries draw on that address's budget (``RelayCore.unproven``)."""
         self.muted = False
+        self.keys: PublicKeys | None = None
+        """Encrypted rooms: the public keys its ``joined`` notice carries (docs/e2e.md)."""
         """On trial and the budget is spent: left out of deliveries until proven."""
 
 
@@ -127,15 +137,19 @@ class Room:
     """A live room: members by token, and the bound addresses split by delivery format."""
 
     __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs",
-                 "trial", "generation")
+                 "trial", "generation", "e2e", "by_name")
 
     _generations: Final = itertools.count(1)
     """Shared by every room of the process, so that a generation is never reused, even by
     a new room of the same name."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, e2e: bool = False) -> None:
         self.name = name
         self.name_raw = name.encode()
+        self.e2e = e2e
+        """An encrypted room (docs/e2e.md §3.2): opaque Messages routed by kind byte."""
+        self.by_name: dict[bytes, Member] = {}
+        """Encrypted rooms: members by UTF-8 username, for addressed delivery."""
         self.host: Member | None = None
         self.members: dict[bytes, Member] = {}
         self.plain_addrs: list[Addr] = []
@@ -195,10 +209,12 @@ class RelayCore:
     # --- control commands ---------------------------------------------------------------
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
                    framing: Framing, is_host: bool, now: float, addr: Addr | None = None,
-                   announced: bool = False, proven: bool = False) -> bool:
-        """Add a member (``is_host`` creates the room). False if the room is not live
-        (or already exists, for a host): control then answers ROOM_NOT_FOUND/EXISTS.
-        ``addr``, ``announced`` and ``proven`` re-seed a restarted worker."""
+                   announced: bool = False, proven: bool = False, e2e: bool = False,
+                   keys: PublicKeys | None = None) -> bool:
+        """Add a member (``is_host`` creates the room, encrypted if ``e2e``). False if the
+        room is not live (or already exists, for a host): control then answers
+        ROOM_NOT_FOUND/EXISTS. ``addr``, ``announced`` and ``proven`` re-seed a restarted
+        worker; ``keys`` go into the member's ``joined`` notice in an encrypted room."""
         room = self.rooms.get(room_name)
         known = self.tokens.get(token)
         if known is not None:  # idempotent: a restarted worker may be seeded, then asked
@@ -206,10 +222,13 @@ class RelayCore:
         if is_host:
             if room is not None:
                 return False
-            room = self.rooms[room_name] = Room(room_name)
+            room = self.rooms[room_name] = Room(room_name, e2e)
         elif room is None:
             return False
         member = Member(token, username, ip, framing is Framing.OCM1, is_host, room, now)
+        if room.e2e:
+            member.keys = keys
+            room.by_name[username.encode()] = member
         if is_host:
             room.host = member
         room.members[token] = member
@@ -277,6 +296,8 @@ class RelayCore:
         if room.name_raw != data[2:room_end]:
             self.drops["wrong_room"] += 1
             return None
+        if room.e2e:
+            return self._handle_e2e(member, data, token_end, addr, now)
         message = data[token_end:]
         try:
             message.decode()
@@ -326,6 +347,82 @@ class RelayCore:
         self.relayed += 1
         # tuple.__new__ skips the Python-level frame of the NamedTuple's own __new__.
         return _new_fanout(Fanout, (plain, plain_addrs, framed, framed_addrs, sender, room))
+
+    def _handle_e2e(self, member: Member, data: bytes, start: int, addr: Addr,
+                    now: float) -> Fanout | None:
+        """An authenticated datagram of an encrypted room (docs/e2e.md §3.2). The Message
+        is opaque: only its kind byte and an addressed kind's recipient are read (held to
+        ``wire.e2e.decode_route`` by the tests); no UTF-8 check, no ``/exit`` text."""
+        size = len(data)
+        kind = data[start] if start < size else 0
+        end = start
+        if kind == _LEAVE:
+            if size - start != 1:
+                self.drops["malformed"] += 1
+                return None
+            self._remove(member, Reason.EXIT)
+            return None
+        if kind == _ENVELOPE or kind == _KEY_REQUEST:
+            if size - start < 2 or data[start + 1] == 0:
+                self.drops["malformed"] += 1
+                return None
+            end = start + 2 + data[start + 1]
+            if end > size:
+                self.drops["malformed"] += 1
+                return None
+        elif kind != _CHAT and start < size:
+            self.drops["bad_kind"] += 1
+            return None
+        member.last_seen = now  # the token is proven: refresh and bind
+        if member.addr != addr:
+            self._bind(member, addr, proven=True)
+        elif member.trial:
+            self._prove(addr)
+        if start == size:  # keepalive
+            return None
+        if kind == _CHAT:
+            return self._e2e_chat(member, data[start:], now)
+        target = member.room.by_name.get(data[start + 2:end])
+        if target is None or target is member or target.addr is None:
+            self.drops["no_recipient"] += 1
+            return None
+        delivery = member.framed_prefix + data[start:start + 1] + data[end:]
+        if len(delivery) > MAX_DELIVERY_BYTES:
+            self._notify(member, Notice(NoticeEvent.ERROR,
+                                        over=len(delivery) - MAX_DELIVERY_BYTES))
+            return None
+        if target.trial and not self._admit(target):
+            return None
+        self.outbox.append((delivery, target.addr))
+        self.relayed += 1
+        return None
+
+    def _e2e_chat(self, member: Member, message: bytes, now: float) -> Fanout | None:
+        """Kind 01: as a framed chat to every other bound member, rate-limited."""
+        allowance = member.allowance + (now - member.stamp) * self.chat_rate
+        member.stamp = now
+        if allowance > self.chat_burst:
+            allowance = self.chat_burst
+        if allowance < 1.0:
+            member.allowance = allowance
+            self.drops["rate_limited"] += 1
+            return None
+        member.allowance = allowance - 1.0
+        framed = member.framed_prefix + message
+        if len(framed) > MAX_DELIVERY_BYTES:
+            self._notify(member, Notice(NoticeEvent.ERROR, over=len(framed) - MAX_DELIVERY_BYTES))
+            return None
+        room = member.room
+        if room.trial:
+            for m in room.trial:
+                if m is not member:
+                    self._admit(m)
+        sender = member.addr
+        assert sender is not None
+        self.relayed += 1
+        others = len(room.framed_addrs) - 1
+        return _new_fanout(Fanout, (None, room.plain_addrs, framed if others > 0 else None,
+                                    room.framed_addrs, sender, room))
 
     def handle_send_failure(self, addr: Addr, now: float) -> None:
         """A send to ``addr`` failed (or ICMP said unreachable): count, maybe evict."""
@@ -420,8 +517,8 @@ class RelayCore:
         self.events.append(Bound(member.token, addr[0], addr[1], not member.trial))
         if not member.announced:
             member.announced = True
-            self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username),
-                            exclude=member)
+            self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username,
+                                                keys=member.keys), exclude=member)
 
     def _prove(self, addr: Addr) -> None:
         """A datagram from ``addr`` was accepted: every member bound to it comes off trial."""
@@ -485,7 +582,10 @@ class RelayCore:
 
     def _drop_member(self, member: Member) -> None:
         member.alive = False
-        del member.room.members[member.token]
+        room = member.room
+        del room.members[member.token]
+        if room.e2e and room.by_name.get(name := member.username.encode()) is member:
+            del room.by_name[name]
         del self.tokens[member.token]
         self._unlink_addr(member)
         if len(self._deadlines) > 2 * len(self.tokens) + DEADLINE_COMPACT_SLACK:

@@ -43,6 +43,8 @@ from typing import Any, Final
 import orjson
 
 from wire.codes import Framing, Reason
+from wire.e2e import PublicKeys, decode_public_keys
+from wire.errors import BadKeys
 
 FRAME_HEADER: Final = struct.Struct("!i")
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
@@ -86,6 +88,10 @@ class AddMember:
     addr: Addr | None = None
     announced: bool = False
     proven: bool = False
+    e2e: bool = False
+    """The room is encrypted (docs/e2e.md §3): read by the worker when ``host`` creates it."""
+    keys: PublicKeys | None = None
+    """The member's public keys, only for its ``joined`` notice in an encrypted room."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +218,9 @@ def _body(message: Message) -> dict[str, Any]:
                 "token": message.token.decode("ascii"), "user": message.user,
                 "ip": message.ip, "framing": message.framing.value, "host": message.host,
                 "addr": list(message.addr) if message.addr is not None else None,
-                "announced": message.announced, "proven": message.proven}
+                "announced": message.announced, "proven": message.proven,
+                "e2e": message.e2e,
+                "keys": message.keys.to_json() if message.keys is not None else None}
     if isinstance(message, Register):
         return {"t": "register", "token": message.token.decode("ascii"),
                 "port": message.port}
@@ -322,9 +330,14 @@ def _member(f: _Fields) -> AddMember:
         framing = Framing(f.text("framing"))
     except ValueError:
         raise IpcError(f"member: unknown framing {f.body.get('framing')!r}") from None
+    raw_keys = f.body.get("keys")
+    try:
+        keys = None if raw_keys is None else decode_public_keys(raw_keys)
+    except BadKeys as exc:
+        raise IpcError(f"member: {exc}") from None
     return AddMember(f.integer("id"), f.text("room"), f.token("token"), f.text("user"),
                      f.text("ip"), framing, f.flag("host"), addr, f.flag("announced"),
-                     f.flag("proven"))
+                     f.flag("proven"), f.flag("e2e"), keys)
 
 
 def _left(f: _Fields) -> Left:
