@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from control import passwords
 from control.config import Config
@@ -33,6 +33,9 @@ from relay.steering import worker_tag
 from wire.codes import Operation, Status
 from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
 from wire.tcrp import NEED_DATA, Details, Request
+
+if TYPE_CHECKING:
+    from control.cluster import Cluster, RemoteMember
 
 log = logging.getLogger("ocm.control")
 
@@ -75,6 +78,10 @@ class ControlApp:
         number of connections."""
         self.joins: dict[str, int] = {}
         """Requests answered, by status name (metrics)."""
+        self.cluster: Cluster | None = None
+        """Cluster mode (control/cluster.py): requests are routed through it."""
+        self.udp_host: str | None = None
+        """Cluster mode: this node's advertised IP, sent as ``udp_host`` in the details."""
 
     @property
     def cfg(self) -> Config:
@@ -87,13 +94,22 @@ class ControlApp:
         self.quotas.settings = quota_settings(cfg)
 
     # --- requests -------------------------------------------------------------------------
-    async def handle(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+    async def handle(self, request: Request, ip: str
+                     ) -> tuple[Details, MemberRecord | RemoteMember]:
         """Grant a request or raise ``RegistryError`` with the status to answer."""
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
+        if self.cluster is not None:
+            return await self.cluster.handle(request, ip)
         if not self.quotas.allow_request(ip, time.monotonic()):
             raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
                                 "slow down")
+        return await self.handle_local(request, ip)
+
+    async def handle_local(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+        """Serve a request on this node's workers (the rate limit is already checked)."""
+        if not self.accepting or self.supervisor is None:
+            raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
         body = request.body
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
@@ -118,6 +134,7 @@ class ControlApp:
                                           len(body.username.encode())),
             inactivity_timeout=self.cfg.inactivity_timeout,
             framing=body.framing,
+            udp_host=self.udp_host,
         )
         return details, member
 
@@ -193,8 +210,11 @@ class ControlApp:
         except TimeoutError:
             return False
 
-    def register(self, member: MemberRecord, port: int) -> None:
+    def register(self, member: MemberRecord | RemoteMember, port: int) -> None:
         """The 2-byte UDP port registration (§1.4)."""
+        if not isinstance(member, MemberRecord):
+            member.register(port)  # admitted by another node: pass it on
+            return
         if member.alive and self.supervisor is not None:
             self.supervisor.send(member.room.worker, {"t": "register",
                                                       "token": member.token.decode(),
@@ -231,7 +251,7 @@ class TcrpConnection(asyncio.Protocol):
         self.session = Session(app.cfg.max_payload)
         self.transport: asyncio.Transport | None = None
         self.ip = ""
-        self.member: MemberRecord | None = None
+        self.member: MemberRecord | RemoteMember | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.counted = False

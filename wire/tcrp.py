@@ -196,15 +196,22 @@ class Details:
     max_message: int
     inactivity_timeout: float
     framing: Framing
+    udp_host: str | None = None
+    """Cluster mode: the IP of the node that owns the room, to which the client should send
+    its datagrams (``udp_port`` is that node's). Absent on a single node: send to the
+    address the TCRP connection went to."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "udp_port": self.udp_port,
             "host": self.host,
             "max_message": self.max_message,
             "inactivity_timeout": self.inactivity_timeout,
             "framing": self.framing.value,
         }
+        if self.udp_host is not None:
+            out["udp_host"] = self.udp_host
+        return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Details:
@@ -215,14 +222,16 @@ class Details:
             framing = Framing(obj["framing"])
         except (KeyError, ValueError) as exc:
             raise errors.BadResponse(f"details: {exc!r}") from None
+        udp_host = obj.get("udp_host")
         if not (
             type(udp_port) is int
             and type(host) is bool
             and type(max_message) is int
             and type(timeout) in (int, float)
+            and (udp_host is None or type(udp_host) is str)
         ):
             raise errors.BadResponse("details have wrong types")
-        return cls(udp_port, host, max_message, float(timeout), framing)
+        return cls(udp_port, host, max_message, float(timeout), framing, udp_host)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:
