@@ -281,7 +281,9 @@ class Cluster:
                      ) -> tuple[Details, MemberRecord | RemoteMember]:
         """Route one client request: rate check, then serve it here or at the owner."""
         try:
-            allowed = await self._allow_request(ip)
+            if not await self._allow_request(ip):
+                raise RegistryError(Status.RATE_LIMITED, "too many requests from your "
+                                    "address; slow down")
             if request.operation is Operation.CREATE:
                 target = pick_node(list(self.nodes.values())) if self.registry_up else None
                 owner = target.id if target is not None else self.node_id
@@ -297,9 +299,6 @@ class Cluster:
             self.counters["redis_errors"] += 1
             raise RegistryError(Status.UNAVAILABLE, "the cluster registry is unreachable; "
                                 "try again later") from exc
-        if not allowed:
-            raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
-                                "slow down")
         if owner != self.node_id and owner not in self.nodes:
             await self._lookup_node(owner)
         if owner == self.node_id or owner not in self.nodes:
@@ -434,6 +433,8 @@ class Cluster:
         except (OSError, TimeoutError, asyncio.IncompleteReadError, link.LinkError,
                 ValueError) as exc:
             log.debug("cluster link: dropped a connection: %s", exc)
+        except asyncio.CancelledError:
+            pass  # the node is stopping: the caller sees the link close
         finally:
             writer.close()
 

@@ -1,0 +1,283 @@
+"""Three ``ocm-control`` nodes on 127.0.1.1-3 sharing a real ``redis-server`` (cluster mode).
+
+Clients bind other 127.x addresses. The module's nodes are shared; the tests that break
+the cluster (Redis restart, ``kill -9`` of node A) come last, in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.integration.harness import Server, start_server
+from tests.integration.peer import JoinRefused, Peer, join, tcrp_exchange
+from tests.integration.redisproc import RedisServer
+from wire.chat import FramedChat, Notice, NoticeEvent
+from wire.codes import Framing, Operation, Status
+from wire.tcrp import encode_request
+
+LEASE_S = 1.5
+RATE_PER_IP = 5
+SECRET = "test-cluster-secret-0123456789"
+NODE_IPS = {"A": "127.0.1.1", "B": "127.0.1.2", "C": "127.0.1.3"}
+
+
+def start_node(redis: RedisServer, node: str, *extra: str) -> Server:
+    ip = NODE_IPS[node]
+    server = start_server(
+        "--host", ip, "--cluster", redis.url, "--node-id", node, "--cluster-port", "0",
+        "--cluster-lease", str(LEASE_S), "--admin-host", ip, "--admin-port", "0",
+        "--conn-rate-per-ip", str(RATE_PER_IP), *extra,
+        workers=1, env={"OCM_CLUSTER_SECRET": SECRET})
+    server.wait_log(r"cluster node=" + node + r" link=\S+ registry=up")
+    return server
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(redis: RedisServer) -> Iterator[dict[str, Server]]:
+    started: dict[str, Server] = {}
+    try:
+        for name in NODE_IPS:
+            started[name] = start_node(redis, name)
+        yield started
+    finally:
+        for server in started.values():
+            if server.proc.poll() is None:
+                server.stop()
+
+
+def wait_log_count(server: Server, pattern: str, count: int, timeout: float = 20.0) -> None:
+    """Wait until ``count`` log lines match ``pattern`` (``wait_log`` finds the first)."""
+    rx = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while sum(1 for line in server.log_text().splitlines() if rx.search(line)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {count} lines match {pattern!r}:\n"
+                                 + server.log_text())
+        server.wait_log(pattern)  # keeps the server's own liveness check
+        time.sleep(0.05)
+
+
+def cluster_view(server: Server) -> dict[str, object]:
+    match = server.wait_log(r"admin http=(\S+):(\d+)")
+    url = f"http://{match[1]}:{match[2]}/cluster"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.loads(reply.read())  # type: ignore[no-any-return]
+
+
+def wait_nodes(server: Server, count: int, timeout: float = 20.0) -> dict[str, object]:
+    """The node's /cluster view once it lists ``count`` nodes (its table is refreshed on
+    each heartbeat, every lease/3)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = cluster_view(server)
+        if len(view["nodes"]) == count:  # type: ignore[arg-type]
+            return view
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} nodes not seen: {view}")
+        time.sleep(LEASE_S / 6)
+
+
+def member(node: Server, op: Operation, room: str, user: str, client_ip: str,
+           framing: Framing = Framing.OCM1) -> Peer:
+    """Join through ``node``; send UDP where the details say (the owner's ``udp_host``)
+    and bind the address with a keepalive."""
+    peer = join(node.host, node.tcp_port, op, room, user, framing=framing,
+                bind_ip=client_ip, bind="none")
+    udp_host = peer.details.udp_host  # type: ignore[attr-defined]
+    assert udp_host in NODE_IPS.values()
+    peer.host = udp_host
+    peer.send(b"")
+    return peer
+
+
+def expect_framed(peer: Peer, kind: type, **fields: object) -> FramedChat | Notice:
+    event = peer.recv_framed()
+    assert isinstance(event, kind), event
+    for name, value in fields.items():
+        assert getattr(event, name) == value, (name, event)
+    return event
+
+
+def request(node: Server, op: Operation, room: str, user: str, client_ip: str):  # type: ignore[no-untyped-def]
+    response, _ = tcrp_exchange(node.host, node.tcp_port,
+                                encode_request(op, room, user, None, Framing.PLAIN),
+                                timeout=30.0, bind_ip=client_ip)
+    return response
+
+
+def test_create_on_a_join_through_b_and_c_and_chat(nodes: dict[str, Server]) -> None:
+    for server in nodes.values():
+        wait_nodes(server, 3)
+    a, b, c = nodes["A"], nodes["B"], nodes["C"]
+    alice = member(a, Operation.CREATE, "lobby", "alice", "127.0.2.1")
+    owner = alice.host
+    bob = member(b, Operation.JOIN, "lobby", "bob", "127.0.2.2")
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
+    carol = member(c, Operation.JOIN, "lobby", "carol", "127.0.2.3", Framing.PLAIN)
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="carol")
+    expect_framed(bob, Notice, event=NoticeEvent.JOINED, user="carol")
+    assert bob.host == carol.host == owner  # every member talks to the owning node
+    bob.send("hello from B")
+    expect_framed(alice, FramedChat, username="bob", message="hello from B")
+    assert carol.recv_text() == "bob: hello from B"
+    carol.send("plain from C")
+    expect_framed(alice, FramedChat, username="carol", message="plain from C")
+    expect_framed(bob, FramedChat, username="carol", message="plain from C")
+    # The name is taken cluster-wide, whichever node is asked.
+    for server in nodes.values():
+        assert request(server, Operation.CREATE, "lobby", "eve", "127.0.2.9").status \
+            == Status.ROOM_EXISTS
+    with pytest.raises(JoinRefused) as refused:
+        join(c.host, c.tcp_port, Operation.JOIN, "lobby", "bob", bind_ip="127.0.2.4")
+    assert refused.value.status == Status.USERNAME_TAKEN
+    view = cluster_view(b)
+    assert {n["id"] for n in view["nodes"]} == {"A", "B", "C"}  # type: ignore[union-attr,index]
+    for peer in (alice, bob, carol):
+        peer.close()
+
+
+def test_placement_spreads_rooms_over_the_nodes(nodes: dict[str, Server]) -> None:
+    """Creates through one node land on the least-loaded live node, not all on it."""
+    owners = set()
+    peers = []
+    for i in range(6):
+        peer = member(nodes["A"], Operation.CREATE, f"spread-{i}", "host", f"127.0.5.{i + 1}")
+        owners.add(peer.host)
+        peers.append(peer)
+        # Each node publishes its load every lease/3: wait for that before the next one.
+        time.sleep(LEASE_S / 2)
+    assert len(owners) >= 2, owners
+    for peer in peers:
+        peer.send("/exit")
+        peer.close()
+
+
+def test_100_concurrent_creates_of_one_name_exactly_one_wins(
+        nodes: dict[str, Server]) -> None:
+    servers = list(nodes.values())
+
+    def create(i: int) -> int:
+        response = request(servers[i % 3], Operation.CREATE, "contested", f"u{i}",
+                           f"127.0.3.{i + 1}")
+        return int(response.status)
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        statuses = list(pool.map(create, range(100)))
+    assert statuses.count(Status.OK) == 1, statuses
+    assert statuses.count(Status.ROOM_EXISTS) == 99, statuses
+
+
+def test_per_ip_request_rate_holds_cluster_wide(nodes: dict[str, Server]) -> None:
+    """4 requests to each node from one IP: no node alone sees more than the limit (5/s),
+    yet the cluster refuses some, because the count lives in Redis."""
+    statuses = []
+    for server in nodes.values():
+        for _ in range(4):
+            statuses.append(request(server, Operation.JOIN, "no-such-room", "x",
+                                    "127.0.4.1").status)
+    # 12 requests span at most two one-second windows: at most 10 pass.
+    assert statuses.count(Status.RATE_LIMITED) >= 2, statuses
+    assert set(statuses) <= {Status.ROOM_NOT_FOUND, Status.RATE_LIMITED}
+    # Another IP is not affected.
+    assert request(nodes["C"], Operation.JOIN, "no-such-room", "x", "127.0.4.2").status \
+        == Status.ROOM_NOT_FOUND
+
+
+def test_bad_secret_is_refused_on_the_link(nodes: dict[str, Server],
+                                           redis: RedisServer) -> None:
+    """A node with another secret cannot get requests served: the owner drops them."""
+    b = nodes["B"]
+    link = b.wait_log(r"cluster node=B link=(\S+):(\d+)")
+    with socket.create_connection((link[1], int(link[2])), timeout=10) as sock:
+        hello = sock.recv(4096)
+        assert b'"nonce"' in hello
+        body = json.dumps({"op": 1, "room": "sneaky", "user": "m", "password": None,
+                           "framing": "plain", "ip": "127.0.6.1", "origin": "X"}).encode()
+        sock.sendall(len(body).to_bytes(4, "big") + body + b"\0" * 32)
+        assert sock.recv(4096) == b""  # closed without an answer
+    b.wait_log(r"refused a request with a bad MAC")
+
+
+def test_redis_down_existing_rooms_relay_new_requests_unavailable_then_recover(
+        nodes: dict[str, Server], redis: RedisServer) -> None:
+    a, b, c = nodes["A"], nodes["B"], nodes["C"]
+    host = member(b, Operation.CREATE, "survivor", "host", "127.0.7.1")
+    guest = member(c, Operation.JOIN, "survivor", "guest", "127.0.7.2")
+    expect_framed(host, Notice, event=NoticeEvent.JOINED, user="guest")
+    redis.stop()
+    try:
+        guest.send("still here")
+        expect_framed(host, FramedChat, username="guest", message="still here")
+        for server, op, room in ((a, Operation.CREATE, "new-room"),
+                                 (b, Operation.JOIN, "survivor"),
+                                 (c, Operation.JOIN, "survivor")):
+            response = request(server, op, room, "late", "127.0.7.3")
+            assert response.status == Status.UNAVAILABLE, response
+            assert "registry" in response.error
+        # Past a lease without Redis every node has noticed and refuses new members.
+        for server in nodes.values():
+            server.wait_log(r"cluster registry unreachable", timeout=10)
+        host.send("relayed without Redis")
+        expect_framed(guest, FramedChat, username="host", message="relayed without Redis")
+    finally:
+        redis.start()  # same port, empty: the nodes re-announce and re-claim their rooms
+    for server in nodes.values():  # the second time each node says so
+        wait_log_count(server, r"cluster registry reachable: node \S+ live", 2)
+    late = member(a, Operation.JOIN, "survivor", "late", "127.0.7.3")
+    expect_framed(host, Notice, event=NoticeEvent.JOINED, user="late")
+    expect_framed(guest, Notice, event=NoticeEvent.JOINED, user="late")
+    late.send("after the restart")
+    expect_framed(guest, FramedChat, username="late", message="after the restart")
+    fresh = member(c, Operation.CREATE, "after-restart", "h", "127.0.7.4")
+    for peer in (host, guest, late, fresh):
+        peer.send("/exit")
+        peer.close()
+
+
+def test_kill_9_node_a_leases_expire_and_the_name_moves(
+        nodes: dict[str, Server], redis: RedisServer) -> None:
+    a, b = nodes["A"], nodes["B"]
+    # Force a room onto A: create through A while A is the least loaded is not certain,
+    # so create rooms until one lands there.
+    owned = None
+    peers = []
+    for i in range(12):
+        peer = member(a, Operation.CREATE, f"doomed-{i}", "h", f"127.0.8.{i + 1}")
+        peers.append(peer)
+        if peer.host == NODE_IPS["A"]:
+            owned = f"doomed-{i}"
+            break
+        time.sleep(LEASE_S / 2)
+    assert owned is not None, "no room landed on node A"
+    os.killpg(a.proc.pid, signal.SIGKILL)  # node A and its workers, no goodbye
+    killed = time.monotonic()
+    a.proc.wait(10)
+    gone_after = redis.wait_gone(f"ocm:room:{owned}", timeout=LEASE_S + 5)
+    node_gone = redis.wait_gone("ocm:node:A", timeout=LEASE_S + 5)
+    bound = time.monotonic() - killed
+    # The documented bound: both leases are gone at most one lease after the kill.
+    assert gone_after <= LEASE_S + 0.5 and node_gone <= LEASE_S + 0.5, (gone_after, bound)
+    assert request(b, Operation.JOIN, owned, "late", "127.0.8.99").status \
+        == Status.ROOM_NOT_FOUND
+    wait_nodes(b, 2)
+    again = member(b, Operation.CREATE, owned, "h2", "127.0.8.100")
+    assert again.host in (NODE_IPS["B"], NODE_IPS["C"])
+    for peer in [*peers, again]:
+        peer.close()
