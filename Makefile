@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 RUNSTAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-wire bench-hot fuzz chaos soak clean
+.PHONY: run test lint redis-server compose-check bench bench-wire bench-hot fuzz chaos soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,18 @@ $(STAMP): pyproject.toml | $(PY)
 run: $(RUNSTAMP)
 	$(VENV)/bin/ocm-control
 
-test: $(STAMP)
+# The cluster tests start a real redis-server. Debian's package (Redis 7) is what CI, a
+# developer machine and deploy/compose.yaml's image all run; installed here when missing
+# (as root, or through sudo), with `apt-get update` only if the package is not found.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || command -v valkey-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package) for the cluster tests"; \
+	  $(APT_INSTALL) redis-server >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) redis-server >/dev/null; }; }
+
+test: $(STAMP) redis-server
 	$(PY) -m pytest -q -p no:cacheprovider --cov=wire --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100 tests
 
 lint: $(STAMP)
