@@ -28,6 +28,7 @@ from control import config as config_mod
 from control import logs
 from control.admin import AdminServer, Metrics, routes_for
 from control.cluster import Cluster, cluster_route, load_secret
+from control.clusterudp import UdpRelay
 from control.config import LIVE_FIELDS, Config, ConfigError
 from control.notify import notify, watchdog_interval
 from control.registry import Registry
@@ -214,8 +215,18 @@ class Control:
             return EXIT_FAILURE
         if cfg.cluster:
             assert self.cluster_secret is not None
+            relay = None
+            if self.plan.relay is not None:
+                relay = UdpRelay(self.plan.relay, self.plan.sockets[0], cfg.workers)
+            else:
+                log.warning("cluster: no relay socket (steering=%s): clients must send "
+                            "their datagrams to the owning node (details.udp_host)",
+                            self.plan.steering)
             self.cluster = Cluster(cfg, self.app, self.cluster_secret,
-                                   server.sockets[0].getsockname()[1], self.plan.ports[0])
+                                   server.sockets[0].getsockname()[1], self.plan.ports[0],
+                                   relay)
+            if relay is not None:
+                relay.cluster = self.cluster
             try:
                 await self.cluster.start()
             except OSError as exc:
@@ -335,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     try:
         plan = plan_udp(cfg.host, cfg.udp_port, cfg.stage1_port or None, cfg.workers,
-                        cfg.port_per_shard, cfg.steering)
+                        cfg.port_per_shard, cfg.steering, relay=bool(cfg.cluster))
     except PortBusy as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

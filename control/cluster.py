@@ -36,11 +36,13 @@ import orjson
 from control import clusterlink as link
 from control.config import Config, ConfigError
 from control.registry import MemberRecord, RegistryError
+from relay.steering import worker_tag
 from wire.codes import Framing, Operation, Status
 from wire.limits import REGISTRATION_WINDOW_S
 from wire.tcrp import Details, Request, RequestBody
 
 if TYPE_CHECKING:
+    from control.clusterudp import UdpRelay
     from control.server import ControlApp
 
 log = logging.getLogger("ocm.cluster")
@@ -48,6 +50,8 @@ log = logging.getLogger("ocm.cluster")
 PREFIX = "ocm:"
 REDIS_TIMEOUT_S = 1.0
 """Per Redis command: a request waits at most this long before UNAVAILABLE."""
+TOKEN_RANDOM_BYTES = 24
+"""As on one node (control/server.py): 192 random bits after the two tags."""
 LINK_TIMEOUT_S = 5.0
 """A forwarded request's whole exchange with the owner."""
 
@@ -75,6 +79,26 @@ return lost
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+# A node's token tag: the printable byte already held by this node id, else the first
+# free one. Tags are never released: a node that comes back under its id keeps its tag.
+_TAG = """
+local free = nil
+for c = 33, 126 do
+  local owner = redis.call('GET', KEYS[1] .. c)
+  if owner == ARGV[1] then
+    return c
+  elseif not owner and not free then
+    free = c
+  end
+end
+if free then
+  redis.call('SET', KEYS[1] .. free, ARGV[1])
+  return free
 end
 return 0
 """
@@ -111,17 +135,19 @@ class NodeInfo:
     link_port: int
     rooms: int
     members: int
+    tag: int = 0
+    """The byte this node's tokens carry second (0: none yet)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "advertise": self.advertise, "tcp_port": self.tcp_port,
                 "udp_port": self.udp_port, "link_port": self.link_port,
-                "rooms": self.rooms, "members": self.members}
+                "rooms": self.rooms, "members": self.members, "tag": self.tag}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> NodeInfo:
         return cls(str(obj["id"]), str(obj["advertise"]), int(obj["tcp_port"]),
                    int(obj["udp_port"]), int(obj["link_port"]), int(obj["rooms"]),
-                   int(obj["members"]))
+                   int(obj["members"]), int(obj.get("tag", 0)))
 
 
 def pick_node(nodes: list[NodeInfo]) -> NodeInfo | None:
@@ -148,7 +174,7 @@ class Cluster:
     """This node's view of the cluster; ``start()``, then ``handle()`` per request."""
 
     def __init__(self, cfg: Config, app: ControlApp, secret: bytes, tcp_port: int,
-                 udp_port: int) -> None:
+                 udp_port: int, relay: UdpRelay | None = None) -> None:
         import redis.asyncio as aioredis  # the optional "cluster" extra
 
         self.cfg = cfg
@@ -164,6 +190,11 @@ class Cluster:
                                        socket_connect_timeout=REDIS_TIMEOUT_S)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
+        self._tag = self.redis.register_script(_TAG)
+        self.tag = 0
+        """This node's token tag (0 until the registry assigned one)."""
+        self.relay = relay
+        app.registry.set_token_source(self.new_token)
         self.nodes: dict[str, NodeInfo] = {}
         """Live nodes as of the last heartbeat (this one included)."""
         self.claimed: set[str] = set()
@@ -203,6 +234,8 @@ class Cluster:
             await self.redis.srem(PREFIX + "nodes", self.node_id)
         except Exception as exc:  # leaving is best effort: the leases expire anyway
             log.warning("could not leave the cluster registry cleanly: %s", exc)
+        if self.relay is not None:
+            self.relay.close()
         await self.redis.aclose()
 
     def lease_valid(self, now: float | None = None) -> bool:
@@ -222,6 +255,18 @@ class Cluster:
         registry = self.app.registry
         live = {name for name, room in registry.rooms.items() if room.live}
         try:
+            if not self.tag:
+                tag = int(await self._tag(keys=[PREFIX + "tag:"], args=[self.node_id]))
+                if not tag:
+                    raise RuntimeError("no free token tag: at most 94 node ids per registry")
+                self.tag = tag
+                if self.relay is not None:
+                    try:
+                        self.relay.start(tag)
+                    except OSError as exc:
+                        log.warning("cluster: cannot steer other nodes' tokens to the relay "
+                                    "socket (%s): clients must use details.udp_host", exc)
+                        self.relay = None
             for name in self.claimed - set(registry.rooms):
                 await self._release(keys=[PREFIX + "room:" + name], args=[self.node_id])
                 self.claimed.discard(name)
@@ -238,7 +283,8 @@ class Cluster:
                               "was cut off from the registry: admitting no new members "
                               "to the room here", name)
             me = NodeInfo(self.node_id, self.advertise, self.tcp_port, self.udp_port,
-                          self.link_port, len(registry.rooms), len(registry.tokens))
+                          self.link_port, len(registry.rooms), len(registry.tokens),
+                          self.tag)
             pipe = self.redis.pipeline(transaction=True)
             pipe.set(PREFIX + "node:" + self.node_id, orjson.dumps(me.to_json()),
                      px=self.lease_ms)
@@ -274,7 +320,21 @@ class Cluster:
         return {"node": self.node_id, "registry": "up" if self.registry_up else "down",
                 "lease_valid": self.lease_valid(), "lease_s": self.cfg.cluster_lease,
                 "nodes": [n.to_json() for n in self.nodes.values()],
-                "rooms_here": sorted(self.claimed), "counters": dict(self.counters)}
+                "rooms_here": sorted(self.claimed), "counters": dict(self.counters),
+                "udp_relay": self.relay.statistics() if self.relay is not None else None}
+
+    def new_token(self, worker: int) -> bytes:
+        """Worker tag, node tag, 32 random base64url characters (192 bits)."""
+        assert self.tag, "no token before the registry assigned this node a tag"
+        return (worker_tag(worker) + bytes((self.tag,))
+                + secrets.token_urlsafe(TOKEN_RANDOM_BYTES).encode())
+
+    def node_by_tag(self, tag: int) -> NodeInfo | None:
+        """The other live node whose tokens carry ``tag``."""
+        for node in self.nodes.values():
+            if node.tag == tag and node.id != self.node_id:
+                return node
+        return None
 
     # --- requests ----------------------------------------------------------------------
     async def handle(self, request: Request, ip: str
@@ -365,23 +425,7 @@ class Cluster:
         forwarded = link.ForwardedRequest(int(request.operation), request.room,
                                           request.body.username, request.body.password,
                                           request.body.framing.value, ip, self.node_id)
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(node.advertise, node.link_port), LINK_TIMEOUT_S)
-        except (OSError, TimeoutError) as exc:
-            raise RegistryError(Status.UNAVAILABLE, f"node {node.id} is not reachable"
-                                ) from exc
-        try:
-            hello = await asyncio.wait_for(_read_frame(reader), LINK_TIMEOUT_S)
-            nonce = bytes.fromhex(hello["nonce"])
-            frame = link.encode_frame(forwarded.to_json())
-            writer.write(frame + link.sign(self.secret, nonce, frame[link.LENGTH.size:]))
-            reply = await asyncio.wait_for(_read_frame(reader), LINK_TIMEOUT_S)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, link.LinkError,
-                KeyError, ValueError, TypeError) as exc:
-            writer.close()
-            raise RegistryError(Status.UNAVAILABLE, f"node {node.id} did not answer"
-                                ) from exc
+        reply, writer = await self._link_call(node, forwarded.to_json())
         status = int(reply.get("status", Status.INTERNAL_ERROR))
         if status != Status.OK:
             writer.close()
@@ -391,6 +435,68 @@ class Cluster:
         # Without a registration the owner closes its side after the same window.
         asyncio.get_running_loop().call_later(REGISTRATION_WINDOW_S + 1.0, writer.close)
         return details, member
+
+    async def _link_call(self, node: NodeInfo, message: dict[str, Any]
+                         ) -> tuple[Any, asyncio.StreamWriter]:
+        """One authenticated request to ``node``'s link: (its reply, the open writer).
+        Raise UNAVAILABLE if the node cannot be reached or does not answer."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(node.advertise, node.link_port), LINK_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise RegistryError(Status.UNAVAILABLE, f"node {node.id} is not reachable"
+                                ) from exc
+        try:
+            hello = await asyncio.wait_for(_read_frame(reader), LINK_TIMEOUT_S)
+            nonce = bytes.fromhex(hello["nonce"])
+            frame = link.encode_frame(message)
+            writer.write(frame + link.sign(self.secret, nonce, frame[link.LENGTH.size:]))
+            reply = await asyncio.wait_for(_read_frame(reader), LINK_TIMEOUT_S)
+            if not isinstance(reply, dict):
+                raise link.LinkError("reply is not an object")
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, link.LinkError,
+                KeyError, ValueError, TypeError) as exc:
+            writer.close()
+            raise RegistryError(Status.UNAVAILABLE, f"node {node.id} did not answer"
+                                ) from exc
+        return reply, writer
+
+    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str) -> bool:
+        """Ask ``node`` to accept ``token`` (issued to ``client_ip``) from this node's IP,
+        which relays for the client (control/clusterudp.py). True once its worker has it."""
+        try:
+            reply, writer = await self._link_call(node, {
+                "kind": "relay", "token": token.decode("ascii", "replace"),
+                "ip": client_ip, "origin": self.node_id})
+        except RegistryError:
+            return False
+        writer.close()
+        return bool(reply.get("status") == Status.OK)
+
+    async def _accept_relay(self, obj: Any) -> dict[str, Any]:
+        """The owner's side of ``request_relay``: rebind the member to the relaying node."""
+        try:
+            token, client_ip, origin = str(obj["token"]), str(obj["ip"]), str(obj["origin"])
+        except (KeyError, TypeError):
+            raise link.LinkError("relay request lacks a key") from None
+        if origin not in self.nodes:
+            await self._lookup_node(origin)
+        node = self.nodes.get(origin)
+        member = self.app.registry.tokens.get(token.encode())
+        if node is None or member is None or not member.alive:
+            return {"status": int(Status.ROOM_NOT_FOUND), "error": "no such member"}
+        if member.ip not in (client_ip, node.advertise):
+            return {"status": int(Status.INVALID_REQUEST), "error": "token of another IP"}
+        member.ip = node.advertise  # the registry re-seeds a restarted worker with it
+        supervisor = self.app.supervisor
+        if supervisor is not None:
+            try:
+                await supervisor.call(member.room.worker, {"t": "rebind", "token": token,
+                                                           "ip": node.advertise})
+            except (ConnectionError, TimeoutError):
+                pass  # a replacement worker is seeded with the new IP
+        log.info("member relayed through node %s from now on", origin)
+        return {"status": 0}
 
     async def _serve_link(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
@@ -408,7 +514,12 @@ class Cluster:
                 log.warning("cluster link: refused a request with a bad MAC from %s",
                             writer.get_extra_info("peername"))
                 return
-            forwarded = link.ForwardedRequest.from_json(link.decode_body(body))
+            obj = link.decode_body(body)
+            if isinstance(obj, dict) and obj.get("kind") == "relay":
+                writer.write(link.encode_frame(await self._accept_relay(obj)))
+                await writer.drain()
+                return
+            forwarded = link.ForwardedRequest.from_json(obj)
             self.counters["served_for_others"] += 1
             request = Request(Operation(forwarded.operation), forwarded.room,
                               forwarded.room.encode(),

@@ -192,6 +192,19 @@ class RelayCore:
             self._close_room(room, None, "shutdown")
 
     # --- datagrams ---------------------------------------------------------------------
+    def rebind_ip(self, token: bytes, ip: str) -> None:
+        """Cluster mode: the member now reaches us through another node at ``ip`` (it sends
+        to that node, which relays for it). Its datagrams must come from ``ip`` from now
+        on, and its old address gets nothing more until the first one does."""
+        member = self.tokens.get(token)
+        if member is None or member.ip == ip:
+            return
+        member.ip = ip
+        if member.addr is not None and member.addr[0] != ip:
+            self._unlink_addr(member)
+            member.addr = None
+            member.room.rebuild()
+
     def handle_datagram(self, data: bytes, addr: Addr, now: float) -> Fanout | None:
         """Authenticate and act on one Stage 2 datagram (§2.1).
 

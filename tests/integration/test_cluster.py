@@ -153,6 +153,44 @@ def test_create_on_a_join_through_b_and_c_and_chat(nodes: dict[str, Server]) -> 
         peer.close()
 
 
+def test_plain_client_that_sends_to_the_wrong_node_is_relayed(
+        nodes: dict[str, Server]) -> None:
+    """A model-client-style member: joins through B, registers its UDP port over TCP,
+    ignores ``udp_host`` and talks to B's UDP port; B relays both ways, and every datagram
+    it receives comes from B's port (the peer helper checks the source)."""
+    a, b = nodes["A"], nodes["B"]
+    alice = None
+    for i in range(12):  # until placement puts the room on A (not on B)
+        candidate = member(a, Operation.CREATE, f"relayed-{i}", "alice", "127.0.9.1")
+        if candidate.host == NODE_IPS["A"]:
+            alice, room = candidate, f"relayed-{i}"
+            break
+        candidate.send("/exit")
+        candidate.close()
+        time.sleep(LEASE_S / 2)
+    assert alice is not None, "no room landed on node A"
+    bob = join(b.host, b.tcp_port, Operation.JOIN, room, "bob", framing=Framing.PLAIN,
+               bind_ip="127.0.9.2", bind="register")
+    bob.udp_port = b.udp_port  # the model client sends to the node it connected to
+    assert bob.details.udp_host == NODE_IPS["A"]  # type: ignore[attr-defined]
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
+    bob.send("hi through B")
+    expect_framed(alice, FramedChat, username="bob", message="hi through B")
+    alice.send("hello bob")
+    assert bob.recv_text() == "alice: hello bob"
+    for n in range(3):
+        bob.send(f"more {n}")
+        expect_framed(alice, FramedChat, username="bob", message=f"more {n}")
+    view = cluster_view(b)
+    relay = view["udp_relay"]
+    assert relay["flows"] == 1 and relay["relayed_in"] >= 4  # type: ignore[index]
+    assert relay["relayed_out"] >= 1  # type: ignore[index]
+    alice.send("/exit")
+    assert bob.recv_text() == "チャットルームが閉じられました"
+    alice.close()
+    bob.close()
+
+
 def test_placement_spreads_rooms_over_the_nodes(nodes: dict[str, Server]) -> None:
     """Creates through one node land on the least-loaded live node, not all on it."""
     owners = set()
