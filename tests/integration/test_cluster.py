@@ -181,6 +181,11 @@ def test_plain_client_that_sends_to_the_wrong_node_is_relayed(
     for n in range(3):
         bob.send(f"more {n}")
         expect_framed(alice, FramedChat, username="bob", message=f"more {n}")
+    match = b.wait_log(r"admin http=(\S+):(\d+)")
+    with urllib.request.urlopen(f"http://{match[1]}:{match[2]}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert 'ocm_cluster_nodes{node="B"} 3' in metrics
+    assert 'ocm_cluster_relay_flows{node="B"} 1' in metrics
     view = cluster_view(b)
     relay = view["udp_relay"]
     assert relay["flows"] == 1 and relay["relayed_in"] >= 4  # type: ignore[index]
