@@ -11,10 +11,13 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -241,6 +244,27 @@ def test_per_ip_request_rate_holds_cluster_wide(nodes: dict[str, Server]) -> Non
     # Another IP is not affected.
     assert request(nodes["C"], Operation.JOIN, "no-such-room", "x", "127.0.4.2").status \
         == Status.ROOM_NOT_FOUND
+
+
+def test_loadgen_spreads_joins_over_the_nodes(nodes: dict[str, Server],
+                                             tmp_path: Path) -> None:
+    """``ocm-loadgen --server A,B,C``: every member joins through one of the three and
+    chats where its details say; nothing is lost."""
+    servers = ",".join(f"{s.host}:{s.tcp_port}" for s in nodes.values())
+    out = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadgen", "--server", servers, "--quiet", "--json",
+         str(out), "--plot", str(tmp_path / "r.png"), "--rooms", "3", "--users", "3",
+         "--rate", "2", "--duration", "2", "--warmup", "0.5", "--procs", "1"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_bytes())
+    assert report["setup"]["joins_ok"] == 9 and report["setup"]["joins_failed"] == 0
+    counts = report["result"]["counts"]
+    assert counts["sent"] > 0 and counts["delivered"] == counts["expected"], counts
+    forwarded = sum(cluster_view(s)["counters"]["forwarded"]  # type: ignore[index]
+                    for s in nodes.values())
+    assert forwarded >= 3  # joins through the non-owning nodes were forwarded
 
 
 def test_bad_secret_is_refused_on_the_link(nodes: dict[str, Server],
