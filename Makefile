@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 RUNSTAMP := $(VENV)/.installed
 
-.PHONY: run test lint redis-server compose-check bench bench-wire bench-hot fuzz chaos soak clean
+.PHONY: run test lint redis-server bench bench-wire bench-hot fuzz chaos soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
