@@ -276,12 +276,7 @@ class Cluster:
                 lost = await self._renew(keys=[PREFIX + "room:" + n for n in names],
                                          args=[self.node_id, self.lease_ms])
                 for index in lost:
-                    name = names[int(index) - 1]
-                    self.lost.add(name)
-                    self.counters["rooms_lost"] += 1
-                    log.error("room name %r was claimed by another node while this one "
-                              "was cut off from the registry: admitting no new members "
-                              "to the room here", name)
+                    self._lose(names[int(index) - 1])
             me = NodeInfo(self.node_id, self.advertise, self.tcp_port, self.udp_port,
                           self.link_port, len(registry.rooms), len(registry.tokens),
                           self.tag)
@@ -289,6 +284,7 @@ class Cluster:
             pipe.set(PREFIX + "node:" + self.node_id, orjson.dumps(me.to_json()),
                      px=self.lease_ms)
             pipe.sadd(PREFIX + "nodes", self.node_id)
+            pipe.set(PREFIX + f"tag:{self.tag}", self.node_id, nx=True)  # after a restart
             await pipe.execute()
             await self._refresh_nodes()
         except Exception as exc:
@@ -303,6 +299,19 @@ class Cluster:
                      len(self.nodes))
         self.registry_up = True
         self.last_renewal = started
+
+    def _lose(self, name: str) -> None:
+        """Another node holds ``name`` now (our lease lapsed while we were cut off from
+        the registry and it claimed the free name): close our room of that name, so that
+        one name never means two rooms. Until the worker confirms, admit nobody."""
+        self.lost.add(name)
+        self.counters["rooms_lost"] += 1
+        room = self.app.registry.rooms.get(name)
+        log.error("room name %r was claimed by another node while this one was cut off "
+                  "from the registry: closing the room here", name)
+        if room is not None and self.app.supervisor is not None:
+            self.app.supervisor.send(room.worker, {"t": "close", "room": name,
+                                                   "reason": "moved"})
 
     async def _refresh_nodes(self) -> None:
         ids = sorted(_text(m) for m in await self.redis.smembers(PREFIX + "nodes"))

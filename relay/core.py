@@ -205,6 +205,13 @@ class RelayCore:
             member.addr = None
             member.room.rebuild()
 
+    def close_room(self, room_name: str, reason: str) -> None:
+        """Close a room on control's order (cluster mode: its name now belongs to another
+        node): every member gets ``closed``, tokens die, a ``closed`` event follows."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            self._close_room(room, None, reason)
+
     def handle_datagram(self, data: bytes, addr: Addr, now: float) -> Fanout | None:
         """Authenticate and act on one Stage 2 datagram (§2.1).
 

@@ -330,6 +330,9 @@ class Worker:
         elif kind == "register":
             self.core.register(msg["token"].encode(), msg["port"], now)
             self._flush()
+        elif kind == "close":
+            self.core.close_room(msg["room"], msg["reason"])
+            self._flush()
         elif kind == "rebind":
             self.core.rebind_ip(msg["token"].encode(), msg["ip"])
             self._send({"t": "ack", "id": msg["id"], "ok": True})

@@ -282,6 +282,29 @@ def test_bad_secret_is_refused_on_the_link(nodes: dict[str, Server],
     b.wait_log(r"refused a request with a bad MAC")
 
 
+def test_a_room_whose_name_another_node_took_is_closed(nodes: dict[str, Server],
+                                                       redis: RedisServer) -> None:
+    """The fencing after a partition: when an owner finds at renewal that its room's name
+    now names another node, it closes its room (members get ``closed``)."""
+    import redis as redis_py
+
+    host = member(nodes["C"], Operation.CREATE, "split", "host", "127.0.10.1")
+    guest = member(nodes["C"], Operation.JOIN, "split", "guest", "127.0.10.2")
+    expect_framed(host, Notice, event=NoticeEvent.JOINED, user="guest")
+    owner = next(n for n, ip in NODE_IPS.items() if ip == host.host)
+    other = next(n for n in NODE_IPS if n != owner)
+    client = redis_py.Redis(host=redis.host, port=redis.port, socket_timeout=5)
+    try:  # what a partition leaves behind: the name claimed by another node
+        client.set("ocm:room:split", other, px=int(LEASE_S * 1000))
+    finally:
+        client.close()
+    expect_framed(host, Notice, event=NoticeEvent.CLOSED)
+    expect_framed(guest, Notice, event=NoticeEvent.CLOSED)
+    nodes[owner].wait_log(r"room name 'split' was claimed by another node")
+    host.close()
+    guest.close()
+
+
 def test_redis_down_existing_rooms_relay_new_requests_unavailable_then_recover(
         nodes: dict[str, Server], redis: RedisServer) -> None:
     a, b, c = nodes["A"], nodes["B"], nodes["C"]

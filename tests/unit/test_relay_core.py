@@ -281,3 +281,12 @@ def test_rebind_ip_moves_a_member_behind_a_relaying_node() -> None:
     core.rebind_ip(TB, "127.0.1.2")  # idempotent
     core.rebind_ip(b"unknown", "127.0.1.2")
     assert core.tokens[TB].addr == relay
+
+
+def test_close_room_on_order_tells_everyone_closed() -> None:
+    core = room_of_three()
+    core.close_room("r", "moved")
+    core.close_room("nope", "moved")  # unknown: nothing happens
+    assert sorted(a for _, a in core.outbox) == [A, B, C]
+    assert core.events == [{"t": "closed", "room": "r", "reason": "moved"}]
+    assert not core.tokens and not core.rooms
