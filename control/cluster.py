@@ -104,6 +104,27 @@ return 0
 """
 
 
+# Rooms hosted per IP, cluster-wide: the set of names an IP created. Names whose room key
+# is gone (closed, or its node died) are dropped as they are met, so the count heals
+# itself. Reads room keys it is not passed (fine on one Redis; a Redis Cluster would need
+# them in one slot). Returns 1 and adds the room if under the limit, else 0.
+_HOST = """
+local n = 0
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if name ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. name) == 1 then
+    n = n + 1
+  elseif name ~= ARGV[2] then
+    redis.call('SREM', KEYS[1], name)
+  end
+end
+if n >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SADD', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 def load_secret(cfg: Config, environ: Mapping[str, str] | None = None) -> bytes:
     """The cluster secret from ``OCM_CLUSTER_SECRET`` or ``cluster_secret_file``.
 
@@ -191,14 +212,15 @@ class Cluster:
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._tag = self.redis.register_script(_TAG)
+        self._host = self.redis.register_script(_HOST)
         self.tag = 0
         """This node's token tag (0 until the registry assigned one)."""
         self.relay = relay
         app.registry.set_token_source(self.new_token)
         self.nodes: dict[str, NodeInfo] = {}
         """Live nodes as of the last heartbeat (this one included)."""
-        self.claimed: set[str] = set()
-        """Room names this node holds in the registry."""
+        self.claimed: dict[str, str] = {}
+        """Room names this node holds in the registry, with the IP that created each."""
         self.lost: set[str] = set()
         """Rooms still open here whose name another node claimed: no new members."""
         self.last_renewal = -float("inf")
@@ -267,11 +289,11 @@ class Cluster:
                         log.warning("cluster: cannot steer other nodes' tokens to the relay "
                                     "socket (%s): clients must use details.udp_host", exc)
                         self.relay = None
-            for name in self.claimed - set(registry.rooms):
+            for name in set(self.claimed) - set(registry.rooms):
                 await self._release(keys=[PREFIX + "room:" + name], args=[self.node_id])
-                self.claimed.discard(name)
+                await self.redis.srem(PREFIX + "iprooms:" + self.claimed.pop(name), name)
                 self.lost.discard(name)
-            names = sorted((self.claimed & live) - self.lost)
+            names = sorted((set(self.claimed) & live) - self.lost)
             if names:
                 lost = await self._renew(keys=[PREFIX + "room:" + n for n in names],
                                          args=[self.node_id, self.lease_ms])
@@ -409,24 +431,36 @@ class Cluster:
                 raise RegistryError(Status.ROOM_NOT_FOUND, f"room {request.room!r} moved")
             return await self.app.handle_local(request, ip)
         key = PREFIX + "room:" + request.room
+        limit = self.app.cfg.max_rooms_per_ip
+        hosting = True
         try:
             claimed = await self.redis.set(key, self.node_id, nx=True, px=self.lease_ms)
+            if claimed:
+                hosting = bool(await self._host(keys=[PREFIX + "iprooms:" + ip],
+                                                args=[limit, request.room, PREFIX + "room:"]))
+                if not hosting:
+                    await self._release(keys=[key], args=[self.node_id])
         except Exception as exc:
             self.counters["redis_errors"] += 1
             raise RegistryError(Status.UNAVAILABLE, "the cluster registry is unreachable; "
                                 "try again later") from exc
         if not claimed:
             raise RegistryError(Status.ROOM_EXISTS, f"a room named {request.room!r} exists")
-        self.claimed.add(request.room)
+        if not hosting:
+            self.app.quotas.refused["rooms"] += 1
+            raise RegistryError(Status.RATE_LIMITED, f"your address hosts {limit} rooms "
+                                "already (across the cluster)")
+        self.claimed[request.room] = ip
         try:
             return await self.app.handle_local(request, ip)
         except BaseException:
             if request.room not in self.app.registry.rooms:
-                self.claimed.discard(request.room)
+                self.claimed.pop(request.room, None)
                 try:
                     await self._release(keys=[key], args=[self.node_id])
+                    await self.redis.srem(PREFIX + "iprooms:" + ip, request.room)
                 except Exception:
-                    pass  # the lease expires on its own
+                    pass  # the lease expires on its own; the count is cleaned lazily
             raise
 
     async def _forward(self, node: NodeInfo, request: Request, ip: str

@@ -30,6 +30,7 @@ from wire.tcrp import encode_request
 
 LEASE_S = 1.5
 RATE_PER_IP = 5
+ROOMS_PER_IP = 3
 SECRET = "test-cluster-secret-0123456789"
 NODE_IPS = {"A": "127.0.1.1", "B": "127.0.1.2", "C": "127.0.1.3"}
 
@@ -39,7 +40,8 @@ def start_node(redis: RedisServer, node: str, *extra: str) -> Server:
     server = start_server(
         "--host", ip, "--cluster", redis.url, "--node-id", node, "--cluster-port", "0",
         "--cluster-lease", str(LEASE_S), "--admin-host", ip, "--admin-port", "0",
-        "--conn-rate-per-ip", str(RATE_PER_IP), *extra,
+        "--conn-rate-per-ip", str(RATE_PER_IP), "--max-rooms-per-ip", str(ROOMS_PER_IP),
+        *extra,
         workers=1, env={"OCM_CLUSTER_SECRET": SECRET})
     server.wait_log(r"cluster node=" + node + r" link=\S+ registry=up")
     return server
@@ -164,7 +166,7 @@ def test_plain_client_that_sends_to_the_wrong_node_is_relayed(
     a, b = nodes["A"], nodes["B"]
     alice = None
     for i in range(12):  # until placement puts the room on A (not on B)
-        candidate = member(a, Operation.CREATE, f"relayed-{i}", "alice", "127.0.9.1")
+        candidate = member(a, Operation.CREATE, f"relayed-{i}", "alice", f"127.0.9.{i + 10}")
         if candidate.host == NODE_IPS["A"]:
             alice, room = candidate, f"relayed-{i}"
             break
@@ -233,12 +235,12 @@ def test_100_concurrent_creates_of_one_name_exactly_one_wins(
 def test_per_ip_request_rate_holds_cluster_wide(nodes: dict[str, Server]) -> None:
     """4 requests to each node from one IP: no node alone sees more than the limit (5/s),
     yet the cluster refuses some, because the count lives in Redis."""
-    statuses = []
-    for server in nodes.values():
-        for _ in range(4):
-            statuses.append(request(server, Operation.JOIN, "no-such-room", "x",
-                                    "127.0.4.1").status)
-    # 12 requests span at most two one-second windows: at most 10 pass.
+    servers = list(nodes.values())
+    with ThreadPoolExecutor(max_workers=12) as pool:  # at once: within one or two seconds
+        statuses = list(pool.map(
+            lambda i: request(servers[i % 3], Operation.JOIN, "no-such-room", "x",
+                              "127.0.4.1").status, range(12)))
+    # 12 requests within two one-second windows: at most 10 pass.
     assert statuses.count(Status.RATE_LIMITED) >= 2, statuses
     assert set(statuses) <= {Status.ROOM_NOT_FOUND, Status.RATE_LIMITED}
     # Another IP is not affected.
@@ -265,6 +267,28 @@ def test_loadgen_spreads_joins_over_the_nodes(nodes: dict[str, Server],
     forwarded = sum(cluster_view(s)["counters"]["forwarded"]  # type: ignore[index]
                     for s in nodes.values())
     assert forwarded >= 3  # joins through the non-owning nodes were forwarded
+
+
+def test_rooms_per_ip_hold_cluster_wide(nodes: dict[str, Server]) -> None:
+    """3 rooms per IP: one created through each node, the fourth is refused wherever it
+    lands, and closing one frees a place."""
+    hosts = [member(server, Operation.CREATE, f"quota-{i}", "h", "127.0.11.1")
+             for i, server in enumerate(nodes.values())]
+    time.sleep(1.0)  # a new one-second window of the request rate (5/s): not what refuses
+    for server in nodes.values():
+        refused = request(server, Operation.CREATE, "quota-x", "h", "127.0.11.1")
+        assert refused.status == Status.RATE_LIMITED, refused
+        assert f"hosts {ROOMS_PER_IP} rooms" in refused.error
+    assert request(nodes["A"], Operation.CREATE, "quota-y", "h", "127.0.11.2").status \
+        == Status.OK  # another address is not affected
+    hosts[0].send("/exit")  # the room closes; its name and its place are free
+    deadline = time.monotonic() + 10
+    while request(nodes["B"], Operation.CREATE, "quota-x", "h", "127.0.11.1").status \
+            != Status.OK:
+        assert time.monotonic() < deadline, "the closed room still counts"
+        time.sleep(LEASE_S / 3)
+    for peer in hosts:
+        peer.close()
 
 
 def test_bad_secret_is_refused_on_the_link(nodes: dict[str, Server],
