@@ -421,6 +421,32 @@ class Cluster:
             return False
         return True
 
+    async def password_blocked(self, ip: str, room: str) -> bool:
+        """True while ``ip`` has ``max_password_failures`` wrong passwords for ``room``
+        in the registry's window (cluster-wide; UNAVAILABLE without Redis)."""
+        try:
+            count = await self.redis.get(f"{PREFIX}pwfail:{ip}:{room}")
+        except Exception as exc:
+            self.counters["redis_errors"] += 1
+            raise RegistryError(Status.UNAVAILABLE, "the cluster registry is unreachable; "
+                                "try again later") from exc
+        if count is not None and int(count) >= self.app.cfg.max_password_failures:
+            self.app.quotas.refused["password"] += 1
+            return True
+        return False
+
+    async def password_failed(self, ip: str, room: str) -> None:
+        """Count a wrong password: a window of ``password_failure_window`` seconds that
+        starts at the first failure (a fixed window; one node uses a sliding one)."""
+        key = f"{PREFIX}pwfail:{ip}:{room}"
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.pexpire(key, int(self.app.cfg.password_failure_window * 1000), nx=True)
+            await pipe.execute()
+        except Exception:
+            self.counters["redis_errors"] += 1  # the answer is INVALID_PASSWORD anyway
+
     async def handle_owned(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
         """Serve a request for a room that lives (or will live) here."""
         if not self.lease_valid():
@@ -564,26 +590,7 @@ class Cluster:
                 return
             forwarded = link.ForwardedRequest.from_json(obj)
             self.counters["served_for_others"] += 1
-            request = Request(Operation(forwarded.operation), forwarded.room,
-                              forwarded.room.encode(),
-                              RequestBody(forwarded.username, forwarded.password,
-                                          Framing(forwarded.framing)))
-            try:
-                details, member = await self.handle_owned(request, forwarded.ip)
-            except RegistryError as exc:
-                writer.write(link.encode_frame({"status": int(exc.status),
-                                                "error": exc.reason}))
-                await writer.drain()
-                return
-            writer.write(link.encode_frame({"status": 0, "details": details.to_json(),
-                                            "token": member.token.decode()}))
-            try:
-                reply = await asyncio.wait_for(_read_frame(reader), REGISTRATION_WINDOW_S)
-            except (TimeoutError, asyncio.IncompleteReadError):
-                return
-            port = reply.get("port") if isinstance(reply, dict) else None
-            if type(port) is int and 0 < port < 65536:
-                self.app.register(member, port)
+            await self._serve_forwarded(forwarded, reader, writer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, link.LinkError,
                 ValueError) as exc:
             log.debug("cluster link: dropped a connection: %s", exc)
@@ -591,6 +598,37 @@ class Cluster:
             pass  # the node is stopping: the caller sees the link close
         finally:
             writer.close()
+
+    async def _serve_forwarded(self, forwarded: link.ForwardedRequest,
+                               reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        """Serve one forwarded TCRP request and pass on the member's registration."""
+        request = Request(Operation(forwarded.operation), forwarded.room,
+                          forwarded.room.encode(),
+                          RequestBody(forwarded.username, forwarded.password,
+                                      Framing(forwarded.framing)))
+        try:
+            details, member = await self.handle_owned(request, forwarded.ip)
+        except RegistryError as exc:
+            writer.write(link.encode_frame({"status": int(exc.status), "error": exc.reason}))
+            await writer.drain()
+            return
+        except Exception:
+            log.exception("internal error serving a request forwarded by node %s",
+                          forwarded.origin)
+            writer.write(link.encode_frame({"status": int(Status.INTERNAL_ERROR),
+                                            "error": "internal error"}))
+            await writer.drain()
+            return
+        writer.write(link.encode_frame({"status": 0, "details": details.to_json(),
+                                        "token": member.token.decode()}))
+        try:
+            reply = await asyncio.wait_for(_read_frame(reader), REGISTRATION_WINDOW_S)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            return
+        port = reply.get("port") if isinstance(reply, dict) else None
+        if type(port) is int and 0 < port < 65536:
+            self.app.register(member, port)
 
 
 def cluster_route(cluster: Cluster) -> Callable[[], tuple[int, str, bytes]]:

@@ -180,7 +180,9 @@ class ControlApp:
 
     async def _check_password(self, ip: str, room: RoomRecord, password: str | None) -> None:
         """Raise RATE_LIMITED or INVALID_PASSWORD, or return if ``password`` opens ``room``."""
-        if self.quotas.password_blocked(ip, room.name, time.monotonic()):
+        cluster = self.cluster
+        if (self.quotas.password_blocked(ip, room.name, time.monotonic()) if cluster is None
+                else await cluster.password_blocked(ip, room.name)):
             raise RegistryError(Status.RATE_LIMITED, "too many wrong passwords for this "
                                 "room from your address; try again later")
         ok = False
@@ -189,7 +191,10 @@ class ControlApp:
             ok = await loop.run_in_executor(self.hasher, passwords.verify_password,
                                             password, room.password)
         if not ok:
-            self.quotas.password_failed(ip, room.name, time.monotonic())
+            if cluster is None:
+                self.quotas.password_failed(ip, room.name, time.monotonic())
+            else:
+                await cluster.password_failed(ip, room.name)
             raise RegistryError(Status.INVALID_PASSWORD, "wrong password")
 
     async def _install(self, member: MemberRecord) -> bool:

@@ -291,6 +291,39 @@ def test_rooms_per_ip_hold_cluster_wide(nodes: dict[str, Server]) -> None:
         peer.close()
 
 
+def test_password_failures_hold_cluster_wide(nodes: dict[str, Server],
+                                            redis: RedisServer) -> None:
+    """5 wrong passwords from one IP, through all three nodes, block that IP for the
+    room, whichever node it asks next; the count is a Redis counter with expiry."""
+    import redis as redis_py
+
+    servers = list(nodes.values())
+    host = join(servers[0].host, servers[0].tcp_port, Operation.CREATE, "locked", "host",
+                password="right", framing=Framing.OCM1, bind_ip="127.0.12.1", bind="none")
+
+    def attempt(server: Server, password: str):  # type: ignore[no-untyped-def]
+        response, _ = tcrp_exchange(
+            server.host, server.tcp_port,
+            encode_request(Operation.JOIN, "locked", "guest", password, Framing.PLAIN),
+            timeout=30.0, bind_ip="127.0.12.2")
+        return response
+
+    for i in range(5):
+        assert attempt(servers[i % 3], "wrong").status == Status.INVALID_PASSWORD
+    time.sleep(1.0)  # a new window of the request rate (5/s): not what refuses below
+    blocked = attempt(servers[2], "right")
+    assert blocked.status == Status.RATE_LIMITED and "wrong passwords" in blocked.error
+    client = redis_py.Redis(host=redis.host, port=redis.port, socket_timeout=5)
+    try:
+        assert int(client.get("ocm:pwfail:127.0.12.2:locked") or 0) == 5
+        assert 0 < client.pttl("ocm:pwfail:127.0.12.2:locked") <= 60_000
+        client.delete("ocm:pwfail:127.0.12.2:locked")
+    finally:
+        client.close()
+    assert attempt(servers[1], "right").status == Status.OK
+    host.close()
+
+
 def test_bad_secret_is_refused_on_the_link(nodes: dict[str, Server],
                                            redis: RedisServer) -> None:
     """A node with another secret cannot get requests served: the owner drops them."""
