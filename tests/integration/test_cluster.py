@@ -23,7 +23,7 @@ import pytest
 
 from tests.integration.harness import Server, start_server
 from tests.integration.peer import JoinRefused, Peer, join, tcrp_exchange
-from tests.integration.redisproc import RedisServer
+from tests.integration.redisproc import RedisServer, TcpProxy
 from wire.chat import FramedChat, Notice, NoticeEvent
 from wire.codes import Framing, Operation, Status
 from wire.tcrp import encode_request
@@ -360,6 +360,64 @@ def test_a_room_whose_name_another_node_took_is_closed(nodes: dict[str, Server],
     nodes[owner].wait_log(r"room name 'split' was claimed by another node")
     host.close()
     guest.close()
+
+
+def link_request(node: Server, message: dict[str, object]) -> dict[str, object]:
+    """Speak the internal link as another node would (the test knows the secret)."""
+    from control import clusterlink
+
+    found = node.wait_log(r"cluster node=\S+ link=(\S+):(\d+)")
+    with socket.create_connection((found[1], int(found[2])), timeout=15) as sock:
+        sock.settimeout(15)
+        stream = sock.makefile("rb")
+        nonce = bytes.fromhex(json.loads(stream.read(
+            clusterlink.frame_length(stream.read(4))))["nonce"])
+        frame = clusterlink.encode_frame(message)
+        sock.sendall(frame + clusterlink.sign(SECRET.encode(), nonce, frame[4:]))
+        reply = json.loads(stream.read(clusterlink.frame_length(stream.read(4))))
+    assert isinstance(reply, dict)
+    return reply
+
+
+def test_a_node_cut_off_from_redis_past_its_lease_admits_nobody(
+        nodes: dict[str, Server], redis: RedisServer) -> None:
+    """Node D reaches Redis through a proxy the test cuts: one lease later D refuses new
+    members even when asked directly over the link (the others still reach Redis), and
+    it admits them again once its path to Redis is back."""
+    proxy = TcpProxy((redis.host, redis.port))
+    NODE_IPS["D"] = "127.0.1.4"
+    d = None
+    try:
+        d = start_server(
+            "--host", "127.0.1.4", "--cluster", proxy.url, "--node-id", "D",
+            "--cluster-port", "0", "--cluster-lease", str(LEASE_S), "--admin-host",
+            "127.0.1.4", "--admin-port", "0", workers=1, env={"OCM_CLUSTER_SECRET": SECRET})
+        d.wait_log(r"cluster node=D link=\S+ registry=up")
+
+        def ask(op: Operation, user: str) -> dict[str, object]:
+            return link_request(d, {"op": int(op), "room": "fenced", "user": user,
+                                    "password": None, "framing": "plain",
+                                    "ip": "127.0.13.1", "origin": "B"})
+
+        assert ask(Operation.CREATE, "host")["status"] == 0  # the room lives on D
+        assert ask(Operation.JOIN, "early")["status"] == 0
+        proxy.cut()
+        d.wait_log(r"cluster registry unreachable", timeout=10)
+        deadline = time.monotonic() + LEASE_S + 10
+        while cluster_view(d)["lease_valid"]:
+            assert time.monotonic() < deadline, "the lease never lapsed"
+            time.sleep(LEASE_S / 6)
+        refused = ask(Operation.JOIN, "late")
+        assert refused["status"] == Status.UNAVAILABLE, refused
+        assert "lost the cluster registry" in str(refused["error"])
+        proxy.restore()
+        wait_log_count(d, r"cluster registry reachable: node D live", 2)
+        assert ask(Operation.JOIN, "later")["status"] == 0  # re-claimed, admitting again
+    finally:
+        NODE_IPS.pop("D", None)
+        if d is not None:
+            d.stop()
+        proxy.close()
 
 
 def test_redis_down_existing_rooms_relay_new_requests_unavailable_then_recover(
