@@ -145,6 +145,10 @@ def load_secret(cfg: Config, environ: Mapping[str, str] | None = None) -> bytes:
     return secret
 
 
+class NodeUnreachable(RegistryError):
+    """The link to another node could not be opened (nothing was sent to it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """One live node as announced in the registry."""
@@ -398,7 +402,13 @@ class Cluster:
                                     "not reachable")
             return await self.handle_owned(request, ip)
         self.counters["forwarded"] += 1
-        return await self._forward(self.nodes[owner], request, ip)
+        try:
+            return await self._forward(self.nodes[owner], request, ip)
+        except NodeUnreachable:
+            if request.operation is not Operation.CREATE:
+                raise
+            # Nothing reached the chosen node: place the room here instead.
+            return await self.handle_owned(request, ip)
 
     async def _lookup_node(self, node_id: str) -> None:
         """A node announced after our last heartbeat: read its entry now."""
@@ -513,8 +523,8 @@ class Cluster:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(node.advertise, node.link_port), LINK_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
-            raise RegistryError(Status.UNAVAILABLE, f"node {node.id} is not reachable"
-                                ) from exc
+            raise NodeUnreachable(Status.UNAVAILABLE, f"node {node.id} is not reachable"
+                                  ) from exc
         try:
             hello = await asyncio.wait_for(_read_frame(reader), LINK_TIMEOUT_S)
             nonce = bytes.fromhex(hello["nonce"])

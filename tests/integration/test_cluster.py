@@ -420,6 +420,37 @@ def test_a_node_cut_off_from_redis_past_its_lease_admits_nobody(
         proxy.close()
 
 
+def test_a_create_placed_on_an_unreachable_node_lands_on_the_receiving_node(
+        nodes: dict[str, Server], redis: RedisServer) -> None:
+    """A node entry whose link refuses (a node that just died, before its lease ran out)
+    and that looks least loaded: a create through B is placed there, cannot reach it, and
+    is served by B itself instead of failing."""
+    import redis as redis_py
+
+    from tests.integration.redisproc import free_tcp_port
+
+    ghost = {"id": "Z", "advertise": "127.0.1.9", "tcp_port": 9, "udp_port": 9,
+             "link_port": free_tcp_port("127.0.1.9"), "rooms": -1, "members": -1,
+             "tag": 0x7E}
+    client = redis_py.Redis(host=redis.host, port=redis.port, socket_timeout=5)
+    try:
+        client.set("ocm:node:Z", json.dumps(ghost), px=int(LEASE_S * 4000))
+        client.sadd("ocm:nodes", "Z")
+        b = nodes["B"]
+        deadline = time.monotonic() + 10
+        while "Z" not in {n["id"] for n in cluster_view(b)["nodes"]}:  # type: ignore[union-attr,index]
+            assert time.monotonic() < deadline, "B never saw node Z"
+            time.sleep(LEASE_S / 6)
+        peer = member(b, Operation.CREATE, "fallback", "h", "127.0.14.1")
+        assert peer.host == NODE_IPS["B"]
+        peer.send("/exit")
+        peer.close()
+    finally:
+        client.delete("ocm:node:Z")
+        client.srem("ocm:nodes", "Z")
+        client.close()
+
+
 def test_redis_down_existing_rooms_relay_new_requests_unavailable_then_recover(
         nodes: dict[str, Server], redis: RedisServer) -> None:
     a, b, c = nodes["A"], nodes["B"], nodes["C"]
