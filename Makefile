@@ -41,7 +41,7 @@ test: $(STAMP) redis-server
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire control relay client loadgen tests
 	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py control/session.py \
-		control/registry.py control/quotas.py
+		control/registry.py control/quotas.py control/clusterlink.py
 	$(VENV)/bin/mypy control relay client loadgen
 
 bench-wire: $(STAMP)

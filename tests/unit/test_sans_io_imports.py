@@ -36,6 +36,7 @@ CORE_MODULES = [
     ROOT / "control" / "registry.py",
     ROOT / "relay" / "core.py",
     ROOT / "relay" / "ipc.py",
+    ROOT / "control" / "clusterlink.py",
 ]
 
 
