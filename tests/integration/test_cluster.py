@@ -24,7 +24,7 @@ import pytest
 from tests.integration.harness import Server, start_server
 from tests.integration.peer import JoinRefused, Peer, join, tcrp_exchange
 from tests.integration.redisproc import RedisServer, TcpProxy
-from wire.chat import FramedChat, Notice, NoticeEvent
+from wire.chat import FramedChat, Notice, NoticeEvent, encode_chat
 from wire.codes import Framing, Operation, Status
 from wire.tcrp import encode_request
 
@@ -379,6 +379,69 @@ def link_request(node: Server, message: dict[str, object]) -> dict[str, object]:
     return reply
 
 
+def start_proxied_node(proxy: TcpProxy) -> Server:
+    """Node D on 127.0.1.4, whose only path to Redis is ``proxy``."""
+    d = start_server(
+        "--host", "127.0.1.4", "--cluster", proxy.url, "--node-id", "D",
+        "--cluster-port", "0", "--cluster-lease", str(LEASE_S), "--admin-host",
+        "127.0.1.4", "--admin-port", "0", workers=1, env={"OCM_CLUSTER_SECRET": SECRET})
+    d.wait_log(r"cluster node=D link=\S+ registry=up")
+    return d
+
+
+def cut_until_lease_lapses(d: Server, proxy: TcpProxy) -> None:
+    proxy.cut()
+    d.wait_log(r"cluster registry unreachable", timeout=10)
+    deadline = time.monotonic() + LEASE_S + 10
+    while cluster_view(d)["lease_valid"]:
+        assert time.monotonic() < deadline, "the lease never lapsed"
+        time.sleep(LEASE_S / 6)
+
+
+def test_partition_the_name_moves_and_the_old_room_closes_when_the_node_returns(
+        nodes: dict[str, Server], redis: RedisServer) -> None:
+    """D owns a room, loses Redis past its lease; the name expires and the room is created
+    again through B (on a node that has Redis); when D's path comes back, D finds the name
+    taken and closes its own room: its members get ``closed``. One name, one room."""
+    proxy = TcpProxy((redis.host, redis.port))
+    NODE_IPS["D"] = "127.0.1.4"
+    d = None
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        udp.bind(("127.0.15.1", 0))
+        udp.settimeout(10)
+        d = start_proxied_node(proxy)
+        created = link_request(d, {"op": int(Operation.CREATE), "room": "parted",
+                                   "user": "old", "password": None, "framing": "plain",
+                                   "ip": "127.0.15.1", "origin": "B"})
+        assert created["status"] == 0, created
+        token = str(created["token"]).encode()
+        udp.sendto(encode_chat(b"parted", token, b""), (d.host, d.udp_port))  # bind
+        cut_until_lease_lapses(d, proxy)
+        redis.wait_gone("ocm:room:parted", timeout=10)
+        deadline = time.monotonic() + 10
+        while "D" in {n["id"] for n in cluster_view(nodes["B"])["nodes"]}:  # type: ignore[union-attr,index]
+            assert time.monotonic() < deadline, "B still places rooms on D"
+            time.sleep(LEASE_S / 6)
+        new_host = member(nodes["B"], Operation.CREATE, "parted", "new", "127.0.15.2")
+        assert new_host.host != "127.0.1.4"
+        proxy.restore()
+        data, source = udp.recvfrom(65536)
+        assert data.decode() == "チャットルームが閉じられました"
+        assert source == (d.host, d.udp_port)
+        d.wait_log(r"room name 'parted' was claimed by another node")
+        guest = member(nodes["C"], Operation.JOIN, "parted", "guest", "127.0.15.3")
+        assert guest.host == new_host.host  # the name leads to the new room only
+        new_host.close()
+        guest.close()
+    finally:
+        udp.close()
+        NODE_IPS.pop("D", None)
+        if d is not None:
+            d.stop()
+        proxy.close()
+
+
 def test_a_node_cut_off_from_redis_past_its_lease_admits_nobody(
         nodes: dict[str, Server], redis: RedisServer) -> None:
     """Node D reaches Redis through a proxy the test cuts: one lease later D refuses new
@@ -388,11 +451,7 @@ def test_a_node_cut_off_from_redis_past_its_lease_admits_nobody(
     NODE_IPS["D"] = "127.0.1.4"
     d = None
     try:
-        d = start_server(
-            "--host", "127.0.1.4", "--cluster", proxy.url, "--node-id", "D",
-            "--cluster-port", "0", "--cluster-lease", str(LEASE_S), "--admin-host",
-            "127.0.1.4", "--admin-port", "0", workers=1, env={"OCM_CLUSTER_SECRET": SECRET})
-        d.wait_log(r"cluster node=D link=\S+ registry=up")
+        d = start_proxied_node(proxy)
 
         def ask(op: Operation, user: str) -> dict[str, object]:
             return link_request(d, {"op": int(op), "room": "fenced", "user": user,
@@ -401,12 +460,7 @@ def test_a_node_cut_off_from_redis_past_its_lease_admits_nobody(
 
         assert ask(Operation.CREATE, "host")["status"] == 0  # the room lives on D
         assert ask(Operation.JOIN, "early")["status"] == 0
-        proxy.cut()
-        d.wait_log(r"cluster registry unreachable", timeout=10)
-        deadline = time.monotonic() + LEASE_S + 10
-        while cluster_view(d)["lease_valid"]:
-            assert time.monotonic() < deadline, "the lease never lapsed"
-            time.sleep(LEASE_S / 6)
+        cut_until_lease_lapses(d, proxy)
         refused = ask(Operation.JOIN, "late")
         assert refused["status"] == Status.UNAVAILABLE, refused
         assert "lost the cluster registry" in str(refused["error"])
