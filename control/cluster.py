@@ -225,6 +225,9 @@ class Cluster:
         """Live nodes as of the last heartbeat (this one included)."""
         self.claimed: dict[str, str] = {}
         """Room names this node holds in the registry, with the IP that created each."""
+        self.pending: set[str] = set()
+        """Names claimed for a create still in progress (a password hash, the worker's
+        ack): not in the registry yet, but neither released nor left to expire."""
         self.lost: set[str] = set()
         """Rooms still open here whose name another node claimed: no new members."""
         self.last_renewal = -float("inf")
@@ -293,11 +296,11 @@ class Cluster:
                         log.warning("cluster: cannot steer other nodes' tokens to the relay "
                                     "socket (%s): clients must use details.udp_host", exc)
                         self.relay = None
-            for name in set(self.claimed) - set(registry.rooms):
+            for name in set(self.claimed) - set(registry.rooms) - self.pending:
                 await self._release(keys=[PREFIX + "room:" + name], args=[self.node_id])
                 await self.redis.srem(PREFIX + "iprooms:" + self.claimed.pop(name), name)
                 self.lost.discard(name)
-            names = sorted((set(self.claimed) & live) - self.lost)
+            names = sorted(((set(self.claimed) & live) | self.pending) - self.lost)
             if names:
                 lost = await self._renew(keys=[PREFIX + "room:" + n for n in names],
                                          args=[self.node_id, self.lease_ms])
@@ -487,6 +490,7 @@ class Cluster:
             raise RegistryError(Status.RATE_LIMITED, f"your address hosts {limit} rooms "
                                 "already (across the cluster)")
         self.claimed[request.room] = ip
+        self.pending.add(request.room)
         try:
             return await self.app.handle_local(request, ip)
         except BaseException:
@@ -498,6 +502,8 @@ class Cluster:
                 except Exception:
                     pass  # the lease expires on its own; the count is cleaned lazily
             raise
+        finally:
+            self.pending.discard(request.room)
 
     async def _forward(self, node: NodeInfo, request: Request, ip: str
                        ) -> tuple[Details, RemoteMember]:

@@ -324,6 +324,32 @@ def test_password_failures_hold_cluster_wide(nodes: dict[str, Server],
     host.close()
 
 
+def test_names_stay_claimed_while_slow_creates_are_in_progress(
+        nodes: dict[str, Server], redis: RedisServer) -> None:
+    """20 password-protected creates at once through one node: their scrypt hashes queue
+    for ~0.5 s or more, across heartbeats (every 0.5 s here). A heartbeat must neither
+    release nor let expire the names of creates still in progress."""
+    import redis as redis_py
+
+    a = nodes["A"]
+
+    def create(i: int) -> int:
+        response, _ = tcrp_exchange(
+            a.host, a.tcp_port,
+            encode_request(Operation.CREATE, f"slow-{i}", "h", "pw", Framing.PLAIN),
+            timeout=60.0, bind_ip=f"127.0.16.{i + 1}")
+        return int(response.status)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        assert list(pool.map(create, range(20))) == [Status.OK] * 20
+    client = redis_py.Redis(host=redis.host, port=redis.port, socket_timeout=5)
+    try:
+        missing = [i for i in range(20) if not client.exists(f"ocm:room:slow-{i}")]
+    finally:
+        client.close()
+    assert missing == [], f"names released while their rooms live: {missing}"
+
+
 def test_bad_secret_is_refused_on_the_link(nodes: dict[str, Server],
                                            redis: RedisServer) -> None:
     """A node with another secret cannot get requests served: the owner drops them."""
