@@ -26,7 +26,7 @@ from tests.integration.peer import JoinRefused, Peer, join, tcrp_exchange
 from tests.integration.redisproc import RedisServer, TcpProxy
 from wire.chat import FramedChat, Notice, NoticeEvent, encode_chat
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import encode_request
+from wire.tcrp import Details, encode_request
 
 LEASE_S = 1.5
 RATE_PER_IP = 5
@@ -112,6 +112,23 @@ def member(node: Server, op: Operation, room: str, user: str, client_ip: str,
     return peer
 
 
+def create_on(node: Server, room: str, user: str, client_ip: str) -> Peer:
+    """Create a room that lives on ``node`` (asked over its link, as another node would
+    forward a create placed there), as a framed member with a bound UDP address."""
+    reply = link_request(node, {"op": int(Operation.CREATE), "room": room, "user": user,
+                                "password": None, "framing": "ocm1", "ip": client_ip,
+                                "origin": "B"})
+    assert reply["status"] == 0, reply
+    details = Details.from_json(reply["details"])  # type: ignore[arg-type]
+    assert details.udp_host == node.host
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((client_ip, 0))
+    peer = Peer(node.host, room.encode(), user, str(reply["token"]).encode(), details,
+                details.udp_port, udp, Framing.OCM1)
+    peer.send(b"")
+    return peer
+
+
 def expect_framed(peer: Peer, kind: type, **fields: object) -> FramedChat | Notice:
     event = peer.recv_framed()
     assert isinstance(event, kind), event
@@ -164,16 +181,8 @@ def test_plain_client_that_sends_to_the_wrong_node_is_relayed(
     ignores ``udp_host`` and talks to B's UDP port; B relays both ways, and every datagram
     it receives comes from B's port (the peer helper checks the source)."""
     a, b = nodes["A"], nodes["B"]
-    alice = None
-    for i in range(12):  # until placement puts the room on A (not on B)
-        candidate = member(a, Operation.CREATE, f"relayed-{i}", "alice", f"127.0.9.{i + 10}")
-        if candidate.host == NODE_IPS["A"]:
-            alice, room = candidate, f"relayed-{i}"
-            break
-        candidate.send("/exit")
-        candidate.close()
-        time.sleep(LEASE_S / 2)
-    assert alice is not None, "no room landed on node A"
+    room = "relayed"
+    alice = create_on(a, room, "alice", "127.0.9.1")
     bob = join(b.host, b.tcp_port, Operation.JOIN, room, "bob", framing=Framing.PLAIN,
                bind_ip="127.0.9.2", bind="register")
     bob.udp_port = b.udp_port  # the model client sends to the node it connected to
@@ -570,18 +579,8 @@ def test_redis_down_existing_rooms_relay_new_requests_unavailable_then_recover(
 def test_kill_9_node_a_leases_expire_and_the_name_moves(
         nodes: dict[str, Server], redis: RedisServer) -> None:
     a, b = nodes["A"], nodes["B"]
-    # Force a room onto A: create through A while A is the least loaded is not certain,
-    # so create rooms until one lands there.
-    owned = None
-    peers = []
-    for i in range(12):
-        peer = member(a, Operation.CREATE, f"doomed-{i}", "h", f"127.0.8.{i + 1}")
-        peers.append(peer)
-        if peer.host == NODE_IPS["A"]:
-            owned = f"doomed-{i}"
-            break
-        time.sleep(LEASE_S / 2)
-    assert owned is not None, "no room landed on node A"
+    owned = "doomed"
+    peers = [create_on(a, owned, "h", "127.0.8.1")]
     os.killpg(a.proc.pid, signal.SIGKILL)  # node A and its workers, no goodbye
     killed = time.monotonic()
     a.proc.wait(10)
