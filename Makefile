@@ -11,7 +11,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Runtime install: the package and its two runtime dependencies (plus client/loadgen extras).
+# Runtime install: the package and its runtime dependencies (plus client/loadgen extras).
 $(RUNSTAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[client,loadgen]'
 	touch $@
@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNSTAMP)
 
+# Extra ocm-control flags, e.g. `make run ARGS="--tcp-port 9100 --udp-port 9101"`; the
+# OCM_* environment variables work too (`OCM_TCP_PORT=9100 make run`).
+ARGS ?=
+
 run: $(RUNSTAMP)
-	$(VENV)/bin/ocm-control
+	$(VENV)/bin/ocm-control $(ARGS)
 
 # The cluster tests start a real redis-server. Debian's package (Redis 7) is what CI, a
 # developer machine and deploy/compose.yaml's image all run; installed here when missing
@@ -40,7 +44,7 @@ test: $(STAMP) redis-server
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire control relay client loadgen tests
-	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py control/session.py \
+	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py control/session.py \
 		control/registry.py control/quotas.py control/clusterlink.py
 	$(VENV)/bin/mypy control relay client loadgen
 

@@ -434,19 +434,24 @@ class Cluster:
             return False
         return True
 
-    async def password_blocked(self, ip: str, room: str) -> bool:
-        """True while ``ip`` has ``max_password_failures`` wrong passwords for ``room``
-        in the registry's window (cluster-wide; UNAVAILABLE without Redis)."""
+    async def password_blocked(self, ip: str, room: str) -> float | None:
+        """Seconds until ``ip`` may try ``room`` again while it has
+        ``max_password_failures`` wrong passwords in the window, else None (cluster-wide;
+        UNAVAILABLE without Redis)."""
+        key = f"{PREFIX}pwfail:{ip}:{room}"
         try:
-            count = await self.redis.get(f"{PREFIX}pwfail:{ip}:{room}")
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.pttl(key)
+            count, ttl_ms = await pipe.execute()
         except Exception as exc:
             self.counters["redis_errors"] += 1
             raise RegistryError(Status.UNAVAILABLE, "the cluster registry is unreachable; "
                                 "try again later") from exc
         if count is not None and int(count) >= self.app.cfg.max_password_failures:
             self.app.quotas.refused["password"] += 1
-            return True
-        return False
+            return max(0.0, int(ttl_ms) / 1000)
+        return None
 
     async def password_failed(self, ip: str, room: str) -> None:
         """Count a wrong password: a window of ``password_failure_window`` seconds that

@@ -7,7 +7,7 @@ import dataclasses
 import shlex
 import sys
 import time
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from loadgen import capacity, fastpath
 from loadgen.meter import HEADER_BYTES, Slo
@@ -84,8 +84,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Every usage error (bad choice, unknown flag, value out of range) is one line and
+    exit code 2; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ocm-loadgen", description=DESCRIPTION, epilog=EPILOG,
+    p = _OneLineParser(prog="ocm-loadgen", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("profile")
     g.add_argument("--rooms", type=_positive(int), default=500, help="chat rooms [500]")

@@ -70,6 +70,10 @@ class PayloadNotUtf8(RemoteProtocolError):
     reason = "bad_utf8"
 
 
+class MalformedJson(RemoteProtocolError):
+    """the payload starts with { but is not a valid JSON object"""
+
+
 class BadFieldType(RemoteProtocolError):
     """a request field has the wrong JSON type"""
 
@@ -86,7 +90,7 @@ class FieldTooLong(RemoteProtocolError):
 
 
 class BadUsername(RemoteProtocolError):
-    """the username has control characters or leading/trailing whitespace"""
+    """the username has a refused character or leading/trailing whitespace"""
 
 
 # --- TCRP responses (client side) ---------------------------------------------------------
@@ -98,6 +102,12 @@ class UnexpectedFrame(RemoteProtocolError):
 
 class BadResponse(RemoteProtocolError):
     """the server's response payload is malformed"""
+
+    status = Status.INTERNAL_ERROR
+
+
+class PrematureClose(RemoteProtocolError):
+    """the server closed the connection too early"""
 
     status = Status.INTERNAL_ERROR
 
@@ -134,9 +144,40 @@ class BadNotice(RemoteProtocolError):
     """a framed notice is not a JSON object with a known event"""
 
 
+class BadDelivery(RemoteProtocolError):
+    """a plain delivery is neither a notice text nor 'name: message'"""
+
+
+# --- encrypted rooms (docs/e2e.md) --------------------------------------------------------
+class BadKeys(RemoteProtocolError):
+    """keys must be an object with base64 32-byte x25519 and ed25519 public keys"""
+
+
+class E2eNeedsKeys(RemoteProtocolError):
+    """an encrypted room needs the member's keys and ocm1 framing"""
+
+
+class UnknownKind(RemoteProtocolError):
+    """unknown kind byte in an encrypted-room message"""
+
+    reason = "bad_kind"
+
+
+class TrailingBytes(RemoteProtocolError):
+    """bytes after the end of a fixed-size field"""
+
+
+class UnsupportedVersion(RemoteProtocolError):
+    """unsupported encrypted-payload version"""
+
+
 # --- encoding (our own side) --------------------------------------------------------------
 class FieldOutOfRange(LocalProtocolError):
     """a value does not fit its wire field"""
+
+
+class ExchangeMisuse(LocalProtocolError):
+    """the TCRP exchange cannot do that in its current state"""
 
 
 class DeliveryTooLarge(LocalProtocolError):

@@ -36,6 +36,9 @@ CORE_MODULES = [
     ROOT / "control" / "registry.py",
     ROOT / "relay" / "core.py",
     ROOT / "relay" / "ipc.py",
+    ROOT / "client" / "e2e" / "identity.py",
+    ROOT / "client" / "e2e" / "chains.py",
+    ROOT / "client" / "e2e" / "room.py",
     ROOT / "control" / "clusterlink.py",
 ]
 
@@ -73,6 +76,8 @@ def test_wire_modules_found() -> None:
         "tcrp.py",
         "chat.py",
         "stage1.py",
+        "tcrp_client.py",
+        "names.py",
     }
 
 
