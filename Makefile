@@ -11,7 +11,7 @@ GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libf
 # Best effort, for Japanese and emoji in the screenshots.
 GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
 
-.PHONY: run run-gui test lint bench bench-wire bench-hot bench-gui gui-system-libs \
+.PHONY: run run-gui test lint bench bench-wire bench-hot bench-gui gui-system-libs redis-server \
 	gui-screenshots fuzz chaos soak clean
 
 $(PY):
@@ -40,6 +40,17 @@ ARGS ?=
 run: $(RUNSTAMP)
 	$(VENV)/bin/ocm-control $(ARGS)
 
+# The cluster tests start a real redis-server. Debian's package (Redis 7) is what CI, a
+# developer machine and deploy/compose.yaml's image all run; installed here when missing
+# (as root, or through sudo), with `apt-get update` only if the package is not found.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || command -v valkey-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package) for the cluster tests"; \
+	  $(APT_INSTALL) redis-server >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) redis-server >/dev/null; }; }
+
 run-gui: $(GUISTAMP) gui-system-libs
 	$(VENV)/bin/ocm-gui
 
@@ -58,13 +69,13 @@ gui-system-libs: $(GUISTAMP)
 		fi; \
 	fi
 
-test: $(STAMP) gui-system-libs
+test: $(STAMP) gui-system-libs redis-server
 	$(PY) -m pytest -q -p no:cacheprovider --cov=wire --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire runtime control relay client loadgen tests
 	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py relay/worker.py control/session.py \
-		control/registry.py control/quotas.py
+		control/registry.py control/quotas.py control/clusterlink.py
 	$(VENV)/bin/mypy runtime control relay client loadgen
 
 bench-wire: $(STAMP)

@@ -13,6 +13,7 @@ from loadgen import capacity, fastpath
 from loadgen.meter import HEADER_BYTES, Slo
 from loadgen.report import LiveView, machine_info, print_summary, write_json, write_plot
 from loadgen.runner import WAIT_WARN_PCT, Fleet, LoadgenError, Options
+from loadgen.targets import first_host, split_servers
 from loadgen.transport import MODES, resolve_mode
 from runtime import sched
 
@@ -111,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delivery format to ask for [plain]")
     g.add_argument("--password", default=None, help="protect the rooms with this password")
     g = p.add_argument_group("server")
-    g.add_argument("--server", default="127.0.0.1", help="server address [127.0.0.1]")
+    g.add_argument("--server", default="127.0.0.1", help="server address, or several "
+                   "comma-separated HOST[:PORT] (a cluster's nodes): joins are spread over "
+                   "them [127.0.0.1]")
     g.add_argument("--tcp-port", type=int, default=9000, help="TCRP port [9000]; the chat "
                    "port comes from each join's State 1 details")
     g = p.add_argument_group("loadgen")
@@ -285,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--step-factor must be > 1")
     opts = options_from_args(args)
     try:
-        opts = dataclasses.replace(opts, sockets=resolve_mode(opts.sockets, opts.server))
+        split_servers(opts.server, opts.tcp_port)
+        opts = dataclasses.replace(opts, sockets=resolve_mode(opts.sockets,
+                                                                 first_host(opts.server)))
     except ValueError as exc:
         parser.error(str(exc))
     if not 0 <= opts.realtime_priority <= sched.MAX_PRIORITY:

@@ -34,6 +34,7 @@ from loadgen.meter import (
 )
 from loadgen.pacing import NS
 from loadgen.servers import tree_usage
+from loadgen.targets import first_host
 from loadgen.transport import resolve_mode
 from loadgen.users import Plan, child_main
 
@@ -132,7 +133,7 @@ class Fleet:
         ctx = multiprocessing.get_context("spawn")
         opts = self.opts
         per_proc = max(1, opts.join_concurrency // self.procs)
-        sockets = resolve_mode(opts.sockets, opts.server)
+        sockets = resolve_mode(opts.sockets, first_host(opts.server))
         if sockets == "shared" and opts.accounting != "python":
             fastpath.resolve(opts.accounting)  # build it once, before the processes load it
         for i in range(self.procs):

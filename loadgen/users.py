@@ -46,6 +46,7 @@ from loadgen.fastpath import Unavailable
 from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter, username_of
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
 from loadgen.servers import runqueue_wait_seconds
+from loadgen.targets import first_host, split_servers
 from loadgen.transport import SHARED_OWNER, MemberSockets, SharedSocket, Transport
 from runtime import sched
 from wire import errors
@@ -131,6 +132,8 @@ class Simulator:
     def __init__(self, conn: Connection, plan: Plan) -> None:
         self.conn = conn
         self.plan = plan
+        self.targets = split_servers(plan.server, plan.tcp_port)
+        """Where member ``lm`` joins: ``targets[lm % len(targets)]``."""
         users, rooms = plan.users, plan.rooms
         n = self.n = users * rooms
         self.meter = Meter(plan.room_lo, rooms, users, framed=plan.framing == "ocm1")
@@ -142,7 +145,8 @@ class Simulator:
             limit = raise_nofile_limit()
             if n + 64 > limit:
                 raise OSError(f"{n} sockets needed but RLIMIT_NOFILE is {limit}")
-            self.transport = MemberSockets(n, _local_ip_towards(plan.server, plan.tcp_port),
+            self.transport = MemberSockets(n, _local_ip_towards(first_host(plan.server),
+                                                            plan.tcp_port),
                                            plan.rx_timestamps)
         self.accounting, self.accounting_note = "python", None
         if isinstance(self.transport, SharedSocket) and plan.accounting != "python":
@@ -322,8 +326,9 @@ class Simulator:
         exchange = ClientExchange()
         request = exchange.send_request(op, room_raw, username, self.plan.password, framing)
         ip = self.transport.join_ip(lm)  # the token is bound to the IP we join from
+        host, port = self.targets[lm % len(self.targets)]
         reader, writer = await asyncio.open_connection(
-            self.plan.server, self.plan.tcp_port,
+            host, port,
             local_addr=None if ip is None else (ip, 0))
         try:
             writer.write(request)
@@ -354,7 +359,8 @@ class Simulator:
             self.meter.set_framing(framed)  # the server decides (a baseline is plain-only)
         elif framed != self.meter.framed:
             j.framing_mismatch += 1
-        self.transport.attach(lm, (self.plan.server, details.udp_port))
+        via = details.udp_host or self.targets[lm % len(self.targets)][0]
+        self.transport.attach(lm, (via, details.udp_port))
         self.prefix[lm] = encode_chat(room_raw, token, b"")
         self.is_host[lm] = details.host
         self.meter.active[lm] = True

@@ -326,6 +326,12 @@ class Worker:
         elif isinstance(msg, ipc.Register):
             self.core.register(msg.token, msg.port, now)
             self._flush()
+        elif isinstance(msg, ipc.CloseRoom):
+            self.core.close_room(msg.room, msg.reason)
+            self._flush()
+        elif isinstance(msg, ipc.Rebind):
+            self.core.rebind_ip(msg.token, msg.ip)
+            self._send(ipc.Ack(msg.id, True))
         elif isinstance(msg, ipc.Ping):
             self._send(ipc.Pong(msg.id))
         elif isinstance(msg, ipc.Start):

@@ -225,6 +225,10 @@ class Details:
     framing: Framing
     e2e: bool = False  # docs/e2e.md §2.2: sent only in an encrypted room
     members: tuple[MemberInfo, ...] = ()  # the other members with their keys, if e2e
+    udp_host: str | None = None
+    """Cluster mode: the IP of the node that owns the room, to which the client should send
+    its datagrams (``udp_port`` is that node's). Absent on a single node: send to the
+    address the TCRP connection went to."""
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -237,6 +241,8 @@ class Details:
         if self.e2e:
             obj["e2e"] = True
             obj["members"] = [member.to_json() for member in self.members]
+        if self.udp_host is not None:
+            obj["udp_host"] = self.udp_host
         return obj
 
     @classmethod
@@ -248,18 +254,21 @@ class Details:
             framing = Framing(obj["framing"])
         except (KeyError, ValueError) as exc:
             raise errors.BadResponse(f"details: {exc!r}") from None
+        udp_host = obj.get("udp_host")
         if not (
             type(udp_port) is int
             and type(host) is bool
             and type(max_message) is int
             and type(timeout) in (int, float)
+            and (udp_host is None or type(udp_host) is str)
         ):
             raise errors.BadResponse("details have wrong types")
         e2e = obj.get("e2e", False)
         if type(e2e) is not bool:
             raise errors.BadResponse("e2e must be a boolean")
         members = decode_members(obj.get("members")) if e2e else ()
-        return cls(udp_port, host, max_message, float(timeout), framing, e2e, members)
+        return cls(udp_port, host, max_message, float(timeout), framing, e2e, members,
+                   udp_host)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:

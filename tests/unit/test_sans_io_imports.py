@@ -39,6 +39,7 @@ CORE_MODULES = [
     ROOT / "client" / "e2e" / "identity.py",
     ROOT / "client" / "e2e" / "chains.py",
     ROOT / "client" / "e2e" / "room.py",
+    ROOT / "control" / "clusterlink.py",
 ]
 
 

@@ -623,6 +623,15 @@ def test_details_json_round_trip() -> None:
     assert Details.from_json(DETAILS.to_json()) == DETAILS
 
 
+def test_details_udp_host_round_trip_and_type() -> None:
+    """Cluster mode names the owning node's IP in ``udp_host``; a wrong type is refused."""
+    remote = Details(9001, False, 4057, 300.0, Framing.OCM1, udp_host="127.0.1.2")
+    assert remote.to_json()["udp_host"] == "127.0.1.2"
+    assert Details.from_json(remote.to_json()) == remote
+    with pytest.raises(errors.BadResponse):
+        Details.from_json({**remote.to_json(), "udp_host": 5})
+
+
 # --- FrameReader, client role: State 1 then State 2 ----------------------------------------
 def test_reader_client_ok_then_complete() -> None:
     tr(Role.CLIENT, OK_FRAME + COMPLETE_FRAME, [
