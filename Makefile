@@ -12,12 +12,16 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Runtime install: the package and its two runtime dependencies (plus client/loadgen extras).
-$(RUNSTAMP): pyproject.toml | $(PY)
+# setup.py compiles the optional C extensions (loadgen/_account.c) in place; a change to
+# a C file re-runs the install.
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard */_*.c)
+
+$(RUNSTAMP): $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install --quiet -e '.[client,loadgen]'
 	touch $@
 
 # Dev install: everything `make test`, `make lint` and the benchmarks need.
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNSTAMP)
 
@@ -25,10 +29,10 @@ run: $(RUNSTAMP)
 	$(VENV)/bin/ocm-control
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --cov=wire --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100 tests
+	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider --cov=wire --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100 tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check wire control relay client loadgen tests
+	$(VENV)/bin/ruff check wire control relay client loadgen tests setup.py
 	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py control/session.py \
 		control/registry.py control/quotas.py
 	$(VENV)/bin/mypy control relay client loadgen
@@ -42,10 +46,10 @@ bench-hot: $(STAMP)
 	$(PY) tests/bench/bench_mmsg.py
 
 bench: $(STAMP)
-	$(PY) -m loadgen.bench
+	$(PY) -m tests.bench.capacity
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache */_*.so
 
 # Hardening (docs/security.md). fuzz: FUZZ_RUNS inputs through every codec and core
 # (atheris if it installed, else the stdlib mutation engine). chaos: the full 1,000,000-

@@ -216,7 +216,7 @@ def execute(opts: Options, live: LiveView) -> dict[str, Any]:
         ready = fleet.start()
         report["accounting"] = sorted({r["accounting"] for r in ready})
         report["sched"] = sorted({r["sched"] for r in ready})
-        notes = sorted({r["accounting_note"] for r in ready if r["accounting_note"]})
+        notes = [fleet.accounting_note] if fleet.accounting_note else []
         setup = report["setup"] = fleet.setup()
         if setup["joins_ok"] == 0:
             raise LoadgenError(f"no member could join: {setup['failures']}")

@@ -33,7 +33,7 @@ from loadgen.meter import (
     merge_histograms,
 )
 from loadgen.pacing import NS
-from loadgen.servers import tree_usage
+from loadgen.procstat import tree_usage
 from loadgen.transport import resolve_mode
 from loadgen.users import Plan, child_main
 
@@ -125,6 +125,8 @@ class Fleet:
         self.plans: list[Plan] = []
         self.active_members = 0
         self.interrupted = False
+        self.accounting_note: str | None = None
+        """Why shared-socket deliveries are accounted in Python under ``auto``, if they are."""
         self._cpu0 = _cpu()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -133,8 +135,14 @@ class Fleet:
         opts = self.opts
         per_proc = max(1, opts.join_concurrency // self.procs)
         sockets = resolve_mode(opts.sockets, opts.server)
-        if sockets == "shared" and opts.accounting != "python":
-            fastpath.resolve(opts.accounting)  # build it once, before the processes load it
+        accounting = "python"
+        if sockets == "shared":
+            # decided here, once: every process then uses the same path (a ``c`` that
+            # cannot be honoured raises, as the CLI has checked)
+            try:
+                accounting, self.accounting_note = fastpath.choose(opts.accounting)
+            except fastpath.Unavailable as exc:
+                raise LoadgenError(f"--accounting c: {exc}") from None
         for i in range(self.procs):
             lo = opts.rooms * i // self.procs
             hi = opts.rooms * (i + 1) // self.procs
@@ -143,7 +151,7 @@ class Fleet:
                         users=opts.users, size=opts.size, framing=opts.framing,
                         password=opts.password, join_concurrency=per_proc,
                         sockets=sockets,
-                        rx_timestamps=opts.rx_timestamps, accounting=opts.accounting,
+                        rx_timestamps=opts.rx_timestamps, accounting=accounting,
                         realtime_priority=opts.realtime_priority,
                         join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout)
             parent_conn, child_conn = ctx.Pipe()

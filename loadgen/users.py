@@ -42,10 +42,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-from loadgen.fastpath import Unavailable
 from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter, username_of
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
-from loadgen.servers import runqueue_wait_seconds
+from loadgen.procstat import runqueue_wait_seconds
 from loadgen.transport import SHARED_OWNER, MemberSockets, SharedSocket, Transport
 from relay import sched
 from wire import errors
@@ -82,8 +81,8 @@ class Plan:
     """``member`` or ``shared`` (resolved by the parent: transport.resolve_mode)."""
     rx_timestamps: bool = True
     """Kernel receive timestamps (``SO_TIMESTAMPNS``) for the relay latency."""
-    accounting: str = "auto"
-    """``c``, ``python`` or ``auto`` (C where it can be used): loadgen/fastpath.py."""
+    accounting: str = "python"
+    """``c`` or ``python`` (resolved by the parent: fastpath.choose)."""
     realtime_priority: int = 0
     """``SCHED_FIFO`` priority of this process (0: normal scheduling); relay/sched.py."""
     join_concurrency: int = 32
@@ -143,15 +142,10 @@ class Simulator:
                 raise OSError(f"{n} sockets needed but RLIMIT_NOFILE is {limit}")
             self.transport = MemberSockets(n, _local_ip_towards(plan.server, plan.tcp_port),
                                            plan.rx_timestamps)
-        self.accounting, self.accounting_note = "python", None
-        if isinstance(self.transport, SharedSocket) and plan.accounting != "python":
-            try:
-                self.transport.account_with(self.meter)
-                self.accounting = "c"
-            except Unavailable as exc:
-                if plan.accounting == "c":
-                    raise
-                self.accounting_note = f"deliveries accounted in Python (slower): {exc}"
+        self.accounting = "python"
+        if isinstance(self.transport, SharedSocket) and plan.accounting == "c":
+            self.transport.account_with(self.meter)  # fastpath.Unavailable: the parent said c
+            self.accounting = "c"
         self.prefix: list[bytes] = [b""] * n
         self.is_host = [False] * n
         self.last_send_ns = [0] * n
@@ -185,8 +179,7 @@ class Simulator:
                                   "sockets": self.transport.mode,
                                   "rcvbuf": self.transport.rcvbuf,
                                   "accounting": self.accounting,
-                                  "sched": sched.current(),
-                                  "accounting_note": self.accounting_note}))
+                                  "sched": sched.current()}))
         while True:
             cmd = self.conn.recv()
             kind = cmd[0]

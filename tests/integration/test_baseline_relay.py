@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loadgen import servers
+from tests.bench import servers
 from tests.integration.peer import JoinRefused, Peer, join
 from wire.codes import Framing, Operation, Status
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loadgen import bench
-from loadgen.bench import SECTION, replace_section
+from tests.bench import capacity as bench
+from tests.bench.capacity import SECTION, replace_section
 
 MINE = f"{SECTION}\n\nnew figures\n"
 

@@ -13,14 +13,14 @@ Runs, each against a freshly started server on kernel-chosen loopback ports:
    latency and a loss SLO (p99 ≤ 10 ms, loss ≤ 0.1 %);
 4. a capacity search with the loss SLO alone (the issue's "maximum sustained fan-out");
 5. the headline against ``ocm-control --workers 1``;
-6. the headline against the baseline (loadgen/baselines/simple_relay.py);
+6. the headline against the baseline (tests/bench/baselines/simple_relay.py);
 
 then rewrites its own section of docs/benchmarks.md (figures, exact commands, machine)
 and writes docs/bench-latency.png, docs/bench-capacity.png and docs/bench-compare.png.
 Other sections of docs/benchmarks.md (e.g. "## Wire codecs") are kept as they are.
 The JSON reports go to ``--out`` (default: a temporary directory).
 
-``python -m loadgen.bench --quick`` runs a small profile and writes no docs (for testing).
+``python -m tests.bench.capacity --quick`` runs a small profile and writes no docs (for testing).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from typing import Any, Final
 
 import orjson
 
-from loadgen import servers
 from loadgen.report import machine_info
 from relay import sched
+from tests.bench import servers
 
 SECTION: Final = "## Capacity (make bench)"
 DOCS: Final = Path("docs")
@@ -199,7 +199,7 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
                    load_before: tuple[float, float, float]) -> str:
     lines = [SECTION, ""]
     lines += [
-        f"Measured by `make bench` (`loadgen/bench.py`) on {machine['date']}: "
+        f"Measured by `make bench` (`tests/bench/capacity.py`) on {machine['date']}: "
         f"{machine['nproc']} × {machine['cpu_model']}, {machine['kernel']}, "
         f"Python {machine['python']}; load average before the run "
         f"{load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f}. "
@@ -372,7 +372,7 @@ def compare_plot(outcomes: dict[str, Outcome], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadgen.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.capacity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="small profile, no capacity search, no docs (a smoke test)")
