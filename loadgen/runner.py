@@ -17,7 +17,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Final
 
@@ -25,13 +24,13 @@ from loadgen import fastpath
 from loadgen.meter import (
     HEADER_BYTES,
     Counts,
-    Slo,
     backlog_growth,
     check_slo,
     latency_ms,
     merge_counts,
     merge_histograms,
 )
+from loadgen.options import Options
 from loadgen.pacing import NS
 from loadgen.procstat import tree_usage
 from loadgen.transport import resolve_mode
@@ -56,50 +55,6 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 class LoadgenError(RuntimeError):
     """A loadgen process failed (its traceback is the message) or the run cannot go on."""
-
-
-@dataclass(frozen=True)
-class Options:
-    """Everything a run needs (built by cli.py from the command line)."""
-
-    rooms: int = 500
-    users: int = 10
-    rate: float = 2.0
-    duration: float = 10.0
-    warmup: float = 2.0
-    size: int = 100
-    procs: int = 0
-    server: str = "127.0.0.1"
-    tcp_port: int = 9000
-    framing: str = "plain"
-    password: str | None = None
-    slo: Slo = field(default_factory=Slo)
-    find_capacity: bool = False
-    step_factor: float = 1.5
-    precision: float = 0.05
-    max_steps: int = 12
-    drain: float = 2.0
-    join_concurrency: int = 64
-    join_timeout: float = 10.0
-    bind_timeout: float = 10.0
-    server_pid: int | None = None
-    pacing_us: float = 100.0
-    retries: int = 0
-    sockets: str = "auto"
-    """``member``, ``shared`` or ``auto`` (transport.py); the CLI resolves ``auto``."""
-    rx_timestamps: bool = True
-    accounting: str = "auto"
-    """``auto``, ``c`` or ``python``: who accounts shared-socket deliveries (fastpath.py)."""
-    realtime_priority: int = 0
-    """``SCHED_FIFO`` priority of the loadgen processes; 0 = normal scheduling."""
-
-    @property
-    def members(self) -> int:
-        return self.rooms * self.users
-
-    def effective_procs(self) -> int:
-        procs = self.procs or os.cpu_count() or 1
-        return max(1, min(procs, self.rooms))
 
 
 def _percentile(values: list[float], p: float) -> float | None:
