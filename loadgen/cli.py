@@ -13,6 +13,7 @@ import time
 from typing import Any, Final, NoReturn
 
 from loadgen import capacity, fastpath, options
+from loadgen.messages import CapacityFigures, RunFigures
 from loadgen.options import CAPACITY_SLO_LOSS_PCT, CAPACITY_SLO_P99_MS, Options
 from loadgen.report import LiveView, machine_info, print_summary, write_json, write_plot
 from loadgen.runner import WAIT_WARN_PCT, Fleet, LoadgenError
@@ -113,74 +114,78 @@ def no_join_message(opts: Options, failures: dict[str, int]) -> str:
     return f"no member could join the server at {where}: {outcomes}"
 
 
-def _held(run: dict[str, Any]) -> bool:
-    return bool(run["slo"]["held"]) and not run["aborted"]
+def _held(run: RunFigures) -> bool:
+    return run.slo.held and not run.aborted
 
 
-def _disturbed(run: dict[str, Any]) -> bool:
+def _disturbed(run: RunFigures) -> bool:
     """The loadgen waited for a CPU: something else (maybe the server) crowded the cores."""
-    return bool(max(run.get("loadgen_wait_pct") or [0.0]) > WAIT_WARN_PCT)
+    return max(run.loadgen_wait_pct or [0.0]) > WAIT_WARN_PCT
+
+
+def _search(fleet: Fleet, opts: Options) -> tuple[list[RunFigures], CapacityFigures]:
+    """``--find-capacity``: runs at the rates ``capacity.next_rate`` picks (a disturbed
+    break is re-run up to ``--retries`` times)."""
+    runs: list[RunFigures] = []
+    steps: list[capacity.Step] = []
+    rate = capacity.next_rate(steps, opts.rate, opts.step_factor, opts.precision,
+                              opts.max_steps)
+    while rate is not None and not fleet.interrupted:
+        run = fleet.run(rate)
+        runs.append(run)
+        for _ in range(opts.retries):
+            if _held(run) or not _disturbed(run) or fleet.interrupted:
+                break
+            run = fleet.run(rate)
+            run.retry = True
+            runs.append(run)
+        steps.append(capacity.Step(rate, _held(run), run.loadgen_saturated))
+        rate = capacity.next_rate(steps, opts.rate, opts.step_factor, opts.precision,
+                                  opts.max_steps)
+    best = capacity.capacity(steps)
+    held = [r for r in runs if r.rate_per_user == best and _held(r)]
+    return runs, CapacityFigures(
+        rate_per_user=best, in_per_s=held[0].in_per_s if held else None,
+        out_per_s=held[0].out_per_s if held else None, slo_p99_ms=opts.slo.p99_ms,
+        slo_loss_pct=opts.slo.loss_pct, limited_by_loadgen=capacity.limited_by_loadgen(steps),
+        steps=[(s.rate, s.held, s.loadgen_saturated) for s in steps])
 
 
 def execute(opts: Options, live: LiveView) -> dict[str, Any]:
-    """Setup, the run(s), exits; return the report (without ``exit_code``)."""
+    """Setup, the run(s), exits; return the JSON report (without ``exit_code``)."""
     t_start = time.monotonic()
     report: dict[str, Any] = {"tool": "ocm-loadgen", "options": _options_json(opts),
                               "machine": machine_info()}
+    cap: CapacityFigures | None = None
     with Fleet(opts, live.on_event) as fleet:
         report["procs"] = fleet.procs
         ready = fleet.start()
-        report["accounting"] = sorted({r["accounting"] for r in ready})
-        report["sched"] = sorted({r["sched"] for r in ready})
+        report["accounting"] = sorted({r.accounting for r in ready})
+        report["sched"] = sorted({r.sched for r in ready})
         notes = [fleet.accounting_note] if fleet.accounting_note else []
-        setup = report["setup"] = fleet.setup()
-        if setup["joins_ok"] == 0:
-            raise LoadgenError(no_join_message(opts, setup["failures"]))
-        if setup["max_message"] < opts.size:
+        setup = fleet.setup()
+        report["setup"] = setup.to_json()
+        if setup.joins_ok == 0:
+            raise LoadgenError(no_join_message(opts, setup.failures))
+        if setup.max_message < opts.size:
             raise LoadgenError(f"--size {opts.size} is over the server's max_message "
-                               f"{setup['max_message']}")
-        runs: list[dict[str, Any]] = []
-        steps: list[capacity.Step] = []
+                               f"{setup.max_message}")
         if opts.find_capacity:
-            rate = capacity.next_rate(steps, opts.rate, opts.step_factor, opts.precision,
-                                      opts.max_steps)
-            while rate is not None and not fleet.interrupted:
-                run = fleet.run(rate)
-                runs.append(run)
-                for _ in range(opts.retries):
-                    if _held(run) or not _disturbed(run) or fleet.interrupted:
-                        break
-                    run = fleet.run(rate)
-                    run["retry"] = True
-                    runs.append(run)
-                steps.append(capacity.Step(rate, _held(run), run["loadgen_saturated"]))
-                rate = capacity.next_rate(steps, opts.rate, opts.step_factor, opts.precision,
-                                          opts.max_steps)
+            runs, cap = _search(fleet, opts)
         else:
-            runs.append(fleet.run(opts.rate))
+            runs = [fleet.run(opts.rate)]
         live.on_event("phase", {"phase": "leaving (/exit)"})
         report["exits"] = fleet.finish()
         report["parent_cpu_pct"] = fleet.parent_cpu_pct(time.monotonic() - t_start)
     for run in runs:
-        run["warnings"].extend(notes)
-    report["runs"] = runs
-    if opts.find_capacity:
-        best = capacity.capacity(steps)
-        held = [r for r in runs if r["rate_per_user"] == best and _held(r)]
-        report["result"] = held[0] if held else runs[-1]
-        report["capacity"] = {
-            "rate_per_user": best,
-            "in_per_s": held[0]["in_per_s"] if held else None,
-            "out_per_s": held[0]["out_per_s"] if held else None,
-            "slo_p99_ms": opts.slo.p99_ms,
-            "slo_loss_pct": opts.slo.loss_pct,
-            "limited_by_loadgen": capacity.limited_by_loadgen(steps),
-            "steps": [{"rate_per_user": s.rate, "held": s.held,
-                       "loadgen_saturated": s.loadgen_saturated} for s in steps],
-        }
-    else:
-        report["result"] = runs[0]
-        report["capacity"] = None
+        run.warnings.extend(notes)
+    result = runs[0]
+    if cap is not None:
+        held = [r for r in runs if r.rate_per_user == cap.rate_per_user and _held(r)]
+        result = held[0] if held else runs[-1]
+    report["runs"] = [run.to_json() for run in runs]
+    report["result"] = result.to_json()
+    report["capacity"] = None if cap is None else cap.to_json()
     return report
 
 

@@ -8,11 +8,11 @@ commands from the parent on ``conn`` (a ``multiprocessing`` pipe):
 * ``("setup",)``: every member joins through TCRP (user 0 of each room creates it and is
   its host), asyncio on uvloop with bounded concurrency; right after its join each member
   sends an empty keepalive to bind its address; then wait until the ``joined`` notices show
-  every member bound (or ``bind_timeout_s``). Answers ``("setup", {...})``.
+  every member bound (or ``bind_timeout_s``). Answers a ``SetupPart`` (messages.py).
 * ``("run", {...})``: paced sending from ``t0`` to ``end`` (warmup, then the measured
-  window), receiving and accounting (``meter.Meter``), a ``("tick", {...})`` every
+  window), receiving and accounting (``meter.Meter``), a ``Tick`` every
   ``tick_ns``, then a drain until every expected delivery arrived (or ``drain_ns``).
-  Answers ``("result", {...})``. An ``("abort",)`` during the run ends it early.
+  Answers a ``RunPart``. An ``("abort",)`` during the run ends it early.
 * ``("exit", "members" | "hosts")``: send ``/exit`` from the non-hosts or the hosts.
 * ``("quit",)``: close everything and return.
 
@@ -38,10 +38,11 @@ import signal
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
+from loadgen.messages import ChildError, Exits, JoinProgress, Ready, RunPart, SetupPart, Tick
 from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter, username_of
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
 from loadgen.procstat import runqueue_wait_seconds
@@ -216,17 +217,14 @@ class Simulator:
 
     # --- the command loop ------------------------------------------------------------------
     def serve(self) -> None:
-        self.conn.send(("ready", {"index": self.plan.index, "members": self.n,
-                                  "pid": os.getpid(), "timerfd": self.timer is not None,
-                                  "sockets": self.transport.mode,
-                                  "rcvbuf": self.transport.rcvbuf,
-                                  "accounting": self.accounting,
-                                  "sched": sched.current()}))
+        self.conn.send(Ready(self.plan.index, self.n, os.getpid(), self.timer is not None,
+                             self.transport.mode, self.transport.rcvbuf, self.accounting,
+                             sched.current()))
         while True:
             cmd = self.conn.recv()
             kind = cmd[0]
             if kind == "setup":
-                self.conn.send(("setup", self.setup()))
+                self.conn.send(self.setup())
             elif kind == "run":
                 self.aborted = False
                 # no cyclic garbage is made while running: keep collector pauses out of the
@@ -237,9 +235,9 @@ class Simulator:
                     result = self.run(**cmd[1])
                 finally:
                     gc.enable()
-                self.conn.send(("result", result))
+                self.conn.send(result)
             elif kind == "exit":
-                self.conn.send(("exited", self.send_exits(hosts=cmd[1] == "hosts")))
+                self.conn.send(self.send_exits(hosts=cmd[1] == "hosts"))
             elif kind == "quit":
                 break
             elif kind == "abort":
@@ -253,7 +251,7 @@ class Simulator:
         self.transport.close()
 
     # --- setup: joins over TCRP ---------------------------------------------------------
-    def setup(self) -> dict[str, Any]:
+    def setup(self) -> SetupPart:
         t_start = time.monotonic_ns()
         try:
             import uvloop
@@ -267,22 +265,14 @@ class Simulator:
         bind_missing = self._wait_bound(t_end + int(self.plan.bind_timeout_s * NS))
         t_bound = time.monotonic_ns()
         j = self.join
-        return {
-            "index": self.plan.index,
-            "joins_ok": j.ok,
-            "joins_failed": j.failed,
-            "failures": j.failures,
-            "t_start_ns": t_start,
-            "t_end_ns": t_end,
-            "join_latencies_ms": j.latencies_ms,
-            "bind_wait_s": (t_bound - t_end) / NS,
-            "bound_missing": bind_missing,
-            "framing": "ocm1" if self.meter.framed else "plain",
-            "framing_mismatch": j.framing_mismatch,
-            "max_message": j.max_message,
-            "inactivity_timeout_s": j.inactivity_timeout_s,
-            "notices": dict(self.meter.notice_events),
-        }
+        return SetupPart(
+            index=self.plan.index, joins_ok=j.ok, joins_failed=j.failed,
+            failures=j.failures, t_start_ns=t_start, t_end_ns=t_end,
+            join_latencies_ms=j.latencies_ms, bind_wait_s=(t_bound - t_end) / NS,
+            bound_missing=bind_missing, framing="ocm1" if self.meter.framed else "plain",
+            framing_mismatch=j.framing_mismatch, max_message=j.max_message,
+            inactivity_timeout_s=j.inactivity_timeout_s,
+            notices=dict(self.meter.notice_events))
 
     async def _join_all(self) -> None:
         sem = asyncio.Semaphore(self.plan.join_concurrency)
@@ -309,8 +299,7 @@ class Simulator:
             self._send_join_progress()
 
     def _send_join_progress(self) -> None:
-        self.conn.send(("joins", {"index": self.plan.index, "done": self.join.done,
-                                  "failed": self.join.failed}))
+        self.conn.send(JoinProgress(self.plan.index, self.join.done, self.join.failed))
 
     async def _join(self, sem: asyncio.Semaphore, lm: int, op: Operation) -> bool:
         plan, j = self.plan, self.join
@@ -446,7 +435,7 @@ class Simulator:
 
     # --- a run ----------------------------------------------------------------------------
     def run(self, rate: float, t0_ns: int, mstart_ns: int, end_ns: int, drain_ns: int,
-            tick_ns: int, pacing_ns: int = MIN_TICK_NS) -> dict[str, Any]:
+            tick_ns: int, pacing_ns: int = MIN_TICK_NS) -> RunPart:
         """One paced run (see the module docstring): send what is due, stop sending at
         ``end_ns`` and learn what must arrive, report a tick every ``tick_ns``, wait for
         datagrams; until everything expected arrived, ``drain_ns`` passed or an abort."""
@@ -544,11 +533,8 @@ class Simulator:
         if now < r.end_ns:
             r.ticks_cpu.append(cpu_pct)
         interval = meter.take_interval()
-        self.conn.send(("tick", {
-            "index": self.plan.index, "j": r.j, "sent": sum(meter.sent),
-            "delivered": meter.c.delivered, "hist": interval.encode(),
-            "cpu_pct": cpu_pct, "wait_pct": wait_pct, "sending": now < r.end_ns,
-        }))
+        self.conn.send(Tick(self.plan.index, r.j, sum(meter.sent), meter.c.delivered,
+                            interval.encode(), cpu_pct, wait_pct, now < r.end_ns))
         r.j += 1
         r.next_tick += r.tick_ns
         meter.c.keepalives += self._keepalives(now)
@@ -565,25 +551,19 @@ class Simulator:
             return min(wake, r.t0_ns)
         return wake
 
-    def _run_result(self, r: _Run) -> dict[str, Any]:
+    def _run_result(self, r: _Run) -> RunPart:
         meter, counts = self.meter, self.meter.c
         counts.late_sends += r.late
         # a delivery to an address that is no member's was misrouted by the server
         counts.misrouted += self.transport.stray - r.stray_start
         counts.max_send_lag_ns = max(counts.max_send_lag_ns, r.max_lag)
         meter.take_interval()
-        return {
-            "index": self.plan.index,
-            "counts": meter.counts().to_json(),
-            "hist": meter.histogram.encode(),
-            "relay_hist": meter.relay_histogram.encode(),
-            "cpu_pct": 100.0 * r.cpu_run,
-            "cpu_pct_max_tick": max(r.ticks_cpu, default=0.0),
-            "wait_pct": 100.0 * r.wait_run,
-            "notices": dict(meter.notice_events),
-            "aborted": self.aborted,
-            "timerfd": self.timer is not None,
-        }
+        return RunPart(
+            index=self.plan.index, counts=replace(meter.counts()),
+            hist=meter.histogram.encode(), relay_hist=meter.relay_histogram.encode(),
+            cpu_pct=100.0 * r.cpu_run, cpu_pct_max_tick=max(r.ticks_cpu, default=0.0),
+            wait_pct=100.0 * r.wait_run, notices=dict(meter.notice_events),
+            aborted=self.aborted, timerfd=self.timer is not None)
 
     def _keepalives(self, now: int) -> int:
         """Empty datagrams from members that sent nothing for inactivity_timeout / 4."""
@@ -596,7 +576,7 @@ class Simulator:
         return sent
 
     # --- the end: /exit ---------------------------------------------------------------------
-    def send_exits(self, hosts: bool) -> dict[str, Any]:
+    def send_exits(self, hosts: bool) -> Exits:
         sent = 0
         for lm in range(self.n):
             if self.meter.active[lm] and self.is_host[lm] == hosts:
@@ -606,7 +586,7 @@ class Simulator:
         else:
             self.meter.active = [a and h for a, h in zip(self.meter.active, self.is_host,
                                                           strict=True)]
-        return {"index": self.plan.index, "exits": sent, "hosts": hosts}
+        return Exits(self.plan.index, sent, hosts)
 
 
 def _local_ip_towards(server: str, port: int) -> str:
@@ -625,7 +605,7 @@ def child_main(conn: Connection, plan: Plan) -> None:
         Simulator(conn, plan).serve()
     except BaseException:  # report any failure to the parent instead of dying silently
         try:
-            conn.send(("error", {"index": plan.index, "traceback": traceback.format_exc()}))
+            conn.send(ChildError(plan.index, traceback.format_exc()))
         except OSError:
             pass
         raise
