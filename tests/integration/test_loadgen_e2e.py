@@ -164,8 +164,9 @@ def test_auto_sockets_share_one_socket_on_loopback(baseline: servers.Running,
 @needs_control
 def test_ocm1_framing_against_the_real_server(tmp_path: Path) -> None:
     with start_server(workers=2) as server:
+        # password joins cost the server a scrypt each: seconds apiece on a busy machine
         code, report, text = loadgen(server.tcp_port, tmp_path, *SMALL, "--framing", "ocm1",
-                                     "--password", "s3cret")
+                                     "--password", "s3cret", "--join-timeout", "60")
         assert code == 0, text
         assert report["setup"]["framing"] == "ocm1"
         assert_all_accounted(report, tmp_path, members=100)
