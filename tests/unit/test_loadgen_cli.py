@@ -91,3 +91,9 @@ def test_piped_summary_does_not_wrap() -> None:
     console.print(line)
     assert console.width == PIPED_WIDTH
     assert out.getvalue() == line + "\n"
+
+
+def test_help_explains_warm_up_deliveries() -> None:
+    text = " ".join(cli.build_parser().format_help().split())
+    assert "warm-up deliveries of messages scheduled before the measured window" in text
+    assert "stale" not in text
