@@ -44,7 +44,7 @@ def _f(default: Any, help: str, group: str, *, above: float | None = None,
         "shown": shown})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Options:
     """Everything a run needs (``Fleet`` takes it; built by ``from_args``)."""
 
@@ -140,7 +140,7 @@ class Options:
         return max(1, min(procs, self.rooms))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Output:
     """What is shown and written once the run is over (cli.py)."""
 
