@@ -65,7 +65,8 @@ A rate whose median latency keeps growing through the window (queues building: d
 socket buffers can hide an overload from the loss figure for seconds) breaks any SLO.
 
 exit codes: 0 ok (every SLO held, or a capacity was found), 1 an SLO was broken (or no
-rate held), 2 bad usage, 3 the run failed (server unreachable, a loadgen process died).
+rate held), 2 bad usage, 3 the run failed (server unreachable, a loadgen process died,
+the loadgen extra not installed).
 
 example:  ocm-loadgen --rooms 500 --users 10 --rate 2 --json out.json --plot out.png
 """

@@ -5,8 +5,9 @@ and merges what they report.
 ``spawn`` process per slice (users.child_main) and talks to each over a pipe:
 ``setup()`` (joins, binding), ``run(rate)`` once per run (one, or several for
 ``--find-capacity``, reusing the same members), ``finish()`` (``/exit`` from non-hosts,
-then from hosts, then quit). Progress (``joins``, ``tick``) is passed to ``on_event`` as it
-arrives; results are merged here: counters summed, HDR histograms decoded and added.
+then from hosts, then quit). The children's messages are typed (messages.py); progress
+(``joins``, ``tick``) is passed to ``on_event`` as it arrives; results are merged here into
+``SetupFigures`` and ``RunFigures``: counters summed, HDR histograms decoded and added.
 A child's traceback or death raises ``LoadgenError``.
 """
 
