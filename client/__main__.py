@@ -16,10 +16,19 @@ from typing import Final
 from client import render, script
 from client.link import GlobalLink, RoomLink, open_global
 from client.render import Line
-from client.session import DEFAULT_TIMEOUT_S, Joined, JoinFailed, JoinRefused, join_room
+from client.session import (
+    DEFAULT_TIMEOUT_S,
+    Joined,
+    JoinFailed,
+    JoinRefused,
+    client_tls_context,
+    join_room,
+)
 from wire.codes import Operation, Status
 
 EXIT_USAGE: Final = script.EXIT_USAGE
+PLAIN_PORT: Final = 9000
+TLS_PORT: Final = 9443
 
 EPILOG: Final = """\
 Without --create/--join, --user or a password option, ocm-chat asks (when run in a
@@ -42,8 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--server", metavar="HOST", default="127.0.0.1",
                         help="server name or address (default: %(default)s)")
-    parser.add_argument("--tcp-port", metavar="PORT", type=_port, default=9000,
-                        help="TCRP control port (default: %(default)s)")
+    parser.add_argument("--tcp-port", metavar="PORT", type=_port, default=None,
+                        help=f"TCRP control port (default: {PLAIN_PORT}, or {TLS_PORT} "
+                             "with --tls)")
+    parser.add_argument("--tls", action="store_true",
+                        help="speak TCRP inside TLS and verify the server's certificate "
+                             "(against the system's CAs, or --ca-file)")
+    parser.add_argument("--ca-file", metavar="FILE",
+                        help="with --tls: trust the CA certificates (PEM) in FILE instead "
+                             "of the system's")
     room = parser.add_mutually_exclusive_group()
     room.add_argument("--create", metavar="ROOM", help="create ROOM and host it")
     room.add_argument("--join", metavar="ROOM", help="join the existing ROOM")
@@ -114,6 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--stage1 is global chat: no room, no password")
     if problem := _check_names(args):
         parser.error(problem)
+    if args.ca_file is not None and not args.tls:
+        parser.error("--ca-file needs --tls")
+    if args.tcp_port is None:
+        args.tcp_port = TLS_PORT if args.tls else PLAIN_PORT
+    args.tls_context = None
+    if args.tls:
+        try:
+            args.tls_context = client_tls_context(args.ca_file)
+        except (OSError, ValueError) as exc:
+            return _fail(f"cannot use the CA file {args.ca_file!r}: {exc}", EXIT_USAGE)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     colour = not args.no_color and not os.environ.get("NO_COLOR")  # no-color.org
     try:
@@ -138,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             plan = ui.Plan(args.server, args.tcp_port, args.timeout, user=args.user,
                            operation=_operation(args), room=args.create or args.join,
-                           password=password or None, password_given=given)
+                           password=password or None, password_given=given,
+                           tls=args.tls_context)
             return ui.run_room(plan, colour)
         return _script_room(args, password or None)
     except KeyboardInterrupt:
@@ -166,7 +193,7 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
     room = args.create or args.join
     try:
         joined = join_room(args.server, args.tcp_port, operation, room, args.user, password,
-                           args.timeout)
+                           args.timeout, tls=args.tls_context)
     except JoinRefused as refused:
         text = render.refusal_text(refused.status, refused.error, room, args.user,
                                    password is not None)

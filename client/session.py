@@ -11,6 +11,7 @@ server is unreachable, timed out, or spoke something that is not TCRP).
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -84,8 +85,11 @@ def join_room(
     username: str,
     password: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    tls: ssl.SSLContext | None = None,
 ) -> Joined:
-    """Create or join ``room`` as ``username``; see the module docstring."""
+    """Create or join ``room`` as ``username``; see the module docstring. With ``tls``
+    the TCRP exchange runs inside TLS, and the server's certificate must verify for
+    ``host`` (``JoinFailed`` with a one-line reason otherwise)."""
     family, addr = resolve(host, tcp_port)
     where = f"{host}:{tcp_port}"
     deadline = time.monotonic() + timeout
@@ -99,6 +103,8 @@ def join_room(
         try:
             tcp.settimeout(timeout)
             tcp.connect(addr)
+            if tls is not None:
+                tcp = _handshake(tls, tcp, host, where)
             local_ip = tcp.getsockname()[0]
             udp = socket.socket(family, socket.SOCK_DGRAM)
             udp.bind((local_ip, 0))
@@ -125,6 +131,29 @@ def join_room(
     udp.setblocking(False)
     server_udp = (addr[0], response.details.udp_port)
     return Joined(room.encode(), username, complete.token, response.details, server_udp, udp)
+
+
+def client_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A context that verifies the server's certificate and name: against ``ca_file``
+    (PEM) if given, else the system's CAs. Raises ``OSError`` if ``ca_file`` is unusable."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _handshake(tls: ssl.SSLContext, tcp: socket.socket, host: str, where: str
+               ) -> ssl.SSLSocket:
+    """Wrap the connected ``tcp`` in TLS; on a certificate that does not verify, raise
+    ``JoinFailed`` saying so (a timeout or another ``OSError`` propagates)."""
+    try:
+        return tls.wrap_socket(tcp, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        raise JoinFailed(f"the server at {where} has a TLS certificate that cannot be "
+                         f"verified ({exc.verify_message}); give its CA with --ca-file"
+                         ) from None
+    except ssl.SSLError as exc:
+        raise JoinFailed(f"TLS with the server at {where} failed ({exc.reason or exc}); "
+                         "is it the TLS port?") from None
 
 
 def _read_answer(tcp: socket.socket, deadline: float, where: str) -> tuple[Response, Complete]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -153,6 +154,7 @@ class Plan:
     password_given: bool = False  # --password-file / --password-stdin, or asked already
     last_user: str = ""  # the default answers when a question is asked again
     last_room: str = ""
+    tls: ssl.SSLContext | None = None  # --tls: TCRP inside TLS
 
 
 def say(text: str, colour: bool, warning: bool = False) -> None:
@@ -174,7 +176,7 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
             plan.password, plan.password_given = asker.new_password(), True
         try:
             return join_room(plan.host, plan.tcp_port, operation, room, user,
-                             plan.password, plan.timeout)
+                             plan.password, plan.timeout, tls=plan.tls)
         except JoinRefused as refused:
             say(render.refusal_text(refused.status, refused.error, room, user,
                                     plan.password is not None), colour, True)

@@ -7,9 +7,10 @@ SIGINT (immediate stop).
 Signals: SIGTERM and SIGINT drain (``/readyz`` turns 503, systemd hears ``STOPPING=1``,
 new requests are answered UNAVAILABLE, every member gets ``closed``, then exit within
 ``--drain-timeout``); SIGHUP reloads the live settings (config.LIVE_FIELDS). The log says
-``ready tcp=HOST:PORT udp=PORTS stage1=PORT workers=N steering=MODE sched=SCHED`` once
-every worker is ready (and systemd hears ``READY=1``), then ``admin http=HOST:PORT`` (or
-``=disabled``).
+``ready tcp=HOST:PORT udp=PORTS stage1=PORT workers=N steering=MODE sched=SCHED
+tls=HOST:PORT`` once every worker is ready (``tcp=disabled`` with ``--no-plain-tcrp``,
+``tls=disabled`` without a certificate) (and systemd hears ``READY=1``), then
+``admin http=HOST:PORT`` (or ``=disabled``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from control import config as config_mod
-from control import logs
+from control import logs, tls
 from control.admin import AdminServer, Metrics, routes_for
 from control.config import LIVE_FIELDS, Config, ConfigError
 from control.notify import notify, watchdog_interval
@@ -101,7 +102,9 @@ class Control:
             new, _, sources = config_mod.load_with_sources(self.argv)
         except (ConfigError, SystemExit) as exc:
             self.reloads["failed"] += 1
-            log.error("reload failed, keeping the current settings: %s", exc)
+            # Never suppressed as a repeat: the latest reload's outcome must be visible.
+            log.error("reload failed, keeping the current settings: %s", exc,
+                      extra={logs.ALWAYS: True})
             return
         changed = [f.name for f in dataclasses.fields(Config)
                    if getattr(new, f.name) != getattr(self.cfg, f.name)]
@@ -198,15 +201,41 @@ class Control:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         cfg = self.cfg
+        listeners: list[asyncio.Server] = []
+        server: asyncio.Server | None = None
+        tls_server: asyncio.Server | None = None
         try:
-            server = await loop.create_server(lambda: TcrpConnection(self.app), cfg.host,
-                                              cfg.tcp_port, reuse_address=True,
-                                              start_serving=False, backlog=4096)
+            if cfg.plain_tcrp:
+                server = await loop.create_server(lambda: TcrpConnection(self.app), cfg.host,
+                                                  cfg.tcp_port, reuse_address=True,
+                                                  start_serving=False, backlog=4096)
+                listeners.append(server)
         except OSError as exc:
             log.error("cannot listen on TCP %s:%d: %s", cfg.host, cfg.tcp_port, exc.strerror)
             return EXIT_FAILURE
+        if cfg.tls_cert:
+            try:
+                context = tls.server_context(cfg.tls_cert, cfg.tls_key)
+            except tls.TlsSetupError as exc:
+                log.error("%s", exc)
+                for listener in listeners:
+                    listener.close()
+                return EXIT_CONFIG
+            try:
+                tls_server = await loop.create_server(
+                    lambda: TcrpConnection(self.app), cfg.host, cfg.tls_port, ssl=context,
+                    ssl_handshake_timeout=cfg.tcp_timeout, reuse_address=True,
+                    start_serving=False, backlog=4096)
+                listeners.append(tls_server)
+            except OSError as exc:
+                log.error("cannot listen on TLS %s:%d: %s", cfg.host, cfg.tls_port,
+                          exc.strerror)
+                for listener in listeners:
+                    listener.close()
+                return EXIT_FAILURE
         if not await self._start_admin():
-            server.close()
+            for listener in listeners:
+                listener.close()
             return EXIT_FAILURE
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal, signum)
@@ -219,19 +248,23 @@ class Control:
             self.plan.inboxes, self.plan.outboxes,
             seed=lambda i: (m.command(0) for m in self.registry.members_of(i)),
             on_event=self.app.on_worker_event, ping_interval=cfg.ping_interval,
-            ping_timeout=cfg.ping_timeout)
+            ping_timeout=cfg.ping_timeout, fd_reserve=cfg.fd_reserve)
         self.app.supervisor = supervisor
         starting = asyncio.ensure_future(supervisor.start())
         stop_wait = asyncio.ensure_future(self.stop_requested.wait())
         await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done() and starting.exception() is None and not self.stop_requested.is_set():
-            await server.start_serving()
-            tcp_port = server.sockets[0].getsockname()[1]
+            for listener in listeners:
+                await listener.start_serving()
+            tcp = (f"{cfg.host}:{server.sockets[0].getsockname()[1]}" if server is not None
+                   else "disabled")
+            tls_where = (f"{cfg.host}:{tls_server.sockets[0].getsockname()[1]}"
+                         if tls_server is not None else "disabled")
             self.state = "ready"
             udp = ",".join(map(str, sorted(set(self.plan.ports))))
-            ready = (f"ready tcp={cfg.host}:{tcp_port} udp={udp} stage1={self.plan.stage1_port}"
+            ready = (f"ready tcp={tcp} udp={udp} stage1={self.plan.stage1_port}"
                      f" workers={cfg.workers} steering={self.plan.steering}"
-                     f" sched={sched.describe(cfg.realtime_priority)}")
+                     f" sched={sched.describe(cfg.realtime_priority)} tls={tls_where}")
             log.info("%s", ready)
             if self.admin is not None and self.admin.address is not None:
                 log.info("admin http=%s:%d", *self.admin.address)
@@ -263,7 +296,8 @@ class Control:
         if not starting.done():
             starting.cancel()
         await supervisor.shutdown(cfg.drain_timeout)
-        server.close()
+        for listener in listeners:
+            listener.close()
         for conn in list(self.app.connections):
             if conn.transport is not None:
                 conn.transport.abort()
@@ -272,7 +306,7 @@ class Control:
             task.cancel()
         if self.admin is not None:
             self.admin.close()
-        self.app.hasher.shutdown(wait=False, cancel_futures=True)
+        self.app.kdf.shutdown()
         self.state = "stopped"
         logs.report_suppressed(log, now=float("inf"))
         log.info("stopped (exit code %d)", self.exit_code)

@@ -1,8 +1,11 @@
 """The admin HTTP server of ``ocm-control``: ``/metrics``, ``/healthz``, ``/readyz``.
 
 A tiny HTTP/1.1 server on asyncio (GET and HEAD only, ``Connection: close``, one request
-per connection, a 8 KiB request head, 5 s to send it), bound to ``--admin-host`` (default
-127.0.0.1) and ``--admin-port`` (default 9100; 0 = any free port; -1 = off).
+per connection, a 8 KiB request head, 5 s for the whole exchange), bound to
+``--admin-host`` (default 127.0.0.1) and ``--admin-port`` (default 9100; 0 = any free
+port; -1 = off). At most 32 connections are open; a new one past the cap closes the oldest
+that has not sent its request yet (else the oldest of all), so idle or slow clients can
+never lock a liveness probe out.
 
 Metrics come from the control process only. The relay workers already send a snapshot
 of plain counters over their pipe once a second (relay/worker.py ``_tick``, relay/core.py
@@ -33,8 +36,10 @@ log = logging.getLogger("ocm.control")
 
 MAX_REQUEST_HEAD_BYTES: Final = 8192
 REQUEST_TIMEOUT_S: Final = 5.0
+"""The whole exchange of one connection: request head in, answer out."""
 MAX_CONNECTIONS: Final = 32
-"""Concurrent admin connections; more are closed at once (a scraper needs one)."""
+"""Concurrent admin connections (a scraper needs one); a new connection past the cap
+takes the place of the oldest waiting one (32 × 8 KiB heads at most)."""
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 Labels = tuple[tuple[str, str], ...]
@@ -238,6 +243,11 @@ class Metrics:
                     for h in handles])
         out.family("ocm_worker_restarts_total", "counter", "relay worker restarts",
                    [((("worker", str(h.index)),), h.restarts) for h in handles])
+        supervisor = app.supervisor
+        out.family("ocm_control_stalls_total", "counter", "heartbeats that found control "
+                   "itself had not run for a while (stopped, starved): worker liveness was "
+                   "judged from fresh pings",
+                   [((), supervisor.stalls if supervisor is not None else 0)])
         stage1 = sum(int(h.stats.get("stage1", {}).get("clients", 0)) for h in handles
                      if isinstance(h.stats.get("stage1"), Mapping))
         out.family("ocm_stage1_clients", "gauge", "addresses in the Stage 1 global chat",
@@ -248,6 +258,15 @@ class Metrics:
         for metric, (name, help_text) in _COUNTER_HELP.items():
             samples = by_metric.get(metric) or ([] if metric in _LABELLED else [((), 0)])
             out.family(name, "counter", help_text, samples)
+        kdf = app.kdf
+        out.family("ocm_password_derivations_total", "counter", "scrypt runs (password "
+                   "hashes and checks not answered from a room's cache)", [((), kdf.runs)])
+        out.family("ocm_password_cache_hits_total", "counter", "joins whose password was "
+                   "accepted without scrypt (verified before)",
+                   [((), app.password_cache_hits)])
+        out.family("ocm_password_refused_total", "counter", "key derivations refused with "
+                   "RATE_LIMITED, by reason (rate, busy)",
+                   [((("reason", k),), v) for k, v in sorted(kdf.refused.items())])
         out.family("ocm_config_reloads_total", "counter", "SIGHUP reloads, by result",
                    [((("result", k),), v) for k, v in sorted(src.reloads.items())])
         self._process(out)
@@ -290,6 +309,8 @@ class AdminServer:
         self.server: asyncio.AbstractServer | None = None
         self.active = 0
         self.address: tuple[str, int] | None = None
+        self._open: dict[asyncio.StreamWriter, bool] = {}
+        """Open connections, oldest first -> True while their request head is awaited."""
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and serve; return the bound (host, port). Raises ``OSError``."""
@@ -303,34 +324,58 @@ class AdminServer:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        for writer in list(self._open):
+            writer.transport.abort()
+
+    def _make_room(self) -> None:
+        """At the cap: close the oldest connection still waiting for its request head,
+        else the oldest of all (a slow reader), so that a new probe is always served."""
+        victim = next((w for w, waiting in self._open.items() if waiting), None)
+        if victim is None:
+            victim = next(iter(self._open))
+        del self._open[victim]
+        victim.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.active >= MAX_CONNECTIONS:
-            writer.close()
-            return
+        if len(self._open) >= MAX_CONNECTIONS:
+            self._make_room()
+        self._open[writer] = True
         self.active += 1
+        answered = False
         try:
-            status, ctype, body, head_only = await self._answer(reader)
-            reason = _REASONS.get(status, "Unknown")
-            headers = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}",
-                       f"Content-Length: {len(body)}", "Connection: close",
-                       "Cache-Control: no-store"]
-            if status == 405:
-                headers.append("Allow: GET, HEAD")
-            writer.write(("\r\n".join(headers) + "\r\n\r\n").encode()
-                         + (b"" if head_only else body))
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                status, ctype, body, head_only = await self._answer(reader, writer)
+                reason = _REASONS.get(status, "Unknown")
+                headers = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}",
+                           f"Content-Length: {len(body)}", "Connection: close",
+                           "Cache-Control: no-store"]
+                if status == 405:
+                    headers.append("Allow: GET, HEAD")
+                writer.write(("\r\n".join(headers) + "\r\n\r\n").encode()
+                             + (b"" if head_only else body))
+                await writer.drain()
+            answered = True
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The loop is stopping with this connection open: end quietly (a cancelled
+            # client_connected_cb task is logged by asyncio as an error with a traceback).
+            answered = False
         finally:
+            if answered:  # let the rest of the answer go out, for a bounded time
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), REQUEST_TIMEOUT_S)
+            writer.transport.abort()
             self.active -= 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), REQUEST_TIMEOUT_S)
+            self._open.pop(writer, None)
 
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes, bool]:
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> tuple[int, str, bytes, bool]:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if writer in self._open:
+                self._open[writer] = False  # head read: being answered
         except asyncio.LimitOverrunError:
             return 431, "text/plain", b"request head too large\n", False
         except asyncio.IncompleteReadError as exc:

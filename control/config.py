@@ -51,6 +51,13 @@ def default_workers() -> int:
 class Config:
     host: str = _f("0.0.0.0", "address to bind the TCP and UDP ports on")
     tcp_port: int = _f(9000, "TCRP control port (TCP); 0 = any free port")
+    tls_port: int = _f(9443, "TCRP over TLS port (TCP), served when tls_cert and tls_key are "
+                             "set; 0 = any free port")
+    tls_cert: str = _f("", "PEM file with the server certificate (and its chain) for TCRP "
+                           "over TLS; empty = no TLS", metavar="FILE")
+    tls_key: str = _f("", "PEM file with the private key of tls_cert", metavar="FILE")
+    plain_tcrp: bool = _f(True, "also serve plain TCRP on tcp_port; --no-plain-tcrp leaves "
+                                "only TLS (needs tls_cert)")
     udp_port: int = _f(9001, "public room-chat port (UDP) shared by all workers; 0 = any")
     stage1_port: int = _f(9002, "Stage 1 global chat port (UDP); 0 disables it")
     workers: int = _f(default_workers(), "relay worker processes (default: the CPUs this "
@@ -75,6 +82,15 @@ class Config:
     password_failure_window: float = _f(60.0, "seconds over which failed passwords are "
                                               "counted (max_password_failures)", live=True)
     max_rooms_per_ip: int = _f(2000, "live rooms hosted from one IP", live=True)
+    kdf_rate_per_ip: float = _f(50.0, "password key derivations (scrypt, ~45 ms each: a "
+                                      "create with a password, a join whose password was "
+                                      "not verified before) started per second per client "
+                                      "IP, token bucket with burst = rate; more are "
+                                      "RATE_LIMITED", live=True)
+    kdf_concurrency_per_ip: int = _f(1, "key derivations of one client IP running or queued "
+                                        "at once; its others wait their turn", live=True)
+    kdf_queue: int = _f(32, "key derivations (all IPs) that may wait for one of the 2 "
+                            "hashing threads; past it RATE_LIMITED at once", live=True)
     chat_rate: float = _f(10.0, "chat messages per second per member, token bucket; excess "
                                 "dropped and counted", live=True)
     chat_burst: int = _f(20, "chat messages a member may send at once (bucket size of "
@@ -93,6 +109,9 @@ class Config:
                          metavar="PORT")
     ping_interval: float = _f(1.0, "seconds between liveness pings to each worker")
     ping_timeout: float = _f(5.0, "seconds without a pong before a worker is replaced")
+    fd_reserve: int = _f(16, "file descriptors control holds in reserve so that a worker can "
+                             "be respawned when connections use up the descriptor limit; "
+                             "0 = none")
     drain_timeout: float = _f(10.0, "seconds a graceful stop may take before workers "
                                     "are killed")
     realtime_priority: int = _f(0, "run the relay workers under SCHED_FIFO at this "
@@ -135,6 +154,7 @@ _POSITIVE: Final = ("inactivity_timeout", "tcp_timeout", "ping_interval", "ping_
                     "drain_timeout", "max_members", "max_send_failures",
                     "max_stage1_clients", "max_conns_per_ip", "conn_rate_per_ip",
                     "max_password_failures", "password_failure_window", "max_rooms_per_ip",
+                    "kdf_rate_per_ip", "kdf_concurrency_per_ip",
                     "chat_rate", "chat_burst")
 DEFAULT_SOURCE: Final = "default"
 
@@ -196,7 +216,7 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
         where = (sources or {}).get(name, DEFAULT_SOURCE)
         return ConfigError(f"{where}: {message}" if where != DEFAULT_SOURCE else message)
 
-    for port_field in ("tcp_port", "udp_port", "stage1_port"):
+    for port_field in ("tcp_port", "tls_port", "udp_port", "stage1_port"):
         port = getattr(cfg, port_field)
         if not 0 <= port <= 65535:
             raise fail(port_field, f"{port_field} must be 0..65535, got {port}")
@@ -205,6 +225,14 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
                                  f"{cfg.admin_port}")
     if cfg.admin_port > 0 and cfg.admin_port == cfg.tcp_port:
         raise fail("admin_port", f"admin_port and tcp_port are both TCP port {cfg.tcp_port}")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        name = "tls_key" if cfg.tls_cert else "tls_cert"
+        raise fail(name, "tls_cert and tls_key must be given together")
+    if not cfg.plain_tcrp and not cfg.tls_cert:
+        raise fail("plain_tcrp", "plain_tcrp is off but no TLS is configured (tls_cert, "
+                                 "tls_key): TCRP would be served nowhere")
+    if cfg.tls_cert and cfg.plain_tcrp and cfg.tls_port and cfg.tls_port == cfg.tcp_port:
+        raise fail("tls_port", f"tls_port and tcp_port are both TCP port {cfg.tcp_port}")
     if not 1 <= cfg.workers <= MAX_WORKERS:
         raise fail("workers", f"workers must be 1..{MAX_WORKERS}, got {cfg.workers}")
     for positive in _POSITIVE:
@@ -217,6 +245,10 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
     if not 0 <= cfg.realtime_priority <= sched.MAX_PRIORITY:
         raise fail("realtime_priority", f"realtime_priority must be 0 (normal scheduling) or "
                                         f"1..{sched.MAX_PRIORITY}, got {cfg.realtime_priority}")
+    if cfg.kdf_queue < 0:
+        raise fail("kdf_queue", f"kdf_queue must be >= 0, got {cfg.kdf_queue}")
+    if not 0 <= cfg.fd_reserve <= 1024:
+        raise fail("fd_reserve", f"fd_reserve must be 0..1024, got {cfg.fd_reserve}")
     if not 1 <= cfg.max_payload <= 1 << 20:
         raise fail("max_payload", f"max_payload must be 1..1048576 bytes, got "
                                   f"{cfg.max_payload}")

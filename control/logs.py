@@ -36,6 +36,9 @@ FORMATS: Final = ("text", "json")
 REPEAT_BURST: Final = 5
 """Identical warnings let through per interval before suppressing."""
 REPEAT_INTERVAL_S: Final = 60.0
+ALWAYS: Final = "_ocm_always"
+"""``extra={ALWAYS: True}`` exempts a record from repeat suppression: for the lines an
+operator must see every time (the latest reload failed, a worker cannot be respawned)."""
 REPEAT_MAX_KEYS: Final = 1024
 """Bound of the filter's table (one entry per message template: ~200 bytes each)."""
 
@@ -130,7 +133,8 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < self.level or getattr(record, "_ocm_summary", False):
+        if (record.levelno < self.level or getattr(record, "_ocm_summary", False)
+                or getattr(record, ALWAYS, False)):
             return True
         key = (record.name, record.levelno, str(record.msg))
         now = self.clock()

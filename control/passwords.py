@@ -3,6 +3,11 @@
 Hashing costs ~45 ms and 16 MiB on this machine (n=2**14, r=8, p=1, the interactive-login
 parameters of RFC 7914 §2), so control runs it in a thread pool, never on the event loop
 (hashlib releases the GIL during scrypt). Passwords are never logged.
+
+``password_mac`` is the cheap check of a password already verified once: HMAC-SHA256
+under a key drawn when the process starts and never stored. It is a fast verifier, so
+whoever can read control's memory can brute-force it quickly — but such a reader also
+sees every password as it arrives, and rooms, hashes and the key die with the process.
 """
 
 from __future__ import annotations
@@ -33,6 +38,19 @@ class PasswordHash:
 def _scrypt(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
                           maxmem=SCRYPT_MAXMEM_BYTES, dklen=DIGEST_BYTES)
+
+
+_MAC_KEY: Final = secrets.token_bytes(32)
+
+
+def password_mac(password: str, salt: bytes) -> bytes:
+    """HMAC-SHA256 of ``salt + password`` under the process key (microseconds)."""
+    return hmac.new(_MAC_KEY, salt + password.encode(), hashlib.sha256).digest()
+
+
+def same(a: bytes, b: bytes) -> bool:
+    """Constant-time equality of two digests."""
+    return hmac.compare_digest(a, b)
 
 
 def hash_password(password: str) -> PasswordHash:

@@ -10,6 +10,7 @@ Every table is keyed by client IP (or IP and room) and bounded, with its worst c
 * failed passwords: ``MAX_TRACKED_IPS`` (ip, room) entries of at most
   ``max_password_failures`` timestamps each; expired entries are pruned when full.
 * rooms hosted per IP: one int per IP hosting a live room (bounded by the room count).
+* key derivations (scrypt) per IP: token buckets like the request buckets, same bound.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ class QuotaSettings:
     max_password_failures: int
     password_failure_window: float
     max_rooms_per_ip: int
+    kdf_rate_per_ip: float = 50.0
+    """Key derivations (scrypt) started per second per IP, token bucket, burst = rate."""
+    kdf_concurrency_per_ip: int = 1
+    """Key derivations of one IP running (or queued for a thread) at once."""
+    kdf_queue: int = 32
+    """Key derivations, over all IPs, that may wait for a thread."""
 
 
 class Quotas:
@@ -36,7 +43,9 @@ class Quotas:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._failures: dict[tuple[str, str], list[float]] = {}
         self.rooms: dict[str, int] = {}
-        self.refused: dict[str, int] = {"conns": 0, "conn_rate": 0, "password": 0, "rooms": 0}
+        self._kdf_buckets: dict[str, tuple[float, float]] = {}
+        self.refused: dict[str, int] = {"conns": 0, "conn_rate": 0, "password": 0, "rooms": 0,
+                                        "kdf_rate": 0}
 
     # --- connections -------------------------------------------------------------------
     def open_connection(self, ip: str) -> bool:
@@ -57,17 +66,17 @@ class Quotas:
 
     def allow_request(self, ip: str, now: float) -> bool:
         """Token bucket of ``conn_rate_per_ip`` requests/s (burst = rate) per IP."""
-        rate = self.settings.conn_rate_per_ip
-        allowance, stamp = self._buckets.get(ip, (rate, now))
-        allowance = min(rate, allowance + (now - stamp) * rate)
-        if len(self._buckets) >= MAX_TRACKED_IPS and ip not in self._buckets:
-            self._buckets.clear()
-        if allowance < 1.0:
-            self._buckets[ip] = (allowance, now)
-            self.refused["conn_rate"] += 1
-            return False
-        self._buckets[ip] = (allowance - 1.0, now)
-        return True
+        if _take(self._buckets, ip, self.settings.conn_rate_per_ip, now):
+            return True
+        self.refused["conn_rate"] += 1
+        return False
+
+    def allow_kdf(self, ip: str, now: float) -> bool:
+        """Token bucket of ``kdf_rate_per_ip`` key derivations/s (burst = rate) per IP."""
+        if _take(self._kdf_buckets, ip, self.settings.kdf_rate_per_ip, now):
+            return True
+        self.refused["kdf_rate"] += 1
+        return False
 
     # --- passwords ---------------------------------------------------------------------
     def password_blocked(self, ip: str, room: str, now: float) -> bool:
@@ -113,3 +122,17 @@ class Quotas:
             self.rooms[ip] = count
         else:
             self.rooms.pop(ip, None)
+
+
+def _take(buckets: dict[str, tuple[float, float]], ip: str, rate: float, now: float) -> bool:
+    """Take one token from ``ip``'s bucket (``rate``/s, burst = rate); False if empty.
+    A full table (``MAX_TRACKED_IPS``) is dropped: buckets reset, the safe direction."""
+    allowance, stamp = buckets.get(ip, (rate, now))
+    allowance = min(rate, allowance + (now - stamp) * rate)
+    if len(buckets) >= MAX_TRACKED_IPS and ip not in buckets:
+        buckets.clear()
+    if allowance < 1.0:
+        buckets[ip] = (allowance, now)
+        return False
+    buckets[ip] = (allowance - 1.0, now)
+    return True

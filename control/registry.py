@@ -1,6 +1,6 @@
 """The authoritative registry of rooms, members and tokens (pure: no I/O, no clock).
 
-Control is the source of truth (DESIGN.md): a relay worker holds a copy of its own rooms
+Control is the source of truth (docs/architecture.md): a relay worker holds a copy of its own rooms
 and reports changes (bound, left, closed) that control applies here. A restarted worker
 is re-seeded from ``members_of(worker)``.
 
@@ -61,6 +61,9 @@ class RoomRecord:
     """The IP the room was created from (the per-IP room quota counts it)."""
     live: bool = False
     """False while the worker has not yet acknowledged the room (joins see no room)."""
+    password_mac: bytes | None = None
+    """A keyed hash of the password that last verified (control/passwords.py
+    ``password_mac``): the same password is then accepted without scrypt."""
 
 
 class Registry:

@@ -4,9 +4,15 @@ supervisor, and the glue between them.
 Per connection (``TcrpConnection``) the adapter only feeds bytes to ``Session``, writes
 what it returns and arms one timer (the request deadline, then the 2-byte registration
 window). ``ControlApp.handle`` decides a request: registry checks in the order of
-PROTOCOL.md §1.3, password hashing in a thread pool, then the ``member`` command to the
+docs/protocol.md §1.3, password hashing in a thread pool, then the ``member`` command to the
 owning worker — the State 2 token is sent only after the worker acknowledged it, so a
 client's very first datagram is never lost.
+
+Password checks: a room remembers a keyed hash (HMAC-SHA256 under a per-process key) of
+the password that last verified, so a join with the right password costs one HMAC, not a
+scrypt run, and USERNAME_TAKEN / ROOM_FULL can be answered cheaply without skipping
+INVALID_PASSWORD's precedence. Everything else that needs scrypt (a create with a
+password, a password not seen verified) goes through ``KeyDerivations``'s per-IP budget.
 """
 
 from __future__ import annotations
@@ -15,11 +21,11 @@ import asyncio
 import logging
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from control import passwords
 from control.config import Config
+from control.kdf import KeyDerivations
 from control.quotas import Quotas, QuotaSettings
 from control.registry import MemberRecord, Registry, RegistryError, RoomRecord
 from control.session import (
@@ -47,7 +53,8 @@ def new_token(worker: int) -> bytes:
 
 def quota_settings(cfg: Config) -> QuotaSettings:
     return QuotaSettings(cfg.max_conns_per_ip, cfg.conn_rate_per_ip, cfg.max_password_failures,
-                         cfg.password_failure_window, cfg.max_rooms_per_ip)
+                         cfg.password_failure_window, cfg.max_rooms_per_ip,
+                         cfg.kdf_rate_per_ip, cfg.kdf_concurrency_per_ip, cfg.kdf_queue)
 
 
 class _KeyedLock:
@@ -69,7 +76,12 @@ class ControlApp:
         self.supervisor: Supervisor | None = None
         self.accepting = True
         self.connections: set[TcrpConnection] = set()
-        self.hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ocm-kdf")
+        self.kdf = KeyDerivations(self.quotas)
+        self.password_cache_hits = 0
+        self._verifying: dict[tuple[str, bytes],
+                              tuple[RoomRecord, asyncio.Future[tuple[bool, RegistryError | None]]]
+                              ] = {}
+        """Password checks running, by (room, keyed hash): at most one per connection."""
         self._password_locks: dict[tuple[str, str], _KeyedLock] = {}
         """Held only while a password check for (ip, room) runs or waits: bounded by the
         number of connections."""
@@ -102,13 +114,14 @@ class ControlApp:
         if not await self._install(member):
             if member.alive:
                 self.registry.remove_member(member.token)
+                if member.is_host:  # the room never went live: give its quota slot back
+                    self.quotas.room_closed(member.room.host_ip)
             if member.is_host:
                 raise RegistryError(Status.UNAVAILABLE, "the relay worker did not take the "
                                     "room; try again")
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {request.room!r} closed")
         if member.is_host:
             self.registry.mark_live(member.room)
-            self.quotas.room_opened(ip)
             log.info("room created on worker %d (%d rooms)", member.room.worker,
                      len(self.registry.rooms))
         details = Details(
@@ -128,17 +141,23 @@ class ControlApp:
         if not self.quotas.may_host(ip):
             raise RegistryError(Status.RATE_LIMITED, f"your address hosts "
                                 f"{self.cfg.max_rooms_per_ip} rooms already")
-        worker = self.registry.place(self.supervisor.available())
-        if worker is None:
-            raise RegistryError(Status.UNAVAILABLE, "no relay worker is available")
-        body = request.body
-        password = None
-        if body.password:
-            loop = asyncio.get_running_loop()
-            password = await loop.run_in_executor(self.hasher, passwords.hash_password,
-                                                  body.password)
-        return self.registry.create(request.room, body.username, ip, body.framing, worker,
-                                    password)
+        # Take the quota slot before the first await, or concurrent creates from one IP
+        # would all pass the check above. The room gives it back when it closes
+        # (``on_worker_event``) or if it never goes live (``handle``).
+        self.quotas.room_opened(ip)
+        try:
+            worker = self.registry.place(self.supervisor.available())
+            if worker is None:
+                raise RegistryError(Status.UNAVAILABLE, "no relay worker is available")
+            body = request.body
+            password = None
+            if body.password:
+                password = await self.kdf.run(ip, passwords.hash_password, body.password)
+            return self.registry.create(request.room, body.username, ip, body.framing,
+                                        worker, password)
+        except BaseException:
+            self.quotas.room_closed(ip)
+            raise
 
     async def _join(self, request: Request, ip: str) -> MemberRecord:
         room = self.registry.live_room(request.room)
@@ -168,12 +187,43 @@ class ControlApp:
                                 "room from your address; try again later")
         ok = False
         if password:
-            loop = asyncio.get_running_loop()
-            ok = await loop.run_in_executor(self.hasher, passwords.verify_password,
-                                            password, room.password)
+            stored = room.password
+            mac = passwords.password_mac(password, stored.salt)
+            if room.password_mac is not None and passwords.same(mac, room.password_mac):
+                ok = True  # verified before: no scrypt (docs/security.md)
+                self.password_cache_hits += 1
+            else:
+                ok = await self._verify_once(ip, room, password, mac)
         if not ok:
             self.quotas.password_failed(ip, room.name, time.monotonic())
             raise RegistryError(Status.INVALID_PASSWORD, "wrong password")
+
+    async def _verify_once(self, ip: str, room: RoomRecord, password: str, mac: bytes) -> bool:
+        """scrypt-verify ``password`` for ``room``, once for all the checks of the same
+        password that arrive while it runs (joins from many IPs at once, before the first
+        success is cached). Raises RATE_LIMITED (``KeyDerivations``) to all of them."""
+        key = (room.name, mac)
+        flight = self._verifying.get(key)
+        if flight is not None and flight[0] is room:
+            ok, refusal = await asyncio.shield(flight[1])
+        else:
+            done: asyncio.Future[tuple[bool, RegistryError | None]] = \
+                asyncio.get_running_loop().create_future()
+            entry = self._verifying[key] = (room, done)
+            ok, refusal = False, None
+            try:
+                ok = await self.kdf.run(ip, passwords.verify_password, password, room.password)
+            except RegistryError as exc:
+                refusal = exc
+            finally:
+                if self._verifying.get(key) is entry:
+                    del self._verifying[key]
+                done.set_result((ok, refusal))
+            if ok:
+                room.password_mac = mac
+        if refusal is not None:
+            raise RegistryError(refusal.status, refusal.reason)
+        return ok
 
     async def _install(self, member: MemberRecord) -> bool:
         """Install ``member`` on its worker; True once the worker holds it."""

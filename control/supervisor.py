@@ -6,11 +6,21 @@ given its UDP socket(s) as arguments. Liveness: a ping every ``ping_interval`` a
 from the worker's event loop; no pong for ``ping_timeout`` -> SIGKILL (workers ignore
 SIGTERM, see relay/worker.py) and replace. A replacement is re-seeded with every member
 of its rooms (from the registry) and only then starts reading UDP and counts as ready.
+
+Liveness is judged only on time control itself ran: when the heartbeat wakes up late
+(control was stopped, swapped out or starved), the pongs already waiting in the pipes have
+not been read yet, so every worker gets a fresh ping and a full ``ping_timeout`` to answer.
+
+A respawn that fails (``EMFILE`` in ``Pipe()`` when connections hold every descriptor) is
+retried with backoff until it succeeds or control stops, and every failure is logged. A
+``DescriptorReserve`` keeps a few descriptors open on ``/dev/null`` and hands them back
+just before a spawn, so that a respawn normally succeeds even then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -21,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from control import logs
 from relay import ipc, worker
 from relay.worker import WORKER_BOOT_ERROR
 
@@ -28,6 +39,8 @@ log = logging.getLogger("ocm.control")
 
 RESTART_BACKOFF_S = (0.05, 2.0)
 """Jittered exponential backoff between restarts of one worker (min, max)."""
+RESPAWN_RETRY_S = (0.1, 5.0)
+"""Jittered exponential backoff between attempts of a respawn that failed (min, max)."""
 CALL_TIMEOUT_S = 10.0
 STREAK_RESET_S = 60.0
 """A worker ready this long before it dies starts a new crash streak (no backoff)."""
@@ -35,6 +48,38 @@ STREAK_RESET_S = 60.0
 
 class WorkerBootError(Exception):
     """A worker exited with WORKER_BOOT_ERROR: restarting would only crash-loop."""
+
+
+class DescriptorReserve:
+    """``size`` descriptors held open on ``/dev/null`` (close-on-exec) for the next spawn.
+
+    ``release()`` closes them just before a spawn opens its pipes; ``fill()`` takes them
+    back afterwards, as far as the descriptor limit allows (the heartbeat tops it up).
+    Both are synchronous, so no accepted connection can take the freed descriptors
+    between ``release()`` and the spawn on a single-threaded event loop.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fds: list[int] = []
+
+    def fill(self) -> None:
+        while len(self.fds) < self.size:
+            try:
+                self.fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return
+
+    def release(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def _backoff(attempt: int, bounds: tuple[float, float]) -> float:
+    """Jittered exponential delay for the ``attempt``-th retry (1-based)."""
+    low, high = bounds
+    return float(min(high, low * 2.0 ** min(attempt - 1, 10)) * random.uniform(0.5, 1.0))
 
 
 class WorkerHandle:
@@ -87,7 +132,7 @@ class Supervisor:
                  stage1: socket.socket | None, inboxes: list[socket.socket],
                  outboxes: list[socket.socket], seed: Callable[[int], Iterable[dict[str, Any]]],
                  on_event: Callable[[int, dict[str, Any]], None], ping_interval: float,
-                 ping_timeout: float) -> None:
+                 ping_timeout: float, fd_reserve: int = 0) -> None:
         self.ctx = multiprocessing.get_context("spawn")
         self.settings = dict(settings)
         self.udp = udp
@@ -103,6 +148,10 @@ class Supervisor:
         self.failed: asyncio.Future[None] | None = None
         self._ids = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.reserve = DescriptorReserve(fd_reserve)
+        self.reserve.fill()
+        self.stalls = 0
+        """Heartbeats that found control itself had not run for a while (a metric)."""
 
     # --- starting -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,19 +168,16 @@ class Supervisor:
     async def _spawn(self, handle: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
         i = handle.index
-        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(
-            target=worker.main, name=f"ocm-relay-{i}", daemon=False,
-            args=(i, self.settings, self.udp[i], self.stage1 if i == 0 else None, child_conn,
-                  self.inboxes[i] if self.inboxes else None, self.outboxes or None))
-        process.start()
-        child_conn.close()
+        process, sock = self._start_process(i)
+        try:
+            await loop.create_unix_connection(lambda: _Pipe(self, handle), sock=sock)
+        except BaseException:
+            sock.close()
+            _reap(process)
+            raise
         handle.process = process
         handle.exited = asyncio.Event()
         handle.last_pong = time.monotonic()
-        sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
-        parent_conn.close()
-        await loop.create_unix_connection(lambda: _Pipe(self, handle), sock=sock)
         loop.add_reader(process.sentinel, self._on_exit, handle, process)
         # Re-seed before UDP is read: the commands are applied in order by the worker.
         seeded = 0
@@ -151,6 +197,35 @@ class Supervisor:
         handle.ready.set()
         handle.ready_since = time.monotonic()
         log.info("worker %d started (pid %d, %d members seeded)", i, process.pid, seeded)
+
+    def _start_process(self, i: int) -> tuple[Any, socket.socket]:
+        """Start worker ``i``; return it and control's end of its pipe. Synchronous (see
+        ``DescriptorReserve``). Raises ``OSError`` (``EMFILE``) with nothing left open."""
+        self.reserve.release()
+        try:
+            parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+            try:
+                process = self.ctx.Process(
+                    target=worker.main, name=f"ocm-relay-{i}", daemon=False,
+                    args=(i, self.settings, self.udp[i], self.stage1 if i == 0 else None,
+                          child_conn, self.inboxes[i] if self.inboxes else None,
+                          self.outboxes or None))
+                process.start()
+            except BaseException:
+                parent_conn.close()
+                raise
+            finally:
+                child_conn.close()
+            try:
+                sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
+            except BaseException:
+                _reap(process)
+                raise
+            finally:
+                parent_conn.close()
+        finally:
+            self.reserve.fill()
+        return process, sock
 
     def _on_exit(self, handle: WorkerHandle, process: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -188,20 +263,52 @@ class Supervisor:
         loop.call_later(delay, lambda: self._spawn_task(self._respawn(handle)))
 
     async def _respawn(self, handle: WorkerHandle) -> None:
-        if self.stopping:
+        """Start a replacement; retry with backoff for as long as starting it fails."""
+        attempt = 0
+        while not self.stopping:
+            try:
+                await self._spawn(handle)
+            except Exception as exc:  # OSError above all: EMFILE, ENOMEM, EAGAIN
+                attempt += 1
+                delay = _backoff(attempt, RESPAWN_RETRY_S)
+                # Every failure is logged (no repeat suppression): the worker is down.
+                log.error("worker %d could not be respawned (attempt %d): %s; retrying in "
+                          "%.2fs", handle.index, attempt, exc, delay,
+                          extra={logs.ALWAYS: True})
+                await asyncio.sleep(delay)
+                continue
+            if handle.ready.is_set():
+                log.warning("worker %d replaced (restart #%d%s)", handle.index,
+                            handle.restarts,
+                            f", after {attempt} failed attempts" if attempt else "")
             return
-        await self._spawn(handle)
-        if handle.ready.is_set():
-            log.warning("worker %d replaced (restart #%d)", handle.index, handle.restarts)
 
     async def _heartbeat(self) -> None:
+        # A tick this much later than planned means control itself did not run (SIGSTOP,
+        # swapped out, starved). Any gap that could make a healthy worker look silent for
+        # ping_timeout (late > ping_timeout - ping_interval) is well above this bound.
+        stall_bound = (self.ping_timeout - self.ping_interval) / 2
+        last = time.monotonic()
         while not self.stopping:
             await asyncio.sleep(self.ping_interval)
             now = time.monotonic()
+            late = now - last - self.ping_interval
+            last = now
+            self.reserve.fill()
+            stalled = late > stall_bound
+            if stalled:
+                # The pongs of the pings sent before the stall may be waiting unread in
+                # the pipes (timers run before I/O): judge liveness only from the pings
+                # sent now, that is, give every worker a full ping_timeout from here.
+                self.stalls += 1
+                log.warning("control did not run for %.1fs; judging worker liveness from "
+                            "pings sent from now on", late + self.ping_interval)
             for handle in self.handles:
                 if not handle.ready.is_set() or handle.process is None:
                     continue
-                if now - handle.last_pong > self.ping_timeout:
+                if stalled:
+                    handle.last_pong = now
+                elif now - handle.last_pong > self.ping_timeout:
                     log.error("worker %d (pid %d) missed pings for %.1fs; killing it",
                               handle.index, handle.pid, now - handle.last_pong)
                     self.kill(handle.index)
@@ -290,6 +397,13 @@ class Supervisor:
         self.stopping = True
         for handle in self.handles:
             self.kill(handle.index)
+
+
+def _reap(process: Any) -> None:
+    """SIGKILL and reap a worker that was started but cannot be used."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGKILL)
+    process.join(5.0)
 
 
 def describe_exit(code: int | None) -> str:

@@ -64,3 +64,12 @@ def test_rooms_per_ip() -> None:
     assert not q.may_host("a") and q.may_host("b")
     q.room_closed("a")
     assert q.may_host("a") and q.rooms == {}
+
+
+def test_key_derivation_bucket_per_ip() -> None:
+    q = make(kdf_rate_per_ip=2.0)
+    assert [q.allow_kdf("a", 0.0) for _ in range(3)] == [True, True, False]
+    assert q.allow_kdf("b", 0.0)  # another IP has its own bucket
+    assert not q.allow_kdf("a", 0.4) and q.allow_kdf("a", 0.6)  # 2/s refill
+    assert q.allow_request("a", 0.6)  # the request bucket is separate
+    assert q.refused["kdf_rate"] == 2
