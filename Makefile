@@ -25,8 +25,12 @@ $(STAMP): $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNSTAMP)
 
+# Extra ocm-control flags, e.g. `make run ARGS="--tcp-port 9100 --udp-port 9101"`; the
+# OCM_* environment variables work too (`OCM_TCP_PORT=9100 make run`).
+ARGS ?=
+
 run: $(RUNSTAMP)
-	$(VENV)/bin/ocm-control
+	$(VENV)/bin/ocm-control $(ARGS)
 
 # Coverage of every package, the processes the tests start included (pyproject.toml,
 # [tool.coverage.run]): the total must stay at or above COV_FLOOR % (README.md has the

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 from client import render, script
 from client.link import GlobalLink, RoomLink, open_global
@@ -42,8 +42,16 @@ exit codes: 0 left normally; 1 could not join (refused, unreachable, timeout);
 """
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Every usage error (bad choice, unknown flag, value out of range) is one line and
+    exit code 2; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="ocm-chat",
         description="Chat in an OCM room: create or join it over TCRP, then talk over UDP.",
         epilog=EPILOG,
@@ -212,7 +220,7 @@ def _room_opener(joined: Joined) -> script.OpenLink:
         await link.open()
         role = "host of" if joined.details.host else "in"
         room = render.sanitize(joined.room_raw.decode())
-        print(f"ocm-chat: {render.sanitize(joined.username)} is {role} room {room!r}; "
+        print(f"ocm-chat: {render.sanitize_name(joined.username)} is {role} room {room!r}; "
               f"messages up to {joined.details.max_message} bytes", file=sys.stderr,
               flush=True)
         return link

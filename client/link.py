@@ -49,6 +49,8 @@ class Link(asyncio.DatagramProtocol):
     """Common machinery; see ``RoomLink`` and ``GlobalLink``."""
 
     max_message: int
+    scope = render.ROOM_SCOPE
+    """Where ``max_message`` applies, as said when a message is too long."""
 
     def __init__(self, on_line: Callable[[Line], None], keepalive_s: float | None) -> None:
         self._on_line = on_line
@@ -71,7 +73,8 @@ class Link(asyncio.DatagramProtocol):
 
     def send(self, text: str) -> None:
         """Send one chat message; raise ``MessageTooLong`` over ``max_message`` bytes."""
-        clean = render.check_length(text, self.max_message).decode()  # no lone surrogates
+        # no lone surrogates
+        clean = render.check_length(text, self.max_message, self.scope).decode()
         self._send(self._encode(clean))
 
     def leave(self) -> None:
@@ -156,6 +159,8 @@ class RoomLink(Link):
 
 class GlobalLink(Link):
     """Global chat on the Stage 1 port (PROTOCOL.md §3): no TCRP, no notices."""
+
+    scope = render.GLOBAL_SCOPE
 
     def __init__(self, username: str, on_line: Callable[[Line], None],
                  env: dict[str, str] | os._Environ[str] | None = None) -> None:

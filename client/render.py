@@ -11,15 +11,16 @@ reorder text with escape sequences or bidi controls.
 from __future__ import annotations
 
 import enum
-import re
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from wire import errors
-from wire.chat import PLAIN_TEXTS, FramedChat, Notice, decode_framed
+from wire import chat, errors
+from wire.chat import FramedChat, Notice
 from wire.codes import Framing, NoticeEvent, Reason, Status
 from wire.limits import MAX_ROOM_NAME_BYTES, MAX_USERNAME_BYTES
+from wire.names import REFUSED_CATEGORIES, username_problem
 from wire.stage1 import decode_stage1
 
 # --- sanitising -------------------------------------------------------------------------------
@@ -31,13 +32,35 @@ _SANITIZE_TABLE: Final[dict[int, str]] = {
     **{code: f"\\x{code:02x}" for code in range(0x00, 0x20)},  # C0, ESC included
     **{code: f"\\x{code:02x}" for code in range(0x7F, 0xA0)},  # DEL and C1 (CSI = 0x9b)
     **{code: f"\\u{code:04x}" for code in _BIDI_CONTROLS},
+    0x2028: "\\u2028",  # LINE SEPARATOR: some terminals break the line
+    0x2029: "\\u2029",  # PARAGRAPH SEPARATOR
 }
 
 
 def sanitize(text: str) -> str:
-    """``text`` with every C0/C1 control, DEL and bidi control replaced by a visible
-    escape (ESC -> ``\\x1b``), so received text can never drive the terminal."""
+    """``text`` with every C0/C1 control, DEL, bidi control and line/paragraph separator
+    replaced by a visible escape (ESC -> ``\\x1b``), so received text can never drive the
+    terminal."""
     return text.translate(_SANITIZE_TABLE)
+
+
+def _escape_hidden(ch: str) -> str:
+    """``ch``, or its escape if a username may not contain it (wire/names.py)."""
+    if unicodedata.category(ch) not in REFUSED_CATEGORIES:
+        return ch
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def sanitize_name(name: str) -> str:
+    """A user name as shown: like ``sanitize``, and every other invisible format
+    character (zero-width space/joiner, BOM, soft hyphen, direction marks...) escaped
+    too, so that ``al\\u200bice`` can never pass for ``alice``."""
+    if name.isprintable():  # the common case: none of those characters
+        return name
+    return "".join(map(_escape_hidden, name))
 
 
 # --- colours ----------------------------------------------------------------------------------
@@ -75,7 +98,7 @@ class Line:
 
 
 def chat_line(user: str, text: str, own: bool = False) -> Line:
-    return Line(Kind.OWN if own else Kind.CHAT, sanitize(text), sanitize(user))
+    return Line(Kind.OWN if own else Kind.CHAT, sanitize(text), sanitize_name(user))
 
 
 def notice_line(text: str) -> Line:
@@ -88,12 +111,14 @@ def warning_line(text: str) -> Line:
 
 _LEFT_TEXTS: Final = {
     None: "{user} left the room",
+    Reason.SHUTDOWN: "{user} left the room",
     Reason.EXIT: "{user} left the room",
     Reason.INACTIVE: "{user} was removed for inactivity",
     Reason.SEND_FAILURES: "{user} was removed: messages to them kept failing",
 }
 _DISCONNECTED_TEXTS: Final = {
     None: "you were disconnected by the server",
+    Reason.SHUTDOWN: "you were disconnected: the server is shutting down",
     Reason.EXIT: "you were disconnected by the server",
     Reason.INACTIVE: "you were disconnected: nothing was sent for too long",
     Reason.SEND_FAILURES: "you were disconnected: messages to you kept failing",
@@ -102,13 +127,15 @@ _DISCONNECTED_TEXTS: Final = {
 
 def notice_text(notice: Notice) -> str:
     """An English sentence for ``notice`` (the user name sanitised)."""
-    user = sanitize(notice.user)
+    user = sanitize_name(notice.user)
     event = notice.event
     if event is NoticeEvent.JOINED:
         return f"{user} joined the room"
     if event is NoticeEvent.LEFT:
         return _LEFT_TEXTS[notice.reason].format(user=user)
     if event is NoticeEvent.CLOSED:
+        if notice.reason is Reason.SHUTDOWN:
+            return "the server is shutting down"
         return "the room was closed"
     if event is NoticeEvent.DISCONNECTED:
         return _DISCONNECTED_TEXTS[notice.reason]
@@ -133,7 +160,9 @@ def delivery_line(item: FramedChat | Notice) -> Line:
 def ended_explanation(notice: Notice, host: bool) -> str:
     """Why the chat is over, said once the final notice has been shown."""
     if notice.event is NoticeEvent.CLOSED:
-        return "the host left (or the server is shutting down), so the room is gone"
+        if notice.reason is Reason.SHUTDOWN:
+            return "the server is shutting down, so the room is gone"
+        return "the host left, so the room is gone"
     if notice.reason is Reason.INACTIVE:
         why = "the server heard nothing from this client for too long"
     elif notice.reason is Reason.SEND_FAILURES:
@@ -144,48 +173,11 @@ def ended_explanation(notice: Notice, host: bool) -> str:
 
 
 # --- decoding deliveries ----------------------------------------------------------------------
-def _plain_pattern(key: str, group: str) -> re.Pattern[str]:
-    head, _, tail = PLAIN_TEXTS[key].partition("{" + group + "}")
-    return re.compile(re.escape(head) + r"(?P<value>.+?)" + re.escape(tail), re.DOTALL)
-
-
-_PLAIN_JOINED: Final = _plain_pattern("joined", "user")
-_PLAIN_LEFT: Final = _plain_pattern("left", "user")
-_PLAIN_ERROR: Final = _plain_pattern("error", "over")
-_PLAIN_FIXED: Final = {
-    PLAIN_TEXTS["closed"]: Notice(NoticeEvent.CLOSED),
-    PLAIN_TEXTS["disconnected_inactive"]: Notice(NoticeEvent.DISCONNECTED, reason=Reason.INACTIVE),
-    PLAIN_TEXTS["disconnected"]: Notice(NoticeEvent.DISCONNECTED),
-}
-
-
-def decode_plain(data: bytes) -> FramedChat | Notice | None:
-    """Best-effort reading of a plain delivery (§2.2): the exact notice texts, else
-    ``user: message``. Plain notices can be forged by a user's message; framed cannot,
-    which is why the client asks for ``ocm1``. ``None`` if it is neither."""
-    text = data.decode("utf-8", "replace")
-    if text in _PLAIN_FIXED:
-        return _PLAIN_FIXED[text]
-    for pattern, event in ((_PLAIN_JOINED, NoticeEvent.JOINED), (_PLAIN_LEFT, NoticeEvent.LEFT)):
-        match = pattern.fullmatch(text)
-        if match:
-            return Notice(event, user=match["value"])
-    match = _PLAIN_ERROR.fullmatch(text)
-    if match and match["value"].isdigit():
-        return Notice(NoticeEvent.ERROR, over=int(match["value"]))
-    user, sep, message = text.partition(": ")
-    if not sep or not user:
-        return None
-    return FramedChat(user, message)
-
-
 def decode_delivery(data: bytes, framing: Framing) -> FramedChat | Notice | None:
-    """A room delivery in the framing the server granted; ``None`` if malformed
-    (a bad delivery is dropped, never raised into the event loop)."""
-    if framing is Framing.PLAIN:
-        return decode_plain(data)
+    """A room delivery in the framing the server granted (``wire.chat.decode_delivery``);
+    ``None`` if malformed (a bad delivery is dropped, never raised into the event loop)."""
     try:
-        return decode_framed(data)
+        return chat.decode_delivery(data, framing)
     except errors.ProtocolError:
         return None
 
@@ -228,10 +220,15 @@ def format_ansi(line: Line, clock: str | None = None, colour: bool = True) -> st
 
 
 # --- refusals and validation ------------------------------------------------------------------
-def too_long_text(size: int, limit: int) -> str:
-    """Why a message was not sent (it would not be relayed to everyone, §1.3)."""
+ROOM_SCOPE: Final = "in this room"
+GLOBAL_SCOPE: Final = "in global chat"
+
+
+def too_long_text(size: int, limit: int, scope: str = ROOM_SCOPE) -> str:
+    """Why a message was not sent: over ``limit`` bytes ``scope`` (a room: it would not be
+    relayed to everyone, §1.3; Stage 1: the datagram would be over 4096 bytes, §3)."""
     return (
-        f"not sent: the message is {size} bytes, the limit in this room is {limit} bytes "
+        f"not sent: the message is {size} bytes, the limit {scope} is {limit} bytes "
         f"({size - limit} too many)"
     )
 
@@ -240,17 +237,17 @@ class MessageTooLong(Exception):
     """The message would not be relayed to everyone (over ``max_message``, §1.3); the
     client refuses it locally and sends nothing. ``str()`` shows the limit."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(too_long_text(size, limit))
+    def __init__(self, size: int, limit: int, scope: str = ROOM_SCOPE) -> None:
+        super().__init__(too_long_text(size, limit, scope))
         self.size = size
         self.limit = limit
 
 
-def check_length(text: str, limit: int) -> bytes:
+def check_length(text: str, limit: int, scope: str = ROOM_SCOPE) -> bytes:
     """``text`` as UTF-8, or raise ``MessageTooLong`` if it is over ``limit`` bytes."""
     raw = text.encode("utf-8", "replace")
     if len(raw) > limit:
-        raise MessageTooLong(len(raw), limit)
+        raise MessageTooLong(len(raw), limit, scope)
     return raw
 
 
@@ -260,10 +257,9 @@ def check_username(name: str) -> str | None:
         return "the username must not be empty"
     if len(name.encode()) > MAX_USERNAME_BYTES:
         return f"the username is longer than {MAX_USERNAME_BYTES} bytes"
-    if name != name.strip():
-        return "the username must not start or end with spaces"
-    if any(ord(ch) <= 0x1F or 0x7F <= ord(ch) <= 0x9F for ch in name):
-        return "the username must not contain control characters"
+    problem = username_problem(name)
+    if problem is not None:
+        return f"the username {problem} (shown as {sanitize_name(name)!r})"
     return None
 
 
@@ -284,11 +280,16 @@ _REFUSALS: Final = {
     Status.TOO_LARGE: "the request is too large: names and passwords are 255 bytes at most",
     Status.USERNAME_TAKEN: "someone in {room} is already called {user}: pick another name",
     Status.ROOM_FULL: "room {room} is full",
-    Status.RATE_LIMITED: "too many attempts from this address: wait a little and try again",
+    Status.RATE_LIMITED: "too many attempts from this address",
     Status.UNAVAILABLE: "the server cannot take rooms right now (busy or shutting down): "
     "try again later",
     Status.INTERNAL_ERROR: "the server hit an internal error",
 }
+
+
+def password_needed_text(room: str) -> str:
+    """What the interactive client says before asking for a room's password."""
+    return f"room {sanitize(room)!r} is protected by a password"
 
 
 def status_name(status: Status | int) -> str:
@@ -303,7 +304,7 @@ def refusal_text(status: Status | int, server_error: str, room: str, user: str,
     template = known or "the server refused the request"
     if status == Status.INVALID_PASSWORD and not sent_password:
         template = "room {room} is protected by a password"
-    text = template.format(room=repr(sanitize(room)), user=repr(sanitize(user)))
+    text = template.format(room=repr(sanitize(room)), user=repr(sanitize_name(user)))
     detail = sanitize(server_error.strip())
     suffix = f": {detail}" if detail else ""
     return f"{text} [{status_name(status)}{suffix}]"

@@ -1,9 +1,9 @@
 """Joining a room over TCRP (PROTOCOL.md §1), blocking, with one overall timeout.
 
 ``join_room(...)`` connects, sends one JSON request asking for ``ocm1`` framing, reads the
-State 1 response and the State 2 token with ``wire.tcrp.FrameReader``, then registers a
-UDP socket bound to the same local IP (the token is bound to that IP, §1.4) by sending
-its port as the 2 registration bytes. It returns a ``Joined`` (hand ``udp_sock`` to the
+State 1 response and the State 2 token with ``wire.tcrp_client.ClientExchange``, then
+registers a UDP socket bound to the same local IP (the token is bound to that IP, §1.4)
+by sending its port as the 2 registration bytes. It returns a ``Joined`` (hand ``udp_sock`` to the
 event loop) or raises ``JoinRefused`` (a status other than OK) or ``JoinFailed`` (the
 server is unreachable, timed out, or spoke something that is not TCRP).
 """
@@ -17,16 +17,8 @@ from dataclasses import dataclass
 
 from wire import errors
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import (
-    NEED_DATA,
-    Complete,
-    Details,
-    FrameReader,
-    Response,
-    Role,
-    encode_registration,
-    encode_request,
-)
+from wire.tcrp import NEED_DATA, Complete, Details, Response
+from wire.tcrp_client import ClientExchange
 
 Addr = tuple[str, int]
 
@@ -93,7 +85,8 @@ def join_room(
     family, addr = resolve(host, tcp_port)
     where = f"{host}:{tcp_port}"
     deadline = time.monotonic() + timeout
-    request = encode_request(operation, room, username, password, Framing.OCM1)
+    exchange = ClientExchange()
+    request = exchange.send_request(operation, room, username, password, Framing.OCM1)
     try:
         tcp = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:
@@ -109,7 +102,7 @@ def join_room(
             udp = socket.socket(family, socket.SOCK_DGRAM)
             udp.bind((local_ip, 0))
             tcp.sendall(request)
-            response, complete = _read_answer(tcp, deadline, where)
+            response, complete = _read_answer(tcp, exchange, deadline, where)
         except TimeoutError:
             raise JoinFailed(
                 f"the server at {where} did not answer within {timeout:g} s"
@@ -121,7 +114,7 @@ def join_room(
                 f"cannot reach the server at {where} ({_describe_os_error(exc)}){hint}"
             ) from None
         assert response.details is not None
-        _register(tcp, udp)
+        _register(tcp, udp, exchange)
     except BaseException:
         if udp is not None:
             udp.close()
@@ -156,13 +149,16 @@ def _handshake(tls: ssl.SSLContext, tcp: socket.socket, host: str, where: str
                          "is it the TLS port?") from None
 
 
-def _read_answer(tcp: socket.socket, deadline: float, where: str) -> tuple[Response, Complete]:
+def _read_answer(tcp: socket.socket, exchange: ClientExchange, deadline: float, where: str
+                 ) -> tuple[Response, Complete]:
     """Read State 1 then State 2; raise ``JoinRefused`` on an error status."""
-    reader = FrameReader(Role.CLIENT)
-    response: Response | None = None
     while True:
         try:
-            event = reader.next_event()
+            event = exchange.next_event()
+        except errors.PrematureClose:
+            what = "the token" if exchange.response is not None else "answering"
+            raise JoinFailed(
+                f"the server at {where} closed the connection before {what}") from None
         except errors.ProtocolError as exc:
             raise JoinFailed(f"the server at {where} sent an invalid answer: {exc}") from None
         if event is NEED_DATA:
@@ -174,29 +170,20 @@ def _read_answer(tcp: socket.socket, deadline: float, where: str) -> tuple[Respo
                 data = tcp.recv(RECV_CHUNK_BYTES)
             except ConnectionResetError:
                 data = b""  # §1.1: a reset after an answer is a close
-            if not data:
-                what = "the token" if response is not None else "answering"
-                raise JoinFailed(f"the server at {where} closed the connection before {what}")
-            reader.receive_data(data)
+            exchange.receive_data(data)
         elif isinstance(event, Response):
-            if response is not None:
-                raise JoinFailed(f"the server at {where} sent two responses")
             if event.status != Status.OK:
                 raise JoinRefused(event)
-            response = event
         elif isinstance(event, Complete):
-            if response is None:
-                raise JoinFailed(f"the server at {where} sent a token without a response")
-            return response, event
-        else:  # a Request: only a server reads those
-            raise JoinFailed(f"the server at {where} sent an unexpected frame")
+            assert exchange.response is not None
+            return exchange.response, event
 
 
-def _register(tcp: socket.socket, udp: socket.socket) -> None:
+def _register(tcp: socket.socket, udp: socket.socket, exchange: ClientExchange) -> None:
     """Send our UDP port as the 2 registration bytes (§1.4), so the server knows our
     address before the first datagram; best effort: the first keepalive binds it too."""
     port = udp.getsockname()[1]
     try:
-        tcp.sendall(encode_registration(port))
+        tcp.sendall(exchange.send_registration(port))
     except OSError:
         pass

@@ -87,38 +87,56 @@ class Asker:
     """The setup questions, each on its own prompt_toolkit prompt (run synchronously,
     before the chat's event loop starts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, colour: bool = True) -> None:
         self._session: PromptSession[str] = PromptSession()
+        self._colour = colour
 
     def _ask(self, message: str, default: str = "", secret: bool = False,
              check: Callable[[str], str | None] | None = None) -> str:
+        """One answer. A ``default`` is shown as ``[default]`` before the colon and taken
+        when the answer is empty; it is never put in the input line (where typing the
+        name again would append to it: ``lobbylobby``)."""
+        if default:
+            message = message.replace(": ", f" [{render.sanitize(default)}]: ", 1)
+            inner = check
+
+            def check(text: str) -> str | None:
+                return None if not text or inner is None else inner(text)
+
         try:
-            return self._session.prompt(
-                message, default=default, is_password=secret,
+            answer = self._session.prompt(
+                message, is_password=secret,
                 validator=_validator(check) if check else None, validate_while_typing=False,
             )
         except (KeyboardInterrupt, EOFError):
             raise Interrupted from None
+        return answer or default
 
     def username(self, default: str = "") -> str:
         return self._ask("Your name: ", default, check=render.check_username)
 
-    def operation(self, default: Operation | None = None) -> Operation:
-        hint = {Operation.CREATE: "c", Operation.JOIN: "j"}.get(default, "") if default else ""
-
+    def operation(self) -> Operation:
         def check(text: str) -> str | None:
             return None if text.strip().lower() in _OPERATION_ANSWERS else "type c or j"
 
-        answer = self._ask("Create a new room or join one? [c/j]: ", hint, check=check)
+        answer = self._ask("Create a new room or join one? [c/j]: ", check=check)
         return _OPERATION_ANSWERS[answer.strip().lower()]
 
     def room(self, default: str = "") -> str:
         return self._ask("Room name: ", default, check=render.check_room)
 
     def new_password(self) -> str | None:
-        answer = self._ask("Password for the new room (optional, Enter = open room): ",
-                           secret=True, check=_check_password)
-        return answer or None
+        """The new room's password, typed twice (hidden, so a typo would lock everyone
+        out); ``None`` for an open room."""
+        while True:
+            answer = self._ask("Password for the new room (optional, Enter = open room): ",
+                               secret=True, check=_check_password)
+            if not answer:
+                return None
+            if self._ask("Type the password again: ", secret=True) == answer:
+                return answer
+            say("the two passwords differ: type it again (Enter = open room)", self._colour,
+                True)
 
     def password(self, room: str) -> str:
         return self._ask(f"Password for room {render.sanitize(room)!r}: ", secret=True,
@@ -178,6 +196,12 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
             return join_room(plan.host, plan.tcp_port, operation, room, user,
                              plan.password, plan.timeout, tls=plan.tls)
         except JoinRefused as refused:
+            if refused.status == Status.INVALID_PASSWORD and plan.password is None:
+                # Not an error: we tried without a password, the room wants one. (A
+                # missing password is not counted as a failed attempt by the server.)
+                say(render.password_needed_text(room), colour)
+                plan.password, plan.password_given = asker.password(room), True
+                continue
             say(render.refusal_text(refused.status, refused.error, room, user,
                                     plan.password is not None), colour, True)
             if refused.status == Status.INVALID_PASSWORD:
@@ -214,7 +238,7 @@ async def chat(link: Link, user: str, title: str, host: bool, colour: bool,
         bottom_toolbar=f" {title} · {user}{' (host)' if host else ''}"
                        " · /help · Ctrl-D leaves ",
     )
-    name = render.sanitize(user)
+    name = render.sanitize_name(user)
     prompt = ANSI(f"\x1b[1;38;5;{render.user_colour(user)}m{name}\x1b[0m> ") if colour \
         else f"{name}> "
 
@@ -305,7 +329,7 @@ async def _handle_input(text: str, link: Link, session: PromptSession[str], show
 
 def run_room(plan: Plan, colour: bool) -> int:
     """The whole interactive room session, rejoins included. Returns the exit code."""
-    asker = Asker()
+    asker = Asker(colour)
     history = InMemoryHistory()
     while True:
         try:
@@ -342,7 +366,7 @@ async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory) -> 
         await link.open()
         role = " (host: leaving closes the room)" if host else ""
         intro = render.notice_line(
-            f"you are in room {render.sanitize(room)!r} as {render.sanitize(joined.username)}"
+            f"you are in room {render.sanitize(room)!r} as {render.sanitize_name(joined.username)}"
             f"{role} · /help for commands")
         try:
             notice = await chat(link, joined.username, f"room {render.sanitize(room)}", host,
@@ -363,7 +387,7 @@ def run_global(host: str, port: int, user: str | None, colour: bool) -> int:
     """Interactive Stage 1 chat."""
     if user is None:
         try:
-            user = Asker().username()
+            user = Asker(colour).username()
         except Interrupted:
             return EXIT_INTERRUPTED
     with new_runner() as runner:
@@ -378,7 +402,7 @@ async def _global_chat(host: str, port: int, user: str, colour: bool) -> int:
         except OSError as exc:
             print(f"ocm-chat: cannot chat on {host}:{port}: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        intro = render.notice_line(f"global chat on {host}:{port} as {render.sanitize(user)}"
+        intro = render.notice_line(f"global chat on {host}:{port} as {render.sanitize_name(user)}"
                                    " · /help for commands")
         try:
             await chat(link, user, f"global chat {host}:{port}", False, colour,

@@ -21,7 +21,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from relay import sched
 from wire import limits
@@ -34,8 +34,11 @@ class ConfigError(Exception):
     """A setting is invalid; the message says which and why (exit code 78, EX_CONFIG)."""
 
 
-def _f(default: Any, help: str, *, live: bool = False, metavar: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "live": live, "metavar": metavar})
+def _f(default: Any, help: str, *, live: bool = False, metavar: str | None = None,
+       default_text: str | None = None) -> Any:
+    """A setting; ``default_text`` says the default in ``--help`` when it is computed."""
+    return field(default=default, metadata={"help": help, "live": live, "metavar": metavar,
+                                            "default_text": default_text})
 
 
 def default_workers() -> int:
@@ -60,8 +63,9 @@ class Config:
                                 "only TLS (needs tls_cert)")
     udp_port: int = _f(9001, "public room-chat port (UDP) shared by all workers; 0 = any")
     stage1_port: int = _f(9002, "Stage 1 global chat port (UDP); 0 disables it")
-    workers: int = _f(default_workers(), "relay worker processes (default: the CPUs this "
-                                         "process may use, at most 32)")
+    workers: int = _f(default_workers(), "relay worker processes",
+                      default_text=f"the CPUs this process may use, at most {MAX_WORKERS} "
+                                   f"(here {default_workers()})")
     inactivity_timeout: float = _f(limits.DEFAULT_INACTIVITY_TIMEOUT_S,
                                    "seconds of silence before a member is removed", live=True)
     tcp_timeout: float = _f(limits.DEFAULT_TCP_TIMEOUT_S,
@@ -99,7 +103,8 @@ class Config:
                                      "instead of one shared port")
     steering: str = _f("auto", "how datagrams reach the owning worker on the shared port: "
                                "auto (BPF, else forward), bpf (fail if unavailable), forward")
-    max_stage1_clients: int = _f(10_000, "Stage 1 address table bound (~200 B each)")
+    max_stage1_clients: int = _f(10_000, "Stage 1 address table bound (~300 B each; 64 per "
+                                         "source IP)")
     log_level: str = _f("info", "debug, info, warning or error", live=True)
     log_format: str = _f("text", "log line format: text, or json (one JSON object a line)")
     admin_host: str = _f("127.0.0.1", "address of the admin HTTP server (/metrics, /healthz, "
@@ -262,8 +267,16 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
     return cfg
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors (an unknown flag, a missing value) are one line and exit code 2, like
+    every other error of ``ocm-control``; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(prog: str = "ocm-control") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog,
         description="OCM control process: serves TCRP (create/join rooms) over TCP, issues "
                     "tokens, and supervises the UDP relay workers that carry the chat.",
@@ -283,14 +296,17 @@ def build_parser(prog: str = "ocm-control") -> argparse.ArgumentParser:
     defaults = Config()
     for f in fields(Config):
         live = "live" if f.metadata["live"] else "restart"
-        help_text = f"{f.metadata['help']} [{live}; default: {getattr(defaults, f.name)}]"
+        default = f.metadata["default_text"] or getattr(defaults, f.name)
+        help_text = f"{f.metadata['help']} [{live}; default: {default}]"
         if f.type in ("bool", bool):
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction,
                                 help=help_text)
         else:
+            # No argparse ``choices``: a bad value is a configuration error (exit 78, one
+            # line) whether it comes from a flag, the environment or the file.
             parser.add_argument(flag_name(f.name),
                                 metavar=f.metadata["metavar"] or f.name.upper(),
-                                choices=_CHOICES.get(f.name), help=help_text)
+                                help=help_text)
     return parser
 
 
@@ -298,7 +314,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
          ) -> tuple[Config, argparse.Namespace]:
     """Parse flags, env and file into a validated ``Config``; raise ``ConfigError``.
 
-    Argparse errors (an unknown flag) raise ``SystemExit(2)`` as usual.
+    Usage errors (an unknown flag) print one line and raise ``SystemExit(2)``.
     """
     cfg, args, _ = load_with_sources(argv, environ)
     return cfg, args

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from control.quotas import Quotas
+from control.quotas import Quotas, retry_seconds
 from control.registry import RegistryError
 from wire.codes import Status
 
@@ -65,8 +65,9 @@ class KeyDerivations:
         settings = self.quotas.settings
         if not self.quotas.allow_kdf(ip, time.monotonic()):
             self.refused["rate"] += 1
+            wait = retry_seconds(self.quotas.kdf_retry_after(ip, time.monotonic()))
             raise RegistryError(Status.RATE_LIMITED, "too many password checks from your "
-                                "address; slow down")
+                                f"address; retry in {wait} s")
         turn = self._turns.get(ip)
         if turn is None:
             turn = self._turns[ip] = _Turn()

@@ -15,10 +15,16 @@ Every table is keyed by client IP (or IP and room) and bounded, with its worst c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
 MAX_TRACKED_IPS: Final = 65_536
+
+
+def retry_seconds(wait: float) -> int:
+    """A wait as said in a RATE_LIMITED answer ("retry in N s"): whole seconds, at least 1."""
+    return max(1, math.ceil(wait))
 
 
 @dataclass
@@ -78,6 +84,14 @@ class Quotas:
         self.refused["kdf_rate"] += 1
         return False
 
+    def request_retry_after(self, ip: str, now: float) -> float:
+        """Seconds until ``allow_request`` would let ``ip`` in again (0 if it would now)."""
+        return _wait(self._buckets, ip, self.settings.conn_rate_per_ip, now)
+
+    def kdf_retry_after(self, ip: str, now: float) -> float:
+        """Seconds until ``allow_kdf`` would let ``ip`` in again (0 if it would now)."""
+        return _wait(self._kdf_buckets, ip, self.settings.kdf_rate_per_ip, now)
+
     # --- passwords ---------------------------------------------------------------------
     def password_blocked(self, ip: str, room: str, now: float) -> bool:
         """True while (ip, room) has ``max_password_failures`` failures in the window."""
@@ -94,6 +108,14 @@ class Quotas:
             self.refused["password"] += 1
             return True
         return False
+
+    def password_retry_after(self, ip: str, room: str, now: float) -> float:
+        """Seconds until (ip, room) is no longer blocked (0 if it is not)."""
+        times = self._failures.get((ip, room))
+        if not times or len(times) < self.settings.max_password_failures:
+            return 0.0
+        return max(0.0, times[-self.settings.max_password_failures]
+                   + self.settings.password_failure_window - now)
 
     def password_failed(self, ip: str, room: str, now: float) -> None:
         key = (ip, room)
@@ -136,3 +158,11 @@ def _take(buckets: dict[str, tuple[float, float]], ip: str, rate: float, now: fl
         return False
     buckets[ip] = (allowance - 1.0, now)
     return True
+
+
+def _wait(buckets: dict[str, tuple[float, float]], ip: str, rate: float, now: float
+          ) -> float:
+    """Seconds until ``ip``'s bucket holds one token again (0 if it does now)."""
+    allowance, stamp = buckets.get(ip, (rate, now))
+    allowance = min(rate, allowance + (now - stamp) * rate)
+    return max(0.0, (1.0 - allowance) / rate) if rate > 0 else 0.0

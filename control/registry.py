@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wire.codes import Framing, Status
+from wire.names import username_key
 
 Addr = tuple[str, int]
 
@@ -37,6 +38,8 @@ class MemberRecord:
     is_host: bool
     room: RoomRecord
     addr: Addr | None = None
+    proven: bool = False
+    """A datagram from ``addr`` reached the worker (docs/protocol.md §4 (j)); re-seeded."""
     alive: bool = True
 
     def command(self, command_id: int) -> dict[str, Any]:
@@ -46,7 +49,7 @@ class MemberRecord:
             "token": self.token.decode(), "user": self.username, "ip": self.ip,
             "framing": self.framing.value, "host": self.is_host,
             "addr": list(self.addr) if self.addr else None,
-            "announced": self.addr is not None,
+            "announced": self.addr is not None, "proven": self.proven,
         }
 
 
@@ -57,6 +60,7 @@ class RoomRecord:
     password: Any
     """An opaque password hash (control/passwords.py), or None for an open room."""
     members: dict[str, MemberRecord] = field(default_factory=dict)
+    """Members by ``wire.names.username_key`` (NFC): names unique up to normalisation."""
     host_ip: str = ""
     """The IP the room was created from (the per-IP room quota counts it)."""
     live: bool = False
@@ -114,7 +118,7 @@ class Registry:
         """Add a member to a live room; raise USERNAME_TAKEN, ROOM_FULL or ROOM_NOT_FOUND."""
         if self.rooms.get(room.name) is not room or not room.live:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {room.name!r} closed")
-        if username in room.members:
+        if username_key(username) in room.members:
             raise RegistryError(Status.USERNAME_TAKEN, f"{username!r} is in the room")
         if len(room.members) >= max_members:
             raise RegistryError(Status.ROOM_FULL, f"the room has {max_members} members")
@@ -123,10 +127,11 @@ class Registry:
     def mark_live(self, room: RoomRecord) -> None:
         room.live = True
 
-    def bind(self, token: bytes, addr: Addr) -> None:
+    def bind(self, token: bytes, addr: Addr, proven: bool = False) -> None:
         member = self.tokens.get(token)
         if member is not None:
             member.addr = addr
+            member.proven = proven
 
     def remove_member(self, token: bytes) -> MemberRecord | None:
         """Forget one member (left or evicted); its username is free again."""
@@ -135,8 +140,9 @@ class Registry:
             return None
         member.alive = False
         room = member.room
-        if room.members.get(member.username) is member:
-            del room.members[member.username]
+        key = username_key(member.username)
+        if room.members.get(key) is member:
+            del room.members[key]
         self.load[room.worker] -= 1
         if member.is_host and self.rooms.get(room.name) is room:
             self.close_room(room.name)
@@ -164,7 +170,7 @@ class Registry:
         while token in self.tokens:  # 192 random bits: never, but cheap to be sure
             token = self._new_token(room.worker)
         member = MemberRecord(token, username, ip, framing, is_host, room)
-        room.members[username] = member
+        room.members[username_key(username)] = member
         self.tokens[token] = member
         self.load[room.worker] += 1
         return member

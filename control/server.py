@@ -26,7 +26,7 @@ from typing import Any, cast
 from control import passwords
 from control.config import Config
 from control.kdf import KeyDerivations
-from control.quotas import Quotas, QuotaSettings
+from control.quotas import Quotas, QuotaSettings, retry_seconds
 from control.registry import MemberRecord, Registry, RegistryError, RoomRecord
 from control.session import (
     ConnectionClosed,
@@ -104,8 +104,9 @@ class ControlApp:
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
         if not self.quotas.allow_request(ip, time.monotonic()):
+            wait = self.quotas.request_retry_after(ip, time.monotonic())
             raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
-                                "slow down")
+                                f"retry in {retry_seconds(wait)} s")
         body = request.body
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
@@ -122,8 +123,8 @@ class ControlApp:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {request.room!r} closed")
         if member.is_host:
             self.registry.mark_live(member.room)
-            log.info("room created on worker %d (%d rooms)", member.room.worker,
-                     len(self.registry.rooms))
+            log.info("room %r created on worker %d (%d rooms)", member.room.name,
+                     member.room.worker, len(self.registry.rooms))
         details = Details(
             udp_port=self.udp_ports[member.room.worker],
             host=member.is_host,
@@ -183,17 +184,20 @@ class ControlApp:
     async def _check_password(self, ip: str, room: RoomRecord, password: str | None) -> None:
         """Raise RATE_LIMITED or INVALID_PASSWORD, or return if ``password`` opens ``room``."""
         if self.quotas.password_blocked(ip, room.name, time.monotonic()):
+            wait = self.quotas.password_retry_after(ip, room.name, time.monotonic())
             raise RegistryError(Status.RATE_LIMITED, "too many wrong passwords for this "
-                                "room from your address; try again later")
-        ok = False
-        if password:
-            stored = room.password
-            mac = passwords.password_mac(password, stored.salt)
-            if room.password_mac is not None and passwords.same(mac, room.password_mac):
-                ok = True  # verified before: no scrypt (docs/security.md)
-                self.password_cache_hits += 1
-            else:
-                ok = await self._verify_once(ip, room, password, mac)
+                                f"room from your address; retry in {retry_seconds(wait)} s")
+        if not password:
+            # A missing password guesses nothing, so it is not a failed attempt: clients
+            # may try without one to learn that the room is protected (docs/protocol.md).
+            raise RegistryError(Status.INVALID_PASSWORD, "this room needs a password")
+        stored = room.password
+        mac = passwords.password_mac(password, stored.salt)
+        if room.password_mac is not None and passwords.same(mac, room.password_mac):
+            ok = True  # verified before: no scrypt (docs/security.md)
+            self.password_cache_hits += 1
+        else:
+            ok = await self._verify_once(ip, room, password, mac)
         if not ok:
             self.quotas.password_failed(ip, room.name, time.monotonic())
             raise RegistryError(Status.INVALID_PASSWORD, "wrong password")
@@ -254,7 +258,8 @@ class ControlApp:
     def on_worker_event(self, worker: int, message: dict[str, Any]) -> None:
         kind = message["t"]
         if kind == "bound":
-            self.registry.bind(message["token"].encode(), (message["ip"], message["port"]))
+            self.registry.bind(message["token"].encode(), (message["ip"], message["port"]),
+                               bool(message.get("proven", False)))
         elif kind == "left":
             member = self.registry.remove_member(message["token"].encode())
             if member is not None and message["reason"] != "exit":
@@ -264,8 +269,8 @@ class ControlApp:
             room = self.registry.close_room(message["room"])
             if room is not None:
                 self.quotas.room_closed(room.host_ip)
-                log.info("room closed (%s) on worker %d (%d rooms)", message["reason"],
-                         worker, len(self.registry.rooms))
+                log.info("room %r closed (%s) on worker %d (%d rooms)", room.name,
+                         message["reason"], worker, len(self.registry.rooms))
         else:
             log.warning("worker %d sent unknown event %r", worker, kind)
 

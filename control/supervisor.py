@@ -242,9 +242,8 @@ class Supervisor:
                 future.set_exception(ConnectionError(f"worker {handle.index} exited"))
         handle.pending.clear()
         if self.stopping:
-            stats = {k: v for k, v in handle.stats.items() if k not in ("t", "worker", "pid")}
             log.info("worker %d exited (%s); last counters %s", handle.index,
-                     describe_exit(code), stats)
+                     describe_exit(code), summarize_counters(handle.stats))
             return
         log.error("worker %d (pid %d) died: %s", handle.index, process.pid, describe_exit(code))
         if code == WORKER_BOOT_ERROR:
@@ -417,3 +416,26 @@ def describe_exit(code: int | None) -> str:
     if code == WORKER_BOOT_ERROR:
         return f"exit code {code} (boot error)"
     return f"exit code {code}"
+
+
+_NOT_COUNTERS = ("t", "worker", "pid")
+
+
+def summarize_counters(stats: dict[str, Any]) -> str:
+    """A worker's last statistics snapshot as one ``key=value`` line: nested tables get
+    dotted keys (``stage1.received``), and counters inside them that are 0 are left out
+    (``drops.rate_limited=3`` appears only when something was dropped)."""
+    parts: list[str] = []
+
+    def walk(prefix: str, table: dict[str, Any]) -> None:
+        for key, value in table.items():
+            if not prefix and key in _NOT_COUNTERS:
+                continue
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(f"{name}.", value)
+            elif not (prefix and isinstance(value, int) and value == 0):
+                parts.append(f"{name}={value}")
+
+    walk("", stats)
+    return " ".join(parts) or "none"

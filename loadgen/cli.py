@@ -72,19 +72,18 @@ example:  ocm-loadgen --rooms 500 --users 10 --rate 2 --json out.json --plot out
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """Every usage error is one line on stderr and exit code 2 (``EXIT_USAGE``): a bad
-    choice or an unknown flag as much as a value out of range."""
+class _OneLineParser(argparse.ArgumentParser):
+    """Every usage error (bad choice, unknown flag, value out of range) is one line and
+    exit code 2; ``--help`` still shows the usage."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (exit {EXIT_USAGE}; see "
-                              f"{self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of ``Options`` and ``Output`` (loadgen/options.py), with this help."""
-    parser = _Parser(prog="ocm-loadgen", description=DESCRIPTION, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _OneLineParser(prog="ocm-loadgen", description=DESCRIPTION, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_arguments(parser)
     return parser
 

@@ -46,7 +46,8 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from wire import errors
-from wire.chat import PLAIN_TEXTS, Notice, decode_framed
+from wire.chat import Notice, decode_delivery
+from wire.codes import Framing
 from wire.limits import PLAIN_SEPARATOR
 
 if TYPE_CHECKING:
@@ -102,16 +103,6 @@ def username_of(user: int, users: int) -> str:
     """Short fixed-width usernames (``u0``..``u9``, ``u00``..``u99``, ...): one width per run,
     so the message starts at a constant offset in every delivery."""
     return "u" + str(user).zfill(len(str(max(users - 1, 0))))
-
-
-_JOINED_SUFFIX: Final = PLAIN_TEXTS["joined"].split("{user}")[1].encode()
-_LEFT_SUFFIX: Final = PLAIN_TEXTS["left"].split("{user}")[1].encode()
-_PLAIN_EXACT: Final = {
-    PLAIN_TEXTS["closed"].encode(): "closed",
-    PLAIN_TEXTS["disconnected"].encode(): "disconnected",
-    PLAIN_TEXTS["disconnected_inactive"].encode(): "disconnected",
-}
-_ERROR_PREFIX: Final = PLAIN_TEXTS["error"].split("{over}")[0].encode()
 
 
 # --- per-run figures ------------------------------------------------------------------------
@@ -335,21 +326,12 @@ class Meter:
         """A delivery that is not our chat: a notice (or garbage)."""
         self.known_bound[rlm] = True  # it received something, so its address is bound
         event, user = "", ""
-        if self.framed:
-            try:
-                notice = decode_framed(data)
-            except errors.ProtocolError:
-                notice = None
-            if isinstance(notice, Notice):
-                event, user = notice.event.value, notice.user
-        elif data.endswith(_JOINED_SUFFIX):
-            event, user = "joined", data[: -len(_JOINED_SUFFIX)].decode("utf-8", "replace")
-        elif data.endswith(_LEFT_SUFFIX):
-            event = "left"
-        elif data in _PLAIN_EXACT:
-            event = _PLAIN_EXACT[data]
-        elif data.startswith(_ERROR_PREFIX):
-            event = "error"
+        try:
+            notice = decode_delivery(data, Framing.OCM1 if self.framed else Framing.PLAIN)
+        except errors.ProtocolError:
+            notice = None
+        if isinstance(notice, Notice):
+            event, user = notice.event.value, notice.user
         if not event:
             self.c.unparsed += 1
             return

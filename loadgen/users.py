@@ -51,7 +51,8 @@ from relay import sched
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import NEED_DATA, Complete, FrameReader, Response, Role, encode_request
+from wire.tcrp import NEED_DATA, Complete, Response
+from wire.tcrp_client import ClientExchange
 
 JOIN_ATTEMPTS: Final = 3
 RETRY_STATUSES: Final = frozenset({Status.RATE_LIMITED, Status.UNAVAILABLE})
@@ -306,8 +307,7 @@ class Simulator:
         users = plan.users
         room_raw = self.rooms_raw[lm // users]
         framing = Framing.OCM1 if plan.framing == "ocm1" else None
-        request = encode_request(op, room_raw, username_of(lm % users, users),
-                                 plan.password, framing)
+        username = username_of(lm % users, users)
         outcome = "?"
         for attempt in range(JOIN_ATTEMPTS):
             async with sem:
@@ -315,7 +315,8 @@ class Simulator:
                 status: Status | int | str
                 try:
                     async with asyncio.timeout(plan.join_timeout_s):
-                        status, response, token = await self._tcrp(request, lm)
+                        status, response, token = await self._tcrp(
+                            op, room_raw, username, framing, lm)
                 except TimeoutError:
                     status, response, token = "timeout", None, b""
                 except errors.ProtocolError as exc:
@@ -339,31 +340,29 @@ class Simulator:
         j.failures[outcome] = j.failures.get(outcome, 0) + 1
         return False
 
-    async def _tcrp(self, request: bytes, lm: int
+    async def _tcrp(self, op: Operation, room_raw: bytes, username: str,
+                    framing: Framing | None, lm: int
                     ) -> tuple[Status | int, Response | None, bytes]:
+        exchange = ClientExchange()
+        request = exchange.send_request(op, room_raw, username, self.plan.password, framing)
         ip = self.transport.join_ip(lm)  # the token is bound to the IP we join from
         reader, writer = await asyncio.open_connection(
             self.plan.server, self.plan.tcp_port,
             local_addr=None if ip is None else (ip, 0))
         try:
             writer.write(request)
-            frames = FrameReader(Role.CLIENT)
-            response: Response | None = None
             while True:
-                event = frames.next_event()
+                event = exchange.next_event()
                 if event is NEED_DATA:
                     data = await reader.read(65536)
                     if not data:
                         raise ConnectionResetError(0, "server closed the connection")
-                    frames.receive_data(data)
+                    exchange.receive_data(data)
                 elif isinstance(event, Response):
                     if event.status != Status.OK:
                         return event.status, event, b""
-                    response = event
-                elif isinstance(event, Complete) and response is not None:
-                    return Status.OK, response, event.token
-                else:
-                    raise errors.UnexpectedFrame(type(event).__name__)
+                elif isinstance(event, Complete):
+                    return Status.OK, exchange.response, event.token
         finally:
             writer.close()
 

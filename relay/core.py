@@ -28,13 +28,18 @@ from wire.chat import (
     is_exit,
     plain_prefix,
 )
-from wire.codes import Framing, NoticeEvent, Reason
+from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
 from wire.limits import (
     DEFAULT_INACTIVITY_TIMEOUT_S,
     DEFAULT_MAX_SEND_FAILURES,
     EXIT_MATCH_MAX_BYTES,
     MAX_DATAGRAM_BYTES,
     MAX_DELIVERY_BYTES,
+    STAGE1_CHAT_BURST,
+    STAGE1_CHAT_RATE,
+    STAGE1_MAX_CLIENTS,
+    STAGE1_MAX_CLIENTS_PER_IP,
+    UNPROVEN_MAX_DELIVERIES,
 )
 
 Addr = tuple[str, int]
@@ -45,6 +50,10 @@ DEFAULT_CHAT_RATE: Final = 10.0
 """Chat messages per second per member; excess is dropped and counted (rate_limited)."""
 DEFAULT_CHAT_BURST: Final = 20
 
+DEADLINE_COMPACT_SLACK: Final = 1024
+"""Stale deadline entries (of departed members, ~150 B each) tolerated beyond the number
+of live members before the heap is rebuilt: at most 2 x members + 1,024 entries."""
+
 DROP_REASONS: Final = (
     "too_large",  # over 4096 bytes
     "malformed",  # lengths 0 or past the end
@@ -54,7 +63,12 @@ DROP_REASONS: Final = (
     "wrong_ip",  # the source IP is not the IP the token was issued to
     "rate_limited",  # over the member's chat rate (token bucket)
     "too_many_clients",  # Stage 1: the address table is full
+    "too_many_per_ip",  # Stage 1: the sender's IP has its share of the table
+    "unproven",  # outbound: a delivery withheld from a registered address never proven
 )
+TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTED))
+"""Notices a member gets about itself once in its life: never withheld (docs/protocol.md
+§4 (j)), so that a client that only listens still learns that its token is dead."""
 
 
 class Member:
@@ -63,6 +77,7 @@ class Member:
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
         "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
+        "trial", "muted",
     )
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
@@ -83,13 +98,18 @@ class Member:
         self.allowance = float("inf")
         """Chat token bucket: messages this member may send now (capped at the burst)."""
         self.stamp = now
+        self.trial = False
+        """Bound to an address only registered (§1.4), not yet proven by a datagram from
+        it: deliveries draw on that address's budget (``RelayCore.unproven``)."""
+        self.muted = False
+        """On trial and the budget is spent: left out of deliveries until proven."""
 
 
 class Room:
     """A live room: members by token, and the bound addresses split by delivery format."""
 
     __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs",
-                 "send_cache")
+                 "send_cache", "trial")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -100,11 +120,15 @@ class Room:
         self.framed_addrs: list[Addr] = []
         self.send_cache: Any = None
         """Owned by the I/O adapter (e.g. prebuilt sendmmsg batches); reset on change."""
+        self.trial: list[Member] = []
+        """Members on trial and not muted: each chat charges their addresses' budgets."""
 
     def rebuild(self) -> None:
         """Recompute the address lists after a membership or binding change."""
-        self.plain_addrs = [m.addr for m in self.members.values() if m.addr and not m.framed]
-        self.framed_addrs = [m.addr for m in self.members.values() if m.addr and m.framed]
+        members = self.members.values()
+        self.plain_addrs = [m.addr for m in members if m.addr and not m.framed and not m.muted]
+        self.framed_addrs = [m.addr for m in members if m.addr and m.framed and not m.muted]
+        self.trial = [m for m in members if m.trial and not m.muted]
         self.send_cache = None
 
 
@@ -118,7 +142,7 @@ class RelayCore:
         self.inactivity_timeout = inactivity_timeout
         self.max_send_failures = max_send_failures
         self.chat_rate = chat_rate
-        """Chat messages per second per member (token bucket refill), issue #6."""
+        """Chat messages per second per member (token bucket refill)."""
         self.chat_burst = float(chat_burst)
         """Bucket size: a member may send this many at once."""
         self.rooms: dict[str, Room] = {}
@@ -127,22 +151,31 @@ class RelayCore:
         self.failing: dict[Addr, int] = {}
         """Consecutive send failures per address; empty in the common case so the hot
         path's ``if failing`` test costs one truth check."""
+        self.unproven: dict[Addr, int] = {}
+        """Deliveries left for each bound address that no accepted datagram has come from
+        (bound by the 2-byte registration or by re-seeding). One entry per such address,
+        so bounded by ``by_addr``; the entry goes when the address is proven or unused."""
         self.outbox: list[Send] = []
         self.events: list[dict[str, Any]] = []
-        self._deadlines: list[tuple[float, int, Member]] = []
+        self._deadlines: list[tuple[float, int, bytes]] = []
+        """Inactivity deadlines ``(due, seq, token)``: a token, not the ``Member``, so that a
+        departed member (and its room) is freed at once, not at its old deadline. Entries
+        of departed members are skipped when due, and the heap is compacted once they
+        outnumber the live members (``_drop_member``)."""
         self._seq = 0
         self.received = 0
         self.relayed = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self.evictions: dict[str, int] = {r.value: 0 for r in Reason}
+        self.evictions: dict[str, int] = {r.value: 0 for r in EVICTION_REASONS}
         self.send_failures = 0
 
     # --- control commands ---------------------------------------------------------------
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
                    framing: Framing, is_host: bool, now: float, addr: Addr | None = None,
-                   announced: bool = False) -> bool:
+                   announced: bool = False, proven: bool = False) -> bool:
         """Add a member (``is_host`` creates the room). False if the room is not live
-        (or already exists, for a host): control then answers ROOM_NOT_FOUND/EXISTS."""
+        (or already exists, for a host): control then answers ROOM_NOT_FOUND/EXISTS.
+        ``addr``, ``announced`` and ``proven`` re-seed a restarted worker."""
         room = self.rooms.get(room_name)
         known = self.tokens.get(token)
         if known is not None:  # idempotent: a restarted worker may be seeded, then asked
@@ -161,17 +194,18 @@ class RelayCore:
         self._push_deadline(member, now + self.inactivity_timeout)
         if addr is not None:
             member.announced = announced
-            self._bind(member, addr)
+            self._bind(member, addr, proven=proven)
         return True
 
     def register(self, token: bytes, port: int, now: float) -> None:
-        """The 2-byte UDP port registration: bind ``(issued ip, port)`` and refresh."""
+        """The 2-byte UDP port registration: bind ``(issued ip, port)`` and refresh. The
+        address is on trial until a datagram from it proves it (``unproven``)."""
         member = self.tokens.get(token)
         if member is None or not 0 < port < 65536:
             return
         member.last_seen = now
         if member.addr != (member.ip, port):
-            self._bind(member, (member.ip, port))
+            self._bind(member, (member.ip, port), proven=False)
 
     def configure(self, inactivity_timeout: float, max_send_failures: int, now: float,
                   chat_rate: float | None = None, chat_burst: int | None = None) -> None:
@@ -182,14 +216,12 @@ class RelayCore:
             self.chat_rate = chat_rate
         if chat_burst is not None:
             self.chat_burst = float(chat_burst)
-        self._deadlines = []
-        for member in self.tokens.values():
-            self._push_deadline(member, member.last_seen + inactivity_timeout)
+        self._rebuild_deadlines()
 
     def shutdown(self) -> None:
         """Graceful stop (§2.4): every bound member gets ``closed``; all rooms go."""
         for room in list(self.rooms.values()):
-            self._close_room(room, None, "shutdown")
+            self._close_room(room, None, Reason.SHUTDOWN.value)
 
     # --- datagrams ---------------------------------------------------------------------
     def handle_datagram(self, data: bytes, addr: Addr, now: float) -> Fanout | None:
@@ -230,7 +262,9 @@ class RelayCore:
             return None
         member.last_seen = now
         if member.addr != addr:
-            self._bind(member, addr)
+            self._bind(member, addr, proven=True)
+        elif member.trial:  # its registered address speaks: proven
+            self._prove(addr)
         if not message:
             return None
         if len(message) <= EXIT_MATCH_MAX_BYTES and is_exit(message):
@@ -260,6 +294,12 @@ class RelayCore:
         if longest > MAX_DELIVERY_BYTES:
             self._notify(member, Notice(NoticeEvent.ERROR, over=longest - MAX_DELIVERY_BYTES))
             return None
+        if room.trial:  # registered addresses not yet proven: charge or leave them out
+            for m in room.trial:
+                if m is not member:
+                    self._admit(m)
+            plain_addrs = room.plain_addrs
+            framed_addrs = room.framed_addrs
         self.relayed += 1
         return plain, plain_addrs, framed, framed_addrs, sender, room
 
@@ -290,11 +330,11 @@ class RelayCore:
 
     def handle_timer(self, now: float) -> None:
         """Evict every member silent for ``inactivity_timeout`` seconds (§2.4)."""
-        heap = self._deadlines
         timeout = self.inactivity_timeout
-        while heap and heap[0][0] <= now:
-            _, _, member = heapq.heappop(heap)
-            if not member.alive:
+        tokens = self.tokens
+        while self._deadlines and self._deadlines[0][0] <= now:  # an eviction may compact
+            member = tokens.get(heapq.heappop(self._deadlines)[2])
+            if member is None:  # departed: its entry outlived it
                 continue
             due = member.last_seen + timeout
             if due <= now:
@@ -317,7 +357,15 @@ class RelayCore:
     # --- internals ---------------------------------------------------------------------
     def _push_deadline(self, member: Member, due: float) -> None:
         self._seq += 1
-        heapq.heappush(self._deadlines, (due, self._seq, member))
+        heapq.heappush(self._deadlines, (due, self._seq, member.token))
+
+    def _rebuild_deadlines(self) -> None:
+        """One entry per live member, at ``last_seen + inactivity_timeout``: O(members)."""
+        timeout = self.inactivity_timeout
+        self._deadlines = [(m.last_seen + timeout, i, token)
+                           for i, (token, m) in enumerate(self.tokens.items())]
+        heapq.heapify(self._deadlines)
+        self._seq = len(self._deadlines)
 
     def _unlink_addr(self, member: Member) -> None:
         """Take ``member`` out of ``by_addr``; forget the address once nobody uses it."""
@@ -330,18 +378,65 @@ class RelayCore:
             if not peers:
                 del self.by_addr[addr]
                 self.failing.pop(addr, None)
+                self.unproven.pop(addr, None)
 
-    def _bind(self, member: Member, addr: Addr) -> None:
+    def _bind(self, member: Member, addr: Addr, proven: bool) -> None:
+        """Bind ``member`` to ``addr``: ``proven`` if a datagram came from it, else (a
+        registration, a re-seed) on trial unless another member has proven it already."""
         self._unlink_addr(member)
         member.addr = addr
-        self.by_addr.setdefault(addr, []).append(member)
+        peers = self.by_addr.get(addr)
+        if proven:
+            if addr in self.unproven:
+                self._prove(addr)
+            member.trial = member.muted = False
+        elif peers is None or addr in self.unproven:
+            left = self.unproven.setdefault(addr, UNPROVEN_MAX_DELIVERIES)
+            member.trial = True
+            member.muted = left <= 0
+        else:
+            member.trial = member.muted = False
+        if peers is None:
+            self.by_addr[addr] = [member]
+        else:
+            peers.append(member)
         member.room.rebuild()
         self.events.append({"t": "bound", "token": member.token.decode(), "ip": addr[0],
-                            "port": addr[1]})
+                            "port": addr[1], "proven": not member.trial})
         if not member.announced:
             member.announced = True
             self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username),
                             exclude=member)
+
+    def _prove(self, addr: Addr) -> None:
+        """A datagram from ``addr`` was accepted: every member bound to it comes off trial."""
+        del self.unproven[addr]
+        rooms = {}
+        for peer in self.by_addr.get(addr, ()):
+            peer.trial = peer.muted = False
+            rooms[id(peer.room)] = peer.room
+            self.events.append({"t": "bound", "token": peer.token.decode(), "ip": addr[0],
+                                "port": addr[1], "proven": True})  # for re-seeding
+        for room in rooms.values():
+            room.rebuild()
+
+    def _admit(self, member: Member) -> bool:
+        """May one more datagram go to ``member``? Always, unless it is on trial: then its
+        address's budget pays for it, and once that is spent it is muted (left out of its
+        room's address lists) until proven; each withheld delivery is counted."""
+        if not member.trial:
+            return True
+        addr = member.addr
+        if addr is not None and not member.muted:
+            left = self.unproven.get(addr, 0)
+            if left > 0:
+                self.unproven[addr] = left - 1
+                return True
+        self.drops["unproven"] += 1
+        if not member.muted:
+            member.muted = True
+            member.room.rebuild()
+        return False
 
     def _remove(self, member: Member, reason: Reason) -> None:
         """Take ``member`` out; if it hosts the room, close the room instead (§2.4)."""
@@ -361,11 +456,17 @@ class RelayCore:
         self._remove(member, reason)
 
     def _close_room(self, room: Room, host: Member | None, reason: str) -> None:
-        closed = Notice(NoticeEvent.CLOSED)
+        shutdown = reason == Reason.SHUTDOWN.value  # framed clients can say why (§2.3)
+        closed = Notice(NoticeEvent.CLOSED, reason=Reason.SHUTDOWN if shutdown else None)
         for member in list(room.members.values()):
             if member is not host:
                 self._notify(member, closed)
             self._drop_member(member)
+        # Members point at their room; the room must not point back, or the closed room
+        # and its members would form cycles that wait for the cyclic GC instead of being
+        # freed at once when the last reference goes.
+        room.host = None
+        room.trial = []
         del self.rooms[room.name]
         self.events.append({"t": "closed", "room": room.name, "reason": reason})
 
@@ -374,9 +475,14 @@ class RelayCore:
         del member.room.members[member.token]
         del self.tokens[member.token]
         self._unlink_addr(member)
+        if len(self._deadlines) > 2 * len(self.tokens) + DEADLINE_COMPACT_SLACK:
+            # Departed members' entries outnumber the live ones: drop them all now, so that
+            # churn cannot grow the heap whatever the timeout (amortised O(1) per departure).
+            self._rebuild_deadlines()
 
     def _notify(self, member: Member, notice: Notice) -> None:
-        if member.addr is not None:
+        if member.addr is not None and (notice.event in TERMINAL_NOTICES
+                                        or self._admit(member)):
             encode: Callable[[Notice], bytes] = (
                 encode_framed_notice if member.framed else encode_plain_notice)
             self.outbox.append((encode(notice), member.addr))
@@ -384,7 +490,8 @@ class RelayCore:
     def _broadcast(self, room: Room, notice: Notice, exclude: Member | None = None) -> None:
         plain = framed = b""
         for member in room.members.values():
-            if member is exclude or member.addr is None:
+            if member is exclude or member.addr is None or (
+                    member.trial and not self._admit(member)):
                 continue
             if member.framed:
                 framed = framed or encode_framed_notice(notice)
@@ -394,27 +501,63 @@ class RelayCore:
                 self.outbox.append((plain, member.addr))
 
 
+class _Stage1Client:
+    """One remembered Stage 1 address: when it last spoke and its chat token bucket."""
+
+    __slots__ = ("last_seen", "allowance", "stamp")
+
+    def __init__(self, now: float, burst: float) -> None:
+        self.last_seen = now
+        self.allowance = burst
+        self.stamp = now
+
+
 class GlobalChat:
-    """Stage 1 (§3): everyone who sent a well-formed datagram gets every other's chat."""
+    """Stage 1 (§3): everyone who sent a well-formed datagram gets every other's chat.
+
+    Bounds (wire/limits.py): ``max_clients`` addresses in all and ``max_per_ip`` per source
+    IP; each address may chat ``rate`` times a second (token bucket of ``burst``). Every
+    operation on the table is O(1) (an expiry is O(expired)): ``clients`` is a dict kept in
+    last-seen order, and the address list handed to the adapter is rebuilt lazily, as a
+    new list, on the first chat after a change, so a list already handed out never
+    changes under a fan-out in progress.
+    """
 
     def __init__(self, inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT_S,
                  max_send_failures: int = DEFAULT_MAX_SEND_FAILURES,
-                 max_clients: int = 10_000) -> None:
+                 max_clients: int = STAGE1_MAX_CLIENTS,
+                 max_per_ip: int = STAGE1_MAX_CLIENTS_PER_IP,
+                 rate: float = STAGE1_CHAT_RATE, burst: int = STAGE1_CHAT_BURST) -> None:
         self.inactivity_timeout = inactivity_timeout
         self.max_send_failures = max_send_failures
         self.max_clients = max_clients
-        """Bound of the address table: 10,000 × ~200 bytes = 2 MB worst case."""
-        self.last_seen: dict[Addr, float] = {}
-        self.addrs: list[Addr] = []
+        """Bound of the address table: 10,000 x ~300 bytes = 3 MB worst case."""
+        self.max_per_ip = max_per_ip
+        """Addresses remembered per source IP (caps what one host, or one spoofed IP, can
+        make a message fan out to)."""
+        self.rate = rate
+        self.burst = float(burst)
+        self.clients: dict[Addr, _Stage1Client] = {}
+        """Remembered addresses, oldest ``last_seen`` first (a refresh re-inserts)."""
+        self.per_ip: dict[str, int] = {}
         self.failing: dict[Addr, int] = {}
+        self._addrs: list[Addr] | None = []
         self.received = 0
         self.relayed = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self.evictions: dict[str, int] = {r.value: 0 for r in Reason}
+        self.evictions: dict[str, int] = {r.value: 0 for r in EVICTION_REASONS}
+
+    @property
+    def addrs(self) -> list[Addr]:
+        """Every remembered address, as a list that is never mutated once returned."""
+        addrs = self._addrs
+        if addrs is None:
+            addrs = self._addrs = list(self.clients)
+        return addrs
 
     def handle_datagram(self, data: bytes, addr: Addr, now: float) -> list[Addr] | None:
         """Validate; remember the sender; return the addresses to relay ``data`` to
-        (the caller skips ``addr``), or None."""
+        (the caller skips ``addr``), or None (dropped, keepalive, over the sender's rate)."""
         self.received += 1
         size = len(data)
         if size > MAX_DATAGRAM_BYTES:
@@ -430,14 +573,33 @@ class GlobalChat:
         except UnicodeDecodeError:
             self.drops["bad_utf8"] += 1
             return None
-        if addr not in self.last_seen:
-            if len(self.last_seen) >= self.max_clients:
+        clients = self.clients
+        client = clients.pop(addr, None)
+        if client is None:
+            if len(clients) >= self.max_clients:
                 self.drops["too_many_clients"] += 1
                 return None
-            self.addrs = [*self.addrs, addr]
-        self.last_seen[addr] = now
+            ip = addr[0]
+            count = self.per_ip.get(ip, 0)
+            if count >= self.max_per_ip:
+                self.drops["too_many_per_ip"] += 1
+                return None
+            self.per_ip[ip] = count + 1
+            client = _Stage1Client(now, self.burst)
+            self._addrs = None
+        clients[addr] = client  # (re-)inserted last: the dict stays in last-seen order
+        client.last_seen = now
         if end == size:
             return None
+        allowance = client.allowance + (now - client.stamp) * self.rate
+        client.stamp = now
+        if allowance > self.burst:
+            allowance = self.burst
+        if allowance < 1.0:
+            client.allowance = allowance
+            self.drops["rate_limited"] += 1
+            return None
+        client.allowance = allowance - 1.0
         self.relayed += 1
         return self.addrs
 
@@ -445,31 +607,42 @@ class GlobalChat:
         count = self.failing.get(addr, 0) + 1
         if count >= self.max_send_failures:
             self._forget(addr, Reason.SEND_FAILURES)
-        elif addr in self.last_seen:
+        elif addr in self.clients:
             self.failing[addr] = count
 
     def handle_send_success(self, addr: Addr) -> None:
         self.failing.pop(addr, None)
 
     def next_deadline(self) -> float | None:
-        if not self.last_seen:
-            return None
-        return min(self.last_seen.values()) + self.inactivity_timeout
+        for client in self.clients.values():  # the oldest comes first
+            return client.last_seen + self.inactivity_timeout
+        return None
 
     def handle_timer(self, now: float) -> None:
-        """Forget clients silent for ``inactivity_timeout`` seconds (no notices in §3)."""
+        """Forget clients silent for ``inactivity_timeout`` seconds (no notices in §3);
+        O(expired), since ``clients`` is in last-seen order."""
         limit = now - self.inactivity_timeout
-        for addr, seen in list(self.last_seen.items()):
-            if seen <= limit:
-                self._forget(addr, Reason.INACTIVE)
+        expired = []
+        for addr, client in self.clients.items():
+            if client.last_seen > limit:
+                break
+            expired.append(addr)
+        for addr in expired:
+            self._forget(addr, Reason.INACTIVE)
 
     def _forget(self, addr: Addr, reason: Reason) -> None:
         self.failing.pop(addr, None)
-        if self.last_seen.pop(addr, None) is not None:
+        if self.clients.pop(addr, None) is not None:
             self.evictions[reason.value] += 1
-            self.addrs = [a for a in self.addrs if a != addr]
+            ip = addr[0]
+            left = self.per_ip[ip] - 1
+            if left:
+                self.per_ip[ip] = left
+            else:
+                del self.per_ip[ip]
+            self._addrs = None
 
     def statistics(self) -> dict[str, Any]:
-        return {"clients": len(self.last_seen), "received": self.received,
+        return {"clients": len(self.clients), "received": self.received,
                 "relayed": self.relayed, "drops": dict(self.drops),
                 "evictions": dict(self.evictions)}

@@ -6,9 +6,10 @@ big-endian length then the body, so either end may also use ``send_bytes``/``rec
 The body is an orjson object whose ``"t"`` names the message.
 
 Commands, control -> worker:
-  member    {id, room, token, user, ip, framing, host, addr|null, announced}
+  member    {id, room, token, user, ip, framing, host, addr|null, announced, proven}
             add a member (``host`` creates the room); answered by ``ack {id, ok}``.
-            Re-seeding a restarted worker sends the same with ``addr`` and ``announced``.
+            Re-seeding a restarted worker sends the same with ``addr``, ``announced`` and
+            ``proven`` (a datagram came from ``addr``: it is not on trial, protocol.md §4 (j)).
   register  {token, port}          the 2-byte UDP port registration of §1.4
   start     {}                     seeding done: start reading the UDP socket(s)
   ping      {id}                   answered by ``pong {id}`` from the event loop
@@ -17,7 +18,8 @@ Commands, control -> worker:
 
 Events, worker -> control:
   ack {id, ok}, pong {id}, bye {}
-  bound     {token, ip, port}      a member's address became known or changed
+  bound     {token, ip, port, proven}   a member's address became known or changed, or
+                                   was proven (a datagram came from it)
   left      {token, reason}        a member is gone (exit, inactive, send_failures)
   closed    {room, reason}         a room closed (host left); all its tokens are dead
   stats     {...counters}          once a second

@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar, cast
 
 from relay import ipc, mmsg, sched
 from relay.core import Addr, GlobalChat, RelayCore
+from relay.globalchat import GlobalChatRelay
 from relay.steering import tag_worker
 from wire.codes import Framing
 
@@ -67,6 +68,7 @@ class Worker:
                               settings.get("chat_rate", 10.0), settings.get("chat_burst", 20))
         self.stage1 = GlobalChat(settings["inactivity_timeout"], settings["max_send_failures"],
                                  settings.get("max_stage1_clients", 10_000))
+        self.stage1_relay: GlobalChatRelay | None = None
         self.forwarded = 0
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -98,8 +100,9 @@ class Worker:
         assert self.loop is not None
         reader = self._on_udp_forwarding if self.forwarding else self._on_udp
         self.loop.add_reader(self.sock.fileno(), reader)
-        if self.stage1_sock is not None:
-            self.loop.add_reader(self.stage1_sock.fileno(), self._on_stage1)
+        if self.stage1_sock is not None:  # budgeted fan-out: relay/globalchat.py
+            self.stage1_relay = GlobalChatRelay(self.stage1_sock, self.stage1, self.loop)
+            self.stage1_relay.start()
         if self.inbox is not None:
             self.inbox.setblocking(False)
             self.loop.add_reader(self.inbox.fileno(), self._on_inbox)
@@ -117,7 +120,7 @@ class Worker:
         """What ``recv(RECV_BUFFER_BYTES)`` returns, until the socket is empty or
         ``BATCH_DATAGRAMS`` were read (then the loop serves the pipe and timers before
         this reader is called again). An unexpected error is logged and ends the batch.
-        For the readers off the main path (forwarding, Stage 1); see ``_on_udp``."""
+        For the readers off the main path (forwarding, the inbox); see ``_on_udp``."""
         for _ in range(BATCH_DATAGRAMS):
             try:
                 yield recv(RECV_BUFFER_BYTES)
@@ -242,27 +245,6 @@ class Worker:
         if out is not None:
             self.fan_out(out, now)
 
-    def _on_stage1(self) -> None:
-        assert self.stage1_sock is not None
-        sock = self.stage1_sock
-        sendto = sock.sendto
-        chat = self.stage1
-        now = time.monotonic()
-        for data, addr in self._drain(sock.recvfrom, "Stage 1 recvfrom"):
-            targets = chat.handle_datagram(data, addr, now)
-            if targets is None:
-                continue
-            failing = chat.failing
-            for a in targets:
-                if a != addr:
-                    try:
-                        sendto(data, a)
-                    except OSError:
-                        chat.handle_send_failure(a)
-                    else:
-                        if failing:
-                            failing.pop(a, None)
-
     # --- timers and control ---------------------------------------------------------------
     def _tick(self) -> None:
         assert self.loop is not None
@@ -323,7 +305,8 @@ class Worker:
             ok = self.core.add_member(
                 msg["room"], msg["token"].encode(), msg["user"], msg["ip"],
                 Framing(msg["framing"]), msg["host"], now,
-                (addr[0], addr[1]) if addr else None, msg.get("announced", False))
+                (addr[0], addr[1]) if addr else None, msg.get("announced", False),
+                bool(msg.get("proven", False)))
             self._send({"t": "ack", "id": msg["id"], "ok": ok})
             self._flush()
             self._arm_timer()

@@ -5,19 +5,22 @@ Server -> client: plain text (``user: message`` and Japanese notices, §2.2) or 
 framing (``UsernameLen Username Message`` for chat, ``0`` + JSON for notices, §2.3),
 <= 4094 bytes either way.
 
+Clients read both with ``decode_delivery(data, framing)``.
+
 The relay's hot path parses inline with the same rules (relay/fastpath.py); these
 functions are the reference the tests hold it to.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 from wire import errors
-from wire.codes import NoticeEvent, Reason
+from wire.codes import Framing, NoticeEvent, Reason
 from wire.limits import (
     CHAT_HEADER_BYTES,
     EXIT_COMMAND,
@@ -142,13 +145,15 @@ ENGLISH_TEXTS: Final = {
     "left_inactive": "{user} was removed for inactivity",
     "left_send_failures": "{user} was removed: messages to them kept failing",
     "closed": "the room was closed",
+    "closed_shutdown": "the server is shutting down",
     "disconnected": "you were disconnected",
     "disconnected_inactive": "you were disconnected for inactivity",
     "disconnected_send_failures": "you were disconnected: messages to you kept failing",
     "error": "message too long ({over} bytes over the limit)",
 }
-"""The ``text`` of framed notices (§2.3). ``left`` and ``disconnected`` without a reason
-that has its own entry fall back to the generic text, as PLAIN_TEXTS does."""
+"""The ``text`` of framed notices (§2.3). ``left``, ``closed`` and ``disconnected``
+without a reason that has its own entry fall back to the generic text, as PLAIN_TEXTS
+does (so a plain ``closed`` stays byte-exact whatever its reason)."""
 
 
 def _text_key(notice: Notice, table: dict[str, str]) -> str:
@@ -186,8 +191,14 @@ class FramedChat:
     message: str
 
 
+_REASONS: Final = {reason.value: reason for reason in Reason}
+
+
 def decode_framed(data: bytes) -> FramedChat | Notice:
-    """Decode an ``ocm1`` delivery or raise one ``RemoteProtocolError`` subclass."""
+    """Decode an ``ocm1`` delivery or raise one ``RemoteProtocolError`` subclass.
+
+    A ``reason`` this version does not know is read as no reason (a newer server may add
+    reasons; the event still tells what happened)."""
     if not data:
         raise errors.TruncatedDatagram("empty delivery")
     if len(data) > MAX_DELIVERY_BYTES:
@@ -208,10 +219,74 @@ def decode_framed(data: bytes) -> FramedChat | Notice:
         raise errors.BadNotice("not an object")
     try:
         event = NoticeEvent(obj.get("event"))
-        reason = Reason(obj["reason"]) if obj.get("reason") is not None else None
     except ValueError:
         raise errors.BadNotice(f"event {obj.get('event')!r}") from None
+    raw_reason = obj.get("reason")
+    if raw_reason is not None and not isinstance(raw_reason, str):
+        raise errors.BadNotice("reason must be a string")
+    reason = _REASONS.get(raw_reason) if raw_reason is not None else None
     user, over = obj.get("user", ""), obj.get("over", 0)
     if not isinstance(user, str) or type(over) is not int:
         raise errors.BadNotice("user must be a string and over an int")
     return Notice(event, user, reason, over)
+
+
+# --- plain deliveries as a client sees them (§2.2) ------------------------------------------
+def _plain_pattern(key: str, group: str) -> re.Pattern[str]:
+    head, _, tail = PLAIN_TEXTS[key].partition("{" + group + "}")
+    return re.compile(re.escape(head) + r"(?P<value>.+?)" + re.escape(tail), re.DOTALL)
+
+
+_PLAIN_USER_NOTICES: Final = (
+    (_plain_pattern("joined", "user"), NoticeEvent.JOINED),
+    (_plain_pattern("left", "user"), NoticeEvent.LEFT),
+)
+_PLAIN_ERROR: Final = _plain_pattern("error", "over")
+_PLAIN_FIXED: Final = {
+    PLAIN_TEXTS["closed"]: Notice(NoticeEvent.CLOSED),
+    PLAIN_TEXTS["disconnected_inactive"]: Notice(NoticeEvent.DISCONNECTED, reason=Reason.INACTIVE),
+    PLAIN_TEXTS["disconnected"]: Notice(NoticeEvent.DISCONNECTED),
+}
+_SEPARATOR: Final = PLAIN_SEPARATOR.decode()
+
+
+def decode_plain(data: bytes) -> FramedChat | Notice:
+    """Read a plain delivery (§2.2): one of the exact notice texts, else ``user: message``
+    split at the first ``": "``. Raise ``TruncatedDatagram`` (empty),
+    ``DatagramTooLarge`` (over 4094 bytes), ``MessageNotUtf8`` or ``BadDelivery``
+    (neither a notice nor chat).
+
+    Plain notices can be forged by a message; framed ones cannot, which is why our client
+    asks for ``ocm1``. Because usernames never contain ``": "`` (docs/protocol.md §1.2), a
+    joined/left text whose name part holds one is read as the chat it is.
+    """
+    if not data:
+        raise errors.TruncatedDatagram("empty delivery")
+    if len(data) > MAX_DELIVERY_BYTES:
+        raise errors.DatagramTooLarge(f"delivery of {len(data)} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.MessageNotUtf8() from None
+    fixed = _PLAIN_FIXED.get(text)
+    if fixed is not None:
+        return fixed
+    for pattern, event in _PLAIN_USER_NOTICES:
+        match = pattern.fullmatch(text)
+        if match and _SEPARATOR not in match["value"]:
+            return Notice(event, user=match["value"])
+    match = _PLAIN_ERROR.fullmatch(text)
+    if match and match["value"].isdigit():
+        return Notice(NoticeEvent.ERROR, over=int(match["value"]))
+    user, sep, message = text.partition(_SEPARATOR)
+    if not sep or not user:
+        raise errors.BadDelivery(text[:40])
+    return FramedChat(user, message)
+
+
+def decode_delivery(data: bytes, framing: Framing) -> FramedChat | Notice:
+    """A room delivery in the framing the server granted (``decode_plain`` or
+    ``decode_framed``); raise one ``RemoteProtocolError`` subclass if it is malformed."""
+    if framing is Framing.PLAIN:
+        return decode_plain(data)
+    return decode_framed(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class Operation(enum.IntEnum):
@@ -48,8 +49,13 @@ class NoticeEvent(enum.Enum):
 
 
 class Reason(enum.Enum):
-    """Why a member left or was disconnected (§2.3, §2.4)."""
+    """Why a member left or was disconnected, or why a room closed (§2.3, §2.4)."""
 
     EXIT = "exit"  # the member sent /exit
     INACTIVE = "inactive"  # nothing received for --inactivity-timeout seconds
     SEND_FAILURES = "send_failures"  # --max-send-failures consecutive sends failed
+    SHUTDOWN = "shutdown"  # on "closed" only: the server is shutting down (SIGTERM)
+
+
+EVICTION_REASONS: Final = (Reason.EXIT, Reason.INACTIVE, Reason.SEND_FAILURES)
+"""The reasons a member leaves a room (the relay counts each); ``SHUTDOWN`` is not one."""

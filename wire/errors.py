@@ -70,6 +70,10 @@ class PayloadNotUtf8(RemoteProtocolError):
     reason = "bad_utf8"
 
 
+class MalformedJson(RemoteProtocolError):
+    """the payload starts with { but is not a valid JSON object"""
+
+
 class BadFieldType(RemoteProtocolError):
     """a request field has the wrong JSON type"""
 
@@ -86,7 +90,7 @@ class FieldTooLong(RemoteProtocolError):
 
 
 class BadUsername(RemoteProtocolError):
-    """the username has control characters or leading/trailing whitespace"""
+    """the username has a refused character or leading/trailing whitespace"""
 
 
 # --- TCRP responses (client side) ---------------------------------------------------------
@@ -98,6 +102,12 @@ class UnexpectedFrame(RemoteProtocolError):
 
 class BadResponse(RemoteProtocolError):
     """the server's response payload is malformed"""
+
+    status = Status.INTERNAL_ERROR
+
+
+class PrematureClose(RemoteProtocolError):
+    """the server closed the connection too early"""
 
     status = Status.INTERNAL_ERROR
 
@@ -134,9 +144,17 @@ class BadNotice(RemoteProtocolError):
     """a framed notice is not a JSON object with a known event"""
 
 
+class BadDelivery(RemoteProtocolError):
+    """a plain delivery is neither a notice text nor 'name: message'"""
+
+
 # --- encoding (our own side) --------------------------------------------------------------
 class FieldOutOfRange(LocalProtocolError):
     """a value does not fit its wire field"""
+
+
+class ExchangeMisuse(LocalProtocolError):
+    """the TCRP exchange cannot do that in its current state"""
 
 
 class DeliveryTooLarge(LocalProtocolError):

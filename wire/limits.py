@@ -31,6 +31,13 @@ REGISTRATION_BYTES: Final = 2
 REGISTRATION_WINDOW_S: Final = 2.0
 """How long the server keeps the connection open for the 2-byte registration."""
 
+UNPROVEN_MAX_DELIVERIES: Final = 32
+"""Datagrams (each <= 4,094 bytes) the relay sends to an address bound only by the 2-byte
+registration, before a datagram from that address proves it; shared by every member bound
+to the address. Then it gets nothing but its members' ``closed``/``disconnected`` notices
+until proven. Worst case towards a port that never spoke: 32 x 4,094 B = 128 KiB per
+registering join (docs/protocol.md §4 (j)); one int per such address in the worker."""
+
 # --- UDP (PROTOCOL.md §2, §3) -------------------------------------------------------------
 MAX_DATAGRAM_BYTES: Final = 4096
 """Longest client -> server datagram (Stage 1 and Stage 2); longer ones are dropped."""
@@ -46,6 +53,23 @@ EXIT_MATCH_MAX_BYTES: Final = 64
 """A message longer than this cannot be ``/exit`` plus whitespace we care to strip; saves
 decoding and stripping large chat on the hot path. (Whitespace-padded /exit longer than
 64 bytes is treated as chat; documented in docs/protocol.md.)"""
+
+STAGE1_MAX_CLIENTS: Final = 10_000
+"""Default ``max_stage1_clients``: Stage 1 addresses remembered in all (~300 B each in the
+worker: 3 MB when full). A new address past it is dropped until one expires."""
+STAGE1_MAX_CLIENTS_PER_IP: Final = 64
+"""Stage 1 addresses remembered per source IP: what one host (or one forged source IP)
+can add to every message's fan-out. Reaching the whole table takes 157 source IPs."""
+STAGE1_CHAT_RATE: Final = 2.0
+"""Stage 1 chat messages per second per address (token bucket); excess dropped and counted
+(``rate_limited``). Keepalives are not counted."""
+STAGE1_CHAT_BURST: Final = 5
+"""Stage 1 bucket size: chat messages an address may send at once."""
+STAGE1_MAX_SENDS_PER_S: Final = 10_000
+"""Stage 1 datagrams the worker sends per second at most, all fan-outs together (token
+bucket, at most 256 per loop turn): what Stage 1 may take of the loop that also serves
+worker 0's rooms. A backlog waits in the Stage 1 socket's kernel buffer (then the kernel
+drops it); nothing queues in the worker but the one fan-out in progress."""
 
 # --- Defaults of the service (the config may override) ------------------------------------
 DEFAULT_INACTIVITY_TIMEOUT_S: Final = 300.0

@@ -4,8 +4,8 @@ Frame: ``RoomNameSize(1) Operation(1) State(1) OperationPayloadSize(29) RoomName
 
 Server side: feed bytes to ``FrameReader(max_payload, role=SERVER)`` and call
 ``next_event()`` until it returns a ``Request`` (or raises a ``RemoteProtocolError`` whose
-``status`` is the code to answer). Client side: ``encode_request`` then read ``Response`` and
-``Complete`` with ``FrameReader(role=CLIENT)``.
+``status`` is the code to answer). Client side: ``wire.tcrp_client.ClientExchange``, which
+encodes the request and reads ``Response`` and ``Complete`` with ``FrameReader(role=CLIENT)``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from wire import errors
+from wire import errors, names
 from wire.codes import Framing, Operation, State, Status
 from wire.limits import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -129,16 +129,14 @@ def check_request_header(header: Header, max_payload: int) -> None:
 _OPERATIONS: Final = frozenset(int(op) for op in Operation)
 
 
-def _is_bad_username_char(ch: str) -> bool:
-    code = ord(ch)
-    return code <= 0x1F or 0x7F <= code <= 0x9F
-
-
 def decode_request_payload(payload: bytes) -> RequestBody:
     """Parse a request payload (§1.2) or raise the first error in the order of §1.3.
 
     A JSON object gives username, password and framing; any other payload (another JSON
-    value, or not JSON) is taken whole as the username, for compatibility.
+    value, or not JSON) is taken whole as the username, for compatibility, except one
+    whose first non-whitespace character is ``{``: that is ``MalformedJson`` (it may
+    carry a password that must not become a visible name). Usernames follow
+    ``wire.names``.
     """
     try:
         text = payload.decode("utf-8")
@@ -147,6 +145,8 @@ def decode_request_payload(payload: bytes) -> RequestBody:
     try:
         parsed = orjson.loads(payload) if payload else None
     except orjson.JSONDecodeError:
+        if text.lstrip().startswith("{"):
+            raise errors.MalformedJson() from None
         parsed = None
     password: object = None
     framing_raw: object = None
@@ -170,8 +170,7 @@ def decode_request_payload(payload: bytes) -> RequestBody:
         raise errors.FieldTooLong("username")
     if password is not None and len(password.encode()) > MAX_PASSWORD_BYTES:  # type: ignore[attr-defined]
         raise errors.FieldTooLong("password")
-    if username != username.strip() or any(map(_is_bad_username_char, username)):
-        raise errors.BadUsername()
+    names.check_username(username)
     framing = Framing.OCM1 if framing_raw == Framing.OCM1.value else Framing.PLAIN
     return RequestBody(username, password or None, framing)  # type: ignore[arg-type]
 

@@ -11,8 +11,11 @@ Targets and what they check besides "no other exception":
 
 * ``tcrp_server`` / ``tcrp_client``: ``FrameReader`` of each role, fed whole and in
   chunks, must end in the same events and error; decoded values re-encode to themselves.
-* ``chat``, ``stage1``, ``framed``, ``request_payload``: decode, then re-encode and
-  compare (bytes, or the decoded value for JSON).
+* ``tcrp_exchange``: the client's ``ClientExchange`` fed a server's answer whole and in
+  chunks, then the close: both runs agree, events come in protocol order, and a defect
+  is one ``RemoteProtocolError`` that leaves the exchange ``FAILED``.
+* ``chat``, ``stage1``, ``framed``, ``plain``, ``request_payload``: decode, then
+  re-encode and compare (bytes, or the decoded value for JSON).
 * ``session``: the server's TCRP state machine; whole and chunked runs agree, its answers
   parse as valid State 1 / State 2 frames echoing the request, no exception at all
   escapes it (it turns every defect into an event), and once the request is read it
@@ -48,9 +51,11 @@ from wire.chat import (
     Notice,
     decode_chat,
     decode_framed,
+    decode_plain,
     encode_chat,
     encode_framed_chat,
     encode_framed_notice,
+    encode_plain_chat,
     encode_plain_notice,
 )
 from wire.codes import Framing, NoticeEvent, Operation, Reason, Status
@@ -73,6 +78,8 @@ from wire.tcrp import (
     encode_ok,
     encode_request,
 )
+from wire.tcrp_client import ClientExchange, ExchangeState
+from wire.tcrp_client import ConnectionClosed as TcrpClosed
 
 Target = Callable[[bytes], str]
 MAX_PAYLOADS: Final = (4096, 4096, 4096, 64, 1, 0)
@@ -165,6 +172,38 @@ def tcrp_reader(role: Role) -> Target:
     return target
 
 
+def _exchange(pieces: Iterator[bytes] | list[bytes], register: bool) -> tuple[list[object], str]:
+    """Drive a ClientExchange as the clients do: request, every piece, then the close."""
+    exchange = ClientExchange()
+    exchange.send_request(Operation.CREATE, "room", "alice")
+    events: list[object] = []
+    try:
+        for piece in [*pieces, b""]:
+            exchange.receive_data(piece)
+            while (event := exchange.next_event()) is not NEED_DATA:
+                events.append(event)
+                if isinstance(event, TcrpClosed):
+                    return events, exchange.state.value
+                if isinstance(event, Complete) and register:
+                    assert exchange.send_registration(5000) == b"\x13\x88"
+    except errors.RemoteProtocolError as exc:
+        assert exchange.state is ExchangeState.FAILED
+        return events, type(exc).__name__
+    raise AssertionError("the close must end the exchange")
+
+
+def tcrp_exchange(data: bytes) -> str:
+    """The client's state machine: whole and chunked agree; only RemoteProtocolError."""
+    c0, c1, data = _split(data)
+    whole = _exchange([data], bool(c0 & 1))
+    assert whole == _exchange(_chunks(data, c1), bool(c0 & 1))
+    events, end = whole
+    kinds = [type(e).__name__ for e in events]
+    assert kinds in ([], ["Response"], ["Response", "ConnectionClosed"], ["Response", "Complete"],
+                     ["Response", "Complete", "ConnectionClosed"]), kinds
+    return "+".join(kinds) + "|" + end
+
+
 # --- datagram codecs ------------------------------------------------------------------------------
 def chat(data: bytes) -> str:
     try:
@@ -182,6 +221,19 @@ def stage1(data: bytes) -> str:
         return type(exc).__name__
     assert encode_stage1(d.username.decode(), d.message.decode()) == data
     return "keepalive" if not d.message else "ok"
+
+
+def plain(data: bytes) -> str:
+    try:
+        value = decode_plain(data)
+    except errors.ProtocolError as exc:
+        return type(exc).__name__
+    if isinstance(value, FramedChat):
+        assert encode_plain_chat(value.username, value.message.encode()) == data
+        return "chat"
+    assert isinstance(value, Notice)
+    assert encode_plain_notice(value) == data or value.event is NoticeEvent.ERROR
+    return f"notice-{value.event.value}"
 
 
 def framed(data: bytes) -> str:
@@ -459,7 +511,7 @@ def stage1_core(data: bytes) -> str:
             assert targets is None
         elif targets is not None:
             assert valid.message and addr in targets  # the caller skips the sender
-        assert len(chat_.last_seen) <= 3 and len(chat_.addrs) == len(chat_.last_seen)
+        assert len(chat_.clients) <= 3 and len(chat_.addrs) == len(chat_.clients)
         outcome.append("r" if targets else "-")
     return "".join(sorted(set(outcome)))
 
@@ -469,6 +521,8 @@ TARGETS: Final[dict[str, Target]] = {
     "tcrp_client": tcrp_reader(Role.CLIENT),
     "chat": chat,
     "framed": framed,
+    "plain": plain,
+    "tcrp_exchange": tcrp_exchange,
     "stage1": stage1,
     "request_payload": request_payload,
     "session": session,
@@ -525,6 +579,14 @@ def seeds(name: str) -> list[bytes]:
         return _datagrams() + [b"\x01\x01rt", b"\x00\x00"]
     if name == "stage1":
         return [encode_stage1("ann", "hello"), encode_stage1("a" * 255, ""), b"\x00x"]
+    if name == "plain":
+        return [encode_plain_chat("ann", b"hi"), encode_plain_notice(
+            Notice(NoticeEvent.LEFT, "ann", Reason.INACTIVE)),
+            encode_plain_notice(Notice(NoticeEvent.ERROR, over=7)),
+            encode_plain_notice(Notice(NoticeEvent.CLOSED)), b"no separator"]
+    if name == "tcrp_exchange":
+        return [b"\x00\x05" + r for r in _responses()] + [
+            b"\x01\x05" + encode_ok(1, b"room", DETAILS) + encode_complete(1, b"room", TOKEN)]
     if name == "framed":
         return [encode_framed_chat("ann", b"hi"), encode_framed_notice(
             Notice(NoticeEvent.LEFT, "ann", Reason.INACTIVE)),

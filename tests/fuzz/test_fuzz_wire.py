@@ -32,13 +32,16 @@ from wire.chat import (
     Notice,
     decode_chat,
     decode_framed,
+    decode_plain,
     encode_chat,
     encode_framed_chat,
     encode_framed_notice,
     encode_plain_chat,
+    encode_plain_notice,
     is_exit,
 )
 from wire.codes import Framing, NoticeEvent, Operation, Reason, Status
+from wire.names import REFUSED_CATEGORIES, username_problem
 from wire.stage1 import Stage1Datagram, decode_stage1, encode_stage1
 from wire.tcrp import (
     MAX_PAYLOAD_SIZE_FIELD,
@@ -60,6 +63,8 @@ from wire.tcrp import (
     encode_ok,
     encode_request,
 )
+from wire.tcrp_client import ClientExchange
+from wire.tcrp_client import ConnectionClosed as TcrpClosed
 
 pytestmark = pytest.mark.no_cover
 
@@ -121,6 +126,11 @@ NOTICE_POOL: Pool = [
     [b"\x00" + obj for obj in objects(base, ["event", "user", "reason", "over"])]
     for base in NOTICE_BASES
 ] + [[b"\x00" + raw for raw in RAW_JSONISH]]
+PLAIN_POOL: Pool = [
+    [encode_plain_notice(Notice(event, "alice", over=7)) for event in NoticeEvent],
+    [b"alice: hi", "bob: alice がチャットルームに参加しました".encode(), b"a: ", b": x",
+     b"no separator", b"a:b"],
+]
 ROOMS = [b"room", "部屋".encode(), b"\xff\xfe", b"\xed\xa0\x80", b"r" * 255, b""]
 
 
@@ -316,6 +326,44 @@ def test_fuzz_decode_framed(seed: bytes) -> None:
 
 @FUZZ
 @given(seeds)
+def test_fuzz_decode_plain(seed: bytes) -> None:
+    data = datagram(seed, PLAIN_POOL)
+    value = parse(decode_plain, data)
+    assert isinstance(value, FramedChat | Notice | errors.RemoteProtocolError)
+    if isinstance(value, FramedChat):
+        assert encode_plain_chat(value.username, value.message.encode()) == data
+
+
+def run_exchange(pieces: Iterable[bytes], max_payload: int) -> tuple[list[object], str]:
+    """Feed a server's answer, then the close; only RemoteProtocolError may escape."""
+    exchange = ClientExchange(max_payload)
+    exchange.send_request(Operation.JOIN, "r", "alice")
+    events: list[object] = []
+    try:
+        for piece in [*pieces, b""]:
+            exchange.receive_data(piece)
+            while (event := exchange.next_event()) is not NEED_DATA:
+                events.append(event)
+                if isinstance(event, TcrpClosed):
+                    return events, exchange.state.value
+    except errors.RemoteProtocolError as exc:
+        return events, type(exc).__name__
+    raise AssertionError("the close must end the exchange")
+
+
+@FUZZ
+@given(seeds)
+def test_fuzz_client_exchange(seed: bytes) -> None:
+    p = Picker(seed)
+    max_payload = (4096, 4096, 64, 0)[p.byte() % 4]
+    chunks = p.take(p.byte() % 12)
+    data = p.rest() if p.byte() % 4 == 3 else near_frames(p, RESPONSE_POOL)
+    whole = run_exchange([data], max_payload)
+    assert run_exchange(chunked(data, chunks), max_payload) == whole
+
+
+@FUZZ
+@given(seeds)
 def test_fuzz_decode_stage1(seed: bytes) -> None:
     data = datagram(seed)
     value = parse(decode_stage1, data)
@@ -344,14 +392,10 @@ def test_all_zero_choices_are_well_formed() -> None:
 text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 
 
-def _is_name_char(ch: str) -> bool:
-    return not (ord(ch) <= 0x1F or 0x7F <= ord(ch) <= 0x9F)
-
-
 usernames = (
-    st.text(st.characters(exclude_categories=["Cs"]).filter(_is_name_char), min_size=1,
+    st.text(st.characters(exclude_categories=["Cs", *REFUSED_CATEGORIES]), min_size=1,
             max_size=40)
-    .filter(lambda s: s == s.strip())
+    .filter(lambda s: username_problem(s) is None)  # strip() and ": " (wire/names.py)
     .filter(lambda s: len(s.encode()) <= 255)
 )
 rooms = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=60).filter(
@@ -400,15 +444,16 @@ def test_round_trip_request(
     assert run_reader(Role.SERVER, chunked(data, chunks), 4096) == expected
 
 
-def _not_a_json_object(text: str) -> bool:
+def _legacy_username(text: str) -> bool:
+    """Taken whole as the username: not a JSON object, and not starting like one."""
     try:
         return not isinstance(orjson.loads(text), dict)
     except orjson.JSONDecodeError:
-        return True
+        return not text.lstrip().startswith("{")
 
 
 @ROUND_TRIP
-@given(st.sampled_from(Operation), rooms, usernames.filter(_not_a_json_object))
+@given(st.sampled_from(Operation), rooms, usernames.filter(_legacy_username))
 def test_round_trip_legacy_request(operation: Operation, room: str, username: str) -> None:
     data = encode_legacy_request(operation, room, username)
     expected = Request(operation, room, room.encode(), RequestBody(username))

@@ -10,17 +10,11 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from wire import errors
 from wire.chat import FramedChat, Notice, decode_framed, encode_chat
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import (
-    NEED_DATA,
-    Complete,
-    FrameReader,
-    Response,
-    Role,
-    encode_registration,
-    encode_request,
-)
+from wire.tcrp import NEED_DATA, Complete, Response, _NeedData
+from wire.tcrp_client import ClientExchange, ConnectionClosed
 
 TIMEOUT_S = 10.0
 
@@ -41,30 +35,27 @@ def tcrp_exchange(host: str, port: int, request: bytes, after: bytes = b"",
         sock.bind((bind_ip, 0))
         sock.settimeout(timeout)
         sock.connect((host, port))
-        sock.sendall(request)
-        reader = FrameReader(Role.CLIENT)
-        response: Response | None = None
+        exchange = ClientExchange()
+        sock.sendall(exchange.send_raw_request(request))
         deadline = time.monotonic() + timeout
         while True:
-            event = reader.next_event()
+            try:
+                event = exchange.next_event()
+            except errors.PrematureClose:
+                if exchange.response is not None:
+                    return exchange.response, None
+                raise ConnectionError("server closed before answering") from None
             if event is NEED_DATA:
                 sock.settimeout(max(0.01, deadline - time.monotonic()))
-                data = sock.recv(65536)
-                if not data:
-                    if response is not None:
-                        return response, None
-                    raise ConnectionError("server closed before answering")
-                reader.receive_data(data)
-                continue
-            if isinstance(event, Response):
-                response = event
+                exchange.receive_data(sock.recv(65536))
+            elif isinstance(event, Response):
                 if event.status != Status.OK:
                     return event, None
             elif isinstance(event, Complete):
-                assert response is not None
+                assert exchange.response is not None
                 if after:
                     sock.sendall(after)
-                return response, event
+                return exchange.response, event
 
 
 @dataclass
@@ -117,6 +108,15 @@ class Peer:
         self.sock.close()
 
 
+def _next(exchange: ClientExchange, udp: socket.socket
+          ) -> Response | Complete | ConnectionClosed | _NeedData:
+    try:
+        return exchange.next_event()
+    except errors.PrematureClose:
+        udp.close()
+        raise ConnectionError("closed") from None
+
+
 def join(host: str, tcp_port: int, op: Operation, room: str, user: str,
          password: str | None = None, framing: Framing = Framing.PLAIN,
          bind_ip: str = "127.0.0.1", bind: str = "register") -> Peer:
@@ -130,35 +130,27 @@ def join(host: str, tcp_port: int, op: Operation, room: str, user: str,
     """
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((bind_ip, 0))
-    request = encode_request(op, room, user, password, framing)
+    exchange = ClientExchange()
+    request = exchange.send_request(op, room, user, password, framing)
     tcp = socket.socket()
     tcp.bind((bind_ip, 0))
     tcp.settimeout(TIMEOUT_S)
     tcp.connect((host, tcp_port))
     try:
         tcp.sendall(request)
-        reader = FrameReader(Role.CLIENT)
-        response = complete = None
-        while complete is None:
-            event = reader.next_event()
+        while (event := _next(exchange, udp)) is NEED_DATA or isinstance(event, Response):
             if event is NEED_DATA:
-                data = tcp.recv(65536)
-                if not data:
-                    raise ConnectionError("closed")
-                reader.receive_data(data)
-            elif isinstance(event, Response):
-                response = event
-                if event.status != Status.OK:
-                    udp.close()
-                    raise JoinRefused(event)
-            else:
-                complete = event
+                exchange.receive_data(tcp.recv(65536))
+            elif event.status != Status.OK:
+                udp.close()
+                raise JoinRefused(event)
         if bind == "register":
-            tcp.sendall(encode_registration(udp.getsockname()[1]))
+            tcp.sendall(exchange.send_registration(udp.getsockname()[1]))
             assert tcp.recv(1) == b"", "the server closes after the registration"
     finally:
         tcp.close()
-    assert response is not None and response.details is not None
+    response, complete = exchange.response, exchange.complete
+    assert response is not None and response.details is not None and complete is not None
     peer = Peer(host, room.encode(), user, complete.token, response.details,
                 response.details.udp_port, udp, framing)
     if bind == "keepalive":

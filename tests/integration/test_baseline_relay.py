@@ -1,4 +1,4 @@
-"""The baseline relay (loadgen/baselines/simple_relay.py) speaks enough of the protocol for
+"""The baseline relay (tests/bench/baselines/simple_relay.py) speaks enough of the protocol for
 ocm-loadgen: tokens, relaying to the others only, joined/left/closed notices, /exit."""
 
 from __future__ import annotations

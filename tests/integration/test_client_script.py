@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Server, start_server
-from wire.codes import Operation, State, Status
-from wire.tcrp import NEED_DATA, FrameReader, Role, encode_error, encode_frame
+from wire.codes import Framing, Operation, State, Status
+from wire.tcrp import NEED_DATA, Details, FrameReader, Role, encode_error, encode_frame, encode_ok
 
 H = "127.0.0.1"
 TIMEOUT_S = 15.0
@@ -259,6 +259,19 @@ def test_host_exit_closes_the_room_for_the_others(server: Server, room_name: str
     assert again.wait() == 0
 
 
+def test_server_shutdown_is_said_as_such(room_name: str, clients: list[Client]) -> None:
+    """On SIGTERM every member, the host included, is told the server is shutting down,
+    not that the host left."""
+    with start_server() as server:
+        alice, bob = room_of(clients, server, room_name, "alice", "bob")
+        server.stop()
+    for member in (alice, bob):
+        member.expect_line("* the server is shutting down")
+        assert member.wait() == 3
+        assert member.err_seen[-1] == (
+            "ocm-chat: the server is shutting down, so the room is gone")
+
+
 def test_inactivity_disconnect_is_shown_and_keepalives_keep_others_in(
         room_name: str, clients: list[Client]) -> None:
     with start_server("--inactivity-timeout", "2") as server:
@@ -320,6 +333,31 @@ def test_refusals_from_the_real_server(server: Server, room_name: str, clients: 
     long_password.write_text("p" * 300)
     assert "[TOO_LARGE" in refused("--create", room_name + "-x", "--user", "bob",
                                    "--password-file", str(long_password))
+
+
+def test_rate_limited_refusal_says_when_to_retry(room_name: str, clients: list[Client],
+                                                 tmp_path: Path) -> None:
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text("open sesame\n")
+    wrong.write_text("open says me\n")
+    with start_server("--max-password-failures", "1", "--password-failure-window", "60"
+                      ) as server:
+        alice = spawn(clients, server, "--create", room_name, "--user", "alice",
+                      "--password-file", str(right))
+        alice.expect_err("is host of room")
+        for _ in range(2):  # trying without a password first costs nothing
+            bob = spawn(clients, server, "--join", room_name, "--user", "bob")
+            assert bob.wait() == 1
+            assert "protected by a password" in bob.err_seen[0]
+        bob = spawn(clients, server, "--join", room_name, "--user", "bob",
+                    "--password-file", str(wrong))
+        assert bob.wait() == 1 and "wrong password" in bob.err_seen[0]
+        bob = spawn(clients, server, "--join", room_name, "--user", "bob",
+                    "--password-file", str(right))
+        assert bob.wait() == 1
+        assert re.fullmatch(r"ocm-chat: too many attempts from this address \[RATE_LIMITED: "
+                            r"too many wrong passwords for this room from your address; "
+                            r"retry in (5\d|60) s\]", bob.err_seen[0]), bob.err_seen
 
 
 def test_room_full(room_name: str, clients: list[Client]) -> None:
@@ -390,8 +428,36 @@ def test_unexpected_answer_is_one_clear_line() -> None:
     finally:
         thread.join(TIMEOUT_S)
         listener.close()
-    assert client.err_seen == [f"ocm-chat: the server at 127.0.0.1:{port} sent a token "
-                               "without a response"]
+    assert client.err_seen == [f"ocm-chat: the server at 127.0.0.1:{port} sent an invalid "
+                               "answer: the server sent a frame the client did not expect: "
+                               "a token before the response"]
+
+
+@pytest.mark.parametrize(("answer", "what"), [
+    (b"", "answering"),
+    (encode_ok(Operation.JOIN, b"lobby", Details(9001, False, 4000, 300.0, Framing.OCM1)),
+     "the token"),
+])
+def test_server_closing_early_is_one_clear_line(answer: bytes, what: str) -> None:
+    listener = socket.create_server((H, 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        client = Client("--tcp-port", str(port), "--join", "lobby", "--user", "bob")
+        assert client.wait() == 1
+    finally:
+        thread.join(TIMEOUT_S)
+        listener.close()
+    assert client.err_seen == [f"ocm-chat: the server at 127.0.0.1:{port} closed the "
+                               f"connection before {what}"]
 
 
 def test_unreachable_server(clients: list[Client]) -> None:

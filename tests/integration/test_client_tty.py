@@ -4,6 +4,7 @@ server, with script-mode peers (``test_client_script.Client``) on the other side
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -101,7 +102,7 @@ def test_everything_asked_in_order_without_colour(
     erin = spawn_tty(ttys, server, env={"NO_COLOR": "1"})
     erin.expect("Your name:")
     erin.sendline(" erin")  # refused locally: leading space
-    erin.expect("must not start or end with spaces")
+    erin.expect("the username starts or ends with whitespace")
     erin.send("\x15")  # Ctrl-U: clear the line
     erin.sendline("erin")
     erin.expect(r"Create a new room or join one\? \[c/j\]:")
@@ -111,8 +112,10 @@ def test_everything_asked_in_order_without_colour(
     erin.expect(f"there is no room named '{room_name}'")  # back to the question
     erin.expect(r"\[c/j\]:")
     erin.sendline("c")
-    erin.expect(f"Room name: {room_name}")  # offered again as the default
-    erin.sendline("")
+    # offered again as the default, shown but not typed in: typing the name again gives
+    # the name (not the name twice), and Enter alone would take the default
+    erin.expect(re.escape(f"Room name [{room_name}]:"))
+    erin.sendline(room_name)
     erin.expect(r"Password for the new room \(optional, Enter = open room\):")
     erin.sendline("")
     erin.expect(f"you are in room '{room_name}' as erin")
@@ -138,6 +141,7 @@ def test_password_is_asked_hidden_and_reasked_after_a_wrong_one(
     bob = spawn_tty(ttys, server, "--join", room_name, "--user", "bob")
     bob.expect(f"room '{room_name}' is protected by a password")
     bob.expect(f"Password for room '{room_name}':")
+    assert "wrong" not in (bob.before or "")  # nothing was typed yet: nothing is wrong
     bob.sendline("battery staple")
     bob.expect(f"wrong password for room '{room_name}'")
     bob.expect(f"Password for room '{room_name}':")
@@ -168,8 +172,8 @@ def test_closed_room_is_explained_and_a_rejoin_offered(
     bob.sendline("y")
     bob.expect(r"\[c/j\]:")
     bob.sendline("c")
-    bob.expect(f"Room name: {room_name}")
-    bob.sendline("")
+    bob.expect(re.escape(f"Room name [{room_name}]:"))
+    bob.sendline("")  # Enter takes the default
     bob.expect("Password for the new room")
     bob.sendline("")
     bob.expect(f"you are in room '{room_name}' as bob")
@@ -203,3 +207,30 @@ def test_sigterm_leaves_cleanly(
     bob.kill(signal.SIGTERM)  # e.g. a closing terminal (SIGHUP is handled the same way)
     alice.expect_line("* bob left the room")  # /exit was sent, not a silent disappearance
     assert wait_exit(bob) == 0
+
+
+def test_new_room_password_is_confirmed(
+        server: Server, room_name: str, clients: list[Client], ttys: list[object],
+        tmp_path: Path) -> None:
+    """A hidden password is typed twice when creating: a typo would lock everyone out."""
+    alice = spawn_tty(ttys, server, "--create", room_name, "--user", "alice")
+    alice.expect(r"Password for the new room \(optional, Enter = open room\):")
+    alice.sendline("correct horse")
+    alice.expect("Type the password again:")
+    alice.sendline("correct hrose")
+    alice.expect("the two passwords differ")
+    alice.expect(r"Password for the new room \(optional, Enter = open room\):")
+    alice.sendline("correct horse")
+    alice.expect("Type the password again:")
+    alice.sendline("correct horse")
+    alice.expect("you are in room")
+    assert "horse" not in (alice.before or "")  # hidden: never echoed
+    secret = tmp_path / "pw"
+    secret.write_text("correct horse\n")
+    bob = spawn(clients, server, "--join", room_name, "--user", "bob",
+                "--password-file", str(secret))
+    alice.expect("bob joined the room")
+    bob.close_stdin()
+    assert bob.wait() == 0
+    alice.sendcontrol("c")
+    assert wait_exit(alice) == 0

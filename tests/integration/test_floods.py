@@ -168,7 +168,9 @@ def test_random_datagram_flood_while_a_room_chats() -> None:
                       workers=2) as srv:
         admin = admin_address(srv.wait_log(r"admin http=").string)
         assert admin is not None
-        alice = join(H, srv.tcp_port, Operation.CREATE, "flooded", "alice")
+        # alice only listens: her keepalive proves her port, or a registered port that
+        # never spoke would get only UNPROVEN_MAX_DELIVERIES datagrams (protocol.md §4 (h)).
+        alice = join(H, srv.tcp_port, Operation.CREATE, "flooded", "alice", bind="keepalive")
         bob = join(H, srv.tcp_port, Operation.JOIN, "flooded", "bob")
         assert alice.recv_text() == "bob がチャットルームに参加しました"
         listener = Listener(alice)

@@ -9,6 +9,7 @@ threat to these tests.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.integration.harness import Server, start_server
-from tests.integration.peer import Peer, join
+from tests.integration.peer import Peer, join, tcrp_exchange
 from tests.stress.tools import (
     admin_address,
     dropped,
@@ -29,14 +30,8 @@ from tests.stress.tools import (
 from wire.codes import Operation, Status
 from wire.limits import TCRP_PAYLOAD_SIZE_BYTES
 from wire.stage1 import encode_stage1
-from wire.tcrp import (
-    MAX_PAYLOAD_SIZE_FIELD,
-    NEED_DATA,
-    FrameReader,
-    Response,
-    Role,
-    encode_request,
-)
+from wire.tcrp import MAX_PAYLOAD_SIZE_FIELD, Response, encode_request
+from wire.tcrp_client import ClientExchange, ConnectionClosed
 
 H = "127.0.0.1"
 H2 = "127.0.0.2"
@@ -92,8 +87,9 @@ def test_payload_limit_is_checked_before_reading_the_payload() -> None:
         for declared in (10**9, MAX_PAYLOAD_SIZE_FIELD):
             with socket.create_connection((H, srv.tcp_port), timeout=10) as sock:
                 started = time.monotonic()
-                sock.sendall(header(1, Operation.CREATE, 0, declared) + b"r")  # no payload
-                reader = FrameReader(Role.CLIENT)
+                exchange = ClientExchange()  # no payload:
+                sock.sendall(exchange.send_raw_request(
+                    header(1, Operation.CREATE, 0, declared) + b"r"))
                 sock.settimeout(10)
                 data = b"-"
                 while data:
@@ -101,12 +97,13 @@ def test_payload_limit_is_checked_before_reading_the_payload() -> None:
                         data = sock.recv(65536)
                     except ConnectionResetError:
                         data = b""
-                    reader.receive_data(data)
+                    exchange.receive_data(data)
                 took = time.monotonic() - started  # answered and closed
-                response = reader.next_event()
+                response = exchange.next_event()
                 assert isinstance(response, Response), response
                 assert response.status == Status.TOO_LARGE and response.room_raw == b"r"
-                assert reader.next_event() is NEED_DATA  # one frame, nothing else
+                # one frame, nothing else (more bytes would raise UnexpectedFrame)
+                assert isinstance(exchange.next_event(), ConnectionClosed)
                 assert took < ANSWER_AT_ONCE_S, took
         # The server is unharmed: a normal create works.
         assert request_status(srv, Operation.CREATE, "after-1gb", "alice") == Status.OK
@@ -202,6 +199,36 @@ def test_password_failures_per_ip_and_room() -> None:
         assert time.monotonic() - first_failure >= 2.5
 
 
+def test_missing_password_is_not_a_failed_attempt_and_limits_say_when() -> None:
+    """A join without a password (a client learning that the room is protected) is
+    INVALID_PASSWORD but guesses nothing, so it does not count toward the failure limit;
+    a RATE_LIMITED answer says how long to wait."""
+    with start_server("--max-password-failures", "2", "--password-failure-window", "30",
+                      workers=1) as srv:
+        create(srv, "vault", password="right")
+        for i, missing in enumerate([None, "", None, None]):
+            response, _ = tcrp_exchange(H, srv.tcp_port, encode_request(
+                Operation.JOIN, "vault", f"m{i}", missing))
+            assert response.status == Status.INVALID_PASSWORD
+            assert response.error == "this room needs a password"
+        for i in range(2):
+            response, _ = tcrp_exchange(H, srv.tcp_port, encode_request(
+                Operation.JOIN, "vault", f"g{i}", f"wrong{i}"))
+            assert (response.status, response.error) == (Status.INVALID_PASSWORD,
+                                                         "wrong password")
+        response, _ = tcrp_exchange(H, srv.tcp_port, encode_request(
+            Operation.JOIN, "vault", "bob", "right"))
+        assert response.status == Status.RATE_LIMITED
+        match = re.fullmatch(r"too many wrong passwords for this room from your address; "
+                             r"retry in (\d+) s", response.error)
+        assert match and 25 <= int(match[1]) <= 30, response.error
+    with start_server("--conn-rate-per-ip", "2", workers=1) as srv:
+        errors = [tcrp_exchange(H, srv.tcp_port, encode_request(
+            Operation.JOIN, "nowhere", f"u{i}"))[0].error for i in range(4)]
+        assert re.fullmatch(r"too many requests from your address; retry in 1 s",
+                            errors[-1]), errors
+
+
 def test_password_failures_hold_under_concurrent_guesses() -> None:
     with start_server("--max-password-failures", "3", workers=1) as srv:
         create(srv, "vault", password="right")
@@ -253,7 +280,8 @@ def test_chat_rate_per_member() -> None:
         wait_for(delivered, 10.0, "bob's chat after the pause", interval=0)
         srv.stop()
         counters = final_counters(srv.log_text())
-        assert sum(c["drops"]["rate_limited"] for c in counters.values()) >= rejected
+        assert sum(c.get("drops", {}).get("rate_limited", 0)
+                   for c in counters.values()) >= rejected
 
 
 def test_rooms_per_ip() -> None:
@@ -437,7 +465,7 @@ def test_no_password_token_or_chat_in_the_logs() -> None:
     finally:
         srv.stop()
     text = srv.log_text()
-    assert "room created" in text  # the log did record this session (at debug level)
+    assert "room 'secret-room' created" in text  # the log recorded this session
     for s in secrets:
         assert s not in text, f"{s!r} appears in the server log"
     for s in (alice.token, bob.token):  # nor any long piece of a token

@@ -247,7 +247,7 @@ def test_metrics_health_readiness_json_logs_and_drain() -> None:
 
         # One line per lifecycle event, none per datagram.
         entries = _log_entries(list(srv.lines))
-        assert sum("room created" in str(e["message"]) for e in entries) == 1
+        assert sum("created on worker" in str(e["message"]) for e in entries) == 1
         assert len(entries) < 40, "\n".join(srv.lines)
 
         # Drain: freeze the other worker so that the drain lasts until --drain-timeout.

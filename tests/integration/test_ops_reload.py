@@ -101,10 +101,10 @@ def test_sighup_changes_the_log_level(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGHUP)
         out.wait(r"reloaded: log_level=info$")
         join(H, tcp_port, Operation.CREATE, "reload-loud", "george").close()
-        out.wait(r"room created on worker 0 \(2 rooms\)$")
+        out.wait(r"room 'reload-loud' created on worker 0 \(2 rooms\)$")
         text = out.text()
         quiet = text[text.index("log_level=warning"):text.index("log_level=info")]
-        assert "room created" not in quiet
+        assert "created on worker" not in quiet
 
 
 def test_bad_config_file_exits_78_naming_the_line(tmp_path: Path) -> None:

@@ -165,3 +165,30 @@ def test_max_payload_flag() -> None:
         big = encode_request(Operation.CREATE, "r2", "a" * 60)
         assert tcrp_exchange(H, srv.tcp_port, small)[0].status == Status.OK
         assert tcrp_exchange(H, srv.tcp_port, big)[0].status == Status.TOO_LARGE
+
+
+def test_malformed_json_object_is_status_4_not_a_username(server: Server, room_name: str
+                                                         ) -> None:
+    """A payload that starts like a JSON object but is not one may carry a password: the
+    server refuses it (status 4) instead of opening a room named after it (§1.2)."""
+    payload = b'{"username":"alice","password":"hunter2",}'
+    status, _ = status_of(server, encode_frame(Operation.CREATE, 0, room_name.encode(),
+                                               payload))
+    assert status == Status.INVALID_REQUEST
+    with pytest.raises(JoinRefused) as exc:  # and no room was opened
+        join(H, server.tcp_port, Operation.JOIN, room_name, "bob")
+    assert exc.value.status == Status.ROOM_NOT_FOUND
+
+
+@pytest.mark.parametrize("username", ["\u202eecila", "al\u200bice", "a\u2028b", "bob: hi"])
+def test_username_policy_is_status_4(server: Server, room_name: str, username: str) -> None:
+    with pytest.raises(JoinRefused) as exc:
+        join(H, server.tcp_port, Operation.CREATE, room_name, username)
+    assert exc.value.status == Status.INVALID_REQUEST
+
+
+def test_usernames_are_unique_up_to_nfc(server: Server, room_name: str) -> None:
+    join(H, server.tcp_port, Operation.CREATE, room_name, "\u00e9")
+    with pytest.raises(JoinRefused) as exc:
+        join(H, server.tcp_port, Operation.JOIN, room_name, "e\u0301")
+    assert exc.value.status == Status.USERNAME_TAKEN

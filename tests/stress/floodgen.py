@@ -5,6 +5,8 @@
     python -m tests.stress.floodgen udp-random  --port P --count 1000000
     python -m tests.stress.floodgen udp-spoof   --port P --count 50000 --sources 127.0.0.2-9 \\
         --room NAME:TOKEN ...
+    python -m tests.stress.floodgen stage1      --port P --count 10000 --sources 127.0.0.1 \\
+        --burst 600 --spread 0 --rounds 3 --interval 2
 
 Every flood is bounded in count and in time (``--max-seconds``) and stops by itself; the
 destination must be a loopback address (127.0.0.0/8) and so must every source. A separate
@@ -263,11 +265,51 @@ def udp_spoof(args: argparse.Namespace) -> dict[str, Any]:
     return {"flood": "udp-spoof", "sources": len(srcs), **_flood(socks, pool, args)}
 
 
+def stage1(args: argparse.Namespace) -> dict[str, Any]:
+    """The Stage 1 fan-out attack: ``--count`` throwaway source ports per source IP each
+    send one keepalive (``\\x01z``: remembered, then closed), then every ``--interval``
+    seconds, ``--rounds`` times, the first address sends ``--burst`` chat datagrams
+    (``\\x01Xy``) and ``--spread`` other remembered addresses one each."""
+    dest = (args.host, args.port)
+    srcs = sources(args.sources)
+    per_ip = -(-args.spread // len(srcs))  # spread senders kept open per source IP
+    keep: list[socket.socket] = []
+    registered = 0
+    start = time.monotonic()
+    for n, src in enumerate(srcs):
+        for i in range(args.count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((src, 0))
+            s.sendto(b"\x01z", dest)
+            registered += 1
+            if (n == 0 and i == 0) or (i < per_ip and len(keep) < 1 + args.spread):
+                s.setblocking(False)
+                keep.append(s)  # keep[0] sends the bursts, the others one chat a round
+            else:
+                s.close()
+    chats = 0
+    for r in range(args.rounds):
+        if r:
+            time.sleep(args.interval)
+        for _ in range(args.burst):
+            keep[0].sendto(b"\x01Xy", dest)
+            chats += 1
+        for s in keep[1:]:
+            s.sendto(b"\x01Xy", dest)
+            chats += 1
+    wall = time.monotonic() - start
+    replies = _replies(keep, args.drain)
+    for s in keep:
+        s.close()
+    return {"flood": "stage1", "registered": registered, "chats": chats,
+            "wall_s": round(wall, 3), "replies_to_senders": replies}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.stress.floodgen",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("flood", choices=("tcp-garbage", "tcp-stall", "udp-random",
-                                          "udp-spoof"))
+                                          "udp-spoof", "stage1"))
     parser.add_argument("--host", default="127.0.0.1", type=loopback)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
@@ -279,6 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=0.5,
                         help="UDP: seconds to listen for replies after the flood")
     parser.add_argument("--room", action="append", default=[], metavar="NAME:TOKEN")
+    parser.add_argument("--burst", type=int, default=600,
+                        help="stage1: chat datagrams from the first address per round")
+    parser.add_argument("--spread", type=int, default=0,
+                        help="stage1: other addresses that send one chat each per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--interval", type=float, default=2.0,
+                        help="stage1: seconds between rounds")
     parser.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
     args = parser.parse_args(argv)
     if args.count > 2_000_000:
@@ -289,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(tcp_stall(args))
     elif args.flood == "udp-random":
         result = udp_random(args)
+    elif args.flood == "stage1":
+        result = stage1(args)
     else:
         result = udp_spoof(args)
     print(json.dumps(result), flush=True)

@@ -28,7 +28,7 @@ from wire.tcrp import Complete, Response
 T = TypeVar("T")
 
 WORKER_STARTED_RE = re.compile(r"worker (\d+) started \(pid (\d+)")
-FINAL_COUNTERS_RE = re.compile(r"worker (\d+) exited \([^)]*\); last counters (\{.*\})$")
+FINAL_COUNTERS_RE = re.compile(r"worker (\d+) exited \([^)]*\); last counters (.*)$")
 
 
 # --- polling ----------------------------------------------------------------------------------
@@ -94,12 +94,27 @@ def worker_pids(log_text: str) -> dict[int, int]:
 
 
 def final_counters(log_text: str) -> dict[int, dict[str, Any]]:
-    """The ``last counters {...}`` of each worker, from the lines logged at a stop."""
+    """The ``last counters k=v ...`` of each worker, from the lines logged at a stop, as
+    nested dicts (``drops.rate_limited=3`` -> ``{"drops": {"rate_limited": 3}}``; counters
+    left out of the line because they were 0 are absent)."""
     out: dict[int, dict[str, Any]] = {}
     for line in log_text.splitlines():
         m = FINAL_COUNTERS_RE.search(line)
         if m:
-            out[int(m[1])] = ast.literal_eval(m[2])
+            table: dict[str, Any] = {}
+            for item in m[2].split():
+                key, sep, raw = item.partition("=")
+                if not sep:  # "none": nothing counted
+                    continue
+                *path, leaf = key.split(".")
+                node = table
+                for part in path:
+                    node = node.setdefault(part, {})
+                try:
+                    node[leaf] = ast.literal_eval(raw)
+                except (ValueError, SyntaxError):
+                    node[leaf] = raw
+            out[int(m[1])] = table
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from client import script
 from client.__main__ import build_parser, main, read_password_file
-from client.link import KEEPALIVE_ENV, RoomLink, keepalive_interval
+from client.link import KEEPALIVE_ENV, GlobalLink, RoomLink, keepalive_interval
 from client.render import Line, MessageTooLong, chat_line, notice_line
 from client.session import Joined
 from wire.codes import Framing
@@ -53,6 +53,8 @@ def test_all_flags() -> None:
         ["--user", "b\x1bob"],
         ["--join", ""],
         ["--create", "x" * 256],
+        ["--no-such-flag"],
+        ["--tcp-port"],
     ],
 )
 def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,7 +62,8 @@ def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) 
         main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: ocm-chat" in err and "Traceback" not in err
+    assert err.startswith("ocm-chat: error: ") and err.endswith(" (see ocm-chat --help)\n")
+    assert err.count("\n") == 1, err  # one line, no usage block
 
 
 @pytest.mark.parametrize("argv", [["--create", "r"], ["--user", "bob"], []])
@@ -120,6 +123,19 @@ def test_room_link_refuses_messages_over_max_message() -> None:
             link.send("123456789")
         with pytest.raises(MessageTooLong):
             link.send("ééééé")  # 10 bytes
+
+    asyncio.run(scenario())
+
+
+def test_global_link_says_global_chat_not_this_room() -> None:
+    async def scenario() -> None:
+        link = GlobalLink("bob", lambda line: None, env={})
+        assert link.max_message == 4096 - 1 - 3
+        link.send("x" * link.max_message)  # at the limit: accepted (not open: not sent)
+        with pytest.raises(MessageTooLong) as info:
+            link.send("x" * 4093)
+        assert str(info.value) == ("not sent: the message is 4093 bytes, the limit in "
+                                   "global chat is 4092 bytes (1 too many)")
 
     asyncio.run(scenario())
 

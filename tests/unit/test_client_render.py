@@ -59,6 +59,7 @@ def test_render_is_pure() -> None:
         ("\x85next", "\\x85next"),  # C1 NEL
         ("abc\u202edcba", "abc\\u202edcba"),  # right-to-left override
         ("\u2066x\u2069", "\\u2066x\\u2069"),  # isolates
+        ("a\u2028b\u2029c", "a\\u2028b\\u2029c"),  # line and paragraph separators
     ],
 )
 def test_sanitize_makes_controls_visible(raw: str, shown: str) -> None:
@@ -174,7 +175,12 @@ def test_final_notices() -> None:
 
 def test_ended_explanations() -> None:
     closed = render.ended_explanation(Notice(NoticeEvent.CLOSED), host=False)
-    assert "host left" in closed
+    assert closed == "the host left, so the room is gone"
+    shutdown = Notice(NoticeEvent.CLOSED, reason=Reason.SHUTDOWN)
+    for host in (False, True):  # on shutdown the host is told too, and not "host left"
+        assert render.ended_explanation(shutdown, host) == (
+            "the server is shutting down, so the room is gone")
+    assert render.delivery_line(shutdown).plain() == "* the server is shutting down"
     inactive = Notice(NoticeEvent.DISCONNECTED, reason=Reason.INACTIVE)
     assert "too long" in render.ended_explanation(inactive, host=False)
     assert "closed the room" in render.ended_explanation(inactive, host=True)
@@ -193,10 +199,32 @@ def test_message_over_the_limit_is_refused_with_the_limit_shown() -> None:
 @pytest.mark.parametrize(
     ("name", "ok"),
     [("alice", True), ("ア" * 85, True), ("ア" * 86, False), ("", False), (" bob", False),
-     ("bob ", False), ("b\x1bob", False), ("b\x85", False), ("b\u00a0c", True)],
+     ("bob ", False), ("b\x1bob", False), ("b\x85", False), ("b\u00a0c", True),
+     ("al\u200bice", False), ("\u202eecila", False), ("a\u2028b", False), ("bob: hi", False),
+     ("a:b", True)],
 )
 def test_check_username_follows_the_server_rules(name: str, ok: bool) -> None:
     assert (render.check_username(name) is None) is ok
+
+
+def test_check_username_shows_the_hidden_character() -> None:
+    assert render.check_username("al\u200bice") == (
+        "the username contains an invisible or line-breaking character U+200B "
+        "(shown as 'al\\\\u200bice')")
+
+
+def test_names_show_invisible_characters() -> None:
+    """A name with a zero-width or format character cannot pass for another (§1.2)."""
+    assert render.sanitize_name("alice") == "alice"
+    assert render.sanitize_name("al\u200bice") == "al\\u200bice"
+    assert render.sanitize_name("\ufeffbob\u00ad") == "\\ufeffbob\\xad"
+    assert render.sanitize_name("a\U000e0001b") == "a\\U000e0001b"  # LANGUAGE TAG
+    assert render.sanitize_name("a\u2028b\x1b") == "a\\u2028b\\x1b"
+    assert render.sanitize_name("a\u00a0b\u3000c") == "a\u00a0b\u3000c"  # spaces are visible
+    line = render.delivery_line(FramedChat("al\u200dice", "hi\u200d"))
+    assert line.plain() == "al\\u200dice: hi\u200d"  # names strict, messages keep emoji ZWJ
+    joined = render.delivery_line(Notice(NoticeEvent.JOINED, user="al\u200bice"))
+    assert joined.plain() == "* al\\u200bice joined the room"
 
 
 def test_check_room() -> None:

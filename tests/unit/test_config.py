@@ -240,14 +240,37 @@ def test_choices_from_env_and_file_are_case_insensitive(tmp_path: Path) -> None:
         load([], {"OCM_LOG_FORMAT": "xml"})
 
 
-def test_usage_errors_are_argparse_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        load(["--log-format", "xml"], NO_ENV)
-    assert info.value.code == 2
-    with pytest.raises(SystemExit) as info:
-        load(["--no-such-flag"], NO_ENV)
-    assert info.value.code == 2
-    assert "unrecognized arguments" in capsys.readouterr().err
+def test_usage_errors_are_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--no-such-flag"], ["--workers"]):
+        with pytest.raises(SystemExit) as info:
+            load(argv, NO_ENV)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ocm-control: error: ") and err.count("\n") == 1, err
+        assert err.endswith(" (see ocm-control --help)\n")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--log-format", "xml"],
+     "--log-format: log_format must be one of text, json, got 'xml'"),
+    (["--steering", "magic"],
+     "--steering: steering must be one of auto, bpf, forward, got 'magic'"),
+    (["--workers", "0"], "--workers: workers must be 1..32, got 0"),
+])
+def test_bad_values_are_one_line_exit_78_whatever_the_kind(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad choice and a value out of range look alike: one line, exit 78."""
+    assert entry.main(argv) == 78
+    assert capsys.readouterr().err == f"ocm-control: configuration error: {message}\n"
+
+
+def test_workers_help_shows_one_default() -> None:
+    text = " ".join(cm.build_parser().format_help().split())
+    assert ("--workers WORKERS relay worker processes [restart; default: the CPUs this "
+            f"process may use, at most 32 (here {cm.default_workers()})]") in text
+    start = text.index("--workers WORKERS relay")
+    workers_help = text[start:text.index("--inactivity-timeout", start)]
+    assert workers_help.count("default") == 1
 
 
 def test_validate_without_sources_names_only_the_setting() -> None:

@@ -66,6 +66,29 @@ def test_rooms_per_ip() -> None:
     assert q.may_host("a") and q.rooms == {}
 
 
+def test_retry_after_says_how_long_to_wait() -> None:
+    q = make()
+    assert q.request_retry_after("a", 0.0) == 0.0  # unknown IP: a full bucket
+    for _ in range(4):
+        q.allow_request("a", 0.0)
+    assert abs(q.request_retry_after("a", 0.0) - 1 / 3) < 1e-9  # 1 token at 3/s
+    assert q.request_retry_after("a", 1.0) == 0.0
+    assert make(conn_rate_per_ip=0.0).request_retry_after("a", 0.0) == 0.0
+    assert q.password_retry_after("a", "r", 0.0) == 0.0
+    q.password_failed("a", "r", 1.0)
+    assert q.password_retry_after("a", "r", 2.0) == 0.0  # one failure: not blocked
+    q.password_failed("a", "r", 3.0)
+    assert q.password_blocked("a", "r", 4.0)
+    assert q.password_retry_after("a", "r", 4.0) == 7.0  # the failure at 1.0 expires at 11
+    assert q.password_retry_after("a", "r", 12.0) == 0.0
+    assert [quotas.retry_seconds(w) for w in (0.0, 0.2, 1.0, 6.01)] == [1, 1, 1, 7]
+    k = make(kdf_rate_per_ip=2.0)
+    assert k.kdf_retry_after("a", 0.0) == 0.0
+    assert [k.allow_kdf("a", 0.0) for _ in range(3)] == [True, True, False]
+    assert k.kdf_retry_after("a", 0.0) == 0.5  # one derivation at 2/s
+    assert k.kdf_retry_after("a", 0.5) == 0.0
+
+
 def test_key_derivation_bucket_per_ip() -> None:
     q = make(kdf_rate_per_ip=2.0)
     assert [q.allow_kdf("a", 0.0) for _ in range(3)] == [True, True, False]

@@ -79,13 +79,29 @@ def test_members_of_worker_host_first_with_addresses_for_reseeding() -> None:
     host = reg.create("r", "alice", "127.0.0.1", Framing.PLAIN, 1, None)
     reg.mark_live(host.room)
     bob = reg.join(host.room, "bob", "127.0.0.1", Framing.OCM1, 10)
-    reg.bind(bob.token, ("127.0.0.1", 4000))
+    reg.bind(bob.token, ("127.0.0.1", 4000), proven=True)
     reg.bind(b"unknown", ("127.0.0.1", 1))
     other = reg.create("s", "x", "127.0.0.1", Framing.PLAIN, 0, None)
     commands = [m.command(7) for m in reg.members_of(1)]
     assert [c["user"] for c in commands] == ["alice", "bob"]
     assert commands[0]["host"] and commands[0]["addr"] is None
     assert commands[1]["addr"] == ["127.0.0.1", 4000] and commands[1]["announced"]
+    assert commands[1]["proven"] and not commands[0]["proven"]
     assert commands[1]["framing"] == "ocm1" and commands[1]["id"] == 7
     assert [m.username for m in reg.members_of(0)] == [other.username]
     assert reg.statistics() == {"rooms": 2, "members": 3, "load": [1, 2]}
+
+
+def test_usernames_are_unique_up_to_nfc() -> None:
+    """"é" as one code point and as e + combining acute are the same member name
+    (docs/protocol.md §1.2); the name kept is the one the member sent."""
+    reg = make()
+    host = reg.create("r", "\u00e9", "127.0.0.1", Framing.PLAIN, 0, None)
+    reg.mark_live(host.room)
+    with pytest.raises(RegistryError) as exc:
+        reg.join(host.room, "e\u0301", "127.0.0.1", Framing.PLAIN, 10)
+    assert exc.value.status == Status.USERNAME_TAKEN
+    bob = reg.join(host.room, "bo\u0301b", "127.0.0.1", Framing.PLAIN, 10)
+    assert bob.username == "bo\u0301b"
+    assert reg.remove_member(bob.token) is bob
+    assert reg.join(host.room, "b\u00f3b", "127.0.0.1", Framing.PLAIN, 10).username == "b\u00f3b"

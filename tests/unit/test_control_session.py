@@ -15,7 +15,8 @@ from control.session import (
 )
 from wire import errors
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import NEED_DATA, Details, FrameReader, Request, Role, encode_request
+from wire.tcrp import NEED_DATA, Details, Request, encode_request
+from wire.tcrp_client import ClientExchange
 
 REQ = encode_request(Operation.JOIN, "room", "bob", None, Framing.OCM1)
 DETAILS = Details(9001, False, 4000, 300.0, Framing.OCM1)
@@ -48,11 +49,13 @@ def test_request_ok_then_registration(whole: bool) -> None:
     assert isinstance(request, Request) and request.room == "room"
     assert session.state is SessionState.HANDLING
     out = session.send_ok(DETAILS, TOKEN)
-    reader = FrameReader(Role.CLIENT)
-    reader.receive_data(out)
-    response, complete = reader.next_event(), reader.next_event()
+    client = ClientExchange()  # the client's side of the same exchange
+    client.send_raw_request(REQ)
+    client.receive_data(out)
+    response, complete = client.next_event(), client.next_event()
     assert response.status == Status.OK and response.details == DETAILS  # type: ignore[union-attr]
     assert complete.token == TOKEN  # type: ignore[union-attr]
+    assert client.send_registration(5000) == b"\x13\x88"
     assert session.state is SessionState.AWAIT_REGISTRATION
     assert feed(session, b"\x13\x88", whole) == [Registration(5000)]
     assert session.state is SessionState.CLOSED

@@ -63,8 +63,8 @@ def test_every_usage_error_is_one_line(argv: list[str], says: str,
     assert exited.value.code == cli.EXIT_USAGE
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"ocm-loadgen: {says}")
-    assert lines[0].endswith(" (exit 2; see ocm-loadgen --help)")
+    assert lines[0].startswith(f"ocm-loadgen: error: {says}")
+    assert lines[0].endswith(" (see ocm-loadgen --help)")
 
 
 def test_refused_connections_say_what_ocm_chat_says() -> None:

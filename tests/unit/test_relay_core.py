@@ -93,7 +93,7 @@ def test_rebinding_from_another_port_of_the_same_ip() -> None:
     out = core.handle_datagram(encode_chat(b"r", TB, b"moved"), new, 2.0)
     assert core.tokens[TB].addr == new
     assert core.events[-1] == {"t": "bound", "token": TB.decode(), "ip": "127.0.0.1",
-                               "port": 6001}
+                               "port": 6001, "proven": True}
     assert [a for _, a in sends(core, out)] == [A, C]
     out = core.handle_datagram(encode_chat(b"r", TA, b"to bob"), A, 3.0)
     assert new in [a for _, a in sends(core, out)]
@@ -229,6 +229,21 @@ def test_shutdown_sends_closed_to_everyone() -> None:
     core.shutdown()
     assert sorted(a for _, a in core.outbox) == [A, B, C]
     assert core.events == [{"t": "closed", "room": "r", "reason": "shutdown"}]
+
+
+def test_shutdown_closed_says_why_framed_and_stays_exact_plain() -> None:
+    """Framed members learn the server is shutting down (§2.3 allows the reason); plain
+    members get the exact §2.2 text; a host's /exit sends no reason."""
+    core = room_of_three(framing_c=Framing.OCM1)
+    core.shutdown()
+    got = {addr: data for data, addr in core.outbox}
+    assert got[C] == (b'\x00{"event":"closed","reason":"shutdown",'
+                      b'"text":"the server is shutting down"}')
+    assert got[A] == got[B] == "チャットルームが閉じられました".encode()
+    assert core.evictions == {"exit": 0, "inactive": 0, "send_failures": 0}
+    core = room_of_three(framing_c=Framing.OCM1)
+    core.handle_datagram(encode_chat(b"r", TA, b"/exit"), A, 2.0)
+    assert (b'\x00{"event":"closed","text":"the room was closed"}', C) in core.outbox
 
 
 def test_global_chat_relays_unchanged_to_others_and_forgets_silent() -> None:

@@ -72,6 +72,8 @@ def test_wire_modules_found() -> None:
         "tcrp.py",
         "chat.py",
         "stage1.py",
+        "tcrp_client.py",
+        "names.py",
     }
 
 

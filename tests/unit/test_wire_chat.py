@@ -14,7 +14,9 @@ from wire.chat import (
     FramedChat,
     Notice,
     decode_chat,
+    decode_delivery,
     decode_framed,
+    decode_plain,
     encode_chat,
     encode_framed_chat,
     encode_framed_notice,
@@ -24,7 +26,7 @@ from wire.chat import (
     is_exit,
     plain_prefix,
 )
-from wire.codes import NoticeEvent, Reason
+from wire.codes import Framing, NoticeEvent, Reason
 from wire.limits import max_message_bytes
 
 TOKEN = b"A" + b"x" * 32
@@ -209,6 +211,8 @@ PLAIN_NOTICES = [
     ),
     (Notice(NoticeEvent.LEFT, "alice"), "alice がチャットルームから退出しました"),
     (Notice(NoticeEvent.CLOSED), "チャットルームが閉じられました"),
+    # §2.2 is byte-exact: the shutdown reason exists only in framed notices
+    (Notice(NoticeEvent.CLOSED, reason=Reason.SHUTDOWN), "チャットルームが閉じられました"),
     (
         Notice(NoticeEvent.DISCONNECTED, reason=Reason.INACTIVE),
         "しばらく発言しなかったので、チャットルームから退出させました",
@@ -263,6 +267,10 @@ FRAMED_NOTICES = [
         b'\x00{"event":"left","user":"alice","text":"alice left the room"}',
     ),
     (Notice(NoticeEvent.CLOSED), b'\x00{"event":"closed","text":"the room was closed"}'),
+    (
+        Notice(NoticeEvent.CLOSED, reason=Reason.SHUTDOWN),
+        b'\x00{"event":"closed","reason":"shutdown","text":"the server is shutting down"}',
+    ),
     (
         Notice(NoticeEvent.DISCONNECTED, reason=Reason.INACTIVE),
         b'\x00{"event":"disconnected","reason":"inactive",'
@@ -325,6 +333,9 @@ FRAMED_OK: list[tuple[bytes, FramedChat | Notice]] = [
     (b'\x00{"event":"closed"}', Notice(NoticeEvent.CLOSED)),  # text is optional
     (b'\x00{"event":"left","user":"b","reason":null,"x":[1]}', Notice(NoticeEvent.LEFT, "b")),
     (b'\x00{"event":"error","over":-1,"text":5}', Notice(NoticeEvent.ERROR, over=-1)),
+    # a reason this version does not know is no reason: the event still says what happened
+    (b'\x00{"event":"closed","reason":"maintenance"}', Notice(NoticeEvent.CLOSED)),
+    (b'\x00{"event":"left","user":"b","reason":"bored"}', Notice(NoticeEvent.LEFT, "b")),
 ]
 
 
@@ -349,7 +360,7 @@ FRAMED_ERRORS: list[tuple[bytes, type[errors.ProtocolError]]] = [
     (b'\x00{"event":"nope"}', errors.BadNotice),
     (b'\x00{"event":"CLOSED"}', errors.BadNotice),
     (b'\x00{"event":["closed"]}', errors.BadNotice),
-    (b'\x00{"event":"left","reason":"bored"}', errors.BadNotice),
+    (b'\x00{"event":"left","reason":7}', errors.BadNotice),
     (b'\x00{"event":"left","reason":{}}', errors.BadNotice),
     (b'\x00{"event":"joined","user":1}', errors.BadNotice),
     (b'\x00{"event":"joined","user":null}', errors.BadNotice),
@@ -364,3 +375,62 @@ def test_decode_framed_errors(data: bytes, error: type[errors.ProtocolError]) ->
     with pytest.raises(error) as info:
         decode_framed(data)
     assert type(info.value) is error
+
+
+# --- decode_plain and decode_delivery (the client side of plain delivery) ---------------------
+@pytest.mark.parametrize(("notice", "text"), PLAIN_NOTICES)
+def test_plain_notices_decode(notice: Notice, text: str) -> None:
+    """Every §2.2 text reads back as its event (reasons other than inactivity are not in
+    the plain texts, so they are lost)."""
+    got = decode_plain(text.encode())
+    assert isinstance(got, Notice)
+    assert (got.event, got.user, got.over) == (notice.event, notice.user, notice.over)
+    if notice.event is NoticeEvent.DISCONNECTED:
+        assert got.reason is (Reason.INACTIVE if notice.reason is Reason.INACTIVE else None)
+
+
+PLAIN_OK: list[tuple[bytes, FramedChat | Notice]] = [
+    (b"alice: hi", FramedChat("alice", "hi")),
+    (b"alice: ", FramedChat("alice", "")),
+    (b"alice: a: b", FramedChat("alice", "a: b")),  # split at the first separator
+    ("アリス: や".encode(), FramedChat("アリス", "や")),
+    (b"a: " + b"m" * 4091, FramedChat("a", "m" * 4091)),  # 4094 bytes
+    # a name never holds ": ", so this is bob's chat, not a joined notice
+    ("bob: alice がチャットルームに参加しました".encode(),
+     FramedChat("bob", "alice がチャットルームに参加しました")),
+    ("bob: x がチャットルームから退出しました".encode(),
+     FramedChat("bob", "x がチャットルームから退出しました")),
+    ("メッセージが長すぎます（x バイト超過）: y".encode(),
+     FramedChat("メッセージが長すぎます（x バイト超過）", "y")),
+]
+
+
+@pytest.mark.parametrize(("data", "value"), PLAIN_OK)
+def test_decode_plain(data: bytes, value: FramedChat | Notice) -> None:
+    assert decode_plain(data) == value
+    assert decode_delivery(data, Framing.PLAIN) == value
+
+
+PLAIN_ERRORS: list[tuple[bytes, type[errors.ProtocolError]]] = [
+    (b"", errors.TruncatedDatagram),
+    (b"a: " + b"m" * 4092, errors.DatagramTooLarge),  # 4095 bytes
+    (b"alice: \xff", errors.MessageNotUtf8),
+    (b"no separator", errors.BadDelivery),
+    (b": no name", errors.BadDelivery),
+    (b"alice:no space", errors.BadDelivery),
+]
+
+
+@pytest.mark.parametrize(("data", "error"), PLAIN_ERRORS)
+def test_decode_plain_errors(data: bytes, error: type[errors.ProtocolError]) -> None:
+    with pytest.raises(error) as info:
+        decode_plain(data)
+    assert type(info.value) is error
+    with pytest.raises(error):
+        decode_delivery(data, Framing.PLAIN)
+
+
+def test_decode_delivery_framed() -> None:
+    assert decode_delivery(h("01 61 62"), Framing.OCM1) == FramedChat("a", "b")
+    with pytest.raises(errors.BadNotice):
+        decode_delivery(b"\x00[]", Framing.OCM1)

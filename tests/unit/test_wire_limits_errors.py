@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wire import errors, limits
-from wire.codes import Framing, NoticeEvent, Operation, Reason, State, Status
+from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Operation, Reason, State, Status
 
 
 def all_subclasses(cls: type[errors.ProtocolError]) -> set[type[errors.ProtocolError]]:
@@ -30,6 +30,9 @@ STATUS_OF: dict[type[errors.ProtocolError], tuple[Status, str]] = {
     errors.MissingUsername: (Status.INVALID_REQUEST, "malformed"),
     errors.FieldTooLong: (Status.TOO_LARGE, "too_large"),
     errors.BadUsername: (Status.INVALID_REQUEST, "malformed"),
+    errors.MalformedJson: (Status.INVALID_REQUEST, "malformed"),
+    errors.PrematureClose: (Status.INTERNAL_ERROR, "malformed"),
+    errors.ExchangeMisuse: (Status.INTERNAL_ERROR, "malformed"),
     errors.UnexpectedFrame: (Status.INTERNAL_ERROR, "malformed"),
     errors.BadResponse: (Status.INTERNAL_ERROR, "malformed"),
     errors.BadToken: (Status.INTERNAL_ERROR, "malformed"),
@@ -38,11 +41,13 @@ STATUS_OF: dict[type[errors.ProtocolError], tuple[Status, str]] = {
     errors.EmptyField: (Status.INVALID_REQUEST, "malformed"),
     errors.MessageNotUtf8: (Status.INVALID_REQUEST, "bad_utf8"),
     errors.BadNotice: (Status.INVALID_REQUEST, "malformed"),
+    errors.BadDelivery: (Status.INVALID_REQUEST, "malformed"),
     errors.FieldOutOfRange: (Status.INTERNAL_ERROR, "malformed"),
     errors.DeliveryTooLarge: (Status.INTERNAL_ERROR, "malformed"),
 }
 
-LOCAL = {errors.LocalProtocolError, errors.FieldOutOfRange, errors.DeliveryTooLarge}
+LOCAL = {errors.LocalProtocolError, errors.FieldOutOfRange, errors.DeliveryTooLarge,
+         errors.ExchangeMisuse}
 
 
 def class_name(cls: type) -> str:
@@ -102,7 +107,8 @@ def test_codes_match_the_spec() -> None:
     }
     assert [f.value for f in Framing] == ["plain", "ocm1"]
     assert [e.value for e in NoticeEvent] == ["joined", "left", "closed", "disconnected", "error"]
-    assert [r.value for r in Reason] == ["exit", "inactive", "send_failures"]
+    assert [r.value for r in Reason] == ["exit", "inactive", "send_failures", "shutdown"]
+    assert [r.value for r in EVICTION_REASONS] == ["exit", "inactive", "send_failures"]
 
 
 def test_limits() -> None:

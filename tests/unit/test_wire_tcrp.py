@@ -245,9 +245,12 @@ OK_PAYLOADS = [
     (b"123", RequestBody("123")),
     (b"null", RequestBody("null")),
     (b"[1,2]", RequestBody("[1,2]")),
-    (b"{not json", RequestBody("{not json")),
+    (b"not {json", RequestBody("not {json")),
     ("アリス".encode(), RequestBody("アリス")),
-    (b'{"username":"\\ud800"}', RequestBody('{"username":"\\ud800"}')),  # not JSON to orjson
+    (b"[{", RequestBody("[{")),
+    ('{"username":"e\u0301"}'.encode(), RequestBody("e\u0301")),  # kept as sent (not NFC)
+    (b'{"username":"a:b"}', RequestBody("a:b")),
+    (b'{"username":"a :b"}', RequestBody("a :b")),
 ]
 
 
@@ -288,6 +291,22 @@ ERROR_PAYLOADS: list[tuple[bytes, type[errors.ProtocolError]]] = [
     (b"alice\n", errors.BadUsername),  # legacy payloads are checked the same way
     (b"a\x00b", errors.BadUsername),
     (b" alice", errors.BadUsername),
+    # a payload that starts like a JSON object must be one: it may carry a password
+    (b'{"username":"alice","password":"hunter2",}', errors.MalformedJson),
+    (b"{not json", errors.MalformedJson),
+    (b" \n{", errors.MalformedJson),
+    (b'{"username":"\\ud800"}', errors.MalformedJson),  # a lone surrogate is not JSON
+    # the username policy: format characters, line separators, the plain separator
+    (b'{"username":"\\u202eecila"}', errors.BadUsername),  # RIGHT-TO-LEFT OVERRIDE
+    (b'{"username":"a\\u2066b"}', errors.BadUsername),  # LEFT-TO-RIGHT ISOLATE
+    (b'{"username":"al\\u200bice"}', errors.BadUsername),  # ZERO WIDTH SPACE
+    (b'{"username":"al\\u200dice"}', errors.BadUsername),  # ZERO WIDTH JOINER
+    (b'{"username":"\\ufeffalice"}', errors.BadUsername),  # BYTE ORDER MARK
+    (b'{"username":"al\\u00adice"}', errors.BadUsername),  # SOFT HYPHEN
+    (b'{"username":"a\\u2028b"}', errors.BadUsername),  # LINE SEPARATOR
+    (b'{"username":"a\\u2029b"}', errors.BadUsername),  # PARAGRAPH SEPARATOR
+    (b'{"username":"bob: hi"}', errors.BadUsername),  # plain "bob: hi: ..." impersonates bob
+    ("al\u200bice".encode(), errors.BadUsername),  # legacy payloads too
 ]
 
 
