@@ -11,7 +11,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Runtime install: the package and its two runtime dependencies (plus client/loadgen extras).
+# Runtime install: the package and its runtime dependencies (plus client/loadgen extras).
 # setup.py compiles the optional C extensions (loadgen/_account.c) in place; a change to
 # a C file re-runs the install.
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard */_*.c)
@@ -47,7 +47,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire control relay client loadgen tests setup.py
-	$(VENV)/bin/mypy --strict wire relay/core.py relay/ipc.py control/session.py \
+	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py control/session.py \
 		control/registry.py control/quotas.py
 	$(VENV)/bin/mypy control relay client loadgen
 

@@ -21,6 +21,7 @@ import orjson
 
 from wire import errors
 from wire.codes import Framing, NoticeEvent, Reason
+from wire.e2e import PublicKeys, decode_public_keys
 from wire.limits import (
     CHAT_HEADER_BYTES,
     EXIT_COMMAND,
@@ -120,12 +121,14 @@ def _bounded(data: bytes) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Notice:
     """A server notice. ``user`` for joined/left, ``reason`` for left/disconnected,
-    ``over`` (bytes over the limit) for error."""
+    ``over`` (bytes over the limit) for error; ``keys`` for joined in an encrypted room
+    (docs/e2e.md §2.3)."""
 
     event: NoticeEvent
     user: str = ""
     reason: Reason | None = None
     over: int = 0
+    keys: PublicKeys | None = None
 
 
 PLAIN_TEXTS: Final = {
@@ -178,6 +181,8 @@ def encode_framed_notice(notice: Notice) -> bytes:
         obj["reason"] = notice.reason.value
     if notice.event is NoticeEvent.ERROR:
         obj["over"] = notice.over
+    if notice.keys is not None and notice.event is NoticeEvent.JOINED:
+        obj["keys"] = notice.keys.to_json()
     template = ENGLISH_TEXTS[_text_key(notice, ENGLISH_TEXTS)]
     obj["text"] = template.format(user=notice.user, over=notice.over)
     return _bounded(b"\x00" + orjson.dumps(obj))
@@ -228,7 +233,13 @@ def decode_framed(data: bytes) -> FramedChat | Notice:
     user, over = obj.get("user", ""), obj.get("over", 0)
     if not isinstance(user, str) or type(over) is not int:
         raise errors.BadNotice("user must be a string and over an int")
-    return Notice(event, user, reason, over)
+    keys = None
+    if obj.get("keys") is not None:
+        try:
+            keys = decode_public_keys(obj["keys"])
+        except errors.BadKeys as exc:
+            raise errors.BadNotice(f"keys: {exc.detail}") from None
+    return Notice(event, user, reason, over, keys)
 
 
 # --- plain deliveries as a client sees them (§2.2) ------------------------------------------

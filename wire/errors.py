@@ -148,6 +148,29 @@ class BadDelivery(RemoteProtocolError):
     """a plain delivery is neither a notice text nor 'name: message'"""
 
 
+# --- encrypted rooms (docs/e2e.md) --------------------------------------------------------
+class BadKeys(RemoteProtocolError):
+    """keys must be an object with base64 32-byte x25519 and ed25519 public keys"""
+
+
+class E2eNeedsKeys(RemoteProtocolError):
+    """an encrypted room needs the member's keys and ocm1 framing"""
+
+
+class UnknownKind(RemoteProtocolError):
+    """unknown kind byte in an encrypted-room message"""
+
+    reason = "bad_kind"
+
+
+class TrailingBytes(RemoteProtocolError):
+    """bytes after the end of a fixed-size field"""
+
+
+class UnsupportedVersion(RemoteProtocolError):
+    """unsupported encrypted-payload version"""
+
+
 # --- encoding (our own side) --------------------------------------------------------------
 class FieldOutOfRange(LocalProtocolError):
     """a value does not fit its wire field"""

@@ -85,3 +85,15 @@ def max_message_bytes(room_len: int, token_len: int, username_len: int) -> int:
         MAX_DATAGRAM_BYTES - CHAT_HEADER_BYTES - room_len - token_len,
         MAX_DELIVERY_BYTES - len(PLAIN_SEPARATOR) - username_len,
     )
+
+# --- Encrypted rooms (docs/e2e.md) --------------------------------------------------------
+MAX_E2E_MEMBERS: Final = 256
+"""Members of an encrypted room, host included: the server answers ROOM_FULL (7) beyond
+``min(--max-members, 256)``. A departure costs every remaining member one 153-byte
+envelope per other member (255 * 255 envelopes room-wide at this bound)."""
+MAX_MEMBERS_ENTRY_BYTES: Final = 656
+"""Largest ``members`` entry in JSON: a 255-byte username of quotes (each escaped to 2
+bytes), the host flag and both keys in base64."""
+MAX_MEMBERS_RESPONSE_BYTES: Final = 256 * 1024
+"""The State 1 payload a client accepts for a join reply or a member list (Operation 3):
+256 entries of at most 656 bytes plus the other details fit in 168 KiB."""

@@ -18,6 +18,7 @@ import orjson
 
 from wire import errors, names
 from wire.codes import Framing, Operation, State, Status
+from wire.e2e import MEMBERS_OPERATION, MemberInfo, PublicKeys, decode_members, decode_public_keys
 from wire.limits import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_PASSWORD_BYTES,
@@ -87,6 +88,8 @@ class RequestBody:
     username: str
     password: str | None = None
     framing: Framing = Framing.PLAIN
+    keys: PublicKeys | None = None  # docs/e2e.md §2.1: the member's public keys
+    e2e: bool = False  # create: make the room encrypted (ignored on join)
 
 
 def encode_request(
@@ -95,8 +98,12 @@ def encode_request(
     username: str,
     password: str | None = None,
     framing: Framing | None = None,
+    keys: PublicKeys | None = None,
+    e2e: bool = False,
 ) -> bytes:
-    """A State 0 request with a JSON payload (what ``ocm-chat`` and ``ocm-loadgen`` send)."""
+    """A State 0 request with a JSON payload (what ``ocm-chat`` and ``ocm-loadgen`` send).
+
+    ``keys`` and ``e2e`` are sent only when given (docs/e2e.md §2.1)."""
     room_raw = room.encode() if isinstance(room, str) else room
     if not 1 <= len(room_raw) <= MAX_ROOM_NAME_BYTES:
         raise errors.FieldOutOfRange(f"room name must be 1..255 bytes, got {len(room_raw)}")
@@ -105,6 +112,10 @@ def encode_request(
         body["password"] = password
     if framing is not None:
         body["framing"] = framing.value
+    if keys is not None:
+        body["keys"] = keys.to_json()
+    if e2e:
+        body["e2e"] = True
     return encode_frame(operation, State.REQUEST, room_raw, orjson.dumps(body))
 
 
@@ -150,6 +161,8 @@ def decode_request_payload(payload: bytes) -> RequestBody:
         parsed = None
     password: object = None
     framing_raw: object = None
+    keys: PublicKeys | None = None
+    e2e: object = None
     username: object
     if isinstance(parsed, dict):
         username = parsed.get("username")
@@ -161,6 +174,11 @@ def decode_request_payload(payload: bytes) -> RequestBody:
             raise errors.BadFieldType("password must be a string or null")
         if framing_raw is not None and not isinstance(framing_raw, str):
             raise errors.BadFieldType("framing must be a string or null")
+        e2e = parsed.get("e2e")
+        if e2e is not None and type(e2e) is not bool:
+            raise errors.BadFieldType("e2e must be a boolean or null")
+        if parsed.get("keys") is not None:
+            keys = decode_public_keys(parsed["keys"])
     else:
         username = text
     if not username:
@@ -172,7 +190,17 @@ def decode_request_payload(payload: bytes) -> RequestBody:
         raise errors.FieldTooLong("password")
     names.check_username(username)
     framing = Framing.OCM1 if framing_raw == Framing.OCM1.value else Framing.PLAIN
-    return RequestBody(username, password or None, framing)  # type: ignore[arg-type]
+    return RequestBody(
+        username, password or None, framing, keys, e2e is True  # type: ignore[arg-type]
+    )
+
+
+def check_e2e_request(operation: int, body: RequestBody) -> None:
+    """Raise ``E2eNeedsKeys`` for a create with ``"e2e": true`` but no keys or plain framing
+    (docs/e2e.md §2.1). Checked after the username; a join is checked against the room."""
+    if operation == Operation.CREATE and body.e2e:
+        if body.keys is None or body.framing is not Framing.OCM1:
+            raise errors.E2eNeedsKeys()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,15 +223,21 @@ class Details:
     max_message: int
     inactivity_timeout: float
     framing: Framing
+    e2e: bool = False  # docs/e2e.md §2.2: sent only in an encrypted room
+    members: tuple[MemberInfo, ...] = ()  # the other members with their keys, if e2e
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        obj: dict[str, Any] = {
             "udp_port": self.udp_port,
             "host": self.host,
             "max_message": self.max_message,
             "inactivity_timeout": self.inactivity_timeout,
             "framing": self.framing.value,
         }
+        if self.e2e:
+            obj["e2e"] = True
+            obj["members"] = [member.to_json() for member in self.members]
+        return obj
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Details:
@@ -221,7 +255,11 @@ class Details:
             and type(timeout) in (int, float)
         ):
             raise errors.BadResponse("details have wrong types")
-        return cls(udp_port, host, max_message, float(timeout), framing)
+        e2e = obj.get("e2e", False)
+        if type(e2e) is not bool:
+            raise errors.BadResponse("e2e must be a boolean")
+        members = decode_members(obj.get("members")) if e2e else ()
+        return cls(udp_port, host, max_message, float(timeout), framing, e2e, members)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:
@@ -259,6 +297,7 @@ class Response:
     status: Status | int
     details: Details | None
     error: str
+    members: tuple[MemberInfo, ...] = ()  # an OK answer to Operation 3 (docs/e2e.md §2.4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +310,8 @@ class Complete:
 
 
 def decode_response(operation: int, room: bytes, payload: bytes) -> Response:
-    """Decode a State 1 payload. Unknown status codes are kept as ints."""
+    """Decode a State 1 payload. Unknown status codes are kept as ints. An OK answer to
+    Operation 3 carries ``members`` instead of ``details``."""
     if not payload:
         raise errors.BadResponse("empty response payload")
     code = payload[0]
@@ -284,6 +324,8 @@ def decode_response(operation: int, room: bytes, payload: bytes) -> Response:
             raise errors.BadResponse("response JSON") from None
     if not isinstance(body, dict):
         raise errors.BadResponse("response JSON is not an object")
+    if status == Status.OK and operation == MEMBERS_OPERATION:
+        return Response(operation, room, status, None, "", decode_members(body.get("members")))
     if status == Status.OK:
         return Response(operation, room, status, Details.from_json(body), "")
     reason = body.get("error")
@@ -369,6 +411,7 @@ class FrameReader:
             except UnicodeDecodeError:
                 raise errors.RoomNameNotUtf8() from None
             body = decode_request_payload(payload)
+            check_e2e_request(header.operation, body)
             return Request(Operation(header.operation), room, room_raw, body)
         if header.state == State.RESPONSE:
             return decode_response(header.operation, room_raw, payload)
@@ -376,3 +419,39 @@ class FrameReader:
             check_token(payload)
             return Complete(header.operation, room_raw, payload)
         raise errors.UnexpectedFrame(f"State {header.state}")
+
+
+# --- the member list, Operation 3 (docs/e2e.md §2.4) ------------------------------------------
+def encode_members_request(room: str | bytes, token: bytes) -> bytes:
+    """Operation 3, State 0, payload ``{"token": token}``; raise ``BadToken``."""
+    check_token(token)
+    room_raw = room.encode() if isinstance(room, str) else room
+    if not 1 <= len(room_raw) <= MAX_ROOM_NAME_BYTES:
+        raise errors.FieldOutOfRange(f"room name must be 1..255 bytes, got {len(room_raw)}")
+    payload = orjson.dumps({"token": token.decode("ascii")})
+    return encode_frame(MEMBERS_OPERATION, State.REQUEST, room_raw, payload)
+
+
+def decode_members_request(payload: bytes) -> bytes:
+    """The token of an Operation 3 payload, or raise ``PayloadNotUtf8`` / ``BadFieldType``
+    (not a JSON object with a string ``token``) / ``BadToken`` (status 4 on the server)."""
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise errors.BadFieldType("the payload must be a JSON object") from None
+    token = parsed.get("token") if isinstance(parsed, dict) else None
+    if not isinstance(token, str):
+        raise errors.BadFieldType("token must be a string")
+    raw = token.encode()
+    try:
+        check_token(raw)
+    except errors.BadToken as exc:
+        raise errors.BadFieldType(f"token: {exc.detail}") from None
+    return raw
+
+
+def encode_members_ok(room: bytes, members: tuple[MemberInfo, ...]) -> bytes:
+    """State 1, status 0, ``{"members": [...]}``; no State 2 follows."""
+    body = {"members": [member.to_json() for member in members]}
+    payload = bytes((Status.OK,)) + orjson.dumps(body)
+    return encode_frame(MEMBERS_OPERATION, State.RESPONSE, room, payload)

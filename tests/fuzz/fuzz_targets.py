@@ -29,6 +29,8 @@ Targets and what they check besides "no other exception":
   members after every step.
 * ``stage1_core``: ``GlobalChat`` never relays a malformed datagram, never back to its
   sender, and keeps its table within ``max_clients``.
+* ``e2e_route`` / ``e2e_delivery``: the encrypted-room readers (wire/e2e.py); routes and
+  deliveries re-encode to themselves, and every body codec raises only ProtocolError.
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ from wire.chat import (
     encode_plain_notice,
 )
 from wire.codes import Framing, NoticeEvent, Operation, Reason, Status
+from wire.e2e import (
+    Kind,
+    decode_delivery,
+    decode_envelope,
+    decode_key_request,
+    decode_route,
+    decode_sealed_chat,
+    decode_share,
+    encode_delivery,
+    encode_message,
+)
 from wire.limits import MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES, REGISTRATION_BYTES
 from wire.stage1 import decode_stage1, encode_stage1
 from wire.tcrp import (
@@ -261,9 +274,44 @@ def request_payload(data: bytes) -> str:
         return type(exc).__name__
     assert isinstance(body, RequestBody) and body.username
     obj = {"username": body.username, "password": body.password,
-           "framing": body.framing.value}
+           "framing": body.framing.value, "e2e": body.e2e,
+           "keys": None if body.keys is None else body.keys.to_json()}
     assert decode_request_payload(orjson.dumps(obj)) == body
     return f"ok-{body.framing.value}-{body.password is not None}"
+
+
+# --- encrypted rooms (docs/e2e.md) ----------------------------------------------------------------
+def e2e_route(data: bytes) -> str:
+    """The relay's reader: a route re-encodes to the Message it came from."""
+    try:
+        route = decode_route(data)
+    except errors.ProtocolError as exc:
+        return type(exc).__name__
+    if route is None:
+        return "keepalive"
+    try:
+        recipient = route.recipient.decode()
+    except UnicodeDecodeError:  # the relay compares names as bytes; no str to re-encode
+        return f"route-{route.kind.name}-raw"
+    assert encode_message(route.kind, data[route.body_offset :], recipient) == data
+    return f"route-{route.kind.name}"
+
+
+def e2e_delivery(data: bytes) -> str:
+    """Deliveries re-encode to themselves; every body codec only raises ProtocolError."""
+    try:
+        value = decode_delivery(data)
+    except errors.ProtocolError as exc:
+        return type(exc).__name__
+    assert encode_delivery(value.sender.encode(), value.kind, value.body) == data
+    outcome = [f"delivery-{value.kind.name}"]
+    for decode in (decode_sealed_chat, decode_envelope, decode_key_request, decode_share):
+        try:
+            decode(value.body)
+            outcome.append(decode.__name__)
+        except errors.ProtocolError:
+            pass
+    return "+".join(outcome)
 
 
 # --- the server's TCRP session --------------------------------------------------------------------
@@ -528,6 +576,8 @@ TARGETS: Final[dict[str, Target]] = {
     "session": session,
     "relay": relay,
     "stage1_core": stage1_core,
+    "e2e_route": e2e_route,
+    "e2e_delivery": e2e_delivery,
 }
 
 
@@ -602,4 +652,12 @@ def seeds(name: str) -> list[bytes]:
     if name == "stage1_core":
         return [record(0, encode_stage1("ann", "")) + record(1, encode_stage1("ben", "hi"))
                 + record(2, b"\x00") + record(0x18, b"") + record(4, encode_stage1("c", "x"))]
+    if name == "e2e_route":
+        return [b"", b"\x04", encode_message(Kind.CHAT, b"\x01" * 89),
+                encode_message(Kind.ENVELOPE, b"\x01" * 153, "bob"),
+                encode_message(Kind.KEY_REQUEST, b"\x01" * 9, "アリス")]
+    if name == "e2e_delivery":
+        return [encode_delivery(b"ann", Kind.CHAT, b"\x01" + b"c" * 88),
+                encode_delivery(b"ann", Kind.ENVELOPE, b"\x01" + b"e" * 152),
+                encode_delivery(b"ann", Kind.KEY_REQUEST, b"\x01" * 9)]
     raise KeyError(name)

@@ -44,6 +44,11 @@ STATUS_OF: dict[type[errors.ProtocolError], tuple[Status, str]] = {
     errors.BadDelivery: (Status.INVALID_REQUEST, "malformed"),
     errors.FieldOutOfRange: (Status.INTERNAL_ERROR, "malformed"),
     errors.DeliveryTooLarge: (Status.INTERNAL_ERROR, "malformed"),
+    errors.BadKeys: (Status.INVALID_REQUEST, "malformed"),
+    errors.E2eNeedsKeys: (Status.INVALID_REQUEST, "malformed"),
+    errors.UnknownKind: (Status.INVALID_REQUEST, "bad_kind"),
+    errors.TrailingBytes: (Status.INVALID_REQUEST, "malformed"),
+    errors.UnsupportedVersion: (Status.INVALID_REQUEST, "malformed"),
 }
 
 LOCAL = {errors.LocalProtocolError, errors.FieldOutOfRange, errors.DeliveryTooLarge,
