@@ -1,0 +1,255 @@
+"""The connect screen: server, name, create or join, room, password.
+
+It only gathers a ``models.ConnectRequest`` and emits ``submitted``; the main window
+joins (``client.session``) and calls ``show_error(field, text)`` with what went wrong,
+shown in plain words under the field it concerns. Recent servers, names and rooms live in
+``QSettings`` (``remember_request`` after a successful join).
+
+TLS asks for TCRP inside TLS on the server's TLS port, with an optional CA file for a
+server whose certificate comes from its own CA. The "end-to-end encrypted" toggle is a
+hook: disabled, with a tooltip saying why, until the encryption library is there
+(``models.ENCRYPTION_AVAILABLE``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from client.gui import models
+from client.gui.models import ConnectRequest, Field
+from wire.codes import Operation
+
+_RECENT_KEYS: Final = {Field.SERVER: "recent/servers", Field.NAME: "recent/names",
+                       Field.ROOM: "recent/rooms"}
+_ERROR_STYLE: Final = "color: #d32f2f;"
+
+
+def _bool(value: object) -> bool:
+    """A QSettings boolean (INI files give strings back)."""
+    if isinstance(value, str):
+        return value.lower() in ("true", "1")
+    return bool(value)
+
+
+def _recent(settings: QSettings, key: str) -> list[str]:
+    value = settings.value(key, [])
+    if isinstance(value, str):  # QSettings gives a 1-item list back as a string
+        return [value] if value else []
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return []
+
+
+class ConnectScreen(QWidget):
+    """Emits ``submitted(ConnectRequest)`` when the form is valid and Connect is pressed."""
+
+    submitted = Signal(object)
+
+    def __init__(self, settings: QSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._settings = settings
+        self.setObjectName("connect")
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(32, 24, 32, 24)
+        title = QLabel("Online Chat Messenger")
+        font = title.font()
+        font.setPointSizeF(font.pointSizeF() * 1.6)
+        font.setBold(True)
+        title.setFont(font)
+        outer.addWidget(title)
+        outer.addWidget(QLabel("Create a chat room or join one."))
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.server = self._combo(Field.SERVER, models.DEFAULT_SERVER)
+        self.port = QSpinBox()
+        self.port.setRange(1, 65535)
+        self.port.setValue(int(str(settings.value("last/port", models.DEFAULT_TCP_PORT))))
+        self.tls = QCheckBox("TLS")
+        self.tls.setEnabled(models.TLS_AVAILABLE)
+        self.tls.setToolTip("join over TLS (the server's TLS port); its certificate is "
+                            "verified")
+        self.tls.setChecked(_bool(settings.value("last/tls", False)))
+        where = QHBoxLayout()
+        where.addWidget(self.server, 1)
+        where.addWidget(QLabel("port"))
+        where.addWidget(self.port)
+        where.addWidget(self.tls)
+        self.errors: dict[Field, QLabel] = {}
+        form.addRow("Server", where)
+        self.ca_file = QLineEdit(str(settings.value("last/ca_file", "") or ""))
+        self.ca_file.setPlaceholderText("optional: the CA that signed the server's "
+                                        "certificate (PEM)")
+        self.ca_browse = QPushButton("Browse…")
+        self.ca_browse.clicked.connect(self._browse_ca)
+        self._ca_row = QWidget()
+        ca_row = QHBoxLayout(self._ca_row)
+        ca_row.setContentsMargins(0, 0, 0, 0)
+        ca_row.addWidget(QLabel("CA file"))
+        ca_row.addWidget(self.ca_file, 1)
+        ca_row.addWidget(self.ca_browse)
+        form.addRow("", self._ca_row)
+        form.addRow("", self._error_label(Field.SERVER))
+
+        self.name = self._combo(Field.NAME, "")
+        form.addRow("Your name", self.name)
+        form.addRow("", self._error_label(Field.NAME))
+
+        self.create_mode = QRadioButton("Create a room")
+        self.join_mode = QRadioButton("Join a room")
+        self._mode = QButtonGroup(self)
+        self._mode.addButton(self.create_mode)
+        self._mode.addButton(self.join_mode)
+        (self.join_mode if settings.value("last/mode", "create") == "join" else self.create_mode
+         ).setChecked(True)
+        mode = QHBoxLayout()
+        mode.addWidget(self.create_mode)
+        mode.addWidget(self.join_mode)
+        mode.addStretch(1)
+        form.addRow("", mode)
+
+        self.room = self._combo(Field.ROOM, "")
+        form.addRow("Room", self.room)
+        form.addRow("", self._error_label(Field.ROOM))
+
+        self.password = QLineEdit()
+        self.password.setEchoMode(QLineEdit.EchoMode.Password)
+        self.password.setPlaceholderText("optional")
+        form.addRow("Password", self.password)
+        form.addRow("", self._error_label(Field.PASSWORD))
+
+        self.encrypted = QCheckBox("End-to-end encrypted")
+        self.encrypted.setEnabled(models.ENCRYPTION_AVAILABLE)
+        self.encrypted.setToolTip("Encrypted rooms need end-to-end encryption support "
+                                  "(not available yet)")
+        form.addRow("", self.encrypted)
+        outer.addLayout(form)
+
+        self.connect_button = QPushButton("Connect")
+        self.connect_button.setDefault(True)
+        self.connect_button.clicked.connect(self._submit)
+        self.status = QLabel("")
+        outer.addWidget(self.connect_button, 0, Qt.AlignmentFlag.AlignLeft)
+        outer.addWidget(self._error_label(Field.FORM))
+        outer.addWidget(self.status)
+        outer.addStretch(1)
+        self.create_mode.toggled.connect(self._mode_changed)
+        self.password.returnPressed.connect(self._submit)
+        self.tls.toggled.connect(self._tls_changed)
+        self._mode_changed()
+        self._ca_row.setVisible(self.tls.isChecked())
+
+    # -- building ------------------------------------------------------------------------------
+    def _combo(self, which: Field, default: str) -> QComboBox:
+        box = QComboBox()
+        box.setEditable(True)
+        box.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        recent = _recent(self._settings, _RECENT_KEYS[which])
+        box.addItems(recent)
+        box.setCurrentText(recent[0] if recent else default)
+        line = box.lineEdit()
+        assert line is not None
+        line.returnPressed.connect(self._submit)
+        return box
+
+    def _error_label(self, which: Field) -> QLabel:
+        label = QLabel("")
+        label.setObjectName(f"error-{which.value}")
+        label.setStyleSheet(_ERROR_STYLE)
+        label.setWordWrap(True)
+        label.hide()
+        self.errors[which] = label
+        return label
+
+    def _mode_changed(self) -> None:
+        creating = self.create_mode.isChecked()
+        self.encrypted.setVisible(creating)
+        self.password.setPlaceholderText("optional: protects the new room" if creating
+                                         else "if the room has one")
+
+    def _tls_changed(self, on: bool) -> None:
+        """Show the CA file; move between the default plain and TLS ports."""
+        self._ca_row.setVisible(on)
+        plain, secure = models.DEFAULT_TCP_PORT, models.DEFAULT_TLS_PORT
+        if self.port.value() == (plain if on else secure):
+            self.port.setValue(secure if on else plain)
+
+    def _browse_ca(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "CA certificate", "",
+                                              "PEM certificates (*.pem *.crt);;All files (*)")
+        if path:
+            self.ca_file.setText(path)
+
+    # -- what the main window calls ---------------------------------------------------------------
+    def request(self) -> ConnectRequest:
+        """The request the form describes now (not validated)."""
+        return ConnectRequest(
+            host=self.server.currentText().strip(),
+            port=self.port.value(),
+            operation=Operation.CREATE if self.create_mode.isChecked() else Operation.JOIN,
+            room=self.room.currentText(),
+            username=self.name.currentText(),
+            password=self.password.text() or None,
+            tls=self.tls.isChecked(),
+            encrypted=self.create_mode.isChecked() and self.encrypted.isChecked(),
+            ca_file=(self.ca_file.text().strip() or None) if self.tls.isChecked() else None,
+        )
+
+    def show_error(self, which: Field, text: str) -> None:
+        label = self.errors[which]
+        label.setText(text)
+        label.show()
+
+    def clear_errors(self) -> None:
+        for label in self.errors.values():
+            label.clear()
+            label.hide()
+
+    def set_busy(self, busy: bool, text: str = "") -> None:
+        """While joining: the button is disabled and ``text`` says what is going on."""
+        self.connect_button.setEnabled(not busy)
+        self.status.setText(text)
+
+    def remember_request(self, request: ConnectRequest) -> None:
+        """Put the request's server, name and room first in the recent lists."""
+        for which, value in ((Field.SERVER, request.host), (Field.NAME, request.username),
+                             (Field.ROOM, request.room)):
+            key = _RECENT_KEYS[which]
+            recent = models.remember(_recent(self._settings, key), value)
+            self._settings.setValue(key, recent)
+        self._settings.setValue("last/port", request.port)
+        self._settings.setValue("last/tls", request.tls)
+        self._settings.setValue("last/ca_file", request.ca_file or "")
+        self._settings.setValue("last/mode", "create"
+                                if request.operation is Operation.CREATE else "join")
+        self._settings.sync()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _submit(self) -> None:
+        if not self.connect_button.isEnabled():
+            return
+        self.clear_errors()
+        request = self.request()
+        problems = models.validate(request.host, request.username, request.room,
+                                   request.password or "")
+        for which, text in problems.items():
+            self.show_error(which, text)
+        if not problems:
+            self.submitted.emit(request)

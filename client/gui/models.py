@@ -1,0 +1,257 @@
+"""The desktop client's state, without Qt: what the widgets show, as plain typed values.
+
+- ``ConnectRequest``: everything the connect screen gathered (one frozen value).
+- ``Field`` and ``refusal``: which connect-screen field an error belongs to, and the
+  plain-words text shown next to it.
+- ``Entry`` / ``Scrollback``: every line since joining, with its receive time.
+- ``Unread``: the count shown in the window title.
+- ``byte_count``: the input's size against the room's ``max_message``.
+- ``Member``: one row of the member list (a hook: the server has no member list yet).
+- ``sender_rgb``: the colour of a sender, the same as ``ocm-chat``'s xterm colour.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Final
+
+from client import render
+from client.render import Kind, Line
+from wire.codes import Operation, Status
+
+# --- connect screen ---------------------------------------------------------------------------
+DEFAULT_SERVER: Final = "127.0.0.1"
+DEFAULT_TCP_PORT: Final = 9000
+DEFAULT_TLS_PORT: Final = 9443
+"""The server's default port for TCRP over TLS (``ocm-control --tls-port``)."""
+MAX_RECENT: Final = 10
+"""Recent servers, names and rooms remembered (each list, in QSettings)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """What the user asked for on the connect screen."""
+
+    host: str
+    port: int
+    operation: Operation
+    room: str
+    username: str
+    password: str | None = None  # None or "": no password
+    tls: bool = False  # TCRP inside TLS, the server's certificate verified
+    encrypted: bool = False  # hook: end-to-end encrypted room (not yet)
+    ca_file: str | None = None  # with tls: trust this CA (PEM) instead of the system's
+
+    def again(self, room_gone: bool) -> ConnectRequest:
+        """The request that gets back in after the chat ended: create the room anew if it
+        is gone (closed, or we hosted it), else join it again."""
+        operation = Operation.CREATE if room_gone else Operation.JOIN
+        return ConnectRequest(self.host, self.port, operation, self.room, self.username,
+                              self.password, self.tls, self.encrypted, self.ca_file)
+
+
+class Field(enum.Enum):
+    """The connect-screen field an error is shown next to."""
+
+    SERVER = "server"
+    NAME = "name"
+    ROOM = "room"
+    PASSWORD = "password"
+    FORM = "form"  # concerns no single field (shown under the Connect button)
+
+
+_REFUSAL_FIELDS: Final = {
+    Status.ROOM_EXISTS: Field.ROOM,
+    Status.ROOM_NOT_FOUND: Field.ROOM,
+    Status.ROOM_FULL: Field.ROOM,
+    Status.INVALID_PASSWORD: Field.PASSWORD,
+    Status.USERNAME_TAKEN: Field.NAME,
+    Status.RATE_LIMITED: Field.SERVER,
+    Status.UNAVAILABLE: Field.SERVER,
+}
+
+_REFUSAL_TEXTS: Final = {
+    Status.ROOM_EXISTS: "A room with this name already exists. Join it, or pick another name.",
+    Status.ROOM_NOT_FOUND: "Room not found. Check the name, or create it.",
+    Status.ROOM_FULL: "This room is full.",
+    Status.USERNAME_TAKEN: "Someone in this room already has this name. Pick another.",
+    Status.RATE_LIMITED: "Too many attempts from this address. Wait a little and try again.",
+    Status.UNAVAILABLE: "The server cannot take rooms right now. Try again later.",
+    Status.INVALID_REQUEST: "The server refused the request as invalid.",
+    Status.TOO_LARGE: "Names and passwords are 255 bytes at most.",
+    Status.INTERNAL_ERROR: "The server hit an internal error. Try again.",
+}
+
+
+def refusal(status: Status | int, sent_password: bool, server_error: str = "") -> tuple[
+        Field, str]:
+    """Where and in what words to show a refusal from the server."""
+    if status == Status.INVALID_PASSWORD:
+        text = ("Wrong password." if sent_password
+                else "This room is protected by a password: enter it.")
+        return Field.PASSWORD, text
+    known = _REFUSAL_TEXTS.get(status) if isinstance(status, Status) else None
+    if known is None:
+        detail = render.sanitize(server_error.strip())
+        known = f"The server refused ({render.status_name(status)}{': ' if detail else ''}" \
+                f"{detail})."
+    place = _REFUSAL_FIELDS.get(status, Field.FORM) if isinstance(status, Status) else Field.FORM
+    return place, known
+
+
+def unreachable_text(detail: str, tls: bool = False) -> str:
+    """The server field's error when the TCRP exchange failed (``JoinFailed``)."""
+    if tls:
+        return (f"No secure connection: {detail}. If the server's certificate comes from "
+                "its own CA, choose that CA file.")
+    return f"Server unreachable: {detail}"
+
+
+def validate(host: str, username: str, room: str, password: str) -> dict[Field, str]:
+    """Problems the server would refuse anyway, found before connecting (field -> text)."""
+    problems: dict[Field, str] = {}
+    if not host.strip():
+        problems[Field.SERVER] = "Enter the server's name or address."
+    if problem := render.check_username(username):
+        problems[Field.NAME] = _sentence(problem)
+    if problem := render.check_room(room):
+        problems[Field.ROOM] = _sentence(problem)
+    if len(password.encode()) > 255:
+        problems[Field.PASSWORD] = "The password is longer than 255 bytes."
+    return problems
+
+
+def _sentence(text: str) -> str:
+    """``text`` as a sentence: capital first letter, one full stop."""
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def remember(recent: list[str], value: str) -> list[str]:
+    """``recent`` with ``value`` moved to the front, at most ``MAX_RECENT`` long."""
+    if not value:
+        return recent[:MAX_RECENT]
+    return [value, *(item for item in recent if item != value)][:MAX_RECENT]
+
+
+# --- the room ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One scrollback line: a ``render.Line`` (already sanitised) and when it arrived."""
+
+    line: Line
+    clock: str  # local HH:MM
+
+    @property
+    def is_chat(self) -> bool:
+        return self.line.kind in (Kind.CHAT, Kind.OWN)
+
+
+@dataclass(slots=True)
+class Scrollback:
+    """Every line since joining, oldest first. Unbounded on purpose (the room window
+    promises every message since joining): 10,000 lines of 4 KiB chat are ~40 MiB."""
+
+    entries: list[Entry] = field(default_factory=list)
+
+    def append(self, entry: Entry) -> int:
+        """Add ``entry``; return its index."""
+        self.entries.append(entry)
+        return len(self.entries) - 1
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(slots=True)
+class Unread:
+    """Chat lines that arrived while the window was not focused or scrolled up."""
+
+    count: int = 0
+
+    def arrived(self, entry: Entry, seen: bool) -> bool:
+        """Count ``entry`` unless ``seen``; return whether it was counted."""
+        if seen or entry.line.kind is not Kind.CHAT:
+            return False
+        self.count += 1
+        return True
+
+    def clear(self) -> None:
+        self.count = 0
+
+
+def window_title(room: str | None, unread: int) -> str:
+    """``(3) room — OCM``: the unread count first, so it shows in a narrow task bar."""
+    base = "OCM" if room is None else f"{render.sanitize(room)} — OCM"
+    return f"({unread}) {base}" if unread else base
+
+
+@dataclass(frozen=True, slots=True)
+class ByteCount:
+    used: int
+    limit: int
+
+    @property
+    def over(self) -> bool:
+        return self.used > self.limit
+
+    def label(self) -> str:
+        return f"{self.used} / {self.limit} bytes"
+
+
+def byte_count(text: str, limit: int) -> ByteCount:
+    """How much of the room's message limit ``text`` uses (UTF-8 bytes, as sent)."""
+    return ByteCount(len(text.encode("utf-8", "replace")), limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member-list row. Hook for the server's member list and end-to-end encryption
+    (not served yet): the list stays hidden until a server provides it."""
+
+    name: str
+    host: bool = False
+    fingerprint: str | None = None  # encrypted rooms: the member's key fingerprint
+    verified: bool = False
+
+
+MEMBER_LIST_AVAILABLE: Final = False
+"""The server does not tell clients who is in a room yet (/who); the panel is hidden."""
+TLS_AVAILABLE: Final = True
+"""TCRP over TLS: the connect screen's toggle (the server must serve it: --tls-cert)."""
+ENCRYPTION_AVAILABLE: Final = False
+"""End-to-end encrypted rooms need the encryption library (not yet); toggle disabled."""
+
+
+# --- colours ----------------------------------------------------------------------------------
+_CUBE_LEVELS: Final = (0, 95, 135, 175, 215, 255)
+
+
+def xterm_rgb(index: int) -> tuple[int, int, int]:
+    """The RGB of an xterm-256 colour in the 6x6x6 cube (16..231) or the grey ramp."""
+    if index >= 232:
+        grey = 8 + 10 * (index - 232)
+        return grey, grey, grey
+    index -= 16
+    return (_CUBE_LEVELS[index // 36], _CUBE_LEVELS[(index // 6) % 6], _CUBE_LEVELS[index % 6])
+
+
+DARK_LIFT: Final = 0.45
+"""On a dark background, sender colours move this far towards white: the xterm mid-tones
+(dark blue, purple) are too dim on near-black otherwise."""
+
+
+def sender_rgb(name: str, dark: bool = False) -> tuple[int, int, int]:
+    """The colour of ``name``: the one ``ocm-chat`` uses, so both clients agree; lifted
+    towards white on a dark background (``dark``)."""
+    red, green, blue = xterm_rgb(render.user_colour(name))
+    if not dark:
+        return red, green, blue
+    return (round(red + (255 - red) * DARK_LIFT), round(green + (255 - green) * DARK_LIFT),
+            round(blue + (255 - blue) * DARK_LIFT))
+
+
+def is_dark(rgb: tuple[int, int, int]) -> bool:
+    """Whether a background colour is dark (relative luminance below one half)."""
+    red, green, blue = rgb
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue < 128

@@ -1,0 +1,136 @@
+"""Joining a room over TCRP on the running asyncio loop (docs/protocol.md §1).
+
+``join_room_async(...)`` is ``client.session.join_room`` without blocking: the same
+``wire.tcrp_client.ClientExchange`` and request (``ocm1`` framing), optionally inside TLS
+(``tls``: a context from ``client.session.client_tls_context``), the same State 1 /
+State 2 reading, the same registration of a UDP socket bound to the IP the token is
+bound to, the same ``Joined``, ``JoinRefused`` and ``JoinFailed`` with the same texts;
+the overall timeout is an ``asyncio.timeout``. A window can await it and stay
+responsive, and cancelling it closes both sockets at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+from client.session import (
+    DEFAULT_TIMEOUT_S,
+    RECV_CHUNK_BYTES,
+    Addr,
+    Joined,
+    JoinFailed,
+    JoinRefused,
+    _describe_os_error,
+)
+from wire import errors
+from wire.codes import Framing, Operation, Status
+from wire.tcrp import NEED_DATA, Complete, Response
+from wire.tcrp_client import ClientExchange
+
+
+async def resolve_async(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
+    """The first address of ``host``, looked up on the loop; ``JoinFailed`` if none."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise JoinFailed(f"cannot resolve server name {host!r}: {exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, (str(sockaddr[0]), int(sockaddr[1]))
+
+
+async def join_room_async(
+    host: str,
+    tcp_port: int,
+    operation: Operation,
+    room: str,
+    username: str,
+    password: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    tls: ssl.SSLContext | None = None,
+) -> Joined:
+    """Create or join ``room`` as ``username``; see the module docstring. With ``tls`` the
+    server's certificate must verify for ``host`` (``JoinFailed`` saying so otherwise)."""
+    loop = asyncio.get_running_loop()
+    where = f"{host}:{tcp_port}"
+    exchange = ClientExchange()
+    request = exchange.send_request(operation, room, username, password, Framing.OCM1)
+    tcp: socket.socket | None = None
+    writer: asyncio.StreamWriter | None = None
+    udp: socket.socket | None = None
+    try:
+        try:
+            async with asyncio.timeout(timeout):
+                family, addr = await resolve_async(host, tcp_port)
+                tcp = socket.socket(family, socket.SOCK_STREAM)
+                tcp.setblocking(False)
+                await loop.sock_connect(tcp, addr)
+                local_ip = tcp.getsockname()[0]
+                udp = socket.socket(family, socket.SOCK_DGRAM)
+                udp.bind((local_ip, 0))
+                reader, writer = await asyncio.open_connection(
+                    sock=tcp, ssl=tls, server_hostname=host if tls is not None else None)
+                writer.write(request)
+                await writer.drain()
+                response, complete = await _read_answer(reader, exchange, where)
+        except TimeoutError:
+            raise JoinFailed(
+                f"the server at {where} did not answer within {timeout:g} s"
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise JoinFailed(f"the server at {where} has a TLS certificate that cannot be "
+                             f"verified ({exc.verify_message})") from None
+        except ssl.SSLError as exc:
+            raise JoinFailed(f"TLS with the server at {where} failed ({exc.reason or exc}); "
+                             "is it the TLS port?") from None
+        except OSError as exc:
+            if tcp is None:
+                raise JoinFailed(f"cannot open a socket: {_describe_os_error(exc)}") from None
+            hint = "; is ocm-control running there?" if isinstance(
+                exc, ConnectionRefusedError) else ""
+            raise JoinFailed(
+                f"cannot reach the server at {where} ({_describe_os_error(exc)}){hint}"
+            ) from None
+        assert response.details is not None and udp is not None
+        # Best effort (§1.4): the first keepalive binds our address too.
+        writer.write(exchange.send_registration(udp.getsockname()[1]))
+    except BaseException:
+        if udp is not None:
+            udp.close()
+        raise
+    finally:
+        if writer is not None:
+            writer.close()  # closes tcp with the transport
+        elif tcp is not None:
+            tcp.close()
+    udp.setblocking(False)
+    server_udp = (addr[0], response.details.udp_port)
+    return Joined(room.encode(), username, complete.token, response.details, server_udp, udp)
+
+
+async def _read_answer(reader: asyncio.StreamReader, exchange: ClientExchange, where: str
+                       ) -> tuple[Response, Complete]:
+    """Read State 1 then State 2; raise ``JoinRefused`` on an error status."""
+    while True:
+        try:
+            event = exchange.next_event()
+        except errors.PrematureClose:
+            what = "the token" if exchange.response is not None else "answering"
+            raise JoinFailed(
+                f"the server at {where} closed the connection before {what}") from None
+        except errors.ProtocolError as exc:
+            raise JoinFailed(f"the server at {where} sent an invalid answer: {exc}") from None
+        if event is NEED_DATA:
+            try:
+                data = await reader.read(RECV_CHUNK_BYTES)
+            except ConnectionResetError:
+                data = b""  # §1.1: a reset after an answer is a close
+            exchange.receive_data(data)
+        elif isinstance(event, Response):
+            if event.status != Status.OK:
+                raise JoinRefused(event)
+        elif isinstance(event, Complete):
+            assert exchange.response is not None
+            return exchange.response, event

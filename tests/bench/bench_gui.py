@@ -1,0 +1,108 @@
+"""Benchmark of the room window's scrollback at 10,000 messages (``make bench-gui``).
+
+Offscreen Qt. Appends ``--lines`` chat lines (mixed senders, some Japanese and emoji,
+one in ten a notice) to a ``RoomView`` while it is shown at the bottom, as during a busy
+chat, and measures:
+
+* the time per ``append`` (the HTML line, the layout, keeping the view at the bottom),
+  median and p99 over every append, the medians of the first and last 1,000 (does it
+  grow with the scrollback?), plus the total;
+* the time to render the window (``QWidget.grab()``: a full paint) at the bottom, at the
+  top after scrolling there, and in the middle;
+* one more append and render after the 10,000 (what a user waits for per message then).
+
+Usage: ``python tests/bench/bench_gui.py [--lines N]``. Prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from PySide6 import __version__ as pyside_version  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from client import render  # noqa: E402
+from client.gui.room import RoomView  # noqa: E402
+
+TEXTS = ("hello everyone", "こんにちは、今日はいい天気ですね 🌸",
+         "a somewhat longer line that talks about the relay benchmarks and the p99 latency",
+         "ok 👍", "Привет!")
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.3f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=10_000)
+    args = parser.parse_args()
+    app = QApplication.instance() or QApplication([])
+    view = RoomView()
+    view.resize(760, 560)
+    view.show()
+    view.enter("bench", "me", host=False, max_message=4051)
+    app.processEvents()
+    costs: list[int] = []
+    start = time.perf_counter_ns()
+    for i in range(args.lines):
+        if i % 10 == 9:
+            line = render.notice_line(f"user{i % 7} joined the room")
+        else:
+            line = render.chat_line(f"user{i % 7}", f"{TEXTS[i % len(TEXTS)]} #{i}")
+        before = time.perf_counter_ns()
+        view.append(line)
+        costs.append(time.perf_counter_ns() - before)
+        if i % 100 == 99:
+            app.processEvents()  # the event loop runs between bursts, as in the app
+    total = time.perf_counter_ns() - start
+    assert view.at_bottom() and len(view.scrollback) == args.lines
+
+    def render_ns() -> int:
+        before = time.perf_counter_ns()
+        view.grab()
+        return time.perf_counter_ns() - before
+
+    bar = view.log.verticalScrollBar()
+    at_bottom = min(render_ns() for _ in range(5))
+    bar.setValue(0)
+    at_top = min(render_ns() for _ in range(5))
+    bar.setValue(bar.maximum() // 2)
+    middle = min(render_ns() for _ in range(5))
+    view.scroll_to_bottom()
+    before = time.perf_counter_ns()
+    view.append(render.chat_line("late", "one more message"))
+    view.grab()
+    one_more = time.perf_counter_ns() - before
+
+    first = statistics.median(costs[:1000])
+    last = statistics.median(costs[-1000:])
+    costs.sort()
+    print(f"ocm-gui scrollback, {args.lines} lines; Python {platform.python_version()}, "
+          f"PySide6 {pyside_version}, {platform.machine()}, offscreen\n")
+    print("| what | ms |")
+    print("| --- | ---: |")
+    print(f"| append, median | {_ms(statistics.median(costs))} |")
+    print(f"| append, median of the first 1,000 | {_ms(first)} |")
+    print(f"| append, median of the last 1,000 | {_ms(last)} |")
+    print(f"| append, p99 | {_ms(costs[int(len(costs) * 0.99) - 1])} |")
+    print(f"| append, slowest | {_ms(costs[-1])} |")
+    print(f"| all {args.lines} appends (event loop included) | {_ms(total)} |")
+    print(f"| render (grab) at the bottom | {_ms(at_bottom)} |")
+    print(f"| render after scrolling to the top | {_ms(at_top)} |")
+    print(f"| render in the middle | {_ms(middle)} |")
+    print(f"| append + render, line {args.lines + 1} | {_ms(one_more)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

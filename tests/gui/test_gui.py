@@ -1,0 +1,331 @@
+"""ocm-gui against a real ocm-control, offscreen: real sockets, real ``ocm-chat`` peers.
+
+Each scenario runs on the qasync loop (``run``); waits are ``until`` a widget shows the
+expected state, with a timeout, and an ``ocm-chat`` peer's blocking ``expect`` runs in a
+thread so the window keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import qasync
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtWidgets import QMessageBox
+from pytestqt.qtbot import QtBot
+
+from client.gui.app import MainWindow
+from client.gui.models import Field
+from tests.gui.conftest import in_thread, run, until
+from tests.integration.harness import Server, free_udp_port, start_server
+from tests.integration.test_client_script import Client
+from tests.integration.test_client_script import spawn as spawn_chat
+from tests.integration.test_tls import make_pki, tls_port
+
+_rooms = itertools.count()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    started: list[Client] = []
+    yield started
+    for client in started:
+        client.kill()
+
+
+def room_name() -> str:
+    return f"gui-room-{next(_rooms)}"
+
+
+def fill(window: MainWindow, qtbot: QtBot, port: int, user: str, room: str, create: bool,
+         password: str = "") -> None:
+    """Fill the connect screen as a user would and press Connect."""
+    screen = window.connect_screen
+    screen.server.setCurrentText("127.0.0.1")
+    screen.port.setValue(port)
+    screen.name.setCurrentText(user)
+    (screen.create_mode if create else screen.join_mode).setChecked(True)
+    screen.room.setCurrentText(room)
+    screen.password.setText(password)
+    qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
+
+
+def scrollback(window: MainWindow) -> str:
+    return window.room.log.toPlainText()
+
+
+def in_room(window: MainWindow) -> bool:
+    return window.pages.currentWidget() is window.room and window.link is not None
+
+
+def type_line(window: MainWindow, qtbot: QtBot, text: str) -> None:
+    window.room.input.setText(text)
+    qtbot.keyClick(window.room.input, Qt.Key.Key_Return)
+
+
+def test_gui_creates_ocm_chat_joins_and_they_chat_both_ways(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client]) -> None:
+    room = room_name()
+
+    async def scenario() -> None:
+        fill(window, qtbot, server.tcp_port, "alice", room, create=True)
+        await until(lambda: in_room(window), "the room window")
+        assert "alice (host)" not in window.windowTitle()
+        assert room in window.windowTitle()
+        bob = spawn_chat(clients, server, "--join", room, "--user", "bob")
+        await until(lambda: "bob joined the room" in scrollback(window), "bob's joined notice")
+        type_line(window, qtbot, "hello 日本語 😀")
+        await in_thread(bob.expect_line, "alice: hello 日本語 😀")
+        assert window.room.input.text() == ""
+        bob.send("hi alice")
+        await until(lambda: "bob: hi alice" in scrollback(window), "bob's message")
+        # Over the room's limit: refused locally, with the reason; the text stays.
+        limit = window.room.max_message
+        type_line(window, qtbot, "x" * (limit + 1))
+        assert f"the limit in this room is {limit} bytes (1 too many)" in scrollback(window)
+        assert window.room.input.text() == "x" * (limit + 1)
+        assert window.room.byte_count().over
+        assert window.room.counter.text() == f"{limit + 1} / {limit} bytes"
+        # /commands as in ocm-chat
+        type_line(window, qtbot, "/help")
+        assert "/exit    leave the room" in scrollback(window)
+        type_line(window, qtbot, "/who")
+        assert "there is no /who" in scrollback(window)
+        type_line(window, qtbot, "/nope")
+        assert "unknown command '/nope'" in scrollback(window)
+        type_line(window, qtbot, "//slash")
+        await in_thread(bob.expect_line, "alice: /slash")
+        # Closing the window leaves cleanly; as host, after confirming (the room closes).
+        window.close()
+        box = await until(lambda: window.leave_box, "the confirmation")
+        assert window.isVisible() and in_room(window)
+        box.button(QMessageBox.StandardButton.Yes).click()
+        await until(lambda: not window.isVisible(), "the window to close")
+        await in_thread(bob.expect_line, "* the room was closed")
+        assert await in_thread(bob.wait) == 3
+
+    run(loop, scenario())
+
+
+def test_ocm_chat_hosts_gui_joins_and_the_host_closes_the_room(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client]) -> None:
+    room = room_name()
+
+    async def scenario() -> None:
+        carol = spawn_chat(clients, server, "--create", room, "--user", "carol")
+        await in_thread(carol.expect_err, r"is host of room")
+        fill(window, qtbot, server.tcp_port, "dave", room, create=False)
+        await until(lambda: in_room(window), "the room window")
+        await in_thread(carol.expect_line, "* dave joined the room")
+        carol.send("welcome dave")
+        await until(lambda: "carol: welcome dave" in scrollback(window), "carol's message")
+        type_line(window, qtbot, "thanks")
+        await in_thread(carol.expect_line, "dave: thanks")
+        carol.close_stdin()  # EOF: ocm-chat sends /exit and, as host, closes the room
+        await until(lambda: window.room.banner.isVisible(), "the room-closed banner")
+        assert window.room.banner_text.text().startswith("Room closed")
+        assert not window.room.input.isEnabled()
+        assert window.room.rejoin_button.text() == "Create it again"
+        # "Create it again": dave now hosts a room of the same name.
+        qtbot.mouseClick(window.room.rejoin_button, Qt.MouseButton.LeftButton)
+        await until(lambda: in_room(window) and window.joined is not None
+                    and window.joined.details.host, "the re-created room")
+        assert "(host: leaving closes the room)" in scrollback(window)
+
+    run(loop, scenario())
+
+
+def test_password_wrong_then_right_and_errors_next_to_their_field(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client], tmp_path: Path) -> None:
+    room = room_name()
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    errors = window.connect_screen.errors
+
+    async def scenario() -> None:
+        erin = spawn_chat(clients, server, "--create", room, "--user", "erin",
+                          "--password-file", str(secret))
+        await in_thread(erin.expect_err, r"is host of room")
+        fill(window, qtbot, server.tcp_port, "frank", room + "-nope", create=False)
+        await until(lambda: errors[Field.ROOM].isVisible(), "the room error")
+        assert errors[Field.ROOM].text() == "Room not found. Check the name, or create it."
+        fill(window, qtbot, server.tcp_port, "erin", room, create=False, password="s3cret")
+        await until(lambda: errors[Field.NAME].isVisible(), "the name error")
+        assert "already has this name" in errors[Field.NAME].text()
+        fill(window, qtbot, server.tcp_port, "frank", room, create=False)
+        await until(lambda: errors[Field.PASSWORD].isVisible(), "the password error")
+        assert errors[Field.PASSWORD].text().startswith("This room is protected")
+        fill(window, qtbot, server.tcp_port, "frank", room, create=False, password="wrong")
+        await until(lambda: errors[Field.PASSWORD].isVisible(), "the password error")
+        assert errors[Field.PASSWORD].text() == "Wrong password."
+        assert not errors[Field.ROOM].isVisible()
+        fill(window, qtbot, server.tcp_port, "frank", room, create=False, password="s3cret")
+        await until(lambda: in_room(window), "the room window")
+        await in_thread(erin.expect_line, "* frank joined the room")
+        # Not a host: leaving asks nothing, and the host sees us go.
+        type_line(window, qtbot, "/exit")
+        await in_thread(erin.expect_line, "* frank left the room")
+        assert window.pages.currentWidget() is window.connect_screen
+        # A port nobody listens on: the server field says so.
+        fill(window, qtbot, free_udp_port(), "frank", room, create=False)
+        await until(lambda: errors[Field.SERVER].isVisible(), "the server error")
+        assert errors[Field.SERVER].text().startswith("Server unreachable")
+        # Recents were remembered.
+        assert window.settings.value("recent/rooms")[0] == room
+
+    run(loop, scenario())
+
+
+def test_host_is_asked_before_leaving(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client]) -> None:
+    room = room_name()
+
+    async def scenario() -> None:
+        fill(window, qtbot, server.tcp_port, "gina", room, create=True)
+        await until(lambda: in_room(window), "the room window")
+        hank = spawn_chat(clients, server, "--join", room, "--user", "hank")
+        await until(lambda: "hank joined the room" in scrollback(window), "hank's notice")
+        qtbot.mouseClick(window.room.leave_button, Qt.MouseButton.LeftButton)
+        box = await until(lambda: window.leave_box, "the confirmation")
+        box.button(QMessageBox.StandardButton.No).click()
+        await until(lambda: "staying" in scrollback(window), "staying")
+        assert in_room(window)
+        type_line(window, qtbot, "/quit")
+        box = await until(lambda: window.leave_box, "the confirmation")
+        box.button(QMessageBox.StandardButton.Yes).click()
+        await in_thread(hank.expect_line, "* the room was closed")
+        assert window.pages.currentWidget() is window.connect_screen
+
+    run(loop, scenario())
+
+
+def test_server_stopping_is_shown_and_a_new_room_finds_it_unreachable(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop) -> None:
+    own = start_server(workers=1)
+
+    async def scenario() -> None:
+        fill(window, qtbot, own.tcp_port, "ivy", room_name(), create=True)
+        await until(lambda: in_room(window), "the room window")
+        await in_thread(own.stop, signal.SIGTERM)
+        await until(lambda: window.room.banner.isVisible(), "the banner")
+        assert "Room closed" in window.room.banner_text.text()
+        qtbot.mouseClick(window.room.new_room_button, Qt.MouseButton.LeftButton)
+        assert window.pages.currentWidget() is window.connect_screen
+        assert window.connect_screen.name.currentText() == "ivy"  # the form is kept
+        qtbot.mouseClick(window.connect_screen.connect_button, Qt.MouseButton.LeftButton)
+        errors = window.connect_screen.errors
+        await until(lambda: errors[Field.SERVER].isVisible(), "the server error")
+        assert "connection refused" in errors[Field.SERVER].text()
+
+    try:
+        run(loop, scenario())
+    finally:
+        own.stop()
+
+
+def test_window_stays_responsive_while_the_server_does_not_answer(
+        qtbot: QtBot, loop: qasync.QEventLoop, settings: QSettings) -> None:
+    """A server that accepts TCP and says nothing: the join times out in the background
+    while Qt keeps painting and taking input; the error says so next to the server."""
+    window = MainWindow(settings, join_timeout=1.5)
+    qtbot.addWidget(window)
+    window.show()
+    silent = socket.create_server(("127.0.0.1", 0))
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+
+    async def scenario() -> None:
+        timer.start()
+        fill(window, qtbot, silent.getsockname()[1], "jo", room_name(), create=True)
+        screen = window.connect_screen
+        assert not screen.connect_button.isEnabled()
+        assert screen.status.text().startswith("Connecting to 127.0.0.1:")
+        qtbot.keyClicks(screen.password, "typed while waiting")
+        assert screen.password.text() == "typed while waiting"
+        await until(lambda: screen.errors[Field.SERVER].isVisible(), "the timeout error")
+        assert "did not answer within 1.5 s" in screen.errors[Field.SERVER].text()
+        assert screen.connect_button.isEnabled()
+
+    try:
+        run(loop, scenario())
+    finally:
+        timer.stop()
+        silent.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert len(ticks) > 20 and max(gaps) < 1.0, f"the Qt loop stalled {max(gaps):.2f} s"
+
+
+def test_disconnected_for_inactivity_then_rejoin(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, clients: list[Client],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    own = start_server("--inactivity-timeout", "1", workers=1)
+    room = room_name()
+
+    async def scenario() -> None:
+        kim = spawn_chat(clients, own, "--create", room, "--user", "kim")  # keepalives on
+        await in_thread(kim.expect_err, r"is host of room")
+        monkeypatch.setenv("OCM_CHAT_KEEPALIVE", "0")  # the window sends none: evicted
+        fill(window, qtbot, own.tcp_port, "lee", room, create=False)
+        await until(lambda: in_room(window), "the room window")
+        await until(lambda: window.room.banner.isVisible(), "the disconnected banner")
+        assert window.room.banner_text.text().startswith("You were disconnected")
+        assert window.room.rejoin_button.text() == "Rejoin"
+        await in_thread(kim.expect, r"^\* lee was removed for inactivity$")
+        monkeypatch.delenv("OCM_CHAT_KEEPALIVE")
+        qtbot.mouseClick(window.room.rejoin_button, Qt.MouseButton.LeftButton)
+        await until(lambda: in_room(window) and not window.room.banner.isVisible(),
+                    "back in the room")
+        await in_thread(kim.expect_line, "* lee joined the room")
+        assert window.joined is not None and not window.joined.details.host
+        window.close()  # a member closing the window leaves without being asked
+        await in_thread(kim.expect, r"^\* lee left the room$")
+        assert not window.isVisible() and window.leave_box is None
+
+    try:
+        run(loop, scenario())
+    finally:
+        own.stop()
+
+
+def test_tls_join_with_the_servers_ca_and_refusal_without(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, tmp_path: Path) -> None:
+    ca, cert, key = make_pki(tmp_path)
+    own = start_server("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0",
+                       workers=1)
+    screen = window.connect_screen
+
+    async def scenario() -> None:
+        port = tls_port(own)
+        screen.tls.setChecked(True)
+        screen.ca_file.setText("")  # the system's CAs do not know the test CA
+        fill(window, qtbot, port, "tess", room_name(), create=True)
+        await until(lambda: screen.errors[Field.SERVER].isVisible(), "the TLS error")
+        text = screen.errors[Field.SERVER].text()
+        assert text.startswith("No secure connection: ") and "cannot be verified" in text
+        screen.ca_file.setText(str(tmp_path / "missing.pem"))
+        qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
+        await until(lambda: screen.errors[Field.SERVER].isVisible(), "the CA file error")
+        assert screen.errors[Field.SERVER].text().startswith("Cannot use the CA file")
+        screen.ca_file.setText(str(ca))
+        qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
+        await until(lambda: in_room(window), "the room window, over TLS")
+        assert window.joined is not None and window.joined.details.host
+        type_line(window, qtbot, "/help")  # the chat itself runs as usual
+        assert "/exit" in scrollback(window)
+
+    try:
+        run(loop, scenario())
+    finally:
+        own.stop()

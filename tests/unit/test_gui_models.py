@@ -1,0 +1,107 @@
+"""client.gui.models: the desktop client's state, without Qt."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from client import render
+from client.gui import models
+from client.gui.models import ConnectRequest, Entry, Field, Unread
+from wire.codes import Operation, Status
+
+
+@pytest.mark.parametrize(("status", "sent", "field", "text"), [
+    (Status.INVALID_PASSWORD, True, Field.PASSWORD, "Wrong password."),
+    (Status.INVALID_PASSWORD, False, Field.PASSWORD,
+     "This room is protected by a password: enter it."),
+    (Status.ROOM_NOT_FOUND, False, Field.ROOM, "Room not found. Check the name, or create it."),
+    (Status.ROOM_EXISTS, False, Field.ROOM,
+     "A room with this name already exists. Join it, or pick another name."),
+    (Status.USERNAME_TAKEN, False, Field.NAME,
+     "Someone in this room already has this name. Pick another."),
+    (Status.UNAVAILABLE, False, Field.SERVER,
+     "The server cannot take rooms right now. Try again later."),
+    (Status.INVALID_REQUEST, False, Field.FORM, "The server refused the request as invalid."),
+    (77, False, Field.FORM, "The server refused (status 77: odd\\x1b)."),
+])
+def test_refusal_goes_next_to_its_field(status: Status | int, sent: bool, field: Field,
+                                        text: str) -> None:
+    assert models.refusal(status, sent, "odd\x1b") == (field, text)
+
+
+def test_join_failures_say_what_to_do() -> None:
+    assert models.unreachable_text("connection refused") == (
+        "Server unreachable: connection refused")
+    assert models.unreachable_text("bad certificate", tls=True).startswith(
+        "No secure connection: bad certificate. If the server's certificate comes from its "
+        "own CA, choose that CA file.")
+
+
+def test_validate_before_connecting() -> None:
+    assert models.validate("h", "ann", "room", "") == {}
+    problems = models.validate(" ", " ann", "", "p" * 256)
+    assert set(problems) == {Field.SERVER, Field.NAME, Field.ROOM, Field.PASSWORD}
+    assert problems[Field.NAME] == (
+        "The username starts or ends with whitespace (shown as ' ann').")
+
+
+def test_remember_keeps_recent_first_unique_and_bounded() -> None:
+    recent: list[str] = []
+    for value in ["a", "b", "a", "", *map(str, range(20))]:
+        recent = models.remember(recent, value)
+    assert recent[0] == "19" and len(recent) == models.MAX_RECENT
+    assert models.remember(["x", "y", "x"][:2], "y") == ["y", "x"]
+
+
+def test_again_recreates_a_gone_room_and_rejoins_a_living_one() -> None:
+    request = ConnectRequest("h", 1, Operation.JOIN, "r", "u", "pw", tls=True, ca_file="c")
+    assert request.again(room_gone=True).operation is Operation.CREATE
+    assert request.again(room_gone=False) == request
+
+
+def test_unread_counts_only_others_chat_when_unseen() -> None:
+    unread = Unread()
+    chat = Entry(render.chat_line("bob", "hi"), "12:00")
+    assert not unread.arrived(chat, seen=True)
+    assert unread.arrived(chat, seen=False)
+    assert not unread.arrived(Entry(render.chat_line("me", "x", own=True), "12:00"), False)
+    assert not unread.arrived(Entry(render.notice_line("n"), "12:00"), False)
+    assert unread.count == 1
+    assert models.window_title("r\x1b", unread.count) == "(1) r\\x1b — OCM"
+    unread.clear()
+    assert models.window_title("r", unread.count) == "r — OCM"
+    assert models.window_title(None, 0) == "OCM"
+
+
+def test_byte_count_is_utf8_bytes() -> None:
+    count = models.byte_count("日本", 6)
+    assert (count.used, count.over, count.label()) == (6, False, "6 / 6 bytes")
+    assert models.byte_count("日本!", 6).over
+
+
+def test_sender_colour_matches_ocm_chat() -> None:
+    assert models.xterm_rgb(25) == (0, 95, 175)
+    assert models.xterm_rgb(232) == (8, 8, 8)
+    name = "alice"
+    assert models.sender_rgb(name) == models.xterm_rgb(render.user_colour(name))
+
+
+def test_sender_colours_are_lifted_on_dark_backgrounds() -> None:
+    assert models.is_dark((30, 30, 30)) and not models.is_dark((239, 239, 239))
+    assert models.xterm_rgb(25) == (0, 95, 175)  # a dark blue: dim on near-black
+    for name in ("bob", "alice", "carol"):
+        light, dark = models.sender_rgb(name), models.sender_rgb(name, dark=True)
+        assert all(d >= c for c, d in zip(light, dark, strict=True))
+    assert models.sender_rgb("bob", dark=True) != models.sender_rgb("bob")
+
+
+def test_models_import_no_qt() -> None:
+    """The state stays testable without Qt: models imports no PySide6."""
+    tree = ast.parse(Path(models.__file__).read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
+    names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name.startswith(("PySide6", "qasync")) for name in names)
