@@ -1,4 +1,4 @@
-"""TCRP, the chat-room protocol over TCP (PROTOCOL.md §1): frames, payloads, a reader.
+"""TCRP, the chat-room protocol over TCP (docs/protocol.md §1): frames, payloads, a reader.
 
 Frame: ``RoomNameSize(1) Operation(1) State(1) OperationPayloadSize(29) RoomName Payload``.
 
@@ -120,7 +120,7 @@ def encode_request(
 
 
 def encode_legacy_request(operation: Operation, room: str | bytes, username: str) -> bytes:
-    """A request whose payload is the bare username, as the model-answer client sends."""
+    """A request whose payload is the bare username, as the curriculum's reference client sends."""
     room_raw = room.encode() if isinstance(room, str) else room
     return encode_frame(operation, State.REQUEST, room_raw, username.encode())
 

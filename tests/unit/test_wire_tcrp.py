@@ -1,4 +1,4 @@
-"""TCRP codecs (PROTOCOL.md §1): hex vectors for every frame and every error.
+"""TCRP codecs (docs/protocol.md §1): hex vectors for every frame and every error.
 
 Every incremental reader test feeds its input whole and then one byte at a time (h11's
 ``tests/test_io.py::tr``); error tests also check at which byte the reader gave up, which
