@@ -139,7 +139,7 @@ PLAIN_TEXTS: Final = {
     "disconnected": "チャットルームから切断されました",
     "error": "メッセージが長すぎます（{over} バイト超過）",
 }
-"""The exact notice texts of §2.2 (the curriculum's reference server's: its client reacts to them)."""
+"""The exact notice texts of §2.2 (those the curriculum's reference client reacts to)."""
 
 ENGLISH_TEXTS: Final = {
     "joined": "{user} joined the room",
