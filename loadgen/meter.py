@@ -173,7 +173,7 @@ PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9)
 def latency_ms(hist: HdrHistogram, mean: bool = True) -> dict[str, float | None]:
     """p50/p90/p99/p99.9/max (and mean) in ms; ``None`` for each when nothing was recorded.
 
-    The mean walks every recorded value in Python (~30 ms): leave it out per tick."""
+    The mean walks every recorded value in Python: too slow for every tick."""
     keys = [f"p{p:g}" for p in PERCENTILES] + ["max"] + (["mean"] if mean else [])
     if hist.get_total_count() == 0:
         return dict.fromkeys(keys)
@@ -495,8 +495,8 @@ class _Latencies:
     def fold(self) -> HdrHistogram:
         """A histogram of everything recorded since the last fold; starts over empty.
 
-        Vectorised (``add_counts``): folding bin by bin with ``record_value`` took ~6 ms
-        per tick and stalled the loadgen's loop, which showed up in its latency tail."""
+        Vectorised (``add_counts``): folding bin by bin with ``record_value`` stalled the
+        loadgen's loop long enough to show in its latency tail (docs/benchmarks.md)."""
         hist = new_histogram()
         view = self.view
         nonzero = np.flatnonzero(view)

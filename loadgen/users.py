@@ -17,12 +17,9 @@ commands from the parent on ``conn`` (a ``multiprocessing`` pipe):
 * ``("quit",)``: close everything and return.
 
 The data phase runs on a plain ``select.epoll`` loop over the transport's sockets, the pipe
-and a ``timerfd`` (pacing.py). With one socket per member, receiving 45,000 datagrams/s
-spread over 2,500 sockets measured the same on it as on uvloop (``add_reader`` or
-``DatagramProtocol``): 4.3-4.9 µs of CPU per datagram either way, the kernel's receive
-path dominating (the shared socket reads in ``recvmmsg`` batches instead; docs/
-benchmarks.md compares the two modes). The plain
-loop is kept because it batches every datagram of one poll into one
+and a ``timerfd`` (pacing.py). With one socket per member it costs no more CPU
+than uvloop would (docs/benchmarks.md), and the shared socket reads in ``recvmmsg``
+batches. The plain loop is kept because it batches every datagram of one poll into one
 ``Meter.receive_batch`` call and waits on the timerfd with µs precision (libuv timers
 have 1 ms resolution).
 """

@@ -141,7 +141,7 @@ class Worker:
 
     def _on_udp(self) -> None:
         # The relay's own reader keeps the loop of _drain inline: through the generator,
-        # the headline's relay p50 went from 0.15 to 0.25 ms (docs/benchmarks.md).
+        # the headline's relay latency was measurably worse (docs/benchmarks.md).
         recvfrom = self.sock.recvfrom
         handle = self.core.handle_datagram
         relay = self.fan_out
