@@ -11,7 +11,7 @@ GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libf
 # Best effort, for Japanese and emoji in the screenshots.
 GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
 
-.PHONY: run run-gui test lint bench bench-wire bench-hot bench-gui gui-system-libs \
+.PHONY: run run-gui test lint bench bench-wire bench-hot bench-gui gui-system-libs redis-server \
 	gui-screenshots fuzz chaos soak clean
 
 $(PY):
@@ -19,17 +19,21 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Runtime install: the package and its runtime dependencies (plus client/loadgen extras).
-$(RUNSTAMP): pyproject.toml | $(PY)
+# setup.py compiles the optional C extensions (loadgen/_account.c) in place; a change to
+# a C file re-runs the install.
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard */_*.c)
+
+$(RUNSTAMP): $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install --quiet -e '.[client,loadgen]'
 	touch $@
 
 # Dev install: everything `make test`, `make lint` and the benchmarks need.
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNSTAMP) $(GUISTAMP)
 
 # The desktop client: the package with the gui extra (PySide6-Essentials, qasync).
-$(GUISTAMP): pyproject.toml | $(PY)
+$(GUISTAMP): $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install --quiet -e '.[gui]'
 	touch $@
 
@@ -39,6 +43,17 @@ ARGS ?=
 
 run: $(RUNSTAMP)
 	$(VENV)/bin/ocm-control $(ARGS)
+
+# The cluster tests start a real redis-server. Debian's package (Redis 7) is what CI, a
+# developer machine and deploy/compose.yaml's image all run; installed here when missing
+# (as root, or through sudo), with `apt-get update` only if the package is not found.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || command -v valkey-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package) for the cluster tests"; \
+	  $(APT_INSTALL) redis-server >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) redis-server >/dev/null; }; }
 
 run-gui: $(GUISTAMP) gui-system-libs
 	$(VENV)/bin/ocm-gui
@@ -58,13 +73,23 @@ gui-system-libs: $(GUISTAMP)
 		fi; \
 	fi
 
-test: $(STAMP) gui-system-libs
-	$(PY) -m pytest -q -p no:cacheprovider --cov=wire --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100 tests
+# Coverage of every package, the processes the tests start included (pyproject.toml,
+# [tool.coverage.run]): the total must stay at or above COV_FLOOR % (README.md has the
+# last figures), wire/ at 100 %. The coverage CLI enforces both (exit 2 below them).
+COV_FLOOR ?= 90
+
+test: $(STAMP) gui-system-libs redis-server
+	rm -f .coverage .coverage.*
+	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider --cov \
+		--cov-report=term-missing:skip-covered tests
+	@echo "total coverage, floor $(COV_FLOOR) %:"
+	$(PY) -m coverage report --precision=2 --format=total --fail-under=$(COV_FLOOR)
+	$(PY) -m coverage report --include='wire/*' --show-missing --fail-under=100
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check wire runtime control relay client loadgen tests
+	$(VENV)/bin/ruff check wire runtime control relay client loadgen tests setup.py
 	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py relay/worker.py control/session.py \
-		control/registry.py control/quotas.py
+		control/registry.py control/quotas.py control/clusterlink.py
 	$(VENV)/bin/mypy runtime control relay client loadgen
 
 bench-wire: $(STAMP)
@@ -89,10 +114,11 @@ gui-screenshots: $(STAMP) gui-system-libs
 	OCM_GUI_SCREENSHOTS=docs $(PY) -m pytest -q -p no:cacheprovider tests/gui/test_screenshots.py
 
 bench: $(STAMP)
-	$(PY) -m loadgen.bench
+	$(PY) -m tests.bench.capacity
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache */_*.so \
+		.coverage .coverage.*
 
 # Hardening (docs/security.md). fuzz: FUZZ_RUNS inputs through every codec and core
 # (atheris if it installed, else the stdlib mutation engine). chaos: the full 1,000,000-

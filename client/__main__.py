@@ -192,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _script_room(args, password or None)
     except KeyboardInterrupt:
         return script.EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        if exc.name != "prompt_toolkit":  # the terminal UI's one extra dependency
+            raise
+        return _fail("the terminal UI needs prompt_toolkit, from the client extra: "
+                     "pip install 'ocm[client]' (script mode works without it)", EXIT_USAGE)
 
 
 def _operation(args: argparse.Namespace) -> Operation | None:

@@ -129,7 +129,7 @@ class Link(asyncio.DatagramProtocol):
 
 
 class RoomLink(Link):
-    """A room membership (Stage 2, PROTOCOL.md §2)."""
+    """A room membership (Stage 2, docs/protocol.md §2)."""
 
     def __init__(self, joined: Joined, on_line: Callable[[Line], None],
                  env: dict[str, str] | os._Environ[str] | None = None) -> None:
@@ -188,7 +188,7 @@ class RoomLink(Link):
 
 
 class GlobalLink(Link):
-    """Global chat on the Stage 1 port (PROTOCOL.md §3): no TCRP, no notices."""
+    """Global chat on the Stage 1 port (docs/protocol.md §3): no TCRP, no notices."""
 
     scope = render.GLOBAL_SCOPE
 

@@ -1,6 +1,6 @@
 """What ``ocm-chat`` shows: deliveries -> display lines (pure; no I/O, no clock).
 
-A delivery (framed ``ocm1`` or plain text, PROTOCOL.md §2.2/§2.3, or a Stage 1 datagram)
+A delivery (framed ``ocm1`` or plain text, docs/protocol.md §2.2/§2.3, or a Stage 1 datagram)
 becomes a ``Line``; ``Line.plain()`` is the deterministic script-mode text
 (``name: text`` / ``* notice``) and ``format_ansi`` the interactive one (HH:MM timestamp,
 a stable colour per user, notices in their own style). Every piece of received text goes

@@ -1,4 +1,4 @@
-"""Joining a room over TCRP (PROTOCOL.md §1), blocking, with one overall timeout.
+"""Joining a room over TCRP (docs/protocol.md §1), blocking, with one overall timeout.
 
 ``join_room(...)`` connects, sends one JSON request asking for ``ocm1`` framing, reads the
 State 1 response and the State 2 token with ``wire.tcrp_client.ClientExchange``, then

@@ -28,6 +28,8 @@ from typing import Any
 from control import config as config_mod
 from control import tls
 from control.admin import AdminServer, Metrics, routes_for
+from control.cluster import Cluster, cluster_route, load_secret
+from control.clusterudp import UdpRelay
 from control.config import LIVE_FIELDS, Config, ConfigError
 from control.notify import notify, watchdog_interval
 from control.registry import Registry
@@ -58,7 +60,8 @@ class Control:
     """
 
     def __init__(self, cfg: Config, plan: UdpPlan, argv: Sequence[str] | None,
-                 sources: Mapping[str, str] | None = None) -> None:
+                 sources: Mapping[str, str] | None = None,
+                 cluster_secret: bytes | None = None) -> None:
         self.cfg = cfg
         self.plan = plan
         self.argv = argv
@@ -73,6 +76,8 @@ class Control:
         self.started_at = time.time()
         self.metrics = Metrics(self)
         self.admin: AdminServer | None = None
+        self.cluster_secret = cluster_secret
+        self.cluster: Cluster | None = None
 
     # Signal handlers only record the signal (gunicorn: "NO LOGGING, just queue").
     def _on_signal(self, signum: int) -> None:
@@ -158,7 +163,10 @@ class Control:
         cfg = self.cfg
         if cfg.admin_port < 0:
             return True
-        admin = AdminServer(routes_for(self.metrics, self.readiness))
+        routes = routes_for(self.metrics, self.readiness)
+        if self.cluster is not None:
+            routes["/cluster"] = cluster_route(self.cluster)
+        admin = AdminServer(routes)
         try:
             await admin.start(cfg.admin_host, cfg.admin_port)
         except OSError as exc:
@@ -235,6 +243,30 @@ class Control:
                 for listener in listeners:
                     listener.close()
                 return EXIT_FAILURE
+        if cfg.cluster:
+            assert self.cluster_secret is not None
+            relay = None
+            if self.plan.relay is not None:
+                relay = UdpRelay(self.plan.relay, self.plan.sockets[0], cfg.workers)
+            else:
+                log.warning("cluster: no relay socket (steering=%s): clients must send "
+                            "their datagrams to the owning node (details.udp_host)",
+                            self.plan.steering)
+            front = listeners[0].sockets[0].getsockname()[1] if listeners else 0
+            self.cluster = Cluster(cfg, self.app, self.cluster_secret, front,
+                                   self.plan.ports[0], relay)
+            if relay is not None:
+                relay.cluster = self.cluster
+            try:
+                await self.cluster.start()
+            except OSError as exc:
+                log.error("cannot listen on the cluster link %s:%d: %s", cfg.host,
+                          cfg.cluster_port, exc.strerror)
+                for listener in listeners:
+                    listener.close()
+                return EXIT_FAILURE
+            log.info("cluster node=%s link=%s:%d registry=%s", cfg.node_id, cfg.host,
+                     self.cluster.link_port, "up" if self.cluster.registry_up else "down")
         if not await self._start_admin():
             for listener in listeners:
                 listener.close()
@@ -297,6 +329,8 @@ class Control:
                  cfg.drain_timeout)
         if not starting.done():
             starting.cancel()
+        if self.cluster is not None:
+            await self.cluster.close()
         await supervisor.shutdown(cfg.drain_timeout)
         for listener in listeners:
             listener.close()
@@ -324,6 +358,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "print_config", False):
         print(config_mod.to_toml(cfg, sources), end="")
         return EXIT_OK
+    secret = None
+    if cfg.cluster:
+        try:
+            import redis  # noqa: F401  (the optional "cluster" extra)
+        except ImportError:
+            print("ocm-control: --cluster needs the redis package: pip install "
+                  "'ocm[cluster]'", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            secret = load_secret(cfg)
+        except ConfigError as exc:
+            print(f"ocm-control: configuration error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     logs.setup_logging(cfg.log_level, cfg.log_format, "control")
     refused = sched.probe(cfg.realtime_priority)
     if refused is not None:
@@ -331,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     try:
         plan = plan_udp(cfg.host, cfg.udp_port, cfg.stage1_port or None, cfg.workers,
-                        cfg.port_per_shard, cfg.steering)
+                        cfg.port_per_shard, cfg.steering, relay=bool(cfg.cluster))
     except PortBusy as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
@@ -340,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     import uvloop
 
-    control = Control(cfg, plan, argv, sources)
+    control = Control(cfg, plan, argv, sources, secret)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         code: Any = runner.run(control.run())
         return int(code)

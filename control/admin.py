@@ -258,8 +258,30 @@ class Metrics:
                    [((("reason", k),), v) for k, v in sorted(kdf.refused.items())])
         out.family("ocm_config_reloads_total", "counter", "SIGHUP reloads, by result",
                    [((("result", k),), v) for k, v in sorted(src.reloads.items())])
+        cluster = getattr(app, "cluster", None)
+        if cluster is not None:
+            self._cluster(out, cluster)
         self._process(out)
         return out.render()
+
+    def _cluster(self, out: Exposition, cluster: Any) -> None:
+        """Cluster mode (control/cluster.py): this node's view, labelled with its id."""
+        node = (("node", cluster.node_id),)
+        out.family("ocm_cluster_registry_up", "gauge", "1 while the cluster registry "
+                   "(Redis) answered the last heartbeat", [(node, int(cluster.registry_up))])
+        out.family("ocm_cluster_lease_valid", "gauge", "1 while this node's lease is "
+                   "renewed (it admits new members)", [(node, int(cluster.lease_valid()))])
+        out.family("ocm_cluster_nodes", "gauge", "live nodes this node sees",
+                   [(node, len(cluster.nodes))])
+        out.family("ocm_cluster_events_total", "counter", "cluster events on this node, by "
+                   "kind", [((*node, ("kind", k)), v) for k, v in
+                            sorted(cluster.counters.items())])
+        if cluster.relay is not None:
+            stats = cluster.relay.statistics()
+            out.family("ocm_cluster_relay_flows", "gauge", "members whose datagrams this "
+                       "node relays to their room's node", [(node, stats.pop("flows"))])
+            out.family("ocm_cluster_relay_total", "counter", "relayed datagrams and flows, "
+                       "by kind", [((*node, ("kind", k)), v) for k, v in sorted(stats.items())])
 
     def _process(self, out: Exposition) -> None:
         """The standard process_* metrics of the control process (not the workers)."""

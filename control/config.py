@@ -126,6 +126,22 @@ class Config:
     relay_sendmmsg: bool = _f(True, "relay each chat datagram with one sendmmsg per room "
                                     "and delivery format where the kernel allows it; "
                                     "false: one sendto per recipient", live=True)
+    cluster: str = _f("", "Redis (or Valkey) URL of the cluster registry, "
+                          "redis://HOST:PORT/DB; empty = one node, no cluster",
+                      metavar="URL")
+    node_id: str = _f("", "this node's name in the cluster (letters, digits, . _ -; at "
+                          "most 64)", metavar="ID")
+    advertise: str = _f("", "the IP other nodes and clients reach this node at (cluster "
+                            "mode; default: host, which must then not be 0.0.0.0)",
+                        metavar="HOST")
+    cluster_port: int = _f(9003, "TCP port of the internal link between nodes (cluster "
+                                 "mode); 0 = any free port", metavar="PORT")
+    cluster_secret_file: str = _f("", "file holding the shared cluster secret (or set "
+                                      "OCM_CLUSTER_SECRET); never sent on the wire",
+                                  metavar="FILE")
+    cluster_lease: float = _f(10.0, "seconds a node or room lease lives in the registry "
+                                    "without a renewal (renewed every lease/3)",
+                              metavar="SECONDS")
 
     def worker_settings(self) -> WorkerSettings:
         """What a relay worker is configured with: given at spawn, and in the ``config``
@@ -153,7 +169,7 @@ _POSITIVE: Final = ("inactivity_timeout", "tcp_timeout", "ping_interval", "ping_
                     "max_stage1_clients", "max_conns_per_ip", "conn_rate_per_ip",
                     "max_password_failures", "password_failure_window", "max_rooms_per_ip",
                     "kdf_rate_per_ip", "kdf_concurrency_per_ip",
-                    "chat_rate", "chat_burst")
+                    "chat_rate", "chat_burst", "cluster_lease")
 DEFAULT_SOURCE: Final = "default"
 
 
@@ -214,7 +230,7 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
         where = (sources or {}).get(name, DEFAULT_SOURCE)
         return ConfigError(f"{where}: {message}" if where != DEFAULT_SOURCE else message)
 
-    for port_field in ("tcp_port", "tls_port", "udp_port", "stage1_port"):
+    for port_field in ("tcp_port", "tls_port", "udp_port", "stage1_port", "cluster_port"):
         port = getattr(cfg, port_field)
         if not 0 <= port <= 65535:
             raise fail(port_field, f"{port_field} must be 0..65535, got {port}")
@@ -257,6 +273,16 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
     for name in ("host", "admin_host"):
         if not getattr(cfg, name):
             raise fail(name, f"{name} must not be empty")
+    if cfg.cluster:
+        if not re.match(r"^(redis|rediss|unix)://", cfg.cluster):
+            raise fail("cluster", f"cluster must be a redis://HOST:PORT/DB URL, got "
+                                  f"{cfg.cluster!r}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", cfg.node_id):
+            raise fail("node_id", "cluster mode needs node_id: 1..64 letters, digits, "
+                                  f"'.', '_' or '-', got {cfg.node_id!r}")
+        if not cfg.advertise and cfg.host in ("0.0.0.0", "::", ""):
+            raise fail("advertise", f"cluster mode needs advertise (an address other "
+                                    f"nodes can reach) when host is {cfg.host}")
     return cfg
 
 

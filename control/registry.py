@@ -94,6 +94,10 @@ class Registry:
         self.load = [0] * workers
         """Members per worker: the placement key."""
 
+    def set_token_source(self, new_token: Callable[[int], bytes]) -> None:
+        """Cluster mode: tokens also carry the node's tag (control/cluster.py)."""
+        self._new_token = new_token
+
     # --- queries ---------------------------------------------------------------------
     def place(self, available: Iterable[int]) -> int | None:
         """The least-loaded available worker (ties: lowest index), or None."""

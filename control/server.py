@@ -21,7 +21,7 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from control import passwords
 from control.config import Config
@@ -41,6 +41,9 @@ from wire.codes import Operation, Reason, Status
 from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
 from wire.tcrp import NEED_DATA, Details, MembersRequest, Request
+
+if TYPE_CHECKING:
+    from control.cluster import Cluster, RemoteMember
 
 log = logging.getLogger("ocm.control")
 
@@ -89,6 +92,10 @@ class ControlApp:
         number of connections."""
         self.joins: dict[str, int] = {}
         """Requests answered, by status name (metrics)."""
+        self.cluster: Cluster | None = None
+        """Cluster mode (control/cluster.py): requests are routed through it."""
+        self.udp_host: str | None = None
+        """Cluster mode: this node's advertised IP, sent as ``udp_host`` in the details."""
 
     @property
     def cfg(self) -> Config:
@@ -101,14 +108,23 @@ class ControlApp:
         self.quotas.settings = quota_settings(cfg)
 
     # --- requests -------------------------------------------------------------------------
-    async def handle(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+    async def handle(self, request: Request, ip: str
+                     ) -> tuple[Details, MemberRecord | RemoteMember]:
         """Grant a request or raise ``RegistryError`` with the status to answer."""
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
+        if self.cluster is not None:
+            return await self.cluster.handle(request, ip)
         if not self.quotas.allow_request(ip, time.monotonic()):
             wait = self.quotas.request_retry_after(ip, time.monotonic())
             raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
                                 f"retry in {retry_seconds(wait)} s")
+        return await self.handle_local(request, ip)
+
+    async def handle_local(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+        """Serve a request on this node's workers (the rate limit is already checked)."""
+        if not self.accepting or self.supervisor is None:
+            raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
         body = request.body
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
@@ -137,6 +153,7 @@ class ControlApp:
             framing=body.framing,
             e2e=room.e2e,
             members=room.member_infos(exclude=member) if room.e2e else (),
+            udp_host=self.udp_host,
         )
         return details, member
 
@@ -199,8 +216,15 @@ class ControlApp:
 
     async def _check_password(self, ip: str, room: RoomRecord, password: str | None) -> None:
         """Raise RATE_LIMITED or INVALID_PASSWORD, or return if ``password`` opens ``room``."""
-        if self.quotas.password_blocked(ip, room.name, time.monotonic()):
-            wait = self.quotas.password_retry_after(ip, room.name, time.monotonic())
+        cluster = self.cluster
+        if cluster is None:
+            blocked = self.quotas.password_blocked(ip, room.name, time.monotonic())
+            wait = (self.quotas.password_retry_after(ip, room.name, time.monotonic())
+                    if blocked else 0.0)
+        else:
+            retry = await cluster.password_blocked(ip, room.name)
+            blocked, wait = retry is not None, retry or 0.0
+        if blocked:
             raise RegistryError(Status.RATE_LIMITED, "too many wrong passwords for this "
                                 f"room from your address; retry in {retry_seconds(wait)} s")
         if not password:
@@ -215,7 +239,10 @@ class ControlApp:
         else:
             ok = await self._verify_once(ip, room, password, mac)
         if not ok:
-            self.quotas.password_failed(ip, room.name, time.monotonic())
+            if cluster is None:
+                self.quotas.password_failed(ip, room.name, time.monotonic())
+            else:
+                await cluster.password_failed(ip, room.name)
             raise RegistryError(Status.INVALID_PASSWORD, "wrong password")
 
     async def _verify_once(self, ip: str, room: RoomRecord, password: str, mac: bytes) -> bool:
@@ -263,8 +290,11 @@ class ControlApp:
         except TimeoutError:
             return False
 
-    def register(self, member: MemberRecord, port: int) -> None:
+    def register(self, member: MemberRecord | RemoteMember, port: int) -> None:
         """The 2-byte UDP port registration (§1.4)."""
+        if not isinstance(member, MemberRecord):
+            member.register(port)  # admitted by another node: pass it on
+            return
         if member.alive and self.supervisor is not None:
             self.supervisor.send(member.room.worker, Register(member.token, port))
 
@@ -296,7 +326,7 @@ class TcrpConnection(asyncio.Protocol):
         self.session = Session(app.cfg.max_payload)
         self.transport: asyncio.Transport | None = None
         self.ip = ""
-        self.member: MemberRecord | None = None
+        self.member: MemberRecord | RemoteMember | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.counted = False

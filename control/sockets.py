@@ -36,6 +36,9 @@ class UdpPlan:
     """Forward mode: worker i reads datagrams forwarded to it on inboxes[i]."""
     outboxes: list[socket.socket] = field(default_factory=list)
     """Forward mode: any worker writes to outboxes[j] to reach worker j."""
+    relay: socket.socket | None = None
+    """Cluster mode with BPF steering: the group's last socket, read by control, which
+    receives datagrams whose token another node issued (control/clusterudp.py)."""
 
 
 def _probe_free(host: str, port: int) -> None:
@@ -62,8 +65,12 @@ def _bind(make: object, what: str, host: str, port: int) -> list[socket.socket]:
 
 
 def plan_udp(host: str, udp_port: int, stage1_port: int | None, workers: int,
-             port_per_shard: bool, mode: str) -> UdpPlan:
-    """Bind everything the workers need; raise ``PortBusy`` with a clear message."""
+             port_per_shard: bool, mode: str, relay: bool = False) -> UdpPlan:
+    """Bind everything the workers need; raise ``PortBusy`` with a clear message.
+
+    ``relay`` (cluster mode) adds one socket after the workers' to the group for
+    datagrams that belong to other nodes; it is kept only when BPF steering is attached.
+    """
     stage1 = None
     stage1_bound = 0
     if stage1_port is not None:
@@ -82,19 +89,26 @@ def plan_udp(host: str, udp_port: int, stage1_port: int | None, workers: int,
         return UdpPlan(socks, [s.getsockname()[1] for s in socks], "port-per-shard", stage1,
                        stage1_bound)
     _probe_free(host, udp_port)
+    extra = 1 if relay and mode != "forward" and workers < steering.MAX_WORKERS else 0
     socks = _bind(lambda: steering.create_reuseport_group(
-        host, udp_port, workers, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES), "UDP", host,
-        udp_port)
+        host, udp_port, workers + extra, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES), "UDP",
+        host, udp_port)
     port = socks[0].getsockname()[1]
     if mode in ("auto", "bpf"):
         try:
             steering.attach_steering(socks[0], workers)
-            return UdpPlan(socks, [port] * workers, "bpf", stage1, stage1_bound)
+            return UdpPlan(socks[:workers], [port] * workers, "bpf", stage1, stage1_bound,
+                           relay=socks[workers] if extra else None)
         except OSError as exc:
             if mode == "bpf":
                 raise
             log.warning("steering program not attached (%s): forwarding between workers",
                         exc.strerror)
+    for spare in socks[workers:]:
+        # No program steers to it, so hash selection would give it a share: close it.
+        # It is the group's last member, so closing it moves no other socket.
+        spare.close()
+    socks = socks[:workers]
     plan = UdpPlan(socks, [port] * workers, "forward", stage1, stage1_bound)
     for _ in range(workers):
         inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)

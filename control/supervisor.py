@@ -33,7 +33,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 from relay import ipc, worker
-from relay.ipc import AddMember, Ping
+from relay.ipc import AddMember, Ping, Rebind
 from relay.worker import WORKER_BOOT_ERROR
 from runtime import logs
 
@@ -334,13 +334,14 @@ class Supervisor:
         if handle.ready.is_set():
             self._write(handle, message)
 
-    async def call(self, index: int, message: AddMember | Ping) -> ipc.Ack | ipc.Pong:
+    async def call(self, index: int, message: AddMember | Ping | Rebind) -> ipc.Ack | ipc.Pong:
         """Send a command and await its answer (waiting for a restarting worker). The
         command's ``id`` is replaced by a fresh one."""
         return await self._call(self.handles[index], message, wait_ready=True,
                                 timeout=CALL_TIMEOUT_S)
 
-    async def _call(self, handle: WorkerHandle, message: AddMember | Ping, wait_ready: bool,
+    async def _call(self, handle: WorkerHandle, message: AddMember | Ping | Rebind,
+                    wait_ready: bool,
                     timeout: float) -> ipc.Ack | ipc.Pong:
         if wait_ready:
             await asyncio.wait_for(handle.ready.wait(), timeout)

@@ -1,11 +1,13 @@
 /* The loadgen's receive accounting in C: the common case of Meter.receive_batch
  * (loadgen/meter.py) for one recvmmsg batch of a shared socket (loadgen/transport.py).
  *
- * Compiled and loaded by loadgen/fastpath.py. A datagram is accounted here only when
+ * An optional extension module (loadgen._account), compiled at install time (setup.py);
+ * loadgen/fastpath.py fills the batch descriptor below (a ctypes Structure of the same
+ * layout) and calls account(descriptor). A datagram is accounted here only when
  * every check of the Python path passes and the delivery is the next one expected from
  * its sender: then its sequence number, end-to-end latency and relay latency are
  * recorded exactly as Meter.receive_batch would. Every other datagram (a notice, a gap,
- * a duplicate, a stale or misrouted delivery, an address that is no member's, a latency
+ * a duplicate, a warm-up (before the measured window) or misrouted delivery, an address that is no member's, a latency
  * beyond the direct-count array, control data that is not what was asked for) is left
  * untouched and listed in `slow`, for the Python path to account in order. Once a
  * (receiver, sender) pair has had a datagram listed, its later datagrams are listed too
@@ -16,6 +18,8 @@
  * bytes per datagram holding [SCM_TIMESTAMPNS cmsg: level i32 @8, type i32 @12, tv_sec
  * i64 @16, tv_nsec i64 @24][IP_PKTINFO cmsg: level i32 @40, type i32 @44, ipi_addr @56].
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -128,7 +132,7 @@ static int account_one(ocm_batch *b, int64_t i, int64_t *pair)
     return 1;
 }
 
-int ocm_account(ocm_batch *b)
+static void ocm_account(ocm_batch *b)
 {
     b->n_slow = 0;
     b->delivered = 0;
@@ -142,5 +146,50 @@ int ocm_account(ocm_batch *b)
                 b->dirty[pair] = 1;
         }
     }
-    return 0;
+}
+
+/* account(descriptor): descriptor is a writable buffer of exactly sizeof(ocm_batch) bytes
+ * (fastpath._Batch); its results (n_slow, delivered) are written into it. Returns the
+ * number of deliveries accounted. */
+static PyObject *account(PyObject *module, PyObject *descriptor)
+{
+    Py_buffer view;
+    (void)module;
+    if (PyObject_GetBuffer(descriptor, &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (view.len != (Py_ssize_t)sizeof(ocm_batch)) {
+        PyErr_Format(PyExc_ValueError, "batch descriptor of %zd bytes, expected %zu",
+                     view.len, sizeof(ocm_batch));
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    ocm_batch *b = (ocm_batch *)view.buf;
+    ocm_account(b);
+    int64_t delivered = b->delivered;
+    PyBuffer_Release(&view);
+    return PyLong_FromLongLong(delivered);
+}
+
+static PyMethodDef methods[] = {
+    {"account", account, METH_O,
+     "account(descriptor) -> int: account one receive batch (see loadgen/fastpath.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "loadgen._account",
+    "The loadgen's receive accounting in C (optional; loadgen/fastpath.py).", 0, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__account(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "BATCH_BYTES", (long)sizeof(ocm_batch)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

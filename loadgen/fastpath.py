@@ -13,22 +13,17 @@ end of its end-to-end latency) right after its own ``recvmmsg`` call; the Python
 takes one read time per poll, after every batch of that poll was read. That is at most
 the time to read the socket empty, microseconds to tens of microseconds.
 
-The C file is compiled on first use with ``$CC`` (default ``cc``) into
-``$XDG_CACHE_HOME/ocm`` (default ``~/.cache/ocm``), named by a hash of the source, and
-loaded with ``ctypes``. Without a compiler the loadgen keeps the Python path and says so
-(``--accounting auto``), or refuses to run (``--accounting c``).
+``_account.c`` is an optional extension module (``loadgen._account``), compiled at install
+time by setup.py. Where it was not built (no C compiler or Python headers at install time,
+or ``OCM_PURE_PYTHON=1``) the loadgen keeps the Python path and says so (``--accounting
+auto``), or refuses to run (``--accounting c``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import subprocess
-import sysconfig
-import tempfile
-from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Final
 
 from runtime import mmsg
@@ -36,11 +31,12 @@ from runtime import mmsg
 if TYPE_CHECKING:
     from loadgen.meter import Meter
 
-SOURCE: Final = Path(__file__).with_name("_account.c")
 MODES: Final = ("auto", "c", "python")
-COMPILE_TIMEOUT_S: Final = 120.0
+"""``--accounting``: ``c`` (the extension, or refuse), ``python``, ``auto`` (C if built)."""
 SLOT_BYTES: Final = mmsg.PKTINFO_SLOT_BYTES + mmsg.TIMESTAMP_SLOT_BYTES
 """The C code reads control slots of a timestamp then a pktinfo message (64 bytes)."""
+NOT_BUILT: Final = ("the C extension loadgen._account was not built when ocm was installed "
+                    "(no C compiler or Python headers then); reinstall with them to use it")
 
 
 class _Batch(ctypes.Structure):
@@ -63,41 +59,21 @@ class Unavailable(Exception):
     """The C accounting cannot be used here; the message says why."""
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ocm"
-
-
 @functools.cache
-def library() -> ctypes.CDLL:
-    """The compiled ``_account.c`` (compiled now if no cached build matches the source);
-    raises ``Unavailable``."""
+def extension() -> ModuleType:
+    """The compiled ``_account.c``; raises ``Unavailable`` (with the reason) if it cannot be
+    used here."""
     if not mmsg.available():
         raise Unavailable("recvmmsg is unavailable here")
-    source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + sysconfig.get_platform().encode()).hexdigest()[:16]
-    target = cache_dir() / f"account-{tag}.so"
-    if not target.exists():
-        cc = os.environ.get("CC", "cc")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-            done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
-                                  capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
-            if done.returncode != 0:
-                os.unlink(tmp)
-                raise Unavailable(f"{cc} failed: {done.stderr.strip()[:300]}")
-            os.replace(tmp, target)  # atomic: concurrent loadgen processes agree
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise Unavailable(f"cannot compile {SOURCE.name} with {cc}: {exc}") from exc
     try:
-        lib = ctypes.CDLL(str(target))
-    except OSError as exc:
-        raise Unavailable(f"cannot load {target}: {exc}") from exc
-    lib.ocm_account.argtypes = [ctypes.POINTER(_Batch)]
-    lib.ocm_account.restype = ctypes.c_int
-    return lib
+        from loadgen import _account
+    except ImportError as exc:
+        raise Unavailable(NOT_BUILT) from exc
+    if _account.BATCH_BYTES != ctypes.sizeof(_Batch):
+        raise Unavailable(f"loadgen._account expects a {_account.BATCH_BYTES}-byte batch "
+                          f"descriptor, fastpath.py builds {ctypes.sizeof(_Batch)} bytes: "
+                          "the extension is stale, reinstall ocm")
+    return _account
 
 
 def _address(buffer: object) -> int:
@@ -118,7 +94,7 @@ class FastAccount:
         if batch.slot_bytes != SLOT_BYTES:
             raise Unavailable("the C accounting needs receive timestamps "
                               "(not --no-rx-timestamps)")
-        self._account = library().ocm_account
+        self._account = extension().account
         data, hdrs, ctrl = batch.buffers()
         self._keep = (data, hdrs, ctrl)
         self.slow = (ctypes.c_int32 * batch.max_batch)()
@@ -129,7 +105,6 @@ class FastAccount:
         b.ip_base = (127 << 24) | ((first_octet + proc) << 16)
         b.hosts_per_block = hosts_per_block
         b.slow = ctypes.addressof(self.slow)
-        self._ref = ctypes.byref(b)
         self.meter = meter
         self.accounted = 0
         """Deliveries accounted in C so far."""
@@ -154,9 +129,9 @@ class FastAccount:
     def account(self, n: int, now_ns: int, rt_offset_ns: int) -> int:
         b = self._b
         b.n, b.now_ns, b.rt_offset_ns = n, now_ns, rt_offset_ns
-        self._account(self._ref)
-        self.accounted += b.delivered
-        self.meter.c.delivered += b.delivered
+        delivered = self._account(b)
+        self.accounted += delivered
+        self.meter.c.delivered += delivered
         return int(b.n_slow)
 
     def reset_dirty(self) -> None:
@@ -165,14 +140,27 @@ class FastAccount:
 
 def resolve(mode: str) -> str | None:
     """``None`` if ``--accounting mode`` can be honoured here (``python`` always can);
-    otherwise why not. Compiles the C file as a side effect."""
+    otherwise why not."""
     if mode not in MODES:
         return f"--accounting must be one of {', '.join(MODES)}"
     if mode == "python":
         return None
     try:
-        library()
+        extension()
     except Unavailable as exc:
         return str(exc)
     return None
 
+
+def choose(mode: str) -> tuple[str, str | None]:
+    """The accounting a shared socket gets for ``--accounting mode``: (``"c"`` or
+    ``"python"``, a note when ``auto`` fell back to Python). Raises ``Unavailable`` for
+    ``c`` where the extension cannot be used."""
+    if mode == "python":
+        return "python", None
+    why_not = resolve(mode)
+    if why_not is None:
+        return "c", None
+    if mode == "c":
+        raise Unavailable(why_not)
+    return "python", f"deliveries accounted in Python (slower): {why_not}"

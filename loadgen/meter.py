@@ -24,7 +24,7 @@ Two latencies are recorded per delivery:
 Per process, ``Meter`` owns a disjoint slice of rooms and, for every (receiver, sender)
 pair, the next sequence number it expects; a gap is remembered as a set of missing numbers,
 so every delivery is exactly one of: delivered (first time), duplicated, misrouted
-(another room's message, or the receiver's own), stale (scheduled before the measured
+(another room's message, or the receiver's own), warmup (scheduled before the measured
 window: warmup or an earlier run) or extra (to a receiver that was not known to be bound,
 so not expected). ``expected = Σ sent × other bound members``; ``lost = expected -
 delivered``. Latencies go to a preallocated array of per-µs counts (one list increment per
@@ -116,7 +116,7 @@ class Counts:
     duplicated: int = 0  # repeated arrivals of a (receiver, sender, seq)
     misrouted: int = 0  # from another room, or the receiver's own message
     reordered: int = 0  # delivered after a later message of the same sender
-    stale: int = 0  # scheduled before the measured window (warmup, earlier run)
+    warmup: int = 0  # scheduled before the measured window (warmup, earlier run): not counted
     extra: int = 0  # chat to a member not known to be bound (not expected)
     unparsed: int = 0  # deliveries that are neither our chat nor a notice we know
     notices: int = 0  # server notices (joined, left, closed, ...)
@@ -173,7 +173,7 @@ PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9)
 def latency_ms(hist: HdrHistogram, mean: bool = True) -> dict[str, float | None]:
     """p50/p90/p99/p99.9/max (and mean) in ms; ``None`` for each when nothing was recorded.
 
-    The mean walks every recorded value in Python (~30 ms): leave it out per tick."""
+    The mean walks every recorded value in Python: too slow for every tick."""
     keys = [f"p{p:g}" for p in PERCENTILES] + ["max"] + (["mean"] if mean else [])
     if hist.get_total_count() == 0:
         return dict.fromkeys(keys)
@@ -381,7 +381,7 @@ class Meter:
         counted, nexp, missing = self.counted, self._nexp, self._missing
         lat_counts, overflow = self._lat.counts, self._lat.overflow
         rlat_counts, roverflow = self._rlat.counts, self._rlat.overflow
-        delivered = dup = misrouted = stale = extra = reordered = unparsed = unstamped = 0
+        delivered = dup = misrouted = warmup = extra = reordered = unparsed = unstamped = 0
         for rlm, data, rx_ns in batch:
             if data[c0:c1] != chk:
                 self._notice(rlm, data)
@@ -399,7 +399,7 @@ class Meter:
                 misrouted += 1
                 continue
             if ns < mstart:
-                stale += 1
+                warmup += 1
                 continue
             if not counted[rlm]:
                 extra += 1
@@ -442,7 +442,7 @@ class Meter:
             self.fast.reset_dirty()
         c.duplicated += dup
         c.misrouted += misrouted
-        c.stale += stale
+        c.warmup += warmup
         c.extra += extra
         c.reordered += reordered
         c.unparsed += unparsed
@@ -495,8 +495,8 @@ class _Latencies:
     def fold(self) -> HdrHistogram:
         """A histogram of everything recorded since the last fold; starts over empty.
 
-        Vectorised (``add_counts``): folding bin by bin with ``record_value`` took ~6 ms
-        per tick and stalled the loadgen's loop, which showed up in its latency tail."""
+        Vectorised (``add_counts``): folding bin by bin with ``record_value`` stalled the
+        loadgen's loop long enough to show in its latency tail (docs/benchmarks.md)."""
         hist = new_histogram()
         view = self.view
         nonzero = np.flatnonzero(view)

@@ -25,7 +25,7 @@ TFD_TIMER_ABSTIME: Final = 1
 MIN_TICK_NS: Final = 100_000
 """By default the timer never ticks more often than every 100 µs: above 10,000 sends/s per
 process the sends are batched per tick, which bounds the pacing lag to 100 µs
-(``--pacing-us``). Each tick costs a timer interrupt: ~30 µs of CPU on a small VM."""
+(``--pacing-us``). Each tick costs a timer interrupt."""
 NS: Final = 1_000_000_000
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TextIO
 
 import orjson
 from rich.console import Console, Group
@@ -142,7 +143,7 @@ def run_table(run: dict[str, Any], title: str) -> Table:
     table.add_row("delivered (out)", f"{c['delivered']:,}  ({_fmt_int(run['out_per_s'])}/s)")
     table.add_row("lost", f"{c['lost']:,}  ({c['loss_pct']:.4f} %)")
     table.add_row("duplicated / misrouted", f"{c['duplicated']:,} / {c['misrouted']:,}")
-    table.add_row("reordered / stale / extra", f"{c['reordered']:,} / {c['stale']:,} / "
+    table.add_row("reordered / warm-up / extra", f"{c['reordered']:,} / {c['warmup']:,} / "
                   f"{c['extra']:,}")
     table.add_row("send / recv errors", f"{c['send_errors']:,} / {c['recv_errors']:,}")
     table.add_row("latency p50 / p90 ms", f"{_fmt_ms(lat['p50'])} / {_fmt_ms(lat['p90'])}")
@@ -172,8 +173,22 @@ def run_table(run: dict[str, Any], title: str) -> Table:
     return table
 
 
+PIPED_WIDTH: Final = 1000
+"""Columns of the summary when stdout is not a terminal: wide enough that no line or table
+wraps (a terminal gets its own width)."""
+
+
+def summary_console(file: TextIO | None = None) -> Console:
+    """A console for the summary on ``file`` (stdout): the terminal's width on a TTY;
+    otherwise no wrapping, so that piped or redirected output keeps one line per row."""
+    out = file or sys.stdout
+    if out.isatty():
+        return Console(file=out)
+    return Console(file=out, width=PIPED_WIDTH, soft_wrap=True)
+
+
 def print_summary(report: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or summary_console()
     o, s = report["options"], report["setup"]
     console.print(
         f"[bold]profile[/] {o['rooms']} rooms × {o['users']} users, {o['size']}-byte chat, "

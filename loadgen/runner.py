@@ -5,8 +5,9 @@ and merges what they report.
 ``spawn`` process per slice (users.child_main) and talks to each over a pipe:
 ``setup()`` (joins, binding), ``run(rate)`` once per run (one, or several for
 ``--find-capacity``, reusing the same members), ``finish()`` (``/exit`` from non-hosts,
-then from hosts, then quit). Progress (``joins``, ``tick``) is passed to ``on_event`` as it
-arrives; results are merged here: counters summed, HDR histograms decoded and added.
+then from hosts, then quit). The children's messages are typed (messages.py); progress
+(``joins``, ``tick``) is passed to ``on_event`` as it arrives; results are merged here into
+``SetupFigures`` and ``RunFigures``: counters summed, HDR histograms decoded and added.
 A child's traceback or death raises ``LoadgenError``.
 """
 
@@ -17,23 +18,36 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, replace
 from multiprocessing.connection import Connection, wait
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from loadgen import fastpath
+from loadgen.messages import (
+    ChildError,
+    Exits,
+    JoinProgress,
+    Ready,
+    RunFigures,
+    RunPart,
+    SetupFigures,
+    SetupPart,
+    SloVerdict,
+    Tick,
+    TimelinePoint,
+)
 from loadgen.meter import (
     HEADER_BYTES,
-    Counts,
-    Slo,
     backlog_growth,
     check_slo,
     latency_ms,
     merge_counts,
     merge_histograms,
 )
+from loadgen.options import Options
 from loadgen.pacing import NS
-from loadgen.servers import tree_usage
+from loadgen.procstat import tree_usage
+from loadgen.targets import first_host
 from loadgen.transport import resolve_mode
 from loadgen.users import Plan, child_main
 
@@ -52,54 +66,13 @@ READY_TIMEOUT_S: Final = 60.0
 SETUP_TIMEOUT_EXTRA_S: Final = 120.0
 
 EventSink = Callable[[str, dict[str, Any]], None]
+"""Progress for the live view: ``phase``, ``joins``, ``tick`` (a ``TimelinePoint`` as a
+dict) and ``interrupted``."""
+_Answer = TypeVar("_Answer", Ready, SetupPart, RunPart, Exits)
 
 
 class LoadgenError(RuntimeError):
     """A loadgen process failed (its traceback is the message) or the run cannot go on."""
-
-
-@dataclass(frozen=True)
-class Options:
-    """Everything a run needs (built by cli.py from the command line)."""
-
-    rooms: int = 500
-    users: int = 10
-    rate: float = 2.0
-    duration: float = 10.0
-    warmup: float = 2.0
-    size: int = 100
-    procs: int = 0
-    server: str = "127.0.0.1"
-    tcp_port: int = 9000
-    framing: str = "plain"
-    password: str | None = None
-    slo: Slo = field(default_factory=Slo)
-    find_capacity: bool = False
-    step_factor: float = 1.5
-    precision: float = 0.05
-    max_steps: int = 12
-    drain: float = 2.0
-    join_concurrency: int = 64
-    join_timeout: float = 10.0
-    bind_timeout: float = 10.0
-    server_pid: int | None = None
-    pacing_us: float = 100.0
-    retries: int = 0
-    sockets: str = "auto"
-    """``member``, ``shared`` or ``auto`` (transport.py); the CLI resolves ``auto``."""
-    rx_timestamps: bool = True
-    accounting: str = "auto"
-    """``auto``, ``c`` or ``python``: who accounts shared-socket deliveries (fastpath.py)."""
-    realtime_priority: int = 0
-    """``SCHED_FIFO`` priority of the loadgen processes; 0 = normal scheduling."""
-
-    @property
-    def members(self) -> int:
-        return self.rooms * self.users
-
-    def effective_procs(self) -> int:
-        procs = self.procs or os.cpu_count() or 1
-        return max(1, min(procs, self.rooms))
 
 
 def _percentile(values: list[float], p: float) -> float | None:
@@ -125,16 +98,28 @@ class Fleet:
         self.plans: list[Plan] = []
         self.active_members = 0
         self.interrupted = False
+        self._timeline: _Timeline | None = None
+        """The current run's ticks (``None`` between runs)."""
+        self._server_usage: tuple[tuple[float, float] | None, float] = (None, 0.0)
+        """The server's (CPU, wait) seconds at the last tick, and when (``--server-pid``)."""
+        self.accounting_note: str | None = None
+        """Why shared-socket deliveries are accounted in Python under ``auto``, if they are."""
         self._cpu0 = _cpu()
 
     # --- lifecycle ------------------------------------------------------------------------
-    def start(self) -> list[dict[str, Any]]:
+    def start(self) -> list[Ready]:
         ctx = multiprocessing.get_context("spawn")
         opts = self.opts
         per_proc = max(1, opts.join_concurrency // self.procs)
-        sockets = resolve_mode(opts.sockets, opts.server)
-        if sockets == "shared" and opts.accounting != "python":
-            fastpath.resolve(opts.accounting)  # build it once, before the processes load it
+        sockets = resolve_mode(opts.sockets, first_host(opts.server))
+        accounting = "python"
+        if sockets == "shared":
+            # decided here, once: every process then uses the same path (a ``c`` that
+            # cannot be honoured raises, as the CLI has checked)
+            try:
+                accounting, self.accounting_note = fastpath.choose(opts.accounting)
+            except fastpath.Unavailable as exc:
+                raise LoadgenError(f"--accounting c: {exc}") from None
         for i in range(self.procs):
             lo = opts.rooms * i // self.procs
             hi = opts.rooms * (i + 1) // self.procs
@@ -143,7 +128,7 @@ class Fleet:
                         users=opts.users, size=opts.size, framing=opts.framing,
                         password=opts.password, join_concurrency=per_proc,
                         sockets=sockets,
-                        rx_timestamps=opts.rx_timestamps, accounting=opts.accounting,
+                        rx_timestamps=opts.rx_timestamps, accounting=accounting,
                         realtime_priority=opts.realtime_priority,
                         join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout)
             parent_conn, child_conn = ctx.Pipe()
@@ -154,7 +139,7 @@ class Fleet:
             self.plans.append(plan)
             self.conns.append(parent_conn)
             self.processes.append(proc)
-        return self._collect("ready", READY_TIMEOUT_S)
+        return self._collect(Ready, READY_TIMEOUT_S)
 
     def close(self) -> None:
         for conn in self.conns:
@@ -180,15 +165,16 @@ class Fleet:
         for conn in self.conns:
             conn.send(message)
 
-    def _collect(self, kind: str, timeout_s: float) -> list[dict[str, Any]]:
+    def _collect(self, kind: type[_Answer], timeout_s: float) -> list[_Answer]:
         """Wait for one ``kind`` answer from every child, forwarding progress meanwhile."""
-        answers: dict[int, dict[str, Any]] = {}
+        answers: dict[int, _Answer] = {}
         deadline = time.monotonic() + timeout_s
-        by_sentinel = {p.sentinel: i for i, p in enumerate(self.processes)}
+        by_sentinel: dict[int, int] = {p.sentinel: i for i, p in enumerate(self.processes)}
         while len(answers) < len(self.conns):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise LoadgenError(f"timed out waiting for {kind!r} from the loadgen processes")
+                raise LoadgenError(f"timed out waiting for {kind.__name__} from the loadgen "
+                                   "processes")
             try:
                 ready = wait([*self.conns, *by_sentinel], timeout=min(left, 1.0))
             except KeyboardInterrupt:
@@ -213,7 +199,7 @@ class Fleet:
                     continue
                 assert isinstance(obj, Connection)
                 try:
-                    what, payload = obj.recv()
+                    message = obj.recv()
                 except EOFError:
                     i = self.conns.index(obj)
                     if i in answers:
@@ -221,57 +207,55 @@ class Fleet:
                     self.processes[i].join(5)
                     code = self.processes[i].exitcode
                     raise LoadgenError(f"loadgen process {i} exited (exit code {code})") from None
-                if what == "error":
-                    raise LoadgenError(f"loadgen process {payload['index']} failed:\n"
-                                       + payload["traceback"])
-                if what == kind:
-                    answers[self.conns.index(obj)] = payload
-                else:
-                    self.on_event(what, payload)
+                if isinstance(message, ChildError):
+                    raise LoadgenError(f"loadgen process {message.index} failed:\n"
+                                       + message.traceback)
+                if isinstance(message, kind):
+                    answers[self.conns.index(obj)] = message
+                elif isinstance(message, JoinProgress):
+                    self.on_event("joins", asdict(message))
+                elif isinstance(message, Tick):
+                    self._on_tick(message)
         return [answers[i] for i in range(len(self.conns))]
 
     # --- phases -----------------------------------------------------------------------------
-    def setup(self) -> dict[str, Any]:
+    def setup(self) -> SetupFigures:
         """Every member joins and binds; return the merged join figures."""
         opts = self.opts
         self.on_event("phase", {"phase": "joining", "members": opts.members})
         timeout = opts.members * opts.join_timeout / max(opts.join_concurrency, 1)
-        parts = self._send_and_collect(("setup",), "setup",
+        parts = self._send_and_collect(("setup",), SetupPart,
                                        timeout + opts.bind_timeout + SETUP_TIMEOUT_EXTRA_S)
-        ok = sum(p["joins_ok"] for p in parts)
-        failed = sum(p["joins_failed"] for p in parts)
+        ok = sum(p.joins_ok for p in parts)
+        failed = sum(p.joins_failed for p in parts)
         failures: dict[str, int] = {}
         for p in parts:
-            for name, n in p["failures"].items():
+            for name, n in p.failures.items():
                 failures[name] = failures.get(name, 0) + n
-        t_start = min(p["t_start_ns"] for p in parts)
-        t_end = max(p["t_end_ns"] for p in parts)
+        t_start = min(p.t_start_ns for p in parts)
+        t_end = max(p.t_end_ns for p in parts)
         seconds = max((t_end - t_start) / NS, 1e-9)
-        lat = [x for p in parts for x in p["join_latencies_ms"]]
+        lat = [x for p in parts for x in p.join_latencies_ms]
         self.active_members = ok
-        framings = sorted({p["framing"] for p in parts})
-        return {
-            "joins_ok": ok,
-            "joins_failed": failed,
-            "failures": failures,
-            "join_seconds": seconds,
-            "joins_per_s": (ok + failed) / seconds,
-            "join_latency_ms": {"p50": _percentile(lat, 50), "p99": _percentile(lat, 99),
-                                "max": max(lat) if lat else None},
-            "bind_wait_s": max(p["bind_wait_s"] for p in parts),
-            "bound_missing": sum(p["bound_missing"] for p in parts),
-            "framing": framings[0] if len(framings) == 1 else "mixed",
-            "framing_mismatch": sum(p["framing_mismatch"] for p in parts),
-            "max_message": min(p["max_message"] for p in parts),
-            "inactivity_timeout_s": min(p["inactivity_timeout_s"] for p in parts),
-        }
+        framings = sorted({p.framing for p in parts})
+        return SetupFigures(
+            joins_ok=ok, joins_failed=failed, failures=failures, join_seconds=seconds,
+            joins_per_s=(ok + failed) / seconds,
+            join_latency_ms={"p50": _percentile(lat, 50), "p99": _percentile(lat, 99),
+                             "max": max(lat) if lat else None},
+            bind_wait_s=max(p.bind_wait_s for p in parts),
+            bound_missing=sum(p.bound_missing for p in parts),
+            framing=framings[0] if len(framings) == 1 else "mixed",
+            framing_mismatch=sum(p.framing_mismatch for p in parts),
+            max_message=min(p.max_message for p in parts),
+            inactivity_timeout_s=min(p.inactivity_timeout_s for p in parts))
 
-    def _send_and_collect(self, message: tuple[Any, ...], kind: str,
-                          timeout_s: float) -> list[dict[str, Any]]:
+    def _send_and_collect(self, message: tuple[Any, ...], kind: type[_Answer],
+                          timeout_s: float) -> list[_Answer]:
         self._broadcast(message)
         return self._collect(kind, timeout_s)
 
-    def run(self, rate: float) -> dict[str, Any]:
+    def run(self, rate: float) -> RunFigures:
         """One paced run at ``rate`` msg/s per member; return its merged figures."""
         opts = self.opts
         tick_ns = int(TICK_S * NS)
@@ -281,64 +265,63 @@ class Fleet:
         args = {"rate": rate, "t0_ns": t0, "mstart_ns": mstart, "end_ns": end,
                 "drain_ns": int(opts.drain * NS), "tick_ns": tick_ns,
                 "pacing_ns": int(opts.pacing_us * 1000)}
-        timeline = _Timeline(len(self.conns), TICK_S)
-
-        outer = self.on_event
+        timeline = self._timeline = _Timeline(len(self.conns), TICK_S)
         pid = opts.server_pid
-        last = (tree_usage(pid) if pid else None, time.monotonic())
-
-        def on_event(kind: str, payload: dict[str, Any]) -> None:
-            nonlocal last
-            if kind == "tick":
-                point = timeline.add(payload)
-                if point is not None:
-                    if pid and last[0] is not None:
-                        usage, wall = tree_usage(pid), time.monotonic()
-                        if usage is not None:
-                            dt = max(wall - last[1], 1e-9)
-                            point["server_cpu_pct"] = 100.0 * (usage[0] - last[0][0]) / dt
-                            point["server_wait_pct"] = 100.0 * (usage[1] - last[0][1]) / dt
-                            last = (usage, wall)
-                    outer("tick", point)
-            else:
-                outer(kind, payload)
-
-        outer("phase", {"phase": "running", "rate": rate, "t0_ns": t0, "mstart_ns": mstart,
-                        "end_ns": end})
-        self.on_event = on_event
+        self._server_usage = (tree_usage(pid) if pid else None, time.monotonic())
+        self.on_event("phase", {"phase": "running", "rate": rate, "t0_ns": t0,
+                                "mstart_ns": mstart, "end_ns": end})
         cpu0, wall0 = _cpu(), time.monotonic()
         try:
             self._broadcast(("run", args))
-            parts = self._collect("result", opts.warmup + opts.duration + opts.drain + 60.0)
+            parts = self._collect(RunPart, opts.warmup + opts.duration + opts.drain + 60.0)
         finally:
-            self.on_event = outer
+            self._timeline = None
         parent_cpu = 100.0 * (_cpu() - cpu0) / max(time.monotonic() - wall0, 1e-9)
         return self._merge_run(rate, parts, timeline, parent_cpu)
 
-    def _merge_run(self, rate: float, parts: list[dict[str, Any]], timeline: _Timeline,
-                   parent_cpu: float) -> dict[str, Any]:
+    def _on_tick(self, tick: Tick) -> None:
+        """Merge a process's tick; once every process reported it, add the server's CPU
+        over it (``--server-pid``) and pass it on."""
+        if self._timeline is None:
+            return
+        point = self._timeline.add(tick)
+        if point is None:
+            return
+        pid, (last, wall0) = self.opts.server_pid, self._server_usage
+        if pid and last is not None:
+            usage, wall = tree_usage(pid), time.monotonic()
+            if usage is not None:
+                dt = max(wall - wall0, 1e-9)
+                point = replace(point, server_cpu_pct=100.0 * (usage[0] - last[0]) / dt,
+                                server_wait_pct=100.0 * (usage[1] - last[1]) / dt)
+                self._server_usage = (usage, wall)
+        self._timeline.keep(point)
+        self.on_event("tick", asdict(point))
+
+    def _merge_run(self, rate: float, parts: list[RunPart], timeline: _Timeline,
+                   parent_cpu: float) -> RunFigures:
         opts = self.opts
-        counts = merge_counts(Counts.from_json(p["counts"]) for p in parts)
-        hist = merge_histograms(p["hist"] for p in parts)
+        counts = merge_counts(p.counts for p in parts)
+        hist = merge_histograms(p.hist for p in parts)
         latency = latency_ms(hist)
-        relay_latency = latency_ms(merge_histograms(p.get("relay_hist", b"") for p in parts))
-        window = [p for p in timeline.points() if 0 < p["t_s"] <= opts.duration]
-        growth = backlog_growth([p["latency_ms"]["p50"] for p in window])
+        relay_latency = latency_ms(merge_histograms(p.relay_hist for p in parts))
+        window = [p for p in timeline.points() if 0 < p.t_s <= opts.duration]
+        growth = backlog_growth([p.latency_ms["p50"] for p in window])
         breaches = check_slo(opts.slo, counts, latency, growth)
-        cpu = [p["cpu_pct"] for p in parts]
+        cpu = [p.cpu_pct for p in parts]
         warnings = []
         saturated = False
         for i, p in enumerate(parts):
-            if p["cpu_pct"] > SATURATED_CPU_PCT or p["cpu_pct_max_tick"] > SATURATED_TICK_PCT:
+            if p.cpu_pct > SATURATED_CPU_PCT or p.cpu_pct_max_tick > SATURATED_TICK_PCT:
                 saturated = True
-                warnings.append(f"loadgen process {i} used {p['cpu_pct']:.0f} % of a core "
-                                f"(peak tick {p['cpu_pct_max_tick']:.0f} %): the loadgen "
+                warnings.append(f"loadgen process {i} used {p.cpu_pct:.0f} % of a core "
+                                f"(peak tick {p.cpu_pct_max_tick:.0f} %): the loadgen "
                                 "itself may be the bottleneck")
         if counts.sent and counts.late_sends > LATE_SEND_WARN_FRACTION * counts.sent:
             warnings.append(f"{counts.late_sends} of {counts.sent} sends were more than 1 ms "
                             "behind schedule (the loadgen did not get the CPU in time: "
                             "saturated, or the cores are shared with a busy server)")
-        if not parts[0].get("timerfd", True):
+        if not parts[0].timerfd:
             warnings.append("no timerfd: pacing has 1 ms resolution")
         if counts.misrouted:
             warnings.append(f"{counts.misrouted} misrouted deliveries")
@@ -346,53 +329,39 @@ class Fleet:
             warnings.append(f"median latency grew from {growth[0]:.1f} ms to "
                             f"{growth[1]:.1f} ms through the window: queues were building, "
                             "so this rate is not sustained")
-        measured = [p for p in window if "server_cpu_pct" in p]
-        server_cpu = (sum(p["server_cpu_pct"] for p in measured) / len(measured)
-                      if measured else None)
-        server_wait = (sum(p["server_wait_pct"] for p in measured) / len(measured)
-                       if measured else None)
-        waits = [p.get("wait_pct", 0.0) for p in parts]
+        server_cpus = [p.server_cpu_pct for p in window if p.server_cpu_pct is not None]
+        server_waits = [p.server_wait_pct for p in window if p.server_wait_pct is not None]
+        server_cpu = sum(server_cpus) / len(server_cpus) if server_cpus else None
+        server_wait = sum(server_waits) / len(server_waits) if server_waits else None
+        waits = [p.wait_pct for p in parts]
         if max(waits) > WAIT_WARN_PCT:
             warnings.append("loadgen processes waited " + ", ".join(f"{w:.0f}" for w in waits)
                             + " % of the time for a CPU (run queue): the cores were "
                             "oversubscribed, so latency includes scheduling delay")
         notices: dict[str, int] = {}
         for p in parts:
-            for name, n in p["notices"].items():
+            for name, n in p.notices.items():
                 notices[name] = notices.get(name, 0) + n
-        return {
-            "rate_per_user": rate,
-            "target_in_per_s": rate * self.active_members,
-            "target_out_per_s": rate * self.active_members * max(opts.users - 1, 0),
-            "duration_s": opts.duration,
-            "warmup_s": opts.warmup,
-            "counts": counts.to_json(),
-            "in_per_s": counts.sent / opts.duration,
-            "out_per_s": counts.delivered / opts.duration,
-            "latency_ms": latency,
-            "relay_latency_ms": relay_latency,
-            "backlog_growth_ms": growth,
-            "slo": {"p99_ms": opts.slo.p99_ms, "loss_pct": opts.slo.loss_pct,
-                    "breaches": breaches, "held": not breaches},
-            "loadgen_cpu_pct": cpu,
-            "parent_cpu_pct": parent_cpu,
-            "server_cpu_pct": server_cpu,
-            "server_wait_pct": server_wait,
-            "loadgen_wait_pct": waits,
-            "loadgen_saturated": saturated,
-            "warnings": warnings,
-            "notices": notices,
-            "aborted": any(p["aborted"] for p in parts),
-            "timeline": timeline.points(),
-            "hdr_histogram": hist.encode().decode("ascii"),
-        }
+        return RunFigures(
+            rate_per_user=rate,
+            target_in_per_s=rate * self.active_members,
+            target_out_per_s=rate * self.active_members * max(opts.users - 1, 0),
+            duration_s=opts.duration, warmup_s=opts.warmup, counts=counts,
+            in_per_s=counts.sent / opts.duration,
+            out_per_s=counts.delivered / opts.duration,
+            latency_ms=latency, relay_latency_ms=relay_latency, backlog_growth_ms=growth,
+            slo=SloVerdict(opts.slo.p99_ms, opts.slo.loss_pct, breaches, not breaches),
+            loadgen_cpu_pct=cpu, parent_cpu_pct=parent_cpu, server_cpu_pct=server_cpu,
+            server_wait_pct=server_wait, loadgen_wait_pct=waits, loadgen_saturated=saturated,
+            warnings=warnings, notices=notices, aborted=any(p.aborted for p in parts),
+            timeline=timeline.points(), hdr_histogram=hist.encode().decode("ascii"))
 
     def finish(self) -> dict[str, int]:
         """``/exit`` from every non-host, then from every host."""
-        members = self._send_and_collect(("exit", "members"), "exited", 60.0)
-        hosts = self._send_and_collect(("exit", "hosts"), "exited", 60.0)
-        return {"member_exits": sum(p["exits"] for p in members),
-                "host_exits": sum(p["exits"] for p in hosts)}
+        members = self._send_and_collect(("exit", "members"), Exits, 60.0)
+        hosts = self._send_and_collect(("exit", "hosts"), Exits, 60.0)
+        return {"member_exits": sum(p.exits for p in members),
+                "host_exits": sum(p.exits for p in hosts)}
 
     def parent_cpu_pct(self, wall_s: float) -> float:
         return 100.0 * (_cpu() - self._cpu0) / max(wall_s, 1e-9)
@@ -410,35 +379,37 @@ class _Timeline:
     def __init__(self, procs: int, tick_s: float) -> None:
         self.procs = procs
         self.tick_s = tick_s
-        self._pending: dict[int, list[dict[str, Any]]] = {}
-        self._points: list[dict[str, Any]] = []
+        self._pending: dict[int, list[Tick]] = {}
+        self._points: list[TimelinePoint] = []
         self._last_sent = 0
         self._last_delivered = 0
 
-    def add(self, tick: dict[str, Any]) -> dict[str, Any] | None:
-        parts = self._pending.setdefault(tick["j"], [])
+    def add(self, tick: Tick) -> TimelinePoint | None:
+        """The merged point once every process reported tick ``tick.j`` (else ``None``);
+        ``keep`` it to have it in ``points``."""
+        parts = self._pending.setdefault(tick.j, [])
         parts.append(tick)
         if len(parts) < self.procs:
             return None
-        del self._pending[tick["j"]]
-        sent = sum(p["sent"] for p in parts)
-        delivered = sum(p["delivered"] for p in parts)
-        hist = merge_histograms(p["hist"] for p in parts)
-        point = {
-            "t_s": tick["j"] * self.tick_s,
-            "sent": sent,
-            "delivered": delivered,
-            "in_per_s": (sent - self._last_sent) / self.tick_s,
-            "out_per_s": (delivered - self._last_delivered) / self.tick_s,
-            "latency_ms": latency_ms(hist, mean=False),
-            "loadgen_cpu_pct": [p["cpu_pct"] for p in sorted(parts, key=lambda p: p["index"])],
-            "loadgen_wait_pct": [p["wait_pct"] for p in sorted(parts, key=lambda p: p["index"])],
-            "sending": any(p["sending"] for p in parts),
-        }
+        del self._pending[tick.j]
+        parts.sort(key=lambda p: p.index)
+        sent = sum(p.sent for p in parts)
+        delivered = sum(p.delivered for p in parts)
+        point = TimelinePoint(
+            t_s=tick.j * self.tick_s, sent=sent, delivered=delivered,
+            in_per_s=(sent - self._last_sent) / self.tick_s,
+            out_per_s=(delivered - self._last_delivered) / self.tick_s,
+            latency_ms=latency_ms(merge_histograms(p.hist for p in parts), mean=False),
+            loadgen_cpu_pct=[p.cpu_pct for p in parts],
+            loadgen_wait_pct=[p.wait_pct for p in parts],
+            sending=any(p.sending for p in parts))
         self._last_sent, self._last_delivered = sent, delivered
-        if tick["j"] > 0:
-            self._points.append(point)
         return point
 
-    def points(self) -> list[dict[str, Any]]:
-        return sorted(self._points, key=lambda p: p["t_s"])
+    def keep(self, point: TimelinePoint) -> None:
+        """Record a point of the run (the warmup's, before t = 0, only go to the view)."""
+        if point.t_s > 0:
+            self._points.append(point)
+
+    def points(self) -> list[TimelinePoint]:
+        return sorted(self._points, key=lambda p: p.t_s)

@@ -8,21 +8,18 @@ commands from the parent on ``conn`` (a ``multiprocessing`` pipe):
 * ``("setup",)``: every member joins through TCRP (user 0 of each room creates it and is
   its host), asyncio on uvloop with bounded concurrency; right after its join each member
   sends an empty keepalive to bind its address; then wait until the ``joined`` notices show
-  every member bound (or ``bind_timeout_s``). Answers ``("setup", {...})``.
+  every member bound (or ``bind_timeout_s``). Answers a ``SetupPart`` (messages.py).
 * ``("run", {...})``: paced sending from ``t0`` to ``end`` (warmup, then the measured
-  window), receiving and accounting (``meter.Meter``), a ``("tick", {...})`` every
+  window), receiving and accounting (``meter.Meter``), a ``Tick`` every
   ``tick_ns``, then a drain until every expected delivery arrived (or ``drain_ns``).
-  Answers ``("result", {...})``. An ``("abort",)`` during the run ends it early.
+  Answers a ``RunPart``. An ``("abort",)`` during the run ends it early.
 * ``("exit", "members" | "hosts")``: send ``/exit`` from the non-hosts or the hosts.
 * ``("quit",)``: close everything and return.
 
 The data phase runs on a plain ``select.epoll`` loop over the transport's sockets, the pipe
-and a ``timerfd`` (pacing.py). With one socket per member, receiving 45,000 datagrams/s
-spread over 2,500 sockets measured the same on it as on uvloop (``add_reader`` or
-``DatagramProtocol``): 4.3-4.9 µs of CPU per datagram either way, the kernel's receive
-path dominating (the shared socket reads in ``recvmmsg`` batches instead; docs/
-benchmarks.md compares the two modes). The plain
-loop is kept because it batches every datagram of one poll into one
+and a ``timerfd`` (pacing.py). With one socket per member it costs no more CPU
+than uvloop would (docs/benchmarks.md), and the shared socket reads in ``recvmmsg``
+batches. The plain loop is kept because it batches every datagram of one poll into one
 ``Meter.receive_batch`` call and waits on the timerfd with µs precision (libuv timers
 have 1 ms resolution).
 """
@@ -38,14 +35,15 @@ import signal
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-from loadgen.fastpath import Unavailable
+from loadgen.messages import ChildError, Exits, JoinProgress, Ready, RunPart, SetupPart, Tick
 from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter, username_of
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
-from loadgen.servers import runqueue_wait_seconds
+from loadgen.procstat import runqueue_wait_seconds
+from loadgen.targets import first_host, split_servers
 from loadgen.transport import SHARED_OWNER, MemberSockets, SharedSocket, Transport
 from runtime import sched
 from wire import errors
@@ -83,8 +81,8 @@ class Plan:
     """``member`` or ``shared`` (resolved by the parent: transport.resolve_mode)."""
     rx_timestamps: bool = True
     """Kernel receive timestamps (``SO_TIMESTAMPNS``) for the relay latency."""
-    accounting: str = "auto"
-    """``c``, ``python`` or ``auto`` (C where it can be used): loadgen/fastpath.py."""
+    accounting: str = "python"
+    """``c`` or ``python`` (resolved by the parent: fastpath.choose)."""
     realtime_priority: int = 0
     """``SCHED_FIFO`` priority of this process (0: normal scheduling); runtime/sched.py."""
     join_concurrency: int = 32
@@ -125,12 +123,56 @@ class _JoinStats:
     inactivity_timeout_s: float = 300.0
 
 
+@dataclass(slots=True)
+class _Run:
+    """The state of one run between the phases of ``Simulator.run``'s loop."""
+
+    sched: Schedule
+    order: list[int]
+    """Members in sending order (user-major, so a room's members are spread in time)."""
+    pad: bytes
+    """The chat text after the header (``--size``)."""
+    g0: int
+    """The global index of this process's first member (in every header)."""
+    t0_ns: int
+    mstart_ns: int
+    end_ns: int
+    drain_deadline: int
+    tick_ns: int
+    stray_start: int
+    j: int = 0
+    """The next tick's number (0 = the start of the measured window)."""
+    next_tick: int = 0
+    cpu_tick: float = 0.0
+    wait_tick: float = 0.0
+    wall_tick: int = 0
+    cpu_start: int | None = None
+    """Set (to the wall time, ns) once the run's CPU figures have a starting point."""
+    cpu_wall_start: int = 0
+    cpu_start_s: float = 0.0
+    wait_start: float = 0.0
+    cpu_run: float = 0.0
+    wait_run: float = 0.0
+    expected_final: int = -1
+    """Deliveries that must arrive, known once sending is over (-1 before)."""
+    ticks_cpu: list[float] = field(default_factory=list)
+    late: int = 0
+    max_lag: int = 0
+
+    def start_cpu(self, now: int) -> None:
+        self.cpu_start = self.cpu_wall_start = now
+        self.cpu_start_s = cpu_seconds()
+        self.wait_start = runqueue_wait_seconds()
+
+
 class Simulator:
     """The members of one process (see the module docstring for the command protocol)."""
 
     def __init__(self, conn: Connection, plan: Plan) -> None:
         self.conn = conn
         self.plan = plan
+        self.targets = split_servers(plan.server, plan.tcp_port)
+        """Where member ``lm`` joins: ``targets[lm % len(targets)]``."""
         users, rooms = plan.users, plan.rooms
         n = self.n = users * rooms
         self.meter = Meter(plan.room_lo, rooms, users, framed=plan.framing == "ocm1")
@@ -142,17 +184,13 @@ class Simulator:
             limit = raise_nofile_limit()
             if n + 64 > limit:
                 raise OSError(f"{n} sockets needed but RLIMIT_NOFILE is {limit}")
-            self.transport = MemberSockets(n, _local_ip_towards(plan.server, plan.tcp_port),
+            self.transport = MemberSockets(n, _local_ip_towards(first_host(plan.server),
+                                                            plan.tcp_port),
                                            plan.rx_timestamps)
-        self.accounting, self.accounting_note = "python", None
-        if isinstance(self.transport, SharedSocket) and plan.accounting != "python":
-            try:
-                self.transport.account_with(self.meter)
-                self.accounting = "c"
-            except Unavailable as exc:
-                if plan.accounting == "c":
-                    raise
-                self.accounting_note = f"deliveries accounted in Python (slower): {exc}"
+        self.accounting = "python"
+        if isinstance(self.transport, SharedSocket) and plan.accounting == "c":
+            self.transport.account_with(self.meter)  # fastpath.Unavailable: the parent said c
+            self.accounting = "c"
         self.prefix: list[bytes] = [b""] * n
         self.is_host = [False] * n
         self.last_send_ns = [0] * n
@@ -181,18 +219,14 @@ class Simulator:
 
     # --- the command loop ------------------------------------------------------------------
     def serve(self) -> None:
-        self.conn.send(("ready", {"index": self.plan.index, "members": self.n,
-                                  "pid": os.getpid(), "timerfd": self.timer is not None,
-                                  "sockets": self.transport.mode,
-                                  "rcvbuf": self.transport.rcvbuf,
-                                  "accounting": self.accounting,
-                                  "sched": sched.current(),
-                                  "accounting_note": self.accounting_note}))
+        self.conn.send(Ready(self.plan.index, self.n, os.getpid(), self.timer is not None,
+                             self.transport.mode, self.transport.rcvbuf, self.accounting,
+                             sched.current()))
         while True:
             cmd = self.conn.recv()
             kind = cmd[0]
             if kind == "setup":
-                self.conn.send(("setup", self.setup()))
+                self.conn.send(self.setup())
             elif kind == "run":
                 self.aborted = False
                 # no cyclic garbage is made while running: keep collector pauses out of the
@@ -203,9 +237,9 @@ class Simulator:
                     result = self.run(**cmd[1])
                 finally:
                     gc.enable()
-                self.conn.send(("result", result))
+                self.conn.send(result)
             elif kind == "exit":
-                self.conn.send(("exited", self.send_exits(hosts=cmd[1] == "hosts")))
+                self.conn.send(self.send_exits(hosts=cmd[1] == "hosts"))
             elif kind == "quit":
                 break
             elif kind == "abort":
@@ -219,7 +253,7 @@ class Simulator:
         self.transport.close()
 
     # --- setup: joins over TCRP ---------------------------------------------------------
-    def setup(self) -> dict[str, Any]:
+    def setup(self) -> SetupPart:
         t_start = time.monotonic_ns()
         try:
             import uvloop
@@ -233,22 +267,14 @@ class Simulator:
         bind_missing = self._wait_bound(t_end + int(self.plan.bind_timeout_s * NS))
         t_bound = time.monotonic_ns()
         j = self.join
-        return {
-            "index": self.plan.index,
-            "joins_ok": j.ok,
-            "joins_failed": j.failed,
-            "failures": j.failures,
-            "t_start_ns": t_start,
-            "t_end_ns": t_end,
-            "join_latencies_ms": j.latencies_ms,
-            "bind_wait_s": (t_bound - t_end) / NS,
-            "bound_missing": bind_missing,
-            "framing": "ocm1" if self.meter.framed else "plain",
-            "framing_mismatch": j.framing_mismatch,
-            "max_message": j.max_message,
-            "inactivity_timeout_s": j.inactivity_timeout_s,
-            "notices": dict(self.meter.notice_events),
-        }
+        return SetupPart(
+            index=self.plan.index, joins_ok=j.ok, joins_failed=j.failed,
+            failures=j.failures, t_start_ns=t_start, t_end_ns=t_end,
+            join_latencies_ms=j.latencies_ms, bind_wait_s=(t_bound - t_end) / NS,
+            bound_missing=bind_missing, framing="ocm1" if self.meter.framed else "plain",
+            framing_mismatch=j.framing_mismatch, max_message=j.max_message,
+            inactivity_timeout_s=j.inactivity_timeout_s,
+            notices=dict(self.meter.notice_events))
 
     async def _join_all(self) -> None:
         sem = asyncio.Semaphore(self.plan.join_concurrency)
@@ -275,8 +301,7 @@ class Simulator:
             self._send_join_progress()
 
     def _send_join_progress(self) -> None:
-        self.conn.send(("joins", {"index": self.plan.index, "done": self.join.done,
-                                  "failed": self.join.failed}))
+        self.conn.send(JoinProgress(self.plan.index, self.join.done, self.join.failed))
 
     async def _join(self, sem: asyncio.Semaphore, lm: int, op: Operation) -> bool:
         plan, j = self.plan, self.join
@@ -322,8 +347,9 @@ class Simulator:
         exchange = ClientExchange()
         request = exchange.send_request(op, room_raw, username, self.plan.password, framing)
         ip = self.transport.join_ip(lm)  # the token is bound to the IP we join from
+        host, port = self.targets[lm % len(self.targets)]
         reader, writer = await asyncio.open_connection(
-            self.plan.server, self.plan.tcp_port,
+            host, port,
             local_addr=None if ip is None else (ip, 0))
         try:
             writer.write(request)
@@ -354,7 +380,8 @@ class Simulator:
             self.meter.set_framing(framed)  # the server decides (a baseline is plain-only)
         elif framed != self.meter.framed:
             j.framing_mismatch += 1
-        self.transport.attach(lm, (self.plan.server, details.udp_port))
+        via = details.udp_host or self.targets[lm % len(self.targets)][0]
+        self.transport.attach(lm, (via, details.udp_port))
         self.prefix[lm] = encode_chat(room_raw, token, b"")
         self.is_host[lm] = details.host
         self.meter.active[lm] = True
@@ -410,131 +437,135 @@ class Simulator:
 
     # --- a run ----------------------------------------------------------------------------
     def run(self, rate: float, t0_ns: int, mstart_ns: int, end_ns: int, drain_ns: int,
-            tick_ns: int, pacing_ns: int = MIN_TICK_NS) -> dict[str, Any]:
+            tick_ns: int, pacing_ns: int = MIN_TICK_NS) -> RunPart:
+        """One paced run (see the module docstring): send what is due, stop sending at
+        ``end_ns`` and learn what must arrive, report a tick every ``tick_ns``, wait for
+        datagrams; until everything expected arrived, ``drain_ns`` passed or an abort."""
         meter, plan = self.meter, self.plan
         users = plan.users
         meter.start_run(mstart_ns)
         order = [r * users + u for u in range(users) for r in range(plan.rooms)
                  if meter.active[r * users + u]]
-        sched = Schedule(order, rate, t0_ns, end_ns, pacing_ns)
-        pad = PAD_BYTE * (plan.size - HEADER_BYTES)
-        g0 = plan.room_lo * users
-        socks_send = self.transport.senders
-        prefix, sent, last_send = self.prefix, meter.sent, self.last_send_ns
-        counts = meter.c
-        timer = self.timer
-        if timer is not None:
-            timer.arm(t0_ns, sched.tick_ns)
-        batch: list[tuple[int, bytes, int]] = []
-        receive = meter.receive_batch
-        header = HEADER_FMT
-        stray_start = self.transport.stray
+        r = _Run(Schedule(order, rate, t0_ns, end_ns, pacing_ns), order,
+                 PAD_BYTE * (plan.size - HEADER_BYTES), plan.room_lo * users, t0_ns, mstart_ns,
+                 end_ns, end_ns + drain_ns, tick_ns, self.transport.stray)
         # ticks are aligned to the measured window: tick j covers [mstart + (j-1)·tick, +tick)
-        j = -((mstart_ns - t0_ns) // tick_ns)
-        next_tick = mstart_ns + j * tick_ns
-        if next_tick <= t0_ns:
-            j += 1
-            next_tick += tick_ns
-        cpu_start = cpu_wall_start = None
-        cpu_tick, wait_tick = cpu_seconds(), runqueue_wait_seconds()
-        wall_tick = time.monotonic_ns()
-        cpu_run = wait_run = 0.0
-        wait_start = 0.0
-        expected_final = -1
-        drain_deadline = end_ns + drain_ns
-        ticks_cpu: list[float] = []
-        n_order = len(order)
-        late = max_lag = 0
+        r.j = -((mstart_ns - t0_ns) // tick_ns)
+        r.next_tick = mstart_ns + r.j * tick_ns
+        if r.next_tick <= t0_ns:
+            r.j += 1
+            r.next_tick += tick_ns
+        r.cpu_tick, r.wait_tick = cpu_seconds(), runqueue_wait_seconds()
+        r.wall_tick = time.monotonic_ns()
+        if self.timer is not None:
+            self.timer.arm(t0_ns, r.sched.tick_ns)
+        batch: list[tuple[int, bytes, int]] = []
+        receive, counts = meter.receive_batch, meter.c
         while True:
             now = time.monotonic_ns()
-            if cpu_start is None and now >= t0_ns:
-                cpu_start, cpu_wall_start = cpu_seconds(), now
-                wait_start = runqueue_wait_seconds()
-            # 1. everything that is due goes out (schedule-based: late sends catch up)
-            if not sched.done and sched.next_ns <= now:
-                while sched.next_ns <= now and not sched.done:
-                    due = sched.next_ns
-                    lm = order[sched.k % n_order]
-                    measured = due >= mstart_ns
-                    seq = sent[lm] if measured else 0
-                    lag_us = min((time.monotonic_ns() - due) // 1000, MAX_LAG_US)
-                    try:
-                        socks_send[lm](prefix[lm] + header % (g0 + lm, seq, due, lag_us) + pad)
-                    except OSError:
-                        counts.send_errors += 1
-                    else:
-                        if measured:
-                            sent[lm] = seq + 1
-                        last_send[lm] = now
-                    if measured:
-                        lag = now - due
-                        if lag > LATE_SEND_NS:
-                            late += 1
-                        if lag > max_lag:
-                            max_lag = lag
-                    sched.advance()
-            # 2. end of sending: compute what must arrive, then drain
-            if expected_final < 0 and (sched.done and now >= end_ns or self.aborted):
-                if timer is not None:
-                    timer.disarm()
-                if cpu_start is None or cpu_wall_start is None:  # aborted before t0
-                    cpu_start, cpu_wall_start = cpu_seconds(), now
-                    wait_start = runqueue_wait_seconds()
-                wall = max((now - cpu_wall_start) / NS, 1e-9)
-                cpu_run = (cpu_seconds() - cpu_start) / wall
-                wait_run = (runqueue_wait_seconds() - wait_start) / wall
-                expected_final = meter.expected()
-            # 3. a progress tick (and keepalives for members that have been quiet)
-            if now >= next_tick:
-                cpu_now, wait_now = cpu_seconds(), runqueue_wait_seconds()
-                wall = max((now - wall_tick) / NS, 1e-9)
-                cpu_pct = 100.0 * (cpu_now - cpu_tick) / wall
-                wait_pct = 100.0 * (wait_now - wait_tick) / wall
-                cpu_tick, wait_tick, wall_tick = cpu_now, wait_now, now
-                if now < end_ns:
-                    ticks_cpu.append(cpu_pct)
-                interval = meter.take_interval()
-                self.conn.send(("tick", {
-                    "index": plan.index, "j": j, "sent": sum(sent),
-                    "delivered": counts.delivered, "hist": interval.encode(),
-                    "cpu_pct": cpu_pct, "wait_pct": wait_pct, "sending": now < end_ns,
-                }))
-                j += 1
-                next_tick += tick_ns
-                counts.keepalives += self._keepalives(now)
-            if expected_final >= 0 and (counts.delivered >= expected_final
-                                        or now >= drain_deadline or self.aborted):
+            if r.cpu_start is None and now >= t0_ns:
+                r.start_cpu(now)
+            if not r.sched.done and r.sched.next_ns <= now:
+                self._send_due(r, now)
+            if r.expected_final < 0 and (r.sched.done and now >= end_ns or self.aborted):
+                self._stop_sending(r, now)
+            if now >= r.next_tick:
+                self._tick(r, now)
+            if r.expected_final >= 0 and (counts.delivered >= r.expected_final
+                                          or now >= r.drain_deadline or self.aborted):
                 break
-            # 4. wait for datagrams, the timer, the pipe or the next deadline
-            wake = next_tick
-            if expected_final >= 0:
-                wake = min(wake, drain_deadline)
-            elif timer is None and not sched.done:
-                wake = min(wake, sched.next_ns)
-            elif now < t0_ns:
-                wake = min(wake, t0_ns)
-            self._poll(max(wake - time.monotonic_ns(), 0) / NS, batch)
+            self._poll(max(self._wake_at(r, now) - time.monotonic_ns(), 0) / NS, batch)
             if batch:
                 receive(batch, time.monotonic_ns())
                 batch.clear()
-        counts.late_sends += late
+        return self._run_result(r)
+
+    def _send_due(self, r: _Run, now: int) -> None:
+        """Everything whose scheduled time has come goes out (schedule-based: late sends
+        catch up); a measured send's lateness is counted."""
+        sched, order, n_order = r.sched, r.order, len(r.order)
+        mstart = r.mstart_ns
+        socks_send, prefix, header = self.transport.senders, self.prefix, HEADER_FMT
+        sent, last_send, counts = self.meter.sent, self.last_send_ns, self.meter.c
+        pad, g0 = r.pad, r.g0
+        late, max_lag = 0, r.max_lag
+        while sched.next_ns <= now and not sched.done:
+            due = sched.next_ns
+            lm = order[sched.k % n_order]
+            measured = due >= mstart
+            seq = sent[lm] if measured else 0
+            lag_us = min((time.monotonic_ns() - due) // 1000, MAX_LAG_US)
+            try:
+                socks_send[lm](prefix[lm] + header % (g0 + lm, seq, due, lag_us) + pad)
+            except OSError:
+                counts.send_errors += 1
+            else:
+                if measured:
+                    sent[lm] = seq + 1
+                last_send[lm] = now
+            if measured:
+                lag = now - due
+                if lag > LATE_SEND_NS:
+                    late += 1
+                if lag > max_lag:
+                    max_lag = lag
+            sched.advance()
+        r.late += late
+        r.max_lag = max_lag
+
+    def _stop_sending(self, r: _Run, now: int) -> None:
+        """Sending is over (or aborted): take the run's CPU figures and what must arrive."""
+        if self.timer is not None:
+            self.timer.disarm()
+        if r.cpu_start is None:  # aborted before t0
+            r.start_cpu(now)
+        wall = max((now - r.cpu_wall_start) / NS, 1e-9)
+        r.cpu_run = (cpu_seconds() - r.cpu_start_s) / wall
+        r.wait_run = (runqueue_wait_seconds() - r.wait_start) / wall
+        r.expected_final = self.meter.expected()
+
+    def _tick(self, r: _Run, now: int) -> None:
+        """A progress tick to the parent, and keepalives for members that have been quiet."""
+        meter = self.meter
+        cpu_now, wait_now = cpu_seconds(), runqueue_wait_seconds()
+        wall = max((now - r.wall_tick) / NS, 1e-9)
+        cpu_pct = 100.0 * (cpu_now - r.cpu_tick) / wall
+        wait_pct = 100.0 * (wait_now - r.wait_tick) / wall
+        r.cpu_tick, r.wait_tick, r.wall_tick = cpu_now, wait_now, now
+        if now < r.end_ns:
+            r.ticks_cpu.append(cpu_pct)
+        interval = meter.take_interval()
+        self.conn.send(Tick(self.plan.index, r.j, sum(meter.sent), meter.c.delivered,
+                            interval.encode(), cpu_pct, wait_pct, now < r.end_ns))
+        r.j += 1
+        r.next_tick += r.tick_ns
+        meter.c.keepalives += self._keepalives(now)
+
+    def _wake_at(self, r: _Run, now: int) -> int:
+        """When the loop must wake even if no datagram arrives (the timerfd, when there is
+        one, wakes it for the sends)."""
+        wake = r.next_tick
+        if r.expected_final >= 0:
+            return min(wake, r.drain_deadline)
+        if self.timer is None and not r.sched.done:
+            return min(wake, r.sched.next_ns)
+        if now < r.t0_ns:
+            return min(wake, r.t0_ns)
+        return wake
+
+    def _run_result(self, r: _Run) -> RunPart:
+        meter, counts = self.meter, self.meter.c
+        counts.late_sends += r.late
         # a delivery to an address that is no member's was misrouted by the server
-        counts.misrouted += self.transport.stray - stray_start
-        counts.max_send_lag_ns = max(counts.max_send_lag_ns, max_lag)
+        counts.misrouted += self.transport.stray - r.stray_start
+        counts.max_send_lag_ns = max(counts.max_send_lag_ns, r.max_lag)
         meter.take_interval()
-        result = meter.counts()
-        return {
-            "index": plan.index,
-            "counts": result.to_json(),
-            "hist": meter.histogram.encode(),
-            "relay_hist": meter.relay_histogram.encode(),
-            "cpu_pct": 100.0 * cpu_run,
-            "cpu_pct_max_tick": max(ticks_cpu, default=0.0),
-            "wait_pct": 100.0 * wait_run,
-            "notices": dict(meter.notice_events),
-            "aborted": self.aborted,
-            "timerfd": timer is not None,
-        }
+        return RunPart(
+            index=self.plan.index, counts=replace(meter.counts()),
+            hist=meter.histogram.encode(), relay_hist=meter.relay_histogram.encode(),
+            cpu_pct=100.0 * r.cpu_run, cpu_pct_max_tick=max(r.ticks_cpu, default=0.0),
+            wait_pct=100.0 * r.wait_run, notices=dict(meter.notice_events),
+            aborted=self.aborted, timerfd=self.timer is not None)
 
     def _keepalives(self, now: int) -> int:
         """Empty datagrams from members that sent nothing for inactivity_timeout / 4."""
@@ -547,7 +578,7 @@ class Simulator:
         return sent
 
     # --- the end: /exit ---------------------------------------------------------------------
-    def send_exits(self, hosts: bool) -> dict[str, Any]:
+    def send_exits(self, hosts: bool) -> Exits:
         sent = 0
         for lm in range(self.n):
             if self.meter.active[lm] and self.is_host[lm] == hosts:
@@ -557,7 +588,7 @@ class Simulator:
         else:
             self.meter.active = [a and h for a, h in zip(self.meter.active, self.is_host,
                                                           strict=True)]
-        return {"index": self.plan.index, "exits": sent, "hosts": hosts}
+        return Exits(self.plan.index, sent, hosts)
 
 
 def _local_ip_towards(server: str, port: int) -> str:
@@ -576,7 +607,7 @@ def child_main(conn: Connection, plan: Plan) -> None:
         Simulator(conn, plan).serve()
     except BaseException:  # report any failure to the parent instead of dying silently
         try:
-            conn.send(("error", {"index": plan.index, "traceback": traceback.format_exc()}))
+            conn.send(ChildError(plan.index, traceback.format_exc()))
         except OSError:
             pass
         raise

@@ -266,6 +266,26 @@ class RelayCore:
             self._close_room(room, None, Reason.SHUTDOWN.value)
 
     # --- datagrams ---------------------------------------------------------------------
+    def rebind_ip(self, token: bytes, ip: str) -> None:
+        """Cluster mode: the member now reaches us through another node at ``ip`` (it sends
+        to that node, which relays for it). Its datagrams must come from ``ip`` from now
+        on, and its old address gets nothing more until the first one does."""
+        member = self.tokens.get(token)
+        if member is None or member.ip == ip:
+            return
+        member.ip = ip
+        if member.addr is not None and member.addr[0] != ip:
+            self._unlink_addr(member)
+            member.addr = None
+            member.room.rebuild()
+
+    def close_room(self, room_name: str, reason: str) -> None:
+        """Close a room on control's order (cluster mode: its name now belongs to another
+        node): every member gets ``closed``, tokens die, a ``closed`` event follows."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            self._close_room(room, None, reason)
+
     def handle_datagram(self, data: bytes, addr: Addr, now: float) -> Fanout | None:
         """Authenticate and act on one Stage 2 datagram (§2.1).
 

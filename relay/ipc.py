@@ -20,6 +20,9 @@ Commands, control -> worker:
   ping      ``Ping``       answered by ``Pong`` from the event loop
   config    ``Configure``  the live-reloadable ``WorkerSettings`` (SIGHUP)
   shutdown  ``Shutdown``   send ``closed`` to every member, answer ``Bye``, exit
+  close     ``CloseRoom``  close one room now (cluster: another node holds its name)
+  rebind    ``Rebind``     a member's datagrams come through another node's IP from now
+                           on (cluster relay); answered by ``Ack``
 
 Events, worker -> control:
   ack ``Ack``, pong ``Pong``, bye ``Bye``
@@ -120,6 +123,19 @@ class Shutdown:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class CloseRoom:
+    room: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rebind:
+    id: int
+    token: bytes
+    ip: str
+
+
 # --- events, worker -> control --------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Ack:
@@ -193,7 +209,7 @@ class Stats:
                 "stage1": {"clients": self.stage1_clients, **_counters_dict(self.stage1)}}
 
 
-Command = AddMember | Register | Start | Ping | Configure | Shutdown
+Command = AddMember | Register | Start | Ping | Configure | Shutdown | CloseRoom | Rebind
 Event = Ack | Pong | Bye | Bound | Left | Closed | Stats
 Message = Command | Event
 
@@ -232,6 +248,11 @@ def _body(message: Message) -> dict[str, Any]:
         return {"t": "config", "settings": _settings_dict(message.settings)}
     if isinstance(message, Shutdown):
         return {"t": "shutdown"}
+    if isinstance(message, CloseRoom):
+        return {"t": "close", "room": message.room, "reason": message.reason}
+    if isinstance(message, Rebind):
+        return {"t": "rebind", "id": message.id, "token": message.token.decode("ascii"),
+                "ip": message.ip}
     if isinstance(message, Ack):
         return {"t": "ack", "id": message.id, "ok": message.ok}
     if isinstance(message, Pong):
@@ -362,6 +383,8 @@ _DECODERS: Final[dict[str, Callable[[_Fields], Message]]] = {
     "ping": lambda f: Ping(f.integer("id")),
     "config": lambda f: Configure(_settings(f.section("settings"))),
     "shutdown": lambda f: Shutdown(),
+    "close": lambda f: CloseRoom(f.text("room"), f.text("reason")),
+    "rebind": lambda f: Rebind(f.integer("id"), f.token("token"), f.text("ip")),
     "ack": lambda f: Ack(f.integer("id"), f.flag("ok")),
     "pong": lambda f: Pong(f.integer("id")),
     "bye": lambda f: Bye(),

@@ -121,6 +121,44 @@ def steering_program(n_workers: int) -> bytes:
     return b"".join(SOCK_FILTER.pack(code, 0, 0, k) for code, k in insns)
 
 
+BPF_JMP: Final = 0x05
+BPF_JEQ: Final = 0x10
+
+
+def cluster_steering_program(n_workers: int, node_tag: int) -> bytes:
+    """Cluster mode: tokens carry the issuing node's tag as their second byte. A datagram
+    whose token names another node goes to group index ``n_workers`` (the socket control
+    keeps to relay it to that node); the others are steered as by ``steering_program``::
+
+        ldb  [0]        A = payload[0]
+        tax             X = A
+        ldb  [x + 3]    A = the token's second byte (the node tag)
+        jeq  #tag, 0, 3 ours: go on; else jump to the last instruction
+        ldb  [x + 2]    A = the worker tag
+        sub  #0x41
+        ret  a          deliver to worker A
+        ret  #n         deliver to the relaying socket
+
+    A datagram too short for the node tag returns 0 (socket 0, as in the plain program).
+    Raises ``ValueError`` for a bad ``n_workers`` or a tag outside 0x21..0x7E.
+    """
+    if not 1 <= n_workers < MAX_WORKERS:
+        raise ValueError(f"n_workers {n_workers} out of range 1..{MAX_WORKERS - 1}")
+    if not 0x21 <= node_tag <= 0x7E:
+        raise ValueError(f"node tag {node_tag:#x} is not printable")
+    insns = (
+        (BPF_LD | BPF_B | BPF_ABS, 0, 0, 0),
+        (BPF_MISC | BPF_TAX, 0, 0, 0),
+        (BPF_LD | BPF_B | BPF_IND, 0, 0, 3),
+        (BPF_JMP | BPF_JEQ | BPF_K, 0, 3, node_tag),
+        (BPF_LD | BPF_B | BPF_IND, 0, 0, 2),
+        (BPF_ALU | BPF_SUB | BPF_K, 0, 0, TAG_BASE),
+        (BPF_RET | BPF_A, 0, 0, 0),
+        (BPF_RET | BPF_K, 0, 0, n_workers),
+    )
+    return b"".join(SOCK_FILTER.pack(code, jt, jf, k) for code, jt, jf, k in insns)
+
+
 def attach_program(sock: socket.socket, program: bytes) -> None:
     """Attach a classic BPF program (``struct sock_filter`` bytes) to ``sock``'s reuseport
     group. Raises ``OSError`` (``EINVAL`` if the socket has no reuseport group or the

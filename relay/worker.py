@@ -141,7 +141,7 @@ class Worker:
 
     def _on_udp(self) -> None:
         # The relay's own reader keeps the loop of _drain inline: through the generator,
-        # the headline's relay p50 went from 0.15 to 0.25 ms (docs/benchmarks.md).
+        # the headline's relay latency was measurably worse (docs/benchmarks.md).
         recvfrom = self.sock.recvfrom
         handle = self.core.handle_datagram
         relay = self.fan_out
@@ -327,6 +327,12 @@ class Worker:
         elif isinstance(msg, ipc.Register):
             self.core.register(msg.token, msg.port, now)
             self._flush()
+        elif isinstance(msg, ipc.CloseRoom):
+            self.core.close_room(msg.room, msg.reason)
+            self._flush()
+        elif isinstance(msg, ipc.Rebind):
+            self.core.rebind_ip(msg.token, msg.ip)
+            self._send(ipc.Ack(msg.id, True))
         elif isinstance(msg, ipc.Ping):
             self._send(ipc.Pong(msg.id))
         elif isinstance(msg, ipc.Start):

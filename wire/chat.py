@@ -1,4 +1,4 @@
-"""Stage 2 chat datagrams and server -> client deliveries (PROTOCOL.md §2).
+"""Stage 2 chat datagrams and server -> client deliveries (docs/protocol.md §2).
 
 Client -> server: ``RoomNameSize(1) TokenSize(1) RoomName Token Message``, <= 4096 bytes.
 Server -> client: plain text (``user: message`` and Japanese notices, §2.2) or ``ocm1``
@@ -139,7 +139,7 @@ PLAIN_TEXTS: Final = {
     "disconnected": "チャットルームから切断されました",
     "error": "メッセージが長すぎます（{over} バイト超過）",
 }
-"""The exact notice texts of §2.2 (the model answer's, so its client reacts to them)."""
+"""The exact notice texts of §2.2 (those the curriculum's reference client reacts to)."""
 
 ENGLISH_TEXTS: Final = {
     "joined": "{user} joined the room",

@@ -1,4 +1,4 @@
-"""Wire codes of TCRP (PROTOCOL.md §1) as IntEnums, one comment per member."""
+"""Wire codes of TCRP (docs/protocol.md §1) as IntEnums, one comment per member."""
 
 from __future__ import annotations
 

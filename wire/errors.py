@@ -1,4 +1,4 @@
-"""The error tree of the wire codecs (STYLE.md §5).
+"""The error tree of the wire codecs.
 
 ``ProtocolError`` is the only exception a codec raises on bad input. A remote peer's
 defect raises a ``RemoteProtocolError`` subclass; asking a codec to encode something the
@@ -38,7 +38,7 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol."""
 
 
-# --- TCRP requests (server side), in the order PROTOCOL.md §1.3 checks them -------------
+# --- TCRP requests (server side), in the order docs/protocol.md §1.3 checks them -------------
 class EmptyRoomName(RemoteProtocolError):
     """RoomNameSize is 0"""
 

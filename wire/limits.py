@@ -1,4 +1,4 @@
-"""Every bound of the wire protocol, with its unit (PROTOCOL.md).
+"""Every bound of the wire protocol, with its unit (docs/protocol.md).
 
 Worst-case memory notes name what a hostile peer can make us hold with each bound.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Final
 
-# --- TCRP (PROTOCOL.md §1) --------------------------------------------------------------
+# --- TCRP (docs/protocol.md §1) --------------------------------------------------------------
 TCRP_HEADER_BYTES: Final = 32
 """Fixed TCRP header: RoomNameSize(1) Operation(1) State(1) OperationPayloadSize(29)."""
 TCRP_PAYLOAD_SIZE_BYTES: Final = 29
@@ -38,7 +38,7 @@ to the address. Then it gets nothing but its members' ``closed``/``disconnected`
 until proven. Worst case towards a port that never spoke: 32 x 4,094 B = 128 KiB per
 registering join (docs/protocol.md §4 (j)); one int per such address in the worker."""
 
-# --- UDP (PROTOCOL.md §2, §3) -------------------------------------------------------------
+# --- UDP (docs/protocol.md §2, §3) -------------------------------------------------------------
 MAX_DATAGRAM_BYTES: Final = 4096
 """Longest client -> server datagram (Stage 1 and Stage 2); longer ones are dropped."""
 MAX_DELIVERY_BYTES: Final = 4094

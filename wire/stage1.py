@@ -1,4 +1,4 @@
-"""Stage 1 global chat datagrams (PROTOCOL.md §3): ``UsernameLen(1) Username Message``."""
+"""Stage 1 global chat datagrams (docs/protocol.md §3): ``UsernameLen(1) Username Message``."""
 
 from __future__ import annotations
 

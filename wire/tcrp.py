@@ -1,4 +1,4 @@
-"""TCRP, the chat-room protocol over TCP (PROTOCOL.md §1): frames, payloads, a reader.
+"""TCRP, the chat-room protocol over TCP (docs/protocol.md §1): frames, payloads, a reader.
 
 Frame: ``RoomNameSize(1) Operation(1) State(1) OperationPayloadSize(29) RoomName Payload``.
 
@@ -120,7 +120,7 @@ def encode_request(
 
 
 def encode_legacy_request(operation: Operation, room: str | bytes, username: str) -> bytes:
-    """A request whose payload is the bare username, as the model-answer client sends."""
+    """A request whose payload is the bare username, as the curriculum's reference client sends."""
     room_raw = room.encode() if isinstance(room, str) else room
     return encode_frame(operation, State.REQUEST, room_raw, username.encode())
 
@@ -234,6 +234,10 @@ class Details:
     framing: Framing
     e2e: bool = False  # docs/e2e.md §2.2: sent only in an encrypted room
     members: tuple[MemberInfo, ...] = ()  # the other members with their keys, if e2e
+    udp_host: str | None = None
+    """Cluster mode: the IP of the node that owns the room, to which the client should send
+    its datagrams (``udp_port`` is that node's). Absent on a single node: send to the
+    address the TCRP connection went to."""
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -246,6 +250,8 @@ class Details:
         if self.e2e:
             obj["e2e"] = True
             obj["members"] = [member.to_json() for member in self.members]
+        if self.udp_host is not None:
+            obj["udp_host"] = self.udp_host
         return obj
 
     @classmethod
@@ -257,18 +263,21 @@ class Details:
             framing = Framing(obj["framing"])
         except (KeyError, ValueError) as exc:
             raise errors.BadResponse(f"details: {exc!r}") from None
+        udp_host = obj.get("udp_host")
         if not (
             type(udp_port) is int
             and type(host) is bool
             and type(max_message) is int
             and type(timeout) in (int, float)
+            and (udp_host is None or type(udp_host) is str)
         ):
             raise errors.BadResponse("details have wrong types")
         e2e = obj.get("e2e", False)
         if type(e2e) is not bool:
             raise errors.BadResponse("e2e must be a boolean")
         members = decode_members(obj.get("members")) if e2e else ()
-        return cls(udp_port, host, max_message, float(timeout), framing, e2e, members)
+        return cls(udp_port, host, max_message, float(timeout), framing, e2e, members,
+                   udp_host)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:

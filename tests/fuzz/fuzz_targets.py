@@ -383,7 +383,7 @@ def _check_answer(out: bytes, operation: int, room: bytes, ok: bool,
 def session(data: bytes) -> str:
     """Whole and chunked runs agree, except that a 2-byte registration followed by more
     bytes may register when the 2 bytes arrive alone (the server registers "at once",
-    PROTOCOL.md §1.4: it cannot wait to see whether more follow)."""
+    docs/protocol.md §1.4: it cannot wait to see whether more follow)."""
     c0, c1, data = _split(data)
     max_payload = MAX_PAYLOADS[c0 % len(MAX_PAYLOADS)]
     whole = _run_session([data], max_payload, c1)

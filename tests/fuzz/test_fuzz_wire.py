@@ -1,4 +1,4 @@
-"""Hypothesis for wire/: round trips, and fuzzing every parser (STYLE.md §5, §7).
+"""Hypothesis for wire/: round trips, and fuzzing every parser.
 
 Parser contract (h11 ``fuzz/afl-server.py``): any bytes give an event or a value, or
 exactly one ``wire.errors.ProtocolError`` subclass; ``IndexError``, ``struct.error``,

@@ -1,4 +1,4 @@
-"""The baseline relay (loadgen/baselines/simple_relay.py) speaks enough of the protocol for
+"""The baseline relay (tests/bench/baselines/simple_relay.py) speaks enough of the protocol for
 ocm-loadgen: tokens, relaying to the others only, joined/left/closed notices, /exit."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loadgen import servers
+from tests.bench import servers
 from tests.integration.peer import JoinRefused, Peer, join
 from wire.codes import Framing, Operation, Status
 

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §2 against the real server, in both delivery formats."""
+"""docs/protocol.md §2 against the real server, in both delivery formats."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Supervision, steering modes, isolation, Stage 1 and the model-answer client flow."""
+"""Supervision, steering modes, isolation, Stage 1 and the curriculum's reference client flow."""
 
 from __future__ import annotations
 

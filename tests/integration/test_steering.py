@@ -300,3 +300,28 @@ def test_reattach_replaces_the_program_and_detach_restores_hash(
             steering.detach_steering(socks[0])  # ENOENT: nothing attached any more
     finally:
         close_all(socks)
+
+
+# --- cluster mode: another node's tokens go to the relay socket -------------------------
+def test_cluster_program_steers_other_nodes_tokens_to_the_relay_socket(
+        clients: list[socket.socket]) -> None:
+    """Two workers plus the relay socket (index 2); this node's tag is ``#``."""
+    socks = create_reuseport_group(HOST, 0, 3)
+    try:
+        steering.attach_program(socks[0], steering.cluster_steering_program(2, ord("#")))
+        port = socks[0].getsockname()[1]
+        cases = [(b"A#", 0), (b"B#", 1), (b"A$", 2), (b"B!", 2)]
+        for seq, (tag, _) in enumerate(cases * 4):
+            clients[seq % len(clients)].sendto(datagram(tag, seq), (HOST, port))
+        got = collect(socks, len(cases) * 4)
+        assert sorted((seq_of(d), i) for i, d in got) == [
+            (seq, cases[seq % len(cases)][1]) for seq in range(len(cases) * 4)]
+        clients[0].sendto(b"\x04", (HOST, port))  # too short for a node tag: socket 0
+        assert [i for i, _ in collect(socks, 1)] == [0]
+        assert_quiet(socks)
+    finally:
+        close_all(socks)
+    with pytest.raises(ValueError):
+        steering.cluster_steering_program(2, 0x20)
+    with pytest.raises(ValueError):
+        steering.cluster_steering_program(steering.MAX_WORKERS, ord("#"))

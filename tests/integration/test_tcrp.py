@@ -1,4 +1,4 @@
-"""PROTOCOL.md §1 against the real server: every status row, framing details, limits."""
+"""docs/protocol.md §1 against the real server: every status row, framing details, limits."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_state1_and_state2_echo_operation_and_room(server: Server, room_name: st
 
 
 def test_legacy_payload_is_the_username(server: Server, room_name: str) -> None:
-    # A model-answer client sends the bare username as the payload.
+    # The curriculum's reference client sends the bare username as the payload.
     response, complete = tcrp_exchange(
         H, server.tcp_port, encode_legacy_request(Operation.CREATE, room_name, '"quoted"'))
     assert response.status == Status.OK and complete is not None

@@ -23,7 +23,8 @@ CASES: list[tuple[str, Main, list[str], str]] = [
      "argument --framing: invalid choice: 'x' (choose from 'plain', 'ocm1')"),
     ("ocm-loadgen", loadgen_main, ["--rooms", "0"], "argument --rooms: must be > 0, got 0"),
     ("ocm-loadgen", loadgen_main, ["--bogus"], "unrecognized arguments: --bogus"),
-    ("ocm-loadgen", loadgen_main, ["--step-factor", "1"], "--step-factor must be > 1"),
+    ("ocm-loadgen", loadgen_main, ["--step-factor", "1"],
+     "argument --step-factor: must be > 1, got 1"),
     ("ocm-control", control_main, ["--bogus"], "unrecognized arguments: --bogus"),
     ("ocm-control", control_main, ["--workers"], "argument --workers: expected one argument"),
 ]

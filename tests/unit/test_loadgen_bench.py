@@ -5,28 +5,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loadgen import bench
-from loadgen.bench import SECTION, replace_section
+from tests.bench import capacity as bench
+from tests.bench.capacity import CAPACITY_SECTION, HEADLINE_SECTION, replace_sections
 
-MINE = f"{SECTION}\n\nnew figures\n"
-
-
-def test_appends_to_an_empty_or_missing_file() -> None:
-    assert replace_section("", MINE) == f"# Benchmarks\n\n{MINE}"
+MINE = [f"{HEADLINE_SECTION}\n\nnew headline\n", f"{CAPACITY_SECTION}\n\nnew capacity\n"]
 
 
-def test_keeps_other_sections_before_and_after() -> None:
-    old = ("# Benchmarks\n\nintro\n\n## Wire codecs\n\ntheirs\n\n"
-           f"{SECTION}\n\nold figures\n\n### sub\n\nold\n\n## Later\n\nkept\n")
-    new = replace_section(old, MINE)
-    assert new == ("# Benchmarks\n\nintro\n\n## Wire codecs\n\ntheirs\n\n"
-                   f"{SECTION}\n\nnew figures\n\n## Later\n\nkept\n")
-    assert replace_section(new, MINE) == new  # idempotent
+def test_an_empty_or_missing_file_gets_both() -> None:
+    assert replace_sections("", MINE) == (f"# Benchmarks\n\n{HEADLINE_SECTION}\n\nnew headline"
+                                          f"\n\n{CAPACITY_SECTION}\n\nnew capacity\n")
 
 
-def test_appends_after_theirs_when_absent() -> None:
-    old = "# Benchmarks\n\n## Wire codecs\n\ntheirs\n"
-    assert replace_section(old, MINE) == f"{old}\n{MINE}"
+def test_replaced_in_place_and_others_kept() -> None:
+    old = ("# Benchmarks\n\nintro\n\n"
+           f"{HEADLINE_SECTION}\n\nold headline\n\n### sub\n\nold\n\n"
+           f"{CAPACITY_SECTION}\n\nold capacity\n\n"
+           "## Wire codecs\n\ntheirs\n\n## How we got here\n\nkept\n")
+    new = replace_sections(old, MINE)
+    assert new == ("# Benchmarks\n\nintro\n\n"
+                   f"{HEADLINE_SECTION}\n\nnew headline\n\n"
+                   f"{CAPACITY_SECTION}\n\nnew capacity\n\n"
+                   "## Wire codecs\n\ntheirs\n\n## How we got here\n\nkept\n")
+    assert replace_sections(new, MINE) == new  # idempotent
+
+
+def test_missing_sections_open_the_file() -> None:
+    """The headline comes first, before the hand-written detail (and the capacity search
+    right after it)."""
+    old = "# Benchmarks\n\nintro\n\n## Wire codecs\n\ntheirs\n"
+    assert replace_sections(old, MINE) == (
+        f"# Benchmarks\n\nintro\n\n{HEADLINE_SECTION}\n\nnew headline\n\n"
+        f"{CAPACITY_SECTION}\n\nnew capacity\n\n## Wire codecs\n\ntheirs\n")
 
 
 def _run(p99: float, relay_p99: float, held: bool = True, rate: float = 2.0) -> dict[str, Any]:
@@ -34,6 +43,7 @@ def _run(p99: float, relay_p99: float, held: bool = True, rate: float = 2.0) -> 
     relay = {"p50": 0.1, "p90": 0.3, "p99": relay_p99, "p99.9": relay_p99 * 2,
              "max": relay_p99 * 3, "mean": 0.2}
     return {"rate_per_user": rate, "in_per_s": 5000 * rate, "out_per_s": 45000 * rate,
+            "target_in_per_s": 5000 * rate, "target_out_per_s": 45000 * rate,
             "counts": {"loss_pct": 0.0}, "latency_ms": lat, "relay_latency_ms": relay,
             "loadgen_cpu_pct": [40.0, 41.0], "loadgen_wait_pct": [5.0, 6.0],
             "server_cpu_pct": 70.0, "server_wait_pct": 9.0, "warnings": [],
@@ -64,14 +74,22 @@ def test_section_shows_both_latencies_and_both_capacity_searches() -> None:
     }
     machine = {"date": "today", "nproc": 2, "cpu_model": "cpu", "kernel": "k",
                "python": "3.11"}
-    text = bench.render_section(outcomes, machine, (0.1, 0.2, 0.3))
-    row = next(line for line in text.splitlines() if line.startswith("| ocm-control --wo"))
+    headline, capacity = bench.render_sections(outcomes, machine, (0.1, 0.2, 0.3))
+    assert headline.splitlines()[0] == HEADLINE_SECTION
+    assert headline.splitlines()[2] == (
+        "**10,000 datagrams/s in and 90,000 deliveries/s out on 2 cores shared with the "
+        "loadgen: p99 3.25 ms end to end, 1.75 ms in the relay, 0.000 % lost "
+        "(ocm-control --workers 2).**")
+    assert "make bench" in headline.splitlines()[4]  # then how to reproduce it
+    row = next(line for line in headline.splitlines() if line.startswith("| ocm-control --wo"))
     assert "| 3.25 | 6.50 | 9.75 | 0.10 | 1.75 | 3.50 |" in row  # e2e then relay
-    assert "| member sockets |" in text
-    assert "### Capacity search: capacity (p99 and loss)" in text
-    assert "SLO: p99 ≤ 10 ms and loss ≤ 0.1 %" in text
-    assert "### Capacity search: capacity (loss only)" in text
-    assert "SLO: loss ≤ 0.1 %," in text
+    assert "| member sockets |" in headline
+    assert capacity.splitlines()[0] == CAPACITY_SECTION
+    assert capacity.splitlines()[2].startswith("- capacity (p99 and loss): **2 msg/s per user")
+    assert "### capacity (p99 and loss)" in capacity
+    assert "SLO: p99 ≤ 10 ms and loss ≤ 0.1 %" in capacity
+    assert "### capacity (loss only)" in capacity
+    assert "SLO: loss ≤ 0.1 %," in capacity
     assert "**Result: 3 msg/s per user = 10,000 datagrams/s in, 135,000 deliveries/s out**" \
-        in text
-    assert "![p99 against offered load](bench-capacity-loss.png)" in text
+        in capacity
+    assert "![p99 against offered load](bench-capacity-loss.png)" in capacity

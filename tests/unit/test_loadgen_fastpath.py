@@ -2,7 +2,7 @@
 
 Two shared sockets (loadgen processes 0 and 1, so two loopback address ranges) receive
 the same traffic over real loopback sockets: in-order chat, a gap and the late message
-that fills it, a duplicate, a member's own message, a stale one, one to a member that is
+that fills it, a duplicate, a member's own message, a warm-up one, one to a member that is
 not counted, a notice, garbage, a latency past the direct-count array and a datagram to
 an address that is no member's. One socket accounts in C, the other in Python; every
 counter must agree.
@@ -44,7 +44,7 @@ def traffic(mstart: int) -> list[list[tuple[int | None, bytes]]]:
         (0, chat(0, 1, 3, now)),  # fills the gap (reordered)
         (0, chat(0, 1, 3, now)),  # duplicate
         (1, chat(0, 1, 6, now)),  # the sender's own message: misrouted
-        (2, chat(0, 1, 0, mstart - 1)),  # scheduled before the window: stale
+        (2, chat(0, 1, 0, mstart - 1)),  # scheduled before the window: warmup
         (3, chat(0, 1, 0, now)),  # to the member that is not counted: extra
         (4, JOINED),  # a notice
         (5, b"u1: " + b"x" * 60),  # not our payload
@@ -99,7 +99,7 @@ def test_c_and_python_accounting_count_the_same() -> None:
     assert c_counts == py_counts
     assert socks[0].stray == socks[1].stray == 1
     # member 3 is not counted: its 3 deliveries a round are "extra"
-    assert (c_counts.duplicated, c_counts.misrouted, c_counts.stale, c_counts.extra,
+    assert (c_counts.duplicated, c_counts.misrouted, c_counts.warmup, c_counts.extra,
             c_counts.unparsed, c_counts.notices, c_counts.reordered) == (1, 1, 1, 10, 1, 1, 1)
     in_order = 3 * (ROOMS * USERS * (USERS - 1) - 3)
     assert c_counts.delivered == in_order + 4 + ROOMS  # + gap, after it, fill, overflow

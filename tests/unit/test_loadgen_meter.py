@@ -142,7 +142,7 @@ def test_every_delivery_is_accounted_for() -> None:
         (1, plain(users, 13, 0, t)),  # room 4's message in room 3: misrouted
         (0, plain(users, 9, 0, t)),  # the sender's own message: misrouted
         (1, plain(users, 99, 0, t)),  # a room of another process: misrouted
-        (3, plain(users, 13, 0, MSTART - 1)),  # scheduled before the window: stale
+        (3, plain(users, 13, 0, MSTART - 1)),  # scheduled before the window: warmup
         (5, plain(users, 13, 0, t)),  # delivered (room 4)
         (5, b"u1: not-a-number" + b"z" * 40),  # unparsed
     ]
@@ -154,7 +154,7 @@ def test_every_delivery_is_accounted_for() -> None:
     assert c.duplicated == 2
     assert c.reordered == 1
     assert c.misrouted == 3
-    assert c.stale == 1
+    assert c.warmup == 1
     assert c.unparsed == 1
     assert c.lost == 10 - 6
     assert c.loss_pct == pytest.approx(40.0)

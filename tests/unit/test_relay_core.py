@@ -276,3 +276,31 @@ def test_chat_rate_token_bucket_drops_excess_and_refills() -> None:
     assert core.handle_datagram(encode_chat(b"r", TA, b"m"), A, 2.2) is None  # 0.4 refilled
     assert core.handle_datagram(encode_chat(b"r", TA, b"m"), A, 2.6) is not None  # 1.2
     assert core.handle_datagram(encode_chat(b"r", TB, b"m"), B, 2.6) is not None  # per member
+
+
+def test_rebind_ip_moves_a_member_behind_a_relaying_node() -> None:
+    """Cluster mode: after ``rebind_ip`` only the relaying node's IP is accepted, and the
+    member's old address gets nothing until it speaks from there."""
+    core = room_of_three()
+    core.rebind_ip(TB, "127.0.1.2")
+    assert core.tokens[TB].addr is None
+    out = core.handle_datagram(encode_chat(b"r", TA, b"hi"), A, 2.0)
+    assert [a for _, a in sends(core, out)] == [C]
+    assert core.handle_datagram(encode_chat(b"r", TB, b"x"), B, 2.0) is None
+    assert core.drops["wrong_ip"] == 1
+    relay = ("127.0.1.2", 40000)
+    out = core.handle_datagram(encode_chat(b"r", TB, b"via B"), relay, 3.0)
+    assert [a for _, a in sends(core, out)] == [A, C]
+    assert core.outbox == []  # no second "joined"
+    core.rebind_ip(TB, "127.0.1.2")  # idempotent
+    core.rebind_ip(b"unknown", "127.0.1.2")
+    assert core.tokens[TB].addr == relay
+
+
+def test_close_room_on_order_tells_everyone_closed() -> None:
+    core = room_of_three()
+    core.close_room("r", "moved")
+    core.close_room("nope", "moved")  # unknown: nothing happens
+    assert sorted(a for _, a in core.outbox) == [A, B, C]
+    assert core.events == [Closed("r", "moved")]
+    assert not core.tokens and not core.rooms

@@ -1,7 +1,7 @@
-"""Stage 2 datagrams and deliveries (PROTOCOL.md §2): hex vectors, every error, notices.
+"""Stage 2 datagrams and deliveries (docs/protocol.md §2): hex vectors, every error, notices.
 
-The Japanese notice texts are copied from PROTOCOL.md §2.2 as literals on purpose: the
-model-answer client matches them byte for byte, so a typo in wire/ must fail here.
+The Japanese notice texts are copied from docs/protocol.md §2.2 as literals on purpose: the
+curriculum's reference client matches them byte for byte, so a typo in wire/ must fail here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""wire/errors.py, wire/limits.py and wire/codes.py against PROTOCOL.md §1.3 and STYLE.md §5."""
+"""wire/errors.py, wire/limits.py and wire/codes.py against docs/protocol.md §1.3 and §6."""
 
 from __future__ import annotations
 

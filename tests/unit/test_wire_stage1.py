@@ -1,4 +1,4 @@
-"""Stage 1 global chat datagrams (PROTOCOL.md §3): hex vectors and every error."""
+"""Stage 1 global chat datagrams (docs/protocol.md §3): hex vectors and every error."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TCRP codecs (PROTOCOL.md §1): hex vectors for every frame and every error.
+"""TCRP codecs (docs/protocol.md §1): hex vectors for every frame and every error.
 
 Every incremental reader test feeds its input whole and then one byte at a time (h11's
 ``tests/test_io.py::tr``); error tests also check at which byte the reader gave up, which
@@ -621,6 +621,15 @@ def test_details_json_round_trip() -> None:
         "framing": "plain",
     }
     assert Details.from_json(DETAILS.to_json()) == DETAILS
+
+
+def test_details_udp_host_round_trip_and_type() -> None:
+    """Cluster mode names the owning node's IP in ``udp_host``; a wrong type is refused."""
+    remote = Details(9001, False, 4057, 300.0, Framing.OCM1, udp_host="127.0.1.2")
+    assert remote.to_json()["udp_host"] == "127.0.1.2"
+    assert Details.from_json(remote.to_json()) == remote
+    with pytest.raises(errors.BadResponse):
+        Details.from_json({**remote.to_json(), "udp_host": 5})
 
 
 # --- FrameReader, client role: State 1 then State 2 ----------------------------------------

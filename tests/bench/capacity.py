@@ -1,4 +1,4 @@
-"""``make bench``: the published capacity benchmark (docs/benchmarks.md, "## Capacity").
+"""``make bench``: the published headline and capacity figures (docs/benchmarks.md).
 
 Runs, each against a freshly started server on kernel-chosen loopback ports:
 
@@ -13,14 +13,17 @@ Runs, each against a freshly started server on kernel-chosen loopback ports:
    latency and a loss SLO (p99 ≤ 10 ms, loss ≤ 0.1 %);
 4. a capacity search with the loss SLO alone (the issue's "maximum sustained fan-out");
 5. the headline against ``ocm-control --workers 1``;
-6. the headline against the baseline (loadgen/baselines/simple_relay.py);
+6. the headline against the baseline (tests/bench/baselines/simple_relay.py);
 
-then rewrites its own section of docs/benchmarks.md (figures, exact commands, machine)
-and writes docs/bench-latency.png, docs/bench-capacity.png and docs/bench-compare.png.
-Other sections of docs/benchmarks.md (e.g. "## Wire codecs") are kept as they are.
+then rewrites its two sections of docs/benchmarks.md, which open the file (``## Headline``:
+the result in one sentence, how to reproduce it, the figures, the machine, the exact
+commands; ``## Capacity search``), and writes docs/bench-latency.png,
+docs/bench-capacity.png, docs/bench-capacity-loss.png and docs/bench-compare.png. Other
+sections of docs/benchmarks.md (the hot-path detail, "How we got here") are kept as they
+are.
 The JSON reports go to ``--out`` (default: a temporary directory).
 
-``python -m loadgen.bench --quick`` runs a small profile and writes no docs (for testing).
+``python -m tests.bench.capacity --quick`` runs a small profile and writes no docs (for testing).
 """
 
 from __future__ import annotations
@@ -39,11 +42,16 @@ from typing import Any, Final
 
 import orjson
 
-from loadgen import servers
 from loadgen.report import machine_info
 from runtime import sched
+from tests.bench import servers
 
-SECTION: Final = "## Capacity (make bench)"
+HEADLINE_SECTION: Final = "## Headline (make bench)"
+CAPACITY_SECTION: Final = "## Capacity search (make bench)"
+SECTIONS: Final = (HEADLINE_SECTION, CAPACITY_SECTION)
+"""The headings this harness owns in docs/benchmarks.md, in the order they open it."""
+HEADLINE_KEYS: Final = ("ocm2", "ocm2-member", "ocm2-rt", "ocm1", "baseline")
+CAPACITY_KEYS: Final = ("capacity", "capacity-loss")
 DOCS: Final = Path("docs")
 HEADLINE: Final = ["--rooms", "500", "--users", "10", "--rate", "2", "--duration", "10",
                    "--warmup", "2", "--size", "100"]
@@ -195,11 +203,55 @@ def _headline_row(o: Outcome) -> str:
             f"{server_cpu} | {cpu} | {setup['joins_per_s']:,.0f} |")
 
 
-def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
-                   load_before: tuple[float, float, float]) -> str:
-    lines = [SECTION, ""]
+def headline_sentence(outcomes: dict[str, Outcome], machine: dict[str, Any]) -> str:
+    """The result in one sentence: the default server, and the real-time row if it ran."""
+    o = outcomes.get("ocm2")
+    if o is None or o.report is None:
+        return "**The headline run failed; see the warnings below.**"
+    run = o.report["result"]
+    relay = run.get("relay_latency_ms") or {}
+    text = (f"**{run['target_in_per_s']:,.0f} datagrams/s in and "
+            f"{run['target_out_per_s']:,.0f} deliveries/s out on {machine['nproc']} cores "
+            f"shared with the loadgen: p99 {_ms(run['latency_ms']['p99'])} ms end to end, "
+            f"{_ms(relay.get('p99'))} ms in the relay, {run['counts']['loss_pct']:.3f} % "
+            f"lost ({o.scenario.label})")
+    rt = outcomes.get("ocm2-rt")
+    if rt is not None and rt.report is not None:
+        rt_run = rt.report["result"]
+        rt_relay = rt_run.get("relay_latency_ms") or {}
+        text += (f"; with real-time scheduling, p99 {_ms(rt_run['latency_ms']['p99'])} ms end "
+                 f"to end and {_ms(rt_relay.get('p99'))} ms in the relay")
+    return text + ".**"
+
+
+def _commands(outcomes: dict[str, Outcome], keys: tuple[str, ...]) -> list[str]:
+    lines = ["```sh"]
+    for key in keys:
+        o = outcomes.get(key)
+        if o is not None:
+            lines += [f"# {o.scenario.label}", o.server_cmd, o.loadgen_cmd]
+    return [*lines, "```", "", "`$PORT` is the TCRP port from the server's `ready` line "
+            "(`--tcp-port 0` lets the kernel choose); `$PID` is the server's process id.", ""]
+
+
+def render_sections(outcomes: dict[str, Outcome], machine: dict[str, Any],
+                    load_before: tuple[float, float, float]) -> list[str]:
+    """The text of ``SECTIONS``, in that order, each starting with its heading."""
+    return [render_headline(outcomes, machine, load_before), render_capacity(outcomes)]
+
+
+def render_headline(outcomes: dict[str, Outcome], machine: dict[str, Any],
+                    load_before: tuple[float, float, float]) -> str:
+    lines = [HEADLINE_SECTION, "", headline_sentence(outcomes, machine), ""]
     lines += [
-        f"Measured by `make bench` (`loadgen/bench.py`) on {machine['date']}: "
+        "Profile: 500 rooms × 10 users × 2 msg/s, 100-byte chat, 10 s measured after 2 s of "
+        "warmup. Reproduce with `make bench` on an idle machine: it starts each server on "
+        "kernel-chosen loopback ports, runs `ocm-loadgen` against it three times and keeps "
+        "the run with the median p99, then rewrites this section and the next one and the "
+        "plots (`tests/bench/capacity.py`; the exact commands are at the end of this "
+        "section).",
+        "",
+        f"Measured on {machine['date']}: "
         f"{machine['nproc']} × {machine['cpu_model']}, {machine['kernel']}, "
         f"Python {machine['python']}; load average before the run "
         f"{load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f}. "
@@ -216,10 +268,8 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
                   "scheduling delay. If the load average above shows other work, re-run "
                   "`make bench` on an idle machine.", ""]
     lines += [
-        "### Headline: 500 rooms × 10 users × 2 msg/s, 100-byte chat",
-        "",
-        "Target: 10,000 datagrams/s in, 90,000 deliveries/s out; 10 s measured after 2 s of "
-        "warmup; HDR histograms merged across loadgen processes. Two latencies per delivery "
+        "Target: 10,000 datagrams/s in, 90,000 deliveries/s out; HDR histograms merged "
+        "across loadgen processes. Two latencies per delivery "
         "(loadgen/meter.py): **end-to-end** (p50 … max) from the scheduled send time to the "
         "loadgen reading it (wrk2-style: pacing stalls count against the server, and so do "
         "the loadgen's own waits for a CPU on these shared cores), and **relay** from the "
@@ -229,15 +279,15 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
         "(docs/operations.md, Tuning): a worker woken by a datagram preempts the loadgen "
         "instead of waiting for a core; its loadgen is one process at a lower real-time "
         "priority, so that its own waits for a core stay short without ever delaying the "
-        "server (measured step by step in \"Real-time scheduling, C accounting and a "
-        "stall-free loadgen\" above).",
+        "server (see \"Real-time scheduling and the loadgen's own cost\" below, and \"How we got "
+        "here\" for the step-by-step measurements).",
         "",
         "| server | in/s | out/s | lost | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
         "relay p50 | relay p99 | relay p99.9 | server CPU | loadgen CPU | joins/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: | ---: | ---: |",
     ]
-    for key in ("ocm2", "ocm2-member", "ocm2-rt", "ocm1", "baseline"):
+    for key in HEADLINE_KEYS:
         if key in outcomes:
             lines.append(_headline_row(outcomes[key]))
     lines += ["", "CPU is per loadgen process and summed over the server's processes "
@@ -245,8 +295,7 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
               "they were runnable but waiting for a core (`/proc/*/task/*/schedstat`): "
               "anything above a few % means the cores were oversubscribed and latency "
               "includes scheduling delay. Exit codes and warnings of each run:", ""]
-    for key in ("ocm2", "ocm2-member", "ocm2-rt", "ocm1", "baseline", "capacity",
-                "capacity-loss"):
+    for key in (*HEADLINE_KEYS, *CAPACITY_KEYS):
         o = outcomes.get(key)
         if o is None or o.report is None:
             continue
@@ -261,17 +310,32 @@ def render_section(outcomes: dict[str, Outcome], machine: dict[str, Any],
         lines.append(f"- {o.scenario.label}: exit {o.exit_code}{idle}{runs}; warnings: {text}")
     lines += ["", "![latency and throughput over time, ocm-control --workers 2]"
               "(bench-latency.png)", "", "![the three servers compared](bench-compare.png)", ""]
-    for key in ("capacity", "capacity-loss"):
-        lines += _capacity_lines(outcomes.get(key))
-    lines += ["### Commands", "", "```sh"]
-    for key in ("ocm2", "ocm2-member", "ocm2-rt", "capacity", "capacity-loss", "ocm1",
-                "baseline"):
-        o = outcomes.get(key)
-        if o is not None:
-            lines += [f"# {o.scenario.label}", o.server_cmd, o.loadgen_cmd]
-    lines += ["```", "", "`$PORT` is the TCRP port from the server's `ready` line "
-              "(`--tcp-port 0` lets the kernel choose); `$PID` is the server's process id.", ""]
+    lines += ["### Commands", "", *_commands(outcomes, HEADLINE_KEYS)]
     return "\n".join(lines)
+
+
+def render_capacity(outcomes: dict[str, Outcome]) -> str:
+    lines = [CAPACITY_SECTION, ""]
+    results = [line for key in CAPACITY_KEYS for line in _capacity_result(outcomes.get(key))]
+    lines += [*(results or ["No capacity search ran (`--skip-capacity`)."]), ""]
+    for key in CAPACITY_KEYS:
+        lines += _capacity_lines(outcomes.get(key))
+    if any(key in outcomes for key in CAPACITY_KEYS):
+        lines += ["### Commands", "", *_commands(outcomes, CAPACITY_KEYS)]
+    return "\n".join(lines)
+
+
+def _capacity_result(cap: Outcome | None) -> list[str]:
+    """One bullet: the rate that held the search's SLO."""
+    if cap is None or cap.report is None or not cap.report.get("capacity"):
+        return []
+    c = cap.report["capacity"]
+    if c["rate_per_user"] is None:
+        return [f"- {cap.scenario.label}: no step held the SLO."]
+    bound = " (a lower bound: the loadgen was saturated)" if c["limited_by_loadgen"] else ""
+    return [f"- {cap.scenario.label}: **{c['rate_per_user']:g} msg/s per user = "
+            f"{c['in_per_s']:,.0f} datagrams/s in, {c['out_per_s']:,.0f} deliveries/s "
+            f"out**{bound}."]
 
 
 def _capacity_lines(cap: Outcome | None) -> list[str]:
@@ -282,7 +346,7 @@ def _capacity_lines(cap: Outcome | None) -> list[str]:
             ([f"p99 ≤ {c['slo_p99_ms']:g} ms"] if c["slo_p99_ms"] is not None else [])
             + [f"loss ≤ {c['slo_loss_pct']:g} %"])
         lines += [
-            f"### Capacity search: {cap.scenario.label}",
+            f"### {cap.scenario.label}",
             "",
             f"SLO: {slo}, same "
             "500 × 10 profile, 5 s measured per step after 1 s of warmup; the rate per user "
@@ -320,20 +384,44 @@ def _capacity_lines(cap: Outcome | None) -> list[str]:
     return lines
 
 
-def replace_section(text: str, section: str) -> str:
-    """Replace the ``## Capacity (make bench)`` section of ``text`` (up to the next ``## ``
-    heading) with ``section``; append it if absent. Other sections are untouched."""
+def replace_sections(text: str, sections: list[str]) -> str:
+    """Replace each section of ``text`` whose heading (first line) matches one of
+    ``sections``, up to the next ``## `` heading. A missing one goes after the previous
+    one of ``sections``, or before the first ``## `` heading (so that they open the file).
+    Other sections are untouched."""
+    for i, section in enumerate(sections):
+        text = _replace_one(text, section, sections[i - 1] if i else None)
+    return text
+
+
+def _replace_one(text: str, section: str, after: str | None) -> str:
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        body = text.rstrip("\n")
-        if not body:
-            body = "# Benchmarks"
-        return body + "\n\n" + section.rstrip("\n") + "\n"
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    new = lines[:start] + section.rstrip("\n").splitlines() + ([""] if end < len(lines) else [])
-    return "\n".join(new + lines[end:]).rstrip("\n") + "\n"
+    body = section.rstrip("\n").splitlines()
+    heading = body[0].strip()
+
+    def end_of(start: int) -> int:
+        return next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                    len(lines))
+
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    if start is not None:
+        end = end_of(start)
+    else:
+        prev = None if after is None else next(
+            (i for i, line in enumerate(lines) if line.strip() == after.splitlines()[0]), None)
+        if prev is not None:
+            start = end = end_of(prev)
+        else:
+            start = end = next((i for i, line in enumerate(lines) if line.startswith("## ")),
+                               len(lines))
+        if not lines:
+            lines = ["# Benchmarks", ""]
+            start = end = 2
+    tail = [""] if end < len(lines) else []
+    if start > 0 and lines[start - 1].strip():
+        body = ["", *body]
+    new = lines[:start] + body + tail + lines[end:]
+    return "\n".join(new).rstrip("\n") + "\n"
 
 
 def compare_plot(outcomes: dict[str, Outcome], path: Path) -> None:
@@ -372,7 +460,7 @@ def compare_plot(outcomes: dict[str, Outcome], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadgen.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.capacity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="small profile, no capacity search, no docs (a smoke test)")
@@ -433,12 +521,12 @@ def main(argv: list[str] | None = None) -> int:
         outcomes[sc.key] = run_scenario(sc, out_dir, 0.0 if args.quick else args.idle_wait,
                                         repeat)
     compare_plot(outcomes, plots / "bench-compare.png")
-    section = render_section(outcomes, machine, load_before)
-    print("\n" + section)
+    sections = render_sections(outcomes, machine, load_before)
+    print("\n" + "\n\n".join(sections))
     if write_docs:
         path = docs / "benchmarks.md"
         old = path.read_text() if path.exists() else ""
-        path.write_text(replace_section(old, section))
+        path.write_text(replace_sections(old, sections))
         print(f"wrote {path} and {plots}/bench-*.png; JSON reports in {out_dir}")
     failed = [o.scenario.label for o in outcomes.values() if o.report is None]
     if failed:

@@ -16,7 +16,7 @@ peer's IP, the State 2 token, keepalives and binding by the first datagram, ``jo
 an inactivity sweep. It has no passwords hashing, no rate limiting, no workers, no
 steering, no graceful drain; do not deploy it.
 
-CLI: ``python -m loadgen.baselines.simple_relay --host 127.0.0.1 --tcp-port 0 --udp-port 0``
+CLI: ``python -m tests.bench.baselines.simple_relay --host 127.0.0.1 --tcp-port 0 --udp-port 0``
 prints ``ready tcp=HOST:PORT udp=PORT stage1=0 workers=1 steering=none`` when listening.
 """
 

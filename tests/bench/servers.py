@@ -1,10 +1,9 @@
-"""Servers under test, started as subprocesses, and the CPU they use.
+"""Servers under test for ``make bench`` and the tests, started as subprocesses.
 
 ``start(cmd)`` runs a server that prints ``ready tcp=HOST:PORT udp=PORT stage1=PORT
 workers=N steering=MODE`` (ocm-control and the baseline both do) and waits for that line,
-without sleeping; ``Running.stop()`` sends SIGTERM. ``tree_cpu_seconds(pid)`` sums the CPU
-time of a process and all its descendants from ``/proc`` (Linux), e.g. ocm-control and its
-relay workers.
+without sleeping; ``Running.stop()`` sends SIGTERM. The CPU a server uses is measured by
+the loadgen itself (``--server-pid``, loadgen/procstat.py).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ READY_RE: Final = re.compile(
     r"ready tcp=(?P<host>[^:\s]+):(?P<tcp>\d+) udp=(?P<udp>[\d,]+) stage1=(?P<stage1>\d+) "
     r"workers=(?P<workers>\d+) steering=(?P<steering>\S+)"
 )
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def control_command(workers: int, host: str = "127.0.0.1") -> list[str]:
@@ -49,9 +47,14 @@ def _control_has_flag(flag: str) -> bool:
     return flag in out
 
 
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+"""The checkout: on ``PYTHONPATH`` of every started server, so that ``-m tests...`` works
+from any working directory (the benchmark harness is not installed)."""
+
+
 def baseline_command(host: str = "127.0.0.1") -> list[str]:
-    """The deliberately simple baseline relay (loadgen/baselines/simple_relay.py)."""
-    return [sys.executable, "-m", "loadgen.baselines.simple_relay", "--host", host,
+    """The deliberately simple baseline relay (tests/bench/baselines/simple_relay.py)."""
+    return [sys.executable, "-m", "tests.bench.baselines.simple_relay", "--host", host,
             "--tcp-port", "0", "--udp-port", "0"]
 
 
@@ -103,7 +106,8 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
 def start(cmd: list[str], timeout: float = 60.0) -> Running:
     """Start ``cmd`` and wait for its READY line (stdout or stderr); raise ``RuntimeError``
     if it exits first and ``TimeoutError`` if it is not ready in ``timeout`` seconds."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True)
     assert proc.stdout is not None
@@ -148,67 +152,3 @@ def start(cmd: list[str], timeout: float = 60.0) -> Running:
 
     threading.Thread(target=pump, daemon=True).start()
     return running
-
-
-def _proc_table() -> dict[int, tuple[int, float]]:
-    """pid -> (ppid, user + system CPU seconds including reaped children)."""
-    stats: dict[int, tuple[int, float]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return stats
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2:].split()
-        # fields[1] is ppid; utime, stime, cutime, cstime are fields 14..17 of stat
-        stats[int(name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / CLK_TCK)
-    return stats
-
-
-def tree_usage(pid: int) -> tuple[float, float] | None:
-    """(CPU seconds, run-queue wait seconds) of ``pid`` and every descendant, or ``None``.
-
-    CPU includes exited children (through ``cutime``/``cstime``). The wait is the time the
-    processes' threads were runnable but not running (``/proc/*/task/*/schedstat``): when it
-    is high, the machine has more runnable work than cores.
-    """
-    stats = _proc_table()
-    if pid not in stats:
-        return None
-    children: dict[int, list[int]] = {}
-    for child, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(child)
-    cpu = wait = 0.0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        cpu += stats[p][1]
-        wait += runqueue_wait_seconds(p)
-        todo.extend(children.get(p, []))
-    return cpu, wait
-
-
-def tree_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid`` and every descendant (``None`` if unavailable)."""
-    usage = tree_usage(pid)
-    return None if usage is None else usage[0]
-
-
-def runqueue_wait_seconds(pid: int | str = "self") -> float:
-    """Seconds the threads of ``pid`` spent runnable but waiting for a CPU (0 if unknown)."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tasks:
-        try:
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / 1e9

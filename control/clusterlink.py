@@ -1,0 +1,107 @@
+"""The internal link between cluster nodes: framing and authentication (pure, no I/O).
+
+A node that receives a TCRP request for a room owned by another node forwards it over
+TCP to the owner's ``cluster_port``. One request per connection:
+
+    owner  -> caller   frame {"nonce": 32 hex chars}            fresh per connection
+    caller -> owner    frame {request...}  + 32-byte MAC         MAC = HMAC-SHA256(secret,
+                                                                 LABEL + nonce + frame)
+    owner  -> caller   frame {"status": int, "error"?, "details"?, "token"?}
+    caller -> owner    frame {"port": int}                      optional, the 2-byte UDP
+                                                                 registration of §1.4
+
+A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON, at most
+``MAX_LINK_FRAME_BYTES``. The secret never travels: the MAC covers the owner's nonce
+(so a recorded request cannot be replayed) and the whole request (so it cannot be
+altered). The link is not encrypted: run it on a private network (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+LENGTH: Final = struct.Struct("!I")
+MAX_LINK_FRAME_BYTES: Final = 64 * 1024
+"""A forwarded request carries at most a 255-byte room, username and password plus a
+few keys; 64 KiB bounds what a caller can make the owner buffer per connection."""
+MAC_BYTES: Final = 32
+NONCE_BYTES: Final = 16
+LABEL: Final = b"ocm-cluster-link-v1\0"
+MIN_SECRET_BYTES: Final = 16
+
+
+class LinkError(Exception):
+    """A frame is malformed, too large, or its MAC does not verify."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedRequest:
+    """A TCRP request as the receiving node forwards it to the owner."""
+
+    operation: int
+    room: str
+    username: str
+    password: str | None
+    framing: str
+    ip: str
+    """The client's IP: the owner binds the token to it and applies its limits to it."""
+    origin: str
+    """The node id of the forwarding node (for logs)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.operation, "room": self.room, "user": self.username,
+                "password": self.password, "framing": self.framing, "ip": self.ip,
+                "origin": self.origin}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ForwardedRequest:
+        """Raise ``LinkError`` unless ``obj`` is a well-typed forwarded request."""
+        try:
+            request = cls(obj["op"], obj["room"], obj["user"], obj["password"],
+                          obj["framing"], obj["ip"], obj["origin"])
+        except (KeyError, TypeError):
+            raise LinkError("forwarded request lacks a key") from None
+        if not (type(request.operation) is int and isinstance(request.room, str)
+                and isinstance(request.username, str) and isinstance(request.framing, str)
+                and isinstance(request.ip, str) and isinstance(request.origin, str)
+                and (request.password is None or isinstance(request.password, str))):
+            raise LinkError("forwarded request has a wrong type")
+        return request
+
+
+def encode_frame(obj: Any) -> bytes:
+    body = orjson.dumps(obj)
+    if len(body) > MAX_LINK_FRAME_BYTES:
+        raise LinkError(f"frame of {len(body)} bytes")
+    return LENGTH.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    """The body length announced by a 4-byte header; ``LinkError`` if over the limit."""
+    (size,) = LENGTH.unpack(header)
+    if size > MAX_LINK_FRAME_BYTES:
+        raise LinkError(f"frame of {size} bytes announced")
+    return int(size)
+
+
+def decode_body(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise LinkError("frame is not JSON") from None
+
+
+def sign(secret: bytes, nonce: bytes, body: bytes) -> bytes:
+    """The MAC a caller appends to a request frame body."""
+    return hmac.new(secret, LABEL + nonce + body, hashlib.sha256).digest()
+
+
+def verify(secret: bytes, nonce: bytes, body: bytes, mac: bytes) -> bool:
+    """Constant-time check of a request's MAC."""
+    return hmac.compare_digest(sign(secret, nonce, body), mac)

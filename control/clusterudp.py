@@ -1,0 +1,212 @@
+"""Cluster mode: relay the datagrams of clients that talk to the wrong node.
+
+A client that ignores ``details.udp_host`` (the curriculum's reference client does) sends
+its datagrams to the node it made its TCRP request to. Tokens carry the issuing node's
+tag as their second byte, and that node's steering program sends such datagrams to one
+extra socket of the public reuseport group, read here in the control process.
+
+For each (client address, token) this node opens one *flow*: a UDP socket on its
+advertised IP connected to the owner's public UDP port. Over the authenticated link it
+first asks the owner to accept the token from this node's IP (the owner checks that the
+token was issued to the client's IP, then tells its worker, which acknowledges). Then:
+
+    client --datagram--> this node's public port --flow socket--> owner's public port
+    client <--from the public port-- this node <--flow socket-- owner's deliveries
+
+so every datagram the client receives comes from the port it sends to (docs/protocol.md
+§2.1). Costs: one extra hop each way through a Python process, and one socket per
+relayed member (``MAX_FLOWS`` bounds them; docs/benchmarks.md has the measured cost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from relay import steering
+from runtime.sockbuf import set_buffers
+
+if TYPE_CHECKING:
+    from control.cluster import Cluster, NodeInfo
+
+log = logging.getLogger("ocm.cluster")
+
+Addr = tuple[str, int]
+MAX_FLOWS: Final = 4096
+"""Relayed members at once (one socket each: ~4,096 descriptors, a few MB of kernel
+buffers at the 64 KiB asked per socket). Past it, new flows are refused (counted)."""
+MAX_PENDING: Final = 64
+"""Flows waiting for the owner's answer at once: a flood of made-up tokens costs at most
+this many link requests in flight."""
+MAX_QUEUED: Final = 16
+"""Datagrams kept per flow while the owner's answer is pending (the first datagram of a
+client is never lost to the set-up)."""
+FLOW_BUFFER_BYTES: Final = 64 * 1024
+MAX_DATAGRAM_BYTES: Final = 4096
+
+
+class Flow:
+    __slots__ = ("client", "token", "sock", "queue", "last_seen")
+
+    def __init__(self, client: Addr, token: bytes, now: float) -> None:
+        self.client = client
+        self.token = token
+        self.sock: socket.socket | None = None
+        self.queue: deque[bytes] | None = deque()
+        self.last_seen = now
+
+
+class UdpRelay:
+    """Reads the relay socket; one ``Flow`` per relayed member."""
+
+    def __init__(self, front: socket.socket, group: socket.socket, workers: int) -> None:
+        self.cluster: Cluster  # set by the Cluster that owns this relay
+        self.front = front
+        self.group = group
+        self.workers = workers
+        self.flows: dict[tuple[Addr, bytes], Flow] = {}
+        self.pending = 0
+        self.counters = {"relayed_in": 0, "relayed_out": 0, "flows_opened": 0,
+                         "flows_refused": 0, "dropped": 0}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self, node_tag: int) -> None:
+        """Steer other nodes' tokens to the relay socket and start reading it."""
+        steering.attach_program(self.group,
+                                steering.cluster_steering_program(self.workers, node_tag))
+        self._loop = asyncio.get_running_loop()
+        self.front.setblocking(False)
+        self._loop.add_reader(self.front.fileno(), self._on_front)
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.front.fileno())
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for flow in list(self.flows.values()):
+            self._drop(flow)
+
+    def statistics(self) -> dict[str, int]:
+        return {**self.counters, "flows": len(self.flows)}
+
+    # --- client -> owner ---------------------------------------------------------------
+    def _on_front(self) -> None:
+        recv = self.front.recvfrom
+        for _ in range(256):  # bounded per wake-up: other work runs between batches
+            try:
+                data, addr = recv(MAX_DATAGRAM_BYTES + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.counters["dropped"] += 1
+                continue
+            self._handle(data, addr)
+
+    def _handle(self, data: bytes, addr: Addr) -> None:
+        size = len(data)
+        if size > MAX_DATAGRAM_BYTES or size < 2:
+            self.counters["dropped"] += 1
+            return
+        room_end = 2 + data[0]
+        token_end = room_end + data[1]
+        if token_end > size or data[1] < 2:
+            self.counters["dropped"] += 1
+            return
+        token = data[room_end:token_end]
+        now = time.monotonic()
+        flow = self.flows.get((addr, token))
+        if flow is not None:
+            flow.last_seen = now
+            if flow.sock is not None:
+                self._send_up(flow, data)
+            elif flow.queue is not None and len(flow.queue) < MAX_QUEUED:
+                flow.queue.append(data)
+            return
+        node = self.cluster.node_by_tag(token[1])
+        if node is None or len(self.flows) >= MAX_FLOWS or self.pending >= MAX_PENDING:
+            self.counters["flows_refused" if node is not None else "dropped"] += 1
+            return
+        flow = self.flows[(addr, token)] = Flow(addr, token, now)
+        assert flow.queue is not None
+        flow.queue.append(data)
+        self.pending += 1
+        asyncio.ensure_future(self._open(flow, node))
+
+    async def _open(self, flow: Flow, node: NodeInfo) -> None:
+        try:
+            accepted = await self.cluster.request_relay(node, flow.token, flow.client[0])
+        finally:
+            self.pending -= 1
+        if not accepted or self.flows.get((flow.client, flow.token)) is not flow:
+            self.counters["flows_refused"] += 1
+            self.flows.pop((flow.client, flow.token), None)
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            set_buffers(sock, FLOW_BUFFER_BYTES, FLOW_BUFFER_BYTES)
+            sock.bind((self.cluster.advertise, 0))
+            sock.connect((node.advertise, node.udp_port))
+        except OSError as exc:
+            sock.close()
+            log.warning("cannot open a relay flow to node %s: %s", node.id, exc)
+            self.flows.pop((flow.client, flow.token), None)
+            return
+        assert self._loop is not None
+        flow.sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_flow, flow)
+        self.counters["flows_opened"] += 1
+        queue, flow.queue = flow.queue, None
+        for data in queue or ():
+            self._send_up(flow, data)
+
+    def _send_up(self, flow: Flow, data: bytes) -> None:
+        assert flow.sock is not None
+        try:
+            flow.sock.send(data)
+            self.counters["relayed_in"] += 1
+        except OSError:  # the owner's port refused (ICMP) or the buffer is full
+            self.counters["dropped"] += 1
+
+    # --- owner -> client ---------------------------------------------------------------
+    def _on_flow(self, flow: Flow) -> None:
+        sock = flow.sock
+        if sock is None:
+            return
+        for _ in range(256):
+            try:
+                data = sock.recv(MAX_DATAGRAM_BYTES + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ICMP from the owner: it is gone; the flow idles out
+                self.counters["dropped"] += 1
+                return
+            try:
+                self.front.sendto(data, flow.client)  # from the port the client uses
+                self.counters["relayed_out"] += 1
+            except OSError:
+                self.counters["dropped"] += 1
+
+    # --- expiry --------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        """Close flows idle for longer than a member may be (the owner evicted it)."""
+        while True:
+            idle = self.cluster.app.cfg.inactivity_timeout + self.cluster.cfg.cluster_lease
+            await asyncio.sleep(min(idle / 4, 30.0))
+            horizon = time.monotonic() - idle
+            for flow in [f for f in self.flows.values() if f.last_seen < horizon]:
+                self._drop(flow)
+
+    def _drop(self, flow: Flow) -> None:
+        self.flows.pop((flow.client, flow.token), None)
+        if flow.sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(flow.sock.fileno())
+            flow.sock.close()
+            flow.sock = None

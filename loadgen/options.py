@@ -1,0 +1,222 @@
+"""What ``ocm-loadgen`` is asked to do: two frozen dataclasses, and the flags derived from
+them (as control/config.py derives ``ocm-control``'s).
+
+``Options`` is everything a run needs (runner.py's ``Fleet`` takes it); ``Output`` is what
+is shown and written afterwards. Every field is one flag (``--join-timeout`` for
+``join_timeout``); its metadata holds the help text, the argument group and the bounds.
+``add_arguments(parser)`` adds the flags, ``from_args(args)`` builds both dataclasses
+from the parsed flags. A value out of bounds is an ``argparse`` error naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from typing import Any, Final
+
+from loadgen import capacity, fastpath
+from loadgen.meter import HEADER_BYTES, Slo
+from loadgen.transport import MODES as SOCKET_MODES
+from runtime import sched
+
+CAPACITY_SLO_P99_MS: Final = 5.0
+"""The p99 SLO of ``--find-capacity`` when no SLO is given."""
+CAPACITY_SLO_LOSS_PCT: Final = 0.1
+"""The loss SLO of ``--find-capacity`` when no SLO is given."""
+
+GROUPS: Final = ("profile", "server", "loadgen", "output", "SLOs and capacity")
+
+
+def _f(default: Any, help: str, group: str, *, above: float | None = None,
+       minimum: float | None = None, maximum: float | None = None,
+       choices: tuple[str, ...] | None = None, metavar: str | None = None,
+       flag: str | None = None, shown: str | None = None) -> Any:
+    """A field and its flag: ``above`` (exclusive), ``minimum`` and ``maximum`` (inclusive)
+    bound a number; ``flag`` replaces the derived name (``--no-rx-timestamps`` for a
+    boolean that defaults to true); ``shown`` replaces the default in the help."""
+    assert group in GROUPS
+    return field(default=default, metadata={
+        "help": help, "group": group, "above": above, "minimum": minimum,
+        "maximum": maximum, "choices": choices, "metavar": metavar, "flag": flag,
+        "shown": shown})
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Everything a run needs (``Fleet`` takes it; built by ``from_args``)."""
+
+    rooms: int = _f(500, "chat rooms", "profile", above=0)
+    users: int = _f(10, "members per room, host included", "profile", above=0)
+    rate: float = _f(2.0, "chat messages per second per user (the start rate with "
+                          "--find-capacity)", "profile", above=0)
+    duration: float = _f(10.0, "measured seconds per run", "profile", above=0)
+    warmup: float = _f(2.0, "seconds of sending before the measurement starts; their "
+                            "deliveries are counted as 'warm-up', not measured", "profile",
+                       minimum=0)
+    size: int = _f(100, f"bytes of chat text per message, >= {HEADER_BYTES}", "profile",
+                   minimum=HEADER_BYTES)
+    framing: str = _f("plain", "delivery format to ask for", "profile",
+                      choices=("plain", "ocm1"))
+    password: str | None = _f(None, "protect the rooms with this password", "profile",
+                              shown="none")
+    server: str = _f("127.0.0.1", "server address, or several comma-separated "
+                             "HOST[:PORT] (a cluster's nodes): joins are spread over them",
+                             "server")
+    tcp_port: int = _f(9000, "TCRP port; the chat port comes from each join's State 1 "
+                             "details", "server", minimum=1, maximum=65535)
+    sockets: str = _f("auto", "member addresses: 'member' = one UDP socket per member on "
+                              "this host's IP (works against any server); 'shared' = one "
+                              "socket per process and a loopback IP per member (127.100+.x.y), "
+                              "read in recvmmsg batches; loopback servers only; 'auto' = "
+                              "shared when the server is on loopback", "loadgen",
+                      choices=SOCKET_MODES)
+    """``member``, ``shared`` or ``auto`` (transport.py); ``from_args`` resolves ``auto``."""
+    rx_timestamps: bool = _f(True, "do not ask the kernel for receive timestamps "
+                                   "(SO_TIMESTAMPNS); they cost some CPU on both sides "
+                                   "(docs/benchmarks.md) and without them the relay latency "
+                                   "ends at the read time, like the end-to-end one", "loadgen",
+                             flag="--no-rx-timestamps")
+    accounting: str = _f("auto", "who accounts deliveries read from a shared socket: 'c' = "
+                                 "the C extension built at install time (loadgen._account), "
+                                 "which takes most of the loadgen's CPU off the cores it "
+                                 "shares with the server; 'python' = the reference path; "
+                                 "'auto' = C where it was built, else Python with a warning",
+                         "loadgen", choices=fastpath.MODES)
+    realtime_priority: int = _f(0, "run the loadgen processes under SCHED_FIFO at priority "
+                                   "N (1..99), so that their own waits for a CPU do not "
+                                   "dominate the latency they measure; give the server a "
+                                   "higher one (ocm-control --realtime-priority). Needs root "
+                                   "or CAP_SYS_NICE", "loadgen", minimum=0,
+                                maximum=sched.MAX_PRIORITY, metavar="N",
+                                shown="0 = normal")
+    """``SCHED_FIFO`` priority of the loadgen processes; 0 = normal scheduling."""
+    procs: int = _f(0, "loadgen processes, each with a disjoint slice of rooms", "loadgen",
+                    minimum=0, shown="0 = CPU count")
+    join_concurrency: int = _f(64, "TCRP joins in flight, over all processes", "loadgen",
+                               above=0)
+    join_timeout: float = _f(10.0, "seconds per TCRP join", "loadgen", above=0)
+    bind_timeout: float = _f(10.0, "seconds to wait for the `joined` notices after the "
+                                   "joins", "loadgen", above=0)
+    drain: float = _f(2.0, "seconds to wait for late deliveries after sending stops; ends "
+                           "early once everything arrived", "loadgen", minimum=0)
+    server_pid: int | None = _f(None, "also report the CPU used by this process and its "
+                                      "descendants (e.g. ocm-control and its workers) while "
+                                      "measuring; same machine only", "loadgen", above=0,
+                                metavar="PID", shown="none")
+    pacing_us: float = _f(100.0, "finest pacing step: sends due within it go out together; "
+                                 "finer costs more timer wake-ups", "loadgen", above=0,
+                          metavar="US")
+    slo_p99_ms: float | None = _f(None, "fail (exit 1) if p99 latency is above this many ms",
+                                  "SLOs and capacity", above=0, shown="none")
+    slo_loss_pct: float | None = _f(None, "fail (exit 1) if more than this % of deliveries "
+                                          "is lost", "SLOs and capacity", minimum=0,
+                                    shown="none")
+    find_capacity: bool = _f(False, "step the rate up until an SLO breaks; report the last "
+                                    "rate that held (without an SLO: p99 <= "
+                                    f"{CAPACITY_SLO_P99_MS:g} ms, loss <= "
+                                    f"{CAPACITY_SLO_LOSS_PCT:g} %)", "SLOs and capacity")
+    step_factor: float = _f(capacity.DEFAULT_FACTOR, "rate multiplier between steps",
+                            "SLOs and capacity", above=1)
+    precision: float = _f(capacity.DEFAULT_PRECISION, "stop bisecting when held and broken "
+                                                      "rates are this close (relative)",
+                          "SLOs and capacity", above=0)
+    max_steps: int = _f(capacity.DEFAULT_MAX_STEPS, "most rates in a capacity search",
+                        "SLOs and capacity", above=0)
+    retries: int = _f(0, "re-run a capacity step that broke while the loadgen waited for a "
+                         "CPU (other work on the machine) up to this many times",
+                      "SLOs and capacity", minimum=0)
+
+    @property
+    def slo(self) -> Slo:
+        return Slo(self.slo_p99_ms, self.slo_loss_pct)
+
+    @property
+    def members(self) -> int:
+        return self.rooms * self.users
+
+    def effective_procs(self) -> int:
+        procs = self.procs or os.cpu_count() or 1
+        return max(1, min(procs, self.rooms))
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What is shown and written once the run is over (cli.py)."""
+
+    quiet: bool = _f(False, "no live progress", "output")
+    label: str | None = _f(None, "name of the server in the report and the plot", "output",
+                           shown="the server address")
+    json: str | None = _f(None, "write every figure as JSON", "output", metavar="FILE",
+                          shown="none")
+    plot: str | None = _f(None, "write latency percentiles and throughput over time as a "
+                                "PNG", "output", metavar="FILE.png", shown="none")
+
+
+def flag_name(f: Field[Any]) -> str:
+    return str(f.metadata["flag"] or "--" + f.name.replace("_", "-"))
+
+
+def _kind(f: Field[Any]) -> type:
+    """int, float, bool or str, from the annotation (a string: annotations are lazy)."""
+    base = str(f.type).split("|")[0].strip()
+    return {"int": int, "float": float, "bool": bool}.get(base, str)
+
+
+def _parser_of(f: Field[Any]) -> Callable[[str], Any]:
+    kind, meta = _kind(f), f.metadata
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if meta["above"] is not None and not value > meta["above"]:
+            raise argparse.ArgumentTypeError(f"must be > {meta['above']:g}, got {text}")
+        if meta["minimum"] is not None and value < meta["minimum"]:
+            raise argparse.ArgumentTypeError(f"must be >= {meta['minimum']:g}, got {text}")
+        if meta["maximum"] is not None and value > meta["maximum"]:
+            raise argparse.ArgumentTypeError(f"must be <= {meta['maximum']:g}, got {text}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of ``Options`` and ``Output``, in argument groups."""
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    for cls in (Options, Output):
+        for f in fields(cls):
+            meta = f.metadata
+            default = f.default if f.default is not MISSING else None
+            shown = meta["shown"] if meta["shown"] is not None else f"{default:g}" if (
+                isinstance(default, float)) else str(default)
+            group = groups[meta["group"]]
+            if _kind(f) is bool:
+                action = "store_false" if default else "store_true"
+                group.add_argument(flag_name(f), dest=f.name, action=action,
+                                   help=meta["help"].replace("%", "%%"))
+            elif meta["choices"]:
+                group.add_argument(flag_name(f), dest=f.name, default=default,
+                                   choices=meta["choices"], metavar=meta["metavar"],
+                                   help=f"{meta['help']} [{shown}]".replace("%", "%%"))
+            else:
+                group.add_argument(flag_name(f), dest=f.name, default=default,
+                                   type=_parser_of(f), metavar=meta["metavar"],
+                                   help=f"{meta['help']} [{shown}]".replace("%", "%%"))
+
+
+def from_args(args: argparse.Namespace) -> tuple[Options, Output]:
+    """``Options`` and ``Output`` from the flags. Without an SLO, ``--find-capacity`` gets
+    ``CAPACITY_SLO_P99_MS`` and ``CAPACITY_SLO_LOSS_PCT``."""
+    opts = Options(**{f.name: getattr(args, f.name) for f in fields(Options)})
+    if opts.find_capacity and not opts.slo.enabled:
+        opts = replace(opts, slo_p99_ms=CAPACITY_SLO_P99_MS,
+                       slo_loss_pct=CAPACITY_SLO_LOSS_PCT)
+    return opts, Output(**{f.name: getattr(args, f.name) for f in fields(Output)})

@@ -1,0 +1,1 @@
+"""Baseline servers that `make bench` compares ocm-control with."""

@@ -1,0 +1,89 @@
+"""Cluster mode without sockets: the link's framing and MAC, placement, secret, config."""
+
+from __future__ import annotations
+
+import pytest
+
+from control import clusterlink as link
+from control.cluster import NodeInfo, load_secret, pick_node
+from control.config import Config, ConfigError, load
+
+SECRET = b"0123456789abcdef-secret"
+NONCE = bytes(range(16))
+REQUEST = link.ForwardedRequest(1, "room", "alice", None, "ocm1", "127.0.2.1", "B")
+
+
+def test_mac_verifies_only_the_same_secret_nonce_and_body() -> None:
+    body = link.encode_frame(REQUEST.to_json())[link.LENGTH.size:]
+    mac = link.sign(SECRET, NONCE, body)
+    assert len(mac) == link.MAC_BYTES
+    assert link.verify(SECRET, NONCE, body, mac)
+    assert not link.verify(b"another-secret-0123", NONCE, body, mac)
+    assert not link.verify(SECRET, bytes(16), body, mac)  # a replay on a new connection
+    assert not link.verify(SECRET, NONCE, body.replace(b"alice", b"mallo"), mac)
+    assert SECRET not in body and SECRET not in mac
+
+
+def test_frames_round_trip_and_are_bounded() -> None:
+    frame = link.encode_frame({"port": 5000})
+    assert link.frame_length(frame[:4]) == len(frame) - 4
+    assert link.decode_body(frame[4:]) == {"port": 5000}
+    with pytest.raises(link.LinkError):
+        link.frame_length((link.MAX_LINK_FRAME_BYTES + 1).to_bytes(4, "big"))
+    with pytest.raises(link.LinkError):
+        link.encode_frame({"x": "y" * link.MAX_LINK_FRAME_BYTES})
+    with pytest.raises(link.LinkError):
+        link.decode_body(b"{not json")
+
+
+def test_forwarded_request_round_trip_and_types() -> None:
+    assert link.ForwardedRequest.from_json(REQUEST.to_json()) == REQUEST
+    with pytest.raises(link.LinkError):
+        link.ForwardedRequest.from_json({"op": 1})
+    with pytest.raises(link.LinkError):
+        link.ForwardedRequest.from_json({**REQUEST.to_json(), "password": 5})
+    with pytest.raises(link.LinkError):
+        link.ForwardedRequest.from_json([1, 2])
+
+
+def node(node_id: str, members: int, rooms: int = 0) -> NodeInfo:
+    return NodeInfo(node_id, "127.0.1.1", 9000, 9001, 9003, rooms, members)
+
+
+def test_placement_is_least_loaded_then_fewest_rooms_then_lowest_id() -> None:
+    assert pick_node([]) is None
+    assert pick_node([node("a", 5), node("b", 2), node("c", 9)]).id == "b"  # type: ignore[union-attr]
+    assert pick_node([node("b", 2, 3), node("a", 2, 3), node("c", 2, 1)]).id == "c"  # type: ignore[union-attr]
+    assert pick_node([node("b", 0), node("a", 0)]).id == "a"  # type: ignore[union-attr]
+    assert NodeInfo.from_json(node("x", 1, 2).to_json()) == node("x", 1, 2)
+
+
+def test_secret_from_env_or_file_and_at_least_16_bytes(tmp_path: object) -> None:
+    cfg = Config(cluster="redis://127.0.0.1:6379/0", node_id="a", host="127.0.1.1")
+    assert load_secret(cfg, {"OCM_CLUSTER_SECRET": "s" * 16}) == b"s" * 16
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
+        load_secret(cfg, {"OCM_CLUSTER_SECRET": "short"})
+    with pytest.raises(ConfigError, match="OCM_CLUSTER_SECRET"):
+        load_secret(cfg, {})
+    path = f"{tmp_path}/secret"
+    with open(path, "w") as fh:
+        fh.write("f" * 32 + "\n")
+    assert load_secret(Config(cluster_secret_file=path), {}) == b"f" * 32
+    with pytest.raises(ConfigError, match="missing"):
+        load_secret(Config(cluster_secret_file=f"{tmp_path}/missing"), {})
+
+
+def test_cluster_settings_from_flags_and_env() -> None:
+    cfg, _ = load(["--cluster", "redis://127.0.0.1:6379/2", "--node-id", "n1",
+                   "--advertise", "10.0.0.5"], environ={"OCM_CLUSTER_LEASE": "3"})
+    assert (cfg.cluster, cfg.node_id, cfg.advertise, cfg.cluster_lease) == (
+        "redis://127.0.0.1:6379/2", "n1", "10.0.0.5", 3.0)
+    assert Config().cluster == ""  # off by default: one node
+    with pytest.raises(ConfigError, match="node_id"):
+        load(["--cluster", "redis://127.0.0.1:6379/0", "--advertise", "10.0.0.5"], {})
+    with pytest.raises(ConfigError, match="advertise"):
+        load(["--cluster", "redis://127.0.0.1:6379/0", "--node-id", "n1"], {})
+    with pytest.raises(ConfigError, match="redis://"):
+        load(["--cluster", "http://x", "--node-id", "n1", "--host", "127.0.0.1"], {})
+    with pytest.raises(ConfigError, match="cluster_lease"):
+        load(["--cluster-lease", "0"], {})
