@@ -334,6 +334,13 @@ class RelayCore:
         if len(message) <= EXIT_MATCH_MAX_BYTES and is_exit(message):
             self._remove(member, Reason.EXIT)
             return None
+        return self._chat(member, message, now)
+
+    def _chat(self, member: Member, message: bytes, now: float) -> Fanout | None:
+        """A chat message of an authenticated, refreshed member: charge its token bucket,
+        refuse it whole if a delivery would be too long (§2.3), admit trial addresses and
+        return the room's fan-out. Shared by plain rooms and encrypted ones (whose members
+        are all framed, so their opaque message travels in the framed form only)."""
         allowance = member.allowance + (now - member.stamp) * self.chat_rate
         member.stamp = now
         if allowance > self.chat_burst:
@@ -343,6 +350,7 @@ class RelayCore:
             self.drops["rate_limited"] += 1
             return None
         member.allowance = allowance - 1.0
+        room = member.room
         plain_addrs = room.plain_addrs
         framed_addrs = room.framed_addrs
         sender = member.addr
@@ -401,7 +409,7 @@ class RelayCore:
         if start == size:  # keepalive
             return None
         if kind == _CHAT:
-            return self._e2e_chat(member, data[start:], now)
+            return self._chat(member, data[start:], now)
         target = member.room.by_name.get(data[start + 2:end])
         if target is None or target is member or target.addr is None:
             self.drops["no_recipient"] += 1
@@ -416,33 +424,6 @@ class RelayCore:
         self.outbox.append((delivery, target.addr))
         self.relayed += 1
         return None
-
-    def _e2e_chat(self, member: Member, message: bytes, now: float) -> Fanout | None:
-        """Kind 01: as a framed chat to every other bound member, rate-limited."""
-        allowance = member.allowance + (now - member.stamp) * self.chat_rate
-        member.stamp = now
-        if allowance > self.chat_burst:
-            allowance = self.chat_burst
-        if allowance < 1.0:
-            member.allowance = allowance
-            self.drops["rate_limited"] += 1
-            return None
-        member.allowance = allowance - 1.0
-        framed = member.framed_prefix + message
-        if len(framed) > MAX_DELIVERY_BYTES:
-            self._notify(member, Notice(NoticeEvent.ERROR, over=len(framed) - MAX_DELIVERY_BYTES))
-            return None
-        room = member.room
-        if room.trial:
-            for m in room.trial:
-                if m is not member:
-                    self._admit(m)
-        sender = member.addr
-        assert sender is not None
-        self.relayed += 1
-        others = len(room.framed_addrs) - 1
-        return _new_fanout(Fanout, (None, room.plain_addrs, framed if others > 0 else None,
-                                    room.framed_addrs, sender, room))
 
     def handle_send_failure(self, addr: Addr, now: float) -> None:
         """A send to ``addr`` failed (or ICMP said unreachable): count, maybe evict."""
