@@ -385,13 +385,15 @@ async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory,
                                 colour, history, intro)
         finally:
             link.close()
-        if notice is not None:
-            show(render.warning_line(render.ended_explanation(notice, host)))
-        elif host:
-            show(render.notice_line("you left; the room is closed"))
-        else:
-            show(render.notice_line("you left the room"))
     await _settle_output()
+    # The last line is printed after patch_stdout has handed over the real stdout, so it
+    # cannot be lost with the loop's pending writes.
+    if notice is not None:
+        show(render.warning_line(render.ended_explanation(notice, host)))
+    elif host:
+        show(render.notice_line("you left; the room is closed"))
+    else:
+        show(render.notice_line("you left the room"))
     return notice
 
 
