@@ -1,37 +1,38 @@
 """What a line typed into a chat means: a message to send or one of the ``/commands``.
 
-Pure and UI-neutral, so that every front end (``ocm-gui`` today) reads input the same
-way: ``parse_input(text)`` returns a ``Command`` and the front end carries it out (send,
-leave, show help). The rules are those of ``ocm-chat``'s interactive mode: ``/exit`` and
-``/quit`` leave, ``/help`` lists the commands, ``/who`` explains that the server has no
-member list yet, ``//text`` sends ``/text``, any other ``/word`` is refused as unknown.
+Pure and UI-neutral: both interactive front ends (``ocm-chat``'s prompt in
+``client.ui`` and ``ocm-gui``) read input with ``parse_input(text)``, which returns a
+``Command``; the front end carries it out (send, leave, show help) and hands ``/who``
+and ``/verify NAME`` to the link (``client.link.Link.answer``), which owns the member
+list and the keys. The rules: ``/exit`` and ``/quit`` leave, ``/help`` lists the
+commands, ``/who`` lists the members (TCRP Operation 3, docs/e2e.md §2.4), ``/verify
+NAME`` compares safety numbers in an encrypted room, ``//text`` sends ``/text``, any
+other ``/word`` is refused as unknown.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final
 
 from client import render
 from wire.limits import EXIT_COMMAND
-
-WHO_TEXT: Final = ("there is no /who: the server does not tell clients who is in a room "
-                   "(joins and leaves are shown as they happen)")
 
 
 class Action(enum.Enum):
     SEND = "send"  # send ``Command.text`` as a chat message
     LEAVE = "leave"  # /exit or /quit: leave the room (as host: close it)
     HELP = "help"  # show ``help_lines``
-    WHO = "who"  # show ``WHO_TEXT`` (until the server has a member list)
+    WHO = "who"  # list the room's members (the link fetches them)
+    VERIFY = "verify"  # /verify NAME: ``Command.text`` is NAME (may be empty)
     NOTHING = "nothing"  # blank input: nothing to do
     REFUSED = "refused"  # not sent; ``Command.text`` says why
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One parsed input line: what to do, and the text to send or the reason refused."""
+    """One parsed input line: what to do, and the text to send, the name to verify, or
+    the reason refused."""
 
     action: Action
     text: str = ""
@@ -43,37 +44,51 @@ def is_exit_command(text: str) -> bool:
     return text.strip().lower() == EXIT_COMMAND
 
 
+def unknown_text(text: str) -> str:
+    """The refusal of an unknown ``/word`` (or one this chat does not have)."""
+    first = render.sanitize(text.split()[0]) if text.split() else text
+    return (f"unknown command {first!r}: /help lists the commands; start with // to send "
+            "a '/' line")
+
+
 def parse_input(text: str) -> Command:
     """The ``Command`` that ``text`` (one typed line, as typed) asks for."""
-    word = text.strip().lower()
+    word, _, rest = text.strip().partition(" ")
+    word = word.lower()
     if not text.strip():
         return Command(Action.NOTHING)
-    if is_exit_command(text) or word == "/quit":
+    if is_exit_command(text) or word == "/quit" and not rest:
         return Command(Action.LEAVE)
-    if word == "/help":
+    if word == "/help" and not rest:
         return Command(Action.HELP)
-    if word == "/who":
+    if word == "/who" and not rest:
         return Command(Action.WHO)
+    if word == "/verify":
+        return Command(Action.VERIFY, rest.strip())
     if text.startswith("//"):
         text = text[1:]
         if is_exit_command(text):  # the server would take it for /exit
             return Command(Action.REFUSED, "not sent: the server would read that as /exit")
         return Command(Action.SEND, text)
     if text.startswith("/"):
-        first = render.sanitize(text.split()[0])
-        return Command(Action.REFUSED, f"unknown command {first!r}: /help lists the "
-                                       "commands; start with // to send a '/' line")
+        return Command(Action.REFUSED, unknown_text(text))
     return Command(Action.SEND, text)
 
 
-def help_lines(max_message: int) -> list[str]:
-    """The commands of a room chat, one per line (key bindings are the front end's)."""
-    return [
+def help_lines(max_message: int, room_mode: bool = True) -> list[str]:
+    """The commands of a room chat (``room_mode``) or of global chat, one per line; the
+    front end adds its key bindings."""
+    lines = [
         "commands:",
         "  /help    show this help",
-        "  /exit    leave the room (as its host: this closes it for everyone); "
-        "/quit does the same",
-        "  /who     who is in the room (needs server support; not yet available)",
+        "  /exit    leave " + ("the room (as its host: this closes it for everyone)"
+                               if room_mode else "global chat") + "; /quit does the same",
         "  //text   send a message that starts with '/'",
         f"messages are at most {max_message} bytes; longer ones are not sent",
     ]
+    if room_mode:
+        lines[3:3] = ["  /who    list the room's members (host marked; fingerprints in an "
+                      "encrypted room)",
+                      "  /verify NAME  encrypted room: show the safety number to compare "
+                      "with NAME out of band, and mark NAME verified"]
+    return lines

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from client import render
+from client.commands import Action, Command
 from client.e2e.chains import ChainExhausted
 from client.e2e.identity import IdentityKeys, fingerprint, safety_number
 from client.e2e.room import (
@@ -91,6 +92,9 @@ class E2ERoomLink(RoomLink):
         self._timer: asyncio.TimerHandle | None = None
         self._last_refresh = float("-inf")
         self._refresh: asyncio.Task[None] | None = None
+        self.on_key_changed: Callable[[str, str, str], object] | None = None
+        """Called with (member, old fingerprint, new fingerprint) when a member's key is
+        not the pinned one, after the warning line (the GUI opens a dialog)."""
 
     # -- what the UI calls ---------------------------------------------------------------
     async def open(self) -> None:
@@ -127,23 +131,33 @@ class E2ERoomLink(RoomLink):
             self._refresh.cancel()
         super().close()
 
-    async def command(self, text: str) -> list[Line] | None:
+    async def answer(self, command: Command) -> list[Line] | None:
         """``/who`` with fingerprints, and ``/verify NAME``."""
-        word, _, rest = text.strip().partition(" ")
-        if word.lower() == "/verify":
-            return self.verify(rest.strip())
-        return await super().command(text)
+        if command.action is Action.VERIFY:
+            return self.verify(command.text)
+        return await super().answer(command)
+
+    def safety_number_with(self, user: str) -> str | None:
+        """The safety number to compare with ``user`` (docs/e2e.md §7.2), ``None`` if
+        ``user`` is not a member with keys."""
+        keys = self.crypto.members.get(user)
+        if not user or keys is None:
+            return None
+        return safety_number(self.joined.username, self.identity.public(), user, keys)
+
+    def trust_of(self, user: str) -> Trust:
+        """What we know of ``user``'s key: unverified, verified, or changed."""
+        return self.trust.get(user, Trust.UNVERIFIED)
 
     def verify(self, user: str) -> list[Line]:
         """Show the safety number with ``user`` and mark its pinned key verified."""
-        keys = self.crypto.members.get(user)
-        if not user or keys is None:
+        number = self.safety_number_with(user)
+        if number is None:
             return [render.warning_line(f"/verify NAME: no member named "
                                         f"{render.sanitize_name(user)!r} with keys")]
         self.store.verify(self.server_key, user)
         self.trust[user] = Trust.VERIFIED
         name = render.sanitize_name(user)
-        number = safety_number(self.joined.username, self.identity.public(), user, keys)
         return [render.notice_line(f"safety number with {name}: {number}"),
                 render.notice_line(f"compare it with {name} in person or by phone; "
                                    f"{name} is now marked verified")]
@@ -156,7 +170,7 @@ class E2ERoomLink(RoomLink):
             if member.keys is None:
                 lines.append(render.notice_line(f"  {label}: no keys"))
                 continue
-            trust = "" if me else f" · {self._trust_of(member.user).value}"
+            trust = "" if me else f" · {self.trust_of(member.user).value}"
             lines.append(render.notice_line(f"  {label}: {fingerprint(member.keys)}{trust}"))
         self._learn(members)
         return lines
@@ -186,9 +200,7 @@ class E2ERoomLink(RoomLink):
         if item.event is NoticeEvent.JOINED and item.keys is not None:
             self._pin(item.user, item.keys)
         self._run(self.crypto.handle_notice(item, self._now()))
-        if render.is_final(item) and not self.ended.done():
-            self.close()
-            self.ended.set_result(item)
+        self._ended_by(item)
 
     # -- internals ------------------------------------------------------------------------
     def _now(self) -> float:
@@ -199,9 +211,6 @@ class E2ERoomLink(RoomLink):
 
     def _encode(self, text: str) -> bytes:
         return self._datagram(b"")  # only keepalives go through here: send() seals text
-
-    def _trust_of(self, user: str) -> Trust:
-        return self.trust.get(user, Trust.UNVERIFIED)
 
     def _pin(self, user: str, keys: PublicKeys) -> None:
         if user == self.joined.username:
@@ -217,6 +226,8 @@ class E2ERoomLink(RoomLink):
                 f"{fingerprint(keys)}). Someone may be impersonating {name}. Messages from "
                 f"{name} are marked unverified until you compare safety numbers: "
                 f"/verify {name}"))
+            if self.on_key_changed is not None:
+                self.on_key_changed(user, result.previous or "?", fingerprint(keys))
 
     def _run(self, outputs: Iterable[Output]) -> None:
         for output in outputs:
@@ -224,7 +235,7 @@ class E2ERoomLink(RoomLink):
                 self._send(self._datagram(output.message))
             elif isinstance(output, Decrypted):
                 text = output.text.decode("utf-8", "replace")
-                if self._trust_of(output.sender) is Trust.CHANGED:
+                if self.trust_of(output.sender) is Trust.CHANGED:
                     text = UNVERIFIED_MARK + text
                 self._on_line(render.chat_line(output.sender, text))
             elif isinstance(output, Rejected):

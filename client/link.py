@@ -15,7 +15,8 @@ import socket
 from collections.abc import Callable
 from typing import Final, cast
 
-from client import render
+from client import commands, render
+from client.commands import Action, Command
 from client.render import Line
 from client.session import Addr, Joined, JoinFailed, JoinRefused, fetch_members
 from wire.chat import Notice, encode_chat
@@ -83,7 +84,13 @@ class Link(asyncio.DatagramProtocol):
         raise NotImplementedError
 
     async def command(self, text: str) -> list[Line] | None:
-        """Run a client command such as ``/who``; ``None`` if ``text`` is not one."""
+        """Run a client command typed as ``text`` (``/who``, ``/verify NAME``); ``None``
+        if it is not one this chat has."""
+        return await self.answer(commands.parse_input(text))
+
+    async def answer(self, command: Command) -> list[Line] | None:
+        """The lines that answer ``command`` (from ``client.commands.parse_input``);
+        ``None`` if this chat has no such command (global chat has none)."""
         return None
 
     def close(self) -> None:
@@ -140,19 +147,31 @@ class RoomLink(Link):
         self.joined = joined
         self.max_message = details.max_message
         self._framing = details.framing
+        self.on_notice: Callable[[Notice], None] | None = None
+        """Called with every notice after its line (the GUI refreshes its member list)."""
 
     async def open(self) -> None:
         await self.start(self.joined.udp_sock, self.joined.server)
 
-    async def command(self, text: str) -> list[Line] | None:
-        """``/who``: the room's members from the server (TCRP Operation 3)."""
-        if text.strip().lower() != "/who":
-            return None
+    async def answer(self, command: Command) -> list[Line] | None:
+        """``/who``: the room's members from the server (TCRP Operation 3); ``/verify``
+        has nothing to compare in a plain room."""
+        if command.action is Action.WHO:
+            lines, _ = await self.who()
+            return lines
+        if command.action is Action.VERIFY:
+            return [render.warning_line("/verify: this room is not end-to-end encrypted, "
+                                        "there are no keys to compare")]
+        return None
+
+    async def who(self) -> tuple[list[Line], tuple[MemberInfo, ...]]:
+        """The ``/who`` lines and the members they list (none if the fetch failed: the
+        lines say why)."""
         try:
             members = await self.fetch_members()
         except (JoinFailed, JoinRefused) as exc:
-            return [render.warning_line(f"/who failed: {render.sanitize(str(exc))}")]
-        return self.who_lines(members)
+            return [render.warning_line(f"/who failed: {render.sanitize(str(exc))}")], ()
+        return self.who_lines(members), members
 
     async def fetch_members(self) -> tuple[MemberInfo, ...]:
         """The member list (docs/e2e.md §2.4), from a thread; raise ``JoinFailed`` or
@@ -182,9 +201,16 @@ class RoomLink(Link):
             self.dropped += 1
             return
         self._on_line(render.delivery_line(item))
-        if isinstance(item, Notice) and render.is_final(item) and not self.ended.done():
+        if isinstance(item, Notice):
+            self._ended_by(item)
+
+    def _ended_by(self, notice: Notice) -> None:
+        """After a notice's line: tell ``on_notice``; a final one ends the chat."""
+        if self.on_notice is not None:
+            self.on_notice(notice)
+        if render.is_final(notice) and not self.ended.done():
             self.close()
-            self.ended.set_result(item)
+            self.ended.set_result(notice)
 
 
 class GlobalLink(Link):

@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO, Final
 
 from client import render
+from client.commands import is_exit_command
 from client.link import Link
 from client.render import Line, MessageTooLong
-from wire.limits import EXIT_COMMAND
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # could not join: refused, unreachable, timeout
@@ -96,11 +96,6 @@ class LineWriter:
 
 def warn(text: str) -> None:
     print(f"ocm-chat: {text}", file=sys.stderr, flush=True)
-
-
-def is_exit_command(text: str) -> bool:
-    """What the server takes for ``/exit`` (§2.1: stripped, case-insensitive)."""
-    return text.strip().lower() == EXIT_COMMAND
 
 
 OpenLink = Callable[[Callable[[Line], None]], Awaitable[Link]]

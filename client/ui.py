@@ -28,7 +28,8 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.validation import ValidationError, Validator
 
-from client import render
+from client import commands, render
+from client.commands import Action
 from client.e2e.identity import IdentityKeys
 from client.e2e_link import room_link
 from client.keystore import KeyStore
@@ -39,7 +40,6 @@ from client.script import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    is_exit_command,
     new_runner,
 )
 from client.session import Joined, JoinFailed, JoinRefused, join_room
@@ -59,22 +59,13 @@ class _Ended(Exception):
     """Raised into the running prompt when the room ends under it."""
 
 
+KEYS_HELP: Final = "keys: Enter sends, Up/Down recall what you sent, Ctrl-C or Ctrl-D leave"
+
+
 def help_lines(max_message: int, room_mode: bool) -> list[str]:
-    lines = [
-        "commands:",
-        "  /help    show this help",
-        "  /exit    leave " + ("the room (as its host: this closes it for everyone)"
-                               if room_mode else "global chat") + "; /quit does the same",
-        "  //text   send a message that starts with '/'",
-        "keys: Enter sends, Up/Down recall what you sent, Ctrl-C or Ctrl-D leave",
-        f"messages are at most {max_message} bytes; longer ones are not sent",
-    ]
-    if room_mode:
-        lines[3:3] = ["  /who    list the room's members (host marked; fingerprints in an "
-                      "encrypted room)",
-                      "  /verify NAME  encrypted room: show the safety number to compare "
-                      "with NAME out of band, and mark NAME verified"]
-    return lines
+    """``client.commands.help_lines`` with this prompt's key bindings."""
+    lines = commands.help_lines(max_message, room_mode)
+    return [*lines[:-1], KEYS_HELP, lines[-1]]
 
 
 # --- setup questions --------------------------------------------------------------------------
@@ -297,8 +288,9 @@ async def _handle_input(text: str, link: Link, session: PromptSession[str], show
                         host: bool, user: str) -> str:
     """Run a command or send a message; ``"leave"`` to leave."""
     room_mode = isinstance(link, RoomLink)
-    word = text.strip().lower()
-    if is_exit_command(text) or word == "/quit":
+    command = commands.parse_input(text)
+    action = command.action
+    if action is Action.LEAVE:
         if host and room_mode:
             try:
                 answer = await session.prompt_async(
@@ -311,30 +303,28 @@ async def _handle_input(text: str, link: Link, session: PromptSession[str], show
                 show(render.notice_line("staying"))
                 return "stay"
         return "leave"
-    if word == "/help":
+    if action is Action.HELP:
         for line in help_lines(link.max_message, room_mode):
             show(render.notice_line(line), stamp=False)
         return "stay"
-    if word.startswith("/") and not text.startswith("//") and \
-            (answer_lines := await link.command(text)) is not None:
+    if action in (Action.WHO, Action.VERIFY):
+        answer_lines = await link.answer(command)
+        if answer_lines is None:  # global chat has no members to list or keys to verify
+            answer_lines = [render.warning_line(commands.unknown_text(text))]
         for answer_line in answer_lines:
             show(answer_line, stamp=False)
         return "stay"
-    if text.startswith("//"):
-        text = text[1:]
-        if is_exit_command(text):  # the server would take it for /exit
-            show(render.warning_line("not sent: the server would read that as /exit"))
-            return "stay"
-    elif text.startswith("/"):
-        show(render.warning_line(f"unknown command {render.sanitize(text.split()[0])!r}: "
-                                 "/help lists the commands; start with // to send a '/' line"))
+    if action is Action.REFUSED:
+        show(render.warning_line(command.text))
+        return "stay"
+    if action is Action.NOTHING:
         return "stay"
     try:
-        link.send(text)
+        link.send(command.text)
     except MessageTooLong as exc:
         show(render.warning_line(str(exc)))
         return "stay"
-    show(render.chat_line(user, text, own=True))
+    show(render.chat_line(user, command.text, own=True))
     return "stay"
 
 

@@ -1,10 +1,10 @@
-"""client.commands: what a typed line means (shared by the desktop client)."""
+"""client.commands: what a typed line means (the one parser of ocm-chat and ocm-gui)."""
 
 from __future__ import annotations
 
 import pytest
 
-from client.commands import WHO_TEXT, Action, Command, help_lines, parse_input
+from client.commands import Action, Command, help_lines, parse_input
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -17,6 +17,12 @@ from client.commands import WHO_TEXT, Action, Command, help_lines, parse_input
     ("/quit", Command(Action.LEAVE)),
     ("/help", Command(Action.HELP)),
     ("/who", Command(Action.WHO)),
+    (" /WHO ", Command(Action.WHO)),
+    ("/who x", Command(Action.REFUSED, "unknown command '/who': /help lists the commands; "
+                                       "start with // to send a '/' line")),
+    ("/verify bob", Command(Action.VERIFY, "bob")),
+    ("/Verify  ボブ ", Command(Action.VERIFY, "ボブ")),
+    ("/verify", Command(Action.VERIFY, "")),
     ("//slash", Command(Action.SEND, "/slash")),
     ("//exit", Command(Action.REFUSED, "not sent: the server would read that as /exit")),
     ("/nope x", Command(Action.REFUSED, "unknown command '/nope': /help lists the commands; "
@@ -30,6 +36,8 @@ def test_parse_input(text: str, expected: Command) -> None:
 
 def test_help_names_every_command_and_the_limit() -> None:
     text = "\n".join(help_lines(123))
-    for word in ("/help", "/exit", "/quit", "/who", "//text", "123 bytes"):
+    for word in ("/help", "/exit", "/quit", "/who", "/verify NAME", "//text", "123 bytes"):
         assert word in text
-    assert "member list" not in WHO_TEXT and "/who" in WHO_TEXT
+    global_chat = "\n".join(help_lines(99, room_mode=False))
+    assert "/who" not in global_chat and "/verify" not in global_chat
+    assert "leave global chat" in global_chat
