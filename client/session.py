@@ -153,21 +153,29 @@ def join_room(
         raise
     finally:
         tcp.close()
-    server_udp = (addr[0], response.details.udp_port)
-    if e2e and not response.details.e2e:
-        # A server without encrypted rooms ignored "e2e": never chat in the clear by
-        # mistake. Leave the plain room it made (as its host, this closes it).
+    return finish_join(room, username, complete, response.details, (addr[0],
+                       response.details.udp_port), udp, TcrpTarget(host, tcp_port, tls, timeout),
+                       e2e)
+
+
+def finish_join(room: str, username: str, complete: Complete, details: Details,
+                server_udp: Addr, udp: socket.socket, target: TcrpTarget, e2e: bool) -> Joined:
+    """The ``Joined`` of a granted exchange (``join_room`` and ``join_room_async``).
+
+    If ``e2e`` was asked and the server made a plain room (it has no encrypted rooms and
+    ignored the flag), never chat in the clear by mistake: leave the room it made (as its
+    host, this closes it), close ``udp`` and raise ``JoinFailed``."""
+    if e2e and not details.e2e:
         try:
             udp.sendto(encode_chat(room.encode(), complete.token, EXIT_COMMAND.encode()),
                        server_udp)
         except OSError:
             pass
         udp.close()
-        raise JoinFailed(f"the server at {where} made a plain room, not an encrypted one "
-                         "(it does not support --e2e); left it")
+        raise JoinFailed(f"the server at {target.where} made a plain room, not an encrypted "
+                         "one (it does not support --e2e); left it")
     udp.setblocking(False)
-    return Joined(room.encode(), username, complete.token, response.details, server_udp, udp,
-                  TcrpTarget(host, tcp_port, tls, timeout))
+    return Joined(room.encode(), username, complete.token, details, server_udp, udp, target)
 
 
 def fetch_members(target: TcrpTarget, room_raw: bytes, token: bytes,

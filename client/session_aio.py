@@ -22,10 +22,14 @@ from client.session import (
     Joined,
     JoinFailed,
     JoinRefused,
+    TcrpTarget,
     _describe_os_error,
+    finish_join,
 )
 from wire import errors
 from wire.codes import Framing, Operation, Status
+from wire.e2e import PublicKeys
+from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
 from wire.tcrp import NEED_DATA, Complete, Response
 from wire.tcrp_client import ClientExchange
 
@@ -50,13 +54,17 @@ async def join_room_async(
     password: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     tls: ssl.SSLContext | None = None,
+    keys: PublicKeys | None = None,
+    e2e: bool = False,
 ) -> Joined:
     """Create or join ``room`` as ``username``; see the module docstring. With ``tls`` the
-    server's certificate must verify for ``host`` (``JoinFailed`` saying so otherwise)."""
+    server's certificate must verify for ``host`` (``JoinFailed`` saying so otherwise).
+    ``keys`` and ``e2e`` as in ``join_room`` (an encrypted room, docs/e2e.md §2.1)."""
     loop = asyncio.get_running_loop()
     where = f"{host}:{tcp_port}"
-    exchange = ClientExchange()
-    request = exchange.send_request(operation, room, username, password, Framing.OCM1)
+    exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)  # an encrypted room's reply
+    request = exchange.send_request(operation, room, username, password, Framing.OCM1,
+                                    keys=keys, e2e=e2e)  # lists its members (§2.2)
     tcp: socket.socket | None = None
     writer: asyncio.StreamWriter | None = None
     udp: socket.socket | None = None
@@ -105,9 +113,9 @@ async def join_room_async(
             writer.close()  # closes tcp with the transport
         elif tcp is not None:
             tcp.close()
-    udp.setblocking(False)
-    server_udp = (addr[0], response.details.udp_port)
-    return Joined(room.encode(), username, complete.token, response.details, server_udp, udp)
+    return finish_join(room, username, complete, response.details,
+                       (addr[0], response.details.udp_port), udp,
+                       TcrpTarget(host, tcp_port, tls, timeout), e2e)
 
 
 async def _read_answer(reader: asyncio.StreamReader, exchange: ClientExchange, where: str
