@@ -1,11 +1,16 @@
 """The main window: connect screen and room window, and everything between them.
 
 ``MainWindow`` owns the membership: it joins with ``client.session_aio.join_room_async``
-(on the loop, so the window never waits on the network), opens a
-``client.link.RoomLink`` (the same UDP link ``ocm-chat`` uses) and routes its lines to
-the room window; it reads typed input with ``client.commands`` and leaves cleanly when
-asked, when the window closes, or when the chat ends under it. Unread count in the title,
-a desktop notification while unfocused, the host's confirmation before leaving (closing
+(on the loop, so the window never waits on the network) with this device's public keys
+(``client.e2e_link.load_identity``: the key store ``ocm-chat`` uses), opens the link
+``client.e2e_link.room_link`` picks (``RoomLink``, or ``E2ERoomLink`` in an encrypted
+room: the same links ``ocm-chat`` uses) and routes its lines to the room window; it reads
+typed input with ``client.commands`` and leaves cleanly when asked, when the window
+closes, or when the chat ends under it. The member list is the server's (``/who``,
+TCRP Operation 3), fetched on entering and after every join or leave; in an encrypted
+room a pinned key that changed opens a warning dialog (``E2ERoomLink.on_key_changed``),
+and verifying opens ``client.gui.verify.VerifyDialog``. Unread count in the title, a
+desktop notification while unfocused, the host's confirmation before leaving (closing
 the window included).
 """
 
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+from collections.abc import Mapping
 from typing import Final
 
 from PySide6.QtCore import QEvent, QSettings
@@ -28,12 +35,16 @@ from PySide6.QtWidgets import (
 )
 
 from client import commands, render
-from client.commands import Action
+from client.commands import Action, Command
+from client.e2e.identity import IdentityKeys, fingerprint
+from client.e2e_link import E2ERoomLink, load_identity, room_link
 from client.gui import models
 from client.gui.bridge import Tasks
 from client.gui.connect import ConnectScreen
 from client.gui.models import ConnectRequest, Field, Unread
 from client.gui.room import RoomView
+from client.gui.verify import VerifyDialog
+from client.keystore import KeyStore, KeyStoreError
 from client.link import RoomLink
 from client.render import Line, MessageTooLong
 from client.session import (
@@ -44,21 +55,30 @@ from client.session import (
     client_tls_context,
 )
 from client.session_aio import join_room_async
-from wire.chat import encode_chat
-from wire.codes import NoticeEvent
+from wire.chat import Notice, encode_chat
+from wire.codes import NoticeEvent, Operation
+from wire.e2e import MemberInfo
 from wire.limits import EXIT_COMMAND
 
 NOTIFY_KEY: Final = "notifications"
 
 
 class MainWindow(QMainWindow):
-    """The whole app in one window. ``settings`` holds recents and the notify switch."""
+    """The whole app in one window. ``settings`` holds recents and the notify switch;
+    ``env`` says where the key store is (``$XDG_CONFIG_HOME/ocm``, as for ``ocm-chat``)."""
 
     def __init__(self, settings: QSettings, join_timeout: float = DEFAULT_TIMEOUT_S,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, env: Mapping[str, str] | None = None
+                 ) -> None:
         super().__init__(parent)
         self.settings = settings
         self.join_timeout = join_timeout
+        self.env = os.environ if env is None else env
+        self.members: tuple[MemberInfo, ...] = ()  # the last list the server gave
+        self.key_warnings: list[QMessageBox] = []  # the key-change dialogs shown
+        self.verify_dialog: VerifyDialog | None = None
+        self._members_task: asyncio.Task[None] | None = None
+        self._members_stale = False
         self.tasks = Tasks(self._task_failed)
         self.link: RoomLink | None = None
         self.joined: Joined | None = None
@@ -83,6 +103,7 @@ class MainWindow(QMainWindow):
         self.room.rejoin_clicked.connect(self._rejoin)
         self.room.new_room_clicked.connect(self._new_room)
         self.room.caught_up.connect(self._caught_up)
+        self.room.verify_clicked.connect(self.open_verify)
         self.room.notify.setChecked(self._setting_bool(NOTIFY_KEY, True))
         self.room.notify.toggled.connect(lambda on: settings.setValue(NOTIFY_KEY, on))
         self._tray: QSystemTrayIcon | None = None
@@ -115,9 +136,19 @@ class MainWindow(QMainWindow):
                 self._back_to_connect(Field.SERVER, f"Cannot use the CA file: {exc}")
                 return False
         try:
-            joined = await join_room_async(request.host, request.port, request.operation,
-                                           request.room, request.username, request.password,
-                                           self.join_timeout, tls=tls)
+            store, identity = load_identity(self.env)
+        except KeyStoreError as exc:
+            if request.encrypted:
+                screen.set_busy(False)
+                self._back_to_connect(Field.FORM, f"Cannot use your keys: {exc}")
+                return False
+            store, identity = None, None  # plain rooms still work; encrypted ones refuse
+        try:
+            joined = await join_room_async(
+                request.host, request.port, request.operation, request.room,
+                request.username, request.password, self.join_timeout, tls=tls,
+                keys=identity.public() if identity is not None else None,
+                e2e=request.encrypted and request.operation is Operation.CREATE)
         except JoinRefused as exc:
             which, text = models.refusal(exc.status, bool(request.password), exc.error)
             self._back_to_connect(which, text)
@@ -131,15 +162,21 @@ class MainWindow(QMainWindow):
             _abandon(joined)
             return False
         screen.remember_request(request)
-        await self._chat(request, joined)
+        await self._chat(request, joined, store, identity)
         return True
 
-    async def _chat(self, request: ConnectRequest, joined: Joined) -> None:
+    async def _chat(self, request: ConnectRequest, joined: Joined, store: KeyStore | None,
+                    identity: IdentityKeys | None) -> None:
         self.request, self.joined = request, joined
         host = joined.details.host
-        self.room.enter(request.room, joined.username, host, joined.details.max_message)
+        link = room_link(joined, self._on_line, store, identity)
+        self.room.enter(request.room, joined.username, host, link.max_message,
+                        encrypted=isinstance(link, E2ERoomLink))
+        self.members = ()
         self.pages.setCurrentWidget(self.room)
-        link = RoomLink(joined, self._on_line)
+        link.on_notice = self._on_notice
+        if isinstance(link, E2ERoomLink):
+            link.on_key_changed = self.warn_key_changed
         try:
             await link.open()
         except OSError as exc:  # e.g. no route to the UDP port the server named
@@ -155,6 +192,7 @@ class MainWindow(QMainWindow):
             f"you are in room {render.sanitize(request.room)!r} as "
             f"{render.sanitize(joined.username)}{role} · /help for commands"))
         self.tasks.spawn(self._wait_end(link))
+        self.refresh_members()
 
     async def _wait_end(self, link: RoomLink) -> None:
         notice = await link.ended
@@ -203,7 +241,13 @@ class MainWindow(QMainWindow):
                 self.room.append(render.notice_line(line))
         elif action is Action.WHO:
             self.room.input.clear()
-            self.room.append(render.notice_line(commands.WHO_TEXT))
+            self.tasks.spawn(self._who())
+        elif action is Action.VERIFY:
+            self.room.input.clear()
+            if isinstance(self.link, E2ERoomLink) and command.text in self.link.crypto.members:
+                self.open_verify(command.text)
+            else:  # no such member, or a plain room: the link says why
+                self.tasks.spawn(self._answer(command))
         elif action is Action.REFUSED:
             self.room.append(render.warning_line(command.text))
         elif self.link is not None and self.joined is not None:
@@ -215,6 +259,80 @@ class MainWindow(QMainWindow):
             self.room.input.clear()
             self.room.append(render.chat_line(self.joined.username, command.text, own=True))
             self.room.scroll_to_bottom()
+
+    async def _who(self) -> None:
+        """``/who``: the lines in the scrollback, the list in the member panel."""
+        link = self.link
+        if link is None:
+            return
+        lines, members = await link.who()
+        for line in lines:
+            self.room.append(line)
+        if members and link is self.link:
+            self._show_members(link, members)
+
+    async def _answer(self, command: Command) -> None:
+        if self.link is not None:
+            for line in await self.link.answer(command) or ():
+                self.room.append(line)
+
+    # -- the member list ----------------------------------------------------------------------
+    def refresh_members(self) -> None:
+        """Fetch the member list (Operation 3) for the panel; one fetch at a time, and
+        one more if something changed meanwhile. Nothing to do outside a room."""
+        if self.link is None:
+            return
+        if self._members_task is not None:
+            self._members_stale = True
+            return
+        self._members_task = self.tasks.spawn(self._fetch_members())
+
+    async def _fetch_members(self) -> None:
+        try:
+            while (link := self.link) is not None:
+                self._members_stale = False
+                _, members = await link.who()  # an encrypted link learns missing keys
+                if members and link is self.link:
+                    self._show_members(link, members)
+                if not self._members_stale:
+                    break
+        finally:
+            self._members_task = None
+
+    def _show_members(self, link: RoomLink, members: tuple[MemberInfo, ...]) -> None:
+        self.members = members
+        trust = link.trust_of if isinstance(link, E2ERoomLink) else None
+        self.room.set_members(models.member_rows(members, link.joined.username, trust))
+
+    def _on_notice(self, notice: Notice) -> None:
+        if notice.event in (NoticeEvent.JOINED, NoticeEvent.LEFT):
+            self.refresh_members()
+
+    def open_verify(self, member: str) -> VerifyDialog | None:
+        """Show the safety number with ``member`` side by side with both keys; *They
+        match* marks ``member`` verified (``E2ERoomLink.verify``, pinned on disk)."""
+        link = self.link
+        if not isinstance(link, E2ERoomLink):
+            return None
+        number = link.safety_number_with(member)
+        keys = link.crypto.members.get(member)
+        if number is None or keys is None:
+            for line in link.verify(member):  # says there is no such member
+                self.room.append(line)
+            return None
+        dialog = VerifyDialog(link.joined.username, fingerprint(link.identity.public()),
+                              member, fingerprint(keys), number, self)
+        dialog.accepted.connect(functools.partial(self._verified, link, member))
+        self.verify_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def _verified(self, link: E2ERoomLink, member: str) -> None:
+        self.verify_dialog = None
+        for line in link.verify(member):
+            self.room.append(line)
+        if link is self.link and self.members:
+            self._show_members(link, self.members)
 
     def request_leave(self, then_quit: bool = False) -> None:
         """Leave (and close the window if ``then_quit``); a host is asked first, because
@@ -266,18 +384,22 @@ class MainWindow(QMainWindow):
             link.close()
 
     def warn_key_changed(self, member: str, old: str, new: str) -> QMessageBox:
-        """Hook for encrypted rooms (not served yet): a member's key changed. A warning
-        dialog, not a line in the scrollback, because it may mean someone else is
-        speaking under that name."""
+        """A member's key is not the one pinned before (``E2ERoomLink.on_key_changed``):
+        a warning dialog, not only a line in the scrollback, because it may mean someone
+        else is speaking under that name. Their messages are marked unverified until
+        they are verified again."""
         name = render.sanitize(member)
         box = QMessageBox(QMessageBox.Icon.Warning, f"{name}'s key changed",
                           f"The encryption key of {name} is not the one you saw before.\n\n"
                           f"before: {render.sanitize(old)}\nnow: {render.sanitize(new)}\n\n"
                           "This happens when they reinstall or use another device, or when "
-                          "someone else is using their name. Check the new fingerprint with "
-                          "them before trusting their messages.",
+                          "someone else is using their name. Their messages are marked "
+                          "[unverified key] until you compare safety numbers with them "
+                          f"(Verify… in the member list, or /verify {name}).",
                           QMessageBox.StandardButton.Ok, self)
+        self.key_warnings = [*self.key_warnings[-9:], box]
         box.open()
+        self.refresh_members()
         return box
 
     def _on_line(self, line: Line) -> None:

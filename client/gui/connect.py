@@ -6,9 +6,9 @@ shown in plain words under the field it concerns. Recent servers, names and room
 ``QSettings`` (``remember_request`` after a successful join).
 
 TLS asks for TCRP inside TLS on the server's TLS port, with an optional CA file for a
-server whose certificate comes from its own CA. The "end-to-end encrypted" toggle is a
-hook: disabled, with a tooltip saying why, until the encryption library is there
-(``models.ENCRYPTION_AVAILABLE``).
+server whose certificate comes from its own CA. "End-to-end encrypted" (when creating)
+makes the new room an encrypted one (docs/e2e.md); joining needs no toggle, the server
+says whether a room is encrypted.
 """
 
 from __future__ import annotations
@@ -136,9 +136,8 @@ class ConnectScreen(QWidget):
         form.addRow("", self._error_label(Field.PASSWORD))
 
         self.encrypted = QCheckBox("End-to-end encrypted")
-        self.encrypted.setEnabled(models.ENCRYPTION_AVAILABLE)
-        self.encrypted.setToolTip("Encrypted rooms need end-to-end encryption support "
-                                  "(not available yet)")
+        self.encrypted.setToolTip("Messages are encrypted for the room's members: the "
+                                  "server relays them without being able to read them")
         form.addRow("", self.encrypted)
         outer.addLayout(form)
 

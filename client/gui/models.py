@@ -6,19 +6,24 @@
 - ``Entry`` / ``Scrollback``: every line since joining, with its receive time.
 - ``Unread``: the count shown in the window title.
 - ``byte_count``: the input's size against the room's ``max_message``.
-- ``Member``: one row of the member list (a hook: the server has no member list yet).
+- ``Member`` / ``member_rows``: the member list, from the server's (TCRP Operation 3),
+  with the host marked and, in an encrypted room, each key's fingerprint and trust.
 - ``sender_rgb``: the colour of a sender, the same as ``ocm-chat``'s xterm colour.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 from client import render
+from client.e2e.identity import fingerprint
+from client.keystore import Trust
 from client.render import Kind, Line
 from wire.codes import Operation, Status
+from wire.e2e import MemberInfo
 
 # --- connect screen ---------------------------------------------------------------------------
 DEFAULT_SERVER: Final = "127.0.0.1"
@@ -40,7 +45,7 @@ class ConnectRequest:
     username: str
     password: str | None = None  # None or "": no password
     tls: bool = False  # TCRP inside TLS, the server's certificate verified
-    encrypted: bool = False  # hook: end-to-end encrypted room (not yet)
+    encrypted: bool = False  # create an end-to-end encrypted room (docs/e2e.md)
     ca_file: str | None = None  # with tls: trust this CA (PEM) instead of the system's
 
     def again(self, room_gone: bool) -> ConnectRequest:
@@ -206,21 +211,48 @@ def byte_count(text: str, limit: int) -> ByteCount:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """A member-list row. Hook for the server's member list and end-to-end encryption
-    (not served yet): the list stays hidden until a server provides it."""
+    """A member-list row: the name, the host mark, and in an encrypted room the key's
+    fingerprint and what we know of it (``trust``; ``None`` for our own key)."""
 
     name: str
     host: bool = False
+    me: bool = False
     fingerprint: str | None = None  # encrypted rooms: the member's key fingerprint
-    verified: bool = False
+    trust: Trust | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.trust is Trust.VERIFIED
+
+    def label(self) -> str:
+        """``alice (host, you)``, as ``/who`` says it."""
+        return render.member_label(self.name, self.host, self.me)
+
+    def trust_text(self) -> str:
+        """How the row names the key's state."""
+        if self.me:
+            return "your key"
+        return {Trust.VERIFIED: "✔ verified", Trust.CHANGED: "⚠ key changed",
+                Trust.UNVERIFIED: "unverified", None: ""}[self.trust]
 
 
-MEMBER_LIST_AVAILABLE: Final = False
-"""The server does not tell clients who is in a room yet (/who); the panel is hidden."""
+def member_rows(members: tuple[MemberInfo, ...], me: str,
+                trust: Callable[[str], Trust] | None) -> list[Member]:
+    """The rows for ``members`` (the server's order: the host first). ``trust``: the
+    encrypted room's ``E2ERoomLink.trust_of``; ``None`` in a plain room."""
+    rows = []
+    for member in members:
+        mine = member.user == me
+        fp = fingerprint(member.keys) if member.keys is not None and trust is not None \
+            else None
+        rows.append(Member(member.user, member.host, mine, fp,
+                           None if mine or fp is None or trust is None
+                           else trust(member.user)))
+    return rows
+
+
 TLS_AVAILABLE: Final = True
 """TCRP over TLS: the connect screen's toggle (the server must serve it: --tls-cert)."""
-ENCRYPTION_AVAILABLE: Final = False
-"""End-to-end encrypted rooms need the encryption library (not yet); toggle disabled."""
 
 
 # --- colours ----------------------------------------------------------------------------------

@@ -1,16 +1,19 @@
 """The room window: scrollback, input with byte counter, the end-of-chat banner.
 
-A view only: it shows ``render.Line``s (already sanitised by the shared library) and
-emits what the user asked for (``submitted``, ``leave_clicked``, ``rejoin_clicked``,
-``new_room_clicked``); ``client.gui.app.MainWindow`` does the networking.
+A view only: it shows ``render.Line``s (already sanitised by the shared library) and the
+member list, and emits what the user asked for (``submitted``, ``leave_clicked``,
+``rejoin_clicked``, ``new_room_clicked``, ``verify_clicked``);
+``client.gui.app.MainWindow`` does the networking.
 
 The scrollback is a read-only ``QPlainTextEdit``: it lays out only the visible blocks,
 so appending stays cheap at 10,000 lines (``make bench-gui`` measures it). A new line
 scrolls the view only when it was at the bottom; otherwise a "new messages" marker
 appears, and clicking it jumps down.
 
-The member list (with the host marked, a lock and fingerprints in encrypted rooms) is a
-hook: hidden until a server provides a member list (``models.MEMBER_LIST_AVAILABLE``).
+The member list (``set_members``, rows from ``models.member_rows``) marks the host; in an
+encrypted room the header shows a lock, each row the member's key fingerprint and its
+state (unverified, verified, key changed), and *Verify…* (or a double click) asks to
+compare safety numbers with the selected member.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from typing import Final
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFont, QPalette
+from PySide6.QtGui import QColor, QFont, QPalette
 from PySide6.QtWidgets import (
     QCheckBox,
     QFrame,
@@ -39,6 +42,7 @@ from PySide6.QtWidgets import (
 from client import render
 from client.gui import models
 from client.gui.models import ByteCount, Entry, Member, Scrollback
+from client.keystore import Trust
 from client.render import Kind, Line
 
 WARNING_COLOUR: Final = "#d32f2f"
@@ -71,6 +75,7 @@ class RoomView(QWidget):
     leave_clicked = Signal()
     rejoin_clicked = Signal()
     new_room_clicked = Signal()
+    verify_clicked = Signal(str)  # the member to compare safety numbers with
     caught_up = Signal()  # the view reached the bottom: everything is seen
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -78,13 +83,14 @@ class RoomView(QWidget):
         self.setObjectName("room")
         self.scrollback = Scrollback()
         self.max_message = 0
+        self.encrypted = False
         self.unseen = 0  # lines that arrived while scrolled up (the marker's count)
         outer = QVBoxLayout(self)
 
         header = QHBoxLayout()
         self.lock = QLabel("🔒")
         self.lock.setToolTip("end-to-end encrypted room")
-        self.lock.setVisible(False)  # hook: encrypted rooms (not available yet)
+        self.lock.setVisible(False)  # shown in encrypted rooms
         self.title = QLabel("")
         font = self.title.font()
         font.setBold(True)
@@ -110,14 +116,12 @@ class RoomView(QWidget):
         self.log.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse
                                          | Qt.TextInteractionFlag.TextSelectableByKeyboard)
         self.log.verticalScrollBar().valueChanged.connect(self._scrolled)
-        self.members = QListWidget()
-        self.members.setObjectName("members")
-        self.members.setVisible(models.MEMBER_LIST_AVAILABLE)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.log)
-        split.addWidget(self.members)
-        split.setStretchFactor(0, 4)
+        split.addWidget(self._member_panel())
+        split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 1)
+        split.setSizes([500, 220])
         outer.addWidget(split, 1)
 
         self.marker = QPushButton("")
@@ -161,8 +165,32 @@ class RoomView(QWidget):
         outer.addLayout(row)
 
     # -- what the main window calls -------------------------------------------------------------
-    def enter(self, room: str, username: str, host: bool, max_message: int) -> None:
-        """Start showing a new membership (the scrollback starts empty)."""
+    def _member_panel(self) -> QWidget:
+        panel = QWidget()
+        panel.setObjectName("member-panel")
+        column = QVBoxLayout(panel)
+        column.setContentsMargins(0, 0, 0, 0)
+        self.members_title = QLabel("Members")
+        self.members_title.setObjectName("members-title")
+        self.members_title.setWordWrap(True)
+        self.members = QListWidget()
+        self.members.setObjectName("members")
+        self.members.setWordWrap(True)
+        self.members.setFont(emoji_capable_font(self.members.font()))
+        self.members.itemSelectionChanged.connect(self._member_selected)
+        self.members.itemDoubleClicked.connect(lambda _item: self._verify_selected())
+        self.verify_button = QPushButton("Verify…")
+        self.verify_button.setToolTip("compare safety numbers with the selected member")
+        self.verify_button.clicked.connect(self._verify_selected)
+        column.addWidget(self.members_title)
+        column.addWidget(self.members, 1)
+        column.addWidget(self.verify_button)
+        return panel
+
+    def enter(self, room: str, username: str, host: bool, max_message: int,
+              encrypted: bool = False) -> None:
+        """Start showing a new membership (the scrollback starts empty); ``encrypted``
+        shows the lock and the verify button."""
         self.scrollback = Scrollback()
         self.log.clear()
         self.max_message = max_message
@@ -172,6 +200,9 @@ class RoomView(QWidget):
         self.title.setText(render.sanitize(room))
         self.role.setText(f"as {render.sanitize(username)}"
                           + (" · host (leaving closes the room)" if host else ""))
+        self.encrypted = encrypted
+        self.lock.setVisible(encrypted)
+        self.verify_button.setVisible(encrypted)
         self.set_members([])
         self._set_chatting(True)
         self._count(self.input.text())
@@ -211,13 +242,29 @@ class RoomView(QWidget):
         self._set_chatting(False)
 
     def set_members(self, members: list[Member]) -> None:
-        """Hook for the member list: host marked, fingerprint and verified state shown."""
+        """Show ``members``: host marked; fingerprint and key state in encrypted rooms."""
+        selected = self.selected_member()
         self.members.clear()
+        lock = "🔒 " if self.encrypted else ""
+        self.members_title.setText(f"{lock}Members ({len(members)})"
+                                   + (" · end-to-end encrypted" if self.encrypted else ""))
         for member in members:
-            text = render.sanitize(member.name) + (" ★ host" if member.host else "")
+            text = member.label().replace(" (host", " ★ (host")
             if member.fingerprint is not None:
-                text += f"\n{member.fingerprint}" + (" ✔" if member.verified else "")
-            QListWidgetItem(text, self.members)
+                text += f"\n{member.fingerprint}\n{member.trust_text()}"
+            item = QListWidgetItem(text, self.members)
+            item.setData(Qt.ItemDataRole.UserRole, member.name)
+            if member.fingerprint is not None and not member.me:
+                item.setData(Qt.ItemDataRole.UserRole + 1, True)  # can be verified
+            if member.trust is Trust.CHANGED:
+                item.setForeground(QColor(WARNING_COLOUR))
+            if member.name == selected:
+                item.setSelected(True)
+        self._member_selected()
+
+    def selected_member(self) -> str | None:
+        items = self.members.selectedItems()
+        return str(items[0].data(Qt.ItemDataRole.UserRole)) if items else None
 
     def byte_count(self) -> ByteCount:
         return models.byte_count(self.input.text(), self.max_message)
@@ -227,6 +274,16 @@ class RoomView(QWidget):
         self.input.setEnabled(chatting)
         self.send_button.setEnabled(chatting)
         self.leave_button.setEnabled(chatting)
+
+    def _member_selected(self) -> None:
+        items = self.members.selectedItems()
+        self.verify_button.setEnabled(
+            bool(items) and bool(items[0].data(Qt.ItemDataRole.UserRole + 1)))
+
+    def _verify_selected(self) -> None:
+        if self.verify_button.isEnabled() and self.encrypted \
+                and (name := self.selected_member()) is not None:
+            self.verify_clicked.emit(name)
 
     def _submit(self) -> None:
         if self.input.isEnabled():

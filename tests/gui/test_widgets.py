@@ -9,7 +9,7 @@ import pytest
 import qasync
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QLabel, QWidget
 from pytestqt.qtbot import QtBot
 
 from client import render
@@ -18,6 +18,8 @@ from client.gui.app import MainWindow
 from client.gui.connect import ConnectScreen
 from client.gui.models import ConnectRequest, Field, Member
 from client.gui.room import RoomView
+from client.gui.verify import VerifyDialog
+from client.keystore import Trust
 from wire.codes import Operation
 
 
@@ -112,7 +114,7 @@ def test_connect_screen_checks_fields_before_connecting(
 def test_connect_screen_hooks_and_recents(qtbot: QtBot, settings: QSettings) -> None:
     screen = ConnectScreen(settings)
     qtbot.addWidget(screen)
-    assert screen.tls.isEnabled() and not screen.encrypted.isEnabled()
+    assert screen.tls.isEnabled() and screen.encrypted.isEnabled()
     assert not screen.ca_file.isVisibleTo(screen) and screen.port.value() == 9000
     screen.tls.setChecked(True)  # the TLS port, and the CA file to trust
     assert screen.ca_file.isVisibleTo(screen) and screen.port.value() == 9443
@@ -162,23 +164,55 @@ def test_qt_binding_survives_many_signals_to_python_slots() -> None:
     assert done.returncode == 0 and "survived" in done.stdout, done.stderr[-2000:]
 
 
-def test_member_list_and_key_change_hooks(qtbot: QtBot, loop: qasync.QEventLoop,
-                                          settings: QSettings) -> None:
-    """Hooks for the member list and encrypted rooms: hidden until a server serves them,
-    but they render what they are given."""
+def test_member_list_rows_and_the_key_change_dialog(qtbot: QtBot, loop: qasync.QEventLoop,
+                                                    settings: QSettings) -> None:
+    """The member panel renders what it is given (host marked; fingerprint and key state
+    in an encrypted room; names sanitised); Verify… needs a member with a key."""
     window = MainWindow(settings)
     qtbot.addWidget(window)
     window.show()
     room = window.room
-    assert not room.members.isVisible() and not room.lock.isVisible()
-    room.set_members([Member("ann", host=True), Member("bo\x1b", fingerprint="ab:cd",
-                                                       verified=True)])
+    window.pages.setCurrentWidget(room)
+    room.enter("r", "ann", host=True, max_message=100)
+    assert room.members.isVisible() and not room.lock.isVisible()
+    assert not room.verify_button.isVisible()
+    room.set_members([Member("ann", host=True, me=True), Member("bo\x1b")])
     rows = [room.members.item(i).text() for i in range(room.members.count())]
-    assert rows == ["ann ★ host", "bo\\x1b\nab:cd ✔"]
+    assert rows == ["ann ★ (host, you)", "bo\\x1b"]
+    assert room.members_title.text() == "Members (2)"
+    room.enter("r", "ann", host=True, max_message=100, encrypted=True)
+    assert room.lock.isVisible() and room.verify_button.isVisible()
+    room.set_members([Member("ann", True, True, "ab:cd"),
+                      Member("bo", fingerprint="ef:01", trust=Trust.VERIFIED),
+                      Member("cy", fingerprint="23:45", trust=Trust.CHANGED)])
+    rows = [room.members.item(i).text() for i in range(room.members.count())]
+    assert rows == ["ann ★ (host, you)\nab:cd\nyour key", "bo\nef:01\n✔ verified",
+                    "cy\n23:45\n⚠ key changed"]
+    assert room.members_title.text() == "🔒 Members (3) · end-to-end encrypted"
+    room.members.item(0).setSelected(True)
+    assert not room.verify_button.isEnabled()  # our own key
+    room.members.item(0).setSelected(False)
+    room.members.item(2).setSelected(True)
+    with qtbot.waitSignal(room.verify_clicked, timeout=1000) as asked:
+        qtbot.mouseClick(room.verify_button, Qt.MouseButton.LeftButton)
+    assert asked.args == ["cy"]
     box = window.warn_key_changed("bo", "ab:cd", "ef:01")
     assert box.isVisible() and box.icon() == box.Icon.Warning
     assert "before: ab:cd\nnow: ef:01" in box.text()
     box.close()
+
+
+def test_verify_dialog_shows_both_keys_and_the_number(qtbot: QtBot) -> None:
+    number = " ".join(f"{i:05d}" for i in range(12))
+    dialog = VerifyDialog("ann", "aaaa bbbb", "bo", "cccc dddd", number)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    assert dialog.findChild(QLabel, "fingerprint-me").text() == "aaaa bbbb"
+    assert dialog.findChild(QLabel, "fingerprint-them").text() == "cccc dddd"
+    assert dialog.number.text().splitlines() == [
+        "00000 00001 00002 00003", "00004 00005 00006 00007", "00008 00009 00010 00011"]
+    with qtbot.waitSignal(dialog.accepted, timeout=1000):
+        dialog.match_button.click()
 
 
 def test_dark_palette_lifts_sender_colours(qtbot: QtBot) -> None:

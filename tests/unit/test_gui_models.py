@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from client import render
+from client.e2e.identity import IdentityKeys, fingerprint
 from client.gui import models
 from client.gui.models import ConnectRequest, Entry, Field, Unread
+from client.keystore import Trust
 from wire.codes import Operation, Status
+from wire.e2e import MemberInfo
 
 
 @pytest.mark.parametrize(("status", "sent", "field", "text"), [
@@ -105,3 +108,22 @@ def test_models_import_no_qt() -> None:
              for alias in node.names}
     names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not any(name.startswith(("PySide6", "qasync")) for name in names)
+
+
+def test_member_rows_mark_the_host_us_and_each_keys_trust() -> None:
+    ann, bo, cy = (IdentityKeys.generate(lambda n, i=i: bytes([i]) * n).public()
+                   for i in (1, 2, 3))
+    members = (MemberInfo("ann", True, ann), MemberInfo("bo", False, bo),
+               MemberInfo("cy", False, cy))
+    trust = {"bo": Trust.VERIFIED, "cy": Trust.CHANGED}
+    rows = models.member_rows(members, "ann", lambda user: trust[user])
+    assert [(r.label(), r.fingerprint, r.trust_text()) for r in rows] == [
+        ("ann (host, you)", fingerprint(ann), "your key"),
+        ("bo", fingerprint(bo), "✔ verified"),
+        ("cy", fingerprint(cy), "⚠ key changed"),
+    ]
+    assert rows[1].verified and not rows[2].verified
+    plain = models.member_rows((MemberInfo("ann", True), MemberInfo("bo\x1b", False)),
+                               "bo\x1b", None)
+    assert [(r.label(), r.fingerprint, r.trust) for r in plain] == [
+        ("ann (host)", None, None), ("bo\\x1b (you)", None, None)]

@@ -1,0 +1,199 @@
+"""ocm-gui's member list and encrypted rooms against a real ocm-control and real
+``ocm-chat`` peers: ``/who`` with the host marked, an encrypted room with the lock,
+fingerprints, safety numbers and messages decrypted both ways, and the warning dialog
+when a pinned key changes.
+
+Every party keeps its keys in its own ``$XDG_CONFIG_HOME`` under ``tmp_path`` (the
+window through its ``env``, the ``ocm-chat`` processes through their environment).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import qasync
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QApplication
+from pytestqt.qtbot import QtBot
+
+from client.e2e.identity import fingerprint
+from client.e2e_link import E2ERoomLink
+from client.gui.app import MainWindow
+from tests.gui.conftest import in_thread, run, until
+from tests.gui.test_gui import (
+    clients,
+    fill,
+    in_room,
+    join_ocm_chat_host,
+    room_name,
+    scrollback,
+    type_line,
+)
+from tests.integration.harness import Server
+from tests.integration.test_client_script import Client
+from tests.integration.test_client_script import spawn as spawn_chat
+
+__all__ = ["clients"]  # the fixture, shared with test_gui
+
+FP = r"[0-9a-f]{4}(?: [0-9a-f]{4}){7}"
+SAFETY = r"\d{5}(?: \d{5}){11}"
+
+
+def keys_env(tmp_path: Path, who: str) -> dict[str, str]:
+    return {"XDG_CONFIG_HOME": str(tmp_path / who)}
+
+
+@pytest.fixture
+def gui(qapp: QApplication, loop: qasync.QEventLoop, settings: QSettings, tmp_path: Path
+        ) -> Iterator[MainWindow]:
+    """A window whose key store is ``tmp_path/gui/ocm``."""
+    win = MainWindow(settings, join_timeout=10.0, env=keys_env(tmp_path, "gui"))
+    win.show()
+    yield win
+    win.quit_now()
+    win.deleteLater()
+    qapp.processEvents()
+
+
+def member_rows(window: MainWindow) -> list[str]:
+    members = window.room.members
+    return [members.item(i).text() for i in range(members.count())]
+
+
+def e2e_link(window: MainWindow) -> E2ERoomLink:
+    link = window.link
+    assert isinstance(link, E2ERoomLink), link
+    return link
+
+
+def test_who_in_a_plain_room_lists_the_members_with_the_host_marked(
+        gui: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client]) -> None:
+    room = room_name()
+
+    async def scenario() -> None:
+        await join_ocm_chat_host(gui, qtbot, server, clients, "carol", "dave", room)
+        assert not gui.room.lock.isVisible()
+        await until(lambda: member_rows(gui) == ["carol ★ (host)", "dave (you)"],
+                    "the member list on entering")
+        type_line(gui, qtbot, "/who")
+        await until(lambda: "2 in the room: carol (host), dave (you)" in scrollback(gui),
+                    "the /who answer")
+        erin = spawn_chat(clients, server, "--join", room, "--user", "erin")
+        await until(lambda: member_rows(gui) == ["carol ★ (host)", "dave (you)", "erin"],
+                    "erin in the member list")
+        erin.close_stdin()
+        await until(lambda: member_rows(gui) == ["carol ★ (host)", "dave (you)"],
+                    "erin gone from the member list")
+        assert gui.room.members_title.text() == "Members (2)"
+        type_line(gui, qtbot, "/verify carol")
+        await until(lambda: "this room is not end-to-end encrypted" in scrollback(gui),
+                    "/verify refused in a plain room")
+
+    run(loop, scenario())
+
+
+def test_gui_creates_an_encrypted_room_and_chats_with_ocm_chat(
+        gui: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client], tmp_path: Path) -> None:
+    room = room_name()
+
+    async def scenario() -> None:
+        gui.connect_screen.create_mode.setChecked(True)
+        gui.connect_screen.encrypted.setChecked(True)
+        fill(gui, qtbot, server.tcp_port, "alice", room, create=True)
+        await until(lambda: in_room(gui), "the room window")
+        link = e2e_link(gui)
+        assert gui.joined is not None and gui.joined.details.e2e
+        assert gui.room.lock.isVisible()
+        mine = fingerprint(link.identity.public())
+        assert f"your key fingerprint (alice): {mine}" in scrollback(gui)
+        assert (tmp_path / "gui" / "ocm" / "identity.json").exists()  # the GUI's own store
+
+        bob = spawn_chat(clients, server, "--join", room, "--user", "bob",
+                         env=keys_env(tmp_path, "bob"))
+        await in_thread(bob.expect_err, r"bob is in encrypted room")
+        await in_thread(bob.expect, rf"^\* alice's key fingerprint: {re.escape(mine)}$")
+        fp_bob = await until(lambda: re.search(rf"bob's key fingerprint: ({FP})",
+                                               scrollback(gui)), "bob's fingerprint")
+        fp_bob = fp_bob.group(1)
+        await until(lambda: member_rows(gui) == [f"alice ★ (host, you)\n{mine}\nyour key",
+                                                 f"bob\n{fp_bob}\nunverified"],
+                    "the member list with fingerprints")
+        assert "🔒" in gui.room.members_title.text()
+
+        type_line(gui, qtbot, "hello bob, 日本語 🙂")
+        await in_thread(bob.expect, r"^alice: hello bob, 日本語 🙂$")
+        bob.send("hi alice, sealed")
+        await until(lambda: "bob: hi alice, sealed" in scrollback(gui), "bob's message")
+        assert link.rejected == 0
+
+        # Verify: the dialog shows both keys and the number ocm-chat shows bob.
+        gui.room.members.item(1).setSelected(True)
+        qtbot.mouseClick(gui.room.verify_button, Qt.MouseButton.LeftButton)
+        dialog = await until(lambda: gui.verify_dialog, "the verify dialog")
+        bob.send("/verify alice")
+        number = (await in_thread(bob.expect, rf"^\* safety number with alice: {SAFETY}$")
+                  ).rsplit(": ", 1)[1]
+        assert dialog.number.text().split() == number.split()
+        dialog.match_button.click()
+        await until(lambda: member_rows(gui)[1] == f"bob\n{fp_bob}\n✔ verified",
+                    "bob marked verified")
+        assert f"safety number with bob: {number}" in scrollback(gui)
+        pins = json.loads((tmp_path / "gui" / "ocm" / "pins.json").read_text())
+        assert pins["servers"][f"127.0.0.1:{server.tcp_port}"]["bob"]["trust"] == "verified"
+        bob.close_stdin()
+        assert await in_thread(bob.wait) == 0
+        await until(lambda: "bob left the room" in scrollback(gui), "bob leaving")
+
+    run(loop, scenario())
+
+
+def test_a_changed_key_opens_a_warning_and_marks_messages_unverified(
+        gui: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client], tmp_path: Path) -> None:
+    room = room_name()
+
+    async def scenario() -> None:
+        # Joining needs no toggle: the server says the room is encrypted.
+        await join_ocm_chat_host(gui, qtbot, server, clients, "carol", "dave", room, "--e2e",
+                                 env=keys_env(tmp_path, "carol"))
+        assert gui.room.lock.isVisible()
+        bob = spawn_chat(clients, server, "--join", room, "--user", "bob",
+                         env=keys_env(tmp_path, "bob"))
+        await in_thread(bob.expect_err, r"bob is in encrypted room")
+        await until(lambda: "bob's key fingerprint" in scrollback(gui), "bob's first key")
+        bob.send("first device")
+        await until(lambda: "bob: first device" in scrollback(gui), "bob's message")
+        assert not gui.key_warnings
+        bob.close_stdin()
+        assert await in_thread(bob.wait) == 0
+        await until(lambda: "bob left the room" in scrollback(gui), "bob leaving")
+
+        # "bob" again with another key store: another key under the same name.
+        impostor = spawn_chat(clients, server, "--join", room, "--user", "bob",
+                              env=keys_env(tmp_path, "bob-2"))
+        box = await until(lambda: gui.key_warnings and gui.key_warnings[-1], "the dialog")
+        assert box.isVisible() and box.icon() == box.Icon.Warning
+        assert box.windowTitle() == "bob's key changed"
+        new = fingerprint(e2e_link(gui).crypto.members["bob"])
+        assert f"now: {new}" in box.text()
+        await until(lambda: any(row.startswith("bob\n") and row.endswith("⚠ key changed")
+                                for row in member_rows(gui)), "the changed key listed")
+        impostor.send("it is really me")
+        await until(lambda: "bob: [unverified key] it is really me" in scrollback(gui),
+                    "the message marked unverified")
+        box.close()
+        type_line(gui, qtbot, "/verify bob")  # the same dialog as the button
+        dialog = await until(lambda: gui.verify_dialog, "the verify dialog")
+        dialog.match_button.click()
+        impostor.send("verified now")
+        await until(lambda: "bob: verified now" in scrollback(gui), "an unmarked message")
+        impostor.close_stdin()
+        assert await in_thread(impostor.wait) == 0
+
+    run(loop, scenario())
