@@ -236,6 +236,17 @@ class Member:
                 Trust.UNVERIFIED: "unverified", None: ""}[self.trust]
 
 
+GROUPS_PER_LINE: Final = 4
+"""Digit groups per line: a fingerprint's 8 groups of 4 hex digits on two lines (it fits
+a narrow member list), a safety number's 12 groups of 5 digits on three."""
+
+
+def group_lines(groups: str, per_line: int = GROUPS_PER_LINE) -> str:
+    """``groups`` (separated by spaces) on lines of ``per_line``, for reading aloud."""
+    parts = groups.split()
+    return "\n".join(" ".join(parts[i:i + per_line]) for i in range(0, len(parts), per_line))
+
+
 def member_rows(members: tuple[MemberInfo, ...], me: str,
                 trust: Callable[[str], Trust] | None) -> list[Member]:
     """The rows for ``members`` (the server's order: the host first). ``trust``: the

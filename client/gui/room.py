@@ -91,6 +91,9 @@ class RoomView(QWidget):
         self.lock = QLabel("🔒")
         self.lock.setToolTip("end-to-end encrypted room")
         self.lock.setVisible(False)  # shown in encrypted rooms
+        lock_font = self.lock.font()
+        lock_font.setPointSizeF(lock_font.pointSizeF() * 1.5)
+        self.lock.setFont(lock_font)
         self.title = QLabel("")
         font = self.title.font()
         font.setBold(True)
@@ -176,6 +179,7 @@ class RoomView(QWidget):
         self.members = QListWidget()
         self.members.setObjectName("members")
         self.members.setWordWrap(True)
+        self.members.setAlternatingRowColors(True)  # rows of three lines stay apart
         self.members.setFont(emoji_capable_font(self.members.font()))
         self.members.itemSelectionChanged.connect(self._member_selected)
         self.members.itemDoubleClicked.connect(lambda _item: self._verify_selected())
@@ -251,7 +255,8 @@ class RoomView(QWidget):
         for member in members:
             text = member.label().replace(" (host", " ★ (host")
             if member.fingerprint is not None:
-                text += f"\n{member.fingerprint}\n{member.trust_text()}"
+                text += f"\n{models.group_lines(member.fingerprint)}\n" \
+                        f"{member.trust_text()}"
             item = QListWidgetItem(text, self.members)
             item.setData(Qt.ItemDataRole.UserRole, member.name)
             if member.fingerprint is not None and not member.me:

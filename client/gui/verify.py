@@ -9,8 +9,6 @@ the member verified through ``E2ERoomLink.verify`` (pinned in ``client.keystore`
 
 from __future__ import annotations
 
-from typing import Final
-
 from PySide6.QtGui import QFont, QFontDatabase
 from PySide6.QtWidgets import (
     QDialog,
@@ -23,16 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from client import render
-
-GROUPS_PER_ROW: Final = 4
-"""Safety-number groups (five digits each) per row: 12 groups make a 3 x 4 block."""
-
-
-def number_rows(number: str) -> str:
-    """``number`` (groups separated by spaces) as rows of ``GROUPS_PER_ROW`` groups."""
-    groups = number.split()
-    return "\n".join(" ".join(groups[i:i + GROUPS_PER_ROW])
-                     for i in range(0, len(groups), GROUPS_PER_ROW))
+from client.gui import models
 
 
 class VerifyDialog(QDialog):
@@ -56,7 +45,7 @@ class VerifyDialog(QDialog):
                                               (name, their_fingerprint))):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
-            label = QLabel(fp)
+            label = QLabel(models.group_lines(fp))
             label.setFont(mono)
             label.setWordWrap(True)
             label.setObjectName("fingerprint-me" if column == 0 else "fingerprint-them")
@@ -65,7 +54,7 @@ class VerifyDialog(QDialog):
         outer.addLayout(sides)
 
         outer.addWidget(QLabel("Safety number:"))
-        self.number = QLabel(number_rows(number))
+        self.number = QLabel(models.group_lines(number))
         self.number.setObjectName("safety-number")
         big = QFont(mono)
         big.setPointSizeF(mono.pointSizeF() * 1.4)

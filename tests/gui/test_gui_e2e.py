@@ -23,6 +23,7 @@ from pytestqt.qtbot import QtBot
 from client.e2e.identity import fingerprint
 from client.e2e_link import E2ERoomLink
 from client.gui.app import MainWindow
+from client.gui.models import group_lines
 from tests.gui.conftest import in_thread, run, until
 from tests.gui.test_gui import (
     clients,
@@ -121,8 +122,9 @@ def test_gui_creates_an_encrypted_room_and_chats_with_ocm_chat(
         fp_bob = await until(lambda: re.search(rf"bob's key fingerprint: ({FP})",
                                                scrollback(gui)), "bob's fingerprint")
         fp_bob = fp_bob.group(1)
-        await until(lambda: member_rows(gui) == [f"alice ★ (host, you)\n{mine}\nyour key",
-                                                 f"bob\n{fp_bob}\nunverified"],
+        rows = [f"alice ★ (host, you)\n{group_lines(mine)}\nyour key",
+                f"bob\n{group_lines(fp_bob)}\nunverified"]
+        await until(lambda: member_rows(gui) == rows,
                     "the member list with fingerprints")
         assert "🔒" in gui.room.members_title.text()
 
@@ -141,7 +143,7 @@ def test_gui_creates_an_encrypted_room_and_chats_with_ocm_chat(
                   ).rsplit(": ", 1)[1]
         assert dialog.number.text().split() == number.split()
         dialog.match_button.click()
-        await until(lambda: member_rows(gui)[1] == f"bob\n{fp_bob}\n✔ verified",
+        await until(lambda: member_rows(gui)[1] == f"bob\n{group_lines(fp_bob)}\n✔ verified",
                     "bob marked verified")
         assert f"safety number with bob: {number}" in scrollback(gui)
         pins = json.loads((tmp_path / "gui" / "ocm" / "pins.json").read_text())

@@ -182,12 +182,12 @@ def test_member_list_rows_and_the_key_change_dialog(qtbot: QtBot, loop: qasync.Q
     assert room.members_title.text() == "Members (2)"
     room.enter("r", "ann", host=True, max_message=100, encrypted=True)
     assert room.lock.isVisible() and room.verify_button.isVisible()
-    room.set_members([Member("ann", True, True, "ab:cd"),
-                      Member("bo", fingerprint="ef:01", trust=Trust.VERIFIED),
-                      Member("cy", fingerprint="23:45", trust=Trust.CHANGED)])
+    room.set_members([Member("ann", True, True, "a1 a2 a3 a4 a5 a6 a7 a8"),
+                      Member("bo", fingerprint="ef01", trust=Trust.VERIFIED),
+                      Member("cy", fingerprint="2345", trust=Trust.CHANGED)])
     rows = [room.members.item(i).text() for i in range(room.members.count())]
-    assert rows == ["ann ★ (host, you)\nab:cd\nyour key", "bo\nef:01\n✔ verified",
-                    "cy\n23:45\n⚠ key changed"]
+    assert rows == ["ann ★ (host, you)\na1 a2 a3 a4\na5 a6 a7 a8\nyour key",
+                    "bo\nef01\n✔ verified", "cy\n2345\n⚠ key changed"]
     assert room.members_title.text() == "🔒 Members (3) · end-to-end encrypted"
     room.members.item(0).setSelected(True)
     assert not room.verify_button.isEnabled()  # our own key
@@ -204,11 +204,11 @@ def test_member_list_rows_and_the_key_change_dialog(qtbot: QtBot, loop: qasync.Q
 
 def test_verify_dialog_shows_both_keys_and_the_number(qtbot: QtBot) -> None:
     number = " ".join(f"{i:05d}" for i in range(12))
-    dialog = VerifyDialog("ann", "aaaa bbbb", "bo", "cccc dddd", number)
+    dialog = VerifyDialog("ann", "a1 a2 a3 a4 a5", "bo", "b1 b2", number)
     qtbot.addWidget(dialog)
     dialog.show()
-    assert dialog.findChild(QLabel, "fingerprint-me").text() == "aaaa bbbb"
-    assert dialog.findChild(QLabel, "fingerprint-them").text() == "cccc dddd"
+    assert dialog.findChild(QLabel, "fingerprint-me").text() == "a1 a2 a3 a4\na5"
+    assert dialog.findChild(QLabel, "fingerprint-them").text() == "b1 b2"
     assert dialog.number.text().splitlines() == [
         "00000 00001 00002 00003", "00004 00005 00006 00007", "00008 00009 00010 00011"]
     with qtbot.waitSignal(dialog.accepted, timeout=1000):
