@@ -45,6 +45,7 @@ from wire.e2e import (
     encode_message,
     max_chat_body,
 )
+from wire.limits import EXIT_COMMAND
 
 MEMBERS_REFRESH_S: Final = 5.0
 """At most one member-list fetch per this many seconds for unknown senders (§2.4)."""
@@ -121,7 +122,7 @@ class E2ERoomLink(RoomLink):
 
     def leave(self) -> None:
         """Kind 04: the relay removes us as ``/exit`` does in a plain room (§3.2)."""
-        self._send(self._datagram(encode_message(Kind.LEAVE)))
+        self._send(leave_datagram(self.joined))
 
     def close(self) -> None:
         if self._timer is not None:
@@ -281,6 +282,13 @@ class E2ERoomLink(RoomLink):
             if known.get(member.user) != member.keys:
                 self._pin(member.user, member.keys)
                 self._run(self.crypto.add_member(member.user, member.keys, self._now()))
+
+
+def leave_datagram(joined: Joined) -> bytes:
+    """The datagram that leaves ``joined``'s room: kind 04 in an encrypted room (§3.2),
+    ``/exit`` in a plain one (where a kind-04 body would be chat text)."""
+    body = encode_message(Kind.LEAVE) if joined.details.e2e else EXIT_COMMAND.encode()
+    return encode_chat(joined.room_raw, joined.token, body)
 
 
 def load_identity(env: Mapping[str, str]) -> tuple[KeyStore, IdentityKeys]:

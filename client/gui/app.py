@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 from client import commands, render
 from client.commands import Action, Command
 from client.e2e.identity import IdentityKeys, fingerprint
-from client.e2e_link import E2ERoomLink, load_identity, room_link
+from client.e2e_link import E2ERoomLink, leave_datagram, load_identity, room_link
 from client.gui import models
 from client.gui.bridge import Tasks
 from client.gui.connect import ConnectScreen
@@ -55,10 +55,9 @@ from client.session import (
     client_tls_context,
 )
 from client.session_aio import join_room_async
-from wire.chat import Notice, encode_chat
+from wire.chat import Notice
 from wire.codes import NoticeEvent, Operation
 from wire.e2e import MemberInfo
-from wire.limits import EXIT_COMMAND
 
 NOTIFY_KEY: Final = "notifications"
 
@@ -463,8 +462,7 @@ class MainWindow(QMainWindow):
 def _abandon(joined: Joined) -> None:
     """Leave a membership that nobody will use (the window closed during the join)."""
     try:
-        joined.udp_sock.sendto(encode_chat(joined.room_raw, joined.token, EXIT_COMMAND.encode()),
-                               joined.server)
+        joined.udp_sock.sendto(leave_datagram(joined), joined.server)
     except OSError:
         pass
     joined.udp_sock.close()

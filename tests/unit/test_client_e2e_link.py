@@ -13,12 +13,12 @@ from pathlib import Path
 
 from client.e2e.identity import IdentityKeys, fingerprint, safety_number
 from client.e2e.room import RoomCrypto, Send
-from client.e2e_link import UNVERIFIED_MARK, E2ERoomLink
+from client.e2e_link import UNVERIFIED_MARK, E2ERoomLink, leave_datagram
 from client.keystore import KeyStore, Trust
 from client.render import Kind as LineKind
 from client.render import Line
 from client.session import Joined, TcrpTarget
-from wire.chat import Notice, encode_framed_notice
+from wire.chat import Notice, encode_chat, encode_framed_notice
 from wire.codes import Framing, NoticeEvent
 from wire.e2e import E2EDelivery, Kind, MemberInfo, decode_route, encode_delivery
 from wire.tcrp import Details
@@ -224,3 +224,15 @@ def test_create_e2e_on_a_server_without_encrypted_rooms_fails_and_leaves() -> No
         thread.join(TIMEOUT_S)
         listener.close()
         udp.close()
+
+
+def test_leave_datagram_is_kind_04_in_an_encrypted_room_and_exit_in_a_plain_one() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        e2e = Joined(ROOM.encode(), "bob", TOKEN, Details(9, False, 4000, 300.0,
+                                                          Framing.OCM1, e2e=True),
+                     (H, 9), sock)
+        plain = Joined(ROOM.encode(), "bob", TOKEN, Details(9, False, 4000, 300.0,
+                                                            Framing.OCM1), (H, 9), sock)
+        prefix = encode_chat(ROOM.encode(), TOKEN, b"")
+        assert leave_datagram(e2e) == prefix + b"\x04"
+        assert leave_datagram(plain) == prefix + b"/exit"
