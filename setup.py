@@ -23,6 +23,10 @@ OPTIONAL_EXTENSIONS = [
     # The loadgen's receive accounting (loadgen/fastpath.py is its Python side).
     Extension("loadgen._account", ["loadgen/_account.c"], optional=True,
               extra_compile_args=["-O2"]),
+    # The relay worker's hot loop (relay/hot.py is its Python side). No FP contraction:
+    # the token bucket must charge exactly as RelayCore._chat does.
+    Extension("relay._hot", ["relay/_hot.c"], optional=True,
+              extra_compile_args=["-O2", "-ffp-contract=off"]),
 ]
 
 setup(ext_modules=[] if os.environ.get("OCM_PURE_PYTHON") == "1" else OPTIONAL_EXTENSIONS)

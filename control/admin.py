@@ -231,6 +231,10 @@ class Metrics:
         out.family("ocm_worker_ready", "gauge", "1 when the worker is ready",
                    [((("worker", str(h.index)),), 1 if h.ready.is_set() else 0)
                     for h in handles])
+        out.family("ocm_worker_hot_path", "gauge", "1 for the hot loop each worker runs: "
+                   "compiled (relay._hot) or python (relay/hot.py)",
+                   [((("worker", str(h.index)), ("path", h.stats.hot_path)), 1)
+                    for h in handles if h.stats is not None])
         out.family("ocm_worker_restarts_total", "counter", "relay worker restarts",
                    [((("worker", str(h.index)),), h.restarts) for h in handles])
         supervisor = app.supervisor

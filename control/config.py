@@ -126,6 +126,9 @@ class Config:
     relay_sendmmsg: bool = _f(True, "relay each chat datagram with one sendmmsg per room "
                                     "and delivery format where the kernel allows it; "
                                     "false: one sendto per recipient", live=True)
+    relay_hot_path: str = _f("auto", "the relay workers' hot loop: auto (compiled if it was "
+                                     "built at install, else pure Python), compiled (or "
+                                     "refuse to start), python (docs/operations.md)")
     cluster: str = _f("", "Redis (or Valkey) URL of the cluster registry, "
                           "redis://HOST:PORT/DB; empty = one node, no cluster",
                       metavar="URL")
@@ -156,6 +159,7 @@ class Config:
             log_format=self.log_format,
             realtime_priority=self.realtime_priority,
             sendmmsg=self.relay_sendmmsg,
+            hot_path=self.relay_hot_path,
         )
 
 
@@ -163,7 +167,8 @@ LIVE_FIELDS: Final = frozenset(f.name for f in fields(Config) if f.metadata["liv
 _FIELDS: Final = {f.name: f for f in fields(Config)}
 _CHOICES: Final = {"steering": ("auto", "bpf", "forward"),
                    "log_level": ("debug", "info", "warning", "error"),
-                   "log_format": ("text", "json")}
+                   "log_format": ("text", "json"),
+                   "relay_hot_path": ("auto", "compiled", "python")}
 _POSITIVE: Final = ("inactivity_timeout", "tcp_timeout", "ping_interval", "ping_timeout",
                     "drain_timeout", "max_members", "max_send_failures",
                     "max_stage1_clients", "max_conns_per_ip", "conn_rate_per_ip",

@@ -66,6 +66,8 @@ class Fanout(NamedTuple):
 _new_fanout: Final = tuple.__new__
 
 _CHAT: Final = int(Kind.CHAT)
+CHAT_KIND: Final = _CHAT
+"""The kind byte of an encrypted room's chat Message (for the compiled loop)."""
 _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)

@@ -76,6 +76,8 @@ class WorkerSettings:
     sendmmsg: bool
     """Fan out with one ``sendmmsg`` per room and format where the kernel allows it;
     False: one ``sendto`` per recipient."""
+    hot_path: str = "auto"
+    """Which hot loop to run: auto, compiled or python (relay/hot.py)."""
 
 
 # --- commands, control -> worker ------------------------------------------------------------
@@ -199,12 +201,15 @@ class Stats:
     chat: Counters
     stage1_clients: int
     stage1: Counters
+    hot_path: str = "python"
+    """The loop that reads the chat socket: ``compiled`` or ``python`` (relay/hot.py)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The plain form (also the frame body, less ``"t"``): chat counters at the top,
         Stage 1's under ``"stage1"``."""
         return {"worker": self.worker, "pid": self.pid, "sendmmsg": self.sendmmsg,
-                "forwarded": self.forwarded, "rooms": self.rooms, "members": self.members,
+                "hot_path": self.hot_path, "forwarded": self.forwarded, "rooms": self.rooms,
+                "members": self.members,
                 "send_failures": self.send_failures, **_counters_dict(self.chat),
                 "stage1": {"clients": self.stage1_clients, **_counters_dict(self.stage1)}}
 
@@ -225,7 +230,8 @@ def _settings_dict(s: WorkerSettings) -> dict[str, Any]:
             "max_send_failures": s.max_send_failures, "chat_rate": s.chat_rate,
             "chat_burst": s.chat_burst, "max_stage1_clients": s.max_stage1_clients,
             "log_level": s.log_level, "log_format": s.log_format,
-            "realtime_priority": s.realtime_priority, "sendmmsg": s.sendmmsg}
+            "realtime_priority": s.realtime_priority, "sendmmsg": s.sendmmsg,
+            "hot_path": s.hot_path}
 
 
 def _body(message: Message) -> dict[str, Any]:
@@ -335,7 +341,8 @@ def _settings(f: _Fields) -> WorkerSettings:
         max_send_failures=f.integer("max_send_failures"), chat_rate=f.number("chat_rate"),
         chat_burst=f.integer("chat_burst"), max_stage1_clients=f.integer("max_stage1_clients"),
         log_level=f.text("log_level"), log_format=f.text("log_format"),
-        realtime_priority=f.integer("realtime_priority"), sendmmsg=f.flag("sendmmsg"))
+        realtime_priority=f.integer("realtime_priority"), sendmmsg=f.flag("sendmmsg"),
+        hot_path=f.text("hot_path"))
 
 
 def _member(f: _Fields) -> AddMember:
@@ -373,7 +380,7 @@ def _stats(f: _Fields) -> Stats:
     stage1 = f.section("stage1")
     return Stats(f.integer("worker"), f.integer("pid"), f.flag("sendmmsg"), f.integer("forwarded"),
                  f.integer("rooms"), f.integer("members"), f.integer("send_failures"), _counters(f),
-                 stage1.integer("clients"), _counters(stage1))
+                 stage1.integer("clients"), _counters(stage1), f.text("hot_path"))
 
 
 _DECODERS: Final[dict[str, Callable[[_Fields], Message]]] = {

@@ -4,11 +4,14 @@ Entry point ``main(index, settings, udp_sock, stage1_sock, conn, inbox, peers)``
 control's supervisor in a ``spawn`` process, ``settings`` being the typed
 ``relay.ipc.WorkerSettings``. The worker:
 
-* reads its UDP socket from a raw non-blocking ``recvfrom`` loop on ``loop.add_reader``
-  (faster than ``DatagramProtocol``), hands each datagram to the core
-  and sends the returned ``Fanout`` with one ``sendmmsg`` per room and delivery format
-  (runtime/mmsg.py; batches cached here, per room, until ``Room.generation`` changes), or
-  with one ``sendto`` per recipient when ``settings.sendmmsg`` is off or unavailable;
+* reads its UDP socket on ``loop.add_reader`` with one of two hot loops (relay/hot.py
+  chooses, and the worker logs which): the compiled one (``relay._hot``: ``recvmmsg``
+  batches, the ordinary chat relayed in C, everything else handed to the Python path in
+  order), or the pure-Python one: a raw non-blocking ``recvfrom`` loop (faster than
+  ``DatagramProtocol``) that hands each datagram to the core and sends the returned
+  ``Fanout`` with one ``sendmmsg`` per room and delivery format (runtime/mmsg.py; batches
+  cached here, per room, until ``Room.generation`` changes), or with one ``sendto`` per
+  recipient when ``settings.sendmmsg`` is off or unavailable;
 * counts a failed send against the recipient (``RelayCore.handle_send_failure``) and ends
   the recipient's failure streak at a send that went through, on both paths;
 * reads typed commands from its pipe (relay/ipc.py) and writes typed events back;
@@ -32,14 +35,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+from types import ModuleType
 from typing import Final, TypeVar, cast
 
-from relay import ipc
-from relay.core import Addr, Fanout, GlobalChat, RelayCore, Room
+from relay import hot, ipc
+from relay.core import CHAT_KIND, Addr, Fanout, GlobalChat, Member, RelayCore, Room
 from relay.globalchat import GlobalChatRelay
 from relay.steering import tag_worker
 from runtime import logs, mmsg, sched
-from wire.limits import MAX_DATAGRAM_BYTES
+from wire.limits import EXIT_MATCH_MAX_BYTES, MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES
 
 log = logging.getLogger("ocm.relay")
 T = TypeVar("T")
@@ -78,6 +82,12 @@ class Worker:
         self._batches: dict[str, _RoomBatches] = {}
         """The send cache of ``_relay_batched``, by room name; a closed room's entry goes
         when its ``Closed`` event is flushed."""
+        self.hot_module, self.hot_path = hot.choose(settings.hot_path)
+        """The compiled hot loop's module (None: pure Python), and a sentence saying which
+        runs and why. Raises ``hot.Unavailable`` for ``compiled`` where it cannot be had."""
+        self.hot: hot.Hot | None = None
+        self._routes: dict[str, hot.Route] = {}
+        """The compiled loop's send cache, by room name (as ``_batches``)."""
         self.forwarded = 0
         self.transport: asyncio.Transport | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -85,6 +95,8 @@ class Worker:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = float("inf")
         self._started = False
+        self.clock: Callable[[], float] = time.monotonic
+        """The hot loops' time source (tests pin it to compare both loops exactly)."""
 
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self, conn_sock: socket.socket) -> None:
@@ -107,8 +119,9 @@ class Worker:
             return
         self._started = True
         assert self.loop is not None
-        reader = self._on_udp_forwarding if self.forwarding else self._on_udp
-        self.loop.add_reader(self.sock.fileno(), reader)
+        if self.hot_module is not None and not self.forwarding:
+            self.hot = self.compiled_loop(self.hot_module)
+        self._install_reader()
         if self.stage1_sock is not None:  # budgeted fan-out: relay/globalchat.py
             self.stage1_relay = GlobalChatRelay(self.stage1_sock, self.stage1, self.loop)
             self.stage1_relay.start()
@@ -116,7 +129,44 @@ class Worker:
             self.inbox.setblocking(False)
             self.loop.add_reader(self.inbox.fileno(), self._on_inbox)
 
+    def compiled_loop(self, module: ModuleType) -> hot.Hot:
+        """The compiled hot loop on this worker's socket, core and caches."""
+        compiled: hot.Hot = module.Hot(
+            fd=self.fd, core=self.core, routes=self._routes, route_for=self._route_for,
+            slow=self._handle_one, send_failed=self._hot_send_failed, warn=self._hot_warn,
+            member_type=Member, room_type=Room, chat_kind=CHAT_KIND,
+            max_datagram=MAX_DATAGRAM_BYTES, max_delivery=MAX_DELIVERY_BYTES,
+            exit_max=EXIT_MATCH_MAX_BYTES, max_batch=BATCH_DATAGRAMS)
+        return compiled
+
+    def _install_reader(self) -> None:
+        """(Re)attach the UDP reader: forwarding, compiled (while fan-out may be batched)
+        or pure Python."""
+        assert self.loop is not None
+        if self.forwarding:
+            reader = self._on_udp_forwarding
+        elif self.hot is not None and self.batched:
+            reader = self._on_udp_compiled
+        else:
+            reader = self._on_udp
+        self.loop.remove_reader(self.fd)
+        self.loop.add_reader(self.fd, reader)
+        running = "compiled" if reader == self._on_udp_compiled else "pure Python"
+        log.info("worker %d: hot loop %s", self.index,
+                 self.hot_path if running == "compiled" or self.hot_module is None
+                 else f"{running} (fan-out without sendmmsg)")
+
+    @property
+    def hot_path_running(self) -> str:
+        """``compiled`` or ``python``: the loop that reads the chat socket now."""
+        return hot.COMPILED if self.hot is not None and self.batched and not self.forwarding \
+            else hot.PYTHON
+
     def stop(self, notify: bool) -> None:
+        if self.hot is not None:
+            c = self.hot.counters()
+            log.info("worker %d: the compiled loop relayed %d datagrams itself and handed %d "
+                     "to Python, in %d reads", self.index, c["fast"], c["slow"], c["calls"])
         if notify:
             self.core.shutdown()
             self._flush()
@@ -146,7 +196,7 @@ class Worker:
         handle = self.core.handle_datagram
         relay = self.fan_out
         core = self.core
-        now = time.monotonic()
+        now = self.clock()
         for _ in range(BATCH_DATAGRAMS):
             try:
                 data, addr = recvfrom(RECV_BUFFER_BYTES)
@@ -162,6 +212,32 @@ class Worker:
                 relay(out, now)
         if core.events:
             self._flush()
+
+    def _on_udp_compiled(self) -> None:
+        """The compiled loop (relay/hot.py): what it relays itself it counts here as the
+        Python path would have; the rest went through ``_handle_one``."""
+        assert self.hot is not None
+        _, fast = self.hot.serve(self.clock())
+        core = self.core
+        core.received += fast
+        core.relayed += fast
+        if core.events or core.outbox:
+            self._flush()
+
+    def _route_for(self, room: Room) -> hot.Route:
+        """The compiled loop's cache miss: the room's current recipients, prebuilt."""
+        assert self.hot_module is not None
+        route: hot.Route = self.hot_module.Route(room.generation, room.plain_addrs,
+                                                 room.framed_addrs)
+        self._routes[room.name] = route
+        return route
+
+    def _hot_send_failed(self, addr: Addr, now: float) -> None:
+        self._send_failed(None, addr, now)
+
+    @staticmethod
+    def _hot_warn(what: str, err: int) -> None:
+        log.warning("%s: %s", what, os.strerror(err))
 
     def _relay_batched(self, out: Fanout, now: float) -> None:
         """One ``sendmmsg`` per delivery format instead of a ``sendto`` per member."""
@@ -268,6 +344,7 @@ class Worker:
     def statistics(self) -> ipc.Stats:
         core = self.core
         return ipc.Stats(worker=self.index, pid=os.getpid(), sendmmsg=self.batched,
+                         hot_path=self.hot_path_running,
                          forwarded=self.forwarded, rooms=len(core.rooms),
                          members=len(core.tokens), send_failures=core.send_failures,
                          chat=core.statistics(), stage1_clients=len(self.stage1.clients),
@@ -300,6 +377,7 @@ class Worker:
             for event in events:
                 if isinstance(event, ipc.Closed):
                     self._batches.pop(event.room, None)
+                    self._routes.pop(event.room, None)
                 self._send(event)
         if core.outbox:
             outbox, core.outbox = core.outbox, []
@@ -356,8 +434,11 @@ class Worker:
             self.batched = batched
             self.fan_out = self._relay_batched if batched else self._relay
             self._batches.clear()
+            self._routes.clear()
             log.info("worker %d: fan-out with %s", self.index,
                      "sendmmsg" if batched else "sendto")
+            if self._started:
+                self._install_reader()
         self.core.configure(settings.inactivity_timeout, settings.max_send_failures, now,
                             settings.chat_rate, settings.chat_burst)
         logging.getLogger().setLevel(settings.log_level.upper())

@@ -231,12 +231,14 @@ def test_metrics_health_readiness_json_logs_and_drain() -> None:
         assert value(got, "ocm_worker_rooms", worker=owner) == 1
         assert value(got, "ocm_worker_ready", worker=owner) == 1
         assert value(got, "ocm_worker_restarts_total", worker=owner) == 0
+        # make test builds the compiled hot loop (OCM_REQUIRE_EXTENSIONS=1): auto runs it
+        assert value(got, "ocm_worker_hot_path", worker=owner, path="compiled") == 1
         assert value(got, "ocm_ready") == 1 and value(got, "ocm_draining") == 0
         assert value(got, "ocm_evictions_total", port="chat", reason="inactive") == 0
         assert value(got, "process_resident_memory_bytes") > 0
         labels = {label for (_, labels) in got for label, _ in labels}
         assert labels <= {"status", "port", "reason", "worker", "result", "version",
-                          "steering"}, labels  # never a room, a user or an address
+                          "steering", "path"}, labels  # never a room, a user or an address
         received_before = value(got, "ocm_datagrams_received_total", port="chat")
 
         # A worker crash: counted as a restart, and the totals never go backwards.

@@ -4,8 +4,9 @@ A member joins from 127.9.9.9 (its TCP and UDP sockets bound there), then the te
 makes that address unreachable for this host with ``ip route add unreachable
 127.9.9.9/32 table local``: every send to it fails locally with EHOSTUNREACH. The host
 chats until the worker evicts the member and tells the host with a framed ``left``
-notice whose reason is ``send_failures``; ``/metrics`` then counts the eviction. Both
-fan-out paths: one ``sendmmsg`` per delivery format (the default) and the ``sendto``
+notice whose reason is ``send_failures``; ``/metrics`` then counts the eviction. Every
+fan-out path: the compiled hot loop (the default), the pure-Python loop with one
+``sendmmsg`` per delivery format (``OCM_RELAY_HOT_PATH=python``) and the ``sendto``
 fallback (``OCM_RELAY_SENDMMSG=0``). Needs root and iproute2 (``ip``); it fails, it does
 not skip, where either is missing. The route is removed in a ``finally``. 127.9.9.9 is
 used by this module only.
@@ -51,13 +52,19 @@ def unreachable() -> Iterator[None]:
         _ip("route", "del", "unreachable", f"{UNREACHABLE_IP}/32", "table", "local")
 
 
-@pytest.mark.parametrize("sendmmsg", ["1", "0"], ids=["sendmmsg", "sendto"])
-def test_a_member_whose_sends_fail_is_evicted(sendmmsg: str, request: pytest.FixtureRequest
-                                              ) -> None:
+@pytest.mark.parametrize(("sendmmsg", "hot_path"),
+                         [("1", "compiled"), ("1", "python"), ("0", "python")],
+                         ids=["compiled", "sendmmsg", "sendto"])
+def test_a_member_whose_sends_fail_is_evicted(sendmmsg: str, hot_path: str,
+                                              request: pytest.FixtureRequest) -> None:
     with start_server("--max-send-failures", str(MAX_SEND_FAILURES), "--admin-port", "0",
-                      workers=1, env={"OCM_RELAY_SENDMMSG": sendmmsg}) as srv:
+                      workers=1, env={"OCM_RELAY_SENDMMSG": sendmmsg,
+                                      "OCM_RELAY_HOT_PATH": hot_path}) as srv:
         admin = admin_address(srv)
-        room = f"unreach-{sendmmsg}"
+        wait_until(lambda: scrape(admin).get(
+            ("ocm_worker_hot_path", frozenset({("worker", "0"), ("path", hot_path)}))) == 1,
+            TIMEOUT_S, f"/metrics to say the worker runs the {hot_path} loop")
+        room = f"unreach-{sendmmsg}-{hot_path}"
         host = join(srv.host, srv.tcp_port, Operation.CREATE, room, "host",
                     framing=Framing.OCM1)
         far = join(srv.host, srv.tcp_port, Operation.JOIN, room, "far",

@@ -40,3 +40,17 @@ def test_the_loadgen_accounting_falls_back_without_its_extension() -> None:
     assert auto.startswith("('python', 'deliveries accounted in Python (slower): the C "
                            "extension loadgen._account was not built")
     assert c.startswith("the C extension loadgen._account was not built")
+
+
+def test_the_relay_hot_loop_falls_back_without_its_extension() -> None:
+    code = ("import sys; sys.modules['relay._hot'] = None\n"
+            "from relay import hot\n"
+            "print(hot.choose('auto'))\n"
+            "try:\n    hot.choose('compiled')\nexcept hot.Unavailable as exc:\n    print(exc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    auto, compiled = done.stdout.splitlines()
+    assert auto == ("(None, 'pure Python (the C extension relay._hot was not built when ocm "
+                    "was installed (no C compiler or Python headers then, or "
+                    "OCM_PURE_PYTHON=1); reinstall with them to use it)')")
+    assert compiled.startswith("the C extension relay._hot was not built")

@@ -5,7 +5,8 @@ it from real client sockets (loopback delivery is synchronous: once ``sendto`` r
 the datagram waits in the worker's receive queue) and calls the reader, ``_on_udp``,
 exactly as the loop would. A send that fails for real: a member bound to port 0 (Linux
 refuses it with EINVAL), seeded as re-seeding would, since no datagram can come from it.
-Both fan-out paths run every test: one ``sendmmsg`` per format, and ``sendto``.
+Every test runs on each path: the pure-Python loop with one ``sendmmsg`` per format, and
+with ``sendto``; and the compiled loop (relay/hot.py), which must behave the same.
 """
 
 from __future__ import annotations
@@ -39,14 +40,17 @@ TIMEOUT_S = 10.0
 TA, TB, TC = b"A" + b"a" * 32, b"A" + b"b" * 32, b"A" + b"c" * 32
 DEAD = ("127.0.0.1", 0)
 """An address every send to fails locally (EINVAL), on both paths."""
-PATHS = [pytest.param(True, id="sendmmsg"), pytest.param(False, id="sendto")]
+COMPILED = "compiled"
+PATHS = [pytest.param(True, id="sendmmsg"), pytest.param(False, id="sendto"),
+         pytest.param(COMPILED, id="compiled")]
 
 
-def settings(sendmmsg: bool, max_send_failures: int = 3) -> WorkerSettings:
+def settings(sendmmsg: bool, max_send_failures: int = 3, hot_path: str = "python"
+             ) -> WorkerSettings:
     return WorkerSettings(inactivity_timeout=300.0, max_send_failures=max_send_failures,
                           chat_rate=1000.0, chat_burst=1000, max_stage1_clients=100,
                           log_level="info", log_format="text", realtime_priority=0,
-                          sendmmsg=sendmmsg)
+                          sendmmsg=sendmmsg, hot_path=hot_path)
 
 
 def left(user: str, reason: Reason) -> bytes:
@@ -63,15 +67,24 @@ def udp() -> socket.socket:
 class Rig:
     """A worker with its UDP socket, and one client socket per member."""
 
-    def __init__(self, batched: bool, max_send_failures: int = 3) -> None:
+    def __init__(self, batched: bool | str, max_send_failures: int = 3) -> None:
+        """``batched``: True (sendmmsg), False (sendto), or ``COMPILED``: the compiled
+        loop (which fans out with sendmmsg)."""
+        compiled = batched == COMPILED
         if batched and not mmsg.available():
             pytest.fail("sendmmsg is not available on this machine")
         self.sock = udp()
         self.sock.setblocking(False)
-        self.worker = Worker(0, settings(batched, max_send_failures), self.sock, None, None,
-                             None)
+        self.worker = Worker(0, settings(bool(batched), max_send_failures,
+                                         COMPILED if compiled else "python"),
+                             self.sock, None, None, None)
         self.loop = self.worker.loop = asyncio.new_event_loop()  # timers: never run here
-        assert self.worker.batched is batched
+        assert self.worker.batched is bool(batched)
+        self.read = self.worker._on_udp
+        if compiled:
+            assert self.worker.hot_module is not None
+            self.worker.hot = self.worker.compiled_loop(self.worker.hot_module)
+            self.read = self.worker._on_udp_compiled
         self.clients: dict[bytes, socket.socket] = {}
 
     def add(self, token: bytes, user: str, host: bool = False,
@@ -88,7 +101,7 @@ class Rig:
                                    self.sock.getsockname())
         ready, _, _ = select.select([self.sock], [], [], TIMEOUT_S)
         assert ready, "the datagram did not reach the worker's socket"
-        self.worker._on_udp()
+        self.read()
 
     def recv(self, token: bytes) -> bytes:
         return self.clients[token].recv(65536)
@@ -123,6 +136,8 @@ def test_chat_reaches_every_other_member_of_both_formats(rig: Rig) -> None:
     assert rig.recv(TB) == b"alice: hi"
     assert rig.recv(TC) == b"\x05alicehi"
     assert rig.drain(TA) == []  # never to the sender
+    if rig.worker.hot is not None:  # relayed by the compiled loop itself, not handed back
+        assert rig.worker.hot.counters()["fast"] == 1
 
 
 def test_consecutive_send_failures_evict_the_member(rig: Rig) -> None:
