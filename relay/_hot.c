@@ -98,10 +98,8 @@ static int full_errno(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EN
 
 typedef struct {
     Py_ssize_t n;
-    PyObject *addrs;            /* the room's list of (ip, port) at build time */
-    struct sockaddr_in *names;  /* n */
-    struct mmsghdr *hdrs;       /* 2n: [m0..m(n-1), m0..m(n-1)]; "all but k" = k+1, n-1 long */
-    struct iovec iov[2];        /* prefix, message: shared by every header */
+    PyObject *addrs;           /* the room's list of (ip, port) at build time */
+    struct sockaddr_in *names; /* n */
 } Side;
 
 typedef struct {
@@ -113,9 +111,7 @@ typedef struct {
 static void side_free(Side *s) {
     Py_CLEAR(s->addrs);
     PyMem_Free(s->names);
-    PyMem_Free(s->hdrs);
     s->names = NULL;
-    s->hdrs = NULL;
 }
 
 static int side_init(Side *s, PyObject *addrs) {
@@ -128,8 +124,7 @@ static int side_init(Side *s, PyObject *addrs) {
     Py_INCREF(addrs);
     s->addrs = addrs;
     s->names = PyMem_Calloc(n ? (size_t)n : 1, sizeof *s->names);
-    s->hdrs = PyMem_Calloc(n ? 2 * (size_t)n : 1, sizeof *s->hdrs);
-    if (!s->names || !s->hdrs) {
+    if (!s->names) {
         PyErr_NoMemory();
         return -1;
     }
@@ -153,14 +148,7 @@ static int side_init(Side *s, PyObject *addrs) {
             return -1;
         }
     }
-    for (Py_ssize_t i = 0; i < 2 * n; i++) {
-        struct msghdr *h = &s->hdrs[i].msg_hdr;
-        h->msg_name = &s->names[i % n];
-        h->msg_namelen = sizeof(struct sockaddr_in);
-        h->msg_iov = s->iov;
-        h->msg_iovlen = 2;
-    }
-    return 0;
+return 0;
 }
 
 static void Route_dealloc(Route *self) {
@@ -199,8 +187,8 @@ static PyTypeObject RouteType = {
     .tp_basicsize = sizeof(Route),
     .tp_dealloc = (destructor)Route_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Route(generation, plain_addrs, framed_addrs): a room's prebuilt sendmmsg "
-              "headers for both delivery formats.",
+    .tp_doc = "Route(generation, plain_addrs, framed_addrs): a room's recipients as "
+              "sockaddr_in, for both delivery formats.",
     .tp_init = (initproc)Route_init,
     .tp_new = PyType_GenericNew,
     .tp_getset = Route_getset,
@@ -361,56 +349,6 @@ static int report_failed(Hot *self, Side *s, Py_ssize_t index, PyObject *now) {
     return 0;
 }
 
-/* Send prefix + message to every recipient of one side but index k (-1: all). Failed
- * recipients are reported to send_failed(addr, now) after the sends. Mirrors SendBatch._send
- * and _send_rest (runtime/mmsg.py): retry once at a failing index (a pending error may be an
- * earlier send's), EAGAIN/ENOBUFS fail the rest, a socket error fails the rest and warns. */
-static int fan_out(Hot *self, Side *s, Py_ssize_t k, PyObject *prefix, const char *msg,
-                   Py_ssize_t mlen, PyObject *now) {
-    Py_ssize_t n = s->n;
-    Py_ssize_t start = k < 0 ? 0 : k + 1, count = k < 0 ? n : n - 1;
-    if (count <= 0) return 0;
-    s->iov[0].iov_base = PyBytes_AS_STRING(prefix);
-    s->iov[0].iov_len = (size_t)PyBytes_GET_SIZE(prefix);
-    s->iov[1].iov_base = (void *)msg;
-    s->iov[1].iov_len = (size_t)mlen;
-    Py_ssize_t pos = start, end = start + count, retried = -1;
-    Py_ssize_t fail_from = end; /* with a full queue or a socket error: every index from here */
-    Py_ssize_t failed_one[8];   /* recipients that failed on their own (rare) */
-    int n_failed_one = 0;
-    int rc = 0;
-    while (pos < end) {
-        unsigned vlen = (unsigned)(end - pos > 1024 ? 1024 : end - pos); /* UIO_MAXIOV */
-        int sent = sendmmsg(self->fd, s->hdrs + pos, vlen, MSG_DONTWAIT);
-        if (sent > 0) {
-            pos += sent;
-            continue;
-        }
-        int e = errno;
-        if (e == EINTR) continue;
-        if (fatal_errno(e) || full_errno(e)) {
-            if (fatal_errno(e) && warn(self, "sendmmsg", e) < 0) rc = -1;
-            fail_from = pos;
-            break;
-        }
-        if (retried != pos && e != EINVAL) {
-            retried = pos;
-            continue;
-        }
-        if (n_failed_one == 8) { /* many failures in one fan-out: report these, go on */
-            for (int j = 0; j < n_failed_one; j++)
-                if (report_failed(self, s, failed_one[j], now) < 0) return -1;
-            n_failed_one = 0;
-        }
-        failed_one[n_failed_one++] = pos++;
-    }
-    for (int j = 0; j < n_failed_one; j++)
-        if (report_failed(self, s, failed_one[j], now) < 0) return -1;
-    for (Py_ssize_t i = fail_from; i < end; i++)
-        if (report_failed(self, s, i, now) < 0) return -1;
-    return rc;
-}
-
 /* Send the queued messages of the batch. Failures are then reported in queue order, each
  * failed message with send_failed(addr, now) and, once one has failed, each message that
  * went through ends its address's failure streak: what the Python path does, datagram by
@@ -463,31 +401,35 @@ static int flush_out(Hot *self, PyObject *now) {
 }
 
 /* Queue prefix + message to every recipient of one side but index k (-1: all). A side
- * larger than the queue is sent at once (fan_out). */
+ * that does not fit is flushed first; one larger than the queue is sent in several. */
 static int queue_side(Hot *self, Route *route, Side *s, Py_ssize_t k, PyObject *prefix,
                       const char *msg, Py_ssize_t mlen, PyObject *now) {
     Py_ssize_t count = k < 0 ? s->n : s->n - 1;
     if (count <= 0) return 0;
     if (self->nout + count > OUT_SLOTS && flush_out(self, now) < 0) return -1;
-    if (count > OUT_SLOTS) return fan_out(self, s, k, prefix, msg, mlen, now);
-    if (PyList_Append(self->keep, (PyObject *)route) < 0 ||
-        PyList_Append(self->keep, prefix) < 0)
-        return -1;
-    struct iovec *iov = &self->oiov[2 * self->npairs++];
-    iov[0].iov_base = PyBytes_AS_STRING(prefix);
-    iov[0].iov_len = (size_t)PyBytes_GET_SIZE(prefix);
-    iov[1].iov_base = (void *)msg;
-    iov[1].iov_len = (size_t)mlen;
-    int o = self->nout;
+    struct iovec *iov = NULL;
     for (Py_ssize_t j = 0; j < s->n; j++) {
         if (j == k) continue;
+        if (self->nout == OUT_SLOTS) {
+            if (flush_out(self, now) < 0) return -1;
+            iov = NULL;
+        }
+        if (!iov) { /* the pair, and what it points into, live until the next flush */
+            if (PyList_Append(self->keep, (PyObject *)route) < 0 ||
+                PyList_Append(self->keep, prefix) < 0)
+                return -1;
+            iov = &self->oiov[2 * self->npairs++];
+            iov[0].iov_base = PyBytes_AS_STRING(prefix);
+            iov[0].iov_len = (size_t)PyBytes_GET_SIZE(prefix);
+            iov[1].iov_base = (void *)msg;
+            iov[1].iov_len = (size_t)mlen;
+        }
+        int o = self->nout++;
         self->out[o].msg_hdr.msg_name = &s->names[j];
         self->out[o].msg_hdr.msg_iov = iov;
         self->oside[o] = s;
         self->oidx[o] = j;
-        o++;
     }
-    self->nout = o;
     return 0;
 }
 
