@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 
 #define RECV_SLOTS 64
+#define OUT_SLOTS 1024 /* UIO_MAXIOV: the most messages one sendmmsg takes */
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -97,10 +98,8 @@ static int full_errno(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EN
 
 typedef struct {
     Py_ssize_t n;
-    PyObject *addrs;            /* the room's list of (ip, port) at build time */
-    struct sockaddr_in *names;  /* n */
-    struct mmsghdr *hdrs;       /* 2n: [m0..m(n-1), m0..m(n-1)]; "all but k" = k+1, n-1 long */
-    struct iovec iov[2];        /* prefix, message: shared by every header */
+    PyObject *addrs;           /* the room's list of (ip, port) at build time */
+    struct sockaddr_in *names; /* n */
 } Side;
 
 typedef struct {
@@ -112,9 +111,7 @@ typedef struct {
 static void side_free(Side *s) {
     Py_CLEAR(s->addrs);
     PyMem_Free(s->names);
-    PyMem_Free(s->hdrs);
     s->names = NULL;
-    s->hdrs = NULL;
 }
 
 static int side_init(Side *s, PyObject *addrs) {
@@ -127,8 +124,7 @@ static int side_init(Side *s, PyObject *addrs) {
     Py_INCREF(addrs);
     s->addrs = addrs;
     s->names = PyMem_Calloc(n ? (size_t)n : 1, sizeof *s->names);
-    s->hdrs = PyMem_Calloc(n ? 2 * (size_t)n : 1, sizeof *s->hdrs);
-    if (!s->names || !s->hdrs) {
+    if (!s->names) {
         PyErr_NoMemory();
         return -1;
     }
@@ -152,14 +148,7 @@ static int side_init(Side *s, PyObject *addrs) {
             return -1;
         }
     }
-    for (Py_ssize_t i = 0; i < 2 * n; i++) {
-        struct msghdr *h = &s->hdrs[i].msg_hdr;
-        h->msg_name = &s->names[i % n];
-        h->msg_namelen = sizeof(struct sockaddr_in);
-        h->msg_iov = s->iov;
-        h->msg_iovlen = 2;
-    }
-    return 0;
+return 0;
 }
 
 static void Route_dealloc(Route *self) {
@@ -198,8 +187,8 @@ static PyTypeObject RouteType = {
     .tp_basicsize = sizeof(Route),
     .tp_dealloc = (destructor)Route_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Route(generation, plain_addrs, framed_addrs): a room's prebuilt sendmmsg "
-              "headers for both delivery formats.",
+    .tp_doc = "Route(generation, plain_addrs, framed_addrs): a room's recipients as "
+              "sockaddr_in, for both delivery formats.",
     .tp_init = (initproc)Route_init,
     .tp_new = PyType_GenericNew,
     .tp_getset = Route_getset,
@@ -218,7 +207,7 @@ static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "g
 typedef struct {
     PyObject_HEAD
     int fd;
-    PyObject *core, *tokens, *failing, *routes, *route_for, *slow, *send_failed, *warn;
+    PyObject *core, *tokens, *failing, *by_addr, *routes, *route_for, *slow, *send_failed, *warn;
     PyTypeObject *member_type, *room_type;
     Py_ssize_t m[M_COUNT], r[R_COUNT];
     int chat_kind;
@@ -227,6 +216,16 @@ typedef struct {
     struct mmsghdr rhdr[RECV_SLOTS];
     struct iovec riov[RECV_SLOTS];
     struct sockaddr_in rname[RECV_SLOTS];
+    /* The sends of a read batch, flushed with one sendmmsg (or a few) before anything is
+     * handed to Python, when full, and at the end of serve(): entry i goes to
+     * oside[i]->names[oidx[i]] with the iovec pair at out[i].msg_hdr.msg_iov. */
+    struct mmsghdr out[OUT_SLOTS];
+    struct iovec oiov[2 * OUT_SLOTS];
+    Side *oside[OUT_SLOTS];
+    Py_ssize_t oidx[OUT_SLOTS];
+    unsigned char ofailed[OUT_SLOTS];
+    int nout, npairs;
+    PyObject *keep; /* what the queued iovecs point into (routes, prefixes) until the flush */
     unsigned long long fast, slow_count, calls;
 } Hot;
 
@@ -248,6 +247,7 @@ static void Hot_dealloc(Hot *self) {
     Py_XDECREF(self->core);
     Py_XDECREF(self->tokens);
     Py_XDECREF(self->failing);
+    Py_XDECREF(self->by_addr);
     Py_XDECREF(self->routes);
     Py_XDECREF(self->route_for);
     Py_XDECREF(self->slow);
@@ -255,6 +255,7 @@ static void Hot_dealloc(Hot *self) {
     Py_XDECREF(self->warn);
     Py_XDECREF(self->member_type);
     Py_XDECREF(self->room_type);
+    Py_XDECREF(self->keep);
     PyMem_Free(self->buf);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -288,9 +289,11 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
         return -1;
     self->tokens = PyObject_GetAttrString(core, "tokens");
     self->failing = PyObject_GetAttrString(core, "failing");
-    if (!self->tokens || !self->failing) return -1;
-    if (!PyDict_CheckExact(self->tokens) || !PyDict_CheckExact(self->failing)) {
-        PyErr_SetString(PyExc_TypeError, "core.tokens and core.failing must be dicts");
+    self->by_addr = PyObject_GetAttrString(core, "by_addr");
+    if (!self->tokens || !self->failing || !self->by_addr) return -1;
+    if (!PyDict_CheckExact(self->tokens) || !PyDict_CheckExact(self->failing) ||
+        !PyDict_CheckExact(self->by_addr)) {
+        PyErr_SetString(PyExc_TypeError, "core.tokens, failing and by_addr must be dicts");
         return -1;
     }
     self->fd = fd;
@@ -308,10 +311,17 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     /* One byte over the limit: a longer datagram arrives truncated to max+1 and the Python
      * path drops it as too large, as with recvfrom(max + 1). */
     size_t slot = (size_t)max_datagram + 1;
+    self->keep = PyList_New(0);
+    if (!self->keep) return -1;
     self->buf = PyMem_Malloc(slot * RECV_SLOTS);
     if (!self->buf) {
         PyErr_NoMemory();
         return -1;
+    }
+    memset(self->out, 0, sizeof self->out);
+    for (int i = 0; i < OUT_SLOTS; i++) {
+        self->out[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+        self->out[i].msg_hdr.msg_iovlen = 2;
     }
     memset(self->rhdr, 0, sizeof self->rhdr);
     for (int i = 0; i < RECV_SLOTS; i++) {
@@ -339,27 +349,19 @@ static int report_failed(Hot *self, Side *s, Py_ssize_t index, PyObject *now) {
     return 0;
 }
 
-/* Send prefix + message to every recipient of one side but index k (-1: all). Failed
- * recipients are reported to send_failed(addr, now) after the sends. Mirrors SendBatch._send
- * and _send_rest (runtime/mmsg.py): retry once at a failing index (a pending error may be an
- * earlier send's), EAGAIN/ENOBUFS fail the rest, a socket error fails the rest and warns. */
-static int fan_out(Hot *self, Side *s, Py_ssize_t k, PyObject *prefix, const char *msg,
-                   Py_ssize_t mlen, PyObject *now) {
-    Py_ssize_t n = s->n;
-    Py_ssize_t start = k < 0 ? 0 : k + 1, count = k < 0 ? n : n - 1;
-    if (count <= 0) return 0;
-    s->iov[0].iov_base = PyBytes_AS_STRING(prefix);
-    s->iov[0].iov_len = (size_t)PyBytes_GET_SIZE(prefix);
-    s->iov[1].iov_base = (void *)msg;
-    s->iov[1].iov_len = (size_t)mlen;
-    Py_ssize_t pos = start, end = start + count, retried = -1;
-    Py_ssize_t fail_from = end; /* with a full queue or a socket error: every index from here */
-    Py_ssize_t failed_one[8];   /* recipients that failed on their own (rare) */
-    int n_failed_one = 0;
-    int rc = 0;
-    while (pos < end) {
-        unsigned vlen = (unsigned)(end - pos > 1024 ? 1024 : end - pos); /* UIO_MAXIOV */
-        int sent = sendmmsg(self->fd, s->hdrs + pos, vlen, MSG_DONTWAIT);
+/* Send the queued messages of the batch. Failures are then reported in queue order, each
+ * failed message with send_failed(addr, now) and, once one has failed, each message that
+ * went through ends its address's failure streak: what the Python path does, datagram by
+ * datagram (Worker._relay_batched). An address left without members by an eviction that a
+ * report caused is skipped from then on: the Python path would not have sent to it. The
+ * eviction's notices come after the batch's chat (docs/architecture.md). Same errno rules
+ * as fan_out. */
+static int flush_out(Hot *self, PyObject *now) {
+    int nout = self->nout, pos = 0, retried = -1, any_failed = 0, rc = 0;
+    if (!nout) return 0;
+    memset(self->ofailed, 0, (size_t)nout);
+    while (pos < nout) {
+        int sent = sendmmsg(self->fd, self->out + pos, (unsigned)(nout - pos), MSG_DONTWAIT);
         if (sent > 0) {
             pos += sent;
             continue;
@@ -368,25 +370,67 @@ static int fan_out(Hot *self, Side *s, Py_ssize_t k, PyObject *prefix, const cha
         if (e == EINTR) continue;
         if (fatal_errno(e) || full_errno(e)) {
             if (fatal_errno(e) && warn(self, "sendmmsg", e) < 0) rc = -1;
-            fail_from = pos;
+            memset(self->ofailed + pos, 1, (size_t)(nout - pos));
+            any_failed = 1;
             break;
         }
         if (retried != pos && e != EINVAL) {
             retried = pos;
             continue;
         }
-        if (n_failed_one == 8) { /* many failures in one fan-out: report these, go on */
-            for (int j = 0; j < n_failed_one; j++)
-                if (report_failed(self, s, failed_one[j], now) < 0) return -1;
-            n_failed_one = 0;
-        }
-        failed_one[n_failed_one++] = pos++;
+        self->ofailed[pos++] = 1;
+        any_failed = 1;
     }
-    for (int j = 0; j < n_failed_one; j++)
-        if (report_failed(self, s, failed_one[j], now) < 0) return -1;
-    for (Py_ssize_t i = fail_from; i < end; i++)
-        if (report_failed(self, s, i, now) < 0) return -1;
+    self->nout = self->npairs = 0;
+    for (int i = 0; any_failed && i < nout && rc == 0; i++) {
+        PyObject *addr = PyList_GET_ITEM(self->oside[i]->addrs, self->oidx[i]);
+        PyObject *members = PyDict_GetItemWithError(self->by_addr, addr);
+        if (!members || (PyList_Check(members) && PyList_GET_SIZE(members) == 0)) {
+            if (PyErr_Occurred()) rc = -1;
+            continue; /* evicted by an earlier report of this flush */
+        }
+        if (self->ofailed[i]) {
+            if (report_failed(self, self->oside[i], self->oidx[i], now) < 0) rc = -1;
+        } else if (PyDict_GET_SIZE(self->failing)) {
+            int has = PyDict_Contains(self->failing, addr);
+            if (has < 0 || (has && PyDict_DelItem(self->failing, addr) < 0)) rc = -1;
+        }
+    }
+    if (PyList_SetSlice(self->keep, 0, PyList_GET_SIZE(self->keep), NULL) < 0) rc = -1;
     return rc;
+}
+
+/* Queue prefix + message to every recipient of one side but index k (-1: all). A side
+ * that does not fit is flushed first; one larger than the queue is sent in several. */
+static int queue_side(Hot *self, Route *route, Side *s, Py_ssize_t k, PyObject *prefix,
+                      const char *msg, Py_ssize_t mlen, PyObject *now) {
+    Py_ssize_t count = k < 0 ? s->n : s->n - 1;
+    if (count <= 0) return 0;
+    if (self->nout + count > OUT_SLOTS && flush_out(self, now) < 0) return -1;
+    struct iovec *iov = NULL;
+    for (Py_ssize_t j = 0; j < s->n; j++) {
+        if (j == k) continue;
+        if (self->nout == OUT_SLOTS) {
+            if (flush_out(self, now) < 0) return -1;
+            iov = NULL;
+        }
+        if (!iov) { /* the pair, and what it points into, live until the next flush */
+            if (PyList_Append(self->keep, (PyObject *)route) < 0 ||
+                PyList_Append(self->keep, prefix) < 0)
+                return -1;
+            iov = &self->oiov[2 * self->npairs++];
+            iov[0].iov_base = PyBytes_AS_STRING(prefix);
+            iov[0].iov_len = (size_t)PyBytes_GET_SIZE(prefix);
+            iov[1].iov_base = (void *)msg;
+            iov[1].iov_len = (size_t)mlen;
+        }
+        int o = self->nout++;
+        self->out[o].msg_hdr.msg_name = &s->names[j];
+        self->out[o].msg_hdr.msg_iov = iov;
+        self->oside[o] = s;
+        self->oidx[o] = j;
+    }
+    return 0;
 }
 
 /* The route of a room, current for its generation: from the cache, else built by Python. */
@@ -502,17 +546,16 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
     set_slot(member, m[M_STAMP], now_obj);
     set_slot(member, m[M_LAST_SEEN], now_obj);
     self->fast++;
-    /* A send failure may evict members (even the sender): keep what we point into. */
-    Py_INCREF(member);
-    Py_INCREF(pp);
-    Py_INCREF(fp);
+    /* Queued: the batch keeps the route and the prefixes (a send failure reported before
+     * the flush may evict members, even the sender), and msg stays in the receive buffer
+     * until the flush, which comes before the next recvmmsg. */
     int rc = 0;
-    if (n_plain) rc = fan_out(self, &route->side[0], framed ? -1 : k, pp, (const char *)msg, mlen, now_obj);
+    if (n_plain)
+        rc = queue_side(self, route, &route->side[0], framed ? -1 : k, pp, (const char *)msg,
+                        mlen, now_obj);
     if (rc == 0 && n_framed)
-        rc = fan_out(self, &route->side[1], framed ? k : -1, fp, (const char *)msg, mlen, now_obj);
-    Py_DECREF(pp);
-    Py_DECREF(fp);
-    Py_DECREF(member);
+        rc = queue_side(self, route, &route->side[1], framed ? k : -1, fp, (const char *)msg,
+                        mlen, now_obj);
     Py_DECREF(route);
     return rc < 0 ? -1 : 1;
 }
@@ -568,28 +611,38 @@ static PyObject *Hot_serve(Hot *self, PyObject *now_obj) {
             Py_ssize_t len = (Py_ssize_t)self->rhdr[i].msg_len;
             int rc = try_fast(self, d, len, &self->rname[i], self->rhdr[i].msg_hdr.msg_namelen,
                               now, now_obj, rate, burst);
-            if (rc < 0) return NULL;
+            if (rc < 0) goto error;
             if (rc) continue;
+            if (flush_out(self, now_obj) < 0) goto error; /* keep the order of sends */
             self->slow_count++;
             PyObject *data = PyBytes_FromStringAndSize((const char *)d, len);
             PyObject *addr = address_of(&self->rname[i], self->rhdr[i].msg_hdr.msg_namelen);
             if (!data || !addr) {
                 Py_XDECREF(data);
                 Py_XDECREF(addr);
-                return NULL;
+                goto error;
             }
             PyObject *res = PyObject_CallFunctionObjArgs(self->slow, data, addr, now_obj, NULL);
             Py_DECREF(data);
             Py_DECREF(addr);
-            if (!res) return NULL;
+            if (!res) goto error;
             Py_DECREF(res);
         }
+        /* The queued messages point into the receive buffers: send before reusing them. */
+        if (flush_out(self, now_obj) < 0) goto error;
         total += n;
         /* A short batch drained the socket (as far as it knew): let the loop call again
          * when it is readable, rather than pay a recvmmsg that says EAGAIN. */
         if ((unsigned)n < want) break;
     }
     return Py_BuildValue("nn", total, (Py_ssize_t)self->fast - fast_before);
+error: { /* send what was queued (its buffers are still intact), keep the first error */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (flush_out(self, now_obj) < 0) PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
 }
 
 static PyObject *Hot_counters(Hot *self, PyObject *unused) {
