@@ -92,7 +92,8 @@ def render(pairs: list[tuple[Outcome, Outcome]], machine: dict[str, Any],
              f"`--size {p['--size']}`, {p['--duration']} s measured after {p['--warmup']} s "
              "of warmup; plain "
              f"rooms with `{' '.join(PLAIN)}`, encrypted rooms with `{' '.join(ENCRYPTED)}` "
-             "(what the loadgen checks: `ocm-loadgen --help`, loadgen/e2eload.py). Same "
+             "(what the loadgen checks: the next section, \"How `ocm-loadgen --e2e` "
+             "measures encrypted rooms\"). Same "
              "datagram sizes, both framed, both accounted by the same Python code "
              "(tests/bench/e2e_compare.py says why).",
              "",
