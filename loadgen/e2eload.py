@@ -1,7 +1,7 @@
 """``ocm-loadgen --e2e``: encrypted rooms (docs/e2e.md) under load, with the real engine.
 
-What a loadgen process does for its encrypted rooms (docs/benchmarks.md, "Encrypted rooms
-against plain rooms", says the same for readers of the figures):
+What a loadgen process does for its encrypted rooms (docs/benchmarks.md, "How
+``ocm-loadgen --e2e`` measures encrypted rooms", says the same for readers of the figures):
 
 * **Joins.** Every member has its own identity (``client.e2e.identity.IdentityKeys``);
   user 0 creates its room with ``"e2e": true`` and its public keys, the others join with
@@ -21,9 +21,10 @@ against plain rooms", says the same for readers of the figures):
   chain id must be that sender's; the counter gives the message's index ``k`` in the
   sender's run (counter - first counter of the run), whose scheduled time and lateness
   are in the sender's log: the same two latencies and the same loss, duplicate and
-  reordering accounting as a plain delivery (loadgen/meter.py). Every delivery is also
-  compared **byte for byte** with what that sender sealed for that counter
-  (``e2e_mismatch`` otherwise).
+  reordering accounting as a plain delivery (loadgen/meter.py). A counter from before the
+  run (a late delivery of a capacity search's previous step) counts as warm-up. Every
+  delivery is also compared **byte for byte** with what that sender sealed for that
+  counter (``e2e_mismatch`` otherwise).
 * **Sampled decryption.** The deliveries to a sender's verifier whose index ``k`` is a
   multiple of ``--e2e-verify-every`` are kept (as received, before the comparison) and
   opened after the run, outside the measured window, by the verifier's own
@@ -214,7 +215,7 @@ class E2EMeter(Meter):
         every, samples = self.verify_every, self._samples
         rows: list[Row] = []
         append = rows.append
-        misrouted = unparsed = mismatch = 0
+        misrouted = unparsed = mismatch = warmup = 0
         for rlm, data, rx_ns in batch:
             if data[0] != ulen:
                 self._notice(rlm, data)
@@ -236,8 +237,11 @@ class E2EMeter(Meter):
                 misrouted += 1  # another room's member of that name, or an old chain
                 continue
             k = int.from_bytes(data[counter_at:header_end], "big") - c0[slm]
-            if k < 0 or k >= nsent[slm]:
-                mismatch += 1  # a counter that sender did not send in this run
+            if k < 0:
+                warmup += 1  # sealed for an earlier run (a capacity search's previous step)
+                continue
+            if k >= nsent[slm]:
+                mismatch += 1  # a counter that sender has not sent
                 continue
             if k % every == 0 and ru == (s + 1) % users:
                 samples.append((rlm, s, k, data[off:]))
@@ -249,6 +253,7 @@ class E2EMeter(Meter):
         c.misrouted += misrouted
         c.unparsed += unparsed
         c.e2e_mismatch += mismatch
+        c.warmup += warmup
         self.account_rows(rows, now_ns)
 
     # --- after a run -----------------------------------------------------------------------

@@ -74,3 +74,13 @@ def test_wrong_bytes_are_caught_and_a_corrupted_sample_is_refused() -> None:
     m.receive_batch([(1, delivery(0, message), now)], now)  # the good copy still opens
     m.verify_samples()
     assert (m.c.delivered, m.c.e2e_verified) == (1, 1)
+
+
+def test_a_late_delivery_of_an_earlier_run_is_warmup() -> None:
+    m = meter()
+    old = send(m, 0, MSTART + 10)
+    m.prepare(4)  # the next step of a capacity search
+    m.start_run(MSTART * 2)
+    now = MSTART * 2 + 1000
+    m.receive_batch([(1, delivery(0, old), now)], now)
+    assert (m.c.warmup, m.c.e2e_mismatch, m.c.delivered) == (1, 0, 0)
