@@ -6,10 +6,15 @@ way must fail: the check can fail.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import orjson
+
+from tests.bench import e2e_compare
 from tests.integration.harness import Server
-from tests.integration.test_loadgen_e2e import loadgen
+from tests.integration.test_loadgen_e2e import LOADGEN_TIMEOUT_S, loadgen
 
 SMALL_E2E = ["--e2e", "--rooms", "4", "--users", "4", "--rate", "5", "--duration", "2",
              "--warmup", "0.5", "--procs", "2", "--e2e-verify-every", "3"]
@@ -48,3 +53,28 @@ def test_corrupted_deliveries_fail_the_check(server: Server, tmp_path: Path) -> 
     assert c["delivered"] < c["expected"]  # a corrupted delivery is not a delivery
     assert not report["result"]["slo"]["held"]
     assert "encrypted deliveries failed the check" in text
+
+
+def test_make_bench_e2e_pipeline_on_a_tiny_profile(tmp_path: Path) -> None:
+    """``make bench-e2e``'s driver end to end: one interleaved pair on fresh servers, its
+    section written into a copy of the docs, in place of the old one."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "benchmarks.md").write_text(
+        f"# Benchmarks\n\n{e2e_compare.SECTION}\n\nold\n\n## Wire codecs\n\ntheirs\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.bench.e2e_compare", "--pairs", "1", "--rooms", "3",
+         "--users", "3", "--duration", "1", "--warmup", "0.5", "--idle-wait", "0",
+         "--out", str(tmp_path), "--docs", str(docs)],
+        capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plain = orjson.loads((tmp_path / "plain-0-0.json").read_bytes())
+    e2e = orjson.loads((tmp_path / "e2e-0-0.json").read_bytes())
+    assert (plain["options"]["e2e"], plain["options"]["framing"]) == (False, "ocm1")
+    assert plain["accounting"] == e2e["accounting"] == ["python"]
+    assert e2e["options"]["e2e"] and e2e["result"]["counts"]["e2e_verified"] > 0
+    text = (docs / "benchmarks.md").read_text()
+    assert "old" not in text and text.endswith("## Wire codecs\n\ntheirs\n")
+    assert "| 1 | plain rooms (ocm1) | 100.000 % |" in text
+    assert "| 1 | encrypted rooms | 100.000 % |" in text
+    assert "| end-to-end p99 |" in text and "3 rooms × 3 users × 2 msg/s" in text
