@@ -11,7 +11,7 @@ GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libf
 # Best effort, for Japanese and emoji in the screenshots.
 GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
 
-.PHONY: run run-gui test lint bench bench-wire bench-hot bench-gui gui-system-libs redis-server \
+.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui gui-system-libs redis-server \
 	gui-screenshots fuzz chaos soak clean
 
 $(PY):
@@ -115,6 +115,12 @@ gui-screenshots: $(STAMP) gui-system-libs
 
 bench: $(STAMP)
 	$(PY) -m tests.bench.capacity
+
+# Encrypted rooms against plain rooms at the headline only (also part of `make bench`):
+# E2E_PAIRS interleaved (plain, encrypted) pairs; rewrites that section of docs/benchmarks.md.
+E2E_PAIRS ?= 3
+bench-e2e: $(STAMP)
+	$(PY) -m tests.bench.e2e_compare --pairs $(E2E_PAIRS) --docs docs
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache */_*.so \

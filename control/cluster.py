@@ -38,9 +38,11 @@ from control.config import Config, ConfigError
 from control.registry import MemberRecord, RegistryError
 from relay.ipc import CloseRoom, Rebind
 from relay.steering import worker_tag
+from wire import errors
 from wire.codes import Framing, Operation, Status
+from wire.e2e import MemberInfo, decode_members
 from wire.limits import REGISTRATION_WINDOW_S
-from wire.tcrp import Details, Request, RequestBody
+from wire.tcrp import Details, MembersRequest, Request, RequestBody
 
 if TYPE_CHECKING:
     from control.clusterudp import UdpRelay
@@ -378,25 +380,7 @@ class Cluster:
     async def handle(self, request: Request, ip: str
                      ) -> tuple[Details, MemberRecord | RemoteMember]:
         """Route one client request: rate check, then serve it here or at the owner."""
-        try:
-            if not await self._allow_request(ip):
-                raise RegistryError(Status.RATE_LIMITED, "too many requests from your "
-                                    "address; slow down")
-            if request.operation is Operation.CREATE:
-                target = pick_node(list(self.nodes.values())) if self.registry_up else None
-                owner = target.id if target is not None else self.node_id
-            else:
-                raw = await self.redis.get(PREFIX + "room:" + request.room)
-                if raw is None:
-                    raise RegistryError(Status.ROOM_NOT_FOUND,
-                                        f"no room named {request.room!r}")
-                owner = _text(raw)
-        except RegistryError:
-            raise
-        except Exception as exc:
-            self.counters["redis_errors"] += 1
-            raise RegistryError(Status.UNAVAILABLE, "the cluster registry is unreachable; "
-                                "try again later") from exc
+        owner = await self._owner_of(request.room, ip, request.operation is Operation.CREATE)
         if owner != self.node_id and owner not in self.nodes:
             await self._lookup_node(owner)
         if owner == self.node_id or owner not in self.nodes:
@@ -412,6 +396,87 @@ class Cluster:
                 raise
             # Nothing reached the chosen node: place the room here instead.
             return await self.handle_owned(request, ip)
+
+    async def members(self, request: MembersRequest, ip: str) -> tuple[MemberInfo, ...]:
+        """Operation 3 (docs/e2e.md §2.4) in cluster mode: the cluster-wide rate check,
+        then the member list from the owner of the room (this node's registry, or the
+        owner's over the link). Raise ``RegistryError`` with the status to answer."""
+        owner = await self._owner_of(request.room, ip, False)
+        if owner == self.node_id:
+            return self._local_members(request.room, request.token, ip, None)
+        if owner not in self.nodes:
+            await self._lookup_node(owner)
+        node = self.nodes.get(owner)
+        if node is None:
+            raise RegistryError(Status.UNAVAILABLE, "the node that owns the room is not "
+                                "reachable")
+        self.counters["forwarded"] += 1
+        reply, writer = await self._link_call(node, {
+            "kind": "members", "room": request.room,
+            "token": request.token.decode("ascii", "replace"), "ip": ip,
+            "origin": self.node_id})
+        writer.close()
+        status = int(reply.get("status", Status.INTERNAL_ERROR))
+        if status != Status.OK:
+            raise RegistryError(Status(status), str(reply.get("error", "refused")))
+        try:
+            return decode_members(reply.get("members"))
+        except errors.ProtocolError as exc:
+            raise RegistryError(Status.UNAVAILABLE, f"node {owner} answered a bad member "
+                                "list") from exc
+
+    def _local_members(self, room: str, token: bytes, ip: str, relay_ip: str | None
+                       ) -> tuple[MemberInfo, ...]:
+        """The member list of a room of this node, for ``token`` presented from ``ip``
+        (or, for a member relayed through another node, whose token is bound to that
+        node's address ``relay_ip``)."""
+        registry = self.app.registry
+        if relay_ip is not None:
+            member = registry.tokens.get(token)
+            if member is not None and member.ip == relay_ip:
+                ip = relay_ip
+        return registry.member_for(room, token, ip).room.member_infos()
+
+    async def _serve_members(self, obj: Any) -> dict[str, Any]:
+        """The owner's side of ``members``: answer from this node's registry."""
+        try:
+            room, token = str(obj["room"]), str(obj["token"]).encode()
+            ip, origin = str(obj["ip"]), str(obj["origin"])
+        except (KeyError, TypeError):
+            raise link.LinkError("members request lacks a key") from None
+        if origin not in self.nodes:
+            await self._lookup_node(origin)
+        node = self.nodes.get(origin)
+        try:
+            if room in self.lost:
+                raise RegistryError(Status.ROOM_NOT_FOUND, f"room {room!r} moved")
+            members = self._local_members(room, token, ip,
+                                          None if node is None else node.advertise)
+        except RegistryError as exc:
+            return {"status": int(exc.status), "error": exc.reason}
+        return {"status": 0, "members": [m.to_json() for m in members]}
+
+    async def _owner_of(self, room: str, ip: str, create: bool) -> str:
+        """The cluster-wide per-IP rate check, then the node id that owns ``room`` (for a
+        create: the node to place it on). Raise ``RegistryError``: RATE_LIMITED,
+        ROOM_NOT_FOUND, or UNAVAILABLE when Redis does not answer."""
+        try:
+            if not await self._allow_request(ip):
+                raise RegistryError(Status.RATE_LIMITED, "too many requests from your "
+                                    "address; slow down")
+            if create:
+                target = pick_node(list(self.nodes.values())) if self.registry_up else None
+                return target.id if target is not None else self.node_id
+            raw = await self.redis.get(PREFIX + "room:" + room)
+        except RegistryError:
+            raise
+        except Exception as exc:
+            self.counters["redis_errors"] += 1
+            raise RegistryError(Status.UNAVAILABLE, "the cluster registry is unreachable; "
+                                "try again later") from exc
+        if raw is None:
+            raise RegistryError(Status.ROOM_NOT_FOUND, f"no room named {room!r}")
+        return _text(raw)
 
     async def _lookup_node(self, node_id: str) -> None:
         """A node announced after our last heartbeat: read its entry now."""
@@ -512,9 +577,10 @@ class Cluster:
 
     async def _forward(self, node: NodeInfo, request: Request, ip: str
                        ) -> tuple[Details, RemoteMember]:
+        body = request.body
         forwarded = link.ForwardedRequest(int(request.operation), request.room,
-                                          request.body.username, request.body.password,
-                                          request.body.framing.value, ip, self.node_id)
+                                          body.username, body.password, body.framing.value,
+                                          ip, self.node_id, body.keys, body.e2e)
         reply, writer = await self._link_call(node, forwarded.to_json())
         status = int(reply.get("status", Status.INTERNAL_ERROR))
         if status != Status.OK:
@@ -609,6 +675,10 @@ class Cluster:
                 writer.write(link.encode_frame(await self._accept_relay(obj)))
                 await writer.drain()
                 return
+            if isinstance(obj, dict) and obj.get("kind") == "members":
+                writer.write(link.encode_frame(await self._serve_members(obj)))
+                await writer.drain()
+                return
             forwarded = link.ForwardedRequest.from_json(obj)
             self.counters["served_for_others"] += 1
             await self._serve_forwarded(forwarded, reader, writer)
@@ -627,7 +697,8 @@ class Cluster:
         request = Request(Operation(forwarded.operation), forwarded.room,
                           forwarded.room.encode(),
                           RequestBody(forwarded.username, forwarded.password,
-                                      Framing(forwarded.framing)))
+                                      Framing(forwarded.framing), forwarded.keys,
+                                      forwarded.e2e))
         try:
             details, member = await self.handle_owned(request, forwarded.ip)
         except RegistryError as exc:

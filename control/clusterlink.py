@@ -10,6 +10,12 @@ TCP to the owner's ``cluster_port``. One request per connection:
     caller -> owner    frame {"port": int}                      optional, the 2-byte UDP
                                                                  registration of §1.4
 
+A forwarded request carries the member's public keys and the create's ``e2e`` flag
+(docs/e2e.md §2.1), so the owner applies the encrypted-room rules itself. Two other
+requests use the same handshake: ``{"kind": "relay", ...}`` (control/clusterudp.py) and
+``{"kind": "members", "room", "token", "ip", "origin"}``, Operation 3 for a room owned
+by the callee (docs/e2e.md §2.4), answered ``{"status": 0, "members": [...]}``.
+
 A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON, at most
 ``MAX_LINK_FRAME_BYTES``. The secret never travels: the MAC covers the owner's nonce
 (so a recorded request cannot be replayed) and the whole request (so it cannot be
@@ -21,15 +27,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import orjson
 
+from wire import errors
+from wire.e2e import PublicKeys, decode_public_keys
+from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
+
 LENGTH: Final = struct.Struct("!I")
-MAX_LINK_FRAME_BYTES: Final = 64 * 1024
-"""A forwarded request carries at most a 255-byte room, username and password plus a
-few keys; 64 KiB bounds what a caller can make the owner buffer per connection."""
+MAX_LINK_FRAME_BYTES: Final = MAX_MEMBERS_RESPONSE_BYTES + 64 * 1024
+"""A forwarded request carries at most a 255-byte room, username and password plus two
+public keys; a reply can carry an encrypted room's member list (join details or
+Operation 3: at most ``MAX_MEMBERS_RESPONSE_BYTES``, 256 KiB). 320 KiB bounds what a
+caller can make a node buffer per link connection (one at a time per connection, each
+within ``LINK_TIMEOUT_S``)."""
 MAC_BYTES: Final = 32
 NONCE_BYTES: Final = 16
 LABEL: Final = b"ocm-cluster-link-v1\0"
@@ -53,11 +66,21 @@ class ForwardedRequest:
     """The client's IP: the owner binds the token to it and applies its limits to it."""
     origin: str
     """The node id of the forwarding node (for logs)."""
+    keys: PublicKeys | None = None
+    """The member's public keys (docs/e2e.md §2.1); absent from an older node's frame."""
+    e2e: bool = False
+    """Create an encrypted room; absent from an older node's frame."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"op": self.operation, "room": self.room, "user": self.username,
-                "password": self.password, "framing": self.framing, "ip": self.ip,
-                "origin": self.origin}
+        obj: dict[str, Any] = {"op": self.operation, "room": self.room,
+                               "user": self.username, "password": self.password,
+                               "framing": self.framing, "ip": self.ip,
+                               "origin": self.origin}
+        if self.keys is not None:
+            obj["keys"] = self.keys.to_json()
+        if self.e2e:
+            obj["e2e"] = True
+        return obj
 
     @classmethod
     def from_json(cls, obj: Any) -> ForwardedRequest:
@@ -72,7 +95,16 @@ class ForwardedRequest:
                 and isinstance(request.ip, str) and isinstance(request.origin, str)
                 and (request.password is None or isinstance(request.password, str))):
             raise LinkError("forwarded request has a wrong type")
-        return request
+        keys, e2e = obj.get("keys"), obj.get("e2e", False)
+        if type(e2e) is not bool:
+            raise LinkError("forwarded request has a wrong type")
+        if keys is not None:
+            try:
+                parsed = decode_public_keys(keys)
+            except errors.BadKeys:
+                raise LinkError("forwarded request has bad keys") from None
+            request = replace(request, keys=parsed)
+        return replace(request, e2e=e2e) if e2e else request
 
 
 def encode_frame(obj: Any) -> bytes:

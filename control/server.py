@@ -157,11 +157,14 @@ class ControlApp:
         )
         return details, member
 
-    def members(self, request: MembersRequest, ip: str) -> tuple[MemberInfo, ...]:
+    async def members(self, request: MembersRequest, ip: str) -> tuple[MemberInfo, ...]:
         """Answer Operation 3 (docs/e2e.md §2.4): every member of the room, the asker
-        included, or raise ``RegistryError`` (status 2, 4, 8 or 9)."""
+        included, or raise ``RegistryError`` (status 2, 4, 8 or 9). In cluster mode the
+        room's owner answers (``Cluster.members``)."""
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
+        if self.cluster is not None:
+            return await self.cluster.members(request, ip)
         if not self.quotas.allow_request(ip, time.monotonic()):
             raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
                                 "slow down")
@@ -375,7 +378,10 @@ class TcrpConnection(asyncio.Protocol):
                 self.timer = None
             self.task = asyncio.ensure_future(self._handle(event))
         elif isinstance(event, MembersRequest):
-            self._answer_members(event)
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.task = asyncio.ensure_future(self._answer_members(event))
         elif isinstance(event, RequestRejected):
             self.app.count(event.status)
             self._close(self.session.send_error(event.status, event.reason))
@@ -407,13 +413,19 @@ class TcrpConnection(asyncio.Protocol):
         self.timer = loop.call_later(REGISTRATION_WINDOW_S, self._on_registration_timeout)
         self._pump()
 
-    def _answer_members(self, request: MembersRequest) -> None:
-        """Operation 3: answered at once from the registry, then closed (no State 2)."""
+    async def _answer_members(self, request: MembersRequest) -> None:
+        """Operation 3: answered from the registry (in cluster mode, the owner's), then
+        closed (no State 2)."""
         try:
-            members = self.app.members(request, self.ip)
+            members = await self.app.members(request, self.ip)
         except RegistryError as exc:
             self.app.count(exc.status)
             self._close(self.session.send_error(exc.status, exc.reason))
+            return
+        except Exception:
+            log.exception("internal error answering a member list")
+            self.app.count(Status.INTERNAL_ERROR)
+            self._close(self.session.send_error(Status.INTERNAL_ERROR, "internal error"))
             return
         self.app.count(Status.OK)
         self._close(self.session.send_members(members))

@@ -13,6 +13,7 @@ import time
 from typing import Any, Final, NoReturn
 
 from loadgen import capacity, fastpath, options
+from loadgen.e2eload import MIN_E2E_SIZE
 from loadgen.messages import CapacityFigures, RunFigures
 from loadgen.options import CAPACITY_SLO_LOSS_PCT, CAPACITY_SLO_P99_MS, Options
 from loadgen.report import LiveView, machine_info, print_summary, write_json, write_plot
@@ -203,6 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     refused = sched.probe(opts.realtime_priority, "the loadgen", "--realtime-priority 0")
     if refused is not None:
         parser.error(refused)
+    if opts.e2e:
+        if opts.size < MIN_E2E_SIZE:
+            parser.error(f"--e2e needs --size >= {MIN_E2E_SIZE} (the encrypted Message: "
+                         f"{MIN_E2E_SIZE} bytes of header, tag and signature, then the text)")
+        if opts.accounting == "c":
+            parser.error("--accounting c cannot read encrypted deliveries; --e2e accounts "
+                         "in Python (give --accounting python to the plain run it is "
+                         "compared with)")
+        if opts.framing != "ocm1":
+            opts = dataclasses.replace(opts, framing="ocm1")  # encrypted rooms require it
+    elif opts.e2e_corrupt_every:
+        parser.error("--e2e-corrupt-every needs --e2e")
     if opts.accounting == "c":
         if opts.sockets != "shared":
             parser.error("--accounting c needs --sockets shared")

@@ -1,9 +1,10 @@
 """What a loadgen process tells the parent over its pipe, and what the parent merges it into.
 
 A process (users.py) answers each command with one message: ``Ready`` once started,
-``SetupPart`` after ``("setup",)``, ``RunPart`` after ``("run", ...)``, ``Exits`` after
-``("exit", ...)``, or ``ChildError`` (its traceback) when it fails; meanwhile it sends
-progress: ``JoinProgress`` while joining, a ``Tick`` every tick of a run. The parent
+``SetupPart`` after ``("setup",)``, ``Prepared`` after ``("prepare", ...)``, ``RunPart``
+after ``("run", ...)``, ``Exits`` after ``("exit", ...)``, or ``ChildError`` (its
+traceback) when it fails; meanwhile it sends progress: ``JoinProgress`` while joining, a
+``Tick`` every tick of a run. The parent
 (runner.py) merges the parts into ``SetupFigures`` and ``RunFigures``; ``to_json`` gives
 the shape of the JSON report (docs: ``ocm-loadgen --json``).
 """
@@ -59,6 +60,15 @@ class SetupPart:
     max_message: int
     inactivity_timeout_s: float
     notices: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """``--e2e``: the messages of the next run are sealed (loadgen/e2eload.py)."""
+
+    index: int
+    messages: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,9 @@ class Counts:
     late_sends: int = 0  # measured sends more than 1 ms after their scheduled time
     max_send_lag_ns: int = 0  # worst lateness of a measured send against its schedule
     rx_unstamped: int = 0  # deliveries without a kernel receive timestamp (read time used)
+    e2e_mismatch: int = 0  # --e2e: not byte for byte what its sender sealed for that counter
+    e2e_verified: int = 0  # --e2e: sampled deliveries the real engine opened, text as sealed
+    e2e_verify_failed: int = 0  # --e2e: sampled deliveries the engine refused or misread
 
     @property
     def lost(self) -> int:
@@ -232,6 +235,11 @@ def check_slo(slo: Slo, counts: Counts, latency: dict[str, float | None],
             breaches.append(f"p99 latency {p99:.3f} ms > {slo.p99_ms:g} ms")
     if slo.loss_pct is not None and counts.loss_pct > slo.loss_pct:
         breaches.append(f"loss {counts.loss_pct:.4f} % > {slo.loss_pct:g} %")
+    if counts.e2e_mismatch or counts.e2e_verify_failed:  # whatever the SLOs: wrong bytes
+        breaches.append(f"encrypted deliveries failed the check: {counts.e2e_mismatch} "
+                        f"not as sealed, {counts.e2e_verify_failed} of "
+                        f"{counts.e2e_verify_failed + counts.e2e_verified} samples refused "
+                        "by the engine")
     if slo.enabled and counts.misrouted:
         breaches.append(f"{counts.misrouted} misrouted deliveries")
     if slo.enabled and growth is not None:
@@ -241,6 +249,11 @@ def check_slo(slo: Slo, counts: Counts, latency: dict[str, float | None],
 
 
 # --- the per-process meter ------------------------------------------------------------------
+Row = tuple[int, int, int, int, int, int]
+"""A parsed chat delivery: (receiver, sender's user index in the room, sequence number,
+scheduled send ns, send lateness µs, kernel receive ns or 0)."""
+
+
 class FastState(NamedTuple):
     """What ``Meter.receive_batch`` reads and updates, for the C accounting."""
 
@@ -371,17 +384,16 @@ class Meter:
         """Account for deliveries ``(receiver local index, datagram, kernel receive time)``
         read by ``now_ns`` (receive time 0: none, ``now_ns`` stands in).
 
-        The hot path of the loadgen: slicing and ``int()`` only, no regex, no decode."""
+        The hot path of the loadgen: slicing and ``int()`` only, no regex, no decode. The
+        parsed rows go to ``account_rows``, which the ``--e2e`` meter shares."""
         c0, c1, chk = self._chk
         off = self._off
         seq_at, t_at, lag_at, end = (off + _SEQ_AT, off + _TIME_AT, off + _LAG_AT,
                                      off + HEADER_BYTES)
         users, base_g = self.users, self._base_g
-        mstart = self.mstart_ns
-        counted, nexp, missing = self.counted, self._nexp, self._missing
-        lat_counts, overflow = self._lat.counts, self._lat.overflow
-        rlat_counts, roverflow = self._rlat.counts, self._rlat.overflow
-        delivered = dup = misrouted = warmup = extra = reordered = unparsed = unstamped = 0
+        rows: list[Row] = []
+        append = rows.append
+        misrouted = unparsed = 0
         for rlm, data, rx_ns in batch:
             if data[c0:c1] != chk:
                 self._notice(rlm, data)
@@ -398,6 +410,25 @@ class Meter:
             if s < 0 or s >= users or rlm % users == s:
                 misrouted += 1
                 continue
+            append((rlm, s, seq, ns, lag_us, rx_ns))
+        c = self.c
+        c.misrouted += misrouted
+        c.unparsed += unparsed
+        self.account_rows(rows, now_ns)
+        if self.fast is not None and batch:  # the rows it left to us are accounted now
+            self.fast.reset_dirty()
+
+    def account_rows(self, rows: list[Row], now_ns: int) -> None:
+        """Account for parsed chat deliveries ``(receiver, sender's user index, sequence
+        number, scheduled ns, send lateness µs, kernel receive ns or 0)``: warm-up, extra,
+        loss, duplicates, reordering and both latencies."""
+        users = self.users
+        mstart = self.mstart_ns
+        counted, nexp, missing = self.counted, self._nexp, self._missing
+        lat_counts, overflow = self._lat.counts, self._lat.overflow
+        rlat_counts, roverflow = self._rlat.counts, self._rlat.overflow
+        delivered = dup = warmup = extra = reordered = unstamped = 0
+        for rlm, s, seq, ns, lag_us, rx_ns in rows:
             if ns < mstart:
                 warmup += 1
                 continue
@@ -438,14 +469,10 @@ class Meter:
                 roverflow.append(lat)
         c = self.c
         c.delivered += delivered
-        if self.fast is not None and batch:  # the rows it left to us are accounted now
-            self.fast.reset_dirty()
         c.duplicated += dup
-        c.misrouted += misrouted
         c.warmup += warmup
         c.extra += extra
         c.reordered += reordered
-        c.unparsed += unparsed
         c.rx_unstamped += unstamped
 
     def take_interval(self) -> HdrHistogram:

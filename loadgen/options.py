@@ -18,6 +18,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any, Final
 
 from loadgen import capacity, fastpath
+from loadgen.e2eload import DEFAULT_VERIFY_EVERY, MAX_VERIFY_EVERY, MIN_E2E_SIZE
 from loadgen.meter import HEADER_BYTES, Slo
 from loadgen.transport import MODES as SOCKET_MODES
 from runtime import sched
@@ -56,12 +57,34 @@ class Options:
     warmup: float = _f(2.0, "seconds of sending before the measurement starts; their "
                             "deliveries are counted as 'warm-up', not measured", "profile",
                        minimum=0)
-    size: int = _f(100, f"bytes of chat text per message, >= {HEADER_BYTES}", "profile",
-                   minimum=HEADER_BYTES)
+    size: int = _f(100, f"bytes of chat text per message, >= {HEADER_BYTES}; with --e2e the "
+                        f"bytes of the whole encrypted Message (kind, header, ciphertext, "
+                        f"tag, signature), >= {MIN_E2E_SIZE}, so a datagram has the same "
+                        "size as a plain one", "profile", minimum=HEADER_BYTES)
     framing: str = _f("plain", "delivery format to ask for", "profile",
                       choices=("plain", "ocm1"))
     password: str | None = _f(None, "protect the rooms with this password", "profile",
                               shown="none")
+    e2e: bool = _f(False, "end-to-end encrypted rooms (docs/e2e.md): hosts create with "
+                          "\"e2e\": true and every member sends its public keys; ocm1 "
+                          "framing, Python accounting. Each member seals all of a run's "
+                          "messages with the real engine (client/e2e) before the run and "
+                          "sends them as plain messages are sent. Every delivery is "
+                          "mapped back to its sender and sequence number by the chain id "
+                          "and counter of the sealed message (send time from the "
+                          "sender's log) and compared byte for byte with what that sender "
+                          "sealed; 1 in --e2e-verify-every deliveries to each sender's "
+                          "checking member is decrypted and its signature verified by "
+                          "that member's engine after the run. A failed check breaks the "
+                          "run (exit 1)", "profile")
+    e2e_verify_every: int = _f(DEFAULT_VERIFY_EVERY, "--e2e: decrypt and verify every "
+                                                     "N-th message of each sender at one "
+                                                     "member of its room", "profile",
+                               minimum=1, maximum=MAX_VERIFY_EVERY, metavar="N")
+    e2e_corrupt_every: int = _f(0, "--e2e self-test of the checks: flip one ciphertext bit "
+                                   "of every N-th sealed message before it is sent (the "
+                                   "run must then fail)", "profile", minimum=0,
+                                metavar="N", shown="0 = never")
     server: str = _f("127.0.0.1", "server address, or several comma-separated "
                              "HOST[:PORT] (a cluster's nodes): joins are spread over them",
                              "server")

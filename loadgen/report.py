@@ -156,6 +156,11 @@ def run_table(run: dict[str, Any], title: str) -> Table:
                       f"{_fmt_ms(relay['p99.9'])}")
         if c.get("rx_unstamped"):
             table.add_row("no kernel rx timestamp", f"{c['rx_unstamped']:,} (read time used)")
+    if c.get("e2e_verified") or c.get("e2e_verify_failed") or c.get("e2e_mismatch"):
+        checked = (f"{c['e2e_mismatch']:,} not as sealed; samples {c['e2e_verified']:,} "
+                   f"opened, {c['e2e_verify_failed']:,} refused")
+        table.add_row("encrypted deliveries (--e2e)", checked if not (
+            c["e2e_mismatch"] or c["e2e_verify_failed"]) else Text(checked, style="red"))
     table.add_row("late sends (> 1 ms)", f"{c['late_sends']:,} (worst "
                   f"{c['max_send_lag_ns'] / 1e6:.2f} ms)")
     cpu = ", ".join(f"{x:.0f} %" for x in run["loadgen_cpu_pct"])
@@ -166,7 +171,7 @@ def run_table(run: dict[str, Any], title: str) -> Table:
         table.add_row("server CPU (all processes)", f"{run['server_cpu_pct']:.0f} % of a core")
         table.add_row("server run-queue wait", f"{run['server_wait_pct']:.0f} % of a core")
     slo = run["slo"]
-    if slo["p99_ms"] is not None or slo["loss_pct"] is not None:
+    if slo["p99_ms"] is not None or slo["loss_pct"] is not None or not slo["held"]:
         verdict = Text("held", style="green") if slo["held"] else Text(
             "BROKEN: " + "; ".join(slo["breaches"]), style="red")
         table.add_row("SLO", verdict)
@@ -192,7 +197,8 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
     o, s = report["options"], report["setup"]
     console.print(
         f"[bold]profile[/] {o['rooms']} rooms × {o['users']} users, {o['size']}-byte chat, "
-        f"{o['framing']} framing, {report['procs']} loadgen processes, server "
+        f"{o['framing']} framing{', encrypted rooms' if o.get('e2e') else ''}, "
+        f"{report['procs']} loadgen processes, server "
         f"{o['server']}:{o['tcp_port']}"
     )
     lat = s["join_latency_ms"]

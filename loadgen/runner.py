@@ -13,6 +13,7 @@ A child's traceback or death raises ``LoadgenError``.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import secrets
@@ -23,10 +24,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Final, TypeVar
 
 from loadgen import fastpath
+from loadgen.e2eload import MIN_E2E_SIZE
 from loadgen.messages import (
     ChildError,
     Exits,
     JoinProgress,
+    Prepared,
     Ready,
     RunFigures,
     RunPart,
@@ -63,12 +66,14 @@ LATE_SEND_WARN_FRACTION: Final = 0.01
 WAIT_WARN_PCT: Final = 10.0
 """A loadgen process that waited this share of the time for a CPU was delayed by others."""
 READY_TIMEOUT_S: Final = 60.0
+PREPARE_TIMEOUT_S: Final = 600.0
+"""``--e2e``: sealing a run's messages (about 40 µs each, docs/benchmarks.md)."""
 SETUP_TIMEOUT_EXTRA_S: Final = 120.0
 
 EventSink = Callable[[str, dict[str, Any]], None]
 """Progress for the live view: ``phase``, ``joins``, ``tick`` (a ``TimelinePoint`` as a
 dict) and ``interrupted``."""
-_Answer = TypeVar("_Answer", Ready, SetupPart, RunPart, Exits)
+_Answer = TypeVar("_Answer", Ready, SetupPart, Prepared, RunPart, Exits)
 
 
 class LoadgenError(RuntimeError):
@@ -89,6 +94,8 @@ class Fleet:
     def __init__(self, options: Options, on_event: EventSink | None = None) -> None:
         if options.size < HEADER_BYTES:
             raise ValueError(f"--size must be at least {HEADER_BYTES} bytes")
+        if options.e2e and options.size < MIN_E2E_SIZE:
+            raise ValueError(f"--size must be at least {MIN_E2E_SIZE} bytes with --e2e")
         self.opts = options
         self.on_event = on_event or (lambda kind, payload: None)
         self.procs = options.effective_procs()
@@ -113,7 +120,7 @@ class Fleet:
         per_proc = max(1, opts.join_concurrency // self.procs)
         sockets = resolve_mode(opts.sockets, first_host(opts.server))
         accounting = "python"
-        if sockets == "shared":
+        if sockets == "shared" and not opts.e2e:
             # decided here, once: every process then uses the same path (a ``c`` that
             # cannot be honoured raises, as the CLI has checked)
             try:
@@ -125,12 +132,15 @@ class Fleet:
             hi = opts.rooms * (i + 1) // self.procs
             plan = Plan(index=i, server=opts.server, tcp_port=opts.tcp_port,
                         room_prefix=self.room_prefix, room_lo=lo, rooms=hi - lo,
-                        users=opts.users, size=opts.size, framing=opts.framing,
+                        users=opts.users, size=opts.size,
+                        framing="ocm1" if opts.e2e else opts.framing,
                         password=opts.password, join_concurrency=per_proc,
                         sockets=sockets,
                         rx_timestamps=opts.rx_timestamps, accounting=accounting,
                         realtime_priority=opts.realtime_priority,
-                        join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout)
+                        join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout,
+                        e2e=opts.e2e, verify_every=opts.e2e_verify_every,
+                        corrupt_every=opts.e2e_corrupt_every)
             parent_conn, child_conn = ctx.Pipe()
             proc = ctx.Process(target=child_main, args=(child_conn, plan),
                                name=f"ocm-loadgen-{i}", daemon=True)
@@ -259,6 +269,11 @@ class Fleet:
         """One paced run at ``rate`` msg/s per member; return its merged figures."""
         opts = self.opts
         tick_ns = int(TICK_S * NS)
+        if opts.e2e:  # seal every message of the run before its schedule starts
+            self.on_event("phase", {"phase": "sealing (--e2e)"})
+            per_member = math.ceil(rate * (opts.warmup + opts.duration)) + 2
+            self._send_and_collect(("prepare", {"per_member": per_member}), Prepared,
+                                   PREPARE_TIMEOUT_S)
         t0 = time.monotonic_ns() + int(START_DELAY_S * NS)
         mstart = t0 + int(opts.warmup * NS)
         end = mstart + int(opts.duration * NS)

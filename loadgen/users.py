@@ -13,7 +13,10 @@ commands from the parent on ``conn`` (a ``multiprocessing`` pipe):
   window), receiving and accounting (``meter.Meter``), a ``Tick`` every
   ``tick_ns``, then a drain until every expected delivery arrived (or ``drain_ns``).
   Answers a ``RunPart``. An ``("abort",)`` during the run ends it early.
-* ``("exit", "members" | "hosts")``: send ``/exit`` from the non-hosts or the hosts.
+* ``("prepare", {...})`` (``--e2e`` only): seal every message of the next run in
+  advance (loadgen/e2eload.py). Answers a ``Prepared``.
+* ``("exit", "members" | "hosts")``: send ``/exit`` (in an encrypted room, the leave
+  kind) from the non-hosts or the hosts.
 * ``("quit",)``: close everything and return.
 
 The data phase runs on a plain ``select.epoll`` loop over the transport's sockets, the pipe
@@ -35,11 +38,22 @@ import signal
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-from loadgen.messages import ChildError, Exits, JoinProgress, Ready, RunPart, SetupPart, Tick
+from loadgen.e2eload import LEAVE_MESSAGE, E2EMeter
+from loadgen.messages import (
+    ChildError,
+    Exits,
+    JoinProgress,
+    Prepared,
+    Ready,
+    RunPart,
+    SetupPart,
+    Tick,
+)
 from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter, username_of
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
 from loadgen.procstat import runqueue_wait_seconds
@@ -49,6 +63,7 @@ from runtime import sched
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation, Status
+from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
 from wire.tcrp import NEED_DATA, Complete, Response
 from wire.tcrp_client import ClientExchange
 
@@ -88,6 +103,10 @@ class Plan:
     join_concurrency: int = 32
     join_timeout_s: float = 10.0
     bind_timeout_s: float = 10.0
+    e2e: bool = False
+    """Encrypted rooms (loadgen/e2eload.py); the parent sets ``framing`` to ``ocm1``."""
+    verify_every: int = 10
+    corrupt_every: int = 0
 
 
 def room_name(prefix: str, room: int) -> str:
@@ -123,6 +142,10 @@ class _JoinStats:
     inactivity_timeout_s: float = 300.0
 
 
+MessageOf = Callable[[int, bool, int, int], bytes]
+"""(member, measured, scheduled ns, lateness µs) -> the datagram of its next message."""
+
+
 @dataclass(slots=True)
 class _Run:
     """The state of one run between the phases of ``Simulator.run``'s loop."""
@@ -130,10 +153,8 @@ class _Run:
     sched: Schedule
     order: list[int]
     """Members in sending order (user-major, so a room's members are spread in time)."""
-    pad: bytes
-    """The chat text after the header (``--size``)."""
-    g0: int
-    """The global index of this process's first member (in every header)."""
+    message_of: MessageOf
+    """The datagram of member ``lm``'s next message (``Simulator._send_due``)."""
     t0_ns: int
     mstart_ns: int
     end_ns: int
@@ -175,7 +196,12 @@ class Simulator:
         """Where member ``lm`` joins: ``targets[lm % len(targets)]``."""
         users, rooms = plan.users, plan.rooms
         n = self.n = users * rooms
-        self.meter = Meter(plan.room_lo, rooms, users, framed=plan.framing == "ocm1")
+        self.e2e: E2EMeter | None = None
+        if plan.e2e:
+            self.e2e = E2EMeter(plan.room_lo, rooms, users, plan.size, plan.verify_every,
+                                plan.corrupt_every)
+        self.meter = self.e2e or Meter(plan.room_lo, rooms, users,
+                                       framed=plan.framing == "ocm1")
         self.meter.active = [False] * n
         self.transport: Transport
         if plan.sockets == "shared":
@@ -238,6 +264,8 @@ class Simulator:
                 finally:
                     gc.enable()
                 self.conn.send(result)
+            elif kind == "prepare":
+                self.conn.send(self.prepare(**cmd[1]))
             elif kind == "exit":
                 self.conn.send(self.send_exits(hosts=cmd[1] == "hosts"))
             elif kind == "quit":
@@ -266,6 +294,9 @@ class Simulator:
         t_end = time.monotonic_ns()
         bind_missing = self._wait_bound(t_end + int(self.plan.bind_timeout_s * NS))
         t_bound = time.monotonic_ns()
+        if self.e2e is not None:
+            for r, raw in enumerate(self.rooms_raw):
+                self.e2e.start_room(raw.decode(), r)
         j = self.join
         return SetupPart(
             index=self.plan.index, joins_ok=j.ok, joins_failed=j.failed,
@@ -344,8 +375,15 @@ class Simulator:
     async def _tcrp(self, op: Operation, room_raw: bytes, username: str,
                     framing: Framing | None, lm: int
                     ) -> tuple[Status | int, Response | None, bytes]:
-        exchange = ClientExchange()
-        request = exchange.send_request(op, room_raw, username, self.plan.password, framing)
+        if self.e2e is None:
+            exchange = ClientExchange()
+            request = exchange.send_request(op, room_raw, username, self.plan.password,
+                                            framing)
+        else:  # an encrypted room's join reply lists its members with their keys
+            exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)
+            request = exchange.send_request(op, room_raw, username, self.plan.password,
+                                            framing, keys=self.e2e.public[lm],
+                                            e2e=op is Operation.CREATE)
         ip = self.transport.join_ip(lm)  # the token is bound to the IP we join from
         host, port = self.targets[lm % len(self.targets)]
         reader, writer = await asyncio.open_connection(
@@ -378,7 +416,7 @@ class Simulator:
         framed = details.framing is Framing.OCM1
         if j.ok == 0 and framed != self.meter.framed:
             self.meter.set_framing(framed)  # the server decides (a baseline is plain-only)
-        elif framed != self.meter.framed:
+        elif framed != self.meter.framed or (self.e2e is not None and not details.e2e):
             j.framing_mismatch += 1
         via = details.udp_host or self.targets[lm % len(self.targets)][0]
         self.transport.attach(lm, (via, details.udp_port))
@@ -446,9 +484,11 @@ class Simulator:
         meter.start_run(mstart_ns)
         order = [r * users + u for u in range(users) for r in range(plan.rooms)
                  if meter.active[r * users + u]]
-        r = _Run(Schedule(order, rate, t0_ns, end_ns, pacing_ns), order,
-                 PAD_BYTE * (plan.size - HEADER_BYTES), plan.room_lo * users, t0_ns, mstart_ns,
-                 end_ns, end_ns + drain_ns, tick_ns, self.transport.stray)
+        message_of = (self._plain_messages(PAD_BYTE * (plan.size - HEADER_BYTES),
+                                           plan.room_lo * users)
+                      if self.e2e is None else self.e2e.messages(self.prefix))
+        r = _Run(Schedule(order, rate, t0_ns, end_ns, pacing_ns), order, message_of,
+                 t0_ns, mstart_ns, end_ns, end_ns + drain_ns, tick_ns, self.transport.stray)
         # ticks are aligned to the measured window: tick j covers [mstart + (j-1)·tick, +tick)
         r.j = -((mstart_ns - t0_ns) // tick_ns)
         r.next_tick = mstart_ns + r.j * tick_ns
@@ -480,28 +520,34 @@ class Simulator:
                 batch.clear()
         return self._run_result(r)
 
+    def prepare(self, per_member: int) -> Prepared:
+        """``--e2e``: seal the next run's messages now, before its schedule starts."""
+        assert self.e2e is not None
+        t = time.monotonic()
+        total = self.e2e.prepare(per_member)
+        return Prepared(self.plan.index, total, time.monotonic() - t)
+
     def _send_due(self, r: _Run, now: int) -> None:
         """Everything whose scheduled time has come goes out (schedule-based: late sends
-        catch up); a measured send's lateness is counted."""
+        catch up); a measured send's lateness is counted. ``r.message_of`` makes each
+        datagram (``_plain_messages``, or ``E2EMeter.messages``: pre-sealed)."""
         sched, order, n_order = r.sched, r.order, len(r.order)
         mstart = r.mstart_ns
-        socks_send, prefix, header = self.transport.senders, self.prefix, HEADER_FMT
+        socks_send, message_of = self.transport.senders, r.message_of
         sent, last_send, counts = self.meter.sent, self.last_send_ns, self.meter.c
-        pad, g0 = r.pad, r.g0
         late, max_lag = 0, r.max_lag
         while sched.next_ns <= now and not sched.done:
             due = sched.next_ns
             lm = order[sched.k % n_order]
             measured = due >= mstart
-            seq = sent[lm] if measured else 0
             lag_us = min((time.monotonic_ns() - due) // 1000, MAX_LAG_US)
             try:
-                socks_send[lm](prefix[lm] + header % (g0 + lm, seq, due, lag_us) + pad)
+                socks_send[lm](message_of(lm, measured, due, lag_us))
             except OSError:
                 counts.send_errors += 1
             else:
                 if measured:
-                    sent[lm] = seq + 1
+                    sent[lm] += 1
                 last_send[lm] = now
             if measured:
                 lag = now - due
@@ -512,6 +558,17 @@ class Simulator:
             sched.advance()
         r.late += late
         r.max_lag = max_lag
+
+    def _plain_messages(self, pad: bytes, g0: int) -> MessageOf:
+        """A plain chat datagram: the header (sender, sequence number, schedule, lateness)
+        padded to ``--size`` (meter.py)."""
+        prefix, header, sent = self.prefix, HEADER_FMT, self.meter.sent
+
+        def message(lm: int, measured: bool, due: int, lag_us: int) -> bytes:
+            return prefix[lm] + header % (g0 + lm, sent[lm] if measured else 0, due,
+                                          lag_us) + pad
+
+        return message
 
     def _stop_sending(self, r: _Run, now: int) -> None:
         """Sending is over (or aborted): take the run's CPU figures and what must arrive."""
@@ -560,6 +617,8 @@ class Simulator:
         counts.misrouted += self.transport.stray - r.stray_start
         counts.max_send_lag_ns = max(counts.max_send_lag_ns, r.max_lag)
         meter.take_interval()
+        if self.e2e is not None:  # after the measured window and the drain
+            self.e2e.verify_samples()
         return RunPart(
             index=self.plan.index, counts=replace(meter.counts()),
             hist=meter.histogram.encode(), relay_hist=meter.relay_histogram.encode(),
@@ -580,9 +639,10 @@ class Simulator:
     # --- the end: /exit ---------------------------------------------------------------------
     def send_exits(self, hosts: bool) -> Exits:
         sent = 0
+        message = EXIT_MESSAGE if self.e2e is None else LEAVE_MESSAGE
         for lm in range(self.n):
             if self.meter.active[lm] and self.is_host[lm] == hosts:
-                sent += self._send(lm, EXIT_MESSAGE)
+                sent += self._send(lm, message)
         if hosts:
             self.meter.active = [False] * self.n
         else:

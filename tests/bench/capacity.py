@@ -14,13 +14,15 @@ Runs, each against a freshly started server on kernel-chosen loopback ports:
 4. a capacity search with the loss SLO alone (the issue's "maximum sustained fan-out");
 5. the headline against ``ocm-control --workers 1``;
 6. the headline against the baseline (tests/bench/baselines/simple_relay.py);
+7. encrypted rooms against plain rooms at the headline, three interleaved pairs
+   (tests/bench/e2e_compare.py; alone: ``make bench-e2e``), unless ``--skip-e2e``;
 
-then rewrites its two sections of docs/benchmarks.md, which open the file (``## Headline``:
+then rewrites its sections of docs/benchmarks.md, which open the file (``## Headline``:
 the result in one sentence, how to reproduce it, the figures, the machine, the exact
-commands; ``## Capacity search``), and writes docs/bench-latency.png,
-docs/bench-capacity.png, docs/bench-capacity-loss.png and docs/bench-compare.png. Other
-sections of docs/benchmarks.md (the hot-path detail, "How we got here") are kept as they
-are.
+commands; ``## Capacity search``; ``## Encrypted rooms against plain rooms``), and
+writes docs/bench-latency.png, docs/bench-capacity.png, docs/bench-capacity-loss.png
+and docs/bench-compare.png. Other sections of docs/benchmarks.md (the hot-path detail,
+"How we got here") are kept as they are.
 The JSON reports go to ``--out`` (default: a temporary directory).
 
 ``python -m tests.bench.capacity --quick`` runs a small profile and writes no docs (for testing).
@@ -465,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small profile, no capacity search, no docs (a smoke test)")
     parser.add_argument("--skip-capacity", action="store_true", help="no capacity search")
+    parser.add_argument("--skip-e2e", action="store_true",
+                        help="no encrypted-against-plain pairs (tests/bench/e2e_compare.py)")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for the JSON reports [a temporary directory]")
     parser.add_argument("--docs", type=Path, default=DOCS,
@@ -522,6 +526,13 @@ def main(argv: list[str] | None = None) -> int:
                                         repeat)
     compare_plot(outcomes, plots / "bench-compare.png")
     sections = render_sections(outcomes, machine, load_before)
+    if not (args.quick or args.skip_e2e):
+        from tests.bench import e2e_compare
+
+        section, e2e_failed = e2e_compare.compare(
+            profile, e2e_compare.DEFAULT_PAIRS, out_dir, args.idle_wait,
+            "python -m tests.bench.capacity (make bench)")
+        sections.append(section)
     print("\n" + "\n\n".join(sections))
     if write_docs:
         path = docs / "benchmarks.md"
@@ -529,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(replace_sections(old, sections))
         print(f"wrote {path} and {plots}/bench-*.png; JSON reports in {out_dir}")
     failed = [o.scenario.label for o in outcomes.values() if o.report is None]
+    if not (args.quick or args.skip_e2e):
+        failed += e2e_failed
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

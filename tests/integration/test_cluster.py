@@ -26,7 +26,8 @@ from tests.integration.peer import JoinRefused, Peer, join, tcrp_exchange
 from tests.integration.redisproc import RedisServer, TcpProxy
 from wire.chat import FramedChat, Notice, NoticeEvent, encode_chat
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import Details, encode_request
+from wire.e2e import MemberInfo, PublicKeys
+from wire.tcrp import Details, Response, encode_members_request, encode_request
 
 LEASE_S = 1.5
 RATE_PER_IP = 5
@@ -208,6 +209,84 @@ def test_plain_client_that_sends_to_the_wrong_node_is_relayed(
     assert bob.recv_text() == "チャットルームが閉じられました"
     alice.close()
     bob.close()
+
+
+E2E_KEYS = PublicKeys(bytes(range(32)), bytes(range(32, 64)))
+BOB_KEYS = PublicKeys(bytes(range(64, 96)), bytes(range(96, 128)))
+NEEDS_KEYS = "an encrypted room needs the member's keys and ocm1 framing"
+
+
+def e2e_request(node: Server, request_bytes: bytes, client_ip: str
+                ) -> tuple[Response, bytes | None]:
+    response, complete = tcrp_exchange(node.host, node.tcp_port, request_bytes,
+                                       timeout=30.0, bind_ip=client_ip)
+    return response, None if complete is None else complete.token
+
+
+def test_encrypted_room_rules_and_member_list_across_nodes(
+        nodes: dict[str, Server]) -> None:
+    """An encrypted room on A: a join through B without keys is refused (status 4, the
+    owner's rule), a join through B with keys gets the members and their keys, and
+    Operation 3 (/who) through any node answers from A's registry."""
+    a, b, c = nodes["A"], nodes["B"], nodes["C"]
+    room = "secret-across"
+    reply = link_request(a, {"op": int(Operation.CREATE), "room": room, "user": "alice",
+                             "password": None, "framing": "ocm1", "ip": "127.0.13.1",
+                             "origin": "B", "keys": E2E_KEYS.to_json(), "e2e": True})
+    assert reply["status"] == 0, reply
+    created = Details.from_json(reply["details"])  # type: ignore[arg-type]
+    assert created.e2e and created.udp_host == a.host
+    alice_token = str(reply["token"]).encode()
+    refused, _ = e2e_request(b, encode_request(Operation.JOIN, room, "bob", None,
+                                               Framing.OCM1), "127.0.13.2")
+    assert (refused.status, refused.error) == (Status.INVALID_REQUEST, NEEDS_KEYS)
+    refused, _ = e2e_request(c, encode_request(Operation.JOIN, room, "bob", None,
+                                               Framing.PLAIN, keys=BOB_KEYS), "127.0.13.2")
+    assert (refused.status, refused.error) == (Status.INVALID_REQUEST, NEEDS_KEYS)
+    ok, bob_token = e2e_request(b, encode_request(Operation.JOIN, room, "bob", None,
+                                                  Framing.OCM1, keys=BOB_KEYS), "127.0.13.2")
+    assert ok.status == Status.OK and bob_token is not None, ok
+    assert ok.details is not None and ok.details.e2e
+    assert ok.details.members == (MemberInfo("alice", True, E2E_KEYS),)
+    everyone = (MemberInfo("alice", True, E2E_KEYS), MemberInfo("bob", False, BOB_KEYS))
+    time.sleep(1.0)  # a new one-second window of the request rate (5/s per IP)
+    for node, token, ip in ((b, bob_token, "127.0.13.2"), (c, bob_token, "127.0.13.2"),
+                            (a, bob_token, "127.0.13.2"), (c, alice_token, "127.0.13.1")):
+        answer, complete = e2e_request(node, encode_members_request(room, token), ip)
+        assert (answer.status, answer.members, complete) == (Status.OK, everyone, None), \
+            (node.host, answer)
+    # the owner's checks hold through another node: token of another IP, unknown room
+    answer, _ = e2e_request(c, encode_members_request(room, bob_token), "127.0.13.3")
+    assert (answer.status, answer.error) == (Status.INVALID_REQUEST,
+                                             "not a member of this room")
+    answer, _ = e2e_request(b, encode_members_request(room + "-none", bob_token),
+                            "127.0.13.2")
+    assert answer.status == Status.ROOM_NOT_FOUND
+
+
+def test_encrypted_create_forwarded_to_another_node_stays_encrypted(
+        nodes: dict[str, Server]) -> None:
+    """Creates through B are placed on the least-loaded node and forwarded there with
+    their keys and ``e2e`` flag: wherever the room lands it is encrypted, and a plain
+    member list (/who) of a plain room through another node has no keys."""
+    b, c = nodes["B"], nodes["C"]
+    for i in range(3):  # placement may keep a create on B: try a few names
+        room = f"secret-placed-{i}"
+        ok, _ = e2e_request(b, encode_request(Operation.CREATE, room, "alice", None,
+                                              Framing.OCM1, keys=E2E_KEYS, e2e=True),
+                            f"127.0.14.{i + 1}")
+        assert ok.status == Status.OK and ok.details is not None, ok
+        assert ok.details.e2e, ok.details
+        refused, _ = e2e_request(c, encode_request(Operation.JOIN, room, "bob", None,
+                                                   Framing.OCM1), f"127.0.14.{i + 11}")
+        assert refused.status == Status.INVALID_REQUEST, refused
+        time.sleep(LEASE_S / 2)  # let the nodes publish their load before the next one
+    plain, token = e2e_request(b, encode_request(Operation.CREATE, "plain-who", "alice",
+                                                 None, Framing.OCM1, keys=E2E_KEYS),
+                               "127.0.14.30")
+    assert plain.status == Status.OK and token is not None
+    answer, _ = e2e_request(c, encode_members_request("plain-who", token), "127.0.14.30")
+    assert (answer.status, answer.members) == (Status.OK, (MemberInfo("alice", True),))
 
 
 def test_placement_spreads_rooms_over_the_nodes(nodes: dict[str, Server]) -> None:

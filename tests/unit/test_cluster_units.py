@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from control import clusterlink as link
 from control.cluster import NodeInfo, load_secret, pick_node
 from control.config import Config, ConfigError, load
+from wire.e2e import PublicKeys
+from wire.limits import MAX_E2E_MEMBERS
 
 SECRET = b"0123456789abcdef-secret"
 NONCE = bytes(range(16))
@@ -44,6 +48,24 @@ def test_forwarded_request_round_trip_and_types() -> None:
         link.ForwardedRequest.from_json({**REQUEST.to_json(), "password": 5})
     with pytest.raises(link.LinkError):
         link.ForwardedRequest.from_json([1, 2])
+
+
+def test_forwarded_request_carries_keys_and_e2e() -> None:
+    """docs/e2e.md §2.1 across nodes: the owner sees the member's keys and the create's
+    ``e2e`` flag; a frame of an older node (neither key) still decodes."""
+    keys = PublicKeys(bytes(range(32)), bytes(range(32, 64)))
+    e2e = replace(REQUEST, keys=keys, e2e=True)
+    obj = e2e.to_json()
+    assert obj["keys"] == keys.to_json() and obj["e2e"] is True
+    assert link.ForwardedRequest.from_json(obj) == e2e
+    assert "keys" not in REQUEST.to_json() and "e2e" not in REQUEST.to_json()
+    for bad in ({**obj, "e2e": 1}, {**obj, "keys": {"x25519": "AAEC"}}, {**obj, "keys": []}):
+        with pytest.raises(link.LinkError):
+            link.ForwardedRequest.from_json(bad)
+    members = [{"user": f"u{i:03d}", "host": i == 0, "keys": keys.to_json()}
+               for i in range(MAX_E2E_MEMBERS)]
+    frame = link.encode_frame({"status": 0, "members": members})  # the largest member list
+    assert link.frame_length(frame[:4]) == len(frame) - 4
 
 
 def node(node_id: str, members: int, rooms: int = 0) -> NodeInfo:

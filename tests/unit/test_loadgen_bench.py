@@ -93,3 +93,28 @@ def test_section_shows_both_latencies_and_both_capacity_searches() -> None:
     assert "**Result: 3 msg/s per user = 10,000 datagrams/s in, 135,000 deliveries/s out**" \
         in capacity
     assert "![p99 against offered load](bench-capacity-loss.png)" in capacity
+
+
+def test_encrypted_against_plain_section_has_each_run_the_medians_and_the_ratio() -> None:
+    from tests.bench import e2e_compare
+
+    def report(p99: float, relay: float, cpu: float) -> dict[str, Any]:
+        run = _run(p99, relay)
+        run["counts"] = {"delivered": 900, "expected": 900, "loss_pct": 0.0}
+        run["server_cpu_pct"] = cpu
+        return {"result": run}
+
+    pairs = [(_outcome(f"plain-{i}", "plain rooms (ocm1)", report(4.0, 2.0, 70.0)),
+              _outcome(f"e2e-{i}", "encrypted rooms", report(4.2 + i, 2.1, 73.5)))
+             for i in range(3)]
+    pairs[2][1].report = None  # a failed run is shown, not counted in the medians
+    profile = e2e_compare.compare_profile(20, 5, 2, 5, 1)
+    machine = {"date": "now", "nproc": 2, "cpu_model": "cpu", "kernel": "k", "python": "3"}
+    text = e2e_compare.render(pairs, machine, (0.1, 0.2, 0.3), "cmd", profile)
+    assert text.startswith(e2e_compare.SECTION)
+    assert "20 rooms × 5 users × 2 msg/s" in text and "5 s measured after 1 s" in text
+    assert text.count("| plain rooms (ocm1) | 100.000 % | 4.00 | 2.00 | 70 % |") == 3
+    assert "| 3 | encrypted rooms | – | – | – | – |" in text
+    assert "| end-to-end p99 | 4.00 ms | 4.70 ms | 1.175 |" in text  # median of 4.2, 5.2
+    assert "| relay p99 | 2.00 ms | 2.10 ms | 1.050 |" in text
+    assert "| server CPU | 70 % | 74 % | 1.050 |" in text
