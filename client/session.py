@@ -42,6 +42,10 @@ class JoinFailed(Exception):
     """The exchange did not complete; ``str()`` is a one-line explanation."""
 
 
+class NoEncryptedRooms(JoinFailed):
+    """``e2e`` was asked and the server made a plain room (and the client left it)."""
+
+
 class JoinRefused(Exception):
     """The server answered a status other than OK."""
 
@@ -172,7 +176,7 @@ def finish_join(room: str, username: str, complete: Complete, details: Details,
         except OSError:
             pass
         udp.close()
-        raise JoinFailed(f"the server at {target.where} made a plain room, not an encrypted "
+        raise NoEncryptedRooms(f"the server at {target.where} made a plain room, not an encrypted "
                          "one (it does not support --e2e); left it")
     udp.setblocking(False)
     return Joined(room.encode(), username, complete.token, details, server_udp, udp, target)

@@ -52,6 +52,7 @@ from client.session import (
     Joined,
     JoinFailed,
     JoinRefused,
+    NoEncryptedRooms,
     client_tls_context,
 )
 from client.session_aio import join_room_async
@@ -153,7 +154,8 @@ class MainWindow(QMainWindow):
             self._back_to_connect(which, text)
             return False
         except JoinFailed as exc:
-            self._back_to_connect(Field.SERVER, models.unreachable_text(str(exc), request.tls))
+            self._back_to_connect(Field.SERVER, models.unreachable_text(
+                str(exc), request.tls, reached=isinstance(exc, NoEncryptedRooms)))
             return False
         finally:
             screen.set_busy(False)

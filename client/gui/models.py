@@ -105,8 +105,11 @@ def refusal(status: Status | int, sent_password: bool, server_error: str = "") -
     return place, known
 
 
-def unreachable_text(detail: str, tls: bool = False) -> str:
-    """The server field's error when the TCRP exchange failed (``JoinFailed``)."""
+def unreachable_text(detail: str, tls: bool = False, reached: bool = False) -> str:
+    """The server field's error when the TCRP exchange failed (``JoinFailed``);
+    ``reached``: the server answered, but not as asked (``NoEncryptedRooms``)."""
+    if reached:
+        return f"{detail[:1].upper()}{detail[1:]}."
     if tls:
         return (f"No secure connection: {detail}. If the server's certificate comes from "
                 "its own CA, choose that CA file.")

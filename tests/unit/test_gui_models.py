@@ -38,6 +38,8 @@ def test_refusal_goes_next_to_its_field(status: Status | int, sent: bool, field:
 def test_join_failures_say_what_to_do() -> None:
     assert models.unreachable_text("connection refused") == (
         "Server unreachable: connection refused")
+    assert models.unreachable_text("the server at x made a plain room", reached=True) == (
+        "The server at x made a plain room.")
     assert models.unreachable_text("bad certificate", tls=True).startswith(
         "No secure connection: bad certificate. If the server's certificate comes from its "
         "own CA, choose that CA file.")
