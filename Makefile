@@ -11,7 +11,7 @@ GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libf
 # Best effort, for Japanese and emoji in the screenshots.
 GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
 
-.PHONY: run run-gui test lint bench bench-wire bench-hot bench-gui gui-system-libs redis-server \
+.PHONY: run run-gui test lint bench bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs redis-server \
 	gui-screenshots fuzz chaos soak clean
 
 $(PY):
@@ -115,6 +115,15 @@ gui-screenshots: $(STAMP) gui-system-libs
 
 bench: $(STAMP)
 	$(PY) -m tests.bench.capacity
+	@echo "== per-core cost against the C limit =="
+	$(PY) -m tests.bench.percore --update-docs $(PERCORE_ARGS)
+
+# Issue #16: OCM's highest sustained rate per core against the reference C relay (crelay),
+# interleaved, and CPU per inbound datagram; tests/bench/percore.py, ~25 min with the
+# defaults. E.g. PERCORE_ARGS="--relays crelay,ocm,ocm-pure --repeat 5".
+PERCORE_ARGS ?=
+bench-percore: $(STAMP)
+	$(PY) -m tests.bench.percore $(PERCORE_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache */_*.so \
