@@ -88,7 +88,9 @@ def verdict(report: dict[str, Any], rate: float, members: int) -> Verdict:
     if not loss < SLO_LOSS_PCT:
         broken.append(f"loss {loss:.3g} % ≥ {SLO_LOSS_PCT:g} %")
     p99 = float(report["p99_us"])
-    if p99 < 0 or p99 > SLO_P99_US:  # cload says -1 when nothing was delivered
+    if p99 < 0:  # cload's p99 when nothing was delivered
+        broken.append("nothing delivered")
+    elif p99 > SLO_P99_US:
         broken.append(f"p99 {p99 / 1000:.3g} ms > {SLO_P99_US / 1000:g} ms")
     target = rate * members
     achieved = float(report["rate_in"])
