@@ -117,6 +117,8 @@ bench: $(STAMP)
 	$(PY) -m tests.bench.capacity
 	@echo "== per-core cost against the C limit =="
 	$(PY) -m tests.bench.percore --update-docs $(PERCORE_ARGS)
+	@echo "== memory per member =="
+	$(PY) -m tests.bench.memory --update-docs $(MEMORY_ARGS)
 
 # Issue #16: OCM's highest sustained rate per core against the reference C relay (crelay),
 # interleaved, and CPU per inbound datagram; tests/bench/percore.py, ~25 min with the
@@ -124,6 +126,12 @@ bench: $(STAMP)
 PERCORE_ARGS ?=
 bench-percore: $(STAMP)
 	$(PY) -m tests.bench.percore $(PERCORE_ARGS)
+
+# Issue #16: bytes per member (worker, control, tree; RSS/PSS/USS) at 100,000 members
+# joined through TCRP; tests/bench/memory.py, about a minute.
+MEMORY_ARGS ?=
+bench-memory: $(STAMP)
+	$(PY) -m tests.bench.memory $(MEMORY_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache */_*.so \

@@ -220,7 +220,7 @@ class Bench:
         cmd, on_path = self._control_command()
         server = servers.start(cmd, timeout=120.0, extra_env=env, repo_on_path=on_path)
         try:
-            worker = _worker_pid(server.output())
+            worker = servers.worker_pids(server.output()).get(0)
             tokens = self.work / f"tokens-{step.relay}-{step.rep}-{step.rate:g}.txt"
             t = time.monotonic()
             join = [*self._pin(s.load_cpu), sys.executable, "-m", "loadgen", "--server",
@@ -285,15 +285,6 @@ def _run(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
                           env=dict(os.environ, PYTHONPATH=path))
 
 
-def _worker_pid(output: str) -> int | None:
-    """OCM's relay worker, from control's ``worker 0 started (pid N, ...)`` log line."""
-    for line in output.splitlines():
-        marker = "worker 0 started (pid "
-        if marker in line:
-            return int(line.split(marker)[1].split(",")[0].split(")")[0])
-    return None
-
-
 def _step_line(step: Step) -> str:
     r = step.report or {}
     cpu = step.us_per_datagram("tree")
@@ -340,8 +331,17 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def command_line(argv: list[str]) -> str:
-    return "python -m tests.bench.percore " + shlex.join(argv)
+def command_line(argv: list[str], module: str = "percore") -> str:
+    return f"python -m tests.bench.{module} " + shlex.join(argv)
+
+
+def put_section(section: str, text: str) -> None:
+    """Replace ``section`` (a heading) in docs/benchmarks.md with ``text``; the first
+    time, it goes at the end of the file."""
+    docs = servers.REPO_ROOT / "docs" / "benchmarks.md"
+    old = docs.read_text()
+    new = replace_sections(old, [text]) if section in old else old.rstrip("\n") + "\n\n" + text
+    docs.write_text(new)
 
 
 def render(s: Settings, steps: list[Step], summary: dict[str, Any],
@@ -465,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=2,
                    help="skip a relay's higher rates in a repetition after this many "
                         "broken steps in a row; 0 = run them all [2]")
+    add_common_arguments(p, "percore")
+    return p
+
+
+def add_common_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    """``--ocm-command``, ``--ocm-env``, ``--out`` and ``--update-docs`` (``name``: the
+    files written, ``NAME.md`` and ``NAME.json``)."""
     p.add_argument("--ocm-command", default="",
                    help="run this instead of `python -m control` (e.g. another checkout's "
                         "/path/.venv/bin/ocm-control); that checkout is then not shadowed "
@@ -472,10 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ocm-env", type=_env, action="append", default=[], metavar="KEY=VALUE",
                    help="environment for every OCM relay (repeatable)")
     p.add_argument("--out", type=Path, default=None,
-                   help="directory for percore.md and percore.json [build/perf/percore-TIME]")
+                   help=f"directory for {name}.md and {name}.json [build/perf/{name}-TIME]")
     p.add_argument("--update-docs", action="store_true",
                    help="replace the section in docs/benchmarks.md")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -518,11 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": [asdict(st) for st in bench.steps]}, option=orjson.OPT_INDENT_2))
     print(f"written: {out / 'percore.md'}, {out / 'percore.json'}", file=sys.stderr)
     if args.update_docs:
-        docs = servers.REPO_ROOT / "docs" / "benchmarks.md"
-        old = docs.read_text()
-        # replace our section where it is; the first time, it goes at the end
-        new = replace_sections(old, [text]) if SECTION in old else old.rstrip("\n") + "\n\n" + text
-        docs.write_text(new)
+        put_section(SECTION, text)
     return 0 if all(st.error is None for st in bench.steps) else 1
 
 

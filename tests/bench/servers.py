@@ -159,3 +159,12 @@ def start(cmd: list[str], timeout: float = 60.0, extra_env: dict[str, str] | Non
 
     threading.Thread(target=pump, daemon=True).start()
     return running
+
+
+WORKER_STARTED_RE: Final = re.compile(r"worker (?P<index>\d+) started \(pid (?P<pid>\d+)")
+
+
+def worker_pids(output: str) -> dict[int, int]:
+    """ocm-control's relay workers by index, from its ``worker N started (pid P, ...)``
+    log lines (the last start of each index wins: a respawn replaces it)."""
+    return {int(m["index"]): int(m["pid"]) for m in WORKER_STARTED_RE.finditer(output)}

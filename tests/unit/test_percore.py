@@ -116,3 +116,12 @@ def test_cpu_delta_counts_new_processes_from_zero() -> None:
     after = {1: Times(1.5, 2.25), 2: Times(6.0, 9.0), 3: Times(0.25, 0.5)}
     assert cpu_delta(before, after) == Times(1.75, 4.75)
     assert cpu_delta(before, after, only=2) == Times(1.0, 4.0)
+
+
+def test_memory_per_member_is_the_growth_over_the_members() -> None:
+    from tests.bench.memory import KINDS, per_member
+
+    before = {role: dict.fromkeys(KINDS, 1000) for role in ("control", "workers", "tree")}
+    after = {role: dict.fromkeys(KINDS, 1000 + 512 * 100_000)
+             for role in ("control", "workers", "tree")}
+    assert per_member(before, after, 100_000)["workers"] == dict.fromkeys(KINDS, 512.0)
