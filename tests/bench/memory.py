@@ -82,16 +82,26 @@ def per_member(before: dict[str, dict[str, int]], after: dict[str, dict[str, int
             for role in after}
 
 
-def chat_datagrams(output: str) -> dict[str, float]:
-    """The chat port's datagram counters from control's /metrics (its ``admin
-    http=HOST:PORT`` log line): ``received``, and ``dropped`` by reason. Every member
-    sends one first datagram; if all were received and none dropped, all are bound (the
-    loadgen's own count relies on ``joined`` notices, which its socket may drop while it
-    is busy joining)."""
-    match = re.search(r"admin http=([\d.]+):(\d+)", output)
-    if match is None:
+def wait_admin(server: servers.Running, timeout_s: float = 30.0) -> str | None:
+    """``HOST:PORT`` of control's admin HTTP server, from its ``admin http=HOST:PORT`` log
+    line (logged just after the READY line); None if it does not come."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        match = re.search(r"admin http=([\d.]+:\d+)", server.output())
+        if match is not None:
+            return match[1]
+        time.sleep(0.05)  # polling the log pump's lines; there is no event to wait on
+    return None
+
+
+def chat_datagrams(admin: str | None) -> dict[str, float]:
+    """The chat port's datagram counters from control's /metrics: ``received``, and
+    ``dropped`` by reason. Every member sends one first datagram; if all were received
+    and none dropped, all are bound (the loadgen's own count relies on ``joined`` notices,
+    which its socket may drop while it is busy joining)."""
+    if admin is None:
         return {}
-    with urllib.request.urlopen(f"http://{match[1]}:{match[2]}/metrics", timeout=30) as r:
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=30) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -170,13 +180,14 @@ def main(argv: list[str] | None = None) -> int:
                            repo_on_path=on_path)
     try:
         workers = set(servers.worker_pids(server.output()).values())
+        admin = wait_admin(server)  # now: the log keeps only its last 2,000 lines
         time.sleep(SETTLE_S)  # a sample of a settled process, not a wait for an event
         before = sample(server.pid, workers)
         t = time.monotonic()
         join = [sys.executable, "-m", "loadgen", "--server", server.host, "--tcp-port",
                 str(server.tcp_port), "--rooms", str(args.rooms), "--users", str(args.users),
                 "--framing", "ocm1", "--procs", str(procs), "--join-only", "--quiet",
-                "--bind-timeout", "120", "--json", str(out / "joins.json")]
+                "--bind-timeout", "10", "--json", str(out / "joins.json")]
         done = subprocess.run(join, capture_output=True, text=True, timeout=JOIN_TIMEOUT_S,
                               env=dict(os.environ, PYTHONPATH=str(servers.REPO_ROOT)))
         join_s = time.monotonic() - t
@@ -185,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         joined = int(setup["joins_ok"])
         time.sleep(SETTLE_S)
         after = sample(server.pid, workers)
-        datagrams = chat_datagrams(server.output())
+        datagrams = chat_datagrams(admin)
     finally:
         server.stop()
     result = {"members": joined, "rooms": args.rooms, "users": args.users,
