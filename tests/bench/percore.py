@@ -134,6 +134,8 @@ class Step:
     """The same for the process that relays (OCM's worker, crelay's forked worker)."""
     join_s: float | None = None
     error: str | None = None
+    server_log: list[str] = field(default_factory=list)
+    """OCM's first log lines (its settings, and which relay path runs)."""
 
     def us_per_datagram(self, which: str) -> dict[str, float] | None:
         cpu = self.cpu_tree if which == "tree" else self.cpu_worker
@@ -221,6 +223,7 @@ class Bench:
         server = servers.start(cmd, timeout=120.0, extra_env=env, repo_on_path=on_path)
         try:
             worker = servers.worker_pids(server.output()).get(0)
+            step.server_log = list(server.lines)[:60]  # which path runs, as it says
             tokens = self.work / f"tokens-{step.relay}-{step.rep}-{step.rate:g}.txt"
             t = time.monotonic()
             join = [*self._pin(s.load_cpu), sys.executable, "-m", "loadgen", "--server",
@@ -242,9 +245,13 @@ class Bench:
         before = climit.tree_times(pid)
         report = climit.run_cload(cmd, self._cload_timeout())
         after = climit.tree_times(pid)
-        if worker is None:  # crelay: the parent waits, its one forked child relays
-            kids = [p for p in after if p != pid]
-            worker = kids[0] if len(kids) == 1 else None
+        if worker is None:
+            # crelay: the parent waits, its one forked child relays; an OCM whose log did
+            # not name its worker: the descendant that used the most CPU
+            zero = climit.Times(0.0, 0.0)
+            used = {p: t.user + t.sys - before.get(p, zero).user - before.get(p, zero).sys
+                    for p, t in after.items() if p != pid}
+            worker = max(used, key=used.__getitem__) if used else None
         step.report = report
         step.datagrams_in = int(report["sent"]) + int(report["sent_warm"]) + step.members
         step.cpu_tree = asdict(climit.cpu_delta(before, after))
