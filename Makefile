@@ -121,7 +121,7 @@ bench: $(STAMP)
 	$(PY) -m tests.bench.memory --update-docs $(MEMORY_ARGS)
 
 # Issue #16: OCM's highest sustained rate per core against the reference C relay (crelay),
-# interleaved, and CPU per inbound datagram; tests/bench/percore.py, ~25 min with the
+# interleaved, and CPU per inbound datagram; tests/bench/percore.py, 15-25 min with the
 # defaults. E.g. PERCORE_ARGS="--relays crelay,ocm,ocm-pure --repeat 5".
 PERCORE_ARGS ?=
 bench-percore: $(STAMP)
