@@ -11,7 +11,7 @@ GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libf
 # Best effort, for Japanese and emoji in the screenshots.
 GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
 
-.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui gui-system-libs redis-server \
+.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs redis-server \
 	gui-screenshots fuzz chaos soak clean
 
 $(PY):
@@ -115,6 +115,23 @@ gui-screenshots: $(STAMP) gui-system-libs
 
 bench: $(STAMP)
 	$(PY) -m tests.bench.capacity
+	@echo "== per-core cost against the C limit =="
+	$(PY) -m tests.bench.percore --update-docs $(PERCORE_ARGS)
+	@echo "== memory per member =="
+	$(PY) -m tests.bench.memory --update-docs $(MEMORY_ARGS)
+
+# OCM's highest sustained rate per core against the reference C relay (crelay),
+# interleaved, and CPU per inbound datagram; tests/bench/percore.py, 15-25 min with the
+# defaults. E.g. PERCORE_ARGS="--relays crelay,ocm,ocm-pure --repeat 5".
+PERCORE_ARGS ?=
+bench-percore: $(STAMP)
+	$(PY) -m tests.bench.percore $(PERCORE_ARGS)
+
+# Bytes per member (worker, control, tree; RSS/PSS/USS) at 100,000 members
+# joined through TCRP; tests/bench/memory.py, about a minute.
+MEMORY_ARGS ?=
+bench-memory: $(STAMP)
+	$(PY) -m tests.bench.memory $(MEMORY_ARGS)
 
 # Encrypted rooms against plain rooms at the headline only (also part of `make bench`):
 # E2E_PAIRS interleaved (plain, encrypted) pairs; rewrites that section of docs/benchmarks.md.

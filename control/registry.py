@@ -164,6 +164,10 @@ class Registry:
     def bind(self, token: bytes, addr: Addr, proven: bool = False) -> None:
         member = self.tokens.get(token)
         if member is not None:
+            if addr[0] == member.ip:
+                # the address's IP is the member's: share that string instead of keeping
+                # the copy each Bound event brings over the pipe (~64 B per member)
+                addr = (member.ip, addr[1])
             member.addr = addr
             member.proven = proven
 

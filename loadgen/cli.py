@@ -19,6 +19,7 @@ from loadgen.options import CAPACITY_SLO_LOSS_PCT, CAPACITY_SLO_P99_MS, Options
 from loadgen.report import LiveView, machine_info, print_summary, write_json, write_plot
 from loadgen.runner import WAIT_WARN_PCT, Fleet, LoadgenError
 from loadgen.targets import first_host, split_servers
+from loadgen.tokens import UnprintableField, encode_file
 from loadgen.transport import resolve_mode
 from runtime import sched
 
@@ -65,6 +66,14 @@ per-user rate that held. Without
 explicit SLOs it uses p99 <= {CAPACITY_SLO_P99_MS:g} ms and loss <= {CAPACITY_SLO_LOSS_PCT:g} %.
 A rate whose median latency keeps growing through the window (queues building: deep
 socket buffers can hide an overload from the loss figure for seconds) breaks any SLO.
+
+--join-only only joins and binds (no run, no /exit) and exits: the members stay until the
+server's inactivity timeout (default 300 s) unless something speaks for them. With
+--tokens-out FILE (which implies it) every member is written for cload --tokens
+(tests/bench/perf); cload's first, empty datagram from its own port then re-binds each
+member's address (a valid datagram from the IP the token is bound to, 127.0.0.1), so the
+loadgen need not stay. Exit code 0 if every member joined, else 1 (the file lists those
+that did).
 
 exit codes: 0 ok (every SLO held, or a capacity was found), 1 an SLO was broken (or no
 rate held), 2 bad usage, 3 the run failed (server unreachable, a loadgen process died,
@@ -172,6 +181,10 @@ def execute(opts: Options, live: LiveView) -> dict[str, Any]:
         if setup.max_message < opts.size:
             raise LoadgenError(f"--size {opts.size} is over the server's max_message "
                                f"{setup.max_message}")
+        if opts.join_only:
+            report["tokens"] = fleet.tokens
+            report["joined"] = setup.joins_ok
+            return report
         if opts.find_capacity:
             runs, cap = _search(fleet, opts)
         else:
@@ -191,10 +204,44 @@ def execute(opts: Options, live: LiveView) -> dict[str, Any]:
     return report
 
 
+def _finish_join_only(report: dict[str, Any], opts: Options, tokens_out: str | None,
+                      json_out: str | None) -> int:
+    """``--join-only``: say how many joined, write ``--tokens-out``; exit 0 if all did."""
+    tokens = report.pop("tokens")
+    setup = report["setup"]
+    where = ""
+    if tokens_out:
+        try:
+            text = encode_file(tokens)
+        except UnprintableField as exc:
+            print(f"ocm-loadgen: --tokens-out: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        with open(tokens_out, "w", encoding="ascii") as out:
+            out.write(text)
+        where = f"; {len(tokens)} tokens in {tokens_out}"
+    code = EXIT_OK if setup["joins_failed"] == 0 else EXIT_SLO_BROKEN
+    report["exit_code"] = code
+    print(f"joined {setup['joins_ok']} of {opts.members} members in "
+          f"{setup['join_seconds']:.1f} s ({setup['bound_missing']} not bound){where}; they "
+          f"stay until {setup['inactivity_timeout_s']:g} s of silence (inactivity timeout)")
+    if setup["failures"]:
+        print(f"failed joins: {setup['failures']}", file=sys.stderr)
+    if json_out:
+        write_json(json_out, report)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     opts, output = options.from_args(args)
+    if output.tokens_out:
+        if opts.sockets == "shared":
+            parser.error("--tokens-out needs --sockets member: the tokens are bound to the IP "
+                         "each member joined from, and cload sends from 127.0.0.1")
+        opts = dataclasses.replace(opts, join_only=True, sockets="member")
+    if opts.join_only and opts.find_capacity:
+        parser.error("--join-only (or --tokens-out) runs nothing: drop --find-capacity")
     try:
         split_servers(opts.server, opts.tcp_port)
         opts = dataclasses.replace(opts, sockets=resolve_mode(opts.sockets,
@@ -240,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     report["command"] = "ocm-loadgen " + shlex.join(argv_list)
     report["label"] = output.label
+    if opts.join_only:
+        return _finish_join_only(report, opts, output.tokens_out, output.json)
     if opts.find_capacity:
         code = EXIT_OK if report["capacity"]["rate_per_user"] is not None else EXIT_SLO_BROKEN
     else:

@@ -11,10 +11,11 @@ the shape of the JSON report (docs: ``ocm-loadgen --json``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loadgen.meter import Counts
+from loadgen.tokens import MemberToken
 
 Percentiles = dict[str, float | None]
 """Latency in ms by name: ``p50``, ``p90``, ``p99``, ``p99.9``, ``max`` (and ``mean``)."""
@@ -60,6 +61,8 @@ class SetupPart:
     max_message: int
     inactivity_timeout_s: float
     notices: dict[str, int]
+    tokens: list[MemberToken] = field(default_factory=list)
+    """Every joined member's token and chat address, with ``Plan.collect_tokens`` only."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,11 @@ class Options:
                           "SLOs and capacity", above=0)
     max_steps: int = _f(capacity.DEFAULT_MAX_STEPS, "most rates in a capacity search",
                         "SLOs and capacity", above=0)
+    join_only: bool = _f(False, "only join (and bind each member's address), then exit: "
+                                "no run and no /exit, so the members stay in their rooms "
+                                "until the server's inactivity timeout unless something "
+                                "else speaks for them (e.g. cload --tokens, with "
+                                "--tokens-out)", "profile")
     retries: int = _f(0, "re-run a capacity step that broke while the loadgen waited for a "
                          "CPU (other work on the machine) up to this many times",
                       "SLOs and capacity", minimum=0)
@@ -174,6 +179,13 @@ class Output:
                            shown="the server address")
     json: str | None = _f(None, "write every figure as JSON", "output", metavar="FILE",
                           shown="none")
+    tokens_out: str | None = _f(None, "join only (as --join-only) and write every member to "
+                                      "FILE for cload --tokens (tests/bench/perf): one a "
+                                      "line, tab separated 'room slot room_name token "
+                                      "udp_host udp_port', 0-based; implies --sockets member "
+                                      "(the tokens are bound to the IP that joined, and "
+                                      "cload sends from 127.0.0.1)", "output",
+                                metavar="FILE", shown="none")
     plot: str | None = _f(None, "write latency percentiles and throughput over time as a "
                                 "PNG", "output", metavar="FILE.png", shown="none")
 

@@ -51,6 +51,7 @@ from loadgen.options import Options
 from loadgen.pacing import NS
 from loadgen.procstat import tree_usage
 from loadgen.targets import first_host
+from loadgen.tokens import MemberToken
 from loadgen.transport import resolve_mode
 from loadgen.users import Plan, child_main
 
@@ -112,6 +113,8 @@ class Fleet:
         self.accounting_note: str | None = None
         """Why shared-socket deliveries are accounted in Python under ``auto``, if they are."""
         self._cpu0 = _cpu()
+        self.tokens: list[MemberToken] = []
+        """Every joined member's token and chat address after ``setup`` (``--join-only``)."""
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> list[Ready]:
@@ -140,7 +143,7 @@ class Fleet:
                         realtime_priority=opts.realtime_priority,
                         join_timeout_s=opts.join_timeout, bind_timeout_s=opts.bind_timeout,
                         e2e=opts.e2e, verify_every=opts.e2e_verify_every,
-                        corrupt_every=opts.e2e_corrupt_every)
+                        corrupt_every=opts.e2e_corrupt_every, collect_tokens=opts.join_only)
             parent_conn, child_conn = ctx.Pipe()
             proc = ctx.Process(target=child_main, args=(child_conn, plan),
                                name=f"ocm-loadgen-{i}", daemon=True)
@@ -247,6 +250,7 @@ class Fleet:
         seconds = max((t_end - t_start) / NS, 1e-9)
         lat = [x for p in parts for x in p.join_latencies_ms]
         self.active_members = ok
+        self.tokens = [t for p in parts for t in p.tokens]
         framings = sorted({p.framing for p in parts})
         return SetupFigures(
             joins_ok=ok, joins_failed=failed, failures=failures, join_seconds=seconds,

@@ -58,6 +58,7 @@ from loadgen.meter import HEADER_BYTES, HEADER_FMT, MAX_LAG_US, PAD_BYTE, Meter,
 from loadgen.pacing import MIN_TICK_NS, NS, Schedule, TimerFd
 from loadgen.procstat import runqueue_wait_seconds
 from loadgen.targets import first_host, split_servers
+from loadgen.tokens import MemberToken
 from loadgen.transport import SHARED_OWNER, MemberSockets, SharedSocket, Transport
 from runtime import sched
 from wire import errors
@@ -107,6 +108,8 @@ class Plan:
     """Encrypted rooms (loadgen/e2eload.py); the parent sets ``framing`` to ``ocm1``."""
     verify_every: int = 10
     corrupt_every: int = 0
+    collect_tokens: bool = False
+    """Return every member's token and chat address in the ``SetupPart`` (``--join-only``)."""
 
 
 def room_name(prefix: str, room: int) -> str:
@@ -240,6 +243,7 @@ class Simulator:
             self.owner[self.timer.fileno()] = _OWNER_TIMER
             self.ep.register(self.timer.fileno(), select.EPOLLIN)
         self.join = _JoinStats()
+        self.tokens: list[MemberToken] = []
         self.keepalive_ns = int(300.0 / 4 * NS)
         self.aborted = False
 
@@ -305,7 +309,7 @@ class Simulator:
             bound_missing=bind_missing, framing="ocm1" if self.meter.framed else "plain",
             framing_mismatch=j.framing_mismatch, max_message=j.max_message,
             inactivity_timeout_s=j.inactivity_timeout_s,
-            notices=dict(self.meter.notice_events))
+            notices=dict(self.meter.notice_events), tokens=self.tokens)
 
     async def _join_all(self) -> None:
         sem = asyncio.Semaphore(self.plan.join_concurrency)
@@ -420,6 +424,10 @@ class Simulator:
             j.framing_mismatch += 1
         via = details.udp_host or self.targets[lm % len(self.targets)][0]
         self.transport.attach(lm, (via, details.udp_port))
+        if self.plan.collect_tokens:
+            self.tokens.append(MemberToken(self.plan.room_lo + lm // self.plan.users,
+                                           lm % self.plan.users, room_raw, token, via,
+                                           details.udp_port))
         self.prefix[lm] = encode_chat(room_raw, token, b"")
         self.is_host[lm] = details.host
         self.meter.active[lm] = True

@@ -103,11 +103,18 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
     proc.wait(10)
 
 
-def start(cmd: list[str], timeout: float = 60.0) -> Running:
+def start(cmd: list[str], timeout: float = 60.0, extra_env: dict[str, str] | None = None,
+          repo_on_path: bool = True) -> Running:
     """Start ``cmd`` and wait for its READY line (stdout or stderr); raise ``RuntimeError``
-    if it exits first and ``TimeoutError`` if it is not ready in ``timeout`` seconds."""
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+    if it exits first and ``TimeoutError`` if it is not ready in ``timeout`` seconds.
+
+    ``extra_env`` is added to the environment. ``repo_on_path=False`` leaves this checkout
+    off ``PYTHONPATH``: for a server installed from another checkout (its own venv), which
+    would otherwise import this one's packages."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
+    if repo_on_path:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, start_new_session=True)
     assert proc.stdout is not None
@@ -152,3 +159,12 @@ def start(cmd: list[str], timeout: float = 60.0) -> Running:
 
     threading.Thread(target=pump, daemon=True).start()
     return running
+
+
+WORKER_STARTED_RE: Final = re.compile(r"worker (?P<index>\d+) started \(pid (?P<pid>\d+)")
+
+
+def worker_pids(output: str) -> dict[int, int]:
+    """ocm-control's relay workers by index, from its ``worker N started (pid P, ...)``
+    log lines (the last start of each index wins: a respawn replaces it)."""
+    return {int(m["index"]): int(m["pid"]) for m in WORKER_STARTED_RE.finditer(output)}

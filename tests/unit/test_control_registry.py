@@ -134,3 +134,15 @@ def test_usernames_are_unique_up_to_nfc() -> None:
     assert bob.username == "bo\u0301b"
     assert reg.remove_member(bob.token) is bob
     assert reg.join(host.room, "b\u00f3b", "127.0.0.1", Framing.PLAIN, 10).username == "b\u00f3b"
+
+
+def test_a_bound_address_shares_the_member_ip_string() -> None:
+    reg = make()
+    host = reg.create("r", "alice", "127.0.0.1", Framing.PLAIN, 0, None)
+    ip = "".join(["127.0.", "0.1"])  # equal, but another object (as from the pipe)
+    assert ip == host.ip and ip is not host.ip
+    reg.bind(host.token, (ip, 4000), proven=True)
+    assert host.addr == ("127.0.0.1", 4000) and host.addr[0] is host.ip
+    reg.bind(host.token, ("10.0.0.9", 4001))  # cluster mode: another node's IP, as given
+    assert host.addr == ("10.0.0.9", 4001) and not host.proven
+
