@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define RECV_SLOTS 64
 #define OUT_SLOTS 1024 /* UIO_MAXIOV: the most messages one sendmmsg takes */
@@ -208,6 +209,7 @@ typedef struct {
     PyObject_HEAD
     int fd;
     PyObject *core, *tokens, *failing, *by_addr, *routes, *route_for, *slow, *send_failed, *warn;
+    PyObject *clock, *after; /* on_readable: time source (None: CLOCK_MONOTONIC), flush */
     PyTypeObject *member_type, *room_type;
     Py_ssize_t m[M_COUNT], r[R_COUNT];
     int chat_kind;
@@ -253,6 +255,8 @@ static void Hot_dealloc(Hot *self) {
     Py_XDECREF(self->slow);
     Py_XDECREF(self->send_failed);
     Py_XDECREF(self->warn);
+    Py_XDECREF(self->clock);
+    Py_XDECREF(self->after);
     Py_XDECREF(self->member_type);
     Py_XDECREF(self->room_type);
     Py_XDECREF(self->keep);
@@ -262,15 +266,16 @@ static void Hot_dealloc(Hot *self) {
 
 static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"fd", "core", "routes", "route_for", "slow", "send_failed", "warn",
-                             "member_type", "room_type", "chat_kind", "max_datagram",
-                             "max_delivery", "exit_max", "max_batch", NULL};
+                             "clock", "after", "member_type", "room_type", "chat_kind",
+                             "max_datagram", "max_delivery", "exit_max", "max_batch", NULL};
     int fd, chat_kind;
-    PyObject *core, *routes, *route_for, *slow, *send_failed, *warn, *mt, *rt;
+    PyObject *core, *routes, *route_for, *slow, *send_failed, *warn, *clock, *after, *mt, *rt;
     Py_ssize_t max_datagram, max_delivery, exit_max, max_batch;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOO!O!innnn", kwlist, &fd, &core,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOOOO!O!innnn", kwlist, &fd, &core,
                                      &PyDict_Type, &routes, &route_for, &slow, &send_failed,
-                                     &warn, &PyType_Type, &mt, &PyType_Type, &rt, &chat_kind,
-                                     &max_datagram, &max_delivery, &exit_max, &max_batch))
+                                     &warn, &clock, &after, &PyType_Type, &mt, &PyType_Type,
+                                     &rt, &chat_kind, &max_datagram, &max_delivery, &exit_max,
+                                     &max_batch))
         return -1;
     if (self->buf) {
         PyErr_SetString(PyExc_RuntimeError, "Hot is initialised once");
@@ -303,6 +308,8 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     self->slow = Py_NewRef(slow);
     self->send_failed = Py_NewRef(send_failed);
     self->warn = Py_NewRef(warn);
+    self->clock = Py_NewRef(clock);
+    self->after = Py_NewRef(after);
     self->chat_kind = chat_kind;
     self->max_datagram = max_datagram;
     self->max_delivery = max_delivery;
@@ -384,7 +391,7 @@ static int flush_out(Hot *self, PyObject *now) {
     self->nout = self->npairs = 0;
     for (int i = 0; any_failed && i < nout && rc == 0; i++) {
         PyObject *addr = PyList_GET_ITEM(self->oside[i]->addrs, self->oidx[i]);
-        PyObject *members = PyDict_GetItemWithError(self->by_addr, addr);
+        PyObject *members = PyDict_GetItemWithError(self->by_addr, addr); /* Member or list */
         if (!members || (PyList_Check(members) && PyList_GET_SIZE(members) == 0)) {
             if (PyErr_Occurred()) rc = -1;
             continue; /* evicted by an earlier report of this flush */
@@ -570,25 +577,30 @@ static PyObject *address_of(const struct sockaddr_in *sa, socklen_t len) {
     return Py_BuildValue("(si)", ip, (int)ntohs(sa->sin_port));
 }
 
-static PyObject *Hot_serve(Hot *self, PyObject *now_obj) {
+static PyObject *str_chat_rate, *str_chat_burst, *str_received, *str_relayed, *str_events,
+    *str_outbox;
+
+static double core_number(Hot *self, PyObject *name) {
+    PyObject *o = PyObject_GetAttr(self->core, name);
+    if (!o) return -1.0;
+    double v = PyFloat_AsDouble(o);
+    Py_DECREF(o);
+    return v;
+}
+
+/* The loop of serve() and on_readable(): a (read, fast) tuple, or NULL on error. */
+static PyObject *serve(Hot *self, PyObject *now_obj) {
     if (!self->buf) {
         PyErr_SetString(PyExc_RuntimeError, "Hot is not initialised");
         return NULL;
     }
-    double now = PyFloat_AsDouble(now_obj);
-    if (now == -1.0 && PyErr_Occurred()) return NULL;
     if (!PyFloat_CheckExact(now_obj)) {
         PyErr_SetString(PyExc_TypeError, "now must be a float");
         return NULL;
     }
-    PyObject *rate_o = PyObject_GetAttrString(self->core, "chat_rate");
-    if (!rate_o) return NULL;
-    double rate = PyFloat_AsDouble(rate_o);
-    Py_DECREF(rate_o);
-    PyObject *burst_o = PyObject_GetAttrString(self->core, "chat_burst");
-    if (!burst_o) return NULL;
-    double burst = PyFloat_AsDouble(burst_o);
-    Py_DECREF(burst_o);
+    double now = PyFloat_AS_DOUBLE(now_obj);
+    double rate = core_number(self, str_chat_rate);
+    double burst = core_number(self, str_chat_burst);
     if (PyErr_Occurred()) return NULL;
     self->calls++;
     Py_ssize_t total = 0, fast_before = (Py_ssize_t)self->fast;
@@ -645,6 +657,63 @@ error: { /* send what was queued (its buffers are still intact), keep the first 
     }
 }
 
+static PyObject *Hot_serve(Hot *self, PyObject *now_obj) { return serve(self, now_obj); }
+
+/* core.<name> += n */
+static int core_add(Hot *self, PyObject *name, Py_ssize_t n) {
+    PyObject *v = PyObject_GetAttr(self->core, name);
+    if (!v) return -1;
+    PyObject *d = PyLong_FromSsize_t(n);
+    PyObject *sum = d ? PyNumber_Add(v, d) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    if (!sum) return -1;
+    int rc = PyObject_SetAttr(self->core, name, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+static int core_list_nonempty(Hot *self, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(self->core, name);
+    if (!v) return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* The loop's reader callback, called by the event loop directly (no Python frame): read
+ * with the time of ``clock()`` (None: CLOCK_MONOTONIC, the clock of time.monotonic),
+ * count what C relayed in core.received and core.relayed as the Python path would have,
+ * and call ``after()`` (the worker's flush) when the core has events or notices. */
+static PyObject *Hot_on_readable(Hot *self, PyObject *unused) {
+    (void)unused;
+    PyObject *now_obj;
+    if (self->clock == Py_None) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now_obj = PyFloat_FromDouble((double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) * 1e-9);
+    } else {
+        now_obj = PyObject_CallNoArgs(self->clock);
+    }
+    if (!now_obj) return NULL;
+    PyObject *res = serve(self, now_obj);
+    Py_DECREF(now_obj);
+    if (!res) return NULL;
+    Py_ssize_t fast = PyLong_AsSsize_t(PyTuple_GET_ITEM(res, 1));
+    Py_DECREF(res);
+    if (fast > 0 && (core_add(self, str_received, fast) < 0 || core_add(self, str_relayed, fast) < 0))
+        return NULL;
+    int events = core_list_nonempty(self, str_events);
+    int outbox = events == 0 ? core_list_nonempty(self, str_outbox) : 0;
+    if (events < 0 || outbox < 0) return NULL;
+    if (events || outbox) {
+        PyObject *r = PyObject_CallNoArgs(self->after);
+        if (!r) return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *Hot_counters(Hot *self, PyObject *unused) {
     (void)unused;
     return Py_BuildValue("{sKsKsK}", "fast", self->fast, "slow", self->slow_count, "calls",
@@ -655,6 +724,9 @@ static PyMethodDef Hot_methods[] = {
     {"serve", (PyCFunction)Hot_serve, METH_O,
      "serve(now) -> (read, fast): read up to max_batch datagrams; relay the ordinary chat "
      "here and hand the rest to slow(data, addr, now) in order."},
+    {"on_readable", (PyCFunction)Hot_on_readable, METH_NOARGS,
+     "on_readable(): the reader callback: serve(clock()), count, then after() if the core "
+     "has events or notices."},
     {"counters", (PyCFunction)Hot_counters, METH_NOARGS,
      "counters() -> {'fast', 'slow', 'calls'} since creation."},
     {NULL, NULL, 0, NULL},
@@ -694,6 +766,13 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__hot(void) {
     if (PyType_Ready(&RouteType) < 0 || PyType_Ready(&HotType) < 0) return NULL;
+    if (!(str_chat_rate = PyUnicode_InternFromString("chat_rate")) ||
+        !(str_chat_burst = PyUnicode_InternFromString("chat_burst")) ||
+        !(str_received = PyUnicode_InternFromString("received")) ||
+        !(str_relayed = PyUnicode_InternFromString("relayed")) ||
+        !(str_events = PyUnicode_InternFromString("events")) ||
+        !(str_outbox = PyUnicode_InternFromString("outbox")))
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&RouteType);

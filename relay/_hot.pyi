@@ -20,11 +20,14 @@ class Hot:
                  route_for: Callable[[object], Route],
                  slow: Callable[[bytes, Addr, float], None],
                  send_failed: Callable[[Addr, float], None],
-                 warn: Callable[[str, int], None], member_type: type, room_type: type,
+                 warn: Callable[[str, int], None], clock: Callable[[], float] | None,
+                 after: Callable[[], None], member_type: type, room_type: type,
                  chat_kind: int, max_datagram: int, max_delivery: int, exit_max: int,
                  max_batch: int) -> None: ...
     def serve(self, now: float) -> tuple[int, int]:
         """(datagrams read, relayed in C)."""
+    def on_readable(self) -> None:
+        """The reader callback: serve(clock()), count in the core, after() if needed."""
     def counters(self) -> dict[str, int]: ...
 
 def utf8_valid(data: bytes) -> bool: ...

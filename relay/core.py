@@ -72,6 +72,8 @@ _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
 
+_FULL: Final = float("inf")
+"""A new member's allowance (capped at the burst on its first chat): one shared float."""
 DEFAULT_CHAT_RATE: Final = 10.0
 """Chat messages per second per member; excess is dropped and counted (rate_limited)."""
 DEFAULT_CHAT_BURST: Final = 20
@@ -100,7 +102,7 @@ TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTE
 
 
 class Member:
-    """One member of one room. Slotted: ~400 bytes with its prefixes (DESIGN: <= 1 KiB)."""
+    """One member of one room. Slotted (docs/benchmarks.md has the bytes per member)."""
 
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
@@ -123,7 +125,7 @@ class Member:
         self.framed_prefix = framed_prefix(username)
         self.announced = False
         self.alive = True
-        self.allowance = float("inf")
+        self.allowance = _FULL
         """Chat token bucket: messages this member may send now (capped at the burst)."""
         self.stamp = now
         self.trial = False
@@ -186,7 +188,10 @@ class RelayCore:
         """Bucket size: a member may send this many at once."""
         self.rooms: dict[str, Room] = {}
         self.tokens: dict[bytes, Member] = {}
-        self.by_addr: dict[Addr, list[Member]] = {}
+        self.by_addr: dict[Addr, Member | list[Member]] = {}
+        """The members bound to each address: the ``Member`` itself while it is the only
+        one (the common case: ~64 bytes less per member than a one-element list), a list
+        once several share the address. Read it with ``_at``."""
         self.failing: dict[Addr, int] = {}
         """Consecutive send failures per address; empty in the common case so the hot
         path's ``if failing`` test costs one truth check."""
@@ -196,12 +201,11 @@ class RelayCore:
         so bounded by ``by_addr``; the entry goes when the address is proven or unused."""
         self.outbox: list[Send] = []
         self.events: list[Bound | Left | Closed] = []
-        self._deadlines: list[tuple[float, int, bytes]] = []
-        """Inactivity deadlines ``(due, seq, token)``: a token, not the ``Member``, so that a
+        self._deadlines: list[tuple[float, bytes]] = []
+        """Inactivity deadlines ``(due, token)``: a token, not the ``Member``, so that a
         departed member (and its room) is freed at once, not at its old deadline. Entries
         of departed members are skipped when due, and the heap is compacted once they
         outnumber the live members (``_drop_member``)."""
-        self._seq = 0
         self.received = 0
         self.relayed = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -431,7 +435,7 @@ class RelayCore:
         """A send to ``addr`` failed (or ICMP said unreachable): count, maybe evict."""
         self.send_failures += 1
         count = self.failing.get(addr, 0) + 1
-        members = self.by_addr.get(addr)
+        members = self._at(addr)
         if not members:
             self.failing.pop(addr, None)
             return
@@ -439,7 +443,7 @@ class RelayCore:
             self.failing[addr] = count
             return
         self.failing.pop(addr, None)
-        for member in list(members):
+        for member in members:
             if member.alive:
                 self._evict(member, Reason.SEND_FAILURES)
 
@@ -457,7 +461,7 @@ class RelayCore:
         timeout = self.inactivity_timeout
         tokens = self.tokens
         while self._deadlines and self._deadlines[0][0] <= now:  # an eviction may compact
-            member = tokens.get(heapq.heappop(self._deadlines)[2])
+            member = tokens.get(heapq.heappop(self._deadlines)[1])
             if member is None:  # departed: its entry outlived it
                 continue
             due = member.last_seen + timeout
@@ -472,16 +476,21 @@ class RelayCore:
 
     # --- internals ---------------------------------------------------------------------
     def _push_deadline(self, member: Member, due: float) -> None:
-        self._seq += 1
-        heapq.heappush(self._deadlines, (due, self._seq, member.token))
+        heapq.heappush(self._deadlines, (due, member.token))  # ties: tokens are unique
 
     def _rebuild_deadlines(self) -> None:
         """One entry per live member, at ``last_seen + inactivity_timeout``: O(members)."""
         timeout = self.inactivity_timeout
-        self._deadlines = [(m.last_seen + timeout, i, token)
-                           for i, (token, m) in enumerate(self.tokens.items())]
+        self._deadlines = [(m.last_seen + timeout, token) for token, m in self.tokens.items()]
         heapq.heapify(self._deadlines)
-        self._seq = len(self._deadlines)
+
+    def _at(self, addr: Addr) -> list[Member]:
+        """The members bound to ``addr`` (a new list: safe to change ``by_addr`` while
+        iterating it)."""
+        peers = self.by_addr.get(addr)
+        if peers is None:
+            return []
+        return [peers] if isinstance(peers, Member) else list(peers)
 
     def _unlink_addr(self, member: Member) -> None:
         """Take ``member`` out of ``by_addr``; forget the address once nobody uses it."""
@@ -489,17 +498,29 @@ class RelayCore:
         if addr is None:
             return
         peers = self.by_addr.get(addr)
-        if peers is not None:
-            peers.remove(member)
-            if not peers:
-                del self.by_addr[addr]
-                self.failing.pop(addr, None)
-                self.unproven.pop(addr, None)
+        if peers is None:
+            return
+        if isinstance(peers, Member):
+            if peers is not member:
+                return
+            rest: list[Member] = []
+        else:
+            if member in peers:
+                peers.remove(member)
+            rest = peers
+        if len(rest) == 1:
+            self.by_addr[addr] = rest[0]
+        elif not rest:
+            del self.by_addr[addr]
+            self.failing.pop(addr, None)
+            self.unproven.pop(addr, None)
 
     def _bind(self, member: Member, addr: Addr, proven: bool) -> None:
         """Bind ``member`` to ``addr``: ``proven`` if a datagram came from it, else (a
         registration, a re-seed) on trial unless another member has proven it already."""
         self._unlink_addr(member)
+        if addr[0] == member.ip:  # share the member's IP string, not the copy recvfrom made
+            addr = (member.ip, addr[1])
         member.addr = addr
         peers = self.by_addr.get(addr)
         if proven:
@@ -513,7 +534,9 @@ class RelayCore:
         else:
             member.trial = member.muted = False
         if peers is None:
-            self.by_addr[addr] = [member]
+            self.by_addr[addr] = member
+        elif isinstance(peers, Member):
+            self.by_addr[addr] = [peers, member]
         else:
             peers.append(member)
         member.room.rebuild()
@@ -527,7 +550,7 @@ class RelayCore:
         """A datagram from ``addr`` was accepted: every member bound to it comes off trial."""
         del self.unproven[addr]
         rooms = {}
-        for peer in self.by_addr.get(addr, ()):
+        for peer in self._at(addr):
             peer.trial = peer.muted = False
             rooms[id(peer.room)] = peer.room
             self.events.append(Bound(peer.token, addr[0], addr[1], True))  # for re-seeding

@@ -134,6 +134,7 @@ class Worker:
         compiled: hot.Hot = module.Hot(
             fd=self.fd, core=self.core, routes=self._routes, route_for=self._route_for,
             slow=self._handle_one, send_failed=self._hot_send_failed, warn=self._hot_warn,
+            clock=None if self.clock is time.monotonic else self.clock, after=self._flush,
             member_type=Member, room_type=Room, chat_kind=CHAT_KIND,
             max_datagram=MAX_DATAGRAM_BYTES, max_delivery=MAX_DELIVERY_BYTES,
             exit_max=EXIT_MATCH_MAX_BYTES, max_batch=BATCH_DATAGRAMS)
@@ -146,12 +147,12 @@ class Worker:
         if self.forwarding:
             reader = self._on_udp_forwarding
         elif self.hot is not None and self.batched:
-            reader = self._on_udp_compiled
+            reader = self.hot.on_readable
         else:
             reader = self._on_udp
         self.loop.remove_reader(self.fd)
         self.loop.add_reader(self.fd, reader)
-        running = "compiled" if reader == self._on_udp_compiled else "pure Python"
+        running = "compiled" if self.hot_path_running == hot.COMPILED else "pure Python"
         log.info("worker %d: hot loop %s", self.index,
                  self.hot_path if running == "compiled" or self.hot_module is None
                  else f"{running} (fan-out without sendmmsg)")
@@ -211,17 +212,6 @@ class Worker:
             if out is not None:
                 relay(out, now)
         if core.events:
-            self._flush()
-
-    def _on_udp_compiled(self) -> None:
-        """The compiled loop (relay/hot.py): what it relays itself it counts here as the
-        Python path would have; the rest went through ``_handle_one``."""
-        assert self.hot is not None
-        _, fast = self.hot.serve(self.clock())
-        core = self.core
-        core.received += fast
-        core.relayed += fast
-        if core.events or core.outbox:
             self._flush()
 
     def _route_for(self, room: Room) -> hot.Route:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 SOURCES: Final = Path(__file__).resolve().parent / "perf"
-"""crelay.c, cload.c and their headers (copied from the shared perf workshop)."""
+"""crelay.c, cload.c and their headers (tests/bench/perf/README.md)."""
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 BUILD_DIR: Final = REPO_ROOT / "build" / "perf"
 """Where ``make bench-percore`` builds them (``make clean`` removes build/)."""

@@ -1,4 +1,4 @@
-"""``make bench-memory``: memory per member at 100,000 members (issue #16: ≤ 1 KiB).
+"""``make bench-memory``: memory per member at 100,000 members (the target: ≤ 1 KiB).
 
 Starts ``ocm-control`` (``--workers 1`` by default) with the per-IP quotas raised so that
 every member fits (``--max-rooms-per-ip``, ``--max-conns-per-ip``, ``--conn-rate-per-ip``;

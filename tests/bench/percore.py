@@ -1,6 +1,6 @@
-"""``make bench-percore``: the relay's cost per core against the C limit (issue #16).
+"""``make bench-percore``: the relay's cost per core against the C limit.
 
-Follows tests/bench/perf/README.md (the shared perf workshop's method) on a 2-core machine:
+Follows tests/bench/perf/README.md (the method) on a 2-core machine:
 
 * the relay under test runs on CPU 1 (``taskset -c 1`` on the whole command, so that
   ``ocm-control --workers 1`` and every process it starts inherit it); ``cload`` (and the

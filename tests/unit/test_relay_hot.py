@@ -72,7 +72,7 @@ class Pair:
             worker._send = worker.events_seen.append  # type: ignore[attr-defined,method-assign]
             if path == "compiled":
                 worker.hot = worker.compiled_loop(module)
-                worker.read = worker._on_udp_compiled  # type: ignore[attr-defined]
+                worker.read = worker.hot.on_readable  # type: ignore[attr-defined]
             else:
                 worker.read = worker._on_udp  # type: ignore[attr-defined]
             self.workers.append(worker)

@@ -84,7 +84,7 @@ class Rig:
         if compiled:
             assert self.worker.hot_module is not None
             self.worker.hot = self.worker.compiled_loop(self.worker.hot_module)
-            self.read = self.worker._on_udp_compiled
+            self.read = self.worker.hot.on_readable
         self.clients: dict[bytes, socket.socket] = {}
 
     def add(self, token: bytes, user: str, host: bool = False,
