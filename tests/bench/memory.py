@@ -126,14 +126,17 @@ def _datagrams_text(counts: dict[str, float]) -> str:
 
 def render(result: dict[str, Any], command: str) -> str:
     pm = result["per_member"]
-    worst = pm["tree"]["uss"]
-    verdict = "within" if worst <= TARGET_BYTES else "over"
+    relay, tree = pm["workers"]["uss"], pm["tree"]["uss"]
+
+    def verdict(value: float) -> str:
+        return "within" if value <= TARGET_BYTES else "over"
+
     lines = [
         SECTION, "",
-        f"- **{pm['workers']['uss']:,.0f} B per member in the worker(s), "
-        f"{pm['control']['uss']:,.0f} B in control, {worst:,.0f} B for the whole tree** "
-        f"(USS) at {result['members']:,} members: {verdict} the {TARGET_BYTES:,}-byte "
-        "target.", "",
+        f"- **{relay:,.0f} B per member in the relay worker(s)** ({verdict(relay)} the "
+        f"{TARGET_BYTES:,}-byte target), {pm['control']['uss']:,.0f} B in control (the "
+        f"registry: tokens, names, rooms, per-IP quotas), **{tree:,.0f} B for the whole "
+        f"tree** ({verdict(tree)} it), USS at {result['members']:,} members.", "",
         f"Setup: `ocm-control --workers {result['workers']}`, {result['rooms']:,} rooms × "
         f"{result['users']} members joined through TCRP with framed delivery and bound by a "
         f"first datagram (`ocm-loadgen --join-only`) in {result['join_s']:.0f} s; memory "
