@@ -41,7 +41,7 @@ PLAIN: Final = ["--framing", "ocm1", "--accounting", "python"]
 ENCRYPTED: Final = ["--e2e"]
 DEFAULT_PAIRS: Final = 3
 TARGET_RATIO: Final = 1.05
-"""The issue's bound: encrypted within 5 % of plain."""
+"""The target: encrypted within 5 % of plain."""
 
 
 def figures(o: Outcome) -> dict[str, float | None]:
@@ -125,7 +125,7 @@ def render(pairs: list[tuple[Outcome, Outcome]], machine: dict[str, Any],
         ratio = "–" if a is None or b is None or a == 0 else f"{b / a:.3f}"
         lines.append(f"| {name} | {_fmt(a, unit, digits)} | {_fmt(b, unit, digits)} | "
                      f"{ratio} |")
-    lines += ["", f"The issue's bound is a ratio ≤ {TARGET_RATIO:g} for throughput and "
+    lines += ["", f"The target is a ratio ≤ {TARGET_RATIO:g} for throughput and "
               "latency. With two shared cores single-run p99s spread by a factor of two "
               "(see the sections above): judge the medians of several pairs on an idle "
               "machine, not one pair. The encrypted runs' loadgen parses more per delivery "
