@@ -553,9 +553,12 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
     set_slot(member, m[M_STAMP], now_obj);
     set_slot(member, m[M_LAST_SEEN], now_obj);
     self->fast++;
-    /* Queued: the batch keeps the route and the prefixes (a send failure reported before
-     * the flush may evict members, even the sender), and msg stays in the receive buffer
-     * until the flush, which comes before the next recvmmsg. */
+    /* Queued: the batch keeps the route and the prefixes until the flush, and msg stays in
+     * the receive buffer until then (the flush comes before the next recvmmsg). A flush
+     * while queueing (the queue is full) may report failures that evict members, even the
+     * sender: hold the prefixes until both sides are queued. */
+    Py_INCREF(pp);
+    Py_INCREF(fp);
     int rc = 0;
     if (n_plain)
         rc = queue_side(self, route, &route->side[0], framed ? -1 : k, pp, (const char *)msg,
@@ -563,6 +566,8 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
     if (rc == 0 && n_framed)
         rc = queue_side(self, route, &route->side[1], framed ? k : -1, fp, (const char *)msg,
                         mlen, now_obj);
+    Py_DECREF(pp);
+    Py_DECREF(fp);
     Py_DECREF(route);
     return rc < 0 ? -1 : 1;
 }
