@@ -144,18 +144,18 @@ class Worker:
         """(Re)attach the UDP reader: forwarding, compiled (while fan-out may be batched)
         or pure Python."""
         assert self.loop is not None
+        reader: Callable[[], None]
         if self.forwarding:
-            reader = self._on_udp_forwarding
+            reader, why = self._on_udp_forwarding, "pure Python (steering: forward)"
         elif self.hot is not None and self.batched:
-            reader = self.hot.on_readable
+            reader, why = self.hot.on_readable, self.hot_path
+        elif self.hot_module is not None:
+            reader, why = self._on_udp, "pure Python (relay_sendmmsg is off)"
         else:
-            reader = self._on_udp
+            reader, why = self._on_udp, self.hot_path
         self.loop.remove_reader(self.fd)
         self.loop.add_reader(self.fd, reader)
-        running = "compiled" if self.hot_path_running == hot.COMPILED else "pure Python"
-        log.info("worker %d: hot loop %s", self.index,
-                 self.hot_path if running == "compiled" or self.hot_module is None
-                 else f"{running} (fan-out without sendmmsg)")
+        log.info("worker %d: hot loop %s", self.index, why)
 
     @property
     def hot_path_running(self) -> str:

@@ -64,6 +64,8 @@ def test_a_member_whose_sends_fail_is_evicted(sendmmsg: str, hot_path: str,
         wait_until(lambda: scrape(admin).get(
             ("ocm_worker_hot_path", frozenset({("worker", "0"), ("path", hot_path)}))) == 1,
             TIMEOUT_S, f"/metrics to say the worker runs the {hot_path} loop")
+        said = "hot loop compiled" if hot_path == "compiled" else "hot loop pure Python"
+        assert said in srv.log_text(), "the worker's log says which loop it runs"
         room = f"unreach-{sendmmsg}-{hot_path}"
         host = join(srv.host, srv.tcp_port, Operation.CREATE, room, "host",
                     framing=Framing.OCM1)
