@@ -254,9 +254,11 @@ def _handshake(tls: ssl.SSLContext, tcp: socket.socket, host: str, where: str
                          "is it the TLS port?") from None
 
 
-def _read_answer(tcp: socket.socket, exchange: ClientExchange, deadline: float, where: str
-                 ) -> tuple[Response, Complete]:
-    """Read State 1 then State 2; raise ``JoinRefused`` on an error status."""
+def answer_so_far(exchange: ClientExchange, where: str) -> tuple[Response, Complete] | None:
+    """The granted answer (State 1 and State 2) once ``exchange`` holds it whole, None while
+    it needs more bytes; raises ``JoinRefused`` on an error status and ``JoinFailed`` on a
+    premature close or an invalid answer. Shared by the blocking and asyncio joins, which
+    differ only in how they read."""
     while True:
         try:
             event = exchange.next_event()
@@ -267,21 +269,29 @@ def _read_answer(tcp: socket.socket, exchange: ClientExchange, deadline: float, 
         except errors.ProtocolError as exc:
             raise JoinFailed(f"the server at {where} sent an invalid answer: {exc}") from None
         if event is NEED_DATA:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            tcp.settimeout(left)
-            try:
-                data = tcp.recv(RECV_CHUNK_BYTES)
-            except ConnectionResetError:
-                data = b""  # §1.1: a reset after an answer is a close
-            exchange.receive_data(data)
-        elif isinstance(event, Response):
+            return None
+        if isinstance(event, Response):
             if event.status != Status.OK:
                 raise JoinRefused(event)
         elif isinstance(event, Complete):
             assert exchange.response is not None
             return exchange.response, event
+
+
+def _read_answer(tcp: socket.socket, exchange: ClientExchange, deadline: float, where: str
+                 ) -> tuple[Response, Complete]:
+    """Read State 1 then State 2 (``answer_so_far``) before ``deadline``."""
+    while (answer := answer_so_far(exchange, where)) is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        tcp.settimeout(left)
+        try:
+            data = tcp.recv(RECV_CHUNK_BYTES)
+        except ConnectionResetError:
+            data = b""  # §1.1: a reset after an answer is a close
+        exchange.receive_data(data)
+    return answer
 
 
 def _register(tcp: socket.socket, udp: socket.socket, exchange: ClientExchange) -> None:

@@ -21,16 +21,15 @@ from client.session import (
     Addr,
     Joined,
     JoinFailed,
-    JoinRefused,
     TcrpTarget,
     _describe_os_error,
+    answer_so_far,
     finish_join,
 )
-from wire import errors
-from wire.codes import Framing, Operation, Status
+from wire.codes import Framing, Operation
 from wire.e2e import PublicKeys
 from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
-from wire.tcrp import NEED_DATA, Complete, Response
+from wire.tcrp import Complete, Response
 from wire.tcrp_client import ClientExchange
 
 
@@ -120,25 +119,11 @@ async def join_room_async(
 
 async def _read_answer(reader: asyncio.StreamReader, exchange: ClientExchange, where: str
                        ) -> tuple[Response, Complete]:
-    """Read State 1 then State 2; raise ``JoinRefused`` on an error status."""
-    while True:
+    """Read State 1 then State 2 (``answer_so_far``); the caller bounds the wait."""
+    while (answer := answer_so_far(exchange, where)) is None:
         try:
-            event = exchange.next_event()
-        except errors.PrematureClose:
-            what = "the token" if exchange.response is not None else "answering"
-            raise JoinFailed(
-                f"the server at {where} closed the connection before {what}") from None
-        except errors.ProtocolError as exc:
-            raise JoinFailed(f"the server at {where} sent an invalid answer: {exc}") from None
-        if event is NEED_DATA:
-            try:
-                data = await reader.read(RECV_CHUNK_BYTES)
-            except ConnectionResetError:
-                data = b""  # §1.1: a reset after an answer is a close
-            exchange.receive_data(data)
-        elif isinstance(event, Response):
-            if event.status != Status.OK:
-                raise JoinRefused(event)
-        elif isinstance(event, Complete):
-            assert exchange.response is not None
-            return exchange.response, event
+            data = await reader.read(RECV_CHUNK_BYTES)
+        except ConnectionResetError:
+            data = b""  # §1.1: a reset after an answer is a close
+        exchange.receive_data(data)
+    return answer
