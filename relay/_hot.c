@@ -593,20 +593,21 @@ static double core_number(Hot *self, PyObject *name) {
     return v;
 }
 
-/* The loop of serve() and on_readable(): a (read, fast) tuple, or NULL on error. */
-static PyObject *serve(Hot *self, PyObject *now_obj) {
+/* The loop of serve() and on_readable(): datagrams read into *nread and relayed here into
+ * *fast; -1 with an exception set on error. */
+static int serve(Hot *self, PyObject *now_obj, Py_ssize_t *nread, Py_ssize_t *fast) {
     if (!self->buf) {
         PyErr_SetString(PyExc_RuntimeError, "Hot is not initialised");
-        return NULL;
+        return -1;
     }
     if (!PyFloat_CheckExact(now_obj)) {
         PyErr_SetString(PyExc_TypeError, "now must be a float");
-        return NULL;
+        return -1;
     }
     double now = PyFloat_AS_DOUBLE(now_obj);
     double rate = core_number(self, str_chat_rate);
     double burst = core_number(self, str_chat_burst);
-    if (PyErr_Occurred()) return NULL;
+    if (PyErr_Occurred()) return -1;
     self->calls++;
     Py_ssize_t total = 0, fast_before = (Py_ssize_t)self->fast;
     size_t slot = (size_t)self->max_datagram + 1;
@@ -620,7 +621,7 @@ static PyObject *serve(Hot *self, PyObject *now_obj) {
             int e = errno;
             if (e == EINTR) continue;
             if (e == EAGAIN || e == EWOULDBLOCK) break;
-            if (warn(self, "recvmmsg", e) < 0) return NULL; /* logged; the batch ends */
+            if (warn(self, "recvmmsg", e) < 0) return -1; /* logged; the batch ends */
             break;
         }
         for (int i = 0; i < n; i++) {
@@ -652,17 +653,23 @@ static PyObject *serve(Hot *self, PyObject *now_obj) {
          * when it is readable, rather than pay a recvmmsg that says EAGAIN. */
         if ((unsigned)n < want) break;
     }
-    return Py_BuildValue("nn", total, (Py_ssize_t)self->fast - fast_before);
+    *nread = total;
+    *fast = (Py_ssize_t)self->fast - fast_before;
+    return 0;
 error: { /* send what was queued (its buffers are still intact), keep the first error */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         if (flush_out(self, now_obj) < 0) PyErr_Clear();
         PyErr_Restore(type, value, tb);
-        return NULL;
+        return -1;
     }
 }
 
-static PyObject *Hot_serve(Hot *self, PyObject *now_obj) { return serve(self, now_obj); }
+static PyObject *Hot_serve(Hot *self, PyObject *now_obj) {
+    Py_ssize_t nread, fast;
+    if (serve(self, now_obj, &nread, &fast) < 0) return NULL;
+    return Py_BuildValue("nn", nread, fast);
+}
 
 /* core.<name> += n */
 static int core_add(Hot *self, PyObject *name, Py_ssize_t n) {
@@ -701,11 +708,10 @@ static PyObject *Hot_on_readable(Hot *self, PyObject *unused) {
         now_obj = PyObject_CallNoArgs(self->clock);
     }
     if (!now_obj) return NULL;
-    PyObject *res = serve(self, now_obj);
+    Py_ssize_t nread, fast;
+    int rc = serve(self, now_obj, &nread, &fast);
     Py_DECREF(now_obj);
-    if (!res) return NULL;
-    Py_ssize_t fast = PyLong_AsSsize_t(PyTuple_GET_ITEM(res, 1));
-    Py_DECREF(res);
+    if (rc < 0) return NULL;
     if (fast > 0 && (core_add(self, str_received, fast) < 0 || core_add(self, str_relayed, fast) < 0))
         return NULL;
     int events = core_list_nonempty(self, str_events);
