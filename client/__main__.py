@@ -11,11 +11,18 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Final, NoReturn
 
 from client import render, script
 from client.e2e.identity import IdentityKeys
-from client.e2e_link import load_identity, room_link
+from client.e2e_link import (
+    must_be_encrypted,
+    open_store,
+    room_link,
+    status_text,
+    user_identity,
+)
 from client.keystore import KeyStore, KeyStoreError
 from client.link import GlobalLink, RoomLink, open_global
 from client.render import Line
@@ -75,9 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     room.add_argument("--create", metavar="ROOM", help="create ROOM and host it")
     room.add_argument("--join", metavar="ROOM", help="join the existing ROOM")
     parser.add_argument("--e2e", action="store_true",
-                        help="with --create: make the room end-to-end encrypted (joining "
-                             "an encrypted room needs no flag); identity keys are kept in "
+                        help="with --create: make the room end-to-end encrypted; with "
+                             "--join: refuse the room unless it is encrypted (exit 1). "
+                             "Identity keys are kept per server and user in "
                              "$XDG_CONFIG_HOME/ocm/ (default ~/.config/ocm/)")
+    parser.add_argument("--allow-plain", action="store_true",
+                        help="accept a plain room this device saw encrypted before "
+                             "(refused otherwise, so a server cannot downgrade it)")
+    parser.add_argument("--key-passphrase-file", metavar="PATH",
+                        help="encrypt the identity keys with a key stretched from the "
+                             "passphrase in PATH when no OS keyring is available (else a "
+                             "random key file beside them is used)")
     parser.add_argument("--user", metavar="NAME", help="your name in the room")
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("--password-file", metavar="PATH",
@@ -147,9 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(problem)
     if args.ca_file is not None and not args.tls:
         parser.error("--ca-file needs --tls")
-    if args.e2e and (args.join is not None or args.stage1):
-        parser.error("--e2e is for --create: a joined room says itself whether it is "
-                     "encrypted")
+    if args.e2e and args.stage1:
+        parser.error("--e2e is for rooms (--create or --join), not global chat")
     if args.tcp_port is None:
         args.tcp_port = TLS_PORT if args.tls else PLAIN_PORT
     args.tls_context = None
@@ -180,14 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if interactive:
             from client import ui
 
-            store, identity = _identity(args)
-            if args.e2e and identity is None:
-                return EXIT_USAGE
             plan = ui.Plan(args.server, args.tcp_port, args.timeout, user=args.user,
                            operation=_operation(args), room=args.create or args.join,
                            password=password or None, password_given=given,
-                           tls=args.tls_context, e2e=args.e2e, store=store,
-                           identity=identity)
+                           tls=args.tls_context, e2e=args.e2e, store=_store(args),
+                           allow_plain=args.allow_plain)
             return ui.run_room(plan, colour)
         return _script_room(args, password or None)
     except KeyboardInterrupt:
@@ -213,14 +224,16 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
         return _fail("stdin is not a terminal, so nothing can be asked: "
                      "give --user and --create ROOM or --join ROOM", EXIT_USAGE)
     room = args.create or args.join
-    store, identity = _identity(args)
+    store = _store(args)
+    identity = _identity(args, store, args.user)
     if args.e2e and identity is None:
         return EXIT_USAGE
     try:
         joined = join_room(args.server, args.tcp_port, operation, room, args.user, password,
                            args.timeout, tls=args.tls_context,
-                           keys=identity.public() if identity is not None else None,
-                           e2e=args.e2e)
+                           keys=identity.publish() if identity is not None else None,
+                           e2e=must_be_encrypted(store, args.server, args.tcp_port, room,
+                                                 args.e2e, args.allow_plain))
     except JoinRefused as refused:
         text = render.refusal_text(refused.status, refused.error, room, args.user,
                                    password is not None)
@@ -233,15 +246,20 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
         return runner.run(script.run_script(_room_opener(joined, store, identity)))
 
 
-def _identity(args: argparse.Namespace) -> tuple[KeyStore | None, IdentityKeys | None]:
-    """This device's key store and identity, or (None, None) with a warning: a plain room
-    works without them, an encrypted one does not (``--e2e`` then fails)."""
+def _store(args: argparse.Namespace) -> KeyStore:
+    passphrase = args.key_passphrase_file
+    return open_store(os.environ, Path(passphrase) if passphrase else None)
+
+
+def _identity(args: argparse.Namespace, store: KeyStore, user: str) -> IdentityKeys | None:
+    """``user``'s identity on this server, or ``None`` with a warning: a plain room works
+    without it, an encrypted one does not (``--e2e`` then fails)."""
     try:
-        return load_identity(os.environ)
+        return user_identity(store, args.server, args.tcp_port, user)
     except KeyStoreError as exc:
         what = "--e2e needs it" if args.e2e else "encrypted rooms cannot be joined"
         script.warn(f"cannot use the identity key: {exc}; {what}")
-        return None, None
+        return None
 
 
 def _room_opener(joined: Joined, store: KeyStore | None,
@@ -251,8 +269,9 @@ def _room_opener(joined: Joined, store: KeyStore | None,
         role = "host of" if joined.details.host else "in"
         room = render.sanitize(joined.room_raw.decode())
         kind = "encrypted room" if joined.details.e2e else "room"
-        print(f"ocm-chat: {render.sanitize_name(joined.username)} is {role} {kind} {room!r}; "
-              f"messages up to {link.max_message} bytes", file=sys.stderr, flush=True)
+        print(f"ocm-chat: {render.sanitize_name(joined.username)} is {role} {kind} {room!r} "
+              f"({status_text(joined)}); messages up to {link.max_message} bytes",
+              file=sys.stderr, flush=True)
         await link.open()
         return link
 

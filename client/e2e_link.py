@@ -1,35 +1,41 @@
 """An encrypted room on asyncio (docs/e2e.md): ``E2ERoomLink`` feeds the sans-IO
-``RoomCrypto`` with the join reply, notices and deliveries, sends what it returns, arms
-its timer, pins every member's keys in the ``KeyStore`` and turns the outcome into
-``render.Line``s: decrypted chat, fingerprints, the loud key-change warning, and the
-messages that were rejected.
+``RoomCrypto`` (Olm and Megolm on vodozemac) with the join reply, notices and deliveries,
+sends what it returns, arms its timers, pins every member's keys in the ``KeyStore`` and
+turns the outcome into ``render.Line``s.
 
-Messages from a member whose pinned key changed are marked unverified until ``/verify``.
-A chat from a member whose keys we lack (its ``joined`` notice was lost) fetches the member
-list over TCRP, at most once every ``MEMBERS_REFRESH_S``.
+What the user sees is what the client encrypts to: every member entering the encryption
+set gets a line with its fingerprint, whether it came from a ``joined`` notice, the join
+reply or the member list; ``/who`` lists exactly that set and flags where the server's
+list differs. The member list is fetched every ``MEMBERS_POLL_S`` and after any sign of
+loss, so a departure whose ``left`` notice never came still removes the member (and
+rotates our session) within that bound. A member whose pinned key changed gets no room
+key until the user compares safety numbers and confirms (``/verify NAME`` then
+``/verify NAME confirm``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Final
 
 from client import render
 from client.commands import Action, Command
-from client.e2e.chains import ChainExhausted
 from client.e2e.identity import IdentityKeys, fingerprint, safety_number
 from client.e2e.room import (
     Decrypted,
+    MemberAdded,
+    MemberRemoved,
     Output,
     Rejected,
     RejectReason,
     RoomCrypto,
     Send,
+    room_binding,
 )
-from client.keystore import KeyStore, KeyStoreError, PinStatus, Trust, config_dir
+from client.keystore import KeyStore, KeyStoreError, PinStatus, Trust, config_dir, server_identity
 from client.link import RoomLink
 from client.render import Line
 from client.session import Addr, Joined, JoinFailed, JoinRefused
@@ -37,10 +43,11 @@ from wire import errors
 from wire.chat import Notice, decode_framed, encode_chat
 from wire.codes import NoticeEvent
 from wire.e2e import (
-    MIN_SEALED_CHAT_BYTES,
+    MIN_CHAT_OVERHEAD_BYTES,
     Kind,
     MemberInfo,
     PublicKeys,
+    SignedPrekey,
     decode_delivery,
     encode_message,
     max_chat_body,
@@ -48,20 +55,27 @@ from wire.e2e import (
 from wire.limits import EXIT_COMMAND
 
 MEMBERS_REFRESH_S: Final = 5.0
-"""At most one member-list fetch per this many seconds for unknown senders (§2.4)."""
+"""At most one member-list fetch per this many seconds after a sign of loss."""
+MEMBERS_POLL_S: Final = 30.0
+"""The member list is fetched this often anyway: a departure is noticed within it."""
 UNVERIFIED_MARK: Final = "[unverified key] "
+CONFIRM_WORD: Final = "confirm"
 
 _REJECT_TEXTS: Final = {
     RejectReason.MALFORMED: "it is malformed",
-    RejectReason.BAD_SIGNATURE: "its signature is wrong (forged, from another room, or "
-                                "under another name)",
-    RejectReason.DECRYPT_FAILED: "it does not decrypt (altered in transit)",
-    RejectReason.REPLAY: "it is a replay of a message already received",
-    RejectReason.STALE_ENVELOPE: "it replays an old key",
+    RejectReason.DECRYPT_FAILED: "it does not decrypt (altered in transit, or not for us)",
+    RejectReason.BEFORE_KEY: "it was sent before its key was shared with us",
+    RejectReason.REPLAY: "it is a replay of a message or key already received",
+    RejectReason.WRONG_ROOM: "its key belongs to another room, server or incarnation "
+                             "(a replay)",
+    RejectReason.FORGED_NAME: "it carries another member's name",
+    RejectReason.BAD_PREKEY: "its prekey is not signed by its identity key",
     RejectReason.OVERFLOW: "too many messages were waiting for its key",
 }
-"""Rejections shown to the user; unknown senders and key requests from non-members are
-handled quietly (the member list is fetched; the request is ignored)."""
+"""Rejections shown to the user; unknown senders are handled quietly (the member list is
+fetched)."""
+_LOSS_SIGNS: Final = frozenset({RejectReason.UNKNOWN_SENDER, RejectReason.DECRYPT_FAILED,
+                                RejectReason.BEFORE_KEY})
 
 
 def rejection_text(rejected: Rejected) -> str | None:
@@ -77,103 +91,142 @@ class E2ERoomLink(RoomLink):
 
     def __init__(self, joined: Joined, on_line: Callable[[Line], None], store: KeyStore,
                  identity: IdentityKeys,
-                 env: dict[str, str] | os._Environ[str] | None = None,
-                 rng: Callable[[int], bytes] = secrets.token_bytes) -> None:
+                 env: dict[str, str] | os._Environ[str] | None = None) -> None:
         super().__init__(joined, on_line, env)
         room = joined.room_raw.decode()
-        self.crypto = RoomCrypto(room, joined.username, identity, rng)
+        self.server_key = link_server_identity(joined)
+        self.crypto = RoomCrypto(room, joined.username, identity,
+                                 room_binding(self.server_key, room, joined.details.epoch))
         self.identity = identity
         self.store = store
-        self.server_key = joined.tcrp.where if joined.tcrp is not None else \
-            f"{joined.server[0]}:{joined.server[1]}"
         self.max_message = max_chat_body(len(joined.room_raw), len(joined.token),
-                                         len(joined.username.encode())) - MIN_SEALED_CHAT_BYTES
+                                         len(joined.username.encode())) - \
+            MIN_CHAT_OVERHEAD_BYTES - len(joined.username.encode())
         self.trust: dict[str, Trust] = {}
+        self.server_members: tuple[MemberInfo, ...] | None = None
+        """The server's member list as last fetched (``None`` before the first fetch)."""
         self.rejected = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._poll: asyncio.TimerHandle | None = None
         self._last_refresh = float("-inf")
         self._refresh: asyncio.Task[None] | None = None
         self.on_key_changed: Callable[[str, str, str], object] | None = None
         """Called with (member, old fingerprint, new fingerprint) when a member's key is
         not the pinned one, after the warning line (the GUI opens a dialog)."""
+        self.on_members_changed: Callable[[], object] | None = None
+        """Called when the encryption set changed (the GUI refreshes its member list)."""
 
     # -- what the UI calls ---------------------------------------------------------------
     async def open(self) -> None:
         await super().open()
         me = render.sanitize_name(self.joined.username)
+        self.store.mark_encrypted(self.server_key, self.crypto.room)
         self._on_line(render.notice_line(
             f"room {render.sanitize(self.crypto.room)!r} is end-to-end encrypted; your key "
             f"fingerprint ({me}): {fingerprint(self.identity.public())}"))
-        members = self.joined.details.members
-        for member in members:
-            if member.keys is not None:
-                self._pin(member.user, member.keys)
-        self._run(self.crypto.start(members, self._now()))
+        accepted: list[MemberInfo] = []
+        held: list[MemberInfo] = []
+        for member in self.joined.details.members:
+            if member.keys is None or member.user == self.joined.username:
+                continue
+            (accepted if self._pin(member.user, member.keys) else held).append(member)
+        now = self._now()
+        self._run(self.crypto.start(accepted, now))
+        for member in held:
+            self._run(self.crypto.add_member(member.user, member.keys or PublicKeys(b"", b""),
+                                             member.prekey, now, accepted=False))
+        self._arm_poll()
 
     def send(self, text: str) -> None:
-        """Seal and send one message; raise ``MessageTooLong`` over ``max_message``."""
+        """Encrypt and send one message; raise ``MessageTooLong`` over ``max_message``."""
         raw = render.check_length(text, self.max_message)
-        try:
-            message = self.crypto.seal(raw)
-        except ChainExhausted:
-            self._run(self.crypto.rotate())
-            message = self.crypto.seal(raw)
-        self._send(self._datagram(message))
+        self._run(self.crypto.seal(raw, self._now()))
 
     def leave(self) -> None:
-        """Kind 04: the relay removes us as ``/exit`` does in a plain room (§3.2)."""
+        """Kind 04: the relay removes us as ``/exit`` does in a plain room."""
         self._send(leave_datagram(self.joined))
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._poll):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._poll = None
         if self._refresh is not None:
             self._refresh.cancel()
         super().close()
 
     async def answer(self, command: Command) -> list[Line] | None:
-        """``/who`` with fingerprints, and ``/verify NAME``."""
+        """``/who`` (the encryption set against the server's list) and ``/verify``."""
         if command.action is Action.VERIFY:
-            return self.verify(command.text)
+            name, _, word = command.text.partition(" ")
+            if word.strip() == CONFIRM_WORD:
+                return self.verify(name)
+            return self.verify_prompt(command.text.strip())
         return await super().answer(command)
 
     def safety_number_with(self, user: str) -> str | None:
-        """The safety number to compare with ``user`` (docs/e2e.md §7.2), ``None`` if
-        ``user`` is not a member with keys."""
-        keys = self.crypto.members.get(user)
+        """The safety number to compare with ``user``, ``None`` if ``user`` is not a
+        member with keys (in the set or held)."""
+        keys = self.keys_of(user)
         if not user or keys is None:
             return None
         return safety_number(self.joined.username, self.identity.public(), user, keys)
+
+    def keys_of(self, user: str) -> PublicKeys | None:
+        return self.crypto.members.get(user) or self.crypto.held.get(user)
 
     def trust_of(self, user: str) -> Trust:
         """What we know of ``user``'s key: unverified, verified, or changed."""
         return self.trust.get(user, Trust.UNVERIFIED)
 
-    def verify(self, user: str) -> list[Line]:
-        """Show the safety number with ``user`` and mark its pinned key verified."""
+    def verify_prompt(self, user: str) -> list[Line]:
+        """``/verify NAME``: the safety number, and how to confirm; nothing is marked."""
         number = self.safety_number_with(user)
         if number is None:
             return [render.warning_line(f"/verify NAME: no member named "
                                         f"{render.sanitize_name(user)!r} with keys")]
-        self.store.verify(self.server_key, user)
-        self.trust[user] = Trust.VERIFIED
         name = render.sanitize_name(user)
         return [render.notice_line(f"safety number with {name}: {number}"),
-                render.notice_line(f"compare it with {name} in person or by phone; "
-                                   f"{name} is now marked verified")]
+                render.notice_line(f"compare it with {name} in person or by phone; only if it "
+                                   f"matches, type: /verify {name} {CONFIRM_WORD}")]
+
+    def verify(self, user: str) -> list[Line]:
+        """Mark ``user``'s key verified (the user compared and confirmed) and, if it was
+        held after a key change, let it into the encryption set."""
+        keys = self.keys_of(user)
+        if not user or keys is None:
+            return [render.warning_line(f"/verify NAME: no member named "
+                                        f"{render.sanitize_name(user)!r} with keys")]
+        self.store.verify(self.server_key, user)
+        self.trust[user] = Trust.VERIFIED
+        self._run(self.crypto.accept(user, self._now()))
+        return [render.notice_line(f"{render.sanitize_name(user)} is now marked verified")]
 
     def who_lines(self, members: tuple[MemberInfo, ...]) -> list[Line]:
-        lines = [render.notice_line(f"{len(members)} in the room (end-to-end encrypted):")]
-        for member in members:
-            me = member.user == self.joined.username
-            label = render.member_label(member.user, member.host, me)
-            if member.keys is None:
-                lines.append(render.notice_line(f"  {label}: no keys"))
-                continue
-            trust = "" if me else f" · {self.trust_of(member.user).value}"
-            lines.append(render.notice_line(f"  {label}: {fingerprint(member.keys)}{trust}"))
-        self._learn(members)
+        """The encryption set, each with fingerprint and trust, then every difference
+        from the server's list."""
+        self._sync(members)
+        me = self.joined.username
+        encrypted = self.crypto.members
+        lines = [render.notice_line(f"{len(encrypted) + 1} in the encryption set (end-to-end "
+                                    f"encrypted):")]
+        lines.append(render.notice_line(
+            f"  {render.member_label(me, self.joined.details.host, True)}: "
+            f"{fingerprint(self.identity.public())}"))
+        hosts = {m.user for m in members if m.host}
+        for user, keys in encrypted.items():
+            label = render.member_label(user, user in hosts, False)
+            lines.append(render.notice_line(f"  {label}: {fingerprint(keys)} · "
+                                            f"{self.trust_of(user).value}"))
+        listed = {m.user for m in members if m.user != me}
+        for user in sorted(listed - set(encrypted)):
+            why = "key changed, not accepted (/verify)" if user in self.crypto.held else \
+                "no keys"
+            lines.append(render.warning_line(f"  the server lists {render.sanitize_name(user)}"
+                                             f", who gets no room key: {why}"))
+        for user in sorted(set(encrypted) - listed):
+            lines.append(render.warning_line(f"  {render.sanitize_name(user)} is encrypted to "
+                                             "but not in the server's list"))
         return lines
 
     # -- receiving ------------------------------------------------------------------------
@@ -198,9 +251,11 @@ class E2ERoomLink(RoomLink):
             self.dropped += 1
             return
         self._on_line(render.delivery_line(item))
+        now = self._now()
         if item.event is NoticeEvent.JOINED and item.keys is not None:
-            self._pin(item.user, item.keys)
-        self._run(self.crypto.handle_notice(item, self._now()))
+            self._learn(item.user, item.keys, None, now)
+        elif item.event is NoticeEvent.LEFT:
+            self._run(self.crypto.remove_member(item.user, now))
         self._ended_by(item)
 
     # -- internals ------------------------------------------------------------------------
@@ -211,26 +266,35 @@ class E2ERoomLink(RoomLink):
         return encode_chat(self.joined.room_raw, self.joined.token, message)
 
     def _encode(self, text: str) -> bytes:
-        return self._datagram(b"")  # only keepalives go through here: send() seals text
+        return self._datagram(b"")  # only keepalives go through here: send() encrypts text
 
-    def _pin(self, user: str, keys: PublicKeys) -> None:
+    def _learn(self, user: str, keys: PublicKeys, prekey: SignedPrekey | None,
+               now: float) -> None:
+        """A member from any source: pin its key, then add it (held if its key changed)."""
         if user == self.joined.username:
             return
+        known = self.keys_of(user)
+        if known == keys:
+            return
+        accepted = self._pin(user, keys)
+        self._run(self.crypto.add_member(user, keys, prekey, now, accepted=accepted))
+
+    def _pin(self, user: str, keys: PublicKeys) -> bool:
+        """Pin ``keys``; warn on a change. True if the key may get room keys now."""
         result = self.store.check(self.server_key, user, keys)
         self.trust[user] = result.trust
         name = render.sanitize_name(user)
-        if result.status is PinStatus.NEW:
-            self._on_line(render.notice_line(f"{name}'s key fingerprint: {fingerprint(keys)}"))
-        elif result.status is PinStatus.CHANGED:
+        if result.status is PinStatus.CHANGED:
             self._on_line(render.warning_line(
                 f"WARNING: {name}'s identity key has CHANGED (was {result.previous}, now "
-                f"{fingerprint(keys)}). Someone may be impersonating {name}. Messages from "
-                f"{name} are marked unverified until you compare safety numbers: "
-                f"/verify {name}"))
+                f"{fingerprint(keys)}). Someone may be impersonating {name}. {name} gets no "
+                f"room key until you compare safety numbers: /verify {name}"))
             if self.on_key_changed is not None:
                 self.on_key_changed(user, result.previous or "?", fingerprint(keys))
+        return result.trust is not Trust.CHANGED
 
     def _run(self, outputs: Iterable[Output]) -> None:
+        changed = False
         for output in outputs:
             if isinstance(output, Send):
                 self._send(self._datagram(output.message))
@@ -239,12 +303,25 @@ class E2ERoomLink(RoomLink):
                 if self.trust_of(output.sender) is Trust.CHANGED:
                     text = UNVERIFIED_MARK + text
                 self._on_line(render.chat_line(output.sender, text))
+            elif isinstance(output, MemberAdded):
+                changed = True
+                self._on_line(render.notice_line(
+                    f"{render.sanitize_name(output.user)} is now in the encryption set, key "
+                    f"fingerprint {fingerprint(output.keys)} "
+                    f"({self.trust_of(output.user).value})"))
+            elif isinstance(output, MemberRemoved):
+                changed = True
+                self._on_line(render.notice_line(
+                    f"{render.sanitize_name(output.user)} left the encryption set; "
+                    "new room key sent to the others"))
             elif isinstance(output, Rejected):
                 self.rejected += 1
-                if output.reason is RejectReason.UNKNOWN_SENDER:
+                if output.reason in _LOSS_SIGNS:
                     self._refresh_members()
-                elif (why := rejection_text(output)) is not None:
+                if (why := rejection_text(output)) is not None:
                     self._on_line(render.warning_line(why))
+        if changed and self.on_members_changed is not None:
+            self.on_members_changed()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -259,29 +336,58 @@ class E2ERoomLink(RoomLink):
         self._timer = None
         self._run(self.crypto.handle_timer(self._now()))
 
+    def _arm_poll(self) -> None:
+        if self._transport is None or self.joined.tcrp is None:
+            return
+        self._poll = asyncio.get_running_loop().call_later(MEMBERS_POLL_S, self._on_poll)
+
+    def _on_poll(self) -> None:
+        self._last_refresh = float("-inf")
+        self._refresh_members()
+        self._arm_poll()
+
     def _refresh_members(self) -> None:
         now = self._now()
         if now - self._last_refresh < MEMBERS_REFRESH_S or self._transport is None:
             return
         self._last_refresh = now
-        self._refresh = asyncio.ensure_future(self._fetch_and_learn())
+        self._refresh = asyncio.ensure_future(self._fetch_and_sync())
 
-    async def _fetch_and_learn(self) -> None:
+    async def _fetch_and_sync(self) -> None:
         try:
             members = await self.fetch_members()
         except (JoinFailed, JoinRefused):
             return
-        self._learn(members)
+        self._sync(members)
 
-    def _learn(self, members: Iterable[MemberInfo]) -> None:
-        """Add the members we did not know (their ``joined`` notice was lost)."""
-        known = self.crypto.members
+    def _sync(self, members: Iterable[MemberInfo]) -> None:
+        """Make the encryption set follow the server's list: add whom it lists (announced
+        like a join), remove whom it no longer lists (a lost ``left``)."""
+        members = tuple(members)
+        self.server_members = members
+        now = self._now()
+        listed = set()
         for member in members:
-            if member.keys is None or member.user == self.joined.username:
-                continue
-            if known.get(member.user) != member.keys:
-                self._pin(member.user, member.keys)
-                self._run(self.crypto.add_member(member.user, member.keys, self._now()))
+            listed.add(member.user)
+            if member.keys is not None:
+                self._learn(member.user, member.keys, None, now)
+        for user in set(self.crypto.members) | set(self.crypto.held):
+            if user not in listed:
+                self._run(self.crypto.remove_member(user, now))
+
+
+def link_server_identity(joined: Joined) -> str:
+    """The server identity pins and identities are kept under (``server_identity``)."""
+    if joined.tcrp is not None:
+        return server_identity(joined.tcrp.host, joined.tcrp.port)
+    return server_identity(joined.server[0], joined.server[1])
+
+
+def status_text(joined: Joined) -> str:
+    """What the status line says of a room's protection: encrypted or not, TLS or not."""
+    e2e = "end-to-end encrypted" if joined.details.e2e else "NOT encrypted"
+    tls = "TLS" if joined.tcrp is not None and joined.tcrp.tls is not None else "no TLS"
+    return f"{e2e} · {tls}"
 
 
 def leave_datagram(joined: Joined) -> bytes:
@@ -291,13 +397,40 @@ def leave_datagram(joined: Joined) -> bytes:
     return encode_chat(joined.room_raw, joined.token, body)
 
 
-def load_identity(env: Mapping[str, str]) -> tuple[KeyStore, IdentityKeys]:
-    """This device's key store and identity (made on first use); raise ``KeyStoreError``."""
-    store = KeyStore(config_dir(env))
+def open_store(env: Mapping[str, str], passphrase_file: Path | None = None) -> KeyStore:
+    """The key store of this user account's config directory."""
+    return KeyStore(config_dir(env), passphrase_file)
+
+
+def user_identity(store: KeyStore, host: str, port: int, username: str) -> IdentityKeys:
+    """``username``'s identity on the server at ``host:port``, made on first use; raise
+    ``KeyStoreError``."""
     try:
-        return store, store.load_or_create_identity(secrets.token_bytes)
+        return store.load_or_create_identity(server_identity(host, port), username)
     except OSError as exc:
         raise KeyStoreError(f"{store.directory}: {exc.strerror or exc}") from None
+
+
+def load_identity(env: Mapping[str, str], host: str, port: int, username: str,
+                  passphrase_file: Path | None = None) -> tuple[KeyStore, IdentityKeys]:
+    """The key store and ``username``'s identity on ``host:port``; raise
+    ``KeyStoreError``."""
+    store = open_store(env, passphrase_file)
+    return store, user_identity(store, host, port, username)
+
+
+def must_be_encrypted(store: KeyStore | None, host: str, port: int, room: str, e2e: bool,
+                      allow_plain: bool = False) -> bool:
+    """Whether a plain answer for ``room`` must be refused: ``--e2e`` was given, or this
+    device saw that room encrypted on that server before (unless ``allow_plain``)."""
+    if e2e:
+        return True
+    if allow_plain or store is None:
+        return False
+    try:
+        return store.seen_encrypted(server_identity(host, port), room)
+    except (KeyStoreError, OSError):
+        return True  # cannot tell: refuse plain rather than leak text
 
 
 def room_link(joined: Joined, on_line: Callable[[Line], None], store: KeyStore | None,

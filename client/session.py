@@ -176,8 +176,9 @@ def finish_join(room: str, username: str, complete: Complete, details: Details,
         except OSError:
             pass
         udp.close()
-        raise NoEncryptedRooms(f"the server at {target.where} made a plain room, not an encrypted "
-                         "one (it does not support --e2e); left it")
+        raise NoEncryptedRooms(f"room {room!r} at {target.where} is not end-to-end encrypted; "
+                               "refused and left it (--e2e was given, or this device saw the "
+                               "room encrypted before: --allow-plain accepts a plain one)")
     udp.setblocking(False)
     return Joined(room.encode(), username, complete.token, details, server_udp, udp, target)
 

@@ -31,8 +31,8 @@ from prompt_toolkit.validation import ValidationError, Validator
 from client import commands, render
 from client.commands import Action
 from client.e2e.identity import IdentityKeys
-from client.e2e_link import room_link
-from client.keystore import KeyStore
+from client.e2e_link import must_be_encrypted, room_link, status_text, user_identity
+from client.keystore import KeyStore, KeyStoreError
 from client.link import GlobalLink, Link, RoomLink, open_global
 from client.render import Line, MessageTooLong
 from client.script import (
@@ -171,7 +171,8 @@ class Plan:
     tls: ssl.SSLContext | None = None  # --tls: TCRP inside TLS
     e2e: bool = False  # --e2e: a created room is end-to-end encrypted
     store: KeyStore | None = None  # this device's key store and identity (docs/e2e.md §7)
-    identity: IdentityKeys | None = None
+    identity: IdentityKeys | None = None  # loaded once the user name is known
+    allow_plain: bool = False  # --allow-plain: a room seen encrypted may answer plain
 
 
 def say(text: str, colour: bool, warning: bool = False) -> None:
@@ -192,10 +193,19 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
         if operation is Operation.CREATE and not plan.password_given:
             plan.password, plan.password_given = asker.new_password(), True
         try:
-            keys = plan.identity.public() if plan.identity is not None else None
+            if plan.store is not None:
+                try:
+                    plan.identity = user_identity(plan.store, plan.host, plan.tcp_port, user)
+                except KeyStoreError as exc:
+                    if plan.e2e:
+                        raise JoinFailed(f"cannot use your identity key: {exc}") from None
+                    say(f"cannot use your identity key: {exc}; encrypted rooms cannot be "
+                        "joined", colour, True)
+            keys = plan.identity.publish() if plan.identity is not None else None
             return join_room(plan.host, plan.tcp_port, operation, room, user,
                              plan.password, plan.timeout, tls=plan.tls, keys=keys,
-                             e2e=plan.e2e and operation is Operation.CREATE)
+                             e2e=must_be_encrypted(plan.store, plan.host, plan.tcp_port, room,
+                                                   plan.e2e, plan.allow_plain))
         except JoinRefused as refused:
             if refused.status == Status.INVALID_PASSWORD and plan.password is None:
                 # Not an error: we tried without a password, the room wants one. (A
@@ -371,7 +381,8 @@ async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory,
             f"you are in room {render.sanitize(room)!r} as {render.sanitize_name(joined.username)}"
             f"{role} · /help for commands")
         try:
-            notice = await chat(link, joined.username, f"room {render.sanitize(room)}", host,
+            notice = await chat(link, joined.username,
+                                f"room {render.sanitize(room)} · {status_text(joined)}", host,
                                 colour, history, intro)
         finally:
             link.close()

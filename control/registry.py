@@ -17,7 +17,7 @@ from typing import Any
 from relay.ipc import AddMember
 from wire import errors
 from wire.codes import Framing, Status
-from wire.e2e import MemberInfo, PublicKeys
+from wire.e2e import MemberInfo, PublicKeys, SignedPrekey
 from wire.limits import MAX_E2E_MEMBERS
 from wire.names import username_key
 
@@ -46,7 +46,20 @@ class MemberRecord:
     """A datagram from ``addr`` reached the worker (docs/protocol.md §4 (j)); re-seeded."""
     alive: bool = True
     keys: PublicKeys | None = None
-    """The member's public keys in an encrypted room (docs/e2e.md §2.1); None otherwise."""
+    """The member's identity keys in an encrypted room (docs/e2e.md §2.1); None otherwise."""
+    one_time: list[SignedPrekey] = field(default_factory=list)
+    """Its one-time keys not handed out yet: each goes to one newcomer only."""
+    fallback: SignedPrekey | None = None
+    """Handed to every newcomer once ``one_time`` is empty."""
+    claimed: tuple[MemberInfo, ...] = ()
+    """What its join claimed: every other member with one prekey of each (the join reply's
+    ``members``)."""
+
+    def claim(self) -> MemberInfo:
+        """This member with one prekey for a newcomer: a one-time key (removed, so no one
+        else gets it), else the fallback key."""
+        prekey = self.one_time.pop(0) if self.one_time else self.fallback
+        return MemberInfo(self.username, self.is_host, self.keys, prekey)
 
     def info(self) -> MemberInfo:
         """This member as an entry of ``members`` (docs/e2e.md §2.2)."""
@@ -76,6 +89,8 @@ class RoomRecord:
     ``password_mac``): the same password is then accepted without scrypt."""
     e2e: bool = False
     """An encrypted room (docs/e2e.md): members need keys and ocm1 framing."""
+    epoch: bytes = b""
+    """An encrypted room's incarnation (random, drawn by the caller of ``create``)."""
 
     def member_infos(self, exclude: MemberRecord | None = None) -> tuple[MemberInfo, ...]:
         """Every member but ``exclude``, host first, then in join order (the dict's order:
@@ -124,20 +139,22 @@ class Registry:
     # --- changes -------------------------------------------------------------------------
     def create(self, name: str, username: str, ip: str, framing: Framing, worker: int,
                password: Any, e2e: bool = False,
-               keys: PublicKeys | None = None) -> MemberRecord:
+               keys: PublicKeys | None = None, epoch: bytes = b"") -> MemberRecord:
         """Reserve a room with its host (not live until ``mark_live``). An encrypted room
         (``e2e``) needs the host's ``keys`` and ocm1 framing, which the TCRP reader has
         already required (``wire.tcrp.check_e2e_request``)."""
         if name in self.rooms:
             raise RegistryError(Status.ROOM_EXISTS, f"a room named {name!r} exists")
-        room = self.rooms[name] = RoomRecord(name, worker, password, host_ip=ip, e2e=e2e)
+        room = self.rooms[name] = RoomRecord(name, worker, password, host_ip=ip, e2e=e2e,
+                                             epoch=epoch if e2e else b"")
         return self._add(room, username, ip, framing, is_host=True, keys=keys)
 
     def join(self, room: RoomRecord, username: str, ip: str, framing: Framing,
              max_members: int, keys: PublicKeys | None = None) -> MemberRecord:
         """Add a member to a live room; raise ROOM_NOT_FOUND, INVALID_REQUEST (an encrypted
         room without keys or ocm1, docs/e2e.md §2.1), USERNAME_TAKEN or ROOM_FULL, in that
-        order. An encrypted room is full at ``min(max_members, MAX_E2E_MEMBERS)``."""
+        order. An encrypted room is full at ``min(max_members, MAX_E2E_MEMBERS)``; there the
+        newcomer claims one prekey of every other member (``MemberRecord.claimed``)."""
         if self.rooms.get(room.name) is not room or not room.live:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {room.name!r} closed")
         if room.e2e and (keys is None or framing is not Framing.OCM1):
@@ -147,7 +164,10 @@ class Registry:
         limit = min(max_members, MAX_E2E_MEMBERS) if room.e2e else max_members
         if len(room.members) >= limit:
             raise RegistryError(Status.ROOM_FULL, f"the room has {limit} members")
-        return self._add(room, username, ip, framing, is_host=False, keys=keys)
+        claimed = tuple(m.claim() for m in room.members.values()) if room.e2e else ()
+        member = self._add(room, username, ip, framing, is_host=False, keys=keys)
+        member.claimed = claimed
+        return member
 
     def member_for(self, room_name: str, token: bytes, ip: str) -> MemberRecord:
         """The live member of ``room_name`` holding ``token`` and issued to ``ip``; raise
@@ -207,8 +227,12 @@ class Registry:
         token = self._new_token(room.worker)
         while token in self.tokens:  # 192 random bits: never, but cheap to be sure
             token = self._new_token(room.worker)
-        member = MemberRecord(token, username, ip, framing, is_host, room,
-                              keys=keys if room.e2e else None)  # a plain room ignores keys
+        member = MemberRecord(token, username, ip, framing, is_host, room)
+        if room.e2e and keys is not None:  # a plain room ignores keys
+            member.keys = keys.identity()
+            if keys.prekeys is not None:
+                member.one_time = list(keys.prekeys.one_time)
+                member.fallback = keys.prekeys.fallback
         room.members[username_key(username)] = member
         self.tokens[token] = member
         self.load[room.worker] += 1

@@ -40,7 +40,7 @@ from relay.steering import worker_tag
 from wire.codes import Operation, Reason, Status
 from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
-from wire.tcrp import NEED_DATA, Details, MembersRequest, Request
+from wire.tcrp import NEED_DATA, ROOM_EPOCH_BYTES, Details, MembersRequest, Request
 
 if TYPE_CHECKING:
     from control.cluster import Cluster, RemoteMember
@@ -152,8 +152,9 @@ class ControlApp:
             inactivity_timeout=self.cfg.inactivity_timeout,
             framing=body.framing,
             e2e=room.e2e,
-            members=room.member_infos(exclude=member) if room.e2e else (),
+            members=member.claimed if room.e2e else (),
             udp_host=self.udp_host,
+            epoch=room.epoch,
         )
         return details, member
 
@@ -191,7 +192,8 @@ class ControlApp:
             if body.password:
                 password = await self.kdf.run(ip, passwords.hash_password, body.password)
             return self.registry.create(request.room, body.username, ip, body.framing,
-                                        worker, password, body.e2e, body.keys)
+                                        worker, password, body.e2e, body.keys,
+                                        secrets.token_bytes(ROOM_EPOCH_BYTES))
         except BaseException:
             self.quotas.room_closed(ip)
             raise

@@ -4,9 +4,9 @@ its deliveries, the bodies inside them, and the public-key JSON of TCRP.
 Client -> relay, inside the Stage 2 Message field (docs/e2e.md §3):
 
     empty                                    keepalive (never relayed)
-    01 | SealedChat                          broadcast to every other member
-    02 | RecipientLen | Recipient | Envelope addressed to one member
-    03 | RecipientLen | Recipient | KeyRequest addressed to one member
+    01 | GroupChat                           broadcast to every other member
+    02 | RecipientLen | Recipient | OlmEnvelope   addressed to one member
+    03 | RecipientLen | Recipient | ...      addressed to one member (unused by our clients)
     04                                       leave (the encrypted room's ``/exit``)
 
 Relay -> client (``ocm1`` framing only): ``SenderLen | Sender | Kind | Body``, where Body is
@@ -14,9 +14,10 @@ what followed the kind byte (chat) or the recipient field (envelope, key request
 = 0 is a framed notice, decoded by ``wire.chat.decode_framed``.
 
 The relay reads only the kind byte and the recipient (``decode_route``); everything after
-is opaque to it. The bodies (``SealedChat``, ``SealedEnvelope``, ``KeyRequest``,
-``SenderKeyShare``) are parsed by clients only. No cryptography here: ``client/e2e``
-seals and opens them. Every ``decode_*`` raises only ``ProtocolError`` subclasses.
+is opaque to it. The bodies (``GroupChat``: a Megolm message; ``OlmEnvelope``: an Olm
+message whose plaintext is a ``Content``) are parsed by clients only. No cryptography here:
+``client/e2e`` (on vodozemac) seals and opens them. Every ``decode_*`` raises only
+``ProtocolError`` subclasses.
 """
 
 from __future__ import annotations
@@ -24,36 +25,32 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from wire import errors
 from wire.limits import MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES
 
-E2E_VERSION: Final = 1
-"""The version byte at the start of every body; other values are ``UnsupportedVersion``."""
+E2E_VERSION: Final = 2
+"""The version byte at the start of every body; other values are ``UnsupportedVersion``.
+Version 1 (hand-written sender chains) is gone."""
 KEY_BYTES: Final = 32
-"""X25519 and Ed25519 public keys, chain keys: 32 bytes each."""
+"""Curve25519 and Ed25519 public keys: 32 bytes each."""
 SIGNATURE_BYTES: Final = 64
 """An Ed25519 signature."""
-AEAD_TAG_BYTES: Final = 16
-"""The Poly1305 tag at the end of every AEAD ciphertext."""
-HPKE_ENC_BYTES: Final = 32
-"""HPKE's encapsulated key for DHKEM(X25519): the ephemeral public key."""
-CHAIN_ID_BYTES: Final = 4
-COUNTER_BYTES: Final = 4
-MAX_COUNTER: Final = (1 << (8 * COUNTER_BYTES)) - 1
-"""A sender chain carries at most 2**32 messages; the sender starts a new chain before."""
-SHARE_BYTES: Final = CHAIN_ID_BYTES + COUNTER_BYTES + KEY_BYTES
-"""The plaintext of an envelope: ChainId(4) Counter(4) ChainKey(32) = 40 bytes."""
-CHAT_HEADER_BYTES: Final = 1 + CHAIN_ID_BYTES + COUNTER_BYTES
-"""Version(1) ChainId(4) Counter(4) at the start of a SealedChat."""
-MIN_SEALED_CHAT_BYTES: Final = CHAT_HEADER_BYTES + AEAD_TAG_BYTES + SIGNATURE_BYTES
-"""An empty plaintext still costs 9 + 16 + 64 = 89 bytes."""
-ENVELOPE_BYTES: Final = 1 + HPKE_ENC_BYTES + SHARE_BYTES + AEAD_TAG_BYTES + SIGNATURE_BYTES
-"""Version(1) Enc(32) Ciphertext(40 + 16) Signature(64) = 153 bytes, always."""
-KEY_REQUEST_BYTES: Final = 1 + CHAIN_ID_BYTES + COUNTER_BYTES
-"""Version(1) ChainId(4) Counter(4) = 9 bytes, always."""
+SESSION_ID_BYTES: Final = 32
+"""A Megolm session id: the session's Ed25519 public key."""
+BINDING_BYTES: Final = 32
+"""The room binding at the start of every Olm plaintext (SHA-256)."""
+MEGOLM_OVERHEAD_BYTES: Final = 98
+"""A Megolm message's bytes beyond its plaintext, at most: version, index and length
+fields (1 + 6 + 3), AES-CBC padding (up to 16), MAC (8), signature (64)."""
+MIN_CHAT_OVERHEAD_BYTES: Final = 1 + SESSION_ID_BYTES + MEGOLM_OVERHEAD_BYTES + 1
+"""Chat body bytes that are not text, at most, plus the sender name inside (1 + name)."""
+MAX_ONE_TIME_KEYS: Final = 16
+"""One-time keys a member publishes with its join (each claimed by one newcomer)."""
+PREKEY_LABEL: Final = b"ocm-e2e v2 prekey"
+"""Signed with the prekey: label || fallback flag (1 byte) || key."""
 MEMBERS_OPERATION: Final = 3
 """TCRP Operation 3, "members" (docs/e2e.md §2.4); ``wire.codes.Operation.MEMBERS``."""
 
@@ -61,9 +58,9 @@ MEMBERS_OPERATION: Final = 3
 class Kind(enum.IntEnum):
     """The first byte of a non-empty Message in an encrypted room (docs/e2e.md §3)."""
 
-    CHAT = 1  # SealedChat, relayed to every other member with a bound address
-    ENVELOPE = 2  # SealedEnvelope, relayed to the one member named
-    KEY_REQUEST = 3  # KeyRequest, relayed to the one member named
+    CHAT = 1  # GroupChat (Megolm), relayed to every other member with a bound address
+    ENVELOPE = 2  # OlmEnvelope, relayed to the one member named
+    KEY_REQUEST = 3  # addressed like ENVELOPE; the relay routes it, our clients send none
     LEAVE = 4  # exactly one byte: leave the room, as /exit does in a plain room
 
 
@@ -198,182 +195,278 @@ def _check_version(body: bytes) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class SealedChat:
-    """``Version ChainId Counter Ciphertext Signature`` (docs/e2e.md §4.3)."""
+class GroupChat:
+    """A chat body: ``Version(1) SessionId(32) MegolmMessage``. The session id names the
+    sender's Megolm session (its Ed25519 key); the Megolm message is vodozemac's bytes."""
 
-    chain_id: int
-    counter: int
+    session_id: bytes
+    megolm: bytes
+
+
+def encode_group_chat(chat: GroupChat) -> bytes:
+    """Raise ``FieldOutOfRange`` for a session id that is not 32 bytes or an empty message."""
+    if len(chat.session_id) != SESSION_ID_BYTES or not chat.megolm:
+        raise errors.FieldOutOfRange("a chat needs a 32-byte session id and a message")
+    return bytes((E2E_VERSION,)) + chat.session_id + chat.megolm
+
+
+def decode_group_chat(body: bytes) -> GroupChat:
+    """Raise ``UnsupportedVersion`` or ``TruncatedDatagram``."""
+    _check_version(body)
+    if len(body) <= 1 + SESSION_ID_BYTES:
+        raise errors.TruncatedDatagram("chat shorter than its header")
+    return GroupChat(body[1 : 1 + SESSION_ID_BYTES], body[1 + SESSION_ID_BYTES :])
+
+
+class OlmType(enum.IntEnum):
+    """vodozemac's Olm message types."""
+
+    PRE_KEY = 0
+    NORMAL = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OlmEnvelope:
+    """An addressed body: ``Version(1) OlmType(1) Ciphertext``: one Olm message of the
+    pairwise session between sender and recipient."""
+
+    olm_type: OlmType
     ciphertext: bytes
-    signature: bytes
-
-    def header(self) -> bytes:
-        """The 9 header bytes, part of the associated data and of what is signed."""
-        return _chat_header(self.chain_id, self.counter)
 
 
-def _chat_header(chain_id: int, counter: int) -> bytes:
-    if not (0 <= chain_id <= MAX_COUNTER and 0 <= counter <= MAX_COUNTER):
-        raise errors.FieldOutOfRange("chain id and counter are 4 bytes each")
-    return bytes((E2E_VERSION,)) + chain_id.to_bytes(4, "big") + counter.to_bytes(4, "big")
+def encode_olm_envelope(envelope: OlmEnvelope) -> bytes:
+    if not envelope.ciphertext:
+        raise errors.FieldOutOfRange("an Olm message is never empty")
+    return bytes((E2E_VERSION, envelope.olm_type)) + envelope.ciphertext
 
 
-def encode_sealed_chat(chat: SealedChat) -> bytes:
-    """Raise ``FieldOutOfRange`` on a short ciphertext or a signature not 64 bytes."""
-    if len(chat.ciphertext) < AEAD_TAG_BYTES or len(chat.signature) != SIGNATURE_BYTES:
-        raise errors.FieldOutOfRange("ciphertext needs its tag, signature is 64 bytes")
-    return chat.header() + chat.ciphertext + chat.signature
-
-
-def decode_sealed_chat(body: bytes) -> SealedChat:
-    """Raise ``TruncatedDatagram`` under 89 bytes, ``UnsupportedVersion``."""
+def decode_olm_envelope(body: bytes) -> OlmEnvelope:
+    """Raise ``UnsupportedVersion``, ``TruncatedDatagram`` or ``UnknownKind``."""
     _check_version(body)
-    if len(body) < MIN_SEALED_CHAT_BYTES:
-        raise errors.TruncatedDatagram(f"sealed chat of {len(body)} bytes")
-    return SealedChat(
-        int.from_bytes(body[1:5], "big"),
-        int.from_bytes(body[5:9], "big"),
-        body[CHAT_HEADER_BYTES:-SIGNATURE_BYTES],
-        body[-SIGNATURE_BYTES:],
-    )
+    if len(body) < 3:
+        raise errors.TruncatedDatagram("envelope shorter than its header")
+    if body[1] not in (OlmType.PRE_KEY, OlmType.NORMAL):
+        raise errors.UnknownKind(f"Olm type {body[1]}")
+    return OlmEnvelope(OlmType(body[1]), body[2:])
+
+
+class ContentType(enum.IntEnum):
+    """What an Olm plaintext carries (docs/e2e.md)."""
+
+    ROOM_KEY = 1  # RoomKey: the sender's Megolm session, from the index it is shared at
+    KEY_REQUEST = 2  # a session id (32 bytes) whose key the sender asks for again
+    SAS = 3  # one message of an interactive verification (client.e2e.sas)
 
 
 @dataclass(frozen=True, slots=True)
-class SealedEnvelope:
-    """``Version Enc Ciphertext Signature``: a SenderKeyShare sealed with HPKE to the
-    recipient's X25519 key and signed by the sender (docs/e2e.md §4.4)."""
+class Content:
+    """An Olm plaintext: ``Binding(32) Type(1) Payload``. ``binding`` ties it to one
+    server, room name and room incarnation (``client.e2e.room.room_binding``)."""
 
-    enc: bytes
-    ciphertext: bytes
-    signature: bytes
-
-    def sealed(self) -> bytes:
-        """HPKE's single-shot output, ``enc || ciphertext``."""
-        return self.enc + self.ciphertext
+    binding: bytes
+    content_type: ContentType
+    payload: bytes
 
 
-def encode_envelope(envelope: SealedEnvelope) -> bytes:
-    """Raise ``FieldOutOfRange`` unless the parts have their fixed sizes."""
-    data = bytes((E2E_VERSION,)) + envelope.enc + envelope.ciphertext + envelope.signature
-    if (
-        len(envelope.enc) != HPKE_ENC_BYTES
-        or len(envelope.signature) != SIGNATURE_BYTES
-        or len(data) != ENVELOPE_BYTES
-    ):
-        raise errors.FieldOutOfRange("an envelope is 1 + 32 + 56 + 64 bytes")
-    return data
+def encode_content(content: Content) -> bytes:
+    if len(content.binding) != BINDING_BYTES:
+        raise errors.FieldOutOfRange("binding must be 32 bytes")
+    return content.binding + bytes((content.content_type,)) + content.payload
 
 
-def decode_envelope(body: bytes) -> SealedEnvelope:
-    """Raise ``UnsupportedVersion``, ``TruncatedDatagram`` / ``TrailingBytes`` unless the
-    body is exactly 153 bytes."""
-    _check_version(body)
-    _check_exact(body, ENVELOPE_BYTES, "envelope")
-    ct_end = 1 + HPKE_ENC_BYTES + SHARE_BYTES + AEAD_TAG_BYTES
-    return SealedEnvelope(body[1 : 1 + HPKE_ENC_BYTES], body[1 + HPKE_ENC_BYTES : ct_end],
-                          body[ct_end:])
+def decode_content(data: bytes) -> Content:
+    """Raise ``TruncatedDatagram`` or ``UnknownKind``."""
+    if len(data) < BINDING_BYTES + 1:
+        raise errors.TruncatedDatagram("Olm plaintext shorter than its header")
+    kind = data[BINDING_BYTES]
+    if kind not in _CONTENT_TYPES:
+        raise errors.UnknownKind(f"content type {kind}")
+    return Content(data[:BINDING_BYTES], ContentType(kind), data[BINDING_BYTES + 1 :])
 
 
-def _check_exact(body: bytes, size: int, what: str) -> None:
-    if len(body) < size:
-        raise errors.TruncatedDatagram(f"{what} of {len(body)} bytes, needs {size}")
-    if len(body) > size:
-        raise errors.TrailingBytes(f"{what} of {len(body)} bytes, needs {size}")
+_CONTENT_TYPES: Final = frozenset(int(t) for t in ContentType)
 
 
 @dataclass(frozen=True, slots=True)
-class KeyRequest:
-    """"Send me your sender key": the chain id and counter of the first message that the
-    requester could not open (docs/e2e.md §4.6)."""
+class RoomKey:
+    """``SenderLen Sender RecipientLen Recipient SessionKey``: the sender's Megolm session
+    key (vodozemac's base64 text) for this one recipient."""
 
-    chain_id: int
-    counter: int
-
-
-def encode_key_request(request: KeyRequest) -> bytes:
-    """Raise ``FieldOutOfRange`` if a field does not fit 4 bytes."""
-    return _chat_header(request.chain_id, request.counter)
+    sender: str
+    recipient: str
+    session_key: str
 
 
-def decode_key_request(body: bytes) -> KeyRequest:
-    """Raise ``UnsupportedVersion``, ``TruncatedDatagram`` / ``TrailingBytes`` unless 9 bytes."""
-    _check_version(body)
-    _check_exact(body, KEY_REQUEST_BYTES, "key request")
-    return KeyRequest(int.from_bytes(body[1:5], "big"), int.from_bytes(body[5:9], "big"))
+def _lp(raw: bytes) -> bytes:
+    if not 1 <= len(raw) <= 255:
+        raise errors.FieldOutOfRange("a name must be 1..255 bytes")
+    return bytes((len(raw),)) + raw
 
 
-@dataclass(frozen=True, slots=True)
-class SenderKeyShare:
-    """The plaintext of an envelope: a sender chain at one position."""
-
-    chain_id: int
-    counter: int
-    chain_key: bytes
-
-
-def encode_share(share: SenderKeyShare) -> bytes:
-    """``ChainId Counter ChainKey`` (40 bytes); raise ``FieldOutOfRange``."""
-    if len(share.chain_key) != KEY_BYTES:
-        raise errors.FieldOutOfRange("a chain key is 32 bytes")
-    return _chat_header(share.chain_id, share.counter)[1:] + share.chain_key
+def _read_lp(data: bytes, at: int) -> tuple[str, int]:
+    if at >= len(data) or data[at] == 0 or at + 1 + data[at] > len(data):
+        raise errors.TruncatedDatagram("name past the end")
+    end = at + 1 + data[at]
+    try:
+        return data[at + 1 : end].decode(), end
+    except UnicodeDecodeError:
+        raise errors.MessageNotUtf8("name") from None
 
 
-def decode_share(data: bytes) -> SenderKeyShare:
-    """Raise ``TruncatedDatagram`` / ``TrailingBytes`` unless 40 bytes."""
-    _check_exact(data, SHARE_BYTES, "sender key share")
-    return SenderKeyShare(
-        int.from_bytes(data[0:4], "big"), int.from_bytes(data[4:8], "big"), data[8:]
-    )
+def encode_room_key(key: RoomKey) -> bytes:
+    return _lp(key.sender.encode()) + _lp(key.recipient.encode()) + key.session_key.encode()
+
+
+def decode_room_key(payload: bytes) -> RoomKey:
+    sender, at = _read_lp(payload, 0)
+    recipient, at = _read_lp(payload, at)
+    try:
+        session_key = payload[at:].decode("ascii")
+    except UnicodeDecodeError:
+        raise errors.MessageNotUtf8("session key") from None
+    if not session_key:
+        raise errors.TruncatedDatagram("no session key")
+    return RoomKey(sender, recipient, session_key)
+
+
+def encode_signed_text(sender: str, text: bytes) -> bytes:
+    """A Megolm plaintext: ``SenderLen Sender Text``; the sender's name inside the
+    ciphertext, so a delivery relabelled by the relay does not open as someone else's."""
+    return _lp(sender.encode()) + text
+
+
+def decode_signed_text(data: bytes) -> tuple[str, bytes]:
+    sender, at = _read_lp(data, 0)
+    return sender, data[at:]
 
 
 # --- public keys and members in TCRP JSON ---------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class PublicKeys:
-    """A member's identity: X25519 (envelopes are sealed to it), Ed25519 (signatures)."""
-
-    x25519: bytes
-    ed25519: bytes
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "x25519": base64.b64encode(self.x25519).decode(),
-            "ed25519": base64.b64encode(self.ed25519).decode(),
-        }
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
-def _key_from_json(value: object, name: str) -> bytes:
+def _bytes_from_json(value: object, name: str, size: int) -> bytes:
     if not isinstance(value, str):
         raise errors.BadKeys(f"{name} must be a base64 string")
     try:
         raw = base64.b64decode(value.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error):
         raise errors.BadKeys(f"{name} is not base64") from None
-    if len(raw) != KEY_BYTES:
-        raise errors.BadKeys(f"{name} must be {KEY_BYTES} bytes, got {len(raw)}")
+    if len(raw) != size:
+        raise errors.BadKeys(f"{name} must be {size} bytes, got {len(raw)}")
     return raw
 
 
+def _key_from_json(value: object, name: str) -> bytes:
+    return _bytes_from_json(value, name, KEY_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPrekey:
+    """A Curve25519 key an Olm session can start from, signed by its owner's Ed25519 key
+    over ``PREKEY_LABEL || fallback || key``. A one-time key is handed to one claimer;
+    the fallback key to every claimer once the one-time keys are gone."""
+
+    key: bytes
+    signature: bytes
+    fallback: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": _b64(self.key), "sig": _b64(self.signature), "fallback": self.fallback}
+
+    def signed_bytes(self) -> bytes:
+        return prekey_signed_bytes(self.key, self.fallback)
+
+
+def prekey_signed_bytes(key: bytes, fallback: bool) -> bytes:
+    return PREKEY_LABEL + (b"\x01" if fallback else b"\x00") + key
+
+
+def decode_signed_prekey(obj: object) -> SignedPrekey:
+    if not isinstance(obj, dict):
+        raise errors.BadKeys("a prekey must be an object")
+    fallback = obj.get("fallback", False)
+    if type(fallback) is not bool:
+        raise errors.BadKeys("fallback must be a boolean")
+    return SignedPrekey(_key_from_json(obj.get("key"), "prekey"),
+                        _bytes_from_json(obj.get("sig"), "sig", SIGNATURE_BYTES), fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class Prekeys:
+    """What a member publishes with its join: up to ``MAX_ONE_TIME_KEYS`` one-time keys and
+    one fallback key, each signed."""
+
+    one_time: tuple[SignedPrekey, ...]
+    fallback: SignedPrekey
+
+    def to_json(self) -> dict[str, Any]:
+        return {"one_time": [k.to_json() for k in self.one_time],
+                "fallback": self.fallback.to_json()}
+
+
+def decode_prekeys(obj: object) -> Prekeys:
+    """``{"one_time": [prekey...], "fallback": prekey}`` or raise ``BadKeys``."""
+    if not isinstance(obj, dict):
+        raise errors.BadKeys("prekeys must be an object")
+    one_time = obj.get("one_time")
+    if not isinstance(one_time, list) or len(one_time) > MAX_ONE_TIME_KEYS:
+        raise errors.BadKeys(f"one_time must be an array of at most {MAX_ONE_TIME_KEYS}")
+    keys = tuple(decode_signed_prekey(item) for item in one_time)
+    fallback = decode_signed_prekey(obj.get("fallback"))
+    if any(k.fallback for k in keys) or not fallback.fallback:
+        raise errors.BadKeys("the fallback flag is set on the fallback key only")
+    return Prekeys(keys, fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKeys:
+    """A member's identity: Curve25519 (``x25519``: its Olm identity key) and Ed25519 (its
+    signing key). ``prekeys`` travel only in a join or create request (never compared,
+    never in notices or member lists: ``identity()`` drops them)."""
+
+    x25519: bytes
+    ed25519: bytes
+    prekeys: Prekeys | None = field(default=None, compare=False)
+
+    def identity(self) -> PublicKeys:
+        return self if self.prekeys is None else PublicKeys(self.x25519, self.ed25519)
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"x25519": _b64(self.x25519), "ed25519": _b64(self.ed25519)}
+        if self.prekeys is not None:
+            obj["prekeys"] = self.prekeys.to_json()
+        return obj
+
+
 def decode_public_keys(obj: object) -> PublicKeys:
-    """``{"x25519": b64, "ed25519": b64}`` (standard base64 with padding, 32 bytes each;
-    other keys ignored) or raise ``BadKeys`` (status 4)."""
+    """``{"x25519": b64, "ed25519": b64, "prekeys"?: {...}}`` (standard base64 with
+    padding, 32 bytes each; other keys ignored) or raise ``BadKeys`` (status 4)."""
     if not isinstance(obj, dict):
         raise errors.BadKeys("keys must be an object")
+    prekeys = obj.get("prekeys")
     return PublicKeys(
-        _key_from_json(obj.get("x25519"), "x25519"), _key_from_json(obj.get("ed25519"), "ed25519")
+        _key_from_json(obj.get("x25519"), "x25519"), _key_from_json(obj.get("ed25519"), "ed25519"),
+        None if prekeys is None else decode_prekeys(prekeys),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class MemberInfo:
-    """One entry of ``members``: name, host flag, public keys (``None`` in a plain room)."""
+    """One entry of ``members``: name, host flag, public keys (``None`` in a plain room),
+    and in a join reply the prekey claimed from that member for the newcomer."""
 
     user: str
     host: bool
     keys: PublicKeys | None = None
+    prekey: SignedPrekey | None = None
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"user": self.user, "host": self.host}
         if self.keys is not None:
-            obj["keys"] = self.keys.to_json()
+            obj["keys"] = self.keys.identity().to_json()
+        if self.prekey is not None:
+            obj["prekey"] = self.prekey.to_json()
         return obj
 
 
@@ -388,9 +481,11 @@ def decode_members(value: object) -> tuple[MemberInfo, ...]:
         user, host, keys = item.get("user"), item.get("host"), item.get("keys")
         if not isinstance(user, str) or not user or type(host) is not bool:
             raise errors.BadResponse("a member needs a user string and a host bool")
+        prekey = item.get("prekey")
         try:
-            parsed = None if keys is None else decode_public_keys(keys)
+            parsed = None if keys is None else decode_public_keys(keys).identity()
+            claimed = None if prekey is None else decode_signed_prekey(prekey)
         except errors.BadKeys as exc:
             raise errors.BadResponse(f"member keys: {exc.detail}") from None
-        out.append(MemberInfo(user, host, parsed))
+        out.append(MemberInfo(user, host, parsed, claimed))
     return tuple(out)

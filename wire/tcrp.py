@@ -10,6 +10,8 @@ encodes the request and reads ``Response`` and ``Complete`` with ``FrameReader(r
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 from dataclasses import dataclass
 from typing import Any, Final
@@ -222,6 +224,10 @@ class MembersRequest:
     token: bytes
 
 
+ROOM_EPOCH_BYTES: Final = 16
+"""The random incarnation of an encrypted room (``Details.epoch``)."""
+
+
 # --- responses -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Details:
@@ -238,6 +244,9 @@ class Details:
     """Cluster mode: the IP of the node that owns the room, to which the client should send
     its datagrams (``udp_port`` is that node's). Absent on a single node: send to the
     address the TCRP connection went to."""
+    epoch: bytes = b""
+    """An encrypted room's incarnation: ``ROOM_EPOCH_BYTES`` random bytes drawn when the
+    room is created (docs/e2e.md); every room key is bound to it. Empty in a plain room."""
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -250,6 +259,8 @@ class Details:
         if self.e2e:
             obj["e2e"] = True
             obj["members"] = [member.to_json() for member in self.members]
+            if self.epoch:
+                obj["epoch"] = base64.b64encode(self.epoch).decode()
         if self.udp_host is not None:
             obj["udp_host"] = self.udp_host
         return obj
@@ -276,8 +287,16 @@ class Details:
         if type(e2e) is not bool:
             raise errors.BadResponse("e2e must be a boolean")
         members = decode_members(obj.get("members")) if e2e else ()
+        epoch = b""
+        if e2e and obj.get("epoch") is not None:
+            try:
+                epoch = base64.b64decode(str(obj["epoch"]).encode("ascii"), validate=True)
+            except (UnicodeEncodeError, binascii.Error):
+                raise errors.BadResponse("epoch is not base64") from None
+            if len(epoch) != ROOM_EPOCH_BYTES:
+                raise errors.BadResponse(f"epoch must be {ROOM_EPOCH_BYTES} bytes")
         return cls(udp_port, host, max_message, float(timeout), framing, e2e, members,
-                   udp_host)
+                   udp_host, epoch)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:

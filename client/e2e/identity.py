@@ -1,26 +1,31 @@
-"""Identity keys, signatures, fingerprints and safety numbers (docs/e2e.md §4.1, §6).
+"""A member's identity on vodozemac: its Olm account, prekeys, fingerprints and safety
+numbers (docs/e2e.md).
 
-A member's identity is two key pairs: X25519 (envelopes are sealed to it with HPKE) and
-Ed25519 (it signs every chat message and envelope). ``cryptography`` does every primitive;
-randomness is an injected ``Rng`` so that tests can fix the keys.
+The account holds two long-term key pairs: Curve25519 (the Olm identity key, ``x25519``
+on the wire) and Ed25519 (it signs the prekeys). ``publish`` makes the one-time keys and
+the fallback key a join hands out; they exist only in this process's memory (the key
+store saves the account before any is made), so recorded traffic stays closed to
+whoever later reads the files on disk.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+import vodozemac
 
-from wire.e2e import KEY_BYTES, PublicKeys
-
-Rng = Callable[[int], bytes]
-"""``rng(n)`` returns n bytes from a CSPRNG (``secrets.token_bytes`` outside tests)."""
+from wire.e2e import (
+    KEY_BYTES,
+    MAX_ONE_TIME_KEYS,
+    SIGNATURE_BYTES,
+    Prekeys,
+    PublicKeys,
+    SignedPrekey,
+    prekey_signed_bytes,
+)
 
 FINGERPRINT_LABEL: Final = b"ocm-e2e v1 fingerprint"
 SAFETY_LABEL: Final = b"ocm-e2e v1 safety number"
@@ -29,60 +34,82 @@ FINGERPRINT_BYTES: Final = 16
 SAFETY_DIGITS_PER_MEMBER: Final = 30
 """Each member contributes 30 decimal digits (6 chunks of 5 bytes, each mod 100000)."""
 
-_RAW = serialization.Encoding.Raw
-_RAW_PUB = serialization.PublicFormat.Raw
-_RAW_PRIV = serialization.PrivateFormat.Raw
-_NO_ENC = serialization.NoEncryption()
+
+def from_unpadded(text: str) -> bytes:
+    """vodozemac's base64 (no padding) to bytes."""
+    return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
-@dataclass(frozen=True, slots=True)
+def to_unpadded(raw: bytes) -> str:
+    return base64.b64encode(raw).decode().rstrip("=")
+
+
 class IdentityKeys:
-    """A member's two private keys. Make one with ``generate`` or ``from_private_bytes``."""
+    """One member's vodozemac ``Account``. ``generate()`` or ``from_pickle``."""
 
-    x25519: X25519PrivateKey
-    ed25519: Ed25519PrivateKey
-
-    @classmethod
-    def generate(cls, rng: Rng) -> IdentityKeys:
-        """Fresh keys from ``rng`` (32 bytes each)."""
-        return cls.from_private_bytes(rng(KEY_BYTES), rng(KEY_BYTES))
+    def __init__(self, account: vodozemac.Account) -> None:
+        self.account = account
 
     @classmethod
-    def from_private_bytes(cls, x25519: bytes, ed25519: bytes) -> IdentityKeys:
-        """Raise ``ValueError`` unless both are 32 bytes."""
-        if len(x25519) != KEY_BYTES or len(ed25519) != KEY_BYTES:
-            raise ValueError("private keys are 32 bytes each")
-        return cls(
-            X25519PrivateKey.from_private_bytes(x25519),
-            Ed25519PrivateKey.from_private_bytes(ed25519),
-        )
+    def generate(cls) -> IdentityKeys:
+        """Fresh identity keys (vodozemac draws them from the OS)."""
+        return cls(vodozemac.Account())
 
-    def private_bytes(self) -> tuple[bytes, bytes]:
-        """``(x25519, ed25519)`` raw private keys, for the key store only."""
-        return (
-            self.x25519.private_bytes(_RAW, _RAW_PRIV, _NO_ENC),
-            self.ed25519.private_bytes(_RAW, _RAW_PRIV, _NO_ENC),
-        )
+    @classmethod
+    def from_pickle(cls, pickle: str, key: bytes) -> IdentityKeys:
+        """Raise ``ValueError`` when ``key`` does not open ``pickle``."""
+        return cls(vodozemac.Account.from_pickle(pickle, key))
+
+    def pickle(self, key: bytes) -> str:
+        """The account encrypted with ``key`` (32 bytes)."""
+        return self.account.pickle(key)
 
     def public(self) -> PublicKeys:
-        """The public keys sent in TCRP requests and shown to others."""
-        return PublicKeys(
-            self.x25519.public_key().public_bytes(_RAW, _RAW_PUB),
-            self.ed25519.public_key().public_bytes(_RAW, _RAW_PUB),
-        )
+        """The identity keys shown to others and pinned."""
+        return PublicKeys(from_unpadded(self.account.curve25519_key.to_base64()),
+                          from_unpadded(self.account.ed25519_key.to_base64()))
+
+    def publish(self, count: int = MAX_ONE_TIME_KEYS) -> PublicKeys:
+        """The public keys with ``count`` fresh one-time keys and a fresh fallback key,
+        signed: what a create or join request carries. Older prekeys of this process stay
+        usable (vodozemac keeps up to 50 one-time keys and the previous fallback key)."""
+        account = self.account
+        account.generate_one_time_keys(count)
+        # vodozemac 0.10's type stubs lack the fallback-key API the module has
+        account.generate_fallback_key()  # type: ignore[attr-defined]
+        fallbacks: dict[str, vodozemac.Curve25519PublicKey] = \
+            account.fallback_key  # type: ignore[attr-defined]
+        one_time = tuple(self._signed(key, False) for key in account.one_time_keys.values())
+        fallback = tuple(self._signed(key, True) for key in fallbacks.values())
+        account.mark_keys_as_published()
+        public = self.public()
+        return PublicKeys(public.x25519, public.ed25519, Prekeys(one_time[:count], fallback[0]))
+
+    def _signed(self, key: vodozemac.Curve25519PublicKey, fallback: bool) -> SignedPrekey:
+        raw = key.to_bytes()
+        return SignedPrekey(raw, self.sign(prekey_signed_bytes(raw, fallback)), fallback)
 
     def sign(self, data: bytes) -> bytes:
-        """A 64-byte Ed25519 signature (deterministic, RFC 8032)."""
-        return self.ed25519.sign(data)
+        """A 64-byte Ed25519 signature."""
+        return from_unpadded(self.account.sign(data).to_base64())
 
 
 def verify(ed25519: bytes, signature: bytes, data: bytes) -> bool:
     """True if ``signature`` is ``ed25519``'s over ``data``; never raises."""
+    if len(ed25519) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
     try:
-        Ed25519PublicKey.from_public_bytes(ed25519).verify(signature, data)
-    except (InvalidSignature, ValueError):
+        key = vodozemac.Ed25519PublicKey.from_base64(to_unpadded(ed25519))
+        key.verify_signature(data, vodozemac.Ed25519Signature.from_base64(
+            to_unpadded(signature)))
+    except (ValueError, binascii.Error):
         return False
     return True
+
+
+def verify_prekey(keys: PublicKeys, prekey: SignedPrekey) -> bool:
+    """The prekey was signed by the owner of ``keys``."""
+    return verify(keys.ed25519, prekey.signature, prekey.signed_bytes())
 
 
 def fingerprint(keys: PublicKeys) -> str:

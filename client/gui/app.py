@@ -37,7 +37,13 @@ from PySide6.QtWidgets import (
 from client import commands, render
 from client.commands import Action, Command
 from client.e2e.identity import IdentityKeys, fingerprint
-from client.e2e_link import E2ERoomLink, leave_datagram, load_identity, room_link
+from client.e2e_link import (
+    E2ERoomLink,
+    leave_datagram,
+    load_identity,
+    must_be_encrypted,
+    room_link,
+)
 from client.gui import models
 from client.gui.bridge import Tasks
 from client.gui.connect import ConnectScreen
@@ -57,7 +63,7 @@ from client.session import (
 )
 from client.session_aio import join_room_async
 from wire.chat import Notice
-from wire.codes import NoticeEvent, Operation
+from wire.codes import NoticeEvent
 from wire.e2e import MemberInfo
 
 NOTIFY_KEY: Final = "notifications"
@@ -136,7 +142,8 @@ class MainWindow(QMainWindow):
                 self._back_to_connect(Field.SERVER, f"Cannot use the CA file: {exc}")
                 return False
         try:
-            store, identity = load_identity(self.env)
+            store, identity = load_identity(self.env, request.host, request.port,
+                                            request.username)
         except KeyStoreError as exc:
             if request.encrypted:
                 screen.set_busy(False)
@@ -147,8 +154,9 @@ class MainWindow(QMainWindow):
             joined = await join_room_async(
                 request.host, request.port, request.operation, request.room,
                 request.username, request.password, self.join_timeout, tls=tls,
-                keys=identity.public() if identity is not None else None,
-                e2e=request.encrypted and request.operation is Operation.CREATE)
+                keys=identity.publish() if identity is not None else None,
+                e2e=must_be_encrypted(store, request.host, request.port, request.room,
+                                      request.encrypted))
         except JoinRefused as exc:
             which, text = models.refusal(exc.status, bool(request.password), exc.error)
             self._back_to_connect(which, text)
