@@ -54,9 +54,11 @@ def _encrypted_room(clients: list[Client], server: Server, room: str, tmp_path: 
                 env=_env(tmp_path, "bob"))
     bob.expect_err(r"bob is in encrypted room")
     bob.expect(r"is end-to-end encrypted")
-    bob.expect(rf"^\* alice's key fingerprint: {fp_alice}$")
+    bob.expect(rf"^\* alice is now in the encryption set, key fingerprint {fp_alice} "
+               r"\(unverified\)$")
     alice.expect(r"^\* bob joined the room$")
-    fp_bob = alice.expect(rf"^\* bob's key fingerprint: {FP}$").rsplit(": ", 1)[1]
+    fp_bob = alice.expect(rf"^\* bob is now in the encryption set, key fingerprint {FP} "
+                          r"\(unverified\)$").split("fingerprint ", 1)[1][:39]
     return alice, bob, fp_alice, fp_bob
 
 
@@ -68,21 +70,27 @@ def test_encrypted_chat_who_verify_and_key_files(server: Server, room_name: str,
     alice.send("hi bob, ça va? 🙂")
     bob.expect(r"^alice: hi bob, ça va\? 🙂$")
     bob.send("/who")
-    bob.expect(r"^\* 2 in the room \(end-to-end encrypted\):$")
-    bob.expect(rf"^\*   alice \(host\): {fp_alice} · unverified$")
+    bob.expect(r"^\* 2 in the encryption set \(end-to-end encrypted\):$")
     bob.expect(rf"^\*   bob \(you\): {fp_bob}$")
+    bob.expect(rf"^\*   alice \(host\): {fp_alice} · unverified$")
     bob.send("/verify alice")
     number_bob = bob.expect(rf"^\* safety number with alice: {SAFETY}$").rsplit(": ", 1)[1]
+    bob.expect(r"only if it matches, type: /verify alice confirm$")
     alice.send("/verify bob")
     number_alice = alice.expect(rf"^\* safety number with bob: {SAFETY}$").rsplit(": ", 1)[1]
     assert number_alice == number_bob
+    bob.send("/who")  # /verify alone marks nothing
+    bob.expect(rf"^\*   alice \(host\): {fp_alice} · unverified$")
+    bob.send("/verify alice confirm")
+    bob.expect(r"^\* alice is now marked verified$")
     bob.send("/who")
     bob.expect(rf"^\*   alice \(host\): {fp_alice} · verified$")
-    # the key files: private key 0600 in a 0700 directory, the pin marked verified
+    # the key files: 0600 in a 0700 directory, the pin marked verified
     for who in ("alice", "bob"):
         directory = tmp_path / who / "ocm"
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-        assert stat.S_IMODE((directory / "identity.json").stat().st_mode) == 0o600
+        for path in directory.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     pins = json.loads((tmp_path / "bob" / "ocm" / "pins.json").read_text())
     assert pins["servers"][f"{H}:{server.tcp_port}"]["alice"]["trust"] == "verified"
     bob.close_stdin()  # EOF: bob leaves with kind 04
@@ -116,13 +124,15 @@ def test_changed_key_is_warned_and_marked_until_verified(server: Server, room_na
     # "bob" again, from another device (another key)
     impostor = spawn(clients, server, "--join", room_name, "--user", "bob",
                      env=_env(tmp_path, "bob-2"))
-    impostor.expect(r"alice's key fingerprint")
+    impostor.expect(r"alice is now in the encryption set")
     warning = alice.expect(r"WARNING: bob's identity key has CHANGED")
     assert fp_bob in warning and "/verify bob" in warning
     impostor.send("it is really me")
     alice.expect(r"^bob: \[unverified key\] it is really me$")
     alice.send("/verify bob")
     alice.expect(rf"^\* safety number with bob: {SAFETY}$")
+    alice.send("/verify bob confirm")
+    alice.expect(r"^\* bob is now in the encryption set")
     impostor.send("verified now")
     alice.expect(r"^bob: verified now$")
     impostor.close_stdin()
@@ -212,7 +222,7 @@ def test_wire_tap_sees_no_text_password_or_private_key(
         alice.send(texts[1])
         bob.expect(rf"^alice: {texts[1]}$")
         bob.send("/who")
-        bob.expect(r"^\* 2 in the room")
+        bob.expect(r"^\* 2 in the encryption set")
         bob.close_stdin()
         assert bob.wait() == 0
         alice.expect(r"bob left the room")
@@ -221,11 +231,12 @@ def test_wire_tap_sees_no_text_password_or_private_key(
     finally:
         tap.stop()
     secrets: list[bytes] = [t.encode() for t in texts] + [password.encode()]
-    for who in ("alice", "bob"):
-        identity = json.loads((tmp_path / who / "ocm" / "identity.json").read_text())
-        for name in ("x25519", "ed25519"):
-            raw = base64.b64decode(identity[name])
-            secrets += [raw, identity[name].encode(), raw[:16], raw[16:]]
+    for who in ("alice", "bob"):  # the pickle key and the encrypted accounts
+        directory = tmp_path / who / "ocm"
+        raws = [(directory / "pickle.key").read_bytes()]
+        raws += [json.loads(p.read_text())["pickle"].encode()
+                 for p in directory.glob("identity-*.json")]
+        secrets += [raw[i:i + 16] for raw in raws for i in range(0, len(raw) - 15, 16)]
     # the tap saw the session: the TLS records, the room's datagrams, the sealed chats
     assert tap.tcp and tap.udp
     room = room_name.encode()
@@ -260,7 +271,7 @@ def test_interactive_client_shows_encryption_who_and_verify(
         alice.sendline("/help")
         alice.expect(r"/verify NAME")
         alice.sendline("/who")
-        alice.expect(r"1 in the room \(end-to-end encrypted\):")
+        alice.expect(r"1 in the encryption set \(end-to-end encrypted\):")
         alice.expect(rf"alice \(host, you\): {fingerprint}")
         alice.sendline("/verify mallory")
         alice.expect(r"/verify NAME: no member named 'mallory' with keys")
