@@ -7,19 +7,22 @@ What a loadgen process does for its encrypted rooms (docs/benchmarks.md, "How
   user 0 creates its room with ``"e2e": true`` and its public keys, the others join with
   theirs and ``ocm1`` framing, as ``ocm-chat`` does. A join reply that is not ``e2e``
   counts as a framing mismatch (the run is not what was asked for).
-* **Sender keys.** Each member has a ``client.e2e.room.RoomCrypto``. Every room's members
-  live in one loadgen process, so each member's chain is delivered, with the real envelope
-  (HPKE + Ed25519), inside the process, to the one member that checks its messages: the
-  next user of the room (``verifier_of``). The relay's routing of envelopes is tested by
+* **Room keys.** Each member has a ``client.e2e.room.RoomCrypto`` (Megolm on vodozemac).
+  Every room's members live in one loadgen process, so each member's Megolm session is
+  delivered inside the process, over a real Olm session started from the verifier's
+  signed prekey, to the one member that checks its messages: the next user of the room
+  (``verifier_of``). The relay's routing of Olm messages is tested by
   tests/integration/test_e2e_relay.py; under load only chat travels.
-* **Pre-built ciphertexts.** Before each run (``prepare``), each member seals with its own
-  ``RoomCrypto.seal`` every message it may send in that run. The send path then writes
+* **Pre-built ciphertexts.** Before each run (``prepare``), each member encrypts with its
+  own ``RoomCrypto.encrypt`` (one Megolm session for the whole run: the rotation bound of
+  a chat client does not apply) every message it may send in that run. The send path then writes
   ``prefix + sealed`` (one concatenation, as cheap as a plain send's formatting), and
   records the scheduled time and lateness of message ``k`` in the sender's log.
-* **Accounting.** A chat delivery is ``ulen | username | 01 | 01 | chain id | counter |
-  ciphertext | signature``. The receiver's room and the username give the sender; the
-  chain id must be that sender's; the counter gives the message's index ``k`` in the
-  sender's run (counter - first counter of the run), whose scheduled time and lateness
+* **Accounting.** A chat delivery is ``ulen | username | 01 | 02 | session id | Megolm
+  message`` (version 03, then the message index as a protobuf varint). The receiver's
+  room and the username give the sender; the session id must be that sender's; the
+  message index gives the message's index ``k`` in the sender's run (index - first
+  index of the run), whose scheduled time and lateness
   are in the sender's log: the same two latencies and the same loss, duplicate and
   reordering accounting as a plain delivery (loadgen/meter.py). A counter from before the
   run (a late delivery of a capacity search's previous step) counts as warm-up. Every
@@ -28,51 +31,53 @@ What a loadgen process does for its encrypted rooms (docs/benchmarks.md, "How
 * **Sampled decryption.** The deliveries to a sender's verifier whose index ``k`` is a
   multiple of ``--e2e-verify-every`` are kept (as received, before the comparison) and
   opened after the run, outside the measured window, by the verifier's own
-  ``RoomCrypto.receive``: the signature must verify, the AEAD open, and the text, chain
-  and counter be the ones sealed (``e2e_verified``; ``e2e_verify_failed`` otherwise).
+  ``RoomCrypto.receive``: the Megolm signature and MAC must verify, and the text,
+  session and index be the ones sealed (``e2e_verified``; ``e2e_verify_failed`` otherwise).
   A mismatch or a failed sample breaks the run (exit 1).
 
 Nothing here is unencrypted-but-authenticated: the delivery is exactly what a real member
 sends, and the meter learns the sequence number and send time only from the sender's own
-log, through the chain id and counter every sealed message carries in the clear
-(docs/e2e.md §4.3).
+log, through the session id and message index every Megolm message carries in the clear.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from client.e2e.identity import IdentityKeys
-from client.e2e.room import Decrypted, KeyInstalled, RoomCrypto, Send
+from client.e2e.room import Decrypted, KeyInstalled, RoomCrypto, Send, room_binding
 from loadgen.meter import Meter, Row, username_of
 from wire.e2e import (
-    CHAIN_ID_BYTES,
-    COUNTER_BYTES,
-    MIN_SEALED_CHAT_BYTES,
+    MIN_CHAT_OVERHEAD_BYTES,
+    SESSION_ID_BYTES,
     E2EDelivery,
     Kind,
+    MemberInfo,
     PublicKeys,
     decode_route,
 )
 
-MIN_E2E_SIZE: Final = 1 + MIN_SEALED_CHAT_BYTES
-"""90: the kind byte and a sealed chat with empty text; ``--size`` is the whole Message."""
-OVERHEAD_BYTES: Final = MIN_E2E_SIZE
-"""Message bytes that are not text: kind 1, version 1, chain id 4, counter 4, tag 16,
-signature 64."""
+MAX_NAME_BYTES: Final = 16
+"""Loadgen usernames (``u0``, ``u00``...) are far shorter."""
+OVERHEAD_BYTES: Final = 1 + MIN_CHAT_OVERHEAD_BYTES + MAX_NAME_BYTES
+"""Message bytes that are not text, at most: kind, version, session id, the Megolm
+framing, padding, MAC and signature, the sender's name inside. A Message is then at most
+``--size`` bytes (AES-CBC padding makes it up to 16 bytes shorter)."""
+MIN_E2E_SIZE: Final = OVERHEAD_BYTES
 DEFAULT_VERIFY_EVERY: Final = 10
 MAX_VERIFY_EVERY: Final = 1000
-"""At most ``client.e2e.chains.MAX_SKIP`` positions between two samples of one chain."""
+"""Samples are opened in order; Megolm ratchets forward cheaply, any gap is fine."""
 LEAVE_MESSAGE: Final = bytes((Kind.LEAVE,))
-_CHAIN_AT: Final = 2  # in the Message: kind, version, then the chain id
-_COUNTER_AT: Final = _CHAIN_AT + CHAIN_ID_BYTES
-_HEADER_END: Final = _COUNTER_AT + COUNTER_BYTES
+LOADGEN_SERVER: Final = "loadgen"
+"""The server identity the in-process room keys are bound to (no server sees them)."""
+_SESSION_AT: Final = 2  # in the Message: kind, version, then the session id
+_INDEX_AT: Final = _SESSION_AT + SESSION_ID_BYTES + 2  # Megolm version 03, field tag 08
+_MIN_CHAT: Final = _INDEX_AT + 1
 
 
 def text_of(g: int, counter: int, size: int) -> bytes:
-    """The text member ``g`` seals as message ``counter``: ``size - 90`` bytes."""
+    """The text member ``g`` encrypts as message ``counter``: ``size - OVERHEAD_BYTES``."""
     n = size - OVERHEAD_BYTES
     return (b"%d.%d." % (g, counter)).ljust(n, b"x")[:n]
 
@@ -84,9 +89,22 @@ def verifier_of(lm: int, users: int) -> int:
 
 
 def corrupt(message: bytes) -> bytes:
-    """``message`` with one bit of its ciphertext (or tag) flipped (``--e2e-corrupt-every``)."""
-    return message[:_HEADER_END] + bytes((message[_HEADER_END] ^ 1,)) + \
-        message[_HEADER_END + 1:]
+    """``message`` with one bit of its ciphertext flipped (``--e2e-corrupt-every``): the
+    last ciphertext byte, before the MAC (8) and the signature (64)."""
+    at = len(message) - 73
+    return message[:at] + bytes((message[at] ^ 1,)) + message[at + 1:]
+
+
+def message_index(data: bytes, at: int) -> int:
+    """The protobuf varint at ``data[at:]`` (a Megolm message index)."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value
+        at += 1
+        shift += 7
 
 
 class E2EMeter(Meter):
@@ -100,16 +118,16 @@ class E2EMeter(Meter):
         self.size = size
         self.verify_every = verify_every
         self.corrupt_every = corrupt_every
-        self.identities = [IdentityKeys.generate(secrets.token_bytes) for _ in range(n)]
+        self.identities = [IdentityKeys.generate() for _ in range(n)]
         self.public: list[PublicKeys] = [i.public() for i in self.identities]
         self.crypto: list[RoomCrypto | None] = [None] * n
         self.chain: list[bytes] = [b""] * n
-        """Each member's current chain id (4 bytes, as in its sealed messages)."""
+        """Each member's Megolm session id (32 bytes, as in its messages)."""
         self.c0 = [0] * n
-        """The counter of each member's first message of this run."""
+        """The message index of each member's first message of this run."""
         self.next_counter = [0] * n
-        """The counter of each member's next seal (its chain starts at 0, and only
-        ``prepare`` seals)."""
+        """The index of each member's next message (its session starts at 0, and only
+        ``prepare`` encrypts)."""
         self.sealed: list[list[bytes]] = [[] for _ in range(n)]
         """The Messages each member sealed for this run, in order (message ``k``)."""
         self.msgs = [[] for _ in range(n)] if corrupt_every else self.sealed
@@ -126,30 +144,38 @@ class E2EMeter(Meter):
 
     # --- keys ---------------------------------------------------------------------------
     def start_room(self, room_name: str, r: int) -> None:
-        """After the joins: an engine per member of local room ``r`` and each chain
-        delivered (a real envelope, opened by the recipient) to its verifier."""
+        """After the joins: an engine per member of local room ``r``, and each member's
+        Megolm session delivered to its verifier over a real Olm session."""
         users = self.users
         names = [username_of(u, users) for u in range(users)]
         lo = r * users
+        binding = room_binding(LOADGEN_SERVER, room_name, b"")
         for lm in range(lo, lo + users):
             if self.active[lm]:
                 self.crypto[lm] = RoomCrypto(room_name, names[lm - lo], self.identities[lm],
-                                             secrets.token_bytes)
+                                             binding)
         for lm in range(lo, lo + users):
             v = verifier_of(lm, users)
             sender, verifier = self.crypto[lm], self.crypto[v]
             if sender is None or verifier is None or v == lm:
                 continue
-            verifier.add_member(names[lm - lo], self.public[lm])  # its envelope: unused
-            for out in sender.add_member(names[v - lo], self.public[v]):
+            verifier.start([MemberInfo(names[lm - lo], False, self.public[lm])])
+            published = self.identities[v].publish(1)
+            assert published.prekeys is not None
+            target = MemberInfo(names[v - lo], False, self.public[v],
+                                published.prekeys.one_time[0])
+            installed = False
+            for out in sender.start([target]):
                 route = decode_route(out.message) if isinstance(out, Send) else None
                 if route is None or not isinstance(out, Send):
-                    raise RuntimeError(f"no envelope for {names[v - lo]}: {out}")
+                    continue
                 delivery = E2EDelivery(names[lm - lo], Kind.ENVELOPE,
                                        out.message[route.body_offset:])
-                for got in verifier.receive(delivery, 0.0):
-                    if not isinstance(got, KeyInstalled):
-                        raise RuntimeError(f"envelope of {names[lm - lo]} refused: {got}")
+                got = verifier.receive(delivery, 0.0)
+                installed |= any(isinstance(g, KeyInstalled) for g in got)
+            if not installed:
+                raise RuntimeError(f"the room key of {names[lm - lo]} did not reach "
+                                   f"{names[v - lo]}")
 
     # --- before a run -------------------------------------------------------------------
     def prepare(self, per_member: int) -> int:
@@ -161,13 +187,12 @@ class E2EMeter(Meter):
                 self.sealed[lm] = self.msgs[lm] = []
                 continue
             counter = self.next_counter[lm]
-            msgs = [crypto.seal(text_of(base_g + lm, counter + k, size))
+            msgs = [crypto.encrypt(text_of(base_g + lm, counter + k, size))
                     for k in range(per_member)]
             self.next_counter[lm] = counter + per_member
-            first = msgs[0] if msgs else bytes(_HEADER_END)
-            if int.from_bytes(first[_COUNTER_AT:_HEADER_END], "big") != counter and msgs:
-                raise RuntimeError("the engine's counter is not the one the loadgen tracks")
-            self.chain[lm] = first[_CHAIN_AT:_COUNTER_AT]
+            if msgs and message_index(msgs[0], _INDEX_AT) != counter:
+                raise RuntimeError("the engine's index is not the one the loadgen tracks")
+            self.chain[lm] = crypto.session_id
             self.c0[lm] = counter
             self.sealed[lm] = msgs
             if corrupt_every:
@@ -208,7 +233,8 @@ class E2EMeter(Meter):
         same ``account_rows`` after a different parse."""
         off = self._off
         ulen = self.ulen
-        chain_at, counter_at, header_end = off + _CHAIN_AT, off + _COUNTER_AT, off + _HEADER_END
+        chain_at, counter_at = off + _SESSION_AT, off + _SESSION_AT + SESSION_ID_BYTES
+        index_at, header_end = off + _INDEX_AT, off + _MIN_CHAT
         users = self.users
         chain, c0, nsent, sealed, base = self.chain, self.c0, self.nsent, self.sealed, self.base
         log_ns, log_lag = self.log_ns, self.log_lag
@@ -236,7 +262,7 @@ class E2EMeter(Meter):
             if data[chain_at:counter_at] != chain[slm]:
                 misrouted += 1  # another room's member of that name, or an old chain
                 continue
-            k = int.from_bytes(data[counter_at:header_end], "big") - c0[slm]
+            k = message_index(data, index_at) - c0[slm]
             if k < 0:
                 warmup += 1  # sealed for an earlier run (a capacity search's previous step)
                 continue
@@ -274,8 +300,8 @@ class E2EMeter(Meter):
             outputs = [] if crypto is None else crypto.receive(
                 E2EDelivery(name, Kind.CHAT, message[1:]), 0.0)
             good = (len(outputs) == 1 and isinstance(outputs[0], Decrypted)
-                    and outputs[0].sender == name and outputs[0].counter == counter
-                    and outputs[0].chain_id == int.from_bytes(self.chain[slm], "big")
+                    and outputs[0].sender == name and outputs[0].index == counter
+                    and outputs[0].session_id == self.chain[slm]
                     and outputs[0].text == text_of(base_g + slm, counter, self.size))
             if good:
                 ok += 1

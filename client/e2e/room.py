@@ -275,6 +275,11 @@ class RoomCrypto:
         for member in members:
             if member.keys is None or member.user == self.me:
                 continue
+            peer = self._peers.get(member.user)
+            if peer is not None and peer.keys == member.keys:  # known: no second start
+                if member.prekey is not None and peer.olm is None:
+                    out += self._start_olm(member.user, peer, member.prekey)
+                continue
             out += self._add(member.user, member.keys, member.prekey, True, now)
         self._out.recipients = frozenset(self.members)
         for user in self._out.recipients:

@@ -8,14 +8,22 @@ kept (``raw``) so that tests can replay or alter it.
 
 from __future__ import annotations
 
-import secrets
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from client.e2e.identity import IdentityKeys
-from client.e2e.room import Decrypted, KeyInstalled, Output, Rejected, RoomCrypto, Send
+from client.e2e.room import (
+    Decrypted,
+    KeyInstalled,
+    Output,
+    Rejected,
+    RoomCrypto,
+    Send,
+    room_binding,
+)
+from client.keystore import server_identity
 from tests.integration.peer import TIMEOUT_S, Peer, join
 from wire import errors
 from wire.chat import Notice, decode_framed, encode_chat
@@ -49,9 +57,16 @@ class Member:
                               self.send_to)
 
     def say(self, text: str) -> bytes:
-        message = self.crypto.seal(text.encode())
-        self.send_message(message)
-        return message
+        """Encrypt and send ``text`` (and any rotation first); return the chat Message."""
+        outputs = self.crypto.seal(text.encode(), time.monotonic())
+        self.run(outputs)
+        last = outputs[-1]
+        assert isinstance(last, Send)
+        return last.message
+
+    def holds_current_session_of(self, other: Member) -> bool:
+        return any(k.sender == other.name and k.session_id == other.crypto.session_id
+                   for k in self.installed)
 
     def leave(self) -> None:
         self.send_message(encode_message(Kind.LEAVE))
@@ -64,7 +79,7 @@ class Member:
                 self.decrypted.append(out)
             elif isinstance(out, Rejected):
                 self.rejected.append(out)
-            else:
+            elif isinstance(out, KeyInstalled):
                 self.installed.append(out)
 
     def handle(self, data: bytes) -> None:
@@ -128,11 +143,13 @@ def new_member(host: str, tcp_port: int, op: Operation, room: str, user: str,
                identity: IdentityKeys | None = None, e2e: bool = True,
                send_to: Addr | None = None, bind: str = "register") -> Member:
     """Create (``op`` CREATE, with ``e2e``) or join an encrypted room as ``user``."""
-    identity = identity or IdentityKeys.generate(secrets.token_bytes)
-    peer = join(host, tcp_port, op, room, user, framing=Framing.OCM1, keys=identity.public(),
+    identity = identity or IdentityKeys.generate()
+    peer = join(host, tcp_port, op, room, user, framing=Framing.OCM1, keys=identity.publish(),
                 e2e=e2e and op is Operation.CREATE, bind=bind)
     details = peer.details
-    crypto = RoomCrypto(room, user, identity, secrets.token_bytes)
+    binding = room_binding(server_identity(host, tcp_port), room,
+                           details.epoch)  # type: ignore[attr-defined]
+    crypto = RoomCrypto(room, user, identity, binding)
     member = Member(peer, crypto, identity, send_to or (host, peer.udp_port))
     member.run(crypto.start(details.members, time.monotonic()))  # type: ignore[attr-defined]
     return member

@@ -17,7 +17,7 @@ from tests.integration.harness import Server
 from tests.integration.test_loadgen_e2e import LOADGEN_TIMEOUT_S, loadgen
 
 SMALL_E2E = ["--e2e", "--rooms", "4", "--users", "4", "--rate", "5", "--duration", "2",
-             "--warmup", "0.5", "--procs", "2", "--e2e-verify-every", "3"]
+             "--warmup", "0.5", "--procs", "2", "--e2e-verify-every", "3", "--size", "160"]
 
 
 def test_encrypted_rooms_deliver_everything_and_the_samples_open(server: Server,
