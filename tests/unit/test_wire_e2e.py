@@ -12,35 +12,38 @@ from wire import errors
 from wire.chat import Notice, decode_framed, encode_framed_notice
 from wire.codes import Framing, NoticeEvent, Operation, Status
 from wire.e2e import (
-    ENVELOPE_BYTES,
-    KEY_REQUEST_BYTES,
     MEMBERS_OPERATION,
-    MIN_SEALED_CHAT_BYTES,
-    SHARE_BYTES,
+    Content,
+    ContentType,
     E2EDelivery,
-    KeyRequest,
+    GroupChat,
     Kind,
     MemberInfo,
+    OlmEnvelope,
+    OlmType,
+    Prekeys,
     PublicKeys,
+    RoomKey,
     Route,
-    SealedChat,
-    SealedEnvelope,
-    SenderKeyShare,
+    SignedPrekey,
+    decode_content,
     decode_delivery,
-    decode_envelope,
-    decode_key_request,
+    decode_group_chat,
     decode_members,
+    decode_olm_envelope,
     decode_public_keys,
+    decode_room_key,
     decode_route,
-    decode_sealed_chat,
-    decode_share,
+    decode_signed_text,
+    encode_content,
     encode_delivery,
-    encode_envelope,
-    encode_key_request,
+    encode_group_chat,
     encode_message,
-    encode_sealed_chat,
-    encode_share,
+    encode_olm_envelope,
+    encode_room_key,
+    encode_signed_text,
     max_chat_body,
+    prekey_signed_bytes,
 )
 from wire.tcrp import (
     Details,
@@ -195,112 +198,81 @@ def test_max_chat_body() -> None:
 
 
 # --- bodies ----------------------------------------------------------------------------------
-CHAT_VECTOR = h("01 0000002a 00000007") + b"C" * 16 + b"S" * 64
-
-
-def test_sealed_chat_vector() -> None:
-    chat = SealedChat(42, 7, b"C" * 16, b"S" * 64)
-    assert encode_sealed_chat(chat) == CHAT_VECTOR
-    assert chat.header() == h("01 0000002a 00000007")
-    assert decode_sealed_chat(CHAT_VECTOR) == chat
-    assert len(CHAT_VECTOR) == MIN_SEALED_CHAT_BYTES == 89
-    top = SealedChat(0xFFFFFFFF, 0xFFFFFFFF, b"C" * 100, b"S" * 64)
-    assert decode_sealed_chat(encode_sealed_chat(top)) == top
-
-
-@pytest.mark.parametrize(
-    "chat",
-    [
-        SealedChat(0, 0, b"C" * 15, b"S" * 64),
-        SealedChat(0, 0, b"C" * 16, b"S" * 63),
-        SealedChat(-1, 0, b"C" * 16, b"S" * 64),
-        SealedChat(0, 1 << 32, b"C" * 16, b"S" * 64),
-    ],
-)
-def test_encode_sealed_chat_errors(chat: SealedChat) -> None:
+def test_group_chat_codec() -> None:
+    chat = GroupChat(b"I" * 32, b"M" * 20)
+    body = encode_group_chat(chat)
+    assert body == b"\x02" + b"I" * 32 + b"M" * 20
+    assert decode_group_chat(body) == chat
     with pytest.raises(errors.FieldOutOfRange):
-        encode_sealed_chat(chat)
-
-
-@pytest.mark.parametrize(
-    ("body", "error"),
-    [
-        (b"", errors.TruncatedDatagram),
-        (b"\x02" + CHAT_VECTOR[1:], errors.UnsupportedVersion),
-        (CHAT_VECTOR[:-1], errors.TruncatedDatagram),
-    ],
-)
-def test_decode_sealed_chat_errors(body: bytes, error: type[errors.ProtocolError]) -> None:
-    with pytest.raises(error):
-        decode_sealed_chat(body)
-
-
-ENVELOPE_VECTOR = h("01") + b"E" * 32 + b"C" * 56 + b"S" * 64
-
-
-def test_envelope_vector() -> None:
-    envelope = SealedEnvelope(b"E" * 32, b"C" * 56, b"S" * 64)
-    assert encode_envelope(envelope) == ENVELOPE_VECTOR
-    assert decode_envelope(ENVELOPE_VECTOR) == envelope
-    assert envelope.sealed() == b"E" * 32 + b"C" * 56
-    assert len(ENVELOPE_VECTOR) == ENVELOPE_BYTES == 153
-
-
-@pytest.mark.parametrize(
-    "envelope",
-    [
-        SealedEnvelope(b"E" * 31, b"C" * 57, b"S" * 64),
-        SealedEnvelope(b"E" * 32, b"C" * 56, b"S" * 65),
-        SealedEnvelope(b"E" * 32, b"C" * 55, b"S" * 64),
-    ],
-)
-def test_encode_envelope_errors(envelope: SealedEnvelope) -> None:
+        encode_group_chat(GroupChat(b"I" * 31, b"M"))
     with pytest.raises(errors.FieldOutOfRange):
-        encode_envelope(envelope)
-
-
-@pytest.mark.parametrize(
-    ("body", "error"),
-    [
-        (b"", errors.TruncatedDatagram),
-        (b"\x00" + ENVELOPE_VECTOR[1:], errors.UnsupportedVersion),
-        (ENVELOPE_VECTOR[:-1], errors.TruncatedDatagram),
-        (ENVELOPE_VECTOR + b"\x00", errors.TrailingBytes),
-    ],
-)
-def test_decode_envelope_errors(body: bytes, error: type[errors.ProtocolError]) -> None:
-    with pytest.raises(error):
-        decode_envelope(body)
-
-
-def test_key_request_vector() -> None:
-    data = encode_key_request(KeyRequest(0x01020304, 9))
-    assert data == h("01 01020304 00000009")
-    assert len(data) == KEY_REQUEST_BYTES
-    assert decode_key_request(data) == KeyRequest(0x01020304, 9)
-    with pytest.raises(errors.FieldOutOfRange):
-        encode_key_request(KeyRequest(1 << 32, 0))
-    for bad, error in [
-        (data[:-1], errors.TruncatedDatagram),
-        (data + b"\x00", errors.TrailingBytes),
-        (b"\x07" + data[1:], errors.UnsupportedVersion),
-    ]:
-        with pytest.raises(error):
-            decode_key_request(bad)
-
-
-def test_share_vector() -> None:
-    share = SenderKeyShare(0xA1B2C3D4, 3, X)
-    data = encode_share(share)
-    assert data == h("a1b2c3d4 00000003") + X
-    assert len(data) == SHARE_BYTES == 40
-    assert decode_share(data) == share
-    with pytest.raises(errors.FieldOutOfRange):
-        encode_share(SenderKeyShare(0, 0, X[:31]))
+        encode_group_chat(GroupChat(b"I" * 32, b""))
+    with pytest.raises(errors.UnsupportedVersion):
+        decode_group_chat(b"\x01" + body[1:])
     with pytest.raises(errors.TruncatedDatagram):
-        decode_share(data[:-1])
-    with pytest.raises(errors.TrailingBytes):
-        decode_share(data + b"\x00")
+        decode_group_chat(body[:33])
+    with pytest.raises(errors.TruncatedDatagram):
+        decode_group_chat(b"")
+
+
+def test_olm_envelope_codec() -> None:
+    envelope = OlmEnvelope(OlmType.PRE_KEY, b"C" * 10)
+    body = encode_olm_envelope(envelope)
+    assert body == b"\x02\x00" + b"C" * 10
+    assert decode_olm_envelope(body) == envelope
+    assert decode_olm_envelope(b"\x02\x01x") == OlmEnvelope(OlmType.NORMAL, b"x")
+    with pytest.raises(errors.FieldOutOfRange):
+        encode_olm_envelope(OlmEnvelope(OlmType.NORMAL, b""))
+    with pytest.raises(errors.UnknownKind):
+        decode_olm_envelope(b"\x02\x02x")
+    with pytest.raises(errors.TruncatedDatagram):
+        decode_olm_envelope(b"\x02\x00")
+
+
+def test_content_and_room_key_codecs() -> None:
+    content = Content(b"B" * 32, ContentType.ROOM_KEY, b"payload")
+    raw = encode_content(content)
+    assert raw == b"B" * 32 + b"\x01payload"
+    assert decode_content(raw) == content
+    with pytest.raises(errors.FieldOutOfRange):
+        encode_content(Content(b"B", ContentType.SAS, b""))
+    with pytest.raises(errors.UnknownKind):
+        decode_content(b"B" * 32 + b"\x09")
+    with pytest.raises(errors.TruncatedDatagram):
+        decode_content(b"B" * 32)
+    key = RoomKey("alice", "bob", "S3ss10nKey")
+    assert encode_room_key(key) == b"\x05alice\x03bobS3ss10nKey"
+    assert decode_room_key(encode_room_key(key)) == key
+    for bad in (b"", b"\x05alic", b"\x05alice\x03bob", b"\x05alice\x03bob\xff", b"\x00"):
+        with pytest.raises(errors.ProtocolError):
+            decode_room_key(bad)
+    assert decode_signed_text(encode_signed_text("alice", b"hi")) == ("alice", b"hi")
+    with pytest.raises(errors.FieldOutOfRange):
+        encode_signed_text("", b"hi")
+
+
+def test_prekeys_json() -> None:
+    one = SignedPrekey(b"K" * 32, b"S" * 64)
+    fallback = SignedPrekey(b"F" * 32, b"T" * 64, fallback=True)
+    keys = PublicKeys(KEYS.x25519, KEYS.ed25519, Prekeys((one,), fallback))
+    obj = keys.to_json()
+    assert obj["prekeys"]["fallback"]["fallback"] is True
+    parsed = decode_public_keys(obj)
+    assert parsed == KEYS and parsed.prekeys == keys.prekeys  # prekeys are not compared
+    assert parsed.identity().prekeys is None
+    assert one.signed_bytes() == prekey_signed_bytes(b"K" * 32, False)
+    for bad in ({"one_time": [], "fallback": one.to_json()},  # fallback flag missing
+                {"one_time": [fallback.to_json()], "fallback": fallback.to_json()},
+                {"one_time": [one.to_json()] * 17, "fallback": fallback.to_json()},
+                {"one_time": "x", "fallback": fallback.to_json()},
+                {"one_time": [], "fallback": {"key": "x", "sig": "y"}},
+                {"one_time": [{**one.to_json(), "fallback": 1}], "fallback": fallback.to_json()},
+                []):
+        with pytest.raises(errors.BadKeys):
+            decode_public_keys({**KEYS_JSON, "prekeys": bad})
+    member = MemberInfo("bob", False, keys, one)
+    assert member.to_json()["keys"] == KEYS_JSON  # never the whole pool
+    assert decode_members([member.to_json()]) == (MemberInfo("bob", False, KEYS, one),)
 
 
 # --- keys and members ------------------------------------------------------------------------
