@@ -63,12 +63,12 @@ from wire.chat import (
 from wire.codes import Framing, NoticeEvent, Operation, Reason, Status
 from wire.e2e import (
     Kind,
+    decode_content,
     decode_delivery,
-    decode_envelope,
-    decode_key_request,
+    decode_group_chat,
+    decode_olm_envelope,
+    decode_room_key,
     decode_route,
-    decode_sealed_chat,
-    decode_share,
     encode_delivery,
     encode_message,
 )
@@ -305,7 +305,7 @@ def e2e_delivery(data: bytes) -> str:
         return type(exc).__name__
     assert encode_delivery(value.sender.encode(), value.kind, value.body) == data
     outcome = [f"delivery-{value.kind.name}"]
-    for decode in (decode_sealed_chat, decode_envelope, decode_key_request, decode_share):
+    for decode in (decode_group_chat, decode_olm_envelope, decode_content, decode_room_key):
         try:
             decode(value.body)
             outcome.append(decode.__name__)

@@ -19,14 +19,14 @@ from PySide6.QtGui import QImage
 from pytestqt.qtbot import QtBot
 
 from client import render
-from client.e2e.identity import IdentityKeys, fingerprint, safety_number
+from client.e2e.identity import fingerprint, safety_number
 from client.gui import models
 from client.gui.app import MainWindow
 from client.gui.models import ConnectRequest, Field
 from client.gui.verify import VerifyDialog
 from client.keystore import Trust
 from wire.codes import Operation
-from wire.e2e import MemberInfo
+from wire.e2e import MemberInfo, PublicKeys
 
 SIZE = (760, 560)
 CONVERSATION = [
@@ -144,7 +144,7 @@ def test_screenshot_encrypted_room(qtbot: QtBot, loop: qasync.QEventLoop, settin
     window = MainWindow(settings)
     qtbot.addWidget(window)
     window.show()
-    keys = {name: IdentityKeys.generate(lambda n, seed=seed: bytes([seed]) * n).public()
+    keys = {name: PublicKeys(bytes([seed]) * 32, bytes([seed + 64]) * 32)
             for seed, name in enumerate(("さくら", "bob", "carol"), start=7)}
     prints = {"me" if name == "さくら" else name: fingerprint(public)
               for name, public in keys.items()}

@@ -1,35 +1,41 @@
 """``E2ERoomLink`` (client/e2e_link.py) against a UDP socket on 127.0.0.1 that plays the
-relay: what the user is shown (fingerprints, the key-change warning, unverified marks,
-``/verify``, rejected messages) and what the link sends (envelopes, sealed chat, leave).
-The relay itself is tested with real processes in tests/integration/test_e2e_chat.py.
+relay and a TCP socket that plays the TCRP server's member list: what the user is shown
+(the encryption set, the key-change warning, unverified marks, ``/verify`` and its
+confirmation, rejected messages) and what the link sends (Olm messages, Megolm chat,
+leave). The relay itself is tested with real processes in
+tests/integration/test_e2e_chat.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
+from client import e2e_link
 from client.e2e.identity import IdentityKeys, fingerprint, safety_number
-from client.e2e.room import RoomCrypto, Send
-from client.e2e_link import UNVERIFIED_MARK, E2ERoomLink, leave_datagram
-from client.keystore import KeyStore, Trust
+from client.e2e.room import Decrypted, RoomCrypto, Send, room_binding
+from client.e2e_link import E2ERoomLink, leave_datagram
+from client.keystore import KeyStore, Trust, server_identity
 from client.render import Kind as LineKind
 from client.render import Line
 from client.session import Joined, TcrpTarget
 from wire.chat import Notice, encode_chat, encode_framed_notice
 from wire.codes import Framing, NoticeEvent
-from wire.e2e import E2EDelivery, Kind, MemberInfo, decode_route, encode_delivery
-from wire.tcrp import Details
+from wire.e2e import E2EDelivery, Kind, MemberInfo, PublicKeys, decode_route, encode_delivery
+from wire.tcrp import Details, encode_members_ok
 
 H = "127.0.0.1"
 TIMEOUT_S = 10.0
 ROOM = "secret"
 TOKEN = b"A" + b"t" * 32
-ALICE = IdentityKeys.from_private_bytes(b"\x11" * 32, b"\x22" * 32)
-BOB = IdentityKeys.from_private_bytes(b"\x33" * 32, b"\x44" * 32)
-MALLORY = IdentityKeys.from_private_bytes(b"\x55" * 32, b"\x66" * 32)
+EPOCH = b"E" * 16
+BOB = IdentityKeys.generate()
+MALLORY = IdentityKeys.generate()
 
 
 class Relay:
@@ -42,7 +48,8 @@ class Relay:
         self.sock.settimeout(TIMEOUT_S)
         self.peer: tuple[str, int] | None = None
 
-    def take(self) -> bytes:
+    def take(self, timeout: float = TIMEOUT_S) -> bytes:
+        self.sock.settimeout(timeout)
         while True:
             data, self.peer = self.sock.recvfrom(65536)
             room_end = 2 + data[0]
@@ -51,30 +58,103 @@ class Relay:
             if data[token_end:]:
                 return data[token_end:]
 
+    def nothing_for(self, seconds: float) -> list[bytes]:
+        """Every Message the link sends within ``seconds``."""
+        got = []
+        try:
+            while True:
+                got.append(self.take(seconds))
+        except TimeoutError:
+            return got
+
     def deliver(self, data: bytes) -> None:
         assert self.peer is not None
         self.sock.sendto(data, self.peer)
 
     def forward(self, message: bytes, sender: str = "alice") -> None:
-        """What the relay does with an addressed or chat Message (docs/e2e.md §3.2)."""
+        """What the relay does with an addressed or chat Message."""
         route = decode_route(message)
         assert route is not None
         self.deliver(encode_delivery(sender.encode(), route.kind, message[route.body_offset:]))
 
 
-def _joined(relay: Relay, bob_sock: socket.socket) -> Joined:
-    details = Details(relay.sock.getsockname()[1], False, 4000, 300.0, Framing.OCM1, e2e=True,
-                      members=(MemberInfo("alice", True, ALICE.public()),))
-    return Joined(ROOM.encode(), "bob", TOKEN, details, relay.sock.getsockname(), bob_sock,
-                  TcrpTarget(H, 9))
+class MemberList:
+    """The TCRP server's Operation 3, answering ``members`` to every request."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind((H, 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.members: tuple[MemberInfo, ...] = ()
+        self.asked = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(TIMEOUT_S)
+                conn.recv(65536)
+                conn.sendall(encode_members_ok(ROOM.encode(), self.members))
+                self.asked.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(TIMEOUT_S)
+        self.listener.close()
 
 
-def run(tmp_path: Path, scenario: Callable[[E2ERoomLink, Relay, list[Line],
-                                            Callable[[str], Awaitable[Line]]], Awaitable[None]],
-        pinned: IdentityKeys | None = None) -> None:
+class Alice:
+    """Alice's identity, engine and prekey: the room's host that bob joins."""
+
+    def __init__(self, tcrp_port: int) -> None:
+        self.identity = IdentityKeys.generate()
+        published = self.identity.publish(1)
+        assert published.prekeys is not None
+        self.prekey = published.prekeys.one_time[0]
+        self.binding = room_binding(server_identity(H, tcrp_port), ROOM, EPOCH)
+        self.crypto = RoomCrypto(ROOM, "alice", self.identity, self.binding)
+
+    def public(self) -> PublicKeys:
+        return self.identity.public()
+
+    def meet_bob(self, relay: Relay) -> None:
+        """Take bob's Olm message (his room key), answer with alice's."""
+        self.crypto.add_member("bob", BOB.public())
+        self.receive(relay, relay.take())
+
+    def receive(self, relay: Relay, message: bytes, sender: str = "bob") -> list[object]:
+        route = decode_route(message)
+        assert route is not None and route.kind is Kind.ENVELOPE, message[:8]
+        outputs = self.crypto.receive(E2EDelivery(sender, Kind.ENVELOPE,
+                                                  message[route.body_offset:]), 0.0)
+        for out in outputs:
+            if isinstance(out, Send):
+                relay.forward(out.message)
+        return list(outputs)
+
+    def chat(self, text: bytes) -> bytes:
+        return self.crypto.encrypt(text)
+
+
+Scenario = Callable[[E2ERoomLink, Relay, Alice, list[Line], Callable[[str], Awaitable[Line]]],
+                    Awaitable[None]]
+
+
+def run(tmp_path: Path, scenario: Scenario, pinned: IdentityKeys | None = None,
+        members: MemberList | None = None) -> None:
     store = KeyStore(tmp_path)
+    tcrp_port = members.port if members is not None else 9
+    alice = Alice(tcrp_port)
     if pinned is not None:
-        store.check(f"{H}:9", "alice", pinned.public())
+        store.check(server_identity(H, tcrp_port), "alice", pinned.public())
 
     async def main() -> None:
         relay = Relay()
@@ -98,10 +178,15 @@ def run(tmp_path: Path, scenario: Callable[[E2ERoomLink, Relay, list[Line],
                     await changed.wait()
             return await asyncio.wait_for(wait(), TIMEOUT_S)
 
-        link = E2ERoomLink(_joined(relay, bob_sock), on_line, store, BOB, env={})
+        details = Details(relay.sock.getsockname()[1], False, 4000, 300.0, Framing.OCM1,
+                          e2e=True, members=(MemberInfo("alice", True, alice.public(),
+                                                        alice.prekey),), epoch=EPOCH)
+        joined = Joined(ROOM.encode(), "bob", TOKEN, details, relay.sock.getsockname(),
+                        bob_sock, TcrpTarget(H, tcrp_port))
+        link = E2ERoomLink(joined, on_line, store, BOB, env={})
         await link.open()
         try:
-            await scenario(link, relay, lines, expect)
+            await scenario(link, relay, alice, lines, expect)
         finally:
             link.close()
             relay.sock.close()
@@ -109,51 +194,42 @@ def run(tmp_path: Path, scenario: Callable[[E2ERoomLink, Relay, list[Line],
     asyncio.run(main())
 
 
-def _alice_to_bob(relay: Relay) -> RoomCrypto:
-    """Alice's engine, which got bob's envelope and sent hers."""
-    alice = RoomCrypto(ROOM, "alice", ALICE, lambda n: b"\x07" * n)
-    envelope = relay.take()
-    assert envelope[0] == Kind.ENVELOPE
-    route = decode_route(envelope)
-    assert route is not None
-    alice.add_member("bob", BOB.public())  # gives us her envelope (below)
-    alice.receive(E2EDelivery("bob", Kind.ENVELOPE, envelope[route.body_offset:]), 0.0)
-    (out,) = alice.rotate()  # a fresh envelope to bob at position 0
-    assert isinstance(out, Send)
-    relay.forward(out.message)
-    return alice
-
-
-def test_fingerprints_chat_attacks_and_leave(tmp_path: Path) -> None:
-    async def scenario(link: E2ERoomLink, relay: Relay, lines: list[Line],
+def test_encryption_set_chat_attacks_and_leave(tmp_path: Path) -> None:
+    async def scenario(link: E2ERoomLink, relay: Relay, alice: Alice, lines: list[Line],
                        expect: Callable[[str], Awaitable[Line]]) -> None:
         await expect(f"your key fingerprint (bob): {fingerprint(BOB.public())}")
-        await expect(f"alice's key fingerprint: {fingerprint(ALICE.public())}")
-        alice = await asyncio.to_thread(_alice_to_bob, relay)
-        hello = alice.seal(b"hello bob")
+        await expect(f"alice is now in the encryption set, key fingerprint "
+                     f"{fingerprint(alice.public())}")
+        await asyncio.to_thread(alice.meet_bob, relay)
+        hello = alice.chat(b"hello bob")
         relay.forward(hello)
         line = await expect("alice: hello bob")
         assert line.kind is LineKind.CHAT
         relay.forward(hello)  # a replay
         assert (await expect("replay")).kind is LineKind.WARNING
-        flipped = bytearray(alice.seal(b"second"))
-        flipped[20] ^= 1
+        flipped = bytearray(alice.chat(b"second"))
+        flipped[40] ^= 1
         relay.forward(bytes(flipped))
         assert (await expect("rejected a message from alice")).kind is LineKind.WARNING
-        relay.forward(alice.seal(b"as carol"), sender="carol")  # a forged sender name
-        relay.forward(alice.seal(b"third"))
+        relay.forward(alice.chat(b"as carol"), sender="carol")  # a forged sender name
+        relay.forward(alice.chat(b"third"))
         await expect("alice: third")
         assert not any("as carol" in line.plain() for line in lines)
-        # bob's own chat is sealed: alice opens it, the relay never sees the text
+        # bob's own chat is encrypted: alice opens it, the relay never sees the text
         link.send("hi alice")
         message = await asyncio.to_thread(relay.take)
         assert message[0] == Kind.CHAT and b"hi alice" not in message
-        # a join announces keys: pinned and shown
+        got = alice.crypto.receive(E2EDelivery("bob", Kind.CHAT, message[1:]), 0.0)
+        assert [o.text for o in got if isinstance(o, Decrypted)] == [b"hi alice"]
+        # a join is announced with its key, and enters the set: bob's session rotates
+        before = link.crypto.session_id
         relay.deliver(encode_framed_notice(Notice(NoticeEvent.JOINED, "carol",
                                                   keys=MALLORY.public())))
-        await expect(f"carol's key fingerprint: {fingerprint(MALLORY.public())}")
-        envelope = await asyncio.to_thread(relay.take)  # bob sends carol his chain
-        assert decode_route(envelope) is not None and envelope[:7] == b"\x02\x05carol"
+        await expect(f"carol is now in the encryption set, key fingerprint "
+                     f"{fingerprint(MALLORY.public())}")
+        assert link.crypto.session_id != before
+        rotated = await asyncio.to_thread(relay.take)  # the new session, to alice
+        assert rotated[:7] == b"\x02\x05alice"
         link.leave()
         assert await asyncio.to_thread(relay.take) == b"\x04"
         assert link.rejected >= 2
@@ -161,22 +237,44 @@ def test_fingerprints_chat_attacks_and_leave(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-def test_changed_key_warns_marks_and_verify_clears(tmp_path: Path) -> None:
-    async def scenario(link: E2ERoomLink, relay: Relay, lines: list[Line],
+def test_changed_key_gets_nothing_until_confirmed_and_reads_nothing_earlier(
+        tmp_path: Path) -> None:
+    """A key swap: the new key is warned, held out of the encryption set (no room key),
+    ``/verify`` only shows the number; after ``/verify alice confirm`` the new key gets a
+    new session and cannot read what bob sent before."""
+    async def scenario(link: E2ERoomLink, relay: Relay, alice: Alice, lines: list[Line],
                        expect: Callable[[str], Awaitable[Line]]) -> None:
         warning = await expect("WARNING: alice's identity key has CHANGED")
         assert warning.kind is LineKind.WARNING
         assert fingerprint(MALLORY.public()) in warning.text
-        assert link.store.trust(f"{H}:9", "alice") is Trust.CHANGED
-        alice = await asyncio.to_thread(_alice_to_bob, relay)
-        relay.forward(alice.seal(b"trust me"))
-        await expect(f"alice: {UNVERIFIED_MARK}trust me")
+        server = link.server_key
+        assert link.store.trust(server, "alice") is Trust.CHANGED
+        assert "alice" not in link.crypto.members and "alice" in link.crypto.held
+        link.send("before the check")
+        sent = await asyncio.to_thread(relay.nothing_for, 0.5)
+        assert [m[0] for m in sent] == [Kind.CHAT]  # no room key went to alice
+        early = sent[0]
         answer = await link.command("/verify alice")
         assert answer is not None
-        number = safety_number("bob", BOB.public(), "alice", ALICE.public())
+        number = safety_number("bob", BOB.public(), "alice", alice.public())
         assert f"safety number with alice: {number}" in answer[0].plain()
-        assert link.store.trust(f"{H}:9", "alice") is Trust.VERIFIED
-        relay.forward(alice.seal(b"verified now"))
+        assert "/verify alice confirm" in answer[1].plain()
+        assert link.store.trust(server, "alice") is Trust.CHANGED  # asked, not marked
+        assert "alice" not in link.crypto.members
+        answer = await link.command("/verify alice confirm")
+        assert answer is not None and "verified" in answer[0].plain()
+        assert link.store.trust(server, "alice") is Trust.VERIFIED
+        await expect("alice is now in the encryption set")
+        key = await asyncio.to_thread(relay.take)  # now bob's room key goes to alice
+        alice.crypto.add_member("bob", BOB.public())
+        await asyncio.to_thread(alice.receive, relay, key)
+        got = alice.crypto.receive(E2EDelivery("bob", Kind.CHAT, early[1:]), 0.0)
+        assert not [o for o in got if isinstance(o, Decrypted)]  # the past stays closed
+        link.send("after the check")
+        message = await asyncio.to_thread(relay.take)
+        got = alice.crypto.receive(E2EDelivery("bob", Kind.CHAT, message[1:]), 0.0)
+        assert [o.text for o in got if isinstance(o, Decrypted)] == [b"after the check"]
+        relay.forward(alice.chat(b"verified now"))
         await expect("alice: verified now")
         unknown = await link.command("/verify nobody")
         assert unknown is not None and unknown[0].kind is LineKind.WARNING
@@ -184,13 +282,65 @@ def test_changed_key_warns_marks_and_verify_clears(tmp_path: Path) -> None:
     run(tmp_path, scenario, pinned=MALLORY)
 
 
+def test_ghost_is_announced_and_who_shows_the_encryption_set(tmp_path: Path) -> None:
+    """A member only the server's list knows (no joined notice): announced like a join
+    with its fingerprint, shown by /who; one the list lacks is flagged."""
+    async def scenario(link: E2ERoomLink, relay: Relay, alice: Alice, lines: list[Line],
+                       expect: Callable[[str], Awaitable[Line]]) -> None:
+        ghost = IdentityKeys.generate().public()
+        server_list = (MemberInfo("alice", True, alice.public()),
+                       MemberInfo("bob", False, BOB.public()),
+                       MemberInfo("ghost", False, ghost))
+        who = link.who_lines(server_list)
+        await expect(f"ghost is now in the encryption set, key fingerprint "
+                     f"{fingerprint(ghost)}")
+        text = "\n".join(line.plain() for line in who)
+        assert "3 in the encryption set" in text
+        assert f"ghost: {fingerprint(ghost)}" in text
+        assert "ghost" in link.crypto.members
+        # the server drops alice from its list: she leaves the set, flagged until then
+        link.crypto.members.pop("ghost")
+        who = link.who_lines(server_list[1:])
+        await expect("alice left the encryption set")
+        assert "alice" not in link.crypto.members
+
+    run(tmp_path, scenario)
+
+
+def test_a_lost_left_notice_still_rotates_within_the_poll(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The ``left`` notice never comes: the member list fetched on the timer removes
+    alice and bob's session rotates; a new "alice" with another key gets nothing."""
+    monkeypatch.setattr(e2e_link, "MEMBERS_POLL_S", 0.2)
+    members = MemberList()
+
+    async def scenario(link: E2ERoomLink, relay: Relay, alice: Alice, lines: list[Line],
+                       expect: Callable[[str], Awaitable[Line]]) -> None:
+        members.members = (MemberInfo("alice", True, alice.public()),
+                           MemberInfo("bob", False, BOB.public()))
+        await asyncio.to_thread(relay.take)  # bob's room key to alice: the relay knows him
+        await asyncio.to_thread(members.asked.wait, TIMEOUT_S)
+        assert "alice" in link.crypto.members
+        before = link.crypto.session_id
+        members.members = (MemberInfo("bob", False, BOB.public()),)
+        await expect("alice left the encryption set")
+        assert link.crypto.session_id != before and "alice" not in link.crypto.members
+        # the name is taken again by another key: warned and held, no room key
+        relay.deliver(encode_framed_notice(Notice(NoticeEvent.JOINED, "alice",
+                                                  keys=MALLORY.public())))
+        await expect("WARNING: alice's identity key has CHANGED")
+        assert "alice" in link.crypto.held
+
+    try:
+        run(tmp_path, scenario, members=members)
+    finally:
+        members.close()
+
+
 def test_create_e2e_on_a_server_without_encrypted_rooms_fails_and_leaves() -> None:
     """A server that ignores "e2e" answers a plain room: the client must not chat in the
     clear; it sends /exit and fails with one line."""
-    import threading
-
-    import pytest
-
     from client.session import JoinFailed, join_room
     from wire.codes import Operation
     from wire.tcrp import encode_complete, encode_ok
@@ -215,9 +365,9 @@ def test_create_e2e_on_a_server_without_encrypted_rooms_fails_and_leaves() -> No
     thread = threading.Thread(target=old_server, daemon=True)
     thread.start()
     try:
-        with pytest.raises(JoinFailed, match="plain room, not an encrypted one"):
+        with pytest.raises(JoinFailed, match="is not end-to-end encrypted; refused"):
             join_room(H, listener.getsockname()[1], Operation.CREATE, "r", "alice",
-                      keys=ALICE.public(), e2e=True)
+                      keys=BOB.public(), e2e=True)
         data = udp.recv(65536)
         assert data == bytes((1, len(TOKEN))) + b"r" + TOKEN + b"/exit"
     finally:

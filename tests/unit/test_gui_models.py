@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from client import render
-from client.e2e.identity import IdentityKeys, fingerprint
+from client.e2e.identity import fingerprint
 from client.gui import models
 from client.gui.models import ConnectRequest, Entry, Field, Unread
 from client.keystore import Trust
 from wire.codes import Operation, Status
-from wire.e2e import MemberInfo
+from wire.e2e import MemberInfo, PublicKeys
 
 
 @pytest.mark.parametrize(("status", "sent", "field", "text"), [
@@ -113,8 +113,7 @@ def test_models_import_no_qt() -> None:
 
 
 def test_member_rows_mark_the_host_us_and_each_keys_trust() -> None:
-    ann, bo, cy = (IdentityKeys.generate(lambda n, i=i: bytes([i]) * n).public()
-                   for i in (1, 2, 3))
+    ann, bo, cy = (PublicKeys(bytes([i]) * 32, bytes([i + 64]) * 32) for i in (1, 2, 3))
     members = (MemberInfo("ann", True, ann), MemberInfo("bo", False, bo),
                MemberInfo("cy", False, cy))
     trust = {"bo": Trust.VERIFIED, "cy": Trust.CHANGED}
