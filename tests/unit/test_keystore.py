@@ -1,127 +1,173 @@
-"""client/keystore.py (docs/e2e.md §6): identity at mode 0600, pins per (server, user).
+"""client/keystore.py: identities per (server identity, username), pickled encrypted with a
+key from the keyring, a passphrase or a key file; pins; modes tightened; concurrent
+clients on one directory.
 
-Every test works in a temporary XDG_CONFIG_HOME; the real ~/.config is never touched.
+Every test works in a temporary XDG_CONFIG_HOME; the real ~/.config is never touched, and
+the OS keyring is not used (``use_keyring=False``) except where a test fakes one.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
+import multiprocessing
 import os
 import stat
 from pathlib import Path
 
-import orjson
 import pytest
 
+from client import keystore
 from client.e2e.identity import IdentityKeys, fingerprint
 from client.keystore import (
-    InsecureKeyFile,
     KeyStore,
     KeyStoreError,
     PinResult,
     PinStatus,
     Trust,
     config_dir,
+    server_identity,
 )
 from wire.e2e import PublicKeys
 
-
-def rng(n: int) -> bytes:
-    return hashlib.sha256(b"keystore test").digest()[:n]
+SERVER = "127.0.0.1:9000"
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> KeyStore:
-    return KeyStore(config_dir({"XDG_CONFIG_HOME": str(tmp_path), "HOME": "/nonexistent"}))
+    return KeyStore(config_dir({"XDG_CONFIG_HOME": str(tmp_path), "HOME": "/nonexistent"}),
+                    use_keyring=False)
 
 
 def test_config_dir() -> None:
     assert config_dir({"XDG_CONFIG_HOME": "/x/cfg", "HOME": "/home/u"}) == Path("/x/cfg/ocm")
     assert config_dir({"XDG_CONFIG_HOME": "", "HOME": "/home/u"}) == Path("/home/u/.config/ocm")
-    assert config_dir({"HOME": "/home/u"}) == Path("/home/u/.config/ocm")
-    # a relative XDG_CONFIG_HOME is ignored, as the XDG spec says
-    assert config_dir({"XDG_CONFIG_HOME": "rel", "HOME": "/home/u"}) == Path(
-        "/home/u/.config/ocm"
-    )
+    assert config_dir({"XDG_CONFIG_HOME": "rel", "HOME": "/home/u"}) == \
+        Path("/home/u/.config/ocm")
 
 
-def test_identity_is_created_once_with_mode_0600(store: KeyStore, tmp_path: Path) -> None:
-    first = store.load_or_create_identity(rng)
-    path = tmp_path / "ocm" / "identity.json"
+def test_server_identity_is_canonical() -> None:
+    assert server_identity("LocalHost.", 9000) == "localhost:9000"
+    assert server_identity("127.000.0.1".replace("000", "0"), 9000) == "127.0.0.1:9000"
+    assert server_identity("[::1]", 9443) == server_identity("0:0::1", 9443) == "[::1]:9443"
+
+
+def test_identity_per_server_and_user(store: KeyStore) -> None:
+    alice = store.load_or_create_identity(SERVER, "alice")
+    bob = store.load_or_create_identity(SERVER, "bob")
+    elsewhere = store.load_or_create_identity("example.org:9000", "alice")
+    prints = {fingerprint(i.public()) for i in (alice, bob, elsewhere)}
+    assert len(prints) == 3
+    again = store.load_or_create_identity(SERVER, "alice")
+    assert again.public() == alice.public()
+
+
+def test_files_hold_no_key_in_clear_and_modes_are_tight(store: KeyStore) -> None:
+    identity = store.load_or_create_identity(SERVER, "alice")
+    directory = store.directory
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    saved = json.loads(store.identity_path(SERVER, "alice").read_text())
+    assert saved["key_source"] == "file" and saved["user"] == "alice"
+    # the pickle opens with the key file only
+    key = (directory / keystore.KEY_FILE).read_bytes()
+    assert IdentityKeys.from_pickle(saved["pickle"], key).public() == identity.public()
+    with pytest.raises(ValueError):
+        IdentityKeys.from_pickle(saved["pickle"], bytes(32))
+
+
+def test_looser_modes_are_tightened(store: KeyStore) -> None:
+    store.load_or_create_identity(SERVER, "alice")
+    path = store.identity_path(SERVER, "alice")
+    os.chmod(path, 0o644)
+    os.chmod(store.directory, 0o755)
+    os.chmod(store.directory / keystore.KEY_FILE, 0o640)
+    store.load_or_create_identity(SERVER, "alice")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "ocm").stat().st_mode) == 0o700
-    again = KeyStore(tmp_path / "ocm").load_or_create_identity(lambda n: b"\x00" * n)
-    assert again.public() == first.public()  # loaded, not made anew
-    assert first.public() == IdentityKeys.generate(rng).public()
-    assert [p.name for p in (tmp_path / "ocm").iterdir()] == ["identity.json"]
+    assert stat.S_IMODE(store.directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((store.directory / keystore.KEY_FILE).stat().st_mode) == 0o600
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o602])
-def test_insecure_identity_file_is_refused(store: KeyStore, tmp_path: Path, mode: int) -> None:
-    store.load_or_create_identity(rng)
-    path = tmp_path / "ocm" / "identity.json"
-    os.chmod(path, mode)
-    with pytest.raises(InsecureKeyFile, match="chmod 600"):
-        store.load_or_create_identity(rng)
-    os.chmod(path, 0o400)  # stricter than 0600 is fine
-    store.load_or_create_identity(rng)
+def test_passphrase_key(tmp_path: Path) -> None:
+    secret = tmp_path / "passphrase"
+    secret.write_text("correct horse\n")
+    store = KeyStore(tmp_path / "ocm", secret, use_keyring=False)
+    identity = store.load_or_create_identity(SERVER, "alice")
+    saved = json.loads(store.identity_path(SERVER, "alice").read_text())
+    assert saved["key_source"] == "passphrase"
+    assert not (tmp_path / "ocm" / keystore.KEY_FILE).exists()
+    assert store.load_or_create_identity(SERVER, "alice").public() == identity.public()
+    with pytest.raises(KeyStoreError, match="--key-passphrase-file"):
+        KeyStore(tmp_path / "ocm", use_keyring=False).load_or_create_identity(SERVER, "alice")
+    secret.write_text("wrong horse\n")
+    with pytest.raises(KeyStoreError, match="does not open it"):
+        store.load_or_create_identity(SERVER, "alice")
 
 
-@pytest.mark.parametrize(
-    "content",
-    [b"", b"[]", b"{}", b'{"version":2}', b'{"version":1}', b'{"version":1,"x25519":"AA==",'
-     b'"ed25519":"AA=="}', b'{"version":1,"x25519":5,"ed25519":"AA=="}'],
-)
-def test_bad_identity_file(store: KeyStore, tmp_path: Path, content: bytes) -> None:
-    (tmp_path / "ocm").mkdir(mode=0o700)
-    path = tmp_path / "ocm" / "identity.json"
-    path.write_bytes(content)
-    os.chmod(path, 0o600)
+def test_keyring_key_when_one_is_usable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    monkeypatch.setattr(keystore, "_keyring_key", lambda: b"K" * 32)
+    store = KeyStore(tmp_path / "ocm")
+    identity = store.load_or_create_identity(SERVER, "alice")
+    saved = json.loads(store.identity_path(SERVER, "alice").read_text())
+    assert saved["key_source"] == "keyring"
+    assert IdentityKeys.from_pickle(saved["pickle"], b"K" * 32).public() == identity.public()
+    monkeypatch.setattr(keystore, "_keyring_key", lambda: None)
+    with pytest.raises(KeyStoreError, match="keyring"):
+        store.load_or_create_identity(SERVER, "alice")
+
+
+def test_not_our_file(store: KeyStore) -> None:
+    store.load_or_create_identity(SERVER, "alice")
+    store.identity_path(SERVER, "alice").write_text('{"version": 2}')
+    with pytest.raises(KeyStoreError, match="not an identity file"):
+        store.load_or_create_identity(SERVER, "alice")
+    store.identity_path(SERVER, "alice").write_text("nonsense")
     with pytest.raises(KeyStoreError):
-        store.load_or_create_identity(rng)
+        store.load_or_create_identity(SERVER, "alice")
 
 
-ALICE = PublicKeys(b"\x01" * 32, b"\x02" * 32)
-MALLORY = PublicKeys(b"\x03" * 32, b"\x04" * 32)
-
-
-def test_pin_on_first_sight_then_warn_on_change(store: KeyStore, tmp_path: Path) -> None:
-    server = "127.0.0.1:9000"
-    assert store.trust(server, "alice") is None
-    assert store.check(server, "alice", ALICE) == PinResult(PinStatus.NEW, Trust.UNVERIFIED)
-    assert store.check(server, "alice", ALICE) == PinResult(PinStatus.SAME, Trust.UNVERIFIED)
-    pins = tmp_path / "ocm" / "pins.json"
-    assert stat.S_IMODE(pins.stat().st_mode) == 0o600
-    # the key changes: a loud warning, and messages under it are unverified
-    changed = store.check(server, "alice", MALLORY)
-    assert changed == PinResult(PinStatus.CHANGED, Trust.CHANGED, fingerprint(ALICE))
-    # seen again: no second warning, but still not trusted
-    assert store.check(server, "alice", MALLORY) == PinResult(PinStatus.SAME, Trust.CHANGED)
-    assert KeyStore(tmp_path / "ocm").trust(server, "alice") is Trust.CHANGED  # persisted
-    store.verify(server, "alice")
-    assert store.check(server, "alice", MALLORY) == PinResult(PinStatus.SAME, Trust.VERIFIED)
-    # the old key is now the changed one
-    assert store.check(server, "alice", ALICE).status is PinStatus.CHANGED
-
-
-def test_pins_are_per_server_and_user(store: KeyStore) -> None:
-    assert store.check("a:9000", "alice", ALICE).status is PinStatus.NEW
-    assert store.check("b:9000", "alice", MALLORY).status is PinStatus.NEW
-    assert store.check("a:9000", "bob", MALLORY).status is PinStatus.NEW
-    assert store.check("a:9000", "alice", ALICE).status is PinStatus.SAME
+def test_pins(store: KeyStore) -> None:
+    keys = PublicKeys(b"\x01" * 32, b"\x02" * 32)
+    other = PublicKeys(b"\x03" * 32, b"\x02" * 32)
+    assert store.check(SERVER, "bob", keys) == PinResult(PinStatus.NEW, Trust.UNVERIFIED)
+    assert store.check(SERVER, "bob", keys) == PinResult(PinStatus.SAME, Trust.UNVERIFIED)
+    assert store.check("other:1", "bob", other).status is PinStatus.NEW  # per server
+    store.verify(SERVER, "bob")
+    assert store.trust(SERVER, "bob") is Trust.VERIFIED
+    changed = store.check(SERVER, "bob", other)
+    assert changed == PinResult(PinStatus.CHANGED, Trust.CHANGED, fingerprint(keys))
+    assert store.check(SERVER, "bob", other) == PinResult(PinStatus.SAME, Trust.CHANGED)
+    assert store.trust(SERVER, "nobody") is None
     with pytest.raises(KeyError):
-        store.verify("a:9000", "carol")
+        store.verify(SERVER, "nobody")
 
 
-@pytest.mark.parametrize(
-    "servers",
-    [5, {"a:1": 5}, {"a:1": {"alice": 5}}, {"a:1": {"alice": {"trust": "unverified"}}},
-     {"a:1": {"alice": {**ALICE.to_json(), "trust": "maybe"}}}],
-)
-def test_bad_pin_file(store: KeyStore, tmp_path: Path, servers: object) -> None:
-    (tmp_path / "ocm").mkdir(mode=0o700)
-    (tmp_path / "ocm" / "pins.json").write_bytes(
-        orjson.dumps({"version": 1, "servers": servers})
-    )
-    with pytest.raises(KeyStoreError):
-        store.check("a:1", "alice", ALICE)
+def test_rooms_seen_encrypted(store: KeyStore) -> None:
+    assert not store.seen_encrypted(SERVER, "r")
+    store.mark_encrypted(SERVER, "r")
+    store.mark_encrypted(SERVER, "r")
+    assert store.seen_encrypted(SERVER, "r")
+    assert not store.seen_encrypted("other:1", "r")
+
+
+def _hammer(directory: str, user: str, rounds: int) -> list[str]:
+    store = KeyStore(Path(directory), use_keyring=False)
+    prints = []
+    for i in range(rounds):
+        prints.append(fingerprint(store.load_or_create_identity(SERVER, user).public()))
+        store.check(SERVER, f"{user}-peer{i}", PublicKeys(bytes([i % 5]) * 32, b"\x09" * 32))
+    return prints
+
+
+def test_two_processes_on_one_directory(tmp_path: Path) -> None:
+    """The pin-file race of two clients on one config directory: no crash, no lost or
+    half-written file, and each user keeps its own identity."""
+    directory = str(tmp_path / "ocm")
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        alice, bob = pool.starmap(_hammer, [(directory, "alice", 60), (directory, "bob", 60)])
+    assert len(set(alice)) == 1 and len(set(bob)) == 1 and alice[0] != bob[0]
+    pins = json.loads((tmp_path / "ocm" / "pins.json").read_text())
+    assert set(pins["servers"][SERVER]) == {f"{u}-peer{i}" for u in ("alice", "bob")
+                                            for i in range(60)}  # no update lost
+    assert not [p for p in (tmp_path / "ocm").iterdir() if p.name.endswith(".tmp")]
