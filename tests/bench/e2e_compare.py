@@ -10,7 +10,8 @@ pair differ only in the rooms:
 * plain: ``ocm-loadgen --framing ocm1 --accounting python``;
 * encrypted: ``ocm-loadgen --e2e`` (ocm1 framing and Python accounting are what it uses).
 
-So the datagrams have the same size, within 16 bytes of AES-CBC padding (``--size`` is the chat text of a plain run and the
+So the datagrams have the same size, within 16 bytes of AES-CBC padding (``--size`` is
+the chat text of a plain run and the
 whole encrypted Message of an encrypted one: 2 + room + token + 160 bytes from a client,
 1 + username + 160 bytes to each member), both are framed deliveries, and both loadgens
 account in Python through the same ``Meter.account_rows``. What is left is what the relay

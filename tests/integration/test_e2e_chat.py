@@ -7,7 +7,6 @@ Each client keeps its keys in its own ``$XDG_CONFIG_HOME`` under ``tmp_path``.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -283,3 +282,119 @@ def test_interactive_client_shows_encryption_who_and_verify(
     finally:
         for child in ttys:
             child.close(force=True)  # type: ignore[attr-defined]
+
+
+# --- attacks, as the issue's review showed them --------------------------------------------------
+def test_recorded_traffic_and_every_file_on_disk_decrypt_nothing(
+        server: Server, room_name: str, clients: list[Client], tmp_path: Path) -> None:
+    """Default settings (no TLS): a tap records the whole session; afterwards every file
+    the clients left on disk (accounts and the key that opens them) is read. No recorded
+    Olm message opens with those accounts, so no room key and no chat can be recovered:
+    one-time and fallback keys lived in memory only."""
+    import vodozemac
+
+    from wire.e2e import OlmType, decode_olm_envelope
+
+    try:
+        probe = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        probe.close()
+    except PermissionError:
+        pytest.skip("capturing on lo needs root (CAP_NET_RAW)")
+    tap = Tap({server.tcp_port, *server.udp_ports})
+    try:
+        alice, bob, _, _ = _encrypted_room(clients, server, room_name, tmp_path)
+        bob.send("the eagle lands at dawn 7319")
+        alice.expect(r"^bob: the eagle lands")
+        alice.send("bring the blue folder 2468")
+        bob.expect(r"^alice: bring the blue folder")
+        for client in (bob, alice):
+            client.close_stdin()
+            assert client.wait() == 0
+    finally:
+        tap.stop()
+    room = room_name.encode()
+    prekey_messages = []
+    for payload in tap.udp:  # client -> relay: sizes, room, token, then the Message
+        if len(payload) < 3 or payload[2:2 + payload[0]] != room:
+            continue
+        message = payload[2 + payload[0] + payload[1]:]
+        if message[:1] == b"\x02":
+            envelope = decode_olm_envelope(message[2 + message[1]:])
+            if envelope.olm_type is OlmType.PRE_KEY:
+                prekey_messages.append(envelope.ciphertext)
+    assert len(prekey_messages) >= 2  # both directions' first room keys were recorded
+    accounts = []
+    for who in ("alice", "bob"):
+        directory = tmp_path / who / "ocm"
+        key = (directory / "pickle.key").read_bytes()
+        for path in directory.glob("identity-*.json"):
+            accounts.append(vodozemac.Account.from_pickle(json.loads(path.read_text())["pickle"],
+                                                          key))
+    assert len(accounts) == 2
+    opened = 0
+    for ciphertext in prekey_messages:
+        pre_key = vodozemac.AnyOlmMessage.from_parts(0, ciphertext).to_pre_key()
+        assert pre_key is not None
+        for account in accounts:
+            for sender in accounts:
+                try:
+                    account.create_inbound_session(sender.curve25519_key, pre_key)
+                    opened += 1
+                except ValueError:
+                    pass
+    assert opened == 0
+
+
+def test_join_e2e_refuses_a_plain_room_and_a_room_seen_encrypted_stays_so(
+        server: Server, room_name: str, clients: list[Client], tmp_path: Path) -> None:
+    """Downgrade: ``--join --e2e`` of a plain room exits 1 with one line; a client that
+    once saw the room encrypted refuses a plain room of that name later, unless
+    ``--allow-plain``."""
+    alice, bob, _, _ = _encrypted_room(clients, server, room_name, tmp_path)
+    for client in (bob, alice):
+        client.close_stdin()
+        assert client.wait() == 0
+    # the name is free again: mallory creates a plain room of that name
+    mallory = spawn(clients, server, "--create", room_name, "--user", "mallory",
+                    env=_env(tmp_path, "mallory"))
+    mallory.expect_err(r"is host of room")
+    carol = spawn(clients, server, "--join", room_name, "--user", "carol", "--e2e",
+                  env=_env(tmp_path, "carol"))
+    assert carol.wait() == 1
+    refusal = [line for line in carol.err_seen if "not end-to-end encrypted" in line]
+    assert len(refusal) == 1 and len(carol.err_seen) == 1, carol.err_seen
+    bob = spawn(clients, server, "--join", room_name, "--user", "bob",
+                env=_env(tmp_path, "bob"))  # no flag: bob saw this room encrypted
+    assert bob.wait() == 1
+    assert any("not end-to-end encrypted" in line for line in bob.err_seen)
+    assert not any("mallory" in line for line in bob.out_seen)
+    bob = spawn(clients, server, "--join", room_name, "--user", "bob", "--allow-plain",
+                env=_env(tmp_path, "bob"))
+    bob.expect_err(r"bob is in room .*NOT encrypted")
+    bob.close_stdin()
+    assert bob.wait() == 0
+
+
+def test_two_clients_sharing_one_config_directory(server: Server, room_name: str,
+                                                  clients: list[Client],
+                                                  tmp_path: Path) -> None:
+    """The README on one machine: alice and bob in two terminals, one ~/.config/ocm. They
+    chat, and each has its own identity (different fingerprints)."""
+    shared = tmp_path / "shared"
+    alice = spawn(clients, server, "--create", room_name, "--user", "alice", "--e2e",
+                  env={"XDG_CONFIG_HOME": str(shared)})
+    fp_alice = alice.expect(rf"your key fingerprint \(alice\): {FP}$").rsplit(": ", 1)[1]
+    bob = spawn(clients, server, "--join", room_name, "--user", "bob",
+                env={"XDG_CONFIG_HOME": str(shared)})
+    fp_bob = bob.expect(rf"your key fingerprint \(bob\): {FP}$").rsplit(": ", 1)[1]
+    assert fp_alice != fp_bob
+    bob.expect(rf"alice is now in the encryption set, key fingerprint {fp_alice}")
+    alice.expect(rf"bob is now in the encryption set, key fingerprint {fp_bob}")
+    bob.send("hello from the same machine")
+    alice.expect(r"^bob: hello from the same machine$")
+    alice.send("hi")
+    bob.expect(r"^alice: hi$")
+    for client in (bob, alice):
+        client.close_stdin()
+        assert client.wait() == 0
+    assert not any("Traceback" in line for c in (alice, bob) for line in c.err_seen)
