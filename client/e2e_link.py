@@ -193,14 +193,16 @@ class E2ERoomLink(RoomLink):
     def verify(self, user: str) -> list[Line]:
         """Mark ``user``'s key verified (the user compared and confirmed) and, if it was
         held after a key change, let it into the encryption set."""
-        keys = self.keys_of(user)
-        if not user or keys is None:
+        number = self.safety_number_with(user)
+        if number is None:
             return [render.warning_line(f"/verify NAME: no member named "
                                         f"{render.sanitize_name(user)!r} with keys")]
         self.store.verify(self.server_key, user)
         self.trust[user] = Trust.VERIFIED
         self._run(self.crypto.accept(user, self._now()))
-        return [render.notice_line(f"{render.sanitize_name(user)} is now marked verified")]
+        name = render.sanitize_name(user)
+        return [render.notice_line(f"safety number with {name}: {number}"),
+                render.notice_line(f"{name} is now marked verified")]
 
     def who_lines(self, members: tuple[MemberInfo, ...]) -> list[Line]:
         """The encryption set, each with fingerprint and trust, then every difference

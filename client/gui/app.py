@@ -253,7 +253,8 @@ class MainWindow(QMainWindow):
             self.tasks.spawn(self._who())
         elif action is Action.VERIFY:
             self.room.input.clear()
-            if isinstance(self.link, E2ERoomLink) and command.text in self.link.crypto.members:
+            link = self.link
+            if isinstance(link, E2ERoomLink) and link.keys_of(command.text) is not None:
                 self.open_verify(command.text)
             else:  # no such member, or a plain room: the link says why
                 self.tasks.spawn(self._answer(command))
@@ -324,7 +325,7 @@ class MainWindow(QMainWindow):
         if not isinstance(link, E2ERoomLink):
             return None
         number = link.safety_number_with(member)
-        keys = link.crypto.members.get(member)
+        keys = link.keys_of(member)
         if number is None or keys is None:
             for line in link.verify(member):  # says there is no such member
                 self.room.append(line)

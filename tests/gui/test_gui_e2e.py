@@ -113,13 +113,15 @@ def test_gui_creates_an_encrypted_room_and_chats_with_ocm_chat(
         assert gui.room.lock.isVisible()
         mine = fingerprint(link.identity.public())
         assert f"your key fingerprint (alice): {mine}" in scrollback(gui)
-        assert (tmp_path / "gui" / "ocm" / "identity.json").exists()  # the GUI's own store
+        assert list((tmp_path / "gui" / "ocm").glob("identity-*.json"))  # the GUI's own store
 
         bob = spawn_chat(clients, server, "--join", room, "--user", "bob",
                          env=keys_env(tmp_path, "bob"))
         await in_thread(bob.expect_err, r"bob is in encrypted room")
-        await in_thread(bob.expect, rf"^\* alice's key fingerprint: {re.escape(mine)}$")
-        fp_bob = await until(lambda: re.search(rf"bob's key fingerprint: ({FP})",
+        await in_thread(bob.expect, rf"^\* alice is now in the encryption set, key "
+                                    rf"fingerprint {re.escape(mine)}")
+        fp_bob = await until(lambda: re.search(rf"bob is now in the encryption set, key "
+                                               rf"fingerprint ({FP})",
                                                scrollback(gui)), "bob's fingerprint")
         fp_bob = fp_bob.group(1)
         rows = [f"alice ★ (host, you)\n{group_lines(mine)}\nyour key",
@@ -168,7 +170,8 @@ def test_a_changed_key_opens_a_warning_and_marks_messages_unverified(
         bob = spawn_chat(clients, server, "--join", room, "--user", "bob",
                          env=keys_env(tmp_path, "bob"))
         await in_thread(bob.expect_err, r"bob is in encrypted room")
-        await until(lambda: "bob's key fingerprint" in scrollback(gui), "bob's first key")
+        await until(lambda: "bob is now in the encryption set" in scrollback(gui),
+                    "bob's first key")
         bob.send("first device")
         await until(lambda: "bob: first device" in scrollback(gui), "bob's message")
         assert not gui.key_warnings
@@ -182,7 +185,9 @@ def test_a_changed_key_opens_a_warning_and_marks_messages_unverified(
         box = await until(lambda: gui.key_warnings and gui.key_warnings[-1], "the dialog")
         assert box.isVisible() and box.icon() == box.Icon.Warning
         assert box.windowTitle() == "bob's key changed"
-        new = fingerprint(e2e_link(gui).crypto.members["bob"])
+        held = e2e_link(gui).keys_of("bob")
+        assert held is not None and "bob" in e2e_link(gui).crypto.held
+        new = fingerprint(held)
         assert f"now: {new}" in box.text()
         await until(lambda: any(row.startswith("bob\n") and row.endswith("⚠ key changed")
                                 for row in member_rows(gui)), "the changed key listed")
