@@ -146,3 +146,36 @@ def test_a_bound_address_shares_the_member_ip_string() -> None:
     reg.bind(host.token, ("10.0.0.9", 4001))  # cluster mode: another node's IP, as given
     assert host.addr == ("10.0.0.9", 4001) and not host.proven
 
+
+
+def test_prekeys_one_time_to_one_claimer_then_the_fallback() -> None:
+    """Each newcomer claims one prekey of every member: a one-time key goes to one
+    claimer only; when a member has none left, every claimer gets its fallback key. The
+    pool never appears in notices or member lists, and the room has its own epoch."""
+    from wire.e2e import Prekeys, PublicKeys, SignedPrekey
+
+    def keys(tag: int, one_time: int) -> PublicKeys:
+        pool = tuple(SignedPrekey(bytes([tag, i]) * 16, b"s" * 64) for i in range(one_time))
+        fallback = SignedPrekey(bytes([tag, 0xFF]) * 16, b"f" * 64, fallback=True)
+        return PublicKeys(bytes([tag]) * 32, bytes([tag]) * 32, Prekeys(pool, fallback))
+
+    reg = make()
+    host = reg.create("r", "host", "10.0.0.1", Framing.OCM1, 0, None, e2e=True,
+                      keys=keys(1, 2), epoch=b"E" * 16)
+    reg.mark_live(host.room)
+    assert host.room.epoch == b"E" * 16
+    assert host.keys == PublicKeys(bytes([1]) * 32, bytes([1]) * 32)
+    assert host.keys is not None and host.keys.prekeys is None  # the pool is kept apart
+    claimed = []
+    for n in range(4):
+        member = reg.join(host.room, f"m{n}", "10.0.0.2", Framing.OCM1, 10, keys(10 + n, 0))
+        claimed.append(member.claimed[0].prekey)
+        assert [m.user for m in member.claimed] == ["host"] + [f"m{i}" for i in range(n)]
+        assert all(m.prekey is not None and m.prekey.fallback for m in member.claimed[1:])
+    host_keys = [p.key for p in claimed if p is not None]
+    assert host_keys[0] != host_keys[1]  # two one-time keys, each to one claimer
+    assert host_keys[2] == host_keys[3] and claimed[2] is not None and claimed[2].fallback
+    assert all(m.prekey is None for m in host.room.member_infos())  # lists carry no prekey
+    plain = reg.create("p", "host", "10.0.0.1", Framing.OCM1, 0, None, keys=keys(1, 2),
+                       epoch=b"E" * 16)
+    assert plain.keys is None and not plain.one_time and plain.room.epoch == b""
