@@ -90,5 +90,7 @@ def help_lines(max_message: int, room_mode: bool = True) -> list[str]:
         lines[3:3] = ["  /who    list the room's members (host marked; fingerprints in an "
                       "encrypted room)",
                       "  /verify NAME  encrypted room: show the safety number to compare "
-                      "with NAME out of band, and mark NAME verified"]
+                      "with NAME out of band; /verify NAME confirm marks NAME verified",
+                      "  /verify NAME sas  compare emoji with NAME interactively (then "
+                      "/verify NAME sas match, or ... sas cancel)"]
     return lines

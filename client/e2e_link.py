@@ -10,7 +10,8 @@ list differs. The member list is fetched every ``MEMBERS_POLL_S`` and after any 
 loss, so a departure whose ``left`` notice never came still removes the member (and
 rotates our session) within that bound. A member whose pinned key changed gets no room
 key until the user compares safety numbers and confirms (``/verify NAME`` then
-``/verify NAME confirm``).
+``/verify NAME confirm``), or compares emoji interactively (``/verify NAME sas``, then
+``/verify NAME sas match``: vodozemac's SAS over the Olm session, ``client.e2e.sas``).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from client.e2e.room import (
     Rejected,
     RejectReason,
     RoomCrypto,
+    SasMessage,
     Send,
     room_binding,
 )
+from client.e2e.sas import SasError, SasFlow, SasKind, SasShow, decode_sas, encode_sas
 from client.keystore import KeyStore, KeyStoreError, PinStatus, Trust, config_dir, server_identity
 from client.link import RoomLink
 from client.render import Line
@@ -44,6 +47,7 @@ from wire.chat import Notice, decode_framed, encode_chat
 from wire.codes import NoticeEvent
 from wire.e2e import (
     MIN_CHAT_OVERHEAD_BYTES,
+    ContentType,
     Kind,
     MemberInfo,
     PublicKeys,
@@ -60,6 +64,9 @@ MEMBERS_POLL_S: Final = 30.0
 """The member list is fetched this often anyway: a departure is noticed within it."""
 UNVERIFIED_MARK: Final = "[unverified key] "
 CONFIRM_WORD: Final = "confirm"
+SAS_WORD: Final = "sas"
+SAS_MATCH: Final = "match"
+SAS_CANCEL: Final = "cancel"
 
 _REJECT_TEXTS: Final = {
     RejectReason.MALFORMED: "it is malformed",
@@ -115,6 +122,12 @@ class E2ERoomLink(RoomLink):
         not the pinned one, after the warning line (the GUI opens a dialog)."""
         self.on_members_changed: Callable[[], object] | None = None
         """Called when the encryption set changed (the GUI refreshes its member list)."""
+        self.sas: dict[str, SasFlow] = {}
+        """Interactive verifications under way, by member."""
+        self.on_sas: Callable[[str, SasShow | None], object] | None = None
+        """Called with (member, what to compare) when a verification shows its emoji, and
+        with (member, None) when it ends (verified or cancelled): for the GUI's dialog,
+        which then calls ``sas_confirm`` or ``sas_cancel``."""
 
     # -- what the UI calls ---------------------------------------------------------------
     async def open(self) -> None:
@@ -159,8 +172,15 @@ class E2ERoomLink(RoomLink):
         """``/who`` (the encryption set against the server's list) and ``/verify``."""
         if command.action is Action.VERIFY:
             name, _, word = command.text.partition(" ")
-            if word.strip() == CONFIRM_WORD:
+            word = word.strip()
+            if word == CONFIRM_WORD:
                 return self.verify(name)
+            if word == SAS_WORD:
+                return self.sas_start(name)
+            if word == f"{SAS_WORD} {SAS_MATCH}":
+                return self.sas_confirm(name)
+            if word == f"{SAS_WORD} {SAS_CANCEL}":
+                return self.sas_cancel(name)
             return self.verify_prompt(command.text.strip())
         return await super().answer(command)
 
@@ -197,12 +217,111 @@ class E2ERoomLink(RoomLink):
         if number is None:
             return [render.warning_line(f"/verify NAME: no member named "
                                         f"{render.sanitize_name(user)!r} with keys")]
+        name = render.sanitize_name(user)
+        return [render.notice_line(f"safety number with {name}: {number}"),
+                self._mark_verified(user)]
+
+    def _mark_verified(self, user: str) -> Line:
         self.store.verify(self.server_key, user)
         self.trust[user] = Trust.VERIFIED
         self._run(self.crypto.accept(user, self._now()))
+        return render.notice_line(f"{render.sanitize_name(user)} is now marked verified")
+
+    # -- interactive verification (SAS) ----------------------------------------------------
+    def sas_start(self, user: str) -> list[Line]:
+        """``/verify NAME sas``: start comparing emoji with ``user``."""
+        keys = self.keys_of(user)
         name = render.sanitize_name(user)
-        return [render.notice_line(f"safety number with {name}: {number}"),
-                render.notice_line(f"{name} is now marked verified")]
+        if not user or keys is None:
+            return [render.warning_line(f"/verify NAME sas: no member named {name!r} with "
+                                        "keys")]
+        flow = SasFlow(self.joined.username, self.identity.public(), user, keys,
+                       self.crypto.binding, starter=True)
+        if not self._sas_send(user, flow.start()):
+            return [render.warning_line(f"no encrypted session with {name} yet; try again "
+                                        "in a moment")]
+        self.sas[user] = flow
+        return [render.notice_line(f"verification with {name} started; waiting for {name}")]
+
+    def sas_confirm(self, user: str) -> list[Line]:
+        """``/verify NAME sas match``: the emoji matched; send our MAC."""
+        flow = self.sas.get(user)
+        name = render.sanitize_name(user)
+        try:
+            if flow is None:
+                raise SasError(f"no verification with {name} to confirm")
+            self._sas_send(user, flow.confirm())
+        except SasError as exc:
+            self.sas.pop(user, None)
+            return [render.warning_line(f"verification with {name} failed: {exc}")]
+        if flow.verified:
+            return self._sas_done(user)
+        return [render.notice_line(f"confirmed; waiting for {name} to confirm too")]
+
+    def sas_cancel(self, user: str) -> list[Line]:
+        """``/verify NAME sas cancel``: the emoji differ, or the user gives up."""
+        if self.sas.pop(user, None) is not None:
+            self._sas_send(user, encode_sas(SasKind.CANCEL))
+        return [render.warning_line(f"verification with {render.sanitize_name(user)} "
+                                    "cancelled; nothing was marked")]
+
+    def _sas_send(self, user: str, payload: bytes) -> bool:
+        send = self.crypto.send_content(user, ContentType.SAS, payload, self._now())
+        if send is None:
+            return False
+        self._send(self._datagram(send.message))
+        return True
+
+    def _sas_done(self, user: str) -> list[Line]:
+        self.sas.pop(user, None)
+        if self.on_sas is not None:
+            self.on_sas(user, None)
+        return [render.notice_line(f"the emoji matched on both sides and "
+                                   f"{render.sanitize_name(user)}'s keys are the ones shown"),
+                self._mark_verified(user)]
+
+    def _sas_received(self, message: SasMessage) -> list[Line]:
+        user, name = message.sender, render.sanitize_name(message.sender)
+        keys = self.keys_of(user)
+        try:
+            kind, data = decode_sas(message.payload)
+            if keys is None:
+                raise SasError("not a member with keys")
+            if kind is SasKind.START:
+                new = SasFlow(self.joined.username, self.identity.public(), user, keys,
+                              self.crypto.binding, starter=False)
+                accept, show = new.accept(data)
+                self.sas[user] = new
+                self._sas_send(user, accept)
+                return self._sas_show(user, show, f"{name} asks to verify your keys")
+            flow = self.sas.get(user)
+            if kind is SasKind.CANCEL:
+                self.sas.pop(user, None)
+                if self.on_sas is not None:
+                    self.on_sas(user, None)
+                return [render.warning_line(f"{name} cancelled the verification")]
+            if flow is None:
+                raise SasError("no verification under way")
+            if kind is SasKind.ACCEPT:
+                return self._sas_show(user, flow.accepted(data), f"{name} accepted")
+            if flow.mac_received(data):
+                return self._sas_done(user)
+            return [render.notice_line(f"{name} confirmed; confirm too if the emoji match: "
+                                       f"/verify {name} {SAS_WORD} {SAS_MATCH}")]
+        except SasError as exc:
+            self.sas.pop(user, None)
+            return [render.warning_line(f"verification with {name} failed: {exc}")]
+
+    def _sas_show(self, user: str, show: SasShow, why: str) -> list[Line]:
+        name = render.sanitize_name(user)
+        if self.on_sas is not None:
+            self.on_sas(user, show)
+        numbers = " ".join(str(d) for d in show.decimals)
+        return [render.notice_line(f"{why}: compare with what {name} sees"),
+                render.notice_line(f"  {show.text()}"),
+                render.notice_line(f"  or the numbers {numbers}"),
+                render.notice_line(f"same on both sides? /verify {name} {SAS_WORD} {SAS_MATCH}"
+                                   f"; different: /verify {name} {SAS_WORD} {SAS_CANCEL}")]
 
     def who_lines(self, members: tuple[MemberInfo, ...]) -> list[Line]:
         """The encryption set, each with fingerprint and trust, then every difference
@@ -311,6 +430,9 @@ class E2ERoomLink(RoomLink):
                     f"{render.sanitize_name(output.user)} is now in the encryption set, key "
                     f"fingerprint {fingerprint(output.keys)} "
                     f"({self.trust_of(output.user).value})"))
+            elif isinstance(output, SasMessage):
+                for line in self._sas_received(output):
+                    self._on_line(line)
             elif isinstance(output, MemberRemoved):
                 changed = True
                 self._on_line(render.notice_line(

@@ -398,3 +398,31 @@ def test_two_clients_sharing_one_config_directory(server: Server, room_name: str
         client.close_stdin()
         assert client.wait() == 0
     assert not any("Traceback" in line for c in (alice, bob) for line in c.err_seen)
+
+
+def test_interactive_verification_with_emoji(server: Server, room_name: str,
+                                             clients: list[Client], tmp_path: Path) -> None:
+    """SAS through the relay: both sides show the same emoji and numbers, and only after
+    both confirm is the other marked verified."""
+    alice, bob, _, _ = _encrypted_room(clients, server, room_name, tmp_path)
+    bob.send("hello")  # the Olm sessions answer both ways before the verification
+    alice.expect(r"^bob: hello$")
+    alice.send("/verify bob sas")
+    alice.expect(r"verification with bob started")
+    bob.expect(r"alice asks to verify your keys")
+    emoji_bob = bob.expect(r"^\*   \S")
+    numbers_bob = bob.expect(r"or the numbers \d+ \d+ \d+$")
+    alice.expect(r"bob accepted")
+    assert alice.expect(r"^\*   \S") == emoji_bob
+    assert alice.expect(r"or the numbers") == numbers_bob
+    alice.send("/who")
+    alice.expect(r"bob: .* · unverified$")  # nothing marked before both confirm
+    alice.send("/verify bob sas match")
+    alice.expect(r"waiting for bob to confirm too")
+    bob.expect(r"alice confirmed")
+    bob.send("/verify alice sas match")
+    bob.expect(r"^\* alice is now marked verified$")
+    alice.expect(r"^\* bob is now marked verified$")
+    for client in (bob, alice):
+        client.close_stdin()
+        assert client.wait() == 0

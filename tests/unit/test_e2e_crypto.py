@@ -357,3 +357,28 @@ def test_unknown_senders_and_garbage_are_rejected_quietly() -> None:
         [Rejected("alice", RejectReason.MALFORMED)]
     assert bob.receive(E2EDelivery("alice", Kind.ENVELOPE, b"\x02\x01garbage"), 0.0) == \
         [Rejected("alice", RejectReason.MALFORMED)]
+
+
+# --- SAS ----------------------------------------------------------------------------------------
+def test_sas_matches_for_real_keys_and_exposes_a_substituted_key() -> None:
+    from client.e2e.sas import SasError, SasFlow, decode_sas
+
+    alice, bob, mallory = (IdentityKeys.generate() for _ in range(3))
+    a = SasFlow("alice", alice.public(), "bob", bob.public(), BINDING, starter=True)
+    b = SasFlow("bob", bob.public(), "alice", alice.public(), BINDING, starter=False)
+    accept, shown_b = b.accept(decode_sas(a.start())[1])
+    shown_a = a.accepted(decode_sas(accept)[1])
+    assert shown_a == shown_b and len(shown_a.emoji) == 7
+    mac_a = a.confirm()
+    assert not b.mac_received(decode_sas(mac_a)[1])  # bob has not confirmed yet
+    assert b.confirm() and b.verified
+    assert a.mac_received(decode_sas(b.confirm())[1])
+    # the server showed bob mallory's keys as alice's: the emoji differ, the MAC fails
+    a = SasFlow("alice", alice.public(), "bob", bob.public(), BINDING, starter=True)
+    b = SasFlow("bob", bob.public(), "alice", mallory.public(), BINDING, starter=False)
+    accept, shown_b = b.accept(decode_sas(a.start())[1])
+    assert a.accepted(decode_sas(accept)[1]) != shown_b
+    b.confirm()
+    with pytest.raises(SasError):
+        b.mac_received(decode_sas(a.confirm())[1])
+    assert not b.verified
