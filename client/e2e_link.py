@@ -122,6 +122,9 @@ class E2ERoomLink(RoomLink):
         not the pinned one, after the warning line (the GUI opens a dialog)."""
         self.on_members_changed: Callable[[], object] | None = None
         """Called when the encryption set changed (the GUI refreshes its member list)."""
+        self._learned_at: dict[str, float] = {}
+        self._fetch_started = float("inf")
+        """When the member list being applied was asked for (``inf``: given directly)."""
         self.sas: dict[str, SasFlow] = {}
         """Interactive verifications under way, by member."""
         self.on_sas: Callable[[str, SasShow | None], object] | None = None
@@ -398,6 +401,7 @@ class E2ERoomLink(RoomLink):
         if known == keys:
             return
         accepted = self._pin(user, keys)
+        self._learned_at[user] = now
         self._run(self.crypto.add_member(user, keys, prekey, now, accepted=accepted))
 
     def _pin(self, user: str, keys: PublicKeys) -> bool:
@@ -484,9 +488,14 @@ class E2ERoomLink(RoomLink):
             return
         self._sync(members)
 
+    async def fetch_members(self) -> tuple[MemberInfo, ...]:
+        self._fetch_started = self._now()
+        return await super().fetch_members()
+
     def _sync(self, members: Iterable[MemberInfo]) -> None:
         """Make the encryption set follow the server's list: add whom it lists (announced
-        like a join), remove whom it no longer lists (a lost ``left``)."""
+        like a join), remove whom it no longer lists (a lost ``left``) unless we learned
+        of it after the list was asked for (its join may be newer than the list)."""
         members = tuple(members)
         self.server_members = members
         now = self._now()
@@ -496,7 +505,7 @@ class E2ERoomLink(RoomLink):
             if member.keys is not None:
                 self._learn(member.user, member.keys, None, now)
         for user in set(self.crypto.members) | set(self.crypto.held):
-            if user not in listed:
+            if user not in listed and self._learned_at.get(user, 0.0) <= self._fetch_started:
                 self._run(self.crypto.remove_member(user, now))
 
 
