@@ -136,7 +136,10 @@ class E2ERoomLink(RoomLink):
     async def open(self) -> None:
         await super().open()
         me = render.sanitize_name(self.joined.username)
-        self.store.mark_encrypted(self.server_key, self.crypto.room)
+        try:
+            self.store.mark_encrypted(self.server_key, self.crypto.room)
+        except (KeyStoreError, OSError) as exc:
+            self._on_line(render.warning_line(f"cannot record this room as encrypted: {exc}"))
         self._on_line(render.notice_line(
             f"room {render.sanitize(self.crypto.room)!r} is end-to-end encrypted; your key "
             f"fingerprint ({me}): {fingerprint(self.identity.public())}"))

@@ -50,7 +50,10 @@ def test_chat_both_ways_and_joined_carries_keys(server: Server, room_name: str) 
     try:
         joined = next(n for n in alice.notices if n.event is NoticeEvent.JOINED)
         assert (joined.user, joined.keys) == ("bob", bob.identity.public())
-        assert bob.peer.details.members[0].keys == alice.identity.public()  # type: ignore[attr-defined]
+        details = bob.peer.details  # type: ignore[attr-defined]
+        assert details.members[0].keys == alice.identity.public()
+        assert details.members[0].prekey is not None  # claimed from alice for bob
+        assert len(details.epoch) == 16 and details.epoch == alice.peer.details.epoch  # type: ignore[attr-defined]
         alice.say("hello bob")
         bob.say("hello alice")
         pump(members, lambda: alice.texts() == ["hello alice"] and bob.texts() == ["hello bob"])
