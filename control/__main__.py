@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import signal
 import socket
@@ -34,7 +35,7 @@ from control.config import LIVE_FIELDS, Config, ConfigError
 from control.notify import notify, watchdog_interval
 from control.registry import Registry
 from control.server import ControlApp, TcrpConnection, new_token
-from control.sockets import PortBusy, UdpPlan, plan_udp
+from control.sockets import PortBusy, UdpPlan, busy_hint, plan_udp
 from control.supervisor import Supervisor
 from relay import ipc
 from runtime import logs, sched
@@ -51,6 +52,11 @@ EXIT_INTERRUPTED = 130
 SAMPLE_INTERVAL_S = 0.5
 """How often control folds the workers' stats snapshots into the metrics totals and
 reports suppressed log repeats."""
+
+
+def _hint(exc: OSError, setting: str) -> str:
+    """``; <how to pick another port>`` when ``exc`` says the port is taken, else ``""``."""
+    return f"; {busy_hint(setting)}" if exc.errno == errno.EADDRINUSE else ""
 
 
 class Control:
@@ -176,8 +182,8 @@ class Control:
                             "free port, or -1 to disable it)", cfg.admin_host,
                             cfg.admin_port, exc.strerror)
                 return True
-            log.error("cannot listen on admin HTTP %s:%d (%s): %s", cfg.admin_host,
-                      cfg.admin_port, where, exc.strerror)
+            log.error("cannot listen on admin HTTP %s:%d (%s): %s%s", cfg.admin_host,
+                      cfg.admin_port, where, exc.strerror, _hint(exc, "admin_port"))
             return False
         self.admin = admin
         return True
@@ -188,6 +194,20 @@ class Control:
             await asyncio.sleep(SAMPLE_INTERVAL_S)
             self.metrics.sample()
             logs.report_suppressed(log)
+
+    async def _summarise_rooms(self) -> None:
+        """Every ``log_summary_interval`` with something to say: one INFO line for the
+        rooms created and closed and the members evicted meanwhile (each is DEBUG)."""
+        while True:
+            interval = self.cfg.log_summary_interval  # live: a reload applies next round
+            await asyncio.sleep(interval if interval > 0 else SAMPLE_INTERVAL_S)
+            if interval <= 0:
+                continue
+            done = self.app.activity.take()
+            if done.created or done.closed or done.evicted:
+                log.info("in the last %g s: %d rooms created, %d closed, %d members evicted; "
+                         "%d rooms open", interval, done.created, done.closed, done.evicted,
+                         len(self.registry.rooms))
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -221,7 +241,8 @@ class Control:
                                                   start_serving=False, backlog=4096)
                 listeners.append(server)
         except OSError as exc:
-            log.error("cannot listen on TCP %s:%d: %s", cfg.host, cfg.tcp_port, exc.strerror)
+            log.error("cannot listen on TCP %s:%d: %s%s", cfg.host, cfg.tcp_port, exc.strerror,
+                      _hint(exc, "tcp_port"))
             return EXIT_FAILURE
         if cfg.tls_cert:
             try:
@@ -238,8 +259,8 @@ class Control:
                     start_serving=False, backlog=4096)
                 listeners.append(tls_server)
             except OSError as exc:
-                log.error("cannot listen on TLS %s:%d: %s", cfg.host, cfg.tls_port,
-                          exc.strerror)
+                log.error("cannot listen on TLS %s:%d: %s%s", cfg.host, cfg.tls_port,
+                          exc.strerror, _hint(exc, "tls_port"))
                 for listener in listeners:
                     listener.close()
                 return EXIT_FAILURE
@@ -260,8 +281,8 @@ class Control:
             try:
                 await self.cluster.start()
             except OSError as exc:
-                log.error("cannot listen on the cluster link %s:%d: %s", cfg.host,
-                          cfg.cluster_port, exc.strerror)
+                log.error("cannot listen on the cluster link %s:%d: %s%s", cfg.host,
+                          cfg.cluster_port, exc.strerror, _hint(exc, "cluster_port"))
                 for listener in listeners:
                     listener.close()
                 return EXIT_FAILURE
@@ -273,7 +294,8 @@ class Control:
             return EXIT_FAILURE
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        background = [asyncio.ensure_future(self._housekeeping())]
+        background = [asyncio.ensure_future(self._housekeeping()),
+                      asyncio.ensure_future(self._summarise_rooms())]
         interval = watchdog_interval()
         if interval is not None:
             background.append(asyncio.ensure_future(self._watchdog(interval)))

@@ -106,6 +106,9 @@ class Config:
                                          "source IP)")
     log_level: str = _f("info", "debug, info, warning or error", live=True)
     log_format: str = _f("text", "log line format: text, or json (one JSON object a line)")
+    log_summary_interval: float = _f(60.0, "seconds between INFO lines summing up the rooms "
+                                     "created and closed and the members evicted (each "
+                                     "one is a DEBUG line); 0 = no summary", live=True)
     admin_host: str = _f("127.0.0.1", "address of the admin HTTP server (/metrics, /healthz, "
                                       "/readyz)")
     admin_port: int = _f(9100, "admin HTTP port; 0 = any free port, -1 = disabled (if the "

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from control import passwords
@@ -72,12 +73,30 @@ class _KeyedLock:
         self.users = 0
 
 
+@dataclass(slots=True)
+class RoomActivity:
+    """What happened to rooms since the last summary line. One INFO line per room would
+    be thousands a second under load; each event is a DEBUG line, and ``take`` feeds the
+    periodic INFO summary."""
+
+    created: int = 0
+    closed: int = 0
+    evicted: int = 0
+
+    def take(self) -> RoomActivity:
+        """The counts so far, and start again from zero."""
+        taken = RoomActivity(self.created, self.closed, self.evicted)
+        self.created = self.closed = self.evicted = 0
+        return taken
+
+
 class ControlApp:
     def __init__(self, cfg: Config, udp_ports: list[int], registry: Registry) -> None:
         self.quotas = Quotas(quota_settings(cfg))
         self._cfg = cfg
         self.udp_ports = udp_ports
         self.registry = registry
+        self.activity = RoomActivity()  # summed up at INFO every log_summary_interval
         self.supervisor: Supervisor | None = None
         self.accepting = True
         self.connections: set[TcrpConnection] = set()
@@ -141,8 +160,9 @@ class ControlApp:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {request.room!r} closed")
         if member.is_host:
             self.registry.mark_live(member.room)
-            log.info("room %r created on worker %d (%d rooms)", member.room.name,
-                     member.room.worker, len(self.registry.rooms))
+            self.activity.created += 1
+            log.debug("room %r created on worker %d (%d rooms)", member.room.name,
+                      member.room.worker, len(self.registry.rooms))
         room = member.room
         details = Details(
             udp_port=self.udp_ports[room.worker],
@@ -308,14 +328,16 @@ class ControlApp:
         elif isinstance(event, Left):
             member = self.registry.remove_member(event.token)
             if member is not None and event.reason is not Reason.EXIT:
-                log.info("member evicted (%s) from a room on worker %d", event.reason.value,
-                         worker)
+                self.activity.evicted += 1
+                log.debug("member evicted (%s) from a room on worker %d",
+                          event.reason.value, worker)
         else:
             room = self.registry.close_room(event.room)
             if room is not None:
                 self.quotas.room_closed(room.host_ip)
-                log.info("room %r closed (%s) on worker %d (%d rooms)", room.name,
-                         event.reason, worker, len(self.registry.rooms))
+                self.activity.closed += 1
+                log.debug("room %r closed (%s) on worker %d (%d rooms)", room.name,
+                          event.reason, worker, len(self.registry.rooms))
 
     def count(self, status: Status) -> None:
         self.joins[status.name] = self.joins.get(status.name, 0) + 1
