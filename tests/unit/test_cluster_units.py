@@ -73,7 +73,7 @@ def decoded(message: link.Message, body: bytes) -> object:
     if isinstance(message, (link.Forward, link.RelayRequest, link.MembersQuery)):
         return link.decode_request(body)
     if isinstance(message, (link.Granted, link.Accepted, link.MemberList)):
-        return link.decode_reply(body, type(message))
+        return link.decode_reply(body, type(message))  # type: ignore[type-var]
     if isinstance(message, link.Refused):
         return link.decode_reply(body, link.Accepted)
     return link.decode(body, type(message))
@@ -137,7 +137,7 @@ def test_hello_and_registration_are_checked() -> None:
     for body, cls in ((b'{"nonce":"zz"}', link.Hello), (b'{"nonce":1}', link.Hello),
                       (b'{"port":"5000"}', link.Registration), (b'{}', link.Registration)):
         with pytest.raises(link.LinkError):
-            link.decode(body, cls)  # type: ignore[type-var]
+            link.decode(body, cls)
 
 
 def test_frames_are_bounded() -> None:
