@@ -390,7 +390,7 @@ class ClusterRouter:
             raise RegistryError(reply.status, reply.error)
         # Without a registration the owner closes its side after the same window.
         asyncio.get_running_loop().call_later(REGISTRATION_WINDOW_S + 1.0, writer.close)
-        return Elsewhere(reply.details, reply.token, reply.details.host, _pass_on(writer))
+        return Elsewhere(reply.details, reply.token, _pass_on(writer))
 
     async def _call(self, node: NodeInfo, request: link.LinkRequest, expected: type[link.R]
                     ) -> tuple[link.R | link.Refused, asyncio.StreamWriter]:

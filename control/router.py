@@ -3,11 +3,11 @@
 ``ControlApp`` asks its ``Router`` before it serves anything: ``place`` a create or join
 (``Here``: serve it on this node's workers, then ``settle``; or ``Elsewhere``: another
 node granted it), ``members`` for Operation 3, and ``check_password_quota`` /
-``password_failed`` for the wrong-password limit. The router never calls the app back
-and never writes into it: what it refuses it raises as ``RegistryError``, and a refusal
-by a quota the router keeps itself (the cluster's, in Redis) as ``QuotaRefusal``, which
-the app counts. ``LocalRouter`` is one node; ``control.clusterroute.ClusterRouter`` is a
-node of a cluster.
+``password_failed`` for the wrong-password limit. The router never writes into the app
+and serves nothing itself (it may read the registry and the live settings): what it
+refuses it raises as ``RegistryError``, and a refusal by a quota the router keeps itself
+(the cluster's, in Redis) as ``QuotaRefusal``, which the app counts. ``LocalRouter`` is
+one node; ``control.clusterroute.ClusterRouter`` is a node of a cluster.
 
 ``Node`` is what a cluster may ask of this node's app when another node forwards a
 request to it (control/clusterroute.py, the link server): grant a request routed here,
@@ -52,7 +52,6 @@ class Elsewhere:
 
     details: Details
     token: bytes
-    is_host: bool
     register: Callable[[int], None]
     """Pass the member's 2-byte UDP port registration on to the node that owns it."""
 

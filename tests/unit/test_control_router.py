@@ -72,7 +72,7 @@ def app_with(router: Recording | None, cfg: Config | None = None) -> ControlApp:
 
 def test_a_request_granted_elsewhere_is_not_served_here() -> None:
     ports: list[int] = []
-    remote = Elsewhere(DETAILS, b"!Btoken", True, ports.append)
+    remote = Elsewhere(DETAILS, b"!Btoken", ports.append)
     router = Recording(placement=remote)
     app = app_with(router)
     details, member = asyncio.run(app.handle(CREATE, "127.0.9.1"))
