@@ -61,6 +61,8 @@ MAC_BYTES: Final = 32
 NONCE_BYTES: Final = 16
 LABEL: Final = b"ocm-cluster-link-v1\0"
 MIN_SECRET_BYTES: Final = 16
+LINK_TIMEOUT_S: Final = 5.0
+"""A link request's whole exchange, each step of it bounded by this."""
 
 
 class LinkError(Exception):

@@ -12,9 +12,8 @@ rooms already open keep relaying.
 
 The router decides and the app serves: ``place`` answers ``Here`` (this node owns the
 room, or takes the create; the name is claimed) or ``Elsewhere`` (the owner granted the
-forwarded request). The link server is this node's side of another node's forward: it
-hands the request to the app (``Node.handle_routed``), answers the member lists of its
-rooms, and accepts relayed members (control/clusterudp.py).
+forwarded request). Requests from other nodes arrive through the link server
+(control/clusterserve.py), which hands them to the app, not to this router.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import orjson
 
 from control import clusterlink as link
 from control.clusterleases import Leases, NodeInfo, pick_node
+from control.clusterserve import LinkServer, read_body
 from control.clusterudp import UdpRelay
 from control.config import Config, ConfigError
 from control.registry import RegistryError
@@ -45,8 +45,6 @@ log = logging.getLogger("ocm.cluster")
 
 TOKEN_RANDOM_BYTES = 24
 """As on one node (control/server.py): 192 random bits after the two tags."""
-LINK_TIMEOUT_S = 5.0
-"""A forwarded request's whole exchange with the owner."""
 
 
 def load_secret(cfg: Config, environ: Mapping[str, str] | None = None) -> bytes:
@@ -138,7 +136,9 @@ class ClusterRouter:
         self._node = node
         self.tcp_port = tcp_port
         self.relay = relay
-        self._server = await asyncio.start_server(self._serve_link, self.cfg.host,
+        server = LinkServer(self.secret, node, self._origin, self.lost.__contains__,
+                            self.counters)
+        self._server = await asyncio.start_server(server.serve, self.cfg.host,
                                                   self.cfg.cluster_port)
         self.link_port = self._server.sockets[0].getsockname()[1]
         await self.heartbeat()
@@ -372,6 +372,12 @@ class ClusterRouter:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"no room named {room!r}")
         return owner
 
+    async def _origin(self, node_id: str) -> NodeInfo | None:
+        """The live node ``node_id``, read from the registry if it is new to us."""
+        if node_id not in self.nodes:
+            await self._lookup_node(node_id)
+        return self.nodes.get(node_id)
+
     async def _lookup_node(self, node_id: str) -> None:
         """A node announced after our last heartbeat: read its entry now."""
         try:
@@ -398,17 +404,17 @@ class ClusterRouter:
         Raise UNAVAILABLE if the node cannot be reached or does not answer."""
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(node.advertise, node.link_port), LINK_TIMEOUT_S)
+                asyncio.open_connection(node.advertise, node.link_port), link.LINK_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
             raise NodeUnreachable(Status.UNAVAILABLE, f"node {node.id} is not reachable"
                                   ) from exc
         try:
-            hello = link.decode(await asyncio.wait_for(_read_body(reader), LINK_TIMEOUT_S),
+            hello = link.decode(await asyncio.wait_for(read_body(reader), link.LINK_TIMEOUT_S),
                                 link.Hello)
             frame = link.encode(request)
             writer.write(frame + link.sign(self.secret, hello.nonce, frame[link.LENGTH.size:]))
             reply = link.decode_reply(
-                await asyncio.wait_for(_read_body(reader), LINK_TIMEOUT_S), expected)
+                await asyncio.wait_for(read_body(reader), link.LINK_TIMEOUT_S), expected)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, link.LinkError) as exc:
             writer.close()
             raise RegistryError(Status.UNAVAILABLE, f"node {node.id} did not answer"
@@ -426,102 +432,6 @@ class ClusterRouter:
         writer.close()
         return isinstance(reply, link.Accepted)
 
-    # --- the link, owner's side ----------------------------------------------------------
-    async def _serve_link(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        """The owner's side of one request from another node."""
-        nonce = secrets.token_bytes(link.NONCE_BYTES)
-        try:
-            writer.write(link.encode(link.Hello(nonce)))
-            header = await asyncio.wait_for(reader.readexactly(link.LENGTH.size),
-                                            LINK_TIMEOUT_S)
-            body = await asyncio.wait_for(
-                reader.readexactly(link.frame_length(header)), LINK_TIMEOUT_S)
-            mac = await asyncio.wait_for(reader.readexactly(link.MAC_BYTES), LINK_TIMEOUT_S)
-            if not link.verify(self.secret, nonce, body, mac):
-                self.counters["link_refused"] += 1
-                log.warning("cluster link: refused a request with a bad MAC from %s",
-                            writer.get_extra_info("peername"))
-                return
-            request = link.decode_request(body)
-            if isinstance(request, link.Forward):
-                self.counters["served_for_others"] += 1
-                await self._serve_forward(request, reader, writer)
-                return
-            if isinstance(request, link.RelayRequest):
-                reply: link.Reply = await self._accept_relay(request)
-            else:
-                reply = await self._serve_members(request)
-            writer.write(link.encode(reply))
-            await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, link.LinkError,
-                ValueError) as exc:
-            log.debug("cluster link: dropped a connection: %s", exc)
-        except asyncio.CancelledError:
-            pass  # the node is stopping: the caller sees the link close
-        finally:
-            writer.close()
-
-    async def _serve_forward(self, forwarded: link.Forward, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-        """Serve one forwarded TCRP request and pass on the member's registration."""
-        try:
-            details, member = await self.node.handle_routed(forwarded.request(), forwarded.ip)
-        except RegistryError as exc:
-            writer.write(link.encode(link.Refused(exc.status, exc.reason)))
-            await writer.drain()
-            return
-        except Exception:
-            log.exception("internal error serving a request forwarded by node %s",
-                          forwarded.origin)
-            writer.write(link.encode(link.Refused(Status.INTERNAL_ERROR, "internal error")))
-            await writer.drain()
-            return
-        writer.write(link.encode(link.Granted(details, member.token)))
-        try:
-            body = await asyncio.wait_for(_read_body(reader), REGISTRATION_WINDOW_S)
-        except (TimeoutError, asyncio.IncompleteReadError):
-            return
-        port = link.decode(body, link.Registration).port
-        if 0 < port < 65536:
-            self.node.register(member, port)
-
-    async def _origin(self, node_id: str) -> NodeInfo | None:
-        if node_id not in self.nodes:
-            await self._lookup_node(node_id)
-        return self.nodes.get(node_id)
-
-    async def _serve_members(self, query: link.MembersQuery
-                             ) -> link.MemberList | link.Refused:
-        """Operation 3 for a room of this node. A member relayed through the asking node
-        has its token bound to that node's address, which stands for its own IP then."""
-        origin = await self._origin(query.origin)
-        registry = self.node.registry
-        ip = query.ip
-        member = registry.tokens.get(query.token)
-        if origin is not None and member is not None and member.ip == origin.advertise:
-            ip = origin.advertise
-        try:
-            if query.room in self.lost:
-                raise RegistryError(Status.ROOM_NOT_FOUND, f"room {query.room!r} moved")
-            members = registry.member_for(query.room, query.token, ip).room.member_infos()
-        except RegistryError as exc:
-            return link.Refused(exc.status, exc.reason)
-        return link.MemberList(members)
-
-    async def _accept_relay(self, request: link.RelayRequest
-                            ) -> link.Accepted | link.Refused:
-        """The owner's side of ``request_relay``: rebind the member to the relaying node."""
-        origin = await self._origin(request.origin)
-        member = self.node.registry.tokens.get(request.token)
-        if origin is None or member is None or not member.alive:
-            return link.Refused(Status.ROOM_NOT_FOUND, "no such member")
-        if member.ip not in (request.ip, origin.advertise):
-            return link.Refused(Status.INVALID_REQUEST, "token of another IP")
-        await self.node.rebind(member, origin.advertise)
-        log.info("member relayed through node %s from now on", request.origin)
-        return link.Accepted()
-
 
 def cluster_route(cluster: ClusterRouter) -> Callable[[], tuple[int, str, bytes]]:
     """The admin ``/cluster`` route: nodes, rooms per node and load, as JSON."""
@@ -531,8 +441,3 @@ def cluster_route(cluster: ClusterRouter) -> Callable[[], tuple[int, str, bytes]
                                                      option=orjson.OPT_INDENT_2)
 
     return route
-
-
-async def _read_body(reader: asyncio.StreamReader) -> bytes:
-    header = await reader.readexactly(link.LENGTH.size)
-    return await reader.readexactly(link.frame_length(header))
