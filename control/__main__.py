@@ -29,7 +29,7 @@ from typing import Any
 from control import config as config_mod
 from control import tls
 from control.admin import AdminServer, Metrics, routes_for
-from control.cluster import Cluster, cluster_route, load_secret
+from control.clusterroute import ClusterRouter, cluster_route, load_secret
 from control.clusterudp import UdpRelay
 from control.config import LIVE_FIELDS, Config, ConfigError
 from control.notify import notify, watchdog_interval
@@ -72,8 +72,13 @@ class Control:
         self.plan = plan
         self.argv = argv
         self.sources = dict(sources or {})
-        self.registry = Registry(cfg.workers, new_token)
-        self.app = ControlApp(cfg, plan.ports, self.registry)
+        self.cluster: ClusterRouter | None = None
+        if cfg.cluster:
+            assert cluster_secret is not None
+            self.cluster = ClusterRouter(cfg, cluster_secret, plan.ports[0])
+        self.registry = Registry(cfg.workers, new_token if self.cluster is None
+                                 else self.cluster.new_token)
+        self.app = ControlApp(cfg, plan.ports, self.registry, self.cluster)
         self.stop_requested = asyncio.Event()
         self.interrupts = 0
         self.exit_code = EXIT_OK
@@ -82,8 +87,6 @@ class Control:
         self.started_at = time.time()
         self.metrics = Metrics(self)
         self.admin: AdminServer | None = None
-        self.cluster_secret = cluster_secret
-        self.cluster: Cluster | None = None
 
     # Signal handlers only record the signal (gunicorn: "NO LOGGING, just queue").
     def _on_signal(self, signum: int) -> None:
@@ -264,8 +267,7 @@ class Control:
                 for listener in listeners:
                     listener.close()
                 return EXIT_FAILURE
-        if cfg.cluster:
-            assert self.cluster_secret is not None
+        if self.cluster is not None:
             relay = None
             if self.plan.relay is not None:
                 relay = UdpRelay(self.plan.relay, self.plan.sockets[0], cfg.workers)
@@ -274,12 +276,8 @@ class Control:
                             "their datagrams to the owning node (details.udp_host)",
                             self.plan.steering)
             front = listeners[0].sockets[0].getsockname()[1] if listeners else 0
-            self.cluster = Cluster(cfg, self.app, self.cluster_secret, front,
-                                   self.plan.ports[0], relay)
-            if relay is not None:
-                relay.cluster = self.cluster
             try:
-                await self.cluster.start()
+                await self.cluster.start(self.app, front, relay)
             except OSError as exc:
                 log.error("cannot listen on the cluster link %s:%d: %s%s", cfg.host,
                           cfg.cluster_port, exc.strerror, _hint(exc, "cluster_port"))
