@@ -134,7 +134,8 @@ bench-memory: $(STAMP)
 	$(PY) -m tests.bench.memory $(MEMORY_ARGS)
 
 # Encrypted rooms against plain rooms at the headline only (also part of `make bench`):
-# E2E_PAIRS interleaved (plain, encrypted) pairs; rewrites that section of docs/benchmarks.md.
+# E2E_PAIRS interleaved (plain, encrypted) pairs; rewrites that section of docs/performance.md
+# and docs/bench/e2e.json.
 E2E_PAIRS ?= 3
 bench-e2e: $(STAMP)
 	$(PY) -m tests.bench.e2e_compare --pairs $(E2E_PAIRS) --docs docs

@@ -1,18 +1,22 @@
-"""make bench: its section of docs/benchmarks.md (only its own, rewritten)."""
+"""make bench: its sections of docs/performance.md (only its own, rewritten) and the full
+results beside it in docs/bench/*.json."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from tests.bench import capacity as bench
-from tests.bench.capacity import CAPACITY_SECTION, HEADLINE_SECTION, replace_sections
+from tests.bench import docsout
+from tests.bench.capacity import CAPACITY_SECTION, HEADLINE_SECTION
+from tests.bench.docsout import replace_sections
 
 MINE = [f"{HEADLINE_SECTION}\n\nnew headline\n", f"{CAPACITY_SECTION}\n\nnew capacity\n"]
 
 
 def test_an_empty_or_missing_file_gets_both() -> None:
-    assert replace_sections("", MINE) == (f"# Benchmarks\n\n{HEADLINE_SECTION}\n\nnew headline"
+    assert replace_sections("", MINE) == (f"# Performance\n\n{HEADLINE_SECTION}\n\nnew headline"
                                           f"\n\n{CAPACITY_SECTION}\n\nnew capacity\n")
 
 
@@ -93,6 +97,29 @@ def test_section_shows_both_latencies_and_both_capacity_searches() -> None:
     assert "**Result: 3 msg/s per user = 10,000 datagrams/s in, 135,000 deliveries/s out**" \
         in capacity
     assert "![p99 against offered load](bench-capacity-loss.png)" in capacity
+    assert "| 3 | 15,000 | 135,000 |" in capacity  # every step, in the full section
+
+
+def test_publish_keeps_the_steps_in_the_data_file_and_out_of_the_page(tmp_path: Path) -> None:
+    """The page gets the summary and a link; docs/bench/NAME.json every table and note."""
+    section = (f"{CAPACITY_SECTION}\n\nresult line\n\n{docsout.FULL_OPEN}\n\n"
+               "- run 1: exit 0\n\nSteps:\n\n| rate | p99 |\n| ---: | ---: |\n"
+               "| 2 | 4.00 |\n| 3 | 80.00 |\n\n"
+               f"{docsout.FULL_CLOSE}\n\n![p99](bench-capacity.png)\n")
+    (tmp_path / "performance.md").write_text(
+        f"# Performance\n\n{CAPACITY_SECTION}\n\nold\n\n## Memory\n\nkept\n")
+    written = docsout.publish(tmp_path, "headline", [section], {"machine": {"nproc": 2}})
+    assert written == [tmp_path / "performance.md", tmp_path / "bench" / "headline.json"]
+    page = (tmp_path / "performance.md").read_text()
+    assert page == (f"# Performance\n\n{CAPACITY_SECTION}\n\nresult line\n\n"
+                    "Every run and step: [bench/headline.json](bench/headline.json).\n\n"
+                    "![p99](bench-capacity.png)\n\n## Memory\n\nkept\n")
+    data = json.loads((tmp_path / "bench" / "headline.json").read_text())
+    assert data["sections"] == [CAPACITY_SECTION.lstrip("# ")]
+    assert data["tables"] == [{"title": "Steps:", "columns": ["rate", "p99"],
+                               "rows": [["2", "4.00"], ["3", "80.00"]]}]
+    assert data["notes"] == ["run 1: exit 0"]
+    assert data["machine"] == {"nproc": 2}
 
 
 def test_encrypted_against_plain_section_has_each_run_the_medians_and_the_ratio() -> None:
