@@ -241,11 +241,15 @@ def short_command(cmd: str) -> str:
 
 
 def _commands(outcomes: dict[str, Outcome], keys: tuple[str, ...]) -> list[str]:
+    """The first run's commands for the page; every other run's for the data file only."""
     lines = ["```sh"]
-    for key in keys:
-        o = outcomes.get(key)
-        if o is not None:
-            lines += [f"# {o.scenario.label}", o.server_cmd, short_command(o.loadgen_cmd)]
+    shown = [o for o in (outcomes.get(key) for key in keys) if o is not None]
+    for i, o in enumerate(shown):
+        if i == 1:
+            lines.append(FULL_OPEN)
+        lines += [f"# {o.scenario.label}", o.server_cmd, short_command(o.loadgen_cmd)]
+    if len(shown) > 1:
+        lines.append(FULL_CLOSE)
     return [*lines, "```", "", "`$PORT` is the TCRP port from the server's `ready` line "
             "(`--tcp-port 0` lets the kernel choose); `$PID` is the server's process id.", ""]
 
