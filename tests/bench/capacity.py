@@ -339,10 +339,8 @@ def _capacity_lines(cap: Outcome | None) -> list[str]:
         lines += [
             f"### {cap.scenario.label}",
             "",
-            f"SLO: {slo}, same "
-            "500 × 10 profile, 5 s measured per step after 1 s of warmup; the rate per user "
-            "grows × 1.5 while the SLO holds (shrinks ÷ 1.5 while it breaks), then bisects "
-            "to 5 %.",
+            f"SLO: {slo}, 5 s per step after 1 s of warmup; the rate grows × 1.5 while "
+            "it holds, shrinks ÷ 1.5 while it breaks, then bisects to 5 %.",
             "",
             FULL_OPEN,
             "",
@@ -362,7 +360,7 @@ def _capacity_lines(cap: Outcome | None) -> list[str]:
                 f" | {run['counts']['loss_pct']:.3f} %"
                 f" | {scpu} | {cpu} % | {'held' if run['slo']['held'] else 'broke'}"
                 f"{' (retry)' if run.get('retry') else ''} |")
-        lines += ["", FULL_CLOSE, ""]
+        lines.append("")
         if c["rate_per_user"] is None:
             lines.append("**Result: no step held the SLO.**")
         else:
@@ -372,6 +370,7 @@ def _capacity_lines(cap: Outcome | None) -> list[str]:
         if c["limited_by_loadgen"]:
             lines.append(" The search stopped on a break while the loadgen itself was "
                          "saturated, so this is a lower bound.")
+        lines += ["", FULL_CLOSE]
         if cap.scenario.plot is not None:
             lines += ["", f"![p99 against offered load]({cap.scenario.plot.name})", ""]
         else:

@@ -145,3 +145,38 @@ def test_encrypted_against_plain_section_has_each_run_the_medians_and_the_ratio(
     assert "| end-to-end p99 | 4.00 ms | 4.70 ms | 1.175 |" in text  # median of 4.2, 5.2
     assert "| relay p99 | 2.00 ms | 2.10 ms | 1.050 |" in text
     assert "| server CPU | 70 % | 74 % | 1.050 |" in text
+
+
+def test_the_page_has_no_dates_load_averages_or_paths_and_one_link_per_section(
+        tmp_path: Path) -> None:
+    """What make bench writes into docs/performance.md: the summary and the first run's
+    commands; the machine's date, the load average, where the runs wrote and every other
+    run's commands only in docs/bench/headline.json."""
+    head = {"result": _run(3.25, 1.75), "setup": {"joins_per_s": 4321.0}}
+    runs = [_run(4.0, 2.0, rate=2.0), _run(80.0, 30.0, held=False, rate=3.0)]
+    cap = {"result": runs[0], "runs": runs, "capacity": {
+        "rate_per_user": 2.0, "in_per_s": 10000.0, "out_per_s": 90000.0, "slo_p99_ms": 10.0,
+        "slo_loss_pct": 0.1, "limited_by_loadgen": False}}
+    outcomes = {key: bench.Outcome(
+        bench.Scenario(key, label, ["ocm-control"], [], None), "ocm-control --workers 2",
+        f"ocm-loadgen --json /tmp/x/{key}.json --plot /tmp/x/{key}.png --label {label!r} "
+        "--tcp-port $PORT --rooms 500", 0, report, 0.99, [3.25, 3.0, 3.5])
+        for key, label, report in (("ocm2", "first", head), ("ocm1", "second", head),
+                                   ("capacity", "search", cap))}
+    machine = {"date": "2031-01-01 00:00 UTC", "nproc": 2, "cpu_model": "cpu", "kernel": "k",
+               "python": "3.11"}
+    sections = bench.render_sections(outcomes, machine, (7.5, 6.5, 5.5))
+    docsout.publish(tmp_path, "headline", sections,
+                    bench.results(outcomes, machine, (7.5, 6.5, 5.5)))
+    page = (tmp_path / "performance.md").read_text()
+    for absent in ("2031", "7.50", "load average", "/tmp/", docsout.FULL_OPEN,
+                   docsout.FULL_CLOSE, "# second", "--label", "--json"):
+        assert absent not in page, absent
+    assert page.count("[bench/headline.json](bench/headline.json)") == 2  # one per section
+    assert "ocm-loadgen --tcp-port $PORT --rooms 500" in page  # the first run's command
+    data = json.loads((tmp_path / "bench" / "headline.json").read_text())
+    assert data["machine"]["date"] == "2031-01-01 00:00 UTC"
+    assert data["load_before"] == [7.5, 6.5, 5.5]
+    assert data["runs"]["ocm1"]["p99s"] == [3.25, 3.0, 3.5]
+    steps = next(t for t in data["tables"] if t["columns"][0] == "rate/user")
+    assert [row[-1] for row in steps["rows"]] == ["held", "broke"]
