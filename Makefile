@@ -113,6 +113,8 @@ gui-screenshots: $(STAMP) gui-system-libs
 	fi
 	OCM_GUI_SCREENSHOTS=docs $(PY) -m pytest -q -p no:cacheprovider tests/gui/test_screenshots.py
 
+# The published figures: rewrites the tables of docs/performance.md and the full results in
+# docs/bench/{headline,e2e,percore,memory}.json (tests/bench/docsout.py).
 bench: $(STAMP)
 	$(PY) -m tests.bench.capacity
 	@echo "== per-core cost against the C limit =="
