@@ -15,7 +15,7 @@ token was issued to the client's IP, then tells its worker, which acknowledges).
 
 so every datagram the client receives comes from the port it sends to (docs/protocol.md
 §2.1). Costs: one extra hop each way through a Python process, and one socket per
-relayed member (``MAX_FLOWS`` bounds them; docs/benchmarks.md has the measured cost).
+relayed member (``MAX_FLOWS`` bounds them; docs/performance.md points to the cost).
 """
 
 from __future__ import annotations

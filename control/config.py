@@ -85,7 +85,7 @@ class Config:
     password_failure_window: float = _f(60.0, "seconds over which failed passwords are "
                                               "counted (max_password_failures)", live=True)
     max_rooms_per_ip: int = _f(2000, "live rooms hosted from one IP", live=True)
-    kdf_rate_per_ip: float = _f(50.0, "password key derivations (scrypt, ~45 ms each: a "
+    kdf_rate_per_ip: float = _f(50.0, "password key derivations (scrypt: a "
                                       "create with a password, a join whose password was "
                                       "not verified before) started per second per client "
                                       "IP, token bucket with burst = rate; more are "

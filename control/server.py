@@ -244,7 +244,7 @@ class ControlApp:
         body = request.body
         if room.password is not None:
             # One check at a time per (IP, room): the failure limit is read and written
-            # around a ~45 ms hash, so concurrent guesses must not all pass the check first.
+            # around a slow hash, so concurrent guesses must not all pass the check first.
             key = (ip, room.name)
             entry = self._password_locks.get(key)
             if entry is None:

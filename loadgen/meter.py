@@ -531,7 +531,7 @@ class _Latencies:
         """A histogram of everything recorded since the last fold; starts over empty.
 
         Vectorised (``add_counts``): folding bin by bin with ``record_value`` stalled the
-        loadgen's loop long enough to show in its latency tail (docs/benchmarks.md)."""
+        loadgen's loop long enough to show in its latency tail."""
         hist = new_histogram()
         view = self.view
         nonzero = np.flatnonzero(view)
