@@ -39,10 +39,10 @@ from control.registry import MemberRecord, RegistryError
 from relay.ipc import CloseRoom, Rebind
 from relay.steering import worker_tag
 from wire import errors
-from wire.codes import Framing, Operation, Status
+from wire.codes import Operation, Status
 from wire.e2e import MemberInfo, decode_members
 from wire.limits import REGISTRATION_WINDOW_S
-from wire.tcrp import Details, MembersRequest, Request, RequestBody
+from wire.tcrp import Details, MembersRequest, Request
 
 if TYPE_CHECKING:
     from control.clusterudp import UdpRelay
@@ -577,10 +577,7 @@ class Cluster:
 
     async def _forward(self, node: NodeInfo, request: Request, ip: str
                        ) -> tuple[Details, RemoteMember]:
-        body = request.body
-        forwarded = link.ForwardedRequest(int(request.operation), request.room,
-                                          body.username, body.password, body.framing.value,
-                                          ip, self.node_id, body.keys, body.e2e)
+        forwarded = link.ForwardedRequest.of(request, ip, self.node_id)
         reply, writer = await self._link_call(node, forwarded.to_json())
         status = int(reply.get("status", Status.INTERNAL_ERROR))
         if status != Status.OK:
@@ -694,11 +691,7 @@ class Cluster:
                                reader: asyncio.StreamReader,
                                writer: asyncio.StreamWriter) -> None:
         """Serve one forwarded TCRP request and pass on the member's registration."""
-        request = Request(Operation(forwarded.operation), forwarded.room,
-                          forwarded.room.encode(),
-                          RequestBody(forwarded.username, forwarded.password,
-                                      Framing(forwarded.framing), forwarded.keys,
-                                      forwarded.e2e))
+        request = forwarded.request()
         try:
             details, member = await self.handle_owned(request, forwarded.ip)
         except RegistryError as exc:

@@ -33,8 +33,10 @@ from typing import Any, Final
 import orjson
 
 from wire import errors
+from wire.codes import Framing, Operation
 from wire.e2e import PublicKeys, decode_public_keys
 from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
+from wire.tcrp import Request, RequestBody
 
 LENGTH: Final = struct.Struct("!I")
 MAX_LINK_FRAME_BYTES: Final = MAX_MEMBERS_RESPONSE_BYTES + 64 * 1024
@@ -70,6 +72,20 @@ class ForwardedRequest:
     """The member's public keys (docs/e2e.md §2.1); absent from an older node's frame."""
     e2e: bool = False
     """Create an encrypted room; absent from an older node's frame."""
+
+    @classmethod
+    def of(cls, request: Request, ip: str, origin: str) -> ForwardedRequest:
+        """``request`` as forwarded by node ``origin`` for a client at ``ip``."""
+        body = request.body
+        return cls(int(request.operation), request.room, body.username, body.password,
+                   body.framing.value, ip, origin, body.keys, body.e2e)
+
+    def request(self) -> Request:
+        """The TCRP request this forwards; raise ``ValueError`` for an unknown operation
+        or framing."""
+        return Request.of(Operation(self.operation), self.room,
+                          RequestBody(self.username, self.password, Framing(self.framing),
+                                      self.keys, self.e2e))
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"op": self.operation, "room": self.room,

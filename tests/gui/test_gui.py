@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
 from client.gui.app import MainWindow
-from client.gui.models import Field
+from client.refusals import Field
 from tests.gui.conftest import in_thread, run, until
 from tests.integration.harness import Server, free_udp_port, start_server
 from tests.integration.test_client_script import Client

@@ -22,9 +22,10 @@ from client import render
 from client.e2e.identity import IdentityKeys, fingerprint, safety_number
 from client.gui import models
 from client.gui.app import MainWindow
-from client.gui.models import ConnectRequest, Field
+from client.gui.models import ConnectRequest
 from client.gui.verify import VerifyDialog
 from client.keystore import Trust
+from client.refusals import Field
 from wire.codes import Operation
 from wire.e2e import MemberInfo
 
