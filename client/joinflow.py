@@ -243,13 +243,12 @@ def failure(target: TcrpTarget, stage: Stage, exc: BaseException,
     """One line for a failure of the join or of the member list: resolving, connecting,
     TLS, a timeout (``TimeoutError``) or the connection breaking."""
     where = target.where
-    if stage is Stage.RESOLVE:
-        if isinstance(exc, (OSError, UnicodeError)) and not isinstance(exc, TimeoutError):
-            return JoinFailed(f"cannot resolve server name {target.host!r}: {exc}")
     if isinstance(exc, TimeoutError):
         return JoinFailed(f"the server at {where} did not answer within {target.timeout:g} s")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return JoinFailed(_certificate_text(target, exc, certificate))
+    if stage is Stage.RESOLVE and isinstance(exc, (OSError, UnicodeError)):
+        return JoinFailed(f"cannot resolve server name {target.host!r}: {exc}")
     if stage is Stage.HANDSHAKE and isinstance(exc, OSError):
         reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else \
             describe_os_error(exc)
