@@ -436,8 +436,8 @@ def test_round_trip_request(
     framing: Framing | None,
     chunks: bytes,
 ) -> None:
-    data = encode_request(
-        Request.of(operation, room, RequestBody(username, password, framing=framing)))
+    data = encode_request(Request.of(
+        operation, room, RequestBody(username, password, framing=framing or Framing.PLAIN)))
     body = RequestBody(username, password or None, framing or Framing.PLAIN)
     expected = ([Request(operation, room, room.encode(), body)], None, operation,
                 room.encode(), b"")

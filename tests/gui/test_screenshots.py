@@ -99,7 +99,7 @@ def test_screenshot_connect_screen(qtbot: QtBot, loop: qasync.QEventLoop, settin
     window.connect_screen.tls.setChecked(True)
     window.connect_screen.ca_file.setText("/etc/ocm/ca.pem")
     window.connect_screen.show_error(
-        Field.ROOM, "A room with this name already exists. Join it, or pick another name.")
+        Field.ROOM, "A room named 'lobby' already exists. Join it, or pick another name.")
     window.connect_screen.password.setText("hunter2")
     _save(window, _out_dir(tmp_path) / "gui-connect.png")
 
