@@ -10,7 +10,7 @@ A driver does, in order::
 
     flow = JoinFlow(target, request)
     addr = <resolve target.host>            # error: raise flow.failed(exc)
-    <connect>; flow.connected()             # TCP up
+    flow.connecting(); <connect>; flow.connected()
     <TLS handshake if target.tls>; flow.secured()
     <write flow.request_bytes()>
     while (answer := flow.answer()) is None:
@@ -151,10 +151,14 @@ class JoinFlow:
         self.request = replace(request, body=replace(request.body, framing=Framing.OCM1))
         """What is sent: always asking for ``ocm1`` framing (names on every delivery)."""
         self.stage = Stage.RESOLVE
-        self._exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)  # an encrypted room's
-        self._received = False  # whether the server sent any byte   # reply lists its members
+        # An encrypted room's answer lists its members with their keys.
+        self._exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)
+        self._received = False  # whether the server sent any byte
 
     # --- progress reported by the driver ---------------------------------------------------
+    def connecting(self) -> None:
+        self.stage = Stage.CONNECT
+
     def connected(self) -> None:
         self.stage = Stage.HANDSHAKE if self.target.tls is not None else Stage.EXCHANGE
 

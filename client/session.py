@@ -99,7 +99,7 @@ def join_room(target: TcrpTarget, request: Request) -> Joined:
     try:
         try:
             tcp = socket.socket(family, socket.SOCK_STREAM)
-            flow.stage = Stage.CONNECT
+            flow.connecting()
             tcp.settimeout(target.timeout)
             tcp.connect(addr)
             flow.connected()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from client.joinflow import JoinFlow, Stage, TcrpTarget, certificate_probe_context
+from client.joinflow import JoinFlow, TcrpTarget, certificate_probe_context
 from client.session import RECV_CHUNK_BYTES, Addr, Joined, _joined
 from wire.tcrp import Request
 
@@ -31,7 +31,7 @@ async def join_room_async(target: TcrpTarget, request: Request) -> Joined:
                 infos = await loop.getaddrinfo(target.host, target.port,
                                                type=socket.SOCK_STREAM)
                 family, addr = infos[0][0], _addr(infos[0][4])
-                flow.stage = Stage.CONNECT
+                flow.connecting()
                 tcp = socket.socket(family, socket.SOCK_STREAM)
                 tcp.setblocking(False)
                 await loop.sock_connect(tcp, addr)
