@@ -27,7 +27,7 @@ from client.session import Joined, TcrpTarget
 from wire.chat import Notice, encode_chat, encode_framed_notice
 from wire.codes import Framing, NoticeEvent
 from wire.e2e import E2EDelivery, Kind, MemberInfo, PublicKeys, decode_route, encode_delivery
-from wire.tcrp import Details, encode_members_ok
+from wire.tcrp import Details, Request, RequestBody, encode_members_ok
 
 H = "127.0.0.1"
 TIMEOUT_S = 10.0
@@ -366,8 +366,9 @@ def test_create_e2e_on_a_server_without_encrypted_rooms_fails_and_leaves() -> No
     thread.start()
     try:
         with pytest.raises(JoinFailed, match="is not end-to-end encrypted; refused"):
-            join_room(H, listener.getsockname()[1], Operation.CREATE, "r", "alice",
-                      keys=BOB.public(), e2e=True)
+            join_room(TcrpTarget(H, listener.getsockname()[1]),
+                      Request.of(Operation.CREATE, "r",
+                                 RequestBody("alice", keys=BOB.public(), e2e=True)))
         data = udp.recv(65536)
         assert data == bytes((1, len(TOKEN))) + b"r" + TOKEN + b"/exit"
     finally:
