@@ -177,7 +177,7 @@ def decode_delivery(data: bytes) -> E2EDelivery:
 
 
 def max_chat_body(room_len: int, token_len: int, username_len: int) -> int:
-    """The longest SealedChat a member can send that reaches everyone (docs/e2e.md §3.3):
+    """The longest chat body a member can send that reaches everyone (docs/e2e.md §3.3):
     the datagram holds 2 + room + token + 1 + body <= 4096 and the delivery
     1 + username + 1 + body <= 4094."""
     return min(

@@ -91,9 +91,9 @@ MAX_E2E_MEMBERS: Final = 256
 """Members of an encrypted room, host included: the server answers ROOM_FULL (7) beyond
 ``min(--max-members, 256)``. A departure costs every remaining member one 153-byte
 envelope per other member (255 * 255 envelopes room-wide at this bound)."""
-MAX_MEMBERS_ENTRY_BYTES: Final = 656
+MAX_MEMBERS_ENTRY_BYTES: Final = 834
 """Largest ``members`` entry in JSON: a 255-byte username of quotes (each escaped to 2
-bytes), the host flag and both keys in base64."""
+bytes), the host flag, both keys in base64, and in a join reply the claimed prekey."""
 MAX_MEMBERS_RESPONSE_BYTES: Final = 256 * 1024
 """The State 1 payload a client accepts for a join reply or a member list (Operation 3):
-256 entries of at most 656 bytes plus the other details fit in 168 KiB."""
+256 entries of at most 834 bytes plus the other details fit in 214 KiB."""

@@ -19,7 +19,6 @@ import vodozemac
 
 from wire.e2e import (
     KEY_BYTES,
-    MAX_ONE_TIME_KEYS,
     SIGNATURE_BYTES,
     Prekeys,
     PublicKeys,
@@ -31,6 +30,10 @@ FINGERPRINT_LABEL: Final = b"ocm-e2e v1 fingerprint"
 SAFETY_LABEL: Final = b"ocm-e2e v1 safety number"
 FINGERPRINT_BYTES: Final = 16
 """A fingerprint shows 16 bytes of SHA-256 as 8 groups of 4 hex digits (128 bits)."""
+PUBLISHED_ONE_TIME_KEYS: Final = 8
+"""One-time keys a join publishes (the server accepts up to ``MAX_ONE_TIME_KEYS``): with
+the fallback key about 1.6 KB of JSON, so the request stays within the 4096-byte payload
+even with the longest escaped name and password."""
 SAFETY_DIGITS_PER_MEMBER: Final = 30
 """Each member contributes 30 decimal digits (6 chunks of 5 bytes, each mod 100000)."""
 
@@ -69,7 +72,7 @@ class IdentityKeys:
         return PublicKeys(from_unpadded(self.account.curve25519_key.to_base64()),
                           from_unpadded(self.account.ed25519_key.to_base64()))
 
-    def publish(self, count: int = MAX_ONE_TIME_KEYS) -> PublicKeys:
+    def publish(self, count: int = PUBLISHED_ONE_TIME_KEYS) -> PublicKeys:
         """The public keys with ``count`` fresh one-time keys and a fresh fallback key,
         signed: what a create or join request carries. Older prekeys of this process stay
         usable (vodozemac keeps up to 50 one-time keys and the previous fallback key)."""

@@ -493,9 +493,10 @@ def test_members_response() -> None:
 def test_members_response_bound_holds_the_worst_case() -> None:
     from wire.limits import MAX_E2E_MEMBERS, MAX_MEMBERS_ENTRY_BYTES, MAX_MEMBERS_RESPONSE_BYTES
 
-    worst = MemberInfo('"' * 255, False, KEYS)
+    worst = MemberInfo('"' * 255, False, KEYS, SignedPrekey(b"k" * 32, b"s" * 64))
     entry = encode_members_ok(b"r", (worst,))
     assert len(entry) - len(encode_members_ok(b"r", ())) - 1 < MAX_MEMBERS_ENTRY_BYTES
     assert len(orjson.dumps(worst.to_json())) == MAX_MEMBERS_ENTRY_BYTES
-    details = Details(65535, True, 4096, 300.0, Framing.OCM1, True, (worst,) * MAX_E2E_MEMBERS)
+    details = Details(65535, True, 4096, 300.0, Framing.OCM1, True, (worst,) * MAX_E2E_MEMBERS,
+                      epoch=b"e" * 16)
     assert len(orjson.dumps(details.to_json())) + 1 < MAX_MEMBERS_RESPONSE_BYTES
