@@ -386,10 +386,10 @@ def test_sas_matches_for_real_keys_and_exposes_a_substituted_key() -> None:
 
 def test_a_join_request_with_prekeys_fits_the_default_payload() -> None:
     from wire.codes import Operation
-    from wire.limits import DEFAULT_MAX_PAYLOAD_BYTES
+    from wire.limits import DEFAULT_MAX_PAYLOAD_BYTES, TCRP_HEADER_BYTES
     from wire.tcrp import Request, RequestBody, encode_request
 
     keys = IdentityKeys.generate().publish()
     body = RequestBody("u" * 255, "\x01" * 255, keys=keys, e2e=True)
     frame = encode_request(Request.of(Operation.JOIN, "r" * 255, body))
-    assert len(frame) - 4 - 255 <= DEFAULT_MAX_PAYLOAD_BYTES  # header, room name
+    assert len(frame) - TCRP_HEADER_BYTES - 255 <= DEFAULT_MAX_PAYLOAD_BYTES
