@@ -115,6 +115,10 @@ class E2EMeter(Meter):
         super().__init__(room_lo, rooms, users, framed=True)
         n = self.members
         self.size = size
+        self.text_size = size + MAX_NAME_BYTES - len(username_of(0, users))
+        """``text_of``'s size: the overhead counts a name of ``MAX_NAME_BYTES``, ours are one
+        width per run and shorter, so a Message comes within 20 bytes of ``size`` (padding
+        and the index's varint) and never over it."""
         self.verify_every = verify_every
         self.corrupt_every = corrupt_every
         self.identities = [IdentityKeys.generate() for _ in range(n)]
@@ -180,7 +184,7 @@ class E2EMeter(Meter):
     def prepare(self, per_member: int) -> int:
         """Seal ``per_member`` messages for every active member; return how many."""
         total = 0
-        base_g, size, corrupt_every = self._base_g, self.size, self.corrupt_every
+        base_g, size, corrupt_every = self._base_g, self.text_size, self.corrupt_every
         for lm, crypto in enumerate(self.crypto):
             if crypto is None:
                 self.sealed[lm] = self.msgs[lm] = []
@@ -301,7 +305,7 @@ class E2EMeter(Meter):
             good = (len(outputs) == 1 and isinstance(outputs[0], Decrypted)
                     and outputs[0].sender == name and outputs[0].index == counter
                     and outputs[0].session_id == self.chain[slm]
-                    and outputs[0].text == text_of(base_g + slm, counter, self.size))
+                    and outputs[0].text == text_of(base_g + slm, counter, self.text_size))
             if good:
                 ok += 1
             else:

@@ -129,8 +129,10 @@ def test_e2e_asked_and_a_plain_room_made_leaves_it(whole: bool) -> None:
     assert isinstance(answer, tuple)
     granted = flow.granted(answer, "127.0.0.1")
     assert granted.leave == encode_chat(ROOM.encode(), TOKEN, EXIT_COMMAND.encode())
-    assert str(flow.no_encrypted()) == ("the server at 127.0.0.1:9000 made a plain room, not "
-                                        "an encrypted one (it does not support --e2e); left it")
+    assert str(flow.no_encrypted()) == (
+        f"room {ROOM!r} at 127.0.0.1:9000 is not end-to-end encrypted; refused and left it "
+        "(--e2e was given, or this device saw the room encrypted before: --allow-plain "
+        "accepts a plain one)")
 
 
 def _verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:

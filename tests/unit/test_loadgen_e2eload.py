@@ -1,6 +1,6 @@
 """The ``--e2e`` meter without sockets (loadgen/e2eload.py): deliveries are mapped back to
-(sender, sequence) by chain id and counter, compared with what was sealed, and a sample
-is opened by the verifier's own engine."""
+(sender, sequence) by Megolm session id and message index, compared with what was
+encrypted, and a sample is opened by the verifier's own engine."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ MSTART = 1_000_000_000
 
 
 def meter(verify_every: int = 1) -> E2EMeter:
-    m = E2EMeter(0, 2, 3, 120, verify_every)
+    m = E2EMeter(0, 2, 3, 180, verify_every)
     for r in range(2):
         m.start_room(f"room-{r}", r)
     assert m.prepare(4) == 2 * 3 * 4
@@ -36,10 +36,11 @@ def delivery(sender_lm: int, message: bytes) -> bytes:
 
 def test_sizes_and_helpers() -> None:
     m = meter()
-    assert all(len(msg) == 120 for msgs in m.sealed for msg in msgs)
-    assert len(text_of(7, 3, MIN_E2E_SIZE)) == 0 and text_of(7, 3, 100) == b"7.3.xxxxxx"
+    assert all(180 - 20 <= len(msg) <= 180 for msgs in m.sealed for msg in msgs)
+    assert len(text_of(7, 3, MIN_E2E_SIZE)) == 0
+    assert text_of(7, 3, MIN_E2E_SIZE + 10) == b"7.3.xxxxxx"
     assert [verifier_of(lm, 3) for lm in range(6)] == [1, 2, 0, 4, 5, 3]
-    assert corrupt(b"\x01" * 12) != b"\x01" * 12
+    assert corrupt(b"\x01" * 120) != b"\x01" * 120
 
 
 def test_deliveries_are_accounted_checked_and_sampled() -> None:

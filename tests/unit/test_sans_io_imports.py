@@ -37,7 +37,7 @@ CORE_MODULES = [
     ROOT / "relay" / "core.py",
     ROOT / "relay" / "ipc.py",
     ROOT / "client" / "e2e" / "identity.py",
-    ROOT / "client" / "e2e" / "chains.py",
+    ROOT / "client" / "e2e" / "sas.py",
     ROOT / "client" / "e2e" / "room.py",
     ROOT / "control" / "clusterlink.py",
 ]
