@@ -88,9 +88,8 @@ def help_lines(max_message: int, room_mode: bool = True) -> list[str]:
             ("/who", "list the room's members (host marked; fingerprints in an encrypted "
                      "room)"),
             ("/verify NAME", "encrypted room: show the safety number to compare with NAME "
-                             "out of band; /verify NAME confirm marks NAME verified"),
-            ("/verify NAME sas", "compare emoji with NAME interactively (then /verify "
-                                 "NAME sas match, or ... sas cancel)"),
+                             "out of band (/verify NAME confirm then marks NAME verified), "
+                             "or /verify NAME sas to compare emoji with NAME"),
         ]
     rows.append(("//text", "send a message that starts with '/'"))
     width = max(len(name) for name, _ in rows) + 2
