@@ -33,7 +33,7 @@ from wire.limits import MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES
 
 E2E_VERSION: Final = 2
 """The version byte at the start of every body; other values are ``UnsupportedVersion``.
-Version 1 (hand-written sender chains) is gone."""
+Version 1 bodies are no longer understood."""
 KEY_BYTES: Final = 32
 """Curve25519 and Ed25519 public keys: 32 bytes each."""
 SIGNATURE_BYTES: Final = 64

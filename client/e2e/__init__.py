@@ -1,2 +1,3 @@
-"""End-to-end encryption for encrypted rooms (docs/e2e.md): identity keys, sender chains,
-and the sans-IO engine of one room. Uses ``cryptography`` for every primitive."""
+"""End-to-end encryption for encrypted rooms (docs/e2e.md), on vodozemac: identities and
+prekeys (``identity``), the sans-IO engine of one room with Olm and Megolm (``room``), and
+interactive verification (``sas``)."""

@@ -323,6 +323,8 @@ def test_recorded_traffic_and_every_file_on_disk_decrypt_nothing(
             if envelope.olm_type is OlmType.PRE_KEY:
                 prekey_messages.append(envelope.ciphertext)
     assert len(prekey_messages) >= 2  # both directions' first room keys were recorded
+    for payload in tap.tcp + tap.udp:
+        assert b"eagle" not in payload and b"blue folder" not in payload
     accounts = []
     for who in ("alice", "bob"):
         directory = tmp_path / who / "ocm"
