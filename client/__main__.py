@@ -237,7 +237,7 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
         return EXIT_USAGE
     try:
         keys = identity.publish() if identity is not None else None
-        e2e = must_be_encrypted(store, args.server, args.tcp_port, room, args.e2e,
+        e2e = must_be_encrypted(store, args.server, args.tcp_port, room, args.e2e, operation,
                                 args.allow_plain)
         joined = join_room(_target(args), Request.of(operation, room, RequestBody(
             args.user, password, keys=keys, e2e=e2e)))

@@ -44,7 +44,7 @@ from client.render import Line
 from client.session import Addr, Joined, JoinFailed, JoinRefused
 from wire import errors
 from wire.chat import Notice, decode_framed, encode_chat
-from wire.codes import NoticeEvent
+from wire.codes import NoticeEvent, Operation
 from wire.e2e import (
     MIN_CHAT_OVERHEAD_BYTES,
     ContentType,
@@ -556,12 +556,13 @@ def load_identity(env: Mapping[str, str], host: str, port: int, username: str,
 
 
 def must_be_encrypted(store: KeyStore | None, host: str, port: int, room: str, e2e: bool,
-                      allow_plain: bool = False) -> bool:
-    """Whether a plain answer for ``room`` must be refused: ``--e2e`` was given, or this
-    device saw that room encrypted on that server before (unless ``allow_plain``)."""
+                      operation: Operation, allow_plain: bool = False) -> bool:
+    """The request's ``e2e``: ``--e2e`` was given (create an encrypted room; refuse a plain
+    one on join), or a join of a room this device saw encrypted on that server before
+    (unless ``allow_plain``). Creating a plain room stays the user's choice."""
     if e2e:
         return True
-    if allow_plain or store is None:
+    if allow_plain or store is None or operation is not Operation.JOIN:
         return False
     try:
         return store.seen_encrypted(server_identity(host, port), room)

@@ -205,7 +205,7 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
                         "joined", colour, True)
             keys = plan.identity.publish() if plan.identity is not None else None
             e2e = must_be_encrypted(plan.store, plan.host, plan.tcp_port, room, plan.e2e,
-                                    plan.allow_plain)
+                                    operation, plan.allow_plain)
             target = TcrpTarget(plan.host, plan.tcp_port, plan.tls, plan.timeout, plan.ca_file)
             return join_room(target, Request.of(operation, room, RequestBody(
                 user, plan.password, keys=keys, e2e=e2e)))

@@ -161,7 +161,7 @@ class MainWindow(QMainWindow):
                     request.username, request.password,
                     keys=identity.publish() if identity is not None else None,
                     e2e=must_be_encrypted(store, request.host, request.port, request.room,
-                                          request.encrypted))))
+                                          request.encrypted, request.operation))))
         except JoinRefused as exc:
             which, text = models.refusal(exc.status, bool(request.password), exc.error,
                                          room=request.room, user=request.username)

@@ -171,3 +171,17 @@ def test_two_processes_on_one_directory(tmp_path: Path) -> None:
     assert set(pins["servers"][SERVER]) == {f"{u}-peer{i}" for u in ("alice", "bob")
                                             for i in range(60)}  # no update lost
     assert not [p for p in (tmp_path / "ocm").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_room_seen_encrypted_must_stay_so_on_join_only(store: KeyStore) -> None:
+    from client.e2e_link import must_be_encrypted
+    from wire.codes import Operation
+
+    join, create = Operation.JOIN, Operation.CREATE
+    assert not must_be_encrypted(store, "127.0.0.1", 9000, "r", False, join)
+    store.mark_encrypted(server_identity("127.0.0.1", 9000), "r")
+    assert must_be_encrypted(store, "127.0.0.1", 9000, "r", False, join)
+    assert not must_be_encrypted(store, "127.0.0.1", 9000, "r", False, join, allow_plain=True)
+    assert not must_be_encrypted(store, "127.0.0.1", 9000, "r", False, create)  # your choice
+    assert must_be_encrypted(store, "127.0.0.1", 9000, "r", True, create)
+    assert not must_be_encrypted(store, "127.0.0.1", 9001, "r", False, join)  # another server
