@@ -537,15 +537,17 @@ class RoomCrypto:
             self._early.append((sender, body))
             return [Rejected(sender, RejectReason.UNKNOWN_SENDER)]
         try:
-            plaintext = self._olm_decrypt(peer, envelope.olm_type, message)
+            plaintext, new_session = self._olm_decrypt(peer, envelope.olm_type, message)
             content = decode_content(plaintext)
         except errors.ProtocolError:
             return [Rejected(sender, RejectReason.MALFORMED)]
         except ValueError:
             return [Rejected(sender, RejectReason.DECRYPT_FAILED)]
-        peer.confirmed = True
         if content.binding != self.binding:
-            return [Rejected(sender, RejectReason.WRONG_ROOM)]
+            return [Rejected(sender, RejectReason.WRONG_ROOM)]  # a replayed session is not kept
+        if new_session is not None:
+            peer.olm, peer.initiated, peer.sent_session = new_session, False, b""
+        peer.confirmed = True
         out: list[Output] = []
         if content.content_type is ContentType.ROOM_KEY:
             out += self._install(sender, content.payload, now)
@@ -560,21 +562,22 @@ class RoomCrypto:
             out += self._deliver(sender, now)  # it resends: our answer may have been lost
         return out
 
-    def _olm_decrypt(self, peer: _Peer, olm_type: OlmType,
-                     message: vodozemac.AnyOlmMessage) -> bytes:
+    def _olm_decrypt(self, peer: _Peer, olm_type: OlmType, message: vodozemac.AnyOlmMessage
+                     ) -> tuple[bytes, vodozemac.Session | None]:
+        """The plaintext, and the new inbound session a pre-key message started (kept by
+        the caller only once the plaintext proves to belong to this room)."""
         if olm_type is OlmType.PRE_KEY:
             pre_key = message.to_pre_key()
             if pre_key is None:
                 raise ValueError("not a pre-key message")
             if peer.olm is not None and peer.olm.session_matches(pre_key):
-                return peer.olm.decrypt(message)
+                return peer.olm.decrypt(message), None
             session, plaintext = self._identity.account.create_inbound_session(
                 vodozemac.Curve25519PublicKey.from_bytes(peer.keys.x25519), pre_key)
-            peer.olm, peer.initiated, peer.sent_session = session, False, b""
-            return plaintext
+            return plaintext, session
         if peer.olm is None:
             raise ValueError("no Olm session")
-        return peer.olm.decrypt(message)
+        return peer.olm.decrypt(message), None
 
     def _install(self, sender: str, payload: bytes, now: float) -> list[Output]:
         try:

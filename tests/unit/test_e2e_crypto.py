@@ -393,3 +393,28 @@ def test_a_join_request_with_prekeys_fits_the_default_payload() -> None:
     body = RequestBody("u" * 255, "\x01" * 255, keys=keys, e2e=True)
     frame = encode_request(Request.of(Operation.JOIN, "r" * 255, body))
     assert len(frame) - TCRP_HEADER_BYTES - 255 <= DEFAULT_MAX_PAYLOAD_BYTES
+
+
+def test_a_replayed_pre_key_message_does_not_replace_the_live_session() -> None:
+    """A pre-key message recorded in an earlier incarnation (to bob's previous fallback
+    key, which vodozemac still accepts) opens, is refused for its binding, and leaves the
+    live Olm session alone: bob's next room key still reaches alice."""
+    ids = {"alice": IdentityKeys.generate(), "bob": IdentityKeys.generate()}
+    old = Net()
+    old.add(RoomCrypto("room", "bob", ids["bob"], BINDING))
+    alice_old = old.add(RoomCrypto("room", "alice", ids["alice"], BINDING))
+    old.send("bob", old.members["bob"].handle_notice(
+        Notice(NoticeEvent.JOINED, "alice", keys=ids["alice"].public())))
+    old.send("alice", alice_old.start([MemberInfo("bob", True, ids["bob"].public(),
+                                                  prekey_of(ids["bob"], fallback=True))]))
+    recorded = [d for to, d in old.log if to == "bob" and d.kind is Kind.ENVELOPE]
+    assert recorded
+    net = Net()
+    room(net, ["bob", "alice"], binding=room_binding(SERVER, "room", b"\x02" * 16),
+         identities=ids)
+    bob = net.members["bob"]
+    outs = [o for d in recorded for o in bob.receive(d, 0.0)]
+    assert Rejected("alice", RejectReason.WRONG_ROOM) in outs
+    net.send("bob", bob.rotate())
+    net.say("bob", b"still private")
+    assert net.texts("alice")[-1] == ("bob", b"still private")
