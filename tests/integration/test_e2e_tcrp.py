@@ -133,3 +133,33 @@ def test_keys_in_a_plain_room_change_nothing(server: Server, room_name: str) -> 
     assert response.status == Status.OK and complete is not None
     assert response.details is not None and not response.details.e2e
     assert response.details.members == ()
+
+
+def test_prekeys_are_handed_out_once_then_the_fallback_and_the_room_has_an_epoch(
+        server: Server, room_name: str) -> None:
+    """alice publishes one one-time key: the first joiner gets it, the next ones her
+    fallback key; each is signed by her; every join reply names the room's epoch; the
+    member list shows no prekey."""
+    from client.e2e.identity import IdentityKeys, verify_prekey
+
+    alice = IdentityKeys.generate()
+    published = alice.publish(1)
+    assert published.prekeys is not None
+    response, token = _request(server, encode_request(Request.of(
+        Operation.CREATE, room_name,
+        RequestBody("alice", framing=Framing.OCM1, keys=published, e2e=True))))
+    assert response.details is not None and len(response.details.epoch) == 16
+    claimed = []
+    for user in ("bob", "carol", "dave"):
+        ok = _request(server, encode_request(Request.of(Operation.JOIN, room_name, RequestBody(
+            user, framing=Framing.OCM1, keys=IdentityKeys.generate().publish()))))[0]
+        assert ok.details is not None and ok.details.epoch == response.details.epoch
+        first = ok.details.members[0]
+        assert first.user == "alice" and first.prekey is not None
+        assert verify_prekey(alice.public(), first.prekey)
+        claimed.append(first.prekey)
+    assert claimed[0] == published.prekeys.one_time[0]
+    assert claimed[1] == claimed[2] == published.prekeys.fallback
+    assert token is not None
+    answer = _request(server, encode_members_request(room_name, token))[0]
+    assert all(m.prekey is None for m in answer.members) and len(answer.members) == 4
