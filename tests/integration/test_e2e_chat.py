@@ -46,7 +46,7 @@ def _encrypted_room(clients: list[Client], server: Server, room: str, tmp_path: 
     """alice creates an encrypted room, bob joins; both fingerprints as shown."""
     alice = spawn(clients, server, "--create", room, "--user", "alice", "--e2e", *extra,
                   env=_env(tmp_path, "alice"))
-    alice.expect_err(r"alice is host of encrypted room")
+    alice.expect_err(r"alice is host of encrypted room .*\(end-to-end encrypted · (no )?TLS\)")
     fp_alice = alice.expect(rf"is end-to-end encrypted; your key fingerprint \(alice\): {FP}$")
     fp_alice = fp_alice.rsplit(": ", 1)[1]
     bob = spawn(clients, server, "--join", room, "--user", "bob", *extra,
