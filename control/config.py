@@ -52,16 +52,19 @@ def default_workers() -> int:
 @dataclass(frozen=True)
 class Config:
     host: str = _f("0.0.0.0", "address to bind the TCP and UDP ports on")
-    tcp_port: int = _f(9000, "TCRP control port (TCP); 0 = any free port")
-    tls_port: int = _f(9443, "TCRP over TLS port (TCP), served when tls_cert and tls_key are "
-                             "set; 0 = any free port")
+    tcp_port: int = _f(limits.DEFAULT_TCP_PORT, "TCRP control port (TCP); 0 = any free port")
+    tls_port: int = _f(limits.DEFAULT_TLS_PORT,
+                       "TCRP over TLS port (TCP), served when tls_cert and tls_key are "
+                       "set; 0 = any free port")
     tls_cert: str = _f("", "PEM file with the server certificate (and its chain) for TCRP "
                            "over TLS; empty = no TLS", metavar="FILE")
     tls_key: str = _f("", "PEM file with the private key of tls_cert", metavar="FILE")
     plain_tcrp: bool = _f(True, "also serve plain TCRP on tcp_port; --no-plain-tcrp leaves "
                                 "only TLS (needs tls_cert)")
-    udp_port: int = _f(9001, "public room-chat port (UDP) shared by all workers; 0 = any")
-    stage1_port: int = _f(9002, "Stage 1 global chat port (UDP); 0 disables it")
+    udp_port: int = _f(limits.DEFAULT_UDP_PORT,
+                       "public room-chat port (UDP) shared by all workers; 0 = any")
+    stage1_port: int = _f(limits.DEFAULT_STAGE1_PORT,
+                          "Stage 1 global chat port (UDP); 0 disables it")
     workers: int = _f(default_workers(), "relay worker processes",
                       default_text=f"the CPUs this process may use, at most {MAX_WORKERS} "
                                    f"(here {default_workers()})")
@@ -94,22 +97,26 @@ class Config:
                                         "at once; its others wait their turn", live=True)
     kdf_queue: int = _f(32, "key derivations (all IPs) that may wait for one of the 2 "
                             "hashing threads; past it RATE_LIMITED at once", live=True)
-    chat_rate: float = _f(10.0, "chat messages per second per member, token bucket; excess "
-                                "dropped and counted", live=True)
-    chat_burst: int = _f(20, "chat messages a member may send at once (bucket size of "
-                             "chat_rate)", live=True)
+    chat_rate: float = _f(limits.DEFAULT_CHAT_RATE,
+                          "chat messages per second per member, token bucket; excess "
+                          "dropped and counted", live=True)
+    chat_burst: int = _f(limits.DEFAULT_CHAT_BURST,
+                         "chat messages a member may send at once (bucket size of "
+                         "chat_rate)", live=True)
     port_per_shard: bool = _f(False, "give each worker its own UDP port (udp-port + i) "
                                      "instead of one shared port")
     steering: str = _f("auto", "how datagrams reach the owning worker on the shared port: "
                                "auto (BPF, else forward), bpf (fail if unavailable), forward")
-    max_stage1_clients: int = _f(10_000, "Stage 1 address table bound (~300 B each; 64 per "
-                                         "source IP)")
+    max_stage1_clients: int = _f(limits.STAGE1_MAX_CLIENTS,
+                                 "Stage 1 address table bound (~300 B each; 64 per "
+                                 "source IP)")
     log_level: str = _f("info", "debug, info, warning or error", live=True)
     log_format: str = _f("text", "log line format: text, or json (one JSON object a line)")
     admin_host: str = _f("127.0.0.1", "address of the admin HTTP server (/metrics, /healthz, "
                                       "/readyz)")
-    admin_port: int = _f(9100, "admin HTTP port; 0 = any free port, -1 = disabled (if the "
-                               "default port is busy the server runs without it)",
+    admin_port: int = _f(limits.DEFAULT_ADMIN_PORT,
+                         "admin HTTP port; 0 = any free port, -1 = disabled (if the "
+                         "default port is busy the server runs without it)",
                          metavar="PORT")
     ping_interval: float = _f(1.0, "seconds between liveness pings to each worker")
     ping_timeout: float = _f(5.0, "seconds without a pong before a worker is replaced")
@@ -137,8 +144,9 @@ class Config:
     advertise: str = _f("", "the IP other nodes and clients reach this node at (cluster "
                             "mode; default: host, which must then not be 0.0.0.0)",
                         metavar="HOST")
-    cluster_port: int = _f(9003, "TCP port of the internal link between nodes (cluster "
-                                 "mode); 0 = any free port", metavar="PORT")
+    cluster_port: int = _f(limits.DEFAULT_CLUSTER_PORT,
+                           "TCP port of the internal link between nodes (cluster "
+                           "mode); 0 = any free port", metavar="PORT")
     cluster_secret_file: str = _f("", "file holding the shared cluster secret (or set "
                                       "OCM_CLUSTER_SECRET); never sent on the wire",
                                   metavar="FILE")
@@ -168,7 +176,7 @@ _FIELDS: Final = {f.name: f for f in fields(Config)}
 _CHOICES: Final = {"steering": ("auto", "bpf", "forward"),
                    "log_level": ("debug", "info", "warning", "error"),
                    "log_format": ("text", "json"),
-                   "relay_hot_path": ("auto", "compiled", "python")}
+                   "relay_hot_path": limits.HOT_PATH_MODES}
 _POSITIVE: Final = ("inactivity_timeout", "tcp_timeout", "ping_interval", "ping_timeout",
                     "drain_timeout", "max_members", "max_send_failures",
                     "max_stage1_clients", "max_conns_per_ip", "conn_rate_per_ip",

@@ -34,7 +34,7 @@ class Ready:
     accounting: str
     """``c`` or ``python``: who accounts shared-socket deliveries."""
     sched: str
-    """The process's scheduling policy (relay/sched.py ``current``)."""
+    """The process's scheduling policy (runtime/sched.py ``current``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from loadgen.e2eload import DEFAULT_VERIFY_EVERY, MAX_VERIFY_EVERY, MIN_E2E_SIZE
 from loadgen.meter import HEADER_BYTES, Slo
 from loadgen.transport import MODES as SOCKET_MODES
 from runtime import sched
+from wire import limits
 
 CAPACITY_SLO_P99_MS: Final = 5.0
 """The p99 SLO of ``--find-capacity`` when no SLO is given."""
@@ -88,8 +89,9 @@ class Options:
     server: str = _f("127.0.0.1", "server address, or several comma-separated "
                              "HOST[:PORT] (a cluster's nodes): joins are spread over them",
                              "server")
-    tcp_port: int = _f(9000, "TCRP port; the chat port comes from each join's State 1 "
-                             "details", "server", minimum=1, maximum=65535)
+    tcp_port: int = _f(limits.DEFAULT_TCP_PORT,
+                       "TCRP port; the chat port comes from each join's State 1 details",
+                       "server", minimum=1, maximum=65535)
     sockets: str = _f("auto", "member addresses: 'member' = one UDP socket per member on "
                               "this host's IP (works against any server); 'shared' = one "
                               "socket per process and a loopback IP per member (127.100+.x.y), "

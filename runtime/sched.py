@@ -1,12 +1,10 @@
 """Real-time scheduling of the relay workers (``--realtime-priority N``).
 
 Why: on a machine whose cores the relay shares with other busy processes, a worker woken
-by a datagram waits for a CPU behind them. This kernel ticks at 250 Hz and gives ordinary
-(``SCHED_OTHER``) processes 1.4 ms slices, so that wait is often milliseconds, and it is
-nearly all of the relay's p99: at the headline load on 2 shared cores the relay's own
-latency was p99 ~2 ms under ``SCHED_OTHER`` and ~0.2 ms under ``SCHED_FIFO``, where a
-woken worker preempts any ordinary process at once (docs/benchmarks.md, "Real-time
-workers").
+by a datagram waits for a CPU behind them. Ordinary (``SCHED_OTHER``) processes get time
+slices of the order of a scheduler tick, so that wait can be milliseconds and most of the
+relay's tail latency; under ``SCHED_FIFO`` a woken worker preempts any ordinary process at
+once (the measured difference is in the benchmark results under docs/).
 
 What it costs: the CPU a worker takes is taken from the ordinary processes sharing its
 core. A worker only runs while it has datagrams or commands to handle, and the kernel's
