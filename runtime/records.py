@@ -71,8 +71,7 @@ Check = Callable[[Any, str, str], Any]
 """``(value, where, key) -> value``: raises ``_Bad``, or a ``RecordError`` of its own."""
 
 _PLURAL: Final = {"an integer": "integers", "a number": "numbers", "a string": "strings",
-                  "an object": "objects",
-                  "true or false": "true or false"}
+                  "an object": "objects", "true or false": "true or false"}
 _SCALAR_WORDS: Final[dict[type, str]] = {int: "an integer", float: "a number",
                                          bool: "true or false", str: "a string"}
 
