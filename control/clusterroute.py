@@ -31,7 +31,7 @@ import orjson
 from control import clusterlink as link
 from control.clusterleases import Leases, NodeInfo, pick_node
 from control.clusterserve import LinkServer, read_body
-from control.clusterudp import UdpRelay
+from control.clusterudp import FLOW_GRACE_S, UdpRelay
 from control.config import Config, ConfigError
 from control.registry import RegistryError
 from control.router import HERE, Elsewhere, Here, Node, QuotaRefusal, password_refusal
@@ -245,7 +245,7 @@ class ClusterRouter:
 
     def relay_idle_s(self) -> float:
         """How long a relayed member may be silent: its owner has evicted it by then."""
-        return self.node.cfg.inactivity_timeout + self.cfg.cluster_lease
+        return self.node.cfg.inactivity_timeout + FLOW_GRACE_S
 
     # --- the router --------------------------------------------------------------------
     async def place(self, request: Request, ip: str) -> Here | Elsewhere:

@@ -106,31 +106,30 @@ class LinkServer:
 
     async def _serve_members(self, query: link.MembersQuery
                              ) -> link.MemberList | link.Refused:
-        """Operation 3 for a room of this node. A member relayed through the asking node
-        has its token bound to that node's address, which stands for its own IP then."""
-        origin = await self.lookup(query.origin)
-        registry = self.node.registry
-        ip = query.ip
-        member = registry.tokens.get(query.token)
-        if origin is not None and member is not None and member.ip == origin.advertise:
-            ip = origin.advertise
+        """Operation 3 for a room of this node, for the token's holder at the IP it was
+        issued to (a relayed member's datagrams come from the relaying node, its requests
+        still from its own IP)."""
         try:
             if self.moved(query.room):
                 raise RegistryError(Status.ROOM_NOT_FOUND, f"room {query.room!r} moved")
-            members = registry.member_for(query.room, query.token, ip).room.member_infos()
+            members = self.node.registry.member_for(query.room, query.token, query.ip
+                                                    ).room.member_infos()
         except RegistryError as exc:
             return link.Refused(exc.status, exc.reason)
         return link.MemberList(members)
 
     async def _accept_relay(self, request: link.RelayRequest
                             ) -> link.Accepted | link.Refused:
-        """The owner's side of ``request_relay``: rebind the member to the relaying node."""
+        """The owner's side of ``request_relay``: rebind the member to the relaying node,
+        only for the client at the IP the token was issued to (where its datagrams come
+        from now, the relaying node's address, proves nothing)."""
         origin = await self.lookup(request.origin)
         member = self.node.registry.tokens.get(request.token)
         if origin is None or member is None or not member.alive:
             return link.Refused(Status.ROOM_NOT_FOUND, "no such member")
-        if member.ip not in (request.ip, origin.advertise):
+        if member.issued_ip != request.ip:
             return link.Refused(Status.INVALID_REQUEST, "token of another IP")
-        await self.node.rebind(member, origin.advertise)
-        log.info("member relayed through node %s from now on", request.origin)
+        if member.ip != origin.advertise:
+            await self.node.rebind(member, origin.advertise)
+            log.info("member relayed through node %s from now on", request.origin)
         return link.Accepted()

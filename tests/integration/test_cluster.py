@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -209,6 +209,99 @@ def test_plain_client_that_sends_to_the_wrong_node_is_relayed(
     assert bob.recv_text() == "チャットルームが閉じられました"
     alice.close()
     bob.close()
+
+
+def relay_counts(node: Server) -> dict[str, int]:
+    return cluster_view(node)["udp_relay"]  # type: ignore[return-value]
+
+
+def wait_relay(node: Server, done: Callable[[dict[str, int]], bool],
+               timeout: float = 20.0) -> dict[str, int]:
+    """The node's relay statistics once ``done`` holds for them (polled: they change on
+    no event the test can await)."""
+    deadline = time.monotonic() + timeout
+    while not done(counts := relay_counts(node)):
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.05)
+    return counts
+
+
+def relayed_member(node: Server, room: str, user: str, client_ip: str) -> Peer:
+    """A model-client-style member of ``room`` (owned by another node): joins through
+    ``node`` and sends its datagrams to ``node``'s UDP port."""
+    peer = join(node.host, node.tcp_port, Operation.JOIN, room, user, framing=Framing.PLAIN,
+                bind_ip=client_ip, bind="register")
+    peer.udp_port = node.udp_port
+    assert peer.details.udp_host != node.host  # type: ignore[attr-defined]
+    return peer
+
+
+def test_a_relayed_token_sent_from_another_ip_takes_nothing_over(
+        nodes: dict[str, Server]) -> None:
+    """Bob is relayed through B (his datagrams reach the owner A from B's address).
+    Mallory, at another IP, sends Bob's token (read off the wire) through B: a keepalive
+    and a chat. The owner refuses the relay (the token was issued to Bob's IP, and B's
+    address is no proof of anything): Mallory gets none of Bob's deliveries, and nothing
+    she sends is relayed as Bob's."""
+    a, b = nodes["A"], nodes["B"]
+    room = "hijack"
+    alice = create_on(a, room, "alice", "127.0.16.1")
+    bob = relayed_member(b, room, "bob", "127.0.16.2")
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
+    bob.send("hi through B")
+    expect_framed(alice, FramedChat, username="bob", message="hi through B")
+    before = relay_counts(b)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.16.3", 0))
+    mallory = Peer(b.host, room.encode(), "bob", bob.token, bob.details, b.udp_port, udp,
+                   Framing.PLAIN)
+    mallory.send(b"")
+    mallory.send("mallory speaking as bob")
+    wait_relay(b, lambda c: c["flows_refused"] + c["flows_opened"]
+               > before["flows_refused"] + before["flows_opened"])
+    alice.send("for bob only")
+    assert bob.recv_text() == "alice: for bob only"
+    bob.send("still bob")
+    expect_framed(alice, FramedChat, username="bob", message="still bob")
+    mallory.send("again as bob")
+    alice.send("still for bob only")
+    assert bob.recv_text() == "alice: still for bob only"
+    mallory.expect_nothing()
+    after = relay_counts(b)
+    assert after["flows"] == before["flows"] and after["flows_refused"] > before["flows_refused"]
+    for peer in (alice, bob, mallory):
+        peer.close()
+
+
+def test_one_token_from_thousands_of_ports_opens_one_flow(nodes: dict[str, Server]) -> None:
+    """4,600 source ports of one IP send one member's token through C: its flow is keyed
+    by (client IP, token), so at most ``MAX_FLOWS_PER_TOKEN`` flows open, and another
+    relayed member is served right after."""
+    from control.clusterudp import MAX_FLOWS_PER_TOKEN
+
+    a, c = nodes["A"], nodes["C"]
+    room = "flood"
+    alice = create_on(a, room, "alice", "127.0.17.1")
+    flooder = relayed_member(c, room, "flooder", "127.0.17.2")
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="flooder")
+    before = relay_counts(c)
+    datagram = encode_chat(room.encode(), flooder.token, b"")
+    for _ in range(4600):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.17.2", 0))
+            sock.sendto(datagram, (c.host, c.udp_port))
+    victim = relayed_member(c, room, "victim", "127.0.17.3")
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="victim")
+    victim.send("served despite the flood")
+    expect_framed(alice, FramedChat, username="victim", message="served despite the flood")
+    alice.send("back to you")
+    assert victim.recv_text() == "alice: back to you"
+    after = relay_counts(c)
+    assert after["flows"] - before["flows"] <= MAX_FLOWS_PER_TOKEN + 1, (before, after)
+    assert after["flows_opened"] - before["flows_opened"] <= MAX_FLOWS_PER_TOKEN + 1
+    alice.send("/exit")
+    for peer in (alice, flooder, victim):
+        peer.close()
 
 
 E2E_KEYS = PublicKeys(bytes(range(32)), bytes(range(32, 64)))
