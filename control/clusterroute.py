@@ -115,7 +115,7 @@ class ClusterRouter:
         self.last_renewal = -float("inf")
         self.registry_up = False
         self.counters = {"forwarded": 0, "served_for_others": 0, "redis_errors": 0,
-                         "link_refused": 0, "rooms_lost": 0}
+                         "link_refused": 0, "link_capped": 0, "rooms_lost": 0}
         self._server: asyncio.Server | None = None
         self._beat: asyncio.Task[None] | None = None
 

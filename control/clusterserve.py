@@ -25,10 +25,11 @@ from wire.limits import REGISTRATION_WINDOW_S
 log = logging.getLogger("ocm.cluster")
 
 
-async def read_body(reader: asyncio.StreamReader) -> bytes:
-    """One frame's body from the link (``LinkError`` past the frame limit)."""
+async def read_body(reader: asyncio.StreamReader,
+                    limit: int = link.MAX_LINK_FRAME_BYTES) -> bytes:
+    """One frame's body from the link (``LinkError`` past ``limit``, before reading it)."""
     header = await reader.readexactly(link.LENGTH.size)
-    return await reader.readexactly(link.frame_length(header))
+    return await reader.readexactly(link.frame_length(header, limit))
 
 
 class LinkServer:
@@ -44,17 +45,47 @@ class LinkServer:
         self.moved = moved
         """Whether a room's name now belongs to another node (no new members here)."""
         self.counters = counters
-        """The cluster's counters: ``served_for_others`` and ``link_refused`` count here."""
+        """The cluster's counters: ``served_for_others``, ``link_refused`` (a bad MAC or
+        an oversized frame) and ``link_capped`` (over a connection cap) count here."""
+        self.connections = 0
+        self.per_ip: dict[str, int] = {}
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One link connection, within the connection caps."""
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        if (self.connections >= link.MAX_LINK_CONNECTIONS
+                or self.per_ip.get(ip, 0) >= link.MAX_LINK_CONNECTIONS_PER_IP):
+            self.counters["link_capped"] += 1
+            writer.transport.abort()
+            return
+        self.connections += 1
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.connections -= 1
+            if self.per_ip[ip] > 1:
+                self.per_ip[ip] -= 1
+            else:
+                del self.per_ip[ip]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """The owner's side of one request from another node."""
         nonce = secrets.token_bytes(link.NONCE_BYTES)
         try:
             writer.write(link.encode(link.Hello(nonce)))
             header = await asyncio.wait_for(reader.readexactly(link.LENGTH.size),
                                             link.LINK_TIMEOUT_S)
-            body = await asyncio.wait_for(
-                reader.readexactly(link.frame_length(header)), link.LINK_TIMEOUT_S)
+            try:
+                size = link.frame_length(header, link.MAX_REQUEST_FRAME_BYTES)
+            except link.LinkError as exc:
+                self.counters["link_refused"] += 1
+                log.warning("cluster link: refused a request from %s before reading it: %s",
+                            writer.get_extra_info("peername"), exc)
+                writer.transport.abort()
+                return
+            body = await asyncio.wait_for(reader.readexactly(size), link.LINK_TIMEOUT_S)
             mac = await asyncio.wait_for(reader.readexactly(link.MAC_BYTES), link.LINK_TIMEOUT_S)
             if not link.verify(self.secret, nonce, body, mac):
                 self.counters["link_refused"] += 1
@@ -97,7 +128,8 @@ class LinkServer:
             return
         writer.write(link.encode(link.Granted(details, member.token)))
         try:
-            body = await asyncio.wait_for(read_body(reader), REGISTRATION_WINDOW_S)
+            body = await asyncio.wait_for(read_body(reader, link.MAX_REQUEST_FRAME_BYTES),
+                                          REGISTRATION_WINDOW_S)
         except (TimeoutError, asyncio.IncompleteReadError):
             return
         port = link.decode(body, link.Registration).port

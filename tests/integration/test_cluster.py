@@ -546,6 +546,58 @@ def test_bad_secret_is_refused_on_the_link(nodes: dict[str, Server],
     b.wait_log(r"refused a request with a bad MAC")
 
 
+def read_hello(sock: socket.socket) -> bytes | None:
+    """The link's first frame on ``sock``, or None if the node closed it unanswered."""
+    try:
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                return None
+            data += chunk
+    except ConnectionResetError:
+        return None
+    return data
+
+
+def test_an_oversized_frame_before_authentication_is_refused_unread(
+        nodes: dict[str, Server]) -> None:
+    """A request frame announcing 300,000 bytes (the old limit read up to 320 KiB before
+    checking the MAC): the owner closes the connection on the length alone, without
+    waiting for the body."""
+    b = nodes["B"]
+    found = b.wait_log(r"cluster node=B link=(\S+):(\d+)")
+    with socket.create_connection((found[1], int(found[2])), timeout=10,
+                                  source_address=("127.0.18.1", 0)) as sock:
+        assert read_hello(sock) is not None
+        sock.sendall((300_000).to_bytes(4, "big") + b"{" * 1000)
+        b.wait_log(r"refused a request from \S+ \S+ before reading it: frame of 300000 bytes")
+        assert read_hello(sock) is None  # closed, not waiting for the other 299,000 bytes
+
+
+def test_idle_link_connections_from_one_ip_are_capped(nodes: dict[str, Server]) -> None:
+    """More idle link connections from one IP than the cap: the first ``cap`` get the
+    node's hello, the rest are closed at once; another IP is still answered."""
+    from control.clusterlink import MAX_LINK_CONNECTIONS_PER_IP as cap
+
+    b = nodes["B"]
+    found = b.wait_log(r"cluster node=B link=(\S+):(\d+)")
+    address = (found[1], int(found[2]))
+    socks = [socket.create_connection(address, timeout=10,
+                                      source_address=("127.0.18.2", 0))
+             for _ in range(cap + 40)]
+    try:
+        answered = sum(read_hello(sock) is not None for sock in socks)
+        with socket.create_connection(address, timeout=10,
+                                      source_address=("127.0.18.3", 0)) as other:
+            assert read_hello(other) is not None
+    finally:
+        for sock in socks:
+            sock.close()
+    assert answered == cap, answered
+    assert cluster_view(b)["counters"]["link_capped"] >= 40  # type: ignore[index]
+
+
 def test_a_room_whose_name_another_node_took_is_closed(nodes: dict[str, Server],
                                                        redis: RedisServer) -> None:
     """The fencing after a partition: when an owner finds at renewal that its room's name
