@@ -113,6 +113,21 @@ def member(node: Server, op: Operation, room: str, user: str, client_ip: str,
     return peer
 
 
+def member_when_settled(node: Server, op: Operation, room: str, user: str, client_ip: str
+                        ) -> Peer:
+    """``member``, asked again while the cluster answers UNAVAILABLE because its registry
+    restarted less than a lease ago (new rooms wait until the owners claimed theirs)."""
+    deadline = time.monotonic() + LEASE_S + 10
+    while True:
+        try:
+            return member(node, op, room, user, client_ip)
+        except JoinRefused as refused:
+            if refused.status != Status.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            assert "registry restarted" in refused.response.error, refused
+        time.sleep(LEASE_S / 6)
+
+
 def create_on(node: Server, room: str, user: str, client_ip: str) -> Peer:
     """Create a room that lives on ``node`` (asked over its link, as another node would
     forward a create placed there), as a framed member with a bound UDP address."""
@@ -795,7 +810,7 @@ def test_redis_down_existing_rooms_relay_new_requests_unavailable_then_recover(
     expect_framed(guest, Notice, event=NoticeEvent.JOINED, user="late")
     late.send("after the restart")
     expect_framed(guest, FramedChat, username="late", message="after the restart")
-    fresh = member(c, Operation.CREATE, "after-restart", "h", "127.0.7.4")
+    fresh = member_when_settled(c, Operation.CREATE, "after-restart", "h", "127.0.7.4")
     for peer in (host, guest, late, fresh):
         peer.send("/exit")
         peer.close()
@@ -822,4 +837,58 @@ def test_kill_9_node_a_leases_expire_and_the_name_moves(
     again = member(b, Operation.CREATE, owned, "h2", "127.0.8.100")
     assert again.host in (NODE_IPS["B"], NODE_IPS["C"])
     for peer in [*peers, again]:
+        peer.close()
+
+
+def test_a_registry_restart_just_after_the_owners_renewal_keeps_the_live_room(
+        nodes: dict[str, Server], redis: RedisServer) -> None:
+    """Redis restarts empty just after the owner renewed its room's name: the owner claims
+    the name again only at its next renewal, a third of a lease later. Meanwhile another
+    node is asked, again and again, to create a room of that name: it refuses every time
+    (the registry's epoch changed, new names wait one lease). The live room keeps its
+    name and its members, and a new join lands in it."""
+    import redis as redis_py
+
+    b, c = nodes["B"], nodes["C"]
+    room = "restarted"
+    key = f"ocm:room:{room}"
+    host = create_on(c, room, "host", "127.0.19.1")
+    guest = member(b, Operation.JOIN, room, "guest", "127.0.19.2")
+    expect_framed(host, Notice, event=NoticeEvent.JOINED, user="guest")
+    client = redis_py.Redis(host=redis.host, port=redis.port, socket_timeout=5)
+    try:
+        deadline = time.monotonic() + 10
+        last = client.pttl(key)
+        while (ttl := client.pttl(key)) <= last:  # the renewal puts the TTL back up
+            assert time.monotonic() < deadline, "the owner never renewed its room"
+            last = ttl
+    finally:
+        client.close()
+    redis.stop()
+    redis.start()
+    client = redis_py.Redis(host=redis.host, port=redis.port, socket_timeout=5)
+    try:
+        attempts = 0
+        deadline = time.monotonic() + LEASE_S + 10
+        while client.get(key) != b"C":
+            reply = link_request(b, {"op": int(Operation.CREATE), "room": room,
+                                     "user": f"taker{attempts}", "password": None,
+                                     "framing": "plain", "ip": f"127.0.19.{10 + attempts}",
+                                     "origin": "B"})
+            assert reply["status"] in (Status.UNAVAILABLE, Status.ROOM_EXISTS), reply
+            attempts += 1
+            assert time.monotonic() < deadline, "the owner never claimed its room again"
+    finally:
+        client.close()
+    late = member_when_settled(b, Operation.JOIN, room, "late", "127.0.19.3")
+    assert late.host == NODE_IPS["C"]
+    expect_framed(host, Notice, event=NoticeEvent.JOINED, user="late")
+    expect_framed(guest, Notice, event=NoticeEvent.JOINED, user="late")
+    host.send("still one room")
+    expect_framed(guest, FramedChat, username="host", message="still one room")
+    expect_framed(late, FramedChat, username="host", message="still one room")
+    c.wait_log(r"cluster registry restarted")
+    assert f"room name {room!r} was claimed" not in c.log_text()
+    for peer in (host, guest, late):
+        peer.send("/exit")
         peer.close()
