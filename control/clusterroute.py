@@ -259,6 +259,11 @@ class ClusterRouter:
         """How long a relayed member may be silent: its owner has evicted it by then."""
         return self.node.cfg.inactivity_timeout + FLOW_GRACE_S
 
+    def relay_recheck_s(self) -> float:
+        """How often a flow in use asks its owner again whether the member is still
+        there: once per lease."""
+        return self.cfg.cluster_lease
+
     # --- the router --------------------------------------------------------------------
     async def place(self, request: Request, ip: str) -> Here | Elsewhere:
         """The cluster-wide rate check, then serve here or forward to the owner."""
@@ -437,14 +442,16 @@ class ClusterRouter:
                                 ) from exc
         return reply, writer
 
-    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str) -> bool:
+    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str
+                            ) -> bool | None:
         """Ask ``node`` to accept ``token`` (issued to ``client_ip``) from this node's IP,
-        which relays for the client (control/clusterudp.py). True once its worker has it."""
+        which relays for the client (control/clusterudp.py). True once its worker has it,
+        False if it refuses, None if it did not answer."""
         try:
             reply, writer = await self._call(
                 node, link.RelayRequest(token, client_ip, self.node_id), link.Accepted)
         except RegistryError:
-            return False
+            return None
         writer.close()
         return isinstance(reply, link.Accepted)
 

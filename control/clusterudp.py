@@ -19,7 +19,9 @@ so every datagram the client receives comes from the port it sends to (docs/prot
 §2.1). Costs: one extra hop each way through a Python process, and one socket per
 relayed member. The table is bounded three ways: ``MAX_FLOWS`` in all,
 ``MAX_FLOWS_PER_TOKEN`` and ``MAX_FLOWS_PER_IP`` (open or waiting for the owner); a
-flow closes ``FLOW_GRACE_S`` after the owner would evict its silent member.
+flow closes ``FLOW_GRACE_S`` after the owner would evict its silent member, and a flow in
+use asks the owner again once per ``relay_recheck_s`` (a lease), closing when the owner no
+longer has the member (it left, was evicted, or its room closed).
 """
 
 from __future__ import annotations
@@ -74,11 +76,16 @@ class Peers(Protocol):
     def node_by_tag(self, tag: int) -> NodeInfo | None:
         """The other live node whose tokens carry ``tag``."""
 
-    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str) -> bool:
-        """Ask ``node`` to accept ``token`` from this node's IP; True once it does."""
+    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str
+                            ) -> bool | None:
+        """Ask ``node`` to accept ``token`` from this node's IP; True once it does, False
+        if it refuses, None if it did not answer."""
 
     def relay_idle_s(self) -> float:
         """How long a flow may stay idle before it is closed."""
+
+    def relay_recheck_s(self) -> float:
+        """How often a flow in use is checked with its owner again."""
 
 
 FlowKey = tuple[str, bytes]
@@ -86,14 +93,17 @@ FlowKey = tuple[str, bytes]
 
 
 class Flow:
-    __slots__ = ("client", "token", "sock", "queue", "last_seen")
+    __slots__ = ("client", "token", "node", "sock", "queue", "last_seen", "checked")
 
-    def __init__(self, client: Addr, token: bytes, now: float) -> None:
+    def __init__(self, client: Addr, token: bytes, node: NodeInfo, now: float) -> None:
         self.client = client
         self.token = token
+        self.node = node
         self.sock: socket.socket | None = None
         self.queue: deque[bytes] | None = deque()
         self.last_seen = now
+        self.checked = now
+        """When the owner last accepted the token (+inf while a check is in flight)."""
 
 
 class UdpRelay:
@@ -164,12 +174,18 @@ class UdpRelay:
         ip = addr[0]
         key = (ip, token)
         now = time.monotonic()
+        peers = self.peers
+        assert peers is not None
         flow = self.flows.get(key)
         if flow is not None:
             flow.last_seen = now
             flow.client = addr  # the client's port may change (NAT); its IP may not
             if flow.sock is not None:
                 self._send_up(flow, data)
+                if now - flow.checked > peers.relay_recheck_s() and self.pending < MAX_PENDING:
+                    flow.checked = float("inf")
+                    self.pending += 1
+                    asyncio.ensure_future(self._recheck(flow))
             elif flow.queue is not None and len(flow.queue) < MAX_QUEUED:
                 flow.queue.append(data)
             return
@@ -178,8 +194,7 @@ class UdpRelay:
                 self.counters["flows_refused"] += 1
                 return
             del self.refused[key]
-        assert self.peers is not None
-        node = self.peers.node_by_tag(token[1])
+        node = peers.node_by_tag(token[1])
         if node is None:
             self.counters["dropped"] += 1
             return
@@ -189,18 +204,38 @@ class UdpRelay:
                 or self.pending_per_ip.get(ip, 0) >= MAX_PENDING_PER_IP):
             self.counters["flows_refused"] += 1
             return
-        flow = self.flows[key] = Flow(addr, token, now)
+        flow = self.flows[key] = Flow(addr, token, node, now)
         _count(self.per_token, token, 1)
         _count(self.per_ip, ip, 1)
         assert flow.queue is not None
         flow.queue.append(data)
         self.pending += 1
         _count(self.pending_per_ip, ip, 1)
-        asyncio.ensure_future(self._open(flow, node))
+        asyncio.ensure_future(self._open(flow))
 
-    async def _open(self, flow: Flow, node: NodeInfo) -> None:
+    async def _recheck(self, flow: Flow) -> None:
+        """Ask the owner again; close the flow if it no longer has the member."""
+        key = (flow.client[0], flow.token)
+        try:
+            assert self.peers is not None
+            accepted = await self.peers.request_relay(flow.node, flow.token, key[0])
+        finally:
+            self.pending -= 1
+        flow.checked = time.monotonic()
+        if accepted is False and self.flows.get(key) is flow:
+            self.counters["flows_refused"] += 1
+            self._hold(key)
+            self._drop(flow)
+
+    def _hold(self, key: FlowKey) -> None:
+        """Drop the datagrams of ``key`` for ``REFUSED_HOLD_S`` without asking again."""
+        if len(self.refused) < MAX_FLOWS:
+            self.refused[key] = time.monotonic() + REFUSED_HOLD_S
+
+    async def _open(self, flow: Flow) -> None:
         ip = flow.client[0]
         key = (ip, flow.token)
+        node = flow.node
         try:
             assert self.peers is not None
             accepted = await self.peers.request_relay(node, flow.token, ip)
@@ -211,10 +246,10 @@ class UdpRelay:
             return  # closed meanwhile (the relay stopped)
         if not accepted:
             self.counters["flows_refused"] += 1
-            if len(self.refused) < MAX_FLOWS:
-                self.refused[key] = time.monotonic() + REFUSED_HOLD_S
+            self._hold(key)
             self._drop(flow)
             return
+        flow.checked = time.monotonic()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)

@@ -319,6 +319,31 @@ def test_one_token_from_thousands_of_ports_opens_one_flow(nodes: dict[str, Serve
         peer.close()
 
 
+def test_a_flow_closes_soon_after_its_member_left(nodes: dict[str, Server]) -> None:
+    """A relayed member leaves (``/exit``), then its client keeps sending the dead token
+    through B: within about a lease B's owner check finds the member gone and closes the
+    flow (the datagrams alone would keep it open for ever)."""
+    a, b = nodes["A"], nodes["B"]
+    room = "leaving"
+    alice = create_on(a, room, "alice", "127.0.20.1")
+    bob = relayed_member(b, room, "bob", "127.0.20.2")
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
+    bob.send("about to go")
+    expect_framed(alice, FramedChat, username="bob", message="about to go")
+    before = relay_counts(b)
+    bob.send("/exit")
+    expect_framed(alice, Notice, event=NoticeEvent.LEFT, user="bob")
+    deadline = time.monotonic() + LEASE_S * 2 + 10
+    while (counts := relay_counts(b))["flows"] >= before["flows"]:
+        assert time.monotonic() < deadline, (before, counts)
+        bob.send(b"")  # a keepalive with the dead token, as a stale client would
+        time.sleep(LEASE_S / 6)
+    assert counts["flows_refused"] > before["flows_refused"]
+    alice.send("/exit")
+    alice.close()
+    bob.close()
+
+
 E2E_KEYS = PublicKeys(bytes(range(32)), bytes(range(32, 64)))
 BOB_KEYS = PublicKeys(bytes(range(64, 96)), bytes(range(96, 128)))
 NEEDS_KEYS = "an encrypted room needs the member's keys and ocm1 framing"
