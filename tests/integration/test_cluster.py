@@ -251,6 +251,17 @@ def relayed_member(node: Server, room: str, user: str, client_ip: str) -> Peer:
     return peer
 
 
+def relayed_pair(owner: Server, relay: Server, room: str, net: str) -> tuple[Peer, Peer]:
+    """Alice hosts ``room`` on ``owner`` (from ``net``.1); Bob joins through ``relay``
+    (from ``net``.2) and talks to it; one message of his has reached Alice."""
+    alice = create_on(owner, room, "alice", f"{net}.1")
+    bob = relayed_member(relay, room, "bob", f"{net}.2")
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
+    bob.send("hi through the relay")
+    expect_framed(alice, FramedChat, username="bob", message="hi through the relay")
+    return alice, bob
+
+
 def test_a_relayed_token_sent_from_another_ip_takes_nothing_over(
         nodes: dict[str, Server]) -> None:
     """Bob is relayed through B (his datagrams reach the owner A from B's address).
@@ -258,13 +269,9 @@ def test_a_relayed_token_sent_from_another_ip_takes_nothing_over(
     and a chat. The owner refuses the relay (the token was issued to Bob's IP, and B's
     address is no proof of anything): Mallory gets none of Bob's deliveries, and nothing
     she sends is relayed as Bob's."""
-    a, b = nodes["A"], nodes["B"]
+    b = nodes["B"]
     room = "hijack"
-    alice = create_on(a, room, "alice", "127.0.16.1")
-    bob = relayed_member(b, room, "bob", "127.0.16.2")
-    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
-    bob.send("hi through B")
-    expect_framed(alice, FramedChat, username="bob", message="hi through B")
+    alice, bob = relayed_pair(nodes["A"], b, room, "127.0.16")
     before = relay_counts(b)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.16.3", 0))
@@ -323,13 +330,8 @@ def test_a_flow_closes_soon_after_its_member_left(nodes: dict[str, Server]) -> N
     """A relayed member leaves (``/exit``), then its client keeps sending the dead token
     through B: within about a lease B's owner check finds the member gone and closes the
     flow (the datagrams alone would keep it open for ever)."""
-    a, b = nodes["A"], nodes["B"]
-    room = "leaving"
-    alice = create_on(a, room, "alice", "127.0.20.1")
-    bob = relayed_member(b, room, "bob", "127.0.20.2")
-    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
-    bob.send("about to go")
-    expect_framed(alice, FramedChat, username="bob", message="about to go")
+    b = nodes["B"]
+    alice, bob = relayed_pair(nodes["A"], b, "leaving", "127.0.20")
     before = relay_counts(b)
     bob.send("/exit")
     expect_framed(alice, Notice, event=NoticeEvent.LEFT, user="bob")
