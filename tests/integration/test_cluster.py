@@ -277,6 +277,12 @@ def test_a_relayed_token_sent_from_another_ip_takes_nothing_over(
     udp.bind(("127.0.16.3", 0))
     mallory = Peer(b.host, room.encode(), "bob", bob.token, bob.details, b.udp_port, udp,
                    Framing.PLAIN)
+    for ip, status in (("127.0.16.3", Status.INVALID_REQUEST), ("127.0.16.2", Status.OK)):
+        # Operation 3 as B forwards it for a client at ``ip`` with Bob's token
+        reply = link_request(nodes["A"], {"kind": "members", "room": room,
+                                          "token": bob.token.decode(), "ip": ip,
+                                          "origin": "B"})
+        assert reply["status"] == status, (ip, reply)
     mallory.send(b"")
     mallory.send("mallory speaking as bob")
     wait_relay(b, lambda c: c["flows_refused"] + c["flows_opened"]
