@@ -47,6 +47,10 @@ class MemberRecord:
     alive: bool = True
     keys: PublicKeys | None = None
     """The member's identity keys in an encrypted room (docs/e2e.md §2.1); None otherwise."""
+    issued_ip: str = ""
+    """The IP the token was issued to. ``ip`` is where its datagrams come from, which a
+    cluster node relaying for the member replaces with its own; this one never changes,
+    and every check of who holds the token compares against it."""
     one_time: list[SignedPrekey] = field(default_factory=list)
     """Its one-time keys not handed out yet: each goes to one newcomer only."""
     fallback: SignedPrekey | None = None
@@ -174,7 +178,7 @@ class Registry:
         ROOM_NOT_FOUND (no live room) or INVALID_REQUEST (docs/e2e.md §2.4)."""
         room = self.live_room(room_name)
         member = self.tokens.get(token)
-        if member is None or member.room is not room or member.ip != ip:
+        if member is None or member.room is not room or member.issued_ip != ip:
             raise RegistryError(Status.INVALID_REQUEST, "not a member of this room")
         return member
 
@@ -227,7 +231,7 @@ class Registry:
         token = self._new_token(room.worker)
         while token in self.tokens:  # 192 random bits: never, but cheap to be sure
             token = self._new_token(room.worker)
-        member = MemberRecord(token, username, ip, framing, is_host, room)
+        member = MemberRecord(token, username, ip, framing, is_host, room, issued_ip=ip)
         if room.e2e and keys is not None:  # a plain room ignores keys
             member.keys = keys.identity()
             if keys.prekeys is not None:
