@@ -386,8 +386,8 @@ def test_two_clients_sharing_one_config_directory(server: Server, room_name: str
     alice = spawn(clients, server, "--create", room_name, "--user", "alice", "--e2e",
                   env={"XDG_CONFIG_HOME": str(shared)})
     fp_alice = alice.expect(rf"your key fingerprint \(alice\): {FP}$").rsplit(": ", 1)[1]
-    bob = spawn(clients, server, "--join", room_name, "--user", "bob",
-                env={"XDG_CONFIG_HOME": str(shared)})
+    bob = spawn(clients, server, "--join", room_name, "--user", "bob", "--e2e",
+                env={"XDG_CONFIG_HOME": str(shared)})  # as the README prints it
     fp_bob = bob.expect(rf"your key fingerprint \(bob\): {FP}$").rsplit(": ", 1)[1]
     assert fp_alice != fp_bob
     bob.expect(rf"alice is now in the encryption set, key fingerprint {fp_alice}")
