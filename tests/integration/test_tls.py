@@ -169,7 +169,7 @@ def test_tls_only_with_no_plain_tcrp(tmp_path: Path) -> None:
         joined = join_room(TcrpTarget(H, int(match["port"]), tls=client_tls_context(str(ca))),
             Request.of(Operation.CREATE, "only-tls", RequestBody("alice")))
         joined.udp_sock.close()
-    refused = subprocess.run([sys.executable, "-m", "control", "--no-plain-tcrp"],
+    refused = subprocess.run([sys.executable, "-m", "control", "--no-plain-tcrp", "--no-tls"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 78 and "TCRP would be served nowhere" in refused.stderr
 
