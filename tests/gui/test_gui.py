@@ -44,10 +44,12 @@ def room_name() -> str:
 
 
 def fill(window: MainWindow, qtbot: QtBot, port: int, user: str, room: str, create: bool,
-         password: str = "") -> None:
-    """Fill the connect screen as a user would and press Connect."""
+         password: str = "", tls: bool = False) -> None:
+    """Fill the connect screen as a user would and press Connect (TLS unticked unless
+    ``tls``: ``port`` is then the plain one)."""
     screen = window.connect_screen
     screen.server.setCurrentText("127.0.0.1")
+    screen.tls.setChecked(tls)
     screen.port.setValue(port)
     screen.name.setCurrentText(user)
     (screen.create_mode if create else screen.join_mode).setChecked(True)
@@ -317,14 +319,19 @@ def test_tls_join_with_the_servers_ca_and_refusal_without(
                        workers=1)
     screen = window.connect_screen
 
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong_ca, _, _ = make_pki(other)
+
     async def scenario() -> None:
         port = tls_port(own)
-        screen.tls.setChecked(True)
-        screen.ca_file.setText("")  # the system's CAs do not know the test CA
-        fill(window, qtbot, port, "tess", room_name(), create=True)
+        screen.ca_file.setText(str(wrong_ca))  # a CA that did not issue the certificate
+        fill(window, qtbot, port, "tess", room_name(), create=True, tls=True)
         await until(lambda: screen.errors[Field.SERVER].isVisible(), "the TLS error")
         text = screen.errors[Field.SERVER].text()
-        assert text.startswith("No secure connection: ") and "does not trust" in text
+        assert text.startswith("No secure connection: ") and "unknown CA" in text
+        assert text.endswith("give the CA that did with the CA file field."), text
+        assert "--" not in text
         screen.ca_file.setText(str(tmp_path / "missing.pem"))
         qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
         await until(lambda: screen.errors[Field.SERVER].isVisible(), "the CA file error")
