@@ -255,9 +255,10 @@ class Control:
                 if not cert:
                     state = Path(cfg.state_dir) if cfg.state_dir else tls.default_state_dir()
                     cert, key = tls.ensure_self_signed(state, cfg.host)
-                    log.info("TLS: self-signed certificate %s (clients pin its key on first "
-                             "use)", cert)
                 context = tls.server_context(cert, key)
+                log.info("TLS: %scertificate %s, key %s (what clients pin and show)",
+                         "" if cfg.tls_cert else "self-signed ", cert,
+                         tls.key_fingerprint(cert))
             except tls.TlsSetupError as exc:
                 log.error("%s", exc)
                 for listener in listeners:

@@ -12,7 +12,9 @@ are not protected by it: docs/security.md.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import ipaddress
 import os
 import socket
@@ -45,6 +47,23 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
         raise TlsSetupError(f"cannot load the TLS certificate {cert_file} with the key "
                             f"{key_file}: {exc}") from None
     return context
+
+
+def key_fingerprint(cert_file: str) -> str:
+    """``sha256:BASE64`` of the public key (SubjectPublicKeyInfo) of the PEM certificate in
+    ``cert_file``: what clients pin and show, for comparing out of band; raise
+    ``TlsSetupError`` when it cannot be read."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        with open(cert_file, "rb") as fh:
+            cert = x509.load_pem_x509_certificate(fh.read())
+    except (OSError, ValueError) as exc:
+        raise TlsSetupError(f"cannot read the TLS certificate {cert_file}: {exc}") from None
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + base64.b64encode(hashlib.sha256(spki).digest()).decode().rstrip("=")
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:

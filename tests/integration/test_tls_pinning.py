@@ -55,6 +55,9 @@ def test_self_signed_by_default_pinned_on_first_use_and_a_changed_key_refused(
         assert stat.S_IMODE(pins.stat().st_mode) == 0o600
         line = next(x for x in pins.read_text().splitlines() if x.startswith(f"{H}:{port} "))
         assert re.fullmatch(rf"{H}:{port} sha256:[A-Za-z0-9+/]{{43}}", line), line
+        # The server logs the same key, for comparing out of band.
+        logged = srv.wait_log(r"self-signed certificate \S+, key (sha256:\S+) ")[1]
+        assert line == f"{H}:{port} {logged}" and logged in done.stderr
         pem = (first / "tls-cert.pem").read_bytes()
     # The same state directory: the same certificate, and the pin still holds.
     with start_server("--state-dir", str(first), "--tls-port", str(port), workers=1) as srv:
