@@ -91,7 +91,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py relay/worker.py relay/hot.py control/session.py \
 		control/registry.py control/quotas.py control/clusterlink.py control/router.py \
 		control/clusterleases.py control/clusterroute.py control/clusterserve.py control/clusterudp.py \
-		control/tls.py control/tlsport.py
+		control/tls.py control/tlsport.py client/known_servers.py client/joinflow.py
 	$(VENV)/bin/mypy runtime control relay client loadgen
 
 bench-wire: $(STAMP)

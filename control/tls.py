@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 
 CERT_NAME = "tls-cert.pem"
 KEY_NAME = "tls-key.pem"
+LOCK_NAME = ".tls.lock"
 SELF_SIGNED_DAYS = 3650
 """Validity of the self-signed certificate: clients pin its key, not its dates."""
 
@@ -93,12 +95,18 @@ def ensure_self_signed(state_dir: Path, host: str) -> tuple[str, str]:
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(state_dir, 0o700)
-        if cert_path.exists() and key_path.exists():
-            os.chmod(key_path, 0o600)
-            return str(cert_path), str(key_path)
-        cert_pem, key_pem = _make_self_signed(self_signed_names(host))
-        _write_private(key_path, key_pem)
-        _write_private(cert_path, cert_pem, mode=0o644)
+        # Servers starting at once on one state directory make one pair, not a mix.
+        lock = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if cert_path.exists() and key_path.exists():
+                os.chmod(key_path, 0o600)
+                return str(cert_path), str(key_path)
+            cert_pem, key_pem = _make_self_signed(self_signed_names(host))
+            _write_private(key_path, key_pem)
+            _write_private(cert_path, cert_pem, mode=0o644)
+        finally:
+            os.close(lock)
     except OSError as exc:
         raise TlsSetupError(f"cannot keep the self-signed TLS certificate in {state_dir}: "
                             f"{exc.strerror or exc} (set state_dir, or give tls_cert and "
