@@ -13,6 +13,7 @@ from pathlib import Path
 
 from client.session import TcrpTarget, client_tls_context, join_room
 from tests.integration.harness import Server, start_server
+from tests.stress.tools import admin_address, scrape
 from wire.codes import Operation
 from wire.tcrp import Request, RequestBody
 
@@ -87,11 +88,17 @@ def test_idle_tls_connections_meet_the_per_ip_cap_at_accept(tmp_path: Path) -> N
 
 def test_handshakes_in_progress_are_capped_per_ip(tmp_path: Path) -> None:
     with start_server("--max-tls-handshakes-per-ip", "4", "--tls-handshake-timeout", "120",
-                      "--tcp-timeout", "120", "--state-dir", str(tmp_path), workers=1) as srv:
+                      "--tcp-timeout", "120", "--state-dir", str(tmp_path), "--admin-port", "0",
+                      workers=1) as srv:
         socks = [idle(srv.tls_port, "127.0.0.2") for _ in range(9)]
         try:
             closed = wait_closed(socks, 5)
             assert not any(map(closed_by_server, (s for s in socks if s not in closed)))
+            admin = admin_address(srv.log_text())
+            assert admin is not None
+            metrics = scrape(admin)
+            assert metrics["ocm_tls_handshakes"] == 4
+            assert metrics["ocm_tls_handshakes_refused_total"] == 5
             tls_join(srv, tmp_path, "beside", "alice")  # from 127.0.0.1
         finally:
             for sock in socks:
