@@ -31,6 +31,7 @@ ACCEPT_ERROR_PAUSE_S: Final = 0.1
 """After EMFILE and the like, wait this long before accepting again (as asyncio does)."""
 _ACCEPT_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
                                    errno.ECONNABORTED})
+"""Expected under load: a warning; anything else is an error. Either way accepting goes on."""
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -82,8 +83,9 @@ class TlsPort:
                 conn, peer = await loop.sock_accept(self.sock)
             except OSError as exc:
                 if exc.errno not in _ACCEPT_ERRORS:
-                    raise
-                log.warning("TLS port: cannot accept a connection: %s", exc.strerror)
+                    log.error("TLS port: accept failed: %s", exc)
+                else:
+                    log.warning("TLS port: cannot accept a connection: %s", exc.strerror)
                 await asyncio.sleep(ACCEPT_ERROR_PAUSE_S)
                 continue
             self._admit(conn, str(peer[0]) if peer else "")
@@ -109,16 +111,18 @@ class TlsPort:
         when the handshake fails, times out or is cancelled."""
         app, cfg = self.app, self.app.cfg
         loop = asyncio.get_running_loop()
-        served = False
+        protocol = TcrpConnection(app, admitted=True, deadline=deadline)
         try:
             timeout = min(cfg.tls_handshake_timeout, max(0.0, deadline - loop.time()))
             await asyncio.wait_for(loop.connect_accepted_socket(
-                lambda: TcrpConnection(app, admitted=True, deadline=deadline), conn,
-                ssl=self.context, ssl_handshake_timeout=cfg.tls_handshake_timeout), timeout)
-            served = True
+                lambda: protocol, conn, ssl=self.context,
+                ssl_handshake_timeout=cfg.tls_handshake_timeout), timeout)
         except (OSError, TimeoutError) as exc:
             log.debug("TLS handshake with %s failed: %r", ip, exc)
         finally:
             app.handshakes.give(ip)
-            if not served:
+            # Once the protocol has the connection (connection_made), its connection_lost
+            # gives the count back; before that, nothing will: give it back here.
+            if protocol not in app.connections and protocol.counted:
+                protocol.counted = False
                 app.quotas.close_connection(ip)
