@@ -129,7 +129,8 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 def start_server(*args: str, workers: int = 2, stage1: bool = False,
                  env: dict[str, str | None] | None = None,
                  timeout: float = START_TIMEOUT_S, nofile: int | None = None) -> Server:
-    """Start ``ocm-control`` on 127.0.0.1 with kernel-chosen ports and wait until ready.
+    """Start ``ocm-control`` on 127.0.0.1 with kernel-chosen ports (the TLS port too) and
+    wait until ready.
 
     Extra ``args`` are passed as flags (e.g. ``"--inactivity-timeout", "2"``); ``env`` adds
     variables to the session's environment, or unsets those given as ``None``. Stage 1 is
@@ -140,7 +141,7 @@ def start_server(*args: str, workers: int = 2, stage1: bool = False,
     cmd = [
         sys.executable, "-m", "control",
         "--host", "127.0.0.1", "--tcp-port", "0", "--udp-port", "0",
-        "--stage1-port", str(stage1_port),
+        "--stage1-port", str(stage1_port), "--tls-port", "0",
         "--workers", str(workers),
         "--log-level", os.environ.get("OCM_TEST_LOG_LEVEL", "info"), *args,
     ]
