@@ -1,13 +1,14 @@
 """TLS for TCRP (stdlib ``ssl``): the server context, the self-signed certificate that
 ``ocm-control`` makes on first start when none is configured, and the bounds on handshakes.
 
-The TLS listener (``tls_port``, default ``wire.limits.DEFAULT_TLS_PORT``) speaks exactly the TCRP of the plain port
-inside TLS: same frames, same one request per connection, same 2-byte registration after
-State 2. It accepts plain TCP first, so the per-IP connection cap and the ``tcp_timeout``
-deadline apply from accept, as on the plain port; then TLS starts on the accepted
-connection, which must finish its handshake within ``tls_handshake_timeout`` and fit under
-``max_tls_handshakes`` (all IPs) and ``max_tls_handshakes_per_ip``. Chat datagrams (UDP)
-are not protected by it: docs/security.md.
+The TLS listener (``tls_port``, default ``wire.limits.DEFAULT_TLS_PORT``) speaks exactly
+the TCRP of the plain port inside TLS: same frames, same one request per connection, same
+2-byte registration after State 2. It accepts plain TCP first, so the per-IP connection
+cap and the ``tcp_timeout`` deadline apply from accept, as on the plain port; then TLS
+starts on the accepted connection, which must finish its handshake within
+``tls_handshake_timeout`` and fit under ``max_tls_handshakes`` (all IPs) and
+``max_tls_handshakes_per_ip``. Chat datagrams (UDP) are not protected by it:
+docs/security.md.
 """
 
 from __future__ import annotations
