@@ -100,10 +100,15 @@ class E2ERoomLink(RoomLink):
                  identity: IdentityKeys,
                  env: dict[str, str] | os._Environ[str] | None = None) -> None:
         super().__init__(joined, on_line, env)
+        self._loop = asyncio.get_running_loop()
+        """Datagram callbacks may run where no loop counts as running (qasync): its clock
+        and timers are taken from here."""
         room = joined.room_raw.decode()
         self.server_key = link_server_identity(joined)
         self.crypto = RoomCrypto(room, joined.username, identity,
-                                 room_binding(self.server_key, room, joined.details.epoch))
+                                 room_binding(room, joined.details.epoch),
+                                 joined.server_identity if joined.tcrp is not None
+                                 and joined.tcrp.tls is not None else "")
         self.identity = identity
         self.store = store
         self.max_message = max_chat_body(len(joined.room_raw), len(joined.token),
@@ -137,7 +142,7 @@ class E2ERoomLink(RoomLink):
         await super().open()
         me = render.sanitize_name(self.joined.username)
         try:
-            self.store.mark_encrypted(self.server_key, self.crypto.room)
+            self.store.mark_encrypted(link_server_address(self.joined), self.crypto.room)
         except (KeyStoreError, OSError) as exc:
             self._on_line(render.warning_line(f"cannot record this room as encrypted: {exc}"))
         self._on_line(render.notice_line(
@@ -387,7 +392,7 @@ class E2ERoomLink(RoomLink):
 
     # -- internals ------------------------------------------------------------------------
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self._loop.time()
 
     def _datagram(self, message: bytes) -> bytes:
         return encode_chat(self.joined.room_raw, self.joined.token, message)
@@ -461,7 +466,7 @@ class E2ERoomLink(RoomLink):
             self._timer = None
         deadline = self.crypto.next_deadline()
         if deadline is not None and self._transport is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -470,7 +475,7 @@ class E2ERoomLink(RoomLink):
     def _arm_poll(self) -> None:
         if self._transport is None or self.joined.tcrp is None:
             return
-        self._poll = asyncio.get_running_loop().call_later(MEMBERS_POLL_S, self._on_poll)
+        self._poll = self._loop.call_later(MEMBERS_POLL_S, self._on_poll)
 
     def _on_poll(self) -> None:
         self._last_refresh = float("-inf")
@@ -513,7 +518,17 @@ class E2ERoomLink(RoomLink):
 
 
 def link_server_identity(joined: Joined) -> str:
-    """The server identity pins and identities are kept under (``server_identity``)."""
+    """The server identity member keys are pinned under and room keys bound to: its TLS
+    key when the join went over TLS (``Joined.server_identity``), else the canonical
+    ``host:port``."""
+    if joined.server_identity:
+        return joined.server_identity
+    return link_server_address(joined)
+
+
+def link_server_address(joined: Joined) -> str:
+    """The canonical ``host:port`` as the user named the server (known before a join:
+    identities and the rooms seen encrypted are kept under it)."""
     if joined.tcrp is not None:
         return server_identity(joined.tcrp.host, joined.tcrp.port)
     return server_identity(joined.server[0], joined.server[1])

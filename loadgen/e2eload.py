@@ -152,7 +152,7 @@ class E2EMeter(Meter):
         users = self.users
         names = [username_of(u, users) for u in range(users)]
         lo = r * users
-        binding = room_binding(LOADGEN_SERVER, room_name, b"")
+        binding = room_binding(room_name, b"")
         for lm in range(lo, lo + users):
             if self.active[lm]:
                 self.crypto[lm] = RoomCrypto(room_name, names[lm - lo], self.identities[lm],

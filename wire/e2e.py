@@ -289,12 +289,14 @@ _CONTENT_TYPES: Final = frozenset(int(t) for t in ContentType)
 
 @dataclass(frozen=True, slots=True)
 class RoomKey:
-    """``SenderLen Sender RecipientLen Recipient SessionKey``: the sender's Megolm session
-    key (vodozemac's base64 text) for this one recipient."""
+    """``SenderLen Sender RecipientLen Recipient ServerLen(2) Server SessionKey``: the
+    sender's Megolm session key (vodozemac's base64 text) for this one recipient, and the
+    server's TLS key as the sender verified it (empty without TLS)."""
 
     sender: str
     recipient: str
     session_key: str
+    server: str = ""
 
 
 def _lp(raw: bytes) -> bytes:
@@ -314,19 +316,27 @@ def _read_lp(data: bytes, at: int) -> tuple[str, int]:
 
 
 def encode_room_key(key: RoomKey) -> bytes:
-    return _lp(key.sender.encode()) + _lp(key.recipient.encode()) + key.session_key.encode()
+    server = key.server.encode()
+    return (_lp(key.sender.encode()) + _lp(key.recipient.encode())
+            + len(server).to_bytes(2, "big") + server + key.session_key.encode())
 
 
 def decode_room_key(payload: bytes) -> RoomKey:
     sender, at = _read_lp(payload, 0)
     recipient, at = _read_lp(payload, at)
+    if at + 2 > len(payload):
+        raise errors.TruncatedDatagram("server past the end")
+    end = at + 2 + int.from_bytes(payload[at:at + 2], "big")
+    if end > len(payload):
+        raise errors.TruncatedDatagram("server past the end")
     try:
-        session_key = payload[at:].decode("ascii")
+        server = payload[at + 2:end].decode()
+        session_key = payload[end:].decode("ascii")
     except UnicodeDecodeError:
-        raise errors.MessageNotUtf8("session key") from None
+        raise errors.MessageNotUtf8("server or session key") from None
     if not session_key:
         raise errors.TruncatedDatagram("no session key")
-    return RoomKey(sender, recipient, session_key)
+    return RoomKey(sender, recipient, session_key, server)
 
 
 def encode_signed_text(sender: str, text: bytes) -> bytes:

@@ -86,11 +86,10 @@ def _lp(raw: bytes) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
 
 
-def room_binding(server: str, room: str, epoch: bytes) -> bytes:
-    """``SHA-256(label || server || room || epoch)`` (each length-prefixed): the one room
-    incarnation on one server that a room key belongs to."""
-    return hashlib.sha256(BINDING_LABEL + _lp(server.encode()) + _lp(room.encode())
-                          + _lp(epoch)).digest()
+def room_binding(room: str, epoch: bytes) -> bytes:
+    """``SHA-256(label || room || epoch)`` (each length-prefixed): the one room incarnation
+    a room key belongs to. The server's identity is checked beside it (``server_key``)."""
+    return hashlib.sha256(BINDING_LABEL + _lp(room.encode()) + _lp(epoch)).digest()
 
 
 def session_id_bytes(session_id: str) -> bytes:
@@ -228,16 +227,21 @@ def _new_outbound(recipients: frozenset[str]) -> _Outbound:
 class RoomCrypto:
     """Our Megolm session, every other member's, and the Olm sessions between us.
 
-    ``binding`` is ``room_binding(server, room, epoch)``. Call ``start(members)`` with the
+    ``binding`` is ``room_binding(room, epoch)``, ``server_key`` the server's TLS key as
+    verified ("" without TLS). Call ``start(members)`` with the
     join reply's members, ``add_member``/``remove_member`` (or ``handle_notice``) as the
     membership changes, ``seal(text, now)`` to send and ``receive(delivery, now)`` for each
     encrypted delivery; send every ``Send``; call ``handle_timer`` at ``next_deadline``.
     """
 
-    def __init__(self, room: str, me: str, identity: IdentityKeys, binding: bytes) -> None:
+    def __init__(self, room: str, me: str, identity: IdentityKeys, binding: bytes,
+                 server_key: str = "") -> None:
         self.room = room
         self.me = me
         self.binding = binding
+        self.server_key = server_key
+        """The server's TLS key as this client verified it ("" without TLS): sent in every
+        room key; one naming another key is refused (a replay from another server)."""
         self._identity = identity
         self._peers: dict[str, _Peer] = {}
         self._out = _new_outbound(frozenset())
@@ -420,7 +424,7 @@ class RoomCrypto:
         peer = self._peers.get(user)
         if peer is None or not peer.accepted or user not in session.recipients:
             return []
-        key = RoomKey(self.me, user, session.key0)
+        key = RoomKey(self.me, user, session.key0, self.server_key)
         send = self.send_content(user, ContentType.ROOM_KEY, encode_room_key(key), now)
         if send is None:
             return []  # no Olm session yet: it will start one from our prekey
@@ -587,6 +591,8 @@ class RoomCrypto:
             return [Rejected(sender, RejectReason.MALFORMED)]
         if key.sender != sender or key.recipient != self.me:
             return [Rejected(sender, RejectReason.FORGED_NAME)]
+        if key.server and self.server_key and key.server != self.server_key:
+            return [Rejected(sender, RejectReason.WRONG_ROOM)]
         sid = session_id_bytes(session.session_id)
         sessions = self._inbound.setdefault(sender, {})
         if sid in sessions:

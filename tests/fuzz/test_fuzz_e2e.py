@@ -191,7 +191,7 @@ def test_fuzz_members_request(seed: bytes) -> None:
 # --- fuzz: the crypto engine never raises ------------------------------------------------------
 ALICE = IdentityKeys.generate()
 BOB = IdentityKeys.generate()
-BINDING = room_binding("127.0.0.1:9000", "room", b"e" * 16)
+BINDING = room_binding("room", b"e" * 16)
 
 
 def _alice_outputs() -> list[bytes]:

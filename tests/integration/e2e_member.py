@@ -23,7 +23,6 @@ from client.e2e.room import (
     Send,
     room_binding,
 )
-from client.keystore import server_identity
 from tests.integration.peer import TIMEOUT_S, Peer, join
 from wire import errors
 from wire.chat import Notice, decode_framed, encode_chat
@@ -147,7 +146,7 @@ def new_member(host: str, tcp_port: int, op: Operation, room: str, user: str,
     peer = join(host, tcp_port, op, room, user, framing=Framing.OCM1, keys=identity.publish(),
                 e2e=e2e and op is Operation.CREATE, bind=bind)
     details = peer.details
-    binding = room_binding(server_identity(host, tcp_port), room,
+    binding = room_binding(room,
                            details.epoch)  # type: ignore[attr-defined]
     crypto = RoomCrypto(room, user, identity, binding)
     member = Member(peer, crypto, identity, send_to or (host, peer.udp_port))

@@ -119,7 +119,7 @@ class Alice:
         published = self.identity.publish(1)
         assert published.prekeys is not None
         self.prekey = published.prekeys.one_time[0]
-        self.binding = room_binding(server_identity(H, tcrp_port), ROOM, EPOCH)
+        self.binding = room_binding(ROOM, EPOCH)
         self.crypto = RoomCrypto(ROOM, "alice", self.identity, self.binding)
 
     def public(self) -> PublicKeys:

@@ -48,7 +48,7 @@ from wire.e2e import (
 )
 
 SERVER = "127.0.0.1:9000"
-BINDING = room_binding(SERVER, "room", b"\x01" * 16)
+BINDING = room_binding("room", b"\x01" * 16)
 
 
 class Net:
@@ -231,8 +231,8 @@ def test_replay_into_a_new_room_incarnation_is_rejected() -> None:
     with her real keys: nothing opens, the key is refused for its binding."""
     net = Net()
     ids = {"alice": IdentityKeys.generate(), "bob": IdentityKeys.generate()}
-    net.add(RoomCrypto("room", "bob", ids["bob"], BINDING))
-    alice = net.add(RoomCrypto("room", "alice", ids["alice"], BINDING))
+    net.add(RoomCrypto("room", "bob", ids["bob"], BINDING, "sha256:A"))
+    alice = net.add(RoomCrypto("room", "alice", ids["alice"], BINDING, "sha256:A"))
     net.send("bob", net.members["bob"].handle_notice(
         Notice(NoticeEvent.JOINED, "alice", keys=ids["alice"].public())))
     net.send("alice", alice.start([MemberInfo("bob", True, ids["bob"].public(),
@@ -248,17 +248,17 @@ def test_replay_into_a_new_room_incarnation_is_rejected() -> None:
     assert any(isinstance(o, Rejected) and o.reason is RejectReason.REPLAY
                for d in recorded for o in again.receive(d, 0.0))
     # a new incarnation (new epoch), bob's same account, alice announced with her keys
-    fresh = RoomCrypto("room", "bob", ids["bob"], room_binding(SERVER, "room", b"\x02" * 16))
+    fresh = RoomCrypto("room", "bob", ids["bob"], room_binding("room", b"\x02" * 16))
     fresh.handle_notice(Notice(NoticeEvent.JOINED, "alice", keys=ids["alice"].public()))
     outs = [o for d in recorded for o in fresh.receive(d, 0.0)]
     assert not [o for o in outs if isinstance(o, Decrypted | KeyInstalled)]
     assert Rejected("alice", RejectReason.WRONG_ROOM) in outs
-    # another server's room of the same name and epoch: the same
-    other = RoomCrypto("room", "bob", ids["bob"], room_binding("10.0.0.1:9000", "room",
-                                                               b"\x01" * 16))
+    # another server (another TLS key) with a room of the same name and epoch: the same
+    other = RoomCrypto("room", "bob", ids["bob"], BINDING, "sha256:B")
     other.handle_notice(Notice(NoticeEvent.JOINED, "alice", keys=ids["alice"].public()))
     outs = [o for d in recorded for o in other.receive(d, 0.0)]
     assert not [o for o in outs if isinstance(o, Decrypted | KeyInstalled)]
+    assert Rejected("alice", RejectReason.WRONG_ROOM) in outs
 
 
 def test_a_session_accepted_once_is_never_accepted_again() -> None:
@@ -410,7 +410,7 @@ def test_a_replayed_pre_key_message_does_not_replace_the_live_session() -> None:
     recorded = [d for to, d in old.log if to == "bob" and d.kind is Kind.ENVELOPE]
     assert recorded
     net = Net()
-    room(net, ["bob", "alice"], binding=room_binding(SERVER, "room", b"\x02" * 16),
+    room(net, ["bob", "alice"], binding=room_binding("room", b"\x02" * 16),
          identities=ids)
     bob = net.members["bob"]
     outs = [o for d in recorded for o in bob.receive(d, 0.0)]

@@ -240,10 +240,12 @@ def test_content_and_room_key_codecs() -> None:
         decode_content(b"B" * 32 + b"\x09")
     with pytest.raises(errors.TruncatedDatagram):
         decode_content(b"B" * 32)
-    key = RoomKey("alice", "bob", "S3ss10nKey")
-    assert encode_room_key(key) == b"\x05alice\x03bobS3ss10nKey"
+    key = RoomKey("alice", "bob", "S3ss10nKey", "sha256:K")
+    assert encode_room_key(key) == b"\x05alice\x03bob\x00\x08sha256:KS3ss10nKey"
     assert decode_room_key(encode_room_key(key)) == key
-    for bad in (b"", b"\x05alic", b"\x05alice\x03bob", b"\x05alice\x03bob\xff", b"\x00"):
+    assert decode_room_key(encode_room_key(RoomKey("a", "b", "k"))) == RoomKey("a", "b", "k")
+    for bad in (b"", b"\x05alic", b"\x05alice\x03bob", b"\x05alice\x03bob\x00\x00\xff",
+                b"\x05alice\x03bob\x00\x09x", b"\x05alice\x03bob\x00\x00", b"\x00"):
         with pytest.raises(errors.ProtocolError):
             decode_room_key(bad)
     assert decode_signed_text(encode_signed_text("alice", b"hi")) == ("alice", b"hi")
