@@ -32,6 +32,7 @@ from client.joinflow import (
 )
 from wire import errors
 from wire.codes import Status
+from wire.dgmac import Sealer
 from wire.e2e import MemberInfo
 from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
 from wire.tcrp import (
@@ -72,6 +73,13 @@ class Joined:
     server: Addr  # (server IP, details.udp_port)
     udp_sock: socket.socket  # bound to the IP the token was issued to, non-blocking
     tcrp: TcrpTarget | None = None  # where to ask for the member list (/who)
+    sealer: Sealer | None = None
+    """Joined over TLS: adds the MAC trailer to every datagram (wire/dgmac.py)."""
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` as it must be sent: with the next MAC trailer when the server gave
+        this membership a datagram key, else unchanged."""
+        return data if self.sealer is None else self.sealer.seal(data)
 
 
 def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
@@ -163,8 +171,10 @@ def _joined(flow: JoinFlow, granted: Granted, udp: socket.socket) -> Joined:
         raise flow.no_encrypted()
     udp.setblocking(False)
     request = flow.request
+    key = granted.details.datagram_key
     return Joined(request.room_raw, request.body.username, granted.token, granted.details,
-                  granted.server_udp, udp, flow.target)
+                  granted.server_udp, udp, flow.target,
+                  Sealer(key) if key is not None else None)
 
 
 def fetch_members(target: TcrpTarget, room_raw: bytes, token: bytes,

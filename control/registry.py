@@ -47,6 +47,9 @@ class MemberRecord:
     alive: bool = True
     keys: PublicKeys | None = None
     """The member's public keys in an encrypted room (docs/e2e.md §2.1); None otherwise."""
+    datagram_key: bytes | None = None
+    """Joined over TLS: the key of its datagrams' MAC trailer (wire/dgmac.py), given to
+    the member in its OK details and to its worker (re-seeding included)."""
 
     def info(self) -> MemberInfo:
         """This member as an entry of ``members`` (docs/e2e.md §2.2)."""
@@ -56,7 +59,7 @@ class MemberRecord:
         """The ``member`` pipe command that installs this member on its worker."""
         return AddMember(command_id, self.room.name, self.token, self.username, self.ip,
                          self.framing, self.is_host, self.addr, self.addr is not None,
-                         self.proven, self.room.e2e, self.keys)
+                         self.proven, self.room.e2e, self.keys, self.datagram_key)
 
 
 @dataclass(slots=True, eq=False)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from relay.ipc import Bound, Closed, Counters, Left
+from wire import dgmac
 from wire.chat import (
     Notice,
     encode_framed_notice,
@@ -95,6 +96,8 @@ DROP_REASONS: Final = (
     "unproven",  # outbound: a delivery withheld from a registered address never proven
     "bad_kind",  # encrypted room: the first byte is not a kind (docs/e2e.md §3.2)
     "no_recipient",  # encrypted room: addressed to no bound member but the sender
+    "bad_mac",  # a member with a datagram key: trailer missing or its tag wrong
+    "replayed",  # a member with a datagram key: a Seq accepted before or below the window
 )
 TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTED))
 """Notices a member gets about itself once in its life: never withheld (docs/protocol.md
@@ -107,7 +110,7 @@ class Member:
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
         "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
-        "trial", "muted", "keys",
+        "trial", "muted", "keys", "mac_key", "mac_top", "mac_seen",
     )
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
@@ -134,7 +137,13 @@ class Member:
         self.muted = False
         self.keys: PublicKeys | None = None
         """Encrypted rooms: the public keys its ``joined`` notice carries (docs/e2e.md)."""
-        """On trial and the budget is spent: left out of deliveries until proven."""
+        self.mac_key: bytes | None = None
+        """Joined over TLS: its datagram key; every datagram must carry a valid trailer
+        (wire/dgmac.py), checked before anything else is read past the token."""
+        self.mac_top = 0
+        """The highest trailer ``Seq`` accepted (0: none yet)."""
+        self.mac_seen = 0
+        """The replay window below ``mac_top`` (``wire.dgmac.advance``)."""
 
 
 class Room:
@@ -216,11 +225,13 @@ class RelayCore:
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
                    framing: Framing, is_host: bool, now: float, addr: Addr | None = None,
                    announced: bool = False, proven: bool = False, e2e: bool = False,
-                   keys: PublicKeys | None = None) -> bool:
+                   keys: PublicKeys | None = None, mac_key: bytes | None = None) -> bool:
         """Add a member (``is_host`` creates the room, encrypted if ``e2e``). False if the
         room is not live (or already exists, for a host): control then answers
         ROOM_NOT_FOUND/EXISTS. ``addr``, ``announced`` and ``proven`` re-seed a restarted
-        worker; ``keys`` go into the member's ``joined`` notice in an encrypted room."""
+        worker; ``keys`` go into the member's ``joined`` notice in an encrypted room;
+        ``mac_key`` (a member that joined over TLS) makes every datagram of the member
+        need its trailer (wire/dgmac.py)."""
         room = self.rooms.get(room_name)
         known = self.tokens.get(token)
         if known is not None:  # idempotent: a restarted worker may be seeded, then asked
@@ -232,6 +243,7 @@ class RelayCore:
         elif room is None:
             return False
         member = Member(token, username, ip, framing is Framing.OCM1, is_host, room, now)
+        member.mac_key = mac_key
         if room.e2e:
             member.keys = keys
             room.by_name[username.encode()] = member
@@ -322,6 +334,10 @@ class RelayCore:
         if room.name_raw != data[2:room_end]:
             self.drops["wrong_room"] += 1
             return None
+        if member.mac_key is not None:
+            data = self._unseal(member, data, token_end)
+            if data is None:
+                return None
         if room.e2e:
             return self._handle_e2e(member, data, token_end, addr, now)
         message = data[token_end:]
@@ -341,6 +357,23 @@ class RelayCore:
             self._remove(member, Reason.EXIT)
             return None
         return self._chat(member, message, now)
+
+    def _unseal(self, member: Member, data: bytes, token_end: int) -> bytes | None:
+        """The datagram without its trailer if the tag is right and its ``Seq`` is fresh
+        (the window moves), else None, counted (docs/protocol.md §5)."""
+        key = member.mac_key
+        assert key is not None
+        seq = dgmac.verify(key, data) if len(data) - token_end >= dgmac.TRAILER_BYTES \
+            else None
+        if seq is None:
+            self.drops["bad_mac"] += 1
+            return None
+        window = dgmac.advance(member.mac_top, member.mac_seen, seq)
+        if window is None:
+            self.drops["replayed"] += 1
+            return None
+        member.mac_top, member.mac_seen = window
+        return data[:-dgmac.TRAILER_BYTES]
 
     def _chat(self, member: Member, message: bytes, now: float) -> Fanout | None:
         """A chat message of an authenticated, refreshed member: charge its token bucket,

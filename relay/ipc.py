@@ -97,6 +97,8 @@ class AddMember:
     """The room is encrypted (docs/e2e.md §3): read by the worker when ``host`` creates it."""
     keys: PublicKeys | None = None
     """The member's public keys, only for its ``joined`` notice in an encrypted room."""
+    datagram_key: bytes | None = None
+    """Joined over TLS: the key of its datagrams' MAC trailer (wire/dgmac.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +244,9 @@ def _body(message: Message) -> dict[str, Any]:
                 "addr": list(message.addr) if message.addr is not None else None,
                 "announced": message.announced, "proven": message.proven,
                 "e2e": message.e2e,
-                "keys": message.keys.to_json() if message.keys is not None else None}
+                "keys": message.keys.to_json() if message.keys is not None else None,
+                "datagram_key": (message.datagram_key.hex()
+                                 if message.datagram_key is not None else None)}
     if isinstance(message, Register):
         return {"t": "register", "token": message.token.decode("ascii"),
                 "port": message.port}
@@ -363,9 +367,16 @@ def _member(f: _Fields) -> AddMember:
         keys = None if raw_keys is None else decode_public_keys(raw_keys)
     except BadKeys as exc:
         raise IpcError(f"member: {exc}") from None
+    raw_key = f.body.get("datagram_key")
+    datagram_key = None
+    if raw_key is not None:
+        try:
+            datagram_key = bytes.fromhex(f.text("datagram_key"))
+        except ValueError:
+            raise IpcError("member: datagram_key must be hex") from None
     return AddMember(f.integer("id"), f.text("room"), f.token("token"), f.text("user"),
                      f.text("ip"), framing, f.flag("host"), addr, f.flag("announced"),
-                     f.flag("proven"), f.flag("e2e"), keys)
+                     f.flag("proven"), f.flag("e2e"), keys, datagram_key)
 
 
 def _left(f: _Fields) -> Left:
