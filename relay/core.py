@@ -335,9 +335,10 @@ class RelayCore:
             self.drops["wrong_room"] += 1
             return None
         if member.mac_key is not None:
-            data = self._unseal(member, data, token_end)
-            if data is None:
+            unsealed = self._unseal(member, data, token_end)
+            if unsealed is None:
                 return None
+            data = unsealed
         if room.e2e:
             return self._handle_e2e(member, data, token_end, addr, now)
         message = data[token_end:]
