@@ -361,7 +361,7 @@ class RelayCore:
 
     def _unseal(self, member: Member, data: bytes, token_end: int) -> bytes | None:
         """The datagram without its trailer if the tag is right and its ``Seq`` is fresh
-        (the window moves), else None, counted (docs/protocol.md §5)."""
+        (the window moves), else None, counted (docs/protocol.md §8)."""
         key = member.mac_key
         assert key is not None
         seq = dgmac.verify(key, data) if len(data) - token_end >= dgmac.TRAILER_BYTES \

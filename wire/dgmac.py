@@ -1,4 +1,4 @@
-"""Authenticated chat datagrams (docs/protocol.md §5): the MAC trailer of members that
+"""Authenticated chat datagrams (docs/protocol.md §8): the MAC trailer of members that
 joined over TLS.
 
 A member that joined over TLS gets a per-member datagram key in its OK details

@@ -242,7 +242,7 @@ class Details:
     its datagrams (``udp_port`` is that node's). Absent on a single node: send to the
     address the TCRP connection went to."""
     datagram_key: bytes | None = None
-    """Our extension (docs/protocol.md §5): the member's datagram MAC key, sent only to a
+    """Our extension (docs/protocol.md §8): the member's datagram MAC key, sent only to a
     member that joined over TLS. With it, every datagram the member sends must carry the
     trailer of ``wire.dgmac``; ``max_message`` already leaves room for it."""
 

@@ -1,4 +1,4 @@
-"""A sniffed token is not a member (docs/protocol.md §5, docs/security.md), on a real
+"""A sniffed token is not a member (docs/protocol.md §8, docs/security.md), on a real
 ``ocm-control`` over TLS with a test CA, on both hot loops.
 
 Members that joined over TLS get a datagram key and seal every datagram. An attacker who

@@ -1,4 +1,4 @@
-"""Authenticated datagrams (docs/protocol.md §5), without sockets: keyed BLAKE2s against
+"""Authenticated datagrams (docs/protocol.md §8), without sockets: keyed BLAKE2s against
 the BLAKE2 reference's published vectors, the compiled loop's MAC against hashlib, the
 trailer and its replay window, the details field, and the relay core acting on a keyed
 member's datagrams only when their tag is right (plain and encrypted rooms)."""
@@ -83,7 +83,7 @@ def test_seal_layout_and_verify() -> None:
 
 
 def test_hex_example_of_the_protocol_page() -> None:
-    """docs/protocol.md §5 prints this datagram."""
+    """docs/protocol.md §8 prints this datagram."""
     sealed = dgmac.seal(bytes(range(32)), encode_chat(b"r", b"T" * 22, b"hi"), 1)
     assert sealed.hex() == ("0116" "72" + "54" * 22 + "6869" "0000000000000001"
                             "7b6651922856d3157e0e1265291ac2b4")
