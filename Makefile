@@ -11,7 +11,7 @@ GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libf
 # Best effort, for Japanese and emoji in the screenshots.
 GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
 
-.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs redis-server \
+.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs redis-server libssl-dev \
 	gui-screenshots fuzz chaos soak clean
 
 $(PY):
@@ -23,17 +23,17 @@ $(PY):
 # a C file re-runs the install.
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard */_*.c)
 
-$(RUNSTAMP): $(BUILD_INPUTS) | $(PY)
+$(RUNSTAMP): $(BUILD_INPUTS) | $(PY) libssl-dev
 	$(PY) -m pip install --quiet -e '.[client,loadgen]'
 	touch $@
 
 # Dev install: everything `make test`, `make lint` and the benchmarks need.
-$(STAMP): $(BUILD_INPUTS) | $(PY)
+$(STAMP): $(BUILD_INPUTS) | $(PY) libssl-dev
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNSTAMP) $(GUISTAMP)
 
 # The desktop client: the package with the gui extra (PySide6-Essentials, qasync).
-$(GUISTAMP): $(BUILD_INPUTS) | $(PY)
+$(GUISTAMP): $(BUILD_INPUTS) | $(PY) libssl-dev
 	$(PY) -m pip install --quiet -e '.[gui]'
 	touch $@
 
@@ -54,6 +54,16 @@ redis-server:
 	  echo "installing redis-server (Debian package) for the cluster tests"; \
 	  $(APT_INSTALL) redis-server >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) redis-server >/dev/null; }; }
+
+# relay/_hot.c verifies datagram MACs with OpenSSL 3's libcrypto (EVP_MAC "BLAKE2SMAC"):
+# its headers (Debian's libssl-dev) are installed here when missing, as redis-server is,
+# since `make test` requires the compiled extensions.
+OPENSSL3_CHECK := printf '\043include <openssl/opensslv.h>\n\043if OPENSSL_VERSION_MAJOR < 3\n\043error\n\043endif\n' | $${CC:-cc} -E -x c - >/dev/null 2>&1
+libssl-dev:
+	@$(OPENSSL3_CHECK) || { \
+	  echo "installing libssl-dev (OpenSSL 3 headers) for relay/_hot.c"; \
+	  $(APT_INSTALL) libssl-dev >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) libssl-dev >/dev/null; }; }
 
 run-gui: $(GUISTAMP) gui-system-libs
 	$(VENV)/bin/ocm-gui
