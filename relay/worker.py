@@ -133,7 +133,7 @@ class Worker:
         """The compiled hot loop on this worker's socket, core and caches."""
         compiled: hot.Hot = module.Hot(
             fd=self.fd, core=self.core, routes=self._routes, route_for=self._route_for,
-            slow=self._handle_one, send_failed=self._hot_send_failed, warn=self._hot_warn,
+            slow=self._handle_one, warn=self._hot_warn,
             clock=None if self.clock is time.monotonic else self.clock, after=self._flush,
             member_type=Member, room_type=Room, chat_kind=CHAT_KIND,
             max_datagram=MAX_DATAGRAM_BYTES, max_delivery=MAX_DELIVERY_BYTES,
@@ -221,9 +221,6 @@ class Worker:
                                                  room.framed_addrs)
         self._routes[room.name] = route
         return route
-
-    def _hot_send_failed(self, addr: Addr, now: float) -> None:
-        self._send_failed(None, addr, now)
 
     @staticmethod
     def _hot_warn(what: str, err: int) -> None:
