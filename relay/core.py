@@ -70,6 +70,24 @@ _new_fanout: Final = tuple.__new__
 _CHAT: Final = int(Kind.CHAT)
 CHAT_KIND: Final = _CHAT
 """The kind byte of an encrypted room's chat Message (for the compiled loop)."""
+HOT_MEMBER_SLOTS: Final = ("addr", "trial", "room", "plain_prefix", "framed_prefix", "framed",
+                           "allowance", "stamp", "last_seen")
+"""The compiled loop's contract (relay/_hot.c, held to it by tests/unit/test_hot_contract.py):
+the ``Member`` slots it reads, resolved to offsets once."""
+HOT_MEMBER_WRITES: Final = ("allowance", "stamp", "last_seen")
+"""The only ``Member`` slots it writes: what ``_chat`` and the refresh write."""
+HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation")
+"""The ``Room`` slots it reads (it writes none)."""
+HOT_CORE_ATTRIBUTES: Final = ("tokens", "failing", "chat_rate", "chat_burst", "received",
+                              "relayed", "events", "outbox", "handle_send_failure",
+                              "handle_send_success")
+"""What it uses of ``RelayCore``: reads ``tokens``, ``failing``, the chat rate and burst and
+whether ``events``/``outbox`` are empty; adds what it relayed to ``received`` and
+``relayed``; reports sends through the two methods (the one rule for failure streaks)."""
+HOT_CALLBACKS: Final = ("route_for", "slow", "warn", "clock", "after")
+"""The adapter's callbacks it calls: a room's ``Route`` on a cache miss, the Python path
+for a datagram, a log line for a socket error, the time, and the flush of events and
+notices."""
 _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
@@ -473,7 +491,9 @@ class RelayCore:
                 self._evict(member, Reason.SEND_FAILURES)
 
     def handle_send_success(self, addr: Addr) -> None:
-        """A send to a failing address went through: failures must be consecutive."""
+        """A send to ``addr`` went through: its failure streak ends (failures count only
+        when consecutive). The one rule for every adapter, the compiled loop included;
+        an adapter may skip the call while ``failing`` is empty."""
         self.failing.pop(addr, None)
 
     # --- timers ------------------------------------------------------------------------

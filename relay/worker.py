@@ -245,31 +245,33 @@ class Worker:
                 failed = tuple(i for i in range(len(batch.addrs)) if i != k)
             for i in failed:
                 self._send_failed(None, batch.addrs[i], now)
-            failing = self.core.failing
-            if failing:  # a streak ends at a send that went through (indexes, not addrs)
+            if self.core.failing:  # a streak ends at a send that went through
                 index = batch.index
-                for a in list(failing):
+                for a in list(self.core.failing):
                     j = index.get(a)
                     if j is not None and j != k and j not in failed:
-                        del failing[a]
+                        self.core.handle_send_success(a)
 
     def _relay(self, out: Fanout, now: float) -> None:
         """Fallback fan-out: one ``sendto`` per recipient, skipping the sender."""
         plain, plain_addrs, framed, framed_addrs, src, _ = out
         sendto = self.sock.sendto
-        failing = self.core.failing
+        core = self.core
         for payload, addrs in ((plain, plain_addrs), (framed, framed_addrs)):
             if payload is None:
                 continue
+            skip: Addr | None = src  # the sender's address, once per side (as sendmmsg)
             for a in addrs:
-                if a is not src:
-                    try:
-                        sendto(payload, a)
-                    except OSError as exc:
-                        self._send_failed(exc, a, now)
-                    else:
-                        if failing:
-                            failing.pop(a, None)
+                if skip is not None and a == skip:
+                    skip = None
+                    continue
+                try:
+                    sendto(payload, a)
+                except OSError as exc:
+                    self._send_failed(exc, a, now)
+                else:
+                    if core.failing:  # the streak ends at a send that went through
+                        core.handle_send_success(a)
 
     def _send_failed(self, exc: OSError | None, addr: Addr, now: float) -> None:
         """A send raised (a local error: the datagram was not sent). Cold path."""
