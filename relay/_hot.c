@@ -392,7 +392,12 @@ static void release_groups(Hot *self) {
     self->ngroups = 0;
 }
 
-/* Hand datagram i of the receive batch to the Python path: slow(data, addr, now). */
+static PyObject *str_outbox;
+static int core_list_nonempty(Hot *self, PyObject *name);
+
+/* Hand datagram i of the receive batch to the Python path: slow(data, addr, now). Notices
+ * it leaves in the core's outbox (of an eviction its sends caused) make the next datagram
+ * Python's too, which sends them before relaying, as Worker._on_udp does. */
 static int hand_over(Hot *self, int i, PyObject *now) {
     size_t slot = (size_t)self->max_datagram + 1;
     const char *d = self->buf + slot * (size_t)i;
@@ -409,7 +414,9 @@ static int hand_over(Hot *self, int i, PyObject *now) {
     Py_DECREF(addr);
     if (!res) return -1;
     Py_DECREF(res);
-    self->dirty = 0; /* Worker._handle_one sent the core's pending notices */
+    int pending = core_list_nonempty(self, str_outbox);
+    if (pending < 0) return -1;
+    self->dirty = pending;
     return 0;
 }
 

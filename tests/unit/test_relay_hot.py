@@ -144,12 +144,13 @@ class Pair:
             self.ordered = True
             py = {k: sorted(v) for k, v in py.items()}
             c = {k: sorted(v) for k, v in c.items()}
-        assert c == py, "the compiled loop delivered differently"
+        assert c == py, f"the compiled loop delivered differently: {c!r}, python {py!r}"
         self.last = py
         a, b = (w.core for w in self.workers)
-        assert state(b) == state(a), "the compiled loop left a different state"
+        sa, sb = state(a), state(b)
+        assert sb == sa, f"the compiled loop left a different state: {sb!r}, python {sa!r}"
         ea, eb = (w.events_seen for w in self.workers)  # type: ignore[attr-defined]
-        assert eb == ea
+        assert eb == ea, f"the compiled loop's events: {eb!r}, python {ea!r}"
 
     def close(self) -> None:
         for w in self.workers:
@@ -164,10 +165,11 @@ def state(core: RelayCore) -> object:
     members = {token: (m.username, m.addr, m.trial, m.muted, m.allowance, m.stamp,
                        m.last_seen, m.failures, m.alive)
                for token, m in core.tokens.items()}
-    rooms = {name: (sorted(r.members), r.plain_addrs, r.framed_addrs)
+    rooms = {name: (sorted(r.members), r.plain_addrs, r.framed_addrs, sorted(r.by_name))
              for name, r in core.rooms.items()}
     return (core.received, core.relayed, dict(core.drops), dict(core.evictions),
-            core.send_failures, dict(core.failing), dict(core.unproven), members, rooms)
+            core.send_failures, dict(core.failing), dict(core.unproven), members, rooms,
+            dict(core.addressed))
 
 
 @pytest.fixture
