@@ -278,13 +278,19 @@ def test_membership_changes_rebuild_the_route(pair: Pair) -> None:
     assert pair.workers[1]._routes == {}
 
 
-def test_encrypted_rooms(pair: Pair) -> None:
+def e2e_room(pair: Pair) -> list[tuple[bytes, str]]:
+    """An encrypted room "sec" of xena (host), yuri and zoe, each bound from its client."""
     names = ("xena", "yuri", "zoe")
     users = [(b"E" + bytes([c]) * 20, name) for c, name in zip(b"xyz", names, strict=True)]
     for i, (token, name) in enumerate(users):
         pair.add("sec", token, name, host=i == 0, framing=Framing.OCM1, e2e=True)
         pair.client(name)
         pair.chat(name, b"sec", token, b"")
+    return users
+
+
+def test_encrypted_rooms(pair: Pair) -> None:
+    users = e2e_room(pair)
     chat = encode_message(Kind.CHAT, b"\x01" + bytes(range(256)) * 2)
     pair.chat("xena", b"sec", users[0][0], chat)
     assert set(pair.last) == {"yuri", "zoe"}
@@ -384,16 +390,27 @@ def test_a_flush_that_closes_the_room_stops_the_rest_of_the_batch(pair: Pair) ->
     assert pair.workers[1].core.drops["unknown_token"] == 3
 
 
+def test_notices_of_an_eviction_by_the_python_paths_sends_come_before_the_next_chat(
+        pair: Pair) -> None:
+    """Dave's /exit (Python's) sends "left" to frank, whose third failed send evicts him:
+    frank's own "left" notice goes out before alice's next chat, which C could relay
+    (no address is failing any more), as datagram by datagram in Python."""
+    plain_room(pair)
+    pair.add("r", b"Tf" * 10, "frank", addr=("127.0.0.1", 0), proven=True)
+    pair.chat("a", b"r", TA, b"one")  # frank's address fails once, then twice
+    pair.chat("a", b"r", TA, b"two")
+    assert pair.workers[1].core.failing == {("127.0.0.1", 0): 2}
+    pair.now += 1.0
+    pair.send_many([("d", raw(b"r", TD, b"/exit")), ("a", raw(b"r", TA, b"three"))])
+    assert pair.last["b"] == ["dave がチャットルームから退出しました".encode(),
+                              "frank がチャットルームから退出しました".encode(), b"alice: three"]
+
+
 def test_addressed_kinds_have_their_own_token_bucket_in_both_loops(pair: Pair) -> None:
     """3,000 envelopes and 3,000 key requests in 2 s from one member: at most
     ``ADDRESSED_BURST + ADDRESSED_RATE * t`` of them are delivered (docs/security.md), by
     both loops alike; the compiled loop hands every addressed datagram to Python."""
-    names = ("xena", "yuri", "zoe")
-    users = [(b"E" + bytes([c]) * 20, name) for c, name in zip(b"xyz", names, strict=True)]
-    for i, (token, name) in enumerate(users):
-        pair.add("sec", token, name, host=i == 0, framing=Framing.OCM1, e2e=True)
-        pair.client(name)
-        pair.chat(name, b"sec", token, b"")
+    users = e2e_room(pair)
     compiled = pair.workers[1].hot
     assert compiled is not None
     before = compiled.counters()
