@@ -149,7 +149,7 @@ clean:
 # headline load for SOAK_MINUTES, memory and descriptors sampled every minute.
 # fuzz-hot: FUZZ_HOT_STEPS steps of the differential fuzz target (the compiled hot loop
 # against Python, every delivery and state compared) on an ASan/UBSan build of
-# relay/_hot.c (needs cc; about 70 steps/s, so the default is ~50 minutes); a 600-step run
+# relay/_hot.c (needs cc; a few hundred steps a second on an idle core); a 1,500-step run
 # is part of `make test` (tests/fuzz/test_fuzz_hot.py).
 FUZZ_RUNS ?= 1000000
 FUZZ_HOT_STEPS ?= 200000

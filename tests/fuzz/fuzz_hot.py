@@ -163,22 +163,22 @@ class Fuzz:
 
     def mutate(self, data: bytes) -> bytes:
         rng = self.rng
-        data = bytearray(data)
+        buf = bytearray(data)
         for _ in range(rng.randint(1, 3)):
             op = rng.random()
-            if op < 0.3 and data:
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-            elif op < 0.5 and data:
-                del data[rng.randrange(len(data)):]
+            if op < 0.3 and buf:
+                buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+            elif op < 0.5 and buf:
+                del buf[rng.randrange(len(buf)):]
             elif op < 0.7 and self.corpus:
                 other = rng.choice(self.corpus)
                 cut = rng.randrange(len(other) + 1)
-                data[rng.randrange(len(data) + 1):] = other[cut:]
+                buf[rng.randrange(len(buf) + 1):] = other[cut:]
             elif op < 0.85:
-                data[rng.randrange(len(data) + 1):0] = rng.randbytes(rng.randint(1, 8))
-            elif data:
-                data[rng.randrange(len(data))] = rng.choice((0, 1, 0x7F, 0x80, 0xFF, 0x2F))
-        return bytes(data[:5000])
+                buf[rng.randrange(len(buf) + 1):0] = rng.randbytes(rng.randint(1, 8))
+            elif buf:
+                buf[rng.randrange(len(buf))] = rng.choice((0, 1, 0x7F, 0x80, 0xFF, 0x2F))
+        return bytes(buf[:5000])
 
     def datagram(self) -> tuple[str, bytes]:
         rng = self.rng
@@ -209,7 +209,7 @@ class Fuzz:
         pair = self.pair
         live = {m.room.name_raw for m in pair.workers[0].core.tokens.values()}
         for room in self.rooms:
-            if room not in pair.workers[0].core.rooms:
+            if room.decode() not in pair.workers[0].core.rooms:
                 self.add(room, host=True)
         roll = rng.random()
         if roll < 0.08 or len(self.members()) < 6:
@@ -224,9 +224,9 @@ class Fuzz:
                 w._flush()
             pair.check()
         elif roll < 0.94 and live:
-            room = rng.choice(sorted(live)).decode()
+            name = rng.choice(sorted(live)).decode()
             for w in pair.workers:
-                w.core.close_room(room, "fuzz")
+                w.core.close_room(name, "fuzz")
                 w._flush()
             pair.check()
         pair.now += rng.choice((0.0, 0.0, 0.001, 0.05, 0.3, 2.0, 40.0))

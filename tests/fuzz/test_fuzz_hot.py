@@ -14,7 +14,7 @@ import pytest
 
 from tests.fuzz import fuzz_hot
 
-STEPS = 600
+STEPS = 1500
 SEED = 20
 
 
