@@ -175,16 +175,6 @@ static int Route_init(Route *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static PyObject *Route_get_generation(Route *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLongLong(self->generation);
-}
-
-static PyGetSetDef Route_getset[] = {
-    {"generation", (getter)Route_get_generation, NULL, "the room generation it was built from", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
 static PyTypeObject RouteType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "relay._hot.Route",
@@ -195,7 +185,6 @@ static PyTypeObject RouteType = {
               "sockaddr_in, for both delivery formats.",
     .tp_init = (initproc)Route_init,
     .tp_new = PyType_GenericNew,
-    .tp_getset = Route_getset,
 };
 
 /* ---- Hot: the loop ------------------------------------------------------------------ */

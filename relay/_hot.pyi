@@ -8,8 +8,6 @@ class Route:
     """A room's prebuilt sendmmsg headers for both delivery formats."""
 
     def __init__(self, generation: int, plain: list[Addr], framed: list[Addr]) -> None: ...
-    @property
-    def generation(self) -> int: ...
 
 class Hot:
     """The compiled hot loop of one relay worker."""
