@@ -21,7 +21,7 @@ commands from the parent on ``conn`` (a ``multiprocessing`` pipe):
 
 The data phase runs on a plain ``select.epoll`` loop over the transport's sockets, the pipe
 and a ``timerfd`` (pacing.py). With one socket per member it costs no more CPU
-than uvloop would (docs/benchmarks.md), and the shared socket reads in ``recvmmsg``
+than uvloop would, and the shared socket reads in ``recvmmsg``
 batches. The plain loop is kept because it batches every datagram of one poll into one
 ``Meter.receive_batch`` call and waits on the timerfd with µs precision (libuv timers
 have 1 ms resolution).
@@ -64,8 +64,8 @@ from runtime import sched
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation, Status
-from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
-from wire.tcrp import NEED_DATA, Complete, Response
+from wire.limits import DEFAULT_MAX_PAYLOAD_BYTES, MAX_MEMBERS_RESPONSE_BYTES
+from wire.tcrp import NEED_DATA, Complete, Request, RequestBody, Response
 from wire.tcrp_client import ClientExchange
 
 JOIN_ATTEMPTS: Final = 3
@@ -342,7 +342,7 @@ class Simulator:
         plan, j = self.plan, self.join
         users = plan.users
         room_raw = self.rooms_raw[lm // users]
-        framing = Framing.OCM1 if plan.framing == "ocm1" else None
+        framing = Framing.OCM1 if plan.framing == "ocm1" else Framing.PLAIN
         username = username_of(lm % users, users)
         outcome = "?"
         for attempt in range(JOIN_ATTEMPTS):
@@ -377,17 +377,15 @@ class Simulator:
         return False
 
     async def _tcrp(self, op: Operation, room_raw: bytes, username: str,
-                    framing: Framing | None, lm: int
+                    framing: Framing, lm: int
                     ) -> tuple[Status | int, Response | None, bytes]:
-        if self.e2e is None:
-            exchange = ClientExchange()
-            request = exchange.send_request(op, room_raw, username, self.plan.password,
-                                            framing)
-        else:  # an encrypted room's join reply lists its members with their keys
-            exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)
-            request = exchange.send_request(op, room_raw, username, self.plan.password,
-                                            framing, keys=self.e2e.public[lm],
-                                            e2e=op is Operation.CREATE)
+        keys = None if self.e2e is None else self.e2e.public[lm]
+        body = RequestBody(username, self.plan.password, framing, keys,
+                           keys is not None and op is Operation.CREATE)
+        # An encrypted room's join reply lists its members with their keys.
+        exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES if keys is not None else
+                                  DEFAULT_MAX_PAYLOAD_BYTES)
+        request = exchange.send_request(Request(op, room_raw.decode(), room_raw, body))
         ip = self.transport.join_ip(lm)  # the token is bound to the IP we join from
         host, port = self.targets[lm % len(self.targets)]
         reader, writer = await asyncio.open_connection(

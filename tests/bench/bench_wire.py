@@ -41,14 +41,15 @@ from wire.chat import (
 )
 from wire.codes import Framing, NoticeEvent, Operation
 from wire.stage1 import decode_stage1, encode_stage1
-from wire.tcrp import FrameReader, Role, encode_request
+from wire.tcrp import FrameReader, Request, RequestBody, Role, encode_request
 
 ROOM = b"room"
 TOKEN = b"A" + b"x" * 32
 MESSAGE = b"m" * (100 - 2 - len(ROOM) - len(TOKEN))  # a 100-byte datagram in all
 DATAGRAM = encode_chat(ROOM, TOKEN, MESSAGE)
 STAGE1 = encode_stage1("alice", "m" * (100 - 1 - 5))
-REQUEST = encode_request(Operation.JOIN, "room", "alice", None, Framing.OCM1)
+REQUEST = encode_request(
+    Request.of(Operation.JOIN, "room", RequestBody("alice", framing=Framing.OCM1)))
 JOINED = Notice(NoticeEvent.JOINED, "alice")
 PLAIN_PREFIX = plain_prefix("alice")
 FRAMED_PREFIX = framed_prefix("alice")

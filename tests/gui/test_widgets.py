@@ -16,10 +16,11 @@ from client import render
 from client.gui import models
 from client.gui.app import MainWindow
 from client.gui.connect import ConnectScreen
-from client.gui.models import ConnectRequest, Field, Member
+from client.gui.models import ConnectRequest, Member
 from client.gui.room import RoomView
 from client.gui.verify import VerifyDialog
 from client.keystore import Trust
+from client.refusals import Field
 from wire.codes import Operation
 
 
