@@ -12,7 +12,7 @@ GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libf
 GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
 
 .PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs redis-server libssl-dev \
-	gui-screenshots fuzz chaos soak clean
+	gui-screenshots fuzz fuzz-hot chaos soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -161,11 +161,20 @@ clean:
 # (atheris if it installed, else the stdlib mutation engine). chaos: the full 1,000,000-
 # datagram flood, then SIGKILL a worker every 5 s under the headline load. soak: the
 # headline load for SOAK_MINUTES, memory and descriptors sampled every minute.
+# fuzz-hot: FUZZ_HOT_STEPS steps of the differential fuzz target (the compiled hot loop
+# against Python, every delivery and state compared) on an ASan/UBSan build of
+# relay/_hot.c (needs cc; a few hundred steps a second on an idle core); a 1,500-step run
+# is part of `make test` (tests/fuzz/test_fuzz_hot.py).
 FUZZ_RUNS ?= 1000000
+FUZZ_HOT_STEPS ?= 200000
+FUZZ_HOT_SEED ?= 1
 SOAK_MINUTES ?= 10
 
 fuzz: $(STAMP)
 	$(PY) -m tests.fuzz.fuzz_main --runs $(FUZZ_RUNS)
+
+fuzz-hot: $(STAMP)
+	$(PY) -m tests.fuzz.fuzz_hot --sanitize --steps $(FUZZ_HOT_STEPS) --seed $(FUZZ_HOT_SEED)
 
 chaos: $(STAMP)
 	OCM_FLOOD_DATAGRAMS=1000000 $(PY) -m pytest -q -s -p no:cacheprovider tests/integration/test_floods.py -k random_datagram

@@ -35,6 +35,8 @@ from wire.chat import (
 from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
 from wire.e2e import Kind, PublicKeys
 from wire.limits import (
+    ADDRESSED_BURST,
+    ADDRESSED_RATE,
     DEFAULT_INACTIVITY_TIMEOUT_S,
     DEFAULT_MAX_SEND_FAILURES,
     EXIT_MATCH_MAX_BYTES,
@@ -69,6 +71,24 @@ _new_fanout: Final = tuple.__new__
 _CHAT: Final = int(Kind.CHAT)
 CHAT_KIND: Final = _CHAT
 """The kind byte of an encrypted room's chat Message (for the compiled loop)."""
+HOT_MEMBER_SLOTS: Final = ("addr", "trial", "room", "plain_prefix", "framed_prefix", "framed",
+                           "allowance", "stamp", "last_seen")
+"""The compiled loop's contract (relay/_hot.c, held to it by tests/unit/test_hot_contract.py):
+the ``Member`` slots it reads, resolved to offsets once."""
+HOT_MEMBER_WRITES: Final = ("allowance", "stamp", "last_seen")
+"""The only ``Member`` slots it writes: what ``_chat`` and the refresh write."""
+HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation")
+"""The ``Room`` slots it reads (it writes none)."""
+HOT_CORE_ATTRIBUTES: Final = ("tokens", "failing", "chat_rate", "chat_burst", "received",
+                              "relayed", "events", "outbox", "handle_send_failure",
+                              "handle_send_success")
+"""What it uses of ``RelayCore``: reads ``tokens``, ``failing``, the chat rate and burst and
+whether ``events``/``outbox`` are empty; adds what it relayed to ``received`` and
+``relayed``; reports sends through the two methods (the one rule for failure streaks)."""
+HOT_CALLBACKS: Final = ("route_for", "slow", "warn", "clock", "after")
+"""The adapter's callbacks it calls: a room's ``Route`` on a cache miss, the Python path
+for a datagram, a log line for a socket error, the time, and the flush of events and
+notices."""
 _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
@@ -210,6 +230,10 @@ class RelayCore:
         so bounded by ``by_addr``; the entry goes when the address is proven or unused."""
         self.outbox: list[Send] = []
         self.events: list[Bound | Left | Closed] = []
+        self.addressed: dict[bytes, list[float]] = {}
+        """Encrypted rooms: the addressed-kind token bucket ``[allowance, stamp]`` of each
+        member (by token) that has sent an envelope or a key request; the entry goes with
+        the member."""
         self._deadlines: list[tuple[float, bytes]] = []
         """Inactivity deadlines ``(due, token)``: a token, not the ``Member``, so that a
         departed member (and its room) is freed at once, not at its old deadline. Entries
@@ -459,11 +483,30 @@ class RelayCore:
             self._notify(member, Notice(NoticeEvent.ERROR,
                                         over=len(delivery) - MAX_DELIVERY_BYTES))
             return None
+        if not self._charge_addressed(member, now):
+            return None
         if target.trial and not self._admit(target):
             return None
         self.outbox.append((delivery, target.addr))
         self.relayed += 1
         return None
+
+    def _charge_addressed(self, member: Member, now: float) -> bool:
+        """Charge ``member``'s addressed-kind bucket (``ADDRESSED_BURST``, refilled at
+        ``ADDRESSED_RATE`` a second); False (counted ``rate_limited``) when it is empty."""
+        bucket = self.addressed.get(member.token)
+        if bucket is None:
+            bucket = self.addressed[member.token] = [float(ADDRESSED_BURST), now]
+        allowance = bucket[0] + (now - bucket[1]) * ADDRESSED_RATE
+        bucket[1] = now
+        if allowance > ADDRESSED_BURST:
+            allowance = float(ADDRESSED_BURST)
+        if allowance < 1.0:
+            bucket[0] = allowance
+            self.drops["rate_limited"] += 1
+            return False
+        bucket[0] = allowance - 1.0
+        return True
 
     def handle_send_failure(self, addr: Addr, now: float) -> None:
         """A send to ``addr`` failed (or ICMP said unreachable): count, maybe evict."""
@@ -482,7 +525,9 @@ class RelayCore:
                 self._evict(member, Reason.SEND_FAILURES)
 
     def handle_send_success(self, addr: Addr) -> None:
-        """A send to a failing address went through: failures must be consecutive."""
+        """A send to ``addr`` went through: its failure streak ends (failures count only
+        when consecutive). The one rule for every adapter, the compiled loop included;
+        an adapter may skip the call while ``failing`` is empty."""
         self.failing.pop(addr, None)
 
     # --- timers ------------------------------------------------------------------------
@@ -644,8 +689,10 @@ class RelayCore:
         member.alive = False
         room = member.room
         del room.members[member.token]
-        if room.e2e and room.by_name.get(name := member.username.encode()) is member:
-            del room.by_name[name]
+        if room.e2e:
+            if room.by_name.get(name := member.username.encode()) is member:
+                del room.by_name[name]
+            self.addressed.pop(member.token, None)
         del self.tokens[member.token]
         self._unlink_addr(member)
         if len(self._deadlines) > 2 * len(self.tokens) + DEADLINE_COMPACT_SLACK:

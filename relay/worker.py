@@ -133,7 +133,7 @@ class Worker:
         """The compiled hot loop on this worker's socket, core and caches."""
         compiled: hot.Hot = module.Hot(
             fd=self.fd, core=self.core, routes=self._routes, route_for=self._route_for,
-            slow=self._handle_one, send_failed=self._hot_send_failed, warn=self._hot_warn,
+            slow=self._handle_one, warn=self._hot_warn,
             clock=None if self.clock is time.monotonic else self.clock, after=self._flush,
             member_type=Member, room_type=Room, chat_kind=CHAT_KIND,
             max_datagram=MAX_DATAGRAM_BYTES, max_delivery=MAX_DELIVERY_BYTES,
@@ -222,9 +222,6 @@ class Worker:
         self._routes[room.name] = route
         return route
 
-    def _hot_send_failed(self, addr: Addr, now: float) -> None:
-        self._send_failed(None, addr, now)
-
     @staticmethod
     def _hot_warn(what: str, err: int) -> None:
         log.warning("%s: %s", what, os.strerror(err))
@@ -248,31 +245,33 @@ class Worker:
                 failed = tuple(i for i in range(len(batch.addrs)) if i != k)
             for i in failed:
                 self._send_failed(None, batch.addrs[i], now)
-            failing = self.core.failing
-            if failing:  # a streak ends at a send that went through (indexes, not addrs)
+            if self.core.failing:  # a streak ends at a send that went through
                 index = batch.index
-                for a in list(failing):
+                for a in list(self.core.failing):
                     j = index.get(a)
                     if j is not None and j != k and j not in failed:
-                        del failing[a]
+                        self.core.handle_send_success(a)
 
     def _relay(self, out: Fanout, now: float) -> None:
         """Fallback fan-out: one ``sendto`` per recipient, skipping the sender."""
         plain, plain_addrs, framed, framed_addrs, src, _ = out
         sendto = self.sock.sendto
-        failing = self.core.failing
+        core = self.core
         for payload, addrs in ((plain, plain_addrs), (framed, framed_addrs)):
             if payload is None:
                 continue
+            skip: Addr | None = src  # the sender's address, once per side (as sendmmsg)
             for a in addrs:
-                if a is not src:
-                    try:
-                        sendto(payload, a)
-                    except OSError as exc:
-                        self._send_failed(exc, a, now)
-                    else:
-                        if failing:
-                            failing.pop(a, None)
+                if skip is not None and a == skip:
+                    skip = None
+                    continue
+                try:
+                    sendto(payload, a)
+                except OSError as exc:
+                    self._send_failed(exc, a, now)
+                else:
+                    if core.failing:  # the streak ends at a send that went through
+                        core.handle_send_success(a)
 
     def _send_failed(self, exc: OSError | None, addr: Addr, now: float) -> None:
         """A send raised (a local error: the datagram was not sent). Cold path."""
