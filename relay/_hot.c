@@ -33,8 +33,18 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
 #define RECV_SLOTS 64
 #define OUT_SLOTS 1024 /* UIO_MAXIOV: the most messages one sendmmsg takes */
+/* The MAC trailer of a member with a datagram key (wire/dgmac.py, docs/protocol.md §8). */
+#define MAC_KEY_BYTES 32
+#define MAC_SEQ_BYTES 8
+#define MAC_TAG_BYTES 16
+#define MAC_TRAILER_BYTES (MAC_SEQ_BYTES + MAC_TAG_BYTES)
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -89,6 +99,37 @@ static int utf8_valid(const unsigned char *s, Py_ssize_t n) {
         return 0;
     }
     return 1;
+}
+
+/* Keyed BLAKE2s with a digest length of size (1..32) in the parameter block, by OpenSSL's
+ * EVP_MAC "BLAKE2SMAC" on a context that is reused: EVP_MAC_init with the key resets it,
+ * and nothing here allocates. 0 on success. */
+static int blake2s_mac(EVP_MAC_CTX *ctx, const unsigned char *key, size_t keylen,
+                       const unsigned char *data, size_t len, unsigned char *out, size_t size) {
+    size_t outl = 0;
+    OSSL_PARAM params[2] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
+                            OSSL_PARAM_construct_end()};
+    if (!EVP_MAC_init(ctx, key, keylen, params) || !EVP_MAC_update(ctx, data, len) ||
+        !EVP_MAC_final(ctx, out, &outl, size) || outl != size)
+        return -1;
+    return 0;
+}
+
+/* Whether the last MAC_TAG_BYTES of d[0:len] are the tag of the bytes before them. */
+static int mac_verify(EVP_MAC_CTX *ctx, const unsigned char *key, const unsigned char *d,
+                      Py_ssize_t len) {
+    unsigned char tag[MAC_TAG_BYTES];
+    size_t body = (size_t)len - MAC_TAG_BYTES;
+    if (blake2s_mac(ctx, key, MAC_KEY_BYTES, d, body, tag, MAC_TAG_BYTES) < 0) return 0;
+    return CRYPTO_memcmp(tag, d + body, MAC_TAG_BYTES) == 0;
+}
+
+static EVP_MAC_CTX *new_mac_ctx(void) {
+    EVP_MAC *alg = EVP_MAC_fetch(NULL, "BLAKE2SMAC", NULL);
+    EVP_MAC_CTX *ctx = alg ? EVP_MAC_CTX_new(alg) : NULL;
+    EVP_MAC_free(alg); /* the context holds its own reference */
+    if (!ctx) PyErr_SetString(PyExc_RuntimeError, "OpenSSL has no BLAKE2SMAC (EVP_MAC)");
+    return ctx;
 }
 
 static int fatal_errno(int e) {
@@ -190,16 +231,17 @@ static PyTypeObject RouteType = {
 /* ---- Hot: the loop ------------------------------------------------------------------ */
 
 enum { M_ADDR, M_TRIAL, M_ROOM, M_PLAIN_PREFIX, M_FRAMED_PREFIX, M_FRAMED, M_ALLOWANCE,
-       M_STAMP, M_LAST_SEEN, M_COUNT };
+       M_STAMP, M_LAST_SEEN, M_MAC_KEY, M_MAC_TOP, M_MAC_SEEN, M_COUNT };
 static const char *member_slots[M_COUNT] = {"addr", "trial", "room", "plain_prefix",
                                             "framed_prefix", "framed", "allowance", "stamp",
-                                            "last_seen"};
+                                            "last_seen", "mac_key", "mac_top", "mac_seen"};
 enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_COUNT };
 static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation"};
 
 /* One datagram relayed here whose deliveries are queued: what undoing it takes. */
 typedef struct {
     PyObject *member, *last_seen; /* the sender and its last_seen before (strong refs) */
+    PyObject *mac_top, *mac_seen; /* its replay window before, if sealed (else NULL) */
     double allowance, stamp;      /* its chat bucket before */
     int end;                      /* the queue length once its deliveries were queued */
     int index;                    /* its slot in the receive batch */
@@ -232,6 +274,7 @@ typedef struct {
     int ngroups;
     int dirty; /* a flush reported failures: the next datagram goes to Python, which sends
                 * their notices first (as Worker._on_udp does) */
+    EVP_MAC_CTX *mac; /* the one MAC context of the worker, re-keyed per datagram */
     unsigned long long fast, slow_count, calls;
 } Hot;
 
@@ -261,7 +304,10 @@ static void Hot_dealloc(Hot *self) {
     for (int g = 0; g < self->ngroups; g++) {
         Py_XDECREF(self->groups[g].member);
         Py_XDECREF(self->groups[g].last_seen);
+        Py_XDECREF(self->groups[g].mac_top);
+        Py_XDECREF(self->groups[g].mac_seen);
     }
+    EVP_MAC_CTX_free(self->mac);
     Py_XDECREF(self->warn);
     Py_XDECREF(self->clock);
     Py_XDECREF(self->after);
@@ -327,6 +373,7 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     size_t slot = (size_t)max_datagram + 1;
     self->keep = PyList_New(0);
     if (!self->keep) return -1;
+    if (!self->mac && !(self->mac = new_mac_ctx())) return -1;
     self->buf = PyMem_Malloc(slot * RECV_SLOTS);
     if (!self->buf) {
         PyErr_NoMemory();
@@ -377,6 +424,8 @@ static void release_groups(Hot *self) {
     for (int g = 0; g < self->ngroups; g++) {
         Py_CLEAR(self->groups[g].member);
         Py_CLEAR(self->groups[g].last_seen);
+        Py_CLEAR(self->groups[g].mac_top);
+        Py_CLEAR(self->groups[g].mac_seen);
     }
     self->ngroups = 0;
 }
@@ -424,6 +473,10 @@ static int hand_back(Hot *self, int first, PyObject *now) {
         set_slot(gr->member, m[M_ALLOWANCE], a);
         set_slot(gr->member, m[M_STAMP], st);
         set_slot(gr->member, m[M_LAST_SEEN], gr->last_seen);
+        if (gr->mac_top && gr->mac_seen) { /* Python must see this Seq as fresh again */
+            set_slot(gr->member, m[M_MAC_TOP], gr->mac_top);
+            set_slot(gr->member, m[M_MAC_SEEN], gr->mac_seen);
+        }
         Py_DECREF(a);
         Py_DECREF(st);
         self->fast--;
@@ -580,6 +633,29 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     if (!name_raw || !PyBytes_CheckExact(name_raw) || PyBytes_GET_SIZE(name_raw) != rl ||
         memcmp(PyBytes_AS_STRING(name_raw), d + 2, (size_t)rl) != 0)
         return 0;
+    /* A member with a datagram key (wire/dgmac.py): here only a Seq above its window, with
+     * the tag verified before anything is written; a late Seq, a replay, a bad tag, a
+     * keepalive are Python's. From here on len excludes the trailer. */
+    PyObject *mac_key = SLOT(member, m[M_MAC_KEY]);
+    PyObject *mac_top = NULL, *mac_seen = NULL;
+    unsigned long long seq = 0, top = 0, window = 0;
+    const Py_ssize_t sealed_len = len;
+    if (mac_key != Py_None) {
+        mac_top = SLOT(member, m[M_MAC_TOP]);
+        mac_seen = SLOT(member, m[M_MAC_SEEN]);
+        if (!mac_key || !PyBytes_CheckExact(mac_key) ||
+            PyBytes_GET_SIZE(mac_key) != MAC_KEY_BYTES || !mac_top ||
+            !PyLong_CheckExact(mac_top) || !mac_seen || !PyLong_CheckExact(mac_seen))
+            return 0;
+        if (len - MAC_TRAILER_BYTES <= start) return 0;
+        top = PyLong_AsUnsignedLongLong(mac_top);
+        window = PyLong_AsUnsignedLongLong(mac_seen);
+        if (PyErr_Occurred()) return -1; /* the core keeps both within 64 bits */
+        const unsigned char *s = d + len - MAC_TRAILER_BYTES;
+        for (int i = 0; i < MAC_SEQ_BYTES; i++) seq = seq << 8 | s[i];
+        if (seq <= top) return 0;
+        len -= MAC_TRAILER_BYTES;
+    }
     if (SLOT(member, m[M_TRIAL]) != Py_False) return 0;
     PyObject *trial = SLOT(room, r[R_TRIAL]);
     if (!trial || !PyList_CheckExact(trial) || PyList_GET_SIZE(trial) != 0) return 0;
@@ -639,6 +715,11 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         Py_DECREF(route);
         return 0;
     }
+    if (mac_top && !mac_verify(self->mac, (const unsigned char *)PyBytes_AS_STRING(mac_key), d,
+                               sealed_len)) { /* Python counts bad_mac */
+        Py_DECREF(route);
+        return 0;
+    }
     /* A datagram whose deliveries do not fit in the queue starts a new one; if that
      * flush failed a send, Python takes this datagram (the state may have changed). */
     if (self->nout && self->nout + route->side[0].n + route->side[1].n > OUT_SLOTS) {
@@ -652,6 +733,25 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     if (!left) {
         Py_DECREF(route);
         return -1;
+    }
+    PyObject *new_top = NULL, *new_seen = NULL;
+    if (mac_top) { /* wire.dgmac.advance for a Seq above the window (64-bit shift = mask) */
+        unsigned long long shift = seq - top;
+        new_top = PyLong_FromUnsignedLongLong(seq);
+        new_seen = PyLong_FromUnsignedLongLong(shift < 64 ? window << shift | 1ULL : 1ULL);
+        if (!new_top || !new_seen) {
+            Py_XDECREF(new_top);
+            Py_XDECREF(new_seen);
+            Py_DECREF(left);
+            Py_DECREF(route);
+            return -1;
+        }
+        Py_INCREF(mac_top); /* the old window, for an undo (hand_back) */
+        Py_INCREF(mac_seen);
+        set_slot(member, m[M_MAC_TOP], new_top);
+        set_slot(member, m[M_MAC_SEEN], new_seen);
+        Py_DECREF(new_top);
+        Py_DECREF(new_seen);
     }
     double old_allowance = PyFloat_AS_DOUBLE(allowance_obj);
     double old_stamp = PyFloat_AS_DOUBLE(stamp_obj);
@@ -682,6 +782,8 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     group->stamp = old_stamp;
     group->member = member;
     group->last_seen = seen;
+    group->mac_top = mac_top; /* NULL unless sealed; the references taken above */
+    group->mac_seen = mac_seen;
     group->end = self->nout;
     group->index = index;
     Py_DECREF(pp);
@@ -852,9 +954,34 @@ static PyObject *mod_utf8_valid(PyObject *mod, PyObject *arg) {
     return PyBool_FromLong(ok);
 }
 
+static PyObject *mod_blake2s_mac(PyObject *mod, PyObject *args) {
+    (void)mod;
+    Py_buffer key, data;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "y*y*n", &key, &data, &size)) return NULL;
+    PyObject *res = NULL;
+    EVP_MAC_CTX *ctx = NULL;
+    unsigned char out[32];
+    if (size < 1 || size > 32 || key.len < 1 || key.len > 32) {
+        PyErr_SetString(PyExc_ValueError, "size and key length must be 1..32");
+    } else if ((ctx = new_mac_ctx()) != NULL) {
+        if (blake2s_mac(ctx, key.buf, (size_t)key.len, data.buf, (size_t)data.len, out,
+                        (size_t)size) < 0)
+            PyErr_SetString(PyExc_RuntimeError, "EVP_MAC BLAKE2SMAC failed");
+        else
+            res = PyBytes_FromStringAndSize((const char *)out, size);
+        EVP_MAC_CTX_free(ctx);
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return res;
+}
+
 static PyMethodDef module_methods[] = {
     {"utf8_valid", mod_utf8_valid, METH_O,
      "utf8_valid(data) -> bool: the hot loop's UTF-8 check (for the tests)."},
+    {"blake2s_mac", mod_blake2s_mac, METH_VARARGS,
+     "blake2s_mac(key, data, size) -> bytes: the hot loop's keyed BLAKE2s (for the tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -877,7 +1004,9 @@ PyMODINIT_FUNC PyInit__hot(void) {
     Py_INCREF(&RouteType);
     Py_INCREF(&HotType);
     if (PyModule_AddObject(m, "Route", (PyObject *)&RouteType) < 0 ||
-        PyModule_AddObject(m, "Hot", (PyObject *)&HotType) < 0) {
+        PyModule_AddObject(m, "Hot", (PyObject *)&HotType) < 0 ||
+        PyModule_AddIntConstant(m, "MAC_TRAILER_BYTES", MAC_TRAILER_BYTES) < 0 ||
+        PyModule_AddIntConstant(m, "MAC_TAG_BYTES", MAC_TAG_BYTES) < 0) {
         Py_DECREF(m);
         return NULL;
     }

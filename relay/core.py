@@ -72,11 +72,12 @@ _CHAT: Final = int(Kind.CHAT)
 CHAT_KIND: Final = _CHAT
 """The kind byte of an encrypted room's chat Message (for the compiled loop)."""
 HOT_MEMBER_SLOTS: Final = ("addr", "trial", "room", "plain_prefix", "framed_prefix", "framed",
-                           "allowance", "stamp", "last_seen")
+                           "allowance", "stamp", "last_seen", "mac_key", "mac_top", "mac_seen")
 """The compiled loop's contract (relay/_hot.c, held to it by tests/unit/test_hot_contract.py):
 the ``Member`` slots it reads, resolved to offsets once."""
-HOT_MEMBER_WRITES: Final = ("allowance", "stamp", "last_seen")
-"""The only ``Member`` slots it writes: what ``_chat`` and the refresh write."""
+HOT_MEMBER_WRITES: Final = ("allowance", "stamp", "last_seen", "mac_top", "mac_seen")
+"""The only ``Member`` slots it writes: what ``_chat``, the refresh and the replay window of
+a sealed datagram (``_unseal``, for a ``Seq`` above the window only) write."""
 HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation")
 """The ``Room`` slots it reads (it writes none)."""
 HOT_CORE_ATTRIBUTES: Final = ("tokens", "failing", "chat_rate", "chat_burst", "received",

@@ -65,7 +65,7 @@ def build_sanitized(dest: Path) -> Path:
     target = package / ("_hot" + str(sysconfig.get_config_var("EXT_SUFFIX")))
     subprocess.run([cc, *SANITIZE_FLAGS, "-shared", "-fPIC",
                     f"-I{sysconfig.get_paths()['include']}", str(ROOT / "relay" / "_hot.c"),
-                    "-o", str(target)], check=True)
+                    "-o", str(target), "-lcrypto"], check=True)
     return package
 
 
@@ -104,6 +104,10 @@ class Fuzz:
         self.rooms: dict[bytes, bool] = {b"p": False, b"q": False, b"s": True}
         """Room name -> encrypted."""
         self.corpus: list[bytes] = []
+        self.keys: dict[bytes, bytes] = {}
+        """Members with a datagram key (joined over TLS): token -> key."""
+        self.seqs: dict[bytes, int] = {}
+        """The highest trailer ``Seq`` sent for each of them."""
 
     # a member: (room, token, username, the client at its address or None)
     def members(self) -> list[tuple[bytes, bytes, str, str | None]]:
@@ -130,13 +134,17 @@ class Fuzz:
             addr = self.pair.client(rng.choice(CLIENTS)).getsockname()
         proven = addr is not None and rng.random() < 0.7
         keys = PublicKeys(bytes(32), bytes(32)) if e2e else None
+        mac_key = bytes([self.serial % 256]) * 32 if rng.random() < 0.4 else None
         results = []
         for w in self.pair.workers:
             results.append(w.core.add_member(room.decode(), token, user, "127.0.0.1", framing,
                                              host, self.pair.now, addr, proven, proven,
-                                             e2e=e2e, keys=keys))
+                                             e2e=e2e, keys=keys, mac_key=mac_key))
             w._flush()
         assert results[0] == results[1]
+        if results[0] and mac_key is not None:
+            self.keys[token] = mac_key
+            self.seqs[token] = 0
         self.pair.check()
         if results[0] and addr is None and rng.random() < 0.1:
             self.pair.register(token, rng.choice(CLIENTS))  # on trial until it speaks
@@ -196,6 +204,8 @@ class Fuzz:
                 token = token[:-1] + b"?"
             message = self.message(room) if rng.random() > 0.1 else b""
             data = bytes((len(room), len(token))) + room + token + message
+            if token in self.keys and rng.random() < 0.9:
+                data = self.seal(token, data)
         if rng.random() < 0.12:
             data = self.mutate(data)
         if len(self.corpus) < 512:
@@ -203,6 +213,17 @@ class Fuzz:
         elif rng.random() < 0.05:
             self.corpus[rng.randrange(512)] = data
         return client, data
+
+    def seal(self, token: bytes, data: bytes) -> bytes:
+        """``data`` with the member's MAC trailer: mostly the next ``Seq``, sometimes a jump,
+        a late one, a replay or a wrong key (wire/dgmac.py)."""
+        from wire import dgmac
+
+        rng = self.rng
+        seq = max(0, self.seqs[token] + rng.choice((1, 1, 1, 1, 2, 70, 0, -1, -3, -80)))
+        self.seqs[token] = max(self.seqs[token], seq)
+        key = self.keys[token] if rng.random() > 0.05 else bytes(32)
+        return dgmac.seal(key, data, seq)
 
     def step(self) -> None:
         rng = self.rng

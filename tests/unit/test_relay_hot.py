@@ -163,7 +163,7 @@ class Pair:
 
 def state(core: RelayCore) -> object:
     members = {token: (m.username, m.addr, m.trial, m.muted, m.allowance, m.stamp,
-                       m.last_seen, m.failures, m.alive)
+                       m.last_seen, m.failures, m.alive, m.mac_top, m.mac_seen)
                for token, m in core.tokens.items()}
     rooms = {name: (sorted(r.members), r.plain_addrs, r.framed_addrs, sorted(r.by_name))
              for name, r in core.rooms.items()}
