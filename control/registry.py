@@ -17,6 +17,7 @@ from typing import Any
 from relay.ipc import AddMember
 from wire import errors
 from wire.codes import Framing, Status
+from wire.dgmac import DatagramKey
 from wire.e2e import MemberInfo, PublicKeys
 from wire.limits import MAX_E2E_MEMBERS
 from wire.names import username_key
@@ -50,6 +51,10 @@ class MemberRecord:
     datagram_key: bytes | None = None
     """Joined over TLS: the key of its datagrams' MAC trailer (wire/dgmac.py), given to
     the member in its OK details and to its worker (re-seeding included)."""
+    issued_ip: str = ""
+    """The IP the token was issued to. ``ip`` is where its datagrams come from, which a
+    cluster node relaying for the member replaces with its own; this one never changes,
+    and every check of who holds the token compares against it."""
 
     def info(self) -> MemberInfo:
         """This member as an entry of ``members`` (docs/e2e.md §2.2)."""
@@ -59,7 +64,8 @@ class MemberRecord:
         """The ``member`` pipe command that installs this member on its worker."""
         return AddMember(command_id, self.room.name, self.token, self.username, self.ip,
                          self.framing, self.is_host, self.addr, self.addr is not None,
-                         self.proven, self.room.e2e, self.keys, self.datagram_key)
+                         self.proven, self.room.e2e, self.keys,
+                         None if self.datagram_key is None else DatagramKey(self.datagram_key))
 
 
 @dataclass(slots=True, eq=False)
@@ -157,7 +163,7 @@ class Registry:
         ROOM_NOT_FOUND (no live room) or INVALID_REQUEST (docs/e2e.md §2.4)."""
         room = self.live_room(room_name)
         member = self.tokens.get(token)
-        if member is None or member.room is not room or member.ip != ip:
+        if member is None or member.room is not room or member.issued_ip != ip:
             raise RegistryError(Status.INVALID_REQUEST, "not a member of this room")
         return member
 
@@ -211,7 +217,8 @@ class Registry:
         while token in self.tokens:  # 192 random bits: never, but cheap to be sure
             token = self._new_token(room.worker)
         member = MemberRecord(token, username, ip, framing, is_host, room,
-                              keys=keys if room.e2e else None)  # a plain room ignores keys
+                              keys=keys if room.e2e else None,  # a plain room ignores keys
+                              issued_ip=ip)
         room.members[username_key(username)] = member
         self.tokens[token] = member
         self.load[room.worker] += 1

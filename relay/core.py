@@ -37,6 +37,8 @@ from wire.e2e import Kind, PublicKeys
 from wire.limits import (
     ADDRESSED_BURST,
     ADDRESSED_RATE,
+    DEFAULT_CHAT_BURST,
+    DEFAULT_CHAT_RATE,
     DEFAULT_INACTIVITY_TIMEOUT_S,
     DEFAULT_MAX_SEND_FAILURES,
     EXIT_MATCH_MAX_BYTES,
@@ -96,9 +98,6 @@ _LEAVE: Final = int(Kind.LEAVE)
 
 _FULL: Final = float("inf")
 """A new member's allowance (capped at the burst on its first chat): one shared float."""
-DEFAULT_CHAT_RATE: Final = 10.0
-"""Chat messages per second per member; excess is dropped and counted (rate_limited)."""
-DEFAULT_CHAT_BURST: Final = 20
 
 DEADLINE_COMPACT_SLACK: Final = 1024
 """Stale deadline entries (of departed members, ~150 B each) tolerated beyond the number
@@ -268,7 +267,7 @@ class RelayCore:
         elif room is None:
             return False
         member = Member(token, username, ip, framing is Framing.OCM1, is_host, room, now)
-        member.mac_key = mac_key
+        member.mac_key = None if mac_key is None else bytes(mac_key)  # exact bytes for C
         if room.e2e:
             member.keys = keys
             room.by_name[username.encode()] = member

@@ -99,6 +99,23 @@ def decode_key(value: object) -> bytes:
         raise errors.BadResponse(f"{DETAILS_KEY} must be {2 * KEY_BYTES} hex digits") from None
 
 
+class DatagramKey(bytes):
+    """A datagram key where it crosses a pipe (relay/ipc.py ``AddMember``): written as hex,
+    since keys are random bytes, not the ASCII text of other ``bytes`` fields."""
+
+    __slots__ = ()
+
+    def to_json(self) -> str:
+        return self.hex()
+
+    @classmethod
+    def from_json(cls, value: object) -> DatagramKey:
+        """Raise ``ValueError`` unless ``value`` is 64 hex digits."""
+        if type(value) is not str or len(value) != 2 * KEY_BYTES:
+            raise ValueError(f"a datagram key is {2 * KEY_BYTES} hex digits")
+        return cls(bytes.fromhex(value))
+
+
 class Sealer:
     """A client's side of one membership: seals every datagram with the next ``Seq``."""
 

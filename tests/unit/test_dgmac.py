@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import os
 
+import orjson
 import pytest
 
+from relay import ipc
 from relay.core import RelayCore
 from wire import dgmac, errors
 from wire.chat import encode_chat
@@ -202,3 +204,26 @@ def test_keyed_member_in_an_encrypted_room_leaves_with_a_sealed_kind_04() -> Non
     leave = dgmac.seal(KEY, encode_chat(b"r", TB, encode_message(Kind.LEAVE)), 2)
     assert core.handle_datagram(leave, B, 2.0) is None
     assert TB not in core.tokens
+
+
+def test_the_key_crosses_the_pipe_as_hex() -> None:
+    key = dgmac.DatagramKey(bytes(range(200, 232)))  # not ASCII
+    message = ipc.AddMember(1, "r", TB, "bob", "127.0.0.1", Framing.OCM1, False,
+                            datagram_key=key)
+    frame = ipc.encode(message)
+    assert key.hex().encode() in frame
+    (decoded,) = ipc.FrameDecoder().feed(frame)
+    assert decoded == message
+    assert isinstance(decoded, ipc.AddMember) and decoded.datagram_key == key
+    for bad in ("ab", 5, "zz" * 32):
+        body = orjson.loads(frame[4:])
+        body["datagram_key"] = bad
+        with pytest.raises(ipc.IpcError):
+            ipc.decode_body(orjson.dumps(body))
+
+
+def test_the_core_keeps_exact_bytes_for_the_compiled_loop() -> None:
+    core = RelayCore()
+    core.add_member("r", TA, "alice", "127.0.0.1", Framing.PLAIN, True, 0.0,
+                    mac_key=dgmac.DatagramKey(KEY))
+    assert type(core.tokens[TA].mac_key) is bytes
