@@ -235,8 +235,10 @@ enum { M_ADDR, M_TRIAL, M_ROOM, M_PLAIN_PREFIX, M_FRAMED_PREFIX, M_FRAMED, M_ALL
 static const char *member_slots[M_COUNT] = {"addr", "trial", "room", "plain_prefix",
                                             "framed_prefix", "framed", "allowance", "stamp",
                                             "last_seen", "mac_key", "mac_top", "mac_seen"};
-enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_COUNT };
-static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation"};
+enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_PLAIN_ADDRS, R_FRAMED_ADDRS,
+       R_COUNT };
+static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation",
+                                          "plain_addrs", "framed_addrs"};
 
 /* One datagram relayed here whose deliveries are queued: what undoing it takes. */
 typedef struct {
@@ -250,7 +252,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     int fd;
-    PyObject *core, *tokens, *failing, *routes, *route_for, *slow, *send_failed, *send_ok, *warn;
+    PyObject *core, *tokens, *failing, *routes, *slow, *send_failed, *send_ok, *warn;
     PyObject *clock, *after; /* on_readable: time source (None: CLOCK_MONOTONIC), flush */
     PyTypeObject *member_type, *room_type;
     Py_ssize_t m[M_COUNT], r[R_COUNT];
@@ -297,7 +299,6 @@ static void Hot_dealloc(Hot *self) {
     Py_XDECREF(self->tokens);
     Py_XDECREF(self->failing);
     Py_XDECREF(self->routes);
-    Py_XDECREF(self->route_for);
     Py_XDECREF(self->slow);
     Py_XDECREF(self->send_failed);
     Py_XDECREF(self->send_ok);
@@ -319,14 +320,14 @@ static void Hot_dealloc(Hot *self) {
 }
 
 static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"fd", "core", "routes", "route_for", "slow", "warn",
+    static char *kwlist[] = {"fd", "core", "routes", "slow", "warn",
                              "clock", "after", "member_type", "room_type", "chat_kind",
                              "max_datagram", "max_delivery", "exit_max", "max_batch", NULL};
     int fd, chat_kind;
-    PyObject *core, *routes, *route_for, *slow, *warn, *clock, *after, *mt, *rt;
+    PyObject *core, *routes, *slow, *warn, *clock, *after, *mt, *rt;
     Py_ssize_t max_datagram, max_delivery, exit_max, max_batch;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOOO!O!innnn", kwlist, &fd, &core,
-                                     &PyDict_Type, &routes, &route_for, &slow,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOO!O!innnn", kwlist, &fd, &core,
+                                     &PyDict_Type, &routes, &slow,
                                      &warn, &clock, &after, &PyType_Type, &mt, &PyType_Type,
                                      &rt, &chat_kind, &max_datagram, &max_delivery, &exit_max,
                                      &max_batch))
@@ -358,7 +359,6 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     self->fd = fd;
     self->core = Py_NewRef(core);
     self->routes = Py_NewRef(routes);
-    self->route_for = Py_NewRef(route_for);
     self->slow = Py_NewRef(slow);
     self->warn = Py_NewRef(warn);
     self->clock = Py_NewRef(clock);
@@ -588,7 +588,9 @@ static int queue_side(Hot *self, Route *route, Side *s, Py_ssize_t k,
     return 0;
 }
 
-/* The route of a room, current for its generation: from the cache, else built by Python. */
+/* The route of a room, current for its generation: from the cache (``routes``, by room
+ * name, which the worker empties of closed rooms), else built from the room's address
+ * lists and cached. */
 static Route *route_of(Hot *self, PyObject *room) {
     PyObject *name = SLOT(room, self->r[R_NAME]);
     PyObject *gen = SLOT(room, self->r[R_GENERATION]);
@@ -601,14 +603,18 @@ static Route *route_of(Hot *self, PyObject *room) {
         return (Route *)route;
     }
     if (PyErr_Occurred()) return NULL;
-    route = PyObject_CallOneArg(self->route_for, room);
-    if (!route) return NULL;
-    if (!Py_IS_TYPE(route, &RouteType) || ((Route *)route)->generation != g) {
-        Py_DECREF(route);
-        PyErr_SetString(PyExc_TypeError, "route_for(room) must return the room's current Route");
+    PyObject *plain = SLOT(room, self->r[R_PLAIN_ADDRS]);
+    PyObject *framed = SLOT(room, self->r[R_FRAMED_ADDRS]);
+    if (!plain || !framed) return NULL;
+    Route *built = (Route *)PyType_GenericNew(&RouteType, NULL, NULL);
+    if (!built) return NULL;
+    built->generation = g;
+    if (side_init(&built->side[0], plain) < 0 || side_init(&built->side[1], framed) < 0 ||
+        PyDict_SetItem(self->routes, name, (PyObject *)built) < 0) {
+        Py_DECREF(built);
         return NULL;
     }
-    return (Route *)route;
+    return built;
 }
 
 /* 1: relayed here; 0: the Python path must take it; -1: error set. */

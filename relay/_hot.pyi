@@ -13,7 +13,6 @@ class Hot:
     """The compiled hot loop of one relay worker."""
 
     def __init__(self, *, fd: int, core: object, routes: dict[str, Route],
-                 route_for: Callable[[object], Route],
                  slow: Callable[[bytes, Addr, float], None],
                  warn: Callable[[str, int], None], clock: Callable[[], float] | None,
                  after: Callable[[], None], member_type: type, room_type: type,

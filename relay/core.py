@@ -80,18 +80,19 @@ the ``Member`` slots it reads, resolved to offsets once."""
 HOT_MEMBER_WRITES: Final = ("allowance", "stamp", "last_seen", "mac_top", "mac_seen")
 """The only ``Member`` slots it writes: what ``_chat``, the refresh and the replay window of
 a sealed datagram (``_unseal``, for a ``Seq`` above the window only) write."""
-HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation")
-"""The ``Room`` slots it reads (it writes none)."""
+HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation", "plain_addrs",
+                         "framed_addrs")
+"""The ``Room`` slots it reads (it writes none); the address lists only to build a room's
+``Route`` when ``generation`` has changed."""
 HOT_CORE_ATTRIBUTES: Final = ("tokens", "failing", "chat_rate", "chat_burst", "received",
                               "relayed", "events", "outbox", "handle_send_failure",
                               "handle_send_success")
 """What it uses of ``RelayCore``: reads ``tokens``, ``failing``, the chat rate and burst and
 whether ``events``/``outbox`` are empty; adds what it relayed to ``received`` and
 ``relayed``; reports sends through the two methods (the one rule for failure streaks)."""
-HOT_CALLBACKS: Final = ("route_for", "slow", "warn", "clock", "after")
-"""The adapter's callbacks it calls: a room's ``Route`` on a cache miss, the Python path
-for a datagram, a log line for a socket error, the time, and the flush of events and
-notices."""
+HOT_CALLBACKS: Final = ("slow", "warn", "clock", "after")
+"""The adapter's callbacks it calls: the Python path for a datagram, a log line for a
+socket error, the time, and the flush of events and notices."""
 _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)

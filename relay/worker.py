@@ -132,10 +132,9 @@ class Worker:
     def compiled_loop(self, module: ModuleType) -> hot.Hot:
         """The compiled hot loop on this worker's socket, core and caches."""
         compiled: hot.Hot = module.Hot(
-            fd=self.fd, core=self.core, routes=self._routes, route_for=self._route_for,
-            slow=self._handle_one, warn=self._hot_warn,
-            clock=None if self.clock is time.monotonic else self.clock, after=self._flush,
-            member_type=Member, room_type=Room, chat_kind=CHAT_KIND,
+            fd=self.fd, core=self.core, routes=self._routes, slow=self._handle_one,
+            warn=self._hot_warn, clock=None if self.clock is time.monotonic else self.clock,
+            after=self._flush, member_type=Member, room_type=Room, chat_kind=CHAT_KIND,
             max_datagram=MAX_DATAGRAM_BYTES, max_delivery=MAX_DELIVERY_BYTES,
             exit_max=EXIT_MATCH_MAX_BYTES, max_batch=BATCH_DATAGRAMS)
         return compiled
@@ -213,14 +212,6 @@ class Worker:
                 relay(out, now)
         if core.events:
             self._flush()
-
-    def _route_for(self, room: Room) -> hot.Route:
-        """The compiled loop's cache miss: the room's current recipients, prebuilt."""
-        assert self.hot_module is not None
-        route: hot.Route = self.hot_module.Route(room.generation, room.plain_addrs,
-                                                 room.framed_addrs)
-        self._routes[room.name] = route
-        return route
 
     @staticmethod
     def _hot_warn(what: str, err: int) -> None:

@@ -42,6 +42,7 @@ from typing import Final
 ROOT: Final = Path(__file__).resolve().parents[2]
 SANITIZE_FLAGS: Final = ("-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
                          "-fno-omit-frame-pointer", "-g", "-O1", "-ffp-contract=off")
+PROGRESS_EVERY: Final = 5000
 BATCH_MAX: Final = 24
 """Datagrams queued before one read (the worker's socket buffer holds them all)."""
 
@@ -264,6 +265,9 @@ def run(steps: int, seed: int) -> int:
     started = time.monotonic()
     try:
         for i in range(steps):
+            if i and not i % PROGRESS_EVERY:
+                print(f"fuzz_hot: {i} steps agreed ({i / (time.monotonic() - started):.0f}/s)",
+                      flush=True)
             try:
                 fuzz.step()
             except AssertionError as exc:
