@@ -101,15 +101,13 @@ static int utf8_valid(const unsigned char *s, Py_ssize_t n) {
     return 1;
 }
 
-/* Keyed BLAKE2s with a digest length of size (1..32) in the parameter block, by OpenSSL's
- * EVP_MAC "BLAKE2SMAC" on a context that is reused: EVP_MAC_init with the key resets it,
- * and nothing here allocates. 0 on success. */
+/* Keyed BLAKE2s by OpenSSL's EVP_MAC "BLAKE2SMAC" on a context made by new_mac_ctx(size),
+ * reused: EVP_MAC_init with the key resets it (keeping its digest length), and nothing
+ * here allocates. 0 on success. */
 static int blake2s_mac(EVP_MAC_CTX *ctx, const unsigned char *key, size_t keylen,
                        const unsigned char *data, size_t len, unsigned char *out, size_t size) {
     size_t outl = 0;
-    OSSL_PARAM params[2] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
-                            OSSL_PARAM_construct_end()};
-    if (!EVP_MAC_init(ctx, key, keylen, params) || !EVP_MAC_update(ctx, data, len) ||
+    if (!EVP_MAC_init(ctx, key, keylen, NULL) || !EVP_MAC_update(ctx, data, len) ||
         !EVP_MAC_final(ctx, out, &outl, size) || outl != size)
         return -1;
     return 0;
@@ -124,10 +122,18 @@ static int mac_verify(EVP_MAC_CTX *ctx, const unsigned char *key, const unsigned
     return CRYPTO_memcmp(tag, d + body, MAC_TAG_BYTES) == 0;
 }
 
-static EVP_MAC_CTX *new_mac_ctx(void) {
+/* A BLAKE2SMAC context whose digest length (1..32, in BLAKE2's parameter block: not a
+ * truncation) is size; NULL with an exception set if OpenSSL cannot make one. */
+static EVP_MAC_CTX *new_mac_ctx(size_t size) {
     EVP_MAC *alg = EVP_MAC_fetch(NULL, "BLAKE2SMAC", NULL);
     EVP_MAC_CTX *ctx = alg ? EVP_MAC_CTX_new(alg) : NULL;
     EVP_MAC_free(alg); /* the context holds its own reference */
+    OSSL_PARAM params[2] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
+                            OSSL_PARAM_construct_end()};
+    if (ctx && !EVP_MAC_CTX_set_params(ctx, params)) {
+        EVP_MAC_CTX_free(ctx);
+        ctx = NULL;
+    }
     if (!ctx) PyErr_SetString(PyExc_RuntimeError, "OpenSSL has no BLAKE2SMAC (EVP_MAC)");
     return ctx;
 }
@@ -373,7 +379,7 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     size_t slot = (size_t)max_datagram + 1;
     self->keep = PyList_New(0);
     if (!self->keep) return -1;
-    if (!self->mac && !(self->mac = new_mac_ctx())) return -1;
+    if (!self->mac && !(self->mac = new_mac_ctx(MAC_TAG_BYTES))) return -1;
     self->buf = PyMem_Malloc(slot * RECV_SLOTS);
     if (!self->buf) {
         PyErr_NoMemory();
@@ -970,7 +976,7 @@ static PyObject *mod_blake2s_mac(PyObject *mod, PyObject *args) {
     unsigned char out[32];
     if (size < 1 || size > 32 || key.len < 1 || key.len > 32) {
         PyErr_SetString(PyExc_ValueError, "size and key length must be 1..32");
-    } else if ((ctx = new_mac_ctx()) != NULL) {
+    } else if ((ctx = new_mac_ctx((size_t)size)) != NULL) {
         if (blake2s_mac(ctx, key.buf, (size_t)key.len, data.buf, (size_t)data.len, out,
                         (size_t)size) < 0)
             PyErr_SetString(PyExc_RuntimeError, "EVP_MAC BLAKE2SMAC failed");
