@@ -17,7 +17,7 @@ import pytest
 
 from client.session import Joined, TcrpTarget, client_tls_context, join_room
 from tests.integration.harness import start_server
-from tests.integration.test_tls import make_pki, tls_port
+from tests.integration.test_tls import chat, make_pki, tls_port
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation
 from wire.e2e import Kind, PublicKeys, encode_message
@@ -130,3 +130,21 @@ def test_sniffed_token_cannot_rebind_chat_or_leave(tmp_path: Path, hot_path: str
             attacker.close()
             for member in members:
                 member.udp_sock.close()
+
+
+def test_ocm_chat_over_tls_seals_its_datagrams(tmp_path: Path) -> None:
+    """ocm-chat joined over TLS: its chat is relayed only because it carries the MAC."""
+    ca, cert, key = make_pki(tmp_path)
+    with start_server("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0",
+                      workers=1) as srv:
+        port = tls_port(srv)
+        secure = TcrpTarget(H, port, tls=client_tls_context(str(ca)))
+        alice = join_room(secure, Request.of(Operation.CREATE, "cli", RequestBody("alice")))
+        try:
+            send(alice, b"")
+            done = chat("--tls", "--ca-file", str(ca), "--tcp-port", str(port), "--join", "cli",
+                        "--user", "dave", stdin="hello from ocm-chat\n")
+            assert done.returncode == 0, done.stderr
+            wait_for(alice, "dave", b"hello from ocm-chat")
+        finally:
+            alice.udp_sock.close()
