@@ -12,18 +12,15 @@ from client.gui.app import MainWindow
 from client.session import TcrpTarget, client_tls_context, join_room
 from tests.gui.conftest import in_thread, run, until
 from tests.gui.test_gui import fill, in_room, room_name, type_line
-from tests.integration.harness import start_server
-from tests.integration.test_dgmac import send, wait_for
-from tests.integration.test_tls import make_pki, tls_port
+from tests.integration.test_dgmac import send, start_tls, wait_for
+from tests.integration.test_tls import tls_port
 from wire.codes import Framing, Operation
 from wire.tcrp import Request, RequestBody
 
 
 def test_gui_chat_over_tls_is_sealed_and_relayed(
         window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, tmp_path: Path) -> None:
-    ca, cert, key = make_pki(tmp_path)
-    own = start_server("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0",
-                       workers=1)
+    ca, own = start_tls(tmp_path)
     screen = window.connect_screen
     room = room_name()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from client.session import Joined, TcrpTarget, client_tls_context, join_room
-from tests.integration.harness import start_server
+from tests.integration.harness import Server, start_server
 from tests.integration.test_tls import chat, make_pki, tls_port
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation
@@ -43,6 +43,14 @@ def hot_path(request: pytest.FixtureRequest) -> str:
     if request.param == "compiled" and not _hot_available():
         pytest.skip("relay._hot is not built")
     return str(request.param)
+
+
+def start_tls(tmp_path: Path, *args: str) -> tuple[Path, Server]:
+    """A test CA (its certificate's path) and an ``ocm-control`` with one worker serving
+    TCRP over TLS (and plain TCRP) with a certificate from it; ``args``: more flags."""
+    ca, cert, key = make_pki(tmp_path)
+    return ca, start_server("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port",
+                            "0", *args, workers=1)
 
 
 def receive(member: Joined) -> Iterator[tuple[str, bytes]]:
@@ -74,9 +82,8 @@ def send(member: Joined, body: bytes) -> None:
 @pytest.mark.parametrize("e2e", [False, True], ids=["plain-room", "encrypted-room"])
 def test_sniffed_token_cannot_rebind_chat_or_leave(tmp_path: Path, hot_path: str,
                                                    e2e: bool) -> None:
-    ca, cert, key = make_pki(tmp_path)
-    with start_server("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0",
-                      "--relay-hot-path", hot_path, workers=1) as srv:
+    ca, server = start_tls(tmp_path, "--relay-hot-path", hot_path)
+    with server as srv:
         secure = TcrpTarget(H, tls_port(srv), tls=client_tls_context(str(ca)))
         plain = TcrpTarget(H, srv.tcp_port)
         room = "sealed-e2e" if e2e else "sealed"
@@ -134,9 +141,8 @@ def test_sniffed_token_cannot_rebind_chat_or_leave(tmp_path: Path, hot_path: str
 
 def test_ocm_chat_over_tls_seals_its_datagrams(tmp_path: Path) -> None:
     """ocm-chat joined over TLS: its chat is relayed only because it carries the MAC."""
-    ca, cert, key = make_pki(tmp_path)
-    with start_server("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0",
-                      workers=1) as srv:
+    ca, server = start_tls(tmp_path)
+    with server as srv:
         port = tls_port(srv)
         secure = TcrpTarget(H, port, tls=client_tls_context(str(ca)))
         alice = join_room(secure, Request.of(Operation.CREATE, "cli", RequestBody("alice")))
