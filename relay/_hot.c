@@ -4,8 +4,9 @@
  * One call of Hot.on_readable() reads the worker's UDP socket with recvmmsg (up to 64
  * datagrams a syscall, up to max_batch in all) and, for every datagram that is an ordinary
  * chat message of a settled member, does in C what RelayCore.handle_datagram and the
- * worker's fan-out do in Python: parse, authenticate (token, source address, room),
- * validate (UTF-8, not /exit), charge the member's token bucket, refresh it, and send the
+ * worker's fan-out do in Python: parse, authenticate (token, source address, room, and
+ * for a member with a datagram key its MAC trailer, by OpenSSL's BLAKE2SMAC, with a Seq
+ * above its replay window: wire/dgmac.py), validate (UTF-8, not /exit), charge the member's token bucket, refresh it, and send the
  * delivery to the rest of the room with one sendmmsg per delivery format, the delivery
  * being the member's prefix and the message as two iovecs (no copy). Everything else (a
  * first datagram, a keepalive, a possible /exit, a trial address, a failing address, a
