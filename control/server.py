@@ -197,9 +197,11 @@ class ControlApp:
         details = Details(
             udp_port=self.udp_ports[room.worker],
             host=member.is_host,
-            max_message=max_message_bytes(len(request.room_raw), len(member.token),
-                                          len(body.username.encode()))
-            - (dgmac.TRAILER_BYTES if secure else 0),
+            # A sealed datagram carries the MAC trailer as well (docs/protocol.md §8).
+            max_message=max_message_bytes(
+                len(request.room_raw),
+                len(member.token) + (dgmac.TRAILER_BYTES if secure else 0),
+                len(body.username.encode())),
             inactivity_timeout=self.cfg.inactivity_timeout,
             framing=body.framing,
             e2e=room.e2e,
