@@ -23,3 +23,9 @@ class Hot:
     def counters(self) -> dict[str, int]: ...
 
 def utf8_valid(data: bytes) -> bool: ...
+
+MAC_TRAILER_BYTES: int
+MAC_TAG_BYTES: int
+
+def blake2s_mac(key: bytes, data: bytes, size: int) -> bytes:
+    """Keyed BLAKE2s with digest length ``size`` (1..32), as the loop checks datagram MACs."""

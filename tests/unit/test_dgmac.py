@@ -227,3 +227,10 @@ def test_the_core_keeps_exact_bytes_for_the_compiled_loop() -> None:
     core.add_member("r", TA, "alice", "127.0.0.1", Framing.PLAIN, True, 0.0,
                     mac_key=dgmac.DatagramKey(KEY))
     assert type(core.tokens[TA].mac_key) is bytes
+
+
+def test_compiled_trailer_sizes_are_the_wire_ones() -> None:
+    hot = _hot()
+    assert (hot.MAC_TRAILER_BYTES, hot.MAC_TAG_BYTES) == (dgmac.TRAILER_BYTES, dgmac.TAG_BYTES)
+    with pytest.raises(ValueError):
+        hot.blake2s_mac(KEY, b"", 33)
