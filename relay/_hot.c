@@ -6,9 +6,10 @@
  * chat message of a settled member, does in C what RelayCore.handle_datagram and the
  * worker's fan-out do in Python: parse, authenticate (token, source address, room, and
  * for a member with a datagram key its MAC trailer, by OpenSSL's BLAKE2SMAC, with a Seq
- * above its replay window: wire/dgmac.py), validate (UTF-8, not /exit), charge the member's token bucket, refresh it, and send the
- * delivery to the rest of the room with one sendmmsg per delivery format, the delivery
- * being the member's prefix and the message as two iovecs (no copy). Everything else (a
+ * above its replay window: wire/dgmac.py), validate (UTF-8, not /exit), charge the
+ * member's token bucket, refresh it, and send the delivery to the rest of the room with
+ * one sendmmsg per delivery format, the delivery being the member's prefix and the
+ * message as two iovecs (no copy). Everything else (a
  * first datagram, a keepalive, a possible /exit, a trial address, a failing address, a
  * rate-limited or over-long message, an encrypted room's addressed datagrams, anything
  * malformed) is handed, in order, to the Python callback ``slow(data, addr, now)``, which
@@ -663,7 +664,10 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         if (len - MAC_TRAILER_BYTES <= start) return 0;
         top = PyLong_AsUnsignedLongLong(mac_top);
         window = PyLong_AsUnsignedLongLong(mac_seen);
-        if (PyErr_Occurred()) return -1; /* the core keeps both within 64 bits */
+        if (PyErr_Occurred()) { /* beyond 64 bits (the core never makes them so): Python's */
+            PyErr_Clear();
+            return 0;
+        }
         const unsigned char *s = d + len - MAC_TRAILER_BYTES;
         for (int i = 0; i < MAC_SEQ_BYTES; i++) seq = seq << 8 | s[i];
         if (seq <= top) return 0;
