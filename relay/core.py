@@ -156,6 +156,7 @@ class Member:
         """Bound to an address only registered (§1.4), not yet proven by a datagram from
         it: deliveries draw on that address's budget (``RelayCore.unproven``)."""
         self.muted = False
+        """On trial and the budget is spent: left out of deliveries until proven."""
         self.keys: PublicKeys | None = None
         """Encrypted rooms: the public keys its ``joined`` notice carries (docs/e2e.md)."""
         self.mac_key: bytes | None = None
