@@ -393,12 +393,9 @@ class TcrpConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.counted = False
-        self.secure = False
-        """The connection is TLS: a member it creates gets a datagram key."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.secure = transport.get_extra_info("ssl_object") is not None
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
         if not self.app.quotas.open_connection(self.ip):
@@ -411,6 +408,12 @@ class TcrpConnection(asyncio.Protocol):
         self.app.connections.add(self)
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.app.cfg.tcp_timeout, self._on_timeout)
+
+    @property
+    def secure(self) -> bool:
+        """The connection is TLS: a member it creates gets a datagram key (wire/dgmac.py)."""
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.counted:
