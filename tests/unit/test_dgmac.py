@@ -10,6 +10,8 @@ import os
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay import ipc
 from relay.core import RelayCore
@@ -234,3 +236,35 @@ def test_compiled_trailer_sizes_are_the_wire_ones() -> None:
     assert (hot.MAC_TRAILER_BYTES, hot.MAC_TAG_BYTES) == (dgmac.TRAILER_BYTES, dgmac.TAG_BYTES)
     with pytest.raises(ValueError):
         hot.blake2s_mac(KEY, b"", 33)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=300), max_size=200))
+def test_replay_window_against_a_set(seqs: list[int]) -> None:
+    """``advance`` accepts exactly what a set of every accepted Seq would: a Seq never
+    seen, above 0 and less than 64 below the highest accepted."""
+    top = seen = 0
+    accepted: set[int] = set()
+    for seq in seqs:
+        fresh = seq > 0 and seq not in accepted and seq > max(accepted, default=0) - 64
+        window = dgmac.advance(top, seen, seq)
+        assert (window is not None) == fresh, (seq, sorted(accepted))
+        if window is not None:
+            top, seen = window
+            accepted.add(seq)
+            assert 0 <= seen < 1 << 64
+
+
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=dgmac.MAX_SEQ))
+def test_seal_verify_round_trip(data: bytes, seq: int) -> None:
+    sealed = dgmac.seal(KEY, data, seq)
+    assert dgmac.verify(KEY, sealed) == seq
+    assert len(sealed) == len(data) + dgmac.TRAILER_BYTES
+
+
+@given(st.binary(min_size=1, max_size=32), st.binary(max_size=600),
+       st.integers(min_value=1, max_value=32))
+def test_compiled_mac_equals_hashlib_for_any_key_data_and_size(key: bytes, data: bytes,
+                                                               size: int) -> None:
+    hot = _hot()
+    assert hot.blake2s_mac(key, data, size) == hashlib.blake2s(data, key=key,
+                                                               digest_size=size).digest()
