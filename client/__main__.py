@@ -28,12 +28,13 @@ from client.session import (
     client_tls_context,
     join_room,
 )
+from wire import limits
 from wire.codes import Operation, Status
 from wire.tcrp import Request, RequestBody
 
 EXIT_USAGE: Final = script.EXIT_USAGE
-PLAIN_PORT: Final = 9000
-TLS_PORT: Final = 9443
+PLAIN_PORT: Final = limits.DEFAULT_TCP_PORT
+TLS_PORT: Final = limits.DEFAULT_TLS_PORT
 
 EPILOG: Final = """\
 Without --create/--join, --user or a password option, ocm-chat asks (when run in a
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(script mode; in a terminal it is asked, hidden)")
     parser.add_argument("--stage1", action="store_true",
                         help="chat on the global Stage 1 port instead of in a room")
-    parser.add_argument("--stage1-port", metavar="PORT", type=_port, default=9002,
+    parser.add_argument("--stage1-port", metavar="PORT", type=_port,
+                        default=limits.DEFAULT_STAGE1_PORT,
                         help="Stage 1 global chat port (default: %(default)s)")
     parser.add_argument("--timeout", metavar="SECONDS", type=_positive, default=DEFAULT_TIMEOUT_S,
                         help="give up joining after this long (default: %(default)g)")

@@ -45,12 +45,19 @@ from typing import Any, Final
 
 from loadgen.e2eload import LEAVE_MESSAGE, E2EMeter
 from loadgen.messages import (
+    Abort,
     ChildError,
+    Command,
     Exits,
     JoinProgress,
+    Prepare,
     Prepared,
+    Quit,
     Ready,
+    Run,
     RunPart,
+    SendExits,
+    Setup,
     SetupPart,
     Tick,
 )
@@ -253,29 +260,28 @@ class Simulator:
                              self.transport.mode, self.transport.rcvbuf, self.accounting,
                              sched.current()))
         while True:
-            cmd = self.conn.recv()
-            kind = cmd[0]
-            if kind == "setup":
+            cmd: Command = self.conn.recv()
+            if isinstance(cmd, Setup):
                 self.conn.send(self.setup())
-            elif kind == "run":
+            elif isinstance(cmd, Run):
                 self.aborted = False
                 # no cyclic garbage is made while running: keep collector pauses out of the
                 # latency figures
                 gc.collect()
                 gc.disable()
                 try:
-                    result = self.run(**cmd[1])
+                    result = self.run(**cmd.arguments())
                 finally:
                     gc.enable()
                 self.conn.send(result)
-            elif kind == "prepare":
-                self.conn.send(self.prepare(**cmd[1]))
-            elif kind == "exit":
-                self.conn.send(self.send_exits(hosts=cmd[1] == "hosts"))
-            elif kind == "quit":
+            elif isinstance(cmd, Prepare):
+                self.conn.send(self.prepare(cmd.per_member))
+            elif isinstance(cmd, SendExits):
+                self.conn.send(self.send_exits(hosts=cmd.hosts))
+            elif isinstance(cmd, Quit):
                 break
-            elif kind == "abort":
-                continue
+            elif not isinstance(cmd, Abort):  # an abort between runs: nothing to stop
+                raise TypeError(f"not a loadgen command: {cmd!r}")
         self.close()
 
     def close(self) -> None:
@@ -475,8 +481,7 @@ class Simulator:
 
     def _pipe_readable(self) -> None:
         while self.conn.poll():
-            cmd = self.conn.recv()
-            if cmd[0] in ("abort", "quit"):
+            if isinstance(self.conn.recv(), Abort | Quit):
                 self.aborted = True
 
     # --- a run ----------------------------------------------------------------------------

@@ -22,13 +22,14 @@ from client.e2e.identity import fingerprint
 from client.keystore import Trust
 from client.refusals import Field, refusal_parts
 from client.render import Kind, Line
+from wire import limits
 from wire.codes import Operation, Status
 from wire.e2e import MemberInfo
 
 # --- connect screen ---------------------------------------------------------------------------
 DEFAULT_SERVER: Final = "127.0.0.1"
-DEFAULT_TCP_PORT: Final = 9000
-DEFAULT_TLS_PORT: Final = 9443
+DEFAULT_TCP_PORT: Final = limits.DEFAULT_TCP_PORT
+DEFAULT_TLS_PORT: Final = limits.DEFAULT_TLS_PORT
 """The server's default port for TCRP over TLS (``ocm-control --tls-port``)."""
 MAX_RECENT: Final = 10
 """Recent servers, names and rooms remembered (each list, in QSettings)."""

@@ -40,6 +40,7 @@ from wire.chat import (
     plain_prefix,
 )
 from wire.codes import Framing, NoticeEvent, Operation
+from wire.limits import MAX_DATAGRAM_BYTES
 from wire.stage1 import decode_stage1, encode_stage1
 from wire.tcrp import FrameReader, Request, RequestBody, Role, encode_request
 
@@ -81,7 +82,7 @@ def loop_empty(n: int) -> int:
 def inline_parse(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     """The relay's hand-written checks, same rules as ``decode_chat``."""
     size = len(data)
-    if size > 4096 or size < 2:
+    if size > MAX_DATAGRAM_BYTES or size < 2:
         return None
     room_end = 2 + data[0]
     token_end = room_end + data[1]
@@ -102,7 +103,7 @@ def loop_inline_in_body(n: int) -> int:
     start = time.perf_counter_ns()
     for _ in rng:
         size = len(data)
-        if size > 4096 or size < 2:
+        if size > MAX_DATAGRAM_BYTES or size < 2:
             continue
         room_end = 2 + data[0]
         token_end = room_end + data[1]
