@@ -160,8 +160,8 @@ clean:
 # headline load for SOAK_MINUTES, memory and descriptors sampled every minute.
 # fuzz-hot: FUZZ_HOT_STEPS steps of the differential fuzz target (the compiled hot loop
 # against Python, every delivery and state compared) on an ASan/UBSan build of
-# relay/_hot.c (needs cc; a few hundred steps a second on an idle core); a 1,500-step run
-# is part of `make test` (tests/fuzz/test_fuzz_hot.py).
+# relay/_hot.c (needs cc; about 130 steps a second, so the default takes about 25
+# minutes); a 1,500-step run is part of `make test` (tests/fuzz/test_fuzz_hot.py).
 FUZZ_RUNS ?= 1000000
 FUZZ_HOT_STEPS ?= 200000
 FUZZ_HOT_SEED ?= 1

@@ -13,7 +13,8 @@ control's supervisor in a ``spawn`` process, ``settings`` being the typed
   cached here, per room, until ``Room.generation`` changes), or with one ``sendto`` per
   recipient when ``settings.sendmmsg`` is off or unavailable;
 * counts a failed send against the recipient (``RelayCore.handle_send_failure``) and ends
-  the recipient's failure streak at a send that went through, on both paths;
+  the recipient's failure streak at a send that went through
+  (``RelayCore.handle_send_success``), on both paths;
 * reads typed commands from its pipe (relay/ipc.py) and writes typed events back;
 * does not read UDP until control has re-seeded it and sent ``start`` (so a restarted
   worker never drops a datagram of a room it is about to own: they wait in the socket

@@ -16,10 +16,10 @@ hosts too, which close rooms mid-batch), control's ``close_room``, timers, and b
 truncations and splices of all of these. A closed room is opened again with new members.
 
 ``--sanitize`` builds relay/_hot.c with AddressSanitizer and UndefinedBehaviorSanitizer
-into a temporary directory (``cc``, the Python headers) and runs the steps in a child
-process that loads it (``LD_PRELOAD`` of the compiler's libasan, ``PYTHONMALLOC=malloc``
-so that Python objects are ASan allocations too); any sanitizer report aborts the child.
-``make fuzz-hot`` is the long run (``FUZZ_HOT_STEPS``), and
+into a temporary directory (``$CC``, gcc or cc, and the Python headers) and runs the
+steps in a child process that loads it (``LD_PRELOAD`` of the compiler's libasan,
+``PYTHONMALLOC=malloc`` so that Python objects are ASan allocations too); any sanitizer
+report aborts the child. ``make fuzz-hot`` is the long run (``FUZZ_HOT_STEPS``), and
 tests/fuzz/test_fuzz_hot.py a short one inside ``make test``. Exit 0 when every step
 agreed, 1 on the first difference (with the seed and step to replay), the child's code
 on a sanitizer abort.
@@ -48,8 +48,8 @@ BATCH_MAX: Final = 24
 
 
 def compiler() -> str | None:
-    """The C compiler the sanitized build uses (``$CC``, else cc or gcc), or None."""
-    for name in (os.environ.get("CC"), "cc", "gcc"):
+    """The C compiler the sanitized build uses (``$CC``, else gcc or cc), or None."""
+    for name in (os.environ.get("CC"), "gcc", "cc"):
         if name and shutil.which(name):
             return name
     return None
@@ -60,7 +60,7 @@ def build_sanitized(dest: Path) -> Path:
     the directory to put first on ``relay.__path__``."""
     cc = compiler()
     if cc is None:
-        raise RuntimeError("no C compiler (cc, gcc or $CC) to build the sanitized extension")
+        raise RuntimeError("no C compiler ($CC, gcc or cc) to build the sanitized extension")
     package = dest / "relay"
     package.mkdir(parents=True, exist_ok=True)
     target = package / ("_hot" + str(sysconfig.get_config_var("EXT_SUFFIX")))
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sanitize:
         cc = compiler()
         if cc is None:
-            print("fuzz_hot: no C compiler (cc, gcc or $CC): cannot build the sanitized "
+            print("fuzz_hot: no C compiler ($CC, gcc or cc): cannot build the sanitized "
                   "extension", file=sys.stderr)
             return 2
         with tempfile.TemporaryDirectory(prefix="ocm-fuzz-hot-") as tmp:

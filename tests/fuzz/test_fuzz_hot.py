@@ -21,7 +21,7 @@ SEED = 20
 def test_the_sanitized_compiled_loop_agrees_with_python(tmp_path: Path) -> None:
     cc = fuzz_hot.compiler()
     if cc is None:
-        pytest.skip("no C compiler (cc, gcc or $CC): the sanitized extension cannot be built")
+        pytest.skip("no C compiler ($CC, gcc or cc): the sanitized extension cannot be built")
     package = fuzz_hot.build_sanitized(tmp_path)
     env = fuzz_hot.sanitizer_env(cc)
     assert Path(env["LD_PRELOAD"]).name.startswith("libasan")
