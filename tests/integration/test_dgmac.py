@@ -9,6 +9,8 @@ joined over plain TCRP works as before."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from client.session import Joined, TcrpTarget, client_tls_context, join_room
 from tests.integration.harness import Server, start_server
+from tests.integration.test_server_modes import worker_pid
 from tests.integration.test_tls import chat, make_pki, tls_port
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation
@@ -159,3 +162,30 @@ def test_ocm_chat_over_tls_seals_its_datagrams(tmp_path: Path) -> None:
             wait_for(alice, "dave", b"hello from ocm-chat")
         finally:
             alice.udp_sock.close()
+
+
+def test_a_restarted_worker_gets_the_key_back(tmp_path: Path) -> None:
+    """SIGKILL the worker: its replacement is seeded with bob's key, so bob's sealed chat
+    is relayed and a forged, unsealed one is still dropped."""
+    ca, server = start_tls(tmp_path)
+    with server as srv:
+        secure = TcrpTarget(H, tls_port(srv), tls=client_tls_context(str(ca)))
+        alice = join_room(secure, Request.of(Operation.CREATE, "kept", RequestBody("alice")))
+        bob = join_room(secure, Request.of(Operation.JOIN, "kept", RequestBody("bob")))
+        attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for member in (alice, bob):
+                send(member, b"")
+            send(bob, b"before")
+            wait_for(alice, "bob", b"before")
+            pid = worker_pid(srv, 0)
+            os.kill(pid, signal.SIGKILL)
+            srv.wait_log(r"worker 0 replaced")
+            attacker.bind((H, 0))
+            attacker.sendto(encode_chat(bob.room_raw, bob.token, b"forged"), bob.server)
+            send(bob, b"after")  # Seq 3: the new worker's window starts empty
+            assert ("bob", b"forged") not in wait_for(alice, "bob", b"after")
+        finally:
+            attacker.close()
+            for member in (alice, bob):
+                member.udp_sock.close()
