@@ -13,13 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from client.joinflow import JoinFlow, TcrpTarget
 from relay import ipc
 from relay.core import RelayCore
 from wire import dgmac, errors
 from wire.chat import encode_chat
-from wire.codes import Framing
+from wire.codes import Framing, Operation
 from wire.e2e import Kind, PublicKeys, encode_message
-from wire.tcrp import Details
+from wire.tcrp import Details, Request, RequestBody, encode_complete, encode_ok
 
 # Keyed BLAKE2s vectors of the BLAKE2 reference implementation: testvectors/blake2-kat.json
 # (also blake2s-kat.txt) in https://github.com/BLAKE2/BLAKE2, key 00 01 .. 1f, input
@@ -268,3 +269,19 @@ def test_compiled_mac_equals_hashlib_for_any_key_data_and_size(key: bytes, data:
     hot = _hot()
     assert hot.blake2s_mac(key, data, size) == hashlib.blake2s(data, key=key,
                                                                digest_size=size).digest()
+
+
+def test_the_join_flow_seals_the_leave_of_an_unwanted_plain_room() -> None:
+    """``--e2e`` asked and a plain room made over TLS: the leave the driver sends is the
+    membership's first datagram, sealed with Seq 1."""
+    room, token = "lobby", b"t" * 22
+    details = Details(7001, True, 4033, 300.0, Framing.OCM1, datagram_key=KEY)
+    flow = JoinFlow(TcrpTarget("127.0.0.1", 9443),
+                    Request.of(Operation.CREATE, room, RequestBody("ann", e2e=True)))
+    flow.request_bytes()
+    flow.receive(encode_ok(Operation.CREATE, room.encode(), details)
+                 + encode_complete(Operation.CREATE, room.encode(), token))
+    answer = flow.answer()
+    assert answer is not None
+    leave = flow.granted(answer, "127.0.0.1").leave
+    assert leave == dgmac.seal(KEY, encode_chat(room.encode(), token, b"/exit"), 1)
