@@ -3,7 +3,8 @@ tests/bench/perf/cload.c).
 
 One member a line, six tab-separated fields: ``room slot room_name token udp_host
 udp_port``, and a seventh, ``datagram_key`` (64 hex digits), for a member that joined over
-TLS: cload then seals its datagrams (docs/protocol.md §8), from ``Seq`` 1. ``room`` and
+TLS: cload then seals its datagrams (docs/protocol.md §8), from ``Seq`` 2^32 (the
+loadgen used a few when it joined the member). ``room`` and
 ``slot`` are 0-based indexes (slot 0 is the room's host). cload reads each line with
 ``sscanf("%d\\t%d\\t%299s\\t%299s\\t%63s\\t%d\\t%64s")``: every text field
 must be printable ASCII without whitespace and at most 299 bytes (the host at most 63).
