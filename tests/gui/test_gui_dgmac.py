@@ -26,9 +26,8 @@ def test_gui_chat_over_tls_is_sealed_and_relayed(
 
     async def scenario() -> None:
         port = tls_port(own)
-        screen.tls.setChecked(True)
         screen.ca_file.setText(str(ca))
-        fill(window, qtbot, port, "gus", room, create=True)
+        fill(window, qtbot, port, "gus", room, create=True, tls=True)
         await until(lambda: in_room(window), "the room window, over TLS")
         assert window.joined is not None and window.joined.sealer is not None
         target = TcrpTarget("127.0.0.1", port, tls=client_tls_context(str(ca)))
