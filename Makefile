@@ -90,7 +90,7 @@ COV_FLOOR ?= 90
 
 test: $(STAMP) gui-system-libs redis-server
 	rm -f .coverage .coverage.*
-	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider --cov \
+	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider --durations=20 --cov \
 		--cov-report=term-missing:skip-covered tests
 	@echo "total coverage, floor $(COV_FLOOR) %:"
 	$(PY) -m coverage report --precision=2 --format=total --fail-under=$(COV_FLOOR)
