@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-from wire import errors, names
+from wire import dgmac, errors, names
 from wire.codes import Framing, Operation, State, Status
 from wire.e2e import MEMBERS_OPERATION, MemberInfo, PublicKeys, decode_members, decode_public_keys
 from wire.limits import (
@@ -247,6 +247,10 @@ class Details:
     """Cluster mode: the IP of the node that owns the room, to which the client should send
     its datagrams (``udp_port`` is that node's). Absent on a single node: send to the
     address the TCRP connection went to."""
+    datagram_key: bytes | None = None
+    """Our extension (docs/protocol.md §8): the member's datagram MAC key, sent only to a
+    member that joined over TLS. With it, every datagram the member sends must carry the
+    trailer of ``wire.dgmac``; ``max_message`` already leaves room for it."""
     epoch: bytes = b""
     """An encrypted room's incarnation: ``ROOM_EPOCH_BYTES`` random bytes drawn when the
     room is created (docs/e2e.md); every room key is bound to it. Empty in a plain room."""
@@ -266,6 +270,8 @@ class Details:
                 obj["epoch"] = base64.b64encode(self.epoch).decode()
         if self.udp_host is not None:
             obj["udp_host"] = self.udp_host
+        if self.datagram_key is not None:
+            obj[dgmac.DETAILS_KEY] = dgmac.encode_key(self.datagram_key)
         return obj
 
     @classmethod
@@ -298,8 +304,10 @@ class Details:
                 raise errors.BadResponse("epoch is not base64") from None
             if len(epoch) != ROOM_EPOCH_BYTES:
                 raise errors.BadResponse(f"epoch must be {ROOM_EPOCH_BYTES} bytes")
+        raw_key = obj.get(dgmac.DETAILS_KEY)
+        key = None if raw_key is None else dgmac.decode_key(raw_key)
         return cls(udp_port, host, max_message, float(timeout), framing, e2e, members,
-                   udp_host, epoch)
+                   udp_host, key, epoch)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:
