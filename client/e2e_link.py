@@ -42,7 +42,7 @@ from client.keystore import KeyStore, KeyStoreError, PinStatus, Trust, config_di
 from client.link import RoomLink
 from client.render import Line
 from client.session import Addr, Joined, JoinFailed, JoinRefused
-from wire import errors
+from wire import dgmac, errors
 from wire.chat import Notice, decode_framed, encode_chat
 from wire.codes import NoticeEvent, Operation
 from wire.e2e import (
@@ -111,9 +111,10 @@ class E2ERoomLink(RoomLink):
                                  and joined.tcrp.tls is not None else "")
         self.identity = identity
         self.store = store
+        trailer = dgmac.TRAILER_BYTES if joined.details.datagram_key is not None else 0
         self.max_message = max_chat_body(len(joined.room_raw), len(joined.token),
                                          len(joined.username.encode())) - \
-            MIN_CHAT_OVERHEAD_BYTES - len(joined.username.encode())
+            MIN_CHAT_OVERHEAD_BYTES - len(joined.username.encode()) - trailer
         self.trust: dict[str, Trust] = {}
         self.server_members: tuple[MemberInfo, ...] | None = None
         """The server's member list as last fetched (``None`` before the first fetch)."""
