@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from client.gui import syslibs
+
+    problem = syslibs.display_problem(os.environ) or syslibs.xcb_problem(os.environ)
+    if problem is not None:  # one line, instead of Qt's abort
+        print(problem, file=sys.stderr)
+        return 1
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
