@@ -136,6 +136,7 @@ class ConnectScreen(QWidget):
         form.addRow("", self._error_label(Field.PASSWORD))
 
         self.encrypted = QCheckBox("End-to-end encrypted")
+        self.encrypted.setChecked(_bool(settings.value("last/encrypted", False)))
         self.encrypted.setToolTip("Messages are encrypted for the room's members: the "
                                   "server relays them without being able to read them")
         form.addRow("", self.encrypted)
@@ -154,6 +155,7 @@ class ConnectScreen(QWidget):
         self.tls.toggled.connect(self._tls_changed)
         self._mode_changed()
         self._ca_row.setVisible(self.tls.isChecked())
+        self.setFocusProxy(self.room if self.name.currentText() else self.name)
 
     # -- building ------------------------------------------------------------------------------
     def _combo(self, which: Field, default: str) -> QComboBox:
@@ -211,6 +213,14 @@ class ConnectScreen(QWidget):
             ca_file=(self.ca_file.text().strip() or None) if self.tls.isChecked() else None,
         )
 
+    def focus_room(self) -> None:
+        """Ready to type a room name (the name, if there is none yet)."""
+        target = self.room if self.name.currentText() else self.name
+        target.setFocus()
+        line = target.lineEdit()
+        if line is not None:
+            line.selectAll()
+
     def show_error(self, which: Field, text: str) -> None:
         label = self.errors[which]
         label.setText(text)
@@ -236,6 +246,8 @@ class ConnectScreen(QWidget):
         self._settings.setValue("last/port", request.port)
         self._settings.setValue("last/tls", request.tls)
         self._settings.setValue("last/ca_file", request.ca_file or "")
+        if request.operation is Operation.CREATE:
+            self._settings.setValue("last/encrypted", request.encrypted)
         self._settings.setValue("last/mode", "create"
                                 if request.operation is Operation.CREATE else "join")
         self._settings.sync()

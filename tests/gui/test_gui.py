@@ -61,12 +61,17 @@ def scrollback(window: MainWindow) -> str:
 
 
 def in_room(window: MainWindow) -> bool:
-    return window.pages.currentWidget() is window.room and window.link is not None
+    return (window.current is not None and window.pages.currentWidget() is window.room
+            and window.link is not None)
 
 
 def type_line(window: MainWindow, qtbot: QtBot, text: str) -> None:
     window.room.input.setText(text)
     qtbot.keyClick(window.room.input, Qt.Key.Key_Return)
+
+
+def room_page_shown(window: MainWindow) -> bool:
+    return window.current is not None and window.pages.currentWidget() is window.room
 
 
 async def join_ocm_chat_host(window: MainWindow, qtbot: QtBot, server: Server,
@@ -105,9 +110,11 @@ def test_gui_creates_ocm_chat_joins_and_they_chat_both_ways(
         assert window.room.input.text() == "x" * (limit + 1)
         assert window.room.byte_count().over
         assert window.room.counter.text() == f"{limit + 1} / {limit} bytes"
-        # /commands as in ocm-chat
+        # /commands as in ocm-chat; /help is a dialog
         type_line(window, qtbot, "/help")
-        assert "/exit    leave the room" in scrollback(window)
+        assert window.help_dialog is not None and window.help_dialog.isVisible()
+        assert "/exit" in window.help_dialog.text.text()
+        window.help_dialog.close()
         type_line(window, qtbot, "/who")
         await until(lambda: "2 in the room: alice (host, you), bob" in scrollback(window),
                     "the /who answer")
@@ -144,11 +151,14 @@ def test_ocm_chat_hosts_gui_joins_and_the_host_closes_the_room(
         assert window.room.banner_text.text().startswith("Room closed")
         assert not window.room.input.isEnabled()
         assert window.room.rejoin_button.text() == "Create it again"
-        # "Create it again": dave now hosts a room of the same name.
+        assert window.room_list.row_of(window.sessions[0].item).ended  # greyed in the list
+        # "Create it again": dave now hosts a room of the same name, in the same page.
         qtbot.mouseClick(window.room.rejoin_button, Qt.MouseButton.LeftButton)
         await until(lambda: in_room(window) and window.joined is not None
                     and window.joined.details.host, "the re-created room")
         assert "(host: leaving closes the room)" in scrollback(window)
+        assert "carol: welcome dave" in scrollback(window)  # the conversation was kept
+        assert len(window.sessions) == 1
 
     run(loop, scenario())
 
@@ -181,11 +191,13 @@ def test_password_wrong_then_right_and_errors_next_to_their_field(
         fill(window, qtbot, server.tcp_port, "frank", room, create=False, password="s3cret")
         await until(lambda: in_room(window), "the room window")
         await in_thread(erin.expect_line, "* frank joined the room")
-        # Not a host: leaving asks nothing, and the host sees us go.
+        # Not a host: leaving asks nothing, and the host sees us go; the page stays.
         type_line(window, qtbot, "/exit")
         await in_thread(erin.expect_line, "* frank left the room")
-        assert window.pages.currentWidget() is window.connect_screen
+        assert room_page_shown(window) and window.room.banner.isVisible()
+        assert window.room.banner_text.text() == "You left the room."
         # A port nobody listens on: the server field says so.
+        qtbot.mouseClick(window.new_room_button, Qt.MouseButton.LeftButton)
         fill(window, qtbot, free_udp_port(), "frank", room, create=False)
         await until(lambda: errors[Field.SERVER].isVisible(), "the server error")
         assert errors[Field.SERVER].text().startswith("Server unreachable")
@@ -214,7 +226,8 @@ def test_host_is_asked_before_leaving(
         box = await until(lambda: window.leave_box, "the confirmation")
         box.button(QMessageBox.StandardButton.Yes).click()
         await in_thread(hank.expect_line, "* the room was closed")
-        assert window.pages.currentWidget() is window.connect_screen
+        assert room_page_shown(window) and window.room.banner.isVisible()
+        assert window.room.rejoin_button.text() == "Create it again"
 
     run(loop, scenario())
 
@@ -229,7 +242,7 @@ def test_server_stopping_is_shown_and_a_new_room_finds_it_unreachable(
         await in_thread(own.stop, signal.SIGTERM)
         await until(lambda: window.room.banner.isVisible(), "the banner")
         assert "Room closed" in window.room.banner_text.text()
-        qtbot.mouseClick(window.room.new_room_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.new_room_button, Qt.MouseButton.LeftButton)
         assert window.pages.currentWidget() is window.connect_screen
         assert window.connect_screen.name.currentText() == "ivy"  # the form is kept
         qtbot.mouseClick(window.connect_screen.connect_button, Qt.MouseButton.LeftButton)
@@ -332,8 +345,9 @@ def test_tls_join_with_the_servers_ca_and_refusal_without(
         qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
         await until(lambda: in_room(window), "the room window, over TLS")
         assert window.joined is not None and window.joined.details.host
-        type_line(window, qtbot, "/help")  # the chat itself runs as usual
-        assert "/exit" in scrollback(window)
+        type_line(window, qtbot, "/who")  # the chat itself runs as usual
+        await until(lambda: "1 in the room: tess (host, you)" in scrollback(window),
+                    "the /who answer")
 
     try:
         run(loop, scenario())
