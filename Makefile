@@ -102,7 +102,8 @@ test: $(STAMP) gui-system-libs gui-test-deps redis-server
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire runtime control relay client loadgen tests setup.py
 	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py relay/worker.py relay/hot.py control/session.py \
-		control/registry.py control/quotas.py control/clusterlink.py
+		control/registry.py control/quotas.py control/clusterlink.py control/router.py \
+		control/clusterleases.py control/clusterroute.py control/clusterserve.py control/clusterudp.py
 	$(VENV)/bin/mypy runtime control relay client loadgen
 
 bench-wire: $(STAMP)
@@ -121,6 +122,8 @@ bench-gui: $(STAMP) gui-system-libs
 gui-screenshots: $(STAMP) gui-system-libs gui-test-deps
 	OCM_GUI_SCREENSHOTS=docs $(PY) -m pytest -q -p no:cacheprovider tests/gui/test_screenshots.py
 
+# The published figures: rewrites the tables of docs/performance.md and the full results in
+# docs/bench/{headline,e2e,percore,memory}.json (tests/bench/docsout.py).
 bench: $(STAMP)
 	$(PY) -m tests.bench.capacity
 	@echo "== per-core cost against the C limit =="
@@ -142,7 +145,8 @@ bench-memory: $(STAMP)
 	$(PY) -m tests.bench.memory $(MEMORY_ARGS)
 
 # Encrypted rooms against plain rooms at the headline only (also part of `make bench`):
-# E2E_PAIRS interleaved (plain, encrypted) pairs; rewrites that section of docs/benchmarks.md.
+# E2E_PAIRS interleaved (plain, encrypted) pairs; rewrites that section of docs/performance.md
+# and docs/bench/e2e.json.
 E2E_PAIRS ?= 3
 bench-e2e: $(STAMP)
 	$(PY) -m tests.bench.e2e_compare --pairs $(E2E_PAIRS) --docs docs

@@ -311,8 +311,8 @@ async def _handle_input(text: str, link: Link, session: PromptSession[str], show
         answer_lines = await link.answer(command)
         if answer_lines is None:  # global chat has no members to list or keys to verify
             answer_lines = [render.warning_line(commands.unknown_text(text))]
-        for answer_line in answer_lines:
-            show(answer_line, stamp=False)
+        for index, answer_line in enumerate(answer_lines):
+            show(answer_line, stamp=index == 0)  # the answer is stamped like a message
         return "stay"
     if action is Action.REFUSED:
         show(render.warning_line(command.text))
@@ -345,17 +345,24 @@ def run_room(plan: Plan, colour: bool) -> int:
             notice = runner.run(_room_chat(joined, colour, history, plan))
         if notice is None:
             return EXIT_OK
+        room = render.sanitize(joined.room_raw.decode())
+        lives = notice.event is NoticeEvent.DISCONNECTED and not joined.details.host
+        # Say what yes does: back into the same room if it lives on, else open it again
+        # under the same name (a room without its host is gone; whoever creates it hosts).
+        question = (f"Rejoin room {room!r}?" if lives
+                    else f"Open room {room!r} again (you become its host)?")
         try:
-            again = asker.yes_no("Rejoin?", default=False)
+            again = asker.yes_no(question, default=False)
         except Interrupted:
             again = False
         if not again:
             return EXIT_ENDED
-        if notice.event is NoticeEvent.DISCONNECTED and not joined.details.host:
-            plan.operation = Operation.JOIN  # the room lives on: back into the same one
-        else:  # the room is gone: ask again, offering the same name
-            plan.operation = plan.room = None
-            plan.password_given = False
+        plan.room = joined.room_raw.decode()
+        if lives:
+            plan.operation = Operation.JOIN
+        else:
+            plan.operation = Operation.CREATE
+            plan.password, plan.password_given = None, False  # a new room: ask afresh
 
 
 async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory,

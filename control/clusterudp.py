@@ -15,7 +15,7 @@ token was issued to the client's IP, then tells its worker, which acknowledges).
 
 so every datagram the client receives comes from the port it sends to (docs/protocol.md
 §2.1). Costs: one extra hop each way through a Python process, and one socket per
-relayed member (``MAX_FLOWS`` bounds them; docs/benchmarks.md has the measured cost).
+relayed member (``MAX_FLOWS`` bounds them; docs/performance.md points to the cost).
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
+from control.clusterleases import NodeInfo
 from relay import steering
 from runtime.sockbuf import set_buffers
-
-if TYPE_CHECKING:
-    from control.cluster import Cluster, NodeInfo
 
 log = logging.getLogger("ocm.cluster")
 
@@ -49,6 +47,23 @@ FLOW_BUFFER_BYTES: Final = 64 * 1024
 MAX_DATAGRAM_BYTES: Final = 4096
 
 
+class Peers(Protocol):
+    """What the relay asks of the cluster (``control.clusterroute.ClusterRouter``)."""
+
+    @property
+    def advertise(self) -> str:
+        """This node's IP: flows are bound to it."""
+
+    def node_by_tag(self, tag: int) -> NodeInfo | None:
+        """The other live node whose tokens carry ``tag``."""
+
+    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str) -> bool:
+        """Ask ``node`` to accept ``token`` from this node's IP; True once it does."""
+
+    def relay_idle_s(self) -> float:
+        """How long a flow may stay idle before it is closed."""
+
+
 class Flow:
     __slots__ = ("client", "token", "sock", "queue", "last_seen")
 
@@ -64,7 +79,7 @@ class UdpRelay:
     """Reads the relay socket; one ``Flow`` per relayed member."""
 
     def __init__(self, front: socket.socket, group: socket.socket, workers: int) -> None:
-        self.cluster: Cluster  # set by the Cluster that owns this relay
+        self.peers: Peers | None = None
         self.front = front
         self.group = group
         self.workers = workers
@@ -75,8 +90,9 @@ class UdpRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    def start(self, node_tag: int) -> None:
+    def start(self, peers: Peers, node_tag: int) -> None:
         """Steer other nodes' tokens to the relay socket and start reading it."""
+        self.peers = peers
         steering.attach_program(self.group,
                                 steering.cluster_steering_program(self.workers, node_tag))
         self._loop = asyncio.get_running_loop()
@@ -128,7 +144,8 @@ class UdpRelay:
             elif flow.queue is not None and len(flow.queue) < MAX_QUEUED:
                 flow.queue.append(data)
             return
-        node = self.cluster.node_by_tag(token[1])
+        assert self.peers is not None
+        node = self.peers.node_by_tag(token[1])
         if node is None or len(self.flows) >= MAX_FLOWS or self.pending >= MAX_PENDING:
             self.counters["flows_refused" if node is not None else "dropped"] += 1
             return
@@ -140,7 +157,8 @@ class UdpRelay:
 
     async def _open(self, flow: Flow, node: NodeInfo) -> None:
         try:
-            accepted = await self.cluster.request_relay(node, flow.token, flow.client[0])
+            assert self.peers is not None
+            accepted = await self.peers.request_relay(node, flow.token, flow.client[0])
         finally:
             self.pending -= 1
         if not accepted or self.flows.get((flow.client, flow.token)) is not flow:
@@ -151,7 +169,8 @@ class UdpRelay:
         try:
             sock.setblocking(False)
             set_buffers(sock, FLOW_BUFFER_BYTES, FLOW_BUFFER_BYTES)
-            sock.bind((self.cluster.advertise, 0))
+            assert self.peers is not None
+            sock.bind((self.peers.advertise, 0))
             sock.connect((node.advertise, node.udp_port))
         except OSError as exc:
             sock.close()
@@ -196,8 +215,9 @@ class UdpRelay:
     # --- expiry --------------------------------------------------------------------------
     async def _sweep(self) -> None:
         """Close flows idle for longer than a member may be (the owner evicted it)."""
+        assert self.peers is not None
         while True:
-            idle = self.cluster.app.cfg.inactivity_timeout + self.cluster.cfg.cluster_lease
+            idle = self.peers.relay_idle_s()
             await asyncio.sleep(min(idle / 4, 30.0))
             horizon = time.monotonic() - idle
             for flow in [f for f in self.flows.values() if f.last_seen < horizon]:

@@ -85,7 +85,7 @@ class Config:
     password_failure_window: float = _f(60.0, "seconds over which failed passwords are "
                                               "counted (max_password_failures)", live=True)
     max_rooms_per_ip: int = _f(2000, "live rooms hosted from one IP", live=True)
-    kdf_rate_per_ip: float = _f(50.0, "password key derivations (scrypt, ~45 ms each: a "
+    kdf_rate_per_ip: float = _f(50.0, "password key derivations (scrypt: a "
                                       "create with a password, a join whose password was "
                                       "not verified before) started per second per client "
                                       "IP, token bucket with burst = rate; more are "
@@ -106,6 +106,9 @@ class Config:
                                          "source IP)")
     log_level: str = _f("info", "debug, info, warning or error", live=True)
     log_format: str = _f("text", "log line format: text, or json (one JSON object a line)")
+    log_summary_interval: float = _f(60.0, "seconds between INFO lines summing up the rooms "
+                                     "created and closed and the members evicted (each "
+                                     "one is a DEBUG line); 0 = no summary", live=True)
     admin_host: str = _f("127.0.0.1", "address of the admin HTTP server (/metrics, /healthz, "
                                       "/readyz)")
     admin_port: int = _f(9100, "admin HTTP port; 0 = any free port, -1 = disabled (if the "

@@ -95,7 +95,7 @@ class Registry:
         """Members per worker: the placement key."""
 
     def set_token_source(self, new_token: Callable[[int], bytes]) -> None:
-        """Cluster mode: tokens also carry the node's tag (control/cluster.py)."""
+        """Cluster mode: tokens also carry the node's tag (control/clusterroute.py)."""
         self._new_token = new_token
 
     # --- queries ---------------------------------------------------------------------

@@ -99,7 +99,7 @@ class Options:
     """``member``, ``shared`` or ``auto`` (transport.py); ``from_args`` resolves ``auto``."""
     rx_timestamps: bool = _f(True, "do not ask the kernel for receive timestamps "
                                    "(SO_TIMESTAMPNS); they cost some CPU on both sides "
-                                   "(docs/benchmarks.md) and without them the relay latency "
+                                   "and without them the relay latency "
                                    "ends at the read time, like the end-to-end one", "loadgen",
                              flag="--no-rx-timestamps")
     accounting: str = _f("auto", "who accounts deliveries read from a shared socket: 'c' = "

@@ -68,7 +68,7 @@ WAIT_WARN_PCT: Final = 10.0
 """A loadgen process that waited this share of the time for a CPU was delayed by others."""
 READY_TIMEOUT_S: Final = 60.0
 PREPARE_TIMEOUT_S: Final = 600.0
-"""``--e2e``: sealing a run's messages (about 40 µs each, docs/benchmarks.md)."""
+"""``--e2e``: sealing a run's messages."""
 SETUP_TIMEOUT_EXTRA_S: Final = 120.0
 
 EventSink = Callable[[str, dict[str, Any]], None]

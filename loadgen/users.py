@@ -21,7 +21,7 @@ commands from the parent on ``conn`` (a ``multiprocessing`` pipe):
 
 The data phase runs on a plain ``select.epoll`` loop over the transport's sockets, the pipe
 and a ``timerfd`` (pacing.py). With one socket per member it costs no more CPU
-than uvloop would (docs/benchmarks.md), and the shared socket reads in ``recvmmsg``
+than uvloop would, and the shared socket reads in ``recvmmsg``
 batches. The plain loop is kept because it batches every datagram of one poll into one
 ``Meter.receive_batch`` call and waits on the timerfd with µs precision (libuv timers
 have 1 ms resolution).

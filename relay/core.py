@@ -102,7 +102,7 @@ TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTE
 
 
 class Member:
-    """One member of one room. Slotted (docs/benchmarks.md has the bytes per member)."""
+    """One member of one room. Slotted (docs/performance.md has the bytes per member)."""
 
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",

@@ -61,7 +61,7 @@ def test_live_fields_are_exactly_the_reloadable_ones() -> None:
         "max_send_failures", "log_level", "max_conns_per_ip", "conn_rate_per_ip",
         "max_password_failures", "password_failure_window", "max_rooms_per_ip",
         "kdf_rate_per_ip", "kdf_concurrency_per_ip", "kdf_queue",
-        "chat_rate", "chat_burst", "relay_sendmmsg",
+        "chat_rate", "chat_burst", "relay_sendmmsg", "log_summary_interval",
     }
 
 
