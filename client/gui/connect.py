@@ -66,8 +66,14 @@ class ConnectScreen(QWidget):
         super().__init__(parent)
         self._settings = settings
         self.setObjectName("connect")
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(32, 24, 32, 24)
+        card = QWidget()  # the form, centred, at most a readable width
+        card.setMaximumWidth(640)
+        centre = QHBoxLayout(self)
+        centre.addStretch(1)
+        centre.addWidget(card, 4)
+        centre.addStretch(1)
+        outer = QVBoxLayout(card)
+        outer.setContentsMargins(16, 24, 16, 24)
         title = QLabel("Online Chat Messenger")
         font = title.font()
         font.setPointSizeF(font.pointSizeF() * 1.6)

@@ -9,7 +9,15 @@ from __future__ import annotations
 import html
 from typing import Final
 
-from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QLabel,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from client import commands
 
@@ -18,7 +26,7 @@ MENU_OF: Final = {
     "/exit": "Room › Leave room, or Leave in the room's header",
     "/who": "Room › Who is here; the member list is always on the right",
     "/verify": "Room › Verify member…, or Verify… under the member list",
-    "//text": "(typing only: a message that starts with /)",
+    "//text": "(typing only)",
 }
 """Where each command of ``commands.help_lines`` is in the menus."""
 
@@ -56,11 +64,17 @@ class HelpDialog(QDialog):
         self.text = QLabel()
         self.text.setWordWrap(True)
         self.text.setObjectName("help-text")
-        layout.addWidget(self.text)
+        self.text.setContentsMargins(8, 4, 8, 8)
+        self.text.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        scroll = QScrollArea()
+        scroll.setWidget(self.text)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        layout.addWidget(scroll, 1)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
-        self.resize(620, 460)
+        self.resize(660, 600)
         self.set_limit(max_message)
 
     def set_limit(self, max_message: int) -> None:

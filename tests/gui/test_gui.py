@@ -101,6 +101,11 @@ def test_gui_creates_ocm_chat_joins_and_they_chat_both_ways(
         type_line(window, qtbot, "hello 日本語 😀")
         await in_thread(bob.expect_line, "alice: hello 日本語 😀")
         assert window.room.input.text() == ""
+        window.room.input.setText("two")  # Shift+Enter: one message of two lines
+        qtbot.keyClick(window.room.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+        qtbot.keyClicks(window.room.input, "lines")
+        qtbot.keyClick(window.room.input, Qt.Key.Key_Return)
+        await in_thread(bob.expect_line, "alice: two\\x0alines")  # ocm-chat shows the escape
         bob.send("hi alice")
         await until(lambda: "bob: hi alice" in scrollback(window), "bob's message")
         # Over the room's limit: refused locally, with the reason; the text stays.

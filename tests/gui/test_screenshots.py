@@ -24,6 +24,7 @@ from client import render
 from client.e2e.identity import IdentityKeys, fingerprint, safety_number
 from client.gui import models
 from client.gui.app import MainWindow
+from client.gui.chatview import RowKind
 from client.gui.models import Field
 from client.gui.room import RoomView
 from client.gui.theme import Theme
@@ -146,7 +147,13 @@ def test_screenshot_rooms_light_and_dark(qtbot: QtBot, loop: qasync.QEventLoop,
     window = _busy_window(settings)
     qtbot.addWidget(window)
     window.set_theme(Theme.LIGHT)
+    log = window.room.log
+    window.resize(*SIZE)
+    QApplication.processEvents()
+    today = next(i for i, row in enumerate(log.rows) if row.kind == RowKind.DAY and i)
+    log.verticalScrollBar().setValue(log.tops[today] - 140)  # yesterday and today
     _save(window, _out_dir(tmp_path) / "gui-room.png")
+    window.room.scroll_to_bottom()
     window.set_theme(Theme.DARK)
     view = window.room
     view.open_search()
@@ -180,7 +187,7 @@ def test_screenshot_connect_screen_and_help(qtbot: QtBot, loop: qasync.QEventLoo
     window.show_session(window.sessions[-1])
     dialog = window.show_help()
     qtbot.addWidget(dialog)
-    _save(dialog, _out_dir(tmp_path) / "gui-help.png", (640, 520))
+    _save(dialog, _out_dir(tmp_path) / "gui-help.png", (660, 600))
 
 
 ENCRYPTED_CONVERSATION = [
