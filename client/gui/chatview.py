@@ -72,6 +72,7 @@ class Row:
     header: bool = False  # a message that shows name and avatar
     height: int = 0
     text_width: int = -1  # natural one-line width of the text, or -1: needs wrapping
+    text_height: int = 0  # of a one-line text
 
 
 class ChatView(QAbstractScrollArea):
@@ -111,6 +112,13 @@ class ChatView(QAbstractScrollArea):
         self.fm = QFontMetrics(self.body)
         self.fm_bold = QFontMetrics(self.bold)
         self.fm_small = QFontMetrics(self.small)
+        # A line with characters from fallback fonts (emoji, CJK) can be taller than one
+        # in the body font: one-line texts that are not ASCII get this height.
+        sample = QTextLayout("日本語 😀 Ж", self.body)
+        sample.beginLayout()
+        line = sample.createLine()
+        sample.endLayout()
+        self.mixed_height = max(self.fm.height(), int(line.height() + 0.999))
 
     def colours(self) -> ChatColours:
         """The colours of the palette in use (a theme change clears the cached text)."""
@@ -221,11 +229,13 @@ class ChatView(QAbstractScrollArea):
                 prefix + text)
             return rect.height() + 8
         inner = self.bubble_max(width) - 2 * PAD_X
-        if text.isascii() and "\n" not in text:
-            natural = self.fm.horizontalAdvance(text)
+        if "\n" not in text:  # one line, if it fits: no text layout needed
+            ascii_only = text.isascii()
+            natural = self.fm.horizontalAdvance(text) + (0 if ascii_only else 2)
             if natural <= inner:
                 row.text_width = natural
-                return self._message_height(row, self.fm.height())
+                row.text_height = self.fm.height() if ascii_only else self.mixed_height
+                return self._message_height(row, row.text_height)
         layout = self._layout(row, inner)
         row.text_width = -1
         return self._message_height(row, int(layout.boundingRect().height() + 0.999))
@@ -381,7 +391,7 @@ class ChatView(QAbstractScrollArea):
         own = entry.line.kind is Kind.OWN
         inner = self.bubble_max(width) - 2 * PAD_X
         if row.text_width >= 0:
-            text_width, text_height = row.text_width, self.fm.height()
+            text_width, text_height = row.text_width, row.text_height
         else:
             layout = self._layout(row, inner)
             box = layout.boundingRect()
@@ -422,7 +432,7 @@ class ChatView(QAbstractScrollArea):
         origin = QPointF(bubble.left() + PAD_X, bubble.top() + PAD_Y)
         if row.text_width >= 0 and not self.search and not self._has_link(row):
             painter.drawText(QRectF(origin.x(), origin.y(), row.text_width + 2,
-                                    self.fm.height()),
+                                    row.text_height),
                              int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop),
                              entry.line.text)
         else:

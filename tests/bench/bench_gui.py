@@ -4,11 +4,14 @@ Offscreen Qt. Appends ``--lines`` chat lines (mixed senders, some Japanese and e
 one in ten a notice) to a ``RoomView`` while it is shown at the bottom, as during a busy
 chat, and measures:
 
-* the time per ``append`` (the HTML line, the layout, keeping the view at the bottom),
-  median and p99 over every append, the medians of the first and last 1,000 (does it
-  grow with the scrollback?), plus the total;
+* the time per ``append`` (the row's height, the offsets, keeping the view at the
+  bottom), median and p99 over every append, the medians of the first and last 1,000
+  (does it grow with the scrollback?), plus the total;
 * the time to render the window (``QWidget.grab()``: a full paint) at the bottom, at the
   top after scrolling there, and in the middle;
+* scrolling: from the bottom up by one page at a time for 100 pages, each step a scroll
+  and a full paint (rows never shown before get their text laid out then): median and
+  slowest step;
 * one more append and render after the 10,000 (what a user waits for per message then).
 
 Usage: ``python tests/bench/bench_gui.py [--lines N]``. Prints markdown.
@@ -79,6 +82,13 @@ def main() -> int:
     bar.setValue(bar.maximum() // 2)
     middle = min(render_ns() for _ in range(5))
     view.scroll_to_bottom()
+    pages: list[int] = []
+    for _ in range(100):
+        before = time.perf_counter_ns()
+        bar.setValue(bar.value() - bar.pageStep())
+        view.log.viewport().repaint()
+        pages.append(time.perf_counter_ns() - before)
+    view.scroll_to_bottom()
     before = time.perf_counter_ns()
     view.append(render.chat_line("late", "one more message"))
     view.grab()
@@ -100,6 +110,8 @@ def main() -> int:
     print(f"| render (grab) at the bottom | {_ms(at_bottom)} |")
     print(f"| render after scrolling to the top | {_ms(at_top)} |")
     print(f"| render in the middle | {_ms(middle)} |")
+    print(f"| scroll up one page and paint, median of 100 | {_ms(statistics.median(pages))} |")
+    print(f"| scroll up one page and paint, slowest of 100 | {_ms(max(pages))} |")
     print(f"| append + render, line {args.lines + 1} | {_ms(one_more)} |")
     return 0
 
