@@ -91,7 +91,7 @@ class RoomDelegate(QStyledItemDelegate):
         small_metrics = QFontMetrics(small)
         painter.setFont(small)
         painter.setPen(subdued)
-        server = row.server + (" · left" if row.ended else "")
+        server = row.server + (" · ended" if row.ended else "")
         painter.drawText(QRectF(rect.left() + 10, rect.top() + 7 + metrics.height(),
                                 rect.width() - 20, small_metrics.height()),
                          int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),

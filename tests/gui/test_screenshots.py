@@ -4,9 +4,10 @@ Every run renders them into the test's temporary folder and checks they are real
 images; ``make gui-screenshots`` sets ``OCM_GUI_SCREENSHOTS=docs`` to refresh the copies
 the README and docs/gui.md show: docs/gui-room.png and docs/gui-room-dark.png (several
 rooms, a busy conversation), docs/gui-encrypted.png (an encrypted room, its member list
-and a member's details, dark), docs/gui-connect.png, docs/gui-verify.png and
-docs/gui-help.png. Japanese and emoji come from Qt's font fallback (``make`` installs
-fonts-ipafont-gothic and fonts-noto-color-emoji).
+and a member's details, dark), docs/gui-connect.png, docs/gui-verify.png,
+docs/gui-help.png, docs/gui-compose.png (the emoji picker, a two-line message, an ended
+room) and docs/gui-menu.png (the Room menu). Japanese and emoji come from Qt's font
+fallback (``make`` installs fonts-ipafont-gothic and fonts-noto-color-emoji).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import os
 from pathlib import Path
 
 import qasync
-from PySide6.QtCore import QSettings
-from PySide6.QtGui import QImage
+from PySide6.QtCore import QPoint, QSettings
+from PySide6.QtGui import QImage, QPainter
 from PySide6.QtWidgets import QApplication, QWidget
 from pytestqt.qtbot import QtBot
 
@@ -188,6 +189,47 @@ def test_screenshot_connect_screen_and_help(qtbot: QtBot, loop: qasync.QEventLoo
     dialog = window.show_help()
     qtbot.addWidget(dialog)
     _save(dialog, _out_dir(tmp_path) / "gui-help.png", (660, 600))
+
+
+def _with_popup(window: QWidget, popup: QWidget, at: QPoint, path: Path) -> None:
+    """``window`` with ``popup`` (a menu: a window of its own, which ``grab`` leaves out)
+    drawn at ``at``, as the screen shows it when the menu is open."""
+    window.resize(*SIZE)
+    QApplication.processEvents()
+    image = window.grab()
+    popup.adjustSize()
+    painter = QPainter(image)
+    painter.drawPixmap(at, popup.grab())
+    painter.end()
+    assert image.save(str(path)), path
+    assert (QImage(str(path)).width(), QImage(str(path)).height()) == SIZE
+
+
+def test_screenshot_composing_and_the_room_menu(qtbot: QtBot, loop: qasync.QEventLoop,
+                                                settings: QSettings, tmp_path: Path) -> None:
+    """A room that ended (greyed in the list), a two-line message being written with the
+    emoji picker open; the Room menu (Save transcript…, Leave, Close)."""
+    window = _busy_window(settings)
+    qtbot.addWidget(window)
+    window.set_theme(Theme.LIGHT)
+    release = window.sessions[1]
+    release.view.show_ended("You left the room.")
+    window._refresh_row(release)
+    view = window.room
+    view.input.setText("see you at the release party 🎉\nbring snacks")
+    QApplication.processEvents()
+    menu = view.emoji_button.menu()
+    menu.adjustSize()
+    corner = view.emoji_button.mapTo(window, QPoint(0, 0))
+    top = view.input.mapTo(window, QPoint(0, 0)).y()
+    _with_popup(window, menu, QPoint(corner.x(), top - menu.sizeHint().height()),
+                _out_dir(tmp_path) / "gui-compose.png")
+    assert window.room_list.row_of(release.item).ended
+    room_menu = window._menus_by_name["&Room"]
+    place = window.menuBar().actionGeometry(room_menu.menuAction()).bottomLeft()
+    _with_popup(window, room_menu, window.menuBar().mapTo(window, place),
+                _out_dir(tmp_path) / "gui-menu.png")
+    assert any("Save transcript" in action.text() for action in room_menu.actions())
 
 
 ENCRYPTED_CONVERSATION = [
