@@ -73,6 +73,8 @@ class Row:
     height: int = 0
     text_width: int = -1  # natural one-line width of the text, or -1: needs wrapping
     text_height: int = 0  # of a one-line text
+    natural: int = -1  # one-line width, kept across resizes (-1: not measured, -2: lines)
+    exact: bool = True  # False: the height is an estimate, made exact when painted
 
 
 class ChatView(QAbstractScrollArea):
@@ -216,26 +218,40 @@ class ChatView(QAbstractScrollArea):
     def bubble_max(self, width: int) -> int:
         return max(120, min(int(width * 0.72), width - SIDE * 2 - AVATAR - GAP - TIME_ROOM))
 
-    def _measure(self, row: Row, width: int) -> int:
+    def _measure(self, row: Row, width: int, estimate: bool = False) -> int:
+        """The row's height at ``width``. ``estimate``: a message that wraps gets its
+        number of lines from its one-line width (a resize of 10,000 rows lays out none of
+        them); ``_refine`` makes it exact when it is painted."""
         if row.kind == RowKind.DAY:
             return self.fm_small.height() + 20
         entry = self.entries[row.entry]
         text = models.shown_text(entry.line.text)
         if row.kind == RowKind.NOTICE:
-            prefix = "⚠ " if entry.line.kind is Kind.WARNING else ""
+            text = ("⚠ " if entry.line.kind is Kind.WARNING else "") + text
+            if row.natural == -1:
+                row.natural = -2 if "\n" in text else self.fm_small.horizontalAdvance(text) + 2
+            if 0 <= row.natural <= width - 4 * SIDE:
+                return self.fm_small.height() + 8  # one line: no wrapping to work out
             rect = self.fm_small.boundingRect(
                 QRect(0, 0, width - 4 * SIDE, 100000),
-                int(Qt.TextFlag.TextWordWrap) | int(Qt.AlignmentFlag.AlignHCenter),
-                prefix + text)
+                int(Qt.TextFlag.TextWordWrap) | int(Qt.AlignmentFlag.AlignHCenter), text)
             return rect.height() + 8
         inner = self.bubble_max(width) - 2 * PAD_X
-        if "\n" not in text:  # one line, if it fits: no text layout needed
-            ascii_only = text.isascii()
-            natural = self.fm.horizontalAdvance(text) + (0 if ascii_only else 2)
-            if natural <= inner:
-                row.text_width = natural
+        if row.natural == -1:  # measured once; a resize only compares it with the width
+            if "\n" in text:
+                row.natural = -2
+            else:
+                ascii_only = text.isascii()
+                row.natural = self.fm.horizontalAdvance(text) + (0 if ascii_only else 2)
                 row.text_height = self.fm.height() if ascii_only else self.mixed_height
-                return self._message_height(row, row.text_height)
+        if 0 <= row.natural <= inner:  # one line: no text layout needed
+            row.text_width = row.natural
+            row.exact = True
+            return self._message_height(row, row.text_height)
+        row.exact = not (estimate and row.natural >= 0)
+        if not row.exact:
+            row.text_width = -1
+            return self._message_height(row, -(-row.natural // inner) * row.text_height)
         layout = self._layout(row, inner)
         row.text_width = -1
         return self._message_height(row, int(layout.boundingRect().height() + 0.999))
@@ -303,11 +319,38 @@ class ChatView(QAbstractScrollArea):
         self._layouts.clear()
         tops = [0]
         for row in self.rows:
-            row.height = self._measure(row, width)
+            row.height = self._measure(row, width, estimate=True)
             tops.append(tops[-1] + row.height)
         self.tops = tops if self.rows else []
         self._update_range()
         self.viewport().update()
+
+    def _refine(self, width: int) -> None:
+        """Make the heights of the rows on screen exact (see ``_measure``), moving the
+        rows under them; the view stays at the bottom if it was there."""
+        bar = self.verticalScrollBar()
+        at_bottom = bar.value() >= bar.maximum() - 1
+        changed = False
+        while True:
+            offset = bar.value()
+            first = max(0, bisect.bisect_right(self.tops, offset) - 1)
+            end = offset + self.viewport().height()
+            pending = [index for index in range(first, len(self.rows))
+                       if self.tops[index] <= end and not self.rows[index].exact]
+            if not pending:
+                break
+            for index in pending:
+                row = self.rows[index]
+                row.height = self._measure(row, width)
+            start = pending[0]
+            for index in range(start, len(self.rows)):
+                self.tops[index + 1] = self.tops[index] + self.rows[index].height
+            changed = True
+            self._update_range()
+            if at_bottom:
+                bar.setValue(bar.maximum())
+        if changed:
+            self._update_range()
 
     def _update_range(self) -> None:
         bar = self.verticalScrollBar()
@@ -343,6 +386,7 @@ class ChatView(QAbstractScrollArea):
         if self.greyed:
             painter.setOpacity(0.55)
         width = self._width()
+        self._refine(width)
         offset = self.verticalScrollBar().value()
         bottom = offset + self.viewport().height()
         first = max(0, bisect.bisect_right(self.tops, offset) - 1)

@@ -12,6 +12,7 @@ chat, and measures:
 * scrolling: from the bottom up by one page at a time for 100 pages, each step a scroll
   and a full paint (rows never shown before get their text laid out then): median and
   slowest step;
+* resizing the window: every row's height again at the new width, and a paint;
 * one more append and render after the 10,000 (what a user waits for per message then).
 
 Usage: ``python tests/bench/bench_gui.py [--lines N]``. Prints markdown.
@@ -89,6 +90,12 @@ def main() -> int:
         view.log.viewport().repaint()
         pages.append(time.perf_counter_ns() - before)
     view.scroll_to_bottom()
+    resizes: list[int] = []
+    for width in (700, 760, 1200, 760):  # every row's height again at the new width
+        before = time.perf_counter_ns()
+        view.resize(width, 560)
+        view.grab()
+        resizes.append(time.perf_counter_ns() - before)
     before = time.perf_counter_ns()
     view.append(render.chat_line("late", "one more message"))
     view.grab()
@@ -112,6 +119,8 @@ def main() -> int:
     print(f"| render in the middle | {_ms(middle)} |")
     print(f"| scroll up one page and paint, median of 100 | {_ms(statistics.median(pages))} |")
     print(f"| scroll up one page and paint, slowest of 100 | {_ms(max(pages))} |")
+    print(f"| resize and render (all rows again), median of 4 | "
+          f"{_ms(statistics.median(resizes))} |")
     print(f"| append + render, line {args.lines + 1} | {_ms(one_more)} |")
     return 0
 

@@ -370,3 +370,24 @@ def test_themes_follow_the_toggle_and_the_chat_repaints(
     finally:
         window.set_theme(Theme.LIGHT)
     assert MainWindow(settings).theme is Theme.LIGHT  # remembered
+
+
+def test_a_resize_estimates_wrapped_rows_and_painting_makes_them_exact(qtbot: QtBot) -> None:
+    """After a resize the rows off screen keep an estimate (no text layout for 10,000
+    rows); the rows painted get their exact height, and the view stays at the bottom."""
+    view = filled_room(qtbot, 0)
+    long = "a line long enough to wrap in a narrow window, with words of some length " * 3
+    for i in range(60):
+        view.append(render.chat_line(f"user{i % 3}", f"{long}{i}"))
+    log = view.log
+    view.resize(420, 400)
+    assert any(not row.exact for row in log.rows)  # estimated, not laid out
+    view.grab()  # a paint: the rows on screen become exact
+    width = log.viewport().width()
+    shown = [i for i, row in enumerate(log.rows)
+             if log.tops[i + 1] > log.verticalScrollBar().value()]
+    assert shown and all(log.rows[i].exact for i in shown)
+    for i in shown:
+        assert log.rows[i].height == log._measure(log.rows[i], width)
+    assert all(log.tops[i + 1] - log.tops[i] == row.height for i, row in enumerate(log.rows))
+    assert view.at_bottom()
