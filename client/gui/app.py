@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from PySide6.QtCore import QEvent, QSettings, Qt
+from PySide6.QtCore import QEvent, QPoint, QSettings, Qt
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidgetItem,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QPushButton,
     QSplitter,
@@ -138,6 +139,8 @@ class MainWindow(QMainWindow):
 
         self.room_list = RoomList()
         self.room_list.currentItemChanged.connect(self._room_selected)
+        self.room_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.room_list.customContextMenuRequested.connect(self._room_menu)
         self.new_room_button = QPushButton("＋ New room")
         self.new_room_button.setObjectName("new-room")
         self.new_room_button.setToolTip("create or join a room (Ctrl+N)")
@@ -334,6 +337,24 @@ class MainWindow(QMainWindow):
                 if self.pages.currentWidget() is not session.view:
                     self.show_session(session)
                 return
+
+    def room_menu(self, session: RoomSession) -> QMenu:
+        """What a right click on a room in the list offers."""
+        menu = QMenu(self)
+        if session.link is not None:
+            menu.addAction("Leave room", functools.partial(self.request_leave, session))
+        else:
+            menu.addAction(session.view.rejoin_button.text(),
+                           functools.partial(self._rejoin, session))
+        menu.addAction("Save transcript…", functools.partial(self._ask_save, session))
+        menu.addAction("Close room", functools.partial(self.close_session, session))
+        return menu
+
+    def _room_menu(self, point: QPoint) -> None:
+        item = self.room_list.itemAt(point)
+        session = next((s for s in self.sessions if s.item is item), None)
+        if session is not None:
+            self.room_menu(session).popup(self.room_list.viewport().mapToGlobal(point))
 
     def cycle_room(self, step: int) -> None:
         if not self.sessions:
@@ -577,9 +598,10 @@ class MainWindow(QMainWindow):
 
     # -- transcripts -----------------------------------------------------------------------------
     def ask_save_transcript(self) -> None:
-        session = self._shown_session()
-        if session is None:
-            return
+        if (session := self._shown_session()) is not None:
+            self._ask_save(session)
+
+    def _ask_save(self, session: RoomSession) -> None:
         dialog = QFileDialog(self, "Save transcript",
                              str(Path.home() / f"{_file_name(session.request.room)}.txt"),
                              "Text (*.txt);;All files (*)")

@@ -196,6 +196,9 @@ def test_password_wrong_then_right_and_errors_next_to_their_field(
         fill(window, qtbot, server.tcp_port, "frank", room, create=False, password="s3cret")
         await until(lambda: in_room(window), "the room window")
         await in_thread(erin.expect_line, "* frank joined the room")
+        assert window.current is not None
+        assert [action.text() for action in window.room_menu(window.current).actions()] \
+            == ["Leave room", "Save transcript…", "Close room"]  # a right click in the list
         # Not a host: leaving asks nothing, and the host sees us go; the page stays.
         type_line(window, qtbot, "/exit")
         await in_thread(erin.expect_line, "* frank left the room")

@@ -122,6 +122,8 @@ def test_rooms_side_by_side_unread_per_room_and_switching(
     assert window.room_list.row_of(one.item).unread == 0
     one.view.show_ended("You left the room.")
     window._refresh_row(one)
+    ended = [action.text() for action in window.room_menu(one).actions()]
+    assert ended == ["Rejoin", "Save transcript…", "Close room"]
     assert window.room_list.row_of(one.item).ended
     assert "while you were away" in one.view.log.toPlainText()
     assert not one.view.input.isEnabled() and one.view.log.greyed
