@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPaintEvent, QPalette
 from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 ROOM_ROLE: Final = Qt.ItemDataRole.UserRole + 10
+EMPTY_TEXT: Final = "The rooms you create or join appear here, side by side."
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,16 @@ class RoomList(QListWidget):
         # Not in the Tab chain: a list that takes the focus makes its first row current,
         # which would switch rooms when a disabled button hands the focus on.
         self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt's name)
+        super().paintEvent(event)
+        if self.count() == 0:  # say what the empty list is for
+            painter = QPainter(self.viewport())
+            painter.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
+            painter.drawText(self.viewport().rect().adjusted(10, 10, -10, -10),
+                             int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop
+                                 | Qt.TextFlag.TextWordWrap), EMPTY_TEXT)
+            painter.end()
 
     def add_room(self, row: RoomRow) -> QListWidgetItem:
         item = QListWidgetItem(self)
