@@ -577,20 +577,26 @@ class ChatView(QAbstractScrollArea):
             return True
         return super().viewportEvent(event)  # type: ignore[arg-type]
 
-    def contextMenuEvent(self, event: QContextMenuEvent) -> None:  # noqa: N802 (Qt's name)
-        entry = self.entry_at(event.pos().y())
+    def context_menu(self, x: float, y: float) -> QMenu | None:
+        """What a right click at viewport point ``(x, y)`` offers: copy the message's
+        text, and its link if the click was on one."""
+        entry = self.entry_at(int(y))
         if entry < 0:
-            return
+            return None
         menu = QMenu(self)
-        line = self.entries[entry].line
-        copy = menu.addAction("Copy text")
-        copy.triggered.connect(lambda: QGuiApplication.clipboard().setText(
-            models.shown_text(line.text)))
-        link = self.link_at(event.pos().x(), event.pos().y())
+        text = models.shown_text(self.entries[entry].line.text)
+        menu.addAction("Copy text").triggered.connect(
+            lambda: QGuiApplication.clipboard().setText(text))
+        link = self.link_at(x, y)
         if link is not None:
             menu.addAction("Copy link").triggered.connect(
                 lambda: QGuiApplication.clipboard().setText(link))
-        menu.exec(event.globalPos())
+        return menu
+
+    def contextMenuEvent(self, event: QContextMenuEvent) -> None:  # noqa: N802 (Qt's name)
+        menu = self.context_menu(event.pos().x(), event.pos().y())
+        if menu is not None:
+            menu.popup(event.globalPos())
 
 
 def _open_in_browser(url: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import qasync
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QInputDialog
 from pytestqt.qtbot import QtBot
 
 from client.e2e.identity import fingerprint
@@ -189,6 +189,15 @@ def test_a_changed_key_opens_a_warning_and_marks_messages_unverified(
         await until(lambda: "bob: [unverified key] it is really me" in scrollback(gui),
                     "the message marked unverified")
         box.close()
+        gui.room.members.clearSelection()
+        gui.verify_action.trigger()  # Room › Verify member…, nobody selected: pick one
+        picker = await until(lambda: gui.findChildren(QInputDialog), "the member picker")
+        assert picker[-1].comboBoxItems() == ["carol", "bob"]  # everyone else with a key
+        picker[-1].setTextValue("bob")
+        picker[-1].accept()
+        shown = await until(lambda: gui.verify_dialog, "the verify dialog")
+        shown.reject()
+        gui.verify_dialog = None
         type_line(gui, qtbot, "/verify bob")  # the same dialog as the button
         dialog = await until(lambda: gui.verify_dialog, "the verify dialog")
         dialog.match_button.click()

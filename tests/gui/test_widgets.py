@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import qasync
 from PySide6.QtCore import QPoint, QSettings, Qt
-from PySide6.QtWidgets import QLabel, QMenu, QToolButton, QWidget
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QFileDialog, QLabel, QMenu, QToolButton, QWidget
 from pytestqt.qtbot import QtBot
 
 from client import render
@@ -150,6 +151,17 @@ def test_transcript_help_dialog_and_every_command_in_a_menu(
     assert lines[1].startswith("-- ") and lines[2] == "09:00  bob: hi 日本語 😀"
     assert lines[3].startswith("-- ") and lines[4:] == ["09:01  me (you): hello",
                                                         "09:02  — bob left the room"]
+    window.ask_save_transcript()  # Room › Save transcript…: a file dialog
+    dialog = window.findChildren(QFileDialog)[-1]
+    assert dialog.isVisible()
+    dialog.fileSelected.emit(str(tmp_path / "chosen.txt"))
+    dialog.reject()
+    assert (tmp_path / "chosen.txt").read_text(encoding="utf-8") \
+        .splitlines()[-1] == "09:02  — bob left the room"
+    window._save_chosen(window.sessions[0], str(tmp_path / "missing" / "x.txt"))
+    assert "transcript not saved" in view.log.toPlainText()
+    window.find_in_room()  # Edit › Find in room
+    assert view.search_bar.isVisible()
     window.submit("/help")  # a dialog, not text in the conversation
     assert window.help_dialog is not None and window.help_dialog.isVisible()
     text = window.help_dialog.text.text()
@@ -222,6 +234,14 @@ def test_grouping_bubbles_links_and_search(qtbot: QtBot) -> None:
         qtbot.mouseClick(log.viewport(), Qt.MouseButton.LeftButton,
                          pos=QPoint(x, int(bubble.center().y())))
     assert clicked.args == ["https://example.org/x"] and opened == clicked.args
+    menu = log.context_menu(x, bubble.center().y())  # a right click on the link
+    assert menu is not None
+    actions = {action.text(): action for action in menu.actions()}
+    assert list(actions) == ["Copy text", "Copy link"]
+    actions["Copy link"].trigger()
+    assert QGuiApplication.clipboard().text() == "https://example.org/x"
+    actions["Copy text"].trigger()
+    assert QGuiApplication.clipboard().text() == "two https://example.org/x."
     # search
     view.open_search()  # Edit › Find in room (Ctrl+F) in the main window
     assert view.search_bar.isVisible()
