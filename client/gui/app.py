@@ -67,7 +67,7 @@ from client.gui.theme import Theme
 from client.gui.verify import VerifyDialog
 from client.keystore import KeyStore, KeyStoreError
 from client.link import RoomLink
-from client.render import Line, MessageTooLong
+from client.render import Kind, Line, MessageTooLong
 from client.session import (
     DEFAULT_TIMEOUT_S,
     Joined,
@@ -100,6 +100,12 @@ class RoomSession:
     members_stale: bool = False
     room_gone: bool = False  # how the chat ended: rejoin, or create it again
     encrypted: bool = False
+    preview: str = ""  # the last message, under the room's name in the list
+
+    def heard(self, line: Line) -> None:
+        """Keep ``line`` (a chat line) as the list's preview of the room."""
+        who = "You" if line.kind is Kind.OWN else line.user
+        self.preview = f"{who}: {' '.join(models.shown_text(line.text).split())}"
 
     @property
     def hosting(self) -> bool:
@@ -376,7 +382,7 @@ class MainWindow(QMainWindow):
         self.room_list.update_room(session.item, RoomRow(
             session.request.room, session.server(), session.encrypted,
             session.unread.count, session.link is None and session.joined is not None
-            or session.view.ended))
+            or session.view.ended, session.preview))
 
     # -- connecting ---------------------------------------------------------------------------
     def start_connect(self, request: ConnectRequest,
@@ -546,8 +552,11 @@ class MainWindow(QMainWindow):
                 view.append(render.warning_line(str(exc)))
                 return  # the text stays in the input, to be shortened
             view.input.clear()
-            view.append(render.chat_line(session.joined.username, command.text, own=True))
+            line = render.chat_line(session.joined.username, command.text, own=True)
+            view.append(line)
             view.scroll_to_bottom()
+            session.heard(line)
+            self._refresh_row(session)
 
     def who(self) -> None:
         """*Room › Who is here* (``/who``)."""
@@ -831,6 +840,9 @@ class MainWindow(QMainWindow):
     def _on_line(self, session: RoomSession, line: Line) -> None:
         view = session.view
         entry = view.append(line)
+        if entry.is_chat:
+            session.heard(line)
+            self._refresh_row(session)
         seen = (self.isActiveWindow() and self._shown_session() is session
                 and view.at_bottom())
         if session.unread.arrived(entry, seen):

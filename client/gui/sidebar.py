@@ -1,6 +1,7 @@
 """The list of rooms on the left of the main window: one row per room, across servers.
 
-Each row: the room's name (bold while it has unread messages), the server under it, a
+Each row: the room's name (bold while it has unread messages), the last message under it
+(the server before there is one; the server is always in the tooltip), a
 lock for an end-to-end encrypted room, the unread count in a badge; a room whose chat
 ended (left, closed, disconnected) is greyed until it is closed. The rows are painted
 by ``RoomDelegate`` from what ``RoomList.update_room`` stores in the item.
@@ -35,6 +36,7 @@ class RoomRow:
     encrypted: bool = False
     unread: int = 0
     ended: bool = False
+    preview: str = ""  # the last message ("bob: hi"); the server when there is none
 
 
 class RoomDelegate(QStyledItemDelegate):
@@ -92,7 +94,7 @@ class RoomDelegate(QStyledItemDelegate):
         small_metrics = QFontMetrics(small)
         painter.setFont(small)
         painter.setPen(subdued)
-        server = row.server + (" · ended" if row.ended else "")
+        server = (row.preview or row.server) + (" · ended" if row.ended else "")
         painter.drawText(QRectF(rect.left() + 10, rect.top() + 7 + metrics.height(),
                                 rect.width() - 20, small_metrics.height()),
                          int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
@@ -133,6 +135,7 @@ class RoomList(QListWidget):
         item.setData(ROOM_ROLE, row)
         item.setText(row.name)  # for accessibility and keyboard search
         item.setToolTip(f"{row.name} on {row.server}"
+                        + (f"\n{row.preview}" if row.preview else "")
                         + (" · end-to-end encrypted" if row.encrypted else "")
                         + (f" · {row.unread} unread" if row.unread else "")
                         + (" · the chat ended" if row.ended else ""))

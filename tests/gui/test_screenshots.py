@@ -98,10 +98,13 @@ def _busy_window(settings: QSettings) -> MainWindow:
     """Three rooms on two servers, the lobby shown with a day of conversation."""
     window = MainWindow(settings)
     window.show()
-    for room, server, encrypted in (("design", "chat.example.org", True),
-                                    ("release-team", "127.0.0.1", False)):
+    for room, server, encrypted, who, text in (
+            ("design", "chat.example.org", True, "carol", "new mock-ups are up 🎨"),
+            ("release-team", "127.0.0.1", False, "dmitri", "tagging 0.2.0 at five")):
         other = window.open_preview(room, "さくら", encrypted=encrypted, server=server)
-        other.append(render.chat_line("bob", "ping"), clock="13:58", day=TODAY)
+        line = render.chat_line(who, text)
+        other.append(line, clock="13:58", day=TODAY)
+        window.sessions[-1].heard(line)
     view = window.open_preview("lobby", "さくら", server="chat.example.org")
     view.log.today = TODAY
     _converse(view, EARLIER, 18, 40, day=YESTERDAY)
@@ -111,6 +114,8 @@ def _busy_window(settings: QSettings) -> MainWindow:
                                                           "gina")), "さくら", None))
     view.input.setText("shall we meet at 15:00? ☕")
     design, release, lobby = window.sessions
+    lobby.heard(view.scrollback.entries[-1].line)
+    window._refresh_row(lobby)
     for count, session in ((3, design), (1, release)):
         session.unread.count = count
         window._refresh_row(session)

@@ -115,6 +115,7 @@ def test_rooms_side_by_side_unread_per_room_and_switching(
     assert window.pages.currentWidget() is two.view and window.windowTitle() == "two — OCM"
     window._on_line(one, render.chat_line("bob", "while you were away"))
     assert window.room_list.row_of(one.item).unread == 1
+    assert window.room_list.row_of(one.item).preview == "bob: while you were away"
     assert window.windowTitle() == "(1) two — OCM"
     row = window.room_list.row_of(two.item)
     assert (row.encrypted, row.server, row.unread) == (True, "b.example:9000", 0)
