@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 RUNSTAMP := $(VENV)/.installed
 GUISTAMP := $(VENV)/.installed-gui
-# Japanese and emoji for the font test and the screenshots (Qt's fallback finds them).
-GUI_FONT_PACKAGES := fonts-noto-color-emoji fonts-ipafont-gothic
+# A text font, Japanese and emoji for the font test and the screenshots (Qt's fallback
+# finds the last two).
+GUI_FONT_PACKAGES := fonts-dejavu-core fonts-noto-color-emoji fonts-ipafont-gothic
 
 .PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs gui-test-deps redis-server \
 	gui-screenshots fuzz chaos soak clean
