@@ -92,7 +92,7 @@ class ChatView(QAbstractScrollArea):
         self.search = ""
         self.greyed = False  # the chat ended: still readable, quieter
         self.current_match = -1  # entry index of the highlighted hit
-        self.today = datetime.date.today().isoformat()
+        self.fixed_today: str | None = None  # "today" for the day labels (None: the clock's)
         self._layouts: dict[tuple[int, str, int], QTextLayout] = {}
         self._links: dict[int, list[tuple[int, int, str]]] = {}
         self._laid_width = 0
@@ -180,6 +180,10 @@ class ChatView(QAbstractScrollArea):
         else:
             self.status.pop(entry, None)
         self.viewport().update()
+
+    def today(self) -> str:
+        """The local date the day separators count from (it moves on at midnight)."""
+        return self.fixed_today or datetime.date.today().isoformat()
 
     def set_greyed(self, greyed: bool) -> None:
         self.greyed = greyed
@@ -405,7 +409,8 @@ class ChatView(QAbstractScrollArea):
         painter.end()
 
     def _paint_day(self, painter: QPainter, row: Row, y: int, width: int) -> None:
-        label = models.day_label(self.entries[row.entry].day or self.today, self.today)
+        today = self.today()
+        label = models.day_label(self.entries[row.entry].day or today, today)
         painter.setFont(self.small)
         text_width = self.fm_small.horizontalAdvance(label) + 20
         middle = y + row.height // 2
@@ -570,7 +575,8 @@ class ChatView(QAbstractScrollArea):
             entry = self.entry_at(event.pos().y())
             if entry >= 0:
                 item = self.entries[entry]
-                day = models.day_label(item.day or self.today, self.today)
+                today = self.today()
+                day = models.day_label(item.day or today, today)
                 QToolTip.showText(event.globalPos(), f"{day}, {item.clock}", self.viewport())
             else:
                 QToolTip.hideText()

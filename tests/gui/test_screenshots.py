@@ -106,7 +106,7 @@ def _busy_window(settings: QSettings) -> MainWindow:
         other.append(line, clock="13:58", day=TODAY)
         window.sessions[-1].heard(line)
     view = window.open_preview("lobby", "さくら", server="chat.example.org")
-    view.log.today = TODAY
+    view.log.fixed_today = TODAY
     _converse(view, EARLIER, 18, 40, day=YESTERDAY)
     _converse(view, CONVERSATION, 14, 2)
     view.set_members(models.member_rows(
