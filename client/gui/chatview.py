@@ -4,7 +4,7 @@ Every ``models.Entry`` becomes a row: a chat message (a bubble; the sender's nam
 initials avatar on the first of a group, ``models.starts_group``; your own on the right
 in the accent colour, with no name), a notice or a warning (centred, small, quiet), and
 a day separator before the first entry of each day. Times are small and subdued beside
-the bubble; the full date is in the tooltip.
+the bubble; the day and time are in the tooltip.
 
 Why not a ``QListView``: with rows of different heights it lays out every row again on
 each insertion and each scroll to the bottom, which is quadratic over a busy chat. Here
