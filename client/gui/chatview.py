@@ -235,7 +235,9 @@ class ChatView(QAbstractScrollArea):
             if row.natural == -1:
                 row.natural = -2 if "\n" in text else self.fm_small.horizontalAdvance(text) + 2
             if 0 <= row.natural <= width - 4 * SIDE:
+                row.text_width = row.natural
                 return self.fm_small.height() + 8  # one line: no wrapping to work out
+            row.text_width = -1
             rect = self.fm_small.boundingRect(
                 QRect(0, 0, width - 4 * SIDE, 100000),
                 int(Qt.TextFlag.TextWordWrap) | int(Qt.AlignmentFlag.AlignHCenter), text)
@@ -322,9 +324,20 @@ class ChatView(QAbstractScrollArea):
         self._laid_width = width
         self._layouts.clear()
         tops = [0]
+        inner = self.bubble_max(width) - 2 * PAD_X
+        notice_width = width - 4 * SIDE
+        total = 0
         for row in self.rows:
-            row.height = self._measure(row, width, estimate=True)
-            tops.append(tops[-1] + row.height)
+            kind = row.kind
+            # a day row, or a one-line row that still fits, keeps its height
+            if not (kind == RowKind.DAY
+                    or (kind == RowKind.MESSAGE and row.text_width >= 0
+                        and row.natural <= inner)
+                    or (kind == RowKind.NOTICE and row.text_width >= 0
+                        and row.natural <= notice_width)):
+                row.height = self._measure(row, width, estimate=True)
+            total += row.height
+            tops.append(total)
         self.tops = tops if self.rows else []
         self._update_range()
         self.viewport().update()

@@ -414,3 +414,22 @@ def test_a_resize_estimates_wrapped_rows_and_painting_makes_them_exact(qtbot: Qt
         assert log.rows[i].height == log._measure(log.rows[i], width)
     assert all(log.tops[i + 1] - log.tops[i] == row.height for i, row in enumerate(log.rows))
     assert view.at_bottom()
+
+
+def test_a_resize_keeps_every_height_equal_to_a_fresh_measure(qtbot: QtBot) -> None:
+    """Rows that keep their height on a resize (one line that still fits) are the ones
+    a fresh measure gives the same height: narrow, wide and narrow again."""
+    view = filled_room(qtbot, 0)
+    long = "a notice or a message long enough to wrap in a narrow window " * 2
+    for i in range(40):
+        line = render.notice_line(long) if i % 4 == 3 else render.chat_line(
+            f"user{i % 3}", long if i % 2 else f"short {i}")
+        view.append(line)
+    log = view.log
+    for width in (380, 1400, 380, 900):
+        view.resize(width, 400)
+        view.grab()
+        fresh = [log._measure(row, log.viewport().width(), estimate=True)
+                 if not row.exact else log._measure(row, log.viewport().width())
+                 for row in log.rows]
+        assert [row.height for row in log.rows] == fresh, width
