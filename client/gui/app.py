@@ -326,6 +326,7 @@ class MainWindow(QMainWindow):
         return session.view
 
     def show_session(self, session: RoomSession) -> None:
+        self._leaving_page()
         self.current = session
         self.pages.setCurrentWidget(session.view)
         if self.room_list.currentItem() is not session.item:
@@ -336,6 +337,12 @@ class MainWindow(QMainWindow):
         session.view.input.setFocus()
         self._room_actions_enabled()
         self._update_title()
+
+    def _leaving_page(self) -> None:
+        """The room shown is about to be hidden: what was new in it has been seen."""
+        shown = self._shown_session()
+        if shown is not None and not shown.unread.count:
+            shown.view.log.clear_unread()
 
     def _room_selected(self, item: QListWidgetItem | None, _previous: object) -> None:
         for session in self.sessions:
@@ -371,6 +378,7 @@ class MainWindow(QMainWindow):
 
     def show_connect(self) -> None:
         """The connect screen, to create or join one more room."""
+        self._leaving_page()
         self.pages.setCurrentWidget(self.connect_screen)
         self.room_list.setCurrentRow(-1)
         self.room_list.clearSelection()
@@ -553,6 +561,7 @@ class MainWindow(QMainWindow):
                 return  # the text stays in the input, to be shortened
             view.input.clear()
             line = render.chat_line(session.joined.username, command.text, own=True)
+            view.log.clear_unread()
             view.append(line)
             view.scroll_to_bottom()
             session.heard(line)
@@ -846,6 +855,8 @@ class MainWindow(QMainWindow):
         seen = (self.isActiveWindow() and self._shown_session() is session
                 and view.at_bottom())
         if session.unread.arrived(entry, seen):
+            if session.unread.count == 1:  # the first one you have not seen
+                view.log.mark_unread(len(view.scrollback) - 1)
             self._refresh_row(session)
             self._update_title()
             if not self.isActiveWindow():

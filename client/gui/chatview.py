@@ -63,6 +63,7 @@ class RowKind:
     DAY = 0
     MESSAGE = 1
     NOTICE = 2
+    UNREAD = 3  # "New messages" above the first message you have not seen
 
 
 @dataclass(slots=True)
@@ -92,6 +93,7 @@ class ChatView(QAbstractScrollArea):
         self.search = ""
         self.greyed = False  # the chat ended: still readable, quieter
         self.current_match = -1  # entry index of the highlighted hit
+        self.unread_row = -1  # the row of the "New messages" divider, if shown
         self.fixed_today: str | None = None  # "today" for the day labels (None: the clock's)
         self._layouts: dict[tuple[int, str, int], QTextLayout] = {}
         self._links: dict[int, list[tuple[int, int, str]]] = {}
@@ -148,6 +150,7 @@ class ChatView(QAbstractScrollArea):
         self._layouts.clear()
         self._links.clear()
         self.current_match = -1
+        self.unread_row = -1
         self._update_range()
         self.viewport().update()
 
@@ -172,6 +175,42 @@ class ChatView(QAbstractScrollArea):
         row.height = self._measure(row, self._width())
         self.rows.append(row)
         self.tops.append(self.tops[-1] + row.height)
+
+    def mark_unread(self, entry: int) -> None:
+        """Show "New messages" above ``entry`` (moving it if it was elsewhere)."""
+        self.clear_unread()
+        index = len(self.rows) - 1
+        while index >= 0 and not (self.rows[index].entry == entry
+                                  and self.rows[index].kind != RowKind.DAY):
+            index -= 1
+        if index < 0:
+            return
+        row = Row(RowKind.UNREAD, entry)
+        row.height = self._measure(row, self._width())
+        self.rows.insert(index, row)
+        self.tops.insert(index + 1, 0)
+        self.unread_row = index
+        self._retop(index)
+
+    def clear_unread(self) -> None:
+        """Remove the "New messages" divider."""
+        if self.unread_row < 0:
+            return
+        index, self.unread_row = self.unread_row, -1
+        del self.rows[index]
+        del self.tops[index + 1]
+        self._retop(index)
+
+    def _retop(self, start: int) -> None:
+        """The offsets from row ``start`` on, after a row came or went there."""
+        bar = self.verticalScrollBar()
+        at_bottom = bar.value() >= bar.maximum() - 1
+        for index in range(start, len(self.rows)):
+            self.tops[index + 1] = self.tops[index] + self.rows[index].height
+        self._update_range()
+        if at_bottom:
+            bar.setValue(bar.maximum())
+        self.viewport().update()
 
     def set_status(self, entry: int, text: str) -> None:
         """A delivery state shown beside an entry's time ("" clears it)."""
@@ -209,7 +248,7 @@ class ChatView(QAbstractScrollArea):
         """Scroll so that ``entry`` is in the middle, and mark it as the current hit."""
         self.current_match = entry
         for row_index, row in enumerate(self.rows):
-            if row.entry == entry and row.kind != RowKind.DAY:
+            if row.entry == entry and row.kind in (RowKind.MESSAGE, RowKind.NOTICE):
                 middle = self.tops[row_index] + row.height // 2
                 self.verticalScrollBar().setValue(middle - self.viewport().height() // 2)
                 break
@@ -226,7 +265,7 @@ class ChatView(QAbstractScrollArea):
         """The row's height at ``width``. ``estimate``: a message that wraps gets its
         number of lines from its one-line width (a resize of 10,000 rows lays out none of
         them); ``_refine`` makes it exact when it is painted."""
-        if row.kind == RowKind.DAY:
+        if row.kind in (RowKind.DAY, RowKind.UNREAD):
             return self.fm_small.height() + 20
         entry = self.entries[row.entry]
         text = models.shown_text(entry.line.text)
@@ -330,7 +369,7 @@ class ChatView(QAbstractScrollArea):
         for row in self.rows:
             kind = row.kind
             # a day row, or a one-line row that still fits, keeps its height
-            if not (kind == RowKind.DAY
+            if not (kind in (RowKind.DAY, RowKind.UNREAD)
                     or (kind == RowKind.MESSAGE and row.text_width >= 0
                         and row.natural <= inner)
                     or (kind == RowKind.NOTICE and row.text_width >= 0
@@ -415,6 +454,8 @@ class ChatView(QAbstractScrollArea):
             y = top - offset
             if row.kind == RowKind.DAY:
                 self._paint_day(painter, row, y, width)
+            elif row.kind == RowKind.UNREAD:
+                self._paint_unread(painter, row, y, width)
             elif row.kind == RowKind.NOTICE:
                 self._paint_notice(painter, row, y, width)
             else:
@@ -434,6 +475,20 @@ class ChatView(QAbstractScrollArea):
         painter.drawRoundedRect(pill, pill.height() / 2, pill.height() / 2)
         painter.setPen(self._colours.subdued)
         painter.drawText(pill, int(Qt.AlignmentFlag.AlignCenter), label)
+
+    def _paint_unread(self, painter: QPainter, row: Row, y: int, width: int) -> None:
+        colour = self.palette().color(QPalette.ColorRole.Highlight)
+        label = "New messages"
+        middle = y + row.height // 2
+        text_width = self.fm_small.horizontalAdvance(label) + 16
+        painter.setPen(colour)
+        left_end = (width - text_width) / 2
+        painter.drawLine(QPointF(SIDE, middle), QPointF(left_end, middle))
+        painter.drawLine(QPointF(left_end + text_width, middle),
+                         QPointF(width - SIDE, middle))
+        painter.setFont(self.small)
+        painter.drawText(QRectF(left_end, y, text_width, row.height),
+                         int(Qt.AlignmentFlag.AlignCenter), label)
 
     def _paint_notice(self, painter: QPainter, row: Row, y: int, width: int) -> None:
         entry = self.entries[row.entry]
@@ -562,7 +617,7 @@ class ChatView(QAbstractScrollArea):
 
     def entry_at(self, y: int) -> int:
         index = self.row_at(y)
-        return -1 if index < 0 or self.rows[index].kind == RowKind.DAY \
+        return -1 if index < 0 or self.rows[index].kind in (RowKind.DAY, RowKind.UNREAD) \
             else self.rows[index].entry
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)

@@ -115,6 +115,8 @@ def _busy_window(settings: QSettings) -> MainWindow:
     view.input.setText("shall we meet at 15:00? ☕")
     design, release, lobby = window.sessions
     lobby.heard(view.scrollback.entries[-1].line)
+    view.log.mark_unread(next(i for i, entry in enumerate(view.scrollback.entries)
+                              if entry.line.text.startswith("did the release")))
     window._refresh_row(lobby)
     for count, session in ((3, design), (1, release)):
         session.unread.count = count

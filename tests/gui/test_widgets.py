@@ -119,9 +119,18 @@ def test_rooms_side_by_side_unread_per_room_and_switching(
     assert window.windowTitle() == "(1) two — OCM"
     row = window.room_list.row_of(two.item)
     assert (row.encrypted, row.server, row.unread) == (True, "b.example:9000", 0)
+    log = one.view.log  # "New messages" above the first one not seen
+    assert log.rows[log.unread_row].kind == RowKind.UNREAD
+    assert log.rows[log.unread_row + 1].entry == len(log.entries) - 1
+    assert all(log.tops[i + 1] - log.tops[i] == row.height for i, row in enumerate(log.rows))
     window.cycle_room(1)  # Ctrl+PgDown wraps to the first
     assert window.pages.currentWidget() is one.view and window.windowTitle() == "one — OCM"
     assert window.room_list.row_of(one.item).unread == 0
+    assert log.unread_row >= 0  # still shown while you read
+    window.cycle_room(1)
+    assert log.unread_row == -1 and all(row.kind != RowKind.UNREAD for row in log.rows)
+    assert all(log.tops[i + 1] - log.tops[i] == row.height for i, row in enumerate(log.rows))
+    window.cycle_room(1)
     one.view.show_ended("You left the room.")
     window._refresh_row(one)
     ended = [action.text() for action in window.room_menu(one).actions()]
