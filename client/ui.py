@@ -42,9 +42,10 @@ from client.script import (
     EXIT_OK,
     new_runner,
 )
-from client.session import Joined, JoinFailed, JoinRefused, join_room
+from client.session import Joined, JoinFailed, JoinRefused, TcrpTarget, join_room
 from wire.chat import Notice
 from wire.codes import NoticeEvent, Operation, Status
+from wire.tcrp import Request, RequestBody
 
 RECOVERABLE: Final = frozenset(
     {Status.ROOM_EXISTS, Status.ROOM_NOT_FOUND, Status.USERNAME_TAKEN, Status.ROOM_FULL}
@@ -169,6 +170,7 @@ class Plan:
     last_user: str = ""  # the default answers when a question is asked again
     last_room: str = ""
     tls: ssl.SSLContext | None = None  # --tls: TCRP inside TLS
+    ca_file: str | None = None  # --ca-file: named when a certificate does not verify
     e2e: bool = False  # --e2e: a created room is end-to-end encrypted
     store: KeyStore | None = None  # this device's key store and identity (docs/e2e.md §7)
     identity: IdentityKeys | None = None
@@ -193,9 +195,9 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
             plan.password, plan.password_given = asker.new_password(), True
         try:
             keys = plan.identity.public() if plan.identity is not None else None
-            return join_room(plan.host, plan.tcp_port, operation, room, user,
-                             plan.password, plan.timeout, tls=plan.tls, keys=keys,
-                             e2e=plan.e2e and operation is Operation.CREATE)
+            target = TcrpTarget(plan.host, plan.tcp_port, plan.tls, plan.timeout, plan.ca_file)
+            return join_room(target, Request.of(operation, room, RequestBody(
+                user, plan.password, keys=keys, e2e=plan.e2e and operation is Operation.CREATE)))
         except JoinRefused as refused:
             if refused.status == Status.INVALID_PASSWORD and plan.password is None:
                 # Not an error: we tried without a password, the room wants one. (A

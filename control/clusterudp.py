@@ -30,6 +30,7 @@ from typing import Final, Protocol
 from control.clusterleases import NodeInfo
 from relay import steering
 from runtime.sockbuf import set_buffers
+from wire.limits import MAX_DATAGRAM_BYTES
 
 log = logging.getLogger("ocm.cluster")
 
@@ -44,7 +45,6 @@ MAX_QUEUED: Final = 16
 """Datagrams kept per flow while the owner's answer is pending (the first datagram of a
 client is never lost to the set-up)."""
 FLOW_BUFFER_BYTES: Final = 64 * 1024
-MAX_DATAGRAM_BYTES: Final = 4096
 
 
 class Peers(Protocol):

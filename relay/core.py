@@ -34,6 +34,8 @@ from wire.chat import (
 from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
 from wire.e2e import Kind, PublicKeys
 from wire.limits import (
+    DEFAULT_CHAT_BURST,
+    DEFAULT_CHAT_RATE,
     DEFAULT_INACTIVITY_TIMEOUT_S,
     DEFAULT_MAX_SEND_FAILURES,
     EXIT_MATCH_MAX_BYTES,
@@ -74,9 +76,6 @@ _LEAVE: Final = int(Kind.LEAVE)
 
 _FULL: Final = float("inf")
 """A new member's allowance (capped at the burst on its first chat): one shared float."""
-DEFAULT_CHAT_RATE: Final = 10.0
-"""Chat messages per second per member; excess is dropped and counted (rate_limited)."""
-DEFAULT_CHAT_BURST: Final = 20
 
 DEADLINE_COMPACT_SLACK: Final = 1024
 """Stale deadline entries (of departed members, ~150 B each) tolerated beyond the number

@@ -60,13 +60,14 @@ from client.gui import models, theme
 from client.gui.bridge import Tasks
 from client.gui.connect import ConnectScreen
 from client.gui.help import HelpDialog
-from client.gui.models import ConnectRequest, Field, Unread
+from client.gui.models import ConnectRequest, Unread
 from client.gui.room import RoomView
 from client.gui.sidebar import RoomList, RoomRow
 from client.gui.theme import Theme
 from client.gui.verify import VerifyDialog
 from client.keystore import KeyStore, KeyStoreError
 from client.link import RoomLink
+from client.refusals import Field
 from client.render import Kind, Line, MessageTooLong
 from client.session import (
     DEFAULT_TIMEOUT_S,
@@ -74,12 +75,14 @@ from client.session import (
     JoinFailed,
     JoinRefused,
     NoEncryptedRooms,
+    TcrpTarget,
     client_tls_context,
 )
 from client.session_aio import join_room_async
 from wire.chat import Notice
 from wire.codes import NoticeEvent, Operation
 from wire.e2e import MemberInfo
+from wire.tcrp import Request, RequestBody
 
 NOTIFY_KEY: Final = "notifications"
 THEME_KEY: Final = "theme"
@@ -439,13 +442,16 @@ class MainWindow(QMainWindow):
                 return failed(Field.FORM, f"Cannot use your keys: {exc}")
             store, identity = None, None  # plain rooms still work; encrypted ones refuse
         try:
-            joined = await join_room_async(
-                request.host, request.port, request.operation, request.room,
-                request.username, request.password, self.join_timeout, tls=tls,
-                keys=identity.public() if identity is not None else None,
-                e2e=request.encrypted and request.operation is Operation.CREATE)
+            target = TcrpTarget(request.host, request.port, tls, self.join_timeout,
+                                request.ca_file if tls is not None else None)
+            joined = await join_room_async(target, Request.of(
+                request.operation, request.room, RequestBody(
+                    request.username, request.password,
+                    keys=identity.public() if identity is not None else None,
+                    e2e=request.encrypted and request.operation is Operation.CREATE)))
         except JoinRefused as exc:
-            which, text = models.refusal(exc.status, bool(request.password), exc.error)
+            which, text = models.refusal(exc.status, bool(request.password), exc.error,
+                                         room=request.room, user=request.username)
             return failed(which, text)
         except JoinFailed as exc:
             return failed(Field.SERVER, models.unreachable_text(

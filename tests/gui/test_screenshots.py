@@ -26,11 +26,11 @@ from client.e2e.identity import IdentityKeys, fingerprint, safety_number
 from client.gui import models
 from client.gui.app import MainWindow
 from client.gui.chatview import RowKind
-from client.gui.models import Field
 from client.gui.room import RoomView
 from client.gui.theme import Theme
 from client.gui.verify import VerifyDialog
 from client.keystore import Trust
+from client.refusals import Field
 from wire.e2e import MemberInfo
 
 SIZE = (1000, 640)
@@ -189,7 +189,7 @@ def test_screenshot_connect_screen_and_help(qtbot: QtBot, loop: qasync.QEventLoo
     screen.ca_file.setText("/etc/ocm/ca.pem")
     screen.room.setCurrentText("lobby")
     screen.show_error(
-        Field.ROOM, "A room with this name already exists. Join it, or pick another name.")
+        Field.ROOM, "A room named 'lobby' already exists. Join it, or pick another name.")
     screen.password.setText("hunter2")
     _save(window, _out_dir(tmp_path) / "gui-connect.png")
     window.show_session(window.sessions[-1])

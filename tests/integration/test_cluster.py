@@ -27,7 +27,14 @@ from tests.integration.redisproc import RedisServer, TcpProxy
 from wire.chat import FramedChat, Notice, NoticeEvent, encode_chat
 from wire.codes import Framing, Operation, Status
 from wire.e2e import MemberInfo, PublicKeys
-from wire.tcrp import Details, Response, encode_members_request, encode_request
+from wire.tcrp import (
+    Details,
+    Request,
+    RequestBody,
+    Response,
+    encode_members_request,
+    encode_request,
+)
 
 LEASE_S = 1.5
 RATE_PER_IP = 5
@@ -140,7 +147,8 @@ def expect_framed(peer: Peer, kind: type, **fields: object) -> FramedChat | Noti
 
 def request(node: Server, op: Operation, room: str, user: str, client_ip: str):  # type: ignore[no-untyped-def]
     response, _ = tcrp_exchange(node.host, node.tcp_port,
-                                encode_request(op, room, user, None, Framing.PLAIN),
+                                encode_request(
+                                    Request.of(op, room, RequestBody(user, framing=Framing.PLAIN))),
                                 timeout=30.0, bind_ip=client_ip)
     return response
 
@@ -237,14 +245,16 @@ def test_encrypted_room_rules_and_member_list_across_nodes(
     created = Details.from_json(reply["details"])  # type: ignore[arg-type]
     assert created.e2e and created.udp_host == a.host
     alice_token = str(reply["token"]).encode()
-    refused, _ = e2e_request(b, encode_request(Operation.JOIN, room, "bob", None,
-                                               Framing.OCM1), "127.0.13.2")
+    refused, _ = e2e_request(b, encode_request(
+        Request.of(Operation.JOIN, room, RequestBody("bob", framing=Framing.OCM1))), "127.0.13.2")
     assert (refused.status, refused.error) == (Status.INVALID_REQUEST, NEEDS_KEYS)
-    refused, _ = e2e_request(c, encode_request(Operation.JOIN, room, "bob", None,
-                                               Framing.PLAIN, keys=BOB_KEYS), "127.0.13.2")
+    refused, _ = e2e_request(c, encode_request(
+        Request.of(Operation.JOIN, room,
+            RequestBody("bob", framing=Framing.PLAIN, keys=BOB_KEYS))), "127.0.13.2")
     assert (refused.status, refused.error) == (Status.INVALID_REQUEST, NEEDS_KEYS)
-    ok, bob_token = e2e_request(b, encode_request(Operation.JOIN, room, "bob", None,
-                                                  Framing.OCM1, keys=BOB_KEYS), "127.0.13.2")
+    ok, bob_token = e2e_request(b, encode_request(
+        Request.of(Operation.JOIN, room,
+            RequestBody("bob", framing=Framing.OCM1, keys=BOB_KEYS))), "127.0.13.2")
     assert ok.status == Status.OK and bob_token is not None, ok
     assert ok.details is not None and ok.details.e2e
     assert ok.details.members == (MemberInfo("alice", True, E2E_KEYS),)
@@ -272,17 +282,20 @@ def test_encrypted_create_forwarded_to_another_node_stays_encrypted(
     b, c = nodes["B"], nodes["C"]
     for i in range(3):  # placement may keep a create on B: try a few names
         room = f"secret-placed-{i}"
-        ok, _ = e2e_request(b, encode_request(Operation.CREATE, room, "alice", None,
-                                              Framing.OCM1, keys=E2E_KEYS, e2e=True),
+        ok, _ = e2e_request(b, encode_request(
+            Request.of(Operation.CREATE, room,
+                RequestBody("alice", framing=Framing.OCM1, keys=E2E_KEYS, e2e=True))),
                             f"127.0.14.{i + 1}")
         assert ok.status == Status.OK and ok.details is not None, ok
         assert ok.details.e2e, ok.details
-        refused, _ = e2e_request(c, encode_request(Operation.JOIN, room, "bob", None,
-                                                   Framing.OCM1), f"127.0.14.{i + 11}")
+        refused, _ = e2e_request(c, encode_request(
+            Request.of(Operation.JOIN, room,
+                RequestBody("bob", framing=Framing.OCM1))), f"127.0.14.{i + 11}")
         assert refused.status == Status.INVALID_REQUEST, refused
         time.sleep(LEASE_S / 2)  # let the nodes publish their load before the next one
-    plain, token = e2e_request(b, encode_request(Operation.CREATE, "plain-who", "alice",
-                                                 None, Framing.OCM1, keys=E2E_KEYS),
+    plain, token = e2e_request(b, encode_request(
+        Request.of(Operation.CREATE, "plain-who",
+            RequestBody("alice", framing=Framing.OCM1, keys=E2E_KEYS))),
                                "127.0.14.30")
     assert plain.status == Status.OK and token is not None
     answer, _ = e2e_request(c, encode_members_request("plain-who", token), "127.0.14.30")
@@ -392,7 +405,9 @@ def test_password_failures_hold_cluster_wide(nodes: dict[str, Server],
     def attempt(server: Server, password: str):  # type: ignore[no-untyped-def]
         response, _ = tcrp_exchange(
             server.host, server.tcp_port,
-            encode_request(Operation.JOIN, "locked", "guest", password, Framing.PLAIN),
+            encode_request(
+                Request.of(Operation.JOIN, "locked",
+                    RequestBody("guest", password, framing=Framing.PLAIN))),
             timeout=30.0, bind_ip="127.0.12.2")
         return response
 
@@ -424,7 +439,9 @@ def test_names_stay_claimed_while_slow_creates_are_in_progress(
     def create(i: int) -> int:
         response, _ = tcrp_exchange(
             a.host, a.tcp_port,
-            encode_request(Operation.CREATE, f"slow-{i}", "h", "pw", Framing.PLAIN),
+            encode_request(
+                Request.of(Operation.CREATE, f"slow-{i}",
+                    RequestBody("h", "pw", framing=Framing.PLAIN))),
             timeout=60.0, bind_ip=f"127.0.16.{i + 1}")
         return int(response.status)
 

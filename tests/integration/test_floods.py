@@ -32,7 +32,7 @@ from tests.stress.tools import (
     wait_for,
 )
 from wire.codes import Operation, Status
-from wire.tcrp import encode_request
+from wire.tcrp import Request, RequestBody, encode_request
 
 H = "127.0.0.1"
 JOIN_P99_LIMIT_MS = 50.0
@@ -76,7 +76,7 @@ def percentile(values: list[float], p: float) -> float:
 def timed_join(srv: Server, i: int) -> float:
     """One legitimate TCRP join from 127.0.0.1; its latency in ms (connect to token)."""
     op = Operation.CREATE if i % 50 == 0 else Operation.JOIN
-    request = encode_request(op, f"legit-{i // 50}", f"user-{i}")
+    request = encode_request(Request.of(op, f"legit-{i // 50}", RequestBody(f"user-{i}")))
     start = time.perf_counter()
     response, complete = exchange(H, srv.tcp_port, request)
     took = (time.perf_counter() - start) * 1000
