@@ -48,6 +48,12 @@ from client.gui.models import Entry
 from client.gui.theme import ChatColours
 from client.render import Kind
 
+_CENTRED: Final = int(Qt.AlignmentFlag.AlignCenter)
+_WRAP_CENTRED: Final = int(Qt.TextFlag.TextWordWrap) | int(Qt.AlignmentFlag.AlignHCenter)
+_LEFT: Final = int(Qt.AlignmentFlag.AlignLeft)
+_LEFT_TOP: Final = int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+_LEFT_MIDDLE: Final = int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+_WHITE: Final = QColor("#ffffff")
 SIDE: Final = 12  # px between the view's edges and the bubbles
 AVATAR: Final = 32
 GAP: Final = 8  # avatar to bubble, bubble to time
@@ -97,6 +103,7 @@ class ChatView(QAbstractScrollArea):
         self.fixed_today: str | None = None  # "today" for the day labels (None: the clock's)
         self._layouts: dict[tuple[int, str, int], QTextLayout] = {}
         self._links: dict[int, list[tuple[int, int, str]]] = {}
+        self._senders: dict[tuple[str, bool], tuple[QColor, QColor, str]] = {}
         self._laid_width = 0
         self._colours = ChatColours.from_palette(self.palette())
         self.open_link = _open_in_browser  # what a click on a link does
@@ -116,6 +123,8 @@ class ChatView(QAbstractScrollArea):
         self.fm = QFontMetrics(self.body)
         self.fm_bold = QFontMetrics(self.bold)
         self.fm_small = QFontMetrics(self.small)
+        self.small_bold = QFont(self.small)
+        self.small_bold.setBold(True)
         # A line with characters from fallback fonts (emoji, CJK) can be taller than one
         # in the body font: one-line texts that are not ASCII get this height.
         sample = QTextLayout("日本語 😀 Ж", self.body)
@@ -279,7 +288,7 @@ class ChatView(QAbstractScrollArea):
             row.text_width = -1
             rect = self.fm_small.boundingRect(
                 QRect(0, 0, width - 4 * SIDE, 100000),
-                int(Qt.TextFlag.TextWordWrap) | int(Qt.AlignmentFlag.AlignHCenter), text)
+                _WRAP_CENTRED, text)
             return rect.height() + 8
         inner = self.bubble_max(width) - 2 * PAD_X
         if row.natural == -1:  # measured once; a resize only compares it with the width
@@ -474,7 +483,7 @@ class ChatView(QAbstractScrollArea):
         painter.setBrush(self._colours.bubble)
         painter.drawRoundedRect(pill, pill.height() / 2, pill.height() / 2)
         painter.setPen(self._colours.subdued)
-        painter.drawText(pill, int(Qt.AlignmentFlag.AlignCenter), label)
+        painter.drawText(pill, _CENTRED, label)
 
     def _paint_unread(self, painter: QPainter, row: Row, y: int, width: int) -> None:
         colour = self.palette().color(QPalette.ColorRole.Highlight)
@@ -488,7 +497,7 @@ class ChatView(QAbstractScrollArea):
                          QPointF(width - SIDE, middle))
         painter.setFont(self.small)
         painter.drawText(QRectF(left_end, y, text_width, row.height),
-                         int(Qt.AlignmentFlag.AlignCenter), label)
+                         _CENTRED, label)
 
     def _paint_notice(self, painter: QPainter, row: Row, y: int, width: int) -> None:
         entry = self.entries[row.entry]
@@ -497,7 +506,7 @@ class ChatView(QAbstractScrollArea):
         painter.setFont(self.small)
         painter.setPen(self._colours.warning if warning else self._colours.subdued)
         painter.drawText(QRect(2 * SIDE, y + 4, width - 4 * SIDE, row.height - 8),
-                         int(Qt.TextFlag.TextWordWrap) | int(Qt.AlignmentFlag.AlignHCenter),
+                         _WRAP_CENTRED,
                          text)
         if entry is self._current():
             self._outline(painter, QRectF(SIDE, y + 1, width - 2 * SIDE, row.height - 2))
@@ -527,20 +536,18 @@ class ChatView(QAbstractScrollArea):
         own = entry.line.kind is Kind.OWN
         bubble = self.bubble_rect(row, y, width)
         if row.header and not own:
-            red, green, blue = models.sender_rgb(entry.line.user, colours.dark)
-            colour = QColor(red, green, blue)
-            avatar_colour = QColor(*models.sender_rgb(entry.line.user))  # white initials
+            colour, avatar_colour, letters = self._sender(entry.line.user, colours.dark)
             painter.setFont(self.bold)
             painter.setPen(colour)
             name_top = y + GROUP_SPACE
             painter.drawText(QRectF(bubble.left() + 2, name_top, width - bubble.left() - SIDE,
                                     self.fm_bold.height()),
-                             int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+                             _LEFT_MIDDLE,
                              self.fm_bold.elidedText(entry.line.user,
                                                      Qt.TextElideMode.ElideRight,
                                                      int(width - bubble.left() - SIDE)))
             avatar = QRectF(SIDE, name_top, AVATAR, AVATAR)
-            paint_avatar(painter, avatar, entry.line.user, avatar_colour, self.small)
+            paint_avatar(painter, avatar, letters, avatar_colour, self.small_bold)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(colours.own_bubble if own else colours.bubble)
         painter.drawRoundedRect(bubble, 12, 12)
@@ -550,7 +557,7 @@ class ChatView(QAbstractScrollArea):
         if row.text_width >= 0 and not self.search and not self._has_link(row):
             painter.drawText(QRectF(origin.x(), origin.y(), row.text_width + 2,
                                     row.text_height),
-                             int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop),
+                             _LEFT_TOP,
                              entry.line.text)
         else:
             inner = self.bubble_max(width) - 2 * PAD_X
@@ -564,9 +571,21 @@ class ChatView(QAbstractScrollArea):
         stamp_x = bubble.left() - GAP - stamp_width if own else bubble.right() + GAP
         painter.drawText(QRectF(stamp_x, bubble.bottom() - self.fm_small.height() - 2,
                                 stamp_width + 1, self.fm_small.height()),
-                         int(Qt.AlignmentFlag.AlignLeft), stamp)
+                         _LEFT, stamp)
         if entry is self._current():
             self._outline(painter, bubble.adjusted(-3, -3, 3, 3))
+
+    def _sender(self, name: str, dark: bool) -> tuple[QColor, QColor, str]:
+        """A sender's name colour (lifted on dark), avatar colour and initials."""
+        key = (name, dark)
+        known = self._senders.get(key)
+        if known is None:
+            known = (QColor(*models.sender_rgb(name, dark)), QColor(*models.sender_rgb(name)),
+                     models.initials(name))
+            if len(self._senders) > 4096:
+                self._senders.clear()
+            self._senders[key] = known
+        return known
 
     def _outline(self, painter: QPainter, rect: QRectF) -> None:
         painter.setBrush(Qt.BrushStyle.NoBrush)
@@ -683,17 +702,15 @@ def line_width(layout: QTextLayout) -> float:
                default=0.0)
 
 
-def paint_avatar(painter: QPainter, rect: QRectF, name: str, colour: QColor,
+def paint_avatar(painter: QPainter, rect: QRectF, letters: str, colour: QColor,
                  font: QFont) -> None:
-    """A circle in the sender's colour with their initials."""
+    """A circle in the sender's colour with their initials (``letters``, in ``font``)."""
     painter.setPen(Qt.PenStyle.NoPen)
     painter.setBrush(colour)
     painter.drawEllipse(rect)
-    painter.setPen(QColor("#ffffff"))
-    bold = QFont(font)
-    bold.setBold(True)
-    painter.setFont(bold)
-    painter.drawText(rect, int(Qt.AlignmentFlag.AlignCenter), models.initials(name))
+    painter.setPen(_WHITE)
+    painter.setFont(font)
+    painter.drawText(rect, _CENTRED, letters)
 
 
 def _utf16(text: str, index: int) -> int:
