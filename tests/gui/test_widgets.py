@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import qasync
 from PySide6.QtCore import QPoint, QSettings, Qt
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtGui import QGuiApplication, QPalette
 from PySide6.QtWidgets import QFileDialog, QLabel, QMenu, QToolButton, QWidget
 from pytestqt.qtbot import QtBot
 
@@ -399,6 +399,9 @@ def test_themes_follow_the_toggle_and_the_chat_repaints(
         assert settings.value("theme") == "dark" and window.dark
         qtbot.waitUntil(lambda: view.log.colours().dark, timeout=5000)
         assert view.log.colours().background.lightness() < 60
+        for widget in (view.members, view.input, view.search, window.room_list):
+            # every part follows the theme (a widget style sheet would pin it)
+            assert widget.palette().color(QPalette.ColorRole.Base).lightness() < 60, widget
         window.theme_actions[Theme.LIGHT].trigger()
         qtbot.waitUntil(lambda: not view.log.colours().dark, timeout=5000)
         assert view.log.colours().background.lightness() > 200
