@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                "lacks a system library, it says so in one line (naming the Debian "
                "packages) and exits 1.")
     parser.add_argument("--settings", metavar="PATH",
-                        help="keep recent servers, names and rooms in this INI file "
+                        help="keep recent servers, names, rooms, the theme and the "
+                             "notification switch in this INI file "
                              "instead of the user's Qt settings")
     parser.add_argument("--timeout", metavar="SECONDS", type=float, default=DEFAULT_TIMEOUT_S,
                         help="give up joining after this long (default: %(default)g)")
