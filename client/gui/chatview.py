@@ -24,7 +24,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Final
 
-from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, QUrl, Signal
+from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, QSize, Qt, QUrl, Signal
 from PySide6.QtGui import (
     QColor,
     QContextMenuEvent,
@@ -32,6 +32,7 @@ from PySide6.QtGui import (
     QFont,
     QFontMetrics,
     QGuiApplication,
+    QHelpEvent,
     QMouseEvent,
     QPainter,
     QPaintEvent,
@@ -141,11 +142,9 @@ class ChatView(QAbstractScrollArea):
             self._layouts.clear()
         return colours
 
-    def changeEvent(self, event: object) -> None:  # noqa: N802 (Qt's name)
-        from PySide6.QtCore import QEvent  # noqa: PLC0415
-
-        super().changeEvent(event)  # type: ignore[arg-type]
-        kind = getattr(event, "type", lambda: None)()
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
+        super().changeEvent(event)
+        kind = event.type()
         if kind in (QEvent.Type.FontChange, QEvent.Type.ApplicationFontChange):
             self._fonts()
             self._relayout()
@@ -654,10 +653,7 @@ class ChatView(QAbstractScrollArea):
             self.open_link(link)
         super().mouseReleaseEvent(event)
 
-    def viewportEvent(self, event: object) -> bool:  # noqa: N802 (Qt's name)
-        from PySide6.QtCore import QEvent  # noqa: PLC0415
-        from PySide6.QtGui import QHelpEvent  # noqa: PLC0415
-
+    def viewportEvent(self, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
         if isinstance(event, QHelpEvent) and event.type() == QEvent.Type.ToolTip:
             entry = self.entry_at(event.pos().y())
             if entry >= 0:
@@ -668,7 +664,7 @@ class ChatView(QAbstractScrollArea):
             else:
                 QToolTip.hideText()
             return True
-        return super().viewportEvent(event)  # type: ignore[arg-type]
+        return super().viewportEvent(event)
 
     def context_menu(self, x: float, y: float) -> QMenu | None:
         """What a right click at viewport point ``(x, y)`` offers: copy the message's

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,8 +160,6 @@ _MONTHS: Final = ("January", "February", "March", "April", "May", "June", "July"
 
 def day_label(day: str, today: str) -> str:
     """A day separator: ``Today``, ``Yesterday`` or ``Monday 7 December 2026``."""
-    import datetime  # noqa: PLC0415 (only here)
-
     try:
         date = datetime.date.fromisoformat(day)
         now = datetime.date.fromisoformat(today)

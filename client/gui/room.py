@@ -23,7 +23,9 @@ A view only: it shows ``render.Line``s (already sanitised by the shared library)
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Final
 
 from PySide6.QtCore import QSize, Qt, Signal
@@ -116,7 +118,7 @@ class Composer(QPlainTextEdit):
         return QSize(200, self.height())
 
 
-def emoji_menu(parent: QWidget, insert: object) -> QMenu:
+def emoji_menu(parent: QWidget, insert: Callable[[str], None]) -> QMenu:
     """A grid of common emoji; a click calls ``insert(emoji)``."""
     menu = QMenu(parent)
     grid_widget = QWidget(menu)
@@ -127,12 +129,17 @@ def emoji_menu(parent: QWidget, insert: object) -> QMenu:
         button.setText(emoji)
         button.setAutoRaise(True)
         button.setToolTip(emoji)
-        button.clicked.connect(lambda _=False, e=emoji: (insert(e), menu.close()))  # type: ignore[operator]
+        button.clicked.connect(functools.partial(_pick, insert, menu, emoji))
         grid.addWidget(button, index // 8, index % 8)
     action = QWidgetAction(menu)
     action.setDefaultWidget(grid_widget)
     menu.addAction(action)
     return menu
+
+
+def _pick(insert: Callable[[str], None], menu: QMenu, emoji: str) -> None:
+    insert(emoji)
+    menu.close()
 
 
 class RoomView(QWidget):
