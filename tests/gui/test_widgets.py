@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 import qasync
-from PySide6.QtCore import QPoint, QSettings, Qt
-from PySide6.QtGui import QGuiApplication, QPalette
-from PySide6.QtWidgets import QFileDialog, QLabel, QMenu, QToolButton, QWidget
+from PySide6.QtCore import QEvent, QPoint, QSettings, Qt
+from PySide6.QtGui import QGuiApplication, QHelpEvent, QPalette
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QLabel,
+    QMenu,
+    QToolButton,
+    QToolTip,
+    QWidget,
+)
 from pytestqt.qtbot import QtBot
 
 from client import render
@@ -247,6 +255,11 @@ def test_grouping_bubbles_links_and_search(qtbot: QtBot) -> None:
         qtbot.mouseClick(log.viewport(), Qt.MouseButton.LeftButton,
                          pos=QPoint(x, int(bubble.center().y())))
     assert clicked.args == ["https://example.org/x"] and opened == clicked.args
+    log.fixed_today = "2026-12-20"
+    point = QPoint(x, int(bubble.center().y()))  # hovering: the day and time
+    QApplication.sendEvent(log.viewport(), QHelpEvent(QEvent.Type.ToolTip, point,
+                                                      log.viewport().mapToGlobal(point)))
+    assert QToolTip.text() == "Sunday 6 December 2026, 10:01"
     menu = log.context_menu(x, bubble.center().y())  # a right click on the link
     assert menu is not None
     actions = {action.text(): action for action in menu.actions()}
