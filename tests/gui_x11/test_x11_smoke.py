@@ -7,7 +7,8 @@ outside: window titles (``xdotool search --name``: the room shown, the unread co
 verify dialog) and what an ``ocm-chat`` peer receives. Steps: connect and create an
 encrypted room, receive a peer, send to it, create a second room, receive a message in
 the first one (the unread count in the title), switch back (Ctrl+PgUp), open the verify
-dialog (``/verify bob``) and close it, quit (the peer sees the room closed).
+dialog (``/verify bob``) and close it, save the transcript (Ctrl+S, Enter in the file
+dialog: the file holds what was sent and received), quit (the peer sees the room closed).
 
 Readiness is the X server's ``-displayfd`` handshake and, after each input, the title the
 window is expected to show (polled, generous timeouts). ``make test`` installs Xvfb and
@@ -124,6 +125,15 @@ class X:
                        env=self.env, capture_output=True, timeout=60, check=False)
 
 
+def wait_file(path: Path) -> str:
+    """The text of ``path`` once it exists and is complete (ends with a newline)."""
+    deadline = time.monotonic() + WAIT_S
+    while not (path.exists() and path.read_text(encoding="utf-8").endswith("\n")):
+        assert time.monotonic() < deadline, f"{path} was not written"
+        time.sleep(0.1)
+    return path.read_text(encoding="utf-8")
+
+
 def _regex(text: str) -> str:
     return "".join("\\" + ch if ch in r".^$*+?()[]{}|\\" else ch for ch in text)
 
@@ -134,7 +144,9 @@ def test_gui_on_a_real_x_server_with_real_input(display: str, server: Server,
     settings = tmp_path / "ocm-gui.ini"
     settings.write_text(f"[last]\nport={server.tcp_port}\nmode=create\nencrypted=true\n"
                         "[recent]\nservers=127.0.0.1\nnames=alice\nrooms=x11-a\n")
-    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb",
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb", "HOME": str(home),
            "XDG_CONFIG_HOME": str(tmp_path / "alice"), "QT_ACCESSIBILITY": "0"}
     env.pop("WAYLAND_DISPLAY", None)
     log = (tmp_path / "ocm-gui.log").open("w")
@@ -164,6 +176,14 @@ def test_gui_on_a_real_x_server_with_real_input(display: str, server: Server,
         x.wait_title("(1) x11-b — OCM")
         x.key("ctrl+Prior")  # the previous room: x11-a, read
         x.wait_title("x11-a — OCM")
+        x.key("ctrl+s")  # Save transcript…: the dialog proposes ~/x11-a.txt
+        x.focus(x.wait_title("Save transcript"))
+        x.key("Return")
+        x.wait_title("Save transcript", gone=True)
+        transcript = wait_file(home / "x11-a.txt")
+        assert "  alice (you): hello from X11" in transcript, transcript
+        assert "  bob: ping from bob" in transcript, transcript  # received, and shown
+        x.focus(x.wait_title("x11-a — OCM"))
 
         x.type("/verify bob")
         x.key("Return")
