@@ -11,6 +11,18 @@ Keys (all under ``ocm:``):
 * ``ocm:iprooms:<ip>``  the names of the rooms an IP created (rooms per IP).
 * ``ocm:rate:<ip>:<second>``  requests from one IP in one second (``INCR`` + ``EXPIRE``).
 * ``ocm:pwfail:<ip>:<room>``  wrong passwords of one IP for one room, in a fixed window.
+* ``ocm:epoch``  a hash: ``id``, random per registry lifetime, and ``until``, the Redis
+  time (ms) before which no name may be claimed.
+
+A registry that restarts empty loses every room key at once, while the owners still
+serve their rooms: they claim the names again at their next renewal (every lease/3).
+So that no other node takes a live room's name meanwhile, every node remembers the
+epoch id it saw; a node that finds none, or a new one, after having seen one knows the
+registry restarted and pushes ``until`` to one lease from then. A claim is refused while
+``until`` lies ahead or the epoch is missing, and a join of an unknown name answers
+UNAVAILABLE then instead of "no such room": within one lease every live owner has
+renewed its names. (A registry that is new for every node, a fresh cluster, has no
+such wait.)
 
 Placement: ``pick_node`` takes the live node with the fewest members (then the fewest
 rooms, then the lowest id). Every method here is one round trip or script, raises what
@@ -20,6 +32,7 @@ beyond the scripts it registered.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +40,7 @@ from typing import Any
 import orjson
 
 PREFIX = "ocm:"
+EPOCH = PREFIX + "epoch"
 REDIS_TIMEOUT_S = 1.0
 """Per Redis command: a request waits at most this long before UNAVAILABLE."""
 
@@ -56,6 +70,51 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+# The registry's epoch (see the module docstring). ARGV: the epoch id this node saw last
+# ("" if none), a fresh id, the lease (ms). Returns the current id.
+_EPOCH = """
+local id = redis.call('HGET', KEYS[1], 'id')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hold = 0
+if ARGV[1] ~= '' and id ~= ARGV[1] then
+  hold = now + tonumber(ARGV[3])
+end
+if not id then
+  id = ARGV[2]
+  redis.call('HSET', KEYS[1], 'id', id, 'until', hold)
+elseif hold > tonumber(redis.call('HGET', KEYS[1], 'until') or 0) then
+  redis.call('HSET', KEYS[1], 'until', hold)
+end
+return id
+"""
+# Whether the registry may still be missing live rooms' names: the epoch is missing, or
+# its hold-off lies ahead (Redis's own clock, one for every node).
+_HELD = """
+local function held(key)
+  local hold = redis.call('HGET', key, 'until')
+  if not hold then
+    return true
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) < tonumber(hold)
+end
+"""
+# Claim a free name unless held off. KEYS: epoch, room. Returns 1 claimed, 0 taken,
+# -1 held off.
+_CLAIM = _HELD + """
+if held(KEYS[1]) then
+  return -1
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+# KEYS: epoch, room. Returns {the owner's id or "", 1 if held off else 0}.
+_OWNER = _HELD + """
+return {redis.call('GET', KEYS[2]) or '', held(KEYS[1]) and 1 or 0}
 """
 # A node's token tag: the printable byte already held by this node id, else the first
 # free one. Tags are never released: a node that comes back under its id keeps its tag.
@@ -127,6 +186,11 @@ def pick_node(nodes: list[NodeInfo]) -> NodeInfo | None:
     return min(nodes, key=lambda n: (n.members, n.rooms, n.id), default=None)
 
 
+class HeldOff(Exception):
+    """The registry restarted less than one lease ago (or has no epoch yet): the owners
+    of live rooms may not have claimed their names again."""
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -149,6 +213,9 @@ class Leases:
         self._release = self.redis.register_script(_RELEASE)
         self._tag = self.redis.register_script(_TAG)
         self._host = self.redis.register_script(_HOST)
+        self._epoch = self.redis.register_script(_EPOCH)
+        self._claim = self.redis.register_script(_CLAIM)
+        self._owner = self.redis.register_script(_OWNER)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -157,6 +224,13 @@ class Leases:
     async def claim_tag(self) -> int:
         """This node's token tag (kept across restarts); 0 if all 94 are taken."""
         return int(await self._tag(keys=[PREFIX + "tag:"], args=[self.node_id]))
+
+    async def epoch(self, known: str) -> str:
+        """The registry's epoch id; ``known`` is the one this node saw last ("" if none).
+        A different one (or none) means the registry restarted: claims are held off for
+        one lease from now, cluster-wide."""
+        return _text(await self._epoch(keys=[EPOCH], args=[known, secrets.token_hex(8),
+                                                            self.lease_ms]))
 
     async def announce(self, me: NodeInfo) -> None:
         """Renew this node's entry (and its tag, after a Redis restart)."""
@@ -192,14 +266,23 @@ class Leases:
 
     # --- rooms ---------------------------------------------------------------------------
     async def owner(self, room: str) -> str | None:
-        """The id of the node that holds ``room``'s name, if any."""
-        raw = await self.redis.get(_room(room))
-        return None if raw is None else _text(raw)
+        """The id of the node that holds ``room``'s name, if any; ``HeldOff`` if none
+        does while the registry may still miss live names (it restarted)."""
+        owner, held = await self._owner(keys=[EPOCH, _room(room)])
+        if owner:
+            return _text(owner)
+        if held:
+            raise HeldOff()
+        return None
 
     async def claim(self, room: str) -> bool:
-        """Claim a free name for this node; False if some node holds it."""
-        return bool(await self.redis.set(_room(room), self.node_id, nx=True,
-                                         px=self.lease_ms))
+        """Claim a free name for this node; False if some node holds it, ``HeldOff``
+        while the registry may still miss live names."""
+        claimed = int(await self._claim(keys=[EPOCH, _room(room)],
+                                        args=[self.node_id, self.lease_ms]))
+        if claimed < 0:
+            raise HeldOff()
+        return bool(claimed)
 
     async def renew(self, rooms: list[str]) -> list[str]:
         """Renew (or claim again) every name of ``rooms``; the ones another node holds."""

@@ -25,8 +25,11 @@ follow from it. Every field is sent; a field with a default may be absent from w
 older node sends, unknown keys are ignored, and anything else that does not match the
 declaration raises ``LinkError``.
 
-A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON, at most
-``MAX_LINK_FRAME_BYTES``. The secret never travels: the MAC covers the owner's nonce
+A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON: at most
+``MAX_REQUEST_FRAME_BYTES`` for what an owner reads before the MAC is checked (a request,
+and the registration after it), at most ``MAX_LINK_FRAME_BYTES`` for a reply. An owner
+serves at most ``MAX_LINK_CONNECTIONS`` link connections at once, ``MAX_LINK_CONNECTIONS_PER_IP``
+from one IP. The secret never travels: the MAC covers the owner's nonce
 (so a recorded request cannot be replayed) and the whole request (so it cannot be
 altered). The link is not encrypted: run it on a private network (docs/operations.md).
 """
@@ -52,11 +55,19 @@ from wire.tcrp import Details, Request, RequestBody
 
 LENGTH: Final = struct.Struct("!I")
 MAX_LINK_FRAME_BYTES: Final = MAX_MEMBERS_RESPONSE_BYTES + 64 * 1024
-"""A forwarded request carries at most a 255-byte room, username and password plus two
-public keys; a reply can carry an encrypted room's member list (join details or
-Operation 3: at most ``MAX_MEMBERS_RESPONSE_BYTES``, 256 KiB). 320 KiB bounds what a
-caller can make a node buffer per link connection (one at a time per connection, each
-within ``LINK_TIMEOUT_S``)."""
+"""A reply: it can carry an encrypted room's member list (join details or Operation 3:
+at most ``MAX_MEMBERS_RESPONSE_BYTES``, 256 KiB). Only a caller reads one, from the node
+it chose to ask."""
+MAX_REQUEST_FRAME_BYTES: Final = 8 * 1024
+"""A request or a registration, read by the owner before it checks the MAC: a forwarded
+request carries at most a 255-byte room, username and password plus two public keys
+(under 2 KiB, under 5 KiB were every character JSON-escaped). A larger announced length
+closes the connection before any of the body is read."""
+MAX_LINK_CONNECTIONS: Final = 1024
+"""Link connections an owner serves at once; past it, new ones are closed unanswered."""
+MAX_LINK_CONNECTIONS_PER_IP: Final = 128
+"""Link connections from one IP at once (a node forwarding a burst of joins holds one per
+join in flight, each for at most ``LINK_TIMEOUT_S`` and the registration window)."""
 MAC_BYTES: Final = 32
 NONCE_BYTES: Final = 16
 LABEL: Final = b"ocm-cluster-link-v1\0"
@@ -353,10 +364,10 @@ def encode(message: Message) -> bytes:
     return LENGTH.pack(len(body)) + body
 
 
-def frame_length(header: bytes) -> int:
-    """The body length announced by a 4-byte header; ``LinkError`` if over the limit."""
+def frame_length(header: bytes, limit: int = MAX_LINK_FRAME_BYTES) -> int:
+    """The body length announced by a 4-byte header; ``LinkError`` if over ``limit``."""
     (size,) = LENGTH.unpack(header)
-    if size > MAX_LINK_FRAME_BYTES:
+    if size > limit:
         raise LinkError(f"frame of {size} bytes announced")
     return int(size)
 

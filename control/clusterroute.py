@@ -29,9 +29,9 @@ from typing import Any
 import orjson
 
 from control import clusterlink as link
-from control.clusterleases import Leases, NodeInfo, pick_node
+from control.clusterleases import HeldOff, Leases, NodeInfo, pick_node
 from control.clusterserve import LinkServer, read_body
-from control.clusterudp import UdpRelay
+from control.clusterudp import FLOW_GRACE_S, UdpRelay
 from control.config import Config, ConfigError
 from control.registry import RegistryError
 from control.router import HERE, Elsewhere, Here, Node, QuotaRefusal, password_refusal
@@ -76,6 +76,11 @@ def _unavailable() -> RegistryError:
                          "again later")
 
 
+def _held_off() -> RegistryError:
+    return RegistryError(Status.UNAVAILABLE, "the cluster registry restarted and the "
+                         "nodes are claiming their rooms again; try again in a few seconds")
+
+
 def _pass_on(writer: asyncio.StreamWriter) -> Callable[[int], None]:
     """The registration of a member admitted by another node: sent on the open link."""
 
@@ -114,8 +119,10 @@ class ClusterRouter:
         """Rooms still open here whose name another node claimed: no new members."""
         self.last_renewal = -float("inf")
         self.registry_up = False
+        self.epoch = ""
+        """The registry's epoch id as last seen (control/clusterleases.py)."""
         self.counters = {"forwarded": 0, "served_for_others": 0, "redis_errors": 0,
-                         "link_refused": 0, "rooms_lost": 0}
+                         "link_refused": 0, "link_capped": 0, "rooms_lost": 0}
         self._server: asyncio.Server | None = None
         self._beat: asyncio.Task[None] | None = None
 
@@ -188,6 +195,11 @@ class ClusterRouter:
                         log.warning("cluster: cannot steer other nodes' tokens to the relay "
                                     "socket (%s): clients must use details.udp_host", exc)
                         self.relay = None
+            epoch = await self.leases.epoch(self.epoch)
+            if self.epoch and epoch != self.epoch:
+                log.warning("cluster registry restarted (its epoch changed): every node "
+                            "claims its rooms again; new rooms wait one lease")
+            self.epoch = epoch
             for name in set(self.claimed) - set(registry.rooms) - self.pending:
                 await self.leases.release(name)
                 await self.leases.unhost(self.claimed.pop(name), name)
@@ -245,7 +257,12 @@ class ClusterRouter:
 
     def relay_idle_s(self) -> float:
         """How long a relayed member may be silent: its owner has evicted it by then."""
-        return self.node.cfg.inactivity_timeout + self.cfg.cluster_lease
+        return self.node.cfg.inactivity_timeout + FLOW_GRACE_S
+
+    def relay_recheck_s(self) -> float:
+        """How often a flow in use asks its owner again whether the member is still
+        there: once per lease."""
+        return self.cfg.cluster_lease
 
     # --- the router --------------------------------------------------------------------
     async def place(self, request: Request, ip: str) -> Here | Elsewhere:
@@ -285,6 +302,8 @@ class ClusterRouter:
                 hosting = await self.leases.host(ip, request.room, limit)
                 if not hosting:
                     await self.leases.release(request.room)
+        except HeldOff:
+            raise _held_off() from None
         except Exception as exc:
             self.counters["redis_errors"] += 1
             raise _unavailable() from exc
@@ -365,6 +384,8 @@ class ClusterRouter:
             owner = await self.leases.owner(room)
         except RegistryError:
             raise
+        except HeldOff:
+            raise _held_off() from None
         except Exception as exc:
             self.counters["redis_errors"] += 1
             raise _unavailable() from exc
@@ -421,14 +442,16 @@ class ClusterRouter:
                                 ) from exc
         return reply, writer
 
-    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str) -> bool:
+    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str
+                            ) -> bool | None:
         """Ask ``node`` to accept ``token`` (issued to ``client_ip``) from this node's IP,
-        which relays for the client (control/clusterudp.py). True once its worker has it."""
+        which relays for the client (control/clusterudp.py). True once its worker has it,
+        False if it refuses, None if it did not answer."""
         try:
             reply, writer = await self._call(
                 node, link.RelayRequest(token, client_ip, self.node_id), link.Accepted)
         except RegistryError:
-            return False
+            return None
         writer.close()
         return isinstance(reply, link.Accepted)
 

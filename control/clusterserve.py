@@ -25,10 +25,11 @@ from wire.limits import REGISTRATION_WINDOW_S
 log = logging.getLogger("ocm.cluster")
 
 
-async def read_body(reader: asyncio.StreamReader) -> bytes:
-    """One frame's body from the link (``LinkError`` past the frame limit)."""
+async def read_body(reader: asyncio.StreamReader,
+                    limit: int = link.MAX_LINK_FRAME_BYTES) -> bytes:
+    """One frame's body from the link (``LinkError`` past ``limit``, before reading it)."""
     header = await reader.readexactly(link.LENGTH.size)
-    return await reader.readexactly(link.frame_length(header))
+    return await reader.readexactly(link.frame_length(header, limit))
 
 
 class LinkServer:
@@ -44,17 +45,47 @@ class LinkServer:
         self.moved = moved
         """Whether a room's name now belongs to another node (no new members here)."""
         self.counters = counters
-        """The cluster's counters: ``served_for_others`` and ``link_refused`` count here."""
+        """The cluster's counters: ``served_for_others``, ``link_refused`` (a bad MAC or
+        an oversized frame) and ``link_capped`` (over a connection cap) count here."""
+        self.connections = 0
+        self.per_ip: dict[str, int] = {}
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One link connection, within the connection caps."""
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        if (self.connections >= link.MAX_LINK_CONNECTIONS
+                or self.per_ip.get(ip, 0) >= link.MAX_LINK_CONNECTIONS_PER_IP):
+            self.counters["link_capped"] += 1
+            writer.transport.abort()
+            return
+        self.connections += 1
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.connections -= 1
+            if self.per_ip[ip] > 1:
+                self.per_ip[ip] -= 1
+            else:
+                del self.per_ip[ip]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """The owner's side of one request from another node."""
         nonce = secrets.token_bytes(link.NONCE_BYTES)
         try:
             writer.write(link.encode(link.Hello(nonce)))
             header = await asyncio.wait_for(reader.readexactly(link.LENGTH.size),
                                             link.LINK_TIMEOUT_S)
-            body = await asyncio.wait_for(
-                reader.readexactly(link.frame_length(header)), link.LINK_TIMEOUT_S)
+            try:
+                size = link.frame_length(header, link.MAX_REQUEST_FRAME_BYTES)
+            except link.LinkError as exc:
+                self.counters["link_refused"] += 1
+                log.warning("cluster link: refused a request from %s before reading it: %s",
+                            writer.get_extra_info("peername"), exc)
+                writer.transport.abort()
+                return
+            body = await asyncio.wait_for(reader.readexactly(size), link.LINK_TIMEOUT_S)
             mac = await asyncio.wait_for(reader.readexactly(link.MAC_BYTES), link.LINK_TIMEOUT_S)
             if not link.verify(self.secret, nonce, body, mac):
                 self.counters["link_refused"] += 1
@@ -97,7 +128,8 @@ class LinkServer:
             return
         writer.write(link.encode(link.Granted(details, member.token)))
         try:
-            body = await asyncio.wait_for(read_body(reader), REGISTRATION_WINDOW_S)
+            body = await asyncio.wait_for(read_body(reader, link.MAX_REQUEST_FRAME_BYTES),
+                                          REGISTRATION_WINDOW_S)
         except (TimeoutError, asyncio.IncompleteReadError):
             return
         port = link.decode(body, link.Registration).port
@@ -106,31 +138,30 @@ class LinkServer:
 
     async def _serve_members(self, query: link.MembersQuery
                              ) -> link.MemberList | link.Refused:
-        """Operation 3 for a room of this node. A member relayed through the asking node
-        has its token bound to that node's address, which stands for its own IP then."""
-        origin = await self.lookup(query.origin)
-        registry = self.node.registry
-        ip = query.ip
-        member = registry.tokens.get(query.token)
-        if origin is not None and member is not None and member.ip == origin.advertise:
-            ip = origin.advertise
+        """Operation 3 for a room of this node, for the token's holder at the IP it was
+        issued to (a relayed member's datagrams come from the relaying node, its requests
+        still from its own IP)."""
         try:
             if self.moved(query.room):
                 raise RegistryError(Status.ROOM_NOT_FOUND, f"room {query.room!r} moved")
-            members = registry.member_for(query.room, query.token, ip).room.member_infos()
+            members = self.node.registry.member_for(query.room, query.token, query.ip
+                                                    ).room.member_infos()
         except RegistryError as exc:
             return link.Refused(exc.status, exc.reason)
         return link.MemberList(members)
 
     async def _accept_relay(self, request: link.RelayRequest
                             ) -> link.Accepted | link.Refused:
-        """The owner's side of ``request_relay``: rebind the member to the relaying node."""
+        """The owner's side of ``request_relay``: rebind the member to the relaying node,
+        only for the client at the IP the token was issued to (where its datagrams come
+        from now, the relaying node's address, proves nothing)."""
         origin = await self.lookup(request.origin)
         member = self.node.registry.tokens.get(request.token)
         if origin is None or member is None or not member.alive:
             return link.Refused(Status.ROOM_NOT_FOUND, "no such member")
-        if member.ip not in (request.ip, origin.advertise):
+        if member.issued_ip != request.ip:
             return link.Refused(Status.INVALID_REQUEST, "token of another IP")
-        await self.node.rebind(member, origin.advertise)
-        log.info("member relayed through node %s from now on", request.origin)
+        if member.ip != origin.advertise:
+            await self.node.rebind(member, origin.advertise)
+            log.info("member relayed through node %s from now on", request.origin)
         return link.Accepted()

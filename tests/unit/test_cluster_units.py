@@ -150,6 +150,26 @@ def test_frames_are_bounded() -> None:
     assert link.frame_length(frame[:4]) == len(frame) - 4
 
 
+def test_the_largest_requests_fit_the_limit_read_before_the_mac() -> None:
+    """Every field at its largest, every character JSON-escaped: under 8 KiB; the owner
+    refuses a longer announced length from the header alone."""
+    escaped = "\x01" * 255  # 6 bytes each as JSON
+    ip = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+    origin = "n" * 64
+    largest = (
+        link.Forward(Operation.CREATE, escaped, RequestBody(escaped, escaped, Framing.OCM1,
+                                                            KEYS, True), ip, origin),
+        link.MembersQuery(escaped, b"t" * 255, ip, origin),
+        link.RelayRequest(b"t" * 255, ip, origin),
+        link.Registration(65535))
+    for message in largest:
+        frame = link.encode(message)
+        assert link.frame_length(frame[:4], link.MAX_REQUEST_FRAME_BYTES) == len(frame) - 4
+    with pytest.raises(link.LinkError):
+        link.frame_length((link.MAX_REQUEST_FRAME_BYTES + 1).to_bytes(4, "big"),
+                          link.MAX_REQUEST_FRAME_BYTES)
+
+
 def node(node_id: str, members: int, rooms: int = 0) -> NodeInfo:
     return NodeInfo(node_id, "127.0.1.1", 9000, 9001, 9003, rooms, members)
 
