@@ -752,6 +752,9 @@ class MainWindow(QMainWindow):
         if session is None or session.link is None:
             return
         if session.hosting:
+            if self.leave_box is not None:  # already asking
+                self.leave_box.raise_()
+                return
             box = QMessageBox(QMessageBox.Icon.Question, "Leave and close the room?",
                               f"You are the host of {render.sanitize(session.request.room)}: "
                               "leaving closes the room for everyone.",
