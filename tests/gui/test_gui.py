@@ -362,3 +362,47 @@ def test_tls_join_with_the_servers_ca_and_refusal_without(
         run(loop, scenario())
     finally:
         own.stop()
+
+
+def test_two_rooms_on_two_servers_in_one_window(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client]) -> None:
+    """A room on each of two servers, side by side: a message in the one not shown is
+    counted in its row and the title; leaving one (from the list's menu) leaves the
+    other as it was."""
+    other = start_server(workers=1)
+    first, second = room_name(), room_name()
+
+    async def scenario() -> None:
+        fill(window, qtbot, server.tcp_port, "amy", first, create=True)
+        await until(lambda: in_room(window) and window.request is not None
+                    and window.request.room == first, "the first room")
+        bob = spawn_chat(clients, server, "--join", first, "--user", "bob")
+        await until(lambda: "bob joined the room" in scrollback(window), "bob's notice")
+        qtbot.mouseClick(window.new_room_button, Qt.MouseButton.LeftButton)
+        fill(window, qtbot, other.tcp_port, "amy", second, create=True)
+        await until(lambda: in_room(window) and window.request is not None
+                    and window.request.room == second, "the second room")
+        a, b = window.sessions
+        assert (a.server(), b.server()) == (f"127.0.0.1:{server.tcp_port}",
+                                            f"127.0.0.1:{other.tcp_port}")
+        bob.send("for the first room")
+        await until(lambda: a.unread.count == 1, "the unread message")
+        assert window.windowTitle() == f"(1) {second} — OCM"
+        assert window.room_list.row_of(a.item).preview == "bob: for the first room"
+        assert "for the first room" not in scrollback(window)  # the second is shown
+        leave = next(action for action in window.room_menu(a).actions()
+                     if action.text() == "Leave room")
+        leave.trigger()  # amy hosts it: asked first
+        box = await until(lambda: window.leave_box, "the confirmation")
+        box.button(QMessageBox.StandardButton.Yes).click()
+        await in_thread(bob.expect_line, "* the room was closed")
+        assert window.room_list.row_of(a.item).ended and a.view.banner.isVisibleTo(a.view)
+        assert b.link is not None and window.pages.currentWidget() is b.view
+        type_line(window, qtbot, "still here")
+        assert "amy (you): still here" in scrollback(window)
+
+    try:
+        run(loop, scenario())
+    finally:
+        other.stop()
