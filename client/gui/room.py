@@ -23,34 +23,30 @@ A view only: it shows ``render.Line``s (already sanitised by the shared library)
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
 from typing import Final
 
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFontDatabase, QKeyEvent
 from PySide6.QtWidgets import (
     QFrame,
-    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QMenu,
     QPlainTextEdit,
     QPushButton,
     QSplitter,
     QToolButton,
     QVBoxLayout,
     QWidget,
-    QWidgetAction,
 )
 
 from client import render
 from client.gui import models
 from client.gui.chatview import ChatView
+from client.gui.emoji import emoji_menu
 from client.gui.models import ByteCount, Entry, Member, Scrollback
 from client.gui.theme import WARNING
 from client.keystore import Trust
@@ -58,8 +54,6 @@ from client.render import Line
 
 WARNING_COLOUR: Final = WARNING
 _AT_BOTTOM_SLACK: Final = 4  # px still counted as "at the bottom"
-EMOJI: Final = ("😀 😂 🙂 😉 😍 🤔 😅 😭 😮 😎 🙏 👍 👎 👏 🙌 👋 💪 🎉 🎂 🚀 ❤️ 💔 🔥 ✨ "
-                "⭐ ☀️ 🌸 🍣 🍵 ☕ 🍺 ✅ ❌ ⚠️ ❓ 💡 📎 🔒 👀 🤝").split()
 _INPUT_LINES: Final = 5  # the input grows up to this many lines, then scrolls
 
 
@@ -116,30 +110,6 @@ class Composer(QPlainTextEdit):
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
         return QSize(200, self.height())
-
-
-def emoji_menu(parent: QWidget, insert: Callable[[str], None]) -> QMenu:
-    """A grid of common emoji; a click calls ``insert(emoji)``."""
-    menu = QMenu(parent)
-    grid_widget = QWidget(menu)
-    grid = QGridLayout(grid_widget)
-    grid.setSpacing(2)
-    for index, emoji in enumerate(EMOJI):
-        button = QToolButton(grid_widget)
-        button.setText(emoji)
-        button.setAutoRaise(True)
-        button.setToolTip(emoji)
-        button.clicked.connect(functools.partial(_pick, insert, menu, emoji))
-        grid.addWidget(button, index // 8, index % 8)
-    action = QWidgetAction(menu)
-    action.setDefaultWidget(grid_widget)
-    menu.addAction(action)
-    return menu
-
-
-def _pick(insert: Callable[[str], None], menu: QMenu, emoji: str) -> None:
-    insert(emoji)
-    menu.close()
 
 
 class RoomView(QWidget):

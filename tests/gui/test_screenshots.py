@@ -26,6 +26,7 @@ from client.e2e.identity import IdentityKeys, fingerprint, safety_number
 from client.gui import models
 from client.gui.app import MainWindow
 from client.gui.chatview import RowKind
+from client.gui.emoji import EmojiPicker
 from client.gui.room import RoomView
 from client.gui.theme import Theme
 from client.gui.verify import VerifyDialog
@@ -226,6 +227,9 @@ def test_screenshot_composing_and_the_room_menu(qtbot: QtBot, loop: qasync.QEven
     view.input.setText("see you at the release party 🎉\nbring snacks")
     QApplication.processEvents()
     menu = view.emoji_button.menu()
+    picker = menu.findChild(EmojiPicker)
+    picker.populate()
+    picker.search.setText("face")
     menu.adjustSize()
     corner = view.emoji_button.mapTo(window, QPoint(0, 0))
     top = view.input.mapTo(window, QPoint(0, 0)).y()

@@ -15,7 +15,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
     QMenu,
-    QToolButton,
     QToolTip,
     QWidget,
 )
@@ -25,6 +24,7 @@ from client import render
 from client.gui.app import MainWindow
 from client.gui.chatview import RowKind
 from client.gui.connect import ConnectScreen
+from client.gui.emoji import EmojiPicker
 from client.gui.help import command_rows as help_rows
 from client.gui.models import Member
 from client.gui.room import RoomView
@@ -211,11 +211,21 @@ def test_composer_enter_sends_shift_enter_new_line_and_emoji(qtbot: QtBot) -> No
     assert sent == ["first line\nsecond"]
     assert height > view.input.fontMetrics().lineSpacing() * 2  # it grew to two lines
     view.input.clear()
-    menu = view.emoji_button.menu()
-    buttons = menu.findChildren(QToolButton)
-    assert len(buttons) >= 30
-    buttons[0].click()
-    assert view.input.text() == buttons[0].text()
+    picker = view.emoji_button.menu().findChild(EmojiPicker)
+    picker.populate()
+    assert picker.grid.count() > 1000 and picker.visible()[:2] == ["😀", "😂"]
+    picker.search.setText("sushi")
+    assert picker.visible() == ["🍣"]
+    picker.search.setText("cat face")
+    assert "🐱" in picker.visible() and "🍣" not in picker.visible()
+    rect = picker.grid.visualItemRect(picker.grid.item(
+        next(i for i in range(picker.grid.count()) if picker.grid.item(i).text() == "🐱")))
+    picker.show()
+    qtbot.mouseClick(picker.grid.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert view.input.text() == "🐱" and picker.search.text() == ""
+    picker.search.setText("rocket")
+    qtbot.keyClick(picker.search, Qt.Key.Key_Return)  # Enter: the first match
+    assert view.input.text() == "🐱🚀"
 
 
 def test_grouping_bubbles_links_and_search(qtbot: QtBot) -> None:
