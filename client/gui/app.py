@@ -52,7 +52,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client import commands, render
+from client import commands, known_servers, render
 from client.commands import Action, Command
 from client.e2e.identity import IdentityKeys, fingerprint
 from client.e2e_link import E2ERoomLink, leave_datagram, load_identity, room_link
@@ -65,7 +65,9 @@ from client.gui.room import RoomView
 from client.gui.sidebar import RoomList, RoomRow
 from client.gui.theme import Theme
 from client.gui.verify import VerifyDialog
+from client.joinflow import GUI_HINTS, pinning_tls_context
 from client.keystore import KeyStore, KeyStoreError
+from client.known_servers import KnownServers
 from client.link import RoomLink
 from client.refusals import Field
 from client.render import Kind, Line, MessageTooLong
@@ -429,8 +431,10 @@ class MainWindow(QMainWindow):
                 self._back_to_connect(which, text)
             return False
 
-        tls = None
-        if request.tls:
+        tls, pins = None, None
+        if request.tls and request.ca_file is None:
+            tls, pins = pinning_tls_context(), KnownServers(known_servers.default_dir(self.env))
+        elif request.tls:
             try:
                 tls = client_tls_context(request.ca_file)
             except OSError as exc:
@@ -443,7 +447,7 @@ class MainWindow(QMainWindow):
             store, identity = None, None  # plain rooms still work; encrypted ones refuse
         try:
             target = TcrpTarget(request.host, request.port, tls, self.join_timeout,
-                                request.ca_file if tls is not None else None)
+                                request.ca_file if tls is not None else None, pins, GUI_HINTS)
             joined = await join_room_async(target, Request.of(
                 request.operation, request.room, RequestBody(
                     request.username, request.password,

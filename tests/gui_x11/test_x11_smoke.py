@@ -142,7 +142,8 @@ def test_gui_on_a_real_x_server_with_real_input(display: str, server: Server,
                                                 clients: list[Client],
                                                 tmp_path: Path) -> None:
     settings = tmp_path / "ocm-gui.ini"
-    settings.write_text(f"[last]\nport={server.tcp_port}\nmode=create\nencrypted=true\n"
+    settings.write_text(f"[last]\nport={server.tcp_port}\ntls=false\nmode=create\n"
+                        "encrypted=true\n"
                         "[recent]\nservers=127.0.0.1\nnames=alice\nrooms=x11-a\n")
     home = tmp_path / "home"
     home.mkdir()
