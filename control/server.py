@@ -39,6 +39,7 @@ from control.supervisor import Supervisor
 from control.tls import HandshakeSlots
 from relay.ipc import Ack, Bound, Closed, CloseRoom, Left, Rebind, Register
 from relay.steering import worker_tag
+from wire import dgmac
 from wire.codes import Operation, Reason, Status
 from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
@@ -132,16 +133,18 @@ class ControlApp:
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
 
-    async def handle(self, request: Request, ip: str
+    async def handle(self, request: Request, ip: str, secure: bool = False
                      ) -> tuple[Details, MemberRecord | Elsewhere]:
         """Grant a client's request or raise ``RegistryError`` with the status to answer:
-        the router places it (here, or on another node that grants it)."""
+        the router places it (here, or on another node that grants it). ``secure``: the
+        request came over TLS, so a member served here gets a datagram key (wire/dgmac.py;
+        a member granted by another node gets none)."""
         self._check_open()
         try:
             placement = await self.router.place(request, ip)
             if isinstance(placement, Elsewhere):
                 return placement.details, placement
-            return await self._serve(request, ip)
+            return await self._serve(request, ip, secure)
         except QuotaRefusal as exc:
             self.quotas.refused[exc.quota] += 1
             raise
@@ -157,23 +160,28 @@ class ControlApp:
             self.quotas.refused[exc.quota] += 1
             raise
 
-    async def _serve(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+    async def _serve(self, request: Request, ip: str, secure: bool = False
+                     ) -> tuple[Details, MemberRecord]:
         served = False
         try:
-            granted = await self._serve_here(request, ip)
+            granted = await self._serve_here(request, ip, secure)
             served = True
             return granted
         finally:
             await self.router.settle(request, served)
 
-    async def _serve_here(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
-        """Serve a request on this node's workers (the router placed it here)."""
+    async def _serve_here(self, request: Request, ip: str, secure: bool = False
+                          ) -> tuple[Details, MemberRecord]:
+        """Serve a request on this node's workers (the router placed it here). A request
+        that came over TLS (``secure``) gets a datagram key, installed with the member."""
         self._check_open()
         body = request.body
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
         else:
             member = await self._join(request, ip)
+        if secure:
+            member.datagram_key = secrets.token_bytes(dgmac.KEY_BYTES)
         if not await self._install(member):
             if member.alive:
                 self.registry.remove_member(member.token)
@@ -192,13 +200,17 @@ class ControlApp:
         details = Details(
             udp_port=self.udp_ports[room.worker],
             host=member.is_host,
-            max_message=max_message_bytes(len(request.room_raw), len(member.token),
-                                          len(body.username.encode())),
+            # A sealed datagram carries the MAC trailer as well (docs/protocol.md §8).
+            max_message=max_message_bytes(
+                len(request.room_raw),
+                len(member.token) + (dgmac.TRAILER_BYTES if secure else 0),
+                len(body.username.encode())),
             inactivity_timeout=self.cfg.inactivity_timeout,
             framing=body.framing,
             e2e=room.e2e,
             members=room.member_infos(exclude=member) if room.e2e else (),
             udp_host=self.router.udp_host,
+            datagram_key=member.datagram_key,
         )
         return details, member
 
@@ -408,6 +420,12 @@ class TcrpConnection(asyncio.Protocol):
             max(0.0, self.deadline - loop.time())
         self.timer = loop.call_later(left, self._on_timeout)
 
+    @property
+    def secure(self) -> bool:
+        """The connection is TLS: a member it creates gets a datagram key (wire/dgmac.py)."""
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is not None
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.counted:
             self.counted = False
@@ -453,7 +471,7 @@ class TcrpConnection(asyncio.Protocol):
 
     async def _handle(self, request: Request) -> None:
         try:
-            details, member = await self.app.handle(request, self.ip)
+            details, member = await self.app.handle(request, self.ip, self.secure)
         except RegistryError as exc:
             self.app.count(exc.status)
             self._close(self.session.send_error(exc.status, exc.reason))

@@ -7,8 +7,9 @@ the TCRP of the plain port inside TLS: same frames, same one request per connect
 cap and the ``tcp_timeout`` deadline apply from accept, as on the plain port; then TLS
 starts on the accepted connection, which must finish its handshake within
 ``tls_handshake_timeout`` and fit under ``max_tls_handshakes`` (all IPs) and
-``max_tls_handshakes_per_ip``. Chat datagrams (UDP) are not protected by it:
-docs/security.md.
+``max_tls_handshakes_per_ip``. Chat datagrams (UDP) are not encrypted by it; a member that
+joined over TLS gets a datagram key in its answer and authenticates every datagram with it
+(docs/protocol.md §8, docs/security.md).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from wire import errors, names
+from wire import dgmac, errors, names
 from wire.codes import Framing, Operation, State, Status
 from wire.e2e import MEMBERS_OPERATION, MemberInfo, PublicKeys, decode_members, decode_public_keys
 from wire.limits import (
@@ -241,6 +241,10 @@ class Details:
     """Cluster mode: the IP of the node that owns the room, to which the client should send
     its datagrams (``udp_port`` is that node's). Absent on a single node: send to the
     address the TCRP connection went to."""
+    datagram_key: bytes | None = None
+    """Our extension (docs/protocol.md §8): the member's datagram MAC key, sent only to a
+    member that joined over TLS. With it, every datagram the member sends must carry the
+    trailer of ``wire.dgmac``; ``max_message`` already leaves room for it."""
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -255,6 +259,8 @@ class Details:
             obj["members"] = [member.to_json() for member in self.members]
         if self.udp_host is not None:
             obj["udp_host"] = self.udp_host
+        if self.datagram_key is not None:
+            obj[dgmac.DETAILS_KEY] = dgmac.encode_key(self.datagram_key)
         return obj
 
     @classmethod
@@ -279,8 +285,10 @@ class Details:
         if type(e2e) is not bool:
             raise errors.BadResponse("e2e must be a boolean")
         members = decode_members(obj.get("members")) if e2e else ()
+        raw_key = obj.get(dgmac.DETAILS_KEY)
+        key = None if raw_key is None else dgmac.decode_key(raw_key)
         return cls(udp_port, host, max_message, float(timeout), framing, e2e, members,
-                   udp_host)
+                   udp_host, key)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:
