@@ -5,13 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 RUNSTAMP := $(VENV)/.installed
 GUISTAMP := $(VENV)/.installed-gui
-# What offscreen Qt (PySide6 wheels) loads from the system on Debian/Ubuntu.
-GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libfreetype6 \
-	libglib2.0-0 libdbus-1-3 fonts-dejavu-core
-# Best effort, for Japanese and emoji in the screenshots.
-GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
+# A text font, Japanese and emoji for the font test and the screenshots (Qt's fallback
+# finds the last two).
+GUI_FONT_PACKAGES := fonts-dejavu-core fonts-noto-color-emoji fonts-ipafont-gothic
 
-.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs redis-server libssl-dev \
+.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs gui-test-deps redis-server libssl-dev \
 	gui-screenshots fuzz fuzz-hot chaos soak clean
 
 $(PY):
@@ -68,19 +66,35 @@ libssl-dev:
 run-gui: $(GUISTAMP) gui-system-libs
 	$(VENV)/bin/ocm-gui
 
-# If Qt cannot start offscreen, install what it needs (as root, with apt-get), or say
-# exactly which packages are missing.
+# What Qt's platform plugins (X11 and offscreen) load from the system: `ldd` of the
+# plugins themselves, each library reported "not found" mapped to its Debian package
+# (client/gui/syslibs.py). Installed as root with apt-get, else named; plus one font.
 gui-system-libs: $(GUISTAMP)
-	@if ! QT_QPA_PLATFORM=offscreen $(PY) -c "from PySide6.QtWidgets import QApplication; \
-		QApplication([])" >/dev/null 2>&1; then \
+	@missing="$$($(PY) -m client.gui.syslibs)"; \
+	fc-list 2>/dev/null | grep -q . || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "installing what offscreen Qt needs: $(GUI_SYSTEM_PACKAGES)"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				--no-install-recommends $(GUI_SYSTEM_PACKAGES); \
+			echo "installing what Qt needs: $$missing"; \
+			$(APT_INSTALL) $$missing >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null && $(APT_INSTALL) $$missing >/dev/null; }; \
 		else \
-			echo "Qt cannot start: as root, run apt-get install $(GUI_SYSTEM_PACKAGES)"; \
-			exit 1; \
+			echo "Qt cannot start: run  sudo apt-get install$$missing"; exit 1; \
 		fi; \
+	fi
+
+# The GUI tests: a real X server and input events for the smoke test (Xvfb, xdotool),
+# an emoji font and a Japanese font for the font fallback test. Installed like
+# redis-server when missing.
+gui-test-deps:
+	@missing=""; \
+	command -v Xvfb >/dev/null 2>&1 || missing="$$missing xvfb"; \
+	command -v xdotool >/dev/null 2>&1 || missing="$$missing xdotool"; \
+	for font in $(GUI_FONT_PACKAGES); do \
+		dpkg -s $$font >/dev/null 2>&1 || missing="$$missing $$font"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing for the GUI tests:$$missing"; \
+		$(APT_INSTALL) $$missing >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) $$missing >/dev/null; }; \
 	fi
 
 # Coverage of every package, the processes the tests start included (pyproject.toml,
@@ -88,7 +102,7 @@ gui-system-libs: $(GUISTAMP)
 # last figures), wire/ at 100 %. The coverage CLI enforces both (exit 2 below them).
 COV_FLOOR ?= 90
 
-test: $(STAMP) gui-system-libs redis-server
+test: $(STAMP) gui-system-libs gui-test-deps redis-server
 	rm -f .coverage .coverage.*
 	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider --durations=20 --cov \
 		--cov-report=term-missing:skip-covered tests
@@ -113,12 +127,7 @@ bench-gui: $(STAMP) gui-system-libs
 	$(PY) tests/bench/bench_gui.py
 
 # Refresh docs/gui-*.png (fonts for Japanese and emoji: best effort).
-gui-screenshots: $(STAMP) gui-system-libs
-	-@if ! fc-list | grep -qi "Noto Sans CJK" && [ "$$(id -u)" = 0 ] \
-		&& command -v apt-get >/dev/null; then \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			$(GUI_FONT_PACKAGES); \
-	fi
+gui-screenshots: $(STAMP) gui-system-libs gui-test-deps
 	OCM_GUI_SCREENSHOTS=docs $(PY) -m pytest -q -p no:cacheprovider tests/gui/test_screenshots.py
 
 # The published figures: rewrites the tables of docs/performance.md and the full results in

@@ -68,8 +68,14 @@ class ConnectScreen(QWidget):
         super().__init__(parent)
         self._settings = settings
         self.setObjectName("connect")
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(32, 24, 32, 24)
+        card = QWidget()  # the form, centred, at most a readable width
+        card.setMaximumWidth(640)
+        centre = QHBoxLayout(self)
+        centre.addStretch(1)
+        centre.addWidget(card, 4)
+        centre.addStretch(1)
+        outer = QVBoxLayout(card)
+        outer.setContentsMargins(16, 24, 16, 24)
         title = QLabel("Online Chat Messenger")
         font = title.font()
         font.setPointSizeF(font.pointSizeF() * 1.6)
@@ -138,6 +144,7 @@ class ConnectScreen(QWidget):
         form.addRow("", self._error_label(Field.PASSWORD))
 
         self.encrypted = QCheckBox("End-to-end encrypted")
+        self.encrypted.setChecked(_bool(settings.value("last/encrypted", False)))
         self.encrypted.setToolTip("Messages are encrypted for the room's members: the "
                                   "server relays them without being able to read them")
         form.addRow("", self.encrypted)
@@ -156,6 +163,7 @@ class ConnectScreen(QWidget):
         self.tls.toggled.connect(self._tls_changed)
         self._mode_changed()
         self._ca_row.setVisible(self.tls.isChecked())
+        self.setFocusProxy(self.room if self.name.currentText() else self.name)
 
     # -- building ------------------------------------------------------------------------------
     def _combo(self, which: Field, default: str) -> QComboBox:
@@ -213,6 +221,14 @@ class ConnectScreen(QWidget):
             ca_file=(self.ca_file.text().strip() or None) if self.tls.isChecked() else None,
         )
 
+    def focus_room(self) -> None:
+        """Ready to type a room name (the name, if there is none yet)."""
+        target = self.room if self.name.currentText() else self.name
+        target.setFocus()
+        line = target.lineEdit()
+        if line is not None:
+            line.selectAll()
+
     def show_error(self, which: Field, text: str) -> None:
         label = self.errors[which]
         label.setText(text)
@@ -238,6 +254,8 @@ class ConnectScreen(QWidget):
         self._settings.setValue("last/port", request.port)
         self._settings.setValue("last/tls", request.tls)
         self._settings.setValue("last/ca_file", request.ca_file or "")
+        if request.operation is Operation.CREATE:
+            self._settings.setValue("last/encrypted", request.encrypted)
         self._settings.setValue("last/mode", "create"
                                 if request.operation is Operation.CREATE else "join")
         self._settings.sync()

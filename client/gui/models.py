@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import datetime
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -110,10 +112,100 @@ class Entry:
 
     line: Line
     clock: str  # local HH:MM
+    day: str = ""  # local date, ISO (YYYY-MM-DD); "" for "today"
 
     @property
     def is_chat(self) -> bool:
         return self.line.kind in (Kind.CHAT, Kind.OWN)
+
+    def transcript(self) -> str:
+        """The line as a transcript (Save transcript…) and the tests read it."""
+        line = self.line
+        if line.kind is Kind.OWN:
+            return f"{self.clock}  {line.user} (you): {line.text}"
+        if line.kind is Kind.CHAT:
+            return f"{self.clock}  {line.user}: {line.text}"
+        if line.kind is Kind.WARNING:
+            return f"{self.clock}  ⚠ {line.text}"
+        return f"{self.clock}  — {line.text}"
+
+
+GROUP_GAP_MINUTES: Final = 5
+"""A message more than this many minutes after the previous one of the same sender
+starts a new group (name and avatar shown again)."""
+
+
+def _minutes(clock: str) -> int:
+    hours, _, minutes = clock.partition(":")
+    return int(hours) * 60 + int(minutes) if hours.isdigit() and minutes.isdigit() else 0
+
+
+def starts_group(previous: Entry | None, entry: Entry) -> bool:
+    """Whether ``entry`` (a chat line) shows its sender's name and avatar: the first
+    message, another sender, after a notice, on another day, or after a pause."""
+    if previous is None or not previous.is_chat or not entry.is_chat:
+        return True
+    if previous.line.user != entry.line.user or previous.line.kind is not entry.line.kind:
+        return True
+    if previous.day != entry.day:
+        return True
+    return abs(_minutes(entry.clock) - _minutes(previous.clock)) > GROUP_GAP_MINUTES
+
+
+_WEEKDAYS: Final = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+                    "Sunday")
+_MONTHS: Final = ("January", "February", "March", "April", "May", "June", "July", "August",
+                  "September", "October", "November", "December")
+
+
+def day_label(day: str, today: str) -> str:
+    """A day separator: ``Today``, ``Yesterday`` or ``Monday 7 December 2026``."""
+    try:
+        date = datetime.date.fromisoformat(day)
+        now = datetime.date.fromisoformat(today)
+    except ValueError:
+        return day
+    if date == now:
+        return "Today"
+    if date == now - datetime.timedelta(days=1):
+        return "Yesterday"
+    return f"{_WEEKDAYS[date.weekday()]} {date.day} {_MONTHS[date.month - 1]} {date.year}"
+
+
+def initials(name: str) -> str:
+    """What an avatar shows: the first letter of the first two words, upper case."""
+    words = [word for word in name.replace("_", " ").replace("-", " ").split() if word]
+    if not words:
+        return "?"
+    letters = words[0][0] + (words[1][0] if len(words) > 1 else "")
+    return letters.upper()
+
+
+_LINK = re.compile(r"\b(?:https?://|www\.)[^\s<>\"'\\]+", re.IGNORECASE)
+_TRAILING = ".,;:!?)]}'\""
+
+
+def find_links(text: str) -> list[tuple[int, int, str]]:
+    """Web links in ``text``: ``(start, end, url)``, trailing punctuation left out,
+    ``www.`` links given ``https://``. Only http(s): nothing else is ever opened."""
+    links = []
+    for match in _LINK.finditer(text):
+        start, end = match.span()
+        while end > start and text[end - 1] in _TRAILING:
+            if text[end - 1] == ")" and text[start:end].count("(") >= text[start:end].count(")"):
+                break
+            end -= 1
+        url = text[start:end]
+        if url.lower().startswith("www."):
+            url = "https://" + url
+        links.append((start, end, url))
+    return links
+
+
+def shown_text(text: str) -> str:
+    """A message as the window shows it: the newline escape (``\\x0a``) of a
+    multi-line message as a line break; every other escape stays visible."""
+    return text.replace("\\x0a", "\n")
 
 
 @dataclass(slots=True)
@@ -191,6 +283,30 @@ class Member:
     def label(self) -> str:
         """``alice (host, you)``, as ``/who`` says it."""
         return render.member_label(self.name, self.host, self.me)
+
+    def row_text(self) -> str:
+        """The member list's one row: ``alice (you) ★ 🔒 ✔`` (host, has a key, verified
+        or ⚠ key changed)."""
+        badges = [" (you)" if self.me else ""]
+        if self.host:
+            badges.append(" ★")
+        if self.fingerprint is not None:
+            badges.append(" 🔒")
+        if self.trust is Trust.VERIFIED:
+            badges.append(" ✔")
+        elif self.trust is Trust.CHANGED:
+            badges.append(" ⚠")
+        return render.sanitize_name(self.name) + "".join(badges)
+
+    def details(self) -> str:
+        """The side panel and tooltip: role, and in an encrypted room the fingerprint
+        (two lines of four groups) and what we know of the key."""
+        role = ", ".join(part for part in ("host" if self.host else "",
+                                           "you" if self.me else "") if part)
+        text = render.sanitize_name(self.name) + (f" ({role})" if role else "")
+        if self.fingerprint is not None:
+            text += f"\nkey fingerprint:\n{group_lines(self.fingerprint)}\n{self.trust_text()}"
+        return text
 
     def trust_text(self) -> str:
         """How the row names the key's state."""

@@ -4,11 +4,15 @@ Offscreen Qt. Appends ``--lines`` chat lines (mixed senders, some Japanese and e
 one in ten a notice) to a ``RoomView`` while it is shown at the bottom, as during a busy
 chat, and measures:
 
-* the time per ``append`` (the HTML line, the layout, keeping the view at the bottom),
-  median and p99 over every append, the medians of the first and last 1,000 (does it
-  grow with the scrollback?), plus the total;
+* the time per ``append`` (the row's height, the offsets, keeping the view at the
+  bottom), median and p99 over every append, the medians of the first and last 1,000
+  (does it grow with the scrollback?), plus the total;
 * the time to render the window (``QWidget.grab()``: a full paint) at the bottom, at the
   top after scrolling there, and in the middle;
+* scrolling: from the bottom up by one page at a time for 100 pages, each step a scroll
+  and a full paint (rows never shown before get their text laid out then): median and
+  slowest step;
+* resizing the window: every row's height again at the new width, and a paint;
 * one more append and render after the 10,000 (what a user waits for per message then).
 
 Usage: ``python tests/bench/bench_gui.py [--lines N]``. Prints markdown.
@@ -79,6 +83,19 @@ def main() -> int:
     bar.setValue(bar.maximum() // 2)
     middle = min(render_ns() for _ in range(5))
     view.scroll_to_bottom()
+    pages: list[int] = []
+    for _ in range(100):
+        before = time.perf_counter_ns()
+        bar.setValue(bar.value() - bar.pageStep())
+        view.log.viewport().repaint()
+        pages.append(time.perf_counter_ns() - before)
+    view.scroll_to_bottom()
+    resizes: list[int] = []
+    for width in (700, 760, 1200, 760):  # every row's height again at the new width
+        before = time.perf_counter_ns()
+        view.resize(width, 560)
+        view.grab()
+        resizes.append(time.perf_counter_ns() - before)
     before = time.perf_counter_ns()
     view.append(render.chat_line("late", "one more message"))
     view.grab()
@@ -100,6 +117,10 @@ def main() -> int:
     print(f"| render (grab) at the bottom | {_ms(at_bottom)} |")
     print(f"| render after scrolling to the top | {_ms(at_top)} |")
     print(f"| render in the middle | {_ms(middle)} |")
+    print(f"| scroll up one page and paint, median of 100 | {_ms(statistics.median(pages))} |")
+    print(f"| scroll up one page and paint, slowest of 100 | {_ms(max(pages))} |")
+    print(f"| resize and render (all rows again), median of 4 | "
+          f"{_ms(statistics.median(resizes))} |")
     print(f"| append + render, line {args.lines + 1} | {_ms(one_more)} |")
     return 0
 

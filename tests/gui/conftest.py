@@ -25,8 +25,9 @@ try:
     from PySide6.QtWidgets import QApplication
 except ImportError as exc:  # a missing system library: say which, never skip
     raise RuntimeError(
-        f"Qt cannot load here: {exc}. Offscreen Qt needs these Debian packages: "
-        f"apt-get install {QT_SYSTEM_PACKAGES} (make does it as root)") from exc
+        f"Qt cannot load here: {exc}. `python -m client.gui.syslibs` names the Debian "
+        f"packages Qt's plugins lack (make installs them as root); usually: apt-get "
+        f"install {QT_SYSTEM_PACKAGES}") from exc
 
 import qasync  # noqa: E402
 

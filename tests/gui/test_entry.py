@@ -41,3 +41,14 @@ def test_ocm_gui_starts_and_quits_on_sigterm(tmp_path: Path) -> None:
             proc.wait(10)
     assert proc.returncode == 0, output
     assert "Traceback" not in output, output
+
+
+def test_without_a_display_it_says_so_in_one_line() -> None:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    done = subprocess.run([sys.executable, "-m", "client.gui"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "ocm-gui: no display (DISPLAY is not set): start it inside a desktop session, "
+        "over ssh -X, or under Xvfb"], done.stderr

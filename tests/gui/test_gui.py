@@ -8,7 +8,6 @@ thread so the window keeps running meanwhile.
 from __future__ import annotations
 
 import itertools
-import re
 import signal
 import socket
 import time
@@ -64,12 +63,17 @@ def scrollback(window: MainWindow) -> str:
 
 
 def in_room(window: MainWindow) -> bool:
-    return window.pages.currentWidget() is window.room and window.link is not None
+    return (window.current is not None and window.pages.currentWidget() is window.room
+            and window.link is not None)
 
 
 def type_line(window: MainWindow, qtbot: QtBot, text: str) -> None:
     window.room.input.setText(text)
     qtbot.keyClick(window.room.input, Qt.Key.Key_Return)
+
+
+def room_page_shown(window: MainWindow) -> bool:
+    return window.current is not None and window.pages.currentWidget() is window.room
 
 
 async def join_ocm_chat_host(window: MainWindow, qtbot: QtBot, server: Server,
@@ -99,6 +103,11 @@ def test_gui_creates_ocm_chat_joins_and_they_chat_both_ways(
         type_line(window, qtbot, "hello 日本語 😀")
         await in_thread(bob.expect_line, "alice: hello 日本語 😀")
         assert window.room.input.text() == ""
+        window.room.input.setText("two")  # Shift+Enter: one message of two lines
+        qtbot.keyClick(window.room.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+        qtbot.keyClicks(window.room.input, "lines")
+        qtbot.keyClick(window.room.input, Qt.Key.Key_Return)
+        await in_thread(bob.expect_line, "alice: two\\x0alines")  # ocm-chat shows the escape
         bob.send("hi alice")
         await until(lambda: "bob: hi alice" in scrollback(window), "bob's message")
         # Over the room's limit: refused locally, with the reason; the text stays.
@@ -108,9 +117,11 @@ def test_gui_creates_ocm_chat_joins_and_they_chat_both_ways(
         assert window.room.input.text() == "x" * (limit + 1)
         assert window.room.byte_count().over
         assert window.room.counter.text() == f"{limit + 1} / {limit} bytes"
-        # /commands as in ocm-chat
+        # /commands as in ocm-chat; /help is a dialog
         type_line(window, qtbot, "/help")
-        assert re.search(r"/exit +leave the room", scrollback(window))
+        assert window.help_dialog is not None and window.help_dialog.isVisible()
+        assert "/exit" in window.help_dialog.text.text()
+        window.help_dialog.close()
         type_line(window, qtbot, "/who")
         await until(lambda: "2 in the room: alice (host, you), bob" in scrollback(window),
                     "the /who answer")
@@ -147,11 +158,14 @@ def test_ocm_chat_hosts_gui_joins_and_the_host_closes_the_room(
         assert window.room.banner_text.text().startswith("Room closed")
         assert not window.room.input.isEnabled()
         assert window.room.rejoin_button.text() == "Create it again"
-        # "Create it again": dave now hosts a room of the same name.
+        assert window.room_list.row_of(window.sessions[0].item).ended  # greyed in the list
+        # "Create it again": dave now hosts a room of the same name, in the same page.
         qtbot.mouseClick(window.room.rejoin_button, Qt.MouseButton.LeftButton)
         await until(lambda: in_room(window) and window.joined is not None
                     and window.joined.details.host, "the re-created room")
         assert "(host: leaving closes the room)" in scrollback(window)
+        assert "carol: welcome dave" in scrollback(window)  # the conversation was kept
+        assert len(window.sessions) == 1
 
     run(loop, scenario())
 
@@ -185,11 +199,16 @@ def test_password_wrong_then_right_and_errors_next_to_their_field(
         fill(window, qtbot, server.tcp_port, "frank", room, create=False, password="s3cret")
         await until(lambda: in_room(window), "the room window")
         await in_thread(erin.expect_line, "* frank joined the room")
-        # Not a host: leaving asks nothing, and the host sees us go.
+        assert window.current is not None
+        assert [action.text() for action in window.room_menu(window.current).actions()] \
+            == ["Leave room", "Save transcript…", "Close room"]  # a right click in the list
+        # Not a host: leaving asks nothing, and the host sees us go; the page stays.
         type_line(window, qtbot, "/exit")
         await in_thread(erin.expect_line, "* frank left the room")
-        assert window.pages.currentWidget() is window.connect_screen
+        assert room_page_shown(window) and window.room.banner.isVisible()
+        assert window.room.banner_text.text() == "You left the room."
         # A port nobody listens on: the server field says so.
+        qtbot.mouseClick(window.new_room_button, Qt.MouseButton.LeftButton)
         fill(window, qtbot, free_udp_port(), "frank", room, create=False)
         await until(lambda: errors[Field.SERVER].isVisible(), "the server error")
         assert errors[Field.SERVER].text().startswith("Server unreachable")
@@ -218,7 +237,8 @@ def test_host_is_asked_before_leaving(
         box = await until(lambda: window.leave_box, "the confirmation")
         box.button(QMessageBox.StandardButton.Yes).click()
         await in_thread(hank.expect_line, "* the room was closed")
-        assert window.pages.currentWidget() is window.connect_screen
+        assert room_page_shown(window) and window.room.banner.isVisible()
+        assert window.room.rejoin_button.text() == "Create it again"
 
     run(loop, scenario())
 
@@ -233,7 +253,7 @@ def test_server_stopping_is_shown_and_a_new_room_finds_it_unreachable(
         await in_thread(own.stop, signal.SIGTERM)
         await until(lambda: window.room.banner.isVisible(), "the banner")
         assert "Room closed" in window.room.banner_text.text()
-        qtbot.mouseClick(window.room.new_room_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.new_room_button, Qt.MouseButton.LeftButton)
         assert window.pages.currentWidget() is window.connect_screen
         assert window.connect_screen.name.currentText() == "ivy"  # the form is kept
         qtbot.mouseClick(window.connect_screen.connect_button, Qt.MouseButton.LeftButton)
@@ -341,13 +361,58 @@ def test_tls_join_with_the_servers_ca_and_refusal_without(
         qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
         await until(lambda: in_room(window), "the room window, over TLS")
         assert window.joined is not None and window.joined.details.host
-        type_line(window, qtbot, "/help")  # the chat itself runs as usual
-        assert "/exit" in scrollback(window)
+        type_line(window, qtbot, "/who")  # the chat itself runs as usual
+        await until(lambda: "1 in the room: tess (host, you)" in scrollback(window),
+                    "the /who answer")
 
     try:
         run(loop, scenario())
     finally:
         own.stop()
+
+
+def test_two_rooms_on_two_servers_in_one_window(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client]) -> None:
+    """A room on each of two servers, side by side: a message in the one not shown is
+    counted in its row and the title; leaving one (from the list's menu) leaves the
+    other as it was."""
+    other = start_server(workers=1)
+    first, second = room_name(), room_name()
+
+    async def scenario() -> None:
+        fill(window, qtbot, server.tcp_port, "amy", first, create=True)
+        await until(lambda: in_room(window) and window.request is not None
+                    and window.request.room == first, "the first room")
+        bob = spawn_chat(clients, server, "--join", first, "--user", "bob")
+        await until(lambda: "bob joined the room" in scrollback(window), "bob's notice")
+        qtbot.mouseClick(window.new_room_button, Qt.MouseButton.LeftButton)
+        fill(window, qtbot, other.tcp_port, "amy", second, create=True)
+        await until(lambda: in_room(window) and window.request is not None
+                    and window.request.room == second, "the second room")
+        a, b = window.sessions
+        assert (a.server(), b.server()) == (f"127.0.0.1:{server.tcp_port}",
+                                            f"127.0.0.1:{other.tcp_port}")
+        bob.send("for the first room")
+        await until(lambda: a.unread.count == 1, "the unread message")
+        assert window.windowTitle() == f"(1) {second} — OCM"
+        assert window.room_list.row_of(a.item).preview == "bob: for the first room"
+        assert "for the first room" not in scrollback(window)  # the second is shown
+        leave = next(action for action in window.room_menu(a).actions()
+                     if action.text() == "Leave room")
+        leave.trigger()  # amy hosts it: asked first
+        box = await until(lambda: window.leave_box, "the confirmation")
+        box.button(QMessageBox.StandardButton.Yes).click()
+        await in_thread(bob.expect_line, "* the room was closed")
+        assert window.room_list.row_of(a.item).ended and a.view.banner.isVisibleTo(a.view)
+        assert b.link is not None and window.pages.currentWidget() is b.view
+        type_line(window, qtbot, "still here")
+        assert "amy (you): still here" in scrollback(window)
+
+    try:
+        run(loop, scenario())
+    finally:
+        other.stop()
 
 
 def test_tls_by_default_pins_the_key_and_refuses_a_changed_one(
@@ -372,7 +437,8 @@ def test_tls_by_default_pins_the_key_and_refuses_a_changed_one(
         await until(lambda: in_room(window), "the room window, over TLS")
         line = pins.read_text().strip()
         assert line.startswith(f"127.0.0.1:{server.tls_port} sha256:"), line
-        window._leave_and_show_connect()  # as the leave dialog's "yes" does
+        assert window.current is not None
+        window._left(window.current, then_close=True)  # as the leave dialog's "yes" does
         pins.write_text(f"127.0.0.1:{server.tls_port} sha256:{'A' * 43}\n")
         fill(window, qtbot, server.tls_port, "tia", room_name(), create=True, tls=True)
         await until(lambda: screen.errors[Field.SERVER].isVisible(), "the refusal")

@@ -2,10 +2,12 @@
 
 Every run renders them into the test's temporary folder and checks they are real
 images; ``make gui-screenshots`` sets ``OCM_GUI_SCREENSHOTS=docs`` to refresh the copies
-the README shows (docs/gui-connect.png, docs/gui-room.png, docs/gui-encrypted.png,
-docs/gui-verify.png).
-Japanese and emoji render where the system has the fonts (Debian: fonts-noto-cjk,
-fonts-noto-color-emoji).
+the README and docs/gui.md show: docs/gui-room.png and docs/gui-room-dark.png (several
+rooms, a busy conversation), docs/gui-encrypted.png (an encrypted room, its member list
+and a member's details, dark), docs/gui-connect.png, docs/gui-verify.png,
+docs/gui-help.png, docs/gui-compose.png (the emoji picker, a two-line message, an ended
+room) and docs/gui-menu.png (the Room menu). Japanese and emoji come from Qt's font
+fallback (``make`` installs fonts-ipafont-gothic and fonts-noto-color-emoji).
 """
 
 from __future__ import annotations
@@ -14,22 +16,27 @@ import os
 from pathlib import Path
 
 import qasync
-from PySide6.QtCore import QSettings
-from PySide6.QtGui import QImage
+from PySide6.QtCore import QPoint, QSettings
+from PySide6.QtGui import QImage, QPainter
+from PySide6.QtWidgets import QApplication, QWidget
 from pytestqt.qtbot import QtBot
 
 from client import render
 from client.e2e.identity import fingerprint, safety_number
 from client.gui import models
 from client.gui.app import MainWindow
-from client.gui.models import ConnectRequest
+from client.gui.chatview import RowKind
+from client.gui.emoji import EmojiPicker
+from client.gui.room import RoomView
+from client.gui.theme import Theme
 from client.gui.verify import VerifyDialog
 from client.keystore import Trust
 from client.refusals import Field
-from wire.codes import Operation
 from wire.e2e import MemberInfo, PublicKeys
 
-SIZE = (760, 560)
+SIZE = (1000, 640)
+YESTERDAY = "2026-12-06"
+TODAY = "2026-12-07"
 CONVERSATION = [
     ("notice", "", "you are in room 'lobby' as さくら · /help for commands"),
     ("notice", "", "bob joined the room"),
@@ -64,18 +71,19 @@ def _out_dir(tmp_path: Path) -> Path:
     return Path(os.environ.get("OCM_GUI_SCREENSHOTS") or tmp_path)
 
 
-def _save(window: MainWindow, path: Path) -> None:
-    window.resize(*SIZE)
+def _save(window: QWidget, path: Path, size: tuple[int, int] = SIZE) -> None:
+    window.resize(*size)
+    QApplication.processEvents()
     assert window.grab().save(str(path)), path
     image = QImage(str(path))
-    assert (image.width(), image.height()) == SIZE
-    colours = {image.pixel(x, y) for x in range(0, SIZE[0], 7) for y in range(0, SIZE[1], 7)}
+    assert (image.width(), image.height()) == size
+    colours = {image.pixel(x, y) for x in range(0, size[0], 7) for y in range(0, size[1], 7)}
     assert len(colours) > 20, "the screenshot is (nearly) blank"
 
 
-def _converse(window: MainWindow, conversation: list[tuple[str, str, str]], hour: int,
-              minute: int) -> None:
-    """Append ``conversation`` to the room window, one line a minute from hour:minute."""
+def _converse(view: RoomView, conversation: list[tuple[str, str, str]], hour: int,
+              minute: int, day: str = TODAY) -> None:
+    """Append ``conversation`` to a room page, one line a minute from hour:minute."""
     for step, (kind, user, text) in enumerate(conversation):
         if kind in ("chat", "own"):
             line = render.chat_line(user, text, own=kind == "own")
@@ -83,43 +91,156 @@ def _converse(window: MainWindow, conversation: list[tuple[str, str, str]], hour
             line = render.warning_line(text)
         else:
             line = render.notice_line(text)
-        window.room.append(line, clock=f"{hour:02d}:{minute + step:02d}")
+        view.append(line, clock=f"{hour + (minute + step) // 60:02d}:{(minute + step) % 60:02d}",
+                    day=day)
 
 
-def test_screenshot_connect_screen(qtbot: QtBot, loop: qasync.QEventLoop, settings: QSettings,
-                                   tmp_path: Path) -> None:
+def _busy_window(settings: QSettings) -> MainWindow:
+    """Three rooms on two servers, the lobby shown with a day of conversation."""
+    window = MainWindow(settings)
+    window.show()
+    for room, server, encrypted, who, text in (
+            ("design", "chat.example.org", True, "carol", "new mock-ups are up 🎨"),
+            ("release-team", "127.0.0.1", False, "dmitri", "tagging 0.2.0 at five")):
+        other = window.open_preview(room, "さくら", encrypted=encrypted, server=server)
+        line = render.chat_line(who, text)
+        other.append(line, clock="13:58", day=TODAY)
+        window.sessions[-1].heard(line)
+    view = window.open_preview("lobby", "さくら", server="chat.example.org")
+    view.log.fixed_today = TODAY
+    _converse(view, EARLIER, 18, 40, day=YESTERDAY)
+    _converse(view, CONVERSATION, 14, 2)
+    view.set_members(models.member_rows(
+        tuple(MemberInfo(name, name == "bob") for name in ("bob", "さくら", "carol", "erin",
+                                                          "gina")), "さくら", None))
+    view.input.setText("shall we meet at 15:00? ☕")
+    design, release, lobby = window.sessions
+    lobby.heard(view.scrollback.entries[-1].line)
+    view.log.mark_unread(next(i for i, entry in enumerate(view.scrollback.entries)
+                              if entry.line.text.startswith("did the release")))
+    window._refresh_row(lobby)
+    for count, session in ((3, design), (1, release)):
+        session.unread.count = count
+        window._refresh_row(session)
+    window._update_title()
+    return window
+
+
+EARLIER = [
+    ("chat", "carol", "see you all tomorrow 👋"),
+    ("chat", "carol", "the release checklist is at https://example.org/release"),
+    ("own", "さくら", "おやすみなさい 🌙"),
+]
+CONVERSATION = [
+    ("notice", "", "you are in room 'lobby' as さくら · F1 or /help for commands"),
+    ("notice", "", "bob joined the room"),
+    ("chat", "bob", "hi everyone 👋"),
+    ("chat", "bob", "coffee first, then the release?"),
+    ("own", "さくら", "こんにちは！ welcome to the lobby"),
+    ("own", "さくら", "the notes are in docs/gui.md"),
+    ("notice", "", "carol joined the room"),
+    ("chat", "carol", "did the release go out? 🚀"),
+    ("chat", "bob", "yes, 0.1.0 is tagged; benchmarks at https://example.org/bench"),
+    ("chat", "erin", "日本語も絵文字も大丈夫ですね 🍣🍵"),
+    ("warning", "", "not sent: the message is 4100 bytes, the limit in this room is 4051 "
+                    "bytes (49 too many)"),
+    ("chat", "gina", "morning! ☀️ what did I miss?"),
+    ("chat", "carol", "release notes, benchmarks and a new desktop client"),
+    ("chat", "carol", "with dark mode 🌙 and rooms side by side"),
+    ("own", "さくら", "I'll run the load generator tonight and post the p99 📈"),
+]
+
+
+def test_screenshot_rooms_light_and_dark(qtbot: QtBot, loop: qasync.QEventLoop,
+                                         settings: QSettings, tmp_path: Path) -> None:
+    window = _busy_window(settings)
+    qtbot.addWidget(window)
+    window.set_theme(Theme.LIGHT)
+    log = window.room.log
+    window.resize(*SIZE)
+    QApplication.processEvents()
+    today = next(i for i, row in enumerate(log.rows) if row.kind == RowKind.DAY and i)
+    log.verticalScrollBar().setValue(log.tops[today] - 140)  # yesterday and today
+    _save(window, _out_dir(tmp_path) / "gui-room.png")
+    window.room.scroll_to_bottom()
+    window.set_theme(Theme.DARK)
+    view = window.room
+    view.open_search()
+    view.search.setText("release")
+    try:
+        _save(window, _out_dir(tmp_path) / "gui-room-dark.png")
+    finally:
+        window.set_theme(Theme.LIGHT)
+    assert view.hits and view.hit_label.text().endswith(f"of {len(view.hits)}")
+
+
+def test_screenshot_connect_screen_and_help(qtbot: QtBot, loop: qasync.QEventLoop,
+                                            settings: QSettings, tmp_path: Path) -> None:
     settings.setValue("recent/servers", ["chat.example.org", "127.0.0.1"])
     settings.setValue("recent/names", ["さくら"])
     settings.setValue("recent/rooms", ["lobby"])
-    window = MainWindow(settings)
+    window = _busy_window(settings)
     qtbot.addWidget(window)
-    window.show()
-    window.connect_screen.create_mode.setChecked(True)
-    window.connect_screen.encrypted.setChecked(True)
-    window.connect_screen.tls.setChecked(True)
-    window.connect_screen.ca_file.setText("/etc/ocm/ca.pem")
-    window.connect_screen.show_error(
+    window.set_theme(Theme.LIGHT)
+    window.show_connect()
+    screen = window.connect_screen
+    screen.create_mode.setChecked(True)
+    screen.encrypted.setChecked(True)
+    screen.tls.setChecked(True)
+    screen.ca_file.setText("/etc/ocm/ca.pem")
+    screen.room.setCurrentText("lobby")
+    screen.show_error(
         Field.ROOM, "A room named 'lobby' already exists. Join it, or pick another name.")
-    window.connect_screen.password.setText("hunter2")
+    screen.password.setText("hunter2")
     _save(window, _out_dir(tmp_path) / "gui-connect.png")
+    window.show_session(window.sessions[-1])
+    dialog = window.show_help()
+    qtbot.addWidget(dialog)
+    _save(dialog, _out_dir(tmp_path) / "gui-help.png", (660, 600))
 
 
-def test_screenshot_busy_room(qtbot: QtBot, loop: qasync.QEventLoop, settings: QSettings,
-                              tmp_path: Path) -> None:
-    window = MainWindow(settings)
+def _with_popup(window: QWidget, popup: QWidget, at: QPoint, path: Path) -> None:
+    """``window`` with ``popup`` (a menu: a window of its own, which ``grab`` leaves out)
+    drawn at ``at``, as the screen shows it when the menu is open."""
+    window.resize(*SIZE)
+    QApplication.processEvents()
+    image = window.grab()
+    popup.adjustSize()
+    painter = QPainter(image)
+    painter.drawPixmap(at, popup.grab())
+    painter.end()
+    assert image.save(str(path)), path
+    assert (QImage(str(path)).width(), QImage(str(path)).height()) == SIZE
+
+
+def test_screenshot_composing_and_the_room_menu(qtbot: QtBot, loop: qasync.QEventLoop,
+                                                settings: QSettings, tmp_path: Path) -> None:
+    """A room that ended (greyed in the list), a two-line message being written with the
+    emoji picker open; the Room menu (Save transcript…, Leave, Close)."""
+    window = _busy_window(settings)
     qtbot.addWidget(window)
-    window.show()
-    window.request = ConnectRequest("127.0.0.1", 9000, Operation.JOIN, "lobby", "さくら")
-    window.room.enter("lobby", "さくら", host=False, max_message=4051)
-    window.pages.setCurrentWidget(window.room)
-    _converse(window, CONVERSATION, 14, 12)
-    window.room.set_members(models.member_rows(
-        tuple(MemberInfo(name, name == "bob") for name in ("bob", "さくら", "carol", "erin",
-                                                          "gina")), "さくら", None))
-    window.room.input.setText("shall we meet at 15:00? ☕")
-    window.unread.count = 2
-    window._update_title()
-    _save(window, _out_dir(tmp_path) / "gui-room.png")
+    window.set_theme(Theme.LIGHT)
+    release = window.sessions[1]
+    release.view.show_ended("You left the room.")
+    window._refresh_row(release)
+    view = window.room
+    view.input.setText("see you at the release party 🎉\nbring snacks")
+    QApplication.processEvents()
+    menu = view.emoji_button.menu()
+    picker = menu.findChild(EmojiPicker)
+    picker.populate()
+    picker.search.setText("face")
+    menu.adjustSize()
+    corner = view.emoji_button.mapTo(window, QPoint(0, 0))
+    top = view.input.mapTo(window, QPoint(0, 0)).y()
+    _with_popup(window, menu, QPoint(corner.x(), top - menu.sizeHint().height()),
+                _out_dir(tmp_path) / "gui-compose.png")
+    assert window.room_list.row_of(release.item).ended
+    room_menu = window._menus_by_name["&Room"]
+    place = window.menuBar().actionGeometry(room_menu.menuAction()).bottomLeft()
+    _with_popup(window, room_menu, window.menuBar().mapTo(window, place),
+                _out_dir(tmp_path) / "gui-menu.png")
+    assert any("Save transcript" in action.text() for action in room_menu.actions())
 
 
 ENCRYPTED_CONVERSATION = [
@@ -135,13 +256,14 @@ ENCRYPTED_CONVERSATION = [
     ("notice", "", "carol joined the room"),
     ("notice", "", "carol's key fingerprint: {carol}"),
     ("chat", "carol", "hi both — new laptop, so my key is new too"),
+    ("chat", "carol", "I'll read out my safety number when we talk at 3"),
     ("own", "さくら", "welcome; I'll verify you by phone after lunch"),
 ]
 
 
 def test_screenshot_encrypted_room(qtbot: QtBot, loop: qasync.QEventLoop, settings: QSettings,
                                    tmp_path: Path) -> None:
-    """An encrypted room: the lock, and the member list with fingerprints and key state."""
+    """An encrypted room (dark): the lock, one row per member, the details of one."""
     window = MainWindow(settings)
     qtbot.addWidget(window)
     window.show()
@@ -149,25 +271,28 @@ def test_screenshot_encrypted_room(qtbot: QtBot, loop: qasync.QEventLoop, settin
             for seed, name in enumerate(("さくら", "bob", "carol"), start=7)}
     prints = {"me" if name == "さくら" else name: fingerprint(public)
               for name, public in keys.items()}
-    window.request = ConnectRequest("127.0.0.1", 9000, Operation.CREATE, "design", "さくら",
-                                    encrypted=True)
-    window.room.enter("design", "さくら", host=True, max_message=3950, encrypted=True)
-    window.pages.setCurrentWidget(window.room)
-    _converse(window, [(kind, user, text.format(**prints))
-                       for kind, user, text in ENCRYPTED_CONVERSATION], 9, 30)
+    window.open_preview("lobby", "さくら", server="chat.example.org")
+    view = window.open_preview("design", "さくら", host=True, encrypted=True,
+                               max_message=3950, server="chat.example.org")
+    _converse(view, [(kind, user, text.format(**prints))
+                     for kind, user, text in ENCRYPTED_CONVERSATION], 9, 30)
     trust = {"bob": Trust.VERIFIED, "carol": Trust.UNVERIFIED}
     members = tuple(MemberInfo(name, name == "さくら", public) for name, public in keys.items())
-    window.room.set_members(models.member_rows(members, "さくら", trust.__getitem__))
-    window.room.members.item(2).setSelected(True)  # carol: Verify… is enabled
-    window._update_title()
-    assert window.room.lock.isVisible() and window.room.members.count() == 3
-    assert window.room.verify_button.isEnabled()
-    _save(window, _out_dir(tmp_path) / "gui-encrypted.png")
-    dialog = VerifyDialog("さくら", prints["me"], "carol", prints["carol"],
-                          safety_number("さくら", keys["さくら"], "carol", keys["carol"]),
-                          window)
-    qtbot.addWidget(dialog)
-    dialog.show()
-    path = _out_dir(tmp_path) / "gui-verify.png"
-    assert dialog.grab().save(str(path)), path
-    assert not QImage(str(path)).isNull()
+    view.set_members(models.member_rows(members, "さくら", trust.__getitem__))
+    view.members.item(2).setSelected(True)  # carol: details shown, Verify… enabled
+    assert view.lock.isVisible() and view.members.count() == 3
+    assert view.verify_button.isEnabled() and view.details.isVisible()
+    window.set_theme(Theme.DARK)
+    try:
+        _save(window, _out_dir(tmp_path) / "gui-encrypted.png")
+        dialog = VerifyDialog("さくら", prints["me"], "carol", prints["carol"],
+                              safety_number("さくら", keys["さくら"], "carol", keys["carol"]),
+                              window)
+        qtbot.addWidget(dialog)
+        dialog.show()
+        QApplication.processEvents()
+        path = _out_dir(tmp_path) / "gui-verify.png"
+        assert dialog.grab().save(str(path)), path
+        assert not QImage(str(path)).isNull()
+    finally:
+        window.set_theme(Theme.LIGHT)

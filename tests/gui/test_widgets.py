@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import qasync
-from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QLabel, QWidget
+from PySide6.QtCore import QEvent, QPoint, QSettings, Qt
+from PySide6.QtGui import QGuiApplication, QHelpEvent, QPalette
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QLabel,
+    QMenu,
+    QToolTip,
+    QWidget,
+)
 from pytestqt.qtbot import QtBot
 
 from client import render
-from client.gui import models
 from client.gui.app import MainWindow
+from client.gui.chatview import RowKind
 from client.gui.connect import ConnectScreen
-from client.gui.models import ConnectRequest, Member
+from client.gui.emoji import EmojiPicker
+from client.gui.help import command_rows as help_rows
+from client.gui.models import Member
 from client.gui.room import RoomView
+from client.gui.theme import Theme
 from client.gui.verify import VerifyDialog
 from client.keystore import Trust
 from client.refusals import Field
@@ -78,25 +89,205 @@ def test_unread_count_in_title_and_notification_when_not_focused(
     window = MainWindow(settings)
     qtbot.addWidget(window)
     window.show()
-    window.room.enter("r", "me", host=False, max_message=100)
-    window.pages.setCurrentWidget(window.room)
+    window.open_preview("r", "me", max_message=100)
+    session = window.sessions[0]
     other = QWidget()
     qtbot.addWidget(other)
     other.show()
     other.activateWindow()
     qtbot.waitUntil(lambda: not window.isActiveWindow(), timeout=5000)
-    window.request = ConnectRequest("127.0.0.1", 1, Operation.JOIN, "r", "me")
-    window._on_line(render.chat_line("bob", "one"))
-    window._on_line(render.notice_line("carol joined the room"))  # not counted
-    window._on_line(render.chat_line("bob", "two"))
+    window._on_line(session, render.chat_line("bob", "one"))
+    window._on_line(session, render.notice_line("carol joined the room"))  # not counted
+    window._on_line(session, render.chat_line("bob", "two"))
     assert window.windowTitle() == "(2) r — OCM"
+    assert window.room_list.row_of(session.item).unread == 2
     assert window.notifications == [("bob", "one"), ("bob", "two")]
-    window.room.notify.setChecked(False)
-    window._on_line(render.chat_line("bob", "three"))
+    window.notify_action.setChecked(False)
+    window._on_line(session, render.chat_line("bob", "three"))
     assert window.notifications[-1] == ("bob", "two")
     assert settings.value("notifications") in (False, "false")
     window.activateWindow()
     qtbot.waitUntil(lambda: window.windowTitle() == "r — OCM", timeout=5000)
+    assert window.room_list.row_of(session.item).unread == 0
+
+
+def test_rooms_side_by_side_unread_per_room_and_switching(
+        qtbot: QtBot, loop: qasync.QEventLoop, settings: QSettings) -> None:
+    """Several rooms in one window: a message in a room not shown counts in its row
+    and in the title; selecting the room shows it and clears its count; a room whose
+    chat ended is greyed in the list and stays readable until closed."""
+    window = MainWindow(settings)
+    qtbot.addWidget(window)
+    window.show()
+    window.activateWindow()
+    window.open_preview("one", "me", server="a.example")
+    window.open_preview("two", "me", encrypted=True, server="b.example")
+    one, two = window.sessions
+    assert window.pages.currentWidget() is two.view and window.windowTitle() == "two — OCM"
+    window._on_line(one, render.chat_line("bob", "while you were away"))
+    assert window.room_list.row_of(one.item).unread == 1
+    assert window.room_list.row_of(one.item).preview == "bob: while you were away"
+    assert window.windowTitle() == "(1) two — OCM"
+    row = window.room_list.row_of(two.item)
+    assert (row.encrypted, row.server, row.unread) == (True, "b.example:9000", 0)
+    log = one.view.log  # "New messages" above the first one not seen
+    assert log.rows[log.unread_row].kind == RowKind.UNREAD
+    assert log.rows[log.unread_row + 1].entry == len(log.entries) - 1
+    assert all(log.tops[i + 1] - log.tops[i] == row.height for i, row in enumerate(log.rows))
+    window.cycle_room(1)  # Ctrl+PgDown wraps to the first
+    assert window.pages.currentWidget() is one.view and window.windowTitle() == "one — OCM"
+    assert window.room_list.row_of(one.item).unread == 0
+    assert log.unread_row >= 0  # still shown while you read
+    window.cycle_room(1)
+    assert log.unread_row == -1 and all(row.kind != RowKind.UNREAD for row in log.rows)
+    assert all(log.tops[i + 1] - log.tops[i] == row.height for i, row in enumerate(log.rows))
+    window.cycle_room(1)
+    one.view.show_ended("You left the room.")
+    window._refresh_row(one)
+    ended = [action.text() for action in window.room_menu(one).actions()]
+    assert ended == ["Rejoin", "Save transcript…", "Close room"]
+    assert window.room_list.row_of(one.item).ended
+    assert "while you were away" in one.view.log.toPlainText()
+    assert not one.view.input.isEnabled() and one.view.log.greyed
+    qtbot.mouseClick(one.view.close_button, Qt.MouseButton.LeftButton)
+    assert window.sessions == [two] and window.pages.currentWidget() is two.view
+    window.close_session(two)
+    assert window.pages.currentWidget() is window.connect_screen
+    assert window.windowTitle() == "OCM"
+
+
+def test_transcript_help_dialog_and_every_command_in_a_menu(
+        qtbot: QtBot, loop: qasync.QEventLoop, settings: QSettings, tmp_path: Path) -> None:
+    window = MainWindow(settings)
+    qtbot.addWidget(window)
+    window.show()
+    view = window.open_preview("lobby", "me", max_message=4051)
+    view.append(render.chat_line("bob", "hi 日本語 😀"), clock="09:00", day="2026-12-06")
+    view.append(render.chat_line("me", "hello", own=True), clock="09:01", day="2026-12-07")
+    view.append(render.notice_line("bob left the room"), clock="09:02", day="2026-12-07")
+    path = tmp_path / "lobby.txt"
+    window.save_transcript(window.sessions[0], path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("# lobby on 127.0.0.1:9000, saved ")
+    assert lines[1].startswith("-- ") and lines[2] == "09:00  bob: hi 日本語 😀"
+    assert lines[3].startswith("-- ") and lines[4:] == ["09:01  me (you): hello",
+                                                        "09:02  — bob left the room"]
+    window.ask_save_transcript()  # Room › Save transcript…: a file dialog
+    dialog = window.findChildren(QFileDialog)[-1]
+    assert dialog.isVisible()
+    dialog.fileSelected.emit(str(tmp_path / "chosen.txt"))
+    dialog.reject()
+    assert (tmp_path / "chosen.txt").read_text(encoding="utf-8") \
+        .splitlines()[-1] == "09:02  — bob left the room"
+    window._save_chosen(window.sessions[0], str(tmp_path / "missing" / "x.txt"))
+    assert "transcript not saved" in view.log.toPlainText()
+    window.find_in_room()  # Edit › Find in room
+    assert view.search_bar.isVisible()
+    window.submit("/help")  # a dialog, not text in the conversation
+    assert window.help_dialog is not None and window.help_dialog.isVisible()
+    text = window.help_dialog.text.text()
+    assert "4051 bytes" in text and "/help" not in view.log.toPlainText()
+    menus = [action.text() for menu in window.menuBar().findChildren(QMenu)
+             for action in menu.actions()]
+    for command, _what, where in help_rows(4051):
+        assert command in text
+        name = command.split()[0]
+        if name != "//text":  # an escape for typing, not a command
+            assert any(f"({name})" in label for label in menus), (name, menus)
+            assert where and where.split(" › ")[0] in {"Help", "Room"}
+
+
+def test_composer_enter_sends_shift_enter_new_line_and_emoji(qtbot: QtBot) -> None:
+    view = filled_room(qtbot, 0)
+    sent: list[str] = []
+    view.submitted.connect(sent.append)
+    view.input.setFocus()
+    qtbot.keyClicks(view.input, "first line")
+    qtbot.keyClick(view.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.keyClicks(view.input, "second")
+    height = view.input.height()
+    assert view.input.text() == "first line\nsecond" and sent == []
+    qtbot.keyClick(view.input, Qt.Key.Key_Return)
+    assert sent == ["first line\nsecond"]
+    assert height > view.input.fontMetrics().lineSpacing() * 2  # it grew to two lines
+    view.input.clear()
+    picker = view.emoji_button.menu().findChild(EmojiPicker)
+    picker.populate()
+    assert picker.grid.count() > 1000 and picker.visible()[:2] == ["😀", "😂"]
+    picker.search.setText("sushi")
+    assert picker.visible() == ["🍣"]
+    picker.search.setText("cat face")
+    assert "🐱" in picker.visible() and "🍣" not in picker.visible()
+    rect = picker.grid.visualItemRect(picker.grid.item(
+        next(i for i in range(picker.grid.count()) if picker.grid.item(i).text() == "🐱")))
+    picker.show()
+    qtbot.mouseClick(picker.grid.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert view.input.text() == "🐱" and picker.search.text() == ""
+    picker.search.setText("rocket")
+    qtbot.keyClick(picker.search, Qt.Key.Key_Return)  # Enter: the first match
+    assert view.input.text() == "🐱🚀"
+
+
+def test_grouping_bubbles_links_and_search(qtbot: QtBot) -> None:
+    """Consecutive messages of one sender form one group (name and avatar once); a day
+    separator before each day; own messages on the right; links open; Ctrl+F finds."""
+    view = filled_room(qtbot, 0)
+    view.resize(700, 500)
+    log = view.log
+    view.append(render.chat_line("bob", "one"), clock="10:00", day="2026-12-06")
+    view.append(render.chat_line("bob", "two https://example.org/x."), clock="10:01",
+                day="2026-12-06")
+    view.append(render.chat_line("bob", "three"), clock="10:30", day="2026-12-06")
+    view.append(render.chat_line("me", "mine", own=True), clock="10:31", day="2026-12-07")
+    view.append(render.notice_line("carol joined"), clock="10:32", day="2026-12-07")
+    kinds = [(row.kind, row.entry, row.header) for row in log.rows]
+    assert kinds == [(RowKind.DAY, 0, False), (RowKind.MESSAGE, 0, True),
+                     (RowKind.MESSAGE, 1, False), (RowKind.MESSAGE, 2, True),
+                     (RowKind.DAY, 3, False), (RowKind.MESSAGE, 3, True),
+                     (RowKind.NOTICE, 4, False)]
+    assert log.rows[1].height > log.rows[2].height  # the name above the first only
+    width = log.viewport().width()
+    theirs = log.bubble_rect(log.rows[2], 0, width)
+    mine = log.bubble_rect(log.rows[5], 0, width)
+    assert theirs.left() < width / 3 and mine.right() > width * 2 / 3
+    # the link: found where it is painted, the full stop left out
+    view.scroll_to_bottom()
+    y = log.tops[2] - log.verticalScrollBar().value()
+    bubble = log.bubble_rect(log.rows[2], y, width)
+    found = {log.link_at(x, bubble.center().y())
+             for x in range(int(bubble.left()), int(bubble.right()), 3)}
+    assert found == {None, "https://example.org/x"}
+    opened: list[str] = []
+    log.open_link = opened.append  # not a real browser
+    with qtbot.waitSignal(log.link_clicked, timeout=1000) as clicked:
+        x = next(x for x in range(int(bubble.left()), int(bubble.right()), 3)
+                 if log.link_at(x, bubble.center().y()))
+        qtbot.mouseClick(log.viewport(), Qt.MouseButton.LeftButton,
+                         pos=QPoint(x, int(bubble.center().y())))
+    assert clicked.args == ["https://example.org/x"] and opened == clicked.args
+    log.fixed_today = "2026-12-20"
+    point = QPoint(x, int(bubble.center().y()))  # hovering: the day and time
+    QApplication.sendEvent(log.viewport(), QHelpEvent(QEvent.Type.ToolTip, point,
+                                                      log.viewport().mapToGlobal(point)))
+    assert QToolTip.text() == "Sunday 6 December 2026, 10:01"
+    menu = log.context_menu(x, bubble.center().y())  # a right click on the link
+    assert menu is not None
+    actions = {action.text(): action for action in menu.actions()}
+    assert list(actions) == ["Copy text", "Copy link"]
+    actions["Copy link"].trigger()
+    assert QGuiApplication.clipboard().text() == "https://example.org/x"
+    actions["Copy text"].trigger()
+    assert QGuiApplication.clipboard().text() == "two https://example.org/x."
+    # search
+    view.open_search()  # Edit › Find in room (Ctrl+F) in the main window
+    assert view.search_bar.isVisible()
+    qtbot.keyClicks(view.search, "T")
+    assert view.hits == [1, 2] and log.current_match == 2  # the newest first
+    assert view.hit_label.text() == "2 of 2"
+    qtbot.keyClick(view.search, Qt.Key.Key_Return)
+    assert log.current_match == 1 and view.hit_label.text() == "1 of 2"
+    qtbot.keyClick(view.search, Qt.Key.Key_Escape)
+    assert not view.search_bar.isVisible() and log.search == ""
 
 
 @pytest.mark.parametrize(("user", "room", "which"), [
@@ -174,14 +365,13 @@ def test_member_list_rows_and_the_key_change_dialog(qtbot: QtBot, loop: qasync.Q
     window = MainWindow(settings)
     qtbot.addWidget(window)
     window.show()
-    room = window.room
-    window.pages.setCurrentWidget(room)
+    room = window.open_preview("r", "ann", host=True, max_message=100)
     room.enter("r", "ann", host=True, max_message=100)
     assert room.members.isVisible() and not room.lock.isVisible()
     assert not room.verify_button.isVisible()
     room.set_members([Member("ann", host=True, me=True), Member("bo\x1b")])
     rows = [room.members.item(i).text() for i in range(room.members.count())]
-    assert rows == ["ann ★ (host, you)", "bo\\x1b"]
+    assert rows == ["ann (you) ★", "bo\\x1b"]
     assert room.members_title.text() == "Members (2)"
     room.enter("r", "ann", host=True, max_message=100, encrypted=True)
     assert room.lock.isVisible() and room.verify_button.isVisible()
@@ -189,11 +379,13 @@ def test_member_list_rows_and_the_key_change_dialog(qtbot: QtBot, loop: qasync.Q
                       Member("bo", fingerprint="ef01", trust=Trust.VERIFIED),
                       Member("cy", fingerprint="2345", trust=Trust.CHANGED)])
     rows = [room.members.item(i).text() for i in range(room.members.count())]
-    assert rows == ["ann ★ (host, you)\na1 a2 a3 a4\na5 a6 a7 a8\nyour key",
-                    "bo\nef01\n✔ verified", "cy\n2345\n⚠ key changed"]
+    assert rows == ["ann (you) ★ 🔒", "bo 🔒 ✔", "cy 🔒 ⚠"]  # one row each
+    assert room.members.item(1).toolTip() == "bo\nkey fingerprint:\nef01\n✔ verified"
     assert room.members_title.text() == "🔒 Members (3) · end-to-end encrypted"
     room.members.item(0).setSelected(True)
     assert not room.verify_button.isEnabled()  # our own key
+    assert room.details.isVisible() and room.details.text() == (
+        "ann (host, you)\nkey fingerprint:\na1 a2 a3 a4\na5 a6 a7 a8\nyour key")
     room.members.item(0).setSelected(False)
     room.members.item(2).setSelected(True)
     with qtbot.waitSignal(room.verify_clicked, timeout=1000) as asked:
@@ -218,11 +410,64 @@ def test_verify_dialog_shows_both_keys_and_the_number(qtbot: QtBot) -> None:
         dialog.match_button.click()
 
 
-def test_dark_palette_lifts_sender_colours(qtbot: QtBot) -> None:
-    view = filled_room(qtbot, 0)
-    palette = view.log.palette()
-    palette.setColor(QPalette.ColorRole.Base, QColor("#1e1e1e"))
-    view.log.setPalette(palette)
+def test_themes_follow_the_toggle_and_the_chat_repaints(
+        qtbot: QtBot, loop: qasync.QEventLoop, settings: QSettings) -> None:
+    window = MainWindow(settings)
+    qtbot.addWidget(window)
+    window.show()
+    view = window.open_preview("r", "me")
     view.append(render.chat_line("bob", "hi"), clock="10:00")
-    red, green, blue = models.sender_rgb("bob", dark=True)
-    assert f"#{red:02x}{green:02x}{blue:02x}" in view.log.document().toHtml()
+    try:
+        window.theme_actions[Theme.DARK].trigger()
+        assert settings.value("theme") == "dark" and window.dark
+        qtbot.waitUntil(lambda: view.log.colours().dark, timeout=5000)
+        assert view.log.colours().background.lightness() < 60
+        for widget in (view.members, view.input, view.search, window.room_list):
+            # every part follows the theme (a widget style sheet would pin it)
+            assert widget.palette().color(QPalette.ColorRole.Base).lightness() < 60, widget
+        window.theme_actions[Theme.LIGHT].trigger()
+        qtbot.waitUntil(lambda: not view.log.colours().dark, timeout=5000)
+        assert view.log.colours().background.lightness() > 200
+    finally:
+        window.set_theme(Theme.LIGHT)
+    assert MainWindow(settings).theme is Theme.LIGHT  # remembered
+
+
+def test_a_resize_estimates_wrapped_rows_and_painting_makes_them_exact(qtbot: QtBot) -> None:
+    """After a resize the rows off screen keep an estimate (no text layout for 10,000
+    rows); the rows painted get their exact height, and the view stays at the bottom."""
+    view = filled_room(qtbot, 0)
+    long = "a line long enough to wrap in a narrow window, with words of some length " * 3
+    for i in range(60):
+        view.append(render.chat_line(f"user{i % 3}", f"{long}{i}"))
+    log = view.log
+    view.resize(420, 400)
+    assert any(not row.exact for row in log.rows)  # estimated, not laid out
+    view.grab()  # a paint: the rows on screen become exact
+    width = log.viewport().width()
+    shown = [i for i, row in enumerate(log.rows)
+             if log.tops[i + 1] > log.verticalScrollBar().value()]
+    assert shown and all(log.rows[i].exact for i in shown)
+    for i in shown:
+        assert log.rows[i].height == log._measure(log.rows[i], width)
+    assert all(log.tops[i + 1] - log.tops[i] == row.height for i, row in enumerate(log.rows))
+    assert view.at_bottom()
+
+
+def test_a_resize_keeps_every_height_equal_to_a_fresh_measure(qtbot: QtBot) -> None:
+    """Rows that keep their height on a resize (one line that still fits) are the ones
+    a fresh measure gives the same height: narrow, wide and narrow again."""
+    view = filled_room(qtbot, 0)
+    long = "a notice or a message long enough to wrap in a narrow window " * 2
+    for i in range(40):
+        line = render.notice_line(long) if i % 4 == 3 else render.chat_line(
+            f"user{i % 3}", long if i % 2 else f"short {i}")
+        view.append(line)
+    log = view.log
+    for width in (380, 1400, 380, 900):
+        view.resize(width, 400)
+        view.grab()
+        fresh = [log._measure(row, log.viewport().width(), estimate=True)
+                 if not row.exact else log._measure(row, log.viewport().width())
+                 for row in log.rows]
+        assert [row.height for row in log.rows] == fresh, width
