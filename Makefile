@@ -88,7 +88,7 @@ test: $(STAMP) gui-system-libs redis-server
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wire runtime control relay client loadgen tests setup.py
-	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/ipc.py relay/worker.py relay/hot.py control/session.py \
+	$(VENV)/bin/mypy --strict wire client/e2e client/keystore.py relay/core.py relay/history.py relay/ipc.py relay/worker.py relay/hot.py control/session.py \
 		control/registry.py control/quotas.py control/clusterlink.py
 	$(VENV)/bin/mypy runtime control relay client loadgen
 

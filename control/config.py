@@ -98,6 +98,13 @@ class Config:
                                 "dropped and counted", live=True)
     chat_burst: int = _f(20, "chat messages a member may send at once (bucket size of "
                              "chat_rate)", live=True)
+    reliable: bool = _f(True, "grant reliable framed delivery (ocm1r: room order, resends, "
+                              "resume) to clients that ask; false: they get ocm1")
+    history_messages: int = _f(256, "numbered deliveries a room keeps for resends (ocm1r)")
+    history_bytes: int = _f(256 * 1024, "bytes a room's resend history holds at most")
+    history_age: float = _f(60.0, "seconds a delivery stays in a room's resend history")
+    history_worker_bytes: int = _f(64 * 1024 * 1024, "bytes all the resend histories of "
+                                                     "one relay worker hold at most")
     port_per_shard: bool = _f(False, "give each worker its own UDP port (udp-port + i) "
                                      "instead of one shared port")
     steering: str = _f("auto", "how datagrams reach the owning worker on the shared port: "
@@ -160,6 +167,10 @@ class Config:
             realtime_priority=self.realtime_priority,
             sendmmsg=self.relay_sendmmsg,
             hot_path=self.relay_hot_path,
+            history_messages=self.history_messages,
+            history_bytes=self.history_bytes,
+            history_age=self.history_age,
+            history_worker_bytes=self.history_worker_bytes,
         )
 
 
@@ -264,6 +275,10 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
     if not 0 <= cfg.realtime_priority <= sched.MAX_PRIORITY:
         raise fail("realtime_priority", f"realtime_priority must be 0 (normal scheduling) or "
                                         f"1..{sched.MAX_PRIORITY}, got {cfg.realtime_priority}")
+    for limit in ("history_messages", "history_bytes", "history_age", "history_worker_bytes"):
+        if getattr(cfg, limit) < 0:
+            raise fail(limit, f"{limit} must be >= 0 (0 keeps nothing), got "
+                              f"{getattr(cfg, limit)}")
     if cfg.kdf_queue < 0:
         raise fail("kdf_queue", f"kdf_queue must be >= 0, got {cfg.kdf_queue}")
     if not 0 <= cfg.fd_reserve <= 1024:

@@ -18,6 +18,7 @@ password, a password not seen verified) goes through ``KeyDerivations``'s per-IP
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -37,7 +38,7 @@ from control.session import (
 from control.supervisor import Supervisor
 from relay.ipc import Ack, Bound, Closed, Left, Register
 from relay.steering import worker_tag
-from wire.codes import Operation, Reason, Status
+from wire.codes import Framing, Operation, Reason, Status
 from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
 from wire.tcrp import NEED_DATA, Details, MembersRequest, Request
@@ -126,6 +127,9 @@ class ControlApp:
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
         body = request.body
+        if body.framing is Framing.OCM1R and not self.cfg.reliable:
+            request = dataclasses.replace(request, body=dataclasses.replace(
+                body, framing=Framing.OCM1))
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
         else:
@@ -148,9 +152,10 @@ class ControlApp:
             udp_port=self.udp_ports[room.worker],
             host=member.is_host,
             max_message=max_message_bytes(len(request.room_raw), len(member.token),
-                                          len(body.username.encode())),
+                                          len(body.username.encode()),
+                                          member.framing is Framing.OCM1R),
             inactivity_timeout=self.cfg.inactivity_timeout,
-            framing=body.framing,
+            framing=member.framing,
             e2e=room.e2e,
             members=room.member_infos(exclude=member) if room.e2e else (),
             udp_host=self.udp_host,

@@ -202,8 +202,9 @@ enum { M_IP, M_ADDR, M_TRIAL, M_ROOM, M_PLAIN_PREFIX, M_FRAMED_PREFIX, M_FRAMED,
 static const char *member_slots[M_COUNT] = {"ip", "addr", "trial", "room", "plain_prefix",
                                             "framed_prefix", "framed", "allowance", "stamp",
                                             "last_seen"};
-enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_COUNT };
-static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation"};
+enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_HISTORY, R_COUNT };
+static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation",
+                                          "history"};
 
 typedef struct {
     PyObject_HEAD
@@ -489,6 +490,8 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
     PyObject *trial = SLOT(room, r[R_TRIAL]);
     if (!trial || !PyList_CheckExact(trial) || PyList_GET_SIZE(trial) != 0) return 0;
     if (PyDict_GET_SIZE(self->failing) != 0) return 0;
+    /* A numbered room (it has ocm1r members): the Python path numbers and records. */
+    if (SLOT(room, r[R_HISTORY]) != Py_None) return 0;
     const unsigned char *msg = d + start;
     Py_ssize_t mlen = len - start;
     PyObject *e2e = SLOT(room, r[R_E2E]);

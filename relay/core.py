@@ -22,6 +22,7 @@ import itertools
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
+from relay.history import History, HistoryBudget
 from relay.ipc import Bound, Closed, Counters, Left
 from wire.chat import (
     Notice,
@@ -33,18 +34,24 @@ from wire.chat import (
 )
 from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
 from wire.e2e import Kind, PublicKeys
+from wire.errors import ProtocolError
 from wire.limits import (
     DEFAULT_INACTIVITY_TIMEOUT_S,
     DEFAULT_MAX_SEND_FAILURES,
     EXIT_MATCH_MAX_BYTES,
     MAX_DATAGRAM_BYTES,
     MAX_DELIVERY_BYTES,
+    NACK_BURST,
+    NACK_MAX_RESENDS,
+    NACK_RATE,
+    RELIABLE_ID_WINDOW,
     STAGE1_CHAT_BURST,
     STAGE1_CHAT_RATE,
     STAGE1_MAX_CLIENTS,
     STAGE1_MAX_CLIENTS_PER_IP,
     UNPROVEN_MAX_DELIVERIES,
 )
+from wire.reliable import DATA_HEADER, Up, decode_nack, encode_ack
 
 Addr = tuple[str, int]
 Send = tuple[bytes, Addr]
@@ -71,6 +78,9 @@ CHAT_KIND: Final = _CHAT
 _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
+_SEND: Final = int(Up.SEND)
+_NACK: Final = int(Up.NACK)
+DATA_HEADER_BYTES: Final = DATA_HEADER.size
 
 _FULL: Final = float("inf")
 """A new member's allowance (capped at the burst on its first chat): one shared float."""
@@ -107,7 +117,7 @@ class Member:
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
         "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
-        "trial", "muted", "keys",
+        "trial", "muted", "keys", "rel",
     )
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
@@ -134,14 +144,58 @@ class Member:
         self.muted = False
         self.keys: PublicKeys | None = None
         """Encrypted rooms: the public keys its ``joined`` notice carries (docs/e2e.md)."""
-        """On trial and the budget is spent: left out of deliveries until proven."""
+        self.rel: Reliable | None = None
+        """``ocm1r`` members: their recovery state (numbered deliveries, ids, NACKs)."""
+
+
+# --- reliable framed delivery (ocm1r, wire/reliable.py) -----------------------------------
+class Reliable:
+    """A reliable member's state: the message ids it sent lately (``id -> Seq``, at most
+    ``RELIABLE_ID_WINDOW``, to drop retried copies) and its NACK token bucket."""
+
+    __slots__ = ("ids", "top", "nacks", "stamp")
+
+    def __init__(self, now: float) -> None:
+        self.ids: dict[int, int] = {}
+        self.top = -1
+        """The highest id accepted; an id ``<= top - RELIABLE_ID_WINDOW`` is a late copy."""
+        self.nacks = float(NACK_BURST)
+        self.stamp = now
+
+    def seen(self, msg_id: int) -> int | None:
+        """The ``Seq`` an id already got (0: refused or forgotten), None if it is new."""
+        seq = self.ids.get(msg_id)
+        if seq is None and msg_id <= self.top - RELIABLE_ID_WINDOW:
+            return 0
+        return seq
+
+    def record(self, msg_id: int, seq: int) -> None:
+        ids = self.ids
+        ids[msg_id] = seq
+        if msg_id > self.top:
+            self.top = msg_id
+        if len(ids) > RELIABLE_ID_WINDOW:
+            floor = self.top - RELIABLE_ID_WINDOW
+            for old in [i for i in ids if i <= floor]:
+                del ids[old]
+            while len(ids) > RELIABLE_ID_WINDOW:  # ids far apart: keep the newest
+                del ids[min(ids)]
+
+    def may_nack(self, now: float) -> bool:
+        allowance = min(float(NACK_BURST), self.nacks + (now - self.stamp) * NACK_RATE)
+        self.stamp = now
+        if allowance < 1.0:
+            self.nacks = allowance
+            return False
+        self.nacks = allowance - 1.0
+        return True
 
 
 class Room:
     """A live room: members by token, and the bound addresses split by delivery format."""
 
     __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs",
-                 "trial", "generation", "e2e", "by_name")
+                 "trial", "generation", "e2e", "by_name", "history", "reliable")
 
     _generations: Final = itertools.count(1)
     """Shared by every room of the process, so that a generation is never reused, even by
@@ -163,12 +217,20 @@ class Room:
         self.generation = next(Room._generations)
         """Changes whenever the address lists do: an adapter's cache built from them (e.g.
         prebuilt sendmmsg batches) is valid while the generation it recorded is current."""
+        self.history: History | None = None
+        """Numbered deliveries, once an ``ocm1r`` member joined: the room is numbered from
+        then on, and the compiled loop hands its datagrams to the Python path."""
+        self.reliable: list[Member] = []
+        """The bound, unmuted ``ocm1r`` members (not in ``framed_addrs``)."""
 
     def rebuild(self) -> None:
         """Recompute the address lists after a membership or binding change."""
         members = self.members.values()
         self.plain_addrs = [m.addr for m in members if m.addr and not m.framed and not m.muted]
-        self.framed_addrs = [m.addr for m in members if m.addr and m.framed and not m.muted]
+        self.framed_addrs = [m.addr for m in members
+                             if m.addr and m.framed and not m.muted and m.rel is None]
+        if self.history is not None:
+            self.reliable = [m for m in members if m.addr and m.rel is not None and not m.muted]
         self.trial = [m for m in members if m.trial and not m.muted]
         self.generation = next(Room._generations)
 
@@ -178,8 +240,9 @@ class RelayCore:
 
     def __init__(self, inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT_S,
                  max_send_failures: int = DEFAULT_MAX_SEND_FAILURES,
-                 chat_rate: float = DEFAULT_CHAT_RATE, chat_burst: int = DEFAULT_CHAT_BURST
-                 ) -> None:
+                 chat_rate: float = DEFAULT_CHAT_RATE, chat_burst: int = DEFAULT_CHAT_BURST,
+                 history: HistoryBudget | None = None,
+                 new_epoch: Callable[[], int] | None = None) -> None:
         self.inactivity_timeout = inactivity_timeout
         self.max_send_failures = max_send_failures
         self.chat_rate = chat_rate
@@ -211,6 +274,11 @@ class RelayCore:
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.evictions: dict[str, int] = {r.value: 0 for r in EVICTION_REASONS}
         self.send_failures = 0
+        self.history_budget = history if history is not None else HistoryBudget()
+        """The limits of the rooms' histories (``ocm1r`` members), shared by the worker."""
+        self.new_epoch: Callable[[], int] = new_epoch or itertools.count(1).__next__
+        """A room history's epoch (the adapter injects a CSPRNG: 32 random bits)."""
+        self._history_swept = 0.0
 
     # --- control commands ---------------------------------------------------------------
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
@@ -231,7 +299,11 @@ class RelayCore:
             room = self.rooms[room_name] = Room(room_name, e2e)
         elif room is None:
             return False
-        member = Member(token, username, ip, framing is Framing.OCM1, is_host, room, now)
+        member = Member(token, username, ip, framing.framed, is_host, room, now)
+        if framing is Framing.OCM1R:  # reliable: the room is numbered from now on
+            member.rel = Reliable(now)
+            if room.history is None:
+                room.history = History(self.new_epoch() & 0xFFFFFFFF, self.history_budget)
         if room.e2e:
             member.keys = keys
             room.by_name[username.encode()] = member
@@ -325,6 +397,8 @@ class RelayCore:
         if room.e2e:
             return self._handle_e2e(member, data, token_end, addr, now)
         message = data[token_end:]
+        if member.rel is not None and message and (message[0] == _SEND or message[0] == _NACK):
+            return self._handle_reliable(member, message, addr, now)
         try:
             message.decode()
         except UnicodeDecodeError:
@@ -336,11 +410,104 @@ class RelayCore:
         elif member.trial:  # its registered address speaks: proven
             self._prove(addr)
         if not message:
+            if member.rel is not None and room.history is not None:  # sync: the latest Seq
+                self._sync(member)
             return None
         if len(message) <= EXIT_MATCH_MAX_BYTES and is_exit(message):
             self._remove(member, Reason.EXIT)
             return None
         return self._chat(member, message, now)
+
+    def _handle_reliable(self, member: Member, message: bytes, addr: Addr,
+                         now: float) -> Fanout | None:
+        """An ``ocm1r`` member's SEND (chat with an id: relayed once, acknowledged every
+        time) or NACK (resend from the history, answer the rest as lost)."""
+        rel = member.rel
+        room = member.room
+        history = room.history
+        assert rel is not None and history is not None
+        if message[0] == _SEND:
+            if len(message) < 5:
+                self.drops["malformed"] += 1
+                return None
+            try:
+                message[5:].decode()
+            except UnicodeDecodeError:
+                self.drops["bad_utf8"] += 1
+                return None
+        else:
+            try:
+                epoch, ranges = decode_nack(message)
+            except ProtocolError:
+                self.drops["malformed"] += 1
+                return None
+        member.last_seen = now
+        if member.addr != addr:
+            self._bind(member, addr, proven=True)
+        elif member.trial:
+            self._prove(addr)
+        if message[0] == _NACK:
+            if not rel.may_nack(now):
+                self.drops["rate_limited"] += 1
+            elif epoch == history.epoch and member.addr is not None:
+                out: list[bytes] = []
+                budget = NACK_MAX_RESENDS
+                for first, count in ranges:
+                    history.resend(first, min(count, budget), now, out)
+                    budget = NACK_MAX_RESENDS - len(out)
+                    if budget <= 0:
+                        break
+                target = member.addr
+                self.outbox.extend((d, target) for d in out[:NACK_MAX_RESENDS])
+            return None
+        msg_id = int.from_bytes(message[1:5], "big")
+        seq = rel.seen(msg_id)
+        if seq is not None:  # a retried copy: acknowledge again, relay nothing
+            self._ack(member, msg_id, seq)
+            return None
+        text = message[5:]
+        if not text:
+            self.drops["malformed"] += 1
+            return None
+        before, limited = history.next_seq, self.drops["rate_limited"]
+        out_fanout = self._chat(member, text, now)
+        if history.next_seq != before:
+            seq = history.next_seq - 1
+        elif self.drops["rate_limited"] != limited:  # not taken: no ack, the client retries
+            return out_fanout
+        else:
+            seq = 0  # refused (too long: the error notice says why)
+        rel.record(msg_id, seq)
+        self._ack(member, msg_id, seq)
+        return out_fanout
+
+    def _number(self, room: Room, body: bytes, exclude: Member | None, now: float,
+                admit: bool = False) -> None:
+        """Number an ``ocm1`` delivery of ``room`` (chat or notice), keep it in the history
+        and send it to the room's reliable members but ``exclude``; ``admit`` charges the
+        trial members (``_chat`` has charged them already)."""
+        history = room.history
+        assert history is not None
+        if len(body) + DATA_HEADER_BYTES > MAX_DELIVERY_BYTES:  # too long for ocm1r: lost
+            history.skip(now)
+            return
+        datagram = history.number(body, now)
+        outbox = self.outbox
+        for m in room.reliable:
+            if m is not exclude and (not admit or not m.trial or self._admit(m)):
+                outbox.append((datagram, m.addr))  # type: ignore[arg-type]
+
+    def _ack(self, member: Member, msg_id: int, seq: int) -> None:
+        history = member.room.history
+        if member.addr is not None and history is not None:
+            self.outbox.append((encode_ack(history.epoch, msg_id, seq), member.addr))
+
+    def _sync(self, member: Member) -> None:
+        """Answer an ``ocm1r`` keepalive with the room's latest ``Seq`` (message id 0): a
+        receiver learns where the room starts for it, and about a lost last message."""
+        history = member.room.history
+        assert history is not None
+        self._ack(member, 0, history.next_seq - 1)
 
     def _chat(self, member: Member, message: bytes, now: float) -> Fanout | None:
         """A chat message of an authenticated, refreshed member: charge its token bucket,
@@ -365,7 +532,7 @@ class RelayCore:
         n_plain = len(plain_addrs) - (not member.framed)
         if n_plain:
             plain = member.plain_prefix + message
-        if len(framed_addrs) - member.framed:
+        if len(framed_addrs) - member.framed > 0:  # an ocm1r sender is not in the list
             framed = member.framed_prefix + message
         # The plain form (name + ": ") is always the longer one (§2.3: relay to nobody).
         longest = len(plain) if plain is not None else len(framed) if framed is not None else 0
@@ -378,6 +545,8 @@ class RelayCore:
                     self._admit(m)
             plain_addrs = room.plain_addrs
             framed_addrs = room.framed_addrs
+        if room.history is not None:
+            self._number(room, member.framed_prefix + message, member, now)
         self.relayed += 1
         # tuple.__new__ skips the Python-level frame of the NamedTuple's own __new__.
         return _new_fanout(Fanout, (plain, plain_addrs, framed, framed_addrs, sender, room))
@@ -458,6 +627,11 @@ class RelayCore:
 
     def handle_timer(self, now: float) -> None:
         """Evict every member silent for ``inactivity_timeout`` seconds (§2.4)."""
+        if now - self._history_swept >= 1.0:  # histories age out even in idle rooms
+            self._history_swept = now
+            for room in self.rooms.values():
+                if room.history is not None:
+                    room.history.expire(now)
         timeout = self.inactivity_timeout
         tokens = self.tokens
         while self._deadlines and self._deadlines[0][0] <= now:  # an eviction may compact
@@ -603,6 +777,9 @@ class RelayCore:
         # freed at once when the last reference goes.
         room.host = None
         room.trial = []
+        room.reliable = []
+        if room.history is not None:
+            room.history.clear()
         del self.rooms[room.name]
         self.events.append(Closed(room.name, reason))
 
@@ -628,8 +805,10 @@ class RelayCore:
 
     def _broadcast(self, room: Room, notice: Notice, exclude: Member | None = None) -> None:
         plain = framed = b""
+        if room.history is not None:  # in the room's order for ocm1r members
+            self._number(room, encode_framed_notice(notice), exclude, room.history.now, True)
         for member in room.members.values():
-            if member is exclude or member.addr is None or (
+            if member is exclude or member.addr is None or member.rel is not None or (
                     member.trial and not self._admit(member)):
                 continue
             if member.framed:

@@ -48,6 +48,12 @@ import orjson
 from wire.codes import Framing, Reason
 from wire.e2e import PublicKeys, decode_public_keys
 from wire.errors import BadKeys
+from wire.limits import (
+    HISTORY_MAX_AGE_S,
+    HISTORY_MAX_BYTES,
+    HISTORY_MAX_MESSAGES,
+    HISTORY_WORKER_MAX_BYTES,
+)
 
 FRAME_HEADER: Final = struct.Struct("!i")
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
@@ -78,6 +84,11 @@ class WorkerSettings:
     False: one ``sendto`` per recipient."""
     hot_path: str = "auto"
     """Which hot loop to run: auto, compiled or python (relay/hot.py)."""
+    history_messages: int = HISTORY_MAX_MESSAGES
+    history_bytes: int = HISTORY_MAX_BYTES
+    history_age: float = HISTORY_MAX_AGE_S
+    history_worker_bytes: int = HISTORY_WORKER_MAX_BYTES
+    """The limits of the rooms' histories for ``ocm1r`` members (relay/history.py)."""
 
 
 # --- commands, control -> worker ------------------------------------------------------------
@@ -231,7 +242,9 @@ def _settings_dict(s: WorkerSettings) -> dict[str, Any]:
             "chat_burst": s.chat_burst, "max_stage1_clients": s.max_stage1_clients,
             "log_level": s.log_level, "log_format": s.log_format,
             "realtime_priority": s.realtime_priority, "sendmmsg": s.sendmmsg,
-            "hot_path": s.hot_path}
+            "hot_path": s.hot_path, "history_messages": s.history_messages,
+            "history_bytes": s.history_bytes, "history_age": s.history_age,
+            "history_worker_bytes": s.history_worker_bytes}
 
 
 def _body(message: Message) -> dict[str, Any]:
@@ -342,7 +355,9 @@ def _settings(f: _Fields) -> WorkerSettings:
         chat_burst=f.integer("chat_burst"), max_stage1_clients=f.integer("max_stage1_clients"),
         log_level=f.text("log_level"), log_format=f.text("log_format"),
         realtime_priority=f.integer("realtime_priority"), sendmmsg=f.flag("sendmmsg"),
-        hot_path=f.text("hot_path"))
+        hot_path=f.text("hot_path"), history_messages=f.integer("history_messages"),
+        history_bytes=f.integer("history_bytes"), history_age=f.number("history_age"),
+        history_worker_bytes=f.integer("history_worker_bytes"))
 
 
 def _member(f: _Fields) -> AddMember:

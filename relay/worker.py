@@ -41,6 +41,7 @@ from typing import Final, TypeVar, cast
 from relay import hot, ipc
 from relay.core import CHAT_KIND, Addr, Fanout, GlobalChat, Member, RelayCore, Room
 from relay.globalchat import GlobalChatRelay
+from relay.history import HistoryBudget
 from relay.steering import tag_worker
 from runtime import logs, mmsg, sched
 from wire.limits import EXIT_MATCH_MAX_BYTES, MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES
@@ -59,6 +60,11 @@ FORWARD_HEADER: Final = struct.Struct("!4sH")
 """Forwarded datagram over the inbox socketpair: source IPv4 (4) + port (2) + datagram."""
 
 
+def _random_epoch() -> int:
+    """A room history's epoch: 32 random bits, never 0."""
+    return int.from_bytes(os.urandom(4), "big") or 1
+
+
 class Worker:
     def __init__(self, index: int, settings: ipc.WorkerSettings, udp_sock: socket.socket,
                  stage1_sock: socket.socket | None, inbox: socket.socket | None,
@@ -75,7 +81,11 @@ class Worker:
         self.fan_out = self._relay_batched if self.batched else self._relay
         self.fd = udp_sock.fileno()
         self.core = RelayCore(settings.inactivity_timeout, settings.max_send_failures,
-                              settings.chat_rate, settings.chat_burst)
+                              settings.chat_rate, settings.chat_burst,
+                              HistoryBudget(settings.history_messages, settings.history_bytes,
+                                            settings.history_age,
+                                            settings.history_worker_bytes),
+                              _random_epoch)
         self.stage1 = GlobalChat(settings.inactivity_timeout, settings.max_send_failures,
                                  settings.max_stage1_clients)
         self.stage1_relay: GlobalChatRelay | None = None

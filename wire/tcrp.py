@@ -140,6 +140,10 @@ def check_request_header(header: Header, max_payload: int) -> None:
 _OPERATIONS: Final = frozenset(int(op) for op in Operation)
 
 
+_FRAMINGS: Final = {Framing.OCM1.value: Framing.OCM1, Framing.OCM1R.value: Framing.OCM1R}
+"""The ``framing`` values that select framed delivery, exactly (docs/protocol.md)."""
+
+
 def decode_request_payload(payload: bytes) -> RequestBody:
     """Parse a request payload (§1.2) or raise the first error in the order of §1.3.
 
@@ -189,7 +193,8 @@ def decode_request_payload(payload: bytes) -> RequestBody:
     if password is not None and len(password.encode()) > MAX_PASSWORD_BYTES:  # type: ignore[attr-defined]
         raise errors.FieldTooLong("password")
     names.check_username(username)
-    framing = Framing.OCM1 if framing_raw == Framing.OCM1.value else Framing.PLAIN
+    framing = _FRAMINGS.get(framing_raw, Framing.PLAIN) if isinstance(framing_raw, str) \
+        else Framing.PLAIN
     return RequestBody(
         username, password or None, framing, keys, e2e is True  # type: ignore[arg-type]
     )
