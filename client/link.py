@@ -10,16 +10,20 @@ a malformed one is dropped and counted in ``dropped``, never raised into the loo
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Final, cast
 
 from client import commands, render
+from client import reliable as rel
 from client.commands import Action, Command
 from client.render import Line
 from client.session import Addr, Joined, JoinFailed, JoinRefused, fetch_members
-from wire.chat import Notice, encode_chat
+from wire.chat import FramedChat, Notice, encode_chat
+from wire.codes import Framing
 from wire.e2e import MemberInfo
 from wire.limits import EXIT_COMMAND, MAX_DATAGRAM_BYTES
 from wire.stage1 import encode_stage1
@@ -30,6 +34,22 @@ a positive number of seconds replaces the interval."""
 STAGE1_KEEPALIVE_S: Final = 15.0
 """Stage 1 does not tell clients its inactivity timeout; this is far below the default 300 s."""
 MIN_KEEPALIVE_S: Final = 0.05
+SYNC_S: Final = 2.0
+"""``ocm1r``: keepalives at least this often, so that a lost last message is noticed
+(the relay answers each with the room's latest sequence number)."""
+
+
+class SendState(enum.Enum):
+    """Where one of our ``ocm1r`` messages is (``RoomLink.on_send_state``)."""
+
+    PENDING = "pending"  # sent, not acknowledged yet (resent on a timer)
+    SENT = "sent"  # the relay has it, in the room's order
+    FAILED = "failed"  # never acknowledged: ``RoomLink.retry`` sends it again
+    REFUSED = "refused"  # the relay refused it (too long: an error notice follows)
+
+
+def gap_text(count: int) -> str:
+    return (f"{count} message{'s' if count != 1 else ''} could not be recovered")
 
 
 def keepalive_interval(default_s: float, env: dict[str, str] | os._Environ[str]) -> float | None:
@@ -82,6 +102,10 @@ class Link(asyncio.DatagramProtocol):
     def leave(self) -> None:
         """Tell the server we are leaving (what that means depends on the chat)."""
         raise NotImplementedError
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until the server has every message we sent; only
+        ``ocm1r`` knows, the others return at once."""
 
     async def command(self, text: str) -> list[Line] | None:
         """Run a client command typed as ``text`` (``/who``, ``/verify NAME``); ``None``
@@ -149,6 +173,79 @@ class RoomLink(Link):
         self._framing = details.framing
         self.on_notice: Callable[[Notice], None] | None = None
         """Called with every notice after its line (the GUI refreshes its member list)."""
+        self.reliable: rel.ReliableChat | None = (
+            rel.ReliableChat() if details.framing is Framing.OCM1R else None)
+        """``ocm1r``: room order, recovery and our messages' states (client/reliable.py)."""
+        self.on_send_state: Callable[[int, SendState, str], None] | None = None
+        """``ocm1r``: called with (message id, state, text) as our messages progress."""
+        self.on_status: Callable[[], None] | None = None
+        """Called when ``pending``, ``failed`` or ``reconnecting`` may have changed."""
+        self.reconnecting = False
+        """A resume is under way (the status line says so)."""
+        self.last_id = 0
+        """The id of our last message (``ocm1r``; 0 otherwise)."""
+        self._texts: dict[int, str] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._changed = asyncio.Event()
+        if self.reliable is not None and (self._keepalive_s is None
+                                          or self._keepalive_s > SYNC_S):
+            self._keepalive_s = SYNC_S
+        self.clock: Callable[[], float] = time.monotonic
+
+    @property
+    def pending(self) -> int:
+        """Our messages not yet acknowledged (and not failed)."""
+        if self.reliable is None:
+            return 0
+        return sum(1 for p in self.reliable.sender.pending.values() if not p.failed)
+
+    @property
+    def failed(self) -> list[int]:
+        """The ids of our messages that failed (``retry`` sends them again)."""
+        if self.reliable is None:
+            return []
+        return [p.msg_id for p in self.reliable.sender.pending.values() if p.failed]
+
+    def send(self, text: str) -> None:
+        """Send one chat message (``ocm1r``: with an id, pending until acknowledged);
+        raise ``MessageTooLong`` over ``max_message`` bytes."""
+        if self.reliable is None or commands.is_exit_command(text):
+            super().send(text)
+            return
+        data = render.check_length(text, self.max_message, self.scope)
+        msg_id, message = self.reliable.send(data, self.clock())
+        self.last_id = msg_id
+        self._texts[msg_id] = data.decode()
+        if message is not None:
+            self._send(encode_chat(self.joined.room_raw, self.joined.token, message))
+        self._state(msg_id, SendState.PENDING)
+        self._arm_timer()
+
+    async def settle(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pending and loop.time() < deadline and not self.ended.done():
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+            except TimeoutError:
+                return
+
+    def retry(self) -> int:
+        """Send the failed messages again (in their order); how many there were."""
+        if self.reliable is None:
+            return 0
+        ids = self.reliable.sender.retry(self.clock())
+        for one in ids:
+            self._state(one, SendState.PENDING)
+        self._arm_timer()
+        return len(ids)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().close()
 
     async def open(self) -> None:
         await self.start(self.joined.udp_sock, self.joined.server)
@@ -162,6 +259,10 @@ class RoomLink(Link):
         if command.action is Action.VERIFY:
             return [render.warning_line("/verify: this room is not end-to-end encrypted, "
                                         "there are no keys to compare")]
+        if command.action is Action.RETRY:
+            count = self.retry()
+            return [render.notice_line(f"sending {count} message{'s' if count != 1 else ''} "
+                                       "again" if count else "no message to send again")]
         return None
 
     async def who(self) -> tuple[list[Line], tuple[MemberInfo, ...]]:
@@ -189,20 +290,84 @@ class RoomLink(Link):
         return [render.notice_line(f"{len(members)} in the room: {names}")]
 
     def leave(self) -> None:
-        """Send ``/exit`` (the others see us leave; if we host, the room closes)."""
-        self._send(self._encode(EXIT_COMMAND))
+        """Send ``/exit`` (the others see us leave; if we host, the room closes); twice
+        with ``ocm1r``, whose clients count on the way being lossy (the relay ignores a
+        second one: the token is gone)."""
+        for _ in range(1 if self.reliable is None else 2):
+            self._send(self._encode(EXIT_COMMAND))
 
     def _encode(self, text: str) -> bytes:
         return encode_chat(self.joined.room_raw, self.joined.token, text.encode())
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
-        item = render.decode_delivery(data, self._framing)
+        if self.reliable is not None:
+            self._reliable_events(self.reliable.handle_delivery(data, self.clock()))
+            self._arm_timer()
+            return
+        self._show(render.decode_delivery(data, self._framing))
+
+    def _show(self, item: FramedChat | Notice | None) -> None:
         if item is None:
             self.dropped += 1
             return
         self._on_line(render.delivery_line(item))
         if isinstance(item, Notice):
             self._ended_by(item)
+
+    def _reliable_events(self, events: list[rel.Event]) -> None:
+        for event in events:
+            if isinstance(event, rel.Delivered):
+                item = render.decode_delivery(event.body, Framing.OCM1)
+                if isinstance(item, FramedChat) and item.username == self.joined.username:
+                    continue  # our own message, resent because its ack was lost: shown
+                self._show(item)
+            elif isinstance(event, rel.Unnumbered):
+                self._show(render.decode_delivery(event.body, Framing.OCM1))
+            elif isinstance(event, rel.Gap):
+                self._on_line(render.warning_line(gap_text(event.count)))
+            elif isinstance(event, rel.Acked):
+                self._state(event.msg_id, SendState.SENT)
+            elif isinstance(event, rel.Refused):
+                self._state(event.msg_id, SendState.REFUSED)
+            elif isinstance(event, rel.Failed):
+                self._state(event.msg_id, SendState.FAILED)
+                text = render.sanitize(self._texts.get(event.msg_id, ""))
+                self._on_line(render.warning_line(
+                    f"not delivered: {text!r} (/retry sends it again)"))
+
+    def _state(self, msg_id: int, state: SendState) -> None:
+        text = self._texts.get(msg_id, "")
+        if state in (SendState.SENT, SendState.REFUSED):
+            self._texts.pop(msg_id, None)
+        self._changed.set()
+        if self.on_send_state is not None:
+            self.on_send_state(msg_id, state, text)
+        if self.on_status is not None:
+            self.on_status()
+
+    def _arm_timer(self) -> None:
+        """(Re)arm the one ``ocm1r`` timer at the earliest NACK or resend."""
+        if self.reliable is None or self._transport is None:
+            return
+        due = self.reliable.next_deadline()
+        if self._timer is not None:
+            if due is not None and self._timer.when() <= due + 0.001:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, due - self.clock()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.reliable is None or self._transport is None:
+            return
+        messages, events = self.reliable.handle_timer(self.clock())
+        for message in messages:
+            self._send(encode_chat(self.joined.room_raw, self.joined.token, message))
+        self._reliable_events(events)
+        self._arm_timer()
 
     def _ended_by(self, notice: Notice) -> None:
         """After a notice's line: tell ``on_notice``; a final one ends the chat."""

@@ -100,6 +100,13 @@ def _describe_os_error(exc: OSError) -> str:
     return exc.strerror or exc.__class__.__name__
 
 
+def request_framing(reliable: bool, e2e: bool) -> Framing:
+    """``ocm1r`` (room order and recovery, docs/protocol.md) unless turned off or for a
+    new encrypted room, which needs ``ocm1``; a server that does not number an encrypted
+    room answers ``ocm1`` to a join asking for ``ocm1r``."""
+    return Framing.OCM1R if reliable and not e2e else Framing.OCM1
+
+
 def join_room(
     host: str,
     tcp_port: int,
@@ -111,6 +118,7 @@ def join_room(
     tls: ssl.SSLContext | None = None,
     keys: PublicKeys | None = None,
     e2e: bool = False,
+    reliable: bool = True,
 ) -> Joined:
     """Create or join ``room`` as ``username``; see the module docstring. With ``tls``
     the TCRP exchange runs inside TLS, and the server's certificate must verify for
@@ -120,9 +128,10 @@ def join_room(
     family, addr = resolve(host, tcp_port)
     where = f"{host}:{tcp_port}"
     deadline = time.monotonic() + timeout
-    exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)  # an encrypted room's reply
-    request = exchange.send_request(operation, room, username, password, Framing.OCM1,
-                                    keys=keys, e2e=e2e)  # lists its members (§2.2)
+    # an encrypted room's reply lists its members (§2.2)
+    exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)
+    request = exchange.send_request(operation, room, username, password,
+                                    request_framing(reliable, e2e), keys=keys, e2e=e2e)
     try:
         tcp = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:

@@ -25,8 +25,9 @@ from client.session import (
     _describe_os_error,
     answer_so_far,
     finish_join,
+    request_framing,
 )
-from wire.codes import Framing, Operation
+from wire.codes import Operation
 from wire.e2e import PublicKeys
 from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
 from wire.tcrp import Complete, Response
@@ -55,15 +56,17 @@ async def join_room_async(
     tls: ssl.SSLContext | None = None,
     keys: PublicKeys | None = None,
     e2e: bool = False,
+    reliable: bool = True,
 ) -> Joined:
     """Create or join ``room`` as ``username``; see the module docstring. With ``tls`` the
     server's certificate must verify for ``host`` (``JoinFailed`` saying so otherwise).
     ``keys`` and ``e2e`` as in ``join_room`` (an encrypted room, docs/e2e.md §2.1)."""
     loop = asyncio.get_running_loop()
     where = f"{host}:{tcp_port}"
-    exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)  # an encrypted room's reply
-    request = exchange.send_request(operation, room, username, password, Framing.OCM1,
-                                    keys=keys, e2e=e2e)  # lists its members (§2.2)
+    # an encrypted room's reply lists its members (§2.2)
+    exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)
+    request = exchange.send_request(operation, room, username, password,
+                                    request_framing(reliable, e2e), keys=keys, e2e=e2e)
     tcp: socket.socket | None = None
     writer: asyncio.StreamWriter | None = None
     udp: socket.socket | None = None

@@ -51,7 +51,7 @@ from wire.limits import (
     STAGE1_MAX_CLIENTS_PER_IP,
     UNPROVEN_MAX_DELIVERIES,
 )
-from wire.reliable import DATA_HEADER, Up, decode_nack, encode_ack
+from wire.reliable import DATA_HEADER, Up, decode_nack, encode_ack, encode_sync
 
 Addr = tuple[str, int]
 Send = tuple[bytes, Addr]
@@ -105,6 +105,7 @@ DROP_REASONS: Final = (
     "unproven",  # outbound: a delivery withheld from a registered address never proven
     "bad_kind",  # encrypted room: the first byte is not a kind (docs/e2e.md §3.2)
     "no_recipient",  # encrypted room: addressed to no bound member but the sender
+    "out_of_order",  # ocm1r: a message id past the next one (the client resends it)
 )
 TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTED))
 """Notices a member gets about itself once in its life: never withheld (docs/protocol.md
@@ -151,16 +152,20 @@ class Member:
 # --- reliable framed delivery (ocm1r, wire/reliable.py) -----------------------------------
 class Reliable:
     """A reliable member's state: the message ids it sent lately (``id -> Seq``, at most
-    ``RELIABLE_ID_WINDOW``, to drop retried copies) and its NACK token bucket."""
+    ``RELIABLE_ID_WINDOW``, to drop retried copies) and its NACK token bucket. Ids are
+    taken in order, 1, 2, 3...: a later one waits for the one before (the client resends
+    both), so that a member's messages keep the order it sent them in."""
 
-    __slots__ = ("ids", "top", "nacks", "stamp")
+    __slots__ = ("ids", "top", "nacks", "stamp", "start")
 
     def __init__(self, now: float) -> None:
         self.ids: dict[int, int] = {}
-        self.top = -1
-        """The highest id accepted; an id ``<= top - RELIABLE_ID_WINDOW`` is a late copy."""
+        self.top = 0
+        """The last id accepted; an id ``<= top - RELIABLE_ID_WINDOW`` is a late copy."""
         self.nacks = float(NACK_BURST)
         self.stamp = now
+        self.start = 1
+        """Its first sequence number: the one after its own ``joined`` notice."""
 
     def seen(self, msg_id: int) -> int | None:
         """The ``Seq`` an id already got (0: refused or forgotten), None if it is new."""
@@ -465,6 +470,11 @@ class RelayCore:
         if seq is not None:  # a retried copy: acknowledge again, relay nothing
             self._ack(member, msg_id, seq)
             return None
+        if msg_id != rel.top + 1:  # one before it is missing: the client resends both,
+            self.drops["out_of_order"] += 1  # told so by the last id acknowledged again
+            if rel.top:
+                self._ack(member, rel.top, rel.ids.get(rel.top, 0))
+            return None
         text = message[5:]
         if not text:
             self.drops["malformed"] += 1
@@ -503,11 +513,12 @@ class RelayCore:
             self.outbox.append((encode_ack(history.epoch, msg_id, seq), member.addr))
 
     def _sync(self, member: Member) -> None:
-        """Answer an ``ocm1r`` keepalive with the room's latest ``Seq`` (message id 0): a
-        receiver learns where the room starts for it, and about a lost last message."""
+        """Answer an ``ocm1r`` keepalive with where the member starts and the room's
+        latest ``Seq``: a receiver learns its start, and about a lost last message."""
         history = member.room.history
-        assert history is not None
-        self._ack(member, 0, history.next_seq - 1)
+        assert history is not None and member.rel is not None and member.addr is not None
+        self.outbox.append((encode_sync(history.epoch, member.rel.start,
+                                        history.next_seq - 1), member.addr))
 
     def _chat(self, member: Member, message: bytes, now: float) -> Fanout | None:
         """A chat message of an authenticated, refreshed member: charge its token bucket,
@@ -719,6 +730,8 @@ class RelayCore:
             member.announced = True
             self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username,
                                                 keys=member.keys), exclude=member)
+            if member.rel is not None and member.room.history is not None:
+                member.rel.start = member.room.history.next_seq
 
     def _prove(self, addr: Addr) -> None:
         """A datagram from ``addr`` was accepted: every member bound to it comes off trial."""

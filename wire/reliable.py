@@ -20,6 +20,8 @@ Relay -> client:
 - ``02 | Epoch(4) | MsgId(4) | Seq(4)``: your message ``MsgId`` is the room's ``Seq``
   (``Seq`` 0: refused, e.g. too long; an ``error`` notice says why);
 - ``03 | Epoch(4) | First(4) | Count(2)``: these sequence numbers cannot be recovered;
+- ``04 | Epoch(4) | Start(4) | Latest(4)``: the answer to a keepalive: the member's first
+  number (the one after its own ``joined``) and the room's latest one;
 - ``00 | JSON``: a notice outside the room order (``error``, ``closed``, ``disconnected``).
 """
 
@@ -48,6 +50,7 @@ class Down(enum.IntEnum):
     DATA = 1  # a numbered delivery of the room
     ACK = 2  # your message id is this sequence number
     LOST = 3  # these sequence numbers are gone from the history
+    SYNC = 4  # the answer to a keepalive: where this member starts, the latest number
 
 
 SEND_HEADER: Final = struct.Struct("!BI")
@@ -58,6 +61,8 @@ ACK: Final = struct.Struct("!BIII")
 """Kind, Epoch, MsgId, Seq."""
 LOST: Final = struct.Struct("!BIIH")
 """Kind, Epoch, First, Count."""
+SYNC: Final = struct.Struct("!BIII")
+"""Kind, Epoch, Start, Latest."""
 NACK_HEADER: Final = struct.Struct("!BI")
 """Kind, Epoch; ranges follow."""
 RANGE: Final = struct.Struct("!IH")
@@ -90,12 +95,19 @@ class Lost:
 
 
 @dataclass(frozen=True, slots=True)
+class Sync:
+    epoch: int
+    start: int
+    latest: int
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     body: bytes
     """The ``ocm1`` notice, ``00`` + JSON."""
 
 
-Delivery = Data | Ack | Lost | Notice
+Delivery = Data | Ack | Lost | Sync | Notice
 
 
 def encode_send(msg_id: int, text: bytes) -> bytes:
@@ -143,6 +155,10 @@ def encode_lost(epoch: int, first: int, count: int) -> bytes:
     return LOST.pack(Down.LOST, epoch, first, count)
 
 
+def encode_sync(epoch: int, start: int, latest: int) -> bytes:
+    return SYNC.pack(Down.SYNC, epoch, start, latest)
+
+
 def decode_delivery(data: bytes) -> Delivery:
     """One delivery to a reliable member, or raise a ``RemoteProtocolError``."""
     size = len(data)
@@ -161,6 +177,9 @@ def decode_delivery(data: bytes) -> Delivery:
     if kind == Down.ACK and size == ACK.size:
         _, epoch, msg_id, seq = ACK.unpack(data)
         return Ack(epoch, msg_id, seq)
+    if kind == Down.SYNC and size == SYNC.size:
+        _, epoch, start, latest = SYNC.unpack(data)
+        return Sync(epoch, start, latest)
     if kind == Down.LOST and size == LOST.size:
         _, epoch, first, count = LOST.unpack(data)
         return Lost(epoch, first, count)

@@ -251,6 +251,9 @@ class MainWindow(QMainWindow):
                 self.tasks.spawn(self._answer(command))
         elif action is Action.REFUSED:
             self.room.append(render.warning_line(command.text))
+        elif action is Action.RETRY:  # the link answers (reliable delivery) or says none
+            self.room.input.clear()
+            self.tasks.spawn(self._answer(command))
         elif self.link is not None and self.joined is not None:
             try:
                 self.link.send(command.text)

@@ -15,6 +15,7 @@ from wire.reliable import (
     Data,
     Lost,
     Notice,
+    Sync,
     decode_delivery,
     decode_nack,
     encode_ack,
@@ -22,6 +23,7 @@ from wire.reliable import (
     encode_lost,
     encode_nack,
     encode_send,
+    encode_sync,
 )
 
 A = ("127.0.0.1", 5001)
@@ -40,12 +42,14 @@ def test_hex_vectors() -> None:
         "01 12 34 ab cd 00 00 00 05 05 61 6c 69 63 65 68 69 21")
     assert encode_ack(EPOCH, 7, 5).hex(" ") == "02 12 34 ab cd 00 00 00 07 00 00 00 05"
     assert encode_lost(EPOCH, 3, 2).hex(" ") == "03 12 34 ab cd 00 00 00 03 00 02"
+    assert encode_sync(EPOCH, 3, 9).hex(" ") == "04 12 34 ab cd 00 00 00 03 00 00 00 09"
 
 
 def test_deliveries_round_trip_and_bad_ones_raise_protocol_errors() -> None:
     assert decode_delivery(encode_data(EPOCH, 5, b"\x01xy")) == Data(EPOCH, 5, b"\x01xy")
     assert decode_delivery(encode_ack(EPOCH, 7, 5)) == Ack(EPOCH, 7, 5)
     assert decode_delivery(encode_lost(EPOCH, 3, 2)) == Lost(EPOCH, 3, 2)
+    assert decode_delivery(encode_sync(EPOCH, 3, 9)) == Sync(EPOCH, 3, 9)
     assert decode_delivery(b"\x00{}") == Notice(b"\x00{}")
     assert decode_nack(encode_nack(EPOCH, [(3, 2)])) == (EPOCH, [(3, 2)])
     for bad in (b"", b"\x01\x00", encode_ack(EPOCH, 1, 1) + b"x", b"\x09abc", b"\x01" * 4095):
@@ -118,11 +122,14 @@ def test_join_notices_are_numbered_and_a_keepalive_answers_the_latest_seq() -> N
     core.add_member("r", TA, "alice", "127.0.0.1", Framing.OCM1R, True, 0.0)
     core.add_member("r", TB, "bob", "127.0.0.1", Framing.OCM1R, False, 0.0)
     core.handle_datagram(encode_chat(b"r", TA, b""), A, 1.0)
-    assert core.outbox == [(encode_ack(EPOCH, 0, 1), A)]  # its own joined is seq 1
+    assert core.outbox == [(encode_sync(EPOCH, 2, 1), A)]  # its own joined is seq 1
     core.outbox.clear()
     core.handle_datagram(encode_chat(b"r", TB, b""), B, 1.0)
     joined = (b'\x00{"event":"joined","user":"bob","text":"bob joined the room"}')
-    assert core.outbox == [(encode_data(EPOCH, 2, joined), A), (encode_ack(EPOCH, 0, 2), B)]
+    assert core.outbox == [(encode_data(EPOCH, 2, joined), A), (encode_sync(EPOCH, 3, 2), B)]
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", TA, b""), A, 2.0)
+    assert core.outbox == [(encode_sync(EPOCH, 2, 2), A)]
 
 
 def test_send_is_numbered_relayed_once_acked_each_time_and_plain_unchanged() -> None:
@@ -153,7 +160,7 @@ def test_nack_resends_from_history_and_answers_lost_rate_limited() -> None:
     for token, addr in ((TA, A), (TB, B)):
         core.handle_datagram(encode_chat(b"r", token, b""), addr, 1.0)
     for i in range(6):  # seq 3..8; the history keeps 5..8
-        core.handle_datagram(encode_chat(b"r", TA, encode_send(i, b"m%d" % i)), A, 2.0)
+        core.handle_datagram(encode_chat(b"r", TA, encode_send(i + 1, b"m%d" % i)), A, 2.0)
     core.outbox.clear()
     core.handle_datagram(encode_chat(b"r", TB, encode_nack(EPOCH, [(2, 4), (8, 1)])), B, 2.1)
     assert core.outbox == [(encode_lost(EPOCH, 2, 3), B),
@@ -171,7 +178,7 @@ def test_one_nack_causes_at_most_nack_max_resends() -> None:
     core = reliable_room()
     core.chat_burst = 1000.0
     for i in range(80):
-        core.handle_datagram(encode_chat(b"r", TA, encode_send(i, b"x")), A, 2.0)
+        core.handle_datagram(encode_chat(b"r", TA, encode_send(i + 1, b"x")), A, 2.0)
     core.outbox.clear()
     core.handle_datagram(encode_chat(b"r", TB, encode_nack(EPOCH, [(1, 256)] * 16)), B, 3.0)
     assert len(core.outbox) == NACK_MAX_RESENDS
@@ -187,7 +194,7 @@ def test_ocm1r_member_is_not_in_framed_fanout_and_room_hands_off_compiled_loop()
 def test_reliable_ids_window_drops_late_copies() -> None:
     core = reliable_room()
     for i in range(100):
-        core.handle_datagram(encode_chat(b"r", TA, encode_send(i, b"x")), A, 2.0 + i)
+        core.handle_datagram(encode_chat(b"r", TA, encode_send(i + 1, b"x")), A, 2.0 + i)
     core.outbox.clear()
     relayed = core.relayed
     core.handle_datagram(encode_chat(b"r", TA, encode_send(3, b"x")), A, 200.0)
