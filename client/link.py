@@ -186,6 +186,8 @@ class RoomLink(Link):
         """The id of our last message (``ocm1r``; 0 otherwise)."""
         self._texts: dict[int, str] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+        """When ``_timer`` fires, on ``clock`` (uvloop's handles do not say)."""
         self._changed = asyncio.Event()
         if self.reliable is not None and (self._keepalive_s is None
                                           or self._keepalive_s > SYNC_S):
@@ -351,12 +353,13 @@ class RoomLink(Link):
             return
         due = self.reliable.next_deadline()
         if self._timer is not None:
-            if due is not None and self._timer.when() <= due + 0.001:
+            if due is not None and self._timer_due <= due + 0.001:
                 return
             self._timer.cancel()
             self._timer = None
         if due is not None:
             loop = asyncio.get_running_loop()
+            self._timer_due = due
             self._timer = loop.call_later(max(0.0, due - self.clock()), self._on_timer)
 
     def _on_timer(self) -> None:
