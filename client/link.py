@@ -21,9 +21,9 @@ from client import commands, render
 from client import reliable as rel
 from client.commands import Action, Command
 from client.render import Line
-from client.session import Addr, Joined, JoinFailed, JoinRefused, fetch_members
+from client.session import Addr, Joined, JoinFailed, JoinRefused, fetch_members, join_room
 from wire.chat import FramedChat, Notice, encode_chat
-from wire.codes import Framing
+from wire.codes import Framing, NoticeEvent, Operation
 from wire.e2e import MemberInfo
 from wire.limits import EXIT_COMMAND, MAX_DATAGRAM_BYTES
 from wire.stage1 import encode_stage1
@@ -37,6 +37,20 @@ MIN_KEEPALIVE_S: Final = 0.05
 SYNC_S: Final = 2.0
 """``ocm1r``: keepalives at least this often, so that a lost last message is noticed
 (the relay answers each with the room's latest sequence number)."""
+
+
+RESUME_AFTER_S: Final = 3 * SYNC_S + 0.5
+"""``ocm1r``: nothing heard from the relay this long while keepalives go out: the path is
+gone (a new address, a dead network): resume over TCRP."""
+RESUME_RETRY_S: Final = 2.0
+
+
+class Resumed(enum.Enum):
+    """How a resume went: everything missed came back, some of it, or nothing."""
+
+    YES = "yes"
+    PARTLY = "partly"
+    NO = "no"
 
 
 class SendState(enum.Enum):
@@ -138,7 +152,9 @@ class Link(asyncio.DatagramProtocol):
             self._on_line(render.warning_line(f"the server is not answering ({exc})"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+        # After a resume the old socket's loss arrives while the new one is open.
+        if self._transport is None or self._transport.is_closing():
+            self._transport = None
 
     # -- internals ----------------------------------------------------------------------------
     def _encode(self, text: str) -> bytes:
@@ -189,10 +205,20 @@ class RoomLink(Link):
         self._timer_due = 0.0
         """When ``_timer`` fires, on ``clock`` (uvloop's handles do not say)."""
         self._changed = asyncio.Event()
+        self.gaps = 0
+        """Deliveries shown as "could not be recovered" so far."""
+        self._gaps_at_resume: int | None = None
         if self.reliable is not None and (self._keepalive_s is None
                                           or self._keepalive_s > SYNC_S):
             self._keepalive_s = SYNC_S
         self.clock: Callable[[], float] = time.monotonic
+        self.heard = self.clock()
+        """When a datagram last came from the relay."""
+        self.resume_source: str | None = None
+        """The local IP to resume from (None: the system chooses)."""
+        self._resuming: asyncio.Task[None] | None = None
+        self.on_resumed: Callable[[Resumed], None] | None = None
+        """Called when a resume is over (``Resumed.NO``: the membership is gone)."""
 
     @property
     def pending(self) -> int:
@@ -247,7 +273,88 @@ class RoomLink(Link):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._resuming is not None and not self._resuming.done():
+            self._resuming.cancel()
         super().close()
+
+    # -- resume (ocm1r) ----------------------------------------------------------------------
+    def _on_keepalive(self) -> None:
+        super()._on_keepalive()
+        if (self.reliable is not None and self._resuming is None and not self.ended.done()
+                and self.clock() - self.heard > RESUME_AFTER_S):
+            self._resuming = asyncio.ensure_future(self._resume_until_done())
+
+    async def _resume_until_done(self) -> None:
+        try:
+            while not self.ended.done():
+                try:
+                    await self.resume(self.resume_source)
+                    return
+                except JoinFailed:  # no network yet: try again
+                    await asyncio.sleep(RESUME_RETRY_S)
+        finally:
+            self._resuming = None
+
+    async def resume(self, source: str | None = None) -> None:
+        """Move this membership to a new socket over TCRP (``ocm1r``): same name, same
+        place in the room, a new token for the new address; then ask for what was missed
+        and resend what is pending. The status says ``reconnecting`` meanwhile;
+        ``on_resumed`` gets the outcome (``Resumed.NO`` ends the chat: the membership was
+        gone). Raise ``JoinFailed`` if the server cannot be reached."""
+        joined = self.joined
+        secret = joined.details.resume
+        target = joined.tcrp
+        if self.reliable is None or secret is None or target is None:
+            raise JoinFailed("this chat cannot resume")
+        self.reconnecting = True
+        self._status()
+        try:
+            new = await asyncio.to_thread(
+                join_room, target.host, target.port, Operation.JOIN, joined.room_raw.decode(),
+                joined.username, None, target.timeout, target.tls, resume=secret,
+                source=source)
+        except JoinRefused as exc:
+            self.reconnecting = False
+            self._resumed(Resumed.NO)
+            self._on_line(render.warning_line(
+                f"could not resume: {render.sanitize(exc.error)}"))
+            if not self.ended.done():
+                self.close()
+                self.ended.set_result(Notice(NoticeEvent.DISCONNECTED))
+            return
+        except JoinFailed:
+            self._status()
+            raise
+        old = self._transport
+        self.joined = new
+        self._transport = None
+        if old is not None:
+            old.close()
+        loop = asyncio.get_running_loop()
+        new.udp_sock.connect(new.server)
+        await loop.create_datagram_endpoint(lambda: self, sock=new.udp_sock)
+        now = self.clock()
+        self.heard = now
+        self.reconnecting = False
+        self._gaps_at_resume = self.gaps
+        self.reliable.resumed(now)
+        self._send(self._encode(""))  # binds the new address; the answer says where we are
+        self._arm_timer()
+        self._status()
+
+    def _resumed(self, outcome: Resumed) -> None:
+        self._gaps_at_resume = None
+        if outcome is not Resumed.NO:
+            self._on_line(render.notice_line(
+                "reconnected: nothing was lost" if outcome is Resumed.YES
+                else "reconnected: some messages could not be recovered"))
+        if self.on_resumed is not None:
+            self.on_resumed(outcome)
+
+    def _status(self) -> None:
+        self._changed.set()
+        if self.on_status is not None:
+            self.on_status()
 
     async def open(self) -> None:
         await self.start(self.joined.udp_sock, self.joined.server)
@@ -302,6 +409,7 @@ class RoomLink(Link):
         return encode_chat(self.joined.room_raw, self.joined.token, text.encode())
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.heard = self.clock()
         if self.reliable is not None:
             self._reliable_events(self.reliable.handle_delivery(data, self.clock()))
             self._arm_timer()
@@ -326,6 +434,7 @@ class RoomLink(Link):
             elif isinstance(event, rel.Unnumbered):
                 self._show(render.decode_delivery(event.body, Framing.OCM1))
             elif isinstance(event, rel.Gap):
+                self.gaps += event.count
                 self._on_line(render.warning_line(gap_text(event.count)))
             elif isinstance(event, rel.Acked):
                 self._state(event.msg_id, SendState.SENT)
@@ -336,6 +445,12 @@ class RoomLink(Link):
                 text = render.sanitize(self._texts.get(event.msg_id, ""))
                 self._on_line(render.warning_line(
                     f"not delivered: {text!r} (/retry sends it again)"))
+
+        if self._gaps_at_resume is not None and self.reliable is not None \
+                and self.reliable.receiver.next is not None \
+                and not self.reliable.receiver.missing:  # the resume's holes are settled
+            self._resumed(Resumed.YES if self.gaps == self._gaps_at_resume
+                          else Resumed.PARTLY)
 
     def _state(self, msg_id: int, state: SendState) -> None:
         text = self._texts.get(msg_id, "")

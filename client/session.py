@@ -119,6 +119,8 @@ def join_room(
     keys: PublicKeys | None = None,
     e2e: bool = False,
     reliable: bool = True,
+    resume: str | None = None,
+    source: str | None = None,
 ) -> Joined:
     """Create or join ``room`` as ``username``; see the module docstring. With ``tls``
     the TCRP exchange runs inside TLS, and the server's certificate must verify for
@@ -131,9 +133,12 @@ def join_room(
     # an encrypted room's reply lists its members (§2.2)
     exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)
     request = exchange.send_request(operation, room, username, password,
-                                    request_framing(reliable, e2e), keys=keys, e2e=e2e)
+                                    request_framing(reliable, e2e), keys=keys, e2e=e2e,
+                                    resume=resume)
     try:
         tcp = socket.socket(family, socket.SOCK_STREAM)
+        if source is not None:  # a resume from a given local address (tests, multi-homed)
+            tcp.bind((source, 0))
     except OSError as exc:
         raise JoinFailed(f"cannot open a socket: {_describe_os_error(exc)}") from None
     udp: socket.socket | None = None

@@ -47,6 +47,8 @@ class MemberRecord:
     alive: bool = True
     keys: PublicKeys | None = None
     """The member's public keys in an encrypted room (docs/e2e.md §2.1); None otherwise."""
+    resume: str | None = None
+    """``ocm1r``: the secret that moves this membership to a new address and token."""
 
     def info(self) -> MemberInfo:
         """This member as an entry of ``members`` (docs/e2e.md §2.2)."""
@@ -93,6 +95,15 @@ class Registry:
         self.tokens: dict[bytes, MemberRecord] = {}
         self.load = [0] * workers
         """Members per worker: the placement key."""
+        self.resumes: dict[str, MemberRecord] = {}
+        """Live ``ocm1r`` members by resume secret."""
+
+    def issue_token(self, worker: int) -> bytes:
+        """A new token for a member of ``worker``, unused."""
+        token = self._new_token(worker)
+        while token in self.tokens:
+            token = self._new_token(worker)
+        return token
 
     def set_token_source(self, new_token: Callable[[int], bytes]) -> None:
         """Cluster mode: tokens also carry the node's tag (control/cluster.py)."""
@@ -173,12 +184,40 @@ class Registry:
             member.addr = addr
             member.proven = proven
 
+    def set_resume(self, member: MemberRecord, secret: str) -> None:
+        """Give ``member`` a (new) resume secret; the old one is dead."""
+        if member.resume is not None:
+            self.resumes.pop(member.resume, None)
+        member.resume = secret
+        self.resumes[secret] = member
+
+    def resume(self, room_name: str, username: str, secret: str, ip: str,
+               new_token: bytes) -> tuple[MemberRecord, bytes]:
+        """Move the live membership that ``secret`` names to ``ip`` and ``new_token``;
+        return it and its old token. ROOM_NOT_FOUND if no live membership of that room
+        and name has that secret (it left, was evicted, or the room closed)."""
+        member = self.resumes.get(secret)
+        if member is None or not member.alive or member.room.name != room_name \
+                or username_key(member.username) != username_key(username):
+            raise RegistryError(Status.ROOM_NOT_FOUND, "nothing to resume: the membership "
+                                "is gone (left, removed for inactivity, or the room closed)")
+        old = member.token
+        del self.tokens[old]
+        member.token = new_token
+        self.tokens[new_token] = member
+        member.ip = ip
+        member.addr = None
+        member.proven = False
+        return member, old
+
     def remove_member(self, token: bytes) -> MemberRecord | None:
         """Forget one member (left or evicted); its username is free again."""
         member = self.tokens.pop(token, None)
         if member is None:
             return None
         member.alive = False
+        if member.resume is not None:
+            self.resumes.pop(member.resume, None)
         room = member.room
         key = username_key(member.username)
         if room.members.get(key) is member:
@@ -197,6 +236,8 @@ class Registry:
             if self.tokens.pop(member.token, None) is not None:
                 self.load[room.worker] -= 1
             member.alive = False
+            if member.resume is not None:
+                self.resumes.pop(member.resume, None)
         room.members.clear()
         return room
 

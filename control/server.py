@@ -36,11 +36,11 @@ from control.session import (
     Session,
 )
 from control.supervisor import Supervisor
-from relay.ipc import Ack, Bound, Closed, Left, Register
+from relay.ipc import Ack, Bound, Closed, Left, Rebind, Register
 from relay.steering import worker_tag
 from wire.codes import Framing, Operation, Reason, Status
 from wire.e2e import MemberInfo
-from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
+from wire.limits import REGISTRATION_WINDOW_S, RESUME_SECRET_BYTES, max_message_bytes
 from wire.tcrp import NEED_DATA, Details, MembersRequest, Request
 
 if TYPE_CHECKING:
@@ -130,6 +130,10 @@ class ControlApp:
         if body.framing is Framing.OCM1R and not self.cfg.reliable:
             request = dataclasses.replace(request, body=dataclasses.replace(
                 body, framing=Framing.OCM1))
+        if body.resume is not None and request.operation is Operation.JOIN:
+            if body.framing is not Framing.OCM1R:
+                raise RegistryError(Status.INVALID_REQUEST, "resume needs ocm1r framing")
+            return await self._resume(request, ip)
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
         else:
@@ -147,20 +151,47 @@ class ControlApp:
             self.registry.mark_live(member.room)
             log.info("room %r created on worker %d (%d rooms)", member.room.name,
                      member.room.worker, len(self.registry.rooms))
+        if member.framing is Framing.OCM1R:
+            self.registry.set_resume(member, secrets.token_urlsafe(RESUME_SECRET_BYTES))
+        return self._details(request, member), member
+
+    def _details(self, request: Request, member: MemberRecord) -> Details:
         room = member.room
-        details = Details(
+        return Details(
             udp_port=self.udp_ports[room.worker],
             host=member.is_host,
             max_message=max_message_bytes(len(request.room_raw), len(member.token),
-                                          len(body.username.encode()),
+                                          len(member.username.encode()),
                                           member.framing is Framing.OCM1R),
             inactivity_timeout=self.cfg.inactivity_timeout,
             framing=member.framing,
             e2e=room.e2e,
             members=room.member_infos(exclude=member) if room.e2e else (),
             udp_host=self.udp_host,
+            resume=member.resume,
+            resumed=member.resume is not None and request.body.resume is not None,
         )
-        return details, member
+
+    async def _resume(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+        """A join with ``"resume"`` (ocm1r): the same membership moves to ``ip`` with a
+        new token and a new secret; the worker keeps its place and history. The secret
+        stands for the password."""
+        assert self.supervisor is not None and request.body.resume is not None
+        room = self.registry.live_room(request.room)
+        token = self.registry.issue_token(room.worker)
+        member, old = self.registry.resume(request.room, request.body.username,
+                                           request.body.resume, ip, token)
+        self.registry.set_resume(member, secrets.token_urlsafe(RESUME_SECRET_BYTES))
+        try:
+            reply = await self.supervisor.call(room.worker, Rebind(0, old, ip, token))
+        except (ConnectionError, TimeoutError):
+            reply = None
+        if not (isinstance(reply, Ack) and reply.ok and member.alive):
+            self.registry.remove_member(token)
+            raise RegistryError(Status.ROOM_NOT_FOUND, "nothing to resume: the membership "
+                                "ended meanwhile")
+        log.info("member resumed in a room on worker %d", room.worker)
+        return self._details(request, member), member
 
     async def members(self, request: MembersRequest, ip: str) -> tuple[MemberInfo, ...]:
         """Answer Operation 3 (docs/e2e.md §2.4): every member of the room, the asker

@@ -362,6 +362,30 @@ class RelayCore:
             member.addr = None
             member.room.rebuild()
 
+    def resume(self, token: bytes, new_token: bytes, ip: str, now: float) -> bool:
+        """An ``ocm1r`` member moves (a TCRP resume): ``new_token``, issued to ``ip``,
+        replaces ``token``; its name, membership, message ids and place in the room
+        stay, and it is not announced again. Its old address gets nothing more; its
+        first datagram from the new one binds it (then it NACKs what it missed). False
+        if ``token`` is no live member (control then answers ROOM_NOT_FOUND)."""
+        member = self.tokens.get(token)
+        if member is None or new_token in self.tokens:
+            return False
+        room = member.room
+        del self.tokens[token]
+        del room.members[token]
+        member.token = new_token
+        self.tokens[new_token] = member
+        room.members[new_token] = member
+        member.ip = ip
+        member.last_seen = now
+        self._unlink_addr(member)
+        member.addr = None
+        member.trial = member.muted = False
+        room.rebuild()
+        self._push_deadline(member, now + self.inactivity_timeout)
+        return True
+
     def close_room(self, room_name: str, reason: str) -> None:
         """Close a room on control's order (cluster mode: its name now belongs to another
         node): every member gets ``closed``, tokens die, a ``closed`` event follows."""

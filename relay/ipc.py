@@ -147,6 +147,8 @@ class Rebind:
     id: int
     token: bytes
     ip: str
+    new_token: bytes | None = None
+    """A resume (``ocm1r``): the member's token from now on (the old one dies)."""
 
 
 # --- events, worker -> control --------------------------------------------------------------
@@ -270,8 +272,11 @@ def _body(message: Message) -> dict[str, Any]:
     if isinstance(message, CloseRoom):
         return {"t": "close", "room": message.room, "reason": message.reason}
     if isinstance(message, Rebind):
-        return {"t": "rebind", "id": message.id, "token": message.token.decode("ascii"),
+        body = {"t": "rebind", "id": message.id, "token": message.token.decode("ascii"),
                 "ip": message.ip}
+        if message.new_token is not None:
+            body["new_token"] = message.new_token.decode("ascii")
+        return body
     if isinstance(message, Ack):
         return {"t": "ack", "id": message.id, "ok": message.ok}
     if isinstance(message, Pong):
@@ -406,7 +411,8 @@ _DECODERS: Final[dict[str, Callable[[_Fields], Message]]] = {
     "config": lambda f: Configure(_settings(f.section("settings"))),
     "shutdown": lambda f: Shutdown(),
     "close": lambda f: CloseRoom(f.text("room"), f.text("reason")),
-    "rebind": lambda f: Rebind(f.integer("id"), f.token("token"), f.text("ip")),
+    "rebind": lambda f: Rebind(f.integer("id"), f.token("token"), f.text("ip"),
+                               f.token("new_token") if "new_token" in f.body else None),
     "ack": lambda f: Ack(f.integer("id"), f.flag("ok")),
     "pong": lambda f: Pong(f.integer("id")),
     "bye": lambda f: Bye(),

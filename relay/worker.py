@@ -409,8 +409,13 @@ class Worker:
             self.core.close_room(msg.room, msg.reason)
             self._flush()
         elif isinstance(msg, ipc.Rebind):
-            self.core.rebind_ip(msg.token, msg.ip)
-            self._send(ipc.Ack(msg.id, True))
+            if msg.new_token is not None:  # a resume: a new token, and its history
+                ok = self.core.resume(msg.token, msg.new_token, msg.ip, now)
+                self._flush()
+                self._send(ipc.Ack(msg.id, ok))
+            else:
+                self.core.rebind_ip(msg.token, msg.ip)
+                self._send(ipc.Ack(msg.id, True))
         elif isinstance(msg, ipc.Ping):
             self._send(ipc.Pong(msg.id))
         elif isinstance(msg, ipc.Start):

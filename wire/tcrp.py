@@ -90,6 +90,7 @@ class RequestBody:
     framing: Framing = Framing.PLAIN
     keys: PublicKeys | None = None  # docs/e2e.md §2.1: the member's public keys
     e2e: bool = False  # create: make the room encrypted (ignored on join)
+    resume: str | None = None  # join, ocm1r: the resume secret of a membership to move
 
 
 def encode_request(
@@ -100,10 +101,11 @@ def encode_request(
     framing: Framing | None = None,
     keys: PublicKeys | None = None,
     e2e: bool = False,
+    resume: str | None = None,
 ) -> bytes:
     """A State 0 request with a JSON payload (what ``ocm-chat`` and ``ocm-loadgen`` send).
 
-    ``keys`` and ``e2e`` are sent only when given (docs/e2e.md §2.1)."""
+    ``keys`` and ``e2e`` are sent only when given (docs/e2e.md §2.1), ``resume`` too."""
     room_raw = room.encode() if isinstance(room, str) else room
     if not 1 <= len(room_raw) <= MAX_ROOM_NAME_BYTES:
         raise errors.FieldOutOfRange(f"room name must be 1..255 bytes, got {len(room_raw)}")
@@ -116,6 +118,8 @@ def encode_request(
         body["keys"] = keys.to_json()
     if e2e:
         body["e2e"] = True
+    if resume is not None:
+        body["resume"] = resume
     return encode_frame(operation, State.REQUEST, room_raw, orjson.dumps(body))
 
 
@@ -167,6 +171,7 @@ def decode_request_payload(payload: bytes) -> RequestBody:
     framing_raw: object = None
     keys: PublicKeys | None = None
     e2e: object = None
+    resume: object = None
     username: object
     if isinstance(parsed, dict):
         username = parsed.get("username")
@@ -183,6 +188,9 @@ def decode_request_payload(payload: bytes) -> RequestBody:
             raise errors.BadFieldType("e2e must be a boolean or null")
         if parsed.get("keys") is not None:
             keys = decode_public_keys(parsed["keys"])
+        resume = parsed.get("resume")
+        if resume is not None and not isinstance(resume, str):
+            raise errors.BadFieldType("resume must be a string or null")
     else:
         username = text
     if not username:
@@ -195,8 +203,11 @@ def decode_request_payload(payload: bytes) -> RequestBody:
     names.check_username(username)
     framing = _FRAMINGS.get(framing_raw, Framing.PLAIN) if isinstance(framing_raw, str) \
         else Framing.PLAIN
+    if isinstance(resume, str) and len(resume.encode()) > MAX_PASSWORD_BYTES:
+        raise errors.FieldTooLong("resume")
     return RequestBody(
-        username, password or None, framing, keys, e2e is True  # type: ignore[arg-type]
+        username, password or None, framing, keys, e2e is True,  # type: ignore[arg-type]
+        resume or None,  # type: ignore[arg-type]
     )
 
 
@@ -243,6 +254,11 @@ class Details:
     """Cluster mode: the IP of the node that owns the room, to which the client should send
     its datagrams (``udp_port`` is that node's). Absent on a single node: send to the
     address the TCRP connection went to."""
+    resume: str | None = None
+    """``ocm1r``: the secret that moves this membership to a new address (a join with
+    ``"resume"``); each answer carries a new one."""
+    resumed: bool = False
+    """The answer to a resume: the same membership, a new token."""
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -257,6 +273,10 @@ class Details:
             obj["members"] = [member.to_json() for member in self.members]
         if self.udp_host is not None:
             obj["udp_host"] = self.udp_host
+        if self.resume is not None:
+            obj["resume"] = self.resume
+        if self.resumed:
+            obj["resumed"] = True
         return obj
 
     @classmethod
@@ -269,6 +289,9 @@ class Details:
         except (KeyError, ValueError) as exc:
             raise errors.BadResponse(f"details: {exc!r}") from None
         udp_host = obj.get("udp_host")
+        resume, resumed = obj.get("resume"), obj.get("resumed", False)
+        if not (resume is None or type(resume) is str) or type(resumed) is not bool:
+            raise errors.BadResponse("resume must be a string, resumed a boolean")
         if not (
             type(udp_port) is int
             and type(host) is bool
@@ -282,7 +305,7 @@ class Details:
             raise errors.BadResponse("e2e must be a boolean")
         members = decode_members(obj.get("members")) if e2e else ()
         return cls(udp_port, host, max_message, float(timeout), framing, e2e, members,
-                   udp_host)
+                   udp_host, resume, resumed)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:

@@ -108,12 +108,14 @@ class ClientExchange:
         framing: Framing | None = None,
         keys: PublicKeys | None = None,
         e2e: bool = False,
+        resume: str | None = None,
     ) -> bytes:
         """The bytes of a JSON request (§1.2, with ``keys``/``e2e`` of docs/e2e.md §2.1);
         raise ``FieldOutOfRange`` if the room name does not fit, ``ExchangeMisuse`` if a
         request was already sent."""
         self._check_local(_Step.REQUEST)
-        frame = encode_request(operation, room, username, password, framing, keys, e2e)
+        frame = encode_request(operation, room, username, password, framing, keys, e2e,
+                               resume)
         return self.send_raw_request(frame)
 
     def send_raw_request(self, frame: bytes) -> bytes:

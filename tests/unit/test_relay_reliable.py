@@ -223,3 +223,47 @@ def test_room_close_returns_the_history_budget() -> None:
     assert core.history_budget.used > 3000
     core.handle_datagram(encode_chat(b"r", TA, b"/exit"), A, 3.0)
     assert core.history_budget.used == 0 and not core.rooms
+
+
+def test_resume_moves_the_member_to_a_new_token_and_ip_without_noise() -> None:
+    core = reliable_room()
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(1, b"one")), A, 2.0)
+    core.outbox.clear()
+    new = b"A" + b"n" * 32
+    assert core.resume(TB, new, "127.0.0.9", 3.0)
+    assert not core.resume(TB, new, "127.0.0.9", 3.0)  # the old token is dead
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(2, b"two")), A, 3.5)
+    assert all(to != B for _, to in core.outbox)  # the old address gets nothing more
+    assert core.handle_datagram(encode_chat(b"r", TB, b""), B, 3.6) is None
+    assert core.drops["unknown_token"] == 1
+    core.outbox.clear()
+    moved = ("127.0.0.9", 7000)
+    core.handle_datagram(encode_chat(b"r", new, b""), moved, 4.0)
+    assert core.outbox == [(encode_sync(EPOCH, 3, 5), moved)]  # no joined for the others
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", new, encode_nack(EPOCH, [(5, 1)])), moved, 4.1)
+    assert core.outbox == [(encode_data(EPOCH, 5, b"\x05alicetwo"), moved)]
+    bob = core.tokens[new]
+    assert bob.username == "bob" and bob.rel is not None and bob.rel.start == 3
+
+
+def test_registry_resume_rekeys_and_a_dead_or_wrong_secret_is_room_not_found() -> None:
+    from control.registry import Registry, RegistryError
+    from wire.codes import Status
+
+    tokens = iter([b"A" + bytes([65 + i]) * 32 for i in range(10)])
+    registry = Registry(1, lambda worker: next(tokens))
+    host = registry.create("r", "alice", "127.0.0.1", Framing.OCM1R, 0, None)
+    registry.mark_live(host.room)
+    bob = registry.join(registry.live_room("r"), "bob", "127.0.0.1", Framing.OCM1R, 10, None)
+    registry.set_resume(bob, "s1")
+    old = bob.token
+    member, was = registry.resume("r", "bob", "s1", "127.0.0.2", registry.issue_token(0))
+    assert member is bob and was == old and old not in registry.tokens
+    assert registry.tokens[bob.token] is bob and bob.ip == "127.0.0.2"
+    for room, name, secret in (("r", "bob", "nope"), ("r", "alice", "s1"), ("x", "bob", "s1")):
+        with pytest.raises(RegistryError) as refused:
+            registry.resume(room, name, secret, "127.0.0.3", registry.issue_token(0))
+        assert refused.value.status is Status.ROOM_NOT_FOUND
+    registry.remove_member(bob.token)
+    assert registry.resumes == {}
