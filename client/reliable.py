@@ -28,13 +28,18 @@ SYNC_RETRY_S: Final = 0.3
 """Before the relay has said where we start: how often to ask (a keepalive)."""
 NACK_BACKOFF_S: Final = (0.1, 0.2, 0.4, 0.8, 1.0)
 """Waits between NACKs of one hole (the last repeats)."""
+NACK_MIN_INTERVAL_S: Final = 0.1
+"""At most one NACK this often (the relay's NACK_RATE): holes due meanwhile wait and go
+together in the next one."""
 NACK_MAX_TRIES: Final = 12
 """NACKs of one hole before it is given up as lost (~10 s: covers a short outage)."""
 MAX_HELD: Final = 2048
 """Sequence numbers held or awaited past the next one in order; past it the oldest
 hole is given up (a bound, not a case expected in practice)."""
-SEND_BACKOFF_S: Final = (0.2, 0.4, 0.8, 1.6, 2.0)
-"""Waits between copies of an unacknowledged message (the last repeats)."""
+RTO_INITIAL_S: Final = 0.2
+"""The first retransmission timeout, before a round trip was measured."""
+RTO_MIN_S, RTO_MAX_S = 0.05, 2.0
+"""The timeout is 4 smoothed round trips within these bounds, doubled per go-back."""
 SEND_FAIL_AFTER_S: Final = 15.0
 """A message unacknowledged this long after its first copy is ``Failed`` (and with it
 every later one: the relay takes them in order)."""
@@ -112,6 +117,7 @@ class Receiver:
         """Numbers the relay said it cannot resend (emitted as part of a ``Gap``)."""
         self.missing: dict[int, tuple[float, int]] = {}
         """Awaited numbers: when to NACK next, and NACKs sent so far."""
+        self.last_nack = float("-inf")
         self.sync_due: float | None = None
         """Before the start is known: when to ask for a ``Sync`` (a keepalive) again."""
         self.emitted = 0
@@ -185,6 +191,13 @@ class Receiver:
         if want_sync:
             self.sync_due = now + SYNC_RETRY_S
         due = sorted(seq for seq, (when, _) in self.missing.items() if when <= now)
+        later = self.last_nack + NACK_MIN_INTERVAL_S
+        if due and now < later:  # wait, then all together
+            for seq in due:
+                self.missing[seq] = (later, self.missing[seq][1])
+            return [], [], want_sync
+        if due:
+            self.last_nack = now
         give_up = []
         for seq in due:
             _, tries = self.missing[seq]
@@ -275,6 +288,8 @@ class Pending:
     first: float | None = None
     """When its first copy went out (None: waiting for room in the window)."""
     failed: bool = False
+    resent: bool = False
+    """A second copy went out: its acknowledgement does not measure the round trip."""
 
 
 class Sender:
@@ -294,6 +309,8 @@ class Sender:
         self.tries = 0
         """Go-backs since the oldest message was last acknowledged (the backoff)."""
         self.last_go_back = float("-inf")
+        self.srtt: float | None = None
+        """Smoothed round trip from first copy to acknowledgement (Karn: first copies)."""
         self.copies = 0
         """Datagrams sent, first copies included."""
 
@@ -307,8 +324,14 @@ class Sender:
         if item not in window:
             return msg_id, None
         if self.due is None:
-            self.due = now + SEND_BACKOFF_S[0]
+            self.due = now + self.rto()
         return msg_id, self._copy(item, now)
+
+    def rto(self) -> float:
+        """The retransmission timeout now (backoff included)."""
+        base = RTO_INITIAL_S if self.srtt is None else min(RTO_MAX_S,
+                                                           max(RTO_MIN_S, 4 * self.srtt))
+        return min(RTO_MAX_S, base * float(2 ** min(self.tries, 6)))
 
     def handle_ack(self, msg_id: int, seq: int, now: float) -> list[Event]:
         """An acknowledgement of ``msg_id`` and so of every id before it."""
@@ -319,6 +342,10 @@ class Sender:
                 self.due = now
             return []
         events: list[Event] = []
+        last = self.pending[done[-1]]
+        if last.msg_id == msg_id and not last.resent and last.first is not None:
+            sample = now - last.first
+            self.srtt = sample if self.srtt is None else 0.875 * self.srtt + 0.125 * sample
         for i in done:
             item = self.pending.pop(i)
             if i == msg_id and not seq:
@@ -327,7 +354,7 @@ class Sender:
                 events.append(Acked(i, seq if i == msg_id else 0))
         self.tries = 0
         window = self._window()
-        self.due = None if not window else now + SEND_BACKOFF_S[0]
+        self.due = None if not window else now + self.rto()
         for item in window:  # room in the window: first copies of the waiting ones
             if item.first is None:
                 self.due = now
@@ -366,7 +393,7 @@ class Sender:
         if any(item.first is not None for item in window):
             self.tries += 1
             self.last_go_back = now
-        self.due = now + SEND_BACKOFF_S[min(self.tries, len(SEND_BACKOFF_S) - 1)]
+        self.due = now + self.rto()
         return [self._copy(item, now) for item in window], []
 
     def rearm(self, now: float) -> None:
@@ -386,6 +413,8 @@ class Sender:
     def _copy(self, item: Pending, now: float) -> bytes:
         if item.first is None:
             item.first = now
+        else:
+            item.resent = True
         self.copies += 1
         return reliable.encode_send(item.msg_id, item.text)
 

@@ -308,7 +308,8 @@ class RelayCore:
         if framing is Framing.OCM1R:  # reliable: the room is numbered from now on
             member.rel = Reliable(now)
             if room.history is None:
-                room.history = History(self.new_epoch() & 0xFFFFFFFF, self.history_budget)
+                room.history = History(self.new_epoch() & 0xFFFFFFFF, self.history_budget,
+                                       now)
         if room.e2e:
             member.keys = keys
             room.by_name[username.encode()] = member

@@ -50,14 +50,15 @@ class History:
 
     __slots__ = ("epoch", "next_seq", "entries", "bytes", "budget", "now")
 
-    def __init__(self, epoch: int, budget: HistoryBudget) -> None:
+    def __init__(self, epoch: int, budget: HistoryBudget, now: float = 0.0) -> None:
         self.epoch = epoch
         self.next_seq = 1
         self.entries: deque[tuple[int, float, bytes]] = deque()
         self.bytes = 0
         self.budget = budget
-        self.now = 0.0
-        """The latest time it was given (notices numbered without a clock use it)."""
+        self.now = now
+        """The latest time it was given (notices numbered without a clock use it; the
+        worker's timer gives it one every second)."""
 
     def number(self, body: bytes, now: float) -> bytes:
         """Give ``body`` (an ``ocm1`` delivery) the next ``Seq``; keep it if the limits

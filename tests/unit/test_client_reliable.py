@@ -7,7 +7,6 @@ import random
 from client.reliable import (
     NACK_MAX_TRIES,
     REORDER_DELAY_S,
-    SEND_BACKOFF_S,
     SEND_FAIL_AFTER_S,
     SEND_WINDOW,
     Acked,
@@ -148,7 +147,7 @@ def test_an_old_ack_again_makes_the_window_go_back_at_once() -> None:
     one, _ = tx.send(b"1", 0.0)
     two, copy = tx.send(b"2", 0.0)
     tx.handle_ack(one, 5, 0.1)  # two was sent: the timer waits
-    assert tx.next_deadline() == 0.1 + SEND_BACKOFF_S[0]
+    assert tx.next_deadline() == 0.1 + tx.rto()
     tx.handle_ack(one, 5, 0.2)  # the relay dropped a later one: go back now
     assert tx.next_deadline() == 0.2 and tx.handle_timer(0.2)[0] == [copy]
 

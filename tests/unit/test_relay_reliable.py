@@ -267,3 +267,15 @@ def test_registry_resume_rekeys_and_a_dead_or_wrong_secret_is_room_not_found() -
         assert refused.value.status is Status.ROOM_NOT_FOUND
     registry.remove_member(bob.token)
     assert registry.resumes == {}
+
+
+def test_notices_numbered_before_any_chat_are_kept_for_resends() -> None:
+    core = RelayCore(new_epoch=lambda: EPOCH)
+    core.add_member("r", TA, "alice", "127.0.0.1", Framing.OCM1R, True, 1000.0)
+    core.add_member("r", TB, "bob", "127.0.0.1", Framing.OCM1R, False, 1000.0)
+    core.handle_datagram(encode_chat(b"r", TA, b""), A, 1001.0)
+    core.handle_datagram(encode_chat(b"r", TB, b""), B, 1001.0)
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", TA, encode_nack(EPOCH, [(2, 1)])), A, 1002.0)
+    joined = b'\x00{"event":"joined","user":"bob","text":"bob joined the room"}'
+    assert core.outbox == [(encode_data(EPOCH, 2, joined), A)]  # not answered as lost
