@@ -200,7 +200,8 @@ class Room:
     """A live room: members by token, and the bound addresses split by delivery format."""
 
     __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs",
-                 "trial", "generation", "e2e", "by_name", "history", "reliable")
+                 "trial", "generation", "e2e", "by_name", "history", "reliable",
+                 "reliable_addrs")
 
     _generations: Final = itertools.count(1)
     """Shared by every room of the process, so that a generation is never reused, even by
@@ -227,6 +228,8 @@ class Room:
         then on, and the compiled loop hands its datagrams to the Python path."""
         self.reliable: list[Member] = []
         """The bound, unmuted ``ocm1r`` members (not in ``framed_addrs``)."""
+        self.reliable_addrs: list[Addr] = []
+        """Their addresses (an adapter's batch of numbered chat, see ``numbered``)."""
 
     def rebuild(self) -> None:
         """Recompute the address lists after a membership or binding change."""
@@ -236,6 +239,7 @@ class Room:
                              if m.addr and m.framed and not m.muted and m.rel is None]
         if self.history is not None:
             self.reliable = [m for m in members if m.addr and m.rel is not None and not m.muted]
+            self.reliable_addrs = [m.addr for m in self.reliable]  # type: ignore[misc]
         self.trial = [m for m in members if m.trial and not m.muted]
         self.generation = next(Room._generations)
 
@@ -284,6 +288,13 @@ class RelayCore:
         self.new_epoch: Callable[[], int] = new_epoch or itertools.count(1).__next__
         """A room history's epoch (the adapter injects a CSPRNG: 32 random bits)."""
         self._history_swept = 0.0
+        self.batch_numbered = False
+        """Set by an adapter that sends a numbered chat to ``room.reliable_addrs`` itself
+        (one ``sendmmsg``): ``_chat`` then leaves it in ``numbered`` instead of ``outbox``."""
+        self.numbered: bytes | None = None
+        """With ``batch_numbered``: the numbered datagram of the chat ``handle_datagram``
+        just returned a ``Fanout`` for (to every address of ``room.reliable_addrs`` but
+        the Fanout's ``sender``), or None."""
 
     # --- control commands ---------------------------------------------------------------
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
@@ -527,6 +538,9 @@ class RelayCore:
             history.skip(now)
             return
         datagram = history.number(body, now)
+        if self.batch_numbered and not admit:  # a chat: the adapter batches it
+            self.numbered = datagram
+            return
         outbox = self.outbox
         for m in room.reliable:
             if m is not exclude and (not admit or not m.trial or self._admit(m)):

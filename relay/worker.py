@@ -89,6 +89,7 @@ class Worker:
         self.stage1 = GlobalChat(settings.inactivity_timeout, settings.max_send_failures,
                                  settings.max_stage1_clients)
         self.stage1_relay: GlobalChatRelay | None = None
+        self.core.batch_numbered = True  # numbered chat goes out with the fan-out
         self._batches: dict[str, _RoomBatches] = {}
         """The send cache of ``_relay_batched``, by room name; a closed room's entry goes
         when its ``Closed`` event is flushed."""
@@ -246,7 +247,12 @@ class Worker:
         if cached is None or cached.generation != room.generation:
             cached = self._batches[room.name] = _RoomBatches(room)
         fd = self.fd
-        for payload, batch in ((plain, cached.plain), (framed, cached.framed)):
+        sides: tuple[tuple[bytes | None, _Batch], ...] = (
+            (plain, cached.plain), (framed, cached.framed))
+        if room.history is not None:  # a numbered room: its ocm1r members' delivery too
+            numbered, self.core.numbered = self.core.numbered, None
+            sides += ((numbered, cached.numbered),)
+        for payload, batch in sides:
             if payload is None:
                 continue
             k = batch.index.get(src)
@@ -268,10 +274,15 @@ class Worker:
 
     def _relay(self, out: Fanout, now: float) -> None:
         """Fallback fan-out: one ``sendto`` per recipient, skipping the sender."""
-        plain, plain_addrs, framed, framed_addrs, src, _ = out
+        plain, plain_addrs, framed, framed_addrs, src, room = out
         sendto = self.sock.sendto
         failing = self.core.failing
-        for payload, addrs in ((plain, plain_addrs), (framed, framed_addrs)):
+        sides: tuple[tuple[bytes | None, list[Addr]], ...] = (
+            (plain, plain_addrs), (framed, framed_addrs))
+        if room.history is not None:
+            numbered, self.core.numbered = self.core.numbered, None
+            sides += ((numbered, room.reliable_addrs),)
+        for payload, addrs in sides:
             if payload is None:
                 continue
             for a in addrs:
@@ -468,12 +479,13 @@ class _RoomBatches:
     """The worker's send cache of one room: both formats' batches, valid while the room's
     ``generation`` is the one they were built from."""
 
-    __slots__ = ("generation", "plain", "framed")
+    __slots__ = ("generation", "plain", "framed", "numbered")
 
     def __init__(self, room: Room) -> None:
         self.generation = room.generation
         self.plain = _Batch(room.plain_addrs)
         self.framed = _Batch(room.framed_addrs)
+        self.numbered = _Batch(room.reliable_addrs)
 
 
 class _PipeProtocol(asyncio.Protocol):
