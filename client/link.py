@@ -165,7 +165,7 @@ class Link(asyncio.DatagramProtocol):
             self._transport.sendto(data)
 
     def _arm_keepalive(self) -> None:
-        if self._keepalive_s is None or self._transport is None:
+        if self._keepalive_s is None or (self._transport is None and not self._lost_path()):
             return
         loop = asyncio.get_running_loop()
         self._keepalive = loop.call_later(self._keepalive_s, self._on_keepalive)
@@ -173,6 +173,10 @@ class Link(asyncio.DatagramProtocol):
     def _on_keepalive(self) -> None:
         self._send(self._encode(""))
         self._arm_keepalive()
+
+    def _lost_path(self) -> bool:
+        """The socket is gone but the chat goes on (a resume will replace it)."""
+        return False
 
 
 class RoomLink(Link):
@@ -205,6 +209,7 @@ class RoomLink(Link):
         self._timer_due = 0.0
         """When ``_timer`` fires, on ``clock`` (uvloop's handles do not say)."""
         self._changed = asyncio.Event()
+        self._closed = False
         self.gaps = 0
         """Deliveries shown as "could not be recovered" so far."""
         self._gaps_at_resume: int | None = None
@@ -275,9 +280,13 @@ class RoomLink(Link):
             self._timer = None
         if self._resuming is not None and not self._resuming.done():
             self._resuming.cancel()
+        self._closed = True
         super().close()
 
     # -- resume (ocm1r) ----------------------------------------------------------------------
+    def _lost_path(self) -> bool:
+        return self.reliable is not None and not self.ended.done() and not self._closed
+
     def _on_keepalive(self) -> None:
         super()._on_keepalive()
         if (self.reliable is not None and self._resuming is None and not self.ended.done()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from client import link as link_module
 from client.link import Resumed, RoomLink
 from client.session import join_room
 from tests.integration.harness import Server, start_server
@@ -138,6 +139,40 @@ def test_a_client_moved_to_a_new_address_resumes_with_nothing_lost(server: Serve
         bob.leave()
         await _wait_for(lambda: "* bob left the room" in seen["alice"])
         assert not any("ghost" in line for line in seen["alice"])
+        alice.leave()
+        alice.close()
+        bob.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_whose_path_went_silent_resumes_by_itself(server: Server, room_name: str,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setattr(link_module, "RESUME_AFTER_S", 0.8)
+    monkeypatch.setattr(link_module, "SYNC_S", 0.2)
+
+    async def scenario() -> None:
+        seen: list[str] = []
+        host_joined = await asyncio.to_thread(join_room, H, server.tcp_port,
+                                              Operation.CREATE, room_name, "alice")
+        alice = RoomLink(host_joined, lambda line: None)
+        await alice.open()
+        joined = await asyncio.to_thread(join_room, H, server.tcp_port, Operation.JOIN,
+                                         room_name, "bob")
+        bob = RoomLink(joined, lambda line: seen.append(line.plain()))
+        bob.resume_source = "127.0.0.3"
+        states: list[bool] = []
+        bob.on_status = lambda: states.append(bob.reconnecting)
+        outcomes: list[Resumed] = []
+        bob.on_resumed = outcomes.append
+        await bob.open()
+        assert bob._transport is not None
+        bob._transport.close()  # the path is gone; keepalives go nowhere
+        alice.send("said while bob was away")
+        await _wait_for(lambda: outcomes != [] and "alice: said while bob was away" in seen)
+        assert outcomes == [Resumed.YES] and True in states and not bob.reconnecting
+        assert bob.joined.udp_sock.getsockname()[0] == "127.0.0.3"
         alice.leave()
         alice.close()
         bob.close()
