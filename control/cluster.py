@@ -580,7 +580,7 @@ class Cluster:
         body = request.body
         forwarded = link.ForwardedRequest(int(request.operation), request.room,
                                           body.username, body.password, body.framing.value,
-                                          ip, self.node_id, body.keys, body.e2e)
+                                          ip, self.node_id, body.keys, body.e2e, body.resume)
         reply, writer = await self._link_call(node, forwarded.to_json())
         status = int(reply.get("status", Status.INTERNAL_ERROR))
         if status != Status.OK:
@@ -698,7 +698,7 @@ class Cluster:
                           forwarded.room.encode(),
                           RequestBody(forwarded.username, forwarded.password,
                                       Framing(forwarded.framing), forwarded.keys,
-                                      forwarded.e2e))
+                                      forwarded.e2e, forwarded.resume))
         try:
             details, member = await self.handle_owned(request, forwarded.ip)
         except RegistryError as exc:

@@ -70,6 +70,8 @@ class ForwardedRequest:
     """The member's public keys (docs/e2e.md §2.1); absent from an older node's frame."""
     e2e: bool = False
     """Create an encrypted room; absent from an older node's frame."""
+    resume: str | None = None
+    """``ocm1r``: the resume secret of a membership to move (the owner checks it)."""
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"op": self.operation, "room": self.room,
@@ -80,6 +82,8 @@ class ForwardedRequest:
             obj["keys"] = self.keys.to_json()
         if self.e2e:
             obj["e2e"] = True
+        if self.resume is not None:
+            obj["resume"] = self.resume
         return obj
 
     @classmethod
@@ -95,9 +99,11 @@ class ForwardedRequest:
                 and isinstance(request.ip, str) and isinstance(request.origin, str)
                 and (request.password is None or isinstance(request.password, str))):
             raise LinkError("forwarded request has a wrong type")
-        keys, e2e = obj.get("keys"), obj.get("e2e", False)
-        if type(e2e) is not bool:
+        keys, e2e, resume = obj.get("keys"), obj.get("e2e", False), obj.get("resume")
+        if type(e2e) is not bool or not (resume is None or isinstance(resume, str)):
             raise LinkError("forwarded request has a wrong type")
+        if resume is not None:
+            request = replace(request, resume=resume)
         if keys is not None:
             try:
                 parsed = decode_public_keys(keys)

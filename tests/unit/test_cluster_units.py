@@ -109,3 +109,11 @@ def test_cluster_settings_from_flags_and_env() -> None:
         load(["--cluster", "http://x", "--node-id", "n1", "--host", "127.0.0.1"], {})
     with pytest.raises(ConfigError, match="cluster_lease"):
         load(["--cluster-lease", "0"], {})
+
+
+def test_forwarded_request_carries_a_resume_secret() -> None:
+    resumed = replace(REQUEST, framing="ocm1r", resume="s" * 32)
+    assert link.ForwardedRequest.from_json(resumed.to_json()) == resumed
+    assert "resume" not in REQUEST.to_json()
+    with pytest.raises(link.LinkError):
+        link.ForwardedRequest.from_json({**REQUEST.to_json(), "resume": 5})
