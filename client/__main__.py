@@ -220,7 +220,7 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
         joined = join_room(args.server, args.tcp_port, operation, room, args.user, password,
                            args.timeout, tls=args.tls_context,
                            keys=identity.public() if identity is not None else None,
-                           e2e=args.e2e)
+                           e2e=args.e2e, reliable=True)
     except JoinRefused as refused:
         text = render.refusal_text(refused.status, refused.error, room, args.user,
                                    password is not None)

@@ -320,8 +320,8 @@ class RoomLink(Link):
         try:
             new = await asyncio.to_thread(
                 join_room, target.host, target.port, Operation.JOIN, joined.room_raw.decode(),
-                joined.username, None, target.timeout, target.tls, resume=secret,
-                source=source)
+                joined.username, None, target.timeout, target.tls, reliable=True,
+                resume=secret, source=source)
         except JoinRefused as exc:
             self.reconnecting = False
             self._resumed(Resumed.NO)

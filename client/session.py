@@ -101,8 +101,9 @@ def _describe_os_error(exc: OSError) -> str:
 
 
 def request_framing(reliable: bool, e2e: bool) -> Framing:
-    """``ocm1r`` (room order and recovery, docs/protocol.md) unless turned off or for a
-    new encrypted room, which needs ``ocm1``; a server that does not number an encrypted
+    """``ocm1r`` (room order and recovery, docs/protocol.md: what ocm-chat and ocm-gui
+    ask for, ``reliable=True``) unless off or for a new encrypted room, which needs
+    ``ocm1``; a server that does not number an encrypted
     room answers ``ocm1`` to a join asking for ``ocm1r``."""
     return Framing.OCM1R if reliable and not e2e else Framing.OCM1
 
@@ -118,7 +119,7 @@ def join_room(
     tls: ssl.SSLContext | None = None,
     keys: PublicKeys | None = None,
     e2e: bool = False,
-    reliable: bool = True,
+    reliable: bool = False,
     resume: str | None = None,
     source: str | None = None,
 ) -> Joined:

@@ -56,7 +56,7 @@ async def join_room_async(
     tls: ssl.SSLContext | None = None,
     keys: PublicKeys | None = None,
     e2e: bool = False,
-    reliable: bool = True,
+    reliable: bool = False,
 ) -> Joined:
     """Create or join ``room`` as ``username``; see the module docstring. With ``tls`` the
     server's certificate must verify for ``host`` (``JoinFailed`` saying so otherwise).

@@ -195,7 +195,7 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
             keys = plan.identity.public() if plan.identity is not None else None
             return join_room(plan.host, plan.tcp_port, operation, room, user,
                              plan.password, plan.timeout, tls=plan.tls, keys=keys,
-                             e2e=plan.e2e and operation is Operation.CREATE)
+                             e2e=plan.e2e and operation is Operation.CREATE, reliable=True)
         except JoinRefused as refused:
             if refused.status == Status.INVALID_PASSWORD and plan.password is None:
                 # Not an error: we tried without a password, the room wants one. (A

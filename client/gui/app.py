@@ -148,7 +148,8 @@ class MainWindow(QMainWindow):
                 request.host, request.port, request.operation, request.room,
                 request.username, request.password, self.join_timeout, tls=tls,
                 keys=identity.public() if identity is not None else None,
-                e2e=request.encrypted and request.operation is Operation.CREATE)
+                e2e=request.encrypted and request.operation is Operation.CREATE,
+                reliable=True)
         except JoinRefused as exc:
             which, text = models.refusal(exc.status, bool(request.password), exc.error)
             self._back_to_connect(which, text)

@@ -89,11 +89,11 @@ def test_a_client_moved_to_a_new_address_resumes_with_nothing_lost(server: Serve
     async def scenario() -> None:
         seen: dict[str, list[str]] = {"alice": [], "bob": []}
         alice_joined = await asyncio.to_thread(join_room, H, server.tcp_port, Operation.CREATE,
-                                               room_name, "alice")
+                                               room_name, "alice", reliable=True)
         alice = RoomLink(alice_joined, lambda line: seen["alice"].append(line.plain()))
         await alice.open()
         bob_joined = await asyncio.to_thread(join_room, H, server.tcp_port, Operation.JOIN,
-                                             room_name, "bob")
+                                             room_name, "bob", reliable=True)
         assert bob_joined.details.framing is Framing.OCM1R and bob_joined.details.resume
         bob = RoomLink(bob_joined, lambda line: seen["bob"].append(line.plain()))
         outcomes: list[Resumed] = []
@@ -155,11 +155,11 @@ def test_a_client_whose_path_went_silent_resumes_by_itself(server: Server, room_
     async def scenario() -> None:
         seen: list[str] = []
         host_joined = await asyncio.to_thread(join_room, H, server.tcp_port,
-                                              Operation.CREATE, room_name, "alice")
+                                              Operation.CREATE, room_name, "alice", reliable=True)
         alice = RoomLink(host_joined, lambda line: None)
         await alice.open()
         joined = await asyncio.to_thread(join_room, H, server.tcp_port, Operation.JOIN,
-                                         room_name, "bob")
+                                         room_name, "bob", reliable=True)
         bob = RoomLink(joined, lambda line: seen.append(line.plain()))
         bob.resume_source = "127.0.0.3"
         states: list[bool] = []
