@@ -24,14 +24,17 @@ from client.session import (
     Joined,
     JoinFailed,
     JoinRefused,
+    TcrpTarget,
     client_tls_context,
     join_room,
 )
-from wire.codes import Operation, Status
+from wire import limits
+from wire.codes import Framing, Operation, Status
+from wire.tcrp import Request, RequestBody
 
 EXIT_USAGE: Final = script.EXIT_USAGE
-PLAIN_PORT: Final = 9000
-TLS_PORT: Final = 9443
+PLAIN_PORT: Final = limits.DEFAULT_TCP_PORT
+TLS_PORT: Final = limits.DEFAULT_TLS_PORT
 
 EPILOG: Final = """\
 Without --create/--join, --user or a password option, ocm-chat asks (when run in a
@@ -88,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(script mode; in a terminal it is asked, hidden)")
     parser.add_argument("--stage1", action="store_true",
                         help="chat on the global Stage 1 port instead of in a room")
-    parser.add_argument("--stage1-port", metavar="PORT", type=_port, default=9002,
+    parser.add_argument("--stage1-port", metavar="PORT", type=_port,
+                        default=limits.DEFAULT_STAGE1_PORT,
                         help="Stage 1 global chat port (default: %(default)s)")
     parser.add_argument("--timeout", metavar="SECONDS", type=_positive, default=DEFAULT_TIMEOUT_S,
                         help="give up joining after this long (default: %(default)g)")
@@ -186,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan = ui.Plan(args.server, args.tcp_port, args.timeout, user=args.user,
                            operation=_operation(args), room=args.create or args.join,
                            password=password or None, password_given=given,
-                           tls=args.tls_context, e2e=args.e2e, store=store,
+                           tls=args.tls_context, ca_file=args.ca_file, e2e=args.e2e,
+                           store=store,
                            identity=identity)
             return ui.run_room(plan, colour)
         return _script_room(args, password or None)
@@ -197,6 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail("the terminal UI needs prompt_toolkit, from the client extra: "
                      "pip install 'ocm[client]' (script mode works without it)", EXIT_USAGE)
+
+
+def _target(args: argparse.Namespace) -> TcrpTarget:
+    return TcrpTarget(args.server, args.tcp_port, args.tls_context, args.timeout,
+                      args.ca_file)
 
 
 def _operation(args: argparse.Namespace) -> Operation | None:
@@ -217,16 +227,14 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
     if args.e2e and identity is None:
         return EXIT_USAGE
     try:
-        joined = join_room(args.server, args.tcp_port, operation, room, args.user, password,
-                           args.timeout, tls=args.tls_context,
-                           keys=identity.public() if identity is not None else None,
-                           e2e=args.e2e, reliable=True)
+        keys = identity.public() if identity is not None else None
+        joined = join_room(_target(args), Request.of(operation, room, RequestBody(
+            args.user, password, Framing.OCM1R, keys=keys, e2e=args.e2e)))
     except JoinRefused as refused:
-        text = render.refusal_text(refused.status, refused.error, room, args.user,
-                                   password is not None)
-        if refused.status == Status.INVALID_PASSWORD and password is None:
-            text += "; give it with --password-file or --password-stdin"
-        return _fail(text, script.EXIT_FAILED)
+        todo = "give it with --password-file or --password-stdin" if (
+            refused.status == Status.INVALID_PASSWORD and password is None) else None
+        return _fail(render.refusal_text(refused.status, refused.error, room, args.user,
+                                         password is not None, todo), script.EXIT_FAILED)
     except JoinFailed as exc:
         return _fail(str(exc), script.EXIT_FAILED)
     with script.new_runner() as runner:

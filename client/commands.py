@@ -80,20 +80,23 @@ def parse_input(text: str) -> Command:
 
 
 def help_lines(max_message: int, room_mode: bool = True) -> list[str]:
-    """The commands of a room chat (``room_mode``) or of global chat, one per line; the
-    front end adds its key bindings."""
-    lines = [
-        "commands:",
-        "  /help    show this help",
-        "  /exit    leave " + ("the room (as its host: this closes it for everyone)"
-                               if room_mode else "global chat") + "; /quit does the same",
-        "  //text   send a message that starts with '/'",
-        f"messages are at most {max_message} bytes; longer ones are not sent",
+    """The commands of a room chat (``room_mode``) or of global chat, one per line with
+    the descriptions in one column; the front end adds its key bindings."""
+    rows = [
+        ("/help", "show this help"),
+        ("/exit", "leave " + ("the room (as its host: this closes it for everyone)"
+                              if room_mode else "global chat") + "; /quit does the same"),
     ]
     if room_mode:
-        lines[3:3] = ["  /who    list the room's members (host marked; fingerprints in an "
-                      "encrypted room)",
-                      "  /retry  send again the messages that could not be delivered",
-                      "  /verify NAME  encrypted room: show the safety number to compare "
-                      "with NAME out of band, and mark NAME verified"]
-    return lines
+        rows += [
+            ("/who", "list the room's members (host marked; fingerprints in an encrypted "
+                     "room)"),
+            ("/retry", "send again the messages that could not be delivered"),
+            ("/verify NAME", "encrypted room: show the safety number to compare with NAME "
+                             "out of band, and mark NAME verified"),
+        ]
+    rows.append(("//text", "send a message that starts with '/'"))
+    width = max(len(name) for name, _ in rows) + 2
+    return ["commands:",
+            *(f"  {name:<{width}}{text}" for name, text in rows),
+            f"messages are at most {max_message} bytes; longer ones are not sent"]

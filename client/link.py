@@ -27,6 +27,7 @@ from wire.codes import Framing, NoticeEvent, Operation
 from wire.e2e import MemberInfo
 from wire.limits import EXIT_COMMAND, MAX_DATAGRAM_BYTES
 from wire.stage1 import encode_stage1
+from wire.tcrp import Request, RequestBody
 
 KEEPALIVE_ENV: Final = "OCM_CHAT_KEEPALIVE"
 """Testing knob: ``0`` turns periodic keepalives off (the join keepalive is still sent);
@@ -319,9 +320,10 @@ class RoomLink(Link):
         self._status()
         try:
             new = await asyncio.to_thread(
-                join_room, target.host, target.port, Operation.JOIN, joined.room_raw.decode(),
-                joined.username, None, target.timeout, target.tls, reliable=True,
-                resume=secret, source=source)
+                join_room, target, Request.of(Operation.JOIN, joined.room_raw.decode(),
+                                              RequestBody(joined.username,
+                                                          framing=Framing.OCM1R,
+                                                          resume=secret)), source)
         except JoinRefused as exc:
             self.reconnecting = False
             self._resumed(Resumed.NO)

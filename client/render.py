@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
+from client.refusals import PASSWORD_NEEDED, refusal_parts
 from wire import chat, errors
 from wire.chat import FramedChat, Notice
 from wire.codes import Framing, NoticeEvent, Reason, Status
@@ -279,39 +280,17 @@ def check_room(room: str) -> str | None:
     return None
 
 
-_REFUSALS: Final = {
-    Status.ROOM_EXISTS: "a room named {room} already exists: join it, or pick another name",
-    Status.ROOM_NOT_FOUND: "there is no room named {room}: check the name, or create it",
-    Status.INVALID_PASSWORD: "wrong password for room {room}",
-    Status.INVALID_REQUEST: "the server refused the request as invalid",
-    Status.TOO_LARGE: "the request is too large: names and passwords are 255 bytes at most",
-    Status.USERNAME_TAKEN: "someone in {room} is already called {user}: pick another name",
-    Status.ROOM_FULL: "room {room} is full",
-    Status.RATE_LIMITED: "too many attempts from this address",
-    Status.UNAVAILABLE: "the server cannot take rooms right now (busy or shutting down): "
-    "try again later",
-    Status.INTERNAL_ERROR: "the server hit an internal error",
-}
-
-
 def password_needed_text(room: str) -> str:
     """What the interactive client says before asking for a room's password."""
-    return f"room {sanitize(room)!r} is protected by a password"
-
-
-def status_name(status: Status | int) -> str:
-    return status.name if isinstance(status, Status) else f"status {status}"
+    return PASSWORD_NEEDED.what.format(room=repr(sanitize(room)))
 
 
 def refusal_text(status: Status | int, server_error: str, room: str, user: str,
-                 sent_password: bool = True) -> str:
-    """One line saying why the server refused to let us in, with its own words.
+                 sent_password: bool = True, todo: str | None = None) -> str:
+    """One line saying why the server refused to let us in (``client.refusals``), with
+    its own words when they add something, and what to do (``todo`` replaces the table's).
     ``sent_password=False``: an INVALID_PASSWORD means the room wants one."""
-    known = _REFUSALS.get(status) if isinstance(status, Status) else None
-    template = known or "the server refused the request"
-    if status == Status.INVALID_PASSWORD and not sent_password:
-        template = "room {room} is protected by a password"
-    text = template.format(room=repr(sanitize(room)), user=repr(sanitize_name(user)))
-    detail = sanitize(server_error.strip())
-    suffix = f": {detail}" if detail else ""
-    return f"{text} [{status_name(status)}{suffix}]"
+    _, what, table_todo = refusal_parts(status, sanitize(server_error.strip()),
+                                        sanitize(room), sanitize_name(user), sent_password)
+    todo = table_todo if todo is None else todo
+    return f"{what}: {todo}" if todo else what

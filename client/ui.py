@@ -42,9 +42,10 @@ from client.script import (
     EXIT_OK,
     new_runner,
 )
-from client.session import Joined, JoinFailed, JoinRefused, join_room
+from client.session import Joined, JoinFailed, JoinRefused, TcrpTarget, join_room
 from wire.chat import Notice
-from wire.codes import NoticeEvent, Operation, Status
+from wire.codes import Framing, NoticeEvent, Operation, Status
+from wire.tcrp import Request, RequestBody
 
 RECOVERABLE: Final = frozenset(
     {Status.ROOM_EXISTS, Status.ROOM_NOT_FOUND, Status.USERNAME_TAKEN, Status.ROOM_FULL}
@@ -169,6 +170,7 @@ class Plan:
     last_user: str = ""  # the default answers when a question is asked again
     last_room: str = ""
     tls: ssl.SSLContext | None = None  # --tls: TCRP inside TLS
+    ca_file: str | None = None  # --ca-file: named when a certificate does not verify
     e2e: bool = False  # --e2e: a created room is end-to-end encrypted
     store: KeyStore | None = None  # this device's key store and identity (docs/e2e.md §7)
     identity: IdentityKeys | None = None
@@ -193,9 +195,10 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
             plan.password, plan.password_given = asker.new_password(), True
         try:
             keys = plan.identity.public() if plan.identity is not None else None
-            return join_room(plan.host, plan.tcp_port, operation, room, user,
-                             plan.password, plan.timeout, tls=plan.tls, keys=keys,
-                             e2e=plan.e2e and operation is Operation.CREATE, reliable=True)
+            target = TcrpTarget(plan.host, plan.tcp_port, plan.tls, plan.timeout, plan.ca_file)
+            return join_room(target, Request.of(operation, room, RequestBody(
+                user, plan.password, Framing.OCM1R, keys=keys,
+                e2e=plan.e2e and operation is Operation.CREATE)))
         except JoinRefused as refused:
             if refused.status == Status.INVALID_PASSWORD and plan.password is None:
                 # Not an error: we tried without a password, the room wants one. (A
@@ -325,8 +328,8 @@ async def _handle_input(text: str, link: Link, session: PromptSession[str], show
         answer_lines = await link.answer(command)
         if answer_lines is None:  # global chat has no members to list or keys to verify
             answer_lines = [render.warning_line(commands.unknown_text(text))]
-        for answer_line in answer_lines:
-            show(answer_line, stamp=False)
+        for index, answer_line in enumerate(answer_lines):
+            show(answer_line, stamp=index == 0)  # the answer is stamped like a message
         return "stay"
     if action is Action.REFUSED:
         show(render.warning_line(command.text))
@@ -359,17 +362,24 @@ def run_room(plan: Plan, colour: bool) -> int:
             notice = runner.run(_room_chat(joined, colour, history, plan))
         if notice is None:
             return EXIT_OK
+        room = render.sanitize(joined.room_raw.decode())
+        lives = notice.event is NoticeEvent.DISCONNECTED and not joined.details.host
+        # Say what yes does: back into the same room if it lives on, else open it again
+        # under the same name (a room without its host is gone; whoever creates it hosts).
+        question = (f"Rejoin room {room!r}?" if lives
+                    else f"Open room {room!r} again (you become its host)?")
         try:
-            again = asker.yes_no("Rejoin?", default=False)
+            again = asker.yes_no(question, default=False)
         except Interrupted:
             again = False
         if not again:
             return EXIT_ENDED
-        if notice.event is NoticeEvent.DISCONNECTED and not joined.details.host:
-            plan.operation = Operation.JOIN  # the room lives on: back into the same one
-        else:  # the room is gone: ask again, offering the same name
-            plan.operation = plan.room = None
-            plan.password_given = False
+        plan.room = joined.room_raw.decode()
+        if lives:
+            plan.operation = Operation.JOIN
+        else:
+            plan.operation = Operation.CREATE
+            plan.password, plan.password_given = None, False  # a new room: ask afresh
 
 
 async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory,

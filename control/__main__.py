@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import signal
 import socket
@@ -28,13 +29,13 @@ from typing import Any
 from control import config as config_mod
 from control import tls
 from control.admin import AdminServer, Metrics, routes_for
-from control.cluster import Cluster, cluster_route, load_secret
+from control.clusterroute import ClusterRouter, cluster_route, load_secret
 from control.clusterudp import UdpRelay
 from control.config import LIVE_FIELDS, Config, ConfigError
 from control.notify import notify, watchdog_interval
 from control.registry import Registry
 from control.server import ControlApp, TcrpConnection, new_token
-from control.sockets import PortBusy, UdpPlan, plan_udp
+from control.sockets import PortBusy, UdpPlan, busy_hint, plan_udp
 from control.supervisor import Supervisor
 from relay import ipc
 from runtime import logs, sched
@@ -53,6 +54,11 @@ SAMPLE_INTERVAL_S = 0.5
 reports suppressed log repeats."""
 
 
+def _hint(exc: OSError, setting: str) -> str:
+    """``; <how to pick another port>`` when ``exc`` says the port is taken, else ``""``."""
+    return f"; {busy_hint(setting)}" if exc.errno == errno.EADDRINUSE else ""
+
+
 class Control:
     """The running service: owns the app, the supervisor and the signal dispatch.
 
@@ -66,8 +72,13 @@ class Control:
         self.plan = plan
         self.argv = argv
         self.sources = dict(sources or {})
-        self.registry = Registry(cfg.workers, new_token)
-        self.app = ControlApp(cfg, plan.ports, self.registry)
+        self.cluster: ClusterRouter | None = None
+        if cfg.cluster:
+            assert cluster_secret is not None
+            self.cluster = ClusterRouter(cfg, cluster_secret, plan.ports[0])
+        self.registry = Registry(cfg.workers, new_token if self.cluster is None
+                                 else self.cluster.new_token)
+        self.app = ControlApp(cfg, plan.ports, self.registry, self.cluster)
         self.stop_requested = asyncio.Event()
         self.interrupts = 0
         self.exit_code = EXIT_OK
@@ -76,8 +87,6 @@ class Control:
         self.started_at = time.time()
         self.metrics = Metrics(self)
         self.admin: AdminServer | None = None
-        self.cluster_secret = cluster_secret
-        self.cluster: Cluster | None = None
 
     # Signal handlers only record the signal (gunicorn: "NO LOGGING, just queue").
     def _on_signal(self, signum: int) -> None:
@@ -176,8 +185,8 @@ class Control:
                             "free port, or -1 to disable it)", cfg.admin_host,
                             cfg.admin_port, exc.strerror)
                 return True
-            log.error("cannot listen on admin HTTP %s:%d (%s): %s", cfg.admin_host,
-                      cfg.admin_port, where, exc.strerror)
+            log.error("cannot listen on admin HTTP %s:%d (%s): %s%s", cfg.admin_host,
+                      cfg.admin_port, where, exc.strerror, _hint(exc, "admin_port"))
             return False
         self.admin = admin
         return True
@@ -188,6 +197,20 @@ class Control:
             await asyncio.sleep(SAMPLE_INTERVAL_S)
             self.metrics.sample()
             logs.report_suppressed(log)
+
+    async def _summarise_rooms(self) -> None:
+        """Every ``log_summary_interval`` with something to say: one INFO line for the
+        rooms created and closed and the members evicted meanwhile (each is DEBUG)."""
+        while True:
+            interval = self.cfg.log_summary_interval  # live: a reload applies next round
+            await asyncio.sleep(interval if interval > 0 else SAMPLE_INTERVAL_S)
+            if interval <= 0:
+                continue
+            done = self.app.activity.take()
+            if done.created or done.closed or done.evicted:
+                log.info("in the last %g s: %d rooms created, %d closed, %d members evicted; "
+                         "%d rooms open", interval, done.created, done.closed, done.evicted,
+                         len(self.registry.rooms))
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -221,7 +244,8 @@ class Control:
                                                   start_serving=False, backlog=4096)
                 listeners.append(server)
         except OSError as exc:
-            log.error("cannot listen on TCP %s:%d: %s", cfg.host, cfg.tcp_port, exc.strerror)
+            log.error("cannot listen on TCP %s:%d: %s%s", cfg.host, cfg.tcp_port, exc.strerror,
+                      _hint(exc, "tcp_port"))
             return EXIT_FAILURE
         if cfg.tls_cert:
             try:
@@ -238,13 +262,12 @@ class Control:
                     start_serving=False, backlog=4096)
                 listeners.append(tls_server)
             except OSError as exc:
-                log.error("cannot listen on TLS %s:%d: %s", cfg.host, cfg.tls_port,
-                          exc.strerror)
+                log.error("cannot listen on TLS %s:%d: %s%s", cfg.host, cfg.tls_port,
+                          exc.strerror, _hint(exc, "tls_port"))
                 for listener in listeners:
                     listener.close()
                 return EXIT_FAILURE
-        if cfg.cluster:
-            assert self.cluster_secret is not None
+        if self.cluster is not None:
             relay = None
             if self.plan.relay is not None:
                 relay = UdpRelay(self.plan.relay, self.plan.sockets[0], cfg.workers)
@@ -253,15 +276,11 @@ class Control:
                             "their datagrams to the owning node (details.udp_host)",
                             self.plan.steering)
             front = listeners[0].sockets[0].getsockname()[1] if listeners else 0
-            self.cluster = Cluster(cfg, self.app, self.cluster_secret, front,
-                                   self.plan.ports[0], relay)
-            if relay is not None:
-                relay.cluster = self.cluster
             try:
-                await self.cluster.start()
+                await self.cluster.start(self.app, front, relay)
             except OSError as exc:
-                log.error("cannot listen on the cluster link %s:%d: %s", cfg.host,
-                          cfg.cluster_port, exc.strerror)
+                log.error("cannot listen on the cluster link %s:%d: %s%s", cfg.host,
+                          cfg.cluster_port, exc.strerror, _hint(exc, "cluster_port"))
                 for listener in listeners:
                     listener.close()
                 return EXIT_FAILURE
@@ -273,7 +292,8 @@ class Control:
             return EXIT_FAILURE
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        background = [asyncio.ensure_future(self._housekeeping())]
+        background = [asyncio.ensure_future(self._housekeeping()),
+                      asyncio.ensure_future(self._summarise_rooms())]
         interval = watchdog_interval()
         if interval is not None:
             background.append(asyncio.ensure_future(self._watchdog(interval)))

@@ -145,6 +145,8 @@ class Source(Protocol):
     app: Any
     registry: Any
     plan: Any
+    cluster: Any
+    """Cluster mode's ``ClusterRouter`` (control/clusterroute.py), else None."""
     state: str
     reloads: dict[str, int]
     started_at: float
@@ -262,14 +264,14 @@ class Metrics:
                    [((("reason", k),), v) for k, v in sorted(kdf.refused.items())])
         out.family("ocm_config_reloads_total", "counter", "SIGHUP reloads, by result",
                    [((("result", k),), v) for k, v in sorted(src.reloads.items())])
-        cluster = getattr(app, "cluster", None)
+        cluster = getattr(src, "cluster", None)
         if cluster is not None:
             self._cluster(out, cluster)
         self._process(out)
         return out.render()
 
     def _cluster(self, out: Exposition, cluster: Any) -> None:
-        """Cluster mode (control/cluster.py): this node's view, labelled with its id."""
+        """Cluster mode (control/clusterroute.py): this node's view, labelled with its id."""
         node = (("node", cluster.node_id),)
         out.family("ocm_cluster_registry_up", "gauge", "1 while the cluster registry "
                    "(Redis) answered the last heartbeat", [(node, int(cluster.registry_up))])

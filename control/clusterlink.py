@@ -1,138 +1,403 @@
-"""The internal link between cluster nodes: framing and authentication (pure, no I/O).
+"""The internal link between cluster nodes: typed messages, framing, authentication (pure).
 
 A node that receives a TCRP request for a room owned by another node forwards it over
 TCP to the owner's ``cluster_port``. One request per connection:
 
-    owner  -> caller   frame {"nonce": 32 hex chars}            fresh per connection
-    caller -> owner    frame {request...}  + 32-byte MAC         MAC = HMAC-SHA256(secret,
-                                                                 LABEL + nonce + frame)
-    owner  -> caller   frame {"status": int, "error"?, "details"?, "token"?}
-    caller -> owner    frame {"port": int}                      optional, the 2-byte UDP
-                                                                 registration of §1.4
+    owner  -> caller   Hello           {"nonce": 32 hex chars}, fresh per connection
+    caller -> owner    one request     + 32-byte MAC = HMAC-SHA256(secret, LABEL + nonce
+                                       + frame body)
+    owner  -> caller   its reply, or Refused {"status": int, "error": str}
+    caller -> owner    Registration    {"port": int}, after Granted only, optional: the
+                                       2-byte UDP registration of docs/protocol.md §1.4
 
-A forwarded request carries the member's public keys and the create's ``e2e`` flag
-(docs/e2e.md §2.1), so the owner applies the encrypted-room rules itself. Two other
-requests use the same handshake: ``{"kind": "relay", ...}`` (control/clusterudp.py) and
-``{"kind": "members", "room", "token", "ip", "origin"}``, Operation 3 for a room owned
-by the callee (docs/e2e.md §2.4), answered ``{"status": 0, "members": [...]}``.
+The requests, told apart by ``"kind"``:
 
-A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON, at most
-``MAX_LINK_FRAME_BYTES``. The secret never travels: the MAC covers the owner's nonce
+    Forward       (no kind)   a create or join; its reply is Granted (details and token)
+    RelayRequest  "relay"     accept a member's datagrams from the caller's IP
+                              (control/clusterudp.py); its reply is Accepted
+    MembersQuery  "members"   Operation 3 for a room of the callee (docs/e2e.md §2.4);
+                              its reply is MemberList
+
+Each message is a frozen dataclass declared once below: its JSON keys, types and
+defaults come from the declaration (``field(metadata=...)`` renames a key or inlines a
+nested value), and ``encode`` / ``decode_request`` / ``decode_reply`` / ``decode``
+follow from it. Every field is sent; a field with a default may be absent from what an
+older node sends, unknown keys are ignored, and anything else that does not match the
+declaration raises ``LinkError``.
+
+A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON: at most
+``MAX_REQUEST_FRAME_BYTES`` for what an owner reads before the MAC is checked (a request,
+and the registration after it), at most ``MAX_LINK_FRAME_BYTES`` for a reply. An owner
+serves at most ``MAX_LINK_CONNECTIONS`` link connections at once, ``MAX_LINK_CONNECTIONS_PER_IP``
+from one IP. The secret never travels: the MAC covers the owner's nonce
 (so a recorded request cannot be replayed) and the whole request (so it cannot be
 altered). The link is not encrypted: run it on a private network (docs/operations.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass, replace
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import orjson
 
 from wire import errors
-from wire.e2e import PublicKeys, decode_public_keys
+from wire.codes import Operation, Status
+from wire.e2e import MemberInfo, PublicKeys, decode_members, decode_public_keys
 from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
+from wire.tcrp import Details, Request, RequestBody
 
 LENGTH: Final = struct.Struct("!I")
 MAX_LINK_FRAME_BYTES: Final = MAX_MEMBERS_RESPONSE_BYTES + 64 * 1024
-"""A forwarded request carries at most a 255-byte room, username and password plus two
-public keys; a reply can carry an encrypted room's member list (join details or
-Operation 3: at most ``MAX_MEMBERS_RESPONSE_BYTES``, 256 KiB). 320 KiB bounds what a
-caller can make a node buffer per link connection (one at a time per connection, each
-within ``LINK_TIMEOUT_S``)."""
+"""A reply: it can carry an encrypted room's member list (join details or Operation 3:
+at most ``MAX_MEMBERS_RESPONSE_BYTES``, 256 KiB). Only a caller reads one, from the node
+it chose to ask."""
+MAX_REQUEST_FRAME_BYTES: Final = 8 * 1024
+"""A request or a registration, read by the owner before it checks the MAC: a forwarded
+request carries at most a 255-byte room, username and password plus two public keys
+(under 2 KiB, under 5 KiB were every character JSON-escaped). A larger announced length
+closes the connection before any of the body is read."""
+MAX_LINK_CONNECTIONS: Final = 1024
+"""Link connections an owner serves at once; past it, new ones are closed unanswered."""
+MAX_LINK_CONNECTIONS_PER_IP: Final = 128
+"""Link connections from one IP at once (a node forwarding a burst of joins holds one per
+join in flight, each for at most ``LINK_TIMEOUT_S`` and the registration window)."""
 MAC_BYTES: Final = 32
 NONCE_BYTES: Final = 16
 LABEL: Final = b"ocm-cluster-link-v1\0"
 MIN_SECRET_BYTES: Final = 16
+LINK_TIMEOUT_S: Final = 5.0
+"""A link request's whole exchange, each step of it bounded by this."""
 
 
 class LinkError(Exception):
-    """A frame is malformed, too large, or its MAC does not verify."""
+    """A frame is malformed, too large, not the message expected, or its MAC does not
+    verify."""
+
+
+def _key(name: str) -> dict[str, str]:
+    """Field metadata: send this field under JSON key ``name``."""
+    return {"key": name}
+
+
+HEX: Final = {"hex": True}
+"""Field metadata: bytes sent as hex (else bytes are ASCII text, as tokens are)."""
+
+
+# --- the messages ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The owner's first frame: the nonce the caller's MAC must cover."""
+
+    nonce: bytes = field(metadata=HEX)
 
 
 @dataclass(frozen=True, slots=True)
-class ForwardedRequest:
-    """A TCRP request as the receiving node forwards it to the owner."""
+class Forward:
+    """A TCRP create or join as the receiving node forwards it to the room's owner."""
 
-    operation: int
+    KIND: ClassVar[str | None] = None
+
+    operation: Operation = field(metadata=_key("op"))
     room: str
-    username: str
-    password: str | None
-    framing: str
+    body: RequestBody = field(metadata={"inline": {"username": "user"}})
     ip: str
     """The client's IP: the owner binds the token to it and applies its limits to it."""
     origin: str
     """The node id of the forwarding node (for logs)."""
-    keys: PublicKeys | None = None
-    """The member's public keys (docs/e2e.md §2.1); absent from an older node's frame."""
-    e2e: bool = False
-    """Create an encrypted room; absent from an older node's frame."""
-    resume: str | None = None
-    """``ocm1r``: the resume secret of a membership to move (the owner checks it)."""
-
-    def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {"op": self.operation, "room": self.room,
-                               "user": self.username, "password": self.password,
-                               "framing": self.framing, "ip": self.ip,
-                               "origin": self.origin}
-        if self.keys is not None:
-            obj["keys"] = self.keys.to_json()
-        if self.e2e:
-            obj["e2e"] = True
-        if self.resume is not None:
-            obj["resume"] = self.resume
-        return obj
 
     @classmethod
-    def from_json(cls, obj: Any) -> ForwardedRequest:
-        """Raise ``LinkError`` unless ``obj`` is a well-typed forwarded request."""
+    def of(cls, request: Request, ip: str, origin: str) -> Forward:
+        return cls(request.operation, request.room, request.body, ip, origin)
+
+    def request(self) -> Request:
+        """The request as the owner serves it."""
+        return Request(self.operation, self.room, self.room.encode(), self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRequest:
+    """Accept ``token`` (issued to the client at ``ip``) from the caller's IP from now on:
+    the caller relays the member's datagrams (control/clusterudp.py)."""
+
+    KIND: ClassVar[str | None] = "relay"
+
+    token: bytes
+    ip: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class MembersQuery:
+    """Operation 3 for a room of the callee, asked with ``token`` from ``ip``."""
+
+    KIND: ClassVar[str | None] = "members"
+
+    room: str
+    token: bytes
+    ip: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """The member's 2-byte UDP port registration, passed on to the owner."""
+
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The request was refused with a TCRP status (never OK)."""
+
+    status: Status
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """A forwarded create or join succeeded: what to answer the client."""
+
+    details: Details
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A relay request succeeded: the owner's worker takes the token from the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberList:
+    """The answer to a ``MembersQuery``."""
+
+    members: tuple[MemberInfo, ...]
+
+
+LinkRequest = Forward | RelayRequest | MembersQuery
+Reply = Refused | Granted | Accepted | MemberList
+Message = Hello | LinkRequest | Registration | Reply
+_REQUESTS: Final[dict[str | None, type[LinkRequest]]] = {
+    cls.KIND: cls for cls in (Forward, RelayRequest, MembersQuery)}
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", Granted, Accepted, MemberList)
+
+
+# --- the codec, derived from the declarations --------------------------------------------
+_Encode = Callable[[Any], Any]
+_Decode = Callable[[Any], Any]
+
+
+def _exact(kind: type, what: str) -> _Decode:
+    def check(value: Any) -> Any:
+        if type(value) is not kind:
+            raise LinkError(f"must be {what}, got {value!r}")
+        return value
+    return check
+
+
+def _ascii(value: Any) -> bytes:
+    if type(value) is not str or not value.isascii():
+        raise LinkError(f"must be ASCII text, got {value!r}")
+    return value.encode("ascii")
+
+
+def _hex(value: Any) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raise LinkError(f"must be hex, got {value!r}") from None
+
+
+def _wire_value(decode: Callable[[Any], Any]) -> _Decode:
+    """A decoder of wire/ whose errors become ``LinkError``."""
+    def run(value: Any) -> Any:
         try:
-            request = cls(obj["op"], obj["room"], obj["user"], obj["password"],
-                          obj["framing"], obj["ip"], obj["origin"])
-        except (KeyError, TypeError):
-            raise LinkError("forwarded request lacks a key") from None
-        if not (type(request.operation) is int and isinstance(request.room, str)
-                and isinstance(request.username, str) and isinstance(request.framing, str)
-                and isinstance(request.ip, str) and isinstance(request.origin, str)
-                and (request.password is None or isinstance(request.password, str))):
-            raise LinkError("forwarded request has a wrong type")
-        keys, e2e, resume = obj.get("keys"), obj.get("e2e", False), obj.get("resume")
-        if type(e2e) is not bool or not (resume is None or isinstance(resume, str)):
-            raise LinkError("forwarded request has a wrong type")
-        if resume is not None:
-            request = replace(request, resume=resume)
-        if keys is not None:
-            try:
-                parsed = decode_public_keys(keys)
-            except errors.BadKeys:
-                raise LinkError("forwarded request has bad keys") from None
-            request = replace(request, keys=parsed)
-        return replace(request, e2e=e2e) if e2e else request
+            return decode(value)
+        except (errors.ProtocolError, KeyError, TypeError, ValueError) as exc:
+            raise LinkError(str(exc)) from None
+    return run
 
 
-def encode_frame(obj: Any) -> bytes:
-    body = orjson.dumps(obj)
+def _details(value: Any) -> Details:
+    if not isinstance(value, dict):
+        raise LinkError("details must be an object")
+    return Details.from_json(value)
+
+
+_VALUES: Final[Mapping[Any, tuple[_Encode, _Decode]]] = {
+    str: (lambda v: v, _exact(str, "a string")),
+    int: (lambda v: v, _exact(int, "an integer")),
+    bool: (lambda v: v, _exact(bool, "true or false")),
+    bytes: (lambda v: v.decode("ascii"), _ascii),
+    PublicKeys: (lambda v: v.to_json(), _wire_value(decode_public_keys)),
+    Details: (lambda v: v.to_json(), _wire_value(_details)),
+    tuple[MemberInfo, ...]: (lambda v: [m.to_json() for m in v], _wire_value(decode_members)),
+}
+
+
+def _enum(kind: type[enum.Enum]) -> tuple[_Encode, _Decode]:
+    sample = type(next(iter(kind)).value)
+
+    def decode(value: Any) -> Any:
+        if type(value) is not sample:
+            raise LinkError(f"must be a {kind.__name__}, got {value!r}")
+        try:
+            return kind(value)
+        except ValueError:
+            raise LinkError(f"no {kind.__name__} {value!r}") from None
+    return (lambda v: v.value), decode
+
+
+def _value_codec(hint: Any, meta: Mapping[str, Any]) -> tuple[_Encode, _Decode]:
+    if get_origin(hint) is Union or (get_origin(hint) is not None
+                                     and type(None) in get_args(hint)):
+        (inner,) = [a for a in get_args(hint) if a is not type(None)]
+        enc, dec = _value_codec(inner, meta)
+        return ((lambda v: None if v is None else enc(v)),
+                (lambda v: None if v is None else dec(v)))
+    if hint is bytes and meta.get("hex"):
+        return (lambda v: v.hex()), _hex
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _enum(hint)
+    try:
+        return _VALUES[hint]
+    except KeyError:
+        raise TypeError(f"no link codec for {hint!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    key: str
+    encode: _Encode
+    decode: _Decode
+    default: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    cls: type[Any]
+    fields: tuple[_Field, ...]
+    inline: tuple[tuple[str, _Codec], ...]
+
+    def write(self, value: Any, out: dict[str, Any]) -> None:
+        for f in self.fields:
+            out[f.key] = f.encode(getattr(value, f.name))
+        for name, codec in self.inline:
+            codec.write(getattr(value, name), out)
+
+    def read(self, obj: Mapping[str, Any]) -> Any:
+        args: dict[str, Any] = {}
+        for f in self.fields:
+            if f.key in obj:
+                try:
+                    args[f.name] = f.decode(obj[f.key])
+                except LinkError as exc:
+                    raise LinkError(f"{self.cls.__name__}.{f.key}: {exc}") from None
+            elif f.default is dataclasses.MISSING:
+                raise LinkError(f"{self.cls.__name__} lacks {f.key!r}")
+        for name, codec in self.inline:
+            args[name] = codec.read(obj)
+        return self.cls(**args)
+
+
+_CODECS: Final[dict[tuple[type[Any], tuple[tuple[str, str], ...]], _Codec]] = {}
+
+
+def _codec(cls: type[Any], renames: tuple[tuple[str, str], ...] = ()) -> _Codec:
+    """The codec of a message (or of a value inlined into one), built once per class."""
+    codec = _CODECS.get((cls, renames))
+    if codec is None:
+        codec = _CODECS[(cls, renames)] = _build(cls, renames)
+    return codec
+
+
+def _build(cls: type[Any], renames: tuple[tuple[str, str], ...]) -> _Codec:
+    hints = get_type_hints(cls)
+    keys = dict(renames)
+    plain: list[_Field] = []
+    inline: list[tuple[str, _Codec]] = []
+    for f in dataclasses.fields(cls):
+        if "inline" in f.metadata:
+            inline.append((f.name, _codec(hints[f.name], tuple(f.metadata["inline"].items()))))
+            continue
+        enc, dec = _value_codec(hints[f.name], f.metadata)
+        plain.append(_Field(f.name, f.metadata.get("key", keys.get(f.name, f.name)), enc,
+                            dec, f.default))
+    return _Codec(cls, tuple(plain), tuple(inline))
+
+
+def _to_json(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    kind = getattr(message, "KIND", None)
+    if kind is not None:
+        out["kind"] = kind
+    if isinstance(message, (Granted, Accepted, MemberList)):
+        out["status"] = int(Status.OK)
+    _codec(type(message)).write(message, out)
+    return out
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise LinkError("frame is not JSON") from None
+    if not isinstance(obj, dict):
+        raise LinkError("frame is not an object")
+    return obj
+
+
+# --- frames ---------------------------------------------------------------------------------
+def encode(message: Message) -> bytes:
+    """One frame (length header and body) holding ``message``."""
+    body = orjson.dumps(_to_json(message))
     if len(body) > MAX_LINK_FRAME_BYTES:
         raise LinkError(f"frame of {len(body)} bytes")
     return LENGTH.pack(len(body)) + body
 
 
-def frame_length(header: bytes) -> int:
-    """The body length announced by a 4-byte header; ``LinkError`` if over the limit."""
+def frame_length(header: bytes, limit: int = MAX_LINK_FRAME_BYTES) -> int:
+    """The body length announced by a 4-byte header; ``LinkError`` if over ``limit``."""
     (size,) = LENGTH.unpack(header)
-    if size > MAX_LINK_FRAME_BYTES:
+    if size > limit:
         raise LinkError(f"frame of {size} bytes announced")
     return int(size)
 
 
-def decode_body(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise LinkError("frame is not JSON") from None
+def decode(body: bytes, cls: type[M]) -> M:
+    """A frame body as the message ``cls`` (``Hello`` or ``Registration``)."""
+    message: M = _codec(cls).read(_object(body))
+    return message
+
+
+def decode_request(body: bytes) -> LinkRequest:
+    """A request frame body as its typed request, told apart by ``"kind"``."""
+    obj = _object(body)
+    cls = _REQUESTS.get(obj.get("kind"))
+    if cls is None:
+        raise LinkError(f"unknown request kind {obj.get('kind')!r}")
+    request: LinkRequest = _codec(cls).read(obj)
+    return request
+
+
+def decode_reply(body: bytes, expected: type[R]) -> R | Refused:
+    """A reply frame body: ``Refused`` for a status other than OK, else ``expected``."""
+    obj = _object(body)
+    if obj.get("status") != Status.OK or type(obj.get("status")) is not int:
+        refused: Refused = _codec(Refused).read(obj)
+        if refused.status is Status.OK:
+            raise LinkError("status OK must be the integer 0")
+        return refused
+    reply: R = _codec(expected).read(obj)
+    return reply
 
 
 def sign(secret: bytes, nonce: bytes, body: bytes) -> bytes:

@@ -5,17 +5,23 @@ its datagrams to the node it made its TCRP request to. Tokens carry the issuing 
 tag as their second byte, and that node's steering program sends such datagrams to one
 extra socket of the public reuseport group, read here in the control process.
 
-For each (client address, token) this node opens one *flow*: a UDP socket on its
-advertised IP connected to the owner's public UDP port. Over the authenticated link it
-first asks the owner to accept the token from this node's IP (the owner checks that the
-token was issued to the client's IP, then tells its worker, which acknowledges). Then:
+For each (client IP, token) this node opens one *flow*: a UDP socket on its advertised
+IP connected to the owner's public UDP port. Over the authenticated link it first asks
+the owner to accept the token from this node's IP (the owner checks that the token was
+issued to the client's IP, then tells its worker, which acknowledges). A datagram is
+relayed only through the flow of its own source IP and token, so a token sent from any
+other IP goes through the owner's check again (and is refused). Then:
 
     client --datagram--> this node's public port --flow socket--> owner's public port
     client <--from the public port-- this node <--flow socket-- owner's deliveries
 
 so every datagram the client receives comes from the port it sends to (docs/protocol.md
 §2.1). Costs: one extra hop each way through a Python process, and one socket per
-relayed member (``MAX_FLOWS`` bounds them; docs/benchmarks.md has the measured cost).
+relayed member. The table is bounded three ways: ``MAX_FLOWS`` in all,
+``MAX_FLOWS_PER_TOKEN`` and ``MAX_FLOWS_PER_IP`` (open or waiting for the owner); a
+flow closes ``FLOW_GRACE_S`` after the owner would evict its silent member, and a flow in
+use asks the owner again once per ``relay_recheck_s`` (a lease), closing when the owner no
+longer has the member (it left, was evicted, or its room closed).
 """
 
 from __future__ import annotations
@@ -25,13 +31,12 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final, Protocol
 
+from control.clusterleases import NodeInfo
 from relay import steering
 from runtime.sockbuf import set_buffers
-
-if TYPE_CHECKING:
-    from control.cluster import Cluster, NodeInfo
+from wire.limits import MAX_DATAGRAM_BYTES
 
 log = logging.getLogger("ocm.cluster")
 
@@ -45,38 +50,85 @@ this many link requests in flight."""
 MAX_QUEUED: Final = 16
 """Datagrams kept per flow while the owner's answer is pending (the first datagram of a
 client is never lost to the set-up)."""
+MAX_FLOWS_PER_TOKEN: Final = 2
+"""Flows of one token, over every client IP: its holder's, and one more waiting for the
+owner's verdict (a token replayed from another IP is refused there)."""
+MAX_FLOWS_PER_IP: Final = 64
+"""Flows of one client IP (each needs a token issued to that IP)."""
+MAX_PENDING_PER_IP: Final = 4
+"""Flows of one client IP waiting for the owner's answer."""
+REFUSED_HOLD_S: Final = 5.0
+"""After the owner refuses a (client IP, token), its datagrams are dropped this long
+without asking again."""
+FLOW_GRACE_S: Final = 2.0
+"""A flow outlives its member's last datagram by the owner's inactivity timeout plus
+this: the owner has evicted the member by then."""
 FLOW_BUFFER_BYTES: Final = 64 * 1024
-MAX_DATAGRAM_BYTES: Final = 4096
+
+
+class Peers(Protocol):
+    """What the relay asks of the cluster (``control.clusterroute.ClusterRouter``)."""
+
+    @property
+    def advertise(self) -> str:
+        """This node's IP: flows are bound to it."""
+
+    def node_by_tag(self, tag: int) -> NodeInfo | None:
+        """The other live node whose tokens carry ``tag``."""
+
+    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str
+                            ) -> bool | None:
+        """Ask ``node`` to accept ``token`` from this node's IP; True once it does, False
+        if it refuses, None if it did not answer."""
+
+    def relay_idle_s(self) -> float:
+        """How long a flow may stay idle before it is closed."""
+
+    def relay_recheck_s(self) -> float:
+        """How often a flow in use is checked with its owner again."""
+
+
+FlowKey = tuple[str, bytes]
+"""(client IP, token)."""
 
 
 class Flow:
-    __slots__ = ("client", "token", "sock", "queue", "last_seen")
+    __slots__ = ("client", "token", "node", "sock", "queue", "last_seen", "checked")
 
-    def __init__(self, client: Addr, token: bytes, now: float) -> None:
+    def __init__(self, client: Addr, token: bytes, node: NodeInfo, now: float) -> None:
         self.client = client
         self.token = token
+        self.node = node
         self.sock: socket.socket | None = None
         self.queue: deque[bytes] | None = deque()
         self.last_seen = now
+        self.checked = now
+        """When the owner last accepted the token (+inf while a check is in flight)."""
 
 
 class UdpRelay:
     """Reads the relay socket; one ``Flow`` per relayed member."""
 
     def __init__(self, front: socket.socket, group: socket.socket, workers: int) -> None:
-        self.cluster: Cluster  # set by the Cluster that owns this relay
+        self.peers: Peers | None = None
         self.front = front
         self.group = group
         self.workers = workers
-        self.flows: dict[tuple[Addr, bytes], Flow] = {}
+        self.flows: dict[FlowKey, Flow] = {}
+        self.per_token: dict[bytes, int] = {}
+        self.per_ip: dict[str, int] = {}
         self.pending = 0
+        self.pending_per_ip: dict[str, int] = {}
+        self.refused: dict[FlowKey, float] = {}
+        """(client IP, token) the owner refused, with when to ask again."""
         self.counters = {"relayed_in": 0, "relayed_out": 0, "flows_opened": 0,
                          "flows_refused": 0, "dropped": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    def start(self, node_tag: int) -> None:
+    def start(self, peers: Peers, node_tag: int) -> None:
         """Steer other nodes' tokens to the relay socket and start reading it."""
+        self.peers = peers
         steering.attach_program(self.group,
                                 steering.cluster_steering_program(self.workers, node_tag))
         self._loop = asyncio.get_running_loop()
@@ -119,44 +171,96 @@ class UdpRelay:
             self.counters["dropped"] += 1
             return
         token = data[room_end:token_end]
+        ip = addr[0]
+        key = (ip, token)
         now = time.monotonic()
-        flow = self.flows.get((addr, token))
+        peers = self.peers
+        assert peers is not None
+        flow = self.flows.get(key)
         if flow is not None:
             flow.last_seen = now
+            flow.client = addr  # the client's port may change (NAT); its IP may not
             if flow.sock is not None:
                 self._send_up(flow, data)
+                if now - flow.checked > peers.relay_recheck_s() and self.pending < MAX_PENDING:
+                    flow.checked = float("inf")
+                    self.pending += 1
+                    asyncio.ensure_future(self._recheck(flow))
             elif flow.queue is not None and len(flow.queue) < MAX_QUEUED:
                 flow.queue.append(data)
             return
-        node = self.cluster.node_by_tag(token[1])
-        if node is None or len(self.flows) >= MAX_FLOWS or self.pending >= MAX_PENDING:
-            self.counters["flows_refused" if node is not None else "dropped"] += 1
+        if key in self.refused:
+            if self.refused[key] > now:
+                self.counters["flows_refused"] += 1
+                return
+            del self.refused[key]
+        node = peers.node_by_tag(token[1])
+        if node is None:
+            self.counters["dropped"] += 1
             return
-        flow = self.flows[(addr, token)] = Flow(addr, token, now)
+        if (len(self.flows) >= MAX_FLOWS or self.pending >= MAX_PENDING
+                or self.per_token.get(token, 0) >= MAX_FLOWS_PER_TOKEN
+                or self.per_ip.get(ip, 0) >= MAX_FLOWS_PER_IP
+                or self.pending_per_ip.get(ip, 0) >= MAX_PENDING_PER_IP):
+            self.counters["flows_refused"] += 1
+            return
+        flow = self.flows[key] = Flow(addr, token, node, now)
+        _count(self.per_token, token, 1)
+        _count(self.per_ip, ip, 1)
         assert flow.queue is not None
         flow.queue.append(data)
         self.pending += 1
-        asyncio.ensure_future(self._open(flow, node))
+        _count(self.pending_per_ip, ip, 1)
+        asyncio.ensure_future(self._open(flow))
 
-    async def _open(self, flow: Flow, node: NodeInfo) -> None:
+    async def _recheck(self, flow: Flow) -> None:
+        """Ask the owner again; close the flow if it no longer has the member."""
+        key = (flow.client[0], flow.token)
         try:
-            accepted = await self.cluster.request_relay(node, flow.token, flow.client[0])
+            assert self.peers is not None
+            accepted = await self.peers.request_relay(flow.node, flow.token, key[0])
         finally:
             self.pending -= 1
-        if not accepted or self.flows.get((flow.client, flow.token)) is not flow:
+        flow.checked = time.monotonic()
+        if accepted is False and self.flows.get(key) is flow:
             self.counters["flows_refused"] += 1
-            self.flows.pop((flow.client, flow.token), None)
+            self._hold(key)
+            self._drop(flow)
+
+    def _hold(self, key: FlowKey) -> None:
+        """Drop the datagrams of ``key`` for ``REFUSED_HOLD_S`` without asking again."""
+        if len(self.refused) < MAX_FLOWS:
+            self.refused[key] = time.monotonic() + REFUSED_HOLD_S
+
+    async def _open(self, flow: Flow) -> None:
+        ip = flow.client[0]
+        key = (ip, flow.token)
+        node = flow.node
+        try:
+            assert self.peers is not None
+            accepted = await self.peers.request_relay(node, flow.token, ip)
+        finally:
+            self.pending -= 1
+            _count(self.pending_per_ip, ip, -1)
+        if self.flows.get(key) is not flow:
+            return  # closed meanwhile (the relay stopped)
+        if not accepted:
+            self.counters["flows_refused"] += 1
+            self._hold(key)
+            self._drop(flow)
             return
+        flow.checked = time.monotonic()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             set_buffers(sock, FLOW_BUFFER_BYTES, FLOW_BUFFER_BYTES)
-            sock.bind((self.cluster.advertise, 0))
+            assert self.peers is not None
+            sock.bind((self.peers.advertise, 0))
             sock.connect((node.advertise, node.udp_port))
         except OSError as exc:
             sock.close()
             log.warning("cannot open a relay flow to node %s: %s", node.id, exc)
-            self.flows.pop((flow.client, flow.token), None)
+            self._drop(flow)
             return
         assert self._loop is not None
         flow.sock = sock
@@ -196,17 +300,33 @@ class UdpRelay:
     # --- expiry --------------------------------------------------------------------------
     async def _sweep(self) -> None:
         """Close flows idle for longer than a member may be (the owner evicted it)."""
+        assert self.peers is not None
         while True:
-            idle = self.cluster.app.cfg.inactivity_timeout + self.cluster.cfg.cluster_lease
-            await asyncio.sleep(min(idle / 4, 30.0))
-            horizon = time.monotonic() - idle
-            for flow in [f for f in self.flows.values() if f.last_seen < horizon]:
+            idle = self.peers.relay_idle_s()
+            await asyncio.sleep(min(idle / 8, FLOW_GRACE_S / 2))
+            now = time.monotonic()
+            for flow in [f for f in self.flows.values() if f.last_seen < now - idle]:
                 self._drop(flow)
+            for key in [k for k, until in self.refused.items() if until <= now]:
+                del self.refused[key]
 
     def _drop(self, flow: Flow) -> None:
-        self.flows.pop((flow.client, flow.token), None)
+        key = (flow.client[0], flow.token)
+        if self.flows.get(key) is flow:
+            del self.flows[key]
+            _count(self.per_token, flow.token, -1)
+            _count(self.per_ip, flow.client[0], -1)
         if flow.sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(flow.sock.fileno())
             flow.sock.close()
             flow.sock = None
+
+
+def _count(counts: dict[Any, int], key: Any, delta: int) -> None:
+    """Add ``delta`` to ``counts[key]``, forgetting keys that reach zero."""
+    value = counts.get(key, 0) + delta
+    if value > 0:
+        counts[key] = value
+    else:
+        counts.pop(key, None)

@@ -1,8 +1,8 @@
 """Configuration of ``ocm-control``: one frozen dataclass, four layers.
 
-Precedence (hypercorn's sentinel idea, done in one loop): defaults < TOML file
-(``--config`` or ``OCM_CONFIG``) < ``OCM_<NAME>`` environment variables < flags actually
-given. Every field below is also a flag (``--inactivity-timeout``) and an env var
+Precedence (hypercorn's sentinel idea, done in one loop, runtime/settings.py): defaults <
+TOML file (``--config`` or ``OCM_CONFIG``) < ``OCM_<NAME>`` environment variables < flags
+actually given. Every field below is also a flag (``--inactivity-timeout``) and an env var
 (``OCM_INACTIVITY_TIMEOUT``). ``LIVE_FIELDS`` can change on SIGHUP without a restart.
 
 Call ``load(argv)`` (or ``load_with_sources`` to also learn where each value came from);
@@ -15,29 +15,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, fields
 from typing import Any, Final, NoReturn
 
 from relay.ipc import WorkerSettings
 from relay.steering import MAX_WORKERS
-from runtime import sched
+from runtime import sched, settings
+from runtime.settings import DEFAULT_SOURCE, env_name, meta, setting
 from wire import limits
 
-
-class ConfigError(Exception):
-    """A setting is invalid; the message says which and why (exit code 78, EX_CONFIG)."""
-
-
-def _f(default: Any, help: str, *, live: bool = False, metavar: str | None = None,
-       default_text: str | None = None) -> Any:
-    """A setting; ``default_text`` says the default in ``--help`` when it is computed."""
-    return field(default=default, metadata={"help": help, "live": live, "metavar": metavar,
-                                            "default_text": default_text})
+ConfigError = settings.SettingError
+"""A setting is invalid; the message says which, why and where from (exit code 78,
+EX_CONFIG)."""
+_f = setting
+_POS: Final = 0.0
+"""``above=_POS``: the setting must be > 0."""
 
 
 def default_workers() -> int:
@@ -52,79 +47,101 @@ def default_workers() -> int:
 @dataclass(frozen=True)
 class Config:
     host: str = _f("0.0.0.0", "address to bind the TCP and UDP ports on")
-    tcp_port: int = _f(9000, "TCRP control port (TCP); 0 = any free port")
-    tls_port: int = _f(9443, "TCRP over TLS port (TCP), served when tls_cert and tls_key are "
-                             "set; 0 = any free port")
+    tcp_port: int = _f(limits.DEFAULT_TCP_PORT, "TCRP control port (TCP); 0 = any free port")
+    tls_port: int = _f(limits.DEFAULT_TLS_PORT,
+                       "TCRP over TLS port (TCP), served when tls_cert and tls_key are "
+                       "set; 0 = any free port")
     tls_cert: str = _f("", "PEM file with the server certificate (and its chain) for TCRP "
                            "over TLS; empty = no TLS", metavar="FILE")
     tls_key: str = _f("", "PEM file with the private key of tls_cert", metavar="FILE")
     plain_tcrp: bool = _f(True, "also serve plain TCRP on tcp_port; --no-plain-tcrp leaves "
                                 "only TLS (needs tls_cert)")
-    udp_port: int = _f(9001, "public room-chat port (UDP) shared by all workers; 0 = any")
-    stage1_port: int = _f(9002, "Stage 1 global chat port (UDP); 0 disables it")
+    udp_port: int = _f(limits.DEFAULT_UDP_PORT,
+                       "public room-chat port (UDP) shared by all workers; 0 = any")
+    stage1_port: int = _f(limits.DEFAULT_STAGE1_PORT,
+                          "Stage 1 global chat port (UDP); 0 disables it")
     workers: int = _f(default_workers(), "relay worker processes",
-                      default_text=f"the CPUs this process may use, at most {MAX_WORKERS} "
-                                   f"(here {default_workers()})")
+                      shown=f"the CPUs this process may use, at most {MAX_WORKERS} "
+                            f"(here {default_workers()})")
     inactivity_timeout: float = _f(limits.DEFAULT_INACTIVITY_TIMEOUT_S,
-                                   "seconds of silence before a member is removed", live=True)
+                                   "seconds of silence before a member is removed",
+                                   live=True, above=_POS)
     tcp_timeout: float = _f(limits.DEFAULT_TCP_TIMEOUT_S,
-                            "seconds a client has to send its whole TCRP request", live=True)
+                            "seconds a client has to send its whole TCRP request",
+                            live=True, above=_POS)
     max_payload: int = _f(limits.DEFAULT_MAX_PAYLOAD_BYTES,
                           "largest TCRP request payload in bytes", live=True)
     max_members: int = _f(limits.DEFAULT_MAX_MEMBERS, "members per room, host included",
-                          live=True)
+                          live=True, above=_POS)
     max_send_failures: int = _f(limits.DEFAULT_MAX_SEND_FAILURES,
                                 "consecutive failed sends before a member is removed",
-                                live=True)
-    max_conns_per_ip: int = _f(256, "concurrent TCP connections per client IP", live=True)
+                                live=True, above=_POS)
+    max_conns_per_ip: int = _f(256, "concurrent TCP connections per client IP",
+                               live=True, above=_POS)
     conn_rate_per_ip: float = _f(5000.0, "new TCP connections per second per client IP, "
-                                         "token bucket with burst = rate", live=True)
+                                         "token bucket with burst = rate", live=True, above=_POS)
     max_password_failures: int = _f(5, "failed passwords per client IP and room within "
                                        "password_failure_window before RATE_LIMITED",
-                                    live=True)
+                                    live=True, above=_POS)
     password_failure_window: float = _f(60.0, "seconds over which failed passwords are "
-                                              "counted (max_password_failures)", live=True)
-    max_rooms_per_ip: int = _f(2000, "live rooms hosted from one IP", live=True)
-    kdf_rate_per_ip: float = _f(50.0, "password key derivations (scrypt, ~45 ms each: a "
+                                              "counted (max_password_failures)",
+                                        live=True, above=_POS)
+    max_rooms_per_ip: int = _f(2000, "live rooms hosted from one IP", live=True, above=_POS)
+    kdf_rate_per_ip: float = _f(50.0, "password key derivations (scrypt: a "
                                       "create with a password, a join whose password was "
                                       "not verified before) started per second per client "
                                       "IP, token bucket with burst = rate; more are "
-                                      "RATE_LIMITED", live=True)
+                                      "RATE_LIMITED", live=True, above=_POS)
     kdf_concurrency_per_ip: int = _f(1, "key derivations of one client IP running or queued "
-                                        "at once; its others wait their turn", live=True)
+                                        "at once; its others wait their turn",
+                                     live=True, above=_POS)
     kdf_queue: int = _f(32, "key derivations (all IPs) that may wait for one of the 2 "
                             "hashing threads; past it RATE_LIMITED at once", live=True)
-    chat_rate: float = _f(10.0, "chat messages per second per member, token bucket; excess "
-                                "dropped and counted", live=True)
-    chat_burst: int = _f(20, "chat messages a member may send at once (bucket size of "
-                             "chat_rate)", live=True)
+    chat_rate: float = _f(limits.DEFAULT_CHAT_RATE,
+                          "chat messages per second per member, token bucket; excess "
+                          "dropped and counted", live=True, above=_POS)
+    chat_burst: int = _f(limits.DEFAULT_CHAT_BURST,
+                         "chat messages a member may send at once (bucket size of "
+                         "chat_rate)", live=True, above=_POS)
     reliable: bool = _f(True, "grant reliable framed delivery (ocm1r: room order, resends, "
                               "resume) to clients that ask; false: they get ocm1")
-    history_messages: int = _f(256, "numbered deliveries a room keeps for resends (ocm1r)")
-    history_bytes: int = _f(256 * 1024, "bytes a room's resend history holds at most")
-    history_age: float = _f(60.0, "seconds a delivery stays in a room's resend history")
-    history_worker_bytes: int = _f(64 * 1024 * 1024, "bytes all the resend histories of "
-                                                     "one relay worker hold at most")
+    history_messages: int = _f(limits.HISTORY_MAX_MESSAGES, "numbered deliveries a room "
+                               "keeps for resends (ocm1r); 0 keeps nothing", minimum=0)
+    history_bytes: int = _f(limits.HISTORY_MAX_BYTES, "bytes a room's resend history holds "
+                            "at most", minimum=0)
+    history_age: float = _f(limits.HISTORY_MAX_AGE_S, "seconds a delivery stays in a "
+                            "room's resend history", minimum=0)
+    history_worker_bytes: int = _f(limits.HISTORY_WORKER_MAX_BYTES, "bytes all the resend "
+                                   "histories of one relay worker hold at most", minimum=0)
     port_per_shard: bool = _f(False, "give each worker its own UDP port (udp-port + i) "
                                      "instead of one shared port")
     steering: str = _f("auto", "how datagrams reach the owning worker on the shared port: "
-                               "auto (BPF, else forward), bpf (fail if unavailable), forward")
-    max_stage1_clients: int = _f(10_000, "Stage 1 address table bound (~300 B each; 64 per "
-                                         "source IP)")
-    log_level: str = _f("info", "debug, info, warning or error", live=True)
-    log_format: str = _f("text", "log line format: text, or json (one JSON object a line)")
+                               "auto (BPF, else forward), bpf (fail if unavailable), forward",
+                       choices=("auto", "bpf", "forward"))
+    max_stage1_clients: int = _f(limits.STAGE1_MAX_CLIENTS,
+                                 "Stage 1 address table bound (~300 B each; 64 per "
+                                 "source IP)", above=_POS)
+    log_level: str = _f("info", "debug, info, warning or error",
+                        live=True, choices=("debug", "info", "warning", "error"))
+    log_format: str = _f("text", "log line format: text, or json (one JSON object a line)",
+                         choices=("text", "json"))
+    log_summary_interval: float = _f(60.0, "seconds between INFO lines summing up the rooms "
+                                     "created and closed and the members evicted (each "
+                                     "one is a DEBUG line); 0 = no summary", live=True,
+                                     minimum=0.0)
     admin_host: str = _f("127.0.0.1", "address of the admin HTTP server (/metrics, /healthz, "
                                       "/readyz)")
-    admin_port: int = _f(9100, "admin HTTP port; 0 = any free port, -1 = disabled (if the "
-                               "default port is busy the server runs without it)",
+    admin_port: int = _f(limits.DEFAULT_ADMIN_PORT,
+                         "admin HTTP port; 0 = any free port, -1 = disabled (if the "
+                         "default port is busy the server runs without it)",
                          metavar="PORT")
-    ping_interval: float = _f(1.0, "seconds between liveness pings to each worker")
-    ping_timeout: float = _f(5.0, "seconds without a pong before a worker is replaced")
+    ping_interval: float = _f(1.0, "seconds between liveness pings to each worker", above=_POS)
+    ping_timeout: float = _f(5.0, "seconds without a pong before a worker is replaced", above=_POS)
     fd_reserve: int = _f(16, "file descriptors control holds in reserve so that a worker can "
                              "be respawned when connections use up the descriptor limit; "
                              "0 = none")
     drain_timeout: float = _f(10.0, "seconds a graceful stop may take before workers "
-                                    "are killed")
+                                    "are killed", above=_POS)
     realtime_priority: int = _f(0, "run the relay workers under SCHED_FIFO at this "
                                    "priority (1..99) so that a datagram preempts ordinary "
                                    "processes at once; 0 = normal scheduling. Needs root, "
@@ -135,7 +152,8 @@ class Config:
                                     "false: one sendto per recipient", live=True)
     relay_hot_path: str = _f("auto", "the relay workers' hot loop: auto (compiled if it was "
                                      "built at install, else pure Python), compiled (or "
-                                     "refuse to start), python (docs/operations.md)")
+                                     "refuse to start), python (docs/operations.md)",
+                             choices=limits.HOT_PATH_MODES)
     cluster: str = _f("", "Redis (or Valkey) URL of the cluster registry, "
                           "redis://HOST:PORT/DB; empty = one node, no cluster",
                       metavar="URL")
@@ -144,14 +162,15 @@ class Config:
     advertise: str = _f("", "the IP other nodes and clients reach this node at (cluster "
                             "mode; default: host, which must then not be 0.0.0.0)",
                         metavar="HOST")
-    cluster_port: int = _f(9003, "TCP port of the internal link between nodes (cluster "
-                                 "mode); 0 = any free port", metavar="PORT")
+    cluster_port: int = _f(limits.DEFAULT_CLUSTER_PORT,
+                           "TCP port of the internal link between nodes (cluster "
+                           "mode); 0 = any free port", metavar="PORT")
     cluster_secret_file: str = _f("", "file holding the shared cluster secret (or set "
                                       "OCM_CLUSTER_SECRET); never sent on the wire",
                                   metavar="FILE")
     cluster_lease: float = _f(10.0, "seconds a node or room lease lives in the registry "
                                     "without a renewal (renewed every lease/3)",
-                              metavar="SECONDS")
+                              metavar="SECONDS", above=_POS)
 
     def worker_settings(self) -> WorkerSettings:
         """What a relay worker is configured with: given at spawn, and in the ``config``
@@ -174,68 +193,16 @@ class Config:
         )
 
 
-LIVE_FIELDS: Final = frozenset(f.name for f in fields(Config) if f.metadata["live"])
+LIVE_FIELDS: Final = frozenset(f.name for f in fields(Config) if meta(f).live)
 _FIELDS: Final = {f.name: f for f in fields(Config)}
-_CHOICES: Final = {"steering": ("auto", "bpf", "forward"),
-                   "log_level": ("debug", "info", "warning", "error"),
-                   "log_format": ("text", "json"),
-                   "relay_hot_path": ("auto", "compiled", "python")}
-_POSITIVE: Final = ("inactivity_timeout", "tcp_timeout", "ping_interval", "ping_timeout",
-                    "drain_timeout", "max_members", "max_send_failures",
-                    "max_stage1_clients", "max_conns_per_ip", "conn_rate_per_ip",
-                    "max_password_failures", "password_failure_window", "max_rooms_per_ip",
-                    "kdf_rate_per_ip", "kdf_concurrency_per_ip",
-                    "chat_rate", "chat_burst", "cluster_lease")
-DEFAULT_SOURCE: Final = "default"
-
-
-def env_name(name: str) -> str:
-    """The environment variable of a field: ``OCM_`` + its name in capitals."""
-    return "OCM_" + name.upper()
+_POSITIVE: Final = tuple(f.name for f in fields(Config) if meta(f).above == _POS)
+"""The settings that must be > 0."""
+__all__ = ["DEFAULT_SOURCE", "LIVE_FIELDS", "Config", "ConfigError", "env_name", "flag_name",
+           "load", "load_with_sources", "read_toml", "to_toml", "validate"]
 
 
 def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _convert(name: str, value: Any, source: str) -> Any:
-    kind = _FIELDS[name].type
-    try:
-        if kind in ("bool", bool):
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(value)
-        if kind in ("int", int):
-            if isinstance(value, bool):
-                raise ValueError(value)
-            if isinstance(value, float):  # TOML 4.0 is fine, 2.5 is not silently 2
-                if not value.is_integer():
-                    raise ValueError(value)
-                return int(value)
-            return int(str(value).strip())
-        if kind in ("float", float):
-            if isinstance(value, bool):
-                raise ValueError(value)
-            number = float(value)
-            if not math.isfinite(number):
-                raise ValueError(value)
-            return number
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ValueError(value)
-        return str(value).strip().lower() if name in _CHOICES else str(value)
-    except ValueError:
-        raise ConfigError(f"{source}: {name} must be {_kind_words(kind)}, got {value!r}"
-                          ) from None
-
-
-def _kind_words(kind: Any) -> str:
-    return {"int": "an integer", "float": "a finite number", "bool": "true or false",
-            "str": "a string"}.get(str(getattr(kind, "__name__", kind)), str(kind))
+    return settings.flag_name(_FIELDS[name])
 
 
 def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
@@ -265,20 +232,13 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
         raise fail("tls_port", f"tls_port and tcp_port are both TCP port {cfg.tcp_port}")
     if not 1 <= cfg.workers <= MAX_WORKERS:
         raise fail("workers", f"workers must be 1..{MAX_WORKERS}, got {cfg.workers}")
-    for positive in _POSITIVE:
-        value = getattr(cfg, positive)
-        if not value > 0:
-            raise fail(positive, f"{positive} must be > 0, got {value}")
+    settings.check_all(cfg, sources)  # the bounds and choices declared with the fields
     if cfg.ping_timeout <= cfg.ping_interval:
         raise fail("ping_timeout", f"ping_timeout ({cfg.ping_timeout}) must be longer than "
                                    f"ping_interval ({cfg.ping_interval})")
     if not 0 <= cfg.realtime_priority <= sched.MAX_PRIORITY:
         raise fail("realtime_priority", f"realtime_priority must be 0 (normal scheduling) or "
                                         f"1..{sched.MAX_PRIORITY}, got {cfg.realtime_priority}")
-    for limit in ("history_messages", "history_bytes", "history_age", "history_worker_bytes"):
-        if getattr(cfg, limit) < 0:
-            raise fail(limit, f"{limit} must be >= 0 (0 keeps nothing), got "
-                              f"{getattr(cfg, limit)}")
     if cfg.kdf_queue < 0:
         raise fail("kdf_queue", f"kdf_queue must be >= 0, got {cfg.kdf_queue}")
     if not 0 <= cfg.fd_reserve <= 1024:
@@ -286,10 +246,6 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
     if not 1 <= cfg.max_payload <= 1 << 20:
         raise fail("max_payload", f"max_payload must be 1..1048576 bytes, got "
                                   f"{cfg.max_payload}")
-    for name, choices in _CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            raise fail(name, f"{name} must be one of {', '.join(choices)}, got "
-                             f"{getattr(cfg, name)!r}")
     for name in ("host", "admin_host"):
         if not getattr(cfg, name):
             raise fail(name, f"{name} must not be empty")
@@ -332,21 +288,14 @@ def build_parser(prog: str = "ocm-control") -> argparse.ArgumentParser:
                         "(keys as below, with underscores)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the effective configuration as TOML and exit")
-    defaults = Config()
-    for f in fields(Config):
-        live = "live" if f.metadata["live"] else "restart"
-        default = f.metadata["default_text"] or getattr(defaults, f.name)
-        help_text = f"{f.metadata['help']} [{live}; default: {default}]"
-        if f.type in ("bool", bool):
-            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction,
-                                help=help_text)
-        else:
-            # No argparse ``choices``: a bad value is a configuration error (exit 78, one
-            # line) whether it comes from a flag, the environment or the file.
-            parser.add_argument(flag_name(f.name),
-                                metavar=f.metadata["metavar"] or f.name.upper(),
-                                help=help_text)
+    settings.add_flags(parser, [Config], _help_text, typed=False)
     return parser
+
+
+def _help_text(f: Field[Any]) -> str:
+    m = meta(f)
+    default = m.shown if m.shown is not None else f.default
+    return f"{m.help} [{'live' if m.live else 'restart'}; default: {default}]"
 
 
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
@@ -366,89 +315,19 @@ def load_with_sources(argv: Sequence[str] | None = None,
     ``"environment OCM_X"`` or ``"--flag"``."""
     args = build_parser().parse_args(argv)
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    sources = dict.fromkeys(_FIELDS, DEFAULT_SOURCE)
     path = getattr(args, "config", None) or env.get("OCM_CONFIG")
-    if path:
-        for name, (value, where) in _read_toml(path).items():
-            values[name] = value
-            sources[name] = where
-    for name in _FIELDS:
-        raw = env.get(env_name(name))
-        if raw is not None:
-            where = f"environment {env_name(name)}"
-            values[name] = _convert(name, raw, where)
-            sources[name] = where
-    for name in _FIELDS:
-        if hasattr(args, name):
-            values[name] = _convert(name, getattr(args, name), flag_name(name))
-            sources[name] = flag_name(name)
+    values, sources = settings.layered(Config, args, env, path)
     return validate(dataclasses.replace(Config(), **values), sources), args, sources
 
 
 def read_toml(path: str) -> dict[str, Any]:
     """Settings from a TOML file (top level or an ``[ocm]`` table); unknown keys, bad
     values and syntax errors are ``ConfigError``s that name the file and the line."""
-    return {name: value for name, (value, _) in _read_toml(path).items()}
+    return {name: value for name, (value, _) in
+            settings.read_toml_located(Config, path).items()}
 
 
-def _read_toml(path: str) -> dict[str, tuple[Any, str]]:
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-                          ) from None
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib says "... (at line 3, column 7)"; lead with the line like a compiler.
-        message = str(exc)
-        found = re.search(r"\(at line (\d+), column (\d+)\)$", message)
-        if found:
-            message = (f"{path} line {found[1]}: {message[:found.start()].rstrip()} "
-                       f"(column {found[2]})")
-            raise ConfigError(message) from None
-        if message.endswith("(at end of document)"):
-            last = len(raw.decode("utf-8").splitlines()) or 1
-            raise ConfigError(f"{path} line {last}: {message[:-21].rstrip()} (at the end of "
-                              "the file)") from None
-        raise ConfigError(f"{path}: {message}") from None
-    lines = raw.decode("utf-8").splitlines()
-    if "ocm" in data and isinstance(data["ocm"], dict):
-        extra = sorted(k for k in data if k != "ocm")
-        if extra:
-            raise ConfigError(f"{_where(path, lines, extra[0])}: unknown setting {extra[0]!r} "
-                              "(put every setting under [ocm], or none)")
-        data = data["ocm"]
-    out: dict[str, tuple[Any, str]] = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        where = _where(path, lines, key)
-        if name not in _FIELDS:
-            raise ConfigError(f"{where}: unknown setting {key!r}")
-        out[name] = (_convert(name, value, where), where)
-    return out
-
-
-def _where(path: str, lines: Sequence[str], key: str) -> str:
-    """``FILE line N`` of the first line that assigns ``key`` (or defines [key])."""
-    pattern = re.compile(r"^\s*(?:\[\s*)?[\"']?" + re.escape(key) + r"[\"']?\s*[=\]]")
-    for number, line in enumerate(lines, 1):
-        if pattern.match(line):
-            return f"{path} line {number}"
-    return path
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    return repr(value)
+_toml_value = settings.toml_value
 
 
 def to_toml(cfg: Config, sources: Mapping[str, str] | None = None) -> str:
@@ -459,9 +338,9 @@ def to_toml(cfg: Config, sources: Mapping[str, str] | None = None) -> str:
              "environment < flags.",
              "# [live] keys are reloaded on SIGHUP; [restart] keys need a restart."]
     for f in fields(Config):
-        live = "live" if f.metadata["live"] else "restart"
+        live = "live" if meta(f).live else "restart"
         line = f"{f.name} = {_toml_value(getattr(cfg, f.name))}"
         if sources is not None:
             line += f"  # from {sources.get(f.name, DEFAULT_SOURCE)}"
-        lines += [f"# {f.metadata['help']} [{live}]", line]
+        lines += [f"# {meta(f).help} [{live}]", line]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Key derivations (scrypt, ~45 ms and 16 MiB each) under a budget.
+"""Key derivations (scrypt, 16 MiB each) under a budget.
 
 Every password hash (create) and every password check that is not answered from the
 room's cache (join) runs here, in a small thread pool off the event loop, under three

@@ -1,6 +1,6 @@
 """Room passwords: scrypt (memory-hard, stdlib), verified in constant time.
 
-Hashing costs tens of ms and 16 MiB (n=2**14, r=8, p=1, the interactive-login
+Hashing is slow on purpose and takes 16 MiB (n=2**14, r=8, p=1, the interactive-login
 parameters of RFC 7914 §2), so control runs it in a thread pool, never on the event loop
 (hashlib releases the GIL during scrypt). Passwords are never logged.
 

@@ -47,6 +47,10 @@ class MemberRecord:
     alive: bool = True
     keys: PublicKeys | None = None
     """The member's public keys in an encrypted room (docs/e2e.md §2.1); None otherwise."""
+    issued_ip: str = ""
+    """The IP the token was issued to. ``ip`` is where its datagrams come from, which a
+    cluster node relaying for the member replaces with its own; this one never changes,
+    and every check of who holds the token compares against it."""
     resume: str | None = None
     """``ocm1r``: the secret that moves this membership to a new address and token."""
 
@@ -106,7 +110,7 @@ class Registry:
         return token
 
     def set_token_source(self, new_token: Callable[[int], bytes]) -> None:
-        """Cluster mode: tokens also carry the node's tag (control/cluster.py)."""
+        """Cluster mode: tokens also carry the node's tag (control/clusterroute.py)."""
         self._new_token = new_token
 
     # --- queries ---------------------------------------------------------------------
@@ -167,7 +171,7 @@ class Registry:
         ROOM_NOT_FOUND (no live room) or INVALID_REQUEST (docs/e2e.md §2.4)."""
         room = self.live_room(room_name)
         member = self.tokens.get(token)
-        if member is None or member.room is not room or member.ip != ip:
+        if member is None or member.room is not room or member.issued_ip != ip:
             raise RegistryError(Status.INVALID_REQUEST, "not a member of this room")
         return member
 
@@ -205,7 +209,7 @@ class Registry:
         del self.tokens[old]
         member.token = new_token
         self.tokens[new_token] = member
-        member.ip = ip
+        member.ip = member.issued_ip = ip
         member.addr = None
         member.proven = False
         return member, old
@@ -251,7 +255,8 @@ class Registry:
         while token in self.tokens:  # 192 random bits: never, but cheap to be sure
             token = self._new_token(room.worker)
         member = MemberRecord(token, username, ip, framing, is_host, room,
-                              keys=keys if room.e2e else None)  # a plain room ignores keys
+                              keys=keys if room.e2e else None,  # a plain room ignores keys
+                              issued_ip=ip)
         room.members[username_key(username)] = member
         self.tokens[token] = member
         self.load[room.worker] += 1

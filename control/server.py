@@ -21,14 +21,15 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-import time
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass
+from typing import cast
 
 from control import passwords
 from control.config import Config
 from control.kdf import KeyDerivations
-from control.quotas import Quotas, QuotaSettings, retry_seconds
+from control.quotas import Quotas, QuotaSettings
 from control.registry import MemberRecord, Registry, RegistryError, RoomRecord
+from control.router import Elsewhere, Here, LocalRouter, QuotaRefusal, Router
 from control.session import (
     ConnectionClosed,
     Registration,
@@ -36,15 +37,12 @@ from control.session import (
     Session,
 )
 from control.supervisor import Supervisor
-from relay.ipc import Ack, Bound, Closed, Left, Rebind, Register
+from relay.ipc import Ack, Bound, Closed, CloseRoom, Left, Rebind, Register
 from relay.steering import worker_tag
 from wire.codes import Framing, Operation, Reason, Status
 from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_WINDOW_S, RESUME_SECRET_BYTES, max_message_bytes
 from wire.tcrp import NEED_DATA, Details, MembersRequest, Request
-
-if TYPE_CHECKING:
-    from control.cluster import Cluster, RemoteMember
 
 log = logging.getLogger("ocm.control")
 
@@ -73,12 +71,35 @@ class _KeyedLock:
         self.users = 0
 
 
+@dataclass(slots=True)
+class RoomActivity:
+    """What happened to rooms since the last summary line. One INFO line per room would
+    be thousands a second under load; each event is a DEBUG line, and ``take`` feeds the
+    periodic INFO summary."""
+
+    created: int = 0
+    closed: int = 0
+    evicted: int = 0
+
+    def take(self) -> RoomActivity:
+        """The counts so far, and start again from zero."""
+        taken = RoomActivity(self.created, self.closed, self.evicted)
+        self.created = self.closed = self.evicted = 0
+        return taken
+
+
 class ControlApp:
-    def __init__(self, cfg: Config, udp_ports: list[int], registry: Registry) -> None:
+    """Decides requests (through its ``Router``: this node, or a cluster) and serves them
+    on this node's workers."""
+
+    def __init__(self, cfg: Config, udp_ports: list[int], registry: Registry,
+                 router: Router | None = None) -> None:
         self.quotas = Quotas(quota_settings(cfg))
+        self.router: Router = router if router is not None else LocalRouter(self.quotas)
         self._cfg = cfg
         self.udp_ports = udp_ports
         self.registry = registry
+        self.activity = RoomActivity()  # summed up at INFO every log_summary_interval
         self.supervisor: Supervisor | None = None
         self.accepting = True
         self.connections: set[TcrpConnection] = set()
@@ -93,10 +114,6 @@ class ControlApp:
         number of connections."""
         self.joins: dict[str, int] = {}
         """Requests answered, by status name (metrics)."""
-        self.cluster: Cluster | None = None
-        """Cluster mode (control/cluster.py): requests are routed through it."""
-        self.udp_host: str | None = None
-        """Cluster mode: this node's advertised IP, sent as ``udp_host`` in the details."""
 
     @property
     def cfg(self) -> Config:
@@ -109,27 +126,51 @@ class ControlApp:
         self.quotas.settings = quota_settings(cfg)
 
     # --- requests -------------------------------------------------------------------------
-    async def handle(self, request: Request, ip: str
-                     ) -> tuple[Details, MemberRecord | RemoteMember]:
-        """Grant a request or raise ``RegistryError`` with the status to answer."""
+    def _check_open(self) -> None:
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
-        if self.cluster is not None:
-            return await self.cluster.handle(request, ip)
-        if not self.quotas.allow_request(ip, time.monotonic()):
-            wait = self.quotas.request_retry_after(ip, time.monotonic())
-            raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
-                                f"retry in {retry_seconds(wait)} s")
-        return await self.handle_local(request, ip)
 
-    async def handle_local(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
-        """Serve a request on this node's workers (the rate limit is already checked)."""
-        if not self.accepting or self.supervisor is None:
-            raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
+    async def handle(self, request: Request, ip: str
+                     ) -> tuple[Details, MemberRecord | Elsewhere]:
+        """Grant a client's request or raise ``RegistryError`` with the status to answer:
+        the router places it (here, or on another node that grants it)."""
+        self._check_open()
+        try:
+            placement = await self.router.place(request, ip)
+            if isinstance(placement, Elsewhere):
+                return placement.details, placement
+            return await self._serve(request, ip)
+        except QuotaRefusal as exc:
+            self.quotas.refused[exc.quota] += 1
+            raise
+
+    async def handle_routed(self, request: Request, ip: str
+                            ) -> tuple[Details, MemberRecord]:
+        """Grant a request that another node's router placed on this node."""
+        self._check_open()
+        try:
+            await self.router.own(request, ip)
+            return await self._serve(request, ip)
+        except QuotaRefusal as exc:
+            self.quotas.refused[exc.quota] += 1
+            raise
+
+    async def _serve(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+        served = False
+        try:
+            granted = await self._serve_here(request, ip)
+            served = True
+            return granted
+        finally:
+            await self.router.settle(request, served)
+
+    async def _serve_here(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+        """Serve a request on this node's workers (the router placed it here)."""
+        self._check_open()
         body = request.body
         if body.framing is Framing.OCM1R and not self.cfg.reliable:
-            request = dataclasses.replace(request, body=dataclasses.replace(
-                body, framing=Framing.OCM1))
+            body = dataclasses.replace(body, framing=Framing.OCM1)
+            request = dataclasses.replace(request, body=body)
         if body.resume is not None and request.operation is Operation.JOIN:
             if body.framing is not Framing.OCM1R:
                 raise RegistryError(Status.INVALID_REQUEST, "resume needs ocm1r framing")
@@ -149,8 +190,9 @@ class ControlApp:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {request.room!r} closed")
         if member.is_host:
             self.registry.mark_live(member.room)
-            log.info("room %r created on worker %d (%d rooms)", member.room.name,
-                     member.room.worker, len(self.registry.rooms))
+            self.activity.created += 1
+            log.debug("room %r created on worker %d (%d rooms)", member.room.name,
+                      member.room.worker, len(self.registry.rooms))
         if member.framing is Framing.OCM1R:
             self.registry.set_resume(member, secrets.token_urlsafe(RESUME_SECRET_BYTES))
         return self._details(request, member), member
@@ -167,7 +209,7 @@ class ControlApp:
             framing=member.framing,
             e2e=room.e2e,
             members=room.member_infos(exclude=member) if room.e2e else (),
-            udp_host=self.udp_host,
+            udp_host=self.router.udp_host,
             resume=member.resume,
             resumed=member.resume is not None and request.body.resume is not None,
         )
@@ -195,15 +237,16 @@ class ControlApp:
 
     async def members(self, request: MembersRequest, ip: str) -> tuple[MemberInfo, ...]:
         """Answer Operation 3 (docs/e2e.md §2.4): every member of the room, the asker
-        included, or raise ``RegistryError`` (status 2, 4, 8 or 9). In cluster mode the
-        room's owner answers (``Cluster.members``)."""
-        if not self.accepting or self.supervisor is None:
-            raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
-        if self.cluster is not None:
-            return await self.cluster.members(request, ip)
-        if not self.quotas.allow_request(ip, time.monotonic()):
-            raise RegistryError(Status.RATE_LIMITED, "too many requests from your address; "
-                                "slow down")
+        included, or raise ``RegistryError`` (status 2, 4, 8 or 9). The router says
+        whether this node's registry answers or another node did."""
+        self._check_open()
+        try:
+            answer = await self.router.members(request, ip)
+        except QuotaRefusal as exc:
+            self.quotas.refused[exc.quota] += 1
+            raise
+        if not isinstance(answer, Here):
+            return answer
         member = self.registry.member_for(request.room, request.token, ip)
         return member.room.member_infos()
 
@@ -237,7 +280,7 @@ class ControlApp:
         body = request.body
         if room.password is not None:
             # One check at a time per (IP, room): the failure limit is read and written
-            # around a ~45 ms hash, so concurrent guesses must not all pass the check first.
+            # around a slow hash, so concurrent guesses must not all pass the check first.
             key = (ip, room.name)
             entry = self._password_locks.get(key)
             if entry is None:
@@ -255,17 +298,7 @@ class ControlApp:
 
     async def _check_password(self, ip: str, room: RoomRecord, password: str | None) -> None:
         """Raise RATE_LIMITED or INVALID_PASSWORD, or return if ``password`` opens ``room``."""
-        cluster = self.cluster
-        if cluster is None:
-            blocked = self.quotas.password_blocked(ip, room.name, time.monotonic())
-            wait = (self.quotas.password_retry_after(ip, room.name, time.monotonic())
-                    if blocked else 0.0)
-        else:
-            retry = await cluster.password_blocked(ip, room.name)
-            blocked, wait = retry is not None, retry or 0.0
-        if blocked:
-            raise RegistryError(Status.RATE_LIMITED, "too many wrong passwords for this "
-                                f"room from your address; retry in {retry_seconds(wait)} s")
+        await self.router.check_password_quota(ip, room.name)
         if not password:
             # A missing password guesses nothing, so it is not a failed attempt: clients
             # may try without one to learn that the room is protected (docs/protocol.md).
@@ -278,10 +311,7 @@ class ControlApp:
         else:
             ok = await self._verify_once(ip, room, password, mac)
         if not ok:
-            if cluster is None:
-                self.quotas.password_failed(ip, room.name, time.monotonic())
-            else:
-                await cluster.password_failed(ip, room.name)
+            await self.router.password_failed(ip, room.name)
             raise RegistryError(Status.INVALID_PASSWORD, "wrong password")
 
     async def _verify_once(self, ip: str, room: RoomRecord, password: str, mac: bytes) -> bool:
@@ -329,13 +359,29 @@ class ControlApp:
         except TimeoutError:
             return False
 
-    def register(self, member: MemberRecord | RemoteMember, port: int) -> None:
+    def register(self, member: MemberRecord | Elsewhere, port: int) -> None:
         """The 2-byte UDP port registration (§1.4)."""
-        if not isinstance(member, MemberRecord):
+        if isinstance(member, Elsewhere):
             member.register(port)  # admitted by another node: pass it on
             return
         if member.alive and self.supervisor is not None:
             self.supervisor.send(member.room.worker, Register(member.token, port))
+
+    def close_room(self, room: str, reason: str) -> None:
+        """Close one room now (cluster mode: another node holds its name)."""
+        record = self.registry.rooms.get(room)
+        if record is not None and self.supervisor is not None:
+            self.supervisor.send(record.worker, CloseRoom(room, reason))
+
+    async def rebind(self, member: MemberRecord, ip: str) -> None:
+        """The member's datagrams come from ``ip`` from now on (cluster mode: relayed
+        through the node at ``ip``). The registry re-seeds a restarted worker with it."""
+        member.ip = ip
+        if self.supervisor is not None:
+            try:
+                await self.supervisor.call(member.room.worker, Rebind(0, member.token, ip))
+            except (ConnectionError, TimeoutError):
+                pass  # a replacement worker is seeded with the new IP
 
     # --- worker events ----------------------------------------------------------------------
     def on_worker_event(self, worker: int, event: Bound | Left | Closed) -> None:
@@ -344,14 +390,16 @@ class ControlApp:
         elif isinstance(event, Left):
             member = self.registry.remove_member(event.token)
             if member is not None and event.reason is not Reason.EXIT:
-                log.info("member evicted (%s) from a room on worker %d", event.reason.value,
-                         worker)
+                self.activity.evicted += 1
+                log.debug("member evicted (%s) from a room on worker %d",
+                          event.reason.value, worker)
         else:
             room = self.registry.close_room(event.room)
             if room is not None:
                 self.quotas.room_closed(room.host_ip)
-                log.info("room %r closed (%s) on worker %d (%d rooms)", room.name,
-                         event.reason, worker, len(self.registry.rooms))
+                self.activity.closed += 1
+                log.debug("room %r closed (%s) on worker %d (%d rooms)", room.name,
+                          event.reason, worker, len(self.registry.rooms))
 
     def count(self, status: Status) -> None:
         self.joins[status.name] = self.joins.get(status.name, 0) + 1
@@ -365,7 +413,7 @@ class TcrpConnection(asyncio.Protocol):
         self.session = Session(app.cfg.max_payload)
         self.transport: asyncio.Transport | None = None
         self.ip = ""
-        self.member: MemberRecord | RemoteMember | None = None
+        self.member: MemberRecord | Elsewhere | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.counted = False

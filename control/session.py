@@ -129,7 +129,7 @@ class Session:
             self._transition("request")
             self._after += reader.trailing[:_AFTER_KEEP]
             # Drop the reader's copy of whatever followed the request: a client must not
-            # make us hold a whole read chunk (~400 KiB seen) per connection while its
+            # make us hold a whole read chunk per connection while its
             # request waits for a password check or a restarting worker.
             self._reader = FrameReader(Role.SERVER, 0)
             return event

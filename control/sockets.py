@@ -20,7 +20,16 @@ log = logging.getLogger("ocm.control")
 
 
 class PortBusy(Exception):
-    """A port we must bind is taken by another process."""
+    """A port we must bind is taken by another process; the message ends with the way to
+    pick another (``busy_hint``)."""
+
+
+def busy_hint(setting: str) -> str:
+    """How to move a busy port: the flag, its ``OCM_*`` variable and the Makefile's
+    ``ARGS=`` (README quickstart). ``setting`` is the config field, e.g. ``tcp_port``."""
+    flag = "--" + setting.replace("_", "-")
+    return (f"is another ocm-control running? Pick another port with {flag} N "
+            f"(or OCM_{setting.upper()}=N; with make: make run ARGS=\"{flag} N\")")
 
 
 @dataclass
@@ -41,7 +50,7 @@ class UdpPlan:
     receives datagrams whose token another node issued (control/clusterudp.py)."""
 
 
-def _probe_free(host: str, port: int) -> None:
+def _probe_free(host: str, port: int, setting: str) -> None:
     """Refuse to join somebody else's reuseport group: a plain bind must succeed first."""
     if port == 0:
         return
@@ -49,17 +58,20 @@ def _probe_free(host: str, port: int) -> None:
     try:
         probe.bind((host, port))
     except OSError as exc:
-        raise PortBusy(f"UDP port {port} on {host} is busy: {exc.strerror}") from None
+        raise PortBusy(f"UDP port {port} on {host} is busy: {exc.strerror}; "
+                       f"{busy_hint(setting)}") from None
     finally:
         probe.close()
 
 
-def _bind(make: object, what: str, host: str, port: int) -> list[socket.socket]:
+def _bind(make: object, what: str, host: str, port: int, setting: str
+          ) -> list[socket.socket]:
     try:
         result = make()  # type: ignore[operator]
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-            raise PortBusy(f"{what} port {port} on {host}: {exc.strerror}") from None
+            raise PortBusy(f"{what} port {port} on {host}: {exc.strerror}; "
+                           f"{busy_hint(setting)}") from None
         raise
     return result if isinstance(result, list) else [result]
 
@@ -74,25 +86,26 @@ def plan_udp(host: str, udp_port: int, stage1_port: int | None, workers: int,
     stage1 = None
     stage1_bound = 0
     if stage1_port is not None:
-        _probe_free(host, stage1_port)
+        _probe_free(host, stage1_port, "stage1_port")
         (stage1,) = _bind(lambda: steering.create_udp_socket(
             host, stage1_port, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES), "Stage 1 UDP",
-            host, stage1_port)
+            host, stage1_port, "stage1_port")
         stage1_bound = stage1.getsockname()[1]
     if port_per_shard:
         socks = []
         for i in range(workers):
             port = udp_port + i if udp_port else 0
-            _probe_free(host, port)
+            _probe_free(host, port, "udp_port")
             socks += _bind(lambda p=port: steering.create_udp_socket(
-                host, p, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES), "UDP", host, port)
+                host, p, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES), "UDP", host, port,
+                "udp_port")
         return UdpPlan(socks, [s.getsockname()[1] for s in socks], "port-per-shard", stage1,
                        stage1_bound)
-    _probe_free(host, udp_port)
+    _probe_free(host, udp_port, "udp_port")
     extra = 1 if relay and mode != "forward" and workers < steering.MAX_WORKERS else 0
     socks = _bind(lambda: steering.create_reuseport_group(
         host, udp_port, workers + extra, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES), "UDP",
-        host, udp_port)
+        host, udp_port, "udp_port")
     port = socks[0].getsockname()[1]
     if mode in ("auto", "bpf"):
         try:

@@ -1,9 +1,9 @@
 """TLS for TCRP (stdlib ``ssl``): the server context of ``ocm-control --tls-cert --tls-key``.
 
-The TLS listener (``tls_port``, default 9443) speaks exactly the TCRP of the plain port
-inside TLS: same frames, same one request per connection, same 2-byte registration after
-State 2. The TLS handshake must finish within ``tcp_timeout``. Chat datagrams (UDP) are
-not protected by it: docs/security.md.
+The TLS listener (``tls_port``, default ``wire.limits.DEFAULT_TLS_PORT``) speaks exactly the
+TCRP of the plain port inside TLS: same frames, same one request per connection, same 2-byte
+registration after State 2. The TLS handshake must finish within ``tcp_timeout``. Chat
+datagrams (UDP) are not protected by it: docs/security.md.
 """
 
 from __future__ import annotations

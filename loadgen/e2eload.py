@@ -1,7 +1,6 @@
 """``ocm-loadgen --e2e``: encrypted rooms (docs/e2e.md) under load, with the real engine.
 
-What a loadgen process does for its encrypted rooms (docs/benchmarks.md, "How
-``ocm-loadgen --e2e`` measures encrypted rooms", says the same for readers of the figures):
+What a loadgen process does for its encrypted rooms:
 
 * **Joins.** Every member has its own identity (``client.e2e.identity.IdentityKeys``);
   user 0 creates its room with ``"e2e": true`` and its public keys, the others join with

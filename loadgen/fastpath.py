@@ -6,7 +6,7 @@ CPU, and the CPU the loadgen takes is CPU the server waits for. ``_account.c`` d
 common case (the next expected delivery of a (receiver, sender) pair, with its two
 latencies) straight from ``RecvBatch``'s buffers and leaves everything else to
 ``Meter.receive_batch``, so the two paths count exactly the same (a test feeds both the
-same traffic). docs/benchmarks.md has the CPU and latency measured with and without it.
+same traffic). docs/performance.md has the loadgen's CPU with it.
 
 One difference in what is measured: a delivery accounted in C takes its read time (the
 end of its end-to-end latency) right after its own ``recvmmsg`` call; the Python path

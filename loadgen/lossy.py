@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from client.reliable import Delivered, Gap, ReliableChat
-from client.session import request_framing
+from client.session import TcrpTarget
 from client.session_aio import join_room_async
 from loadgen.meter import latency_ms, new_histogram
 from loadgen.procstat import tree_cpu_seconds
 from wire import chat
 from wire.chat import encode_chat
-from wire.codes import Operation
+from wire.codes import Framing, Operation
+from wire.tcrp import Request, RequestBody
 
 TICK_S: Final = 0.005
 """How often members' timers (NACKs, resends, sends due) are looked at."""
@@ -135,6 +136,7 @@ class _Run:
         self.expected = 0
         self.dropped_out = self.dropped_in = 0
         self.measuring = self.draining = False
+        self.framing = Framing.OCM1R if opts.recovery else Framing.OCM1
 
 
 async def _join_all(run: _Run) -> None:
@@ -145,8 +147,9 @@ async def _join_all(run: _Run) -> None:
     async def join(member: _Member, op: Operation) -> None:
         async with sem:
             room = f"{opts.prefix}-{member.room}"
-            joined = await join_room_async(opts.server, opts.tcp_port, op, room, member.name,
-                                           reliable=opts.recovery)
+            joined = await join_room_async(
+                TcrpTarget(opts.server, opts.tcp_port),
+                Request.of(op, room, RequestBody(member.name, framing=run.framing)))
         member.room_raw, member.token = joined.room_raw, joined.token
         sock = joined.udp_sock
         sock.connect(joined.server)
@@ -236,8 +239,7 @@ async def _run(opts: LossOptions) -> dict[str, Any]:
     return {
         "options": {"rooms": opts.rooms, "users": opts.users, "rate": opts.rate,
                     "duration": opts.duration, "loss_pct": opts.loss_pct,
-                    "recovery": opts.recovery, "framing": request_framing(
-                        opts.recovery, False).value},
+                    "recovery": opts.recovery, "framing": run.framing.value},
         "result": {
             "sent": sum(m.sent for m in run.members),
             "expected_deliveries": run.expected,

@@ -1,17 +1,21 @@
-"""What a loadgen process tells the parent over its pipe, and what the parent merges it into.
+"""What the loadgen's parent and its processes tell each other over their pipes, and what
+the parent merges the answers into.
 
-A process (users.py) answers each command with one message: ``Ready`` once started,
-``SetupPart`` after ``("setup",)``, ``Prepared`` after ``("prepare", ...)``, ``RunPart``
-after ``("run", ...)``, ``Exits`` after ``("exit", ...)``, or ``ChildError`` (its
-traceback) when it fails; meanwhile it sends progress: ``JoinProgress`` while joining, a
-``Tick`` every tick of a run. The parent
-(runner.py) merges the parts into ``SetupFigures`` and ``RunFigures``; ``to_json`` gives
-the shape of the JSON report (docs: ``ocm-loadgen --json``).
+Every message is one frozen dataclass, sent as it is (``multiprocessing.Connection``
+pickles it: both ends are this package, so no codec is written by hand and nothing is
+spelled twice). The parent (runner.py) sends a ``Command``; a process (users.py) answers
+each with one message: ``Ready`` once started, ``SetupPart`` after ``Setup``,
+``Prepared`` after ``Prepare``, ``RunPart`` after ``Run``, ``Exits`` after ``SendExits``,
+or ``ChildError`` (its traceback) when it fails; meanwhile it sends progress:
+``JoinProgress`` while joining, a ``Tick`` every tick of a run. ``Abort`` ends a run
+early, ``Quit`` the process. The parent merges the parts into ``SetupFigures`` and
+``RunFigures``; ``to_json`` gives the shape of the JSON report (docs: ``ocm-loadgen
+--json``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from loadgen.meter import Counts
@@ -19,6 +23,55 @@ from loadgen.tokens import MemberToken
 
 Percentiles = dict[str, float | None]
 """Latency in ms by name: ``p50``, ``p90``, ``p99``, ``p99.9``, ``max`` (and ``mean``)."""
+
+
+# --- to a loadgen process ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Join every member and bind its address: answered by ``SetupPart``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """``--e2e``: seal ``per_member`` messages per member for the next run: ``Prepared``."""
+
+    per_member: int
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One paced run (users.py ``Simulator.run`` takes these as its arguments): ``RunPart``."""
+
+    rate: float
+    t0_ns: int
+    mstart_ns: int
+    end_ns: int
+    drain_ns: int
+    tick_ns: int
+    pacing_ns: int
+
+    def arguments(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class SendExits:
+    """Send ``/exit`` (or the encrypted leave) for the guests, or the hosts: ``Exits``."""
+
+    hosts: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Stop the run in progress now (its ``RunPart`` says aborted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    """Close every socket and exit."""
+
+
+Command = Setup | Prepare | Run | SendExits | Abort | Quit
 
 
 # --- from a loadgen process ----------------------------------------------------------------
@@ -34,7 +87,7 @@ class Ready:
     accounting: str
     """``c`` or ``python``: who accounts shared-socket deliveries."""
     sched: str
-    """The process's scheduling policy (relay/sched.py ``current``)."""
+    """The process's scheduling policy (runtime/sched.py ``current``)."""
 
 
 @dataclass(frozen=True, slots=True)

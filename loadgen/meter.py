@@ -40,7 +40,7 @@ from __future__ import annotations
 import array
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -49,9 +49,6 @@ from wire import errors
 from wire.chat import Notice, decode_delivery
 from wire.codes import Framing
 from wire.limits import PLAIN_SEPARATOR
-
-if TYPE_CHECKING:
-    from loadgen.fastpath import FastAccount
 
 # --- the chat payload -------------------------------------------------------------------
 SENDER_DIGITS: Final = 8
@@ -267,6 +264,17 @@ class FastState(NamedTuple):
     rlat: array.array[int]
 
 
+class Accelerator(Protocol):
+    """What the meter asks of an attached C accounting (``loadgen.fastpath.FastAccount``,
+    which imports this module, not the other way round)."""
+
+    def bind(self) -> None:
+        """Point the C side at the meter's current arrays (its ``fast_state``)."""
+
+    def reset_dirty(self) -> None:
+        """Forget which rows the last batch left to Python (they are accounted now)."""
+
+
 class Meter:
     """Accounting for ``rooms`` consecutive rooms of ``users`` members, starting at global
     room ``room_lo``. A member's local index is ``(room - room_lo) * users + user``.
@@ -287,7 +295,7 @@ class Meter:
         """1 for the members expected to receive in this run (fixed by ``start_run``)."""
         self.sent = [0] * n
         self._base_g = room_lo * users
-        self.fast: FastAccount | None = None
+        self.fast: Accelerator | None = None
         """The C accounting of a shared socket (loadgen/fastpath.py), if one is attached."""
         self.set_framing(framed)
         self._nexp = array.array("q", bytes(8 * n * users))
@@ -523,7 +531,7 @@ class _Latencies:
         """A histogram of everything recorded since the last fold; starts over empty.
 
         Vectorised (``add_counts``): folding bin by bin with ``record_value`` stalled the
-        loadgen's loop long enough to show in its latency tail (docs/benchmarks.md)."""
+        loadgen's loop long enough to show in its latency tail."""
         hist = new_histogram()
         view = self.view
         nonzero = np.flatnonzero(view)

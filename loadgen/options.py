@@ -1,9 +1,9 @@
 """What ``ocm-loadgen`` is asked to do: two frozen dataclasses, and the flags derived from
-them (as control/config.py derives ``ocm-control``'s).
+them by the settings engine that also derives ``ocm-control``'s (runtime/settings.py).
 
 ``Options`` is everything a run needs (runner.py's ``Fleet`` takes it); ``Output`` is what
 is shown and written afterwards. Every field is one flag (``--join-timeout`` for
-``join_timeout``); its metadata holds the help text, the argument group and the bounds.
+``join_timeout``); its declaration holds the help text, the argument group and the bounds.
 ``add_arguments(parser)`` adds the flags, ``from_args(args)`` builds both dataclasses
 from the parsed flags. A value out of bounds is an ``argparse`` error naming the flag.
 """
@@ -11,17 +11,17 @@ from the parsed flags. A value out of bounds is an ``argparse`` error naming the
 from __future__ import annotations
 
 import argparse
-import math
 import os
-from collections.abc import Callable
-from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from dataclasses import Field, dataclass, replace
 from typing import Any, Final
 
 from loadgen import capacity, fastpath
 from loadgen.e2eload import DEFAULT_VERIFY_EVERY, MAX_VERIFY_EVERY, MIN_E2E_SIZE
 from loadgen.meter import HEADER_BYTES, Slo
 from loadgen.transport import MODES as SOCKET_MODES
-from runtime import sched
+from runtime import sched, settings
+from runtime.settings import flag_name
+from wire import limits
 
 CAPACITY_SLO_P99_MS: Final = 5.0
 """The p99 SLO of ``--find-capacity`` when no SLO is given."""
@@ -31,18 +31,13 @@ CAPACITY_SLO_LOSS_PCT: Final = 0.1
 GROUPS: Final = ("profile", "server", "loadgen", "output", "SLOs and capacity")
 
 
-def _f(default: Any, help: str, group: str, *, above: float | None = None,
-       minimum: float | None = None, maximum: float | None = None,
-       choices: tuple[str, ...] | None = None, metavar: str | None = None,
-       flag: str | None = None, shown: str | None = None) -> Any:
-    """A field and its flag: ``above`` (exclusive), ``minimum`` and ``maximum`` (inclusive)
-    bound a number; ``flag`` replaces the derived name (``--no-rx-timestamps`` for a
-    boolean that defaults to true); ``shown`` replaces the default in the help."""
+def _f(default: Any, help: str, group: str, **meta: Any) -> Any:
+    """A field and its flag in ``group``; ``meta`` as ``runtime.settings.Meta``: ``above``
+    (exclusive), ``minimum`` and ``maximum`` (inclusive) bound a number; ``flag`` replaces
+    the derived name (``--no-rx-timestamps`` for a boolean that defaults to true);
+    ``shown`` replaces the default in the help."""
     assert group in GROUPS
-    return field(default=default, metadata={
-        "help": help, "group": group, "above": above, "minimum": minimum,
-        "maximum": maximum, "choices": choices, "metavar": metavar, "flag": flag,
-        "shown": shown})
+    return settings.setting(default, help, group=group, **meta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +83,9 @@ class Options:
     server: str = _f("127.0.0.1", "server address, or several comma-separated "
                              "HOST[:PORT] (a cluster's nodes): joins are spread over them",
                              "server")
-    tcp_port: int = _f(9000, "TCRP port; the chat port comes from each join's State 1 "
-                             "details", "server", minimum=1, maximum=65535)
+    tcp_port: int = _f(limits.DEFAULT_TCP_PORT,
+                       "TCRP port; the chat port comes from each join's State 1 details",
+                       "server", minimum=1, maximum=65535)
     sockets: str = _f("auto", "member addresses: 'member' = one UDP socket per member on "
                               "this host's IP (works against any server); 'shared' = one "
                               "socket per process and a loopback IP per member (127.100+.x.y), "
@@ -99,7 +95,7 @@ class Options:
     """``member``, ``shared`` or ``auto`` (transport.py); ``from_args`` resolves ``auto``."""
     rx_timestamps: bool = _f(True, "do not ask the kernel for receive timestamps "
                                    "(SO_TIMESTAMPNS); they cost some CPU on both sides "
-                                   "(docs/benchmarks.md) and without them the relay latency "
+                                   "and without them the relay latency "
                                    "ends at the read time, like the end-to-end one", "loadgen",
                              flag="--no-rx-timestamps")
     accounting: str = _f("auto", "who accounts deliveries read from a shared socket: 'c' = "
@@ -200,68 +196,28 @@ class Output:
                                 "PNG", "output", metavar="FILE.png", shown="none")
 
 
-def flag_name(f: Field[Any]) -> str:
-    return str(f.metadata["flag"] or "--" + f.name.replace("_", "-"))
+__all__ = ["CAPACITY_SLO_LOSS_PCT", "CAPACITY_SLO_P99_MS", "GROUPS", "Options", "Output",
+           "add_arguments", "flag_name", "from_args"]
 
 
-def _kind(f: Field[Any]) -> type:
-    """int, float, bool or str, from the annotation (a string: annotations are lazy)."""
-    base = str(f.type).split("|")[0].strip()
-    return {"int": int, "float": float, "bool": bool}.get(base, str)
-
-
-def _parser_of(f: Field[Any]) -> Callable[[str], Any]:
-    kind, meta = _kind(f), f.metadata
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be {'an integer' if kind is int else 'a number'}, got {text!r}"
-            ) from None
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if meta["above"] is not None and not value > meta["above"]:
-            raise argparse.ArgumentTypeError(f"must be > {meta['above']:g}, got {text}")
-        if meta["minimum"] is not None and value < meta["minimum"]:
-            raise argparse.ArgumentTypeError(f"must be >= {meta['minimum']:g}, got {text}")
-        if meta["maximum"] is not None and value > meta["maximum"]:
-            raise argparse.ArgumentTypeError(f"must be <= {meta['maximum']:g}, got {text}")
-        return value
-
-    return parse
+def _help_text(f: Field[Any]) -> str:
+    m = settings.meta(f)
+    if settings.kind(f) is bool:
+        return m.help
+    return f"{m.help} [{settings.shown_default(f)}]"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per field of ``Options`` and ``Output``, in argument groups."""
-    groups = {name: parser.add_argument_group(name) for name in GROUPS}
-    for cls in (Options, Output):
-        for f in fields(cls):
-            meta = f.metadata
-            default = f.default if f.default is not MISSING else None
-            shown = meta["shown"] if meta["shown"] is not None else f"{default:g}" if (
-                isinstance(default, float)) else str(default)
-            group = groups[meta["group"]]
-            if _kind(f) is bool:
-                action = "store_false" if default else "store_true"
-                group.add_argument(flag_name(f), dest=f.name, action=action,
-                                   help=meta["help"].replace("%", "%%"))
-            elif meta["choices"]:
-                group.add_argument(flag_name(f), dest=f.name, default=default,
-                                   choices=meta["choices"], metavar=meta["metavar"],
-                                   help=f"{meta['help']} [{shown}]".replace("%", "%%"))
-            else:
-                group.add_argument(flag_name(f), dest=f.name, default=default,
-                                   type=_parser_of(f), metavar=meta["metavar"],
-                                   help=f"{meta['help']} [{shown}]".replace("%", "%%"))
+    settings.add_flags(parser, (Options, Output), _help_text, typed=True, groups=GROUPS)
 
 
 def from_args(args: argparse.Namespace) -> tuple[Options, Output]:
     """``Options`` and ``Output`` from the flags. Without an SLO, ``--find-capacity`` gets
     ``CAPACITY_SLO_P99_MS`` and ``CAPACITY_SLO_LOSS_PCT``."""
-    opts = Options(**{f.name: getattr(args, f.name) for f in fields(Options)})
+    opts: Options = settings.from_namespace(Options, args)
     if opts.find_capacity and not opts.slo.enabled:
         opts = replace(opts, slo_p99_ms=CAPACITY_SLO_P99_MS,
                        slo_loss_pct=CAPACITY_SLO_LOSS_PCT)
-    return opts, Output(**{f.name: getattr(args, f.name) for f in fields(Output)})
+    output: Output = settings.from_namespace(Output, args)
+    return opts, output

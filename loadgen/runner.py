@@ -26,13 +26,20 @@ from typing import Any, Final, TypeVar
 from loadgen import fastpath
 from loadgen.e2eload import MIN_E2E_SIZE
 from loadgen.messages import (
+    Abort,
     ChildError,
+    Command,
     Exits,
     JoinProgress,
+    Prepare,
     Prepared,
+    Quit,
     Ready,
+    Run,
     RunFigures,
     RunPart,
+    SendExits,
+    Setup,
     SetupFigures,
     SetupPart,
     SloVerdict,
@@ -68,7 +75,7 @@ WAIT_WARN_PCT: Final = 10.0
 """A loadgen process that waited this share of the time for a CPU was delayed by others."""
 READY_TIMEOUT_S: Final = 60.0
 PREPARE_TIMEOUT_S: Final = 600.0
-"""``--e2e``: sealing a run's messages (about 40 µs each, docs/benchmarks.md)."""
+"""``--e2e``: sealing a run's messages."""
 SETUP_TIMEOUT_EXTRA_S: Final = 120.0
 
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -157,7 +164,7 @@ class Fleet:
     def close(self) -> None:
         for conn in self.conns:
             try:
-                conn.send(("quit",))
+                conn.send(Quit())
             except OSError:
                 pass
         for proc in self.processes:
@@ -174,7 +181,7 @@ class Fleet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _broadcast(self, message: tuple[Any, ...]) -> None:
+    def _broadcast(self, message: Command) -> None:
         for conn in self.conns:
             conn.send(message)
 
@@ -197,7 +204,7 @@ class Fleet:
                 self.on_event("interrupted", {})
                 for conn in self.conns:
                     try:
-                        conn.send(("abort",))
+                        conn.send(Abort())
                     except OSError:
                         pass
                 continue
@@ -237,7 +244,7 @@ class Fleet:
         opts = self.opts
         self.on_event("phase", {"phase": "joining", "members": opts.members})
         timeout = opts.members * opts.join_timeout / max(opts.join_concurrency, 1)
-        parts = self._send_and_collect(("setup",), SetupPart,
+        parts = self._send_and_collect(Setup(), SetupPart,
                                        timeout + opts.bind_timeout + SETUP_TIMEOUT_EXTRA_S)
         ok = sum(p.joins_ok for p in parts)
         failed = sum(p.joins_failed for p in parts)
@@ -264,7 +271,7 @@ class Fleet:
             max_message=min(p.max_message for p in parts),
             inactivity_timeout_s=min(p.inactivity_timeout_s for p in parts))
 
-    def _send_and_collect(self, message: tuple[Any, ...], kind: type[_Answer],
+    def _send_and_collect(self, message: Command, kind: type[_Answer],
                           timeout_s: float) -> list[_Answer]:
         self._broadcast(message)
         return self._collect(kind, timeout_s)
@@ -276,14 +283,13 @@ class Fleet:
         if opts.e2e:  # seal every message of the run before its schedule starts
             self.on_event("phase", {"phase": "sealing (--e2e)"})
             per_member = math.ceil(rate * (opts.warmup + opts.duration)) + 2
-            self._send_and_collect(("prepare", {"per_member": per_member}), Prepared,
+            self._send_and_collect(Prepare(per_member), Prepared,
                                    PREPARE_TIMEOUT_S)
         t0 = time.monotonic_ns() + int(START_DELAY_S * NS)
         mstart = t0 + int(opts.warmup * NS)
         end = mstart + int(opts.duration * NS)
-        args = {"rate": rate, "t0_ns": t0, "mstart_ns": mstart, "end_ns": end,
-                "drain_ns": int(opts.drain * NS), "tick_ns": tick_ns,
-                "pacing_ns": int(opts.pacing_us * 1000)}
+        command = Run(rate, t0, mstart, end, drain_ns=int(opts.drain * NS), tick_ns=tick_ns,
+                      pacing_ns=int(opts.pacing_us * 1000))
         timeline = self._timeline = _Timeline(len(self.conns), TICK_S)
         pid = opts.server_pid
         self._server_usage = (tree_usage(pid) if pid else None, time.monotonic())
@@ -291,7 +297,7 @@ class Fleet:
                                 "mstart_ns": mstart, "end_ns": end})
         cpu0, wall0 = _cpu(), time.monotonic()
         try:
-            self._broadcast(("run", args))
+            self._broadcast(command)
             parts = self._collect(RunPart, opts.warmup + opts.duration + opts.drain + 60.0)
         finally:
             self._timeline = None
@@ -377,8 +383,8 @@ class Fleet:
 
     def finish(self) -> dict[str, int]:
         """``/exit`` from every non-host, then from every host."""
-        members = self._send_and_collect(("exit", "members"), Exits, 60.0)
-        hosts = self._send_and_collect(("exit", "hosts"), Exits, 60.0)
+        members = self._send_and_collect(SendExits(hosts=False), Exits, 60.0)
+        hosts = self._send_and_collect(SendExits(hosts=True), Exits, 60.0)
         return {"member_exits": sum(p.exits for p in members),
                 "host_exits": sum(p.exits for p in hosts)}
 

@@ -23,7 +23,7 @@ and binds each token to an IP. Two ways to give them one:
     buffers (loadgen/fastpath.py): no Python object is made for them.
 
 The load generator must disturb a benchmark whose load shares the server's cores as
-little as it can; ``docs/benchmarks.md`` has the two modes measured side by side.
+little as it can; ``docs/performance.md`` has the two modes side by side.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ commands from the parent on ``conn`` (a ``multiprocessing`` pipe):
 
 The data phase runs on a plain ``select.epoll`` loop over the transport's sockets, the pipe
 and a ``timerfd`` (pacing.py). With one socket per member it costs no more CPU
-than uvloop would (docs/benchmarks.md), and the shared socket reads in ``recvmmsg``
+than uvloop would, and the shared socket reads in ``recvmmsg``
 batches. The plain loop is kept because it batches every datagram of one poll into one
 ``Meter.receive_batch`` call and waits on the timerfd with µs precision (libuv timers
 have 1 ms resolution).
@@ -45,12 +45,19 @@ from typing import Any, Final
 
 from loadgen.e2eload import LEAVE_MESSAGE, E2EMeter
 from loadgen.messages import (
+    Abort,
     ChildError,
+    Command,
     Exits,
     JoinProgress,
+    Prepare,
     Prepared,
+    Quit,
     Ready,
+    Run,
     RunPart,
+    SendExits,
+    Setup,
     SetupPart,
     Tick,
 )
@@ -64,8 +71,8 @@ from runtime import sched
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation, Status
-from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
-from wire.tcrp import NEED_DATA, Complete, Response
+from wire.limits import DEFAULT_MAX_PAYLOAD_BYTES, MAX_MEMBERS_RESPONSE_BYTES
+from wire.tcrp import NEED_DATA, Complete, Request, RequestBody, Response
 from wire.tcrp_client import ClientExchange
 
 JOIN_ATTEMPTS: Final = 3
@@ -253,29 +260,28 @@ class Simulator:
                              self.transport.mode, self.transport.rcvbuf, self.accounting,
                              sched.current()))
         while True:
-            cmd = self.conn.recv()
-            kind = cmd[0]
-            if kind == "setup":
+            cmd: Command = self.conn.recv()
+            if isinstance(cmd, Setup):
                 self.conn.send(self.setup())
-            elif kind == "run":
+            elif isinstance(cmd, Run):
                 self.aborted = False
                 # no cyclic garbage is made while running: keep collector pauses out of the
                 # latency figures
                 gc.collect()
                 gc.disable()
                 try:
-                    result = self.run(**cmd[1])
+                    result = self.run(**cmd.arguments())
                 finally:
                     gc.enable()
                 self.conn.send(result)
-            elif kind == "prepare":
-                self.conn.send(self.prepare(**cmd[1]))
-            elif kind == "exit":
-                self.conn.send(self.send_exits(hosts=cmd[1] == "hosts"))
-            elif kind == "quit":
+            elif isinstance(cmd, Prepare):
+                self.conn.send(self.prepare(cmd.per_member))
+            elif isinstance(cmd, SendExits):
+                self.conn.send(self.send_exits(hosts=cmd.hosts))
+            elif isinstance(cmd, Quit):
                 break
-            elif kind == "abort":
-                continue
+            elif not isinstance(cmd, Abort):  # an abort between runs: nothing to stop
+                raise TypeError(f"not a loadgen command: {cmd!r}")
         self.close()
 
     def close(self) -> None:
@@ -342,7 +348,7 @@ class Simulator:
         plan, j = self.plan, self.join
         users = plan.users
         room_raw = self.rooms_raw[lm // users]
-        framing = Framing.OCM1 if plan.framing == "ocm1" else None
+        framing = Framing.OCM1 if plan.framing == "ocm1" else Framing.PLAIN
         username = username_of(lm % users, users)
         outcome = "?"
         for attempt in range(JOIN_ATTEMPTS):
@@ -377,17 +383,15 @@ class Simulator:
         return False
 
     async def _tcrp(self, op: Operation, room_raw: bytes, username: str,
-                    framing: Framing | None, lm: int
+                    framing: Framing, lm: int
                     ) -> tuple[Status | int, Response | None, bytes]:
-        if self.e2e is None:
-            exchange = ClientExchange()
-            request = exchange.send_request(op, room_raw, username, self.plan.password,
-                                            framing)
-        else:  # an encrypted room's join reply lists its members with their keys
-            exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)
-            request = exchange.send_request(op, room_raw, username, self.plan.password,
-                                            framing, keys=self.e2e.public[lm],
-                                            e2e=op is Operation.CREATE)
+        keys = None if self.e2e is None else self.e2e.public[lm]
+        body = RequestBody(username, self.plan.password, framing, keys,
+                           keys is not None and op is Operation.CREATE)
+        # An encrypted room's join reply lists its members with their keys.
+        exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES if keys is not None else
+                                  DEFAULT_MAX_PAYLOAD_BYTES)
+        request = exchange.send_request(Request(op, room_raw.decode(), room_raw, body))
         ip = self.transport.join_ip(lm)  # the token is bound to the IP we join from
         host, port = self.targets[lm % len(self.targets)]
         reader, writer = await asyncio.open_connection(
@@ -477,8 +481,7 @@ class Simulator:
 
     def _pipe_readable(self) -> None:
         while self.conn.poll():
-            cmd = self.conn.recv()
-            if cmd[0] in ("abort", "quit"):
+            if isinstance(self.conn.recv(), Abort | Quit):
                 self.aborted = True
 
     # --- a run ----------------------------------------------------------------------------

@@ -36,6 +36,8 @@ from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
 from wire.e2e import Kind, PublicKeys
 from wire.errors import ProtocolError
 from wire.limits import (
+    DEFAULT_CHAT_BURST,
+    DEFAULT_CHAT_RATE,
     DEFAULT_INACTIVITY_TIMEOUT_S,
     DEFAULT_MAX_SEND_FAILURES,
     EXIT_MATCH_MAX_BYTES,
@@ -84,9 +86,6 @@ DATA_HEADER_BYTES: Final = DATA_HEADER.size
 
 _FULL: Final = float("inf")
 """A new member's allowance (capped at the burst on its first chat): one shared float."""
-DEFAULT_CHAT_RATE: Final = 10.0
-"""Chat messages per second per member; excess is dropped and counted (rate_limited)."""
-DEFAULT_CHAT_BURST: Final = 20
 
 DEADLINE_COMPACT_SLACK: Final = 1024
 """Stale deadline entries (of departed members, ~150 B each) tolerated beyond the number
@@ -113,7 +112,7 @@ TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTE
 
 
 class Member:
-    """One member of one room. Slotted (docs/benchmarks.md has the bytes per member)."""
+    """One member of one room. Slotted (docs/performance.md has the bytes per member)."""
 
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",

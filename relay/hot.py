@@ -28,12 +28,13 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Final
 
 from runtime import mmsg
+from wire.limits import HOT_PATH_MODES
 
 if TYPE_CHECKING:
     from relay._hot import Hot as Hot
     from relay._hot import Route as Route
 
-MODES: Final = ("auto", "compiled", "python")
+MODES: Final = HOT_PATH_MODES
 COMPILED: Final = "compiled"
 PYTHON: Final = "python"
 NOT_BUILT: Final = ("the C extension relay._hot was not built when ocm was installed (no C "

@@ -7,7 +7,7 @@ control's supervisor in a ``spawn`` process, ``settings`` being the typed
 * reads its UDP socket on ``loop.add_reader`` with one of two hot loops (relay/hot.py
   chooses, and the worker logs which): the compiled one (``relay._hot``: ``recvmmsg``
   batches, the ordinary chat relayed in C, everything else handed to the Python path in
-  order), or the pure-Python one: a raw non-blocking ``recvfrom`` loop (faster than
+  order), or the pure-Python one: a raw non-blocking ``recvfrom`` loop (not
   ``DatagramProtocol``) that hands each datagram to the core and sends the returned
   ``Fanout`` with one ``sendmmsg`` per room and delivery format (runtime/mmsg.py; batches
   cached here, per room, until ``Room.generation`` changes), or with one ``sendto`` per
@@ -203,7 +203,7 @@ class Worker:
 
     def _on_udp(self) -> None:
         # The relay's own reader keeps the loop of _drain inline: through the generator,
-        # the headline's relay latency was measurably worse (docs/benchmarks.md).
+        # the headline's relay latency was worse (CHANGELOG.md, Relay hot path).
         recvfrom = self.sock.recvfrom
         handle = self.core.handle_datagram
         relay = self.fan_out

@@ -1,7 +1,7 @@
 """Batched UDP I/O for the relay hot path: ``recvmmsg``/``sendmmsg`` through ``ctypes``.
 
 Each Python-level ``recvfrom``/``sendto`` adds a syscall entry plus object allocations
-on top of the kernel's own cost per datagram (docs/benchmarks.md has the figures), so:
+on top of the kernel's own cost per datagram (docs/performance.md has the figures), so:
 
 * ``SendBatch`` is built once per room membership (list of member addresses) and sends
   one payload to all of them, or to all but the sender, with one ``sendmmsg`` call;

@@ -1,16 +1,13 @@
 """Real-time scheduling of the relay workers (``--realtime-priority N``).
 
 Why: on a machine whose cores the relay shares with other busy processes, a worker woken
-by a datagram waits for a CPU behind them. This kernel ticks at 250 Hz and gives ordinary
-(``SCHED_OTHER``) processes 1.4 ms slices, so that wait is often milliseconds, and it is
-nearly all of the relay's p99: at the headline load on 2 shared cores the relay's own
-latency was p99 ~2 ms under ``SCHED_OTHER`` and ~0.2 ms under ``SCHED_FIFO``, where a
-woken worker preempts any ordinary process at once (docs/benchmarks.md, "Real-time
-workers").
+by a datagram waits for a CPU behind them, for up to an ordinary process's time slice,
+and that wait is most of the relay's tail latency. Under ``SCHED_FIFO`` a woken worker
+preempts any ordinary process at once (docs/performance.md has the figures).
 
 What it costs: the CPU a worker takes is taken from the ordinary processes sharing its
 core. A worker only runs while it has datagrams or commands to handle, and the kernel's
-real-time throttling (``kernel.sched_rt_runtime_us``: 95 % of each second by default) and
+real-time throttling (``kernel.sched_rt_runtime_us``) and
 its fair-class server keep ordinary processes (control included) running even if a worker
 were to spin. Control itself stays ``SCHED_OTHER``: only the hot path is promoted.
 

@@ -7,8 +7,9 @@ framing (``UsernameLen Username Message`` for chat, ``0`` + JSON for notices, §
 
 Clients read both with ``decode_delivery(data, framing)``.
 
-The relay's hot path parses inline with the same rules (relay/fastpath.py); these
-functions are the reference the tests hold it to.
+The relay's hot path parses inline with the same rules (``RelayCore.handle_datagram`` in
+relay/core.py, and the compiled loop in relay/_hot.c); these functions are the reference the
+tests hold it to.
 """
 
 from __future__ import annotations

@@ -1,6 +1,14 @@
-"""Every bound of the wire protocol, with its unit (docs/protocol.md).
+"""Every bound of the wire protocol, with its unit (docs/protocol.md), and every default of
+the service that more than one package needs.
 
 Worst-case memory notes name what a hostile peer can make us hold with each bound.
+
+Why the defaults live here too: the ports, the chat rate and the hot-loop modes are read by
+control (its settings), the relay (its core and workers), the clients (their flags and the
+GUI's form), the loadgen and the tests. wire/ is the one package every other one may import
+(the layering test allows nothing else), it is sans-IO, and this module already holds the
+service defaults the protocol's bounds imply; a separate module would make two homes for
+"what is the default". A value used by one package only stays in that package.
 """
 
 from __future__ import annotations
@@ -72,6 +80,26 @@ worker 0's rooms. A backlog waits in the Stage 1 socket's kernel buffer (then th
 drops it); nothing queues in the worker but the one fan-out in progress."""
 
 # --- Defaults of the service (the config may override) ------------------------------------
+DEFAULT_TCP_PORT: Final = 9000
+"""Plain TCRP (TCP): ``ocm-control --tcp-port``, the clients' and the loadgen's default."""
+DEFAULT_TLS_PORT: Final = 9443
+"""TCRP over TLS (TCP): ``ocm-control --tls-port``; the clients' default with ``--tls``."""
+DEFAULT_UDP_PORT: Final = 9001
+"""The room-chat port (UDP) shared by the relay workers."""
+DEFAULT_STAGE1_PORT: Final = 9002
+"""The Stage 1 global-chat port (UDP)."""
+DEFAULT_ADMIN_PORT: Final = 9100
+"""The admin HTTP server (/metrics, /healthz, /readyz)."""
+DEFAULT_CLUSTER_PORT: Final = 9003
+"""The internal TCP link between the nodes of a cluster."""
+DEFAULT_CHAT_RATE: Final = 10.0
+"""Chat messages per second per member (token bucket); excess is dropped and counted
+(``rate_limited``)."""
+DEFAULT_CHAT_BURST: Final = 20
+"""Chat messages a member may send at once (the bucket size of the chat rate)."""
+HOT_PATH_MODES: Final = ("auto", "compiled", "python")
+"""The relay workers' hot loop (``relay_hot_path``, relay/hot.py): auto = compiled if it
+was built at install, else pure Python."""
 DEFAULT_INACTIVITY_TIMEOUT_S: Final = 300.0
 DEFAULT_TCP_TIMEOUT_S: Final = 10.0
 DEFAULT_MAX_MEMBERS: Final = 1000

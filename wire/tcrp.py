@@ -93,34 +93,28 @@ class RequestBody:
     resume: str | None = None  # join, ocm1r: the resume secret of a membership to move
 
 
-def encode_request(
-    operation: Operation,
-    room: str | bytes,
-    username: str,
-    password: str | None = None,
-    framing: Framing | None = None,
-    keys: PublicKeys | None = None,
-    e2e: bool = False,
-    resume: str | None = None,
-) -> bytes:
+def encode_request(request: Request) -> bytes:
     """A State 0 request with a JSON payload (what ``ocm-chat`` and ``ocm-loadgen`` send).
 
-    ``keys`` and ``e2e`` are sent only when given (docs/e2e.md §2.1), ``resume`` too."""
-    room_raw = room.encode() if isinstance(room, str) else room
+    ``password``, ``keys`` and ``e2e`` are sent only when set, ``framing`` only when it
+    is not the default ``plain`` (docs/e2e.md §2.1); ``decode_request_payload`` reads the
+    payload back into the same ``RequestBody``."""
+    room_raw = request.room_raw
     if not 1 <= len(room_raw) <= MAX_ROOM_NAME_BYTES:
         raise errors.FieldOutOfRange(f"room name must be 1..255 bytes, got {len(room_raw)}")
-    body: dict[str, Any] = {"username": username}
-    if password is not None:
-        body["password"] = password
-    if framing is not None:
-        body["framing"] = framing.value
-    if keys is not None:
-        body["keys"] = keys.to_json()
-    if e2e:
-        body["e2e"] = True
-    if resume is not None:
-        body["resume"] = resume
-    return encode_frame(operation, State.REQUEST, room_raw, orjson.dumps(body))
+    body = request.body
+    obj: dict[str, Any] = {"username": body.username}
+    if body.password is not None:
+        obj["password"] = body.password
+    if body.framing is not Framing.PLAIN:
+        obj["framing"] = body.framing.value
+    if body.keys is not None:
+        obj["keys"] = body.keys.to_json()
+    if body.e2e:
+        obj["e2e"] = True
+    if body.resume is not None:
+        obj["resume"] = body.resume
+    return encode_frame(request.operation, State.REQUEST, room_raw, orjson.dumps(obj))
 
 
 def encode_legacy_request(operation: Operation, room: str | bytes, username: str) -> bytes:
@@ -221,12 +215,20 @@ def check_e2e_request(operation: int, body: RequestBody) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A whole, valid State 0 create or join request (server side)."""
+    """A State 0 create or join request: what a client sends (``encode_request``), what the
+    server reads (``FrameReader``), what a cluster node forwards to the room's owner."""
 
     operation: Operation
     room: str
     room_raw: bytes
     body: RequestBody
+
+    @classmethod
+    def of(cls, operation: Operation, room: str | bytes, body: RequestBody) -> Request:
+        """A client's request for ``room``: a name, or its raw bytes as sent."""
+        if isinstance(room, str):
+            return cls(operation, room, room.encode(), body)
+        return cls(operation, room.decode("utf-8", "replace"), room, body)
 
 
 @dataclass(frozen=True, slots=True)

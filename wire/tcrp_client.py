@@ -1,9 +1,10 @@
 """The client side of one TCRP exchange, sans-IO (docs/protocol.md §1; h11's ``Connection``).
 
-One ``ClientExchange`` per TCP connection. Call ``send_request(...)`` (or
-``send_raw_request(frame)``) and write the bytes it returns; feed everything read from the
-socket to ``receive_data`` (``b""`` when the server closed, or reset, the connection);
-call ``next_event()`` until it returns ``NEED_DATA``. The events, in order:
+One ``ClientExchange`` per TCP connection. Call ``send_request(request)`` (a
+``wire.tcrp.Request``; or ``send_raw_request(frame)``) and write the bytes it returns;
+feed everything read from the socket to ``receive_data`` (``b""`` when the server
+closed, or reset, the connection); call ``next_event()`` until it returns
+``NEED_DATA``. The events, in order:
 
 - ``Response`` (State 1): on OK a ``Complete`` follows; on an error status the server
   closes, so a ``ConnectionClosed`` follows.
@@ -23,13 +24,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from wire import errors
-from wire.codes import Framing, Operation, Status
-from wire.e2e import PublicKeys
+from wire.codes import Status
 from wire.limits import DEFAULT_MAX_PAYLOAD_BYTES, TCRP_HEADER_BYTES
 from wire.tcrp import (
     NEED_DATA,
     Complete,
     FrameReader,
+    Request,
     Response,
     Role,
     _NeedData,
@@ -99,24 +100,12 @@ class ClientExchange:
         return self._state
 
     # --- what we send ------------------------------------------------------------------
-    def send_request(
-        self,
-        operation: Operation,
-        room: str | bytes,
-        username: str,
-        password: str | None = None,
-        framing: Framing | None = None,
-        keys: PublicKeys | None = None,
-        e2e: bool = False,
-        resume: str | None = None,
-    ) -> bytes:
-        """The bytes of a JSON request (§1.2, with ``keys``/``e2e`` of docs/e2e.md §2.1);
-        raise ``FieldOutOfRange`` if the room name does not fit, ``ExchangeMisuse`` if a
-        request was already sent."""
+    def send_request(self, request: Request) -> bytes:
+        """The bytes of ``request`` as JSON (§1.2, with ``keys``/``e2e`` of docs/e2e.md
+        §2.1); raise ``FieldOutOfRange`` if the room name does not fit, ``ExchangeMisuse``
+        if a request was already sent."""
         self._check_local(_Step.REQUEST)
-        frame = encode_request(operation, room, username, password, framing, keys, e2e,
-                               resume)
-        return self.send_raw_request(frame)
+        return self.send_raw_request(encode_request(request))
 
     def send_raw_request(self, frame: bytes) -> bytes:
         """Send ``frame`` as the request, whatever it holds (legacy payloads, tests of

@@ -41,11 +41,12 @@ from client.e2e_link import E2ERoomLink, leave_datagram, load_identity, room_lin
 from client.gui import models
 from client.gui.bridge import Tasks
 from client.gui.connect import ConnectScreen
-from client.gui.models import ConnectRequest, Field, Unread
+from client.gui.models import ConnectRequest, Unread
 from client.gui.room import RoomView
 from client.gui.verify import VerifyDialog
 from client.keystore import KeyStore, KeyStoreError
 from client.link import RoomLink
+from client.refusals import Field
 from client.render import Line, MessageTooLong
 from client.session import (
     DEFAULT_TIMEOUT_S,
@@ -53,12 +54,14 @@ from client.session import (
     JoinFailed,
     JoinRefused,
     NoEncryptedRooms,
+    TcrpTarget,
     client_tls_context,
 )
 from client.session_aio import join_room_async
 from wire.chat import Notice
-from wire.codes import NoticeEvent, Operation
+from wire.codes import Framing, NoticeEvent, Operation
 from wire.e2e import MemberInfo
+from wire.tcrp import Request, RequestBody
 
 NOTIFY_KEY: Final = "notifications"
 
@@ -144,14 +147,16 @@ class MainWindow(QMainWindow):
                 return False
             store, identity = None, None  # plain rooms still work; encrypted ones refuse
         try:
-            joined = await join_room_async(
-                request.host, request.port, request.operation, request.room,
-                request.username, request.password, self.join_timeout, tls=tls,
-                keys=identity.public() if identity is not None else None,
-                e2e=request.encrypted and request.operation is Operation.CREATE,
-                reliable=True)
+            target = TcrpTarget(request.host, request.port, tls, self.join_timeout,
+                                request.ca_file if tls is not None else None)
+            joined = await join_room_async(target, Request.of(
+                request.operation, request.room, RequestBody(
+                    request.username, request.password, Framing.OCM1R,
+                    keys=identity.public() if identity is not None else None,
+                    e2e=request.encrypted and request.operation is Operation.CREATE)))
         except JoinRefused as exc:
-            which, text = models.refusal(exc.status, bool(request.password), exc.error)
+            which, text = models.refusal(exc.status, bool(request.password), exc.error,
+                                         room=request.room, user=request.username)
             self._back_to_connect(which, text)
             return False
         except JoinFailed as exc:

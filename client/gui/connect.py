@@ -33,7 +33,8 @@ from PySide6.QtWidgets import (
 )
 
 from client.gui import models
-from client.gui.models import ConnectRequest, Field
+from client.gui.models import ConnectRequest
+from client.refusals import Field
 from wire.codes import Operation
 
 _RECENT_KEYS: Final = {Field.SERVER: "recent/servers", Field.NAME: "recent/names",

@@ -1,7 +1,7 @@
 """The desktop client's state, without Qt: what the widgets show, as plain typed values.
 
 - ``ConnectRequest``: everything the connect screen gathered (one frozen value).
-- ``Field`` and ``refusal``: which connect-screen field an error belongs to, and the
+- ``refusal``: which connect-screen field (``client.refusals.Field``) an error belongs to, and the
   plain-words text shown next to it.
 - ``Entry`` / ``Scrollback``: every line since joining, with its receive time.
 - ``Unread``: the count shown in the window title.
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -21,14 +20,16 @@ from typing import Final
 from client import render
 from client.e2e.identity import fingerprint
 from client.keystore import Trust
+from client.refusals import Field, refusal_parts
 from client.render import Kind, Line
+from wire import limits
 from wire.codes import Operation, Status
 from wire.e2e import MemberInfo
 
 # --- connect screen ---------------------------------------------------------------------------
 DEFAULT_SERVER: Final = "127.0.0.1"
-DEFAULT_TCP_PORT: Final = 9000
-DEFAULT_TLS_PORT: Final = 9443
+DEFAULT_TCP_PORT: Final = limits.DEFAULT_TCP_PORT
+DEFAULT_TLS_PORT: Final = limits.DEFAULT_TLS_PORT
 """The server's default port for TCRP over TLS (``ocm-control --tls-port``)."""
 MAX_RECENT: Final = 10
 """Recent servers, names and rooms remembered (each list, in QSettings)."""
@@ -56,53 +57,14 @@ class ConnectRequest:
                               self.password, self.tls, self.encrypted, self.ca_file)
 
 
-class Field(enum.Enum):
-    """The connect-screen field an error is shown next to."""
-
-    SERVER = "server"
-    NAME = "name"
-    ROOM = "room"
-    PASSWORD = "password"
-    FORM = "form"  # concerns no single field (shown under the Connect button)
-
-
-_REFUSAL_FIELDS: Final = {
-    Status.ROOM_EXISTS: Field.ROOM,
-    Status.ROOM_NOT_FOUND: Field.ROOM,
-    Status.ROOM_FULL: Field.ROOM,
-    Status.INVALID_PASSWORD: Field.PASSWORD,
-    Status.USERNAME_TAKEN: Field.NAME,
-    Status.RATE_LIMITED: Field.SERVER,
-    Status.UNAVAILABLE: Field.SERVER,
-}
-
-_REFUSAL_TEXTS: Final = {
-    Status.ROOM_EXISTS: "A room with this name already exists. Join it, or pick another name.",
-    Status.ROOM_NOT_FOUND: "Room not found. Check the name, or create it.",
-    Status.ROOM_FULL: "This room is full.",
-    Status.USERNAME_TAKEN: "Someone in this room already has this name. Pick another.",
-    Status.RATE_LIMITED: "Too many attempts from this address. Wait a little and try again.",
-    Status.UNAVAILABLE: "The server cannot take rooms right now. Try again later.",
-    Status.INVALID_REQUEST: "The server refused the request as invalid.",
-    Status.TOO_LARGE: "Names and passwords are 255 bytes at most.",
-    Status.INTERNAL_ERROR: "The server hit an internal error. Try again.",
-}
-
-
-def refusal(status: Status | int, sent_password: bool, server_error: str = "") -> tuple[
-        Field, str]:
-    """Where and in what words to show a refusal from the server."""
-    if status == Status.INVALID_PASSWORD:
-        text = ("Wrong password." if sent_password
-                else "This room is protected by a password: enter it.")
-        return Field.PASSWORD, text
-    known = _REFUSAL_TEXTS.get(status) if isinstance(status, Status) else None
-    if known is None:
-        detail = render.sanitize(server_error.strip())
-        known = f"The server refused ({render.status_name(status)}{': ' if detail else ''}" \
-                f"{detail})."
-    place = _REFUSAL_FIELDS.get(status, Field.FORM) if isinstance(status, Status) else Field.FORM
-    return place, known
+def refusal(status: Status | int, sent_password: bool, server_error: str = "", *,
+            room: str, user: str) -> tuple[Field, str]:
+    """Where and in what words to show a refusal from the server: the terminal's words
+    (``client.refusals``) as sentences."""
+    entry, what, todo = refusal_parts(status, render.sanitize(server_error.strip()),
+                                      render.sanitize(room), render.sanitize_name(user),
+                                      sent_password)
+    return entry.field, _sentence(what) + (f" {_sentence(todo)}" if todo else "")
 
 
 def unreachable_text(detail: str, tls: bool = False, reached: bool = False) -> str:
@@ -110,9 +72,8 @@ def unreachable_text(detail: str, tls: bool = False, reached: bool = False) -> s
     ``reached``: the server answered, but not as asked (``NoEncryptedRooms``)."""
     if reached:
         return f"{detail[:1].upper()}{detail[1:]}."
-    if tls:
-        return (f"No secure connection: {detail}. If the server's certificate comes from "
-                "its own CA, choose that CA file.")
+    if tls:  # the detail names the cause and what to do (``client.joinflow``)
+        return f"No secure connection: {detail}."
     return f"Server unreachable: {detail}"
 
 

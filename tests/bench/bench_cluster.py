@@ -10,7 +10,7 @@ at ``--rate`` messages/s, measures the one-way latency (send -> receive, same cl
 
 and the CPU time B's control process spends per relayed datagram. Run:
 ``.venv/bin/python -m tests.bench.bench_cluster [--messages N] [--rate R]``.
-The figures on a shared, busy machine are rough; docs/benchmarks.md records a run.
+The figures on a shared, busy machine are rough; docs/bench/cluster.json records a run.
 """
 
 from __future__ import annotations

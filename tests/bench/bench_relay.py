@@ -5,7 +5,7 @@
 Measures ``RelayCore.handle_datagram`` for a 100-byte chat in a 10-member room (plain,
 and mixed plain/framed), a keepalive, and a datagram with an unknown token; medians of 5
 runs of N calls each. The sends themselves are the kernel's cost (tests/bench/
-bench_mmsg.py, docs/benchmarks.md).
+bench_mmsg.py, docs/bench/micro.json).
 """
 
 from __future__ import annotations

@@ -40,15 +40,17 @@ from wire.chat import (
     plain_prefix,
 )
 from wire.codes import Framing, NoticeEvent, Operation
+from wire.limits import MAX_DATAGRAM_BYTES
 from wire.stage1 import decode_stage1, encode_stage1
-from wire.tcrp import FrameReader, Role, encode_request
+from wire.tcrp import FrameReader, Request, RequestBody, Role, encode_request
 
 ROOM = b"room"
 TOKEN = b"A" + b"x" * 32
 MESSAGE = b"m" * (100 - 2 - len(ROOM) - len(TOKEN))  # a 100-byte datagram in all
 DATAGRAM = encode_chat(ROOM, TOKEN, MESSAGE)
 STAGE1 = encode_stage1("alice", "m" * (100 - 1 - 5))
-REQUEST = encode_request(Operation.JOIN, "room", "alice", None, Framing.OCM1)
+REQUEST = encode_request(
+    Request.of(Operation.JOIN, "room", RequestBody("alice", framing=Framing.OCM1)))
 JOINED = Notice(NoticeEvent.JOINED, "alice")
 PLAIN_PREFIX = plain_prefix("alice")
 FRAMED_PREFIX = framed_prefix("alice")
@@ -80,7 +82,7 @@ def loop_empty(n: int) -> int:
 def inline_parse(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     """The relay's hand-written checks, same rules as ``decode_chat``."""
     size = len(data)
-    if size > 4096 or size < 2:
+    if size > MAX_DATAGRAM_BYTES or size < 2:
         return None
     room_end = 2 + data[0]
     token_end = room_end + data[1]
@@ -101,7 +103,7 @@ def loop_inline_in_body(n: int) -> int:
     start = time.perf_counter_ns()
     for _ in rng:
         size = len(data)
-        if size > 4096 or size < 2:
+        if size > MAX_DATAGRAM_BYTES or size < 2:
             continue
         room_end = 2 + data[0]
         token_end = room_end + data[1]

@@ -1,4 +1,4 @@
-"""``make bench``: the published headline and capacity figures (docs/benchmarks.md).
+"""``make bench``: the published headline and capacity figures (docs/performance.md).
 
 Runs, each against a freshly started server on kernel-chosen loopback ports:
 
@@ -17,13 +17,14 @@ Runs, each against a freshly started server on kernel-chosen loopback ports:
 7. encrypted rooms against plain rooms at the headline, three interleaved pairs
    (tests/bench/e2e_compare.py; alone: ``make bench-e2e``), unless ``--skip-e2e``;
 
-then rewrites its sections of docs/benchmarks.md, which open the file (``## Headline``:
-the result in one sentence, how to reproduce it, the figures, the machine, the exact
-commands; ``## Capacity search``; ``## Encrypted rooms against plain rooms``), and
-writes docs/bench-latency.png, docs/bench-capacity.png, docs/bench-capacity-loss.png
-and docs/bench-compare.png. Other sections of docs/benchmarks.md (the hot-path detail,
-"How we got here") are kept as they are.
-The JSON reports go to ``--out`` (default: a temporary directory).
+then rewrites its sections of docs/performance.md (``## Headline``: the result in one
+sentence, how to reproduce it, the figures, the exact commands; ``## Capacity search``;
+``## Encrypted rooms against plain rooms``), writes the full results (every run, every
+step of the capacity searches, the machine, the warnings) to docs/bench/headline.json and
+docs/bench/e2e.json (tests/bench/docsout.py), and writes docs/bench-latency.png,
+docs/bench-capacity.png, docs/bench-capacity-loss.png and docs/bench-compare.png. Other
+sections of docs/performance.md are kept as they are.
+The loadgen's JSON reports go to ``--out`` (default: a temporary directory).
 
 ``python -m tests.bench.capacity --quick`` runs a small profile and writes no docs (for testing).
 """
@@ -46,12 +47,13 @@ import orjson
 
 from loadgen.report import machine_info
 from runtime import sched
-from tests.bench import servers
+from tests.bench import docsout, servers
+from tests.bench.docsout import FULL_CLOSE, FULL_OPEN
 
 HEADLINE_SECTION: Final = "## Headline (make bench)"
 CAPACITY_SECTION: Final = "## Capacity search (make bench)"
 SECTIONS: Final = (HEADLINE_SECTION, CAPACITY_SECTION)
-"""The headings this harness owns in docs/benchmarks.md, in the order they open it."""
+"""The headings this harness owns in docs/performance.md, in this order."""
 HEADLINE_KEYS: Final = ("ocm2", "ocm2-member", "ocm2-rt", "ocm1", "baseline")
 CAPACITY_KEYS: Final = ("capacity", "capacity-loss")
 DOCS: Final = Path("docs")
@@ -134,6 +136,9 @@ def _display(cmd: list[str]) -> str:
         shown[:3] = ["ocm-loadgen"]
     elif shown[:2] == [sys.executable, "-m"]:
         shown[:2] = ["python", "-m"]
+    for i in range(1, len(shown)):
+        if shown[i - 1] in ("--json", "--plot"):
+            shown[i] = Path(shown[i]).name  # where a run wrote is not part of the command
     return shlex.join(shown)
 
 
@@ -183,7 +188,7 @@ def run_scenario(sc: Scenario, out_dir: Path, idle_wait_s: float, repeat: int = 
                    [_p99(a[1]) for a in attempts])
 
 
-# --- docs/benchmarks.md -----------------------------------------------------------------------
+# --- docs/performance.md ----------------------------------------------------------------------
 def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
@@ -226,12 +231,25 @@ def headline_sentence(outcomes: dict[str, Outcome], machine: dict[str, Any]) -> 
     return text + ".**"
 
 
+def short_command(cmd: str) -> str:
+    """``cmd`` without the options that only say where a run wrote and what it was called
+    (``--json``, ``--plot``, ``--label``): the data file keeps the whole command."""
+    words = shlex.split(cmd)
+    kept = [w for i, w in enumerate(words) if w not in ("--json", "--plot", "--label")
+            and (i == 0 or words[i - 1] not in ("--json", "--plot", "--label"))]
+    return shlex.join(kept).replace("'$PORT'", "$PORT").replace("'$PID'", "$PID")
+
+
 def _commands(outcomes: dict[str, Outcome], keys: tuple[str, ...]) -> list[str]:
+    """The first run's commands for the page; every other run's for the data file only."""
     lines = ["```sh"]
-    for key in keys:
-        o = outcomes.get(key)
-        if o is not None:
-            lines += [f"# {o.scenario.label}", o.server_cmd, o.loadgen_cmd]
+    shown = [o for o in (outcomes.get(key) for key in keys) if o is not None]
+    for i, o in enumerate(shown):
+        if i == 1:
+            lines.append(FULL_OPEN)
+        lines += [f"# {o.scenario.label}", o.server_cmd, short_command(o.loadgen_cmd)]
+    if len(shown) > 1:
+        lines.append(FULL_CLOSE)
     return [*lines, "```", "", "`$PORT` is the TCRP port from the server's `ready` line "
             "(`--tcp-port 0` lets the kernel choose); `$PID` is the server's process id.", ""]
 
@@ -249,40 +267,14 @@ def render_headline(outcomes: dict[str, Outcome], machine: dict[str, Any],
         "Profile: 500 rooms × 10 users × 2 msg/s, 100-byte chat, 10 s measured after 2 s of "
         "warmup. Reproduce with `make bench` on an idle machine: it starts each server on "
         "kernel-chosen loopback ports, runs `ocm-loadgen` against it three times and keeps "
-        "the run with the median p99, then rewrites this section and the next one and the "
-        "plots (`tests/bench/capacity.py`; the exact commands are at the end of this "
-        "section).",
+        "the run with the median p99 (`tests/bench/capacity.py`; the exact commands are at "
+        "the end of this section).",
         "",
-        f"Measured on {machine['date']}: "
-        f"{machine['nproc']} × {machine['cpu_model']}, {machine['kernel']}, "
-        f"Python {machine['python']}; load average before the run "
-        f"{load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f}. "
-        "Server and loadgen share the same cores over loopback, so every figure includes the "
-        "loadgen's own cost; its CPU is shown per process to show it was not the bottleneck.",
-        "",
-    ]
-    busy = [o.scenario.label for o in outcomes.values() if o.report is not None
-            and any("oversubscribed" in w for w in o.report["result"]["warnings"])]
-    if busy:
-        lines += [f"**Caution: the cores were oversubscribed during: {', '.join(busy)}** "
-                  "(see the run-queue waits below: the server, the loadgen and anything else "
-                  "running wanted more CPU than there is), so those latencies include "
-                  "scheduling delay. If the load average above shows other work, re-run "
-                  "`make bench` on an idle machine.", ""]
-    lines += [
-        "Target: 10,000 datagrams/s in, 90,000 deliveries/s out; HDR histograms merged "
-        "across loadgen processes. Two latencies per delivery "
-        "(loadgen/meter.py): **end-to-end** (p50 … max) from the scheduled send time to the "
-        "loadgen reading it (wrk2-style: pacing stalls count against the server, and so do "
-        "the loadgen's own waits for a CPU on these shared cores), and **relay** from the "
-        "real send to the kernel's receive timestamp on the member's socket "
-        "(`SO_TIMESTAMPNS`): the server's part alone, its own waits for a CPU included. "
-        f"The `--realtime-priority {RT_PRIORITY}` row runs the workers under `SCHED_FIFO` "
-        "(docs/operations.md, Tuning): a worker woken by a datagram preempts the loadgen "
-        "instead of waiting for a core; its loadgen is one process at a lower real-time "
-        "priority, so that its own waits for a core stay short without ever delaying the "
-        "server (see \"Real-time scheduling and the loadgen's own cost\" below, and \"How we got "
-        "here\" for the step-by-step measurements).",
+        f"Machine: {machine['nproc']} × {machine['cpu_model']}, {machine['kernel']}, "
+        f"Python {machine['python']}, shared by server and loadgen over loopback. CPU is "
+        "per loadgen process and summed over the server's processes (100 % = one core); "
+        "\"wait\": runnable but waiting for a core. The `--realtime-priority "
+        f"{RT_PRIORITY}` row runs the workers under `SCHED_FIFO`.",
         "",
         "| server | in/s | out/s | lost | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
         "relay p50 | relay p99 | relay p99.9 | server CPU | loadgen CPU | joins/s |",
@@ -292,11 +284,7 @@ def render_headline(outcomes: dict[str, Outcome], machine: dict[str, Any],
     for key in HEADLINE_KEYS:
         if key in outcomes:
             lines.append(_headline_row(outcomes[key]))
-    lines += ["", "CPU is per loadgen process and summed over the server's processes "
-              "(100 % = one core), averaged over the measured window; \"wait\" is the time "
-              "they were runnable but waiting for a core (`/proc/*/task/*/schedstat`): "
-              "anything above a few % means the cores were oversubscribed and latency "
-              "includes scheduling delay. Exit codes and warnings of each run:", ""]
+    lines += ["", FULL_OPEN, "", "Exit codes and warnings of each run:", ""]
     for key in (*HEADLINE_KEYS, *CAPACITY_KEYS):
         o = outcomes.get(key)
         if o is None or o.report is None:
@@ -310,7 +298,8 @@ def render_headline(outcomes: dict[str, Outcome], machine: dict[str, Any],
             runs = (f"; {len(o.p99s)} runs, p99 " + " / ".join(f"{p:.2f}" for p in o.p99s)
                     + " ms, the median run is shown")
         lines.append(f"- {o.scenario.label}: exit {o.exit_code}{idle}{runs}; warnings: {text}")
-    lines += ["", "![latency and throughput over time, ocm-control --workers 2]"
+    lines += ["", FULL_CLOSE, "",
+              "![latency and throughput over time, ocm-control --workers 2]"
               "(bench-latency.png)", "", "![the three servers compared](bench-compare.png)", ""]
     lines += ["### Commands", "", *_commands(outcomes, HEADLINE_KEYS)]
     return "\n".join(lines)
@@ -350,10 +339,12 @@ def _capacity_lines(cap: Outcome | None) -> list[str]:
         lines += [
             f"### {cap.scenario.label}",
             "",
-            f"SLO: {slo}, same "
-            "500 × 10 profile, 5 s measured per step after 1 s of warmup; the rate per user "
-            "grows × 1.5 while the SLO holds (shrinks ÷ 1.5 while it breaks), then bisects "
-            "to 5 %.",
+            f"SLO: {slo}, 5 s per step after 1 s of warmup; the rate grows × 1.5 while "
+            "it holds, shrinks ÷ 1.5 while it breaks, then bisects to 5 %.",
+            "",
+            FULL_OPEN,
+            "",
+            f"Steps of {cap.scenario.label}:",
             "",
             "| rate/user | in/s | out/s | p50 ms | p99 ms | relay p99 ms | loss | server CPU "
             "| loadgen CPU | SLO |",
@@ -379,6 +370,7 @@ def _capacity_lines(cap: Outcome | None) -> list[str]:
         if c["limited_by_loadgen"]:
             lines.append(" The search stopped on a break while the loadgen itself was "
                          "saturated, so this is a lower bound.")
+        lines += ["", FULL_CLOSE]
         if cap.scenario.plot is not None:
             lines += ["", f"![p99 against offered load]({cap.scenario.plot.name})", ""]
         else:
@@ -386,44 +378,13 @@ def _capacity_lines(cap: Outcome | None) -> list[str]:
     return lines
 
 
-def replace_sections(text: str, sections: list[str]) -> str:
-    """Replace each section of ``text`` whose heading (first line) matches one of
-    ``sections``, up to the next ``## `` heading. A missing one goes after the previous
-    one of ``sections``, or before the first ``## `` heading (so that they open the file).
-    Other sections are untouched."""
-    for i, section in enumerate(sections):
-        text = _replace_one(text, section, sections[i - 1] if i else None)
-    return text
-
-
-def _replace_one(text: str, section: str, after: str | None) -> str:
-    lines = text.splitlines()
-    body = section.rstrip("\n").splitlines()
-    heading = body[0].strip()
-
-    def end_of(start: int) -> int:
-        return next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                    len(lines))
-
-    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
-    if start is not None:
-        end = end_of(start)
-    else:
-        prev = None if after is None else next(
-            (i for i, line in enumerate(lines) if line.strip() == after.splitlines()[0]), None)
-        if prev is not None:
-            start = end = end_of(prev)
-        else:
-            start = end = next((i for i, line in enumerate(lines) if line.startswith("## ")),
-                               len(lines))
-        if not lines:
-            lines = ["# Benchmarks", ""]
-            start = end = 2
-    tail = [""] if end < len(lines) else []
-    if start > 0 and lines[start - 1].strip():
-        body = ["", *body]
-    new = lines[:start] + body + tail + lines[end:]
-    return "\n".join(new).rstrip("\n") + "\n"
+def results(outcomes: dict[str, Outcome], machine: dict[str, Any],
+             load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """The raw results for docs/bench/headline.json: the machine and every run."""
+    return {"machine": machine, "load_before": list(load_before), "runs": {
+        key: {"label": o.scenario.label, "server": o.server_cmd, "loadgen": o.loadgen_cmd,
+              "exit_code": o.exit_code, "idle_before": o.idle_before, "p99s": o.p99s,
+              "report": o.report} for key, o in outcomes.items()}}
 
 
 def compare_plot(outcomes: dict[str, Outcome], path: Path) -> None:
@@ -472,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for the JSON reports [a temporary directory]")
     parser.add_argument("--docs", type=Path, default=DOCS,
-                        help="where benchmarks.md and the PNGs go [docs]")
+                        help="where performance.md, bench/*.json and the PNGs go [docs]")
     parser.add_argument("--no-docs", action="store_true", help="do not touch the docs")
     parser.add_argument("--repeat", type=int, default=3,
                         help="headline runs per server; the median by p99 is reported [3]")
@@ -535,10 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(section)
     print("\n" + "\n\n".join(sections))
     if write_docs:
-        path = docs / "benchmarks.md"
-        old = path.read_text() if path.exists() else ""
-        path.write_text(replace_sections(old, sections))
-        print(f"wrote {path} and {plots}/bench-*.png; JSON reports in {out_dir}")
+        written = docsout.publish(docs, "headline", sections[:2],
+                                  results(outcomes, machine, load_before))
+        if len(sections) > 2:
+            written += docsout.publish(docs, "e2e", sections[2:], {"machine": machine})
+        print(f"wrote {', '.join(map(str, written))} and {plots}/bench-*.png; "
+              f"JSON reports in {out_dir}")
     failed = [o.scenario.label for o in outcomes.values() if o.report is None]
     if not (args.quick or args.skip_e2e):
         failed += e2e_failed

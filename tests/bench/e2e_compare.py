@@ -19,7 +19,8 @@ For each run: delivered % (of expected), end-to-end p99, relay p99, server CPU (
 processes, % of one core); then the median of each over the pairs and the ratio
 encrypted / plain of the medians. ``python -m tests.bench.e2e_compare --help`` for the
 flags; ``--docs`` rewrites the section ``## Encrypted rooms against plain rooms (make
-bench)`` of docs/benchmarks.md (and nothing else).
+bench)`` of docs/performance.md (and nothing else) and writes every run to
+docs/bench/e2e.json.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from loadgen.report import machine_info
-from tests.bench import servers
-from tests.bench.capacity import HEADLINE, Outcome, Scenario, replace_sections, run_scenario
+from tests.bench import docsout, servers
+from tests.bench.capacity import HEADLINE, Outcome, Scenario, run_scenario
+from tests.bench.docsout import FULL_CLOSE, FULL_OPEN
 
 SECTION: Final = "## Encrypted rooms against plain rooms (make bench)"
 PLAIN: Final = ["--framing", "ocm1", "--accounting", "python"]
@@ -92,15 +94,14 @@ def render(pairs: list[tuple[Outcome, Outcome]], machine: dict[str, Any],
              f"`--size {p['--size']}`, {p['--duration']} s measured after {p['--warmup']} s "
              "of warmup; plain "
              f"rooms with `{' '.join(PLAIN)}`, encrypted rooms with `{' '.join(ENCRYPTED)}` "
-             "(what the loadgen checks: the next section, \"How `ocm-loadgen --e2e` "
-             "measures encrypted rooms\"). Same "
+             "(what the loadgen checks: `ocm-loadgen --help`, loadgen/e2eload.py). Same "
              "datagram sizes, both framed, both accounted by the same Python code "
              "(tests/bench/e2e_compare.py says why).",
              "",
-             f"Measured on {machine['date']}: {machine['nproc']} × {machine['cpu_model']}, "
-             f"{machine['kernel']}, Python {machine['python']}; load average before "
-             f"{load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f}. "
-             f"Command: `{command}`.",
+             f"Machine: {machine['nproc']} × {machine['cpu_model']}, {machine['kernel']}, "
+             f"Python {machine['python']}. Command: `{command}`.",
+             "",
+             FULL_OPEN,
              "",
              "| run | rooms | delivered | e2e p99 ms | relay p99 ms | server CPU | "
              "loadgen CPU | exit |",
@@ -115,7 +116,8 @@ def render(pairs: list[tuple[Outcome, Outcome]], machine: dict[str, Any],
                          f"{_fmt(f['server_cpu_pct'], ' %', 0)} | {cpu} % | {o.exit_code} |")
     plain = [figures(p) for p, _ in pairs]
     e2e = [figures(e) for _, e in pairs]
-    lines += ["", "| median over the pairs | plain | encrypted | encrypted / plain |",
+    lines += ["", FULL_CLOSE, "",
+              "| median over the pairs | plain | encrypted | encrypted / plain |",
               "| --- | ---: | ---: | ---: |"]
     for key, name, unit, digits in (("delivered_pct", "delivered", " %", 3),
                                     ("p99_ms", "end-to-end p99", " ms", 2),
@@ -126,9 +128,9 @@ def render(pairs: list[tuple[Outcome, Outcome]], machine: dict[str, Any],
         lines.append(f"| {name} | {_fmt(a, unit, digits)} | {_fmt(b, unit, digits)} | "
                      f"{ratio} |")
     lines += ["", f"The target is a ratio ≤ {TARGET_RATIO:g} for throughput and "
-              "latency. With two shared cores single-run p99s spread by a factor of two "
-              "(see the sections above): judge the medians of several pairs on an idle "
-              "machine, not one pair. The encrypted runs' loadgen parses more per delivery "
+              "latency. With two shared cores single-run p99s spread by a factor of two: "
+              "judge the medians of several pairs on an idle machine, not one pair. The "
+              "encrypted runs' loadgen parses more per delivery "
               "(loadgen/e2eload.py: a counter, a table lookup, a byte comparison), so on "
               "shared cores its own CPU is higher and that alone can raise the end-to-end "
               "p99; the relay p99 and the server CPU compare the relay itself.", ""]
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for the JSON reports [a temporary directory]")
     parser.add_argument("--docs", type=Path, default=None,
-                        help="rewrite the section of DOCS/benchmarks.md [do not]")
+                        help="rewrite the section of DOCS/performance.md and write "
+                        "DOCS/bench/e2e.json [do not]")
     parser.add_argument("--idle-wait", type=float, default=120.0, metavar="SECONDS",
                         help="before each run, wait up to this long for an idle machine")
     args = parser.parse_args(argv)
@@ -161,9 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     section, failed = compare(profile, args.pairs, out_dir, args.idle_wait, command)
     print("\n" + section)
     if args.docs is not None:
-        path = args.docs / "benchmarks.md"
-        path.write_text(replace_sections(path.read_text() if path.exists() else "", [section]))
-        print(f"wrote {path}; JSON reports in {out_dir}")
+        written = docsout.publish(args.docs, "e2e", [section], {"command": command})
+        print(f"wrote {', '.join(map(str, written))}; JSON reports in {out_dir}")
     return 1 if failed else 0
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One headline run (500 rooms x 10 users x 2 msg/s, 2 workers) under chosen CPU placement,
-# for the experiments in docs/benchmarks.md "Where the latency goes".
+# for the experiments in docs/bench/history.json and docs/bench/profile.json.
 #
 #   tests/bench/headline_ab.sh SERVER_CPUS LOADGEN_CPUS [ocm-loadgen flags...]
 #   NICE=-10 tests/bench/headline_ab.sh 0-1 0-1          # loadgen at a higher priority

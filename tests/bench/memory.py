@@ -11,7 +11,7 @@ notices), samples again, and reports bytes per member for the worker(s), control
 whole tree: (after − before) / members.
 
 Writes ``memory.md`` (printed) and ``memory.json`` into ``--out``; ``--update-docs``
-replaces the section of docs/benchmarks.md.
+replaces the section of docs/performance.md and writes docs/bench/memory.json.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "memory.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(f"written: {out / 'memory.md'}, {out / 'memory.json'}", file=sys.stderr)
     if args.update_docs:
-        put_section(SECTION, text)
+        put_section("memory", text, result)
     return 0 if joined == members else 1
 
 

@@ -35,7 +35,7 @@ Other relays: ``--relays crelay,ocm,ocm-pure`` (``ocm-pure`` is OCM with
 ``ocm-control`` (another checkout's venv); ``--ocm-env KEY=VALUE`` adds environment to
 every OCM relay. Writes ``percore.md`` (printed too) and ``percore.json`` (every step's
 cload report and CPU figures) into ``--out``; ``--update-docs`` also replaces the section
-of docs/benchmarks.md.
+of docs/performance.md and writes the full results to docs/bench/percore.json.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from typing import Any, Final
 import orjson
 
 from loadgen.report import machine_info
-from tests.bench import climit, servers
-from tests.bench.capacity import replace_sections
+from tests.bench import climit, docsout, servers
+from tests.bench.docsout import FULL_CLOSE, FULL_OPEN
 
 SECTION: Final = "## Per-core cost against the C limit (make bench)"
 DEFAULT_RATES: Final = (3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0)
@@ -354,13 +354,11 @@ def command_line(argv: list[str], module: str = "percore") -> str:
     return f"python -m tests.bench.{module} " + shlex.join(kept)
 
 
-def put_section(section: str, text: str) -> None:
-    """Replace ``section`` (a heading) in docs/benchmarks.md with ``text``; the first
-    time, it goes at the end of the file."""
-    docs = servers.REPO_ROOT / "docs" / "benchmarks.md"
-    old = docs.read_text()
-    new = replace_sections(old, [text]) if section in old else old.rstrip("\n") + "\n\n" + text
-    docs.write_text(new)
+def put_section(name: str, text: str, results: dict[str, Any]) -> None:
+    """Replace the section ``text`` opens with in docs/performance.md (the tables without
+    the full-results blocks) and write docs/bench/NAME.json."""
+    for path in docsout.publish(servers.REPO_ROOT / "docs", name, [text], results):
+        print(f"written: {path}", file=sys.stderr)
 
 
 def render(s: Settings, steps: list[Step], summary: dict[str, Any],
@@ -411,7 +409,7 @@ def render(s: Settings, steps: list[Step], summary: dict[str, Any],
             row = c.get(which) or {}
             cells += [_fmt(row.get(k), ".1f") for k in ("user", "sys", "total")]
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
-    lines += ["", "Every step (✓ sustained, ✗ broken: why):", "",
+    lines += ["", FULL_OPEN, "", "Every step (✓ sustained, ✗ broken: why):", "",
               "| rate/user | in/s | " + " | ".join(s.relays) + " |",
               "|---|---|" + "---|" * len(s.relays)]
     for rate in s.rates:
@@ -427,9 +425,9 @@ def render(s: Settings, steps: list[Step], summary: dict[str, Any],
                     marks.append(text)
             cells.append("<br>".join(marks) or "–")
         lines.append(f"| {rate:g} | {rate * s.members:,.0f} | " + " | ".join(cells) + " |")
-    lines += ["", f"Machine: {machine.get('cpu_model', '?')}, {machine.get('nproc', '?')} "
-              f"CPUs, {machine.get('kernel', '?')}, Python {machine.get('python', '?')}, "
-              f"{machine.get('date', '?')}."]
+    lines += ["", FULL_CLOSE, "", f"Machine: {machine.get('cpu_model', '?')}, "
+              f"{machine.get('nproc', '?')} CPUs, {machine.get('kernel', '?')}, "
+              f"Python {machine.get('python', '?')}."]
     return "\n".join(lines) + "\n"
 
 
@@ -500,7 +498,8 @@ def add_common_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help=f"directory for {name}.md and {name}.json [build/perf/{name}-TIME]")
     p.add_argument("--update-docs", action="store_true",
-                   help="replace the section in docs/benchmarks.md")
+                   help=f"replace the section in docs/performance.md and write "
+                        f"docs/bench/{name}.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -538,12 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     text = render(s, bench.steps, summary, machine, command)
     print("\n" + text)
     (out / "percore.md").write_text(text)
-    (out / "percore.json").write_bytes(orjson.dumps({
-        "settings": asdict(s), "command": command, "machine": machine, "summary": summary,
-        "steps": [asdict(st) for st in bench.steps]}, option=orjson.OPT_INDENT_2))
+    results = {"settings": asdict(s), "command": command, "machine": machine,
+               "summary": summary, "steps": [asdict(st) for st in bench.steps]}
+    (out / "percore.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print(f"written: {out / 'percore.md'}, {out / 'percore.json'}", file=sys.stderr)
     if args.update_docs:
-        put_section(SECTION, text)
+        put_section("percore", text, results)
     return 0 if all(st.error is None for st in bench.steps) else 1
 
 

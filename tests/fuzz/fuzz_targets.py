@@ -143,8 +143,9 @@ def _check_request(event: Request) -> None:
                               "framing": body.framing.value}
     again = decode_request_payload(orjson.dumps(obj))
     assert again == body, (again, body)
-    frame = encode_request(event.operation, event.room_raw, body.username, body.password,
-                           body.framing)
+    frame = encode_request(
+        Request.of(event.operation, event.room_raw,
+            RequestBody(body.username, body.password, framing=body.framing)))
     reader = FrameReader(Role.SERVER)
     reader.receive_data(frame)
     assert reader.next_event() == event
@@ -188,7 +189,7 @@ def tcrp_reader(role: Role) -> Target:
 def _exchange(pieces: Iterator[bytes] | list[bytes], register: bool) -> tuple[list[object], str]:
     """Drive a ClientExchange as the clients do: request, every piece, then the close."""
     exchange = ClientExchange()
-    exchange.send_request(Operation.CREATE, "room", "alice")
+    exchange.send_request(Request.of(Operation.CREATE, "room", RequestBody("alice")))
     events: list[object] = []
     try:
         for piece in [*pieces, b""]:
@@ -584,9 +585,10 @@ TARGETS: Final[dict[str, Target]] = {
 # --- seed corpora ---------------------------------------------------------------------------------
 def _requests() -> list[bytes]:
     out = [
-        encode_request(Operation.CREATE, "room", "alice"),
-        encode_request(Operation.JOIN, "部屋", "bob", "pw", Framing.OCM1),
-        encode_request(Operation.JOIN, b"r" * 255, "u" * 255, "p" * 255),
+        encode_request(Request.of(Operation.CREATE, "room", RequestBody("alice"))),
+        encode_request(
+            Request.of(Operation.JOIN, "部屋", RequestBody("bob", "pw", framing=Framing.OCM1))),
+        encode_request(Request.of(Operation.JOIN, b"r" * 255, RequestBody("u" * 255, "p" * 255))),
         encode_legacy_request(Operation.CREATE, "room", "taro"),
         encode_frame(1, 0, b"r", b'{"username": "a", "password": null, "framing": "ocm1"}'),
         encode_frame(2, 0, b"r", b'{"username": " a"}'),

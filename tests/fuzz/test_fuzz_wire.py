@@ -337,7 +337,7 @@ def test_fuzz_decode_plain(seed: bytes) -> None:
 def run_exchange(pieces: Iterable[bytes], max_payload: int) -> tuple[list[object], str]:
     """Feed a server's answer, then the close; only RemoteProtocolError may escape."""
     exchange = ClientExchange(max_payload)
-    exchange.send_request(Operation.JOIN, "r", "alice")
+    exchange.send_request(Request.of(Operation.JOIN, "r", RequestBody("alice")))
     events: list[object] = []
     try:
         for piece in [*pieces, b""]:
@@ -436,7 +436,8 @@ def test_round_trip_request(
     framing: Framing | None,
     chunks: bytes,
 ) -> None:
-    data = encode_request(operation, room, username, password, framing)
+    data = encode_request(Request.of(
+        operation, room, RequestBody(username, password, framing=framing or Framing.PLAIN)))
     body = RequestBody(username, password or None, framing or Framing.PLAIN)
     expected = ([Request(operation, room, room.encode(), body)], None, operation,
                 room.encode(), b"")

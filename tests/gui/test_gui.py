@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
 from client.gui.app import MainWindow
-from client.gui.models import Field
+from client.refusals import Field
 from tests.gui.conftest import in_thread, run, until
 from tests.integration.harness import Server, free_udp_port, start_server
 from tests.integration.test_client_script import Client
@@ -167,16 +167,17 @@ def test_password_wrong_then_right_and_errors_next_to_their_field(
         await in_thread(erin.expect_err, r"is host of room")
         fill(window, qtbot, server.tcp_port, "frank", room + "-nope", create=False)
         await until(lambda: errors[Field.ROOM].isVisible(), "the room error")
-        assert errors[Field.ROOM].text() == "Room not found. Check the name, or create it."
+        assert errors[Field.ROOM].text() == (
+            f"There is no room named {room + '-nope'!r}. Check the name, or create it.")
         fill(window, qtbot, server.tcp_port, "erin", room, create=False, password="s3cret")
         await until(lambda: errors[Field.NAME].isVisible(), "the name error")
-        assert "already has this name" in errors[Field.NAME].text()
+        assert "is already called 'erin'" in errors[Field.NAME].text()
         fill(window, qtbot, server.tcp_port, "frank", room, create=False)
         await until(lambda: errors[Field.PASSWORD].isVisible(), "the password error")
-        assert errors[Field.PASSWORD].text().startswith("This room is protected")
+        assert errors[Field.PASSWORD].text().startswith(f"Room {room!r} is protected")
         fill(window, qtbot, server.tcp_port, "frank", room, create=False, password="wrong")
         await until(lambda: errors[Field.PASSWORD].isVisible(), "the password error")
-        assert errors[Field.PASSWORD].text() == "Wrong password."
+        assert errors[Field.PASSWORD].text() == f"Wrong password for room {room!r}."
         assert not errors[Field.ROOM].isVisible()
         fill(window, qtbot, server.tcp_port, "frank", room, create=False, password="s3cret")
         await until(lambda: in_room(window), "the room window")
@@ -323,7 +324,7 @@ def test_tls_join_with_the_servers_ca_and_refusal_without(
         fill(window, qtbot, port, "tess", room_name(), create=True)
         await until(lambda: screen.errors[Field.SERVER].isVisible(), "the TLS error")
         text = screen.errors[Field.SERVER].text()
-        assert text.startswith("No secure connection: ") and "cannot be verified" in text
+        assert text.startswith("No secure connection: ") and "does not trust" in text
         screen.ca_file.setText(str(tmp_path / "missing.pem"))
         qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
         await until(lambda: screen.errors[Field.SERVER].isVisible(), "the CA file error")

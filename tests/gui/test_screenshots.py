@@ -22,9 +22,10 @@ from client import render
 from client.e2e.identity import IdentityKeys, fingerprint, safety_number
 from client.gui import models
 from client.gui.app import MainWindow
-from client.gui.models import ConnectRequest, Field
+from client.gui.models import ConnectRequest
 from client.gui.verify import VerifyDialog
 from client.keystore import Trust
+from client.refusals import Field
 from wire.codes import Operation
 from wire.e2e import MemberInfo
 
@@ -98,7 +99,7 @@ def test_screenshot_connect_screen(qtbot: QtBot, loop: qasync.QEventLoop, settin
     window.connect_screen.tls.setChecked(True)
     window.connect_screen.ca_file.setText("/etc/ocm/ca.pem")
     window.connect_screen.show_error(
-        Field.ROOM, "A room with this name already exists. Join it, or pick another name.")
+        Field.ROOM, "A room named 'lobby' already exists. Join it, or pick another name.")
     window.connect_screen.password.setText("hunter2")
     _save(window, _out_dir(tmp_path) / "gui-connect.png")
 

@@ -16,11 +16,14 @@ from client import render
 from client.gui import models
 from client.gui.app import MainWindow
 from client.gui.connect import ConnectScreen
-from client.gui.models import ConnectRequest, Field, Member
+from client.gui.models import ConnectRequest, Member
 from client.gui.room import RoomView
 from client.gui.verify import VerifyDialog
 from client.keystore import Trust
+from client.refusals import Field
 from wire.codes import Operation
+from wire.limits import DEFAULT_TCP_PORT as PLAIN
+from wire.limits import DEFAULT_TLS_PORT as TLS
 
 
 def filled_room(qtbot: QtBot, lines: int) -> RoomView:
@@ -115,12 +118,12 @@ def test_connect_screen_hooks_and_recents(qtbot: QtBot, settings: QSettings) -> 
     screen = ConnectScreen(settings)
     qtbot.addWidget(screen)
     assert screen.tls.isEnabled() and screen.encrypted.isEnabled()
-    assert not screen.ca_file.isVisibleTo(screen) and screen.port.value() == 9000
+    assert not screen.ca_file.isVisibleTo(screen) and screen.port.value() == PLAIN
     screen.tls.setChecked(True)  # the TLS port, and the CA file to trust
-    assert screen.ca_file.isVisibleTo(screen) and screen.port.value() == 9443
+    assert screen.ca_file.isVisibleTo(screen) and screen.port.value() == TLS
     screen.ca_file.setText("/etc/ocm/ca.pem")
     screen.tls.setChecked(False)
-    assert screen.port.value() == 9000 and screen.request().ca_file is None
+    assert screen.port.value() == PLAIN and screen.request().ca_file is None
     screen.tls.setChecked(True)
     assert screen.password.echoMode() == screen.password.EchoMode.Password
     screen.name.setCurrentText("ann")
@@ -131,14 +134,14 @@ def test_connect_screen_hooks_and_recents(qtbot: QtBot, settings: QSettings) -> 
     request = blocker.args[0]
     assert (request.username, request.room, request.operation) == ("ann", "lobby",
                                                                     Operation.JOIN)
-    assert (request.tls, request.ca_file, request.port) == (True, "/etc/ocm/ca.pem", 9443)
+    assert (request.tls, request.ca_file, request.port) == (True, "/etc/ocm/ca.pem", TLS)
     screen.remember_request(request)
     again = ConnectScreen(settings)
     qtbot.addWidget(again)
     assert again.name.currentText() == "ann" and again.room.currentText() == "lobby"
     assert again.join_mode.isChecked()
     assert again.tls.isChecked() and again.ca_file.text() == "/etc/ocm/ca.pem"
-    assert again.port.value() == 9443
+    assert again.port.value() == TLS
 
 
 _SLOT_STORM = """

@@ -123,10 +123,12 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 
 
 def start_server(*args: str, workers: int = 2, stage1: bool = False,
-                 env: dict[str, str] | None = None, timeout: float = START_TIMEOUT_S) -> Server:
+                 env: dict[str, str | None] | None = None,
+                 timeout: float = START_TIMEOUT_S) -> Server:
     """Start ``ocm-control`` on 127.0.0.1 with kernel-chosen ports and wait until ready.
 
-    Extra ``args`` are passed as flags (e.g. ``"--inactivity-timeout", "2"``). Stage 1 is
+    Extra ``args`` are passed as flags (e.g. ``"--inactivity-timeout", "2"``); ``env`` adds
+    variables to the session's environment, or unsets those given as ``None``. Stage 1 is
     off unless ``stage1`` (its port 0 means "disabled", so a free port is picked).
     """
     stage1_port = free_udp_port() if stage1 else 0
@@ -139,8 +141,11 @@ def start_server(*args: str, workers: int = 2, stage1: bool = False,
     ]
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    if env:
-        full_env.update(env)
+    for key, value in (env or {}).items():  # None unsets a variable of the session
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=full_env, start_new_session=True, preexec_fn=_die_with_parent)
     _STARTED.append(proc)

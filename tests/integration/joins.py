@@ -16,6 +16,8 @@ from wire.tcrp import (
     NEED_DATA,
     Complete,
     FrameReader,
+    Request,
+    RequestBody,
     Response,
     Role,
     encode_registration,
@@ -32,7 +34,8 @@ async def join_registering(tcp_port: int, op: Operation, room: str, user: str,
     """One request with the registration of ``port`` behind it; the token."""
     reader, writer = await asyncio.open_connection(H, tcp_port)
     try:
-        writer.write(encode_request(op, room, user) + encode_registration(port))
+        writer.write(encode_request(
+            Request.of(op, room, RequestBody(user))) + encode_registration(port))
         frames = FrameReader(Role.CLIENT)
         while True:
             event = frames.next_event()

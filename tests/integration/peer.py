@@ -15,7 +15,7 @@ from wire.chat import FramedChat, Notice, decode_framed, encode_chat
 from wire.codes import Framing, Operation, Status
 from wire.e2e import PublicKeys
 from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
-from wire.tcrp import NEED_DATA, Complete, Response, _NeedData
+from wire.tcrp import NEED_DATA, Complete, Request, RequestBody, Response, _NeedData
 from wire.tcrp_client import ClientExchange, ConnectionClosed
 
 TIMEOUT_S = 10.0
@@ -134,7 +134,8 @@ def join(host: str, tcp_port: int, op: Operation, room: str, user: str,
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((bind_ip, 0))
     exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)
-    request = exchange.send_request(op, room, user, password, framing, keys=keys, e2e=e2e)
+    request = exchange.send_request(
+        Request.of(op, room, RequestBody(user, password, framing=framing, keys=keys, e2e=e2e)))
     tcp = socket.socket()
     tcp.bind((bind_ip, 0))
     tcp.settimeout(TIMEOUT_S)

@@ -11,7 +11,7 @@ from tests.integration.harness import Server, start_server
 from tests.integration.peer import Peer, join, tcrp_exchange
 from wire.chat import FramedChat, Notice, encode_chat
 from wire.codes import Framing, NoticeEvent, Operation, Reason
-from wire.tcrp import encode_request
+from wire.tcrp import Request, RequestBody, encode_request
 
 H = "127.0.0.1"
 JOINED = "{} がチャットルームに参加しました"
@@ -132,7 +132,9 @@ def test_registration_by_two_byte_port(server: Server, room_name: str) -> None:
     udp.bind((H, 0))
     port = udp.getsockname()[1]
     response, complete = tcrp_exchange(H, server.tcp_port,
-                                       encode_request(Operation.JOIN, room_name, "bob"),
+                                       encode_request(
+                                           Request.of(Operation.JOIN, room_name,
+                                               RequestBody("bob"))),
                                        after=port.to_bytes(2, "big"))
     assert complete is not None
     assert alice.recv_text() == JOINED.format("bob")  # announced by the registration

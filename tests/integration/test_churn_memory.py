@@ -5,7 +5,7 @@ room (so each room builds its send batches), then every member leaves (guests ``
 then hosts, which closes the rooms). With a 300 s inactivity timeout, nothing may keep a
 departed member, its room or its send batches until that deadline: the worker's RSS
 (``/proc/PID/status``) after the last cycle must be within noise of its RSS after the
-first. docs/security.md gives the figures.
+first. docs/bench/security.json has the figures.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ TIMEOUT_S = 30.0
 NOISE_KIB = 1024
 """Allowed RSS growth from the end of cycle 1 to the end of the last cycle: about three
 times what is measured with the fix, under a quarter of what the departed members of
-cycles 2-4 held when the deadline heap kept them (docs/security.md, *Measured figures*)."""
+cycles 2-4 held when the deadline heap kept them (docs/bench/security.json)."""
 
 
 def _join_cycle(srv: Server, cycle: int, port: int) -> dict[str, list[bytes]]:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +29,14 @@ from wire.chat import FramedChat, Notice, NoticeEvent, encode_chat
 from wire.codes import Framing, Operation, Status
 from wire.e2e import MemberInfo, PublicKeys
 from wire.reliable import encode_send
-from wire.tcrp import Details, Response, encode_members_request, encode_request
+from wire.tcrp import (
+    Details,
+    Request,
+    RequestBody,
+    Response,
+    encode_members_request,
+    encode_request,
+)
 
 LEASE_S = 1.5
 RATE_PER_IP = 5
@@ -115,6 +122,21 @@ def member(node: Server, op: Operation, room: str, user: str, client_ip: str,
     return peer
 
 
+def member_when_settled(node: Server, op: Operation, room: str, user: str, client_ip: str
+                        ) -> Peer:
+    """``member``, asked again while the cluster answers UNAVAILABLE because its registry
+    restarted less than a lease ago (new rooms wait until the owners claimed theirs)."""
+    deadline = time.monotonic() + LEASE_S + 10
+    while True:
+        try:
+            return member(node, op, room, user, client_ip)
+        except JoinRefused as refused:
+            if refused.status != Status.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            assert "registry restarted" in refused.response.error, refused
+        time.sleep(LEASE_S / 6)
+
+
 def create_on(node: Server, room: str, user: str, client_ip: str) -> Peer:
     """Create a room that lives on ``node`` (asked over its link, as another node would
     forward a create placed there), as a framed member with a bound UDP address."""
@@ -142,7 +164,8 @@ def expect_framed(peer: Peer, kind: type, **fields: object) -> FramedChat | Noti
 
 def request(node: Server, op: Operation, room: str, user: str, client_ip: str):  # type: ignore[no-untyped-def]
     response, _ = tcrp_exchange(node.host, node.tcp_port,
-                                encode_request(op, room, user, None, Framing.PLAIN),
+                                encode_request(
+                                    Request.of(op, room, RequestBody(user, framing=Framing.PLAIN))),
                                 timeout=30.0, bind_ip=client_ip)
     return response
 
@@ -189,8 +212,9 @@ def test_resume_through_another_node_moves_the_membership_on_the_owner(
     assert isinstance(secret, str) and bob.details.framing is Framing.OCM1R  # type: ignore[attr-defined]
     alice.send(encode_send(1, b"before the move"))
     response, complete = tcrp_exchange(
-        c.host, c.tcp_port, encode_request(Operation.JOIN, "resume-lobby", "bob", None,
-                                           Framing.OCM1R, resume=secret),
+        c.host, c.tcp_port, encode_request(Request.of(
+            Operation.JOIN, "resume-lobby", RequestBody("bob", framing=Framing.OCM1R,
+                                                        resume=secret))),
         timeout=30.0, bind_ip="127.0.2.13")
     assert response.status == Status.OK and complete is not None, response
     details = response.details
@@ -207,8 +231,9 @@ def test_resume_through_another_node_moves_the_membership_on_the_owner(
         data = reliable.decode_delivery(moved.recv(4096))
         assert isinstance(data, reliable.Data) and data.body == b"\x05alicebefore the move"
     # the old secret is dead, wherever it is tried
-    refused, _ = tcrp_exchange(a.host, a.tcp_port, encode_request(
-        Operation.JOIN, "resume-lobby", "bob", None, Framing.OCM1R, resume=secret),
+    refused, _ = tcrp_exchange(a.host, a.tcp_port, encode_request(Request.of(
+        Operation.JOIN, "resume-lobby", RequestBody("bob", framing=Framing.OCM1R,
+                                                    resume=secret))),
         timeout=30.0, bind_ip="127.0.2.14")
     assert refused.status == Status.ROOM_NOT_FOUND
     for peer in (alice, bob):
@@ -250,6 +275,132 @@ def test_plain_client_that_sends_to_the_wrong_node_is_relayed(
     bob.close()
 
 
+def relay_counts(node: Server) -> dict[str, int]:
+    return cluster_view(node)["udp_relay"]  # type: ignore[return-value]
+
+
+def wait_relay(node: Server, done: Callable[[dict[str, int]], bool],
+               timeout: float = 20.0) -> dict[str, int]:
+    """The node's relay statistics once ``done`` holds for them (polled: they change on
+    no event the test can await)."""
+    deadline = time.monotonic() + timeout
+    while not done(counts := relay_counts(node)):
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.05)
+    return counts
+
+
+def relayed_member(node: Server, room: str, user: str, client_ip: str) -> Peer:
+    """A model-client-style member of ``room`` (owned by another node): joins through
+    ``node`` and sends its datagrams to ``node``'s UDP port."""
+    peer = join(node.host, node.tcp_port, Operation.JOIN, room, user, framing=Framing.PLAIN,
+                bind_ip=client_ip, bind="register")
+    peer.udp_port = node.udp_port
+    assert peer.details.udp_host != node.host  # type: ignore[attr-defined]
+    return peer
+
+
+def relayed_pair(owner: Server, relay: Server, room: str, net: str) -> tuple[Peer, Peer]:
+    """Alice hosts ``room`` on ``owner`` (from ``net``.1); Bob joins through ``relay``
+    (from ``net``.2) and talks to it; one message of his has reached Alice."""
+    alice = create_on(owner, room, "alice", f"{net}.1")
+    bob = relayed_member(relay, room, "bob", f"{net}.2")
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
+    bob.send("hi through the relay")
+    expect_framed(alice, FramedChat, username="bob", message="hi through the relay")
+    return alice, bob
+
+
+def test_a_relayed_token_sent_from_another_ip_takes_nothing_over(
+        nodes: dict[str, Server]) -> None:
+    """Bob is relayed through B (his datagrams reach the owner A from B's address).
+    Mallory, at another IP, sends Bob's token (read off the wire) through B: a keepalive
+    and a chat. The owner refuses the relay (the token was issued to Bob's IP, and B's
+    address is no proof of anything): Mallory gets none of Bob's deliveries, and nothing
+    she sends is relayed as Bob's."""
+    b = nodes["B"]
+    room = "hijack"
+    alice, bob = relayed_pair(nodes["A"], b, room, "127.0.16")
+    before = relay_counts(b)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.16.3", 0))
+    mallory = Peer(b.host, room.encode(), "bob", bob.token, bob.details, b.udp_port, udp,
+                   Framing.PLAIN)
+    for ip, status in (("127.0.16.3", Status.INVALID_REQUEST), ("127.0.16.2", Status.OK)):
+        # Operation 3 as B forwards it for a client at ``ip`` with Bob's token
+        reply = link_request(nodes["A"], {"kind": "members", "room": room,
+                                          "token": bob.token.decode(), "ip": ip,
+                                          "origin": "B"})
+        assert reply["status"] == status, (ip, reply)
+    mallory.send(b"")
+    mallory.send("mallory speaking as bob")
+    wait_relay(b, lambda c: c["flows_refused"] + c["flows_opened"]
+               > before["flows_refused"] + before["flows_opened"])
+    alice.send("for bob only")
+    assert bob.recv_text() == "alice: for bob only"
+    bob.send("still bob")
+    expect_framed(alice, FramedChat, username="bob", message="still bob")
+    mallory.send("again as bob")
+    alice.send("still for bob only")
+    assert bob.recv_text() == "alice: still for bob only"
+    mallory.expect_nothing()
+    after = relay_counts(b)
+    assert after["flows"] == before["flows"] and after["flows_refused"] > before["flows_refused"]
+    for peer in (alice, bob, mallory):
+        peer.close()
+
+
+def test_one_token_from_thousands_of_ports_opens_one_flow(nodes: dict[str, Server]) -> None:
+    """4,600 source ports of one IP send one member's token through C: its flow is keyed
+    by (client IP, token), so at most ``MAX_FLOWS_PER_TOKEN`` flows open, and another
+    relayed member is served right after."""
+    from control.clusterudp import MAX_FLOWS_PER_TOKEN
+
+    a, c = nodes["A"], nodes["C"]
+    room = "flood"
+    alice = create_on(a, room, "alice", "127.0.17.1")
+    flooder = relayed_member(c, room, "flooder", "127.0.17.2")
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="flooder")
+    before = relay_counts(c)
+    datagram = encode_chat(room.encode(), flooder.token, b"")
+    for _ in range(4600):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.17.2", 0))
+            sock.sendto(datagram, (c.host, c.udp_port))
+    victim = relayed_member(c, room, "victim", "127.0.17.3")
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="victim")
+    victim.send("served despite the flood")
+    expect_framed(alice, FramedChat, username="victim", message="served despite the flood")
+    alice.send("back to you")
+    assert victim.recv_text() == "alice: back to you"
+    after = relay_counts(c)
+    assert after["flows"] - before["flows"] <= MAX_FLOWS_PER_TOKEN + 1, (before, after)
+    assert after["flows_opened"] - before["flows_opened"] <= MAX_FLOWS_PER_TOKEN + 1
+    alice.send("/exit")
+    for peer in (alice, flooder, victim):
+        peer.close()
+
+
+def test_a_flow_closes_soon_after_its_member_left(nodes: dict[str, Server]) -> None:
+    """A relayed member leaves (``/exit``), then its client keeps sending the dead token
+    through B: within about a lease B's owner check finds the member gone and closes the
+    flow (the datagrams alone would keep it open for ever)."""
+    b = nodes["B"]
+    alice, bob = relayed_pair(nodes["A"], b, "leaving", "127.0.20")
+    before = relay_counts(b)
+    bob.send("/exit")
+    expect_framed(alice, Notice, event=NoticeEvent.LEFT, user="bob")
+    deadline = time.monotonic() + LEASE_S * 2 + 10
+    while (counts := relay_counts(b))["flows"] >= before["flows"]:
+        assert time.monotonic() < deadline, (before, counts)
+        bob.send(b"")  # a keepalive with the dead token, as a stale client would
+        time.sleep(LEASE_S / 6)
+    assert counts["flows_refused"] > before["flows_refused"]
+    alice.send("/exit")
+    alice.close()
+    bob.close()
+
+
 E2E_KEYS = PublicKeys(bytes(range(32)), bytes(range(32, 64)))
 BOB_KEYS = PublicKeys(bytes(range(64, 96)), bytes(range(96, 128)))
 NEEDS_KEYS = "an encrypted room needs the member's keys and ocm1 framing"
@@ -276,14 +427,16 @@ def test_encrypted_room_rules_and_member_list_across_nodes(
     created = Details.from_json(reply["details"])  # type: ignore[arg-type]
     assert created.e2e and created.udp_host == a.host
     alice_token = str(reply["token"]).encode()
-    refused, _ = e2e_request(b, encode_request(Operation.JOIN, room, "bob", None,
-                                               Framing.OCM1), "127.0.13.2")
+    refused, _ = e2e_request(b, encode_request(
+        Request.of(Operation.JOIN, room, RequestBody("bob", framing=Framing.OCM1))), "127.0.13.2")
     assert (refused.status, refused.error) == (Status.INVALID_REQUEST, NEEDS_KEYS)
-    refused, _ = e2e_request(c, encode_request(Operation.JOIN, room, "bob", None,
-                                               Framing.PLAIN, keys=BOB_KEYS), "127.0.13.2")
+    refused, _ = e2e_request(c, encode_request(
+        Request.of(Operation.JOIN, room,
+            RequestBody("bob", framing=Framing.PLAIN, keys=BOB_KEYS))), "127.0.13.2")
     assert (refused.status, refused.error) == (Status.INVALID_REQUEST, NEEDS_KEYS)
-    ok, bob_token = e2e_request(b, encode_request(Operation.JOIN, room, "bob", None,
-                                                  Framing.OCM1, keys=BOB_KEYS), "127.0.13.2")
+    ok, bob_token = e2e_request(b, encode_request(
+        Request.of(Operation.JOIN, room,
+            RequestBody("bob", framing=Framing.OCM1, keys=BOB_KEYS))), "127.0.13.2")
     assert ok.status == Status.OK and bob_token is not None, ok
     assert ok.details is not None and ok.details.e2e
     assert ok.details.members == (MemberInfo("alice", True, E2E_KEYS),)
@@ -311,17 +464,20 @@ def test_encrypted_create_forwarded_to_another_node_stays_encrypted(
     b, c = nodes["B"], nodes["C"]
     for i in range(3):  # placement may keep a create on B: try a few names
         room = f"secret-placed-{i}"
-        ok, _ = e2e_request(b, encode_request(Operation.CREATE, room, "alice", None,
-                                              Framing.OCM1, keys=E2E_KEYS, e2e=True),
+        ok, _ = e2e_request(b, encode_request(
+            Request.of(Operation.CREATE, room,
+                RequestBody("alice", framing=Framing.OCM1, keys=E2E_KEYS, e2e=True))),
                             f"127.0.14.{i + 1}")
         assert ok.status == Status.OK and ok.details is not None, ok
         assert ok.details.e2e, ok.details
-        refused, _ = e2e_request(c, encode_request(Operation.JOIN, room, "bob", None,
-                                                   Framing.OCM1), f"127.0.14.{i + 11}")
+        refused, _ = e2e_request(c, encode_request(
+            Request.of(Operation.JOIN, room,
+                RequestBody("bob", framing=Framing.OCM1))), f"127.0.14.{i + 11}")
         assert refused.status == Status.INVALID_REQUEST, refused
         time.sleep(LEASE_S / 2)  # let the nodes publish their load before the next one
-    plain, token = e2e_request(b, encode_request(Operation.CREATE, "plain-who", "alice",
-                                                 None, Framing.OCM1, keys=E2E_KEYS),
+    plain, token = e2e_request(b, encode_request(
+        Request.of(Operation.CREATE, "plain-who",
+            RequestBody("alice", framing=Framing.OCM1, keys=E2E_KEYS))),
                                "127.0.14.30")
     assert plain.status == Status.OK and token is not None
     answer, _ = e2e_request(c, encode_members_request("plain-who", token), "127.0.14.30")
@@ -431,7 +587,9 @@ def test_password_failures_hold_cluster_wide(nodes: dict[str, Server],
     def attempt(server: Server, password: str):  # type: ignore[no-untyped-def]
         response, _ = tcrp_exchange(
             server.host, server.tcp_port,
-            encode_request(Operation.JOIN, "locked", "guest", password, Framing.PLAIN),
+            encode_request(
+                Request.of(Operation.JOIN, "locked",
+                    RequestBody("guest", password, framing=Framing.PLAIN))),
             timeout=30.0, bind_ip="127.0.12.2")
         return response
 
@@ -463,7 +621,9 @@ def test_names_stay_claimed_while_slow_creates_are_in_progress(
     def create(i: int) -> int:
         response, _ = tcrp_exchange(
             a.host, a.tcp_port,
-            encode_request(Operation.CREATE, f"slow-{i}", "h", "pw", Framing.PLAIN),
+            encode_request(
+                Request.of(Operation.CREATE, f"slow-{i}",
+                    RequestBody("h", "pw", framing=Framing.PLAIN))),
             timeout=60.0, bind_ip=f"127.0.16.{i + 1}")
         return int(response.status)
 
@@ -490,6 +650,58 @@ def test_bad_secret_is_refused_on_the_link(nodes: dict[str, Server],
         sock.sendall(len(body).to_bytes(4, "big") + body + b"\0" * 32)
         assert sock.recv(4096) == b""  # closed without an answer
     b.wait_log(r"refused a request with a bad MAC")
+
+
+def read_hello(sock: socket.socket) -> bytes | None:
+    """The link's first frame on ``sock``, or None if the node closed it unanswered."""
+    try:
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                return None
+            data += chunk
+    except ConnectionResetError:
+        return None
+    return data
+
+
+def test_an_oversized_frame_before_authentication_is_refused_unread(
+        nodes: dict[str, Server]) -> None:
+    """A request frame announcing 300,000 bytes (the old limit read up to 320 KiB before
+    checking the MAC): the owner closes the connection on the length alone, without
+    waiting for the body."""
+    b = nodes["B"]
+    found = b.wait_log(r"cluster node=B link=(\S+):(\d+)")
+    with socket.create_connection((found[1], int(found[2])), timeout=10,
+                                  source_address=("127.0.18.1", 0)) as sock:
+        assert read_hello(sock) is not None
+        sock.sendall((300_000).to_bytes(4, "big") + b"{" * 1000)
+        b.wait_log(r"refused a request from \S+ \S+ before reading it: frame of 300000 bytes")
+        assert read_hello(sock) is None  # closed, not waiting for the other 299,000 bytes
+
+
+def test_idle_link_connections_from_one_ip_are_capped(nodes: dict[str, Server]) -> None:
+    """More idle link connections from one IP than the cap: the first ``cap`` get the
+    node's hello, the rest are closed at once; another IP is still answered."""
+    from control.clusterlink import MAX_LINK_CONNECTIONS_PER_IP as cap
+
+    b = nodes["B"]
+    found = b.wait_log(r"cluster node=B link=(\S+):(\d+)")
+    address = (found[1], int(found[2]))
+    socks = [socket.create_connection(address, timeout=10,
+                                      source_address=("127.0.18.2", 0))
+             for _ in range(cap + 40)]
+    try:
+        answered = sum(read_hello(sock) is not None for sock in socks)
+        with socket.create_connection(address, timeout=10,
+                                      source_address=("127.0.18.3", 0)) as other:
+            assert read_hello(other) is not None
+    finally:
+        for sock in socks:
+            sock.close()
+    assert answered == cap, answered
+    assert cluster_view(b)["counters"]["link_capped"] >= 40  # type: ignore[index]
 
 
 def test_a_room_whose_name_another_node_took_is_closed(nodes: dict[str, Server],
@@ -525,8 +737,9 @@ def link_request(node: Server, message: dict[str, object]) -> dict[str, object]:
         stream = sock.makefile("rb")
         nonce = bytes.fromhex(json.loads(stream.read(
             clusterlink.frame_length(stream.read(4))))["nonce"])
-        frame = clusterlink.encode_frame(message)
-        sock.sendall(frame + clusterlink.sign(SECRET.encode(), nonce, frame[4:]))
+        body = json.dumps(message).encode()  # as written by hand: the link's JSON is fixed
+        sock.sendall(clusterlink.LENGTH.pack(len(body)) + body
+                     + clusterlink.sign(SECRET.encode(), nonce, body))
         reply = json.loads(stream.read(clusterlink.frame_length(stream.read(4))))
     assert isinstance(reply, dict)
     return reply
@@ -688,7 +901,7 @@ def test_redis_down_existing_rooms_relay_new_requests_unavailable_then_recover(
     expect_framed(guest, Notice, event=NoticeEvent.JOINED, user="late")
     late.send("after the restart")
     expect_framed(guest, FramedChat, username="late", message="after the restart")
-    fresh = member(c, Operation.CREATE, "after-restart", "h", "127.0.7.4")
+    fresh = member_when_settled(c, Operation.CREATE, "after-restart", "h", "127.0.7.4")
     for peer in (host, guest, late, fresh):
         peer.send("/exit")
         peer.close()
@@ -715,4 +928,58 @@ def test_kill_9_node_a_leases_expire_and_the_name_moves(
     again = member(b, Operation.CREATE, owned, "h2", "127.0.8.100")
     assert again.host in (NODE_IPS["B"], NODE_IPS["C"])
     for peer in [*peers, again]:
+        peer.close()
+
+
+def test_a_registry_restart_just_after_the_owners_renewal_keeps_the_live_room(
+        nodes: dict[str, Server], redis: RedisServer) -> None:
+    """Redis restarts empty just after the owner renewed its room's name: the owner claims
+    the name again only at its next renewal, a third of a lease later. Meanwhile another
+    node is asked, again and again, to create a room of that name: it refuses every time
+    (the registry's epoch changed, new names wait one lease). The live room keeps its
+    name and its members, and a new join lands in it."""
+    import redis as redis_py
+
+    b, c = nodes["B"], nodes["C"]
+    room = "restarted"
+    key = f"ocm:room:{room}"
+    host = create_on(c, room, "host", "127.0.19.1")
+    guest = member(b, Operation.JOIN, room, "guest", "127.0.19.2")
+    expect_framed(host, Notice, event=NoticeEvent.JOINED, user="guest")
+    client = redis_py.Redis(host=redis.host, port=redis.port, socket_timeout=5)
+    try:
+        deadline = time.monotonic() + 10
+        last = client.pttl(key)
+        while (ttl := client.pttl(key)) <= last:  # the renewal puts the TTL back up
+            assert time.monotonic() < deadline, "the owner never renewed its room"
+            last = ttl
+    finally:
+        client.close()
+    redis.stop()
+    redis.start()
+    client = redis_py.Redis(host=redis.host, port=redis.port, socket_timeout=5)
+    try:
+        attempts = 0
+        deadline = time.monotonic() + LEASE_S + 10
+        while client.get(key) != b"C":
+            reply = link_request(b, {"op": int(Operation.CREATE), "room": room,
+                                     "user": f"taker{attempts}", "password": None,
+                                     "framing": "plain", "ip": f"127.0.19.{10 + attempts}",
+                                     "origin": "B"})
+            assert reply["status"] in (Status.UNAVAILABLE, Status.ROOM_EXISTS), reply
+            attempts += 1
+            assert time.monotonic() < deadline, "the owner never claimed its room again"
+    finally:
+        client.close()
+    late = member_when_settled(b, Operation.JOIN, room, "late", "127.0.19.3")
+    assert late.host == NODE_IPS["C"]
+    expect_framed(host, Notice, event=NoticeEvent.JOINED, user="late")
+    expect_framed(guest, Notice, event=NoticeEvent.JOINED, user="late")
+    host.send("still one room")
+    expect_framed(guest, FramedChat, username="host", message="still one room")
+    expect_framed(late, FramedChat, username="host", message="still one room")
+    c.wait_log(r"cluster registry restarted")
+    assert f"room name {room!r} was claimed" not in c.log_text()
+    for peer in (host, guest, late):
+        peer.send("/exit")
         peer.close()

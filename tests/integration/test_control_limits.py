@@ -14,14 +14,15 @@ from tests.integration.harness import start_server
 from tests.integration.test_ops_support import admin_address, http_get, scrape, value
 from tests.stress.tools import status_of
 from wire.codes import Operation, Status
-from wire.tcrp import encode_request
+from wire.tcrp import Request, RequestBody, encode_request
 
 H = "127.0.0.1"
 
 
 def request_status(port: int, op: Operation, room: str, user: str,
                    password: str | None = None, bind_ip: str = H) -> int:
-    return status_of(H, port, encode_request(op, room, user, password), bind_ip)
+    return status_of(H, port, encode_request(
+        Request.of(op, room, RequestBody(user, password))), bind_ip)
 
 
 def test_room_quota_holds_under_concurrent_creates() -> None:

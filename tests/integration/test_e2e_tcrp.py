@@ -11,7 +11,14 @@ from tests.integration.harness import Server
 from tests.integration.peer import tcrp_exchange
 from wire.codes import Framing, Operation, Status
 from wire.e2e import MemberInfo, PublicKeys
-from wire.tcrp import Response, encode_frame, encode_members_request, encode_request
+from wire.tcrp import (
+    Request,
+    RequestBody,
+    Response,
+    encode_frame,
+    encode_members_request,
+    encode_request,
+)
 
 H = "127.0.0.1"
 KEYS = PublicKeys(bytes(range(32)), bytes(range(32, 64)))
@@ -26,7 +33,8 @@ def _request(server: Server, request: bytes, bind_ip: str = H) -> tuple[Response
 
 def _create_encrypted(server: Server, room: str, password: str | None = None) -> bytes:
     response, token = _request(server, encode_request(
-        Operation.CREATE, room, "alice", password, Framing.OCM1, keys=KEYS, e2e=True))
+        Request.of(Operation.CREATE, room,
+            RequestBody("alice", password, framing=Framing.OCM1, keys=KEYS, e2e=True))))
     assert response.status == Status.OK and token is not None, response.error
     assert response.details is not None and response.details.e2e
     assert response.details.members == ()
@@ -38,8 +46,9 @@ def test_join_rules_of_an_encrypted_room(server: Server, room_name: str) -> None
 
     def join(user: str, password: str | None = "pw", framing: Framing = Framing.OCM1,
              keys: PublicKeys | None = BOB_KEYS) -> Response:
-        return _request(server, encode_request(Operation.JOIN, room_name, user, password,
-                                               framing, keys=keys))[0]
+        return _request(server, encode_request(
+            Request.of(Operation.JOIN, room_name,
+                RequestBody(user, password, framing=framing, keys=keys))))[0]
 
     # a wrong password never learns the room is encrypted (3 before 4)
     assert join("bob", "wrong", keys=None).status == Status.INVALID_PASSWORD
@@ -61,8 +70,9 @@ def test_members_operation(server: Server, room_name: str) -> None:
     # the curriculum's reference client (a bare-username payload) is told why
     legacy = _request(server, encode_frame(Operation.JOIN, 0, room_name.encode(), b"carol"))[0]
     assert (legacy.status, legacy.error) == (Status.INVALID_REQUEST, NEEDS_KEYS)
-    response, bob = _request(server, encode_request(Operation.JOIN, room_name, "bob",
-                                                    framing=Framing.OCM1, keys=BOB_KEYS))
+    response, bob = _request(server, encode_request(
+        Request.of(Operation.JOIN, room_name,
+            RequestBody("bob", framing=Framing.OCM1, keys=BOB_KEYS))))
     assert bob is not None
     everyone = (MemberInfo("alice", True, KEYS), MemberInfo("bob", False, BOB_KEYS))
     for token in (alice, bob):
@@ -81,10 +91,11 @@ def test_members_operation(server: Server, room_name: str) -> None:
 
 
 def test_members_of_a_plain_room_have_no_keys(server: Server, room_name: str) -> None:
-    response, alice = _request(server, encode_request(Operation.CREATE, room_name, "alice",
-                                                      framing=Framing.OCM1, keys=KEYS))
+    response, alice = _request(server, encode_request(
+        Request.of(Operation.CREATE, room_name,
+            RequestBody("alice", framing=Framing.OCM1, keys=KEYS))))
     assert alice is not None
-    _request(server, encode_request(Operation.JOIN, room_name, "bob"))
+    _request(server, encode_request(Request.of(Operation.JOIN, room_name, RequestBody("bob"))))
     answer = _request(server, encode_members_request(room_name, alice))[0]
     assert answer.members == (MemberInfo("alice", True), MemberInfo("bob", False))
 
@@ -93,8 +104,11 @@ def test_create_encrypted_room_without_keys_or_framing_is_status_4(
     server: Server, room_name: str
 ) -> None:
     for request in (
-        encode_request(Operation.CREATE, room_name, "alice", framing=Framing.OCM1, e2e=True),
-        encode_request(Operation.CREATE, room_name, "alice", keys=KEYS, e2e=True),
+        encode_request(
+            Request.of(Operation.CREATE, room_name,
+                RequestBody("alice", framing=Framing.OCM1, e2e=True))),
+        encode_request(
+            Request.of(Operation.CREATE, room_name, RequestBody("alice", keys=KEYS, e2e=True))),
     ):
         response, complete = tcrp_exchange(H, server.tcp_port, request)
         assert (response.status, complete) == (Status.INVALID_REQUEST, None)
@@ -112,8 +126,9 @@ def test_bad_keys_are_status_4(server: Server, room_name: str) -> None:
 
 
 def test_keys_in_a_plain_room_change_nothing(server: Server, room_name: str) -> None:
-    request = encode_request(Operation.CREATE, room_name, "alice", framing=Framing.OCM1,
-                             keys=KEYS)
+    request = encode_request(
+        Request.of(Operation.CREATE, room_name,
+            RequestBody("alice", framing=Framing.OCM1, keys=KEYS)))
     response, complete = tcrp_exchange(H, server.tcp_port, request)
     assert response.status == Status.OK and complete is not None
     assert response.details is not None and not response.details.e2e

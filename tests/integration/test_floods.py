@@ -3,7 +3,7 @@
 The floods run in a separate process (tests/stress/floodgen.py) so that their CPU and GIL
 stay out of the measurement of the legitimate traffic, which runs here. Every address is
 on loopback; every flood stops by itself. Each test prints its figures (``-s`` shows
-them); docs/security.md quotes them.
+them); docs/bench/security.json has them.
 
 Sizes: ``OCM_FLOOD_DATAGRAMS`` (default 200,000) sets the random-datagram flood; ``make
 chaos`` runs it with the full 1,000,000.
@@ -32,7 +32,7 @@ from tests.stress.tools import (
     wait_for,
 )
 from wire.codes import Operation, Status
-from wire.tcrp import encode_request
+from wire.tcrp import Request, RequestBody, encode_request
 
 H = "127.0.0.1"
 JOIN_P99_LIMIT_MS = 50.0
@@ -76,7 +76,7 @@ def percentile(values: list[float], p: float) -> float:
 def timed_join(srv: Server, i: int) -> float:
     """One legitimate TCRP join from 127.0.0.1; its latency in ms (connect to token)."""
     op = Operation.CREATE if i % 50 == 0 else Operation.JOIN
-    request = encode_request(op, f"legit-{i // 50}", f"user-{i}")
+    request = encode_request(Request.of(op, f"legit-{i // 50}", RequestBody(f"user-{i}")))
     start = time.perf_counter()
     response, complete = exchange(H, srv.tcp_port, request)
     took = (time.perf_counter() - start) * 1000
@@ -169,7 +169,7 @@ def test_random_datagram_flood_while_a_room_chats() -> None:
         admin = admin_address(srv.wait_log(r"admin http=").string)
         assert admin is not None
         # alice only listens: her keepalive proves her port, or a registered port that
-        # never spoke would get only UNPROVEN_MAX_DELIVERIES datagrams (protocol.md §4 (h)).
+        # never spoke would get only UNPROVEN_MAX_DELIVERIES datagrams (protocol.md §4 (j)).
         alice = join(H, srv.tcp_port, Operation.CREATE, "flooded", "alice", bind="keepalive")
         bob = join(H, srv.tcp_port, Operation.JOIN, "flooded", "bob")
         assert alice.recv_text() == "bob がチャットルームに参加しました"

@@ -30,7 +30,7 @@ from tests.stress.tools import (
 from wire.codes import Operation, Status
 from wire.limits import TCRP_PAYLOAD_SIZE_BYTES
 from wire.stage1 import encode_stage1
-from wire.tcrp import MAX_PAYLOAD_SIZE_FIELD, Response, encode_request
+from wire.tcrp import MAX_PAYLOAD_SIZE_FIELD, Request, RequestBody, Response, encode_request
 from wire.tcrp_client import ClientExchange, ConnectionClosed
 
 H = "127.0.0.1"
@@ -53,7 +53,8 @@ def create(srv: Server, room: str, user: str = "host", bind_ip: str = H,
 
 def request_status(srv: Server, op: Operation, room: str, user: str,
                    password: str | None = None, bind_ip: str = H) -> int:
-    return status_of(H, srv.tcp_port, encode_request(op, room, user, password), bind_ip)
+    return status_of(H, srv.tcp_port, encode_request(
+        Request.of(op, room, RequestBody(user, password))), bind_ip)
 
 
 def closed_without_answer(sock: socket.socket, timeout: float) -> float:
@@ -117,7 +118,7 @@ def test_whole_request_deadline_disconnects_slow_clients() -> None:
         assert 0.8 <= took < 5.0, took
         # Slowloris: one byte every 0.2 s keeps the connection busy but never finishes
         # the request; the deadline counts from the connect, not from the last byte.
-        request = encode_request(Operation.CREATE, "slow", "alice")
+        request = encode_request(Request.of(Operation.CREATE, "slow", RequestBody("alice")))
         with socket.create_connection((H, srv.tcp_port), timeout=10) as slow:
             started = time.monotonic()
             slow.settimeout(0.2)
@@ -148,7 +149,8 @@ def test_concurrent_connections_per_ip() -> None:
                 assert closed_without_answer(ninth, 10.0) < ANSWER_AT_ONCE_S
             # A join from the same IP is refused the same way (no answer)...
             with pytest.raises(ConnectionError):
-                exchange(H, srv.tcp_port, encode_request(Operation.CREATE, "cap", "alice"))
+                exchange(H, srv.tcp_port, encode_request(
+                    Request.of(Operation.CREATE, "cap", RequestBody("alice"))))
             # ... while another IP has its own budget.
             assert request_status(srv, Operation.CREATE, "cap", "bob", bind_ip=H2) == Status.OK
             for sock in held[:3]:
@@ -208,23 +210,24 @@ def test_missing_password_is_not_a_failed_attempt_and_limits_say_when() -> None:
         create(srv, "vault", password="right")
         for i, missing in enumerate([None, "", None, None]):
             response, _ = tcrp_exchange(H, srv.tcp_port, encode_request(
-                Operation.JOIN, "vault", f"m{i}", missing))
+                Request.of(Operation.JOIN, "vault", RequestBody(f"m{i}", missing))))
             assert response.status == Status.INVALID_PASSWORD
             assert response.error == "this room needs a password"
         for i in range(2):
             response, _ = tcrp_exchange(H, srv.tcp_port, encode_request(
-                Operation.JOIN, "vault", f"g{i}", f"wrong{i}"))
+                Request.of(Operation.JOIN, "vault", RequestBody(f"g{i}", f"wrong{i}"))))
             assert (response.status, response.error) == (Status.INVALID_PASSWORD,
                                                          "wrong password")
         response, _ = tcrp_exchange(H, srv.tcp_port, encode_request(
-            Operation.JOIN, "vault", "bob", "right"))
+            Request.of(Operation.JOIN, "vault", RequestBody("bob", "right"))))
         assert response.status == Status.RATE_LIMITED
         match = re.fullmatch(r"too many wrong passwords for this room from your address; "
                              r"retry in (\d+) s", response.error)
         assert match and 25 <= int(match[1]) <= 30, response.error
     with start_server("--conn-rate-per-ip", "2", workers=1) as srv:
         errors = [tcrp_exchange(H, srv.tcp_port, encode_request(
-            Operation.JOIN, "nowhere", f"u{i}"))[0].error for i in range(4)]
+            Request.of(Operation.JOIN, "nowhere",
+                RequestBody(f"u{i}"))))[0].error for i in range(4)]
         assert re.fullmatch(r"too many requests from your address; retry in 1 s",
                             errors[-1]), errors
 
@@ -364,7 +367,8 @@ def test_tokens_are_long_printable_and_never_repeat() -> None:
         def member(i: int) -> bytes:
             room, user = f"tok-{i // 100}", f"user-{i}"
             op = Operation.CREATE if i % 100 == 0 else Operation.JOIN
-            response, complete = exchange(H, srv.tcp_port, encode_request(op, room, user))
+            response, complete = exchange(H, srv.tcp_port, encode_request(
+                Request.of(op, room, RequestBody(user))))
             assert response.status == Status.OK and complete is not None
             return complete.token
 

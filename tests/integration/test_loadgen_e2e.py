@@ -250,4 +250,4 @@ def test_make_bench_pipeline_quick(tmp_path: Path) -> None:
         assert run["relay_latency_ms"]["p99"] is not None, key
     assert "| server | in/s | out/s | lost |" in proc.stdout
     assert "relay p99" in proc.stdout
-    assert not (docs / "benchmarks.md").exists()  # --quick writes no docs
+    assert not (docs / "performance.md").exists()  # --quick writes no docs

@@ -60,7 +60,7 @@ def test_make_bench_e2e_pipeline_on_a_tiny_profile(tmp_path: Path) -> None:
     section written into a copy of the docs, in place of the old one."""
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "benchmarks.md").write_text(
+    (docs / "performance.md").write_text(
         f"# Benchmarks\n\n{e2e_compare.SECTION}\n\nold\n\n## Wire codecs\n\ntheirs\n")
     proc = subprocess.run(
         [sys.executable, "-m", "tests.bench.e2e_compare", "--pairs", "1", "--rooms", "3",
@@ -73,8 +73,12 @@ def test_make_bench_e2e_pipeline_on_a_tiny_profile(tmp_path: Path) -> None:
     assert (plain["options"]["e2e"], plain["options"]["framing"]) == (False, "ocm1")
     assert plain["accounting"] == e2e["accounting"] == ["python"]
     assert e2e["options"]["e2e"] and e2e["result"]["counts"]["e2e_verified"] > 0
-    text = (docs / "benchmarks.md").read_text()
+    text = (docs / "performance.md").read_text()
     assert "old" not in text and text.endswith("## Wire codecs\n\ntheirs\n")
-    assert "| 1 | plain rooms (ocm1) | 100.000 % |" in text
-    assert "| 1 | encrypted rooms | 100.000 % |" in text
+    assert "| 1 | plain rooms (ocm1) |" not in text  # each run: in the data file
+    assert "[bench/e2e.json](bench/e2e.json)" in text
     assert "| end-to-end p99 |" in text and "3 rooms × 3 users × 2 msg/s" in text
+    data = orjson.loads((docs / "bench" / "e2e.json").read_bytes())
+    rows = next(t["rows"] for t in data["tables"] if t["columns"][:2] == ["run", "rooms"])
+    assert [r[:3] for r in rows] == [["1", "plain rooms (ocm1)", "100.000 %"],
+                                     ["1", "encrypted rooms", "100.000 %"]]

@@ -94,9 +94,12 @@ def _ctl(conf: Path, *args: str) -> str:
 
 def test_supervisord_runs_reloads_and_drains_the_service(tmp_path: Path) -> None:
     conf = _supervisord_copy(tmp_path)
+    # The file's admin_port is the one under test: the session's OCM_ADMIN_PORT
+    # (tests/conftest.py) would override it.
+    env = {key: value for key, value in os.environ.items() if key != "OCM_ADMIN_PORT"}
     proc = subprocess.Popen([str(BIN / "supervisord"), "-c", str(conf)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, cwd=tmp_path)
+                            start_new_session=True, cwd=tmp_path, env=env)
     out = LinePipe(proc)
     try:
         tcp_port = int(out.wait(r"ready tcp=127\.0\.0\.1:(\d+) ")[1])

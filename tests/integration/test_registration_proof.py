@@ -1,5 +1,5 @@
 """Registration-port amplification: a registered port must prove itself before it gets
-more than a small, fixed number of datagrams (docs/protocol.md §4 (h)).
+more than a small, fixed number of datagrams (docs/protocol.md §4 (j)).
 
 The attack: 300 joins from one IP, each registering the port of a co-located socket (a
 victim behind the same NAT) that never sends anything; then the attacker chats. Without

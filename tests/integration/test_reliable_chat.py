@@ -16,15 +16,22 @@ import pytest
 
 from client import link as link_module
 from client.link import Resumed, RoomLink
-from client.session import join_room
+from client.session import Joined, TcrpTarget, join_room
 from tests.integration.harness import Server, start_server
 from tests.integration.lossy import Loss, require_nft
 from tests.integration.test_client_script import Client, clients, room_of
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation
+from wire.tcrp import Request, RequestBody
 
 __all__ = ["clients"]
 H = "127.0.0.1"
+
+
+def join(server: Server, operation: Operation, room: str, user: str) -> Joined:
+    """Join as ocm-chat does: asking for ocm1r."""
+    return join_room(TcrpTarget(H, server.tcp_port), Request.of(
+        operation, room, RequestBody(user, framing=Framing.OCM1R)))
 
 LINES = 100
 
@@ -88,12 +95,10 @@ def test_a_client_moved_to_a_new_address_resumes_with_nothing_lost(server: Serve
                                                                    room_name: str) -> None:
     async def scenario() -> None:
         seen: dict[str, list[str]] = {"alice": [], "bob": []}
-        alice_joined = await asyncio.to_thread(join_room, H, server.tcp_port, Operation.CREATE,
-                                               room_name, "alice", reliable=True)
+        alice_joined = await asyncio.to_thread(join, server, Operation.CREATE, room_name, "alice")
         alice = RoomLink(alice_joined, lambda line: seen["alice"].append(line.plain()))
         await alice.open()
-        bob_joined = await asyncio.to_thread(join_room, H, server.tcp_port, Operation.JOIN,
-                                             room_name, "bob", reliable=True)
+        bob_joined = await asyncio.to_thread(join, server, Operation.JOIN, room_name, "bob")
         assert bob_joined.details.framing is Framing.OCM1R and bob_joined.details.resume
         bob = RoomLink(bob_joined, lambda line: seen["bob"].append(line.plain()))
         outcomes: list[Resumed] = []
@@ -154,12 +159,10 @@ def test_a_client_whose_path_went_silent_resumes_by_itself(server: Server, room_
 
     async def scenario() -> None:
         seen: list[str] = []
-        host_joined = await asyncio.to_thread(join_room, H, server.tcp_port,
-                                              Operation.CREATE, room_name, "alice", reliable=True)
+        host_joined = await asyncio.to_thread(join, server, Operation.CREATE, room_name, "alice")
         alice = RoomLink(host_joined, lambda line: None)
         await alice.open()
-        joined = await asyncio.to_thread(join_room, H, server.tcp_port, Operation.JOIN,
-                                         room_name, "bob", reliable=True)
+        joined = await asyncio.to_thread(join, server, Operation.JOIN, room_name, "bob")
         bob = RoomLink(joined, lambda line: seen.append(line.plain()))
         bob.resume_source = "127.0.0.3"
         states: list[bool] = []

@@ -58,7 +58,7 @@ def unreachable() -> Iterator[None]:
 def test_a_member_whose_sends_fail_is_evicted(sendmmsg: str, hot_path: str,
                                               request: pytest.FixtureRequest) -> None:
     with start_server("--max-send-failures", str(MAX_SEND_FAILURES), "--admin-port", "0",
-                      workers=1, env={"OCM_RELAY_SENDMMSG": sendmmsg,
+                      "--log-level", "debug", workers=1, env={"OCM_RELAY_SENDMMSG": sendmmsg,
                                       "OCM_RELAY_HOT_PATH": hot_path}) as srv:
         admin = admin_address(srv)
         wait_until(lambda: scrape(admin).get(

@@ -9,7 +9,7 @@ worker 0 missed its pings and was killed, and a room on it lost messages. Now th
 cap, the per-address rate and the fan-out budget (per loop turn and per second) keep room
 chat flowing: every
 probe message on both workers arrives, no worker restarts. The latency figures printed
-here are in docs/security.md; the test asserts no timing.
+here are in docs/bench/security.json; the test asserts no timing.
 """
 
 from __future__ import annotations

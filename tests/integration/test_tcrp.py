@@ -11,7 +11,7 @@ from tests.integration.harness import Server, start_server
 from tests.integration.peer import JoinRefused, join, tcrp_exchange
 from wire.codes import Framing, Operation, Status
 from wire.limits import max_message_bytes
-from wire.tcrp import encode_frame, encode_legacy_request, encode_request
+from wire.tcrp import Request, RequestBody, encode_frame, encode_legacy_request, encode_request
 
 H = "127.0.0.1"
 
@@ -41,7 +41,8 @@ def test_create_then_join_ok_with_details_and_token(server: Server, room_name: s
 def test_state1_and_state2_echo_operation_and_room(server: Server, room_name: str) -> None:
     raw = room_name.encode()
     response, complete = tcrp_exchange(H, server.tcp_port,
-                                       encode_request(Operation.CREATE, raw, "alice"))
+                                       encode_request(
+                                           Request.of(Operation.CREATE, raw, RequestBody("alice"))))
     assert response.operation == Operation.CREATE and response.room_raw == raw
     assert complete is not None and complete.operation == 1 and complete.room_raw == raw
 
@@ -132,7 +133,7 @@ def test_invalid_requests(server: Server, request_bytes: bytes, status: Status) 
 
 
 def test_request_in_many_segments(server: Server, room_name: str) -> None:
-    request = encode_request(Operation.CREATE, room_name, "alice")
+    request = encode_request(Request.of(Operation.CREATE, room_name, RequestBody("alice")))
     with socket.create_connection((H, server.tcp_port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(len(request)):
@@ -151,7 +152,8 @@ def test_room_full_and_incomplete_request_timeout() -> None:
             join(H, srv.tcp_port, Operation.JOIN, "full", "carol")
         assert exc.value.status == Status.ROOM_FULL
         with socket.create_connection((H, srv.tcp_port), timeout=10) as sock:
-            sock.sendall(encode_request(Operation.JOIN, "full", "dave")[:20])
+            sock.sendall(encode_request(
+                Request.of(Operation.JOIN, "full", RequestBody("dave")))[:20])
             sock.settimeout(10)
             try:
                 assert sock.recv(100) == b""  # closed by the server, nothing answered
@@ -161,8 +163,8 @@ def test_room_full_and_incomplete_request_timeout() -> None:
 
 def test_max_payload_flag() -> None:
     with start_server("--max-payload", "64", workers=1) as srv:
-        small = encode_request(Operation.CREATE, "r", "a" * 30)
-        big = encode_request(Operation.CREATE, "r2", "a" * 60)
+        small = encode_request(Request.of(Operation.CREATE, "r", RequestBody("a" * 30)))
+        big = encode_request(Request.of(Operation.CREATE, "r2", RequestBody("a" * 60)))
         assert tcrp_exchange(H, srv.tcp_port, small)[0].status == Status.OK
         assert tcrp_exchange(H, srv.tcp_port, big)[0].status == Status.TOO_LARGE
 

@@ -85,7 +85,7 @@ def canary_rooms(srv: Server, n: int) -> list[tuple[Peer, Peer]]:
     for i in range(n):
         host = join(H, srv.tcp_port, Operation.CREATE, f"canary-{i}", "host")
         guest = join(H, srv.tcp_port, Operation.JOIN, f"canary-{i}", "guest")
-        guest.send(b"")  # it only listens: prove its registered port (protocol.md §4 (h))
+        guest.send(b"")  # it only listens: prove its registered port (protocol.md §4 (j))
         host.recv_text()  # joined
         rooms.append((host, guest))
     return rooms

@@ -128,7 +128,7 @@ def make_probes(srv: Server, workers: int, prefix: str = "probe") -> list[Probe]
         if worker in probes:
             spare.append(host)
             continue
-        host.send(b"")  # it only listens: prove its registered port (protocol.md §4 (h))
+        host.send(b"")  # it only listens: prove its registered port (protocol.md §4 (j))
         sender = join(H, srv.tcp_port, Operation.JOIN, name, "probe-sender")
         host.recv_text()  # the joined notice
         probes[worker] = Probe(name, worker, host, sender)

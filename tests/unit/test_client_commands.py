@@ -41,3 +41,10 @@ def test_help_names_every_command_and_the_limit() -> None:
     global_chat = "\n".join(help_lines(99, room_mode=False))
     assert "/who" not in global_chat and "/verify" not in global_chat
     assert "leave global chat" in global_chat
+
+
+def test_help_descriptions_line_up_in_one_column() -> None:
+    for room_mode in (True, False):
+        rows = [line for line in help_lines(50, room_mode) if line.startswith("  /")]
+        columns = {len(line) - len(line[2:].split("  ", 1)[1].lstrip()) for line in rows}
+        assert len(rows) >= 3 and len(columns) == 1, rows

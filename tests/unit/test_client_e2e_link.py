@@ -21,7 +21,7 @@ from client.session import Joined, TcrpTarget
 from wire.chat import Notice, encode_chat, encode_framed_notice
 from wire.codes import Framing, NoticeEvent
 from wire.e2e import E2EDelivery, Kind, MemberInfo, decode_route, encode_delivery
-from wire.tcrp import Details
+from wire.tcrp import Details, Request, RequestBody
 
 H = "127.0.0.1"
 TIMEOUT_S = 10.0
@@ -216,8 +216,9 @@ def test_create_e2e_on_a_server_without_encrypted_rooms_fails_and_leaves() -> No
     thread.start()
     try:
         with pytest.raises(JoinFailed, match="plain room, not an encrypted one"):
-            join_room(H, listener.getsockname()[1], Operation.CREATE, "r", "alice",
-                      keys=ALICE.public(), e2e=True)
+            join_room(TcrpTarget(H, listener.getsockname()[1]),
+                Request.of(Operation.CREATE, "r",
+                    RequestBody("alice", keys=ALICE.public(), e2e=True)))
         data = udp.recv(65536)
         assert data == bytes((1, len(TOKEN))) + b"r" + TOKEN + b"/exit"
     finally:

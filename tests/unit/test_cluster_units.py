@@ -1,24 +1,34 @@
-"""Cluster mode without sockets: the link's framing and MAC, placement, secret, config."""
+"""Cluster mode without sockets: the link's messages, framing and MAC, placement, secret,
+config."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import pytest
 
 from control import clusterlink as link
-from control.cluster import NodeInfo, load_secret, pick_node
+from control.clusterleases import NodeInfo, pick_node
+from control.clusterroute import load_secret
 from control.config import Config, ConfigError, load
-from wire.e2e import PublicKeys
+from wire.codes import Framing, Operation, Status
+from wire.e2e import MemberInfo, PublicKeys
 from wire.limits import MAX_E2E_MEMBERS
+from wire.tcrp import Details, Request, RequestBody
 
 SECRET = b"0123456789abcdef-secret"
 NONCE = bytes(range(16))
-REQUEST = link.ForwardedRequest(1, "room", "alice", None, "ocm1", "127.0.2.1", "B")
+KEYS = PublicKeys(bytes(range(32)), bytes(range(32, 64)))
+REQUEST = link.Forward(Operation.CREATE, "room", RequestBody("alice", None, Framing.OCM1),
+                       "127.0.2.1", "B")
+
+
+def body_of(message: link.Message) -> bytes:
+    frame = link.encode(message)
+    assert link.frame_length(frame[:4]) == len(frame) - 4
+    return frame[4:]
 
 
 def test_mac_verifies_only_the_same_secret_nonce_and_body() -> None:
-    body = link.encode_frame(REQUEST.to_json())[link.LENGTH.size:]
+    body = body_of(REQUEST)
     mac = link.sign(SECRET, NONCE, body)
     assert len(mac) == link.MAC_BYTES
     assert link.verify(SECRET, NONCE, body, mac)
@@ -28,44 +38,137 @@ def test_mac_verifies_only_the_same_secret_nonce_and_body() -> None:
     assert SECRET not in body and SECRET not in mac
 
 
-def test_frames_round_trip_and_are_bounded() -> None:
-    frame = link.encode_frame({"port": 5000})
-    assert link.frame_length(frame[:4]) == len(frame) - 4
-    assert link.decode_body(frame[4:]) == {"port": 5000}
+# The bytes on the link, declared once per message: each vector is what ``encode`` writes
+# (after the 4-byte length) and what the decoder reads back into the same value.
+VECTORS: list[tuple[link.Message, bytes]] = [
+    (link.Hello(NONCE), b'{"nonce":"000102030405060708090a0b0c0d0e0f"}'),
+    (REQUEST, b'{"op":1,"room":"room","ip":"127.0.2.1","origin":"B","user":"alice",'
+              b'"password":null,"framing":"ocm1","keys":null,"e2e":false,"resume":null}'),
+    (link.Forward(Operation.JOIN, "r", RequestBody("bob", "pw", Framing.PLAIN, KEYS, True),
+                  "127.0.2.2", "C"),
+     b'{"op":2,"room":"r","ip":"127.0.2.2","origin":"C","user":"bob","password":"pw",'
+     b'"framing":"plain","keys":{"x25519":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",'
+     b'"ed25519":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="},"e2e":true,'
+     b'"resume":null}'),
+    (link.RelayRequest(b"AbToken", "127.0.3.1", "A"),
+     b'{"kind":"relay","token":"AbToken","ip":"127.0.3.1","origin":"A"}'),
+    (link.MembersQuery("r", b"AbToken", "127.0.3.1", "A"),
+     b'{"kind":"members","room":"r","token":"AbToken","ip":"127.0.3.1","origin":"A"}'),
+    (link.Registration(5000), b'{"port":5000}'),
+    (link.Refused(Status.ROOM_NOT_FOUND, "no such member"),
+     b'{"status":2,"error":"no such member"}'),
+    (link.Granted(Details(9001, True, 1000, 30.0, Framing.PLAIN, udp_host="127.0.1.2"),
+                  b"AbToken"),
+     b'{"status":0,"details":{"udp_port":9001,"host":true,"max_message":1000,'
+     b'"inactivity_timeout":30.0,"framing":"plain","udp_host":"127.0.1.2"},'
+     b'"token":"AbToken"}'),
+    (link.Accepted(), b'{"status":0}'),
+    (link.MemberList((MemberInfo("alice", True, KEYS), MemberInfo("bob", False, None))),
+     b'{"status":0,"members":[{"user":"alice","host":true,"keys":{"x25519":'
+     b'"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","ed25519":'
+     b'"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}},{"user":"bob","host":false}]}'),
+]
+
+
+def decoded(message: link.Message, body: bytes) -> object:
+    if isinstance(message, (link.Forward, link.RelayRequest, link.MembersQuery)):
+        return link.decode_request(body)
+    if isinstance(message, (link.Granted, link.Accepted, link.MemberList)):
+        return link.decode_reply(body, type(message))  # type: ignore[type-var]
+    if isinstance(message, link.Refused):
+        return link.decode_reply(body, link.Accepted)
+    return link.decode(body, type(message))
+
+
+@pytest.mark.parametrize(("message", "body"), VECTORS, ids=lambda v: type(v).__name__)
+def test_link_messages_round_trip_through_their_bytes(message: link.Message,
+                                                      body: bytes) -> None:
+    assert body_of(message) == body
+    assert decoded(message, body) == message
+
+
+def test_a_forward_carries_the_request_as_one_value() -> None:
+    request = Request(Operation.JOIN, "r", b"r", RequestBody("bob", "pw", Framing.OCM1, KEYS))
+    forward = link.Forward.of(request, "127.0.2.9", "A")
+    assert forward.body is request.body
+    assert link.decode_request(body_of(forward)).request() == request  # type: ignore[union-attr]
+
+
+def test_an_older_nodes_frame_decodes_with_the_defaults() -> None:
+    """A forward without ``keys``/``e2e``, a request or reply with keys added later."""
+    old = b'{"op":1,"room":"room","user":"alice","password":null,"framing":"ocm1",' \
+          b'"ip":"127.0.2.1","origin":"B","later":1}'
+    assert link.decode_request(old) == REQUEST
+    assert link.decode_reply(b'{"status":0,"extra":[]}', link.Accepted) == link.Accepted()
+
+
+@pytest.mark.parametrize("body", [
+    b'{not json', b'[1, 2]', b'{"op":1}', b'{"kind":"nope"}',
+    b'{"op":1,"room":"r","user":"a","password":5,"framing":"ocm1","ip":"i","origin":"o"}',
+    b'{"op":7,"room":"r","user":"a","password":null,"framing":"ocm1","ip":"i","origin":"o"}',
+    b'{"op":true,"room":"r","user":"a","framing":"ocm1","ip":"i","origin":"o"}',
+    b'{"op":1,"room":"r","user":"a","framing":"x","ip":"i","origin":"o"}',
+    b'{"op":1,"room":"r","user":"a","framing":"ocm1","ip":"i","origin":"o","e2e":1}',
+    b'{"op":1,"room":"r","user":"a","framing":"ocm1","ip":"i","origin":"o",'
+    b'"keys":{"x25519":"AAEC"}}',
+    b'{"op":1,"room":"r","user":"a","framing":"ocm1","ip":"i","origin":"o","keys":[]}',
+    rb'{"kind":"relay","token":"t\u00e9","ip":"i","origin":"o"}',
+    b'{"kind":"members","room":"r","token":"t","ip":"i"}',
+])
+def test_malformed_requests_are_link_errors(body: bytes) -> None:
+    with pytest.raises(link.LinkError):
+        link.decode_request(body)
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"status":0}', link.Granted),
+    (b'{"status":0,"details":{"udp_port":1},"token":"t"}', link.Granted),
+    (b'{"status":0,"members":[{"user":5}]}', link.MemberList),
+    (b'{"status":99,"error":"x"}', link.Accepted),
+    (b'{"status":"0"}', link.Accepted),
+    (b'{"status":0.0,"error":"x"}', link.Accepted),
+    (b'{"error":"x"}', link.Accepted),
+])
+def test_malformed_replies_are_link_errors(body: bytes, expected: type[link.R]) -> None:
+    with pytest.raises(link.LinkError):
+        link.decode_reply(body, expected)
+
+
+def test_hello_and_registration_are_checked() -> None:
+    for body, cls in ((b'{"nonce":"zz"}', link.Hello), (b'{"nonce":1}', link.Hello),
+                      (b'{"port":"5000"}', link.Registration), (b'{}', link.Registration)):
+        with pytest.raises(link.LinkError):
+            link.decode(body, cls)
+
+
+def test_frames_are_bounded() -> None:
     with pytest.raises(link.LinkError):
         link.frame_length((link.MAX_LINK_FRAME_BYTES + 1).to_bytes(4, "big"))
     with pytest.raises(link.LinkError):
-        link.encode_frame({"x": "y" * link.MAX_LINK_FRAME_BYTES})
-    with pytest.raises(link.LinkError):
-        link.decode_body(b"{not json")
-
-
-def test_forwarded_request_round_trip_and_types() -> None:
-    assert link.ForwardedRequest.from_json(REQUEST.to_json()) == REQUEST
-    with pytest.raises(link.LinkError):
-        link.ForwardedRequest.from_json({"op": 1})
-    with pytest.raises(link.LinkError):
-        link.ForwardedRequest.from_json({**REQUEST.to_json(), "password": 5})
-    with pytest.raises(link.LinkError):
-        link.ForwardedRequest.from_json([1, 2])
-
-
-def test_forwarded_request_carries_keys_and_e2e() -> None:
-    """docs/e2e.md §2.1 across nodes: the owner sees the member's keys and the create's
-    ``e2e`` flag; a frame of an older node (neither key) still decodes."""
-    keys = PublicKeys(bytes(range(32)), bytes(range(32, 64)))
-    e2e = replace(REQUEST, keys=keys, e2e=True)
-    obj = e2e.to_json()
-    assert obj["keys"] == keys.to_json() and obj["e2e"] is True
-    assert link.ForwardedRequest.from_json(obj) == e2e
-    assert "keys" not in REQUEST.to_json() and "e2e" not in REQUEST.to_json()
-    for bad in ({**obj, "e2e": 1}, {**obj, "keys": {"x25519": "AAEC"}}, {**obj, "keys": []}):
-        with pytest.raises(link.LinkError):
-            link.ForwardedRequest.from_json(bad)
-    members = [{"user": f"u{i:03d}", "host": i == 0, "keys": keys.to_json()}
-               for i in range(MAX_E2E_MEMBERS)]
-    frame = link.encode_frame({"status": 0, "members": members})  # the largest member list
+        link.encode(link.Refused(Status.INTERNAL_ERROR, "y" * link.MAX_LINK_FRAME_BYTES))
+    members = tuple(MemberInfo(f"u{i:03d}", i == 0, KEYS) for i in range(MAX_E2E_MEMBERS))
+    frame = link.encode(link.MemberList(members))  # the largest member list
     assert link.frame_length(frame[:4]) == len(frame) - 4
+
+
+def test_the_largest_requests_fit_the_limit_read_before_the_mac() -> None:
+    """Every field at its largest, every character JSON-escaped: under 8 KiB; the owner
+    refuses a longer announced length from the header alone."""
+    escaped = "\x01" * 255  # 6 bytes each as JSON
+    ip = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+    origin = "n" * 64
+    largest = (
+        link.Forward(Operation.CREATE, escaped, RequestBody(escaped, escaped, Framing.OCM1,
+                                                            KEYS, True), ip, origin),
+        link.MembersQuery(escaped, b"t" * 255, ip, origin),
+        link.RelayRequest(b"t" * 255, ip, origin),
+        link.Registration(65535))
+    for message in largest:
+        frame = link.encode(message)
+        assert link.frame_length(frame[:4], link.MAX_REQUEST_FRAME_BYTES) == len(frame) - 4
+    with pytest.raises(link.LinkError):
+        link.frame_length((link.MAX_REQUEST_FRAME_BYTES + 1).to_bytes(4, "big"),
+                          link.MAX_REQUEST_FRAME_BYTES)
 
 
 def node(node_id: str, members: int, rooms: int = 0) -> NodeInfo:
@@ -111,9 +214,7 @@ def test_cluster_settings_from_flags_and_env() -> None:
         load(["--cluster-lease", "0"], {})
 
 
-def test_forwarded_request_carries_a_resume_secret() -> None:
-    resumed = replace(REQUEST, framing="ocm1r", resume="s" * 32)
-    assert link.ForwardedRequest.from_json(resumed.to_json()) == resumed
-    assert "resume" not in REQUEST.to_json()
-    with pytest.raises(link.LinkError):
-        link.ForwardedRequest.from_json({**REQUEST.to_json(), "resume": 5})
+def test_a_forward_carries_a_resume_secret() -> None:
+    body = RequestBody("bob", None, Framing.OCM1R, resume="s" * 32)
+    forward = link.Forward(Operation.JOIN, "r", body, "127.0.2.9", "A")
+    assert link.decode_request(body_of(forward)) == forward

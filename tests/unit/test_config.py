@@ -13,6 +13,7 @@ from control import __main__ as entry
 from control import config as cm
 from control.config import LIVE_FIELDS, Config, ConfigError, load, load_with_sources
 from relay.ipc import WorkerSettings
+from runtime import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_ENV: dict[str, str] = {}
@@ -61,14 +62,14 @@ def test_live_fields_are_exactly_the_reloadable_ones() -> None:
         "max_send_failures", "log_level", "max_conns_per_ip", "conn_rate_per_ip",
         "max_password_failures", "password_failure_window", "max_rooms_per_ip",
         "kdf_rate_per_ip", "kdf_concurrency_per_ip", "kdf_queue",
-        "chat_rate", "chat_burst", "relay_sendmmsg",
+        "chat_rate", "chat_burst", "relay_sendmmsg", "log_summary_interval",
     }
 
 
 def test_every_field_has_help() -> None:
     for f in dataclasses.fields(Config):
-        assert f.metadata["help"], f.name
-        assert isinstance(f.metadata["live"], bool), f.name
+        assert settings.meta(f).help, f.name
+        assert isinstance(settings.meta(f).live, bool), f.name
 
 
 def test_worker_settings_and_the_reload_command() -> None:

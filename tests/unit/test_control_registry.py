@@ -111,6 +111,11 @@ def test_encrypted_room_keys_member_lists_and_limit() -> None:
         with pytest.raises(RegistryError) as exc:
             reg.member_for("r", token, ip)
         assert exc.value.status == Status.INVALID_REQUEST
+    bob.ip = "127.0.1.2"  # relayed through a cluster node: its datagrams come from there
+    assert reg.member_for("r", bob.token, "127.0.0.1") is bob  # still its holder's IP
+    with pytest.raises(RegistryError):
+        reg.member_for("r", bob.token, "127.0.1.2")  # the relay's address proves nothing
+    assert bob.issued_ip == "127.0.0.1"
     for i in range(MAX_E2E_MEMBERS - 2):
         reg.join(room, f"u{i}", "127.0.0.1", Framing.OCM1, 1000, keys)
     with pytest.raises(RegistryError) as exc:

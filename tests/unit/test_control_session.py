@@ -15,10 +15,10 @@ from control.session import (
 )
 from wire import errors
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import NEED_DATA, Details, Request, encode_request
+from wire.tcrp import NEED_DATA, Details, Request, RequestBody, encode_request
 from wire.tcrp_client import ClientExchange
 
-REQ = encode_request(Operation.JOIN, "room", "bob", None, Framing.OCM1)
+REQ = encode_request(Request.of(Operation.JOIN, "room", RequestBody("bob", framing=Framing.OCM1)))
 DETAILS = Details(9001, False, 4000, 300.0, Framing.OCM1)
 TOKEN = b"B" + b"t" * 32
 

@@ -10,29 +10,40 @@ import pytest
 from client import render
 from client.e2e.identity import IdentityKeys, fingerprint
 from client.gui import models
-from client.gui.models import ConnectRequest, Entry, Field, Unread
+from client.gui.models import ConnectRequest, Entry, Unread
 from client.keystore import Trust
+from client.refusals import Field
 from wire.codes import Operation, Status
 from wire.e2e import MemberInfo
 
 
-@pytest.mark.parametrize(("status", "sent", "field", "text"), [
-    (Status.INVALID_PASSWORD, True, Field.PASSWORD, "Wrong password."),
-    (Status.INVALID_PASSWORD, False, Field.PASSWORD,
-     "This room is protected by a password: enter it."),
-    (Status.ROOM_NOT_FOUND, False, Field.ROOM, "Room not found. Check the name, or create it."),
-    (Status.ROOM_EXISTS, False, Field.ROOM,
-     "A room with this name already exists. Join it, or pick another name."),
-    (Status.USERNAME_TAKEN, False, Field.NAME,
-     "Someone in this room already has this name. Pick another."),
-    (Status.UNAVAILABLE, False, Field.SERVER,
+@pytest.mark.parametrize(("status", "sent", "server", "field", "text"), [
+    (Status.INVALID_PASSWORD, True, "wrong password", Field.PASSWORD,
+     "Wrong password for room 'lobby'."),
+    (Status.INVALID_PASSWORD, False, "", Field.PASSWORD,
+     "Room 'lobby' is protected by a password. Enter it."),
+    (Status.ROOM_NOT_FOUND, False, "", Field.ROOM,
+     "There is no room named 'lobby'. Check the name, or create it."),
+    (Status.ROOM_EXISTS, False, "odd", Field.ROOM,
+     "A room named 'lobby' already exists. Join it, or pick another name."),
+    (Status.USERNAME_TAKEN, False, "", Field.NAME,
+     "Someone in 'lobby' is already called 'bob'. Pick another name."),
+    (Status.UNAVAILABLE, False, "", Field.SERVER,
      "The server cannot take rooms right now. Try again later."),
-    (Status.INVALID_REQUEST, False, Field.FORM, "The server refused the request as invalid."),
-    (77, False, Field.FORM, "The server refused (status 77: odd\\x1b)."),
+    (Status.INVALID_REQUEST, False, "", Field.FORM, "The server refused the request as invalid."),
+    (77, False, "odd\x1b", Field.FORM, "The server refused the request (status 77) (odd\\x1b)."),
 ])
-def test_refusal_goes_next_to_its_field(status: Status | int, sent: bool, field: Field,
-                                        text: str) -> None:
-    assert models.refusal(status, sent, "odd\x1b") == (field, text)
+def test_refusal_goes_next_to_its_field(status: Status | int, sent: bool, server: str,
+                                        field: Field, text: str) -> None:
+    assert models.refusal(status, sent, server, room="lobby", user="bob") == (field, text)
+
+
+def test_terminal_and_gui_word_a_refusal_alike() -> None:
+    """One table: the GUI's sentences are the terminal's line, capitalised."""
+    for status in list(Status)[1:]:
+        line = render.refusal_text(status, "", "lobby", "bob")
+        _, text = models.refusal(status, True, "", room="lobby", user="bob")
+        assert text.lower().replace(". ", ": ").rstrip(".") == line.lower()
 
 
 def test_join_failures_say_what_to_do() -> None:
@@ -40,9 +51,8 @@ def test_join_failures_say_what_to_do() -> None:
         "Server unreachable: connection refused")
     assert models.unreachable_text("the server at x made a plain room", reached=True) == (
         "The server at x made a plain room.")
-    assert models.unreachable_text("bad certificate", tls=True).startswith(
-        "No secure connection: bad certificate. If the server's certificate comes from its "
-        "own CA, choose that CA file.")
+    assert models.unreachable_text("bad certificate", tls=True) == (
+        "No secure connection: bad certificate.")
 
 
 def test_validate_before_connecting() -> None:

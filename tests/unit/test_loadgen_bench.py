@@ -1,18 +1,22 @@
-"""make bench: its section of docs/benchmarks.md (only its own, rewritten)."""
+"""make bench: its sections of docs/performance.md (only its own, rewritten) and the full
+results beside it in docs/bench/*.json."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from tests.bench import capacity as bench
-from tests.bench.capacity import CAPACITY_SECTION, HEADLINE_SECTION, replace_sections
+from tests.bench import docsout
+from tests.bench.capacity import CAPACITY_SECTION, HEADLINE_SECTION
+from tests.bench.docsout import replace_sections
 
 MINE = [f"{HEADLINE_SECTION}\n\nnew headline\n", f"{CAPACITY_SECTION}\n\nnew capacity\n"]
 
 
 def test_an_empty_or_missing_file_gets_both() -> None:
-    assert replace_sections("", MINE) == (f"# Benchmarks\n\n{HEADLINE_SECTION}\n\nnew headline"
+    assert replace_sections("", MINE) == (f"# Performance\n\n{HEADLINE_SECTION}\n\nnew headline"
                                           f"\n\n{CAPACITY_SECTION}\n\nnew capacity\n")
 
 
@@ -93,6 +97,29 @@ def test_section_shows_both_latencies_and_both_capacity_searches() -> None:
     assert "**Result: 3 msg/s per user = 10,000 datagrams/s in, 135,000 deliveries/s out**" \
         in capacity
     assert "![p99 against offered load](bench-capacity-loss.png)" in capacity
+    assert "| 3 | 15,000 | 135,000 |" in capacity  # every step, in the full section
+
+
+def test_publish_keeps_the_steps_in_the_data_file_and_out_of_the_page(tmp_path: Path) -> None:
+    """The page gets the summary and a link; docs/bench/NAME.json every table and note."""
+    section = (f"{CAPACITY_SECTION}\n\nresult line\n\n{docsout.FULL_OPEN}\n\n"
+               "- run 1: exit 0\n\nSteps:\n\n| rate | p99 |\n| ---: | ---: |\n"
+               "| 2 | 4.00 |\n| 3 | 80.00 |\n\n"
+               f"{docsout.FULL_CLOSE}\n\n![p99](bench-capacity.png)\n")
+    (tmp_path / "performance.md").write_text(
+        f"# Performance\n\n{CAPACITY_SECTION}\n\nold\n\n## Memory\n\nkept\n")
+    written = docsout.publish(tmp_path, "headline", [section], {"machine": {"nproc": 2}})
+    assert written == [tmp_path / "performance.md", tmp_path / "bench" / "headline.json"]
+    page = (tmp_path / "performance.md").read_text()
+    assert page == (f"# Performance\n\n{CAPACITY_SECTION}\n\nresult line\n\n"
+                    "Every run and step: [bench/headline.json](bench/headline.json).\n\n"
+                    "![p99](bench-capacity.png)\n\n## Memory\n\nkept\n")
+    data = json.loads((tmp_path / "bench" / "headline.json").read_text())
+    assert data["sections"] == [CAPACITY_SECTION.lstrip("# ")]
+    assert data["tables"] == [{"title": "Steps:", "columns": ["rate", "p99"],
+                               "rows": [["2", "4.00"], ["3", "80.00"]]}]
+    assert data["notes"] == ["run 1: exit 0"]
+    assert data["machine"] == {"nproc": 2}
 
 
 def test_encrypted_against_plain_section_has_each_run_the_medians_and_the_ratio() -> None:
@@ -118,3 +145,38 @@ def test_encrypted_against_plain_section_has_each_run_the_medians_and_the_ratio(
     assert "| end-to-end p99 | 4.00 ms | 4.70 ms | 1.175 |" in text  # median of 4.2, 5.2
     assert "| relay p99 | 2.00 ms | 2.10 ms | 1.050 |" in text
     assert "| server CPU | 70 % | 74 % | 1.050 |" in text
+
+
+def test_the_page_has_no_dates_load_averages_or_paths_and_one_link_per_section(
+        tmp_path: Path) -> None:
+    """What make bench writes into docs/performance.md: the summary and the first run's
+    commands; the machine's date, the load average, where the runs wrote and every other
+    run's commands only in docs/bench/headline.json."""
+    head = {"result": _run(3.25, 1.75), "setup": {"joins_per_s": 4321.0}}
+    runs = [_run(4.0, 2.0, rate=2.0), _run(80.0, 30.0, held=False, rate=3.0)]
+    cap = {"result": runs[0], "runs": runs, "capacity": {
+        "rate_per_user": 2.0, "in_per_s": 10000.0, "out_per_s": 90000.0, "slo_p99_ms": 10.0,
+        "slo_loss_pct": 0.1, "limited_by_loadgen": False}}
+    outcomes = {key: bench.Outcome(
+        bench.Scenario(key, label, ["ocm-control"], [], None), "ocm-control --workers 2",
+        f"ocm-loadgen --json /tmp/x/{key}.json --plot /tmp/x/{key}.png --label {label!r} "
+        "--tcp-port $PORT --rooms 500", 0, report, 0.99, [3.25, 3.0, 3.5])
+        for key, label, report in (("ocm2", "first", head), ("ocm1", "second", head),
+                                   ("capacity", "search", cap))}
+    machine = {"date": "2031-01-01 00:00 UTC", "nproc": 2, "cpu_model": "cpu", "kernel": "k",
+               "python": "3.11"}
+    sections = bench.render_sections(outcomes, machine, (7.5, 6.5, 5.5))
+    docsout.publish(tmp_path, "headline", sections,
+                    bench.results(outcomes, machine, (7.5, 6.5, 5.5)))
+    page = (tmp_path / "performance.md").read_text()
+    for absent in ("2031", "7.50", "load average", "/tmp/", docsout.FULL_OPEN,
+                   docsout.FULL_CLOSE, "# second", "--label", "--json"):
+        assert absent not in page, absent
+    assert page.count("[bench/headline.json](bench/headline.json)") == 2  # one per section
+    assert "ocm-loadgen --tcp-port $PORT --rooms 500" in page  # the first run's command
+    data = json.loads((tmp_path / "bench" / "headline.json").read_text())
+    assert data["machine"]["date"] == "2031-01-01 00:00 UTC"
+    assert data["load_before"] == [7.5, 6.5, 5.5]
+    assert data["runs"]["ocm1"]["p99s"] == [3.25, 3.0, 3.5]
+    steps = next(t for t in data["tables"] if t["columns"][0] == "rate/user")
+    assert [row[-1] for row in steps["rows"]] == ["held", "broke"]

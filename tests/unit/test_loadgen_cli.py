@@ -50,7 +50,7 @@ def test_find_capacity_without_slo_gets_the_default_slo() -> None:
     (["--sockets", "nope"], "argument --sockets: invalid choice: 'nope'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--rooms", "0"], "argument --rooms: must be > 0, got 0"),
-    (["--rate", "fast"], "argument --rate: must be a number, got 'fast'"),
+    (["--rate", "fast"], "argument --rate: must be a finite number, got 'fast'"),
     (["--size", "10"], "argument --size: must be >= 44, got 10"),
     (["--step-factor", "1"], "argument --step-factor: must be > 1, got 1"),
     (["--realtime-priority", "100"], "argument --realtime-priority: must be <= 99, got 100"),

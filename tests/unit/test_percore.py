@@ -125,3 +125,28 @@ def test_memory_per_member_is_the_growth_over_the_members() -> None:
     after = {role: dict.fromkeys(KINDS, 1000 + 512 * 100_000)
              for role in ("control", "workers", "tree")}
     assert per_member(before, after, 100_000)["workers"] == dict.fromkeys(KINDS, 512.0)
+
+
+def test_the_page_gets_the_summary_and_the_data_file_every_step(tmp_path: Any) -> None:
+    """``--update-docs``: docs/performance.md gets the ratios and the CPU table, without the
+    date; docs/bench/percore.json gets the step-by-step table and the raw results."""
+    from tests.bench import docsout
+    from tests.bench.percore import SECTION, render
+
+    steps = [step("crelay", 0, 4, True, 0.5, 16.0), step("ocm", 0, 4, True, 9.0, 20.0),
+             step("crelay", 0, 5, True), step("ocm", 0, 5, False)]
+    s = settings(repeat=1)
+    summary = summarise(s, steps)
+    machine = {"date": "2031-01-01 00:00 UTC", "cpu_model": "cpu", "nproc": 2,
+               "kernel": "k", "python": "3.11"}
+    text = render(s, steps, summary, machine, "python -m tests.bench.percore")
+    docsout.publish(tmp_path, "percore", [text], {"machine": machine, "summary": summary})
+    page = (tmp_path / "performance.md").read_text()
+    assert page.startswith(f"# Performance\n\n{SECTION}\n")
+    assert "ocm / crelay" in page and "| relay | worker user |" in page
+    assert "2031" not in page and "Every step" not in page and docsout.FULL_OPEN not in page
+    assert "[bench/percore.json](bench/percore.json)" in page
+    data = json.loads((tmp_path / "bench" / "percore.json").read_text())
+    every = next(t for t in data["tables"] if t["title"].startswith("Every step"))
+    assert [row[0] for row in every["rows"]] == [f"{r:g}" for r in s.rates]
+    assert data["machine"]["date"] == "2031-01-01 00:00 UTC"

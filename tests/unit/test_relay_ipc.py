@@ -87,12 +87,23 @@ def test_frames_split_anywhere_and_batched() -> None:
         assert got == EXAMPLES
 
 
-def test_stats_plain_form_is_the_frame_body() -> None:
+def test_stats_plain_form() -> None:
     body = orjson.loads(ipc.encode(STATS)[4:])
-    assert body == {"t": "stats", **STATS.as_dict()}
-    assert body["received"] == 10 and body["drops"] == {"malformed": 1}
-    assert body["stage1"] == {"clients": 4, "received": 6, "relayed": 5,
-                              "drops": {"too_large": 1}, "evictions": {}}
+    assert body["chat"] == {"received": 10, "relayed": 9, "drops": {"malformed": 1},
+                            "evictions": {"inactive": 2}}
+    plain = STATS.as_dict()
+    assert plain["received"] == 10 and plain["drops"] == {"malformed": 1}
+    assert plain["stage1"] == {"clients": 4, "received": 6, "relayed": 5,
+                               "drops": {"too_large": 1}, "evictions": {}}
+    assert {"worker", "pid", "sendmmsg", "hot_path", "forwarded", "rooms", "members",
+            "send_failures"} <= plain.keys()
+
+
+def test_the_body_is_the_declaration() -> None:
+    """One key per field, named as the field, plus the tag: nothing is spelled twice."""
+    for message in EXAMPLES:
+        body = orjson.loads(ipc.encode(message)[4:])
+        assert body.keys() - {"t"} == {f.name for f in dataclasses.fields(message)}
 
 
 def test_messages_are_frozen() -> None:
@@ -103,6 +114,9 @@ def test_messages_are_frozen() -> None:
 def frame(body: object) -> bytes:
     raw = orjson.dumps(body)
     return struct.pack("!i", len(raw)) + raw
+
+
+STATS_BODY = orjson.loads(ipc.encode(STATS)[4:])
 
 
 def member(**change: object) -> dict[str, object]:
@@ -134,8 +148,20 @@ def member(**change: object) -> dict[str, object]:
     (frame({"t": "config", "settings": {"inactivity_timeout": "soon"}}),
      "config.settings: inactivity_timeout must be a number"),
     (frame({"t": "config"}), "config: settings must be an object"),
-    (frame({**orjson.loads(ipc.encode(STATS)[4:]), "drops": {"x": "many"}}),
-     "stats: drops must map names to integers"),
+    (frame({**STATS_BODY, "chat": {**STATS_BODY["chat"], "drops": {"x": "many"}}}),
+     "stats.chat: drops must map names to integers"),
+    (frame({**STATS_BODY, "drops": {}}), r"stats: unexpected field\(s\) drops"),
+    (frame({**STATS_BODY, "chat": {**STATS_BODY["chat"], "more": 1}}),
+     r"stats.chat: unexpected field\(s\) more"),
+    (frame({k: v for k, v in STATS_BODY.items() if k != "pid"}),
+     "stats: pid must be an integer, got None .the field is missing"),
+    (frame({"t": "closed", "room": "r"}), "closed: reason must be a string"),
+    (frame({"t": "bye", "id": 1}), r"bye: unexpected field\(s\) id"),
+    (frame({"t": "ack", "id": 1, "ok": True, "extra": None}),
+     r"ack: unexpected field\(s\) extra"),
+    (frame(member(e2e=False, proven=False, keys={"x25519": "AA=="})), "member: keys: "),
+    (frame(member(e2e=False, proven=False, keys=None, id="1")), "member: id must be an integer"),
+    (frame(member(e2e=1, proven=False, keys=None)), "member: e2e must be true or false"),
     (frame({**orjson.loads(ipc.encode(STATS)[4:]), "stage1": None}),
      "stats: stage1 must be an object"),
 ])

@@ -36,6 +36,7 @@ CORE_MODULES = [
     ROOT / "control" / "registry.py",
     ROOT / "relay" / "core.py",
     ROOT / "relay" / "ipc.py",
+    ROOT / "runtime" / "records.py",
     ROOT / "client" / "e2e" / "identity.py",
     ROOT / "client" / "e2e" / "chains.py",
     ROOT / "client" / "e2e" / "room.py",

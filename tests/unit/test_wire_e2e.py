@@ -388,10 +388,13 @@ KEYS_FIELD = (
 
 
 def test_encode_request_with_keys_vector() -> None:
-    frame = encode_request(Operation.CREATE, "r", "a", framing=Framing.OCM1, keys=KEYS, e2e=True)
+    frame = encode_request(
+        Request.of(Operation.CREATE, "r",
+            RequestBody("a", framing=Framing.OCM1, keys=KEYS, e2e=True)))
     assert frame[32:] == b'r{"username":"a","framing":"ocm1",' + KEYS_FIELD + b',"e2e":true}'
     # without them the request is byte for byte what it always was
-    assert encode_request(Operation.JOIN, "r", "a")[32:] == b'r{"username":"a"}'
+    assert encode_request(
+        Request.of(Operation.JOIN, "r", RequestBody("a")))[32:] == b'r{"username":"a"}'
 
 
 @pytest.mark.parametrize(
@@ -439,11 +442,14 @@ def test_check_e2e_request() -> None:
 
 def test_reader_rejects_e2e_create_without_keys() -> None:
     reader = FrameReader(Role.SERVER)
-    reader.receive_data(encode_request(Operation.CREATE, "r", "a", e2e=True))
+    reader.receive_data(encode_request(
+        Request.of(Operation.CREATE, "r", RequestBody("a", e2e=True))))
     with pytest.raises(errors.E2eNeedsKeys):
         reader.next_event()
     reader = FrameReader(Role.SERVER)
-    reader.receive_data(encode_request(Operation.CREATE, "r", "a", None, Framing.OCM1, KEYS, True))
+    reader.receive_data(encode_request(
+        Request.of(Operation.CREATE, "r",
+            RequestBody("a", framing=Framing.OCM1, keys=KEYS, e2e=True))))
     event = reader.next_event()
     assert isinstance(event, Request) and event.body.e2e and event.body.keys == KEYS
 

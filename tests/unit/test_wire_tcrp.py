@@ -183,7 +183,7 @@ def test_encode_frame_echoes_raw_room() -> None:
 
 # --- request encoding -----------------------------------------------------------------------
 def test_encode_request_json() -> None:
-    data = encode_request(Operation.CREATE, "room", "alice")
+    data = encode_request(Request.of(Operation.CREATE, "room", RequestBody("alice")))
     payload = b'{"username":"alice"}'
     assert data == h(header_hex(4, 1, 0, 20) + " " + ROOM) + payload
     assert data == h(
@@ -193,16 +193,31 @@ def test_encode_request_json() -> None:
 
 
 def test_encode_request_with_password_and_framing() -> None:
-    data = encode_request(Operation.JOIN, b"room", "bob", "pw", Framing.OCM1)
+    data = encode_request(
+        Request.of(Operation.JOIN, b"room", RequestBody("bob", "pw", framing=Framing.OCM1)))
     payload = b'{"username":"bob","password":"pw","framing":"ocm1"}'
     assert len(payload) == 0x33
     assert data == h(header_hex(4, 2, 0, 0x33) + " " + ROOM) + payload
-    plain = encode_request(Operation.JOIN, "r", "bob", None, Framing.PLAIN)
-    assert plain.endswith(b'{"username":"bob","framing":"plain"}')
+    plain = encode_request(
+        Request.of(Operation.JOIN, "r", RequestBody("bob", framing=Framing.PLAIN)))
+    assert plain.endswith(b'{"username":"bob"}')  # plain is the default: not sent
+
+
+@pytest.mark.parametrize("body", [
+    RequestBody("bob"),
+    RequestBody("bob", "pw", Framing.OCM1),
+    RequestBody("bob", None, Framing.PLAIN, None, False),
+])
+def test_a_request_body_round_trips(body: RequestBody) -> None:
+    """What a client encodes is what the server decodes: one value on both sides."""
+    frame = encode_request(Request.of(Operation.CREATE, "部屋", body))
+    reader = FrameReader(Role.SERVER)
+    reader.receive_data(frame)
+    assert reader.next_event() == Request(Operation.CREATE, "部屋", "部屋".encode(), body)
 
 
 def test_encode_request_utf8_room() -> None:
-    data = encode_request(Operation.CREATE, "部屋", "a")
+    data = encode_request(Request.of(Operation.CREATE, "部屋", RequestBody("a")))
     assert data[:1] == b"\x06"
     assert data[32:38] == h("e9 83 a8 e5 b1 8b")
 
@@ -210,7 +225,7 @@ def test_encode_request_utf8_room() -> None:
 @pytest.mark.parametrize("room", ["", b"", "r" * 256, b"r" * 256])
 def test_encode_request_room_out_of_range(room: str | bytes) -> None:
     with pytest.raises(errors.FieldOutOfRange):
-        encode_request(Operation.CREATE, room, "alice")
+        encode_request(Request.of(Operation.CREATE, room, RequestBody("alice")))
 
 
 def test_encode_legacy_request() -> None:
@@ -384,7 +399,7 @@ def test_check_request_header_accepts() -> None:
 
 
 # --- FrameReader, server role ---------------------------------------------------------------
-REQ_CREATE = encode_request(Operation.CREATE, "room", "alice")
+REQ_CREATE = encode_request(Request.of(Operation.CREATE, "room", RequestBody("alice")))
 EV_CREATE = Request(Operation.CREATE, "room", b"room", RequestBody("alice"))
 
 
@@ -393,7 +408,8 @@ def test_reader_server_json_request() -> None:
 
 
 def test_reader_server_join_with_options() -> None:
-    data = encode_request(Operation.JOIN, "部屋", "bob", "pw", Framing.OCM1)
+    data = encode_request(
+        Request.of(Operation.JOIN, "部屋", RequestBody("bob", "pw", framing=Framing.OCM1)))
     tr(Role.SERVER, data, [Request(Operation.JOIN, "部屋", "部屋".encode(),
                                   RequestBody("bob", "pw", Framing.OCM1))])
 

@@ -12,7 +12,7 @@ import pytest
 
 from wire import errors
 from wire.codes import Framing, Operation, Status
-from wire.tcrp import NEED_DATA, Complete, Details, Response, encode_frame
+from wire.tcrp import NEED_DATA, Complete, Details, Request, RequestBody, Response, encode_frame
 from wire.tcrp_client import ClientExchange, ConnectionClosed, ExchangeState
 
 Event = Response | Complete | ConnectionClosed
@@ -44,7 +44,8 @@ def pieces(data: bytes, whole: bool) -> Iterator[bytes]:
 
 def started() -> ClientExchange:
     exchange = ClientExchange()
-    assert exchange.send_request(Operation.CREATE, "room", "alice") == REQUEST
+    assert exchange.send_request(
+        Request.of(Operation.CREATE, "room", RequestBody("alice"))) == REQUEST
     assert exchange.state is ExchangeState.AWAIT_RESPONSE
     return exchange
 
@@ -111,7 +112,8 @@ def test_refusal_may_echo_another_room() -> None:
 
 def test_json_request_with_every_field() -> None:
     exchange = ClientExchange()
-    data = exchange.send_request(Operation.JOIN, b"r", "bob", "pw", Framing.OCM1)
+    data = exchange.send_request(
+        Request.of(Operation.JOIN, b"r", RequestBody("bob", "pw", framing=Framing.OCM1)))
     assert data == encode_frame(
         2, 0, b"r", b'{"username":"bob","password":"pw","framing":"ocm1"}')
 
@@ -181,9 +183,9 @@ def test_local_misuse() -> None:
         exchange.next_event()  # nothing sent yet
     with pytest.raises(errors.ExchangeMisuse):
         exchange.send_registration(5000)
-    exchange.send_request(Operation.CREATE, "room", "alice")
+    exchange.send_request(Request.of(Operation.CREATE, "room", RequestBody("alice")))
     with pytest.raises(errors.ExchangeMisuse):
-        exchange.send_request(Operation.CREATE, "room", "alice")
+        exchange.send_request(Request.of(Operation.CREATE, "room", RequestBody("alice")))
     with pytest.raises(errors.ExchangeMisuse):
         exchange.send_raw_request(REQUEST)
     with pytest.raises(errors.ExchangeMisuse):
@@ -197,9 +199,9 @@ def test_local_misuse() -> None:
 def test_request_and_registration_field_checks() -> None:
     exchange = ClientExchange()
     with pytest.raises(errors.FieldOutOfRange):
-        exchange.send_request(Operation.CREATE, "", "alice")
+        exchange.send_request(Request.of(Operation.CREATE, "", RequestBody("alice")))
     assert exchange.state is ExchangeState.SEND_REQUEST  # nothing was sent
-    exchange.send_request(Operation.CREATE, "room", "alice")
+    exchange.send_request(Request.of(Operation.CREATE, "room", RequestBody("alice")))
     feed(exchange, OK_FRAME + COMPLETE_FRAME, True, close=False)
     with pytest.raises(errors.FieldOutOfRange):
         exchange.send_registration(0)

@@ -36,6 +36,8 @@ from wire.chat import Notice, decode_chat, encode_plain_notice, is_exit, plain_p
 from wire.codes import Framing, NoticeEvent, Operation, Status
 from wire.limits import (
     DEFAULT_INACTIVITY_TIMEOUT_S,
+    DEFAULT_TCP_PORT,
+    DEFAULT_UDP_PORT,
     MAX_DATAGRAM_BYTES,
     MAX_DELIVERY_BYTES,
     REGISTRATION_WINDOW_S,
@@ -260,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         "comparison. Plain delivery only.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind [127.0.0.1]")
-    parser.add_argument("--tcp-port", type=int, default=9000, help="TCRP port; 0 = any [9000]")
-    parser.add_argument("--udp-port", type=int, default=9001, help="chat port; 0 = any [9001]")
+    parser.add_argument("--tcp-port", type=int, default=DEFAULT_TCP_PORT,
+                        help="TCRP port; 0 = any [%(default)s]")
+    parser.add_argument("--udp-port", type=int, default=DEFAULT_UDP_PORT,
+                        help="chat port; 0 = any [%(default)s]")
     parser.add_argument("--inactivity-timeout", type=float, default=DEFAULT_INACTIVITY_TIMEOUT_S,
                         help="seconds of silence before a member is removed [300]")
     args = parser.parse_args(argv)
