@@ -44,8 +44,7 @@ SEND_FAIL_AFTER_S: Final = 15.0
 """A message unacknowledged this long after its first copy is ``Failed`` (and with it
 every later one: the relay takes them in order)."""
 SEND_WINDOW: Final = 16
-"""Our messages in flight at once (at most ``RELIABLE_ID_WINDOW``, the relay's memory
-of ids)."""
+"""Our messages in flight at once."""
 GO_BACK_MIN_S: Final = 0.03
 """The window goes again at most this often on the relay's hint."""
 

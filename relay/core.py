@@ -46,7 +46,6 @@ from wire.limits import (
     NACK_BURST,
     NACK_MAX_RESENDS,
     NACK_RATE,
-    RELIABLE_ID_WINDOW,
     STAGE1_CHAT_BURST,
     STAGE1_CHAT_RATE,
     STAGE1_MAX_CLIENTS,
@@ -150,40 +149,23 @@ class Member:
 
 # --- reliable framed delivery (ocm1r, wire/reliable.py) -----------------------------------
 class Reliable:
-    """A reliable member's state: the message ids it sent lately (``id -> Seq``, at most
-    ``RELIABLE_ID_WINDOW``, to drop retried copies) and its NACK token bucket. Ids are
-    taken in order, 1, 2, 3...: a later one waits for the one before (the client resends
-    both), so that a member's messages keep the order it sent them in."""
+    """A reliable member's state: the last message id taken and its ``Seq``, where the
+    member starts, and its NACK token bucket. Ids are taken in order, 1, 2, 3...: a later
+    one waits for the one before (the client resends both), so that a member's messages
+    keep the order it sent them in, and a copy of an id already taken is answered with the
+    acknowledgement of the last one (acknowledgements are cumulative)."""
 
-    __slots__ = ("ids", "top", "nacks", "stamp", "start")
+    __slots__ = ("top", "top_seq", "nacks", "stamp", "start")
 
     def __init__(self, now: float) -> None:
-        self.ids: dict[int, int] = {}
         self.top = 0
-        """The last id accepted; an id ``<= top - RELIABLE_ID_WINDOW`` is a late copy."""
+        """The last id taken."""
+        self.top_seq = 0
+        """Its ``Seq`` (0: refused)."""
         self.nacks = float(NACK_BURST)
         self.stamp = now
         self.start = 1
         """Its first sequence number: the one after its own ``joined`` notice."""
-
-    def seen(self, msg_id: int) -> int | None:
-        """The ``Seq`` an id already got (0: refused or forgotten), None if it is new."""
-        seq = self.ids.get(msg_id)
-        if seq is None and msg_id <= self.top - RELIABLE_ID_WINDOW:
-            return 0
-        return seq
-
-    def record(self, msg_id: int, seq: int) -> None:
-        ids = self.ids
-        ids[msg_id] = seq
-        if msg_id > self.top:
-            self.top = msg_id
-        if len(ids) > RELIABLE_ID_WINDOW:
-            floor = self.top - RELIABLE_ID_WINDOW
-            for old in [i for i in ids if i <= floor]:
-                del ids[old]
-            while len(ids) > RELIABLE_ID_WINDOW:  # ids far apart: keep the newest
-                del ids[min(ids)]
 
     def may_nack(self, now: float) -> bool:
         allowance = min(float(NACK_BURST), self.nacks + (now - self.stamp) * NACK_RATE)
@@ -501,14 +483,13 @@ class RelayCore:
                 self.outbox.extend((d, target) for d in out[:NACK_MAX_RESENDS])
             return None
         msg_id = int.from_bytes(message[1:5], "big")
-        seq = rel.seen(msg_id)
-        if seq is not None:  # a retried copy: acknowledge again, relay nothing
-            self._ack(member, msg_id, seq)
+        if msg_id <= rel.top:  # a copy of an id taken: acknowledge again, relay nothing
+            self._ack(member, rel.top, rel.top_seq)
             return None
         if msg_id != rel.top + 1:  # one before it is missing: the client resends both,
             self.drops["out_of_order"] += 1  # told so by the last id acknowledged again
             if rel.top:
-                self._ack(member, rel.top, rel.ids.get(rel.top, 0))
+                self._ack(member, rel.top, rel.top_seq)
             return None
         text = message[5:]
         if not text:
@@ -522,7 +503,7 @@ class RelayCore:
             return out_fanout
         else:
             seq = 0  # refused (too long: the error notice says why)
-        rel.record(msg_id, seq)
+        rel.top, rel.top_seq = msg_id, seq
         self._ack(member, msg_id, seq)
         return out_fanout
 

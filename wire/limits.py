@@ -161,8 +161,5 @@ NACK_RATE: Final = 10.0
 ``NACK_MAX_RESENDS`` a member may pull at most 640 x 4,094 B = 2.6 MB/s to its own proven
 address."""
 NACK_BURST: Final = 10
-RELIABLE_ID_WINDOW: Final = 64
-"""Message ids the relay remembers per reliable member to drop retried copies: a client
-keeps at most this many messages unacknowledged (~64 x 16 B per member while it sends)."""
 RESUME_SECRET_BYTES: Final = 24
 """Random bytes of a resume secret (32 base64url characters in the TCRP answer)."""

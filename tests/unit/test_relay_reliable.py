@@ -191,17 +191,19 @@ def test_ocm1r_member_is_not_in_framed_fanout_and_room_hands_off_compiled_loop()
     assert room.history is not None and room.history.epoch == EPOCH
 
 
-def test_reliable_ids_window_drops_late_copies() -> None:
+def test_ids_are_taken_in_order_and_a_copy_gets_the_last_ack() -> None:
     core = reliable_room()
     for i in range(100):
         core.handle_datagram(encode_chat(b"r", TA, encode_send(i + 1, b"x")), A, 2.0 + i)
     core.outbox.clear()
     relayed = core.relayed
     core.handle_datagram(encode_chat(b"r", TA, encode_send(3, b"x")), A, 200.0)
-    assert core.relayed == relayed  # older than the window: a copy, acked with seq 0
-    assert core.outbox == [(encode_ack(EPOCH, 3, 0), A)]
-    member = core.tokens[TA]
-    assert member.rel is not None and len(member.rel.ids) <= 64
+    assert core.relayed == relayed  # a copy: nothing relayed, the last ack again
+    assert core.outbox == [(encode_ack(EPOCH, 100, 103), A)]
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(102, b"x")), A, 201.0)
+    assert core.relayed == relayed and core.drops["out_of_order"] == 1  # 101 is missing
+    assert core.outbox == [(encode_ack(EPOCH, 100, 103), A)]
 
 
 def test_rate_limited_send_is_not_acked_so_the_client_retries() -> None:
