@@ -36,6 +36,10 @@
 /* ---- helpers ------------------------------------------------------------------------ */
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+#define DATA_HEADER_BYTES 9 /* ocm1r DATA: 01 Epoch Seq (wire/reliable.py) */
+#define ACK_BYTES 13        /* ocm1r ACK: 02 Epoch MsgId Seq */
+
+static PyObject *str_top, *str_top_seq, *str_number; /* ocm1r: Reliable.top, .top_seq, History.number */
 
 static inline void set_slot(PyObject *obj, Py_ssize_t off, PyObject *value) {
     PyObject **p = (PyObject **)((char *)obj + off);
@@ -106,7 +110,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     long long generation;
-    Side side[2]; /* 0 plain, 1 framed */
+    Side side[3]; /* 0 plain, 1 framed, 2 reliable (ocm1r: numbered deliveries) */
 } Route;
 
 static void side_free(Side *s) {
@@ -155,19 +159,24 @@ return 0;
 static void Route_dealloc(Route *self) {
     side_free(&self->side[0]);
     side_free(&self->side[1]);
+    side_free(&self->side[2]);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int Route_init(Route *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"generation", "plain", "framed", NULL};
+    static char *kwlist[] = {"generation", "plain", "framed", "reliable", NULL};
     long long generation;
-    PyObject *plain, *framed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOO", kwlist, &generation, &plain, &framed))
+    PyObject *plain, *framed, *reliable = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOO|O", kwlist, &generation, &plain, &framed,
+                                     &reliable))
         return -1;
     side_free(&self->side[0]);
     side_free(&self->side[1]);
+    side_free(&self->side[2]);
     self->generation = generation;
     if (side_init(&self->side[0], plain) < 0 || side_init(&self->side[1], framed) < 0)
+        return -1;
+    if (reliable ? side_init(&self->side[2], reliable) < 0 : 0)
         return -1;
     return 0;
 }
@@ -188,8 +197,8 @@ static PyTypeObject RouteType = {
     .tp_basicsize = sizeof(Route),
     .tp_dealloc = (destructor)Route_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Route(generation, plain_addrs, framed_addrs): a room's recipients as "
-              "sockaddr_in, for both delivery formats.",
+    .tp_doc = "Route(generation, plain_addrs, framed_addrs, reliable_addrs=None): a room's "
+              "recipients as sockaddr_in, for each delivery format.",
     .tp_init = (initproc)Route_init,
     .tp_new = PyType_GenericNew,
     .tp_getset = Route_getset,
@@ -198,10 +207,10 @@ static PyTypeObject RouteType = {
 /* ---- Hot: the loop ------------------------------------------------------------------ */
 
 enum { M_IP, M_ADDR, M_TRIAL, M_ROOM, M_PLAIN_PREFIX, M_FRAMED_PREFIX, M_FRAMED, M_ALLOWANCE,
-       M_STAMP, M_LAST_SEEN, M_COUNT };
+       M_STAMP, M_LAST_SEEN, M_REL, M_COUNT };
 static const char *member_slots[M_COUNT] = {"ip", "addr", "trial", "room", "plain_prefix",
                                             "framed_prefix", "framed", "allowance", "stamp",
-                                            "last_seen"};
+                                            "last_seen", "rel"};
 enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_HISTORY, R_COUNT };
 static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation",
                                           "history"};
@@ -441,6 +450,26 @@ static int queue_side(Hot *self, Route *route, Side *s, Py_ssize_t k, PyObject *
     return 0;
 }
 
+/* Queue ``payload`` to entry k of side s alone (an ocm1r sender's ACK). */
+static int queue_one(Hot *self, Route *route, Side *s, Py_ssize_t k, PyObject *payload,
+                     PyObject *now) {
+    if (self->nout == OUT_SLOTS && flush_out(self, now) < 0) return -1;
+    if (PyList_Append(self->keep, (PyObject *)route) < 0 ||
+        PyList_Append(self->keep, payload) < 0)
+        return -1;
+    struct iovec *iov = &self->oiov[2 * self->npairs++];
+    iov[0].iov_base = PyBytes_AS_STRING(payload);
+    iov[0].iov_len = (size_t)PyBytes_GET_SIZE(payload);
+    iov[1].iov_base = NULL;
+    iov[1].iov_len = 0;
+    int o = self->nout++;
+    self->out[o].msg_hdr.msg_name = &s->names[k];
+    self->out[o].msg_hdr.msg_iov = iov;
+    self->oside[o] = s;
+    self->oidx[o] = k;
+    return 0;
+}
+
 /* The route of a room, current for its generation: from the cache, else built by Python. */
 static Route *route_of(Hot *self, PyObject *room) {
     PyObject *name = SLOT(room, self->r[R_NAME]);
@@ -490,10 +519,31 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
     PyObject *trial = SLOT(room, r[R_TRIAL]);
     if (!trial || !PyList_CheckExact(trial) || PyList_GET_SIZE(trial) != 0) return 0;
     if (PyDict_GET_SIZE(self->failing) != 0) return 0;
-    /* A numbered room (it has ocm1r members): the Python path numbers and records. */
-    if (SLOT(room, r[R_HISTORY]) != Py_None) return 0;
     const unsigned char *msg = d + start;
     Py_ssize_t mlen = len - start;
+    /* A numbered room (it has ocm1r members, relay/history.py): its chat is numbered and
+     * kept by history.number(); an ocm1r sender's SEND (01 MsgId Text) is taken here only
+     * when MsgId is the next one (copies, gaps and NACKs go to Python). */
+    PyObject *history = SLOT(room, r[R_HISTORY]);
+    PyObject *rel = SLOT(member, m[M_REL]);
+    long long msg_id = 0, top = 0;
+    if (!history || !rel) return 0;
+    if (history != Py_None) {
+        if (rel != Py_None) {
+            if (mlen < 6 || msg[0] != 1) return 0;
+            msg_id = ((long long)msg[1] << 24) | (msg[2] << 16) | (msg[3] << 8) | msg[4];
+            PyObject *top_obj = PyObject_GetAttr(rel, str_top);
+            if (!top_obj) return -1;
+            top = PyLong_AsLongLong(top_obj);
+            Py_DECREF(top_obj);
+            if (top == -1 && PyErr_Occurred()) return -1;
+            if (msg_id != top + 1) return 0;
+            msg += 5;
+            mlen -= 5;
+        }
+    } else if (rel != Py_None) {
+        return 0;
+    }
     PyObject *e2e = SLOT(room, r[R_E2E]);
     if (e2e == Py_True) {
         if (msg[0] != self->chat_kind) return 0;
@@ -524,7 +574,8 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
     if (allowance < 1.0) return 0; /* rate-limited: Python counts it */
     Route *route = route_of(self, room);
     if (!route) return PyErr_Occurred() ? -1 : 0;
-    Side *own = &route->side[framed];
+    int reliable = rel != Py_None;
+    Side *own = &route->side[reliable ? 2 : framed];
     Py_ssize_t k = -1;
     for (Py_ssize_t j = 0; j < own->n; j++) {
         if (own->names[j].sin_addr.s_addr == src->sin_addr.s_addr &&
@@ -539,12 +590,36 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
         Py_DECREF(route);
         return 0;
     }
-    Py_ssize_t n_plain = route->side[0].n - !framed, n_framed = route->side[1].n - framed;
+    Py_ssize_t n_plain = route->side[0].n - (!framed && !reliable);
+    Py_ssize_t n_framed = route->side[1].n - (framed && !reliable);
     Py_ssize_t longest = n_plain ? PyBytes_GET_SIZE(pp) + mlen
                                  : n_framed ? PyBytes_GET_SIZE(fp) + mlen : 0;
-    if (longest > self->max_delivery) { /* Python notifies the sender */
-        Py_DECREF(route);
+    if (longest > self->max_delivery || (history != Py_None &&
+            DATA_HEADER_BYTES + PyBytes_GET_SIZE(fp) + mlen > self->max_delivery)) {
+        Py_DECREF(route); /* Python notifies the sender, or skips the number */
         return 0;
+    }
+    PyObject *numbered = NULL;
+    long long seq = 0;
+    if (history != Py_None) { /* number and keep it: history.number(fp + msg, now) */
+        PyObject *body = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(fp) + mlen);
+        if (!body) {
+            Py_DECREF(route);
+            return -1;
+        }
+        memcpy(PyBytes_AS_STRING(body), PyBytes_AS_STRING(fp), (size_t)PyBytes_GET_SIZE(fp));
+        memcpy(PyBytes_AS_STRING(body) + PyBytes_GET_SIZE(fp), msg, (size_t)mlen);
+        numbered = PyObject_CallMethodObjArgs(history, str_number, body, now_obj, NULL);
+        Py_DECREF(body);
+        if (!numbered || !PyBytes_CheckExact(numbered) ||
+                PyBytes_GET_SIZE(numbered) < DATA_HEADER_BYTES) {
+            if (numbered) PyErr_SetString(PyExc_TypeError, "history.number() must return bytes");
+            Py_XDECREF(numbered);
+            Py_DECREF(route);
+            return -1;
+        }
+        const unsigned char *h = (const unsigned char *)PyBytes_AS_STRING(numbered);
+        seq = ((long long)h[5] << 24) | (h[6] << 16) | (h[7] << 8) | h[8];
     }
     PyObject *left = PyFloat_FromDouble(allowance - 1.0);
     if (!left) {
@@ -567,8 +642,31 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
         rc = queue_side(self, route, &route->side[0], framed ? -1 : k, pp, (const char *)msg,
                         mlen, now_obj);
     if (rc == 0 && n_framed)
-        rc = queue_side(self, route, &route->side[1], framed ? k : -1, fp, (const char *)msg,
-                        mlen, now_obj);
+        rc = queue_side(self, route, &route->side[1], framed && !reliable ? k : -1, fp,
+                        (const char *)msg, mlen, now_obj);
+    if (rc == 0 && numbered)
+        rc = queue_side(self, route, &route->side[2], reliable ? k : -1, numbered, "", 0,
+                        now_obj);
+    if (rc == 0 && reliable) { /* the sender's ACK: 02 Epoch MsgId Seq, and its record */
+        unsigned char ack[ACK_BYTES];
+        ack[0] = 2;
+        memcpy(ack + 1, PyBytes_AS_STRING(numbered) + 1, 4);
+        for (int b = 0; b < 4; b++) {
+            ack[5 + b] = (unsigned char)(msg_id >> (24 - 8 * b));
+            ack[9 + b] = (unsigned char)(seq >> (24 - 8 * b));
+        }
+        PyObject *ack_obj = PyBytes_FromStringAndSize((const char *)ack, ACK_BYTES);
+        PyObject *id_obj = PyLong_FromLongLong(msg_id), *seq_obj = PyLong_FromLongLong(seq);
+        if (!ack_obj || !id_obj || !seq_obj || PyObject_SetAttr(rel, str_top, id_obj) < 0 ||
+                PyObject_SetAttr(rel, str_top_seq, seq_obj) < 0)
+            rc = -1;
+        else
+            rc = queue_one(self, route, own, k, ack_obj, now_obj);
+        Py_XDECREF(ack_obj);
+        Py_XDECREF(id_obj);
+        Py_XDECREF(seq_obj);
+    }
+    Py_XDECREF(numbered);
     Py_DECREF(pp);
     Py_DECREF(fp);
     Py_DECREF(route);
@@ -785,7 +883,10 @@ PyMODINIT_FUNC PyInit__hot(void) {
         !(str_received = PyUnicode_InternFromString("received")) ||
         !(str_relayed = PyUnicode_InternFromString("relayed")) ||
         !(str_events = PyUnicode_InternFromString("events")) ||
-        !(str_outbox = PyUnicode_InternFromString("outbox")))
+        !(str_outbox = PyUnicode_InternFromString("outbox")) ||
+        !(str_top = PyUnicode_InternFromString("top")) ||
+        !(str_top_seq = PyUnicode_InternFromString("top_seq")) ||
+        !(str_number = PyUnicode_InternFromString("number")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -9,7 +9,8 @@ Addr = tuple[str, int]
 class Route:
     """A room's prebuilt sendmmsg headers for both delivery formats."""
 
-    def __init__(self, generation: int, plain: list[Addr], framed: list[Addr]) -> None: ...
+    def __init__(self, generation: int, plain: list[Addr], framed: list[Addr],
+                 reliable: list[Addr] | None = None) -> None: ...
     @property
     def generation(self) -> int: ...
 

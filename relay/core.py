@@ -562,7 +562,7 @@ class RelayCore:
         n_plain = len(plain_addrs) - (not member.framed)
         if n_plain:
             plain = member.plain_prefix + message
-        if len(framed_addrs) - member.framed > 0:  # an ocm1r sender is not in the list
+        if len(framed_addrs) - (member.framed and member.rel is None):  # ocm1r: not listed
             framed = member.framed_prefix + message
         # The plain form (name + ": ") is always the longer one (§2.3: relay to nobody).
         longest = len(plain) if plain is not None else len(framed) if framed is not None else 0

@@ -229,7 +229,7 @@ class Worker:
         """The compiled loop's cache miss: the room's current recipients, prebuilt."""
         assert self.hot_module is not None
         route: hot.Route = self.hot_module.Route(room.generation, room.plain_addrs,
-                                                 room.framed_addrs)
+                                                 room.framed_addrs, room.reliable_addrs)
         self._routes[room.name] = route
         return route
 

@@ -29,6 +29,7 @@ from wire.chat import encode_chat
 from wire.codes import Framing
 from wire.e2e import Kind, PublicKeys, encode_message
 from wire.limits import MAX_DATAGRAM_BYTES
+from wire.reliable import encode_ack, encode_data, encode_nack, encode_send
 
 TIMEOUT_S = 10.0
 
@@ -202,6 +203,41 @@ def test_ordinary_chat_is_relayed_by_the_compiled_loop_alike(pair: Pair) -> None
     pair.now += 1.0
     pair.chat("b", b"r", TB, b"x" * 1000)
     assert compiled.counters()["fast"] == before + 3
+
+
+def test_a_numbered_room_is_numbered_by_the_compiled_loop_alike(pair: Pair) -> None:
+    """ocm1r (protocol.md §8): the compiled loop numbers chat through history.number(),
+    sends the numbered datagram to the ocm1r members and the ACK to an ocm1r sender, and
+    leaves copies, gaps, NACKs and keepalives to Python, with the same bytes out."""
+    for w in pair.workers:
+        w.core.new_epoch = lambda: 0x1234ABCD
+    pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
+    pair.add("r", TB, "bob", framing=Framing.OCM1R)
+    pair.add("r", TC, "carol")
+    pair.add("r", TD, "dave", framing=Framing.OCM1)
+    for name, token in (("a", TA), ("b", TB), ("c", TC), ("d", TD)):
+        pair.client(name)
+        pair.chat(name, b"r", token, b"")
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()["fast"]
+    pair.chat("a", b"r", TA, encode_send(1, b"hi"))
+    assert pair.last == {"a": [encode_ack(0x1234ABCD, 1, 5)],
+                         "b": [encode_data(0x1234ABCD, 5, b"\x05alicehi")],
+                         "c": [b"alice: hi"], "d": [b"\x05alicehi"]}
+    pair.chat("c", b"r", TC, b"plain")  # a plain sender in a numbered room
+    assert pair.last["a"] == [encode_data(0x1234ABCD, 6, b"\x05carolplain")]
+    pair.chat("a", b"r", TA, encode_send(2, b"two"))
+    assert compiled.counters()["fast"] == before + 3
+    pair.chat("a", b"r", TA, encode_send(2, b"two"))  # a copy: Python acknowledges again
+    pair.chat("a", b"r", TA, encode_send(9, b"gap"))  # out of order: Python
+    pair.chat("b", b"r", TB, encode_nack(0x1234ABCD, [(5, 3)]))  # Python resends
+    assert len(pair.last["b"]) == 3
+    pair.chat("b", b"r", TB, b"")  # keepalive: SYNC from Python
+    assert compiled.counters()["fast"] == before + 3
+    for w in pair.workers:
+        rel = w.core.tokens[TA].rel
+        assert rel is not None and (rel.top, rel.top_seq) == (2, 7)
 
 
 @pytest.mark.parametrize("message", [
