@@ -224,3 +224,32 @@ def test_lost_encoding_is_what_the_receiver_reads() -> None:
     chat.handle_delivery(encode_data(E, 1, b"\x01a"), 0.0)
     chat.handle_delivery(encode_data(E, 3, b"\x01c"), 0.0)
     assert bodies(chat.handle_delivery(encode_lost(E, 2, 1), 0.1)) == [Gap(2, 1), b"\x01c"]
+
+
+def test_the_status_line_says_pending_failed_and_reconnecting() -> None:
+    """What ocm-chat's bottom toolbar shows from a reliable link's state."""
+    import asyncio
+    import socket
+
+    from client.link import RoomLink
+    from client.session import Joined
+    from client.ui import status_line
+    from wire.tcrp import Details
+
+    async def scenario() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            details = Details(9001, False, 1000, 300.0, Framing.OCM1R, resume="s" * 32)
+            link = RoomLink(Joined(b"r", "bob", b"T" * 22, details, ("127.0.0.1", 9),
+                                   udp), lambda line: None)
+            assert status_line(link, "room r", "bob", False) == \
+                " room r · bob · /help · Ctrl-D leaves "
+            assert link.reliable is not None
+            link.reliable.send(b"one", 0.0)
+            link.reconnecting = True
+            assert "reconnecting… · 1 pending" in status_line(link, "room r", "bob", False)
+            link.reliable.sender.pending[1].failed = True
+            link.reconnecting = False
+            assert status_line(link, "room r", "bob", True) == \
+                " room r · bob (host) · 1 failed (/retry) · /help · Ctrl-D leaves "
+
+    asyncio.run(scenario())
