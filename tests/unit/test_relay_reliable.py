@@ -281,3 +281,17 @@ def test_notices_numbered_before_any_chat_are_kept_for_resends() -> None:
     core.handle_datagram(encode_chat(b"r", TA, encode_nack(EPOCH, [(2, 1)])), A, 1002.0)
     joined = b'\x00{"event":"joined","user":"bob","text":"bob joined the room"}'
     assert core.outbox == [(encode_data(EPOCH, 2, joined), A)]  # not answered as lost
+
+
+def test_a_host_that_resumes_keeps_the_room_open() -> None:
+    core = reliable_room()
+    new = b"A" + b"h" * 32
+    assert core.resume(TA, new, "127.0.0.7", 5.0)
+    assert "r" in core.rooms and core.rooms["r"].host is core.tokens[new]
+    assert core.events == [] and core.outbox == []  # nobody is told anything
+    core.handle_datagram(encode_chat(b"r", new, b""), ("127.0.0.7", 6000), 5.5)
+    out = core.handle_datagram(encode_chat(b"r", new, encode_send(1, b"back")), ("127.0.0.7",
+                                                                                  6000), 6.0)
+    assert out is not None and out.plain == b"alice: back"
+    core.handle_datagram(encode_chat(b"r", new, b"/exit"), ("127.0.0.7", 6000), 7.0)
+    assert core.rooms == {}  # still its host: its /exit closes the room
