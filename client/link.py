@@ -36,12 +36,14 @@ STAGE1_KEEPALIVE_S: Final = 15.0
 """Stage 1 does not tell clients its inactivity timeout; this is far below the default 300 s."""
 MIN_KEEPALIVE_S: Final = 0.05
 SYNC_S: Final = 2.0
-"""``ocm1r``: keepalives at least this often, so that a lost last message is noticed
-(the relay answers each with the room's latest sequence number)."""
-
-
+"""``ocm1r``: keepalives this often while the room is active (``ACTIVE_S``), a message
+is pending or a keepalive is unanswered, so that a lost last message is noticed (the
+relay answers each with the room's latest sequence number); else the usual interval."""
+ACTIVE_S: Final = 10.0
+"""``ocm1r``: how long after the last delivery or message of ours the room counts as
+active."""
 RESUME_AFTER_S: Final = 3 * SYNC_S + 0.5
-"""``ocm1r``: nothing heard from the relay this long while keepalives go out: the path is
+"""``ocm1r``: a keepalive unanswered this long (the relay answers every one): the path is
 gone (a new address, a dead network): resume over TCRP."""
 RESUME_RETRY_S: Final = 2.0
 
@@ -166,10 +168,14 @@ class Link(asyncio.DatagramProtocol):
             self._transport.sendto(data)
 
     def _arm_keepalive(self) -> None:
-        if self._keepalive_s is None or (self._transport is None and not self._lost_path()):
+        interval = self._keepalive_interval()
+        if interval is None or (self._transport is None and not self._lost_path()):
             return
         loop = asyncio.get_running_loop()
-        self._keepalive = loop.call_later(self._keepalive_s, self._on_keepalive)
+        self._keepalive = loop.call_later(interval, self._on_keepalive)
+
+    def _keepalive_interval(self) -> float | None:
+        return self._keepalive_s
 
     def _on_keepalive(self) -> None:
         self._send(self._encode(""))
@@ -214,12 +220,13 @@ class RoomLink(Link):
         self.gaps = 0
         """Deliveries shown as "could not be recovered" so far."""
         self._gaps_at_resume: int | None = None
-        if self.reliable is not None and (self._keepalive_s is None
-                                          or self._keepalive_s > SYNC_S):
-            self._keepalive_s = SYNC_S
         self.clock: Callable[[], float] = time.monotonic
         self.heard = self.clock()
         """When a datagram last came from the relay."""
+        self.active = self.heard
+        """When the room last delivered something, or we last sent a message."""
+        self.asked: float | None = None
+        """When the first keepalive since the relay was last heard went out (None: none)."""
         self.resume_source: str | None = None
         """The local IP to resume from (None: the system chooses)."""
         self._resuming: asyncio.Task[None] | None = None
@@ -249,6 +256,7 @@ class RoomLink(Link):
         data = render.check_length(text, self.max_message, self.scope)
         msg_id, message = self.reliable.send(data, self.clock())
         self.last_id = msg_id
+        self.active = self.clock()
         self._texts[msg_id] = data.decode()
         if message is not None:
             self._send(encode_chat(self.joined.room_raw, self.joined.token, message))
@@ -288,10 +296,22 @@ class RoomLink(Link):
     def _lost_path(self) -> bool:
         return self.reliable is not None and not self.ended.done() and not self._closed
 
+    def _keepalive_interval(self) -> float | None:
+        base = self._keepalive_s
+        chat = self.reliable
+        if base is None or chat is None or base <= SYNC_S:
+            return base
+        busy = (self.asked is not None or self.pending or chat.receiver.missing
+                or self.clock() - self.active < ACTIVE_S)
+        return SYNC_S if busy else base
+
     def _on_keepalive(self) -> None:
+        now = self.clock()
+        if self.asked is None:
+            self.asked = now
         super()._on_keepalive()
         if (self.reliable is not None and self._resuming is None and not self.ended.done()
-                and self.clock() - self.heard > RESUME_AFTER_S):
+                and now - self.asked > RESUME_AFTER_S):
             self._resuming = asyncio.ensure_future(self._resume_until_done())
 
     async def _resume_until_done(self) -> None:
@@ -345,7 +365,8 @@ class RoomLink(Link):
         new.udp_sock.connect(new.server)
         await loop.create_datagram_endpoint(lambda: self, sock=new.udp_sock)
         now = self.clock()
-        self.heard = now
+        self.heard = self.active = now
+        self.asked = None
         self.reconnecting = False
         self._gaps_at_resume = self.gaps
         self.reliable.resumed(now)
@@ -421,6 +442,7 @@ class RoomLink(Link):
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.heard = self.clock()
+        self.asked = None
         if self.reliable is not None:
             self._reliable_events(self.reliable.handle_delivery(data, self.clock()))
             self._arm_timer()
@@ -438,6 +460,7 @@ class RoomLink(Link):
     def _reliable_events(self, events: list[rel.Event]) -> None:
         for event in events:
             if isinstance(event, rel.Delivered):
+                self.active = self.heard
                 item = render.decode_delivery(event.body, Framing.OCM1)
                 if isinstance(item, FramedChat) and item.username == self.joined.username:
                     continue  # our own message, resent because its ack was lost: shown
