@@ -13,10 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
 
-from client import render, script
+from client import known_servers, render, script
 from client.e2e.identity import IdentityKeys
 from client.e2e_link import load_identity, room_link
+from client.joinflow import pinning_tls_context
 from client.keystore import KeyStore, KeyStoreError
+from client.known_servers import KnownServers
 from client.link import GlobalLink, RoomLink, open_global
 from client.render import Line
 from client.session import (
@@ -26,6 +28,7 @@ from client.session import (
     JoinRefused,
     TcrpTarget,
     client_tls_context,
+    describe_connection,
     join_room,
 )
 from wire import limits
@@ -66,14 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", metavar="HOST", default="127.0.0.1",
                         help="server name or address (default: %(default)s)")
     parser.add_argument("--tcp-port", metavar="PORT", type=_port, default=None,
-                        help=f"TCRP control port (default: {PLAIN_PORT}, or {TLS_PORT} "
-                             "with --tls)")
-    parser.add_argument("--tls", action="store_true",
-                        help="speak TCRP inside TLS and verify the server's certificate "
-                             "(against the system's CAs, or --ca-file)")
+                        help=f"TCRP control port (default: {TLS_PORT}, the TLS port, or "
+                             f"{PLAIN_PORT} with --no-tls)")
+    parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
+                        help="speak TCRP inside TLS (the default). Without --ca-file the "
+                             "server's key is pinned on first use in "
+                             "$XDG_CONFIG_HOME/ocm/known_servers (~/.config/ocm/...) and a "
+                             "changed key is refused; --no-tls speaks plain TCRP, in clear")
     parser.add_argument("--ca-file", metavar="FILE",
-                        help="with --tls: trust the CA certificates (PEM) in FILE instead "
-                             "of the system's")
+                        help="verify the server's certificate against the CA certificates "
+                             "(PEM) in FILE instead of pinning its key")
     room = parser.add_mutually_exclusive_group()
     room.add_argument("--create", metavar="ROOM", help="create ROOM and host it")
     room.add_argument("--join", metavar="ROOM", help="join the existing ROOM")
@@ -150,14 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem := _check_names(args):
         parser.error(problem)
     if args.ca_file is not None and not args.tls:
-        parser.error("--ca-file needs --tls")
+        parser.error("--ca-file is for TLS: drop --no-tls")
     if args.e2e and (args.join is not None or args.stage1):
         parser.error("--e2e is for --create: a joined room says itself whether it is "
                      "encrypted")
     if args.tcp_port is None:
         args.tcp_port = TLS_PORT if args.tls else PLAIN_PORT
-    args.tls_context = None
-    if args.tls:
+    args.tls_context, args.pins = None, None
+    if args.tls and args.ca_file is None:
+        args.tls_context = pinning_tls_context()
+        args.pins = KnownServers(known_servers.default_dir())
+    elif args.tls:
         try:
             args.tls_context = client_tls_context(args.ca_file)
         except (OSError, ValueError) as exc:
@@ -190,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan = ui.Plan(args.server, args.tcp_port, args.timeout, user=args.user,
                            operation=_operation(args), room=args.create or args.join,
                            password=password or None, password_given=given,
-                           tls=args.tls_context, ca_file=args.ca_file, e2e=args.e2e,
+                           tls=args.tls_context, ca_file=args.ca_file, pins=args.pins,
+                           e2e=args.e2e,
                            store=store,
                            identity=identity)
             return ui.run_room(plan, colour)
@@ -206,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _target(args: argparse.Namespace) -> TcrpTarget:
     return TcrpTarget(args.server, args.tcp_port, args.tls_context, args.timeout,
-                      args.ca_file)
+                      args.ca_file, args.pins)
 
 
 def _operation(args: argparse.Namespace) -> Operation | None:
@@ -260,7 +269,8 @@ def _room_opener(joined: Joined, store: KeyStore | None,
         room = render.sanitize(joined.room_raw.decode())
         kind = "encrypted room" if joined.details.e2e else "room"
         print(f"ocm-chat: {render.sanitize_name(joined.username)} is {role} {kind} {room!r}; "
-              f"messages up to {link.max_message} bytes", file=sys.stderr, flush=True)
+              f"messages up to {link.max_message} bytes; {describe_connection(joined)}",
+              file=sys.stderr, flush=True)
         await link.open()
         return link
 

@@ -11,7 +11,7 @@ A driver does, in order::
     flow = JoinFlow(target, request)
     addr = <resolve target.host>            # error: raise flow.failed(exc)
     flow.connecting(); <connect>; flow.connected()
-    <TLS handshake if target.tls>; flow.secured()
+    <TLS handshake if target.tls>; flow.secured(<the server's certificate, DER>)
     <write flow.request_bytes()>
     while (answer := flow.answer()) is None:
         flow.receive(<bytes read>, b"" when the server closed)
@@ -23,8 +23,11 @@ and on an exception from any step raises ``flow.failed(exc)``. A certificate who
 do not match (``flow.wants_certificate(exc)``) may be fetched once more without
 verification, only to name what it holds: ``flow.failed(exc, certificate=der)``.
 
-The client's TLS settings live here too (``client_tls_context``, ``TcrpTarget``), so TLS
-is set up in one place for both drivers and for the member list.
+The client's TLS settings live here too (``client_tls_context``, ``pinning_tls_context``,
+``TcrpTarget``), so TLS is set up in one place for both drivers and for the member list.
+Without a CA file the certificate is not verified by a CA but its key is pinned on first
+use (``client.known_servers``, checked in ``secured``): a changed key is refused before
+the request is sent.
 """
 
 from __future__ import annotations
@@ -32,8 +35,15 @@ from __future__ import annotations
 import enum
 import ipaddress
 import ssl
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from client.known_servers import (
+    KnownServers,
+    KnownServersError,
+    ServerKeyChanged,
+    key_fingerprint,
+    server_identity,
+)
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Status
@@ -72,16 +82,33 @@ class JoinRefused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Hints:
+    """How a failure names what the user can change: flags in ``ocm-chat``, fields in
+    ``ocm-gui``."""
+
+    ca_file: str = "--ca-file"
+    add_tls: str = "drop --no-tls"
+    drop_tls: str = "add --no-tls"
+
+
+CLI_HINTS = Hints()
+GUI_HINTS = Hints(ca_file="the CA file field", add_tls="tick TLS", drop_tls="untick TLS")
+
+
+@dataclass(frozen=True, slots=True)
 class TcrpTarget:
     """The TCRP server as the user named it: ``where`` (``host:port`` as typed) is also
     the key under which member keys are pinned (docs/e2e.md §7.3). ``ca_file``: the file
-    ``tls`` trusts, named when a certificate does not verify."""
+    ``tls`` trusts, named when a certificate does not verify. ``pins``: with a ``tls``
+    from ``pinning_tls_context``, where the server's key is pinned on first use."""
 
     host: str
     port: int
     tls: ssl.SSLContext | None = None
     timeout: float = DEFAULT_TIMEOUT_S
     ca_file: str | None = None
+    pins: KnownServers | None = None
+    hints: Hints = field(default=CLI_HINTS)
 
     @property
     def where(self) -> str:
@@ -94,6 +121,49 @@ def client_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def pinning_tls_context() -> ssl.SSLContext:
+    """A context for a server whose key is pinned on first use (``TcrpTarget.pins``):
+    TLS 1.2 or later, no CA or name check, because the pin is the check."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def check_pin(target: TcrpTarget, der: bytes | None) -> tuple[str | None, bool]:
+    """(the server's key fingerprint, whether it was pinned just now) after a handshake
+    with ``target``; raise ``JoinFailed`` when the key differs from its pin or cannot be
+    checked. Without ``target.pins`` the certificate was verified (or there is no TLS):
+    only its key is named."""
+    if der is None:
+        if target.pins is not None:
+            raise JoinFailed(f"the server at {target.where} sent no TLS certificate")
+        return None, False
+    if target.pins is None:
+        try:
+            return key_fingerprint(der), False
+        except ValueError:
+            return None, False
+    try:
+        pinned = target.pins.check(target.host, target.port, der)
+    except ServerKeyChanged as exc:
+        raise JoinFailed(key_changed_text(exc, target.hints)) from None
+    except KnownServersError as exc:
+        raise JoinFailed(f"cannot check the TLS key of the server at {target.where}: {exc}"
+                         ) from None
+    return pinned.key, pinned.first_use
+
+
+def key_changed_text(exc: ServerKeyChanged, hints: Hints = CLI_HINTS) -> str:
+    """The loud refusal of a changed server key, with how to accept a legitimate change."""
+    return (f"WARNING: THE TLS KEY OF THE SERVER AT {exc.where} HAS CHANGED: it presented "
+            f"{exc.presented}, but {exc.pinned} was pinned on first use. Someone may be "
+            "intercepting the connection, so nothing was sent. If the server's operator "
+            f"made a new key, delete the line for {exc.where} in {exc.path} and connect "
+            f"again, or give the server's CA with {hints.ca_file}")
 
 
 def certificate_probe_context() -> ssl.SSLContext:
@@ -159,6 +229,10 @@ class JoinFlow:
         # An encrypted room's answer lists its members with their keys.
         self._exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)
         self._received = False  # whether the server sent any byte
+        self.server_key: str | None = None
+        """The server's TLS key fingerprint, once ``secured``."""
+        self.pinned_now = False
+        """Whether ``secured`` pinned the key on first use."""
 
     # --- progress reported by the driver ---------------------------------------------------
     def connecting(self) -> None:
@@ -167,8 +241,16 @@ class JoinFlow:
     def connected(self) -> None:
         self.stage = Stage.HANDSHAKE if self.target.tls is not None else Stage.EXCHANGE
 
-    def secured(self) -> None:
+    def secured(self, certificate: bytes | None = None) -> None:
+        """The handshake is done and the server sent ``certificate`` (DER): check its pin
+        (raise ``JoinFailed`` on a changed key) before anything is written."""
+        self.server_key, self.pinned_now = check_pin(self.target, certificate)
         self.stage = Stage.EXCHANGE
+
+    @property
+    def server_identity(self) -> str:
+        """What identifies the server (``client.known_servers.server_identity``)."""
+        return server_identity(self.target.host, self.target.port, self.server_key)
 
     def request_bytes(self) -> bytes:
         """The request to write (once); raise ``FieldOutOfRange`` if the room name does
@@ -240,7 +322,8 @@ class JoinFlow:
         """Said when a plain client got nothing at all: a TLS server closes on a request
         that is not a TLS handshake, without a word."""
         if self.target.tls is None and not self._received:
-            return "; if this is its TLS port, add --tls (or use its plain port)"
+            return (f"; if this is its TLS port, {self.target.hints.add_tls} (or use its plain "
+                    "port)")
         return ""
 
     def _fail(self, what: str) -> JoinFailed:
@@ -262,7 +345,8 @@ def failure(target: TcrpTarget, stage: Stage, exc: BaseException,
         reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else \
             describe_os_error(exc)
         return JoinFailed(f"TLS with the server at {where} failed ({reason}): it may be "
-                          "its plain TCRP port; use its TLS port, or drop --tls")
+                          f"its plain TCRP port; use its TLS port, or "
+                          f"{target.hints.drop_tls}")
     if isinstance(exc, OSError):
         hint = "; is ocm-control running there?" if isinstance(
             exc, ConnectionRefusedError) else ""
@@ -282,12 +366,13 @@ def _certificate_text(target: TcrpTarget, exc: ssl.SSLCertVerificationError,
         return (f"{head} that does not name the {kind} {target.host}{holds}; connect by a "
                 "name it holds, or give the server a certificate for this one")
     if code in _UNTRUSTED:
+        hint = target.hints.ca_file
         if target.ca_file is not None:
             return (f"{head} from an unknown CA: the CA in {target.ca_file} did not issue it "
-                    f"({exc.verify_message}); give the CA that did with --ca-file")
+                    f"({exc.verify_message}); give the CA that did with {hint}")
         what = "is self-signed" if code == _SELF_SIGNED_LEAF else \
             "comes from a CA this computer does not trust"
-        return (f"{head} that {what} ({exc.verify_message}); give its CA with --ca-file")
+        return (f"{head} that {what} ({exc.verify_message}); give its CA with {hint}")
     if code in (_EXPIRED, _NOT_YET_VALID):
         return f"{head} that is not valid now ({exc.verify_message})"
     return f"{head} that cannot be verified ({exc.verify_message})"

@@ -27,6 +27,7 @@ from client.joinflow import (
     Stage,
     TcrpTarget,
     certificate_probe_context,
+    check_pin,
     client_tls_context,
     failure,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "NoEncryptedRooms",
     "TcrpTarget",
     "client_tls_context",
+    "describe_connection",
     "fetch_members",
     "join_room",
     "resolve",
@@ -72,6 +74,11 @@ class Joined:
     server: Addr  # (server IP, details.udp_port)
     udp_sock: socket.socket  # bound to the IP the token was issued to, non-blocking
     tcrp: TcrpTarget | None = None  # where to ask for the member list (/who)
+    server_identity: str = ""
+    """The server's TLS key fingerprint (pinned or verified), else its ``host:port``:
+    what identifies it to others (``client.known_servers.server_identity``)."""
+    pinned_now: bool = False
+    """The server's key was pinned on first use by this join."""
 
 
 def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
@@ -108,7 +115,7 @@ def join_room(target: TcrpTarget, request: Request, source: str | None = None) -
             flow.connected()
             if target.tls is not None:
                 tcp = target.tls.wrap_socket(tcp, server_hostname=target.host)
-                flow.secured()
+                flow.secured(tcp.getpeercert(binary_form=True))
             udp = socket.socket(family, socket.SOCK_DGRAM)
             udp.bind((tcp.getsockname()[0], 0))
             tcp.sendall(data)
@@ -167,7 +174,21 @@ def _joined(flow: JoinFlow, granted: Granted, udp: socket.socket) -> Joined:
     udp.setblocking(False)
     request = flow.request
     return Joined(request.room_raw, request.body.username, granted.token, granted.details,
-                  granted.server_udp, udp, flow.target)
+                  granted.server_udp, udp, flow.target, flow.server_identity, flow.pinned_now)
+
+
+def describe_connection(joined: Joined) -> str:
+    """How the join went, for the status line: over TLS (with the server's key, and
+    whether it was pinned just now) or in clear."""
+    target = joined.tcrp
+    if target is None or target.tls is None:
+        return "joined over plain TCRP (not TLS)"
+    if target.pins is None:
+        return f"joined over TLS (certificate verified, key {joined.server_identity})"
+    if joined.pinned_now:
+        return (f"joined over TLS; first connection to {target.where}: its key "
+                f"{joined.server_identity} is now pinned in {target.pins.path}")
+    return f"joined over TLS (key {joined.server_identity}, as pinned)"
 
 
 def fetch_members(target: TcrpTarget, room_raw: bytes, token: bytes,
@@ -185,8 +206,10 @@ def fetch_members(target: TcrpTarget, room_raw: bytes, token: bytes,
             raw.settimeout(target.timeout)
             raw.connect(addr)
             stage = Stage.HANDSHAKE
-            tcp = raw if target.tls is None else target.tls.wrap_socket(
-                raw, server_hostname=target.host)
+            tcp = raw
+            if target.tls is not None:
+                tcp = secured = target.tls.wrap_socket(raw, server_hostname=target.host)
+                check_pin(target, secured.getpeercert(binary_form=True))
             stage = Stage.EXCHANGE
             tcp.sendall(encode_members_request(room_raw, token))
             response = _read_members(tcp, deadline, target.where)

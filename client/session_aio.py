@@ -41,7 +41,9 @@ async def join_room_async(target: TcrpTarget, request: Request) -> Joined:
                 reader, writer = await asyncio.open_connection(
                     sock=tcp, ssl=target.tls,
                     server_hostname=target.host if target.tls is not None else None)
-                flow.secured()
+                ssl_object = writer.get_extra_info("ssl_object")
+                flow.secured(ssl_object.getpeercert(binary_form=True)
+                             if ssl_object is not None else None)
                 writer.write(data)
                 await writer.drain()
                 while (answer := flow.answer()) is None:

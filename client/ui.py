@@ -33,6 +33,7 @@ from client.commands import Action
 from client.e2e.identity import IdentityKeys
 from client.e2e_link import room_link
 from client.keystore import KeyStore
+from client.known_servers import KnownServers
 from client.link import GlobalLink, Link, RoomLink, open_global
 from client.render import Line, MessageTooLong
 from client.script import (
@@ -42,7 +43,14 @@ from client.script import (
     EXIT_OK,
     new_runner,
 )
-from client.session import Joined, JoinFailed, JoinRefused, TcrpTarget, join_room
+from client.session import (
+    Joined,
+    JoinFailed,
+    JoinRefused,
+    TcrpTarget,
+    describe_connection,
+    join_room,
+)
 from wire.chat import Notice
 from wire.codes import Framing, NoticeEvent, Operation, Status
 from wire.tcrp import Request, RequestBody
@@ -169,8 +177,9 @@ class Plan:
     password_given: bool = False  # --password-file / --password-stdin, or asked already
     last_user: str = ""  # the default answers when a question is asked again
     last_room: str = ""
-    tls: ssl.SSLContext | None = None  # --tls: TCRP inside TLS
+    tls: ssl.SSLContext | None = None  # TCRP inside TLS (the default; --no-tls: None)
     ca_file: str | None = None  # --ca-file: named when a certificate does not verify
+    pins: KnownServers | None = None  # without --ca-file: the server's key pinned here
     e2e: bool = False  # --e2e: a created room is end-to-end encrypted
     store: KeyStore | None = None  # this device's key store and identity (docs/e2e.md §7)
     identity: IdentityKeys | None = None
@@ -195,7 +204,8 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
             plan.password, plan.password_given = asker.new_password(), True
         try:
             keys = plan.identity.public() if plan.identity is not None else None
-            target = TcrpTarget(plan.host, plan.tcp_port, plan.tls, plan.timeout, plan.ca_file)
+            target = TcrpTarget(plan.host, plan.tcp_port, plan.tls, plan.timeout, plan.ca_file,
+                                plan.pins)
             return join_room(target, Request.of(operation, room, RequestBody(
                 user, plan.password, Framing.OCM1R, keys=keys,
                 e2e=plan.e2e and operation is Operation.CREATE)))
@@ -393,7 +403,7 @@ async def _room_chat(joined: Joined, colour: bool, history: InMemoryHistory,
         role = " (host: leaving closes the room)" if host else ""
         intro = render.notice_line(
             f"you are in room {render.sanitize(room)!r} as {render.sanitize_name(joined.username)}"
-            f"{role} · /help for commands")
+            f"{role} · {describe_connection(joined)} · /help for commands")
         try:
             notice = await chat(link, joined.username, f"room {render.sanitize(room)}", host,
                                 colour, history, intro)

@@ -9,7 +9,7 @@ new requests are answered UNAVAILABLE, every member gets ``closed``, then exit w
 ``--drain-timeout``); SIGHUP reloads the live settings (config.LIVE_FIELDS). The log says
 ``ready tcp=HOST:PORT udp=PORTS stage1=PORT workers=N steering=MODE sched=SCHED
 tls=HOST:PORT`` once every worker is ready (``tcp=disabled`` with ``--no-plain-tcrp``,
-``tls=disabled`` without a certificate) (and systemd hears ``READY=1``), then
+``tls=disabled`` with ``--no-tls``) (and systemd hears ``READY=1``), then
 ``admin http=HOST:PORT`` (or ``=disabled``).
 """
 
@@ -24,10 +24,11 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from control import config as config_mod
-from control import tls
+from control import tls, tlsport
 from control.admin import AdminServer, Metrics, routes_for
 from control.clusterroute import ClusterRouter, cluster_route, load_secret
 from control.clusterudp import UdpRelay
@@ -37,6 +38,7 @@ from control.registry import Registry
 from control.server import ControlApp, TcrpConnection, new_token
 from control.sockets import PortBusy, UdpPlan, busy_hint, plan_udp
 from control.supervisor import Supervisor
+from control.tlsport import TlsPort
 from relay import ipc
 from runtime import logs, sched
 from runtime.sockbuf import SOCKET_BUFFER_BYTES, granted
@@ -236,7 +238,7 @@ class Control:
         cfg = self.cfg
         listeners: list[asyncio.Server] = []
         server: asyncio.Server | None = None
-        tls_server: asyncio.Server | None = None
+        tls_port: TlsPort | None = None
         try:
             if cfg.plain_tcrp:
                 server = await loop.create_server(lambda: TcrpConnection(self.app), cfg.host,
@@ -247,20 +249,23 @@ class Control:
             log.error("cannot listen on TCP %s:%d: %s%s", cfg.host, cfg.tcp_port, exc.strerror,
                       _hint(exc, "tcp_port"))
             return EXIT_FAILURE
-        if cfg.tls_cert:
+        if cfg.tls:
             try:
-                context = tls.server_context(cfg.tls_cert, cfg.tls_key)
+                cert, key = cfg.tls_cert, cfg.tls_key
+                if not cert:
+                    state = Path(cfg.state_dir) if cfg.state_dir else tls.default_state_dir()
+                    cert, key = tls.ensure_self_signed(state, cfg.host)
+                context = tls.server_context(cert, key)
+                log.info("TLS: %scertificate %s, key %s (what clients pin and show)",
+                         "" if cfg.tls_cert else "self-signed ", cert,
+                         tls.key_fingerprint(cert))
             except tls.TlsSetupError as exc:
                 log.error("%s", exc)
                 for listener in listeners:
                     listener.close()
                 return EXIT_CONFIG
             try:
-                tls_server = await loop.create_server(
-                    lambda: TcrpConnection(self.app), cfg.host, cfg.tls_port, ssl=context,
-                    ssl_handshake_timeout=cfg.tcp_timeout, reuse_address=True,
-                    start_serving=False, backlog=4096)
-                listeners.append(tls_server)
+                tls_port = TlsPort(self.app, context, tlsport.listen(cfg.host, cfg.tls_port))
             except OSError as exc:
                 log.error("cannot listen on TLS %s:%d: %s%s", cfg.host, cfg.tls_port,
                           exc.strerror, _hint(exc, "tls_port"))
@@ -275,7 +280,8 @@ class Control:
                 log.warning("cluster: no relay socket (steering=%s): clients must send "
                             "their datagrams to the owning node (details.udp_host)",
                             self.plan.steering)
-            front = listeners[0].sockets[0].getsockname()[1] if listeners else 0
+            front = (listeners[0].sockets[0].getsockname()[1] if listeners
+                     else tls_port.address[1] if tls_port is not None else 0)
             try:
                 await self.cluster.start(self.app, front, relay)
             except OSError as exc:
@@ -310,10 +316,12 @@ class Control:
         if starting.done() and starting.exception() is None and not self.stop_requested.is_set():
             for listener in listeners:
                 await listener.start_serving()
+            if tls_port is not None:
+                tls_port.start()
             tcp = (f"{cfg.host}:{server.sockets[0].getsockname()[1]}" if server is not None
                    else "disabled")
-            tls_where = (f"{cfg.host}:{tls_server.sockets[0].getsockname()[1]}"
-                         if tls_server is not None else "disabled")
+            tls_where = (f"{cfg.host}:{tls_port.address[1]}" if tls_port is not None
+                         else "disabled")
             self.state = "ready"
             udp = ",".join(map(str, sorted(set(self.plan.ports))))
             ready = (f"ready tcp={tcp} udp={udp} stage1={self.plan.stage1_port}"
@@ -354,6 +362,8 @@ class Control:
         await supervisor.shutdown(cfg.drain_timeout)
         for listener in listeners:
             listener.close()
+        if tls_port is not None:
+            tls_port.close()
         for conn in list(self.app.connections):
             if conn.transport is not None:
                 conn.transport.abort()

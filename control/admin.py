@@ -222,6 +222,11 @@ class Metrics:
                    "by status name", [((("status", k),), v) for k, v in joins.items()])
         out.family("ocm_tcp_connections", "gauge", "open TCRP connections",
                    [((), len(app.connections))])
+        out.family("ocm_tls_handshakes", "gauge", "TLS handshakes in progress on the TLS port",
+                   [((), app.handshakes.total)])
+        out.family("ocm_tls_handshakes_refused_total", "counter", "connections to the TLS "
+                   "port closed at accept: max_tls_handshakes or max_tls_handshakes_per_ip "
+                   "reached", [((), app.handshakes.refused)])
         rooms_per_worker = [0] * len(registry.load)
         for room in list(registry.rooms.values()):
             if 0 <= room.worker < len(rooms_per_worker):

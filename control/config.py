@@ -48,14 +48,18 @@ def default_workers() -> int:
 class Config:
     host: str = _f("0.0.0.0", "address to bind the TCP and UDP ports on")
     tcp_port: int = _f(limits.DEFAULT_TCP_PORT, "TCRP control port (TCP); 0 = any free port")
-    tls_port: int = _f(limits.DEFAULT_TLS_PORT,
-                       "TCRP over TLS port (TCP), served when tls_cert and tls_key are "
-                       "set; 0 = any free port")
+    tls_port: int = _f(limits.DEFAULT_TLS_PORT, "TCRP over TLS port (TCP); 0 = any free port")
+    tls: bool = _f(True, "serve TCRP over TLS on tls_port; --no-tls serves only the plain "
+                         "port")
     tls_cert: str = _f("", "PEM file with the server certificate (and its chain) for TCRP "
-                           "over TLS; empty = no TLS", metavar="FILE")
+                           "over TLS; empty = a self-signed certificate made on first start "
+                           "and kept in state_dir", metavar="FILE")
     tls_key: str = _f("", "PEM file with the private key of tls_cert", metavar="FILE")
+    state_dir: str = _f("", "directory for what the server keeps between starts (the "
+                            "self-signed TLS certificate and key); empty = "
+                            "$XDG_STATE_HOME/ocm, else ~/.local/state/ocm", metavar="DIR")
     plain_tcrp: bool = _f(True, "also serve plain TCRP on tcp_port; --no-plain-tcrp leaves "
-                                "only TLS (needs tls_cert)")
+                                "only TLS")
     udp_port: int = _f(limits.DEFAULT_UDP_PORT,
                        "public room-chat port (UDP) shared by all workers; 0 = any")
     stage1_port: int = _f(limits.DEFAULT_STAGE1_PORT,
@@ -76,8 +80,17 @@ class Config:
     max_send_failures: int = _f(limits.DEFAULT_MAX_SEND_FAILURES,
                                 "consecutive failed sends before a member is removed",
                                 live=True, above=_POS)
-    max_conns_per_ip: int = _f(256, "concurrent TCP connections per client IP",
+    max_conns_per_ip: int = _f(256, "concurrent TCP connections per client IP (plain and "
+                                     "TLS ports together, counted from accept)",
                                live=True, above=_POS)
+    tls_handshake_timeout: float = _f(5.0, "seconds a client has to finish the TLS "
+                                           "handshake on tls_port", live=True, above=_POS)
+    max_tls_handshakes: int = _f(512, "TLS handshakes in progress at once (all IPs); "
+                                      "connections past it are closed at accept",
+                                 live=True, above=_POS)
+    max_tls_handshakes_per_ip: int = _f(16, "TLS handshakes in progress at once per client "
+                                            "IP; connections past it are closed at accept",
+                                        live=True, above=_POS)
     conn_rate_per_ip: float = _f(5000.0, "new TCP connections per second per client IP, "
                                          "token bucket with burst = rate", live=True, above=_POS)
     max_password_failures: int = _f(5, "failed passwords per client IP and room within "
@@ -225,10 +238,10 @@ def validate(cfg: Config, sources: Mapping[str, str] | None = None) -> Config:
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         name = "tls_key" if cfg.tls_cert else "tls_cert"
         raise fail(name, "tls_cert and tls_key must be given together")
-    if not cfg.plain_tcrp and not cfg.tls_cert:
-        raise fail("plain_tcrp", "plain_tcrp is off but no TLS is configured (tls_cert, "
-                                 "tls_key): TCRP would be served nowhere")
-    if cfg.tls_cert and cfg.plain_tcrp and cfg.tls_port and cfg.tls_port == cfg.tcp_port:
+    if not cfg.plain_tcrp and not cfg.tls:
+        raise fail("plain_tcrp", "plain_tcrp and tls are both off: TCRP would be served "
+                                 "nowhere")
+    if cfg.tls and cfg.plain_tcrp and cfg.tls_port and cfg.tls_port == cfg.tcp_port:
         raise fail("tls_port", f"tls_port and tcp_port are both TCP port {cfg.tcp_port}")
     if not 1 <= cfg.workers <= MAX_WORKERS:
         raise fail("workers", f"workers must be 1..{MAX_WORKERS}, got {cfg.workers}")

@@ -37,6 +37,7 @@ from control.session import (
     Session,
 )
 from control.supervisor import Supervisor
+from control.tls import HandshakeSlots
 from relay.ipc import Ack, Bound, Closed, CloseRoom, Left, Rebind, Register
 from relay.steering import worker_tag
 from wire.codes import Framing, Operation, Reason, Status
@@ -103,6 +104,8 @@ class ControlApp:
         self.supervisor: Supervisor | None = None
         self.accepting = True
         self.connections: set[TcrpConnection] = set()
+        self.handshakes = HandshakeSlots()
+        """TLS handshakes in progress on the TLS port (capped in all and per IP)."""
         self.kdf = KeyDerivations(self.quotas)
         self.password_cache_hits = 0
         self._verifying: dict[tuple[str, bytes],
@@ -406,9 +409,14 @@ class ControlApp:
 
 
 class TcrpConnection(asyncio.Protocol):
-    """One TCRP connection: bytes in and out of a ``Session``, one timer at a time."""
+    """One TCRP connection: bytes in and out of a ``Session``, one timer at a time.
 
-    def __init__(self, app: ControlApp) -> None:
+    ``admitted``: the connection was accepted and counted before this protocol got it
+    (the TLS port, ``control.tlsport``); ``deadline``: the loop time by which its request
+    must be in (from accept), instead of ``tcp_timeout`` from now."""
+
+    def __init__(self, app: ControlApp, admitted: bool = False,
+                 deadline: float | None = None) -> None:
         self.app = app
         self.session = Session(app.cfg.max_payload)
         self.transport: asyncio.Transport | None = None
@@ -416,13 +424,14 @@ class TcrpConnection(asyncio.Protocol):
         self.member: MemberRecord | Elsewhere | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
-        self.counted = False
+        self.counted = admitted
+        self.deadline = deadline
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
-        if not self.app.quotas.open_connection(self.ip):
+        if not self.counted and not self.app.quotas.open_connection(self.ip):
             # Over the per-IP cap: hold nothing for it, not even a request buffer.
             self.ip = ""
             self.transport.abort()
@@ -431,7 +440,9 @@ class TcrpConnection(asyncio.Protocol):
         self.counted = True
         self.app.connections.add(self)
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.app.cfg.tcp_timeout, self._on_timeout)
+        left = self.app.cfg.tcp_timeout if self.deadline is None else \
+            max(0.0, self.deadline - loop.time())
+        self.timer = loop.call_later(left, self._on_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.counted:

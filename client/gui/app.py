@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client import commands, render
+from client import commands, known_servers, render
 from client.commands import Action, Command
 from client.e2e.identity import IdentityKeys, fingerprint
 from client.e2e_link import E2ERoomLink, leave_datagram, load_identity, room_link
@@ -44,7 +44,9 @@ from client.gui.connect import ConnectScreen
 from client.gui.models import ConnectRequest, Unread
 from client.gui.room import RoomView
 from client.gui.verify import VerifyDialog
+from client.joinflow import GUI_HINTS, pinning_tls_context
 from client.keystore import KeyStore, KeyStoreError
+from client.known_servers import KnownServers
 from client.link import RoomLink
 from client.refusals import Field
 from client.render import Line, MessageTooLong
@@ -130,8 +132,10 @@ class MainWindow(QMainWindow):
         """Join, then chat: errors go next to their field on the connect screen."""
         screen = self.connect_screen
         self._show_busy(request)
-        tls = None
-        if request.tls:
+        tls, pins = None, None
+        if request.tls and request.ca_file is None:
+            tls, pins = pinning_tls_context(), KnownServers(known_servers.default_dir(self.env))
+        elif request.tls:
             try:
                 tls = client_tls_context(request.ca_file)
             except OSError as exc:
@@ -148,7 +152,7 @@ class MainWindow(QMainWindow):
             store, identity = None, None  # plain rooms still work; encrypted ones refuse
         try:
             target = TcrpTarget(request.host, request.port, tls, self.join_timeout,
-                                request.ca_file if tls is not None else None)
+                                request.ca_file if tls is not None else None, pins, GUI_HINTS)
             joined = await join_room_async(target, Request.of(
                 request.operation, request.room, RequestBody(
                     request.username, request.password, Framing.OCM1R,

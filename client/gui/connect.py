@@ -5,10 +5,11 @@ joins (``client.session``) and calls ``show_error(field, text)`` with what went 
 shown in plain words under the field it concerns. Recent servers, names and rooms live in
 ``QSettings`` (``remember_request`` after a successful join).
 
-TLS asks for TCRP inside TLS on the server's TLS port, with an optional CA file for a
-server whose certificate comes from its own CA. "End-to-end encrypted" (when creating)
-makes the new room an encrypted one (docs/e2e.md); joining needs no toggle, the server
-says whether a room is encrypted.
+TLS (on by default) asks for TCRP inside TLS on the server's TLS port: the server's key
+is pinned on first use (``client.known_servers``), or, with a CA file, its certificate is
+verified against that CA. Unticked, TCRP goes in clear to the plain port. "End-to-end
+encrypted" (when creating) makes the new room an encrypted one (docs/e2e.md); joining
+needs no toggle, the server says whether a room is encrypted.
 """
 
 from __future__ import annotations
@@ -82,12 +83,12 @@ class ConnectScreen(QWidget):
         self.server = self._combo(Field.SERVER, models.DEFAULT_SERVER)
         self.port = QSpinBox()
         self.port.setRange(1, 65535)
-        self.port.setValue(int(str(settings.value("last/port", models.DEFAULT_TCP_PORT))))
+        self.port.setValue(int(str(settings.value("last/port", models.DEFAULT_TLS_PORT))))
         self.tls = QCheckBox("TLS")
         self.tls.setEnabled(models.TLS_AVAILABLE)
-        self.tls.setToolTip("join over TLS (the server's TLS port); its certificate is "
-                            "verified")
-        self.tls.setChecked(_bool(settings.value("last/tls", False)))
+        self.tls.setToolTip("join over TLS (the server's TLS port): its key is pinned on "
+                            "first use, or its certificate verified against the CA file")
+        self.tls.setChecked(_bool(settings.value("last/tls", True)))
         where = QHBoxLayout()
         where.addWidget(self.server, 1)
         where.addWidget(QLabel("port"))
@@ -97,7 +98,7 @@ class ConnectScreen(QWidget):
         form.addRow("Server", where)
         self.ca_file = QLineEdit(str(settings.value("last/ca_file", "") or ""))
         self.ca_file.setPlaceholderText("optional: the CA that signed the server's "
-                                        "certificate (PEM)")
+                                        "certificate (PEM); empty = pin its key")
         self.ca_browse = QPushButton("Browse…")
         self.ca_browse.clicked.connect(self._browse_ca)
         self._ca_row = QWidget()

@@ -16,8 +16,10 @@ shift 2
 out=$(mktemp -d)
 trap 'kill -TERM "$pid" 2>/dev/null || true; rm -rf "$out"' EXIT
 : >"$out/server.log"  # exists before the wait loop greps it
+# Plain TCRP only: versions that serve TLS by default are told not to (never port 9443).
+no_tls=$(.venv/bin/ocm-control --help | grep -q -- "--no-tls" && echo --no-tls || true)
 taskset -c "$server_cpus" .venv/bin/ocm-control --host 127.0.0.1 --tcp-port 0 --udp-port 0 \
-    --stage1-port 0 --workers 2 --log-level info --admin-port=-1 ${SERVER_FLAGS:-} \
+    --stage1-port 0 --workers 2 --log-level info --admin-port=-1 $no_tls ${SERVER_FLAGS:-} \
     >"$out/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 300); do  # the ready line (readiness handshake), 30 s at most

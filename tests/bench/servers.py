@@ -29,11 +29,14 @@ READY_RE: Final = re.compile(
 
 
 def control_command(workers: int, host: str = "127.0.0.1") -> list[str]:
-    """``ocm-control`` on kernel-chosen ports, Stage 1 and the admin HTTP server off."""
+    """``ocm-control`` on kernel-chosen ports, Stage 1, TLS and the admin HTTP server
+    off."""
     cmd = [sys.executable, "-m", "control", "--host", host, "--tcp-port", "0", "--udp-port",
            "0", "--stage1-port", "0", "--workers", str(workers), "--log-level", "info"]
     if _control_has_flag("--admin-port"):
         cmd += ["--admin-port=-1"]
+    if _control_has_flag("--no-tls"):  # plain TCRP is what is measured; never port 9443
+        cmd += ["--no-tls"]
     return cmd
 
 

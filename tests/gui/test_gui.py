@@ -8,6 +8,7 @@ thread so the window keeps running meanwhile.
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import socket
 import time
@@ -44,10 +45,12 @@ def room_name() -> str:
 
 
 def fill(window: MainWindow, qtbot: QtBot, port: int, user: str, room: str, create: bool,
-         password: str = "") -> None:
-    """Fill the connect screen as a user would and press Connect."""
+         password: str = "", tls: bool = False) -> None:
+    """Fill the connect screen as a user would and press Connect (TLS unticked unless
+    ``tls``: ``port`` is then the plain one)."""
     screen = window.connect_screen
     screen.server.setCurrentText("127.0.0.1")
+    screen.tls.setChecked(tls)
     screen.port.setValue(port)
     screen.name.setCurrentText(user)
     (screen.create_mode if create else screen.join_mode).setChecked(True)
@@ -107,7 +110,7 @@ def test_gui_creates_ocm_chat_joins_and_they_chat_both_ways(
         assert window.room.counter.text() == f"{limit + 1} / {limit} bytes"
         # /commands as in ocm-chat
         type_line(window, qtbot, "/help")
-        assert "/exit    leave the room" in scrollback(window)
+        assert re.search(r"/exit +leave the room", scrollback(window))
         type_line(window, qtbot, "/who")
         await until(lambda: "2 in the room: alice (host, you), bob" in scrollback(window),
                     "the /who answer")
@@ -317,14 +320,19 @@ def test_tls_join_with_the_servers_ca_and_refusal_without(
                        workers=1)
     screen = window.connect_screen
 
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong_ca, _, _ = make_pki(other)
+
     async def scenario() -> None:
         port = tls_port(own)
-        screen.tls.setChecked(True)
-        screen.ca_file.setText("")  # the system's CAs do not know the test CA
-        fill(window, qtbot, port, "tess", room_name(), create=True)
+        screen.ca_file.setText(str(wrong_ca))  # a CA that did not issue the certificate
+        fill(window, qtbot, port, "tess", room_name(), create=True, tls=True)
         await until(lambda: screen.errors[Field.SERVER].isVisible(), "the TLS error")
         text = screen.errors[Field.SERVER].text()
-        assert text.startswith("No secure connection: ") and "does not trust" in text
+        assert text.startswith("No secure connection: ") and "unknown CA" in text
+        assert text.endswith("give the CA that did with the CA file field."), text
+        assert "--" not in text
         screen.ca_file.setText(str(tmp_path / "missing.pem"))
         qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
         await until(lambda: screen.errors[Field.SERVER].isVisible(), "the CA file error")
@@ -340,3 +348,40 @@ def test_tls_join_with_the_servers_ca_and_refusal_without(
         run(loop, scenario())
     finally:
         own.stop()
+
+
+def test_tls_by_default_pins_the_key_and_refuses_a_changed_one(
+        qapp: object, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        settings: QSettings, tmp_path: Path) -> None:
+    """The TLS box is ticked from the start: with the CA file empty the server's key is
+    pinned on first use; a different pin for the same server is refused, and the text
+    names the window's own field, not a command-line flag."""
+    import os
+
+    from client.known_servers import FILE_NAME
+
+    window = MainWindow(settings, join_timeout=10.0,
+                        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path)})
+    window.show()
+    screen = window.connect_screen
+    pins = tmp_path / "ocm" / FILE_NAME
+
+    async def scenario() -> None:
+        assert screen.tls.isChecked() and screen.port.value() == 9443
+        fill(window, qtbot, server.tls_port, "tia", room_name(), create=True, tls=True)
+        await until(lambda: in_room(window), "the room window, over TLS")
+        line = pins.read_text().strip()
+        assert line.startswith(f"127.0.0.1:{server.tls_port} sha256:"), line
+        window._leave_and_show_connect()  # as the leave dialog's "yes" does
+        pins.write_text(f"127.0.0.1:{server.tls_port} sha256:{'A' * 43}\n")
+        fill(window, qtbot, server.tls_port, "tia", room_name(), create=True, tls=True)
+        await until(lambda: screen.errors[Field.SERVER].isVisible(), "the refusal")
+        text = screen.errors[Field.SERVER].text()
+        assert "HAS CHANGED" in text and f"delete the line for 127.0.0.1:{server.tls_port}" \
+            in text and "the CA file field" in text and "--" not in text, text
+
+    try:
+        run(loop, scenario())
+    finally:
+        window.quit_now()
+        window.deleteLater()

@@ -118,8 +118,8 @@ def test_connect_screen_hooks_and_recents(qtbot: QtBot, settings: QSettings) -> 
     screen = ConnectScreen(settings)
     qtbot.addWidget(screen)
     assert screen.tls.isEnabled() and screen.encrypted.isEnabled()
-    assert not screen.ca_file.isVisibleTo(screen) and screen.port.value() == PLAIN
-    screen.tls.setChecked(True)  # the TLS port, and the CA file to trust
+    # TLS by default: the TLS port, and the CA file to trust (empty: pin the key).
+    assert screen.tls.isChecked()
     assert screen.ca_file.isVisibleTo(screen) and screen.port.value() == TLS
     screen.ca_file.setText("/etc/ocm/ca.pem")
     screen.tls.setChecked(False)

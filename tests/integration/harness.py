@@ -11,6 +11,7 @@ import atexit
 import ctypes
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ READY_RE = re.compile(
     r"ready tcp=(?P<host>[^:\s]+):(?P<tcp>\d+) udp=(?P<udp>[\d,]+) stage1=(?P<stage1>\d+) "
     r"workers=(?P<workers>\d+) steering=(?P<steering>\S+)"
 )
+TLS_RE = re.compile(r"ready tcp=.* tls=(?:disabled|[^:\s]+:(?P<tls>\d+))")
 START_TIMEOUT_S = 60.0
 _STARTED: list[subprocess.Popen[str]] = []
 
@@ -57,6 +59,8 @@ class Server:
     stage1_port: int
     workers: int
     steering: str
+    tls_port: int = 0
+    """The TLS port from the ready line (0: ``tls=disabled``)."""
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
     _reader: threading.Thread | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -124,18 +128,20 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 
 def start_server(*args: str, workers: int = 2, stage1: bool = False,
                  env: dict[str, str | None] | None = None,
-                 timeout: float = START_TIMEOUT_S) -> Server:
-    """Start ``ocm-control`` on 127.0.0.1 with kernel-chosen ports and wait until ready.
+                 timeout: float = START_TIMEOUT_S, nofile: int | None = None) -> Server:
+    """Start ``ocm-control`` on 127.0.0.1 with kernel-chosen ports (the TLS port too) and
+    wait until ready.
 
     Extra ``args`` are passed as flags (e.g. ``"--inactivity-timeout", "2"``); ``env`` adds
     variables to the session's environment, or unsets those given as ``None``. Stage 1 is
     off unless ``stage1`` (its port 0 means "disabled", so a free port is picked).
+    ``nofile``: the server's descriptor limit (RLIMIT_NOFILE), for exhaustion tests.
     """
     stage1_port = free_udp_port() if stage1 else 0
     cmd = [
         sys.executable, "-m", "control",
         "--host", "127.0.0.1", "--tcp-port", "0", "--udp-port", "0",
-        "--stage1-port", str(stage1_port),
+        "--stage1-port", str(stage1_port), "--tls-port", "0",
         "--workers", str(workers),
         "--log-level", os.environ.get("OCM_TEST_LOG_LEVEL", "info"), *args,
     ]
@@ -146,8 +152,13 @@ def start_server(*args: str, workers: int = 2, stage1: bool = False,
             full_env.pop(key, None)
         else:
             full_env[key] = value
+    def prepare() -> None:
+        _die_with_parent()
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=full_env, start_new_session=True, preexec_fn=_die_with_parent)
+                            env=full_env, start_new_session=True, preexec_fn=prepare)
     _STARTED.append(proc)
     lines: deque[str] = deque(maxlen=5000)
     cond = threading.Condition()
@@ -177,7 +188,9 @@ def start_server(*args: str, workers: int = 2, stage1: bool = False,
                                    + "\n".join(lines))
             cond.wait(min(left, 0.5))
     udp_ports = [int(p) for p in match["udp"].split(",")]
+    tls = TLS_RE.search(match.string)
     server = Server(proc, match["host"], int(match["tcp"]), udp_ports[0], udp_ports,
                     int(match["stage1"]), int(match["workers"]), match["steering"],
-                    lines=lines, _reader=reader, _cond=cond)
+                    int(tls["tls"] or 0) if tls else 0, lines=lines, _reader=reader,
+                    _cond=cond)
     return server

@@ -129,7 +129,7 @@ def clients() -> Iterator[list[Client]]:
 
 def spawn(clients: list[Client], server: Server, *args: str,
           env: dict[str, str] | None = None) -> Client:
-    client = Client("--server", H, "--tcp-port", str(server.tcp_port), *args, env=env)
+    client = Client("--server", H, "--tcp-port", str(server.tls_port), *args, env=env)
     clients.append(client)
     return client
 
@@ -400,7 +400,8 @@ class FakeServer:
 def test_every_status_code_is_one_clear_line(status: Status) -> None:
     fake = FakeServer(status, f"reason for {status.name}")
     try:
-        client = Client("--tcp-port", str(fake.port), "--join", "lobby", "--user", "bob")
+        client = Client("--no-tls", "--tcp-port", str(fake.port), "--join", "lobby", "--user",
+                        "bob")
         assert client.wait() == 1
     finally:
         fake.close()
@@ -425,7 +426,7 @@ def test_unexpected_answer_is_one_clear_line() -> None:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        client = Client("--tcp-port", str(port), "--join", "lobby", "--user", "bob")
+        client = Client("--no-tls", "--tcp-port", str(port), "--join", "lobby", "--user", "bob")
         assert client.wait() == 1
     finally:
         thread.join(TIMEOUT_S)
@@ -436,7 +437,7 @@ def test_unexpected_answer_is_one_clear_line() -> None:
 
 
 @pytest.mark.parametrize(("answer", "what"), [
-    (b"", "answering; if this is its TLS port, add --tls (or use its plain port)"),
+    (b"", "answering; if this is its TLS port, drop --no-tls (or use its plain port)"),
     (encode_ok(Operation.JOIN, b"lobby", Details(9001, False, 4000, 300.0, Framing.OCM1)),
      "the token"),
 ])
@@ -453,7 +454,7 @@ def test_server_closing_early_is_one_clear_line(answer: bytes, what: str) -> Non
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        client = Client("--tcp-port", str(port), "--join", "lobby", "--user", "bob")
+        client = Client("--no-tls", "--tcp-port", str(port), "--join", "lobby", "--user", "bob")
         assert client.wait() == 1
     finally:
         thread.join(TIMEOUT_S)
@@ -466,7 +467,7 @@ def test_unreachable_server(clients: list[Client]) -> None:
     with socket.socket() as probe:
         probe.bind((H, 0))
         port = probe.getsockname()[1]  # bound, never listening: connections are refused
-        client = Client("--tcp-port", str(port), "--create", "lobby", "--user", "bob")
+        client = Client("--no-tls", "--tcp-port", str(port), "--create", "lobby", "--user", "bob")
         assert client.wait() == 1
     assert client.err_seen == [f"ocm-chat: cannot reach the server at 127.0.0.1:{port} "
                                "(connection refused); is ocm-control running there?"]
@@ -475,8 +476,8 @@ def test_unreachable_server(clients: list[Client]) -> None:
 def test_server_that_never_answers_times_out() -> None:
     fake = FakeServer(None)
     try:
-        client = Client("--tcp-port", str(fake.port), "--timeout", "0.5", "--join", "lobby",
-                        "--user", "bob")
+        client = Client("--no-tls", "--tcp-port", str(fake.port), "--timeout", "0.5",
+                        "--join", "lobby", "--user", "bob")
         assert client.wait() == 1
     finally:
         fake.close()

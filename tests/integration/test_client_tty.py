@@ -46,7 +46,7 @@ def spawn_tty(ttys: list[object], server: Server, *args: str,
         full_env.pop(name, None)
     full_env.update(env or {})
     child = pexpect.spawn(
-        sys.executable, ["-m", "client", "--server", H, "--tcp-port", str(server.tcp_port),
+        sys.executable, ["-m", "client", "--server", H, "--tcp-port", str(server.tls_port),
                          *args],
         cwd=str(ROOT), env=full_env, dimensions=(40, 120), timeout=TIMEOUT_S,
         encoding="utf-8", codec_errors="replace",

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Server, start_server
+from tests.integration.harness import Server
 from tests.integration.test_client_script import Client, spawn
-from tests.integration.test_tls import make_pki, tls_port
 
 H = "127.0.0.1"
 FP = r"[0-9a-f]{4}(?: [0-9a-f]{4}){7}"
@@ -84,7 +83,7 @@ def test_encrypted_chat_who_verify_and_key_files(server: Server, room_name: str,
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         assert stat.S_IMODE((directory / "identity.json").stat().st_mode) == 0o600
     pins = json.loads((tmp_path / "bob" / "ocm" / "pins.json").read_text())
-    assert pins["servers"][f"{H}:{server.tcp_port}"]["alice"]["trust"] == "verified"
+    assert pins["servers"][f"{H}:{server.tls_port}"]["alice"]["trust"] == "verified"
     bob.close_stdin()  # EOF: bob leaves with kind 04
     assert bob.wait() == 0
     alice.expect(r"^\* bob left the room$")
@@ -180,33 +179,24 @@ class Tap:
         self.sock.close()
 
 
-@pytest.fixture
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    ca, cert, key = make_pki(tmp_path_factory.mktemp("pki"))
-    with start_server("--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0",
-                      workers=1) as srv:
-        yield srv, ca
-        srv.stop()
-
-
 def test_wire_tap_sees_no_text_password_or_private_key(
-        tls_server: tuple[Server, Path], room_name: str, clients: list[Client],
-        tmp_path: Path) -> None:
+        server: Server, room_name: str, clients: list[Client], tmp_path: Path) -> None:
+    """With default settings only (no TLS flag on the server or the clients): TLS with a
+    self-signed certificate, its key pinned on first use."""
     try:
         probe = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         probe.close()
     except PermissionError:
         pytest.skip("capturing on lo needs root (CAP_NET_RAW)")
-    server, ca = tls_server
-    port = tls_port(server)
+    port = server.tls_port
+    assert port, "the server serves TLS by default"
     password = "correct horse battery staple 4711"
     (tmp_path / "pw").write_text(password + "\n")
     tap = Tap({port, server.tcp_port, *server.udp_ports})
     texts = ["the eagle lands at dawn 7319", "bring the blue folder 2468"]
     try:
-        extra = ("--tls", "--ca-file", str(ca), "--tcp-port", str(port),
-                 "--password-file", str(tmp_path / "pw"))
-        alice, bob, _, _ = _encrypted_room(clients, server, room_name, tmp_path, *extra)
+        alice, bob, _, _ = _encrypted_room(clients, server, room_name, tmp_path,
+                                           "--password-file", str(tmp_path / "pw"))
         bob.send(texts[0])
         alice.expect(rf"^bob: {texts[0]}$")
         alice.send(texts[1])

@@ -173,7 +173,8 @@ def test_metrics_health_readiness_json_logs_and_drain() -> None:
         assert {"time", "level", "logger", "process", "message"} <= set(ready)
         assert ready["level"] == "INFO" and ready["process"] == "control"
         assert re.fullmatch(r"ready tcp=127\.0\.0\.1:\d+ udp=\d+ stage1=\d+ workers=2 "
-                            r"steering=\w+ sched=normal tls=disabled", str(ready["message"]))
+                            r"steering=\w+ sched=normal tls=127\.0\.0\.1:\d+",
+                            str(ready["message"]))
         messages = [str(e["message"]) for e in entries]
         assert messages[messages.index(ready["message"]) + 1].startswith("admin http=")
 

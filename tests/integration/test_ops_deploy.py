@@ -161,6 +161,8 @@ def test_systemd_unit_settings() -> None:
     assert service["KillMode"] == "mixed" and service["KillSignal"] == "SIGTERM"
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["ExecStart"].startswith("/opt/ocm/venv/bin/ocm-control --config ")
+    # The self-signed TLS certificate is kept in the unit's state directory.
+    assert service["StateDirectory"] == "ocm" and "OCM_STATE_DIR=%S/ocm" in service["Environment"]
     assert int(service["WatchdogSec"]) > 2  # pinged every WatchdogSec / 2
     for hardening in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp",
                       "RestrictAddressFamilies", "SystemCallFilter", "CapabilityBoundingSet"):
@@ -224,7 +226,7 @@ def test_dockerfile() -> None:
     steps = _instructions()
     words = [w for w, _ in steps]
     known = {"FROM", "WORKDIR", "COPY", "RUN", "ENV", "USER", "EXPOSE", "STOPSIGNAL",
-             "HEALTHCHECK", "ENTRYPOINT", "CMD", "ARG", "LABEL"}
+             "HEALTHCHECK", "ENTRYPOINT", "CMD", "ARG", "LABEL", "VOLUME"}
     assert set(words) <= known, set(words) - known
     assert all(args.split()[0] == "python:3.11-slim" for w, args in steps if w == "FROM")
     final = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM"):]
@@ -234,7 +236,10 @@ def test_dockerfile() -> None:
     assert json.loads(entrypoint)[0] == "ocm-control"  # exec form: signals reach the server
     assert ("STOPSIGNAL", "SIGTERM") in final
     exposed = {p for w, args in final if w == "EXPOSE" for p in args.split()}
-    assert exposed == {"9000/tcp", "9001/udp", "9002/udp", "9100/tcp"}
+    assert exposed == {"9000/tcp", "9443/tcp", "9001/udp", "9002/udp", "9100/tcp"}
+    # The self-signed TLS certificate goes to a state directory the user owns, a volume.
+    assert any(w == "ENV" and "OCM_STATE_DIR=/var/lib/ocm" in args for w, args in final)
+    assert ("VOLUME", "/var/lib/ocm") in final
     health = json.loads(_healthcheck_command())
     assert health[:2] == ["python", "-c"] and "/healthz" in health[2]
     compile(health[2], "HEALTHCHECK", "exec")

@@ -22,9 +22,10 @@ from wire.tcrp import Details
 # --- arguments --------------------------------------------------------------------------------
 def test_defaults() -> None:
     args = build_parser().parse_args([])
-    # No --tcp-port: main() picks 9000, or 9443 with --tls.
+    # No --tcp-port: main() picks 9443 (TLS, the default), or 9000 with --no-tls.
     assert (args.server, args.tcp_port, args.stage1_port) == ("127.0.0.1", None, 9002)
-    assert not args.tls and args.ca_file is None
+    assert args.tls and args.ca_file is None
+    assert not build_parser().parse_args(["--no-tls"]).tls
     assert args.create is args.join is args.user is args.password_file is None
     assert not args.password_stdin and not args.stage1
 

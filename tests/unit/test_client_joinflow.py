@@ -104,7 +104,7 @@ def test_a_silent_close_hints_at_the_tls_port_only_without_tls() -> None:
     with pytest.raises(JoinFailed) as failed:
         feed(flow, b"", True)
     assert str(failed.value) == ("the server at 127.0.0.1:9000 closed the connection before "
-                                 "answering; if this is its TLS port, add --tls (or use its "
+                                 "answering; if this is its TLS port, drop --no-tls (or use its "
                                  "plain port)")
     secure = JoinFlow(TcrpTarget("h", 9443, client_tls_context()), request())
     secure.request_bytes()
@@ -154,7 +154,7 @@ def test_failure_wording_by_stage() -> None:
     assert secure.stage is Stage.HANDSHAKE
     assert str(secure.failed(ConnectionResetError(104, "Connection reset by peer"))) == (
         "TLS with the server at h:9000 failed (Connection reset by peer): it may be its plain "
-        "TCRP port; use its TLS port, or drop --tls")
+        "TCRP port; use its TLS port, or add --no-tls")
 
 
 def test_certificate_wording(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ def test_live_fields_are_exactly_the_reloadable_ones() -> None:
         "max_password_failures", "password_failure_window", "max_rooms_per_ip",
         "kdf_rate_per_ip", "kdf_concurrency_per_ip", "kdf_queue",
         "chat_rate", "chat_burst", "relay_sendmmsg", "log_summary_interval",
+        "tls_handshake_timeout", "max_tls_handshakes", "max_tls_handshakes_per_ip",
     }
 
 
