@@ -11,8 +11,8 @@ GUI_SYSTEM_PACKAGES := libegl1 libgl1 libx11-6 libxkbcommon0 libfontconfig1 libf
 # Best effort, for Japanese and emoji in the screenshots.
 GUI_FONT_PACKAGES := fonts-noto-cjk fonts-noto-color-emoji
 
-.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs redis-server \
-	gui-screenshots fuzz chaos soak clean
+.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs redis-server libssl-dev \
+	gui-screenshots fuzz fuzz-hot chaos soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,17 +23,17 @@ $(PY):
 # a C file re-runs the install.
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard */_*.c)
 
-$(RUNSTAMP): $(BUILD_INPUTS) | $(PY)
+$(RUNSTAMP): $(BUILD_INPUTS) | $(PY) libssl-dev
 	$(PY) -m pip install --quiet -e '.[client,loadgen]'
 	touch $@
 
 # Dev install: everything `make test`, `make lint` and the benchmarks need.
-$(STAMP): $(BUILD_INPUTS) | $(PY)
+$(STAMP): $(BUILD_INPUTS) | $(PY) libssl-dev
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNSTAMP) $(GUISTAMP)
 
 # The desktop client: the package with the gui extra (PySide6-Essentials, qasync).
-$(GUISTAMP): $(BUILD_INPUTS) | $(PY)
+$(GUISTAMP): $(BUILD_INPUTS) | $(PY) libssl-dev
 	$(PY) -m pip install --quiet -e '.[gui]'
 	touch $@
 
@@ -54,6 +54,16 @@ redis-server:
 	  echo "installing redis-server (Debian package) for the cluster tests"; \
 	  $(APT_INSTALL) redis-server >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) redis-server >/dev/null; }; }
+
+# relay/_hot.c verifies datagram MACs with OpenSSL 3's libcrypto (EVP_MAC "BLAKE2SMAC"):
+# its headers (Debian's libssl-dev) are installed here when missing, as redis-server is,
+# since `make test` requires the compiled extensions.
+OPENSSL3_CHECK := printf '\043include <openssl/opensslv.h>\n\043if OPENSSL_VERSION_MAJOR < 3\n\043error\n\043endif\n' | $${CC:-cc} -E -x c - >/dev/null 2>&1
+libssl-dev:
+	@$(OPENSSL3_CHECK) || { \
+	  echo "installing libssl-dev (OpenSSL 3 headers) for relay/_hot.c"; \
+	  $(APT_INSTALL) libssl-dev >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(APT_INSTALL) libssl-dev >/dev/null; }; }
 
 run-gui: $(GUISTAMP) gui-system-libs
 	$(VENV)/bin/ocm-gui
@@ -80,7 +90,7 @@ COV_FLOOR ?= 90
 
 test: $(STAMP) gui-system-libs redis-server
 	rm -f .coverage .coverage.*
-	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider --cov \
+	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider --durations=20 --cov \
 		--cov-report=term-missing:skip-covered tests
 	@echo "total coverage, floor $(COV_FLOOR) %:"
 	$(PY) -m coverage report --precision=2 --format=total --fail-under=$(COV_FLOOR)
@@ -148,11 +158,20 @@ clean:
 # (atheris if it installed, else the stdlib mutation engine). chaos: the full 1,000,000-
 # datagram flood, then SIGKILL a worker every 5 s under the headline load. soak: the
 # headline load for SOAK_MINUTES, memory and descriptors sampled every minute.
+# fuzz-hot: FUZZ_HOT_STEPS steps of the differential fuzz target (the compiled hot loop
+# against Python, every delivery and state compared) on an ASan/UBSan build of
+# relay/_hot.c (needs cc; about 130 steps a second, so the default takes about 25
+# minutes); a 1,500-step run is part of `make test` (tests/fuzz/test_fuzz_hot.py).
 FUZZ_RUNS ?= 1000000
+FUZZ_HOT_STEPS ?= 200000
+FUZZ_HOT_SEED ?= 1
 SOAK_MINUTES ?= 10
 
 fuzz: $(STAMP)
 	$(PY) -m tests.fuzz.fuzz_main --runs $(FUZZ_RUNS)
+
+fuzz-hot: $(STAMP)
+	$(PY) -m tests.fuzz.fuzz_hot --sanitize --steps $(FUZZ_HOT_STEPS) --seed $(FUZZ_HOT_SEED)
 
 chaos: $(STAMP)
 	OCM_FLOOD_DATAGRAMS=1000000 $(PY) -m pytest -q -s -p no:cacheprovider tests/integration/test_floods.py -k random_datagram

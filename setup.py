@@ -24,8 +24,9 @@ OPTIONAL_EXTENSIONS = [
     Extension("loadgen._account", ["loadgen/_account.c"], optional=True,
               extra_compile_args=["-O2"]),
     # The relay worker's hot loop (relay/hot.py is its Python side). No FP contraction:
-    # the token bucket must charge exactly as RelayCore._chat does.
-    Extension("relay._hot", ["relay/_hot.c"], optional=True,
+    # the token bucket must charge exactly as RelayCore._chat does. libcrypto (OpenSSL 3)
+    # verifies datagram MACs (wire/dgmac.py); the Makefile installs its headers.
+    Extension("relay._hot", ["relay/_hot.c"], optional=True, libraries=["crypto"],
               extra_compile_args=["-O2", "-ffp-contract=off"]),
 ]
 

@@ -44,7 +44,7 @@ from client.known_servers import (
     key_fingerprint,
     server_identity,
 )
-from wire import errors
+from wire import dgmac, errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Status
 from wire.limits import EXIT_COMMAND, MAX_MEMBERS_RESPONSE_BYTES
@@ -296,6 +296,8 @@ class JoinFlow:
         leave = None
         if self.request.body.e2e and not details.e2e:
             leave = encode_chat(self.request.room_raw, complete.token, EXIT_COMMAND.encode())
+            if details.datagram_key is not None:  # the membership's first datagram
+                leave = dgmac.Sealer(details.datagram_key).seal(leave)
         return Granted(details, complete.token, server_udp, leave)
 
     def no_encrypted(self) -> NoEncryptedRooms:

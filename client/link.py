@@ -440,6 +440,12 @@ class RoomLink(Link):
     def _encode(self, text: str) -> bytes:
         return encode_chat(self.joined.room_raw, self.joined.token, text.encode())
 
+    def _send(self, data: bytes) -> None:
+        """Every datagram of the membership goes out here: sealed with the MAC trailer
+        when it has a datagram key (joined over TLS)."""
+        if self._transport is not None:
+            self._transport.sendto(self.joined.seal(data))
+
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.heard = self.clock()
         self.asked = None

@@ -33,6 +33,7 @@ from client.joinflow import (
 )
 from wire import errors
 from wire.codes import Status
+from wire.dgmac import Sealer
 from wire.e2e import MemberInfo
 from wire.limits import MAX_MEMBERS_RESPONSE_BYTES
 from wire.tcrp import (
@@ -79,6 +80,13 @@ class Joined:
     what identifies it to others (``client.known_servers.server_identity``)."""
     pinned_now: bool = False
     """The server's key was pinned on first use by this join."""
+    sealer: Sealer | None = None
+    """Joined over TLS: adds the MAC trailer to every datagram (wire/dgmac.py)."""
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` as it must be sent: with the next MAC trailer when the server gave
+        this membership a datagram key, else unchanged."""
+        return data if self.sealer is None else self.sealer.seal(data)
 
 
 def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
@@ -173,8 +181,10 @@ def _joined(flow: JoinFlow, granted: Granted, udp: socket.socket) -> Joined:
         raise flow.no_encrypted()
     udp.setblocking(False)
     request = flow.request
+    key = granted.details.datagram_key
     return Joined(request.room_raw, request.body.username, granted.token, granted.details,
-                  granted.server_udp, udp, flow.target, flow.server_identity, flow.pinned_now)
+                  granted.server_udp, udp, flow.target, flow.server_identity, flow.pinned_now,
+                  Sealer(key) if key is not None else None)
 
 
 def describe_connection(joined: Joined) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from relay.ipc import AddMember
 from wire import errors
 from wire.codes import Framing, Status
+from wire.dgmac import DatagramKey
 from wire.e2e import MemberInfo, PublicKeys
 from wire.limits import MAX_E2E_MEMBERS
 from wire.names import username_key
@@ -47,6 +48,9 @@ class MemberRecord:
     alive: bool = True
     keys: PublicKeys | None = None
     """The member's public keys in an encrypted room (docs/e2e.md §2.1); None otherwise."""
+    datagram_key: bytes | None = None
+    """Joined over TLS: the key of its datagrams' MAC trailer (wire/dgmac.py), given to
+    the member in its OK details and to its worker (re-seeding included)."""
     issued_ip: str = ""
     """The IP the token was issued to. ``ip`` is where its datagrams come from, which a
     cluster node relaying for the member replaces with its own; this one never changes,
@@ -62,7 +66,8 @@ class MemberRecord:
         """The ``member`` pipe command that installs this member on its worker."""
         return AddMember(command_id, self.room.name, self.token, self.username, self.ip,
                          self.framing, self.is_host, self.addr, self.addr is not None,
-                         self.proven, self.room.e2e, self.keys)
+                         self.proven, self.room.e2e, self.keys,
+                         None if self.datagram_key is None else DatagramKey(self.datagram_key))
 
 
 @dataclass(slots=True, eq=False)

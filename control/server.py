@@ -40,7 +40,9 @@ from control.supervisor import Supervisor
 from control.tls import HandshakeSlots
 from relay.ipc import Ack, Bound, Closed, CloseRoom, Left, Rebind, Register
 from relay.steering import worker_tag
+from wire import dgmac
 from wire.codes import Framing, Operation, Reason, Status
+from wire.dgmac import DatagramKey
 from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_WINDOW_S, RESUME_SECRET_BYTES, max_message_bytes
 from wire.tcrp import NEED_DATA, Details, MembersRequest, Request
@@ -133,16 +135,18 @@ class ControlApp:
         if not self.accepting or self.supervisor is None:
             raise RegistryError(Status.UNAVAILABLE, "the server is shutting down")
 
-    async def handle(self, request: Request, ip: str
+    async def handle(self, request: Request, ip: str, secure: bool = False
                      ) -> tuple[Details, MemberRecord | Elsewhere]:
         """Grant a client's request or raise ``RegistryError`` with the status to answer:
-        the router places it (here, or on another node that grants it)."""
+        the router places it (here, or on another node that grants it). ``secure``: the
+        request came over TLS, so a member served here gets a datagram key (wire/dgmac.py;
+        a member granted by another node gets none)."""
         self._check_open()
         try:
             placement = await self.router.place(request, ip)
             if isinstance(placement, Elsewhere):
                 return placement.details, placement
-            return await self._serve(request, ip)
+            return await self._serve(request, ip, secure)
         except QuotaRefusal as exc:
             self.quotas.refused[exc.quota] += 1
             raise
@@ -158,17 +162,20 @@ class ControlApp:
             self.quotas.refused[exc.quota] += 1
             raise
 
-    async def _serve(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+    async def _serve(self, request: Request, ip: str, secure: bool = False
+                     ) -> tuple[Details, MemberRecord]:
         served = False
         try:
-            granted = await self._serve_here(request, ip)
+            granted = await self._serve_here(request, ip, secure)
             served = True
             return granted
         finally:
             await self.router.settle(request, served)
 
-    async def _serve_here(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
-        """Serve a request on this node's workers (the router placed it here)."""
+    async def _serve_here(self, request: Request, ip: str, secure: bool = False
+                          ) -> tuple[Details, MemberRecord]:
+        """Serve a request on this node's workers (the router placed it here). A request
+        that came over TLS (``secure``) gets a datagram key, installed with the member."""
         self._check_open()
         body = request.body
         if body.framing is Framing.OCM1R and not self.cfg.reliable:
@@ -177,11 +184,13 @@ class ControlApp:
         if body.resume is not None and request.operation is Operation.JOIN:
             if body.framing is not Framing.OCM1R:
                 raise RegistryError(Status.INVALID_REQUEST, "resume needs ocm1r framing")
-            return await self._resume(request, ip)
+            return await self._resume(request, ip, secure)
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
         else:
             member = await self._join(request, ip)
+        if secure:
+            member.datagram_key = secrets.token_bytes(dgmac.KEY_BYTES)
         if not await self._install(member):
             if member.alive:
                 self.registry.remove_member(member.token)
@@ -205,9 +214,11 @@ class ControlApp:
         return Details(
             udp_port=self.udp_ports[room.worker],
             host=member.is_host,
-            max_message=max_message_bytes(len(request.room_raw), len(member.token),
-                                          len(member.username.encode()),
-                                          member.framing is Framing.OCM1R),
+            # A sealed datagram carries the MAC trailer as well (docs/protocol.md §8).
+            max_message=max_message_bytes(
+                len(request.room_raw),
+                len(member.token) + (dgmac.TRAILER_BYTES if member.datagram_key else 0),
+                len(member.username.encode()), member.framing is Framing.OCM1R),
             inactivity_timeout=self.cfg.inactivity_timeout,
             framing=member.framing,
             e2e=room.e2e,
@@ -215,20 +226,25 @@ class ControlApp:
             udp_host=self.router.udp_host,
             resume=member.resume,
             resumed=member.resume is not None and request.body.resume is not None,
+            datagram_key=member.datagram_key,
         )
 
-    async def _resume(self, request: Request, ip: str) -> tuple[Details, MemberRecord]:
+    async def _resume(self, request: Request, ip: str, secure: bool = False
+                      ) -> tuple[Details, MemberRecord]:
         """A join with ``"resume"`` (ocm1r): the same membership moves to ``ip`` with a
         new token and a new secret; the worker keeps its place and history. The secret
-        stands for the password."""
+        stands for the password. Over TLS (``secure``) it gets a new datagram key, else
+        none (as a join would)."""
         assert self.supervisor is not None and request.body.resume is not None
         room = self.registry.live_room(request.room)
         token = self.registry.issue_token(room.worker)
         member, old = self.registry.resume(request.room, request.body.username,
                                            request.body.resume, ip, token)
         self.registry.set_resume(member, secrets.token_urlsafe(RESUME_SECRET_BYTES))
+        member.datagram_key = secrets.token_bytes(dgmac.KEY_BYTES) if secure else None
+        key = None if member.datagram_key is None else DatagramKey(member.datagram_key)
         try:
-            reply = await self.supervisor.call(room.worker, Rebind(0, old, ip, token))
+            reply = await self.supervisor.call(room.worker, Rebind(0, old, ip, token, key))
         except (ConnectionError, TimeoutError):
             reply = None
         if not (isinstance(reply, Ack) and reply.ok and member.alive):
@@ -444,6 +460,12 @@ class TcrpConnection(asyncio.Protocol):
             max(0.0, self.deadline - loop.time())
         self.timer = loop.call_later(left, self._on_timeout)
 
+    @property
+    def secure(self) -> bool:
+        """The connection is TLS: a member it creates gets a datagram key (wire/dgmac.py)."""
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is not None
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.counted:
             self.counted = False
@@ -489,7 +511,7 @@ class TcrpConnection(asyncio.Protocol):
 
     async def _handle(self, request: Request) -> None:
         try:
-            details, member = await self.app.handle(request, self.ip)
+            details, member = await self.app.handle(request, self.ip, self.secure)
         except RegistryError as exc:
             self.app.count(exc.status)
             self._close(self.session.send_error(exc.status, exc.reason))

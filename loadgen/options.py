@@ -86,6 +86,12 @@ class Options:
     tcp_port: int = _f(limits.DEFAULT_TCP_PORT,
                        "TCRP port; the chat port comes from each join's State 1 details",
                        "server", minimum=1, maximum=65535)
+    tls_ca: str | None = _f(None, "join over TLS (--tcp-port is then the server's TLS port), "
+                                  "verifying its certificate against this CA file (PEM); "
+                                  "the server then gives each member a datagram key and "
+                                  "every datagram is sealed with its MAC (docs/protocol.md "
+                                  "§8), by this loadgen and, with --tokens-out, by cload",
+                            "server", metavar="FILE", shown="none: plain TCRP")
     sockets: str = _f("auto", "member addresses: 'member' = one UDP socket per member on "
                               "this host's IP (works against any server); 'shared' = one "
                               "socket per process and a loopback IP per member (127.100+.x.y), "

@@ -2,8 +2,11 @@
 tests/bench/perf/cload.c).
 
 One member a line, six tab-separated fields: ``room slot room_name token udp_host
-udp_port``; ``room`` and ``slot`` are 0-based indexes (slot 0 is the room's host). cload
-reads each line with ``fscanf("%d\\t%d\\t%299s\\t%299s\\t%63s\\t%d")``: every text field
+udp_port``, and a seventh, ``datagram_key`` (64 hex digits), for a member that joined over
+TLS: cload then seals its datagrams (docs/protocol.md §8), from ``Seq`` 2^32 (the
+loadgen used a few when it joined the member). ``room`` and
+``slot`` are 0-based indexes (slot 0 is the room's host). cload reads each line with
+``sscanf("%d\\t%d\\t%299s\\t%299s\\t%63s\\t%d\\t%64s")``: every text field
 must be printable ASCII without whitespace and at most 299 bytes (the host at most 63).
 OCM tokens are 22..255 bytes of 0x21..0x7E (wire/limits.py), so they always fit; the
 check is here so that a server that breaks the rule gives a clear error, not a file that
@@ -31,6 +34,7 @@ class MemberToken:
     token: bytes
     udp_host: str
     udp_port: int
+    datagram_key: bytes | None = None
 
 
 class UnprintableField(ValueError):
@@ -47,11 +51,14 @@ def _text(value: bytes, what: str, limit: int) -> str:
 
 def encode_line(member: MemberToken) -> str:
     """One line of the file (with its newline); raises ``UnprintableField``."""
-    fields = (str(member.room), str(member.slot),
-              _text(member.room_name, "room name", MAX_FIELD_BYTES),
-              _text(member.token, "token", MAX_FIELD_BYTES),
-              _text(member.udp_host.encode(), "UDP host", MAX_HOST_BYTES),
-              str(member.udp_port))
+    fields: tuple[str, ...] = (
+        str(member.room), str(member.slot),
+        _text(member.room_name, "room name", MAX_FIELD_BYTES),
+        _text(member.token, "token", MAX_FIELD_BYTES),
+        _text(member.udp_host.encode(), "UDP host", MAX_HOST_BYTES),
+        str(member.udp_port))
+    if member.datagram_key is not None:
+        fields += (member.datagram_key.hex(),)
     return "\t".join(fields) + "\n"
 
 
@@ -64,7 +71,7 @@ def decode_file(text: str) -> list[MemberToken]:
     """The members of a file written by ``encode_file`` (for tests and harnesses)."""
     out = []
     for line in text.splitlines():
-        room, slot, name, token, host, port = line.split("\t")
+        room, slot, name, token, host, port, *key = line.split("\t")
         out.append(MemberToken(int(room), int(slot), name.encode(), token.encode(), host,
-                               int(port)))
+                               int(port), bytes.fromhex(key[0]) if key else None))
     return out

@@ -36,6 +36,7 @@ import resource
 import select
 import signal
 import socket
+import ssl
 import time
 import traceback
 from collections.abc import Callable
@@ -71,6 +72,7 @@ from runtime import sched
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation, Status
+from wire.dgmac import Sealer
 from wire.limits import DEFAULT_MAX_PAYLOAD_BYTES, MAX_MEMBERS_RESPONSE_BYTES
 from wire.tcrp import NEED_DATA, Complete, Request, RequestBody, Response
 from wire.tcrp_client import ClientExchange
@@ -100,6 +102,8 @@ class Plan:
     size: int
     framing: str = "plain"
     password: str | None = None
+    tls_ca: str | None = None
+    """Join over TLS, verifying against this CA file; members then seal their datagrams."""
     sockets: str = "member"
     """``member`` or ``shared`` (resolved by the parent: transport.resolve_mode)."""
     rx_timestamps: bool = True
@@ -196,6 +200,16 @@ class _Run:
         self.wait_start = runqueue_wait_seconds()
 
 
+def _sealing(send: Callable[[bytes], object], sealer: Sealer) -> Callable[[bytes], object]:
+    """``send`` with the member's MAC trailer added to every datagram (wire/dgmac.py)."""
+    seal = sealer.seal
+
+    def sealed(data: bytes) -> object:
+        return send(seal(data))
+
+    return sealed
+
+
 class Simulator:
     """The members of one process (see the module docstring for the command protocol)."""
 
@@ -228,6 +242,11 @@ class Simulator:
             self.transport.account_with(self.meter)  # fastpath.Unavailable: the parent said c
             self.accounting = "c"
         self.prefix: list[bytes] = [b""] * n
+        self.tls: ssl.SSLContext | None = None
+        """``--tls-ca``: the context of every join (members then seal their datagrams)."""
+        if plan.tls_ca is not None:
+            self.tls = ssl.create_default_context(cafile=plan.tls_ca)
+            self.tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self.is_host = [False] * n
         self.last_send_ns = [0] * n
         self.rooms_raw = [room_name(plan.room_prefix, plan.room_lo + r).encode()
@@ -396,7 +415,8 @@ class Simulator:
         host, port = self.targets[lm % len(self.targets)]
         reader, writer = await asyncio.open_connection(
             host, port,
-            local_addr=None if ip is None else (ip, 0))
+            local_addr=None if ip is None else (ip, 0), ssl=self.tls,
+            server_hostname=host if self.tls is not None else None)
         try:
             writer.write(request)
             while True:
@@ -428,10 +448,13 @@ class Simulator:
             j.framing_mismatch += 1
         via = details.udp_host or self.targets[lm % len(self.targets)][0]
         self.transport.attach(lm, (via, details.udp_port))
+        key = details.datagram_key
+        if key is not None:  # joined over TLS: every datagram of this member is sealed
+            self.transport.senders[lm] = _sealing(self.transport.senders[lm], Sealer(key))
         if self.plan.collect_tokens:
             self.tokens.append(MemberToken(self.plan.room_lo + lm // self.plan.users,
                                            lm % self.plan.users, room_raw, token, via,
-                                           details.udp_port))
+                                           details.udp_port, key))
         self.prefix[lm] = encode_chat(room_raw, token, b"")
         self.is_host[lm] = details.host
         self.meter.active[lm] = True

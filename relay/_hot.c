@@ -1,20 +1,25 @@
 /* relay._hot: the compiled hot loop of a relay worker (optional; relay/hot.py is its
  * Python side and says how it is chosen).
  *
- * One call of Hot.serve(now) reads the worker's UDP socket with recvmmsg (up to 64
+ * One call of Hot.on_readable() reads the worker's UDP socket with recvmmsg (up to 64
  * datagrams a syscall, up to max_batch in all) and, for every datagram that is an ordinary
  * chat message of a settled member, does in C what RelayCore.handle_datagram and the
- * worker's fan-out do in Python: parse, authenticate (token, source address, room),
- * validate (UTF-8, not /exit), charge the member's token bucket, refresh it, and send the
- * delivery to the rest of the room with one sendmmsg per delivery format, the delivery
- * being the member's prefix and the message as two iovecs (no copy). Everything else (a
+ * worker's fan-out do in Python: parse, authenticate (token, source address, room, and
+ * for a member with a datagram key its MAC trailer, by OpenSSL's BLAKE2SMAC, with a Seq
+ * above its replay window: wire/dgmac.py), validate (UTF-8, not /exit), charge the
+ * member's token bucket, refresh it, and send the delivery to the rest of the room with
+ * one sendmmsg per delivery format, the delivery being the member's prefix and the
+ * message as two iovecs (no copy). Everything else (a
  * first datagram, a keepalive, a possible /exit, a trial address, a failing address, a
- * rate-limited or over-long message, an encrypted room's addressed datagrams, anything
- * malformed) is handed, in order, to the Python callback ``slow(data, addr, now)``, which
+ * rate-limited or over-long message, an encrypted room's addressed datagrams, any
+ * datagram of a numbered room (one with a history), anything malformed) is handed, in order, to the Python callback ``slow(data, addr, now)``, which
  * is the pure-Python path itself. So the Python core stays the one definition of the
  * protocol: this file only takes the cases whose outcome it can prove equal, reading and
  * writing the same objects (Member/Room __slots__, resolved to offsets once) that Python
- * does. tests/unit/test_relay_hot.py feeds both paths the same traffic.
+ * does. What it may touch is declared in relay/core.py (HOT_MEMBER_SLOTS, HOT_ROOM_SLOTS,
+ * HOT_CORE_ATTRIBUTES; tests/unit/test_hot_contract.py holds this file to them).
+ * tests/unit/test_relay_hot.py and the differential fuzz target (tests/fuzz/fuzz_hot.py)
+ * feed both paths the same traffic.
  *
  * IPv4 only; Linux only (recvmmsg/sendmmsg). The socket must be non-blocking.
  */
@@ -30,16 +35,22 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
 #define RECV_SLOTS 64
 #define OUT_SLOTS 1024 /* UIO_MAXIOV: the most messages one sendmmsg takes */
+/* The MAC trailer of a member with a datagram key (wire/dgmac.py, docs/protocol.md §8). */
+#define MAC_KEY_BYTES 32
+#define MAC_SEQ_BYTES 8
+#define MAC_TAG_BYTES 16
+#define MAC_TRAILER_BYTES (MAC_SEQ_BYTES + MAC_TAG_BYTES)
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
-#define DATA_HEADER_BYTES 9 /* ocm1r DATA: 01 Epoch Seq (wire/reliable.py) */
-#define ACK_BYTES 13        /* ocm1r ACK: 02 Epoch MsgId Seq */
-
-static PyObject *str_top, *str_top_seq, *str_number; /* ocm1r: Reliable.top, .top_seq, History.number */
 
 static inline void set_slot(PyObject *obj, Py_ssize_t off, PyObject *value) {
     PyObject **p = (PyObject **)((char *)obj + off);
@@ -92,6 +103,43 @@ static int utf8_valid(const unsigned char *s, Py_ssize_t n) {
     return 1;
 }
 
+/* Keyed BLAKE2s by OpenSSL's EVP_MAC "BLAKE2SMAC" on a context made by new_mac_ctx(size),
+ * reused: EVP_MAC_init with the key resets it (keeping its digest length), and nothing
+ * here allocates. 0 on success. */
+static int blake2s_mac(EVP_MAC_CTX *ctx, const unsigned char *key, size_t keylen,
+                       const unsigned char *data, size_t len, unsigned char *out, size_t size) {
+    size_t outl = 0;
+    if (!EVP_MAC_init(ctx, key, keylen, NULL) || !EVP_MAC_update(ctx, data, len) ||
+        !EVP_MAC_final(ctx, out, &outl, size) || outl != size)
+        return -1;
+    return 0;
+}
+
+/* Whether the last MAC_TAG_BYTES of d[0:len] are the tag of the bytes before them. */
+static int mac_verify(EVP_MAC_CTX *ctx, const unsigned char *key, const unsigned char *d,
+                      Py_ssize_t len) {
+    unsigned char tag[MAC_TAG_BYTES];
+    size_t body = (size_t)len - MAC_TAG_BYTES;
+    if (blake2s_mac(ctx, key, MAC_KEY_BYTES, d, body, tag, MAC_TAG_BYTES) < 0) return 0;
+    return CRYPTO_memcmp(tag, d + body, MAC_TAG_BYTES) == 0;
+}
+
+/* A BLAKE2SMAC context whose digest length (1..32, in BLAKE2's parameter block: not a
+ * truncation) is size; NULL with an exception set if OpenSSL cannot make one. */
+static EVP_MAC_CTX *new_mac_ctx(size_t size) {
+    EVP_MAC *alg = EVP_MAC_fetch(NULL, "BLAKE2SMAC", NULL);
+    EVP_MAC_CTX *ctx = alg ? EVP_MAC_CTX_new(alg) : NULL;
+    EVP_MAC_free(alg); /* the context holds its own reference */
+    OSSL_PARAM params[2] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
+                            OSSL_PARAM_construct_end()};
+    if (ctx && !EVP_MAC_CTX_set_params(ctx, params)) {
+        EVP_MAC_CTX_free(ctx);
+        ctx = NULL;
+    }
+    if (!ctx) PyErr_SetString(PyExc_RuntimeError, "OpenSSL has no BLAKE2SMAC (EVP_MAC)");
+    return ctx;
+}
+
 static int fatal_errno(int e) {
     return e == EBADF || e == ENOTSOCK || e == EFAULT || e == ENOSYS || e == EDESTADDRREQ ||
            e == ENOTCONN;
@@ -110,7 +158,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     long long generation;
-    Side side[3]; /* 0 plain, 1 framed, 2 reliable (ocm1r: numbered deliveries) */
+    Side side[2]; /* 0 plain, 1 framed */
 } Route;
 
 static void side_free(Side *s) {
@@ -159,37 +207,22 @@ return 0;
 static void Route_dealloc(Route *self) {
     side_free(&self->side[0]);
     side_free(&self->side[1]);
-    side_free(&self->side[2]);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int Route_init(Route *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"generation", "plain", "framed", "reliable", NULL};
+    static char *kwlist[] = {"generation", "plain", "framed", NULL};
     long long generation;
-    PyObject *plain, *framed, *reliable = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOO|O", kwlist, &generation, &plain, &framed,
-                                     &reliable))
+    PyObject *plain, *framed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOO", kwlist, &generation, &plain, &framed))
         return -1;
     side_free(&self->side[0]);
     side_free(&self->side[1]);
-    side_free(&self->side[2]);
     self->generation = generation;
     if (side_init(&self->side[0], plain) < 0 || side_init(&self->side[1], framed) < 0)
         return -1;
-    if (reliable ? side_init(&self->side[2], reliable) < 0 : 0)
-        return -1;
     return 0;
 }
-
-static PyObject *Route_get_generation(Route *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLongLong(self->generation);
-}
-
-static PyGetSetDef Route_getset[] = {
-    {"generation", (getter)Route_get_generation, NULL, "the room generation it was built from", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
 
 static PyTypeObject RouteType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -197,28 +230,37 @@ static PyTypeObject RouteType = {
     .tp_basicsize = sizeof(Route),
     .tp_dealloc = (destructor)Route_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Route(generation, plain_addrs, framed_addrs, reliable_addrs=None): a room's "
-              "recipients as sockaddr_in, for each delivery format.",
+    .tp_doc = "Route(generation, plain_addrs, framed_addrs): a room's recipients as "
+              "sockaddr_in, for both delivery formats.",
     .tp_init = (initproc)Route_init,
     .tp_new = PyType_GenericNew,
-    .tp_getset = Route_getset,
 };
 
 /* ---- Hot: the loop ------------------------------------------------------------------ */
 
-enum { M_IP, M_ADDR, M_TRIAL, M_ROOM, M_PLAIN_PREFIX, M_FRAMED_PREFIX, M_FRAMED, M_ALLOWANCE,
-       M_STAMP, M_LAST_SEEN, M_REL, M_COUNT };
-static const char *member_slots[M_COUNT] = {"ip", "addr", "trial", "room", "plain_prefix",
+enum { M_ADDR, M_TRIAL, M_ROOM, M_PLAIN_PREFIX, M_FRAMED_PREFIX, M_FRAMED, M_ALLOWANCE,
+       M_STAMP, M_LAST_SEEN, M_MAC_KEY, M_MAC_TOP, M_MAC_SEEN, M_COUNT };
+static const char *member_slots[M_COUNT] = {"addr", "trial", "room", "plain_prefix",
                                             "framed_prefix", "framed", "allowance", "stamp",
-                                            "last_seen", "rel"};
-enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_HISTORY, R_COUNT };
+                                            "last_seen", "mac_key", "mac_top", "mac_seen"};
+enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_PLAIN_ADDRS, R_FRAMED_ADDRS,
+       R_HISTORY, R_COUNT };
 static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation",
-                                          "history"};
+                                          "plain_addrs", "framed_addrs", "history"};
+
+/* One datagram relayed here whose deliveries are queued: what undoing it takes. */
+typedef struct {
+    PyObject *member, *last_seen; /* the sender and its last_seen before (strong refs) */
+    PyObject *mac_top, *mac_seen; /* its replay window before, if sealed (else NULL) */
+    double allowance, stamp;      /* its chat bucket before */
+    int end;                      /* the queue length once its deliveries were queued */
+    int index;                    /* its slot in the receive batch */
+} Group;
 
 typedef struct {
     PyObject_HEAD
     int fd;
-    PyObject *core, *tokens, *failing, *by_addr, *routes, *route_for, *slow, *send_failed, *warn;
+    PyObject *core, *tokens, *failing, *routes, *slow, *send_failed, *send_ok, *warn;
     PyObject *clock, *after; /* on_readable: time source (None: CLOCK_MONOTONIC), flush */
     PyTypeObject *member_type, *room_type;
     Py_ssize_t m[M_COUNT], r[R_COUNT];
@@ -238,6 +280,11 @@ typedef struct {
     unsigned char ofailed[OUT_SLOTS];
     int nout, npairs;
     PyObject *keep; /* what the queued iovecs point into (routes, prefixes) until the flush */
+    Group groups[RECV_SLOTS]; /* the datagrams of the queue, in order (each one at most) */
+    int ngroups;
+    int dirty; /* a flush reported failures: the next datagram goes to Python, which sends
+                * their notices first (as Worker._on_udp does) */
+    EVP_MAC_CTX *mac; /* the one MAC context of the worker, re-keyed per datagram */
     unsigned long long fast, slow_count, calls;
 } Hot;
 
@@ -259,11 +306,17 @@ static void Hot_dealloc(Hot *self) {
     Py_XDECREF(self->core);
     Py_XDECREF(self->tokens);
     Py_XDECREF(self->failing);
-    Py_XDECREF(self->by_addr);
     Py_XDECREF(self->routes);
-    Py_XDECREF(self->route_for);
     Py_XDECREF(self->slow);
     Py_XDECREF(self->send_failed);
+    Py_XDECREF(self->send_ok);
+    for (int g = 0; g < self->ngroups; g++) {
+        Py_XDECREF(self->groups[g].member);
+        Py_XDECREF(self->groups[g].last_seen);
+        Py_XDECREF(self->groups[g].mac_top);
+        Py_XDECREF(self->groups[g].mac_seen);
+    }
+    EVP_MAC_CTX_free(self->mac);
     Py_XDECREF(self->warn);
     Py_XDECREF(self->clock);
     Py_XDECREF(self->after);
@@ -275,14 +328,14 @@ static void Hot_dealloc(Hot *self) {
 }
 
 static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"fd", "core", "routes", "route_for", "slow", "send_failed", "warn",
+    static char *kwlist[] = {"fd", "core", "routes", "slow", "warn",
                              "clock", "after", "member_type", "room_type", "chat_kind",
                              "max_datagram", "max_delivery", "exit_max", "max_batch", NULL};
     int fd, chat_kind;
-    PyObject *core, *routes, *route_for, *slow, *send_failed, *warn, *clock, *after, *mt, *rt;
+    PyObject *core, *routes, *slow, *warn, *clock, *after, *mt, *rt;
     Py_ssize_t max_datagram, max_delivery, exit_max, max_batch;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOOOO!O!innnn", kwlist, &fd, &core,
-                                     &PyDict_Type, &routes, &route_for, &slow, &send_failed,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOO!O!innnn", kwlist, &fd, &core,
+                                     &PyDict_Type, &routes, &slow,
                                      &warn, &clock, &after, &PyType_Type, &mt, &PyType_Type,
                                      &rt, &chat_kind, &max_datagram, &max_delivery, &exit_max,
                                      &max_batch))
@@ -304,19 +357,17 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
         return -1;
     self->tokens = PyObject_GetAttrString(core, "tokens");
     self->failing = PyObject_GetAttrString(core, "failing");
-    self->by_addr = PyObject_GetAttrString(core, "by_addr");
-    if (!self->tokens || !self->failing || !self->by_addr) return -1;
-    if (!PyDict_CheckExact(self->tokens) || !PyDict_CheckExact(self->failing) ||
-        !PyDict_CheckExact(self->by_addr)) {
-        PyErr_SetString(PyExc_TypeError, "core.tokens, failing and by_addr must be dicts");
+    self->send_failed = PyObject_GetAttrString(core, "handle_send_failure");
+    self->send_ok = PyObject_GetAttrString(core, "handle_send_success");
+    if (!self->tokens || !self->failing || !self->send_failed || !self->send_ok) return -1;
+    if (!PyDict_CheckExact(self->tokens) || !PyDict_CheckExact(self->failing)) {
+        PyErr_SetString(PyExc_TypeError, "core.tokens and failing must be dicts");
         return -1;
     }
     self->fd = fd;
     self->core = Py_NewRef(core);
     self->routes = Py_NewRef(routes);
-    self->route_for = Py_NewRef(route_for);
     self->slow = Py_NewRef(slow);
-    self->send_failed = Py_NewRef(send_failed);
     self->warn = Py_NewRef(warn);
     self->clock = Py_NewRef(clock);
     self->after = Py_NewRef(after);
@@ -330,6 +381,7 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     size_t slot = (size_t)max_datagram + 1;
     self->keep = PyList_New(0);
     if (!self->keep) return -1;
+    if (!self->mac && !(self->mac = new_mac_ctx(MAC_TAG_BYTES))) return -1;
     self->buf = PyMem_Malloc(slot * RECV_SLOTS);
     if (!self->buf) {
         PyErr_NoMemory();
@@ -358,75 +410,169 @@ static int warn(Hot *self, const char *what, int err) {
     return 0;
 }
 
-static int report_failed(Hot *self, Side *s, Py_ssize_t index, PyObject *now) {
-    PyObject *r = PyObject_CallFunctionObjArgs(
-        self->send_failed, PyList_GET_ITEM(s->addrs, index % s->n), now, NULL);
+static PyObject *address_of(const struct sockaddr_in *sa, socklen_t len) {
+    if (len < sizeof *sa || sa->sin_family != AF_INET) {
+        /* not expected on an AF_INET socket: give Python something it cannot match */
+        return Py_BuildValue("(si)", "", 0);
+    }
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
+    return Py_BuildValue("(si)", ip, (int)ntohs(sa->sin_port));
+}
+
+static int call_addr(PyObject *fn, PyObject *addr, PyObject *now) {
+    PyObject *r = now ? PyObject_CallFunctionObjArgs(fn, addr, now, NULL)
+                      : PyObject_CallOneArg(fn, addr);
     if (!r) return -1;
     Py_DECREF(r);
     return 0;
 }
 
-/* Send the queued messages of the batch. Failures are then reported in queue order, each
- * failed message with send_failed(addr, now) and, once one has failed, each message that
- * went through ends its address's failure streak: what the Python path does, datagram by
- * datagram (Worker._relay_batched). An address left without members by an eviction that a
- * report caused is skipped from then on: the Python path would not have sent to it. The
- * eviction's notices come after the batch's chat (docs/architecture.md). Same errno rules
- * as fan_out. */
+static void release_groups(Hot *self) {
+    for (int g = 0; g < self->ngroups; g++) {
+        Py_CLEAR(self->groups[g].member);
+        Py_CLEAR(self->groups[g].last_seen);
+        Py_CLEAR(self->groups[g].mac_top);
+        Py_CLEAR(self->groups[g].mac_seen);
+    }
+    self->ngroups = 0;
+}
+
+static PyObject *str_outbox;
+static int core_list_nonempty(Hot *self, PyObject *name);
+
+/* Hand datagram i of the receive batch to the Python path: slow(data, addr, now). Notices
+ * it leaves in the core's outbox (of an eviction its sends caused) make the next datagram
+ * Python's too, which sends them before relaying, as Worker._on_udp does. */
+static int hand_over(Hot *self, int i, PyObject *now) {
+    size_t slot = (size_t)self->max_datagram + 1;
+    const char *d = self->buf + slot * (size_t)i;
+    PyObject *data = PyBytes_FromStringAndSize(d, (Py_ssize_t)self->rhdr[i].msg_len);
+    PyObject *addr = data ? address_of(&self->rname[i], self->rhdr[i].msg_hdr.msg_namelen) : NULL;
+    if (!data || !addr) {
+        Py_XDECREF(data);
+        Py_XDECREF(addr);
+        return -1;
+    }
+    self->slow_count++;
+    PyObject *res = PyObject_CallFunctionObjArgs(self->slow, data, addr, now, NULL);
+    Py_DECREF(data);
+    Py_DECREF(addr);
+    if (!res) return -1;
+    Py_DECREF(res);
+    int pending = core_list_nonempty(self, str_outbox);
+    if (pending < 0) return -1;
+    self->dirty = pending;
+    return 0;
+}
+
+/* Undo the datagrams of groups[first:] (their senders' buckets and last_seen as before,
+ * latest first) and hand them to Python in order: their deliveries were not sent. */
+static int hand_back(Hot *self, int first, PyObject *now) {
+    const Py_ssize_t *m = self->m;
+    for (int g = self->ngroups - 1; g >= first; g--) {
+        Group *gr = &self->groups[g];
+        PyObject *a = PyFloat_FromDouble(gr->allowance), *st = PyFloat_FromDouble(gr->stamp);
+        if (!a || !st) {
+            Py_XDECREF(a);
+            Py_XDECREF(st);
+            return -1;
+        }
+        set_slot(gr->member, m[M_ALLOWANCE], a);
+        set_slot(gr->member, m[M_STAMP], st);
+        set_slot(gr->member, m[M_LAST_SEEN], gr->last_seen);
+        if (gr->mac_top && gr->mac_seen) { /* Python must see this Seq as fresh again */
+            set_slot(gr->member, m[M_MAC_TOP], gr->mac_top);
+            set_slot(gr->member, m[M_MAC_SEEN], gr->mac_seen);
+        }
+        Py_DECREF(a);
+        Py_DECREF(st);
+        self->fast--;
+    }
+    for (int g = first; g < self->ngroups; g++)
+        if (hand_over(self, self->groups[g].index, now) < 0) return -1;
+    return 0;
+}
+
+/* Send the queued messages. Up to the first failed one this is the Python path's outcome
+ * exactly, since each datagram was relayed here only while no address was failing. The
+ * first failure ends the flush at the end of its datagram's deliveries (which Python
+ * sends in full too); their failures are then reported in queue order with
+ * core.handle_send_failure(addr, now), and each delivery that went through to a failing
+ * address ends its streak (core.handle_send_success(addr)), as Worker._relay_batched does.
+ * The datagrams queued after that one are undone and handed to Python in order, so that
+ * an eviction (even of a host, which closes the room) acts on them as datagram by
+ * datagram in Python; the next datagram goes to Python too (``dirty``), which sends the
+ * eviction's notices first. Same errno rules as the Python fan-out. */
 static int flush_out(Hot *self, PyObject *now) {
-    int nout = self->nout, pos = 0, retried = -1, any_failed = 0, rc = 0;
-    if (!nout) return 0;
+    int nout = self->nout, pos = 0, retried = -1, rc = 0, first_failed = -1, stop = nout;
+    int rec = -1;
+    if (!nout) {
+        release_groups(self);
+        return 0;
+    }
     memset(self->ofailed, 0, (size_t)nout);
-    while (pos < nout) {
-        int sent = sendmmsg(self->fd, self->out + pos, (unsigned)(nout - pos), MSG_DONTWAIT);
+    while (pos < stop) {
+        int sent = sendmmsg(self->fd, self->out + pos, (unsigned)(stop - pos), MSG_DONTWAIT);
         if (sent > 0) {
             pos += sent;
             continue;
         }
         int e = errno;
         if (e == EINTR) continue;
-        if (fatal_errno(e) || full_errno(e)) {
-            if (fatal_errno(e) && warn(self, "sendmmsg", e) < 0) rc = -1;
-            memset(self->ofailed + pos, 1, (size_t)(nout - pos));
-            any_failed = 1;
-            break;
-        }
-        if (retried != pos && e != EINVAL) {
+        int whole = fatal_errno(e) || full_errno(e);
+        if (!whole && retried != pos && e != EINVAL) {
             retried = pos;
             continue;
         }
+        if (first_failed < 0) { /* the datagram of this delivery is the flush's last */
+            first_failed = pos;
+            for (rec = 0; rec < self->ngroups && self->groups[rec].end <= pos; rec++)
+                ;
+            if (rec < self->ngroups) stop = self->groups[rec].end;
+        }
+        if (whole) {
+            if (fatal_errno(e) && warn(self, "sendmmsg", e) < 0) rc = -1;
+            memset(self->ofailed + pos, 1, (size_t)(stop - pos));
+            break;
+        }
         self->ofailed[pos++] = 1;
-        any_failed = 1;
     }
     self->nout = self->npairs = 0;
-    for (int i = 0; any_failed && i < nout && rc == 0; i++) {
-        PyObject *addr = PyList_GET_ITEM(self->oside[i]->addrs, self->oidx[i]);
-        PyObject *members = PyDict_GetItemWithError(self->by_addr, addr); /* Member or list */
-        if (!members || (PyList_Check(members) && PyList_GET_SIZE(members) == 0)) {
-            if (PyErr_Occurred()) rc = -1;
-            continue; /* evicted by an earlier report of this flush */
-        }
-        if (self->ofailed[i]) {
-            if (report_failed(self, self->oside[i], self->oidx[i], now) < 0) rc = -1;
-        } else if (PyDict_GET_SIZE(self->failing)) {
-            int has = PyDict_Contains(self->failing, addr);
-            if (has < 0 || (has && PyDict_DelItem(self->failing, addr) < 0)) rc = -1;
+    if (first_failed >= 0 || PyDict_GET_SIZE(self->failing)) {
+        for (int i = 0; i < stop && rc == 0; i++) {
+            PyObject *addr = PyList_GET_ITEM(self->oside[i]->addrs, self->oidx[i]);
+            if (self->ofailed[i]) {
+                rc = call_addr(self->send_failed, addr, now);
+            } else if (PyDict_GET_SIZE(self->failing)) {
+                int has = PyDict_Contains(self->failing, addr);
+                if (has < 0) rc = -1;
+                else if (has) rc = call_addr(self->send_ok, addr, NULL);
+            }
         }
     }
+    if (first_failed >= 0) self->dirty = 1;
     if (PyList_SetSlice(self->keep, 0, PyList_GET_SIZE(self->keep), NULL) < 0) rc = -1;
-    return rc;
+    if (rc == 0 && first_failed >= 0 && rec + 1 < self->ngroups) rc = hand_back(self, rec + 1, now);
+    release_groups(self);
+    return rc < 0 ? -1 : first_failed >= 0;
 }
 
-/* Queue prefix + message to every recipient of one side but index k (-1: all). A side
- * that does not fit is flushed first; one larger than the queue is sent in several. */
-static int queue_side(Hot *self, Route *route, Side *s, Py_ssize_t k, PyObject *prefix,
-                      const char *msg, Py_ssize_t mlen, PyObject *now) {
-    Py_ssize_t count = k < 0 ? s->n : s->n - 1;
-    if (count <= 0) return 0;
-    if (self->nout + count > OUT_SLOTS && flush_out(self, now) < 0) return -1;
+/* Queue prefix + message to every recipient of one side but index k (the sender's own
+ * side) or, on the other side (k = -1), the first entry at the sender's address ``src``:
+ * Python skips the sender's address on both sides. A side larger than the queue is sent
+ * in several flushes (try_fast flushes before a datagram that does not fit). */
+static int queue_side(Hot *self, Route *route, Side *s, Py_ssize_t k,
+                      const struct sockaddr_in *src, PyObject *prefix, const char *msg,
+                      Py_ssize_t mlen, PyObject *now) {
     struct iovec *iov = NULL;
     for (Py_ssize_t j = 0; j < s->n; j++) {
         if (j == k) continue;
+        if (src && s->names[j].sin_port == src->sin_port &&
+            s->names[j].sin_addr.s_addr == src->sin_addr.s_addr) {
+            src = NULL;
+            continue;
+        }
         if (self->nout == OUT_SLOTS) {
             if (flush_out(self, now) < 0) return -1;
             iov = NULL;
@@ -450,27 +596,9 @@ static int queue_side(Hot *self, Route *route, Side *s, Py_ssize_t k, PyObject *
     return 0;
 }
 
-/* Queue ``payload`` to entry k of side s alone (an ocm1r sender's ACK). */
-static int queue_one(Hot *self, Route *route, Side *s, Py_ssize_t k, PyObject *payload,
-                     PyObject *now) {
-    if (self->nout == OUT_SLOTS && flush_out(self, now) < 0) return -1;
-    if (PyList_Append(self->keep, (PyObject *)route) < 0 ||
-        PyList_Append(self->keep, payload) < 0)
-        return -1;
-    struct iovec *iov = &self->oiov[2 * self->npairs++];
-    iov[0].iov_base = PyBytes_AS_STRING(payload);
-    iov[0].iov_len = (size_t)PyBytes_GET_SIZE(payload);
-    iov[1].iov_base = NULL;
-    iov[1].iov_len = 0;
-    int o = self->nout++;
-    self->out[o].msg_hdr.msg_name = &s->names[k];
-    self->out[o].msg_hdr.msg_iov = iov;
-    self->oside[o] = s;
-    self->oidx[o] = k;
-    return 0;
-}
-
-/* The route of a room, current for its generation: from the cache, else built by Python. */
+/* The route of a room, current for its generation: from the cache (``routes``, by room
+ * name, which the worker empties of closed rooms), else built from the room's address
+ * lists and cached. */
 static Route *route_of(Hot *self, PyObject *room) {
     PyObject *name = SLOT(room, self->r[R_NAME]);
     PyObject *gen = SLOT(room, self->r[R_GENERATION]);
@@ -483,18 +611,22 @@ static Route *route_of(Hot *self, PyObject *room) {
         return (Route *)route;
     }
     if (PyErr_Occurred()) return NULL;
-    route = PyObject_CallOneArg(self->route_for, room);
-    if (!route) return NULL;
-    if (!Py_IS_TYPE(route, &RouteType) || ((Route *)route)->generation != g) {
-        Py_DECREF(route);
-        PyErr_SetString(PyExc_TypeError, "route_for(room) must return the room's current Route");
+    PyObject *plain = SLOT(room, self->r[R_PLAIN_ADDRS]);
+    PyObject *framed = SLOT(room, self->r[R_FRAMED_ADDRS]);
+    if (!plain || !framed) return NULL;
+    Route *built = (Route *)PyType_GenericNew(&RouteType, NULL, NULL);
+    if (!built) return NULL;
+    built->generation = g;
+    if (side_init(&built->side[0], plain) < 0 || side_init(&built->side[1], framed) < 0 ||
+        PyDict_SetItem(self->routes, name, (PyObject *)built) < 0) {
+        Py_DECREF(built);
         return NULL;
     }
-    return (Route *)route;
+    return built;
 }
 
 /* 1: relayed here; 0: the Python path must take it; -1: error set. */
-static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
+static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len,
                     const struct sockaddr_in *src, socklen_t srclen, double now,
                     PyObject *now_obj, double rate, double burst) {
     if (len < 3 || len > self->max_datagram || srclen != sizeof *src ||
@@ -515,35 +647,41 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
     if (!name_raw || !PyBytes_CheckExact(name_raw) || PyBytes_GET_SIZE(name_raw) != rl ||
         memcmp(PyBytes_AS_STRING(name_raw), d + 2, (size_t)rl) != 0)
         return 0;
+    /* A numbered room (one with an ocm1r member, docs/protocol.md §9) numbers and keeps
+     * every delivery in its history: Python's, whoever sends. */
+    if (SLOT(room, r[R_HISTORY]) != Py_None) return 0;
+    /* A member with a datagram key (wire/dgmac.py): here only a Seq above its window, with
+     * the tag verified before anything is written; a late Seq, a replay, a bad tag, a
+     * keepalive are Python's. From here on len excludes the trailer. */
+    PyObject *mac_key = SLOT(member, m[M_MAC_KEY]);
+    PyObject *mac_top = NULL, *mac_seen = NULL;
+    unsigned long long seq = 0, top = 0, window = 0;
+    const Py_ssize_t sealed_len = len;
+    if (mac_key != Py_None) {
+        mac_top = SLOT(member, m[M_MAC_TOP]);
+        mac_seen = SLOT(member, m[M_MAC_SEEN]);
+        if (!mac_key || !PyBytes_CheckExact(mac_key) ||
+            PyBytes_GET_SIZE(mac_key) != MAC_KEY_BYTES || !mac_top ||
+            !PyLong_CheckExact(mac_top) || !mac_seen || !PyLong_CheckExact(mac_seen))
+            return 0;
+        if (len - MAC_TRAILER_BYTES <= start) return 0;
+        top = PyLong_AsUnsignedLongLong(mac_top);
+        window = PyLong_AsUnsignedLongLong(mac_seen);
+        if (PyErr_Occurred()) { /* beyond 64 bits (the core never makes them so): Python's */
+            PyErr_Clear();
+            return 0;
+        }
+        const unsigned char *s = d + len - MAC_TRAILER_BYTES;
+        for (int i = 0; i < MAC_SEQ_BYTES; i++) seq = seq << 8 | s[i];
+        if (seq <= top) return 0;
+        len -= MAC_TRAILER_BYTES;
+    }
     if (SLOT(member, m[M_TRIAL]) != Py_False) return 0;
     PyObject *trial = SLOT(room, r[R_TRIAL]);
     if (!trial || !PyList_CheckExact(trial) || PyList_GET_SIZE(trial) != 0) return 0;
-    if (PyDict_GET_SIZE(self->failing) != 0) return 0;
+    if (PyDict_GET_SIZE(self->failing) != 0 || self->dirty) return 0;
     const unsigned char *msg = d + start;
     Py_ssize_t mlen = len - start;
-    /* A numbered room (it has ocm1r members, relay/history.py): its chat is numbered and
-     * kept by history.number(); an ocm1r sender's SEND (01 MsgId Text) is taken here only
-     * when MsgId is the next one (copies, gaps and NACKs go to Python). */
-    PyObject *history = SLOT(room, r[R_HISTORY]);
-    PyObject *rel = SLOT(member, m[M_REL]);
-    long long msg_id = 0, top = 0;
-    if (!history || !rel) return 0;
-    if (history != Py_None) {
-        if (rel != Py_None) {
-            if (mlen < 6 || msg[0] != 1) return 0;
-            msg_id = ((long long)msg[1] << 24) | (msg[2] << 16) | (msg[3] << 8) | msg[4];
-            PyObject *top_obj = PyObject_GetAttr(rel, str_top);
-            if (!top_obj) return -1;
-            top = PyLong_AsLongLong(top_obj);
-            Py_DECREF(top_obj);
-            if (top == -1 && PyErr_Occurred()) return -1;
-            if (msg_id != top + 1) return 0;
-            msg += 5;
-            mlen -= 5;
-        }
-    } else if (rel != Py_None) {
-        return 0;
-    }
     PyObject *e2e = SLOT(room, r[R_E2E]);
     if (e2e == Py_True) {
         if (msg[0] != self->chat_kind) return 0;
@@ -563,9 +701,10 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
     PyObject *pp = SLOT(member, m[M_PLAIN_PREFIX]);
     PyObject *fp = SLOT(member, m[M_FRAMED_PREFIX]);
     PyObject *addr = SLOT(member, m[M_ADDR]);
+    PyObject *seen = SLOT(member, m[M_LAST_SEEN]);
     if (!allowance_obj || !stamp_obj || !PyFloat_CheckExact(allowance_obj) ||
         !PyFloat_CheckExact(stamp_obj) || !pp || !fp || !PyBytes_CheckExact(pp) ||
-        !PyBytes_CheckExact(fp) || !addr)
+        !PyBytes_CheckExact(fp) || !addr || !seen)
         return 0;
     /* The same arithmetic, in the same order, as RelayCore._chat (built without FP
      * contraction), so that both paths charge identically. */
@@ -574,8 +713,7 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
     if (allowance < 1.0) return 0; /* rate-limited: Python counts it */
     Route *route = route_of(self, room);
     if (!route) return PyErr_Occurred() ? -1 : 0;
-    int reliable = rel != Py_None;
-    Side *own = &route->side[reliable ? 2 : framed];
+    Side *own = &route->side[framed];
     Py_ssize_t k = -1;
     for (Py_ssize_t j = 0; j < own->n; j++) {
         if (own->names[j].sin_addr.s_addr == src->sin_addr.s_addr &&
@@ -590,45 +728,57 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
         Py_DECREF(route);
         return 0;
     }
-    Py_ssize_t n_plain = route->side[0].n - (!framed && !reliable);
-    Py_ssize_t n_framed = route->side[1].n - (framed && !reliable);
+    Py_ssize_t n_plain = route->side[0].n - !framed, n_framed = route->side[1].n - framed;
     Py_ssize_t longest = n_plain ? PyBytes_GET_SIZE(pp) + mlen
                                  : n_framed ? PyBytes_GET_SIZE(fp) + mlen : 0;
-    if (longest > self->max_delivery || (history != Py_None &&
-            DATA_HEADER_BYTES + PyBytes_GET_SIZE(fp) + mlen > self->max_delivery)) {
-        Py_DECREF(route); /* Python notifies the sender, or skips the number */
+    if (longest > self->max_delivery) { /* Python notifies the sender */
+        Py_DECREF(route);
         return 0;
     }
-    PyObject *numbered = NULL;
-    long long seq = 0;
-    if (history != Py_None) { /* number and keep it: history.number(fp + msg, now) */
-        PyObject *body = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(fp) + mlen);
-        if (!body) {
+    if (mac_top && !mac_verify(self->mac, (const unsigned char *)PyBytes_AS_STRING(mac_key), d,
+                               sealed_len)) { /* Python counts bad_mac */
+        Py_DECREF(route);
+        return 0;
+    }
+    /* A datagram whose deliveries do not fit in the queue starts a new one; if that
+     * flush failed a send, Python takes this datagram (the state may have changed). */
+    if (self->nout && self->nout + route->side[0].n + route->side[1].n > OUT_SLOTS) {
+        int f = flush_out(self, now_obj);
+        if (f != 0) {
             Py_DECREF(route);
-            return -1;
+            return f < 0 ? -1 : 0;
         }
-        memcpy(PyBytes_AS_STRING(body), PyBytes_AS_STRING(fp), (size_t)PyBytes_GET_SIZE(fp));
-        memcpy(PyBytes_AS_STRING(body) + PyBytes_GET_SIZE(fp), msg, (size_t)mlen);
-        numbered = PyObject_CallMethodObjArgs(history, str_number, body, now_obj, NULL);
-        Py_DECREF(body);
-        if (!numbered || !PyBytes_CheckExact(numbered) ||
-                PyBytes_GET_SIZE(numbered) < DATA_HEADER_BYTES) {
-            if (numbered) PyErr_SetString(PyExc_TypeError, "history.number() must return bytes");
-            Py_XDECREF(numbered);
-            Py_DECREF(route);
-            return -1;
-        }
-        const unsigned char *h = (const unsigned char *)PyBytes_AS_STRING(numbered);
-        seq = ((long long)h[5] << 24) | (h[6] << 16) | (h[7] << 8) | h[8];
     }
     PyObject *left = PyFloat_FromDouble(allowance - 1.0);
     if (!left) {
         Py_DECREF(route);
         return -1;
     }
+    PyObject *new_top = NULL, *new_seen = NULL;
+    if (mac_top) { /* wire.dgmac.advance for a Seq above the window (64-bit shift = mask) */
+        unsigned long long shift = seq - top;
+        new_top = PyLong_FromUnsignedLongLong(seq);
+        new_seen = PyLong_FromUnsignedLongLong(shift < 64 ? window << shift | 1ULL : 1ULL);
+        if (!new_top || !new_seen) {
+            Py_XDECREF(new_top);
+            Py_XDECREF(new_seen);
+            Py_DECREF(left);
+            Py_DECREF(route);
+            return -1;
+        }
+        Py_INCREF(mac_top); /* the old window, for an undo (hand_back) */
+        Py_INCREF(mac_seen);
+        set_slot(member, m[M_MAC_TOP], new_top);
+        set_slot(member, m[M_MAC_SEEN], new_seen);
+        Py_DECREF(new_top);
+        Py_DECREF(new_seen);
+    }
+    double old_allowance = PyFloat_AS_DOUBLE(allowance_obj);
+    double old_stamp = PyFloat_AS_DOUBLE(stamp_obj);
     set_slot(member, m[M_ALLOWANCE], left);
     Py_DECREF(left);
     set_slot(member, m[M_STAMP], now_obj);
+    Py_INCREF(seen);
     set_slot(member, m[M_LAST_SEEN], now_obj);
     self->fast++;
     /* Queued: the batch keeps the route and the prefixes until the flush, and msg stays in
@@ -637,50 +787,29 @@ static int try_fast(Hot *self, const unsigned char *d, Py_ssize_t len,
      * sender: hold the prefixes until both sides are queued. */
     Py_INCREF(pp);
     Py_INCREF(fp);
+    Py_INCREF(member);
     int rc = 0;
     if (n_plain)
-        rc = queue_side(self, route, &route->side[0], framed ? -1 : k, pp, (const char *)msg,
-                        mlen, now_obj);
-    if (rc == 0 && n_framed)
-        rc = queue_side(self, route, &route->side[1], framed && !reliable ? k : -1, fp,
-                        (const char *)msg, mlen, now_obj);
-    if (rc == 0 && numbered)
-        rc = queue_side(self, route, &route->side[2], reliable ? k : -1, numbered, "", 0,
-                        now_obj);
-    if (rc == 0 && reliable) { /* the sender's ACK: 02 Epoch MsgId Seq, and its record */
-        unsigned char ack[ACK_BYTES];
-        ack[0] = 2;
-        memcpy(ack + 1, PyBytes_AS_STRING(numbered) + 1, 4);
-        for (int b = 0; b < 4; b++) {
-            ack[5 + b] = (unsigned char)(msg_id >> (24 - 8 * b));
-            ack[9 + b] = (unsigned char)(seq >> (24 - 8 * b));
-        }
-        PyObject *ack_obj = PyBytes_FromStringAndSize((const char *)ack, ACK_BYTES);
-        PyObject *id_obj = PyLong_FromLongLong(msg_id), *seq_obj = PyLong_FromLongLong(seq);
-        if (!ack_obj || !id_obj || !seq_obj || PyObject_SetAttr(rel, str_top, id_obj) < 0 ||
-                PyObject_SetAttr(rel, str_top_seq, seq_obj) < 0)
-            rc = -1;
-        else
-            rc = queue_one(self, route, own, k, ack_obj, now_obj);
-        Py_XDECREF(ack_obj);
-        Py_XDECREF(id_obj);
-        Py_XDECREF(seq_obj);
-    }
-    Py_XDECREF(numbered);
+        rc = queue_side(self, route, &route->side[0], framed ? -1 : k, framed ? src : NULL,
+                        pp, (const char *)msg, mlen, now_obj);
+    if (rc >= 0 && n_framed)
+        rc = queue_side(self, route, &route->side[1], framed ? k : -1, framed ? NULL : src,
+                        fp, (const char *)msg, mlen, now_obj);
+    /* Recorded once queued (a flush while queueing, of a datagram larger than the queue,
+     * never undoes the datagram being queued: Python sends all of it too). */
+    Group *group = &self->groups[self->ngroups++]; /* one per datagram of the batch */
+    group->allowance = old_allowance;
+    group->stamp = old_stamp;
+    group->member = member;
+    group->last_seen = seen;
+    group->mac_top = mac_top; /* NULL unless sealed; the references taken above */
+    group->mac_seen = mac_seen;
+    group->end = self->nout;
+    group->index = index;
     Py_DECREF(pp);
     Py_DECREF(fp);
     Py_DECREF(route);
     return rc < 0 ? -1 : 1;
-}
-
-static PyObject *address_of(const struct sockaddr_in *sa, socklen_t len) {
-    if (len < sizeof *sa || sa->sin_family != AF_INET) {
-        /* not expected on an AF_INET socket: give Python something it cannot match */
-        return Py_BuildValue("(si)", "", 0);
-    }
-    char ip[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
-    return Py_BuildValue("(si)", ip, (int)ntohs(sa->sin_port));
 }
 
 static PyObject *str_chat_rate, *str_chat_burst, *str_received, *str_relayed, *str_events,
@@ -694,7 +823,7 @@ static double core_number(Hot *self, PyObject *name) {
     return v;
 }
 
-/* The loop of serve() and on_readable(): datagrams read into *nread and relayed here into
+/* The loop of on_readable(): datagrams read into *nread and relayed here into
  * *fast; -1 with an exception set on error. */
 static int serve(Hot *self, PyObject *now_obj, Py_ssize_t *nread, Py_ssize_t *fast) {
     if (!self->buf) {
@@ -728,24 +857,12 @@ static int serve(Hot *self, PyObject *now_obj, Py_ssize_t *nread, Py_ssize_t *fa
         for (int i = 0; i < n; i++) {
             const unsigned char *d = (const unsigned char *)self->buf + slot * (size_t)i;
             Py_ssize_t len = (Py_ssize_t)self->rhdr[i].msg_len;
-            int rc = try_fast(self, d, len, &self->rname[i], self->rhdr[i].msg_hdr.msg_namelen,
-                              now, now_obj, rate, burst);
+            int rc = try_fast(self, i, d, len, &self->rname[i],
+                              self->rhdr[i].msg_hdr.msg_namelen, now, now_obj, rate, burst);
             if (rc < 0) goto error;
             if (rc) continue;
             if (flush_out(self, now_obj) < 0) goto error; /* keep the order of sends */
-            self->slow_count++;
-            PyObject *data = PyBytes_FromStringAndSize((const char *)d, len);
-            PyObject *addr = address_of(&self->rname[i], self->rhdr[i].msg_hdr.msg_namelen);
-            if (!data || !addr) {
-                Py_XDECREF(data);
-                Py_XDECREF(addr);
-                goto error;
-            }
-            PyObject *res = PyObject_CallFunctionObjArgs(self->slow, data, addr, now_obj, NULL);
-            Py_DECREF(data);
-            Py_DECREF(addr);
-            if (!res) goto error;
-            Py_DECREF(res);
+            if (hand_over(self, i, now_obj) < 0) goto error;
         }
         /* The queued messages point into the receive buffers: send before reusing them. */
         if (flush_out(self, now_obj) < 0) goto error;
@@ -764,12 +881,6 @@ error: { /* send what was queued (its buffers are still intact), keep the first 
         PyErr_Restore(type, value, tb);
         return -1;
     }
-}
-
-static PyObject *Hot_serve(Hot *self, PyObject *now_obj) {
-    Py_ssize_t nread, fast;
-    if (serve(self, now_obj, &nread, &fast) < 0) return NULL;
-    return Py_BuildValue("nn", nread, fast);
 }
 
 /* core.<name> += n */
@@ -823,6 +934,7 @@ static PyObject *Hot_on_readable(Hot *self, PyObject *unused) {
         if (!r) return NULL;
         Py_DECREF(r);
     }
+    self->dirty = 0; /* the notices of the batch's failures are sent */
     Py_RETURN_NONE;
 }
 
@@ -833,9 +945,6 @@ static PyObject *Hot_counters(Hot *self, PyObject *unused) {
 }
 
 static PyMethodDef Hot_methods[] = {
-    {"serve", (PyCFunction)Hot_serve, METH_O,
-     "serve(now) -> (read, fast): read up to max_batch datagrams; relay the ordinary chat "
-     "here and hand the rest to slow(data, addr, now) in order."},
     {"on_readable", (PyCFunction)Hot_on_readable, METH_NOARGS,
      "on_readable(): the reader callback: serve(clock()), count, then after() if the core "
      "has events or notices."},
@@ -865,9 +974,34 @@ static PyObject *mod_utf8_valid(PyObject *mod, PyObject *arg) {
     return PyBool_FromLong(ok);
 }
 
+static PyObject *mod_blake2s_mac(PyObject *mod, PyObject *args) {
+    (void)mod;
+    Py_buffer key, data;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "y*y*n", &key, &data, &size)) return NULL;
+    PyObject *res = NULL;
+    EVP_MAC_CTX *ctx = NULL;
+    unsigned char out[32];
+    if (size < 1 || size > 32 || key.len < 1 || key.len > 32) {
+        PyErr_SetString(PyExc_ValueError, "size and key length must be 1..32");
+    } else if ((ctx = new_mac_ctx((size_t)size)) != NULL) {
+        if (blake2s_mac(ctx, key.buf, (size_t)key.len, data.buf, (size_t)data.len, out,
+                        (size_t)size) < 0)
+            PyErr_SetString(PyExc_RuntimeError, "EVP_MAC BLAKE2SMAC failed");
+        else
+            res = PyBytes_FromStringAndSize((const char *)out, size);
+        EVP_MAC_CTX_free(ctx);
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return res;
+}
+
 static PyMethodDef module_methods[] = {
     {"utf8_valid", mod_utf8_valid, METH_O,
      "utf8_valid(data) -> bool: the hot loop's UTF-8 check (for the tests)."},
+    {"blake2s_mac", mod_blake2s_mac, METH_VARARGS,
+     "blake2s_mac(key, data, size) -> bytes: the hot loop's keyed BLAKE2s (for the tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -883,10 +1017,7 @@ PyMODINIT_FUNC PyInit__hot(void) {
         !(str_received = PyUnicode_InternFromString("received")) ||
         !(str_relayed = PyUnicode_InternFromString("relayed")) ||
         !(str_events = PyUnicode_InternFromString("events")) ||
-        !(str_outbox = PyUnicode_InternFromString("outbox")) ||
-        !(str_top = PyUnicode_InternFromString("top")) ||
-        !(str_top_seq = PyUnicode_InternFromString("top_seq")) ||
-        !(str_number = PyUnicode_InternFromString("number")))
+        !(str_outbox = PyUnicode_InternFromString("outbox")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
@@ -894,7 +1025,8 @@ PyMODINIT_FUNC PyInit__hot(void) {
     Py_INCREF(&HotType);
     if (PyModule_AddObject(m, "Route", (PyObject *)&RouteType) < 0 ||
         PyModule_AddObject(m, "Hot", (PyObject *)&HotType) < 0 ||
-        PyModule_AddIntConstant(m, "RECV_SLOTS", RECV_SLOTS) < 0) {
+        PyModule_AddIntConstant(m, "MAC_TRAILER_BYTES", MAC_TRAILER_BYTES) < 0 ||
+        PyModule_AddIntConstant(m, "MAC_TAG_BYTES", MAC_TAG_BYTES) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -24,6 +24,7 @@ from typing import Final, NamedTuple
 
 from relay.history import History, HistoryBudget
 from relay.ipc import Bound, Closed, Counters, Left
+from wire import dgmac
 from wire.chat import (
     Notice,
     encode_framed_notice,
@@ -36,6 +37,8 @@ from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
 from wire.e2e import Kind, PublicKeys
 from wire.errors import ProtocolError
 from wire.limits import (
+    ADDRESSED_BURST,
+    ADDRESSED_RATE,
     DEFAULT_CHAT_BURST,
     DEFAULT_CHAT_RATE,
     DEFAULT_INACTIVITY_TIMEOUT_S,
@@ -76,6 +79,27 @@ _new_fanout: Final = tuple.__new__
 _CHAT: Final = int(Kind.CHAT)
 CHAT_KIND: Final = _CHAT
 """The kind byte of an encrypted room's chat Message (for the compiled loop)."""
+HOT_MEMBER_SLOTS: Final = ("addr", "trial", "room", "plain_prefix", "framed_prefix", "framed",
+                           "allowance", "stamp", "last_seen", "mac_key", "mac_top", "mac_seen")
+"""The compiled loop's contract (relay/_hot.c, held to it by tests/unit/test_hot_contract.py):
+the ``Member`` slots it reads, resolved to offsets once."""
+HOT_MEMBER_WRITES: Final = ("allowance", "stamp", "last_seen", "mac_top", "mac_seen")
+"""The only ``Member`` slots it writes: what ``_chat``, the refresh and the replay window of
+a sealed datagram (``_unseal``, for a ``Seq`` above the window only) write."""
+HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation", "plain_addrs",
+                         "framed_addrs", "history")
+"""The ``Room`` slots it reads (it writes none); the address lists only to build a room's
+``Route`` when ``generation`` has changed; ``history`` only to leave a numbered room (one
+with an ``ocm1r`` member) to the Python path."""
+HOT_CORE_ATTRIBUTES: Final = ("tokens", "failing", "chat_rate", "chat_burst", "received",
+                              "relayed", "events", "outbox", "handle_send_failure",
+                              "handle_send_success")
+"""What it uses of ``RelayCore``: reads ``tokens``, ``failing``, the chat rate and burst and
+whether ``events``/``outbox`` are empty; adds what it relayed to ``received`` and
+``relayed``; reports sends through the two methods (the one rule for failure streaks)."""
+HOT_CALLBACKS: Final = ("slow", "warn", "clock", "after")
+"""The adapter's callbacks it calls: the Python path for a datagram, a log line for a
+socket error, the time, and the flush of events and notices."""
 _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
@@ -104,6 +128,8 @@ DROP_REASONS: Final = (
     "bad_kind",  # encrypted room: the first byte is not a kind (docs/e2e.md §3.2)
     "no_recipient",  # encrypted room: addressed to no bound member but the sender
     "out_of_order",  # ocm1r: a message id past the next one (the client resends it)
+    "bad_mac",  # a member with a datagram key: trailer missing or its tag wrong
+    "replayed",  # a member with a datagram key: a Seq accepted before or below the window
 )
 TERMINAL_NOTICES: Final = frozenset((NoticeEvent.CLOSED, NoticeEvent.DISCONNECTED))
 """Notices a member gets about itself once in its life: never withheld (docs/protocol.md
@@ -116,7 +142,7 @@ class Member:
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
         "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
-        "trial", "muted", "keys", "rel",
+        "trial", "muted", "keys", "rel", "mac_key", "mac_top", "mac_seen",
     )
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
@@ -141,10 +167,18 @@ class Member:
         """Bound to an address only registered (§1.4), not yet proven by a datagram from
         it: deliveries draw on that address's budget (``RelayCore.unproven``)."""
         self.muted = False
+        """On trial and the budget is spent: left out of deliveries until proven."""
         self.keys: PublicKeys | None = None
         """Encrypted rooms: the public keys its ``joined`` notice carries (docs/e2e.md)."""
         self.rel: Reliable | None = None
         """``ocm1r`` members: their recovery state (numbered deliveries, ids, NACKs)."""
+        self.mac_key: bytes | None = None
+        """Joined over TLS: its datagram key; every datagram must carry a valid trailer
+        (wire/dgmac.py), checked before anything else is read past the token."""
+        self.mac_top = 0
+        """The highest trailer ``Seq`` accepted (0: none yet)."""
+        self.mac_seen = 0
+        """The replay window below ``mac_top`` (``wire.dgmac.advance``)."""
 
 
 # --- reliable framed delivery (ocm1r, wire/reliable.py) -----------------------------------
@@ -254,6 +288,10 @@ class RelayCore:
         so bounded by ``by_addr``; the entry goes when the address is proven or unused."""
         self.outbox: list[Send] = []
         self.events: list[Bound | Left | Closed] = []
+        self.addressed: dict[bytes, list[float]] = {}
+        """Encrypted rooms: the addressed-kind token bucket ``[allowance, stamp]`` of each
+        member (by token) that has sent an envelope or a key request; the entry goes with
+        the member."""
         self._deadlines: list[tuple[float, bytes]] = []
         """Inactivity deadlines ``(due, token)``: a token, not the ``Member``, so that a
         departed member (and its room) is freed at once, not at its old deadline. Entries
@@ -281,11 +319,13 @@ class RelayCore:
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
                    framing: Framing, is_host: bool, now: float, addr: Addr | None = None,
                    announced: bool = False, proven: bool = False, e2e: bool = False,
-                   keys: PublicKeys | None = None) -> bool:
+                   keys: PublicKeys | None = None, mac_key: bytes | None = None) -> bool:
         """Add a member (``is_host`` creates the room, encrypted if ``e2e``). False if the
         room is not live (or already exists, for a host): control then answers
         ROOM_NOT_FOUND/EXISTS. ``addr``, ``announced`` and ``proven`` re-seed a restarted
-        worker; ``keys`` go into the member's ``joined`` notice in an encrypted room."""
+        worker; ``keys`` go into the member's ``joined`` notice in an encrypted room;
+        ``mac_key`` (a member that joined over TLS) makes every datagram of the member
+        need its trailer (wire/dgmac.py)."""
         room = self.rooms.get(room_name)
         known = self.tokens.get(token)
         if known is not None:  # idempotent: a restarted worker may be seeded, then asked
@@ -297,6 +337,7 @@ class RelayCore:
         elif room is None:
             return False
         member = Member(token, username, ip, framing.framed, is_host, room, now)
+        member.mac_key = None if mac_key is None else bytes(mac_key)  # exact bytes for C
         if framing is Framing.OCM1R:  # reliable: the room is numbered from now on
             member.rel = Reliable(now)
             if room.history is None:
@@ -355,12 +396,15 @@ class RelayCore:
             member.addr = None
             member.room.rebuild()
 
-    def resume(self, token: bytes, new_token: bytes, ip: str, now: float) -> bool:
+    def resume(self, token: bytes, new_token: bytes, ip: str, now: float,
+               mac_key: bytes | None = None) -> bool:
         """An ``ocm1r`` member moves (a TCRP resume): ``new_token``, issued to ``ip``,
         replaces ``token``; its name, membership, message ids and place in the room
         stay, and it is not announced again. Its old address gets nothing more; its
-        first datagram from the new one binds it (then it NACKs what it missed). False
-        if ``token`` is no live member (control then answers ROOM_NOT_FOUND)."""
+        first datagram from the new one binds it (then it NACKs what it missed). Its
+        datagram key is ``mac_key`` from now on (a fresh one, or None), with a fresh
+        replay window. False if ``token`` is no live member (control then answers
+        ROOM_NOT_FOUND)."""
         member = self.tokens.get(token)
         if member is None or new_token in self.tokens:
             return False
@@ -372,6 +416,8 @@ class RelayCore:
         room.members[new_token] = member
         member.ip = ip
         member.last_seen = now
+        member.mac_key = None if mac_key is None else bytes(mac_key)  # exact bytes for C
+        member.mac_top = member.mac_seen = 0
         self._unlink_addr(member)
         member.addr = None
         member.trial = member.muted = False
@@ -416,6 +462,11 @@ class RelayCore:
         if room.name_raw != data[2:room_end]:
             self.drops["wrong_room"] += 1
             return None
+        if member.mac_key is not None:
+            unsealed = self._unseal(member, data, token_end)
+            if unsealed is None:
+                return None
+            data = unsealed
         if room.e2e:
             return self._handle_e2e(member, data, token_end, addr, now)
         message = data[token_end:]
@@ -538,6 +589,22 @@ class RelayCore:
         assert history is not None and member.rel is not None and member.addr is not None
         self.outbox.append((encode_sync(history.epoch, member.rel.start,
                                         history.next_seq - 1), member.addr))
+    def _unseal(self, member: Member, data: bytes, token_end: int) -> bytes | None:
+        """The datagram without its trailer if the tag is right and its ``Seq`` is fresh
+        (the window moves), else None, counted (docs/protocol.md §8)."""
+        key = member.mac_key
+        assert key is not None
+        seq = dgmac.verify(key, data) if len(data) - token_end >= dgmac.TRAILER_BYTES \
+            else None
+        if seq is None:
+            self.drops["bad_mac"] += 1
+            return None
+        window = dgmac.advance(member.mac_top, member.mac_seen, seq)
+        if window is None:
+            self.drops["replayed"] += 1
+            return None
+        member.mac_top, member.mac_seen = window
+        return data[:-dgmac.TRAILER_BYTES]
 
     def _chat(self, member: Member, message: bytes, now: float) -> Fanout | None:
         """A chat message of an authenticated, refreshed member: charge its token bucket,
@@ -624,11 +691,30 @@ class RelayCore:
             self._notify(member, Notice(NoticeEvent.ERROR,
                                         over=len(delivery) - MAX_DELIVERY_BYTES))
             return None
+        if not self._charge_addressed(member, now):
+            return None
         if target.trial and not self._admit(target):
             return None
         self.outbox.append((delivery, target.addr))
         self.relayed += 1
         return None
+
+    def _charge_addressed(self, member: Member, now: float) -> bool:
+        """Charge ``member``'s addressed-kind bucket (``ADDRESSED_BURST``, refilled at
+        ``ADDRESSED_RATE`` a second); False (counted ``rate_limited``) when it is empty."""
+        bucket = self.addressed.get(member.token)
+        if bucket is None:
+            bucket = self.addressed[member.token] = [float(ADDRESSED_BURST), now]
+        allowance = bucket[0] + (now - bucket[1]) * ADDRESSED_RATE
+        bucket[1] = now
+        if allowance > ADDRESSED_BURST:
+            allowance = float(ADDRESSED_BURST)
+        if allowance < 1.0:
+            bucket[0] = allowance
+            self.drops["rate_limited"] += 1
+            return False
+        bucket[0] = allowance - 1.0
+        return True
 
     def handle_send_failure(self, addr: Addr, now: float) -> None:
         """A send to ``addr`` failed (or ICMP said unreachable): count, maybe evict."""
@@ -647,7 +733,9 @@ class RelayCore:
                 self._evict(member, Reason.SEND_FAILURES)
 
     def handle_send_success(self, addr: Addr) -> None:
-        """A send to a failing address went through: failures must be consecutive."""
+        """A send to ``addr`` went through: its failure streak ends (failures count only
+        when consecutive). The one rule for every adapter, the compiled loop included;
+        an adapter may skip the call while ``failing`` is empty."""
         self.failing.pop(addr, None)
 
     # --- timers ------------------------------------------------------------------------
@@ -819,8 +907,10 @@ class RelayCore:
         member.alive = False
         room = member.room
         del room.members[member.token]
-        if room.e2e and room.by_name.get(name := member.username.encode()) is member:
-            del room.by_name[name]
+        if room.e2e:
+            if room.by_name.get(name := member.username.encode()) is member:
+                del room.by_name[name]
+            self.addressed.pop(member.token, None)
         del self.tokens[member.token]
         self._unlink_addr(member)
         if len(self._deadlines) > 2 * len(self.tokens) + DEADLINE_COMPACT_SLACK:

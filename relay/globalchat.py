@@ -158,8 +158,8 @@ class GlobalChatRelay:
                 except OSError:
                     chat.handle_send_failure(a)
                 else:
-                    if failing:
-                        failing.pop(a, None)
+                    if failing:  # the streak ends at a send that went through
+                        chat.handle_send_success(a)
                 sent += 1
                 if not sent % CLOCK_EVERY and clock() >= until:
                     break

@@ -1,7 +1,9 @@
 """Which hot loop a relay worker runs: the compiled one (``relay/_hot.c``) or pure Python.
 
 The compiled loop reads the UDP socket with ``recvmmsg`` and relays the ordinary chat
-datagrams of settled members in C: parse, authenticate, UTF-8 and ``/exit`` checks, the
+datagrams of settled members in C: parse, authenticate (the MAC trailer too, for members
+that joined over TLS: wire/dgmac.py, linked against OpenSSL 3's libcrypto), UTF-8 and
+``/exit`` checks, the
 token bucket, and one ``sendmmsg`` per room and delivery format with the member's prefix
 and the message as two iovecs (no copy). Every other datagram goes, in order, to the
 pure-Python path (``Worker._handle_one`` → ``RelayCore.handle_datagram``), which stays the
@@ -9,8 +11,9 @@ one definition of the protocol; tests/unit/test_relay_hot.py feeds both the same
 and compares every delivery, counter and member's state.
 
 The extension is optional, as the loadgen's (setup.py): built at install time where a C
-compiler and the Python headers exist, else the worker runs the pure-Python loop. The
-setting ``relay_hot_path`` (``--relay-hot-path``, ``OCM_RELAY_HOT_PATH``) chooses:
+compiler, the Python headers and OpenSSL 3's headers exist, else the worker runs the
+pure-Python loop. The setting ``relay_hot_path`` (``--relay-hot-path``,
+``OCM_RELAY_HOT_PATH``) chooses:
 
 * ``auto`` (default): compiled if it is built and batched I/O works here, else Python.
   ``OCM_PURE_PYTHON=1`` in the environment makes ``auto`` choose Python (for A/B runs).
@@ -38,8 +41,8 @@ MODES: Final = HOT_PATH_MODES
 COMPILED: Final = "compiled"
 PYTHON: Final = "python"
 NOT_BUILT: Final = ("the C extension relay._hot was not built when ocm was installed (no C "
-                    "compiler or Python headers then, or OCM_PURE_PYTHON=1); reinstall with "
-                    "them to use it")
+                    "compiler, Python headers or OpenSSL 3 headers (libssl-dev) then, or "
+                    "OCM_PURE_PYTHON=1); reinstall with them to use it")
 
 
 class Unavailable(Exception):

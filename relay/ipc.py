@@ -49,6 +49,7 @@ import orjson
 
 from runtime.records import Converter, RecordCodec, RecordError, Shape
 from wire.codes import Framing, Reason
+from wire.dgmac import DatagramKey
 from wire.e2e import PublicKeys, decode_public_keys
 from wire.errors import BadKeys
 from wire.limits import (
@@ -111,6 +112,8 @@ class AddMember:
     """The room is encrypted (docs/e2e.md §3): read by the worker when ``host`` creates it."""
     keys: PublicKeys | None = None
     """The member's public keys, only for its ``joined`` notice in an encrypted room."""
+    datagram_key: DatagramKey | None = None
+    """Joined over TLS: the key of its datagrams' MAC trailer (wire/dgmac.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,9 @@ class Rebind:
     ip: str
     new_token: bytes | None = None
     """A resume (``ocm1r``): the member's token from now on (the old one dies)."""
+    datagram_key: DatagramKey | None = None
+    """A resume: the member's datagram key from now on (None: its datagrams go unsealed),
+    given by the connection the resume came over; its replay window starts afresh."""
 
 
 # --- events, worker -> control --------------------------------------------------------------
@@ -240,7 +246,8 @@ _CODEC: Final[RecordCodec[Message]] = RecordCodec(
      "config": Configure, "shutdown": Shutdown, "close": CloseRoom, "rebind": Rebind,
      "ack": Ack, "pong": Pong, "bye": Bye, "bound": Bound, "left": Left, "closed": Closed,
      "stats": Stats},
-    converters={PublicKeys: Converter(PublicKeys.to_json, decode_public_keys, (BadKeys,))})
+    converters={PublicKeys: Converter(PublicKeys.to_json, decode_public_keys, (BadKeys,)),
+                DatagramKey: Converter(DatagramKey.to_json, DatagramKey.from_json)})
 
 
 def encode(message: Message) -> bytes:

@@ -13,7 +13,8 @@ control's supervisor in a ``spawn`` process, ``settings`` being the typed
   cached here, per room, until ``Room.generation`` changes), or with one ``sendto`` per
   recipient when ``settings.sendmmsg`` is off or unavailable;
 * counts a failed send against the recipient (``RelayCore.handle_send_failure``) and ends
-  the recipient's failure streak at a send that went through, on both paths;
+  the recipient's failure streak at a send that went through
+  (``RelayCore.handle_send_success``), on both paths;
 * reads typed commands from its pipe (relay/ipc.py) and writes typed events back;
 * does not read UDP until control has re-seeded it and sent ``start`` (so a restarted
   worker never drops a datagram of a room it is about to own: they wait in the socket
@@ -143,10 +144,9 @@ class Worker:
     def compiled_loop(self, module: ModuleType) -> hot.Hot:
         """The compiled hot loop on this worker's socket, core and caches."""
         compiled: hot.Hot = module.Hot(
-            fd=self.fd, core=self.core, routes=self._routes, route_for=self._route_for,
-            slow=self._handle_one, send_failed=self._hot_send_failed, warn=self._hot_warn,
-            clock=None if self.clock is time.monotonic else self.clock, after=self._flush,
-            member_type=Member, room_type=Room, chat_kind=CHAT_KIND,
+            fd=self.fd, core=self.core, routes=self._routes, slow=self._handle_one,
+            warn=self._hot_warn, clock=None if self.clock is time.monotonic else self.clock,
+            after=self._flush, member_type=Member, room_type=Room, chat_kind=CHAT_KIND,
             max_datagram=MAX_DATAGRAM_BYTES, max_delivery=MAX_DELIVERY_BYTES,
             exit_max=EXIT_MATCH_MAX_BYTES, max_batch=BATCH_DATAGRAMS)
         return compiled
@@ -225,17 +225,6 @@ class Worker:
         if core.events:
             self._flush()
 
-    def _route_for(self, room: Room) -> hot.Route:
-        """The compiled loop's cache miss: the room's current recipients, prebuilt."""
-        assert self.hot_module is not None
-        route: hot.Route = self.hot_module.Route(room.generation, room.plain_addrs,
-                                                 room.framed_addrs, room.reliable_addrs)
-        self._routes[room.name] = route
-        return route
-
-    def _hot_send_failed(self, addr: Addr, now: float) -> None:
-        self._send_failed(None, addr, now)
-
     @staticmethod
     def _hot_warn(what: str, err: int) -> None:
         log.warning("%s: %s", what, os.strerror(err))
@@ -264,19 +253,18 @@ class Worker:
                 failed = tuple(i for i in range(len(batch.addrs)) if i != k)
             for i in failed:
                 self._send_failed(None, batch.addrs[i], now)
-            failing = self.core.failing
-            if failing:  # a streak ends at a send that went through (indexes, not addrs)
+            if self.core.failing:  # a streak ends at a send that went through
                 index = batch.index
-                for a in list(failing):
+                for a in list(self.core.failing):
                     j = index.get(a)
                     if j is not None and j != k and j not in failed:
-                        del failing[a]
+                        self.core.handle_send_success(a)
 
     def _relay(self, out: Fanout, now: float) -> None:
         """Fallback fan-out: one ``sendto`` per recipient, skipping the sender."""
         plain, plain_addrs, framed, framed_addrs, src, room = out
         sendto = self.sock.sendto
-        failing = self.core.failing
+        core = self.core
         sides: tuple[tuple[bytes | None, list[Addr]], ...] = (
             (plain, plain_addrs), (framed, framed_addrs))
         if room.history is not None:
@@ -285,15 +273,18 @@ class Worker:
         for payload, addrs in sides:
             if payload is None:
                 continue
+            skip: Addr | None = src  # the sender's address, once per side (as sendmmsg)
             for a in addrs:
-                if a is not src:
-                    try:
-                        sendto(payload, a)
-                    except OSError as exc:
-                        self._send_failed(exc, a, now)
-                    else:
-                        if failing:
-                            failing.pop(a, None)
+                if skip is not None and a == skip:
+                    skip = None
+                    continue
+                try:
+                    sendto(payload, a)
+                except OSError as exc:
+                    self._send_failed(exc, a, now)
+                else:
+                    if core.failing:  # the streak ends at a send that went through
+                        core.handle_send_success(a)
 
     def _send_failed(self, exc: OSError | None, addr: Addr, now: float) -> None:
         """A send raised (a local error: the datagram was not sent). Cold path."""
@@ -409,7 +400,7 @@ class Worker:
         if isinstance(msg, ipc.AddMember):
             ok = self.core.add_member(msg.room, msg.token, msg.user, msg.ip, msg.framing,
                                       msg.host, now, msg.addr, msg.announced, msg.proven,
-                                      e2e=msg.e2e, keys=msg.keys)
+                                      e2e=msg.e2e, keys=msg.keys, mac_key=msg.datagram_key)
             self._send(ipc.Ack(msg.id, ok))
             self._flush()
             self._arm_timer()
@@ -421,7 +412,7 @@ class Worker:
             self._flush()
         elif isinstance(msg, ipc.Rebind):
             if msg.new_token is not None:  # a resume: a new token, and its history
-                ok = self.core.resume(msg.token, msg.new_token, msg.ip, now)
+                ok = self.core.resume(msg.token, msg.new_token, msg.ip, now, msg.datagram_key)
                 self._flush()
                 self._send(ipc.Ack(msg.id, ok))
             else:

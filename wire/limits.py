@@ -133,6 +133,18 @@ bytes), the host flag and both keys in base64."""
 MAX_MEMBERS_RESPONSE_BYTES: Final = 256 * 1024
 """The State 1 payload a client accepts for a join reply or a member list (Operation 3):
 256 entries of at most 656 bytes plus the other details fit in 168 KiB."""
+ADDRESSED_BURST: Final = MAX_E2E_MEMBERS
+"""Addressed datagrams (envelopes and key requests, docs/e2e.md §3.2) a member of an
+encrypted room may send at once: a rotation of the largest room (255 envelopes, §6.1) plus
+one. A token bucket of its own, apart from chat's; excess dropped and counted
+(``rate_limited``)."""
+ADDRESSED_RATE: Final = 16.0
+"""Addressed datagrams per second per member (the bucket's refill): key requests and their
+answers are at most one a second per (sender, chain) and per requester (docs/e2e.md
+§4.6), so a slow refill is enough. Worst case one member makes the relay send:
+``ADDRESSED_BURST + ADDRESSED_RATE * t`` deliveries of at most 4,094 bytes in ``t``
+seconds (288 in 2 s), each to one member of its room; one 2-float entry per member that
+sent one, in the worker."""
 
 # --- Reliable framed delivery (docs/protocol.md, our extension) ---------------------------
 HISTORY_MAX_MESSAGES: Final = 256

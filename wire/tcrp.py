@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from wire import errors, names
+from wire import dgmac, errors, names
 from wire.codes import Framing, Operation, State, Status
 from wire.e2e import MEMBERS_OPERATION, MemberInfo, PublicKeys, decode_members, decode_public_keys
 from wire.limits import (
@@ -261,6 +261,10 @@ class Details:
     ``"resume"``); each answer carries a new one."""
     resumed: bool = False
     """The answer to a resume: the same membership, a new token."""
+    datagram_key: bytes | None = None
+    """Our extension (docs/protocol.md §8): the member's datagram MAC key, sent only to a
+    member that joined over TLS. With it, every datagram the member sends must carry the
+    trailer of ``wire.dgmac``; ``max_message`` already leaves room for it."""
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -279,6 +283,8 @@ class Details:
             obj["resume"] = self.resume
         if self.resumed:
             obj["resumed"] = True
+        if self.datagram_key is not None:
+            obj[dgmac.DETAILS_KEY] = dgmac.encode_key(self.datagram_key)
         return obj
 
     @classmethod
@@ -306,8 +312,10 @@ class Details:
         if type(e2e) is not bool:
             raise errors.BadResponse("e2e must be a boolean")
         members = decode_members(obj.get("members")) if e2e else ()
+        raw_key = obj.get(dgmac.DETAILS_KEY)
+        key = None if raw_key is None else dgmac.decode_key(raw_key)
         return cls(udp_port, host, max_message, float(timeout), framing, e2e, members,
-                   udp_host, resume, resumed)
+                   udp_host, resume, resumed, key)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:

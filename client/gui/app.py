@@ -477,7 +477,7 @@ class MainWindow(QMainWindow):
 def _abandon(joined: Joined) -> None:
     """Leave a membership that nobody will use (the window closed during the join)."""
     try:
-        joined.udp_sock.sendto(leave_datagram(joined), joined.server)
+        joined.udp_sock.sendto(joined.seal(leave_datagram(joined)), joined.server)
     except OSError:
         pass
     joined.udp_sock.close()

@@ -31,6 +31,8 @@ REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 BUILD_DIR: Final = REPO_ROOT / "build" / "perf"
 """Where ``make bench-percore`` builds them (``make clean`` removes build/)."""
 CFLAGS: Final = ("-O2", "-Wall", "-Wextra")
+LIBS: Final = {"cload": ("-lcrypto",)}
+"""cload seals the datagrams of members with a datagram key (OpenSSL 3's EVP_MAC)."""
 TOOLS: Final = {"crelay": ("crelay.c", "common.h"),
                 "cload": ("cload.c", "common.h", "meter.h")}
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -53,7 +55,8 @@ def build(dest: Path = BUILD_DIR) -> dict[str, Path]:
             if cc is None:
                 raise BuildError(f"no C compiler (cc) to build {name} from {SOURCES}: "
                                  "install gcc (apt-get install gcc) or set CC")
-            cmd = [cc, *CFLAGS, "-o", str(binary), str(SOURCES / sources[0]), "-lm"]
+            cmd = [cc, *CFLAGS, "-o", str(binary), str(SOURCES / sources[0]), "-lm",
+                   *LIBS.get(name, ())]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
                 raise BuildError(f"{' '.join(cmd)} failed:\n{done.stderr}")

@@ -30,8 +30,11 @@ measured window. OCM's ``--chat-rate`` is raised above the highest rate of the l
 it), so that the per-member token bucket still runs on every datagram (its cost is in the
 figures) but never drops the load it is measured with.
 
-Other relays: ``--relays crelay,ocm,ocm-pure`` (``ocm-pure`` is OCM with
-``OCM_PURE_PYTHON=1``, the accelerator disabled); ``--ocm-command`` runs another
+Other relays: ``--relays crelay,ocm,ocm-pure,ocm-mac`` (``ocm-pure`` is OCM with
+``OCM_PURE_PYTHON=1``, the accelerator disabled; ``ocm-mac`` is OCM whose members join
+over TLS, with a test CA made in the work directory, so that every datagram carries the
+MAC trailer of docs/protocol.md §8 and the relay verifies it: the loadgen joins with
+``--tls-ca`` and cload seals); ``--ocm-command`` runs another
 ``ocm-control`` (another checkout's venv); ``--ocm-env KEY=VALUE`` adds environment to
 every OCM relay. Writes ``percore.md`` (printed too) and ``percore.json`` (every step's
 cload report and CPU figures) into ``--out``; ``--update-docs`` also replaces the section
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -70,7 +74,9 @@ MIN_INBOUND_FRACTION: Final = 0.97
 """Sustained: cload's achieved inbound rate at least this share of the target."""
 PURE_ENV: Final = {"OCM_PURE_PYTHON": "1"}
 """What disables the compiled accelerator (the pure-Python path runs)."""
-RELAYS: Final = ("crelay", "ocm", "ocm-pure")
+RELAYS: Final = ("crelay", "ocm", "ocm-pure", "ocm-mac")
+TLS_RE: Final = re.compile(r"ready tcp=.* tls=[^:\s]+:(\d+)")
+"""The TLS port in ``ocm-control``'s ready line (``ocm-mac``)."""
 JOIN_TIMEOUT_S: Final = 600.0
 """Joining 5,000 members through TCRP takes seconds; generous for a loaded machine."""
 
@@ -219,17 +225,39 @@ class Bench:
         finally:
             relay.stop()
 
-    def run_ocm(self, step: Step, env: dict[str, str]) -> None:
+    def _tls_files(self) -> tuple[Path, Path, Path]:
+        """(CA, certificate, key) for ``ocm-mac``, made once in the work directory."""
+        from tests.integration.test_tls import make_pki
+
+        pki = self.work / "pki"
+        if not pki.exists():
+            pki.mkdir()
+            make_pki(pki)
+        return pki / "ca.pem", pki / "server.pem", pki / "server.key"
+
+    def run_ocm(self, step: Step, env: dict[str, str], tls: bool = False) -> None:
+        """One OCM step; ``tls`` (``ocm-mac``): members join over TLS and seal."""
         s = self.s
         cmd, on_path = self._control_command()
+        join_tls: list[str] = []
+        if tls:
+            ca, cert, key = self._tls_files()
+            cmd += ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0"]
         server = servers.start(cmd, timeout=120.0, extra_env=env, repo_on_path=on_path)
         try:
             worker = servers.worker_pids(server.output()).get(0)
             step.server_log = list(server.lines)[:60]  # which path runs, as it says
+            tcp_port = server.tcp_port
+            if tls:
+                found = TLS_RE.search(server.output())
+                if found is None:
+                    raise RuntimeError("ocm-control's ready line names no TLS port")
+                tcp_port = int(found[1])
+                join_tls = ["--tls-ca", str(ca)]
             tokens = self.work / f"tokens-{step.relay}-{step.rep}-{step.rate:g}.txt"
             t = time.monotonic()
             join = [*self._pin(s.load_cpu), sys.executable, "-m", "loadgen", "--server",
-                    server.host, "--tcp-port", str(server.tcp_port), "--rooms", str(s.rooms),
+                    server.host, "--tcp-port", str(tcp_port), *join_tls, "--rooms", str(s.rooms),
                     "--users", str(s.users), "--framing", "ocm1", "--procs", "1",
                     "--quiet", "--tokens-out", str(tokens)]
             done = _run(join, JOIN_TIMEOUT_S)
@@ -277,7 +305,7 @@ class Bench:
                             self.run_crelay(step)
                         else:
                             env = dict(s.ocm_env, **(PURE_ENV if relay == "ocm-pure" else {}))
-                            self.run_ocm(step, env)
+                            self.run_ocm(step, env, tls=relay == "ocm-mac")
                     except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
                         step.error = str(exc)
                         step.why = f"error: {str(exc).splitlines()[0]}"

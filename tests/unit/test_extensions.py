@@ -51,6 +51,7 @@ def test_the_relay_hot_loop_falls_back_without_its_extension() -> None:
                           timeout=60, check=True)
     auto, compiled = done.stdout.splitlines()
     assert auto == ("(None, 'pure Python (the C extension relay._hot was not built when ocm "
-                    "was installed (no C compiler or Python headers then, or "
-                    "OCM_PURE_PYTHON=1); reinstall with them to use it)')")
+                    "was installed (no C compiler, Python headers or OpenSSL 3 headers "
+                    "(libssl-dev) then, or OCM_PURE_PYTHON=1); reinstall with them to use "
+                    "it)')")
     assert compiled.startswith("the C extension relay._hot was not built")

@@ -54,3 +54,10 @@ def test_help_says_the_members_stay() -> None:
     text = " ".join(cli.build_parser().format_help().split())
     assert "the loadgen need not stay" in text
     assert "room slot room_name token udp_host udp_port" in text
+
+
+def test_a_member_with_a_datagram_key_has_a_seventh_field() -> None:
+    keyed = MemberToken(0, 1, b"r", b"T" * 22, "127.0.0.1", 9001, bytes(range(32)))
+    line = encode_line(keyed)
+    assert line.rstrip("\n").split("\t")[6] == bytes(range(32)).hex()
+    assert decode_file(encode_file([keyed])) == [keyed]

@@ -28,7 +28,7 @@ from relay.worker import Worker
 from wire.chat import encode_chat
 from wire.codes import Framing
 from wire.e2e import Kind, PublicKeys, encode_message
-from wire.limits import MAX_DATAGRAM_BYTES
+from wire.limits import ADDRESSED_BURST, ADDRESSED_RATE, MAX_DATAGRAM_BYTES
 from wire.reliable import encode_ack, encode_data, encode_nack, encode_send
 
 TIMEOUT_S = 10.0
@@ -145,12 +145,13 @@ class Pair:
             self.ordered = True
             py = {k: sorted(v) for k, v in py.items()}
             c = {k: sorted(v) for k, v in c.items()}
-        assert c == py, "the compiled loop delivered differently"
+        assert c == py, f"the compiled loop delivered differently: {c!r}, python {py!r}"
         self.last = py
         a, b = (w.core for w in self.workers)
-        assert state(b) == state(a), "the compiled loop left a different state"
+        sa, sb = state(a), state(b)
+        assert sb == sa, f"the compiled loop left a different state: {sb!r}, python {sa!r}"
         ea, eb = (w.events_seen for w in self.workers)  # type: ignore[attr-defined]
-        assert eb == ea
+        assert eb == ea, f"the compiled loop's events: {eb!r}, python {ea!r}"
 
     def close(self) -> None:
         for w in self.workers:
@@ -163,12 +164,13 @@ class Pair:
 
 def state(core: RelayCore) -> object:
     members = {token: (m.username, m.addr, m.trial, m.muted, m.allowance, m.stamp,
-                       m.last_seen, m.failures, m.alive)
+                       m.last_seen, m.failures, m.alive, m.mac_top, m.mac_seen)
                for token, m in core.tokens.items()}
-    rooms = {name: (sorted(r.members), r.plain_addrs, r.framed_addrs)
+    rooms = {name: (sorted(r.members), r.plain_addrs, r.framed_addrs, sorted(r.by_name))
              for name, r in core.rooms.items()}
     return (core.received, core.relayed, dict(core.drops), dict(core.evictions),
-            core.send_failures, dict(core.failing), dict(core.unproven), members, rooms)
+            core.send_failures, dict(core.failing), dict(core.unproven), members, rooms,
+            dict(core.addressed))
 
 
 @pytest.fixture
@@ -205,19 +207,26 @@ def test_ordinary_chat_is_relayed_by_the_compiled_loop_alike(pair: Pair) -> None
     assert compiled.counters()["fast"] == before + 3
 
 
-def test_a_numbered_room_is_numbered_by_the_compiled_loop_alike(pair: Pair) -> None:
-    """ocm1r (protocol.md §8): the compiled loop numbers chat through history.number(),
-    sends the numbered datagram to the ocm1r members and the ACK to an ocm1r sender, and
-    leaves copies, gaps, NACKs and keepalives to Python, with the same bytes out."""
+def test_a_numbered_room_is_left_to_python_by_the_compiled_loop_alike(pair: Pair) -> None:
+    """ocm1r (protocol.md §9): the compiled loop hands every datagram of a numbered room
+    (one with a history) to the Python path, which numbers it, sends the numbered datagram
+    to the ocm1r members and the ACK to an ocm1r sender: the same bytes out, none relayed
+    in C; a plain room next to it still is."""
+    te, tf = b"Te" + bytes(20), b"Tf" + bytes(20)
     for w in pair.workers:
         w.core.new_epoch = lambda: 0x1234ABCD
     pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
     pair.add("r", TB, "bob", framing=Framing.OCM1R)
     pair.add("r", TC, "carol")
     pair.add("r", TD, "dave", framing=Framing.OCM1)
+    pair.add("p", te, "erin", host=True)
+    pair.add("p", tf, "frank")
     for name, token in (("a", TA), ("b", TB), ("c", TC), ("d", TD)):
         pair.client(name)
         pair.chat(name, b"r", token, b"")
+    for name, room, token in (("e", b"p", te), ("f", b"p", tf)):
+        pair.client(name)
+        pair.chat(name, room, token, b"")
     compiled = pair.workers[1].hot
     assert compiled is not None
     before = compiled.counters()["fast"]
@@ -227,17 +236,20 @@ def test_a_numbered_room_is_numbered_by_the_compiled_loop_alike(pair: Pair) -> N
                          "c": [b"alice: hi"], "d": [b"\x05alicehi"]}
     pair.chat("c", b"r", TC, b"plain")  # a plain sender in a numbered room
     assert pair.last["a"] == [encode_data(0x1234ABCD, 6, b"\x05carolplain")]
+    pair.chat("d", b"r", TD, b"framed")  # an ocm1 sender in a numbered room
+    assert pair.last["b"] == [encode_data(0x1234ABCD, 7, b"\x04daveframed")]
     pair.chat("a", b"r", TA, encode_send(2, b"two"))
-    assert compiled.counters()["fast"] == before + 3
-    pair.chat("a", b"r", TA, encode_send(2, b"two"))  # a copy: Python acknowledges again
-    pair.chat("a", b"r", TA, encode_send(9, b"gap"))  # out of order: Python
-    pair.chat("b", b"r", TB, encode_nack(0x1234ABCD, [(5, 3)]))  # Python resends
+    pair.chat("a", b"r", TA, encode_send(2, b"two"))  # a copy: acknowledged again
+    pair.chat("a", b"r", TA, encode_send(9, b"gap"))  # out of order
+    pair.chat("b", b"r", TB, encode_nack(0x1234ABCD, [(5, 3)]))  # resends
     assert len(pair.last["b"]) == 3
-    pair.chat("b", b"r", TB, b"")  # keepalive: SYNC from Python
-    assert compiled.counters()["fast"] == before + 3
+    pair.chat("b", b"r", TB, b"")  # keepalive: SYNC
+    assert compiled.counters()["fast"] == before
+    pair.chat("e", b"p", te, b"fast")  # an unnumbered room: still the compiled loop's
+    assert compiled.counters()["fast"] == before + 1
     for w in pair.workers:
         rel = w.core.tokens[TA].rel
-        assert rel is not None and (rel.top, rel.top_seq) == (2, 7)
+        assert rel is not None and (rel.top, rel.top_seq) == (2, 8)
 
 
 @pytest.mark.parametrize("message", [
@@ -312,13 +324,19 @@ def test_membership_changes_rebuild_the_route(pair: Pair) -> None:
     assert pair.workers[1]._routes == {}
 
 
-def test_encrypted_rooms(pair: Pair) -> None:
+def e2e_room(pair: Pair) -> list[tuple[bytes, str]]:
+    """An encrypted room "sec" of xena (host), yuri and zoe, each bound from its client."""
     names = ("xena", "yuri", "zoe")
     users = [(b"E" + bytes([c]) * 20, name) for c, name in zip(b"xyz", names, strict=True)]
     for i, (token, name) in enumerate(users):
         pair.add("sec", token, name, host=i == 0, framing=Framing.OCM1, e2e=True)
         pair.client(name)
         pair.chat(name, b"sec", token, b"")
+    return users
+
+
+def test_encrypted_rooms(pair: Pair) -> None:
+    users = e2e_room(pair)
     chat = encode_message(Kind.CHAT, b"\x01" + bytes(range(256)) * 2)
     pair.chat("xena", b"sec", users[0][0], chat)
     assert set(pair.last) == {"yuri", "zoe"}
@@ -358,26 +376,115 @@ def test_a_batch_keeps_the_order_of_every_send(pair: Pair) -> None:
     pair.send_many([("a", raw(b"r", TA, b"one")), ("b", raw(b"r", TB, b"two")),
                     ("c", raw(b"r", TC, b"\xff")), ("d", raw(b"r", TD, b"/exit")),
                     ("a", raw(b"r", TA, b"three")), ("b", raw(b"r", TB, b"four"))])
-    assert pair.last["b"] == [b"alice: one", b"dave left (exit)".replace(b"dave left (exit)",
-                              pair.last["b"][1]), b"alice: three"]
-    assert len(pair.last["c"]) == 5
+    left = "dave がチャットルームから退出しました".encode()
+    assert pair.last["b"] == [b"alice: one", left, b"alice: three"]
+    assert pair.last["c"] == [
+        b"\x05aliceone", b"\x03bobtwo",
+        b'\x00{"event":"left","user":"dave","reason":"exit","text":"dave left the room"}',
+        b"\x05alicethree", b"\x03bobfour"]
 
 
 def test_a_batch_with_failing_sends(pair: Pair) -> None:
-    """The compiled loop learns of a batch's failed sends when it flushes them, so an
-    eviction for send failures, and its notice, come after the chat of that batch rather
-    than between two of its messages: the same deliveries and the same state, but the
-    ``left`` notice may come later (docs/architecture.md)."""
+    """The compiled loop learns of a batch's failed sends when it flushes them: the first
+    failure ends the flush with its datagram, and the datagrams queued after it are undone
+    and handed to Python, so deliveries, notices and their order are Python's exactly."""
     plain_room(pair)
     # every send to port 0 fails (EINVAL); proven, as a re-seeded member: not on trial
     pair.add("r", b"Tf" * 10, "frank", addr=("127.0.0.1", 0), proven=True)
     compiled = pair.workers[1].hot
     assert compiled is not None
-    before = compiled.counters()["fast"]
+    before = compiled.counters()
     pair.send_many([("a", raw(b"r", TA, b"m%d" % i)) for i in range(2)]
-                   + [("b", raw(b"r", TB, b"n%d" % i)) for i in range(3)], ordered=False)
-    assert compiled.counters()["fast"] == before + 5
+                   + [("b", raw(b"r", TB, b"n%d" % i)) for i in range(3)])
+    after = compiled.counters()
+    assert after["fast"] == before["fast"] + 1  # m0; the rest went through Python
+    assert after["slow"] == before["slow"] + 4
     assert "Tf" * 10 not in pair.workers[0].core.tokens
+    # the third failed send (n0's) evicts frank: the notice comes before n1, as in Python
+    assert [d[:30] for d in pair.last["c"]] == [
+        b"\x05alicem0", b"\x05alicem1", b"\x03bobn0", b'\x00{"event":"left","user":"frank',
+        b"\x03bobn1", b"\x03bobn2"]
+
+
+def test_a_sender_gets_nothing_back_at_an_address_shared_across_formats(pair: Pair) -> None:
+    """Carol (framed) bound at alice's (plain) address: alice's chat skips that address on
+    both sides, as the Python path does, so nothing comes back to it."""
+    plain_room(pair)
+    pair.chat("a", b"r", TC, b"")  # carol's token from alice's socket: carol moves there
+    pair.chat("a", b"r", TA, b"hello")
+    assert pair.last == {"b": [b"alice: hello"], "d": [b"\x05alicehello"]}
+    pair.chat("a", b"r", TC, b"hi")  # and carol's chat skips the plain side there too
+    assert pair.last == {"b": [b"carol: hi"], "d": [b"\x05carolhi"]}
+
+
+def test_a_flush_that_closes_the_room_stops_the_rest_of_the_batch(pair: Pair) -> None:
+    """The host's address fails every send: the third failed send evicts it and closes the
+    room in the middle of a batch. The chat after that point is not relayed (its tokens
+    are dead), exactly as datagram by datagram in Python, notices in the same order."""
+    pair.add("r", TA, "alice", host=True, addr=("127.0.0.1", 0), proven=True)
+    # re-seeded (bound, announced): no "joined" notice fails towards alice beforehand
+    pair.add("r", TB, "bob", addr=pair.client("b").getsockname(), proven=True)
+    pair.add("r", TC, "carol", framing=Framing.OCM1, addr=pair.client("c").getsockname(),
+             proven=True)
+    assert not pair.workers[1].core.failing
+    pair.send_many([(name, raw(b"r", token, b"%s%d" % (name.encode(), i)))
+                    for i in range(3) for name, token in (("b", TB), ("c", TC))])
+    assert pair.last["c"][:2] == [b"\x03bobb0", b"\x03bobb1"]
+    assert pair.last["b"][:2] == [b"carol: c0", "チャットルームが閉じられました".encode()]
+    assert len(pair.last["c"]) == 3  # then "closed"
+    assert pair.workers[1].core.rooms == {}
+    assert pair.workers[1].core.drops["unknown_token"] == 3
+
+
+def test_notices_of_an_eviction_by_the_python_paths_sends_come_before_the_next_chat(
+        pair: Pair) -> None:
+    """Dave's /exit (Python's) sends "left" to frank, whose third failed send evicts him:
+    frank's own "left" notice goes out before alice's next chat, which C could relay
+    (no address is failing any more), as datagram by datagram in Python."""
+    plain_room(pair)
+    pair.add("r", b"Tf" * 10, "frank", addr=("127.0.0.1", 0), proven=True)
+    pair.chat("a", b"r", TA, b"one")  # frank's address fails once, then twice
+    pair.chat("a", b"r", TA, b"two")
+    assert pair.workers[1].core.failing == {("127.0.0.1", 0): 2}
+    pair.now += 1.0
+    pair.send_many([("d", raw(b"r", TD, b"/exit")), ("a", raw(b"r", TA, b"three"))])
+    assert pair.last["b"] == ["dave がチャットルームから退出しました".encode(),
+                              "frank がチャットルームから退出しました".encode(), b"alice: three"]
+
+
+def test_addressed_kinds_have_their_own_token_bucket_in_both_loops(pair: Pair) -> None:
+    """3,000 envelopes and 3,000 key requests in 2 s from one member: at most
+    ``ADDRESSED_BURST + ADDRESSED_RATE * t`` of them are delivered (docs/security.md), by
+    both loops alike; the compiled loop hands every addressed datagram to Python."""
+    users = e2e_room(pair)
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()
+    token = users[1][0]
+    sent = delivered = 0
+    start = pair.now
+    for step in range(60):  # 100 datagrams per read, 1/30 s apart: 6,000 in 2 s
+        batch = []
+        for i in range(50):
+            batch.append(("yuri", raw(b"sec", token, encode_message(
+                Kind.ENVELOPE, b"e%d" % i, "zoe" if i % 2 else "xena"))))
+            batch.append(("yuri", raw(b"sec", token, encode_message(
+                Kind.KEY_REQUEST, b"q%d" % i, "xena" if i % 2 else "zoe"))))
+        pair.send_many(batch)
+        sent += len(batch)
+        delivered += sum(len(v) for v in pair.last.values())
+        pair.now = start + 2.0 * (step + 1) / 60
+    assert sent == 6000
+    bound = ADDRESSED_BURST + ADDRESSED_RATE * (pair.now - start)
+    assert 0 < delivered <= bound
+    assert pair.workers[0].core.drops["rate_limited"] == sent - delivered
+    after = compiled.counters()
+    assert after["fast"] == before["fast"]
+    assert after["slow"] == before["slow"] + sent
+    # the bucket is the addressed kinds' own: chat still goes through, in C
+    pair.chat("yuri", b"sec", token, encode_message(Kind.CHAT, b"still chatting"))
+    assert set(pair.last) == {"xena", "zoe"}
+    assert compiled.counters()["fast"] == after["fast"] + 1
 
 
 def test_the_utf8_check_is_pythons() -> None:

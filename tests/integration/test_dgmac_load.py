@@ -1,0 +1,64 @@
+"""The load tools with datagram MACs (docs/protocol.md §8): ``ocm-loadgen --tls-ca``
+joins over TLS and seals its own datagrams, and writes each member's key with
+``--tokens-out``; cload (tests/bench/perf/cload.c) then seals every datagram of those
+members. Without the seals the relay would drop everything (``bad_mac``): no loss here
+shows both seal right. This is what the per-core benchmark's ``ocm-mac`` relay runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadgen.tokens import decode_file
+from tests.bench import climit
+from tests.integration.test_dgmac import start_tls
+from tests.integration.test_tls import tls_port
+
+ROOMS, USERS = 2, 3
+
+
+def loadgen(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "loadgen", "--rooms", str(ROOMS), "--users",
+                           str(USERS), "--framing", "ocm1", "--procs", "1", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_loadgen_over_tls_seals_its_datagrams(tmp_path: Path) -> None:
+    ca, server = start_tls(tmp_path)
+    with server as srv:
+        out = tmp_path / "report.json"
+        done = loadgen("--tcp-port", str(tls_port(srv)), "--tls-ca", str(ca), "--rate", "5",
+                       "--duration", "1", "--warmup", "0.5", "--drain", "1", "--json",
+                       str(out))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"joins {ROOMS * USERS} ok, 0 failed" in done.stdout, done.stdout
+        counts = json.loads(out.read_text())["result"]["counts"]
+        assert counts["sent"] > 0
+        assert counts["delivered"] == counts["expected"] == counts["sent"] * (USERS - 1)
+
+
+def test_cload_seals_the_members_of_a_tokens_file_with_keys(tmp_path: Path) -> None:
+    try:
+        tools = climit.build(tmp_path / "perf")
+    except climit.BuildError as exc:
+        pytest.fail(f"cannot build the C tools: {exc}")
+    ca, server = start_tls(tmp_path)
+    with server as srv:
+        tokens = tmp_path / "tokens.txt"
+        done = loadgen("--tcp-port", str(tls_port(srv)), "--tls-ca", str(ca), "--quiet",
+                       "--tokens-out", str(tokens))
+        assert done.returncode == 0, done.stdout + done.stderr
+        members = decode_file(tokens.read_text())
+        assert len(members) == ROOMS * USERS
+        assert all(m.datagram_key is not None and len(m.datagram_key) == 32 for m in members)
+        report = climit.run_cload(
+            [str(tools["cload"]), "--target", f"127.0.0.1:{srv.udp_port}", "--tokens",
+             str(tokens), "--rate", "5", "--seconds", "1", "--warmup", "0.5", "--drain",
+             "0.5", "--base-port", "0"], timeout_s=60)
+        assert report["sent"] > 0
+        assert report["delivered"] == report["expected"] == report["sent"] * (USERS - 1)
+        assert report["loss_pct"] == 0 and report["stray"] == 0
