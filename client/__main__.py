@@ -39,7 +39,7 @@ from client.session import (
     join_room,
 )
 from wire import limits
-from wire.codes import Operation, Status
+from wire.codes import Framing, Operation, Status
 from wire.tcrp import Request, RequestBody
 
 EXIT_USAGE: Final = script.EXIT_USAGE
@@ -250,7 +250,7 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
         e2e = must_be_encrypted(store, args.server, args.tcp_port, room, args.e2e, operation,
                                 args.allow_plain)
         joined = join_room(_target(args), Request.of(operation, room, RequestBody(
-            args.user, password, keys=keys, e2e=e2e)))
+            args.user, password, Framing.OCM1R, keys=keys, e2e=e2e)))
     except JoinRefused as refused:
         todo = "give it with --password-file or --password-stdin" if (
             refused.status == Status.INVALID_PASSWORD and password is None) else None

@@ -7,7 +7,8 @@ and ``/verify NAME`` to the link (``client.link.Link.answer``), which owns the m
 list and the keys. The rules: ``/exit`` and ``/quit`` leave, ``/help`` lists the
 commands, ``/who`` lists the members (TCRP Operation 3, docs/e2e.md §2.4), ``/verify
 NAME`` compares safety numbers in an encrypted room, ``//text`` sends ``/text``, any
-other ``/word`` is refused as unknown.
+other ``/word`` is refused as unknown. ``/retry`` sends again the messages that the
+server never acknowledged (reliable delivery, ``ocm1r``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Action(enum.Enum):
     HELP = "help"  # show ``help_lines``
     WHO = "who"  # list the room's members (the link fetches them)
     VERIFY = "verify"  # /verify NAME: ``Command.text`` is NAME (may be empty)
+    RETRY = "retry"  # /retry: send our failed messages again (reliable delivery)
     NOTHING = "nothing"  # blank input: nothing to do
     REFUSED = "refused"  # not sent; ``Command.text`` says why
 
@@ -63,6 +65,8 @@ def parse_input(text: str) -> Command:
         return Command(Action.HELP)
     if word == "/who" and not rest:
         return Command(Action.WHO)
+    if word == "/retry" and not rest:
+        return Command(Action.RETRY)
     if word == "/verify":
         return Command(Action.VERIFY, rest.strip())
     if text.startswith("//"):
@@ -87,6 +91,7 @@ def help_lines(max_message: int, room_mode: bool = True) -> list[str]:
         rows += [
             ("/who", "list the room's members (host marked; fingerprints in an encrypted "
                      "room)"),
+            ("/retry", "send again the messages that could not be delivered"),
             ("/verify NAME", "encrypted room: show the safety number to compare with NAME "
                              "out of band (/verify NAME confirm then marks NAME verified), "
                              "or /verify NAME sas to compare emoji with NAME"),

@@ -30,6 +30,8 @@ EXIT_INTERRUPTED: Final = 130  # Ctrl-C at a question (interactive)
 EXIT_SIGINT: Final = 128 + signal.SIGINT
 EXIT_SIGTERM: Final = 128 + signal.SIGTERM
 STDIN_CHUNK_BYTES: Final = 65536
+SETTLE_S: Final = 15.0
+"""At EOF, how long to wait for the server to acknowledge what we sent (``ocm1r``)."""
 
 
 def new_runner() -> asyncio.Runner:
@@ -154,6 +156,7 @@ async def _chat(link: Link, inbox: asyncio.Queue[bytes | None], stop: asyncio.Fu
             return stop.result()
         raw = getter.result()
         if raw is None or writer.broken:
+            await link.settle(SETTLE_S)
             link.leave()
             return EXIT_OK
         text = raw.decode("utf-8", "replace")

@@ -100,11 +100,12 @@ def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
     return family, (str(sockaddr[0]), int(sockaddr[1]))
 
 
-def join_room(target: TcrpTarget, request: Request) -> Joined:
+def join_room(target: TcrpTarget, request: Request, source: str | None = None) -> Joined:
     """Create or join ``request.room`` at ``target``; see the module docstring. With
     ``target.tls`` the server's certificate must verify for ``target.host``. The request's
     ``keys`` (our public identity) let an encrypted room be joined without a flag; its
-    ``e2e`` makes a created room encrypted (docs/e2e.md §2.1)."""
+    ``e2e`` makes a created room encrypted (docs/e2e.md §2.1). ``source``: the local IP
+    to connect from (a resume from a given address; else the system chooses)."""
     flow = JoinFlow(target, request)
     family, addr = resolve(target.host, target.port)
     deadline = time.monotonic() + target.timeout
@@ -114,6 +115,8 @@ def join_room(target: TcrpTarget, request: Request) -> Joined:
     try:
         try:
             tcp = socket.socket(family, socket.SOCK_STREAM)
+            if source is not None:
+                tcp.bind((source, 0))
             flow.connecting()
             tcp.settimeout(target.timeout)
             tcp.connect(addr)

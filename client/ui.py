@@ -52,7 +52,7 @@ from client.session import (
     join_room,
 )
 from wire.chat import Notice
-from wire.codes import NoticeEvent, Operation, Status
+from wire.codes import Framing, NoticeEvent, Operation, Status
 from wire.tcrp import Request, RequestBody
 
 RECOVERABLE: Final = frozenset(
@@ -218,7 +218,7 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
             target = TcrpTarget(plan.host, plan.tcp_port, plan.tls, plan.timeout, plan.ca_file,
                                 plan.pins)
             return join_room(target, Request.of(operation, room, RequestBody(
-                user, plan.password, keys=keys, e2e=e2e)))
+                user, plan.password, Framing.OCM1R, keys=keys, e2e=e2e)))
         except JoinRefused as refused:
             if refused.status == Status.INVALID_PASSWORD and plan.password is None:
                 # Not an error: we tried without a password, the room wants one. (A
@@ -251,6 +251,19 @@ class ChatView:
         print(render.format_ansi(line, clock, self.colour), flush=True)
 
 
+def status_line(link: Link, title: str, user: str, host: bool) -> str:
+    """The bottom toolbar: where we are, and (reliable delivery) what is in flight."""
+    parts = [title, f"{user}{' (host)' if host else ''}"]
+    if isinstance(link, RoomLink):
+        if link.reconnecting:
+            parts.append("reconnecting…")
+        if link.pending:
+            parts.append(f"{link.pending} pending")
+        if failed := len(link.failed):
+            parts.append(f"{failed} failed (/retry)")
+    return " " + " · ".join([*parts, "/help", "Ctrl-D leaves"]) + " "
+
+
 async def chat(link: Link, user: str, title: str, host: bool, colour: bool,
                history: InMemoryHistory, intro: Line) -> Notice | None:
     """Show ``intro``, then read lines and send them until the user leaves (``None``) or
@@ -259,9 +272,10 @@ async def chat(link: Link, user: str, title: str, host: bool, colour: bool,
     show = ChatView(colour)
     session: PromptSession[str] = PromptSession(
         history=history, erase_when_done=True,
-        bottom_toolbar=f" {title} · {user}{' (host)' if host else ''}"
-                       " · /help · Ctrl-D leaves ",
+        bottom_toolbar=lambda: status_line(link, title, user, host),
     )
+    if isinstance(link, RoomLink):
+        link.on_status = lambda: session.app.invalidate() if session.app.is_running else None
     name = render.sanitize_name(user)
     prompt = ANSI(f"\x1b[1;38;5;{render.user_colour(user)}m{name}\x1b[0m> ") if colour \
         else f"{name}> "
@@ -330,7 +344,7 @@ async def _handle_input(text: str, link: Link, session: PromptSession[str], show
         for line in help_lines(link.max_message, room_mode):
             show(render.notice_line(line), stamp=False)
         return "stay"
-    if action in (Action.WHO, Action.VERIFY):
+    if action in (Action.WHO, Action.VERIFY, Action.RETRY):
         answer_lines = await link.answer(command)
         if answer_lines is None:  # global chat has no members to list or keys to verify
             answer_lines = [render.warning_line(commands.unknown_text(text))]

@@ -116,6 +116,16 @@ class Config:
     chat_burst: int = _f(limits.DEFAULT_CHAT_BURST,
                          "chat messages a member may send at once (bucket size of "
                          "chat_rate)", live=True, above=_POS)
+    reliable: bool = _f(True, "grant reliable framed delivery (ocm1r: room order, resends, "
+                              "resume) to clients that ask; false: they get ocm1")
+    history_messages: int = _f(limits.HISTORY_MAX_MESSAGES, "numbered deliveries a room "
+                               "keeps for resends (ocm1r); 0 keeps nothing", minimum=0)
+    history_bytes: int = _f(limits.HISTORY_MAX_BYTES, "bytes a room's resend history holds "
+                            "at most", minimum=0)
+    history_age: float = _f(limits.HISTORY_MAX_AGE_S, "seconds a delivery stays in a "
+                            "room's resend history", minimum=0)
+    history_worker_bytes: int = _f(limits.HISTORY_WORKER_MAX_BYTES, "bytes all the resend "
+                                   "histories of one relay worker hold at most", minimum=0)
     port_per_shard: bool = _f(False, "give each worker its own UDP port (udp-port + i) "
                                      "instead of one shared port")
     steering: str = _f("auto", "how datagrams reach the owning worker on the shared port: "
@@ -189,6 +199,10 @@ class Config:
             realtime_priority=self.realtime_priority,
             sendmmsg=self.relay_sendmmsg,
             hot_path=self.relay_hot_path,
+            history_messages=self.history_messages,
+            history_bytes=self.history_bytes,
+            history_age=self.history_age,
+            history_worker_bytes=self.history_worker_bytes,
         )
 
 

@@ -63,6 +63,9 @@ class MemberRecord:
     """What its join claimed: every other member with one prekey of each (the join reply's
     ``members``)."""
 
+    resume: str | None = None
+    """``ocm1r``: the secret that moves this membership to a new address and token."""
+
     def claim(self) -> MemberInfo:
         """This member with one prekey for a newcomer: a one-time key (removed, so no one
         else gets it), else the fallback key."""
@@ -117,6 +120,15 @@ class Registry:
         self.tokens: dict[bytes, MemberRecord] = {}
         self.load = [0] * workers
         """Members per worker: the placement key."""
+        self.resumes: dict[str, MemberRecord] = {}
+        """Live ``ocm1r`` members by resume secret."""
+
+    def issue_token(self, worker: int) -> bytes:
+        """A new token for a member of ``worker``, unused."""
+        token = self._new_token(worker)
+        while token in self.tokens:
+            token = self._new_token(worker)
+        return token
 
     def set_token_source(self, new_token: Callable[[int], bytes]) -> None:
         """Cluster mode: tokens also carry the node's tag (control/clusterroute.py)."""
@@ -166,6 +178,8 @@ class Registry:
         newcomer claims one prekey of every other member (``MemberRecord.claimed``)."""
         if self.rooms.get(room.name) is not room or not room.live:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {room.name!r} closed")
+        if room.e2e and framing is Framing.OCM1R:  # not (yet) numbered: ocm1
+            framing = Framing.OCM1
         if room.e2e and (keys is None or framing is not Framing.OCM1):
             raise RegistryError(Status.INVALID_REQUEST, str(errors.E2eNeedsKeys()))
         if username_key(username) in room.members:
@@ -200,12 +214,40 @@ class Registry:
             member.addr = addr
             member.proven = proven
 
+    def set_resume(self, member: MemberRecord, secret: str) -> None:
+        """Give ``member`` a (new) resume secret; the old one is dead."""
+        if member.resume is not None:
+            self.resumes.pop(member.resume, None)
+        member.resume = secret
+        self.resumes[secret] = member
+
+    def resume(self, room_name: str, username: str, secret: str, ip: str,
+               new_token: bytes) -> tuple[MemberRecord, bytes]:
+        """Move the live membership that ``secret`` names to ``ip`` and ``new_token``;
+        return it and its old token. ROOM_NOT_FOUND if no live membership of that room
+        and name has that secret (it left, was evicted, or the room closed)."""
+        member = self.resumes.get(secret)
+        if member is None or not member.alive or member.room.name != room_name \
+                or username_key(member.username) != username_key(username):
+            raise RegistryError(Status.ROOM_NOT_FOUND, "nothing to resume: the membership "
+                                "is gone (left, removed for inactivity, or the room closed)")
+        old = member.token
+        del self.tokens[old]
+        member.token = new_token
+        self.tokens[new_token] = member
+        member.ip = member.issued_ip = ip
+        member.addr = None
+        member.proven = False
+        return member, old
+
     def remove_member(self, token: bytes) -> MemberRecord | None:
         """Forget one member (left or evicted); its username is free again."""
         member = self.tokens.pop(token, None)
         if member is None:
             return None
         member.alive = False
+        if member.resume is not None:
+            self.resumes.pop(member.resume, None)
         room = member.room
         key = username_key(member.username)
         if room.members.get(key) is member:
@@ -224,6 +266,8 @@ class Registry:
             if self.tokens.pop(member.token, None) is not None:
                 self.load[room.worker] -= 1
             member.alive = False
+            if member.resume is not None:
+                self.resumes.pop(member.resume, None)
         room.members.clear()
         return room
 

@@ -18,6 +18,7 @@ password, a password not seen verified) goes through ``KeyDerivations``'s per-IP
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass
@@ -40,9 +41,10 @@ from control.tls import HandshakeSlots
 from relay.ipc import Ack, Bound, Closed, CloseRoom, Left, Rebind, Register
 from relay.steering import worker_tag
 from wire import dgmac
-from wire.codes import Operation, Reason, Status
+from wire.codes import Framing, Operation, Reason, Status
+from wire.dgmac import DatagramKey
 from wire.e2e import MemberInfo
-from wire.limits import REGISTRATION_WINDOW_S, max_message_bytes
+from wire.limits import REGISTRATION_WINDOW_S, RESUME_SECRET_BYTES, max_message_bytes
 from wire.tcrp import NEED_DATA, ROOM_EPOCH_BYTES, Details, MembersRequest, Request
 
 log = logging.getLogger("ocm.control")
@@ -176,6 +178,13 @@ class ControlApp:
         that came over TLS (``secure``) gets a datagram key, installed with the member."""
         self._check_open()
         body = request.body
+        if body.framing is Framing.OCM1R and not self.cfg.reliable:
+            body = dataclasses.replace(body, framing=Framing.OCM1)
+            request = dataclasses.replace(request, body=body)
+        if body.resume is not None and request.operation is Operation.JOIN:
+            if body.framing is not Framing.OCM1R:
+                raise RegistryError(Status.INVALID_REQUEST, "resume needs ocm1r framing")
+            return await self._resume(request, ip, secure)
         if request.operation is Operation.CREATE:
             member = await self._create(request, ip)
         else:
@@ -196,24 +205,55 @@ class ControlApp:
             self.activity.created += 1
             log.debug("room %r created on worker %d (%d rooms)", member.room.name,
                       member.room.worker, len(self.registry.rooms))
+        if member.framing is Framing.OCM1R:
+            self.registry.set_resume(member, secrets.token_urlsafe(RESUME_SECRET_BYTES))
+        return self._details(request, member), member
+
+    def _details(self, request: Request, member: MemberRecord) -> Details:
         room = member.room
-        details = Details(
+        return Details(
             udp_port=self.udp_ports[room.worker],
             host=member.is_host,
             # A sealed datagram carries the MAC trailer as well (docs/protocol.md §8).
             max_message=max_message_bytes(
                 len(request.room_raw),
-                len(member.token) + (dgmac.TRAILER_BYTES if secure else 0),
-                len(body.username.encode())),
+                len(member.token) + (dgmac.TRAILER_BYTES if member.datagram_key else 0),
+                len(member.username.encode()), member.framing is Framing.OCM1R),
             inactivity_timeout=self.cfg.inactivity_timeout,
-            framing=body.framing,
+            framing=member.framing,
             e2e=room.e2e,
             members=member.claimed if room.e2e else (),
             udp_host=self.router.udp_host,
+            resume=member.resume,
+            resumed=member.resume is not None and request.body.resume is not None,
             datagram_key=member.datagram_key,
             epoch=room.epoch,
         )
-        return details, member
+
+    async def _resume(self, request: Request, ip: str, secure: bool = False
+                      ) -> tuple[Details, MemberRecord]:
+        """A join with ``"resume"`` (ocm1r): the same membership moves to ``ip`` with a
+        new token and a new secret; the worker keeps its place and history. The secret
+        stands for the password. Over TLS (``secure``) it gets a new datagram key, else
+        none (as a join would)."""
+        assert self.supervisor is not None and request.body.resume is not None
+        room = self.registry.live_room(request.room)
+        token = self.registry.issue_token(room.worker)
+        member, old = self.registry.resume(request.room, request.body.username,
+                                           request.body.resume, ip, token)
+        self.registry.set_resume(member, secrets.token_urlsafe(RESUME_SECRET_BYTES))
+        member.datagram_key = secrets.token_bytes(dgmac.KEY_BYTES) if secure else None
+        key = None if member.datagram_key is None else DatagramKey(member.datagram_key)
+        try:
+            reply = await self.supervisor.call(room.worker, Rebind(0, old, ip, token, key))
+        except (ConnectionError, TimeoutError):
+            reply = None
+        if not (isinstance(reply, Ack) and reply.ok and member.alive):
+            self.registry.remove_member(token)
+            raise RegistryError(Status.ROOM_NOT_FOUND, "nothing to resume: the membership "
+                                "ended meanwhile")
+        log.info("member resumed in a room on worker %d", room.worker)
+        return self._details(request, member), member
 
     async def members(self, request: MembersRequest, ip: str) -> tuple[MemberInfo, ...]:
         """Answer Operation 3 (docs/e2e.md §2.4): every member of the room, the asker

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any, Final, NoReturn
 
+from client.session import JoinFailed, JoinRefused
 from loadgen import capacity, fastpath, options
 from loadgen.e2eload import MIN_E2E_SIZE
 from loadgen.messages import CapacityFigures, RunFigures
@@ -231,6 +232,29 @@ def _finish_join_only(report: dict[str, Any], opts: Options, tokens_out: str | N
     return code
 
 
+def _run_lossy(opts: options.Options, output: options.Output, argv_list: list[str]) -> int:
+    """``--loss PCT``: reliable delivery under loss (loadgen/lossy.py)."""
+    from loadgen import lossy
+
+    host, port = split_servers(opts.server, opts.tcp_port)[0]
+    try:
+        report = lossy.run_lossy(lossy.LossOptions(
+            host, port, opts.rooms, opts.users, opts.rate, opts.duration, opts.drain,
+            opts.loss or 0.0, not opts.no_recovery, server_pid=opts.server_pid))
+    except (OSError, JoinFailed, JoinRefused) as exc:
+        print(f"ocm-loadgen: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    report["command"] = "ocm-loadgen " + shlex.join(argv_list)
+    report["label"] = output.label
+    report["exit_code"] = EXIT_OK
+    if not output.quiet:
+        for line in lossy.summary_lines(report):
+            print(line, file=sys.stderr)
+    if output.json:
+        write_json(output.json, report)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -275,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--plot needs matplotlib, from the loadgen extra: "
                      "pip install 'ocm[loadgen]'")
     argv_list = sys.argv[1:] if argv is None else argv
+    if opts.loss is not None:
+        return _run_lossy(opts, output, argv_list)
+    if opts.no_recovery:
+        parser.error("--no-recovery needs --loss")
     live = LiveView(enabled=not output.quiet and sys.stderr.isatty(), members=opts.members)
     try:
         with live:

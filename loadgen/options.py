@@ -150,6 +150,16 @@ class Options:
                           "SLOs and capacity", above=0)
     max_steps: int = _f(capacity.DEFAULT_MAX_STEPS, "most rates in a capacity search",
                         "SLOs and capacity", above=0)
+    loss: float | None = _f(None, "reliable delivery under loss (loadgen/lossy.py): drop "
+                                  "this %% of the datagrams each way inside the loadgen, "
+                                  "members ask for ocm1r and run ocm-chat's recovery; "
+                                  "reports delivered %% after recovery, first-send-to-"
+                                  "delivery latency, duplicates, out of order. One process, "
+                                  "one socket per member; uses --rooms --users --rate "
+                                  "--duration --drain --server-pid", "profile", minimum=0,
+                            maximum=100, metavar="PCT", shown="none")
+    no_recovery: bool = _f(False, "with --loss: ask for ocm1 (no numbering, acks or "
+                                  "resends), to compare", "profile")
     join_only: bool = _f(False, "only join (and bind each member's address), then exit: "
                                 "no run and no /exit, so the members stay in their rooms "
                                 "until the server's inactivity timeout unless something "

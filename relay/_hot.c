@@ -11,8 +11,8 @@
  * one sendmmsg per delivery format, the delivery being the member's prefix and the
  * message as two iovecs (no copy). Everything else (a
  * first datagram, a keepalive, a possible /exit, a trial address, a failing address, a
- * rate-limited or over-long message, an encrypted room's addressed datagrams, anything
- * malformed) is handed, in order, to the Python callback ``slow(data, addr, now)``, which
+ * rate-limited or over-long message, an encrypted room's addressed datagrams, any
+ * datagram of a numbered room (one with a history), anything malformed) is handed, in order, to the Python callback ``slow(data, addr, now)``, which
  * is the pure-Python path itself. So the Python core stays the one definition of the
  * protocol: this file only takes the cases whose outcome it can prove equal, reading and
  * writing the same objects (Member/Room __slots__, resolved to offsets once) that Python
@@ -244,9 +244,9 @@ static const char *member_slots[M_COUNT] = {"addr", "trial", "room", "plain_pref
                                             "framed_prefix", "framed", "allowance", "stamp",
                                             "last_seen", "mac_key", "mac_top", "mac_seen"};
 enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_PLAIN_ADDRS, R_FRAMED_ADDRS,
-       R_COUNT };
+       R_HISTORY, R_COUNT };
 static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation",
-                                          "plain_addrs", "framed_addrs"};
+                                          "plain_addrs", "framed_addrs", "history"};
 
 /* One datagram relayed here whose deliveries are queued: what undoing it takes. */
 typedef struct {
@@ -647,6 +647,9 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     if (!name_raw || !PyBytes_CheckExact(name_raw) || PyBytes_GET_SIZE(name_raw) != rl ||
         memcmp(PyBytes_AS_STRING(name_raw), d + 2, (size_t)rl) != 0)
         return 0;
+    /* A numbered room (one with an ocm1r member, docs/protocol.md §9) numbers and keeps
+     * every delivery in its history: Python's, whoever sends. */
+    if (SLOT(room, r[R_HISTORY]) != Py_None) return 0;
     /* A member with a datagram key (wire/dgmac.py): here only a Seq above its window, with
      * the tag verified before anything is written; a late Seq, a replay, a bad tag, a
      * keepalive are Python's. From here on len excludes the trailer. */

@@ -22,6 +22,7 @@ import itertools
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
+from relay.history import History, HistoryBudget
 from relay.ipc import Bound, Closed, Counters, Left
 from wire import dgmac
 from wire.chat import (
@@ -34,6 +35,7 @@ from wire.chat import (
 )
 from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
 from wire.e2e import Kind, PublicKeys
+from wire.errors import ProtocolError
 from wire.limits import (
     ADDRESSED_BURST,
     ADDRESSED_RATE,
@@ -44,12 +46,16 @@ from wire.limits import (
     EXIT_MATCH_MAX_BYTES,
     MAX_DATAGRAM_BYTES,
     MAX_DELIVERY_BYTES,
+    NACK_BURST,
+    NACK_MAX_RESENDS,
+    NACK_RATE,
     STAGE1_CHAT_BURST,
     STAGE1_CHAT_RATE,
     STAGE1_MAX_CLIENTS,
     STAGE1_MAX_CLIENTS_PER_IP,
     UNPROVEN_MAX_DELIVERIES,
 )
+from wire.reliable import DATA_HEADER, Up, decode_nack, encode_ack, encode_sync
 
 Addr = tuple[str, int]
 Send = tuple[bytes, Addr]
@@ -81,9 +87,10 @@ HOT_MEMBER_WRITES: Final = ("allowance", "stamp", "last_seen", "mac_top", "mac_s
 """The only ``Member`` slots it writes: what ``_chat``, the refresh and the replay window of
 a sealed datagram (``_unseal``, for a ``Seq`` above the window only) write."""
 HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation", "plain_addrs",
-                         "framed_addrs")
+                         "framed_addrs", "history")
 """The ``Room`` slots it reads (it writes none); the address lists only to build a room's
-``Route`` when ``generation`` has changed."""
+``Route`` when ``generation`` has changed; ``history`` only to leave a numbered room (one
+with an ``ocm1r`` member) to the Python path."""
 HOT_CORE_ATTRIBUTES: Final = ("tokens", "failing", "chat_rate", "chat_burst", "received",
                               "relayed", "events", "outbox", "handle_send_failure",
                               "handle_send_success")
@@ -96,6 +103,9 @@ socket error, the time, and the flush of events and notices."""
 _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
+_SEND: Final = int(Up.SEND)
+_NACK: Final = int(Up.NACK)
+DATA_HEADER_BYTES: Final = DATA_HEADER.size
 
 _FULL: Final = float("inf")
 """A new member's allowance (capped at the burst on its first chat): one shared float."""
@@ -117,6 +127,7 @@ DROP_REASONS: Final = (
     "unproven",  # outbound: a delivery withheld from a registered address never proven
     "bad_kind",  # encrypted room: the first byte is not a kind (docs/e2e.md §3.2)
     "no_recipient",  # encrypted room: addressed to no bound member but the sender
+    "out_of_order",  # ocm1r: a message id past the next one (the client resends it)
     "bad_mac",  # a member with a datagram key: trailer missing or its tag wrong
     "replayed",  # a member with a datagram key: a Seq accepted before or below the window
 )
@@ -131,7 +142,7 @@ class Member:
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
         "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
-        "trial", "muted", "keys", "mac_key", "mac_top", "mac_seen",
+        "trial", "muted", "keys", "rel", "mac_key", "mac_top", "mac_seen",
     )
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
@@ -159,6 +170,8 @@ class Member:
         """On trial and the budget is spent: left out of deliveries until proven."""
         self.keys: PublicKeys | None = None
         """Encrypted rooms: the public keys its ``joined`` notice carries (docs/e2e.md)."""
+        self.rel: Reliable | None = None
+        """``ocm1r`` members: their recovery state (numbered deliveries, ids, NACKs)."""
         self.mac_key: bytes | None = None
         """Joined over TLS: its datagram key; every datagram must carry a valid trailer
         (wire/dgmac.py), checked before anything else is read past the token."""
@@ -168,11 +181,42 @@ class Member:
         """The replay window below ``mac_top`` (``wire.dgmac.advance``)."""
 
 
+# --- reliable framed delivery (ocm1r, wire/reliable.py) -----------------------------------
+class Reliable:
+    """A reliable member's state: the last message id taken and its ``Seq``, where the
+    member starts, and its NACK token bucket. Ids are taken in order, 1, 2, 3...: a later
+    one waits for the one before (the client resends both), so that a member's messages
+    keep the order it sent them in, and a copy of an id already taken is answered with the
+    acknowledgement of the last one (acknowledgements are cumulative)."""
+
+    __slots__ = ("top", "top_seq", "nacks", "stamp", "start")
+
+    def __init__(self, now: float) -> None:
+        self.top = 0
+        """The last id taken."""
+        self.top_seq = 0
+        """Its ``Seq`` (0: refused)."""
+        self.nacks = float(NACK_BURST)
+        self.stamp = now
+        self.start = 1
+        """Its first sequence number: the one after its own ``joined`` notice."""
+
+    def may_nack(self, now: float) -> bool:
+        allowance = min(float(NACK_BURST), self.nacks + (now - self.stamp) * NACK_RATE)
+        self.stamp = now
+        if allowance < 1.0:
+            self.nacks = allowance
+            return False
+        self.nacks = allowance - 1.0
+        return True
+
+
 class Room:
     """A live room: members by token, and the bound addresses split by delivery format."""
 
     __slots__ = ("name", "name_raw", "host", "members", "plain_addrs", "framed_addrs",
-                 "trial", "generation", "e2e", "by_name")
+                 "trial", "generation", "e2e", "by_name", "history", "reliable",
+                 "reliable_addrs")
 
     _generations: Final = itertools.count(1)
     """Shared by every room of the process, so that a generation is never reused, even by
@@ -194,12 +238,23 @@ class Room:
         self.generation = next(Room._generations)
         """Changes whenever the address lists do: an adapter's cache built from them (e.g.
         prebuilt sendmmsg batches) is valid while the generation it recorded is current."""
+        self.history: History | None = None
+        """Numbered deliveries, once an ``ocm1r`` member joined: the room is numbered from
+        then on, and the compiled loop hands its datagrams to the Python path."""
+        self.reliable: list[Member] = []
+        """The bound, unmuted ``ocm1r`` members (not in ``framed_addrs``)."""
+        self.reliable_addrs: list[Addr] = []
+        """Their addresses (an adapter's batch of numbered chat, see ``numbered``)."""
 
     def rebuild(self) -> None:
         """Recompute the address lists after a membership or binding change."""
         members = self.members.values()
         self.plain_addrs = [m.addr for m in members if m.addr and not m.framed and not m.muted]
-        self.framed_addrs = [m.addr for m in members if m.addr and m.framed and not m.muted]
+        self.framed_addrs = [m.addr for m in members
+                             if m.addr and m.framed and not m.muted and m.rel is None]
+        if self.history is not None:
+            self.reliable = [m for m in members if m.addr and m.rel is not None and not m.muted]
+            self.reliable_addrs = [m.addr for m in self.reliable]  # type: ignore[misc]
         self.trial = [m for m in members if m.trial and not m.muted]
         self.generation = next(Room._generations)
 
@@ -209,8 +264,9 @@ class RelayCore:
 
     def __init__(self, inactivity_timeout: float = DEFAULT_INACTIVITY_TIMEOUT_S,
                  max_send_failures: int = DEFAULT_MAX_SEND_FAILURES,
-                 chat_rate: float = DEFAULT_CHAT_RATE, chat_burst: int = DEFAULT_CHAT_BURST
-                 ) -> None:
+                 chat_rate: float = DEFAULT_CHAT_RATE, chat_burst: int = DEFAULT_CHAT_BURST,
+                 history: HistoryBudget | None = None,
+                 new_epoch: Callable[[], int] | None = None) -> None:
         self.inactivity_timeout = inactivity_timeout
         self.max_send_failures = max_send_failures
         self.chat_rate = chat_rate
@@ -246,6 +302,18 @@ class RelayCore:
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.evictions: dict[str, int] = {r.value: 0 for r in EVICTION_REASONS}
         self.send_failures = 0
+        self.history_budget = history if history is not None else HistoryBudget()
+        """The limits of the rooms' histories (``ocm1r`` members), shared by the worker."""
+        self.new_epoch: Callable[[], int] = new_epoch or itertools.count(1).__next__
+        """A room history's epoch (the adapter injects a CSPRNG: 32 random bits)."""
+        self._history_swept = 0.0
+        self.batch_numbered = False
+        """Set by an adapter that sends a numbered chat to ``room.reliable_addrs`` itself
+        (one ``sendmmsg``): ``_chat`` then leaves it in ``numbered`` instead of ``outbox``."""
+        self.numbered: bytes | None = None
+        """With ``batch_numbered``: the numbered datagram of the chat ``handle_datagram``
+        just returned a ``Fanout`` for (to every address of ``room.reliable_addrs`` but
+        the Fanout's ``sender``), or None."""
 
     # --- control commands ---------------------------------------------------------------
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
@@ -268,8 +336,13 @@ class RelayCore:
             room = self.rooms[room_name] = Room(room_name, e2e)
         elif room is None:
             return False
-        member = Member(token, username, ip, framing is Framing.OCM1, is_host, room, now)
+        member = Member(token, username, ip, framing.framed, is_host, room, now)
         member.mac_key = None if mac_key is None else bytes(mac_key)  # exact bytes for C
+        if framing is Framing.OCM1R:  # reliable: the room is numbered from now on
+            member.rel = Reliable(now)
+            if room.history is None:
+                room.history = History(self.new_epoch() & 0xFFFFFFFF, self.history_budget,
+                                       now)
         if room.e2e:
             member.keys = keys
             room.by_name[username.encode()] = member
@@ -323,6 +396,35 @@ class RelayCore:
             member.addr = None
             member.room.rebuild()
 
+    def resume(self, token: bytes, new_token: bytes, ip: str, now: float,
+               mac_key: bytes | None = None) -> bool:
+        """An ``ocm1r`` member moves (a TCRP resume): ``new_token``, issued to ``ip``,
+        replaces ``token``; its name, membership, message ids and place in the room
+        stay, and it is not announced again. Its old address gets nothing more; its
+        first datagram from the new one binds it (then it NACKs what it missed). Its
+        datagram key is ``mac_key`` from now on (a fresh one, or None), with a fresh
+        replay window. False if ``token`` is no live member (control then answers
+        ROOM_NOT_FOUND)."""
+        member = self.tokens.get(token)
+        if member is None or new_token in self.tokens:
+            return False
+        room = member.room
+        del self.tokens[token]
+        del room.members[token]
+        member.token = new_token
+        self.tokens[new_token] = member
+        room.members[new_token] = member
+        member.ip = ip
+        member.last_seen = now
+        member.mac_key = None if mac_key is None else bytes(mac_key)  # exact bytes for C
+        member.mac_top = member.mac_seen = 0
+        self._unlink_addr(member)
+        member.addr = None
+        member.trial = member.muted = False
+        room.rebuild()
+        self._push_deadline(member, now + self.inactivity_timeout)
+        return True
+
     def close_room(self, room_name: str, reason: str) -> None:
         """Close a room on control's order (cluster mode: its name now belongs to another
         node): every member gets ``closed``, tokens die, a ``closed`` event follows."""
@@ -368,6 +470,8 @@ class RelayCore:
         if room.e2e:
             return self._handle_e2e(member, data, token_end, addr, now)
         message = data[token_end:]
+        if member.rel is not None and message and (message[0] == _SEND or message[0] == _NACK):
+            return self._handle_reliable(member, message, addr, now)
         try:
             message.decode()
         except UnicodeDecodeError:
@@ -379,12 +483,112 @@ class RelayCore:
         elif member.trial:  # its registered address speaks: proven
             self._prove(addr)
         if not message:
+            if member.rel is not None and room.history is not None:  # sync: the latest Seq
+                self._sync(member)
             return None
         if len(message) <= EXIT_MATCH_MAX_BYTES and is_exit(message):
             self._remove(member, Reason.EXIT)
             return None
         return self._chat(member, message, now)
 
+    def _handle_reliable(self, member: Member, message: bytes, addr: Addr,
+                         now: float) -> Fanout | None:
+        """An ``ocm1r`` member's SEND (chat with an id: relayed once, acknowledged every
+        time) or NACK (resend from the history, answer the rest as lost)."""
+        rel = member.rel
+        room = member.room
+        history = room.history
+        assert rel is not None and history is not None
+        if message[0] == _SEND:
+            if len(message) < 5:
+                self.drops["malformed"] += 1
+                return None
+            try:
+                message[5:].decode()
+            except UnicodeDecodeError:
+                self.drops["bad_utf8"] += 1
+                return None
+        else:
+            try:
+                epoch, ranges = decode_nack(message)
+            except ProtocolError:
+                self.drops["malformed"] += 1
+                return None
+        member.last_seen = now
+        if member.addr != addr:
+            self._bind(member, addr, proven=True)
+        elif member.trial:
+            self._prove(addr)
+        if message[0] == _NACK:
+            if not rel.may_nack(now):
+                self.drops["rate_limited"] += 1
+            elif epoch == history.epoch and member.addr is not None:
+                out: list[bytes] = []
+                budget = NACK_MAX_RESENDS
+                for first, count in ranges:
+                    history.resend(first, min(count, budget), now, out)
+                    budget = NACK_MAX_RESENDS - len(out)
+                    if budget <= 0:
+                        break
+                target = member.addr
+                self.outbox.extend((d, target) for d in out[:NACK_MAX_RESENDS])
+            return None
+        msg_id = int.from_bytes(message[1:5], "big")
+        if msg_id <= rel.top:  # a copy of an id taken: acknowledge again, relay nothing
+            self._ack(member, rel.top, rel.top_seq)
+            return None
+        if msg_id != rel.top + 1:  # one before it is missing: the client resends both,
+            self.drops["out_of_order"] += 1  # told so by the last id acknowledged again
+            if rel.top:
+                self._ack(member, rel.top, rel.top_seq)
+            return None
+        text = message[5:]
+        if not text:
+            self.drops["malformed"] += 1
+            return None
+        before, limited = history.next_seq, self.drops["rate_limited"]
+        out_fanout = self._chat(member, text, now)
+        if history.next_seq != before:
+            seq = history.next_seq - 1
+        elif self.drops["rate_limited"] != limited:  # not taken: no ack, the client retries
+            return out_fanout
+        else:
+            seq = 0  # refused (too long: the error notice says why)
+        rel.top, rel.top_seq = msg_id, seq
+        self._ack(member, msg_id, seq)
+        return out_fanout
+
+    def _number(self, room: Room, body: bytes, exclude: Member | None, now: float,
+                admit: bool = False) -> None:
+        """Number an ``ocm1`` delivery of ``room`` (chat or notice), keep it in the history
+        and send it to the room's reliable members but ``exclude``; ``admit`` charges the
+        trial members (``_chat`` has charged them already)."""
+        history = room.history
+        assert history is not None
+        if len(body) + DATA_HEADER_BYTES > MAX_DELIVERY_BYTES:  # too long for ocm1r: lost
+            history.skip(now)
+            return
+        datagram = history.number(body, now)
+        if self.batch_numbered and not admit:  # a chat: the adapter batches it
+            self.numbered = datagram
+            return
+        outbox = self.outbox
+        for m in room.reliable:
+            if m is not exclude and (not admit or not m.trial or self._admit(m)):
+                outbox.append((datagram, m.addr))  # type: ignore[arg-type]
+
+    def _ack(self, member: Member, msg_id: int, seq: int) -> None:
+        history = member.room.history
+        if member.addr is not None and history is not None:
+            self.outbox.append((encode_ack(history.epoch, msg_id, seq), member.addr))
+
+    def _sync(self, member: Member) -> None:
+        """Answer an ``ocm1r`` keepalive with where the member starts and the room's
+        latest ``Seq``: a receiver learns its start, and about a lost last message."""
+        history = member.room.history
+        assert history is not None and member.rel is not None and member.addr is not None
+        self.outbox.append((encode_sync(history.epoch, member.rel.start,
+                                        history.next_seq - 1), member.addr))
     def _unseal(self, member: Member, data: bytes, token_end: int) -> bytes | None:
         """The datagram without its trailer if the tag is right and its ``Seq`` is fresh
         (the window moves), else None, counted (docs/protocol.md §8)."""
@@ -425,7 +629,7 @@ class RelayCore:
         n_plain = len(plain_addrs) - (not member.framed)
         if n_plain:
             plain = member.plain_prefix + message
-        if len(framed_addrs) - member.framed:
+        if len(framed_addrs) - (member.framed and member.rel is None):  # ocm1r: not listed
             framed = member.framed_prefix + message
         # The plain form (name + ": ") is always the longer one (§2.3: relay to nobody).
         longest = len(plain) if plain is not None else len(framed) if framed is not None else 0
@@ -438,6 +642,8 @@ class RelayCore:
                     self._admit(m)
             plain_addrs = room.plain_addrs
             framed_addrs = room.framed_addrs
+        if room.history is not None:
+            self._number(room, member.framed_prefix + message, member, now)
         self.relayed += 1
         # tuple.__new__ skips the Python-level frame of the NamedTuple's own __new__.
         return _new_fanout(Fanout, (plain, plain_addrs, framed, framed_addrs, sender, room))
@@ -539,6 +745,11 @@ class RelayCore:
 
     def handle_timer(self, now: float) -> None:
         """Evict every member silent for ``inactivity_timeout`` seconds (§2.4)."""
+        if now - self._history_swept >= 1.0:  # histories age out even in idle rooms
+            self._history_swept = now
+            for room in self.rooms.values():
+                if room.history is not None:
+                    room.history.expire(now)
         timeout = self.inactivity_timeout
         tokens = self.tokens
         while self._deadlines and self._deadlines[0][0] <= now:  # an eviction may compact
@@ -626,6 +837,8 @@ class RelayCore:
             member.announced = True
             self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username,
                                                 keys=member.keys), exclude=member)
+            if member.rel is not None and member.room.history is not None:
+                member.rel.start = member.room.history.next_seq
 
     def _prove(self, addr: Addr) -> None:
         """A datagram from ``addr`` was accepted: every member bound to it comes off trial."""
@@ -684,6 +897,9 @@ class RelayCore:
         # freed at once when the last reference goes.
         room.host = None
         room.trial = []
+        room.reliable = []
+        if room.history is not None:
+            room.history.clear()
         del self.rooms[room.name]
         self.events.append(Closed(room.name, reason))
 
@@ -711,8 +927,10 @@ class RelayCore:
 
     def _broadcast(self, room: Room, notice: Notice, exclude: Member | None = None) -> None:
         plain = framed = b""
+        if room.history is not None:  # in the room's order for ocm1r members
+            self._number(room, encode_framed_notice(notice), exclude, room.history.now, True)
         for member in room.members.values():
-            if member is exclude or member.addr is None or (
+            if member is exclude or member.addr is None or member.rel is not None or (
                     member.trial and not self._admit(member)):
                 continue
             if member.framed:

@@ -52,6 +52,12 @@ from wire.codes import Framing, Reason
 from wire.dgmac import DatagramKey
 from wire.e2e import PublicKeys, decode_public_keys
 from wire.errors import BadKeys
+from wire.limits import (
+    HISTORY_MAX_AGE_S,
+    HISTORY_MAX_BYTES,
+    HISTORY_MAX_MESSAGES,
+    HISTORY_WORKER_MAX_BYTES,
+)
 
 FRAME_HEADER: Final = struct.Struct("!i")
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
@@ -82,6 +88,11 @@ class WorkerSettings:
     False: one ``sendto`` per recipient."""
     hot_path: str = "auto"
     """Which hot loop to run: auto, compiled or python (relay/hot.py)."""
+    history_messages: int = HISTORY_MAX_MESSAGES
+    history_bytes: int = HISTORY_MAX_BYTES
+    history_age: float = HISTORY_MAX_AGE_S
+    history_worker_bytes: int = HISTORY_WORKER_MAX_BYTES
+    """The limits of the rooms' histories for ``ocm1r`` members (relay/history.py)."""
 
 
 # --- commands, control -> worker ------------------------------------------------------------
@@ -142,6 +153,11 @@ class Rebind:
     id: int
     token: bytes
     ip: str
+    new_token: bytes | None = None
+    """A resume (``ocm1r``): the member's token from now on (the old one dies)."""
+    datagram_key: DatagramKey | None = None
+    """A resume: the member's datagram key from now on (None: its datagrams go unsealed),
+    given by the connection the resume came over; its replay window starts afresh."""
 
 
 # --- events, worker -> control --------------------------------------------------------------

@@ -42,6 +42,7 @@ from typing import Final, TypeVar, cast
 from relay import hot, ipc
 from relay.core import CHAT_KIND, Addr, Fanout, GlobalChat, Member, RelayCore, Room
 from relay.globalchat import GlobalChatRelay
+from relay.history import HistoryBudget
 from relay.steering import tag_worker
 from runtime import logs, mmsg, sched
 from wire.limits import EXIT_MATCH_MAX_BYTES, MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES
@@ -60,6 +61,11 @@ FORWARD_HEADER: Final = struct.Struct("!4sH")
 """Forwarded datagram over the inbox socketpair: source IPv4 (4) + port (2) + datagram."""
 
 
+def _random_epoch() -> int:
+    """A room history's epoch: 32 random bits, never 0."""
+    return int.from_bytes(os.urandom(4), "big") or 1
+
+
 class Worker:
     def __init__(self, index: int, settings: ipc.WorkerSettings, udp_sock: socket.socket,
                  stage1_sock: socket.socket | None, inbox: socket.socket | None,
@@ -76,10 +82,15 @@ class Worker:
         self.fan_out = self._relay_batched if self.batched else self._relay
         self.fd = udp_sock.fileno()
         self.core = RelayCore(settings.inactivity_timeout, settings.max_send_failures,
-                              settings.chat_rate, settings.chat_burst)
+                              settings.chat_rate, settings.chat_burst,
+                              HistoryBudget(settings.history_messages, settings.history_bytes,
+                                            settings.history_age,
+                                            settings.history_worker_bytes),
+                              _random_epoch)
         self.stage1 = GlobalChat(settings.inactivity_timeout, settings.max_send_failures,
                                  settings.max_stage1_clients)
         self.stage1_relay: GlobalChatRelay | None = None
+        self.core.batch_numbered = True  # numbered chat goes out with the fan-out
         self._batches: dict[str, _RoomBatches] = {}
         """The send cache of ``_relay_batched``, by room name; a closed room's entry goes
         when its ``Closed`` event is flushed."""
@@ -225,7 +236,12 @@ class Worker:
         if cached is None or cached.generation != room.generation:
             cached = self._batches[room.name] = _RoomBatches(room)
         fd = self.fd
-        for payload, batch in ((plain, cached.plain), (framed, cached.framed)):
+        sides: tuple[tuple[bytes | None, _Batch], ...] = (
+            (plain, cached.plain), (framed, cached.framed))
+        if room.history is not None:  # a numbered room: its ocm1r members' delivery too
+            numbered, self.core.numbered = self.core.numbered, None
+            sides += ((numbered, cached.numbered),)
+        for payload, batch in sides:
             if payload is None:
                 continue
             k = batch.index.get(src)
@@ -246,10 +262,15 @@ class Worker:
 
     def _relay(self, out: Fanout, now: float) -> None:
         """Fallback fan-out: one ``sendto`` per recipient, skipping the sender."""
-        plain, plain_addrs, framed, framed_addrs, src, _ = out
+        plain, plain_addrs, framed, framed_addrs, src, room = out
         sendto = self.sock.sendto
         core = self.core
-        for payload, addrs in ((plain, plain_addrs), (framed, framed_addrs)):
+        sides: tuple[tuple[bytes | None, list[Addr]], ...] = (
+            (plain, plain_addrs), (framed, framed_addrs))
+        if room.history is not None:
+            numbered, self.core.numbered = self.core.numbered, None
+            sides += ((numbered, room.reliable_addrs),)
+        for payload, addrs in sides:
             if payload is None:
                 continue
             skip: Addr | None = src  # the sender's address, once per side (as sendmmsg)
@@ -390,8 +411,13 @@ class Worker:
             self.core.close_room(msg.room, msg.reason)
             self._flush()
         elif isinstance(msg, ipc.Rebind):
-            self.core.rebind_ip(msg.token, msg.ip)
-            self._send(ipc.Ack(msg.id, True))
+            if msg.new_token is not None:  # a resume: a new token, and its history
+                ok = self.core.resume(msg.token, msg.new_token, msg.ip, now, msg.datagram_key)
+                self._flush()
+                self._send(ipc.Ack(msg.id, ok))
+            else:
+                self.core.rebind_ip(msg.token, msg.ip)
+                self._send(ipc.Ack(msg.id, True))
         elif isinstance(msg, ipc.Ping):
             self._send(ipc.Pong(msg.id))
         elif isinstance(msg, ipc.Start):
@@ -444,12 +470,13 @@ class _RoomBatches:
     """The worker's send cache of one room: both formats' batches, valid while the room's
     ``generation`` is the one they were built from."""
 
-    __slots__ = ("generation", "plain", "framed")
+    __slots__ = ("generation", "plain", "framed", "numbered")
 
     def __init__(self, room: Room) -> None:
         self.generation = room.generation
         self.plain = _Batch(room.plain_addrs)
         self.framed = _Batch(room.framed_addrs)
+        self.numbered = _Batch(room.reliable_addrs)
 
 
 class _PipeProtocol(asyncio.Protocol):

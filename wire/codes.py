@@ -37,6 +37,12 @@ class Framing(enum.Enum):
 
     PLAIN = "plain"  # UTF-8 text: "user: message", Japanese notices
     OCM1 = "ocm1"  # byte 0 = username length (chat) or 0 (JSON notice)
+    OCM1R = "ocm1r"  # ocm1 deliveries numbered in room order, with recovery (wire/reliable.py)
+
+    @property
+    def framed(self) -> bool:
+        """Deliveries are framed (``ocm1`` or ``ocm1r``), not plain text."""
+        return self is not Framing.PLAIN
 
 
 class NoticeEvent(enum.Enum):

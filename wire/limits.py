@@ -107,8 +107,16 @@ DEFAULT_MAX_MEMBERS: Final = 1000
 DEFAULT_MAX_SEND_FAILURES: Final = 3
 
 
-def max_message_bytes(room_len: int, token_len: int, username_len: int) -> int:
-    """The longest message a member can send that is relayed to everyone (§1.3)."""
+def max_message_bytes(room_len: int, token_len: int, username_len: int,
+                      reliable: bool = False) -> int:
+    """The longest message a member can send that is relayed to everyone (§1.3); an
+    ``ocm1r`` member's message also carries a 5-byte SEND header, and is delivered
+    to the other ``ocm1r`` members behind a 9-byte DATA header (wire/reliable.py)."""
+    if reliable:
+        return min(
+            MAX_DATAGRAM_BYTES - CHAT_HEADER_BYTES - room_len - token_len - 5,
+            MAX_DELIVERY_BYTES - 9 - 1 - username_len,
+        )
     return min(
         MAX_DATAGRAM_BYTES - CHAT_HEADER_BYTES - room_len - token_len,
         MAX_DELIVERY_BYTES - len(PLAIN_SEPARATOR) - username_len,
@@ -137,3 +145,33 @@ answers are at most one a second per (sender, chain) and per requester (docs/e2e
 ``ADDRESSED_BURST + ADDRESSED_RATE * t`` deliveries of at most 4,094 bytes in ``t``
 seconds (288 in 2 s), each to one member of its room; one 2-float entry per member that
 sent one, in the worker."""
+
+# --- Reliable framed delivery (docs/protocol.md, our extension) ---------------------------
+HISTORY_MAX_MESSAGES: Final = 256
+"""Default numbered deliveries a room keeps for resends (``history_max_messages``)."""
+HISTORY_MAX_BYTES: Final = 256 * 1024
+"""Default bytes a room's history holds (``history_max_bytes``), each entry charged its
+datagram plus ``HISTORY_ENTRY_OVERHEAD_BYTES``."""
+HISTORY_MAX_AGE_S: Final = 60.0
+"""Default seconds a delivery stays in the history (``history_max_age``)."""
+HISTORY_ENTRY_OVERHEAD_BYTES: Final = 120
+"""What one history entry costs beyond its datagram (tuple, float, bytes header, deque
+slot), charged against the byte limits so that they bound memory, not payload."""
+HISTORY_WORKER_MAX_BYTES: Final = 64 * 1024 * 1024
+"""Default bytes all the histories of one worker hold together (``history_worker_bytes``).
+Worst case: a room holds ``min(HISTORY_MAX_BYTES, 256 x (4,094 + 120))`` = 256 KiB, and a
+worker ``min(rooms x 256 KiB, 64 MiB)``: past the worker's budget a new delivery is sent
+but not kept (a NACK for it is answered as lost)."""
+NACK_MAX_RANGES: Final = 16
+"""Ranges in one NACK (a NACK is at most 5 + 16 x 6 = 101 bytes)."""
+NACK_MAX_RANGE_COUNT: Final = 256
+"""Sequence numbers in one NACK range."""
+NACK_MAX_RESENDS: Final = 64
+"""Deliveries (resent or answered as lost) one NACK may cause; the rest are ignored."""
+NACK_RATE: Final = 10.0
+"""NACKs per second per member (token bucket); excess dropped (``rate_limited``). With
+``NACK_MAX_RESENDS`` a member may pull at most 640 x 4,094 B = 2.6 MB/s to its own proven
+address."""
+NACK_BURST: Final = 10
+RESUME_SECRET_BYTES: Final = 24
+"""Random bytes of a resume secret (32 base64url characters in the TCRP answer)."""

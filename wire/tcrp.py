@@ -92,6 +92,7 @@ class RequestBody:
     framing: Framing = Framing.PLAIN
     keys: PublicKeys | None = None  # docs/e2e.md §2.1: the member's public keys
     e2e: bool = False  # create: make the room encrypted (ignored on join)
+    resume: str | None = None  # join, ocm1r: the resume secret of a membership to move
 
 
 def encode_request(request: Request) -> bytes:
@@ -113,6 +114,8 @@ def encode_request(request: Request) -> bytes:
         obj["keys"] = body.keys.to_json()
     if body.e2e:
         obj["e2e"] = True
+    if body.resume is not None:
+        obj["resume"] = body.resume
     return encode_frame(request.operation, State.REQUEST, room_raw, orjson.dumps(obj))
 
 
@@ -135,6 +138,10 @@ def check_request_header(header: Header, max_payload: int) -> None:
 
 
 _OPERATIONS: Final = frozenset(int(op) for op in Operation)
+
+
+_FRAMINGS: Final = {Framing.OCM1.value: Framing.OCM1, Framing.OCM1R.value: Framing.OCM1R}
+"""The ``framing`` values that select framed delivery, exactly (docs/protocol.md)."""
 
 
 def decode_request_payload(payload: bytes) -> RequestBody:
@@ -160,6 +167,7 @@ def decode_request_payload(payload: bytes) -> RequestBody:
     framing_raw: object = None
     keys: PublicKeys | None = None
     e2e: object = None
+    resume: object = None
     username: object
     if isinstance(parsed, dict):
         username = parsed.get("username")
@@ -176,6 +184,9 @@ def decode_request_payload(payload: bytes) -> RequestBody:
             raise errors.BadFieldType("e2e must be a boolean or null")
         if parsed.get("keys") is not None:
             keys = decode_public_keys(parsed["keys"])
+        resume = parsed.get("resume")
+        if resume is not None and not isinstance(resume, str):
+            raise errors.BadFieldType("resume must be a string or null")
     else:
         username = text
     if not username:
@@ -186,9 +197,13 @@ def decode_request_payload(payload: bytes) -> RequestBody:
     if password is not None and len(password.encode()) > MAX_PASSWORD_BYTES:  # type: ignore[attr-defined]
         raise errors.FieldTooLong("password")
     names.check_username(username)
-    framing = Framing.OCM1 if framing_raw == Framing.OCM1.value else Framing.PLAIN
+    framing = _FRAMINGS.get(framing_raw, Framing.PLAIN) if isinstance(framing_raw, str) \
+        else Framing.PLAIN
+    if isinstance(resume, str) and len(resume.encode()) > MAX_PASSWORD_BYTES:
+        raise errors.FieldTooLong("resume")
     return RequestBody(
-        username, password or None, framing, keys, e2e is True  # type: ignore[arg-type]
+        username, password or None, framing, keys, e2e is True,  # type: ignore[arg-type]
+        resume or None,  # type: ignore[arg-type]
     )
 
 
@@ -247,6 +262,11 @@ class Details:
     """Cluster mode: the IP of the node that owns the room, to which the client should send
     its datagrams (``udp_port`` is that node's). Absent on a single node: send to the
     address the TCRP connection went to."""
+    resume: str | None = None
+    """``ocm1r``: the secret that moves this membership to a new address (a join with
+    ``"resume"``); each answer carries a new one."""
+    resumed: bool = False
+    """The answer to a resume: the same membership, a new token."""
     datagram_key: bytes | None = None
     """Our extension (docs/protocol.md §8): the member's datagram MAC key, sent only to a
     member that joined over TLS. With it, every datagram the member sends must carry the
@@ -270,6 +290,10 @@ class Details:
                 obj["epoch"] = base64.b64encode(self.epoch).decode()
         if self.udp_host is not None:
             obj["udp_host"] = self.udp_host
+        if self.resume is not None:
+            obj["resume"] = self.resume
+        if self.resumed:
+            obj["resumed"] = True
         if self.datagram_key is not None:
             obj[dgmac.DETAILS_KEY] = dgmac.encode_key(self.datagram_key)
         return obj
@@ -284,6 +308,9 @@ class Details:
         except (KeyError, ValueError) as exc:
             raise errors.BadResponse(f"details: {exc!r}") from None
         udp_host = obj.get("udp_host")
+        resume, resumed = obj.get("resume"), obj.get("resumed", False)
+        if not (resume is None or type(resume) is str) or type(resumed) is not bool:
+            raise errors.BadResponse("resume must be a string, resumed a boolean")
         if not (
             type(udp_port) is int
             and type(host) is bool
@@ -307,7 +334,7 @@ class Details:
         raw_key = obj.get(dgmac.DETAILS_KEY)
         key = None if raw_key is None else dgmac.decode_key(raw_key)
         return cls(udp_port, host, max_message, float(timeout), framing, e2e, members,
-                   udp_host, key, epoch)
+                   udp_host, resume, resumed, key, epoch)
 
 
 def encode_ok(operation: int, room: bytes, details: Details) -> bytes:

@@ -88,7 +88,7 @@ from client.session import (
 )
 from client.session_aio import join_room_async
 from wire.chat import Notice
-from wire.codes import NoticeEvent, Operation
+from wire.codes import Framing, NoticeEvent, Operation
 from wire.e2e import MemberInfo
 from wire.tcrp import Request, RequestBody
 
@@ -225,6 +225,9 @@ class MainWindow(QMainWindow):
         self.verify_action = self._action(room, "&Verify member…  (/verify)",
                                           self.ask_verify,
                                           tip="compare safety numbers with a member")
+        self.retry_action = self._action(room, "&Retry failed messages  (/retry)",
+                                         self.retry_failed,
+                                         tip="send again what the relay never acknowledged")
         self.save_action = self._action(room, "&Save transcript…", self.ask_save_transcript,
                                         "Ctrl+S", "save this room's conversation as text")
         self._menus_by_name[room].addSeparator()
@@ -457,7 +460,7 @@ class MainWindow(QMainWindow):
                                 request.ca_file if tls is not None else None, pins, GUI_HINTS)
             joined = await join_room_async(target, Request.of(
                 request.operation, request.room, RequestBody(
-                    request.username, request.password,
+                    request.username, request.password, Framing.OCM1R,
                     keys=identity.publish() if identity is not None else None,
                     e2e=must_be_encrypted(store, request.host, request.port, request.room,
                                           request.encrypted, request.operation))))
@@ -571,6 +574,9 @@ class MainWindow(QMainWindow):
                 self.tasks.spawn(self._answer(session, command))
         elif action is Action.REFUSED:
             view.append(render.warning_line(command.text))
+        elif action is Action.RETRY:  # the link answers (reliable delivery) or says none
+            view.input.clear()
+            self.tasks.spawn(self._answer(session, command))
         elif session.link is not None and session.joined is not None:
             try:
                 session.link.send(command.text)
@@ -584,6 +590,13 @@ class MainWindow(QMainWindow):
             view.scroll_to_bottom()
             session.heard(line)
             self._refresh_row(session)
+
+    def retry_failed(self) -> None:
+        """*Room › Retry failed messages* (``/retry``): the link answers (reliable delivery
+        sends them again) or says there is nothing to retry."""
+        session = self._shown_session()
+        if session is not None:
+            self.tasks.spawn(self._answer(session, commands.parse_input("/retry")))
 
     def who(self) -> None:
         """*Room › Who is here* (``/who``)."""

@@ -26,6 +26,7 @@ MENU_OF: Final = {
     "/exit": "Room › Leave room, or Leave in the room's header",
     "/who": "Room › Who is here; the member list is always on the right",
     "/verify": "Room › Verify member…, or Verify… under the member list",
+    "/retry": "Room › Retry failed messages",
     "//text": "(typing only)",
 }
 """Where each command of ``commands.help_lines`` is in the menus."""

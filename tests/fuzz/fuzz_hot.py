@@ -86,6 +86,8 @@ def sanitizer_env(cc: str) -> dict[str, str]:
 
 # --- the traffic -----------------------------------------------------------------------------
 CLIENTS: Final = ("c0", "c1", "c2", "c3", "c4", "c5")
+EPOCH: Final = 0x1234ABCD
+"""The epoch both cores draw for a numbered room."""
 PLAIN_PIECES: Final = (b"hi", b"/exit", b" /EXIT\n", b"\xff", "ü".encode(), b" ", b"/",
                        b"x" * 300, b"", b"\xed\xa0\x80", "こんにちは".encode(), b"\x00")
 
@@ -98,6 +100,8 @@ class Fuzz:
 
         self.rng = random.Random(seed)
         self.pair = Pair()
+        for w in self.pair.workers:  # numbered rooms (ocm1r): one epoch on both sides
+            w.core.new_epoch = lambda: EPOCH
         for name in CLIENTS:
             self.pair.client(name)
         self.pair.client("far", "127.0.0.2")
@@ -126,6 +130,8 @@ class Fuzz:
         token = b"F%05d" % self.serial + bytes([rng.randrange(97, 123)]) * 16
         e2e = self.rooms[room]
         framing = Framing.OCM1 if e2e or rng.random() < 0.5 else Framing.PLAIN
+        if room == b"q" and rng.random() < 0.4:  # "q" becomes numbered (Python's path)
+            framing = Framing.OCM1R
         user = rng.choice(("ann", "bo", "cy", "di", "ed", "fay")) + str(self.serial % 7)
         addr = None
         where = rng.random()
@@ -152,10 +158,19 @@ class Fuzz:
 
     def message(self, room: bytes) -> bytes:
         from wire.e2e import Kind, encode_message
+        from wire.reliable import encode_nack, encode_send
 
         rng = self.rng
         if not self.rooms[room]:
-            return b"".join(rng.choice(PLAIN_PIECES) for _ in range(rng.randint(0, 4)))
+            text = b"".join(rng.choice(PLAIN_PIECES) for _ in range(rng.randint(0, 4)))
+            pick = rng.random()
+            if pick < 0.15:  # an ocm1r SEND (plain text to a member that is not ocm1r)
+                return encode_send(rng.randint(1, 8), text)
+            if pick < 0.2:
+                first = rng.randint(1, 40)
+                return encode_nack(rng.choice((EPOCH, EPOCH ^ 1)),
+                                   [(first, rng.randint(1, 5))])
+            return text
         names = [u for r, _, u, _ in self.members() if r == room] + ["nobody"]
         kind = rng.random()
         if kind < 0.5:

@@ -24,9 +24,11 @@ import pytest
 from tests.integration.harness import Server, start_server
 from tests.integration.peer import JoinRefused, Peer, join, tcrp_exchange
 from tests.integration.redisproc import RedisServer, TcpProxy
+from wire import reliable
 from wire.chat import FramedChat, Notice, NoticeEvent, encode_chat
 from wire.codes import Framing, Operation, Status
 from wire.e2e import MemberInfo, PublicKeys
+from wire.reliable import encode_send
 from wire.tcrp import (
     Details,
     Request,
@@ -196,6 +198,45 @@ def test_create_on_a_join_through_b_and_c_and_chat(nodes: dict[str, Server]) -> 
     view = cluster_view(b)
     assert {n["id"] for n in view["nodes"]} == {"A", "B", "C"}  # type: ignore[union-attr,index]
     for peer in (alice, bob, carol):
+        peer.close()
+
+
+def test_resume_through_another_node_moves_the_membership_on_the_owner(
+        nodes: dict[str, Server]) -> None:
+    for server in nodes.values():
+        wait_nodes(server, 3)
+    a, b, c = nodes["A"], nodes["B"], nodes["C"]
+    alice = member(a, Operation.CREATE, "resume-lobby", "alice", "127.0.2.11", Framing.OCM1R)
+    bob = member(b, Operation.JOIN, "resume-lobby", "bob", "127.0.2.12", Framing.OCM1R)
+    secret = bob.details.resume  # type: ignore[attr-defined]
+    assert isinstance(secret, str) and bob.details.framing is Framing.OCM1R  # type: ignore[attr-defined]
+    alice.send(encode_send(1, b"before the move"))
+    response, complete = tcrp_exchange(
+        c.host, c.tcp_port, encode_request(Request.of(
+            Operation.JOIN, "resume-lobby", RequestBody("bob", framing=Framing.OCM1R,
+                                                        resume=secret))),
+        timeout=30.0, bind_ip="127.0.2.13")
+    assert response.status == Status.OK and complete is not None, response
+    details = response.details
+    assert details is not None and details.resumed and details.resume not in (None, secret)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as moved:
+        moved.bind(("127.0.2.13", 0))
+        moved.settimeout(10)
+        owner = (str(details.udp_host), details.udp_port)
+        moved.sendto(encode_chat(b"resume-lobby", complete.token, b""), owner)
+        sync = reliable.decode_delivery(moved.recv(4096))
+        assert isinstance(sync, reliable.Sync) and sync.latest >= 3
+        moved.sendto(encode_chat(b"resume-lobby", complete.token,
+                                 reliable.encode_nack(sync.epoch, [(sync.latest, 1)])), owner)
+        data = reliable.decode_delivery(moved.recv(4096))
+        assert isinstance(data, reliable.Data) and data.body == b"\x05alicebefore the move"
+    # the old secret is dead, wherever it is tried
+    refused, _ = tcrp_exchange(a.host, a.tcp_port, encode_request(Request.of(
+        Operation.JOIN, "resume-lobby", RequestBody("bob", framing=Framing.OCM1R,
+                                                    resume=secret))),
+        timeout=30.0, bind_ip="127.0.2.14")
+    assert refused.status == Status.ROOM_NOT_FOUND
+    for peer in (alice, bob):
         peer.close()
 
 

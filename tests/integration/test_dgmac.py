@@ -9,14 +9,16 @@ joined over plain TCRP works as before."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from client.link import Resumed, RoomLink
 from client.session import Joined, TcrpTarget, client_tls_context, join_room
 from tests.integration.harness import Server, start_server
 from tests.integration.test_server_modes import worker_pid
@@ -189,3 +191,68 @@ def test_a_restarted_worker_gets_the_key_back(tmp_path: Path) -> None:
             attacker.close()
             for member in (alice, bob):
                 member.udp_sock.close()
+
+
+def test_a_sealed_ocm1r_member_chats_and_recovers(tmp_path: Path, hot_path: str) -> None:
+    """ocm1r (docs/protocol.md §9) over TLS: SENDs, NACKs and keepalives are sealed and
+    the relay reads them past the trailer; a member whose socket went away resumes over
+    TLS with a new datagram key and gets back what it missed, nothing lost. An unsealed
+    datagram with its new token is dropped."""
+    ca, server = start_tls(tmp_path, "--relay-hot-path", hot_path)
+    with server as srv:
+        secure = TcrpTarget(H, tls_port(srv), tls=client_tls_context(str(ca)))
+
+        def join(operation: Operation, user: str) -> Joined:
+            return join_room(secure, Request.of(operation, "sealed-r",
+                                                RequestBody(user, framing=Framing.OCM1R)))
+
+        async def wait(predicate: Callable[[], bool]) -> None:
+            deadline = asyncio.get_running_loop().time() + WAIT_S
+            while not predicate():
+                assert asyncio.get_running_loop().time() < deadline, "timed out"
+                await asyncio.sleep(0.01)
+
+        async def scenario() -> None:
+            seen: dict[str, list[str]] = {"alice": [], "bob": []}
+            alice_joined = await asyncio.to_thread(join, Operation.CREATE, "alice")
+            bob_joined = await asyncio.to_thread(join, Operation.JOIN, "bob")
+            for joined in (alice_joined, bob_joined):
+                assert joined.details.framing is Framing.OCM1R and joined.sealer is not None
+            alice = RoomLink(alice_joined, lambda line: seen["alice"].append(line.plain()))
+            bob = RoomLink(bob_joined, lambda line: seen["bob"].append(line.plain()))
+            outcomes: list[Resumed] = []
+            bob.on_resumed = outcomes.append
+            await alice.open()
+            await bob.open()
+            await wait(lambda: "* bob joined the room" in seen["alice"])
+            alice.send("before")
+            bob.send("hello")
+            await wait(lambda: "alice: before" in seen["bob"] and "bob: hello" in seen["alice"]
+                       and alice.pending == 0 and bob.pending == 0)
+            assert bob._transport is not None
+            bob._transport.close()  # bob's network goes
+            for i in range(5):
+                alice.send(f"while away {i}")
+            bob.send("typed offline")
+            await wait(lambda: alice.pending == 0)
+            old_key = bob.joined.details.datagram_key
+            await bob.resume(source="127.0.0.2")
+            assert bob.joined.sealer is not None
+            assert bob.joined.details.datagram_key not in (None, old_key)
+            await wait(lambda: "alice: while away 4" in seen["bob"]
+                       and "bob: typed offline" in seen["alice"] and outcomes != [])
+            assert outcomes == [Resumed.YES]
+            assert [line for line in seen["bob"] if line.startswith("alice: ")] == (
+                ["alice: before"] + [f"alice: while away {i}" for i in range(5)])
+            bob.joined.udp_sock.send(encode_chat(bob.joined.room_raw, bob.joined.token,
+                                                 b"unsealed"))
+            bob.send("sealed")
+            await wait(lambda: "bob: sealed" in seen["alice"])
+            assert "bob: unsealed" not in seen["alice"]
+            bob.leave()
+            await wait(lambda: "* bob left the room" in seen["alice"])
+            alice.leave()
+            alice.close()
+            bob.close()
+
+        asyncio.run(scenario())

@@ -20,6 +20,8 @@ from client.commands import Action, Command, help_lines, parse_input
     (" /WHO ", Command(Action.WHO)),
     ("/who x", Command(Action.REFUSED, "unknown command '/who': /help lists the commands; "
                                        "start with // to send a '/' line")),
+    ("/retry", Command(Action.RETRY)),
+    (" /RETRY ", Command(Action.RETRY)),
     ("/verify bob", Command(Action.VERIFY, "bob")),
     ("/Verify  ボブ ", Command(Action.VERIFY, "ボブ")),
     ("/verify", Command(Action.VERIFY, "")),
@@ -36,10 +38,12 @@ def test_parse_input(text: str, expected: Command) -> None:
 
 def test_help_names_every_command_and_the_limit() -> None:
     text = "\n".join(help_lines(123))
-    for word in ("/help", "/exit", "/quit", "/who", "/verify NAME", "//text", "123 bytes"):
+    for word in ("/help", "/exit", "/quit", "/who", "/retry", "/verify NAME", "//text",
+                 "123 bytes"):
         assert word in text
     global_chat = "\n".join(help_lines(99, room_mode=False))
     assert "/who" not in global_chat and "/verify" not in global_chat
+    assert "/retry" not in global_chat
     assert "leave global chat" in global_chat
 
 

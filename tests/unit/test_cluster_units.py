@@ -43,12 +43,13 @@ def test_mac_verifies_only_the_same_secret_nonce_and_body() -> None:
 VECTORS: list[tuple[link.Message, bytes]] = [
     (link.Hello(NONCE), b'{"nonce":"000102030405060708090a0b0c0d0e0f"}'),
     (REQUEST, b'{"op":1,"room":"room","ip":"127.0.2.1","origin":"B","user":"alice",'
-              b'"password":null,"framing":"ocm1","keys":null,"e2e":false}'),
+              b'"password":null,"framing":"ocm1","keys":null,"e2e":false,"resume":null}'),
     (link.Forward(Operation.JOIN, "r", RequestBody("bob", "pw", Framing.PLAIN, KEYS, True),
                   "127.0.2.2", "C"),
      b'{"op":2,"room":"r","ip":"127.0.2.2","origin":"C","user":"bob","password":"pw",'
      b'"framing":"plain","keys":{"x25519":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",'
-     b'"ed25519":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="},"e2e":true}'),
+     b'"ed25519":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="},"e2e":true,'
+     b'"resume":null}'),
     (link.RelayRequest(b"AbToken", "127.0.3.1", "A"),
      b'{"kind":"relay","token":"AbToken","ip":"127.0.3.1","origin":"A"}'),
     (link.MembersQuery("r", b"AbToken", "127.0.3.1", "A"),
@@ -211,3 +212,9 @@ def test_cluster_settings_from_flags_and_env() -> None:
         load(["--cluster", "http://x", "--node-id", "n1", "--host", "127.0.0.1"], {})
     with pytest.raises(ConfigError, match="cluster_lease"):
         load(["--cluster-lease", "0"], {})
+
+
+def test_a_forward_carries_a_resume_secret() -> None:
+    body = RequestBody("bob", None, Framing.OCM1R, resume="s" * 32)
+    forward = link.Forward(Operation.JOIN, "r", body, "127.0.2.9", "A")
+    assert link.decode_request(body_of(forward)) == forward

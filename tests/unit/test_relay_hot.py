@@ -29,6 +29,7 @@ from wire.chat import encode_chat
 from wire.codes import Framing
 from wire.e2e import Kind, PublicKeys, encode_message
 from wire.limits import ADDRESSED_BURST, ADDRESSED_RATE, MAX_DATAGRAM_BYTES
+from wire.reliable import encode_ack, encode_data, encode_nack, encode_send
 
 TIMEOUT_S = 10.0
 
@@ -204,6 +205,51 @@ def test_ordinary_chat_is_relayed_by_the_compiled_loop_alike(pair: Pair) -> None
     pair.now += 1.0
     pair.chat("b", b"r", TB, b"x" * 1000)
     assert compiled.counters()["fast"] == before + 3
+
+
+def test_a_numbered_room_is_left_to_python_by_the_compiled_loop_alike(pair: Pair) -> None:
+    """ocm1r (protocol.md §9): the compiled loop hands every datagram of a numbered room
+    (one with a history) to the Python path, which numbers it, sends the numbered datagram
+    to the ocm1r members and the ACK to an ocm1r sender: the same bytes out, none relayed
+    in C; a plain room next to it still is."""
+    te, tf = b"Te" + bytes(20), b"Tf" + bytes(20)
+    for w in pair.workers:
+        w.core.new_epoch = lambda: 0x1234ABCD
+    pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
+    pair.add("r", TB, "bob", framing=Framing.OCM1R)
+    pair.add("r", TC, "carol")
+    pair.add("r", TD, "dave", framing=Framing.OCM1)
+    pair.add("p", te, "erin", host=True)
+    pair.add("p", tf, "frank")
+    for name, token in (("a", TA), ("b", TB), ("c", TC), ("d", TD)):
+        pair.client(name)
+        pair.chat(name, b"r", token, b"")
+    for name, room, token in (("e", b"p", te), ("f", b"p", tf)):
+        pair.client(name)
+        pair.chat(name, room, token, b"")
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()["fast"]
+    pair.chat("a", b"r", TA, encode_send(1, b"hi"))
+    assert pair.last == {"a": [encode_ack(0x1234ABCD, 1, 5)],
+                         "b": [encode_data(0x1234ABCD, 5, b"\x05alicehi")],
+                         "c": [b"alice: hi"], "d": [b"\x05alicehi"]}
+    pair.chat("c", b"r", TC, b"plain")  # a plain sender in a numbered room
+    assert pair.last["a"] == [encode_data(0x1234ABCD, 6, b"\x05carolplain")]
+    pair.chat("d", b"r", TD, b"framed")  # an ocm1 sender in a numbered room
+    assert pair.last["b"] == [encode_data(0x1234ABCD, 7, b"\x04daveframed")]
+    pair.chat("a", b"r", TA, encode_send(2, b"two"))
+    pair.chat("a", b"r", TA, encode_send(2, b"two"))  # a copy: acknowledged again
+    pair.chat("a", b"r", TA, encode_send(9, b"gap"))  # out of order
+    pair.chat("b", b"r", TB, encode_nack(0x1234ABCD, [(5, 3)]))  # resends
+    assert len(pair.last["b"]) == 3
+    pair.chat("b", b"r", TB, b"")  # keepalive: SYNC
+    assert compiled.counters()["fast"] == before
+    pair.chat("e", b"p", te, b"fast")  # an unnumbered room: still the compiled loop's
+    assert compiled.counters()["fast"] == before + 1
+    for w in pair.workers:
+        rel = w.core.tokens[TA].rel
+        assert rel is not None and (rel.top, rel.top_seq) == (2, 8)
 
 
 @pytest.mark.parametrize("message", [

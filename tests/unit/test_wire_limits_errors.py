@@ -110,7 +110,7 @@ def test_codes_match_the_spec() -> None:
         "UNAVAILABLE": 9,
         "INTERNAL_ERROR": 255,
     }
-    assert [f.value for f in Framing] == ["plain", "ocm1"]
+    assert [f.value for f in Framing] == ["plain", "ocm1", "ocm1r"]  # ocm1r: our extension
     assert [e.value for e in NoticeEvent] == ["joined", "left", "closed", "disconnected", "error"]
     assert [r.value for r in Reason] == ["exit", "inactive", "send_failures", "shutdown"]
     assert [r.value for r in EVICTION_REASONS] == ["exit", "inactive", "send_failures"]

@@ -1,0 +1,183 @@
+"""Reliable delivery (ocm1r) end to end: ocm-chat against ocm-control through real loss.
+
+Loss is made with nftables on loopback, on the test server's UDP port only (root; the
+test is skipped otherwise), and removed afterwards (tests/integration/lossy.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from client import link as link_module
+from client.link import Resumed, RoomLink
+from client.session import Joined, TcrpTarget, join_room
+from tests.integration.harness import Server, start_server
+from tests.integration.lossy import Loss, require_nft
+from tests.integration.test_client_script import Client, clients, room_of
+from wire.chat import encode_chat
+from wire.codes import Framing, Operation
+from wire.tcrp import Request, RequestBody
+
+__all__ = ["clients"]
+H = "127.0.0.1"
+
+
+def join(server: Server, operation: Operation, room: str, user: str) -> Joined:
+    """Join as ocm-chat does: asking for ocm1r."""
+    return join_room(TcrpTarget(H, server.tcp_port), Request.of(
+        operation, room, RequestBody(user, framing=Framing.OCM1R)))
+
+LINES = 100
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    """One worker (one UDP port to make lossy); chat rate high enough for a fast script."""
+    with start_server("--chat-rate", "200", "--chat-burst", "400", workers=1) as srv:
+        yield srv
+        srv.stop()
+
+
+def feed(client: Client, name: str, pause: float) -> threading.Thread:
+    def run() -> None:
+        for i in range(LINES):
+            client.send(f"{name} line {i}")
+            time.sleep(pause)  # typing speed, not a wait for an event
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_two_clients_through_5_percent_loss_and_a_3_s_outage_see_every_line_in_order(
+        server: Server, room_name: str, clients: list[Client]) -> None:
+    require_nft()
+    alice, bob = room_of(clients, server, room_name, "alice", "bob")
+    with Loss(server.udp_port, 5) as loss:
+        feeders = [feed(alice, "alice", 0.03), feed(bob, "bob", 0.03)]
+        time.sleep(1.0)  # mid-chat
+        with loss.outage():
+            time.sleep(3.0)
+        for feeder in feeders:
+            feeder.join(30)
+        bob.expect(rf"^alice: alice line {LINES - 1}$", timeout=60)
+        alice.expect(rf"^bob: bob line {LINES - 1}$", timeout=60)
+        dropped = loss.dropped()
+        bob.close_stdin()
+        assert bob.wait(60) == 0
+        alice.close_stdin()
+        assert alice.wait(60) == 0
+    assert dropped > 0
+    for reader, other in ((alice, "bob"), (bob, "alice")):
+        got = [line for line in reader.out_seen if line.startswith(f"{other}: ")]
+        assert got == [f"{other}: {other} line {i}" for i in range(LINES)], reader.out_seen
+        assert not any("could not be recovered" in line for line in reader.out_seen)
+        assert not any("not delivered" in line for line in reader.out_seen)
+
+
+# --- resume after a move to a new address ------------------------------------------------------
+async def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll the event loop's own state (lines the links have received) until true."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+def test_a_client_moved_to_a_new_address_resumes_with_nothing_lost(server: Server,
+                                                                   room_name: str) -> None:
+    async def scenario() -> None:
+        seen: dict[str, list[str]] = {"alice": [], "bob": []}
+        alice_joined = await asyncio.to_thread(join, server, Operation.CREATE, room_name, "alice")
+        alice = RoomLink(alice_joined, lambda line: seen["alice"].append(line.plain()))
+        await alice.open()
+        bob_joined = await asyncio.to_thread(join, server, Operation.JOIN, room_name, "bob")
+        assert bob_joined.details.framing is Framing.OCM1R and bob_joined.details.resume
+        bob = RoomLink(bob_joined, lambda line: seen["bob"].append(line.plain()))
+        outcomes: list[Resumed] = []
+        bob.on_resumed = outcomes.append
+        await bob.open()
+        await _wait_for(lambda: "* bob joined the room" in seen["alice"])
+        for i in range(5):
+            alice.send(f"before {i}")
+        await _wait_for(lambda: "alice: before 4" in seen["bob"])
+        # bob's network goes: its socket is gone, and what it sends goes nowhere
+        assert bob._transport is not None
+        bob._transport.close()
+        old_token = bob.joined.token
+        for i in range(10):
+            alice.send(f"while away {i}")
+        for i in range(3):
+            bob.send(f"typed offline {i}")
+        assert bob.pending == 3
+        await _wait_for(lambda: alice.pending == 0)
+        await bob.resume(source="127.0.0.2")  # the new address
+        assert bob.joined.token != old_token
+        assert bob.joined.udp_sock.getsockname()[0] == "127.0.0.2"
+        assert bob.joined.details.resumed and bob.joined.details.resume != \
+            bob_joined.details.resume
+        await _wait_for(lambda: "alice: while away 9" in seen["bob"]
+                        and "bob: typed offline 2" in seen["alice"] and outcomes != [])
+        alice.send("after")
+        await _wait_for(lambda: "alice: after" in seen["bob"])
+        assert outcomes == [Resumed.YES]
+        got = [line for line in seen["bob"] if line.startswith("alice: ")]
+        assert got == ([f"alice: before {i}" for i in range(5)]
+                       + [f"alice: while away {i}" for i in range(10)] + ["alice: after"])
+        assert [line for line in seen["alice"] if line.startswith("bob: ")] == [
+            f"bob: typed offline {i}" for i in range(3)]
+        assert seen["alice"].count("* bob joined the room") == 1  # no left/joined noise
+        assert not any("left" in line for line in seen["alice"])
+        # the old token is dead: a datagram with it (from the old IP) reaches nobody
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as old:
+            old.bind((H, 0))
+            old.sendto(encode_chat(bob_joined.room_raw, old_token, b"ghost"), bob.joined.server)
+        alice.send("last")
+        await _wait_for(lambda: "alice: last" in seen["bob"])
+        bob.leave()
+        await _wait_for(lambda: "* bob left the room" in seen["alice"])
+        assert not any("ghost" in line for line in seen["alice"])
+        alice.leave()
+        alice.close()
+        bob.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_whose_path_went_silent_resumes_by_itself(server: Server, room_name: str,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setattr(link_module, "RESUME_AFTER_S", 0.8)
+    monkeypatch.setattr(link_module, "SYNC_S", 0.2)
+
+    async def scenario() -> None:
+        seen: list[str] = []
+        host_joined = await asyncio.to_thread(join, server, Operation.CREATE, room_name, "alice")
+        alice = RoomLink(host_joined, lambda line: None)
+        await alice.open()
+        joined = await asyncio.to_thread(join, server, Operation.JOIN, room_name, "bob")
+        bob = RoomLink(joined, lambda line: seen.append(line.plain()))
+        bob.resume_source = "127.0.0.3"
+        states: list[bool] = []
+        bob.on_status = lambda: states.append(bob.reconnecting)
+        outcomes: list[Resumed] = []
+        bob.on_resumed = outcomes.append
+        await bob.open()
+        assert bob._transport is not None
+        bob._transport.close()  # the path is gone; keepalives go nowhere
+        alice.send("said while bob was away")
+        await _wait_for(lambda: outcomes != [] and "alice: said while bob was away" in seen)
+        assert outcomes == [Resumed.YES] and True in states and not bob.reconnecting
+        assert bob.joined.udp_sock.getsockname()[0] == "127.0.0.3"
+        alice.leave()
+        alice.close()
+        bob.close()
+
+    asyncio.run(scenario())
