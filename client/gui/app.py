@@ -74,7 +74,7 @@ from client.gui.verify import VerifyDialog
 from client.joinflow import GUI_HINTS, pinning_tls_context
 from client.keystore import KeyStore, KeyStoreError
 from client.known_servers import KnownServers
-from client.link import RoomLink
+from client.link import Resumed, RoomLink, SendState
 from client.refusals import Field
 from client.render import Kind, Line, MessageTooLong
 from client.session import (
@@ -94,6 +94,7 @@ from wire.tcrp import Request, RequestBody
 
 NOTIFY_KEY: Final = "notifications"
 THEME_KEY: Final = "theme"
+RESUMED_SHOWN_MS: Final = 6000  # how long "Reconnected: …" stays in the banner
 
 
 @dataclass(eq=False)
@@ -111,6 +112,8 @@ class RoomSession:
     members_stale: bool = False
     room_gone: bool = False  # how the chat ended: rejoin, or create it again
     encrypted: bool = False
+    sent: dict[int, int] = field(default_factory=dict)  # our message id -> its entry
+    gaps_before: int | None = None  # the link's gaps when a resume began
     preview: str = ""  # the last message, under the room's name in the list
 
     def heard(self, line: Line) -> None:
@@ -322,6 +325,7 @@ class MainWindow(QMainWindow):
         view.close_clicked.connect(functools.partial(self.close_session, session))
         view.caught_up.connect(functools.partial(self._caught_up, session))
         view.verify_clicked.connect(functools.partial(self.open_verify, session=session))
+        view.retry_clicked.connect(functools.partial(self._retry_in, session))
         view.member_panel.setVisible(self.members_action.isChecked())
         view.members_button.setChecked(self.members_action.isChecked())
         return session
@@ -494,6 +498,10 @@ class MainWindow(QMainWindow):
         session.members = ()
         session.room_gone = False
         link.on_notice = functools.partial(self._on_notice, session)
+        link.on_send_state = functools.partial(self._on_send_state, session, link)
+        link.on_status = functools.partial(self._on_link_status, session, link)
+        link.on_resumed = functools.partial(self._on_resumed, session, link)
+        session.sent.clear()
         if isinstance(link, E2ERoomLink):
             link.on_key_changed = functools.partial(self.warn_key_changed, session=session)
         self.show_session(session)
@@ -587,9 +595,51 @@ class MainWindow(QMainWindow):
             line = render.chat_line(session.joined.username, command.text, own=True)
             view.log.clear_unread()
             view.append(line)
+            link = session.link
+            if link.reliable is not None and link.last_id not in session.sent:
+                session.sent[link.last_id] = len(view.log.entries) - 1
+                self._on_send_state(session, link, link.last_id, SendState.PENDING, "")
             view.scroll_to_bottom()
             session.heard(line)
             self._refresh_row(session)
+
+    def _on_send_state(self, session: RoomSession, link: RoomLink, msg_id: int,
+                       state: SendState, _text: str) -> None:
+        """One of our messages moved on: 🕓 while pending, ⚠ once it failed, nothing
+        once the relay has it."""
+        if link is not session.link:
+            return
+        entry = session.sent.get(msg_id)
+        if entry is None:  # still being sent: ``submit_in`` shows it once it is shown
+            return
+        session.view.set_status(entry, models.SEND_STATE_MARKS.get(state.value, ""))
+        if state in (SendState.SENT, SendState.REFUSED):
+            session.sent.pop(msg_id, None)
+
+    def _on_link_status(self, session: RoomSession, link: RoomLink) -> None:
+        """``Reconnecting…`` while the link resumes; the failed messages' count."""
+        if link is not session.link:
+            return
+        if link.reconnecting:
+            if session.gaps_before is None:
+                session.gaps_before = link.gaps
+            session.view.show_connection("Reconnecting…")
+        session.view.show_failed(len(link.failed))
+
+    def _on_resumed(self, session: RoomSession, link: RoomLink, outcome: Resumed) -> None:
+        """Say briefly how the resume went."""
+        lost = link.gaps - (session.gaps_before or 0)
+        session.gaps_before = None
+        if link is not session.link or outcome is Resumed.NO:
+            session.view.show_connection("")
+            return
+        session.view.show_connection(models.resumed_text(lost), RESUMED_SHOWN_MS)
+
+    def _retry_in(self, session: RoomSession) -> None:
+        """The *Retry* beside the undelivered count: the link sends them again."""
+        if session.link is not None:
+            session.link.retry()
+            session.view.show_failed(len(session.link.failed))
 
     def retry_failed(self) -> None:
         """*Room › Retry failed messages* (``/retry``): the link answers (reliable delivery

@@ -241,6 +241,18 @@ class Unread:
         self.count = 0
 
 
+SEND_STATE_MARKS: Final = {"pending": "🕓", "failed": "⚠ not delivered",
+                            "refused": "⚠ refused"}
+"""Beside our message's time, by ``client.link.SendState`` value (delivered: nothing)."""
+
+
+def resumed_text(lost: int) -> str:
+    """The banner after a resume: everything came back, or how much did not."""
+    if lost <= 0:
+        return "Reconnected: everything recovered"
+    return f"Reconnected: {lost} message{'s' if lost != 1 else ''} could not be recovered"
+
+
 def window_title(room: str | None, unread: int) -> str:
     """``(3) room — OCM``: the unread count first, so it shows in a narrow task bar."""
     base = "OCM" if room is None else f"{render.sanitize(room)} — OCM"
