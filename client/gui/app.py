@@ -85,6 +85,7 @@ from client.session import (
     NoEncryptedRooms,
     TcrpTarget,
     client_tls_context,
+    describe_connection,
 )
 from client.session_aio import join_room_async
 from wire.chat import Notice
@@ -338,7 +339,8 @@ class MainWindow(QMainWindow):
                                  username, encrypted=encrypted)
         session = self._new_session(request)
         session.encrypted = encrypted
-        session.view.enter(room, username, host, max_message, encrypted=encrypted)
+        session.view.enter(room, username, host, max_message, encrypted=encrypted,
+                           tls=request.tls)
         self.show_session(session)
         self._refresh_row(session)
         return session.view
@@ -494,7 +496,9 @@ class MainWindow(QMainWindow):
         link = room_link(joined, functools.partial(self._on_line, session), store, identity)
         session.encrypted = isinstance(link, E2ERoomLink)
         session.view.enter(request.room, joined.username, host, link.max_message,
-                           encrypted=session.encrypted, keep=rejoin)
+                           encrypted=session.encrypted, keep=rejoin,
+                           tls=joined.tcrp is not None and joined.tcrp.tls is not None,
+                           connection=describe_connection(joined))
         session.members = ()
         session.room_gone = False
         link.on_notice = functools.partial(self._on_notice, session)

@@ -241,6 +241,12 @@ class Unread:
         self.count = 0
 
 
+def security_text(encrypted: bool, tls: bool) -> str:
+    """The room header's note: end-to-end encrypted or not, joined over TLS or not."""
+    return (("end-to-end encrypted" if encrypted else "not encrypted")
+            + (" · TLS" if tls else " · no TLS"))
+
+
 SEND_STATE_MARKS: Final = {"pending": "🕓", "failed": "⚠ not delivered",
                             "refused": "⚠ refused"}
 """Beside our message's time, by ``client.link.SendState`` value (delivered: nothing)."""

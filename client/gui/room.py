@@ -191,6 +191,8 @@ class RoomView(QWidget):
         self.title.setFont(font)
         self.role = QLabel("")
         self.role.setObjectName("subdued")
+        self.security = QLabel("")  # encrypted or not, over TLS or not: always said
+        self.security.setObjectName("room-security")
         self.search_button = QToolButton()
         self.search_button.setText("Search")
         self.search_button.setToolTip("search this room (Ctrl+F)")
@@ -207,6 +209,7 @@ class RoomView(QWidget):
         row.addWidget(self.lock)
         row.addWidget(self.title)
         row.addWidget(self.role)
+        row.addWidget(self.security)
         row.addStretch(1)
         for widget in (self.search_button, self.members_button, self.leave_button):
             row.addWidget(widget)
@@ -332,8 +335,10 @@ class RoomView(QWidget):
 
     # -- what the main window calls -------------------------------------------------------------
     def enter(self, room: str, username: str, host: bool, max_message: int,
-              encrypted: bool = False, keep: bool = False) -> None:
-        """Start showing a membership; ``keep``: a rejoin, the conversation stays."""
+              encrypted: bool = False, keep: bool = False, tls: bool = False,
+              connection: str = "") -> None:
+        """Start showing a membership; ``keep``: a rejoin, the conversation stays;
+        ``tls``: joined over TLS; ``connection``: how (the header's tooltip)."""
         if not keep:
             self.scrollback = Scrollback()
             self.log.clear()
@@ -346,6 +351,12 @@ class RoomView(QWidget):
                           + (" · host (leaving closes the room)" if host else ""))
         self.encrypted = encrypted
         self.lock.setVisible(encrypted)
+        self.security.setText(models.security_text(encrypted, tls))
+        self.security.setToolTip(
+            ("end-to-end encrypted: the server relays what it cannot read" if encrypted
+             else "not end-to-end encrypted: the server can read the messages")
+            + (f"\n{connection}" if connection else ""))
+        self.security.setStyleSheet("" if tls else f"color: {WARNING_COLOUR};")
         self.verify_button.setVisible(encrypted)
         self.set_members([])
         self._set_chatting(True)

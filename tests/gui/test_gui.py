@@ -363,6 +363,9 @@ def test_tls_join_with_the_servers_ca_and_refusal_without(
         qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
         await until(lambda: in_room(window), "the room window, over TLS")
         assert window.joined is not None and window.joined.details.host
+        assert window.room.security.text() == "not encrypted · TLS"
+        assert "\njoined over TLS (certificate verified, key " in \
+            window.room.security.toolTip()
         type_line(window, qtbot, "/who")  # the chat itself runs as usual
         await until(lambda: "1 in the room: tess (host, you)" in scrollback(window),
                     "the /who answer")
@@ -439,6 +442,8 @@ def test_tls_by_default_pins_the_key_and_refuses_a_changed_one(
         await until(lambda: in_room(window), "the room window, over TLS")
         line = pins.read_text().strip()
         assert line.startswith(f"127.0.0.1:{server.tls_port} sha256:"), line
+        assert window.room.security.text() == "not encrypted · TLS"
+        assert "is now pinned in" in window.room.security.toolTip()
         assert window.current is not None
         window._left(window.current, then_close=True)  # as the leave dialog's "yes" does
         pins.write_text(f"127.0.0.1:{server.tls_port} sha256:{'A' * 43}\n")

@@ -79,6 +79,8 @@ def test_who_in_a_plain_room_lists_the_members_with_the_host_marked(
     async def scenario() -> None:
         await join_ocm_chat_host(gui, qtbot, server, clients, "carol", "dave", room)
         assert not gui.room.lock.isVisible()
+        assert gui.room.security.text() == "not encrypted · no TLS"
+        assert gui.room.security.toolTip().endswith("\njoined over plain TCRP (not TLS)")
         await until(lambda: member_rows(gui) == ["carol ★", "dave (you)"],
                     "the member list on entering")
         type_line(gui, qtbot, "/who")
@@ -111,6 +113,7 @@ def test_gui_creates_an_encrypted_room_and_chats_with_ocm_chat(
         link = e2e_link(gui)
         assert gui.joined is not None and gui.joined.details.e2e
         assert gui.room.lock.isVisible()
+        assert gui.room.security.text() == "end-to-end encrypted · no TLS"
         mine = fingerprint(link.identity.public())
         assert f"your key fingerprint (alice): {mine}" in scrollback(gui)
         assert list((tmp_path / "gui" / "ocm").glob("identity-*.json"))  # the GUI's own store
