@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from PySide6.QtCore import QEvent, QPoint, QSettings, Qt
+from PySide6.QtCore import QEvent, QPoint, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -55,6 +55,7 @@ from PySide6.QtWidgets import (
 from client import commands, known_servers, render
 from client.commands import Action, Command
 from client.e2e.identity import IdentityKeys, fingerprint
+from client.e2e.sas import SasShow
 from client.e2e_link import (
     E2ERoomLink,
     leave_datagram,
@@ -70,7 +71,7 @@ from client.gui.models import ConnectRequest, Unread
 from client.gui.room import RoomView
 from client.gui.sidebar import RoomList, RoomRow
 from client.gui.theme import Theme
-from client.gui.verify import VerifyDialog
+from client.gui.verify import SasDialog, VerifyDialog
 from client.joinflow import GUI_HINTS, pinning_tls_context
 from client.keystore import KeyStore, KeyStoreError
 from client.known_servers import KnownServers
@@ -150,6 +151,7 @@ class MainWindow(QMainWindow):
         self.current: RoomSession | None = None  # the room page last shown
         self.key_warnings: list[QMessageBox] = []  # the key-change dialogs shown
         self.verify_dialog: VerifyDialog | None = None
+        self.sas_dialogs: dict[tuple[RoomSession, str], SasDialog] = {}
         self.help_dialog: HelpDialog | None = None
         self.tasks = Tasks(self._task_failed)
         self.notifications: list[tuple[str, str]] = []  # the last few shown (for tests)
@@ -508,6 +510,7 @@ class MainWindow(QMainWindow):
         session.sent.clear()
         if isinstance(link, E2ERoomLink):
             link.on_key_changed = functools.partial(self.warn_key_changed, session=session)
+            link.on_sas = functools.partial(self._on_sas, session, link)
         self.show_session(session)
         try:
             await link.open()
@@ -810,6 +813,7 @@ class MainWindow(QMainWindow):
         dialog = VerifyDialog(link.joined.username, fingerprint(link.identity.public()),
                               member, fingerprint(keys), number, self)
         dialog.accepted.connect(functools.partial(self._verified, session, link, member))
+        dialog.emoji_requested.connect(functools.partial(self.start_sas, member, session))
         self.verify_dialog = dialog
         dialog.open()
         return dialog
@@ -818,6 +822,63 @@ class MainWindow(QMainWindow):
         self.verify_dialog = None
         for line in link.verify(member):
             session.view.append(line)
+        if link is session.link and session.members:
+            self._show_members(session, link, session.members)
+
+    def start_sas(self, member: str, session: RoomSession) -> SasDialog | None:
+        """*Compare emoji…*: start the interactive verification with ``member``
+        (``E2ERoomLink.sas_start``) and show its dialog, waiting for the emoji."""
+        link = session.link
+        if not isinstance(link, E2ERoomLink):
+            return None
+        for line in link.sas_start(member):
+            session.view.append(line)
+        if member not in link.sas:  # could not start: the conversation says why
+            return None
+        return self._sas_dialog(session, link, member)
+
+    def _sas_dialog(self, session: RoomSession, link: E2ERoomLink, member: str) -> SasDialog:
+        dialog = self.sas_dialogs.get((session, member))
+        if dialog is None:
+            dialog = SasDialog(member, self)
+            dialog.matched.connect(functools.partial(self._sas_matched, session, link, member))
+            dialog.cancelled.connect(
+                functools.partial(self._sas_cancelled, session, link, member))
+            self.sas_dialogs[(session, member)] = dialog
+            dialog.open()
+        return dialog
+
+    def _on_sas(self, session: RoomSession, link: E2ERoomLink, member: str,
+                show: SasShow | None) -> None:
+        """``E2ERoomLink.on_sas``: the emoji to compare (opening the dialog when
+        ``member`` asked), or the verification is over (``None``)."""
+        if link is not session.link:
+            return
+        if show is not None:
+            self._sas_dialog(session, link, member).show_sas(show)
+            return
+        self._sas_over(session, link, member)
+
+    def _sas_matched(self, session: RoomSession, link: E2ERoomLink, member: str) -> None:
+        for line in link.sas_confirm(member):
+            session.view.append(line)
+        if member not in link.sas:  # verified at once, or failed
+            self._sas_over(session, link, member)
+
+    def _sas_cancelled(self, session: RoomSession, link: E2ERoomLink, member: str) -> None:
+        self.sas_dialogs.pop((session, member), None)
+        if member in link.sas:
+            for line in link.sas_cancel(member):
+                session.view.append(line)
+
+    def _sas_over(self, session: RoomSession, link: E2ERoomLink, member: str) -> None:
+        dialog = self.sas_dialogs.pop((session, member), None)
+        if dialog is not None:
+            dialog.finish()
+        QTimer.singleShot(0, functools.partial(self._members_again, session, link))
+
+    def _members_again(self, session: RoomSession, link: E2ERoomLink) -> None:
+        """The member list once the link has marked (or not) the member verified."""
         if link is session.link and session.members:
             self._show_members(session, link, session.members)
 
