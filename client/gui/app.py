@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from PySide6.QtCore import QEvent, QPoint, QSettings, Qt
+from PySide6.QtCore import QEvent, QPoint, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -55,6 +55,7 @@ from PySide6.QtWidgets import (
 from client import commands, known_servers, render
 from client.commands import Action, Command
 from client.e2e.identity import IdentityKeys, fingerprint
+from client.e2e.sas import SasShow
 from client.e2e_link import (
     E2ERoomLink,
     leave_datagram,
@@ -70,11 +71,11 @@ from client.gui.models import ConnectRequest, Unread
 from client.gui.room import RoomView
 from client.gui.sidebar import RoomList, RoomRow
 from client.gui.theme import Theme
-from client.gui.verify import VerifyDialog
+from client.gui.verify import SasDialog, VerifyDialog
 from client.joinflow import GUI_HINTS, pinning_tls_context
 from client.keystore import KeyStore, KeyStoreError
 from client.known_servers import KnownServers
-from client.link import RoomLink
+from client.link import Resumed, RoomLink, SendState
 from client.refusals import Field
 from client.render import Kind, Line, MessageTooLong
 from client.session import (
@@ -85,6 +86,7 @@ from client.session import (
     NoEncryptedRooms,
     TcrpTarget,
     client_tls_context,
+    describe_connection,
 )
 from client.session_aio import join_room_async
 from wire.chat import Notice
@@ -94,6 +96,7 @@ from wire.tcrp import Request, RequestBody
 
 NOTIFY_KEY: Final = "notifications"
 THEME_KEY: Final = "theme"
+RESUMED_SHOWN_MS: Final = 6000  # how long "Reconnected: …" stays in the banner
 
 
 @dataclass(eq=False)
@@ -111,6 +114,8 @@ class RoomSession:
     members_stale: bool = False
     room_gone: bool = False  # how the chat ended: rejoin, or create it again
     encrypted: bool = False
+    sent: dict[int, int] = field(default_factory=dict)  # our message id -> its entry
+    gaps_before: int | None = None  # the link's gaps when a resume began
     preview: str = ""  # the last message, under the room's name in the list
 
     def heard(self, line: Line) -> None:
@@ -146,6 +151,7 @@ class MainWindow(QMainWindow):
         self.current: RoomSession | None = None  # the room page last shown
         self.key_warnings: list[QMessageBox] = []  # the key-change dialogs shown
         self.verify_dialog: VerifyDialog | None = None
+        self.sas_dialogs: dict[tuple[RoomSession, str], SasDialog] = {}
         self.help_dialog: HelpDialog | None = None
         self.tasks = Tasks(self._task_failed)
         self.notifications: list[tuple[str, str]] = []  # the last few shown (for tests)
@@ -322,6 +328,7 @@ class MainWindow(QMainWindow):
         view.close_clicked.connect(functools.partial(self.close_session, session))
         view.caught_up.connect(functools.partial(self._caught_up, session))
         view.verify_clicked.connect(functools.partial(self.open_verify, session=session))
+        view.retry_clicked.connect(functools.partial(self._retry_in, session))
         view.member_panel.setVisible(self.members_action.isChecked())
         view.members_button.setChecked(self.members_action.isChecked())
         return session
@@ -334,7 +341,8 @@ class MainWindow(QMainWindow):
                                  username, encrypted=encrypted)
         session = self._new_session(request)
         session.encrypted = encrypted
-        session.view.enter(room, username, host, max_message, encrypted=encrypted)
+        session.view.enter(room, username, host, max_message, encrypted=encrypted,
+                           tls=request.tls)
         self.show_session(session)
         self._refresh_row(session)
         return session.view
@@ -490,12 +498,19 @@ class MainWindow(QMainWindow):
         link = room_link(joined, functools.partial(self._on_line, session), store, identity)
         session.encrypted = isinstance(link, E2ERoomLink)
         session.view.enter(request.room, joined.username, host, link.max_message,
-                           encrypted=session.encrypted, keep=rejoin)
+                           encrypted=session.encrypted, keep=rejoin,
+                           tls=joined.tcrp is not None and joined.tcrp.tls is not None,
+                           connection=describe_connection(joined))
         session.members = ()
         session.room_gone = False
         link.on_notice = functools.partial(self._on_notice, session)
+        link.on_send_state = functools.partial(self._on_send_state, session, link)
+        link.on_status = functools.partial(self._on_link_status, session, link)
+        link.on_resumed = functools.partial(self._on_resumed, session, link)
+        session.sent.clear()
         if isinstance(link, E2ERoomLink):
             link.on_key_changed = functools.partial(self.warn_key_changed, session=session)
+            link.on_sas = functools.partial(self._on_sas, session, link)
         self.show_session(session)
         try:
             await link.open()
@@ -587,9 +602,51 @@ class MainWindow(QMainWindow):
             line = render.chat_line(session.joined.username, command.text, own=True)
             view.log.clear_unread()
             view.append(line)
+            link = session.link
+            if link.reliable is not None and link.last_id not in session.sent:
+                session.sent[link.last_id] = len(view.log.entries) - 1
+                self._on_send_state(session, link, link.last_id, SendState.PENDING, "")
             view.scroll_to_bottom()
             session.heard(line)
             self._refresh_row(session)
+
+    def _on_send_state(self, session: RoomSession, link: RoomLink, msg_id: int,
+                       state: SendState, _text: str) -> None:
+        """One of our messages moved on: 🕓 while pending, ⚠ once it failed, nothing
+        once the relay has it."""
+        if link is not session.link:
+            return
+        entry = session.sent.get(msg_id)
+        if entry is None:  # still being sent: ``submit_in`` shows it once it is shown
+            return
+        session.view.set_status(entry, models.SEND_STATE_MARKS.get(state.value, ""))
+        if state in (SendState.SENT, SendState.REFUSED):
+            session.sent.pop(msg_id, None)
+
+    def _on_link_status(self, session: RoomSession, link: RoomLink) -> None:
+        """``Reconnecting…`` while the link resumes; the failed messages' count."""
+        if link is not session.link:
+            return
+        if link.reconnecting:
+            if session.gaps_before is None:
+                session.gaps_before = link.gaps
+            session.view.show_connection("Reconnecting…")
+        session.view.show_failed(len(link.failed))
+
+    def _on_resumed(self, session: RoomSession, link: RoomLink, outcome: Resumed) -> None:
+        """Say briefly how the resume went."""
+        lost = link.gaps - (session.gaps_before or 0)
+        session.gaps_before = None
+        if link is not session.link or outcome is Resumed.NO:
+            session.view.show_connection("")
+            return
+        session.view.show_connection(models.resumed_text(lost), RESUMED_SHOWN_MS)
+
+    def _retry_in(self, session: RoomSession) -> None:
+        """The *Retry* beside the undelivered count: the link sends them again."""
+        if session.link is not None:
+            session.link.retry()
+            session.view.show_failed(len(session.link.failed))
 
     def retry_failed(self) -> None:
         """*Room › Retry failed messages* (``/retry``): the link answers (reliable delivery
@@ -756,6 +813,7 @@ class MainWindow(QMainWindow):
         dialog = VerifyDialog(link.joined.username, fingerprint(link.identity.public()),
                               member, fingerprint(keys), number, self)
         dialog.accepted.connect(functools.partial(self._verified, session, link, member))
+        dialog.emoji_requested.connect(functools.partial(self.start_sas, member, session))
         self.verify_dialog = dialog
         dialog.open()
         return dialog
@@ -764,6 +822,63 @@ class MainWindow(QMainWindow):
         self.verify_dialog = None
         for line in link.verify(member):
             session.view.append(line)
+        if link is session.link and session.members:
+            self._show_members(session, link, session.members)
+
+    def start_sas(self, member: str, session: RoomSession) -> SasDialog | None:
+        """*Compare emoji…*: start the interactive verification with ``member``
+        (``E2ERoomLink.sas_start``) and show its dialog, waiting for the emoji."""
+        link = session.link
+        if not isinstance(link, E2ERoomLink):
+            return None
+        for line in link.sas_start(member):
+            session.view.append(line)
+        if member not in link.sas:  # could not start: the conversation says why
+            return None
+        return self._sas_dialog(session, link, member)
+
+    def _sas_dialog(self, session: RoomSession, link: E2ERoomLink, member: str) -> SasDialog:
+        dialog = self.sas_dialogs.get((session, member))
+        if dialog is None:
+            dialog = SasDialog(member, self)
+            dialog.matched.connect(functools.partial(self._sas_matched, session, link, member))
+            dialog.cancelled.connect(
+                functools.partial(self._sas_cancelled, session, link, member))
+            self.sas_dialogs[(session, member)] = dialog
+            dialog.open()
+        return dialog
+
+    def _on_sas(self, session: RoomSession, link: E2ERoomLink, member: str,
+                show: SasShow | None) -> None:
+        """``E2ERoomLink.on_sas``: the emoji to compare (opening the dialog when
+        ``member`` asked), or the verification is over (``None``)."""
+        if link is not session.link:
+            return
+        if show is not None:
+            self._sas_dialog(session, link, member).show_sas(show)
+            return
+        self._sas_over(session, link, member)
+
+    def _sas_matched(self, session: RoomSession, link: E2ERoomLink, member: str) -> None:
+        for line in link.sas_confirm(member):
+            session.view.append(line)
+        if member not in link.sas:  # verified at once, or failed
+            self._sas_over(session, link, member)
+
+    def _sas_cancelled(self, session: RoomSession, link: E2ERoomLink, member: str) -> None:
+        self.sas_dialogs.pop((session, member), None)
+        if member in link.sas:
+            for line in link.sas_cancel(member):
+                session.view.append(line)
+
+    def _sas_over(self, session: RoomSession, link: E2ERoomLink, member: str) -> None:
+        dialog = self.sas_dialogs.pop((session, member), None)
+        if dialog is not None:
+            dialog.finish()
+        QTimer.singleShot(0, functools.partial(self._members_again, session, link))
+
+    def _members_again(self, session: RoomSession, link: E2ERoomLink) -> None:
+        """The member list once the link has marked (or not) the member verified."""
         if link is session.link and session.members:
             self._show_members(session, link, session.members)
 

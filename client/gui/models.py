@@ -241,6 +241,24 @@ class Unread:
         self.count = 0
 
 
+def security_text(encrypted: bool, tls: bool) -> str:
+    """The room header's note: end-to-end encrypted or not, joined over TLS or not."""
+    return (("end-to-end encrypted" if encrypted else "not encrypted")
+            + (" · TLS" if tls else " · no TLS"))
+
+
+SEND_STATE_MARKS: Final = {"pending": "🕓", "failed": "⚠ not delivered",
+                            "refused": "⚠ refused"}
+"""Beside our message's time, by ``client.link.SendState`` value (delivered: nothing)."""
+
+
+def resumed_text(lost: int) -> str:
+    """The banner after a resume: everything came back, or how much did not."""
+    if lost <= 0:
+        return "Reconnected: everything recovered"
+    return f"Reconnected: {lost} message{'s' if lost != 1 else ''} could not be recovered"
+
+
 def window_title(room: str | None, unread: int) -> str:
     """``(3) room — OCM``: the unread count first, so it shows in a narrow task bar."""
     base = "OCM" if room is None else f"{render.sanitize(room)} — OCM"

@@ -15,8 +15,10 @@ A view only: it shows ``render.Line``s (already sanitised by the shared library)
 - The member panel: one row per member (name, "(you)", ★ host, 🔒 a key in an
   encrypted room, ✔ verified, ⚠ key changed); the selected member's details (role,
   key fingerprint, its state) under the list, with *Verify…*.
-- ``connection_banner`` is the place for the link's state (reconnecting, offline);
-  ``set_status`` shows a message's delivery state beside its time.
+- ``connection_banner`` shows the link's state ("Reconnecting…", then briefly how the
+  resume went); ``set_status`` shows a message's delivery state beside its time (🕓
+  pending, ⚠ not delivered); a bar over the input counts the undelivered ones, with
+  *Retry*.
 - When the chat ends (left, closed, disconnected) the page stays readable, greyed, with
   the reason and *Rejoin* / *Close*.
 """
@@ -26,7 +28,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFontDatabase, QKeyEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -120,6 +122,7 @@ class RoomView(QWidget):
     rejoin_clicked = Signal()
     close_clicked = Signal()
     verify_clicked = Signal(str)  # the member to compare safety numbers with
+    retry_clicked = Signal()  # send the failed messages again
     caught_up = Signal()  # the view reached the bottom: everything is seen
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -142,6 +145,9 @@ class RoomView(QWidget):
         self.connection_banner.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.connection_banner.hide()
         outer.addWidget(self.connection_banner)
+        self._banner_timer = QTimer(self)
+        self._banner_timer.setSingleShot(True)
+        self._banner_timer.timeout.connect(self.connection_banner.hide)
         outer.addWidget(self._search_bar())
 
         self.log = ChatView()
@@ -156,6 +162,7 @@ class RoomView(QWidget):
         self.marker.clicked.connect(self.scroll_to_bottom)
         self.marker.hide()
         column.addWidget(self.marker, 0, Qt.AlignmentFlag.AlignHCenter)
+        column.addWidget(self._failed_bar())
         column.addWidget(self._ended_banner())
         column.addWidget(self._composer())
 
@@ -184,6 +191,8 @@ class RoomView(QWidget):
         self.title.setFont(font)
         self.role = QLabel("")
         self.role.setObjectName("subdued")
+        self.security = QLabel("")  # encrypted or not, over TLS or not: always said
+        self.security.setObjectName("room-security")
         self.search_button = QToolButton()
         self.search_button.setText("Search")
         self.search_button.setToolTip("search this room (Ctrl+F)")
@@ -200,6 +209,7 @@ class RoomView(QWidget):
         row.addWidget(self.lock)
         row.addWidget(self.title)
         row.addWidget(self.role)
+        row.addWidget(self.security)
         row.addStretch(1)
         for widget in (self.search_button, self.members_button, self.leave_button):
             row.addWidget(widget)
@@ -252,6 +262,21 @@ class RoomView(QWidget):
         banner.addWidget(self.close_button)
         self.banner.hide()
         return self.banner
+
+    def _failed_bar(self) -> QWidget:
+        self.failed_bar = QFrame()
+        self.failed_bar.setObjectName("failed-bar")
+        row = QHBoxLayout(self.failed_bar)
+        row.setContentsMargins(12, 4, 8, 4)
+        self.failed_text = QLabel("")
+        self.failed_text.setStyleSheet(f"color: {WARNING_COLOUR};")
+        self.retry_button = QPushButton("Retry")
+        self.retry_button.setToolTip("send the messages that were not delivered again (/retry)")
+        self.retry_button.clicked.connect(self.retry_clicked)
+        row.addWidget(self.failed_text, 1)
+        row.addWidget(self.retry_button)
+        self.failed_bar.hide()
+        return self.failed_bar
 
     def _composer(self) -> QWidget:
         box = QFrame()
@@ -310,8 +335,10 @@ class RoomView(QWidget):
 
     # -- what the main window calls -------------------------------------------------------------
     def enter(self, room: str, username: str, host: bool, max_message: int,
-              encrypted: bool = False, keep: bool = False) -> None:
-        """Start showing a membership; ``keep``: a rejoin, the conversation stays."""
+              encrypted: bool = False, keep: bool = False, tls: bool = False,
+              connection: str = "") -> None:
+        """Start showing a membership; ``keep``: a rejoin, the conversation stays;
+        ``tls``: joined over TLS; ``connection``: how (the header's tooltip)."""
         if not keep:
             self.scrollback = Scrollback()
             self.log.clear()
@@ -324,6 +351,12 @@ class RoomView(QWidget):
                           + (" · host (leaving closes the room)" if host else ""))
         self.encrypted = encrypted
         self.lock.setVisible(encrypted)
+        self.security.setText(models.security_text(encrypted, tls))
+        self.security.setToolTip(
+            ("end-to-end encrypted: the server relays what it cannot read" if encrypted
+             else "not end-to-end encrypted: the server can read the messages")
+            + (f"\n{connection}" if connection else ""))
+        self.security.setStyleSheet("" if tls else f"color: {WARNING_COLOUR};")
         self.verify_button.setVisible(encrypted)
         self.set_members([])
         self._set_chatting(True)
@@ -361,6 +394,8 @@ class RoomView(QWidget):
         """The chat is over: say why, offer rejoin and close; the conversation stays,
         greyed, the input off."""
         self.banner_text.setText(text)
+        self.show_connection("")
+        self.failed_bar.hide()
         self.rejoin_button.setVisible(can_rejoin)
         self.banner.show()
         self._set_chatting(False)
@@ -403,6 +438,21 @@ class RoomView(QWidget):
     def set_status(self, entry: int, text: str) -> None:
         """A message's delivery state beside its time ("" clears it)."""
         self.log.set_status(entry, text)
+
+    def show_connection(self, text: str, for_ms: int = 0) -> None:
+        """The link's state in ``connection_banner`` ("" hides it); ``for_ms``: only
+        that long (an outcome, not a state)."""
+        self._banner_timer.stop()
+        self.connection_banner.setText(text)
+        self.connection_banner.setVisible(bool(text))
+        if text and for_ms:
+            self._banner_timer.start(for_ms)
+
+    def show_failed(self, count: int) -> None:
+        """How many of our messages were not delivered, with *Retry* (0 hides it)."""
+        self.failed_text.setText(
+            f"⚠ {count} message{'s' if count != 1 else ''} not delivered")
+        self.failed_bar.setVisible(count > 0)
 
     # -- search ---------------------------------------------------------------------------------
     def open_search(self) -> None:

@@ -7,6 +7,7 @@ thread so the window keeps running meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import socket
@@ -22,6 +23,7 @@ from pytestqt.qtbot import QtBot
 
 from client.gui.app import MainWindow
 from client.refusals import Field
+from client.reliable import SEND_FAIL_AFTER_S
 from tests.gui.conftest import in_thread, run, until
 from tests.integration.harness import Server, free_udp_port, start_server
 from tests.integration.test_client_script import Client
@@ -361,6 +363,9 @@ def test_tls_join_with_the_servers_ca_and_refusal_without(
         qtbot.mouseClick(screen.connect_button, Qt.MouseButton.LeftButton)
         await until(lambda: in_room(window), "the room window, over TLS")
         assert window.joined is not None and window.joined.details.host
+        assert window.room.security.text() == "not encrypted · TLS"
+        assert "\njoined over TLS (certificate verified, key " in \
+            window.room.security.toolTip()
         type_line(window, qtbot, "/who")  # the chat itself runs as usual
         await until(lambda: "1 in the room: tess (host, you)" in scrollback(window),
                     "the /who answer")
@@ -437,6 +442,8 @@ def test_tls_by_default_pins_the_key_and_refuses_a_changed_one(
         await until(lambda: in_room(window), "the room window, over TLS")
         line = pins.read_text().strip()
         assert line.startswith(f"127.0.0.1:{server.tls_port} sha256:"), line
+        assert window.room.security.text() == "not encrypted · TLS"
+        assert "is now pinned in" in window.room.security.toolTip()
         assert window.current is not None
         window._left(window.current, then_close=True)  # as the leave dialog's "yes" does
         pins.write_text(f"127.0.0.1:{server.tls_port} sha256:{'A' * 43}\n")
@@ -451,3 +458,58 @@ def test_tls_by_default_pins_the_key_and_refuses_a_changed_one(
     finally:
         window.quit_now()
         window.deleteLater()
+
+
+def test_pending_failed_retry_and_reconnecting(
+        window: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client]) -> None:
+    room = room_name()
+
+    async def scenario() -> None:
+        fill(window, qtbot, server.tcp_port, "alice", room, create=True)
+        await until(lambda: in_room(window), "the room window")
+        bob = spawn_chat(clients, server, "--join", room, "--user", "bob")
+        await until(lambda: "bob joined" in window.room.log.toPlainText(), "bob's notice")
+        view, link = window.room, window.link
+        assert link is not None and link.reliable is not None
+        # Delivered: the clock goes away once the relay acknowledges.
+        type_line(window, qtbot, "hello")
+        entry = len(view.log.entries) - 1
+        await in_thread(bob.expect_line, "alice: hello")
+        await until(lambda: entry not in view.log.status, "the acknowledgement")
+        # A loss the test controls: nothing leaves; the message stays pending (🕓).
+        send = link._send
+        link._send = lambda data: None  # type: ignore[method-assign]
+        type_line(window, qtbot, "lost")
+        entry = len(view.log.entries) - 1
+        assert view.log.status.get(entry) == "🕓"
+        assert not view.failed_bar.isVisibleTo(view)
+        # Its resend deadline passes: failed, marked, counted, with Retry.
+        clock = link.clock
+        link.clock = lambda: clock() + SEND_FAIL_AFTER_S + 1
+        link._on_timer()
+        await until(lambda: view.log.status.get(entry) == "⚠ not delivered", "the failure")
+        assert view.failed_bar.isVisibleTo(view)
+        assert view.failed_text.text() == "⚠ 1 message not delivered"
+        link.clock = clock
+        link._send = send  # type: ignore[method-assign]
+        qtbot.mouseClick(view.retry_button, Qt.MouseButton.LeftButton)
+        assert view.log.status.get(entry) == "🕓"
+        assert not view.failed_bar.isVisibleTo(view)
+        await in_thread(bob.expect_line, "alice: lost")
+        await until(lambda: entry not in view.log.status, "the retried message's ack")
+        # A resume: "Reconnecting…" meanwhile, then how it went, briefly.
+        resuming = asyncio.ensure_future(link.resume("127.0.0.1"))
+        await asyncio.sleep(0)  # the resume's first step: the status says reconnecting
+        assert view.connection_banner.isVisibleTo(view)
+        assert view.connection_banner.text() == "Reconnecting…"
+        await asyncio.wait_for(resuming, 30)
+        await until(lambda: view.connection_banner.text()
+                    == "Reconnected: everything recovered", "the resume's outcome")
+        assert view.connection_banner.isVisibleTo(view)
+        type_line(window, qtbot, "after")
+        await in_thread(bob.expect_line, "alice: after")
+        await until(lambda: not view.connection_banner.isVisibleTo(view),
+                    "the outcome to go away", timeout=30)
+
+    run(loop, scenario())

@@ -71,6 +71,15 @@ def e2e_link(window: MainWindow) -> E2ERoomLink:
     return link
 
 
+async def create_encrypted(gui: MainWindow, qtbot: QtBot, server: Server, user: str,
+                           room: str) -> None:
+    """The window creates ``room`` end-to-end encrypted, as ``user``."""
+    gui.connect_screen.create_mode.setChecked(True)
+    gui.connect_screen.encrypted.setChecked(True)
+    fill(gui, qtbot, server.tcp_port, user, room, create=True)
+    await until(lambda: in_room(gui), "the room window")
+
+
 def test_who_in_a_plain_room_lists_the_members_with_the_host_marked(
         gui: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
         clients: list[Client]) -> None:
@@ -79,6 +88,8 @@ def test_who_in_a_plain_room_lists_the_members_with_the_host_marked(
     async def scenario() -> None:
         await join_ocm_chat_host(gui, qtbot, server, clients, "carol", "dave", room)
         assert not gui.room.lock.isVisible()
+        assert gui.room.security.text() == "not encrypted · no TLS"
+        assert gui.room.security.toolTip().endswith("\njoined over plain TCRP (not TLS)")
         await until(lambda: member_rows(gui) == ["carol ★", "dave (you)"],
                     "the member list on entering")
         type_line(gui, qtbot, "/who")
@@ -104,13 +115,11 @@ def test_gui_creates_an_encrypted_room_and_chats_with_ocm_chat(
     room = room_name()
 
     async def scenario() -> None:
-        gui.connect_screen.create_mode.setChecked(True)
-        gui.connect_screen.encrypted.setChecked(True)
-        fill(gui, qtbot, server.tcp_port, "alice", room, create=True)
-        await until(lambda: in_room(gui), "the room window")
+        await create_encrypted(gui, qtbot, server, "alice", room)
         link = e2e_link(gui)
         assert gui.joined is not None and gui.joined.details.e2e
         assert gui.room.lock.isVisible()
+        assert gui.room.security.text() == "end-to-end encrypted · no TLS"
         mine = fingerprint(link.identity.public())
         assert f"your key fingerprint (alice): {mine}" in scrollback(gui)
         assert list((tmp_path / "gui" / "ocm").glob("identity-*.json"))  # the GUI's own store
@@ -210,5 +219,67 @@ def test_a_changed_key_opens_a_warning_and_marks_messages_unverified(
         await until(lambda: "bob: verified now" in scrollback(gui), "an unmarked message")
         impostor.close_stdin()
         assert await in_thread(impostor.wait) == 0
+
+    run(loop, scenario())
+
+
+def test_emoji_verification_from_the_verify_dialog_with_ocm_chat(
+        gui: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        clients: list[Client], tmp_path: Path) -> None:
+    """*Compare emoji…* starts SAS with an ``ocm-chat`` peer: the dialog shows the emoji
+    and numbers bob sees; *They match* on both sides marks bob verified; a second round
+    that bob cancels closes the dialog and marks nothing."""
+    room = room_name()
+
+    async def scenario() -> None:
+        await create_encrypted(gui, qtbot, server, "alice", room)
+        bob = spawn_chat(clients, server, "--join", room, "--user", "bob",
+                         env=keys_env(tmp_path, "bob"))
+        await until(lambda: member_rows(gui) == ["alice (you) ★ 🔒", "bob 🔒"],
+                    "bob in the member list")
+        bob.send("hello")  # the Olm sessions answer both ways before the verification
+        await until(lambda: "bob: hello" in scrollback(gui), "bob's message")
+        gui.room.members.item(1).setSelected(True)
+        qtbot.mouseClick(gui.room.verify_button, Qt.MouseButton.LeftButton)
+        verify = await until(lambda: gui.verify_dialog, "the verify dialog")
+        verify.emoji_button.click()
+        assert not verify.isVisible()
+        dialog = await until(lambda: gui.sas_dialogs.get((gui.current, "bob")), "SAS dialog")
+        assert not dialog.match_button.isEnabled()  # nothing to compare yet
+        await in_thread(bob.expect, r"alice asks to verify your keys")
+        emoji_bob = (await in_thread(bob.expect, r"^\*   \S")).strip(" *")
+        numbers_bob = (await in_thread(bob.expect, r"or the numbers \d+ \d+ \d+$")
+                       ).rsplit("numbers ", 1)[1]
+        await until(lambda: dialog.match_button.isEnabled(), "the emoji")
+        assert "  ".join(f"{s} {n}" for s, n in dialog.emoji) == emoji_bob
+        assert dialog.decimals.text().split() == numbers_bob.split()
+        assert member_rows(gui)[1] == "bob 🔒"  # nothing marked before both confirm
+        qtbot.mouseClick(dialog.match_button, Qt.MouseButton.LeftButton)
+        assert dialog.isVisible() and "waiting for bob" in dialog.state.text()
+        await in_thread(bob.expect, r"alice confirmed")
+        bob.send("/verify alice sas match")
+        await in_thread(bob.expect, r"^\* alice is now marked verified$")
+        await until(lambda: not dialog.isVisible(), "the dialog to close")
+        await until(lambda: member_rows(gui)[1] == "bob 🔒 ✔", "bob marked verified")
+        assert "bob is now marked verified" in scrollback(gui)
+        assert not gui.sas_dialogs
+        # bob starts one and cancels it: the GUI's dialog opens on its own, then closes.
+        bob.send("/verify alice sas")
+        second = await until(lambda: gui.sas_dialogs.get((gui.current, "bob")),
+                             "the dialog bob's request opens")
+        await until(lambda: second.match_button.isEnabled(), "the emoji")
+        bob.send("/verify alice sas cancel")
+        await until(lambda: not second.isVisible(), "the dialog to close")
+        assert "bob cancelled the verification" in scrollback(gui)
+        assert not gui.sas_dialogs
+        # The GUI cancels one: bob is told.
+        third = gui.start_sas("bob", gui.current)
+        assert third is not None
+        await in_thread(bob.expect, r"alice asks to verify your keys")
+        qtbot.mouseClick(third.cancel_button, Qt.MouseButton.LeftButton)
+        await in_thread(bob.expect, r"alice cancelled the verification")
+        assert "verification with bob cancelled" in scrollback(gui)
+        bob.close_stdin()
+        assert await in_thread(bob.wait) == 0
 
     run(loop, scenario())

@@ -138,3 +138,15 @@ def test_member_rows_mark_the_host_us_and_each_keys_trust() -> None:
                                "bo\x1b", None)
     assert [(r.label(), r.fingerprint, r.trust) for r in plain] == [
         ("ann (host)", None, None), ("bo\\x1b (you)", None, None)]
+
+
+def test_resumed_text_says_how_many_could_not_be_recovered() -> None:
+    assert models.resumed_text(0) == "Reconnected: everything recovered"
+    assert models.resumed_text(1) == "Reconnected: 1 message could not be recovered"
+    assert models.resumed_text(3) == "Reconnected: 3 messages could not be recovered"
+
+
+def test_security_text_always_says_encryption_and_tls() -> None:
+    assert models.security_text(True, True) == "end-to-end encrypted · TLS"
+    assert models.security_text(False, False) == (
+        "not encrypted · no TLS")
