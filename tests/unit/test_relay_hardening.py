@@ -4,6 +4,7 @@ registered-but-unproven addresses on a delivery budget, Stage 1 rate and address
 from __future__ import annotations
 
 import gc
+import secrets
 import time
 
 from relay.core import DEADLINE_COMPACT_SLACK, GlobalChat, Member, RelayCore
@@ -13,7 +14,9 @@ from wire.codes import Framing
 from wire.limits import UNPROVEN_MAX_DELIVERIES
 
 IP = "127.0.0.1"
-TA, TB = b"A" + b"a" * 32, b"A" + b"b" * 32
+# Tokens of this module only: the gc-based checks below look members up by token, and
+# members that other test modules leave alive (their cores, their workers) must not match.
+TA, TB = b"A" + secrets.token_hex(16).encode(), b"A" + secrets.token_hex(16).encode()
 
 
 def _members_with(token: bytes) -> list[Member]:
