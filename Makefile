@@ -102,10 +102,17 @@ gui-test-deps:
 # last figures), wire/ at 100 %. The coverage CLI enforces both (exit 2 below them).
 COV_FLOOR ?= 90
 
+#
+# TEST_JOBS pytest workers (pytest-xdist; `auto`: one per core) each take whole test files,
+# so a module's fixtures and its tests' order stay as written. The packages are compiled to
+# bytecode first: every server, worker and client a test starts imports them, and with
+# PYTHONDONTWRITEBYTECODE set each process would otherwise compile them again.
+TEST_JOBS ?= auto
 test: $(STAMP) gui-system-libs gui-test-deps redis-server
 	rm -f .coverage .coverage.*
-	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider --durations=20 --cov \
-		--cov-report=term-missing:skip-covered tests
+	$(PY) -m compileall -q wire runtime control relay client loadgen tests >/dev/null
+	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) \
+		--dist loadfile --durations=20 --cov --cov-report=term-missing:skip-covered tests
 	@echo "total coverage, floor $(COV_FLOOR) %:"
 	$(PY) -m coverage report --precision=2 --format=total --fail-under=$(COV_FLOOR)
 	$(PY) -m coverage report --include='wire/*' --show-missing --fail-under=100
