@@ -104,7 +104,8 @@ COV_FLOOR ?= 90
 
 #
 # TEST_JOBS pytest workers (pytest-xdist; `auto`: one per core) each take whole test files,
-# so a module's fixtures and its tests' order stay as written. The packages are compiled to
+# so a module's fixtures and its tests' order stay as written; the files that load the
+# machine run one after the other (tests/conftest.py, HEAVY_FILES). The packages are compiled to
 # bytecode first: every server, worker and client a test starts imports them, and with
 # PYTHONDONTWRITEBYTECODE set each process would otherwise compile them again.
 TEST_JOBS ?= auto
@@ -112,7 +113,7 @@ test: $(STAMP) gui-system-libs gui-test-deps redis-server
 	rm -f .coverage .coverage.*
 	$(PY) -m compileall -q wire runtime control relay client loadgen tests >/dev/null
 	OCM_REQUIRE_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) \
-		--dist loadfile --durations=20 --cov --cov-report=term-missing:skip-covered tests
+		--dist loadgroup --durations=20 --cov --cov-report=term-missing:skip-covered tests
 	@echo "total coverage, floor $(COV_FLOOR) %:"
 	$(PY) -m coverage report --precision=2 --format=total --fail-under=$(COV_FLOOR)
 	$(PY) -m coverage report --include='wire/*' --show-missing --fail-under=100

@@ -16,9 +16,37 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("OCM_ADMIN_PORT", "-1")
 os.environ.setdefault("OCM_TLS_PORT", "0")
 if "OCM_STATE_DIR" not in os.environ:
     _state = tempfile.mkdtemp(prefix="ocm-test-state-")
     os.environ["OCM_STATE_DIR"] = os.path.join(_state, "ocm")
     atexit.register(shutil.rmtree, _state, True)
+
+
+# --- make test in parallel (pytest-xdist, --dist loadgroup) ----------------------------------
+# Each test file is one group, run whole by one pytest worker: a module's fixtures (its
+# servers) start once and its tests keep their written order. The files that load the
+# machine (load generators, floods, fuzzing a live server, memory under churn) share one
+# group, so they run one after the other and never against each other: their thresholds
+# (loss, join latency, a flood's count within its time) assume the other worker is running
+# only ordinary tests.
+HEAVY_FILES = frozenset({
+    "tests/fuzz/test_fuzz_server.py",
+    "tests/integration/test_churn_memory.py",
+    "tests/integration/test_cluster.py",
+    "tests/integration/test_floods.py",
+    "tests/integration/test_loadgen_e2e.py",
+    "tests/integration/test_loadgen_encrypted.py",
+    "tests/integration/test_loadgen_loss.py",
+    "tests/integration/test_percore_tokens.py",
+    "tests/integration/test_stage1_flood.py",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("heavy" if path in HEAVY_FILES else path))
