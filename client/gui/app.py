@@ -7,7 +7,7 @@ request, its membership (``Joined``) and link, its page and its unread count.
 
 ``MainWindow`` owns the memberships: it joins with ``client.session_aio.join_room_async``
 (on the loop, so the window never waits on the network) with this device's public keys
-(``client.e2e_link.load_identity``: the key store ``ocm-chat`` uses), opens the link
+(``client.e2e_link.IdentityChoice``: the key store ``ocm-chat`` uses), opens the link
 ``client.e2e_link.room_link`` picks (``RoomLink``, or ``E2ERoomLink`` in an encrypted
 room: the same links ``ocm-chat`` uses) and routes its lines to the room's page; it reads
 typed input with ``client.commands`` and leaves cleanly when asked, when the window
@@ -58,9 +58,10 @@ from client.e2e.identity import IdentityKeys, fingerprint
 from client.e2e.sas import SasShow
 from client.e2e_link import (
     E2ERoomLink,
+    IdentityChoice,
     leave_datagram,
-    load_identity,
     must_be_encrypted,
+    open_store,
     room_link,
 )
 from client.gui import models, theme
@@ -73,7 +74,7 @@ from client.gui.sidebar import RoomList, RoomRow
 from client.gui.theme import Theme
 from client.gui.verify import SasDialog, VerifyDialog
 from client.joinflow import GUI_HINTS, pinning_tls_context
-from client.keystore import KeyStore, KeyStoreError
+from client.keystore import KeyStore
 from client.known_servers import KnownServers
 from client.link import Resumed, RoomLink, SendState
 from client.refusals import Field
@@ -456,27 +457,25 @@ class MainWindow(QMainWindow):
                 tls = client_tls_context(request.ca_file)
             except OSError as exc:
                 return failed(Field.SERVER, f"Cannot use the CA file: {exc}")
-        try:
-            store, identity = load_identity(self.env, request.host, request.port,
-                                            request.username)
-        except KeyStoreError as exc:
-            if request.encrypted:
-                return failed(Field.FORM, f"Cannot use your keys: {exc}")
-            store, identity = None, None  # plain rooms still work; encrypted ones refuse
+        store = open_store(self.env)
+        choice = IdentityChoice(store, request.host, request.port, request.username,
+                                required=request.encrypted)
         try:
             target = TcrpTarget(request.host, request.port, tls, self.join_timeout,
                                 request.ca_file if tls is not None else None, pins, GUI_HINTS)
             joined = await join_room_async(target, Request.of(
                 request.operation, request.room, RequestBody(
                     request.username, request.password, Framing.OCM1R,
-                    keys=identity.publish() if identity is not None else None,
                     e2e=must_be_encrypted(store, request.host, request.port, request.room,
-                                          request.encrypted, request.operation))))
+                                          request.encrypted, request.operation))),
+                keys_for=choice)
         except JoinRefused as exc:
             which, text = models.refusal(exc.status, bool(request.password), exc.error,
                                          room=request.room, user=request.username)
             return failed(which, text)
         except JoinFailed as exc:
+            if choice.required and choice.identity is None:
+                return failed(Field.FORM, f"Cannot use your keys: {choice.error}")
             return failed(Field.SERVER, models.unreachable_text(
                 str(exc), request.tls, reached=isinstance(exc, NoEncryptedRooms)))
         finally:
@@ -485,7 +484,9 @@ class MainWindow(QMainWindow):
             _abandon(joined)
             return False
         screen.remember_request(request)
-        await self._chat(request, joined, store, identity, session)
+        identity = choice.identity  # None: plain rooms still work; encrypted ones refuse
+        await self._chat(request, joined, store if identity is not None else None, identity,
+                         session)
         return True
 
     async def _chat(self, request: ConnectRequest, joined: Joined, store: KeyStore | None,
