@@ -364,6 +364,8 @@ class E2ERoomLink(RoomLink):
 
     # -- receiving ------------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if self.rekeyed(data):
+            return
         if data[:1] == b"\x00":
             self._notice(data)
             return
