@@ -551,9 +551,10 @@ def leave_datagram(joined: Joined) -> bytes:
     return encode_chat(joined.room_raw, joined.token, body)
 
 
-def open_store(env: Mapping[str, str], passphrase_file: Path | None = None) -> KeyStore:
+def open_store(env: Mapping[str, str], passphrase_file: Path | None = None,
+               passphrase: bytes | None = None) -> KeyStore:
     """The key store of this user account's config directory."""
-    return KeyStore(config_dir(env), passphrase_file)
+    return KeyStore(config_dir(env), passphrase_file, passphrase=passphrase)
 
 
 class IdentityChoice:

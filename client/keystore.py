@@ -62,6 +62,14 @@ class KeyStoreError(Exception):
     """A key-store file is unreadable or malformed; ``str()`` says which and why."""
 
 
+class PassphraseNeeded(KeyStoreError):
+    """The identity was saved with a passphrase and none was given (``ocm-gui`` asks)."""
+
+
+class WrongPassphrase(PassphraseNeeded):
+    """The passphrase given does not open the identity."""
+
+
 class Trust(enum.Enum):
     UNVERIFIED = "unverified"  # pinned on first sight, never compared out of band
     VERIFIED = "verified"  # /verify confirmed: the safety number was compared
@@ -130,10 +138,12 @@ class KeyStore:
     """The identities and the pins of one config directory."""
 
     def __init__(self, directory: Path, passphrase_file: Path | None = None,
-                 use_keyring: bool = True) -> None:
+                 use_keyring: bool = True, passphrase: bytes | None = None) -> None:
         self.directory = directory
         self.passphrase_file = passphrase_file
         self.use_keyring = use_keyring
+        self.passphrase = passphrase
+        """A passphrase typed by the user (``ocm-gui``'s dialog), in place of a file."""
 
     # --- identity -------------------------------------------------------------------------
     def identity_path(self, server: str, user: str) -> Path:
@@ -179,8 +189,9 @@ class KeyStore:
         try:
             return IdentityKeys.from_pickle(pickle, key)
         except ValueError:
-            raise KeyStoreError(f"{path}: the {source.value} key does not open it "
-                                "(wrong passphrase, or another keyring?)") from None
+            error = WrongPassphrase if source is KeySource.PASSPHRASE else KeyStoreError
+            raise error(f"{path}: the {source.value} key does not open it "
+                        "(wrong passphrase, or another keyring?)") from None
 
     def _pickle_key(self, source: KeySource | None) -> tuple[KeySource, bytes]:
         """The key of ``source``, or of the first available source for a new file."""
@@ -191,21 +202,27 @@ class KeyStore:
             if source is KeySource.KEYRING:
                 raise KeyStoreError("the identity was saved with the OS keyring, which is "
                                     "not available now")
-        if source in (None, KeySource.PASSPHRASE) and self.passphrase_file is not None:
+        if source in (None, KeySource.PASSPHRASE) and (
+                self.passphrase is not None or self.passphrase_file is not None):
             return KeySource.PASSPHRASE, self._passphrase_key()
         if source is KeySource.PASSPHRASE:
-            raise KeyStoreError("the identity was saved with a passphrase: give "
-                                "--key-passphrase-file")
+            raise PassphraseNeeded("the identity was saved with a passphrase: give "
+                                   "--key-passphrase-file")
         return KeySource.FILE, self._file_key()
 
     def _passphrase_key(self) -> bytes:
-        assert self.passphrase_file is not None
-        try:
-            passphrase = self.passphrase_file.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise KeyStoreError(f"{self.passphrase_file}: {exc.strerror or exc}") from None
-        if not passphrase:
-            raise KeyStoreError(f"{self.passphrase_file}: the passphrase is empty")
+        if self.passphrase is not None:
+            passphrase = self.passphrase
+            if not passphrase:
+                raise WrongPassphrase("the passphrase is empty")
+        else:
+            assert self.passphrase_file is not None
+            try:
+                passphrase = self.passphrase_file.read_bytes().rstrip(b"\r\n")
+            except OSError as exc:
+                raise KeyStoreError(f"{self.passphrase_file}: {exc.strerror or exc}") from None
+            if not passphrase:
+                raise KeyStoreError(f"{self.passphrase_file}: the passphrase is empty")
         salt = self._secret_file(SALT_FILE, 16)
         return hashlib.scrypt(passphrase, salt=salt, n=SCRYPT_N, r=8, p=1, dklen=32,
                               maxmem=64 * 1024 * 1024)

@@ -212,3 +212,23 @@ def test_a_room_seen_encrypted_must_stay_so_on_join_only(store: KeyStore) -> Non
     assert not must_be_encrypted(store, "127.0.0.1", 9000, "r", False, create)  # your choice
     assert must_be_encrypted(store, "127.0.0.1", 9000, "r", True, create)
     assert not must_be_encrypted(store, "127.0.0.1", 9001, "r", False, join)  # another server
+
+
+def test_a_typed_passphrase_opens_what_a_passphrase_file_locked(store: KeyStore,
+                                                                tmp_path: Path) -> None:
+    """What ocm-gui's dialog relies on: a locked identity says it needs a passphrase
+    (``PassphraseNeeded``), a wrong one says so (``WrongPassphrase``), the right one typed
+    (not in a file) opens it."""
+    phrase = tmp_path / "phrase"
+    phrase.write_text("correct horse\n")
+    made = KeyStore(store.directory, phrase, use_keyring=False).load_or_create_identity(
+        SERVER, "alice")
+    with pytest.raises(keystore.PassphraseNeeded) as needed:
+        store.load_or_create_identity(SERVER, "alice")
+    assert not isinstance(needed.value, keystore.WrongPassphrase)
+    for wrong in (b"wrong horse", b""):
+        typed = KeyStore(store.directory, use_keyring=False, passphrase=wrong)
+        with pytest.raises(keystore.WrongPassphrase):
+            typed.load_or_create_identity(SERVER, "alice")
+    typed = KeyStore(store.directory, use_keyring=False, passphrase=b"correct horse")
+    assert typed.load_or_create_identity(SERVER, "alice").public() == made.public()
