@@ -17,14 +17,14 @@ from typing import Final, NoReturn
 from client import known_servers, render, script
 from client.e2e.identity import IdentityKeys
 from client.e2e_link import (
+    IdentityChoice,
     must_be_encrypted,
     open_store,
     room_link,
     status_text,
-    user_identity,
 )
 from client.joinflow import pinning_tls_context
-from client.keystore import KeyStore, KeyStoreError
+from client.keystore import KeyStore
 from client.known_servers import KnownServers
 from client.link import GlobalLink, RoomLink, open_global
 from client.render import Line
@@ -242,22 +242,26 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
                      "give --user and --create ROOM or --join ROOM", EXIT_USAGE)
     room = args.create or args.join
     store = _store(args)
-    identity = _identity(args, store, args.user)
-    if args.e2e and identity is None:
-        return EXIT_USAGE
+    choice = IdentityChoice(store, args.server, args.tcp_port, args.user, required=args.e2e)
     try:
-        keys = identity.publish() if identity is not None else None
         e2e = must_be_encrypted(store, args.server, args.tcp_port, room, args.e2e, operation,
                                 args.allow_plain)
         joined = join_room(_target(args), Request.of(operation, room, RequestBody(
-            args.user, password, Framing.OCM1R, keys=keys, e2e=e2e)))
+            args.user, password, Framing.OCM1R, e2e=e2e)), keys_for=choice)
     except JoinRefused as refused:
         todo = "give it with --password-file or --password-stdin" if (
             refused.status == Status.INVALID_PASSWORD and password is None) else None
         return _fail(render.refusal_text(refused.status, refused.error, room, args.user,
                                          password is not None, todo), script.EXIT_FAILED)
     except JoinFailed as exc:
+        if choice.required and choice.identity is None:
+            script.warn(f"cannot use the identity key: {choice.error}; --e2e needs it")
+            return EXIT_USAGE
         return _fail(str(exc), script.EXIT_FAILED)
+    if choice.error is not None:
+        script.warn(f"cannot use the identity key: {choice.error}; encrypted rooms cannot "
+                    "be joined")
+    identity = choice.identity
     with script.new_runner() as runner:
         return runner.run(script.run_script(_room_opener(joined, store, identity)))
 
@@ -265,17 +269,6 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
 def _store(args: argparse.Namespace) -> KeyStore:
     passphrase = args.key_passphrase_file
     return open_store(os.environ, Path(passphrase) if passphrase else None)
-
-
-def _identity(args: argparse.Namespace, store: KeyStore, user: str) -> IdentityKeys | None:
-    """``user``'s identity on this server, or ``None`` with a warning: a plain room works
-    without it, an encrypted one does not (``--e2e`` then fails)."""
-    try:
-        return user_identity(store, args.server, args.tcp_port, user)
-    except KeyStoreError as exc:
-        what = "--e2e needs it" if args.e2e else "encrypted rooms cannot be joined"
-        script.warn(f"cannot use the identity key: {exc}; {what}")
-        return None
 
 
 def _room_opener(joined: Joined, store: KeyStore | None,

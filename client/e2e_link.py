@@ -364,6 +364,8 @@ class E2ERoomLink(RoomLink):
 
     # -- receiving ------------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if self.rekeyed(data):
+            return
         if data[:1] == b"\x00":
             self._notice(data)
             return
@@ -549,26 +551,46 @@ def leave_datagram(joined: Joined) -> bytes:
     return encode_chat(joined.room_raw, joined.token, body)
 
 
-def open_store(env: Mapping[str, str], passphrase_file: Path | None = None) -> KeyStore:
+def open_store(env: Mapping[str, str], passphrase_file: Path | None = None,
+               passphrase: bytes | None = None) -> KeyStore:
     """The key store of this user account's config directory."""
-    return KeyStore(config_dir(env), passphrase_file)
+    return KeyStore(config_dir(env), passphrase_file, passphrase=passphrase)
 
 
-def user_identity(store: KeyStore, host: str, port: int, username: str) -> IdentityKeys:
-    """``username``'s identity on the server at ``host:port``, made on first use; raise
-    ``KeyStoreError``."""
-    try:
-        return store.load_or_create_identity(server_identity(host, port), username)
-    except OSError as exc:
-        raise KeyStoreError(f"{store.directory}: {exc.strerror or exc}") from None
+class IdentityChoice:
+    """Which identity a join publishes, chosen once the server's identity is known: the
+    join's ``keys_for`` (``client.joinflow.KeysFor``). Over TLS the identity is kept
+    under the server's TLS key, so one server reached by several names (``localhost``,
+    ``127.0.0.1``) is one identity, and an identity made earlier under its ``host:port``
+    is adopted; without TLS under the canonical ``host:port``.
 
+    After the join, ``identity`` is what was published (``None`` if the key store could
+    not give one: ``error`` says why; with ``required`` the join fails instead, before
+    the request is sent)."""
 
-def load_identity(env: Mapping[str, str], host: str, port: int, username: str,
-                  passphrase_file: Path | None = None) -> tuple[KeyStore, IdentityKeys]:
-    """The key store and ``username``'s identity on ``host:port``; raise
-    ``KeyStoreError``."""
-    store = open_store(env, passphrase_file)
-    return store, user_identity(store, host, port, username)
+    def __init__(self, store: KeyStore, host: str, port: int, username: str,
+                 required: bool = False) -> None:
+        self.store = store
+        self.address = server_identity(host, port)
+        self.username = username
+        self.required = required
+        self.identity: IdentityKeys | None = None
+        self.error: KeyStoreError | None = None
+
+    def __call__(self, tls_key: str | None) -> PublicKeys | None:
+        server = tls_key if tls_key is not None else self.address
+        try:
+            self.identity = self.store.load_or_create_identity(server, self.username,
+                                                               former=self.address)
+        except OSError as exc:
+            self.error = KeyStoreError(f"{self.store.directory}: {exc.strerror or exc}")
+        except KeyStoreError as exc:
+            self.error = exc
+        if self.identity is None:
+            if self.required:
+                raise JoinFailed(f"cannot use your identity key: {self.error}")
+            return None
+        return self.identity.publish()
 
 
 def must_be_encrypted(store: KeyStore | None, host: str, port: int, room: str, e2e: bool,

@@ -8,11 +8,12 @@ and read, and report each step here; the flow holds the TCRP exchange
 
 A driver does, in order::
 
-    flow = JoinFlow(target, request)
+    flow = JoinFlow(target, request, keys_for)
+    flow.check_request()                    # a room name that does not fit: raised now
     addr = <resolve target.host>            # error: raise flow.failed(exc)
     flow.connecting(); <connect>; flow.connected()
     <TLS handshake if target.tls>; flow.secured(<the server's certificate, DER>)
-    <write flow.request_bytes()>
+    <write flow.request_bytes()>            # keys_for(server's TLS key or None) called
     while (answer := flow.answer()) is None:
         flow.receive(<bytes read>, b"" when the server closed)
     <write flow.registration(udp_port)>      # best effort
@@ -35,6 +36,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from client.known_servers import (
@@ -47,8 +49,9 @@ from client.known_servers import (
 from wire import dgmac, errors
 from wire.chat import encode_chat
 from wire.codes import Framing, Status
+from wire.e2e import PublicKeys
 from wire.limits import EXIT_COMMAND, MAX_MEMBERS_RESPONSE_BYTES
-from wire.tcrp import NEED_DATA, Complete, Details, Request, Response
+from wire.tcrp import NEED_DATA, Complete, Details, Request, Response, encode_request
 from wire.tcrp_client import ClientExchange
 
 Addr = tuple[str, int]
@@ -194,6 +197,11 @@ def certificate_names(der: bytes) -> list[str]:
         return []
 
 
+KeysFor = Callable[[str | None], PublicKeys | None]
+"""Called with the server's TLS key fingerprint (``None`` without TLS); returns the public
+keys the request publishes."""
+
+
 class Stage(enum.Enum):
     RESOLVE = "resolve"  # looking up the host name
     CONNECT = "connect"  # opening the TCP connection
@@ -216,8 +224,12 @@ class Granted:
 class JoinFlow:
     """One join, client side, without I/O; see the module docstring."""
 
-    def __init__(self, target: TcrpTarget, request: Request) -> None:
+    def __init__(self, target: TcrpTarget, request: Request,
+                 keys_for: KeysFor | None = None) -> None:
         self.target = target
+        self._keys_for = keys_for
+        """Gives the request's ``keys`` once the server's TLS key is known (``None``
+        without TLS): identities are kept per server identity (client.keystore)."""
         framing = request.body.framing
         if framing is not Framing.OCM1R or request.body.e2e:
             framing = Framing.OCM1
@@ -252,9 +264,18 @@ class JoinFlow:
         """What identifies the server (``client.known_servers.server_identity``)."""
         return server_identity(self.target.host, self.target.port, self.server_key)
 
+    def check_request(self) -> None:
+        """Raise ``FieldOutOfRange`` now if the room name does not fit (before any
+        connection is made)."""
+        encode_request(self.request)
+
     def request_bytes(self) -> bytes:
-        """The request to write (once); raise ``FieldOutOfRange`` if the room name does
-        not fit."""
+        """The request to write (once, after ``secured`` when TLS is used); with
+        ``keys_for`` its ``keys`` are chosen now. Raise ``FieldOutOfRange`` if the room
+        name does not fit, and whatever ``keys_for`` raises (``JoinFailed``)."""
+        if self._keys_for is not None:
+            keys = self._keys_for(self.server_key)
+            self.request = replace(self.request, body=replace(self.request.body, keys=keys))
         return self._exchange.send_request(self.request)
 
     def receive(self, data: bytes) -> None:

@@ -6,7 +6,9 @@ unset or empty), a directory kept at mode 0700 (tightened when found looser):
 - ``identity-<hash>.json``, mode 0600, one per (server identity, username): that user's
   vodozemac account (its identity keys; no one-time key or session is ever saved),
   pickled and encrypted with the *pickle key*. So alice and bob on one machine have
-  different keys.
+  different keys. The server identity is its TLS key when the join used TLS, else its
+  canonical ``host:port``; an identity made under the ``host:port`` is adopted the first
+  time that server is reached over TLS.
 - the pickle key comes from the OS keyring (the ``keyring`` package) where a usable one
   exists; else from a passphrase file (``--key-passphrase-file``, stretched with scrypt
   and a salt kept in ``pickle.salt``); else from ``pickle.key``, 32 random bytes made on
@@ -58,6 +60,14 @@ SCRYPT_N: Final = 1 << 15
 
 class KeyStoreError(Exception):
     """A key-store file is unreadable or malformed; ``str()`` says which and why."""
+
+
+class PassphraseNeeded(KeyStoreError):
+    """The identity was saved with a passphrase and none was given (``ocm-gui`` asks)."""
+
+
+class WrongPassphrase(PassphraseNeeded):
+    """The passphrase given does not open the identity."""
 
 
 class Trust(enum.Enum):
@@ -128,22 +138,35 @@ class KeyStore:
     """The identities and the pins of one config directory."""
 
     def __init__(self, directory: Path, passphrase_file: Path | None = None,
-                 use_keyring: bool = True) -> None:
+                 use_keyring: bool = True, passphrase: bytes | None = None) -> None:
         self.directory = directory
         self.passphrase_file = passphrase_file
         self.use_keyring = use_keyring
+        self.passphrase = passphrase
+        """A passphrase typed by the user (``ocm-gui``'s dialog), in place of a file."""
 
     # --- identity -------------------------------------------------------------------------
     def identity_path(self, server: str, user: str) -> Path:
         digest = hashlib.sha256(f"{server}\0{user}".encode()).hexdigest()[:20]
         return self.directory / f"identity-{digest}.json"
 
-    def load_or_create_identity(self, server: str, user: str) -> IdentityKeys:
+    def load_or_create_identity(self, server: str, user: str,
+                                former: str | None = None) -> IdentityKeys:
         """The identity of ``user`` on ``server``, made and saved on first use (before any
-        one-time key exists). Raise ``KeyStoreError`` if the file is not ours or its
-        pickle key does not open it."""
+        one-time key exists). ``former``: another name of the same server (its
+        ``host:port`` when ``server`` is its TLS key) whose identity, if ``user`` has one
+        there and none under ``server`` yet, is adopted and saved under ``server`` too, so
+        an identity made before the server's key was known is not lost. Raise
+        ``KeyStoreError`` if the file is not ours or its pickle key does not open it."""
         path = self.identity_path(server, user)
         with self._locked():
+            if not path.exists() and former is not None and former != server:
+                old = self.identity_path(former, user)
+                if old.exists():
+                    self._tighten(old, FILE_MODE)
+                    obj = self._read(old, IDENTITY_VERSION)
+                    self._open_identity(old, obj)  # adopt only a file that opens
+                    self._write(path.name, {**obj, "server": server, "adopted_from": former})
             if not path.exists():
                 identity = IdentityKeys.generate()
                 source, key = self._pickle_key(None)
@@ -152,20 +175,23 @@ class KeyStore:
                                         "pickle": identity.pickle(key)})
                 return identity
             self._tighten(path, FILE_MODE)
-            obj = self._read(path, IDENTITY_VERSION)
-            try:
-                source = KeySource(obj.get("key_source"))
-                pickle = obj["pickle"]
-                if not isinstance(pickle, str):
-                    raise TypeError("pickle is not a string")
-            except (KeyError, TypeError, ValueError) as exc:
-                raise KeyStoreError(f"{path}: not an identity file ({exc})") from None
-            _, key = self._pickle_key(source)
-            try:
-                return IdentityKeys.from_pickle(pickle, key)
-            except ValueError:
-                raise KeyStoreError(f"{path}: the {source.value} key does not open it "
-                                    "(wrong passphrase, or another keyring?)") from None
+            return self._open_identity(path, self._read(path, IDENTITY_VERSION))
+
+    def _open_identity(self, path: Path, obj: dict[str, Any]) -> IdentityKeys:
+        try:
+            source = KeySource(obj.get("key_source"))
+            pickle = obj["pickle"]
+            if not isinstance(pickle, str):
+                raise TypeError("pickle is not a string")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeyStoreError(f"{path}: not an identity file ({exc})") from None
+        _, key = self._pickle_key(source)
+        try:
+            return IdentityKeys.from_pickle(pickle, key)
+        except ValueError:
+            error = WrongPassphrase if source is KeySource.PASSPHRASE else KeyStoreError
+            raise error(f"{path}: the {source.value} key does not open it "
+                        "(wrong passphrase, or another keyring?)") from None
 
     def _pickle_key(self, source: KeySource | None) -> tuple[KeySource, bytes]:
         """The key of ``source``, or of the first available source for a new file."""
@@ -176,21 +202,27 @@ class KeyStore:
             if source is KeySource.KEYRING:
                 raise KeyStoreError("the identity was saved with the OS keyring, which is "
                                     "not available now")
-        if source in (None, KeySource.PASSPHRASE) and self.passphrase_file is not None:
+        if source in (None, KeySource.PASSPHRASE) and (
+                self.passphrase is not None or self.passphrase_file is not None):
             return KeySource.PASSPHRASE, self._passphrase_key()
         if source is KeySource.PASSPHRASE:
-            raise KeyStoreError("the identity was saved with a passphrase: give "
-                                "--key-passphrase-file")
+            raise PassphraseNeeded("the identity was saved with a passphrase: give "
+                                   "--key-passphrase-file")
         return KeySource.FILE, self._file_key()
 
     def _passphrase_key(self) -> bytes:
-        assert self.passphrase_file is not None
-        try:
-            passphrase = self.passphrase_file.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise KeyStoreError(f"{self.passphrase_file}: {exc.strerror or exc}") from None
-        if not passphrase:
-            raise KeyStoreError(f"{self.passphrase_file}: the passphrase is empty")
+        if self.passphrase is not None:
+            passphrase = self.passphrase
+            if not passphrase:
+                raise WrongPassphrase("the passphrase is empty")
+        else:
+            assert self.passphrase_file is not None
+            try:
+                passphrase = self.passphrase_file.read_bytes().rstrip(b"\r\n")
+            except OSError as exc:
+                raise KeyStoreError(f"{self.passphrase_file}: {exc.strerror or exc}") from None
+            if not passphrase:
+                raise KeyStoreError(f"{self.passphrase_file}: the passphrase is empty")
         salt = self._secret_file(SALT_FILE, 16)
         return hashlib.scrypt(passphrase, salt=salt, n=SCRYPT_N, r=8, p=1, dklen=32,
                               maxmem=64 * 1024 * 1024)

@@ -22,6 +22,7 @@ from client import reliable as rel
 from client.commands import Action, Command
 from client.render import Line
 from client.session import Addr, Joined, JoinFailed, JoinRefused, fetch_members, join_room
+from wire import dgmac
 from wire.chat import FramedChat, Notice, encode_chat
 from wire.codes import Framing, NoticeEvent, Operation
 from wire.e2e import MemberInfo
@@ -449,11 +450,23 @@ class RoomLink(Link):
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.heard = self.clock()
         self.asked = None
+        if self.rekeyed(data):
+            return
         if self.reliable is not None:
             self._reliable_events(self.reliable.handle_delivery(data, self.clock()))
             self._arm_timer()
             return
         self._show(render.decode_delivery(data, self._framing))
+
+    def rekeyed(self, data: bytes) -> bool:
+        """Whether ``data`` was a rekey datagram (a restarted worker placed this
+        membership again: wire/dgmac.py); a valid one switches the datagram key."""
+        sealer = self.joined.sealer
+        if sealer is None or not dgmac.is_rekey(data):
+            return False
+        if not sealer.rekey(data):
+            self.dropped += 1
+        return True
 
     def _show(self, item: FramedChat | Notice | None) -> None:
         if item is None:

@@ -23,6 +23,7 @@ from client.joinflow import (
     JoinFailed,
     JoinFlow,
     JoinRefused,
+    KeysFor,
     NoEncryptedRooms,
     Stage,
     TcrpTarget,
@@ -100,16 +101,19 @@ def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
     return family, (str(sockaddr[0]), int(sockaddr[1]))
 
 
-def join_room(target: TcrpTarget, request: Request, source: str | None = None) -> Joined:
+def join_room(target: TcrpTarget, request: Request, source: str | None = None,
+              keys_for: KeysFor | None = None) -> Joined:
     """Create or join ``request.room`` at ``target``; see the module docstring. With
     ``target.tls`` the server's certificate must verify for ``target.host``. The request's
     ``keys`` (our public identity) let an encrypted room be joined without a flag; its
     ``e2e`` makes a created room encrypted (docs/e2e.md §2.1). ``source``: the local IP
-    to connect from (a resume from a given address; else the system chooses)."""
-    flow = JoinFlow(target, request)
+    to connect from (a resume from a given address; else the system chooses).
+    ``keys_for``: chooses the request's ``keys`` once the server's TLS key is known
+    (``client.e2e_link.IdentityChoice``)."""
+    flow = JoinFlow(target, request, keys_for)
+    flow.check_request()
     family, addr = resolve(target.host, target.port)
     deadline = time.monotonic() + target.timeout
-    data = flow.request_bytes()
     tcp: socket.socket | None = None
     udp: socket.socket | None = None
     try:
@@ -126,7 +130,7 @@ def join_room(target: TcrpTarget, request: Request, source: str | None = None) -
                 flow.secured(tcp.getpeercert(binary_form=True))
             udp = socket.socket(family, socket.SOCK_DGRAM)
             udp.bind((tcp.getsockname()[0], 0))
-            tcp.sendall(data)
+            tcp.sendall(flow.request_bytes())
             while (answer := flow.answer()) is None:
                 flow.receive(_recv(tcp, deadline))
         except OSError as exc:

@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from client.joinflow import JoinFlow, TcrpTarget, certificate_probe_context
+from client.joinflow import JoinFlow, KeysFor, TcrpTarget, certificate_probe_context
 from client.session import RECV_CHUNK_BYTES, Addr, Joined, _joined
 from wire.tcrp import Request
 
 
-async def join_room_async(target: TcrpTarget, request: Request) -> Joined:
+async def join_room_async(target: TcrpTarget, request: Request,
+                          keys_for: KeysFor | None = None) -> Joined:
     """Create or join ``request.room`` at ``target``, as ``join_room`` does."""
     loop = asyncio.get_running_loop()
-    flow = JoinFlow(target, request)
-    data = flow.request_bytes()
+    flow = JoinFlow(target, request, keys_for)
+    flow.check_request()
     tcp: socket.socket | None = None
     writer: asyncio.StreamWriter | None = None
     udp: socket.socket | None = None
@@ -44,7 +45,7 @@ async def join_room_async(target: TcrpTarget, request: Request) -> Joined:
                 ssl_object = writer.get_extra_info("ssl_object")
                 flow.secured(ssl_object.getpeercert(binary_form=True)
                              if ssl_object is not None else None)
-                writer.write(data)
+                writer.write(flow.request_bytes())
                 await writer.drain()
                 while (answer := flow.answer()) is None:
                     try:

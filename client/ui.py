@@ -31,8 +31,8 @@ from prompt_toolkit.validation import ValidationError, Validator
 from client import commands, render
 from client.commands import Action
 from client.e2e.identity import IdentityKeys
-from client.e2e_link import must_be_encrypted, room_link, status_text, user_identity
-from client.keystore import KeyStore, KeyStoreError
+from client.e2e_link import IdentityChoice, must_be_encrypted, room_link, status_text
+from client.keystore import KeyStore
 from client.known_servers import KnownServers
 from client.link import GlobalLink, Link, RoomLink, open_global
 from client.render import Line, MessageTooLong
@@ -204,21 +204,22 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
         if operation is Operation.CREATE and not plan.password_given:
             plan.password, plan.password_given = asker.new_password(), True
         try:
+            choice = None
             if plan.store is not None:
-                try:
-                    plan.identity = user_identity(plan.store, plan.host, plan.tcp_port, user)
-                except KeyStoreError as exc:
-                    if plan.e2e:
-                        raise JoinFailed(f"cannot use your identity key: {exc}") from None
-                    say(f"cannot use your identity key: {exc}; encrypted rooms cannot be "
-                        "joined", colour, True)
-            keys = plan.identity.publish() if plan.identity is not None else None
+                choice = IdentityChoice(plan.store, plan.host, plan.tcp_port, user,
+                                        required=plan.e2e)
             e2e = must_be_encrypted(plan.store, plan.host, plan.tcp_port, room, plan.e2e,
                                     operation, plan.allow_plain)
             target = TcrpTarget(plan.host, plan.tcp_port, plan.tls, plan.timeout, plan.ca_file,
                                 plan.pins)
-            return join_room(target, Request.of(operation, room, RequestBody(
-                user, plan.password, Framing.OCM1R, keys=keys, e2e=e2e)))
+            joined = join_room(target, Request.of(operation, room, RequestBody(
+                user, plan.password, Framing.OCM1R, e2e=e2e)), keys_for=choice)
+            if choice is not None:
+                plan.identity = choice.identity
+                if choice.error is not None:
+                    say(f"cannot use your identity key: {choice.error}; encrypted rooms "
+                        "cannot be joined", colour, True)
+            return joined
         except JoinRefused as refused:
             if refused.status == Status.INVALID_PASSWORD and plan.password is None:
                 # Not an error: we tried without a password, the room wants one. (A

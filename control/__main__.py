@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -42,6 +43,7 @@ from control.tlsport import TlsPort
 from relay import ipc
 from runtime import logs, sched
 from runtime.sockbuf import SOCKET_BUFFER_BYTES, granted
+from wire import dgmac
 
 log = logging.getLogger("ocm.control")
 
@@ -306,7 +308,8 @@ class Control:
         supervisor = Supervisor(
             cfg.workers, cfg.worker_settings(), self.plan.sockets, self.plan.stage1,
             self.plan.inboxes, self.plan.outboxes,
-            seed=lambda i: (m.command(0) for m in self.registry.members_of(i)),
+            seed=lambda i: (m.command(0, secrets.token_bytes(dgmac.NONCE_BYTES))
+                            for m in self.registry.members_of(i)),
             on_event=self.app.on_worker_event, ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout, fd_reserve=cfg.fd_reserve)
         self.app.supervisor = supervisor

@@ -12,7 +12,9 @@ TCP to the owner's ``cluster_port``. One request per connection:
 
 The requests, told apart by ``"kind"``:
 
-    Forward       (no kind)   a create or join; its reply is Granted (details and token)
+    Forward       (no kind)   a create or join (``secure``: the client used TLS); its reply
+                              is Granted (details and token; a datagram key in the
+                              details is masked, ``mask_granted``)
     RelayRequest  "relay"     accept a member's datagrams from the caller's IP
                               (control/clusterudp.py); its reply is Accepted
     MembersQuery  "members"   Operation 3 for a room of the callee (docs/e2e.md §2.4);
@@ -111,10 +113,12 @@ class Forward:
     """The client's IP: the owner binds the token to it and applies its limits to it."""
     origin: str
     """The node id of the forwarding node (for logs)."""
+    secure: bool = False
+    """The client sent the request over TLS: the owner gives the member a datagram key."""
 
     @classmethod
-    def of(cls, request: Request, ip: str, origin: str) -> Forward:
-        return cls(request.operation, request.room, request.body, ip, origin)
+    def of(cls, request: Request, ip: str, origin: str, secure: bool = False) -> Forward:
+        return cls(request.operation, request.room, request.body, ip, origin, secure)
 
     def request(self) -> Request:
         """The request as the owner serves it."""
@@ -178,6 +182,27 @@ class MemberList:
     """The answer to a ``MembersQuery``."""
 
     members: tuple[MemberInfo, ...]
+
+
+KEY_LABEL: Final = b"ocm-cluster-datagram-key-v1\0"
+
+
+def _key_pad(secret: bytes, nonce: bytes) -> bytes:
+    return hmac.digest(secret, KEY_LABEL + nonce, "sha256")
+
+
+def mask_granted(secret: bytes, nonce: bytes, granted: Granted) -> Granted:
+    """``granted`` with its datagram key (if any) XORed with HMAC-SHA256(secret, KEY_LABEL
+    + nonce): the link is not encrypted, and the key must reach the client only inside
+    its TLS. The owner's nonce is fresh per connection, so no pad is used twice. Its own
+    inverse: the caller unmasks with the same call."""
+    key = granted.details.datagram_key
+    if key is None:
+        return granted
+    pad = _key_pad(secret, nonce)
+    masked = bytes(a ^ b for a, b in zip(key, pad, strict=True))
+    return dataclasses.replace(granted, details=dataclasses.replace(
+        granted.details, datagram_key=masked))
 
 
 LinkRequest = Forward | RelayRequest | MembersQuery

@@ -265,8 +265,10 @@ class ClusterRouter:
         return self.cfg.cluster_lease
 
     # --- the router --------------------------------------------------------------------
-    async def place(self, request: Request, ip: str) -> Here | Elsewhere:
-        """The cluster-wide rate check, then serve here or forward to the owner."""
+    async def place(self, request: Request, ip: str, secure: bool = False
+                    ) -> Here | Elsewhere:
+        """The cluster-wide rate check, then serve here or forward to the owner (telling
+        it whether the client used TLS: ``secure``)."""
         owner = await self._owner_of(request.room, ip, request.operation is Operation.CREATE)
         if owner != self.node_id and owner not in self.nodes:
             await self._lookup_node(owner)
@@ -277,7 +279,7 @@ class ClusterRouter:
             return await self.own(request, ip)
         self.counters["forwarded"] += 1
         try:
-            return await self._forward(self.nodes[owner], request, ip)
+            return await self._forward(self.nodes[owner], request, ip, secure)
         except NodeUnreachable:
             if request.operation is not Operation.CREATE:
                 raise
@@ -346,7 +348,7 @@ class ClusterRouter:
             raise RegistryError(Status.UNAVAILABLE, "the node that owns the room is not "
                                 "reachable")
         self.counters["forwarded"] += 1
-        reply, writer = await self._call(node, link.MembersQuery(
+        reply, writer, _ = await self._call(node, link.MembersQuery(
             request.room, request.token, ip, self.node_id), link.MemberList)
         writer.close()
         if isinstance(reply, link.Refused):
@@ -409,19 +411,22 @@ class ClusterRouter:
             self.nodes[node_id] = node
 
     # --- the link, caller's side ---------------------------------------------------------
-    async def _forward(self, node: NodeInfo, request: Request, ip: str) -> Elsewhere:
-        reply, writer = await self._call(node, link.Forward.of(request, ip, self.node_id),
-                                         link.Granted)
+    async def _forward(self, node: NodeInfo, request: Request, ip: str,
+                       secure: bool = False) -> Elsewhere:
+        reply, writer, nonce = await self._call(
+            node, link.Forward.of(request, ip, self.node_id, secure), link.Granted)
         if isinstance(reply, link.Refused):
             writer.close()
             raise RegistryError(reply.status, reply.error)
+        reply = link.mask_granted(self.secret, nonce, reply)  # the datagram key, unmasked
         # Without a registration the owner closes its side after the same window.
         asyncio.get_running_loop().call_later(REGISTRATION_WINDOW_S + 1.0, writer.close)
         return Elsewhere(reply.details, reply.token, _pass_on(writer))
 
     async def _call(self, node: NodeInfo, request: link.LinkRequest, expected: type[link.R]
-                    ) -> tuple[link.R | link.Refused, asyncio.StreamWriter]:
-        """One authenticated request to ``node``'s link: (its reply, the open writer).
+                    ) -> tuple[link.R | link.Refused, asyncio.StreamWriter, bytes]:
+        """One authenticated request to ``node``'s link: (its reply, the open writer, the
+        owner's nonce).
         Raise UNAVAILABLE if the node cannot be reached or does not answer."""
         try:
             reader, writer = await asyncio.wait_for(
@@ -440,7 +445,7 @@ class ClusterRouter:
             writer.close()
             raise RegistryError(Status.UNAVAILABLE, f"node {node.id} did not answer"
                                 ) from exc
-        return reply, writer
+        return reply, writer, hello.nonce
 
     async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str
                             ) -> bool | None:
@@ -448,7 +453,7 @@ class ClusterRouter:
         which relays for the client (control/clusterudp.py). True once its worker has it,
         False if it refuses, None if it did not answer."""
         try:
-            reply, writer = await self._call(
+            reply, writer, _ = await self._call(
                 node, link.RelayRequest(token, client_ip, self.node_id), link.Accepted)
         except RegistryError:
             return None

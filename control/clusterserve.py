@@ -95,7 +95,7 @@ class LinkServer:
             request = link.decode_request(body)
             if isinstance(request, link.Forward):
                 self.counters["served_for_others"] += 1
-                await self._serve_forward(request, reader, writer)
+                await self._serve_forward(request, nonce, reader, writer)
                 return
             if isinstance(request, link.RelayRequest):
                 reply: link.Reply = await self._accept_relay(request)
@@ -111,11 +111,14 @@ class LinkServer:
         finally:
             writer.close()
 
-    async def _serve_forward(self, forwarded: link.Forward, reader: asyncio.StreamReader,
+    async def _serve_forward(self, forwarded: link.Forward, nonce: bytes,
+                             reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
-        """Serve one forwarded TCRP request and pass on the member's registration."""
+        """Serve one forwarded TCRP request and pass on the member's registration. A
+        member's datagram key crosses the link masked (``link.mask_granted``)."""
         try:
-            details, member = await self.node.handle_routed(forwarded.request(), forwarded.ip)
+            details, member = await self.node.handle_routed(forwarded.request(), forwarded.ip,
+                                                            forwarded.secure)
         except RegistryError as exc:
             writer.write(link.encode(link.Refused(exc.status, exc.reason)))
             await writer.drain()
@@ -126,7 +129,8 @@ class LinkServer:
             writer.write(link.encode(link.Refused(Status.INTERNAL_ERROR, "internal error")))
             await writer.drain()
             return
-        writer.write(link.encode(link.Granted(details, member.token)))
+        writer.write(link.encode(link.mask_granted(self.secret, nonce,
+                                                   link.Granted(details, member.token))))
         try:
             body = await asyncio.wait_for(read_body(reader, link.MAX_REQUEST_FRAME_BYTES),
                                           REGISTRATION_WINDOW_S)

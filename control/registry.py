@@ -76,12 +76,16 @@ class MemberRecord:
         """This member as an entry of ``members`` (docs/e2e.md §2.2)."""
         return MemberInfo(self.username, self.is_host, self.keys)
 
-    def command(self, command_id: int) -> AddMember:
-        """The ``member`` pipe command that installs this member on its worker."""
+    def command(self, command_id: int, placement: bytes | None = None) -> AddMember:
+        """The ``member`` pipe command that installs this member on its worker.
+        ``placement``: a fresh random nonce when a restarted worker is re-seeded (used
+        only with a datagram key: the worker derives this placement's key from it)."""
+        key = None if self.datagram_key is None else DatagramKey(self.datagram_key)
         return AddMember(command_id, self.room.name, self.token, self.username, self.ip,
                          self.framing, self.is_host, self.addr, self.addr is not None,
-                         self.proven, self.room.e2e, self.keys,
-                         None if self.datagram_key is None else DatagramKey(self.datagram_key))
+                         self.proven, self.room.e2e, self.keys, key,
+                         DatagramKey(placement) if key is not None and placement is not None
+                         else None)
 
 
 @dataclass(slots=True, eq=False)

@@ -66,8 +66,11 @@ class Router(Protocol):
     def udp_host(self) -> str | None:
         """The IP sent as ``details.udp_host`` (cluster mode), else None."""
 
-    async def place(self, request: Request, ip: str) -> Here | Elsewhere:
-        """Check the per-IP request rate, then decide where ``request`` is served."""
+    async def place(self, request: Request, ip: str, secure: bool = False
+                    ) -> Here | Elsewhere:
+        """Check the per-IP request rate, then decide where ``request`` is served.
+        ``secure``: it came over TLS, so the node that serves it gives the member a
+        datagram key (wire/dgmac.py)."""
 
     async def own(self, request: Request, ip: str) -> Here:
         """Take a request that another node's router placed here (no rate check: that
@@ -101,7 +104,7 @@ class LocalRouter:
             raise RegistryError(Status.RATE_LIMITED, reason.format(
                 retry_seconds(self.quotas.request_retry_after(ip, now))))
 
-    async def place(self, request: Request, ip: str) -> Here:
+    async def place(self, request: Request, ip: str, secure: bool = False) -> Here:
         self._check_rate(ip, "too many requests from your address; retry in {} s")
         return HERE
 
@@ -135,9 +138,10 @@ class Node(Protocol):
     @property
     def registry(self) -> Registry: ...
 
-    async def handle_routed(self, request: Request, ip: str
+    async def handle_routed(self, request: Request, ip: str, secure: bool = False
                             ) -> tuple[Details, MemberRecord]:
-        """Grant a request that another node's router placed on this node."""
+        """Grant a request that another node's router placed on this node (``secure``:
+        the client sent it over TLS)."""
 
     def register(self, member: MemberRecord, port: int) -> None:
         """The member's 2-byte UDP port registration."""

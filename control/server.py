@@ -139,11 +139,11 @@ class ControlApp:
                      ) -> tuple[Details, MemberRecord | Elsewhere]:
         """Grant a client's request or raise ``RegistryError`` with the status to answer:
         the router places it (here, or on another node that grants it). ``secure``: the
-        request came over TLS, so a member served here gets a datagram key (wire/dgmac.py;
-        a member granted by another node gets none)."""
+        request came over TLS, so the member gets a datagram key (wire/dgmac.py) from the
+        node that serves it, here or the room's owner (cluster)."""
         self._check_open()
         try:
-            placement = await self.router.place(request, ip)
+            placement = await self.router.place(request, ip, secure)
             if isinstance(placement, Elsewhere):
                 return placement.details, placement
             return await self._serve(request, ip, secure)
@@ -151,13 +151,14 @@ class ControlApp:
             self.quotas.refused[exc.quota] += 1
             raise
 
-    async def handle_routed(self, request: Request, ip: str
+    async def handle_routed(self, request: Request, ip: str, secure: bool = False
                             ) -> tuple[Details, MemberRecord]:
-        """Grant a request that another node's router placed on this node."""
+        """Grant a request that another node's router placed on this node; ``secure``:
+        the client sent it to that node over TLS (the member gets a datagram key)."""
         self._check_open()
         try:
             await self.router.own(request, ip)
-            return await self._serve(request, ip)
+            return await self._serve(request, ip, secure)
         except QuotaRefusal as exc:
             self.quotas.refused[exc.quota] += 1
             raise

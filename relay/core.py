@@ -142,7 +142,7 @@ class Member:
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
         "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
-        "trial", "muted", "keys", "rel", "mac_key", "mac_top", "mac_seen",
+        "trial", "muted", "keys", "rel", "mac_key", "mac_top", "mac_seen", "rekey",
     )
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
@@ -179,6 +179,9 @@ class Member:
         """The highest trailer ``Seq`` accepted (0: none yet)."""
         self.mac_seen = 0
         """The replay window below ``mac_top`` (``wire.dgmac.advance``)."""
+        self.rekey: tuple[bytes, float] | None = None
+        """Placed again (a restarted worker): the rekey datagram that tells the member its
+        placement key (wire/dgmac.py), and when it was last sent."""
 
 
 # --- reliable framed delivery (ocm1r, wire/reliable.py) -----------------------------------
@@ -319,13 +322,16 @@ class RelayCore:
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
                    framing: Framing, is_host: bool, now: float, addr: Addr | None = None,
                    announced: bool = False, proven: bool = False, e2e: bool = False,
-                   keys: PublicKeys | None = None, mac_key: bytes | None = None) -> bool:
+                   keys: PublicKeys | None = None, mac_key: bytes | None = None,
+                   placement: bytes | None = None) -> bool:
         """Add a member (``is_host`` creates the room, encrypted if ``e2e``). False if the
         room is not live (or already exists, for a host): control then answers
         ROOM_NOT_FOUND/EXISTS. ``addr``, ``announced`` and ``proven`` re-seed a restarted
         worker; ``keys`` go into the member's ``joined`` notice in an encrypted room;
         ``mac_key`` (a member that joined over TLS) makes every datagram of the member
-        need its trailer (wire/dgmac.py)."""
+        need its trailer (wire/dgmac.py). ``placement`` (re-seeding, with ``mac_key``):
+        the nonce of this placement: the member's datagrams must carry the placement key's
+        tag, and the member is sent the rekey datagram (now if ``addr`` is known)."""
         room = self.rooms.get(room_name)
         known = self.tokens.get(token)
         if known is not None:  # idempotent: a restarted worker may be seeded, then asked
@@ -338,6 +344,9 @@ class RelayCore:
             return False
         member = Member(token, username, ip, framing.framed, is_host, room, now)
         member.mac_key = None if mac_key is None else bytes(mac_key)  # exact bytes for C
+        if mac_key is not None and placement is not None:
+            member.mac_key = dgmac.placement_key(bytes(mac_key), bytes(placement))
+            member.rekey = (dgmac.encode_rekey(member.mac_key, bytes(placement)), now)
         if framing is Framing.OCM1R:  # reliable: the room is numbered from now on
             member.rel = Reliable(now)
             if room.history is None:
@@ -354,6 +363,8 @@ class RelayCore:
         if addr is not None:
             member.announced = announced
             self._bind(member, addr, proven=proven)
+            if member.rekey is not None:
+                self.outbox.append((member.rekey[0], addr))
         return True
 
     def register(self, token: bytes, port: int, now: float) -> None:
@@ -463,7 +474,7 @@ class RelayCore:
             self.drops["wrong_room"] += 1
             return None
         if member.mac_key is not None:
-            unsealed = self._unseal(member, data, token_end)
+            unsealed = self._unseal(member, data, token_end, now)
             if unsealed is None:
                 return None
             data = unsealed
@@ -589,15 +600,23 @@ class RelayCore:
         assert history is not None and member.rel is not None and member.addr is not None
         self.outbox.append((encode_sync(history.epoch, member.rel.start,
                                         history.next_seq - 1), member.addr))
-    def _unseal(self, member: Member, data: bytes, token_end: int) -> bytes | None:
+    def _unseal(self, member: Member, data: bytes, token_end: int,
+                now: float) -> bytes | None:
         """The datagram without its trailer if the tag is right and its ``Seq`` is fresh
-        (the window moves), else None, counted (docs/protocol.md §8)."""
+        (the window moves), else None, counted (docs/protocol.md §8). A member placed
+        again whose tag fails is sent its rekey datagram, at most once every
+        ``REKEY_RESEND_S``, to its bound address only (never to the sender's)."""
         key = member.mac_key
         assert key is not None
         seq = dgmac.verify(key, data) if len(data) - token_end >= dgmac.TRAILER_BYTES \
             else None
         if seq is None:
             self.drops["bad_mac"] += 1
+            rekey = member.rekey
+            if rekey is not None and member.addr is not None and \
+                    now - rekey[1] >= dgmac.REKEY_RESEND_S:
+                member.rekey = (rekey[0], now)
+                self.outbox.append((rekey[0], member.addr))
             return None
         window = dgmac.advance(member.mac_top, member.mac_seen, seq)
         if window is None:

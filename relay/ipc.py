@@ -16,7 +16,8 @@ Commands, control -> worker:
   member    ``AddMember``  add a member (``host`` creates the room); answered by ``Ack``.
             Re-seeding a restarted worker sends the same with ``addr``, ``announced``
             and ``proven`` (a datagram came from ``addr``: it is not on trial,
-            docs/protocol.md §4 (j)).
+            docs/protocol.md §4 (j)), and a fresh ``placement`` nonce for a member with
+            a datagram key (wire/dgmac.py).
   register  ``Register``   the 2-byte UDP port registration (docs/protocol.md §1.4)
   start     ``Start``      seeding done: start reading the UDP socket(s)
   ping      ``Ping``       answered by ``Pong`` from the event loop
@@ -114,6 +115,9 @@ class AddMember:
     """The member's public keys, only for its ``joined`` notice in an encrypted room."""
     datagram_key: DatagramKey | None = None
     """Joined over TLS: the key of its datagrams' MAC trailer (wire/dgmac.py)."""
+    placement: DatagramKey | None = None
+    """Re-seeding a member with a ``datagram_key``: a fresh random nonce; the worker then
+    uses ``wire.dgmac.placement_key(datagram_key, placement)`` and tells the member."""
 
 
 @dataclass(frozen=True, slots=True)

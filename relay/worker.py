@@ -400,7 +400,8 @@ class Worker:
         if isinstance(msg, ipc.AddMember):
             ok = self.core.add_member(msg.room, msg.token, msg.user, msg.ip, msg.framing,
                                       msg.host, now, msg.addr, msg.announced, msg.proven,
-                                      e2e=msg.e2e, keys=msg.keys, mac_key=msg.datagram_key)
+                                      e2e=msg.e2e, keys=msg.keys, mac_key=msg.datagram_key,
+                                      placement=msg.placement)
             self._send(ipc.Ack(msg.id, ok))
             self._flush()
             self._arm_timer()

@@ -19,6 +19,23 @@ A ``Seq`` above ``top`` moves the window; one inside it is accepted once; one be
 dropped (``replayed``). The datagrams of one member arrive reordered by at most 63 before
 any is lost to this rule.
 
+Placements: a worker that restarts gets its members back from control, but not their
+windows. So every placement after the first gets a fresh key: control picks a random
+``nonce`` (32 bytes) and the worker uses ``placement_key(key, nonce)`` (keyed BLAKE2s,
+32-byte output, personalisation ``ocmplace``) in place of ``key``. Datagrams recorded
+under an earlier placement's key then fail the tag (``bad_mac``) instead of finding an
+empty window. The worker tells the member the nonce in a *rekey* datagram::
+
+    REKEY_MAGIC ("\x00ocm-rekey", 10 bytes) | Nonce (32) | Tag (16)
+
+``Tag`` is ``tag(placement_key(key, nonce), REKEY_MAGIC + Nonce)``: only the relay (and
+the member) can make it, and since a client's datagram never starts with a zero byte
+(``RoomNameSize`` ≥ 1), no client datagram's tag is ever a rekey tag. The worker sends it
+to the member's bound address when the member is placed, and again (at most once every
+``REKEY_RESEND_S``) when a datagram of the member fails the tag. The member switches its
+key (``Sealer.rekey``) and keeps counting ``Seq`` from where it was; a replayed older
+rekey only makes its next datagrams fail until the current one arrives again.
+
 Pure functions and one small client-side class; no I/O. ``relay/_hot.c`` verifies the
 same trailer with OpenSSL's ``EVP_MAC`` ``BLAKE2SMAC``; the tests hold both to hashlib and
 to the BLAKE2 reference's keyed test vectors.
@@ -42,6 +59,13 @@ WINDOW: Final = 64
 """Replay window: how far below the highest accepted ``Seq`` a datagram may still come."""
 WINDOW_MASK: Final = (1 << WINDOW) - 1
 MAX_SEQ: Final = (1 << (8 * SEQ_BYTES)) - 1
+NONCE_BYTES: Final = 32
+"""A placement nonce (``placement_key``): 256 random bits, one per placement."""
+PLACEMENT_PERSON: Final = b"ocmplace"
+REKEY_MAGIC: Final = b"\x00ocm-rekey"
+REKEY_BYTES: Final = len(REKEY_MAGIC) + NONCE_BYTES + TAG_BYTES
+REKEY_RESEND_S: Final = 1.0
+"""At most one rekey datagram per member per this many seconds after a failed tag."""
 DETAILS_KEY: Final = "datagram_key"
 """The name of the OK details field that carries the key (hex)."""
 
@@ -83,6 +107,36 @@ def advance(top: int, seen: int, seq: int) -> tuple[int, int] | None:
     return top, seen | 1 << back
 
 
+def placement_key(key: bytes, nonce: bytes) -> bytes:
+    """The datagram key of one placement of a member whose key is ``key``."""
+    return hashlib.blake2s(nonce, key=key, digest_size=KEY_BYTES,
+                           person=PLACEMENT_PERSON).digest()
+
+
+def encode_rekey(placed: bytes, nonce: bytes) -> bytes:
+    """The rekey datagram of a placement: ``nonce`` tagged under ``placed``
+    (``placement_key(key, nonce)``)."""
+    body = REKEY_MAGIC + nonce
+    return body + tag(placed, body)
+
+
+def is_rekey(data: bytes) -> bool:
+    """``data`` has the shape of a rekey datagram (its tag is not checked here)."""
+    return len(data) == REKEY_BYTES and data.startswith(REKEY_MAGIC)
+
+
+def decode_rekey(key: bytes, data: bytes) -> bytes | None:
+    """The placement key a rekey datagram announces for the member whose key is ``key``,
+    or None if ``data`` is not one or its tag is wrong (constant-time comparison)."""
+    if not is_rekey(data):
+        return None
+    cut = len(data) - TAG_BYTES
+    placed = placement_key(key, data[len(REKEY_MAGIC):cut])
+    if not hmac.compare_digest(tag(placed, data[:cut]), data[cut:]):
+        return None
+    return placed
+
+
 def encode_key(key: bytes) -> str:
     """The key as the details field carries it."""
     return key.hex()
@@ -119,14 +173,26 @@ class DatagramKey(bytes):
 class Sealer:
     """A client's side of one membership: seals every datagram with the next ``Seq``."""
 
-    __slots__ = ("key", "seq")
+    __slots__ = ("base", "key", "seq")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"a datagram key has {KEY_BYTES} bytes")
+        self.base = key
+        """The key given in the OK details."""
         self.key = key
+        """The key of the current placement (``rekey``)."""
         self.seq = 0
         """The last ``Seq`` used."""
+
+    def rekey(self, data: bytes) -> bool:
+        """Take the placement key of the rekey datagram ``data``; False (nothing changes)
+        if it is not a valid one. ``Seq`` goes on counting."""
+        placed = decode_rekey(self.base, data)
+        if placed is None:
+            return False
+        self.key = placed
+        return True
 
     def seal(self, data: bytes) -> bytes:
         """``data`` with the trailer of the next ``Seq``."""

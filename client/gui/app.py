@@ -7,7 +7,7 @@ request, its membership (``Joined``) and link, its page and its unread count.
 
 ``MainWindow`` owns the memberships: it joins with ``client.session_aio.join_room_async``
 (on the loop, so the window never waits on the network) with this device's public keys
-(``client.e2e_link.load_identity``: the key store ``ocm-chat`` uses), opens the link
+(``client.e2e_link.IdentityChoice``: the key store ``ocm-chat`` uses), opens the link
 ``client.e2e_link.room_link`` picks (``RoomLink``, or ``E2ERoomLink`` in an encrypted
 room: the same links ``ocm-chat`` uses) and routes its lines to the room's page; it reads
 typed input with ``client.commands`` and leaves cleanly when asked, when the window
@@ -58,14 +58,15 @@ from client.e2e.identity import IdentityKeys, fingerprint
 from client.e2e.sas import SasShow
 from client.e2e_link import (
     E2ERoomLink,
+    IdentityChoice,
     leave_datagram,
-    load_identity,
     must_be_encrypted,
+    open_store,
     room_link,
 )
 from client.gui import models, theme
 from client.gui.bridge import Tasks
-from client.gui.connect import ConnectScreen
+from client.gui.connect import ConnectScreen, passphrase_dialog
 from client.gui.help import HelpDialog
 from client.gui.models import ConnectRequest, Unread
 from client.gui.room import RoomView
@@ -73,7 +74,7 @@ from client.gui.sidebar import RoomList, RoomRow
 from client.gui.theme import Theme
 from client.gui.verify import SasDialog, VerifyDialog
 from client.joinflow import GUI_HINTS, pinning_tls_context
-from client.keystore import KeyStore, KeyStoreError
+from client.keystore import KeyStore, PassphraseNeeded, WrongPassphrase
 from client.known_servers import KnownServers
 from client.link import Resumed, RoomLink, SendState
 from client.refusals import Field
@@ -156,6 +157,9 @@ class MainWindow(QMainWindow):
         self.tasks = Tasks(self._task_failed)
         self.notifications: list[tuple[str, str]] = []  # the last few shown (for tests)
         self.leave_box: QMessageBox | None = None
+        self.key_passphrase: bytes | None = None
+        """The key store's passphrase as typed in ``passphrase_dialog`` (memory only)."""
+        self.passphrase_dialog: QInputDialog | None = None  # while it is asking
         self._closing = False
         self.theme = Theme.SYSTEM
         self.dark = False
@@ -456,27 +460,31 @@ class MainWindow(QMainWindow):
                 tls = client_tls_context(request.ca_file)
             except OSError as exc:
                 return failed(Field.SERVER, f"Cannot use the CA file: {exc}")
-        try:
-            store, identity = load_identity(self.env, request.host, request.port,
-                                            request.username)
-        except KeyStoreError as exc:
-            if request.encrypted:
-                return failed(Field.FORM, f"Cannot use your keys: {exc}")
-            store, identity = None, None  # plain rooms still work; encrypted ones refuse
+        store = open_store(self.env, passphrase=self.key_passphrase)
+        choice = IdentityChoice(store, request.host, request.port, request.username,
+                                required=request.encrypted)
         try:
             target = TcrpTarget(request.host, request.port, tls, self.join_timeout,
                                 request.ca_file if tls is not None else None, pins, GUI_HINTS)
             joined = await join_room_async(target, Request.of(
                 request.operation, request.room, RequestBody(
                     request.username, request.password, Framing.OCM1R,
-                    keys=identity.publish() if identity is not None else None,
                     e2e=must_be_encrypted(store, request.host, request.port, request.room,
-                                          request.encrypted, request.operation))))
-        except JoinRefused as exc:
-            which, text = models.refusal(exc.status, bool(request.password), exc.error,
-                                         room=request.room, user=request.username)
-            return failed(which, text)
-        except JoinFailed as exc:
+                                          request.encrypted, request.operation))),
+                keys_for=choice)
+        except (JoinRefused, JoinFailed) as exc:
+            if isinstance(choice.error, PassphraseNeeded):  # locked keys: ask, join again
+                screen.set_busy(False)
+                if await self.ask_key_passphrase(isinstance(choice.error, WrongPassphrase)):
+                    return await self.connect_to(request, session)
+                return failed(Field.FORM, "Your keys are locked with a passphrase; join "
+                              "again to type it")
+            if isinstance(exc, JoinRefused):
+                which, text = models.refusal(exc.status, bool(request.password), exc.error,
+                                             room=request.room, user=request.username)
+                return failed(which, text)
+            if choice.required and choice.identity is None:
+                return failed(Field.FORM, f"Cannot use your keys: {choice.error}")
             return failed(Field.SERVER, models.unreachable_text(
                 str(exc), request.tls, reached=isinstance(exc, NoEncryptedRooms)))
         finally:
@@ -485,7 +493,34 @@ class MainWindow(QMainWindow):
             _abandon(joined)
             return False
         screen.remember_request(request)
-        await self._chat(request, joined, store, identity, session)
+        identity = choice.identity  # None: plain rooms still work; encrypted ones refuse
+        await self._chat(request, joined, store if identity is not None else None, identity,
+                         session)
+        return True
+
+    async def ask_key_passphrase(self, wrong: bool) -> bool:
+        """Ask for the key store's passphrase (``wrong``: the last one did not open the
+        keys); True once one was typed, False if the dialog was cancelled."""
+        self.key_passphrase = None
+        dialog = passphrase_dialog(self, wrong)
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def answered(text: str) -> None:
+            if not answer.done():
+                answer.set_result(text)
+
+        dialog.textValueSelected.connect(answered)
+        dialog.rejected.connect(lambda: answered(""))
+        self.passphrase_dialog = dialog
+        dialog.open()
+        try:
+            text = await answer
+        finally:
+            self.passphrase_dialog = None
+            dialog.deleteLater()
+        if not text:
+            return False
+        self.key_passphrase = text.encode()
         return True
 
     async def _chat(self, request: ConnectRequest, joined: Joined, store: KeyStore | None,

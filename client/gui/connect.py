@@ -10,6 +10,9 @@ is pinned on first use (``client.known_servers``), or, with a CA file, its certi
 verified against that CA. Unticked, TCRP goes in clear to the plain port. "End-to-end
 encrypted" (when creating) makes the new room an encrypted one (docs/e2e.md); joining
 needs no toggle, the server says whether a room is encrypted.
+
+When the key store needs a passphrase (the identity was saved with one, and no OS keyring
+holds the key), the main window asks for it with ``passphrase_dialog`` and joins again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -57,6 +61,25 @@ def _recent(settings: QSettings, key: str) -> list[str]:
     if isinstance(value, list):
         return [str(item) for item in value]
     return []
+
+
+PASSPHRASE_TEXT: Final = ("Your identity keys are locked with a passphrase.\n"
+                          "Type it to unlock them (it is kept in memory only):")
+WRONG_PASSPHRASE_TEXT: Final = "That passphrase does not open your keys. Try again:"
+
+
+def passphrase_dialog(parent: QWidget, wrong: bool) -> QInputDialog:
+    """A dialog asking for the key store's passphrase, typed hidden; ``wrong``: the last
+    one did not open the keys. The caller connects ``textValueSelected`` and
+    ``rejected`` and calls ``open()``."""
+    dialog = QInputDialog(parent)
+    dialog.setObjectName("key-passphrase")
+    dialog.setWindowTitle("Unlock your keys")
+    dialog.setInputMode(QInputDialog.InputMode.TextInput)
+    dialog.setTextEchoMode(QLineEdit.EchoMode.Password)
+    dialog.setLabelText(WRONG_PASSPHRASE_TEXT if wrong else PASSPHRASE_TEXT)
+    dialog.setOkButtonText("Unlock")
+    return dialog
 
 
 class ConnectScreen(QWidget):

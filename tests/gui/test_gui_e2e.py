@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 import qasync
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtWidgets import QApplication, QInputDialog
+from PySide6.QtWidgets import QApplication, QInputDialog, QLineEdit
 from pytestqt.qtbot import QtBot
 
 from client.e2e.identity import fingerprint
 from client.e2e_link import E2ERoomLink
 from client.gui.app import MainWindow
+from client.gui.connect import PASSPHRASE_TEXT, WRONG_PASSPHRASE_TEXT
 from client.gui.models import group_lines
+from client.keystore import KeyStore, server_identity
 from tests.gui.conftest import in_thread, run, until
 from tests.gui.test_gui import (
     clients,
@@ -281,5 +283,42 @@ def test_emoji_verification_from_the_verify_dialog_with_ocm_chat(
         assert "verification with bob cancelled" in scrollback(gui)
         bob.close_stdin()
         assert await in_thread(bob.wait) == 0
+
+    run(loop, scenario())
+
+
+def test_locked_keys_are_unlocked_with_a_passphrase_typed_in_a_dialog(
+        gui: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, server: Server,
+        tmp_path: Path) -> None:
+    """alice's identity on this server was saved with a passphrase (``ocm-chat
+    --key-passphrase-file``, no OS keyring). Creating an encrypted room, the window asks
+    for it in a dialog instead of failing: a wrong one is asked again, the right one opens
+    the keys and the room is made with that identity."""
+    phrase = tmp_path / "phrase"
+    phrase.write_text("correct horse\n")
+    locked = KeyStore(tmp_path / "gui" / "ocm", phrase, use_keyring=False)
+    made = locked.load_or_create_identity(server_identity("127.0.0.1", server.tcp_port),
+                                          "alice")
+    room = room_name()
+
+    async def answer(text: str, label: str) -> QInputDialog:
+        await until(lambda: gui.passphrase_dialog is not None, "the passphrase dialog")
+        dialog = gui.passphrase_dialog
+        assert dialog is not None and dialog.labelText() == label
+        assert dialog.textEchoMode() is QLineEdit.EchoMode.Password
+        dialog.setTextValue(text)
+        dialog.accept()
+        await until(lambda: gui.passphrase_dialog is not dialog, "the dialog closed")
+        return dialog
+
+    async def scenario() -> None:
+        gui.connect_screen.create_mode.setChecked(True)
+        gui.connect_screen.encrypted.setChecked(True)
+        fill(gui, qtbot, server.tcp_port, "alice", room, create=True)
+        await answer("wrong horse", PASSPHRASE_TEXT)
+        await answer("correct horse", WRONG_PASSPHRASE_TEXT)
+        await until(lambda: in_room(gui), "the room window")
+        assert fingerprint(e2e_link(gui).identity.public()) == fingerprint(made.public())
+        assert f"your key fingerprint (alice): {fingerprint(made.public())}" in scrollback(gui)
 
     run(loop, scenario())

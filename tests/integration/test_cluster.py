@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from client.joinflow import pinning_tls_context
+from client.session import TcrpTarget, join_room
 from tests.integration.harness import Server, start_server
 from tests.integration.peer import JoinRefused, Peer, join, tcrp_exchange
 from tests.integration.redisproc import RedisServer, TcpProxy
@@ -199,6 +201,41 @@ def test_create_on_a_join_through_b_and_c_and_chat(nodes: dict[str, Server]) -> 
     assert {n["id"] for n in view["nodes"]} == {"A", "B", "C"}  # type: ignore[union-attr,index]
     for peer in (alice, bob, carol):
         peer.close()
+
+
+def test_a_member_joining_over_tls_through_another_node_gets_a_datagram_key(
+        nodes: dict[str, Server]) -> None:
+    """bob joins over TLS through a node that does not own the room: the owner gives him a
+    datagram key (it crosses the link masked) and its worker checks it. His sealed chat is
+    relayed; an unsealed one with his sniffed token, from his IP, is dropped."""
+    for server in nodes.values():
+        wait_nodes(server, 3)
+    alice = member(nodes["A"], Operation.CREATE, "sealed-relayed", "alice", "127.0.21.1")
+    via = next(n for name, n in nodes.items() if NODE_IPS[name] != alice.host)
+    assert via.tls_port
+    target = TcrpTarget(via.host, via.tls_port, tls=pinning_tls_context())
+    bob = join_room(target, Request.of(Operation.JOIN, "sealed-relayed",
+                                       RequestBody("bob", framing=Framing.OCM1)),
+                    source="127.0.21.2")
+    forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay = (via.host, via.udp_port)  # as ocm-chat does: the node it joined through
+    try:
+        assert bob.details.datagram_key is not None and bob.sealer is not None
+        assert bob.details.udp_host == alice.host  # the room lives on another node
+        expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
+        for text in (b"", b"first"):
+            bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, text)), relay)
+        expect_framed(alice, FramedChat, username="bob", message="first")
+        forger.bind(("127.0.21.2", 0))
+        forger.sendto(encode_chat(bob.room_raw, bob.token, b"forged"), relay)
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"second")),
+                            relay)
+        expect_framed(alice, FramedChat, username="bob", message="second")
+        alice.expect_nothing()
+    finally:
+        forger.close()
+        bob.udp_sock.close()
+        alice.close()
 
 
 def test_resume_through_another_node_moves_the_membership_on_the_owner(

@@ -23,6 +23,7 @@ from client.session import Joined, TcrpTarget, client_tls_context, join_room
 from tests.integration.harness import Server, start_server
 from tests.integration.test_server_modes import worker_pid
 from tests.integration.test_tls import chat, make_pki, tls_port
+from wire import dgmac
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation
 from wire.e2e import Kind, PublicKeys, encode_message
@@ -166,30 +167,67 @@ def test_ocm_chat_over_tls_seals_its_datagrams(tmp_path: Path) -> None:
             alice.udp_sock.close()
 
 
-def test_a_restarted_worker_gets_the_key_back(tmp_path: Path) -> None:
-    """SIGKILL the worker: its replacement is seeded with bob's key, so bob's sealed chat
-    is relayed and a forged, unsealed one is still dropped."""
+def joiner(target: TcrpTarget, room: str,
+           framing: Framing) -> Callable[[Operation, str], Joined]:
+    def join(operation: Operation, user: str) -> Joined:
+        return join_room(target, Request.of(operation, room,
+                                            RequestBody(user, framing=framing)))
+    return join
+
+
+async def wait(predicate: Callable[[], bool]) -> None:
+    """Until ``predicate()`` holds, polling the state the links update; WAIT_S at most."""
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def take_rekey(member: Joined) -> None:
+    """Read ``member``'s socket up to the rekey datagram of its new placement and switch
+    its key, as ``RoomLink`` does."""
+    assert member.sealer is not None
+    member.udp_sock.settimeout(WAIT_S)
+    while not dgmac.is_rekey(data := member.udp_sock.recv(65536)):
+        pass
+    assert member.sealer.rekey(data)
+
+
+def test_a_datagram_recorded_before_a_worker_restart_is_not_replayed_after(
+        tmp_path: Path) -> None:
+    """The attack: bob's sealed chat, recorded off the wire, sent again from bob's own
+    address after his worker was SIGKILLed and replaced. The replacement gets bob back
+    with a fresh placement key, so the recording fails its tag and is not relayed; bob,
+    told the placement by the rekey datagram, chats on, and a forged unsealed datagram is
+    still dropped."""
     ca, server = start_tls(tmp_path)
     with server as srv:
         secure = TcrpTarget(H, tls_port(srv), tls=client_tls_context(str(ca)))
         alice = join_room(secure, Request.of(Operation.CREATE, "kept", RequestBody("alice")))
         bob = join_room(secure, Request.of(Operation.JOIN, "kept", RequestBody("bob")))
+        carol = join_room(TcrpTarget(H, srv.tcp_port),
+                          Request.of(Operation.JOIN, "kept", RequestBody("carol")))
         attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            for member in (alice, bob):
+            for member in (alice, bob, carol):
                 send(member, b"")
-            send(bob, b"before")
+            recorded = bob.seal(encode_chat(bob.room_raw, bob.token, b"before"))
+            bob.udp_sock.sendto(recorded, bob.server)
             wait_for(alice, "bob", b"before")
             pid = worker_pid(srv, 0)
             os.kill(pid, signal.SIGKILL)
             srv.wait_log(r"worker 0 replaced")
+            bob.udp_sock.sendto(recorded, bob.server)  # the replay, from bob's address
+            send(carol, b"mark")  # plain TCRP: no key, relayed as before
+            assert ("bob", b"before") not in wait_for(alice, "carol", b"mark")
             attacker.bind((H, 0))
             attacker.sendto(encode_chat(bob.room_raw, bob.token, b"forged"), bob.server)
-            send(bob, b"after")  # Seq 3: the new worker's window starts empty
+            take_rekey(bob)
+            send(bob, b"after")
             assert ("bob", b"forged") not in wait_for(alice, "bob", b"after")
         finally:
             attacker.close()
-            for member in (alice, bob):
+            for member in (alice, bob, carol):
                 member.udp_sock.close()
 
 
@@ -202,15 +240,7 @@ def test_a_sealed_ocm1r_member_chats_and_recovers(tmp_path: Path, hot_path: str)
     with server as srv:
         secure = TcrpTarget(H, tls_port(srv), tls=client_tls_context(str(ca)))
 
-        def join(operation: Operation, user: str) -> Joined:
-            return join_room(secure, Request.of(operation, "sealed-r",
-                                                RequestBody(user, framing=Framing.OCM1R)))
-
-        async def wait(predicate: Callable[[], bool]) -> None:
-            deadline = asyncio.get_running_loop().time() + WAIT_S
-            while not predicate():
-                assert asyncio.get_running_loop().time() < deadline, "timed out"
-                await asyncio.sleep(0.01)
+        join = joiner(secure, "sealed-r", Framing.OCM1R)
 
         async def scenario() -> None:
             seen: dict[str, list[str]] = {"alice": [], "bob": []}
@@ -252,6 +282,42 @@ def test_a_sealed_ocm1r_member_chats_and_recovers(tmp_path: Path, hot_path: str)
             bob.leave()
             await wait(lambda: "* bob left the room" in seen["alice"])
             alice.leave()
+            alice.close()
+            bob.close()
+
+        asyncio.run(scenario())
+
+
+def test_the_client_takes_its_new_placement_key_after_a_worker_restart(
+        tmp_path: Path) -> None:
+    """``RoomLink`` (ocm-chat, ocm-gui) reads the rekey datagram of its new placement and
+    seals with that key from then on: its chat goes on after the worker is replaced."""
+    ca, server = start_tls(tmp_path)
+    with server as srv:
+        secure = TcrpTarget(H, tls_port(srv), tls=client_tls_context(str(ca)))
+
+        join = joiner(secure, "placed", Framing.OCM1)
+
+        async def scenario() -> None:
+            seen: dict[str, list[str]] = {"alice": [], "bob": []}
+            alice = RoomLink(await asyncio.to_thread(join, Operation.CREATE, "alice"),
+                             lambda line: seen["alice"].append(line.plain()))
+            bob = RoomLink(await asyncio.to_thread(join, Operation.JOIN, "bob"),
+                           lambda line: seen["bob"].append(line.plain()))
+            await alice.open()
+            await bob.open()
+            await wait(lambda: "* bob joined the room" in seen["alice"])
+            bob.send("before")
+            await wait(lambda: "bob: before" in seen["alice"])
+            sealer = bob.joined.sealer
+            assert sealer is not None and sealer.key == sealer.base
+            os.kill(worker_pid(srv, 0), signal.SIGKILL)
+            await asyncio.to_thread(srv.wait_log, r"worker 0 replaced")
+            await wait(lambda: sealer.key != sealer.base)
+            bob.send("after")
+            alice.send("to bob")
+            await wait(lambda: "bob: after" in seen["alice"] and "alice: to bob" in seen["bob"])
+            assert bob.dropped == 0
             alice.close()
             bob.close()
 

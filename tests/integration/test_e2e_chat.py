@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from client.e2e.identity import fingerprint
+from client.keystore import KeyStore, server_identity
 from tests.integration.harness import Server
 from tests.integration.test_client_script import Client, spawn
 
@@ -393,6 +395,30 @@ def test_two_clients_sharing_one_config_directory(server: Server, room_name: str
         client.close_stdin()
         assert client.wait() == 0
     assert not any("Traceback" in line for c in (alice, bob) for line in c.err_seen)
+
+
+def test_one_identity_per_tls_server_whatever_name_reaches_it(server: Server, room_name: str,
+                                                               clients: list[Client],
+                                                               tmp_path: Path) -> None:
+    """Over TLS the identity is keyed by the server's TLS key: alice reaching one server as
+    127.0.0.1 and then as localhost is one identity (one fingerprint, one file, under the
+    key), and the identity she had under ``host:port`` before is adopted, not stranded."""
+    env = _env(tmp_path, "alice")
+    store = KeyStore(Path(env["XDG_CONFIG_HOME"]) / "ocm", use_keyring=False)
+    earlier = store.load_or_create_identity(server_identity(H, server.tls_port), "alice")
+    shown = []
+    for name, room in ((H, room_name), ("localhost", f"{room_name}-b")):
+        alice = spawn(clients, server, "--server", name, "--create", room, "--user", "alice",
+                      "--e2e", env=env)
+        shown.append(alice.expect(rf"your key fingerprint \(alice\): {FP}$").rsplit(": ", 1)[1])
+        alice.close_stdin()
+        assert alice.wait() == 0
+    assert shown == [fingerprint(earlier.public())] * 2
+    pins = (Path(env["XDG_CONFIG_HOME"]) / "ocm" / "known_servers").read_text().split()
+    tls_key = pins[pins.index(f"{H}:{server.tls_port}") + 1]
+    assert store.identity_path(tls_key, "alice").exists()
+    assert not store.identity_path(server_identity("localhost", server.tls_port),
+                                   "alice").exists()
 
 
 def test_interactive_verification_with_emoji(server: Server, room_name: str,

@@ -42,11 +42,12 @@ def test_mac_verifies_only_the_same_secret_nonce_and_body() -> None:
 # (after the 4-byte length) and what the decoder reads back into the same value.
 VECTORS: list[tuple[link.Message, bytes]] = [
     (link.Hello(NONCE), b'{"nonce":"000102030405060708090a0b0c0d0e0f"}'),
-    (REQUEST, b'{"op":1,"room":"room","ip":"127.0.2.1","origin":"B","user":"alice",'
+    (REQUEST, b'{"op":1,"room":"room","ip":"127.0.2.1","origin":"B","secure":false,"user":"alice",'
               b'"password":null,"framing":"ocm1","keys":null,"e2e":false,"resume":null}'),
     (link.Forward(Operation.JOIN, "r", RequestBody("bob", "pw", Framing.PLAIN, KEYS, True),
-                  "127.0.2.2", "C"),
-     b'{"op":2,"room":"r","ip":"127.0.2.2","origin":"C","user":"bob","password":"pw",'
+                  "127.0.2.2", "C", secure=True),
+     b'{"op":2,"room":"r","ip":"127.0.2.2","origin":"C","secure":true,"user":"bob",'
+     b'"password":"pw",'
      b'"framing":"plain","keys":{"x25519":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",'
      b'"ed25519":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="},"e2e":true,'
      b'"resume":null}'),
@@ -218,3 +219,21 @@ def test_a_forward_carries_a_resume_secret() -> None:
     body = RequestBody("bob", None, Framing.OCM1R, resume="s" * 32)
     forward = link.Forward(Operation.JOIN, "r", body, "127.0.2.9", "A")
     assert link.decode_request(body_of(forward)) == forward
+
+
+def test_a_datagram_key_crosses_the_link_masked() -> None:
+    """A forwarded TLS join's datagram key never travels in clear between nodes: the owner
+    masks it with a pad from the secret and its fresh nonce, the caller unmasks it."""
+    secret, key = b"s" * 32, bytes(range(200, 232))
+    granted = link.Granted(Details(9001, False, 1000, 30.0, Framing.OCM1, datagram_key=key),
+                           b"AbToken")
+    sent = link.mask_granted(secret, NONCE, granted)
+    frame = link.encode(sent)
+    assert key.hex().encode() not in frame and sent.details.datagram_key != key
+    received = link.decode_reply(frame[link.LENGTH.size:], link.Granted)
+    assert isinstance(received, link.Granted)
+    assert link.mask_granted(secret, NONCE, received) == granted
+    other = link.mask_granted(secret, bytes(16), granted).details.datagram_key
+    assert other not in (key, sent.details.datagram_key)  # another nonce, another pad
+    plain = link.Granted(Details(9001, False, 1000, 30.0, Framing.OCM1), b"AbToken")
+    assert link.mask_granted(secret, NONCE, plain) == plain

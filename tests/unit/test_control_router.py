@@ -39,7 +39,8 @@ class Recording:
     settled: list[tuple[str, bool]] = field(default_factory=list)
     udp_host: str | None = "127.0.1.1"
 
-    async def place(self, request: Request, ip: str) -> Here | Elsewhere:
+    async def place(self, request: Request, ip: str, secure: bool = False
+                    ) -> Here | Elsewhere:
         if self.refusal is not None:
             raise self.refusal
         return self.placement

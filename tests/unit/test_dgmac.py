@@ -285,3 +285,78 @@ def test_the_join_flow_seals_the_leave_of_an_unwanted_plain_room() -> None:
     assert answer is not None
     leave = flow.granted(answer, "127.0.0.1").leave
     assert leave == dgmac.seal(KEY, encode_chat(room.encode(), token, b"/exit"), 1)
+
+
+# --- placements: a fresh key per placement (a restarted worker) ---------------------------
+NONCE = bytes(range(7, 39))
+
+
+def test_rekey_round_trip_and_its_tag_checked() -> None:
+    placed = dgmac.placement_key(KEY, NONCE)
+    assert placed == hashlib.blake2s(NONCE, key=KEY, digest_size=32, person=b"ocmplace").digest()
+    assert placed != KEY and len(placed) == dgmac.KEY_BYTES
+    rekey = dgmac.encode_rekey(placed, NONCE)
+    assert len(rekey) == dgmac.REKEY_BYTES and rekey[:1] == b"\x00" and dgmac.is_rekey(rekey)
+    assert dgmac.decode_rekey(KEY, rekey) == placed
+    assert dgmac.decode_rekey(bytes(32), rekey) is None  # another member's key
+    assert dgmac.decode_rekey(KEY, rekey[:-1] + bytes([rekey[-1] ^ 1])) is None
+    forged = dgmac.REKEY_MAGIC + bytes(32)
+    assert dgmac.decode_rekey(KEY, forged + dgmac.tag(KEY, forged)) is None
+    sealer = dgmac.Sealer(KEY)
+    sealer.seal(b"x")
+    sealer.seal(b"y")
+    assert not sealer.rekey(rekey[:-1] + b"\x00") and sealer.key == KEY
+    assert sealer.rekey(rekey) and sealer.key == placed
+    assert dgmac.verify(placed, sealer.seal(b"z")) == 3  # Seq goes on counting
+
+
+def placed_again(core: RelayCore) -> RelayCore:
+    """``core`` after bob's worker died: a new one, seeded with bob (bound to B) and a
+    placement nonce, as control re-seeds it."""
+    fresh = RelayCore(inactivity_timeout=300.0, max_send_failures=3)
+    for token, user, host, key, addr in ((TA, "alice", True, None, A),
+                                         (TB, "bob", False, KEY, B)):
+        assert fresh.add_member("r", token, user, "127.0.0.1", Framing.PLAIN, host, 60.0,
+                                addr, True, True, mac_key=key,
+                                placement=NONCE if key is not None else None)
+    return fresh
+
+
+def test_a_datagram_recorded_before_a_worker_restart_is_not_accepted_after() -> None:
+    """The attack: a datagram of bob recorded before his worker restarted, replayed after
+    (from bob's address). The new placement has its own key: the replay fails its tag and
+    is not relayed; bob is told his placement key and chats on with it."""
+    core = keyed_room()
+    recorded = dgmac.seal(KEY, encode_chat(b"r", TB, b"recorded"), 2)
+    assert core.handle_datagram(recorded, B, 2.0) is not None
+    core = placed_again(core)
+    rekey = dgmac.encode_rekey(dgmac.placement_key(KEY, NONCE), NONCE)
+    assert core.outbox == [(rekey, B)]  # told at once, at its bound address
+    core.outbox.clear()
+    assert core.handle_datagram(recorded, B, 61.0) is None
+    assert core.drops["bad_mac"] == 1
+    assert core.outbox == [(rekey, B)]  # told again: a datagram under the old key came
+    core.outbox.clear()
+    assert core.handle_datagram(recorded, FORGER, 61.5) is None
+    assert core.outbox == []  # at most once every REKEY_RESEND_S, never to the sender
+    sealer = dgmac.Sealer(KEY)
+    sealer.seq = 2
+    assert sealer.rekey(rekey)
+    fanout = core.handle_datagram(sealer.seal(encode_chat(b"r", TB, b"after")), B, 62.0)
+    assert fanout is not None and fanout.plain == b"bob: after"
+
+
+def test_the_placement_crosses_the_pipe_and_only_with_a_key() -> None:
+    key = dgmac.DatagramKey(KEY)
+    message = ipc.AddMember(1, "r", TB, "bob", "127.0.0.1", Framing.OCM1, False,
+                            datagram_key=key, placement=dgmac.DatagramKey(NONCE))
+    (decoded,) = ipc.FrameDecoder().feed(ipc.encode(message))
+    assert decoded == message
+    core = RelayCore()
+    assert core.add_member("r", TA, "alice", "127.0.0.1", Framing.PLAIN, True, 0.0,
+                           placement=NONCE)
+    assert core.tokens[TA].mac_key is None and core.tokens[TA].rekey is None
+    assert core.add_member("r", TB, "bob", "127.0.0.1", Framing.PLAIN, False, 0.0,
+                           mac_key=key, placement=dgmac.DatagramKey(NONCE))
+    assert type(core.tokens[TB].mac_key) is bytes  # exact bytes for the compiled loop
+    assert core.outbox == []  # no address yet: told when a datagram fails its tag

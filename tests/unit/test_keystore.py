@@ -61,6 +61,33 @@ def test_identity_per_server_and_user(store: KeyStore) -> None:
     assert again.public() == alice.public()
 
 
+def test_an_identity_under_the_address_is_adopted_under_the_tls_key(
+        store: KeyStore, tmp_path: Path) -> None:
+    """An identity made under ``host:port`` (before the server's TLS key was known) is
+    adopted the first time the server is reached by its key, and kept for the address
+    too; bob, with no identity there, gets a new one; a key with its own identity keeps
+    it."""
+    tls_key = "sha256:" + "A" * 43
+    earlier = store.load_or_create_identity(SERVER, "alice")
+    adopted = store.load_or_create_identity(tls_key, "alice", former=SERVER)
+    assert adopted.public() == earlier.public()
+    saved = json.loads(store.identity_path(tls_key, "alice").read_text())
+    assert saved["server"] == tls_key and saved["adopted_from"] == SERVER
+    assert store.load_or_create_identity(SERVER, "alice").public() == earlier.public()
+    bob = store.load_or_create_identity(tls_key, "bob", former=SERVER)
+    assert bob.public() != earlier.public()
+    other = store.load_or_create_identity("sha256:" + "B" * 43, "carol")
+    carol = store.load_or_create_identity("sha256:" + "B" * 43, "carol", former="x:1")
+    assert carol.public() == other.public()
+    # A file that does not open (saved with a passphrase not given now) is not adopted.
+    phrase = tmp_path / "phrase"
+    phrase.write_text("correct horse\n")
+    KeyStore(store.directory, phrase, use_keyring=False).load_or_create_identity(SERVER, "dave")
+    with pytest.raises(KeyStoreError, match="passphrase"):
+        store.load_or_create_identity(tls_key, "dave", former=SERVER)
+    assert not store.identity_path(tls_key, "dave").exists()
+
+
 def test_files_hold_no_key_in_clear_and_modes_are_tight(store: KeyStore) -> None:
     identity = store.load_or_create_identity(SERVER, "alice")
     directory = store.directory
@@ -185,3 +212,23 @@ def test_a_room_seen_encrypted_must_stay_so_on_join_only(store: KeyStore) -> Non
     assert not must_be_encrypted(store, "127.0.0.1", 9000, "r", False, create)  # your choice
     assert must_be_encrypted(store, "127.0.0.1", 9000, "r", True, create)
     assert not must_be_encrypted(store, "127.0.0.1", 9001, "r", False, join)  # another server
+
+
+def test_a_typed_passphrase_opens_what_a_passphrase_file_locked(store: KeyStore,
+                                                                tmp_path: Path) -> None:
+    """What ocm-gui's dialog relies on: a locked identity says it needs a passphrase
+    (``PassphraseNeeded``), a wrong one says so (``WrongPassphrase``), the right one typed
+    (not in a file) opens it."""
+    phrase = tmp_path / "phrase"
+    phrase.write_text("correct horse\n")
+    made = KeyStore(store.directory, phrase, use_keyring=False).load_or_create_identity(
+        SERVER, "alice")
+    with pytest.raises(keystore.PassphraseNeeded) as needed:
+        store.load_or_create_identity(SERVER, "alice")
+    assert not isinstance(needed.value, keystore.WrongPassphrase)
+    for wrong in (b"wrong horse", b""):
+        typed = KeyStore(store.directory, use_keyring=False, passphrase=wrong)
+        with pytest.raises(keystore.WrongPassphrase):
+            typed.load_or_create_identity(SERVER, "alice")
+    typed = KeyStore(store.directory, use_keyring=False, passphrase=b"correct horse")
+    assert typed.load_or_create_identity(SERVER, "alice").public() == made.public()
