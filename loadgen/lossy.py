@@ -39,7 +39,7 @@ from client.reliable import Delivered, Gap, ReliableChat
 from client.session import TcrpTarget
 from client.session_aio import join_room_async
 from loadgen.meter import latency_ms, merge_histograms, new_histogram
-from loadgen.procstat import tree_cpu_seconds
+from loadgen.procstat import runqueue_wait_seconds, tree_cpu_seconds
 from wire import chat
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation
@@ -280,6 +280,7 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
         run.out_from = start + opts.duration / 3
         run.out_until = run.out_from + opts.outage_s
     cpu0 = tree_cpu_seconds(opts.server_pid) if opts.server_pid else None
+    own0 = (time.process_time(), runqueue_wait_seconds())
     run.measuring = True
     schedule = [(start + run.rng.random() * interval, i) for i in range(len(run.members))]
     heapq.heapify(schedule)
@@ -315,6 +316,7 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
         now = time.monotonic()
     sent_end = now
     cpu1 = tree_cpu_seconds(opts.server_pid) if opts.server_pid else None
+    own1 = (time.process_time(), runqueue_wait_seconds())
     run.measuring, run.draining = False, True
     while not _settled(run) and now - sent_end < opts.drain:
         _outage(run, now)
@@ -342,6 +344,7 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
         "outage_hist": run.outage_hist.encode(),
         "start": start, "sent_end": sent_end, "drain_s": now - sent_end,
         "server_cpu_s": None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+        "cpu_s": own1[0] - own0[0], "wait_s": own1[1] - own0[1],
     }
 
 
@@ -384,6 +387,9 @@ def _report(opts: LossOptions, parts: list[dict[str, Any]], procs: int,
             "resent_copies": total("resent"),
             "drain_s": round(max(p["drain_s"] for p in parts), 3),
             "outage": outage,
+            "loadgen_cpu_pct": round(100.0 * sum(p["cpu_s"] for p in parts) / sending_s, 1),
+            "loadgen_cpu_wait_pct": round(100.0 * sum(p["wait_s"] for p in parts) / sending_s,
+                                          1),
             "server_cpu_s": None if server_cpu_s is None else round(server_cpu_s, 3),
             "server_cpu_pct": None if server_cpu_s is None else round(
                 100.0 * server_cpu_s / sending_s, 1),
@@ -502,7 +508,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"meanwhile came back ({'n/a' if back is None else f'{back:.3f}'} %), "
             f"p50 {after.get('p50')} ms / p99 {after.get('p99')} ms / max {after.get('max')} "
             "ms after it ended")
-    lines.append(f"server CPU {r['server_cpu_pct']} % of a core"
-                 if r["server_cpu_pct"] is not None
-                 else "server CPU not measured (--server-pid)")
+    lines.append(f"loadgen CPU {r['loadgen_cpu_pct']} % of a core, "
+                 f"{r['loadgen_cpu_wait_pct']} % waiting for one (all its processes); "
+                 + (f"server CPU {r['server_cpu_pct']} % of a core"
+                    if r["server_cpu_pct"] is not None
+                    else "server CPU not measured (--server-pid)"))
     return lines
