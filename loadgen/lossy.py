@@ -162,7 +162,8 @@ class _Member(asyncio.DatagramProtocol):
         if run.measuring or run.draining:
             run.delivered += 1
             run.hist.record_value(max(1, int((now - first) * 1e6)))
-            if self in run.outage_members and run.out_from <= first < run.out_until:
+            if self in run.outage_members and run.out_from <= first < run.out_until \
+                    and run.outage_on is False and run.out_until != float("inf"):
                 run.outage_back += 1
                 run.outage_hist.record_value(max(1, int((now - run.out_until) * 1e6)))
 
@@ -187,6 +188,7 @@ class _Run:
         self.outage_of: dict[int, _Member] = {}
         """The member of each room that has the outage."""
         self.out_from = self.out_until = float("inf")
+        self.outage_on = False
         self.outage_expected = self.outage_back = self.outage_dropped = 0
         self.outage_hist = new_histogram()
         """From the end of the outage to the delivery of what was sent during it."""
@@ -248,20 +250,27 @@ def _settled(run: _Run) -> bool:
 
 
 def _outage(run: _Run, now: float) -> None:
-    """Start or end the outage of one member per room."""
-    if not run.outage_members:
+    """Start the outage of one member per room once its time has come, and end it
+    ``outage_s`` after it really started (a late loop iteration delays it, never skips
+    it): ``out_from`` and ``out_until`` become the times it really began and ended."""
+    if not run.outage_members or run.out_until != float("inf"):
         return
-    if run.out_from <= now < run.out_until:
-        for member in run.outage_members:
-            member.out = True
-    elif now >= run.out_until:
-        for member in run.outage_members:
-            if member.out:  # back: NACK every hole, resend the window, ask where the room is
-                member.out = False
-                if member.chat is not None:
-                    member.chat.resumed(now)
-                    run.busy.add(member)
-                member.send_message(b"")
+    if not run.outage_on:
+        if now >= run.out_from:
+            run.outage_on = True
+            run.out_from = float(f"{now:.6f}")  # as the texts carry their send times
+            for member in run.outage_members:
+                member.out = True
+        return
+    if now >= run.out_from + run.opts.outage_s:
+        run.outage_on = False
+        run.out_until = float(f"{now:.6f}")
+        for member in run.outage_members:  # back: NACK every hole, resend the window,
+            member.out = False  # and ask where the room is
+            if member.chat is not None:
+                member.chat.resumed(now)
+                run.busy.add(member)
+            member.send_message(b"")
 
 
 async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = None
@@ -277,8 +286,7 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
     start = time.monotonic()
     interval = 1.0 / opts.rate
     if run.outage_members:
-        run.out_from = start + opts.duration / 3
-        run.out_until = run.out_from + opts.outage_s
+        run.out_from = start + opts.duration / 3  # planned; _outage sets the real one
     cpu0 = tree_cpu_seconds(opts.server_pid) if opts.server_pid else None
     own0 = (time.process_time(), runqueue_wait_seconds())
     run.measuring = True
@@ -296,7 +304,7 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
             text = f"{member.index} {member.sent} {now:.6f}".encode()
             member.sent += 1
             run.expected += users - 1
-            if run.out_from <= now < run.out_until:
+            if run.outage_on:
                 away = run.outage_of.get(member.room)
                 if away is not None and away is not member:
                     run.outage_expected += 1
@@ -342,6 +350,7 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
         "outage_members": len(run.outage_members), "outage_expected": run.outage_expected,
         "outage_back": run.outage_back, "outage_dropped": run.outage_dropped,
         "outage_hist": run.outage_hist.encode(),
+        "outage_real_s": None if run.out_until == float("inf") else run.out_until - run.out_from,
         "start": start, "sent_end": sent_end, "drain_s": now - sent_end,
         "server_cpu_s": None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
         "cpu_s": own1[0] - own0[0], "wait_s": own1[1] - own0[1],
@@ -361,6 +370,8 @@ def _report(opts: LossOptions, parts: list[dict[str, Any]], procs: int,
         missed, back = total("outage_expected"), total("outage_back")
         outage = {
             "seconds": opts.outage_s, "members": total("outage_members"),
+            "real_seconds": [None if p["outage_real_s"] is None else round(p["outage_real_s"], 3)
+                             for p in parts],
             "deliveries_sent_while_out": missed, "came_back": back,
             "came_back_pct": 100.0 * back / missed if missed else None,
             "datagrams_dropped_while_out": total("outage_dropped"),
