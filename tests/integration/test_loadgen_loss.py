@@ -64,3 +64,18 @@ def test_two_processes_and_an_outage_of_one_member_per_room_recover_everything(
     assert all(real >= 1.5 for real in outage["real_seconds"])
     assert outage["came_back_pct"] == 100.0
     assert outage["after_resume_ms"]["max"] is not None
+
+
+def test_the_bench_harness_runs_both_kinds_and_writes_the_medians(tmp_path: Path) -> None:
+    """``make bench-reliable``'s driver on its small profile: a fresh server, one round."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.reliable", "--quick", "--repeat", "1", "--out",
+         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["medians"]) == {"loss", "outage"}
+    for kind in ("loss", "outage"):
+        assert summary["medians"][kind]["delivered_pct"] == 100.0
+        assert summary["medians"][kind]["duplicates"] == 0
+    assert summary["medians"]["outage"]["outage_came_back_pct"] == 100.0
+    assert (tmp_path / "loss-1.json").exists() and (tmp_path / "outage-1.json").exists()
