@@ -9,7 +9,7 @@ GUISTAMP := $(VENV)/.installed-gui
 # finds the last two).
 GUI_FONT_PACKAGES := fonts-dejavu-core fonts-noto-color-emoji fonts-ipafont-gothic
 
-.PHONY: run run-gui test lint bench bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs gui-test-deps redis-server libssl-dev \
+.PHONY: run run-gui test lint bench bench-reliable bench-e2e bench-wire bench-hot bench-gui bench-percore bench-memory gui-system-libs gui-test-deps redis-server libssl-dev \
 	gui-screenshots fuzz fuzz-hot chaos soak clean
 
 $(PY):
@@ -146,6 +146,14 @@ bench: $(STAMP)
 	$(PY) -m tests.bench.percore --update-docs $(PERCORE_ARGS)
 	@echo "== memory per member =="
 	$(PY) -m tests.bench.memory --update-docs $(MEMORY_ARGS)
+	@echo "== reliable delivery under 5 % loss and an outage =="
+	$(PY) -m tests.bench.reliable $(RELIABLE_ARGS)
+
+# Reliable delivery (ocm1r) at 500 x 10 x 2 msg/s, 5 % loss each way, with and without a
+# 3 s outage of one member per room, 3 rounds (tests/bench/reliable.py), ~10 min.
+RELIABLE_ARGS ?=
+bench-reliable: $(STAMP)
+	$(PY) -m tests.bench.reliable $(RELIABLE_ARGS)
 
 # OCM's highest sustained rate per core against the reference C relay (crelay),
 # interleaved, and CPU per inbound datagram; tests/bench/percore.py, 15-25 min with the

@@ -58,6 +58,7 @@ from wire.e2e import (
 )
 from wire.limits import EXIT_COMMAND
 
+_CHAT_KIND: Final = bytes((Kind.CHAT,))
 MEMBERS_REFRESH_S: Final = 5.0
 """At most one member-list fetch per this many seconds after a sign of loss."""
 MEMBERS_POLL_S: Final = 30.0
@@ -113,13 +114,16 @@ class E2ERoomLink(RoomLink):
         self.store = store
         trailer = dgmac.TRAILER_BYTES if joined.details.datagram_key is not None else 0
         self.max_message = max_chat_body(len(joined.room_raw), len(joined.token),
-                                         len(joined.username.encode())) - \
+                                         len(joined.username.encode()),
+                                         self.reliable is not None) - \
             MIN_CHAT_OVERHEAD_BYTES - len(joined.username.encode()) - trailer
         self.trust: dict[str, Trust] = {}
         self.server_members: tuple[MemberInfo, ...] | None = None
         """The server's member list as last fetched (``None`` before the first fetch)."""
         self.rejected = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._crypto_timer: asyncio.TimerHandle | None = None
+        self._typed: str | None = None
+        """The text being sealed (``send``): what the send states of its chat name."""
         self._poll: asyncio.TimerHandle | None = None
         self._last_refresh = float("-inf")
         self._refresh: asyncio.Task[None] | None = None
@@ -163,19 +167,27 @@ class E2ERoomLink(RoomLink):
         self._arm_poll()
 
     def send(self, text: str) -> None:
-        """Encrypt and send one message; raise ``MessageTooLong`` over ``max_message``."""
+        """Encrypt and send one message; raise ``MessageTooLong`` over ``max_message``.
+        With ``ocm1r`` the chat goes with an id, pending until the relay has it, as in a
+        plain room (the envelopes a rotation sends go as they are)."""
         raw = render.check_length(text, self.max_message)
-        self._run(self.crypto.seal(raw, self._now()))
+        self._typed = raw.decode()
+        try:
+            self._run(self.crypto.seal(raw, self._now()))
+        finally:
+            self._typed = None
 
     def leave(self) -> None:
-        """Kind 04: the relay removes us as ``/exit`` does in a plain room."""
-        self._send(leave_datagram(self.joined))
+        """Kind 04: the relay removes us as ``/exit`` does in a plain room (twice with
+        ``ocm1r``, whose clients count on the way being lossy)."""
+        for _ in range(1 if self.reliable is None else 2):
+            self._send(leave_datagram(self.joined))
 
     def close(self) -> None:
-        for timer in (self._timer, self._poll):
+        for timer in (self._crypto_timer, self._poll):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._poll = None
+        self._crypto_timer = self._poll = None
         if self._refresh is not None:
             self._refresh.cancel()
         super().close()
@@ -364,13 +376,36 @@ class E2ERoomLink(RoomLink):
 
     # -- receiving ------------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if self.reliable is not None:  # ocm1r: room order first (RoomLink), then below
+            super().datagram_received(data, addr)
+            return
         if self.rekeyed(data):
             return
         if data[:1] == b"\x00":
             self._notice(data)
             return
+        self._addressed(data)
+
+    def _room_delivery(self, body: bytes) -> None:
+        """``ocm1r``: the room's next delivery, in room order: a notice, or a chat to
+        decrypt (never our own: the relay sends it back only to answer a NACK after a
+        resume). A copy was dropped by its number already, before decryption."""
+        if body[:1] == b"\x00":
+            self._notice(body)
+            return
         try:
-            delivery = decode_delivery(data)
+            delivery = decode_delivery(body)
+        except errors.ProtocolError:
+            self.dropped += 1
+            return
+        if delivery.sender == self.joined.username:
+            return
+        self._run(self.crypto.receive(delivery, self._now()))
+
+    def _addressed(self, body: bytes) -> None:
+        """A delivery to us: a chat without ``ocm1r``, else an envelope or key request."""
+        try:
+            delivery = decode_delivery(body)
         except errors.ProtocolError:
             self.dropped += 1
             return
@@ -433,7 +468,10 @@ class E2ERoomLink(RoomLink):
         changed = False
         for output in outputs:
             if isinstance(output, Send):
-                self._send(self._datagram(output.message))
+                if self.reliable is not None and output.message[:1] == _CHAT_KIND:
+                    self._send_numbered(output.message, self._typed or "")
+                else:
+                    self._send(self._datagram(output.message))
             elif isinstance(output, Decrypted):
                 text = output.text.decode("utf-8", "replace")
                 if self.trust_of(output.sender) is Trust.CHANGED:
@@ -461,18 +499,18 @@ class E2ERoomLink(RoomLink):
                     self._on_line(render.warning_line(why))
         if changed and self.on_members_changed is not None:
             self.on_members_changed()
-        self._arm_timer()
+        self._arm_crypto_timer()
 
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _arm_crypto_timer(self) -> None:
+        if self._crypto_timer is not None:
+            self._crypto_timer.cancel()
+            self._crypto_timer = None
         deadline = self.crypto.next_deadline()
         if deadline is not None and self._transport is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._crypto_timer = self._loop.call_at(deadline, self._on_crypto_timer)
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def _on_crypto_timer(self) -> None:
+        self._crypto_timer = None
         self._run(self.crypto.handle_timer(self._now()))
 
     def _arm_poll(self) -> None:

@@ -231,12 +231,12 @@ class JoinFlow:
         """Gives the request's ``keys`` once the server's TLS key is known (``None``
         without TLS): identities are kept per server identity (client.keystore)."""
         framing = request.body.framing
-        if framing is not Framing.OCM1R or request.body.e2e:
+        if framing is not Framing.OCM1R:
             framing = Framing.OCM1
         self.request = replace(request, body=replace(request.body, framing=framing))
         """What is sent: asking for ``ocm1`` framing (names on every delivery), or
-        ``ocm1r`` (room order and recovery, client/reliable.py) when the request does and
-        does not create an encrypted room (which needs ``ocm1``)."""
+        ``ocm1r`` (room order and recovery, client/reliable.py) when the request does,
+        in plain and encrypted rooms alike."""
         self.stage = Stage.RESOLVE
         # An encrypted room's answer lists its members with their keys.
         self._exchange = ClientExchange(MAX_MEMBERS_RESPONSE_BYTES)

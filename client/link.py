@@ -27,6 +27,7 @@ from wire.chat import FramedChat, Notice, encode_chat
 from wire.codes import Framing, NoticeEvent, Operation
 from wire.e2e import MemberInfo
 from wire.limits import EXIT_COMMAND, MAX_DATAGRAM_BYTES
+from wire.reliable import Up
 from wire.stage1 import encode_stage1
 from wire.tcrp import Request, RequestBody
 
@@ -202,7 +203,8 @@ class RoomLink(Link):
         self.on_notice: Callable[[Notice], None] | None = None
         """Called with every notice after its line (the GUI refreshes its member list)."""
         self.reliable: rel.ReliableChat | None = (
-            rel.ReliableChat() if details.framing is Framing.OCM1R else None)
+            rel.ReliableChat(Up.E2E_NACK if details.e2e else Up.NACK)
+            if details.framing is Framing.OCM1R else None)
         """``ocm1r``: room order, recovery and our messages' states (client/reliable.py)."""
         self.on_send_state: Callable[[int, SendState, str], None] | None = None
         """``ocm1r``: called with (message id, state, text) as our messages progress."""
@@ -255,12 +257,18 @@ class RoomLink(Link):
             super().send(text)
             return
         data = render.check_length(text, self.max_message, self.scope)
-        msg_id, message = self.reliable.send(data, self.clock())
+        self._send_numbered(data, data.decode())
+
+    def _send_numbered(self, message: bytes, text: str) -> None:
+        """Send ``message`` with an id (``ocm1r``): pending until acknowledged, resent
+        meanwhile; ``text`` is what the send states name."""
+        assert self.reliable is not None
+        msg_id, first = self.reliable.send(message, self.clock())
         self.last_id = msg_id
         self.active = self.clock()
-        self._texts[msg_id] = data.decode()
-        if message is not None:
-            self._send(encode_chat(self.joined.room_raw, self.joined.token, message))
+        self._texts[msg_id] = text
+        if first is not None:
+            self._send(encode_chat(self.joined.room_raw, self.joined.token, first))
         self._state(msg_id, SendState.PENDING)
         self._arm_timer()
 
@@ -480,10 +488,9 @@ class RoomLink(Link):
         for event in events:
             if isinstance(event, rel.Delivered):
                 self.active = self.heard
-                item = render.decode_delivery(event.body, Framing.OCM1)
-                if isinstance(item, FramedChat) and item.username == self.joined.username:
-                    continue  # our own message, resent because its ack was lost: shown
-                self._show(item)
+                self._room_delivery(event.body)
+            elif isinstance(event, rel.Addressed):
+                self._addressed(event.body)
             elif isinstance(event, rel.Unnumbered):
                 self._show(render.decode_delivery(event.body, Framing.OCM1))
             elif isinstance(event, rel.Gap):
@@ -504,6 +511,17 @@ class RoomLink(Link):
                 and not self.reliable.receiver.missing:  # the resume's holes are settled
             self._resumed(Resumed.YES if self.gaps == self._gaps_at_resume
                           else Resumed.PARTLY)
+
+    def _room_delivery(self, body: bytes) -> None:
+        """One delivery of the room, in room order (an ``ocm1`` chat or notice)."""
+        item = render.decode_delivery(body, Framing.OCM1)
+        if isinstance(item, FramedChat) and item.username == self.joined.username:
+            return  # our own message, resent because its ack was lost: shown already
+        self._show(item)
+
+    def _addressed(self, body: bytes) -> None:
+        """An addressed delivery: only encrypted rooms have them."""
+        self.dropped += 1
 
     def _state(self, msg_id: int, state: SendState) -> None:
         text = self._texts.get(msg_id, "")

@@ -95,7 +95,15 @@ class Unnumbered:
     body: bytes
 
 
-Event = Delivered | Gap | Acked | Refused | Failed | Unnumbered
+@dataclass(frozen=True, slots=True)
+class Addressed:
+    """Encrypted rooms: an envelope or key request for us alone, outside the room order
+    (``body``: ``UsernameLen Username Kind Body``)."""
+
+    body: bytes
+
+
+Event = Delivered | Gap | Acked | Refused | Failed | Unnumbered | Addressed
 
 
 # --- receiver --------------------------------------------------------------------------------
@@ -423,10 +431,12 @@ class ReliableChat:
     """One ``ocm1r`` membership: feed it every delivery and every timer; send what it
     returns (Messages, to wrap in Stage 2 datagrams)."""
 
-    def __init__(self) -> None:
+    def __init__(self, nack_kind: reliable.Up = reliable.Up.NACK) -> None:
         self.receiver = Receiver()
         self.sender = Sender()
         self.malformed = 0
+        self.nack_kind = nack_kind
+        """``Up.E2E_NACK`` in an encrypted room (where ``02`` is an envelope)."""
 
     def handle_delivery(self, data: bytes, now: float) -> list[Event]:
         try:
@@ -444,6 +454,8 @@ class ReliableChat:
             return events + rx.handle_own(item.epoch, item.seq, now) if events else events
         if isinstance(item, reliable.Lost):
             return rx.handle_lost(item.epoch, item.first, item.count, now)
+        if isinstance(item, reliable.Direct):
+            return [Addressed(item.body)]
         return [Unnumbered(item.body)]
 
     def send(self, text: bytes, now: float) -> tuple[int, bytes | None]:
@@ -459,7 +471,7 @@ class ReliableChat:
         ranges, events, want_sync = self.receiver.handle_timer(now)
         out: list[bytes] = [b""] if want_sync else []
         if ranges and self.receiver.epoch is not None:
-            out.append(reliable.encode_nack(self.receiver.epoch, ranges))
+            out.append(reliable.encode_nack(self.receiver.epoch, ranges, self.nack_kind))
         copies, failed = self.sender.handle_timer(now)
         return out + copies, events + failed
 

@@ -104,7 +104,7 @@ class RoomRecord:
     """A keyed hash of the password that last verified (control/passwords.py
     ``password_mac``): the same password is then accepted without scrypt."""
     e2e: bool = False
-    """An encrypted room (docs/e2e.md): members need keys and ocm1 framing."""
+    """An encrypted room (docs/e2e.md): members need keys and ocm1 or ocm1r framing."""
     epoch: bytes = b""
     """An encrypted room's incarnation (random, drawn by the caller of ``create``)."""
 
@@ -166,8 +166,8 @@ class Registry:
                password: Any, e2e: bool = False,
                keys: PublicKeys | None = None, epoch: bytes = b"") -> MemberRecord:
         """Reserve a room with its host (not live until ``mark_live``). An encrypted room
-        (``e2e``) needs the host's ``keys`` and ocm1 framing, which the TCRP reader has
-        already required (``wire.tcrp.check_e2e_request``)."""
+        (``e2e``) needs the host's ``keys`` and ocm1 or ocm1r framing, which the TCRP
+        reader has already required (``wire.tcrp.check_e2e_request``)."""
         if name in self.rooms:
             raise RegistryError(Status.ROOM_EXISTS, f"a room named {name!r} exists")
         room = self.rooms[name] = RoomRecord(name, worker, password, host_ip=ip, e2e=e2e,
@@ -177,14 +177,12 @@ class Registry:
     def join(self, room: RoomRecord, username: str, ip: str, framing: Framing,
              max_members: int, keys: PublicKeys | None = None) -> MemberRecord:
         """Add a member to a live room; raise ROOM_NOT_FOUND, INVALID_REQUEST (an encrypted
-        room without keys or ocm1, docs/e2e.md §2.1), USERNAME_TAKEN or ROOM_FULL, in that
+        room without keys or framing, docs/e2e.md §2.1), USERNAME_TAKEN or ROOM_FULL, in that
         order. An encrypted room is full at ``min(max_members, MAX_E2E_MEMBERS)``; there the
         newcomer claims one prekey of every other member (``MemberRecord.claimed``)."""
         if self.rooms.get(room.name) is not room or not room.live:
             raise RegistryError(Status.ROOM_NOT_FOUND, f"room {room.name!r} closed")
-        if room.e2e and framing is Framing.OCM1R:  # not (yet) numbered: ocm1
-            framing = Framing.OCM1
-        if room.e2e and (keys is None or framing is not Framing.OCM1):
+        if room.e2e and (keys is None or framing is Framing.PLAIN):
             raise RegistryError(Status.INVALID_REQUEST, str(errors.E2eNeedsKeys()))
         if username_key(username) in room.members:
             raise RegistryError(Status.USERNAME_TAKEN, f"{username!r} is in the room")

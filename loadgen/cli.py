@@ -240,7 +240,8 @@ def _run_lossy(opts: options.Options, output: options.Output, argv_list: list[st
     try:
         report = lossy.run_lossy(lossy.LossOptions(
             host, port, opts.rooms, opts.users, opts.rate, opts.duration, opts.drain,
-            opts.loss or 0.0, not opts.no_recovery, server_pid=opts.server_pid))
+            opts.loss or 0.0, not opts.no_recovery, server_pid=opts.server_pid,
+            procs=opts.effective_procs(), outage_s=opts.outage_seconds))
     except (OSError, JoinFailed, JoinRefused) as exc:
         print(f"ocm-loadgen: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -303,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_lossy(opts, output, argv_list)
     if opts.no_recovery:
         parser.error("--no-recovery needs --loss")
+    if opts.outage_seconds:
+        parser.error("--outage-seconds needs --loss")
     live = LiveView(enabled=not output.quiet and sys.stderr.isatty(), members=opts.members)
     try:
         with live:

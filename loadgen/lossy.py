@@ -1,10 +1,12 @@
 """``ocm-loadgen --loss PCT``: reliable delivery (``ocm1r``) under datagram loss.
 
-One process, asyncio on uvloop, one UDP socket per member on 127.0.0.1 (or this host's
-address towards the server), every member a ``client.reliable.ReliableChat``: the code
-``ocm-chat`` runs. Loss is made here, in the loadgen, each way: a datagram a member would
-send is dropped with probability PCT/100 before ``sendto``, and one it receives is dropped
-with the same probability before the client code sees it. The server is unchanged.
+Asyncio on uvloop, one UDP socket per member on 127.0.0.1 (or this host's address
+towards the server), every member a ``client.reliable.ReliableChat``: the code
+``ocm-chat`` runs. ``procs`` ``spawn`` processes share the rooms (disjoint slices, started
+together on the monotonic clock); their counters and HDR histograms are added up. Loss
+is made here, in the loadgen, each way: a datagram a member would send is dropped with
+probability PCT/100 before ``sendto``, and one it receives is dropped with the same
+probability before the client code sees it. The server is unchanged.
 
 Each member sends ``rate`` messages a second for ``duration`` seconds (text: sender index,
 its message number, the first send time), then the run drains until every message is
@@ -14,22 +16,30 @@ receiver: deliveries (unique), duplicates (a message shown twice: must be 0), ou
 recovered" markers, and the latency from the sender's first copy to the delivery (the
 recovery latency when a copy was lost). ``--no-recovery`` asks for ``ocm1`` instead: the
 same traffic without numbering, acknowledgement or resends (what loss costs without it).
+``outage_s``: the last member of every room goes silent both ways for that long, from a
+third of the run on, then resumes as ``ocm-chat`` does after a short outage (NACKs every
+hole, resends its window, asks where the room is); the report says how many of the
+deliveries sent to it meanwhile came back, and how long after the outage ended.
 The JSON report has the shape of the others: ``command``, ``options``, ``result``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import multiprocessing
 import random
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 from typing import Any, Final
 
 from client.reliable import Delivered, Gap, ReliableChat
 from client.session import TcrpTarget
 from client.session_aio import join_room_async
-from loadgen.meter import latency_ms, new_histogram
-from loadgen.procstat import tree_cpu_seconds
+from loadgen.meter import latency_ms, merge_histograms, new_histogram
+from loadgen.procstat import runqueue_wait_seconds, tree_cpu_seconds
 from wire import chat
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation
@@ -38,6 +48,12 @@ from wire.tcrp import Request, RequestBody
 TICK_S: Final = 0.005
 """How often members' timers (NACKs, resends, sends due) are looked at."""
 KEEPALIVE_S: Final = 2.0
+JOIN_TIMEOUT_S: Final = 300.0
+"""A loadgen process's joins (5,000 members over TCRP take a few seconds)."""
+START_DELAY_S: Final = 0.3
+"""From the parent's start command to the first send: every process has it by then."""
+RESULT_EXTRA_S: Final = 60.0
+"""Beyond ``drain``: leaving, and a loaded machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +70,14 @@ class LossOptions:
     seed: int | None = None
     server_pid: int | None = None
     prefix: str = field(default_factory=lambda: f"loss{int(time.time() * 1000) % 10**9}")
+    procs: int = 1
+    """Loadgen processes, each with a disjoint slice of the rooms (1: this process)."""
+    outage_s: float = 0.0
+    """One member per room (its last) goes silent both ways this long, from a third of
+    the run on, then resumes (``ReliableChat.resumed``): what it missed must come back."""
+    room_lo: int = 0
+    """This process's first room (a slice of ``room_count`` rooms from it)."""
+    room_count: int | None = None
 
 
 class _Member(asyncio.DatagramProtocol):
@@ -61,20 +85,27 @@ class _Member(asyncio.DatagramProtocol):
         self.run = run
         self.index = index
         self.room = room
-        self.name = f"u{index}"
+        self.name = f"u{index - room * run.opts.users}"
         self.chat = ReliableChat() if run.opts.recovery else None
         self.transport: asyncio.DatagramTransport | None = None
         self.room_raw = b""
         self.token = b""
         self.sent = 0
+        self.out = False
+        """In its outage: nothing goes out, nothing comes in."""
         self.last_from: dict[int, int] = {}
         """Per sender: the highest message number shown (out-of-order check)."""
+        self.got: dict[int, bytearray] = {}
+        """Per sender: which of its message numbers were shown (duplicate check)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def send_message(self, message: bytes) -> None:
         run = self.run
+        if self.out:
+            run.outage_dropped += 1
+            return
         if run.rng.random() < run.loss:
             run.dropped_out += 1
             return
@@ -83,6 +114,9 @@ class _Member(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         run = self.run
+        if self.out:
+            run.outage_dropped += 1
+            return
         if run.rng.random() < run.loss:
             run.dropped_in += 1
             return
@@ -95,6 +129,8 @@ class _Member(asyncio.DatagramProtocol):
                 self.show(event.body, now)
             elif isinstance(event, Gap):
                 run.gaps += event.count
+        if self.chat.next_deadline() is not None:
+            run.busy.add(self)
 
     def show(self, body: bytes, now: float) -> None:
         run = self.run
@@ -111,32 +147,51 @@ class _Member(asyncio.DatagramProtocol):
             return
         if sender == self.index:  # our own, resent because its ack was lost
             return
-        key = (self.index, sender, number)
-        if key in run.seen:
+        got = self.got.get(sender)
+        if got is None:
+            got = self.got[sender] = bytearray(64)
+        if number >= len(got):
+            got.extend(bytes(number + 64 - len(got)))
+        if got[number]:
             run.duplicates += 1
             return
-        run.seen.add(key)
+        got[number] = 1
         if number < self.last_from.get(sender, -1):
             run.out_of_order += 1
         self.last_from[sender] = max(number, self.last_from.get(sender, -1))
         if run.measuring or run.draining:
             run.delivered += 1
             run.hist.record_value(max(1, int((now - first) * 1e6)))
+            if self in run.outage_members and run.out_from <= first < run.out_until \
+                    and run.outage_on is False and run.out_until != float("inf"):
+                run.outage_back += 1
+                run.outage_hist.record_value(max(1, int((now - run.out_until) * 1e6)))
 
 
 class _Run:
     def __init__(self, opts: LossOptions) -> None:
         self.opts = opts
         self.loss = opts.loss_pct / 100.0
-        self.rng = random.Random(opts.seed)
+        seed = None if opts.seed is None else opts.seed * 1_000_003 + opts.room_lo
+        self.rng = random.Random(seed)
         self.members: list[_Member] = []
-        self.seen: set[tuple[int, int, int]] = set()
+        self.busy: set[_Member] = set()
+        """Members with a timer due some time (NACK, resend, sync): ``_tick`` looks only
+        at these, not at every member every tick."""
         self.hist = new_histogram()
         self.delivered = self.duplicates = self.out_of_order = self.gaps = 0
         self.expected = 0
         self.dropped_out = self.dropped_in = 0
         self.measuring = self.draining = False
         self.framing = Framing.OCM1R if opts.recovery else Framing.OCM1
+        self.outage_members: set[_Member] = set()
+        self.outage_of: dict[int, _Member] = {}
+        """The member of each room that has the outage."""
+        self.out_from = self.out_until = float("inf")
+        self.outage_on = False
+        self.outage_expected = self.outage_back = self.outage_dropped = 0
+        self.outage_hist = new_histogram()
+        """From the end of the outage to the delivery of what was sent during it."""
 
 
 async def _join_all(run: _Run) -> None:
@@ -156,21 +211,28 @@ async def _join_all(run: _Run) -> None:
         await loop.create_datagram_endpoint(lambda: member, sock=sock)
         member.send_message(b"")  # binds (a lost one is retried by the keepalives)
 
-    for r in range(opts.rooms):
+    count = opts.rooms if opts.room_count is None else opts.room_count
+    for r in range(opts.room_lo, opts.room_lo + count):
         base = r * opts.users
         members = [_Member(run, base + u, r) for u in range(opts.users)]
         run.members += members
+        if opts.outage_s > 0 and opts.users > 1:
+            run.outage_members.add(members[-1])
+            run.outage_of[r] = members[-1]
         await join(members[0], Operation.CREATE)
         await asyncio.gather(*(join(m, Operation.JOIN) for m in members[1:]))
 
 
 def _tick(run: _Run, now: float) -> None:
-    for member in run.members:
+    for member in list(run.busy):
         chat_ = member.chat
         if chat_ is None:
+            run.busy.discard(member)
             continue
         due = chat_.next_deadline()
-        if due is not None and due <= now:
+        if due is None:
+            run.busy.discard(member)
+        elif due <= now:
             messages, events = chat_.handle_timer(now)
             for message in messages:
                 member.send_message(message)
@@ -187,30 +249,72 @@ def _settled(run: _Run) -> bool:
     return run.delivered >= run.expected
 
 
-async def _run(opts: LossOptions) -> dict[str, Any]:
+def _outage(run: _Run, now: float) -> None:
+    """Start the outage of one member per room once its time has come, and end it
+    ``outage_s`` after it really started (a late loop iteration delays it, never skips
+    it): ``out_from`` and ``out_until`` become the times it really began and ended."""
+    if not run.outage_members or run.out_until != float("inf"):
+        return
+    if not run.outage_on:
+        if now >= run.out_from:
+            run.outage_on = True
+            run.out_from = float(f"{now:.6f}")  # as the texts carry their send times
+            for member in run.outage_members:
+                member.out = True
+        return
+    if now >= run.out_from + run.opts.outage_s:
+        run.outage_on = False
+        run.out_until = float(f"{now:.6f}")
+        for member in run.outage_members:  # back: NACK every hole, resend the window,
+            member.out = False  # and ask where the room is
+            if member.chat is not None:
+                member.chat.resumed(now)
+                run.busy.add(member)
+            member.send_message(b"")
+
+
+async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = None
+               ) -> dict[str, Any]:
+    """Join this slice's members, wait for ``gate`` (the start time, on the monotonic
+    clock, from the parent; none: start now), send, drain, leave; raw figures."""
     run = _Run(opts)
     await _join_all(run)
     await asyncio.sleep(0.5)  # joined notices and syncs settle
-    interval = 1.0 / opts.rate
+    if gate is not None:
+        start = await gate()
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
     start = time.monotonic()
+    interval = 1.0 / opts.rate
+    if run.outage_members:
+        run.out_from = start + opts.duration / 3  # planned; _outage sets the real one
     cpu0 = tree_cpu_seconds(opts.server_pid) if opts.server_pid else None
+    own0 = (time.process_time(), runqueue_wait_seconds())
     run.measuring = True
-    next_send = [start + run.rng.random() * interval for _ in run.members]
+    schedule = [(start + run.rng.random() * interval, i) for i in range(len(run.members))]
+    heapq.heapify(schedule)
     next_keepalive = start + KEEPALIVE_S
+    users = opts.users
     now = start
     while now - start < opts.duration:
-        for i, member in enumerate(run.members):
-            if next_send[i] <= now:
-                next_send[i] += interval
-                text = f"{member.index} {member.sent} {now:.6f}".encode()
-                member.sent += 1
-                run.expected += opts.users - 1
-                if member.chat is None:
-                    member.send_message(text)
-                else:
-                    _, message = member.chat.send(text, now)
-                    if message is not None:
-                        member.send_message(message)
+        _outage(run, now)
+        while schedule[0][0] <= now:
+            due, i = schedule[0]
+            heapq.heapreplace(schedule, (due + interval, i))
+            member = run.members[i]
+            text = f"{member.index} {member.sent} {now:.6f}".encode()
+            member.sent += 1
+            run.expected += users - 1
+            if run.outage_on:
+                away = run.outage_of.get(member.room)
+                if away is not None and away is not member:
+                    run.outage_expected += 1
+            if member.chat is None:
+                member.send_message(text)
+            else:
+                _, message = member.chat.send(text, now)
+                run.busy.add(member)
+                if message is not None:
+                    member.send_message(message)
         if now >= next_keepalive:
             next_keepalive += KEEPALIVE_S
             for member in run.members:
@@ -220,8 +324,10 @@ async def _run(opts: LossOptions) -> dict[str, Any]:
         now = time.monotonic()
     sent_end = now
     cpu1 = tree_cpu_seconds(opts.server_pid) if opts.server_pid else None
+    own1 = (time.process_time(), runqueue_wait_seconds())
     run.measuring, run.draining = False, True
     while not _settled(run) and now - sent_end < opts.drain:
+        _outage(run, now)
         if now >= next_keepalive:  # syncs reveal a lost last message
             next_keepalive += 0.5
             for member in run.members:
@@ -233,55 +339,189 @@ async def _run(opts: LossOptions) -> dict[str, Any]:
         if member.transport is not None:
             member.transport.sendto(encode_chat(member.room_raw, member.token, b"/exit"))
             member.transport.close()
-    latency = latency_ms(run.hist)
-    delivered_pct = 100.0 * run.delivered / run.expected if run.expected else None
-    resends = sum(m.chat.sender.copies - m.sent for m in run.members if m.chat is not None)
+    return {
+        "sent": sum(m.sent for m in run.members),
+        "expected": run.expected, "delivered": run.delivered,
+        "duplicates": run.duplicates, "out_of_order": run.out_of_order, "gaps": run.gaps,
+        "dropped_out": run.dropped_out, "dropped_in": run.dropped_in,
+        "resent": sum(m.chat.sender.copies - m.sent for m in run.members
+                      if m.chat is not None),
+        "hist": run.hist.encode(),
+        "outage_members": len(run.outage_members), "outage_expected": run.outage_expected,
+        "outage_back": run.outage_back, "outage_dropped": run.outage_dropped,
+        "outage_hist": run.outage_hist.encode(),
+        "outage_real_s": None if run.out_until == float("inf") else run.out_until - run.out_from,
+        "start": start, "sent_end": sent_end, "drain_s": now - sent_end,
+        "server_cpu_s": None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+        "cpu_s": own1[0] - own0[0], "wait_s": own1[1] - own0[1],
+    }
+
+
+def _report(opts: LossOptions, parts: list[dict[str, Any]], procs: int,
+            server_cpu_s: float | None) -> dict[str, Any]:
+    """Sum the processes' raw figures into the report."""
+    def total(key: str) -> int:
+        return sum(int(p[key]) for p in parts)
+
+    expected, delivered = total("expected"), total("delivered")
+    sending_s = max(p["sent_end"] for p in parts) - min(p["start"] for p in parts)
+    outage: dict[str, Any] | None = None
+    if opts.outage_s > 0:
+        missed, back = total("outage_expected"), total("outage_back")
+        outage = {
+            "seconds": opts.outage_s, "members": total("outage_members"),
+            "real_seconds": [None if p["outage_real_s"] is None else round(p["outage_real_s"], 3)
+                             for p in parts],
+            "deliveries_sent_while_out": missed, "came_back": back,
+            "came_back_pct": 100.0 * back / missed if missed else None,
+            "datagrams_dropped_while_out": total("outage_dropped"),
+            "after_resume_ms": latency_ms(merge_histograms(p["outage_hist"] for p in parts)),
+        }
     return {
         "options": {"rooms": opts.rooms, "users": opts.users, "rate": opts.rate,
                     "duration": opts.duration, "loss_pct": opts.loss_pct,
-                    "recovery": opts.recovery, "framing": run.framing.value},
+                    "recovery": opts.recovery, "framing": (
+                        Framing.OCM1R if opts.recovery else Framing.OCM1).value,
+                    "outage_s": opts.outage_s},
+        "procs": procs,
         "result": {
-            "sent": sum(m.sent for m in run.members),
-            "expected_deliveries": run.expected,
-            "delivered": run.delivered,
-            "delivered_pct": delivered_pct,
-            "duplicates": run.duplicates,
-            "out_of_order": run.out_of_order,
-            "unrecovered_markers": run.gaps,
-            "latency_first_send_to_delivery_ms": latency,
-            "dropped_by_loadgen": {"out": run.dropped_out, "in": run.dropped_in},
-            "resent_copies": resends,
-            "drain_s": round(now - sent_end, 3),
-            "server_cpu_s": None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3),
-            "server_cpu_pct": None if cpu0 is None or cpu1 is None else round(
-                100.0 * (cpu1 - cpu0) / (sent_end - start), 1),
+            "sent": total("sent"),
+            "expected_deliveries": expected,
+            "delivered": delivered,
+            "delivered_pct": 100.0 * delivered / expected if expected else None,
+            "duplicates": total("duplicates"),
+            "out_of_order": total("out_of_order"),
+            "unrecovered_markers": total("gaps"),
+            "latency_first_send_to_delivery_ms": latency_ms(
+                merge_histograms(p["hist"] for p in parts)),
+            "dropped_by_loadgen": {"out": total("dropped_out"), "in": total("dropped_in")},
+            "resent_copies": total("resent"),
+            "drain_s": round(max(p["drain_s"] for p in parts), 3),
+            "outage": outage,
+            "loadgen_cpu_pct": round(100.0 * sum(p["cpu_s"] for p in parts) / sending_s, 1),
+            "loadgen_cpu_wait_pct": round(100.0 * sum(p["wait_s"] for p in parts) / sending_s,
+                                          1),
+            "server_cpu_s": None if server_cpu_s is None else round(server_cpu_s, 3),
+            "server_cpu_pct": None if server_cpu_s is None else round(
+                100.0 * server_cpu_s / sending_s, 1),
         },
     }
 
 
-def run_lossy(opts: LossOptions) -> dict[str, Any]:
-    """Join, run, drain, leave; the report (``options`` and ``result``)."""
+def _new_loop_run(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_run(opts))
-    return uvloop.run(_run(opts))
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _child_main(conn: Connection, opts: LossOptions) -> None:
+    """One loadgen process: join, say ``ready``, start when told, send the raw figures."""
+    async def gate() -> float:
+        conn.send("ready")
+        start: float = await asyncio.to_thread(conn.recv)
+        return start
+
+    try:
+        conn.send(_new_loop_run(_run(opts, gate)))
+    except BaseException as exc:  # the parent reports it
+        conn.send(f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+
+
+def _slices(rooms: int, procs: int) -> list[tuple[int, int]]:
+    """``(first room, count)`` for each process, as even as can be."""
+    base, extra = divmod(rooms, procs)
+    out, lo = [], 0
+    for i in range(procs):
+        count = base + (i < extra)
+        out.append((lo, count))
+        lo += count
+    return out
+
+
+def _run_procs(opts: LossOptions, procs: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    children = []
+    for lo, count in _slices(opts.rooms, procs):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_child_main, args=(
+            child, replace(opts, room_lo=lo, room_count=count, server_pid=None)), daemon=True)
+        proc.start()
+        child.close()
+        children.append((proc, parent))
+    try:
+        for _, conn in children:
+            if not conn.poll(JOIN_TIMEOUT_S):
+                raise OSError("a loadgen process did not finish joining in time")
+            ready = conn.recv()
+            if ready != "ready":
+                raise OSError(f"a loadgen process failed: {ready}")
+        start = time.monotonic() + START_DELAY_S  # one clock for every process (Linux)
+        for _, conn in children:
+            conn.send(start)
+        time.sleep(START_DELAY_S)
+        cpu0 = tree_cpu_seconds(opts.server_pid) if opts.server_pid else None
+        time.sleep(opts.duration)
+        cpu1 = tree_cpu_seconds(opts.server_pid) if opts.server_pid else None
+        parts = []
+        for _, conn in children:
+            if not conn.poll(opts.drain + RESULT_EXTRA_S):
+                raise OSError("a loadgen process did not report in time")
+            part = conn.recv()
+            if not isinstance(part, dict):
+                raise OSError(f"a loadgen process failed: {part}")
+            parts.append(part)
+    finally:
+        for proc, conn in children:
+            conn.close()
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    server_cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    return _report(opts, parts, procs, server_cpu)
+
+
+def run_lossy(opts: LossOptions) -> dict[str, Any]:
+    """Join, run, drain, leave; the report (``options`` and ``result``). With ``procs``
+    above 1 the rooms are split among that many ``spawn`` processes, started together."""
+    procs = max(1, min(opts.procs, opts.rooms))
+    if procs > 1:
+        return _run_procs(opts, procs)
+    part = _new_loop_run(_run(opts))
+    return _report(opts, [part], 1, part["server_cpu_s"])
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     r = report["result"]
     lat = r["latency_first_send_to_delivery_ms"]
     pct = r["delivered_pct"]
-    return [
+    lines = [
         f"framing {report['options']['framing']}, loss {report['options']['loss_pct']:g} % "
         f"each way (dropped {r['dropped_by_loadgen']['out']} out, "
-        f"{r['dropped_by_loadgen']['in']} in)",
+        f"{r['dropped_by_loadgen']['in']} in), {report['procs']} loadgen process(es)",
         f"delivered {r['delivered']} of {r['expected_deliveries']} "
         f"({'n/a' if pct is None else f'{pct:.3f}'} %), duplicates {r['duplicates']}, "
         f"out of order {r['out_of_order']}, unrecovered {r['unrecovered_markers']}",
         f"first send to delivery: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
         f"max {lat.get('max')} ms; resent copies {r['resent_copies']}",
-        f"server CPU {r['server_cpu_pct']} % of a core" if r["server_cpu_pct"] is not None
-        else "server CPU not measured (--server-pid)",
     ]
-
+    outage = r["outage"]
+    if outage is not None:
+        back = outage["came_back_pct"]
+        after = outage["after_resume_ms"]
+        lines.append(
+            f"outage of {outage['seconds']:g} s for {outage['members']} members: "
+            f"{outage['came_back']} of {outage['deliveries_sent_while_out']} deliveries sent "
+            f"meanwhile came back ({'n/a' if back is None else f'{back:.3f}'} %), "
+            f"p50 {after.get('p50')} ms / p99 {after.get('p99')} ms / max {after.get('max')} "
+            "ms after it ended")
+    lines.append(f"loadgen CPU {r['loadgen_cpu_pct']} % of a core, "
+                 f"{r['loadgen_cpu_wait_pct']} % waiting for one (all its processes); "
+                 + (f"server CPU {r['server_cpu_pct']} % of a core"
+                    if r["server_cpu_pct"] is not None
+                    else "server CPU not measured (--server-pid)"))
+    return lines

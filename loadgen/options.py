@@ -154,10 +154,15 @@ class Options:
                                   "this %% of the datagrams each way inside the loadgen, "
                                   "members ask for ocm1r and run ocm-chat's recovery; "
                                   "reports delivered %% after recovery, first-send-to-"
-                                  "delivery latency, duplicates, out of order. One process, "
-                                  "one socket per member; uses --rooms --users --rate "
-                                  "--duration --drain --server-pid", "profile", minimum=0,
-                            maximum=100, metavar="PCT", shown="none")
+                                  "delivery latency, duplicates, out of order. --procs "
+                                  "processes, one socket per member; uses --rooms --users "
+                                  "--rate --duration --drain --server-pid", "profile",
+                            minimum=0, maximum=100, metavar="PCT", shown="none")
+    outage_seconds: float = _f(0.0, "with --loss: the last member of every room goes silent "
+                                    "both ways this long, from a third of --duration on, "
+                                    "then resumes; reports how much of what it missed came "
+                                    "back and how fast", "profile", minimum=0,
+                               metavar="S")
     no_recovery: bool = _f(False, "with --loss: ask for ocm1 (no numbering, acks or "
                                   "resends), to compare", "profile")
     join_only: bool = _f(False, "only join (and bind each member's address), then exit: "

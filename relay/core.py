@@ -55,7 +55,7 @@ from wire.limits import (
     STAGE1_MAX_CLIENTS_PER_IP,
     UNPROVEN_MAX_DELIVERIES,
 )
-from wire.reliable import DATA_HEADER, Up, decode_nack, encode_ack, encode_sync
+from wire.reliable import DATA_HEADER, Down, Up, decode_nack, encode_ack, encode_sync
 
 Addr = tuple[str, int]
 Send = tuple[bytes, Addr]
@@ -105,6 +105,8 @@ _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
 _SEND: Final = int(Up.SEND)
 _NACK: Final = int(Up.NACK)
+_E2E_NACK: Final = int(Up.E2E_NACK)
+_DIRECT_BYTE: Final = bytes((Down.DIRECT,))
 DATA_HEADER_BYTES: Final = DATA_HEADER.size
 
 _FULL: Final = float("inf")
@@ -505,7 +507,9 @@ class RelayCore:
     def _handle_reliable(self, member: Member, message: bytes, addr: Addr,
                          now: float) -> Fanout | None:
         """An ``ocm1r`` member's SEND (chat with an id: relayed once, acknowledged every
-        time) or NACK (resend from the history, answer the rest as lost)."""
+        time) or NACK (resend from the history, answer the rest as lost). In an encrypted
+        room the SEND carries a kind-01 Message, opaque past that byte, and the NACK's
+        first byte is 05 (02 is an envelope there); the rest is the same."""
         rel = member.rel
         room = member.room
         history = room.history
@@ -514,11 +518,16 @@ class RelayCore:
             if len(message) < 5:
                 self.drops["malformed"] += 1
                 return None
-            try:
-                message[5:].decode()
-            except UnicodeDecodeError:
-                self.drops["bad_utf8"] += 1
-                return None
+            if room.e2e:  # opaque: only the kind byte of the Message is read
+                if len(message) > 5 and message[5] != _CHAT:
+                    self.drops["bad_kind"] += 1
+                    return None
+            else:
+                try:
+                    message[5:].decode()
+                except UnicodeDecodeError:
+                    self.drops["bad_utf8"] += 1
+                    return None
         else:
             try:
                 epoch, ranges = decode_nack(message)
@@ -530,7 +539,7 @@ class RelayCore:
             self._bind(member, addr, proven=True)
         elif member.trial:
             self._prove(addr)
-        if message[0] == _NACK:
+        if message[0] != _SEND:  # a NACK (02, or 05 in an encrypted room)
             if not rel.may_nack(now):
                 self.drops["rate_limited"] += 1
             elif epoch == history.epoch and member.addr is not None:
@@ -675,6 +684,8 @@ class RelayCore:
         size = len(data)
         kind = data[start] if start < size else 0
         end = start
+        if member.rel is not None and (kind == _SEND or kind == _E2E_NACK):
+            return self._handle_reliable(member, data[start:], addr, now)
         if kind == _LEAVE:
             if size - start != 1:
                 self.drops["malformed"] += 1
@@ -698,6 +709,8 @@ class RelayCore:
         elif member.trial:
             self._prove(addr)
         if start == size:  # keepalive
+            if member.rel is not None and member.room.history is not None:
+                self._sync(member)
             return None
         if kind == _CHAT:
             return self._chat(member, data[start:], now)
@@ -706,6 +719,8 @@ class RelayCore:
             self.drops["no_recipient"] += 1
             return None
         delivery = member.framed_prefix + data[start:start + 1] + data[end:]
+        if target.rel is not None:  # outside the room order: marked apart from DATA & co.
+            delivery = _DIRECT_BYTE + delivery
         if len(delivery) > MAX_DELIVERY_BYTES:
             self._notify(member, Notice(NoticeEvent.ERROR,
                                         over=len(delivery) - MAX_DELIVERY_BYTES))

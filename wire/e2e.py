@@ -176,13 +176,16 @@ def decode_delivery(data: bytes) -> E2EDelivery:
     return E2EDelivery(sender, Kind(kind), data[kind_at + 1 :])
 
 
-def max_chat_body(room_len: int, token_len: int, username_len: int) -> int:
+def max_chat_body(room_len: int, token_len: int, username_len: int,
+                  reliable: bool = False) -> int:
     """The longest chat body a member can send that reaches everyone (docs/e2e.md §3.3):
     the datagram holds 2 + room + token + 1 + body <= 4096 and the delivery
-    1 + username + 1 + body <= 4094."""
+    1 + username + 1 + body <= 4094; an ``ocm1r`` member's datagram carries the 5-byte
+    SEND header too, and the delivery the 9-byte DATA header (wire/reliable.py)."""
+    extra_up, extra_down = (5, 9) if reliable else (0, 0)
     return min(
-        MAX_DATAGRAM_BYTES - 3 - room_len - token_len,
-        MAX_DELIVERY_BYTES - 2 - username_len,
+        MAX_DATAGRAM_BYTES - 3 - room_len - token_len - extra_up,
+        MAX_DELIVERY_BYTES - 2 - username_len - extra_down,
     )
 
 

@@ -13,6 +13,10 @@ Client -> relay, the Message of a Stage 2 datagram (after room and token):
 - anything else, empty included, means what it means for ``ocm1`` (keepalive, ``/exit``,
   chat without an id).
 
+In an encrypted room (docs/e2e.md §3) the SEND's text is the Message of kind ``01``
+(``01 | MsgId(4) | 01 | GroupChat``), opaque to the relay, and the NACK starts with ``05``
+(``02`` is an envelope there).
+
 Relay -> client:
 
 - ``01 | Epoch(4) | Seq(4) | ocm1 delivery``: a room-ordered delivery (chat, or ``00`` +
@@ -22,7 +26,9 @@ Relay -> client:
 - ``03 | Epoch(4) | First(4) | Count(2)``: these sequence numbers cannot be recovered;
 - ``04 | Epoch(4) | Start(4) | Latest(4)``: the answer to a keepalive: the member's first
   number (the one after its own ``joined``) and the room's latest one;
-- ``00 | JSON``: a notice outside the room order (``error``, ``closed``, ``disconnected``).
+- ``00 | JSON``: a notice outside the room order (``error``, ``closed``, ``disconnected``);
+- ``05 | ocm1 delivery``: encrypted rooms only, an addressed delivery (an Olm envelope or a
+  key request, ``UsernameLen Username Kind Body``) outside the room order.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class Up(enum.IntEnum):
 
     SEND = 1  # chat with a message id
     NACK = 2  # resend these sequence numbers
+    E2E_NACK = 5  # the same NACK in an encrypted room, where 02 is an envelope
 
 
 class Down(enum.IntEnum):
@@ -51,6 +58,7 @@ class Down(enum.IntEnum):
     ACK = 2  # your message id is this sequence number
     LOST = 3  # these sequence numbers are gone from the history
     SYNC = 4  # the answer to a keepalive: where this member starts, the latest number
+    DIRECT = 5  # encrypted rooms: an addressed delivery (``ocm1``), outside the room order
 
 
 SEND_HEADER: Final = struct.Struct("!BI")
@@ -107,19 +115,27 @@ class Notice:
     """The ``ocm1`` notice, ``00`` + JSON."""
 
 
-Delivery = Data | Ack | Lost | Sync | Notice
+@dataclass(frozen=True, slots=True)
+class Direct:
+    body: bytes
+    """Encrypted rooms: an addressed ``ocm1`` delivery (``UsernameLen Username Kind Body``,
+    an envelope or key request), outside the room order."""
+
+
+Delivery = Data | Ack | Lost | Sync | Notice | Direct
 
 
 def encode_send(msg_id: int, text: bytes) -> bytes:
     return SEND_HEADER.pack(Up.SEND, msg_id) + text
 
 
-def encode_nack(epoch: int, ranges: list[tuple[int, int]]) -> bytes:
-    """A NACK for ``ranges`` of ``(first, count)``; raise ``FieldOutOfRange`` past the
-    limits (1..``NACK_MAX_RANGES`` ranges of 1..``NACK_MAX_RANGE_COUNT``)."""
+def encode_nack(epoch: int, ranges: list[tuple[int, int]], kind: Up = Up.NACK) -> bytes:
+    """A NACK for ``ranges`` of ``(first, count)`` (``kind`` ``Up.E2E_NACK`` in an encrypted
+    room); raise ``FieldOutOfRange`` past the limits (1..``NACK_MAX_RANGES`` ranges of
+    1..``NACK_MAX_RANGE_COUNT``)."""
     if not 1 <= len(ranges) <= NACK_MAX_RANGES:
         raise errors.FieldOutOfRange(f"{len(ranges)} ranges")
-    out = [NACK_HEADER.pack(Up.NACK, epoch)]
+    out = [NACK_HEADER.pack(kind, epoch)]
     for first, count in ranges:
         if not (1 <= first <= MAX_SEQ and 1 <= count <= NACK_MAX_RANGE_COUNT):
             raise errors.FieldOutOfRange(f"range {first}+{count}")
@@ -183,4 +199,6 @@ def decode_delivery(data: bytes) -> Delivery:
     if kind == Down.LOST and size == LOST.size:
         _, epoch, first, count = LOST.unpack(data)
         return Lost(epoch, first, count)
+    if kind == Down.DIRECT and size > 1:
+        return Direct(data[1:])
     raise errors.TruncatedDatagram(f"delivery kind {kind} of {size} bytes")

@@ -209,9 +209,10 @@ def decode_request_payload(payload: bytes) -> RequestBody:
 
 def check_e2e_request(operation: int, body: RequestBody) -> None:
     """Raise ``E2eNeedsKeys`` for a create with ``"e2e": true`` but no keys or plain framing
-    (docs/e2e.md §2.1). Checked after the username; a join is checked against the room."""
+    (docs/e2e.md §2.1: ``ocm1`` or ``ocm1r``). Checked after the username; a join is
+    checked against the room."""
     if operation == Operation.CREATE and body.e2e:
-        if body.keys is None or body.framing is not Framing.OCM1:
+        if body.keys is None or body.framing is Framing.PLAIN:  # ocm1 or ocm1r
             raise errors.E2eNeedsKeys()
 
 

@@ -12,13 +12,15 @@ from tests.integration.harness import Server
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(server: Server, tmp_path: Path, *extra: str) -> dict[str, object]:
+def _run(server: Server, tmp_path: Path, *extra: str, duration: float = 2,
+         drain: float = 15) -> dict[str, object]:
     out = tmp_path / f"loss{len(extra)}.json"
     done = subprocess.run(
         [sys.executable, "-m", "loadgen", "--server", "127.0.0.1", "--tcp-port",
          str(server.tcp_port), "--loss", "10", "--rooms", "3", "--users", "4", "--rate", "5",
-         "--duration", "2", "--drain", "15", "--quiet", "--json", str(out), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+         "--duration", str(duration), "--drain", str(drain), "--quiet", "--json", str(out),
+         *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     report: dict[str, object] = json.loads(out.read_text())
     return report
@@ -26,7 +28,8 @@ def _run(server: Server, tmp_path: Path, *extra: str) -> dict[str, object]:
 
 def test_loss_with_recovery_delivers_everything_once_in_order(server: Server,
                                                               tmp_path: Path) -> None:
-    report = _run(server, tmp_path)
+    report = _run(server, tmp_path, "--procs", "1")
+    assert report["procs"] == 1
     result = report["result"]
     assert isinstance(result, dict)
     assert report["options"]["framing"] == "ocm1r"  # type: ignore[index]
@@ -42,3 +45,37 @@ def test_the_same_loss_without_recovery_loses_messages(server: Server, tmp_path:
     result = _run(server, tmp_path, "--no-recovery")["result"]
     assert isinstance(result, dict)
     assert result["delivered"] < result["expected_deliveries"]
+
+
+def test_two_processes_and_an_outage_of_one_member_per_room_recover_everything(
+        server: Server, tmp_path: Path) -> None:
+    report = _run(server, tmp_path, "--procs", "2", "--outage-seconds", "1.5", duration=4.5,
+                  drain=40)
+    assert report["procs"] == 2
+    result = report["result"]
+    assert isinstance(result, dict)
+    assert result["delivered"] == result["expected_deliveries"] > 0
+    assert result["duplicates"] == result["out_of_order"] == result["unrecovered_markers"] == 0
+    outage = result["outage"]
+    assert outage["members"] == 3 and outage["seconds"] == 1.5
+    assert outage["datagrams_dropped_while_out"] > 0
+    # 3 others x 5 msg/s x 1.5 s per member away: everything sent meanwhile came back
+    assert outage["came_back"] == outage["deliveries_sent_while_out"] > 0
+    assert all(real >= 1.5 for real in outage["real_seconds"])
+    assert outage["came_back_pct"] == 100.0
+    assert outage["after_resume_ms"]["max"] is not None
+
+
+def test_the_bench_harness_runs_both_kinds_and_writes_the_medians(tmp_path: Path) -> None:
+    """``make bench-reliable``'s driver on its small profile: a fresh server, one round."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.reliable", "--quick", "--repeat", "1", "--out",
+         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["medians"]) == {"loss", "outage"}
+    for kind in ("loss", "outage"):
+        assert summary["medians"][kind]["delivered_pct"] == 100.0
+        assert summary["medians"][kind]["duplicates"] == 0
+    assert summary["medians"]["outage"]["outage_came_back_pct"] == 100.0
+    assert (tmp_path / "loss-1.json").exists() and (tmp_path / "outage-1.json").exists()

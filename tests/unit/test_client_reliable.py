@@ -10,6 +10,7 @@ from client.reliable import (
     SEND_FAIL_AFTER_S,
     SEND_WINDOW,
     Acked,
+    Addressed,
     Delivered,
     Failed,
     Gap,
@@ -23,6 +24,7 @@ from relay.core import RelayCore
 from wire.chat import encode_chat
 from wire.codes import Framing
 from wire.reliable import (
+    Up,
     decode_nack,
     encode_ack,
     encode_data,
@@ -253,3 +255,13 @@ def test_the_status_line_says_pending_failed_and_reconnecting() -> None:
                 " room r · bob (host) · 1 failed (/retry) · /help · Ctrl-D leaves "
 
     asyncio.run(scenario())
+
+
+def test_in_an_encrypted_room_nacks_start_with_05_and_addressed_deliveries_pass_through() -> None:
+    chat = ReliableChat(Up.E2E_NACK)
+    assert chat.handle_delivery(encode_sync(7, 1, 0), 0.0) == []
+    assert chat.handle_delivery(encode_data(7, 3, b"\x01a\x01x"), 0.0) == []  # 1, 2 missing
+    messages, _ = chat.handle_timer(1.0)
+    (nack,) = messages
+    assert nack[0] == Up.E2E_NACK and decode_nack(nack) == (7, [(1, 2)])
+    assert chat.handle_delivery(b"\x05\x01a\x02\x02\x01", 1.0) == [Addressed(b"\x01a\x02\x02\x01")]

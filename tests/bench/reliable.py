@@ -1,0 +1,109 @@
+"""``make bench-reliable`` (and the end of ``make bench``): reliable delivery (``ocm1r``) at
+the headline profile, the figures of docs/performance.md's "Reliable delivery" section.
+
+Against a fresh ``ocm-control --workers 2`` on kernel-chosen loopback ports, ``--repeat``
+rounds (default 3) of two ``ocm-loadgen --loss 5`` runs, 500 rooms × 10 users × 2 msg/s:
+
+1. loss alone: delivered % after recovery, first send to delivery p50/p99, duplicates,
+   out of order;
+2. the same with ``--outage-seconds 3``: one member per room silent both ways for 3 s,
+   then resumed; how much of what it missed came back, and how long after.
+
+It prints one line per run and the medians, and writes every report and a summary to
+``--out`` (default: a temporary directory). It rewrites no docs: the figures go into
+docs/performance.md by hand, with the machine's state (a shared machine skews latency).
+``--quick`` runs a small profile (for testing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from tests.bench import servers
+
+PROFILE: Final = ["--rooms", "500", "--users", "10", "--rate", "2", "--duration", "10",
+                  "--drain", "60"]
+QUICK: Final = ["--rooms", "6", "--users", "4", "--rate", "4", "--duration", "3",
+                "--drain", "20"]
+LOSS: Final = ["--loss", "5", "--procs", "2"]
+OUTAGE: Final = ["--outage-seconds", "3"]
+QUICK_OUTAGE: Final = ["--outage-seconds", "1"]
+LOADGEN_TIMEOUT_S: Final = 900
+
+
+def run_one(server: servers.Running, args: list[str], out: Path) -> dict[str, Any]:
+    """One ``ocm-loadgen`` run; its JSON report (raise ``RuntimeError`` if it failed)."""
+    cmd = [sys.executable, "-m", "loadgen", "--server", server.host, "--tcp-port",
+           str(server.tcp_port), "--server-pid", str(server.pid), "--quiet", "--json",
+           str(out), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S,
+                          cwd=servers.REPO_ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr}")
+    report: dict[str, Any] = orjson.loads(out.read_bytes())
+    return report
+
+
+def figures(report: dict[str, Any]) -> dict[str, float | None]:
+    r = report["result"]
+    lat = r["latency_first_send_to_delivery_ms"]
+    outage = r.get("outage") or {}
+    return {
+        "delivered_pct": r["delivered_pct"], "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
+        "duplicates": r["duplicates"], "out_of_order": r["out_of_order"],
+        "unrecovered": r["unrecovered_markers"], "server_cpu_pct": r["server_cpu_pct"],
+        "loadgen_cpu_pct": r.get("loadgen_cpu_pct"),
+        "loadgen_cpu_wait_pct": r.get("loadgen_cpu_wait_pct"),
+        "outage_came_back_pct": outage.get("came_back_pct"),
+        "outage_after_p99_ms": (outage.get("after_resume_ms") or {}).get("p99"),
+    }
+
+
+def median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.reliable",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the two runs")
+    parser.add_argument("--quick", action="store_true", help="a small profile, for testing")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the reports go (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="ocm-bench-reliable-"))
+    out.mkdir(parents=True, exist_ok=True)
+    profile = QUICK if args.quick else PROFILE
+    kinds = {"loss": [*profile, *LOSS],
+             "outage": [*profile, *LOSS, *(QUICK_OUTAGE if args.quick else OUTAGE)]}
+    runs: dict[str, list[dict[str, float | None]]] = {kind: [] for kind in kinds}
+    with servers.start(servers.control_command(2)) as server:
+        for i in range(args.repeat):
+            for kind, loadgen_args in kinds.items():
+                report = run_one(server, loadgen_args, out / f"{kind}-{i + 1}.json")
+                runs[kind].append(figures(report))
+                print(f"{kind} {i + 1}: " + ", ".join(
+                    f"{k} {v}" for k, v in runs[kind][-1].items() if v is not None))
+    summary = {kind: {key: median([f[key] for f in found]) for key in found[0]}
+               for kind, found in runs.items()}
+    summary_text = orjson.dumps({"profile": profile, "runs": runs, "medians": summary},
+                                option=orjson.OPT_INDENT_2)
+    (out / "summary.json").write_bytes(summary_text)
+    for kind, medians in summary.items():
+        print(f"median {kind}: " + ", ".join(f"{k} {v}" for k, v in medians.items()
+                                              if v is not None))
+    print(f"reports in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
