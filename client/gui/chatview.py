@@ -37,6 +37,7 @@ from PySide6.QtGui import (
     QPainter,
     QPaintEvent,
     QPalette,
+    QPixmap,
     QResizeEvent,
     QTextCharFormat,
     QTextLayout,
@@ -64,6 +65,7 @@ GROUP_SPACE: Final = 10  # above the first message of a group
 SAME_SPACE: Final = 2  # between messages of one group
 TIME_ROOM: Final = 48  # width kept for the time beside a bubble
 _CACHE_MAX: Final = 400  # text layouts kept (the rows on screen and around)
+_IMAGES_MAX: Final = 24 << 20  # bytes of painted rows kept (a few screens, at any scale)
 
 
 class RowKind:
@@ -103,6 +105,11 @@ class ChatView(QAbstractScrollArea):
         self.unread_row = -1  # the row of the "New messages" divider, if shown
         self.fixed_today: str | None = None  # "today" for the day labels (None: the clock's)
         self._layouts: dict[tuple[int, str, int], QTextLayout] = {}
+        # A message's or notice's row as painted (entry -> what it shows, the image): a
+        # frame copies them instead of painting bubbles, avatars and text again.
+        self._images: dict[int, tuple[tuple[object, ...], QPixmap]] = {}
+        self._images_bytes = 0
+        self._look = 0  # counts the changes of colours and fonts (part of an image's key)
         self._links: dict[int, list[tuple[int, int, str]]] = {}
         self._senders: dict[tuple[str, bool], tuple[QColor, QColor, str]] = {}
         self._laid_width = 0
@@ -140,6 +147,7 @@ class ChatView(QAbstractScrollArea):
         if colours != self._colours:
             self._colours = colours
             self._layouts.clear()
+            self._look += 1
         return colours
 
     def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
@@ -157,6 +165,7 @@ class ChatView(QAbstractScrollArea):
         self.status.clear()
         self._layouts.clear()
         self._links.clear()
+        self._forget_images()
         self.current_match = -1
         self.unread_row = -1
         self._update_range()
@@ -370,6 +379,8 @@ class ChatView(QAbstractScrollArea):
         width = self._width()
         self._laid_width = width
         self._layouts.clear()
+        self._forget_images()
+        self._look += 1
         tops = [0]
         inner = self.bubble_max(width) - 2 * PAD_X
         notice_width = width - 4 * SIDE
@@ -454,6 +465,8 @@ class ChatView(QAbstractScrollArea):
         offset = self.verticalScrollBar().value()
         bottom = offset + self.viewport().height()
         first = max(0, bisect.bisect_right(self.tops, offset) - 1)
+        scale = self.viewport().devicePixelRatioF()
+        current = None
         for index in range(first, len(self.rows)):
             top = self.tops[index]
             if top > bottom:
@@ -464,11 +477,47 @@ class ChatView(QAbstractScrollArea):
                 self._paint_day(painter, row, y, width)
             elif row.kind == RowKind.UNREAD:
                 self._paint_unread(painter, row, y, width)
-            elif row.kind == RowKind.NOTICE:
-                self._paint_notice(painter, row, y, width)
             else:
-                self._paint_message(painter, row, y, width)
+                painter.drawPixmap(0, y, self._image(row, width, scale))
+                if row.entry == self.current_match:
+                    current = (row, y)
+        if current is not None:  # over the rows around it
+            row, y = current
+            self._outline(painter, self.bubble_rect(row, y, width).adjusted(-3, -3, 3, 3)
+                          if row.kind == RowKind.MESSAGE
+                          else QRectF(SIDE, y + 1, width - 2 * SIDE, row.height - 2))
         painter.end()
+
+    def _image(self, row: Row, width: int, scale: float) -> QPixmap:
+        """The row painted on the background (cached until what it shows changes)."""
+        key = (row.kind, row.header, row.height, width, scale, self._look, self.search,
+               self.status.get(row.entry))
+        known = self._images.get(row.entry)
+        if known is not None and known[0] == key:
+            return known[1]
+        image = QPixmap(int(width * scale + 0.999), int(row.height * scale + 0.999))
+        image.setDevicePixelRatio(scale)
+        image.fill(self._colours.background)
+        painter = QPainter(image)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        if row.kind == RowKind.NOTICE:
+            self._paint_notice(painter, row, 0, width)
+        else:
+            self._paint_message(painter, row, 0, width)
+        painter.end()
+        size = image.width() * image.height() * 4
+        if known is not None:
+            del self._images[row.entry]
+            self._images_bytes -= known[1].width() * known[1].height() * 4
+        if self._images_bytes + size > _IMAGES_MAX:
+            self._forget_images()
+        self._images[row.entry] = (key, image)
+        self._images_bytes += size
+        return image
+
+    def _forget_images(self) -> None:
+        self._images.clear()
+        self._images_bytes = 0
 
     def _paint_day(self, painter: QPainter, row: Row, y: int, width: int) -> None:
         today = self.today()
@@ -507,8 +556,6 @@ class ChatView(QAbstractScrollArea):
         painter.drawText(QRect(2 * SIDE, y + 4, width - 4 * SIDE, row.height - 8),
                          _WRAP_CENTRED,
                          text)
-        if entry is self._current():
-            self._outline(painter, QRectF(SIDE, y + 1, width - 2 * SIDE, row.height - 2))
 
     def bubble_rect(self, row: Row, y: int, width: int) -> QRectF:
         """Where a message's bubble is painted (``y``: the row's top on screen)."""
@@ -571,8 +618,6 @@ class ChatView(QAbstractScrollArea):
         painter.drawText(QRectF(stamp_x, bubble.bottom() - self.fm_small.height() - 2,
                                 stamp_width + 1, self.fm_small.height()),
                          _LEFT, stamp)
-        if entry is self._current():
-            self._outline(painter, bubble.adjusted(-3, -3, 3, 3))
 
     def _sender(self, name: str, dark: bool) -> tuple[QColor, QColor, str]:
         """A sender's name colour (lifted on dark), avatar colour and initials."""
@@ -590,11 +635,6 @@ class ChatView(QAbstractScrollArea):
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.setPen(self.palette().color(QPalette.ColorRole.Highlight))
         painter.drawRoundedRect(rect, 14, 14)
-
-    def _current(self) -> Entry | None:
-        if 0 <= self.current_match < len(self.entries):
-            return self.entries[self.current_match]
-        return None
 
     def _has_link(self, row: Row) -> bool:
         text = self.entries[row.entry].line.text

@@ -13,7 +13,10 @@ chat, and measures:
   and a full paint (rows never shown before get their text laid out then): median and
   slowest step;
 * resizing the window: every row's height again at the new width, and a paint;
-* one more append and render after the 10,000 (what a user waits for per message then).
+* one more append and render after the 10,000 (what a user waits for per message then);
+* frames: the conversation alone painted at the bottom (median of 50), and 100 more
+  messages each appended and painted at the bottom (a busy room: median and slowest).
+  A frame's budget is 16 ms (60 frames a second).
 
 Usage: ``python tests/bench/bench_gui.py [--lines N]``. Prints markdown.
 """
@@ -90,6 +93,18 @@ def main() -> int:
         view.log.viewport().repaint()
         pages.append(time.perf_counter_ns() - before)
     view.scroll_to_bottom()
+    viewport = view.log.viewport()
+    paints: list[int] = []
+    for _ in range(50):
+        before = time.perf_counter_ns()
+        viewport.repaint()
+        paints.append(time.perf_counter_ns() - before)
+    frames: list[int] = []
+    for i in range(100):
+        before = time.perf_counter_ns()
+        view.append(render.chat_line(f"user{i % 7}", f"{TEXTS[i % len(TEXTS)]} frame {i}"))
+        viewport.repaint()
+        frames.append(time.perf_counter_ns() - before)
     resizes: list[int] = []
     for width in (700, 760, 1200, 760):  # every row's height again at the new width
         before = time.perf_counter_ns()
@@ -119,6 +134,10 @@ def main() -> int:
     print(f"| render in the middle | {_ms(middle)} |")
     print(f"| scroll up one page and paint, median of 100 | {_ms(statistics.median(pages))} |")
     print(f"| scroll up one page and paint, slowest of 100 | {_ms(max(pages))} |")
+    print(f"| paint the conversation at the bottom, median of 50 | "
+          f"{_ms(statistics.median(paints))} |")
+    print(f"| append + paint at the bottom, median of 100 | {_ms(statistics.median(frames))} |")
+    print(f"| append + paint at the bottom, slowest of 100 | {_ms(max(frames))} |")
     print(f"| resize and render (all rows again), median of 4 | "
           f"{_ms(statistics.median(resizes))} |")
     print(f"| append + render, line {args.lines + 1} | {_ms(one_more)} |")

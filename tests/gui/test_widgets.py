@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import qasync
 from PySide6.QtCore import QEvent, QPoint, QSettings, Qt
-from PySide6.QtGui import QGuiApplication, QHelpEvent, QPalette
+from PySide6.QtGui import QColor, QGuiApplication, QHelpEvent, QImage, QPalette
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 from pytestqt.qtbot import QtBot
 
 from client import render
+from client.gui import chatview
 from client.gui.app import MainWindow
 from client.gui.chatview import RowKind
 from client.gui.connect import ConnectScreen
@@ -471,3 +472,40 @@ def test_a_resize_keeps_every_height_equal_to_a_fresh_measure(qtbot: QtBot) -> N
                  if not row.exact else log._measure(row, log.viewport().width())
                  for row in log.rows]
         assert [row.height for row in log.rows] == fresh, width
+
+
+def test_painted_rows_are_kept_and_painted_again_when_what_they_show_changes(
+        qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame copies the rows it painted before; a delivery state, a search or the
+    colours paint them again; the images kept stay under their bound."""
+    view = filled_room(qtbot, 40)
+    log = view.log
+    view.append(render.chat_line("me", "mine", own=True))
+    entry = len(log.entries) - 1
+
+    def shot() -> QImage:
+        return log.viewport().grab().toImage()
+
+    before = shot()
+    kept = {index: image.cacheKey() for index, (_key, image) in log._images.items()}
+    assert entry in kept and len(kept) < 20  # the rows on screen only
+    assert shot() == before
+    assert {index: image.cacheKey() for index, (_key, image) in log._images.items()} == kept
+    log.set_status(entry, "🕓")
+    assert shot() != before
+    log.set_status(entry, "")
+    assert shot() == before
+    log.set_search("mine")
+    assert shot() != before
+    log.set_search("")
+    assert shot() == before
+    palette = log.palette()
+    palette.setColor(QPalette.ColorRole.Base, QColor("#202124"))
+    log.setPalette(palette)
+    assert shot() != before
+    monkeypatch.setattr(chatview, "_IMAGES_MAX", 200_000)
+    bar = log.verticalScrollBar()
+    for value in range(bar.maximum() - bar.pageStep() // 2, -1, -bar.pageStep() // 2):
+        bar.setValue(value)
+        shot()
+        assert 0 < log._images_bytes <= 200_000
