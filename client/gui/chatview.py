@@ -15,6 +15,9 @@ first visible row by bisection. Only the rows on screen get a ``QTextLayout``
 
 Links (``models.find_links``: http and https only) are underlined and open in the
 browser on a click; ``set_search`` highlights a text and returns the rows that hold it.
+A drag selects text across messages (a notice is selected whole); Ctrl+C copies it as
+plain text (``models.selection_text``: with times and names when it spans several),
+Ctrl+A selects the whole conversation.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from PySide6.QtGui import (
     QFontMetrics,
     QGuiApplication,
     QHelpEvent,
+    QKeyEvent,
+    QKeySequence,
     QMouseEvent,
     QPainter,
     QPaintEvent,
@@ -66,6 +71,9 @@ SAME_SPACE: Final = 2  # between messages of one group
 TIME_ROOM: Final = 48  # width kept for the time beside a bubble
 _CACHE_MAX: Final = 400  # text layouts kept (the rows on screen and around)
 _IMAGES_MAX: Final = 24 << 20  # bytes of painted rows kept (a few screens, at any scale)
+
+
+Span = tuple[int, int]  # selected code points of an entry's shown text: [start, end)
 
 
 class RowKind:
@@ -104,7 +112,10 @@ class ChatView(QAbstractScrollArea):
         self.current_match = -1  # entry index of the highlighted hit
         self.unread_row = -1  # the row of the "New messages" divider, if shown
         self.fixed_today: str | None = None  # "today" for the day labels (None: the clock's)
-        self._layouts: dict[tuple[int, str, int], QTextLayout] = {}
+        self._layouts: dict[tuple[int, str, int, Span | None], QTextLayout] = {}
+        self.anchor: models.Position | None = None  # where the selection began
+        self.focus_at: models.Position | None = None  # where it ends (the mouse)
+        self._dragging = False
         # A message's or notice's row as painted (entry -> what it shows, the image): a
         # frame copies them instead of painting bubbles, avatars and text again.
         self._images: dict[int, tuple[tuple[object, ...], QPixmap]] = {}
@@ -119,6 +130,7 @@ class ChatView(QAbstractScrollArea):
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setFrameShape(QAbstractScrollArea.Shape.NoFrame)
         self.verticalScrollBar().setSingleStep(24)
+        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)  # Ctrl+C, Ctrl+A after a click
         self._fonts()
 
     # -- fonts and colours ---------------------------------------------------------------------
@@ -166,6 +178,7 @@ class ChatView(QAbstractScrollArea):
         self._layouts.clear()
         self._links.clear()
         self._forget_images()
+        self.anchor = self.focus_at = None
         self.current_match = -1
         self.unread_row = -1
         self._update_range()
@@ -327,7 +340,8 @@ class ChatView(QAbstractScrollArea):
 
     def _layout(self, row: Row, inner: int) -> QTextLayout:
         """The wrapped text of a message row, with links and search hits formatted."""
-        key = (row.entry, self.search, inner)
+        selected = self.selected_span(row.entry)
+        key = (row.entry, self.search, inner, selected)
         layout = self._layouts.get(key)
         if layout is not None:
             return layout
@@ -359,6 +373,12 @@ class ChatView(QAbstractScrollArea):
                 formats.append(_range(start, _utf16(text, at + len(self.search)) - start,
                                       hit))
                 at = folded.find(self.search, at + len(self.search))
+        if selected is not None:
+            chosen = QTextCharFormat()
+            chosen.setBackground(self.palette().color(QPalette.ColorRole.Highlight))
+            chosen.setForeground(self.palette().color(QPalette.ColorRole.HighlightedText))
+            start = _utf16(text, selected[0])
+            formats.append(_range(start, _utf16(text, selected[1]) - start, chosen))
         layout.setFormats(formats)
         layout.beginLayout()
         y = 0.0
@@ -491,7 +511,7 @@ class ChatView(QAbstractScrollArea):
     def _image(self, row: Row, width: int, scale: float) -> QPixmap:
         """The row painted on the background (cached until what it shows changes)."""
         key = (row.kind, row.header, row.height, width, scale, self._look, self.search,
-               self.status.get(row.entry))
+               self.status.get(row.entry), self.selected_span(row.entry))
         known = self._images.get(row.entry)
         if known is not None and known[0] == key:
             return known[1]
@@ -553,9 +573,13 @@ class ChatView(QAbstractScrollArea):
         text = ("⚠ " if warning else "") + models.shown_text(entry.line.text)
         painter.setFont(self.small)
         painter.setPen(self._colours.warning if warning else self._colours.subdued)
-        painter.drawText(QRect(2 * SIDE, y + 4, width - 4 * SIDE, row.height - 8),
-                         _WRAP_CENTRED,
-                         text)
+        box = QRect(2 * SIDE, y + 4, width - 4 * SIDE, row.height - 8)
+        if self.selected_span(row.entry) is not None:  # a notice is selected whole
+            palette = self.palette()
+            painter.fillRect(self.fm_small.boundingRect(box, _WRAP_CENTRED, text),
+                             palette.color(QPalette.ColorRole.Highlight))
+            painter.setPen(palette.color(QPalette.ColorRole.HighlightedText))
+        painter.drawText(box, _WRAP_CENTRED, text)
 
     def bubble_rect(self, row: Row, y: int, width: int) -> QRectF:
         """Where a message's bubble is painted (``y``: the row's top on screen)."""
@@ -600,7 +624,8 @@ class ChatView(QAbstractScrollArea):
         painter.setFont(self.body)
         painter.setPen(colours.own_text if own else colours.text)
         origin = QPointF(bubble.left() + PAD_X, bubble.top() + PAD_Y)
-        if row.text_width >= 0 and not self.search and not self._has_link(row):
+        if row.text_width >= 0 and not self.search and not self._has_link(row) \
+                and self.selected_span(row.entry) is None:
             painter.drawText(QRectF(origin.x(), origin.y(), row.text_width + 2,
                                     row.text_height),
                              _LEFT_TOP,
@@ -678,8 +703,101 @@ class ChatView(QAbstractScrollArea):
         return -1 if index < 0 or self.rows[index].kind in (RowKind.DAY, RowKind.UNREAD) \
             else self.rows[index].entry
 
+    # -- selection ---------------------------------------------------------------------------------
+    def selection(self) -> tuple[models.Position, models.Position] | None:
+        """The selected stretch, first position first (None: nothing selected)."""
+        if self.anchor is None or self.focus_at is None or self.anchor == self.focus_at:
+            return None
+        return min(self.anchor, self.focus_at), max(self.anchor, self.focus_at)
+
+    def selected_span(self, entry: int) -> Span | None:
+        """The part of ``entry``'s shown text that is selected, if any."""
+        chosen = self.selection()
+        if chosen is None or not chosen[0][0] <= entry <= chosen[1][0]:
+            return None
+        (first, start), (last, end) = chosen
+        low = start if entry == first else 0
+        high = end if entry == last else len(models.shown_text(self.entries[entry].line.text))
+        return (low, high) if low < high else None
+
+    def selected_text(self) -> str:
+        """The selection as plain text (``models.selection_text``); "" when none."""
+        chosen = self.selection()
+        return "" if chosen is None else models.selection_text(self.entries, *chosen)
+
+    def copy_selection(self) -> None:
+        text = self.selected_text()
+        if text:
+            QGuiApplication.clipboard().setText(text)
+
+    def select_all(self) -> None:
+        if self.entries:
+            last = len(self.entries) - 1
+            self._select((0, 0), (last, len(models.shown_text(self.entries[last].line.text))))
+
+    def clear_selection(self) -> None:
+        self._select(None, None)
+
+    def _select(self, anchor: models.Position | None, focus: models.Position | None) -> None:
+        if (anchor, focus) != (self.anchor, self.focus_at):
+            self.anchor, self.focus_at = anchor, focus
+            self.viewport().update()
+
+    def position_at(self, x: float, y: float) -> models.Position | None:
+        """The place in the text under viewport point ``(x, y)``: a character of a
+        message, the start or end of a notice (the nearer side), the start of the
+        entry after a day separator; past the last row, the end of the last entry."""
+        if not self.entries:
+            return None
+        index = self.row_at(int(y))
+        if index < 0:
+            last = len(self.entries) - 1
+            return last, len(models.shown_text(self.entries[last].line.text))
+        row = self.rows[index]
+        text = models.shown_text(self.entries[row.entry].line.text)
+        if row.kind in (RowKind.DAY, RowKind.UNREAD):
+            return row.entry, 0
+        width = self._width()
+        if row.kind == RowKind.NOTICE:
+            return row.entry, 0 if x < width / 2 else len(text)
+        bubble = self.bubble_rect(row, self.tops[index] - self.verticalScrollBar().value(),
+                                  width)
+        layout = self._layout(row, self.bubble_max(width) - 2 * PAD_X)
+        local_y = y - bubble.top() - PAD_Y
+        if local_y < 0:
+            return row.entry, 0
+        for number in range(layout.lineCount()):
+            line = layout.lineAt(number)
+            if local_y < line.y() + line.height():
+                at = line.xToCursor(x - bubble.left() - PAD_X)
+                return row.entry, _from_utf16(text, at)
+        return row.entry, len(text)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 (Qt's name)
+        if event.matches(QKeySequence.StandardKey.Copy):
+            self.copy_selection()
+        elif event.matches(QKeySequence.StandardKey.SelectAll):
+            self.select_all()
+        else:
+            super().keyPressEvent(event)
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)
+        if event.button() == Qt.MouseButton.LeftButton:
+            point = event.position()
+            at = self.position_at(point.x(), point.y())
+            self._select(at, at)
+            self._dragging = True
+        super().mousePressEvent(event)
+
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)
         point = event.position()
+        if self._dragging:
+            bar = self.verticalScrollBar()
+            if point.y() < 0:  # past an edge: the view follows
+                bar.setValue(bar.value() - bar.singleStep())
+            elif point.y() > self.viewport().height():
+                bar.setValue(bar.value() + bar.singleStep())
+            self._select(self.anchor, self.position_at(point.x(), point.y()))
         link = self.link_at(point.x(), point.y())
         self.viewport().setCursor(Qt.CursorShape.PointingHandCursor if link
                                   else Qt.CursorShape.ArrowCursor)
@@ -687,7 +805,9 @@ class ChatView(QAbstractScrollArea):
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)
         point = event.position()
-        if event.button() == Qt.MouseButton.LeftButton \
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._dragging = False
+        if event.button() == Qt.MouseButton.LeftButton and self.selection() is None \
                 and (link := self.link_at(point.x(), point.y())) is not None:
             self.link_clicked.emit(link)
             self.open_link(link)
@@ -713,6 +833,8 @@ class ChatView(QAbstractScrollArea):
         if entry < 0:
             return None
         menu = QMenu(self)
+        if self.selection() is not None:
+            menu.addAction("Copy selection").triggered.connect(self.copy_selection)
         text = models.shown_text(self.entries[entry].line.text)
         menu.addAction("Copy text").triggered.connect(
             lambda: QGuiApplication.clipboard().setText(text))
@@ -753,6 +875,13 @@ def _utf16(text: str, index: int) -> int:
     """The UTF-16 offset of code point ``index`` of ``text`` (what Qt counts)."""
     head = text[:index]
     return index if head.isascii() else len(head.encode("utf-16-le")) // 2
+
+
+def _from_utf16(text: str, offset: int) -> int:
+    """The code point index of UTF-16 offset ``offset`` of ``text`` (what Qt returns)."""
+    if text.isascii():
+        return min(offset, len(text))
+    return len(text.encode("utf-16-le")[:2 * offset].decode("utf-16-le", errors="ignore"))
 
 
 def _range(start: int, length: int, fmt: QTextCharFormat) -> QTextLayout.FormatRange:
