@@ -61,6 +61,12 @@ _LEFT: Final = int(Qt.AlignmentFlag.AlignLeft)
 _LEFT_TOP: Final = int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
 _LEFT_MIDDLE: Final = int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
 _WHITE: Final = QColor("#ffffff")
+# Looked up once: an enum member's lookup is a descriptor call, many per painted row.
+_OWN: Final = Kind.OWN
+_CHAT: Final = Kind.CHAT
+_WARNING: Final = Kind.WARNING
+_NO_PEN: Final = Qt.PenStyle.NoPen
+_ELIDE: Final = Qt.TextElideMode.ElideRight
 SIDE: Final = 12  # px between the view's edges and the bubbles
 AVATAR: Final = 32
 GAP: Final = 8  # avatar to bubble, bubble to time
@@ -123,6 +129,8 @@ class ChatView(QAbstractScrollArea):
         self._look = 0  # counts the changes of colours and fonts (part of an image's key)
         self._links: dict[int, list[tuple[int, int, str]]] = {}
         self._senders: dict[tuple[str, bool], tuple[QColor, QColor, str]] = {}
+        self._names: dict[tuple[str, int], str] = {}  # (name, room for it) -> as shown
+        self._avatars: dict[tuple[str, int, float, int], QPixmap] = {}
         self._laid_width = 0
         self._colours = ChatColours.from_palette(self.palette())
         self.open_link = _open_in_browser  # what a click on a link does
@@ -300,7 +308,7 @@ class ChatView(QAbstractScrollArea):
         entry = self.entries[row.entry]
         text = models.shown_text(entry.line.text)
         if row.kind == RowKind.NOTICE:
-            text = ("⚠ " if entry.line.kind is Kind.WARNING else "") + text
+            text = ("⚠ " if entry.line.kind is _WARNING else "") + text
             if row.natural == -1:
                 row.natural = -2 if "\n" in text else self.fm_small.horizontalAdvance(text) + 2
             if 0 <= row.natural <= width - 4 * SIDE:
@@ -334,7 +342,7 @@ class ChatView(QAbstractScrollArea):
     def _message_height(self, row: Row, text_height: int) -> int:
         entry = self.entries[row.entry]
         height = text_height + 2 * PAD_Y + (GROUP_SPACE if row.header else SAME_SPACE)
-        if row.header and entry.line.kind is Kind.CHAT:
+        if row.header and entry.line.kind is _CHAT:
             height += self.fm_bold.height() + 2
         return height
 
@@ -351,7 +359,7 @@ class ChatView(QAbstractScrollArea):
         option = QTextOption()
         option.setWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
         layout.setTextOption(option)
-        own = entry.line.kind is Kind.OWN
+        own = entry.line.kind is _OWN
         formats = []
         # Qt counts UTF-16 units: the ranges are converted (an emoji is two).
         links = [(_utf16(text, start), _utf16(text, end), url)
@@ -400,6 +408,7 @@ class ChatView(QAbstractScrollArea):
         self._laid_width = width
         self._layouts.clear()
         self._forget_images()
+        self._names.clear()
         self._look += 1
         tops = [0]
         inner = self.bubble_max(width) - 2 * PAD_X
@@ -569,7 +578,7 @@ class ChatView(QAbstractScrollArea):
 
     def _paint_notice(self, painter: QPainter, row: Row, y: int, width: int) -> None:
         entry = self.entries[row.entry]
-        warning = entry.line.kind is Kind.WARNING
+        warning = entry.line.kind is _WARNING
         text = ("⚠ " if warning else "") + models.shown_text(entry.line.text)
         painter.setFont(self.small)
         painter.setPen(self._colours.warning if warning else self._colours.subdued)
@@ -584,7 +593,7 @@ class ChatView(QAbstractScrollArea):
     def bubble_rect(self, row: Row, y: int, width: int) -> QRectF:
         """Where a message's bubble is painted (``y``: the row's top on screen)."""
         entry = self.entries[row.entry]
-        own = entry.line.kind is Kind.OWN
+        own = entry.line.kind is _OWN
         inner = self.bubble_max(width) - 2 * PAD_X
         if row.text_width >= 0:
             text_width, text_height = row.text_width, row.text_height
@@ -603,22 +612,19 @@ class ChatView(QAbstractScrollArea):
     def _paint_message(self, painter: QPainter, row: Row, y: int, width: int) -> None:
         colours = self._colours
         entry = self.entries[row.entry]
-        own = entry.line.kind is Kind.OWN
+        own = entry.line.kind is _OWN
         bubble = self.bubble_rect(row, y, width)
         if row.header and not own:
             colour, avatar_colour, letters = self._sender(entry.line.user, colours.dark)
             painter.setFont(self.bold)
             painter.setPen(colour)
             name_top = y + GROUP_SPACE
-            painter.drawText(QRectF(bubble.left() + 2, name_top, width - bubble.left() - SIDE,
-                                    self.fm_bold.height()),
-                             _LEFT_MIDDLE,
-                             self.fm_bold.elidedText(entry.line.user,
-                                                     Qt.TextElideMode.ElideRight,
-                                                     int(width - bubble.left() - SIDE)))
-            avatar = QRectF(SIDE, name_top, AVATAR, AVATAR)
-            paint_avatar(painter, avatar, letters, avatar_colour, self.small_bold)
-        painter.setPen(Qt.PenStyle.NoPen)
+            room = int(width - bubble.left() - SIDE)
+            painter.drawText(QRectF(bubble.left() + 2, name_top, room, self.fm_bold.height()),
+                             _LEFT_MIDDLE, self._name(entry.line.user, room))
+            painter.drawPixmap(SIDE, name_top, self._avatar(letters, avatar_colour,
+                                                            painter.device().devicePixelRatioF()))
+        painter.setPen(_NO_PEN)
         painter.setBrush(colours.own_bubble if own else colours.bubble)
         painter.drawRoundedRect(bubble, 12, 12)
         painter.setFont(self.body)
@@ -655,6 +661,35 @@ class ChatView(QAbstractScrollArea):
                 self._senders.clear()
             self._senders[key] = known
         return known
+
+    def _name(self, name: str, room: int) -> str:
+        """``name`` elided to ``room`` pixels in the bold font (kept)."""
+        key = (name, room)
+        shown = self._names.get(key)
+        if shown is None:
+            shown = self.fm_bold.elidedText(name, _ELIDE, room)
+            if len(self._names) > 4096:
+                self._names.clear()
+            self._names[key] = shown
+        return shown
+
+    def _avatar(self, letters: str, colour: QColor, scale: float) -> QPixmap:
+        """The initials on their colour, painted once per look and scale."""
+        key = (letters, colour.rgba(), scale, self._look)
+        image = self._avatars.get(key)
+        if image is None:
+            image = QPixmap(int(AVATAR * scale + 0.999), int(AVATAR * scale + 0.999))
+            image.setDevicePixelRatio(scale)
+            image.fill(Qt.GlobalColor.transparent)
+            painter = QPainter(image)
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            paint_avatar(painter, QRectF(0, 0, AVATAR, AVATAR), letters, colour,
+                         self.small_bold)
+            painter.end()
+            if len(self._avatars) > 512:
+                self._avatars.clear()
+            self._avatars[key] = image
+        return image
 
     def _outline(self, painter: QPainter, rect: QRectF) -> None:
         painter.setBrush(Qt.BrushStyle.NoBrush)
