@@ -19,6 +19,7 @@ chat, and measures:
   A frame's budget is 16 ms (60 frames a second).
 
 Usage: ``python tests/bench/bench_gui.py [--lines N]``. Prints markdown.
+``tests/bench/gui_ab.py`` runs it against other checkouts in turn and prints medians.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# OCM_BENCH_TREE: the checkout whose client is measured (tests/bench/gui_ab.py), else this.
+sys.path.insert(0, os.environ.get("OCM_BENCH_TREE") or str(Path(__file__).resolve().parents[2]))
 
 from PySide6 import __version__ as pyside_version  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
