@@ -105,6 +105,7 @@ class ChatView(QAbstractScrollArea):
     """Shows ``Entry``s; ``add`` appends one, ``clear`` empties it."""
 
     link_clicked = Signal(str)
+    typed = Signal(str)  # text typed while the conversation has the keys (for the input)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -813,6 +814,10 @@ class ChatView(QAbstractScrollArea):
             self.copy_selection()
         elif event.matches(QKeySequence.StandardKey.SelectAll):
             self.select_all()
+        elif event.text().isprintable() and event.text() and not event.modifiers() & (
+                Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier
+                | Qt.KeyboardModifier.MetaModifier):
+            self.typed.emit(event.text())  # typing after a click goes to the input
         else:
             super().keyPressEvent(event)
 

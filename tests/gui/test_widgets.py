@@ -567,5 +567,7 @@ def test_a_drag_selects_across_messages_and_ctrl_c_copies_them_with_names_and_ti
     qtbot.keyClick(log, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
     qtbot.keyClick(log, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
     assert QGuiApplication.clipboard().text() == log.toPlainText()
+    qtbot.keyClicks(log, "ok")  # typing after a click goes on in the input
+    assert view.input.text() == "ok"
     menu = log.context_menu(point(0, 1).x(), point(0, 1).y())
     assert menu is not None and menu.actions()[0].text() == "Copy selection"
