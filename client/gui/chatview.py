@@ -440,8 +440,9 @@ class ChatView(QAbstractScrollArea):
             offset = bar.value()
             first = max(0, bisect.bisect_right(self.tops, offset) - 1)
             end = offset + self.viewport().height()
-            pending = [index for index in range(first, len(self.rows))
-                       if self.tops[index] <= end and not self.rows[index].exact]
+            last = bisect.bisect_right(self.tops, end, first)  # rows below: not on screen
+            pending = [index for index in range(first, min(last, len(self.rows)))
+                       if not self.rows[index].exact]
             if not pending:
                 break
             for index in pending:

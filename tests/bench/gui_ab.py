@@ -5,7 +5,8 @@ tree) against the client of each checkout given, one fresh process per run, in t
 (A B C A B C ...) so that a machine whose speed drifts affects them alike, and prints
 each row's median over the runs with its min and max, in milliseconds.
 
-Usage: ``python tests/bench/gui_ab.py [--runs N] [--lines N] CHECKOUT [CHECKOUT ...]``,
+Usage: ``python tests/bench/gui_ab.py [--runs N] [--lines N] [--clock wall|cpu]
+CHECKOUT [CHECKOUT ...]``,
 e.g. with ``git worktree add /tmp/old <commit>`` for the version to compare with.
 """
 
@@ -23,11 +24,12 @@ BENCH = Path(__file__).resolve().with_name("bench_gui.py")
 ROW = re.compile(r"^\| (.+?) \| ([\d.]+) \|$")
 
 
-def run_once(tree: Path, lines: int) -> dict[str, float]:
+def run_once(tree: Path, lines: int, clock: str) -> dict[str, float]:
     """One run of the bench against ``tree``'s client: each row's figure."""
     env = {**os.environ, "OCM_BENCH_TREE": str(tree), "QT_QPA_PLATFORM": "offscreen"}
-    done = subprocess.run([sys.executable, str(BENCH), "--lines", str(lines)], env=env,
-                          capture_output=True, text=True, timeout=900, check=True)
+    command = [sys.executable, str(BENCH), "--lines", str(lines), "--clock", clock]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900,
+                          check=True)
     return {match[1]: float(match[2])
             for match in (ROW.match(line) for line in done.stdout.splitlines()) if match}
 
@@ -38,6 +40,8 @@ def main() -> int:
                         help="a checkout of this repository (its client/ is measured)")
     parser.add_argument("--runs", type=int, default=7, help="runs per checkout (default 7)")
     parser.add_argument("--lines", type=int, default=10_000)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="passed to bench_gui.py (cpu: the thread's CPU time)")
     args = parser.parse_args()
     for tree in args.trees:
         if not (tree / "client" / "gui").is_dir():
@@ -45,10 +49,10 @@ def main() -> int:
     results: list[list[dict[str, float]]] = [[] for _ in args.trees]
     for number in range(args.runs):
         for index, tree in enumerate(args.trees):
-            results[index].append(run_once(tree.resolve(), args.lines))
+            results[index].append(run_once(tree.resolve(), args.lines, args.clock))
         print(f"run {number + 1} of {args.runs} done", file=sys.stderr)
     names = list(dict.fromkeys(name for runs in results for run in runs for name in run))
-    print(f"{args.runs} runs each, interleaved; median (min–max), ms\n")
+    print(f"{args.runs} runs each, interleaved, {args.clock} clock; median (min–max), ms\n")
     print("| what | " + " | ".join(str(tree) for tree in args.trees) + " |")
     print("| --- |" + " ---: |" * len(args.trees))
     for name in names:
