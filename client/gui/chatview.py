@@ -124,8 +124,10 @@ class ChatView(QAbstractScrollArea):
         self.focus_at: models.Position | None = None  # where it ends (the mouse)
         self._dragging = False
         # A message's or notice's row as painted (entry -> what it shows, the image): a
-        # frame copies them instead of painting bubbles, avatars and text again.
+        # frame copies them instead of painting bubbles, avatars and text again. A row is
+        # kept from its second paint on: a row scrolled past once is painted directly.
         self._images: dict[int, tuple[tuple[object, ...], QPixmap]] = {}
+        self._drawn: dict[int, tuple[object, ...]] = {}  # rows painted once, directly
         self._images_bytes = 0
         self._look = 0  # counts the changes of colours and fonts (part of an image's key)
         self._links: dict[int, list[tuple[int, int, str]]] = {}
@@ -509,7 +511,13 @@ class ChatView(QAbstractScrollArea):
             elif row.kind == RowKind.UNREAD:
                 self._paint_unread(painter, row, y, width)
             else:
-                painter.drawPixmap(0, y, self._image(row, width, scale))
+                image = self._image(row, width, scale)
+                if image is not None:
+                    painter.drawPixmap(0, y, image)
+                elif row.kind == RowKind.NOTICE:
+                    self._paint_notice(painter, row, y, width)
+                else:
+                    self._paint_message(painter, row, y, width)
                 if row.entry == self.current_match:
                     current = (row, y)
         if current is not None:  # over the rows around it
@@ -519,13 +527,19 @@ class ChatView(QAbstractScrollArea):
                           else QRectF(SIDE, y + 1, width - 2 * SIDE, row.height - 2))
         painter.end()
 
-    def _image(self, row: Row, width: int, scale: float) -> QPixmap:
-        """The row painted on the background (cached until what it shows changes)."""
+    def _image(self, row: Row, width: int, scale: float) -> QPixmap | None:
+        """The row painted on the background, kept until what it shows changes; None
+        the first time the row is painted so (the caller paints it directly)."""
         key = (row.kind, row.header, row.height, width, scale, self._look, self.search,
                self.status.get(row.entry), self.selected_span(row.entry))
         known = self._images.get(row.entry)
         if known is not None and known[0] == key:
             return known[1]
+        if self._drawn.get(row.entry) != key:
+            if len(self._drawn) > 4096:
+                self._drawn.clear()
+            self._drawn[row.entry] = key
+            return None
         image = QPixmap(int(width * scale + 0.999), int(row.height * scale + 0.999))
         image.setDevicePixelRatio(scale)
         image.fill(self._colours.background)
@@ -548,6 +562,7 @@ class ChatView(QAbstractScrollArea):
 
     def _forget_images(self) -> None:
         self._images.clear()
+        self._drawn.clear()
         self._images_bytes = 0
 
     def _paint_day(self, painter: QPainter, row: Row, y: int, width: int) -> None:

@@ -476,8 +476,9 @@ def test_a_resize_keeps_every_height_equal_to_a_fresh_measure(qtbot: QtBot) -> N
 
 def test_painted_rows_are_kept_and_painted_again_when_what_they_show_changes(
         qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A frame copies the rows it painted before; a delivery state, a search or the
-    colours paint them again; the images kept stay under their bound."""
+    """A row painted a second time is kept as an image and copied from then on (one
+    scrolled past once is painted directly); a delivery state, a search or the colours
+    paint it again; the images kept stay under their bound."""
     view = filled_room(qtbot, 40)
     log = view.log
     view.append(render.chat_line("me", "mine", own=True))
@@ -487,6 +488,8 @@ def test_painted_rows_are_kept_and_painted_again_when_what_they_show_changes(
         return log.viewport().grab().toImage()
 
     before = shot()
+    assert not log._images  # painted once: directly
+    assert shot() == before  # the same, from images now
     kept = {index: image.cacheKey() for index, (_key, image) in log._images.items()}
     assert entry in kept and len(kept) < 20  # the rows on screen only
     assert shot() == before
@@ -507,6 +510,7 @@ def test_painted_rows_are_kept_and_painted_again_when_what_they_show_changes(
     bar = log.verticalScrollBar()
     for value in range(bar.maximum() - bar.pageStep() // 2, -1, -bar.pageStep() // 2):
         bar.setValue(value)
+        shot()
         shot()
         assert 0 < log._images_bytes <= 200_000
 
