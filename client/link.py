@@ -235,6 +235,11 @@ class RoomLink(Link):
         self._resuming: asyncio.Task[None] | None = None
         self.on_resumed: Callable[[Resumed], None] | None = None
         """Called when a resume is over (``Resumed.NO``: the membership is gone)."""
+        self.status_lines = True
+        """Write the resume's outcome ("reconnected: ...") and each undelivered message
+        ("not delivered: ...") as lines, as ``ocm-chat`` shows them. A client that shows
+        them itself from ``on_resumed`` and ``on_send_state`` (``ocm-gui``: a banner, a
+        mark on the message) turns this off, so that each is shown once."""
 
     @property
     def pending(self) -> int:
@@ -385,7 +390,7 @@ class RoomLink(Link):
 
     def _resumed(self, outcome: Resumed) -> None:
         self._gaps_at_resume = None
-        if outcome is not Resumed.NO:
+        if outcome is not Resumed.NO and self.status_lines:
             self._on_line(render.notice_line(
                 "reconnected: nothing was lost" if outcome is Resumed.YES
                 else "reconnected: some messages could not be recovered"))
@@ -502,9 +507,10 @@ class RoomLink(Link):
                 self._state(event.msg_id, SendState.REFUSED)
             elif isinstance(event, rel.Failed):
                 self._state(event.msg_id, SendState.FAILED)
-                text = render.sanitize(self._texts.get(event.msg_id, ""))
-                self._on_line(render.warning_line(
-                    f"not delivered: {text!r} (/retry sends it again)"))
+                if self.status_lines:
+                    text = render.sanitize(self._texts.get(event.msg_id, ""))
+                    self._on_line(render.warning_line(
+                        f"not delivered: {text!r} (/retry sends it again)"))
 
         if self._gaps_at_resume is not None and self.reliable is not None \
                 and self.reliable.receiver.next is not None \

@@ -542,6 +542,7 @@ class MainWindow(QMainWindow):
         link.on_send_state = functools.partial(self._on_send_state, session, link)
         link.on_status = functools.partial(self._on_link_status, session, link)
         link.on_resumed = functools.partial(self._on_resumed, session, link)
+        link.status_lines = False  # the banner and the marks on messages say it
         session.sent.clear()
         if isinstance(link, E2ERoomLink):
             link.on_key_changed = functools.partial(self.warn_key_changed, session=session)

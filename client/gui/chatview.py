@@ -15,6 +15,9 @@ first visible row by bisection. Only the rows on screen get a ``QTextLayout``
 
 Links (``models.find_links``: http and https only) are underlined and open in the
 browser on a click; ``set_search`` highlights a text and returns the rows that hold it.
+A drag selects text across messages (a notice is selected whole); Ctrl+C copies it as
+plain text (``models.selection_text``: with times and names when it spans several),
+Ctrl+A selects the whole conversation.
 """
 
 from __future__ import annotations
@@ -33,10 +36,13 @@ from PySide6.QtGui import (
     QFontMetrics,
     QGuiApplication,
     QHelpEvent,
+    QKeyEvent,
+    QKeySequence,
     QMouseEvent,
     QPainter,
     QPaintEvent,
     QPalette,
+    QPixmap,
     QResizeEvent,
     QTextCharFormat,
     QTextLayout,
@@ -55,6 +61,12 @@ _LEFT: Final = int(Qt.AlignmentFlag.AlignLeft)
 _LEFT_TOP: Final = int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
 _LEFT_MIDDLE: Final = int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
 _WHITE: Final = QColor("#ffffff")
+# Looked up once: an enum member's lookup is a descriptor call, many per painted row.
+_OWN: Final = Kind.OWN
+_CHAT: Final = Kind.CHAT
+_WARNING: Final = Kind.WARNING
+_NO_PEN: Final = Qt.PenStyle.NoPen
+_ELIDE: Final = Qt.TextElideMode.ElideRight
 SIDE: Final = 12  # px between the view's edges and the bubbles
 AVATAR: Final = 32
 GAP: Final = 8  # avatar to bubble, bubble to time
@@ -64,6 +76,10 @@ GROUP_SPACE: Final = 10  # above the first message of a group
 SAME_SPACE: Final = 2  # between messages of one group
 TIME_ROOM: Final = 48  # width kept for the time beside a bubble
 _CACHE_MAX: Final = 400  # text layouts kept (the rows on screen and around)
+_IMAGES_MAX: Final = 24 << 20  # bytes of painted rows kept (a few screens, at any scale)
+
+
+Span = tuple[int, int]  # selected code points of an entry's shown text: [start, end)
 
 
 class RowKind:
@@ -89,6 +105,7 @@ class ChatView(QAbstractScrollArea):
     """Shows ``Entry``s; ``add`` appends one, ``clear`` empties it."""
 
     link_clicked = Signal(str)
+    typed = Signal(str)  # text typed while the conversation has the keys (for the input)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -102,9 +119,21 @@ class ChatView(QAbstractScrollArea):
         self.current_match = -1  # entry index of the highlighted hit
         self.unread_row = -1  # the row of the "New messages" divider, if shown
         self.fixed_today: str | None = None  # "today" for the day labels (None: the clock's)
-        self._layouts: dict[tuple[int, str, int], QTextLayout] = {}
+        self._layouts: dict[tuple[int, str, int, Span | None], QTextLayout] = {}
+        self.anchor: models.Position | None = None  # where the selection began
+        self.focus_at: models.Position | None = None  # where it ends (the mouse)
+        self._dragging = False
+        # A message's or notice's row as painted (entry -> what it shows, the image): a
+        # frame copies them instead of painting bubbles, avatars and text again. A row is
+        # kept from its second paint on: a row scrolled past once is painted directly.
+        self._images: dict[int, tuple[tuple[object, ...], QPixmap]] = {}
+        self._drawn: dict[int, tuple[object, ...]] = {}  # rows painted once, directly
+        self._images_bytes = 0
+        self._look = 0  # counts the changes of colours and fonts (part of an image's key)
         self._links: dict[int, list[tuple[int, int, str]]] = {}
         self._senders: dict[tuple[str, bool], tuple[QColor, QColor, str]] = {}
+        self._names: dict[tuple[str, int], str] = {}  # (name, room for it) -> as shown
+        self._avatars: dict[tuple[str, int, float, int], QPixmap] = {}
         self._laid_width = 0
         self._colours = ChatColours.from_palette(self.palette())
         self.open_link = _open_in_browser  # what a click on a link does
@@ -112,6 +141,7 @@ class ChatView(QAbstractScrollArea):
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setFrameShape(QAbstractScrollArea.Shape.NoFrame)
         self.verticalScrollBar().setSingleStep(24)
+        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)  # Ctrl+C, Ctrl+A after a click
         self._fonts()
 
     # -- fonts and colours ---------------------------------------------------------------------
@@ -140,6 +170,7 @@ class ChatView(QAbstractScrollArea):
         if colours != self._colours:
             self._colours = colours
             self._layouts.clear()
+            self._look += 1
         return colours
 
     def changeEvent(self, event: QEvent) -> None:  # noqa: N802 (Qt's name)
@@ -157,6 +188,8 @@ class ChatView(QAbstractScrollArea):
         self.status.clear()
         self._layouts.clear()
         self._links.clear()
+        self._forget_images()
+        self.anchor = self.focus_at = None
         self.current_match = -1
         self.unread_row = -1
         self._update_range()
@@ -278,7 +311,7 @@ class ChatView(QAbstractScrollArea):
         entry = self.entries[row.entry]
         text = models.shown_text(entry.line.text)
         if row.kind == RowKind.NOTICE:
-            text = ("⚠ " if entry.line.kind is Kind.WARNING else "") + text
+            text = ("⚠ " if entry.line.kind is _WARNING else "") + text
             if row.natural == -1:
                 row.natural = -2 if "\n" in text else self.fm_small.horizontalAdvance(text) + 2
             if 0 <= row.natural <= width - 4 * SIDE:
@@ -312,13 +345,14 @@ class ChatView(QAbstractScrollArea):
     def _message_height(self, row: Row, text_height: int) -> int:
         entry = self.entries[row.entry]
         height = text_height + 2 * PAD_Y + (GROUP_SPACE if row.header else SAME_SPACE)
-        if row.header and entry.line.kind is Kind.CHAT:
+        if row.header and entry.line.kind is _CHAT:
             height += self.fm_bold.height() + 2
         return height
 
     def _layout(self, row: Row, inner: int) -> QTextLayout:
         """The wrapped text of a message row, with links and search hits formatted."""
-        key = (row.entry, self.search, inner)
+        selected = self.selected_span(row.entry)
+        key = (row.entry, self.search, inner, selected)
         layout = self._layouts.get(key)
         if layout is not None:
             return layout
@@ -328,7 +362,7 @@ class ChatView(QAbstractScrollArea):
         option = QTextOption()
         option.setWrapMode(QTextOption.WrapMode.WrapAtWordBoundaryOrAnywhere)
         layout.setTextOption(option)
-        own = entry.line.kind is Kind.OWN
+        own = entry.line.kind is _OWN
         formats = []
         # Qt counts UTF-16 units: the ranges are converted (an emoji is two).
         links = [(_utf16(text, start), _utf16(text, end), url)
@@ -350,6 +384,12 @@ class ChatView(QAbstractScrollArea):
                 formats.append(_range(start, _utf16(text, at + len(self.search)) - start,
                                       hit))
                 at = folded.find(self.search, at + len(self.search))
+        if selected is not None:
+            chosen = QTextCharFormat()
+            chosen.setBackground(self.palette().color(QPalette.ColorRole.Highlight))
+            chosen.setForeground(self.palette().color(QPalette.ColorRole.HighlightedText))
+            start = _utf16(text, selected[0])
+            formats.append(_range(start, _utf16(text, selected[1]) - start, chosen))
         layout.setFormats(formats)
         layout.beginLayout()
         y = 0.0
@@ -370,6 +410,9 @@ class ChatView(QAbstractScrollArea):
         width = self._width()
         self._laid_width = width
         self._layouts.clear()
+        self._forget_images()
+        self._names.clear()
+        self._look += 1
         tops = [0]
         inner = self.bubble_max(width) - 2 * PAD_X
         notice_width = width - 4 * SIDE
@@ -399,8 +442,9 @@ class ChatView(QAbstractScrollArea):
             offset = bar.value()
             first = max(0, bisect.bisect_right(self.tops, offset) - 1)
             end = offset + self.viewport().height()
-            pending = [index for index in range(first, len(self.rows))
-                       if self.tops[index] <= end and not self.rows[index].exact]
+            last = bisect.bisect_right(self.tops, end, first)  # rows below: not on screen
+            pending = [index for index in range(first, min(last, len(self.rows)))
+                       if not self.rows[index].exact]
             if not pending:
                 break
             for index in pending:
@@ -454,6 +498,8 @@ class ChatView(QAbstractScrollArea):
         offset = self.verticalScrollBar().value()
         bottom = offset + self.viewport().height()
         first = max(0, bisect.bisect_right(self.tops, offset) - 1)
+        scale = self.viewport().devicePixelRatioF()
+        current = None
         for index in range(first, len(self.rows)):
             top = self.tops[index]
             if top > bottom:
@@ -464,11 +510,60 @@ class ChatView(QAbstractScrollArea):
                 self._paint_day(painter, row, y, width)
             elif row.kind == RowKind.UNREAD:
                 self._paint_unread(painter, row, y, width)
-            elif row.kind == RowKind.NOTICE:
-                self._paint_notice(painter, row, y, width)
             else:
-                self._paint_message(painter, row, y, width)
+                image = self._image(row, width, scale)
+                if image is not None:
+                    painter.drawPixmap(0, y, image)
+                elif row.kind == RowKind.NOTICE:
+                    self._paint_notice(painter, row, y, width)
+                else:
+                    self._paint_message(painter, row, y, width)
+                if row.entry == self.current_match:
+                    current = (row, y)
+        if current is not None:  # over the rows around it
+            row, y = current
+            self._outline(painter, self.bubble_rect(row, y, width).adjusted(-3, -3, 3, 3)
+                          if row.kind == RowKind.MESSAGE
+                          else QRectF(SIDE, y + 1, width - 2 * SIDE, row.height - 2))
         painter.end()
+
+    def _image(self, row: Row, width: int, scale: float) -> QPixmap | None:
+        """The row painted on the background, kept until what it shows changes; None
+        the first time the row is painted so (the caller paints it directly)."""
+        key = (row.kind, row.header, row.height, width, scale, self._look, self.search,
+               self.status.get(row.entry), self.selected_span(row.entry))
+        known = self._images.get(row.entry)
+        if known is not None and known[0] == key:
+            return known[1]
+        if self._drawn.get(row.entry) != key:
+            if len(self._drawn) > 4096:
+                self._drawn.clear()
+            self._drawn[row.entry] = key
+            return None
+        image = QPixmap(int(width * scale + 0.999), int(row.height * scale + 0.999))
+        image.setDevicePixelRatio(scale)
+        image.fill(self._colours.background)
+        painter = QPainter(image)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        if row.kind == RowKind.NOTICE:
+            self._paint_notice(painter, row, 0, width)
+        else:
+            self._paint_message(painter, row, 0, width)
+        painter.end()
+        size = image.width() * image.height() * 4
+        if known is not None:
+            del self._images[row.entry]
+            self._images_bytes -= known[1].width() * known[1].height() * 4
+        if self._images_bytes + size > _IMAGES_MAX:
+            self._forget_images()
+        self._images[row.entry] = (key, image)
+        self._images_bytes += size
+        return image
+
+    def _forget_images(self) -> None:
+        self._images.clear()
+        self._drawn.clear()
+        self._images_bytes = 0
 
     def _paint_day(self, painter: QPainter, row: Row, y: int, width: int) -> None:
         today = self.today()
@@ -500,20 +595,22 @@ class ChatView(QAbstractScrollArea):
 
     def _paint_notice(self, painter: QPainter, row: Row, y: int, width: int) -> None:
         entry = self.entries[row.entry]
-        warning = entry.line.kind is Kind.WARNING
+        warning = entry.line.kind is _WARNING
         text = ("⚠ " if warning else "") + models.shown_text(entry.line.text)
         painter.setFont(self.small)
         painter.setPen(self._colours.warning if warning else self._colours.subdued)
-        painter.drawText(QRect(2 * SIDE, y + 4, width - 4 * SIDE, row.height - 8),
-                         _WRAP_CENTRED,
-                         text)
-        if entry is self._current():
-            self._outline(painter, QRectF(SIDE, y + 1, width - 2 * SIDE, row.height - 2))
+        box = QRect(2 * SIDE, y + 4, width - 4 * SIDE, row.height - 8)
+        if self.selected_span(row.entry) is not None:  # a notice is selected whole
+            palette = self.palette()
+            painter.fillRect(self.fm_small.boundingRect(box, _WRAP_CENTRED, text),
+                             palette.color(QPalette.ColorRole.Highlight))
+            painter.setPen(palette.color(QPalette.ColorRole.HighlightedText))
+        painter.drawText(box, _WRAP_CENTRED, text)
 
     def bubble_rect(self, row: Row, y: int, width: int) -> QRectF:
         """Where a message's bubble is painted (``y``: the row's top on screen)."""
         entry = self.entries[row.entry]
-        own = entry.line.kind is Kind.OWN
+        own = entry.line.kind is _OWN
         inner = self.bubble_max(width) - 2 * PAD_X
         if row.text_width >= 0:
             text_width, text_height = row.text_width, row.text_height
@@ -532,28 +629,26 @@ class ChatView(QAbstractScrollArea):
     def _paint_message(self, painter: QPainter, row: Row, y: int, width: int) -> None:
         colours = self._colours
         entry = self.entries[row.entry]
-        own = entry.line.kind is Kind.OWN
+        own = entry.line.kind is _OWN
         bubble = self.bubble_rect(row, y, width)
         if row.header and not own:
             colour, avatar_colour, letters = self._sender(entry.line.user, colours.dark)
             painter.setFont(self.bold)
             painter.setPen(colour)
             name_top = y + GROUP_SPACE
-            painter.drawText(QRectF(bubble.left() + 2, name_top, width - bubble.left() - SIDE,
-                                    self.fm_bold.height()),
-                             _LEFT_MIDDLE,
-                             self.fm_bold.elidedText(entry.line.user,
-                                                     Qt.TextElideMode.ElideRight,
-                                                     int(width - bubble.left() - SIDE)))
-            avatar = QRectF(SIDE, name_top, AVATAR, AVATAR)
-            paint_avatar(painter, avatar, letters, avatar_colour, self.small_bold)
-        painter.setPen(Qt.PenStyle.NoPen)
+            room = int(width - bubble.left() - SIDE)
+            painter.drawText(QRectF(bubble.left() + 2, name_top, room, self.fm_bold.height()),
+                             _LEFT_MIDDLE, self._name(entry.line.user, room))
+            painter.drawPixmap(SIDE, name_top, self._avatar(letters, avatar_colour,
+                                                            painter.device().devicePixelRatioF()))
+        painter.setPen(_NO_PEN)
         painter.setBrush(colours.own_bubble if own else colours.bubble)
         painter.drawRoundedRect(bubble, 12, 12)
         painter.setFont(self.body)
         painter.setPen(colours.own_text if own else colours.text)
         origin = QPointF(bubble.left() + PAD_X, bubble.top() + PAD_Y)
-        if row.text_width >= 0 and not self.search and not self._has_link(row):
+        if row.text_width >= 0 and not self.search and not self._has_link(row) \
+                and self.selected_span(row.entry) is None:
             painter.drawText(QRectF(origin.x(), origin.y(), row.text_width + 2,
                                     row.text_height),
                              _LEFT_TOP,
@@ -571,8 +666,6 @@ class ChatView(QAbstractScrollArea):
         painter.drawText(QRectF(stamp_x, bubble.bottom() - self.fm_small.height() - 2,
                                 stamp_width + 1, self.fm_small.height()),
                          _LEFT, stamp)
-        if entry is self._current():
-            self._outline(painter, bubble.adjusted(-3, -3, 3, 3))
 
     def _sender(self, name: str, dark: bool) -> tuple[QColor, QColor, str]:
         """A sender's name colour (lifted on dark), avatar colour and initials."""
@@ -586,15 +679,39 @@ class ChatView(QAbstractScrollArea):
             self._senders[key] = known
         return known
 
+    def _name(self, name: str, room: int) -> str:
+        """``name`` elided to ``room`` pixels in the bold font (kept)."""
+        key = (name, room)
+        shown = self._names.get(key)
+        if shown is None:
+            shown = self.fm_bold.elidedText(name, _ELIDE, room)
+            if len(self._names) > 4096:
+                self._names.clear()
+            self._names[key] = shown
+        return shown
+
+    def _avatar(self, letters: str, colour: QColor, scale: float) -> QPixmap:
+        """The initials on their colour, painted once per look and scale."""
+        key = (letters, colour.rgba(), scale, self._look)
+        image = self._avatars.get(key)
+        if image is None:
+            image = QPixmap(int(AVATAR * scale + 0.999), int(AVATAR * scale + 0.999))
+            image.setDevicePixelRatio(scale)
+            image.fill(Qt.GlobalColor.transparent)
+            painter = QPainter(image)
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            paint_avatar(painter, QRectF(0, 0, AVATAR, AVATAR), letters, colour,
+                         self.small_bold)
+            painter.end()
+            if len(self._avatars) > 512:
+                self._avatars.clear()
+            self._avatars[key] = image
+        return image
+
     def _outline(self, painter: QPainter, rect: QRectF) -> None:
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.setPen(self.palette().color(QPalette.ColorRole.Highlight))
         painter.drawRoundedRect(rect, 14, 14)
-
-    def _current(self) -> Entry | None:
-        if 0 <= self.current_match < len(self.entries):
-            return self.entries[self.current_match]
-        return None
 
     def _has_link(self, row: Row) -> bool:
         text = self.entries[row.entry].line.text
@@ -638,8 +755,105 @@ class ChatView(QAbstractScrollArea):
         return -1 if index < 0 or self.rows[index].kind in (RowKind.DAY, RowKind.UNREAD) \
             else self.rows[index].entry
 
+    # -- selection ---------------------------------------------------------------------------------
+    def selection(self) -> tuple[models.Position, models.Position] | None:
+        """The selected stretch, first position first (None: nothing selected)."""
+        if self.anchor is None or self.focus_at is None or self.anchor == self.focus_at:
+            return None
+        return min(self.anchor, self.focus_at), max(self.anchor, self.focus_at)
+
+    def selected_span(self, entry: int) -> Span | None:
+        """The part of ``entry``'s shown text that is selected, if any."""
+        chosen = self.selection()
+        if chosen is None or not chosen[0][0] <= entry <= chosen[1][0]:
+            return None
+        (first, start), (last, end) = chosen
+        low = start if entry == first else 0
+        high = end if entry == last else len(models.shown_text(self.entries[entry].line.text))
+        return (low, high) if low < high else None
+
+    def selected_text(self) -> str:
+        """The selection as plain text (``models.selection_text``); "" when none."""
+        chosen = self.selection()
+        return "" if chosen is None else models.selection_text(self.entries, *chosen)
+
+    def copy_selection(self) -> None:
+        text = self.selected_text()
+        if text:
+            QGuiApplication.clipboard().setText(text)
+
+    def select_all(self) -> None:
+        if self.entries:
+            last = len(self.entries) - 1
+            self._select((0, 0), (last, len(models.shown_text(self.entries[last].line.text))))
+
+    def clear_selection(self) -> None:
+        self._select(None, None)
+
+    def _select(self, anchor: models.Position | None, focus: models.Position | None) -> None:
+        if (anchor, focus) != (self.anchor, self.focus_at):
+            self.anchor, self.focus_at = anchor, focus
+            self.viewport().update()
+
+    def position_at(self, x: float, y: float) -> models.Position | None:
+        """The place in the text under viewport point ``(x, y)``: a character of a
+        message, the start or end of a notice (the nearer side), the start of the
+        entry after a day separator; past the last row, the end of the last entry."""
+        if not self.entries:
+            return None
+        index = self.row_at(int(y))
+        if index < 0:
+            last = len(self.entries) - 1
+            return last, len(models.shown_text(self.entries[last].line.text))
+        row = self.rows[index]
+        text = models.shown_text(self.entries[row.entry].line.text)
+        if row.kind in (RowKind.DAY, RowKind.UNREAD):
+            return row.entry, 0
+        width = self._width()
+        if row.kind == RowKind.NOTICE:
+            return row.entry, 0 if x < width / 2 else len(text)
+        bubble = self.bubble_rect(row, self.tops[index] - self.verticalScrollBar().value(),
+                                  width)
+        layout = self._layout(row, self.bubble_max(width) - 2 * PAD_X)
+        local_y = y - bubble.top() - PAD_Y
+        if local_y < 0:
+            return row.entry, 0
+        for number in range(layout.lineCount()):
+            line = layout.lineAt(number)
+            if local_y < line.y() + line.height():
+                at = line.xToCursor(x - bubble.left() - PAD_X)
+                return row.entry, _from_utf16(text, at)
+        return row.entry, len(text)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 (Qt's name)
+        if event.matches(QKeySequence.StandardKey.Copy):
+            self.copy_selection()
+        elif event.matches(QKeySequence.StandardKey.SelectAll):
+            self.select_all()
+        elif event.text().isprintable() and event.text() and not event.modifiers() & (
+                Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier
+                | Qt.KeyboardModifier.MetaModifier):
+            self.typed.emit(event.text())  # typing after a click goes to the input
+        else:
+            super().keyPressEvent(event)
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)
+        if event.button() == Qt.MouseButton.LeftButton:
+            point = event.position()
+            at = self.position_at(point.x(), point.y())
+            self._select(at, at)
+            self._dragging = True
+        super().mousePressEvent(event)
+
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)
         point = event.position()
+        if self._dragging:
+            bar = self.verticalScrollBar()
+            if point.y() < 0:  # past an edge: the view follows
+                bar.setValue(bar.value() - bar.singleStep())
+            elif point.y() > self.viewport().height():
+                bar.setValue(bar.value() + bar.singleStep())
+            self._select(self.anchor, self.position_at(point.x(), point.y()))
         link = self.link_at(point.x(), point.y())
         self.viewport().setCursor(Qt.CursorShape.PointingHandCursor if link
                                   else Qt.CursorShape.ArrowCursor)
@@ -647,7 +861,9 @@ class ChatView(QAbstractScrollArea):
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 (Qt's name)
         point = event.position()
-        if event.button() == Qt.MouseButton.LeftButton \
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._dragging = False
+        if event.button() == Qt.MouseButton.LeftButton and self.selection() is None \
                 and (link := self.link_at(point.x(), point.y())) is not None:
             self.link_clicked.emit(link)
             self.open_link(link)
@@ -673,6 +889,8 @@ class ChatView(QAbstractScrollArea):
         if entry < 0:
             return None
         menu = QMenu(self)
+        if self.selection() is not None:
+            menu.addAction("Copy selection").triggered.connect(self.copy_selection)
         text = models.shown_text(self.entries[entry].line.text)
         menu.addAction("Copy text").triggered.connect(
             lambda: QGuiApplication.clipboard().setText(text))
@@ -713,6 +931,13 @@ def _utf16(text: str, index: int) -> int:
     """The UTF-16 offset of code point ``index`` of ``text`` (what Qt counts)."""
     head = text[:index]
     return index if head.isascii() else len(head.encode("utf-16-le")) // 2
+
+
+def _from_utf16(text: str, offset: int) -> int:
+    """The code point index of UTF-16 offset ``offset`` of ``text`` (what Qt returns)."""
+    if text.isascii():
+        return min(offset, len(text))
+    return len(text.encode("utf-16-le")[:2 * offset].decode("utf-16-le", errors="ignore"))
 
 
 def _range(start: int, length: int, fmt: QTextCharFormat) -> QTextLayout.FormatRange:

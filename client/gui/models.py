@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -118,16 +118,18 @@ class Entry:
     def is_chat(self) -> bool:
         return self.line.kind in (Kind.CHAT, Kind.OWN)
 
-    def transcript(self) -> str:
-        """The line as a transcript (Save transcript…) and the tests read it."""
+    def transcript(self, text: str | None = None) -> str:
+        """The line as a transcript (Save transcript…) and the tests read it; ``text``
+        instead of the line's own (a part of it, when copying a selection)."""
         line = self.line
+        text = line.text if text is None else text
         if line.kind is Kind.OWN:
-            return f"{self.clock}  {line.user} (you): {line.text}"
+            return f"{self.clock}  {line.user} (you): {text}"
         if line.kind is Kind.CHAT:
-            return f"{self.clock}  {line.user}: {line.text}"
+            return f"{self.clock}  {line.user}: {text}"
         if line.kind is Kind.WARNING:
-            return f"{self.clock}  ⚠ {line.text}"
-        return f"{self.clock}  — {line.text}"
+            return f"{self.clock}  ⚠ {text}"
+        return f"{self.clock}  — {text}"
 
 
 GROUP_GAP_MINUTES: Final = 5
@@ -206,6 +208,29 @@ def shown_text(text: str) -> str:
     """A message as the window shows it: the newline escape (``\\x0a``) of a
     multi-line message as a line break; every other escape stays visible."""
     return text.replace("\\x0a", "\n")
+
+
+Position = tuple[int, int]
+"""A place in the conversation: (entry index, code point offset in its ``shown_text``)."""
+
+
+def selection_text(entries: Sequence[Entry], anchor: Position, focus: Position) -> str:
+    """What copying the selection from ``anchor`` to ``focus`` (either order) gives as
+    plain text: inside one message the characters selected; across several, one line per
+    entry as in a transcript (time, sender), the first and last cut where the selection
+    begins and ends."""
+    start, end = min(anchor, focus), max(anchor, focus)
+    if start[0] == end[0]:
+        return shown_text(entries[start[0]].line.text)[start[1]:end[1]]
+    lines = []
+    for index in range(start[0], end[0] + 1):
+        entry = entries[index]
+        text = shown_text(entry.line.text)
+        low = start[1] if index == start[0] else 0
+        high = end[1] if index == end[0] else len(text)
+        if low < high or index not in (start[0], end[0]):
+            lines.append(entry.transcript(text[low:high]))
+    return "\n".join(lines)
 
 
 @dataclass(slots=True)

@@ -152,6 +152,7 @@ class RoomView(QWidget):
 
         self.log = ChatView()
         self.log.verticalScrollBar().valueChanged.connect(self._scrolled)
+        self.log.typed.connect(self.insert_text)
         conversation = QWidget()
         column = QVBoxLayout(conversation)
         column.setContentsMargins(0, 0, 0, 0)

@@ -491,6 +491,8 @@ def test_pending_failed_retry_and_reconnecting(
         await until(lambda: view.log.status.get(entry) == "⚠ not delivered", "the failure")
         assert view.failed_bar.isVisibleTo(view)
         assert view.failed_text.text() == "⚠ 1 message not delivered"
+        # Shown once: the mark and the bar, not also the link's "not delivered: …" line.
+        assert "not delivered" not in scrollback(window)
         link.clock = clock
         link._send = send  # type: ignore[method-assign]
         qtbot.mouseClick(view.retry_button, Qt.MouseButton.LeftButton)
@@ -507,6 +509,8 @@ def test_pending_failed_retry_and_reconnecting(
         await until(lambda: view.connection_banner.text()
                     == "Reconnected: everything recovered", "the resume's outcome")
         assert view.connection_banner.isVisibleTo(view)
+        # The banner says it; the conversation does not repeat it ("reconnected: …").
+        assert "reconnected" not in scrollback(window).casefold()
         type_line(window, qtbot, "after")
         await in_thread(bob.expect_line, "alice: after")
         await until(lambda: not view.connection_banner.isVisibleTo(view),

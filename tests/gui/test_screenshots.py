@@ -6,7 +6,10 @@ the README and docs/gui.md show: docs/gui-room.png and docs/gui-room-dark.png (s
 rooms, a busy conversation), docs/gui-encrypted.png (an encrypted room, its member list
 and a member's details, dark), docs/gui-connect.png, docs/gui-verify.png,
 docs/gui-help.png, docs/gui-compose.png (the emoji picker, a two-line message, an ended
-room) and docs/gui-menu.png (the Room menu). Japanese and emoji come from Qt's font
+room), docs/gui-menu.png (the Room menu), docs/gui-delivery.png and
+docs/gui-delivery-dark.png (a message not delivered with Retry, one pending, the
+Reconnecting… banner) and docs/gui-sas.png and docs/gui-sas-dark.png (the emoji
+verification dialog). Japanese and emoji come from Qt's font
 fallback (``make`` installs fonts-ipafont-gothic and fonts-noto-color-emoji).
 """
 
@@ -22,6 +25,7 @@ from PySide6.QtWidgets import QApplication, QWidget
 from pytestqt.qtbot import QtBot
 
 from client import render
+from client.e2e import sas
 from client.e2e.identity import fingerprint, safety_number
 from client.gui import models
 from client.gui.app import MainWindow
@@ -29,7 +33,7 @@ from client.gui.chatview import RowKind
 from client.gui.emoji import EmojiPicker
 from client.gui.room import RoomView
 from client.gui.theme import Theme
-from client.gui.verify import VerifyDialog
+from client.gui.verify import SasDialog, VerifyDialog
 from client.keystore import Trust
 from client.refusals import Field
 from wire.e2e import MemberInfo, PublicKeys
@@ -294,5 +298,51 @@ def test_screenshot_encrypted_room(qtbot: QtBot, loop: qasync.QEventLoop, settin
         path = _out_dir(tmp_path) / "gui-verify.png"
         assert dialog.grab().save(str(path)), path
         assert not QImage(str(path)).isNull()
+    finally:
+        window.set_theme(Theme.LIGHT)
+
+
+DELIVERY_CONVERSATION = [
+    ("notice", "", "bob joined the room"),
+    ("chat", "bob", "are you on the train? 🚆"),
+    ("own", "さくら", "yes, the tunnel is coming"),
+    ("own", "さくら", "トンネルの中でも送れるかな？"),
+    ("own", "さくら", "if this shows a clock, it is still on its way"),
+    ("chat", "bob", "I'll wait 👍"),
+]
+
+
+def test_screenshot_delivery_states_and_emoji_verification(
+        qtbot: QtBot, loop: qasync.QEventLoop, settings: QSettings, tmp_path: Path) -> None:
+    """Light and dark: a message not delivered (⚠, the bar with Retry), one pending (🕓),
+    the Reconnecting… banner; the emoji (SAS) verification dialog."""
+    window = MainWindow(settings)
+    qtbot.addWidget(window)
+    window.show()
+    view = window.open_preview("commute", "さくら", server="chat.example.org")
+    view.log.fixed_today = TODAY
+    _converse(view, DELIVERY_CONVERSATION, 8, 12)
+    view.set_members(models.member_rows((MemberInfo("bob", True), MemberInfo("さくら", False)),
+                                        "さくら", None))
+    failed, pending = len(view.log.entries) - 3, len(view.log.entries) - 2
+    view.set_status(failed, models.SEND_STATE_MARKS["failed"])
+    view.set_status(pending, models.SEND_STATE_MARKS["pending"])
+    view.show_failed(1)
+    view.show_connection("Reconnecting…")
+    assert view.failed_bar.isVisibleTo(view) and view.retry_button.isVisibleTo(view)
+    assert view.connection_banner.isVisibleTo(view)
+    emoji = tuple(sas.EMOJI[i] for i in (3, 17, 28, 40, 51, 8, 62))
+    try:
+        for theme, suffix in ((Theme.LIGHT, ""), (Theme.DARK, "-dark")):
+            window.set_theme(theme)
+            _save(window, _out_dir(tmp_path) / f"gui-delivery{suffix}.png")
+            dialog = SasDialog("bob", window)
+            qtbot.addWidget(dialog)
+            dialog.show_sas(sas.SasShow(emoji, (1742, 5903, 2271)))
+            dialog.show()
+            QApplication.processEvents()
+            _save(dialog, _out_dir(tmp_path) / f"gui-sas{suffix}.png",
+                  (max(560, dialog.sizeHint().width()), dialog.sizeHint().height()))
+            dialog.finish()
     finally:
         window.set_theme(Theme.LIGHT)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import qasync
 from PySide6.QtCore import QEvent, QPoint, QSettings, Qt
-from PySide6.QtGui import QGuiApplication, QHelpEvent, QPalette
+from PySide6.QtGui import QColor, QGuiApplication, QHelpEvent, QImage, QPalette
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 from pytestqt.qtbot import QtBot
 
 from client import render
+from client.gui import chatview
 from client.gui.app import MainWindow
 from client.gui.chatview import RowKind
 from client.gui.connect import ConnectScreen
@@ -471,3 +472,106 @@ def test_a_resize_keeps_every_height_equal_to_a_fresh_measure(qtbot: QtBot) -> N
                  if not row.exact else log._measure(row, log.viewport().width())
                  for row in log.rows]
         assert [row.height for row in log.rows] == fresh, width
+
+
+def test_painted_rows_are_kept_and_painted_again_when_what_they_show_changes(
+        qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row painted a second time is kept as an image and copied from then on (one
+    scrolled past once is painted directly); a delivery state, a search or the colours
+    paint it again; the images kept stay under their bound."""
+    view = filled_room(qtbot, 40)
+    log = view.log
+    view.append(render.chat_line("me", "mine", own=True))
+    entry = len(log.entries) - 1
+
+    def shot() -> QImage:
+        return log.viewport().grab().toImage()
+
+    before = shot()
+    assert not log._images  # painted once: directly
+    assert shot() == before  # the same, from images now
+    kept = {index: image.cacheKey() for index, (_key, image) in log._images.items()}
+    assert entry in kept and len(kept) < 20  # the rows on screen only
+    assert shot() == before
+    assert {index: image.cacheKey() for index, (_key, image) in log._images.items()} == kept
+    log.set_status(entry, "🕓")
+    assert shot() != before
+    log.set_status(entry, "")
+    assert shot() == before
+    log.set_search("mine")
+    assert shot() != before
+    log.set_search("")
+    assert shot() == before
+    palette = log.palette()
+    palette.setColor(QPalette.ColorRole.Base, QColor("#202124"))
+    log.setPalette(palette)
+    assert shot() != before
+    monkeypatch.setattr(chatview, "_IMAGES_MAX", 200_000)
+    bar = log.verticalScrollBar()
+    for value in range(bar.maximum() - bar.pageStep() // 2, -1, -bar.pageStep() // 2):
+        bar.setValue(value)
+        shot()
+        shot()
+        assert 0 < log._images_bytes <= 200_000
+
+
+def test_a_drag_selects_across_messages_and_ctrl_c_copies_them_with_names_and_times(
+        qtbot: QtBot) -> None:
+    view = RoomView()
+    qtbot.addWidget(view)
+    view.resize(700, 500)
+    view.show()
+    view.enter("room", "me", host=False, max_message=100)
+    view.append(render.chat_line("alice", "good morning everyone"), "09:00", "2026-12-07")
+    view.append(render.chat_line("bob", "おはよう 🌸 bob here"), "09:01", "2026-12-07")
+    view.append(render.notice_line("carol joined the room"), "09:02", "2026-12-07")
+    view.append(render.chat_line("me", "hello bob and alice", own=True), "09:03", "2026-12-07")
+    log = view.log
+    viewport = log.viewport()
+
+    def point(entry: int, offset: int) -> QPoint:
+        """Where character ``offset`` of message ``entry`` is on screen."""
+        index = next(i for i, row in enumerate(log.rows)
+                     if row.entry == entry and row.kind == RowKind.MESSAGE)
+        row, width = log.rows[index], log.viewport().width()
+        bubble = log.bubble_rect(row, log.tops[index] - log.verticalScrollBar().value(), width)
+        text = log.entries[entry].line.text
+        layout = log._layout(row, log.bubble_max(width) - 2 * chatview.PAD_X)
+        x = layout.lineAt(0).cursorToX(len(text[:offset].encode("utf-16-le")) // 2)
+        x = x[0] if isinstance(x, tuple) else x
+        return QPoint(int(bubble.left() + chatview.PAD_X + x + 1),
+                      int(bubble.top() + chatview.PAD_Y + layout.lineAt(0).height() / 2))
+
+    before = viewport.grab().toImage()
+    # from "morning" in alice's message to after "hello" in mine, over bob's and a notice
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=point(0, 5))
+    qtbot.mouseMove(viewport, point(1, 3))
+    qtbot.mouseMove(viewport, point(3, 5))
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=point(3, 5))
+    assert log.focusPolicy() == Qt.FocusPolicy.ClickFocus  # a click gives it the keys
+    assert log.selection() == ((0, 5), (3, 5))
+    assert viewport.grab().toImage() != before  # the selection is shown
+    QGuiApplication.clipboard().clear()
+    qtbot.keyClick(log, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert QGuiApplication.clipboard().text() == (
+        "09:00  alice: morning everyone\n"
+        "09:01  bob: おはよう 🌸 bob here\n"
+        "09:02  — carol joined the room\n"
+        "09:03  me (you): hello")
+    # backwards inside one message, after the emoji: only the characters
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=point(1, 10))
+    qtbot.mouseMove(viewport, point(1, 5))
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=point(1, 5))
+    qtbot.keyClick(log, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert QGuiApplication.clipboard().text() == "🌸 bob"
+    # a click without a drag selects nothing; Ctrl+A everything
+    qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=point(2 + 1, 2))
+    assert log.selection() is None and log.selected_text() == ""
+    assert viewport.grab().toImage() == before
+    qtbot.keyClick(log, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClick(log, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    assert QGuiApplication.clipboard().text() == log.toPlainText()
+    qtbot.keyClicks(log, "ok")  # typing after a click goes on in the input
+    assert view.input.text() == "ok"
+    menu = log.context_menu(point(0, 1).x(), point(0, 1).y())
+    assert menu is not None and menu.actions()[0].text() == "Copy selection"

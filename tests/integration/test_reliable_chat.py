@@ -135,6 +135,7 @@ def test_a_client_moved_to_a_new_address_resumes_with_nothing_lost(server: Serve
         alice.send("after")
         await _wait_for(lambda: "alice: after" in seen["bob"])
         assert outcomes == [Resumed.YES]
+        assert seen["bob"].count("* reconnected: nothing was lost") == 1  # ocm-chat's line
         got = [line for line in seen["bob"] if line.startswith("alice: ")]
         assert got == ([f"alice: before {i}" for i in range(5)]
                        + [f"alice: while away {i}" for i in range(10)] + ["alice: after"])

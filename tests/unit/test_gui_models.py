@@ -150,3 +150,15 @@ def test_security_text_always_says_encryption_and_tls() -> None:
     assert models.security_text(True, True) == "end-to-end encrypted · TLS"
     assert models.security_text(False, False) == (
         "not encrypted · no TLS")
+
+
+def test_selection_text_is_the_characters_in_one_message_and_lines_across_several() -> None:
+    entries = [models.Entry(render.chat_line("ann", "first line\\x0asecond"), "10:00"),
+               models.Entry(render.notice_line("bo joined the room"), "10:01"),
+               models.Entry(render.chat_line("me", "reply", own=True), "10:02")]
+    assert models.selection_text(entries, (0, 6), (0, 13)) == "line\nse"
+    assert models.selection_text(entries, (2, 3), (0, 11)) == (  # either order
+        "10:00  ann: second\n10:01  — bo joined the room\n10:02  me (you): rep")
+    # ending at the very start of an entry leaves it out
+    assert models.selection_text(entries, (0, 0), (2, 0)) == (
+        "10:00  ann: first line\nsecond\n10:01  — bo joined the room")
