@@ -240,8 +240,9 @@ class Bench:
         s = self.s
         cmd, on_path = self._control_command()
         join_tls: list[str] = []
-        if tls:
+        if tls:  # the base command turns TLS off (plain TCRP is what the others measure)
             ca, cert, key = self._tls_files()
+            cmd = [arg for arg in cmd if arg != "--no-tls"]
             cmd += ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0"]
         server = servers.start(cmd, timeout=120.0, extra_env=env, repo_on_path=on_path)
         try:
