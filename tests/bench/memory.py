@@ -12,6 +12,12 @@ whole tree: (after − before) / members.
 
 Writes ``memory.md`` (printed) and ``memory.json`` into ``--out``; ``--update-docs``
 replaces the section of docs/performance.md and writes docs/bench/memory.json.
+
+Beside it, the history of one ``ocm1r`` room at the default limits (relay/history.py,
+wire/limits.py): a ``History`` filled, in this process, with the deliveries of
+``--size``-byte chats until its message limit holds it, measured with ``tracemalloc``
+(Python's allocations: the process figure adds the allocator's slack), with the bytes it
+charges against the limits and how many such rooms the worker's budget holds.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +38,7 @@ from typing import Any, Final
 import orjson
 
 from loadgen.report import machine_info
+from relay.history import History, HistoryBudget
 from tests.bench import climit, servers
 from tests.bench.percore import add_common_arguments, command_line, put_section
 
@@ -80,6 +88,31 @@ def per_member(before: dict[str, dict[str, int]], after: dict[str, dict[str, int
     """Bytes per member by role and kind: (after − before) / members."""
     return {role: {k: (after[role][k] - before[role][k]) / max(members, 1) for k in KINDS}
             for role in after}
+
+
+def history_per_room(size: int, sender: str = "u1") -> dict[str, float]:
+    """One room's history at the default limits, full of deliveries of ``size``-byte chats
+    from ``sender`` (``ocm1`` framing, as the relay numbers them): the entries kept, the
+    bytes ``tracemalloc`` sees it allocate, the bytes it charges against the limits, and
+    how many such rooms the worker's budget holds."""
+    budget = HistoryBudget()
+    text = b"x" * size
+    prefix = bytes((len(sender),)) + sender.encode()
+    tracemalloc.start(1)
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        history = History(1, budget)
+        for i in range(2 * budget.max_messages):  # past the limit: a steady full history
+            history.number(prefix + text, float(i))
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    entries = len(history.entries)
+    return {"size": size, "entries": entries, "allocated": allocated,
+            "charged": history.bytes, "max_messages": budget.max_messages,
+            "max_bytes": budget.max_bytes, "max_age_s": budget.max_age,
+            "worker_bytes": budget.worker_bytes,
+            "rooms_in_worker_budget": budget.worker_bytes // max(history.bytes, 1)}
 
 
 def wait_admin(server: servers.Running, timeout_s: float = 30.0) -> str | None:
@@ -143,6 +176,7 @@ def render(result: dict[str, Any], command: str) -> str:
         "sampled before and after, (after − before) / members. Chat datagrams the "
         f"worker(s) received: {_datagrams_text(result['datagrams'])}.", "",
         f"Reproduce: `{command}` (or `make bench-memory`).", "",
+        *_history_lines(result.get("history")),
         "| process | RSS B/member | PSS B/member | USS B/member | USS before | USS after |",
         "|---|---|---|---|---|---|",
     ]
@@ -154,12 +188,27 @@ def render(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _history_lines(h: dict[str, float] | None) -> list[str]:
+    if not h:
+        return []
+    return [f"History of one `ocm1r` room at the default limits ({h['max_messages']:,.0f} "
+            f"messages, {h['max_bytes'] / 1024:,.0f} KiB, {h['max_age_s']:g} s; "
+            f"{h['worker_bytes'] / 2**20:,.0f} MiB per worker), full of {h['size']:,.0f}-byte "
+            f"chats: **{h['allocated']:,.0f} B per room** ({h['entries']:,.0f} entries, "
+            f"{h['allocated'] / max(h['entries'], 1):,.0f} B each; Python's allocations by "
+            f"`tracemalloc`), {h['charged']:,.0f} B charged against the limits; the worker's "
+            f"budget holds {h['rooms_in_worker_budget']:,.0f} such rooms, past it new "
+            "deliveries are sent but not kept.", ""]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tests.bench.memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rooms", type=int, default=10_000)
     p.add_argument("--users", type=int, default=10)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--history-size", type=int, default=100,
+                   help="chat bytes of the deliveries in the measured room history [100]")
     add_common_arguments(p, "memory")
     return p
 
@@ -206,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
               "workers": args.workers, "join_s": join_s, "datagrams": datagrams,
               "notices_missing": setup["bound_missing"],
               "before": before, "after": after,
-              "per_member": per_member(before, after, joined), "machine": machine_info(),
+              "per_member": per_member(before, after, joined),
+              "history": history_per_room(args.history_size), "machine": machine_info(),
               "command": command_line(argv_list, "memory")}
     text = render(result, result["command"])
     print("\n" + text)
