@@ -166,3 +166,15 @@ def test_a_room_history_is_measured_full_at_the_default_limits() -> None:
     assert h["allocated"] > HISTORY_MAX_MESSAGES * datagram
     assert h["rooms_in_worker_budget"] == h["worker_bytes"] // h["charged"]
     assert f"**{h['allocated']:,.0f} B per room**" in "".join(_history_lines(h))
+
+
+def test_ocm_mac_joins_stay_under_the_servers_tls_handshake_limit() -> None:
+    """All of ``ocm-mac``'s joins come from one IP: more TLS handshakes in flight than
+    ``max_tls_handshakes_per_ip`` are closed at accept and the step fails to join."""
+    import dataclasses
+
+    from control.config import Config
+    from tests.bench.percore import TLS_JOIN_CONCURRENCY
+
+    limit = {f.name: f.default for f in dataclasses.fields(Config)}["max_tls_handshakes_per_ip"]
+    assert 1 <= TLS_JOIN_CONCURRENCY <= limit
