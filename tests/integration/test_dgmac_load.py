@@ -90,3 +90,15 @@ def test_the_percore_harness_runs_an_ocm_mac_step(tmp_path: Path) -> None:
     assert step.report is not None and step.report["sent"] > 0
     assert step.report["delivered"] == step.report["expected"], step.report
     assert step.report["loss_pct"] == 0
+
+
+def test_the_memory_harness_joins_its_members_over_tls(tmp_path: Path) -> None:
+    """``python -m tests.bench.memory --tls``: every member joins over TLS (so holds a
+    datagram key) and its first datagram, sealed, is received and not dropped."""
+    from tests.bench import memory
+
+    assert memory.main(["--rooms", "2", "--tls", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "memory.json").read_text())
+    assert result["tls"] is True and result["members"] == 2 * 10
+    assert result["datagrams"]["received"] == 2 * 10
+    assert not any(v for k, v in result["datagrams"].items() if k.startswith("dropped_"))
