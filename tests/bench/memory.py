@@ -10,8 +10,17 @@ binds its UDP address with a first datagram and the loadgen waits for the ``join
 notices), samples again, and reports bytes per member for the worker(s), control and the
 whole tree: (after − before) / members.
 
+``--tls``: the members join over TLS (a test CA made in ``--out``), so that each also
+holds its datagram key (docs/protocol.md §8), as every member of OCM's own clients does.
+
 Writes ``memory.md`` (printed) and ``memory.json`` into ``--out``; ``--update-docs``
 replaces the section of docs/performance.md and writes docs/bench/memory.json.
+
+Beside it, the history of one ``ocm1r`` room at the default limits (relay/history.py,
+wire/limits.py): a ``History`` filled, in this process, with the deliveries of
+``--size``-byte chats until its message limit holds it, measured with ``tracemalloc``
+(Python's allocations: the process figure adds the allocator's slack), with the bytes it
+charges against the limits and how many such rooms the worker's budget holds.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 from typing import Any, Final
@@ -31,8 +41,15 @@ from typing import Any, Final
 import orjson
 
 from loadgen.report import machine_info
+from relay.history import History, HistoryBudget
 from tests.bench import climit, servers
-from tests.bench.percore import add_common_arguments, command_line, put_section
+from tests.bench.percore import (
+    TLS_JOIN_CONCURRENCY,
+    TLS_RE,
+    add_common_arguments,
+    command_line,
+    put_section,
+)
 
 SECTION: Final = "## Memory per member (make bench)"
 TARGET_BYTES: Final = 1024
@@ -80,6 +97,31 @@ def per_member(before: dict[str, dict[str, int]], after: dict[str, dict[str, int
     """Bytes per member by role and kind: (after − before) / members."""
     return {role: {k: (after[role][k] - before[role][k]) / max(members, 1) for k in KINDS}
             for role in after}
+
+
+def history_per_room(size: int, sender: str = "u1") -> dict[str, float]:
+    """One room's history at the default limits, full of deliveries of ``size``-byte chats
+    from ``sender`` (``ocm1`` framing, as the relay numbers them): the entries kept, the
+    bytes ``tracemalloc`` sees it allocate, the bytes it charges against the limits, and
+    how many such rooms the worker's budget holds."""
+    budget = HistoryBudget()
+    text = b"x" * size
+    prefix = bytes((len(sender),)) + sender.encode()
+    tracemalloc.start(1)
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        history = History(1, budget)
+        for i in range(2 * budget.max_messages):  # past the limit: a steady full history
+            history.number(prefix + text, float(i))
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    entries = len(history.entries)
+    return {"size": size, "entries": entries, "allocated": allocated,
+            "charged": history.bytes, "max_messages": budget.max_messages,
+            "max_bytes": budget.max_bytes, "max_age_s": budget.max_age,
+            "worker_bytes": budget.worker_bytes,
+            "rooms_in_worker_budget": budget.worker_bytes // max(history.bytes, 1)}
 
 
 def wait_admin(server: servers.Running, timeout_s: float = 30.0) -> str | None:
@@ -138,11 +180,14 @@ def render(result: dict[str, Any], command: str) -> str:
         f"registry: tokens, names, rooms, per-IP quotas), **{tree:,.0f} B for the whole "
         f"tree** ({verdict(tree)} it), USS at {result['members']:,} members.", "",
         f"Setup: `ocm-control --workers {result['workers']}`, {result['rooms']:,} rooms × "
-        f"{result['users']} members joined through TCRP with framed delivery and bound by a "
+        f"{result['users']} members joined through TCRP"
+        f"{' over TLS (each with its datagram key)' if result.get('tls') else ''} "
+        "with framed delivery and bound by a "
         f"first datagram (`ocm-loadgen --join-only`) in {result['join_s']:.0f} s; memory "
         "sampled before and after, (after − before) / members. Chat datagrams the "
         f"worker(s) received: {_datagrams_text(result['datagrams'])}.", "",
         f"Reproduce: `{command}` (or `make bench-memory`).", "",
+        *_history_lines(result.get("history")),
         "| process | RSS B/member | PSS B/member | USS B/member | USS before | USS after |",
         "|---|---|---|---|---|---|",
     ]
@@ -154,12 +199,29 @@ def render(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _history_lines(h: dict[str, float] | None) -> list[str]:
+    if not h:
+        return []
+    return [f"History of one `ocm1r` room at the default limits ({h['max_messages']:,.0f} "
+            f"messages, {h['max_bytes'] / 1024:,.0f} KiB, {h['max_age_s']:g} s; "
+            f"{h['worker_bytes'] / 2**20:,.0f} MiB per worker), full of {h['size']:,.0f}-byte "
+            f"chats: **{h['allocated']:,.0f} B per room** ({h['entries']:,.0f} entries, "
+            f"{h['allocated'] / max(h['entries'], 1):,.0f} B each; Python's allocations by "
+            f"`tracemalloc`), {h['charged']:,.0f} B charged against the limits; the worker's "
+            f"budget holds {h['rooms_in_worker_budget']:,.0f} such rooms, past it new "
+            "deliveries are sent but not kept.", ""]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tests.bench.memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rooms", type=int, default=10_000)
     p.add_argument("--users", type=int, default=10)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--tls", action="store_true",
+                   help="members join over TLS and hold a datagram key each [plain TCRP]")
+    p.add_argument("--history-size", type=int, default=100,
+                   help="chat bytes of the deliveries in the measured room history [100]")
     add_common_arguments(p, "memory")
     return p
 
@@ -174,11 +236,19 @@ def main(argv: list[str] | None = None) -> int:
              "--max-conns-per-ip", quota, "--conn-rate-per-ip", quota,
              "--max-members", str(max(args.users, 2))]
     on_path = not args.ocm_command
-    cmd = ([*shlex.split(args.ocm_command), *flags] if args.ocm_command
-           else [sys.executable, "-m", "control", *flags])
     procs = max(1, math.ceil(members / MEMBERS_PER_LOADGEN_PROC))
     out = args.out or climit.BUILD_DIR / time.strftime("memory-%Y%m%dT%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    join_tls: list[str] = []
+    if args.tls:  # the base command turns TLS off
+        from tests.integration.test_tls import make_pki
+
+        ca, cert, key = make_pki(out)
+        flags = [f for f in flags if f != "--no-tls"]
+        flags += ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0"]
+        join_tls = ["--tls-ca", str(ca), "--join-concurrency", str(TLS_JOIN_CONCURRENCY)]
+    cmd = ([*shlex.split(args.ocm_command), *flags] if args.ocm_command
+           else [sys.executable, "-m", "control", *flags])
     server = servers.start(cmd, timeout=120.0, extra_env=dict(args.ocm_env),
                            repo_on_path=on_path)
     try:
@@ -186,9 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         admin = wait_admin(server)  # now: the log keeps only its last 2,000 lines
         time.sleep(SETTLE_S)  # a sample of a settled process, not a wait for an event
         before = sample(server.pid, workers)
+        tcp_port = server.tcp_port
+        if args.tls:
+            found = TLS_RE.search(server.output())
+            if found is None:
+                raise RuntimeError("ocm-control's ready line names no TLS port")
+            tcp_port = int(found[1])
         t = time.monotonic()
         join = [sys.executable, "-m", "loadgen", "--server", server.host, "--tcp-port",
-                str(server.tcp_port), "--rooms", str(args.rooms), "--users", str(args.users),
+                str(tcp_port), *join_tls, "--rooms", str(args.rooms), "--users", str(args.users),
                 "--framing", "ocm1", "--procs", str(procs), "--join-only", "--quiet",
                 "--bind-timeout", "10", "--json", str(out / "joins.json")]
         done = subprocess.run(join, capture_output=True, text=True, timeout=JOIN_TIMEOUT_S,
@@ -203,10 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     result = {"members": joined, "rooms": args.rooms, "users": args.users,
-              "workers": args.workers, "join_s": join_s, "datagrams": datagrams,
+              "workers": args.workers, "tls": args.tls, "join_s": join_s, "datagrams": datagrams,
               "notices_missing": setup["bound_missing"],
               "before": before, "after": after,
-              "per_member": per_member(before, after, joined), "machine": machine_info(),
+              "per_member": per_member(before, after, joined),
+              "history": history_per_room(args.history_size), "machine": machine_info(),
               "command": command_line(argv_list, "memory")}
     text = render(result, result["command"])
     print("\n" + text)

@@ -77,6 +77,9 @@ PURE_ENV: Final = {"OCM_PURE_PYTHON": "1"}
 RELAYS: Final = ("crelay", "ocm", "ocm-pure", "ocm-mac")
 TLS_RE: Final = re.compile(r"ready tcp=.* tls=[^:\s]+:(\d+)")
 """The TLS port in ``ocm-control``'s ready line (``ocm-mac``)."""
+TLS_JOIN_CONCURRENCY: Final = 16
+"""``ocm-mac``: TLS joins in flight. Every join comes from 127.0.0.1, and ``ocm-control``
+closes at accept the handshakes past ``max_tls_handshakes_per_ip`` (16 by default)."""
 JOIN_TIMEOUT_S: Final = 600.0
 """Joining 5,000 members through TCRP takes seconds; generous for a loaded machine."""
 
@@ -240,8 +243,9 @@ class Bench:
         s = self.s
         cmd, on_path = self._control_command()
         join_tls: list[str] = []
-        if tls:
+        if tls:  # the base command turns TLS off (plain TCRP is what the others measure)
             ca, cert, key = self._tls_files()
+            cmd = [arg for arg in cmd if arg != "--no-tls"]
             cmd += ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-port", "0"]
         server = servers.start(cmd, timeout=120.0, extra_env=env, repo_on_path=on_path)
         try:
@@ -253,7 +257,8 @@ class Bench:
                 if found is None:
                     raise RuntimeError("ocm-control's ready line names no TLS port")
                 tcp_port = int(found[1])
-                join_tls = ["--tls-ca", str(ca)]
+                join_tls = ["--tls-ca", str(ca), "--join-concurrency",
+                            str(TLS_JOIN_CONCURRENCY)]
             tokens = self.work / f"tokens-{step.relay}-{step.rep}-{step.rate:g}.txt"
             t = time.monotonic()
             join = [*self._pin(s.load_cpu), sys.executable, "-m", "loadgen", "--server",

@@ -7,6 +7,7 @@ shows both seal right. This is what the per-core benchmark's ``ocm-mac`` relay r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,42 @@ def test_cload_seals_the_members_of_a_tokens_file_with_keys(tmp_path: Path) -> N
         assert report["sent"] > 0
         assert report["delivered"] == report["expected"] == report["sent"] * (USERS - 1)
         assert report["loss_pct"] == 0 and report["stray"] == 0
+
+
+def test_the_percore_harness_runs_an_ocm_mac_step(tmp_path: Path) -> None:
+    """One ``ocm-mac`` step of tests/bench/percore.py as the benchmark runs it: its OCM
+    serves TLS (the base command's ``--no-tls`` must not win), the members join over it
+    with datagram keys, cload seals, and nothing is lost."""
+    from tests.bench.percore import Bench, Settings, Step
+
+    try:
+        tools = climit.build(tmp_path / "perf")
+    except climit.BuildError as exc:
+        pytest.fail(f"cannot build the C tools: {exc}")
+    cpus = sorted(os.sched_getaffinity(0))
+    s = Settings(relays=("ocm-mac",), rates=(2.0,), cpu_rate=2.0, repeat=1, rooms=ROOMS,
+                 users=USERS, size=100, seconds=1.0, warmup=0.5, drain=0.5, poll_us=0,
+                 base_port=0, relay_cpu=cpus[-1], load_cpu=cpus[0], stop_after=0,
+                 ocm_command=(), ocm_env={}, chat_rate=4.0)
+    step = Step("ocm-mac", 0, 2.0)
+    Bench(s, tools, tmp_path).run_ocm(step, {}, tls=True)
+    assert step.error is None
+    assert any("tls=127.0.0.1:" in line for line in step.server_log), step.server_log
+    assert step.members == ROOMS * USERS
+    tokens = decode_file((tmp_path / "tokens-ocm-mac-0-2.txt").read_text())
+    assert all(m.datagram_key is not None for m in tokens)
+    assert step.report is not None and step.report["sent"] > 0
+    assert step.report["delivered"] == step.report["expected"], step.report
+    assert step.report["loss_pct"] == 0
+
+
+def test_the_memory_harness_joins_its_members_over_tls(tmp_path: Path) -> None:
+    """``python -m tests.bench.memory --tls``: every member joins over TLS (so holds a
+    datagram key) and its first datagram, sealed, is received and not dropped."""
+    from tests.bench import memory
+
+    assert memory.main(["--rooms", "2", "--tls", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "memory.json").read_text())
+    assert result["tls"] is True and result["members"] == 2 * 10
+    assert result["datagrams"]["received"] == 2 * 10
+    assert not any(v for k, v in result["datagrams"].items() if k.startswith("dropped_"))

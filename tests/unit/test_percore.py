@@ -150,3 +150,31 @@ def test_the_page_gets_the_summary_and_the_data_file_every_step(tmp_path: Any) -
     every = next(t for t in data["tables"] if t["title"].startswith("Every step"))
     assert [row[0] for row in every["rows"]] == [f"{r:g}" for r in s.rates]
     assert data["machine"]["date"] == "2031-01-01 00:00 UTC"
+
+
+def test_a_room_history_is_measured_full_at_the_default_limits() -> None:
+    """``make bench-memory``'s room history: kept at the message limit, every entry
+    charged its datagram plus the overhead, the allocation seen by tracemalloc at least
+    the datagrams themselves, and the figure on the page."""
+    from tests.bench.memory import _history_lines, history_per_room
+    from wire.limits import HISTORY_ENTRY_OVERHEAD_BYTES, HISTORY_MAX_MESSAGES
+
+    h = history_per_room(100)
+    assert h["entries"] == HISTORY_MAX_MESSAGES
+    datagram = 9 + 1 + len("u1") + 100  # DATA header, then the ocm1 delivery
+    assert h["charged"] == HISTORY_MAX_MESSAGES * (datagram + HISTORY_ENTRY_OVERHEAD_BYTES)
+    assert h["allocated"] > HISTORY_MAX_MESSAGES * datagram
+    assert h["rooms_in_worker_budget"] == h["worker_bytes"] // h["charged"]
+    assert f"**{h['allocated']:,.0f} B per room**" in "".join(_history_lines(h))
+
+
+def test_ocm_mac_joins_stay_under_the_servers_tls_handshake_limit() -> None:
+    """All of ``ocm-mac``'s joins come from one IP: more TLS handshakes in flight than
+    ``max_tls_handshakes_per_ip`` are closed at accept and the step fails to join."""
+    import dataclasses
+
+    from control.config import Config
+    from tests.bench.percore import TLS_JOIN_CONCURRENCY
+
+    limit = {f.name: f.default for f in dataclasses.fields(Config)}["max_tls_handshakes_per_ip"]
+    assert 1 <= TLS_JOIN_CONCURRENCY <= limit
