@@ -567,9 +567,10 @@ static int keep_groups(Hot *self, int count, PyObject *now) {
 static int flush_out(Hot *self, PyObject *now) {
     int nout = self->nout, pos = 0, retried = -1, rc = 0, first_failed = -1, stop = nout;
     int rec = -1;
-    if (!nout) {
+    if (!nout) { /* datagrams with no recipient: a numbered one is kept all the same */
+        int rc = keep_groups(self, self->ngroups, now);
         release_groups(self);
-        return 0;
+        return rc;
     }
     memset(self->ofailed, 0, (size_t)nout);
     while (pos < stop) {

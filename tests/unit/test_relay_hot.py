@@ -303,6 +303,25 @@ def test_a_numbered_chat_too_long_for_its_number_is_pythons(pair: Pair) -> None:
             (3, MAX_DELIVERY_BYTES), (4, 0)]
 
 
+def test_a_numbered_chat_with_no_recipient_is_kept(pair: Pair) -> None:
+    """The only bound member of a numbered room chats: nothing is sent, but the chat is
+    numbered and kept for the ocm1r member that binds later, as in Python."""
+    for w in pair.workers:
+        w.core.new_epoch = lambda: 3
+    pair.add("r", TA, "alice", host=True)
+    pair.add("r", TB, "bob", framing=Framing.OCM1R)
+    pair.client("a")
+    pair.chat("a", b"r", TA, b"")
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()["fast"]
+    pair.chat("a", b"r", TA, b"alone")
+    assert pair.last == {}
+    assert compiled.counters()["fast"] == before + 1
+    history = pair.workers[1].core.rooms["r"].history
+    assert history is not None and [d[9:] for _, _, d in history.entries][-1] == b"\x05alicealone"
+
+
 def test_a_numbered_batch_with_failing_sends_is_undone_to_the_number(pair: Pair) -> None:
     """Numbered chats queued after a failed send are undone (the room's next Seq, the
     ocm1r sender's last id, nothing kept) and handed to Python, which numbers them again
