@@ -318,8 +318,9 @@ typedef struct {
     PyObject *keep; /* what the queued iovecs point into (routes, prefixes) until the flush */
     Group groups[RECV_SLOTS]; /* the datagrams of the queue, in order (each one at most) */
     int ngroups;
-    int dirty; /* a flush reported failures: the next datagram goes to Python, which sends
-                * their notices first (as Worker._on_udp does) */
+    int dirty; /* notices may be waiting in the core's outbox (a flush reported failures,
+                * or they were there when the read began): the next datagram goes to
+                * Python, which sends them first (as Worker._on_udp does) */
     EVP_MAC_CTX *mac; /* the one MAC context of the worker, re-keyed per datagram */
     unsigned long long fast, slow_count, calls;
 } Hot;
@@ -1049,6 +1050,12 @@ static int serve(Hot *self, PyObject *now_obj, Py_ssize_t *nread, Py_ssize_t *fa
     double rate = core_number(self, str_chat_rate);
     double burst = core_number(self, str_chat_burst);
     if (PyErr_Occurred()) return -1;
+    /* Notices left by a flush outside this loop (a timer's, or after() whose sends failed
+     * and evicted) go out before the next datagram's deliveries: Python's, as in
+     * Worker._on_udp. */
+    int pending = core_list_nonempty(self, str_outbox);
+    if (pending < 0) return -1;
+    self->dirty = pending;
     self->calls++;
     Py_ssize_t total = 0, fast_before = (Py_ssize_t)self->fast;
     size_t slot = (size_t)self->max_datagram + 1;
@@ -1145,7 +1152,6 @@ static PyObject *Hot_on_readable(Hot *self, PyObject *unused) {
         if (!r) return NULL;
         Py_DECREF(r);
     }
-    self->dirty = 0; /* the notices of the batch's failures are sent */
     Py_RETURN_NONE;
 }
 

@@ -586,6 +586,25 @@ def test_notices_of_an_eviction_by_the_python_paths_sends_come_before_the_next_c
                               "frank がチャットルームから退出しました".encode(), b"alice: three"]
 
 
+def test_notices_left_by_a_flush_outside_the_loop_come_before_the_next_chat(
+        pair: Pair) -> None:
+    """A flush outside the reader (a timer's, or the one after a batch) whose send failed
+    can evict and leave the eviction's notices in the outbox: the Python path sends them
+    before the next datagram's deliveries, so the compiled loop hands that datagram over."""
+    plain_room(pair)
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()["fast"]
+    notice = "frank がチャットルームから退出しました".encode()
+    for w in pair.workers:
+        w.core.outbox.append((notice, pair.clients["b"].getsockname()))
+    pair.chat("a", b"r", TA, b"hello")
+    assert pair.last["b"] == [notice, b"alice: hello"]
+    assert compiled.counters()["fast"] == before
+    pair.chat("a", b"r", TA, b"again")  # and the loop takes the next one again
+    assert compiled.counters()["fast"] == before + 1
+
+
 def test_addressed_kinds_have_their_own_token_bucket_in_both_loops(pair: Pair) -> None:
     """3,000 envelopes and 3,000 key requests in 2 s from one member: at most
     ``ADDRESSED_BURST + ADDRESSED_RATE * t`` of them are delivered (docs/security.md), by
