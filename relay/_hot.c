@@ -9,15 +9,20 @@
  * above its replay window: wire/dgmac.py), validate (UTF-8, not /exit), charge the
  * member's token bucket, refresh it, and send the delivery to the rest of the room with
  * one sendmmsg per delivery format, the delivery being the member's prefix and the
- * message as two iovecs (no copy). Everything else (a
- * first datagram, a keepalive, a possible /exit, a trial address, a failing address, a
- * rate-limited or over-long message, an encrypted room's addressed datagrams, any
- * datagram of a numbered room (one with a history), anything malformed) is handed, in order, to the Python callback ``slow(data, addr, now)``, which
- * is the pure-Python path itself. So the Python core stays the one definition of the
- * protocol: this file only takes the cases whose outcome it can prove equal, reading and
- * writing the same objects (Member/Room __slots__, resolved to offsets once) that Python
- * does. What it may touch is declared in relay/core.py (HOT_MEMBER_SLOTS, HOT_ROOM_SLOTS,
- * HOT_CORE_ATTRIBUTES; tests/unit/test_hot_contract.py holds this file to them).
+ * message as two iovecs (no copy). In a numbered room (one with ocm1r members, relay/
+ * history.py) it numbers the chat as History.number() does, sends the numbered datagram to
+ * the ocm1r members in the same sendmmsg, and for an ocm1r member's SEND with the next id
+ * the ACK to the sender, recording the id on its Reliable; the entry is kept
+ * (History.keep) once the batch's sends went out. Everything else (a first datagram, a
+ * keepalive, a possible /exit, a trial address, a failing address, a rate-limited or
+ * over-long message, an encrypted room's addressed datagrams, an ocm1r member's copies,
+ * gaps and NACKs, a numbered encrypted room, anything malformed) is handed, in order, to
+ * the Python callback ``slow(data, addr, now)``, which is the pure-Python path itself.
+ * So the Python core stays the one definition of the protocol: this file only takes the
+ * cases whose outcome it can prove equal, reading and writing the same objects
+ * (Member/Room/History/Reliable __slots__, resolved to offsets once) that Python does.
+ * What it may touch is declared in relay/core.py (the HOT_* lists;
+ * tests/unit/test_hot_contract.py holds this file to them).
  * tests/unit/test_relay_hot.py and the differential fuzz target (tests/fuzz/fuzz_hot.py)
  * feed both paths the same traffic.
  *
@@ -158,7 +163,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     long long generation;
-    Side side[2]; /* 0 plain, 1 framed */
+    Side side[3]; /* 0 plain, 1 framed, 2 numbered (the ocm1r members) */
 } Route;
 
 static void side_free(Side *s) {
@@ -207,20 +212,22 @@ return 0;
 static void Route_dealloc(Route *self) {
     side_free(&self->side[0]);
     side_free(&self->side[1]);
+    side_free(&self->side[2]);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int Route_init(Route *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"generation", "plain", "framed", NULL};
+    static char *kwlist[] = {"generation", "plain", "framed", "numbered", NULL};
     long long generation;
-    PyObject *plain, *framed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOO", kwlist, &generation, &plain, &framed))
+    PyObject *plain, *framed, *numbered = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOO|O", kwlist, &generation, &plain, &framed,
+                                     &numbered))
         return -1;
-    side_free(&self->side[0]);
-    side_free(&self->side[1]);
+    for (int i = 0; i < 3; i++) side_free(&self->side[i]);
     self->generation = generation;
     if (side_init(&self->side[0], plain) < 0 || side_init(&self->side[1], framed) < 0)
         return -1;
+    if (numbered && side_init(&self->side[2], numbered) < 0) return -1;
     return 0;
 }
 
@@ -230,8 +237,8 @@ static PyTypeObject RouteType = {
     .tp_basicsize = sizeof(Route),
     .tp_dealloc = (destructor)Route_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Route(generation, plain_addrs, framed_addrs): a room's recipients as "
-              "sockaddr_in, for both delivery formats.",
+    .tp_doc = "Route(generation, plain_addrs, framed_addrs, numbered_addrs=None): a room's "
+              "recipients as sockaddr_in, for each delivery format.",
     .tp_init = (initproc)Route_init,
     .tp_new = PyType_GenericNew,
 };
@@ -239,14 +246,22 @@ static PyTypeObject RouteType = {
 /* ---- Hot: the loop ------------------------------------------------------------------ */
 
 enum { M_ADDR, M_TRIAL, M_ROOM, M_PLAIN_PREFIX, M_FRAMED_PREFIX, M_FRAMED, M_ALLOWANCE,
-       M_STAMP, M_LAST_SEEN, M_MAC_KEY, M_MAC_TOP, M_MAC_SEEN, M_COUNT };
+       M_STAMP, M_LAST_SEEN, M_MAC_KEY, M_MAC_TOP, M_MAC_SEEN, M_REL, M_COUNT };
 static const char *member_slots[M_COUNT] = {"addr", "trial", "room", "plain_prefix",
                                             "framed_prefix", "framed", "allowance", "stamp",
-                                            "last_seen", "mac_key", "mac_top", "mac_seen"};
+                                            "last_seen", "mac_key", "mac_top", "mac_seen",
+                                            "rel"};
 enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_PLAIN_ADDRS, R_FRAMED_ADDRS,
-       R_HISTORY, R_COUNT };
+       R_RELIABLE_ADDRS, R_HISTORY, R_COUNT };
 static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation",
-                                          "plain_addrs", "framed_addrs", "history"};
+                                          "plain_addrs", "framed_addrs", "reliable_addrs",
+                                          "history"};
+/* A numbered room's History (relay/history.py) and an ocm1r sender's Reliable (relay/core.py):
+ * the slots read and written here; the entry itself is kept by History.keep() at the flush. */
+enum { H_EPOCH, H_NEXT_SEQ, H_NOW, H_COUNT };
+static const char *history_slots[H_COUNT] = {"epoch", "next_seq", "now"};
+enum { L_TOP, L_TOP_SEQ, L_COUNT };
+static const char *reliable_slots[L_COUNT] = {"top", "top_seq"};
 
 /* One datagram relayed here whose deliveries are queued: what undoing it takes. */
 typedef struct {
@@ -255,15 +270,35 @@ typedef struct {
     double allowance, stamp;      /* its chat bucket before */
     int end;                      /* the queue length once its deliveries were queued */
     int index;                    /* its slot in the receive batch */
+    /* A numbered chat (else all NULL): the room's history, the datagram to keep at the
+     * flush under number seq, the history's next_seq and now before; for an ocm1r sender
+     * (else NULL) its Reliable and top, top_seq before. */
+    PyObject *history, *datagram, *seq, *next_seq, *hnow;
+    PyObject *rel, *top, *top_seq;
 } Group;
+
+static void group_clear(Group *g) {
+    Py_CLEAR(g->member);
+    Py_CLEAR(g->last_seen);
+    Py_CLEAR(g->mac_top);
+    Py_CLEAR(g->mac_seen);
+    Py_CLEAR(g->history);
+    Py_CLEAR(g->datagram);
+    Py_CLEAR(g->seq);
+    Py_CLEAR(g->next_seq);
+    Py_CLEAR(g->hnow);
+    Py_CLEAR(g->rel);
+    Py_CLEAR(g->top);
+    Py_CLEAR(g->top_seq);
+}
 
 typedef struct {
     PyObject_HEAD
     int fd;
     PyObject *core, *tokens, *failing, *routes, *slow, *send_failed, *send_ok, *warn;
     PyObject *clock, *after; /* on_readable: time source (None: CLOCK_MONOTONIC), flush */
-    PyTypeObject *member_type, *room_type;
-    Py_ssize_t m[M_COUNT], r[R_COUNT];
+    PyTypeObject *member_type, *room_type, *history_type, *reliable_type;
+    Py_ssize_t m[M_COUNT], r[R_COUNT], h[H_COUNT], l[L_COUNT];
     int chat_kind;
     Py_ssize_t max_datagram, max_delivery, exit_max, max_batch;
     char *buf;
@@ -278,12 +313,14 @@ typedef struct {
     Side *oside[OUT_SLOTS];
     Py_ssize_t oidx[OUT_SLOTS];
     unsigned char ofailed[OUT_SLOTS];
+    unsigned char oack[OUT_SLOTS]; /* an ocm1r ACK: a notice to Python, not a delivery */
     int nout, npairs;
     PyObject *keep; /* what the queued iovecs point into (routes, prefixes) until the flush */
     Group groups[RECV_SLOTS]; /* the datagrams of the queue, in order (each one at most) */
     int ngroups;
-    int dirty; /* a flush reported failures: the next datagram goes to Python, which sends
-                * their notices first (as Worker._on_udp does) */
+    int dirty; /* notices may be waiting in the core's outbox (a flush reported failures,
+                * or they were there when the read began): the next datagram goes to
+                * Python, which sends them first (as Worker._on_udp does) */
     EVP_MAC_CTX *mac; /* the one MAC context of the worker, re-keyed per datagram */
     unsigned long long fast, slow_count, calls;
 } Hot;
@@ -310,18 +347,15 @@ static void Hot_dealloc(Hot *self) {
     Py_XDECREF(self->slow);
     Py_XDECREF(self->send_failed);
     Py_XDECREF(self->send_ok);
-    for (int g = 0; g < self->ngroups; g++) {
-        Py_XDECREF(self->groups[g].member);
-        Py_XDECREF(self->groups[g].last_seen);
-        Py_XDECREF(self->groups[g].mac_top);
-        Py_XDECREF(self->groups[g].mac_seen);
-    }
+    for (int g = 0; g < self->ngroups; g++) group_clear(&self->groups[g]);
     EVP_MAC_CTX_free(self->mac);
     Py_XDECREF(self->warn);
     Py_XDECREF(self->clock);
     Py_XDECREF(self->after);
     Py_XDECREF(self->member_type);
     Py_XDECREF(self->room_type);
+    Py_XDECREF(self->history_type);
+    Py_XDECREF(self->reliable_type);
     Py_XDECREF(self->keep);
     PyMem_Free(self->buf);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -329,16 +363,17 @@ static void Hot_dealloc(Hot *self) {
 
 static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"fd", "core", "routes", "slow", "warn",
-                             "clock", "after", "member_type", "room_type", "chat_kind",
-                             "max_datagram", "max_delivery", "exit_max", "max_batch", NULL};
+                             "clock", "after", "member_type", "room_type", "history_type",
+                             "reliable_type", "chat_kind", "max_datagram", "max_delivery",
+                             "exit_max", "max_batch", NULL};
     int fd, chat_kind;
-    PyObject *core, *routes, *slow, *warn, *clock, *after, *mt, *rt;
+    PyObject *core, *routes, *slow, *warn, *clock, *after, *mt, *rt, *ht, *lt;
     Py_ssize_t max_datagram, max_delivery, exit_max, max_batch;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOO!O!innnn", kwlist, &fd, &core,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOO!O!O!O!innnn", kwlist, &fd, &core,
                                      &PyDict_Type, &routes, &slow,
                                      &warn, &clock, &after, &PyType_Type, &mt, &PyType_Type,
-                                     &rt, &chat_kind, &max_datagram, &max_delivery, &exit_max,
-                                     &max_batch))
+                                     &rt, &PyType_Type, &ht, &PyType_Type, &lt, &chat_kind,
+                                     &max_datagram, &max_delivery, &exit_max, &max_batch))
         return -1;
     if (self->buf) {
         PyErr_SetString(PyExc_RuntimeError, "Hot is initialised once");
@@ -350,10 +385,16 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     }
     self->member_type = (PyTypeObject *)mt;
     self->room_type = (PyTypeObject *)rt;
+    self->history_type = (PyTypeObject *)ht;
+    self->reliable_type = (PyTypeObject *)lt;
     Py_INCREF(mt);
     Py_INCREF(rt);
+    Py_INCREF(ht);
+    Py_INCREF(lt);
     if (resolve_slots(self->member_type, member_slots, M_COUNT, self->m) < 0 ||
-        resolve_slots(self->room_type, room_slots, R_COUNT, self->r) < 0)
+        resolve_slots(self->room_type, room_slots, R_COUNT, self->r) < 0 ||
+        resolve_slots(self->history_type, history_slots, H_COUNT, self->h) < 0 ||
+        resolve_slots(self->reliable_type, reliable_slots, L_COUNT, self->l) < 0)
         return -1;
     self->tokens = PyObject_GetAttrString(core, "tokens");
     self->failing = PyObject_GetAttrString(core, "failing");
@@ -429,12 +470,7 @@ static int call_addr(PyObject *fn, PyObject *addr, PyObject *now) {
 }
 
 static void release_groups(Hot *self) {
-    for (int g = 0; g < self->ngroups; g++) {
-        Py_CLEAR(self->groups[g].member);
-        Py_CLEAR(self->groups[g].last_seen);
-        Py_CLEAR(self->groups[g].mac_top);
-        Py_CLEAR(self->groups[g].mac_seen);
-    }
+    for (int g = 0; g < self->ngroups; g++) group_clear(&self->groups[g]);
     self->ngroups = 0;
 }
 
@@ -466,9 +502,10 @@ static int hand_over(Hot *self, int i, PyObject *now) {
     return 0;
 }
 
-/* Undo the datagrams of groups[first:] (their senders' buckets and last_seen as before,
- * latest first) and hand them to Python in order: their deliveries were not sent. */
-static int hand_back(Hot *self, int first, PyObject *now) {
+/* Undo the datagrams of groups[first:], latest first, whose deliveries were not sent:
+ * their senders' buckets, last_seen and replay windows as before, and for a numbered chat
+ * the room's next number and the sender's last id taken (its entry was never kept). */
+static int undo_groups(Hot *self, int first) {
     const Py_ssize_t *m = self->m;
     for (int g = self->ngroups - 1; g >= first; g--) {
         Group *gr = &self->groups[g];
@@ -485,12 +522,34 @@ static int hand_back(Hot *self, int first, PyObject *now) {
             set_slot(gr->member, m[M_MAC_TOP], gr->mac_top);
             set_slot(gr->member, m[M_MAC_SEEN], gr->mac_seen);
         }
+        if (gr->history) {
+            set_slot(gr->history, self->h[H_NEXT_SEQ], gr->next_seq);
+            set_slot(gr->history, self->h[H_NOW], gr->hnow);
+        }
+        if (gr->rel) {
+            set_slot(gr->rel, self->l[L_TOP], gr->top);
+            set_slot(gr->rel, self->l[L_TOP_SEQ], gr->top_seq);
+        }
         Py_DECREF(a);
         Py_DECREF(st);
         self->fast--;
     }
-    for (int g = first; g < self->ngroups; g++)
-        if (hand_over(self, self->groups[g].index, now) < 0) return -1;
+    return 0;
+}
+
+static PyObject *str_keep;
+
+/* Keep the numbered chats of groups[:count] in their rooms' histories, in order:
+ * history.keep(seq, datagram, now), as History.number() does once it has numbered. */
+static int keep_groups(Hot *self, int count, PyObject *now) {
+    for (int g = 0; g < count; g++) {
+        Group *gr = &self->groups[g];
+        if (!gr->history) continue;
+        PyObject *r = PyObject_CallMethodObjArgs(gr->history, str_keep, gr->seq, gr->datagram,
+                                                 now, NULL);
+        if (!r) return -1;
+        Py_DECREF(r);
+    }
     return 0;
 }
 
@@ -499,17 +558,20 @@ static int hand_back(Hot *self, int first, PyObject *now) {
  * first failure ends the flush at the end of its datagram's deliveries (which Python
  * sends in full too); their failures are then reported in queue order with
  * core.handle_send_failure(addr, now), and each delivery that went through to a failing
- * address ends its streak (core.handle_send_success(addr)), as Worker._relay_batched does.
- * The datagrams queued after that one are undone and handed to Python in order, so that
+ * address ends its streak (core.handle_send_success(addr)), as Worker._relay_batched does
+ * (an ACK, a notice in Python, ends none). Before that report, the numbered chats of the
+ * datagrams sent are kept, in order, and the datagrams queued after the failed one are
+ * undone; after it, those are handed to Python in order, so that
  * an eviction (even of a host, which closes the room) acts on them as datagram by
  * datagram in Python; the next datagram goes to Python too (``dirty``), which sends the
  * eviction's notices first. Same errno rules as the Python fan-out. */
 static int flush_out(Hot *self, PyObject *now) {
     int nout = self->nout, pos = 0, retried = -1, rc = 0, first_failed = -1, stop = nout;
     int rec = -1;
-    if (!nout) {
+    if (!nout) { /* datagrams with no recipient: a numbered one is kept all the same */
+        int rc = keep_groups(self, self->ngroups, now);
         release_groups(self);
-        return 0;
+        return rc;
     }
     memset(self->ofailed, 0, (size_t)nout);
     while (pos < stop) {
@@ -539,11 +601,17 @@ static int flush_out(Hot *self, PyObject *now) {
         self->ofailed[pos++] = 1;
     }
     self->nout = self->npairs = 0;
-    if (first_failed >= 0 || PyDict_GET_SIZE(self->failing)) {
+    /* The datagrams up to the failed one are done, as in Python before it reports that
+     * send: their numbered chats are kept; the later ones are undone before the report
+     * (which may number notices of an eviction), then handed to Python after it. */
+    int done = first_failed >= 0 && rec < self->ngroups ? rec + 1 : self->ngroups;
+    if (keep_groups(self, done, now) < 0 || undo_groups(self, done) < 0) rc = -1;
+    if (rc == 0 && (first_failed >= 0 || PyDict_GET_SIZE(self->failing))) {
         for (int i = 0; i < stop && rc == 0; i++) {
             PyObject *addr = PyList_GET_ITEM(self->oside[i]->addrs, self->oidx[i]);
             if (self->ofailed[i]) {
                 rc = call_addr(self->send_failed, addr, now);
+            } else if (self->oack[i]) { /* Python's notices end no failure streak */
             } else if (PyDict_GET_SIZE(self->failing)) {
                 int has = PyDict_Contains(self->failing, addr);
                 if (has < 0) rc = -1;
@@ -553,9 +621,34 @@ static int flush_out(Hot *self, PyObject *now) {
     }
     if (first_failed >= 0) self->dirty = 1;
     if (PyList_SetSlice(self->keep, 0, PyList_GET_SIZE(self->keep), NULL) < 0) rc = -1;
-    if (rc == 0 && first_failed >= 0 && rec + 1 < self->ngroups) rc = hand_back(self, rec + 1, now);
+    for (int g = done; g < self->ngroups && rc == 0; g++)
+        rc = hand_over(self, self->groups[g].index, now);
     release_groups(self);
     return rc < 0 ? -1 : first_failed >= 0;
+}
+
+/* A new iovec pair prefix + msg; it, the route and the prefix live until the next flush. */
+static struct iovec *new_pair(Hot *self, Route *route, PyObject *prefix, const char *msg,
+                              Py_ssize_t mlen) {
+    if (PyList_Append(self->keep, (PyObject *)route) < 0 ||
+        PyList_Append(self->keep, prefix) < 0)
+        return NULL;
+    struct iovec *iov = &self->oiov[2 * self->npairs++];
+    iov[0].iov_base = PyBytes_AS_STRING(prefix);
+    iov[0].iov_len = (size_t)PyBytes_GET_SIZE(prefix);
+    iov[1].iov_base = (void *)msg;
+    iov[1].iov_len = (size_t)mlen;
+    return iov;
+}
+
+/* Queue the pair iov to entry j of side s (ack: an ocm1r ACK, see oack). */
+static void push_out(Hot *self, Side *s, Py_ssize_t j, struct iovec *iov, int ack) {
+    int o = self->nout++;
+    self->out[o].msg_hdr.msg_name = &s->names[j];
+    self->out[o].msg_hdr.msg_iov = iov;
+    self->oside[o] = s;
+    self->oidx[o] = j;
+    self->oack[o] = (unsigned char)ack;
 }
 
 /* Queue prefix + message to every recipient of one side but index k (the sender's own
@@ -577,22 +670,18 @@ static int queue_side(Hot *self, Route *route, Side *s, Py_ssize_t k,
             if (flush_out(self, now) < 0) return -1;
             iov = NULL;
         }
-        if (!iov) { /* the pair, and what it points into, live until the next flush */
-            if (PyList_Append(self->keep, (PyObject *)route) < 0 ||
-                PyList_Append(self->keep, prefix) < 0)
-                return -1;
-            iov = &self->oiov[2 * self->npairs++];
-            iov[0].iov_base = PyBytes_AS_STRING(prefix);
-            iov[0].iov_len = (size_t)PyBytes_GET_SIZE(prefix);
-            iov[1].iov_base = (void *)msg;
-            iov[1].iov_len = (size_t)mlen;
-        }
-        int o = self->nout++;
-        self->out[o].msg_hdr.msg_name = &s->names[j];
-        self->out[o].msg_hdr.msg_iov = iov;
-        self->oside[o] = s;
-        self->oidx[o] = j;
+        if (!iov && !(iov = new_pair(self, route, prefix, msg, mlen))) return -1;
+        push_out(self, s, j, iov, 0);
     }
+    return 0;
+}
+
+/* Queue ``payload`` alone to entry k of side s: an ocm1r sender's ACK, which Python sends
+ * as a notice (its send ends no failure streak). The caller made room in the queue. */
+static int queue_ack(Hot *self, Route *route, Side *s, Py_ssize_t k, PyObject *payload) {
+    struct iovec *iov = new_pair(self, route, payload, NULL, 0);
+    if (!iov) return -1;
+    push_out(self, s, k, iov, 1);
     return 0;
 }
 
@@ -613,16 +702,44 @@ static Route *route_of(Hot *self, PyObject *room) {
     if (PyErr_Occurred()) return NULL;
     PyObject *plain = SLOT(room, self->r[R_PLAIN_ADDRS]);
     PyObject *framed = SLOT(room, self->r[R_FRAMED_ADDRS]);
-    if (!plain || !framed) return NULL;
+    PyObject *numbered = SLOT(room, self->r[R_RELIABLE_ADDRS]);
+    if (!plain || !framed || !numbered) return NULL;
     Route *built = (Route *)PyType_GenericNew(&RouteType, NULL, NULL);
     if (!built) return NULL;
     built->generation = g;
     if (side_init(&built->side[0], plain) < 0 || side_init(&built->side[1], framed) < 0 ||
+        side_init(&built->side[2], numbered) < 0 ||
         PyDict_SetItem(self->routes, name, (PyObject *)built) < 0) {
         Py_DECREF(built);
         return NULL;
     }
     return built;
+}
+
+/* ocm1r (relay/history.py, wire/reliable.py): the numbered datagram 01 Epoch Seq Body, the
+ * SEND 01 MsgId Text of an ocm1r member, the ACK 02 Epoch MsgId Seq it gets. */
+#define DATA_HEADER_BYTES 9
+#define SEND_HEADER_BYTES 5
+#define ACK_BYTES 13
+#define MAX_SEQ 0xFFFFFFFFULL
+
+static void put_u32(unsigned char *p, unsigned long long v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* An exact int slot of obj, 0..MAX_SEQ, into *out; 0 if it is not one. */
+static int u32_slot(PyObject *obj, Py_ssize_t off, unsigned long long *out) {
+    PyObject *v = SLOT(obj, off);
+    if (!v || !PyLong_CheckExact(v)) return 0;
+    *out = PyLong_AsUnsignedLongLong(v);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return *out <= MAX_SEQ;
 }
 
 /* 1: relayed here; 0: the Python path must take it; -1: error set. */
@@ -647,9 +764,17 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     if (!name_raw || !PyBytes_CheckExact(name_raw) || PyBytes_GET_SIZE(name_raw) != rl ||
         memcmp(PyBytes_AS_STRING(name_raw), d + 2, (size_t)rl) != 0)
         return 0;
-    /* A numbered room (one with an ocm1r member, docs/protocol.md §9) numbers and keeps
-     * every delivery in its history: Python's, whoever sends. */
-    if (SLOT(room, r[R_HISTORY]) != Py_None) return 0;
+    /* A numbered room (one with an ocm1r member, docs/protocol.md §9) numbers every chat
+     * (RelayCore._number): taken here in a plain room, from a member that is not ocm1r or
+     * from an ocm1r member's SEND with the next MsgId (copies, gaps, NACKs, keepalives and
+     * an ocm1r member's other datagrams are Python's). */
+    PyObject *history = SLOT(room, r[R_HISTORY]);
+    PyObject *rel = SLOT(member, m[M_REL]);
+    if (!history || !rel) return 0;
+    if (history == Py_None) history = NULL;
+    else if (!Py_IS_TYPE(history, self->history_type)) return 0;
+    if (rel == Py_None) rel = NULL;
+    else if (!history || !Py_IS_TYPE(rel, self->reliable_type)) return 0;
     /* A member with a datagram key (wire/dgmac.py): here only a Seq above its window, with
      * the tag verified before anything is written; a late Seq, a replay, a bad tag, a
      * keepalive are Python's. From here on len excludes the trailer. */
@@ -683,7 +808,19 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     const unsigned char *msg = d + start;
     Py_ssize_t mlen = len - start;
     PyObject *e2e = SLOT(room, r[R_E2E]);
-    if (e2e == Py_True) {
+    unsigned long long msg_id = 0, rel_top = 0, rel_top_seq = 0;
+    if (history && e2e != Py_False) return 0; /* a numbered encrypted room: Python's */
+    if (rel) { /* RelayCore._handle_reliable: UTF-8 text, no /exit test */
+        if (mlen <= SEND_HEADER_BYTES || msg[0] != 1) return 0;
+        if (!u32_slot(rel, self->l[L_TOP], &rel_top) ||
+            !u32_slot(rel, self->l[L_TOP_SEQ], &rel_top_seq))
+            return 0;
+        for (int i = 1; i < SEND_HEADER_BYTES; i++) msg_id = msg_id << 8 | msg[i];
+        if (msg_id != rel_top + 1) return 0;
+        msg += SEND_HEADER_BYTES;
+        mlen -= SEND_HEADER_BYTES;
+        if (!utf8_valid(msg, mlen)) return 0;
+    } else if (e2e == Py_True) {
         if (msg[0] != self->chat_kind) return 0;
     } else if (e2e == Py_False) {
         if (mlen <= self->exit_max && memchr(msg, '/', (size_t)mlen)) return 0;
@@ -696,6 +833,7 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     if (framed_obj == Py_True) framed = 1;
     else if (framed_obj == Py_False) framed = 0;
     else return 0;
+    if (rel && !framed) return 0;
     PyObject *allowance_obj = SLOT(member, m[M_ALLOWANCE]);
     PyObject *stamp_obj = SLOT(member, m[M_STAMP]);
     PyObject *pp = SLOT(member, m[M_PLAIN_PREFIX]);
@@ -706,6 +844,15 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         !PyFloat_CheckExact(stamp_obj) || !pp || !fp || !PyBytes_CheckExact(pp) ||
         !PyBytes_CheckExact(fp) || !addr || !seen)
         return 0;
+    unsigned long long epoch = 0, next_seq = 0;
+    PyObject *hnow = NULL;
+    if (history) {
+        hnow = SLOT(history, self->h[H_NOW]);
+        if (!u32_slot(history, self->h[H_EPOCH], &epoch) ||
+            !u32_slot(history, self->h[H_NEXT_SEQ], &next_seq) || next_seq >= MAX_SEQ ||
+            !next_seq || !hnow)
+            return 0;
+    }
     /* The same arithmetic, in the same order, as RelayCore._chat (built without FP
      * contraction), so that both paths charge identically. */
     double allowance = PyFloat_AS_DOUBLE(allowance_obj) + (now - PyFloat_AS_DOUBLE(stamp_obj)) * rate;
@@ -713,7 +860,7 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     if (allowance < 1.0) return 0; /* rate-limited: Python counts it */
     Route *route = route_of(self, room);
     if (!route) return PyErr_Occurred() ? -1 : 0;
-    Side *own = &route->side[framed];
+    Side *own = &route->side[rel ? 2 : framed];
     Py_ssize_t k = -1;
     for (Py_ssize_t j = 0; j < own->n; j++) {
         if (own->names[j].sin_addr.s_addr == src->sin_addr.s_addr &&
@@ -728,10 +875,18 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         Py_DECREF(route);
         return 0;
     }
-    Py_ssize_t n_plain = route->side[0].n - !framed, n_framed = route->side[1].n - framed;
+    /* An ocm1r sender is in neither of the other lists (Room.rebuild). */
+    Py_ssize_t n_plain = route->side[0].n - !framed;
+    Py_ssize_t n_framed = route->side[1].n - (framed && !rel);
     Py_ssize_t longest = n_plain ? PyBytes_GET_SIZE(pp) + mlen
                                  : n_framed ? PyBytes_GET_SIZE(fp) + mlen : 0;
-    if (longest > self->max_delivery) { /* Python notifies the sender */
+    Py_ssize_t body = PyBytes_GET_SIZE(fp) + mlen;
+    Py_ssize_t queued = route->side[0].n + route->side[1].n;
+    if (history) /* its ack and numbered deliveries; it must fit the queue (no flush) */
+        queued += 1 + route->side[2].n;
+    if (longest > self->max_delivery || /* Python notifies the sender */
+        (history && (DATA_HEADER_BYTES + body > self->max_delivery || /* Python skips a Seq */
+                     queued > OUT_SLOTS))) {
         Py_DECREF(route);
         return 0;
     }
@@ -742,70 +897,127 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     }
     /* A datagram whose deliveries do not fit in the queue starts a new one; if that
      * flush failed a send, Python takes this datagram (the state may have changed). */
-    if (self->nout && self->nout + route->side[0].n + route->side[1].n > OUT_SLOTS) {
+    if (self->nout && self->nout + queued > OUT_SLOTS) {
         int f = flush_out(self, now_obj);
         if (f != 0) {
             Py_DECREF(route);
             return f < 0 ? -1 : 0;
         }
     }
+    /* Everything that can fail is made before the first write. A numbered chat: the
+     * datagram History.number() would return (kept at the flush), the new next_seq, and
+     * for an ocm1r sender the ACK and its id. */
     PyObject *left = PyFloat_FromDouble(allowance - 1.0);
-    if (!left) {
+    PyObject *new_top = NULL, *new_seen = NULL, *datagram = NULL, *seq_obj = NULL;
+    PyObject *next_obj = NULL, *ack = NULL, *id_obj = NULL;
+    int failed = !left;
+    if (mac_top && !failed) { /* wire.dgmac.advance for a Seq above the window */
+        unsigned long long shift = seq - top; /* (a 64-bit shift = mask) */
+        new_top = PyLong_FromUnsignedLongLong(seq);
+        new_seen = PyLong_FromUnsignedLongLong(shift < 64 ? window << shift | 1ULL : 1ULL);
+        failed = !new_top || !new_seen;
+    }
+    if (history && !failed) {
+        datagram = PyBytes_FromStringAndSize(NULL, DATA_HEADER_BYTES + body);
+        seq_obj = PyLong_FromUnsignedLongLong(next_seq);
+        next_obj = PyLong_FromUnsignedLongLong(next_seq + 1);
+        failed = !datagram || !seq_obj || !next_obj;
+        if (!failed) {
+            unsigned char *p = (unsigned char *)PyBytes_AS_STRING(datagram);
+            p[0] = 1;
+            put_u32(p + 1, epoch);
+            put_u32(p + 5, next_seq);
+            memcpy(p + DATA_HEADER_BYTES, PyBytes_AS_STRING(fp), (size_t)PyBytes_GET_SIZE(fp));
+            memcpy(p + DATA_HEADER_BYTES + PyBytes_GET_SIZE(fp), msg, (size_t)mlen);
+        }
+    }
+    if (rel && !failed) {
+        unsigned char a[ACK_BYTES] = {2};
+        put_u32(a + 1, epoch);
+        put_u32(a + 5, msg_id);
+        put_u32(a + 9, next_seq);
+        ack = PyBytes_FromStringAndSize((const char *)a, ACK_BYTES);
+        id_obj = PyLong_FromUnsignedLongLong(msg_id);
+        failed = !ack || !id_obj;
+    }
+    if (failed) {
+        Py_XDECREF(left);
+        Py_XDECREF(new_top);
+        Py_XDECREF(new_seen);
+        Py_XDECREF(datagram);
+        Py_XDECREF(seq_obj);
+        Py_XDECREF(next_obj);
+        Py_XDECREF(ack);
+        Py_XDECREF(id_obj);
         Py_DECREF(route);
         return -1;
     }
-    PyObject *new_top = NULL, *new_seen = NULL;
-    if (mac_top) { /* wire.dgmac.advance for a Seq above the window (64-bit shift = mask) */
-        unsigned long long shift = seq - top;
-        new_top = PyLong_FromUnsignedLongLong(seq);
-        new_seen = PyLong_FromUnsignedLongLong(shift < 64 ? window << shift | 1ULL : 1ULL);
-        if (!new_top || !new_seen) {
-            Py_XDECREF(new_top);
-            Py_XDECREF(new_seen);
-            Py_DECREF(left);
-            Py_DECREF(route);
-            return -1;
-        }
-        Py_INCREF(mac_top); /* the old window, for an undo (hand_back) */
-        Py_INCREF(mac_seen);
+    Group g; /* what undoing it takes, recorded once it is queued */
+    memset(&g, 0, sizeof g);
+    Group *group = &g;
+    if (mac_top) { /* the old window, for an undo (undo_groups) */
+        group->mac_top = Py_NewRef(mac_top);
+        group->mac_seen = Py_NewRef(mac_seen);
         set_slot(member, m[M_MAC_TOP], new_top);
         set_slot(member, m[M_MAC_SEEN], new_seen);
         Py_DECREF(new_top);
         Py_DECREF(new_seen);
+    }
+    if (history) { /* History.number(): the next Seq, and the time it was given */
+        group->history = Py_NewRef(history);
+        group->datagram = datagram; /* the references made above */
+        group->seq = seq_obj;
+        group->next_seq = Py_NewRef(SLOT(history, self->h[H_NEXT_SEQ]));
+        group->hnow = Py_NewRef(hnow);
+        set_slot(history, self->h[H_NEXT_SEQ], next_obj);
+        set_slot(history, self->h[H_NOW], now_obj);
+        Py_DECREF(next_obj);
+    }
+    if (rel) { /* rel.top, rel.top_seq = msg_id, seq */
+        group->rel = Py_NewRef(rel);
+        group->top = Py_NewRef(SLOT(rel, self->l[L_TOP]));
+        group->top_seq = Py_NewRef(SLOT(rel, self->l[L_TOP_SEQ]));
+        set_slot(rel, self->l[L_TOP], id_obj);
+        set_slot(rel, self->l[L_TOP_SEQ], seq_obj);
+        Py_DECREF(id_obj);
     }
     double old_allowance = PyFloat_AS_DOUBLE(allowance_obj);
     double old_stamp = PyFloat_AS_DOUBLE(stamp_obj);
     set_slot(member, m[M_ALLOWANCE], left);
     Py_DECREF(left);
     set_slot(member, m[M_STAMP], now_obj);
-    Py_INCREF(seen);
+    group->last_seen = Py_NewRef(seen);
     set_slot(member, m[M_LAST_SEEN], now_obj);
     self->fast++;
     /* Queued: the batch keeps the route and the prefixes until the flush, and msg stays in
      * the receive buffer until then (the flush comes before the next recvmmsg). A flush
-     * while queueing (the queue is full) may report failures that evict members, even the
-     * sender: hold the prefixes until both sides are queued. */
+     * while queueing (the queue is full: never for a numbered chat, which fits) may report
+     * failures that evict members, even the sender: hold the prefixes until all sides are
+     * queued. Python's order: the ACK (a notice, sent first), plain, framed, numbered. */
     Py_INCREF(pp);
     Py_INCREF(fp);
-    Py_INCREF(member);
+    group->member = Py_NewRef(member);
+    group->allowance = old_allowance;
+    group->stamp = old_stamp;
+    group->index = index;
     int rc = 0;
-    if (n_plain)
+    if (ack) {
+        rc = queue_ack(self, route, own, k, ack);
+        Py_DECREF(ack);
+    }
+    if (rc >= 0 && n_plain)
         rc = queue_side(self, route, &route->side[0], framed ? -1 : k, framed ? src : NULL,
                         pp, (const char *)msg, mlen, now_obj);
     if (rc >= 0 && n_framed)
-        rc = queue_side(self, route, &route->side[1], framed ? k : -1, framed ? NULL : src,
-                        fp, (const char *)msg, mlen, now_obj);
+        rc = queue_side(self, route, &route->side[1], framed && !rel ? k : -1,
+                        framed && !rel ? NULL : src, fp, (const char *)msg, mlen, now_obj);
+    if (rc >= 0 && history)
+        rc = queue_side(self, route, &route->side[2], rel ? k : -1, rel ? NULL : src,
+                        datagram, "", 0, now_obj);
     /* Recorded once queued (a flush while queueing, of a datagram larger than the queue,
      * never undoes the datagram being queued: Python sends all of it too). */
-    Group *group = &self->groups[self->ngroups++]; /* one per datagram of the batch */
-    group->allowance = old_allowance;
-    group->stamp = old_stamp;
-    group->member = member;
-    group->last_seen = seen;
-    group->mac_top = mac_top; /* NULL unless sealed; the references taken above */
-    group->mac_seen = mac_seen;
-    group->end = self->nout;
-    group->index = index;
+    g.end = self->nout;
+    self->groups[self->ngroups++] = g; /* one per datagram of the batch */
     Py_DECREF(pp);
     Py_DECREF(fp);
     Py_DECREF(route);
@@ -838,6 +1050,12 @@ static int serve(Hot *self, PyObject *now_obj, Py_ssize_t *nread, Py_ssize_t *fa
     double rate = core_number(self, str_chat_rate);
     double burst = core_number(self, str_chat_burst);
     if (PyErr_Occurred()) return -1;
+    /* Notices left by a flush outside this loop (a timer's, or after() whose sends failed
+     * and evicted) go out before the next datagram's deliveries: Python's, as in
+     * Worker._on_udp. */
+    int pending = core_list_nonempty(self, str_outbox);
+    if (pending < 0) return -1;
+    self->dirty = pending;
     self->calls++;
     Py_ssize_t total = 0, fast_before = (Py_ssize_t)self->fast;
     size_t slot = (size_t)self->max_datagram + 1;
@@ -934,7 +1152,6 @@ static PyObject *Hot_on_readable(Hot *self, PyObject *unused) {
         if (!r) return NULL;
         Py_DECREF(r);
     }
-    self->dirty = 0; /* the notices of the batch's failures are sent */
     Py_RETURN_NONE;
 }
 
@@ -1017,7 +1234,8 @@ PyMODINIT_FUNC PyInit__hot(void) {
         !(str_received = PyUnicode_InternFromString("received")) ||
         !(str_relayed = PyUnicode_InternFromString("relayed")) ||
         !(str_events = PyUnicode_InternFromString("events")) ||
-        !(str_outbox = PyUnicode_InternFromString("outbox")))
+        !(str_outbox = PyUnicode_InternFromString("outbox")) ||
+        !(str_keep = PyUnicode_InternFromString("keep")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -5,9 +5,11 @@ from collections.abc import Callable
 Addr = tuple[str, int]
 
 class Route:
-    """A room's prebuilt sendmmsg headers for both delivery formats."""
+    """A room's prebuilt sendmmsg headers for each delivery format (plain, framed, and the
+    numbered deliveries of a room's ocm1r members)."""
 
-    def __init__(self, generation: int, plain: list[Addr], framed: list[Addr]) -> None: ...
+    def __init__(self, generation: int, plain: list[Addr], framed: list[Addr],
+                 numbered: list[Addr] | None = None) -> None: ...
 
 class Hot:
     """The compiled hot loop of one relay worker."""
@@ -16,7 +18,8 @@ class Hot:
                  slow: Callable[[bytes, Addr, float], None],
                  warn: Callable[[str, int], None], clock: Callable[[], float] | None,
                  after: Callable[[], None], member_type: type, room_type: type,
-                 chat_kind: int, max_datagram: int, max_delivery: int, exit_max: int,
+                 history_type: type, reliable_type: type, chat_kind: int,
+                 max_datagram: int, max_delivery: int, exit_max: int,
                  max_batch: int) -> None: ...
     def on_readable(self) -> None:
         """The reader callback: read with clock(), count in the core, after() if needed."""

@@ -80,17 +80,26 @@ _CHAT: Final = int(Kind.CHAT)
 CHAT_KIND: Final = _CHAT
 """The kind byte of an encrypted room's chat Message (for the compiled loop)."""
 HOT_MEMBER_SLOTS: Final = ("addr", "trial", "room", "plain_prefix", "framed_prefix", "framed",
-                           "allowance", "stamp", "last_seen", "mac_key", "mac_top", "mac_seen")
+                           "allowance", "stamp", "last_seen", "mac_key", "mac_top", "mac_seen",
+                           "rel")
 """The compiled loop's contract (relay/_hot.c, held to it by tests/unit/test_hot_contract.py):
 the ``Member`` slots it reads, resolved to offsets once."""
 HOT_MEMBER_WRITES: Final = ("allowance", "stamp", "last_seen", "mac_top", "mac_seen")
 """The only ``Member`` slots it writes: what ``_chat``, the refresh and the replay window of
 a sealed datagram (``_unseal``, for a ``Seq`` above the window only) write."""
 HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation", "plain_addrs",
-                         "framed_addrs", "history")
+                         "framed_addrs", "reliable_addrs", "history")
 """The ``Room`` slots it reads (it writes none); the address lists only to build a room's
-``Route`` when ``generation`` has changed; ``history`` only to leave a numbered room (one
-with an ``ocm1r`` member) to the Python path."""
+``Route`` when ``generation`` has changed."""
+HOT_HISTORY_SLOTS: Final = ("epoch", "next_seq", "now")
+"""The ``History`` slots of a numbered room it reads: it numbers a chat as
+``History.number`` does (``HOT_HISTORY_WRITES``) and calls ``History.keep`` (its only
+call of the history) once the chat's deliveries are sent, or undoes the number."""
+HOT_HISTORY_WRITES: Final = ("next_seq", "now")
+HOT_RELIABLE_SLOTS: Final = ("top", "top_seq")
+"""The ``Reliable`` slots of an ``ocm1r`` sender it reads and writes: the SEND with the
+next id is taken, acknowledged and recorded as ``_handle_reliable`` does."""
+HOT_HISTORY_METHODS: Final = ("keep",)
 HOT_CORE_ATTRIBUTES: Final = ("tokens", "failing", "chat_rate", "chat_burst", "received",
                               "relayed", "events", "outbox", "handle_send_failure",
                               "handle_send_success")
@@ -245,7 +254,7 @@ class Room:
         prebuilt sendmmsg batches) is valid while the generation it recorded is current."""
         self.history: History | None = None
         """Numbered deliveries, once an ``ocm1r`` member joined: the room is numbered from
-        then on, and the compiled loop hands its datagrams to the Python path."""
+        then on."""
         self.reliable: list[Member] = []
         """The bound, unmuted ``ocm1r`` members (not in ``framed_addrs``)."""
         self.reliable_addrs: list[Addr] = []

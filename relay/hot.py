@@ -3,12 +3,13 @@
 The compiled loop reads the UDP socket with ``recvmmsg`` and relays the ordinary chat
 datagrams of settled members in C: parse, authenticate (the MAC trailer too, for members
 that joined over TLS: wire/dgmac.py, linked against OpenSSL 3's libcrypto), UTF-8 and
-``/exit`` checks, the
-token bucket, and one ``sendmmsg`` per room and delivery format with the member's prefix
-and the message as two iovecs (no copy). Every other datagram goes, in order, to the
-pure-Python path (``Worker._handle_one`` → ``RelayCore.handle_datagram``), which stays the
-one definition of the protocol; tests/unit/test_relay_hot.py feeds both the same traffic
-and compares every delivery, counter and member's state.
+``/exit`` checks, the token bucket, and one ``sendmmsg`` per room and delivery format
+with the member's prefix and the message as two iovecs (no copy); in a room with
+``ocm1r`` members it numbers the chat (relay/history.py) and acknowledges an in-order
+SEND too. Every other datagram goes, in order, to the pure-Python path
+(``Worker._handle_one`` → ``RelayCore.handle_datagram``), which stays the one definition
+of the protocol; tests/unit/test_relay_hot.py feeds both the same traffic and compares
+every delivery, counter and member's state.
 
 The extension is optional, as the loadgen's (setup.py): built at install time where a C
 compiler, the Python headers and OpenSSL 3's headers exist, else the worker runs the

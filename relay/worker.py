@@ -40,9 +40,9 @@ from types import ModuleType
 from typing import Final, TypeVar, cast
 
 from relay import hot, ipc
-from relay.core import CHAT_KIND, Addr, Fanout, GlobalChat, Member, RelayCore, Room
+from relay.core import CHAT_KIND, Addr, Fanout, GlobalChat, Member, RelayCore, Reliable, Room
 from relay.globalchat import GlobalChatRelay
-from relay.history import HistoryBudget
+from relay.history import History, HistoryBudget
 from relay.steering import tag_worker
 from runtime import logs, mmsg, sched
 from wire.limits import EXIT_MATCH_MAX_BYTES, MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES
@@ -146,7 +146,8 @@ class Worker:
         compiled: hot.Hot = module.Hot(
             fd=self.fd, core=self.core, routes=self._routes, slow=self._handle_one,
             warn=self._hot_warn, clock=None if self.clock is time.monotonic else self.clock,
-            after=self._flush, member_type=Member, room_type=Room, chat_kind=CHAT_KIND,
+            after=self._flush, member_type=Member, room_type=Room, history_type=History,
+            reliable_type=Reliable, chat_kind=CHAT_KIND,
             max_datagram=MAX_DATAGRAM_BYTES, max_delivery=MAX_DELIVERY_BYTES,
             exit_max=EXIT_MATCH_MAX_BYTES, max_batch=BATCH_DATAGRAMS)
         return compiled

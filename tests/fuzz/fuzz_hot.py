@@ -14,6 +14,10 @@ requests, leave, bad kinds), wrong token, room or IP, addresses shared by severa
 registered addresses on trial, members bound where every send fails (so evictions, of
 hosts too, which close rooms mid-batch), control's ``close_room``, timers, and bit flips,
 truncations and splices of all of these. A closed room is opened again with new members.
+Room "q" becomes numbered when an ``ocm1r`` member joins: its members' SENDs mostly carry
+the next id (numbered and acknowledged by either loop), sometimes a copy or a gap, and its
+NACKs name the room's epoch or another; the histories and ``Reliable`` states are
+compared too.
 
 ``--sanitize`` builds relay/_hot.c with AddressSanitizer and UndefinedBehaviorSanitizer
 into a temporary directory (``$CC``, gcc or cc, and the Python headers) and runs the
@@ -156,7 +160,7 @@ class Fuzz:
         if results[0] and addr is None and rng.random() < 0.1:
             self.pair.register(token, rng.choice(CLIENTS))  # on trial until it speaks
 
-    def message(self, room: bytes) -> bytes:
+    def message(self, room: bytes, token: bytes) -> bytes:
         from wire.e2e import Kind, encode_message
         from wire.reliable import encode_nack, encode_send
 
@@ -164,6 +168,10 @@ class Fuzz:
         if not self.rooms[room]:
             text = b"".join(rng.choice(PLAIN_PIECES) for _ in range(rng.randint(0, 4)))
             pick = rng.random()
+            member = self.pair.workers[0].core.tokens.get(token)
+            rel = member.rel if member is not None else None
+            if rel is not None and pick < 0.4:  # mostly the next id: what C takes
+                return encode_send(rel.top + rng.choice((1, 1, 1, 1, 1, 0, 2)), text)
             if pick < 0.15:  # an ocm1r SEND (plain text to a member that is not ocm1r)
                 return encode_send(rng.randint(1, 8), text)
             if pick < 0.2:
@@ -218,7 +226,7 @@ class Fuzz:
                 room = rng.choice(list(self.rooms))
             if rng.random() < 0.03:
                 token = token[:-1] + b"?"
-            message = self.message(room) if rng.random() > 0.1 else b""
+            message = self.message(room, token) if rng.random() > 0.1 else b""
             data = bytes((len(room), len(token))) + room + token + message
             if token in self.keys and rng.random() < 0.9:
                 data = self.seal(token, data)

@@ -25,10 +25,11 @@ from relay import hot
 from relay.core import RelayCore
 from relay.ipc import WorkerSettings
 from relay.worker import Worker
+from wire import dgmac
 from wire.chat import encode_chat
 from wire.codes import Framing
 from wire.e2e import Kind, PublicKeys, encode_message
-from wire.limits import ADDRESSED_BURST, ADDRESSED_RATE, MAX_DATAGRAM_BYTES
+from wire.limits import ADDRESSED_BURST, ADDRESSED_RATE, MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES
 from wire.reliable import encode_ack, encode_data, encode_nack, encode_send
 
 TIMEOUT_S = 10.0
@@ -86,11 +87,13 @@ class Pair:
 
     def add(self, room: str, token: bytes, user: str, host: bool = False,
             framing: Framing = Framing.PLAIN, e2e: bool = False,
-            addr: tuple[str, int] | None = None, proven: bool = False) -> None:
+            addr: tuple[str, int] | None = None, proven: bool = False,
+            mac_key: bytes | None = None) -> None:
         keys = PublicKeys(bytes(32), bytes(32)) if e2e else None
         for w in self.workers:
             assert w.core.add_member(room, token, user, "127.0.0.1", framing, host, self.now,
-                                     addr, proven, proven, e2e=e2e, keys=keys)
+                                     addr, proven, proven, e2e=e2e, keys=keys,
+                                     mac_key=mac_key)
             w._flush()
         self.check()
 
@@ -164,13 +167,18 @@ class Pair:
 
 def state(core: RelayCore) -> object:
     members = {token: (m.username, m.addr, m.trial, m.muted, m.allowance, m.stamp,
-                       m.last_seen, m.failures, m.alive, m.mac_top, m.mac_seen)
+                       m.last_seen, m.failures, m.alive, m.mac_top, m.mac_seen,
+                       m.rel and (m.rel.top, m.rel.top_seq, m.rel.start, m.rel.nacks,
+                                  m.rel.stamp))
                for token, m in core.tokens.items()}
-    rooms = {name: (sorted(r.members), r.plain_addrs, r.framed_addrs, sorted(r.by_name))
+    rooms = {name: (sorted(r.members), r.plain_addrs, r.framed_addrs, r.reliable_addrs,
+                    sorted(r.by_name),
+                    r.history and (r.history.epoch, r.history.next_seq, list(r.history.entries),
+                                   r.history.bytes, r.history.now))
              for name, r in core.rooms.items()}
     return (core.received, core.relayed, dict(core.drops), dict(core.evictions),
             core.send_failures, dict(core.failing), dict(core.unproven), members, rooms,
-            dict(core.addressed))
+            dict(core.addressed), core.history_budget.used)
 
 
 @pytest.fixture
@@ -181,6 +189,7 @@ def pair() -> Iterator[Pair]:
 
 
 TA, TB, TC, TD = (b"T" + bytes([c]) * 20 for c in b"abcd")
+KEY = bytes(range(1, 33))  # a datagram key (wire/dgmac.py)
 
 
 def plain_room(p: Pair) -> None:
@@ -207,23 +216,25 @@ def test_ordinary_chat_is_relayed_by_the_compiled_loop_alike(pair: Pair) -> None
     assert compiled.counters()["fast"] == before + 3
 
 
-def test_a_numbered_room_is_left_to_python_by_the_compiled_loop_alike(pair: Pair) -> None:
-    """ocm1r (protocol.md §9): the compiled loop hands every datagram of a numbered room
-    (one with a history) to the Python path, which numbers it, sends the numbered datagram
-    to the ocm1r members and the ACK to an ocm1r sender: the same bytes out, none relayed
-    in C; a plain room next to it still is."""
+def test_a_numbered_room_is_numbered_by_the_compiled_loop_alike(pair: Pair) -> None:
+    """ocm1r (protocol.md §9): the compiled loop numbers a numbered room's chat itself, from
+    any sender, and takes an ocm1r member's SEND with the next id (sealed or not): the ACK
+    to the sender, the numbered datagram to the ocm1r members, the same history. Copies,
+    gaps, NACKs and keepalives stay Python's; the same bytes out and the same state."""
     te, tf = b"Te" + bytes(20), b"Tf" + bytes(20)
     for w in pair.workers:
         w.core.new_epoch = lambda: 0x1234ABCD
     pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
-    pair.add("r", TB, "bob", framing=Framing.OCM1R)
+    pair.add("r", TB, "bob", framing=Framing.OCM1R, mac_key=KEY)
     pair.add("r", TC, "carol")
     pair.add("r", TD, "dave", framing=Framing.OCM1)
     pair.add("p", te, "erin", host=True)
     pair.add("p", tf, "frank")
-    for name, token in (("a", TA), ("b", TB), ("c", TC), ("d", TD)):
+    for name, token in (("a", TA), ("c", TC), ("d", TD)):
         pair.client(name)
         pair.chat(name, b"r", token, b"")
+    pair.client("b")
+    pair.send("b", dgmac.seal(KEY, raw(b"r", TB, b""), 1))
     for name, room, token in (("e", b"p", te), ("f", b"p", tf)):
         pair.client(name)
         pair.chat(name, room, token, b"")
@@ -238,18 +249,141 @@ def test_a_numbered_room_is_left_to_python_by_the_compiled_loop_alike(pair: Pair
     assert pair.last["a"] == [encode_data(0x1234ABCD, 6, b"\x05carolplain")]
     pair.chat("d", b"r", TD, b"framed")  # an ocm1 sender in a numbered room
     assert pair.last["b"] == [encode_data(0x1234ABCD, 7, b"\x04daveframed")]
+    pair.send("b", dgmac.seal(KEY, raw(b"r", TB, encode_send(1, b"/exit")), 2))  # sealed
+    assert pair.last == {"b": [encode_ack(0x1234ABCD, 1, 8)],
+                         "a": [encode_data(0x1234ABCD, 8, b"\x03bob/exit")],
+                         "c": [b"bob: /exit"], "d": [b"\x03bob/exit"]}
     pair.chat("a", b"r", TA, encode_send(2, b"two"))
+    assert compiled.counters()["fast"] == before + 5
     pair.chat("a", b"r", TA, encode_send(2, b"two"))  # a copy: acknowledged again
     pair.chat("a", b"r", TA, encode_send(9, b"gap"))  # out of order
-    pair.chat("b", b"r", TB, encode_nack(0x1234ABCD, [(5, 3)]))  # resends
-    assert len(pair.last["b"]) == 3
-    pair.chat("b", b"r", TB, b"")  # keepalive: SYNC
-    assert compiled.counters()["fast"] == before
-    pair.chat("e", b"p", te, b"fast")  # an unnumbered room: still the compiled loop's
-    assert compiled.counters()["fast"] == before + 1
+    pair.send("b", dgmac.seal(KEY, raw(b"r", TB, encode_send(2, b"x")), 2))  # a replay
+    pair.send("b", dgmac.seal(bytes(32), raw(b"r", TB, encode_send(2, b"x")), 3))  # bad tag
+    pair.chat("a", b"r", TA, b"\x01\x00\x00\x00\x03")  # a SEND without text
+    pair.chat("a", b"r", TA, b"no id")  # an ocm1r member's datagram that is not a SEND
+    pair.chat("b", b"r", TB, encode_nack(0x1234ABCD, [(5, 3)]))  # unsealed: refused
+    pair.send("b", dgmac.seal(KEY, raw(b"r", TB, encode_nack(0x1234ABCD, [(5, 3)])), 4))
+    assert len(pair.last["b"]) == 3  # resends
+    pair.chat("a", b"r", TA, b"")  # keepalive: SYNC
+    assert compiled.counters()["fast"] == before + 5
+    pair.chat("e", b"p", te, b"fast")  # an unnumbered room: the compiled loop's as ever
+    assert compiled.counters()["fast"] == before + 6
     for w in pair.workers:
         rel = w.core.tokens[TA].rel
-        assert rel is not None and (rel.top, rel.top_seq) == (2, 8)
+        assert rel is not None and (rel.top, rel.top_seq) == (2, 9)
+        history = w.core.rooms["r"].history
+        assert history is not None and history.next_seq == 11  # and "no id": 10
+
+
+def test_a_numbered_chat_too_long_for_its_number_is_pythons(pair: Pair) -> None:
+    """A chat whose numbered datagram would be over the delivery limit uses up a Seq with
+    nothing kept (History.skip): Python's, with the same outcome; one that fits is C's."""
+    name = "d" * 40
+    for w in pair.workers:
+        w.core.new_epoch = lambda: 7
+    pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
+    pair.add("r", TD, name, framing=Framing.OCM1)
+    for client, token in (("a", TA), ("d", TD)):
+        pair.client(client)
+        pair.chat(client, b"r", token, b"")
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()["fast"]
+    fits = MAX_DELIVERY_BYTES - 9 - 1 - len(name)
+    pair.chat("d", b"r", TD, b"y" * fits)
+    assert pair.last == {"a": [encode_data(7, 3, b"\x28" + name.encode() + b"y" * fits)]}
+    assert compiled.counters()["fast"] == before + 1
+    pair.chat("d", b"r", TD, b"y" * (fits + 1))
+    assert pair.last == {}
+    assert compiled.counters()["fast"] == before + 1
+    for w in pair.workers:
+        history = w.core.rooms["r"].history
+        assert history is not None
+        assert [(seq, len(d)) for seq, _, d in history.entries][-2:] == [
+            (3, MAX_DELIVERY_BYTES), (4, 0)]
+
+
+def test_a_numbered_chat_with_no_recipient_is_kept(pair: Pair) -> None:
+    """The only bound member of a numbered room chats: nothing is sent, but the chat is
+    numbered and kept for the ocm1r member that binds later, as in Python."""
+    for w in pair.workers:
+        w.core.new_epoch = lambda: 3
+    pair.add("r", TA, "alice", host=True)
+    pair.add("r", TB, "bob", framing=Framing.OCM1R)
+    pair.client("a")
+    pair.chat("a", b"r", TA, b"")
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()["fast"]
+    pair.chat("a", b"r", TA, b"alone")
+    assert pair.last == {}
+    assert compiled.counters()["fast"] == before + 1
+    history = pair.workers[1].core.rooms["r"].history
+    assert history is not None and [d[9:] for _, _, d in history.entries][-1] == b"\x05alicealone"
+
+
+def test_a_numbered_batch_with_failing_sends_is_undone_to_the_number(pair: Pair) -> None:
+    """Numbered chats queued after a failed send are undone (the room's next Seq, the
+    ocm1r sender's last id, nothing kept) and handed to Python, which numbers them again
+    after the eviction's "left" notice took its own Seq: the same history, ACKs and
+    deliveries as datagram by datagram in Python."""
+    for w in pair.workers:
+        w.core.new_epoch = lambda: 0x0BADCAFE
+    pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
+    pair.add("r", TB, "bob", framing=Framing.OCM1R)
+    pair.add("r", TC, "carol")
+    for name, token in (("a", TA), ("b", TB), ("c", TC)):
+        pair.client(name)
+        pair.chat(name, b"r", token, b"")
+    # an ocm1r member whose every send fails (port 0: EINVAL), re-seeded as proven
+    pair.add("r", b"Tf" * 10, "frank", framing=Framing.OCM1R, addr=("127.0.0.1", 0),
+             proven=True)
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()
+    pair.send_many([("a", raw(b"r", TA, encode_send(1 + i, b"m%d" % i))) for i in range(2)]
+                   + [("b", raw(b"r", TB, encode_send(1 + i, b"n%d" % i))) for i in range(3)]
+                   + [("c", raw(b"r", TC, b"o"))])
+    after = compiled.counters()
+    assert after["fast"] == before["fast"] + 1  # m0; the rest went through Python
+    assert after["slow"] == before["slow"] + 5
+    assert "Tf" * 10 not in pair.workers[0].core.tokens
+    history = pair.workers[1].core.rooms["r"].history
+    assert history is not None
+    kept = [(seq, datagram[9:]) for seq, _, datagram in history.entries]
+    assert [seq for seq, _ in kept] == list(range(1, 11))
+    assert [body[:8] for _, body in kept[3:]] == [
+        b"\x05alicem0", b"\x05alicem1", b"\x03bobn0", b'\x00{"event', b"\x03bobn1",
+        b"\x03bobn2", b"\x05carolo"]
+    assert b'"left","user":"frank"' in kept[6][1]
+    assert pair.last["a"][:2] == [encode_ack(0x0BADCAFE, 1, 4), encode_ack(0x0BADCAFE, 2, 5)]
+    assert pair.last["b"][4:6] == [encode_ack(0x0BADCAFE, 2, 8), encode_ack(0x0BADCAFE, 3, 9)]
+
+
+def test_an_eviction_by_a_numbered_chats_sends_is_numbered_after_it(pair: Pair) -> None:
+    """Three members share an address that fails every send: one numbered chat of C's
+    fails three times there, and the eviction's "left" notices take the Seqs after the
+    chat's, as in Python, where the chat was numbered and kept before its sends."""
+    for w in pair.workers:
+        w.core.new_epoch = lambda: 0x51
+    pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
+    pair.add("r", TC, "carol")
+    for name, token in (("a", TA), ("c", TC)):
+        pair.client(name)
+        pair.chat(name, b"r", token, b"")
+    for i, framing in enumerate((Framing.PLAIN, Framing.OCM1, Framing.OCM1R)):
+        pair.add("r", f"Tz{i}".encode() * 7, f"z{i}", framing=framing, addr=("127.0.0.1", 0),
+                 proven=True)
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()["fast"]
+    pair.chat("a", b"r", TA, encode_send(1, b"hi"))
+    assert compiled.counters()["fast"] == before + 1
+    assert pair.workers[1].core.evictions["send_failures"] == 3
+    history = pair.workers[1].core.rooms["r"].history
+    assert history is not None
+    assert [(seq, d[9:12]) for seq, _, d in history.entries][2:] == [
+        (3, b"\x05al"), (4, b'\x00{"'), (5, b'\x00{"'), (6, b'\x00{"')]
 
 
 @pytest.mark.parametrize("message", [
@@ -450,6 +584,25 @@ def test_notices_of_an_eviction_by_the_python_paths_sends_come_before_the_next_c
     pair.send_many([("d", raw(b"r", TD, b"/exit")), ("a", raw(b"r", TA, b"three"))])
     assert pair.last["b"] == ["dave がチャットルームから退出しました".encode(),
                               "frank がチャットルームから退出しました".encode(), b"alice: three"]
+
+
+def test_notices_left_by_a_flush_outside_the_loop_come_before_the_next_chat(
+        pair: Pair) -> None:
+    """A flush outside the reader (a timer's, or the one after a batch) whose send failed
+    can evict and leave the eviction's notices in the outbox: the Python path sends them
+    before the next datagram's deliveries, so the compiled loop hands that datagram over."""
+    plain_room(pair)
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()["fast"]
+    notice = "frank がチャットルームから退出しました".encode()
+    for w in pair.workers:
+        w.core.outbox.append((notice, pair.clients["b"].getsockname()))
+    pair.chat("a", b"r", TA, b"hello")
+    assert pair.last["b"] == [notice, b"alice: hello"]
+    assert compiled.counters()["fast"] == before
+    pair.chat("a", b"r", TA, b"again")  # and the loop takes the next one again
+    assert compiled.counters()["fast"] == before + 1
 
 
 def test_addressed_kinds_have_their_own_token_bucket_in_both_loops(pair: Pair) -> None:
