@@ -4,8 +4,8 @@ One request per connection (control/clusterlink.py): a ``Forward`` is handed to 
 node's app as a request routed here (``Node.handle_routed``), and the member's
 registration that follows is passed to it; a ``MembersQuery`` is answered from this
 node's registry; a ``RelayRequest`` rebinds a member to the node that relays its
-datagrams (control/clusterudp.py). A request whose MAC does not verify is dropped and
-counted.
+datagrams (control/clusterudp.py) and tells that node the member's datagram key. A
+request whose MAC does not verify is dropped and counted.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ class LinkServer:
                 return
             if isinstance(request, link.RelayRequest):
                 reply: link.Reply = await self._accept_relay(request)
+                if isinstance(reply, link.Accepted):
+                    reply = link.mask_accepted(self.secret, nonce, reply)
             else:
                 reply = await self._serve_members(request)
             writer.write(link.encode(reply))
@@ -158,7 +160,9 @@ class LinkServer:
                             ) -> link.Accepted | link.Refused:
         """The owner's side of ``request_relay``: rebind the member to the relaying node,
         only for the client at the IP the token was issued to (where its datagrams come
-        from now, the relaying node's address, proves nothing)."""
+        from now, the relaying node's address, proves nothing). The reply carries the
+        member's datagram key and current placement (unmasked here), so that the relaying
+        node checks the member's MAC trailer first."""
         origin = await self.lookup(request.origin)
         member = self.node.registry.tokens.get(request.token)
         if origin is None or member is None or not member.alive:
@@ -168,4 +172,6 @@ class LinkServer:
         if member.ip != origin.advertise:
             await self.node.rebind(member, origin.advertise)
             log.info("member relayed through node %s from now on", request.origin)
-        return link.Accepted()
+        if member.datagram_key is None:
+            return link.Accepted()
+        return link.Accepted(member.datagram_key, member.placement)

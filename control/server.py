@@ -244,6 +244,7 @@ class ControlApp:
                                            request.body.resume, ip, token)
         self.registry.set_resume(member, secrets.token_urlsafe(RESUME_SECRET_BYTES))
         member.datagram_key = secrets.token_bytes(dgmac.KEY_BYTES) if secure else None
+        member.placement = None  # the worker uses the new key as it is
         key = None if member.datagram_key is None else DatagramKey(member.datagram_key)
         try:
             reply = await self.supervisor.call(room.worker, Rebind(0, old, ip, token, key))
