@@ -136,6 +136,11 @@ class RelayRequest:
     token: bytes
     ip: str
     origin: str
+    proof: bytes | None = field(default=None, metadata=HEX)
+    """A datagram of the member the caller checked under the key of an earlier
+    ``Accepted`` with ``moved`` false: for a member with a datagram key, the owner moves
+    it to the caller only on a datagram with a right tag and a ``Seq`` its worker has not
+    seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,10 @@ class Accepted:
 
     datagram_key: bytes | None = field(default=None, metadata=HEX)
     placement: bytes | None = field(default=None, metadata=HEX)
+    moved: bool = True
+    """False: the member has a datagram key and the request had no good ``proof``; it
+    still sends its datagrams from where it did, and the caller must ask again with
+    one."""
 
 
 @dataclass(frozen=True, slots=True)

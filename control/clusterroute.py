@@ -448,15 +448,16 @@ class ClusterRouter:
                                 ) from exc
         return reply, writer, hello.nonce
 
-    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str
-                            ) -> link.Accepted | bool | None:
+    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str,
+                            proof: bytes | None = None) -> link.Accepted | bool | None:
         """Ask ``node`` to accept ``token`` (issued to ``client_ip``) from this node's IP,
-        which relays for the client (control/clusterudp.py). Its ``Accepted`` (the datagram
-        key unmasked) once its worker has it, False if it refuses, None if it did not
-        answer (or answered with a key or nonce of the wrong size)."""
+        which relays for the client (control/clusterudp.py), with ``proof`` (a datagram of
+        the member) if it has a datagram key. Its ``Accepted`` (the datagram key
+        unmasked), False if it refuses, None if it did not answer (or answered with a key
+        or nonce of the wrong size)."""
         try:
             reply, writer, nonce = await self._call(
-                node, link.RelayRequest(token, client_ip, self.node_id), link.Accepted)
+                node, link.RelayRequest(token, client_ip, self.node_id, proof), link.Accepted)
         except RegistryError:
             return None
         writer.close()

@@ -19,6 +19,7 @@ from control import clusterlink as link
 from control.clusterleases import NodeInfo
 from control.registry import RegistryError
 from control.router import Node
+from wire import dgmac
 from wire.codes import Status
 from wire.limits import REGISTRATION_WINDOW_S
 
@@ -169,9 +170,22 @@ class LinkServer:
             return link.Refused(Status.ROOM_NOT_FOUND, "no such member")
         if member.issued_ip != request.ip:
             return link.Refused(Status.INVALID_REQUEST, "token of another IP")
-        if member.ip != origin.advertise:
-            await self.node.rebind(member, origin.advertise)
-            log.info("member relayed through node %s from now on", request.origin)
-        if member.datagram_key is None:
+        key = member.datagram_key
+        if key is None:
+            if member.ip != origin.advertise:
+                await self.node.rebind(member, origin.advertise)
+                log.info("member relayed through node %s from now on", request.origin)
             return link.Accepted()
-        return link.Accepted(member.datagram_key, member.placement)
+        if member.ip != origin.advertise:
+            # A token sent from the issuing IP proves nothing of a member with a key:
+            # only one of its datagrams, with a right tag and a Seq its worker has not
+            # seen, moves it (else a sniffed token would turn its datagrams away).
+            placed = key if member.placement is None else dgmac.placement_key(
+                key, member.placement)
+            seq = None if request.proof is None else dgmac.verify(placed, request.proof)
+            if seq is None:
+                return link.Accepted(key, member.placement, moved=False)
+            if not await self.node.rebind(member, origin.advertise, seq):
+                return link.Refused(Status.INVALID_REQUEST, "a datagram seen before")
+            log.info("member relayed through node %s from now on", request.origin)
+        return link.Accepted(key, member.placement)

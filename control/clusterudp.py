@@ -19,19 +19,21 @@ so every datagram the client receives comes from the port it sends to (docs/prot
 §2.1). Deliveries go to the source address of the member's latest accepted datagram (its
 port may change behind a NAT; its IP may not).
 
-A member that joined over TLS seals its datagrams (wire/dgmac.py). The owner's answer
-to the relay request carries its datagram key (masked on the link) and its worker's
-current placement nonce, and this node checks every datagram of the flow as the owner's
-worker would, before it acts on it: a wrong tag (``bad_mac``) or a ``Seq`` already
-accepted or below the 64-wide window (``replayed``) is dropped and counted, and only a
-datagram whose ``Seq`` is the highest yet moves the deliveries to its address. So a
-sniffed token sent from the member's IP through this node neither speaks nor redirects.
-Key changes follow the owner: a rekey datagram from the owner to the member passes
-through the flow and is read here with the member's key (the datagrams sealed under the
-key before it still pass, so that a member that missed the rekey makes the owner's
-worker send it again), and each recheck's answer carries the current placement. The key
-lives in the flow only, and is never logged. Members without a key are relayed on their
-token and IP, as the spec's clients expect.
+A member that joined over TLS seals its datagrams (wire/dgmac.py). The owner's answer to
+the relay request carries its datagram key (masked on the link) and its worker's current
+placement nonce, but moves the member here only when asked again with one of its queued
+datagrams whose tag is right (the proof; the owner's worker checks its ``Seq`` is
+fresh): forged datagrams alone open no flow. This node checks every datagram of the flow
+as the owner's worker would, before it acts on it: a wrong tag (``bad_mac``) or a
+``Seq`` already accepted or below the 64-wide window (``replayed``) is dropped and
+counted, and only a datagram whose ``Seq`` is the highest yet moves the deliveries to
+its address. So a sniffed token sent from the member's IP through this node neither
+speaks nor redirects. Key changes follow the owner: a rekey datagram from the owner to
+the member passes through the flow and is read here with the member's key (the datagrams
+sealed under the key before it still pass, so that a member that missed the rekey makes
+the owner's worker send it again), and each recheck's answer carries the current
+placement. The key lives in the flow only, and is never logged. Members without a key
+are relayed on their token and IP, as the spec's clients expect.
 
 Costs: one extra hop each way through a Python process, and one socket per relayed
 member. The table is bounded three ways: ``MAX_FLOWS`` in all,
@@ -95,11 +97,12 @@ class Peers(Protocol):
     def node_by_tag(self, tag: int) -> NodeInfo | None:
         """The other live node whose tokens carry ``tag``."""
 
-    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str
-                            ) -> link.Accepted | bool | None:
+    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str,
+                            proof: bytes | None = None) -> link.Accepted | bool | None:
         """Ask ``node`` to accept ``token`` from this node's IP: its ``Accepted`` (with the
-        member's datagram key, unmasked, if it has one) or True once it does, False if it
-        refuses, None if it did not answer."""
+        member's datagram key, unmasked, if it has one; ``moved`` false until asked with
+        a ``proof``, a datagram of the member) or True once it does, False if it refuses,
+        None if it did not answer."""
 
     def relay_idle_s(self) -> float:
         """How long a flow may stay idle before it is closed."""
@@ -261,6 +264,17 @@ class UdpRelay:
         _count(self.pending_per_ip, ip, 1)
         asyncio.ensure_future(self._open(flow))
 
+    def _proof(self, flow: Flow) -> bytes | None:
+        """The first queued datagram with a right tag and a fresh ``Seq`` (nothing is
+        accepted yet: ``_accept`` does that when it is relayed)."""
+        if flow.key is None:
+            return None
+        for data, _ in flow.queue or ():
+            seq = dgmac.verify(flow.key, data)
+            if seq is not None and dgmac.advance(flow.top, flow.seen, seq) is not None:
+                return data
+        return None
+
     def _accept(self, flow: Flow, data: bytes, addr: Addr) -> bool:
         """Whether to relay ``data`` from ``addr`` for ``flow``'s member; it moves the
         deliveries to ``addr`` if so (for a keyed member: if its ``Seq`` is the highest
@@ -297,6 +311,8 @@ class UdpRelay:
             self.counters["flows_refused"] += 1
             self._hold(key)
             self._drop(flow)
+        elif isinstance(accepted, link.Accepted) and not accepted.moved:
+            self._drop(flow)  # the member moved to another node since
         elif accepted is not None:
             flow.follow(accepted)
 
@@ -312,6 +328,20 @@ class UdpRelay:
         try:
             assert self.peers is not None
             accepted = await self.peers.request_relay(node, flow.token, ip)
+            if (isinstance(accepted, link.Accepted) and not accepted.moved
+                    and self.flows.get(key) is flow):
+                # A member with a datagram key: the owner moves it here only on one of its
+                # datagrams. Without one (only forged ones came), the flow closes unheld,
+                # so that the member's next datagram asks again.
+                flow.follow(accepted)
+                proof = self._proof(flow)
+                if proof is None:
+                    self.counters["flows_refused"] += 1
+                    self._drop(flow)
+                    return
+                accepted = await self.peers.request_relay(node, flow.token, ip, proof)
+                if isinstance(accepted, link.Accepted) and not accepted.moved:
+                    accepted = False
         finally:
             self.pending -= 1
             _count(self.pending_per_ip, ip, -1)

@@ -335,6 +335,44 @@ def test_the_relaying_node_follows_a_keyed_members_rekey_after_a_worker_restart(
         alice.close()
 
 
+def test_a_forged_datagram_through_a_third_node_does_not_move_a_keyed_member(
+        nodes: dict[str, Server]) -> None:
+    """bob is relayed through one node; mallory sends a keepalive with his sniffed token
+    from his IP to the third node, which asks the owner to relay for him. A token from
+    the issuing IP is no proof for a member with a key: the owner hands that node the key
+    but moves bob only on a datagram of his with a right tag and a fresh Seq, which it
+    has not got. bob keeps his deliveries and his chat still reaches alice."""
+    alice, via, bob = sealed_pair(nodes, "sealed-third", "127.0.24")
+    third = next(n for n in nodes.values() if n.host not in (alice.host, via.host))
+    relay = (via.host, via.udp_port)
+    mallory = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"")), relay)
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"first")), relay)
+        expect_framed(alice, FramedChat, username="bob", message="first")
+        before = relay_counts(third)
+        mallory.bind(("127.0.24.2", 0))
+        mallory.sendto(encode_chat(bob.room_raw, bob.token, b""), (third.host, third.udp_port))
+        wait_relay(third, lambda c: c["flows_refused"] + c["flows_opened"]
+                   > before["flows_refused"] + before["flows_opened"])
+        alice.send("to bob")
+        got = recv_delivery(bob.udp_sock)
+        assert isinstance(got, FramedChat) and got.message == "to bob", got
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"still bob")),
+                            relay)
+        expect_framed(alice, FramedChat, username="bob", message="still bob")
+        mallory.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            mallory.recv(65536)
+        after = relay_counts(third)
+        assert after["flows"] == before["flows"], after
+        assert after["flows_refused"] == before["flows_refused"] + 1, after
+    finally:
+        mallory.close()
+        bob.udp_sock.close()
+        alice.close()
+
+
 def test_resume_through_another_node_moves_the_membership_on_the_owner(
         nodes: dict[str, Server]) -> None:
     for server in nodes.values():
