@@ -292,6 +292,9 @@ def test_a_forged_datagram_does_not_redirect_a_keyed_members_deliveries(
         after = relay_counts(via)
         assert after.get("bad_mac", 0) == before.get("bad_mac", 0) + 2, after
         assert after.get("replayed", 0) == before.get("replayed", 0) + 1, after
+        key = bob.details.datagram_key
+        assert key is not None
+        assert not any(key.hex() in n.log_text() for n in nodes.values())  # never logged
     finally:
         mallory.close()
         bob.udp_sock.close()
