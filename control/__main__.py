@@ -35,7 +35,7 @@ from control.clusterroute import ClusterRouter, cluster_route, load_secret
 from control.clusterudp import UdpRelay
 from control.config import LIVE_FIELDS, Config, ConfigError
 from control.notify import notify, watchdog_interval
-from control.registry import Registry
+from control.registry import MemberRecord, Registry
 from control.server import ControlApp, TcrpConnection, new_token
 from control.sockets import PortBusy, UdpPlan, busy_hint, plan_udp
 from control.supervisor import Supervisor
@@ -56,6 +56,15 @@ EXIT_INTERRUPTED = 130
 SAMPLE_INTERVAL_S = 0.5
 """How often control folds the workers' stats snapshots into the metrics totals and
 reports suppressed log repeats."""
+
+
+def _reseed(member: MemberRecord) -> ipc.AddMember:
+    """The command that places ``member`` on a restarted worker, under a fresh placement
+    nonce (used only with a datagram key), which the member's record keeps."""
+    nonce = secrets.token_bytes(dgmac.NONCE_BYTES)
+    if member.datagram_key is not None:
+        member.placement = nonce
+    return member.command(0, nonce)
 
 
 def _hint(exc: OSError, setting: str) -> str:
@@ -308,8 +317,7 @@ class Control:
         supervisor = Supervisor(
             cfg.workers, cfg.worker_settings(), self.plan.sockets, self.plan.stage1,
             self.plan.inboxes, self.plan.outboxes,
-            seed=lambda i: (m.command(0, secrets.token_bytes(dgmac.NONCE_BYTES))
-                            for m in self.registry.members_of(i)),
+            seed=lambda i: (_reseed(m) for m in self.registry.members_of(i)),
             on_event=self.app.on_worker_event, ping_interval=cfg.ping_interval,
             ping_timeout=cfg.ping_timeout, fd_reserve=cfg.fd_reserve)
         self.app.supervisor = supervisor

@@ -16,7 +16,8 @@ The requests, told apart by ``"kind"``:
                               is Granted (details and token; a datagram key in the
                               details is masked, ``mask_granted``)
     RelayRequest  "relay"     accept a member's datagrams from the caller's IP
-                              (control/clusterudp.py); its reply is Accepted
+                              (control/clusterudp.py); its reply is Accepted (a
+                              datagram key in it is masked, ``mask_accepted``)
     MembersQuery  "members"   Operation 3 for a room of the callee (docs/e2e.md §2.4);
                               its reply is MemberList
 
@@ -135,6 +136,11 @@ class RelayRequest:
     token: bytes
     ip: str
     origin: str
+    proof: bytes | None = field(default=None, metadata=HEX)
+    """A datagram of the member the caller checked under the key of an earlier
+    ``Accepted`` with ``moved`` false: for a member with a datagram key, the owner moves
+    it to the caller only on a datagram with a right tag and a ``Seq`` its worker has not
+    seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +180,20 @@ class Granted:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A relay request succeeded: the owner's worker takes the token from the caller."""
+    """A relay request succeeded: the owner's worker takes the token from the caller.
+
+    For a member that joined over TLS, ``datagram_key`` is its key (masked,
+    ``mask_accepted``) and ``placement`` the nonce of its worker's current placement
+    (None for the first; wire/dgmac.py ``placement_key``): the caller checks the member's
+    MAC trailer before it relays anything (control/clusterudp.py). Both None for a
+    member without a key."""
+
+    datagram_key: bytes | None = field(default=None, metadata=HEX)
+    placement: bytes | None = field(default=None, metadata=HEX)
+    moved: bool = True
+    """False: the member has a datagram key and the request had no good ``proof``; it
+    still sends its datagrams from where it did, and the caller must ask again with
+    one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,18 +210,30 @@ def _key_pad(secret: bytes, nonce: bytes) -> bytes:
     return hmac.digest(secret, KEY_LABEL + nonce, "sha256")
 
 
+def _mask(secret: bytes, nonce: bytes, key: bytes) -> bytes:
+    return bytes(a ^ b for a, b in zip(key, _key_pad(secret, nonce), strict=True))
+
+
 def mask_granted(secret: bytes, nonce: bytes, granted: Granted) -> Granted:
     """``granted`` with its datagram key (if any) XORed with HMAC-SHA256(secret, KEY_LABEL
     + nonce): the link is not encrypted, and the key must reach the client only inside
-    its TLS. The owner's nonce is fresh per connection, so no pad is used twice. Its own
-    inverse: the caller unmasks with the same call."""
+    its TLS. The owner's nonce is fresh per connection, and a connection carries one
+    reply, so no pad is used twice. Its own inverse: the caller unmasks with the same
+    call."""
     key = granted.details.datagram_key
     if key is None:
         return granted
-    pad = _key_pad(secret, nonce)
-    masked = bytes(a ^ b for a, b in zip(key, pad, strict=True))
     return dataclasses.replace(granted, details=dataclasses.replace(
-        granted.details, datagram_key=masked))
+        granted.details, datagram_key=_mask(secret, nonce, key)))
+
+
+def mask_accepted(secret: bytes, nonce: bytes, accepted: Accepted) -> Accepted:
+    """``accepted`` with its datagram key (if any) masked as ``mask_granted`` masks a
+    grant's; its own inverse too."""
+    if accepted.datagram_key is None:
+        return accepted
+    return dataclasses.replace(accepted,
+                               datagram_key=_mask(secret, nonce, accepted.datagram_key))
 
 
 LinkRequest = Forward | RelayRequest | MembersQuery

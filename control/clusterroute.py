@@ -36,6 +36,7 @@ from control.config import Config, ConfigError
 from control.registry import RegistryError
 from control.router import HERE, Elsewhere, Here, Node, QuotaRefusal, password_refusal
 from relay.steering import worker_tag
+from wire import dgmac
 from wire.codes import Operation, Status
 from wire.e2e import MemberInfo
 from wire.limits import REGISTRATION_WINDOW_S
@@ -447,18 +448,28 @@ class ClusterRouter:
                                 ) from exc
         return reply, writer, hello.nonce
 
-    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str
-                            ) -> bool | None:
+    async def request_relay(self, node: NodeInfo, token: bytes, client_ip: str,
+                            proof: bytes | None = None) -> link.Accepted | bool | None:
         """Ask ``node`` to accept ``token`` (issued to ``client_ip``) from this node's IP,
-        which relays for the client (control/clusterudp.py). True once its worker has it,
-        False if it refuses, None if it did not answer."""
+        which relays for the client (control/clusterudp.py), with ``proof`` (a datagram of
+        the member) if it has a datagram key. Its ``Accepted`` (the datagram key
+        unmasked), False if it refuses, None if it did not answer (or answered with a key
+        or nonce of the wrong size)."""
         try:
-            reply, writer, _ = await self._call(
-                node, link.RelayRequest(token, client_ip, self.node_id), link.Accepted)
+            reply, writer, nonce = await self._call(
+                node, link.RelayRequest(token, client_ip, self.node_id, proof), link.Accepted)
         except RegistryError:
             return None
         writer.close()
-        return isinstance(reply, link.Accepted)
+        if not isinstance(reply, link.Accepted):
+            return False
+        if reply.datagram_key is None:
+            return reply
+        if (len(reply.datagram_key) != dgmac.KEY_BYTES
+                or (reply.placement is not None
+                    and len(reply.placement) != dgmac.NONCE_BYTES)):
+            return None
+        return link.mask_accepted(self.secret, nonce, reply)
 
 
 def cluster_route(cluster: ClusterRouter) -> Callable[[], tuple[int, str, bytes]]:

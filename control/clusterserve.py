@@ -4,8 +4,8 @@ One request per connection (control/clusterlink.py): a ``Forward`` is handed to 
 node's app as a request routed here (``Node.handle_routed``), and the member's
 registration that follows is passed to it; a ``MembersQuery`` is answered from this
 node's registry; a ``RelayRequest`` rebinds a member to the node that relays its
-datagrams (control/clusterudp.py). A request whose MAC does not verify is dropped and
-counted.
+datagrams (control/clusterudp.py) and tells that node the member's datagram key. A
+request whose MAC does not verify is dropped and counted.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from control import clusterlink as link
 from control.clusterleases import NodeInfo
 from control.registry import RegistryError
 from control.router import Node
+from wire import dgmac
 from wire.codes import Status
 from wire.limits import REGISTRATION_WINDOW_S
 
@@ -99,6 +100,8 @@ class LinkServer:
                 return
             if isinstance(request, link.RelayRequest):
                 reply: link.Reply = await self._accept_relay(request)
+                if isinstance(reply, link.Accepted):
+                    reply = link.mask_accepted(self.secret, nonce, reply)
             else:
                 reply = await self._serve_members(request)
             writer.write(link.encode(reply))
@@ -158,14 +161,31 @@ class LinkServer:
                             ) -> link.Accepted | link.Refused:
         """The owner's side of ``request_relay``: rebind the member to the relaying node,
         only for the client at the IP the token was issued to (where its datagrams come
-        from now, the relaying node's address, proves nothing)."""
+        from now, the relaying node's address, proves nothing). The reply carries the
+        member's datagram key and current placement (unmasked here), so that the relaying
+        node checks the member's MAC trailer first."""
         origin = await self.lookup(request.origin)
         member = self.node.registry.tokens.get(request.token)
         if origin is None or member is None or not member.alive:
             return link.Refused(Status.ROOM_NOT_FOUND, "no such member")
         if member.issued_ip != request.ip:
             return link.Refused(Status.INVALID_REQUEST, "token of another IP")
+        key = member.datagram_key
+        if key is None:
+            if member.ip != origin.advertise:
+                await self.node.rebind(member, origin.advertise)
+                log.info("member relayed through node %s from now on", request.origin)
+            return link.Accepted()
         if member.ip != origin.advertise:
-            await self.node.rebind(member, origin.advertise)
+            # A token sent from the issuing IP proves nothing of a member with a key:
+            # only one of its datagrams, with a right tag and a Seq its worker has not
+            # seen, moves it (else a sniffed token would turn its datagrams away).
+            placed = key if member.placement is None else dgmac.placement_key(
+                key, member.placement)
+            seq = None if request.proof is None else dgmac.verify(placed, request.proof)
+            if seq is None:
+                return link.Accepted(key, member.placement, moved=False)
+            if not await self.node.rebind(member, origin.advertise, seq):
+                return link.Refused(Status.INVALID_REQUEST, "a datagram seen before")
             log.info("member relayed through node %s from now on", request.origin)
-        return link.Accepted()
+        return link.Accepted(key, member.placement)

@@ -51,6 +51,10 @@ class MemberRecord:
     datagram_key: bytes | None = None
     """Joined over TLS: the key of its datagrams' MAC trailer (wire/dgmac.py), given to
     the member in its OK details and to its worker (re-seeding included)."""
+    placement: bytes | None = None
+    """The nonce of its worker's current placement (wire/dgmac.py ``placement_key``):
+    None for the first, set when a restarted worker is re-seeded. A cluster node that
+    relays the member's datagrams is told it (control/clusterserve.py)."""
     issued_ip: str = ""
     """The IP the token was issued to. ``ip`` is where its datagrams come from, which a
     cluster node relaying for the member replaces with its own; this one never changes,

@@ -149,5 +149,7 @@ class Node(Protocol):
     def close_room(self, room: str, reason: str) -> None:
         """Close one room now (its worker tells its members)."""
 
-    async def rebind(self, member: MemberRecord, ip: str) -> None:
-        """The member's datagrams come from ``ip`` from now on."""
+    async def rebind(self, member: MemberRecord, ip: str, seq: int | None = None) -> bool:
+        """The member's datagrams come from ``ip`` from now on; for a member with a
+        datagram key only if ``seq`` (of a datagram whose tag was checked) is fresh
+        (False if not)."""

@@ -244,6 +244,7 @@ class ControlApp:
                                            request.body.resume, ip, token)
         self.registry.set_resume(member, secrets.token_urlsafe(RESUME_SECRET_BYTES))
         member.datagram_key = secrets.token_bytes(dgmac.KEY_BYTES) if secure else None
+        member.placement = None  # the worker uses the new key as it is
         key = None if member.datagram_key is None else DatagramKey(member.datagram_key)
         try:
             reply = await self.supervisor.call(room.worker, Rebind(0, old, ip, token, key))
@@ -395,15 +396,21 @@ class ControlApp:
         if record is not None and self.supervisor is not None:
             self.supervisor.send(record.worker, CloseRoom(room, reason))
 
-    async def rebind(self, member: MemberRecord, ip: str) -> None:
+    async def rebind(self, member: MemberRecord, ip: str, seq: int | None = None) -> bool:
         """The member's datagrams come from ``ip`` from now on (cluster mode: relayed
-        through the node at ``ip``). The registry re-seeds a restarted worker with it."""
-        member.ip = ip
+        through the node at ``ip``). The registry re-seeds a restarted worker with it. A
+        member with a datagram key moves only if its worker would accept ``seq``, the
+        ``Seq`` of a datagram whose tag the caller checked (False if not)."""
         if self.supervisor is not None:
             try:
-                await self.supervisor.call(member.room.worker, Rebind(0, member.token, ip))
+                reply = await self.supervisor.call(member.room.worker,
+                                                   Rebind(0, member.token, ip, seq=seq))
             except (ConnectionError, TimeoutError):
-                pass  # a replacement worker is seeded with the new IP
+                reply = None  # a replacement worker is seeded with the new IP
+            if isinstance(reply, Ack) and not reply.ok:
+                return False
+        member.ip = ip
+        return True
 
     # --- worker events ----------------------------------------------------------------------
     def on_worker_event(self, worker: int, event: Bound | Left | Closed) -> None:

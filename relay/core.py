@@ -405,18 +405,25 @@ class RelayCore:
             self._close_room(room, None, Reason.SHUTDOWN.value)
 
     # --- datagrams ---------------------------------------------------------------------
-    def rebind_ip(self, token: bytes, ip: str) -> None:
+    def rebind_ip(self, token: bytes, ip: str, seq: int | None = None) -> bool:
         """Cluster mode: the member now reaches us through another node at ``ip`` (it sends
         to that node, which relays for it). Its datagrams must come from ``ip`` from now
-        on, and its old address gets nothing more until the first one does."""
+        on, and its old address gets nothing more until the first one does. A member
+        with a datagram key moves only with proof: ``seq``, the ``Seq`` of a datagram of
+        it whose tag control checked, must be one its replay window would accept (the
+        window itself is not moved). False if it did not move for want of one."""
         member = self.tokens.get(token)
         if member is None or member.ip == ip:
-            return
+            return True
+        if member.mac_key is not None and (
+                seq is None or dgmac.advance(member.mac_top, member.mac_seen, seq) is None):
+            return False
         member.ip = ip
         if member.addr is not None and member.addr[0] != ip:
             self._unlink_addr(member)
             member.addr = None
             member.room.rebuild()
+        return True
 
     def resume(self, token: bytes, new_token: bytes, ip: str, now: float,
                mac_key: bytes | None = None) -> bool:

@@ -162,6 +162,10 @@ class Rebind:
     datagram_key: DatagramKey | None = None
     """A resume: the member's datagram key from now on (None: its datagrams go unsealed),
     given by the connection the resume came over; its replay window starts afresh."""
+    seq: int | None = None
+    """Cluster relay of a member with a datagram key: the ``Seq`` of a datagram whose tag
+    control checked; the worker rebinds only if its replay window would accept it (Ack
+    false otherwise)."""
 
 
 # --- events, worker -> control --------------------------------------------------------------

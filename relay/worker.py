@@ -418,8 +418,7 @@ class Worker:
                 self._flush()
                 self._send(ipc.Ack(msg.id, ok))
             else:
-                self.core.rebind_ip(msg.token, msg.ip)
-                self._send(ipc.Ack(msg.id, True))
+                self._send(ipc.Ack(msg.id, self.core.rebind_ip(msg.token, msg.ip, msg.seq)))
         elif isinstance(msg, ipc.Ping):
             self._send(ipc.Pong(msg.id))
         elif isinstance(msg, ipc.Start):

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from client.joinflow import pinning_tls_context
-from client.session import TcrpTarget, join_room
+from client.session import Joined, TcrpTarget, join_room
 from tests.integration.harness import Server, start_server
 from tests.integration.peer import JoinRefused, Peer, join, tcrp_exchange
 from tests.integration.redisproc import RedisServer, TcpProxy
-from wire import reliable
-from wire.chat import FramedChat, Notice, NoticeEvent, encode_chat
+from wire import dgmac, reliable
+from wire.chat import FramedChat, Notice, NoticeEvent, decode_framed, encode_chat
 from wire.codes import Framing, Operation, Status
 from wire.e2e import MemberInfo, PublicKeys
 from wire.reliable import encode_send
@@ -203,26 +203,35 @@ def test_create_on_a_join_through_b_and_c_and_chat(nodes: dict[str, Server]) -> 
         peer.close()
 
 
+def sealed_pair(nodes: dict[str, Server], room: str, net: str
+                ) -> tuple[Peer, Server, Joined]:
+    """Alice (from ``net``.1) hosts ``room``; Bob (``net``.2) joins it over TLS through a
+    node that does not own it (nor B, whose flow count a later test checks), so he has a
+    datagram key. Returns Alice, that node and Bob."""
+    for server in nodes.values():
+        wait_nodes(server, 3)
+    alice = member(nodes["A"], Operation.CREATE, room, "alice", f"{net}.1")
+    via = next(n for name, n in nodes.items() if NODE_IPS[name] != alice.host and name != "B")
+    assert via.tls_port
+    target = TcrpTarget(via.host, via.tls_port, tls=pinning_tls_context())
+    bob = join_room(target, Request.of(Operation.JOIN, room,
+                                       RequestBody("bob", framing=Framing.OCM1)),
+                    source=f"{net}.2")
+    assert bob.details.datagram_key is not None and bob.sealer is not None
+    assert bob.details.udp_host == alice.host  # the room lives on another node
+    expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
+    return alice, via, bob
+
+
 def test_a_member_joining_over_tls_through_another_node_gets_a_datagram_key(
         nodes: dict[str, Server]) -> None:
     """bob joins over TLS through a node that does not own the room: the owner gives him a
     datagram key (it crosses the link masked) and its worker checks it. His sealed chat is
     relayed; an unsealed one with his sniffed token, from his IP, is dropped."""
-    for server in nodes.values():
-        wait_nodes(server, 3)
-    alice = member(nodes["A"], Operation.CREATE, "sealed-relayed", "alice", "127.0.21.1")
-    via = next(n for name, n in nodes.items() if NODE_IPS[name] != alice.host)
-    assert via.tls_port
-    target = TcrpTarget(via.host, via.tls_port, tls=pinning_tls_context())
-    bob = join_room(target, Request.of(Operation.JOIN, "sealed-relayed",
-                                       RequestBody("bob", framing=Framing.OCM1)),
-                    source="127.0.21.2")
+    alice, via, bob = sealed_pair(nodes, "sealed-relayed", "127.0.21")
     forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     relay = (via.host, via.udp_port)  # as ocm-chat does: the node it joined through
     try:
-        assert bob.details.datagram_key is not None and bob.sealer is not None
-        assert bob.details.udp_host == alice.host  # the room lives on another node
-        expect_framed(alice, Notice, event=NoticeEvent.JOINED, user="bob")
         for text in (b"", b"first"):
             bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, text)), relay)
         expect_framed(alice, FramedChat, username="bob", message="first")
@@ -234,6 +243,135 @@ def test_a_member_joining_over_tls_through_another_node_gets_a_datagram_key(
         alice.expect_nothing()
     finally:
         forger.close()
+        bob.udp_sock.close()
+        alice.close()
+
+
+def recv_delivery(sock: socket.socket, timeout: float = 10.0) -> FramedChat | Notice:
+    """The next delivery on a client's own UDP socket, decoded (``ocm1``)."""
+    sock.settimeout(timeout)
+    return decode_framed(sock.recv(65536))
+
+
+def test_a_forged_datagram_does_not_redirect_a_keyed_members_deliveries(
+        nodes: dict[str, Server]) -> None:
+    """bob joined over TLS through a node that does not own the room and seals every
+    datagram; he talks to that node, which relays for him. Mallory read his token off the
+    wire and sends from bob's IP (another port, as behind one NAT) through the same node:
+    a keepalive with no MAC, one with a made-up MAC, and a replay of bob's own sealed
+    keepalive. None of them moves bob's deliveries: the relaying node checks the MAC and
+    the Seq before it acts on them, so bob still gets alice's next line and mallory
+    gets nothing."""
+    alice, via, bob = sealed_pair(nodes, "sealed-flow", "127.0.22")
+    mallory = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay = (via.host, via.udp_port)  # as ocm-chat does: the node it joined through
+    before = relay_counts(via)
+    try:
+        keepalive = bob.seal(encode_chat(bob.room_raw, bob.token, b""))
+        bob.udp_sock.sendto(keepalive, relay)
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"first")), relay)
+        expect_framed(alice, FramedChat, username="bob", message="first")
+        mallory.bind(("127.0.22.2", 0))
+        unsealed = encode_chat(bob.room_raw, bob.token, b"")
+        made_up = unsealed + (10**6).to_bytes(8, "big") + bytes(16)
+        for forged in (unsealed, made_up, keepalive):
+            mallory.sendto(forged, relay)
+        def handled(c: dict[str, int]) -> int:  # relayed, or dropped for its trailer
+            return c["relayed_in"] + c.get("bad_mac", 0) + c.get("replayed", 0)
+        wait_relay(via, lambda c: handled(c) >= handled(before) + 5)
+        alice.send("for bob only")
+        got = recv_delivery(bob.udp_sock)
+        assert isinstance(got, FramedChat) and got.message == "for bob only", got
+        mallory.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            mallory.recv(65536)
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"still bob")),
+                            relay)
+        expect_framed(alice, FramedChat, username="bob", message="still bob")
+        alice.expect_nothing()
+        after = relay_counts(via)
+        assert after.get("bad_mac", 0) == before.get("bad_mac", 0) + 2, after
+        assert after.get("replayed", 0) == before.get("replayed", 0) + 1, after
+        key = bob.details.datagram_key
+        assert key is not None
+        assert not any(key.hex() in n.log_text() for n in nodes.values())  # never logged
+    finally:
+        mallory.close()
+        bob.udp_sock.close()
+        alice.close()
+
+
+def test_the_relaying_node_follows_a_keyed_members_rekey_after_a_worker_restart(
+        nodes: dict[str, Server]) -> None:
+    """The owner's worker is SIGKILLed and replaced: bob gets a new placement key, told in
+    a rekey datagram that passes through the relaying node. That node reads it too, so
+    bob's next sealed chat (under the new key) is relayed, and his chat recorded before
+    the restart, sent again from his address, is not."""
+    alice, via, bob = sealed_pair(nodes, "sealed-rekey", "127.0.23")
+    owner = next(n for n in nodes.values() if n.host == alice.host)
+    relay = (via.host, via.udp_port)
+    try:
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"")), relay)
+        recorded = bob.seal(encode_chat(bob.room_raw, bob.token, b"before"))
+        bob.udp_sock.sendto(recorded, relay)
+        expect_framed(alice, FramedChat, username="bob", message="before")
+        before = relay_counts(via)
+        replaced = len(re.findall(r"worker 0 replaced", owner.log_text()))
+        pids = re.findall(r"worker 0 started \(pid (\d+)", owner.log_text())
+        os.kill(int(pids[-1]), signal.SIGKILL)
+        wait_log_count(owner, r"worker 0 replaced", replaced + 1)
+        bob.udp_sock.settimeout(10.0)
+        while not dgmac.is_rekey(data := bob.udp_sock.recv(65536)):
+            pass
+        assert bob.sealer.rekey(data)  # type: ignore[union-attr]
+        bob.udp_sock.sendto(recorded, relay)
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"after")), relay)
+        expect_framed(alice, FramedChat, username="bob", message="after")
+        after = relay_counts(via)
+        assert after["replayed"] == before["replayed"] + 1, after
+        assert after["bad_mac"] == before["bad_mac"], after
+        alice.send("to bob")
+        got = recv_delivery(bob.udp_sock)
+        assert isinstance(got, FramedChat) and got.message == "to bob", got
+    finally:
+        bob.udp_sock.close()
+        alice.close()
+
+
+def test_a_forged_datagram_through_a_third_node_does_not_move_a_keyed_member(
+        nodes: dict[str, Server]) -> None:
+    """bob is relayed through one node; mallory sends a keepalive with his sniffed token
+    from his IP to the third node, which asks the owner to relay for him. A token from
+    the issuing IP is no proof for a member with a key: the owner hands that node the key
+    but moves bob only on a datagram of his with a right tag and a fresh Seq, which it
+    has not got. bob keeps his deliveries and his chat still reaches alice."""
+    alice, via, bob = sealed_pair(nodes, "sealed-third", "127.0.24")
+    third = next(n for n in nodes.values() if n.host not in (alice.host, via.host))
+    relay = (via.host, via.udp_port)
+    mallory = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"")), relay)
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"first")), relay)
+        expect_framed(alice, FramedChat, username="bob", message="first")
+        before = relay_counts(third)
+        mallory.bind(("127.0.24.2", 0))
+        mallory.sendto(encode_chat(bob.room_raw, bob.token, b""), (third.host, third.udp_port))
+        wait_relay(third, lambda c: c["flows_refused"] + c["flows_opened"]
+                   > before["flows_refused"] + before["flows_opened"])
+        alice.send("to bob")
+        got = recv_delivery(bob.udp_sock)
+        assert isinstance(got, FramedChat) and got.message == "to bob", got
+        bob.udp_sock.sendto(bob.seal(encode_chat(bob.room_raw, bob.token, b"still bob")),
+                            relay)
+        expect_framed(alice, FramedChat, username="bob", message="still bob")
+        mallory.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            mallory.recv(65536)
+        after = relay_counts(third)
+        assert after["flows"] == before["flows"], after
+        assert after["flows_refused"] == before["flows_refused"] + 1, after
+    finally:
+        mallory.close()
         bob.udp_sock.close()
         alice.close()
 

@@ -52,7 +52,9 @@ VECTORS: list[tuple[link.Message, bytes]] = [
      b'"ed25519":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="},"e2e":true,'
      b'"resume":null}'),
     (link.RelayRequest(b"AbToken", "127.0.3.1", "A"),
-     b'{"kind":"relay","token":"AbToken","ip":"127.0.3.1","origin":"A"}'),
+     b'{"kind":"relay","token":"AbToken","ip":"127.0.3.1","origin":"A","proof":null}'),
+    (link.RelayRequest(b"AbToken", "127.0.3.1", "A", b"\x01\x07r"),
+     b'{"kind":"relay","token":"AbToken","ip":"127.0.3.1","origin":"A","proof":"010772"}'),
     (link.MembersQuery("r", b"AbToken", "127.0.3.1", "A"),
      b'{"kind":"members","room":"r","token":"AbToken","ip":"127.0.3.1","origin":"A"}'),
     (link.Registration(5000), b'{"port":5000}'),
@@ -63,7 +65,10 @@ VECTORS: list[tuple[link.Message, bytes]] = [
      b'{"status":0,"details":{"udp_port":9001,"host":true,"max_message":1000,'
      b'"inactivity_timeout":30.0,"framing":"plain","udp_host":"127.0.1.2"},'
      b'"token":"AbToken"}'),
-    (link.Accepted(), b'{"status":0}'),
+    (link.Accepted(), b'{"status":0,"datagram_key":null,"placement":null,"moved":true}'),
+    (link.Accepted(bytes(range(32)), b"\xff" * 32, moved=False),
+     b'{"status":0,"datagram_key":"' + bytes(range(32)).hex().encode() + b'","placement":"'
+     + b"ff" * 32 + b'","moved":false}'),
     (link.MemberList((MemberInfo("alice", True, KEYS), MemberInfo("bob", False, None))),
      b'{"status":0,"members":[{"user":"alice","host":true,"keys":{"x25519":'
      b'"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","ed25519":'
@@ -101,6 +106,21 @@ def test_an_older_nodes_frame_decodes_with_the_defaults() -> None:
           b'"ip":"127.0.2.1","origin":"B","later":1}'
     assert link.decode_request(old) == REQUEST
     assert link.decode_reply(b'{"status":0,"extra":[]}', link.Accepted) == link.Accepted()
+    relay = b'{"kind":"relay","token":"AbToken","ip":"127.0.3.1","origin":"A"}'
+    assert link.decode_request(relay) == link.RelayRequest(b"AbToken", "127.0.3.1", "A")
+
+
+def test_a_relay_answer_carries_the_datagram_key_masked() -> None:
+    """The key crosses the link XORed with a pad of the secret and the owner's nonce
+    (``mask_accepted`` is its own inverse); an answer without a key is left as it is."""
+    key = bytes(range(32))
+    accepted = link.Accepted(key, None)
+    masked = link.mask_accepted(b"s" * 16, NONCE, accepted)
+    assert masked.datagram_key is not None and masked.datagram_key != key
+    assert key.hex().encode() not in body_of(masked)
+    assert masked != link.mask_accepted(b"s" * 16, bytes(16), accepted)
+    assert link.mask_accepted(b"s" * 16, NONCE, masked) == accepted
+    assert link.mask_accepted(b"s" * 16, NONCE, link.Accepted()) == link.Accepted()
 
 
 @pytest.mark.parametrize("body", [

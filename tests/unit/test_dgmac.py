@@ -175,6 +175,24 @@ def test_sniffed_token_forged_leave_chat_and_keepalive_are_dropped(e2e: bool) ->
     assert core.outbox == [] and core.events == []
 
 
+def test_a_keyed_member_moves_to_a_relaying_node_only_on_a_fresh_seq() -> None:
+    """Cluster mode: a node that relays for bob moves him there only with the ``Seq`` of a
+    datagram of his (control checked its tag) that his window would still accept; the
+    check does not move the window, so that datagram is then relayed."""
+    core = keyed_room()
+    bob = core.tokens[TB]
+    assert core.rebind_ip(TB, "127.0.1.2") is False  # no proof
+    assert core.rebind_ip(TB, "127.0.1.2", 1) is False  # seen before
+    assert bob.ip == "127.0.0.1" and bob.addr == B
+    assert core.rebind_ip(TB, "127.0.1.2", 2) is True
+    assert bob.ip == "127.0.1.2" and bob.addr is None and bob.mac_top == 1
+    relay = ("127.0.1.2", 40000)
+    fanout = core.handle_datagram(dgmac.seal(KEY, encode_chat(b"r", TB, b"via"), 2), relay,
+                                  2.0)
+    assert fanout is not None and fanout.plain == b"bob: via" and bob.addr == relay
+    assert core.rebind_ip(TB, "127.0.1.2") is True  # already there: nothing to prove
+
+
 def test_replayed_datagrams_are_dropped() -> None:
     core = keyed_room()
     sealed = dgmac.seal(KEY, encode_chat(b"r", TB, b"/exit"), 7)
