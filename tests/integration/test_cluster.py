@@ -435,6 +435,7 @@ def test_plain_client_that_sends_to_the_wrong_node_is_relayed(
     for n in range(3):
         bob.send(f"more {n}")
         expect_framed(alice, FramedChat, username="bob", message=f"more {n}")
+    wait_nodes(b, 3)  # first in the module (-k), B may not have seen the third node yet
     match = b.wait_log(r"admin http=(\S+):(\d+)")
     with urllib.request.urlopen(f"http://{match[1]}:{match[2]}/metrics", timeout=10) as r:
         metrics = r.read().decode()

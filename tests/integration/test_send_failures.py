@@ -1,14 +1,15 @@
 """Eviction after consecutive send failures, provoked for real (docs/protocol.md §2.4).
 
-A member joins from 127.9.9.9 (its TCP and UDP sockets bound there), then the test
-makes that address unreachable for this host with ``ip route add unreachable
-127.9.9.9/32 table local``: every send to it fails locally with EHOSTUNREACH. The host
+A member joins from 127.9.X.9 (its TCP and UDP sockets bound there; X from this test
+process's id, so two test runs on one machine never share it), then the test makes that
+address unreachable for this host with ``ip route add unreachable 127.9.X.9/32 table
+local``: every send to it fails locally with EHOSTUNREACH. The host
 chats until the worker evicts the member and tells the host with a framed ``left``
 notice whose reason is ``send_failures``; ``/metrics`` then counts the eviction. Every
 fan-out path: the compiled hot loop (the default), the pure-Python loop with one
 ``sendmmsg`` per delivery format (``OCM_RELAY_HOT_PATH=python``) and the ``sendto``
 fallback (``OCM_RELAY_SENDMMSG=0``). Needs root and iproute2 (``ip``); it fails, it does
-not skip, where either is missing. The route is removed in a ``finally``. 127.9.9.9 is
+not skip, where either is missing. The route is removed in a ``finally``. 127.9.0.0/16 is
 used by this module only.
 """
 
@@ -28,20 +29,20 @@ from tests.integration.test_ops_support import Samples, admin_address, scrape, v
 from wire.chat import Notice
 from wire.codes import Framing, NoticeEvent, Operation, Reason
 
-UNREACHABLE_IP = "127.9.9.9"
+UNREACHABLE_IP = f"127.9.{os.getpid() % 250 + 1}.9"
 MAX_SEND_FAILURES = 3
 TIMEOUT_S = 15.0
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
     ip = shutil.which("ip")
-    assert ip is not None, "iproute2's `ip` is needed to make 127.9.9.9 unreachable"
+    assert ip is not None, "iproute2's `ip` is needed to make an address unreachable"
     return subprocess.run([ip, *args], capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture
 def unreachable() -> Iterator[None]:
-    """Make 127.9.9.9 unreachable from here until the test ends."""
+    """Make ``UNREACHABLE_IP`` unreachable from here until the test ends."""
     assert os.geteuid() == 0, "adding a route needs root (or CAP_NET_ADMIN)"
     route = ("route", "add", "unreachable", f"{UNREACHABLE_IP}/32", "table", "local")
     done = _ip(*route)
