@@ -154,9 +154,10 @@ HISTORY_MAX_BYTES: Final = 256 * 1024
 datagram plus ``HISTORY_ENTRY_OVERHEAD_BYTES``."""
 HISTORY_MAX_AGE_S: Final = 60.0
 """Default seconds a delivery stays in the history (``history_max_age``)."""
-HISTORY_ENTRY_OVERHEAD_BYTES: Final = 120
-"""What one history entry costs beyond its datagram (tuple, float, bytes header, deque
-slot), charged against the byte limits so that they bound memory, not payload."""
+HISTORY_ENTRY_OVERHEAD_BYTES: Final = 168
+"""What one history entry costs beyond its datagram (tuple, float, Seq int, bytes header,
+deque slot; tests/unit/test_history_memory.py holds it to what is allocated), charged
+against the byte limits so that they bound memory, not payload."""
 HISTORY_WORKER_MAX_BYTES: Final = 64 * 1024 * 1024
 """Default bytes all the histories of one worker hold together (``history_worker_bytes``).
 Worst case: a room holds ``min(HISTORY_MAX_BYTES, 256 x (4,094 + 120))`` = 256 KiB, and a
