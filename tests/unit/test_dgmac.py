@@ -318,6 +318,8 @@ def test_rekey_round_trip_and_its_tag_checked() -> None:
     assert dgmac.decode_rekey(KEY, rekey) == placed
     assert dgmac.decode_rekey(bytes(32), rekey) is None  # another member's key
     assert dgmac.decode_rekey(KEY, rekey[:-1] + bytes([rekey[-1] ^ 1])) is None
+    assert dgmac.decode_rekey(KEY, rekey[:-1]) is None  # not a rekey's shape
+    assert dgmac.decode_rekey(KEY, b"\x01" + rekey[1:]) is None
     forged = dgmac.REKEY_MAGIC + bytes(32)
     assert dgmac.decode_rekey(KEY, forged + dgmac.tag(KEY, forged)) is None
     sealer = dgmac.Sealer(KEY)
