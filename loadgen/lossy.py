@@ -38,7 +38,7 @@ from typing import Any, Final
 from client.reliable import Delivered, Gap, ReliableChat
 from client.session import TcrpTarget
 from client.session_aio import join_room_async
-from loadgen.meter import latency_ms, merge_histograms, new_histogram
+from loadgen.meter import latency_ms, merge_histograms, new_histogram, room_slices
 from loadgen.procstat import runqueue_wait_seconds, tree_cpu_seconds
 from wire import chat
 from wire.chat import encode_chat
@@ -431,21 +431,10 @@ def _child_main(conn: Connection, opts: LossOptions) -> None:
         conn.close()
 
 
-def _slices(rooms: int, procs: int) -> list[tuple[int, int]]:
-    """``(first room, count)`` for each process, as even as can be."""
-    base, extra = divmod(rooms, procs)
-    out, lo = [], 0
-    for i in range(procs):
-        count = base + (i < extra)
-        out.append((lo, count))
-        lo += count
-    return out
-
-
 def _run_procs(opts: LossOptions, procs: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     children = []
-    for lo, count in _slices(opts.rooms, procs):
+    for lo, count in room_slices(opts.rooms, procs):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_child_main, args=(
             child, replace(opts, room_lo=lo, room_count=count, server_pid=None)), daemon=True)

@@ -570,3 +570,10 @@ def add_counts(hist: HdrHistogram, values: np.ndarray, counts: np.ndarray) -> No
     hist.total_count += int(counts.sum())
     hist.min_value = min(hist.min_value, max(int(values[0]), HDR_LOWEST_US))
     hist.max_value = max(hist.max_value, max(int(values[-1]), HDR_LOWEST_US))
+
+
+def room_slices(rooms: int, procs: int) -> list[tuple[int, int]]:
+    """``(first room, count)`` of each of ``procs`` loadgen processes: the rooms split as
+    evenly as can be, in order."""
+    bounds = [rooms * i // procs for i in range(procs + 1)]
+    return [(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:], strict=False)]

@@ -53,6 +53,7 @@ from loadgen.meter import (
     latency_ms,
     merge_counts,
     merge_histograms,
+    room_slices,
 )
 from loadgen.options import Options
 from loadgen.pacing import NS
@@ -137,11 +138,9 @@ class Fleet:
                 accounting, self.accounting_note = fastpath.choose(opts.accounting)
             except fastpath.Unavailable as exc:
                 raise LoadgenError(f"--accounting c: {exc}") from None
-        for i in range(self.procs):
-            lo = opts.rooms * i // self.procs
-            hi = opts.rooms * (i + 1) // self.procs
+        for i, (lo, count) in enumerate(room_slices(opts.rooms, self.procs)):
             plan = Plan(index=i, server=opts.server, tcp_port=opts.tcp_port,
-                        room_prefix=self.room_prefix, room_lo=lo, rooms=hi - lo,
+                        room_prefix=self.room_prefix, room_lo=lo, rooms=count,
                         users=opts.users, size=opts.size,
                         framing="ocm1" if opts.e2e else opts.framing,
                         password=opts.password, tls_ca=opts.tls_ca,
