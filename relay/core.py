@@ -121,9 +121,12 @@ DATA_HEADER_BYTES: Final = DATA_HEADER.size
 _FULL: Final = float("inf")
 """A new member's allowance (capped at the burst on its first chat): one shared float."""
 
+DEADLINE_TICK_S: Final = 0.25
+"""Inactivity deadlines are kept in buckets this wide: a silent member is evicted at most
+this late. A power of two, so that ``key * DEADLINE_TICK_S`` is exact."""
 DEADLINE_COMPACT_SLACK: Final = 1024
-"""Stale deadline entries (of departed members, ~150 B each) tolerated beyond the number
-of live members before the heap is rebuilt: at most 2 x members + 1,024 entries."""
+"""Stale deadline entries (of departed members, 8 B each) tolerated beyond the number of
+live members before the buckets are rebuilt: at most 2 x members + 1,024 entries."""
 
 DROP_REASONS: Final = (
     "too_large",  # over 4096 bytes
@@ -151,21 +154,22 @@ class Member:
     """One member of one room. Slotted (docs/performance.md has the bytes per member)."""
 
     __slots__ = (
-        "token", "username", "ip", "addr", "framed", "is_host", "last_seen", "failures",
-        "room", "plain_prefix", "framed_prefix", "announced", "alive", "allowance", "stamp",
-        "trial", "muted", "keys", "rel", "mac_key", "mac_top", "mac_seen", "rekey",
+        "token", "username", "ip", "addr", "framed", "last_seen", "room", "plain_prefix",
+        "framed_prefix", "announced", "alive", "allowance", "stamp", "trial", "muted", "keys",
+        "rel", "mac_key", "mac_top", "mac_seen",
     )
+    # Every slot is 8 bytes of every member: what only some members need lives beside
+    # them (the rekey datagram in ``RelayCore.rekeys``), what can be derived is (the host:
+    # ``room.host is member``; send failures: ``RelayCore.failing``, by address).
 
-    def __init__(self, token: bytes, username: str, ip: str, framed: bool, is_host: bool,
-                 room: Room, now: float) -> None:
+    def __init__(self, token: bytes, username: str, ip: str, framed: bool, room: Room,
+                 now: float) -> None:
         self.token = token
         self.username = username
         self.ip = ip
         self.addr: Addr | None = None
         self.framed = framed
-        self.is_host = is_host
         self.last_seen = now
-        self.failures = 0
         self.room = room
         self.plain_prefix = plain_prefix(username)
         self.framed_prefix = framed_prefix(username)
@@ -190,9 +194,6 @@ class Member:
         """The highest trailer ``Seq`` accepted (0: none yet)."""
         self.mac_seen = 0
         """The replay window below ``mac_top`` (``wire.dgmac.advance``)."""
-        self.rekey: tuple[bytes, float] | None = None
-        """Placed again (a restarted worker): the rekey datagram that tells the member its
-        placement key (wire/dgmac.py), and when it was last sent."""
 
 
 # --- reliable framed delivery (ocm1r, wire/reliable.py) -----------------------------------
@@ -306,11 +307,19 @@ class RelayCore:
         """Encrypted rooms: the addressed-kind token bucket ``[allowance, stamp]`` of each
         member (by token) that has sent an envelope or a key request; the entry goes with
         the member."""
-        self._deadlines: list[tuple[float, bytes]] = []
-        """Inactivity deadlines ``(due, token)``: a token, not the ``Member``, so that a
-        departed member (and its room) is freed at once, not at its old deadline. Entries
-        of departed members are skipped when due, and the heap is compacted once they
-        outnumber the live members (``_drop_member``)."""
+        self.rekeys: dict[bytes, tuple[bytes, float]] = {}
+        """Members placed again (a restarted worker), by token: the rekey datagram that
+        tells the member its placement key (wire/dgmac.py), and when it was last sent."""
+        self._due: dict[int, list[bytes]] = {}
+        """Inactivity deadlines, a timing wheel: the tokens due by ``key * DEADLINE_TICK_S``
+        (a token, not the ``Member``, so that a departed member and its room are freed at
+        once, not at its old deadline). 8 bytes a member (a heap of ``(due, token)`` tuples
+        would take 64). Entries of departed members are skipped when due, and the buckets are
+        rebuilt once they outnumber the live members (``_drop_member``)."""
+        self._due_keys: list[int] = []
+        """The keys of ``_due``, a heap: the next bucket due is ``_due_keys[0]``."""
+        self._due_entries = 0
+        """Tokens in ``_due`` (live members' and departed ones')."""
         self.received = 0
         self.relayed = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -353,11 +362,11 @@ class RelayCore:
             room = self.rooms[room_name] = Room(room_name, e2e)
         elif room is None:
             return False
-        member = Member(token, username, ip, framing.framed, is_host, room, now)
+        member = Member(token, username, ip, framing.framed, room, now)
         member.mac_key = None if mac_key is None else bytes(mac_key)  # exact bytes for C
         if mac_key is not None and placement is not None:
             member.mac_key = dgmac.placement_key(bytes(mac_key), bytes(placement))
-            member.rekey = (dgmac.encode_rekey(member.mac_key, bytes(placement)), now)
+            self.rekeys[token] = (dgmac.encode_rekey(member.mac_key, bytes(placement)), now)
         if framing is Framing.OCM1R:  # reliable: the room is numbered from now on
             member.rel = Reliable(now)
             if room.history is None:
@@ -374,8 +383,8 @@ class RelayCore:
         if addr is not None:
             member.announced = announced
             self._bind(member, addr, proven=proven)
-            if member.rekey is not None:
-                self.outbox.append((member.rekey[0], addr))
+            if (rekey := self.rekeys.get(token)) is not None:
+                self.outbox.append((rekey[0], addr))
         return True
 
     def register(self, token: bytes, port: int, now: float) -> None:
@@ -443,6 +452,9 @@ class RelayCore:
         member.token = new_token
         self.tokens[new_token] = member
         room.members[new_token] = member
+        self.rekeys.pop(token, None)  # a fresh key (or none): the placement's rekey is void
+        if (bucket := self.addressed.pop(token, None)) is not None:
+            self.addressed[new_token] = bucket
         member.ip = ip
         member.last_seen = now
         member.mac_key = None if mac_key is None else bytes(mac_key)  # exact bytes for C
@@ -637,10 +649,10 @@ class RelayCore:
             else None
         if seq is None:
             self.drops["bad_mac"] += 1
-            rekey = member.rekey
+            rekey = self.rekeys.get(member.token)
             if rekey is not None and member.addr is not None and \
                     now - rekey[1] >= dgmac.REKEY_RESEND_S:
-                member.rekey = (rekey[0], now)
+                self.rekeys[member.token] = (rekey[0], now)
                 self.outbox.append((rekey[0], member.addr))
             return None
         window = dgmac.advance(member.mac_top, member.mac_seen, seq)
@@ -791,7 +803,7 @@ class RelayCore:
     # --- timers ------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` has work next (None when no member is live)."""
-        return self._deadlines[0][0] if self._deadlines else None
+        return self._due_keys[0] * DEADLINE_TICK_S if self._due_keys else None
 
     def handle_timer(self, now: float) -> None:
         """Evict every member silent for ``inactivity_timeout`` seconds (§2.4)."""
@@ -802,15 +814,18 @@ class RelayCore:
                     room.history.expire(now)
         timeout = self.inactivity_timeout
         tokens = self.tokens
-        while self._deadlines and self._deadlines[0][0] <= now:  # an eviction may compact
-            member = tokens.get(heapq.heappop(self._deadlines)[1])
-            if member is None:  # departed: its entry outlived it
-                continue
-            due = member.last_seen + timeout
-            if due <= now:
-                self._evict(member, Reason.INACTIVE)
-            else:
-                self._push_deadline(member, due)
+        while self._due_keys and self._due_keys[0] * DEADLINE_TICK_S <= now:
+            bucket = self._due.pop(heapq.heappop(self._due_keys))
+            self._due_entries -= len(bucket)
+            for token in bucket:  # an eviction may rebuild the buckets: this one is out
+                member = tokens.get(token)
+                if member is None:  # departed: its entry outlived it
+                    continue
+                due = member.last_seen + timeout
+                if due <= now:
+                    self._evict(member, Reason.INACTIVE)
+                else:  # a later bucket: its key * TICK >= due > now
+                    self._push_deadline(member, due)
 
     def statistics(self) -> Counters:
         """A snapshot of the datagram counters (the worker sends them once a second)."""
@@ -818,13 +833,21 @@ class RelayCore:
 
     # --- internals ---------------------------------------------------------------------
     def _push_deadline(self, member: Member, due: float) -> None:
-        heapq.heappush(self._deadlines, (due, member.token))  # ties: tokens are unique
+        key = -int(-due // DEADLINE_TICK_S)  # the first bucket at or after ``due``
+        bucket = self._due.get(key)
+        if bucket is None:
+            self._due[key] = [member.token]
+            heapq.heappush(self._due_keys, key)
+        else:
+            bucket.append(member.token)
+        self._due_entries += 1
 
     def _rebuild_deadlines(self) -> None:
         """One entry per live member, at ``last_seen + inactivity_timeout``: O(members)."""
+        self._due, self._due_keys, self._due_entries = {}, [], 0
         timeout = self.inactivity_timeout
-        self._deadlines = [(m.last_seen + timeout, token) for token, m in self.tokens.items()]
-        heapq.heapify(self._deadlines)
+        for member in self.tokens.values():
+            self._push_deadline(member, member.last_seen + timeout)
 
     def _at(self, addr: Addr) -> list[Member]:
         """The members bound to ``addr`` (a new list: safe to change ``by_addr`` while
@@ -922,7 +945,7 @@ class RelayCore:
     def _remove(self, member: Member, reason: Reason) -> None:
         """Take ``member`` out; if it hosts the room, close the room instead (§2.4)."""
         room = member.room
-        if member.is_host:
+        if room.host is member:
             self._close_room(room, member, reason.value)
             return
         self._drop_member(member)
@@ -961,11 +984,12 @@ class RelayCore:
             if room.by_name.get(name := member.username.encode()) is member:
                 del room.by_name[name]
             self.addressed.pop(member.token, None)
+        self.rekeys.pop(member.token, None)
         del self.tokens[member.token]
         self._unlink_addr(member)
-        if len(self._deadlines) > 2 * len(self.tokens) + DEADLINE_COMPACT_SLACK:
+        if self._due_entries > 2 * len(self.tokens) + DEADLINE_COMPACT_SLACK:
             # Departed members' entries outnumber the live ones: drop them all now, so that
-            # churn cannot grow the heap whatever the timeout (amortised O(1) per departure).
+            # churn cannot grow the wheel whatever the timeout (amortised O(1) per departure).
             self._rebuild_deadlines()
 
     def _notify(self, member: Member, notice: Notice) -> None:

@@ -375,7 +375,7 @@ def test_the_placement_crosses_the_pipe_and_only_with_a_key() -> None:
     core = RelayCore()
     assert core.add_member("r", TA, "alice", "127.0.0.1", Framing.PLAIN, True, 0.0,
                            placement=NONCE)
-    assert core.tokens[TA].mac_key is None and core.tokens[TA].rekey is None
+    assert core.tokens[TA].mac_key is None and TA not in core.rekeys
     assert core.add_member("r", TB, "bob", "127.0.0.1", Framing.PLAIN, False, 0.0,
                            mac_key=key, placement=dgmac.DatagramKey(NONCE))
     assert type(core.tokens[TB].mac_key) is bytes  # exact bytes for the compiled loop

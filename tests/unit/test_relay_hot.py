@@ -167,7 +167,7 @@ class Pair:
 
 def state(core: RelayCore) -> object:
     members = {token: (m.username, m.addr, m.trial, m.muted, m.allowance, m.stamp,
-                       m.last_seen, m.failures, m.alive, m.mac_top, m.mac_seen,
+                       m.last_seen, m.alive, m.mac_top, m.mac_seen,
                        m.rel and (m.rel.top, m.rel.top_seq, m.rel.start, m.rel.nacks,
                                   m.rel.stamp))
                for token, m in core.tokens.items()}
@@ -178,7 +178,7 @@ def state(core: RelayCore) -> object:
              for name, r in core.rooms.items()}
     return (core.received, core.relayed, dict(core.drops), dict(core.evictions),
             core.send_failures, dict(core.failing), dict(core.unproven), members, rooms,
-            dict(core.addressed), core.history_budget.used)
+            dict(core.addressed), dict(core.rekeys), core.history_budget.used)
 
 
 @pytest.fixture
