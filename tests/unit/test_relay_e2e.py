@@ -166,3 +166,16 @@ def test_the_pipe_carries_e2e_and_keys() -> None:
     bad = bad.replace(b'"keys":null', b'"keys":{"x25519":"AA=="}')
     with pytest.raises(ipc.IpcError):
         ipc.FrameDecoder().feed(ipc.FRAME_HEADER.pack(len(bad) - 4) + bad[4:])
+
+
+def test_a_resumed_members_addressed_bucket_follows_it_and_goes_with_it() -> None:
+    core = encrypted_room()
+    assert core.handle_datagram(
+        encode_chat(b"r", TB, encode_message(Kind.ENVELOPE, b"x", "carol")), B, 2.0) is None
+    assert set(core.addressed) == {TB}
+    new = b"A" + b"n" * 32
+    assert core.resume(TB, new, "127.0.0.1", 3.0)
+    assert set(core.addressed) == {new}  # the bucket kept: no fresh burst by resuming
+    core.handle_datagram(encode_chat(b"r", new, b""), B, 3.0)
+    core.handle_datagram(encode_chat(b"r", new, bytes((Kind.LEAVE,))), B, 4.0)
+    assert new not in core.tokens and core.addressed == {}
