@@ -234,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     flags = [*(f for f in servers.control_command(args.workers)[3:] if f != "--admin-port=-1"),
              "--admin-port", "0", "--max-rooms-per-ip", quota,
              "--max-conns-per-ip", quota, "--conn-rate-per-ip", quota,
-             "--max-members", str(max(args.users, 2))]
+             "--max-members", str(max(args.users, 2)),
+             # the joins may outlast the default 300 s (100,000 over TLS: ~11 min) and a
+             # joined member stays silent: it must not be evicted before the sample
+             "--inactivity-timeout", str(JOIN_TIMEOUT_S)]
     on_path = not args.ocm_command
     procs = max(1, math.ceil(members / MEMBERS_PER_LOADGEN_PROC))
     out = args.out or climit.BUILD_DIR / time.strftime("memory-%Y%m%dT%H%M%S")
