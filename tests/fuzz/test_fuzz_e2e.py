@@ -69,8 +69,8 @@ from wire.tcrp import RequestBody, decode_members_request, decode_request_payloa
 
 pytestmark = pytest.mark.no_cover
 
-# 3,000 examples each: these codecs are small, and `make test` stays within its budget.
-FUZZ_E2E = settings(FUZZ, max_examples=3_000)
+# 10,000 examples per parser, as for every codec of wire/ (tests/fuzz/test_fuzz_wire.py).
+FUZZ_E2E = settings(FUZZ, max_examples=10_000)
 
 B64_32 = base64.b64encode(bytes(range(32))).decode()
 KEYS_JSON: dict[str, object] = {"x25519": B64_32, "ed25519": B64_32}

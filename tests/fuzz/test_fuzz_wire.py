@@ -68,9 +68,10 @@ from wire.tcrp_client import ConnectionClosed as TcrpClosed
 
 pytestmark = pytest.mark.no_cover
 
-# make test's share; `make fuzz` runs the same targets a million times (tests/fuzz/fuzz_main.py).
+# 10,000 examples per parser in `make test`; `make fuzz` runs the same targets a million times
+# (tests/fuzz/fuzz_main.py).
 FUZZ = settings(
-    max_examples=3_000,
+    max_examples=10_000,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
