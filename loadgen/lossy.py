@@ -100,7 +100,7 @@ class _Member:
     and how it sends."""
 
     __slots__ = ("run", "lm", "index", "room", "name", "chat", "send", "prefix", "sent",
-                 "out", "pinned", "handed", "ahead", "base")
+                 "out", "pinned", "handed", "ahead", "base", "armed")
 
     def __init__(self, run: _Run, lm: int, index: int, room: int) -> None:
         self.run = run
@@ -121,6 +121,8 @@ class _Member:
         against the outage)."""
         self.handed = False
         """Its receiver is clean and held by C (epoch and next number in the arrays)."""
+        self.armed: float | None = None
+        """When its live entry in the timer heap is due (None: it has none)."""
         self.ahead: dict[int, set[int]] = {}
         """Per sender of the room: message numbers shown past the next one expected."""
 
@@ -155,8 +157,7 @@ class _Member:
                 self.show(event.body, now_us)
             elif isinstance(event, Gap):
                 run.gaps += event.count
-        if chat_.next_deadline() is not None:
-            run.busy.add(self)
+        run.arm(self)
         self.hand_back()
 
     def hand_back(self) -> None:
@@ -234,15 +235,17 @@ class _Run:
         self.rs = lossyfast.ReceiveState(0, opts.users)
         self.fast: lossyfast.FastReceive | None = None
         self.path = "python"
-        self.busy: set[_Member] = set()
-        """Members with a timer due some time (NACK, resend, sync): ``_tick`` looks only
-        at these, not at every member every tick."""
+        self.timers: list[tuple[float, int]] = []
+        """A heap of (when, member) for members with a timer (NACK, resend, sync):
+        ``_tick`` looks only at those due, not at every member every tick."""
         self.hist = new_histogram()
         self.delivered = self.duplicates = self.out_of_order = self.gaps = 0
         self.expected = 0
         self.dropped_out = self.dropped_in = 0
         self.stray = self.send_errors = self.recv_errors = 0
         self.fast_delivered = 0
+        self.received = 0
+        """Datagrams read from the shared socket."""
         self.measuring = self.draining = False
         self.framing = Framing.OCM1R if opts.recovery else Framing.OCM1
         self.outage_members: set[_Member] = set()
@@ -255,6 +258,15 @@ class _Run:
         self.outage_hist = new_histogram()
         """From the end of the outage to the delivery of what was sent during it."""
         self.by_dest: dict[bytes, int] = {}
+
+    def arm(self, member: _Member) -> None:
+        """Put ``member``'s next timer in the heap (one live entry per member: the
+        earliest; a later one is found when that one is popped)."""
+        chat_ = member.chat
+        due = None if chat_ is None else chat_.next_deadline()
+        if due is not None and (member.armed is None or due < member.armed):
+            member.armed = due
+            heapq.heappush(self.timers, (due, member.lm))
 
     def receive_rows(self, rows: list[tuple[bytes, bytes, int]], now_us: int) -> None:
         """The Python path of a batch: outage, loss, then the member's client code."""
@@ -308,6 +320,7 @@ def _on_readable(run: _Run, batch: mmsg.RecvBatch, fd: int) -> None:
             return
         if not got:
             return
+        run.received += got
         now_us = time.monotonic_ns() // 1000
         if run.fast is not None:
             run.receive_fast(batch, got, now_us)
@@ -317,7 +330,44 @@ def _on_readable(run: _Run, batch: mmsg.RecvBatch, fd: int) -> None:
             return
 
 
-async def _join_all(run: _Run, shared: SharedSocket) -> None:
+def _add_members(run: _Run) -> list[list[_Member]]:
+    """This process's members, room by room (the last of each has the outage, if any)."""
+    opts = run.opts
+    count = opts.rooms if opts.room_count is None else opts.room_count
+    rooms = []
+    for r in range(opts.room_lo, opts.room_lo + count):
+        base = r * opts.users
+        members = [_Member(run, len(run.members) + u, base + u, r) for u in range(opts.users)]
+        run.members += members
+        if opts.outage_s > 0 and opts.users > 1:
+            run.outage_members.add(members[-1])
+            run.outage_of[r] = members[-1]
+            members[-1].pinned = True
+        rooms.append(members)
+    return rooms
+
+
+def _attach(run: _Run, shared: SharedSocket) -> mmsg.RecvBatch:
+    """The receive state of ``run``'s members on ``shared``, and the C path unless
+    ``--accounting python`` (or ``--no-recovery``) or where it was not built (``c``:
+    ``Unavailable``); the batch ``_on_readable`` reads into."""
+    opts = run.opts
+    run.rs = lossyfast.ReceiveState(len(run.members), opts.users)
+    run.by_dest = {socket.inet_aton(ip): lm for lm, ip in enumerate(shared.ips)}
+    batch = mmsg.RecvBatch(max_batch=RECV_BATCH, pktinfo=True)
+    if opts.accounting != "python" and opts.recovery:
+        try:
+            run.fast = lossyfast.FastReceive(
+                batch, run.rs, shared.proc, HOSTS_PER_BLOCK, FIRST_OCTET_BASE, opts.users,
+                opts.room_lo * opts.users, run.rx_rng)
+            run.path = "c"
+        except Unavailable:
+            if opts.accounting == "c":
+                raise
+    return batch
+
+
+async def _join_all(run: _Run, shared: SharedSocket, rooms: list[list[_Member]]) -> None:
     opts = run.opts
     sem = asyncio.Semaphore(32)
     port = shared.sock.getsockname()[1]
@@ -335,29 +385,23 @@ async def _join_all(run: _Run, shared: SharedSocket) -> None:
         member.send = shared.senders[member.lm]
         member.send_message(b"")  # binds (a lost one is retried by the keepalives)
 
-    count = opts.rooms if opts.room_count is None else opts.room_count
-    for r in range(opts.room_lo, opts.room_lo + count):
-        base = r * opts.users
-        members = [_Member(run, len(run.members) + u, base + u, r) for u in range(opts.users)]
-        run.members += members
-        if opts.outage_s > 0 and opts.users > 1:
-            run.outage_members.add(members[-1])
-            run.outage_of[r] = members[-1]
-            members[-1].pinned = True
+    for members in rooms:
         await join(members[0], Operation.CREATE)
         await asyncio.gather(*(join(m, Operation.JOIN) for m in members[1:]))
 
 
 def _tick(run: _Run, now: float) -> None:
-    for member in list(run.busy):
-        chat_ = member.chat
-        if chat_ is None:
-            run.busy.discard(member)
+    timers, members = run.timers, run.members
+    while timers and timers[0][0] <= now:
+        when, lm = heapq.heappop(timers)
+        member = members[lm]
+        if member.armed != when:  # superseded by an earlier entry
             continue
+        member.armed = None
+        chat_ = member.chat
+        assert chat_ is not None
         due = chat_.next_deadline()
-        if due is None:
-            run.busy.discard(member)
-        elif due <= now:
+        if due is not None and due <= now:
             messages, events = chat_.handle_timer(now)
             for message in messages:
                 member.send_message(message)
@@ -365,6 +409,7 @@ def _tick(run: _Run, now: float) -> None:
                 if isinstance(event, Gap):
                     run.gaps += event.count
             member.hand_back()
+        run.arm(member)
 
 
 def _settled(run: _Run) -> bool:
@@ -400,7 +445,7 @@ def _outage(run: _Run, now: float) -> None:
             state[member.lm] = lossyfast.ST_PY
             if member.chat is not None:
                 member.chat.resumed(now)
-                run.busy.add(member)
+                run.arm(member)
             member.send_message(b"")
 
 
@@ -409,38 +454,20 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
     """Join this slice's members, wait for ``gate`` (the start time, on the monotonic
     clock, from the parent; none: start now), send, drain, leave; raw figures."""
     run = _Run(opts)
-    count = opts.rooms if opts.room_count is None else opts.room_count
-    n = count * opts.users
-    shared = SharedSocket(n, opts.proc, timestamps=False)
-    try:
-        return await _run_on(run, shared, n, gate)
-    finally:
-        shared.close()
-
-
-async def _run_on(run: _Run, shared: SharedSocket, n: int,
-                  gate: Callable[[], Awaitable[float]] | None) -> dict[str, Any]:
-    opts = run.opts
-    run.rs = lossyfast.ReceiveState(n, opts.users)
-    run.by_dest = {socket.inet_aton(ip): lm for lm, ip in enumerate(shared.ips)}
-    batch = mmsg.RecvBatch(max_batch=RECV_BATCH, pktinfo=True)
-    if opts.accounting != "python" and opts.recovery:
-        try:
-            run.fast = lossyfast.FastReceive(
-                batch, run.rs, shared.proc, HOSTS_PER_BLOCK, FIRST_OCTET_BASE, opts.users,
-                opts.room_lo * opts.users, run.rx_rng)
-            run.path = "c"
-        except Unavailable:
-            if opts.accounting == "c":
-                raise
+    rooms = _add_members(run)
+    shared = SharedSocket(len(run.members), opts.proc, timestamps=False)
     loop = asyncio.get_running_loop()
     fd = shared.sock.fileno()
-    loop.add_reader(fd, _on_readable, run, batch, fd)
     try:
-        await _join_all(run, shared)
-        return await _drive(run, gate)
+        batch = _attach(run, shared)
+        loop.add_reader(fd, _on_readable, run, batch, fd)
+        try:
+            await _join_all(run, shared, rooms)
+            return await _drive(run, gate)
+        finally:
+            loop.remove_reader(fd)
     finally:
-        loop.remove_reader(fd)
+        shared.close()
 
 
 async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict[str, Any]:
@@ -479,7 +506,7 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
                 member.send_message(text)
             else:
                 _, message = member.chat.send(text, now)
-                run.busy.add(member)
+                run.arm(member)
                 if message is not None:
                     member.send_message(message)
         if now >= next_keepalive:
@@ -492,6 +519,7 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
     sent_end = now
     cpu1 = tree_cpu_seconds(opts.server_pid) if opts.server_pid else None
     own1 = (time.process_time(), runqueue_wait_seconds())
+    delivered_sending = run.delivered
     run.measuring, run.draining = False, True
     while not _settled(run) and now - sent_end < opts.drain:
         _outage(run, now)
@@ -511,6 +539,7 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
     return {
         "sent": sum(m.sent for m in run.members),
         "expected": run.expected, "delivered": run.delivered,
+        "delivered_sending": delivered_sending,
         "duplicates": run.duplicates, "out_of_order": run.out_of_order, "gaps": run.gaps,
         "dropped_out": run.dropped_out, "dropped_in": run.dropped_in,
         "resent": sum(m.chat.sender.copies - m.sent for m in run.members
@@ -576,6 +605,9 @@ def _report(opts: LossOptions, parts: list[dict[str, Any]], procs: int,
             "loadgen_cpu_pct": round(100.0 * sum(p["cpu_s"] for p in parts) / sending_s, 1),
             "loadgen_cpu_wait_pct": round(100.0 * sum(p["wait_s"] for p in parts) / sending_s,
                                           1),
+            "loadgen_cpu_us_per_delivery": round(
+                1e6 * sum(p["cpu_s"] for p in parts) / total("delivered_sending"), 2)
+            if total("delivered_sending") else None,
             "server_cpu_s": None if server_cpu_s is None else round(server_cpu_s, 3),
             "server_cpu_pct": None if server_cpu_s is None else round(
                 100.0 * server_cpu_s / sending_s, 1),
