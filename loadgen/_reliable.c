@@ -25,15 +25,24 @@
  *     to PY, so that its later datagrams follow it to Python, in order. Python takes the
  *     receiver over (epoch, next) and hands it back (state C) once it is clean again.
  *
+ * send_batch(fd, items) sends the engine's outgoing datagrams of one loop iteration with
+ * sendmmsg: each item (payload, source IP, destination IP, destination port) leaves from
+ * its member's address (an IP_PKTINFO control message), as transport.SharedSocket's
+ * senders do one at a time.
+ *
  * Buffer layouts are those of runtime/mmsg.py's RecvBatch(pktinfo=True) on LP64 Linux:
  * mmsghdr 64 bytes (msg_controllen u64 @40, msg_flags i32 @48, msg_len u32 @56); a control
  * slot of 32 bytes per datagram holding an IP_PKTINFO cmsg (level i32 @8, type i32 @12,
  * ipi_addr @24).
  */
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define IPPROTO_IP_ 0
 #define IP_PKTINFO_ 8
@@ -237,9 +246,82 @@ static PyObject *receive(PyObject *module, PyObject *descriptor)
     return PyLong_FromLongLong(n_slow);
 }
 
+#define SEND_MAX 128
+
+/* send_batch(fd, items): items is a list of (payload: bytes, src: 4 bytes, dst: 4 bytes,
+ * port: int). Returns how many could not be sent (each failing one is skipped). */
+static PyObject *send_batch(PyObject *module, PyObject *args)
+{
+    int fd;
+    PyObject *items;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "iO!", &fd, &PyList_Type, &items))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items), done = 0, failed = 0;
+    struct mmsghdr hdrs[SEND_MAX];
+    struct iovec iovs[SEND_MAX];
+    struct sockaddr_in names[SEND_MAX];
+    union {
+        char buf[CMSG_SPACE(sizeof(struct in_pktinfo))];
+        struct cmsghdr align;
+    } ctrl[SEND_MAX];
+    while (done < n) {
+        int k = 0;
+        for (; k < SEND_MAX && done + k < n; k++) {
+            PyObject *item = PyList_GET_ITEM(items, done + k);
+            const char *payload, *src, *dst;
+            Py_ssize_t plen, slen, dlen;
+            int port;
+            if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "y#y#y#i", &payload, &plen,
+                                                          &src, &slen, &dst, &dlen, &port))
+                return NULL;
+            if (slen != 4 || dlen != 4 || port < 0 || port > 65535) {
+                PyErr_SetString(PyExc_ValueError, "addresses are 4 bytes, ports 0..65535");
+                return NULL;
+            }
+            memset(&names[k], 0, sizeof names[k]);
+            names[k].sin_family = AF_INET;
+            names[k].sin_port = htons((uint16_t)port);
+            memcpy(&names[k].sin_addr, dst, 4);
+            iovs[k].iov_base = (void *)payload;
+            iovs[k].iov_len = (size_t)plen;
+            memset(&ctrl[k], 0, sizeof ctrl[k]);
+            struct msghdr *h = &hdrs[k].msg_hdr;
+            memset(&hdrs[k], 0, sizeof hdrs[k]);
+            h->msg_name = &names[k];
+            h->msg_namelen = sizeof names[k];
+            h->msg_iov = &iovs[k];
+            h->msg_iovlen = 1;
+            h->msg_control = ctrl[k].buf;
+            h->msg_controllen = sizeof ctrl[k].buf;
+            struct cmsghdr *c = CMSG_FIRSTHDR(h);
+            c->cmsg_level = IPPROTO_IP;
+            c->cmsg_type = IP_PKTINFO;
+            c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+            struct in_pktinfo info;
+            memset(&info, 0, sizeof info);
+            memcpy(&info.ipi_spec_dst, src, 4);
+            memcpy(CMSG_DATA(c), &info, sizeof info);
+        }
+        int sent = sendmmsg(fd, hdrs, (unsigned)k, MSG_DONTWAIT);
+        if (sent < 0) {
+            if (errno == EINTR)
+                continue;
+            failed += 1; /* the first of these could not go: skip it */
+            done += 1;
+        } else {
+            done += sent;
+        }
+    }
+    return PyLong_FromSsize_t(failed);
+}
+
 static PyMethodDef methods[] = {
     {"receive", receive, METH_O,
      "receive(descriptor) -> int: one receive batch of the loss engine (loadgen/lossyfast.py)."},
+    {"send_batch", send_batch, METH_VARARGS,
+     "send_batch(fd, [(payload, src4, dst4, port), ...]) -> int: sendmmsg with each "
+     "source IP; returns how many could not be sent."},
     {NULL, NULL, 0, NULL},
 };
 

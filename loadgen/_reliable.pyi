@@ -5,3 +5,7 @@ BATCH_BYTES: int
 def receive(descriptor: object, /) -> int:
     """One receive batch of the loss engine described by ``descriptor`` (a writable
     buffer); returns the datagrams left to Python. ``ValueError`` for a wrong size."""
+
+def send_batch(fd: int, items: list[tuple[bytes, bytes, bytes, int]], /) -> int:
+    """Send each (payload, source IP, destination IP, destination port) with sendmmsg, from
+    that source IP (IP_PKTINFO); returns how many could not be sent."""

@@ -1,12 +1,27 @@
 """``ocm-loadgen --loss PCT``: reliable delivery (``ocm1r``) under datagram loss.
 
-Asyncio on uvloop, one UDP socket per member on 127.0.0.1 (or this host's address
-towards the server), every member a ``client.reliable.ReliableChat``: the code
-``ocm-chat`` runs. ``procs`` ``spawn`` processes share the rooms (disjoint slices, started
-together on the monotonic clock); their counters and HDR histograms are added up. Loss
-is made here, in the loadgen, each way: a datagram a member would send is dropped with
-probability PCT/100 before ``sendto``, and one it receives is dropped with the same
-probability before the client code sees it. The server is unchanged.
+Asyncio on uvloop; every member a ``client.reliable.ReliableChat``, the code ``ocm-chat``
+runs. ``procs`` ``spawn`` processes share the rooms (disjoint slices, started together on
+the monotonic clock); their counters and HDR histograms are added up. Each process has one
+shared socket (``transport.SharedSocket``, loopback servers only): member ``i`` is the
+address 127.(100 + proc).x.y, its TCRP join comes from that IP, and ``recvmmsg`` batches
+are told apart by destination IP (``IP_PKTINFO``).
+
+Receiving (``lossyfast.py``, ``_reliable.c``): the common case -- the next in-order DATA
+for a member whose receiver is clean (known epoch and next number, nothing held, nothing
+missing), the next message of its sender -- is counted in C straight from the receive
+buffers, as ``ReliableChat`` and ``show`` would count it. Everything else (ACK, SYNC, LOST,
+notices, a gap, a duplicate, a member whose receiver Python holds) goes, in order, to the
+member's ``ReliableChat``, which takes the receiver's epoch and next number over from C
+and hands them back once it is clean. ``--accounting python`` (or a build without the
+extension) sends everything that way; the report's ``receive_path`` says which ran.
+The outage members' receivers stay with Python.
+
+Loss is made here, in the loadgen, each way: a datagram a member would send is dropped
+with probability PCT/100 before it is sent, and one it receives is dropped with the same
+probability before the client code sees it (one draw of a seeded xorshift64* per datagram,
+in C or in Python alike: ``--seed`` makes a process's drops reproducible for the same
+traffic). The server is unchanged.
 
 Each member sends ``rate`` messages a second for ``duration`` seconds (text: sender index,
 its message number, the first send time), then the run drains until every message is
@@ -100,7 +115,7 @@ class _Member:
     and how it sends."""
 
     __slots__ = ("run", "lm", "index", "room", "name", "chat", "send", "prefix", "sent",
-                 "out", "pinned", "handed", "ahead", "base", "armed")
+                 "out", "pinned", "handed", "ahead", "base", "armed", "src", "dst", "port")
 
     def __init__(self, run: _Run, lm: int, index: int, room: int) -> None:
         self.run = run
@@ -112,7 +127,12 @@ class _Member:
         self.name = f"u{index - self.base}"
         self.chat = ReliableChat() if run.opts.recovery else None
         self.send: Callable[[bytes], object] | None = None
+        """Sends one datagram now (set once joined)."""
         self.prefix = b""
+        self.src = self.dst = b""
+        """Our address and the relay's (4 bytes each) and its port: ``send_message``
+        queues datagrams in ``run.outbox`` with them, ``_flush`` sends the lot."""
+        self.port = 0
         self.sent = 0
         self.out = False
         """In its outage: nothing goes out, nothing comes in."""
@@ -135,10 +155,7 @@ class _Member:
             run.dropped_out += 1
             return
         if self.send is not None:
-            try:
-                self.send(self.prefix + message)
-            except OSError:
-                run.send_errors += 1
+            run.outbox.append((self.prefix + message, self.src, self.dst, self.port))
 
     def receive(self, data: bytes, now_us: int) -> None:
         """A datagram kept by the loss (the Python path): the member's client code."""
@@ -246,6 +263,11 @@ class _Run:
         self.fast_delivered = 0
         self.received = 0
         """Datagrams read from the shared socket."""
+        self.outbox: list[tuple[bytes, bytes, bytes, int]] = []
+        """Datagrams to send at the end of this loop iteration (``_flush``)."""
+        self.send_batch: Callable[[int, list[tuple[bytes, bytes, bytes, int]]], int] | None \
+            = None
+        self.fd = -1
         self.measuring = self.draining = False
         self.framing = Framing.OCM1R if opts.recovery else Framing.OCM1
         self.outage_members: set[_Member] = set()
@@ -295,11 +317,11 @@ class _Run:
         self.stray += b.stray
         for j in range(b.n_over):
             self.hist.record_value(fast.over[j])
-        if n_slow:
-            rows = batch.datagrams_to()
-            members, slow, slow_lm = self.members, fast.slow, fast.slow_lm
-            for j in range(n_slow):
-                members[slow_lm[j]].receive(rows[slow[j]][0], now_us)
+        if b.stray:
+            batch.datagrams_to()  # restores any control slot the kernel shortened
+        members, slow, slow_lm, datagram = self.members, fast.slow, fast.slow_lm, batch.datagram
+        for j in range(n_slow):
+            members[slow_lm[j]].receive(datagram(slow[j]), now_us)
 
     def hist_total(self) -> HdrHistogram:
         if self.fast is not None:
@@ -361,6 +383,8 @@ def _attach(run: _Run, shared: SharedSocket) -> mmsg.RecvBatch:
                 batch, run.rs, shared.proc, HOSTS_PER_BLOCK, FIRST_OCTET_BASE, opts.users,
                 opts.room_lo * opts.users, run.rx_rng)
             run.path = "c"
+            run.send_batch = lossyfast.extension().send_batch
+            run.fd = shared.sock.fileno()
         except Unavailable:
             if opts.accounting == "c":
                 raise
@@ -383,11 +407,34 @@ async def _join_all(run: _Run, shared: SharedSocket, rooms: list[list[_Member]])
         member.prefix = encode_chat(joined.room_raw, joined.token, b"")
         shared.attach(member.lm, joined.server)
         member.send = shared.senders[member.lm]
+        member.src = socket.inet_aton(shared.ips[member.lm])
+        member.dst, member.port = socket.inet_aton(joined.server[0]), joined.server[1]
         member.send_message(b"")  # binds (a lost one is retried by the keepalives)
+        _flush(run)
 
     for members in rooms:
         await join(members[0], Operation.CREATE)
         await asyncio.gather(*(join(m, Operation.JOIN) for m in members[1:]))
+
+
+def _flush(run: _Run) -> None:
+    """Send what the members queued: one ``sendmmsg`` per 128 datagrams in C (the relay's
+    worker wakes once per batch, not per datagram), else one ``sendmsg`` each."""
+    out = run.outbox
+    if not out:
+        return
+    run.outbox = []
+    if run.send_batch is not None:
+        run.send_errors += run.send_batch(run.fd, out)
+        return
+    members = run.members
+    for data, src, _, _ in out:
+        member = members[run.by_dest[src]]
+        assert member.send is not None
+        try:
+            member.send(data)
+        except OSError:
+            run.send_errors += 1
 
 
 def _tick(run: _Run, now: float) -> None:
@@ -514,6 +561,7 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
             for member in run.members:
                 member.send_message(b"")
         _tick(run, now)
+        _flush(run)
         await asyncio.sleep(TICK_S)
         now = time.monotonic()
     sent_end = now
@@ -528,6 +576,7 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
             for member in run.members:
                 member.send_message(b"")
         _tick(run, now)
+        _flush(run)
         await asyncio.sleep(TICK_S)
         now = time.monotonic()
     for member in run.members:
