@@ -328,3 +328,9 @@ def test_c_and_python_count_the_same_traffic_alike(loss_pct: float) -> None:
     assert c == py
     if loss_pct == 0:
         assert c["delivered"] == 3 * 120 * (USERS - 1) and c["duplicates"] == 0
+
+
+def test_loss_needs_a_loopback_server() -> None:
+    assert lossy.cannot_run("127.0.0.1", "auto") is None
+    why = lossy.cannot_run("192.0.2.1", "auto")  # resolved locally, nothing is sent
+    assert why is not None and "loopback" in why
