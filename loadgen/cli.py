@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--no-recovery needs --loss")
     if opts.outage_seconds:
         parser.error("--outage-seconds needs --loss")
+    if opts.seed is not None:
+        parser.error("--seed needs --loss")
     live = LiveView(enabled=not output.quiet and sys.stderr.isatty(), members=opts.members)
     try:
         with live:

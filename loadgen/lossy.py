@@ -755,7 +755,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"framing {report['options']['framing']}, loss {report['options']['loss_pct']:g} % "
         f"each way (dropped {r['dropped_by_loadgen']['out']} out, "
-        f"{r['dropped_by_loadgen']['in']} in), {report['procs']} loadgen process(es)",
+        f"{r['dropped_by_loadgen']['in']} in), {report['procs']} loadgen process(es), "
+        f"receive path {'/'.join(r['receive_path'])} ({r['deliveries_counted_in_c']} "
+        "deliveries counted in C)",
         f"delivered {r['delivered']} of {r['expected_deliveries']} "
         f"({'n/a' if pct is None else f'{pct:.3f}'} %), duplicates {r['duplicates']}, "
         f"out of order {r['out_of_order']}, unrecovered {r['unrecovered_markers']}",
