@@ -334,3 +334,27 @@ def test_loss_needs_a_loopback_server() -> None:
     assert lossy.cannot_run("127.0.0.1", "auto") is None
     why = lossy.cannot_run("192.0.2.1", "auto")  # resolved locally, nothing is sent
     assert why is not None and "loopback" in why
+
+
+@needs_c
+def test_send_batch_sends_each_datagram_from_its_members_address() -> None:
+    shared = SharedSocket(3, 0, timestamps=False)
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        relay.bind(("127.0.0.1", 0))
+        relay.settimeout(5.0)
+        port = relay.getsockname()[1]
+        here = socket.inet_aton("127.0.0.1")
+        items = [(f"m{lm}".encode(), socket.inet_aton(shared.ips[lm]), here, port)
+                 for lm in (2, 0, 1)]
+        send_batch = lossyfast.extension().send_batch
+        assert send_batch(shared.sock.fileno(), items) == 0
+        got = [relay.recvfrom(100) for _ in items]
+        own_port = shared.sock.getsockname()[1]
+        assert got == [(b"m2", (shared.ips[2], own_port)), (b"m0", (shared.ips[0], own_port)),
+                       (b"m1", (shared.ips[1], own_port))]
+        with pytest.raises(ValueError):
+            send_batch(shared.sock.fileno(), [(b"x", b"\x7f\x00", here, port)])
+    finally:
+        relay.close()
+        shared.close()
