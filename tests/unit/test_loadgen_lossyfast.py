@@ -358,3 +358,20 @@ def test_send_batch_sends_each_datagram_from_its_members_address() -> None:
     finally:
         relay.close()
         shared.close()
+
+
+def test_the_engines_deadline_is_reliable_chats() -> None:
+    """``lossy._deadline`` is ``ReliableChat.next_deadline`` without its list."""
+    from client.reliable import ReliableChat
+
+    chat_ = ReliableChat()
+    states = [chat_.handle_delivery(data(3, 1, 0), 1.0)]  # before the Sync: a Sync retry
+    assert lossy._deadline(chat_) == chat_.next_deadline() is not None
+    states.append(chat_.handle_delivery(reliable.encode_sync(EPOCH, 1, 0), 1.01))  # holes
+    assert lossy._deadline(chat_) == chat_.next_deadline() is not None
+    chat_.send(b"x", 1.02)  # a resend timer
+    assert lossy._deadline(chat_) == chat_.next_deadline() is not None
+    chat_.handle_delivery(data(1, 1, 0), 1.03)
+    chat_.handle_delivery(data(2, 1, 1), 1.03)
+    chat_.handle_delivery(reliable.encode_ack(EPOCH, 1, 4), 1.04)
+    assert chat_.next_deadline() is None and lossy._deadline(chat_) is None
