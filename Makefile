@@ -17,8 +17,8 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Runtime install: the package and its runtime dependencies (plus client/loadgen extras).
-# setup.py compiles the optional C extensions (loadgen/_account.c) in place; a change to
-# a C file re-runs the install.
+# setup.py compiles the optional C extensions (loadgen/_account.c, loadgen/_reliable.c,
+# relay/_hot.c) in place; a change to a C file re-runs the install.
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard */_*.c)
 
 $(RUNSTAMP): $(BUILD_INPUTS) | $(PY) libssl-dev

@@ -23,6 +23,9 @@ OPTIONAL_EXTENSIONS = [
     # The loadgen's receive accounting (loadgen/fastpath.py is its Python side).
     Extension("loadgen._account", ["loadgen/_account.c"], optional=True,
               extra_compile_args=["-O2"]),
+    # The loss engine's receive path (loadgen/lossyfast.py is its Python side).
+    Extension("loadgen._reliable", ["loadgen/_reliable.c"], optional=True,
+              extra_compile_args=["-O2"]),
     # The relay worker's hot loop (relay/hot.py is its Python side). No FP contraction:
     # the token bucket must charge exactly as RelayCore._chat does. libcrypto (OpenSSL 3)
     # verifies datagram MACs (wire/dgmac.py); the Makefile installs its headers.

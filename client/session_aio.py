@@ -18,8 +18,12 @@ from wire.tcrp import Request
 
 
 async def join_room_async(target: TcrpTarget, request: Request,
-                          keys_for: KeysFor | None = None) -> Joined:
-    """Create or join ``request.room`` at ``target``, as ``join_room`` does."""
+                          keys_for: KeysFor | None = None, local_ip: str | None = None,
+                          udp_port: int | None = None) -> Joined:
+    """Create or join ``request.room`` at ``target``, as ``join_room`` does. ``local_ip``:
+    join from this address (the token is bound to it); ``udp_port``: the UDP port to
+    register instead of the returned socket's (a caller that sends from a socket of its
+    own, as the loadgen's shared socket)."""
     loop = asyncio.get_running_loop()
     flow = JoinFlow(target, request, keys_for)
     flow.check_request()
@@ -35,6 +39,8 @@ async def join_room_async(target: TcrpTarget, request: Request,
                 flow.connecting()
                 tcp = socket.socket(family, socket.SOCK_STREAM)
                 tcp.setblocking(False)
+                if local_ip is not None:
+                    tcp.bind((local_ip, 0))
                 await loop.sock_connect(tcp, addr)
                 flow.connected()
                 udp = socket.socket(family, socket.SOCK_DGRAM)
@@ -56,7 +62,7 @@ async def join_room_async(target: TcrpTarget, request: Request,
         except (OSError, UnicodeError) as exc:
             raise flow.failed(exc, await _certificate(flow, exc)) from None
         # Best effort (§1.4): the first keepalive binds our address too.
-        writer.write(flow.registration(udp.getsockname()[1]))
+        writer.write(flow.registration(udp.getsockname()[1] if udp_port is None else udp_port))
         return _joined(flow, flow.granted(answer, addr[0]), udp)
     except BaseException:
         if udp is not None:

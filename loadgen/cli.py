@@ -237,12 +237,17 @@ def _run_lossy(opts: options.Options, output: options.Output, argv_list: list[st
     from loadgen import lossy
 
     host, port = split_servers(opts.server, opts.tcp_port)[0]
+    why_not = lossy.cannot_run(host, opts.accounting)
+    if why_not is not None:
+        print(f"ocm-loadgen: --loss: {why_not}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         report = lossy.run_lossy(lossy.LossOptions(
             host, port, opts.rooms, opts.users, opts.rate, opts.duration, opts.drain,
             opts.loss or 0.0, not opts.no_recovery, server_pid=opts.server_pid,
-            procs=opts.effective_procs(), outage_s=opts.outage_seconds))
-    except (OSError, JoinFailed, JoinRefused) as exc:
+            procs=opts.effective_procs(), outage_s=opts.outage_seconds,
+            seed=opts.seed, accounting=opts.accounting))
+    except (OSError, ValueError, JoinFailed, JoinRefused) as exc:
         print(f"ocm-loadgen: {exc}", file=sys.stderr)
         return EXIT_FAILED
     report["command"] = "ocm-loadgen " + shlex.join(argv_list)
@@ -306,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--no-recovery needs --loss")
     if opts.outage_seconds:
         parser.error("--outage-seconds needs --loss")
+    if opts.seed is not None:
+        parser.error("--seed needs --loss")
     live = LiveView(enabled=not output.quiet and sys.stderr.isatty(), members=opts.members)
     try:
         with live:

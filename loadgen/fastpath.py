@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING, Final
 
@@ -35,9 +36,6 @@ MODES: Final = ("auto", "c", "python")
 """``--accounting``: ``c`` (the extension, or refuse), ``python``, ``auto`` (C if built)."""
 SLOT_BYTES: Final = mmsg.PKTINFO_SLOT_BYTES + mmsg.TIMESTAMP_SLOT_BYTES
 """The C code reads control slots of a timestamp then a pktinfo message (64 bytes)."""
-NOT_BUILT: Final = ("the C extension loadgen._account was not built when ocm was installed "
-                    "(no C compiler or Python headers then); reinstall with them to use it")
-
 
 class _Batch(ctypes.Structure):
     _fields_ = [
@@ -59,24 +57,33 @@ class Unavailable(Exception):
     """The C accounting cannot be used here; the message says why."""
 
 
+def load_extension(name: str, descriptor_bytes: int, built_by: str) -> ModuleType:
+    """The compiled extension ``loadgen.<name>`` whose ``BATCH_BYTES`` must be
+    ``descriptor_bytes`` (what ``built_by`` builds); raises ``Unavailable`` with the reason
+    if it cannot be used here."""
+    if not mmsg.available():
+        raise Unavailable("recvmmsg is unavailable here")
+    try:
+        module = importlib.import_module(f"loadgen.{name}")
+    except ImportError as exc:
+        raise Unavailable(f"the C extension loadgen.{name} was not built when ocm was "
+                          "installed (no C compiler or Python headers then); reinstall with "
+                          "them to use it") from exc
+    if module.BATCH_BYTES != descriptor_bytes:
+        raise Unavailable(f"loadgen.{name} expects a {module.BATCH_BYTES}-byte batch "
+                          f"descriptor, {built_by} builds {descriptor_bytes} bytes: the "
+                          "extension is stale, reinstall ocm")
+    return module
+
+
 @functools.cache
 def extension() -> ModuleType:
     """The compiled ``_account.c``; raises ``Unavailable`` (with the reason) if it cannot be
     used here."""
-    if not mmsg.available():
-        raise Unavailable("recvmmsg is unavailable here")
-    try:
-        from loadgen import _account
-    except ImportError as exc:
-        raise Unavailable(NOT_BUILT) from exc
-    if _account.BATCH_BYTES != ctypes.sizeof(_Batch):
-        raise Unavailable(f"loadgen._account expects a {_account.BATCH_BYTES}-byte batch "
-                          f"descriptor, fastpath.py builds {ctypes.sizeof(_Batch)} bytes: "
-                          "the extension is stale, reinstall ocm")
-    return _account
+    return load_extension("_account", ctypes.sizeof(_Batch), "fastpath.py")
 
 
-def _address(buffer: object) -> int:
+def buffer_address(buffer: object) -> int:
     """Address of a writable buffer (bytearray, array.array, ctypes array)."""
     return ctypes.addressof(ctypes.c_char.from_buffer(buffer))  # type: ignore[arg-type]
 
@@ -100,8 +107,8 @@ class FastAccount:
         self.slow = (ctypes.c_int32 * batch.max_batch)()
         """Indexes of the datagrams the last ``account`` left to Python: ``slow[:count]``."""
         b = self._b = _Batch()
-        b.data, b.stride = _address(data), batch.bufsize
-        b.hdrs, b.ctrl = _address(hdrs), _address(ctrl)
+        b.data, b.stride = buffer_address(data), batch.bufsize
+        b.hdrs, b.ctrl = buffer_address(hdrs), buffer_address(ctrl)
         b.ip_base = (127 << 24) | ((first_octet + proc) << 16)
         b.hosts_per_block = hosts_per_block
         b.slow = ctypes.addressof(self.slow)
@@ -119,12 +126,13 @@ class FastAccount:
         b.members, b.users, b.base_g, b.mstart = m.members, m.users, state.base_g, m.mstart_ns
         b.chk_at, b.off = state.chk_at, state.off
         b.chk_len = len(state.chk)
-        b.chk = _address(state.chk)
-        b.counted, b.nexp = _address(state.counted), _address(state.nexp)
-        b.lat, b.rlat, b.direct = _address(state.lat), _address(state.rlat), len(state.lat)
+        b.chk = buffer_address(state.chk)
+        b.counted, b.nexp = buffer_address(state.counted), buffer_address(state.nexp)
+        b.lat, b.rlat = buffer_address(state.lat), buffer_address(state.rlat)
+        b.direct = len(state.lat)
         if len(self._dirty) != len(state.nexp):
             self._dirty = bytearray(len(state.nexp))
-        b.dirty = _address(self._dirty)
+        b.dirty = buffer_address(self._dirty)
 
     def account(self, n: int, now_ns: int, rt_offset_ns: int) -> int:
         b = self._b
@@ -135,7 +143,7 @@ class FastAccount:
         return int(b.n_slow)
 
     def reset_dirty(self) -> None:
-        ctypes.memset(_address(self._dirty), 0, len(self._dirty))
+        ctypes.memset(buffer_address(self._dirty), 0, len(self._dirty))
 
 
 def resolve(mode: str) -> str | None:

@@ -1,12 +1,27 @@
 """``ocm-loadgen --loss PCT``: reliable delivery (``ocm1r``) under datagram loss.
 
-Asyncio on uvloop, one UDP socket per member on 127.0.0.1 (or this host's address
-towards the server), every member a ``client.reliable.ReliableChat``: the code
-``ocm-chat`` runs. ``procs`` ``spawn`` processes share the rooms (disjoint slices, started
-together on the monotonic clock); their counters and HDR histograms are added up. Loss
-is made here, in the loadgen, each way: a datagram a member would send is dropped with
-probability PCT/100 before ``sendto``, and one it receives is dropped with the same
-probability before the client code sees it. The server is unchanged.
+Asyncio on uvloop; every member a ``client.reliable.ReliableChat``, the code ``ocm-chat``
+runs. ``procs`` ``spawn`` processes share the rooms (disjoint slices, started together on
+the monotonic clock); their counters and HDR histograms are added up. Each process has one
+shared socket (``transport.SharedSocket``, loopback servers only): member ``i`` is the
+address 127.(100 + proc).x.y, its TCRP join comes from that IP, and ``recvmmsg`` batches
+are told apart by destination IP (``IP_PKTINFO``).
+
+Receiving (``lossyfast.py``, ``_reliable.c``): the common case -- the next in-order DATA
+for a member whose receiver is clean (known epoch and next number, nothing held, nothing
+missing), the next message of its sender -- is counted in C straight from the receive
+buffers, as ``ReliableChat`` and ``show`` would count it. Everything else (ACK, SYNC, LOST,
+notices, a gap, a duplicate, a member whose receiver Python holds) goes, in order, to the
+member's ``ReliableChat``, which takes the receiver's epoch and next number over from C
+and hands them back once it is clean. ``--accounting python`` (or a build without the
+extension) sends everything that way; the report's ``receive_path`` says which ran.
+The outage members' receivers stay with Python.
+
+Loss is made here, in the loadgen, each way: a datagram a member would send is dropped
+with probability PCT/100 before it is sent, and one it receives is dropped with the same
+probability before the client code sees it (one draw of a seeded xorshift64* per datagram,
+in C or in Python alike: ``--seed`` makes a process's drops reproducible for the same
+traffic). The server is unchanged.
 
 Each member sends ``rate`` messages a second for ``duration`` seconds (text: sender index,
 its message number, the first send time), then the run drains until every message is
@@ -25,26 +40,37 @@ The JSON report has the shape of the others: ``command``, ``options``, ``result`
 
 from __future__ import annotations
 
+import array
 import asyncio
+import ctypes
 import heapq
 import multiprocessing
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
+from hdrh.histogram import HdrHistogram
+
 from client.reliable import Delivered, Gap, ReliableChat
 from client.session import TcrpTarget
 from client.session_aio import join_room_async
+from loadgen import lossyfast
+from loadgen.fastpath import Unavailable
 from loadgen.meter import latency_ms, merge_histograms, new_histogram, room_slices
 from loadgen.procstat import runqueue_wait_seconds, tree_cpu_seconds
+from loadgen.transport import FIRST_OCTET_BASE, HOSTS_PER_BLOCK, SharedSocket, resolve_mode
+from runtime import mmsg
 from wire import chat
 from wire.chat import encode_chat
 from wire.codes import Framing, Operation
 from wire.tcrp import Request, RequestBody
 
+RECV_BATCH: Final = 256
+"""Datagrams per ``recvmmsg`` call of the shared socket."""
 TICK_S: Final = 0.005
 """How often members' timers (NACKs, resends, sends due) are looked at."""
 KEEPALIVE_S: Final = 2.0
@@ -78,28 +104,63 @@ class LossOptions:
     room_lo: int = 0
     """This process's first room (a slice of ``room_count`` rooms from it)."""
     room_count: int | None = None
+    proc: int = 0
+    """This process's index (its members' addresses are 127.(100 + proc).x.y)."""
+    accounting: str = "auto"
+    """``c``: the C receive path or refuse; ``python``; ``auto``: C if it was built."""
 
 
-class _Member(asyncio.DatagramProtocol):
-    def __init__(self, run: _Run, index: int, room: int) -> None:
+def _deadline(chat_: ReliableChat) -> float | None:
+    """``chat_.next_deadline()`` without building a list (it runs after every datagram of
+    the Python path): the earliest of the sender's timer, the receiver's Sync retry and
+    its holes' NACK times."""
+    rx = chat_.receiver
+    due = chat_.sender.due
+    sync = rx.sync_due
+    if sync is not None and (due is None or sync < due):
+        due = sync
+    if rx.missing:
+        first = min(rx.missing.values())[0]  # (when, tries): the earliest when
+        if due is None or first < due:
+            due = first
+    return due
+
+
+class _Member:
+    """One member: its ``ReliableChat`` (the code ``ocm-chat`` runs), what it has shown,
+    and how it sends."""
+
+    __slots__ = ("run", "lm", "index", "room", "name", "chat", "send", "prefix", "sent",
+                 "out", "pinned", "handed", "ahead", "base", "armed", "src", "dst", "port")
+
+    def __init__(self, run: _Run, lm: int, index: int, room: int) -> None:
         self.run = run
+        self.lm = lm
         self.index = index
         self.room = room
-        self.name = f"u{index - room * run.opts.users}"
+        self.base = room * run.opts.users
+        """The global index of the first member of its room (sender numbers are global)."""
+        self.name = f"u{index - self.base}"
         self.chat = ReliableChat() if run.opts.recovery else None
-        self.transport: asyncio.DatagramTransport | None = None
-        self.room_raw = b""
-        self.token = b""
+        self.send: Callable[[bytes], object] | None = None
+        """Sends one datagram now (set once joined)."""
+        self.prefix = b""
+        self.src = self.dst = b""
+        """Our address and the relay's (4 bytes each) and its port: ``send_message``
+        queues datagrams in ``run.outbox`` with them, ``_flush`` sends the lot."""
+        self.port = 0
         self.sent = 0
         self.out = False
         """In its outage: nothing goes out, nothing comes in."""
-        self.last_from: dict[int, int] = {}
-        """Per sender: the highest message number shown (out-of-order check)."""
-        self.got: dict[int, bytearray] = {}
-        """Per sender: which of its message numbers were shown (duplicate check)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.pinned = False
+        """Its receiver stays with Python (the outage member: its deliveries are timed
+        against the outage)."""
+        self.handed = False
+        """Its receiver is clean and held by C (epoch and next number in the arrays)."""
+        self.armed: float | None = None
+        """When its live entry in the timer heap is due (None: it has none)."""
+        self.ahead: dict[int, set[int]] = {}
+        """Per sender of the room: message numbers shown past the next one expected."""
 
     def send_message(self, message: bytes) -> None:
         run = self.run
@@ -109,30 +170,44 @@ class _Member(asyncio.DatagramProtocol):
         if run.rng.random() < run.loss:
             run.dropped_out += 1
             return
-        if self.transport is not None:
-            self.transport.sendto(encode_chat(self.room_raw, self.token, message))
+        if self.send is not None:
+            run.outbox.append((self.prefix + message, self.src, self.dst, self.port))
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
+    def receive(self, data: bytes, now_us: int) -> None:
+        """A datagram kept by the loss (the Python path): the member's client code."""
         run = self.run
-        if self.out:
-            run.outage_dropped += 1
+        chat_ = self.chat
+        if chat_ is None:
+            self.show(data, now_us)
             return
-        if run.rng.random() < run.loss:
-            run.dropped_in += 1
-            return
-        now = time.monotonic()
-        if self.chat is None:
-            self.show(data, now)
-            return
-        for event in self.chat.handle_delivery(data, now):
+        if self.handed:  # take the receiver over from C (until it is clean again: a
+            self.handed = False  # hand-back earlier in this batch made C's state ST_C)
+            chat_.receiver.next = run.rs.next[self.lm]
+            run.rs.state[self.lm] = lossyfast.ST_PY
+        now = now_us / 1e6
+        for event in chat_.handle_delivery(data, now):
             if isinstance(event, Delivered):
-                self.show(event.body, now)
+                self.show(event.body, now_us)
             elif isinstance(event, Gap):
                 run.gaps += event.count
-        if self.chat.next_deadline() is not None:
-            run.busy.add(self)
+        run.arm(self)
+        self.hand_back()
 
-    def show(self, body: bytes, now: float) -> None:
+    def hand_back(self) -> None:
+        """Give a clean receiver to C (its fast path takes the member's deliveries)."""
+        run, chat_ = self.run, self.chat
+        if run.fast is None or chat_ is None or self.pinned or self.handed:
+            return
+        rx = chat_.receiver
+        if rx.next is None or rx.epoch is None or rx.held or rx.missing or rx.lost \
+                or rx.sync_due is not None or any(seq >= rx.next for seq in rx.own):
+            return  # (an own number below next is one the relay also resent as DATA)
+        rs = run.rs
+        rs.epoch[self.lm], rs.next[self.lm] = rx.epoch, rx.next
+        rs.state[self.lm] = lossyfast.ST_C
+        self.handed = True
+
+    def show(self, body: bytes, now_us: int) -> None:
         run = self.run
         try:
             item = chat.decode_framed(body)
@@ -142,30 +217,45 @@ class _Member(asyncio.DatagramProtocol):
             return
         try:
             sender_s, number_s, first_s = item.message.split(" ", 2)
-            sender, number, first = int(sender_s), int(number_s), float(first_s)
+            sender, number = int(sender_s), int(number_s)
+            first_us = round(float(first_s) * 1e6)
         except ValueError:
             return
-        if sender == self.index:  # our own, resent because its ack was lost
+        users = run.opts.users
+        s = sender - self.base
+        if not 0 <= s < users or sender == self.index:  # ours: resent, its ack was lost
             return
-        got = self.got.get(sender)
-        if got is None:
-            got = self.got[sender] = bytearray(64)
-        if number >= len(got):
-            got.extend(bytes(number + 64 - len(got)))
-        if got[number]:
+        k = self.lm * users + s
+        nexp = run.rs.nexp
+        expected = nexp[k]
+        ahead = self.ahead.get(s)
+        if number < expected or (ahead is not None and number in ahead):
             run.duplicates += 1
             return
-        got[number] = 1
-        if number < self.last_from.get(sender, -1):
+        if ahead and number < max(ahead):
             run.out_of_order += 1
-        self.last_from[sender] = max(number, self.last_from.get(sender, -1))
+        if number == expected:
+            expected += 1
+            while ahead and expected in ahead:
+                ahead.discard(expected)
+                expected += 1
+            nexp[k] = expected
+        else:
+            if ahead is None:
+                ahead = self.ahead[s] = set()
+            ahead.add(number)
+        run.rs.pdirty[k] = 1 if ahead else 0
         if run.measuring or run.draining:
             run.delivered += 1
-            run.hist.record_value(max(1, int((now - first) * 1e6)))
-            if self in run.outage_members and run.out_from <= first < run.out_until \
+            lat = max(1, now_us - first_us)
+            if run.lat is not None and lat < lossyfast.DIRECT_US:
+                run.lat[lat] += 1  # the C path's per-µs counts (cheaper than an HDR record)
+            else:
+                run.hist.record_value(lat)
+            if self.pinned and run.out_from_us <= first_us < run.out_until_us \
                     and run.outage_on is False and run.out_until != float("inf"):
                 run.outage_back += 1
-                run.outage_hist.record_value(max(1, int((now - run.out_until) * 1e6)))
+                run.outage_hist.record_value(max(1, now_us - run.out_until_us))
 
 
 class _Run:
@@ -174,71 +264,222 @@ class _Run:
         self.loss = opts.loss_pct / 100.0
         seed = None if opts.seed is None else opts.seed * 1_000_003 + opts.room_lo
         self.rng = random.Random(seed)
+        """The send side's loss."""
+        self.rx_rng = lossyfast.LossRng(lossyfast.seed_state(
+            random.Random(seed).getrandbits(64) ^ 0x5EED), opts.loss_pct)
+        """The receive side's loss (drawn in C on the fast path, the same way)."""
         self.members: list[_Member] = []
-        self.busy: set[_Member] = set()
-        """Members with a timer due some time (NACK, resend, sync): ``_tick`` looks only
-        at these, not at every member every tick."""
+        self.rs = lossyfast.ReceiveState(0, opts.users)
+        self.fast: lossyfast.FastReceive | None = None
+        self.lat: array.array[int] | None = None
+        """The C path's per-µs latency counts (``fast.lat``), folded in at the end."""
+        self.path = "python"
+        self.timers: list[tuple[float, int]] = []
+        """A heap of (when, member) for members with a timer (NACK, resend, sync):
+        ``_tick`` looks only at those due, not at every member every tick."""
         self.hist = new_histogram()
         self.delivered = self.duplicates = self.out_of_order = self.gaps = 0
         self.expected = 0
         self.dropped_out = self.dropped_in = 0
+        self.stray = self.send_errors = self.recv_errors = 0
+        self.fast_delivered = 0
+        self.received = 0
+        """Datagrams read from the shared socket."""
+        self.outbox: list[tuple[bytes, bytes, bytes, int]] = []
+        """Datagrams to send at the end of this loop iteration (``_flush``)."""
+        self.send_batch: Callable[[int, list[tuple[bytes, bytes, bytes, int]]], int] | None \
+            = None
+        self.fd = -1
         self.measuring = self.draining = False
         self.framing = Framing.OCM1R if opts.recovery else Framing.OCM1
         self.outage_members: set[_Member] = set()
         self.outage_of: dict[int, _Member] = {}
         """The member of each room that has the outage."""
         self.out_from = self.out_until = float("inf")
+        self.out_from_us = self.out_until_us = 1 << 62
         self.outage_on = False
         self.outage_expected = self.outage_back = self.outage_dropped = 0
         self.outage_hist = new_histogram()
         """From the end of the outage to the delivery of what was sent during it."""
+        self.by_dest: dict[bytes, int] = {}
+
+    def arm(self, member: _Member) -> None:
+        """Put ``member``'s next timer in the heap (one live entry per member: the
+        earliest; a later one is found when that one is popped)."""
+        chat_ = member.chat
+        due = None if chat_ is None else _deadline(chat_)
+        if due is not None and (member.armed is None or due < member.armed):
+            member.armed = due
+            heapq.heappush(self.timers, (due, member.lm))
+
+    def receive_rows(self, rows: list[tuple[bytes, bytes, int]], now_us: int) -> None:
+        """The Python path of a batch: outage, loss, then the member's client code."""
+        by_dest, state, members, rng = self.by_dest, self.rs.state, self.members, self.rx_rng
+        for data, dest, _ in rows:
+            lm = by_dest.get(dest)
+            if lm is None:
+                self.stray += 1
+            elif state[lm] == lossyfast.ST_OUT:
+                self.outage_dropped += 1
+            elif rng.drop():
+                self.dropped_in += 1
+            else:
+                members[lm].receive(data, now_us)
+
+    def receive_fast(self, batch: mmsg.RecvBatch, got: int, now_us: int) -> None:
+        """The C path of a batch, then what it left to Python, in order."""
+        fast = self.fast
+        assert fast is not None
+        n_slow = fast.receive(got, now_us, self.measuring or self.draining)
+        b = fast.batch
+        self.fast_delivered += b.delivered
+        self.delivered += b.delivered
+        self.dropped_in += b.dropped_in
+        self.outage_dropped += b.outage_dropped
+        self.stray += b.stray
+        for j in range(b.n_over):
+            self.hist.record_value(fast.over[j])
+        if b.stray:
+            batch.datagrams_to()  # restores any control slot the kernel shortened
+        members, slow, slow_lm, datagram = self.members, fast.slow, fast.slow_lm, batch.datagram
+        for j in range(n_slow):
+            members[slow_lm[j]].receive(datagram(slow[j]), now_us)
+
+    def hist_total(self) -> HdrHistogram:
+        """The latencies recorded so far (the per-µs counts folded in, then cleared)."""
+        if self.lat is not None:
+            lossyfast.fold_latencies(self.hist, self.lat)
+            ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(self.lat)), 0,
+                          len(self.lat) * self.lat.itemsize)
+        return self.hist
 
 
-async def _join_all(run: _Run) -> None:
+def _on_readable(run: _Run, batch: mmsg.RecvBatch, fd: int) -> None:
+    """Read the shared socket empty, a ``recvmmsg`` batch at a time."""
+    while True:
+        try:
+            got = batch.recv(fd)
+        except OSError:
+            run.recv_errors += 1
+            return
+        if not got:
+            return
+        run.received += got
+        now_us = time.monotonic_ns() // 1000
+        if run.fast is not None:
+            run.receive_fast(batch, got, now_us)
+        else:
+            run.receive_rows(batch.datagrams_to(), now_us)
+        if got < batch.max_batch:
+            return
+
+
+def _add_members(run: _Run) -> list[list[_Member]]:
+    """This process's members, room by room (the last of each has the outage, if any)."""
+    opts = run.opts
+    count = opts.rooms if opts.room_count is None else opts.room_count
+    rooms = []
+    for r in range(opts.room_lo, opts.room_lo + count):
+        base = r * opts.users
+        members = [_Member(run, len(run.members) + u, base + u, r) for u in range(opts.users)]
+        run.members += members
+        if opts.outage_s > 0 and opts.users > 1:
+            run.outage_members.add(members[-1])
+            run.outage_of[r] = members[-1]
+            members[-1].pinned = True
+        rooms.append(members)
+    return rooms
+
+
+def _attach(run: _Run, shared: SharedSocket) -> mmsg.RecvBatch:
+    """The receive state of ``run``'s members on ``shared``, and the C path unless
+    ``--accounting python`` (or ``--no-recovery``) or where it was not built (``c``:
+    ``Unavailable``); the batch ``_on_readable`` reads into."""
+    opts = run.opts
+    run.rs = lossyfast.ReceiveState(len(run.members), opts.users)
+    run.by_dest = {socket.inet_aton(ip): lm for lm, ip in enumerate(shared.ips)}
+    batch = mmsg.RecvBatch(max_batch=RECV_BATCH, pktinfo=True)
+    if opts.accounting != "python" and opts.recovery:
+        try:
+            run.fast = lossyfast.FastReceive(
+                batch, run.rs, shared.proc, HOSTS_PER_BLOCK, FIRST_OCTET_BASE, opts.users,
+                opts.room_lo * opts.users, run.rx_rng)
+            run.path = "c"
+            run.lat = run.fast.lat
+            run.send_batch = lossyfast.extension().send_batch
+            run.fd = shared.sock.fileno()
+        except Unavailable:
+            if opts.accounting == "c":
+                raise
+    return batch
+
+
+async def _join_all(run: _Run, shared: SharedSocket, rooms: list[list[_Member]]) -> None:
     opts = run.opts
     sem = asyncio.Semaphore(32)
-    loop = asyncio.get_running_loop()
+    port = shared.sock.getsockname()[1]
 
     async def join(member: _Member, op: Operation) -> None:
         async with sem:
             room = f"{opts.prefix}-{member.room}"
             joined = await join_room_async(
                 TcrpTarget(opts.server, opts.tcp_port),
-                Request.of(op, room, RequestBody(member.name, framing=run.framing)))
-        member.room_raw, member.token = joined.room_raw, joined.token
-        sock = joined.udp_sock
-        sock.connect(joined.server)
-        await loop.create_datagram_endpoint(lambda: member, sock=sock)
+                Request.of(op, room, RequestBody(member.name, framing=run.framing)),
+                local_ip=shared.join_ip(member.lm), udp_port=port)
+        joined.udp_sock.close()  # the shared socket sends and receives for it
+        member.prefix = encode_chat(joined.room_raw, joined.token, b"")
+        shared.attach(member.lm, joined.server)
+        member.send = shared.senders[member.lm]
+        member.src = socket.inet_aton(shared.ips[member.lm])
+        member.dst, member.port = socket.inet_aton(joined.server[0]), joined.server[1]
         member.send_message(b"")  # binds (a lost one is retried by the keepalives)
+        _flush(run)
 
-    count = opts.rooms if opts.room_count is None else opts.room_count
-    for r in range(opts.room_lo, opts.room_lo + count):
-        base = r * opts.users
-        members = [_Member(run, base + u, r) for u in range(opts.users)]
-        run.members += members
-        if opts.outage_s > 0 and opts.users > 1:
-            run.outage_members.add(members[-1])
-            run.outage_of[r] = members[-1]
+    for members in rooms:
         await join(members[0], Operation.CREATE)
         await asyncio.gather(*(join(m, Operation.JOIN) for m in members[1:]))
 
 
+def _flush(run: _Run) -> None:
+    """Send what the members queued: one ``sendmmsg`` per 128 datagrams in C (the relay's
+    worker wakes once per batch, not per datagram), else one ``sendmsg`` each."""
+    out = run.outbox
+    if not out:
+        return
+    run.outbox = []
+    if run.send_batch is not None:
+        run.send_errors += run.send_batch(run.fd, out)
+        return
+    members = run.members
+    for data, src, _, _ in out:
+        member = members[run.by_dest[src]]
+        assert member.send is not None
+        try:
+            member.send(data)
+        except OSError:
+            run.send_errors += 1
+
+
 def _tick(run: _Run, now: float) -> None:
-    for member in list(run.busy):
-        chat_ = member.chat
-        if chat_ is None:
-            run.busy.discard(member)
+    timers, members = run.timers, run.members
+    while timers and timers[0][0] <= now:
+        when, lm = heapq.heappop(timers)
+        member = members[lm]
+        if member.armed != when:  # superseded by an earlier entry
             continue
-        due = chat_.next_deadline()
-        if due is None:
-            run.busy.discard(member)
-        elif due <= now:
+        member.armed = None
+        chat_ = member.chat
+        assert chat_ is not None
+        due = _deadline(chat_)
+        if due is not None and due <= now:
             messages, events = chat_.handle_timer(now)
             for message in messages:
                 member.send_message(message)
             for event in events:
                 if isinstance(event, Gap):
                     run.gaps += event.count
+            member.hand_back()
+        run.arm(member)
 
 
 def _settled(run: _Run) -> bool:
@@ -255,21 +496,26 @@ def _outage(run: _Run, now: float) -> None:
     it): ``out_from`` and ``out_until`` become the times it really began and ended."""
     if not run.outage_members or run.out_until != float("inf"):
         return
+    state = run.rs.state
     if not run.outage_on:
         if now >= run.out_from:
             run.outage_on = True
             run.out_from = float(f"{now:.6f}")  # as the texts carry their send times
+            run.out_from_us = round(run.out_from * 1e6)
             for member in run.outage_members:
                 member.out = True
+                state[member.lm] = lossyfast.ST_OUT
         return
     if now >= run.out_from + run.opts.outage_s:
         run.outage_on = False
         run.out_until = float(f"{now:.6f}")
+        run.out_until_us = round(run.out_until * 1e6)
         for member in run.outage_members:  # back: NACK every hole, resend the window,
             member.out = False  # and ask where the room is
+            state[member.lm] = lossyfast.ST_PY
             if member.chat is not None:
                 member.chat.resumed(now)
-                run.busy.add(member)
+                run.arm(member)
             member.send_message(b"")
 
 
@@ -278,7 +524,25 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
     """Join this slice's members, wait for ``gate`` (the start time, on the monotonic
     clock, from the parent; none: start now), send, drain, leave; raw figures."""
     run = _Run(opts)
-    await _join_all(run)
+    rooms = _add_members(run)
+    shared = SharedSocket(len(run.members), opts.proc, timestamps=False)
+    loop = asyncio.get_running_loop()
+    fd = shared.sock.fileno()
+    try:
+        batch = _attach(run, shared)
+        loop.add_reader(fd, _on_readable, run, batch, fd)
+        try:
+            await _join_all(run, shared, rooms)
+            return await _drive(run, gate)
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        shared.close()
+
+
+async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict[str, Any]:
+    """Send, drain, leave; the raw figures."""
+    opts = run.opts
     await asyncio.sleep(0.5)  # joined notices and syncs settle
     if gate is not None:
         start = await gate()
@@ -312,7 +576,7 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
                 member.send_message(text)
             else:
                 _, message = member.chat.send(text, now)
-                run.busy.add(member)
+                run.arm(member)
                 if message is not None:
                     member.send_message(message)
         if now >= next_keepalive:
@@ -320,11 +584,13 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
             for member in run.members:
                 member.send_message(b"")
         _tick(run, now)
+        _flush(run)
         await asyncio.sleep(TICK_S)
         now = time.monotonic()
     sent_end = now
     cpu1 = tree_cpu_seconds(opts.server_pid) if opts.server_pid else None
     own1 = (time.process_time(), runqueue_wait_seconds())
+    delivered_sending = run.delivered
     run.measuring, run.draining = False, True
     while not _settled(run) and now - sent_end < opts.drain:
         _outage(run, now)
@@ -333,20 +599,26 @@ async def _run(opts: LossOptions, gate: Callable[[], Awaitable[float]] | None = 
             for member in run.members:
                 member.send_message(b"")
         _tick(run, now)
+        _flush(run)
         await asyncio.sleep(TICK_S)
         now = time.monotonic()
     for member in run.members:
-        if member.transport is not None:
-            member.transport.sendto(encode_chat(member.room_raw, member.token, b"/exit"))
-            member.transport.close()
+        if member.send is not None:
+            try:
+                member.send(member.prefix + b"/exit")
+            except OSError:
+                run.send_errors += 1
     return {
         "sent": sum(m.sent for m in run.members),
         "expected": run.expected, "delivered": run.delivered,
+        "delivered_sending": delivered_sending,
         "duplicates": run.duplicates, "out_of_order": run.out_of_order, "gaps": run.gaps,
         "dropped_out": run.dropped_out, "dropped_in": run.dropped_in,
         "resent": sum(m.chat.sender.copies - m.sent for m in run.members
                       if m.chat is not None),
-        "hist": run.hist.encode(),
+        "hist": run.hist_total().encode(),
+        "path": run.path, "fast_delivered": run.fast_delivered, "stray": run.stray,
+        "send_errors": run.send_errors, "recv_errors": run.recv_errors,
         "outage_members": len(run.outage_members), "outage_expected": run.outage_expected,
         "outage_back": run.outage_back, "outage_dropped": run.outage_dropped,
         "outage_hist": run.outage_hist.encode(),
@@ -396,11 +668,18 @@ def _report(opts: LossOptions, parts: list[dict[str, Any]], procs: int,
                 merge_histograms(p["hist"] for p in parts)),
             "dropped_by_loadgen": {"out": total("dropped_out"), "in": total("dropped_in")},
             "resent_copies": total("resent"),
+            "receive_path": sorted({p["path"] for p in parts}),
+            "deliveries_counted_in_c": total("fast_delivered"),
+            "stray": total("stray"),
+            "socket_errors": total("send_errors") + total("recv_errors"),
             "drain_s": round(max(p["drain_s"] for p in parts), 3),
             "outage": outage,
             "loadgen_cpu_pct": round(100.0 * sum(p["cpu_s"] for p in parts) / sending_s, 1),
             "loadgen_cpu_wait_pct": round(100.0 * sum(p["wait_s"] for p in parts) / sending_s,
                                           1),
+            "loadgen_cpu_us_per_delivery": round(
+                1e6 * sum(p["cpu_s"] for p in parts) / total("delivered_sending"), 2)
+            if total("delivered_sending") else None,
             "server_cpu_s": None if server_cpu_s is None else round(server_cpu_s, 3),
             "server_cpu_pct": None if server_cpu_s is None else round(
                 100.0 * server_cpu_s / sending_s, 1),
@@ -434,10 +713,11 @@ def _child_main(conn: Connection, opts: LossOptions) -> None:
 def _run_procs(opts: LossOptions, procs: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     children = []
-    for lo, count in room_slices(opts.rooms, procs):
+    for index, (lo, count) in enumerate(room_slices(opts.rooms, procs)):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_child_main, args=(
-            child, replace(opts, room_lo=lo, room_count=count, server_pid=None)), daemon=True)
+            child, replace(opts, room_lo=lo, room_count=count, server_pid=None,
+                           proc=index)), daemon=True)
         proc.start()
         child.close()
         children.append((proc, parent))
@@ -491,7 +771,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"framing {report['options']['framing']}, loss {report['options']['loss_pct']:g} % "
         f"each way (dropped {r['dropped_by_loadgen']['out']} out, "
-        f"{r['dropped_by_loadgen']['in']} in), {report['procs']} loadgen process(es)",
+        f"{r['dropped_by_loadgen']['in']} in), {report['procs']} loadgen process(es), "
+        f"receive path {'/'.join(r['receive_path'])} ({r['deliveries_counted_in_c']} "
+        "deliveries counted in C)",
         f"delivered {r['delivered']} of {r['expected_deliveries']} "
         f"({'n/a' if pct is None else f'{pct:.3f}'} %), duplicates {r['duplicates']}, "
         f"out of order {r['out_of_order']}, unrecovered {r['unrecovered_markers']}",
@@ -514,3 +796,19 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                     if r["server_cpu_pct"] is not None
                     else "server CPU not measured (--server-pid)"))
     return lines
+
+
+def cannot_run(server: str, accounting: str) -> str | None:
+    """Why ``--loss`` cannot run against ``server`` with ``--accounting accounting``
+    (``None``: it can). It needs a shared socket (a loopback server, recvmmsg), and for
+    ``c`` the compiled ``loadgen._reliable``."""
+    try:
+        resolve_mode("shared", server)
+    except ValueError as exc:
+        return str(exc)
+    if accounting == "c":
+        try:
+            lossyfast.extension()
+        except Unavailable as exc:
+            return f"--accounting c: {exc}"
+    return None

@@ -105,7 +105,8 @@ class Options:
                                    "ends at the read time, like the end-to-end one", "loadgen",
                              flag="--no-rx-timestamps")
     accounting: str = _f("auto", "who accounts deliveries read from a shared socket: 'c' = "
-                                 "the C extension built at install time (loadgen._account), "
+                                 "the C extension built at install time (loadgen._account; "
+                                 "with --loss loadgen._reliable), "
                                  "which takes most of the loadgen's CPU off the cores it "
                                  "shares with the server; 'python' = the reference path; "
                                  "'auto' = C where it was built, else Python with a warning",
@@ -155,8 +156,10 @@ class Options:
                                   "members ask for ocm1r and run ocm-chat's recovery; "
                                   "reports delivered %% after recovery, first-send-to-"
                                   "delivery latency, duplicates, out of order. --procs "
-                                  "processes, one socket per member; uses --rooms --users "
-                                  "--rate --duration --drain --server-pid", "profile",
+                                  "processes, one shared socket each (loopback servers "
+                                  "only; in-order deliveries counted in C, see "
+                                  "--accounting); uses --rooms --users --rate --duration "
+                                  "--drain --server-pid --seed", "profile",
                             minimum=0, maximum=100, metavar="PCT", shown="none")
     outage_seconds: float = _f(0.0, "with --loss: the last member of every room goes silent "
                                     "both ways this long, from a third of --duration on, "
@@ -165,6 +168,9 @@ class Options:
                                metavar="S")
     no_recovery: bool = _f(False, "with --loss: ask for ocm1 (no numbering, acks or "
                                   "resends), to compare", "profile")
+    seed: int | None = _f(None, "with --loss: seed of the loss draws (the same seed drops "
+                                "the same datagrams of the same traffic, per process); "
+                                "default: random", "profile", metavar="N", shown="none")
     join_only: bool = _f(False, "only join (and bind each member's address), then exit: "
                                 "no run and no /exit, so the members stay in their rooms "
                                 "until the server's inactivity timeout unless something "

@@ -25,6 +25,7 @@ CASES: list[tuple[str, Main, list[str], str]] = [
     ("ocm-loadgen", loadgen_main, ["--bogus"], "unrecognized arguments: --bogus"),
     ("ocm-loadgen", loadgen_main, ["--step-factor", "1"],
      "argument --step-factor: must be > 1, got 1"),
+    ("ocm-loadgen", loadgen_main, ["--seed", "3"], "--seed needs --loss"),
     ("ocm-control", control_main, ["--bogus"], "unrecognized arguments: --bogus"),
     ("ocm-control", control_main, ["--workers"], "argument --workers: expected one argument"),
 ]
