@@ -151,6 +151,8 @@ class Receiver:
         """Our own message is ``seq``: nothing to show (the UI shows it already)."""
         if not self._epoch_ok(epoch) or seq == 0:
             return []
+        if self.next is not None and seq < self.next:
+            return []  # passed already (its DATA was resent to us before the ACK came)
         self.own.add(seq)
         self.missing.pop(seq, None)
         if self.next is None:

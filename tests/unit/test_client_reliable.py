@@ -118,6 +118,15 @@ def test_own_message_fills_its_number_without_a_line() -> None:
     assert chat.handle_delivery(b"\x07junk", 0.03) == [] and chat.malformed == 1
 
 
+def test_an_ack_for_a_number_already_passed_leaves_nothing_behind() -> None:
+    rx = Receiver()
+    rx.handle_sync(E, 4, 3, 0.0)
+    # our own message 4 came back as DATA (a resend) before its ACK
+    assert bodies(rx.handle_data(E, 4, b"\x03memine", 0.01)) == [b"\x03memine"]
+    assert rx.handle_own(E, 4, 0.02) == []
+    assert rx.own == set() and rx.next == 5 and rx.missing == {}
+
+
 def test_sender_goes_back_until_acked_then_fails_and_retry_resends_same_ids() -> None:
     tx = Sender()
     one, first = tx.send(b"x", 0.0)
