@@ -152,9 +152,9 @@ class Options:
     max_steps: int = _f(capacity.DEFAULT_MAX_STEPS, "most rates in a capacity search",
                         "SLOs and capacity", above=0)
     loss: float | None = _f(None, "reliable delivery under loss (loadgen/lossy.py): drop "
-                                  "this %% of the datagrams each way inside the loadgen, "
+                                  "this % of the datagrams each way inside the loadgen, "
                                   "members ask for ocm1r and run ocm-chat's recovery; "
-                                  "reports delivered %% after recovery, first-send-to-"
+                                  "reports delivered % after recovery, first-send-to-"
                                   "delivery latency, duplicates, out of order. --procs "
                                   "processes, one shared socket each (loopback servers "
                                   "only; in-order deliveries counted in C, see "
