@@ -151,3 +151,15 @@ def test_limits() -> None:
 def test_max_message_bytes(room_len: int, token_len: int, username_len: int, expected: int) -> None:
     """§1.3: ``min(4096 - 2 - len(room) - len(token), 4094 - 2 - len(username))``."""
     assert limits.max_message_bytes(room_len, token_len, username_len) == expected
+
+
+@pytest.mark.parametrize(
+    ("room_len", "token_len", "username_len", "expected"),
+    [
+        (4, 33, 5, 4052),  # the datagram bound, less the SEND header: 4096 - 2 - 4 - 33 - 5
+        (1, 22, 255, 3829),  # the delivery bound, DATA header and length: 4094 - 9 - 1 - 255
+    ],
+)
+def test_max_message_bytes_of_an_ocm1r_member(room_len: int, token_len: int, username_len: int,
+                                              expected: int) -> None:
+    assert limits.max_message_bytes(room_len, token_len, username_len, reliable=True) == expected

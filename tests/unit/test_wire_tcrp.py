@@ -7,6 +7,7 @@ is how "before any payload byte is read" (§1.1) is asserted.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +17,7 @@ from wire.codes import Framing, Operation, State, Status
 from wire.tcrp import (
     MAX_PAYLOAD_SIZE_FIELD,
     NEED_DATA,
+    ROOM_EPOCH_BYTES,
     Complete,
     Details,
     FrameReader,
@@ -207,6 +209,7 @@ def test_encode_request_with_password_and_framing() -> None:
     RequestBody("bob"),
     RequestBody("bob", "pw", Framing.OCM1),
     RequestBody("bob", None, Framing.PLAIN, None, False),
+    RequestBody("bob", framing=Framing.OCM1R, resume="c2VjcmV0"),
 ])
 def test_a_request_body_round_trips(body: RequestBody) -> None:
     """What a client encodes is what the server decodes: one value on both sides."""
@@ -646,6 +649,26 @@ def test_details_udp_host_round_trip_and_type() -> None:
     assert Details.from_json(remote.to_json()) == remote
     with pytest.raises(errors.BadResponse):
         Details.from_json({**remote.to_json(), "udp_host": 5})
+
+
+def test_details_of_a_resume_round_trip() -> None:
+    """An ``ocm1r`` answer carries the next resume secret; the answer to a resume says so."""
+    moved = Details(9001, False, 4052, 300.0, Framing.OCM1R, resume="bmV4dA", resumed=True)
+    assert (moved.to_json()["resume"], moved.to_json()["resumed"]) == ("bmV4dA", True)
+    assert Details.from_json(moved.to_json()) == moved
+    for bad in ({"resume": 5}, {"resumed": "yes"}):
+        with pytest.raises(errors.BadResponse):
+            Details.from_json({**moved.to_json(), **bad})
+
+
+def test_details_of_an_encrypted_room_with_and_without_an_epoch() -> None:
+    """An epoch is optional in an encrypted room's answer (a server before room epochs)."""
+    room = Details(9001, True, 4057, 300.0, Framing.OCM1, e2e=True)
+    assert "epoch" not in room.to_json()
+    assert Details.from_json(room.to_json()) == room
+    epoch = bytes(range(ROOM_EPOCH_BYTES))
+    assert Details.from_json({**room.to_json(), "epoch": base64.b64encode(epoch).decode()}) \
+        == Details(9001, True, 4057, 300.0, Framing.OCM1, e2e=True, epoch=epoch)
 
 
 # --- FrameReader, client role: State 1 then State 2 ----------------------------------------
