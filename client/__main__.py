@@ -242,12 +242,14 @@ def _script_room(args: argparse.Namespace, password: str | None) -> int:
                      "give --user and --create ROOM or --join ROOM", EXIT_USAGE)
     room = args.create or args.join
     store = _store(args)
-    choice = IdentityChoice(store, args.server, args.tcp_port, args.user, required=args.e2e)
+    choice = IdentityChoice(store, args.server, args.tcp_port, args.user, required=args.e2e,
+                            room=room, operation=operation, allow_plain=args.allow_plain)
     try:
         e2e = must_be_encrypted(store, args.server, args.tcp_port, room, args.e2e, operation,
                                 args.allow_plain)
         joined = join_room(_target(args), Request.of(operation, room, RequestBody(
-            args.user, password, Framing.OCM1R, e2e=e2e)), keys_for=choice)
+            args.user, password, Framing.OCM1R, e2e=e2e)), keys_for=choice,
+            e2e_for=choice.seen_encrypted)
     except JoinRefused as refused:
         todo = "give it with --password-file or --password-stdin" if (
             refused.status == Status.INVALID_PASSWORD and password is None) else None

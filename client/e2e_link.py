@@ -147,7 +147,8 @@ class E2ERoomLink(RoomLink):
         await super().open()
         me = render.sanitize_name(self.joined.username)
         try:
-            self.store.mark_encrypted(link_server_address(self.joined), self.crypto.room)
+            for server in {link_server_address(self.joined), link_server_identity(self.joined)}:
+                self.store.mark_encrypted(server, self.crypto.room)  # any name, and the key
         except (KeyStoreError, OSError) as exc:
             self._on_line(render.warning_line(f"cannot record this room as encrypted: {exc}"))
         self._on_line(render.notice_line(
@@ -607,11 +608,15 @@ class IdentityChoice:
     the request is sent)."""
 
     def __init__(self, store: KeyStore, host: str, port: int, username: str,
-                 required: bool = False) -> None:
+                 required: bool = False, room: str | None = None,
+                 operation: Operation | None = None, allow_plain: bool = False) -> None:
         self.store = store
         self.address = server_identity(host, port)
         self.username = username
         self.required = required
+        self.room = room
+        self.operation = operation
+        self.allow_plain = allow_plain
         self.identity: IdentityKeys | None = None
         self.error: KeyStoreError | None = None
 
@@ -629,6 +634,19 @@ class IdentityChoice:
                 raise JoinFailed(f"cannot use your identity key: {self.error}")
             return None
         return self.identity.publish()
+
+    def seen_encrypted(self, tls_key: str | None) -> bool:
+        """The join's ``e2e_for``: a join of ``room`` this device saw encrypted on this
+        server under another name (the record is kept under the TLS key too): it must be
+        encrypted now, unless ``allow_plain``. ``must_be_encrypted`` has checked the name
+        the user gave, before the connection."""
+        if tls_key is None or self.room is None or self.allow_plain \
+                or self.operation is not Operation.JOIN:
+            return False
+        try:
+            return self.store.seen_encrypted(tls_key, self.room)
+        except (KeyStoreError, OSError):
+            return True  # cannot tell: refuse plain rather than leak text
 
 
 def must_be_encrypted(store: KeyStore | None, host: str, port: int, room: str, e2e: bool,

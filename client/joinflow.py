@@ -198,6 +198,9 @@ def certificate_names(der: bytes) -> list[str]:
 
 
 KeysFor = Callable[[str | None], PublicKeys | None]
+E2EFor = Callable[[str | None], bool]
+"""Whether a join must be of an encrypted room, given the server's TLS key (``None``
+without TLS): a room this device saw encrypted under that key (``IdentityChoice``)."""
 """Called with the server's TLS key fingerprint (``None`` without TLS); returns the public
 keys the request publishes."""
 
@@ -225,9 +228,12 @@ class JoinFlow:
     """One join, client side, without I/O; see the module docstring."""
 
     def __init__(self, target: TcrpTarget, request: Request,
-                 keys_for: KeysFor | None = None) -> None:
+                 keys_for: KeysFor | None = None, e2e_for: E2EFor | None = None) -> None:
         self.target = target
         self._keys_for = keys_for
+        self._e2e_for = e2e_for
+        """Asked once the server's TLS key is known: True makes the request require an
+        encrypted room (it never lifts an ``e2e`` the request has)."""
         """Gives the request's ``keys`` once the server's TLS key is known (``None``
         without TLS): identities are kept per server identity (client.keystore)."""
         framing = request.body.framing
@@ -276,6 +282,9 @@ class JoinFlow:
         if self._keys_for is not None:
             keys = self._keys_for(self.server_key)
             self.request = replace(self.request, body=replace(self.request.body, keys=keys))
+        if self._e2e_for is not None and not self.request.body.e2e \
+                and self._e2e_for(self.server_key):
+            self.request = replace(self.request, body=replace(self.request.body, e2e=True))
         return self._exchange.send_request(self.request)
 
     def receive(self, data: bytes) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from client.joinflow import (
     DEFAULT_TIMEOUT_S,
     Addr,
+    E2EFor,
     Granted,
     JoinFailed,
     JoinFlow,
@@ -102,15 +103,16 @@ def resolve(host: str, port: int) -> tuple[socket.AddressFamily, Addr]:
 
 
 def join_room(target: TcrpTarget, request: Request, source: str | None = None,
-              keys_for: KeysFor | None = None) -> Joined:
+              keys_for: KeysFor | None = None, e2e_for: E2EFor | None = None) -> Joined:
     """Create or join ``request.room`` at ``target``; see the module docstring. With
     ``target.tls`` the server's certificate must verify for ``target.host``. The request's
     ``keys`` (our public identity) let an encrypted room be joined without a flag; its
     ``e2e`` makes a created room encrypted (docs/e2e.md §2.1). ``source``: the local IP
     to connect from (a resume from a given address; else the system chooses).
     ``keys_for``: chooses the request's ``keys`` once the server's TLS key is known
-    (``client.e2e_link.IdentityChoice``)."""
-    flow = JoinFlow(target, request, keys_for)
+    (``client.e2e_link.IdentityChoice``); ``e2e_for`` whether the join must be of an
+    encrypted room, once that key is known (``IdentityChoice.seen_encrypted``)."""
+    flow = JoinFlow(target, request, keys_for, e2e_for)
     flow.check_request()
     family, addr = resolve(target.host, target.port)
     deadline = time.monotonic() + target.timeout

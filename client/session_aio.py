@@ -12,20 +12,21 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from client.joinflow import JoinFlow, KeysFor, TcrpTarget, certificate_probe_context
+from client.joinflow import E2EFor, JoinFlow, KeysFor, TcrpTarget, certificate_probe_context
 from client.session import RECV_CHUNK_BYTES, Addr, Joined, _joined
 from wire.tcrp import Request
 
 
 async def join_room_async(target: TcrpTarget, request: Request,
                           keys_for: KeysFor | None = None, local_ip: str | None = None,
-                          udp_port: int | None = None) -> Joined:
+                          udp_port: int | None = None,
+                          e2e_for: E2EFor | None = None) -> Joined:
     """Create or join ``request.room`` at ``target``, as ``join_room`` does. ``local_ip``:
     join from this address (the token is bound to it); ``udp_port``: the UDP port to
     register instead of the returned socket's (a caller that sends from a socket of its
     own, as the loadgen's shared socket)."""
     loop = asyncio.get_running_loop()
-    flow = JoinFlow(target, request, keys_for)
+    flow = JoinFlow(target, request, keys_for, e2e_for)
     flow.check_request()
     tcp: socket.socket | None = None
     writer: asyncio.StreamWriter | None = None

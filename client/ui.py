@@ -207,13 +207,15 @@ def enter_room(plan: Plan, asker: Asker, colour: bool) -> Joined:
             choice = None
             if plan.store is not None:
                 choice = IdentityChoice(plan.store, plan.host, plan.tcp_port, user,
-                                        required=plan.e2e)
+                                        required=plan.e2e, room=room, operation=operation,
+                                        allow_plain=plan.allow_plain)
             e2e = must_be_encrypted(plan.store, plan.host, plan.tcp_port, room, plan.e2e,
                                     operation, plan.allow_plain)
             target = TcrpTarget(plan.host, plan.tcp_port, plan.tls, plan.timeout, plan.ca_file,
                                 plan.pins)
             joined = join_room(target, Request.of(operation, room, RequestBody(
-                user, plan.password, Framing.OCM1R, e2e=e2e)), keys_for=choice)
+                user, plan.password, Framing.OCM1R, e2e=e2e)), keys_for=choice,
+                e2e_for=None if choice is None else choice.seen_encrypted)
             if choice is not None:
                 plan.identity = choice.identity
                 if choice.error is not None:

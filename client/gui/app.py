@@ -462,7 +462,8 @@ class MainWindow(QMainWindow):
                 return failed(Field.SERVER, f"Cannot use the CA file: {exc}")
         store = open_store(self.env, passphrase=self.key_passphrase)
         choice = IdentityChoice(store, request.host, request.port, request.username,
-                                required=request.encrypted)
+                                required=request.encrypted, room=request.room,
+                                operation=request.operation)
         try:
             target = TcrpTarget(request.host, request.port, tls, self.join_timeout,
                                 request.ca_file if tls is not None else None, pins, GUI_HINTS)
@@ -471,7 +472,7 @@ class MainWindow(QMainWindow):
                     request.username, request.password, Framing.OCM1R,
                     e2e=must_be_encrypted(store, request.host, request.port, request.room,
                                           request.encrypted, request.operation))),
-                keys_for=choice)
+                keys_for=choice, e2e_for=choice.seen_encrypted)
         except (JoinRefused, JoinFailed) as exc:
             if isinstance(choice.error, PassphraseNeeded):  # locked keys: ask, join again
                 screen.set_busy(False)

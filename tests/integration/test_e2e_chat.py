@@ -372,6 +372,25 @@ def test_join_e2e_refuses_a_plain_room_and_a_room_seen_encrypted_stays_so(
     assert bob.wait() == 0
 
 
+def test_a_room_seen_encrypted_stays_so_under_another_name_of_the_server(
+        server: Server, room_name: str, clients: list[Client], tmp_path: Path) -> None:
+    """Downgrade through an alias: bob saw the room encrypted on the server reached as
+    127.0.0.1; mallory then makes a plain room of that name. Reached as ``localhost`` (the
+    same server: the same TLS key), bob's join without a flag must still refuse it."""
+    alice, bob, _, _ = _encrypted_room(clients, server, room_name, tmp_path)
+    for client in (bob, alice):
+        client.close_stdin()
+        assert client.wait() == 0
+    mallory = spawn(clients, server, "--create", room_name, "--user", "mallory",
+                    env=_env(tmp_path, "mallory"))
+    mallory.expect_err(r"is host of room")
+    bob = spawn(clients, server, "--server", "localhost", "--join", room_name, "--user", "bob",
+                env=_env(tmp_path, "bob"))
+    assert bob.wait() == 1
+    assert any("not end-to-end encrypted" in line for line in bob.err_seen), bob.err_seen
+    assert not any("mallory" in line for line in bob.out_seen)
+
+
 def test_two_clients_sharing_one_config_directory(server: Server, room_name: str,
                                                   clients: list[Client],
                                                   tmp_path: Path) -> None:
