@@ -342,19 +342,25 @@ def test_recorded_traffic_and_every_file_on_disk_decrypt_nothing(
     assert opened == 0
 
 
+def _seen_encrypted_then_made_plain(server: Server, room_name: str, clients: list[Client],
+                                    tmp_path: Path) -> None:
+    """Alice and bob chat in an encrypted room and leave; the name is free again and
+    mallory creates a plain room of that name."""
+    alice, bob, _, _ = _encrypted_room(clients, server, room_name, tmp_path)
+    for client in (bob, alice):
+        client.close_stdin()
+        assert client.wait() == 0
+    mallory = spawn(clients, server, "--create", room_name, "--user", "mallory",
+                    env=_env(tmp_path, "mallory"))
+    mallory.expect_err(r"is host of room")
+
+
 def test_join_e2e_refuses_a_plain_room_and_a_room_seen_encrypted_stays_so(
         server: Server, room_name: str, clients: list[Client], tmp_path: Path) -> None:
     """Downgrade: ``--join --e2e`` of a plain room exits 1 with one line; a client that
     once saw the room encrypted refuses a plain room of that name later, unless
     ``--allow-plain``."""
-    alice, bob, _, _ = _encrypted_room(clients, server, room_name, tmp_path)
-    for client in (bob, alice):
-        client.close_stdin()
-        assert client.wait() == 0
-    # the name is free again: mallory creates a plain room of that name
-    mallory = spawn(clients, server, "--create", room_name, "--user", "mallory",
-                    env=_env(tmp_path, "mallory"))
-    mallory.expect_err(r"is host of room")
+    _seen_encrypted_then_made_plain(server, room_name, clients, tmp_path)
     carol = spawn(clients, server, "--join", room_name, "--user", "carol", "--e2e",
                   env=_env(tmp_path, "carol"))
     assert carol.wait() == 1
@@ -377,13 +383,7 @@ def test_a_room_seen_encrypted_stays_so_under_another_name_of_the_server(
     """Downgrade through an alias: bob saw the room encrypted on the server reached as
     127.0.0.1; mallory then makes a plain room of that name. Reached as ``localhost`` (the
     same server: the same TLS key), bob's join without a flag must still refuse it."""
-    alice, bob, _, _ = _encrypted_room(clients, server, room_name, tmp_path)
-    for client in (bob, alice):
-        client.close_stdin()
-        assert client.wait() == 0
-    mallory = spawn(clients, server, "--create", room_name, "--user", "mallory",
-                    env=_env(tmp_path, "mallory"))
-    mallory.expect_err(r"is host of room")
+    _seen_encrypted_then_made_plain(server, room_name, clients, tmp_path)
     bob = spawn(clients, server, "--server", "localhost", "--join", room_name, "--user", "bob",
                 env=_env(tmp_path, "bob"))
     assert bob.wait() == 1
