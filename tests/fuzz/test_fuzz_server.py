@@ -228,7 +228,10 @@ def test_tcrp_fuzz_answers_a_valid_state1_or_closes(target: Target) -> None:
 
     one()
     print(f"TCRP fuzz verdicts: {seen}")
-    assert seen.get("error", 0) > 100 and seen.get("request", 0) > 30, seen
+    # Each kind of input was reached, with room for chance: of 500 draws, runs have given
+    # 26 to 58 valid requests and 232 to 271 refused ones.
+    assert seen.get("error", 0) > TCRP_EXAMPLES // 10 and \
+        seen.get("request", 0) > TCRP_EXAMPLES // 50, seen
     still_serves(srv, "after-tcrp-fuzz")
 
 
