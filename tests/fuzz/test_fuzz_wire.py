@@ -6,10 +6,10 @@ exactly one ``wire.errors.ProtocolError`` subclass; ``IndexError``, ``struct.err
 
 Each fuzz test runs 3,000 examples in ``make test``, beside the stdlib engine's 10,000
 inputs per parser (tests/fuzz/test_fuzz_main.py). To afford them an example is ONE
-hypothesis draw, a byte string that ``Picker`` turns into either raw random bytes or an "almost valid" input
-(right shape, each field valid or not, payloads from pools of tricky JSON, mutated), in
-the manner of atheris' FuzzedDataProvider. Shrinking still works: fewer and smaller bytes
-pick simpler inputs. The incremental reader is fed every input whole and in random chunks,
+hypothesis draw, a byte string that ``Picker`` turns into either raw random bytes or an
+"almost valid" input (right shape, each field valid or not, payloads from pools of tricky
+JSON, mutated), in the manner of atheris' FuzzedDataProvider. Shrinking still works: fewer
+and smaller bytes pick simpler inputs. The incremental reader is fed every input whole and in random chunks,
 and both runs must agree exactly.
 
 The file runs with coverage paused (pytest-cov's ``no_cover``): tracing doubles its time,
