@@ -9,8 +9,8 @@ inputs per parser (tests/fuzz/test_fuzz_main.py). To afford them an example is O
 hypothesis draw, a byte string that ``Picker`` turns into either raw random bytes or an
 "almost valid" input (right shape, each field valid or not, payloads from pools of tricky
 JSON, mutated), in the manner of atheris' FuzzedDataProvider. Shrinking still works: fewer
-and smaller bytes pick simpler inputs. The incremental reader is fed every input whole and in random chunks,
-and both runs must agree exactly.
+and smaller bytes pick simpler inputs. The incremental reader is fed every input whole and
+in random chunks, and both runs must agree exactly.
 
 The file runs with coverage paused (pytest-cov's ``no_cover``): tracing doubles its time,
 and the 100 % branch coverage of wire/ is the hex-vector unit tests' job, not luck's.
