@@ -35,6 +35,7 @@ Targets and what they check besides "no other exception":
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from typing import Final
 
@@ -66,7 +67,9 @@ from wire.e2e import (
     decode_content,
     decode_delivery,
     decode_group_chat,
+    decode_members,
     decode_olm_envelope,
+    decode_public_keys,
     decode_room_key,
     decode_route,
     encode_delivery,
@@ -83,6 +86,7 @@ from wire.tcrp import (
     RequestBody,
     Response,
     Role,
+    decode_members_request,
     decode_request_payload,
     encode_complete,
     encode_error,
@@ -313,6 +317,33 @@ def e2e_delivery(data: bytes) -> str:
         except errors.ProtocolError:
             pass
     return "+".join(outcome)
+
+
+def e2e_keys(data: bytes) -> str:
+    """The JSON readers of public keys and member lists (a request's ``keys``, an answer's
+    ``members``): any JSON value, or text, gives a value or only RemoteProtocolError."""
+    try:
+        obj: object = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        obj = data.decode("utf-8", "replace")
+    outcome = []
+    for decode in (decode_public_keys, decode_members):
+        try:
+            decode(obj)
+            outcome.append(decode.__name__)
+        except errors.RemoteProtocolError as exc:
+            outcome.append(type(exc).__name__)
+    return "+".join(outcome)
+
+
+def members_request(data: bytes) -> str:
+    """The members request's payload: a token, or only ProtocolError."""
+    try:
+        token = decode_members_request(data)
+    except errors.ProtocolError as exc:
+        return type(exc).__name__
+    assert isinstance(token, bytes)
+    return "token"
 
 
 # --- the server's TCRP session --------------------------------------------------------------------
@@ -579,6 +610,8 @@ TARGETS: Final[dict[str, Target]] = {
     "stage1_core": stage1_core,
     "e2e_route": e2e_route,
     "e2e_delivery": e2e_delivery,
+    "e2e_keys": e2e_keys,
+    "members_request": members_request,
 }
 
 
@@ -619,6 +652,11 @@ def _datagrams() -> list[bytes]:
     return out
 
 
+_KEYS: Final = (b'{"x25519": "' + base64.b64encode(bytes(range(32))) + b'", "ed25519": "'
+                + base64.b64encode(bytes(range(32, 64))) + b'"}')
+_MEMBER: Final = b'{"user": "ann", "host": true, "keys": ' + _KEYS + b"}"
+
+
 def seeds(name: str) -> list[bytes]:
     """A small corpus of valid (and nearly valid) inputs for each target."""
     if name == "tcrp_server":
@@ -646,7 +684,13 @@ def seeds(name: str) -> list[bytes]:
             encode_plain_notice(Notice(NoticeEvent.CLOSED))]
     if name == "request_payload":
         return [b'{"username": "a", "password": "p", "framing": "ocm1"}', b"taro", b"{}",
-                b'{"username": 1}', b'"quoted"']
+                b'{"username": 1}', b'"quoted"',
+                b'{"username": "a", "e2e": true, "keys": ' + _KEYS + b'}']
+    if name == "e2e_keys":
+        return [_KEYS, b"[]", b"[" + _MEMBER + b"]", b"[" + _MEMBER + b"," + _MEMBER + b"]",
+                b'{"x25519": 1}', b"null"]
+    if name == "members_request":
+        return [b'{"token": "' + b"T" * 22 + b'"}', b"{}", b'{"token": 5}', b"x"]
     if name == "relay":  # each member's datagrams from its own address (6 per member)
         records = [record(i // 6, data) for i, data in enumerate(_datagrams())]
         return [b"".join(records[i : i + 4]) for i in range(0, len(records), 2)] + [
