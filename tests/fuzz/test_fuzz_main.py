@@ -1,7 +1,7 @@
 """The short version of ``make fuzz`` inside ``make test``: 10,000 inputs of the stdlib
 engine for every target (tests/fuzz/fuzz_main.py: every parser of wire/, the encrypted-room
-readers included, and the relay's
-readers), and a check that the driver does catch, report and save a crash."""
+readers included, and the relay's readers), and a check that the driver does catch, report
+and save a crash."""
 
 from __future__ import annotations
 
