@@ -464,9 +464,12 @@ class ReliableChat:
         return self.sender.send(text, now)
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.receiver.next_deadline(), self.sender.next_deadline())
-                 if t is not None]
-        return min(times, default=None)
+        """The earliest timer of either side (no list: the loadgen asks after each
+        datagram of its Python path)."""
+        rx, tx = self.receiver.next_deadline(), self.sender.next_deadline()
+        if rx is None or (tx is not None and tx < rx):
+            return tx
+        return rx
 
     def handle_timer(self, now: float) -> tuple[list[bytes], list[Event]]:
         """Messages to send now (NACK, copies of pending messages) and events."""

@@ -110,22 +110,6 @@ class LossOptions:
     """``c``: the C receive path or refuse; ``python``; ``auto``: C if it was built."""
 
 
-def _deadline(chat_: ReliableChat) -> float | None:
-    """``chat_.next_deadline()`` without building a list (it runs after every datagram of
-    the Python path): the earliest of the sender's timer, the receiver's Sync retry and
-    its holes' NACK times."""
-    rx = chat_.receiver
-    due = chat_.sender.due
-    sync = rx.sync_due
-    if sync is not None and (due is None or sync < due):
-        due = sync
-    if rx.missing:
-        first = min(rx.missing.values())[0]  # (when, tries): the earliest when
-        if due is None or first < due:
-            due = first
-    return due
-
-
 class _Member:
     """One member: its ``ReliableChat`` (the code ``ocm-chat`` runs), what it has shown,
     and how it sends."""
@@ -307,7 +291,7 @@ class _Run:
         """Put ``member``'s next timer in the heap (one live entry per member: the
         earliest; a later one is found when that one is popped)."""
         chat_ = member.chat
-        due = None if chat_ is None else _deadline(chat_)
+        due = None if chat_ is None else chat_.next_deadline()
         if due is not None and (member.armed is None or due < member.armed):
             member.armed = due
             heapq.heappush(self.timers, (due, member.lm))
@@ -470,7 +454,7 @@ def _tick(run: _Run, now: float) -> None:
         member.armed = None
         chat_ = member.chat
         assert chat_ is not None
-        due = _deadline(chat_)
+        due = chat_.next_deadline()
         if due is not None and due <= now:
             messages, events = chat_.handle_timer(now)
             for message in messages:

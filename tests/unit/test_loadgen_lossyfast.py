@@ -360,18 +360,19 @@ def test_send_batch_sends_each_datagram_from_its_members_address() -> None:
         shared.close()
 
 
-def test_the_engines_deadline_is_reliable_chats() -> None:
-    """``lossy._deadline`` is ``ReliableChat.next_deadline`` without its list."""
+def test_a_chats_deadline_is_the_earliest_timer_of_either_side() -> None:
+    """The engine asks ``ReliableChat.next_deadline`` after each Python-path datagram."""
     from client.reliable import ReliableChat
 
     chat_ = ReliableChat()
     chat_.handle_delivery(data(3, 1, 0), 1.0)  # before the Sync: a Sync retry
-    assert lossy._deadline(chat_) == chat_.next_deadline() is not None
+    assert chat_.next_deadline() == chat_.receiver.next_deadline() is not None
     chat_.handle_delivery(reliable.encode_sync(EPOCH, 1, 0), 1.01)  # holes 1 and 2
-    assert lossy._deadline(chat_) == chat_.next_deadline() is not None
+    assert chat_.next_deadline() == chat_.receiver.next_deadline() is not None
     chat_.send(b"x", 1.02)  # a resend timer
-    assert lossy._deadline(chat_) == chat_.next_deadline() is not None
+    assert chat_.next_deadline() == min(chat_.receiver.next_deadline() or 9e9,
+                                        chat_.sender.next_deadline() or 9e9)
     chat_.handle_delivery(data(1, 1, 0), 1.03)
     chat_.handle_delivery(data(2, 1, 1), 1.03)
     chat_.handle_delivery(reliable.encode_ack(EPOCH, 1, 4), 1.04)
-    assert chat_.next_deadline() is None and lossy._deadline(chat_) is None
+    assert chat_.next_deadline() is None
