@@ -38,9 +38,11 @@ STAGE1_KEEPALIVE_S: Final = 15.0
 """Stage 1 does not tell clients its inactivity timeout; this is far below the default 300 s."""
 MIN_KEEPALIVE_S: Final = 0.05
 SYNC_S: Final = 2.0
-"""``ocm1r``: keepalives this often while the room is active (``ACTIVE_S``), a message
-is pending or a keepalive is unanswered, so that a lost last message is noticed (the
-relay answers each with the room's latest sequence number); else the usual interval."""
+"""``ocm1r``: keepalives this often while a message is pending, a hole is open or a
+keepalive is unanswered; while the room is merely active (``ACTIVE_S``), one after this
+long without a datagram from the relay, so that a lost last message is noticed (the relay
+answers each with the room's latest sequence number; while datagrams keep coming, a lost
+one shows as a hole). Else the usual interval."""
 ACTIVE_S: Final = 10.0
 """``ocm1r``: how long after the last delivery or message of ours the room counts as
 active."""
@@ -169,8 +171,8 @@ class Link(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.sendto(data)
 
-    def _arm_keepalive(self) -> None:
-        interval = self._keepalive_interval()
+    def _arm_keepalive(self, delay: float | None = None) -> None:
+        interval = self._keepalive_interval() if delay is None else delay
         if interval is None or (self._transport is None and not self._lost_path()):
             return
         loop = asyncio.get_running_loop()
@@ -230,6 +232,8 @@ class RoomLink(Link):
         """When the room last delivered something, or we last sent a message."""
         self.asked: float | None = None
         """When the first keepalive since the relay was last heard went out (None: none)."""
+        self.sent = self.heard
+        """When we last sent a datagram."""
         self.resume_source: str | None = None
         """The local IP to resume from (None: the system chooses)."""
         self._resuming: asyncio.Task[None] | None = None
@@ -321,12 +325,30 @@ class RoomLink(Link):
 
     def _on_keepalive(self) -> None:
         now = self.clock()
+        quiet_for = self._unneeded_keepalive(now)
+        if quiet_for is not None:
+            self._arm_keepalive(quiet_for)
+            return
         if self.asked is None:
             self.asked = now
         super()._on_keepalive()
         if (self.reliable is not None and self._resuming is None and not self.ended.done()
                 and now - self.asked > RESUME_AFTER_S):
             self._resuming = asyncio.ensure_future(self._resume_until_done())
+
+    def _unneeded_keepalive(self, now: float) -> float | None:
+        """``ocm1r`` in an active room where nothing waits on a keepalive: ``None`` if one
+        is due now, else how long until it is: ``SYNC_S`` after the relay was last heard
+        (the datagrams it keeps sending show any loss as a hole), and at the latest the
+        usual interval after our last datagram (the relay's inactivity timeout counts what
+        we send)."""
+        chat = self.reliable
+        base = self._keepalive_s
+        if (chat is None or base is None or base <= SYNC_S or self.asked is not None
+                or self.pending or chat.receiver.missing):
+            return None
+        due = min(self.heard + SYNC_S, self.sent + base)
+        return due - now if due - now >= MIN_KEEPALIVE_S else None
 
     async def _resume_until_done(self) -> None:
         try:
@@ -459,6 +481,7 @@ class RoomLink(Link):
         when it has a datagram key (joined over TLS)."""
         if self._transport is not None:
             self._transport.sendto(self.joined.seal(data))
+            self.sent = self.clock()
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.heard = self.clock()

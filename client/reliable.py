@@ -124,6 +124,13 @@ class Receiver:
         """Numbers the relay said it cannot resend (emitted as part of a ``Gap``)."""
         self.missing: dict[int, tuple[float, int]] = {}
         """Awaited numbers: when to NACK next, and NACKs sent so far."""
+        self.due_floor = float("inf")
+        """At most the earliest NACK time in ``missing`` (exact after ``handle_timer``; a
+        hole filled since may leave it early: a timer that finds nothing due is harmless).
+        Kept so that a datagram costs no scan of the holes."""
+        self.awaited_to = 0
+        """Every number from ``next`` up to this one (excluded) is held, missing, lost or
+        our own: ``_await_before`` starts here, not at ``next``."""
         self.last_nack = float("-inf")
         self.sync_due: float | None = None
         """Before the start is known: when to ask for a ``Sync`` (a keepalive) again."""
@@ -188,7 +195,7 @@ class Receiver:
         return self._drain()
 
     def next_deadline(self) -> float | None:
-        due = min((when for when, _ in self.missing.values()), default=None)
+        due = self.due_floor if self.missing else None
         if self.sync_due is not None and (due is None or self.sync_due < due):
             return self.sync_due
         return due
@@ -204,6 +211,7 @@ class Receiver:
         if due and now < later:  # wait, then all together
             for seq in due:
                 self.missing[seq] = (later, self.missing[seq][1])
+            self.due_floor = min(when for when, _ in self.missing.values())
             return [], [], want_sync
         if due:
             self.last_nack = now
@@ -218,6 +226,7 @@ class Receiver:
         for seq in give_up:
             del self.missing[seq]
             self.lost.add(seq)
+        self.due_floor = min((when for when, _ in self.missing.values()), default=float("inf"))
         ranges = _ranges([s for s in due if s in self.missing])
         return ranges, self._drain() if give_up else [], want_sync
 
@@ -225,6 +234,7 @@ class Receiver:
         """After a resume: NACK every hole at once (the relay may have it again)."""
         for seq, (_, tries) in list(self.missing.items()):
             self.missing[seq] = (now, min(tries, NACK_MAX_TRIES - 3))
+        self.due_floor = now
         if self.next is None:
             self.sync_due = now
 
@@ -247,10 +257,15 @@ class Receiver:
                 if s not in self.held and s not in self.own:
                     self.missing.pop(s, None)
                     self.lost.add(s)
-        for s in range(start, seq):
+        due = now + REORDER_DELAY_S
+        for s in range(max(start, self.awaited_to), seq):
             if s not in self.held and s not in self.missing and s not in self.lost \
                     and s not in self.own:
-                self.missing[s] = (now + REORDER_DELAY_S, 0)
+                self.missing[s] = (due, 0)
+                if due < self.due_floor:
+                    self.due_floor = due
+        if seq > self.awaited_to:
+            self.awaited_to = seq
 
     def _drain(self) -> list[Event]:
         assert self.next is not None

@@ -11,7 +11,8 @@
  *     counted in `stray`;
  *   - a member in its outage (state OUT) drops it (`outage_dropped`);
  *   - the loss: one draw of the xorshift64* generator `rng`, dropped if its top 53 bits
- *     are below `loss_thresh` (`dropped_in`);
+ *     are below `loss_thresh` (`dropped_in`); a datagram kept sets the member's `heard`
+ *     to `now_us`;
  *   - a member whose receiver is clean (state C: known epoch and next Seq, nothing held,
  *     nothing missing) gets a DATA `01 Epoch Seq` + ocm1 chat `ULen User "S N T.TTTTTT"`
  *     with that epoch and Seq == next, from another member S of its room whose message
@@ -95,6 +96,8 @@ typedef struct {
     int64_t dropped_in;
     int64_t outage_dropped;
     int64_t stray;
+    /* per member: now_us of the last datagram kept by the loss (the keepalive rule) */
+    int64_t *heard;
 } loss_batch;
 
 static inline uint32_t u32_at(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -216,6 +219,7 @@ static void receive_batch(loss_batch *b)
             b->dropped_in += 1;
             continue;
         }
+        b->heard[lm] = b->now_us;
         if (b->state[lm] == ST_C && b->counting
             && fast_one(b, lm, b->data + i * b->stride, (int64_t)u32_at(h + 56)))
             continue;

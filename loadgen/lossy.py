@@ -55,6 +55,7 @@ from typing import Any, Final
 
 from hdrh.histogram import HdrHistogram
 
+from client.link import SYNC_S
 from client.reliable import Delivered, Gap, ReliableChat
 from client.session import TcrpTarget
 from client.session_aio import join_room_async
@@ -73,7 +74,11 @@ RECV_BATCH: Final = 256
 """Datagrams per ``recvmmsg`` call of the shared socket."""
 TICK_S: Final = 0.005
 """How often members' timers (NACKs, resends, sends due) are looked at."""
-KEEPALIVE_S: Final = 2.0
+KEEPALIVE_CHECK_S: Final = 0.25
+"""While sending: how often each member's keepalive rule is looked at (``keepalive_due``)."""
+DRAIN_KEEPALIVE_S: Final = 0.5
+"""While draining: every member sends a keepalive this often (syncs reveal a lost last
+message sooner than ``ocm-chat`` would ask)."""
 JOIN_TIMEOUT_S: Final = 300.0
 """A loadgen process's joins (5,000 members over TCRP take a few seconds)."""
 START_DELAY_S: Final = 0.3
@@ -115,7 +120,8 @@ class _Member:
     and how it sends."""
 
     __slots__ = ("run", "lm", "index", "room", "name", "chat", "send", "prefix", "sent",
-                 "out", "pinned", "handed", "ahead", "base", "armed", "src", "dst", "port")
+                 "out", "pinned", "handed", "ahead", "base", "armed", "src", "dst", "port",
+                 "asked")
 
     def __init__(self, run: _Run, lm: int, index: int, room: int) -> None:
         self.run = run
@@ -145,6 +151,22 @@ class _Member:
         """When its live entry in the timer heap is due (None: it has none)."""
         self.ahead: dict[int, set[int]] = {}
         """Per sender of the room: message numbers shown past the next one expected."""
+        self.asked = 0.0
+        """When its last keepalive went out (monotonic s)."""
+
+    def keepalive_due(self, now: float, base_s: float) -> bool:
+        """``ocm-chat``'s rule (client.link.RoomLink): at most one keepalive per
+        ``SYNC_S``; ``ocm1r``: one while a message is pending or a hole is open, or when
+        the relay has not been heard for ``SYNC_S`` (in an active room: a lost last
+        message); else (and for ``ocm1``) one per ``base_s``, the inactivity timeout / 4."""
+        since = now - self.asked
+        if since < SYNC_S:
+            return False
+        chat_ = self.chat
+        if chat_ is not None and (chat_.sender.pending or chat_.receiver.missing
+                                  or now - self.run.rs.heard[self.lm] / 1e6 >= SYNC_S):
+            return True
+        return since >= base_s
 
     def send_message(self, message: bytes) -> None:
         run = self.run
@@ -160,6 +182,7 @@ class _Member:
     def receive(self, data: bytes, now_us: int) -> None:
         """A datagram kept by the loss (the Python path): the member's client code."""
         run = self.run
+        run.rs.heard[self.lm] = now_us
         chat_ = self.chat
         if chat_ is None:
             self.show(data, now_us)
@@ -286,6 +309,8 @@ class _Run:
         self.outage_hist = new_histogram()
         """From the end of the outage to the delivery of what was sent during it."""
         self.by_dest: dict[bytes, int] = {}
+        self.keepalive_base_s = 75.0
+        """The inactivity timeout / 4 (from the OK details; the default till the first)."""
 
     def arm(self, member: _Member) -> None:
         """Put ``member``'s next timer in the heap (one live entry per member: the
@@ -417,6 +442,8 @@ async def _join_all(run: _Run, shared: SharedSocket, rooms: list[list[_Member]])
         member.src = socket.inet_aton(shared.ips[member.lm])
         member.dst, member.port = socket.inet_aton(joined.server[0]), joined.server[1]
         member.send_message(b"")  # binds (a lost one is retried by the keepalives)
+        member.asked = time.monotonic()
+        run.keepalive_base_s = joined.details.inactivity_timeout / 4
         _flush(run)
 
     for members in rooms:
@@ -540,7 +567,7 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
     run.measuring = True
     schedule = [(start + run.rng.random() * interval, i) for i in range(len(run.members))]
     heapq.heapify(schedule)
-    next_keepalive = start + KEEPALIVE_S
+    next_keepalive = start + KEEPALIVE_CHECK_S
     users = opts.users
     now = start
     while now - start < opts.duration:
@@ -564,9 +591,12 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
                 if message is not None:
                     member.send_message(message)
         if now >= next_keepalive:
-            next_keepalive += KEEPALIVE_S
+            next_keepalive += KEEPALIVE_CHECK_S
+            base_s = run.keepalive_base_s
             for member in run.members:
-                member.send_message(b"")
+                if member.keepalive_due(now, base_s):
+                    member.asked = now
+                    member.send_message(b"")
         _tick(run, now)
         _flush(run)
         await asyncio.sleep(TICK_S)
@@ -579,7 +609,7 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
     while not _settled(run) and now - sent_end < opts.drain:
         _outage(run, now)
         if now >= next_keepalive:  # syncs reveal a lost last message
-            next_keepalive += 0.5
+            next_keepalive += DRAIN_KEEPALIVE_S
             for member in run.members:
                 member.send_message(b"")
         _tick(run, now)

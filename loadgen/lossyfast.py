@@ -87,6 +87,8 @@ class ReceiveState:
         """Per pair ``lm * users + s``: the next message number expected from ``s``."""
         self.pdirty = bytearray(members * users)
         """Per pair: numbers ahead of ``nexp`` arrived (the Python path merges them)."""
+        self.heard = array.array("q", bytes(8 * members))
+        """Per member: when (µs, monotonic) a datagram kept by the loss last reached it."""
 
 
 class _Batch(ctypes.Structure):
@@ -105,7 +107,7 @@ class _Batch(ctypes.Structure):
         ("slow", ctypes.c_void_p), ("slow_lm", ctypes.c_void_p), ("n_slow", ctypes.c_int64),
         ("n_over", ctypes.c_int64), ("delivered", ctypes.c_int64),
         ("dropped_in", ctypes.c_int64), ("outage_dropped", ctypes.c_int64),
-        ("stray", ctypes.c_int64),
+        ("stray", ctypes.c_int64), ("heard", ctypes.c_void_p),
     ]
 
 
@@ -148,6 +150,7 @@ class FastReceive:
         b.over, b.over_cap = buffer_address(self.over), batch.max_batch
         b.slow, b.slow_lm = buffer_address(self.slow), buffer_address(self.slow_lm)
         b.rng, b.loss_thresh = rng.state, rng.thresh
+        b.heard = buffer_address(rs.heard)
 
     def receive(self, n: int, now_us: int, counting: bool) -> int:
         b = self.batch

@@ -13,6 +13,11 @@ It prints one line per run and the medians, and writes every report and a summar
 ``--out`` (default: a temporary directory). It rewrites no docs: the figures go into
 docs/performance.md by hand, with the machine's state (a shared machine skews latency).
 ``--quick`` runs a small profile (for testing).
+
+``--cost`` measures instead what ``ocm1r`` costs the server at 0 % loss: ``--pairs``
+interleaved pairs (default 7) of ``ocm-loadgen --loss 0`` runs, ``ocm1r`` then ``ocm1``
+(``--no-recovery``), 100 rooms × 10 users × 2 msg/s for 15 s each, against one server;
+it prints the server's CPU per delivery of each run, each pair's ratio and the medians.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ LOSS: Final = ["--loss", "5", "--procs", "2"]
 OUTAGE: Final = ["--outage-seconds", "3"]
 QUICK_OUTAGE: Final = ["--outage-seconds", "1"]
 LOADGEN_TIMEOUT_S: Final = 900
+COST: Final = ["--rooms", "100", "--users", "10", "--rate", "2", "--duration", "15",
+               "--drain", "5", "--loss", "0"]
+QUICK_COST: Final = ["--rooms", "6", "--users", "4", "--rate", "4", "--duration", "3",
+                     "--drain", "5", "--loss", "0"]
 
 
 def run_one(server: servers.Running, args: list[str], out: Path) -> dict[str, Any]:
@@ -72,16 +81,53 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
+def server_us_per_delivery(report: dict[str, Any]) -> float:
+    """The server's CPU (all its processes) while sending, per delivery, in µs (at 0 %
+    loss nearly everything is delivered while sending)."""
+    r = report["result"]
+    return float(1e6 * r["server_cpu_s"] / max(1, r["delivered"]))
+
+
+def cost(args: argparse.Namespace, out: Path) -> int:
+    """Interleaved pairs at 0 % loss, ``ocm1r`` then ``ocm1``: the server's CPU ratio."""
+    profile = QUICK_COST if args.quick else COST
+    pairs: list[tuple[float, float]] = []
+    with servers.start(servers.control_command(2)) as server:
+        for i in range(args.pairs):
+            on = server_us_per_delivery(run_one(server, profile, out / f"ocm1r-{i + 1}.json"))
+            off = server_us_per_delivery(
+                run_one(server, [*profile, "--no-recovery"], out / f"ocm1-{i + 1}.json"))
+            pairs.append((on, off))
+            print(f"pair {i + 1}: ocm1r {on:.2f} µs/delivery, ocm1 {off:.2f}, "
+                  f"ratio {on / off:.3f}", flush=True)
+    ratios = [on / off for on, off in pairs]
+    summary = {"profile": profile, "pairs": pairs, "ratios": ratios,
+               "median_ocm1r_us": statistics.median(p[0] for p in pairs),
+               "median_ocm1_us": statistics.median(p[1] for p in pairs),
+               "median_ratio": statistics.median(ratios)}
+    (out / "cost.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    print(f"median: ocm1r {summary['median_ocm1r_us']:.2f} µs/delivery, ocm1 "
+          f"{summary['median_ocm1_us']:.2f}, ratio {summary['median_ratio']:.3f} "
+          f"(pairs {min(ratios):.3f} to {max(ratios):.3f})")
+    print(f"reports in {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.reliable",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the two runs")
     parser.add_argument("--quick", action="store_true", help="a small profile, for testing")
+    parser.add_argument("--cost", action="store_true",
+                        help="measure ocm1r's server CPU against ocm1 at 0 %% loss instead")
+    parser.add_argument("--pairs", type=int, default=7, help="--cost: interleaved pairs")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the reports go (default: a temporary directory)")
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="ocm-bench-reliable-"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.cost:
+        return cost(args, out)
     profile = QUICK if args.quick else PROFILE
     kinds = {"loss": [*profile, *LOSS],
              "outage": [*profile, *LOSS, *(QUICK_OUTAGE if args.quick else OUTAGE)]}

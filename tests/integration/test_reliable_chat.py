@@ -189,3 +189,46 @@ def test_a_client_whose_path_went_silent_resumes_by_itself(server: Server, room_
         bob.close()
 
     asyncio.run(scenario())
+
+
+def test_a_member_that_hears_the_room_sends_no_keepalives_until_it_goes_quiet(
+        server: Server, room_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While deliveries keep coming, a lost one shows as a hole: no keepalive (and no SYNC
+    from the relay) is needed for it. Once the room goes quiet, one goes ``SYNC_S`` later
+    (a lost last message is noticed). Before, one went every ``SYNC_S`` regardless."""
+    monkeypatch.setattr(link_module, "SYNC_S", 0.5)
+
+    async def scenario() -> None:
+        seen: list[str] = []
+        alice = RoomLink(await asyncio.to_thread(join, server, Operation.CREATE, room_name,
+                                                 "alice"), lambda line: None)
+        await alice.open()
+        bob = RoomLink(await asyncio.to_thread(join, server, Operation.JOIN, room_name, "bob"),
+                       lambda line: seen.append(line.plain()))
+        keepalive = bob._encode("")
+        sent: list[tuple[float, bytes]] = []
+        plain_send = bob._send
+
+        def recording_send(data: bytes) -> None:
+            sent.append((time.monotonic(), data))
+            plain_send(data)
+
+        bob._send = recording_send  # type: ignore[method-assign]
+        await bob.open()
+        await _wait_for(lambda: bob.reliable is not None and bob.reliable.receiver.next
+                        is not None)
+        chatting_from = time.monotonic()
+        for i in range(60):  # 3 s at 20 lines a second: six SYNC_S
+            alice.send(f"line {i}")
+            await asyncio.sleep(0.05)  # typing speed, not a wait for an event
+        await _wait_for(lambda: "alice: line 59" in seen)
+        quiet_from = time.monotonic()
+        during = [t for t, data in sent if data == keepalive and chatting_from < t < quiet_from]
+        assert len(during) <= 1, during  # (one if the machine stalled a delivery 0.5 s)
+        await _wait_for(lambda: any(data == keepalive and t > quiet_from for t, data in sent),
+                        timeout=10.0)
+        alice.leave()
+        alice.close()
+        bob.close()
+
+    asyncio.run(scenario())
