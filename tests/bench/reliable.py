@@ -44,7 +44,7 @@ QUICK_OUTAGE: Final = ["--outage-seconds", "1"]
 LOADGEN_TIMEOUT_S: Final = 900
 COST: Final = ["--rooms", "100", "--users", "10", "--rate", "2", "--duration", "15",
                "--drain", "5", "--loss", "0"]
-QUICK_COST: Final = ["--rooms", "6", "--users", "4", "--rate", "4", "--duration", "3",
+QUICK_COST: Final = ["--rooms", "10", "--users", "5", "--rate", "10", "--duration", "2",
                      "--drain", "5", "--loss", "0"]
 
 
@@ -97,6 +97,9 @@ def cost(args: argparse.Namespace, out: Path) -> int:
             on = server_us_per_delivery(run_one(server, profile, out / f"ocm1r-{i + 1}.json"))
             off = server_us_per_delivery(
                 run_one(server, [*profile, "--no-recovery"], out / f"ocm1-{i + 1}.json"))
+            if not on or not off:
+                raise SystemExit("the server's CPU did not register (clock ticks of 10 ms): "
+                                 "a longer or larger profile is needed")
             pairs.append((on, off))
             print(f"pair {i + 1}: ocm1r {on:.2f} µs/delivery, ocm1 {off:.2f}, "
                   f"ratio {on / off:.3f}", flush=True)

@@ -42,7 +42,7 @@ def test_loss_with_recovery_delivers_everything_once_in_order(server: Server,
 
 
 def test_the_same_loss_without_recovery_loses_messages(server: Server, tmp_path: Path) -> None:
-    result = _run(server, tmp_path, "--no-recovery")["result"]
+    result = _run(server, tmp_path, "--no-recovery", drain=1)["result"]  # nothing comes back
     assert isinstance(result, dict)
     assert result["delivered"] < result["expected_deliveries"]
 
@@ -79,3 +79,18 @@ def test_the_bench_harness_runs_both_kinds_and_writes_the_medians(tmp_path: Path
         assert summary["medians"][kind]["duplicates"] == 0
     assert summary["medians"]["outage"]["outage_came_back_pct"] == 100.0
     assert (tmp_path / "loss-1.json").exists() and (tmp_path / "outage-1.json").exists()
+
+
+def test_the_cost_harness_pairs_ocm1r_with_ocm1(tmp_path: Path) -> None:
+    """``make bench-reliable RELIABLE_ARGS=--cost``: interleaved pairs at 0 % loss."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.reliable", "--cost", "--quick", "--pairs", "1",
+         "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    cost = json.loads((tmp_path / "cost.json").read_text())
+    (on, off), = cost["pairs"]
+    assert on > 0 and off > 0 and cost["median_ratio"] == on / off
+    for name in ("ocm1r-1.json", "ocm1-1.json"):
+        result = json.loads((tmp_path / name).read_text())["result"]
+        assert result["delivered"] == result["expected_deliveries"] > 0
+    assert json.loads((tmp_path / "ocm1-1.json").read_text())["options"]["framing"] == "ocm1"
