@@ -29,7 +29,10 @@ acknowledged and every receiver has no hole left (or ``drain`` seconds). Counted
 receiver: deliveries (unique), duplicates (a message shown twice: must be 0), out of order
 (a sender's message after a later one of the same sender: must be 0), "could not be
 recovered" markers, and the latency from the sender's first copy to the delivery (the
-recovery latency when a copy was lost). ``--no-recovery`` asks for ``ocm1`` instead: the
+recovery latency when a copy was lost). Counted at each sender: messages given up as failed
+(unacknowledged 15 s after the first copy: ``ocm-chat`` would offer ``/retry``; the loadgen
+does not retry). A drain that ends on its time limit says what was still unsettled (sends
+unacknowledged, holes open): what a delivered share below 100 % without markers is made of. ``--no-recovery`` asks for ``ocm1`` instead: the
 same traffic without numbering, acknowledgement or resends (what loss costs without it).
 ``outage_s``: the last member of every room goes silent both ways for that long, from a
 third of the run on, then resumes as ``ocm-chat`` does after a short outage (NACKs every
@@ -56,7 +59,7 @@ from typing import Any, Final
 from hdrh.histogram import HdrHistogram
 
 from client.link import SYNC_S
-from client.reliable import Delivered, Gap, ReliableChat
+from client.reliable import Delivered, Failed, Gap, ReliableChat
 from client.session import TcrpTarget
 from client.session_aio import join_room_async
 from loadgen import lossyfast
@@ -286,6 +289,9 @@ class _Run:
         ``_tick`` looks only at those due, not at every member every tick."""
         self.hist = new_histogram()
         self.delivered = self.duplicates = self.out_of_order = self.gaps = 0
+        self.failed = 0
+        """Messages their sender gave up on (unacknowledged 15 s after the first copy), as
+        ``ocm-chat`` shows them: failed, with ``/retry``. The loadgen does not retry."""
         self.expected = 0
         self.dropped_out = self.dropped_in = 0
         self.stray = self.send_errors = self.recv_errors = 0
@@ -489,6 +495,8 @@ def _tick(run: _Run, now: float) -> None:
             for event in events:
                 if isinstance(event, Gap):
                     run.gaps += event.count
+                elif isinstance(event, Failed):  # ocm-chat: "N failed (/retry)"
+                    run.failed += 1
             member.hand_back()
         run.arm(member)
 
@@ -627,6 +635,11 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
         "expected": run.expected, "delivered": run.delivered,
         "delivered_sending": delivered_sending,
         "duplicates": run.duplicates, "out_of_order": run.out_of_order, "gaps": run.gaps,
+        "failed": run.failed,
+        "pending_at_end": sum(1 for m in run.members if m.chat is not None
+                              for p in m.chat.sender.pending.values() if not p.failed),
+        "holes_at_end": sum(len(m.chat.receiver.missing) for m in run.members
+                            if m.chat is not None),
         "dropped_out": run.dropped_out, "dropped_in": run.dropped_in,
         "resent": sum(m.chat.sender.copies - m.sent for m in run.members
                       if m.chat is not None),
@@ -678,6 +691,9 @@ def _report(opts: LossOptions, parts: list[dict[str, Any]], procs: int,
             "duplicates": total("duplicates"),
             "out_of_order": total("out_of_order"),
             "unrecovered_markers": total("gaps"),
+            "failed_sends": total("failed"),
+            "unsettled_at_end": {"pending_sends": total("pending_at_end"),
+                                 "holes": total("holes_at_end")},
             "latency_first_send_to_delivery_ms": latency_ms(
                 merge_histograms(p["hist"] for p in parts)),
             "dropped_by_loadgen": {"out": total("dropped_out"), "in": total("dropped_in")},
@@ -790,7 +806,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         "deliveries counted in C)",
         f"delivered {r['delivered']} of {r['expected_deliveries']} "
         f"({'n/a' if pct is None else f'{pct:.3f}'} %), duplicates {r['duplicates']}, "
-        f"out of order {r['out_of_order']}, unrecovered {r['unrecovered_markers']}",
+        f"out of order {r['out_of_order']}, unrecovered {r['unrecovered_markers']}, "
+        f"failed sends {r['failed_sends']}; when the drain ended: "
+        f"{r['unsettled_at_end']['pending_sends']} sends unacknowledged, "
+        f"{r['unsettled_at_end']['holes']} holes",
         f"first send to delivery: p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
         f"max {lat.get('max')} ms; resent copies {r['resent_copies']}",
     ]

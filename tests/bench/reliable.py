@@ -68,7 +68,8 @@ def figures(report: dict[str, Any]) -> dict[str, float | None]:
     return {
         "delivered_pct": r["delivered_pct"], "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
         "duplicates": r["duplicates"], "out_of_order": r["out_of_order"],
-        "unrecovered": r["unrecovered_markers"], "server_cpu_pct": r["server_cpu_pct"],
+        "unrecovered": r["unrecovered_markers"], "failed_sends": r.get("failed_sends"),
+        "server_cpu_pct": r["server_cpu_pct"],
         "loadgen_cpu_pct": r.get("loadgen_cpu_pct"),
         "loadgen_cpu_wait_pct": r.get("loadgen_cpu_wait_pct"),
         "outage_came_back_pct": outage.get("came_back_pct"),

@@ -37,6 +37,8 @@ def test_loss_with_recovery_delivers_everything_once_in_order(server: Server,
     assert dropped["out"] > 0 and dropped["in"] > 0
     assert result["delivered"] == result["expected_deliveries"] > 0
     assert result["duplicates"] == result["out_of_order"] == result["unrecovered_markers"] == 0
+    assert result["failed_sends"] == 0
+    assert result["unsettled_at_end"] == {"pending_sends": 0, "holes": 0}
     assert result["latency_first_send_to_delivery_ms"]["p99"] is not None
     assert report["command"].startswith("ocm-loadgen ")  # type: ignore[union-attr]
 
