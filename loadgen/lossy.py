@@ -32,8 +32,9 @@ recovered" markers, and the latency from the sender's first copy to the delivery
 recovery latency when a copy was lost). Counted at each sender: messages given up as failed
 (unacknowledged 15 s after the first copy: ``ocm-chat`` would offer ``/retry``; the loadgen
 does not retry). A drain that ends on its time limit says what was still unsettled (sends
-unacknowledged, holes open): what a delivered share below 100 % without markers is made of. ``--no-recovery`` asks for ``ocm1`` instead: the
-same traffic without numbering, acknowledgement or resends (what loss costs without it).
+unacknowledged, holes open): what a delivered share below 100 % without markers is made of.
+``--no-recovery`` asks for ``ocm1`` instead: the same traffic without numbering,
+acknowledgement or resends (what loss costs without it).
 ``outage_s``: the last member of every room goes silent both ways for that long, from a
 third of the run on, then resumes as ``ocm-chat`` does after a short outage (NACKs every
 hole, resends its window, asks where the room is); the report says how many of the
