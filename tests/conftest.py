@@ -6,7 +6,10 @@ meanwhile on the same machine would lose it; so tests run without one unless the
 it with ``--admin-port 0`` (a flag beats ``OCM_ADMIN_PORT``). The TLS port is served by
 default: tests take any free port for it (``OCM_TLS_PORT=0``), and the self-signed
 certificate ``ocm-control`` makes goes to a state directory of this session, never to
-the home directory. Every other port the tests use is chosen by the kernel or found free
+the home directory. So does what the clients keep (``$XDG_CONFIG_HOME``: the pinned keys
+of known servers, identity keys): a pin left in the home directory by an earlier session,
+whose servers had another key, would refuse this session's server on the same port.
+Every other port the tests use is chosen by the kernel or found free
 (tests/integration/harness.py)."""
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import pytest
 
 os.environ.setdefault("OCM_ADMIN_PORT", "-1")
 os.environ.setdefault("OCM_TLS_PORT", "0")
-if "OCM_STATE_DIR" not in os.environ:
-    _state = tempfile.mkdtemp(prefix="ocm-test-state-")
-    os.environ["OCM_STATE_DIR"] = os.path.join(_state, "ocm")
-    atexit.register(shutil.rmtree, _state, True)
+_session = tempfile.mkdtemp(prefix="ocm-test-state-")
+atexit.register(shutil.rmtree, _session, True)
+os.environ.setdefault("OCM_STATE_DIR", os.path.join(_session, "ocm"))
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_session, "config")
 
 
 # --- make test in parallel (pytest-xdist, --dist loadgroup) ----------------------------------
