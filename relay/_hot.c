@@ -16,7 +16,7 @@
  * (History.keep) once the batch's sends went out. Everything else (a first datagram, a
  * keepalive, a possible /exit, a trial address, a failing address, a rate-limited or
  * over-long message, an encrypted room's addressed datagrams, an ocm1r member's copies,
- * gaps and NACKs, a numbered encrypted room, anything malformed) is handed, in order, to
+ * gaps and NACKs, anything malformed) is handed, in order, to
  * the Python callback ``slow(data, addr, now)``, which is the pure-Python path itself.
  * So the Python core stays the one definition of the protocol: this file only takes the
  * cases whose outcome it can prove equal, reading and writing the same objects
@@ -765,7 +765,7 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         memcmp(PyBytes_AS_STRING(name_raw), d + 2, (size_t)rl) != 0)
         return 0;
     /* A numbered room (one with an ocm1r member, docs/protocol.md §9) numbers every chat
-     * (RelayCore._number): taken here in a plain room, from a member that is not ocm1r or
+     * (RelayCore._number): taken here, plain or encrypted, from a member that is not ocm1r or
      * from an ocm1r member's SEND with the next MsgId (copies, gaps, NACKs, keepalives and
      * an ocm1r member's other datagrams are Python's). */
     PyObject *history = SLOT(room, r[R_HISTORY]);
@@ -809,8 +809,8 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     Py_ssize_t mlen = len - start;
     PyObject *e2e = SLOT(room, r[R_E2E]);
     unsigned long long msg_id = 0, rel_top = 0, rel_top_seq = 0;
-    if (history && e2e != Py_False) return 0; /* a numbered encrypted room: Python's */
-    if (rel) { /* RelayCore._handle_reliable: UTF-8 text, no /exit test */
+    if (rel) { /* RelayCore._handle_reliable: UTF-8 text, no /exit test; in an encrypted
+                * room a Message of the chat kind, opaque past that byte */
         if (mlen <= SEND_HEADER_BYTES || msg[0] != 1) return 0;
         if (!u32_slot(rel, self->l[L_TOP], &rel_top) ||
             !u32_slot(rel, self->l[L_TOP_SEQ], &rel_top_seq))
@@ -819,7 +819,11 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         if (msg_id != rel_top + 1) return 0;
         msg += SEND_HEADER_BYTES;
         mlen -= SEND_HEADER_BYTES;
-        if (!utf8_valid(msg, mlen)) return 0;
+        if (e2e == Py_True) {
+            if (msg[0] != self->chat_kind) return 0; /* Python counts bad_kind */
+        } else if (e2e != Py_False || !utf8_valid(msg, mlen)) {
+            return 0;
+        }
     } else if (e2e == Py_True) {
         if (msg[0] != self->chat_kind) return 0;
     } else if (e2e == Py_False) {

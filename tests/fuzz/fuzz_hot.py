@@ -14,10 +14,10 @@ requests, leave, bad kinds), wrong token, room or IP, addresses shared by severa
 registered addresses on trial, members bound where every send fails (so evictions, of
 hosts too, which close rooms mid-batch), control's ``close_room``, timers, and bit flips,
 truncations and splices of all of these. A closed room is opened again with new members.
-Room "q" becomes numbered when an ``ocm1r`` member joins: its members' SENDs mostly carry
-the next id (numbered and acknowledged by either loop), sometimes a copy or a gap, and its
-NACKs name the room's epoch or another; the histories and ``Reliable`` states are
-compared too.
+Rooms "q" and "s" (encrypted) become numbered when an ``ocm1r`` member joins: its members'
+SENDs mostly carry the next id (numbered and acknowledged by either loop; in "s" mostly a
+chat Message, sometimes another kind), sometimes a copy or a gap, and its NACKs name the
+room's epoch or another; the histories and ``Reliable`` states are compared too.
 
 ``--sanitize`` builds relay/_hot.c with AddressSanitizer and UndefinedBehaviorSanitizer
 into a temporary directory (``$CC``, gcc or cc, and the Python headers) and runs the
@@ -134,7 +134,7 @@ class Fuzz:
         token = b"F%05d" % self.serial + bytes([rng.randrange(97, 123)]) * 16
         e2e = self.rooms[room]
         framing = Framing.OCM1 if e2e or rng.random() < 0.5 else Framing.PLAIN
-        if room == b"q" and rng.random() < 0.4:  # "q" becomes numbered (Python's path)
+        if room != b"p" and rng.random() < 0.4:  # "q" and "s" (encrypted) become numbered
             framing = Framing.OCM1R
         user = rng.choice(("ann", "bo", "cy", "di", "ed", "fay")) + str(self.serial % 7)
         addr = None
@@ -162,7 +162,7 @@ class Fuzz:
 
     def message(self, room: bytes, token: bytes) -> bytes:
         from wire.e2e import Kind, encode_message
-        from wire.reliable import encode_nack, encode_send
+        from wire.reliable import Up, encode_nack, encode_send
 
         rng = self.rng
         if not self.rooms[room]:
@@ -180,6 +180,17 @@ class Fuzz:
                                    [(first, rng.randint(1, 5))])
             return text
         names = [u for r, _, u, _ in self.members() if r == room] + ["nobody"]
+        member = self.pair.workers[0].core.tokens.get(token)
+        rel = member.rel if member is not None else None
+        pick = rng.random()
+        if rel is not None and pick < 0.35:  # mostly a chat with the next id: what C takes
+            inner = encode_message(Kind.CHAT, rng.randbytes(rng.randint(1, 200))) \
+                if rng.random() < 0.85 else encode_message(Kind.ENVELOPE, b"e", "nobody")
+            return encode_send(rel.top + rng.choice((1, 1, 1, 1, 1, 0, 2)), inner)
+        if rel is not None and pick < 0.45:
+            first = rng.randint(1, 40)
+            return encode_nack(rng.choice((EPOCH, EPOCH ^ 1)), [(first, rng.randint(1, 5))],
+                               Up.E2E_NACK)
         kind = rng.random()
         if kind < 0.5:
             return encode_message(Kind.CHAT, rng.randbytes(rng.randint(1, 200)))

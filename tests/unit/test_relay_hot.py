@@ -30,7 +30,7 @@ from wire.chat import encode_chat
 from wire.codes import Framing
 from wire.e2e import Kind, PublicKeys, encode_message
 from wire.limits import ADDRESSED_BURST, ADDRESSED_RATE, MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES
-from wire.reliable import encode_ack, encode_data, encode_nack, encode_send
+from wire.reliable import Up, encode_ack, encode_data, encode_nack, encode_send
 
 TIMEOUT_S = 10.0
 
@@ -480,6 +480,50 @@ def test_encrypted_rooms(pair: Pair) -> None:
     pair.chat("yuri", b"sec", users[1][0], b"\xff\xfe/exit")  # opaque: no UTF-8, no /exit
     pair.chat("zoe", b"sec", users[2][0], encode_message(Kind.LEAVE))
     pair.chat("xena", b"sec", users[0][0], chat)
+
+
+def test_a_numbered_encrypted_room_is_numbered_by_the_compiled_loop_alike(pair: Pair) -> None:
+    """An encrypted room with ocm1r members (what ocm-chat and ocm-gui ask for) is numbered
+    by the compiled loop too (protocol.md §9.7): an ocm1r member's SEND of a chat Message
+    with the next id (the ACK, the numbered datagram) and an ocm1 member's chat Message.
+    Other kinds inside a SEND, copies, NACKs and keepalives stay Python's; both loops send
+    the same bytes and end in the same state."""
+    epoch = 0x1234ABCD
+    for w in pair.workers:
+        w.core.new_epoch = lambda: epoch
+    members = (("xena", Framing.OCM1R), ("yuri", Framing.OCM1R), ("zoe", Framing.OCM1))
+    tokens = {}
+    for i, (name, framing) in enumerate(members):
+        tokens[name] = b"N" + name[0].encode() * 20
+        pair.add("sec", tokens[name], name, host=i == 0, framing=framing, e2e=True)
+        pair.client(name)
+        pair.chat(name, b"sec", tokens[name], b"")
+    history = pair.workers[0].core.rooms["sec"].history
+    assert history is not None
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before, seq = compiled.counters()["fast"], history.next_seq
+    chat = encode_message(Kind.CHAT, b"\x01" + bytes(range(200)))
+    pair.chat("xena", b"sec", tokens["xena"], encode_send(1, chat))
+    assert pair.last == {"xena": [encode_ack(epoch, 1, seq)],
+                         "yuri": [encode_data(epoch, seq, b"\x04xena" + chat)],
+                         "zoe": [b"\x04xena" + chat]}
+    pair.chat("zoe", b"sec", tokens["zoe"], chat)  # an ocm1 member: numbered for the others
+    assert pair.last == {"xena": [encode_data(epoch, seq + 1, b"\x03zoe" + chat)],
+                         "yuri": [encode_data(epoch, seq + 1, b"\x03zoe" + chat)]}
+    assert compiled.counters()["fast"] == before + 2
+    pair.chat("yuri", b"sec", tokens["yuri"],
+              encode_send(1, encode_message(Kind.ENVELOPE, b"sealed", "zoe")))  # bad_kind
+    pair.chat("xena", b"sec", tokens["xena"], encode_send(1, chat))  # a copy: ACK again
+    pair.chat("yuri", b"sec", tokens["yuri"], encode_nack(epoch, [(seq, 2)], Up.E2E_NACK))
+    assert len(pair.last["yuri"]) == 2  # resends
+    pair.chat("yuri", b"sec", tokens["yuri"], b"")  # keepalive: SYNC
+    assert compiled.counters()["fast"] == before + 2
+    pair.chat("yuri", b"sec", tokens["yuri"], encode_send(1, chat))
+    assert compiled.counters()["fast"] == before + 3
+    for w in pair.workers:
+        numbered = w.core.rooms["sec"].history
+        assert numbered is not None and numbered.next_seq == seq + 3
 
 
 def test_random_traffic(pair: Pair) -> None:
