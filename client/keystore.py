@@ -177,6 +177,51 @@ class KeyStore:
             self._tighten(path, FILE_MODE)
             return self._open_identity(path, self._read(path, IDENTITY_VERSION))
 
+    def sources(self) -> dict[KeySource, int]:
+        """How many identities each key source locks (``ocm-gui``'s Protect keys action)."""
+        counts = dict.fromkeys(KeySource, 0)
+        for path in sorted(self.directory.glob("identity-*.json")):
+            with contextlib.suppress(KeyStoreError, ValueError):
+                counts[KeySource(self._read(path, IDENTITY_VERSION).get("key_source"))] += 1
+        return counts
+
+    def protect(self, passphrase: bytes) -> int:
+        """Lock every identity kept under the key file with a key stretched from
+        ``passphrase`` instead, and delete the key file: a copy of this directory alone
+        then opens nothing. Identities under the OS keyring stay there; ones already under
+        a passphrase must open with this one (else ``WrongPassphrase``, and nothing is
+        changed). From now on new identities of this store need the passphrase too. Returns
+        how many identities were locked anew. ``KeyStoreError`` for an empty passphrase or
+        an identity file that does not open."""
+        if not passphrase:
+            raise KeyStoreError("the passphrase is empty")
+        with self._locked():
+            before = self.passphrase, self.passphrase_file
+            self.passphrase, self.passphrase_file = passphrase, None
+            try:
+                return self._protect()
+            except BaseException:
+                self.passphrase, self.passphrase_file = before
+                raise
+
+    def _protect(self) -> int:
+        """``protect`` under the directory's lock, with ``passphrase`` set."""
+        locked_key = self._passphrase_key()
+        relock = []
+        for path in sorted(self.directory.glob("identity-*.json")):
+            obj = self._read(path, IDENTITY_VERSION)
+            if obj.get("key_source") == KeySource.KEYRING.value:
+                continue
+            identity = self._open_identity(path, obj)  # a wrong passphrase raises here
+            if obj.get("key_source") == KeySource.FILE.value:
+                relock.append((path, obj, identity))
+        for path, obj, identity in relock:  # every one opened: now rewrite them
+            self._write(path.name, {**obj, "key_source": KeySource.PASSPHRASE.value,
+                                    "pickle": identity.pickle(locked_key)})
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / KEY_FILE).unlink()
+        return len(relock)
+
     def _open_identity(self, path: Path, obj: dict[str, Any]) -> IdentityKeys:
         try:
             source = KeySource(obj.get("key_source"))
@@ -208,6 +253,10 @@ class KeyStore:
         if source is KeySource.PASSPHRASE:
             raise PassphraseNeeded("the identity was saved with a passphrase: give "
                                    "--key-passphrase-file")
+        if source is None and not (self.directory / KEY_FILE).exists() and \
+                (self.directory / SALT_FILE).exists():
+            raise PassphraseNeeded("this device's identities are locked with a passphrase: "
+                                   "give --key-passphrase-file to make a new one")
         return KeySource.FILE, self._file_key()
 
     def _passphrase_key(self) -> bytes:

@@ -66,7 +66,7 @@ from client.e2e_link import (
 )
 from client.gui import models, theme
 from client.gui.bridge import Tasks
-from client.gui.connect import ConnectScreen, passphrase_dialog
+from client.gui.connect import ConnectScreen, ProtectKeysDialog, passphrase_dialog
 from client.gui.help import HelpDialog
 from client.gui.models import ConnectRequest, Unread
 from client.gui.room import RoomView
@@ -74,7 +74,7 @@ from client.gui.sidebar import RoomList, RoomRow
 from client.gui.theme import Theme
 from client.gui.verify import SasDialog, VerifyDialog
 from client.joinflow import GUI_HINTS, pinning_tls_context
-from client.keystore import KeyStore, PassphraseNeeded, WrongPassphrase
+from client.keystore import KeySource, KeyStore, KeyStoreError, PassphraseNeeded, WrongPassphrase
 from client.known_servers import KnownServers
 from client.link import Resumed, RoomLink, SendState
 from client.refusals import Field
@@ -160,6 +160,8 @@ class MainWindow(QMainWindow):
         self.key_passphrase: bytes | None = None
         """The key store's passphrase as typed in ``passphrase_dialog`` (memory only)."""
         self.passphrase_dialog: QInputDialog | None = None  # while it is asking
+        self.protect_dialog: ProtectKeysDialog | None = None  # while it is asking
+        self.info_box: QMessageBox | None = None  # the last information shown, while open
         self._closing = False
         self.theme = Theme.SYSTEM
         self.dark = False
@@ -240,6 +242,8 @@ class MainWindow(QMainWindow):
                                          tip="send again what the relay never acknowledged")
         self.save_action = self._action(room, "&Save transcript…", self.ask_save_transcript,
                                         "Ctrl+S", "save this room's conversation as text")
+        self._action(room, "Protect &keys with a passphrase…", self.ask_protect_keys,
+                     tip="lock your identity keys with a passphrase instead of a key file")
         self._menus_by_name[room].addSeparator()
         self.leave_action = self._action(room, "&Leave room  (/exit)",
                                          lambda: self.request_leave(),
@@ -733,6 +737,49 @@ class MainWindow(QMainWindow):
         self.help_dialog.show()
         self.help_dialog.raise_()
         return self.help_dialog
+
+    # -- key protection ---------------------------------------------------------------------------
+    def ask_protect_keys(self) -> None:
+        """Lock the identities kept under the key file with a passphrase (no OS keyring);
+        say so if there is nothing to lock."""
+        sources = open_store(self.env, passphrase=self.key_passphrase).sources()
+        if not sources[KeySource.FILE]:
+            self._inform("Protect your keys", (
+                "Your identity keys are already locked with a passphrase."
+                if sources[KeySource.PASSPHRASE] else
+                "Your identity keys are kept by the OS keyring."
+                if sources[KeySource.KEYRING] else
+                "You have no identity keys yet: they are made when you first join a room. "
+                "Come back here afterwards."))
+            return
+        dialog = ProtectKeysDialog(self)
+        dialog.chosen.connect(functools.partial(self._protect_chosen, dialog))
+        dialog.finished.connect(lambda _: setattr(self, "protect_dialog", None))
+        self.protect_dialog = dialog
+        dialog.open()
+
+    def _protect_chosen(self, dialog: ProtectKeysDialog, passphrase: bytes) -> None:
+        try:
+            moved = open_store(self.env).protect(passphrase)
+        except WrongPassphrase:
+            dialog.refuse("Some of your keys are already locked with another passphrase: "
+                          "type that one.")
+            return
+        except KeyStoreError as exc:
+            dialog.refuse(f"Your keys could not be locked: {exc}")
+            return
+        self.key_passphrase = passphrase
+        dialog.accept()
+        self._inform("Keys locked", f"{moved} identit{'y is' if moved == 1 else 'ies are'} "
+                     "now locked with your passphrase. ocm-gui asks for it when it needs "
+                     "your keys.")
+
+    def _inform(self, title: str, text: str) -> None:
+        box = QMessageBox(QMessageBox.Icon.Information, title, text,
+                          QMessageBox.StandardButton.Ok, self)
+        self.info_box = box
+        box.finished.connect(lambda _: setattr(self, "info_box", None))
+        box.open()
 
     def _about(self) -> None:
         QMessageBox.about(self, "About OCM", "OCM: chat rooms over a UDP relay, optionally "

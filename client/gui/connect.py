@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
+    QDialog,
+    QDialogButtonBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -80,6 +82,61 @@ def passphrase_dialog(parent: QWidget, wrong: bool) -> QInputDialog:
     dialog.setLabelText(WRONG_PASSPHRASE_TEXT if wrong else PASSPHRASE_TEXT)
     dialog.setOkButtonText("Unlock")
     return dialog
+
+
+PROTECT_TEXT: Final = (
+    "Lock your identity keys with a passphrase. Without an OS keyring they are encrypted "
+    "with a key file kept beside them, so anyone who copies that folder can read them; with "
+    "a passphrase, the folder alone opens nothing. ocm-gui asks for the passphrase when it "
+    "needs your keys (once per run); nobody can recover it for you.")
+MISMATCH_TEXT: Final = "The two passphrases differ."
+
+
+class ProtectKeysDialog(QDialog):
+    """A new passphrase, typed twice, hidden. ``chosen(bytes)`` once both match; the
+    caller may ``refuse(text)`` it (the dialog stays open with the reason) or ``accept()``."""
+
+    chosen = Signal(bytes)
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setObjectName("protect-keys")
+        self.setWindowTitle("Protect your keys")
+        layout = QVBoxLayout(self)
+        intro = QLabel(PROTECT_TEXT)
+        intro.setWordWrap(True)
+        layout.addWidget(intro)
+        form = QFormLayout()
+        self.first = QLineEdit()
+        self.second = QLineEdit()
+        for field, label in ((self.first, "&Passphrase"), (self.second, "&Again")):
+            field.setEchoMode(QLineEdit.EchoMode.Password)
+            form.addRow(label, field)
+        layout.addLayout(form)
+        self.error = QLabel("")
+        self.error.setObjectName("error")
+        self.error.setWordWrap(True)
+        layout.addWidget(self.error)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
+        self.protect_button = buttons.addButton("&Lock my keys",
+                                                QDialogButtonBox.ButtonRole.AcceptRole)
+        buttons.accepted.connect(self._submit)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+
+    def _submit(self) -> None:
+        first, second = self.first.text(), self.second.text()
+        if not first:
+            self.refuse("Type a passphrase, twice.")
+        elif first != second:
+            self.refuse(MISMATCH_TEXT)
+        else:
+            self.chosen.emit(first.encode())
+
+    def refuse(self, text: str) -> None:
+        self.error.setText(text)
+        self.second.clear()
+        self.second.setFocus()
 
 
 class ConnectScreen(QWidget):

@@ -23,9 +23,9 @@ from pytestqt.qtbot import QtBot
 from client.e2e.identity import fingerprint
 from client.e2e_link import E2ERoomLink
 from client.gui.app import MainWindow
-from client.gui.connect import PASSPHRASE_TEXT, WRONG_PASSPHRASE_TEXT
+from client.gui.connect import MISMATCH_TEXT, PASSPHRASE_TEXT, WRONG_PASSPHRASE_TEXT
 from client.gui.models import group_lines
-from client.keystore import KeyStore, server_identity
+from client.keystore import KEY_FILE, KeyStore, PassphraseNeeded, server_identity
 from tests.gui.conftest import in_thread, run, until
 from tests.gui.test_gui import (
     clients,
@@ -322,3 +322,43 @@ def test_locked_keys_are_unlocked_with_a_passphrase_typed_in_a_dialog(
         assert f"your key fingerprint (alice): {fingerprint(made.public())}" in scrollback(gui)
 
     run(loop, scenario())
+
+
+def test_keys_under_a_key_file_are_locked_with_a_passphrase_from_the_menu(
+        gui: MainWindow, qtbot: QtBot, loop: qasync.QEventLoop, tmp_path: Path) -> None:
+    """No OS keyring: alice's identity is under the key file beside it. Room → Protect keys
+    locks it with a passphrase typed twice (a mismatch is refused in the dialog), deletes
+    the key file, and the window keeps the passphrase for its next joins; the directory
+    alone then opens nothing."""
+    directory = tmp_path / "gui" / "ocm"
+    server = server_identity("127.0.0.1", 9443)
+    made = KeyStore(directory, use_keyring=False).load_or_create_identity(server, "alice")
+    assert (directory / KEY_FILE).exists()
+
+    async def scenario() -> None:
+        gui.ask_protect_keys()
+        dialog = gui.protect_dialog
+        assert dialog is not None and dialog.isVisible()
+        dialog.first.setText("correct horse")
+        dialog.second.setText("correct hose")
+        qtbot.mouseClick(dialog.protect_button, Qt.MouseButton.LeftButton)
+        assert dialog.error.text() == MISMATCH_TEXT and dialog.isVisible()
+        assert (directory / KEY_FILE).exists()
+        dialog.second.setText("correct horse")
+        qtbot.mouseClick(dialog.protect_button, Qt.MouseButton.LeftButton)
+        await until(lambda: gui.protect_dialog is None, "the dialog closed")
+        assert gui.info_box is not None
+        assert gui.info_box.text().startswith("1 identity is now locked with your passphrase")
+        gui.info_box.accept()
+        assert gui.key_passphrase == b"correct horse"
+        gui.ask_protect_keys()  # nothing left to lock: it says so
+        assert gui.protect_dialog is None and gui.info_box is not None
+        assert "already locked" in gui.info_box.text()
+        gui.info_box.accept()
+
+    run(loop, scenario())
+    assert not (directory / KEY_FILE).exists()
+    with pytest.raises(PassphraseNeeded):
+        KeyStore(directory, use_keyring=False).load_or_create_identity(server, "alice")
+    typed = KeyStore(directory, use_keyring=False, passphrase=b"correct horse")
+    assert typed.load_or_create_identity(server, "alice").public() == made.public()

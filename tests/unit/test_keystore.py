@@ -232,3 +232,31 @@ def test_a_typed_passphrase_opens_what_a_passphrase_file_locked(store: KeyStore,
             typed.load_or_create_identity(SERVER, "alice")
     typed = KeyStore(store.directory, use_keyring=False, passphrase=b"correct horse")
     assert typed.load_or_create_identity(SERVER, "alice").public() == made.public()
+
+
+def test_protect_locks_key_file_identities_with_a_passphrase(store: KeyStore) -> None:
+    """``ocm-gui``'s Protect keys action: identities under the key file are locked with a
+    passphrase and the key file goes, so the directory alone opens nothing; a new identity
+    then needs the passphrase too; a second protect must use the same passphrase."""
+    made = {user: store.load_or_create_identity(SERVER, user) for user in ("alice", "bob")}
+    assert (store.directory / keystore.KEY_FILE).exists()
+    assert store.sources()[keystore.KeySource.FILE] == 2
+    with pytest.raises(KeyStoreError, match="empty"):
+        store.protect(b"")
+    assert store.protect(b"correct horse") == 2
+    assert not (store.directory / keystore.KEY_FILE).exists()
+    assert store.sources() == {keystore.KeySource.KEYRING: 0,
+                               keystore.KeySource.PASSPHRASE: 2, keystore.KeySource.FILE: 0}
+    fresh = KeyStore(store.directory, use_keyring=False)
+    with pytest.raises(keystore.PassphraseNeeded):
+        fresh.load_or_create_identity(SERVER, "alice")
+    with pytest.raises(keystore.PassphraseNeeded, match="make a new one"):
+        fresh.load_or_create_identity(SERVER, "carol")  # not silently under a new key file
+    typed = KeyStore(store.directory, use_keyring=False, passphrase=b"correct horse")
+    for user, identity in made.items():
+        assert typed.load_or_create_identity(SERVER, user).public() == identity.public()
+    typed.load_or_create_identity(SERVER, "carol")
+    assert typed.sources()[keystore.KeySource.PASSPHRASE] == 3
+    with pytest.raises(keystore.WrongPassphrase):
+        KeyStore(store.directory, use_keyring=False).protect(b"wrong horse")
+    assert KeyStore(store.directory, use_keyring=False).protect(b"correct horse") == 0
