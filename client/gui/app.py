@@ -286,6 +286,7 @@ class MainWindow(QMainWindow):
         self.who_action.setEnabled(live)
         self.verify_action.setEnabled(live and session is not None and session.encrypted)
         self.leave_action.setEnabled(live)
+        self.retry_action.setEnabled(live)
         self.save_action.setEnabled(session is not None)
         self.close_action.setEnabled(session is not None)
 

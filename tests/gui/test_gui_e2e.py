@@ -336,6 +336,7 @@ def test_keys_under_a_key_file_are_locked_with_a_passphrase_from_the_menu(
     assert (directory / KEY_FILE).exists()
 
     async def scenario() -> None:
+        assert not gui.retry_action.isEnabled()  # no room: nothing to retry (or to ask)
         gui.ask_protect_keys()
         dialog = gui.protect_dialog
         assert dialog is not None and dialog.isVisible()
