@@ -17,8 +17,7 @@ PER_TARGET = 10_000
 SHORT_RUNS = PER_TARGET * len(fuzz_targets.TARGETS)
 
 
-@pytest.mark.no_cover  # wire/'s coverage is the unit and hypothesis tests'; tracing
-def test_short_fuzz_run_has_no_crash(tmp_path: Path) -> None:  # 150,000 inputs: 2.5x slower
+def test_short_fuzz_run_has_no_crash(tmp_path: Path) -> None:
     report = fuzz_main.run_stdlib(SHORT_RUNS, seed=20_000, artifacts=tmp_path)
     print(fuzz_main.format_report(report))
     assert report.ok, fuzz_main.format_report(report)
