@@ -198,11 +198,11 @@ def certificate_names(der: bytes) -> list[str]:
 
 
 KeysFor = Callable[[str | None], PublicKeys | None]
+"""Called with the server's TLS key fingerprint (``None`` without TLS); returns the public
+keys the request publishes."""
 E2EFor = Callable[[str | None], bool]
 """Whether a join must be of an encrypted room, given the server's TLS key (``None``
 without TLS): a room this device saw encrypted under that key (``IdentityChoice``)."""
-"""Called with the server's TLS key fingerprint (``None`` without TLS); returns the public
-keys the request publishes."""
 
 
 class Stage(enum.Enum):
@@ -231,11 +231,11 @@ class JoinFlow:
                  keys_for: KeysFor | None = None, e2e_for: E2EFor | None = None) -> None:
         self.target = target
         self._keys_for = keys_for
+        """Gives the request's ``keys`` once the server's TLS key is known (``None``
+        without TLS): identities are kept per server identity (client.keystore)."""
         self._e2e_for = e2e_for
         """Asked once the server's TLS key is known: True makes the request require an
         encrypted room (it never lifts an ``e2e`` the request has)."""
-        """Gives the request's ``keys`` once the server's TLS key is known (``None``
-        without TLS): identities are kept per server identity (client.keystore)."""
         framing = request.body.framing
         if framing is not Framing.OCM1R:
             framing = Framing.OCM1

@@ -195,17 +195,14 @@ class KeyStore:
         an identity file that does not open."""
         if not passphrase:
             raise KeyStoreError("the passphrase is empty")
+        locked = KeyStore(self.directory, use_keyring=self.use_keyring, passphrase=passphrase)
         with self._locked():
-            before = self.passphrase, self.passphrase_file
-            self.passphrase, self.passphrase_file = passphrase, None
-            try:
-                return self._protect()
-            except BaseException:
-                self.passphrase, self.passphrase_file = before
-                raise
+            moved = locked._relock()
+        self.passphrase, self.passphrase_file = passphrase, None
+        return moved
 
-    def _protect(self) -> int:
-        """``protect`` under the directory's lock, with ``passphrase`` set."""
+    def _relock(self) -> int:
+        """``protect``'s work, by a store with the passphrase, under the directory's lock."""
         locked_key = self._passphrase_key()
         relock = []
         for path in sorted(self.directory.glob("identity-*.json")):

@@ -52,6 +52,19 @@ gone (a new address, a dead network): resume over TCRP."""
 RESUME_RETRY_S: Final = 2.0
 
 
+def keepalive_due(last: float, heard: float, sent: float, base: float, urgent: bool) -> float:
+    """When an ``ocm1r`` member's next keepalive is due (``RoomLink``; ``ocm-loadgen --loss``
+    follows the same rule): ``SYNC_S`` after the ``last`` one while ``urgent`` (a message
+    pending, a hole open, a keepalive unanswered); else ``SYNC_S`` after the relay was last
+    ``heard`` (while its datagrams keep coming a lost one shows as a hole; after that a lost
+    last message shows in the answer) and at the latest ``base`` after the last datagram we
+    ``sent`` (the relay's inactivity timeout counts what we send), never sooner than
+    ``SYNC_S`` after the ``last`` one."""
+    if urgent:
+        return last + SYNC_S
+    return max(last + SYNC_S, min(heard + SYNC_S, sent + base))
+
+
 class Resumed(enum.Enum):
     """How a resume went: everything missed came back, some of it, or nothing."""
 
@@ -234,6 +247,8 @@ class RoomLink(Link):
         """When the first keepalive since the relay was last heard went out (None: none)."""
         self.sent = self.heard
         """When we last sent a datagram."""
+        self.keepalive_at = self.heard
+        """When our last keepalive went out."""
         self.resume_source: str | None = None
         """The local IP to resume from (None: the system chooses)."""
         self._resuming: asyncio.Task[None] | None = None
@@ -319,9 +334,12 @@ class RoomLink(Link):
         chat = self.reliable
         if base is None or chat is None or base <= SYNC_S:
             return base
-        busy = (self.asked is not None or self.pending or chat.receiver.missing
-                or self.clock() - self.active < ACTIVE_S)
+        busy = self._urgent(chat) or self.clock() - self.active < ACTIVE_S
         return SYNC_S if busy else base
+
+    def _urgent(self, chat: rel.ReliableChat) -> bool:
+        """A keepalive is wanted every ``SYNC_S`` whatever is heard (``keepalive_due``)."""
+        return self.asked is not None or bool(self.pending) or bool(chat.receiver.missing)
 
     def _on_keepalive(self) -> None:
         now = self.clock()
@@ -331,24 +349,22 @@ class RoomLink(Link):
             return
         if self.asked is None:
             self.asked = now
+        self.keepalive_at = now
         super()._on_keepalive()
         if (self.reliable is not None and self._resuming is None and not self.ended.done()
                 and now - self.asked > RESUME_AFTER_S):
             self._resuming = asyncio.ensure_future(self._resume_until_done())
 
     def _unneeded_keepalive(self, now: float) -> float | None:
-        """``ocm1r`` in an active room where nothing waits on a keepalive: ``None`` if one
-        is due now, else how long until it is: ``SYNC_S`` after the relay was last heard
-        (the datagrams it keeps sending show any loss as a hole), and at the latest the
-        usual interval after our last datagram (the relay's inactivity timeout counts what
-        we send)."""
+        """``ocm1r``: ``None`` if a keepalive is due now (``keepalive_due``), else how long
+        until it is."""
         chat = self.reliable
         base = self._keepalive_s
-        if (chat is None or base is None or base <= SYNC_S or self.asked is not None
-                or self.pending or chat.receiver.missing):
+        if chat is None or base is None or base <= SYNC_S:
             return None
-        due = min(self.heard + SYNC_S, self.sent + base)
-        return due - now if due - now >= MIN_KEEPALIVE_S else None
+        wait = keepalive_due(self.keepalive_at, self.heard, self.sent, base,
+                             self._urgent(chat)) - now
+        return wait if wait >= MIN_KEEPALIVE_S else None
 
     async def _resume_until_done(self) -> None:
         try:

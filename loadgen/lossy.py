@@ -59,7 +59,7 @@ from typing import Any, Final
 
 from hdrh.histogram import HdrHistogram
 
-from client.link import SYNC_S
+from client.link import SYNC_S, keepalive_due
 from client.reliable import Delivered, Failed, Gap, ReliableChat
 from client.session import TcrpTarget
 from client.session_aio import join_room_async
@@ -79,7 +79,7 @@ RECV_BATCH: Final = 256
 TICK_S: Final = 0.005
 """How often members' timers (NACKs, resends, sends due) are looked at."""
 KEEPALIVE_CHECK_S: Final = 0.25
-"""While sending: how often each member's keepalive rule is looked at (``keepalive_due``)."""
+"""While sending: how often each member's keepalive rule is looked at (``keepalive_now``)."""
 DRAIN_KEEPALIVE_S: Final = 0.5
 """While draining: every member sends a keepalive this often (syncs reveal a lost last
 message sooner than ``ocm-chat`` would ask)."""
@@ -125,7 +125,7 @@ class _Member:
 
     __slots__ = ("run", "lm", "index", "room", "name", "chat", "send", "prefix", "sent",
                  "out", "pinned", "handed", "ahead", "base", "armed", "src", "dst", "port",
-                 "asked")
+                 "keepalive_at")
 
     def __init__(self, run: _Run, lm: int, index: int, room: int) -> None:
         self.run = run
@@ -155,22 +155,21 @@ class _Member:
         """When its live entry in the timer heap is due (None: it has none)."""
         self.ahead: dict[int, set[int]] = {}
         """Per sender of the room: message numbers shown past the next one expected."""
-        self.asked = 0.0
+        self.keepalive_at = 0.0
         """When its last keepalive went out (monotonic s)."""
 
-    def keepalive_due(self, now: float, base_s: float) -> bool:
-        """``ocm-chat``'s rule (client.link.RoomLink): at most one keepalive per
-        ``SYNC_S``; ``ocm1r``: one while a message is pending or a hole is open, or when
-        the relay has not been heard for ``SYNC_S`` (in an active room: a lost last
-        message); else (and for ``ocm1``) one per ``base_s``, the inactivity timeout / 4."""
-        since = now - self.asked
-        if since < SYNC_S:
-            return False
+    def keepalive_now(self, now: float, base_s: float) -> bool:
+        """``ocm-chat``'s rule (``client.link.keepalive_due``; its last keepalive stands for
+        its last datagram: members send messages far more often than ``base_s``, the
+        inactivity timeout / 4). An ``ocm1`` member sends one per ``base_s`` (at most one
+        per ``SYNC_S``)."""
         chat_ = self.chat
-        if chat_ is not None and (chat_.sender.pending or chat_.receiver.missing
-                                  or now - self.run.rs.heard[self.lm] / 1e6 >= SYNC_S):
-            return True
-        return since >= base_s
+        if chat_ is None:
+            return now - self.keepalive_at >= max(base_s, SYNC_S)
+        urgent = bool(chat_.sender.pending) or bool(chat_.receiver.missing)
+        heard = self.run.rs.heard[self.lm] / 1e6
+        return keepalive_due(self.keepalive_at, heard, self.keepalive_at, base_s,
+                             urgent) <= now
 
     def send_message(self, message: bytes) -> None:
         run = self.run
@@ -186,7 +185,6 @@ class _Member:
     def receive(self, data: bytes, now_us: int) -> None:
         """A datagram kept by the loss (the Python path): the member's client code."""
         run = self.run
-        run.rs.heard[self.lm] = now_us
         chat_ = self.chat
         if chat_ is None:
             self.show(data, now_us)
@@ -331,6 +329,7 @@ class _Run:
     def receive_rows(self, rows: list[tuple[bytes, bytes, int]], now_us: int) -> None:
         """The Python path of a batch: outage, loss, then the member's client code."""
         by_dest, state, members, rng = self.by_dest, self.rs.state, self.members, self.rx_rng
+        heard = self.rs.heard
         for data, dest, _ in rows:
             lm = by_dest.get(dest)
             if lm is None:
@@ -340,6 +339,7 @@ class _Run:
             elif rng.drop():
                 self.dropped_in += 1
             else:
+                heard[lm] = now_us  # (C sets it for the datagrams it reads)
                 members[lm].receive(data, now_us)
 
     def receive_fast(self, batch: mmsg.RecvBatch, got: int, now_us: int) -> None:
@@ -449,7 +449,7 @@ async def _join_all(run: _Run, shared: SharedSocket, rooms: list[list[_Member]])
         member.src = socket.inet_aton(shared.ips[member.lm])
         member.dst, member.port = socket.inet_aton(joined.server[0]), joined.server[1]
         member.send_message(b"")  # binds (a lost one is retried by the keepalives)
-        member.asked = time.monotonic()
+        member.keepalive_at = time.monotonic()
         run.keepalive_base_s = joined.details.inactivity_timeout / 4
         _flush(run)
 
@@ -603,8 +603,8 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
             next_keepalive += KEEPALIVE_CHECK_S
             base_s = run.keepalive_base_s
             for member in run.members:
-                if member.keepalive_due(now, base_s):
-                    member.asked = now
+                if member.keepalive_now(now, base_s):
+                    member.keepalive_at = now
                     member.send_message(b"")
         _tick(run, now)
         _flush(run)

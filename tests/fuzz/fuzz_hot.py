@@ -165,32 +165,36 @@ class Fuzz:
         from wire.reliable import Up, encode_nack, encode_send
 
         rng = self.rng
+        member = self.pair.workers[0].core.tokens.get(token)
+        rel = member.rel if member is not None else None
+
+        def next_id() -> int:  # mostly the next id: what C takes
+            assert rel is not None
+            return int(rel.top) + rng.choice((1, 1, 1, 1, 1, 0, 2))
+
+        def nack(kind: Up) -> bytes:
+            first = rng.randint(1, 40)
+            return encode_nack(rng.choice((EPOCH, EPOCH ^ 1)), [(first, rng.randint(1, 5))],
+                               kind)
+
         if not self.rooms[room]:
             text = b"".join(rng.choice(PLAIN_PIECES) for _ in range(rng.randint(0, 4)))
             pick = rng.random()
-            member = self.pair.workers[0].core.tokens.get(token)
-            rel = member.rel if member is not None else None
-            if rel is not None and pick < 0.4:  # mostly the next id: what C takes
-                return encode_send(rel.top + rng.choice((1, 1, 1, 1, 1, 0, 2)), text)
+            if rel is not None and pick < 0.4:
+                return encode_send(next_id(), text)
             if pick < 0.15:  # an ocm1r SEND (plain text to a member that is not ocm1r)
                 return encode_send(rng.randint(1, 8), text)
             if pick < 0.2:
-                first = rng.randint(1, 40)
-                return encode_nack(rng.choice((EPOCH, EPOCH ^ 1)),
-                                   [(first, rng.randint(1, 5))])
+                return nack(Up.NACK)
             return text
         names = [u for r, _, u, _ in self.members() if r == room] + ["nobody"]
-        member = self.pair.workers[0].core.tokens.get(token)
-        rel = member.rel if member is not None else None
         pick = rng.random()
-        if rel is not None and pick < 0.35:  # mostly a chat with the next id: what C takes
+        if rel is not None and pick < 0.35:  # mostly a chat Message
             inner = encode_message(Kind.CHAT, rng.randbytes(rng.randint(1, 200))) \
                 if rng.random() < 0.85 else encode_message(Kind.ENVELOPE, b"e", "nobody")
-            return encode_send(rel.top + rng.choice((1, 1, 1, 1, 1, 0, 2)), inner)
+            return encode_send(next_id(), inner)
         if rel is not None and pick < 0.45:
-            first = rng.randint(1, 40)
-            return encode_nack(rng.choice((EPOCH, EPOCH ^ 1)), [(first, rng.randint(1, 5))],
-                               Up.E2E_NACK)
+            return nack(Up.E2E_NACK)
         kind = rng.random()
         if kind < 0.5:
             return encode_message(Kind.CHAT, rng.randbytes(rng.randint(1, 200)))
