@@ -7,8 +7,10 @@ one ``Gap`` ("N messages could not be recovered") in the hole's place. It never 
 sequence number twice.
 
 ``Sender`` gives each message an id and keeps it pending until the relay acknowledges it,
-resending on a timer (backoff); after ``SEND_MAX_TRIES`` it is ``Failed`` and may be
-retried (same id: the relay drops a copy it has relayed already).
+resending on a timer (backoff); after ``SEND_FAIL_AFTER_S`` it is ``Failed`` and may be
+retried (same id: the relay drops a copy it has relayed already). After ``HOLD_CALM_S``
+without a sign of loss it lets the relay hold its acknowledgements for the next DATA to
+carry (``06`` SENDs): one datagram fewer per message for the relay to send.
 
 Both are driven as aioquic's connection is: ``handle_*(…, now)`` in, events out, and
 ``next_deadline()`` / ``handle_timer(now)``. ``ReliableChat`` joins them for a link.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from wire import errors, reliable
-from wire.limits import NACK_MAX_RANGE_COUNT, NACK_MAX_RANGES
+from wire.limits import ACK_HOLD_S, ACK_HOLD_TICK_S, NACK_MAX_RANGE_COUNT, NACK_MAX_RANGES
 
 REORDER_DELAY_S: Final = 0.03
 """How long a hole may be reordering before it is NACKed."""
@@ -47,6 +49,14 @@ SEND_WINDOW: Final = 16
 """Our messages in flight at once."""
 GO_BACK_MIN_S: Final = 0.03
 """The window goes again at most this often on the relay's hint."""
+HOLD_CALM_S: Final = 10.0
+"""Messages go as ``06`` SENDs (the relay may hold their acknowledgement for a DATA to
+carry) once a round trip was measured and no loss was seen for this long: a go-back, the
+relay's hint, a NACK of ours. Any of these makes the next copies ``01`` SENDs again, whose
+loss is found one timeout later, not ``ACK_WAIT_S`` later."""
+ACK_WAIT_S: Final = ACK_HOLD_S + ACK_HOLD_TICK_S + 0.05
+"""Added to the retransmission timeout while a ``06`` copy is in flight: the longest the
+relay holds its acknowledgement, and a margin."""
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -314,6 +324,8 @@ class Pending:
     failed: bool = False
     resent: bool = False
     """A second copy went out: its acknowledgement does not measure the round trip."""
+    held: bool = False
+    """Its last copy went as a ``06`` SEND (the relay may hold the acknowledgement)."""
 
 
 class Sender:
@@ -337,6 +349,8 @@ class Sender:
         """Smoothed round trip from first copy to acknowledgement (Karn: first copies)."""
         self.copies = 0
         """Datagrams sent, first copies included."""
+        self.last_loss = float("-inf")
+        """When loss was last seen (``saw_loss``): ``06`` SENDs wait ``HOLD_CALM_S``."""
 
     def send(self, text: bytes, now: float) -> tuple[int, bytes | None]:
         """A new message: its id, and the Message to send now (None: the window is
@@ -347,9 +361,14 @@ class Sender:
         window = self._window()
         if item not in window:
             return msg_id, None
+        copy = self._copy(item, now)
         if self.due is None:
-            self.due = now + self.rto()
-        return msg_id, self._copy(item, now)
+            self.due = now + self.rto() + (ACK_WAIT_S if item.held else 0.0)
+        return msg_id, copy
+
+    def saw_loss(self, now: float) -> None:
+        """A sign of loss (ours or the receiver's): ``01`` SENDs for ``HOLD_CALM_S``."""
+        self.last_loss = now
 
     def rto(self) -> float:
         """The retransmission timeout now (backoff included)."""
@@ -364,10 +383,12 @@ class Sender:
             if self.pending and now - self.last_go_back >= GO_BACK_MIN_S \
                     and not next(iter(self.pending.values())).failed:
                 self.due = now
+                self.last_loss = now
             return []
         events: list[Event] = []
         last = self.pending[done[-1]]
-        if last.msg_id == msg_id and not last.resent and last.first is not None:
+        if last.msg_id == msg_id and not last.resent and not last.held \
+                and last.first is not None:
             sample = now - last.first
             self.srtt = sample if self.srtt is None else 0.875 * self.srtt + 0.125 * sample
         for i in done:
@@ -378,7 +399,8 @@ class Sender:
                 events.append(Acked(i, seq if i == msg_id else 0))
         self.tries = 0
         window = self._window()
-        self.due = None if not window else now + self.rto()
+        self.due = None if not window else now + self.rto() + (
+            ACK_WAIT_S if any(item.held for item in window) else 0.0)
         for item in window:  # room in the window: first copies of the waiting ones
             if item.first is None:
                 self.due = now
@@ -416,9 +438,11 @@ class Sender:
             return [], events
         if any(item.first is not None for item in window):
             self.tries += 1
-            self.last_go_back = now
-        self.due = now + self.rto()
-        return [self._copy(item, now) for item in window], []
+            self.last_go_back = self.last_loss = now
+        copies = [self._copy(item, now) for item in window]
+        self.due = now + self.rto() + (ACK_WAIT_S if any(item.held for item in window)
+                                       else 0.0)
+        return copies, []
 
     def rearm(self, now: float) -> None:
         """After a resume: send the window again at once."""
@@ -440,7 +464,8 @@ class Sender:
         else:
             item.resent = True
         self.copies += 1
-        return reliable.encode_send(item.msg_id, item.text)
+        item.held = self.srtt is not None and now - self.last_loss >= HOLD_CALM_S
+        return reliable.encode_send(item.msg_id, item.text, item.held)
 
 
 # --- both, for one membership -----------------------------------------------------------------
@@ -466,14 +491,20 @@ class ReliableChat:
             return rx.handle_data(item.epoch, item.seq, item.body, now)
         if isinstance(item, reliable.Sync):
             return rx.handle_sync(item.epoch, item.start, item.latest, now)
+        if isinstance(item, reliable.Carried):  # the ACK first, then the DATA it rode on
+            return self._ack(item.ack, now) + rx.handle_data(item.data.epoch, item.data.seq,
+                                                             item.data.body, now)
         if isinstance(item, reliable.Ack):
-            events = self.sender.handle_ack(item.msg_id, item.seq, now)
-            return events + rx.handle_own(item.epoch, item.seq, now) if events else events
+            return self._ack(item, now)
         if isinstance(item, reliable.Lost):
             return rx.handle_lost(item.epoch, item.first, item.count, now)
         if isinstance(item, reliable.Direct):
             return [Addressed(item.body)]
         return [Unnumbered(item.body)]
+
+    def _ack(self, ack: reliable.Ack, now: float) -> list[Event]:
+        events = self.sender.handle_ack(ack.msg_id, ack.seq, now)
+        return events + self.receiver.handle_own(ack.epoch, ack.seq, now) if events else events
 
     def send(self, text: bytes, now: float) -> tuple[int, bytes | None]:
         return self.sender.send(text, now)
@@ -492,10 +523,12 @@ class ReliableChat:
         out: list[bytes] = [b""] if want_sync else []
         if ranges and self.receiver.epoch is not None:
             out.append(reliable.encode_nack(self.receiver.epoch, ranges, self.nack_kind))
+            self.sender.saw_loss(now)
         copies, failed = self.sender.handle_timer(now)
         return out + copies, events + failed
 
     def resumed(self, now: float) -> None:
         """The link moved (a resume): NACK holes and resend pending messages now."""
         self.receiver.renack(now)
+        self.sender.saw_loss(now)
         self.sender.rearm(now)

@@ -11,9 +11,11 @@
  * one sendmmsg per delivery format, the delivery being the member's prefix and the
  * message as two iovecs (no copy). In a numbered room (one with ocm1r members, relay/
  * history.py) it numbers the chat as History.number() does, sends the numbered datagram to
- * the ocm1r members in the same sendmmsg, and for an ocm1r member's SEND with the next id
- * the ACK to the sender, recording the id on its Reliable; the entry is kept
- * (History.keep) once the batch's sends went out. Everything else (a first datagram, a
+ * the ocm1r members in the same sendmmsg (each one's held ACK, if any, in front of it, as
+ * RelayCore.carry does), and for an ocm1r member's SEND with the next id the ACK to the
+ * sender (for a 06 SEND: the ACK held on its Reliable and listed in core.held), recording
+ * the id on its Reliable; the entry is kept (History.keep) once the batch's sends went
+ * out. Everything else (a first datagram, a
  * keepalive, a possible /exit, a trial address, a failing address, a rate-limited or
  * over-long message, an encrypted room's addressed datagrams, an ocm1r member's copies,
  * gaps and NACKs, anything malformed) is handed, in order, to
@@ -52,6 +54,11 @@
 #define MAC_SEQ_BYTES 8
 #define MAC_TAG_BYTES 16
 #define MAC_TRAILER_BYTES (MAC_SEQ_BYTES + MAC_TAG_BYTES)
+/* ocm1r (docs/protocol.md §9.3): a held ACK carried in front of a DATA, 06 MsgId Seq, and
+ * the first byte of a SEND whose ACK may be held. */
+#define CARRIED_BYTES 9
+#define ACK_BYTES 13 /* 02 Epoch MsgId Seq */
+#define SEND_HELD 6
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -157,6 +164,8 @@ static int full_errno(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EN
 typedef struct {
     Py_ssize_t n;
     PyObject *addrs;           /* the room's list of (ip, port) at build time */
+    PyObject *members;         /* side 2 of a room's route: Room.reliable (the members of
+                                * addrs, in order), else NULL */
     struct sockaddr_in *names; /* n */
 } Side;
 
@@ -168,6 +177,7 @@ typedef struct {
 
 static void side_free(Side *s) {
     Py_CLEAR(s->addrs);
+    Py_CLEAR(s->members);
     PyMem_Free(s->names);
     s->names = NULL;
 }
@@ -252,16 +262,16 @@ static const char *member_slots[M_COUNT] = {"addr", "trial", "room", "plain_pref
                                             "last_seen", "mac_key", "mac_top", "mac_seen",
                                             "rel"};
 enum { R_NAME, R_NAME_RAW, R_E2E, R_TRIAL, R_GENERATION, R_PLAIN_ADDRS, R_FRAMED_ADDRS,
-       R_RELIABLE_ADDRS, R_HISTORY, R_COUNT };
+       R_RELIABLE_ADDRS, R_RELIABLE, R_HISTORY, R_COUNT };
 static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "generation",
                                           "plain_addrs", "framed_addrs", "reliable_addrs",
-                                          "history"};
+                                          "reliable", "history"};
 /* A numbered room's History (relay/history.py) and an ocm1r sender's Reliable (relay/core.py):
  * the slots read and written here; the entry itself is kept by History.keep() at the flush. */
 enum { H_EPOCH, H_NEXT_SEQ, H_NOW, H_COUNT };
 static const char *history_slots[H_COUNT] = {"epoch", "next_seq", "now"};
-enum { L_TOP, L_TOP_SEQ, L_COUNT };
-static const char *reliable_slots[L_COUNT] = {"top", "top_seq"};
+enum { L_TOP, L_TOP_SEQ, L_HELD, L_HELD_AT, L_COUNT };
+static const char *reliable_slots[L_COUNT] = {"top", "top_seq", "held", "held_at"};
 
 /* One datagram relayed here whose deliveries are queued: what undoing it takes. */
 typedef struct {
@@ -272,10 +282,17 @@ typedef struct {
     int index;                    /* its slot in the receive batch */
     /* A numbered chat (else all NULL): the room's history, the datagram to keep at the
      * flush under number seq, the history's next_seq and now before; for an ocm1r sender
-     * (else NULL) its Reliable and top, top_seq before. */
+     * (else NULL) its Reliable and top, top_seq, held, held_at before. */
     PyObject *history, *datagram, *seq, *next_seq, *hnow;
-    PyObject *rel, *top, *top_seq;
+    PyObject *rel, *top, *top_seq, *held, *held_at;
 } Group;
+
+/* A held ACK a queued numbered delivery carries: the recipient's Reliable and the held
+ * bytes taken from it (restored if the datagram of group ``group`` is undone). */
+typedef struct {
+    PyObject *rel, *held;
+    int group;
+} Carry;
 
 static void group_clear(Group *g) {
     Py_CLEAR(g->member);
@@ -290,12 +307,15 @@ static void group_clear(Group *g) {
     Py_CLEAR(g->rel);
     Py_CLEAR(g->top);
     Py_CLEAR(g->top_seq);
+    Py_CLEAR(g->held);
+    Py_CLEAR(g->held_at);
 }
 
 typedef struct {
     PyObject_HEAD
     int fd;
     PyObject *core, *tokens, *failing, *routes, *slow, *send_failed, *send_ok, *warn;
+    PyObject *held; /* core.held: (member, now) of each ACK held here */
     PyObject *clock, *after; /* on_readable: time source (None: CLOCK_MONOTONIC), flush */
     PyTypeObject *member_type, *room_type, *history_type, *reliable_type;
     Py_ssize_t m[M_COUNT], r[R_COUNT], h[H_COUNT], l[L_COUNT];
@@ -318,6 +338,8 @@ typedef struct {
     PyObject *keep; /* what the queued iovecs point into (routes, prefixes) until the flush */
     Group groups[RECV_SLOTS]; /* the datagrams of the queue, in order (each one at most) */
     int ngroups;
+    Carry carries[OUT_SLOTS]; /* the held ACKs the queue carries, in order */
+    int ncarries;
     int dirty; /* notices may be waiting in the core's outbox (a flush reported failures,
                 * or they were there when the read began): the next datagram goes to
                 * Python, which sends them first (as Worker._on_udp does) */
@@ -347,7 +369,12 @@ static void Hot_dealloc(Hot *self) {
     Py_XDECREF(self->slow);
     Py_XDECREF(self->send_failed);
     Py_XDECREF(self->send_ok);
+    Py_XDECREF(self->held);
     for (int g = 0; g < self->ngroups; g++) group_clear(&self->groups[g]);
+    for (int c = 0; c < self->ncarries; c++) {
+        Py_XDECREF(self->carries[c].rel);
+        Py_XDECREF(self->carries[c].held);
+    }
     EVP_MAC_CTX_free(self->mac);
     Py_XDECREF(self->warn);
     Py_XDECREF(self->clock);
@@ -400,9 +427,15 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     self->failing = PyObject_GetAttrString(core, "failing");
     self->send_failed = PyObject_GetAttrString(core, "handle_send_failure");
     self->send_ok = PyObject_GetAttrString(core, "handle_send_success");
-    if (!self->tokens || !self->failing || !self->send_failed || !self->send_ok) return -1;
+    self->held = PyObject_GetAttrString(core, "held");
+    if (!self->tokens || !self->failing || !self->send_failed || !self->send_ok || !self->held)
+        return -1;
     if (!PyDict_CheckExact(self->tokens) || !PyDict_CheckExact(self->failing)) {
         PyErr_SetString(PyExc_TypeError, "core.tokens and failing must be dicts");
+        return -1;
+    }
+    if (!PyList_CheckExact(self->held)) {
+        PyErr_SetString(PyExc_TypeError, "core.held must be a list");
         return -1;
     }
     self->fd = fd;
@@ -472,6 +505,11 @@ static int call_addr(PyObject *fn, PyObject *addr, PyObject *now) {
 static void release_groups(Hot *self) {
     for (int g = 0; g < self->ngroups; g++) group_clear(&self->groups[g]);
     self->ngroups = 0;
+    for (int c = 0; c < self->ncarries; c++) {
+        Py_CLEAR(self->carries[c].rel);
+        Py_CLEAR(self->carries[c].held);
+    }
+    self->ncarries = 0;
 }
 
 static PyObject *str_outbox;
@@ -504,11 +542,15 @@ static int hand_over(Hot *self, int i, PyObject *now) {
 
 /* Undo the datagrams of groups[first:], latest first, whose deliveries were not sent:
  * their senders' buckets, last_seen and replay windows as before, and for a numbered chat
- * the room's next number and the sender's last id taken (its entry was never kept). */
+ * the room's next number, the sender's last id taken and held ACK (its entry was never
+ * kept), and the held ACKs its deliveries were to carry. */
 static int undo_groups(Hot *self, int first) {
     const Py_ssize_t *m = self->m;
+    int c = self->ncarries - 1;
     for (int g = self->ngroups - 1; g >= first; g--) {
         Group *gr = &self->groups[g];
+        for (; c >= 0 && self->carries[c].group == g; c--) /* its deliveries' carries */
+            set_slot(self->carries[c].rel, self->l[L_HELD], self->carries[c].held);
         PyObject *a = PyFloat_FromDouble(gr->allowance), *st = PyFloat_FromDouble(gr->stamp);
         if (!a || !st) {
             Py_XDECREF(a);
@@ -529,6 +571,8 @@ static int undo_groups(Hot *self, int first) {
         if (gr->rel) {
             set_slot(gr->rel, self->l[L_TOP], gr->top);
             set_slot(gr->rel, self->l[L_TOP_SEQ], gr->top_seq);
+            set_slot(gr->rel, self->l[L_HELD], gr->held);
+            set_slot(gr->rel, self->l[L_HELD_AT], gr->held_at);
         }
         Py_DECREF(a);
         Py_DECREF(st);
@@ -685,6 +729,59 @@ static int queue_ack(Hot *self, Route *route, Side *s, Py_ssize_t k, PyObject *p
     return 0;
 }
 
+/* Queue a numbered ``datagram`` to every entry of side s (the room's ocm1r members) but
+ * index k (the sender's own) or, for a sender that is not ocm1r (k = -1), the first entry
+ * at its address ``src``, as queue_side does; an entry whose Reliable holds an ACK gets it
+ * in front of the datagram (taken off the Reliable, recorded in carries for an undo), or
+ * alone before it where both would be too long: RelayCore.carry. The caller made room in
+ * the queue: two entries for each member if the datagram is that long. */
+static int queue_numbered(Hot *self, Route *route, Side *s, Py_ssize_t k,
+                          const struct sockaddr_in *src, PyObject *datagram) {
+    struct iovec *iov = NULL;
+    const char *d = PyBytes_AS_STRING(datagram);
+    Py_ssize_t dlen = PyBytes_GET_SIZE(datagram);
+    for (Py_ssize_t j = 0; j < s->n; j++) {
+        if (j == k) continue;
+        if (src && s->names[j].sin_port == src->sin_port &&
+            s->names[j].sin_addr.s_addr == src->sin_addr.s_addr) {
+            src = NULL;
+            continue;
+        }
+        PyObject *member = PyList_GET_ITEM(s->members, j);
+        PyObject *rel = Py_IS_TYPE(member, self->member_type) ? SLOT(member, self->m[M_REL])
+                                                               : NULL;
+        PyObject *held = rel && Py_IS_TYPE(rel, self->reliable_type)
+                             ? SLOT(rel, self->l[L_HELD]) : NULL;
+        if (!held || !PyBytes_CheckExact(held) || PyBytes_GET_SIZE(held) != CARRIED_BYTES) {
+            if (!iov && !(iov = new_pair(self, route, datagram, "", 0))) return -1;
+            push_out(self, s, j, iov, 0);
+            continue;
+        }
+        Carry *c = &self->carries[self->ncarries++];
+        c->rel = Py_NewRef(rel);
+        c->held = Py_NewRef(held);
+        c->group = self->ngroups;
+        set_slot(rel, self->l[L_HELD], Py_None);
+        if (CARRIED_BYTES + dlen <= self->max_delivery) {
+            struct iovec *own = new_pair(self, route, held, d, dlen);
+            if (!own || PyList_Append(self->keep, datagram) < 0) return -1;
+            push_out(self, s, j, own, 0);
+            continue;
+        }
+        /* 02 Epoch MsgId Seq: the datagram's epoch, the held MsgId and Seq */
+        unsigned char a[ACK_BYTES] = {2};
+        memcpy(a + 1, d + 1, 4);
+        memcpy(a + 5, PyBytes_AS_STRING(held) + 1, 8);
+        PyObject *ack = PyBytes_FromStringAndSize((const char *)a, ACK_BYTES);
+        if (!ack) return -1;
+        int rc = queue_ack(self, route, s, j, ack);
+        Py_DECREF(ack);
+        if (rc < 0 || (!iov && !(iov = new_pair(self, route, datagram, "", 0)))) return -1;
+        push_out(self, s, j, iov, 0);
+    }
+    return 0;
+}
+
 /* The route of a room, current for its generation: from the cache (``routes``, by room
  * name, which the worker empties of closed rooms), else built from the room's address
  * lists and cached. */
@@ -703,12 +800,19 @@ static Route *route_of(Hot *self, PyObject *room) {
     PyObject *plain = SLOT(room, self->r[R_PLAIN_ADDRS]);
     PyObject *framed = SLOT(room, self->r[R_FRAMED_ADDRS]);
     PyObject *numbered = SLOT(room, self->r[R_RELIABLE_ADDRS]);
-    if (!plain || !framed || !numbered) return NULL;
+    PyObject *members = SLOT(room, self->r[R_RELIABLE]);
+    if (!plain || !framed || !numbered || !members) return NULL;
+    if (!PyList_CheckExact(members) || !PyList_CheckExact(numbered) ||
+        PyList_GET_SIZE(members) != PyList_GET_SIZE(numbered)) {
+        PyErr_SetString(PyExc_TypeError, "room.reliable must list reliable_addrs' members");
+        return NULL;
+    }
     Route *built = (Route *)PyType_GenericNew(&RouteType, NULL, NULL);
     if (!built) return NULL;
     built->generation = g;
     if (side_init(&built->side[0], plain) < 0 || side_init(&built->side[1], framed) < 0 ||
         side_init(&built->side[2], numbered) < 0 ||
+        !(built->side[2].members = Py_NewRef(members)) ||
         PyDict_SetItem(self->routes, name, (PyObject *)built) < 0) {
         Py_DECREF(built);
         return NULL;
@@ -720,7 +824,6 @@ static Route *route_of(Hot *self, PyObject *room) {
  * SEND 01 MsgId Text of an ocm1r member, the ACK 02 Epoch MsgId Seq it gets. */
 #define DATA_HEADER_BYTES 9
 #define SEND_HEADER_BYTES 5
-#define ACK_BYTES 13
 #define MAX_SEQ 0xFFFFFFFFULL
 
 static void put_u32(unsigned char *p, unsigned long long v) {
@@ -809,9 +912,11 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     Py_ssize_t mlen = len - start;
     PyObject *e2e = SLOT(room, r[R_E2E]);
     unsigned long long msg_id = 0, rel_top = 0, rel_top_seq = 0;
+    int hold = 0; /* a 06 SEND: its ACK is held for a DATA to carry */
     if (rel) { /* RelayCore._handle_reliable: UTF-8 text, no /exit test; in an encrypted
                 * room a Message of the chat kind, opaque past that byte */
-        if (mlen <= SEND_HEADER_BYTES || msg[0] != 1) return 0;
+        if (mlen <= SEND_HEADER_BYTES || (msg[0] != 1 && msg[0] != SEND_HELD)) return 0;
+        hold = msg[0] == SEND_HELD;
         if (!u32_slot(rel, self->l[L_TOP], &rel_top) ||
             !u32_slot(rel, self->l[L_TOP_SEQ], &rel_top_seq))
             return 0;
@@ -886,8 +991,10 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
                                  : n_framed ? PyBytes_GET_SIZE(fp) + mlen : 0;
     Py_ssize_t body = PyBytes_GET_SIZE(fp) + mlen;
     Py_ssize_t queued = route->side[0].n + route->side[1].n;
-    if (history) /* its ack and numbered deliveries; it must fit the queue (no flush) */
-        queued += 1 + route->side[2].n;
+    if (history) /* its ack and numbered deliveries (an ACK alone before each one, if a
+                  * held one would make it too long); it must fit the queue (no flush) */
+        queued += 1 + route->side[2].n *
+                          (CARRIED_BYTES + DATA_HEADER_BYTES + body > self->max_delivery ? 2 : 1);
     if (longest > self->max_delivery || /* Python notifies the sender */
         (history && (DATA_HEADER_BYTES + body > self->max_delivery || /* Python skips a Seq */
                      queued > OUT_SLOTS))) {
@@ -913,7 +1020,7 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
      * for an ocm1r sender the ACK and its id. */
     PyObject *left = PyFloat_FromDouble(allowance - 1.0);
     PyObject *new_top = NULL, *new_seen = NULL, *datagram = NULL, *seq_obj = NULL;
-    PyObject *next_obj = NULL, *ack = NULL, *id_obj = NULL;
+    PyObject *next_obj = NULL, *ack = NULL, *id_obj = NULL, *entry = NULL;
     int failed = !left;
     if (mac_top && !failed) { /* wire.dgmac.advance for a Seq above the window */
         unsigned long long shift = seq - top; /* (a 64-bit shift = mask) */
@@ -935,14 +1042,21 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
             memcpy(p + DATA_HEADER_BYTES + PyBytes_GET_SIZE(fp), msg, (size_t)mlen);
         }
     }
-    if (rel && !failed) {
+    if (rel && !failed) { /* the ACK, or for a 06 SEND the held one (06 MsgId Seq) and the
+                           * entry of core.held that lists it */
         unsigned char a[ACK_BYTES] = {2};
         put_u32(a + 1, epoch);
         put_u32(a + 5, msg_id);
         put_u32(a + 9, next_seq);
-        ack = PyBytes_FromStringAndSize((const char *)a, ACK_BYTES);
+        if (hold) {
+            a[4] = SEND_HELD;
+            ack = PyBytes_FromStringAndSize((const char *)a + 4, CARRIED_BYTES);
+            entry = PyTuple_Pack(2, member, now_obj);
+        } else {
+            ack = PyBytes_FromStringAndSize((const char *)a, ACK_BYTES);
+        }
         id_obj = PyLong_FromUnsignedLongLong(msg_id);
-        failed = !ack || !id_obj;
+        failed = !ack || !id_obj || (hold && !entry);
     }
     if (failed) {
         Py_XDECREF(left);
@@ -953,6 +1067,7 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         Py_XDECREF(next_obj);
         Py_XDECREF(ack);
         Py_XDECREF(id_obj);
+        Py_XDECREF(entry);
         Py_DECREF(route);
         return -1;
     }
@@ -977,13 +1092,23 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         set_slot(history, self->h[H_NOW], now_obj);
         Py_DECREF(next_obj);
     }
-    if (rel) { /* rel.top, rel.top_seq = msg_id, seq */
+    if (rel) { /* rel.top, rel.top_seq = msg_id, seq; the ACK held, or sent (which
+                * covers one held before) */
         group->rel = Py_NewRef(rel);
         group->top = Py_NewRef(SLOT(rel, self->l[L_TOP]));
         group->top_seq = Py_NewRef(SLOT(rel, self->l[L_TOP_SEQ]));
+        group->held = Py_NewRef(SLOT(rel, self->l[L_HELD]));
+        group->held_at = Py_NewRef(SLOT(rel, self->l[L_HELD_AT]));
         set_slot(rel, self->l[L_TOP], id_obj);
         set_slot(rel, self->l[L_TOP_SEQ], seq_obj);
         Py_DECREF(id_obj);
+        if (hold) {
+            set_slot(rel, self->l[L_HELD], ack);
+            set_slot(rel, self->l[L_HELD_AT], now_obj);
+            Py_CLEAR(ack);
+        } else {
+            set_slot(rel, self->l[L_HELD], Py_None);
+        }
     }
     double old_allowance = PyFloat_AS_DOUBLE(allowance_obj);
     double old_stamp = PyFloat_AS_DOUBLE(stamp_obj);
@@ -1016,8 +1141,11 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         rc = queue_side(self, route, &route->side[1], framed && !rel ? k : -1,
                         framed && !rel ? NULL : src, fp, (const char *)msg, mlen, now_obj);
     if (rc >= 0 && history)
-        rc = queue_side(self, route, &route->side[2], rel ? k : -1, rel ? NULL : src,
-                        datagram, "", 0, now_obj);
+        rc = queue_numbered(self, route, &route->side[2], rel ? k : -1, rel ? NULL : src,
+                            datagram);
+    /* Listed once queued (an entry left by an undo is skipped by release_held). */
+    if (rc >= 0 && entry) rc = PyList_Append(self->held, entry);
+    Py_XDECREF(entry);
     /* Recorded once queued (a flush while queueing, of a datagram larger than the queue,
      * never undoes the datagram being queued: Python sends all of it too). */
     g.end = self->nout;

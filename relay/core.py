@@ -37,6 +37,7 @@ from wire.codes import EVICTION_REASONS, Framing, NoticeEvent, Reason
 from wire.e2e import Kind, PublicKeys
 from wire.errors import ProtocolError
 from wire.limits import (
+    ACK_HOLD_S,
     ADDRESSED_BURST,
     ADDRESSED_RATE,
     DEFAULT_CHAT_BURST,
@@ -55,7 +56,7 @@ from wire.limits import (
     STAGE1_MAX_CLIENTS_PER_IP,
     UNPROVEN_MAX_DELIVERIES,
 )
-from wire.reliable import DATA_HEADER, Down, Up, decode_nack, encode_ack, encode_sync
+from wire.reliable import CARRIED, DATA_HEADER, Down, Up, decode_nack, encode_ack, encode_sync
 
 Addr = tuple[str, int]
 Send = tuple[bytes, Addr]
@@ -88,24 +89,28 @@ HOT_MEMBER_WRITES: Final = ("allowance", "stamp", "last_seen", "mac_top", "mac_s
 """The only ``Member`` slots it writes: what ``_chat``, the refresh and the replay window of
 a sealed datagram (``_unseal``, for a ``Seq`` above the window only) write."""
 HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation", "plain_addrs",
-                         "framed_addrs", "reliable_addrs", "history")
-"""The ``Room`` slots it reads (it writes none); the address lists only to build a room's
-``Route`` when ``generation`` has changed."""
+                         "framed_addrs", "reliable_addrs", "reliable", "history")
+"""The ``Room`` slots it reads (it writes none); the address lists (and ``reliable``, the
+members of ``reliable_addrs``) only to build a room's ``Route`` when ``generation`` has
+changed."""
 HOT_HISTORY_SLOTS: Final = ("epoch", "next_seq", "now")
 """The ``History`` slots of a numbered room it reads: it numbers a chat as
 ``History.number`` does (``HOT_HISTORY_WRITES``) and calls ``History.keep`` (its only
 call of the history) once the chat's deliveries are sent, or undoes the number."""
 HOT_HISTORY_WRITES: Final = ("next_seq", "now")
-HOT_RELIABLE_SLOTS: Final = ("top", "top_seq")
-"""The ``Reliable`` slots of an ``ocm1r`` sender it reads and writes: the SEND with the
-next id is taken, acknowledged and recorded as ``_handle_reliable`` does."""
+HOT_RELIABLE_SLOTS: Final = ("top", "top_seq", "held", "held_at")
+"""The ``Reliable`` slots of an ``ocm1r`` member it reads and writes: the SEND with the
+next id is taken, acknowledged (or its acknowledgement held) and recorded as
+``_handle_reliable`` does; a held acknowledgement rides on the member's next DATA, as
+``carry`` does."""
 HOT_HISTORY_METHODS: Final = ("keep",)
 HOT_CORE_ATTRIBUTES: Final = ("tokens", "failing", "chat_rate", "chat_burst", "received",
-                              "relayed", "events", "outbox", "handle_send_failure",
+                              "relayed", "events", "outbox", "held", "handle_send_failure",
                               "handle_send_success")
 """What it uses of ``RelayCore``: reads ``tokens``, ``failing``, the chat rate and burst and
 whether ``events``/``outbox`` are empty; adds what it relayed to ``received`` and
-``relayed``; reports sends through the two methods (the one rule for failure streaks)."""
+``relayed``; appends to ``held`` (one list for the core's life); reports sends through the
+two methods (the one rule for failure streaks)."""
 HOT_CALLBACKS: Final = ("slow", "warn", "clock", "after")
 """The adapter's callbacks it calls: the Python path for a datagram, a log line for a
 socket error, the time, and the flush of events and notices."""
@@ -113,10 +118,13 @@ _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
 _SEND: Final = int(Up.SEND)
+_SEND_HELD: Final = int(Up.SEND_HELD)
 _NACK: Final = int(Up.NACK)
 _E2E_NACK: Final = int(Up.E2E_NACK)
 _DIRECT_BYTE: Final = bytes((Down.DIRECT,))
 DATA_HEADER_BYTES: Final = DATA_HEADER.size
+_pack_carried: Final = CARRIED.pack
+_CARRIED: Final = int(Down.CARRIED)
 
 _FULL: Final = float("inf")
 """A new member's allowance (capped at the burst on its first chat): one shared float."""
@@ -204,13 +212,19 @@ class Reliable:
     keep the order it sent them in, and a copy of an id already taken is answered with the
     acknowledgement of the last one (acknowledgements are cumulative)."""
 
-    __slots__ = ("top", "top_seq", "nacks", "stamp", "start")
+    __slots__ = ("top", "top_seq", "held", "held_at", "nacks", "stamp", "start")
 
     def __init__(self, now: float) -> None:
         self.top = 0
         """The last id taken."""
         self.top_seq = 0
         """Its ``Seq`` (0: refused)."""
+        self.held: bytes | None = None
+        """The acknowledgement of ``top`` held for the member's next DATA to carry
+        (``06 MsgId Seq``, docs/protocol.md §9.3), or None."""
+        self.held_at = 0.0
+        """When it was held (``RelayCore.release_held`` sends it alone after
+        ``ACK_HOLD_S``)."""
         self.nacks = float(NACK_BURST)
         self.stamp = now
         self.start = 1
@@ -336,7 +350,11 @@ class RelayCore:
         self.numbered: bytes | None = None
         """With ``batch_numbered``: the numbered datagram of the chat ``handle_datagram``
         just returned a ``Fanout`` for (to every address of ``room.reliable_addrs`` but
-        the Fanout's ``sender``), or None."""
+        the Fanout's ``sender``, through ``carry``), or None."""
+        self.held: list[tuple[Member, float]] = []
+        """Acknowledgements held (``06`` SENDs): the member and when, in time order;
+        ``release_held`` sends those still held after ``ACK_HOLD_S`` alone. An entry whose
+        acknowledgement was carried or superseded meanwhile is skipped."""
 
     # --- control commands ---------------------------------------------------------------
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
@@ -511,7 +529,8 @@ class RelayCore:
         if room.e2e:
             return self._handle_e2e(member, data, token_end, addr, now)
         message = data[token_end:]
-        if member.rel is not None and message and (message[0] == _SEND or message[0] == _NACK):
+        if member.rel is not None and message and (
+                message[0] == _SEND or message[0] == _NACK or message[0] == _SEND_HELD):
             return self._handle_reliable(member, message, addr, now)
         try:
             message.decode()
@@ -535,14 +554,16 @@ class RelayCore:
     def _handle_reliable(self, member: Member, message: bytes, addr: Addr,
                          now: float) -> Fanout | None:
         """An ``ocm1r`` member's SEND (chat with an id: relayed once, acknowledged every
-        time) or NACK (resend from the history, answer the rest as lost). In an encrypted
-        room the SEND carries a kind-01 Message, opaque past that byte, and the NACK's
-        first byte is 05 (02 is an envelope there); the rest is the same."""
+        time; a ``06`` SEND's first acknowledgement is held for a DATA to carry) or NACK
+        (resend from the history, answer the rest as lost). In an encrypted room the SEND
+        carries a kind-01 Message, opaque past that byte, and the NACK's first byte is 05
+        (02 is an envelope there); the rest is the same."""
         rel = member.rel
         room = member.room
         history = room.history
         assert rel is not None and history is not None
-        if message[0] == _SEND:
+        kind = message[0]
+        if kind == _SEND or kind == _SEND_HELD:
             if len(message) < 5:
                 self.drops["malformed"] += 1
                 return None
@@ -567,10 +588,12 @@ class RelayCore:
             self._bind(member, addr, proven=True)
         elif member.trial:
             self._prove(addr)
-        if message[0] != _SEND:  # a NACK (02, or 05 in an encrypted room)
+        if kind != _SEND and kind != _SEND_HELD:  # a NACK (02, or 05 in an encrypted room)
             if not rel.may_nack(now):
                 self.drops["rate_limited"] += 1
             elif epoch == history.epoch and member.addr is not None:
+                if rel.held is not None:  # it may be asking for its own message
+                    self._ack(member, rel.top, rel.top_seq)
                 out: list[bytes] = []
                 budget = NACK_MAX_RESENDS
                 for first, count in ranges:
@@ -603,7 +626,12 @@ class RelayCore:
         else:
             seq = 0  # refused (too long: the error notice says why)
         rel.top, rel.top_seq = msg_id, seq
-        self._ack(member, msg_id, seq)
+        if kind == _SEND_HELD and seq and member.addr is not None:
+            rel.held = _pack_carried(_CARRIED, msg_id, seq)
+            rel.held_at = now
+            self.held.append((member, now))
+        else:
+            self._ack(member, msg_id, seq)
         return out_fanout
 
     def _number(self, room: Room, body: bytes, exclude: Member | None, now: float,
@@ -623,10 +651,49 @@ class RelayCore:
         outbox = self.outbox
         for m in room.reliable:
             if m is not exclude and (not admit or not m.trial or self._admit(m)):
-                outbox.append((datagram, m.addr))  # type: ignore[arg-type]
+                if m.rel is not None and m.rel.held is not None:
+                    outbox.extend((d, m.addr) for d in self.carry(m, datagram))  # type: ignore[misc]
+                else:
+                    outbox.append((datagram, m.addr))  # type: ignore[arg-type]
+
+    def carry(self, member: Member, datagram: bytes) -> tuple[bytes, ...]:
+        """What to send ``member`` for the numbered ``datagram``: its held
+        acknowledgement in front of it (the held one is then gone), or, if that would be
+        too long, the acknowledgement alone and then the datagram; the datagram alone if
+        nothing is held."""
+        rel = member.rel
+        held = rel.held if rel is not None else None
+        if held is None:
+            return (datagram,)
+        assert rel is not None
+        rel.held = None
+        if len(held) + len(datagram) <= MAX_DELIVERY_BYTES:
+            return (held + datagram,)
+        history = member.room.history
+        assert history is not None
+        return encode_ack(history.epoch, rel.top, rel.top_seq), datagram
+
+    def release_held(self, now: float) -> None:
+        """Send alone every acknowledgement held for ``ACK_HOLD_S`` (no DATA carried it)."""
+        held = self.held
+        limit = now - ACK_HOLD_S
+        done = 0
+        for member, when in held:
+            if when > limit:
+                break
+            done += 1
+            rel = member.rel
+            if rel is not None and rel.held is not None and rel.held_at == when \
+                    and member.alive:
+                self._ack(member, rel.top, rel.top_seq)
+        if done:
+            del held[:done]
 
     def _ack(self, member: Member, msg_id: int, seq: int) -> None:
+        """Acknowledge ``msg_id`` and every id before it (a held one is covered)."""
         history = member.room.history
+        if member.rel is not None:
+            member.rel.held = None
         if member.addr is not None and history is not None:
             self.outbox.append((encode_ack(history.epoch, msg_id, seq), member.addr))
 
@@ -635,6 +702,8 @@ class RelayCore:
         latest ``Seq``: a receiver learns its start, and about a lost last message."""
         history = member.room.history
         assert history is not None and member.rel is not None and member.addr is not None
+        if member.rel.held is not None:  # else its own message would look missing
+            self._ack(member, member.rel.top, member.rel.top_seq)
         self.outbox.append((encode_sync(history.epoch, member.rel.start,
                                         history.next_seq - 1), member.addr))
     def _unseal(self, member: Member, data: bytes, token_end: int,
@@ -712,7 +781,7 @@ class RelayCore:
         size = len(data)
         kind = data[start] if start < size else 0
         end = start
-        if member.rel is not None and (kind == _SEND or kind == _E2E_NACK):
+        if member.rel is not None and (kind == _SEND or kind == _E2E_NACK or kind == _SEND_HELD):
             return self._handle_reliable(member, data[start:], addr, now)
         if kind == _LEAVE:
             if size - start != 1:

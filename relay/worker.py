@@ -45,7 +45,12 @@ from relay.globalchat import GlobalChatRelay
 from relay.history import History, HistoryBudget
 from relay.steering import tag_worker
 from runtime import logs, mmsg, sched
-from wire.limits import EXIT_MATCH_MAX_BYTES, MAX_DATAGRAM_BYTES, MAX_DELIVERY_BYTES
+from wire.limits import (
+    ACK_HOLD_TICK_S,
+    EXIT_MATCH_MAX_BYTES,
+    MAX_DATAGRAM_BYTES,
+    MAX_DELIVERY_BYTES,
+)
 
 log = logging.getLogger("ocm.relay")
 T = TypeVar("T")
@@ -123,6 +128,7 @@ class Worker:
                 sock.setblocking(False)
         await loop.create_unix_connection(lambda: _PipeProtocol(self), sock=conn_sock)
         loop.call_later(STATS_INTERVAL_S, self._tick)
+        loop.call_later(ACK_HOLD_TICK_S, self._release_held)
         await self.done
 
     def start(self) -> None:
@@ -241,7 +247,15 @@ class Worker:
             (plain, cached.plain), (framed, cached.framed))
         if room.history is not None:  # a numbered room: its ocm1r members' delivery too
             numbered, self.core.numbered = self.core.numbered, None
+            if numbered is not None and self.core.held and any(
+                    m.rel is not None and m.rel.held is not None for m in room.reliable):
+                carrying = numbered  # one by one, after the other sides (as sides go)
+                numbered = None
+            else:
+                carrying = None
             sides += ((numbered, cached.numbered),)
+        else:
+            carrying = None
         for payload, batch in sides:
             if payload is None:
                 continue
@@ -260,6 +274,8 @@ class Worker:
                     j = index.get(a)
                     if j is not None and j != k and j not in failed:
                         self.core.handle_send_success(a)
+        if carrying is not None:
+            self._send_numbered(room, carrying, src, now)
 
     def _relay(self, out: Fanout, now: float) -> None:
         """Fallback fan-out: one ``sendto`` per recipient, skipping the sender."""
@@ -268,9 +284,9 @@ class Worker:
         core = self.core
         sides: tuple[tuple[bytes | None, list[Addr]], ...] = (
             (plain, plain_addrs), (framed, framed_addrs))
+        numbered = None
         if room.history is not None:
             numbered, self.core.numbered = self.core.numbered, None
-            sides += ((numbered, room.reliable_addrs),)
         for payload, addrs in sides:
             if payload is None:
                 continue
@@ -285,6 +301,31 @@ class Worker:
                     self._send_failed(exc, a, now)
                 else:
                     if core.failing:  # the streak ends at a send that went through
+                        core.handle_send_success(a)
+        if numbered is not None:
+            self._send_numbered(room, numbered, src, now)
+
+    def _send_numbered(self, room: Room, datagram: bytes, src: Addr, now: float) -> None:
+        """A numbered chat to the room's ``ocm1r`` members but the sender, one ``sendto``
+        each, with each one's held acknowledgement in front (``RelayCore.carry``, as the
+        compiled loop does): the fallback, and the batched path's while any is held."""
+        sendto = self.sock.sendto
+        core = self.core
+        skip: Addr | None = src  # the sender's address, once (as sendmmsg)
+        for m in room.reliable:
+            a = m.addr
+            assert a is not None
+            if skip is not None and a == skip:
+                skip = None
+                continue
+            payloads = core.carry(m, datagram)
+            for payload in payloads:
+                try:
+                    sendto(payload, a)
+                except OSError as exc:
+                    self._send_failed(exc, a, now)
+                else:  # the streak ends at a delivery that went through (not an ACK)
+                    if core.failing and payload is payloads[-1]:
                         core.handle_send_success(a)
 
     def _send_failed(self, exc: OSError | None, addr: Addr, now: float) -> None:
@@ -343,6 +384,14 @@ class Worker:
         self._on_timer()
         self._send(self.statistics())
         self.loop.call_later(STATS_INTERVAL_S, self._tick)
+
+    def _release_held(self) -> None:
+        """Every ``ACK_HOLD_TICK_S``: send alone the acknowledgements held too long."""
+        assert self.loop is not None
+        if self.core.held:
+            self.core.release_held(time.monotonic())
+            self._flush()
+        self.loop.call_later(ACK_HOLD_TICK_S, self._release_held)
 
     def statistics(self) -> ipc.Stats:
         core = self.core

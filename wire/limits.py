@@ -174,5 +174,11 @@ NACK_RATE: Final = 10.0
 ``NACK_MAX_RESENDS`` a member may pull at most 640 x 4,094 B = 2.6 MB/s to its own proven
 address."""
 NACK_BURST: Final = 10
+ACK_HOLD_S: Final = 0.1
+"""How long the relay holds the acknowledgement of a ``06`` SEND for a DATA to the sender
+to carry it; past it (checked every ``ACK_HOLD_TICK_S``) it goes alone, as an ACK."""
+ACK_HOLD_TICK_S: Final = 0.05
+"""How often a worker sends the held acknowledgements that are due: one goes alone at most
+``ACK_HOLD_S + ACK_HOLD_TICK_S`` after its SEND."""
 RESUME_SECRET_BYTES: Final = 24
 """Random bytes of a resume secret (32 base64url characters in the TCRP answer)."""

@@ -8,6 +8,8 @@ Client -> relay, the Message of a Stage 2 datagram (after room and token):
 
 - ``01 | MsgId(4) | Text``: chat with a per-member message id (the relay relays an id once
   and acknowledges every copy);
+- ``06 | MsgId(4) | Text``: the same, but the acknowledgement may wait (up to
+  ``ACK_HOLD_S``) to ride in front of the next DATA to the sender (``06`` below);
 - ``02 | Epoch(4) | (First(4) | Count(2))*n``, 1 <= n <= ``NACK_MAX_RANGES``: resend these
   sequence numbers of the room;
 - anything else, empty included, means what it means for ``ocm1`` (keepalive, ``/exit``,
@@ -28,7 +30,9 @@ Relay -> client:
   number (the one after its own ``joined``) and the room's latest one;
 - ``00 | JSON``: a notice outside the room order (``error``, ``closed``, ``disconnected``);
 - ``05 | ocm1 delivery``: encrypted rooms only, an addressed delivery (an Olm envelope or a
-  key request, ``UsernameLen Username Kind Body``) outside the room order.
+  key request, ``UsernameLen Username Kind Body``) outside the room order;
+- ``06 | MsgId(4) | Seq(4) | DATA``: a held acknowledgement (of a ``06`` SEND) carried in
+  front of a DATA, whose epoch it shares: the ``02`` ACK, then the DATA.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Up(enum.IntEnum):
     SEND = 1  # chat with a message id
     NACK = 2  # resend these sequence numbers
     E2E_NACK = 5  # the same NACK in an encrypted room, where 02 is an envelope
+    SEND_HELD = 6  # a SEND whose acknowledgement may wait for a DATA to carry it
 
 
 class Down(enum.IntEnum):
@@ -59,6 +64,7 @@ class Down(enum.IntEnum):
     LOST = 3  # these sequence numbers are gone from the history
     SYNC = 4  # the answer to a keepalive: where this member starts, the latest number
     DIRECT = 5  # encrypted rooms: an addressed delivery (``ocm1``), outside the room order
+    CARRIED = 6  # a held ACK (MsgId, Seq) in front of a DATA
 
 
 SEND_HEADER: Final = struct.Struct("!BI")
@@ -67,6 +73,8 @@ DATA_HEADER: Final = struct.Struct("!BII")
 """Kind, Epoch, Seq: 9 bytes before the ``ocm1`` delivery."""
 ACK: Final = struct.Struct("!BIII")
 """Kind, Epoch, MsgId, Seq."""
+CARRIED: Final = struct.Struct("!BII")
+"""Kind, MsgId, Seq: 9 bytes in front of a DATA (the ACK takes the DATA's epoch)."""
 LOST: Final = struct.Struct("!BIIH")
 """Kind, Epoch, First, Count."""
 SYNC: Final = struct.Struct("!BIII")
@@ -122,11 +130,25 @@ class Direct:
     an envelope or key request), outside the room order."""
 
 
-Delivery = Data | Ack | Lost | Sync | Notice | Direct
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """A held acknowledgement and the DATA that carried it: handle ``ack``, then ``data``."""
+
+    ack: Ack
+    data: Data
 
 
-def encode_send(msg_id: int, text: bytes) -> bytes:
-    return SEND_HEADER.pack(Up.SEND, msg_id) + text
+Delivery = Data | Ack | Lost | Sync | Notice | Direct | Carried
+
+
+def encode_send(msg_id: int, text: bytes, held: bool = False) -> bytes:
+    """A SEND; ``held``: its acknowledgement may wait for a DATA to carry it (``06``)."""
+    return SEND_HEADER.pack(Up.SEND_HELD if held else Up.SEND, msg_id) + text
+
+
+def encode_carried(msg_id: int, seq: int, datagram: bytes) -> bytes:
+    """The held acknowledgement of ``msg_id`` (room ``seq``) in front of a DATA datagram."""
+    return CARRIED.pack(Down.CARRIED, msg_id, seq) + datagram
 
 
 def encode_nack(epoch: int, ranges: list[tuple[int, int]], kind: Up = Up.NACK) -> bytes:
@@ -201,4 +223,10 @@ def decode_delivery(data: bytes) -> Delivery:
         return Lost(epoch, first, count)
     if kind == Down.DIRECT and size > 1:
         return Direct(data[1:])
+    if kind == Down.CARRIED and size > CARRIED.size + DATA_HEADER.size \
+            and data[CARRIED.size] == Down.DATA:
+        _, msg_id, ack_seq = CARRIED.unpack_from(data)
+        _, epoch, seq = DATA_HEADER.unpack_from(data, CARRIED.size)
+        return Carried(Ack(epoch, msg_id, ack_seq),
+                       Data(epoch, seq, data[CARRIED.size + DATA_HEADER.size:]))
     raise errors.TruncatedDatagram(f"delivery kind {kind} of {size} bytes")

@@ -16,8 +16,10 @@ hosts too, which close rooms mid-batch), control's ``close_room``, timers, and b
 truncations and splices of all of these. A closed room is opened again with new members.
 Rooms "q" and "s" (encrypted) become numbered when an ``ocm1r`` member joins: its members'
 SENDs mostly carry the next id (numbered and acknowledged by either loop; in "s" mostly a
-chat Message, sometimes another kind), sometimes a copy or a gap, and its NACKs name the
-room's epoch or another; the histories and ``Reliable`` states are compared too.
+chat Message, sometimes another kind; half of them ``06`` SENDs, whose ACK is held for the
+sender's next DATA to carry, or sent alone by the timer), sometimes a copy or a gap, and its
+NACKs name the room's epoch or another; the histories and ``Reliable`` states (held ACKs
+included) are compared too.
 
 ``--sanitize`` builds relay/_hot.c with AddressSanitizer and UndefinedBehaviorSanitizer
 into a temporary directory (``$CC``, gcc or cc, and the Python headers) and runs the
@@ -180,8 +182,8 @@ class Fuzz:
         if not self.rooms[room]:
             text = b"".join(rng.choice(PLAIN_PIECES) for _ in range(rng.randint(0, 4)))
             pick = rng.random()
-            if rel is not None and pick < 0.4:
-                return encode_send(next_id(), text)
+            if rel is not None and pick < 0.4:  # half of them 06: the ACK is held
+                return encode_send(next_id(), text, rng.random() < 0.5)
             if pick < 0.15:  # an ocm1r SEND (plain text to a member that is not ocm1r)
                 return encode_send(rng.randint(1, 8), text)
             if pick < 0.2:
@@ -192,7 +194,7 @@ class Fuzz:
         if rel is not None and pick < 0.35:  # mostly a chat Message
             inner = encode_message(Kind.CHAT, rng.randbytes(rng.randint(1, 200))) \
                 if rng.random() < 0.85 else encode_message(Kind.ENVELOPE, b"e", "nobody")
-            return encode_send(next_id(), inner)
+            return encode_send(next_id(), inner, rng.random() < 0.5)
         if rel is not None and pick < 0.45:
             return nack(Up.E2E_NACK)
         kind = rng.random()
@@ -281,6 +283,7 @@ class Fuzz:
         elif roll < 0.93:
             for w in pair.workers:
                 w.core.handle_timer(pair.now)
+                w.core.release_held(pair.now)  # the worker's tick: held ACKs go alone
                 w._flush()
             pair.check()
         elif roll < 0.94 and live:

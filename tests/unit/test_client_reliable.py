@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 from client.reliable import (
+    ACK_WAIT_S,
+    HOLD_CALM_S,
     NACK_MAX_TRIES,
     REORDER_DELAY_S,
     SEND_FAIL_AFTER_S,
@@ -27,6 +29,7 @@ from wire.reliable import (
     Up,
     decode_nack,
     encode_ack,
+    encode_carried,
     encode_data,
     encode_lost,
     encode_send,
@@ -162,6 +165,40 @@ def test_an_old_ack_again_makes_the_window_go_back_at_once() -> None:
     assert tx.next_deadline() == 0.2 and tx.handle_timer(0.2)[0] == [copy]
 
 
+def test_sender_lets_the_relay_hold_its_acks_only_while_it_sees_no_loss() -> None:
+    """01 SENDs until a round trip was measured; then 06 (the ACK may wait, so the
+    timeout waits ACK_WAIT_S longer, and no round trip is measured from them); a go-back
+    makes the copies 01 again for HOLD_CALM_S."""
+    tx = Sender()
+    one, copy = tx.send(b"1", 0.0)
+    assert copy == encode_send(one, b"1")  # no round trip measured yet
+    tx.handle_ack(one, 5, 0.01)
+    srtt = tx.srtt
+    two, copy = tx.send(b"2", 1.0)
+    assert copy == encode_send(two, b"2", held=True)
+    assert tx.next_deadline() == 1.0 + tx.rto() + ACK_WAIT_S
+    tx.handle_ack(two, 6, 1.12)  # held 0.11 s: not a round trip
+    assert tx.srtt == srtt
+    three, _ = tx.send(b"3", 2.0)
+    due = tx.next_deadline()
+    assert due is not None
+    copies, _ = tx.handle_timer(due)  # lost: the copy goes as an 01 SEND
+    assert copies == [encode_send(three, b"3")]
+    tx.handle_ack(three, 7, due + 0.01)
+    assert tx.send(b"4", due + 1.0)[1] == encode_send(4, b"4")
+    assert tx.send(b"5", due + HOLD_CALM_S)[1] == encode_send(5, b"5", held=True)
+
+
+def test_a_carried_ack_is_handled_before_the_data_it_rode_on() -> None:
+    chat = ReliableChat()
+    chat.handle_delivery(encode_sync(E, 1, 0), 0.0)
+    msg_id, _ = chat.send(b"mine", 0.0)
+    events = chat.handle_delivery(encode_carried(msg_id, 1, encode_data(E, 2, b"\x03bobyo")),
+                                  0.1)
+    assert bodies(events) == [Acked(msg_id, 1), b"\x03bobyo"]
+    assert chat.sender.pending == {} and chat.receiver.next == 3
+
+
 def test_sender_keeps_at_most_the_window_in_flight() -> None:
     tx = Sender()
     sent = [tx.send(b"m", 0.0)[1] for _ in range(SEND_WINDOW + 3)]
@@ -191,6 +228,7 @@ def test_with_the_relay_core_through_random_loss_every_line_arrives_in_order() -
     def up(addr: tuple[str, int], message: bytes) -> None:
         if not lossy(now):
             core.handle_datagram(encode_chat(b"r", chats[addr][0], message), addr, now)
+        core.release_held(now)  # the worker's timer: acknowledgements no DATA carried
         for data, to in core.outbox:
             if not lossy(now):
                 for e in chats[to][1].handle_delivery(data, now):
@@ -215,8 +253,12 @@ def test_with_the_relay_core_through_random_loss_every_line_arrives_in_order() -
                     up(addr, m)
         if i % 20 == 0:
             up(a, b"")  # alice's keepalive: the sync catches a lost last line
-    while (alice.next_deadline() or bob.next_deadline()) and now < 60:
-        now = min(t for t in (alice.next_deadline(), bob.next_deadline()) if t is not None)
+    history = core.rooms["r"].history
+    assert history is not None
+    while now < 60 and (alice.next_deadline() or bob.next_deadline()
+                        or alice.receiver.next != history.next_seq):  # a lost last line
+        now = min((t for t in (alice.next_deadline(), bob.next_deadline()) if t is not None),
+                  default=now + 0.3)
         for addr, (_, chat) in chats.items():
             out, events = chat.handle_timer(now)
             for m in out:

@@ -9,9 +9,16 @@ from relay.history import History, HistoryBudget
 from wire import errors
 from wire.chat import encode_chat
 from wire.codes import Framing
-from wire.limits import HISTORY_ENTRY_OVERHEAD_BYTES, NACK_BURST, NACK_MAX_RESENDS
+from wire.limits import (
+    ACK_HOLD_S,
+    HISTORY_ENTRY_OVERHEAD_BYTES,
+    MAX_DELIVERY_BYTES,
+    NACK_BURST,
+    NACK_MAX_RESENDS,
+)
 from wire.reliable import (
     Ack,
+    Carried,
     Data,
     Lost,
     Notice,
@@ -19,6 +26,7 @@ from wire.reliable import (
     decode_delivery,
     decode_nack,
     encode_ack,
+    encode_carried,
     encode_data,
     encode_lost,
     encode_nack,
@@ -43,6 +51,9 @@ def test_hex_vectors() -> None:
     assert encode_ack(EPOCH, 7, 5).hex(" ") == "02 12 34 ab cd 00 00 00 07 00 00 00 05"
     assert encode_lost(EPOCH, 3, 2).hex(" ") == "03 12 34 ab cd 00 00 00 03 00 02"
     assert encode_sync(EPOCH, 3, 9).hex(" ") == "04 12 34 ab cd 00 00 00 03 00 00 00 09"
+    assert encode_send(8, b"yo", held=True).hex(" ") == "06 00 00 00 08 79 6f"
+    assert encode_carried(8, 43, encode_data(EPOCH, 44, b"\x03bobok")).hex(" ") == (
+        "06 00 00 00 08 00 00 00 2b 01 12 34 ab cd 00 00 00 2c 03 62 6f 62 6f 6b")
 
 
 def test_deliveries_round_trip_and_bad_ones_raise_protocol_errors() -> None:
@@ -51,6 +62,12 @@ def test_deliveries_round_trip_and_bad_ones_raise_protocol_errors() -> None:
     assert decode_delivery(encode_lost(EPOCH, 3, 2)) == Lost(EPOCH, 3, 2)
     assert decode_delivery(encode_sync(EPOCH, 3, 9)) == Sync(EPOCH, 3, 9)
     assert decode_delivery(b"\x00{}") == Notice(b"\x00{}")
+    assert decode_delivery(encode_carried(8, 43, encode_data(EPOCH, 44, b"\x03bobok"))) == \
+        Carried(Ack(EPOCH, 8, 43), Data(EPOCH, 44, b"\x03bobok"))
+    for bad in (encode_carried(8, 43, b""), encode_carried(8, 43, encode_ack(EPOCH, 1, 1)),
+                encode_carried(8, 43, encode_data(EPOCH, 1, b""))):
+        with pytest.raises(errors.ProtocolError):
+            decode_delivery(bad)
     assert decode_nack(encode_nack(EPOCH, [(3, 2)])) == (EPOCH, [(3, 2)])
     for bad in (b"", b"\x01\x00", encode_ack(EPOCH, 1, 1) + b"x", b"\x09abc", b"\x01" * 4095):
         with pytest.raises(errors.ProtocolError):
@@ -204,6 +221,75 @@ def test_ids_are_taken_in_order_and_a_copy_gets_the_last_ack() -> None:
     core.handle_datagram(encode_chat(b"r", TA, encode_send(102, b"x")), A, 201.0)
     assert core.relayed == relayed and core.drops["out_of_order"] == 1  # 101 is missing
     assert core.outbox == [(encode_ack(EPOCH, 100, 103), A)]
+
+
+def test_a_held_send_is_acknowledged_in_front_of_the_next_data_to_its_sender() -> None:
+    """A 06 SEND: relayed as an 01 one, no ACK now; the next numbered delivery to the
+    sender carries it (a notice here: the core's own outbox path), and nothing is left
+    for the timer."""
+    core = reliable_room()
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(1, b"hi", held=True)), A, 2.0)
+    assert core.outbox == [(encode_data(EPOCH, 4, b"\x05alicehi"), B)]
+    rel = core.tokens[TA].rel
+    assert rel is not None and rel.held is not None and [m.token for m, _ in core.held] == [TA]
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", TB, encode_send(1, b"yo")), B, 2.01)
+    assert core.outbox == [(encode_carried(1, 4, encode_data(EPOCH, 5, b"\x03bobyo")), A),
+                           (encode_ack(EPOCH, 1, 5), B)]
+    assert rel.held is None
+    core.outbox.clear()
+    core.release_held(3.0)
+    assert core.outbox == [] and core.held == []
+
+
+def test_a_held_ack_no_data_carried_goes_alone_after_the_hold() -> None:
+    core = reliable_room()
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(1, b"hi", held=True)), A, 2.0)
+    core.outbox.clear()
+    core.release_held(2.0 + ACK_HOLD_S / 2)
+    assert core.outbox == []
+    core.release_held(2.0 + ACK_HOLD_S)
+    assert core.outbox == [(encode_ack(EPOCH, 1, 4), A)] and core.held == []
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", TB, encode_send(1, b"yo")), B, 2.5)
+    assert (encode_data(EPOCH, 5, b"\x03bobyo"), A) in core.outbox  # nothing in front
+
+
+def test_a_held_ack_goes_first_before_a_sync_a_resend_and_is_covered_by_any_ack() -> None:
+    """The member must know its own number before it learns of later ones (a SYNC, the
+    resends of its NACK); an 01 SEND's, a copy's ACK covers the held one."""
+    core = reliable_room()
+    send = encode_chat(b"r", TA, encode_send(1, b"hi", held=True))
+    core.handle_datagram(send, A, 2.0)
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", TA, b""), A, 2.01)  # a keepalive
+    assert core.outbox == [(encode_ack(EPOCH, 1, 4), A), (encode_sync(EPOCH, 2, 4), A)]
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(2, b"x", held=True)), A, 2.1)
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", TA, encode_nack(EPOCH, [(3, 1)])), A, 2.11)
+    assert core.outbox[0] == (encode_ack(EPOCH, 2, 5), A) and len(core.outbox) == 2
+    core.outbox.clear()
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(3, b"y", held=True)), A, 2.2)
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(3, b"y", held=True)), A, 2.4)
+    assert core.outbox[-1] == (encode_ack(EPOCH, 3, 6), A)  # the copy: at once
+    core.outbox.clear()
+    core.release_held(10.0)
+    assert core.outbox == []
+
+
+def test_a_held_ack_too_long_to_carry_goes_alone_just_before_the_data() -> None:
+    core = RelayCore(new_epoch=lambda: EPOCH)
+    core.add_member("r", TA, "alice", "127.0.0.1", Framing.OCM1R, True, 0.0)
+    core.add_member("r", b"T", "carol", "127.0.0.1", Framing.PLAIN, False, 0.0)  # 1-byte token
+    for token, addr in ((TA, A), (b"T", C)):
+        core.handle_datagram(encode_chat(b"r", token, b""), addr, 1.0)
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(1, b"hi", held=True)), A, 2.0)
+    core.outbox.clear()
+    longest = b"x" * (MAX_DELIVERY_BYTES - 9 - 1 - len(b"carol"))  # DATA at the limit
+    core.handle_datagram(encode_chat(b"r", b"T", longest), C, 2.01)
+    assert core.outbox == [(encode_ack(EPOCH, 1, 3), A),
+                           (encode_data(EPOCH, 4, b"\x05carol" + longest), A)]
 
 
 def test_rate_limited_send_is_not_acked_so_the_client_retries() -> None:
