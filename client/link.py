@@ -55,14 +55,22 @@ RESUME_RETRY_S: Final = 2.0
 def keepalive_due(last: float, heard: float, sent: float, base: float, urgent: bool) -> float:
     """When an ``ocm1r`` member's next keepalive is due (``RoomLink``; ``ocm-loadgen --loss``
     follows the same rule): ``SYNC_S`` after the ``last`` one while ``urgent`` (a message
-    pending, a hole open, a keepalive unanswered); else ``SYNC_S`` after the relay was last
-    ``heard`` (while its datagrams keep coming a lost one shows as a hole; after that a lost
-    last message shows in the answer) and at the latest ``base`` after the last datagram we
-    ``sent`` (the relay's inactivity timeout counts what we send), never sooner than
-    ``SYNC_S`` after the ``last`` one."""
+    waiting ``SYNC_S`` for its acknowledgement, a hole open, a keepalive unanswered); else
+    ``SYNC_S`` after the relay was last ``heard`` (while its datagrams keep coming a lost one
+    shows as a hole; after that a lost last message shows in the answer) and at the latest
+    ``base`` after the last datagram we ``sent`` (the relay's inactivity timeout counts what
+    we send), never sooner than ``SYNC_S`` after the ``last`` one."""
     if urgent:
         return last + SYNC_S
     return max(last + SYNC_S, min(heard + SYNC_S, sent + base))
+
+
+def urgent(chat: rel.ReliableChat, now: float) -> bool:
+    """Keepalives every ``SYNC_S`` whatever is heard (``keepalive_due``): a hole is open, or
+    a message has waited ``SYNC_S`` for its acknowledgement (one acknowledged sooner needs
+    none: the relay answers it; one held by the relay, docs/protocol.md §9.3, waits
+    0.15 s at most)."""
+    return bool(chat.receiver.missing) or chat.sender.waiting(now) >= SYNC_S
 
 
 class Resumed(enum.Enum):
@@ -339,7 +347,7 @@ class RoomLink(Link):
 
     def _urgent(self, chat: rel.ReliableChat) -> bool:
         """A keepalive is wanted every ``SYNC_S`` whatever is heard (``keepalive_due``)."""
-        return self.asked is not None or bool(self.pending) or bool(chat.receiver.missing)
+        return self.asked is not None or urgent(chat, self.clock())
 
     def _on_keepalive(self) -> None:
         now = self.clock()

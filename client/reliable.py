@@ -370,6 +370,15 @@ class Sender:
         """A sign of loss (ours or the receiver's): ``01`` SENDs for ``HOLD_CALM_S``."""
         self.last_loss = now
 
+    def waiting(self, now: float) -> float:
+        """How long the oldest message in flight has waited for its acknowledgement (0:
+        none in flight; a failed one is not)."""
+        for item in self.pending.values():
+            if item.failed or item.first is None:
+                break
+            return now - item.first
+        return 0.0
+
     def rto(self) -> float:
         """The retransmission timeout now (backoff included)."""
         base = RTO_INITIAL_S if self.srtt is None else min(RTO_MAX_S,

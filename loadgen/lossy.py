@@ -59,7 +59,7 @@ from typing import Any, Final
 
 from hdrh.histogram import HdrHistogram
 
-from client.link import SYNC_S, keepalive_due
+from client.link import SYNC_S, keepalive_due, urgent
 from client.reliable import Delivered, Failed, Gap, ReliableChat
 from client.session import TcrpTarget
 from client.session_aio import join_room_async
@@ -166,10 +166,9 @@ class _Member:
         chat_ = self.chat
         if chat_ is None:
             return now - self.keepalive_at >= max(base_s, SYNC_S)
-        urgent = bool(chat_.sender.pending) or bool(chat_.receiver.missing)
         heard = self.run.rs.heard[self.lm] / 1e6
         return keepalive_due(self.keepalive_at, heard, self.keepalive_at, base_s,
-                             urgent) <= now
+                             urgent(chat_, now)) <= now
 
     def send_message(self, message: bytes) -> None:
         run = self.run

@@ -1,6 +1,8 @@
 """Micro-benchmark of the compiled hot loop in process: CPU ns per chat datagram.
 
-    .venv/bin/python tests/bench/bench_hot.py [ROUNDS] [ROOM_SIZE] [mac|numbered|numbered-e2e]
+    .venv/bin/python tests/bench/bench_hot.py [ROUNDS] [ROOM_SIZE] [MODE]
+
+MODE: mac, framed, numbered, numbered-held or numbered-e2e (default: none of these).
 
 One worker with the compiled loop (relay/_hot.c) on a loopback UDP socket, 100 members in
 rooms of ROOM_SIZE (default 10; half plain, half framed), each bound to its own socket.
@@ -12,9 +14,12 @@ With ``mac`` every member has a datagram key and seals each datagram (wire/dgmac
 sealing is done by the clients, outside the measured time), so the sample includes the
 loop's MAC verification. With ``numbered`` every member asks for ``ocm1r`` and sends each
 chat as a SEND with its next id (docs/protocol.md §9: numbered, acknowledged, kept in the
-room's history); ``numbered-e2e`` does the same in encrypted rooms (§9.7: the SEND carries a
-chat Message of 100 opaque bytes). ``Python path: N`` in the output counts the datagrams
-the compiled loop handed to Python (0 when it relayed every one itself).
+room's history); ``numbered-held`` sends them as ``06`` SENDs, whose ACK rides in front of
+the sender's next DATA (§9.3, held ACKs); ``framed`` makes every member ``ocm1`` (what
+``numbered`` costs on top of is this); ``numbered-e2e`` does the same as ``numbered`` in
+encrypted rooms (§9.7: the SEND carries a chat Message of 100 opaque bytes). ``Python
+path: N`` in the output counts the datagrams the compiled loop handed to Python (0 when it
+relayed every one itself).
 
 For an A/B of two checkouts, run the same file from each (its own directory first on
 ``sys.path``), alternately, and compare the medians.
@@ -46,10 +51,12 @@ def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     mode = sys.argv[3] if len(sys.argv) > 3 else ""
-    if mode not in ("", "mac", "numbered", "numbered-e2e"):
-        raise SystemExit(f"unknown mode {mode!r}: mac, numbered or numbered-e2e")
+    if mode not in ("", "mac", "framed", "numbered", "numbered-held", "numbered-e2e"):
+        raise SystemExit(f"unknown mode {mode!r}: mac, framed, numbered, numbered-held or "
+                         "numbered-e2e")
     mac = mode == "mac"
     numbered = mode.startswith("numbered")
+    held = mode == "numbered-held"
     e2e = mode == "numbered-e2e"
     settings = WorkerSettings(inactivity_timeout=1e6, max_send_failures=3, chat_rate=1e9,
                               chat_burst=10**9, max_stage1_clients=100, log_level="info",
@@ -72,7 +79,8 @@ def main() -> None:
             client.bind(("127.0.0.1", 0))
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # nobody reads
             token = b"B%02d%02d" % (r, u) + b"x" * 20
-            framing = Framing.OCM1R if numbered else Framing.OCM1 if u % 2 else Framing.PLAIN
+            framing = Framing.OCM1R if numbered else Framing.OCM1 if u % 2 or mode == "framed" \
+                else Framing.PLAIN
             key = bytes([r, u]) * 16 if mac else None
             assert worker.core.add_member(room.decode(), token, f"user{u}", "127.0.0.1",
                                           framing, u == 0, now, client.getsockname(), True,
@@ -85,12 +93,14 @@ def main() -> None:
     samples = []
     text = encode_message(Kind.CHAT, b"y" * 99) if e2e else b"y" * 100
     for seq in range(1, rounds + 1):
-        message = encode_send(seq, text) if numbered else text
+        message = encode_send(seq, text, held) if numbered else text
         for client, head, key in batch:
             data = head + message
             client.sendto(dgmac.seal(key, data, seq) if key else data, dest)
         start = time.thread_time_ns()
         compiled.on_readable()
+        if held:  # the worker's tick (every ACK_HOLD_TICK_S there: here every round)
+            worker.core.release_held(time.monotonic())
         samples.append((time.thread_time_ns() - start) / BATCH)
     python_path = rounds * BATCH - compiled.counters()["fast"]
     print(f"{statistics.median(samples):.0f} CPU ns per datagram (median of {rounds} rounds "

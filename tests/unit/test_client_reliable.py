@@ -316,3 +316,20 @@ def test_in_an_encrypted_room_nacks_start_with_05_and_addressed_deliveries_pass_
     (nack,) = messages
     assert nack[0] == Up.E2E_NACK and decode_nack(nack) == (7, [(1, 2)])
     assert chat.handle_delivery(b"\x05\x01a\x02\x02\x01", 1.0) == [Addressed(b"\x01a\x02\x02\x01")]
+
+
+def test_a_message_makes_keepalives_urgent_only_once_it_waited_sync_s() -> None:
+    """``client.link.urgent``: an acknowledgement that comes within ``SYNC_S`` (even one
+    the relay held) asks for no keepalive; one overdue does, and so does an open hole."""
+    from client.link import SYNC_S, urgent
+
+    chat = ReliableChat()
+    chat.handle_delivery(encode_sync(E, 1, 0), 0.0)
+    assert not urgent(chat, 0.0)
+    msg_id, _ = chat.send(b"mine", 1.0)
+    assert chat.sender.waiting(1.5) == 0.5 and not urgent(chat, 1.5)
+    assert urgent(chat, 1.0 + SYNC_S)
+    chat.handle_delivery(encode_ack(E, msg_id, 1), 1.0 + SYNC_S)
+    assert not urgent(chat, 5.0)
+    chat.handle_delivery(encode_data(E, 3, b"\x03bobyo"), 5.0)  # 2 is missing
+    assert urgent(chat, 5.0)
