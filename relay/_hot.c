@@ -267,9 +267,15 @@ static const char *room_slots[R_COUNT] = {"name", "name_raw", "e2e", "trial", "g
                                           "plain_addrs", "framed_addrs", "reliable_addrs",
                                           "reliable", "history"};
 /* A numbered room's History (relay/history.py) and an ocm1r sender's Reliable (relay/core.py):
- * the slots read and written here; the entry itself is kept by History.keep() at the flush. */
-enum { H_EPOCH, H_NEXT_SEQ, H_NOW, H_COUNT };
-static const char *history_slots[H_COUNT] = {"epoch", "next_seq", "now"};
+ * the slots read and written here. The entry is kept at the flush as History.keep() keeps
+ * it (keep_entry below: the entries deque and the byte counts of the history and of its
+ * worker's HistoryBudget), or by History.keep() itself where its limits call for more. */
+enum { H_EPOCH, H_NEXT_SEQ, H_NOW, H_ENTRIES, H_BYTES, H_BUDGET, H_COUNT };
+static const char *history_slots[H_COUNT] = {"epoch", "next_seq", "now", "entries", "bytes",
+                                             "budget"};
+enum { B_MAX_MESSAGES, B_MAX_BYTES, B_WORKER_BYTES, B_USED, B_COUNT };
+static const char *budget_slots[B_COUNT] = {"max_messages", "max_bytes", "worker_bytes",
+                                            "used"};
 enum { L_TOP, L_TOP_SEQ, L_HELD, L_HELD_AT, L_COUNT };
 static const char *reliable_slots[L_COUNT] = {"top", "top_seq", "held", "held_at"};
 
@@ -317,8 +323,9 @@ typedef struct {
     PyObject *core, *tokens, *failing, *routes, *slow, *send_failed, *send_ok, *warn;
     PyObject *held; /* core.held: (member, now) of each ACK held here */
     PyObject *clock, *after; /* on_readable: time source (None: CLOCK_MONOTONIC), flush */
-    PyTypeObject *member_type, *room_type, *history_type, *reliable_type;
-    Py_ssize_t m[M_COUNT], r[R_COUNT], h[H_COUNT], l[L_COUNT];
+    PyTypeObject *member_type, *room_type, *history_type, *reliable_type, *budget_type;
+    Py_ssize_t m[M_COUNT], r[R_COUNT], h[H_COUNT], l[L_COUNT], b[B_COUNT];
+    Py_ssize_t entry_overhead; /* HISTORY_ENTRY_OVERHEAD_BYTES */
     int chat_kind;
     Py_ssize_t max_datagram, max_delivery, exit_max, max_batch;
     char *buf;
@@ -383,6 +390,7 @@ static void Hot_dealloc(Hot *self) {
     Py_XDECREF(self->room_type);
     Py_XDECREF(self->history_type);
     Py_XDECREF(self->reliable_type);
+    Py_XDECREF(self->budget_type);
     Py_XDECREF(self->keep);
     PyMem_Free(self->buf);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -391,16 +399,17 @@ static void Hot_dealloc(Hot *self) {
 static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"fd", "core", "routes", "slow", "warn",
                              "clock", "after", "member_type", "room_type", "history_type",
-                             "reliable_type", "chat_kind", "max_datagram", "max_delivery",
-                             "exit_max", "max_batch", NULL};
+                             "reliable_type", "budget_type", "chat_kind", "max_datagram",
+                             "max_delivery", "exit_max", "max_batch", "entry_overhead", NULL};
     int fd, chat_kind;
-    PyObject *core, *routes, *slow, *warn, *clock, *after, *mt, *rt, *ht, *lt;
-    Py_ssize_t max_datagram, max_delivery, exit_max, max_batch;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOO!O!O!O!innnn", kwlist, &fd, &core,
-                                     &PyDict_Type, &routes, &slow,
+    PyObject *core, *routes, *slow, *warn, *clock, *after, *mt, *rt, *ht, *lt, *bt;
+    Py_ssize_t max_datagram, max_delivery, exit_max, max_batch, entry_overhead;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOO!OOOOO!O!O!O!O!innnnn", kwlist, &fd,
+                                     &core, &PyDict_Type, &routes, &slow,
                                      &warn, &clock, &after, &PyType_Type, &mt, &PyType_Type,
-                                     &rt, &PyType_Type, &ht, &PyType_Type, &lt, &chat_kind,
-                                     &max_datagram, &max_delivery, &exit_max, &max_batch))
+                                     &rt, &PyType_Type, &ht, &PyType_Type, &lt, &PyType_Type,
+                                     &bt, &chat_kind, &max_datagram, &max_delivery, &exit_max,
+                                     &max_batch, &entry_overhead))
         return -1;
     if (self->buf) {
         PyErr_SetString(PyExc_RuntimeError, "Hot is initialised once");
@@ -414,14 +423,18 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     self->room_type = (PyTypeObject *)rt;
     self->history_type = (PyTypeObject *)ht;
     self->reliable_type = (PyTypeObject *)lt;
+    self->budget_type = (PyTypeObject *)bt;
+    self->entry_overhead = entry_overhead;
     Py_INCREF(mt);
     Py_INCREF(rt);
     Py_INCREF(ht);
     Py_INCREF(lt);
+    Py_INCREF(bt);
     if (resolve_slots(self->member_type, member_slots, M_COUNT, self->m) < 0 ||
         resolve_slots(self->room_type, room_slots, R_COUNT, self->r) < 0 ||
         resolve_slots(self->history_type, history_slots, H_COUNT, self->h) < 0 ||
-        resolve_slots(self->reliable_type, reliable_slots, L_COUNT, self->l) < 0)
+        resolve_slots(self->reliable_type, reliable_slots, L_COUNT, self->l) < 0 ||
+        resolve_slots(self->budget_type, budget_slots, B_COUNT, self->b) < 0)
         return -1;
     self->tokens = PyObject_GetAttrString(core, "tokens");
     self->failing = PyObject_GetAttrString(core, "failing");
@@ -581,18 +594,103 @@ static int undo_groups(Hot *self, int first) {
     return 0;
 }
 
-static PyObject *str_keep;
+static PyObject *str_keep, *str_append, *str_popleft;
 
-/* Keep the numbered chats of groups[:count] in their rooms' histories, in order:
- * history.keep(seq, datagram, now), as History.number() does once it has numbered. */
+/* An exact int slot of obj that fits a long long, into *out; 0 if it is not one. */
+static int ll_slot(PyObject *obj, Py_ssize_t off, long long *out) {
+    PyObject *v = SLOT(obj, off);
+    if (!v || !PyLong_CheckExact(v)) return 0;
+    *out = PyLong_AsLongLong(v);
+    if (*out == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* history.keep(seq, datagram, now) as History.keep does it while no limit calls for
+ * clearing: drop the oldest entries while the count or the room's bytes would be over,
+ * then append (seq, now, datagram) and charge its cost to the history and the worker's
+ * budget. Where the worker's budget would be over (or the history's limits keep nothing,
+ * or a slot is not what History makes) the rest is History.keep's own: called on the state
+ * this leaves, it drops no entry for the count or room's bytes again. */
+static int keep_entry(Hot *self, PyObject *history, PyObject *seq, PyObject *datagram,
+                      PyObject *now) {
+    const Py_ssize_t *h = self->h, *b = self->b;
+    PyObject *entries = SLOT(history, h[H_ENTRIES]);
+    PyObject *budget = SLOT(history, h[H_BUDGET]);
+    long long max_messages, max_bytes, worker_bytes, used, bytes;
+    long long cost = (long long)PyBytes_GET_SIZE(datagram) + self->entry_overhead;
+    if (!entries || !budget || !Py_IS_TYPE(budget, self->budget_type) ||
+        !ll_slot(budget, b[B_MAX_MESSAGES], &max_messages) ||
+        !ll_slot(budget, b[B_MAX_BYTES], &max_bytes) ||
+        !ll_slot(budget, b[B_WORKER_BYTES], &worker_bytes) ||
+        !ll_slot(budget, b[B_USED], &used) || !ll_slot(history, h[H_BYTES], &bytes) ||
+        max_messages <= 0 || cost > max_bytes)
+        goto python;
+    Py_ssize_t n = PyObject_Size(entries);
+    if (n < 0) return -1;
+    int popped = 0;
+    while (n && (n >= max_messages || bytes + cost > max_bytes)) {
+        PyObject *old = PyObject_CallMethodNoArgs(entries, str_popleft);
+        if (!old) return -1;
+        PyObject *d = PyTuple_Check(old) && PyTuple_GET_SIZE(old) == 3
+                          ? PyTuple_GET_ITEM(old, 2) : NULL;
+        if (!d || !PyBytes_Check(d)) {
+            Py_DECREF(old);
+            PyErr_SetString(PyExc_TypeError, "a history entry must be (seq, when, bytes)");
+            return -1;
+        }
+        long long c = (long long)PyBytes_GET_SIZE(d) + self->entry_overhead;
+        Py_DECREF(old);
+        bytes -= c;
+        used -= c;
+        n--;
+        popped = 1;
+    }
+    if (used + cost > worker_bytes) { /* the worker's budget: History.keep's */
+        if (popped) {
+            PyObject *bo = PyLong_FromLongLong(bytes), *uo = PyLong_FromLongLong(used);
+            if (!bo || !uo) {
+                Py_XDECREF(bo);
+                Py_XDECREF(uo);
+                return -1;
+            }
+            set_slot(history, self->h[H_BYTES], bo);
+            set_slot(budget, self->b[B_USED], uo);
+            Py_DECREF(bo);
+            Py_DECREF(uo);
+        }
+        goto python;
+    }
+    PyObject *entry = PyTuple_Pack(3, seq, now, datagram);
+    PyObject *bo = PyLong_FromLongLong(bytes + cost), *uo = PyLong_FromLongLong(used + cost);
+    PyObject *r = entry && bo && uo ? PyObject_CallMethodOneArg(entries, str_append, entry)
+                                    : NULL;
+    Py_XDECREF(entry);
+    if (r) {
+        Py_DECREF(r);
+        set_slot(history, self->h[H_BYTES], bo);
+        set_slot(budget, self->b[B_USED], uo);
+    }
+    Py_XDECREF(bo);
+    Py_XDECREF(uo);
+    return r ? 0 : -1;
+python: {
+    PyObject *res = PyObject_CallMethodObjArgs(history, str_keep, seq, datagram, now, NULL);
+    if (!res) return -1;
+    Py_DECREF(res);
+    return 0;
+}
+}
+
+/* Keep the numbered chats of groups[:count] in their rooms' histories, in order, as
+ * History.number() does once it has numbered. */
 static int keep_groups(Hot *self, int count, PyObject *now) {
     for (int g = 0; g < count; g++) {
         Group *gr = &self->groups[g];
-        if (!gr->history) continue;
-        PyObject *r = PyObject_CallMethodObjArgs(gr->history, str_keep, gr->seq, gr->datagram,
-                                                 now, NULL);
-        if (!r) return -1;
-        Py_DECREF(r);
+        if (gr->history && keep_entry(self, gr->history, gr->seq, gr->datagram, now) < 0)
+            return -1;
     }
     return 0;
 }
@@ -1367,7 +1465,9 @@ PyMODINIT_FUNC PyInit__hot(void) {
         !(str_relayed = PyUnicode_InternFromString("relayed")) ||
         !(str_events = PyUnicode_InternFromString("events")) ||
         !(str_outbox = PyUnicode_InternFromString("outbox")) ||
-        !(str_keep = PyUnicode_InternFromString("keep")))
+        !(str_keep = PyUnicode_InternFromString("keep")) ||
+        !(str_append = PyUnicode_InternFromString("append")) ||
+        !(str_popleft = PyUnicode_InternFromString("popleft")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

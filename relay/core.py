@@ -93,11 +93,18 @@ HOT_ROOM_SLOTS: Final = ("name", "name_raw", "e2e", "trial", "generation", "plai
 """The ``Room`` slots it reads (it writes none); the address lists (and ``reliable``, the
 members of ``reliable_addrs``) only to build a room's ``Route`` when ``generation`` has
 changed."""
-HOT_HISTORY_SLOTS: Final = ("epoch", "next_seq", "now")
+HOT_HISTORY_SLOTS: Final = ("epoch", "next_seq", "now", "entries", "bytes", "budget")
 """The ``History`` slots of a numbered room it reads: it numbers a chat as
-``History.number`` does (``HOT_HISTORY_WRITES``) and calls ``History.keep`` (its only
-call of the history) once the chat's deliveries are sent, or undoes the number."""
-HOT_HISTORY_WRITES: Final = ("next_seq", "now")
+``History.number`` does (``HOT_HISTORY_WRITES``) and, once the chat's deliveries are sent,
+keeps it as ``History.keep`` does (the ``entries`` deque's ``HOT_DEQUE_METHODS``, the bytes
+of the history and of its ``HistoryBudget``), calling ``History.keep`` itself (its only
+call of the history) where the worker's budget or a limit of nothing calls for more; or
+it undoes the number."""
+HOT_HISTORY_WRITES: Final = ("next_seq", "now", "bytes")
+HOT_BUDGET_SLOTS: Final = ("max_messages", "max_bytes", "worker_bytes", "used")
+"""The ``HistoryBudget`` slots it reads; it writes ``used`` only."""
+HOT_BUDGET_WRITES: Final = ("used",)
+HOT_DEQUE_METHODS: Final = ("append", "popleft")
 HOT_RELIABLE_SLOTS: Final = ("top", "top_seq", "held", "held_at")
 """The ``Reliable`` slots of an ``ocm1r`` member it reads and writes: the SEND with the
 next id is taken, acknowledged (or its acknowledgement held) and recorded as

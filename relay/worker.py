@@ -48,6 +48,7 @@ from runtime import logs, mmsg, sched
 from wire.limits import (
     ACK_HOLD_TICK_S,
     EXIT_MATCH_MAX_BYTES,
+    HISTORY_ENTRY_OVERHEAD_BYTES,
     MAX_DATAGRAM_BYTES,
     MAX_DELIVERY_BYTES,
 )
@@ -153,9 +154,10 @@ class Worker:
             fd=self.fd, core=self.core, routes=self._routes, slow=self._handle_one,
             warn=self._hot_warn, clock=None if self.clock is time.monotonic else self.clock,
             after=self._flush, member_type=Member, room_type=Room, history_type=History,
-            reliable_type=Reliable, chat_kind=CHAT_KIND,
+            reliable_type=Reliable, budget_type=HistoryBudget, chat_kind=CHAT_KIND,
             max_datagram=MAX_DATAGRAM_BYTES, max_delivery=MAX_DELIVERY_BYTES,
-            exit_max=EXIT_MATCH_MAX_BYTES, max_batch=BATCH_DATAGRAMS)
+            exit_max=EXIT_MATCH_MAX_BYTES, max_batch=BATCH_DATAGRAMS,
+            entry_overhead=HISTORY_ENTRY_OVERHEAD_BYTES)
         return compiled
 
     def _install_reader(self) -> None:

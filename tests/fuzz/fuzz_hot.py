@@ -18,8 +18,9 @@ Rooms "q" and "s" (encrypted) become numbered when an ``ocm1r`` member joins: it
 SENDs mostly carry the next id (numbered and acknowledged by either loop; in "s" mostly a
 chat Message, sometimes another kind; half of them ``06`` SENDs, whose ACK is held for the
 sender's next DATA to carry, or sent alone by the timer), sometimes a copy or a gap, and its
-NACKs name the room's epoch or another; the histories and ``Reliable`` states (held ACKs
-included) are compared too.
+NACKs name the room's epoch or another; the histories (small: 24 entries, 6,000 bytes a
+room, 9,000 for both numbered rooms, so that every limit is met) and ``Reliable`` states
+(held ACKs included) are compared too.
 
 ``--sanitize`` builds relay/_hot.c with AddressSanitizer and UndefinedBehaviorSanitizer
 into a temporary directory (``$CC``, gcc or cc, and the Python headers) and runs the
@@ -108,6 +109,8 @@ class Fuzz:
         self.pair = Pair()
         for w in self.pair.workers:  # numbered rooms (ocm1r): one epoch on both sides
             w.core.new_epoch = lambda: EPOCH
+            budget = w.core.history_budget  # small: every limit of History.keep is met
+            budget.max_messages, budget.max_bytes, budget.worker_bytes = 24, 6000, 9000
         for name in CLIENTS:
             self.pair.client(name)
         self.pair.client("far", "127.0.0.2")

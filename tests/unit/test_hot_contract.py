@@ -10,7 +10,7 @@ from pathlib import Path
 
 from relay import core
 from relay.core import Member, RelayCore, Reliable, Room
-from relay.history import History
+from relay.history import History, HistoryBudget
 
 SOURCE = (Path(__file__).resolve().parents[2] / "relay" / "_hot.c").read_text()
 
@@ -30,6 +30,8 @@ def test_the_slots_it_reads_are_the_declared_ones() -> None:
     assert _strings("reliable_slots") == core.HOT_RELIABLE_SLOTS
     assert set(core.HOT_HISTORY_SLOTS) <= set(History.__slots__)
     assert set(core.HOT_RELIABLE_SLOTS) <= set(Reliable.__slots__)
+    assert _strings("budget_slots") == core.HOT_BUDGET_SLOTS
+    assert set(core.HOT_BUDGET_SLOTS) <= set(HistoryBudget.__slots__)
 
 
 def test_it_writes_only_the_declared_member_slots_and_no_room_slot() -> None:
@@ -42,12 +44,16 @@ def test_it_writes_only_the_declared_member_slots_and_no_room_slot() -> None:
     assert set(core.HOT_HISTORY_WRITES) <= set(core.HOT_HISTORY_SLOTS)
     written = set(re.findall(r"set_slot\(\s*[\w>-]+,\s*self->l\[L_(\w+)\]", SOURCE))
     assert {name.lower() for name in written} == set(core.HOT_RELIABLE_SLOTS)
+    written = set(re.findall(r"set_slot\(\s*[\w>-]+,\s*self->b\[B_(\w+)\]", SOURCE))
+    assert {name.lower() for name in written} == set(core.HOT_BUDGET_WRITES)
+    assert set(core.HOT_BUDGET_WRITES) <= set(core.HOT_BUDGET_SLOTS)
 
 
 def test_the_core_attributes_it_uses_are_the_declared_ones() -> None:
     used = set(re.findall(r'GetAttrString\(core, "(\w+)"\)', SOURCE))
     used |= set(re.findall(r'InternFromString\("(\w+)"\)', SOURCE))
-    assert used == set(core.HOT_CORE_ATTRIBUTES) | set(core.HOT_HISTORY_METHODS)
+    assert used == set(core.HOT_CORE_ATTRIBUTES) | set(core.HOT_HISTORY_METHODS) | set(
+        core.HOT_DEQUE_METHODS)
     assert not set(core.HOT_CORE_ATTRIBUTES) & set(core.HOT_HISTORY_METHODS)
     relay = RelayCore()
     for name in core.HOT_CORE_ATTRIBUTES:

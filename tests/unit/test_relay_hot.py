@@ -33,6 +33,7 @@ from wire.limits import (
     ACK_HOLD_S,
     ADDRESSED_BURST,
     ADDRESSED_RATE,
+    HISTORY_ENTRY_OVERHEAD_BYTES,
     MAX_DATAGRAM_BYTES,
     MAX_DELIVERY_BYTES,
 )
@@ -355,6 +356,40 @@ def test_held_acks_of_an_undone_batch_are_held_again(pair: Pair) -> None:
                     ("b", raw(b"r", TB, encode_send(2, b"n1")))])
     assert "Tf" * 10 not in pair.workers[0].core.tokens
     assert any(d[0] == 6 for d in pair.last["a"] + pair.last["b"])  # some were carried
+
+
+def test_the_compiled_loop_keeps_history_within_its_limits_alike(pair: Pair) -> None:
+    """The compiled loop keeps each numbered chat as History.keep does: the oldest entries
+    go for the count and the room's bytes; where the worker's budget is short, History.keep
+    itself takes over (dropping other rooms' room to spare, or clearing). The same entries,
+    byte counts and budget in both loops."""
+    for w in pair.workers:
+        w.core.new_epoch = lambda: 5
+        budget = w.core.history_budget
+        budget.max_messages = 4
+        budget.max_bytes = 3 * (HISTORY_ENTRY_OVERHEAD_BYTES + 40)
+    pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
+    pair.add("r", TB, "bob")
+    pair.add("q", TC, "carol", host=True, framing=Framing.OCM1R)
+    pair.add("q", TD, "dave")
+    for name, token in (("a", TA), ("b", TB), ("c", TC), ("d", TD)):
+        pair.client(name)
+        pair.chat(name, b"r" if name in "ab" else b"q", token, b"")
+    compiled = pair.workers[1].hot
+    assert compiled is not None
+    before = compiled.counters()["fast"]
+    for i in range(6):  # short ones: the count limit; long ones: the bytes limit
+        pair.now += 1.0
+        pair.chat("b", b"r", TB, b"m%d" % i if i < 3 else b"l" * 20 + b"%d" % i)
+    history = pair.workers[1].core.rooms["r"].history
+    assert history is not None and len(history.entries) == 3
+    for w in pair.workers:  # the worker's budget: the next keep needs the other room's
+        w.core.history_budget.worker_bytes = w.core.history_budget.used - 100
+    pair.now += 1.0
+    pair.chat("d", b"q", TD, b"x" * 30)
+    pair.now += 1.0
+    pair.chat("b", b"r", TB, b"y" * 30)
+    assert compiled.counters()["fast"] == before + 8
 
 
 def test_a_numbered_chat_too_long_for_its_number_is_pythons(pair: Pair) -> None:
