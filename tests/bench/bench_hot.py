@@ -2,7 +2,10 @@
 
     .venv/bin/python tests/bench/bench_hot.py [ROUNDS] [ROOM_SIZE] [MODE]
 
-MODE: mac, framed, numbered, numbered-held or numbered-e2e (default: none of these).
+MODE: mac, framed, numbered, numbered-held or numbered-e2e (default: none of these); several,
+comma-separated (``framed,numbered-held``), run in the same process round by round, and
+each median is also given as a ratio to the first: an A/B that the machine's drift does
+not skew.
 
 One worker with the compiled loop (relay/_hot.c) on a loopback UDP socket, 100 members in
 rooms of ROOM_SIZE (default 10; half plain, half framed), each bound to its own socket.
@@ -45,67 +48,86 @@ from wire.e2e import Kind, PublicKeys, encode_message  # noqa: E402
 from wire.reliable import encode_send  # noqa: E402
 
 BATCH = 64
+MODES = ("", "mac", "framed", "numbered", "numbered-held", "numbered-e2e")
+
+
+class Bench:
+    """One worker with the compiled loop and its members, set up for one MODE."""
+
+    def __init__(self, mode: str, size: int) -> None:
+        if mode not in MODES:
+            raise SystemExit(f"unknown mode {mode!r}: mac, framed, numbered, numbered-held "
+                             "or numbered-e2e")
+        self.mode = mode
+        self.mac = mode == "mac"
+        self.numbered = mode.startswith("numbered")
+        self.held = mode == "numbered-held"
+        e2e = mode == "numbered-e2e"
+        settings = WorkerSettings(inactivity_timeout=1e6, max_send_failures=3, chat_rate=1e9,
+                                  chat_burst=10**9, max_stage1_clients=100, log_level="info",
+                                  log_format="text", realtime_priority=0, sendmmsg=True,
+                                  hot_path="compiled")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        worker = self.worker = Worker(0, settings, sock, None, None, None)
+        worker.loop = asyncio.new_event_loop()
+        worker._send = lambda message: None  # type: ignore[method-assign]
+        self.compiled = worker.hot = worker.compiled_loop(hot.extension())
+        members = []
+        now = time.monotonic()
+        for r in range(100 // size):
+            room = b"r%04d" % r
+            for u in range(size):
+                client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                client.bind(("127.0.0.1", 0))
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # nobody reads
+                token = b"B%02d%02d" % (r, u) + b"x" * 20
+                framing = Framing.OCM1R if self.numbered else Framing.OCM1 \
+                    if u % 2 or mode == "framed" else Framing.PLAIN
+                key = bytes([r, u]) * 16 if self.mac else None
+                assert worker.core.add_member(
+                    room.decode(), token, f"user{u}", "127.0.0.1", framing, u == 0, now,
+                    client.getsockname(), True, True, mac_key=key, e2e=e2e,
+                    keys=PublicKeys(bytes(32), bytes(32)) if e2e else None)
+                members.append((client, bytes((len(room), len(token))) + room + token, key))
+        worker._flush()
+        self.dest = sock.getsockname()
+        self.batch = members[:BATCH]
+        self.text = encode_message(Kind.CHAT, b"y" * 99) if e2e else b"y" * 100
+        self.samples: list[float] = []
+
+    def round(self, seq: int) -> None:
+        """BATCH members send one chat each; one read relays them: one sample."""
+        message = encode_send(seq, self.text, self.held) if self.numbered else self.text
+        for client, head, key in self.batch:
+            data = head + message
+            client.sendto(dgmac.seal(key, data, seq) if key else data, self.dest)
+        start = time.thread_time_ns()
+        self.compiled.on_readable()
+        if self.held:  # the worker's tick (every ACK_HOLD_TICK_S there: here every round)
+            self.worker.core.release_held(time.monotonic())
+        self.samples.append((time.thread_time_ns() - start) / BATCH)
 
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-    mode = sys.argv[3] if len(sys.argv) > 3 else ""
-    if mode not in ("", "mac", "framed", "numbered", "numbered-held", "numbered-e2e"):
-        raise SystemExit(f"unknown mode {mode!r}: mac, framed, numbered, numbered-held or "
-                         "numbered-e2e")
-    mac = mode == "mac"
-    numbered = mode.startswith("numbered")
-    held = mode == "numbered-held"
-    e2e = mode == "numbered-e2e"
-    settings = WorkerSettings(inactivity_timeout=1e6, max_send_failures=3, chat_rate=1e9,
-                              chat_burst=10**9, max_stage1_clients=100, log_level="info",
-                              log_format="text", realtime_priority=0, sendmmsg=True,
-                              hot_path="compiled")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    worker = Worker(0, settings, sock, None, None, None)
-    worker.loop = asyncio.new_event_loop()
-    worker._send = lambda message: None  # type: ignore[method-assign]
-    compiled = worker.hot = worker.compiled_loop(hot.extension())
-    members = []
-    now = time.monotonic()
-    for r in range(100 // size):
-        room = b"r%04d" % r
-        for u in range(size):
-            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            client.bind(("127.0.0.1", 0))
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # nobody reads
-            token = b"B%02d%02d" % (r, u) + b"x" * 20
-            framing = Framing.OCM1R if numbered else Framing.OCM1 if u % 2 or mode == "framed" \
-                else Framing.PLAIN
-            key = bytes([r, u]) * 16 if mac else None
-            assert worker.core.add_member(room.decode(), token, f"user{u}", "127.0.0.1",
-                                          framing, u == 0, now, client.getsockname(), True,
-                                          True, mac_key=key, e2e=e2e,
-                                          keys=PublicKeys(bytes(32), bytes(32)) if e2e else None)
-            members.append((client, bytes((len(room), len(token))) + room + token, key))
-    worker._flush()
-    dest = sock.getsockname()
-    batch = members[:BATCH]
-    samples = []
-    text = encode_message(Kind.CHAT, b"y" * 99) if e2e else b"y" * 100
+    modes = (sys.argv[3] if len(sys.argv) > 3 else "").split(",")
+    benches = [Bench(mode, size) for mode in modes]
     for seq in range(1, rounds + 1):
-        message = encode_send(seq, text, held) if numbered else text
-        for client, head, key in batch:
-            data = head + message
-            client.sendto(dgmac.seal(key, data, seq) if key else data, dest)
-        start = time.thread_time_ns()
-        compiled.on_readable()
-        if held:  # the worker's tick (every ACK_HOLD_TICK_S there: here every round)
-            worker.core.release_held(time.monotonic())
-        samples.append((time.thread_time_ns() - start) / BATCH)
-    python_path = rounds * BATCH - compiled.counters()["fast"]
-    print(f"{statistics.median(samples):.0f} CPU ns per datagram (median of {rounds} rounds "
-          f"of {BATCH}, rooms of {size}{', ' + mode if mode else ''}; Python path: "
-          f"{python_path})")
+        for bench in benches:  # several modes: interleaved, round by round
+            bench.round(seq)
+    first = statistics.median(benches[0].samples)
+    for bench in benches:
+        median = statistics.median(bench.samples)
+        python_path = rounds * BATCH - bench.compiled.counters()["fast"]
+        ratio = f", x {median / first:.3f} against {modes[0] or 'the default'}" \
+            if len(benches) > 1 else ""
+        print(f"{median:.0f} CPU ns per datagram (median of {rounds} rounds of {BATCH}, "
+              f"rooms of {size}{', ' + bench.mode if bench.mode else ''}; Python path: "
+              f"{python_path}){ratio}")
 
 
 if __name__ == "__main__":
