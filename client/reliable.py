@@ -51,9 +51,14 @@ GO_BACK_MIN_S: Final = 0.03
 """The window goes again at most this often on the relay's hint."""
 HOLD_CALM_S: Final = 10.0
 """Messages go as ``06`` SENDs (the relay may hold their acknowledgement for a DATA to
-carry) once a round trip was measured and no loss was seen for this long: a go-back, the
-relay's hint, a NACK of ours. Any of these makes the next copies ``01`` SENDs again, whose
-loss is found one timeout later, not ``ACK_WAIT_S`` later."""
+carry) once a round trip was measured, no loss was seen for this long (a go-back, the
+relay's hint, a NACK of ours) and the room is busy (``CARRIER_RATE``). Loss makes the next
+copies ``01`` SENDs again, whose loss is found one timeout later, not ``ACK_WAIT_S``
+later."""
+CARRIER_RATE: Final = 10.0
+"""DATA a second (over the last whole second) from which a held acknowledgement is likely
+to find one to ride on within ``ACK_HOLD_S``: below it (a quiet room, where it would go
+alone after the hold and only make the message look pending longer) SENDs are ``01``."""
 ACK_WAIT_S: Final = ACK_HOLD_S + ACK_HOLD_TICK_S + 0.05
 """Added to the retransmission timeout while a ``06`` copy is in flight: the longest the
 relay holds its acknowledgement, and a margin."""
@@ -351,6 +356,9 @@ class Sender:
         """Datagrams sent, first copies included."""
         self.last_loss = float("-inf")
         """When loss was last seen (``saw_loss``): ``06`` SENDs wait ``HOLD_CALM_S``."""
+        self.carriers = False
+        """The room is busy enough for a held acknowledgement to ride on a DATA
+        (``ReliableChat`` sets it: ``CARRIER_RATE``)."""
 
     def send(self, text: bytes, now: float) -> tuple[int, bytes | None]:
         """A new message: its id, and the Message to send now (None: the window is
@@ -473,7 +481,8 @@ class Sender:
         else:
             item.resent = True
         self.copies += 1
-        item.held = self.srtt is not None and now - self.last_loss >= HOLD_CALM_S
+        item.held = self.carriers and self.srtt is not None \
+            and now - self.last_loss >= HOLD_CALM_S
         return reliable.encode_send(item.msg_id, item.text, item.held)
 
 
@@ -488,6 +497,9 @@ class ReliableChat:
         self.malformed = 0
         self.nack_kind = nack_kind
         """``Up.E2E_NACK`` in an encrypted room (where ``02`` is an envelope)."""
+        self._rate_from = 0.0
+        self._rate_count = 0
+        """DATA counted since ``_rate_from``: each whole second sets ``sender.carriers``."""
 
     def handle_delivery(self, data: bytes, now: float) -> list[Event]:
         try:
@@ -497,10 +509,12 @@ class ReliableChat:
             return []
         rx = self.receiver
         if isinstance(item, reliable.Data):
+            self._count_data(now)
             return rx.handle_data(item.epoch, item.seq, item.body, now)
         if isinstance(item, reliable.Sync):
             return rx.handle_sync(item.epoch, item.start, item.latest, now)
         if isinstance(item, reliable.Carried):  # the ACK first, then the DATA it rode on
+            self._count_data(now)
             return self._ack(item.ack, now) + rx.handle_data(item.data.epoch, item.data.seq,
                                                              item.data.body, now)
         if isinstance(item, reliable.Ack):
@@ -511,11 +525,19 @@ class ReliableChat:
             return [Addressed(item.body)]
         return [Unnumbered(item.body)]
 
+    def _count_data(self, now: float) -> None:
+        self._rate_count += 1
+        if now - self._rate_from >= 1.0:
+            self.sender.carriers = self._rate_count >= CARRIER_RATE * (now - self._rate_from)
+            self._rate_from, self._rate_count = now, 0
+
     def _ack(self, ack: reliable.Ack, now: float) -> list[Event]:
         events = self.sender.handle_ack(ack.msg_id, ack.seq, now)
         return events + self.receiver.handle_own(ack.epoch, ack.seq, now) if events else events
 
     def send(self, text: bytes, now: float) -> tuple[int, bytes | None]:
+        if now - self._rate_from >= 2.0:  # no DATA for a whole second: a quiet room
+            self.sender.carriers = False
         return self.sender.send(text, now)
 
     def next_deadline(self) -> float | None:

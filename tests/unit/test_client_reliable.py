@@ -170,6 +170,7 @@ def test_sender_lets_the_relay_hold_its_acks_only_while_it_sees_no_loss() -> Non
     timeout waits ACK_WAIT_S longer, and no round trip is measured from them); a go-back
     makes the copies 01 again for HOLD_CALM_S."""
     tx = Sender()
+    tx.carriers = True  # a busy room (ReliableChat sets it)
     one, copy = tx.send(b"1", 0.0)
     assert copy == encode_send(one, b"1")  # no round trip measured yet
     tx.handle_ack(one, 5, 0.01)
@@ -187,6 +188,24 @@ def test_sender_lets_the_relay_hold_its_acks_only_while_it_sees_no_loss() -> Non
     tx.handle_ack(three, 7, due + 0.01)
     assert tx.send(b"4", due + 1.0)[1] == encode_send(4, b"4")
     assert tx.send(b"5", due + HOLD_CALM_S)[1] == encode_send(5, b"5", held=True)
+
+
+def test_only_a_busy_room_gets_06_sends() -> None:
+    """A held ACK goes alone after the hold in a quiet room, only making the message look
+    pending longer: 06 only while DATA came at CARRIER_RATE over the last second."""
+    chat = ReliableChat()
+    chat.handle_delivery(encode_sync(E, 1, 0), 0.0)
+    one, _ = chat.send(b"1", 0.0)
+    chat.handle_delivery(encode_ack(E, one, 1), 0.01)  # a round trip measured
+    for i in range(25):  # 20 DATA a second
+        chat.handle_delivery(encode_data(E, 2 + i, b"\x03bobyo"), 0.05 * (i + 1))
+    assert chat.send(b"2", 1.3)[1] == encode_send(2, b"2", held=True)
+    chat.handle_delivery(encode_ack(E, 2, 30), 1.31)
+    assert chat.send(b"3", 3.5)[1] == encode_send(3, b"3")  # nothing for two seconds
+    chat.handle_delivery(encode_ack(E, 3, 31), 3.51)
+    for i in range(4):  # 3 a second: quiet
+        chat.handle_delivery(encode_data(E, 32 + i, b"\x03bobyo"), 3.6 + i / 3)
+    assert chat.send(b"4", 4.7)[1] == encode_send(4, b"4")
 
 
 def test_a_carried_ack_is_handled_before_the_data_it_rode_on() -> None:
