@@ -56,9 +56,10 @@ relay's hint, a NACK of ours) and the room is busy (``CARRIER_RATE``). Loss make
 copies ``01`` SENDs again, whose loss is found one timeout later, not ``ACK_WAIT_S``
 later."""
 CARRIER_RATE: Final = 10.0
-"""DATA a second (over the last whole second) from which a held acknowledgement is likely
-to find one to ride on within ``ACK_HOLD_S``: below it (a quiet room, where it would go
-alone after the hold and only make the message look pending longer) SENDs are ``01``."""
+"""Room numbers a second (the receiver's next one, between two sends at least a second
+apart) from which a held acknowledgement is likely to find a DATA to ride on within
+``ACK_HOLD_S``: below it (a quiet room, where it would go alone after the hold and only
+make the message look pending longer) SENDs are ``01``."""
 ACK_WAIT_S: Final = ACK_HOLD_S + ACK_HOLD_TICK_S + 0.05
 """Added to the retransmission timeout while a ``06`` copy is in flight: the longest the
 relay holds its acknowledgement, and a margin."""
@@ -497,9 +498,10 @@ class ReliableChat:
         self.malformed = 0
         self.nack_kind = nack_kind
         """``Up.E2E_NACK`` in an encrypted room (where ``02`` is an envelope)."""
-        self._rate_from = 0.0
-        self._rate_count = 0
-        """DATA counted since ``_rate_from``: each whole second sets ``sender.carriers``."""
+        self._rate_from = float("-inf")
+        self._rate_next: int | None = None
+        """The receiver's next number at ``_rate_from``: a send a second or more later
+        sets ``sender.carriers`` from how far the room got meanwhile."""
 
     def handle_delivery(self, data: bytes, now: float) -> list[Event]:
         try:
@@ -509,12 +511,10 @@ class ReliableChat:
             return []
         rx = self.receiver
         if isinstance(item, reliable.Data):
-            self._count_data(now)
             return rx.handle_data(item.epoch, item.seq, item.body, now)
         if isinstance(item, reliable.Sync):
             return rx.handle_sync(item.epoch, item.start, item.latest, now)
         if isinstance(item, reliable.Carried):  # the ACK first, then the DATA it rode on
-            self._count_data(now)
             return self._ack(item.ack, now) + rx.handle_data(item.data.epoch, item.data.seq,
                                                              item.data.body, now)
         if isinstance(item, reliable.Ack):
@@ -525,19 +525,17 @@ class ReliableChat:
             return [Addressed(item.body)]
         return [Unnumbered(item.body)]
 
-    def _count_data(self, now: float) -> None:
-        self._rate_count += 1
-        if now - self._rate_from >= 1.0:
-            self.sender.carriers = self._rate_count >= CARRIER_RATE * (now - self._rate_from)
-            self._rate_from, self._rate_count = now, 0
-
     def _ack(self, ack: reliable.Ack, now: float) -> list[Event]:
         events = self.sender.handle_ack(ack.msg_id, ack.seq, now)
         return events + self.receiver.handle_own(ack.epoch, ack.seq, now) if events else events
 
     def send(self, text: bytes, now: float) -> tuple[int, bytes | None]:
-        if now - self._rate_from >= 2.0:  # no DATA for a whole second: a quiet room
-            self.sender.carriers = False
+        elapsed = now - self._rate_from
+        if elapsed >= 1.0:  # how busy the room was since the window began
+            got, began = self.receiver.next, self._rate_next
+            self.sender.carriers = got is not None and began is not None \
+                and got - began >= CARRIER_RATE * elapsed
+            self._rate_from, self._rate_next = now, got
         return self.sender.send(text, now)
 
     def next_deadline(self) -> float | None:

@@ -594,6 +594,8 @@ async def _drive(run: _Run, gate: Callable[[], Awaitable[float]] | None) -> dict
             if member.chat is None:
                 member.send_message(text)
             else:
+                if member.handed:  # C has the receiver: how far the room got (the rate
+                    member.chat.receiver.next = run.rs.next[member.lm]  # of 06 SENDs)
                 _, message = member.chat.send(text, now)
                 run.arm(member)
                 if message is not None:
