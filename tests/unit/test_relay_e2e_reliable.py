@@ -11,6 +11,7 @@ from wire.codes import Framing
 from wire.e2e import Kind, PublicKeys, encode_message
 from wire.reliable import (
     Ack,
+    Carried,
     Data,
     Direct,
     Lost,
@@ -19,6 +20,7 @@ from wire.reliable import (
     decode_delivery,
     encode_nack,
     encode_send,
+    encode_sync,
 )
 
 A = ("127.0.0.1", 5001)
@@ -66,6 +68,26 @@ def test_opaque_chat_is_numbered_acknowledged_and_a_copy_is_not_relayed_again() 
     assert core.handle_datagram(encode_chat(b"r", TA, encode_send(1, CHAT)), A, 2.1) is None
     assert sent(core) == [(Ack(EPOCH, 1, 4), A)]
     assert core.relayed == 1
+
+
+def test_a_held_send_of_an_encrypted_room_rides_on_the_next_data_and_decrypts_alike() -> None:
+    """06 in an encrypted room: the opaque chat is numbered as an 01 SEND's, its ACK held
+    and carried in front of the next DATA to the sender, which ReliableChat takes ACK first
+    and then delivers the DATA's opaque chat."""
+    from client.reliable import Acked, Delivered, ReliableChat
+
+    core = room()
+    core.handle_datagram(encode_chat(b"r", TA, encode_send(1, CHAT, held=True)), A, 2.0)
+    assert [a for d, a in sent(core)] == [B, C]  # the DATA only: no ACK yet
+    core.handle_datagram(encode_chat(b"r", TB, encode_send(1, CHAT)), B, 2.01)
+    to_alice = [d for d, a in core.outbox if a == A]
+    assert [decode_delivery(d) for d in to_alice] == [
+        Carried(Ack(EPOCH, 1, 4), Data(EPOCH, 5, framed_prefix("bob") + CHAT))]
+    alice = ReliableChat(Up.E2E_NACK)
+    alice.handle_delivery(encode_sync(EPOCH, 4, 3), 2.0)  # alice starts after 1..3
+    alice.send(CHAT, 2.0)
+    events = alice.handle_delivery(to_alice[0], 2.02)
+    assert events == [Acked(1, 4), Delivered(5, framed_prefix("bob") + CHAT)], events
 
 
 def test_a_nack_starts_with_05_and_is_answered_from_the_history() -> None:
