@@ -314,9 +314,7 @@ class Worker:
         sendto = self.sock.sendto
         core = self.core
         skip: Addr | None = src  # the sender's address, once (as sendmmsg)
-        for m in room.reliable:
-            a = m.addr
-            assert a is not None
+        for m, a in zip(room.reliable, room.reliable_addrs, strict=True):  # as at the start
             if skip is not None and a == skip:
                 skip = None
                 continue
@@ -391,7 +389,7 @@ class Worker:
         """Every ``ACK_HOLD_TICK_S``: send alone the acknowledgements held too long."""
         assert self.loop is not None
         if self.core.held:
-            self.core.release_held(time.monotonic())
+            self.core.release_held(self.clock())
             self._flush()
         self.loop.call_later(ACK_HOLD_TICK_S, self._release_held)
 
