@@ -793,6 +793,19 @@ static void push_out(Hot *self, Side *s, Py_ssize_t j, struct iovec *iov, int ac
     self->oack[o] = (unsigned char)ack;
 }
 
+/* Is entry j of side s the sender's: index k, or (k = -1, the other side) the first entry
+ * at the sender's address *src (then *src is cleared: only the first is skipped)? */
+static inline int skipped(const Side *s, Py_ssize_t j, Py_ssize_t k,
+                          const struct sockaddr_in **src) {
+    if (j == k) return 1;
+    if (*src && s->names[j].sin_port == (*src)->sin_port &&
+        s->names[j].sin_addr.s_addr == (*src)->sin_addr.s_addr) {
+        *src = NULL;
+        return 1;
+    }
+    return 0;
+}
+
 /* Queue prefix + message to every recipient of one side but index k (the sender's own
  * side) or, on the other side (k = -1), the first entry at the sender's address ``src``:
  * Python skips the sender's address on both sides. A side larger than the queue is sent
@@ -802,12 +815,7 @@ static int queue_side(Hot *self, Route *route, Side *s, Py_ssize_t k,
                       Py_ssize_t mlen, PyObject *now) {
     struct iovec *iov = NULL;
     for (Py_ssize_t j = 0; j < s->n; j++) {
-        if (j == k) continue;
-        if (src && s->names[j].sin_port == src->sin_port &&
-            s->names[j].sin_addr.s_addr == src->sin_addr.s_addr) {
-            src = NULL;
-            continue;
-        }
+        if (skipped(s, j, k, &src)) continue;
         if (self->nout == OUT_SLOTS) {
             if (flush_out(self, now) < 0) return -1;
             iov = NULL;
@@ -839,12 +847,7 @@ static int queue_numbered(Hot *self, Route *route, Side *s, Py_ssize_t k,
     const char *d = PyBytes_AS_STRING(datagram);
     Py_ssize_t dlen = PyBytes_GET_SIZE(datagram);
     for (Py_ssize_t j = 0; j < s->n; j++) {
-        if (j == k) continue;
-        if (src && s->names[j].sin_port == src->sin_port &&
-            s->names[j].sin_addr.s_addr == src->sin_addr.s_addr) {
-            src = NULL;
-            continue;
-        }
+        if (skipped(s, j, k, &src)) continue;
         PyObject *member = PyList_GET_ITEM(s->members, j);
         PyObject *rel = Py_IS_TYPE(member, self->member_type) ? SLOT(member, self->m[M_REL])
                                                                : NULL;

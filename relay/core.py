@@ -658,10 +658,7 @@ class RelayCore:
         outbox = self.outbox
         for m in room.reliable:
             if m is not exclude and (not admit or not m.trial or self._admit(m)):
-                if m.rel is not None and m.rel.held is not None:
-                    outbox.extend((d, m.addr) for d in self.carry(m, datagram))  # type: ignore[misc]
-                else:
-                    outbox.append((datagram, m.addr))  # type: ignore[arg-type]
+                outbox.extend((d, m.addr) for d in self.carry(m, datagram))  # type: ignore[misc]
 
     def carry(self, member: Member, datagram: bytes) -> tuple[bytes, ...]:
         """What to send ``member`` for the numbered ``datagram``: its held

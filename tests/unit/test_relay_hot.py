@@ -286,14 +286,8 @@ def test_a_numbered_room_is_numbered_by_the_compiled_loop_alike(pair: Pair) -> N
         assert history is not None and history.next_seq == 11  # and "no id": 10
 
 
-def test_a_held_ack_rides_on_the_senders_next_data_in_the_compiled_loop_alike(
-        pair: Pair) -> None:
-    """A 06 SEND (protocol.md §9.3): no ACK now; the next numbered datagram to the sender
-    carries it (06 MsgId Seq in front), or, where both would be over the delivery limit,
-    the ACK goes alone just before it; an 01 SEND's ACK covers a held one; one held past
-    ACK_HOLD_S goes alone at the worker's tick. Both loops alike, the compiled one
-    taking every SEND here."""
-    epoch = 0x1234ABCD
+def numbered_room(pair: Pair, epoch: int) -> None:
+    """Room "r" with ``epoch``: alice (host) and bob ocm1r, carol plain, all bound."""
     for w in pair.workers:
         w.core.new_epoch = lambda: epoch
     pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
@@ -302,6 +296,25 @@ def test_a_held_ack_rides_on_the_senders_next_data_in_the_compiled_loop_alike(
     for name, token in (("a", TA), ("b", TB), ("c", TC)):
         pair.client(name)
         pair.chat(name, b"r", token, b"")
+
+
+def room_with_a_failing_member(pair: Pair) -> None:
+    """``numbered_room`` (epoch 0x0BADCAFE) and frank, an ocm1r member whose every send
+    fails (port 0: EINVAL), re-seeded as proven."""
+    numbered_room(pair, 0x0BADCAFE)
+    pair.add("r", b"Tf" * 10, "frank", framing=Framing.OCM1R, addr=("127.0.0.1", 0),
+             proven=True)
+
+
+def test_a_held_ack_rides_on_the_senders_next_data_in_the_compiled_loop_alike(
+        pair: Pair) -> None:
+    """A 06 SEND (protocol.md §9.3): no ACK now; the next numbered datagram to the sender
+    carries it (06 MsgId Seq in front), or, where both would be over the delivery limit,
+    the ACK goes alone just before it; an 01 SEND's ACK covers a held one; one held past
+    ACK_HOLD_S goes alone at the worker's tick. Both loops alike, the compiled one
+    taking every SEND here."""
+    epoch = 0x1234ABCD
+    numbered_room(pair, epoch)
     compiled = pair.workers[1].hot
     assert compiled is not None
     before = compiled.counters()["fast"]
@@ -339,16 +352,7 @@ def test_held_acks_of_an_undone_batch_are_held_again(pair: Pair) -> None:
     """A batch with a failing send: the datagrams after it are undone, the held ACKs
     their deliveries took and the ones their SENDs held included, then taken by Python:
     the same deliveries, history and held ACKs as datagram by datagram in Python."""
-    for w in pair.workers:
-        w.core.new_epoch = lambda: 0x0BADCAFE
-    pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
-    pair.add("r", TB, "bob", framing=Framing.OCM1R)
-    pair.add("r", TC, "carol")
-    for name, token in (("a", TA), ("b", TB), ("c", TC)):
-        pair.client(name)
-        pair.chat(name, b"r", token, b"")
-    pair.add("r", b"Tf" * 10, "frank", framing=Framing.OCM1R, addr=("127.0.0.1", 0),
-             proven=True)
+    room_with_a_failing_member(pair)
     pair.send_many([("a", raw(b"r", TA, encode_send(1, b"m0", held=True))),
                     ("b", raw(b"r", TB, encode_send(1, b"n0", held=True))),
                     ("a", raw(b"r", TA, encode_send(2, b"m1", held=True))),
@@ -444,17 +448,7 @@ def test_a_numbered_batch_with_failing_sends_is_undone_to_the_number(pair: Pair)
     ocm1r sender's last id, nothing kept) and handed to Python, which numbers them again
     after the eviction's "left" notice took its own Seq: the same history, ACKs and
     deliveries as datagram by datagram in Python."""
-    for w in pair.workers:
-        w.core.new_epoch = lambda: 0x0BADCAFE
-    pair.add("r", TA, "alice", host=True, framing=Framing.OCM1R)
-    pair.add("r", TB, "bob", framing=Framing.OCM1R)
-    pair.add("r", TC, "carol")
-    for name, token in (("a", TA), ("b", TB), ("c", TC)):
-        pair.client(name)
-        pair.chat(name, b"r", token, b"")
-    # an ocm1r member whose every send fails (port 0: EINVAL), re-seeded as proven
-    pair.add("r", b"Tf" * 10, "frank", framing=Framing.OCM1R, addr=("127.0.0.1", 0),
-             proven=True)
+    room_with_a_failing_member(pair)
     compiled = pair.workers[1].hot
     assert compiled is not None
     before = compiled.counters()
