@@ -228,7 +228,7 @@ class Worker:
                 break
             out = handle(data, addr, now)
             if core.outbox:  # notices first: "joined" precedes the member's first chat
-                self._flush()
+                self._flush_notices()
             if out is not None:
                 relay(out, now)
         if core.events:
@@ -372,7 +372,7 @@ class Worker:
     def _handle_one(self, data: bytes, addr: Addr, now: float) -> None:
         out = self.core.handle_datagram(data, addr, now)
         if self.core.outbox:
-            self._flush()
+            self._flush_notices()
         if out is not None:
             self.fan_out(out, now)
 
@@ -430,7 +430,23 @@ class Worker:
                 if isinstance(event, ipc.Closed):
                     self._batches.pop(event.room, None)
                     self._routes.pop(event.room, None)
-                self._send(event)
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(map(ipc.encode, events)))  # one write
+        self._send_outbox()
+
+    def _flush_notices(self) -> None:
+        """The notices one datagram left, before its fan-out. The events go first (see
+        ``_flush``), unless every one is a ``Bound``: an address learned frees nothing a
+        client could race for (a name, a room), so those wait for the read's end, one
+        pipe write for all of them: control is not woken once per member's first
+        datagram (an ``ocm1r`` member's is answered with a SYNC at once)."""
+        if all(type(event) is ipc.Bound for event in self.core.events):
+            self._send_outbox()
+        else:
+            self._flush()
+
+    def _send_outbox(self) -> None:
+        core = self.core
         if core.outbox:
             outbox, core.outbox = core.outbox, []
             sendto = self.sock.sendto

@@ -270,6 +270,59 @@ def test_commands_in_and_typed_events_out_over_a_real_pipe() -> None:
         rig.close()
 
 
+class _Writes(_Transport):
+    """Also counts the writes: one per pipe write the worker makes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.writes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+@pytest.mark.parametrize("batched", [True, COMPILED])
+def test_first_datagrams_answered_at_once_tell_control_in_one_write(
+        batched: bool | str) -> None:
+    """Three ``ocm1r`` members' first datagrams (keepalives, each answered with a SYNC at
+    once) in one read: each gets its SYNC, and control learns the three addresses in one
+    pipe write at the read's end, not one write (one wake-up of control) per member."""
+    rig = Rig(batched)
+    worker_end, control_end = socket.socketpair()
+    control_end.settimeout(TIMEOUT_S)
+    try:
+        rig.worker.transport = writes = _Writes(worker_end)
+        tokens = (TA, TB, TC)
+        for i, token in enumerate(tokens):
+            rig.worker.handle_command(AddMember(i, "r", token, f"u{i}", "127.0.0.1",
+                                                Framing.OCM1R, i == 0))
+            rig.clients[token] = udp()
+        acks: list[Message] = []
+        decoder = FrameDecoder()
+        while len(acks) < 3:
+            acks += decoder.feed(control_end.recv(65536))
+        assert acks == [Ack(0, True), Ack(1, True), Ack(2, True)]
+        writes.writes = 0
+        for token in tokens:  # queued together, read at once
+            rig.clients[token].sendto(encode_chat(b"r", token, b""), rig.sock.getsockname())
+        ready, _, _ = select.select([rig.sock], [], [], TIMEOUT_S)
+        assert ready
+        rig.read()
+        for token in tokens:
+            assert rig.recv(token)[0] == 4  # SYNC (docs/protocol.md §9.3)
+        events: list[Message] = []
+        while len(events) < 3:
+            events += decoder.feed(control_end.recv(65536))
+        assert events == [Bound(t, "127.0.0.1", rig.clients[t].getsockname()[1], True)
+                          for t in tokens]
+        assert writes.writes == 1
+    finally:
+        worker_end.close()
+        control_end.close()
+        rig.close()
+
+
 def test_a_corrupt_pipe_stops_the_worker_without_telling_members() -> None:
     rig = Rig(batched=True)
     try:
