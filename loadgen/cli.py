@@ -220,13 +220,17 @@ def _finish_join_only(report: dict[str, Any], opts: Options, tokens_out: str | N
         with open(tokens_out, "w", encoding="ascii") as out:
             out.write(text)
         where = f"; {len(tokens)} tokens in {tokens_out}"
-    code = EXIT_OK if setup["joins_failed"] == 0 else EXIT_SLO_BROKEN
+    code = EXIT_OK if setup["joins_failed"] == 0 and not setup["framing_mismatch"] \
+        else EXIT_SLO_BROKEN
     report["exit_code"] = code
     print(f"joined {setup['joins_ok']} of {opts.members} members in "
           f"{setup['join_seconds']:.1f} s ({setup['bound_missing']} not bound){where}; they "
           f"stay until {setup['inactivity_timeout_s']:g} s of silence (inactivity timeout)")
     if setup["failures"]:
         print(f"failed joins: {setup['failures']}", file=sys.stderr)
+    if setup["framing_mismatch"]:
+        print(f"{setup['framing_mismatch']} members were not given the {opts.framing} "
+              "framing they asked for", file=sys.stderr)
     if json_out:
         write_json(json_out, report)
     return code
@@ -270,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--tokens-out needs --sockets member: the tokens are bound to the IP "
                          "each member joined from, and cload sends from 127.0.0.1")
         opts = dataclasses.replace(opts, join_only=True, sockets="member")
+    if opts.framing == "ocm1r" and not opts.join_only:
+        parser.error("--framing ocm1r needs --join-only or --tokens-out (cload --reliable "
+                     "sends to such members); --loss runs ask for ocm1r themselves")
     if opts.join_only and opts.find_capacity:
         parser.error("--join-only (or --tokens-out) runs nothing: drop --find-capacity")
     try:

@@ -56,8 +56,10 @@ class Options:
                         f"bytes of the whole encrypted Message (kind, header, ciphertext, "
                         f"tag, signature), >= {MIN_E2E_SIZE}, so a datagram has the same "
                         "size as a plain one", "profile", minimum=HEADER_BYTES)
-    framing: str = _f("plain", "delivery format to ask for", "profile",
-                      choices=("plain", "ocm1"))
+    framing: str = _f("plain", "delivery format to ask for; ocm1r (numbered, acknowledged) "
+                               "only with --join-only or --tokens-out, for cload --reliable "
+                               "(--loss runs ask for ocm1r themselves)", "profile",
+                      choices=("plain", "ocm1", "ocm1r"))
     password: str | None = _f(None, "protect the rooms with this password", "profile",
                               shown="none")
     e2e: bool = _f(False, "end-to-end encrypted rooms (docs/e2e.md): hosts create with "

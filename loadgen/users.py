@@ -331,7 +331,9 @@ class Simulator:
             index=self.plan.index, joins_ok=j.ok, joins_failed=j.failed,
             failures=j.failures, t_start_ns=t_start, t_end_ns=t_end,
             join_latencies_ms=j.latencies_ms, bind_wait_s=(t_bound - t_end) / NS,
-            bound_missing=bind_missing, framing="ocm1" if self.meter.framed else "plain",
+            bound_missing=bind_missing,
+            framing=self.plan.framing if self.plan.framing == Framing.OCM1R.value
+            else "ocm1" if self.meter.framed else "plain",
             framing_mismatch=j.framing_mismatch, max_message=j.max_message,
             inactivity_timeout_s=j.inactivity_timeout_s,
             notices=dict(self.meter.notice_events), tokens=self.tokens)
@@ -367,7 +369,7 @@ class Simulator:
         plan, j = self.plan, self.join
         users = plan.users
         room_raw = self.rooms_raw[lm // users]
-        framing = Framing.OCM1 if plan.framing == "ocm1" else Framing.PLAIN
+        framing = Framing(plan.framing)
         username = username_of(lm % users, users)
         outcome = "?"
         for attempt in range(JOIN_ATTEMPTS):
@@ -442,7 +444,10 @@ class Simulator:
         j.inactivity_timeout_s = min(j.inactivity_timeout_s, details.inactivity_timeout)
         self.keepalive_ns = int(j.inactivity_timeout_s / 4 * NS)
         framed = details.framing is Framing.OCM1
-        if j.ok == 0 and framed != self.meter.framed:
+        if self.plan.framing == Framing.OCM1R.value:  # join-only: cload --reliable sends
+            if details.framing is not Framing.OCM1R:
+                j.framing_mismatch += 1
+        elif j.ok == 0 and framed != self.meter.framed:
             self.meter.set_framing(framed)  # the server decides (a baseline is plain-only)
         elif framed != self.meter.framed or (self.e2e is not None and not details.e2e):
             j.framing_mismatch += 1

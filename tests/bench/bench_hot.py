@@ -1,6 +1,6 @@
 """Micro-benchmark of the compiled hot loop in process: CPU ns per chat datagram.
 
-    .venv/bin/python tests/bench/bench_hot.py [ROUNDS] [ROOM_SIZE] [MODE]
+    .venv/bin/python tests/bench/bench_hot.py [ROUNDS] [ROOM_SIZE] [MODE] [BATCH]
 
 MODE: mac, framed, numbered, numbered-held or numbered-e2e (default: none of these); several,
 comma-separated (``framed,numbered-held``), run in the same process round by round, and
@@ -9,10 +9,11 @@ not skew.
 
 One worker with the compiled loop (relay/_hot.c) on a loopback UDP socket, 100 members in
 rooms of ROOM_SIZE (default 10; half plain, half framed), each bound to its own socket.
-A round: 64 members send one 100-byte chat each, then one ``Hot.on_readable()`` reads and
-relays them (recvmmsg, authentication, token bucket, sendmmsg to the rest of the room);
-the round's thread CPU time (user and system, so that a busy machine's preemption is not
-counted) divided by 64 is one sample. Prints the median over ROUNDS (default 1500).
+A round: BATCH members (default 64) send one 100-byte chat each, then one
+``Hot.on_readable()`` reads and relays them (recvmmsg, authentication, token bucket,
+sendmmsg to the rest of the room); the round's thread CPU time (user and system, so that a
+busy machine's preemption is not counted) divided by BATCH is one sample. Prints the
+median over ROUNDS (default 1500).
 With ``mac`` every member has a datagram key and seals each datagram (wire/dgmac.py; the
 sealing is done by the clients, outside the measured time), so the sample includes the
 loop's MAC verification. With ``numbered`` every member asks for ``ocm1r`` and sends each
@@ -54,7 +55,7 @@ MODES = ("", "mac", "framed", "numbered", "numbered-held", "numbered-e2e")
 class Bench:
     """One worker with the compiled loop and its members, set up for one MODE."""
 
-    def __init__(self, mode: str, size: int) -> None:
+    def __init__(self, mode: str, size: int, batch: int) -> None:
         if mode not in MODES:
             raise SystemExit(f"unknown mode {mode!r}: mac, framed, numbered, numbered-held "
                              "or numbered-e2e")
@@ -94,7 +95,7 @@ class Bench:
                 members.append((client, bytes((len(room), len(token))) + room + token, key))
         worker._flush()
         self.dest = sock.getsockname()
-        self.batch = members[:BATCH]
+        self.batch = members[:batch]
         self.text = encode_message(Kind.CHAT, b"y" * 99) if e2e else b"y" * 100
         self.samples: list[float] = []
 
@@ -106,26 +107,30 @@ class Bench:
             client.sendto(dgmac.seal(key, data, seq) if key else data, self.dest)
         start = time.thread_time_ns()
         self.compiled.on_readable()
-        if self.held:  # the worker's tick (every ACK_HOLD_TICK_S there: here every round)
+        if self.held and seq % max(1, BATCH // len(self.batch)) == 0:
+            # the worker's tick (every ACK_HOLD_TICK_S there): here once per BATCH chats
             self.worker.core.release_held(time.monotonic())
-        self.samples.append((time.thread_time_ns() - start) / BATCH)
+        self.samples.append((time.thread_time_ns() - start) / len(self.batch))
 
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     modes = (sys.argv[3] if len(sys.argv) > 3 else "").split(",")
-    benches = [Bench(mode, size) for mode in modes]
+    batch = int(sys.argv[4]) if len(sys.argv) > 4 else BATCH
+    if not 1 <= batch <= 100:
+        raise SystemExit("BATCH: 1 to 100 chats a read")
+    benches = [Bench(mode, size, batch) for mode in modes]
     for seq in range(1, rounds + 1):
         for bench in benches:  # several modes: interleaved, round by round
             bench.round(seq)
     first = statistics.median(benches[0].samples)
     for bench in benches:
         median = statistics.median(bench.samples)
-        python_path = rounds * BATCH - bench.compiled.counters()["fast"]
+        python_path = rounds * batch - bench.compiled.counters()["fast"]
         ratio = f", x {median / first:.3f} against {modes[0] or 'the default'}" \
             if len(benches) > 1 else ""
-        print(f"{median:.0f} CPU ns per datagram (median of {rounds} rounds of {BATCH}, "
+        print(f"{median:.0f} CPU ns per datagram (median of {rounds} rounds of {batch}, "
               f"rooms of {size}{', ' + bench.mode if bench.mode else ''}; Python path: "
               f"{python_path}){ratio}")
 

@@ -30,11 +30,15 @@ measured window. OCM's ``--chat-rate`` is raised above the highest rate of the l
 it), so that the per-member token bucket still runs on every datagram (its cost is in the
 figures) but never drops the load it is measured with.
 
-Other relays: ``--relays crelay,ocm,ocm-pure,ocm-mac`` (``ocm-pure`` is OCM with
+Other relays: ``--relays crelay,ocm,ocm-pure,ocm-mac,ocm-r`` (``ocm-pure`` is OCM with
 ``OCM_PURE_PYTHON=1``, the accelerator disabled; ``ocm-mac`` is OCM whose members join
 over TLS, with a test CA made in the work directory, so that every datagram carries the
 MAC trailer of docs/protocol.md §8 and the relay verifies it: the loadgen joins with
-``--tls-ca`` and cload seals); ``--ocm-command`` runs another
+``--tls-ca`` and cload seals; ``ocm-r`` is OCM whose members ask for reliable delivery,
+``ocm1r`` (docs/protocol.md §9): the loadgen joins with ``--framing ocm1r``, cload sends
+each chat as a ``06`` SEND, as ``ocm-chat`` does in a busy room, and reads numbered DATA
+and the ACKs (``cload --reliable 6``); with ``ocm`` in the same run the report gives
+``ocm-r`` / ``ocm``, recovery on against off, per repetition); ``--ocm-command`` runs another
 ``ocm-control`` (another checkout's venv); ``--ocm-env KEY=VALUE`` adds environment to
 every OCM relay. Writes ``percore.md`` (printed too) and ``percore.json`` (every step's
 cload report and CPU figures) into ``--out``; ``--update-docs`` also replaces the section
@@ -74,7 +78,10 @@ MIN_INBOUND_FRACTION: Final = 0.97
 """Sustained: cload's achieved inbound rate at least this share of the target."""
 PURE_ENV: Final = {"OCM_PURE_PYTHON": "1"}
 """What disables the compiled accelerator (the pure-Python path runs)."""
-RELAYS: Final = ("crelay", "ocm", "ocm-pure", "ocm-mac")
+RELAYS: Final = ("crelay", "ocm", "ocm-pure", "ocm-mac", "ocm-r")
+RELIABLE_SEND: Final = "6"
+"""``ocm-r``: cload's SEND kind (``06``, the ACK may ride on the next DATA: what
+``ocm-chat`` sends in a busy room that sees no loss, docs/protocol.md §9.5)."""
 TLS_RE: Final = re.compile(r"ready tcp=.* tls=[^:\s]+:(\d+)")
 """The TLS port in ``ocm-control``'s ready line (``ocm-mac``)."""
 TLS_JOIN_CONCURRENCY: Final = 16
@@ -238,8 +245,10 @@ class Bench:
             make_pki(pki)
         return pki / "ca.pem", pki / "server.pem", pki / "server.key"
 
-    def run_ocm(self, step: Step, env: dict[str, str], tls: bool = False) -> None:
-        """One OCM step; ``tls`` (``ocm-mac``): members join over TLS and seal."""
+    def run_ocm(self, step: Step, env: dict[str, str], tls: bool = False,
+                reliable: bool = False) -> None:
+        """One OCM step; ``tls`` (``ocm-mac``): members join over TLS and seal;
+        ``reliable`` (``ocm-r``): members ask for ``ocm1r`` and cload sends SENDs."""
         s = self.s
         cmd, on_path = self._control_command()
         join_tls: list[str] = []
@@ -263,7 +272,8 @@ class Bench:
             t = time.monotonic()
             join = [*self._pin(s.load_cpu), sys.executable, "-m", "loadgen", "--server",
                     server.host, "--tcp-port", str(tcp_port), *join_tls, "--rooms", str(s.rooms),
-                    "--users", str(s.users), "--framing", "ocm1", "--procs", "1",
+                    "--users", str(s.users), "--framing", "ocm1r" if reliable else "ocm1",
+                    "--procs", "1",
                     "--quiet", "--tokens-out", str(tokens)]
             done = _run(join, JOIN_TIMEOUT_S)
             step.join_s = time.monotonic() - t
@@ -272,7 +282,8 @@ class Bench:
                                    f"{done.stdout[-1000:]}{done.stderr[-2000:]}")
             step.members = len(tokens.read_text().splitlines())
             self._measure(step, server.pid, worker, self._cload(step.rate, [
-                "--target", f"127.0.0.1:{server.udp_port}", "--tokens", str(tokens)]))
+                "--target", f"127.0.0.1:{server.udp_port}", "--tokens", str(tokens),
+                *(["--reliable", RELIABLE_SEND] if reliable else [])]))
         finally:
             server.stop()
 
@@ -310,7 +321,8 @@ class Bench:
                             self.run_crelay(step)
                         else:
                             env = dict(s.ocm_env, **(PURE_ENV if relay == "ocm-pure" else {}))
-                            self.run_ocm(step, env, tls=relay == "ocm-mac")
+                            self.run_ocm(step, env, tls=relay == "ocm-mac",
+                                         reliable=relay == "ocm-r")
                     except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
                         step.error = str(exc)
                         step.why = f"error: {str(exc).splitlines()[0]}"
@@ -358,6 +370,20 @@ def summarise(s: Settings, steps: list[Step]) -> dict[str, Any]:
             cpu[relay][which] = {k: median([row[k] for row in rows])
                                  for k in ("user", "sys", "total")} if rows else None
     fanout = s.users - 1
+    recovery: dict[str, Any] | None = None
+    if "ocm" in s.relays and "ocm-r" in s.relays:  # recovery on against off, per repetition
+        cpu_ratios: list[float | None] = []
+        for rep in range(s.repeat):
+            pair = [next((st.us_per_datagram("tree") for st in steps if st.relay == r
+                          and st.rep == rep and st.rate == s.cpu_rate), None)
+                    for r in ("ocm-r", "ocm")]
+            on, off = pair
+            cpu_ratios.append(None if on is None or off is None or not off["total"]
+                              else on["total"] / off["total"])
+        rate_ratios = [ratio(on, off) for on, off in zip(best["ocm-r"], best["ocm"],
+                                                         strict=True)]
+        recovery = {"rate_ratios": rate_ratios, "median_rate_ratio": median(list(rate_ratios)),
+                    "cpu_ratios": cpu_ratios, "median_cpu_ratio": median(list(cpu_ratios))}
     return {
         "best_rate": best,
         "median_rate": {r: median(list(v)) for r, v in best.items()},
@@ -366,6 +392,7 @@ def summarise(s: Settings, steps: list[Step]) -> dict[str, Any]:
         "ratios": ratios,
         "median_ratio": {r: median(v) for r, v in ratios.items()},
         "cpu_at_rate": cpu,
+        "recovery": recovery,
     }
 
 
@@ -404,6 +431,15 @@ def render(s: Settings, steps: list[Step], summary: dict[str, Any],
             f"- **{r} / crelay: {_fmt(summary['median_ratio'][r], '.2f')}** (median of "
             f"{s.repeat}; per repetition "
             f"{', '.join(_fmt(x, '.2f') for x in summary['ratios'][r])}); goal ≥ 0.8.")
+    rec = summary.get("recovery")
+    if rec is not None:
+        lines.append(
+            f"- **ocm-r / ocm (recovery on / off), CPU per inbound datagram at "
+            f"{s.cpu_rate:g} msg/s: × {_fmt(rec['median_cpu_ratio'], '.3f')}** (median of "
+            f"{s.repeat}; per repetition "
+            f"{', '.join(_fmt(x, '.3f') for x in rec['cpu_ratios'])}); highest sustained "
+            f"rate × {_fmt(rec['median_rate_ratio'], '.2f')} (per repetition "
+            f"{', '.join(_fmt(x, '.2f') for x in rec['rate_ratios'])}); goal: CPU ≤ × 1.05.")
     lines += [
         "",
         f"Setup: {s.rooms} rooms × {s.users} users, {s.size}-byte chat, one relay at a time "

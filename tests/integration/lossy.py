@@ -1,9 +1,10 @@
 """Datagram loss on loopback for one UDP port, with nftables (root only).
 
 ``Loss(port, percent)`` adds its own table with one input-hook chain that drops that share
-of the UDP datagrams to and from ``port`` on 127.0.0.0/8 (``numgen random mod 100``), and
-``outage()`` drops all of them until it ends. Dropping at input (not output) keeps the
-sender's ``sendto`` from failing: the datagram is lost on the way, as on a real network.
+of the UDP datagrams to and from ``port`` (or only one way: ``sides``) on 127.0.0.0/8
+(``numgen random mod 100``), and ``outage()`` drops all of them until it ends. Dropping
+at input (not output) keeps the sender's ``sendto`` from failing: the datagram is lost on
+the way, as on a real network.
 The table is deleted on exit, whatever happened.
 """
 
@@ -32,9 +33,12 @@ def _nft(*args: str) -> str:
 
 
 class Loss:
-    def __init__(self, port: int, percent: int) -> None:
+    def __init__(self, port: int, percent: int,
+                 sides: tuple[str, ...] = ("dport", "sport")) -> None:
         self.port = port
         self.percent = percent
+        self.sides = sides
+        """``dport``: the datagrams to ``port``; ``sport``: those from it."""
         self.table = f"ocm_test_loss_{os.getpid()}_{port}"
 
     def __enter__(self) -> Loss:
@@ -42,7 +46,7 @@ class Loss:
         _nft("add", "table", "ip", self.table)
         _nft("add", "chain", "ip", self.table, "input",
              "{ type filter hook input priority 0 ; policy accept ; }")
-        for side in ("dport", "sport"):
+        for side in self.sides:
             _nft("add", "rule", "ip", self.table, "input", "ip", "saddr", "127.0.0.0/8",
                  "udp", side, str(self.port), "numgen", "random", "mod", "100", "<",
                  str(self.percent), "counter", "drop")

@@ -20,7 +20,7 @@ CASES: list[tuple[str, Main, list[str], str]] = [
      "argument --tcp-port: port out of range 1..65535: 70000"),
     ("ocm-chat", chat_main, ["--timeout"], "argument --timeout: expected one argument"),
     ("ocm-loadgen", loadgen_main, ["--framing", "x"],
-     "argument --framing: invalid choice: 'x' (choose from 'plain', 'ocm1')"),
+     "argument --framing: invalid choice: 'x' (choose from 'plain', 'ocm1', 'ocm1r')"),
     ("ocm-loadgen", loadgen_main, ["--rooms", "0"], "argument --rooms: must be > 0, got 0"),
     ("ocm-loadgen", loadgen_main, ["--bogus"], "unrecognized arguments: --bogus"),
     ("ocm-loadgen", loadgen_main, ["--step-factor", "1"],

@@ -105,6 +105,21 @@ def test_summary_ratios_per_repetition_and_median() -> None:
         {"user": 9.5, "sys": 20.5, "total": 30.0})
 
 
+def test_recovery_on_against_off_per_repetition() -> None:
+    """``ocm-r`` beside ``ocm``: the CPU per inbound datagram at the CPU rate (whole tree)
+    and the highest sustained rate, on / off, per repetition and their medians."""
+    steps = [step("ocm", 0, 4, True, 1.0, 9.0), step("ocm-r", 0, 4, True, 1.5, 9.0),
+             step("ocm", 0, 5, True), step("ocm-r", 0, 5, False),
+             step("ocm", 1, 4, True, 1.0, 10.0), step("ocm-r", 1, 4, True, 1.2, 10.0),
+             step("ocm", 1, 5, False), step("ocm-r", 1, 5, False)]
+    out = summarise(settings(relays=("ocm", "ocm-r")), steps)
+    rec = out["recovery"]
+    assert rec["cpu_ratios"] == [pytest.approx(10.5 / 10), pytest.approx(11.2 / 11)]
+    assert rec["median_cpu_ratio"] == pytest.approx((10.5 / 10 + 11.2 / 11) / 2)
+    assert rec["rate_ratios"] == [pytest.approx(4 / 5), pytest.approx(1.0)]
+    assert summarise(settings(), steps[:0])["recovery"] is None  # no ocm-r: no pair
+
+
 def test_no_sustained_rate_gives_no_ratio() -> None:
     steps = [step("crelay", 0, 4, True), step("ocm", 0, 4, False)]
     out = summarise(settings(repeat=1), steps)
