@@ -321,7 +321,8 @@ typedef struct {
     PyObject_HEAD
     int fd;
     PyObject *core, *tokens, *failing, *routes, *slow, *send_failed, *send_ok, *warn;
-    PyObject *held; /* core.held: (member, now) of each ACK held here */
+    PyObject *held, *held_times; /* core.held, core.held_times: the member and the time of
+                                  * each ACK held here, in two lists */
     PyObject *clock, *after; /* on_readable: time source (None: CLOCK_MONOTONIC), flush */
     PyTypeObject *member_type, *room_type, *history_type, *reliable_type, *budget_type;
     Py_ssize_t m[M_COUNT], r[R_COUNT], h[H_COUNT], l[L_COUNT], b[B_COUNT];
@@ -377,6 +378,7 @@ static void Hot_dealloc(Hot *self) {
     Py_XDECREF(self->send_failed);
     Py_XDECREF(self->send_ok);
     Py_XDECREF(self->held);
+    Py_XDECREF(self->held_times);
     for (int g = 0; g < self->ngroups; g++) group_clear(&self->groups[g]);
     for (int c = 0; c < self->ncarries; c++) {
         Py_XDECREF(self->carries[c].rel);
@@ -441,14 +443,16 @@ static int Hot_init(Hot *self, PyObject *args, PyObject *kwds) {
     self->send_failed = PyObject_GetAttrString(core, "handle_send_failure");
     self->send_ok = PyObject_GetAttrString(core, "handle_send_success");
     self->held = PyObject_GetAttrString(core, "held");
-    if (!self->tokens || !self->failing || !self->send_failed || !self->send_ok || !self->held)
+    self->held_times = PyObject_GetAttrString(core, "held_times");
+    if (!self->tokens || !self->failing || !self->send_failed || !self->send_ok || !self->held
+        || !self->held_times)
         return -1;
     if (!PyDict_CheckExact(self->tokens) || !PyDict_CheckExact(self->failing)) {
         PyErr_SetString(PyExc_TypeError, "core.tokens and failing must be dicts");
         return -1;
     }
-    if (!PyList_CheckExact(self->held)) {
-        PyErr_SetString(PyExc_TypeError, "core.held must be a list");
+    if (!PyList_CheckExact(self->held) || !PyList_CheckExact(self->held_times)) {
+        PyErr_SetString(PyExc_TypeError, "core.held and held_times must be lists");
         return -1;
     }
     self->fd = fd;
@@ -1121,7 +1125,8 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
      * for an ocm1r sender the ACK and its id. */
     PyObject *left = PyFloat_FromDouble(allowance - 1.0);
     PyObject *new_top = NULL, *new_seen = NULL, *datagram = NULL, *seq_obj = NULL;
-    PyObject *next_obj = NULL, *ack = NULL, *id_obj = NULL, *entry = NULL;
+    PyObject *next_obj = NULL, *ack = NULL, *id_obj = NULL;
+    int hold_listed = 0; /* a 06 SEND: list the member in core.held once queued */
     int failed = !left;
     if (mac_top && !failed) { /* wire.dgmac.advance for a Seq above the window */
         unsigned long long shift = seq - top; /* (a 64-bit shift = mask) */
@@ -1152,12 +1157,12 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         if (hold) {
             a[4] = SEND_HELD;
             ack = PyBytes_FromStringAndSize((const char *)a + 4, CARRIED_BYTES);
-            entry = PyTuple_Pack(2, member, now_obj);
+            hold_listed = 1;
         } else {
             ack = PyBytes_FromStringAndSize((const char *)a, ACK_BYTES);
         }
         id_obj = PyLong_FromUnsignedLongLong(msg_id);
-        failed = !ack || !id_obj || (hold && !entry);
+        failed = !ack || !id_obj;
     }
     if (failed) {
         Py_XDECREF(left);
@@ -1168,7 +1173,6 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         Py_XDECREF(next_obj);
         Py_XDECREF(ack);
         Py_XDECREF(id_obj);
-        Py_XDECREF(entry);
         Py_DECREF(route);
         return -1;
     }
@@ -1244,9 +1248,15 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     if (rc >= 0 && history)
         rc = queue_numbered(self, route, &route->side[2], rel ? k : -1, rel ? NULL : src,
                             datagram);
-    /* Listed once queued (an entry left by an undo is skipped by release_held). */
-    if (rc >= 0 && entry) rc = PyList_Append(self->held, entry);
-    Py_XDECREF(entry);
+    /* Listed once queued (an entry left by an undo is skipped by release_held): the member
+     * and the time in two lists, no pair object for the garbage collector to track. */
+    if (rc >= 0 && hold_listed) {
+        rc = PyList_Append(self->held, member);
+        if (rc >= 0 && (rc = PyList_Append(self->held_times, now_obj)) < 0) {
+            Py_ssize_t n = PyList_GET_SIZE(self->held); /* the lists stay in step */
+            PyList_SetSlice(self->held, n - 1, n, NULL);
+        }
+    }
     /* Recorded once queued (a flush while queueing, of a datagram larger than the queue,
      * never undoes the datagram being queued: Python sends all of it too). */
     g.end = self->nout;

@@ -17,6 +17,7 @@ bumped) on every membership change, never per datagram.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections.abc import Callable
@@ -112,12 +113,12 @@ next id is taken, acknowledged (or its acknowledgement held) and recorded as
 ``carry`` does."""
 HOT_HISTORY_METHODS: Final = ("keep",)
 HOT_CORE_ATTRIBUTES: Final = ("tokens", "failing", "chat_rate", "chat_burst", "received",
-                              "relayed", "events", "outbox", "held", "handle_send_failure",
-                              "handle_send_success")
+                              "relayed", "events", "outbox", "held", "held_times",
+                              "handle_send_failure", "handle_send_success")
 """What it uses of ``RelayCore``: reads ``tokens``, ``failing``, the chat rate and burst and
 whether ``events``/``outbox`` are empty; adds what it relayed to ``received`` and
-``relayed``; appends to ``held`` (one list for the core's life); reports sends through the
-two methods (the one rule for failure streaks)."""
+``relayed``; appends to ``held`` and ``held_times`` (lists for the core's life); reports
+sends through the two methods (the one rule for failure streaks)."""
 HOT_CALLBACKS: Final = ("slow", "warn", "clock", "after")
 """The adapter's callbacks it calls: the Python path for a datagram, a log line for a
 socket error, the time, and the flush of events and notices."""
@@ -358,10 +359,15 @@ class RelayCore:
         """With ``batch_numbered``: the numbered datagram of the chat ``handle_datagram``
         just returned a ``Fanout`` for (to every address of ``room.reliable_addrs`` but
         the Fanout's ``sender``, through ``carry``), or None."""
-        self.held: list[tuple[Member, float]] = []
-        """Acknowledgements held (``06`` SENDs): the member and when, in time order;
-        ``release_held`` sends those still held after ``ACK_HOLD_S`` alone. An entry whose
-        acknowledgement was carried or superseded meanwhile is skipped."""
+        self.held: list[Member] = []
+        """Acknowledgements held (``06`` SENDs): the members, in time order, and in
+        ``held_times`` when each was held; ``release_held`` sends those still held after
+        ``ACK_HOLD_S`` alone. An entry whose acknowledgement was carried or superseded
+        meanwhile is skipped. Two lists, not a list of pairs: a pair holding a member is an
+        object the garbage collector tracks, and those that lived through a young
+        collection (the tenth of a second an entry is listed) piled up in the oldest
+        generation, whose full collections then paused a busy worker for 15–50 ms."""
+        self.held_times: list[float] = []
 
     # --- control commands ---------------------------------------------------------------
     def add_member(self, room_name: str, token: bytes, username: str, ip: str,
@@ -636,7 +642,8 @@ class RelayCore:
         if kind == _SEND_HELD and seq and member.addr is not None:
             rel.held = _pack_carried(_CARRIED, msg_id, seq)
             rel.held_at = now
-            self.held.append((member, now))
+            self.held.append(member)
+            self.held_times.append(now)
         else:
             self._ack(member, msg_id, seq)
         return out_fanout
@@ -679,19 +686,15 @@ class RelayCore:
 
     def release_held(self, now: float) -> None:
         """Send alone every acknowledgement held for ``ACK_HOLD_S`` (no DATA carried it)."""
-        held = self.held
-        limit = now - ACK_HOLD_S
-        done = 0
-        for member, when in held:
-            if when > limit:
-                break
-            done += 1
-            rel = member.rel
-            if rel is not None and rel.held is not None and rel.held_at == when \
+        held, times = self.held, self.held_times
+        done = bisect.bisect_right(times, now - ACK_HOLD_S)  # in time order
+        for i in range(done):
+            member, rel = held[i], held[i].rel
+            if rel is not None and rel.held is not None and rel.held_at == times[i] \
                     and member.alive:
                 self._ack(member, rel.top, rel.top_seq)
         if done:
-            del held[:done]
+            del held[:done], times[:done]
 
     def _ack(self, member: Member, msg_id: int, seq: int) -> None:
         """Acknowledge ``msg_id`` and every id before it (a held one is covered)."""

@@ -231,7 +231,8 @@ def test_a_held_send_is_acknowledged_in_front_of_the_next_data_to_its_sender() -
     core.handle_datagram(encode_chat(b"r", TA, encode_send(1, b"hi", held=True)), A, 2.0)
     assert core.outbox == [(encode_data(EPOCH, 4, b"\x05alicehi"), B)]
     rel = core.tokens[TA].rel
-    assert rel is not None and rel.held is not None and [m.token for m, _ in core.held] == [TA]
+    assert rel is not None and rel.held is not None and [m.token for m in core.held] == [TA] \
+        and core.held_times == [2.0]
     core.outbox.clear()
     core.handle_datagram(encode_chat(b"r", TB, encode_send(1, b"yo")), B, 2.01)
     assert core.outbox == [(encode_carried(1, 4, encode_data(EPOCH, 5, b"\x03bobyo")), A),
