@@ -122,6 +122,7 @@ sends through the two methods (the one rule for failure streaks)."""
 HOT_CALLBACKS: Final = ("slow", "warn", "clock", "after")
 """The adapter's callbacks it calls: the Python path for a datagram, a log line for a
 socket error, the time, and the flush of events and notices."""
+_NACK_BURST: Final = float(NACK_BURST)
 _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
@@ -233,13 +234,13 @@ class Reliable:
         self.held_at = 0.0
         """When it was held (``RelayCore.release_held`` sends it alone after
         ``ACK_HOLD_S``)."""
-        self.nacks = float(NACK_BURST)
+        self.nacks = _NACK_BURST  # one shared float, not one per member
         self.stamp = now
         self.start = 1
         """Its first sequence number: the one after its own ``joined`` notice."""
 
     def may_nack(self, now: float) -> bool:
-        allowance = min(float(NACK_BURST), self.nacks + (now - self.stamp) * NACK_RATE)
+        allowance = min(_NACK_BURST, self.nacks + (now - self.stamp) * NACK_RATE)
         self.stamp = now
         if allowance < 1.0:
             self.nacks = allowance

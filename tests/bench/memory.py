@@ -12,6 +12,9 @@ whole tree: (after − before) / members.
 
 ``--tls``: the members join over TLS (a test CA made in ``--out``), so that each also
 holds its datagram key (docs/protocol.md §8), as every member of OCM's own clients does.
+``--framing ocm1r``: they ask for reliable delivery (docs/protocol.md §9), as OCM's own
+clients do, so that each also holds its ``Reliable`` state (ids, held ACK, NACK bucket)
+and its room is numbered (an epoch and an empty history); ``ocm1`` by default.
 
 Writes ``memory.md`` (printed) and ``memory.json`` into ``--out``; ``--update-docs``
 replaces the section of docs/performance.md and writes docs/bench/memory.json.
@@ -182,7 +185,7 @@ def render(result: dict[str, Any], command: str) -> str:
         f"Setup: `ocm-control --workers {result['workers']}`, {result['rooms']:,} rooms × "
         f"{result['users']} members joined through TCRP"
         f"{' over TLS (each with its datagram key)' if result.get('tls') else ''} "
-        "with framed delivery and bound by a "
+        f"with {result.get('framing', 'ocm1')} delivery and bound by a "
         f"first datagram (`ocm-loadgen --join-only`) in {result['join_s']:.0f} s; memory "
         "sampled before and after, (after − before) / members. Chat datagrams the "
         f"worker(s) received: {_datagrams_text(result['datagrams'])}.", "",
@@ -220,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--tls", action="store_true",
                    help="members join over TLS and hold a datagram key each [plain TCRP]")
+    p.add_argument("--framing", choices=("ocm1", "ocm1r"), default="ocm1",
+                   help="delivery the members ask for [ocm1]")
+    p.add_argument("--history-messages", type=int, default=None, metavar="N",
+                   help="ocm-control --history-messages: 0 keeps no history, so that an "
+                        "ocm1r member's own memory is measured without its room's (the "
+                        "joined notices are numbered and kept); the room's history is "
+                        "reported beside it [the server's default]")
     p.add_argument("--history-size", type=int, default=100,
                    help="chat bytes of the deliveries in the measured room history [100]")
     add_common_arguments(p, "memory")
@@ -237,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
              "--max-members", str(max(args.users, 2)),
              # the joins may outlast the default 300 s (100,000 over TLS: ~11 min) and a
              # joined member stays silent: it must not be evicted before the sample
-             "--inactivity-timeout", str(JOIN_TIMEOUT_S)]
+             "--inactivity-timeout", str(JOIN_TIMEOUT_S),
+             *([] if args.history_messages is None
+               else ["--history-messages", str(args.history_messages)])]
     on_path = not args.ocm_command
     procs = max(1, math.ceil(members / MEMBERS_PER_LOADGEN_PROC))
     out = args.out or climit.BUILD_DIR / time.strftime("memory-%Y%m%dT%H%M%S")
@@ -268,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         join = [sys.executable, "-m", "loadgen", "--server", server.host, "--tcp-port",
                 str(tcp_port), *join_tls, "--rooms", str(args.rooms), "--users", str(args.users),
-                "--framing", "ocm1", "--procs", str(procs), "--join-only", "--quiet",
+                "--framing", args.framing, "--procs", str(procs), "--join-only", "--quiet",
                 "--bind-timeout", "10", "--json", str(out / "joins.json")]
         done = subprocess.run(join, capture_output=True, text=True, timeout=JOIN_TIMEOUT_S,
                               env=dict(os.environ, PYTHONPATH=str(servers.REPO_ROOT)))
@@ -282,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     result = {"members": joined, "rooms": args.rooms, "users": args.users,
-              "workers": args.workers, "tls": args.tls, "join_s": join_s, "datagrams": datagrams,
+              "workers": args.workers, "tls": args.tls, "framing": args.framing,
+              "history_messages": args.history_messages,
+              "join_s": join_s, "datagrams": datagrams,
               "notices_missing": setup["bound_missing"],
               "before": before, "after": after,
               "per_member": per_member(before, after, joined),

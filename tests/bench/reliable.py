@@ -93,19 +93,25 @@ def cost(args: argparse.Namespace, out: Path) -> int:
     """Interleaved pairs at 0 % loss, ``ocm1r`` then ``ocm1``: the server's CPU ratio."""
     profile = QUICK_COST if args.quick else COST
     pairs: list[tuple[float, float]] = []
+    loadgen: list[tuple[float | None, float | None]] = []
     with servers.start(servers.control_command(2)) as server:
         for i in range(args.pairs):
-            on = server_us_per_delivery(run_one(server, profile, out / f"ocm1r-{i + 1}.json"))
-            off = server_us_per_delivery(
-                run_one(server, [*profile, "--no-recovery"], out / f"ocm1-{i + 1}.json"))
+            on_run = run_one(server, profile, out / f"ocm1r-{i + 1}.json")
+            off_run = run_one(server, [*profile, "--no-recovery"], out / f"ocm1-{i + 1}.json")
+            on, off = server_us_per_delivery(on_run), server_us_per_delivery(off_run)
             if not on or not off:
                 raise SystemExit("the server's CPU did not register (clock ticks of 10 ms): "
                                  "a longer or larger profile is needed")
             pairs.append((on, off))
+            # the loadgen shares the cores: its own CPU per delivery, beside the server's
+            lg = (on_run["result"].get("loadgen_cpu_us_per_delivery"),
+                  off_run["result"].get("loadgen_cpu_us_per_delivery"))
+            loadgen.append(lg)
             print(f"pair {i + 1}: ocm1r {on:.2f} µs/delivery, ocm1 {off:.2f}, "
-                  f"ratio {on / off:.3f}", flush=True)
+                  f"ratio {on / off:.3f} (loadgen: {lg[0]} and {lg[1]} µs/delivery)",
+                  flush=True)
     ratios = [on / off for on, off in pairs]
-    summary = {"profile": profile, "pairs": pairs, "ratios": ratios,
+    summary = {"profile": profile, "pairs": pairs, "ratios": ratios, "loadgen_us": loadgen,
                "median_ocm1r_us": statistics.median(p[0] for p in pairs),
                "median_ocm1_us": statistics.median(p[1] for p in pairs),
                "median_ratio": statistics.median(ratios)}
