@@ -90,7 +90,7 @@ def test_reliable_members_take_cloads_sends_and_carry_their_acks(
         assert report["loss_pct"] == 0 and report["dups"] == 0 and report["stray"] == 0
         sends = report["sent"] + report["sent_warm"]
         assert report["acks"] + report["carried"] == sends, report
-        assert report["refused"] == report["go_backs"] == report["lost"] == 0
+        assert report["refused"] == report["lost"] == 0
         if kind == "1":
             assert report["carried"] == 0
         else:  # 15 messages a second in a room of 3: most ACKs ride on a DATA
@@ -101,16 +101,17 @@ def test_cload_resends_the_sends_the_relay_missed(tools: dict[str, Path], one_wo
                                                   tmp_path: Path) -> None:
     """5 % of the datagrams to the relay dropped (nftables): the relay takes an id only
     after the one before it, so without resends a member would be silent from its first
-    lost SEND on. cload goes back on the ACK that does not advance, as ocm-chat does,
-    and the room gets nearly everything (the last SEND of a member, lost, has no later
-    one to reveal it; deliveries are not dropped here)."""
+    lost SEND on. cload goes back on the ACK that does not advance, and after a second
+    without an ACK that advances (a lost first SEND, which the relay answers with
+    nothing), as ocm-chat does; the room gets everything, or nearly (deliveries are not
+    dropped here)."""
     tokens = tmp_path / "tokens-loss.txt"
     join(one_worker, tokens, "ocm1r")
     with Loss(one_worker.udp_port, 5, sides=("dport",)) as loss:
         report = climit.run_cload(
             [str(tools["cload"]), "--target", f"127.0.0.1:{one_worker.udp_port}", "--tokens",
              str(tokens), "--rate", "10", "--seconds", "4", "--warmup", "0.5", "--drain",
-             "1", "--base-port", "0", "--reliable", "1"], timeout_s=60)
+             "2", "--base-port", "0", "--reliable", "1"], timeout_s=60)
         dropped = loss.dropped()
     assert dropped > 0
     assert report["loss_pct"] < 2.0, report
