@@ -1126,7 +1126,6 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
     PyObject *left = PyFloat_FromDouble(allowance - 1.0);
     PyObject *new_top = NULL, *new_seen = NULL, *datagram = NULL, *seq_obj = NULL;
     PyObject *next_obj = NULL, *ack = NULL, *id_obj = NULL;
-    int hold_listed = 0; /* a 06 SEND: list the member in core.held once queued */
     int failed = !left;
     if (mac_top && !failed) { /* wire.dgmac.advance for a Seq above the window */
         unsigned long long shift = seq - top; /* (a 64-bit shift = mask) */
@@ -1157,7 +1156,6 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
         if (hold) {
             a[4] = SEND_HELD;
             ack = PyBytes_FromStringAndSize((const char *)a + 4, CARRIED_BYTES);
-            hold_listed = 1;
         } else {
             ack = PyBytes_FromStringAndSize((const char *)a, ACK_BYTES);
         }
@@ -1250,7 +1248,7 @@ static int try_fast(Hot *self, int index, const unsigned char *d, Py_ssize_t len
                             datagram);
     /* Listed once queued (an entry left by an undo is skipped by release_held): the member
      * and the time in two lists, no pair object for the garbage collector to track. */
-    if (rc >= 0 && hold_listed) {
+    if (rc >= 0 && hold) {
         rc = PyList_Append(self->held, member);
         if (rc >= 0 && (rc = PyList_Append(self->held_times, now_obj)) < 0) {
             Py_ssize_t n = PyList_GET_SIZE(self->held); /* the lists stay in step */

@@ -430,8 +430,7 @@ class Worker:
                 if isinstance(event, ipc.Closed):
                     self._batches.pop(event.room, None)
                     self._routes.pop(event.room, None)
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(b"".join(map(ipc.encode, events)))  # one write
+            self._send(*events)
         self._send_outbox()
 
     def _flush_notices(self) -> None:
@@ -457,9 +456,10 @@ class Worker:
                 except OSError as exc:
                     self._send_failed(exc, addr, now)
 
-    def _send(self, message: ipc.Event) -> None:
+    def _send(self, *messages: ipc.Event) -> None:
+        """Write ``messages`` to control in one pipe write."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(ipc.encode(message))
+            self.transport.write(b"".join(map(ipc.encode, messages)))
 
     def handle_command(self, msg: ipc.Message) -> None:
         now = time.monotonic()

@@ -74,7 +74,7 @@ class Bench:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         worker = self.worker = Worker(0, settings, sock, None, None, None)
         worker.loop = asyncio.new_event_loop()
-        worker._send = lambda message: None  # type: ignore[method-assign]
+        worker._send = lambda *messages: None  # type: ignore[method-assign]
         self.compiled = worker.hot = worker.compiled_loop(hot.extension())
         members = []
         now = time.monotonic()

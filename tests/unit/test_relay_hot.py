@@ -79,7 +79,7 @@ class Pair:
             self.loops.append(worker.loop)
             worker.clock = lambda: self.now
             worker.events_seen = []  # type: ignore[attr-defined]
-            worker._send = worker.events_seen.append  # type: ignore[attr-defined,method-assign]
+            worker._send = lambda *m, seen=worker.events_seen: seen.extend(m)  # type: ignore[attr-defined,method-assign,misc]
             if path == "compiled":
                 worker.hot = worker.compiled_loop(module)
                 worker.read = worker.hot.on_readable  # type: ignore[attr-defined]
