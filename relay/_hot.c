@@ -617,7 +617,8 @@ static int ll_slot(PyObject *obj, Py_ssize_t off, long long *out) {
  * then append (seq, now, datagram) and charge its cost to the history and the worker's
  * budget. Where the worker's budget would be over (or the history's limits keep nothing,
  * or a slot is not what History makes) the rest is History.keep's own: called on the state
- * this leaves, it drops no entry for the count or room's bytes again. */
+ * this leaves, it drops no entry for the count or room's bytes again. An empty history
+ * holds no deque (``entries`` is ``()``): its first entry is History.keep's too. */
 static int keep_entry(Hot *self, PyObject *history, PyObject *seq, PyObject *datagram,
                       PyObject *now) {
     const Py_ssize_t *h = self->h, *b = self->b;
@@ -625,7 +626,8 @@ static int keep_entry(Hot *self, PyObject *history, PyObject *seq, PyObject *dat
     PyObject *budget = SLOT(history, h[H_BUDGET]);
     long long max_messages, max_bytes, worker_bytes, used, bytes;
     long long cost = (long long)PyBytes_GET_SIZE(datagram) + self->entry_overhead;
-    if (!entries || !budget || !Py_IS_TYPE(budget, self->budget_type) ||
+    if (!entries || PyTuple_Check(entries) /* no deque yet: History.keep makes it */ ||
+        !budget || !Py_IS_TYPE(budget, self->budget_type) ||
         !ll_slot(budget, b[B_MAX_MESSAGES], &max_messages) ||
         !ll_slot(budget, b[B_MAX_BYTES], &max_bytes) ||
         !ll_slot(budget, b[B_WORKER_BYTES], &worker_bytes) ||

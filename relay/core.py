@@ -99,8 +99,8 @@ HOT_HISTORY_SLOTS: Final = ("epoch", "next_seq", "now", "entries", "bytes", "bud
 ``History.number`` does (``HOT_HISTORY_WRITES``) and, once the chat's deliveries are sent,
 keeps it as ``History.keep`` does (the ``entries`` deque's ``HOT_DEQUE_METHODS``, the bytes
 of the history and of its ``HistoryBudget``), calling ``History.keep`` itself (its only
-call of the history) where the worker's budget or a limit of nothing calls for more; or
-it undoes the number."""
+call of the history) where the worker's budget or a limit of nothing calls for more, or
+where the history holds no deque yet (``entries`` is ``()``); or it undoes the number."""
 HOT_HISTORY_WRITES: Final = ("next_seq", "now", "bytes")
 HOT_BUDGET_SLOTS: Final = ("max_messages", "max_bytes", "worker_bytes", "used")
 """The ``HistoryBudget`` slots it reads; it writes ``used`` only."""
@@ -122,7 +122,10 @@ sends through the two methods (the one rule for failure streaks)."""
 HOT_CALLBACKS: Final = ("slow", "warn", "clock", "after")
 """The adapter's callbacks it calls: the Python path for a datagram, a log line for a
 socket error, the time, and the flush of events and notices."""
-_NACK_BURST: Final = float(NACK_BURST)
+_NACK_EMISSION: Final = 1.0 / NACK_RATE
+_NACK_AHEAD: Final = (NACK_BURST - 1) / NACK_RATE + 1e-6
+"""How far ahead of now the NACK bucket's full-again time may be for one more NACK (and
+1 µs for the sum of float steps: ten steps of 0.1 s are 0.9000000000000001)."""
 _ENVELOPE: Final = int(Kind.ENVELOPE)
 _KEY_REQUEST: Final = int(Kind.KEY_REQUEST)
 _LEAVE: Final = int(Kind.LEAVE)
@@ -172,12 +175,14 @@ class Member:
 
     __slots__ = (
         "token", "username", "ip", "addr", "framed", "last_seen", "room", "plain_prefix",
-        "framed_prefix", "announced", "alive", "allowance", "stamp", "trial", "muted", "keys",
-        "rel", "mac_key", "mac_top", "mac_seen",
+        "framed_prefix", "announced", "allowance", "stamp", "trial", "muted", "rel",
+        "mac_key", "mac_top", "mac_seen",
     )
     # Every slot is 8 bytes of every member: what only some members need lives beside
-    # them (the rekey datagram in ``RelayCore.rekeys``), what can be derived is (the host:
-    # ``room.host is member``; send failures: ``RelayCore.failing``, by address).
+    # them (the rekey datagram in ``RelayCore.rekeys``, an encrypted room's public keys
+    # until they are announced in ``RelayCore.join_keys``), what can be derived is (the
+    # host: ``room.host is member``; a live member: ``core.tokens[member.token] is
+    # member``; send failures: ``RelayCore.failing``, by address).
 
     def __init__(self, token: bytes, username: str, ip: str, framed: bool, room: Room,
                  now: float) -> None:
@@ -191,17 +196,16 @@ class Member:
         self.plain_prefix = plain_prefix(username)
         self.framed_prefix = framed_prefix(username)
         self.announced = False
-        self.alive = True
         self.allowance = _FULL
         """Chat token bucket: messages this member may send now (capped at the burst)."""
-        self.stamp = now
+        self.stamp = 0.0
+        """When ``allowance`` was last brought up to date (a full bucket needs none: 0.0 is
+        one float shared by every member that has not chatted yet)."""
         self.trial = False
         """Bound to an address only registered (§1.4), not yet proven by a datagram from
         it: deliveries draw on that address's budget (``RelayCore.unproven``)."""
         self.muted = False
         """On trial and the budget is spent: left out of deliveries until proven."""
-        self.keys: PublicKeys | None = None
-        """Encrypted rooms: the public keys its ``joined`` notice carries (docs/e2e.md)."""
         self.rel: Reliable | None = None
         """``ocm1r`` members: their recovery state (numbered deliveries, ids, NACKs)."""
         self.mac_key: bytes | None = None
@@ -221,9 +225,9 @@ class Reliable:
     keep the order it sent them in, and a copy of an id already taken is answered with the
     acknowledgement of the last one (acknowledgements are cumulative)."""
 
-    __slots__ = ("top", "top_seq", "held", "held_at", "nacks", "stamp", "start")
+    __slots__ = ("top", "top_seq", "held", "held_at", "nack_due", "start")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self) -> None:
         self.top = 0
         """The last id taken."""
         self.top_seq = 0
@@ -234,18 +238,21 @@ class Reliable:
         self.held_at = 0.0
         """When it was held (``RelayCore.release_held`` sends it alone after
         ``ACK_HOLD_S``)."""
-        self.nacks = _NACK_BURST  # one shared float, not one per member
-        self.stamp = now
+        self.nack_due = 0.0
+        """Its NACK bucket (``NACK_BURST`` refilled at ``NACK_RATE``) as one time: when the
+        bucket is full again; at or before now, it is full. One slot and no float of its
+        own until the member's first NACK."""
         self.start = 1
         """Its first sequence number: the one after its own ``joined`` notice."""
 
     def may_nack(self, now: float) -> bool:
-        allowance = min(_NACK_BURST, self.nacks + (now - self.stamp) * NACK_RATE)
-        self.stamp = now
-        if allowance < 1.0:
-            self.nacks = allowance
+        """Take one NACK from the bucket if it holds one (the generic cell rate algorithm:
+        each NACK moves the full-again time ``1 / NACK_RATE`` later; it may lie at most
+        ``(NACK_BURST - 1) / NACK_RATE`` ahead of now)."""
+        due = self.nack_due if self.nack_due > now else now
+        if due - now > _NACK_AHEAD:
             return False
-        self.nacks = allowance - 1.0
+        self.nack_due = due + _NACK_EMISSION
         return True
 
 
@@ -330,6 +337,9 @@ class RelayCore:
         """Encrypted rooms: the addressed-kind token bucket ``[allowance, stamp]`` of each
         member (by token) that has sent an envelope or a key request; the entry goes with
         the member."""
+        self.join_keys: dict[bytes, PublicKeys] = {}
+        """Encrypted rooms: the public keys of each member (by token) not announced yet,
+        for its ``joined`` notice (docs/e2e.md); the entry goes with the announcement."""
         self.rekeys: dict[bytes, tuple[bytes, float]] = {}
         """Members placed again (a restarted worker), by token: the rekey datagram that
         tells the member its placement key (wire/dgmac.py), and when it was last sent."""
@@ -400,12 +410,13 @@ class RelayCore:
             member.mac_key = dgmac.placement_key(bytes(mac_key), bytes(placement))
             self.rekeys[token] = (dgmac.encode_rekey(member.mac_key, bytes(placement)), now)
         if framing is Framing.OCM1R:  # reliable: the room is numbered from now on
-            member.rel = Reliable(now)
+            member.rel = Reliable()
             if room.history is None:
                 room.history = History(self.new_epoch() & 0xFFFFFFFF, self.history_budget,
                                        now)
         if room.e2e:
-            member.keys = keys
+            if keys is not None and not announced:
+                self.join_keys[token] = keys
             room.by_name[username.encode()] = member
         if is_host:
             room.host = member
@@ -487,6 +498,8 @@ class RelayCore:
         self.rekeys.pop(token, None)  # a fresh key (or none): the placement's rekey is void
         if (bucket := self.addressed.pop(token, None)) is not None:
             self.addressed[new_token] = bucket
+        if (keys := self.join_keys.pop(token, None)) is not None:
+            self.join_keys[new_token] = keys
         member.ip = ip
         member.last_seen = now
         member.mac_key = None if mac_key is None else bytes(mac_key)  # exact bytes for C
@@ -691,8 +704,7 @@ class RelayCore:
         done = bisect.bisect_right(times, now - ACK_HOLD_S)  # in time order
         for i in range(done):
             member, rel = held[i], held[i].rel
-            if rel is not None and rel.held is not None and rel.held_at == times[i] \
-                    and member.alive:
+            if rel is not None and rel.held is not None and rel.held_at == times[i]:
                 self._ack(member, rel.top, rel.top_seq)
         if done:
             del held[:done], times[:done]
@@ -868,7 +880,7 @@ class RelayCore:
             return
         self.failing.pop(addr, None)
         for member in members:
-            if member.alive:
+            if self.tokens.get(member.token) is member:  # not gone with an evicted host
                 self._evict(member, Reason.SEND_FAILURES)
 
     def handle_send_success(self, addr: Addr) -> None:
@@ -986,7 +998,8 @@ class RelayCore:
         if not member.announced:
             member.announced = True
             self._broadcast(member.room, Notice(NoticeEvent.JOINED, member.username,
-                                                keys=member.keys), exclude=member)
+                                                keys=self.join_keys.pop(member.token, None)),
+                            exclude=member)
             if member.rel is not None and member.room.history is not None:
                 member.rel.start = member.room.history.next_seq
 
@@ -1054,13 +1067,15 @@ class RelayCore:
         self.events.append(Closed(room.name, reason))
 
     def _drop_member(self, member: Member) -> None:
-        member.alive = False
         room = member.room
         del room.members[member.token]
+        if member.rel is not None:
+            member.rel.held = None  # nothing to release for it (``release_held``)
         if room.e2e:
             if room.by_name.get(name := member.username.encode()) is member:
                 del room.by_name[name]
             self.addressed.pop(member.token, None)
+            self.join_keys.pop(member.token, None)
         self.rekeys.pop(member.token, None)
         del self.tokens[member.token]
         self._unlink_addr(member)

@@ -24,6 +24,9 @@ from wire.reliable import DATA_HEADER, MAX_SEQ, Down, encode_lost
 _pack_data: Final = DATA_HEADER.pack
 _DATA: Final = int(Down.DATA)
 
+Entry = tuple[int, float, bytes]
+"""A kept delivery: ``(seq, when, datagram)`` (``b""``: a ``Seq`` used up without one)."""
+
 
 class HistoryBudget:
     """The limits of a worker's histories, and the bytes they hold together."""
@@ -46,14 +49,18 @@ class HistoryBudget:
 class History:
     """One room incarnation's numbered deliveries: ``epoch``, the next ``Seq`` and the
     kept entries ``(seq, when, datagram)``, oldest first, with no gaps in ``seq`` (a
-    delivery that could not be kept ends the history before it: older ones go too)."""
+    delivery that could not be kept ends the history before it: older ones go too).
+
+    An empty history holds no deque: ``entries`` is ``()`` until something is kept, and
+    again once nothing is (cleared, or every entry aged out). A deque with its first block
+    is about 650 B, more than an idle member costs; a room keeping nothing holds none."""
 
     __slots__ = ("epoch", "next_seq", "entries", "bytes", "budget", "now")
 
     def __init__(self, epoch: int, budget: HistoryBudget, now: float = 0.0) -> None:
         self.epoch = epoch
         self.next_seq = 1
-        self.entries: deque[tuple[int, float, bytes]] = deque()
+        self.entries: deque[Entry] | tuple[()] = ()
         self.bytes = 0
         self.budget = budget
         self.now = now
@@ -96,6 +103,8 @@ class History:
         if budget.used + cost > budget.worker_bytes:  # other rooms hold the budget
             self.clear()
             return
+        if not isinstance(entries, deque):
+            entries = self.entries = deque()
         entries.append((seq, now, datagram))
         self.bytes += cost
         budget.used += cost
@@ -105,8 +114,12 @@ class History:
         self.now = now
         limit = now - self.budget.max_age
         entries = self.entries
+        if not entries:
+            return
         while entries and entries[0][1] <= limit:
             self._pop()
+        if not entries:
+            self.entries = ()  # an idle room gives its deque back
 
     def resend(self, first: int, count: int, now: float, out: list[bytes]) -> None:
         """Append to ``out`` the datagrams answering a NACK of ``first .. first+count-1``:
@@ -130,10 +143,12 @@ class History:
         """Drop every entry (the room closed, or it can keep nothing)."""
         self.budget.used -= self.bytes
         self.bytes = 0
-        self.entries.clear()
+        self.entries = ()
 
     def _pop(self) -> None:
-        _, _, datagram = self.entries.popleft()
+        entries = self.entries
+        assert isinstance(entries, deque), "popped only while not empty"
+        _, _, datagram = entries.popleft()
         cost = len(datagram) + HISTORY_ENTRY_OVERHEAD_BYTES
         self.bytes -= cost
         self.budget.used -= cost

@@ -488,9 +488,10 @@ def _authenticated(core: RelayCore, data: bytes, addr: tuple[str, int]) -> tuple
 def _check_core(core: RelayCore) -> None:
     bound = {}
     for name, room in core.rooms.items():
-        assert room.name == name and room.host is not None and room.host.alive
+        assert room.name == name and room.host is not None
+        assert core.tokens[room.host.token] is room.host
         for token, m in room.members.items():
-            assert core.tokens[token] is m and m.room is room and m.alive
+            assert core.tokens[token] is m and m.room is room
             if m.addr is not None:
                 bound[m.addr] = True
         assert sorted(room.plain_addrs) == sorted(
@@ -499,6 +500,7 @@ def _check_core(core: RelayCore) -> None:
             m.addr for m in room.members.values() if m.addr and m.framed)
     assert len(core.tokens) == sum(len(r.members) for r in core.rooms.values())
     assert set(core.by_addr) == set(bound)
+    assert all(not core.tokens[token].announced for token in core.join_keys)
 
 
 def _records(data: bytes) -> Iterator[tuple[int, bytes]]:

@@ -171,7 +171,7 @@ def test_sniffed_token_forged_leave_chat_and_keepalive_are_dropped(e2e: bool) ->
         for attempt in (forged, forged + bytes(24), dgmac.seal(bytes(32), forged, 9)):
             assert core.handle_datagram(attempt, FORGER, 50.0) is None
     assert core.drops["bad_mac"] == 9
-    assert TB in core.tokens and bob.alive and bob.addr == B and bob.last_seen == 1.0
+    assert core.tokens.get(TB) is bob and bob.addr == B and bob.last_seen == 1.0
     assert core.outbox == [] and core.events == []
 
 

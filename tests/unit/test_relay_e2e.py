@@ -56,6 +56,26 @@ def test_joined_notice_carries_the_newcomers_keys() -> None:
                                                            KEYS["bob"].to_json())
 
 
+def test_keys_are_kept_only_until_the_joined_notice_carries_them() -> None:
+    """The relay needs a member's keys for its ``joined`` notice only: not one slot of
+    every member, and not past the announcement, a resume or the member's leaving."""
+    core = RelayCore()
+    for token, user, host in ((TA, "alice", True), (TB, "bob", False), (TC, "carol", False)):
+        core.add_member("r", token, user, "127.0.0.1", Framing.OCM1, host, 0.0, e2e=True,
+                        keys=KEYS[user])
+    assert core.join_keys == {TA: KEYS["alice"], TB: KEYS["bob"], TC: KEYS["carol"]}
+    core.handle_datagram(encode_chat(b"r", TA, b""), A, 1.0)
+    assert set(core.join_keys) == {TB, TC}
+    new = b"A" + b"n" * 32
+    assert core.resume(TB, new, "127.0.0.1", 2.0)  # not announced yet: its keys follow it
+    assert set(core.join_keys) == {new, TC}
+    core.handle_datagram(encode_chat(b"r", new, b""), B, 2.0)
+    ((notice, _),) = core.outbox
+    assert orjson.loads(notice[1:])["keys"] == KEYS["bob"].to_json()
+    core.close_room("r", "test")
+    assert core.join_keys == {}  # carol never bound: hers went with her
+
+
 def test_chat_is_opaque_no_utf8_check_and_no_exit_text() -> None:
     core = encrypted_room()
     message = b"\x01\xff\xfe\x00 not text"

@@ -175,9 +175,9 @@ class Pair:
 
 def state(core: RelayCore) -> object:
     members = {token: (m.username, m.addr, m.trial, m.muted, m.allowance, m.stamp,
-                       m.last_seen, m.alive, m.mac_top, m.mac_seen,
-                       m.rel and (m.rel.top, m.rel.top_seq, m.rel.start, m.rel.nacks,
-                                  m.rel.stamp, m.rel.held, m.rel.held_at))
+                       m.last_seen, m.mac_top, m.mac_seen,
+                       m.rel and (m.rel.top, m.rel.top_seq, m.rel.start, m.rel.nack_due,
+                                  m.rel.held, m.rel.held_at))
                for token, m in core.tokens.items()}
     # Held ACKs still listed: an entry an undo of the compiled loop left is skipped (the
     # same chat, taken again by Python, lists it again).

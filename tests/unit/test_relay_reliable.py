@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 
-from relay.core import RelayCore
+from relay.core import RelayCore, Reliable
 from relay.history import History, HistoryBudget
 from wire import errors
 from wire.chat import encode_chat
@@ -15,6 +17,7 @@ from wire.limits import (
     MAX_DELIVERY_BYTES,
     NACK_BURST,
     NACK_MAX_RESENDS,
+    NACK_RATE,
 )
 from wire.reliable import (
     Ack,
@@ -110,6 +113,28 @@ def test_history_bytes_and_worker_budget_bound_memory_under_abuse() -> None:
     assert budget.used == sum(r.bytes for r in rooms)
 
 
+def test_a_history_keeping_nothing_holds_no_deque() -> None:
+    """An empty deque is about 650 B with its first block: more than a member costs the
+    worker (docs/performance.md), so a room that keeps nothing must not hold one."""
+    budget = HistoryBudget(max_messages=4, max_age=60.0)
+    h = History(EPOCH, budget)
+    assert not isinstance(h.entries, deque)
+    h.number(b"\x01a", 0.0)
+    h.number(b"\x01b", 1.0)
+    assert isinstance(h.entries, deque) and [seq for seq, _, _ in h.entries] == [1, 2]
+    h.expire(61.0)  # both aged out: the deque goes with them
+    assert not isinstance(h.entries, deque) and h.bytes == budget.used == 0
+    out: list[bytes] = []
+    h.resend(1, 3, 61.0, out)
+    assert out == [encode_lost(EPOCH, 1, 2)]
+    h.number(b"\x01c", 62.0)
+    h.clear()
+    assert not isinstance(h.entries, deque) and h.bytes == budget.used == 0
+    off = History(EPOCH, HistoryBudget(max_messages=0))  # --history-messages 0
+    assert off.number(b"\x01a", 0.0) == encode_data(EPOCH, 1, b"\x01a")
+    assert not isinstance(off.entries, deque)
+
+
 def test_history_skip_is_answered_as_lost() -> None:
     h = History(EPOCH, HistoryBudget())
     one = h.number(b"\x01a", 0.0)
@@ -191,6 +216,17 @@ def test_nack_resends_from_history_and_answers_lost_rate_limited() -> None:
     assert len(core.outbox) == NACK_BURST - 1 and core.drops["rate_limited"] == 6
 
 
+def test_the_nack_bucket_allows_a_burst_then_its_rate() -> None:
+    rel = Reliable()
+    assert [rel.may_nack(5.0) for _ in range(NACK_BURST + 1)] == [True] * NACK_BURST + [False]
+    assert not rel.may_nack(5.0 + 0.5 / NACK_RATE)  # half a NACK refilled: not enough
+    assert rel.may_nack(5.0 + 1.0 / NACK_RATE) and not rel.may_nack(5.0 + 1.0 / NACK_RATE)
+    # idle for long: full again, never more than the burst
+    assert sum(rel.may_nack(100.0) for _ in range(3 * NACK_BURST)) == NACK_BURST
+    # at exactly the rate, each one passes
+    assert all(rel.may_nack(200.0 + i / NACK_RATE) for i in range(10 * NACK_BURST))
+
+
 def test_one_nack_causes_at_most_nack_max_resends() -> None:
     core = reliable_room()
     core.chat_burst = 1000.0
@@ -254,6 +290,16 @@ def test_a_held_ack_no_data_carried_goes_alone_after_the_hold() -> None:
     core.outbox.clear()
     core.handle_datagram(encode_chat(b"r", TB, encode_send(1, b"yo")), B, 2.5)
     assert (encode_data(EPOCH, 5, b"\x03bobyo"), A) in core.outbox  # nothing in front
+
+
+def test_a_held_ack_of_a_member_gone_is_not_sent() -> None:
+    core = reliable_room()
+    core.handle_datagram(encode_chat(b"r", TB, encode_send(1, b"hi", held=True)), B, 2.0)
+    core.handle_datagram(encode_chat(b"r", TB, b"/exit"), B, 2.01)  # bob leaves
+    assert TB not in core.tokens
+    core.outbox.clear()
+    core.release_held(2.0 + ACK_HOLD_S)
+    assert core.outbox == [] and core.held == []
 
 
 def test_a_held_ack_goes_first_before_a_sync_a_resend_and_is_covered_by_any_ack() -> None:
