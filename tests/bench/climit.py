@@ -34,7 +34,7 @@ CFLAGS: Final = ("-O2", "-Wall", "-Wextra")
 LIBS: Final = {"cload": ("-lcrypto",)}
 """cload seals the datagrams of members with a datagram key (OpenSSL 3's EVP_MAC)."""
 TOOLS: Final = {"crelay": ("crelay.c", "common.h"),
-                "cload": ("cload.c", "common.h", "meter.h")}
+                "cload": ("cload.c", "common.h", "meter.h", "recover.h")}
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT_S: Final = 30.0
 

@@ -189,9 +189,9 @@ def render(result: dict[str, Any], command: str) -> str:
         f"first datagram (`ocm-loadgen --join-only`) in {result['join_s']:.0f} s; memory "
         "sampled before and after, (after − before) / members. Chat datagrams the "
         f"worker(s) received: {_datagrams_text(result['datagrams'])}.", "",
-        *([f"The rooms keep no history in this run (`--history-messages 0`: the members' "
+        *(["The rooms keep no history in this run (`--history-messages 0`: the members' "
             "`joined` notices are numbered but not kept), so that the figure is the "
-            "members' own; the history of a room is given per room below."]
+            "members' own; the history of a room is given per room below.", ""]
           if result.get("history_messages") == 0 else []),
         f"Reproduce: `{command}` (or `make bench-memory`).", "",
         *_history_lines(result.get("history")),

@@ -14,6 +14,14 @@ It prints one line per run and the medians, and writes every report and a summar
 docs/performance.md by hand, with the machine's state (a shared machine skews latency).
 ``--quick`` runs a small profile (for testing).
 
+``--engine c`` runs the loss rounds (not the outage ones) with the C load generator
+instead: each round joins 500 × 10 fresh ``ocm1r`` members (``ocm-loadgen --framing ocm1r
+--tokens-out``) and ``cload --reliable 1 --loss 5 --shared --poll-us 1000`` drives them
+(``CLOAD_SOCKETS``), every member recovering
+as ``client/reliable.py`` does (tests/bench/perf/recover.h) at a C program's cost, so
+that the loss engine does not take the CPU the server needs (the Python engine needs
+more than the two cores leave it past 400 rooms). Same figures, from cload's report.
+
 ``--cost`` measures instead what ``ocm1r`` costs the server at 0 % loss: ``--pairs``
 interleaved pairs (default 7) of ``ocm-loadgen --loss 0`` runs, ``ocm1r`` then ``ocm1``
 (``--no-recovery``), 100 rooms × 10 users × 2 msg/s for 15 s each, against one server;
@@ -27,12 +35,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
-from tests.bench import servers
+from tests.bench import climit, servers
 
 PROFILE: Final = ["--rooms", "500", "--users", "10", "--rate", "2", "--duration", "10",
                   "--drain", "60"]
@@ -46,6 +55,58 @@ COST: Final = ["--rooms", "100", "--users", "10", "--rate", "2", "--duration", "
                "--drain", "5", "--loss", "0"]
 QUICK_COST: Final = ["--rooms", "10", "--users", "5", "--rate", "10", "--duration", "2",
                      "--drain", "5", "--loss", "0"]
+
+
+CLOAD_PROFILE: Final = {"rooms": 500, "users": 10, "rate": 2.0, "seconds": 10.0, "warmup": 1.0,
+                        "drain": 15.0}
+CLOAD_QUICK: Final = {"rooms": 6, "users": 4, "rate": 4.0, "seconds": 3.0, "warmup": 0.5,
+                      "drain": 4.0}
+CLOAD_LOSS_PCT: Final = 5
+CLOAD_SOCKETS: Final = ["--shared", "--poll-us", "1000"]
+"""One socket per user slot, read in batches every millisecond: the load generator's
+kernel cost per delivery (which the server's two cores pay too here) falls from about 8
+to 5 µs of system time, and the relay's sends wake no sleeping receiver."""
+
+
+def run_cload(server: servers.Running, cload: Path, profile: dict[str, float], out: Path,
+              round_no: int) -> dict[str, float | None]:
+    """One ``--engine c`` round: fresh members joined, then cload with recovery and loss;
+    the same figures as ``figures``."""
+    rooms, users = int(profile["rooms"]), int(profile["users"])
+    tokens = out / f"tokens-{round_no}.txt"
+    join = [sys.executable, "-m", "loadgen", "--server", server.host, "--tcp-port",
+            str(server.tcp_port), "--rooms", str(rooms), "--users", str(users), "--framing",
+            "ocm1r", "--procs", "2", "--quiet", "--tokens-out", str(tokens)]
+    done = subprocess.run(join, capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S,
+                          cwd=servers.REPO_ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(join)} exited {done.returncode}: {done.stderr}")
+    climit.raise_nofile(rooms * users + 1024)
+    cmd = [str(cload), "--target", f"{server.host}:{server.udp_port}", "--tokens", str(tokens),
+           "--rate", str(profile["rate"]), "--seconds", str(profile["seconds"]), "--warmup",
+           str(profile["warmup"]), "--drain", str(profile["drain"]), "--base-port", "0",
+           "--reliable", "1", "--loss", str(CLOAD_LOSS_PCT), *CLOAD_SOCKETS,
+           "--max-seconds", "100000"]
+    before = climit.tree_times(server.pid)
+    t = time.monotonic()
+    report = climit.run_cload(cmd, LOADGEN_TIMEOUT_S)
+    wall = time.monotonic() - t
+    used = climit.cpu_delta(before, climit.tree_times(server.pid))
+    report["command"] = cmd
+    (out / f"cload-loss-{round_no}.json").write_bytes(
+        orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    expected = max(1, int(report["expected"]))
+    return {
+        "delivered_pct": 100.0 * report["delivered"] / expected,
+        "p50_ms": report["p50_us"] / 1000, "p99_ms": report["p99_us"] / 1000,
+        "p999_ms": report["p999_us"] / 1000,
+        "duplicates": report["dups"], "out_of_order": report["out_of_order"],
+        "unrecovered": report["unrecovered"], "pending_at_end": report["pending_at_end"],
+        "holes_open_at_end": report["holes_open_at_end"],
+        "server_cpu_pct": 100.0 * (used.user + used.sys) / wall,
+        "loadgen_cpu_pct": 100.0 * (report["gen_cpu_user"] + report["gen_cpu_sys"]) / wall,
+        "late_sends": report["late_sends"],
+    }
 
 
 def run_one(server: servers.Running, args: list[str], out: Path) -> dict[str, Any]:
@@ -131,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cost", action="store_true",
                         help="measure ocm1r's server CPU against ocm1 at 0 %% loss instead")
     parser.add_argument("--pairs", type=int, default=7, help="--cost: interleaved pairs")
+    parser.add_argument("--engine", choices=("python", "c"), default="python",
+                        help="the loss engine: ocm-loadgen (client/reliable.py itself, "
+                             "loss and outage rounds) or cload --loss (its C port, loss "
+                             "rounds only) [python]")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the reports go (default: a temporary directory)")
     args = parser.parse_args(argv)
@@ -138,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.cost:
         return cost(args, out)
+    if args.engine == "c":
+        return c_engine(args, out)
     profile = QUICK if args.quick else PROFILE
     kinds = {"loss": [*profile, *LOSS],
              "outage": [*profile, *LOSS, *(QUICK_OUTAGE if args.quick else OUTAGE)]}
@@ -156,6 +223,26 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.json").write_bytes(summary_text)
     for kind, medians in summary.items():
         print(f"median {kind}: " + ", ".join(f"{k} {v}" for k, v in medians.items()
+                                              if v is not None))
+    print(f"reports in {out}")
+    return 0
+
+
+def c_engine(args: argparse.Namespace, out: Path) -> int:
+    """``--engine c``: ``--repeat`` loss rounds with cload, each against a fresh server."""
+    profile = CLOAD_QUICK if args.quick else CLOAD_PROFILE
+    cload = climit.build()["cload"]
+    runs: list[dict[str, float | None]] = []
+    for i in range(args.repeat):  # a fresh server each round: no members of the last one
+        with servers.start(servers.control_command(2)) as server:
+            runs.append(run_cload(server, cload, profile, out, i + 1))
+            print(f"loss {i + 1} (cload): " + ", ".join(
+                f"{k} {v:.4g}" for k, v in runs[-1].items() if v is not None), flush=True)
+    medians = {key: median([r[key] for r in runs]) for key in runs[0]}
+    (out / "summary.json").write_bytes(orjson.dumps(
+        {"engine": "c", "profile": profile, "loss_pct": CLOAD_LOSS_PCT, "runs": runs,
+         "medians": medians}, option=orjson.OPT_INDENT_2))
+    print("median loss (cload): " + ", ".join(f"{k} {v:.4g}" for k, v in medians.items()
                                               if v is not None))
     print(f"reports in {out}")
     return 0

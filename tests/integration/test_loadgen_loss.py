@@ -96,3 +96,21 @@ def test_the_cost_harness_pairs_ocm1r_with_ocm1(tmp_path: Path) -> None:
         result = json.loads((tmp_path / name).read_text())["result"]
         assert result["delivered"] == result["expected_deliveries"] > 0
     assert json.loads((tmp_path / "ocm1-1.json").read_text())["options"]["framing"] == "ocm1"
+
+
+def test_the_bench_harness_runs_the_c_engine(tmp_path: Path) -> None:
+    """``make bench-reliable RELIABLE_ARGS="--engine c"`` on its small profile: fresh
+    ``ocm1r`` members, cload recovering through 5 % loss each way."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.reliable", "--engine", "c", "--quick", "--repeat",
+         "1", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["engine"] == "c" and summary["loss_pct"] == 5
+    (run,) = summary["runs"]
+    assert run["delivered_pct"] == 100.0, run
+    assert run["duplicates"] == run["out_of_order"] == run["unrecovered"] == 0, run
+    assert run["pending_at_end"] == run["holes_open_at_end"] == 0, run
+    report = json.loads((tmp_path / "cload-loss-1.json").read_text())
+    assert report["tx_dropped"] + report["rx_dropped"] > 0, report
+    assert report["expected"] == report["delivered"] > 0
