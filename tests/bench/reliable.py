@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the loss engine: ocm-loadgen (client/reliable.py itself, "
                              "loss and outage rounds) or cload --loss (its C port, loss "
                              "rounds only) [python]")
+    parser.add_argument("--rooms", type=int, default=None,
+                        help="--engine c: rooms of 10 [500; --quick: 6 of 4]")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the reports go (default: a temporary directory)")
     args = parser.parse_args(argv)
@@ -230,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def c_engine(args: argparse.Namespace, out: Path) -> int:
     """``--engine c``: ``--repeat`` loss rounds with cload, each against a fresh server."""
-    profile = CLOAD_QUICK if args.quick else CLOAD_PROFILE
+    profile = dict(CLOAD_QUICK if args.quick else CLOAD_PROFILE)
+    if args.rooms is not None:
+        profile["rooms"] = args.rooms
     cload = climit.build()["cload"]
     runs: list[dict[str, float | None]] = []
     for i in range(args.repeat):  # a fresh server each round: no members of the last one
