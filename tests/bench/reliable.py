@@ -26,6 +26,11 @@ more than the two cores leave it past 400 rooms). Same figures, from cload's rep
 interleaved pairs (default 7) of ``ocm-loadgen --loss 0`` runs, ``ocm1r`` then ``ocm1``
 (``--no-recovery``), 100 rooms × 10 users × 2 msg/s for 15 s each, against one server;
 it prints the server's CPU per delivery of each run, each pair's ratio and the medians.
+With ``--engine c`` the pairs are cload runs instead, 500 rooms × 10 users × 2 msg/s for
+8 s, each against a fresh server with fresh members: ``cload --reliable 6`` (``06``
+SENDs, numbered DATA, no loss) then plain ``ocm1`` chat, the server's CPU per inbound chat
+datagram (what ``make bench-percore`` compares, here with two unpinned workers sharing
+the cores with a load generator in C instead of a Python one).
 """
 
 from __future__ import annotations
@@ -184,6 +189,67 @@ def cost(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+COST_C_PROFILE: Final = {"rooms": 500, "users": 10, "rate": 2.0, "seconds": 8.0, "warmup": 1.0,
+                         "drain": 1.0}
+COST_C_QUICK: Final = {"rooms": 6, "users": 4, "rate": 10.0, "seconds": 2.0, "warmup": 0.5,
+                       "drain": 0.5}
+
+
+def cost_run_c(cload: Path, profile: dict[str, float], framing: str, out: Path) -> float:
+    """One ``--cost --engine c`` run against a fresh server: its CPU (all processes, µs)
+    per inbound chat datagram; the cload report goes to ``out``."""
+    rooms, users = int(profile["rooms"]), int(profile["users"])
+    with servers.start(servers.control_command(2)) as server:
+        tokens = out.with_suffix(".tokens")
+        join = [sys.executable, "-m", "loadgen", "--server", server.host, "--tcp-port",
+                str(server.tcp_port), "--rooms", str(rooms), "--users", str(users),
+                "--framing", framing, "--procs", "2", "--quiet", "--tokens-out", str(tokens)]
+        done = subprocess.run(join, capture_output=True, text=True,
+                              timeout=LOADGEN_TIMEOUT_S, cwd=servers.REPO_ROOT)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(join)} exited {done.returncode}: {done.stderr}")
+        climit.raise_nofile(rooms * users + 1024)
+        cmd = [str(cload), "--target", f"{server.host}:{server.udp_port}", "--tokens",
+               str(tokens), "--rate", str(profile["rate"]), "--seconds", str(profile["seconds"]),
+               "--warmup", str(profile["warmup"]), "--drain", str(profile["drain"]),
+               "--base-port", "0", "--max-seconds", "100000",
+               *(["--reliable", "6"] if framing == "ocm1r" else [])]
+        before = climit.tree_times(server.pid)
+        report = climit.run_cload(cmd, LOADGEN_TIMEOUT_S)
+        used = climit.cpu_delta(before, climit.tree_times(server.pid))
+    report["server_cpu_s"] = used.user + used.sys
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    inbound = int(report["sent"]) + int(report["sent_warm"])
+    if report["delivered"] != report["expected"]:
+        print(f"{out.name}: {report['expected'] - report['delivered']} deliveries missing",
+              file=sys.stderr)
+    return 1e6 * (used.user + used.sys) / max(1, inbound)
+
+
+def cost_c(args: argparse.Namespace, out: Path) -> int:
+    """``--cost --engine c``: interleaved pairs, ``ocm1r`` then ``ocm1``, with cload."""
+    profile = COST_C_QUICK if args.quick else COST_C_PROFILE
+    cload = climit.build()["cload"]
+    pairs: list[tuple[float, float]] = []
+    for i in range(args.pairs):
+        on = cost_run_c(cload, profile, "ocm1r", out / f"cload-ocm1r-{i + 1}.json")
+        off = cost_run_c(cload, profile, "ocm1", out / f"cload-ocm1-{i + 1}.json")
+        pairs.append((on, off))
+        print(f"pair {i + 1}: ocm1r {on:.2f} µs per inbound datagram, ocm1 {off:.2f}, "
+              f"ratio {on / off:.3f}", flush=True)
+    ratios = [on / off for on, off in pairs]
+    summary = {"engine": "c", "profile": profile, "pairs": pairs, "ratios": ratios,
+               "median_ocm1r_us": statistics.median(p[0] for p in pairs),
+               "median_ocm1_us": statistics.median(p[1] for p in pairs),
+               "median_ratio": statistics.median(ratios)}
+    (out / "cost.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    print(f"median: ocm1r {summary['median_ocm1r_us']:.2f} µs per inbound datagram, ocm1 "
+          f"{summary['median_ocm1_us']:.2f}, ratio {summary['median_ratio']:.3f} "
+          f"(pairs {min(ratios):.3f} to {max(ratios):.3f})")
+    print(f"reports in {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.reliable",
                                      description=__doc__.split("\n\n")[0])
@@ -204,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="ocm-bench-reliable-"))
     out.mkdir(parents=True, exist_ok=True)
     if args.cost:
-        return cost(args, out)
+        return cost_c(args, out) if args.engine == "c" else cost(args, out)
     if args.engine == "c":
         return c_engine(args, out)
     profile = QUICK if args.quick else PROFILE

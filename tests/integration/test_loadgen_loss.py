@@ -114,3 +114,19 @@ def test_the_bench_harness_runs_the_c_engine(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "cload-loss-1.json").read_text())
     assert report["tx_dropped"] + report["rx_dropped"] > 0, report
     assert report["expected"] == report["delivered"] > 0
+
+
+def test_the_cost_harness_pairs_ocm1r_with_ocm1_in_c(tmp_path: Path) -> None:
+    """``RELIABLE_ARGS="--cost --engine c"``: the pairs driven by cload, fresh servers."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.reliable", "--cost", "--engine", "c", "--quick",
+         "--pairs", "1", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stderr
+    cost = json.loads((tmp_path / "cost.json").read_text())
+    (on, off), = cost["pairs"]
+    assert on > 0 and off > 0 and cost["median_ratio"] == on / off
+    for name, carried in (("cload-ocm1r-1.json", True), ("cload-ocm1-1.json", False)):
+        report = json.loads((tmp_path / name).read_text())
+        assert report["delivered"] == report["expected"] > 0
+        assert (report["carried"] > 0) is carried, report
