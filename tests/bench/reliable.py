@@ -176,13 +176,20 @@ def cost(args: argparse.Namespace, out: Path) -> int:
             print(f"pair {i + 1}: ocm1r {on:.2f} µs/delivery, ocm1 {off:.2f}, "
                   f"ratio {on / off:.3f} (loadgen: {lg[0]} and {lg[1]} µs/delivery)",
                   flush=True)
+    return summarize_pairs(pairs, {"profile": profile, "loadgen_us": loadgen}, "/delivery",
+                           out)
+
+
+def summarize_pairs(pairs: list[tuple[float, float]], extra: dict[str, Any], unit: str,
+                    out: Path) -> int:
+    """The pairs' ratios and medians: printed, and written to ``out``/cost.json."""
     ratios = [on / off for on, off in pairs]
-    summary = {"profile": profile, "pairs": pairs, "ratios": ratios, "loadgen_us": loadgen,
+    summary = {**extra, "pairs": pairs, "ratios": ratios,
                "median_ocm1r_us": statistics.median(p[0] for p in pairs),
                "median_ocm1_us": statistics.median(p[1] for p in pairs),
                "median_ratio": statistics.median(ratios)}
     (out / "cost.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    print(f"median: ocm1r {summary['median_ocm1r_us']:.2f} µs/delivery, ocm1 "
+    print(f"median: ocm1r {summary['median_ocm1r_us']:.2f} µs{unit}, ocm1 "
           f"{summary['median_ocm1_us']:.2f}, ratio {summary['median_ratio']:.3f} "
           f"(pairs {min(ratios):.3f} to {max(ratios):.3f})")
     print(f"reports in {out}")
@@ -237,17 +244,8 @@ def cost_c(args: argparse.Namespace, out: Path) -> int:
         pairs.append((on, off))
         print(f"pair {i + 1}: ocm1r {on:.2f} µs per inbound datagram, ocm1 {off:.2f}, "
               f"ratio {on / off:.3f}", flush=True)
-    ratios = [on / off for on, off in pairs]
-    summary = {"engine": "c", "profile": profile, "pairs": pairs, "ratios": ratios,
-               "median_ocm1r_us": statistics.median(p[0] for p in pairs),
-               "median_ocm1_us": statistics.median(p[1] for p in pairs),
-               "median_ratio": statistics.median(ratios)}
-    (out / "cost.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    print(f"median: ocm1r {summary['median_ocm1r_us']:.2f} µs per inbound datagram, ocm1 "
-          f"{summary['median_ocm1_us']:.2f}, ratio {summary['median_ratio']:.3f} "
-          f"(pairs {min(ratios):.3f} to {max(ratios):.3f})")
-    print(f"reports in {out}")
-    return 0
+    return summarize_pairs(pairs, {"engine": "c", "profile": profile},
+                           " per inbound datagram", out)
 
 
 def main(argv: list[str] | None = None) -> int:
