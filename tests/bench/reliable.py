@@ -14,13 +14,14 @@ It prints one line per run and the medians, and writes every report and a summar
 docs/performance.md by hand, with the machine's state (a shared machine skews latency).
 ``--quick`` runs a small profile (for testing).
 
-``--engine c`` runs the loss rounds (not the outage ones) with the C load generator
-instead: each round joins 500 × 10 fresh ``ocm1r`` members (``ocm-loadgen --framing ocm1r
---tokens-out``) and ``cload --reliable 1 --loss 5 --shared --poll-us 1000`` drives them
-(``CLOAD_SOCKETS``), every member recovering
-as ``client/reliable.py`` does (tests/bench/perf/recover.h) at a C program's cost, so
-that the loss engine does not take the CPU the server needs (the Python engine needs
-more than the two cores leave it past 400 rooms). Same figures, from cload's report.
+``--engine c`` runs both kinds with the C load generator instead: each run joins 500 × 10
+fresh ``ocm1r`` members (``ocm-loadgen --framing ocm1r --tokens-out``) to a fresh server,
+and ``cload --reliable 1 --loss 5 --shared --poll-us 1000`` (``CLOAD_SOCKETS``) drives
+them, every member recovering as ``client/reliable.py`` does (tests/bench/perf/recover.h)
+at a C program's cost, so that the loss engine does not take the CPU the server needs
+(the Python engine needs more than the two cores leave it past 400 rooms). Same figures,
+from cload's report; its outage member goes on at the same address
+(``ReliableChat.resumed``), as ``ocm-loadgen --outage-seconds``'s does.
 
 ``--cost`` measures instead what ``ocm1r`` costs the server at 0 % loss: ``--pairs``
 interleaved pairs (default 7) of ``ocm-loadgen --loss 0`` runs, ``ocm1r`` then ``ocm1``
@@ -63,9 +64,9 @@ QUICK_COST: Final = ["--rooms", "10", "--users", "5", "--rate", "10", "--duratio
 
 
 CLOAD_PROFILE: Final = {"rooms": 500, "users": 10, "rate": 2.0, "seconds": 10.0, "warmup": 1.0,
-                        "drain": 15.0}
+                        "drain": 15.0, "outage": 3.0}
 CLOAD_QUICK: Final = {"rooms": 6, "users": 4, "rate": 4.0, "seconds": 3.0, "warmup": 0.5,
-                      "drain": 4.0}
+                      "drain": 4.0, "outage": 1.0}
 CLOAD_LOSS_PCT: Final = 5
 CLOAD_SOCKETS: Final = ["--shared", "--poll-us", "1000"]
 """One socket per user slot, read in batches every millisecond: the load generator's
@@ -74,11 +75,12 @@ to 5 µs of system time, and the relay's sends wake no sleeping receiver."""
 
 
 def run_cload(server: servers.Running, cload: Path, profile: dict[str, float], out: Path,
-              round_no: int) -> dict[str, float | None]:
-    """One ``--engine c`` round: fresh members joined, then cload with recovery and loss;
-    the same figures as ``figures``."""
+              kind: str, round_no: int) -> dict[str, float | None]:
+    """One ``--engine c`` run of ``kind`` (``loss``, or ``outage``: one member per room
+    silent both ways for 3 s, as ``--outage-seconds`` has it): fresh members joined, then
+    cload with recovery and loss; the same figures as ``figures``."""
     rooms, users = int(profile["rooms"]), int(profile["users"])
-    tokens = out / f"tokens-{round_no}.txt"
+    tokens = out / f"tokens-{kind}-{round_no}.txt"
     join = [sys.executable, "-m", "loadgen", "--server", server.host, "--tcp-port",
             str(server.tcp_port), "--rooms", str(rooms), "--users", str(users), "--framing",
             "ocm1r", "--procs", "2", "--quiet", "--tokens-out", str(tokens)]
@@ -91,14 +93,15 @@ def run_cload(server: servers.Running, cload: Path, profile: dict[str, float], o
            "--rate", str(profile["rate"]), "--seconds", str(profile["seconds"]), "--warmup",
            str(profile["warmup"]), "--drain", str(profile["drain"]), "--base-port", "0",
            "--reliable", "1", "--loss", str(CLOAD_LOSS_PCT), *CLOAD_SOCKETS,
-           "--max-seconds", "100000"]
+           "--max-seconds", "100000",
+           *(["--outage-seconds", str(profile["outage"])] if kind == "outage" else [])]
     before = climit.tree_times(server.pid)
     t = time.monotonic()
     report = climit.run_cload(cmd, LOADGEN_TIMEOUT_S)
     wall = time.monotonic() - t
     used = climit.cpu_delta(before, climit.tree_times(server.pid))
     report["command"] = cmd
-    (out / f"cload-loss-{round_no}.json").write_bytes(
+    (out / f"cload-{kind}-{round_no}.json").write_bytes(
         orjson.dumps(report, option=orjson.OPT_INDENT_2))
     expected = max(1, int(report["expected"]))
     return {
@@ -111,6 +114,9 @@ def run_cload(server: servers.Running, cload: Path, profile: dict[str, float], o
         "server_cpu_pct": 100.0 * (used.user + used.sys) / wall,
         "loadgen_cpu_pct": 100.0 * (report["gen_cpu_user"] + report["gen_cpu_sys"]) / wall,
         "late_sends": report["late_sends"],
+        **({"outage_came_back_pct": 100.0 * report["outage_back"]
+            / max(1, report["outage_expected"]),
+            "outage_after_p99_ms": report["outage_after_p99_ms"]} if kind == "outage" else {}),
     }
 
 
@@ -295,23 +301,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def c_engine(args: argparse.Namespace, out: Path) -> int:
-    """``--engine c``: ``--repeat`` loss rounds with cload, each against a fresh server."""
+    """``--engine c``: ``--repeat`` rounds of both kinds with cload, each run against a
+    fresh server."""
     profile = dict(CLOAD_QUICK if args.quick else CLOAD_PROFILE)
     if args.rooms is not None:
         profile["rooms"] = args.rooms
     cload = climit.build()["cload"]
-    runs: list[dict[str, float | None]] = []
-    for i in range(args.repeat):  # a fresh server each round: no members of the last one
-        with servers.start(servers.control_command(2)) as server:
-            runs.append(run_cload(server, cload, profile, out, i + 1))
-            print(f"loss {i + 1} (cload): " + ", ".join(
-                f"{k} {v:.4g}" for k, v in runs[-1].items() if v is not None), flush=True)
-    medians = {key: median([r[key] for r in runs]) for key in runs[0]}
+    runs: dict[str, list[dict[str, float | None]]] = {"loss": [], "outage": []}
+    for i in range(args.repeat):
+        for kind, found in runs.items():  # a fresh server: no members of the last run
+            with servers.start(servers.control_command(2)) as server:
+                found.append(run_cload(server, cload, profile, out, kind, i + 1))
+            print(f"{kind} {i + 1} (cload): " + ", ".join(
+                f"{k} {v:.4g}" for k, v in found[-1].items() if v is not None), flush=True)
+    medians = {kind: {key: median([r[key] for r in found]) for key in found[0]}
+               for kind, found in runs.items()}
     (out / "summary.json").write_bytes(orjson.dumps(
         {"engine": "c", "profile": profile, "loss_pct": CLOAD_LOSS_PCT, "runs": runs,
          "medians": medians}, option=orjson.OPT_INDENT_2))
-    print("median loss (cload): " + ", ".join(f"{k} {v:.4g}" for k, v in medians.items()
-                                              if v is not None))
+    for kind, found_medians in medians.items():
+        print(f"median {kind} (cload): " + ", ".join(
+            f"{k} {v:.4g}" for k, v in found_medians.items() if v is not None))
     print(f"reports in {out}")
     return 0
 

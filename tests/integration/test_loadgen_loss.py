@@ -100,20 +100,26 @@ def test_the_cost_harness_pairs_ocm1r_with_ocm1(tmp_path: Path) -> None:
 
 def test_the_bench_harness_runs_the_c_engine(tmp_path: Path) -> None:
     """``make bench-reliable RELIABLE_ARGS="--engine c"`` on its small profile: fresh
-    ``ocm1r`` members, cload recovering through 5 % loss each way."""
+    ``ocm1r`` members, cload recovering through 5 % loss each way, and with one member
+    per room silent for 1 s: everything it missed comes back."""
     done = subprocess.run(
         [sys.executable, "-m", "tests.bench.reliable", "--engine", "c", "--quick", "--repeat",
          "1", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["engine"] == "c" and summary["loss_pct"] == 5
-    (run,) = summary["runs"]
-    assert run["delivered_pct"] == 100.0, run
-    assert run["duplicates"] == run["out_of_order"] == run["unrecovered"] == 0, run
-    assert run["pending_at_end"] == run["holes_open_at_end"] == 0, run
-    report = json.loads((tmp_path / "cload-loss-1.json").read_text())
-    assert report["tx_dropped"] + report["rx_dropped"] > 0, report
-    assert report["expected"] == report["delivered"] > 0
+    for kind in ("loss", "outage"):
+        (run,) = summary["runs"][kind]
+        assert run["delivered_pct"] == 100.0, run
+        assert run["duplicates"] == run["out_of_order"] == run["unrecovered"] == 0, run
+        assert run["pending_at_end"] == run["holes_open_at_end"] == 0, run
+        report = json.loads((tmp_path / f"cload-{kind}-1.json").read_text())
+        assert report["tx_dropped"] + report["rx_dropped"] > 0, report
+        assert report["expected"] == report["delivered"] > 0
+    assert summary["runs"]["outage"][0]["outage_came_back_pct"] == 100.0
+    outage = json.loads((tmp_path / "cload-outage-1.json").read_text())
+    assert outage["outage_back"] == outage["outage_expected"] > 0, outage
+    assert outage["outage_dropped"] > 0 and outage["outage_s"] >= 1.0, outage
 
 
 def test_the_cost_harness_pairs_ocm1r_with_ocm1_in_c(tmp_path: Path) -> None:

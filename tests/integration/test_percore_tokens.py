@@ -151,7 +151,8 @@ def recovered_all(report: dict[str, Any]) -> None:
 
 def test_cload_loss_needs_reliable_members(tools: dict[str, Path]) -> None:
     for args, error in ((["--loss", "5"], "--loss needs --reliable"),
-                        (["--shared"], "--shared needs --loss")):
+                        (["--shared"], "--shared needs --loss"),
+                        (["--outage-seconds", "3"], "--outage-seconds needs --loss")):
         done = subprocess.run([str(tools["cload"]), *args], capture_output=True, text=True,
                               timeout=30)
         assert done.returncode == 2 and error in done.stderr, done.stderr

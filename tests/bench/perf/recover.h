@@ -29,7 +29,12 @@
  * TICK_NS. Keepalives follow ocm-chat's rule (client/link.py keepalive_due: every SYNC_S
  * while a hole is open or a message has waited SYNC_S, else SYNC_S after the relay was
  * last heard), and every DRAIN_KEEPALIVE_NS while draining, as `ocm-loadgen --loss`
- * does, so that a lost last message is found from the SYNC. Loss: --loss PCT drops that share of every datagram a member sends (SENDs,
+ * does, so that a lost last message is found from the SYNC. --outage-seconds S: the last
+ * member of every room is silent both ways for S seconds from a third of the measured
+ * time on, then goes on as ocm-chat does after a short outage (ReliableChat.resumed: every
+ * hole NACKed at once, the window resent, a keepalive), as `ocm-loadgen --outage-seconds`
+ * does; the report says how many of the messages sent to it meanwhile came back, and how
+ * long after the outage ended (its address does not change: no TCRP resume). Loss: --loss PCT drops that share of every datagram a member sends (SENDs,
  * copies, NACKs, keepalives) and receives, once the chat begins (joins are not lost).
  */
 #ifndef OCM_PERF_RECOVER_H
@@ -84,6 +89,18 @@ static unsigned long long x_tx_dropped, x_rx_dropped, x_nacks, x_nacked, x_recov
     x_gaps, x_dup_data, x_rx_overflow, x_tx_overflow, x_keepalives, x_hints, x_copies,
     x_sends_06, x_lost_msgs;
 
+/* --outage-seconds: who is out (1 per member), the window (0: not yet begun / ended) */
+static uint8_t *out_member;
+static uint64_t out_from_ns, out_until_ns, out_len_ns, out_begin_ns;
+static int out_on;
+static unsigned long long o_expected, o_back, o_dropped;
+static uint32_t *o_hist_ms; /* from the outage's end to a delivery of what was sent in it */
+#define O_HIST_MS 120000
+
+static struct user *users_base; /* the members, for xmit's index */
+
+static inline int is_out(int who) { return out_on && out_member && out_member[who]; }
+
 static inline int lose(uint64_t now) {
     if (!loss_ppm || now < loss_from_ns) return 0;
     loss_rng ^= loss_rng << 13; loss_rng ^= loss_rng >> 7; loss_rng ^= loss_rng << 17;
@@ -98,6 +115,7 @@ static inline void put32(char *p, uint32_t v) {
  * keyed; lost with --loss's odds. */
 static int seal(struct user *u, char *pkt, int len);
 static void xmit(struct user *u, const char *msg, int len, uint64_t now) {
+    if (out_on && out_member && out_member[u - users_base]) { o_dropped++; return; }
     char pkt[4200 + 24];
     memcpy(pkt, u->hdr, (size_t)u->hdrlen);
     memcpy(pkt + u->hdrlen, msg, (size_t)len);
@@ -158,7 +176,15 @@ static void rx_drain(struct meter *m, struct rec *r, int who, uint64_t now) {
         struct rslot *s = slot_of(r, r->next);
         if (!s || s->state == R_MISSING) return;
         if (s->state == R_HELD) {
-            if (s->chat && (int)s->text.sender != who) meter_show(m, who, &s->text, now);
+            if (s->chat && (int)s->text.sender != who) {
+                meter_show(m, who, &s->text, now);
+                if (out_member && out_member[who] && out_until_ns && s->text.phase == 'M' &&
+                    s->text.ts_us * 1000 >= out_from_ns && s->text.ts_us * 1000 < out_until_ns) {
+                    uint64_t ms = (now - out_until_ns) / 1000000;
+                    o_back++;
+                    o_hist_ms[ms < O_HIST_MS ? ms : O_HIST_MS - 1]++;
+                }
+            }
         } else if (s->state == R_LOST) {
             uint32_t first = r->next;
             while ((s = slot_of(r, r->next)) && s->state == R_LOST) { s->state = R_NONE; r->next++; }
@@ -377,6 +403,7 @@ static void tx_timer(struct user *u, struct rec *r, uint64_t now) {
 
 /* One datagram from the relay to a member (docs/protocol.md §9.3). */
 static void rec_recv(struct meter *m, struct user *u, struct rec *r, int who, const char *d, int len, uint64_t now) {
+    if (is_out(who)) { o_dropped++; return; }
     if (lose(now)) { x_rx_dropped++; return; }
     r->heard = now;
     if (len >= 18 && d[0] == 6 && d[9] == 1) {  /* a held ACK, then the DATA it rides on */
@@ -435,9 +462,60 @@ static void keepalive_check(struct user *u, struct rec *r, int draining, uint64_
     xmit(u, "", 0, now);
 }
 
+/* Begin the outage once its time has come; end it out_len_ns after it really began, each
+ * member going on as ReliableChat.resumed has it. */
+static void outage_tick(struct user *u, struct rec *rs, int n, uint64_t now) {
+    if (!out_member || out_until_ns) return;
+    if (!out_on) {
+        if (now >= out_begin_ns) { out_on = 1; out_from_ns = now; }
+        return;
+    }
+    if (now < out_from_ns + out_len_ns) return;
+    out_on = 0;
+    out_until_ns = now;
+    for (int i = 0; i < n; i++) {
+        if (!out_member[i] || !u[i].present) continue;
+        struct rec *r = &rs[i];
+        for (uint32_t seq = r->next; r->next && seq < r->awaited_to; seq++) {  /* renack */
+            struct rslot *sl = slot_of(r, seq);
+            if (sl && sl->state == R_MISSING) {
+                sl->due_ns = now;
+                if (sl->tries > NACK_MAX_TRIES - 3) sl->tries = NACK_MAX_TRIES - 3;
+            }
+        }
+        r->due_floor = now;
+        if (!r->next) r->sync_due = now;
+        r->last_loss = now;
+        if (window_end(&u[i]) > u[i].acked) { r->tries = 0; r->due = now; }
+        r->ka_last = now;
+        x_keepalives++;
+        xmit(&u[i], "", 0, now);
+    }
+}
+
+/* A message from sender: one more expected back by its room's outage member if
+ * it is sent during the outage. */
+static inline void outage_sent(int sender, int nusers) {
+    if (!out_on || !out_member) return;
+    int last = (sender / nusers) * nusers + nusers - 1;
+    if (last != sender && out_member[last]) o_expected++;
+}
+
 static inline int rec_due(const struct rec *r, uint64_t now) {
     return (r->sync_due && r->sync_due <= now) || (r->missing && r->due_floor <= now) ||
            (r->due && r->due <= now);
+}
+
+/* The outage's "end to delivery" percentile q in ms (-1: nothing came back). */
+static long long outage_pct(double q) {
+    if (!o_hist_ms || !o_back) return -1;
+    unsigned long long target = (unsigned long long)(q * (double)o_back), acc = 0;
+    if (target >= o_back) target = o_back - 1;
+    for (int i = 0; i < O_HIST_MS; i++) {
+        acc += o_hist_ms[i];
+        if (acc > target) return i;
+    }
+    return O_HIST_MS;
 }
 
 /* The report's fields for --loss: what the recovery did, and what it left undone. */
@@ -453,9 +531,13 @@ static void rec_report(char *out, size_t n, struct user *u, struct rec *rs, int 
              "\"nack_ranges\": %llu, \"recovered\": %llu, \"lost_answered\": %llu, \"unrecovered\": %llu, "
              "\"gaps\": %llu, \"dup_data\": %llu, \"rx_overflow\": %llu, \"tx_overflow\": %llu, "
              "\"keepalives\": %llu, \"copies\": %llu, \"sends_06\": %llu, \"hints\": %llu, "
-             "\"holes_open_at_end\": %llu, \"pending_at_end\": %llu, \"unsynced_at_end\": %llu",
+             "\"holes_open_at_end\": %llu, \"pending_at_end\": %llu, \"unsynced_at_end\": %llu, "
+             "\"outage_s\": %.3f, \"outage_expected\": %llu, \"outage_back\": %llu, \"outage_dropped\": %llu, "
+             "\"outage_after_p99_ms\": %lld, \"outage_after_max_ms\": %lld",
              (unsigned long long)loss_ppm, x_tx_dropped, x_rx_dropped, x_nacks, x_nacked, x_recovered,
              x_lost_msgs, x_unrecovered, x_gaps, x_dup_data, x_rx_overflow, x_tx_overflow, x_keepalives,
-             x_copies, x_sends_06, x_hints, holes, pending, unsynced);
+             x_copies, x_sends_06, x_hints, holes, pending, unsynced,
+             out_until_ns ? (double)(out_until_ns - out_from_ns) / 1e9 : 0.0, o_expected, o_back, o_dropped,
+             outage_pct(0.99), outage_pct(1.0));
 }
 #endif
