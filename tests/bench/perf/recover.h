@@ -21,21 +21,26 @@
  *   (our go-back, the relay's hint, our NACK) and the room is busy (CARRIER_RATE numbers
  *   a second), else 01.
  *
+ * keepalives: ocm-chat's rule (client/link.py keepalive_due): every SYNC_S while a hole is
+ *   open or a message has waited SYNC_S, else SYNC_S after the relay was last heard; and
+ *   every DRAIN_KEEPALIVE_NS while draining, as `ocm-loadgen --loss` does, so that a lost
+ *   last message is found from the SYNC.
+ * loss (--loss PCT): that share of every datagram a member sends (SENDs, copies, NACKs,
+ *   keepalives) and receives is dropped, once the chat begins (joins are not lost).
+ * outage (--outage-seconds S): the last member of every room is silent both ways for S
+ *   seconds from a third of the measured time on, then goes on as ocm-chat does after a
+ *   short outage (ReliableChat.resumed: every hole NACKed at once, the window resent, a
+ *   keepalive), as `ocm-loadgen --outage-seconds` does; the report says how many of the
+ *   messages sent to it meanwhile came back, and how long after the outage ended (its
+ *   address does not change: no TCRP resume).
+ *
  * Differences from client/reliable.py, none on the wire: at most RX_W numbers are held
  * or awaited past the next one (the client: 2,048; a DATA beyond is dropped and NACKed
  * later, counted as "rx_overflow"); at most RING messages wait for an ACK (a message
  * past it is not sent, counted as "tx_overflow"); a message is never given up as failed
- * (the report counts the ones still pending at the end); timers are checked every
- * TICK_NS. Keepalives follow ocm-chat's rule (client/link.py keepalive_due: every SYNC_S
- * while a hole is open or a message has waited SYNC_S, else SYNC_S after the relay was
- * last heard), and every DRAIN_KEEPALIVE_NS while draining, as `ocm-loadgen --loss`
- * does, so that a lost last message is found from the SYNC. --outage-seconds S: the last
- * member of every room is silent both ways for S seconds from a third of the measured
- * time on, then goes on as ocm-chat does after a short outage (ReliableChat.resumed: every
- * hole NACKed at once, the window resent, a keepalive), as `ocm-loadgen --outage-seconds`
- * does; the report says how many of the messages sent to it meanwhile came back, and how
- * long after the outage ended (its address does not change: no TCRP resume). Loss: --loss PCT drops that share of every datagram a member sends (SENDs,
- * copies, NACKs, keepalives) and receives, once the chat begins (joins are not lost).
+ * (the report counts the ones still pending at the end); after an ACK the window's new
+ * first copies go at once (the client arms its timer for them); timers are checked
+ * every TICK_NS.
  */
 #ifndef OCM_PERF_RECOVER_H
 #define OCM_PERF_RECOVER_H
