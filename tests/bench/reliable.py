@@ -16,7 +16,7 @@ docs/performance.md by hand, with the machine's state (a shared machine skews la
 
 ``--engine c`` runs both kinds with the C load generator instead: each run joins 500 × 10
 fresh ``ocm1r`` members (``ocm-loadgen --framing ocm1r --tokens-out``) to a fresh server,
-and ``cload --reliable 1 --loss 5 --shared --poll-us 1000`` (``CLOAD_SOCKETS``) drives
+and ``cload --reliable 1 --loss 5 --shared --poll-us 1000 --phases`` (``CLOAD_SOCKETS``) drives
 them, every member recovering as ``client/reliable.py`` does (tests/bench/perf/recover.h)
 at a C program's cost, so that the loss engine does not take the CPU the server needs
 (the Python engine needs more than the two cores leave it past 400 rooms). Same figures,
@@ -68,10 +68,12 @@ CLOAD_PROFILE: Final = {"rooms": 500, "users": 10, "rate": 2.0, "seconds": 10.0,
 CLOAD_QUICK: Final = {"rooms": 6, "users": 4, "rate": 4.0, "seconds": 3.0, "warmup": 0.5,
                       "drain": 4.0, "outage": 1.0}
 CLOAD_LOSS_PCT: Final = 5
-CLOAD_SOCKETS: Final = ["--shared", "--poll-us", "1000"]
+CLOAD_SOCKETS: Final = ["--shared", "--poll-us", "1000", "--phases"]
 """One socket per user slot, read in batches every millisecond: the load generator's
 kernel cost per delivery (which the server's two cores pay too here) falls from about 8
-to 5 µs of system time, and the relay's sends wake no sleeping receiver."""
+to 5 µs of system time, and the relay's sends wake no sleeping receiver. Each member
+sends from a random phase of its own, as ``ocm-loadgen`` paces them: a room's gaps vary
+(evenly spaced sends would show every hole within 50 ms)."""
 
 
 def run_cload(server: servers.Running, cload: Path, profile: dict[str, float], out: Path,
