@@ -114,8 +114,6 @@ class History:
         self.now = now
         limit = now - self.budget.max_age
         entries = self.entries
-        if not entries:
-            return
         while entries and entries[0][1] <= limit:
             self._pop()
         if not entries:

@@ -76,16 +76,16 @@ sends from a random phase of its own, as ``ocm-loadgen`` paces them: a room's ga
 (evenly spaced sends would show every hole within 50 ms)."""
 
 
-def run_cload(server: servers.Running, cload: Path, profile: dict[str, float], out: Path,
-              kind: str, round_no: int) -> dict[str, float | None]:
-    """One ``--engine c`` run of ``kind`` (``loss``, or ``outage``: one member per room
-    silent both ways for 3 s, as ``--outage-seconds`` has it): fresh members joined, then
-    cload with recovery and loss; the same figures as ``figures``."""
+def drive_with_cload(server: servers.Running, cload: Path, profile: dict[str, float],
+                     framing: str, tokens: Path, *extra: str
+                     ) -> tuple[dict[str, Any], climit.Times, float]:
+    """Join fresh members to ``server`` (``ocm-loadgen --tokens-out``) and drive them with
+    cload for ``profile`` (``extra``: its mode); its report (with ``command``), the
+    server's CPU meanwhile and the wall time of the cload run."""
     rooms, users = int(profile["rooms"]), int(profile["users"])
-    tokens = out / f"tokens-{kind}-{round_no}.txt"
     join = [sys.executable, "-m", "loadgen", "--server", server.host, "--tcp-port",
             str(server.tcp_port), "--rooms", str(rooms), "--users", str(users), "--framing",
-            "ocm1r", "--procs", "2", "--quiet", "--tokens-out", str(tokens)]
+            framing, "--procs", "2", "--quiet", "--tokens-out", str(tokens)]
     done = subprocess.run(join, capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S,
                           cwd=servers.REPO_ROOT)
     if done.returncode:
@@ -94,15 +94,25 @@ def run_cload(server: servers.Running, cload: Path, profile: dict[str, float], o
     cmd = [str(cload), "--target", f"{server.host}:{server.udp_port}", "--tokens", str(tokens),
            "--rate", str(profile["rate"]), "--seconds", str(profile["seconds"]), "--warmup",
            str(profile["warmup"]), "--drain", str(profile["drain"]), "--base-port", "0",
-           "--reliable", "1", "--loss", str(CLOAD_LOSS_PCT), *CLOAD_SOCKETS,
-           "--max-seconds", "100000",
-           *(["--outage-seconds", str(profile["outage"])] if kind == "outage" else [])]
+           "--max-seconds", "100000", *extra]
     before = climit.tree_times(server.pid)
     t = time.monotonic()
     report = climit.run_cload(cmd, LOADGEN_TIMEOUT_S)
     wall = time.monotonic() - t
     used = climit.cpu_delta(before, climit.tree_times(server.pid))
     report["command"] = cmd
+    return report, used, wall
+
+
+def run_cload(server: servers.Running, cload: Path, profile: dict[str, float], out: Path,
+              kind: str, round_no: int) -> dict[str, float | None]:
+    """One ``--engine c`` run of ``kind`` (``loss``, or ``outage``: one member per room
+    silent both ways for 3 s, as ``--outage-seconds`` has it): fresh members joined, then
+    cload with recovery and loss; the same figures as ``figures``."""
+    report, used, wall = drive_with_cload(
+        server, cload, profile, "ocm1r", out / f"tokens-{kind}-{round_no}.txt",
+        "--reliable", "1", "--loss", str(CLOAD_LOSS_PCT), *CLOAD_SOCKETS,
+        *(["--outage-seconds", str(profile["outage"])] if kind == "outage" else []))
     (out / f"cload-{kind}-{round_no}.json").write_bytes(
         orjson.dumps(report, option=orjson.OPT_INDENT_2))
     expected = max(1, int(report["expected"]))
@@ -213,25 +223,10 @@ COST_C_QUICK: Final = {"rooms": 6, "users": 4, "rate": 10.0, "seconds": 2.0, "wa
 def cost_run_c(cload: Path, profile: dict[str, float], framing: str, out: Path) -> float:
     """One ``--cost --engine c`` run against a fresh server: its CPU (all processes, µs)
     per inbound chat datagram; the cload report goes to ``out``."""
-    rooms, users = int(profile["rooms"]), int(profile["users"])
     with servers.start(servers.control_command(2)) as server:
-        tokens = out.with_suffix(".tokens")
-        join = [sys.executable, "-m", "loadgen", "--server", server.host, "--tcp-port",
-                str(server.tcp_port), "--rooms", str(rooms), "--users", str(users),
-                "--framing", framing, "--procs", "2", "--quiet", "--tokens-out", str(tokens)]
-        done = subprocess.run(join, capture_output=True, text=True,
-                              timeout=LOADGEN_TIMEOUT_S, cwd=servers.REPO_ROOT)
-        if done.returncode:
-            raise RuntimeError(f"{' '.join(join)} exited {done.returncode}: {done.stderr}")
-        climit.raise_nofile(rooms * users + 1024)
-        cmd = [str(cload), "--target", f"{server.host}:{server.udp_port}", "--tokens",
-               str(tokens), "--rate", str(profile["rate"]), "--seconds", str(profile["seconds"]),
-               "--warmup", str(profile["warmup"]), "--drain", str(profile["drain"]),
-               "--base-port", "0", "--max-seconds", "100000",
-               *(["--reliable", "6"] if framing == "ocm1r" else [])]
-        before = climit.tree_times(server.pid)
-        report = climit.run_cload(cmd, LOADGEN_TIMEOUT_S)
-        used = climit.cpu_delta(before, climit.tree_times(server.pid))
+        report, used, _ = drive_with_cload(server, cload, profile, framing,
+                                           out.with_suffix(".tokens"),
+                                           *(["--reliable", "6"] if framing == "ocm1r" else []))
     report["server_cpu_s"] = used.user + used.sys
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     inbound = int(report["sent"]) + int(report["sent_warm"])

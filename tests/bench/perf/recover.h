@@ -117,8 +117,8 @@ static inline void put32(char *p, uint32_t v) {
 }
 
 /* Send the Message msg (len bytes) of member u: its Stage 2 header in front, sealed when
- * keyed; lost with --loss's odds. */
-static int seal(struct user *u, char *pkt, int len);
+ * keyed; lost with --loss's odds (none before the chat begins, or without --loss), or to
+ * its outage. */
 static void xmit(struct user *u, const char *msg, int len, uint64_t now) {
     if (out_on && out_member && out_member[u - users_base]) { o_dropped++; return; }
     char pkt[4200 + 24];
@@ -128,7 +128,7 @@ static void xmit(struct user *u, const char *msg, int len, uint64_t now) {
     if (u->keyed) len = seal(u, pkt, len);
     if (lose(now)) { x_tx_dropped++; return; }
     if (sendto(u->fd, pkt, len, 0, (struct sockaddr *)&u->dst, sizeof u->dst) < 0 && errno != EAGAIN)
-        perror("sendto (recover)");
+        perror("sendto");
 }
 
 static void rec_init(struct rec *r) {
@@ -334,7 +334,7 @@ static void tx_copy(struct user *u, struct rec *r, uint32_t id, uint64_t now) {
     if (!p->sent) { p->sent = 1; p->first_ns = now; }
     else { p->resent = 1; r_resent++; }
     p->held = r->carriers && r->srtt >= 0 && now - r->last_loss >= HOLD_CALM_NS;
-    char *msg = u->ring + (size_t)(id % RING) * (size_t)u->slot_bytes;
+    char *msg = ring_at(u, id);
     msg[0] = p->held ? 6 : 1;
     x_copies++;
     if (p->held) x_sends_06++;
@@ -363,7 +363,7 @@ static void tx_new(struct user *u, struct rec *r, const char *text, int tlen, ui
     }
     if (u->msg_id - u->acked >= RING) { x_tx_overflow++; return; }
     uint32_t id = ++u->msg_id;
-    char *msg = u->ring + (size_t)(id % RING) * (size_t)u->slot_bytes;
+    char *msg = ring_at(u, id);
     put32(msg + 1, id);
     memcpy(msg + 5, text, (size_t)tlen);
     u->ring_len[id % RING] = 5 + tlen;
